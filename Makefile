@@ -1,0 +1,60 @@
+# backupd — build, run and test. `make run` and `make test` do all set-up on a
+# fresh machine: apt packages, development certificates, a private PostgreSQL
+# cluster under .var/, and the demo app.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+SWIFT        ?= swift
+CONFIG       ?= debug
+BIN          := .build/$(CONFIG)
+VAR          := $(CURDIR)/.var
+PGPORT       ?= 55432
+ADDR         ?= 127.0.0.1:7443
+APT_PACKAGES := libprotobuf-c-dev protobuf-c-compiler libpq-dev libssl-dev libarchive-dev \
+                postgresql postgresql-client openssl ca-certificates
+
+export BACKUPD_PGPORT := $(PGPORT)
+export BACKUPD_VAR := $(VAR)
+
+.PHONY: deps proto certs cluster demo build run test bench clean
+
+## deps: install the Debian packages the project needs (only what is missing)
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+## proto: regenerate Sources/BackupProto from Protos/backup.proto (commit the result)
+proto:
+	protoc-c --c_out=Sources/BackupProto -IProtos Protos/backup.proto
+	mv Sources/BackupProto/backup.pb-c.h Sources/BackupProto/include/backup.pb-c.h
+
+## certs: development CA, server and client certificates under certs/dev
+certs: deps
+	@bash certs/make-dev-certs.sh certs/dev
+
+## cluster: a private PostgreSQL cluster under .var/pg, started
+cluster: deps
+	@bash scripts/dev-cluster.sh start
+
+## demo: the demo app (database + file store) in the private cluster
+demo: cluster
+	@bash scripts/demo-app.sh
+
+build: deps
+	$(SWIFT) build -c $(CONFIG)
+
+## run: everything above, then backupd in the foreground with the demo environment
+run: certs demo build
+	@bash scripts/run-dev.sh $(BIN) $(ADDR)
+
+## test: everything above, then every test
+test: certs demo build
+	$(SWIFT) test
+
+clean:
+	-bash scripts/dev-cluster.sh stop
+	rm -rf .build .var certs/dev

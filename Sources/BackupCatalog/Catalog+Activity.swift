@@ -1,0 +1,37 @@
+import BackupCore
+import BackupWire
+
+extension Catalog {
+    static func recordActivity(
+        _ connection: PostgresConnection, _ namespace: String, _ environment: String,
+        action: String, outcome: String, actor: String, snapshotID: String? = nil, detail: String = ""
+    ) throws {
+        try connection.query("""
+            INSERT INTO activity (namespace, environment, action, outcome, actor, snapshot_id, detail)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            """, namespace, environment, action, outcome, actor, snapshotID, detail)
+    }
+
+    /// An environment's (or a whole namespace's) activity, newest first.
+    public func listActivity(namespace: String, environment: String, pageSize: UInt32, pageToken: String) async throws -> Page<Activity> {
+        let (limit, after) = try pageBounds(size: pageSize, token: pageToken)
+        return try await pool.withConnection { connection in
+            let rows = try connection.query("""
+                SELECT id, unix_ms(at) AS at_ms, namespace, environment, action, outcome, actor, snapshot_id, detail
+                FROM activity
+                WHERE namespace = $1 AND ($2 = '' OR environment = $2) AND ($3::bigint IS NULL OR id < $3)
+                ORDER BY id DESC LIMIT $4
+                """, namespace, environment, after, limit + 1)
+            let items = rows.prefix(limit).map { row in
+                Activity.with {
+                    $0.atUnixMS = row.int64("at_ms"); $0.namespace = row.string("namespace")
+                    $0.environment = row.string("environment"); $0.action = row.string("action")
+                    $0.outcome = row.string("outcome"); $0.actor = row.string("actor")
+                    $0.backupID = row.string("snapshot_id"); $0.detail = row.string("detail")
+                }
+            }
+            let next = rows.count > limit ? rows[limit - 1].string("id") : ""
+            return Page(items: items, nextPageToken: next)
+        }
+    }
+}

@@ -1,0 +1,207 @@
+import BackupCore
+import BackupWire
+import Foundation
+
+/// What a filter on the backup list asks for.
+public struct BackupFilter: Sendable {
+    public var namespace: String
+    public var environment: String
+    public var kind: BackupKind
+    public var status: BackupStatus
+
+    public init(namespace: String, environment: String = "", kind: BackupKind = .unspecified, status: BackupStatus = .unspecified) {
+        self.namespace = namespace
+        self.environment = environment
+        self.kind = kind
+        self.status = status
+    }
+}
+
+extension Catalog {
+    static let backupColumns = """
+        s.id, s.seq, e.namespace, e.name AS environment, s.status, s.kind, s.comment, s.package_version,
+        unix_ms(s.created_at) AS created_ms, unix_ms(s.finished_at) AS finished_ms, unix_ms(s.expires_at) AS expires_ms,
+        s.database_bytes, s.files_bytes, s.file_count, s.postgres_version, s.error, s.job_id, s.dump_sha256
+        """
+
+    static func backup(_ row: PostgresRow) -> Backup {
+        .with {
+            $0.id = row.string("id"); $0.namespace = row.string("namespace"); $0.environment = row.string("environment")
+            $0.status = .catalogValue(row.string("status")); $0.kind = .catalogValue(row.string("kind"))
+            $0.comment = row.string("comment"); $0.packageVersion = row.string("package_version")
+            $0.createdUnixMS = row.int64("created_ms"); $0.finishedUnixMS = row.int64("finished_ms")
+            $0.expiresUnixMS = row.int64("expires_ms"); $0.databaseBytes = row.uint64("database_bytes")
+            $0.filesBytes = row.uint64("files_bytes"); $0.sizeBytes = $0.databaseBytes + $0.filesBytes
+            $0.fileCount = row.uint64("file_count"); $0.postgresVersion = row.string("postgres_version")
+            $0.error = row.string("error"); $0.jobID = row.string("job_id"); $0.dumpSHA256 = row.string("dump_sha256")
+        }
+    }
+
+    /// Catalogs a new PROCESSING backup and queues the job that makes it.
+    /// Refused, naming the running job, while the environment has another.
+    public func createBackup(namespace: String, environment: String, kind: BackupKind, comment: String, actor: String) async throws -> (Backup, Job) {
+        let snapshotID = UUID().uuidString.lowercased()
+        let jobID = UUID().uuidString.lowercased()
+        do {
+            return try await pool.transaction { connection in
+                let environmentID = try Self.environmentID(connection, namespace, environment)
+                try connection.query("""
+                    INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase)
+                    VALUES ($1, 'backup', 'queued', $2, $3, $4, 'queued')
+                    """, jobID, environmentID, snapshotID, actor)
+                try connection.query("""
+                    INSERT INTO snapshots (id, environment_id, status, kind, comment, package_version, job_id)
+                    SELECT $1, id, 'processing', $3, $4, package_version, $5 FROM environments WHERE id = $2
+                    """, snapshotID, environmentID, kind.description, comment, jobID)
+                try Self.recordActivity(connection, namespace, environment, action: "backup", outcome: "STARTED",
+                                        actor: actor, snapshotID: snapshotID, detail: comment)
+                return (try Self.loadBackup(connection, snapshotID), try Self.loadJob(connection, jobID))
+            }
+        } catch let error as PostgresError where error.isUniqueViolation {
+            throw try await busyError(namespace: namespace, environment: environment)
+        }
+    }
+
+    /// The error for an environment that already runs a job, naming that job.
+    func busyError(namespace: String, environment: String) async throws -> BackupError {
+        let running = try await pool.withConnection { connection in
+            try connection.query("""
+                SELECT j.id, j.kind, j.status FROM jobs j JOIN environments e ON e.id = j.environment_id
+                WHERE e.namespace = $1 AND e.name = $2 AND j.status IN ('queued', 'running')
+                """, namespace, environment).first
+        }
+        let what = running.map { "\($0.string("kind")) job \($0.string("id")) is \($0.string("status"))" } ?? "another job is running"
+        return .failedPrecondition("environment \(namespace)/\(environment) runs one job at a time: \(what)")
+    }
+
+    /// Backups matching a filter, newest first.
+    public func listBackups(_ filter: BackupFilter, pageSize: UInt32, pageToken: String) async throws -> Page<Backup> {
+        let (limit, after) = try pageBounds(size: pageSize, token: pageToken)
+        return try await pool.withConnection { connection in
+            let rows = try connection.query("""
+                SELECT \(Self.backupColumns) FROM snapshots s JOIN environments e ON e.id = s.environment_id
+                WHERE e.namespace = $1 AND ($2 = '' OR e.name = $2) AND ($3 = '' OR s.kind = $3)
+                  AND ($4 = '' OR s.status = $4) AND ($5::bigint IS NULL OR s.seq < $5)
+                ORDER BY s.seq DESC LIMIT $6
+                """, filter.namespace, filter.environment,
+                filter.kind == .unspecified ? "" : filter.kind.description,
+                filter.status == .unspecified ? "" : filter.status.description, after, limit + 1)
+            let next = rows.count > limit ? rows[limit - 1].string("seq") : ""
+            return Page(items: rows.prefix(limit).map(Self.backup), nextPageToken: next)
+        }
+    }
+
+    public func backup(id: String) async throws -> Backup {
+        let id = try parseID(id, "backup id")
+        return try await pool.withConnection { try Self.loadBackup($0, id) }
+    }
+
+    /// The storage keys and blob hashes of a backup's file documents.
+    public func backupFiles(id: String) async throws -> [(key: String, hash: String, size: UInt64)] {
+        let id = try parseID(id, "backup id")
+        return try await pool.withConnection { connection in
+            try connection.query("SELECT storage_key, sha256, size FROM snapshot_files WHERE snapshot_id = $1 ORDER BY storage_key", id)
+                .map { (key: $0.string("storage_key"), hash: $0.string("sha256"), size: $0.uint64("size")) }
+        }
+    }
+
+    public func updateBackupComment(id: String, comment: String, actor: String) async throws -> Backup {
+        let id = try parseID(id, "backup id")
+        return try await pool.transaction { connection in
+            let backup = try Self.loadBackup(connection, id)
+            try connection.query("UPDATE snapshots SET comment = $2 WHERE id = $1", id, comment)
+            try Self.recordActivity(connection, backup.namespace, backup.environment, action: "comment", outcome: "FINISHED",
+                                    actor: actor, snapshotID: id, detail: comment)
+            return try Self.loadBackup(connection, id)
+        }
+    }
+
+    /// Removes a backup from the catalog. Its blobs are removed by the next
+    /// garbage collection, unless another backup shares them.
+    public func deleteBackup(id: String, actor: String) async throws -> Backup {
+        let id = try parseID(id, "backup id")
+        return try await pool.transaction { connection in
+            let backup = try Self.loadBackup(connection, id, lock: true)
+            guard backup.status != .processing else {
+                throw BackupError.failedPrecondition("backup \(id) is still processing (job \(backup.jobID)); wait for it to end")
+            }
+            try connection.query("DELETE FROM snapshots WHERE id = $1", id)
+            try Self.recordActivity(connection, backup.namespace, backup.environment, action: "delete", outcome: "FINISHED",
+                                    actor: actor, snapshotID: id)
+            return backup
+        }
+    }
+
+    /// Records a blob the store now holds. Called while holding the shared
+    /// blob lock, so garbage collection cannot interleave.
+    public static func recordBlob(_ connection: PostgresConnection, hash: ContentHash, size: UInt64) throws {
+        try connection.query("INSERT INTO blobs (sha256, size) VALUES ($1, $2) ON CONFLICT DO NOTHING", hash.hex, size)
+    }
+
+    /// Deletes catalog rows of blobs no snapshot refers to and returns their
+    /// hashes, for the caller to remove from the store. Returns nil, doing
+    /// nothing, while any backup holds the blob lock.
+    public func collectGarbage(remove: @escaping @Sendable (ContentHash) throws -> Void) async throws -> Int? {
+        try await pool.withConnection { connection in
+            guard try connection.query("SELECT pg_try_advisory_lock(\(AdvisoryLock.blobs)) AS locked")[0].bool("locked") else {
+                return nil
+            }
+            defer { _ = try? connection.query("SELECT pg_advisory_unlock(\(AdvisoryLock.blobs))") }
+            let hashes = try connection.transaction {
+                try connection.query("""
+                    DELETE FROM blobs b
+                    WHERE NOT EXISTS (SELECT 1 FROM snapshot_files f WHERE f.sha256 = b.sha256)
+                      AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.dump_sha256 = b.sha256)
+                    RETURNING sha256
+                    """).compactMap { ContentHash(hex: $0.string("sha256")) }
+            }
+            for hash in hashes { try remove(hash) }
+            return hashes.count
+        }
+    }
+
+    static func loadBackup(_ connection: PostgresConnection, _ id: String, lock: Bool = false) throws -> Backup {
+        guard let row = try connection.query("""
+            SELECT \(backupColumns) FROM snapshots s JOIN environments e ON e.id = s.environment_id WHERE s.id = $1
+            """ + (lock ? " FOR UPDATE OF s" : ""), id).first else {
+            throw BackupError.notFound("backup \(id) does not exist")
+        }
+        return backup(row)
+    }
+}
+
+/// Records the blobs a running backup stores, on the connection that holds
+/// the shared blob lock.
+public struct BlobLedger: Sendable {
+    let handle: ConnectionHandle
+
+    public func record(_ blobs: [StoredBlob]) async throws {
+        guard !blobs.isEmpty else { return }
+        try await handle.run { connection in
+            try connection.query("""
+                INSERT INTO blobs (sha256, size)
+                SELECT sha256, size::bigint FROM unnest($1::text[], $2::text[]) AS b(sha256, size)
+                ON CONFLICT DO NOTHING
+                """, blobs.map(\.hash.hex), blobs.map { String($0.size) })
+        }
+    }
+}
+
+extension Catalog {
+    /// Runs a backup's storing work holding the blob lock shared, so garbage
+    /// collection waits for it. Blobs recorded here before a failure are
+    /// unreferenced afterwards and collected.
+    public func withSharedBlobLock<T: Sendable>(_ body: @Sendable (BlobLedger) async throws -> T) async throws -> T {
+        try await pool.withReservedConnection { handle in
+            try await handle.run { try $0.query("SELECT pg_advisory_lock_shared(\(AdvisoryLock.blobs))") }
+            do {
+                let value = try await body(BlobLedger(handle: handle))
+                try await handle.run { try $0.query("SELECT pg_advisory_unlock_shared(\(AdvisoryLock.blobs))") }
+                return value
+            } catch {
+                _ = try? await handle.run { try $0.query("SELECT pg_advisory_unlock_shared(\(AdvisoryLock.blobs))") }
+                throw error
+            }
+        }
+    }
+}

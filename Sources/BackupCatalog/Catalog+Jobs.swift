@@ -1,0 +1,168 @@
+import BackupCore
+import BackupWire
+
+/// A job this process now runs under a lease, with what it needs to know.
+public struct ClaimedJob: Sendable {
+    public let job: Job
+    public let environment: Environment
+    public let actor: String
+}
+
+/// What a finished backup holds: its dump and its file documents, all stored.
+public struct BackupManifest: Sendable {
+    public var dump: StoredBlob
+    public var files: [(key: String, blob: StoredBlob)]
+    public var postgresVersion: String
+
+    public init(dump: StoredBlob, files: [(key: String, blob: StoredBlob)], postgresVersion: String) {
+        self.dump = dump
+        self.files = files
+        self.postgresVersion = postgresVersion
+    }
+}
+
+extension Catalog {
+    /// How long each kind of backup is kept by default, as a PostgreSQL
+    /// interval: calendar months clamp to the month's last day.
+    static let retention = ["on-demand": "14 days", "nightly": "14 days", "weekly": "3 months",
+                            "monthly": "12 months", "uploaded": "14 days"]
+
+    static let jobColumns = """
+        j.id, j.kind, j.status, e.namespace, e.name AS environment, j.snapshot_id, j.bytes_done, j.bytes_total,
+        j.phase, j.error, j.actor, unix_ms(j.created_at) AS created_ms, unix_ms(j.started_at) AS started_ms,
+        unix_ms(j.finished_at) AS finished_ms
+        """
+
+    static func job(_ row: PostgresRow) -> Job {
+        .with {
+            $0.id = row.string("id"); $0.kind = .catalogValue(row.string("kind")); $0.status = .catalogValue(row.string("status"))
+            $0.namespace = row.string("namespace"); $0.environment = row.string("environment")
+            $0.backupID = row.string("snapshot_id"); $0.bytesDone = row.uint64("bytes_done")
+            $0.bytesTotal = row.uint64("bytes_total"); $0.phase = row.string("phase"); $0.error = row.string("error")
+            $0.createdUnixMS = row.int64("created_ms"); $0.startedUnixMS = row.int64("started_ms")
+            $0.finishedUnixMS = row.int64("finished_ms")
+        }
+    }
+
+    static func loadJob(_ connection: PostgresConnection, _ id: String) throws -> Job {
+        guard let row = try connection.query(
+            "SELECT \(jobColumns) FROM jobs j JOIN environments e ON e.id = j.environment_id WHERE j.id = $1", id
+        ).first else {
+            throw BackupError.notFound("job \(id) does not exist")
+        }
+        return job(row)
+    }
+
+    public func job(id: String) async throws -> Job {
+        let id = try parseID(id, "job id")
+        return try await pool.withConnection { try Self.loadJob($0, id) }
+    }
+
+    /// Takes the oldest queued job, if any, under a lease held by `owner`.
+    /// Several processes may claim at once: each gets a different job.
+    public func claimNextJob(owner: String, leaseSeconds: Int) async throws -> ClaimedJob? {
+        try await pool.transaction { connection in
+            guard let claimed = try connection.query("""
+                UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+                                started_at = now(), phase = 'starting'
+                WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
+                RETURNING id, environment_id, actor
+                """, owner, leaseSeconds).first else { return nil }
+            let environment = try connection.query(
+                "SELECT \(Self.environmentColumns) FROM environments e WHERE e.id = $1", claimed.int64("environment_id"))[0]
+            return ClaimedJob(job: try Self.loadJob(connection, claimed.string("id")),
+                              environment: Self.environment(environment), actor: claimed.string("actor"))
+        }
+    }
+
+    /// Extends a lease; false when this owner no longer holds the job.
+    public func renewLease(jobID: String, owner: String, leaseSeconds: Int) async throws -> Bool {
+        try await pool.withConnection { connection in
+            !(try connection.query("""
+                UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
+                WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING id
+                """, jobID, owner, leaseSeconds).isEmpty)
+        }
+    }
+
+    public func reportProgress(jobID: String, bytesDone: UInt64, bytesTotal: UInt64, phase: String) async throws {
+        try await pool.withConnection { connection in
+            try connection.query("UPDATE jobs SET bytes_done = $2, bytes_total = $3, phase = $4 WHERE id = $1 AND status = 'running'",
+                                 jobID, bytesDone, bytesTotal, phase)
+        }
+    }
+
+    /// Ends a backup job: its manifest, sizes and expiry are cataloged and
+    /// the backup becomes FINISHED, all in one transaction.
+    public func finishBackup(jobID: String, owner: String, manifest: BackupManifest) async throws {
+        try await pool.transaction { connection in
+            guard let row = try connection.query("""
+                SELECT j.snapshot_id, j.actor, s.kind, e.namespace, e.name FROM jobs j
+                JOIN snapshots s ON s.id = j.snapshot_id JOIN environments e ON e.id = j.environment_id
+                WHERE j.id = $1 AND j.lease_owner = $2 AND j.status = 'running' FOR UPDATE OF j
+                """, jobID, owner).first else {
+                throw BackupError.failedPrecondition("job \(jobID) is no longer held by this process")
+            }
+            let snapshotID = row.string("snapshot_id")
+            let filesBytes = manifest.files.reduce(UInt64(0)) { $0 + $1.blob.size }
+            if !manifest.files.isEmpty {
+                try connection.query("""
+                    INSERT INTO snapshot_files (snapshot_id, storage_key, sha256, size)
+                    SELECT $1, key, sha256, size::bigint FROM unnest($2::text[], $3::text[], $4::text[]) AS f(key, sha256, size)
+                    """, snapshotID, manifest.files.map(\.key), manifest.files.map(\.blob.hash.hex),
+                    manifest.files.map { String($0.blob.size) })
+            }
+            try connection.query("""
+                UPDATE snapshots SET status = 'finished', finished_at = now(), expires_at = created_at + $2::interval,
+                    dump_sha256 = $3, database_bytes = $4, files_bytes = $5, file_count = $6, postgres_version = $7
+                WHERE id = $1
+                """, snapshotID, Self.retention[row.string("kind")] ?? "14 days", manifest.dump.hash.hex,
+                manifest.dump.size, filesBytes, manifest.files.count, manifest.postgresVersion)
+            try connection.query("""
+                UPDATE jobs SET status = 'finished', finished_at = now(), phase = 'finished', bytes_done = bytes_total,
+                    lease_owner = NULL, lease_expires_at = NULL WHERE id = $1
+                """, jobID)
+            try Self.recordActivity(connection, row.string("namespace"), row.string("name"), action: "backup",
+                                    outcome: "FINISHED", actor: row.string("actor"), snapshotID: snapshotID,
+                                    detail: "\(manifest.files.count) files, \(manifest.dump.size + filesBytes) bytes")
+        }
+    }
+
+    /// Ends a job as FAILED with its reason; a backup it was making fails too.
+    public func failJob(id: String, error message: String) async throws {
+        try await pool.transaction { connection in
+            try Self.failJob(connection, id: id, message: message)
+        }
+    }
+
+    /// Fails the running jobs whose lease ran out: their process died or
+    /// lost the catalog. Returns how many.
+    @discardableResult
+    public func failAbandonedJobs() async throws -> Int {
+        try await pool.transaction { connection in
+            let ids = try connection.query("""
+                SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < now() FOR UPDATE SKIP LOCKED
+                """).map { $0.string("id") }
+            for id in ids {
+                try Self.failJob(connection, id: id, message: "backupd stopped while the job ran (its lease expired)")
+            }
+            return ids.count
+        }
+    }
+
+    static func failJob(_ connection: PostgresConnection, id: String, message: String) throws {
+        guard let row = try connection.query("""
+            UPDATE jobs j SET status = 'failed', error = $2, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+            FROM environments e
+            WHERE j.id = $1 AND e.id = j.environment_id AND j.status IN ('queued', 'running')
+            RETURNING j.kind, j.snapshot_id, j.actor, e.namespace, e.name
+            """, id, message).first else { return }
+        if row.string("kind") == "backup" {
+            try connection.query("""
+                UPDATE snapshots SET status = 'failed', error = $2, finished_at = now() WHERE id = $1 AND status = 'processing'
+                """, row["snapshot_id"], message)
+        }
+        try recordActivity(connection, row.string("namespace"), row.string("name"), action: row.string("kind"),
+                           outcome: "FAILED", actor: row.string("actor"), snapshotID: row["snapshot_id"], detail: message)
+    }
+}

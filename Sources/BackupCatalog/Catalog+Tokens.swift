@@ -1,0 +1,86 @@
+import BackupCore
+import BackupWire
+import Foundation
+
+/// Who is calling: the token that authenticated the call.
+public struct Caller: Sendable, Equatable {
+    public let tokenID: String
+    public let tokenName: String
+    public let namespace: String
+    public let role: Role
+
+    public init(tokenID: String, tokenName: String, namespace: String, role: Role) {
+        self.tokenID = tokenID
+        self.tokenName = tokenName
+        self.namespace = namespace
+        self.role = role
+    }
+}
+
+extension Catalog {
+    static func token(_ row: PostgresRow) -> Token {
+        .with {
+            $0.id = row.string("id"); $0.name = row.string("name"); $0.namespace = row.string("namespace")
+            $0.role = .catalogValue(row.string("role")); $0.createdUnixMS = row.int64("created_ms")
+            $0.revokedUnixMS = row.int64("revoked_ms")
+        }
+    }
+
+    static let tokenColumns = "id, name, namespace, role, unix_ms(created_at) AS created_ms, unix_ms(revoked_at) AS revoked_ms"
+
+    /// Makes a token and returns it with its secret, which is stored only as a hash.
+    public func createToken(namespace: String, role: Role, name: String) async throws -> (Token, String) {
+        try validateName(namespace, "namespace")
+        guard role != .unspecified else { throw BackupError.invalidArgument("role must be viewer, operator or admin") }
+        guard !name.isEmpty else { throw BackupError.invalidArgument("token name is required") }
+        let secret = AccessTokenSecret.generate()
+        let hash = AccessTokenSecret.hash(secret).hex
+        let id = UUID().uuidString.lowercased()
+        let token = try await pool.transaction { connection in
+            try connection.query("INSERT INTO namespaces (name) VALUES ($1) ON CONFLICT DO NOTHING", namespace)
+            try connection.query("INSERT INTO tokens (id, name, namespace, role, secret_sha256) VALUES ($1, $2, $3, $4, $5)",
+                                 id, name, namespace, role.description, hash)
+            return Self.token(try connection.query("SELECT \(Self.tokenColumns) FROM tokens WHERE id = $1", id)[0])
+        }
+        return (token, secret)
+    }
+
+    /// The caller a presented secret belongs to, or nil for an unknown or revoked one.
+    public func authenticate(secret: String) async throws -> Caller? {
+        let hash = AccessTokenSecret.hash(secret).hex
+        return try await pool.withConnection { connection in
+            try connection.query("SELECT id, name, namespace, role FROM tokens WHERE secret_sha256 = $1 AND revoked_at IS NULL", hash)
+                .first.map { Caller(tokenID: $0.string("id"), tokenName: $0.string("name"), namespace: $0.string("namespace"),
+                                    role: .catalogValue($0.string("role"))) }
+        }
+    }
+
+    public func listTokens(namespace: String) async throws -> [Token] {
+        try await pool.withConnection { connection in
+            try connection.query("SELECT \(Self.tokenColumns) FROM tokens WHERE namespace = $1 ORDER BY created_at", namespace)
+                .map(Self.token)
+        }
+    }
+
+    public func token(id: String) async throws -> Token {
+        let id = try parseID(id, "token id")
+        return try await pool.withConnection { connection in
+            guard let row = try connection.query("SELECT \(Self.tokenColumns) FROM tokens WHERE id = $1", id).first else {
+                throw BackupError.notFound("token \(id) does not exist")
+            }
+            return Self.token(row)
+        }
+    }
+
+    public func revokeToken(id: String) async throws -> Token {
+        let id = try parseID(id, "token id")
+        return try await pool.withConnection { connection in
+            guard let row = try connection.query("""
+                UPDATE tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 RETURNING \(Self.tokenColumns)
+                """, id).first else {
+                throw BackupError.notFound("token \(id) does not exist")
+            }
+            return Self.token(row)
+        }
+    }
+}

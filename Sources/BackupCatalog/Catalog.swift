@@ -1,0 +1,82 @@
+import BackupCore
+import BackupWire
+import Foundation
+import NIOPosix
+
+/// The catalog: every record of the service in one PostgreSQL database,
+/// reached through a connection pool. Methods are grouped by record in the
+/// `Catalog+*.swift` files; each keeps its writes in one transaction, so a
+/// failure leaves no half-written rows.
+public struct Catalog: Sendable {
+    public let pool: ConnectionPool
+
+    public init(connectionString: String, maximumConnections: Int = 8, threadPool: NIOThreadPool) {
+        pool = ConnectionPool(connectionString: connectionString, maximumConnections: maximumConnections, threadPool: threadPool)
+    }
+
+    /// Applies the migrations this catalog has not seen yet. Several
+    /// processes may start at once: an advisory lock lets one migrate at a time.
+    public func migrate() async throws {
+        try await pool.withConnection { connection in
+            try connection.query("SELECT pg_advisory_lock(\(AdvisoryLock.migrations))")
+            defer { _ = try? connection.query("SELECT pg_advisory_unlock(\(AdvisoryLock.migrations))") }
+            try connection.query("""
+                CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())
+                """)
+            let applied = Set(try connection.query("SELECT version FROM schema_migrations").map { Int($0.string("version")) })
+            for migration in Migrations.all where !applied.contains(migration.version) {
+                try connection.transaction {
+                    try connection.execute(script: migration.sql)
+                    try connection.query("INSERT INTO schema_migrations (version) VALUES ($1)", migration.version)
+                }
+            }
+        }
+    }
+
+    /// The PostgreSQL version of the catalog database.
+    public func serverVersion() async throws -> String {
+        try await pool.withConnection { $0.serverVersion }
+    }
+}
+
+/// Keys of the cluster-wide advisory locks the service takes.
+enum AdvisoryLock {
+    static let migrations = 7_400_001
+    /// Held shared by every running backup and exclusively by blob garbage
+    /// collection, so a collection never removes a blob a backup relies on.
+    static let blobs = 7_400_002
+}
+
+/// Turns catalog text into the API's enums.
+extension WireEnum where Self: CustomStringConvertible {
+    static func catalogValue(_ text: String) -> Self { Self(name: text) ?? .zero }
+}
+
+extension Array: PostgresEncodable where Element == String {
+    /// A PostgreSQL array literal; every element quoted and escaped.
+    public var postgresText: String? {
+        "{" + map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
+            .joined(separator: ",") + "}"
+    }
+}
+
+/// A page of results and where the next one starts.
+public struct Page<Item: Sendable>: Sendable {
+    public var items: [Item]
+    public var nextPageToken: String
+}
+
+/// Checks a page size and an opaque page token (the last sequence number seen).
+func pageBounds(size: UInt32, token: String) throws(BackupError) -> (limit: Int, after: Int64?) {
+    guard size <= 500 else { throw .invalidArgument("page_size \(size) is above the maximum of 500") }
+    if token.isEmpty { return (size == 0 ? 50 : Int(size), nil) }
+    guard let after = Int64(token), after > 0 else { throw .invalidArgument("page_token \"\(token)\" is not one this server gave") }
+    return (size == 0 ? 50 : Int(size), after)
+}
+
+/// Parses a UUID given by a caller, naming what it was meant to identify.
+func parseID(_ text: String, _ what: String) throws(BackupError) -> String {
+    guard let uuid = UUID(uuidString: text) else { throw .invalidArgument("\(what) \"\(text)\" is not a UUID") }
+    return uuid.uuidString.lowercased()
+}

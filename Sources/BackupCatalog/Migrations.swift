@@ -1,0 +1,115 @@
+/// The catalog schema, as numbered migrations. Each runs once, in order, in
+/// its own transaction; applied numbers are kept in `schema_migrations`.
+/// Append new migrations; never edit a released one.
+enum Migrations {
+    static let all: [(version: Int, sql: String)] = [
+        (1, """
+        CREATE FUNCTION unix_ms(timestamptz) RETURNS bigint LANGUAGE sql IMMUTABLE
+            AS $$ SELECT (extract(epoch FROM $1) * 1000)::bigint $$;
+
+        CREATE TABLE namespaces (
+            name        text PRIMARY KEY,
+            created_at  timestamptz NOT NULL DEFAULT now()
+        );
+
+        CREATE TABLE environments (
+            id               bigserial PRIMARY KEY,
+            namespace        text NOT NULL REFERENCES namespaces(name),
+            name             text NOT NULL,
+            app              text NOT NULL,
+            database_url     text NOT NULL,
+            file_store_path  text NOT NULL,
+            file_query       text NOT NULL,
+            package_version  text NOT NULL DEFAULT '',
+            state            text NOT NULL CHECK (state IN ('running', 'stopped')),
+            created_at       timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (namespace, name)
+        );
+
+        -- Content in the blob store, by SHA-256. A row exists for every blob a
+        -- snapshot refers to; unreferenced rows are removed by garbage collection.
+        CREATE TABLE blobs (
+            sha256      text PRIMARY KEY,
+            size        bigint NOT NULL,
+            created_at  timestamptz NOT NULL DEFAULT now()
+        );
+
+        CREATE TABLE snapshots (
+            id                uuid PRIMARY KEY,
+            seq               bigserial UNIQUE,
+            environment_id    bigint NOT NULL REFERENCES environments(id),
+            status            text NOT NULL CHECK (status IN ('processing', 'failed', 'finished')),
+            kind              text NOT NULL CHECK (kind IN ('on-demand', 'nightly', 'weekly', 'monthly', 'uploaded')),
+            comment           text NOT NULL DEFAULT '',
+            package_version   text NOT NULL DEFAULT '',
+            created_at        timestamptz NOT NULL DEFAULT now(),
+            finished_at       timestamptz,
+            expires_at        timestamptz,
+            dump_sha256       text REFERENCES blobs(sha256),
+            database_bytes    bigint NOT NULL DEFAULT 0,
+            files_bytes       bigint NOT NULL DEFAULT 0,
+            file_count        bigint NOT NULL DEFAULT 0,
+            postgres_version  text NOT NULL DEFAULT '',
+            error             text NOT NULL DEFAULT '',
+            job_id            uuid
+        );
+        CREATE INDEX snapshots_by_environment ON snapshots (environment_id, seq DESC);
+
+        -- The file manifest of a snapshot: which storage key holds which blob.
+        CREATE TABLE snapshot_files (
+            snapshot_id  uuid NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+            storage_key  text NOT NULL,
+            sha256       text NOT NULL REFERENCES blobs(sha256),
+            size         bigint NOT NULL,
+            PRIMARY KEY (snapshot_id, storage_key)
+        );
+        CREATE INDEX snapshot_files_by_blob ON snapshot_files (sha256);
+
+        CREATE TABLE jobs (
+            id                uuid PRIMARY KEY,
+            kind              text NOT NULL,
+            status            text NOT NULL CHECK (status IN ('queued', 'running', 'finished', 'failed')),
+            environment_id    bigint NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+            snapshot_id       uuid,
+            actor             text NOT NULL DEFAULT '',
+            bytes_done        bigint NOT NULL DEFAULT 0,
+            bytes_total       bigint NOT NULL DEFAULT 0,
+            phase             text NOT NULL DEFAULT '',
+            error             text NOT NULL DEFAULT '',
+            lease_owner       text,
+            lease_expires_at  timestamptz,
+            created_at        timestamptz NOT NULL DEFAULT now(),
+            started_at        timestamptz,
+            finished_at       timestamptz
+        );
+        -- One job at a time per environment, enforced by the database itself.
+        CREATE UNIQUE INDEX jobs_one_active_per_environment ON jobs (environment_id)
+            WHERE status IN ('queued', 'running');
+        CREATE INDEX jobs_queued ON jobs (created_at) WHERE status = 'queued';
+
+        -- Names, not keys: the log outlives the environments it speaks of.
+        CREATE TABLE activity (
+            id           bigserial PRIMARY KEY,
+            at           timestamptz NOT NULL DEFAULT now(),
+            namespace    text NOT NULL,
+            environment  text NOT NULL,
+            action       text NOT NULL,
+            outcome      text NOT NULL,
+            actor        text NOT NULL DEFAULT '',
+            snapshot_id  uuid,
+            detail       text NOT NULL DEFAULT ''
+        );
+        CREATE INDEX activity_by_environment ON activity (namespace, environment, id DESC);
+
+        CREATE TABLE tokens (
+            id             uuid PRIMARY KEY,
+            name           text NOT NULL,
+            namespace      text NOT NULL REFERENCES namespaces(name),
+            role           text NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+            secret_sha256  text NOT NULL UNIQUE,
+            created_at     timestamptz NOT NULL DEFAULT now(),
+            revoked_at     timestamptz
+        );
+        """),
+    ]
+}

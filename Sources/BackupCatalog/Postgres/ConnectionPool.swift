@@ -1,0 +1,109 @@
+import NIOPosix
+
+/// A bounded pool of libpq connections. Every use runs on a thread of an
+/// `NIOThreadPool`, so blocking libpq calls never hold an event loop or a
+/// thread of Swift's cooperative pool.
+public actor ConnectionPool {
+    public let connectionString: String
+    private let maximumConnections: Int
+    private let threadPool: NIOThreadPool
+    private var idle: [PostgresConnection] = []
+    private var open = 0
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    public init(connectionString: String, maximumConnections: Int, threadPool: NIOThreadPool) {
+        self.connectionString = connectionString
+        self.maximumConnections = maximumConnections
+        self.threadPool = threadPool
+    }
+
+    /// Runs `body` with a connection of its own. A connection left broken or
+    /// inside a transaction is closed rather than reused.
+    @discardableResult
+    public func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        let connection = try await checkOut()
+        do {
+            let value = try await threadPool.runIfActive { try body(connection) }
+            checkIn(connection)
+            return value
+        } catch {
+            checkIn(connection)
+            throw error
+        }
+    }
+
+    /// Runs `body` in a transaction on a connection of its own.
+    @discardableResult
+    public func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        try await withConnection { connection in try connection.transaction { try body(connection) } }
+    }
+
+    /// Reserves a connection across suspension points (to hold a session
+    /// lock, say); each use of it still runs on the thread pool.
+    public func withReservedConnection<T: Sendable>(_ body: @Sendable (ConnectionHandle) async throws -> T) async throws -> T {
+        let connection = try await checkOut()
+        do {
+            let value = try await body(ConnectionHandle(connection, threadPool: threadPool))
+            checkIn(connection)
+            return value
+        } catch {
+            checkIn(connection)
+            throw error
+        }
+    }
+
+    /// Closes idle connections; used at shutdown.
+    public func close() {
+        open -= idle.count
+        idle.removeAll()
+    }
+
+    private func checkOut() async throws -> PostgresConnection {
+        while true {
+            if let connection = idle.popLast() { return connection }
+            if open < maximumConnections {
+                open += 1
+                do {
+                    let connectionString = self.connectionString
+                    return try await threadPool.runIfActive { try PostgresConnection(connectionString) }
+                } catch {
+                    open -= 1
+                    wakeOne()
+                    throw error
+                }
+            }
+            await withCheckedContinuation { waiters.append($0) }
+        }
+    }
+
+    private func checkIn(_ connection: PostgresConnection) {
+        if connection.isHealthy && !connection.isInTransaction {
+            idle.append(connection)
+        } else {
+            open -= 1
+        }
+        wakeOne()
+    }
+
+    private func wakeOne() {
+        if !waiters.isEmpty { waiters.removeFirst().resume() }
+    }
+}
+
+/// A connection held by one task across awaits; every call on it runs on the
+/// thread pool, one at a time.
+public struct ConnectionHandle: Sendable {
+    public let connection: PostgresConnection
+    let threadPool: NIOThreadPool
+
+    public init(_ connection: PostgresConnection, threadPool: NIOThreadPool) {
+        self.connection = connection
+        self.threadPool = threadPool
+    }
+
+    @discardableResult
+    public func run<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        let connection = self.connection
+        return try await threadPool.runIfActive { try body(connection) }
+    }
+}

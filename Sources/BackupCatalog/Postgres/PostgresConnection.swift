@@ -1,0 +1,156 @@
+import CLibPQ
+import Glibc
+
+/// An error from PostgreSQL or libpq, with the SQLSTATE when the server sent one.
+public struct PostgresError: Error, CustomStringConvertible {
+    public let sqlState: String?
+    public let message: String
+
+    public var description: String { message }
+
+    /// A unique constraint was violated.
+    public var isUniqueViolation: Bool { sqlState == "23505" }
+    /// The text could not be read as the column's type (a bad UUID, say).
+    public var isInvalidText: Bool { sqlState == "22P02" }
+}
+
+/// A value sent as a query parameter, in PostgreSQL's text format.
+public protocol PostgresEncodable {
+    var postgresText: String? { get }
+}
+
+extension String: PostgresEncodable { public var postgresText: String? { self } }
+extension Int: PostgresEncodable { public var postgresText: String? { String(self) } }
+extension Int64: PostgresEncodable { public var postgresText: String? { String(self) } }
+extension UInt64: PostgresEncodable { public var postgresText: String? { String(self) } }
+extension UInt32: PostgresEncodable { public var postgresText: String? { String(self) } }
+extension Bool: PostgresEncodable { public var postgresText: String? { self ? "true" : "false" } }
+extension Optional: PostgresEncodable where Wrapped: PostgresEncodable {
+    public var postgresText: String? { self?.postgresText }
+}
+
+/// One row of a result, read by column name.
+public struct PostgresRow: Sendable {
+    let columns: [String: Int]
+    let values: [String?]
+
+    public subscript(_ column: String) -> String? {
+        guard let index = columns[column] else { preconditionFailure("no column \(column) in result") }
+        return values[index]
+    }
+
+    /// The value of the first column, for queries whose columns are not named by us.
+    public var firstValue: String? { values.first ?? nil }
+
+    public func string(_ column: String) -> String { self[column] ?? "" }
+    public func int64(_ column: String) -> Int64 { self[column].flatMap { Int64($0) } ?? 0 }
+    public func uint64(_ column: String) -> UInt64 { self[column].flatMap { UInt64($0) } ?? 0 }
+    public func bool(_ column: String) -> Bool { self[column] == "t" }
+}
+
+/// One libpq connection. Its calls block; the pool runs them on a thread
+/// pool and gives a connection to one caller at a time.
+public final class PostgresConnection: @unchecked Sendable {
+    private let connection: OpaquePointer
+
+    /// Connects with a libpq connection string (key=value pairs or a URI).
+    public init(_ connectionString: String) throws(PostgresError) {
+        guard let connection = PQconnectdb(connectionString) else {
+            throw PostgresError(sqlState: nil, message: "libpq could not allocate a connection")
+        }
+        guard PQstatus(connection) == CONNECTION_OK else {
+            let message = String(cString: PQerrorMessage(connection)).trimmingTrailingNewlines
+            PQfinish(connection)
+            throw PostgresError(sqlState: nil, message: "cannot connect to PostgreSQL: \(message)")
+        }
+        self.connection = connection
+        PQsetNoticeProcessor(connection, { _, _ in }, nil)
+    }
+
+    deinit { PQfinish(connection) }
+
+    /// False once the server connection is lost.
+    public var isHealthy: Bool { PQstatus(connection) == CONNECTION_OK }
+
+    /// Not idle: a transaction was left open or failed.
+    public var isInTransaction: Bool { PQtransactionStatus(connection) != PQTRANS_IDLE }
+
+    /// The server's version, e.g. "15.18 (Debian 15.18-0+deb12u1)".
+    public var serverVersion: String {
+        PQparameterStatus(connection, "server_version").map { String(cString: $0) } ?? ""
+    }
+
+    /// Runs one statement with parameters bound as `$1`, `$2`, … (never
+    /// spliced into the SQL text) and returns its rows.
+    @discardableResult
+    public func query(_ sql: String, _ parameters: (any PostgresEncodable)?...) throws(PostgresError) -> [PostgresRow] {
+        try query(sql, parameters: parameters)
+    }
+
+    @discardableResult
+    public func query(_ sql: String, parameters: [(any PostgresEncodable)?]) throws(PostgresError) -> [PostgresRow] {
+        let texts = parameters.map { $0?.postgresText }
+        let cStrings = texts.map { $0.map { strdup($0)! } }
+        defer { cStrings.forEach { free($0) } }
+        var pointers = cStrings.map { UnsafePointer<CChar>($0) }
+        let result = pointers.withUnsafeMutableBufferPointer { buffer in
+            PQexecParams(connection, sql, Int32(buffer.count), nil, buffer.baseAddress, nil, nil, 0)
+        }
+        guard let result else {
+            throw PostgresError(sqlState: nil, message: String(cString: PQerrorMessage(connection)).trimmingTrailingNewlines)
+        }
+        defer { PQclear(result) }
+        try check(result)
+        return rows(of: result)
+    }
+
+    private func check(_ result: OpaquePointer) throws(PostgresError) {
+        let status = PQresultStatus(result)
+        guard status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK else { return }
+        let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
+        let message = String(cString: PQresultErrorMessage(result)).trimmingTrailingNewlines
+        throw PostgresError(sqlState: state, message: message)
+    }
+
+    /// Runs a script of several statements without parameters (a migration)
+    /// through the simple query protocol.
+    public func execute(script sql: String) throws(PostgresError) {
+        guard let result = PQexec(connection, sql) else {
+            throw PostgresError(sqlState: nil, message: String(cString: PQerrorMessage(connection)).trimmingTrailingNewlines)
+        }
+        defer { PQclear(result) }
+        try check(result)
+    }
+
+    /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.
+    public func transaction<T>(isolation: String = "READ COMMITTED", _ body: () throws -> T) throws -> T {
+        try query("BEGIN ISOLATION LEVEL \(isolation)")
+        do {
+            let value = try body()
+            try query("COMMIT")
+            return value
+        } catch {
+            _ = try? query("ROLLBACK")
+            throw error
+        }
+    }
+
+    private func rows(of result: OpaquePointer) -> [PostgresRow] {
+        let columnCount = PQnfields(result)
+        var columns: [String: Int] = [:]
+        for index in 0..<columnCount { columns[String(cString: PQfname(result, index))] = Int(index) }
+        return (0..<PQntuples(result)).map { row in
+            PostgresRow(columns: columns, values: (0..<columnCount).map { column in
+                PQgetisnull(result, row, column) == 1 ? nil : String(cString: PQgetvalue(result, row, column))
+            })
+        }
+    }
+}
+
+extension String {
+    var trimmingTrailingNewlines: String {
+        var copy = self
+        while copy.last?.isNewline == true { copy.removeLast() }
+        return copy
+    }
+}

@@ -1,0 +1,185 @@
+import BackupWire
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+/// Where and how to reach a backupd server.
+public struct ClientSettings: Sendable {
+    public var host: String
+    public var port: Int
+    /// The bearer token sent with every call.
+    public var token: String
+    /// PEM file of the CA that signed the server's certificate; nil trusts the system's roots.
+    public var caFile: String?
+    public var maxFrameBytes = defaultMaxFrameBytes
+
+    public init(address: String, token: String, caFile: String? = nil) throws {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+            throw RPCError(.invalidArgument, "address \"\(address)\" is not HOST:PORT")
+        }
+        var host = String(address[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        self.host = host
+        self.port = port
+        self.token = token
+        self.caFile = caFile
+    }
+
+    /// A TLS connection to the server that has negotiated `backup-rpc/1`,
+    /// with `configure` adding the handlers above TLS.
+    public func connect<Inbound: Sendable, Outbound: Sendable>(
+        configure: @escaping @Sendable (any Channel) throws -> Void
+    ) async throws -> NIOAsyncChannel<Inbound, Outbound> {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        tls.applicationProtocols = ["backup-rpc/1"]
+        if let caFile { tls.trustRoots = .file(caFile) }
+        let sslContext = try NIOSSLContext(configuration: tls)
+        let isAddress = (try? SocketAddress(ipAddress: host, port: port)) != nil
+        let serverHostname = isAddress ? nil : host
+        do {
+            return try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .connect(host: host, port: port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            try NIOSSLClientHandler(context: sslContext, serverHostname: serverHostname))
+                        try configure(channel)
+                        return try NIOAsyncChannel<Inbound, Outbound>(wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            throw RPCError(.unavailable, "cannot connect to \(host):\(port): \(error)")
+        }
+    }
+}
+
+/// A connection to backupd that carries many calls at once. Open one with
+/// `withConnection`; it closes when the closure returns.
+public final class BackupClient: Sendable {
+    private let outbound: NIOAsyncChannelOutboundWriter<Frame>
+    private let settings: ClientSettings
+    private let calls = NIOLockedValueBox(Calls())
+
+    private struct Calls {
+        var nextID: UInt32 = 1
+        var open: [UInt32: AsyncThrowingStream<Frame.Kind, any Error>.Continuation] = [:]
+    }
+
+    private init(outbound: NIOAsyncChannelOutboundWriter<Frame>, settings: ClientSettings) {
+        self.outbound = outbound
+        self.settings = settings
+    }
+
+    /// Connects, runs `body` with the client, and closes the connection.
+    public static func withConnection<T: Sendable>(
+        _ settings: ClientSettings, _ body: @Sendable (BackupClient) async throws -> T
+    ) async throws -> T {
+        let maxFrameBytes = settings.maxFrameBytes
+        let channel: NIOAsyncChannel<Frame, Frame> = try await settings.connect { channel in
+            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
+            try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+        }
+        return try await channel.executeThenClose { inbound, outbound in
+            let client = BackupClient(outbound: outbound, settings: settings)
+            return try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    do {
+                        for try await frame in inbound { client.deliver(frame) }
+                        client.failAll(RPCError(.unavailable, "the server closed the connection"))
+                    } catch {
+                        client.failAll(RPCError(.unavailable, "the connection failed: \(error)"))
+                    }
+                }
+                defer { group.cancelAll() }
+                return try await body(client)
+            }
+        }
+    }
+
+    /// One request, one response.
+    public func unary<Request, Response>(_ method: Method<Request, Response>, _ request: Request,
+                                         timeout: Duration? = nil) async throws -> Response {
+        var response: Response?
+        try await call(method, requests: [request], timeout: timeout) { response = $0 }
+        guard let response else { throw RPCError(.internal, "\(method.name) ended OK without a response") }
+        return response
+    }
+
+    /// One request, then every response as it arrives.
+    public func serverStreaming<Request, Response>(_ method: Method<Request, Response>, _ request: Request,
+                                                   onResponse: (Response) async throws -> Void) async throws {
+        try await call(method, requests: [request], timeout: nil, onResponse: onResponse)
+    }
+
+    /// Runs one call: start, the request messages, half-close; then the
+    /// responses until the status. A status other than OK is thrown as `RPCError`.
+    public func call<Request, Response>(
+        _ method: Method<Request, Response>, requests: [Request], timeout: Duration?,
+        onResponse: (Response) async throws -> Void
+    ) async throws {
+        let (id, responses) = open()
+        var start = CallStart()
+        start.method = method.name
+        start.metadata = [MetadataEntry("authorization", "Bearer \(settings.token)")]
+        if let timeout { start.timeoutMS = UInt32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000) }
+        let frames = [Frame(callID: id, .start(start))] + requests.map { Frame(callID: id, .message($0.serializedBytes())) }
+            + [Frame(callID: id, .halfClose)]
+        do {
+            try await outbound.write(contentsOf: frames)
+        } catch {
+            close(id)
+            throw RPCError(.unavailable, "cannot send the call: \(error)")
+        }
+        for try await kind in responses {
+            switch kind {
+            case .message(let bytes):
+                guard let response = try? Response(serializedBytes: bytes) else {
+                    throw RPCError(.internal, "the server's response is not a valid \(String(cString: Response.descriptor.name))")
+                }
+                try await onResponse(response)
+            case .status(let status):
+                guard status.code == .ok else { throw RPCError(status.code, status.message) }
+                return
+            default:
+                continue
+            }
+        }
+        throw RPCError(.unavailable, "the connection closed before \(method.name) ended")
+    }
+
+    private func open() -> (UInt32, AsyncThrowingStream<Frame.Kind, any Error>) {
+        let (stream, continuation) = AsyncThrowingStream<Frame.Kind, any Error>.makeStream()
+        let id = calls.withLockedValue { calls in
+            let id = calls.nextID
+            calls.nextID &+= 1
+            calls.open[id] = continuation
+            return id
+        }
+        return (id, stream)
+    }
+
+    private func close(_ id: UInt32) {
+        calls.withLockedValue { $0.open.removeValue(forKey: id) }?.finish()
+    }
+
+    private func deliver(_ frame: Frame) {
+        guard let kind = frame.kind else { return }
+        if frame.callID == 0, case .status(let status) = kind {
+            failAll(RPCError(status.code, status.message))
+            return
+        }
+        guard let continuation = calls.withLockedValue({ $0.open[frame.callID] }) else { return }
+        continuation.yield(kind)
+        if case .status = kind { close(frame.callID) }
+    }
+
+    private func failAll(_ error: RPCError) {
+        let open = calls.withLockedValue { calls in
+            defer { calls.open.removeAll() }
+            return Array(calls.open.values)
+        }
+        open.forEach { $0.finish(throwing: error) }
+    }
+}

@@ -1,0 +1,170 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A blob that is in the store.
+public struct StoredBlob: Sendable, Equatable {
+    public let hash: ContentHash
+    public let size: UInt64
+    /// False when the store already had this content and wrote nothing.
+    public let written: Bool
+}
+
+/// Failures of blob storage, each naming the path or blob concerned.
+public enum BlobStoreError: Error, CustomStringConvertible {
+    case cannotRead(path: String, errno: Int32)
+    case cannotWrite(path: String, errno: Int32)
+    case missing(ContentHash)
+    case corrupt(ContentHash, actual: ContentHash)
+
+    public var description: String {
+        switch self {
+        case let .cannotRead(path, code): "cannot read \(path): \(String(cString: strerror(code)))"
+        case let .cannotWrite(path, code): "cannot write \(path): \(String(cString: strerror(code)))"
+        case let .missing(hash): "blob \(hash) is missing from the blob store"
+        case let .corrupt(hash, actual): "blob \(hash) is corrupt: its content hashes to \(actual)"
+        }
+    }
+}
+
+/// Content-addressed storage of database dumps and file documents: each blob
+/// is stored once under the SHA-256 of its content. The local folder is the
+/// default backend; an object store can take its place behind this protocol.
+///
+/// Calls block on I/O: run them off event loops.
+public protocol BlobStore: Sendable {
+    /// Stores a local file's content. `progress` is told the bytes read so far.
+    func put(contentsOf path: String, progress: (UInt64) -> Void) throws -> StoredBlob
+    func contains(_ hash: ContentHash) -> Bool
+    /// Re-reads a blob and checks that its content still has its hash.
+    func verify(_ hash: ContentHash) throws -> UInt64
+    func remove(_ hash: ContentHash) throws
+}
+
+/// Blobs as files under a folder: `sha256/ab/cd/abcd…`. Each is written to a
+/// temporary name, fsynced and renamed into place, so a blob that exists is
+/// complete.
+public struct LocalBlobStore: BlobStore {
+    public let root: String
+    static let chunkSize = 1 << 20
+
+    public init(root: String) throws {
+        self.root = root
+        try makeDirectories(root + "/tmp")
+        try makeDirectories(root + "/sha256")
+    }
+
+    /// Where a blob's file is (or would be).
+    public func path(for hash: ContentHash) -> String {
+        let hex = hash.hex
+        return "\(root)/sha256/\(hex.prefix(2))/\(hex.dropFirst(2).prefix(2))/\(hex)"
+    }
+
+    public func put(contentsOf path: String, progress: (UInt64) -> Void) throws -> StoredBlob {
+        let source = open(path, O_RDONLY | O_CLOEXEC)
+        guard source >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
+        defer { close(source) }
+
+        let temporary = "\(root)/tmp/\(base64URL(Secure.randomBytes(12))).partial"
+        let target = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard target >= 0 else { throw BlobStoreError.cannotWrite(path: temporary, errno: errno) }
+        var keepTemporary = false
+        defer {
+            if target >= 0 { close(target) }
+            if !keepTemporary { unlink(temporary) }
+        }
+
+        let hasher = SHA256Hasher()
+        var size: UInt64 = 0
+        try readChunks(fd: source, path: path) { chunk in
+            hasher.update(chunk)
+            try writeAll(fd: target, chunk, path: temporary)
+            size += UInt64(chunk.count)
+            progress(size)
+        }
+        let hash = hasher.finish()
+        let final = self.path(for: hash)
+        if access(final, F_OK) == 0 {
+            return StoredBlob(hash: hash, size: size, written: false)
+        }
+        guard fsync(target) == 0 else { throw BlobStoreError.cannotWrite(path: temporary, errno: errno) }
+        let folder = String(final[..<final.lastIndex(of: "/")!])
+        try makeDirectories(folder)
+        guard rename(temporary, final) == 0 else { throw BlobStoreError.cannotWrite(path: final, errno: errno) }
+        keepTemporary = true
+        syncDirectory(folder)
+        return StoredBlob(hash: hash, size: size, written: true)
+    }
+
+    public func contains(_ hash: ContentHash) -> Bool {
+        access(path(for: hash), F_OK) == 0
+    }
+
+    public func verify(_ hash: ContentHash) throws -> UInt64 {
+        let path = self.path(for: hash)
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT { throw BlobStoreError.missing(hash) }
+            throw BlobStoreError.cannotRead(path: path, errno: errno)
+        }
+        defer { close(fd) }
+        let hasher = SHA256Hasher()
+        var size: UInt64 = 0
+        try readChunks(fd: fd, path: path) { chunk in
+            hasher.update(chunk)
+            size += UInt64(chunk.count)
+        }
+        let actual = hasher.finish()
+        guard actual == hash else { throw BlobStoreError.corrupt(hash, actual: actual) }
+        return size
+    }
+
+    public func remove(_ hash: ContentHash) throws {
+        let path = self.path(for: hash)
+        guard unlink(path) == 0 || errno == ENOENT else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
+    }
+}
+
+private func readChunks(fd: Int32, path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: LocalBlobStore.chunkSize, alignment: 16)
+    defer { buffer.deallocate() }
+    while true {
+        let count = read(fd, buffer.baseAddress, buffer.count)
+        if count < 0 {
+            if errno == EINTR { continue }
+            throw BlobStoreError.cannotRead(path: path, errno: errno)
+        }
+        if count == 0 { return }
+        try body(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+    }
+}
+
+private func writeAll(fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
+    var offset = 0
+    while offset < bytes.count {
+        let written = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+        if written < 0 {
+            if errno == EINTR { continue }
+            throw BlobStoreError.cannotWrite(path: path, errno: errno)
+        }
+        offset += written
+    }
+}
+
+/// `mkdir -p`.
+public func makeDirectories(_ path: String) throws {
+    var current = path.hasPrefix("/") ? "" : "."
+    for component in path.split(separator: "/") {
+        current += "/" + component
+        if mkdir(current, 0o755) != 0 && errno != EEXIST {
+            throw BlobStoreError.cannotWrite(path: current, errno: errno)
+        }
+    }
+}
+
+private func syncDirectory(_ path: String) {
+    let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    fsync(fd)
+    close(fd)
+}

@@ -1,0 +1,73 @@
+import COpenSSL
+
+/// The address of a blob: the lowercase hex SHA-256 of its content.
+public struct ContentHash: Hashable, Sendable, CustomStringConvertible {
+    public let hex: String
+
+    /// Accepts exactly 64 lowercase hex digits.
+    public init?(hex: String) {
+        guard hex.utf8.count == 64, hex.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else {
+            return nil
+        }
+        self.hex = hex
+    }
+
+    public var description: String { hex }
+
+    /// The SHA-256 of a byte sequence held in memory.
+    public static func of(_ bytes: some Sequence<UInt8>) -> ContentHash {
+        let hasher = SHA256Hasher()
+        let array = Array(bytes)
+        array.withUnsafeBytes { hasher.update($0) }
+        return hasher.finish()
+    }
+}
+
+/// Incremental SHA-256 through OpenSSL's EVP interface.
+public final class SHA256Hasher {
+    private let context: OpaquePointer
+
+    public init() {
+        context = EVP_MD_CTX_new()
+        EVP_DigestInit_ex(context, EVP_sha256(), nil)
+    }
+
+    deinit { EVP_MD_CTX_free(context) }
+
+    public func update(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, !bytes.isEmpty else { return }
+        EVP_DigestUpdate(context, base, bytes.count)
+    }
+
+    public func finish() -> ContentHash {
+        var digest = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        EVP_DigestFinal_ex(context, &digest, &length)
+        return ContentHash(hex: hexString(digest.prefix(Int(length))))!
+    }
+}
+
+/// Cryptographic randomness and comparisons from OpenSSL.
+public enum Secure {
+    /// `count` bytes from OpenSSL's CSPRNG.
+    public static func randomBytes(_ count: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        precondition(RAND_bytes(&bytes, Int32(count)) == 1, "OpenSSL RAND_bytes failed")
+        return bytes
+    }
+
+    /// Compares without leaking, through timing, where two values differ.
+    public static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        a.count == b.count && CRYPTO_memcmp(a, b, a.count) == 0
+    }
+}
+
+func hexString(_ bytes: some Sequence<UInt8>) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    for byte in bytes {
+        out.append(digits[Int(byte >> 4)])
+        out.append(digits[Int(byte & 0x0f)])
+    }
+    return String(decoding: out, as: UTF8.self)
+}

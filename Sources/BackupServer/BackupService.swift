@@ -1,0 +1,85 @@
+import BackupCatalog
+import BackupCore
+import BackupWire
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// Everything `backupd serve` needs to know.
+public struct ServerConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 7443
+    public var tls: TLSSettings
+    public var catalogURL: String
+    public var blobDirectory: String
+    public var maxFrameBytes = defaultMaxFrameBytes
+    public var jobs: JobSettings
+
+    public init(tls: TLSSettings, catalogURL: String, blobDirectory: String) {
+        self.tls = tls
+        self.catalogURL = catalogURL
+        self.blobDirectory = blobDirectory
+        self.jobs = JobSettings(scratchDirectory: blobDirectory + "/tmp")
+    }
+}
+
+/// The running server: the catalog (migrated at start), the TLS listener
+/// with its RPC dispatch, and the job runner, under one service group that
+/// shuts down gracefully on SIGTERM or SIGINT.
+public struct BackupService: Sendable {
+    let configuration: ServerConfiguration
+    let logger: Logger
+
+    public init(configuration: ServerConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Serves until a signal asks it to stop. `onListening` hears the bound
+    /// address (useful with port 0).
+    public func run(onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }) async throws {
+        let threadPool = NIOThreadPool(numberOfThreads: 16)
+        threadPool.start()
+        do {
+            try await serve(threadPool: threadPool, onListening: onListening)
+            try await threadPool.shutdownGracefully()
+        } catch {
+            try? await threadPool.shutdownGracefully()
+            throw error
+        }
+    }
+
+    private func serve(threadPool: NIOThreadPool, onListening: @escaping @Sendable (SocketAddress) -> Void) async throws {
+        let catalog = Catalog(connectionString: configuration.catalogURL, maximumConnections: 12, threadPool: threadPool)
+        try await catalog.migrate()
+        let blobStore = try LocalBlobStore(root: configuration.blobDirectory)
+        let jobs = JobRunner(catalog: catalog, blobStore: blobStore, threadPool: threadPool,
+                             settings: configuration.jobs, logger: logger)
+
+        var router = RPCRouter()
+        BackupsService(catalog: catalog, jobs: jobs, maxFrameBytes: configuration.maxFrameBytes).register(into: &router)
+        let dispatcher = RPCDispatcher(router: router, logger: logger) { secret in
+            try await catalog.authenticate(secret: secret)
+        }
+        let listener = TLSListener(
+            host: configuration.host, port: configuration.port, tls: configuration.tls,
+            maxFrameBytes: configuration.maxFrameBytes, dispatcher: dispatcher,
+            eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger, onListening: onListening)
+
+        let group = ServiceGroup(configuration: .init(
+            services: [
+                .init(service: ListenerService(listener: listener)),
+                .init(service: jobs),
+            ],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        try await group.run()
+        await catalog.pool.close()
+    }
+}
+
+private struct ListenerService: Service {
+    let listener: TLSListener
+    func run() async throws { try await listener.run() }
+}

@@ -1,0 +1,192 @@
+import BackupCatalog
+import BackupCore
+import BackupWire
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOPosix
+import ServiceLifecycle
+
+/// Settings of the job runner.
+public struct JobSettings: Sendable {
+    public var maximumConcurrentJobs = 2
+    public var leaseSeconds = 30
+    /// How often the catalog is asked for work queued by other processes.
+    public var pollInterval: Duration = .seconds(2)
+    public var garbageCollectionInterval: Duration = .seconds(600)
+    public var tools = PostgresTools()
+    /// Where dumps are written while a job runs; best on the blob store's file system.
+    public var scratchDirectory: String
+
+    public init(scratchDirectory: String) {
+        self.scratchDirectory = scratchDirectory
+    }
+}
+
+/// Runs queued jobs from the catalog. Jobs are claimed under a lease that
+/// this process renews while it works, so several processes can share one
+/// catalog; a job whose lease expires (its process died) is marked FAILED by
+/// whichever runner sees it first. On shutdown, running jobs are stopped and
+/// marked FAILED with the reason.
+public final class JobRunner: Service, Sendable {
+    private let catalog: Catalog
+    private let blobStore: any BlobStore
+    private let settings: JobSettings
+    private let backupJob: BackupJob
+    private let logger: Logger
+    private let owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(UUID().uuidString.prefix(8))"
+    private let signals = NIOLockedValueBox(Signals())
+
+    private struct Signals {
+        var wake = false
+        var collectGarbage = true
+        var running = 0
+    }
+
+    public init(catalog: Catalog, blobStore: any BlobStore, threadPool: NIOThreadPool, settings: JobSettings, logger: Logger) {
+        self.catalog = catalog
+        self.blobStore = blobStore
+        self.settings = settings
+        self.logger = logger
+        self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool,
+                                   tools: settings.tools, scratchDirectory: settings.scratchDirectory)
+    }
+
+    /// Looks for work now rather than at the next poll.
+    public func wake() {
+        signals.withLockedValue { $0.wake = true }
+    }
+
+    /// Asks for a garbage collection of unreferenced blobs soon.
+    public func requestGarbageCollection() {
+        signals.withLockedValue { $0.collectGarbage = true; $0.wake = true }
+    }
+
+    public func run() async throws {
+        try makeDirectories(settings.scratchDirectory)
+        await withDiscardingTaskGroup { group in
+            var lastPoll = ContinuousClock.now - settings.pollInterval
+            var lastCollection = ContinuousClock.now
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                let (woken, collect) = signals.withLockedValue { signals in
+                    defer { signals.wake = false; signals.collectGarbage = false }
+                    return (signals.wake, signals.collectGarbage)
+                }
+                if collect || ContinuousClock.now - lastCollection >= settings.garbageCollectionInterval {
+                    lastCollection = ContinuousClock.now
+                    await collectGarbage()
+                }
+                if woken || ContinuousClock.now - lastPoll >= settings.pollInterval {
+                    lastPoll = ContinuousClock.now
+                    await failAbandonedJobs()
+                    while signals.withLockedValue({ $0.running }) < settings.maximumConcurrentJobs,
+                          let claimed = await claim() {
+                        signals.withLockedValue { $0.running += 1 }
+                        group.addTask {
+                            await self.execute(claimed)
+                            self.signals.withLockedValue { $0.running -= 1; $0.wake = true }
+                        }
+                    }
+                }
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+            group.cancelAll()
+        }
+    }
+
+    private func claim() async -> ClaimedJob? {
+        do {
+            return try await catalog.claimNextJob(owner: owner, leaseSeconds: settings.leaseSeconds)
+        } catch {
+            logger.error("cannot claim jobs", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    private func failAbandonedJobs() async {
+        do {
+            let count = try await catalog.failAbandonedJobs()
+            if count > 0 { logger.warning("failed abandoned jobs", metadata: ["count": "\(count)"]) }
+        } catch {
+            logger.error("cannot check for abandoned jobs", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func collectGarbage() async {
+        do {
+            let blobStore = self.blobStore
+            if let removed = try await catalog.collectGarbage(remove: { try blobStore.remove($0) }), removed > 0 {
+                logger.info("removed unreferenced blobs", metadata: ["count": "\(removed)"])
+            }
+        } catch {
+            logger.error("garbage collection failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func execute(_ claimed: ClaimedJob) async {
+        let job = claimed.job
+        let logger = self.logger.with(["job": "\(job.id)", "kind": "\(job.kind)", "environment": "\(job.namespace)/\(job.environment)"])
+        logger.info("job started")
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    switch job.kind {
+                    case .backup: try await self.backupJob.run(claimed, owner: self.owner)
+                    default: throw JobFailure(description: "this server does not run \(job.kind) jobs")
+                    }
+                }
+                group.addTask { try await self.keepLease(job.id) }
+                try await group.next()
+                group.cancelAll()
+            }
+            logger.info("job finished")
+        } catch {
+            let reason = Task.isCancelled ? "interrupted: backupd shut down while the job ran" : describe(error)
+            logger.error("job failed", metadata: ["reason": "\(reason)"])
+            // Recorded even when the job was cancelled by shutdown.
+            let catalog = self.catalog
+            await withoutCancellation {
+                do {
+                    try await catalog.failJob(id: job.id, error: reason)
+                } catch {
+                    logger.error("cannot record the job's failure", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    private func keepLease(_ jobID: String) async throws {
+        while true {
+            try await Task.sleep(for: .seconds(max(1, settings.leaseSeconds / 3)))
+            guard try await catalog.renewLease(jobID: jobID, owner: owner, leaseSeconds: settings.leaseSeconds) else {
+                throw JobFailure(description: "this process lost the job's lease")
+            }
+        }
+    }
+
+    private func describe(_ error: any Error) -> String {
+        switch error {
+        case let error as JobFailure: error.description
+        case let error as SubprocessError: error.description
+        case let error as BackupError: error.description
+        case let error as BlobStoreError: error.description
+        case let error as FileStoreLayout.InvalidKey: error.description
+        case let error as PostgresError: "catalog: \(error.message)"
+        default: "internal error: \(error)"
+        }
+    }
+}
+
+/// Runs `body` to its end even if the calling task is cancelled: for the
+/// bookkeeping that must follow a cancellation (marking a job failed).
+func withoutCancellation(_ body: @escaping @Sendable () async -> Void) async {
+    await Task { await body() }.value
+}
+
+extension Logger {
+    func with(_ metadata: Logger.Metadata) -> Logger {
+        var copy = self
+        for (key, value) in metadata { copy[metadataKey: key] = value }
+        return copy
+    }
+}

@@ -1,0 +1,32 @@
+import BackupCatalog
+import Foundation
+
+/// Keeps a job's progress in the catalog without writing on every byte: a
+/// change is written at most twice a second, and at once when the phase changes.
+actor ProgressReporter {
+    private let catalog: Catalog
+    private let jobID: String
+    private var done: UInt64 = 0
+    private var total: UInt64 = 0
+    private var phase = ""
+    private var lastWrite = ContinuousClock.now - .seconds(1)
+
+    init(catalog: Catalog, jobID: String) {
+        self.catalog = catalog
+        self.jobID = jobID
+    }
+
+    func update(done: UInt64? = nil, total: UInt64? = nil, phase: String? = nil) async {
+        let phaseChanged = phase != nil && phase != self.phase
+        if let done { self.done = done }
+        if let total { self.total = max(total, self.done) }
+        if let phase { self.phase = phase }
+        guard phaseChanged || ContinuousClock.now - lastWrite >= .milliseconds(500) else { return }
+        lastWrite = ContinuousClock.now
+        try? await catalog.reportProgress(jobID: jobID, bytesDone: self.done, bytesTotal: self.total, phase: self.phase)
+    }
+
+    func advance(by bytes: UInt64) async {
+        await update(done: done + bytes)
+    }
+}

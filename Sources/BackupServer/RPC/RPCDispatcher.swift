@@ -1,0 +1,79 @@
+import BackupCatalog
+import BackupCore
+import BackupWire
+import Logging
+
+/// Runs one call from its start frame to its status, independent of any
+/// transport: routing (UNIMPLEMENTED), authentication (UNAUTHENTICATED), the
+/// handler, its deadline (DEADLINE_EXCEEDED) and cancellation (CANCELLED).
+public struct RPCDispatcher: Sendable {
+    let router: RPCRouter
+    let authenticate: @Sendable (String) async throws -> Caller?
+    let logger: Logger
+
+    public init(router: RPCRouter, logger: Logger, authenticate: @escaping @Sendable (String) async throws -> Caller?) {
+        self.router = router
+        self.authenticate = authenticate
+        self.logger = logger
+    }
+
+    /// - Parameters:
+    ///   - requests: the call's request messages; finishes at half-close.
+    ///   - cancelled: yields when the client cancels the call.
+    ///   - send: writes one response message.
+    /// - Returns: the status that ends the call.
+    public func handle(
+        _ start: CallStart,
+        requests: AsyncThrowingStream<[UInt8], any Error>,
+        cancelled: AsyncStream<Void>,
+        send: @escaping @Sendable ([UInt8]) async throws -> Void
+    ) async -> CallStatus {
+        guard let route = router.routes[start.method] else {
+            return CallStatus(RPCError(.unimplemented, "method \(start.method.isEmpty ? "(none)" : start.method) is not implemented"))
+        }
+        let timeoutMS = start.timeoutMS
+        return await withTaskGroup(of: CallStatus?.self) { group in
+            group.addTask {
+                do {
+                    let caller = try await self.caller(for: start)
+                    try await route.run(requests, send, CallContext(caller: caller, method: start.method))
+                    return CallStatus()
+                } catch {
+                    return CallStatus(rpcError(for: error, method: start.method, logger: self.logger))
+                }
+            }
+            if timeoutMS > 0 {
+                group.addTask {
+                    guard (try? await Task.sleep(for: .milliseconds(timeoutMS))) != nil else { return nil }
+                    return CallStatus(RPCError(.deadlineExceeded, "the call's deadline of \(timeoutMS) ms passed"))
+                }
+            }
+            group.addTask {
+                for await _ in cancelled { return CallStatus(RPCError(.cancelled, "the client cancelled the call")) }
+                return nil
+            }
+            var outcome = CallStatus(RPCError(.internal, "the call ended without a status"))
+            while let next = await group.next() {
+                if let status = next {
+                    outcome = status
+                    break
+                }
+            }
+            group.cancelAll()
+            return outcome
+        }
+    }
+
+    private func caller(for start: CallStart) async throws -> Caller {
+        guard let header = start.metadata("authorization") else {
+            throw BackupError.unauthenticated("the call has no authorization metadata (\"Bearer <token>\")")
+        }
+        guard header.hasPrefix("Bearer "), case let secret = String(header.dropFirst(7)), !secret.isEmpty else {
+            throw BackupError.unauthenticated("authorization metadata must be \"Bearer <token>\"")
+        }
+        guard let caller = try await authenticate(secret) else {
+            throw BackupError.unauthenticated("the token is unknown or revoked")
+        }
+        return caller
+    }
+}

@@ -1,0 +1,91 @@
+import BackupCore
+import BackupWire
+
+/// Sends the response messages of a server-streaming call.
+public struct ResponseWriter<Response: WireMessage>: Sendable {
+    let send: @Sendable ([UInt8]) async throws -> Void
+
+    public func write(_ response: Response) async throws {
+        try await send(response.serializedBytes())
+    }
+}
+
+/// The request messages of a client-streaming call, decoded as they arrive.
+public struct RequestMessages<Request: WireMessage>: AsyncSequence, Sendable {
+    public typealias Element = Request
+    let raw: AsyncThrowingStream<[UInt8], any Error>
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(raw: raw.makeAsyncIterator()) }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var raw: AsyncThrowingStream<[UInt8], any Error>.AsyncIterator
+        public mutating func next() async throws -> Request? {
+            guard let bytes = try await raw.next() else { return nil }
+            return try decodeRequest(bytes)
+        }
+    }
+}
+
+/// Maps method names to handlers, typed by the `Method` table of BackupWire,
+/// so a handler cannot be registered with the wrong message types.
+public struct RPCRouter: Sendable {
+    struct Route: Sendable {
+        let run: @Sendable (AsyncThrowingStream<[UInt8], any Error>, @escaping @Sendable ([UInt8]) async throws -> Void, CallContext) async throws -> Void
+    }
+
+    private(set) var routes: [String: Route] = [:]
+
+    public init() {}
+
+    public mutating func unary<Request, Response>(
+        _ method: Method<Request, Response>,
+        _ handler: @escaping @Sendable (Request, CallContext) async throws -> Response
+    ) {
+        precondition(method.shape == .unary, "\(method.name) is not unary")
+        routes[method.name] = Route { requests, send, context in
+            let request: Request = try await singleRequest(requests)
+            try await send(try await handler(request, context).serializedBytes())
+        }
+    }
+
+    public mutating func serverStreaming<Request, Response>(
+        _ method: Method<Request, Response>,
+        _ handler: @escaping @Sendable (Request, CallContext, ResponseWriter<Response>) async throws -> Void
+    ) {
+        precondition(method.shape == .serverStreaming, "\(method.name) is not server streaming")
+        routes[method.name] = Route { requests, send, context in
+            let request: Request = try await singleRequest(requests)
+            try await handler(request, context, ResponseWriter(send: send))
+        }
+    }
+
+    public mutating func clientStreaming<Request, Response>(
+        _ method: Method<Request, Response>,
+        _ handler: @escaping @Sendable (RequestMessages<Request>, CallContext) async throws -> Response
+    ) {
+        precondition(method.shape == .clientStreaming, "\(method.name) is not client streaming")
+        routes[method.name] = Route { requests, send, context in
+            try await send(try await handler(RequestMessages(raw: requests), context).serializedBytes())
+        }
+    }
+}
+
+func decodeRequest<Request: WireMessage>(_ bytes: [UInt8]) throws(BackupError) -> Request {
+    do {
+        return try Request(serializedBytes: bytes)
+    } catch {
+        throw .invalidArgument("request message is not a valid \(String(cString: Request.descriptor.name))")
+    }
+}
+
+/// Unary and server-streaming calls carry exactly one request message.
+private func singleRequest<Request: WireMessage>(_ requests: AsyncThrowingStream<[UInt8], any Error>) async throws -> Request {
+    var iterator = requests.makeAsyncIterator()
+    guard let first = try await iterator.next() else {
+        throw BackupError.invalidArgument("the call ended without a request message")
+    }
+    guard try await iterator.next() == nil else {
+        throw BackupError.invalidArgument("this method takes one request message; the call sent more")
+    }
+    return try decodeRequest(first)
+}

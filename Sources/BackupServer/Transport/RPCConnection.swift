@@ -1,0 +1,110 @@
+import BackupWire
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import ServiceLifecycle
+
+/// Serves the RPC protocol on one connection: demultiplexes frames into
+/// calls by call_id, runs each call as a child task, and writes its
+/// responses and final status. Frames of different calls interleave.
+///
+/// Ends the connection after a connection-level status for an oversized or
+/// undecodable frame. On graceful shutdown it refuses new calls with
+/// UNAVAILABLE and closes once the open ones have ended.
+struct RPCConnection {
+    let dispatcher: RPCDispatcher
+    let logger: Logger
+
+    /// The client's half of an open call.
+    private struct OpenCall {
+        let requests: AsyncThrowingStream<[UInt8], any Error>.Continuation
+        let cancel: AsyncStream<Void>.Continuation
+    }
+
+    private struct State {
+        var calls: [UInt32: OpenCall] = [:]
+        var draining = false
+    }
+
+    func run(_ channel: NIOAsyncChannel<Frame, Frame>) async {
+        let state = NIOLockedValueBox(State())
+        let underlying = channel.channel
+        do {
+            try await channel.executeThenClose { inbound, outbound in
+                await withGracefulShutdownHandler {
+                    await withDiscardingTaskGroup { group in
+                        do {
+                            for try await frame in inbound {
+                                try accept(frame, state: state, group: &group, outbound: outbound, channel: underlying)
+                            }
+                        } catch let error as FrameError {
+                            logger.info("closing connection", metadata: ["reason": "\(error)"])
+                            try? await outbound.write(Frame(callID: 0, .status(CallStatus(error.rpcError))))
+                        } catch let error as RPCError {
+                            logger.info("closing connection", metadata: ["reason": "\(error)"])
+                            try? await outbound.write(Frame(callID: 0, .status(CallStatus(error))))
+                        } catch {
+                            logger.debug("connection ended", metadata: ["error": "\(error)"])
+                        }
+                        // The client is gone or broke the protocol: end its calls.
+                        for call in state.withLockedValue({ Array($0.calls.values) }) {
+                            call.requests.finish(throwing: CancellationError())
+                            call.cancel.yield()
+                        }
+                    }
+                } onGracefulShutdown: {
+                    let idle = state.withLockedValue { state in
+                        state.draining = true
+                        return state.calls.isEmpty
+                    }
+                    if idle { underlying.close(promise: nil) }
+                }
+            }
+        } catch {
+            logger.debug("connection closed with error", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func accept(
+        _ frame: Frame, state: NIOLockedValueBox<State>, group: inout DiscardingTaskGroup,
+        outbound: NIOAsyncChannelOutboundWriter<Frame>, channel: any Channel
+    ) throws {
+        let id = frame.callID
+        switch frame.kind {
+        case .start(let start):
+            let (requests, requestContinuation) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
+            let (cancelled, cancelContinuation) = AsyncStream<Void>.makeStream()
+            let admitted: Bool = try state.withLockedValue { state in
+                guard state.calls[id] == nil else { throw RPCError(.invalidArgument, "call_id \(id) is already open on this connection") }
+                guard !state.draining else { return false }
+                state.calls[id] = OpenCall(requests: requestContinuation, cancel: cancelContinuation)
+                return true
+            }
+            guard admitted else {
+                group.addTask {
+                    try? await outbound.write(Frame(callID: id, .status(CallStatus(RPCError(.unavailable, "the server is shutting down")))))
+                }
+                return
+            }
+            group.addTask {
+                let status = await dispatcher.handle(start, requests: requests, cancelled: cancelled) { bytes in
+                    try await outbound.write(Frame(callID: id, .message(bytes)))
+                }
+                let closeNow = state.withLockedValue { state in
+                    state.calls[id] = nil
+                    return state.draining && state.calls.isEmpty
+                }
+                try? await outbound.write(Frame(callID: id, .status(status)))
+                if closeNow { channel.close(promise: nil) }
+            }
+        case .message(let bytes):
+            state.withLockedValue { $0.calls[id] }?.requests.yield(bytes)
+        case .halfClose:
+            state.withLockedValue { $0.calls[id] }?.requests.finish()
+        case .cancel:
+            state.withLockedValue { $0.calls[id] }?.cancel.yield()
+        case .status, nil:
+            throw RPCError(.invalidArgument, "a client sends start, message, half_close or cancel frames; call_id \(id) sent another kind")
+        }
+    }
+}

@@ -1,0 +1,115 @@
+import BackupWire
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import NIOTLS
+import ServiceLifecycle
+
+/// TLS settings of the listener.
+public struct TLSSettings: Sendable {
+    public var certificateChainPath: String
+    public var privateKeyPath: String
+
+    public init(certificateChainPath: String, privateKeyPath: String) {
+        self.certificateChainPath = certificateChainPath
+        self.privateKeyPath = privateKeyPath
+    }
+}
+
+/// ALPN protocol names served on the one port.
+public enum ALPN {
+    public static let rpc = "backup-rpc/1"
+    public static let http = "http/1.1"
+}
+
+/// Accepts TLS connections on one port and hands each to the protocol that
+/// ALPN chose: `backup-rpc/1` (or no ALPN) is the RPC protocol. `http/1.1`
+/// is offered for the browser download endpoint; until it is served, such
+/// connections are closed after the handshake.
+actor TLSListener {
+    private enum Negotiated: Sendable {
+        case rpc(NIOAsyncChannel<Frame, Frame>)
+        case unsupported(String)
+    }
+
+    private let host: String
+    private let port: Int
+    private let tls: TLSSettings
+    private let maxFrameBytes: Int
+    private let connection: RPCConnection
+    private let eventLoopGroup: any EventLoopGroup
+    private let logger: Logger
+    private let onListening: @Sendable (SocketAddress) -> Void
+
+    init(host: String, port: Int, tls: TLSSettings, maxFrameBytes: Int, dispatcher: RPCDispatcher,
+         eventLoopGroup: any EventLoopGroup, logger: Logger, onListening: @escaping @Sendable (SocketAddress) -> Void) {
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.maxFrameBytes = maxFrameBytes
+        self.connection = RPCConnection(dispatcher: dispatcher, logger: logger)
+        self.eventLoopGroup = eventLoopGroup
+        self.logger = logger
+        self.onListening = onListening
+    }
+
+    func run() async throws {
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMFile(tls.certificateChainPath).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.privateKeyPath, format: .pem)))
+        configuration.minimumTLSVersion = .tlsv12
+        configuration.applicationProtocols = [ALPN.rpc, ALPN.http]
+        let sslContext = try NIOSSLContext(configuration: configuration)
+        let maxFrameBytes = self.maxFrameBytes
+
+        let server = try await ServerBootstrap(group: eventLoopGroup)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .bind(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                    let negotiation = NIOTypedApplicationProtocolNegotiationHandler<Negotiated> { result, channel in
+                        switch result {
+                        case .negotiated(ALPN.rpc), .fallback:
+                            channel.eventLoop.makeCompletedFuture {
+                                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
+                                try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                                return .rpc(try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel))
+                            }
+                        case .negotiated(let other):
+                            channel.close().map { .unsupported(other) }
+                        }
+                    }
+                    try channel.pipeline.syncOperations.addHandler(negotiation)
+                    return negotiation.protocolNegotiationResult
+                }
+            }
+        if let address = server.channel.localAddress { onListening(address) }
+        logger.info("listening", metadata: ["address": "\(server.channel.localAddress.map { "\($0)" } ?? "?")"])
+
+        try await withGracefulShutdownHandler {
+            try await server.executeThenClose { inbound in
+                try await withThrowingDiscardingTaskGroup { group in
+                    for try await negotiation in inbound {
+                        group.addTask {
+                            do {
+                                switch try await negotiation.get() {
+                                case .rpc(let channel):
+                                    await self.connection.run(channel)
+                                case .unsupported(let name):
+                                    self.logger.info("closing connection: protocol not served yet", metadata: ["alpn": "\(name)"])
+                                }
+                            } catch {
+                                self.logger.debug("handshake failed", metadata: ["error": "\(error)"])
+                            }
+                        }
+                    }
+                }
+            }
+        } onGracefulShutdown: {
+            server.channel.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,47 @@
+/// What a token may do in its namespace; each role includes the ones below it.
+public enum Role: Int32, WireEnum, Comparable, CustomStringConvertible {
+    case unspecified = 0, viewer, `operator`, admin
+
+    public static func < (lhs: Role, rhs: Role) -> Bool { lhs.rawValue < rhs.rawValue }
+    public var description: String { Role.names[self]! }
+    private static let names: [Role: String] = [.unspecified: "unspecified", .viewer: "viewer", .operator: "operator", .admin: "admin"]
+}
+
+public enum EnvironmentState: Int32, WireEnum, CustomStringConvertible {
+    case unspecified = 0, running, stopped
+    public var description: String { ["unspecified", "running", "stopped"][Int(rawValue)] }
+}
+
+/// A backup's life: PROCESSING until its job ends FINISHED or FAILED.
+public enum BackupStatus: Int32, WireEnum, CustomStringConvertible {
+    case unspecified = 0, processing, failed, finished
+    public var description: String { ["unspecified", "processing", "failed", "finished"][Int(rawValue)] }
+}
+
+/// Why a backup exists; the kind decides how long it is kept.
+public enum BackupKind: Int32, WireEnum, CustomStringConvertible {
+    case unspecified = 0, onDemand, nightly, weekly, monthly, uploaded
+    public var description: String { ["unspecified", "on-demand", "nightly", "weekly", "monthly", "uploaded"][Int(rawValue)] }
+}
+
+public enum JobKind: Int32, WireEnum, CustomStringConvertible {
+    case unspecified = 0, backup, restore, archive, uploadValidation, expiry, verify
+    public var description: String {
+        ["unspecified", "backup", "restore", "archive", "upload-validation", "expiry", "verify"][Int(rawValue)]
+    }
+}
+
+public enum JobStatus: Int32, WireEnum, CustomStringConvertible {
+    case unspecified = 0, queued, running, finished, failed
+    public var description: String { ["unspecified", "queued", "running", "finished", "failed"][Int(rawValue)] }
+    public var isTerminal: Bool { self == .finished || self == .failed }
+}
+
+extension WireEnum where Self: CustomStringConvertible {
+    /// The case whose description is `name` (case-insensitive); how the
+    /// catalog stores enums and how the CLI takes them.
+    public init?(name: String) {
+        guard let match = Self.allCases.first(where: { $0.description == name.lowercased() }) else { return nil }
+        self = match
+    }
+}

@@ -1,0 +1,281 @@
+import BackupProto
+import CProtobufC
+import Foundation
+
+/// A message of the backupd API as a Swift value.
+///
+/// Each message describes its fields once, in `map(_:)`, which serves both
+/// directions: reading a decoded protobuf-c struct and filling one to encode.
+/// libprotobuf-c does the binary encoding; `FieldMap` is the only code that
+/// touches protobuf-c memory, so handlers never see a C pointer.
+public protocol WireMessage: Sendable, Equatable {
+    /// The protobuf-c descriptor generated for this message.
+    static var descriptor: ProtobufCMessageDescriptor { get }
+    init()
+    mutating func map(_ fields: inout FieldMap)
+}
+
+/// Raised when bytes from the wire are not what they claim to be.
+public struct WireDecodingError: Error, Equatable, CustomStringConvertible {
+    public let messageName: String
+    public var description: String { "could not decode \(messageName)" }
+}
+
+extension WireMessage {
+    /// Builds a message by setting fields on a default value.
+    public static func with(_ configure: (inout Self) -> Void) -> Self {
+        var message = Self()
+        configure(&message)
+        return message
+    }
+
+    /// Decodes the protobuf binary form.
+    public init(serializedBytes bytes: some Collection<UInt8>) throws {
+        let contiguous = Array(bytes)
+        let decoded: Self? = withUnsafePointer(to: Self.descriptor) { descriptor in
+            contiguous.withUnsafeBufferPointer { buffer in
+                guard let unpacked = protobuf_c_message_unpack(descriptor, nil, buffer.count, buffer.baseAddress) else {
+                    return nil
+                }
+                defer { protobuf_c_message_free_unpacked(unpacked, nil) }
+                return Self(reading: UnsafeMutableRawPointer(unpacked), descriptor: descriptor)
+            }
+        }
+        guard let decoded else {
+            throw WireDecodingError(messageName: String(cString: Self.descriptor.name))
+        }
+        self = decoded
+    }
+
+    /// Encodes to the protobuf binary form.
+    public func serializedBytes() -> [UInt8] {
+        withUnsafePointer(to: Self.descriptor) { descriptor in
+            let arena = FieldMap.Arena()
+            let message = arena.makeMessage(descriptor)
+            write(into: message, descriptor: descriptor, arena: arena)
+            let cMessage = message.assumingMemoryBound(to: ProtobufCMessage.self)
+            let size = protobuf_c_message_get_packed_size(cMessage)
+            return [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+                count = protobuf_c_message_pack(cMessage, buffer.baseAddress)
+            }
+        }
+    }
+
+    init(reading message: UnsafeMutableRawPointer, descriptor: UnsafePointer<ProtobufCMessageDescriptor>) {
+        self.init()
+        var fields = FieldMap(message: message, descriptor: descriptor, arena: nil)
+        map(&fields)
+    }
+
+    func write(into message: UnsafeMutableRawPointer, descriptor: UnsafePointer<ProtobufCMessageDescriptor>, arena: FieldMap.Arena) {
+        var copy = self
+        var fields = FieldMap(message: message, descriptor: descriptor, arena: arena)
+        copy.map(&fields)
+    }
+}
+
+/// An enum of the API; unknown numbers from the wire read as the zero case.
+public protocol WireEnum: RawRepresentable, Sendable, Hashable, CaseIterable where RawValue == Int32 {}
+
+extension WireEnum {
+    public static var zero: Self { Self(rawValue: 0) ?? Self.allCases.first! }
+}
+
+/// Reads fields out of, or writes them into, one protobuf-c message struct,
+/// found by field number through the message's descriptor.
+public struct FieldMap {
+    /// Owns the C memory of a message being built for encoding.
+    final class Arena {
+        private var allocations: [UnsafeMutableRawPointer] = []
+
+        deinit { allocations.forEach { free($0) } }
+
+        func allocate(_ size: Int) -> UnsafeMutableRawPointer {
+            let pointer = calloc(1, max(size, 1))!
+            allocations.append(pointer)
+            return pointer
+        }
+
+        func makeMessage(_ descriptor: UnsafePointer<ProtobufCMessageDescriptor>) -> UnsafeMutableRawPointer {
+            let message = allocate(descriptor.pointee.sizeof_message)
+            protobuf_c_message_init(descriptor, message)
+            return message
+        }
+
+        func cString(_ string: String) -> UnsafeMutablePointer<CChar> {
+            let utf8 = Array(string.utf8)
+            let pointer = allocate(utf8.count + 1)
+            pointer.copyMemory(from: utf8, byteCount: utf8.count)
+            return pointer.assumingMemoryBound(to: CChar.self)
+        }
+
+        func bytes(_ bytes: [UInt8]) -> UnsafeMutablePointer<UInt8> {
+            let pointer = allocate(bytes.count)
+            pointer.copyMemory(from: bytes, byteCount: bytes.count)
+            return pointer.assumingMemoryBound(to: UInt8.self)
+        }
+    }
+
+    private let message: UnsafeMutableRawPointer
+    private let descriptor: UnsafePointer<ProtobufCMessageDescriptor>
+    private let arena: Arena?
+
+    init(message: UnsafeMutableRawPointer, descriptor: UnsafePointer<ProtobufCMessageDescriptor>, arena: Arena?) {
+        self.message = message
+        self.descriptor = descriptor
+        self.arena = arena
+    }
+
+    /// True while decoding, false while encoding.
+    public var isReading: Bool { arena == nil }
+
+    // MARK: Scalars
+
+    public mutating func field(_ id: UInt32, _ value: inout String) {
+        let field = self.field(id)
+        if let arena {
+            guard !value.isEmpty || isOneof(field) else { return }
+            store(arena.cString(value), in: field)
+        } else {
+            let pointer: UnsafePointer<CChar>? = isPresent(field) ? load(field) : nil
+            value = pointer.map { String(cString: $0) } ?? ""
+        }
+    }
+
+    public mutating func field(_ id: UInt32, _ value: inout [UInt8]) {
+        let field = self.field(id)
+        if let arena {
+            guard !value.isEmpty || isOneof(field) else { return }
+            store(ProtobufCBinaryData(len: value.count, data: arena.bytes(value)), in: field)
+        } else {
+            guard isPresent(field) else { value = []; return }
+            let data: ProtobufCBinaryData = load(field)
+            value = data.len == 0 ? [] : Array(UnsafeBufferPointer(start: data.data, count: data.len))
+        }
+    }
+
+    public mutating func field(_ id: UInt32, _ value: inout Bool) {
+        var raw: Int32 = value ? 1 : 0
+        scalar(id, &raw)
+        value = raw != 0
+    }
+
+    public mutating func field(_ id: UInt32, _ value: inout Int32) { scalar(id, &value) }
+    public mutating func field(_ id: UInt32, _ value: inout UInt32) { scalar(id, &value) }
+    public mutating func field(_ id: UInt32, _ value: inout Int64) { scalar(id, &value) }
+    public mutating func field(_ id: UInt32, _ value: inout UInt64) { scalar(id, &value) }
+
+    public mutating func field<E: WireEnum>(_ id: UInt32, _ value: inout E) {
+        var raw = value.rawValue
+        scalar(id, &raw)
+        value = E(rawValue: raw) ?? E.zero
+    }
+
+    // MARK: Messages
+
+    public mutating func field<M: WireMessage>(_ id: UInt32, _ value: inout M?) {
+        let field = self.field(id)
+        let nestedDescriptor = field.pointee.descriptor.assumingMemoryBound(to: ProtobufCMessageDescriptor.self)
+        if let arena {
+            guard let value else { return }
+            let nested = arena.makeMessage(nestedDescriptor)
+            value.write(into: nested, descriptor: nestedDescriptor, arena: arena)
+            store(nested, in: field)
+        } else {
+            let nested: UnsafeMutableRawPointer? = isPresent(field) ? load(field) : nil
+            value = nested.map { M(reading: $0, descriptor: nestedDescriptor) }
+        }
+    }
+
+    /// A nested message that reads as its default value when absent.
+    public mutating func field<M: WireMessage>(_ id: UInt32, _ value: inout M) {
+        var optional: M? = value
+        field(id, &optional)
+        value = optional ?? M()
+    }
+
+    // MARK: Repeated
+
+    public mutating func field<M: WireMessage>(_ id: UInt32, _ values: inout [M]) {
+        let field = self.field(id)
+        let nestedDescriptor = field.pointee.descriptor.assumingMemoryBound(to: ProtobufCMessageDescriptor.self)
+        repeated(field, &values,
+                 read: { M(reading: $0!, descriptor: nestedDescriptor) },
+                 write: { value, arena in
+                     let nested = arena.makeMessage(nestedDescriptor)
+                     value.write(into: nested, descriptor: nestedDescriptor, arena: arena)
+                     return nested
+                 })
+    }
+
+    public mutating func field(_ id: UInt32, _ values: inout [String]) {
+        let field = self.field(id)
+        repeated(field, &values,
+                 read: { String(cString: $0!.assumingMemoryBound(to: CChar.self)) },
+                 write: { value, arena in UnsafeMutableRawPointer(arena.cString(value)) })
+    }
+
+    /// The field number set in the oneof that `memberID` belongs to, 0 if none.
+    public func oneofCase(of memberID: UInt32) -> UInt32 {
+        let field = self.field(memberID)
+        return message.load(fromByteOffset: Int(field.pointee.quantifier_offset), as: UInt32.self)
+    }
+
+    // MARK: Plumbing
+
+    private func field(_ id: UInt32) -> UnsafePointer<ProtobufCFieldDescriptor> {
+        guard let field = protobuf_c_message_descriptor_get_field(descriptor, id) else {
+            preconditionFailure("\(String(cString: descriptor.pointee.name)) has no field \(id)")
+        }
+        return field
+    }
+
+    private func isOneof(_ field: UnsafePointer<ProtobufCFieldDescriptor>) -> Bool {
+        field.pointee.flags & PROTOBUF_C_FIELD_FLAG_ONEOF.rawValue != 0
+    }
+
+    private func isPresent(_ field: UnsafePointer<ProtobufCFieldDescriptor>) -> Bool {
+        !isOneof(field) || oneofCase(of: field.pointee.id) == field.pointee.id
+    }
+
+    private func load<T>(_ field: UnsafePointer<ProtobufCFieldDescriptor>) -> T {
+        message.load(fromByteOffset: Int(field.pointee.offset), as: T.self)
+    }
+
+    private func store<T>(_ value: T, in field: UnsafePointer<ProtobufCFieldDescriptor>) {
+        message.storeBytes(of: value, toByteOffset: Int(field.pointee.offset), as: T.self)
+        if isOneof(field) {
+            message.storeBytes(of: field.pointee.id, toByteOffset: Int(field.pointee.quantifier_offset), as: UInt32.self)
+        }
+    }
+
+    private mutating func scalar<T: FixedWidthInteger>(_ id: UInt32, _ value: inout T) {
+        let field = self.field(id)
+        if arena != nil {
+            guard value != 0 || isOneof(field) else { return }
+            store(value, in: field)
+        } else {
+            value = isPresent(field) ? load(field) : 0
+        }
+    }
+
+    private func repeated<T>(
+        _ field: UnsafePointer<ProtobufCFieldDescriptor>, _ values: inout [T],
+        read: (UnsafeMutableRawPointer?) -> T,
+        write: (T, Arena) -> UnsafeMutableRawPointer
+    ) {
+        let countOffset = Int(field.pointee.quantifier_offset)
+        if let arena {
+            guard !values.isEmpty else { return }
+            let array = arena.allocate(values.count * MemoryLayout<UnsafeMutableRawPointer>.stride)
+                .bindMemory(to: UnsafeMutableRawPointer.self, capacity: values.count)
+            for (index, value) in values.enumerated() { array[index] = write(value, arena) }
+            message.storeBytes(of: values.count, toByteOffset: countOffset, as: Int.self)
+            message.storeBytes(of: UnsafeMutableRawPointer(array), toByteOffset: Int(field.pointee.offset), as: UnsafeMutableRawPointer.self)
+        } else {
+            let count = message.load(fromByteOffset: countOffset, as: Int.self)
+            guard count > 0, let array: UnsafeMutablePointer<UnsafeMutableRawPointer?> = load(field) else { values = []; return }
+            values = (0..<count).map { read(array[$0]) }
+        }
+    }
+}

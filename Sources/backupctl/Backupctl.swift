@@ -1,0 +1,165 @@
+import ArgumentParser
+import BackupClient
+import BackupWire
+import Foundation
+
+@main
+struct Backupctl: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backupctl",
+        abstract: "Back up, list and manage app environments on a backupd server.",
+        subcommands: [Info.self, EnvCommand.self, Create.self, List.self, Show.self, Comment.self, Delete.self,
+                      JobCommand.self, ActivityCommand.self, TokenCommand.self])
+}
+
+struct Info: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the server's version and who you are.")
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        let info = try await global.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+        global.output(info) { i in
+            Format.fields([("server", "backupd \(i.version)"), ("protocol", i.protocol), ("catalog", "PostgreSQL \(i.catalogPostgresVersion)"),
+                           ("max frame", Format.bytes(UInt64(i.maxFrameBytes))),
+                           ("you", "\(i.callerTokenName) (\(i.callerRole) in \(i.callerNamespace))")])
+        }
+    }
+}
+
+struct Create: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Back up an environment now.")
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "Environment, NAMESPACE/NAME.") var env: EnvironmentRef
+    @Option(help: "A comment to keep with the backup.") var comment = ""
+    @Flag(help: "Wait for the backup to finish, with a progress bar on a terminal.") var wait = false
+
+    func run() async throws {
+        let (env, comment, wait, global) = (env, comment, wait, global)
+        let backup = try await global.withClient { client in
+            let created = try await client.unary(Backups.createBackup, .with {
+                $0.namespace = env.namespace; $0.environment = env.name; $0.comment = comment
+            })
+            guard wait else { return created.backup }
+            try await follow(created.job.id, client: client, quiet: global.json)
+            return try await client.unary(Backups.getBackup, .with { $0.id = created.backup.id })
+        }
+        global.output(backup, human: Format.backup)
+        if backup.status == .failed { throw ExitCode(1) }
+    }
+}
+
+/// Streams a job's progress until it ends, drawing a bar unless quiet.
+func follow(_ jobID: String, client: BackupClient, quiet: Bool) async throws {
+    let bar = ProgressBar()
+    defer { if !quiet { bar.finish() } }
+    try await client.serverStreaming(Backups.watchJob, .with { $0.id = jobID }) { job in
+        if !quiet { bar.draw(job) }
+    }
+}
+
+struct List: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List backups, newest first.")
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "Only this environment, NAMESPACE/NAME.") var env: EnvironmentRef?
+    @Option(help: "Every environment of this namespace.") var namespace: String?
+    @Option(help: "Only this kind: on-demand, nightly, weekly, monthly, uploaded.") var kind: BackupKind?
+    @Option(help: "Only this status: processing, failed, finished.") var status: BackupStatus?
+    @Option(help: "At most this many.") var limit = 100
+
+    func validate() throws {
+        guard (env == nil) != (namespace == nil) else { throw ValidationError("give --env or --namespace") }
+    }
+
+    func run() async throws {
+        let (env, namespace, kind, status, limit) = (env, namespace, kind, status, limit)
+        let response = try await global.withClient { client in
+            var all = ListBackupsResponse()
+            repeat {
+                let page = try await client.unary(Backups.listBackups, .with {
+                    $0.namespace = env?.namespace ?? namespace ?? ""; $0.environment = env?.name ?? ""
+                    $0.kind = kind ?? .unspecified; $0.status = status ?? .unspecified
+                    $0.pageSize = UInt32(min(500, limit - all.backups.count)); $0.pageToken = all.nextPageToken
+                })
+                all.backups += page.backups
+                all.nextPageToken = page.nextPageToken
+            } while !all.nextPageToken.isEmpty && all.backups.count < limit
+            return all
+        }
+        global.output(response) { Format.backups($0.backups) }
+    }
+}
+
+struct Show: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show every detail of a backup.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Backup (snapshot) ID.") var id: String
+
+    func run() async throws {
+        let id = id
+        let backup = try await global.withClient { try await $0.unary(Backups.getBackup, .with { $0.id = id }) }
+        global.output(backup, human: Format.backup)
+    }
+}
+
+struct Comment: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Set a backup's comment.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Backup ID.") var id: String
+    @Argument(help: "The new comment.") var text: String
+
+    func run() async throws {
+        let (id, text) = (id, text)
+        let backup = try await global.withClient { try await $0.unary(Backups.updateBackup, .with { $0.id = id; $0.comment = text }) }
+        global.output(backup, human: Format.backup)
+    }
+}
+
+struct Delete: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Delete a backup.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Backup ID.") var id: String
+
+    func run() async throws {
+        let id = id
+        let response = try await global.withClient { try await $0.unary(Backups.deleteBackup, .with { $0.id = id }) }
+        global.output(response) { _ in "deleted backup \(id)" }
+    }
+}
+
+struct JobCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "job", abstract: "Show a job; --wait follows it to its end.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Job ID.") var id: String
+    @Flag(help: "Follow the job's progress until it ends.") var wait = false
+
+    func run() async throws {
+        let (id, wait, global) = (id, wait, global)
+        let job = try await global.withClient { client in
+            if wait { try await follow(id, client: client, quiet: global.json) }
+            return try await client.unary(Backups.getJob, .with { $0.id = id })
+        }
+        global.output(job, human: Format.job)
+        if job.status == .failed { throw ExitCode(1) }
+    }
+}
+
+struct ActivityCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "activity", abstract: "Show an environment's activity log, newest first.")
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "Environment, NAMESPACE/NAME.") var env: EnvironmentRef
+    @Option(help: "At most this many entries.") var limit: UInt32 = 50
+
+    func run() async throws {
+        let (env, limit) = (env, limit)
+        let response = try await global.withClient { client in
+            try await client.unary(Backups.listActivity, .with {
+                $0.namespace = env.namespace; $0.environment = env.name; $0.pageSize = limit
+            })
+        }
+        global.output(response) { r in
+            Format.table(["TIME", "ACTION", "OUTCOME", "BY", "BACKUP", "DETAIL"], r.activity.map {
+                [Format.time($0.atUnixMS), $0.action, $0.outcome, $0.actor, $0.backupID, $0.detail]
+            })
+        }
+    }
+}

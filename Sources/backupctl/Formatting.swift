@@ -1,0 +1,89 @@
+import BackupWire
+import Foundation
+
+/// Human output: aligned tables, sizes and times.
+enum Format {
+    static func table(_ header: [String], _ rows: [[String]]) -> String {
+        let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
+        return ([header] + rows).map { row in
+            row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }
+                .joined(separator: "  ").trimmingCharacters(in: .whitespaces)
+        }.joined(separator: "\n")
+    }
+
+    static func fields(_ pairs: [(String, String)]) -> String {
+        let width = pairs.map(\.0.count).max() ?? 0
+        return pairs.filter { !$0.1.isEmpty }.map { "\($0.0.padding(toLength: width, withPad: " ", startingAt: 0))  \($0.1)" }
+            .joined(separator: "\n")
+    }
+
+    static func bytes(_ count: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var value = Double(count)
+        var unit = 0
+        while value >= 1024 && unit < units.count - 1 { value /= 1024; unit += 1 }
+        return unit == 0 ? "\(count) B" : String(format: "%.1f %@", value, units[unit])
+    }
+
+    static func time(_ unixMS: Int64) -> String {
+        guard unixMS > 0 else { return "" }
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.string(from: Date(timeIntervalSince1970: Double(unixMS) / 1000))
+    }
+
+    static func backup(_ b: Backup) -> String {
+        fields([("id", b.id), ("environment", "\(b.namespace)/\(b.environment)"), ("status", "\(b.status)"),
+                ("kind", "\(b.kind)"), ("comment", b.comment), ("created", time(b.createdUnixMS)),
+                ("finished", time(b.finishedUnixMS)), ("expires", time(b.expiresUnixMS)),
+                ("package", b.packageVersion), ("size", b.status == .finished ? bytes(b.sizeBytes) : ""),
+                ("database", b.status == .finished ? bytes(b.databaseBytes) : ""),
+                ("files", b.status == .finished ? "\(b.fileCount) (\(bytes(b.filesBytes)))" : ""),
+                ("postgres", b.postgresVersion), ("dump sha256", b.dumpSHA256), ("job", b.jobID), ("error", b.error)])
+    }
+
+    static func backups(_ backups: [Backup]) -> String {
+        table(["ID", "ENVIRONMENT", "STATUS", "KIND", "CREATED", "SIZE", "FILES", "COMMENT"], backups.map {
+            [$0.id, $0.environment, "\($0.status)", "\($0.kind)", time($0.createdUnixMS),
+             $0.status == .finished ? bytes($0.sizeBytes) : "", $0.status == .finished ? "\($0.fileCount)" : "", $0.comment]
+        })
+    }
+
+    static func environment(_ e: Environment) -> String {
+        fields([("environment", "\(e.namespace)/\(e.name)"), ("app", e.app), ("state", "\(e.state)"),
+                ("package", e.packageVersion), ("database", e.databaseURL), ("file store", e.fileStorePath),
+                ("file query", e.fileQuery), ("backups", "\(e.backupCount)"), ("created", time(e.createdUnixMS))])
+    }
+
+    static func job(_ j: Job) -> String {
+        fields([("job", j.id), ("kind", "\(j.kind)"), ("status", "\(j.status)"), ("environment", "\(j.namespace)/\(j.environment)"),
+                ("backup", j.backupID), ("phase", j.phase), ("progress", "\(bytes(j.bytesDone)) of \(bytes(j.bytesTotal))"),
+                ("created", time(j.createdUnixMS)), ("started", time(j.startedUnixMS)), ("finished", time(j.finishedUnixMS)),
+                ("error", j.error)])
+    }
+
+    static func token(_ t: Token) -> String {
+        fields([("id", t.id), ("name", t.name), ("namespace", t.namespace), ("role", "\(t.role)"),
+                ("created", time(t.createdUnixMS)), ("revoked", time(t.revokedUnixMS))])
+    }
+}
+
+/// A one-line progress bar on a terminal, redrawn in place.
+struct ProgressBar {
+    let enabled = isatty(STDERR_FILENO) == 1
+
+    func draw(_ job: Job) {
+        guard enabled else { return }
+        let fraction = job.bytesTotal > 0 ? min(1, Double(job.bytesDone) / Double(job.bytesTotal)) : 0
+        let width = 30
+        let filled = Int(fraction * Double(width))
+        let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
+        let line = "[\(bar)] \(String(format: "%3.0f", fraction * 100))% \(Format.bytes(job.bytesDone)) / \(Format.bytes(job.bytesTotal))  \(job.phase)"
+        FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
+    }
+
+    func finish() {
+        guard enabled else { return }
+        FileHandle.standardError.write(Data("\n".utf8))
+    }
+}

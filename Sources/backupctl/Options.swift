@@ -1,0 +1,60 @@
+import ArgumentParser
+import BackupClient
+import BackupWire
+import Foundation
+
+/// Connection and output options every command takes.
+struct GlobalOptions: ParsableArguments {
+    @Option(help: "Server address HOST:PORT (env BACKUPCTL_ADDR).")
+    var addr = ProcessInfo.processInfo.environment["BACKUPCTL_ADDR"] ?? "127.0.0.1:7443"
+
+    @Option(help: "Bearer token (env BACKUPCTL_TOKEN).")
+    var token = ProcessInfo.processInfo.environment["BACKUPCTL_TOKEN"] ?? ""
+
+    @Option(help: "PEM file of the CA that signed the server certificate (env BACKUPCTL_CA).")
+    var ca = ProcessInfo.processInfo.environment["BACKUPCTL_CA"] ?? ""
+
+    @Flag(help: "Print JSON for scripts instead of tables; no progress bar.")
+    var json = false
+
+    /// Runs `body` on a connection, printing a server error and exiting
+    /// non-zero if the call fails.
+    func withClient<T: Sendable>(_ body: @Sendable (BackupClient) async throws -> T) async throws -> T {
+        guard !token.isEmpty else { throw ValidationError("a token is required: --token or BACKUPCTL_TOKEN") }
+        do {
+            let settings = try ClientSettings(address: addr, token: token, caFile: ca.isEmpty ? nil : ca)
+            return try await BackupClient.withConnection(settings, body)
+        } catch let error as RPCError {
+            FileHandle.standardError.write(Data("error: \(error.code): \(error.message)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+
+    /// Prints a message as JSON, or as the human form `human` makes.
+    func output<M: WireMessage>(_ message: M, human: (M) -> String) {
+        print(json ? message.jsonText() : human(message))
+    }
+}
+
+/// "namespace/name", how the CLI names an environment.
+struct EnvironmentRef: ExpressibleByArgument, Sendable {
+    let namespace: String
+    let name: String
+
+    init?(argument: String) {
+        let parts = argument.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { return nil }
+        namespace = String(parts[0])
+        name = String(parts[1])
+    }
+
+    static var defaultCompletionKind: CompletionKind { .default }
+}
+
+extension BackupKind: ExpressibleByArgument {
+    public init?(argument: String) { self.init(name: argument) }
+}
+
+extension BackupStatus: ExpressibleByArgument {
+    public init?(argument: String) { self.init(name: argument) }
+}

@@ -1,0 +1,107 @@
+@testable import BackupCatalog
+@testable import BackupCore
+import BackupTestSupport
+import BackupWire
+import NIOPosix
+import Synchronization
+import Testing
+
+/// The catalog against the private PostgreSQL cluster, one fresh database per test.
+@Suite struct CatalogTests {
+    private func withCatalog(_ body: (Catalog, String) async throws -> Void) async throws {
+        let database = try TestPostgres.createDatabase("catalog")
+        let threadPool = NIOThreadPool(numberOfThreads: 4)
+        threadPool.start()
+        let catalog = Catalog(connectionString: TestPostgres.connectionString(database), maximumConnections: 4, threadPool: threadPool)
+        do {
+            try await catalog.migrate()
+            try await body(catalog, database)
+        } catch {
+            await catalog.pool.close()
+            try? await threadPool.shutdownGracefully()
+            TestPostgres.dropDatabase(database)
+            throw error
+        }
+        await catalog.pool.close()
+        try await threadPool.shutdownGracefully()
+        TestPostgres.dropDatabase(database)
+    }
+
+    private func register(_ catalog: Catalog, _ name: String = "shop-production") async throws {
+        _ = try await catalog.registerEnvironment(.with {
+            $0.namespace = "acme"; $0.name = name; $0.app = "shop"; $0.databaseURL = "dbname=x"; $0.fileStorePath = "/srv/files"
+        })
+    }
+
+    @Test func migrationsRunOnceEvenWhenProcessesStartTogether() async throws {
+        try await withCatalog { catalog, database in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<3 { group.addTask { try await catalog.migrate() } }
+                try await group.waitForAll()
+            }
+            let versions = try TestPostgres.query(database, "SELECT version FROM schema_migrations").map { $0.string("version") }
+            #expect(versions == Migrations.all.map { String($0.version) })
+        }
+    }
+
+    @Test func theDatabaseAllowsOneActiveJobPerEnvironment() async throws {
+        try await withCatalog { catalog, database in
+            try await register(catalog)
+            try await register(catalog, "shop-acceptance")
+            let (_, job) = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+            await #expect(throws: BackupError.self) {
+                _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+            }
+            do {
+                _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+            } catch let BackupError.failedPrecondition(message) {
+                #expect(message.contains(job.id))
+            }
+            // Another environment is not blocked, and nothing half-written was left by the refusals.
+            _ = try await catalog.createBackup(namespace: "acme", environment: "shop-acceptance", kind: .onDemand, comment: "", actor: "t")
+            #expect(try TestPostgres.query(database, "SELECT count(*) AS n FROM snapshots")[0].string("n") == "2")
+            #expect(try TestPostgres.query(database, "SELECT count(*) AS n FROM jobs")[0].string("n") == "2")
+        }
+    }
+
+    @Test func garbageCollectionWaitsForRunningBackups() async throws {
+        try await withCatalog { catalog, _ in
+            let orphan = ContentHash.of(Array("orphan".utf8))
+            let removed = RemovedHashes()
+            try await catalog.withSharedBlobLock { ledger in
+                try await ledger.record([StoredBlob(hash: orphan, size: 6, written: true)])
+                // While a backup holds the lock, a collection does nothing.
+                #expect(try await catalog.collectGarbage { removed.add($0) } == nil)
+            }
+            #expect(try await catalog.collectGarbage { removed.add($0) } == 1)
+            #expect(removed.all == [orphan])
+        }
+    }
+
+    @Test func leasesBelongToOneOwner() async throws {
+        try await withCatalog { catalog, _ in
+            try await register(catalog)
+            _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+            let claimed = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 30))
+            #expect(try await catalog.claimNextJob(owner: "b", leaseSeconds: 30) == nil)
+            #expect(try await catalog.renewLease(jobID: claimed.job.id, owner: "a", leaseSeconds: 30))
+            #expect(try await !catalog.renewLease(jobID: claimed.job.id, owner: "b", leaseSeconds: 30))
+            await #expect(throws: BackupError.self) {
+                try await catalog.finishBackup(jobID: claimed.job.id, owner: "b", manifest: BackupManifest(
+                    dump: StoredBlob(hash: ContentHash.of([]), size: 0, written: true), files: [], postgresVersion: ""))
+            }
+            #expect(try await catalog.failAbandonedJobs() == 0)
+            _ = try await catalog.renewLease(jobID: claimed.job.id, owner: "a", leaseSeconds: 0)
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(try await catalog.failAbandonedJobs() == 1)
+            let failed = try await catalog.backup(id: claimed.job.backupID)
+            #expect(failed.status == .failed && failed.error.contains("lease"))
+        }
+    }
+}
+
+final class RemovedHashes: Sendable {
+    private let hashes = Mutex<[ContentHash]>([])
+    func add(_ hash: ContentHash) { hashes.withLock { $0.append(hash) } }
+    var all: [ContentHash] { hashes.withLock { $0 } }
+}

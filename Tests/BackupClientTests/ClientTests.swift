@@ -1,0 +1,33 @@
+import BackupClient
+import BackupTestSupport
+import BackupWire
+import Foundation
+import Testing
+
+@Suite struct ClientTests {
+    @Test func addressesMustBeHostAndPort() throws {
+        let settings = try ClientSettings(address: "[::1]:7443", token: "t")
+        #expect(settings.host == "::1" && settings.port == 7443)
+        #expect(throws: RPCError.self) { try ClientSettings(address: "localhost", token: "t") }
+    }
+
+    @Test func nothingListeningIsUnavailable() async throws {
+        let settings = try ClientSettings(address: "127.0.0.1:1", token: "t", caFile: TestServer.caFile)
+        do {
+            _ = try await BackupClient.withConnection(settings) { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+            Issue.record("connected to a closed port")
+        } catch let error as RPCError {
+            #expect(error.code == .unavailable && error.message.contains("127.0.0.1:1"))
+        }
+    }
+
+    @Test func aServerWhoseCertificateIsNotTrustedIsRefused() async throws {
+        try await withTestServer { server in
+            // The system's roots do not include the development CA.
+            let settings = try ClientSettings(address: server.address, token: server.adminToken, caFile: nil)
+            await #expect(throws: (any Error).self) {
+                _ = try await BackupClient.withConnection(settings) { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+            }
+        }
+    }
+}

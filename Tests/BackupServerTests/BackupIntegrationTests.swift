@@ -1,0 +1,394 @@
+import BackupClient
+import BackupCore
+import BackupTestSupport
+import BackupWire
+import Foundation
+import Testing
+
+/// A pg_dump that waits before running the real one, to hold a backup open
+/// long enough to act on it while it runs.
+func slowPgDump(seconds: Int) throws -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("slow-pg-dump-\(UUID().uuidString)").path
+    try "#!/bin/sh\nsleep \(seconds)\nexec /usr/bin/pg_dump \"$@\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+    chmod(path, 0o755)
+    return path
+}
+
+func createBackup(_ client: BackupClient, comment: String = "") async throws -> CreateBackupResponse {
+    try await client.unary(Backups.createBackup, .with {
+        $0.namespace = TestServer.namespace; $0.environment = "shop-production"; $0.comment = comment
+    })
+}
+
+/// The file documents of the demo app that a backup must hold: with contents,
+/// not delete-after-download.
+func referencedKeys(_ app: TestApp) throws -> [String] {
+    try TestPostgres.query(app.database, """
+        SELECT "__uuid__" AS key FROM "system$filedocument" WHERE hascontents AND NOT deleteafterdownload ORDER BY 1
+        """).map { $0.string("key") }
+}
+
+func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) async -> RPCError? {
+    do {
+        try await body()
+        Issue.record("expected \(code), the call succeeded", sourceLocation: sourceLocation)
+        return nil
+    } catch let error as RPCError {
+        #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
+        return error
+    } catch {
+        Issue.record("expected \(code), got \(error)", sourceLocation: sourceLocation)
+        return nil
+    }
+}
+
+@Suite(.serialized) struct BackupIntegrationTests {
+    @Test func backupOfTheDemoAppRestoresToTheSameDataAndFiles() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                try await server.register(app)
+                let created = try await server.withClient { try await createBackup($0, comment: "round trip") }
+                #expect(created.backup.status == .processing)
+                #expect(created.job.status == .queued || created.job.status == .running)
+
+                let (job, backup) = try await server.withClient { client in
+                    (try await waitForJob(created.job.id, on: client),
+                     try await client.unary(Backups.getBackup, .with { $0.id = created.backup.id }))
+                }
+                #expect(job.status == .finished, "\(job.error)")
+                #expect(job.bytesDone == job.bytesTotal && job.bytesTotal == backup.sizeBytes)
+                #expect(backup.status == .finished && backup.kind == .onDemand && backup.comment == "round trip")
+                #expect(backup.packageVersion == "1.0.0" && backup.postgresVersion.hasPrefix("15"))
+                #expect(backup.expiresUnixMS - backup.createdUnixMS == 14 * 86_400_000)
+                let keys = try referencedKeys(app)
+                #expect(keys.count == 302)
+                #expect(backup.fileCount == UInt64(keys.count))
+
+                // The dump restores into a scratch database with every table equal to the source.
+                let store = try LocalBlobStore(root: server.blobDirectory)
+                let dumpHash = try #require(ContentHash(hex: backup.dumpSHA256))
+                #expect(try store.verify(dumpHash) == backup.databaseBytes)
+                let scratch = try TestPostgres.createDatabase("restored")
+                defer { TestPostgres.dropDatabase(scratch) }
+                let restore = try runCommand("/usr/bin/pg_restore", ["--no-owner", "--exit-on-error",
+                                                                     "--dbname=\(TestPostgres.connectionString(scratch))",
+                                                                     store.path(for: dumpHash)])
+                #expect(restore.status == 0, "\(restore.standardError)")
+                let source = try TestPostgres.tableFingerprints(app.database)
+                #expect(source.count == 4)
+                #expect(try TestPostgres.tableFingerprints(scratch) == source)
+
+                // Every referenced file is in the blob store under the hash of its content.
+                let manifest = try TestPostgres.query(server.catalogDatabase,
+                    "SELECT storage_key, sha256 FROM snapshot_files WHERE snapshot_id = $1 ORDER BY storage_key", backup.id)
+                #expect(manifest.map { $0.string("storage_key") } == keys)
+                for row in manifest {
+                    let key = row.string("storage_key")
+                    let original = try Data(contentsOf: URL(fileURLWithPath: "\(app.fileStore)/\(try FileStoreLayout.relativePath(forKey: key))"))
+                    let hash = ContentHash.of(original)
+                    #expect(row.string("sha256") == hash.hex)
+                    #expect(FileManager.default.contents(atPath: store.path(for: hash)) == original)
+                }
+                #expect((try? FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/tmp"))?.isEmpty == true)
+            }
+        }
+    }
+
+    @Test func aReferencedFileMissingFromTheStoreFailsTheBackupNamingIt() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                try await server.register(app)
+                let missing = try referencedKeys(app)[17]
+                try FileManager.default.removeItem(atPath: "\(app.fileStore)/\(try FileStoreLayout.relativePath(forKey: missing))")
+
+                let created = try await server.withClient { try await createBackup($0) }
+                let (job, backup) = try await server.withClient { client in
+                    (try await waitForJob(created.job.id, on: client),
+                     try await client.unary(Backups.getBackup, .with { $0.id = created.backup.id }))
+                }
+                #expect(job.status == .failed && job.error.contains(missing))
+                #expect(backup.status == .failed && backup.error.contains(missing) && backup.error.contains("missing"))
+                let files = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshot_files")
+                #expect(files[0].string("n") == "0")
+                let activity = try await server.withClient { client in
+                    try await client.unary(Backups.listActivity, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
+                }
+                #expect(activity.activity.first?.outcome == "FAILED")
+            }
+        }
+    }
+
+    @Test func tokensAreCheckedForNamespaceAndRole() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                try await server.register(app)
+                let viewer = try await server.makeToken(.viewer, name: "viewer")
+                let operatorToken = try await server.makeToken(.operator, name: "operator")
+                let otherAdmin = try await server.makeToken(.admin, namespace: "other", name: "other-admin")
+
+                // A viewer lists but cannot create.
+                let list = try await server.withClient(token: viewer) { client in
+                    try await client.unary(Backups.listBackups, .with { $0.namespace = "acme" })
+                }
+                #expect(list.backups.isEmpty)
+                let denied = await expectStatus(.permissionDenied) {
+                    _ = try await server.withClient(token: viewer) { try await createBackup($0) }
+                }
+                #expect(denied?.message.contains("needs operator") == true)
+                // An operator cannot register environments or make tokens.
+                await expectStatus(.permissionDenied) {
+                    _ = try await server.withClient(token: operatorToken) { client in
+                        try await client.unary(Backups.createToken, .with { $0.namespace = "acme"; $0.role = .admin; $0.name = "x" })
+                    }
+                }
+                // An admin elsewhere is nobody here.
+                let elsewhere = await expectStatus(.permissionDenied) {
+                    _ = try await server.withClient(token: otherAdmin) { try await createBackup($0) }
+                }
+                #expect(elsewhere?.message.contains("namespace other") == true)
+                // Unknown, malformed and revoked tokens are not authenticated.
+                await expectStatus(.unauthenticated) {
+                    _ = try await server.withClient(token: "bkd_not-a-real-token") { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+                }
+                let tokens = try await server.withClient { try await $0.unary(Backups.listTokens, .with { $0.namespace = "acme" }) }
+                let viewerID = try #require(tokens.tokens.first { $0.name == "viewer" }?.id)
+                _ = try await server.withClient { try await $0.unary(Backups.revokeToken, .with { $0.id = viewerID }) }
+                await expectStatus(.unauthenticated) {
+                    _ = try await server.withClient(token: viewer) { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+                }
+                // Only hashes are stored.
+                let stored = try TestPostgres.query(server.catalogDatabase, "SELECT secret_sha256 FROM tokens").map { $0.string("secret_sha256") }
+                #expect(!stored.contains(viewer) && stored.contains(AccessTokenSecret.hash(viewer).hex))
+            }
+        }
+    }
+
+    @Test func anEnvironmentRunsOneJobAtATime() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--pg-dump", try slowPgDump(seconds: 2)]) { server in
+                try await server.register(app)
+                let outcomes = try await server.withClient { client in
+                    try await withThrowingTaskGroup(of: Result<CreateBackupResponse, RPCError>.self) { group in
+                        for _ in 0..<2 {
+                            group.addTask {
+                                do { return .success(try await createBackup(client)) } catch let error as RPCError { return .failure(error) }
+                            }
+                        }
+                        return try await group.reduce(into: []) { $0.append($1) }
+                    }
+                }
+                let created = outcomes.compactMap { try? $0.get() }
+                let refused = outcomes.compactMap { if case .failure(let error) = $0 { error } else { nil } }
+                #expect(created.count == 1 && refused.count == 1)
+                let winner = try #require(created.first)
+                #expect(refused.first?.code == .failedPrecondition)
+                #expect(refused.first?.message.contains(winner.job.id) == true)
+                let backups = try await server.withClient { client in
+                    _ = try await waitForJob(winner.job.id, on: client)
+                    return try await client.unary(Backups.listBackups, .with { $0.namespace = "acme" })
+                }
+                #expect(backups.backups.map(\.id) == [winner.backup.id])
+            }
+        }
+    }
+
+    @Test func badInputIsRefusedAndChangesNothing() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    let bad = await expectStatus(.invalidArgument) {
+                        _ = try await client.unary(Backups.registerEnvironment, .with {
+                            $0.namespace = "acme"; $0.name = "Bad Name!"; $0.app = "shop"; $0.databaseURL = "x"; $0.fileStorePath = "/tmp"
+                        })
+                    }
+                    #expect(bad?.message.contains("Bad Name!") == true)
+                    await expectStatus(.invalidArgument) {
+                        _ = try await client.unary(Backups.registerEnvironment, .with {
+                            $0.namespace = "acme"; $0.name = "relative"; $0.app = "shop"; $0.databaseURL = "x"; $0.fileStorePath = "files"
+                        })
+                    }
+                    await expectStatus(.alreadyExists) {
+                        _ = try await client.unary(Backups.registerEnvironment, .with {
+                            $0.namespace = "acme"; $0.name = "shop-production"; $0.app = "shop"; $0.databaseURL = "x"; $0.fileStorePath = "/tmp"
+                        })
+                    }
+                    let environments = try await client.unary(Backups.listEnvironments, ListEnvironmentsRequest())
+                    #expect(environments.environments.map(\.name) == ["shop-production"])
+
+                    await expectStatus(.invalidArgument) { _ = try await client.unary(Backups.getBackup, .with { $0.id = "nope" }) }
+                    let notFound = await expectStatus(.notFound) {
+                        _ = try await client.unary(Backups.getBackup, .with { $0.id = UUID().uuidString })
+                    }
+                    #expect(notFound?.message.contains("does not exist") == true)
+                    await expectStatus(.notFound) {
+                        _ = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "nowhere" })
+                    }
+                    await expectStatus(.invalidArgument) {
+                        _ = try await client.unary(Backups.listBackups, .with { $0.namespace = "acme"; $0.pageSize = 501 })
+                    }
+                    await expectStatus(.invalidArgument) {
+                        _ = try await client.unary(Backups.listBackups, .with { $0.namespace = "acme"; $0.pageToken = "garbage" })
+                    }
+                    let jobs = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs")
+                    #expect(jobs[0].string("n") == "0")
+
+                    // An environment with backups is not deleted unless forced.
+                    let created = try await createBackup(client)
+                    _ = try await waitForJob(created.job.id, on: client)
+                    await expectStatus(.failedPrecondition) {
+                        _ = try await client.unary(Backups.deleteEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production" })
+                    }
+                    let forced = try await client.unary(Backups.deleteEnvironment, .with {
+                        $0.namespace = "acme"; $0.name = "shop-production"; $0.force = true
+                    })
+                    #expect(forced.deletedBackups == 1)
+                }
+            }
+        }
+    }
+
+    @Test func deletingABackupRemovesOnlyBlobsNoOtherBackupUses() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                try await server.register(app)
+                let store = try LocalBlobStore(root: server.blobDirectory)
+                try await server.withClient { client in
+                    let first = try await createBackup(client)
+                    _ = try await waitForJob(first.job.id, on: client)
+                    // Change one file and some rows: the second backup shares every other blob.
+                    let changedKey = try referencedKeys(app)[0]
+                    try "changed".write(toFile: "\(app.fileStore)/\(try FileStoreLayout.relativePath(forKey: changedKey))",
+                                        atomically: true, encoding: .utf8)
+                    try TestPostgres.query(app.database, "UPDATE \"shop$order\" SET status = 'cancelled' WHERE id < 10")
+                    let second = try await createBackup(client)
+                    _ = try await waitForJob(second.job.id, on: client)
+
+                    let blobs = { () throws -> Set<String> in
+                        Set(try TestPostgres.query(server.catalogDatabase, "SELECT sha256 FROM blobs").map { $0.string("sha256") })
+                    }
+                    let secondBlobs = Set(try TestPostgres.query(server.catalogDatabase, """
+                        SELECT sha256 FROM snapshot_files WHERE snapshot_id = $1 UNION SELECT dump_sha256 FROM snapshots WHERE id = $1
+                        """, second.backup.id).map { $0.string("sha256") })
+                    #expect(try blobs().count == secondBlobs.count + 2)  // first's old file and dump
+
+                    _ = try await client.unary(Backups.deleteBackup, .with { $0.id = first.backup.id })
+                    await expectStatus(.notFound) { _ = try await client.unary(Backups.getBackup, .with { $0.id = first.backup.id }) }
+                    try await eventually { try blobs() == secondBlobs }
+                    for hex in secondBlobs { _ = try store.verify(ContentHash(hex: hex)!) }
+
+                    _ = try await client.unary(Backups.deleteBackup, .with { $0.id = second.backup.id })
+                    try await eventually {
+                        try blobs().isEmpty && secondBlobs.allSatisfy { !store.contains(ContentHash(hex: $0)!) }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func watchJobStreamsProgressToTheEnd() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--pg-dump", try slowPgDump(seconds: 1)]) { server in
+                try await server.register(app)
+                let updates = try await server.withClient { client in
+                    let created = try await createBackup(client)
+                    let collected = UpdateLog()
+                    try await client.serverStreaming(Backups.watchJob, .with { $0.id = created.job.id }) { await collected.add($0) }
+                    return await collected.jobs
+                }
+                #expect(updates.count >= 2)
+                #expect(updates.last?.status == .finished)
+                #expect(updates.last.map { $0.bytesDone == $0.bytesTotal && $0.bytesTotal > 0 } == true)
+                #expect(updates.contains { $0.status == .running })
+            }
+        }
+    }
+
+    @Test func aDeadlineEndsACallThatRunsTooLong() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--pg-dump", try slowPgDump(seconds: 3)]) { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    let created = try await createBackup(client)
+                    await expectStatus(.deadlineExceeded) {
+                        try await client.call(Backups.watchJob, requests: [.with { $0.id = created.job.id }],
+                                              timeout: .milliseconds(300)) { _ in }
+                    }
+                    // The connection still serves other calls.
+                    #expect(try await client.unary(Backups.getJob, .with { $0.id = created.job.id }).id == created.job.id)
+                }
+            }
+        }
+    }
+
+    @Test func manyCallsShareOneConnection() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                try await server.register(app)
+                let names = try await server.withClient { client in
+                    try await withThrowingTaskGroup(of: String.self) { group in
+                        for index in 0..<40 {
+                            group.addTask {
+                                index.isMultiple(of: 2)
+                                    ? try await client.unary(Backups.getEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production" }).name
+                                    : try await client.unary(Backups.serverInfo, ServerInfoRequest()).callerTokenName
+                            }
+                        }
+                        return try await group.reduce(into: [String]()) { $0.append($1) }
+                    }
+                }
+                #expect(names.filter { $0 == "shop-production" }.count == 20)
+                #expect(names.filter { $0 == "test-admin" }.count == 20)
+            }
+        }
+    }
+
+    @Test func methodsNotYetServedAreUnimplemented() async throws {
+        try await withTestServer { server in
+            try await server.withClient { client in
+                let restore = await expectStatus(.unimplemented) {
+                    _ = try await client.unary(Backups.restoreBackup, .with { $0.backupID = UUID().uuidString })
+                }
+                #expect(restore?.message.contains("RestoreBackup") == true)
+            }
+        }
+    }
+
+    @Test func pagesOfBackupsAreNewestFirst() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    var ids: [String] = []
+                    for index in 0..<3 {
+                        let created = try await createBackup(client, comment: "backup \(index)")
+                        _ = try await waitForJob(created.job.id, on: client)
+                        ids.append(created.backup.id)
+                    }
+                    let first = try await client.unary(Backups.listBackups, .with { $0.namespace = "acme"; $0.pageSize = 2 })
+                    #expect(first.backups.map(\.id) == [ids[2], ids[1]] && !first.nextPageToken.isEmpty)
+                    let second = try await client.unary(Backups.listBackups, .with {
+                        $0.namespace = "acme"; $0.pageSize = 2; $0.pageToken = first.nextPageToken
+                    })
+                    #expect(second.backups.map(\.id) == [ids[0]] && second.nextPageToken.isEmpty)
+                    let failedOnly = try await client.unary(Backups.listBackups, .with { $0.namespace = "acme"; $0.status = .failed })
+                    #expect(failedOnly.backups.isEmpty)
+                }
+            }
+        }
+    }
+}
+
+actor UpdateLog {
+    var jobs: [Job] = []
+    func add(_ job: Job) { jobs.append(job) }
+}
+
+/// Retries `condition` for a few seconds (background work such as garbage collection).
+func eventually(_ condition: () throws -> Bool, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    for _ in 0..<100 {
+        if try condition() { return }
+        try await Task.sleep(for: .milliseconds(100))
+    }
+    Issue.record("condition did not become true", sourceLocation: sourceLocation)
+}

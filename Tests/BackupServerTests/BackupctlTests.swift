@@ -1,0 +1,74 @@
+import BackupTestSupport
+import BackupWire
+import Foundation
+import Testing
+
+/// The README's walk-through, through the real backupctl binary.
+@Suite(.serialized) struct BackupctlTests {
+    private func json(_ result: CommandResult) throws -> [String: Any] {
+        #expect(result.status == 0, "\(result.standardError)")
+        return try #require(try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any])
+    }
+
+    @Test func walkThrough() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let registered = try json(try server.backupctl([
+                    "env", "register", "acme/shop-production", "--app", "shop", "--database-url", app.connectionString,
+                    "--file-store", app.fileStore, "--package-version", "2.4.1", "--json",
+                ]))
+                #expect(registered["state"] as? String == "ENVIRONMENT_STATE_RUNNING")
+
+                let info = try server.backupctl(["info"])
+                #expect(info.status == 0 && info.standardOutput.contains("test-admin (admin in acme)"))
+
+                let created = try json(try server.backupctl(["create", "--env", "acme/shop-production", "--comment", "via cli", "--wait", "--json"]))
+                #expect(created["status"] as? String == "BACKUP_STATUS_FINISHED")
+                #expect(created["file_count"] as? Int == 302)
+                #expect(created["package_version"] as? String == "2.4.1")
+                let id = try #require(created["id"] as? String)
+
+                let listed = try json(try server.backupctl(["list", "--env", "acme/shop-production", "--json"]))
+                #expect((listed["backups"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == [id])
+                let table = try server.backupctl(["list", "--env", "acme/shop-production"])
+                #expect(table.standardOutput.contains(id) && table.standardOutput.contains("finished"))
+
+                let commented = try json(try server.backupctl(["comment", id, "before the migration", "--json"]))
+                #expect(commented["comment"] as? String == "before the migration")
+                let shown = try server.backupctl(["show", id])
+                #expect(shown.standardOutput.contains("before the migration") && shown.standardOutput.contains("302"))
+
+                let job = try json(try server.backupctl(["job", try #require(created["job_id"] as? String), "--json"]))
+                #expect(job["status"] as? String == "JOB_STATUS_FINISHED")
+
+                let stopped = try json(try server.backupctl(["env", "stop", "acme/shop-production", "--json"]))
+                #expect(stopped["state"] as? String == "ENVIRONMENT_STATE_STOPPED")
+
+                #expect(try server.backupctl(["delete", id]).status == 0)
+                let gone = try server.backupctl(["show", id])
+                #expect(gone.status == 1)
+                #expect(gone.standardError.contains("NOT_FOUND") && gone.standardError.contains(id))
+
+                let activity = try server.backupctl(["activity", "--env", "acme/shop-production"])
+                for action in ["backup", "comment", "stop", "delete"] {
+                    #expect(activity.standardOutput.contains(action))
+                }
+            }
+        }
+    }
+
+    @Test func tokensThroughTheCLI() async throws {
+        try await withTestServer { server in
+            let created = try json(try server.backupctl(["token", "create", "--namespace", "acme", "--role", "viewer", "--name", "dashboard", "--json"]))
+            let secret = try #require(created["secret"] as? String)
+            let asViewer = try server.backupctl(["create", "--env", "acme/shop-production"], token: secret)
+            #expect(asViewer.status == 1 && asViewer.standardError.contains("PERMISSION_DENIED"))
+            let listed = try server.backupctl(["token", "list"])
+            #expect(listed.standardOutput.contains("dashboard") && listed.standardOutput.contains("viewer"))
+            let noToken = try runCommand("\(binDirectory)/backupctl", ["info"], environment: [
+                "BACKUPCTL_ADDR": server.address, "BACKUPCTL_TOKEN": "", "BACKUPCTL_CA": TestServer.caFile,
+            ])
+            #expect(noToken.status != 0 && noToken.standardError.contains("token"))
+        }
+    }
+}

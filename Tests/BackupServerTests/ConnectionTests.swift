@@ -1,0 +1,147 @@
+import BackupClient
+import BackupTestSupport
+import BackupWire
+import Foundation
+import NIOCore
+import Testing
+
+/// What a misbehaving client meets on a real TLS connection.
+@Suite(.serialized) struct ConnectionTests {
+    /// Sends raw bytes on a fresh TLS connection and returns the frames the
+    /// server sent back before it closed the connection.
+    private func exchange(_ server: TestServer, _ bytes: ByteBuffer) async throws -> [Frame] {
+        let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer> = try await server.settings().connect { _ in }
+        return try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(bytes)
+            var received = ByteBuffer()
+            for try await chunk in inbound { received.writeImmutableBuffer(chunk) }
+            var decoder = FrameDecoder()
+            var frames: [Frame] = []
+            while let frame = try decoder.decode(buffer: &received) { frames.append(frame) }
+            return frames
+        }
+    }
+
+    private func connectionStatus(_ frames: [Frame]) -> CallStatus? {
+        guard let last = frames.last, last.callID == 0, case .status(let status) = last.kind else { return nil }
+        return status
+    }
+
+    @Test func anOversizedFrameGetsResourceExhaustedAndTheConnectionCloses() async throws {
+        try await withTestServer(arguments: ["--max-frame-bytes", "65536"]) { server in
+            var bytes = ByteBuffer()
+            bytes.writeInteger(UInt32(65537))
+            bytes.writeBytes([UInt8](repeating: 0, count: 1024))
+            let status = connectionStatus(try await exchange(server, bytes))
+            #expect(status?.code == .resourceExhausted)
+            #expect(status?.message.contains("65537") == true)
+            // The server is unharmed.
+            let info = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+            #expect(info.maxFrameBytes == 65536)
+        }
+    }
+
+    @Test func garbageGetsInvalidArgumentAndTheConnectionCloses() async throws {
+        try await withTestServer { server in
+            var bytes = ByteBuffer()
+            bytes.writeInteger(UInt32(6))
+            bytes.writeBytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+            let garbage = try await exchange(server, bytes)
+            #expect(connectionStatus(garbage)?.code == .invalidArgument)
+
+            // A frame that decodes but that no client may send (a status) is refused too.
+            var statusFrame = ByteBuffer()
+            FrameEncoder().encode(data: Frame(callID: 4, .status(CallStatus())), out: &statusFrame)
+            let refused = try await exchange(server, statusFrame)
+            #expect(connectionStatus(refused)?.code == .invalidArgument)
+            let info = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+            #expect(info.protocol == "backup-rpc/1")
+        }
+    }
+
+    @Test func anUnknownMethodIsUnimplementedOnTheWire() async throws {
+        try await withTestServer { server in
+            var bytes = ByteBuffer()
+            let encoder = FrameEncoder()
+            encoder.encode(data: Frame(callID: 9, .start(.with { $0.method = "backup.v1.Backups/Explode" })), out: &bytes)
+            encoder.encode(data: Frame(callID: 9, .message([])), out: &bytes)
+            encoder.encode(data: Frame(callID: 9, .halfClose), out: &bytes)
+            let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer> = try await server.settings().connect { _ in }
+            let status = try await channel.executeThenClose { inbound, outbound -> CallStatus? in
+                try await outbound.write(bytes)
+                var received = ByteBuffer()
+                var decoder = FrameDecoder()
+                for try await chunk in inbound {
+                    received.writeImmutableBuffer(chunk)
+                    if let frame = try decoder.decode(buffer: &received), case .status(let status) = frame.kind {
+                        #expect(frame.callID == 9)
+                        return status
+                    }
+                }
+                return nil
+            }
+            #expect(status?.code == .unimplemented)
+        }
+    }
+
+    @Test func shutdownFailsTheRunningJobWithItsReasonAndExitsCleanly() async throws {
+        try await withTestApp { app in
+            let server = try await TestServer.start(arguments: ["--pg-dump", try slowPgDump(seconds: 60)])
+            do {
+                try await server.register(app)
+                let created = try await server.withClient { try await createBackup($0) }
+                try await eventually {
+                    try TestPostgres.query(server.catalogDatabase, "SELECT status FROM jobs WHERE id = $1", created.job.id)
+                        .first?.string("status") == "running"
+                }
+                let started = ContinuousClock.now
+                #expect(await server.stop(signal: SIGTERM) == 0)
+                #expect(ContinuousClock.now - started < .seconds(15))
+                let row = try TestPostgres.query(server.catalogDatabase, """
+                    SELECT j.status, j.error, s.status AS backup_status FROM jobs j JOIN snapshots s ON s.id = j.snapshot_id WHERE j.id = $1
+                    """, created.job.id)[0]
+                #expect(row.string("status") == "failed" && row.string("backup_status") == "failed")
+                #expect(row.string("error").contains("shut down"))
+                await server.remove()
+            } catch {
+                print(server.log)
+                await server.remove()
+                throw error
+            }
+        }
+    }
+
+    @Test func aJobOfAKilledServerIsFailedWhenItsLeaseRunsOut() async throws {
+        try await withTestApp { app in
+            let first = try await TestServer.start(arguments: ["--pg-dump", try slowPgDump(seconds: 60), "--job-lease-seconds", "2"])
+            try await first.register(app)
+            let created = try await first.withClient { try await createBackup($0) }
+            try await eventually {
+                try TestPostgres.query(first.catalogDatabase, "SELECT status FROM jobs WHERE id = $1", created.job.id)
+                    .first?.string("status") == "running"
+            }
+            await first.stop(signal: SIGKILL)
+            // pg_dump's wrapper was orphaned by the kill; it is harmless and ends on its own.
+
+            let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
+                                                    blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+            do {
+                let (job, backup) = try await second.withClient { client in
+                    (try await waitForJob(created.job.id, on: client, timeout: .seconds(30)),
+                     try await client.unary(Backups.getBackup, .with { $0.id = created.backup.id }))
+                }
+                #expect(job.status == .failed && job.error.contains("lease expired"))
+                #expect(backup.status == .failed)
+                // The environment is free again.
+                let next = try await second.withClient { try await createBackup($0) }
+                let nextJob = try await second.withClient { try await waitForJob(next.job.id, on: $0) }
+                #expect(nextJob.status == .finished)
+            } catch {
+                print(second.log)
+                throw error
+            }
+            await second.remove()
+            await first.remove()
+        }
+    }
+}

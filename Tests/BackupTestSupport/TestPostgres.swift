@@ -1,0 +1,92 @@
+import BackupCatalog
+import Foundation
+
+/// The private PostgreSQL cluster that `make test` starts (scripts/dev-cluster.sh)
+/// and the demo app it holds. Each test makes its own databases and drops them.
+public enum TestPostgres {
+    public static let port = ProcessInfo.processInfo.environment["BACKUPD_PGPORT"] ?? "55432"
+    public static let varDirectory = ProcessInfo.processInfo.environment["BACKUPD_VAR"] ?? "\(projectRoot)/.var"
+    public static let demoFiles = "\(varDirectory)/demo/files"
+
+    public static func connectionString(_ database: String) -> String {
+        "host=127.0.0.1 port=\(port) user=postgres dbname=\(database)"
+    }
+
+    /// Runs statements on a database of the cluster.
+    @discardableResult
+    public static func query(_ database: String, _ sql: String, _ parameters: String...) throws -> [PostgresRow] {
+        try PostgresConnection(connectionString(database)).query(sql, parameters: parameters)
+    }
+
+    /// A new empty database (or a copy of `template`) with a unique name.
+    public static func createDatabase(_ prefix: String, template: String? = nil) throws -> String {
+        let name = "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
+        try query("postgres", "CREATE DATABASE \(name)" + (template.map { " TEMPLATE \($0)" } ?? ""))
+        return name
+    }
+
+    public static func dropDatabase(_ name: String) {
+        _ = try? query("postgres", "DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
+    }
+
+    /// Row count and an order-independent checksum of every table in the
+    /// public schema, to compare two databases.
+    public static func tableFingerprints(_ database: String) throws -> [String: String] {
+        let connection = try PostgresConnection(connectionString(database))
+        let tables = try connection.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
+            .map { $0.string("tablename") }
+        var fingerprints: [String: String] = [:]
+        for table in tables {
+            let quoted = "\"" + table.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+            let row = try connection.query("""
+                SELECT count(*) AS n, md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) AS sum FROM \(quoted) t
+                """)[0]
+            fingerprints[table] = "\(row.string("n")) rows, md5 \(row.string("sum"))"
+        }
+        return fingerprints
+    }
+}
+
+/// The repository root, found from this file's path.
+public let projectRoot: String = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+
+/// A scratch folder removed by `remove()`.
+public struct ScratchDirectory: Sendable {
+    public let path: String
+
+    public init(_ prefix: String) throws {
+        path = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+
+    public func remove() { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// The result of a finished command.
+public struct CommandResult: Sendable {
+    public let status: Int32
+    public let standardOutput: String
+    public let standardError: String
+}
+
+/// Runs a program to its end and returns its status and output.
+public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> CommandResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    let scratch = try ScratchDirectory("cmd")
+    defer { scratch.remove() }
+    let outPath = scratch.path + "/out", errPath = scratch.path + "/err"
+    FileManager.default.createFile(atPath: outPath, contents: nil)
+    FileManager.default.createFile(atPath: errPath, contents: nil)
+    process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
+    process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    process.waitUntilExit()
+    return CommandResult(status: process.terminationStatus,
+                         standardOutput: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
+                         standardError: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
+}

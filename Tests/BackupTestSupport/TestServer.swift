@@ -1,0 +1,208 @@
+import BackupClient
+import BackupWire
+import Foundation
+
+/// Where `swift build` put the executables.
+public let binDirectory = ProcessInfo.processInfo.environment["BACKUPD_BIN_DIR"] ?? "\(projectRoot)/.build/debug"
+
+/// A copy of the demo app, database and file store, that a test may change.
+public struct TestApp: Sendable {
+    public let database: String
+    public let fileStore: String
+    let scratch: ScratchDirectory
+
+    public var connectionString: String { TestPostgres.connectionString(database) }
+
+    public static func make() throws -> TestApp {
+        let database = try TestPostgres.createDatabase("app", template: "demo_app")
+        let scratch = try ScratchDirectory("files")
+        let copy = try runCommand("/bin/cp", ["-a", TestPostgres.demoFiles, scratch.path + "/files"])
+        guard copy.status == 0 else { throw TestSupportError("cannot copy the demo file store: \(copy.standardError)") }
+        return TestApp(database: database, fileStore: scratch.path + "/files", scratch: scratch)
+    }
+
+    public func remove() {
+        TestPostgres.dropDatabase(database)
+        scratch.remove()
+    }
+}
+
+public struct TestSupportError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// A real backupd process on a free loopback port, with its own catalog
+/// database and blob store, and an admin token for namespace "acme".
+public final class TestServer: @unchecked Sendable {
+    public let catalogDatabase: String
+    public let blobDirectory: String
+    public let address: String
+    public let adminToken: String
+    public let logPath: String
+    public static let namespace = "acme"
+    public static let caFile = "\(projectRoot)/certs/dev/ca.crt"
+    private let process: Process
+    private let scratch: ScratchDirectory
+
+    /// Starts a server; `catalogDatabase` reuses an existing catalog (a restart).
+    public static func start(arguments: [String] = [], catalogDatabase: String? = nil, blobDirectory: String? = nil,
+                             adminToken: String? = nil) async throws -> TestServer {
+        let scratch = try ScratchDirectory("backupd")
+        let catalog = try catalogDatabase ?? TestPostgres.createDatabase("catalog")
+        let blobs = blobDirectory ?? scratch.path + "/blobs"
+        let environment = [
+            "BACKUPD_CATALOG": TestPostgres.connectionString(catalog),
+            "BACKUPD_BLOB_DIR": blobs,
+            "BACKUPD_TLS_CERT": "\(projectRoot)/certs/dev/server.crt",
+            "BACKUPD_TLS_KEY": "\(projectRoot)/certs/dev/server.key",
+        ]
+        let token: String
+        if let adminToken {
+            token = adminToken
+        } else {
+            let created = try runCommand("\(binDirectory)/backupd", ["token", "create", "--namespace", namespace, "--role", "admin",
+                                                                   "--name", "test-admin"], environment: environment)
+            guard created.status == 0 else { throw TestSupportError("backupd token create failed: \(created.standardError)") }
+            token = created.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+
+        let readyFile = scratch.path + "/ready"
+        let logPath = scratch.path + "/backupd.log"
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "\(binDirectory)/backupd")
+        process.arguments = ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile] + arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        try process.run()
+
+        for _ in 0..<300 {
+            if let ready = try? String(contentsOfFile: readyFile, encoding: .utf8), ready.hasSuffix("\n") {
+                return TestServer(catalogDatabase: catalog, blobDirectory: blobs, address: ready.trimmingCharacters(in: .whitespacesAndNewlines),
+                                  adminToken: token, logPath: logPath, process: process, scratch: scratch)
+            }
+            guard process.isRunning else { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        process.terminate()
+        let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+        throw TestSupportError("backupd did not start: \(log)")
+    }
+
+    private init(catalogDatabase: String, blobDirectory: String, address: String, adminToken: String, logPath: String,
+                 process: Process, scratch: ScratchDirectory) {
+        self.catalogDatabase = catalogDatabase
+        self.blobDirectory = blobDirectory
+        self.address = address
+        self.adminToken = adminToken
+        self.logPath = logPath
+        self.process = process
+        self.scratch = scratch
+    }
+
+    public var isRunning: Bool { process.isRunning }
+    public var pid: Int32 { process.processIdentifier }
+    public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// Sends `signal` and waits up to `timeout` for the process to exit; returns its exit status.
+    @discardableResult
+    public func stop(signal: Int32 = SIGTERM, timeout: Duration = .seconds(20)) async -> Int32? {
+        if process.isRunning { kill(process.processIdentifier, signal) }
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            return nil
+        }
+        return process.terminationStatus
+    }
+
+    /// Stops the server and removes its catalog and blobs.
+    public func remove() async {
+        await stop()
+        TestPostgres.dropDatabase(catalogDatabase)
+        scratch.remove()
+    }
+
+    public func settings(token: String? = nil) throws -> ClientSettings {
+        try ClientSettings(address: address, token: token ?? adminToken, caFile: Self.caFile)
+    }
+
+    /// Runs `body` on a client connection with a token (the admin's by default).
+    public func withClient<T: Sendable>(token: String? = nil, _ body: @Sendable (BackupClient) async throws -> T) async throws -> T {
+        try await BackupClient.withConnection(try settings(token: token), body)
+    }
+
+    /// A new token with `role`, made through the API.
+    public func makeToken(_ role: Role, namespace: String = TestServer.namespace, name: String = "test") async throws -> String {
+        let adminToken = namespace == Self.namespace ? self.adminToken : nil
+        if let adminToken {
+            return try await withClient(token: adminToken) { client in
+                try await client.unary(Backups.createToken, .with { $0.namespace = namespace; $0.role = role; $0.name = name }).secret
+            }
+        }
+        let created = try runCommand("\(binDirectory)/backupd", ["token", "create", "--namespace", namespace, "--role", role.description,
+                                                               "--name", name, "--catalog", TestPostgres.connectionString(catalogDatabase)])
+        guard created.status == 0 else { throw TestSupportError(created.standardError) }
+        return created.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Registers `app` as environment `name` of the test namespace.
+    @discardableResult
+    public func register(_ app: TestApp, as name: String = "shop-production", packageVersion: String = "1.0.0") async throws -> Environment {
+        try await withClient { client in
+            try await client.unary(Backups.registerEnvironment, .with {
+                $0.namespace = TestServer.namespace; $0.name = name; $0.app = "shop"
+                $0.databaseURL = app.connectionString; $0.fileStorePath = app.fileStore; $0.packageVersion = packageVersion
+            })
+        }
+    }
+
+    /// Runs backupctl against this server.
+    public func backupctl(_ arguments: [String], token: String? = nil) throws -> CommandResult {
+        try runCommand("\(binDirectory)/backupctl", arguments, environment: [
+            "BACKUPCTL_ADDR": address, "BACKUPCTL_TOKEN": token ?? adminToken, "BACKUPCTL_CA": Self.caFile,
+        ])
+    }
+}
+
+/// Starts a server, runs `body`, and removes the server whatever happens.
+public func withTestServer<T: Sendable>(arguments: [String] = [], _ body: (TestServer) async throws -> T) async throws -> T {
+    let server = try await TestServer.start(arguments: arguments)
+    do {
+        let value = try await body(server)
+        await server.remove()
+        return value
+    } catch {
+        print("backupd log:\n\(server.log)")
+        await server.remove()
+        throw error
+    }
+}
+
+/// Makes a copy of the demo app, runs `body`, and removes the copy.
+public func withTestApp<T: Sendable>(_ body: (TestApp) async throws -> T) async throws -> T {
+    let app = try TestApp.make()
+    do {
+        let value = try await body(app)
+        app.remove()
+        return value
+    } catch {
+        app.remove()
+        throw error
+    }
+}
+
+/// Waits for a job to end and returns it.
+public func waitForJob(_ id: String, on client: BackupClient, timeout: Duration = .seconds(120)) async throws -> Job {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        let job = try await client.unary(Backups.getJob, .with { $0.id = id })
+        if job.status.isTerminal { return job }
+        try await Task.sleep(for: .milliseconds(100))
+    }
+    throw TestSupportError("job \(id) did not end within \(timeout)")
+}

@@ -1,0 +1,138 @@
+import BackupProto
+import CProtobufC
+@testable import BackupWire
+import NIOCore
+import Testing
+
+@Suite struct WireMessageTests {
+    @Test func everyFieldKindRoundTrips() throws {
+        let backup = Backup.with {
+            $0.id = "7c2d"; $0.namespace = "acme"; $0.status = .finished; $0.kind = .weekly
+            $0.comment = "before the release, with ünïcode"; $0.createdUnixMS = 1_764_000_000_123
+            $0.sizeBytes = UInt64.max; $0.fileCount = 3
+        }
+        #expect(try Backup(serializedBytes: backup.serializedBytes()) == backup)
+
+        let list = ListBackupsResponse.with { $0.backups = [backup, Backup(), backup]; $0.nextPageToken = "42" }
+        #expect(try ListBackupsResponse(serializedBytes: list.serializedBytes()) == list)
+
+        let chunk = UploadChunk.with { $0.uploadID = "u"; $0.offset = 1 << 40; $0.data = Array(0...255) }
+        #expect(try UploadChunk(serializedBytes: chunk.serializedBytes()) == chunk)
+
+        let nested = CreateTokenResponse.with { $0.token = .with { $0.role = .operator; $0.name = "ci" }; $0.secret = "s" }
+        #expect(try CreateTokenResponse(serializedBytes: nested.serializedBytes()) == nested)
+    }
+
+    @Test func defaultValuesEncodeToNothing() {
+        #expect(Backup().serializedBytes().isEmpty)
+        #expect(ServerInfoRequest().serializedBytes().isEmpty)
+    }
+
+    @Test func encodingIsStandardProtobuf() {
+        // GetBackupRequest{id: "ab"}: field 1, wire type 2, length 2.
+        #expect(GetBackupRequest.with { $0.id = "ab" }.serializedBytes() == [0x0a, 0x02, 0x61, 0x62])
+        // Job{kind: RESTORE(2)}: field 2, varint.
+        #expect(Job.with { $0.kind = .restore }.serializedBytes() == [0x10, 0x02])
+    }
+
+    @Test func unknownEnumNumbersReadAsUnspecified() throws {
+        // Job{status: 99}
+        let job = try Job(serializedBytes: [0x18, 99])
+        #expect(job.status == .unspecified)
+    }
+
+    @Test func garbageIsRefused() {
+        #expect(throws: WireDecodingError.self) { try Backup(serializedBytes: [0x0a, 0x05, 0x61]) }
+        #expect(throws: WireDecodingError.self) { try Frame(serializedBytes: [0xff, 0xff, 0xff, 0xff, 0xff]) }
+    }
+
+    @Test func everyFrameKindRoundTrips() throws {
+        let start = CallStart.with {
+            $0.method = Backups.createBackup.name; $0.timeoutMS = 1500
+            $0.metadata = [MetadataEntry("authorization", "Bearer x")]
+        }
+        let kinds: [Frame.Kind] = [.start(start), .message([]), .message([1, 2, 3]), .halfClose,
+                                   .status(CallStatus(RPCError(.notFound, "no such backup"))), .cancel]
+        for kind in kinds {
+            let frame = Frame(callID: 7, kind)
+            #expect(try Frame(serializedBytes: frame.serializedBytes()) == frame)
+        }
+        #expect(start.metadata("Authorization") == "Bearer x")
+    }
+
+    @Test func methodTableMatchesTheServiceInTheProto() {
+        let service = backup__v1__backups__descriptor
+        let protoMethods = (0..<Int(service.n_methods)).map { String(cString: service.methods[$0].name) }
+        let table = [Backups.serverInfo.name, Backups.registerEnvironment.name, Backups.listEnvironments.name,
+                     Backups.getEnvironment.name, Backups.updateEnvironment.name, Backups.deleteEnvironment.name,
+                     Backups.setEnvironmentState.name, Backups.createBackup.name, Backups.listBackups.name,
+                     Backups.getBackup.name, Backups.updateBackup.name, Backups.deleteBackup.name,
+                     Backups.verifyBackup.name, Backups.getJob.name, Backups.watchJob.name, Backups.restoreBackup.name,
+                     Backups.listActivity.name, Backups.requestDownload.name, Backups.getDownload.name,
+                     Backups.startUpload.name, Backups.uploadChunks.name, Backups.finishUpload.name, Backups.getUpload.name,
+                     Backups.getSchedule.name, Backups.setSchedule.name, Backups.createToken.name,
+                     Backups.revokeToken.name, Backups.listTokens.name]
+        #expect(Set(table) == Set(protoMethods.map { "backup.v1.Backups/\($0)" }))
+        #expect(table.count == protoMethods.count)
+    }
+
+    @Test func jsonUsesProtoNamesAndEnumNames() {
+        let json = Backup.with { $0.id = "x"; $0.status = .finished; $0.fileCount = 2 }.jsonObject()
+        #expect(json["id"] as? String == "x")
+        #expect(json["status"] as? String == "BACKUP_STATUS_FINISHED")
+        #expect(json["file_count"] as? UInt64 == 2)
+        #expect(json["comment"] == nil)
+        let list = ListBackupsResponse.with { $0.backups = [.with { $0.id = "a" }, .with { $0.id = "b" }] }.jsonObject()
+        #expect((list["backups"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == ["a", "b"])
+    }
+}
+
+@Suite struct FrameCodecTests {
+    private func encoded(_ frames: [Frame]) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        for frame in frames { FrameEncoder().encode(data: frame, out: &buffer) }
+        return buffer
+    }
+
+    @Test func framesSplitAtAnyByteReassemble() throws {
+        let frames = [Frame(callID: 1, .message(Array(repeating: 9, count: 1000))), Frame(callID: 2, .halfClose),
+                      Frame(callID: 1, .cancel)]
+        let all = encoded(frames)
+        var decoder = FrameDecoder(maxFrameBytes: 4096)
+        var buffer = ByteBuffer()
+        var decoded: [Frame] = []
+        for byte in all.readableBytesView {
+            buffer.writeInteger(byte)
+            while let frame = try decoder.decode(buffer: &buffer) { decoded.append(frame) }
+        }
+        #expect(decoded == frames)
+        #expect(buffer.readableBytes == 0)
+    }
+
+    @Test func oversizedLengthIsRefusedBeforeTheBodyArrives() {
+        var decoder = FrameDecoder(maxFrameBytes: 1024)
+        var buffer = ByteBuffer()
+        buffer.writeInteger(UInt32(1025))
+        #expect(throws: FrameError.tooLarge(length: 1025, limit: 1024)) { try decoder.decode(buffer: &buffer) }
+        #expect(FrameError.tooLarge(length: 1025, limit: 1024).rpcError.code == .resourceExhausted)
+    }
+
+    @Test func undecodableBodyIsAnInvalidArgument() {
+        var decoder = FrameDecoder()
+        var buffer = ByteBuffer()
+        buffer.writeInteger(UInt32(4))
+        buffer.writeBytes([0xff, 0xff, 0xff, 0xff])
+        #expect(throws: FrameError.undecodable(length: 4)) { try decoder.decode(buffer: &buffer) }
+        #expect(FrameError.undecodable(length: 4).rpcError.code == .invalidArgument)
+    }
+
+    @Test func partialFrameWaitsForMoreBytes() throws {
+        var decoder = FrameDecoder()
+        var buffer = encoded([Frame(callID: 3, .halfClose)])
+        let full = buffer
+        buffer.moveWriterIndex(to: buffer.writerIndex - 1)
+        #expect(try decoder.decode(buffer: &buffer) == nil)
+        var complete = full
+        #expect(try decoder.decode(buffer: &complete) == Frame(callID: 3, .halfClose))
+    }
+}
