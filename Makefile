@@ -11,7 +11,7 @@ VAR          := $(CURDIR)/.var
 PGPORT       ?= 55432
 ADDR         ?= 127.0.0.1:7443
 APT_PACKAGES := libprotobuf-c-dev protobuf-c-compiler libpq-dev libssl-dev libarchive-dev \
-                postgresql postgresql-client openssl ca-certificates
+                postgresql postgresql-client openssl ca-certificates bc
 
 export BACKUPD_PGPORT := $(PGPORT)
 export BACKUPD_VAR := $(VAR)
@@ -54,6 +54,11 @@ run: certs demo build
 ## test: everything above, then every test
 test: certs demo build
 	$(SWIFT) test
+
+## bench: backup times through backupd against pg_dump + tar on the demo app (release build)
+bench: certs demo
+	$(SWIFT) build -c release
+	@bash scripts/bench.sh .build/release $${RUNS:-5}
 
 clean:
 	-bash scripts/dev-cluster.sh stop

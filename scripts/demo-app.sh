@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo app: a database shaped like a Mendix app (system$filedocument and
 # a few domain tables, a few thousand rows) and a file store of a few hundred
-# file documents laid out xx/yy/uuid. Contents are deterministic, so two runs
-# make the same app. Idempotent.
+# file documents laid out xx/yy/uuid. File contents are pseudo-random (like the
+# compressed PDFs and images real apps store) but deterministic: AES-CTR of
+# zeros keyed by the document's UUID, so two runs make the same app. Idempotent.
 set -euo pipefail
 VAR=${BACKUPD_VAR:-$(pwd)/.var}
 PORT=${BACKUPD_PGPORT:-55432}
@@ -56,7 +57,7 @@ $psql -d "$DB" -tA -F ' ' -c 'SELECT "__uuid__", size FROM "system$filedocument"
 while read -r uuid size; do
   dir="$FILES/${uuid:0:2}/${uuid:2:2}"
   mkdir -p "$dir"
-  head -c "$size" < <(yes "$uuid demo file document") > "$dir/$uuid"
+  head -c "$size" < <(openssl enc -aes-128-ctr -nosalt -K "${uuid//-/}" -iv 00000000000000000000000000000000 < /dev/zero 2>/dev/null) > "$dir/$uuid"
 done
 touch "$FILES/.complete"
 echo "demo app: database $DB, $(find "$FILES" -type f ! -name .complete | wc -l) files in $FILES"

@@ -33,8 +33,15 @@ public enum BlobStoreError: Error, CustomStringConvertible {
 ///
 /// Calls block on I/O: run them off event loops.
 public protocol BlobStore: Sendable {
-    /// Stores a local file's content. `progress` is told the bytes read so far.
-    func put(contentsOf path: String, progress: (UInt64) -> Void) throws -> StoredBlob
+    /// Stores a copy of a local file's content (a file document). Content
+    /// the store has already is only read, not written again.
+    func put(contentsOf path: String) throws -> StoredBlob
+    /// Takes a file the caller made for the store (a database dump) into the
+    /// store, moving rather than copying it where it can. The file is gone
+    /// afterwards, whether the call succeeds or not.
+    func adopt(_ path: String) throws -> StoredBlob
+    /// A folder on the store's file system for files to be adopted.
+    var scratchDirectory: String { get }
     func contains(_ hash: ContentHash) -> Bool
     /// Re-reads a blob and checks that its content still has its hash.
     func verify(_ hash: ContentHash) throws -> UInt64
@@ -60,17 +67,47 @@ public struct LocalBlobStore: BlobStore {
         return "\(root)/sha256/\(hex.prefix(2))/\(hex.dropFirst(2).prefix(2))/\(hex)"
     }
 
-    public func put(contentsOf path: String, progress: (UInt64) -> Void) throws -> StoredBlob {
+    public var scratchDirectory: String { root + "/tmp" }
+
+    public func put(contentsOf path: String) throws -> StoredBlob {
+        // Most documents are unchanged since the last backup: hash first, copy only what is new.
+        let (hash, size) = try hashFile(path)
+        if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
+        return try copyIntoStore(path)
+    }
+
+    public func adopt(_ path: String) throws -> StoredBlob {
+        defer { unlink(path) }
+        let (hash, size) = try hashFile(path)
+        if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard synced else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
+        let final = self.path(for: hash)
+        let folder = String(final[..<final.lastIndex(of: "/")!])
+        try makeDirectories(folder)
+        if rename(path, final) == 0 {
+            syncDirectory(folder)
+            return StoredBlob(hash: hash, size: size, written: true)
+        }
+        guard errno == EXDEV else { throw BlobStoreError.cannotWrite(path: final, errno: errno) }
+        return try copyIntoStore(path)  // another file system: copy instead
+    }
+
+    /// Copies a file into the store under the hash of what was actually read.
+    private func copyIntoStore(_ path: String) throws -> StoredBlob {
         let source = open(path, O_RDONLY | O_CLOEXEC)
         guard source >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
         defer { close(source) }
 
-        let temporary = "\(root)/tmp/\(base64URL(Secure.randomBytes(12))).partial"
+        let temporary = "\(scratchDirectory)/\(base64URL(Secure.randomBytes(12))).partial"
         let target = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard target >= 0 else { throw BlobStoreError.cannotWrite(path: temporary, errno: errno) }
         var keepTemporary = false
         defer {
-            if target >= 0 { close(target) }
+            close(target)
             if !keepTemporary { unlink(temporary) }
         }
 
@@ -80,13 +117,10 @@ public struct LocalBlobStore: BlobStore {
             hasher.update(chunk)
             try writeAll(fd: target, chunk, path: temporary)
             size += UInt64(chunk.count)
-            progress(size)
         }
         let hash = hasher.finish()
         let final = self.path(for: hash)
-        if access(final, F_OK) == 0 {
-            return StoredBlob(hash: hash, size: size, written: false)
-        }
+        if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
         guard fsync(target) == 0 else { throw BlobStoreError.cannotWrite(path: temporary, errno: errno) }
         let folder = String(final[..<final.lastIndex(of: "/")!])
         try makeDirectories(folder)
@@ -102,19 +136,8 @@ public struct LocalBlobStore: BlobStore {
 
     public func verify(_ hash: ContentHash) throws -> UInt64 {
         let path = self.path(for: hash)
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            if errno == ENOENT { throw BlobStoreError.missing(hash) }
-            throw BlobStoreError.cannotRead(path: path, errno: errno)
-        }
-        defer { close(fd) }
-        let hasher = SHA256Hasher()
-        var size: UInt64 = 0
-        try readChunks(fd: fd, path: path) { chunk in
-            hasher.update(chunk)
-            size += UInt64(chunk.count)
-        }
-        let actual = hasher.finish()
+        guard contains(hash) else { throw BlobStoreError.missing(hash) }
+        let (actual, size) = try hashFile(path)
         guard actual == hash else { throw BlobStoreError.corrupt(hash, actual: actual) }
         return size
     }
@@ -123,6 +146,20 @@ public struct LocalBlobStore: BlobStore {
         let path = self.path(for: hash)
         guard unlink(path) == 0 || errno == ENOENT else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
     }
+}
+
+/// The SHA-256 and size of a file's content, read once.
+private func hashFile(_ path: String) throws -> (ContentHash, UInt64) {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
+    defer { close(fd) }
+    let hasher = SHA256Hasher()
+    var size: UInt64 = 0
+    try readChunks(fd: fd, path: path) { chunk in
+        hasher.update(chunk)
+        size += UInt64(chunk.count)
+    }
+    return (hasher.finish(), size)
 }
 
 private func readChunks(fd: Int32, path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {

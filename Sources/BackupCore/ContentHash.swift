@@ -47,18 +47,13 @@ public final class SHA256Hasher {
     }
 }
 
-/// Cryptographic randomness and comparisons from OpenSSL.
+/// Cryptographic randomness from OpenSSL.
 public enum Secure {
     /// `count` bytes from OpenSSL's CSPRNG.
     public static func randomBytes(_ count: Int) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         precondition(RAND_bytes(&bytes, Int32(count)) == 1, "OpenSSL RAND_bytes failed")
         return bytes
-    }
-
-    /// Compares without leaking, through timing, where two values differ.
-    public static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        a.count == b.count && CRYPTO_memcmp(a, b, a.count) == 0
     }
 }
 

@@ -14,13 +14,12 @@ public struct ServerConfiguration: Sendable {
     public var catalogURL: String
     public var blobDirectory: String
     public var maxFrameBytes = defaultMaxFrameBytes
-    public var jobs: JobSettings
+    public var jobs = JobSettings()
 
     public init(tls: TLSSettings, catalogURL: String, blobDirectory: String) {
         self.tls = tls
         self.catalogURL = catalogURL
         self.blobDirectory = blobDirectory
-        self.jobs = JobSettings(scratchDirectory: blobDirectory + "/tmp")
     }
 }
 

@@ -208,13 +208,6 @@ public struct FieldMap {
                  })
     }
 
-    public mutating func field(_ id: UInt32, _ values: inout [String]) {
-        let field = self.field(id)
-        repeated(field, &values,
-                 read: { String(cString: $0!.assumingMemoryBound(to: CChar.self)) },
-                 write: { value, arena in UnsafeMutableRawPointer(arena.cString(value)) })
-    }
-
     /// The field number set in the oneof that `memberID` belongs to, 0 if none.
     public func oneofCase(of memberID: UInt32) -> UInt32 {
         let field = self.field(memberID)

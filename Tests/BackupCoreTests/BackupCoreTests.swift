@@ -14,12 +14,6 @@ import Testing
         #expect(ContentHash(hex: String(repeating: "a", count: 63)) == nil)
         #expect(ContentHash(hex: "../" + String(repeating: "a", count: 61)) == nil)
     }
-
-    @Test func constantTimeEqual() {
-        #expect(Secure.constantTimeEqual([1, 2, 3], [1, 2, 3]))
-        #expect(!Secure.constantTimeEqual([1, 2, 3], [1, 2, 4]))
-        #expect(!Secure.constantTimeEqual([1, 2], [1, 2, 3]))
-    }
 }
 
 @Suite struct AccessTokenSecretTests {
@@ -73,14 +67,13 @@ import Testing
         let source = try write("hello blobs")
         defer { try? FileManager.default.removeItem(atPath: source) }
 
-        var reported: UInt64 = 0
-        let first = try store.put(contentsOf: source) { reported = $0 }
-        #expect(first.written && first.size == 11 && reported == 11)
+        let first = try store.put(contentsOf: source)
+        #expect(first.written && first.size == 11)
         #expect(first.hash == ContentHash.of(Array("hello blobs".utf8)))
         #expect(FileManager.default.contents(atPath: store.path(for: first.hash)) == Data("hello blobs".utf8))
         #expect(store.path(for: first.hash).hasSuffix("/sha256/\(first.hash.hex.prefix(2))/\(first.hash.hex.dropFirst(2).prefix(2))/\(first.hash.hex)"))
 
-        let again = try store.put(contentsOf: source) { _ in }
+        let again = try store.put(contentsOf: source)
         #expect(!again.written && again.hash == first.hash)
         #expect(temporaryFiles().isEmpty)
         #expect(try store.verify(first.hash) == 11)
@@ -91,7 +84,7 @@ import Testing
         let store = try LocalBlobStore(root: root)
         let source = try write("precious")
         defer { try? FileManager.default.removeItem(atPath: source) }
-        let blob = try store.put(contentsOf: source) { _ in }
+        let blob = try store.put(contentsOf: source)
 
         try "tampered".write(toFile: store.path(for: blob.hash), atomically: false, encoding: .utf8)
         #expect(throws: BlobStoreError.self) { try store.verify(blob.hash) }
@@ -109,9 +102,27 @@ import Testing
     @Test func unreadableSourceLeavesNothingBehind() throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
         let store = try LocalBlobStore(root: root)
-        #expect(throws: BlobStoreError.self) { try store.put(contentsOf: root + "/does-not-exist") { _ in } }
-        // A directory opens but cannot be read: the partial file must go.
-        #expect(throws: BlobStoreError.self) { try store.put(contentsOf: root) { _ in } }
+        #expect(throws: BlobStoreError.self) { try store.put(contentsOf: root + "/does-not-exist") }
+        // A directory opens but cannot be read.
+        #expect(throws: BlobStoreError.self) { try store.put(contentsOf: root) }
+        #expect(throws: BlobStoreError.self) { try store.adopt(root + "/tmp/does-not-exist") }
+        #expect(temporaryFiles().isEmpty)
+    }
+
+    @Test func adoptedFilesAreMovedInOnce() throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let store = try LocalBlobStore(root: root)
+        let dump = store.scratchDirectory + "/dump-1"
+        try "a dump".write(toFile: dump, atomically: false, encoding: .utf8)
+        let blob = try store.adopt(dump)
+        #expect(blob.written && blob.hash == ContentHash.of(Array("a dump".utf8)))
+        #expect(!FileManager.default.fileExists(atPath: dump))
+        #expect(try store.verify(blob.hash) == 6)
+
+        // The same content again: the store keeps its copy and the new file goes.
+        try "a dump".write(toFile: dump, atomically: false, encoding: .utf8)
+        #expect(!(try store.adopt(dump)).written)
+        #expect(!FileManager.default.fileExists(atPath: dump))
         #expect(temporaryFiles().isEmpty)
     }
 }

@@ -28,6 +28,7 @@ func referencedKeys(_ app: TestApp) throws -> [String] {
         """).map { $0.string("key") }
 }
 
+@discardableResult
 func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) async -> RPCError? {
     do {
         try await body()

@@ -84,6 +84,50 @@ import Testing
         }
     }
 
+    @Test func aCancelFrameEndsAStreamingCall() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--pg-dump", try slowPgDump(seconds: 5)]) { server in
+                try await server.register(app)
+                let created = try await server.withClient { try await createBackup($0) }
+                let encoder = FrameEncoder()
+                var opening = ByteBuffer()
+                encoder.encode(data: Frame(callID: 3, .start(.with {
+                    $0.method = Backups.watchJob.name
+                    $0.metadata = [MetadataEntry("authorization", "Bearer \(server.adminToken)")]
+                })), out: &opening)
+                encoder.encode(data: Frame(callID: 3, .message(WatchJobRequest.with { $0.id = created.job.id }.serializedBytes())), out: &opening)
+                encoder.encode(data: Frame(callID: 3, .halfClose), out: &opening)
+                var cancel = ByteBuffer()
+                encoder.encode(data: Frame(callID: 3, .cancel), out: &cancel)
+
+                let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer> = try await server.settings().connect { _ in }
+                let (updates, status) = try await channel.executeThenClose { inbound, outbound -> (Int, CallStatus?) in
+                    try await outbound.write(opening)
+                    var received = ByteBuffer()
+                    var decoder = FrameDecoder()
+                    var updates = 0
+                    for try await chunk in inbound {
+                        received.writeImmutableBuffer(chunk)
+                        while let frame = try decoder.decode(buffer: &received) {
+                            switch frame.kind {
+                            case .message:
+                                updates += 1
+                                if updates == 1 { try await outbound.write(cancel) }
+                            case .status(let status):
+                                return (updates, status)
+                            default:
+                                break
+                            }
+                        }
+                    }
+                    return (updates, nil)
+                }
+                #expect(updates >= 1)
+                #expect(status?.code == .cancelled)
+            }
+        }
+    }
+
     @Test func shutdownFailsTheRunningJobWithItsReasonAndExitsCleanly() async throws {
         try await withTestApp { app in
             let server = try await TestServer.start(arguments: ["--pg-dump", try slowPgDump(seconds: 60)])

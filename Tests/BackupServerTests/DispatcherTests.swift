@@ -19,6 +19,14 @@ import Testing
             if request.id == "crash" { throw CancellationError() }
             return .with { $0.id = request.id; $0.comment = context.caller.tokenName }
         }
+        router.clientStreaming(Backups.uploadChunks) { chunks, _ in
+            var received: UInt64 = 0
+            for try await chunk in chunks {
+                guard chunk.offset == received else { throw BackupError.invalidArgument("chunk at \(chunk.offset), expected \(received)") }
+                received += UInt64(chunk.data.count)
+            }
+            return .with { $0.bytesReceived = received }
+        }
         router.unary(Backups.deleteBackup) { _, context in
             try context.authorize(.admin, in: "acme")
             return DeleteBackupResponse()
@@ -57,6 +65,17 @@ import Testing
         let (status, responses) = await call(Backups.getBackup.name, requests: [get])
         #expect(status.code == .ok)
         #expect(try responses.map { try Backup(serializedBytes: $0) } == [.with { $0.id = "b1"; $0.comment = "tester" }])
+    }
+
+    @Test func clientStreamingReadsEveryMessageUntilHalfClose() async throws {
+        let chunks = (0..<5).map { index in
+            UploadChunk.with { $0.offset = UInt64(index * 3); $0.data = [1, 2, 3] }.serializedBytes()
+        }
+        let (status, responses) = await call(Backups.uploadChunks.name, requests: chunks)
+        #expect(status.code == .ok)
+        #expect(try responses.map { try Upload(serializedBytes: $0).bytesReceived } == [15])
+        let (outOfOrder, _) = await call(Backups.uploadChunks.name, requests: [chunks[1]])
+        #expect(outOfOrder.code == .invalidArgument && outOfOrder.message.contains("expected 0"))
     }
 
     @Test func unknownMethodIsUnimplemented() async {

@@ -79,8 +79,10 @@ public func runCommand(_ executable: String, _ arguments: [String], environment:
     let scratch = try ScratchDirectory("cmd")
     defer { scratch.remove() }
     let outPath = scratch.path + "/out", errPath = scratch.path + "/err"
-    FileManager.default.createFile(atPath: outPath, contents: nil)
-    FileManager.default.createFile(atPath: errPath, contents: nil)
+    guard FileManager.default.createFile(atPath: outPath, contents: nil),
+          FileManager.default.createFile(atPath: errPath, contents: nil) else {
+        throw TestSupportError("cannot create output files in \(scratch.path)")
+    }
     process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
     process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
     process.standardInput = FileHandle.nullDevice

@@ -69,7 +69,7 @@ public final class TestServer: @unchecked Sendable {
 
         let readyFile = scratch.path + "/ready"
         let logPath = scratch.path + "/backupd.log"
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        guard FileManager.default.createFile(atPath: logPath, contents: nil) else { throw TestSupportError("cannot create \(logPath)") }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "\(binDirectory)/backupd")
         process.arguments = ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile] + arguments
@@ -103,7 +103,6 @@ public final class TestServer: @unchecked Sendable {
     }
 
     public var isRunning: Bool { process.isRunning }
-    public var pid: Int32 { process.processIdentifier }
     public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     /// Sends `signal` and waits up to `timeout` for the process to exit; returns its exit status.

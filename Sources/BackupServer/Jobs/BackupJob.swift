@@ -12,11 +12,9 @@ struct JobFailure: Error, CustomStringConvertible {
 /// Where the PostgreSQL client tools are.
 public struct PostgresTools: Sendable {
     public var pgDump: String
-    public var pgRestore: String
 
-    public init(pgDump: String = "/usr/bin/pg_dump", pgRestore: String = "/usr/bin/pg_restore") {
+    public init(pgDump: String = "/usr/bin/pg_dump") {
         self.pgDump = pgDump
-        self.pgRestore = pgRestore
     }
 }
 
@@ -30,7 +28,6 @@ struct BackupJob: Sendable {
     let blobStore: any BlobStore
     let threadPool: NIOThreadPool
     let tools: PostgresTools
-    let scratchDirectory: String
 
     private struct ReferencedFile: Sendable {
         let key: String
@@ -83,15 +80,15 @@ struct BackupJob: Sendable {
         let filesBytes = files.reduce(UInt64(0)) { $0 + $1.size }
 
         await progress.update(done: 0, total: opened.databaseBytes + filesBytes, phase: "dumping database")
-        let dumpPath = "\(scratchDirectory)/dump-\(claimed.job.id).backup"
-        defer { try? FileManager.default.removeItem(atPath: dumpPath) }
+        let dumpPath = "\(blobStore.scratchDirectory)/dump-\(claimed.job.id).backup"
+        defer { unlink(dumpPath) }
         try await dump(environment.databaseURL, snapshot: opened.snapshot, to: dumpPath) { written in
             await progress.update(done: written, total: max(opened.databaseBytes, written) + filesBytes)
         }
         _ = try? await session.run { try $0.query("COMMIT") }
 
         await progress.update(phase: "storing database dump")
-        let dump = try await threadPool.runIfActive { try blobStore.put(contentsOf: dumpPath) { _ in } }
+        let dump = try await threadPool.runIfActive { try blobStore.adopt(dumpPath) }
         try await ledger.record([dump])
         await progress.update(done: dump.size, total: dump.size + filesBytes, phase: "storing \(files.count) files")
 
@@ -100,7 +97,7 @@ struct BackupJob: Sendable {
         for batch in stride(from: 0, to: files.count, by: 64).map({ files[$0..<min($0 + 64, files.count)] }) {
             try Task.checkCancellation()
             let blobs = try await threadPool.runIfActive {
-                try batch.map { file in (key: file.key, blob: try blobStore.put(contentsOf: file.path) { _ in }) }
+                try batch.map { file in (key: file.key, blob: try blobStore.put(contentsOf: file.path)) }
             }
             try await ledger.record(blobs.map(\.blob))
             stored += blobs
@@ -118,7 +115,7 @@ struct BackupJob: Sendable {
                 try await runSubprocess(tools.pgDump, [
                     "--format=custom", "--no-owner", "--no-privileges", "--snapshot=\(snapshot)",
                     "--file=\(path)", "--dbname=\(databaseURL)",
-                ], threadPool: threadPool, scratchDirectory: scratchDirectory)
+                ], threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory)
             }
             group.addTask {
                 while true {

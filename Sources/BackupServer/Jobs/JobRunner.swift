@@ -15,12 +15,8 @@ public struct JobSettings: Sendable {
     public var pollInterval: Duration = .seconds(2)
     public var garbageCollectionInterval: Duration = .seconds(600)
     public var tools = PostgresTools()
-    /// Where dumps are written while a job runs; best on the blob store's file system.
-    public var scratchDirectory: String
 
-    public init(scratchDirectory: String) {
-        self.scratchDirectory = scratchDirectory
-    }
+    public init() {}
 }
 
 /// Runs queued jobs from the catalog. Jobs are claimed under a lease that
@@ -48,8 +44,7 @@ public final class JobRunner: Service, Sendable {
         self.blobStore = blobStore
         self.settings = settings
         self.logger = logger
-        self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool,
-                                   tools: settings.tools, scratchDirectory: settings.scratchDirectory)
+        self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool, tools: settings.tools)
     }
 
     /// Looks for work now rather than at the next poll.
@@ -63,7 +58,6 @@ public final class JobRunner: Service, Sendable {
     }
 
     public func run() async throws {
-        try makeDirectories(settings.scratchDirectory)
         await withDiscardingTaskGroup { group in
             var lastPoll = ContinuousClock.now - settings.pollInterval
             var lastCollection = ContinuousClock.now

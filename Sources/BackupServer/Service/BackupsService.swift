@@ -115,7 +115,7 @@ struct BackupsService: Sendable {
             try context.authorize(.viewer, in: job.namespace)
             try await responses.write(job)
             while !job.status.isTerminal {
-                try await Task.sleep(for: .milliseconds(250))
+                try await Task.sleep(for: .milliseconds(100))
                 let next = try await catalog.job(id: request.id)
                 if next != job { try await responses.write(next) }
                 job = next
