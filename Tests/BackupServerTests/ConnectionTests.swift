@@ -7,19 +7,41 @@ import Testing
 
 /// What a misbehaving client meets on a real TLS connection.
 @Suite(.serialized) struct ConnectionTests {
-    /// Sends raw bytes on a fresh TLS connection and returns the frames the
-    /// server sent back before it closed the connection.
-    private func exchange(_ server: TestServer, _ bytes: ByteBuffer) async throws -> [Frame] {
+    /// Opens a raw TLS connection, writes `bytes`, and hands each frame the
+    /// server sends to `onFrame` until it returns a value or the server closes.
+    private func rawCall<T>(
+        _ server: TestServer, send bytes: ByteBuffer,
+        onFrame: (Frame, NIOAsyncChannelOutboundWriter<ByteBuffer>) async throws -> T?
+    ) async throws -> T? {
         let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer> = try await server.settings().connect { _ in }
         return try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(bytes)
             var received = ByteBuffer()
-            for try await chunk in inbound { received.writeImmutableBuffer(chunk) }
             var decoder = FrameDecoder()
-            var frames: [Frame] = []
-            while let frame = try decoder.decode(buffer: &received) { frames.append(frame) }
-            return frames
+            for try await chunk in inbound {
+                received.writeImmutableBuffer(chunk)
+                while let frame = try decoder.decode(buffer: &received) {
+                    if let value = try await onFrame(frame, outbound) { return value }
+                }
+            }
+            return nil
         }
+    }
+
+    /// Every frame the server sends in answer to `bytes` before it closes the connection.
+    private func exchange(_ server: TestServer, _ bytes: ByteBuffer) async throws -> [Frame] {
+        var frames: [Frame] = []
+        let _: Bool? = try await rawCall(server, send: bytes) { frame, _ in
+            frames.append(frame)
+            return nil
+        }
+        return frames
+    }
+
+    private func encode(_ frames: [Frame]) -> ByteBuffer {
+        var bytes = ByteBuffer()
+        for frame in frames { FrameEncoder().encode(data: frame, out: &bytes) }
+        return bytes
     }
 
     private func connectionStatus(_ frames: [Frame]) -> CallStatus? {
@@ -50,9 +72,7 @@ import Testing
             #expect(connectionStatus(garbage)?.code == .invalidArgument)
 
             // A frame that decodes but that no client may send (a status) is refused too.
-            var statusFrame = ByteBuffer()
-            FrameEncoder().encode(data: Frame(callID: 4, .status(CallStatus())), out: &statusFrame)
-            let refused = try await exchange(server, statusFrame)
+            let refused = try await exchange(server, encode([Frame(callID: 4, .status(CallStatus()))]))
             #expect(connectionStatus(refused)?.code == .invalidArgument)
             let info = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
             #expect(info.protocol == "backup-rpc/1")
@@ -62,24 +82,13 @@ import Testing
     @Test func aConnectionMayHoldABoundedNumberOfOpenCalls() async throws {
         try await withTestServer { server in
             // 129 calls that never half-close: the last one is refused, the others stay open.
-            var bytes = ByteBuffer()
-            for id in UInt32(1)...129 {
-                FrameEncoder().encode(data: Frame(callID: id, .start(.with {
+            let starts = (UInt32(1)...129).map { id in
+                Frame(callID: id, .start(.with {
                     $0.method = Backups.serverInfo.name
                     $0.metadata = [MetadataEntry("authorization", "Bearer \(server.adminToken)")]
-                })), out: &bytes)
+                }))
             }
-            let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer> = try await server.settings().connect { _ in }
-            let refused = try await channel.executeThenClose { inbound, outbound -> Frame? in
-                try await outbound.write(bytes)
-                var received = ByteBuffer()
-                var decoder = FrameDecoder()
-                for try await chunk in inbound {
-                    received.writeImmutableBuffer(chunk)
-                    if let frame = try decoder.decode(buffer: &received) { return frame }
-                }
-                return nil
-            }
+            let refused = try await rawCall(server, send: encode(starts)) { frame, _ in frame }
             #expect(refused?.callID == 129)
             #expect(refused?.kind == .status(CallStatus(RPCError(.resourceExhausted, "a connection may have 128 calls open at once"))))
         }
@@ -87,24 +96,12 @@ import Testing
 
     @Test func anUnknownMethodIsUnimplementedOnTheWire() async throws {
         try await withTestServer { server in
-            var bytes = ByteBuffer()
-            let encoder = FrameEncoder()
-            encoder.encode(data: Frame(callID: 9, .start(.with { $0.method = "backup.v1.Backups/Explode" })), out: &bytes)
-            encoder.encode(data: Frame(callID: 9, .message([])), out: &bytes)
-            encoder.encode(data: Frame(callID: 9, .halfClose), out: &bytes)
-            let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer> = try await server.settings().connect { _ in }
-            let status = try await channel.executeThenClose { inbound, outbound -> CallStatus? in
-                try await outbound.write(bytes)
-                var received = ByteBuffer()
-                var decoder = FrameDecoder()
-                for try await chunk in inbound {
-                    received.writeImmutableBuffer(chunk)
-                    if let frame = try decoder.decode(buffer: &received), case .status(let status) = frame.kind {
-                        #expect(frame.callID == 9)
-                        return status
-                    }
-                }
-                return nil
+            let call = encode([Frame(callID: 9, .start(.with { $0.method = "backup.v1.Backups/Explode" })),
+                               Frame(callID: 9, .message([])), Frame(callID: 9, .halfClose)])
+            let status = try await rawCall(server, send: call) { frame, _ -> CallStatus? in
+                guard case .status(let status) = frame.kind else { return nil }
+                #expect(frame.callID == 9)
+                return status
             }
             #expect(status?.code == .unimplemented)
         }
@@ -115,38 +112,26 @@ import Testing
             try await withTestServer(arguments: ["--pg-dump", try slowPgDump(seconds: 5)]) { server in
                 try await server.register(app)
                 let created = try await server.withClient { try await createBackup($0) }
-                let encoder = FrameEncoder()
-                var opening = ByteBuffer()
-                encoder.encode(data: Frame(callID: 3, .start(.with {
-                    $0.method = Backups.watchJob.name
-                    $0.metadata = [MetadataEntry("authorization", "Bearer \(server.adminToken)")]
-                })), out: &opening)
-                encoder.encode(data: Frame(callID: 3, .message(WatchJobRequest.with { $0.id = created.job.id }.serializedBytes())), out: &opening)
-                encoder.encode(data: Frame(callID: 3, .halfClose), out: &opening)
-                var cancel = ByteBuffer()
-                encoder.encode(data: Frame(callID: 3, .cancel), out: &cancel)
-
-                let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer> = try await server.settings().connect { _ in }
-                let (updates, status) = try await channel.executeThenClose { inbound, outbound -> (Int, CallStatus?) in
-                    try await outbound.write(opening)
-                    var received = ByteBuffer()
-                    var decoder = FrameDecoder()
-                    var updates = 0
-                    for try await chunk in inbound {
-                        received.writeImmutableBuffer(chunk)
-                        while let frame = try decoder.decode(buffer: &received) {
-                            switch frame.kind {
-                            case .message:
-                                updates += 1
-                                if updates == 1 { try await outbound.write(cancel) }
-                            case .status(let status):
-                                return (updates, status)
-                            default:
-                                break
-                            }
-                        }
+                let opening = encode([
+                    Frame(callID: 3, .start(.with {
+                        $0.method = Backups.watchJob.name
+                        $0.metadata = [MetadataEntry("authorization", "Bearer \(server.adminToken)")]
+                    })),
+                    Frame(callID: 3, .message(WatchJobRequest.with { $0.id = created.job.id }.serializedBytes())),
+                    Frame(callID: 3, .halfClose),
+                ])
+                var updates = 0
+                let status = try await rawCall(server, send: opening) { frame, outbound -> CallStatus? in
+                    switch frame.kind {
+                    case .message:
+                        updates += 1
+                        if updates == 1 { try await outbound.write(encode([Frame(callID: 3, .cancel)])) }
+                        return nil
+                    case .status(let status):
+                        return status
+                    default:
+                        return nil
                     }
-                    return (updates, nil)
                 }
                 #expect(updates >= 1)
                 #expect(status?.code == .cancelled)
