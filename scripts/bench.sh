@@ -33,7 +33,7 @@ export BACKUPCTL_ADDR=$(cat "$work/ready") BACKUPCTL_TOKEN=$token BACKUPCTL_CA=$
   --file-store "$VAR/demo/files" --json >/dev/null
 
 files_bytes=$(du -sb "$VAR/demo/files" | cut -f1)
-echo "demo app: database demo_app, $(find "$VAR/demo/files" -type f ! -name .complete | wc -l) files, $files_bytes bytes in the file store; $RUNS runs each"
+echo "demo app: database demo_app, $(find "$VAR/demo/files" -type f | wc -l) files, $files_bytes bytes in the file store; $RUNS runs each"
 
 backupd_times=()
 for run in $(seq 1 "$RUNS"); do

@@ -11,7 +11,7 @@ DB=${DEMO_DB:-demo_app}
 FILES=${DEMO_FILES:-$VAR/demo/files}
 psql="psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $PORT -U postgres"
 
-if [ -f "$FILES/.complete" ] && $psql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
+if [ -f "$FILES.complete" ] && $psql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
   exit 0
 fi
 $psql -d postgres -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
@@ -50,7 +50,7 @@ FROM generate_series(1, 5000) AS i;
 INSERT INTO "shop$invoice" SELECT i, i, i FROM generate_series(1, 320) AS i;
 SQL
 
-rm -rf "$FILES"
+rm -rf "$FILES" "$FILES.complete"
 mkdir -p "$FILES"
 # One file per document with contents (including those marked delete-after-download).
 $psql -d "$DB" -tA -F ' ' -c 'SELECT "__uuid__", size FROM "system$filedocument" WHERE hascontents ORDER BY id' |
@@ -59,5 +59,5 @@ while read -r uuid size; do
   mkdir -p "$dir"
   head -c "$size" < <(openssl enc -aes-128-ctr -nosalt -K "${uuid//-/}" -iv 00000000000000000000000000000000 < /dev/zero 2>/dev/null) > "$dir/$uuid"
 done
-touch "$FILES/.complete"
-echo "demo app: database $DB, $(find "$FILES" -type f ! -name .complete | wc -l) files in $FILES"
+touch "$FILES.complete"
+echo "demo app: database $DB, $(find "$FILES" -type f | wc -l) files in $FILES"

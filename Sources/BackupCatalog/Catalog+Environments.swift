@@ -82,7 +82,12 @@ extension Catalog {
     public func setEnvironmentState(namespace: String, name: String, state: EnvironmentState, actor: String) async throws -> Environment {
         guard state != .unspecified else { throw BackupError.invalidArgument("state must be running or stopped") }
         return try await pool.transaction { connection in
-            let id = try Self.environmentID(connection, namespace, name)
+            let id = try Self.environmentID(connection, namespace, name, lock: true)
+            if state == .running, let restore = try connection.query(
+                "SELECT id FROM jobs WHERE environment_id = $1 AND kind = 'restore' AND status IN ('queued', 'running')", id).first {
+                throw BackupError.failedPrecondition(
+                    "environment \(namespace)/\(name) is being restored by job \(restore.string("id")); it stays stopped until the restore ends")
+            }
             try connection.query("UPDATE environments SET state = $2 WHERE id = $1", id, state.description)
             try Self.recordActivity(connection, namespace, name, action: state == .running ? "start" : "stop",
                                     outcome: "FINISHED", actor: actor)

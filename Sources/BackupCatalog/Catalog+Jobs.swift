@@ -13,11 +13,14 @@ public struct BackupManifest: Sendable {
     public var dump: StoredBlob
     public var files: [(key: String, blob: StoredBlob)]
     public var postgresVersion: String
+    /// pg_database_size of the app database at the snapshot.
+    public var databaseSize: UInt64
 
-    public init(dump: StoredBlob, files: [(key: String, blob: StoredBlob)], postgresVersion: String) {
+    public init(dump: StoredBlob, files: [(key: String, blob: StoredBlob)], postgresVersion: String, databaseSize: UInt64) {
         self.dump = dump
         self.files = files
         self.postgresVersion = postgresVersion
+        self.databaseSize = databaseSize
     }
 }
 
@@ -97,8 +100,7 @@ extension Catalog {
     public func finishBackup(jobID: String, owner: String, manifest: BackupManifest) async throws {
         try await pool.transaction { connection in
             guard let row = try connection.query("""
-                SELECT j.snapshot_id, j.actor, s.kind, e.namespace, e.name FROM jobs j
-                JOIN snapshots s ON s.id = j.snapshot_id JOIN environments e ON e.id = j.environment_id
+                SELECT j.snapshot_id, s.kind FROM jobs j JOIN snapshots s ON s.id = j.snapshot_id
                 WHERE j.id = $1 AND j.lease_owner = $2 AND j.status = 'running' FOR UPDATE OF j
                 """, jobID, owner).first else {
                 throw BackupError.failedPrecondition("job \(jobID) is no longer held by this process")
@@ -114,17 +116,13 @@ extension Catalog {
             }
             try connection.query("""
                 UPDATE snapshots SET status = 'finished', finished_at = now(), expires_at = created_at + $2::interval,
-                    dump_sha256 = $3, database_bytes = $4, files_bytes = $5, file_count = $6, postgres_version = $7
+                    dump_sha256 = $3, database_bytes = $4, files_bytes = $5, file_count = $6, postgres_version = $7,
+                    source_database_bytes = $8
                 WHERE id = $1
                 """, snapshotID, Self.retention[row.string("kind")] ?? "14 days", manifest.dump.hash.hex,
-                manifest.dump.size, filesBytes, manifest.files.count, manifest.postgresVersion)
-            try connection.query("""
-                UPDATE jobs SET status = 'finished', finished_at = now(), phase = 'finished', bytes_done = bytes_total,
-                    lease_owner = NULL, lease_expires_at = NULL WHERE id = $1
-                """, jobID)
-            try Self.recordActivity(connection, row.string("namespace"), row.string("name"), action: "backup",
-                                    outcome: "FINISHED", actor: row.string("actor"), snapshotID: snapshotID,
-                                    detail: "\(manifest.files.count) files, \(manifest.dump.size + filesBytes) bytes")
+                manifest.dump.size, filesBytes, manifest.files.count, manifest.postgresVersion, manifest.databaseSize)
+            try Self.finishJob(connection, id: jobID, owner: owner,
+                               detail: "\(manifest.files.count) files, \(manifest.dump.size + filesBytes) bytes")
         }
     }
 
@@ -136,18 +134,39 @@ extension Catalog {
     }
 
     /// Fails the running jobs whose lease ran out: their process died or
-    /// lost the catalog. Returns how many.
+    /// lost the catalog. Returns how many. Restores are not among them: they
+    /// are claimed for recovery (`claimAbandonedRestore`), which cleans up first.
     @discardableResult
     public func failAbandonedJobs() async throws -> Int {
         try await pool.transaction { connection in
             let ids = try connection.query("""
-                SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < now() FOR UPDATE SKIP LOCKED
+                SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < now() AND kind <> 'restore'
+                FOR UPDATE SKIP LOCKED
                 """).map { $0.string("id") }
             for id in ids {
                 try Self.failJob(connection, id: id, message: "backupd stopped while the job ran (its lease expired)")
             }
             return ids.count
         }
+    }
+
+    /// Ends a job as FINISHED, logging the activity with `detail`.
+    public func finishJob(id: String, owner: String, detail: String) async throws {
+        try await pool.transaction { try Self.finishJob($0, id: id, owner: owner, detail: detail) }
+    }
+
+    static func finishJob(_ connection: PostgresConnection, id: String, owner: String, detail: String) throws {
+        guard let row = try connection.query("""
+            UPDATE jobs j SET status = 'finished', finished_at = now(), phase = 'finished', bytes_done = bytes_total,
+                lease_owner = NULL, lease_expires_at = NULL
+            FROM environments e
+            WHERE j.id = $1 AND j.lease_owner = $2 AND j.status = 'running' AND e.id = j.environment_id
+            RETURNING j.kind, j.snapshot_id, j.actor, e.namespace, e.name
+            """, id, owner).first else {
+            throw BackupError.failedPrecondition("job \(id) is no longer held by this process")
+        }
+        try recordActivity(connection, row.string("namespace"), row.string("name"), action: row.string("kind"),
+                           outcome: "FINISHED", actor: row.string("actor"), snapshotID: row["snapshot_id"], detail: detail)
     }
 
     static func failJob(_ connection: PostgresConnection, id: String, message: String) throws {

@@ -111,5 +111,23 @@ enum Migrations {
             revoked_at     timestamptz
         );
         """),
+        (2, """
+        -- The plan of a restore, written before anything is created, so a
+        -- process that dies mid-restore leaves enough to clean up or finish.
+        CREATE TABLE restores (
+            job_id             uuid PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+            snapshot_id        uuid NOT NULL,
+            database_only      boolean NOT NULL,
+            target_database    text NOT NULL DEFAULT '',
+            staging_database   text NOT NULL DEFAULT '',
+            previous_database  text NOT NULL DEFAULT '',
+            file_store         text NOT NULL DEFAULT '',
+            staging_folder     text NOT NULL DEFAULT '',
+            previous_folder    text NOT NULL DEFAULT '',
+            swap_started       boolean NOT NULL DEFAULT false
+        );
+        -- pg_database_size of the app database when it was dumped: how big a restore will grow.
+        ALTER TABLE snapshots ADD COLUMN source_database_bytes bigint NOT NULL DEFAULT 0;
+        """),
     ]
 }

@@ -42,6 +42,10 @@ public protocol BlobStore: Sendable {
     func adopt(_ path: String) throws -> StoredBlob
     /// A folder on the store's file system for files to be adopted.
     var scratchDirectory: String { get }
+    /// Puts a blob's content at `path` (which must not exist), checked
+    /// against its hash: a hard link where the store's file system allows,
+    /// else a copy.
+    func materialize(_ hash: ContentHash, at path: String) throws
     func contains(_ hash: ContentHash) -> Bool
     /// Re-reads a blob and checks that its content still has its hash.
     func verify(_ hash: ContentHash) throws -> UInt64
@@ -50,7 +54,8 @@ public protocol BlobStore: Sendable {
 
 /// Blobs as files under a folder: `sha256/ab/cd/abcd…`. Each is written to a
 /// temporary name, fsynced and renamed into place, so a blob that exists is
-/// complete.
+/// complete. Blobs are read-only: a restored file hard-linked to one cannot
+/// be written through into the store.
 public struct LocalBlobStore: BlobStore {
     public let root: String
     static let chunkSize = 1 << 20
@@ -82,7 +87,7 @@ public struct LocalBlobStore: BlobStore {
         if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
-        let synced = fsync(fd) == 0
+        let synced = fchmod(fd, 0o444) == 0 && fsync(fd) == 0
         close(fd)
         guard synced else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
         let final = self.path(for: hash)
@@ -103,7 +108,7 @@ public struct LocalBlobStore: BlobStore {
         defer { close(source) }
 
         let temporary = "\(scratchDirectory)/\(base64URL(Secure.randomBytes(12))).partial"
-        let target = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        let target = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o444)
         guard target >= 0 else { throw BlobStoreError.cannotWrite(path: temporary, errno: errno) }
         var keepTemporary = false
         defer {
@@ -140,6 +145,37 @@ public struct LocalBlobStore: BlobStore {
         let (actual, size) = try hashFile(path)
         guard actual == hash else { throw BlobStoreError.corrupt(hash, actual: actual) }
         return size
+    }
+
+    public func materialize(_ hash: ContentHash, at path: String) throws {
+        _ = try verify(hash)
+        if link(self.path(for: hash), path) == 0 { return }
+        guard errno == EXDEV || errno == EPERM || errno == EMLINK else {
+            throw BlobStoreError.cannotWrite(path: path, errno: errno)
+        }
+        try copyVerified(hash, to: path)
+    }
+
+    private func copyVerified(_ hash: ContentHash, to path: String) throws {
+        let source = open(self.path(for: hash), O_RDONLY | O_CLOEXEC)
+        guard source >= 0 else { throw BlobStoreError.cannotRead(path: self.path(for: hash), errno: errno) }
+        defer { close(source) }
+        let target = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard target >= 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
+        var complete = false
+        defer {
+            close(target)
+            if !complete { unlink(path) }
+        }
+        let hasher = SHA256Hasher()
+        try readChunks(fd: source, path: self.path(for: hash)) { chunk in
+            hasher.update(chunk)
+            try writeAll(fd: target, chunk, path: path)
+        }
+        let actual = hasher.finish()
+        guard actual == hash else { throw BlobStoreError.corrupt(hash, actual: actual) }
+        guard fsync(target) == 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
+        complete = true
     }
 
     public func remove(_ hash: ContentHash) throws {

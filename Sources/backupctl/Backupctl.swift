@@ -9,7 +9,7 @@ struct Backupctl: AsyncParsableCommand {
         commandName: "backupctl",
         abstract: "Back up, list and manage app environments on a backupd server.",
         subcommands: [Info.self, EnvCommand.self, Create.self, List.self, Show.self, Comment.self, Delete.self,
-                      JobCommand.self, ActivityCommand.self, TokenCommand.self])
+                      Restore.self, JobCommand.self, ActivityCommand.self, TokenCommand.self])
 }
 
 struct Info: AsyncParsableCommand {
@@ -123,6 +123,51 @@ struct Delete: AsyncParsableCommand {
         let id = id
         let response = try await global.withClient { try await $0.unary(Backups.deleteBackup, .with { $0.id = id }) }
         global.output(response) { _ in "deleted backup \(id)" }
+    }
+}
+
+struct Restore: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Restore a backup into a stopped environment of its namespace.",
+        discussion: """
+            The target is rebuilt beside itself and swapped in only when complete; a failed restore leaves it as it was. \
+            Its previous database and files are kept (NAME_prerestore, FILESTORE.prerestore) until the next restore.
+            """)
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Backup ID.") var id: String
+    @Option(help: "Target environment: NAME in the backup's namespace, or NAMESPACE/NAME.") var to: String
+    @Flag(help: "Restore the database only; leave the files as they are.") var databaseOnly = false
+    @Flag(help: "Restore even though the backup was made with another package version.") var acceptVersionMismatch = false
+    @Flag(help: "Wait for the restore to end, with a progress bar on a terminal.") var wait = false
+
+    func run() async throws {
+        let (id, to, databaseOnly, accept, wait, global) = (id, to, databaseOnly, acceptVersionMismatch, wait, global)
+        let outcome: Result<Job, ExitCode> = try await global.withClient { client in
+            let backup = try await client.unary(Backups.getBackup, .with { $0.id = id })
+            let target = EnvironmentRef(argument: to) ?? EnvironmentRef(argument: "\(backup.namespace)/\(to)")
+            guard let target else { throw ValidationError("--to \"\(to)\" is not NAME or NAMESPACE/NAME") }
+            if !accept, target.namespace == backup.namespace {
+                let environment = try await client.unary(Backups.getEnvironment, .with { $0.namespace = target.namespace; $0.name = target.name })
+                if environment.packageVersion != backup.packageVersion {
+                    printError("""
+                        warning: backup \(id) was made with package version \(backup.packageVersion.isEmpty ? "(none)" : backup.packageVersion), \
+                        \(target.namespace)/\(target.name) runs \(environment.packageVersion.isEmpty ? "(none)" : environment.packageVersion).
+                        Restore anyway with --accept-version-mismatch.
+                        """)
+                    return .failure(ExitCode(2))
+                }
+            }
+            let job = try await client.unary(Backups.restoreBackup, .with {
+                $0.backupID = id; $0.targetNamespace = target.namespace; $0.targetEnvironment = target.name
+                $0.databaseOnly = databaseOnly; $0.acceptVersionMismatch = accept
+            })
+            guard wait else { return .success(job) }
+            try await follow(job.id, client: client, quiet: global.json)
+            return .success(try await client.unary(Backups.getJob, .with { $0.id = job.id }))
+        }
+        let job = try outcome.get()
+        global.output(job, human: Format.job)
+        if job.status == .failed { throw ExitCode(1) }
     }
 }
 

@@ -25,7 +25,7 @@ struct GlobalOptions: ParsableArguments {
             let settings = try ClientSettings(address: addr, token: token, caFile: ca.isEmpty ? nil : ca)
             return try await BackupClient.withConnection(settings, body)
         } catch let error as RPCError {
-            FileHandle.standardError.write(Data("error: \(error.code): \(error.message)\n".utf8))
+            printError("error: \(error.code): \(error.message)")
             throw ExitCode(1)
         }
     }
@@ -57,4 +57,8 @@ extension BackupKind: ExpressibleByArgument {
 
 extension BackupStatus: ExpressibleByArgument {
     public init?(argument: String) { self.init(name: argument) }
+}
+
+func printError(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
 }

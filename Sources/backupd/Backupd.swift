@@ -59,6 +59,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "pg_dump to run (env BACKUPD_PG_DUMP).")
     var pgDump = environment("BACKUPD_PG_DUMP", "/usr/bin/pg_dump")
 
+    @Option(help: "pg_restore to run (env BACKUPD_PG_RESTORE).")
+    var pgRestore = environment("BACKUPD_PG_RESTORE", "/usr/bin/pg_restore")
+
+    @Option(help: "Parallel workers of one pg_restore (default: the number of cores).")
+    var restoreJobs = ProcessInfo.processInfo.activeProcessorCount
+
     @Option(help: "Write HOST:PORT to this file once listening.")
     var readyFile: String?
 
@@ -69,6 +75,7 @@ struct Serve: AsyncParsableCommand {
         guard !blobDir.isEmpty else { throw ValidationError("--blob-dir (or BACKUPD_BLOB_DIR) is required") }
         guard !cert.isEmpty, !key.isEmpty else { throw ValidationError("--cert and --key (or BACKUPD_TLS_CERT, BACKUPD_TLS_KEY) are required") }
         guard parseListen() != nil else { throw ValidationError("--listen \"\(listen)\" is not HOST:PORT") }
+        guard restoreJobs >= 1 else { throw ValidationError("--restore-jobs must be at least 1") }
         guard jobLeaseSeconds >= 1 else { throw ValidationError("--job-lease-seconds must be at least 1") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \"\(logLevel)\" is not a log level") }
     }
@@ -96,6 +103,8 @@ struct Serve: AsyncParsableCommand {
         configuration.maxFrameBytes = maxFrameBytes
         configuration.jobs.maximumConcurrentJobs = maxJobs
         configuration.jobs.tools.pgDump = pgDump
+        configuration.jobs.tools.pgRestore = pgRestore
+        configuration.jobs.restoreParallelism = restoreJobs
         configuration.jobs.leaseSeconds = jobLeaseSeconds
         let readyFile = self.readyFile
         try await BackupService(configuration: configuration, logger: Logger(label: "backupd")).run { address in

@@ -347,10 +347,10 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
     @Test func methodsNotYetServedAreUnimplemented() async throws {
         try await withTestServer { server in
             try await server.withClient { client in
-                let restore = await expectStatus(.unimplemented) {
-                    _ = try await client.unary(Backups.restoreBackup, .with { $0.backupID = UUID().uuidString })
+                let download = await expectStatus(.unimplemented) {
+                    _ = try await client.unary(Backups.requestDownload, .with { $0.backupID = UUID().uuidString })
                 }
-                #expect(restore?.message.contains("RestoreBackup") == true)
+                #expect(download?.message.contains("RequestDownload") == true)
             }
         }
     }

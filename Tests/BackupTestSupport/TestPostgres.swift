@@ -1,4 +1,5 @@
 import BackupCatalog
+import BackupCore
 import Foundation
 
 /// The private PostgreSQL cluster that `make test` starts (scripts/dev-cluster.sh)
@@ -91,4 +92,23 @@ public func runCommand(_ executable: String, _ arguments: [String], environment:
     return CommandResult(status: process.terminationStatus,
                          standardOutput: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
                          standardError: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
+}
+
+/// The SHA-256 of every file under a folder, by path relative to it.
+public func folderFingerprint(_ root: String) throws -> [String: String] {
+    guard let walker = FileManager.default.enumerator(atPath: root) else { return [:] }
+    var fingerprints: [String: String] = [:]
+    while let relative = walker.nextObject() as? String {
+        var isDirectory: ObjCBool = false
+        let path = "\(root)/\(relative)"
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
+        fingerprints[relative] = ContentHash.of(try Data(contentsOf: URL(fileURLWithPath: path))).hex
+    }
+    return fingerprints
+}
+
+/// Databases of the cluster whose names contain `fragment`.
+public func databases(containing fragment: String) throws -> [String] {
+    try TestPostgres.query("postgres", "SELECT datname FROM pg_database WHERE strpos(datname, $1) > 0 ORDER BY 1", fragment)
+        .map { $0.string("datname") }
 }

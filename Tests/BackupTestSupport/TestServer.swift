@@ -21,8 +21,12 @@ public struct TestApp: Sendable {
         return TestApp(database: database, fileStore: scratch.path + "/files", scratch: scratch)
     }
 
+    /// Drops the database and what restores left beside it, and removes the
+    /// file store with its restore siblings (all inside the scratch folder).
     public func remove() {
-        TestPostgres.dropDatabase(database)
+        for name in [database] + ((try? databases(containing: "\(database)_")) ?? []) {
+            TestPostgres.dropDatabase(name)
+        }
         scratch.remove()
     }
 }

@@ -154,3 +154,37 @@ extension String {
         return copy
     }
 }
+
+/// libpq connection strings, parsed by libpq itself.
+public enum ConnectionString {
+    /// The same connection settings with another database: for reaching a
+    /// maintenance database on the app's server. Accepts key=value strings
+    /// and URIs; returns key=value.
+    public static func replacingDatabase(in connectionString: String, with database: String) throws(PostgresError) -> String {
+        var error: UnsafeMutablePointer<CChar>?
+        guard let options = PQconninfoParse(connectionString, &error) else {
+            let message = error.map { String(cString: $0).trimmingTrailingNewlines } ?? "out of memory"
+            if let error { PQfreemem(error) }
+            throw PostgresError(sqlState: nil, message: "connection string is not valid: \(message)")
+        }
+        defer { PQconninfoFree(options) }
+        var pairs: [(String, String)] = []
+        var option = options
+        while let keyword = option.pointee.keyword {
+            let key = String(cString: keyword)
+            if key != "dbname", let value = option.pointee.val {
+                pairs.append((key, String(cString: value)))
+            }
+            option += 1
+        }
+        pairs.append(("dbname", database))
+        return pairs.map { key, value in
+            "\(key)='\(value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'"))'"
+        }.joined(separator: " ")
+    }
+
+    /// A quoted SQL identifier.
+    public static func quoted(_ identifier: String) -> String {
+        "\"" + identifier.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
+}

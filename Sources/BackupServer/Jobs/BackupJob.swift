@@ -12,9 +12,11 @@ struct JobFailure: Error, CustomStringConvertible {
 /// Where the PostgreSQL client tools are.
 public struct PostgresTools: Sendable {
     public var pgDump: String
+    public var pgRestore: String
 
-    public init(pgDump: String = "/usr/bin/pg_dump") {
+    public init(pgDump: String = "/usr/bin/pg_dump", pgRestore: String = "/usr/bin/pg_restore") {
         self.pgDump = pgDump
+        self.pgRestore = pgRestore
     }
 }
 
@@ -53,12 +55,7 @@ struct BackupJob: Sendable {
     private func makeSnapshot(_ claimed: ClaimedJob, progress: ProgressReporter, ledger: BlobLedger) async throws -> BackupManifest {
         let environment = claimed.environment
         await progress.update(phase: "opening a database snapshot")
-        let app: PostgresConnection
-        do {
-            app = try await threadPool.runIfActive { try PostgresConnection(environment.databaseURL) }
-        } catch let error as PostgresError {
-            throw JobFailure(description: "app database of \(environment.namespace)/\(environment.name): \(error.message)")
-        }
+        let app = try await threadPool.runIfActive { try AppDatabase.connect(environment) }
         let session = ConnectionHandle(app, threadPool: threadPool)
         let opened = try await session.run { connection in
             try connection.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -103,7 +100,7 @@ struct BackupJob: Sendable {
             stored += blobs
             await progress.advance(by: blobs.reduce(0) { $0 + $1.blob.size })
         }
-        return BackupManifest(dump: dump, files: stored, postgresVersion: opened.postgresVersion)
+        return BackupManifest(dump: dump, files: stored, postgresVersion: opened.postgresVersion, databaseSize: opened.databaseBytes)
     }
 
     /// Runs pg_dump on the exported snapshot, telling `written` how far the

@@ -15,6 +15,8 @@ public struct JobSettings: Sendable {
     public var pollInterval: Duration = .seconds(2)
     public var garbageCollectionInterval: Duration = .seconds(600)
     public var tools = PostgresTools()
+    /// pg_restore --jobs: parallel workers of one restore.
+    public var restoreParallelism = ProcessInfo.processInfo.activeProcessorCount
 
     public init() {}
 }
@@ -29,6 +31,7 @@ public final class JobRunner: Service, Sendable {
     private let blobStore: any BlobStore
     private let settings: JobSettings
     private let backupJob: BackupJob
+    private let restoreJob: RestoreJob
     private let logger: Logger
     private let owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(UUID().uuidString.prefix(8))"
     private let signals = NIOLockedValueBox(Signals())
@@ -45,6 +48,8 @@ public final class JobRunner: Service, Sendable {
         self.settings = settings
         self.logger = logger
         self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool, tools: settings.tools)
+        self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool, tools: settings.tools,
+                                     parallelJobs: max(1, settings.restoreParallelism))
     }
 
     /// Looks for work now rather than at the next poll.
@@ -74,10 +79,10 @@ public final class JobRunner: Service, Sendable {
                     lastPoll = ContinuousClock.now
                     await failAbandonedJobs()
                     while signals.withLockedValue({ $0.running }) < settings.maximumConcurrentJobs,
-                          let claimed = await claim() {
+                          let (claimed, recovering) = await claim() {
                         signals.withLockedValue { $0.running += 1 }
                         group.addTask {
-                            await self.execute(claimed)
+                            await self.execute(claimed, recovering: recovering)
                             self.signals.withLockedValue { $0.running -= 1; $0.wake = true }
                         }
                     }
@@ -88,9 +93,13 @@ public final class JobRunner: Service, Sendable {
         }
     }
 
-    private func claim() async -> ClaimedJob? {
+    /// The next job to run: a dead process's restore to recover first, else the oldest queued job.
+    private func claim() async -> (ClaimedJob, recovering: Bool)? {
         do {
-            return try await catalog.claimNextJob(owner: owner, leaseSeconds: settings.leaseSeconds)
+            if let abandoned = try await catalog.claimAbandonedRestore(owner: owner, leaseSeconds: settings.leaseSeconds) {
+                return (abandoned, true)
+            }
+            return try await catalog.claimNextJob(owner: owner, leaseSeconds: settings.leaseSeconds).map { ($0, false) }
         } catch {
             logger.error("cannot claim jobs", metadata: ["error": "\(error)"])
             return nil
@@ -117,7 +126,7 @@ public final class JobRunner: Service, Sendable {
         }
     }
 
-    private func execute(_ claimed: ClaimedJob) async {
+    private func execute(_ claimed: ClaimedJob, recovering: Bool) async {
         let job = claimed.job
         let logger = self.logger.with(["job": "\(job.id)", "kind": "\(job.kind)", "environment": "\(job.namespace)/\(job.environment)"])
         logger.info("job started")
@@ -126,6 +135,8 @@ public final class JobRunner: Service, Sendable {
                 group.addTask {
                     switch job.kind {
                     case .backup: try await self.backupJob.run(claimed, owner: self.owner)
+                    case .restore where recovering: try await self.restoreJob.recover(claimed, owner: self.owner)
+                    case .restore: try await self.restoreJob.run(claimed, owner: self.owner)
                     default: throw JobFailure(description: "this server does not run \(job.kind) jobs")
                     }
                 }
@@ -135,11 +146,11 @@ public final class JobRunner: Service, Sendable {
             }
             logger.info("job finished")
         } catch {
-            let reason = Task.isCancelled ? "interrupted: backupd shut down while the job ran" : describe(error)
+            let reason = Task.isCancelled ? "interrupted: backupd shut down while the job ran" : describeJobError(error)
             logger.error("job failed", metadata: ["reason": "\(reason)"])
             // Recorded even when the job was cancelled by shutdown.
             let catalog = self.catalog
-            await withoutCancellation {
+            _ = try? await withoutCancellation {
                 do {
                     try await catalog.failJob(id: job.id, error: reason)
                 } catch {
@@ -158,23 +169,26 @@ public final class JobRunner: Service, Sendable {
         }
     }
 
-    private func describe(_ error: any Error) -> String {
-        switch error {
-        case let error as JobFailure: error.description
-        case let error as SubprocessError: error.description
-        case let error as BackupError: error.description
-        case let error as BlobStoreError: error.description
-        case let error as FileStoreLayout.InvalidKey: error.description
-        case let error as PostgresError: "catalog: \(error.message)"
-        default: "internal error: \(error)"
-        }
+}
+
+/// A job's failure as a person reads it.
+func describeJobError(_ error: any Error) -> String {
+    switch error {
+    case let error as JobFailure: error.description
+    case let error as SubprocessError: error.description
+    case let error as BackupError: error.description
+    case let error as BlobStoreError: error.description
+    case let error as FileStoreLayout.InvalidKey: error.description
+    case let error as PostgresError: "PostgreSQL: \(error.message)"
+    default: "internal error: \(error)"
     }
 }
 
-/// Runs `body` to its end even if the calling task is cancelled: for the
-/// bookkeeping that must follow a cancellation (marking a job failed).
-func withoutCancellation(_ body: @escaping @Sendable () async -> Void) async {
-    await Task { await body() }.value
+/// Runs `body` to its end even if the calling task is cancelled: for work
+/// that must not stop halfway (a restore's swap) and for the bookkeeping that
+/// follows a cancellation (marking a job failed).
+func withoutCancellation<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await Task { try await body() }.value
 }
 
 extension Logger {

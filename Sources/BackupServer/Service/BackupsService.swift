@@ -95,6 +95,22 @@ struct BackupsService: Sendable {
             jobs.requestGarbageCollection()
             return DeleteBackupResponse()
         }
+        router.unary(Backups.restoreBackup) { request, context in
+            let backup = try await catalog.backup(id: request.backupID)
+            let targetNamespace = context.namespace(request.targetNamespace)
+            // Refused across namespaces whatever the caller may do elsewhere.
+            guard targetNamespace == backup.namespace else {
+                throw BackupError.permissionDenied(
+                    "backup \(backup.id) belongs to namespace \(backup.namespace); restoring into namespace \(targetNamespace) is refused")
+            }
+            try context.authorize(.operator, in: backup.namespace)
+            let job = try await catalog.createRestore(
+                backupID: request.backupID, targetNamespace: targetNamespace, targetEnvironment: request.targetEnvironment,
+                databaseOnly: request.databaseOnly, acceptVersionMismatch: request.acceptVersionMismatch,
+                actor: context.caller.tokenName)
+            jobs.wake()
+            return job
+        }
         router.unary(Backups.listActivity) { request, context in
             let namespace = context.namespace(request.namespace)
             try context.authorize(.viewer, in: namespace)

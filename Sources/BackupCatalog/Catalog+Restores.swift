@@ -1,0 +1,124 @@
+import Foundation
+import BackupCore
+import BackupWire
+
+/// What a restore creates and moves, recorded before it creates anything, so
+/// that whoever finishes or cleans up after it knows exactly what is its own.
+public struct RestorePlan: Sendable, Equatable {
+    public var targetDatabase = ""
+    public var stagingDatabase = ""
+    public var previousDatabase = ""
+    /// Empty for a database-only restore.
+    public var fileStore = ""
+    public var stagingFolder = ""
+    public var previousFolder = ""
+    /// Set just before the first rename; from then on the target may be mid-swap.
+    public var swapStarted = false
+
+    public init() {}
+}
+
+/// A restore job with what it restores, where to, and its plan once made.
+public struct RestoreWork: Sendable {
+    public let backup: Backup
+    public let databaseOnly: Bool
+    public let plan: RestorePlan?
+    /// How big the app database was when dumped: what the restore grows to.
+    public let sourceDatabaseBytes: UInt64
+}
+
+extension Catalog {
+    /// Queues a restore of a finished backup into a stopped environment of
+    /// the same namespace. Every precondition is checked, and the job queued,
+    /// in one transaction: a refused restore touches nothing.
+    public func createRestore(backupID: String, targetNamespace: String, targetEnvironment: String, databaseOnly: Bool,
+                              acceptVersionMismatch: Bool, actor: String) async throws -> Job {
+        let backupID = try parseID(backupID, "backup id")
+        let jobID = UUID().uuidString.lowercased()
+        do {
+            return try await pool.transaction { connection in
+                let backup = try Self.loadBackup(connection, backupID)
+                guard backup.namespace == targetNamespace else {
+                    throw BackupError.permissionDenied(
+                        "backup \(backupID) belongs to namespace \(backup.namespace); it cannot be restored into namespace \(targetNamespace)")
+                }
+                let environmentID = try Self.environmentID(connection, targetNamespace, targetEnvironment, lock: true)
+                let target = try Self.loadEnvironment(connection, targetNamespace, targetEnvironment)
+                let name = "\(targetNamespace)/\(targetEnvironment)"
+                guard target.state == .stopped else {
+                    throw BackupError.failedPrecondition("environment \(name) is running; stop the environment first")
+                }
+                guard backup.status == .finished else {
+                    throw BackupError.failedPrecondition("backup \(backupID) is \(backup.status), not finished; only a finished backup can be restored")
+                }
+                guard backup.packageVersion == target.packageVersion || acceptVersionMismatch else {
+                    throw BackupError.failedPrecondition("""
+                        backup \(backupID) was made with package version \(backup.packageVersion.isEmpty ? "(none)" : backup.packageVersion) \
+                        but \(name) runs \(target.packageVersion.isEmpty ? "(none)" : target.packageVersion); \
+                        accept the version mismatch to restore anyway
+                        """)
+                }
+                try connection.query("""
+                    INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase)
+                    VALUES ($1, 'restore', 'queued', $2, $3, $4, 'queued')
+                    """, jobID, environmentID, backupID, actor)
+                try connection.query("INSERT INTO restores (job_id, snapshot_id, database_only) VALUES ($1, $2, $3)",
+                                     jobID, backupID, databaseOnly)
+                try Self.recordActivity(connection, targetNamespace, targetEnvironment, action: "restore", outcome: "STARTED",
+                                        actor: actor, snapshotID: backupID,
+                                        detail: "from \(backup.namespace)/\(backup.environment)" + (databaseOnly ? ", database only" : ""))
+                return try Self.loadJob(connection, jobID)
+            }
+        } catch let error as PostgresError where error.isUniqueViolation {
+            throw try await busyError(namespace: targetNamespace, environment: targetEnvironment)
+        }
+    }
+
+    /// The backup a restore job restores, and its plan if it has one yet.
+    public func restoreWork(jobID: String) async throws -> RestoreWork {
+        try await pool.withConnection { connection in
+            guard let row = try connection.query("SELECT * FROM restores WHERE job_id = $1", jobID).first else {
+                throw BackupError.notFound("restore job \(jobID) does not exist")
+            }
+            var plan = RestorePlan()
+            plan.targetDatabase = row.string("target_database"); plan.stagingDatabase = row.string("staging_database")
+            plan.previousDatabase = row.string("previous_database"); plan.fileStore = row.string("file_store")
+            plan.stagingFolder = row.string("staging_folder"); plan.previousFolder = row.string("previous_folder")
+            plan.swapStarted = row.bool("swap_started")
+            let size = try connection.query("SELECT source_database_bytes FROM snapshots WHERE id = $1", row.string("snapshot_id"))
+            return RestoreWork(backup: try Self.loadBackup(connection, row.string("snapshot_id")),
+                               databaseOnly: row.bool("database_only"),
+                               plan: plan.stagingDatabase.isEmpty ? nil : plan,
+                               sourceDatabaseBytes: size.first?.uint64("source_database_bytes") ?? 0)
+        }
+    }
+
+    /// Records what a restore is about to create, before it creates it.
+    public func recordRestorePlan(jobID: String, _ plan: RestorePlan) async throws {
+        try await pool.withConnection { connection in
+            try connection.query("""
+                UPDATE restores SET target_database = $2, staging_database = $3, previous_database = $4, file_store = $5,
+                    staging_folder = $6, previous_folder = $7, swap_started = $8
+                WHERE job_id = $1
+                """, jobID, plan.targetDatabase, plan.stagingDatabase, plan.previousDatabase, plan.fileStore,
+                plan.stagingFolder, plan.previousFolder, plan.swapStarted)
+        }
+    }
+
+    /// Takes over a restore whose process died (its lease ran out), to clean
+    /// up after it or finish its swap.
+    public func claimAbandonedRestore(owner: String, leaseSeconds: Int) async throws -> ClaimedJob? {
+        try await pool.transaction { connection in
+            guard let claimed = try connection.query("""
+                UPDATE jobs SET lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2), phase = 'recovering'
+                WHERE id = (SELECT id FROM jobs WHERE status = 'running' AND kind = 'restore' AND lease_expires_at < now()
+                            ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
+                RETURNING id, environment_id, actor
+                """, owner, leaseSeconds).first else { return nil }
+            let environment = try connection.query(
+                "SELECT \(Self.environmentColumns) FROM environments e WHERE e.id = $1", claimed.int64("environment_id"))[0]
+            return ClaimedJob(job: try Self.loadJob(connection, claimed.string("id")),
+                              environment: Self.environment(environment), actor: claimed.string("actor"))
+        }
+    }
+}

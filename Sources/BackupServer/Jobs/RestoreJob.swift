@@ -1,0 +1,297 @@
+import BackupCatalog
+import BackupCore
+import BackupWire
+import Foundation
+import NIOPosix
+
+/// Restores a snapshot into an environment without ever leaving it half
+/// restored. Everything is built beside the target first: the dump goes into
+/// a staging database, and the files into a staging folder next to the file
+/// store. Each is checked. Only then is the target swapped: the folders by
+/// two renames, then the databases by two renames in one transaction. A
+/// failure before the swap drops the staging copies and leaves the target as
+/// it was. A failed swap is undone. The target's previous state is kept
+/// (`…_prerestore`) until the next restore, so an operator can go back.
+///
+/// The app database's user must be allowed to create databases and must own
+/// the target database.
+struct RestoreJob: Sendable {
+    let catalog: Catalog
+    let blobStore: any BlobStore
+    let threadPool: NIOThreadPool
+    let tools: PostgresTools
+    let parallelJobs: Int
+
+    func run(_ claimed: ClaimedJob, owner: String) async throws {
+        let work = try await catalog.restoreWork(jobID: claimed.job.id)
+        let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
+        let source = "\(work.backup.namespace)/\(work.backup.environment)"
+        try await catalog.withSharedBlobLock { _ in
+            let plan = try await makePlan(claimed, work)
+            do {
+                try await build(claimed, work, plan, progress: progress)
+                await progress.update(phase: "swapping")
+                // Once begun, the swap and its record run to their end: a
+                // shutdown must not leave a swapped target recorded as FAILED.
+                try await withoutCancellation {
+                    try await swap(claimed, plan)
+                    try await catalog.finishJob(id: claimed.job.id, owner: owner,
+                                                detail: "from \(source)" + (work.databaseOnly ? ", database only" : ""))
+                }
+            } catch {
+                _ = try? await withoutCancellation { await removeStaging(claimed.environment, plan) }
+                throw error
+            }
+        }
+    }
+
+    /// Names the staging and previous database and folders and records them
+    /// before any of them is created.
+    private func makePlan(_ claimed: ClaimedJob, _ work: RestoreWork) async throws -> RestorePlan {
+        let environment = claimed.environment
+        let targetDatabase = try await onAppServer(environment, database: nil) { connection in
+            try connection.query("SELECT current_database() AS name")[0].string("name")
+        }
+        let suffix = String(claimed.job.id.prefix(8))
+        var plan = RestorePlan()
+        plan.targetDatabase = targetDatabase
+        plan.stagingDatabase = databaseName(targetDatabase, suffix: "_restore_\(suffix)")
+        plan.previousDatabase = databaseName(targetDatabase, suffix: "_prerestore")
+        if !work.databaseOnly {
+            plan.fileStore = environment.fileStorePath
+            plan.stagingFolder = "\(environment.fileStorePath).restore-\(suffix)"
+            plan.previousFolder = "\(environment.fileStorePath).prerestore"
+        }
+        try await catalog.recordRestorePlan(jobID: claimed.job.id, plan)
+        return plan
+    }
+
+    /// The staging database and folder, complete and checked.
+    private func build(_ claimed: ClaimedJob, _ work: RestoreWork, _ plan: RestorePlan, progress: ProgressReporter) async throws {
+        let environment = claimed.environment
+        let files = work.databaseOnly ? [] : try await catalog.backupFiles(id: work.backup.id)
+        let filesBytes = files.reduce(UInt64(0)) { $0 + $1.size }
+        let databaseBytes = work.sourceDatabaseBytes
+
+        await progress.update(done: 0, total: databaseBytes + filesBytes, phase: "verifying the database dump")
+        guard let dumpHash = ContentHash(hex: work.backup.dumpSHA256) else {
+            throw JobFailure(description: "backup \(work.backup.id) has no database dump")
+        }
+        let dumpPath = "\(blobStore.scratchDirectory)/restore-\(claimed.job.id).backup"
+        defer { unlink(dumpPath) }
+        do {
+            try await threadPool.runIfActive { try blobStore.materialize(dumpHash, at: dumpPath) }
+        } catch let error as BlobStoreError {
+            throw JobFailure(description: "the backup's database dump cannot be used: \(error)")
+        }
+
+        await progress.update(phase: "restoring the database into \(plan.stagingDatabase)")
+        let target = plan.targetDatabase
+        try await onAppServer(environment, database: "postgres") { connection in
+            let settings = try connection.query("""
+                SELECT pg_encoding_to_char(encoding) AS encoding, datcollate, datctype FROM pg_database WHERE datname = $1
+                """, target)[0]
+            try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(plan.stagingDatabase)) WITH (FORCE)")
+            try connection.query("""
+                CREATE DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) TEMPLATE template0
+                ENCODING '\(settings.string("encoding"))' LC_COLLATE '\(settings.string("datcollate"))' LC_CTYPE '\(settings.string("datctype"))'
+                """)
+        }
+        let stagingURL = try ConnectionString.replacingDatabase(in: environment.databaseURL, with: plan.stagingDatabase)
+        try await restoreDump(dumpPath, into: stagingURL) { done in
+            await progress.update(done: min(done, databaseBytes))
+        }
+        try await checkTables(of: dumpPath, in: stagingURL)
+
+        guard !work.databaseOnly else { return }
+        await progress.update(done: databaseBytes, phase: "placing \(files.count) files in \(plan.stagingFolder)")
+        try await threadPool.runIfActive {
+            try? FileManager.default.removeItem(atPath: plan.stagingFolder)
+            try makeDirectories(plan.stagingFolder)
+            try Data().write(to: URL(fileURLWithPath: "\(plan.stagingFolder)/\(Self.marker(claimed.job.id))"))
+        }
+        for batch in stride(from: 0, to: files.count, by: 64).map({ files[$0..<min($0 + 64, files.count)] }) {
+            try Task.checkCancellation()
+            try await threadPool.runIfActive {
+                for file in batch {
+                    guard let hash = ContentHash(hex: file.hash) else {
+                        throw JobFailure(description: "file document \(file.key) has no valid content hash")
+                    }
+                    let path = "\(plan.stagingFolder)/\(try FileStoreLayout.relativePath(forKey: file.key))"
+                    try makeDirectories(String(path[..<path.lastIndex(of: "/")!]))
+                    do {
+                        try blobStore.materialize(hash, at: path)
+                    } catch let error as BlobStoreError {
+                        throw JobFailure(description: "file document \(file.key) cannot be restored: \(error)")
+                    }
+                }
+            }
+            await progress.advance(by: batch.reduce(0) { $0 + $1.size })
+        }
+    }
+
+    /// Runs pg_restore into the staging database, reporting its size as it grows.
+    private func restoreDump(_ dumpPath: String, into stagingURL: String,
+                             progress: @escaping @Sendable (UInt64) async -> Void) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await runSubprocess(tools.pgRestore, [
+                    "--no-owner", "--no-privileges", "--exit-on-error", "--jobs=\(parallelJobs)",
+                    "--dbname=\(stagingURL)", dumpPath,
+                ], threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory)
+            }
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .milliseconds(500))
+                    let size = try? await threadPool.runIfActive {
+                        try PostgresConnection(stagingURL).query("SELECT pg_database_size(current_database()) AS size")[0].uint64("size")
+                    }
+                    if let size { await progress(size) }
+                }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// The staging database must hold every table the dump has.
+    private func checkTables(of dumpPath: String, in stagingURL: String) async throws {
+        let listing = "\(blobStore.scratchDirectory)/list-\(UUID().uuidString)"
+        defer { unlink(listing) }
+        try await runSubprocess(tools.pgRestore, ["--list", "--file=\(listing)", dumpPath],
+                                threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory)
+        let expected = try String(contentsOfFile: listing, encoding: .utf8).split(separator: "\n")
+            .filter { !$0.hasPrefix(";") && $0.contains(" TABLE ") && !$0.contains(" TABLE DATA ") }.count
+        let restored = try await threadPool.runIfActive {
+            try PostgresConnection(stagingURL).query("""
+                SELECT count(*) AS n FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+                """)[0].int64("n")
+        }
+        guard restored == expected else {
+            throw JobFailure(description: "the restored database has \(restored) tables where the dump has \(expected)")
+        }
+    }
+
+    /// Swaps the staging copies in: folders first, then both database
+    /// renames in one transaction. Undoes the folder swap if the database
+    /// swap fails.
+    private func swap(_ claimed: ClaimedJob, _ plan: RestorePlan) async throws {
+        let environment = claimed.environment
+        if !plan.fileStore.isEmpty {
+            try? FileManager.default.removeItem(atPath: plan.previousFolder)
+        }
+        try await onAppServer(environment, database: "postgres") { connection in
+            try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(plan.previousDatabase)) WITH (FORCE)")
+        }
+        var started = plan
+        started.swapStarted = true
+        try await catalog.recordRestorePlan(jobID: claimed.job.id, started)
+
+        if !plan.fileStore.isEmpty {
+            try swapFolders(plan)
+        }
+        do {
+            try await onAppServer(environment, database: "postgres") { connection in
+                // The environment is stopped; whatever is still connected to its database must let go.
+                try connection.query("""
+                    SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
+                    """, plan.targetDatabase)
+                try connection.transaction {
+                    try connection.query("ALTER DATABASE \(ConnectionString.quoted(plan.targetDatabase)) RENAME TO \(ConnectionString.quoted(plan.previousDatabase))")
+                    try connection.query("ALTER DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) RENAME TO \(ConnectionString.quoted(plan.targetDatabase))")
+                }
+            }
+        } catch {
+            // The commit may have happened even though its answer was lost.
+            let stagingExists = try? await onAppServer(environment, database: "postgres") { connection in
+                !(try connection.query("SELECT 1 FROM pg_database WHERE datname = $1", plan.stagingDatabase).isEmpty)
+            }
+            guard stagingExists == false else {
+                if !plan.fileStore.isEmpty { try? unswapFolders(plan, jobID: claimed.job.id) }
+                throw JobFailure(description: "the database swap failed, the target is unchanged: \(describeJobError(error))")
+            }
+        }
+        if !plan.fileStore.isEmpty {
+            unlink("\(plan.fileStore)/\(Self.marker(claimed.job.id))")
+        }
+    }
+
+    private func swapFolders(_ plan: RestorePlan) throws {
+        let hadFiles = FileManager.default.fileExists(atPath: plan.fileStore)
+        if hadFiles {
+            guard rename(plan.fileStore, plan.previousFolder) == 0 else {
+                throw JobFailure(description: "cannot move \(plan.fileStore) aside: \(String(cString: strerror(errno)))")
+            }
+        }
+        guard rename(plan.stagingFolder, plan.fileStore) == 0 else {
+            let reason = String(cString: strerror(errno))
+            if hadFiles { rename(plan.previousFolder, plan.fileStore) }
+            throw JobFailure(description: "cannot move the restored files into \(plan.fileStore): \(reason)")
+        }
+    }
+
+    /// Puts the target's own files back if the restored ones (known by the
+    /// job's marker) are in their place.
+    private func unswapFolders(_ plan: RestorePlan, jobID: String) throws {
+        let fileManager = FileManager.default
+        if fileManager.fileExists(atPath: "\(plan.fileStore)/\(Self.marker(jobID))") {
+            guard rename(plan.fileStore, plan.stagingFolder) == 0 else { return }
+        }
+        if !fileManager.fileExists(atPath: plan.fileStore) && fileManager.fileExists(atPath: plan.previousFolder) {
+            rename(plan.previousFolder, plan.fileStore)
+        }
+    }
+
+    /// Drops the staging database and folder. Never touches the target.
+    private func removeStaging(_ environment: Environment, _ plan: RestorePlan?) async {
+        guard let plan else { return }
+        _ = try? await onAppServer(environment, database: "postgres") { connection in
+            try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(plan.stagingDatabase)) WITH (FORCE)")
+        }
+        if !plan.stagingFolder.isEmpty {
+            try? FileManager.default.removeItem(atPath: plan.stagingFolder)
+        }
+    }
+
+    /// Takes over a restore whose process died: if its database swap had
+    /// committed, the restore is complete; otherwise any folder swap is undone
+    /// and the staging copies are removed, leaving the target as it was.
+    func recover(_ claimed: ClaimedJob, owner: String) async throws {
+        let work = try await catalog.restoreWork(jobID: claimed.job.id)
+        guard let plan = work.plan else {
+            throw JobFailure(description: "backupd stopped before the restore began; the target is unchanged")
+        }
+        let stagingExists = try await onAppServer(claimed.environment, database: "postgres") { connection in
+            !(try connection.query("SELECT 1 FROM pg_database WHERE datname = $1", plan.stagingDatabase).isEmpty)
+        }
+        if plan.swapStarted && !stagingExists {
+            if !plan.fileStore.isEmpty { unlink("\(plan.fileStore)/\(Self.marker(claimed.job.id))") }
+            try await catalog.finishJob(id: claimed.job.id, owner: owner, detail: "completed after backupd restarted")
+            return
+        }
+        if plan.swapStarted && !plan.fileStore.isEmpty {
+            try unswapFolders(plan, jobID: claimed.job.id)
+        }
+        await removeStaging(claimed.environment, plan)
+        throw JobFailure(description: "backupd stopped while restoring; the staging copies were removed and the target is unchanged")
+    }
+
+    /// Runs `body` on a connection to the environment's database server:
+    /// its own database (`nil`) or another one there.
+    @discardableResult
+    private func onAppServer<T: Sendable>(_ environment: Environment, database: String?,
+                                          _ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        try await threadPool.runIfActive { try body(try AppDatabase.connect(environment, database: database)) }
+    }
+
+    /// `base` and `suffix` within PostgreSQL's 63-byte identifiers, cut at a character boundary.
+    private func databaseName(_ base: String, suffix: String) -> String {
+        var base = base
+        while base.utf8.count + suffix.utf8.count > 63 { base.removeLast() }
+        return base + suffix
+    }
+
+    /// The file a staging folder carries, so that a restarted backupd can
+    /// tell the restored files from the target's own.
+    static func marker(_ jobID: String) -> String { ".backupd-restore-\(jobID)" }
+}

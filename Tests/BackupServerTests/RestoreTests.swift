@@ -1,0 +1,348 @@
+import BackupClient
+import BackupCore
+import BackupTestSupport
+import BackupWire
+import Foundation
+import Testing
+
+/// A wrapper that waits before running a real PostgreSQL tool, to hold a job
+/// in that step long enough to act on it.
+func slowTool(_ tool: String, seconds: Int) throws -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("slow-\(tool)-\(UUID().uuidString)").path
+    try "#!/bin/sh\nsleep \(seconds)\nexec /usr/bin/\(tool) \"$@\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+    chmod(path, 0o755)
+    return path
+}
+
+/// Everything a restore may change about an environment, to compare before and after.
+struct EnvironmentState: Equatable {
+    let tables: [String: String]
+    let files: [String: String]
+
+    init(_ app: TestApp) throws {
+        tables = try TestPostgres.tableFingerprints(app.database)
+        files = try folderFingerprint(app.fileStore)
+    }
+}
+
+/// Makes a finished backup of `app` as environment shop-production and stops the environment.
+func finishedBackup(_ server: TestServer, _ app: TestApp, name: String = "shop-production") async throws -> Backup {
+    try await server.register(app, as: name)
+    return try await server.withClient { client in
+        let created = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = name })
+        let job = try await waitForJob(created.job.id, on: client)
+        #expect(job.status == .finished, "\(job.error)")
+        _ = try await client.unary(Backups.setEnvironmentState, .with { $0.namespace = TestServer.namespace; $0.name = name; $0.state = .stopped })
+        return try await client.unary(Backups.getBackup, .with { $0.id = created.backup.id })
+    }
+}
+
+func restore(_ client: BackupClient, _ backup: Backup, to environment: String = "shop-production",
+             databaseOnly: Bool = false, acceptVersionMismatch: Bool = false) async throws -> Job {
+    let job = try await client.unary(Backups.restoreBackup, .with {
+        $0.backupID = backup.id; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = environment
+        $0.databaseOnly = databaseOnly; $0.acceptVersionMismatch = acceptVersionMismatch
+    })
+    return try await waitForJob(job.id, on: client)
+}
+
+/// Changes rows in every table and the file store: modifies, deletes and adds files.
+func changeEverything(_ app: TestApp) throws {
+    try TestPostgres.query(app.database, "UPDATE \"shop$order\" SET status = 'lost' WHERE id % 3 = 0")
+    try TestPostgres.query(app.database, "DELETE FROM \"shop$invoice\" WHERE id > 300")
+    try TestPostgres.query(app.database, "INSERT INTO \"shop$customer\" VALUES (999999, 'New', 'new@example.com', now())")
+    try TestPostgres.query(app.database, "CREATE TABLE added_after_backup (id int)")
+    let files = try folderFingerprint(app.fileStore).keys.sorted()
+    try "changed".write(toFile: "\(app.fileStore)/\(files[0])", atomically: false, encoding: .utf8)
+    try FileManager.default.removeItem(atPath: "\(app.fileStore)/\(files[1])")
+    try "new".write(toFile: "\(app.fileStore)/\(String(files[2].prefix(6)))new-document", atomically: false, encoding: .utf8)
+}
+
+func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    #expect(try databases(containing: "\(app.database)_restore_").isEmpty, sourceLocation: sourceLocation)
+    let parent = URL(fileURLWithPath: app.fileStore).deletingLastPathComponent().path
+    let leftovers = try FileManager.default.contentsOfDirectory(atPath: parent).filter { $0.contains(".restore-") }
+    #expect(leftovers.isEmpty, sourceLocation: sourceLocation)
+}
+
+@Suite(.serialized) struct RestoreTests {
+    @Test func aRestoreBringsBackEveryTableAndFileAsTheyWereAtBackupTime() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let atBackup = try EnvironmentState(app)
+                let backup = try await finishedBackup(server, app)
+                // The snapshot holds the referenced files only: delete-after-download ones are not restored.
+                let referenced = Set(try referencedKeys(app))
+                try changeEverything(app)
+                #expect(try EnvironmentState(app) != atBackup)
+
+                let job = try await server.withClient { try await restore($0, backup) }
+                #expect(job.status == .finished, "\(job.error)")
+                #expect(job.kind == .restore && job.bytesDone == job.bytesTotal && job.bytesTotal > 0)
+
+                let restored = try EnvironmentState(app)
+                #expect(restored.tables == atBackup.tables)
+                #expect(Set(restored.files.keys.map { String($0.split(separator: "/").last!) }) == referenced)
+                #expect(restored.files == atBackup.files.filter { referenced.contains(String($0.key.split(separator: "/").last!)) })
+                try noStagingLeft(app)
+                // The state before the restore is kept until the next one.
+                #expect(try databases(containing: "\(app.database)_prerestore").count == 1)
+                #expect(FileManager.default.fileExists(atPath: app.fileStore + ".prerestore"))
+
+                let activity = try await server.withClient { client in
+                    try await client.unary(Backups.listActivity, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
+                }
+                #expect(activity.activity.first.map { $0.action == "restore" && $0.outcome == "FINISHED" } == true)
+                // The environment stays stopped; starting it is the operator's call.
+                let environment = try await server.withClient { client in
+                    try await client.unary(Backups.getEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production" })
+                }
+                #expect(environment.state == .stopped)
+            }
+        }
+    }
+
+    @Test func aBackupRestoresIntoAnotherEnvironmentOfTheNamespace() async throws {
+        try await withTestApp { production in
+            try await withTestApp { acceptance in
+                try await withTestServer { server in
+                    try TestPostgres.query(production.database, "UPDATE \"shop$customer\" SET name = 'Production ' || id")
+                    let atBackup = try EnvironmentState(production)
+                    let backup = try await finishedBackup(server, production)
+                    try await server.register(acceptance, as: "shop-acceptance")
+                    try await server.withClient { client in
+                        _ = try await client.unary(Backups.setEnvironmentState, .with {
+                            $0.namespace = "acme"; $0.name = "shop-acceptance"; $0.state = .stopped
+                        })
+                        let job = try await restore(client, backup, to: "shop-acceptance")
+                        #expect(job.status == .finished, "\(job.error)")
+                    }
+                    #expect(try TestPostgres.tableFingerprints(acceptance.database) == atBackup.tables)
+                    #expect(try EnvironmentState(production) == atBackup)
+                }
+            }
+        }
+    }
+
+    @Test func restoringAcrossNamespacesIsRefusedWhateverTheCallersRoles() async throws {
+        try await withTestApp { app in
+            try await withTestApp { other in
+                try await withTestServer { server in
+                    let backup = try await finishedBackup(server, app)
+                    let otherAdmin = try await server.makeToken(.admin, namespace: "other", name: "other-admin")
+                    _ = try await server.withClient(token: otherAdmin) { client in
+                        try await client.unary(Backups.registerEnvironment, .with {
+                            $0.namespace = "other"; $0.name = "shop-production"; $0.app = "shop"; $0.databaseURL = other.connectionString
+                            $0.fileStorePath = other.fileStore; $0.packageVersion = "1.0.0"; $0.state = .stopped
+                        })
+                    }
+                    let before = try EnvironmentState(other)
+                    // An admin here may not send this namespace's backup elsewhere…
+                    let outward = await expectStatus(.permissionDenied) {
+                        _ = try await server.withClient { client in
+                            try await client.unary(Backups.restoreBackup, .with {
+                                $0.backupID = backup.id; $0.targetNamespace = "other"; $0.targetEnvironment = "shop-production"
+                            })
+                        }
+                    }
+                    #expect(outward?.message.contains("namespace acme") == true)
+                    // …and the other namespace's admin may not fetch it.
+                    await expectStatus(.permissionDenied) {
+                        _ = try await server.withClient(token: otherAdmin) { client in
+                            try await client.unary(Backups.restoreBackup, .with {
+                                $0.backupID = backup.id; $0.targetNamespace = "other"; $0.targetEnvironment = "shop-production"
+                            })
+                        }
+                    }
+                    #expect(try EnvironmentState(other) == before)
+                    let restoreJobs = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'restore'")
+                    #expect(restoreJobs[0].string("n") == "0")
+                }
+            }
+        }
+    }
+
+    @Test func everyPreconditionIsCheckedBeforeAnythingIsTouched() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--pg-dump", try slowPgDump(seconds: 3)]) { server in
+                let backup = try await finishedBackup(server, app)
+                let before = try EnvironmentState(app)
+                let viewer = try await server.makeToken(.viewer, name: "viewer")
+                try await server.withClient { client in
+                    let request = RestoreBackupRequest.with {
+                        $0.backupID = backup.id; $0.targetNamespace = "acme"; $0.targetEnvironment = "shop-production"
+                    }
+                    // Running target.
+                    _ = try await client.unary(Backups.setEnvironmentState, .with { $0.namespace = "acme"; $0.name = "shop-production"; $0.state = .running })
+                    let running = await expectStatus(.failedPrecondition) { _ = try await client.unary(Backups.restoreBackup, request) }
+                    #expect(running?.message.contains("stop the environment first") == true)
+                    _ = try await client.unary(Backups.setEnvironmentState, .with { $0.namespace = "acme"; $0.name = "shop-production"; $0.state = .stopped })
+
+                    // Package version differs.
+                    _ = try await client.unary(Backups.updateEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production"; $0.packageVersion = "2.0.0" })
+                    let mismatch = await expectStatus(.failedPrecondition) { _ = try await client.unary(Backups.restoreBackup, request) }
+                    #expect(mismatch?.message.contains("1.0.0") == true && mismatch?.message.contains("2.0.0") == true)
+                    _ = try await client.unary(Backups.updateEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production"; $0.packageVersion = "1.0.0" })
+
+                    // A viewer may not restore.
+                    await expectStatus(.permissionDenied) {
+                        _ = try await server.withClient(token: viewer) { try await $0.unary(Backups.restoreBackup, request) }
+                    }
+
+                    // Another job runs on the target: a backup (slowed down), which is still processing.
+                    let running2 = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
+                    let busy = await expectStatus(.failedPrecondition) { _ = try await client.unary(Backups.restoreBackup, request) }
+                    #expect(busy?.message.contains(running2.job.id) == true)
+                    // A backup that is not finished cannot be restored.
+                    let unfinished = await expectStatus(.failedPrecondition) {
+                        _ = try await client.unary(Backups.restoreBackup, .with {
+                            $0.backupID = running2.backup.id; $0.targetNamespace = "acme"; $0.targetEnvironment = "shop-production"
+                        })
+                    }
+                    #expect(unfinished?.message.contains("not finished") == true)
+                    _ = try await waitForJob(running2.job.id, on: client)
+                }
+                #expect(try EnvironmentState(app) == before)
+                let restoreJobs = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'restore'")
+                #expect(restoreJobs[0].string("n") == "0")
+                try noStagingLeft(app)
+            }
+        }
+    }
+
+    @Test func aMismatchedVersionRestoresWhenAccepted() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let backup = try await finishedBackup(server, app)
+                try await server.withClient { client in
+                    _ = try await client.unary(Backups.updateEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production"; $0.packageVersion = "2.0.0" })
+                    let job = try await restore(client, backup, databaseOnly: true, acceptVersionMismatch: true)
+                    #expect(job.status == .finished, "\(job.error)")
+                }
+            }
+        }
+    }
+
+    @Test func aCorruptDumpFailsTheRestoreAndLeavesTheTargetAsItWas() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let backup = try await finishedBackup(server, app)
+                try changeEverything(app)
+                let before = try EnvironmentState(app)
+                let store = try LocalBlobStore(root: server.blobDirectory)
+                let dump = store.path(for: ContentHash(hex: backup.dumpSHA256)!)
+                chmod(dump, 0o644)
+                let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: dump))
+                try handle.seek(toOffset: 100)
+                try handle.write(contentsOf: Data("corruption".utf8))
+                try handle.close()
+
+                let job = try await server.withClient { try await restore($0, backup) }
+                #expect(job.status == .failed && job.error.contains("corrupt"))
+                #expect(try EnvironmentState(app) == before)
+                try noStagingLeft(app)
+                let activity = try await server.withClient { client in
+                    try await client.unary(Backups.listActivity, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
+                }
+                #expect(activity.activity.first.map { $0.outcome == "FAILED" && $0.detail.contains("corrupt") } == true)
+            }
+        }
+    }
+
+    @Test func aMissingFileBlobFailsTheRestoreAndLeavesTheTargetAsItWas() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let backup = try await finishedBackup(server, app)
+                try changeEverything(app)
+                let before = try EnvironmentState(app)
+                let row = try TestPostgres.query(server.catalogDatabase,
+                    "SELECT storage_key, sha256 FROM snapshot_files WHERE snapshot_id = $1 ORDER BY storage_key DESC LIMIT 1", backup.id)[0]
+                try LocalBlobStore(root: server.blobDirectory).remove(ContentHash(hex: row.string("sha256"))!)
+
+                let job = try await server.withClient { try await restore($0, backup) }
+                #expect(job.status == .failed && job.error.contains(row.string("storage_key")) && job.error.contains("missing"))
+                #expect(try EnvironmentState(app) == before)
+                try noStagingLeft(app)
+            }
+        }
+    }
+
+    @Test func aBackupdKilledMidRestoreIsCleanedUpAtTheNextStart() async throws {
+        try await withTestApp { app in
+            let first = try await TestServer.start(arguments: ["--pg-restore", try slowTool("pg_restore", seconds: 30), "--job-lease-seconds", "2"])
+            let backup = try await finishedBackup(first, app)
+            try changeEverything(app)
+            let before = try EnvironmentState(app)
+            let job = try await first.withClient { client in
+                try await client.unary(Backups.restoreBackup, .with {
+                    $0.backupID = backup.id; $0.targetNamespace = "acme"; $0.targetEnvironment = "shop-production"
+                })
+            }
+            try await eventually { try !databases(containing: "\(app.database)_restore_").isEmpty }
+            // While the restore runs, the environment cannot be started.
+            await expectStatus(.failedPrecondition) {
+                _ = try await first.withClient { client in
+                    try await client.unary(Backups.setEnvironmentState, .with { $0.namespace = "acme"; $0.name = "shop-production"; $0.state = .running })
+                }
+            }
+            await first.stop(signal: SIGKILL)
+
+            let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
+                                                    blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+            do {
+                let ended = try await second.withClient { try await waitForJob(job.id, on: $0, timeout: .seconds(60)) }
+                #expect(ended.status == .failed && ended.error.contains("target is unchanged"))
+                #expect(try EnvironmentState(app) == before)
+                try noStagingLeft(app)
+                // The environment can be restored again afterwards.
+                let again = try await second.withClient { try await restore($0, backup) }
+                #expect(again.status == .finished, "\(again.error)")
+            } catch {
+                print(second.log)
+                throw error
+            }
+            await second.remove()
+            await first.remove()
+        }
+    }
+
+    @Test func aDatabaseOnlyRestoreLeavesTheFilesAlone() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let atBackup = try EnvironmentState(app)
+                let backup = try await finishedBackup(server, app)
+                try changeEverything(app)
+                let filesBefore = try folderFingerprint(app.fileStore)
+
+                let job = try await server.withClient { try await restore($0, backup, databaseOnly: true) }
+                #expect(job.status == .finished, "\(job.error)")
+                #expect(try TestPostgres.tableFingerprints(app.database) == atBackup.tables)
+                #expect(try folderFingerprint(app.fileStore) == filesBefore)
+                #expect(!FileManager.default.fileExists(atPath: app.fileStore + ".prerestore"))
+            }
+        }
+    }
+
+    @Test func theCLIRestoresAndWarnsAboutAVersionMismatch() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let backup = try await finishedBackup(server, app)
+                _ = try await server.withClient { client in
+                    try await client.unary(Backups.updateEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production"; $0.packageVersion = "1.1.0" })
+                }
+                let warned = try server.backupctl(["restore", backup.id, "--to", "shop-production"])
+                #expect(warned.status != 0)
+                #expect(warned.standardError.contains("1.0.0") && warned.standardError.contains("1.1.0")
+                        && warned.standardError.contains("--accept-version-mismatch"))
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'restore'")[0].string("n") == "0")
+
+                let restored = try server.backupctl(["restore", backup.id, "--to", "acme/shop-production", "--accept-version-mismatch",
+                                                     "--wait", "--json"])
+                #expect(restored.status == 0, "\(restored.standardError)")
+                #expect(restored.standardOutput.contains("JOB_STATUS_FINISHED"))
+                let activity = try server.backupctl(["activity", "--env", "acme/shop-production"])
+                #expect(activity.standardOutput.contains("restore") && activity.standardOutput.contains("FINISHED"))
+            }
+        }
+    }
+}
