@@ -55,7 +55,7 @@ run: certs demo build
 test: certs demo build
 	$(SWIFT) test
 
-## bench: backup times through backupd against pg_dump + tar on the demo app (release build)
+## bench: backup and restore times through backupd against pg_dump/pg_restore + tar (release build); LARGE_ROWS=6000000 adds ~1 GiB
 bench: certs demo
 	$(SWIFT) build -c release
 	@bash scripts/bench.sh .build/release $${RUNS:-5}

@@ -1,63 +1,137 @@
 #!/usr/bin/env bash
-# Times backups of the demo app through backupd against what a user would
-# otherwise run (pg_dump -Fc plus tar czf of the file store), measured in the
-# same run on the same data, and prints the ratios.
+# Measures backupd against what a user would otherwise run, in the same run,
+# on the same data, and prints the ratios:
+#   backup:  backupctl create --wait      vs  pg_dump -Fc + tar czf of the file store
+#   restore: backupctl restore --wait     vs  createdb + pg_restore --jobs=2 + tar xzf
+# on a copy of the demo app, and with LARGE_ROWS=N also on a database of N
+# rows (6000000 is about 1 GiB). Works on copies; the demo app is not touched.
 #   bench.sh BIN_DIR [RUNS]
 set -euo pipefail
 BIN=${1:-.build/release}
 RUNS=${2:-5}
+LARGE_ROWS=${LARGE_ROWS:-0}
 VAR=${BACKUPD_VAR:-$(pwd)/.var}
 PORT=${BACKUPD_PGPORT:-55432}
-psql="psql -X -q -h 127.0.0.1 -p $PORT -U postgres"
+psql="psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $PORT -U postgres"
+url() { echo "host=127.0.0.1 port=$PORT user=postgres dbname=$1"; }
 work=$(mktemp -d)
-catalog=bench_$(date +%s)
+tag=bench_$(date +%s)
 cleanup() {
   [ -n "${pid:-}" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  $psql -d postgres -c "DROP DATABASE IF EXISTS $catalog WITH (FORCE)" >/dev/null 2>&1 || true
+  for db in $($psql -d postgres -tAc "SELECT datname FROM pg_database WHERE datname LIKE '${tag}%'"); do
+    $psql -d postgres -c "DROP DATABASE \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc; }
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+row() { printf '%-58s %10s\n' "$1" "$2"; }
+ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 
-$psql -d postgres -c "CREATE DATABASE $catalog" >/dev/null
-export BACKUPD_CATALOG="host=127.0.0.1 port=$PORT user=postgres dbname=$catalog"
+$psql -d postgres -c "CREATE DATABASE ${tag}_catalog" -c "CREATE DATABASE ${tag}_demo TEMPLATE demo_app" >/dev/null
+cp -a "$VAR/demo/files" "$work/files"
+export BACKUPD_CATALOG=$(url "${tag}_catalog")
 export BACKUPD_BLOB_DIR=$work/blobs BACKUPD_TLS_CERT=$(pwd)/certs/dev/server.crt BACKUPD_TLS_KEY=$(pwd)/certs/dev/server.key
 token=$("$BIN/backupd" token create --namespace bench --role admin --name bench)
 "$BIN/backupd" serve --listen 127.0.0.1:0 --ready-file "$work/ready" --log-level warning &
 pid=$!
 for _ in $(seq 1 100); do [ -s "$work/ready" ] && break; sleep 0.1; done
 export BACKUPCTL_ADDR=$(cat "$work/ready") BACKUPCTL_TOKEN=$token BACKUPCTL_CA=$(pwd)/certs/dev/ca.crt
-"$BIN/backupctl" env register bench/demo --app shop --database-url "host=127.0.0.1 port=$PORT user=postgres dbname=demo_app" \
-  --file-store "$VAR/demo/files" --json >/dev/null
+ctl() { "$BIN/backupctl" "$@"; }
+ctl env register bench/demo --app shop --database-url "$(url "${tag}_demo")" --file-store "$work/files" --json >/dev/null
 
-files_bytes=$(du -sb "$VAR/demo/files" | cut -f1)
-echo "demo app: database demo_app, $(find "$VAR/demo/files" -type f | wc -l) files, $files_bytes bytes in the file store; $RUNS runs each"
-
-backupd_times=()
+echo "== backup of the demo app: $(find "$work/files" -type f | wc -l) files, $(du -sb "$work/files" | cut -f1) bytes; $RUNS runs each"
+times=()
 for run in $(seq 1 "$RUNS"); do
   start=$(now)
-  "$BIN/backupctl" create --env bench/demo --wait --json > "$work/backup.json"
-  backupd_times+=("$(echo "$(now) - $start" | bc)")
+  ctl create --env bench/demo --wait --json > "$work/backup.json"
+  times+=("$(since "$start")")
   grep -q BACKUP_STATUS_FINISHED "$work/backup.json" || { cat "$work/backup.json"; exit 1; }
 done
-baseline_times=()
+baseline=()
 for run in $(seq 1 "$RUNS"); do
   start=$(now)
-  pg_dump --format=custom --no-owner --no-privileges --file="$work/dump.backup" \
-    --dbname="host=127.0.0.1 port=$PORT user=postgres dbname=demo_app"
-  tar czf "$work/files.tar.gz" -C "$VAR/demo/files" .
+  pg_dump --format=custom --no-owner --no-privileges --file="$work/dump.backup" --dbname="$(url "${tag}_demo")"
+  tar czf "$work/files.tar.gz" -C "$work/files" .
   sync -f "$work/files.tar.gz"
-  baseline_times+=("$(echo "$(now) - $start" | bc)")
+  baseline+=("$(since "$start")")
 done
+first=${times[0]}
+later=$(printf '%s\n' "${times[@]:1}" | median)
+base=$(printf '%s\n' "${baseline[@]}" | median)
+row "backupd, first backup (every blob new)" "$(printf '%.3f s' "$first")"
+row "backupd, later backups, median (blobs deduplicated)" "$(printf '%.3f s' "$later")"
+row "pg_dump -Fc + tar czf, median" "$(printf '%.3f s' "$base")"
+row "ratio first backup / pg_dump+tar" "$(ratio "$first" "$base")"
+row "ratio later backup / pg_dump+tar" "$(ratio "$later" "$base")"
+row "blob store after $RUNS backups (bytes)" "$(du -sb "$work/blobs/sha256" | cut -f1)"
+row "one pg_dump+tar copy (bytes)" "$(( $(stat -c %s "$work/dump.backup") + $(stat -c %s "$work/files.tar.gz") ))"
 
-first=${backupd_times[0]}
-later=$(printf '%s\n' "${backupd_times[@]:1}" | median)
-baseline=$(printf '%s\n' "${baseline_times[@]}" | median)
-printf '%-52s %8.3f s\n' "backupd, first backup (every blob new)" "$first"
-printf '%-52s %8.3f s\n' "backupd, later backups, median (blobs deduplicated)" "$later"
-printf '%-52s %8.3f s\n' "pg_dump -Fc + tar czf of the file store, median" "$baseline"
-printf '%-52s %8.2f\n' "ratio first backup / pg_dump+tar" "$(echo "$first / $baseline" | bc -l)"
-printf '%-52s %8.2f\n' "ratio later backup / pg_dump+tar" "$(echo "$later / $baseline" | bc -l)"
-echo "blob store after $RUNS backups: $(du -sb "$work/blobs/sha256" | cut -f1) bytes (pg_dump+tar output: $(( $(stat -c %s "$work/dump.backup") + $(stat -c %s "$work/files.tar.gz") )) bytes per copy)"
+echo "== restore of the demo app; $RUNS runs each"
+backup_id=$(json '["id"]' < "$work/backup.json")
+ctl env stop bench/demo >/dev/null
+times=()
+for run in $(seq 1 "$RUNS"); do
+  start=$(now)
+  ctl restore "$backup_id" --to demo --wait --json > "$work/restore.json"
+  times+=("$(since "$start")")
+  grep -q JOB_STATUS_FINISHED "$work/restore.json" || { cat "$work/restore.json"; exit 1; }
+done
+baseline=()
+for run in $(seq 1 "$RUNS"); do
+  rm -rf "$work/untarred"; mkdir "$work/untarred"
+  start=$(now)
+  $psql -d postgres -c "CREATE DATABASE ${tag}_plain_$run" >/dev/null
+  pg_restore --no-owner --no-privileges --exit-on-error --jobs=2 --dbname="$(url "${tag}_plain_$run")" "$work/dump.backup"
+  tar xzf "$work/files.tar.gz" -C "$work/untarred"
+  sync -f "$work/untarred"
+  baseline+=("$(since "$start")")
+done
+restore=$(printf '%s\n' "${times[@]}" | median)
+base=$(printf '%s\n' "${baseline[@]}" | median)
+row "backupd restore (database and files), median" "$(printf '%.3f s' "$restore")"
+row "createdb + pg_restore --jobs=2 + tar xzf, median" "$(printf '%.3f s' "$base")"
+row "ratio backupd / pg_restore+tar" "$(ratio "$restore" "$base")"
+
+if [ "$LARGE_ROWS" -gt 0 ]; then
+  large=${tag}_large
+  echo "== a large database: $LARGE_ROWS rows in two tables with indexes"
+  $psql -d postgres -c "CREATE DATABASE $large" >/dev/null
+  half=$(( LARGE_ROWS / 2 ))
+  $psql -d "$large" <<SQL >/dev/null
+CREATE TABLE events (id bigint PRIMARY KEY, kind text NOT NULL, payload text NOT NULL, at timestamptz NOT NULL);
+CREATE TABLE readings (id bigint PRIMARY KEY, sensor int NOT NULL, value double precision NOT NULL, note text NOT NULL);
+INSERT INTO events SELECT i, 'kind-' || (i % 17), md5(i::text) || md5((i * 7)::text), timestamptz '2026-01-01' + i * interval '1 second'
+  FROM generate_series(1, $half) AS i;
+INSERT INTO readings SELECT i, i % 1000, random() * 100, md5((i * 3)::text) || md5((i * 5)::text)
+  FROM generate_series(1, $half) AS i;
+CREATE INDEX events_kind ON events (kind, at);
+CREATE INDEX readings_sensor ON readings (sensor, value);
+SQL
+  row "database size (bytes)" "$($psql -d "$large" -tAc "SELECT pg_database_size(current_database())")"
+  mkdir -p "$work/large-files"
+  ctl env register bench/large --app big --database-url "$(url "$large")" --file-store "$work/large-files" \
+    --file-query "SELECT NULL::text WHERE false" --json >/dev/null
+  start=$(now)
+  ctl create --env bench/large --wait --json > "$work/large.json"
+  row "backupd backup" "$(printf '%.1f s' "$(since "$start")")"
+  large_id=$(json '["id"]' < "$work/large.json")
+  dump="$work/blobs/sha256/$(json '["dump_sha256"][:2]' < "$work/large.json")/$(json '["dump_sha256"][2:4]' < "$work/large.json")/$(json '["dump_sha256"]' < "$work/large.json")"
+  row "dump size (bytes)" "$(stat -c %s "$dump")"
+  ctl env stop bench/large >/dev/null
+  start=$(now)
+  ctl restore "$large_id" --to large --wait --json > "$work/large-restore.json"
+  restore=$(since "$start")
+  grep -q JOB_STATUS_FINISHED "$work/large-restore.json" || { cat "$work/large-restore.json"; exit 1; }
+  start=$(now)
+  $psql -d postgres -c "CREATE DATABASE ${tag}_large_plain" >/dev/null
+  pg_restore --no-owner --no-privileges --exit-on-error --jobs=2 --dbname="$(url "${tag}_large_plain")" "$dump"
+  base=$(since "$start")
+  row "backupd restore" "$(printf '%.1f s' "$restore")"
+  row "createdb + pg_restore --jobs=2 into a fresh database" "$(printf '%.1f s' "$base")"
+  row "ratio backupd / pg_restore" "$(ratio "$restore" "$base")"
+fi

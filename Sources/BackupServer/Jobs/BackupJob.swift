@@ -91,11 +91,9 @@ struct BackupJob: Sendable {
 
         var stored: [(key: String, blob: StoredBlob)] = []
         stored.reserveCapacity(files.count)
-        for batch in stride(from: 0, to: files.count, by: 64).map({ files[$0..<min($0 + 64, files.count)] }) {
-            try Task.checkCancellation()
-            let blobs = try await threadPool.runIfActive {
-                try batch.map { file in (key: file.key, blob: try blobStore.put(contentsOf: file.path)) }
-            }
+        try await inBatches(files, width: ProcessInfo.processInfo.activeProcessorCount, threadPool: threadPool) { file in
+            (key: file.key, blob: try blobStore.put(contentsOf: file.path))
+        } completed: { blobs in
             try await ledger.record(blobs.map(\.blob))
             stored += blobs
             await progress.advance(by: blobs.reduce(0) { $0 + $1.blob.size })

@@ -35,9 +35,11 @@ public final class JobRunner: Service, Sendable {
     private let logger: Logger
     private let owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(UUID().uuidString.prefix(8))"
     private let signals = NIOLockedValueBox(Signals())
+    /// Each element asks the loop to look for work now.
+    private let wakeups: AsyncStream<Void>
+    private let wakeupSource: AsyncStream<Void>.Continuation
 
     private struct Signals {
-        var wake = false
         var collectGarbage = true
         var running = 0
     }
@@ -50,44 +52,53 @@ public final class JobRunner: Service, Sendable {
         self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool, tools: settings.tools)
         self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool, tools: settings.tools,
                                      parallelJobs: max(1, settings.restoreParallelism))
+        (wakeups, wakeupSource) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
     /// Looks for work now rather than at the next poll.
     public func wake() {
-        signals.withLockedValue { $0.wake = true }
+        wakeupSource.yield()
     }
 
     /// Asks for a garbage collection of unreferenced blobs soon.
     public func requestGarbageCollection() {
-        signals.withLockedValue { $0.collectGarbage = true; $0.wake = true }
+        signals.withLockedValue { $0.collectGarbage = true }
+        wake()
     }
 
+    /// Looks for work whenever woken (a job was queued or ended here) and
+    /// every poll interval (for work queued by other processes); stops
+    /// claiming on graceful shutdown and cancels the jobs it runs.
     public func run() async throws {
         await withDiscardingTaskGroup { group in
-            var lastPoll = ContinuousClock.now - settings.pollInterval
+            group.addTask {
+                while (try? await Task.sleep(for: self.settings.pollInterval)) != nil { self.wake() }
+            }
+            wake()
             var lastCollection = ContinuousClock.now
-            while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                let (woken, collect) = signals.withLockedValue { signals in
-                    defer { signals.wake = false; signals.collectGarbage = false }
-                    return (signals.wake, signals.collectGarbage)
-                }
-                if collect || ContinuousClock.now - lastCollection >= settings.garbageCollectionInterval {
-                    lastCollection = ContinuousClock.now
-                    await collectGarbage()
-                }
-                if woken || ContinuousClock.now - lastPoll >= settings.pollInterval {
-                    lastPoll = ContinuousClock.now
+            await withGracefulShutdownHandler {
+                for await _ in wakeups {
+                    let collect = signals.withLockedValue { signals in
+                        defer { signals.collectGarbage = false }
+                        return signals.collectGarbage
+                    }
+                    if collect || ContinuousClock.now - lastCollection >= settings.garbageCollectionInterval {
+                        lastCollection = ContinuousClock.now
+                        await collectGarbage()
+                    }
                     await failAbandonedJobs()
                     while signals.withLockedValue({ $0.running }) < settings.maximumConcurrentJobs,
                           let (claimed, recovering) = await claim() {
                         signals.withLockedValue { $0.running += 1 }
                         group.addTask {
                             await self.execute(claimed, recovering: recovering)
-                            self.signals.withLockedValue { $0.running -= 1; $0.wake = true }
+                            self.signals.withLockedValue { $0.running -= 1 }
+                            self.wake()
                         }
                     }
                 }
-                try? await Task.sleep(for: .milliseconds(100))
+            } onGracefulShutdown: {
+                self.wakeupSource.finish()
             }
             group.cancelAll()
         }

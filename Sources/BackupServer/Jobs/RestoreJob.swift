@@ -110,23 +110,21 @@ struct RestoreJob: Sendable {
             try makeDirectories(plan.stagingFolder)
             try Data().write(to: URL(fileURLWithPath: "\(plan.stagingFolder)/\(Self.marker(claimed.job.id))"))
         }
-        for batch in stride(from: 0, to: files.count, by: 64).map({ files[$0..<min($0 + 64, files.count)] }) {
-            try Task.checkCancellation()
-            try await threadPool.runIfActive {
-                for file in batch {
-                    guard let hash = ContentHash(hex: file.hash) else {
-                        throw JobFailure(description: "file document \(file.key) has no valid content hash")
-                    }
-                    let path = "\(plan.stagingFolder)/\(try FileStoreLayout.relativePath(forKey: file.key))"
-                    try makeDirectories(String(path[..<path.lastIndex(of: "/")!]))
-                    do {
-                        try blobStore.materialize(hash, at: path)
-                    } catch let error as BlobStoreError {
-                        throw JobFailure(description: "file document \(file.key) cannot be restored: \(error)")
-                    }
-                }
+        let stagingFolder = plan.stagingFolder
+        try await inBatches(files, width: ProcessInfo.processInfo.activeProcessorCount, threadPool: threadPool) { file in
+            guard let hash = ContentHash(hex: file.hash) else {
+                throw JobFailure(description: "file document \(file.key) has no valid content hash")
             }
-            await progress.advance(by: batch.reduce(0) { $0 + $1.size })
+            let path = "\(stagingFolder)/\(try FileStoreLayout.relativePath(forKey: file.key))"
+            try makeDirectories(String(path[..<path.lastIndex(of: "/")!]))
+            do {
+                try blobStore.materialize(hash, at: path)
+            } catch let error as BlobStoreError {
+                throw JobFailure(description: "file document \(file.key) cannot be restored: \(error)")
+            }
+            return file.size
+        } completed: { sizes in
+            await progress.advance(by: sizes.reduce(0, +))
         }
     }
 
