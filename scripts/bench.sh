@@ -118,7 +118,14 @@ SQL
     --file-query "SELECT NULL::text WHERE false" --json >/dev/null
   start=$(now)
   ctl create --env bench/large --wait --json > "$work/large.json"
-  row "backupd backup" "$(printf '%.1f s' "$(since "$start")")"
+  backup=$(since "$start")
+  start=$(now)
+  pg_dump --format=custom --no-owner --no-privileges --file="$work/large-plain.backup" --dbname="$(url "$large")"
+  base=$(since "$start")
+  rm -f "$work/large-plain.backup"
+  row "backupd backup" "$(printf '%.1f s' "$backup")"
+  row "pg_dump -Fc" "$(printf '%.1f s' "$base")"
+  row "ratio backupd / pg_dump" "$(ratio "$backup" "$base")"
   large_id=$(json '["id"]' < "$work/large.json")
   dump="$work/blobs/sha256/$(json '["dump_sha256"][:2]' < "$work/large.json")/$(json '["dump_sha256"][2:4]' < "$work/large.json")/$(json '["dump_sha256"]' < "$work/large.json")"
   row "dump size (bytes)" "$(stat -c %s "$dump")"
