@@ -23,9 +23,10 @@ public struct JobSettings: Sendable {
 
 /// Runs queued jobs from the catalog. Jobs are claimed under a lease that
 /// this process renews while it works, so several processes can share one
-/// catalog; a job whose lease expires (its process died) is marked FAILED by
-/// whichever runner sees it first. On shutdown, running jobs are stopped and
-/// marked FAILED with the reason.
+/// catalog. When a lease expires (its process died), whichever runner sees
+/// it first marks the job FAILED, or, for a restore, takes it over to clean
+/// up or complete its swap. On shutdown, running jobs are stopped and marked
+/// FAILED with the reason.
 public final class JobRunner: Service, Sendable {
     private let catalog: Catalog
     private let blobStore: any BlobStore
