@@ -103,30 +103,12 @@ public struct LocalBlobStore: BlobStore {
 
     /// Copies a file into the store under the hash of what was actually read.
     private func copyIntoStore(_ path: String) throws -> StoredBlob {
-        let source = open(path, O_RDONLY | O_CLOEXEC)
-        guard source >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
-        defer { close(source) }
-
         let temporary = "\(scratchDirectory)/\(base64URL(Secure.randomBytes(12))).partial"
-        let target = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o444)
-        guard target >= 0 else { throw BlobStoreError.cannotWrite(path: temporary, errno: errno) }
+        let (hash, size) = try copyHashing(path, to: temporary, mode: 0o444)
         var keepTemporary = false
-        defer {
-            close(target)
-            if !keepTemporary { unlink(temporary) }
-        }
-
-        let hasher = SHA256Hasher()
-        var size: UInt64 = 0
-        try readChunks(fd: source, path: path) { chunk in
-            hasher.update(chunk)
-            try writeAll(fd: target, chunk, path: temporary)
-            size += UInt64(chunk.count)
-        }
-        let hash = hasher.finish()
-        let final = self.path(for: hash)
+        defer { if !keepTemporary { unlink(temporary) } }
         if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
-        guard fsync(target) == 0 else { throw BlobStoreError.cannotWrite(path: temporary, errno: errno) }
+        let final = self.path(for: hash)
         let folder = String(final[..<final.lastIndex(of: "/")!])
         try makeDirectories(folder)
         guard rename(temporary, final) == 0 else { throw BlobStoreError.cannotWrite(path: final, errno: errno) }
@@ -157,31 +139,42 @@ public struct LocalBlobStore: BlobStore {
     }
 
     private func copyVerified(_ hash: ContentHash, to path: String) throws {
-        let source = open(self.path(for: hash), O_RDONLY | O_CLOEXEC)
-        guard source >= 0 else { throw BlobStoreError.cannotRead(path: self.path(for: hash), errno: errno) }
-        defer { close(source) }
-        let target = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard target >= 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
-        var complete = false
-        defer {
-            close(target)
-            if !complete { unlink(path) }
+        let (actual, _) = try copyHashing(self.path(for: hash), to: path, mode: 0o644)
+        guard actual == hash else {
+            unlink(path)
+            throw BlobStoreError.corrupt(hash, actual: actual)
         }
-        let hasher = SHA256Hasher()
-        try readChunks(fd: source, path: self.path(for: hash)) { chunk in
-            hasher.update(chunk)
-            try writeAll(fd: target, chunk, path: path)
-        }
-        let actual = hasher.finish()
-        guard actual == hash else { throw BlobStoreError.corrupt(hash, actual: actual) }
-        guard fsync(target) == 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
-        complete = true
     }
 
     public func remove(_ hash: ContentHash) throws {
         let path = self.path(for: hash)
         guard unlink(path) == 0 || errno == ENOENT else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
     }
+}
+
+/// Copies `source` to a new file `target`, fsynced, returning the hash and
+/// size of what was copied. A failed copy leaves no `target` behind.
+private func copyHashing(_ source: String, to target: String, mode: mode_t) throws -> (ContentHash, UInt64) {
+    let input = open(source, O_RDONLY | O_CLOEXEC)
+    guard input >= 0 else { throw BlobStoreError.cannotRead(path: source, errno: errno) }
+    defer { close(input) }
+    let output = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+    guard output >= 0 else { throw BlobStoreError.cannotWrite(path: target, errno: errno) }
+    var complete = false
+    defer {
+        close(output)
+        if !complete { unlink(target) }
+    }
+    let hasher = SHA256Hasher()
+    var size: UInt64 = 0
+    try readChunks(fd: input, path: source) { chunk in
+        hasher.update(chunk)
+        try writeAll(fd: output, chunk, path: target)
+        size += UInt64(chunk.count)
+    }
+    guard fsync(output) == 0 else { throw BlobStoreError.cannotWrite(path: target, errno: errno) }
+    complete = true
+    return (hasher.finish(), size)
 }
 
 /// The SHA-256 and size of a file's content, read once.

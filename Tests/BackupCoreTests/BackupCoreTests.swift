@@ -86,6 +86,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: source) }
         let blob = try store.put(contentsOf: source)
 
+        chmod(store.path(for: blob.hash), 0o644)
         try "tampered".write(toFile: store.path(for: blob.hash), atomically: false, encoding: .utf8)
         #expect(throws: BlobStoreError.self) { try store.verify(blob.hash) }
         try store.remove(blob.hash)
@@ -107,6 +108,34 @@ import Testing
         #expect(throws: BlobStoreError.self) { try store.put(contentsOf: root) }
         #expect(throws: BlobStoreError.self) { try store.adopt(root + "/tmp/does-not-exist") }
         #expect(temporaryFiles().isEmpty)
+    }
+
+    @Test func materializingLinksOrCopiesOnlyVerifiedContent() throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let store = try LocalBlobStore(root: root)
+        let source = try write("a file document")
+        defer { try? FileManager.default.removeItem(atPath: source) }
+        let blob = try store.put(contentsOf: source)
+
+        // Same file system: a hard link to the read-only blob.
+        let linked = root + "/linked"
+        try store.materialize(blob.hash, at: linked)
+        let attributes = try FileManager.default.attributesOfItem(atPath: linked)
+        #expect((attributes[.referenceCount] as? Int) == 2)
+        #expect((attributes[.posixPermissions] as? Int) == 0o444)
+
+        // Another file system (tmpfs): a verified copy.
+        let elsewhere = "/dev/shm/materialized-\(UUID().uuidString)"
+        defer { unlink(elsewhere) }
+        try store.materialize(blob.hash, at: elsewhere)
+        #expect(FileManager.default.contents(atPath: elsewhere) == Data("a file document".utf8))
+
+        // A corrupt blob is never placed anywhere.
+        chmod(store.path(for: blob.hash), 0o644)
+        try "tampered".write(toFile: store.path(for: blob.hash), atomically: false, encoding: .utf8)
+        let refused = "/dev/shm/refused-\(UUID().uuidString)"
+        #expect(throws: BlobStoreError.self) { try store.materialize(blob.hash, at: refused) }
+        #expect(!FileManager.default.fileExists(atPath: refused))
     }
 
     @Test func adoptedFilesAreMovedInOnce() throws {
