@@ -65,6 +65,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Parallel workers of one pg_restore (default: the number of cores).")
     var restoreJobs = ProcessInfo.processInfo.activeProcessorCount
 
+    @Flag(help: "Drop a restored environment's previous database and files at once, instead of keeping them until its next restore.")
+    var dropPreviousOnRestore = false
+
     @Option(help: "Write HOST:PORT to this file once listening.")
     var readyFile: String?
 
@@ -105,6 +108,7 @@ struct Serve: AsyncParsableCommand {
         configuration.jobs.tools.pgDump = pgDump
         configuration.jobs.tools.pgRestore = pgRestore
         configuration.jobs.restoreParallelism = restoreJobs
+        configuration.jobs.keepPreviousOnRestore = !dropPreviousOnRestore
         configuration.jobs.leaseSeconds = jobLeaseSeconds
         let readyFile = self.readyFile
         try await BackupService(configuration: configuration, logger: Logger(label: "backupd")).run { address in

@@ -306,6 +306,19 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
         }
     }
 
+    @Test func thePreviousStateCanBeDroppedRightAway() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--drop-previous-on-restore"]) { server in
+                let backup = try await finishedBackup(server, app)
+                let job = try await server.withClient { try await restore($0, backup) }
+                #expect(job.status == .finished, "\(job.error)")
+                #expect(try databases(containing: "\(app.database)_prerestore").isEmpty)
+                #expect(!FileManager.default.fileExists(atPath: app.fileStore + ".prerestore"))
+                try noStagingLeft(app)
+            }
+        }
+    }
+
     @Test func aDatabaseOnlyRestoreLeavesTheFilesAlone() async throws {
         try await withTestApp { app in
             try await withTestServer { server in

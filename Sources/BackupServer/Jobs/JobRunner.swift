@@ -17,6 +17,8 @@ public struct JobSettings: Sendable {
     public var tools = PostgresTools()
     /// pg_restore --jobs: parallel workers of one restore.
     public var restoreParallelism = ProcessInfo.processInfo.activeProcessorCount
+    /// Keep a restored environment's previous database and files until its next restore.
+    public var keepPreviousOnRestore = true
 
     public init() {}
 }
@@ -52,7 +54,7 @@ public final class JobRunner: Service, Sendable {
         self.logger = logger
         self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool, tools: settings.tools)
         self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool, tools: settings.tools,
-                                     parallelJobs: max(1, settings.restoreParallelism))
+                                     parallelJobs: max(1, settings.restoreParallelism), keepPrevious: settings.keepPreviousOnRestore)
         (wakeups, wakeupSource) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 

@@ -21,6 +21,9 @@ struct RestoreJob: Sendable {
     let threadPool: NIOThreadPool
     let tools: PostgresTools
     let parallelJobs: Int
+    /// Keep the target's previous database and files (`…_prerestore`) until
+    /// the next restore, or drop them as soon as the restore succeeds.
+    let keepPrevious: Bool
 
     func run(_ claimed: ClaimedJob, owner: String) async throws {
         let work = try await catalog.restoreWork(jobID: claimed.job.id)
@@ -35,6 +38,7 @@ struct RestoreJob: Sendable {
                 // shutdown must not leave a swapped target recorded as FAILED.
                 try await withoutCancellation {
                     try await swap(claimed, plan)
+                    if !keepPrevious { await dropPrevious(claimed.environment, plan) }
                     try await catalog.finishJob(id: claimed.job.id, owner: owner,
                                                 detail: "from \(source)" + (work.databaseOnly ? ", database only" : ""))
                 }
@@ -237,6 +241,16 @@ struct RestoreJob: Sendable {
         }
         if !fileManager.fileExists(atPath: plan.fileStore) && fileManager.fileExists(atPath: plan.previousFolder) {
             rename(plan.previousFolder, plan.fileStore)
+        }
+    }
+
+    /// Drops what the swap moved aside, when configured not to keep it.
+    private func dropPrevious(_ environment: Environment, _ plan: RestorePlan) async {
+        _ = try? await onAppServer(environment, database: "postgres") { connection in
+            try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(plan.previousDatabase)) WITH (FORCE)")
+        }
+        if !plan.previousFolder.isEmpty {
+            try? FileManager.default.removeItem(atPath: plan.previousFolder)
         }
     }
 
