@@ -143,10 +143,13 @@ struct RestoreJob: Sendable {
                 ], threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory)
             }
             group.addTask {
+                // One connection for the whole restore; it closes with this task, before the swap.
+                let monitor = try? await threadPool.runIfActive { try PostgresConnection(stagingURL) }
                 while true {
                     try await Task.sleep(for: .milliseconds(500))
+                    guard let monitor else { continue }
                     let size = try? await threadPool.runIfActive {
-                        try PostgresConnection(stagingURL).query("SELECT pg_database_size(current_database()) AS size")[0].uint64("size")
+                        try monitor.query("SELECT pg_database_size(current_database()) AS size")[0].uint64("size")
                     }
                     if let size { await progress(size) }
                 }
@@ -194,10 +197,12 @@ struct RestoreJob: Sendable {
         }
         do {
             try await onAppServer(environment, database: "postgres") { connection in
-                // The environment is stopped; whatever is still connected to its database must let go.
+                // The environment is stopped; whatever is still connected to its database must let go,
+                // as must our own just-closed sessions on the staging database, which may linger a moment.
                 try connection.query("""
-                    SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
-                    """, plan.targetDatabase)
+                    SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                    WHERE datname IN ($1, $2) AND pid <> pg_backend_pid()
+                    """, plan.targetDatabase, plan.stagingDatabase)
                 try connection.transaction {
                     try connection.query("ALTER DATABASE \(ConnectionString.quoted(plan.targetDatabase)) RENAME TO \(ConnectionString.quoted(plan.previousDatabase))")
                     try connection.query("ALTER DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) RENAME TO \(ConnectionString.quoted(plan.targetDatabase))")
