@@ -197,15 +197,23 @@ struct RestoreJob: Sendable {
         }
         do {
             try await onAppServer(environment, database: "postgres") { connection in
-                // The environment is stopped; whatever is still connected to its database must let go,
-                // as must our own just-closed sessions on the staging database, which may linger a moment.
-                try connection.query("""
-                    SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                    WHERE datname IN ($1, $2) AND pid <> pg_backend_pid()
-                    """, plan.targetDatabase, plan.stagingDatabase)
-                try connection.transaction {
-                    try connection.query("ALTER DATABASE \(ConnectionString.quoted(plan.targetDatabase)) RENAME TO \(ConnectionString.quoted(plan.previousDatabase))")
-                    try connection.query("ALTER DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) RENAME TO \(ConnectionString.quoted(plan.targetDatabase))")
+                // The environment is stopped: whatever is still connected to its database must let go,
+                // as must our own closed sessions on the staging database. A terminated session takes
+                // a moment to end, so a rename that finds the database in use (55006) is tried again.
+                for attempt in 1...10 {
+                    try connection.query("""
+                        SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                        WHERE datname IN ($1, $2) AND pid <> pg_backend_pid()
+                        """, plan.targetDatabase, plan.stagingDatabase)
+                    do {
+                        try connection.transaction {
+                            try connection.query("ALTER DATABASE \(ConnectionString.quoted(plan.targetDatabase)) RENAME TO \(ConnectionString.quoted(plan.previousDatabase))")
+                            try connection.query("ALTER DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) RENAME TO \(ConnectionString.quoted(plan.targetDatabase))")
+                        }
+                        return
+                    } catch let error as PostgresError where error.sqlState == "55006" && attempt < 10 {
+                        usleep(200_000)
+                    }
                 }
             }
         } catch {
