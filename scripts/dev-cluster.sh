@@ -44,8 +44,18 @@ max_connections = 200
 logging_collector = off
 CONF
   fi
+  # Tests need one role that must log in with its password, like a real app's.
+  reload=false
+  if ! grep -q backupd_password_test "$DATA/pg_hba.conf"; then
+    { echo "host all backupd_password_test 127.0.0.1/32 scram-sha-256"; cat "$DATA/pg_hba.conf"; } > "$DATA/pg_hba.conf.new"
+    mv "$DATA/pg_hba.conf.new" "$DATA/pg_hba.conf"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$DATA/pg_hba.conf"
+    reload=true
+  fi
   if ! as_postgres "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
     as_postgres "$BIN/pg_ctl" -D "$DATA" -l "$PGROOT/server.log" -w -t 60 start >/dev/null
+  elif $reload; then
+    as_postgres "$BIN/pg_ctl" -D "$DATA" reload >/dev/null
   fi
   psql="psql -X -q -h 127.0.0.1 -p $PORT -U postgres"
   $psql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'backupd'" | grep -q 1 \

@@ -157,10 +157,8 @@ extension String {
 
 /// libpq connection strings, parsed by libpq itself.
 public enum ConnectionString {
-    /// The same connection settings with another database: for reaching a
-    /// maintenance database on the app's server. Accepts key=value strings
-    /// and URIs; returns key=value.
-    public static func replacingDatabase(in connectionString: String, with database: String) throws(PostgresError) -> String {
+    /// The settings a connection string (key=value pairs or a URI) gives.
+    public static func settings(_ connectionString: String) throws(PostgresError) -> [(key: String, value: String)] {
         var error: UnsafeMutablePointer<CChar>?
         guard let options = PQconninfoParse(connectionString, &error) else {
             let message = error.map { String(cString: $0).trimmingTrailingNewlines } ?? "out of memory"
@@ -168,19 +166,34 @@ public enum ConnectionString {
             throw PostgresError(sqlState: nil, message: "connection string is not valid: \(message)")
         }
         defer { PQconninfoFree(options) }
-        var pairs: [(String, String)] = []
+        var settings: [(key: String, value: String)] = []
         var option = options
         while let keyword = option.pointee.keyword {
-            let key = String(cString: keyword)
-            if key != "dbname", let value = option.pointee.val {
-                pairs.append((key, String(cString: value)))
-            }
+            if let value = option.pointee.val { settings.append((String(cString: keyword), String(cString: value))) }
             option += 1
         }
-        pairs.append(("dbname", database))
-        return pairs.map { key, value in
+        return settings
+    }
+
+    /// Settings as a key=value connection string, every value quoted.
+    public static func render(_ settings: [(key: String, value: String)]) -> String {
+        settings.map { key, value in
             "\(key)='\(value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'"))'"
         }.joined(separator: " ")
+    }
+
+    /// The same connection settings with another database: for reaching a
+    /// maintenance database on the app's server.
+    public static func replacingDatabase(in connectionString: String, with database: String) throws(PostgresError) -> String {
+        render(try settings(connectionString).filter { $0.key != "dbname" } + [("dbname", database)])
+    }
+
+    /// For a child process (pg_dump, pg_restore): the connection string
+    /// without its password, and the password to hand over in PGPASSWORD,
+    /// so that it never shows in a process listing.
+    public static func withoutPassword(_ connectionString: String) throws(PostgresError) -> (connectionString: String, password: String?) {
+        let all = try settings(connectionString)
+        return (render(all.filter { $0.key != "password" }), all.first { $0.key == "password" }?.value)
     }
 
     /// A quoted SQL identifier.

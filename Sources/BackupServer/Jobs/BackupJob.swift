@@ -106,11 +106,13 @@ struct BackupJob: Sendable {
     private func dump(_ databaseURL: String, snapshot: String, to path: String,
                       written: @escaping @Sendable (UInt64) async -> Void) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
+            let (url, password) = try ConnectionString.withoutPassword(databaseURL)
             group.addTask {
                 try await runSubprocess(tools.pgDump, [
                     "--format=custom", "--no-owner", "--no-privileges", "--snapshot=\(snapshot)",
-                    "--file=\(path)", "--dbname=\(databaseURL)",
-                ], threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory)
+                    "--file=\(path)", "--dbname=\(url)",
+                ], environment: password.map { ["PGPASSWORD": $0] } ?? [:],
+                threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory)
             }
             group.addTask {
                 while true {

@@ -136,11 +136,13 @@ struct RestoreJob: Sendable {
     private func restoreDump(_ dumpPath: String, into stagingURL: String,
                              progress: @escaping @Sendable (UInt64) async -> Void) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
+            let (url, password) = try ConnectionString.withoutPassword(stagingURL)
             group.addTask {
                 try await runSubprocess(tools.pgRestore, [
                     "--no-owner", "--no-privileges", "--exit-on-error", "--jobs=\(parallelJobs)",
-                    "--dbname=\(stagingURL)", dumpPath,
-                ], threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory)
+                    "--dbname=\(url)", dumpPath,
+                ], environment: password.map { ["PGPASSWORD": $0] } ?? [:],
+                threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory)
             }
             group.addTask {
                 // One connection for the whole restore; it closes with this task, before the swap.

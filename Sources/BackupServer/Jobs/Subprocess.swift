@@ -20,10 +20,11 @@ struct SubprocessError: Error, CustomStringConvertible {
 /// seconds). Standard error goes to a file rather than a pipe, so a chatty
 /// program never blocks on a full pipe. The wait for its exit blocks a
 /// thread of `threadPool`, never an event loop or a cooperative thread.
-func runSubprocess(_ executable: String, _ arguments: [String], threadPool: NIOThreadPool, scratchDirectory: String) async throws {
+func runSubprocess(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
+                   threadPool: NIOThreadPool, scratchDirectory: String) async throws {
     let errorPath = "\(scratchDirectory)/stderr-\(UUID().uuidString)"
     defer { unlink(errorPath) }
-    let pid = try spawn(executable, arguments, standardError: errorPath)
+    let pid = try spawn(executable, arguments, environment: environment, standardError: errorPath)
 
     let status: Int32 = try await withTaskCancellationHandler {
         try await threadPool.runIfActive {
@@ -46,7 +47,7 @@ func runSubprocess(_ executable: String, _ arguments: [String], threadPool: NIOT
                           standardError: String(standardError.suffix(2000)))
 }
 
-private func spawn(_ executable: String, _ arguments: [String], standardError: String) throws -> pid_t {
+private func spawn(_ executable: String, _ arguments: [String], environment: [String: String], standardError: String) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
@@ -70,8 +71,11 @@ private func spawn(_ executable: String, _ arguments: [String], standardError: S
     markDescriptorsCloseOnExec()
     let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
+    let envp: [UnsafeMutablePointer<CChar>?] = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        .map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { envp.forEach { free($0) } }
     var pid: pid_t = 0
-    let result = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+    let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
     guard result == 0 else {
         throw SubprocessError(command: executable, outcome: "could not start", standardError: String(cString: strerror(result)))
     }
