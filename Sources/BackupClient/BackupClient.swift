@@ -12,6 +12,8 @@ public struct ClientSettings: Sendable {
     public var token: String
     /// PEM file of the CA that signed the server's certificate; nil trusts the system's roots.
     public var caFile: String?
+    /// A client certificate and its key, for servers that require mutual TLS.
+    public var clientCertificate: (certificateFile: String, keyFile: String)?
     public var maxFrameBytes = defaultMaxFrameBytes
 
     public init(address: String, token: String, caFile: String? = nil) throws {
@@ -35,6 +37,10 @@ public struct ClientSettings: Sendable {
         tls.minimumTLSVersion = .tlsv12
         tls.applicationProtocols = ["backup-rpc/1"]
         if let caFile { tls.trustRoots = .file(caFile) }
+        if let (certificateFile, keyFile) = clientCertificate {
+            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certificateFile).map { .certificate($0) }
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyFile, format: .pem))
+        }
         let sslContext = try NIOSSLContext(configuration: tls)
         let isAddress = (try? SocketAddress(ipAddress: host, port: port)) != nil
         let serverHostname = isAddress ? nil : host
@@ -89,7 +95,10 @@ public final class BackupClient: Sendable {
                         for try await frame in inbound { client.deliver(frame) }
                         client.failAll(RPCError(.unavailable, "the server closed the connection"))
                     } catch {
-                        client.failAll(RPCError(.unavailable, "the connection failed: \(error)"))
+                        let detail = "\(error)"
+                        client.failAll(RPCError(.unavailable, detail.contains("CERTIFICATE_REQUIRED")
+                            ? "the server requires a client certificate (mutual TLS)"
+                            : "the connection failed: \(detail)"))
                     }
                 }
                 defer { group.cancelAll() }

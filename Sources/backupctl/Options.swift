@@ -14,6 +14,12 @@ struct GlobalOptions: ParsableArguments {
     @Option(help: "PEM file of the CA that signed the server certificate (env BACKUPCTL_CA).")
     var ca = ProcessInfo.processInfo.environment["BACKUPCTL_CA"] ?? ""
 
+    @Option(help: "Client certificate (PEM) for servers that require mutual TLS (env BACKUPCTL_CERT).")
+    var cert = ProcessInfo.processInfo.environment["BACKUPCTL_CERT"] ?? ""
+
+    @Option(help: "Key of the client certificate (env BACKUPCTL_KEY).")
+    var key = ProcessInfo.processInfo.environment["BACKUPCTL_KEY"] ?? ""
+
     @Flag(help: "Print JSON for scripts instead of tables; no progress bar.")
     var json = false
 
@@ -22,7 +28,8 @@ struct GlobalOptions: ParsableArguments {
     func withClient<T: Sendable>(_ body: @Sendable (BackupClient) async throws -> T) async throws -> T {
         guard !token.isEmpty else { throw ValidationError("a token is required: --token or BACKUPCTL_TOKEN") }
         do {
-            let settings = try ClientSettings(address: addr, token: token, caFile: ca.isEmpty ? nil : ca)
+            var settings = try ClientSettings(address: addr, token: token, caFile: ca.isEmpty ? nil : ca)
+            if !cert.isEmpty { settings.clientCertificate = (cert, key.isEmpty ? cert : key) }
             return try await BackupClient.withConnection(settings, body)
         } catch let error as RPCError {
             printError("error: \(error.code): \(error.message)")

@@ -47,6 +47,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "PEM private key of the server (env BACKUPD_TLS_KEY).")
     var key = environment("BACKUPD_TLS_KEY")
 
+    @Option(help: "Require client certificates signed by this CA (mutual TLS) (env BACKUPD_TLS_CLIENT_CA).")
+    var clientCA = environment("BACKUPD_TLS_CLIENT_CA")
+
     @Option(help: "Largest frame accepted, in bytes.")
     var maxFrameBytes = defaultMaxFrameBytes
 
@@ -99,7 +102,7 @@ struct Serve: AsyncParsableCommand {
         }
         let (host, port) = parseListen()!
         var configuration = ServerConfiguration(
-            tls: TLSSettings(certificateChainPath: cert, privateKeyPath: key),
+            tls: TLSSettings(certificateChainPath: cert, privateKeyPath: key, clientCAPath: clientCA.isEmpty ? nil : clientCA),
             catalogURL: catalogOptions.catalog, blobDirectory: blobDir)
         configuration.host = host
         configuration.port = port

@@ -31,3 +31,24 @@ import Testing
         }
     }
 }
+
+@Suite struct MutualTLSTests {
+    static let certificates = "\(projectRoot)/certs/dev"
+
+    @Test func aServerThatRequiresClientCertificatesRefusesClientsWithoutOne() async throws {
+        try await withTestServer(arguments: ["--client-ca", "\(Self.certificates)/ca.crt"]) { server in
+            await #expect(throws: (any Error).self) {
+                _ = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+            }
+            var settings = try server.settings()
+            settings.clientCertificate = ("\(Self.certificates)/client.crt", "\(Self.certificates)/client.key")
+            let info = try await BackupClient.withConnection(settings) { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+            #expect(info.callerTokenName == "test-admin")
+
+            let withCertificate = try server.backupctl(["info", "--cert", "\(Self.certificates)/client.crt", "--key", "\(Self.certificates)/client.key"])
+            #expect(withCertificate.status == 0, "\(withCertificate.standardError)")
+            let without = try server.backupctl(["info"])
+            #expect(without.status != 0 && without.standardError.contains("requires a client certificate"))
+        }
+    }
+}

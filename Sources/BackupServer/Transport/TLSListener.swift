@@ -10,10 +10,14 @@ import ServiceLifecycle
 public struct TLSSettings: Sendable {
     public var certificateChainPath: String
     public var privateKeyPath: String
+    /// When set, clients must present a certificate signed by this CA
+    /// (mutual TLS), in addition to their bearer token.
+    public var clientCAPath: String?
 
-    public init(certificateChainPath: String, privateKeyPath: String) {
+    public init(certificateChainPath: String, privateKeyPath: String, clientCAPath: String? = nil) {
         self.certificateChainPath = certificateChainPath
         self.privateKeyPath = privateKeyPath
+        self.clientCAPath = clientCAPath
     }
 }
 
@@ -60,6 +64,10 @@ actor TLSListener {
             privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.privateKeyPath, format: .pem)))
         configuration.minimumTLSVersion = .tlsv12
         configuration.applicationProtocols = [ALPN.rpc, ALPN.http]
+        if let clientCA = tls.clientCAPath {
+            configuration.trustRoots = .file(clientCA)
+            configuration.certificateVerification = .noHostnameVerification
+        }
         let sslContext = try NIOSSLContext(configuration: configuration)
         let maxFrameBytes = self.maxFrameBytes
 
