@@ -10,8 +10,10 @@ import NIOPosix
 public struct Catalog: Sendable {
     public let pool: ConnectionPool
 
-    public init(connectionString: String, maximumConnections: Int = 8, threadPool: NIOThreadPool) {
-        pool = ConnectionPool(connectionString: connectionString, maximumConnections: maximumConnections, threadPool: threadPool)
+    public init(connectionString: String, maximumConnections: Int = 8, threadPool: NIOThreadPool,
+                validateAfterIdle: Duration = .seconds(10)) {
+        pool = ConnectionPool(connectionString: connectionString, maximumConnections: maximumConnections,
+                              threadPool: threadPool, validateAfterIdle: validateAfterIdle)
     }
 
     /// Applies the migrations this catalog has not seen yet. Several

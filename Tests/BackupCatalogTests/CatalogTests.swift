@@ -8,11 +8,12 @@ import Testing
 
 /// The catalog against the private PostgreSQL cluster, one fresh database per test.
 @Suite struct CatalogTests {
-    private func withCatalog(_ body: (Catalog, String) async throws -> Void) async throws {
+    private func withCatalog(validateAfterIdle: Duration = .seconds(10), _ body: (Catalog, String) async throws -> Void) async throws {
         let database = try TestPostgres.createDatabase("catalog")
         let threadPool = NIOThreadPool(numberOfThreads: 4)
         threadPool.start()
-        let catalog = Catalog(connectionString: TestPostgres.connectionString(database), maximumConnections: 4, threadPool: threadPool)
+        let catalog = Catalog(connectionString: TestPostgres.connectionString(database), maximumConnections: 4, threadPool: threadPool,
+                              validateAfterIdle: validateAfterIdle)
         do {
             try await catalog.migrate()
             try await body(catalog, database)
@@ -31,6 +32,19 @@ import Testing
         _ = try await catalog.registerEnvironment(.with {
             $0.namespace = "acme"; $0.name = name; $0.app = "shop"; $0.databaseURL = "dbname=x"; $0.fileStorePath = "/srv/files"
         })
+    }
+
+    @Test func idleConnectionsThatDiedAreReplacedBeforeUse() async throws {
+        try await withCatalog(validateAfterIdle: .zero) { catalog, database in
+            try await register(catalog)
+            // The server drops every session of the catalog, as a restart or failover would.
+            try TestPostgres.query("postgres", """
+                SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
+                """, database)
+            try await Task.sleep(for: .milliseconds(200))
+            let environments = try await catalog.listEnvironments(namespace: "acme")
+            #expect(environments.map(\.name) == ["shop-production"])
+        }
     }
 
     @Test func migrationsRunOnceEvenWhenProcessesStartTogether() async throws {

@@ -7,14 +7,20 @@ public actor ConnectionPool {
     public let connectionString: String
     private let maximumConnections: Int
     private let threadPool: NIOThreadPool
-    private var idle: [PostgresConnection] = []
+    /// A connection idle this long is checked (`SELECT 1`) before it is lent
+    /// out: after a server restart or failover, idle connections are dead
+    /// but look healthy until used.
+    private let validateAfterIdle: Duration
+    private var idle: [(connection: PostgresConnection, since: ContinuousClock.Instant)] = []
     private var open = 0
     private var waiters: [CheckedContinuation<Void, Never>] = []
 
-    public init(connectionString: String, maximumConnections: Int, threadPool: NIOThreadPool) {
+    public init(connectionString: String, maximumConnections: Int, threadPool: NIOThreadPool,
+                validateAfterIdle: Duration = .seconds(10)) {
         self.connectionString = connectionString
         self.maximumConnections = maximumConnections
         self.threadPool = threadPool
+        self.validateAfterIdle = validateAfterIdle
     }
 
     /// Runs `body` with a connection of its own. A connection left broken or
@@ -60,7 +66,12 @@ public actor ConnectionPool {
 
     private func checkOut() async throws -> PostgresConnection {
         while true {
-            if let connection = idle.popLast() { return connection }
+            if let (connection, since) = idle.popLast() {
+                guard ContinuousClock.now - since >= validateAfterIdle else { return connection }
+                if (try? await threadPool.runIfActive { try connection.query("SELECT 1") }) != nil { return connection }
+                open -= 1  // dead: drop it and take or make another
+                continue
+            }
             if open < maximumConnections {
                 open += 1
                 do {
@@ -78,7 +89,7 @@ public actor ConnectionPool {
 
     private func checkIn(_ connection: PostgresConnection) {
         if connection.isHealthy && !connection.isInTransaction {
-            idle.append(connection)
+            idle.append((connection, ContinuousClock.now))
         } else {
             open -= 1
         }
