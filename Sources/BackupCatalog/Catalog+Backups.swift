@@ -132,12 +132,6 @@ extension Catalog {
         }
     }
 
-    /// Records a blob the store now holds. Called while holding the shared
-    /// blob lock, so garbage collection cannot interleave.
-    public static func recordBlob(_ connection: PostgresConnection, hash: ContentHash, size: UInt64) throws {
-        try connection.query("INSERT INTO blobs (sha256, size) VALUES ($1, $2) ON CONFLICT DO NOTHING", hash.hex, size)
-    }
-
     /// Deletes catalog rows of blobs no snapshot refers to and returns their
     /// hashes, for the caller to remove from the store. Returns nil, doing
     /// nothing, while any backup holds the blob lock.

@@ -7,15 +7,11 @@ public enum BackupError: Error, Equatable, CustomStringConvertible {
     case failedPrecondition(String)
     case permissionDenied(String)
     case unauthenticated(String)
-    case resourceExhausted(String)
-    case unavailable(String)
-    case dataLoss(String)
 
     public var description: String {
         switch self {
         case let .invalidArgument(message), let .notFound(message), let .alreadyExists(message),
-             let .failedPrecondition(message), let .permissionDenied(message), let .unauthenticated(message),
-             let .resourceExhausted(message), let .unavailable(message), let .dataLoss(message):
+             let .failedPrecondition(message), let .permissionDenied(message), let .unauthenticated(message):
             message
         }
     }

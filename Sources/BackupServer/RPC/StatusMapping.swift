@@ -18,9 +18,6 @@ func rpcError(for error: any Error, method: String, logger: Logger) -> RPCError 
         case .failedPrecondition: .failedPrecondition
         case .permissionDenied: .permissionDenied
         case .unauthenticated: .unauthenticated
-        case .resourceExhausted: .resourceExhausted
-        case .unavailable: .unavailable
-        case .dataLoss: .dataLoss
         }
         return RPCError(code, error.description)
     case is CancellationError:
