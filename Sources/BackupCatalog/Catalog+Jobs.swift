@@ -56,6 +56,13 @@ extension Catalog {
         return job(row)
     }
 
+    /// Ids of the jobs queued or running in any process.
+    public func activeJobIDs() async throws -> Set<String> {
+        try await pool.withConnection { connection in
+            Set(try connection.query("SELECT id FROM jobs WHERE status IN ('queued', 'running')").map { $0.string("id") })
+        }
+    }
+
     public func job(id: String) async throws -> Job {
         let id = try parseID(id, "job id")
         return try await pool.withConnection { try Self.loadJob($0, id) }

@@ -287,6 +287,28 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
         }
     }
 
+    @Test func scratchFilesOfJobsThatNoLongerRunAreSwept() async throws {
+        try await withTestServer { server in
+            let scratch = server.blobDirectory + "/tmp"
+            let orphanDump = "\(scratch)/dump-\(UUID().uuidString.lowercased()).backup"
+            let oldPartial = "\(scratch)/abandoned.partial"
+            let freshPartial = "\(scratch)/in-progress.partial"
+            for path in [orphanDump, oldPartial, freshPartial] {
+                #expect(FileManager.default.createFile(atPath: path, contents: Data("left behind".utf8)))
+            }
+            try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-2 * 86_400)], ofItemAtPath: oldPartial)
+            // A restart collects garbage at once.
+            await server.stop()
+            let restarted = try await TestServer.start(catalogDatabase: server.catalogDatabase, blobDirectory: server.blobDirectory,
+                                                       adminToken: server.adminToken)
+            try await eventually {
+                !FileManager.default.fileExists(atPath: orphanDump) && !FileManager.default.fileExists(atPath: oldPartial)
+            }
+            #expect(FileManager.default.fileExists(atPath: freshPartial))
+            await restarted.remove()
+        }
+    }
+
     @Test func watchJobStreamsProgressToTheEnd() async throws {
         try await withTestApp { app in
             try await withTestServer(arguments: ["--pg-dump", try slowPgDump(seconds: 1)]) { server in

@@ -135,9 +135,34 @@ public final class JobRunner: Service, Sendable {
             if let removed = try await catalog.collectGarbage(remove: { try blobStore.remove($0) }), removed > 0 {
                 logger.info("removed unreferenced blobs", metadata: ["count": "\(removed)"])
             }
+            try await sweepScratch()
         } catch {
             logger.error("garbage collection failed", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// Removes what jobs of a dead process left in the scratch folder: files
+    /// named for a job that no longer runs, and anything else older than a day.
+    private func sweepScratch() async throws {
+        let folder = blobStore.scratchDirectory
+        let fileManager = FileManager.default
+        // Listed before the active jobs are read: a file listed here belongs to a job that had started.
+        let names = try fileManager.contentsOfDirectory(atPath: folder)
+        let active = try await catalog.activeJobIDs()
+        let dayAgo = Date().addingTimeInterval(-86_400)
+        var removed = 0
+        for name in names {
+            let path = "\(folder)/\(name)"
+            let stale: Bool
+            if let jobID = name.firstMatch(of: /^(?:dump|restore)-([0-9a-f-]{36})\.backup$/)?.output.1 {
+                stale = !active.contains(String(jobID))
+            } else {
+                let modified = (try? fileManager.attributesOfItem(atPath: path)[.modificationDate] as? Date) ?? Date()
+                stale = modified < dayAgo
+            }
+            if stale, (try? fileManager.removeItem(atPath: path)) != nil { removed += 1 }
+        }
+        if removed > 0 { logger.info("removed leftover scratch files", metadata: ["count": "\(removed)"]) }
     }
 
     private func execute(_ claimed: ClaimedJob, recovering: Bool) async {
