@@ -78,11 +78,16 @@ extension Catalog {
                 WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
                 RETURNING id, environment_id, actor
                 """, owner, leaseSeconds).first else { return nil }
-            let environment = try connection.query(
-                "SELECT \(Self.environmentColumns) FROM environments e WHERE e.id = $1", claimed.int64("environment_id"))[0]
-            return ClaimedJob(job: try Self.loadJob(connection, claimed.string("id")),
-                              environment: Self.environment(environment), actor: claimed.string("actor"))
+            return try Self.claimedJob(connection, claimed)
         }
+    }
+
+    /// A job just claimed (a row of `id, environment_id, actor`), with its environment.
+    static func claimedJob(_ connection: PostgresConnection, _ claimed: PostgresRow) throws -> ClaimedJob {
+        let environment = try connection.query(
+            "SELECT \(environmentColumns) FROM environments e WHERE e.id = $1", claimed.int64("environment_id"))[0]
+        return ClaimedJob(job: try loadJob(connection, claimed.string("id")),
+                          environment: Self.environment(environment), actor: claimed.string("actor"))
     }
 
     /// Extends a lease; false when this owner no longer holds the job.

@@ -77,7 +77,9 @@ extension Catalog {
     /// The backup a restore job restores, and its plan if it has one yet.
     public func restoreWork(jobID: String) async throws -> RestoreWork {
         try await pool.withConnection { connection in
-            guard let row = try connection.query("SELECT * FROM restores WHERE job_id = $1", jobID).first else {
+            guard let row = try connection.query("""
+                SELECT r.*, s.source_database_bytes FROM restores r JOIN snapshots s ON s.id = r.snapshot_id WHERE r.job_id = $1
+                """, jobID).first else {
                 throw BackupError.notFound("restore job \(jobID) does not exist")
             }
             var plan = RestorePlan()
@@ -85,11 +87,10 @@ extension Catalog {
             plan.previousDatabase = row.string("previous_database"); plan.fileStore = row.string("file_store")
             plan.stagingFolder = row.string("staging_folder"); plan.previousFolder = row.string("previous_folder")
             plan.swapStarted = row.bool("swap_started")
-            let size = try connection.query("SELECT source_database_bytes FROM snapshots WHERE id = $1", row.string("snapshot_id"))
             return RestoreWork(backup: try Self.loadBackup(connection, row.string("snapshot_id")),
                                databaseOnly: row.bool("database_only"),
                                plan: plan.stagingDatabase.isEmpty ? nil : plan,
-                               sourceDatabaseBytes: size.first?.uint64("source_database_bytes") ?? 0)
+                               sourceDatabaseBytes: row.uint64("source_database_bytes"))
         }
     }
 
@@ -115,10 +116,7 @@ extension Catalog {
                             ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
                 RETURNING id, environment_id, actor
                 """, owner, leaseSeconds).first else { return nil }
-            let environment = try connection.query(
-                "SELECT \(Self.environmentColumns) FROM environments e WHERE e.id = $1", claimed.int64("environment_id"))[0]
-            return ClaimedJob(job: try Self.loadJob(connection, claimed.string("id")),
-                              environment: Self.environment(environment), actor: claimed.string("actor"))
+            return try Self.claimedJob(connection, claimed)
         }
     }
 }

@@ -27,12 +27,9 @@ private func jsonObject(_ message: UnsafeMutableRawPointer, _ descriptor: Unsafe
         let field = descriptor.pointee.fields.advanced(by: index)
         let name = String(cString: field.pointee.name)
         let offset = Int(field.pointee.offset)
-        if field.pointee.flags & PROTOBUF_C_FIELD_FLAG_ONEOF.rawValue != 0,
-           message.load(fromByteOffset: Int(field.pointee.quantifier_offset), as: UInt32.self) != field.pointee.id {
-            continue
-        }
+        guard field.isPresent(in: message) else { continue }
         if field.pointee.label.rawValue == CType.repeatedLabel {
-            let count = message.load(fromByteOffset: Int(field.pointee.quantifier_offset), as: Int.self)
+            let count = field.count(in: message)
             guard count > 0, let array = message.load(fromByteOffset: offset, as: UnsafeMutableRawPointer?.self) else { continue }
             let stride = jsonValueStride(field)
             object[name] = (0..<count).compactMap { jsonValue(array + $0 * stride, field) }

@@ -134,10 +134,10 @@ public struct FieldMap {
     public mutating func field(_ id: UInt32, _ value: inout String) {
         let field = self.field(id)
         if let arena {
-            guard !value.isEmpty || isOneof(field) else { return }
+            guard !value.isEmpty || field.isOneofMember else { return }
             store(arena.cString(value), in: field)
         } else {
-            let pointer: UnsafePointer<CChar>? = isPresent(field) ? load(field) : nil
+            let pointer: UnsafePointer<CChar>? = field.isPresent(in: message) ? load(field) : nil
             value = pointer.map { String(cString: $0) } ?? ""
         }
     }
@@ -145,10 +145,10 @@ public struct FieldMap {
     public mutating func field(_ id: UInt32, _ value: inout [UInt8]) {
         let field = self.field(id)
         if let arena {
-            guard !value.isEmpty || isOneof(field) else { return }
+            guard !value.isEmpty || field.isOneofMember else { return }
             store(ProtobufCBinaryData(len: value.count, data: arena.bytes(value)), in: field)
         } else {
-            guard isPresent(field) else { value = []; return }
+            guard field.isPresent(in: message) else { value = []; return }
             let data: ProtobufCBinaryData = load(field)
             value = data.len == 0 ? [] : Array(UnsafeBufferPointer(start: data.data, count: data.len))
         }
@@ -182,7 +182,7 @@ public struct FieldMap {
             value.write(into: nested, descriptor: nestedDescriptor, arena: arena)
             store(nested, in: field)
         } else {
-            let nested: UnsafeMutableRawPointer? = isPresent(field) ? load(field) : nil
+            let nested: UnsafeMutableRawPointer? = field.isPresent(in: message) ? load(field) : nil
             value = nested.map { M(reading: $0, descriptor: nestedDescriptor) }
         }
     }
@@ -210,8 +210,7 @@ public struct FieldMap {
 
     /// The field number set in the oneof that `memberID` belongs to, 0 if none.
     public func oneofCase(of memberID: UInt32) -> UInt32 {
-        let field = self.field(memberID)
-        return message.load(fromByteOffset: Int(field.pointee.quantifier_offset), as: UInt32.self)
+        field(memberID).oneofCase(in: message)
     }
 
     // MARK: Plumbing
@@ -223,13 +222,6 @@ public struct FieldMap {
         return field
     }
 
-    private func isOneof(_ field: UnsafePointer<ProtobufCFieldDescriptor>) -> Bool {
-        field.pointee.flags & PROTOBUF_C_FIELD_FLAG_ONEOF.rawValue != 0
-    }
-
-    private func isPresent(_ field: UnsafePointer<ProtobufCFieldDescriptor>) -> Bool {
-        !isOneof(field) || oneofCase(of: field.pointee.id) == field.pointee.id
-    }
 
     private func load<T>(_ field: UnsafePointer<ProtobufCFieldDescriptor>) -> T {
         message.load(fromByteOffset: Int(field.pointee.offset), as: T.self)
@@ -237,7 +229,7 @@ public struct FieldMap {
 
     private func store<T>(_ value: T, in field: UnsafePointer<ProtobufCFieldDescriptor>) {
         message.storeBytes(of: value, toByteOffset: Int(field.pointee.offset), as: T.self)
-        if isOneof(field) {
+        if field.isOneofMember {
             message.storeBytes(of: field.pointee.id, toByteOffset: Int(field.pointee.quantifier_offset), as: UInt32.self)
         }
     }
@@ -245,10 +237,10 @@ public struct FieldMap {
     private mutating func scalar<T: FixedWidthInteger>(_ id: UInt32, _ value: inout T) {
         let field = self.field(id)
         if arena != nil {
-            guard value != 0 || isOneof(field) else { return }
+            guard value != 0 || field.isOneofMember else { return }
             store(value, in: field)
         } else {
-            value = isPresent(field) ? load(field) : 0
+            value = field.isPresent(in: message) ? load(field) : 0
         }
     }
 
@@ -266,9 +258,30 @@ public struct FieldMap {
             message.storeBytes(of: values.count, toByteOffset: countOffset, as: Int.self)
             message.storeBytes(of: UnsafeMutableRawPointer(array), toByteOffset: Int(field.pointee.offset), as: UnsafeMutableRawPointer.self)
         } else {
-            let count = message.load(fromByteOffset: countOffset, as: Int.self)
+            let count = field.count(in: message)
             guard count > 0, let array: UnsafeMutablePointer<UnsafeMutableRawPointer?> = load(field) else { values = []; return }
             values = (0..<count).map { read(array[$0]) }
         }
+    }
+}
+
+/// Where protobuf-c keeps a field's presence and length in its message
+/// struct; shared by `FieldMap` and the JSON walker.
+extension UnsafePointer where Pointee == ProtobufCFieldDescriptor {
+    var isOneofMember: Bool { pointee.flags & PROTOBUF_C_FIELD_FLAG_ONEOF.rawValue != 0 }
+
+    /// The field number set in this member's oneof, 0 if none.
+    func oneofCase(in message: UnsafeMutableRawPointer) -> UInt32 {
+        message.load(fromByteOffset: Int(pointee.quantifier_offset), as: UInt32.self)
+    }
+
+    /// False only for a oneof member other than the one set.
+    func isPresent(in message: UnsafeMutableRawPointer) -> Bool {
+        !isOneofMember || oneofCase(in: message) == pointee.id
+    }
+
+    /// The number of elements of a repeated field.
+    func count(in message: UnsafeMutableRawPointer) -> Int {
+        message.load(fromByteOffset: Int(pointee.quantifier_offset), as: Int.self)
     }
 }

@@ -5,15 +5,6 @@ import BackupWire
 import Foundation
 import Testing
 
-/// A pg_dump that waits before running the real one, to hold a backup open
-/// long enough to act on it while it runs.
-func slowPgDump(seconds: Int) throws -> String {
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent("slow-pg-dump-\(UUID().uuidString)").path
-    try "#!/bin/sh\nsleep \(seconds)\nexec /usr/bin/pg_dump \"$@\"\n".write(toFile: path, atomically: true, encoding: .utf8)
-    chmod(path, 0o755)
-    return path
-}
-
 func createBackup(_ client: BackupClient, comment: String = "") async throws -> CreateBackupResponse {
     try await client.unary(Backups.createBackup, .with {
         $0.namespace = TestServer.namespace; $0.environment = "shop-production"; $0.comment = comment
@@ -166,7 +157,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func anEnvironmentRunsOneJobAtATime() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--pg-dump", try slowPgDump(seconds: 2)]) { server in
+            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 2)]) { server in
                 try await server.register(app)
                 let outcomes = try await server.withClient { client in
                     try await withThrowingTaskGroup(of: Result<CreateBackupResponse, RPCError>.self) { group in
@@ -311,7 +302,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func watchJobStreamsProgressToTheEnd() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--pg-dump", try slowPgDump(seconds: 1)]) { server in
+            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 1)]) { server in
                 try await server.register(app)
                 let updates = try await server.withClient { client in
                     let created = try await createBackup(client)
@@ -329,7 +320,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func aDeadlineEndsACallThatRunsTooLong() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--pg-dump", try slowPgDump(seconds: 3)]) { server in
+            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 3)]) { server in
                 try await server.register(app)
                 try await server.withClient { client in
                     let created = try await createBackup(client)

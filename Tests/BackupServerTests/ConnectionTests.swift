@@ -109,7 +109,7 @@ import Testing
 
     @Test func aCancelFrameEndsAStreamingCall() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--pg-dump", try slowPgDump(seconds: 5)]) { server in
+            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 5)]) { server in
                 try await server.register(app)
                 let created = try await server.withClient { try await createBackup($0) }
                 let opening = encode([
@@ -141,7 +141,7 @@ import Testing
 
     @Test func shutdownFailsTheRunningJobWithItsReasonAndExitsCleanly() async throws {
         try await withTestApp { app in
-            let server = try await TestServer.start(arguments: ["--pg-dump", try slowPgDump(seconds: 60)])
+            let server = try await TestServer.start(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 60)])
             do {
                 try await server.register(app)
                 let created = try await server.withClient { try await createBackup($0) }
@@ -166,7 +166,7 @@ import Testing
 
     @Test func aJobOfAKilledServerIsFailedWhenItsLeaseRunsOut() async throws {
         try await withTestApp { app in
-            let first = try await TestServer.start(arguments: ["--pg-dump", try slowPgDump(seconds: 60), "--job-lease-seconds", "2"])
+            let first = try await TestServer.start(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 60), "--job-lease-seconds", "2"])
             try await first.register(app)
             let created = try await first.withClient { try await createBackup($0) }
             try await eventually {

@@ -4,12 +4,9 @@ import BackupWire
 import Foundation
 import Testing
 
-/// A wrapper that records its arguments, then runs the real tool.
+/// A tool that records its arguments before it runs.
 func recordingTool(_ tool: String, log: String) throws -> String {
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent("recording-\(tool)-\(UUID().uuidString)").path
-    try "#!/bin/sh\necho \"$@\" >> '\(log)'\nexec /usr/bin/\(tool) \"$@\"\n".write(toFile: path, atomically: true, encoding: .utf8)
-    chmod(path, 0o755)
-    return path
+    try wrappedTool(tool, running: "echo \"$@\" >> '\(log)'")
 }
 
 @Suite(.serialized) struct PasswordTests {

@@ -5,15 +5,6 @@ import BackupWire
 import Foundation
 import Testing
 
-/// A wrapper that waits before running a real PostgreSQL tool, to hold a job
-/// in that step long enough to act on it.
-func slowTool(_ tool: String, seconds: Int) throws -> String {
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent("slow-\(tool)-\(UUID().uuidString)").path
-    try "#!/bin/sh\nsleep \(seconds)\nexec /usr/bin/\(tool) \"$@\"\n".write(toFile: path, atomically: true, encoding: .utf8)
-    chmod(path, 0o755)
-    return path
-}
-
 /// Everything a restore may change about an environment, to compare before and after.
 struct EnvironmentState: Equatable {
     let tables: [String: String]
@@ -164,7 +155,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
 
     @Test func everyPreconditionIsCheckedBeforeAnythingIsTouched() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--pg-dump", try slowPgDump(seconds: 3)]) { server in
+            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 3)]) { server in
                 let backup = try await finishedBackup(server, app)
                 let before = try EnvironmentState(app)
                 let viewer = try await server.makeToken(.viewer, name: "viewer")

@@ -209,3 +209,18 @@ public func waitForJob(_ id: String, on client: BackupClient, timeout: Duration 
     }
     throw TestSupportError("job \(id) did not end within \(timeout)")
 }
+
+/// A stand-in for a PostgreSQL client tool: a script that runs one shell
+/// line (`sleep 3`, say, to hold a job in that step) and then the real tool
+/// with every argument it was given.
+public func wrappedTool(_ tool: String, running line: String) throws -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(tool)-wrapper-\(UUID().uuidString)").path
+    try "#!/bin/sh\n\(line)\nexec /usr/bin/\(tool) \"$@\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+    chmod(path, 0o755)
+    return path
+}
+
+/// A tool that waits `seconds` before it runs.
+public func slowTool(_ tool: String, seconds: Int) throws -> String {
+    try wrappedTool(tool, running: "sleep \(seconds)")
+}

@@ -27,15 +27,7 @@ public actor ConnectionPool {
     /// inside a transaction is closed rather than reused.
     @discardableResult
     public func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        let connection = try await checkOut()
-        do {
-            let value = try await threadPool.runIfActive { try body(connection) }
-            checkIn(connection)
-            return value
-        } catch {
-            checkIn(connection)
-            throw error
-        }
+        try await withReservedConnection { try await $0.run(body) }
     }
 
     /// Runs `body` in a transaction on a connection of its own.

@@ -91,7 +91,7 @@ struct BackupJob: Sendable {
 
         var stored: [(key: String, blob: StoredBlob)] = []
         stored.reserveCapacity(files.count)
-        try await inBatches(files, width: ProcessInfo.processInfo.activeProcessorCount, threadPool: threadPool) { file in
+        try await inBatches(files, threadPool: threadPool) { file in
             (key: file.key, blob: try blobStore.put(contentsOf: file.path))
         } completed: { blobs in
             try await ledger.record(blobs.map(\.blob))
@@ -105,23 +105,10 @@ struct BackupJob: Sendable {
     /// dump file has grown while it runs.
     private func dump(_ databaseURL: String, snapshot: String, to path: String,
                       written: @escaping @Sendable (UInt64) async -> Void) async throws {
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            let (url, password) = try ConnectionString.withoutPassword(databaseURL)
-            group.addTask {
-                try await runSubprocess(tools.pgDump, [
-                    "--format=custom", "--no-owner", "--no-privileges", "--snapshot=\(snapshot)",
-                    "--file=\(path)", "--dbname=\(url)",
-                ], environment: password.map { ["PGPASSWORD": $0] } ?? [:],
-                threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory)
-            }
-            group.addTask {
-                while true {
-                    try await Task.sleep(for: .milliseconds(500))
-                    await written(fileSize(path))
-                }
-            }
-            try await group.next()
-            group.cancelAll()
+        try await runPostgresTool(tools.pgDump, [
+            "--format=custom", "--no-owner", "--no-privileges", "--snapshot=\(snapshot)", "--file=\(path)",
+        ], database: databaseURL, threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory) {
+            await written(fileSize(path))
         }
         await written(fileSize(path))
     }

@@ -1,11 +1,12 @@
+import Foundation
 import NIOPosix
 
 /// Runs blocking per-file work (hashing, copying, linking) on the thread
-/// pool in batches, `width` batches at a time, handing each finished batch's
+/// pool in batches, `width` batches at a time (default: one per core), handing each finished batch's
 /// results to `completed` on the calling task. Cancellation stops it between
 /// batches.
 func inBatches<Item: Sendable, Result: Sendable>(
-    _ items: [Item], size: Int = 64, width: Int, threadPool: NIOThreadPool,
+    _ items: [Item], size: Int = 64, width: Int = ProcessInfo.processInfo.activeProcessorCount, threadPool: NIOThreadPool,
     _ work: @escaping @Sendable (Item) throws -> Result,
     completed: ([Result]) async throws -> Void
 ) async throws {

@@ -115,7 +115,7 @@ struct RestoreJob: Sendable {
             try Data().write(to: URL(fileURLWithPath: "\(plan.stagingFolder)/\(Self.marker(claimed.job.id))"))
         }
         let stagingFolder = plan.stagingFolder
-        try await inBatches(files, width: ProcessInfo.processInfo.activeProcessorCount, threadPool: threadPool) { file in
+        try await inBatches(files, threadPool: threadPool) { file in
             guard let hash = ContentHash(hex: file.hash) else {
                 throw JobFailure(description: "file document \(file.key) has no valid content hash")
             }
@@ -135,29 +135,15 @@ struct RestoreJob: Sendable {
     /// Runs pg_restore into the staging database, reporting its size as it grows.
     private func restoreDump(_ dumpPath: String, into stagingURL: String,
                              progress: @escaping @Sendable (UInt64) async -> Void) async throws {
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            let (url, password) = try ConnectionString.withoutPassword(stagingURL)
-            group.addTask {
-                try await runSubprocess(tools.pgRestore, [
-                    "--no-owner", "--no-privileges", "--exit-on-error", "--jobs=\(parallelJobs)",
-                    "--dbname=\(url)", dumpPath,
-                ], environment: password.map { ["PGPASSWORD": $0] } ?? [:],
-                threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory)
-            }
-            group.addTask {
-                // One connection for the whole restore; it closes with this task, before the swap.
-                let monitor = try? await threadPool.runIfActive { try PostgresConnection(stagingURL) }
-                while true {
-                    try await Task.sleep(for: .milliseconds(500))
-                    guard let monitor else { continue }
-                    let size = try? await threadPool.runIfActive {
-                        try monitor.query("SELECT pg_database_size(current_database()) AS size")[0].uint64("size")
-                    }
-                    if let size { await progress(size) }
-                }
-            }
-            try await group.next()
-            group.cancelAll()
+        // One connection watches the size; it closes when this returns, before the swap.
+        let monitor = try? await threadPool.runIfActive { try PostgresConnection(stagingURL) }
+        try await runPostgresTool(tools.pgRestore, [
+            "--no-owner", "--no-privileges", "--exit-on-error", "--jobs=\(parallelJobs)", dumpPath,
+        ], database: stagingURL, threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory) {
+            guard let monitor, let size = try? await threadPool.runIfActive({
+                try monitor.query("SELECT pg_database_size(current_database()) AS size")[0].uint64("size")
+            }) else { return }
+            await progress(size)
         }
     }
 
@@ -184,12 +170,7 @@ struct RestoreJob: Sendable {
     /// swap fails.
     private func swap(_ claimed: ClaimedJob, _ plan: RestorePlan) async throws {
         let environment = claimed.environment
-        if !plan.fileStore.isEmpty {
-            try? FileManager.default.removeItem(atPath: plan.previousFolder)
-        }
-        try await onAppServer(environment, database: "postgres") { connection in
-            try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(plan.previousDatabase)) WITH (FORCE)")
-        }
+        try await drop(database: plan.previousDatabase, folder: plan.previousFolder, on: environment)
         var started = plan
         started.swapStarted = true
         try await catalog.recordRestorePlan(jobID: claimed.job.id, started)
@@ -220,17 +201,12 @@ struct RestoreJob: Sendable {
             }
         } catch {
             // The commit may have happened even though its answer was lost.
-            let stagingExists = try? await onAppServer(environment, database: "postgres") { connection in
-                !(try connection.query("SELECT 1 FROM pg_database WHERE datname = $1", plan.stagingDatabase).isEmpty)
-            }
-            guard stagingExists == false else {
+            guard (try? await databaseExists(plan.stagingDatabase, on: environment)) == false else {
                 if !plan.fileStore.isEmpty { try? unswapFolders(plan, jobID: claimed.job.id) }
                 throw JobFailure(description: "the database swap failed, the target is unchanged: \(describeJobError(error))")
             }
         }
-        if !plan.fileStore.isEmpty {
-            unlink("\(plan.fileStore)/\(Self.marker(claimed.job.id))")
-        }
+        removeMarker(plan, jobID: claimed.job.id)
     }
 
     private func swapFolders(_ plan: RestorePlan) throws {
@@ -261,23 +237,31 @@ struct RestoreJob: Sendable {
 
     /// Drops what the swap moved aside, when configured not to keep it.
     private func dropPrevious(_ environment: Environment, _ plan: RestorePlan) async {
-        _ = try? await onAppServer(environment, database: "postgres") { connection in
-            try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(plan.previousDatabase)) WITH (FORCE)")
-        }
-        if !plan.previousFolder.isEmpty {
-            try? FileManager.default.removeItem(atPath: plan.previousFolder)
-        }
+        try? await drop(database: plan.previousDatabase, folder: plan.previousFolder, on: environment)
     }
 
     /// Drops the staging database and folder. Never touches the target.
-    private func removeStaging(_ environment: Environment, _ plan: RestorePlan?) async {
-        guard let plan else { return }
-        _ = try? await onAppServer(environment, database: "postgres") { connection in
-            try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(plan.stagingDatabase)) WITH (FORCE)")
+    private func removeStaging(_ environment: Environment, _ plan: RestorePlan) async {
+        try? await drop(database: plan.stagingDatabase, folder: plan.stagingFolder, on: environment)
+    }
+
+    /// Removes a folder (if named) and drops a database on the environment's server, ending its sessions.
+    private func drop(database: String, folder: String, on environment: Environment) async throws {
+        if !folder.isEmpty { try? FileManager.default.removeItem(atPath: folder) }
+        try await onAppServer(environment, database: "postgres") { connection in
+            try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(database)) WITH (FORCE)")
         }
-        if !plan.stagingFolder.isEmpty {
-            try? FileManager.default.removeItem(atPath: plan.stagingFolder)
+    }
+
+    private func databaseExists(_ name: String, on environment: Environment) async throws -> Bool {
+        try await onAppServer(environment, database: "postgres") { connection in
+            !(try connection.query("SELECT 1 FROM pg_database WHERE datname = $1", name).isEmpty)
         }
+    }
+
+    /// Removes the job's marker from the restored file store, once the restore is complete.
+    private func removeMarker(_ plan: RestorePlan, jobID: String) {
+        if !plan.fileStore.isEmpty { unlink("\(plan.fileStore)/\(Self.marker(jobID))") }
     }
 
     /// Takes over a restore whose process died: if its database swap had
@@ -288,11 +272,8 @@ struct RestoreJob: Sendable {
         guard let plan = work.plan else {
             throw JobFailure(description: "backupd stopped before the restore began; the target is unchanged")
         }
-        let stagingExists = try await onAppServer(claimed.environment, database: "postgres") { connection in
-            !(try connection.query("SELECT 1 FROM pg_database WHERE datname = $1", plan.stagingDatabase).isEmpty)
-        }
-        if plan.swapStarted && !stagingExists {
-            if !plan.fileStore.isEmpty { unlink("\(plan.fileStore)/\(Self.marker(claimed.job.id))") }
+        if plan.swapStarted, try await !databaseExists(plan.stagingDatabase, on: claimed.environment) {
+            removeMarker(plan, jobID: claimed.job.id)
             try await catalog.finishJob(id: claimed.job.id, owner: owner, detail: "completed after backupd restarted")
             return
         }

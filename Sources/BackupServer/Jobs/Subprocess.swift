@@ -1,4 +1,5 @@
 import Foundation
+import BackupCatalog
 import NIOPosix
 
 /// A failed external command, with what it wrote to standard error.
@@ -90,5 +91,30 @@ private func markDescriptorsCloseOnExec() {
     for descriptor in entries.compactMap({ Int32($0) }) where descriptor > 2 {
         let flags = fcntl(descriptor, F_GETFD)
         if flags >= 0 && flags & FD_CLOEXEC == 0 { _ = fcntl(descriptor, F_SETFD, flags | FD_CLOEXEC) }
+    }
+}
+
+/// Runs a PostgreSQL client tool (pg_dump, pg_restore) against a database.
+/// The connection string goes to `--dbname` without its password, which goes
+/// in PGPASSWORD, so no process listing shows it. While the tool runs,
+/// `whileRunning` is called every half second, for progress.
+func runPostgresTool(_ executable: String, _ arguments: [String], database connectionString: String,
+                     threadPool: NIOThreadPool, scratchDirectory: String,
+                     whileRunning: @escaping @Sendable () async -> Void) async throws {
+    let (url, password) = try ConnectionString.withoutPassword(connectionString)
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask {
+            try await runSubprocess(executable, ["--dbname=\(url)"] + arguments,
+                                    environment: password.map { ["PGPASSWORD": $0] } ?? [:],
+                                    threadPool: threadPool, scratchDirectory: scratchDirectory)
+        }
+        group.addTask {
+            while true {
+                try await Task.sleep(for: .milliseconds(500))
+                await whileRunning()
+            }
+        }
+        try await group.next()
+        group.cancelAll()
     }
 }
