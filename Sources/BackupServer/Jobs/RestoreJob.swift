@@ -247,7 +247,10 @@ struct RestoreJob: Sendable {
 
     /// Removes a folder (if named) and drops a database on the environment's server, ending its sessions.
     private func drop(database: String, folder: String, on environment: Environment) async throws {
-        if !folder.isEmpty { try? FileManager.default.removeItem(atPath: folder) }
+        if !folder.isEmpty {
+            // A file store can hold many files: removing it blocks, so it runs on the thread pool.
+            _ = try? await threadPool.runIfActive { try FileManager.default.removeItem(atPath: folder) }
+        }
         try await onAppServer(environment, database: "postgres") { connection in
             try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(database)) WITH (FORCE)")
         }
