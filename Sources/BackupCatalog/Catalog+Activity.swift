@@ -22,7 +22,7 @@ extension Catalog {
                 WHERE namespace = $1 AND ($2 = '' OR environment = $2) AND ($3::bigint IS NULL OR id < $3)
                 ORDER BY id DESC LIMIT $4
                 """, namespace, environment, after, limit + 1)
-            let items = rows.prefix(limit).map { row in
+            return Page(rows, limit: limit, cursor: "id") { row in
                 Activity.with {
                     $0.atUnixMS = row.int64("at_ms"); $0.namespace = row.string("namespace")
                     $0.environment = row.string("environment"); $0.action = row.string("action")
@@ -30,8 +30,6 @@ extension Catalog {
                     $0.backupID = row.string("snapshot_id"); $0.detail = row.string("detail")
                 }
             }
-            let next = rows.count > limit ? rows[limit - 1].string("id") : ""
-            return Page(items: items, nextPageToken: next)
         }
     }
 }

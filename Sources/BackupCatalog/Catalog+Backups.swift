@@ -86,8 +86,7 @@ extension Catalog {
                 """, filter.namespace, filter.environment,
                 filter.kind == .unspecified ? "" : filter.kind.description,
                 filter.status == .unspecified ? "" : filter.status.description, after, limit + 1)
-            let next = rows.count > limit ? rows[limit - 1].string("seq") : ""
-            return Page(items: rows.prefix(limit).map(Self.backup), nextPageToken: next)
+            return Page(rows, limit: limit, cursor: "seq", item: Self.backup)
         }
     }
 

@@ -29,9 +29,6 @@ extension Catalog {
         try validateName(request.name, "environment name")
         guard !request.app.isEmpty else { throw BackupError.invalidArgument("app is required") }
         guard !request.databaseURL.isEmpty else { throw BackupError.invalidArgument("database_url is required") }
-        guard request.fileStorePath.hasPrefix("/") else {
-            throw BackupError.invalidArgument("file_store_path \"\(request.fileStorePath)\" must be an absolute path")
-        }
         let state: EnvironmentState = request.state == .unspecified ? .running : request.state
         let fileQuery = request.fileQuery.isEmpty ? mendixFileQuery : request.fileQuery
         return try await pool.transaction { connection in
@@ -61,10 +58,7 @@ extension Catalog {
     }
 
     public func updateEnvironment(_ request: UpdateEnvironmentRequest) async throws -> Environment {
-        if !request.fileStorePath.isEmpty && !request.fileStorePath.hasPrefix("/") {
-            throw BackupError.invalidArgument("file_store_path \"\(request.fileStorePath)\" must be an absolute path")
-        }
-        return try await pool.transaction { connection in
+        try await pool.transaction { connection in
             let id = try Self.environmentID(connection, request.namespace, request.name)
             try connection.query("""
                 UPDATE environments SET
@@ -117,6 +111,15 @@ extension Catalog {
         }
     }
 
+    /// The file stores of every environment but one, named `namespace/name`.
+    public func fileStores(excludingNamespace namespace: String, name: String) async throws -> [(name: String, path: String)] {
+        try await pool.withConnection { connection in
+            try connection.query("""
+                SELECT namespace || '/' || name AS name, file_store_path FROM environments WHERE NOT (namespace = $1 AND name = $2)
+                """, namespace, name).map { (name: $0.string("name"), path: $0.string("file_store_path")) }
+        }
+    }
+
     static func loadEnvironment(_ connection: PostgresConnection, _ namespace: String, _ name: String) throws -> Environment {
         guard let row = try connection.query(
             "SELECT \(environmentColumns) FROM environments e WHERE e.namespace = $1 AND e.name = $2", namespace, name
@@ -138,7 +141,7 @@ extension Catalog {
 
 /// Namespace and environment names: 1 to 63 lowercase letters, digits and
 /// '-', starting with a letter or digit.
-func validateName(_ name: String, _ what: String) throws(BackupError) {
+public func validateName(_ name: String, _ what: String) throws(BackupError) {
     let bytes = Array(name.utf8)
     let valid = (1...63).contains(bytes.count) && bytes.allSatisfy { (97...122).contains($0) || (48...57).contains($0) || $0 == 45 }
         && bytes.first != 45

@@ -28,16 +28,26 @@ extension Catalog {
 
     static let tokenColumns = "id, name, namespace, role, unix_ms(created_at) AS created_ms, unix_ms(revoked_at) AS revoked_ms"
 
-    /// Makes a token and returns it with its secret, which is stored only as a hash.
+    /// Makes a token and returns it with its secret, which is stored only as
+    /// a hash. A platform token has no namespace; every other has one.
     public func createToken(namespace: String, role: Role, name: String) async throws -> (Token, String) {
-        try validateName(namespace, "namespace")
-        guard role != .unspecified else { throw BackupError.invalidArgument("role must be viewer, operator or admin") }
+        guard role != .unspecified else { throw BackupError.invalidArgument("role must be viewer, operator, admin or platform") }
+        if role == .platform {
+            guard namespace.isEmpty else {
+                throw BackupError.invalidArgument("a platform token belongs to no namespace; leave namespace empty, not \"\(namespace)\"")
+            }
+        } else {
+            try validateName(namespace, "namespace")
+        }
         guard !name.isEmpty else { throw BackupError.invalidArgument("token name is required") }
         let secret = AccessTokenSecret.generate()
         let hash = AccessTokenSecret.hash(secret).hex
         let id = UUID().uuidString.lowercased()
         let token = try await pool.transaction { connection in
-            try connection.query("INSERT INTO namespaces (name) VALUES ($1) ON CONFLICT DO NOTHING", namespace)
+            let namespace: String? = role == .platform ? nil : namespace
+            if let namespace {
+                try connection.query("INSERT INTO namespaces (name) VALUES ($1) ON CONFLICT DO NOTHING", namespace)
+            }
             try connection.query("INSERT INTO tokens (id, name, namespace, role, secret_sha256) VALUES ($1, $2, $3, $4, $5)",
                                  id, name, namespace, role.description, hash)
             return Self.token(try connection.query("SELECT \(Self.tokenColumns) FROM tokens WHERE id = $1", id)[0])
@@ -55,9 +65,12 @@ extension Catalog {
         }
     }
 
+    /// The tokens of a namespace; an empty namespace lists the platform tokens.
     public func listTokens(namespace: String) async throws -> [Token] {
         try await pool.withConnection { connection in
-            try connection.query("SELECT \(Self.tokenColumns) FROM tokens WHERE namespace = $1 ORDER BY created_at", namespace)
+            try connection.query("""
+                SELECT \(Self.tokenColumns) FROM tokens WHERE namespace IS NOT DISTINCT FROM NULLIF($1, '') ORDER BY created_at
+                """, namespace)
                 .map(Self.token)
         }
     }
@@ -81,6 +94,14 @@ extension Catalog {
                 throw BackupError.notFound("token \(id) does not exist")
             }
             return Self.token(row)
+        }
+    }
+
+    /// Which of these token ids have been revoked.
+    public func revokedTokens(among ids: [String]) async throws -> [String] {
+        try await pool.withConnection { connection in
+            try connection.query("SELECT id FROM tokens WHERE id = ANY($1::uuid[]) AND revoked_at IS NOT NULL", ids)
+                .map { $0.string("id") }
         }
     }
 }

@@ -22,6 +22,7 @@ public struct Catalog: Sendable {
         try await pool.withConnection { connection in
             try connection.query("SELECT pg_advisory_lock(\(AdvisoryLock.migrations))")
             defer { _ = try? connection.query("SELECT pg_advisory_unlock(\(AdvisoryLock.migrations))") }
+            try Self.refuseForeignDatabase(connection)
             try connection.query("""
                 CREATE TABLE IF NOT EXISTS schema_migrations (
                     version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())
@@ -36,9 +37,36 @@ public struct Catalog: Sendable {
         }
     }
 
+    /// A database that holds tables but no `schema_migrations` is someone
+    /// else's (an app's, say): backupd never creates its schema there.
+    private static func refuseForeignDatabase(_ connection: PostgresConnection) throws {
+        let row = try connection.query("""
+            SELECT to_regclass('public.schema_migrations') IS NOT NULL AS ours, current_database() AS name,
+                   (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+                      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)') AS relations
+            """)[0]
+        guard row.bool("ours") || row.int64("relations") == 0 else {
+            throw CatalogError.foreignDatabase(
+                "database \(row.string("name")) has \(row.int64("relations")) relations but no backupd schema_migrations table; "
+                    + "it is not a backupd catalog, and backupd will not create its schema there")
+        }
+    }
+
     /// The PostgreSQL version of the catalog database.
     public func serverVersion() async throws -> String {
         try await pool.withConnection { $0.serverVersion }
+    }
+}
+
+/// Why the catalog cannot be used at all.
+public enum CatalogError: Error, CustomStringConvertible {
+    case foreignDatabase(String)
+
+    public var description: String {
+        switch self {
+        case let .foreignDatabase(message): message
+        }
     }
 }
 
@@ -65,8 +93,29 @@ extension Array: PostgresEncodable where Element == String {
 
 /// A page of results and where the next one starts.
 public struct Page<Item: Sendable>: Sendable {
-    public var items: [Item]
-    public var nextPageToken: String
+    public private(set) var items: [Item]
+    /// Each item's page token: where a page that ends with it continues.
+    private var cursors: [String]
+    public private(set) var nextPageToken: String
+
+    /// A page of at most `limit` items from rows fetched with one more than
+    /// `limit`, so that a next page is announced only when there is one.
+    init(_ rows: [PostgresRow], limit: Int, cursor column: String, item: (PostgresRow) -> Item) {
+        items = rows.prefix(limit).map(item)
+        cursors = rows.prefix(limit).map { $0.string(column) }
+        nextPageToken = rows.count > limit ? cursors[limit - 1] : ""
+    }
+
+    /// The page cut to its first `count` items, continuing after them:
+    /// for a response that must fit in one frame.
+    public func prefix(_ count: Int) -> Page {
+        guard count < items.count, count > 0 else { return self }
+        var page = self
+        page.items = Array(items.prefix(count))
+        page.cursors = Array(cursors.prefix(count))
+        page.nextPageToken = cursors[count - 1]
+        return page
+    }
 }
 
 /// Checks a page size and an opaque page token (the last sequence number seen).

@@ -129,5 +129,12 @@ enum Migrations {
         -- pg_database_size of the app database when it was dumped: how big a restore will grow.
         ALTER TABLE snapshots ADD COLUMN source_database_bytes bigint NOT NULL DEFAULT 0;
         """),
+        (3, """
+        -- Platform tokens belong to the service that places apps, not to a namespace.
+        ALTER TABLE tokens ALTER COLUMN namespace DROP NOT NULL;
+        ALTER TABLE tokens DROP CONSTRAINT tokens_role_check;
+        ALTER TABLE tokens ADD CONSTRAINT tokens_role_check CHECK (role IN ('viewer', 'operator', 'admin', 'platform'));
+        ALTER TABLE tokens ADD CONSTRAINT tokens_platform_has_no_namespace CHECK ((role = 'platform') = (namespace IS NULL));
+        """),
     ]
 }

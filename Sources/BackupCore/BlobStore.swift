@@ -33,19 +33,24 @@ public enum BlobStoreError: Error, CustomStringConvertible {
 ///
 /// Calls block on I/O: run them off event loops.
 public protocol BlobStore: Sendable {
-    /// Stores a copy of a local file's content (a file document). Content
-    /// the store has already is only read, not written again.
-    func put(contentsOf path: String) throws -> StoredBlob
+    /// Stores a copy of the content of an open file (a file document),
+    /// read from its start; `name` names it in errors. Content the store
+    /// has already is only read, not written again.
+    func put(reading descriptor: Int32, name: String) throws -> StoredBlob
     /// Takes a file the caller made for the store (a database dump) into the
     /// store, moving rather than copying it where it can. The file is gone
     /// afterwards, whether the call succeeds or not.
     func adopt(_ path: String) throws -> StoredBlob
     /// A folder on the store's file system for files to be adopted.
     var scratchDirectory: String { get }
-    /// Puts a blob's content at `path` (which must not exist), checked
-    /// against its hash: a hard link where the store's file system allows,
-    /// else a copy.
+    /// Puts a blob's content at `path` (which must not exist) for backupd's
+    /// own use, checked against its hash: a hard link where the store's file
+    /// system allows, else a copy.
     func materialize(_ hash: ContentHash, at path: String) throws
+    /// Puts a blob's content at `path` (which must not exist) as a new file
+    /// of `owner` with its mode, for an app's file store: always a verified
+    /// copy, so no file outside the store shares an inode with a blob.
+    func place(_ hash: ContentHash, at path: String, owner: FileOwner) throws
     func contains(_ hash: ContentHash) -> Bool
     /// Re-reads a blob and checks that its content still has its hash.
     func verify(_ hash: ContentHash) throws -> UInt64
@@ -54,16 +59,25 @@ public protocol BlobStore: Sendable {
 
 /// Blobs as files under a folder: `sha256/ab/cd/abcd…`. Each is written to a
 /// temporary name, fsynced and renamed into place, so a blob that exists is
-/// complete. Blobs are read-only: a restored file hard-linked to one cannot
-/// be written through into the store.
+/// complete. The store is private to backupd's user: folders 0700, blobs
+/// 0400 (read-only even to that user, so a hard link to one cannot be
+/// written through into the store).
 public struct LocalBlobStore: BlobStore {
     public let root: String
     static let chunkSize = 1 << 20
+    static let folderMode: mode_t = 0o700
+    static let blobMode: mode_t = 0o400
 
+    /// Opens (or makes) the store. A store made by an earlier version with
+    /// wider permissions is tightened first.
     public init(root: String) throws {
         self.root = root
         try makeDirectories(root + "/tmp")
         try makeDirectories(root + "/sha256")
+        var info = stat()
+        if stat(root, &info) == 0, info.st_mode & 0o777 != Self.folderMode {
+            try tightenPermissions(of: root, folderMode: Self.folderMode, fileMode: Self.blobMode)
+        }
     }
 
     /// Where a blob's file is (or would be).
@@ -74,22 +88,22 @@ public struct LocalBlobStore: BlobStore {
 
     public var scratchDirectory: String { root + "/tmp" }
 
-    public func put(contentsOf path: String) throws -> StoredBlob {
+    public func put(reading descriptor: Int32, name: String) throws -> StoredBlob {
         // Most documents are unchanged since the last backup: hash first, copy only what is new.
-        let (hash, size) = try hashFile(path)
+        let (hash, size) = try hashContent(of: descriptor, path: name)
         if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
-        return try copyIntoStore(path)
+        guard lseek(descriptor, 0, SEEK_SET) == 0 else { throw BlobStoreError.cannotRead(path: name, errno: errno) }
+        return try copyIntoStore(descriptor, name: name)
     }
 
     public func adopt(_ path: String) throws -> StoredBlob {
         defer { unlink(path) }
         let (hash, size) = try hashFile(path)
         if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
-        let synced = fchmod(fd, 0o444) == 0 && fsync(fd) == 0
-        close(fd)
-        guard synced else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
+        defer { close(fd) }
+        guard fchmod(fd, Self.blobMode) == 0 && fsync(fd) == 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
         let final = self.path(for: hash)
         let folder = String(final[..<final.lastIndex(of: "/")!])
         try makeDirectories(folder)
@@ -98,13 +112,13 @@ public struct LocalBlobStore: BlobStore {
             return StoredBlob(hash: hash, size: size, written: true)
         }
         guard errno == EXDEV else { throw BlobStoreError.cannotWrite(path: final, errno: errno) }
-        return try copyIntoStore(path)  // another file system: copy instead
+        return try copyIntoStore(fd, name: path)  // another file system: copy instead
     }
 
-    /// Copies a file into the store under the hash of what was actually read.
-    private func copyIntoStore(_ path: String) throws -> StoredBlob {
+    /// Copies an open file into the store under the hash of what was actually read.
+    private func copyIntoStore(_ descriptor: Int32, name: String) throws -> StoredBlob {
         let temporary = "\(scratchDirectory)/\(base64URL(Secure.randomBytes(12))).partial"
-        let (hash, size) = try copyHashing(path, to: temporary, mode: 0o444)
+        let (hash, size) = try copyHashing(descriptor, name: name, to: temporary, owner: FileOwner(mode: Self.blobMode))
         var keepTemporary = false
         defer { if !keepTemporary { unlink(temporary) } }
         if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
@@ -138,8 +152,16 @@ public struct LocalBlobStore: BlobStore {
         try copyVerified(hash, to: path)
     }
 
-    private func copyVerified(_ hash: ContentHash, to path: String) throws {
-        let (actual, _) = try copyHashing(self.path(for: hash), to: path, mode: 0o644)
+    public func place(_ hash: ContentHash, at path: String, owner: FileOwner) throws {
+        try copyVerified(hash, to: path, owner: owner)
+    }
+
+    private func copyVerified(_ hash: ContentHash, to path: String, owner: FileOwner = FileOwner(mode: 0o600)) throws {
+        let source = self.path(for: hash)
+        let input = open(source, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard input >= 0 else { throw errno == ENOENT ? BlobStoreError.missing(hash) : BlobStoreError.cannotRead(path: source, errno: errno) }
+        defer { close(input) }
+        let (actual, _) = try copyHashing(input, name: source, to: path, owner: owner)
         guard actual == hash else {
             unlink(path)
             throw BlobStoreError.corrupt(hash, actual: actual)
@@ -152,22 +174,54 @@ public struct LocalBlobStore: BlobStore {
     }
 }
 
-/// Copies `source` to a new file `target`, fsynced, returning the hash and
-/// size of what was copied. A failed copy leaves no `target` behind.
-private func copyHashing(_ source: String, to target: String, mode: mode_t) throws -> (ContentHash, UInt64) {
-    let input = open(source, O_RDONLY | O_CLOEXEC)
-    guard input >= 0 else { throw BlobStoreError.cannotRead(path: source, errno: errno) }
-    defer { close(input) }
-    let output = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+/// Who owns a file that backupd writes, and its mode. `uid` and `gid` nil
+/// keep backupd's own.
+public struct FileOwner: Sendable, Equatable {
+    public var uid: uid_t?
+    public var gid: gid_t?
+    public var mode: mode_t
+
+    public init(uid: uid_t? = nil, gid: gid_t? = nil, mode: mode_t) {
+        self.uid = uid
+        self.gid = gid
+        self.mode = mode
+    }
+
+    /// The owner of a folder, with the folder's mode (files take it without
+    /// the execute bits).
+    public init(ofFolder path: String) throws(BlobStoreError) {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { throw .cannotRead(path: path, errno: errno) }
+        self.init(uid: info.st_uid, gid: info.st_gid, mode: info.st_mode & 0o7777)
+    }
+
+    /// The same owner, with the mode a file in a folder of this owner gets.
+    public var forFiles: FileOwner { FileOwner(uid: uid, gid: gid, mode: mode & 0o666) }
+
+    /// Gives an open file this owner and mode.
+    func apply(to descriptor: Int32, path: String) throws(BlobStoreError) {
+        if uid != nil || gid != nil {
+            guard fchown(descriptor, uid ?? uid_t.max, gid ?? gid_t.max) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+        }
+        guard fchmod(descriptor, mode) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+    }
+}
+
+/// Copies an open file from its current offset to a new file `target` of
+/// `owner`, fsynced, returning the hash and size of what was copied. A
+/// failed copy leaves no `target` behind.
+private func copyHashing(_ input: Int32, name: String, to target: String, owner: FileOwner) throws -> (ContentHash, UInt64) {
+    let output = open(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
     guard output >= 0 else { throw BlobStoreError.cannotWrite(path: target, errno: errno) }
     var complete = false
     defer {
         close(output)
         if !complete { unlink(target) }
     }
+    try owner.apply(to: output, path: target)
     let hasher = SHA256Hasher()
     var size: UInt64 = 0
-    try readChunks(fd: input, path: source) { chunk in
+    try readChunks(fd: input, path: name) { chunk in
         hasher.update(chunk)
         try writeAll(fd: output, chunk, path: target)
         size += UInt64(chunk.count)
@@ -179,9 +233,14 @@ private func copyHashing(_ source: String, to target: String, mode: mode_t) thro
 
 /// The SHA-256 and size of a file's content, read once.
 private func hashFile(_ path: String) throws -> (ContentHash, UInt64) {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
     guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
     defer { close(fd) }
+    return try hashContent(of: fd, path: path)
+}
+
+/// The SHA-256 and size of an open file's content from its current offset.
+private func hashContent(of fd: Int32, path: String) throws -> (ContentHash, UInt64) {
     let hasher = SHA256Hasher()
     var size: UInt64 = 0
     try readChunks(fd: fd, path: path) { chunk in
@@ -217,14 +276,37 @@ private func writeAll(fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) 
     }
 }
 
-/// `mkdir -p`.
-public func makeDirectories(_ path: String) throws {
+/// `mkdir -p`; folders it makes get `mode` (less the umask).
+public func makeDirectories(_ path: String, mode: mode_t = 0o700) throws {
     var current = path.hasPrefix("/") ? "" : "."
     for component in path.split(separator: "/") {
         current += "/" + component
-        if mkdir(current, 0o755) != 0 && errno != EEXIST {
+        if mkdir(current, mode) != 0 && errno != EEXIST {
             throw BlobStoreError.cannotWrite(path: current, errno: errno)
         }
+    }
+}
+
+/// Sets every folder under `root` (and `root`) to `folderMode` and every
+/// file to `fileMode`, without following links.
+private func tightenPermissions(of root: String, folderMode: mode_t, fileMode: mode_t) throws {
+    var info = stat()
+    guard lstat(root, &info) == 0 else { throw BlobStoreError.cannotRead(path: root, errno: errno) }
+    switch info.st_mode & S_IFMT {
+    case S_IFDIR:
+        guard let folder = opendir(root) else { throw BlobStoreError.cannotRead(path: root, errno: errno) }
+        defer { closedir(folder) }
+        while let entry = readdir(folder) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            guard name != ".", name != ".." else { continue }
+            try tightenPermissions(of: root + "/" + name, folderMode: folderMode, fileMode: fileMode)
+        }
+        // Last, so that a tightening cut short is done again at the next start.
+        guard chmod(root, folderMode) == 0 else { throw BlobStoreError.cannotWrite(path: root, errno: errno) }
+    case S_IFREG:
+        guard chmod(root, fileMode) == 0 else { throw BlobStoreError.cannotWrite(path: root, errno: errno) }
+    default:
+        break
     }
 }
 

@@ -1,22 +1,125 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Where a file document lives in an app's file store: the storage key (a
 /// UUID) in two folders named by its characters 1-2 and 3-4, as
 /// `0d/3e/0d3e301f-5551-46f8-ad44-8de2be084c95`.
 public enum FileStoreLayout {
+    /// A key that could name something outside its folders. The key itself
+    /// comes from an app database and is not repeated in messages.
     public struct InvalidKey: Error, CustomStringConvertible {
-        public let key: String
+        public init() {}
         public var description: String {
-            "file storage key \"\(key)\" is not a storage key (4 to 200 characters of letters, digits, '-' or '_')"
+            "a file storage key must be 4 to 200 characters of letters, digits, '-' or '_'"
         }
     }
 
-    /// The path of a file document relative to its file store. Keys come from
-    /// the app database, so anything that could climb out of the store is refused.
-    public static func relativePath(forKey key: String) throws(InvalidKey) -> String {
+    /// The folders and file name of a file document, relative to its store.
+    /// Keys come from the app database, so anything that could climb out of
+    /// the store is refused.
+    public static func components(forKey key: String) throws(InvalidKey) -> [String] {
         let allowed = key.utf8.allSatisfy { byte in
             (48...57).contains(byte) || (65...90).contains(byte) || (97...122).contains(byte) || byte == 45 || byte == 95
         }
-        guard allowed, (4...200).contains(key.utf8.count) else { throw InvalidKey(key: key) }
+        guard allowed, (4...200).contains(key.utf8.count) else { throw InvalidKey() }
         let characters = Array(key)
-        return "\(String(characters[0..<2]))/\(String(characters[2..<4]))/\(key)"
+        return [String(characters[0..<2]), String(characters[2..<4]), key]
     }
+
+    /// The path of a file document relative to its file store.
+    public static func relativePath(forKey key: String) throws(InvalidKey) -> String {
+        try components(forKey: key).joined(separator: "/")
+    }
+}
+
+/// Why a file document could not be opened for reading.
+public enum FileDocumentError: Error, Equatable, CustomStringConvertible {
+    case missing(key: String)
+    case notRegular(key: String, what: String)
+    case unreadable(key: String, errno: Int32)
+
+    public var key: String {
+        switch self {
+        case let .missing(key), let .notRegular(key, _), let .unreadable(key, _): key
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case let .missing(key): "file document \(key) is missing from the file store"
+        case let .notRegular(key, what): "file document \(key) is \(what), not a regular file"
+        case let .unreadable(key, code): "file document \(key) cannot be read: \(String(cString: strerror(code)))"
+        }
+    }
+}
+
+/// An app's file store, opened once, from which file documents are opened
+/// beneath it without following any symbolic link: each folder and the file
+/// itself are opened relative to the one above with `O_NOFOLLOW`, and only a
+/// regular file is accepted. A document that is a link to `/etc/shadow` or
+/// `/proc/self/environ`, a FIFO or a device is refused, never read.
+public final class FileStoreReader: Sendable {
+    private let descriptor: Int32
+
+    /// Opens the store's folder, which must not itself be a link.
+    public init(path: String) throws(BlobStoreError) {
+        let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw .cannotRead(path: path, errno: errno) }
+        descriptor = fd
+    }
+
+    deinit { close(descriptor) }
+
+    /// Opens a document read-only; the caller closes the descriptor.
+    public func open(key: String) throws -> OpenedDocument {
+        let parts = try FileStoreLayout.components(forKey: key)
+        var folder = descriptor
+        defer { if folder != descriptor { close(folder) } }
+        for part in parts.dropLast() {
+            let next = openat(folder, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard next >= 0 else { throw Self.failure(errno, key: key, folder: true) }
+            if folder != descriptor { close(folder) }
+            folder = next
+        }
+        // O_NONBLOCK: opening a FIFO must not wait for a writer.
+        let fd = openat(folder, parts.last!, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+        guard fd >= 0 else { throw Self.failure(errno, key: key, folder: false) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            let code = errno
+            close(fd)
+            throw FileDocumentError.unreadable(key: key, errno: code)
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
+            throw FileDocumentError.notRegular(key: key, what: Self.kind(info.st_mode))
+        }
+        return OpenedDocument(descriptor: fd, size: UInt64(info.st_size))
+    }
+
+    private static func failure(_ code: Int32, key: String, folder: Bool) -> FileDocumentError {
+        switch code {
+        case ENOENT: .missing(key: key)
+        case ELOOP: .notRegular(key: key, what: folder ? "in a folder that is a symbolic link" : "a symbolic link")
+        case ENOTDIR: .notRegular(key: key, what: "in a folder that is not a folder")
+        default: .unreadable(key: key, errno: code)
+        }
+    }
+
+    private static func kind(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFDIR: "a folder"
+        case S_IFIFO: "a FIFO"
+        case S_IFSOCK: "a socket"
+        case S_IFCHR, S_IFBLK: "a device"
+        default: "not a regular file"
+        }
+    }
+}
+
+/// A file document open for reading.
+public struct OpenedDocument: Sendable {
+    public let descriptor: Int32
+    public let size: UInt64
 }

@@ -6108,20 +6108,22 @@ const ProtobufCEnumDescriptor backup__v1__status_code__descriptor =
   backup__v1__status_code__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue backup__v1__role__enum_values_by_number[4] =
+static const ProtobufCEnumValue backup__v1__role__enum_values_by_number[5] =
 {
   { "ROLE_UNSPECIFIED", "BACKUP__V1__ROLE__ROLE_UNSPECIFIED", 0 },
   { "ROLE_VIEWER", "BACKUP__V1__ROLE__ROLE_VIEWER", 1 },
   { "ROLE_OPERATOR", "BACKUP__V1__ROLE__ROLE_OPERATOR", 2 },
   { "ROLE_ADMIN", "BACKUP__V1__ROLE__ROLE_ADMIN", 3 },
+  { "ROLE_PLATFORM", "BACKUP__V1__ROLE__ROLE_PLATFORM", 4 },
 };
 static const ProtobufCIntRange backup__v1__role__value_ranges[] = {
-{0, 0},{0, 4}
+{0, 0},{0, 5}
 };
-static const ProtobufCEnumValueIndex backup__v1__role__enum_values_by_name[4] =
+static const ProtobufCEnumValueIndex backup__v1__role__enum_values_by_name[5] =
 {
   { "ROLE_ADMIN", 3 },
   { "ROLE_OPERATOR", 2 },
+  { "ROLE_PLATFORM", 4 },
   { "ROLE_UNSPECIFIED", 0 },
   { "ROLE_VIEWER", 1 },
 };
@@ -6132,9 +6134,9 @@ const ProtobufCEnumDescriptor backup__v1__role__descriptor =
   "Role",
   "Backup__V1__Role",
   "backup.v1",
-  4,
+  5,
   backup__v1__role__enum_values_by_number,
-  4,
+  5,
   backup__v1__role__enum_values_by_name,
   1,
   backup__v1__role__value_ranges,

@@ -15,6 +15,9 @@ public struct ServerConfiguration: Sendable {
     public var blobDirectory: String
     public var maxFrameBytes = defaultMaxFrameBytes
     public var jobs = JobSettings()
+    /// Folders that environments' file stores may lie under; none refuses every file store.
+    public var fileStoreRoots: [String] = []
+    public var appDatabases = AppDatabasePolicy()
 
     public init(tls: TLSSettings, catalogURL: String, blobDirectory: String) {
         self.tls = tls
@@ -52,13 +55,23 @@ public struct BackupService: Sendable {
     private func serve(threadPool: NIOThreadPool, onListening: @escaping @Sendable (SocketAddress) -> Void) async throws {
         let catalog = Catalog(connectionString: configuration.catalogURL, maximumConnections: 12, threadPool: threadPool)
         try await catalog.migrate()
+        let catalogIdentity = try await catalog.pool.withConnection { try DatabaseIdentity.of($0) }
         let blobStore = try LocalBlobStore(root: configuration.blobDirectory)
-        let jobs = JobRunner(catalog: catalog, blobStore: blobStore, threadPool: threadPool,
+        guard let blobRoot = canonicalPath(configuration.blobDirectory) else {
+            throw BackupError.invalidArgument("blob store \(configuration.blobDirectory) cannot be resolved")
+        }
+        let placement = Placement(
+            fileStores: try FileStoreRules(roots: configuration.fileStoreRoots, reserved: [blobRoot]),
+            databases: AppDatabases(policy: configuration.appDatabases, catalog: catalogIdentity),
+            catalog: catalog, threadPool: threadPool)
+        let jobs = JobRunner(catalog: catalog, blobStore: blobStore, placement: placement, threadPool: threadPool,
                              settings: configuration.jobs, logger: logger)
 
+        let openCalls = OpenCalls()
         var router = RPCRouter()
-        BackupsService(catalog: catalog, jobs: jobs, maxFrameBytes: configuration.maxFrameBytes).register(into: &router)
-        let dispatcher = RPCDispatcher(router: router, logger: logger) { secret in
+        BackupsService(catalog: catalog, jobs: jobs, placement: placement, openCalls: openCalls,
+                       maxFrameBytes: configuration.maxFrameBytes).register(into: &router)
+        let dispatcher = RPCDispatcher(router: router, openCalls: openCalls, logger: logger) { secret in
             try await catalog.authenticate(secret: secret)
         }
         let listener = TLSListener(
@@ -70,6 +83,7 @@ public struct BackupService: Sendable {
             services: [
                 .init(service: ListenerService(listener: listener)),
                 .init(service: jobs),
+                .init(service: RevocationService(openCalls: openCalls, catalog: catalog)),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
@@ -81,4 +95,15 @@ public struct BackupService: Sendable {
 private struct ListenerService: Service {
     let listener: TLSListener
     func run() async throws { try await listener.run() }
+}
+
+/// Ends the open calls of tokens that another backupd process revoked.
+private struct RevocationService: Service {
+    let openCalls: OpenCalls
+    let catalog: Catalog
+    func run() async throws {
+        do {
+            try await cancelWhenGracefulShutdown { try await openCalls.endRevoked(using: catalog, every: .seconds(5)) }
+        } catch is CancellationError {}
+    }
 }

@@ -1,10 +1,19 @@
-/// What a token may do in its namespace; each role includes the ones below it.
-public enum Role: Int32, WireEnum, Comparable, CustomStringConvertible {
-    case unspecified = 0, viewer, `operator`, admin
+/// What a token may do. Viewer, operator and admin hold in one namespace,
+/// each including the ones below it; platform is the placing service's role,
+/// outside that order (see `includes`).
+public enum Role: Int32, WireEnum, CustomStringConvertible {
+    case unspecified = 0, viewer, `operator`, admin, platform
 
-    public static func < (lhs: Role, rhs: Role) -> Bool { lhs.rawValue < rhs.rawValue }
+    /// Whether this namespace role grants what `other` does. Platform is not
+    /// in the order: it grants only itself, and no namespace role grants it.
+    public func includes(_ other: Role) -> Bool {
+        self == .platform || other == .platform ? self == other : rawValue >= other.rawValue
+    }
+
     public var description: String { Role.names[self]! }
-    private static let names: [Role: String] = [.unspecified: "unspecified", .viewer: "viewer", .operator: "operator", .admin: "admin"]
+    private static let names: [Role: String] = [
+        .unspecified: "unspecified", .viewer: "viewer", .operator: "operator", .admin: "admin", .platform: "platform",
+    ]
 }
 
 public enum EnvironmentState: Int32, WireEnum, CustomStringConvertible {

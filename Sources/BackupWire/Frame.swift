@@ -58,6 +58,10 @@ public struct CallStart: WireMessage {
     public var method = ""
     public var metadata: [MetadataEntry] = []
     public var timeoutMS: UInt32 = 0
+    /// Not on the wire: set by `FrameDecoder` when the start frame breaks the
+    /// API's contract (a NUL in its metadata, say), so the call is refused
+    /// with INVALID_ARGUMENT instead of run with what protobuf-c made of it.
+    public var problem: String?
     public init() {}
     public mutating func map(_ f: inout FieldMap) {
         f.field(1, &method)

@@ -41,11 +41,12 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
         guard buffer.readableBytes >= 4 + length else { return nil }
         buffer.moveReaderIndex(forwardBy: 4)
         let body = buffer.readBytes(length: length)!
-        do {
-            return try Frame(serializedBytes: body)
-        } catch {
-            throw FrameError.undecodable(length: length)
+        guard var frame = try? Frame(serializedBytes: body) else { throw FrameError.undecodable(length: length) }
+        if case .start(var start) = frame.kind, let violation = violation(inFrame: body) {
+            start.problem = violation.description
+            frame.kind = .start(start)
         }
+        return frame
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> Frame? {

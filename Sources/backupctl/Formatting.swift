@@ -3,7 +3,26 @@ import Foundation
 
 /// Human output: aligned tables, sizes and times.
 enum Format {
+    /// Text from the server as a terminal may show it: control characters
+    /// (escape sequences, carriage returns, newlines unless kept) and bidi
+    /// overrides are written as `\u{…}`, so a name or comment cannot move
+    /// the cursor, recolor the screen or forge a line.
+    static func terminalSafe(_ text: String, keepingNewlines: Bool = false) -> String {
+        var safe = ""
+        for scalar in text.unicodeScalars {
+            let control = scalar.properties.generalCategory == .control || (0x202A...0x202E).contains(scalar.value)
+                || (0x2066...0x2069).contains(scalar.value)
+            if control && !(keepingNewlines && scalar == "\n") {
+                safe += "\\u{\(String(scalar.value, radix: 16, uppercase: true))}"
+            } else {
+                safe.unicodeScalars.append(scalar)
+            }
+        }
+        return safe
+    }
+
     static func table(_ header: [String], _ rows: [[String]]) -> String {
+        let rows = rows.map { $0.map { terminalSafe($0) } }
         let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
         return ([header] + rows).map { row in
             row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }
@@ -12,6 +31,7 @@ enum Format {
     }
 
     static func fields(_ pairs: [(String, String)]) -> String {
+        let pairs = pairs.map { ($0.0, terminalSafe($0.1)) }
         let width = pairs.map(\.0.count).max() ?? 0
         return pairs.filter { !$0.1.isEmpty }.map { "\($0.0.padding(toLength: width, withPad: " ", startingAt: 0))  \($0.1)" }
             .joined(separator: "\n")
@@ -78,7 +98,7 @@ struct ProgressBar {
         let width = 30
         let filled = Int(fraction * Double(width))
         let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
-        let line = "[\(bar)] \(String(format: "%3.0f", fraction * 100))% \(Format.bytes(job.bytesDone)) / \(Format.bytes(job.bytesTotal))  \(job.phase)"
+        let line = "[\(bar)] \(String(format: "%3.0f", fraction * 100))% \(Format.bytes(job.bytesDone)) / \(Format.bytes(job.bytesTotal))  \(Format.terminalSafe(job.phase))"
         FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
     }
 

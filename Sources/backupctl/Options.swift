@@ -4,21 +4,28 @@ import BackupWire
 import Foundation
 
 /// Connection and output options every command takes.
+/// Options read their environment variable when used, never as a declared
+/// default, so `--help` never prints a token it found there.
 struct GlobalOptions: ParsableArguments {
-    @Option(help: "Server address HOST:PORT (env BACKUPCTL_ADDR).")
-    var addr = ProcessInfo.processInfo.environment["BACKUPCTL_ADDR"] ?? "127.0.0.1:7443"
+    @Option(name: .customLong("addr"), help: "Server address HOST:PORT, default 127.0.0.1:7443 (env BACKUPCTL_ADDR).")
+    var addrOption: String?
+    var addr: String { value(addrOption, "BACKUPCTL_ADDR", "127.0.0.1:7443") }
 
-    @Option(help: "Bearer token (env BACKUPCTL_TOKEN).")
-    var token = ProcessInfo.processInfo.environment["BACKUPCTL_TOKEN"] ?? ""
+    @Option(name: .customLong("token"), help: "Bearer token (env BACKUPCTL_TOKEN).")
+    var tokenOption: String?
+    var token: String { value(tokenOption, "BACKUPCTL_TOKEN") }
 
-    @Option(help: "PEM file of the CA that signed the server certificate (env BACKUPCTL_CA).")
-    var ca = ProcessInfo.processInfo.environment["BACKUPCTL_CA"] ?? ""
+    @Option(name: .customLong("ca"), help: "PEM file of the CA that signed the server certificate (env BACKUPCTL_CA).")
+    var caOption: String?
+    var ca: String { value(caOption, "BACKUPCTL_CA") }
 
-    @Option(help: "Client certificate (PEM) for servers that require mutual TLS (env BACKUPCTL_CERT).")
-    var cert = ProcessInfo.processInfo.environment["BACKUPCTL_CERT"] ?? ""
+    @Option(name: .customLong("cert"), help: "Client certificate (PEM) for servers that require mutual TLS (env BACKUPCTL_CERT).")
+    var certOption: String?
+    var cert: String { value(certOption, "BACKUPCTL_CERT") }
 
-    @Option(help: "Key of the client certificate (env BACKUPCTL_KEY).")
-    var key = ProcessInfo.processInfo.environment["BACKUPCTL_KEY"] ?? ""
+    @Option(name: .customLong("key"), help: "Key of the client certificate (env BACKUPCTL_KEY).")
+    var keyOption: String?
+    var key: String { value(keyOption, "BACKUPCTL_KEY") }
 
     @Flag(help: "Print JSON for scripts instead of tables; no progress bar.")
     var json = false
@@ -39,7 +46,7 @@ struct GlobalOptions: ParsableArguments {
 
     /// Prints a message as JSON, or as the human form `human` makes.
     func output<M: WireMessage>(_ message: M, human: (M) -> String) {
-        print(json ? message.jsonText() : human(message))
+        print(json ? message.jsonText() : Format.terminalSafe(human(message), keepingNewlines: true))
     }
 }
 
@@ -66,6 +73,11 @@ extension BackupStatus: ExpressibleByArgument {
     public init?(argument: String) { self.init(name: argument) }
 }
 
+/// An option's value, else its environment variable's, else `fallback`.
+private func value(_ option: String?, _ variable: String, _ fallback: String = "") -> String {
+    option ?? ProcessInfo.processInfo.environment[variable] ?? fallback
+}
+
 func printError(_ text: String) {
-    FileHandle.standardError.write(Data((text + "\n").utf8))
+    FileHandle.standardError.write(Data((Format.terminalSafe(text, keepingNewlines: true) + "\n").utf8))
 }

@@ -16,14 +16,19 @@ struct Backupd: AsyncParsableCommand {
         defaultSubcommand: Serve.self)
 }
 
-private func environment(_ name: String, _ fallback: String = "") -> String {
-    ProcessInfo.processInfo.environment[name] ?? fallback
+/// An option's value, else its environment variable's, else `fallback`.
+/// Options never take their environment variable as a declared default,
+/// so `--help` never prints a secret it found there.
+private func value(_ option: String?, _ variable: String, _ fallback: String = "") -> String {
+    option ?? ProcessInfo.processInfo.environment[variable] ?? fallback
 }
 
 /// Options every subcommand that reaches the catalog shares.
 struct CatalogOptions: ParsableArguments {
-    @Option(help: "libpq connection string of the catalog database (env BACKUPD_CATALOG).")
-    var catalog = environment("BACKUPD_CATALOG")
+    @Option(name: .customLong("catalog"), help: "libpq connection string of the catalog database (env BACKUPD_CATALOG).")
+    var catalogOption: String?
+
+    var catalog: String { value(catalogOption, "BACKUPD_CATALOG") }
 
     func validate() throws {
         guard !catalog.isEmpty else { throw ValidationError("--catalog (or BACKUPD_CATALOG) is required") }
@@ -35,20 +40,42 @@ struct Serve: AsyncParsableCommand {
 
     @OptionGroup var catalogOptions: CatalogOptions
 
-    @Option(help: "Address to listen on, HOST:PORT; port 0 picks a free one (env BACKUPD_LISTEN).")
-    var listen = environment("BACKUPD_LISTEN", "127.0.0.1:7443")
+    @Option(name: .customLong("listen"), help: "Address to listen on, HOST:PORT, default 127.0.0.1:7443; port 0 picks a free one (env BACKUPD_LISTEN).")
+    var listenOption: String?
+    var listen: String { value(listenOption, "BACKUPD_LISTEN", "127.0.0.1:7443") }
 
-    @Option(help: "Folder of the blob store (env BACKUPD_BLOB_DIR).")
-    var blobDir = environment("BACKUPD_BLOB_DIR")
+    @Option(name: .customLong("blob-dir"), help: "Folder of the blob store (env BACKUPD_BLOB_DIR).")
+    var blobDirOption: String?
+    var blobDir: String { value(blobDirOption, "BACKUPD_BLOB_DIR") }
 
-    @Option(help: "PEM certificate chain of the server (env BACKUPD_TLS_CERT).")
-    var cert = environment("BACKUPD_TLS_CERT")
+    @Option(name: .customLong("cert"), help: "PEM certificate chain of the server (env BACKUPD_TLS_CERT).")
+    var certOption: String?
+    var cert: String { value(certOption, "BACKUPD_TLS_CERT") }
 
-    @Option(help: "PEM private key of the server (env BACKUPD_TLS_KEY).")
-    var key = environment("BACKUPD_TLS_KEY")
+    @Option(name: .customLong("key"), help: "PEM private key of the server (env BACKUPD_TLS_KEY).")
+    var keyOption: String?
+    var key: String { value(keyOption, "BACKUPD_TLS_KEY") }
 
-    @Option(help: "Require client certificates signed by this CA (mutual TLS) (env BACKUPD_TLS_CLIENT_CA).")
-    var clientCA = environment("BACKUPD_TLS_CLIENT_CA")
+    @Option(name: .customLong("client-ca"), help: "Require client certificates signed by this CA (mutual TLS) (env BACKUPD_TLS_CLIENT_CA).")
+    var clientCAOption: String?
+    var clientCA: String { value(clientCAOption, "BACKUPD_TLS_CLIENT_CA") }
+
+    @Option(name: .customLong("file-store-root"),
+            help: "A folder that environments' file stores may lie under (repeatable); with none, no file store is accepted.")
+    var fileStoreRoots: [String] = []
+
+    @Option(name: .customLong("app-database-host"),
+            help: "A host that app databases may be on (repeatable); with none, any TCP host.")
+    var appDatabaseHosts: [String] = []
+
+    @Flag(help: "Allow app database URLs that name a Unix-domain socket (where the server may trust backupd's OS user).")
+    var allowSocketAppDatabases = false
+
+    @Option(help: "Most file documents one backup may hold: the file query's row cap.")
+    var maxFilesPerBackup = AppDatabasePolicy().maximumFilesPerBackup
+
+    @Option(help: "Seconds the file query of one backup may run.")
+    var fileQueryTimeoutSeconds = 60
 
     @Option(help: "Largest frame accepted, in bytes.")
     var maxFrameBytes = defaultMaxFrameBytes
@@ -59,11 +86,13 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds a job's lease lasts; a job whose process stops renewing it is failed after this.")
     var jobLeaseSeconds = 30
 
-    @Option(help: "pg_dump to run (env BACKUPD_PG_DUMP).")
-    var pgDump = environment("BACKUPD_PG_DUMP", "/usr/bin/pg_dump")
+    @Option(name: .customLong("pg-dump"), help: "pg_dump to run, default /usr/bin/pg_dump (env BACKUPD_PG_DUMP).")
+    var pgDumpOption: String?
+    var pgDump: String { value(pgDumpOption, "BACKUPD_PG_DUMP", "/usr/bin/pg_dump") }
 
-    @Option(help: "pg_restore to run (env BACKUPD_PG_RESTORE).")
-    var pgRestore = environment("BACKUPD_PG_RESTORE", "/usr/bin/pg_restore")
+    @Option(name: .customLong("pg-restore"), help: "pg_restore to run, default /usr/bin/pg_restore (env BACKUPD_PG_RESTORE).")
+    var pgRestoreOption: String?
+    var pgRestore: String { value(pgRestoreOption, "BACKUPD_PG_RESTORE", "/usr/bin/pg_restore") }
 
     @Option(help: "Parallel workers of one pg_restore (default: the number of cores).")
     var restoreJobs = ProcessInfo.processInfo.activeProcessorCount
@@ -74,8 +103,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Write HOST:PORT to this file once listening.")
     var readyFile: String?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error (env BACKUPD_LOG_LEVEL).")
-    var logLevel = environment("BACKUPD_LOG_LEVEL", "info")
+    @Option(name: .customLong("log-level"), help: "Log level: trace, debug, info (default), notice, warning, error (env BACKUPD_LOG_LEVEL).")
+    var logLevelOption: String?
+    var logLevel: String { value(logLevelOption, "BACKUPD_LOG_LEVEL", "info") }
 
     func validate() throws {
         guard !blobDir.isEmpty else { throw ValidationError("--blob-dir (or BACKUPD_BLOB_DIR) is required") }
@@ -84,6 +114,8 @@ struct Serve: AsyncParsableCommand {
         guard restoreJobs >= 1 else { throw ValidationError("--restore-jobs must be at least 1") }
         guard jobLeaseSeconds >= 1 else { throw ValidationError("--job-lease-seconds must be at least 1") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \"\(logLevel)\" is not a log level") }
+        guard maxFilesPerBackup >= 1 else { throw ValidationError("--max-files-per-backup must be at least 1") }
+        guard fileQueryTimeoutSeconds >= 1 else { throw ValidationError("--file-query-timeout-seconds must be at least 1") }
     }
 
     private func parseListen() -> (String, Int)? {
@@ -94,6 +126,10 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // What backupd writes (blobs, scratch files) is its own; restored files get their store's owner and mode explicitly.
+        umask(0o077)
+        // From here on no PG* variable of backupd's can reach an app database or pg_dump.
+        let catalogURL = try ConnectionString.absorbingEnvironment(catalogOptions.catalog)
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -103,7 +139,7 @@ struct Serve: AsyncParsableCommand {
         let (host, port) = parseListen()!
         var configuration = ServerConfiguration(
             tls: TLSSettings(certificateChainPath: cert, privateKeyPath: key, clientCAPath: clientCA.isEmpty ? nil : clientCA),
-            catalogURL: catalogOptions.catalog, blobDirectory: blobDir)
+            catalogURL: catalogURL, blobDirectory: blobDir)
         configuration.host = host
         configuration.port = port
         configuration.maxFrameBytes = maxFrameBytes
@@ -113,6 +149,11 @@ struct Serve: AsyncParsableCommand {
         configuration.jobs.restoreParallelism = restoreJobs
         configuration.jobs.keepPreviousOnRestore = !dropPreviousOnRestore
         configuration.jobs.leaseSeconds = jobLeaseSeconds
+        configuration.fileStoreRoots = fileStoreRoots
+        configuration.appDatabases.allowedHosts = appDatabaseHosts
+        configuration.appDatabases.allowSocketHosts = allowSocketAppDatabases
+        configuration.appDatabases.maximumFilesPerBackup = maxFilesPerBackup
+        configuration.appDatabases.fileQueryTimeout = "\(fileQueryTimeoutSeconds)s"
         let readyFile = self.readyFile
         try await BackupService(configuration: configuration, logger: Logger(label: "backupd")).run { address in
             guard let readyFile, let ip = address.ipAddress, let port = address.port else { return }
@@ -128,16 +169,26 @@ struct TokenCommand: AsyncParsableCommand {
         subcommands: [Create.self])
 
     struct Create: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create a token and print its secret, e.g. the first admin token.")
+        static let configuration = CommandConfiguration(
+            abstract: "Create a token and print its secret: the first admin token of a namespace, or a platform token.")
 
         @OptionGroup var catalogOptions: CatalogOptions
-        @Option(help: "Namespace the token is bound to.") var namespace: String
-        @Option(help: "viewer, operator or admin.") var role: String
+        @Option(help: "Namespace the token is bound to.") var namespace = ""
+        @Option(help: "viewer, operator or admin.") var role = ""
+        @Flag(help: "A platform token, for the service that places apps: it registers environments in any namespace.")
+        var platform = false
         @Option(help: "Who or what uses the token.") var name = "admin"
 
         func validate() throws {
-            guard let role = Role(name: role), role != .unspecified else {
-                throw ValidationError("--role must be viewer, operator or admin, not \"\(role)\"")
+            if platform {
+                guard namespace.isEmpty, role.isEmpty || role == "platform" else {
+                    throw ValidationError("--platform takes no --namespace or --role: a platform token belongs to no namespace")
+                }
+            } else {
+                guard !namespace.isEmpty else { throw ValidationError("--namespace is required (or --platform)") }
+                guard let role = Role(name: role), role != .unspecified, role != .platform else {
+                    throw ValidationError("--role must be viewer, operator or admin, not \"\(role)\" (use --platform for a platform token)")
+                }
             }
         }
 
@@ -147,7 +198,8 @@ struct TokenCommand: AsyncParsableCommand {
             let catalog = Catalog(connectionString: catalogOptions.catalog, maximumConnections: 1, threadPool: threadPool)
             do {
                 try await catalog.migrate()
-                let (_, secret) = try await catalog.createToken(namespace: namespace, role: Role(name: role)!, name: name)
+                let (_, secret) = try await catalog.createToken(namespace: namespace, role: platform ? .platform : Role(name: role)!,
+                                                                name: name)
                 print(secret)
                 try await threadPool.shutdownGracefully()
             } catch {

@@ -188,23 +188,28 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
         try await withTestApp { app in
             try await withTestServer { server in
                 try await server.register(app)
-                try await server.withClient { client in
+                try await server.withClient(token: server.platformToken) { platform in
                     let bad = await expectStatus(.invalidArgument) {
-                        _ = try await client.unary(Backups.registerEnvironment, .with {
-                            $0.namespace = "acme"; $0.name = "Bad Name!"; $0.app = "shop"; $0.databaseURL = "x"; $0.fileStorePath = "/tmp"
+                        _ = try await platform.unary(Backups.registerEnvironment, .with {
+                            $0.namespace = "acme"; $0.name = "Bad Name!"; $0.app = "shop"; $0.databaseURL = app.connectionString
+                            $0.fileStorePath = app.fileStore + "-other"
                         })
                     }
                     #expect(bad?.message.contains("Bad Name!") == true)
                     await expectStatus(.invalidArgument) {
-                        _ = try await client.unary(Backups.registerEnvironment, .with {
-                            $0.namespace = "acme"; $0.name = "relative"; $0.app = "shop"; $0.databaseURL = "x"; $0.fileStorePath = "files"
+                        _ = try await platform.unary(Backups.registerEnvironment, .with {
+                            $0.namespace = "acme"; $0.name = "relative"; $0.app = "shop"; $0.databaseURL = app.connectionString
+                            $0.fileStorePath = "files"
                         })
                     }
                     await expectStatus(.alreadyExists) {
-                        _ = try await client.unary(Backups.registerEnvironment, .with {
-                            $0.namespace = "acme"; $0.name = "shop-production"; $0.app = "shop"; $0.databaseURL = "x"; $0.fileStorePath = "/tmp"
+                        _ = try await platform.unary(Backups.registerEnvironment, .with {
+                            $0.namespace = "acme"; $0.name = "shop-production"; $0.app = "shop"; $0.databaseURL = app.connectionString
+                            $0.fileStorePath = app.fileStore
                         })
                     }
+                }
+                try await server.withClient { client in
                     let environments = try await client.unary(Backups.listEnvironments, ListEnvironmentsRequest())
                     #expect(environments.environments.map(\.name) == ["shop-production"])
 
@@ -228,10 +233,12 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                     // An environment with backups is not deleted unless forced.
                     let created = try await createBackup(client)
                     _ = try await waitForJob(created.job.id, on: client)
+                }
+                try await server.withClient(token: server.platformToken) { platform in
                     await expectStatus(.failedPrecondition) {
-                        _ = try await client.unary(Backups.deleteEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production" })
+                        _ = try await platform.unary(Backups.deleteEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production" })
                     }
-                    let forced = try await client.unary(Backups.deleteEnvironment, .with {
+                    let forced = try await platform.unary(Backups.deleteEnvironment, .with {
                         $0.namespace = "acme"; $0.name = "shop-production"; $0.force = true
                     })
                     #expect(forced.deletedBackups == 1)

@@ -16,7 +16,7 @@ import Testing
                 let registered = try json(try server.backupctl([
                     "env", "register", "acme/shop-production", "--app", "shop", "--database-url", app.connectionString,
                     "--file-store", app.fileStore, "--package-version", "2.4.1", "--json",
-                ]))
+                ], token: server.platformToken))
                 #expect(registered["state"] as? String == "ENVIRONMENT_STATE_RUNNING")
 
                 let info = try server.backupctl(["info"])

@@ -55,17 +55,20 @@ func recordingTool(_ tool: String, log: String) throws -> String {
         let app = try PostgresConnection(url)
         try app.query("CREATE TABLE ledger (id int PRIMARY KEY, entry text)")
         try app.query("INSERT INTO ledger SELECT i, 'entry ' || i FROM generate_series(1, 500) AS i")
+        try app.query("CREATE TABLE documents (key text)")
         let atBackup = try TestPostgres.tableFingerprints(database)
         try FileManager.default.createDirectory(atPath: scratch.path + "/files", withIntermediateDirectories: true)
 
         let commandLines = scratch.path + "/command-lines"
         try await withTestServer(arguments: ["--pg-dump", try recordingTool("pg_dump", log: commandLines),
                                              "--pg-restore", try recordingTool("pg_restore", log: commandLines)]) { server in
-            try await server.withClient { client in
-                let environment = try await client.unary(Backups.registerEnvironment, .with {
+            let environment = try await server.withClient(token: server.platformToken) { client in
+                try await client.unary(Backups.registerEnvironment, .with {
                     $0.namespace = "acme"; $0.name = "ledger"; $0.app = "ledger"; $0.databaseURL = url
-                    $0.fileStorePath = scratch.path + "/files"; $0.fileQuery = "SELECT NULL::text WHERE false"
+                    $0.fileStorePath = scratch.path + "/files"; $0.fileQuery = "SELECT key FROM documents"
                 })
+            }
+            try await server.withClient { client in
                 #expect(environment.databaseURL.contains("password=REDACTED") && !environment.databaseURL.contains("backslash"))
                 let created = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "ledger" })
                 let backupJob = try await waitForJob(created.job.id, on: client)

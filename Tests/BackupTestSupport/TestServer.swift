@@ -1,4 +1,5 @@
 import BackupClient
+import BackupCore
 import BackupWire
 import Foundation
 
@@ -37,21 +38,29 @@ public struct TestSupportError: Error, CustomStringConvertible {
 }
 
 /// A real backupd process on a free loopback port, with its own catalog
-/// database and blob store, and an admin token for namespace "acme".
+/// database and blob store, an admin token for namespace "acme" and a
+/// platform token. File stores may lie under the system's temporary folder,
+/// where `TestApp` makes them.
 public final class TestServer: @unchecked Sendable {
     public let catalogDatabase: String
     public let blobDirectory: String
     public let address: String
     public let adminToken: String
+    public let platformToken: String
     public let logPath: String
     public static let namespace = "acme"
     public static let caFile = "\(projectRoot)/certs/dev/ca.crt"
     private let process: Process
     private let scratch: ScratchDirectory
 
+    /// The file store root a test server allows: the canonical temporary folder.
+    public static let fileStoreRoot = canonicalPath(FileManager.default.temporaryDirectory.path) ?? "/tmp"
+
     /// Starts a server; `catalogDatabase` reuses an existing catalog (a restart).
+    /// `environment` adds to (or with an empty value removes from) its environment.
     public static func start(arguments: [String] = [], catalogDatabase: String? = nil, blobDirectory: String? = nil,
-                             adminToken: String? = nil) async throws -> TestServer {
+                             adminToken: String? = nil, platformToken: String? = nil,
+                             environment extra: [String: String] = [:]) async throws -> TestServer {
         let scratch = try ScratchDirectory("backupd")
         let catalog = try catalogDatabase ?? TestPostgres.createDatabase("catalog")
         let blobs = blobDirectory ?? scratch.path + "/blobs"
@@ -61,23 +70,22 @@ public final class TestServer: @unchecked Sendable {
             "BACKUPD_TLS_CERT": "\(projectRoot)/certs/dev/server.crt",
             "BACKUPD_TLS_KEY": "\(projectRoot)/certs/dev/server.key",
         ]
-        let token: String
-        if let adminToken {
-            token = adminToken
-        } else {
-            let created = try runCommand("\(binDirectory)/backupd", ["token", "create", "--namespace", namespace, "--role", "admin",
-                                                                   "--name", "test-admin"], environment: environment)
+        func createToken(_ arguments: [String]) throws -> String {
+            let created = try runCommand("\(binDirectory)/backupd", ["token", "create"] + arguments, environment: environment)
             guard created.status == 0 else { throw TestSupportError("backupd token create failed: \(created.standardError)") }
-            token = created.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            return created.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
         }
+        let token = try adminToken ?? createToken(["--namespace", namespace, "--role", "admin", "--name", "test-admin"])
+        let platform = try platformToken ?? createToken(["--platform", "--name", "test-platform"])
 
         let readyFile = scratch.path + "/ready"
         let logPath = scratch.path + "/backupd.log"
         guard FileManager.default.createFile(atPath: logPath, contents: nil) else { throw TestSupportError("cannot create \(logPath)") }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "\(binDirectory)/backupd")
-        process.arguments = ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile] + arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.arguments = ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile, "--file-store-root", fileStoreRoot] + arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }.merging(extra) { $1 }
+            .filter { !$0.value.isEmpty }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         try process.run()
@@ -85,7 +93,7 @@ public final class TestServer: @unchecked Sendable {
         for _ in 0..<300 {
             if let ready = try? String(contentsOfFile: readyFile, encoding: .utf8), ready.hasSuffix("\n") {
                 return TestServer(catalogDatabase: catalog, blobDirectory: blobs, address: ready.trimmingCharacters(in: .whitespacesAndNewlines),
-                                  adminToken: token, logPath: logPath, process: process, scratch: scratch)
+                                  adminToken: token, platformToken: platform, logPath: logPath, process: process, scratch: scratch)
             }
             guard process.isRunning else { break }
             try await Task.sleep(for: .milliseconds(50))
@@ -95,12 +103,13 @@ public final class TestServer: @unchecked Sendable {
         throw TestSupportError("backupd did not start: \(log)")
     }
 
-    private init(catalogDatabase: String, blobDirectory: String, address: String, adminToken: String, logPath: String,
-                 process: Process, scratch: ScratchDirectory) {
+    private init(catalogDatabase: String, blobDirectory: String, address: String, adminToken: String, platformToken: String,
+                 logPath: String, process: Process, scratch: ScratchDirectory) {
         self.catalogDatabase = catalogDatabase
         self.blobDirectory = blobDirectory
         self.address = address
         self.adminToken = adminToken
+        self.platformToken = platformToken
         self.logPath = logPath
         self.process = process
         self.scratch = scratch
@@ -153,10 +162,10 @@ public final class TestServer: @unchecked Sendable {
         return created.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    /// Registers `app` as environment `name` of the test namespace.
+    /// Registers `app` as environment `name` of the test namespace, as the platform does.
     @discardableResult
     public func register(_ app: TestApp, as name: String = "shop-production", packageVersion: String = "1.0.0") async throws -> Environment {
-        try await withClient { client in
+        try await withClient(token: platformToken) { client in
             try await client.unary(Backups.registerEnvironment, .with {
                 $0.namespace = TestServer.namespace; $0.name = name; $0.app = "shop"
                 $0.databaseURL = app.connectionString; $0.fileStorePath = app.fileStore; $0.packageVersion = packageVersion

@@ -196,6 +196,37 @@ public enum ConnectionString {
         return (render(all.filter { $0.key != "password" }), all.first { $0.key == "password" }?.value)
     }
 
+    /// Writes what backupd's own `PG*` environment variables would add to
+    /// the catalog's connection string into it, then removes every `PG*`
+    /// variable from the process, so that no libpq connection to an app
+    /// database, and no `pg_dump`, can pick up the catalog's password, user
+    /// or host. Call it once at start, before any other thread reads the
+    /// environment.
+    public static func absorbingEnvironment(_ connectionString: String) throws(PostgresError) -> String {
+        var settings = try settings(connectionString)
+        let given = Set(settings.map(\.key))
+        if let defaults = PQconndefaults() {
+            defer { PQconninfoFree(defaults) }
+            var option = defaults
+            while let keyword = option.pointee.keyword {
+                let key = String(cString: keyword)
+                if !given.contains(key), let variable = option.pointee.envvar, let value = getenv(variable), value.pointee != 0 {
+                    settings.append((key, String(cString: value)))
+                }
+                option += 1
+            }
+        }
+        var names: [String] = []
+        var entry = environ
+        while let pointer = entry.pointee {
+            let text = String(cString: pointer)
+            if text.hasPrefix("PG"), let equals = text.firstIndex(of: "=") { names.append(String(text[..<equals])) }
+            entry += 1
+        }
+        names.forEach { unsetenv($0) }
+        return render(settings)
+    }
+
     /// A quoted SQL identifier.
     public static func quoted(_ identifier: String) -> String {
         "\"" + identifier.replacingOccurrences(of: "\"", with: "\"\"") + "\""

@@ -95,7 +95,11 @@ typedef enum _Backup__V1__StatusCode {
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BACKUP__V1__STATUS_CODE)
 } Backup__V1__StatusCode;
 /*
- * What a token may do in its namespace. Each role includes the ones before.
+ * What a token may do. Viewer, operator and admin are bound to one
+ * namespace, and each includes the ones before it. Platform belongs to the
+ * internal service that places apps: it decides where an environment's data
+ * lives (register, update, delete environments) and makes tokens, in any
+ * namespace, and reaches no backup data.
  */
 typedef enum _Backup__V1__Role {
   BACKUP__V1__ROLE__ROLE_UNSPECIFIED = 0,
@@ -108,9 +112,13 @@ typedef enum _Backup__V1__Role {
    */
   BACKUP__V1__ROLE__ROLE_OPERATOR = 2,
   /*
-   * environments, tokens, schedules
+   * tokens, schedules, an environment's app and package version
    */
-  BACKUP__V1__ROLE__ROLE_ADMIN = 3
+  BACKUP__V1__ROLE__ROLE_ADMIN = 3,
+  /*
+   * environments' locations and lifecycle, tokens; any namespace
+   */
+  BACKUP__V1__ROLE__ROLE_PLATFORM = 4
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BACKUP__V1__ROLE)
 } Backup__V1__Role;
 typedef enum _Backup__V1__EnvironmentState {
@@ -1012,9 +1020,16 @@ struct  Backup__V1__SetScheduleRequest
     , NULL }
 
 
+/*
+ * An admin makes tokens of its own namespace; a platform token makes tokens
+ * of any namespace, and platform tokens (namespace empty).
+ */
 struct  Backup__V1__CreateTokenRequest
 {
   ProtobufCMessage base;
+  /*
+   * empty for a platform token
+   */
   char *namespace_;
   Backup__V1__Role role;
   /*

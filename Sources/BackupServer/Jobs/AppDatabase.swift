@@ -1,17 +1,123 @@
 import BackupCatalog
+import BackupCore
 import BackupWire
 
-/// Connections to an environment's own database server, for the jobs.
-enum AppDatabase {
-    /// Connects to the environment's database, or to `database` on the same
-    /// server. Blocks: call it on the thread pool.
-    static func connect(_ environment: Environment, database: String? = nil) throws -> PostgresConnection {
-        do throws(PostgresError) {
-            var url = environment.databaseURL
-            if let database { url = try ConnectionString.replacingDatabase(in: url, with: database) }
-            return try PostgresConnection(url)
+/// How backupd may reach app databases, set by its operator.
+public struct AppDatabasePolicy: Sendable {
+    /// Hosts (names or addresses, as written in database URLs) that app
+    /// databases may be on; empty allows any TCP host.
+    public var allowedHosts: [String] = []
+    /// Whether a database URL may name a Unix-domain socket, where the
+    /// server may trust backupd's own OS user (peer authentication).
+    public var allowSocketHosts = false
+    public var connectTimeoutSeconds = 10
+    /// `statement_timeout` and `lock_timeout` of every app session.
+    public var statementTimeout = "5min"
+    public var lockTimeout = "30s"
+    /// How long the file query of one backup may run, and how many rows it may return.
+    public var fileQueryTimeout = "60s"
+    public var maximumFilesPerBackup = 500_000
+
+    public init() {}
+}
+
+/// A PostgreSQL cluster and database, as told by the server itself.
+public struct DatabaseIdentity: Sendable, Equatable {
+    public let systemIdentifier: String
+    public let database: String
+
+    static let query = "SELECT (SELECT system_identifier FROM pg_control_system())::text AS system, current_database() AS database"
+
+    init(_ row: PostgresRow) {
+        systemIdentifier = row.string("system")
+        database = row.string("database")
+    }
+
+    /// The identity of the database a connection is on.
+    public static func of(_ connection: PostgresConnection) throws -> DatabaseIdentity {
+        DatabaseIdentity(try connection.query(query)[0])
+    }
+}
+
+/// Connections to app databases. Only what the database URL says is used:
+/// backupd's own PostgreSQL environment (password, password file, client
+/// certificates, service file) never reaches an app's server, every session
+/// has timeouts, and no URL reaches backupd's catalog.
+struct AppDatabases: Sendable {
+    let policy: AppDatabasePolicy
+    let catalog: DatabaseIdentity
+
+    /// Settings no URL may give: both read files of backupd's choosing.
+    private static let refusedSettings = ["service", "passfile"]
+    /// A path that never exists: libpq finds no password file or client certificate there.
+    private static let nowhere = "/nonexistent/backupd-gives-no-credentials"
+
+    /// The connection string backupd uses for a database URL (on `database`
+    /// of the same server, when given), or why the URL is refused.
+    func connectionString(_ url: String, database: String? = nil) throws(BackupError) -> String {
+        var settings: [(key: String, value: String)]
+        do {
+            settings = try ConnectionString.settings(url)
         } catch {
+            throw .invalidArgument("database_url is not a libpq connection string: \(error.message)")
+        }
+        if let refused = settings.first(where: { Self.refusedSettings.contains($0.key) }) {
+            throw .invalidArgument("database_url may not set \(refused.key): it would read a file of backupd's")
+        }
+        let hosts = settings.filter { $0.key == "host" || $0.key == "hostaddr" }
+            .flatMap { $0.value.split(separator: ",").map(String.init) }
+        guard !hosts.isEmpty, hosts.allSatisfy({ !$0.isEmpty }) else {
+            throw .invalidArgument("database_url must name the app database's host (host=…)")
+        }
+        if !policy.allowSocketHosts, hosts.contains(where: { $0.hasPrefix("/") || $0.hasPrefix("@") }) {
+            throw .permissionDenied("database_url names a Unix-domain socket; backupd reaches app databases over TCP only "
+                                    + "(start it with --allow-socket-app-databases to allow sockets)")
+        }
+        if !policy.allowedHosts.isEmpty,
+           let host = hosts.first(where: { host in !policy.allowedHosts.contains { $0.lowercased() == host.lowercased() } }) {
+            throw .permissionDenied("database_url host \(host) is not among the allowed app database hosts (--app-database-host)")
+        }
+        if let database {
+            settings.removeAll { $0.key == "dbname" }
+            settings.append(("dbname", database))
+        }
+        let given = Set(settings.map(\.key))
+        let defaults: [(key: String, value: String)] = [
+            ("passfile", Self.nowhere), ("sslcert", Self.nowhere), ("sslkey", Self.nowhere), ("gssencmode", "disable"),
+            ("connect_timeout", "\(policy.connectTimeoutSeconds)"), ("keepalives", "1"), ("keepalives_idle", "30"),
+            ("keepalives_interval", "10"), ("keepalives_count", "3"), ("application_name", "backupd"),
+        ]
+        settings += defaults.filter { !given.contains($0.key) }
+        let options = settings.first { $0.key == "options" }?.value ?? ""
+        settings.removeAll { $0.key == "options" }
+        settings.append(("options", "\(options) -c statement_timeout=\(policy.statementTimeout) -c lock_timeout=\(policy.lockTimeout)"))
+        return ConnectionString.render(settings)
+    }
+
+    /// Connects to an environment's database, or to `database` on the same
+    /// server, and makes sure it is not backupd's catalog. Blocks: call it on
+    /// the thread pool.
+    func connect(_ environment: Environment, database: String? = nil) throws -> PostgresConnection {
+        let connection: PostgresConnection
+        do {
+            connection = try PostgresConnection(try connectionString(environment.databaseURL, database: database))
+        } catch let error as PostgresError {
             throw JobFailure(description: "database server of \(environment.namespace)/\(environment.name): \(error.message)")
         }
+        try refuseCatalog(on: connection)
+        return connection
+    }
+
+    /// Refuses a connection to the catalog's database, or a database name
+    /// that is the catalog's on the catalog's cluster.
+    func refuseCatalog(on connection: PostgresConnection, named name: String? = nil) throws {
+        let identity: DatabaseIdentity
+        do {
+            identity = try DatabaseIdentity.of(connection)
+        } catch let error as PostgresError {
+            throw BackupError.failedPrecondition("cannot tell whether the app database is backupd's catalog: \(error.message)")
+        }
+        guard identity.systemIdentifier == catalog.systemIdentifier, (name ?? identity.database) == catalog.database else { return }
+        throw BackupError.permissionDenied("database_url reaches backupd's own catalog database; an app database may never be the catalog")
     }
 }

@@ -28,12 +28,12 @@ public struct PostgresTools: Sendable {
 struct BackupJob: Sendable {
     let catalog: Catalog
     let blobStore: any BlobStore
+    let databases: AppDatabases
     let threadPool: NIOThreadPool
     let tools: PostgresTools
 
     private struct ReferencedFile: Sendable {
         let key: String
-        let path: String
         let size: UInt64
     }
 
@@ -41,8 +41,11 @@ struct BackupJob: Sendable {
         let snapshot: String
         let postgresVersion: String
         let databaseBytes: UInt64
-        let keys: [String]
+        let keys: Set<String>
     }
+
+    /// Rows fetched from the file query's cursor at a time.
+    private static let fetchSize = 5000
 
     func run(_ claimed: ClaimedJob, owner: String) async throws {
         let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
@@ -55,31 +58,29 @@ struct BackupJob: Sendable {
     private func makeSnapshot(_ claimed: ClaimedJob, progress: ProgressReporter, ledger: BlobLedger) async throws -> BackupManifest {
         let environment = claimed.environment
         await progress.update(phase: "opening a database snapshot")
-        let app = try await threadPool.runIfActive { try AppDatabase.connect(environment) }
+        let fileQuery = try FileQuery(parsing: environment.fileQuery)
+        let app = try await threadPool.runIfActive { [databases] in try databases.connect(environment) }
         let session = ConnectionHandle(app, threadPool: threadPool)
-        let opened = try await session.run { connection in
+        let opened = try await session.run { [databases] connection in
             try connection.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             let row = try connection.query("""
                 SELECT pg_export_snapshot() AS snapshot, current_setting('server_version') AS version,
                        pg_database_size(current_database()) AS size
                 """)[0]
-            let keys: [String]
-            do {
-                keys = try connection.query(environment.fileQuery).compactMap(\.firstValue)
-            } catch let error as PostgresError {
-                throw JobFailure(description: "the environment's file query failed: \(error.message)")
-            }
+            let keys = try Self.fileKeys(connection, query: fileQuery, policy: databases.policy)
             return OpenedSnapshot(snapshot: row.string("snapshot"), postgresVersion: row.string("version"),
                                   databaseBytes: row.uint64("size"), keys: keys)
         }
 
-        let files = try await threadPool.runIfActive { try referencedFiles(opened.keys, in: environment.fileStorePath) }
+        // A store with no documents yet may not exist; one with documents is opened once, as a folder that is no link.
+        let store = opened.keys.isEmpty ? nil : try FileStoreReader(path: environment.fileStorePath)
+        let files = try await threadPool.runIfActive { try store.map { try referencedFiles(opened.keys, in: $0) } ?? [] }
         let filesBytes = files.reduce(UInt64(0)) { $0 + $1.size }
 
         await progress.update(done: 0, total: opened.databaseBytes + filesBytes, phase: "dumping database")
         let dumpPath = "\(blobStore.scratchDirectory)/dump-\(claimed.job.id).backup"
         defer { unlink(dumpPath) }
-        try await dump(environment.databaseURL, snapshot: opened.snapshot, to: dumpPath) { written in
+        try await dump(try databases.connectionString(environment.databaseURL), snapshot: opened.snapshot, to: dumpPath) { written in
             await progress.update(done: written, total: max(opened.databaseBytes, written) + filesBytes)
         }
         _ = try? await session.run { try $0.query("COMMIT") }
@@ -92,7 +93,9 @@ struct BackupJob: Sendable {
         var stored: [(key: String, blob: StoredBlob)] = []
         stored.reserveCapacity(files.count)
         try await inBatches(files, threadPool: threadPool) { file in
-            (key: file.key, blob: try blobStore.put(contentsOf: file.path))
+            let document = try store!.open(key: file.key)
+            defer { close(document.descriptor) }
+            return (key: file.key, blob: try blobStore.put(reading: document.descriptor, name: "file document \(file.key)"))
         } completed: { blobs in
             try await ledger.record(blobs.map(\.blob))
             stored += blobs
@@ -113,16 +116,56 @@ struct BackupJob: Sendable {
         await written(fileSize(path))
     }
 
-    /// The files the snapshot refers to, each checked to be in the file store.
-    private func referencedFiles(_ keys: [String], in fileStore: String) throws -> [ReferencedFile] {
-        var seen = Set<String>()
-        return try keys.filter { seen.insert($0).inserted }.map { key in
-            let path = "\(fileStore)/\(try FileStoreLayout.relativePath(forKey: key))"
-            var info = stat()
-            guard stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
-                throw JobFailure(description: "file document \(key) is referenced by the database but missing from the file store (\(path))")
+    /// The storage keys the file query lists, read through a cursor inside
+    /// the exported snapshot, under the query's timeout and row cap. Keys are
+    /// checked but never repeated in errors: they are the app's data.
+    private static func fileKeys(_ connection: PostgresConnection, query: FileQuery, policy: AppDatabasePolicy) throws -> Set<String> {
+        var keys = Set<String>()
+        var rows = 0, empty = 0, invalid = 0
+        do {
+            try connection.query("SET LOCAL statement_timeout = '\(policy.fileQueryTimeout)'")
+            try connection.query("DECLARE backupd_files NO SCROLL CURSOR FOR \(query.sql)")
+            while true {
+                let batch = try connection.query("FETCH FORWARD \(fetchSize) FROM backupd_files")
+                guard !batch.isEmpty else { break }
+                rows += batch.count
+                guard rows <= policy.maximumFilesPerBackup else {
+                    throw JobFailure(description: "the file query returned more than \(policy.maximumFilesPerBackup) rows, "
+                                     + "the most one backup may hold (--max-files-per-backup)")
+                }
+                for row in batch {
+                    guard let key = row.firstValue, !key.isEmpty else { empty += 1; continue }
+                    guard (try? FileStoreLayout.components(forKey: key)) != nil else { invalid += 1; continue }
+                    keys.insert(key)
+                }
             }
-            return ReferencedFile(key: key, path: path, size: UInt64(info.st_size))
+            try connection.query("CLOSE backupd_files")
+        } catch let error as PostgresError {
+            throw JobFailure(description: error.sqlState == "57014"
+                ? "the file query ran longer than its timeout of \(policy.fileQueryTimeout)"
+                : "the environment's file query failed: \(error.message)")
+        }
+        guard empty == 0 else { throw JobFailure(description: "\(empty) of the file query's \(rows) rows have a NULL or empty key") }
+        guard invalid == 0 else {
+            throw JobFailure(description: "\(invalid) of the file query's \(rows) rows are not storage keys: \(FileStoreLayout.InvalidKey())")
+        }
+        return keys
+    }
+
+    /// The files the snapshot refers to, each opened beneath the store
+    /// without following links and checked to be a regular file.
+    private func referencedFiles(_ keys: Set<String>, in store: FileStoreReader) throws -> [ReferencedFile] {
+        try keys.sorted().map { key in
+            do {
+                let document = try store.open(key: key)
+                close(document.descriptor)
+                return ReferencedFile(key: key, size: document.size)
+            } catch let error as FileDocumentError {
+                if case .missing = error {
+                    throw JobFailure(description: "file document \(key) is referenced by the database but missing from the file store")
+                }
+                throw JobFailure(description: error.description)
+            }
         }
     }
 }

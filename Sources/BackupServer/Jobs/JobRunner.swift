@@ -32,6 +32,7 @@ public struct JobSettings: Sendable {
 public final class JobRunner: Service, Sendable {
     private let catalog: Catalog
     private let blobStore: any BlobStore
+    private let placement: Placement
     private let settings: JobSettings
     private let backupJob: BackupJob
     private let restoreJob: RestoreJob
@@ -47,14 +48,18 @@ public final class JobRunner: Service, Sendable {
         var running = 0
     }
 
-    public init(catalog: Catalog, blobStore: any BlobStore, threadPool: NIOThreadPool, settings: JobSettings, logger: Logger) {
+    init(catalog: Catalog, blobStore: any BlobStore, placement: Placement, threadPool: NIOThreadPool, settings: JobSettings,
+         logger: Logger) {
         self.catalog = catalog
         self.blobStore = blobStore
+        self.placement = placement
         self.settings = settings
         self.logger = logger
-        self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool, tools: settings.tools)
-        self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool, tools: settings.tools,
-                                     parallelJobs: max(1, settings.restoreParallelism), keepPrevious: settings.keepPreviousOnRestore)
+        self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, databases: placement.databases, threadPool: threadPool,
+                                   tools: settings.tools)
+        self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, databases: placement.databases, threadPool: threadPool,
+                                     tools: settings.tools, parallelJobs: max(1, settings.restoreParallelism),
+                                     keepPrevious: settings.keepPreviousOnRestore)
         (wakeups, wakeupSource) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -172,6 +177,10 @@ public final class JobRunner: Service, Sendable {
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
+                    if !recovering {
+                        // The disk and the database servers may have changed since the environment was placed.
+                        _ = try await self.placement.check(EnvironmentLocation(claimed.environment))
+                    }
                     switch job.kind {
                     case .backup: try await self.backupJob.run(claimed, owner: self.owner)
                     case .restore where recovering: try await self.restoreJob.recover(claimed, owner: self.owner)
@@ -218,6 +227,7 @@ func describeJobError(_ error: any Error) -> String {
     case let error as BackupError: error.description
     case let error as BlobStoreError: error.description
     case let error as FileStoreLayout.InvalidKey: error.description
+    case let error as FileDocumentError: error.description
     case let error as PostgresError: "PostgreSQL: \(error.message)"
     default: "internal error: \(error)"
     }

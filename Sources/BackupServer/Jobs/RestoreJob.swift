@@ -18,6 +18,7 @@ import NIOPosix
 struct RestoreJob: Sendable {
     let catalog: Catalog
     let blobStore: any BlobStore
+    let databases: AppDatabases
     let threadPool: NIOThreadPool
     let tools: PostgresTools
     let parallelJobs: Int
@@ -43,7 +44,7 @@ struct RestoreJob: Sendable {
                                                 detail: "from \(source)" + (work.databaseOnly ? ", database only" : ""))
                 }
             } catch {
-                _ = try? await withoutCancellation { await removeStaging(claimed.environment, plan) }
+                _ = try? await withoutCancellation { await removeStaging(claimed.environment, plan, jobID: claimed.job.id) }
                 throw error
             }
         }
@@ -95,13 +96,14 @@ struct RestoreJob: Sendable {
             let settings = try connection.query("""
                 SELECT pg_encoding_to_char(encoding) AS encoding, datcollate, datctype FROM pg_database WHERE datname = $1
                 """, target)[0]
+            try databases.refuseCatalog(on: connection, named: plan.stagingDatabase)
             try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(plan.stagingDatabase)) WITH (FORCE)")
             try connection.query("""
                 CREATE DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) TEMPLATE template0
                 ENCODING '\(settings.string("encoding"))' LC_COLLATE '\(settings.string("datcollate"))' LC_CTYPE '\(settings.string("datctype"))'
                 """)
         }
-        let stagingURL = try ConnectionString.replacingDatabase(in: environment.databaseURL, with: plan.stagingDatabase)
+        let stagingURL = try databases.connectionString(environment.databaseURL, database: plan.stagingDatabase)
         try await restoreDump(dumpPath, into: stagingURL) { done in
             await progress.update(done: min(done, databaseBytes))
         }
@@ -109,20 +111,21 @@ struct RestoreJob: Sendable {
 
         guard !work.databaseOnly else { return }
         await progress.update(done: databaseBytes, phase: "placing \(files.count) files in \(plan.stagingFolder)")
-        try await threadPool.runIfActive {
-            try? FileManager.default.removeItem(atPath: plan.stagingFolder)
-            try makeDirectories(plan.stagingFolder)
-            try Data().write(to: URL(fileURLWithPath: "\(plan.stagingFolder)/\(Self.marker(claimed.job.id))"))
-        }
+        // Restored files belong to whoever owns the target store, with its mode; never to backupd.
+        let owner = try await threadPool.runIfActive { try makeStagingFolder(plan, jobID: claimed.job.id) }
         let stagingFolder = plan.stagingFolder
         try await inBatches(files, threadPool: threadPool) { file in
             guard let hash = ContentHash(hex: file.hash) else {
                 throw JobFailure(description: "file document \(file.key) has no valid content hash")
             }
-            let path = "\(stagingFolder)/\(try FileStoreLayout.relativePath(forKey: file.key))"
-            try makeDirectories(String(path[..<path.lastIndex(of: "/")!]))
+            let parts = try FileStoreLayout.components(forKey: file.key)
+            var folder = stagingFolder
+            for part in parts.dropLast() {
+                folder += "/" + part
+                try makeFolder(folder, owner: owner)
+            }
             do {
-                try blobStore.materialize(hash, at: path)
+                try blobStore.place(hash, at: "\(folder)/\(file.key)", owner: owner.forFiles)
             } catch let error as BlobStoreError {
                 throw JobFailure(description: "file document \(file.key) cannot be restored: \(error)")
             }
@@ -170,7 +173,7 @@ struct RestoreJob: Sendable {
     /// swap fails.
     private func swap(_ claimed: ClaimedJob, _ plan: RestorePlan) async throws {
         let environment = claimed.environment
-        try await drop(database: plan.previousDatabase, folder: plan.previousFolder, on: environment)
+        try await drop(database: plan.previousDatabase, folder: plan.previousFolder, marker: Self.previousMarker, on: environment)
         var started = plan
         started.swapStarted = true
         try await catalog.recordRestorePlan(jobID: claimed.job.id, started)
@@ -209,12 +212,31 @@ struct RestoreJob: Sendable {
         removeMarker(plan, jobID: claimed.job.id)
     }
 
+    /// Makes the staging folder, marked as this job's, with the owner and
+    /// mode of the target store (or of the folder it will be made in).
+    private func makeStagingFolder(_ plan: RestorePlan, jobID: String) throws -> FileOwner {
+        let parent = String(plan.fileStore[..<plan.fileStore.lastIndex(of: "/")!])
+        let owner = try FileOwner(ofFolder: isFolder(plan.fileStore) ? plan.fileStore : parent)
+        if isFolder(plan.stagingFolder) {
+            // Left by an earlier attempt of this same job, or by someone else: only ours may go.
+            guard hasMarker(plan.stagingFolder, Self.marker(jobID)) else {
+                throw JobFailure(description: "\(plan.stagingFolder) exists and was not made by this restore; move it away")
+            }
+            try FileManager.default.removeItem(atPath: plan.stagingFolder)
+        }
+        try makeFolder(plan.stagingFolder, owner: owner, exclusive: true)
+        try writeMarker(in: plan.stagingFolder, Self.marker(jobID))
+        return owner
+    }
+
     private func swapFolders(_ plan: RestorePlan) throws {
         let hadFiles = FileManager.default.fileExists(atPath: plan.fileStore)
         if hadFiles {
             guard rename(plan.fileStore, plan.previousFolder) == 0 else {
                 throw JobFailure(description: "cannot move \(plan.fileStore) aside: \(String(cString: strerror(errno)))")
             }
+            // Marks the folder moved aside as backupd's to delete later.
+            try? writeMarker(in: plan.previousFolder, Self.previousMarker)
         }
         guard rename(plan.stagingFolder, plan.fileStore) == 0 else {
             let reason = String(cString: strerror(errno))
@@ -231,27 +253,38 @@ struct RestoreJob: Sendable {
             guard rename(plan.fileStore, plan.stagingFolder) == 0 else { return }
         }
         if !fileManager.fileExists(atPath: plan.fileStore) && fileManager.fileExists(atPath: plan.previousFolder) {
-            rename(plan.previousFolder, plan.fileStore)
+            if rename(plan.previousFolder, plan.fileStore) == 0 { unlink("\(plan.fileStore)/\(Self.previousMarker)") }
         }
     }
 
     /// Drops what the swap moved aside, when configured not to keep it.
     private func dropPrevious(_ environment: Environment, _ plan: RestorePlan) async {
-        try? await drop(database: plan.previousDatabase, folder: plan.previousFolder, on: environment)
+        try? await drop(database: plan.previousDatabase, folder: plan.previousFolder, marker: Self.previousMarker, on: environment)
     }
 
     /// Drops the staging database and folder. Never touches the target.
-    private func removeStaging(_ environment: Environment, _ plan: RestorePlan) async {
-        try? await drop(database: plan.stagingDatabase, folder: plan.stagingFolder, on: environment)
+    private func removeStaging(_ environment: Environment, _ plan: RestorePlan, jobID: String) async {
+        try? await drop(database: plan.stagingDatabase, folder: plan.stagingFolder, marker: Self.marker(jobID), on: environment)
     }
 
-    /// Removes a folder (if named) and drops a database on the environment's server, ending its sessions.
-    private func drop(database: String, folder: String, on environment: Environment) async throws {
+    /// Removes a folder (if named) that carries `marker`, so backupd deletes
+    /// only what it made, and drops a database on the environment's server,
+    /// ending its sessions. A folder there without the marker stops the
+    /// restore: it is someone else's.
+    private func drop(database: String, folder: String, marker: String, on environment: Environment) async throws {
         if !folder.isEmpty {
             // A file store can hold many files: removing it blocks, so it runs on the thread pool.
-            _ = try? await threadPool.runIfActive { try FileManager.default.removeItem(atPath: folder) }
+            try await threadPool.runIfActive {
+                var info = stat()
+                guard lstat(folder, &info) == 0 else { return }
+                guard info.st_mode & S_IFMT == S_IFDIR, hasMarker(folder, marker) else {
+                    throw JobFailure(description: "\(folder) exists and was not made by backupd; move it away to restore here")
+                }
+                try FileManager.default.removeItem(atPath: folder)
+            }
         }
-        try await onAppServer(environment, database: "postgres") { connection in
+        try await onAppServer(environment, database: "postgres") { [databases] connection in
+            try databases.refuseCatalog(on: connection, named: database)
             try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(database)) WITH (FORCE)")
         }
     }
@@ -283,7 +316,7 @@ struct RestoreJob: Sendable {
         if plan.swapStarted && !plan.fileStore.isEmpty {
             try unswapFolders(plan, jobID: claimed.job.id)
         }
-        await removeStaging(claimed.environment, plan)
+        await removeStaging(claimed.environment, plan, jobID: claimed.job.id)
         throw JobFailure(description: "backupd stopped while restoring; the staging copies were removed and the target is unchanged")
     }
 
@@ -292,7 +325,7 @@ struct RestoreJob: Sendable {
     @discardableResult
     private func onAppServer<T: Sendable>(_ environment: Environment, database: String?,
                                           _ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        try await threadPool.runIfActive { try body(try AppDatabase.connect(environment, database: database)) }
+        try await threadPool.runIfActive { [databases] in try body(try databases.connect(environment, database: database)) }
     }
 
     /// `base` and `suffix` within PostgreSQL's 63-byte identifiers, cut at a character boundary.
@@ -305,4 +338,36 @@ struct RestoreJob: Sendable {
     /// The file a staging folder carries, so that a restarted backupd can
     /// tell the restored files from the target's own.
     static func marker(_ jobID: String) -> String { ".backupd-restore-\(jobID)" }
+
+    /// The file a store moved aside by a restore carries, so that only such
+    /// a folder is ever deleted as "the previous state".
+    static let previousMarker = ".backupd-previous"
+}
+
+private func isFolder(_ path: String) -> Bool {
+    var info = stat()
+    return lstat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFDIR
+}
+
+private func hasMarker(_ folder: String, _ marker: String) -> Bool {
+    var info = stat()
+    return lstat("\(folder)/\(marker)", &info) == 0 && info.st_mode & S_IFMT == S_IFREG
+}
+
+private func writeMarker(in folder: String, _ marker: String) throws {
+    let fd = open("\(folder)/\(marker)", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw BlobStoreError.cannotWrite(path: "\(folder)/\(marker)", errno: errno) }
+    close(fd)
+}
+
+/// Makes one folder of a restored store with the store's owner and mode;
+/// an existing folder is fine unless `exclusive`.
+private func makeFolder(_ path: String, owner: FileOwner, exclusive: Bool = false) throws {
+    guard mkdir(path, 0o700) == 0 else {
+        guard errno == EEXIST, !exclusive, isFolder(path) else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
+        return
+    }
+    guard chown(path, owner.uid ?? uid_t.max, owner.gid ?? gid_t.max) == 0, chmod(path, owner.mode) == 0 else {
+        throw BlobStoreError.cannotWrite(path: path, errno: errno)
+    }
 }

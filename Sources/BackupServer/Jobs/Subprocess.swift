@@ -14,7 +14,8 @@ struct SubprocessError: Error, CustomStringConvertible {
     }
 }
 
-/// Runs an external program (pg_dump, pg_restore) to completion.
+/// Runs an external program (pg_dump, pg_restore) to completion, in an
+/// environment of its own (see `childEnvironment`).
 ///
 /// The program gets a process group of its own, so cancelling the task
 /// stops it and anything it started (SIGTERM, then SIGKILL after five
@@ -72,7 +73,7 @@ private func spawn(_ executable: String, _ arguments: [String], environment: [St
     markDescriptorsCloseOnExec()
     let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
-    let envp: [UnsafeMutablePointer<CChar>?] = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    let envp: [UnsafeMutablePointer<CChar>?] = childEnvironment.merging(environment) { $1 }
         .map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer { envp.forEach { free($0) } }
     var pid: pid_t = 0
@@ -82,6 +83,11 @@ private func spawn(_ executable: String, _ arguments: [String], environment: [St
     }
     return pid
 }
+
+/// All that a child process sees of the environment besides what its caller
+/// gives: nothing of backupd's own (no PG* variables, no HOME with its
+/// `.pgpass` and client certificates).
+private let childEnvironment = ["PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"]
 
 /// Marks every descriptor above standard error close-on-exec, so a child
 /// inherits nothing of ours: not client sockets, not catalog connections, not

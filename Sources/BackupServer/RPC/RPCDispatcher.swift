@@ -9,11 +9,14 @@ import Logging
 public struct RPCDispatcher: Sendable {
     let router: RPCRouter
     let authenticate: @Sendable (String) async throws -> Caller?
+    let openCalls: OpenCalls
     let logger: Logger
 
-    public init(router: RPCRouter, logger: Logger, authenticate: @escaping @Sendable (String) async throws -> Caller?) {
+    public init(router: RPCRouter, openCalls: OpenCalls = OpenCalls(), logger: Logger,
+                authenticate: @escaping @Sendable (String) async throws -> Caller?) {
         self.router = router
         self.authenticate = authenticate
+        self.openCalls = openCalls
         self.logger = logger
     }
 
@@ -28,19 +31,29 @@ public struct RPCDispatcher: Sendable {
         cancelled: AsyncStream<Void>,
         send: @escaping @Sendable ([UInt8]) async throws -> Void
     ) async -> CallStatus {
+        if let problem = start.problem {
+            return CallStatus(RPCError(.invalidArgument, "the call's start frame: \(problem)"))
+        }
         guard let route = router.routes[start.method] else {
             return CallStatus(RPCError(.unimplemented, "method \(start.method.isEmpty ? "(none)" : start.method) is not implemented"))
         }
         let timeoutMS = start.timeoutMS
+        let (revoked, revokedContinuation) = AsyncStream<Void>.makeStream()
         return await withTaskGroup(of: CallStatus?.self) { group in
             group.addTask {
                 do {
                     let caller = try await self.caller(for: start)
+                    let registration = self.openCalls.register(tokenID: caller.tokenID, revoked: revokedContinuation)
+                    defer { self.openCalls.remove(registration) }
                     try await route.run(requests, send, CallContext(caller: caller, method: start.method))
                     return CallStatus()
                 } catch {
                     return CallStatus(rpcError(for: error, method: start.method, logger: self.logger))
                 }
+            }
+            group.addTask {
+                for await _ in revoked { return CallStatus(RPCError(.unauthenticated, "the call's token was revoked")) }
+                return nil
             }
             if timeoutMS > 0 {
                 group.addTask {

@@ -72,7 +72,9 @@ public struct RPCRouter: Sendable {
 
 func decodeRequest<Request: WireMessage>(_ bytes: [UInt8]) throws(BackupError) -> Request {
     do {
-        return try Request(serializedBytes: bytes)
+        return try Request(validating: bytes)
+    } catch let violation as WireViolation {
+        throw .invalidArgument(violation.description)
     } catch {
         throw .invalidArgument("request message is not a valid \(String(cString: Request.descriptor.name))")
     }

@@ -9,6 +9,8 @@ import Foundation
 struct BackupsService: Sendable {
     let catalog: Catalog
     let jobs: JobRunner
+    let placement: Placement
+    let openCalls: OpenCalls
     let maxFrameBytes: Int
     static let version = "0.1.0"
 
@@ -30,30 +32,53 @@ struct BackupsService: Sendable {
 
     private func registerEnvironments(into router: inout RPCRouter) {
         router.unary(Backups.registerEnvironment) { request, context in
-            try context.authorize(.admin, in: request.namespace)
+            try context.authorize(.platform, in: request.namespace)
+            // Names first: a request that cannot be cataloged reaches no database.
+            try validateName(request.namespace, "namespace")
+            try validateName(request.name, "environment name")
+            var request = request
+            request.fileQuery = request.fileQuery.isEmpty ? mendixFileQuery : request.fileQuery
+            let location = try await placement.check(EnvironmentLocation(
+                namespace: request.namespace, name: request.name, databaseURL: request.databaseURL,
+                fileStorePath: request.fileStorePath, fileQuery: request.fileQuery))
+            request.fileStorePath = location.fileStorePath
+            request.fileQuery = location.fileQuery
             return redacted(try await catalog.registerEnvironment(request))
         }
         router.unary(Backups.listEnvironments) { request, context in
-            let namespace = context.namespace(request.namespace)
-            try context.authorize(.viewer, in: namespace)
+            let namespace = try context.namespace(request.namespace)
+            try context.authorize(.viewer, in: namespace, platform: true)
             let environments = try await catalog.listEnvironments(namespace: namespace).map(redacted)
             return .with { $0.environments = environments }
         }
         router.unary(Backups.getEnvironment) { request, context in
-            try context.authorize(.viewer, in: request.namespace)
+            try context.authorize(.viewer, in: request.namespace, platform: true)
             return redacted(try await catalog.environment(namespace: request.namespace, name: request.name))
         }
         router.unary(Backups.updateEnvironment) { request, context in
-            try context.authorize(.admin, in: request.namespace)
+            // Where the data lives is the platform's decision; the app and its version are the namespace's too.
+            let movesData = !request.databaseURL.isEmpty || !request.fileStorePath.isEmpty || !request.fileQuery.isEmpty
+            try context.authorize(movesData ? .platform : .admin, in: request.namespace, platform: true)
+            var request = request
+            if movesData {
+                let current = try await catalog.environment(namespace: request.namespace, name: request.name)
+                let location = try await placement.check(EnvironmentLocation(
+                    namespace: request.namespace, name: request.name,
+                    databaseURL: request.databaseURL.isEmpty ? current.databaseURL : request.databaseURL,
+                    fileStorePath: request.fileStorePath.isEmpty ? current.fileStorePath : request.fileStorePath,
+                    fileQuery: request.fileQuery.isEmpty ? current.fileQuery : request.fileQuery))
+                request.fileStorePath = location.fileStorePath
+                request.fileQuery = location.fileQuery
+            }
             return redacted(try await catalog.updateEnvironment(request))
         }
         router.unary(Backups.setEnvironmentState) { request, context in
-            try context.authorize(.operator, in: request.namespace)
+            try context.authorize(.operator, in: request.namespace, platform: true)
             return redacted(try await catalog.setEnvironmentState(namespace: request.namespace, name: request.name,
                                                                   state: request.state, actor: context.caller.tokenName))
         }
         router.unary(Backups.deleteEnvironment) { request, context in
-            try context.authorize(.admin, in: request.namespace)
+            try context.authorize(.platform, in: request.namespace)
             let deleted = try await catalog.deleteEnvironment(namespace: request.namespace, name: request.name,
                                                               force: request.force, actor: context.caller.tokenName)
             if deleted > 0 { jobs.requestGarbageCollection() }
@@ -71,39 +96,34 @@ struct BackupsService: Sendable {
             return .with { $0.backup = backup; $0.job = job }
         }
         router.unary(Backups.listBackups) { request, context in
-            let namespace = context.namespace(request.namespace)
+            let namespace = try context.namespace(request.namespace)
             try context.authorize(.viewer, in: namespace)
             let page = try await catalog.listBackups(
                 BackupFilter(namespace: namespace, environment: request.environment, kind: request.kind, status: request.status),
                 pageSize: request.pageSize, pageToken: request.pageToken)
-            return .with { $0.backups = page.items; $0.nextPageToken = page.nextPageToken }
+            return fitted(page) { page in .with { $0.backups = page.items; $0.nextPageToken = page.nextPageToken } }
         }
         router.unary(Backups.getBackup) { request, context in
-            let backup = try await catalog.backup(id: request.id)
-            try context.authorize(.viewer, in: backup.namespace)
-            return backup
+            try await reachableBackup(request.id, .viewer, context)
         }
         router.unary(Backups.updateBackup) { request, context in
-            let backup = try await catalog.backup(id: request.id)
-            try context.authorize(.operator, in: backup.namespace)
-            return try await catalog.updateBackupComment(id: request.id, comment: request.comment, actor: context.caller.tokenName)
+            let backup = try await reachableBackup(request.id, .operator, context)
+            return try await catalog.updateBackupComment(id: backup.id, comment: request.comment, actor: context.caller.tokenName)
         }
         router.unary(Backups.deleteBackup) { request, context in
-            let backup = try await catalog.backup(id: request.id)
-            try context.authorize(.operator, in: backup.namespace)
-            _ = try await catalog.deleteBackup(id: request.id, actor: context.caller.tokenName)
+            let backup = try await reachableBackup(request.id, .operator, context)
+            _ = try await catalog.deleteBackup(id: backup.id, actor: context.caller.tokenName)
             jobs.requestGarbageCollection()
             return DeleteBackupResponse()
         }
         router.unary(Backups.restoreBackup) { request, context in
-            let backup = try await catalog.backup(id: request.backupID)
-            let targetNamespace = context.namespace(request.targetNamespace)
+            let backup = try await reachableBackup(request.backupID, .operator, context)
+            let targetNamespace = try context.namespace(request.targetNamespace)
             // Refused across namespaces whatever the caller may do elsewhere.
             guard targetNamespace == backup.namespace else {
                 throw BackupError.permissionDenied(
                     "backup \(backup.id) belongs to namespace \(backup.namespace); restoring into namespace \(targetNamespace) is refused")
             }
-            try context.authorize(.operator, in: backup.namespace)
             let job = try await catalog.createRestore(
                 backupID: request.backupID, targetNamespace: targetNamespace, targetEnvironment: request.targetEnvironment,
                 databaseOnly: request.databaseOnly, acceptVersionMismatch: request.acceptVersionMismatch,
@@ -112,23 +132,20 @@ struct BackupsService: Sendable {
             return job
         }
         router.unary(Backups.listActivity) { request, context in
-            let namespace = context.namespace(request.namespace)
+            let namespace = try context.namespace(request.namespace)
             try context.authorize(.viewer, in: namespace)
             let page = try await catalog.listActivity(namespace: namespace, environment: request.environment,
                                                       pageSize: request.pageSize, pageToken: request.pageToken)
-            return .with { $0.activity = page.items; $0.nextPageToken = page.nextPageToken }
+            return fitted(page) { page in .with { $0.activity = page.items; $0.nextPageToken = page.nextPageToken } }
         }
     }
 
     private func registerJobs(into router: inout RPCRouter) {
         router.unary(Backups.getJob) { request, context in
-            let job = try await catalog.job(id: request.id)
-            try context.authorize(.viewer, in: job.namespace)
-            return job
+            try await reachableJob(request.id, context)
         }
         router.serverStreaming(Backups.watchJob) { request, context, responses in
-            var job = try await catalog.job(id: request.id)
-            try context.authorize(.viewer, in: job.namespace)
+            var job = try await reachableJob(request.id, context)
             try await responses.write(job)
             while !job.status.isTerminal {
                 try await Task.sleep(for: .milliseconds(100))
@@ -141,21 +158,56 @@ struct BackupsService: Sendable {
 
     private func registerTokens(into router: inout RPCRouter) {
         router.unary(Backups.createToken) { request, context in
-            try context.authorize(.admin, in: request.namespace)
+            // Only the platform makes platform tokens; an admin makes its own namespace's.
+            try context.authorize(request.role == .platform ? .platform : .admin, in: request.namespace, platform: true)
             let (token, secret) = try await catalog.createToken(namespace: request.namespace, role: request.role, name: request.name)
             return .with { $0.token = token; $0.secret = secret }
         }
         router.unary(Backups.listTokens) { request, context in
-            let namespace = context.namespace(request.namespace)
-            try context.authorize(.admin, in: namespace)
+            // A platform token lists a namespace's tokens, or with no namespace the platform's.
+            let namespace = context.caller.role == .platform ? request.namespace : try context.namespace(request.namespace)
+            try context.authorize(.admin, in: namespace, platform: true)
             let tokens = try await catalog.listTokens(namespace: namespace)
             return .with { $0.tokens = tokens }
         }
         router.unary(Backups.revokeToken) { request, context in
             let token = try await catalog.token(id: request.id)
-            try context.authorize(.admin, in: token.namespace)
-            return try await catalog.revokeToken(id: request.id)
+            try context.authorize(token.role == .platform ? .platform : .admin, reaching: token.namespace, platform: true,
+                                  orAnswer: .notFound("token \(token.id) does not exist"))
+            let revoked = try await catalog.revokeToken(id: token.id)
+            openCalls.end(callsOf: token.id)
+            return revoked
         }
+    }
+
+    /// The response for the longest first part of a page that fits in one
+    /// frame; the rest follows with the next page token.
+    private func fitted<Item, Response: WireMessage>(_ page: Page<Item>, _ response: (Page<Item>) -> Response) -> Response {
+        // Room for the frame around the message: call id, field tags, lengths.
+        let budget = maxFrameBytes - 32
+        var page = page
+        var message = response(page)
+        var size = message.serializedBytes().count
+        while size > budget && page.items.count > 1 {
+            page = page.prefix(max(1, min(page.items.count - 1, page.items.count * budget / size)))
+            message = response(page)
+            size = message.serializedBytes().count
+        }
+        return message
+    }
+
+    /// A backup the caller may act on with `role`; another namespace's answers NOT_FOUND as an unknown id does.
+    private func reachableBackup(_ id: String, _ role: Role, _ context: CallContext) async throws -> Backup {
+        let backup = try await catalog.backup(id: id)
+        try context.authorize(role, reaching: backup.namespace, orAnswer: .notFound("backup \(backup.id) does not exist"))
+        return backup
+    }
+
+    /// A job the caller may look at; another namespace's answers NOT_FOUND as an unknown id does.
+    private func reachableJob(_ id: String, _ context: CallContext) async throws -> Job {
+        let job = try await catalog.job(id: id)
+        try context.authorize(.viewer, reaching: job.namespace, orAnswer: .notFound("job \(job.id) does not exist"))
+        return job
     }
 }
 

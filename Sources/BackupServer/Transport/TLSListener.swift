@@ -58,11 +58,18 @@ actor TLSListener {
         self.onListening = onListening
     }
 
+    static let tls12CipherSuites = [
+        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    ].joined(separator: ":")
+
     func run() async throws {
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: try NIOSSLCertificate.fromPEMFile(tls.certificateChainPath).map { .certificate($0) },
             privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.privateKeyPath, format: .pem)))
         configuration.minimumTLSVersion = .tlsv12
+        // TLS 1.2 with forward-secret AEAD suites only (TLS 1.3's are all AEAD): no CBC, no SHA-1 MACs.
+        configuration.cipherSuites = TLSListener.tls12CipherSuites
         configuration.applicationProtocols = [ALPN.rpc, ALPN.http]
         if let clientCA = tls.clientCAPath {
             configuration.trustRoots = .file(clientCA)
