@@ -15,15 +15,19 @@ export BACKUPD_TLS_KEY=$(pwd)/certs/dev/server.key
 if [ ! -s "$VAR/admin.token" ]; then
   "$BIN/backupd" token create --namespace demo --role admin --name demo-admin > "$VAR/admin.token"
 fi
+# The platform token places environments (database, file store); namespace admins cannot.
+if [ ! -s "$VAR/platform.token" ]; then
+  "$BIN/backupd" token create --platform --name demo-platform > "$VAR/platform.token"
+fi
 export BACKUPCTL_ADDR=$ADDR BACKUPCTL_TOKEN=$(cat "$VAR/admin.token") BACKUPCTL_CA=$(pwd)/certs/dev/ca.crt
 
 rm -f "$VAR/backupd.ready"
-"$BIN/backupd" serve --listen "$ADDR" --ready-file "$VAR/backupd.ready" &
+"$BIN/backupd" serve --listen "$ADDR" --ready-file "$VAR/backupd.ready" --file-store-root "$VAR/demo" &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM
 for _ in $(seq 1 100); do [ -s "$VAR/backupd.ready" ] && break; kill -0 $pid 2>/dev/null || exit 1; sleep 0.1; done
 
-"$BIN/backupctl" env show demo/shop-production >/dev/null 2>&1 || "$BIN/backupctl" env register demo/shop-production \
+"$BIN/backupctl" env show demo/shop-production >/dev/null 2>&1 || "$BIN/backupctl" env register demo/shop-production --token "$(cat "$VAR/platform.token")" \
   --app shop --database-url "host=127.0.0.1 port=$PORT user=postgres dbname=demo_app" \
   --file-store "$VAR/demo/files" --package-version 1.0.0 >/dev/null
 

@@ -101,8 +101,8 @@ public final class FileStoreReader: Sendable {
     private static func failure(_ code: Int32, key: String, folder: Bool) -> FileDocumentError {
         switch code {
         case ENOENT: .missing(key: key)
-        case ELOOP: .notRegular(key: key, what: folder ? "in a folder that is a symbolic link" : "a symbolic link")
-        case ENOTDIR: .notRegular(key: key, what: "in a folder that is not a folder")
+        case ELOOP, ENOTDIR:
+            .notRegular(key: key, what: folder ? "in a folder that is a symbolic link or not a folder" : "a symbolic link")
         default: .unreadable(key: key, errno: code)
         }
     }

@@ -7,7 +7,7 @@ struct EnvCommand: AsyncParsableCommand {
         subcommands: [Register.self, ListEnvironments.self, ShowEnvironment.self, Update.self, Stop.self, Start.self, DeleteEnvironment.self])
 
     struct Register: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Register an environment (admin).")
+        static let configuration = CommandConfiguration(abstract: "Register an environment: where its database and files are (platform).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "NAMESPACE/NAME") var env: EnvironmentRef
         @Option(help: "The app it runs.") var app: String
@@ -59,7 +59,7 @@ struct EnvCommand: AsyncParsableCommand {
     }
 
     struct Update: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Change an environment; options not given stay as they are (admin).")
+        static let configuration = CommandConfiguration(abstract: "Change an environment; options not given stay as they are (admin for --app and --package-version, platform for the rest).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "NAMESPACE/NAME") var env: EnvironmentRef
         @Option var app = ""
@@ -93,7 +93,7 @@ struct EnvCommand: AsyncParsableCommand {
     }
 
     struct DeleteEnvironment: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete an environment (admin).")
+        static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete an environment (platform).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "NAMESPACE/NAME") var env: EnvironmentRef
         @Flag(help: "Delete its backups too.") var force = false
@@ -117,19 +117,19 @@ private func setState(_ env: EnvironmentRef, _ state: EnvironmentState, _ global
 
 struct TokenCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "token", abstract: "Create, list and revoke access tokens (admin).",
+        commandName: "token", abstract: "Create, list and revoke access tokens (admin in a namespace, or platform).",
         subcommands: [CreateToken.self, ListTokens.self, RevokeToken.self])
 
     struct CreateToken: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a token; its secret is shown once.")
         @OptionGroup var global: GlobalOptions
-        @Option var namespace: String
-        @Option(help: "viewer, operator or admin.") var role: String
+        @Option(help: "Namespace of the token; none for a platform token.") var namespace = ""
+        @Option(help: "viewer, operator, admin, or platform (made only with a platform token).") var role: String
         @Option(help: "Who or what uses it.") var name: String
 
         func run() async throws {
             guard let role = Role(name: role), role != .unspecified else {
-                throw ValidationError("--role must be viewer, operator or admin")
+                throw ValidationError("--role must be viewer, operator, admin or platform")
             }
             let (namespace, name) = (namespace, name)
             let response = try await global.withClient {

@@ -119,3 +119,23 @@ final class RemovedHashes: Sendable {
     func add(_ hash: ContentHash) { hashes.withLock { $0.append(hash) } }
     var all: [ContentHash] { hashes.withLock { $0 } }
 }
+
+@Suite struct ForeignDatabaseTests {
+    @Test func aDatabaseWithTablesButNoMigrationsIsNeverMadeACatalog() async throws {
+        let database = try TestPostgres.createDatabase("foreign", template: "demo_app")
+        defer { TestPostgres.dropDatabase(database) }
+        let threadPool = NIOThreadPool(numberOfThreads: 1)
+        threadPool.start()
+        let catalog = Catalog(connectionString: TestPostgres.connectionString(database), maximumConnections: 1, threadPool: threadPool)
+        do {
+            try await catalog.migrate()
+            Issue.record("migrated a database that is not a catalog")
+        } catch let error as CatalogError {
+            #expect(error.description.contains("not a backupd catalog"))
+        }
+        await catalog.pool.close()
+        try await threadPool.shutdownGracefully()
+        let tables = try TestPostgres.query(database, "SELECT count(*) AS n FROM pg_tables WHERE tablename = 'schema_migrations'")
+        #expect(tables[0].string("n") == "0")
+    }
+}

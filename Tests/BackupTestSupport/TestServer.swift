@@ -116,6 +116,7 @@ public final class TestServer: @unchecked Sendable {
     }
 
     public var isRunning: Bool { process.isRunning }
+    public var processIdentifier: Int32 { process.processIdentifier }
     public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     /// Sends `signal` and waits up to `timeout` for the process to exit; returns its exit status.

@@ -162,3 +162,56 @@ import Testing
         #expect(try decoder.decode(buffer: &complete) == Frame(callID: 3, .halfClose))
     }
 }
+
+@Suite struct WireValidationTests {
+    private func violation(_ bytes: [UInt8], as type: (some WireMessage).Type) -> String? {
+        do {
+            _ = try type.init(validating: bytes)
+            return nil
+        } catch let violation as WireViolation {
+            return violation.description
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    private func string(_ field: UInt8, _ bytes: [UInt8]) -> [UInt8] {
+        precondition(bytes.count < 128)
+        return [field << 3 | 2, UInt8(bytes.count)] + bytes
+    }
+
+    @Test func stringsOverTheirLimitNULsAndBadUTF8AreNamed() {
+        let comment = CreateBackupRequest.with { $0.namespace = "acme"; $0.comment = String(repeating: "é", count: 2049) }
+        #expect(violation(comment.serializedBytes(), as: CreateBackupRequest.self) == "comment is 4098 bytes long; the limit is 4096 bytes")
+        let atLimit = CreateBackupRequest.with { $0.comment = String(repeating: "x", count: 4096); $0.environment = String(repeating: "e", count: 128) }
+        #expect(violation(atLimit.serializedBytes(), as: CreateBackupRequest.self) == nil)
+        #expect(violation(string(3, Array("a\0b".utf8)), as: CreateBackupRequest.self) == "comment contains a NUL byte")
+        #expect(violation(string(2, [0xc3]), as: CreateBackupRequest.self) == "environment is not valid UTF-8")
+        let app = RegisterEnvironmentRequest.with { $0.app = String(repeating: "a", count: 257) }
+        #expect(violation(app.serializedBytes(), as: RegisterEnvironmentRequest.self) == "app is 257 bytes long; the limit is 256 bytes")
+    }
+
+    @Test func nestedMessagesAndEnumsAreCheckedToo() {
+        #expect(violation([3 << 3, 6], as: ListBackupsRequest.self) == "kind has value 6, which backup.v1.BackupKind does not define")
+        #expect(violation([3 << 3, 5], as: ListBackupsRequest.self) == nil)
+        let schedule = string(1, string(5, Array("Europe/\0x".utf8)))
+        #expect(violation(schedule, as: SetScheduleRequest.self) == "schedule.time_zone contains a NUL byte")
+    }
+
+    @Test func aStartFrameWithANULInItsMetadataIsMarked() throws {
+        let entry = string(1, Array("authorization".utf8)) + string(2, Array("Bearer t\0junk".utf8))
+        let start = string(1, Array("backup.v1.Backups/ServerInfo".utf8)) + string(2, entry)
+        let body: [UInt8] = [1 << 3, 1] + [2 << 3 | 2, UInt8(start.count)] + start
+        var buffer = ByteBuffer()
+        buffer.writeInteger(UInt32(body.count))
+        buffer.writeBytes(body)
+        var decoder = FrameDecoder()
+        let frame = try #require(try decoder.decode(buffer: &buffer))
+        guard case .start(let decoded) = frame.kind else { Issue.record("not a start frame"); return }
+        #expect(decoded.problem == "start.metadata.value contains a NUL byte")
+        let clean = Frame(callID: 1, .start(.with { $0.method = "m"; $0.metadata = [MetadataEntry("authorization", "Bearer t")] }))
+        var cleanBuffer = ByteBuffer()
+        FrameEncoder().encode(data: clean, out: &cleanBuffer)
+        #expect(try decoder.decode(buffer: &cleanBuffer) == clean)
+    }
+}

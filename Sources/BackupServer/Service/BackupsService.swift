@@ -159,8 +159,9 @@ struct BackupsService: Sendable {
     private func registerTokens(into router: inout RPCRouter) {
         router.unary(Backups.createToken) { request, context in
             // Only the platform makes platform tokens; an admin makes its own namespace's.
-            try context.authorize(request.role == .platform ? .platform : .admin, in: request.namespace, platform: true)
-            let (token, secret) = try await catalog.createToken(namespace: request.namespace, role: request.role, name: request.name)
+            let namespace = request.role == .platform ? request.namespace : try context.namespace(request.namespace)
+            try context.authorize(request.role == .platform ? .platform : .admin, in: namespace, platform: true)
+            let (token, secret) = try await catalog.createToken(namespace: namespace, role: request.role, name: request.name)
             return .with { $0.token = token; $0.secret = secret }
         }
         router.unary(Backups.listTokens) { request, context in

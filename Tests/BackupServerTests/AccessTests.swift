@@ -1,0 +1,243 @@
+import BackupClient
+import BackupCore
+import BackupTestSupport
+import BackupWire
+import Foundation
+import Testing
+
+/// Who may call what, and what a caller learns about what is not theirs.
+@Suite(.serialized) struct AccessTests {
+    /// The outcome of a call: OK, or the status it ended with.
+    private func outcome(_ body: () async throws -> Void) async -> StatusCode {
+        do {
+            try await body()
+            return .ok
+        } catch let error as RPCError {
+            return error.code
+        } catch {
+            return .unknown
+        }
+    }
+
+    /// One method of the matrix: the roles that may call it, the code an
+    /// allowed caller gets with this request, the code a refused one gets.
+    private struct Row {
+        let method: String
+        let allowed: Set<Role>
+        let whenAllowed: StatusCode
+        let whenRefused: [Role: StatusCode]
+        let call: @Sendable (BackupClient) async throws -> Void
+
+        init(_ method: String, _ allowed: Set<Role>, _ whenAllowed: StatusCode, platformRefusal: StatusCode = .permissionDenied,
+             _ call: @escaping @Sendable (BackupClient) async throws -> Void) {
+            self.method = method
+            self.allowed = allowed
+            self.whenAllowed = whenAllowed
+            self.whenRefused = [.viewer: .permissionDenied, .operator: .permissionDenied, .admin: .permissionDenied,
+                                .platform: platformRefusal]
+            self.call = call
+        }
+    }
+
+    @Test func everyRoleReachesExactlyItsMethods() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let backup = try await finishedBackup(server, app)
+                // finishedBackup stopped it; restores are then refused only for the backup's package version.
+                try await server.withClient { client in
+                    _ = try await client.unary(Backups.updateEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production"; $0.packageVersion = "9" })
+                }
+                var tokens: [Role: String] = [.admin: server.adminToken, .platform: server.platformToken]
+                tokens[.viewer] = try await server.makeToken(.viewer, name: "matrix-viewer")
+                tokens[.operator] = try await server.makeToken(.operator, name: "matrix-operator")
+                let catalog = server.catalogDatabase
+                /// A failed backup of its own for each call that deletes or edits one.
+                let spareBackup: @Sendable () throws -> String = {
+                    let id = UUID().uuidString.lowercased()
+                    try TestPostgres.query(catalog, "INSERT INTO snapshots (id, environment_id, status, kind) SELECT $1, id, 'failed', 'on-demand' FROM environments", id)
+                    return id
+                }
+                let spareToken: @Sendable () async throws -> String = {
+                    try await server.withClient { client in
+                        try await client.unary(Backups.createToken, .with { $0.namespace = "acme"; $0.role = .viewer; $0.name = "spare" }).token.id
+                    }
+                }
+                let everyone: Set<Role> = [.viewer, .operator, .admin, .platform]
+                let namespaceRoles: Set<Role> = [.viewer, .operator, .admin]
+                let rows: [Row] = [
+                    Row("ServerInfo", everyone, .ok) { _ = try await $0.unary(Backups.serverInfo, ServerInfoRequest()) },
+                    Row("RegisterEnvironment", [.platform], .invalidArgument) {
+                        _ = try await $0.unary(Backups.registerEnvironment, .with { $0.namespace = "acme"; $0.name = "matrix"; $0.databaseURL = "dbname=x" })
+                    },
+                    Row("ListEnvironments", everyone, .ok) { _ = try await $0.unary(Backups.listEnvironments, .with { $0.namespace = "acme" }) },
+                    Row("GetEnvironment", everyone, .ok) {
+                        _ = try await $0.unary(Backups.getEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production" })
+                    },
+                    Row("UpdateEnvironment (app)", [.admin, .platform], .ok) {
+                        _ = try await $0.unary(Backups.updateEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production"; $0.app = "shop" })
+                    },
+                    Row("UpdateEnvironment (location)", [.platform], .invalidArgument) {
+                        _ = try await $0.unary(Backups.updateEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production"; $0.fileStorePath = "files" })
+                    },
+                    Row("DeleteEnvironment", [.platform], .failedPrecondition) {
+                        _ = try await $0.unary(Backups.deleteEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production" })
+                    },
+                    Row("SetEnvironmentState", [.operator, .admin, .platform], .invalidArgument) {
+                        _ = try await $0.unary(Backups.setEnvironmentState, .with { $0.namespace = "acme"; $0.name = "shop-production" })
+                    },
+                    Row("CreateBackup", [.operator, .admin], .notFound) {
+                        _ = try await $0.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "nowhere" })
+                    },
+                    Row("ListBackups", namespaceRoles, .ok) { _ = try await $0.unary(Backups.listBackups, .with { $0.namespace = "acme" }) },
+                    Row("GetBackup", namespaceRoles, .ok, platformRefusal: .notFound) {
+                        _ = try await $0.unary(Backups.getBackup, .with { $0.id = backup.id })
+                    },
+                    Row("UpdateBackup", [.operator, .admin], .ok, platformRefusal: .notFound) {
+                        let id = try spareBackup()
+                        _ = try await $0.unary(Backups.updateBackup, .with { $0.id = id; $0.comment = "matrix" })
+                    },
+                    Row("DeleteBackup", [.operator, .admin], .ok, platformRefusal: .notFound) {
+                        let id = try spareBackup()
+                        _ = try await $0.unary(Backups.deleteBackup, .with { $0.id = id })
+                    },
+                    Row("GetJob", namespaceRoles, .ok, platformRefusal: .notFound) {
+                        _ = try await $0.unary(Backups.getJob, .with { $0.id = backup.jobID })
+                    },
+                    Row("WatchJob", namespaceRoles, .ok, platformRefusal: .notFound) {
+                        try await $0.serverStreaming(Backups.watchJob, .with { $0.id = backup.jobID }) { _ in }
+                    },
+                    Row("RestoreBackup", [.operator, .admin], .failedPrecondition, platformRefusal: .notFound) {
+                        _ = try await $0.unary(Backups.restoreBackup, .with { $0.backupID = backup.id; $0.targetEnvironment = "shop-production"; $0.targetNamespace = "acme" })
+                    },
+                    Row("ListActivity", namespaceRoles, .ok) { _ = try await $0.unary(Backups.listActivity, .with { $0.namespace = "acme" }) },
+                    Row("CreateToken", [.admin, .platform], .ok) {
+                        _ = try await $0.unary(Backups.createToken, .with { $0.namespace = "acme"; $0.role = .viewer; $0.name = "matrix" })
+                    },
+                    Row("CreateToken (platform)", [.platform], .ok) {
+                        _ = try await $0.unary(Backups.createToken, .with { $0.role = .platform; $0.name = "matrix-platform" })
+                    },
+                    Row("ListTokens", [.admin, .platform], .ok) { _ = try await $0.unary(Backups.listTokens, .with { $0.namespace = "acme" }) },
+                    Row("RevokeToken", [.admin, .platform], .ok) {
+                        let id = try await spareToken()
+                        _ = try await $0.unary(Backups.revokeToken, .with { $0.id = id })
+                    },
+                    Row("VerifyBackup", [], .unimplemented) { _ = try await $0.unary(Backups.verifyBackup, .with { $0.id = backup.id }) },
+                    Row("RequestDownload", [], .unimplemented) { _ = try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) },
+                    Row("StartUpload", [], .unimplemented) { _ = try await $0.unary(Backups.startUpload, .with { $0.namespace = "acme" }) },
+                    Row("GetSchedule", [], .unimplemented) { _ = try await $0.unary(Backups.getSchedule, .with { $0.namespace = "acme" }) },
+                ]
+                for row in rows {
+                    for role in [Role.viewer, .operator, .admin, .platform] {
+                        let code = await outcome { try await server.withClient(token: tokens[role]!) { try await row.call($0) } }
+                        let expected = row.whenAllowed == .unimplemented ? .unimplemented
+                            : row.allowed.contains(role) ? row.whenAllowed : row.whenRefused[role]!
+                        #expect(code == expected, "\(row.method) as \(role): \(code), expected \(expected)")
+                    }
+                }
+                // A platform token names its namespace; it has none of its own.
+                let unnamed = await outcome {
+                    _ = try await server.withClient(token: server.platformToken) { try await $0.unary(Backups.listEnvironments, ListEnvironmentsRequest()) }
+                }
+                #expect(unnamed == .invalidArgument)
+            }
+        }
+    }
+
+    @Test func anotherNamespacesIdsAnswerExactlyAsUnknownOnes() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let backup = try await finishedBackup(server, app)
+                let stranger = try await server.makeToken(.admin, namespace: "other", name: "stranger")
+                let adminTokenID = try TestPostgres.query(server.catalogDatabase, "SELECT id FROM tokens WHERE name = 'test-admin'")[0].string("id")
+                let unknown = UUID().uuidString.lowercased()
+                try await server.withClient(token: stranger) { client in
+                    let calls: [(String, String, @Sendable (String) async throws -> Void)] = [
+                        ("backup", backup.id, { @Sendable id in _ = try await client.unary(Backups.getBackup, .with { $0.id = id }) }),
+                        ("backup", backup.id, { @Sendable id in _ = try await client.unary(Backups.deleteBackup, .with { $0.id = id }) }),
+                        ("job", backup.jobID, { @Sendable id in _ = try await client.unary(Backups.getJob, .with { $0.id = id }) }),
+                        ("token", adminTokenID, { @Sendable id in _ = try await client.unary(Backups.revokeToken, .with { $0.id = id }) }),
+                    ]
+                    for (what, id, call) in calls {
+                        let foreign = await expectStatus(.notFound) { try await call(id) }
+                        let missing = await expectStatus(.notFound) { try await call(unknown) }
+                        #expect(foreign?.message == "\(what) \(id) does not exist")
+                        #expect(missing?.message == "\(what) \(unknown) does not exist")
+                    }
+                }
+                // Nothing of it changed.
+                let stillThere = try await server.withClient { try await $0.unary(Backups.getBackup, .with { $0.id = backup.id }) }
+                #expect(stillThere.status == .finished)
+                #expect(try server.backupctl(["info"]).status == 0)
+            }
+        }
+    }
+
+    @Test func revokingATokenEndsItsOpenCalls() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 30)]) { server in
+                try await server.register(app)
+                let viewer = try await server.makeToken(.viewer, name: "watcher")
+                let created = try await server.withClient { try await createBackup($0) }
+                let watching = Task {
+                    try await server.withClient(token: viewer) { client in
+                        try await client.serverStreaming(Backups.watchJob, .with { $0.id = created.job.id }) { _ in }
+                    }
+                }
+                try await Task.sleep(for: .milliseconds(500))
+                let tokenID = try TestPostgres.query(server.catalogDatabase, "SELECT id FROM tokens WHERE name = 'watcher'")[0].string("id")
+                _ = try await server.withClient { try await $0.unary(Backups.revokeToken, .with { $0.id = tokenID }) }
+                let ended = await expectStatus(.unauthenticated) { try await watching.value }
+                #expect(ended?.message.contains("revoked") == true)
+                let job = try await server.withClient { try await $0.unary(Backups.getJob, .with { $0.id = created.job.id }) }
+                #expect(!job.status.isTerminal, "the job itself goes on")
+            }
+        }
+    }
+
+    @Test func helpNeverShowsTheSecretsItReadsFromTheEnvironment() throws {
+        let cli = try runCommand("\(binDirectory)/backupctl", ["list", "--help"],
+                                 environment: ["BACKUPCTL_TOKEN": "token-secret-in-env", "BACKUPCTL_KEY": "/secret/key.pem"])
+        #expect(cli.standardOutput.contains("BACKUPCTL_TOKEN"))
+        #expect(!cli.standardOutput.contains("token-secret-in-env") && !cli.standardOutput.contains("/secret/key.pem"))
+        let server = try runCommand("\(binDirectory)/backupd", ["serve", "--help"],
+                                    environment: ["BACKUPD_CATALOG": "host=db password=catalog-secret-in-env"])
+        #expect(server.standardOutput.contains("BACKUPD_CATALOG"))
+        #expect(!server.standardOutput.contains("catalog-secret-in-env"))
+    }
+
+    @Test func tlsOffersOnlyForwardSecretAEADSuites() async throws {
+        try await withTestServer { server in
+            func handshake(_ arguments: [String]) throws -> Bool {
+                try runCommand("/usr/bin/timeout", ["10", "openssl", "s_client", "-connect", server.address, "-CAfile", TestServer.caFile,
+                                                    "-verify_return_error", "-brief"] + arguments + ["-no_ign_eof"]).status == 0
+            }
+            let aead = try handshake(["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"])
+            let tls13 = try handshake(["-tls1_3"])
+            #expect(aead && tls13)
+            // The CBC suites with SHA-1 MACs that TLS 1.2 used to accept.
+            for weak in ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA"] {
+                let accepted = try handshake(["-tls1_2", "-cipher", weak])
+                #expect(!accepted, "\(weak) was accepted")
+            }
+        }
+    }
+
+    @Test func theCLIPrintsControlCharactersEscaped() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                _ = try await server.withClient(token: server.platformToken) { client in
+                    try await client.unary(Backups.registerEnvironment, .with {
+                        $0.namespace = "acme"; $0.name = "shop-production"; $0.app = "shop\u{1B}[2J\u{1B}]0;owned\u{07}\r"
+                        $0.databaseURL = app.connectionString; $0.fileStorePath = app.fileStore
+                    })
+                }
+                for arguments in [["env", "show", "acme/shop-production"], ["env", "list"]] {
+                    let shown = try server.backupctl(arguments)
+                    #expect(shown.status == 0)
+                    #expect(!shown.standardOutput.unicodeScalars.contains { $0 == "\u{1B}" || $0 == "\u{07}" || $0 == "\r" })
+                    #expect(shown.standardOutput.contains("shop\\u{1B}[2J"), "\(shown.standardOutput)")
+                }
+            }
+        }
+    }
+}
