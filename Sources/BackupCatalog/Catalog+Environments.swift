@@ -46,10 +46,15 @@ extension Catalog {
         }
     }
 
-    public func listEnvironments(namespace: String) async throws -> [Environment] {
-        try await pool.withConnection { connection in
-            try connection.query("SELECT \(Self.environmentColumns) FROM environments e WHERE e.namespace = $1 ORDER BY e.name", namespace)
-                .map(Self.environment)
+    /// A namespace's environments by name, a page at a time.
+    public func listEnvironments(namespace: String, pageSize: UInt32 = 0, pageToken: String = "") async throws -> Page<Environment> {
+        let (limit, after) = try pageBounds(size: pageSize, token: pageToken) { (try? validateName($0, "")) != nil }
+        return try await pool.withConnection { connection in
+            let rows = try connection.query("""
+                SELECT \(Self.environmentColumns) FROM environments e
+                WHERE e.namespace = $1 AND ($2::text IS NULL OR e.name > $2) ORDER BY e.name LIMIT $3
+                """, namespace, after, limit + 1)
+            return Page(rows, limit: limit, cursor: "name", item: Self.environment)
         }
     }
 

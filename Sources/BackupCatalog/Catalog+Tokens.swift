@@ -65,13 +65,18 @@ extension Catalog {
         }
     }
 
-    /// The tokens of a namespace; an empty namespace lists the platform tokens.
-    public func listTokens(namespace: String) async throws -> [Token] {
-        try await pool.withConnection { connection in
-            try connection.query("""
-                SELECT \(Self.tokenColumns) FROM tokens WHERE namespace IS NOT DISTINCT FROM NULLIF($1, '') ORDER BY created_at
-                """, namespace)
-                .map(Self.token)
+    /// The tokens of a namespace in the order they were made, a page at a
+    /// time; an empty namespace lists the platform tokens.
+    public func listTokens(namespace: String, pageSize: UInt32 = 0, pageToken: String = "") async throws -> Page<Token> {
+        let (limit, after) = try pageBounds(size: pageSize, token: pageToken) { UUID(uuidString: $0) != nil }
+        return try await pool.withConnection { connection in
+            let rows = try connection.query("""
+                SELECT \(Self.tokenColumns) FROM tokens
+                WHERE namespace IS NOT DISTINCT FROM NULLIF($1, '')
+                  AND ($2::uuid IS NULL OR (created_at, id) > (SELECT created_at, id FROM tokens WHERE id = $2::uuid))
+                ORDER BY created_at, id LIMIT $3
+                """, namespace, after, limit + 1)
+            return Page(rows, limit: limit, cursor: "id", item: Self.token)
         }
     }
 

@@ -118,12 +118,14 @@ public struct Page<Item: Sendable>: Sendable {
     }
 }
 
-/// Checks a page size and an opaque page token (the last sequence number seen).
-func pageBounds(size: UInt32, token: String) throws(BackupError) -> (limit: Int, after: Int64?) {
+/// Checks a page size and an opaque page token: the cursor of the last item
+/// seen (a sequence number unless `isCursor` says otherwise).
+func pageBounds(size: UInt32, token: String,
+                isCursor: (String) -> Bool = { Int64($0).map { $0 > 0 } ?? false }) throws(BackupError) -> (limit: Int, after: String?) {
     guard size <= 500 else { throw .invalidArgument("page_size \(size) is above the maximum of 500") }
     if token.isEmpty { return (size == 0 ? 50 : Int(size), nil) }
-    guard let after = Int64(token), after > 0 else { throw .invalidArgument("page_token \"\(token)\" is not one this server gave") }
-    return (size == 0 ? 50 : Int(size), after)
+    guard isCursor(token) else { throw .invalidArgument("page_token \"\(token)\" is not one this server gave") }
+    return (size == 0 ? 50 : Int(size), token)
 }
 
 /// Parses a UUID given by a caller, naming what it was meant to identify.

@@ -4245,7 +4245,7 @@ const ProtobufCMessageDescriptor backup__v1__register_environment_request__descr
   (ProtobufCMessageInit) backup__v1__register_environment_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__list_environments_request__field_descriptors[1] =
+static const ProtobufCFieldDescriptor backup__v1__list_environments_request__field_descriptors[3] =
 {
   {
     "namespace",
@@ -4259,14 +4259,40 @@ static const ProtobufCFieldDescriptor backup__v1__list_environments_request__fie
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "page_size",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__ListEnvironmentsRequest, page_size),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "page_token",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__ListEnvironmentsRequest, page_token),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__list_environments_request__field_indices_by_name[] = {
   0,   /* field[0] = namespace */
+  1,   /* field[1] = page_size */
+  2,   /* field[2] = page_token */
 };
 static const ProtobufCIntRange backup__v1__list_environments_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor backup__v1__list_environments_request__descriptor =
 {
@@ -4276,14 +4302,14 @@ const ProtobufCMessageDescriptor backup__v1__list_environments_request__descript
   "Backup__V1__ListEnvironmentsRequest",
   "backup.v1",
   sizeof(Backup__V1__ListEnvironmentsRequest),
-  1,
+  3,
   backup__v1__list_environments_request__field_descriptors,
   backup__v1__list_environments_request__field_indices_by_name,
   1,  backup__v1__list_environments_request__number_ranges,
   (ProtobufCMessageInit) backup__v1__list_environments_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__list_environments_response__field_descriptors[1] =
+static const ProtobufCFieldDescriptor backup__v1__list_environments_response__field_descriptors[2] =
 {
   {
     "environments",
@@ -4297,14 +4323,27 @@ static const ProtobufCFieldDescriptor backup__v1__list_environments_response__fi
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "next_page_token",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__ListEnvironmentsResponse, next_page_token),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__list_environments_response__field_indices_by_name[] = {
   0,   /* field[0] = environments */
+  1,   /* field[1] = next_page_token */
 };
 static const ProtobufCIntRange backup__v1__list_environments_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor backup__v1__list_environments_response__descriptor =
 {
@@ -4314,7 +4353,7 @@ const ProtobufCMessageDescriptor backup__v1__list_environments_response__descrip
   "Backup__V1__ListEnvironmentsResponse",
   "backup.v1",
   sizeof(Backup__V1__ListEnvironmentsResponse),
-  1,
+  2,
   backup__v1__list_environments_response__field_descriptors,
   backup__v1__list_environments_response__field_indices_by_name,
   1,  backup__v1__list_environments_response__number_ranges,
@@ -5974,7 +6013,7 @@ const ProtobufCMessageDescriptor backup__v1__revoke_token_request__descriptor =
   (ProtobufCMessageInit) backup__v1__revoke_token_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__list_tokens_request__field_descriptors[1] =
+static const ProtobufCFieldDescriptor backup__v1__list_tokens_request__field_descriptors[3] =
 {
   {
     "namespace",
@@ -5988,14 +6027,40 @@ static const ProtobufCFieldDescriptor backup__v1__list_tokens_request__field_des
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "page_size",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__ListTokensRequest, page_size),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "page_token",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__ListTokensRequest, page_token),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__list_tokens_request__field_indices_by_name[] = {
   0,   /* field[0] = namespace */
+  1,   /* field[1] = page_size */
+  2,   /* field[2] = page_token */
 };
 static const ProtobufCIntRange backup__v1__list_tokens_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor backup__v1__list_tokens_request__descriptor =
 {
@@ -6005,14 +6070,14 @@ const ProtobufCMessageDescriptor backup__v1__list_tokens_request__descriptor =
   "Backup__V1__ListTokensRequest",
   "backup.v1",
   sizeof(Backup__V1__ListTokensRequest),
-  1,
+  3,
   backup__v1__list_tokens_request__field_descriptors,
   backup__v1__list_tokens_request__field_indices_by_name,
   1,  backup__v1__list_tokens_request__number_ranges,
   (ProtobufCMessageInit) backup__v1__list_tokens_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__list_tokens_response__field_descriptors[1] =
+static const ProtobufCFieldDescriptor backup__v1__list_tokens_response__field_descriptors[2] =
 {
   {
     "tokens",
@@ -6026,14 +6091,27 @@ static const ProtobufCFieldDescriptor backup__v1__list_tokens_response__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "next_page_token",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__ListTokensResponse, next_page_token),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__list_tokens_response__field_indices_by_name[] = {
+  1,   /* field[1] = next_page_token */
   0,   /* field[0] = tokens */
 };
 static const ProtobufCIntRange backup__v1__list_tokens_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor backup__v1__list_tokens_response__descriptor =
 {
@@ -6043,7 +6121,7 @@ const ProtobufCMessageDescriptor backup__v1__list_tokens_response__descriptor =
   "Backup__V1__ListTokensResponse",
   "backup.v1",
   sizeof(Backup__V1__ListTokensResponse),
-  1,
+  2,
   backup__v1__list_tokens_response__field_descriptors,
   backup__v1__list_tokens_response__field_indices_by_name,
   1,  backup__v1__list_tokens_response__number_ranges,

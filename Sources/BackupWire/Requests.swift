@@ -46,15 +46,18 @@ public struct RegisterEnvironmentRequest: WireMessage {
 public struct ListEnvironmentsRequest: WireMessage {
     public static var descriptor: ProtobufCMessageDescriptor { backup__v1__list_environments_request__descriptor }
     public var namespace = ""
+    public var pageSize: UInt32 = 0
+    public var pageToken = ""
     public init() {}
-    public mutating func map(_ f: inout FieldMap) { f.field(1, &namespace) }
+    public mutating func map(_ f: inout FieldMap) { f.field(1, &namespace); f.field(2, &pageSize); f.field(3, &pageToken) }
 }
 
 public struct ListEnvironmentsResponse: WireMessage {
     public static var descriptor: ProtobufCMessageDescriptor { backup__v1__list_environments_response__descriptor }
     public var environments: [Environment] = []
+    public var nextPageToken = ""
     public init() {}
-    public mutating func map(_ f: inout FieldMap) { f.field(1, &environments) }
+    public mutating func map(_ f: inout FieldMap) { f.field(1, &environments); f.field(2, &nextPageToken) }
 }
 
 public struct GetEnvironmentRequest: WireMessage {
@@ -325,13 +328,16 @@ public struct RevokeTokenRequest: WireMessage {
 public struct ListTokensRequest: WireMessage {
     public static var descriptor: ProtobufCMessageDescriptor { backup__v1__list_tokens_request__descriptor }
     public var namespace = ""
+    public var pageSize: UInt32 = 0
+    public var pageToken = ""
     public init() {}
-    public mutating func map(_ f: inout FieldMap) { f.field(1, &namespace) }
+    public mutating func map(_ f: inout FieldMap) { f.field(1, &namespace); f.field(2, &pageSize); f.field(3, &pageToken) }
 }
 
 public struct ListTokensResponse: WireMessage {
     public static var descriptor: ProtobufCMessageDescriptor { backup__v1__list_tokens_response__descriptor }
     public var tokens: [Token] = []
+    public var nextPageToken = ""
     public init() {}
-    public mutating func map(_ f: inout FieldMap) { f.field(1, &tokens) }
+    public mutating func map(_ f: inout FieldMap) { f.field(1, &tokens); f.field(2, &nextPageToken) }
 }

@@ -73,17 +73,15 @@ struct List: AsyncParsableCommand {
     func run() async throws {
         let (env, namespace, kind, status, limit) = (env, namespace, kind, status, limit)
         let response = try await global.withClient { client in
-            var all = ListBackupsResponse()
-            repeat {
+            let (backups, next) = try await collectPages(limit: limit) { pageSize, pageToken in
                 let page = try await client.unary(Backups.listBackups, .with {
                     $0.namespace = env?.namespace ?? namespace ?? ""; $0.environment = env?.name ?? ""
                     $0.kind = kind ?? .unspecified; $0.status = status ?? .unspecified
-                    $0.pageSize = UInt32(min(500, limit - all.backups.count)); $0.pageToken = all.nextPageToken
+                    $0.pageSize = pageSize; $0.pageToken = pageToken
                 })
-                all.backups += page.backups
-                all.nextPageToken = page.nextPageToken
-            } while !all.nextPageToken.isEmpty && all.backups.count < limit
-            return all
+                return (page.backups, page.nextPageToken)
+            }
+            return ListBackupsResponse.with { $0.backups = backups; $0.nextPageToken = next }
         }
         global.output(response) { Format.backups($0.backups) }
     }
@@ -192,14 +190,18 @@ struct ActivityCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "activity", abstract: "Show an environment's activity log, newest first.")
     @OptionGroup var global: GlobalOptions
     @Option(help: "Environment, NAMESPACE/NAME.") var env: EnvironmentRef
-    @Option(help: "At most this many entries.") var limit: UInt32 = 50
+    @Option(help: "At most this many entries.") var limit = 50
 
     func run() async throws {
         let (env, limit) = (env, limit)
         let response = try await global.withClient { client in
-            try await client.unary(Backups.listActivity, .with {
-                $0.namespace = env.namespace; $0.environment = env.name; $0.pageSize = limit
-            })
+            let (activity, next) = try await collectPages(limit: limit) { pageSize, pageToken in
+                let page = try await client.unary(Backups.listActivity, .with {
+                    $0.namespace = env.namespace; $0.environment = env.name; $0.pageSize = pageSize; $0.pageToken = pageToken
+                })
+                return (page.activity, page.nextPageToken)
+            }
+            return ListActivityResponse.with { $0.activity = activity; $0.nextPageToken = next }
         }
         global.output(response) { r in
             Format.table(["TIME", "ACTION", "OUTCOME", "BY", "BACKUP", "DETAIL"], r.activity.map {

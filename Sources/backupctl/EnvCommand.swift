@@ -35,7 +35,15 @@ struct EnvCommand: AsyncParsableCommand {
 
         func run() async throws {
             let namespace = namespace
-            let response = try await global.withClient { try await $0.unary(Backups.listEnvironments, .with { $0.namespace = namespace }) }
+            let response = try await global.withClient { client in
+                let (environments, _) = try await collectPages { pageSize, pageToken in
+                    let page = try await client.unary(Backups.listEnvironments, .with {
+                        $0.namespace = namespace; $0.pageSize = pageSize; $0.pageToken = pageToken
+                    })
+                    return (page.environments, page.nextPageToken)
+                }
+                return ListEnvironmentsResponse.with { $0.environments = environments }
+            }
             global.output(response) { r in
                 Format.table(["ENVIRONMENT", "APP", "STATE", "PACKAGE", "BACKUPS"], r.environments.map {
                     ["\($0.namespace)/\($0.name)", $0.app, "\($0.state)", $0.packageVersion, "\($0.backupCount)"]
@@ -146,7 +154,15 @@ struct TokenCommand: AsyncParsableCommand {
 
         func run() async throws {
             let namespace = namespace
-            let response = try await global.withClient { try await $0.unary(Backups.listTokens, .with { $0.namespace = namespace }) }
+            let response = try await global.withClient { client in
+                let (tokens, _) = try await collectPages { pageSize, pageToken in
+                    let page = try await client.unary(Backups.listTokens, .with {
+                        $0.namespace = namespace; $0.pageSize = pageSize; $0.pageToken = pageToken
+                    })
+                    return (page.tokens, page.nextPageToken)
+                }
+                return ListTokensResponse.with { $0.tokens = tokens }
+            }
             global.output(response) { r in
                 Format.table(["ID", "NAME", "ROLE", "CREATED", "REVOKED"], r.tokens.map {
                     [$0.id, $0.name, "\($0.role)", Format.time($0.createdUnixMS), Format.time($0.revokedUnixMS)]

@@ -50,6 +50,22 @@ struct GlobalOptions: ParsableArguments {
     }
 }
 
+/// Up to `limit` items of a paged list, asking page after page (the server
+/// may send fewer items than asked for, to fit its frame limit); returns
+/// them with the token where the list goes on, empty at its end.
+func collectPages<Item>(limit: Int = .max,
+                        _ fetch: (_ pageSize: UInt32, _ pageToken: String) async throws -> (items: [Item], next: String))
+    async throws -> (items: [Item], next: String) {
+    var items: [Item] = []
+    var next = ""
+    repeat {
+        let page = try await fetch(UInt32(min(500, limit - items.count)), next)
+        items += page.items
+        next = page.next
+    } while !next.isEmpty && items.count < limit
+    return (items, next)
+}
+
 /// "namespace/name", how the CLI names an environment.
 struct EnvironmentRef: ExpressibleByArgument, Sendable {
     let namespace: String

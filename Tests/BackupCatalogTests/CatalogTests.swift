@@ -43,7 +43,7 @@ import Testing
                 """, database)
             try await Task.sleep(for: .milliseconds(200))
             let environments = try await catalog.listEnvironments(namespace: "acme")
-            #expect(environments.map(\.name) == ["shop-production"])
+            #expect(environments.items.map(\.name) == ["shop-production"])
         }
     }
 

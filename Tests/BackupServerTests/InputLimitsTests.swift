@@ -184,6 +184,7 @@ func rawUnary(_ server: TestServer, start: [UInt8], request: [UInt8]) async thro
     }
 
     @Test func listsWhoseRowsExceedOneFramePageWithinIt() async throws {
+        // Each list keeps to the frame limit and continues with a page token.
         try await withTestApp { app in
             try await withTestServer(arguments: ["--max-frame-bytes", "65536"]) { server in
                 try await server.register(app)
@@ -221,6 +222,40 @@ func rawUnary(_ server: TestServer, start: [UInt8], request: [UInt8]) async thro
                         pages += 1
                     } while !token.isEmpty && pages < 20
                     #expect(pages > 1 && activity >= 60)
+                }
+
+                // Environments and tokens page the same way.
+                try TestPostgres.query(server.catalogDatabase, """
+                    INSERT INTO environments (namespace, name, app, database_url, file_store_path, file_query, state)
+                    SELECT 'acme', 'env-' || i, 'shop', 'host=db', '/srv/env-' || i, $1, 'stopped' FROM generate_series(1, 60) AS i
+                    """, comment)
+                try TestPostgres.query(server.catalogDatabase, """
+                    INSERT INTO tokens (id, name, namespace, role, secret_sha256)
+                    SELECT gen_random_uuid(), 'token-' || i, 'acme', 'viewer', md5(i::text) FROM generate_series(1, 25) AS i
+                    """)
+                try await server.withClient { client in
+                    var names: [String] = []
+                    var token = ""
+                    var pages = 0
+                    repeat {
+                        let page = try await client.unary(Backups.listEnvironments, .with { $0.namespace = "acme"; $0.pageSize = 500; $0.pageToken = token })
+                        #expect(page.serializedBytes().count <= 65536)
+                        names += page.environments.map(\.name)
+                        token = page.nextPageToken
+                        pages += 1
+                    } while !token.isEmpty && pages < 20
+                    #expect(pages > 1 && names.count == 61 && Set(names).count == 61 && names == names.sorted())
+
+                    var tokens: [String] = []
+                    token = ""
+                    pages = 0
+                    repeat {
+                        let page = try await client.unary(Backups.listTokens, .with { $0.namespace = "acme"; $0.pageSize = 10; $0.pageToken = token })
+                        tokens += page.tokens.map(\.id)
+                        token = page.nextPageToken
+                        pages += 1
+                    } while !token.isEmpty && pages < 20
+                    #expect(pages == 3 && tokens.count == 26 && Set(tokens).count == 26)
                 }
             }
         }

@@ -642,6 +642,9 @@ struct  Backup__V1__RegisterEnvironmentRequest
     , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, BACKUP__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_UNSPECIFIED }
 
 
+/*
+ * Environments by name, a page at a time.
+ */
 struct  Backup__V1__ListEnvironmentsRequest
 {
   ProtobufCMessage base;
@@ -649,10 +652,18 @@ struct  Backup__V1__ListEnvironmentsRequest
    * empty: the caller's namespace
    */
   char *namespace_;
+  /*
+   * 0: 50; at most 500
+   */
+  uint32_t page_size;
+  /*
+   * from the previous page
+   */
+  char *page_token;
 };
 #define BACKUP__V1__LIST_ENVIRONMENTS_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__list_environments_request__descriptor) \
-    , (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string }
 
 
 struct  Backup__V1__ListEnvironmentsResponse
@@ -660,10 +671,14 @@ struct  Backup__V1__ListEnvironmentsResponse
   ProtobufCMessage base;
   size_t n_environments;
   Backup__V1__Environment **environments;
+  /*
+   * empty on the last page
+   */
+  char *next_page_token;
 };
 #define BACKUP__V1__LIST_ENVIRONMENTS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__list_environments_response__descriptor) \
-    , 0,NULL }
+    , 0,NULL, (char *)protobuf_c_empty_string }
 
 
 struct  Backup__V1__GetEnvironmentRequest
@@ -1066,14 +1081,26 @@ struct  Backup__V1__RevokeTokenRequest
     , (char *)protobuf_c_empty_string }
 
 
+/*
+ * Tokens in the order they were made, a page at a time. A platform token
+ * with no namespace lists the platform tokens.
+ */
 struct  Backup__V1__ListTokensRequest
 {
   ProtobufCMessage base;
   char *namespace_;
+  /*
+   * 0: 50; at most 500
+   */
+  uint32_t page_size;
+  /*
+   * from the previous page
+   */
+  char *page_token;
 };
 #define BACKUP__V1__LIST_TOKENS_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__list_tokens_request__descriptor) \
-    , (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string }
 
 
 struct  Backup__V1__ListTokensResponse
@@ -1081,10 +1108,14 @@ struct  Backup__V1__ListTokensResponse
   ProtobufCMessage base;
   size_t n_tokens;
   Backup__V1__Token **tokens;
+  /*
+   * empty on the last page
+   */
+  char *next_page_token;
 };
 #define BACKUP__V1__LIST_TOKENS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__list_tokens_response__descriptor) \
-    , 0,NULL }
+    , 0,NULL, (char *)protobuf_c_empty_string }
 
 
 /* Backup__V1__Frame methods */

@@ -48,8 +48,8 @@ struct BackupsService: Sendable {
         router.unary(Backups.listEnvironments) { request, context in
             let namespace = try context.namespace(request.namespace)
             try context.authorize(.viewer, in: namespace, platform: true)
-            let environments = try await catalog.listEnvironments(namespace: namespace).map(redacted)
-            return .with { $0.environments = environments }
+            let page = try await catalog.listEnvironments(namespace: namespace, pageSize: request.pageSize, pageToken: request.pageToken)
+            return fitted(page) { page in .with { $0.environments = page.items.map(redacted); $0.nextPageToken = page.nextPageToken } }
         }
         router.unary(Backups.getEnvironment) { request, context in
             try context.authorize(.viewer, in: request.namespace, platform: true)
@@ -168,8 +168,8 @@ struct BackupsService: Sendable {
             // A platform token lists a namespace's tokens, or with no namespace the platform's.
             let namespace = context.caller.role == .platform ? request.namespace : try context.namespace(request.namespace)
             try context.authorize(.admin, in: namespace, platform: true)
-            let tokens = try await catalog.listTokens(namespace: namespace)
-            return .with { $0.tokens = tokens }
+            let page = try await catalog.listTokens(namespace: namespace, pageSize: request.pageSize, pageToken: request.pageToken)
+            return fitted(page) { page in .with { $0.tokens = page.items; $0.nextPageToken = page.nextPageToken } }
         }
         router.unary(Backups.revokeToken) { request, context in
             let token = try await catalog.token(id: request.id)
