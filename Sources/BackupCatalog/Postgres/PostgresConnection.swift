@@ -182,12 +182,6 @@ public enum ConnectionString {
         }.joined(separator: " ")
     }
 
-    /// The same connection settings with another database: for reaching a
-    /// maintenance database on the app's server.
-    public static func replacingDatabase(in connectionString: String, with database: String) throws(PostgresError) -> String {
-        render(try settings(connectionString).filter { $0.key != "dbname" } + [("dbname", database)])
-    }
-
     /// For a child process (pg_dump, pg_restore): the connection string
     /// without its password, and the password to hand over in PGPASSWORD,
     /// so that it never shows in a process listing.

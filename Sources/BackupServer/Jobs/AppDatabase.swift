@@ -28,14 +28,15 @@ public struct DatabaseIdentity: Sendable, Equatable {
 
     static let query = "SELECT (SELECT system_identifier FROM pg_control_system())::text AS system, current_database() AS database"
 
-    init(_ row: PostgresRow) {
-        systemIdentifier = row.string("system")
-        database = row.string("database")
+    init(systemIdentifier: String, database: String) {
+        self.systemIdentifier = systemIdentifier
+        self.database = database
     }
 
     /// The identity of the database a connection is on.
     public static func of(_ connection: PostgresConnection) throws -> DatabaseIdentity {
-        DatabaseIdentity(try connection.query(query)[0])
+        let row = try connection.query(query)[0]
+        return DatabaseIdentity(systemIdentifier: row.string("system"), database: row.string("database"))
     }
 }
 
