@@ -64,9 +64,12 @@ struct Serve: AsyncParsableCommand {
             help: "A folder that environments' file stores may lie under (repeatable); with none, no file store is accepted.")
     var fileStoreRoots: [String] = []
 
-    @Option(name: .customLong("app-database-host"),
-            help: "A host that app databases may be on (repeatable); with none, any TCP host.")
-    var appDatabaseHosts: [String] = []
+    @Option(name: [.customLong("app-database-hosts"), .customLong("app-database-host")],
+            help: "Hosts that app databases may be on, comma-separated (repeatable); with none, any TCP host.")
+    var appDatabaseHostLists: [String] = []
+    var appDatabaseHosts: [String] {
+        appDatabaseHostLists.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty }
+    }
 
     @Flag(help: "Allow app database URLs that name a Unix-domain socket (where the server may trust backupd's OS user).")
     var allowSocketAppDatabases = false

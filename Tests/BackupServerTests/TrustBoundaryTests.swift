@@ -154,6 +154,18 @@ import Testing
         #expect(!fake.sawPasswordMessage)
     }
 
+    @Test func appDatabasesStayOnTheAllowedHosts() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--app-database-hosts", "db.internal, 127.0.0.1"]) { server in
+                try await server.register(app)
+                let refused = await register(server, app, name: "elsewhere",
+                                             url: "host=localhost port=\(TestPostgres.port) user=postgres dbname=\(app.database)",
+                                             expect: .permissionDenied)
+                #expect(refused?.message.contains("host localhost is not among the allowed app database hosts") == true)
+            }
+        }
+    }
+
     @Test func documentsThatAreLinksFIFOsOrInLinkedFoldersFailTheBackupAndStoreNothing() async throws {
         try await withTestApp { app in
             try await withTestServer { server in

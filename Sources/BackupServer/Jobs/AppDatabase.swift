@@ -76,7 +76,7 @@ struct AppDatabases: Sendable {
         }
         if !policy.allowedHosts.isEmpty,
            let host = hosts.first(where: { host in !policy.allowedHosts.contains { $0.lowercased() == host.lowercased() } }) {
-            throw .permissionDenied("database_url host \(host) is not among the allowed app database hosts (--app-database-host)")
+            throw .permissionDenied("database_url host \(host) is not among the allowed app database hosts (--app-database-hosts)")
         }
         if let database {
             settings.removeAll { $0.key == "dbname" }
