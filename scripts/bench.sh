@@ -37,12 +37,13 @@ cp -a "$VAR/demo/files" "$work/files"
 export BACKUPD_CATALOG=$(url "${tag}_catalog")
 export BACKUPD_BLOB_DIR=$work/blobs BACKUPD_TLS_CERT=$(pwd)/certs/dev/server.crt BACKUPD_TLS_KEY=$(pwd)/certs/dev/server.key
 token=$("$BIN/backupd" token create --namespace bench --role admin --name bench)
-"$BIN/backupd" serve --listen 127.0.0.1:0 --ready-file "$work/ready" --log-level warning &
+platform=$("$BIN/backupd" token create --platform --name bench-platform)
+"$BIN/backupd" serve --listen 127.0.0.1:0 --ready-file "$work/ready" --log-level warning --file-store-root "$work" &
 pid=$!
 for _ in $(seq 1 100); do [ -s "$work/ready" ] && break; sleep 0.1; done
 export BACKUPCTL_ADDR=$(cat "$work/ready") BACKUPCTL_TOKEN=$token BACKUPCTL_CA=$(pwd)/certs/dev/ca.crt
 ctl() { "$BIN/backupctl" "$@"; }
-ctl env register bench/demo --app shop --database-url "$(url "${tag}_demo")" --file-store "$work/files" --json >/dev/null
+ctl env register bench/demo --token "$platform" --app shop --database-url "$(url "${tag}_demo")" --file-store "$work/files" --json >/dev/null
 
 echo "== backup of the demo app: $(find "$work/files" -type f | wc -l) files, $(du -sb "$work/files" | cut -f1) bytes; $RUNS runs each"
 times=()
@@ -114,7 +115,7 @@ CREATE INDEX readings_sensor ON readings (sensor, value);
 SQL
   row "database size (bytes)" "$($psql -d "$large" -tAc "SELECT pg_database_size(current_database())")"
   mkdir -p "$work/large-files"
-  ctl env register bench/large --app big --database-url "$(url "$large")" --file-store "$work/large-files" \
+  ctl env register bench/large --token "$platform" --app big --database-url "$(url "$large")" --file-store "$work/large-files" \
     --file-query "SELECT NULL::text WHERE false" --json >/dev/null
   start=$(now)
   ctl create --env bench/large --wait --json > "$work/large.json"
