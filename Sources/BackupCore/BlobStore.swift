@@ -76,7 +76,7 @@ public struct LocalBlobStore: BlobStore {
         try makeDirectories(root + "/sha256")
         var info = stat()
         if stat(root, &info) == 0, info.st_mode & 0o777 != Self.folderMode {
-            try tightenPermissions(of: root, folderMode: Self.folderMode, fileMode: Self.blobMode)
+            try applyOwnership(under: root, folders: FileOwner(mode: Self.folderMode), files: FileOwner(mode: Self.blobMode))
         }
     }
 
@@ -198,6 +198,14 @@ public struct FileOwner: Sendable, Equatable {
     /// The same owner, with the mode a file in a folder of this owner gets.
     public var forFiles: FileOwner { FileOwner(uid: uid, gid: gid, mode: mode & 0o666) }
 
+    /// Gives a folder or file (not a link, which is left as it is) this owner and mode.
+    func apply(to path: String) throws(BlobStoreError) {
+        if uid != nil || gid != nil {
+            guard lchown(path, uid ?? uid_t.max, gid ?? gid_t.max) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+        }
+        guard chmod(path, mode) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+    }
+
     /// Gives an open file this owner and mode.
     func apply(to descriptor: Int32, path: String) throws(BlobStoreError) {
         if uid != nil || gid != nil {
@@ -287,9 +295,13 @@ public func makeDirectories(_ path: String, mode: mode_t = 0o700) throws {
     }
 }
 
-/// Sets every folder under `root` (and `root`) to `folderMode` and every
-/// file to `fileMode`, without following links.
-private func tightenPermissions(of root: String, folderMode: mode_t, fileMode: mode_t) throws {
+/// Gives every folder under `root` (and `root`) the owner and mode of
+/// `folders`, and every regular file those of `files`, without following
+/// links; anything else is left alone. `root` comes last: a walk cut short
+/// is done again (the blob store is tightened at the next start), and a tree
+/// that stays private to backupd until its root is handed over cannot be
+/// changed by the new owner while the walk runs (a restore's staging folder).
+public func applyOwnership(under root: String, folders: FileOwner, files: FileOwner) throws {
     var info = stat()
     guard lstat(root, &info) == 0 else { throw BlobStoreError.cannotRead(path: root, errno: errno) }
     switch info.st_mode & S_IFMT {
@@ -299,12 +311,11 @@ private func tightenPermissions(of root: String, folderMode: mode_t, fileMode: m
         while let entry = readdir(folder) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
             guard name != ".", name != ".." else { continue }
-            try tightenPermissions(of: root + "/" + name, folderMode: folderMode, fileMode: fileMode)
+            try applyOwnership(under: root + "/" + name, folders: folders, files: files)
         }
-        // Last, so that a tightening cut short is done again at the next start.
-        guard chmod(root, folderMode) == 0 else { throw BlobStoreError.cannotWrite(path: root, errno: errno) }
+        try folders.apply(to: root)
     case S_IFREG:
-        guard chmod(root, fileMode) == 0 else { throw BlobStoreError.cannotWrite(path: root, errno: errno) }
+        try files.apply(to: root)
     default:
         break
     }

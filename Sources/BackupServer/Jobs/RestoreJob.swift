@@ -111,21 +111,19 @@ struct RestoreJob: Sendable {
 
         guard !work.databaseOnly else { return }
         await progress.update(done: databaseBytes, phase: "placing \(files.count) files in \(plan.stagingFolder)")
-        // Restored files belong to whoever owns the target store, with its mode; never to backupd.
+        // Restored files belong to whoever owns the target store, with its mode; never to backupd. The
+        // staging folder stays private to backupd until every file is in it, then is handed over from
+        // the bottom up, so its new owner cannot swap a folder for a link while backupd writes there.
         let owner = try await threadPool.runIfActive { try makeStagingFolder(plan, jobID: claimed.job.id) }
         let stagingFolder = plan.stagingFolder
         try await inBatches(files, threadPool: threadPool) { file in
             guard let hash = ContentHash(hex: file.hash) else {
                 throw JobFailure(description: "file document \(file.key) has no valid content hash")
             }
-            let parts = try FileStoreLayout.components(forKey: file.key)
-            var folder = stagingFolder
-            for part in parts.dropLast() {
-                folder += "/" + part
-                try makeFolder(folder, owner: owner)
-            }
+            let path = "\(stagingFolder)/\(try FileStoreLayout.relativePath(forKey: file.key))"
+            try makeDirectories(String(path[..<path.lastIndex(of: "/")!]))
             do {
-                try blobStore.place(hash, at: "\(folder)/\(file.key)", owner: owner.forFiles)
+                try blobStore.place(hash, at: path, owner: owner.forFiles)
             } catch let error as BlobStoreError {
                 throw JobFailure(description: "file document \(file.key) cannot be restored: \(error)")
             }
@@ -133,6 +131,7 @@ struct RestoreJob: Sendable {
         } completed: { sizes in
             await progress.advance(by: sizes.reduce(0, +))
         }
+        try await threadPool.runIfActive { try applyOwnership(under: stagingFolder, folders: owner, files: owner.forFiles) }
     }
 
     /// Runs pg_restore into the staging database, reporting its size as it grows.
@@ -212,8 +211,9 @@ struct RestoreJob: Sendable {
         removeMarker(plan, jobID: claimed.job.id)
     }
 
-    /// Makes the staging folder, marked as this job's, with the owner and
-    /// mode of the target store (or of the folder it will be made in).
+    /// Makes the staging folder, private to backupd and marked as this job's;
+    /// returns the owner and mode of the target store (or of the folder it
+    /// will be made in), which the staging folder gets once it is complete.
     private func makeStagingFolder(_ plan: RestorePlan, jobID: String) throws -> FileOwner {
         let parent = String(plan.fileStore[..<plan.fileStore.lastIndex(of: "/")!])
         let owner = try FileOwner(ofFolder: isFolder(plan.fileStore) ? plan.fileStore : parent)
@@ -224,7 +224,7 @@ struct RestoreJob: Sendable {
             }
             try FileManager.default.removeItem(atPath: plan.stagingFolder)
         }
-        try makeFolder(plan.stagingFolder, owner: owner, exclusive: true)
+        guard mkdir(plan.stagingFolder, 0o700) == 0 else { throw BlobStoreError.cannotWrite(path: plan.stagingFolder, errno: errno) }
         try writeMarker(in: plan.stagingFolder, Self.marker(jobID))
         return owner
     }
@@ -360,14 +360,3 @@ private func writeMarker(in folder: String, _ marker: String) throws {
     close(fd)
 }
 
-/// Makes one folder of a restored store with the store's owner and mode;
-/// an existing folder is fine unless `exclusive`.
-private func makeFolder(_ path: String, owner: FileOwner, exclusive: Bool = false) throws {
-    guard mkdir(path, 0o700) == 0 else {
-        guard errno == EEXIST, !exclusive, isFolder(path) else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
-        return
-    }
-    guard chown(path, owner.uid ?? uid_t.max, owner.gid ?? gid_t.max) == 0, chmod(path, owner.mode) == 0 else {
-        throw BlobStoreError.cannotWrite(path: path, errno: errno)
-    }
-}
