@@ -33,10 +33,12 @@ public enum BlobStoreError: Error, CustomStringConvertible {
 ///
 /// Calls block on I/O: run them off event loops.
 public protocol BlobStore: Sendable {
-    /// Stores a copy of the content of an open file (a file document),
-    /// read from its start; `name` names it in errors. Content the store
-    /// has already is only read, not written again.
-    func put(reading descriptor: Int32, name: String) throws -> StoredBlob
+    /// Stores a copy of the content of an open file (a file document), read
+    /// from its start and no further than `size` bytes (its size when it was
+    /// opened), so a file that keeps growing cannot keep a backup reading;
+    /// `name` names it in errors. Content the store has already is only
+    /// read, not written again.
+    func put(reading descriptor: Int32, upTo size: UInt64, name: String) throws -> StoredBlob
     /// Takes a file the caller made for the store (a database dump) into the
     /// store, moving rather than copying it where it can. The file is gone
     /// afterwards, whether the call succeeds or not.
@@ -88,12 +90,12 @@ public struct LocalBlobStore: BlobStore {
 
     public var scratchDirectory: String { root + "/tmp" }
 
-    public func put(reading descriptor: Int32, name: String) throws -> StoredBlob {
+    public func put(reading descriptor: Int32, upTo limit: UInt64, name: String) throws -> StoredBlob {
         // Most documents are unchanged since the last backup: hash first, copy only what is new.
-        let (hash, size) = try hashContent(of: descriptor, path: name)
+        let (hash, size) = try hashContent(of: descriptor, path: name, limit: limit)
         if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
         guard lseek(descriptor, 0, SEEK_SET) == 0 else { throw BlobStoreError.cannotRead(path: name, errno: errno) }
-        return try copyIntoStore(descriptor, name: name)
+        return try copyIntoStore(descriptor, name: name, limit: limit)
     }
 
     public func adopt(_ path: String) throws -> StoredBlob {
@@ -116,9 +118,9 @@ public struct LocalBlobStore: BlobStore {
     }
 
     /// Copies an open file into the store under the hash of what was actually read.
-    private func copyIntoStore(_ descriptor: Int32, name: String) throws -> StoredBlob {
+    private func copyIntoStore(_ descriptor: Int32, name: String, limit: UInt64 = .max) throws -> StoredBlob {
         let temporary = "\(scratchDirectory)/\(base64URL(Secure.randomBytes(12))).partial"
-        let (hash, size) = try copyHashing(descriptor, name: name, to: temporary, owner: FileOwner(mode: Self.blobMode))
+        let (hash, size) = try copyHashing(descriptor, name: name, to: temporary, owner: FileOwner(mode: Self.blobMode), limit: limit)
         var keepTemporary = false
         defer { if !keepTemporary { unlink(temporary) } }
         if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
@@ -215,10 +217,11 @@ public struct FileOwner: Sendable, Equatable {
     }
 }
 
-/// Copies an open file from its current offset to a new file `target` of
-/// `owner`, fsynced, returning the hash and size of what was copied. A
-/// failed copy leaves no `target` behind.
-private func copyHashing(_ input: Int32, name: String, to target: String, owner: FileOwner) throws -> (ContentHash, UInt64) {
+/// Copies at most `limit` bytes of an open file from its current offset to a
+/// new file `target` of `owner`, fsynced, returning the hash and size of what
+/// was copied. A failed copy leaves no `target` behind.
+private func copyHashing(_ input: Int32, name: String, to target: String, owner: FileOwner,
+                         limit: UInt64 = .max) throws -> (ContentHash, UInt64) {
     let output = open(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
     guard output >= 0 else { throw BlobStoreError.cannotWrite(path: target, errno: errno) }
     var complete = false
@@ -229,7 +232,7 @@ private func copyHashing(_ input: Int32, name: String, to target: String, owner:
     try owner.apply(to: output, path: target)
     let hasher = SHA256Hasher()
     var size: UInt64 = 0
-    try readChunks(fd: input, path: name) { chunk in
+    try readChunks(fd: input, path: name, limit: limit) { chunk in
         hasher.update(chunk)
         try writeAll(fd: output, chunk, path: target)
         size += UInt64(chunk.count)
@@ -247,27 +250,31 @@ private func hashFile(_ path: String) throws -> (ContentHash, UInt64) {
     return try hashContent(of: fd, path: path)
 }
 
-/// The SHA-256 and size of an open file's content from its current offset.
-private func hashContent(of fd: Int32, path: String) throws -> (ContentHash, UInt64) {
+/// The SHA-256 and size of at most `limit` bytes of an open file's content
+/// from its current offset.
+private func hashContent(of fd: Int32, path: String, limit: UInt64 = .max) throws -> (ContentHash, UInt64) {
     let hasher = SHA256Hasher()
     var size: UInt64 = 0
-    try readChunks(fd: fd, path: path) { chunk in
+    try readChunks(fd: fd, path: path, limit: limit) { chunk in
         hasher.update(chunk)
         size += UInt64(chunk.count)
     }
     return (hasher.finish(), size)
 }
 
-private func readChunks(fd: Int32, path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+/// Reads a file in chunks until its end or `limit` bytes.
+private func readChunks(fd: Int32, path: String, limit: UInt64 = .max, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: LocalBlobStore.chunkSize, alignment: 16)
     defer { buffer.deallocate() }
-    while true {
-        let count = read(fd, buffer.baseAddress, buffer.count)
+    var remaining = limit
+    while remaining > 0 {
+        let count = read(fd, buffer.baseAddress, Int(min(UInt64(buffer.count), remaining)))
         if count < 0 {
             if errno == EINTR { continue }
             throw BlobStoreError.cannotRead(path: path, errno: errno)
         }
         if count == 0 { return }
+        remaining -= UInt64(count)
         try body(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
     }
 }

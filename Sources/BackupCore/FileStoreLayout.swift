@@ -37,11 +37,12 @@ public enum FileStoreLayout {
 public enum FileDocumentError: Error, Equatable, CustomStringConvertible {
     case missing(key: String)
     case notRegular(key: String, what: String)
+    case foreignHardLink(key: String)
     case unreadable(key: String, errno: Int32)
 
     public var key: String {
         switch self {
-        case let .missing(key), let .notRegular(key, _), let .unreadable(key, _): key
+        case let .missing(key), let .notRegular(key, _), let .foreignHardLink(key), let .unreadable(key, _): key
         }
     }
 
@@ -49,6 +50,7 @@ public enum FileDocumentError: Error, Equatable, CustomStringConvertible {
         switch self {
         case let .missing(key): "file document \(key) is missing from the file store"
         case let .notRegular(key, what): "file document \(key) is \(what), not a regular file"
+        case let .foreignHardLink(key): "file document \(key) is a hard link to a file of another user than the store's owner"
         case let .unreadable(key, code): "file document \(key) cannot be read: \(String(cString: strerror(code)))"
         }
     }
@@ -59,14 +61,26 @@ public enum FileDocumentError: Error, Equatable, CustomStringConvertible {
 /// itself are opened relative to the one above with `O_NOFOLLOW`, and only a
 /// regular file is accepted. A document that is a link to `/etc/shadow` or
 /// `/proc/self/environ`, a FIFO or a device is refused, never read.
+///
+/// A hard link to a file of another user than the store's owner is refused
+/// too: a link the app made to a file it may not read (where the system
+/// lets it) would otherwise be read by backupd and restored readable.
 public final class FileStoreReader: Sendable {
     private let descriptor: Int32
+    private let owner: uid_t
 
     /// Opens the store's folder, which must not itself be a link.
     public init(path: String) throws(BlobStoreError) {
         let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw .cannotRead(path: path, errno: errno) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            let code = errno
+            close(fd)
+            throw .cannotRead(path: path, errno: code)
+        }
         descriptor = fd
+        owner = info.st_uid
     }
 
     deinit { close(descriptor) }
@@ -94,6 +108,10 @@ public final class FileStoreReader: Sendable {
         guard info.st_mode & S_IFMT == S_IFREG else {
             close(fd)
             throw FileDocumentError.notRegular(key: key, what: Self.kind(info.st_mode))
+        }
+        guard info.st_nlink == 1 || info.st_uid == owner else {
+            close(fd)
+            throw FileDocumentError.foreignHardLink(key: key)
         }
         return OpenedDocument(descriptor: fd, size: UInt64(info.st_size))
     }

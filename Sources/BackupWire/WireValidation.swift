@@ -78,6 +78,9 @@ private func validateMessage(_ bytes: UnsafeRawBufferPointer, _ descriptor: Unsa
             guard let value = reader.varint() else { return }
             if let field, field.pointee.type == PROTOBUF_C_TYPE_ENUM {
                 try checkEnum(Int32(truncatingIfNeeded: value), field, name: name)
+            } else if let field, field.pointee.type == PROTOBUF_C_TYPE_UINT32, value > UInt64(UInt32.max) {
+                // protobuf-c would keep the low 32 bits: 2^32 + 1 would read as 1.
+                throw WireViolation(field: name, problem: "is \(value), above the largest uint32")
             }
         case 1: guard reader.skip(8) else { return }
         case 5: guard reader.skip(4) else { return }
@@ -106,8 +109,13 @@ private func checkString(_ value: UnsafeRawBufferPointer, name: String) throws {
         throw WireViolation(field: name, problem: "is \(value.count) bytes long; the limit is \(limit) bytes")
     }
     guard !value.contains(0) else { throw WireViolation(field: name, problem: "contains a NUL byte") }
-    guard String(validating: value.bindMemory(to: UInt8.self), as: UTF8.self) != nil else {
+    guard let text = String(validating: value.bindMemory(to: UInt8.self), as: UTF8.self) else {
         throw WireViolation(field: name, problem: "is not valid UTF-8")
+    }
+    // Line breaks and tabs belong in a comment or a query; no other control character belongs anywhere.
+    let textual = fieldName == "comment" || fieldName == "file_query"
+    if let control = text.unicodeScalars.first(where: { $0.properties.generalCategory == .control && !(textual && ($0 == "\n" || $0 == "\t" || $0 == "\r")) }) {
+        throw WireViolation(field: name, problem: "contains the control character U+\(String(control.value, radix: 16, uppercase: true).leftPadded(to: 4))")
     }
 }
 
@@ -115,6 +123,12 @@ private func checkEnum(_ value: Int32, _ field: UnsafePointer<ProtobufCFieldDesc
     let enumDescriptor = field.pointee.descriptor.assumingMemoryBound(to: ProtobufCEnumDescriptor.self)
     guard protobuf_c_enum_descriptor_get_value(enumDescriptor, value) != nil else {
         throw WireViolation(field: name, problem: "has value \(value), which \(String(cString: enumDescriptor.pointee.name)) does not define")
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(to width: Int) -> String {
+        String(repeating: "0", count: max(0, width - count)) + self
     }
 }
 

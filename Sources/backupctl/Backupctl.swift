@@ -21,7 +21,7 @@ struct Info: AsyncParsableCommand {
         global.output(info) { i in
             Format.fields([("server", "backupd \(i.version)"), ("protocol", i.protocol), ("catalog", "PostgreSQL \(i.catalogPostgresVersion)"),
                            ("max frame", Format.bytes(UInt64(i.maxFrameBytes))),
-                           ("you", "\(i.callerTokenName) (\(i.callerRole) in \(i.callerNamespace))")])
+                           ("you", "\(i.callerTokenName) (\(i.callerRole)" + (i.callerNamespace.isEmpty ? ")" : " in \(i.callerNamespace))"))])
         }
     }
 }

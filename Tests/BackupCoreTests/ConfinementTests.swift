@@ -71,3 +71,78 @@ import Testing
         #expect(try rules.check(root + "/app-\(UUID().uuidString)", others: []).hasPrefix(root))
     }
 }
+
+@Suite struct RemoveTreeTests {
+    /// A tree whose folders are swapped for links to a folder outside it
+    /// while it is being removed, as an app writing into its previous file
+    /// store could: nothing outside is touched, whatever the timing.
+    @Test func foldersSwappedForLinksDuringRemovalLeaveTheOutsideAlone() throws {
+        let root = canonicalPath(FileManager.default.temporaryDirectory.path)! + "/removetree-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let outside = root + "/outside", tree = root + "/tree"
+        try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
+        for index in 0..<50 { try "keep \(index)".write(toFile: "\(outside)/file-\(index)", atomically: false, encoding: .utf8) }
+        for folder in 0..<120 {
+            let path = "\(tree)/\(String(format: "f%03d", folder))"
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            for file in 0..<40 { try Data().write(to: URL(fileURLWithPath: "\(path)/doc-\(file)")) }
+        }
+        try FileManager.default.createSymbolicLink(atPath: tree + "/planted-link", withDestinationPath: outside)
+        try Data("marker".utf8).write(to: URL(fileURLWithPath: tree + "/.marker"))
+
+        let done = Atomic(false)
+        let swapper = Thread {
+            var round = 0
+            while !done.value && round < 2000 {
+                let folder = "\(tree)/\(String(format: "f%03d", 119 - round % 120))"
+                if rename(folder, folder + "-moved-\(round)") == 0 { _ = symlink(outside, folder) }
+                round += 1
+            }
+        }
+        swapper.start()
+        try? removeTree(tree, removingLast: ".marker")
+        done.value = true
+        Thread.sleep(forTimeInterval: 0.2)
+        let kept = try FileManager.default.contentsOfDirectory(atPath: outside)
+        #expect(kept.count == 50)
+        try? removeTree(tree, removingLast: ".marker")
+        #expect(!FileManager.default.fileExists(atPath: tree))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: outside).count == 50)
+    }
+
+    @Test func aMissingTreeIsNoErrorAndFIFOsAndSocketsGoWithoutBlocking() throws {
+        let root = canonicalPath(FileManager.default.temporaryDirectory.path)! + "/removetree-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try removeTree(root + "/absent")
+        try FileManager.default.createDirectory(atPath: root + "/tree/sub", withIntermediateDirectories: true)
+        #expect(mkfifo(root + "/tree/sub/fifo", 0o600) == 0)
+        try Data().write(to: URL(fileURLWithPath: root + "/tree/.marker"))
+        try removeTree(root + "/tree", removingLast: ".marker")
+        #expect(!FileManager.default.fileExists(atPath: root + "/tree"))
+    }
+}
+
+/// A flag shared with a thread.
+final class Atomic<Value: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: Value
+    init(_ value: Value) { stored = value }
+    var value: Value {
+        get { lock.withLock { stored } }
+        set { lock.withLock { stored = newValue } }
+    }
+}
+
+@Suite struct BoundedReadTests {
+    @Test func aDocumentIsReadNoFurtherThanItsSizeWhenOpened() throws {
+        let root = canonicalPath(FileManager.default.temporaryDirectory.path)! + "/bounded-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let store = try LocalBlobStore(root: root)
+        // A source that never ends stops at the limit.
+        let endless = open("/dev/zero", O_RDONLY)
+        defer { close(endless) }
+        let blob = try store.put(reading: endless, upTo: 3 * 1024 * 1024 + 5, name: "endless")
+        #expect(blob.size == 3 * 1024 * 1024 + 5)
+        #expect(blob.hash == ContentHash.of([UInt8](repeating: 0, count: 3 * 1024 * 1024 + 5)))
+    }
+}

@@ -29,10 +29,10 @@ enum RawProtobuf {
         varint(UInt64(number) << 3) + varint(value)
     }
 
-    /// A start frame of call 1, with raw metadata bytes.
-    static func startFrame(_ method: String, authorization: [UInt8]) -> [UInt8] {
-        let metadata = field(1, "authorization") + field(2, authorization)
-        return field(1, varint: 1) + field(2, field(1, method) + field(2, metadata))
+    /// A start frame of call 1, with raw metadata bytes, one entry per value.
+    static func startFrame(_ method: String, authorization: [UInt8]...) -> [UInt8] {
+        let metadata = authorization.flatMap { field(2, field(1, "authorization") + field(2, $0)) }
+        return field(1, varint: 1) + field(2, field(1, method) + metadata)
     }
 }
 
@@ -147,6 +147,18 @@ func rawUnary(_ server: TestServer, start: [UInt8], request: [UInt8]) async thro
                         _ = try await client.unary(Backups.listBackups, .with { $0.namespace = String(repeating: "n", count: 200) })
                     }
                     #expect(name?.message.contains("namespace") == true && name?.message.contains("128") == true)
+                    let escape = await expectStatus(.invalidArgument) {
+                        _ = try await client.unary(Backups.createToken, .with { $0.namespace = "acme"; $0.role = .viewer; $0.name = "ops\u{1B}[2J" })
+                    }
+                    #expect(escape?.message == "name contains the control character U+001B")
+                    let unnamed = await expectStatus(.invalidArgument) {
+                        _ = try await client.unary(Backups.getEnvironment, .with { $0.name = "shop-production" })
+                    }
+                    #expect(unnamed?.message == "namespace is required")
+                    let nothing = await expectStatus(.invalidArgument) {
+                        _ = try await client.unary(Backups.updateEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production" })
+                    }
+                    #expect(nothing?.message.contains("nothing to update") == true)
                 }
                 let token = Array("Bearer \(server.adminToken)".utf8)
                 let nulInComment = RawProtobuf.field(1, "acme") + RawProtobuf.field(2, "shop-production")
@@ -163,6 +175,14 @@ func rawUnary(_ server: TestServer, start: [UInt8], request: [UInt8]) async thro
                 let smuggled = try await rawUnary(server, start: RawProtobuf.startFrame(Backups.serverInfo.name, authorization: token + [0] + Array("junk".utf8)),
                                                   request: [])
                 #expect(smuggled?.code == .invalidArgument && smuggled?.message.contains("NUL") == true, "\(String(describing: smuggled))")
+
+                let twice = try await rawUnary(server, start: RawProtobuf.startFrame(Backups.serverInfo.name, authorization: Array("Bearer nobody".utf8), token),
+                                               request: [])
+                #expect(twice?.code == .unauthenticated && twice?.message.contains("more than one authorization") == true)
+
+                let huge = try await rawUnary(server, start: RawProtobuf.startFrame(Backups.listBackups.name, authorization: token),
+                                              request: RawProtobuf.field(1, "acme") + RawProtobuf.field(5, varint: 1 << 32 | 1))
+                #expect(huge?.code == .invalidArgument && huge?.message == "page_size is 4294967297, above the largest uint32")
 
                 let kind = try await rawUnary(server, start: RawProtobuf.startFrame(Backups.listBackups.name, authorization: token),
                                               request: RawProtobuf.field(1, "acme") + RawProtobuf.field(3, varint: 99))

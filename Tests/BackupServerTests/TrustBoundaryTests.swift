@@ -185,6 +185,16 @@ import Testing
                         #expect(mkfifo(path, 0o644) == 0)
                         return { try fileManager.removeItem(atPath: path); try fileManager.moveItem(atPath: path + "-real", toPath: path) }
                     }),
+                    ("a hard link to a file of another user than the store's owner", { path in
+                        // A file only its owner (another user) may read, linked into the store.
+                        let secretFile = app.fileStore + "-secret"
+                        try "TOPSECRET".write(toFile: secretFile, atomically: false, encoding: .utf8)
+                        let other = try #require(getpwnam("postgres")).pointee
+                        #expect(chown(secretFile, other.pw_uid, other.pw_gid) == 0 && chmod(secretFile, 0o600) == 0)
+                        try fileManager.moveItem(atPath: path, toPath: path + "-real")
+                        #expect(link(secretFile, path) == 0)
+                        return { try fileManager.removeItem(atPath: path); try fileManager.moveItem(atPath: path + "-real", toPath: path) }
+                    }),
                     ("in a folder that is a symbolic link", { path in
                         let folder = String(path[..<path.lastIndex(of: "/")!])
                         try fileManager.moveItem(atPath: folder, toPath: folder + "-moved")

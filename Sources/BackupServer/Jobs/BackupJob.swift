@@ -95,7 +95,7 @@ struct BackupJob: Sendable {
         try await inBatches(files, threadPool: threadPool) { file in
             let document = try store!.open(key: file.key)
             defer { close(document.descriptor) }
-            return (key: file.key, blob: try blobStore.put(reading: document.descriptor, name: "file document \(file.key)"))
+            return (key: file.key, blob: try blobStore.put(reading: document.descriptor, upTo: document.size, name: "file document \(file.key)"))
         } completed: { blobs in
             try await ledger.record(blobs.map(\.blob))
             stored += blobs

@@ -222,7 +222,7 @@ struct RestoreJob: Sendable {
             guard hasMarker(plan.stagingFolder, Self.marker(jobID)) else {
                 throw JobFailure(description: "\(plan.stagingFolder) exists and was not made by this restore; move it away")
             }
-            try FileManager.default.removeItem(atPath: plan.stagingFolder)
+            try removeTree(plan.stagingFolder, removingLast: Self.marker(jobID))
         }
         guard mkdir(plan.stagingFolder, 0o700) == 0 else { throw BlobStoreError.cannotWrite(path: plan.stagingFolder, errno: errno) }
         try writeMarker(in: plan.stagingFolder, Self.marker(jobID))
@@ -270,7 +270,9 @@ struct RestoreJob: Sendable {
     /// Removes a folder (if named) that carries `marker`, so backupd deletes
     /// only what it made, and drops a database on the environment's server,
     /// ending its sessions. A folder there without the marker stops the
-    /// restore: it is someone else's.
+    /// restore: it is someone else's. The app may still write into the
+    /// folder, so it is removed without following links (`removeTree`), the
+    /// marker last.
     private func drop(database: String, folder: String, marker: String, on environment: Environment) async throws {
         if !folder.isEmpty {
             // A file store can hold many files: removing it blocks, so it runs on the thread pool.
@@ -280,7 +282,11 @@ struct RestoreJob: Sendable {
                 guard info.st_mode & S_IFMT == S_IFDIR, hasMarker(folder, marker) else {
                     throw JobFailure(description: "\(folder) exists and was not made by backupd; move it away to restore here")
                 }
-                try FileManager.default.removeItem(atPath: folder)
+                do {
+                    try removeTree(folder, removingLast: marker)
+                } catch {
+                    throw JobFailure(description: "cannot remove \(folder): \(error)")
+                }
             }
         }
         try await onAppServer(environment, database: "postgres") { [databases] connection in

@@ -27,6 +27,7 @@ public struct CallContext: Sendable {
     /// method is the platform's too (environments and tokens), or where
     /// `role` is platform itself.
     public func authorize(_ role: Role, in namespace: String, platform: Bool = false) throws(BackupError) {
+        guard !namespace.isEmpty || role == .platform else { throw .invalidArgument("namespace is required") }
         if caller.role == .platform {
             guard platform || role == .platform else {
                 throw .permissionDenied(

@@ -78,6 +78,9 @@ public struct RPCDispatcher: Sendable {
     }
 
     private func caller(for start: CallStart) async throws -> Caller {
+        guard start.metadata.filter({ $0.key.lowercased() == "authorization" }).count <= 1 else {
+            throw BackupError.unauthenticated("the call has more than one authorization entry")
+        }
         guard let header = start.metadata("authorization") else {
             throw BackupError.unauthenticated("the call has no authorization metadata (\"Bearer <token>\")")
         }

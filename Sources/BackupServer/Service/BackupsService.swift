@@ -59,6 +59,9 @@ struct BackupsService: Sendable {
             // Where the data lives is the platform's decision; the app and its version are the namespace's too.
             let movesData = !request.databaseURL.isEmpty || !request.fileStorePath.isEmpty || !request.fileQuery.isEmpty
             try context.authorize(movesData ? .platform : .admin, in: request.namespace, platform: true)
+            guard movesData || !request.app.isEmpty || !request.packageVersion.isEmpty else {
+                throw BackupError.invalidArgument("nothing to update: give app, package_version, database_url, file_store_path or file_query")
+            }
             var request = request
             if movesData {
                 let current = try await catalog.environment(namespace: request.namespace, name: request.name)
@@ -118,6 +121,7 @@ struct BackupsService: Sendable {
         }
         router.unary(Backups.restoreBackup) { request, context in
             let backup = try await reachableBackup(request.backupID, .operator, context)
+            guard !request.targetEnvironment.isEmpty else { throw BackupError.invalidArgument("target_environment is required") }
             let targetNamespace = try context.namespace(request.targetNamespace)
             // Refused across namespaces whatever the caller may do elsewhere.
             guard targetNamespace == backup.namespace else {
