@@ -198,6 +198,23 @@ import Testing
         #expect(violation(schedule, as: SetScheduleRequest.self) == "schedule.time_zone contains a NUL byte")
     }
 
+    @Test func controlCharactersAreNamedAndOnlyTextMayHoldLineBreaks() {
+        #expect(violation(string(2, Array("prod\u{1b}[2J".utf8)), as: CreateBackupRequest.self) == "environment contains the control character U+001B")
+        #expect(violation(string(2, Array("a\u{7}".utf8)), as: CreateBackupRequest.self) == "environment contains the control character U+0007")
+        #expect(violation(string(2, Array("a\nb".utf8)), as: CreateBackupRequest.self) == "environment contains the control character U+000A")
+        #expect(violation(string(3, Array("line one\r\n\tline two".utf8)), as: CreateBackupRequest.self) == nil)
+    }
+
+    @Test func aUInt32SentAsALargerVarintIsRefusedNotTruncated() {
+        let pageSize: (UInt64) -> [UInt8] = { value in
+            var bytes: [UInt8] = [5 << 3], rest = value
+            while rest >= 0x80 { bytes.append(UInt8(rest & 0x7f) | 0x80); rest >>= 7 }
+            return bytes + [UInt8(rest)]
+        }
+        #expect(violation(pageSize(UInt64(UInt32.max)), as: ListBackupsRequest.self) == nil)
+        #expect(violation(pageSize(UInt64(UInt32.max) + 51), as: ListBackupsRequest.self) == "page_size is 4294967346, above the largest uint32")
+    }
+
     @Test func aStartFrameWithANULInItsMetadataIsMarked() throws {
         let entry = string(1, Array("authorization".utf8)) + string(2, Array("Bearer t\0junk".utf8))
         let start = string(1, Array("backup.v1.Backups/ServerInfo".utf8)) + string(2, entry)
