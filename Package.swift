@@ -70,7 +70,7 @@ let package = Package(
 
         .testTarget(name: "BackupProtoTests", dependencies: ["BackupProto"]),
         .testTarget(name: "BackupWireTests", dependencies: ["BackupWire", "BackupProto", "CProtobufC"]),
-        .testTarget(name: "BackupCoreTests", dependencies: ["BackupCore"]),
+        .testTarget(name: "BackupCoreTests", dependencies: ["BackupCore", "BackupTestSupport"]),
         .testTarget(name: "BackupCatalogTests", dependencies: [
             "BackupCatalog", "BackupCore", "BackupWire", "BackupTestSupport", .product(name: "NIOPosix", package: "swift-nio"),
         ]),

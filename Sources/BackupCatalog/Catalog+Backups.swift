@@ -21,7 +21,8 @@ extension Catalog {
     static let backupColumns = """
         s.id, s.seq, e.namespace, e.name AS environment, s.status, s.kind, s.comment, s.package_version,
         unix_ms(s.created_at) AS created_ms, unix_ms(s.finished_at) AS finished_ms, unix_ms(s.expires_at) AS expires_ms,
-        s.database_bytes, s.files_bytes, s.file_count, s.postgres_version, s.error, s.job_id, s.dump_sha256
+        s.database_bytes, s.files_bytes, s.file_count, s.postgres_version, s.error, s.job_id, s.dump_sha256,
+        s.files_deleted_during_backup, s.files_changed_during_backup, s.warning
         """
 
     static func backup(_ row: PostgresRow) -> Backup {
@@ -34,6 +35,8 @@ extension Catalog {
             $0.filesBytes = row.uint64("files_bytes"); $0.sizeBytes = $0.databaseBytes + $0.filesBytes
             $0.fileCount = row.uint64("file_count"); $0.postgresVersion = row.string("postgres_version")
             $0.error = row.string("error"); $0.jobID = row.string("job_id"); $0.dumpSHA256 = row.string("dump_sha256")
+            $0.filesDeletedDuringBackup = row.uint64("files_deleted_during_backup")
+            $0.filesChangedDuringBackup = row.uint64("files_changed_during_backup"); $0.warning = row.string("warning")
         }
     }
 
@@ -124,11 +127,28 @@ extension Catalog {
             guard backup.status != .processing else {
                 throw BackupError.failedPrecondition("backup \(id) is still processing (job \(backup.jobID)); wait for it to end")
             }
+            try Self.refuseWhileUsed(connection, "backup \(id)", usedBy: "j.snapshot_id = $1::uuid", id)
             try connection.query("DELETE FROM snapshots WHERE id = $1", id)
             try Self.recordActivity(connection, backup.namespace, backup.environment, action: "delete", outcome: "FINISHED",
                                     actor: actor, snapshotID: id)
             return backup
         }
+    }
+
+    /// Refuses to go on while a queued or running job (a restore, say) reads
+    /// a backup that `condition` on `jobs j` and `snapshots s` selects: the
+    /// job pinned that backup's content when it was created. The caller
+    /// holds the backups' rows locked, so no such job can be queued meanwhile.
+    static func refuseWhileUsed(_ connection: PostgresConnection, _ what: String, usedBy condition: String, _ parameter: String) throws {
+        guard let job = try connection.query("""
+            SELECT j.id, j.kind, e.namespace || '/' || e.name AS target FROM jobs j
+            JOIN snapshots s ON s.id = j.snapshot_id JOIN environments e ON e.id = j.environment_id
+            WHERE j.status IN ('queued', 'running') AND j.kind <> 'backup' AND \(condition)
+            LIMIT 1
+            """, parameter).first else { return }
+        throw BackupError.failedPrecondition(
+            "\(what) is in use by \(job.string("kind")) job \(job.string("id")) of \(job.string("target")); "
+                + "wait for it to end or cancel it")
     }
 
     /// Deletes catalog rows of blobs no snapshot refers to and returns their

@@ -103,7 +103,9 @@ extension Catalog {
             if let job = try connection.query("SELECT id, kind FROM jobs WHERE environment_id = $1 AND status IN ('queued', 'running')", id).first {
                 throw BackupError.failedPrecondition("environment \(namespace)/\(name) is running \(job.string("kind")) job \(job.string("id"))")
             }
-            let count = try connection.query("SELECT count(*) AS n FROM snapshots WHERE environment_id = $1", id)[0].int64("n")
+            // Locked first, so no restore of these backups can be queued until this ends.
+            let count = try connection.query("SELECT id FROM snapshots WHERE environment_id = $1 FOR UPDATE", id).count
+            try Self.refuseWhileUsed(connection, "a backup of environment \(namespace)/\(name)", usedBy: "s.environment_id = $1::bigint", String(id))
             if count > 0 && !force {
                 throw BackupError.failedPrecondition("environment \(namespace)/\(name) has \(count) backups; delete them first or force")
             }

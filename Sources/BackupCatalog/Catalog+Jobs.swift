@@ -15,12 +15,34 @@ public struct BackupManifest: Sendable {
     public var postgresVersion: String
     /// pg_database_size of the app database at the snapshot.
     public var databaseSize: UInt64
+    /// Keys listed at the snapshot whose files went with their rows before they were read.
+    public var deletedDuringBackup: [String] = []
+    /// Keys whose files were modified after the snapshot, stored as read.
+    public var changedDuringBackup: [String] = []
 
     public init(dump: StoredBlob, files: [(key: String, blob: StoredBlob)], postgresVersion: String, databaseSize: UInt64) {
         self.dump = dump
         self.files = files
         self.postgresVersion = postgresVersion
         self.databaseSize = databaseSize
+    }
+
+    /// What a user of the backup should know about files that moved under
+    /// it, with the first few keys of each kind; empty when nothing did.
+    public var warning: String {
+        func listed(_ keys: [String]) -> String {
+            keys.prefix(10).joined(separator: ", ") + (keys.count > 10 ? ", and \(keys.count - 10) more" : "")
+        }
+        var parts: [String] = []
+        if !deletedDuringBackup.isEmpty {
+            parts.append("\(deletedDuringBackup.count) file documents were deleted with their rows while the backup ran "
+                         + "and are not in it: \(listed(deletedDuringBackup.sorted()))")
+        }
+        if !changedDuringBackup.isEmpty {
+            parts.append("\(changedDuringBackup.count) file documents were modified after the snapshot and are stored "
+                         + "as they were read: \(listed(changedDuringBackup.sorted()))")
+        }
+        return parts.joined(separator: "; ")
     }
 }
 
@@ -129,12 +151,16 @@ extension Catalog {
             try connection.query("""
                 UPDATE snapshots SET status = 'finished', finished_at = now(), expires_at = created_at + $2::interval,
                     dump_sha256 = $3, database_bytes = $4, files_bytes = $5, file_count = $6, postgres_version = $7,
-                    source_database_bytes = $8
+                    source_database_bytes = $8, files_deleted_during_backup = $9, files_changed_during_backup = $10,
+                    warning = $11
                 WHERE id = $1
                 """, snapshotID, Self.retention[row.string("kind")] ?? "14 days", manifest.dump.hash.hex,
-                manifest.dump.size, filesBytes, manifest.files.count, manifest.postgresVersion, manifest.databaseSize)
+                manifest.dump.size, filesBytes, manifest.files.count, manifest.postgresVersion, manifest.databaseSize,
+                manifest.deletedDuringBackup.count, manifest.changedDuringBackup.count, manifest.warning)
+            let warning = manifest.warning
             try Self.finishJob(connection, id: jobID, owner: owner,
-                               detail: "\(manifest.files.count) files, \(manifest.dump.size + filesBytes) bytes")
+                               detail: "\(manifest.files.count) files, \(manifest.dump.size + filesBytes) bytes"
+                                   + (warning.isEmpty ? "" : "; warning: \(warning)"))
         }
     }
 

@@ -37,12 +37,15 @@ extension Catalog {
         let jobID = UUID().uuidString.lowercased()
         do {
             return try await pool.transaction { connection in
-                let backup = try Self.loadBackup(connection, backupID)
-                guard backup.namespace == targetNamespace else {
+                let source = try Self.loadBackup(connection, backupID).namespace
+                guard source == targetNamespace else {
                     throw BackupError.permissionDenied(
-                        "backup \(backupID) belongs to namespace \(backup.namespace); it cannot be restored into namespace \(targetNamespace)")
+                        "backup \(backupID) belongs to namespace \(source); it cannot be restored into namespace \(targetNamespace)")
                 }
                 let environmentID = try Self.environmentID(connection, targetNamespace, targetEnvironment, lock: true)
+                // Locked until the job is queued (after the environment, in the order DeleteEnvironment
+                // takes them): a concurrent delete of the backup waits, then sees the job and refuses.
+                let backup = try Self.loadBackup(connection, backupID, lock: true)
                 let target = try Self.loadEnvironment(connection, targetNamespace, targetEnvironment)
                 let name = "\(targetNamespace)/\(targetEnvironment)"
                 guard target.state == .stopped else {

@@ -136,5 +136,16 @@ enum Migrations {
         ALTER TABLE tokens ADD CONSTRAINT tokens_role_check CHECK (role IN ('viewer', 'operator', 'admin', 'platform'));
         ALTER TABLE tokens ADD CONSTRAINT tokens_platform_has_no_namespace CHECK ((role = 'platform') = (namespace IS NULL));
         """),
+        (4, """
+        -- Live backups: files whose rows went away, or that changed, while the backup ran.
+        ALTER TABLE snapshots ADD COLUMN files_deleted_during_backup bigint NOT NULL DEFAULT 0,
+            ADD COLUMN files_changed_during_backup bigint NOT NULL DEFAULT 0,
+            ADD COLUMN warning text NOT NULL DEFAULT '';
+        -- Jobs can be cancelled: asked for by a flag the running process watches.
+        ALTER TABLE jobs DROP CONSTRAINT jobs_status_check;
+        ALTER TABLE jobs ADD CONSTRAINT jobs_status_check
+            CHECK (status IN ('queued', 'running', 'finished', 'failed', 'cancelled'));
+        ALTER TABLE jobs ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false;
+        """),
     ]
 }

@@ -52,6 +52,13 @@ public struct FileQuery: Sendable, Equatable {
         return text
     }
 
+    /// Which of the keys in the text-array parameter `$1` the query lists
+    /// now: for telling a file deleted with its row from one that is missing.
+    public var sqlAmongKeys: String {
+        "SELECT \(quoted(column))::text FROM " + (schema.map { quoted($0) + "." } ?? "") + quoted(table)
+            + " WHERE \(quoted(column))::text = ANY($1::text[])" + (condition.map { " AND " + render($0) } ?? "")
+    }
+
     static func refusal(_ problem: String) -> BackupError {
         .invalidArgument(
             "file_query must be SELECT <column> FROM <table> [WHERE <conditions on its columns>], with no function calls, "

@@ -140,4 +140,14 @@ public final class FileStoreReader: Sendable {
 public struct OpenedDocument: Sendable {
     public let descriptor: Int32
     public let size: UInt64
+
+    /// The later of its modification and status-change times now, in
+    /// seconds since 1970: asked after reading, it covers changes made while
+    /// the document was read (a status change cannot be dated back).
+    public var lastChanged: Double {
+        var info = stat()
+        guard fstat(descriptor, &info) == 0 else { return .infinity }
+        return max(Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9,
+                   Double(info.st_ctim.tv_sec) + Double(info.st_ctim.tv_nsec) / 1e9)
+    }
 }

@@ -1582,6 +1582,51 @@ void   backup__v1__get_job_request__free_unpacked
   assert(message->base.descriptor == &backup__v1__get_job_request__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   backup__v1__cancel_job_request__init
+                     (Backup__V1__CancelJobRequest         *message)
+{
+  static const Backup__V1__CancelJobRequest init_value = BACKUP__V1__CANCEL_JOB_REQUEST__INIT;
+  *message = init_value;
+}
+size_t backup__v1__cancel_job_request__get_packed_size
+                     (const Backup__V1__CancelJobRequest *message)
+{
+  assert(message->base.descriptor == &backup__v1__cancel_job_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t backup__v1__cancel_job_request__pack
+                     (const Backup__V1__CancelJobRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &backup__v1__cancel_job_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t backup__v1__cancel_job_request__pack_to_buffer
+                     (const Backup__V1__CancelJobRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &backup__v1__cancel_job_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Backup__V1__CancelJobRequest *
+       backup__v1__cancel_job_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Backup__V1__CancelJobRequest *)
+     protobuf_c_message_unpack (&backup__v1__cancel_job_request__descriptor,
+                                allocator, len, data);
+}
+void   backup__v1__cancel_job_request__free_unpacked
+                     (Backup__V1__CancelJobRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &backup__v1__cancel_job_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   backup__v1__watch_job_request__init
                      (Backup__V1__WatchJobRequest         *message)
 {
@@ -2807,7 +2852,7 @@ const ProtobufCMessageDescriptor backup__v1__environment__descriptor =
   (ProtobufCMessageInit) backup__v1__environment__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__backup__field_descriptors[18] =
+static const ProtobufCFieldDescriptor backup__v1__backup__field_descriptors[21] =
 {
   {
     "id",
@@ -3025,6 +3070,42 @@ static const ProtobufCFieldDescriptor backup__v1__backup__field_descriptors[18] 
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "files_deleted_during_backup",
+    19,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Backup, files_deleted_during_backup),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "files_changed_during_backup",
+    20,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Backup, files_changed_during_backup),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "warning",
+    21,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Backup, warning),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__backup__field_indices_by_name[] = {
   5,   /* field[5] = comment */
@@ -3036,6 +3117,8 @@ static const unsigned backup__v1__backup__field_indices_by_name[] = {
   9,   /* field[9] = expires_unix_ms */
   11,   /* field[11] = file_count */
   13,   /* field[13] = files_bytes */
+  19,   /* field[19] = files_changed_during_backup */
+  18,   /* field[18] = files_deleted_during_backup */
   8,   /* field[8] = finished_unix_ms */
   0,   /* field[0] = id */
   16,   /* field[16] = job_id */
@@ -3045,11 +3128,12 @@ static const unsigned backup__v1__backup__field_indices_by_name[] = {
   14,   /* field[14] = postgres_version */
   10,   /* field[10] = size_bytes */
   3,   /* field[3] = status */
+  20,   /* field[20] = warning */
 };
 static const ProtobufCIntRange backup__v1__backup__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 18 }
+  { 0, 21 }
 };
 const ProtobufCMessageDescriptor backup__v1__backup__descriptor =
 {
@@ -3059,7 +3143,7 @@ const ProtobufCMessageDescriptor backup__v1__backup__descriptor =
   "Backup__V1__Backup",
   "backup.v1",
   sizeof(Backup__V1__Backup),
-  18,
+  21,
   backup__v1__backup__field_descriptors,
   backup__v1__backup__field_indices_by_name,
   1,  backup__v1__backup__number_ranges,
@@ -5183,6 +5267,44 @@ const ProtobufCMessageDescriptor backup__v1__get_job_request__descriptor =
   (ProtobufCMessageInit) backup__v1__get_job_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor backup__v1__cancel_job_request__field_descriptors[1] =
+{
+  {
+    "id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__CancelJobRequest, id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned backup__v1__cancel_job_request__field_indices_by_name[] = {
+  0,   /* field[0] = id */
+};
+static const ProtobufCIntRange backup__v1__cancel_job_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor backup__v1__cancel_job_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "backup.v1.CancelJobRequest",
+  "CancelJobRequest",
+  "Backup__V1__CancelJobRequest",
+  "backup.v1",
+  sizeof(Backup__V1__CancelJobRequest),
+  1,
+  backup__v1__cancel_job_request__field_descriptors,
+  backup__v1__cancel_job_request__field_indices_by_name,
+  1,  backup__v1__cancel_job_request__number_ranges,
+  (ProtobufCMessageInit) backup__v1__cancel_job_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor backup__v1__watch_job_request__field_descriptors[1] =
 {
   {
@@ -6356,19 +6478,21 @@ const ProtobufCEnumDescriptor backup__v1__job_kind__descriptor =
   backup__v1__job_kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue backup__v1__job_status__enum_values_by_number[5] =
+static const ProtobufCEnumValue backup__v1__job_status__enum_values_by_number[6] =
 {
   { "JOB_STATUS_UNSPECIFIED", "BACKUP__V1__JOB_STATUS__JOB_STATUS_UNSPECIFIED", 0 },
   { "JOB_STATUS_QUEUED", "BACKUP__V1__JOB_STATUS__JOB_STATUS_QUEUED", 1 },
   { "JOB_STATUS_RUNNING", "BACKUP__V1__JOB_STATUS__JOB_STATUS_RUNNING", 2 },
   { "JOB_STATUS_FINISHED", "BACKUP__V1__JOB_STATUS__JOB_STATUS_FINISHED", 3 },
   { "JOB_STATUS_FAILED", "BACKUP__V1__JOB_STATUS__JOB_STATUS_FAILED", 4 },
+  { "JOB_STATUS_CANCELLED", "BACKUP__V1__JOB_STATUS__JOB_STATUS_CANCELLED", 5 },
 };
 static const ProtobufCIntRange backup__v1__job_status__value_ranges[] = {
-{0, 0},{0, 5}
+{0, 0},{0, 6}
 };
-static const ProtobufCEnumValueIndex backup__v1__job_status__enum_values_by_name[5] =
+static const ProtobufCEnumValueIndex backup__v1__job_status__enum_values_by_name[6] =
 {
+  { "JOB_STATUS_CANCELLED", 5 },
   { "JOB_STATUS_FAILED", 4 },
   { "JOB_STATUS_FINISHED", 3 },
   { "JOB_STATUS_QUEUED", 1 },
@@ -6382,15 +6506,15 @@ const ProtobufCEnumDescriptor backup__v1__job_status__descriptor =
   "JobStatus",
   "Backup__V1__JobStatus",
   "backup.v1",
-  5,
+  6,
   backup__v1__job_status__enum_values_by_number,
-  5,
+  6,
   backup__v1__job_status__enum_values_by_name,
   1,
   backup__v1__job_status__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor backup__v1__backups__method_descriptors[28] =
+static const ProtobufCMethodDescriptor backup__v1__backups__method_descriptors[29] =
 {
   { "ServerInfo", &backup__v1__server_info_request__descriptor, &backup__v1__server_info_response__descriptor },
   { "RegisterEnvironment", &backup__v1__register_environment_request__descriptor, &backup__v1__environment__descriptor },
@@ -6407,6 +6531,7 @@ static const ProtobufCMethodDescriptor backup__v1__backups__method_descriptors[2
   { "VerifyBackup", &backup__v1__verify_backup_request__descriptor, &backup__v1__job__descriptor },
   { "GetJob", &backup__v1__get_job_request__descriptor, &backup__v1__job__descriptor },
   { "WatchJob", &backup__v1__watch_job_request__descriptor, &backup__v1__job__descriptor },
+  { "CancelJob", &backup__v1__cancel_job_request__descriptor, &backup__v1__job__descriptor },
   { "RestoreBackup", &backup__v1__restore_backup_request__descriptor, &backup__v1__job__descriptor },
   { "ListActivity", &backup__v1__list_activity_request__descriptor, &backup__v1__list_activity_response__descriptor },
   { "RequestDownload", &backup__v1__request_download_request__descriptor, &backup__v1__download__descriptor },
@@ -6422,32 +6547,33 @@ static const ProtobufCMethodDescriptor backup__v1__backups__method_descriptors[2
   { "ListTokens", &backup__v1__list_tokens_request__descriptor, &backup__v1__list_tokens_response__descriptor },
 };
 const unsigned backup__v1__backups__method_indices_by_name[] = {
+  15,        /* CancelJob */
   7,        /* CreateBackup */
-  25,        /* CreateToken */
+  26,        /* CreateToken */
   11,        /* DeleteBackup */
   5,        /* DeleteEnvironment */
-  21,        /* FinishUpload */
+  22,        /* FinishUpload */
   9,        /* GetBackup */
-  18,        /* GetDownload */
+  19,        /* GetDownload */
   3,        /* GetEnvironment */
   13,        /* GetJob */
-  23,        /* GetSchedule */
-  22,        /* GetUpload */
-  16,        /* ListActivity */
+  24,        /* GetSchedule */
+  23,        /* GetUpload */
+  17,        /* ListActivity */
   8,        /* ListBackups */
   2,        /* ListEnvironments */
-  27,        /* ListTokens */
+  28,        /* ListTokens */
   1,        /* RegisterEnvironment */
-  17,        /* RequestDownload */
-  15,        /* RestoreBackup */
-  26,        /* RevokeToken */
+  18,        /* RequestDownload */
+  16,        /* RestoreBackup */
+  27,        /* RevokeToken */
   0,        /* ServerInfo */
   6,        /* SetEnvironmentState */
-  24,        /* SetSchedule */
-  19,        /* StartUpload */
+  25,        /* SetSchedule */
+  20,        /* StartUpload */
   10,        /* UpdateBackup */
   4,        /* UpdateEnvironment */
-  20,        /* UploadChunks */
+  21,        /* UploadChunks */
   12,        /* VerifyBackup */
   14         /* WatchJob */
 };
@@ -6458,7 +6584,7 @@ const ProtobufCServiceDescriptor backup__v1__backups__descriptor =
   "Backups",
   "Backup__V1__Backups",
   "backup.v1",
-  28,
+  29,
   backup__v1__backups__method_descriptors,
   backup__v1__backups__method_indices_by_name
 };
@@ -6582,13 +6708,21 @@ void backup__v1__backups__watch_job(ProtobufCService *service,
   assert(service->descriptor == &backup__v1__backups__descriptor);
   service->invoke(service, 14, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
+void backup__v1__backups__cancel_job(ProtobufCService *service,
+                                     const Backup__V1__CancelJobRequest *input,
+                                     Backup__V1__Job_Closure closure,
+                                     void *closure_data)
+{
+  assert(service->descriptor == &backup__v1__backups__descriptor);
+  service->invoke(service, 15, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
 void backup__v1__backups__restore_backup(ProtobufCService *service,
                                          const Backup__V1__RestoreBackupRequest *input,
                                          Backup__V1__Job_Closure closure,
                                          void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 15, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 16, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__list_activity(ProtobufCService *service,
                                         const Backup__V1__ListActivityRequest *input,
@@ -6596,7 +6730,7 @@ void backup__v1__backups__list_activity(ProtobufCService *service,
                                         void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 16, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 17, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__request_download(ProtobufCService *service,
                                            const Backup__V1__RequestDownloadRequest *input,
@@ -6604,7 +6738,7 @@ void backup__v1__backups__request_download(ProtobufCService *service,
                                            void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 17, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 18, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__get_download(ProtobufCService *service,
                                        const Backup__V1__GetDownloadRequest *input,
@@ -6612,7 +6746,7 @@ void backup__v1__backups__get_download(ProtobufCService *service,
                                        void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 18, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 19, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__start_upload(ProtobufCService *service,
                                        const Backup__V1__StartUploadRequest *input,
@@ -6620,7 +6754,7 @@ void backup__v1__backups__start_upload(ProtobufCService *service,
                                        void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 19, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 20, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__upload_chunks(ProtobufCService *service,
                                         const Backup__V1__UploadChunk *input,
@@ -6628,7 +6762,7 @@ void backup__v1__backups__upload_chunks(ProtobufCService *service,
                                         void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 20, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 21, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__finish_upload(ProtobufCService *service,
                                         const Backup__V1__FinishUploadRequest *input,
@@ -6636,7 +6770,7 @@ void backup__v1__backups__finish_upload(ProtobufCService *service,
                                         void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 21, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 22, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__get_upload(ProtobufCService *service,
                                      const Backup__V1__GetUploadRequest *input,
@@ -6644,7 +6778,7 @@ void backup__v1__backups__get_upload(ProtobufCService *service,
                                      void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 22, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 23, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__get_schedule(ProtobufCService *service,
                                        const Backup__V1__GetScheduleRequest *input,
@@ -6652,7 +6786,7 @@ void backup__v1__backups__get_schedule(ProtobufCService *service,
                                        void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 23, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 24, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__set_schedule(ProtobufCService *service,
                                        const Backup__V1__SetScheduleRequest *input,
@@ -6660,7 +6794,7 @@ void backup__v1__backups__set_schedule(ProtobufCService *service,
                                        void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 24, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 25, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__create_token(ProtobufCService *service,
                                        const Backup__V1__CreateTokenRequest *input,
@@ -6668,7 +6802,7 @@ void backup__v1__backups__create_token(ProtobufCService *service,
                                        void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 25, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 26, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__revoke_token(ProtobufCService *service,
                                        const Backup__V1__RevokeTokenRequest *input,
@@ -6676,7 +6810,7 @@ void backup__v1__backups__revoke_token(ProtobufCService *service,
                                        void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 26, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 27, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__list_tokens(ProtobufCService *service,
                                       const Backup__V1__ListTokensRequest *input,
@@ -6684,7 +6818,7 @@ void backup__v1__backups__list_tokens(ProtobufCService *service,
                                       void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 27, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 28, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__init (Backup__V1__Backups_Service *service,
                                 Backup__V1__Backups_ServiceDestroy destroy)

@@ -41,9 +41,9 @@ public enum JobKind: Int32, WireEnum, CustomStringConvertible {
 }
 
 public enum JobStatus: Int32, WireEnum, CustomStringConvertible {
-    case unspecified = 0, queued, running, finished, failed
-    public var description: String { ["unspecified", "queued", "running", "finished", "failed"][Int(rawValue)] }
-    public var isTerminal: Bool { self == .finished || self == .failed }
+    case unspecified = 0, queued, running, finished, failed, cancelled
+    public var description: String { ["unspecified", "queued", "running", "finished", "failed", "cancelled"][Int(rawValue)] }
+    public var isTerminal: Bool { self == .finished || self == .failed || self == .cancelled }
 }
 
 extension WireEnum where Self: CustomStringConvertible {

@@ -39,6 +39,7 @@ public enum Backups {
 
     public static let getJob = Method<GetJobRequest, Job>("GetJob")
     public static let watchJob = Method<WatchJobRequest, Job>("WatchJob", .serverStreaming)
+    public static let cancelJob = Method<CancelJobRequest, Job>("CancelJob")
 
     public static let restoreBackup = Method<RestoreBackupRequest, Job>("RestoreBackup")
     public static let listActivity = Method<ListActivityRequest, ListActivityResponse>("ListActivity")

@@ -192,6 +192,13 @@ public struct GetJobRequest: WireMessage {
     public mutating func map(_ f: inout FieldMap) { f.field(1, &id) }
 }
 
+public struct CancelJobRequest: WireMessage {
+    public static var descriptor: ProtobufCMessageDescriptor { backup__v1__cancel_job_request__descriptor }
+    public var id = ""
+    public init() {}
+    public mutating func map(_ f: inout FieldMap) { f.field(1, &id) }
+}
+
 public struct WatchJobRequest: WireMessage {
     public static var descriptor: ProtobufCMessageDescriptor { backup__v1__watch_job_request__descriptor }
     public var id = ""

@@ -43,13 +43,17 @@ public struct Backup: WireMessage {
     public var error = ""
     public var jobID = ""
     public var dumpSHA256 = ""
+    public var filesDeletedDuringBackup: UInt64 = 0
+    public var filesChangedDuringBackup: UInt64 = 0
+    public var warning = ""
     public init() {}
     public mutating func map(_ f: inout FieldMap) {
         f.field(1, &id); f.field(2, &namespace); f.field(3, &environment); f.field(4, &status); f.field(5, &kind)
         f.field(6, &comment); f.field(7, &packageVersion); f.field(8, &createdUnixMS); f.field(9, &finishedUnixMS)
         f.field(10, &expiresUnixMS); f.field(11, &sizeBytes); f.field(12, &fileCount); f.field(13, &databaseBytes)
         f.field(14, &filesBytes); f.field(15, &postgresVersion); f.field(16, &error); f.field(17, &jobID)
-        f.field(18, &dumpSHA256)
+        f.field(18, &dumpSHA256); f.field(19, &filesDeletedDuringBackup); f.field(20, &filesChangedDuringBackup)
+        f.field(21, &warning)
     }
 }
 

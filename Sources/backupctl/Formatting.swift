@@ -59,7 +59,8 @@ enum Format {
                 ("package", b.packageVersion), ("size", b.status == .finished ? bytes(b.sizeBytes) : ""),
                 ("database", b.status == .finished ? bytes(b.databaseBytes) : ""),
                 ("files", b.status == .finished ? "\(b.fileCount) (\(bytes(b.filesBytes)))" : ""),
-                ("postgres", b.postgresVersion), ("dump sha256", b.dumpSHA256), ("job", b.jobID), ("error", b.error)])
+                ("postgres", b.postgresVersion), ("dump sha256", b.dumpSHA256), ("job", b.jobID), ("warning", b.warning),
+                ("error", b.error)])
     }
 
     static func backups(_ backups: [Backup]) -> String {

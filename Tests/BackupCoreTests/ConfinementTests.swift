@@ -1,4 +1,5 @@
 import BackupCore
+import BackupTestSupport
 import Foundation
 import Testing
 
@@ -8,6 +9,7 @@ import Testing
         #expect(query.sql == #"SELECT "__uuid__" FROM "system$filedocument" WHERE ("hascontents" AND (NOT "deleteafterdownload"))"#)
         // Rendering is stable: what is stored parses to the same query.
         #expect(try FileQuery(parsing: query.sql) == query)
+        #expect(query.sqlAmongKeys == #"SELECT "__uuid__"::text FROM "system$filedocument" WHERE "__uuid__"::text = ANY($1::text[]) AND ("hascontents" AND (NOT "deleteafterdownload"))"#)
     }
 
     @Test func conditionsCompareColumnsWithConstantsOnly() throws {
@@ -119,17 +121,6 @@ import Testing
         try Data().write(to: URL(fileURLWithPath: root + "/tree/.marker"))
         try removeTree(root + "/tree", removingLast: ".marker")
         #expect(!FileManager.default.fileExists(atPath: root + "/tree"))
-    }
-}
-
-/// A flag shared with a thread.
-final class Atomic<Value: Sendable>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: Value
-    init(_ value: Value) { stored = value }
-    var value: Value {
-        get { lock.withLock { stored } }
-        set { lock.withLock { stored = newValue } }
     }
 }
 

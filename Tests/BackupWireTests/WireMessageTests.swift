@@ -93,7 +93,7 @@ import Testing
                      Backups.getEnvironment.name, Backups.updateEnvironment.name, Backups.deleteEnvironment.name,
                      Backups.setEnvironmentState.name, Backups.createBackup.name, Backups.listBackups.name,
                      Backups.getBackup.name, Backups.updateBackup.name, Backups.deleteBackup.name,
-                     Backups.verifyBackup.name, Backups.getJob.name, Backups.watchJob.name, Backups.restoreBackup.name,
+                     Backups.verifyBackup.name, Backups.getJob.name, Backups.watchJob.name, Backups.cancelJob.name, Backups.restoreBackup.name,
                      Backups.listActivity.name, Backups.requestDownload.name, Backups.getDownload.name,
                      Backups.startUpload.name, Backups.uploadChunks.name, Backups.finishUpload.name, Backups.getUpload.name,
                      Backups.getSchedule.name, Backups.setSchedule.name, Backups.createToken.name,

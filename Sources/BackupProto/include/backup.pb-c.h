@@ -50,6 +50,7 @@ typedef struct Backup__V1__DeleteBackupRequest Backup__V1__DeleteBackupRequest;
 typedef struct Backup__V1__DeleteBackupResponse Backup__V1__DeleteBackupResponse;
 typedef struct Backup__V1__VerifyBackupRequest Backup__V1__VerifyBackupRequest;
 typedef struct Backup__V1__GetJobRequest Backup__V1__GetJobRequest;
+typedef struct Backup__V1__CancelJobRequest Backup__V1__CancelJobRequest;
 typedef struct Backup__V1__WatchJobRequest Backup__V1__WatchJobRequest;
 typedef struct Backup__V1__RestoreBackupRequest Backup__V1__RestoreBackupRequest;
 typedef struct Backup__V1__ListActivityRequest Backup__V1__ListActivityRequest;
@@ -164,7 +165,11 @@ typedef enum _Backup__V1__JobStatus {
   BACKUP__V1__JOB_STATUS__JOB_STATUS_QUEUED = 1,
   BACKUP__V1__JOB_STATUS__JOB_STATUS_RUNNING = 2,
   BACKUP__V1__JOB_STATUS__JOB_STATUS_FINISHED = 3,
-  BACKUP__V1__JOB_STATUS__JOB_STATUS_FAILED = 4
+  BACKUP__V1__JOB_STATUS__JOB_STATUS_FAILED = 4,
+  /*
+   * stopped by CancelJob; the target is unchanged
+   */
+  BACKUP__V1__JOB_STATUS__JOB_STATUS_CANCELLED = 5
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BACKUP__V1__JOB_STATUS)
 } Backup__V1__JobStatus;
 
@@ -400,10 +405,23 @@ struct  Backup__V1__Backup
    * content address of the dump blob
    */
   char *dump_sha256;
+  /*
+   * Files listed at the snapshot whose rows were deleted, and the files with
+   * them, while the backup ran: not in the backup, as the database says.
+   */
+  uint64_t files_deleted_during_backup;
+  /*
+   * Files modified after the snapshot: stored as they were read.
+   */
+  uint64_t files_changed_during_backup;
+  /*
+   * what a FINISHED backup needs you to know
+   */
+  char *warning;
 };
 #define BACKUP__V1__BACKUP__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__backup__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, BACKUP__V1__BACKUP_STATUS__BACKUP_STATUS_UNSPECIFIED, BACKUP__V1__BACKUP_KIND__BACKUP_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, BACKUP__V1__BACKUP_STATUS__BACKUP_STATUS_UNSPECIFIED, BACKUP__V1__BACKUP_KIND__BACKUP_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -879,6 +897,16 @@ struct  Backup__V1__GetJobRequest
 };
 #define BACKUP__V1__GET_JOB_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__get_job_request__descriptor) \
+    , (char *)protobuf_c_empty_string }
+
+
+struct  Backup__V1__CancelJobRequest
+{
+  ProtobufCMessage base;
+  char *id;
+};
+#define BACKUP__V1__CANCEL_JOB_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&backup__v1__cancel_job_request__descriptor) \
     , (char *)protobuf_c_empty_string }
 
 
@@ -1783,6 +1811,25 @@ Backup__V1__GetJobRequest *
 void   backup__v1__get_job_request__free_unpacked
                      (Backup__V1__GetJobRequest *message,
                       ProtobufCAllocator *allocator);
+/* Backup__V1__CancelJobRequest methods */
+void   backup__v1__cancel_job_request__init
+                     (Backup__V1__CancelJobRequest         *message);
+size_t backup__v1__cancel_job_request__get_packed_size
+                     (const Backup__V1__CancelJobRequest   *message);
+size_t backup__v1__cancel_job_request__pack
+                     (const Backup__V1__CancelJobRequest   *message,
+                      uint8_t             *out);
+size_t backup__v1__cancel_job_request__pack_to_buffer
+                     (const Backup__V1__CancelJobRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Backup__V1__CancelJobRequest *
+       backup__v1__cancel_job_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   backup__v1__cancel_job_request__free_unpacked
+                     (Backup__V1__CancelJobRequest *message,
+                      ProtobufCAllocator *allocator);
 /* Backup__V1__WatchJobRequest methods */
 void   backup__v1__watch_job_request__init
                      (Backup__V1__WatchJobRequest         *message);
@@ -2213,6 +2260,9 @@ typedef void (*Backup__V1__VerifyBackupRequest_Closure)
 typedef void (*Backup__V1__GetJobRequest_Closure)
                  (const Backup__V1__GetJobRequest *message,
                   void *closure_data);
+typedef void (*Backup__V1__CancelJobRequest_Closure)
+                 (const Backup__V1__CancelJobRequest *message,
+                  void *closure_data);
 typedef void (*Backup__V1__WatchJobRequest_Closure)
                  (const Backup__V1__WatchJobRequest *message,
                   void *closure_data);
@@ -2331,6 +2381,10 @@ struct Backup__V1__Backups_Service
                     const Backup__V1__WatchJobRequest *input,
                     Backup__V1__Job_Closure closure,
                     void *closure_data);
+  void (*cancel_job)(Backup__V1__Backups_Service *service,
+                     const Backup__V1__CancelJobRequest *input,
+                     Backup__V1__Job_Closure closure,
+                     void *closure_data);
   void (*restore_backup)(Backup__V1__Backups_Service *service,
                          const Backup__V1__RestoreBackupRequest *input,
                          Backup__V1__Job_Closure closure,
@@ -2406,6 +2460,7 @@ void backup__v1__backups__init (Backup__V1__Backups_Service *service,
       function_prefix__ ## verify_backup,\
       function_prefix__ ## get_job,\
       function_prefix__ ## watch_job,\
+      function_prefix__ ## cancel_job,\
       function_prefix__ ## restore_backup,\
       function_prefix__ ## list_activity,\
       function_prefix__ ## request_download,\
@@ -2479,6 +2534,10 @@ void backup__v1__backups__watch_job(ProtobufCService *service,
                                     const Backup__V1__WatchJobRequest *input,
                                     Backup__V1__Job_Closure closure,
                                     void *closure_data);
+void backup__v1__backups__cancel_job(ProtobufCService *service,
+                                     const Backup__V1__CancelJobRequest *input,
+                                     Backup__V1__Job_Closure closure,
+                                     void *closure_data);
 void backup__v1__backups__restore_backup(ProtobufCService *service,
                                          const Backup__V1__RestoreBackupRequest *input,
                                          Backup__V1__Job_Closure closure,
@@ -2576,6 +2635,7 @@ extern const ProtobufCMessageDescriptor backup__v1__delete_backup_request__descr
 extern const ProtobufCMessageDescriptor backup__v1__delete_backup_response__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__verify_backup_request__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__get_job_request__descriptor;
+extern const ProtobufCMessageDescriptor backup__v1__cancel_job_request__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__watch_job_request__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__restore_backup_request__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__list_activity_request__descriptor;

@@ -20,11 +20,18 @@ public struct PostgresTools: Sendable {
     }
 }
 
-/// Makes one snapshot of an environment, consistent across database and files:
-/// a REPEATABLE READ transaction on the app database exports its snapshot;
-/// the referenced files are listed inside it and `pg_dump --snapshot` dumps
-/// the same snapshot. The dump and every file go to the blob store; nothing
-/// is cataloged as FINISHED until all of it is stored.
+/// Makes one snapshot of an environment, consistent across database and
+/// files, while the app keeps running: a REPEATABLE READ transaction on the
+/// app database exports its snapshot and lists the referenced files inside
+/// it; then `pg_dump --snapshot` dumps that snapshot while, at the same time,
+/// the listed files are read into the blob store. A file document's content
+/// never changes under its key (a Mendix file document is written once), so
+/// reading it soon after the snapshot reads what the snapshot refers to. A
+/// file gone by then is looked up in the live database: if its row was
+/// deleted after the snapshot, the backup goes on without it and says so;
+/// otherwise the backup fails naming it. A file modified after the snapshot
+/// is stored as read and reported. Nothing is cataloged as FINISHED until
+/// all of it is stored.
 struct BackupJob: Sendable {
     let catalog: Catalog
     let blobStore: any BlobStore
@@ -32,16 +39,17 @@ struct BackupJob: Sendable {
     let threadPool: NIOThreadPool
     let tools: PostgresTools
 
-    private struct ReferencedFile: Sendable {
-        let key: String
-        let size: UInt64
-    }
-
     private struct OpenedSnapshot: Sendable {
         let snapshot: String
         let postgresVersion: String
         let databaseBytes: UInt64
-        let keys: Set<String>
+        let keys: [String]
+    }
+
+    /// What became of one listed file document.
+    private enum CapturedFile: Sendable {
+        case stored(key: String, blob: StoredBlob, changed: Bool)
+        case gone(key: String)
     }
 
     /// Rows fetched from the file query's cursor at a time.
@@ -61,6 +69,8 @@ struct BackupJob: Sendable {
         let fileQuery = try FileQuery(parsing: environment.fileQuery)
         let app = try await threadPool.runIfActive { [databases] in try databases.connect(environment) }
         let session = ConnectionHandle(app, threadPool: threadPool)
+        // Taken before the snapshot: a file changed later than this may have changed after it.
+        let snapshotTime = Date().timeIntervalSince1970
         let opened = try await session.run { [databases] connection in
             try connection.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             let row = try connection.query("""
@@ -69,44 +79,108 @@ struct BackupJob: Sendable {
                 """)[0]
             let keys = try Self.fileKeys(connection, query: fileQuery, policy: databases.policy)
             return OpenedSnapshot(snapshot: row.string("snapshot"), postgresVersion: row.string("version"),
-                                  databaseBytes: row.uint64("size"), keys: keys)
+                                  databaseBytes: row.uint64("size"), keys: keys.sorted())
         }
 
         // A store with no documents yet may not exist; one with documents is opened once, as a folder that is no link.
         let store = opened.keys.isEmpty ? nil : try FileStoreReader(path: environment.fileStorePath)
-        let files = try await threadPool.runIfActive { try store.map { try referencedFiles(opened.keys, in: $0) } ?? [] }
-        let filesBytes = files.reduce(UInt64(0)) { $0 + $1.size }
-
-        await progress.update(done: 0, total: opened.databaseBytes + filesBytes, phase: "dumping database")
+        await progress.update(phase: "dumping the database and storing \(opened.keys.count) files")
+        await progress.update(part: "database", total: opened.databaseBytes)
         let dumpPath = "\(blobStore.scratchDirectory)/dump-\(claimed.job.id).backup"
         defer { unlink(dumpPath) }
-        try await dump(try databases.connectionString(environment.databaseURL), snapshot: opened.snapshot, to: dumpPath) { written in
-            await progress.update(done: written, total: max(opened.databaseBytes, written) + filesBytes)
+        // The files are read while pg_dump runs; whichever fails first stops the other.
+        let databaseURL = try databases.connectionString(environment.databaseURL)
+        let files = try await withThrowingTaskGroup(of: [CapturedFile]?.self) { group in
+            group.addTask {
+                try await runDump(databaseURL, snapshot: opened.snapshot, to: dumpPath) { written in
+                    await progress.update(part: "database", done: written, total: max(opened.databaseBytes, written))
+                }
+                return nil
+            }
+            group.addTask {
+                try await captureFiles(opened.keys, from: store, changedAfter: snapshotTime, ledger: ledger, progress: progress)
+            }
+            var files: [CapturedFile] = []
+            for try await result in group { if let result { files = result } }
+            return files
         }
         _ = try? await session.run { try $0.query("COMMIT") }
 
-        await progress.update(phase: "storing database dump")
         let dump = try await threadPool.runIfActive { try blobStore.adopt(dumpPath) }
         try await ledger.record([dump])
-        await progress.update(done: dump.size, total: dump.size + filesBytes, phase: "storing \(files.count) files")
+        // The totals become what was stored; the phase change writes them.
+        await progress.update(part: "database", done: dump.size, total: dump.size)
+        await progress.update(phase: "recording the backup")
 
-        var stored: [(key: String, blob: StoredBlob)] = []
-        stored.reserveCapacity(files.count)
-        try await inBatches(files, threadPool: threadPool) { file in
-            let document = try store!.open(key: file.key)
-            defer { close(document.descriptor) }
-            return (key: file.key, blob: try blobStore.put(reading: document.descriptor, upTo: document.size, name: "file document \(file.key)"))
-        } completed: { blobs in
-            try await ledger.record(blobs.map(\.blob))
-            stored += blobs
-            await progress.advance(by: blobs.reduce(0) { $0 + $1.blob.size })
+        var manifest = BackupManifest(dump: dump, files: [], postgresVersion: opened.postgresVersion, databaseSize: opened.databaseBytes)
+        var gone: [String] = []
+        for file in files {
+            switch file {
+            case let .stored(key, blob, changed):
+                manifest.files.append((key: key, blob: blob))
+                if changed { manifest.changedDuringBackup.append(key) }
+            case let .gone(key): gone.append(key)
+            }
         }
-        return BackupManifest(dump: dump, files: stored, postgresVersion: opened.postgresVersion, databaseSize: opened.databaseBytes)
+        manifest.deletedDuringBackup = try await deletedSinceSnapshot(gone, query: fileQuery, session: session)
+        return manifest
+    }
+
+    /// Reads every listed file into the blob store, a batch at a time on the
+    /// thread pool, recording each batch's blobs as it completes.
+    private func captureFiles(_ keys: [String], from store: FileStoreReader?, changedAfter snapshotTime: Double,
+                              ledger: BlobLedger, progress: ProgressReporter) async throws -> [CapturedFile] {
+        guard let store, !keys.isEmpty else { return [] }
+        let sizes = try await threadPool.runIfActive {
+            keys.reduce(UInt64(0)) { total, key in
+                guard let document = try? store.open(key: key) else { return total }
+                defer { close(document.descriptor) }
+                return total + document.size
+            }
+        }
+        await progress.update(part: "files", total: sizes)
+        var captured: [CapturedFile] = []
+        captured.reserveCapacity(keys.count)
+        var storedBytes: UInt64 = 0
+        try await inBatches(keys, threadPool: threadPool) { [blobStore] key -> CapturedFile in
+            let document: OpenedDocument
+            do {
+                document = try store.open(key: key)
+            } catch FileDocumentError.missing {
+                return .gone(key: key)
+            }
+            defer { close(document.descriptor) }
+            let blob = try blobStore.put(reading: document.descriptor, upTo: document.size, name: "file document \(key)")
+            return .stored(key: key, blob: blob, changed: document.lastChanged > snapshotTime)
+        } completed: { batch in
+            let blobs = batch.compactMap { if case let .stored(_, blob, _) = $0 { blob } else { nil } }
+            try await ledger.record(blobs)
+            captured += batch
+            storedBytes += blobs.reduce(0) { $0 + $1.size }
+            await progress.update(part: "files", done: storedBytes)
+        }
+        await progress.update(part: "files", done: storedBytes, total: storedBytes)
+        return captured
+    }
+
+    /// Of the keys whose files were gone when read, those the live database
+    /// no longer lists: deleted with their rows after the snapshot. A key the
+    /// database still lists is a file missing from the store, and fails the backup.
+    private func deletedSinceSnapshot(_ gone: [String], query: FileQuery, session: ConnectionHandle) async throws -> [String] {
+        guard !gone.isEmpty else { return [] }
+        let stillListed = try await session.run { connection in
+            try connection.query(query.sqlAmongKeys, gone).compactMap(\.firstValue)
+        }
+        if let missing = stillListed.sorted().first {
+            throw JobFailure(description: "file document \(missing) is referenced by the database but missing from the file store"
+                             + (stillListed.count > 1 ? " (and \(stillListed.count - 1) more)" : ""))
+        }
+        return gone
     }
 
     /// Runs pg_dump on the exported snapshot, telling `written` how far the
     /// dump file has grown while it runs.
-    private func dump(_ databaseURL: String, snapshot: String, to path: String,
+    private func runDump(_ databaseURL: String, snapshot: String, to path: String,
                       written: @escaping @Sendable (UInt64) async -> Void) async throws {
         try await runPostgresTool(tools.pgDump, [
             "--format=custom", "--no-owner", "--no-privileges", "--snapshot=\(snapshot)", "--file=\(path)",
@@ -150,23 +224,6 @@ struct BackupJob: Sendable {
             throw JobFailure(description: "\(invalid) of the file query's \(rows) rows are not storage keys: \(FileStoreLayout.InvalidKey())")
         }
         return keys
-    }
-
-    /// The files the snapshot refers to, each opened beneath the store
-    /// without following links and checked to be a regular file.
-    private func referencedFiles(_ keys: Set<String>, in store: FileStoreReader) throws -> [ReferencedFile] {
-        try keys.sorted().map { key in
-            do {
-                let document = try store.open(key: key)
-                close(document.descriptor)
-                return ReferencedFile(key: key, size: document.size)
-            } catch let error as FileDocumentError {
-                if case .missing = error {
-                    throw JobFailure(description: "file document \(key) is referenced by the database but missing from the file store")
-                }
-                throw JobFailure(description: error.description)
-            }
-        }
     }
 }
 

@@ -29,4 +29,17 @@ actor ProgressReporter {
     func advance(by bytes: UInt64) async {
         await update(done: done + bytes)
     }
+
+    /// Work that runs in parts at once (a dump beside the files): each part
+    /// reports its own bytes, and the job's are their sums.
+    private var parts: [String: (done: UInt64, total: UInt64)] = [:]
+
+    func update(part: String, done: UInt64? = nil, total: UInt64? = nil) async {
+        var entry = parts[part] ?? (0, 0)
+        if let done { entry.done = done }
+        if let total { entry.total = total }
+        entry.total = max(entry.total, entry.done)
+        parts[part] = entry
+        await update(done: parts.values.reduce(0) { $0 + $1.done }, total: parts.values.reduce(0) { $0 + $1.total })
+    }
 }

@@ -107,7 +107,7 @@ struct RestoreJob: Sendable {
         try await restoreDump(dumpPath, into: stagingURL) { done in
             await progress.update(done: min(done, databaseBytes))
         }
-        try await checkTables(of: dumpPath, in: stagingURL)
+        try await checkContents(of: dumpPath, in: stagingURL)
 
         guard !work.databaseOnly else { return }
         await progress.update(done: databaseBytes, phase: "placing \(files.count) files in \(plan.stagingFolder)")
@@ -116,6 +116,7 @@ struct RestoreJob: Sendable {
         // the bottom up, so its new owner cannot swap a folder for a link while backupd writes there.
         let owner = try await threadPool.runIfActive { try makeStagingFolder(plan, jobID: claimed.job.id) }
         let stagingFolder = plan.stagingFolder
+        var placed: (count: UInt64, bytes: UInt64) = (0, 0)
         try await inBatches(files, threadPool: threadPool) { file in
             guard let hash = ContentHash(hex: file.hash) else {
                 throw JobFailure(description: "file document \(file.key) has no valid content hash")
@@ -129,7 +130,14 @@ struct RestoreJob: Sendable {
             }
             return file.size
         } completed: { sizes in
+            placed.count += UInt64(sizes.count)
+            placed.bytes += sizes.reduce(0, +)
             await progress.advance(by: sizes.reduce(0, +))
+        }
+        // The backup's own totals, recorded when it was made, against what was placed.
+        guard placed.count == work.backup.fileCount && placed.bytes == work.backup.filesBytes else {
+            throw JobFailure(description: "the restore placed \(placed.count) files (\(placed.bytes) bytes) where backup "
+                             + "\(work.backup.id) holds \(work.backup.fileCount) (\(work.backup.filesBytes) bytes); the target is unchanged")
         }
         try await threadPool.runIfActive { try applyOwnership(under: stagingFolder, folders: owner, files: owner.forFiles) }
     }
@@ -149,21 +157,45 @@ struct RestoreJob: Sendable {
         }
     }
 
-    /// The staging database must hold every table the dump has.
-    private func checkTables(of dumpPath: String, in stagingURL: String) async throws {
-        let listing = "\(blobStore.scratchDirectory)/list-\(UUID().uuidString)"
-        defer { unlink(listing) }
-        try await runSubprocess(tools.pgRestore, ["--list", "--file=\(listing)", dumpPath],
-                                threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory)
-        let expected = try String(contentsOfFile: listing, encoding: .utf8).split(separator: "\n")
-            .filter { !$0.hasPrefix(";") && $0.contains(" TABLE ") && !$0.contains(" TABLE DATA ") }.count
-        let restored = try await threadPool.runIfActive {
-            try PostgresConnection(stagingURL).query("""
-                SELECT count(*) AS n FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
-                """)[0].int64("n")
+    /// The staging database must hold every object the dump's table of
+    /// contents lists (schemas, tables, views, materialized views, sequences,
+    /// indexes, constraints, triggers, types, domains, large objects), and
+    /// every sequence at the value the dump sets.
+    private func checkContents(of dumpPath: String, in stagingURL: String) async throws {
+        let scratch = blobStore.scratchDirectory
+        let listingPath = "\(scratch)/list-\(UUID().uuidString)"
+        defer { unlink(listingPath) }
+        try await runSubprocess(tools.pgRestore, ["--list", "--file=\(listingPath)", dumpPath],
+                                threadPool: threadPool, scratchDirectory: scratch)
+        let listing = DumpListing(try String(contentsOfFile: listingPath, encoding: .utf8))
+
+        var sequences: [(sequence: String, value: Int64, called: Bool)] = []
+        if !listing.sequenceSetLines.isEmpty {
+            let setsPath = "\(scratch)/sequences-\(UUID().uuidString)", scriptPath = setsPath + ".sql"
+            defer { unlink(setsPath); unlink(scriptPath) }
+            try (listing.sequenceSetLines.joined(separator: "\n") + "\n").write(toFile: setsPath, atomically: false, encoding: .utf8)
+            try await runSubprocess(tools.pgRestore, ["--use-list=\(setsPath)", "--file=\(scriptPath)", dumpPath],
+                                    threadPool: threadPool, scratchDirectory: scratch)
+            sequences = DumpListing.sequenceValues(in: try String(contentsOfFile: scriptPath, encoding: .utf8))
         }
-        guard restored == expected else {
-            throw JobFailure(description: "the restored database has \(restored) tables where the dump has \(expected)")
+
+        let (missing, wrongSequences) = try await threadPool.runIfActive { [sequences] in
+            let connection = try PostgresConnection(stagingURL)
+            let present = Set(try connection.query(DumpListing.catalogNamesQuery).map {
+                DumpListing.CatalogName(catalog: Int($0.int64("catalog")), name: $0.string("name"))
+            })
+            let wrong = try sequences.filter { expected in
+                let last = try connection.query("SELECT pg_sequence_last_value($1::regclass) AS value", expected.sequence)[0]["value"]
+                return last != (expected.called ? String(expected.value) : nil)
+            }
+            return (listing.missing(from: present), wrong.map(\.sequence))
+        }
+        guard missing.isEmpty else {
+            throw JobFailure(description: "the restored database lacks \(missing.count) of the dump's \(listing.objects.count) objects: "
+                             + missing.prefix(5).map(\.description).joined(separator: ", "))
+        }
+        guard wrongSequences.isEmpty else {
+            throw JobFailure(description: "restored sequences differ from the dump: " + wrongSequences.prefix(5).joined(separator: ", "))
         }
     }
 
