@@ -69,9 +69,10 @@ extension Catalog {
         }
     }
 
-    static func loadJob(_ connection: PostgresConnection, _ id: String) throws -> Job {
+    static func loadJob(_ connection: PostgresConnection, _ id: String, lock: Bool = false) throws -> Job {
         guard let row = try connection.query(
-            "SELECT \(jobColumns) FROM jobs j JOIN environments e ON e.id = j.environment_id WHERE j.id = $1", id
+            "SELECT \(jobColumns) FROM jobs j JOIN environments e ON e.id = j.environment_id WHERE j.id = $1"
+                + (lock ? " FOR UPDATE OF j" : ""), id
         ).first else {
             throw BackupError.notFound("job \(id) does not exist")
         }
@@ -90,16 +91,29 @@ extension Catalog {
         return try await pool.withConnection { try Self.loadJob($0, id) }
     }
 
-    /// Takes the oldest queued job, if any, under a lease held by `owner`.
-    /// Several processes may claim at once: each gets a different job.
-    public func claimNextJob(owner: String, leaseSeconds: Int) async throws -> ClaimedJob? {
+    /// Takes a queued job, if any, under a lease held by `owner`. Namespaces
+    /// take turns: the namespace served least recently goes first, oldest job
+    /// first within it, and a namespace already running `perNamespace` jobs
+    /// (in any process) waits. Claims are serialized by an advisory lock, so
+    /// processes sharing the catalog keep that limit together.
+    public func claimNextJob(owner: String, leaseSeconds: Int, perNamespace: Int) async throws -> ClaimedJob? {
         try await pool.transaction { connection in
+            try connection.query("SELECT pg_advisory_xact_lock(\(AdvisoryLock.claims))")
             guard let claimed = try connection.query("""
+                WITH served AS (
+                    SELECT e.namespace, count(*) FILTER (WHERE j.status = 'running') AS running, max(j.started_at) AS last_started
+                    FROM jobs j JOIN environments e ON e.id = j.environment_id
+                    WHERE j.status = 'running' OR j.started_at IS NOT NULL
+                    GROUP BY e.namespace)
                 UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
                                 started_at = now(), phase = 'starting'
-                WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
+                WHERE id = (SELECT j.id FROM jobs j JOIN environments e ON e.id = j.environment_id
+                            LEFT JOIN served s ON s.namespace = e.namespace
+                            WHERE j.status = 'queued' AND coalesce(s.running, 0) < $3
+                            ORDER BY s.last_started NULLS FIRST, j.created_at
+                            FOR UPDATE OF j SKIP LOCKED LIMIT 1)
                 RETURNING id, environment_id, actor
-                """, owner, leaseSeconds).first else { return nil }
+                """, owner, leaseSeconds, perNamespace).first else { return nil }
             return try Self.claimedJob(connection, claimed)
         }
     }
@@ -208,18 +222,56 @@ extension Catalog {
     }
 
     static func failJob(_ connection: PostgresConnection, id: String, message: String) throws {
+        try endUnfinished(connection, id: id, as: .failed, message: message)
+    }
+
+    /// Ends a queued or running job as FAILED or CANCELLED with its reason;
+    /// a backup it was making fails with the same reason.
+    static func endUnfinished(_ connection: PostgresConnection, id: String, as status: JobStatus, message: String) throws {
         guard let row = try connection.query("""
-            UPDATE jobs j SET status = 'failed', error = $2, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+            UPDATE jobs j SET status = $3, error = $2, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
             FROM environments e
             WHERE j.id = $1 AND e.id = j.environment_id AND j.status IN ('queued', 'running')
             RETURNING j.kind, j.snapshot_id, j.actor, e.namespace, e.name
-            """, id, message).first else { return }
+            """, id, message, status.description).first else { return }
         if row.string("kind") == "backup" {
             try connection.query("""
                 UPDATE snapshots SET status = 'failed', error = $2, finished_at = now() WHERE id = $1 AND status = 'processing'
                 """, row["snapshot_id"], message)
         }
         try recordActivity(connection, row.string("namespace"), row.string("name"), action: row.string("kind"),
-                           outcome: "FAILED", actor: row.string("actor"), snapshotID: row["snapshot_id"], detail: message)
+                           outcome: status.description.uppercased(), actor: row.string("actor"), snapshotID: row["snapshot_id"],
+                           detail: message)
+    }
+
+    /// Asks for a job to stop. A queued job ends CANCELLED at once; a running
+    /// one is flagged, and the process running it stops it within a second
+    /// or two and ends it CANCELLED. A job that has ended cannot be cancelled.
+    public func requestCancellation(jobID: String, actor: String) async throws -> Job {
+        let id = try parseID(jobID, "job id")
+        return try await pool.transaction { connection in
+            let job = try Self.loadJob(connection, id, lock: true)
+            switch job.status {
+            case .queued:
+                try Self.endUnfinished(connection, id: id, as: .cancelled, message: "cancelled by \(actor) before it started")
+            case .running:
+                try connection.query("UPDATE jobs SET cancel_requested = true, phase = 'cancelling' WHERE id = $1", id)
+            default:
+                throw BackupError.failedPrecondition("job \(id) has already ended (\(job.status)); only a queued or running job can be cancelled")
+            }
+            return try Self.loadJob(connection, id)
+        }
+    }
+
+    /// Whether someone asked for a running job to stop.
+    public func isCancellationRequested(jobID: String) async throws -> Bool {
+        try await pool.withConnection { connection in
+            try connection.query("SELECT cancel_requested FROM jobs WHERE id = $1", jobID).first?.bool("cancel_requested") ?? false
+        }
+    }
+
+    /// Ends a job its runner stopped on request as CANCELLED.
+    public func cancelJob(id: String, reason: String) async throws {
+        try await pool.transaction { try Self.endUnfinished($0, id: id, as: .cancelled, message: reason) }
     }
 }

@@ -76,6 +76,8 @@ enum AdvisoryLock {
     /// Held shared by every running backup and exclusively by blob garbage
     /// collection, so a collection never removes a blob a backup relies on.
     static let blobs = 7_400_002
+    /// Held while a process claims a job, so per-namespace limits hold across processes.
+    static let claims = 7_400_003
 }
 
 /// Turns catalog text into the API's enums.

@@ -80,10 +80,11 @@ public struct BackupService: Sendable {
             eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger, onListening: onListening)
 
         let group = ServiceGroup(configuration: .init(
+            // Shut down last to first: the listener stops taking calls at once, then jobs get their grace period.
             services: [
-                .init(service: ListenerService(listener: listener)),
                 .init(service: jobs),
                 .init(service: RevocationService(openCalls: openCalls, catalog: catalog)),
+                .init(service: ListenerService(listener: listener, openCalls: openCalls)),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
@@ -92,9 +93,18 @@ public struct BackupService: Sendable {
     }
 }
 
+/// The TLS listener; on shutdown new calls are refused with UNAVAILABLE
+/// while the listener closes its port and ends its connections.
 private struct ListenerService: Service {
     let listener: TLSListener
-    func run() async throws { try await listener.run() }
+    let openCalls: OpenCalls
+    func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await listener.run()
+        } onGracefulShutdown: {
+            openCalls.beginDraining()
+        }
+    }
 }
 
 /// Ends the open calls of tokens that another backupd process revoked.

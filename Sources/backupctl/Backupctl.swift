@@ -170,7 +170,13 @@ struct Restore: AsyncParsableCommand {
 }
 
 struct JobCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "job", abstract: "Show a job; --wait follows it to its end.")
+    static let configuration = CommandConfiguration(
+        commandName: "job", abstract: "Show a job, follow it, or cancel it.",
+        subcommands: [ShowJob.self, CancelJob.self], defaultSubcommand: ShowJob.self)
+}
+
+struct ShowJob: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show a job; --wait follows it to its end.")
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Job ID.") var id: String
     @Flag(help: "Follow the job's progress until it ends.") var wait = false
@@ -183,6 +189,26 @@ struct JobCommand: AsyncParsableCommand {
         }
         global.output(job, human: Format.job)
         if job.status == .failed { throw ExitCode(1) }
+    }
+}
+
+struct CancelJob: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cancel",
+        abstract: "Stop a queued or running job: its tools are killed, what it made is removed, its target stays as it was.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Job ID.") var id: String
+    @Flag(help: "Wait until the job has stopped.") var wait = false
+
+    func run() async throws {
+        let (id, wait, global) = (id, wait, global)
+        let job = try await global.withClient { client in
+            let job = try await client.unary(Backups.cancelJob, .with { $0.id = id })
+            guard wait else { return job }
+            try await follow(id, client: client, quiet: global.json)
+            return try await client.unary(Backups.getJob, .with { $0.id = id })
+        }
+        global.output(job, human: Format.job)
     }
 }
 

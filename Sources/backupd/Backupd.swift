@@ -86,6 +86,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Jobs run at once by this process.")
     var maxJobs = 2
 
+    @Option(help: "The share of the job slots one namespace may hold at once (at least one slot).")
+    var namespaceJobShare = JobSettings().namespaceShare
+
+    @Option(help: "On SIGTERM, seconds running jobs may go on before they are cancelled.")
+    var shutdownGraceSeconds = 30
+
+    @Option(help: "Seconds a connection to an app database may take to open.")
+    var appDatabaseConnectTimeoutSeconds = AppDatabasePolicy().connectTimeoutSeconds
+
     @Option(help: "Seconds a job's lease lasts; a job whose process stops renewing it is failed after this.")
     var jobLeaseSeconds = 30
 
@@ -96,6 +105,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("pg-restore"), help: "pg_restore to run, default /usr/bin/pg_restore (env BACKUPD_PG_RESTORE).")
     var pgRestoreOption: String?
     var pgRestore: String { value(pgRestoreOption, "BACKUPD_PG_RESTORE", "/usr/bin/pg_restore") }
+
+    @Option(help: "Seconds pg_dump or pg_restore may go without progress (dump size, restored database size) before the job is stopped.")
+    var toolStallSeconds = 600
 
     @Option(help: "Parallel workers of one pg_restore (default: the number of cores).")
     var restoreJobs = ProcessInfo.processInfo.activeProcessorCount
@@ -147,8 +159,12 @@ struct Serve: AsyncParsableCommand {
         configuration.port = port
         configuration.maxFrameBytes = maxFrameBytes
         configuration.jobs.maximumConcurrentJobs = maxJobs
+        configuration.jobs.namespaceShare = namespaceJobShare
+        configuration.jobs.shutdownGrace = .seconds(shutdownGraceSeconds)
+        configuration.appDatabases.connectTimeoutSeconds = appDatabaseConnectTimeoutSeconds
         configuration.jobs.tools.pgDump = pgDump
         configuration.jobs.tools.pgRestore = pgRestore
+        configuration.jobs.tools.stallTimeout = .seconds(toolStallSeconds)
         configuration.jobs.restoreParallelism = restoreJobs
         configuration.jobs.keepPreviousOnRestore = !dropPreviousOnRestore
         configuration.jobs.leaseSeconds = jobLeaseSeconds

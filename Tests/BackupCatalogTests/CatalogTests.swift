@@ -96,8 +96,8 @@ import Testing
         try await withCatalog { catalog, _ in
             try await register(catalog)
             _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
-            let claimed = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 30))
-            #expect(try await catalog.claimNextJob(owner: "b", leaseSeconds: 30) == nil)
+            let claimed = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 30, perNamespace: 1))
+            #expect(try await catalog.claimNextJob(owner: "b", leaseSeconds: 30, perNamespace: 1) == nil)
             #expect(try await catalog.renewLease(jobID: claimed.job.id, owner: "a", leaseSeconds: 30))
             #expect(try await !catalog.renewLease(jobID: claimed.job.id, owner: "b", leaseSeconds: 30))
             await #expect(throws: BackupError.self) {

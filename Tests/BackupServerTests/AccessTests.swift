@@ -106,6 +106,10 @@ import Testing
                     Row("WatchJob", namespaceRoles, .ok, platformRefusal: .notFound) {
                         try await $0.serverStreaming(Backups.watchJob, .with { $0.id = backup.jobID }) { _ in }
                     },
+                    // The backup's job has ended: one allowed to cancel it hears that it cannot be cancelled any more.
+                    Row("CancelJob", [.operator, .admin], .failedPrecondition, platformRefusal: .notFound) {
+                        _ = try await $0.unary(Backups.cancelJob, .with { $0.id = backup.jobID })
+                    },
                     Row("RestoreBackup", [.operator, .admin], .failedPrecondition, platformRefusal: .notFound) {
                         _ = try await $0.unary(Backups.restoreBackup, .with { $0.backupID = backup.id; $0.targetEnvironment = "shop-production"; $0.targetNamespace = "acme" })
                     },

@@ -406,10 +406,13 @@ actor UpdateLog {
 }
 
 /// Retries `condition` for a few seconds (background work such as garbage collection).
-func eventually(_ condition: () throws -> Bool, sourceLocation: SourceLocation = #_sourceLocation) async throws {
-    for _ in 0..<100 {
+func eventually(within timeout: Duration = .seconds(10), _ condition: () throws -> Bool,
+                sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
         if try condition() { return }
         try await Task.sleep(for: .milliseconds(100))
     }
-    Issue.record("condition did not become true", sourceLocation: sourceLocation)
+    if try condition() { return }
+    Issue.record("condition did not become true within \(timeout)", sourceLocation: sourceLocation)
 }

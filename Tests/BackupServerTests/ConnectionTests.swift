@@ -97,31 +97,6 @@ import Testing
         }
     }
 
-    @Test func shutdownFailsTheRunningJobWithItsReasonAndExitsCleanly() async throws {
-        try await withTestApp { app in
-            let server = try await TestServer.start(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 60)])
-            do {
-                try await server.register(app)
-                let created = try await server.withClient { try await createBackup($0) }
-                try await eventually {
-                    try TestPostgres.query(server.catalogDatabase, "SELECT status FROM jobs WHERE id = $1", created.job.id)
-                        .first?.string("status") == "running"
-                }
-                #expect(await server.stop(signal: SIGTERM) == 0)
-                let row = try TestPostgres.query(server.catalogDatabase, """
-                    SELECT j.status, j.error, s.status AS backup_status FROM jobs j JOIN snapshots s ON s.id = j.snapshot_id WHERE j.id = $1
-                    """, created.job.id)[0]
-                #expect(row.string("status") == "failed" && row.string("backup_status") == "failed")
-                #expect(row.string("error").contains("shut down"))
-                await server.remove()
-            } catch {
-                print(server.log)
-                await server.remove()
-                throw error
-            }
-        }
-    }
-
     @Test func aJobOfAKilledServerIsFailedWhenItsLeaseRunsOut() async throws {
         try await withTestApp { app in
             let first = try await TestServer.start(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 60), "--job-lease-seconds", "2"])

@@ -104,9 +104,29 @@ public struct ConnectionHandle: Sendable {
         self.threadPool = threadPool
     }
 
+    /// Opens a connection on the thread pool (libpq's connect blocks, up to its `connect_timeout`).
+    public static func connect(_ connectionString: String, threadPool: NIOThreadPool) async throws -> ConnectionHandle {
+        ConnectionHandle(try await threadPool.runIfActive { try PostgresConnection(connectionString) }, threadPool: threadPool)
+    }
+
     @discardableResult
     public func run<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
         let connection = self.connection
         return try await threadPool.runIfActive { try body(connection) }
+    }
+
+    /// Runs `body` on the thread pool; cancelling the calling task asks the
+    /// server to cancel the query running then, so a task waiting on a slow
+    /// or stuck query ends promptly. For connections of one owner only (an
+    /// app session), never for pooled ones: a late cancel request could
+    /// reach the next borrower's query.
+    @discardableResult
+    public func runCancellable<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        let connection = self.connection
+        return try await withTaskCancellationHandler {
+            try await threadPool.runIfActive { try body(connection) }
+        } onCancel: {
+            connection.cancelRunningQuery()
+        }
     }
 }

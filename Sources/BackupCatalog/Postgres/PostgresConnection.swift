@@ -69,6 +69,15 @@ public final class PostgresConnection: @unchecked Sendable {
 
     deinit { PQfinish(connection) }
 
+    /// Asks the server to cancel the query this connection is running, from
+    /// any thread: the blocked call then returns with SQLSTATE 57014.
+    public func cancelRunningQuery() {
+        guard let cancel = PQgetCancel(connection) else { return }
+        defer { PQfreeCancel(cancel) }
+        var message = [CChar](repeating: 0, count: 256)
+        _ = PQcancel(cancel, &message, Int32(message.count))
+    }
+
     /// False once the server connection is lost.
     public var isHealthy: Bool { PQstatus(connection) == CONNECTION_OK }
 

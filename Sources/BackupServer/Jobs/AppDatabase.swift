@@ -1,6 +1,7 @@
 import BackupCatalog
 import BackupCore
 import BackupWire
+import NIOPosix
 
 /// How backupd may reach app databases, set by its operator.
 public struct AppDatabasePolicy: Sendable {
@@ -82,11 +83,17 @@ struct AppDatabases: Sendable {
             settings.removeAll { $0.key == "dbname" }
             settings.append(("dbname", database))
         }
+        // Every session ends: its timeouts are backupd's, whatever the URL says.
+        let enforced: [(key: String, value: String)] = [
+            ("connect_timeout", "\(policy.connectTimeoutSeconds)"), ("keepalives", "1"), ("keepalives_idle", "30"),
+            ("keepalives_interval", "10"), ("keepalives_count", "3"),
+        ]
+        settings.removeAll { setting in enforced.contains { $0.key == setting.key } }
+        settings += enforced
         let given = Set(settings.map(\.key))
         let defaults: [(key: String, value: String)] = [
             ("passfile", Self.nowhere), ("sslcert", Self.nowhere), ("sslkey", Self.nowhere), ("gssencmode", "disable"),
-            ("connect_timeout", "\(policy.connectTimeoutSeconds)"), ("keepalives", "1"), ("keepalives_idle", "30"),
-            ("keepalives_interval", "10"), ("keepalives_count", "3"), ("application_name", "backupd"),
+            ("application_name", "backupd"),
         ]
         settings += defaults.filter { !given.contains($0.key) }
         let options = settings.first { $0.key == "options" }?.value ?? ""
@@ -107,6 +114,12 @@ struct AppDatabases: Sendable {
         }
         try refuseCatalog(on: connection)
         return connection
+    }
+
+    /// An app session for a job: connected on the thread pool, checked, and
+    /// run through `runCancellable`, so a cancelled job cancels its query.
+    func session(_ environment: Environment, database: String? = nil, threadPool: NIOThreadPool) async throws -> ConnectionHandle {
+        ConnectionHandle(try await threadPool.runIfActive { try connect(environment, database: database) }, threadPool: threadPool)
     }
 
     /// Refuses a connection to the catalog's database, or a database name

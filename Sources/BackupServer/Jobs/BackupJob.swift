@@ -9,10 +9,12 @@ struct JobFailure: Error, CustomStringConvertible {
     let description: String
 }
 
-/// Where the PostgreSQL client tools are.
+/// Where the PostgreSQL client tools are, and how long one may go without
+/// progress before it is stopped.
 public struct PostgresTools: Sendable {
     public var pgDump: String
     public var pgRestore: String
+    public var stallTimeout: Duration = .seconds(600)
 
     public init(pgDump: String = "/usr/bin/pg_dump", pgRestore: String = "/usr/bin/pg_restore") {
         self.pgDump = pgDump
@@ -67,11 +69,10 @@ struct BackupJob: Sendable {
         let environment = claimed.environment
         await progress.update(phase: "opening a database snapshot")
         let fileQuery = try FileQuery(parsing: environment.fileQuery)
-        let app = try await threadPool.runIfActive { [databases] in try databases.connect(environment) }
-        let session = ConnectionHandle(app, threadPool: threadPool)
+        let session = try await databases.session(environment, threadPool: threadPool)
         // Taken before the snapshot: a file changed later than this may have changed after it.
         let snapshotTime = Date().timeIntervalSince1970
-        let opened = try await session.run { [databases] connection in
+        let opened = try await session.runCancellable { [databases] connection in
             try connection.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             let row = try connection.query("""
                 SELECT pg_export_snapshot() AS snapshot, current_setting('server_version') AS version,
@@ -104,7 +105,7 @@ struct BackupJob: Sendable {
             for try await result in group { if let result { files = result } }
             return files
         }
-        _ = try? await session.run { try $0.query("COMMIT") }
+        _ = try? await session.runCancellable { try $0.query("COMMIT") }
 
         let dump = try await threadPool.runIfActive { try blobStore.adopt(dumpPath) }
         try await ledger.record([dump])
@@ -168,7 +169,7 @@ struct BackupJob: Sendable {
     /// database still lists is a file missing from the store, and fails the backup.
     private func deletedSinceSnapshot(_ gone: [String], query: FileQuery, session: ConnectionHandle) async throws -> [String] {
         guard !gone.isEmpty else { return [] }
-        let stillListed = try await session.run { connection in
+        let stillListed = try await session.runCancellable { connection in
             try connection.query(query.sqlAmongKeys, gone).compactMap(\.firstValue)
         }
         if let missing = stillListed.sorted().first {
@@ -184,8 +185,10 @@ struct BackupJob: Sendable {
                       written: @escaping @Sendable (UInt64) async -> Void) async throws {
         try await runPostgresTool(tools.pgDump, [
             "--format=custom", "--no-owner", "--no-privileges", "--snapshot=\(snapshot)", "--file=\(path)",
-        ], database: databaseURL, threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory) {
-            await written(fileSize(path))
+        ], database: databaseURL, stallTimeout: tools.stallTimeout) {
+            let size = fileSize(path)
+            await written(size)
+            return size
         }
         await written(fileSize(path))
     }

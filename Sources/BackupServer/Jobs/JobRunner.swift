@@ -10,6 +10,13 @@ import ServiceLifecycle
 /// Settings of the job runner.
 public struct JobSettings: Sendable {
     public var maximumConcurrentJobs = 2
+    /// The share of the job slots one namespace may hold at once (at least one
+    /// slot), so one namespace's slow or hung jobs never hold them all.
+    public var namespaceShare = 0.5
+    /// On shutdown, how long running jobs may go on before they are cancelled.
+    public var shutdownGrace: Duration = .seconds(30)
+    /// How often a running job looks for a cancellation request.
+    public var cancellationPollInterval: Duration = .seconds(1)
     public var leaseSeconds = 30
     /// How often the catalog is asked for work queued by other processes.
     public var pollInterval: Duration = .seconds(2)
@@ -108,6 +115,11 @@ public final class JobRunner: Service, Sendable {
             } onGracefulShutdown: {
                 self.wakeupSource.finish()
             }
+            // No more claims; running jobs get the grace period to end, then are cancelled.
+            let deadline = ContinuousClock.now + settings.shutdownGrace
+            while signals.withLockedValue({ $0.running }) > 0 && ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(100))
+            }
             group.cancelAll()
         }
     }
@@ -118,7 +130,9 @@ public final class JobRunner: Service, Sendable {
             if let abandoned = try await catalog.claimAbandonedRestore(owner: owner, leaseSeconds: settings.leaseSeconds) {
                 return (abandoned, true)
             }
-            return try await catalog.claimNextJob(owner: owner, leaseSeconds: settings.leaseSeconds).map { ($0, false) }
+            let perNamespace = max(1, Int((Double(settings.maximumConcurrentJobs) * settings.namespaceShare).rounded(.down)))
+            return try await catalog.claimNextJob(owner: owner, leaseSeconds: settings.leaseSeconds, perNamespace: perNamespace)
+                .map { ($0, false) }
         } catch {
             logger.error("cannot claim jobs", metadata: ["error": "\(error)"])
             return nil
@@ -189,10 +203,17 @@ public final class JobRunner: Service, Sendable {
                     }
                 }
                 group.addTask { try await self.keepLease(job.id) }
+                group.addTask { try await self.watchForCancellation(job.id) }
                 try await group.next()
                 group.cancelAll()
             }
             logger.info("job finished")
+        } catch let cancelled as JobCancelled {
+            logger.info("job cancelled")
+            let catalog = self.catalog
+            _ = try? await withoutCancellation {
+                try await catalog.cancelJob(id: job.id, reason: cancelled.description)
+            }
         } catch {
             let reason = Task.isCancelled ? "interrupted: backupd shut down while the job ran" : describeJobError(error)
             logger.error("job failed", metadata: ["reason": "\(reason)"])
@@ -208,6 +229,16 @@ public final class JobRunner: Service, Sendable {
         }
     }
 
+    /// Throws `JobCancelled` once someone asked for the job to stop; the
+    /// job's task group then cancels the job itself, which kills its tools,
+    /// cancels its queries and drops its staging copies.
+    private func watchForCancellation(_ jobID: String) async throws {
+        while true {
+            try await Task.sleep(for: settings.cancellationPollInterval)
+            if (try? await catalog.isCancellationRequested(jobID: jobID)) == true { throw JobCancelled() }
+        }
+    }
+
     private func keepLease(_ jobID: String) async throws {
         while true {
             try await Task.sleep(for: .seconds(max(1, settings.leaseSeconds / 3)))
@@ -219,11 +250,16 @@ public final class JobRunner: Service, Sendable {
 
 }
 
+/// A running job was asked to stop (CancelJob).
+struct JobCancelled: Error, CustomStringConvertible {
+    var description: String { "cancelled on request; what it had made was removed and its target left as it was" }
+}
+
 /// A job's failure as a person reads it.
 func describeJobError(_ error: any Error) -> String {
     switch error {
     case let error as JobFailure: error.description
-    case let error as SubprocessError: error.description
+    case let error as ToolFailure: error.description
     case let error as BackupError: error.description
     case let error as BlobStoreError: error.description
     case let error as FileStoreLayout.InvalidKey: error.description

@@ -146,14 +146,15 @@ struct RestoreJob: Sendable {
     private func restoreDump(_ dumpPath: String, into stagingURL: String,
                              progress: @escaping @Sendable (UInt64) async -> Void) async throws {
         // One connection watches the size; it closes when this returns, before the swap.
-        let monitor = try? await threadPool.runIfActive { try PostgresConnection(stagingURL) }
+        let monitor = try? await ConnectionHandle.connect(stagingURL, threadPool: threadPool)
         try await runPostgresTool(tools.pgRestore, [
             "--no-owner", "--no-privileges", "--exit-on-error", "--jobs=\(parallelJobs)", dumpPath,
-        ], database: stagingURL, threadPool: threadPool, scratchDirectory: blobStore.scratchDirectory) {
-            guard let monitor, let size = try? await threadPool.runIfActive({
-                try monitor.query("SELECT pg_database_size(current_database()) AS size")[0].uint64("size")
-            }) else { return }
+        ], database: stagingURL, stallTimeout: tools.stallTimeout) {
+            guard let monitor, let size = try? await monitor.runCancellable({
+                try $0.query("SELECT pg_database_size(current_database()) AS size")[0].uint64("size")
+            }) else { return 0 }
             await progress(size)
+            return size
         }
     }
 
@@ -165,8 +166,7 @@ struct RestoreJob: Sendable {
         let scratch = blobStore.scratchDirectory
         let listingPath = "\(scratch)/list-\(UUID().uuidString)"
         defer { unlink(listingPath) }
-        try await runSubprocess(tools.pgRestore, ["--list", "--file=\(listingPath)", dumpPath],
-                                threadPool: threadPool, scratchDirectory: scratch)
+        try await runSubprocess(tools.pgRestore, ["--list", "--file=\(listingPath)", dumpPath])
         let listing = DumpListing(try String(contentsOfFile: listingPath, encoding: .utf8))
 
         var sequences: [(sequence: String, value: Int64, called: Bool)] = []
@@ -174,13 +174,11 @@ struct RestoreJob: Sendable {
             let setsPath = "\(scratch)/sequences-\(UUID().uuidString)", scriptPath = setsPath + ".sql"
             defer { unlink(setsPath); unlink(scriptPath) }
             try (listing.sequenceSetLines.joined(separator: "\n") + "\n").write(toFile: setsPath, atomically: false, encoding: .utf8)
-            try await runSubprocess(tools.pgRestore, ["--use-list=\(setsPath)", "--file=\(scriptPath)", dumpPath],
-                                    threadPool: threadPool, scratchDirectory: scratch)
+            try await runSubprocess(tools.pgRestore, ["--use-list=\(setsPath)", "--file=\(scriptPath)", dumpPath])
             sequences = DumpListing.sequenceValues(in: try String(contentsOfFile: scriptPath, encoding: .utf8))
         }
 
-        let (missing, wrongSequences) = try await threadPool.runIfActive { [sequences] in
-            let connection = try PostgresConnection(stagingURL)
+        let (missing, wrongSequences) = try await ConnectionHandle.connect(stagingURL, threadPool: threadPool).runCancellable { [sequences] connection in
             let present = Set(try connection.query(DumpListing.catalogNamesQuery).map {
                 DumpListing.CatalogName(catalog: Int($0.int64("catalog")), name: $0.string("name"))
             })
@@ -363,7 +361,7 @@ struct RestoreJob: Sendable {
     @discardableResult
     private func onAppServer<T: Sendable>(_ environment: Environment, database: String?,
                                           _ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        try await threadPool.runIfActive { [databases] in try body(try databases.connect(environment, database: database)) }
+        try await databases.session(environment, database: database, threadPool: threadPool).runCancellable(body)
     }
 
     /// `base` and `suffix` within PostgreSQL's 63-byte identifiers, cut at a character boundary.

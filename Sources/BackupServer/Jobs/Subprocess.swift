@@ -1,9 +1,10 @@
-import Foundation
 import BackupCatalog
-import NIOPosix
+import Foundation
+import Subprocess
+import SystemPackage
 
-/// A failed external command, with what it wrote to standard error.
-struct SubprocessError: Error, CustomStringConvertible {
+/// A failed external command, with the end of what it wrote to standard error.
+struct ToolFailure: Error, CustomStringConvertible {
     let command: String
     let outcome: String
     let standardError: String
@@ -14,110 +15,89 @@ struct SubprocessError: Error, CustomStringConvertible {
     }
 }
 
-/// Runs an external program (pg_dump, pg_restore) to completion, in an
-/// environment of its own (see `childEnvironment`).
+/// Runs an external program (pg_dump, pg_restore) to completion through
+/// swift-subprocess, in an environment of its own (`childEnvironment`).
 ///
-/// The program gets a process group of its own, so cancelling the task
-/// stops it and anything it started (SIGTERM, then SIGKILL after five
-/// seconds). Standard error goes to a file rather than a pipe, so a chatty
-/// program never blocks on a full pipe. The wait for its exit blocks a
-/// thread of `threadPool`, never an event loop or a cooperative thread.
-func runSubprocess(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
-                   threadPool: NIOThreadPool, scratchDirectory: String) async throws {
-    let errorPath = "\(scratchDirectory)/stderr-\(UUID().uuidString)"
-    defer { unlink(errorPath) }
-    let pid = try spawn(executable, arguments, environment: environment, standardError: errorPath)
+/// The program leads a process group of its own, so cancelling the task
+/// stops it and anything it started: SIGTERM to the group, then SIGKILL
+/// five seconds later. It is started through `setpriv --pdeathsig KILL`, so
+/// it dies with backupd even when backupd is killed outright. Standard error
+/// comes through a pipe of which only the last 16 KiB are kept: the reason
+/// a tool gives survives even when the disk it would write to is full.
+func runSubprocess(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) async throws {
+    var options = PlatformOptions()
+    options.processGroupID = 0
+    options.teardownSequence = [.gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: .seconds(5))]
+    var variables: [Environment.Key: String] = [:]
+    for (name, value) in childEnvironment.merging(environment, uniquingKeysWith: { $1 }) { variables[Environment.Key(stringLiteral: name)] = value }
+    let command = URL(fileURLWithPath: executable).lastPathComponent
 
-    let status: Int32 = try await withTaskCancellationHandler {
-        try await threadPool.runIfActive {
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-            return status
+    let result: ExecutionResult<[UInt8], DiscardedOutput, SequenceOutput>
+    do {
+        result = try await run(
+            .path(FilePath(parentDeathGuard)), arguments: Arguments(["--pdeathsig", "KILL", "--", executable] + arguments),
+            environment: .custom(variables), platformOptions: options, input: .none, output: .discarded, error: .sequence
+        ) { execution in
+            var tail: [UInt8] = []
+            for try await buffer in execution.standardError {
+                buffer.withUnsafeBytes { tail.append(contentsOf: $0) }
+                if tail.count > standardErrorKept { tail.removeFirst(tail.count - standardErrorKept) }
+            }
+            return tail
         }
-    } onCancel: {
-        kill(-pid, SIGTERM)
-        DispatchQueue.global().asyncAfter(deadline: .now() + 5) { kill(-pid, SIGKILL) }
+    } catch let error as CancellationError {
+        throw error
+    } catch {
+        throw ToolFailure(command: command, outcome: "could not start", standardError: "\(error)")
     }
     try Task.checkCancellation()
 
-    let signal = status & 0x7f
-    let exitCode = (status >> 8) & 0xff
-    guard signal != 0 || exitCode != 0 else { return }
-    let standardError = (try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? ""
-    throw SubprocessError(command: URL(fileURLWithPath: executable).lastPathComponent,
-                          outcome: signal != 0 ? "was killed by signal \(signal)" : "exited with status \(exitCode)",
-                          standardError: String(standardError.suffix(2000)))
-}
-
-private func spawn(_ executable: String, _ arguments: [String], environment: [String: String], standardError: String) throws -> pid_t {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 2, standardError, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var noSignals = sigset_t()
-    sigemptyset(&noSignals)
-    var defaultSignals = sigset_t()
-    sigemptyset(&defaultSignals)
-    for signal in [SIGTERM, SIGINT, SIGPIPE, SIGHUP, SIGQUIT] { sigaddset(&defaultSignals, signal) }
-    posix_spawnattr_setsigmask(&attributes, &noSignals)
-    posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
-    posix_spawnattr_setpgroup(&attributes, 0)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-    markDescriptorsCloseOnExec()
-    let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    let envp: [UnsafeMutablePointer<CChar>?] = childEnvironment.merging(environment) { $1 }
-        .map { strdup("\($0.key)=\($0.value)") } + [nil]
-    defer { envp.forEach { free($0) } }
-    var pid: pid_t = 0
-    let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-    guard result == 0 else {
-        throw SubprocessError(command: executable, outcome: "could not start", standardError: String(cString: strerror(result)))
+    let outcome: String
+    switch result.terminationStatus {
+    case .exited(0): return
+    case .exited(let code): outcome = "exited with status \(code)"
+    case .signaled(let signal): outcome = "was killed by signal \(signal)"
     }
-    return pid
+    throw ToolFailure(command: command, outcome: outcome, standardError: String(decoding: result.closureResult, as: UTF8.self))
 }
+
+/// How much of a tool's standard error is kept: its last lines say why it failed.
+private let standardErrorKept = 16 * 1024
+
+/// util-linux's `setpriv`: sets the parent-death signal, then executes the tool.
+private let parentDeathGuard = "/usr/bin/setpriv"
 
 /// All that a child process sees of the environment besides what its caller
 /// gives: nothing of backupd's own (no PG* variables, no HOME with its
 /// `.pgpass` and client certificates).
 private let childEnvironment = ["PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"]
 
-/// Marks every descriptor above standard error close-on-exec, so a child
-/// inherits nothing of ours: not client sockets, not catalog connections, not
-/// descriptors our own parent left open.
-private func markDescriptorsCloseOnExec() {
-    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
-    for descriptor in entries.compactMap({ Int32($0) }) where descriptor > 2 {
-        let flags = fcntl(descriptor, F_GETFD)
-        if flags >= 0 && flags & FD_CLOEXEC == 0 { _ = fcntl(descriptor, F_SETFD, flags | FD_CLOEXEC) }
-    }
-}
-
 /// Runs a PostgreSQL client tool (pg_dump, pg_restore) against a database.
 /// The connection string goes to `--dbname` without its password, which goes
 /// in PGPASSWORD, so no process listing shows it. While the tool runs,
-/// `whileRunning` is called every half second, for progress.
+/// `progress` is asked every half second how far it has come; when that has
+/// not changed for `stallTimeout`, the tool is stopped and the job fails
+/// saying so.
 func runPostgresTool(_ executable: String, _ arguments: [String], database connectionString: String,
-                     threadPool: NIOThreadPool, scratchDirectory: String,
-                     whileRunning: @escaping @Sendable () async -> Void) async throws {
+                     stallTimeout: Duration, progress: @escaping @Sendable () async -> UInt64) async throws {
     let (url, password) = try ConnectionString.withoutPassword(connectionString)
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask {
             try await runSubprocess(executable, ["--dbname=\(url)"] + arguments,
-                                    environment: password.map { ["PGPASSWORD": $0] } ?? [:],
-                                    threadPool: threadPool, scratchDirectory: scratchDirectory)
+                                    environment: password.map { ["PGPASSWORD": $0] } ?? [:])
         }
         group.addTask {
+            var last = UInt64.max
+            var lastChange = ContinuousClock.now
             while true {
                 try await Task.sleep(for: .milliseconds(500))
-                await whileRunning()
+                let now = await progress()
+                if now != last {
+                    (last, lastChange) = (now, .now)
+                } else if ContinuousClock.now - lastChange >= stallTimeout {
+                    throw JobFailure(description: "\(URL(fileURLWithPath: executable).lastPathComponent) made no progress for "
+                                     + "\(stallTimeout.components.seconds) seconds (--tool-stall-seconds); it was stopped")
+                }
             }
         }
         try await group.next()

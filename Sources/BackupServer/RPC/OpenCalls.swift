@@ -11,6 +11,7 @@ public final class OpenCalls: Sendable {
     }
 
     private struct State {
+        var draining = false
         var next: UInt64 = 0
         var byToken: [String: [UInt64: AsyncStream<Void>.Continuation]] = [:]
     }
@@ -18,6 +19,13 @@ public final class OpenCalls: Sendable {
     private let state = Mutex(State())
 
     public init() {}
+
+    /// From now on new calls are refused with UNAVAILABLE: the server is shutting down.
+    func beginDraining() {
+        state.withLock { $0.draining = true }
+    }
+
+    var isDraining: Bool { state.withLock { $0.draining } }
 
     /// Records an open call; `revoked` hears when its token is revoked.
     func register(tokenID: String, revoked: AsyncStream<Void>.Continuation) -> Registration {

@@ -31,6 +31,9 @@ public struct RPCDispatcher: Sendable {
         cancelled: AsyncStream<Void>,
         send: @escaping @Sendable ([UInt8]) async throws -> Void
     ) async -> CallStatus {
+        if openCalls.isDraining {
+            return CallStatus(RPCError(.unavailable, "backupd is shutting down; call again once it is back"))
+        }
         if let problem = start.problem {
             return CallStatus(RPCError(.invalidArgument, "the call's start frame: \(problem)"))
         }

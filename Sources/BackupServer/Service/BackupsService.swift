@@ -148,6 +148,12 @@ struct BackupsService: Sendable {
         router.unary(Backups.getJob) { request, context in
             try await reachableJob(request.id, context)
         }
+        router.unary(Backups.cancelJob) { request, context in
+            let job = try await reachableJob(request.id, context, role: .operator)
+            let cancelled = try await catalog.requestCancellation(jobID: job.id, actor: context.caller.tokenName)
+            jobs.wake()
+            return cancelled
+        }
         router.serverStreaming(Backups.watchJob) { request, context, responses in
             var job = try await reachableJob(request.id, context)
             try await responses.write(job)
@@ -209,9 +215,9 @@ struct BackupsService: Sendable {
     }
 
     /// A job the caller may look at; another namespace's answers NOT_FOUND as an unknown id does.
-    private func reachableJob(_ id: String, _ context: CallContext) async throws -> Job {
+    private func reachableJob(_ id: String, _ context: CallContext, role: Role = .viewer) async throws -> Job {
         let job = try await catalog.job(id: id)
-        try context.authorize(.viewer, reaching: job.namespace, orAnswer: .notFound("job \(job.id) does not exist"))
+        try context.authorize(role, reaching: job.namespace, orAnswer: .notFound("job \(job.id) does not exist"))
         return job
     }
 }

@@ -104,27 +104,45 @@ actor TLSListener {
         if let address = server.channel.localAddress { onListening(address) }
         logger.info("listening", metadata: ["address": "\(server.channel.localAddress.map { "\($0)" } ?? "?")"])
 
-        try await withGracefulShutdownHandler {
-            try await server.executeThenClose { inbound in
-                try await withThrowingDiscardingTaskGroup { group in
-                    for try await negotiation in inbound {
-                        group.addTask {
-                            do {
-                                switch try await negotiation.get() {
-                                case .rpc(let channel):
-                                    await self.connection.run(channel)
-                                case .unsupported(let name):
-                                    self.logger.info("closing connection: protocol not served yet", metadata: ["alpn": "\(name)"])
-                                }
-                            } catch {
-                                self.logger.debug("handshake failed", metadata: ["error": "\(error)"])
+        do {
+            try await withGracefulShutdownHandler {
+                try await serve(server)
+            } onGracefulShutdown: {
+                server.channel.close(promise: nil)
+            }
+        } catch is ListenerClosed {}
+    }
+
+    /// Runs each accepted connection until the port closes; then calls in
+    /// flight get a moment to finish before every connection is ended.
+    private func serve(_ server: NIOAsyncChannel<EventLoopFuture<Negotiated>, Never>) async throws {
+        try await server.executeThenClose { inbound in
+            try await withThrowingDiscardingTaskGroup { group in
+                for try await negotiation in inbound {
+                    group.addTask {
+                        do {
+                            switch try await negotiation.get() {
+                            case .rpc(let channel):
+                                await self.connection.run(channel)
+                            case .unsupported(let name):
+                                self.logger.info("closing connection: protocol not served yet", metadata: ["alpn": "\(name)"])
                             }
+                        } catch {
+                            self.logger.debug("handshake failed", metadata: ["error": "\(error)"])
                         }
                     }
                 }
+                group.addTask {
+                    try await Task.sleep(for: TLSListener.drainTime)
+                    throw ListenerClosed()
+                }
             }
-        } onGracefulShutdown: {
-            server.channel.close(promise: nil)
         }
     }
+
+    /// How long open connections may go on once the port has closed.
+    static let drainTime: Duration = .seconds(2)
 }
+
+/// Ends the connections of a listener whose port has closed.
+private struct ListenerClosed: Error {}

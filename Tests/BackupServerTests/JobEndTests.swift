@@ -1,0 +1,261 @@
+import BackupCatalog
+import BackupClient
+import BackupCore
+import BackupTestSupport
+import BackupWire
+import Foundation
+import Testing
+
+/// A lock an app's user holds on one of its tables: pg_dump waits for it
+/// for as long as it is held, the way it would behind a long migration.
+final class HeldLock: Sendable {
+    private let connection: PostgresConnection
+
+    init(_ app: TestApp, table: String = "shop$customer") throws {
+        connection = try PostgresConnection(app.connectionString)
+        try connection.query("BEGIN")
+        try connection.query("LOCK TABLE \"\(table)\" IN ACCESS EXCLUSIVE MODE")
+    }
+
+    func release() { _ = try? connection.query("ROLLBACK") }
+}
+
+/// The sessions on an app's database waiting to lock a table, as pg_dump does first.
+func dumpSessions(_ app: TestApp) throws -> Int64 {
+    try TestPostgres.query("postgres", """
+        SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LOCK TABLE %' AND wait_event_type = 'Lock'
+        """, app.database)[0].int64("n")
+}
+
+/// The pg_dump processes working on an app's database.
+func dumpProcesses(_ app: TestApp) -> [String] {
+    processes(naming: app.database).filter { $0.contains("pg_dump") }
+}
+
+/// Processes whose command line names `fragment` (a database name, say).
+func processes(naming fragment: String) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { pid in
+        guard Int(pid) != nil, let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return nil }
+        let line = String(decoding: data.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
+        return line.contains(fragment) && !line.contains("/proc/") ? "\(pid): \(line)" : nil
+    }
+}
+
+/// Starts a backup of `environment` and waits until its pg_dump is blocked on `lock`.
+func hungBackup(_ server: TestServer, _ app: TestApp, environment: String = "shop-production",
+                token: String? = nil) async throws -> CreateBackupResponse {
+    let created = try await server.withClient(token: token) { client in
+        try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = environment })
+    }
+    try await eventually { try dumpSessions(app) > 0 }
+    return created
+}
+
+@Suite(.serialized) struct JobEndTests {
+    @Test func cancellingARunningBackupKillsItsDumpAndEndsItCancelled() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                try await server.register(app)
+                let lock = try HeldLock(app)
+                defer { lock.release() }
+                let created = try await hungBackup(server, app)
+                let cancelling = try server.backupctl(["job", "cancel", created.job.id, "--json"])
+                #expect(cancelling.status == 0, "\(cancelling.standardError)")
+                let job = try await server.withClient { try await waitForJob(created.job.id, on: $0, timeout: .seconds(20)) }
+                #expect(job.status == .cancelled)
+                #expect(job.error.contains("cancelled on request"))
+                // (The server's session may wait on the lock until it is released: PostgreSQL notices a gone client late.)
+                try await eventually(within: .seconds(5)) { dumpProcesses(app).isEmpty }
+                let backup = try await server.withClient { try await $0.unary(Backups.getBackup, .with { $0.id = created.backup.id }) }
+                #expect(backup.status == .failed)
+                let scratch = try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/tmp")
+                #expect(!scratch.contains { $0.contains(created.job.id) }, "\(scratch)")
+                let activity = try server.backupctl(["activity", "--env", "\(TestServer.namespace)/shop-production", "--json"])
+                #expect(activity.standardOutput.contains("CANCELLED"))
+                // An ended job cannot be cancelled again; a viewer cannot cancel at all.
+                let again = try server.backupctl(["job", "cancel", created.job.id])
+                #expect(again.status != 0 && again.standardError.contains("has already ended (cancelled)"), "\(again.standardError)")
+                // The environment is free again.
+                lock.release()
+                let next = try await server.withClient { client in
+                    let created = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
+                    return try await waitForJob(created.job.id, on: client)
+                }
+                #expect(next.status == .finished, "\(next.error)")
+            }
+        }
+    }
+
+    @Test func cancellingARunningRestoreDropsItsStagingAndLeavesTheTargetAlone() async throws {
+        try await withTestApp { app in
+            let holds = try wrappedTool("pg_restore", running: #"case "$*" in *--jobs*) sleep 60;; esac"#)
+            try await withTestServer(arguments: ["--pg-restore", holds]) { server in
+                let backup = try await finishedBackup(server, app)
+                try changeEverything(app)
+                let before = try EnvironmentState(app)
+                try await server.withClient { client in
+                    let job = try await client.unary(Backups.restoreBackup, .with {
+                        $0.backupID = backup.id; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
+                    })
+                    try await eventually { !processes(naming: "sleep 60").isEmpty }
+                    let cancelled = try await client.unary(Backups.cancelJob, .with { $0.id = job.id })
+                    #expect(cancelled.status == .running && cancelled.phase == "cancelling")
+                    let ended = try await waitForJob(job.id, on: client, timeout: .seconds(20))
+                    #expect(ended.status == .cancelled, "\(ended.error)")
+                }
+                #expect(try EnvironmentState(app) == before)
+                try noStagingLeft(app)
+                #expect(processes(naming: "sleep 60").isEmpty)
+            }
+        }
+    }
+
+    /// An app database that accepts connections and never answers, and a
+    /// file query stuck behind a lock: each job ends with the reason.
+    @Test func aHungAppDatabaseTimesOutWithAClearReason() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--app-database-connect-timeout-seconds", "2", "--file-query-timeout-seconds", "2"]) { server in
+                try await server.register(app)
+                let silent = try SilentListener()
+                defer { silent.close() }
+                try TestPostgres.query(server.catalogDatabase, "UPDATE environments SET database_url = $1",
+                                       "host=127.0.0.1 port=\(silent.port) dbname=app user=app connect_timeout=600")
+                let started = ContinuousClock.now
+                let silentJob = try await server.withClient { client in
+                    let created = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
+                    return try await waitForJob(created.job.id, on: client, timeout: .seconds(30))
+                }
+                #expect(silentJob.status == .failed && silentJob.error.contains("timeout"), "\(silentJob.error)")
+                #expect(ContinuousClock.now - started < .seconds(15))
+
+                try TestPostgres.query(server.catalogDatabase, "UPDATE environments SET database_url = $1", app.connectionString)
+                let lock = try HeldLock(app, table: "system$filedocument")
+                defer { lock.release() }
+                let stuckJob = try await server.withClient { client in
+                    let created = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
+                    return try await waitForJob(created.job.id, on: client, timeout: .seconds(30))
+                }
+                #expect(stuckJob.status == .failed && stuckJob.error == "the file query ran longer than its timeout of 2s", "\(stuckJob.error)")
+            }
+        }
+    }
+
+    /// With two job slots, one namespace holds at most one: its second hung
+    /// backup waits, and another namespace's backup runs and finishes.
+    @Test func oneNamespacesHungJobsDoNotDelayAnothers() async throws {
+        try await withTestApp { first in
+            try await withTestApp { second in
+                try await withTestApp { other in
+                    try await withTestServer(arguments: ["--max-jobs", "2"]) { server in
+                        try await server.register(first, as: "shop-production")
+                        try await server.register(second, as: "shop-acceptance")
+                        try await server.withClient(token: server.platformToken) { platform in
+                            _ = try await platform.unary(Backups.registerEnvironment, .with {
+                                $0.namespace = "beta"; $0.name = "crm-production"; $0.app = "crm"
+                                $0.databaseURL = other.connectionString; $0.fileStorePath = other.fileStore
+                            })
+                        }
+                        let locks = [try HeldLock(first), try HeldLock(second)]
+                        defer { locks.forEach { $0.release() } }
+                        let hung = try await hungBackup(server, first)
+                        let waiting = try await server.withClient { client in
+                            try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-acceptance" })
+                        }
+                        let betaToken = try await server.makeToken(.operator, namespace: "beta")
+                        let betaJob = try await server.withClient(token: betaToken) { client in
+                            let created = try await client.unary(Backups.createBackup, .with { $0.namespace = "beta"; $0.environment = "crm-production" })
+                            return try await waitForJob(created.job.id, on: client, timeout: .seconds(60))
+                        }
+                        #expect(betaJob.status == .finished, "\(betaJob.error)")
+                        try await server.withClient { client in
+                            #expect(try await client.unary(Backups.getJob, .with { $0.id = waiting.job.id }).status == .queued)
+                            for id in [hung.job.id, waiting.job.id] { _ = try await client.unary(Backups.cancelJob, .with { $0.id = id }) }
+                            for id in [hung.job.id, waiting.job.id] {
+                                #expect(try await waitForJob(id, on: client, timeout: .seconds(20)).status == .cancelled)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIGTERM with a job stuck in pg_dump: the port closes at once, the job
+    /// is cancelled after the grace period and recorded, and the process
+    /// exits soon after.
+    @Test func sigtermStopsAcceptingAtOnceAndExitsAfterTheGracePeriod() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--shutdown-grace-seconds", "3"]) { server in
+                try await server.register(app)
+                let lock = try HeldLock(app)
+                defer { lock.release() }
+                let created = try await hungBackup(server, app)
+                let started = ContinuousClock.now
+                kill(server.processIdentifier, SIGTERM)
+                let (host, port) = (String(server.address.split(separator: ":")[0]), Int(server.address.split(separator: ":")[1])!)
+                try await eventually(within: .seconds(2)) { !canConnect(host: host, port: port) }
+                let status = await server.stop(signal: 0, timeout: .seconds(20))
+                #expect(status == 0, "backupd did not exit cleanly")
+                #expect(ContinuousClock.now - started < .seconds(12), "took \(ContinuousClock.now - started)")
+                let job = try TestPostgres.query(server.catalogDatabase, """
+                    SELECT j.status, j.error, s.status AS backup_status FROM jobs j JOIN snapshots s ON s.id = j.snapshot_id WHERE j.id = $1
+                    """, created.job.id)[0]
+                #expect(job.string("status") == "failed" && job.string("backup_status") == "failed")
+                #expect(job.string("error") == "interrupted: backupd shut down while the job ran", "\(job.string("error"))")
+                try await eventually(within: .seconds(5)) { dumpProcesses(app).isEmpty }
+            }
+        }
+    }
+
+    @Test func killingBackupdOutrightTakesItsDumpWithIt() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                try await server.register(app)
+                let lock = try HeldLock(app)
+                defer { lock.release() }
+                _ = try await hungBackup(server, app)
+                #expect(!dumpProcesses(app).isEmpty, "\(processes(naming: "pg_dump"))")
+                await server.stop(signal: SIGKILL)
+                try await eventually(within: .seconds(5)) { dumpProcesses(app).isEmpty }
+            }
+        }
+    }
+}
+
+/// Whether a TCP connection to `host:port` is accepted.
+func canConnect(host: String, port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    inet_pton(AF_INET, host, &address.sin_addr)
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+}
+
+/// A loopback port that takes connections into its backlog and never answers.
+final class SilentListener: Sendable {
+    let port: Int
+    private let descriptor: Int32
+
+    init() throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(descriptor, pointer, length) == 0 && listen(descriptor, 16) == 0 && getsockname(descriptor, pointer, &length) == 0
+            }
+        }
+        guard bound else { throw TestSupportError("cannot listen on loopback") }
+        self.descriptor = descriptor
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    func close() { Glibc.close(descriptor) }
+}
