@@ -151,16 +151,20 @@ extension Catalog {
                 + "wait for it to end or cancel it")
     }
 
-    /// Deletes catalog rows of blobs no snapshot refers to and returns their
-    /// hashes, for the caller to remove from the store. Returns nil, doing
-    /// nothing, while any backup holds the blob lock.
-    public func collectGarbage(remove: @escaping @Sendable (ContentHash) throws -> Void) async throws -> Int? {
+    /// Removes the blobs no snapshot refers to: their catalog rows are
+    /// deleted, then their files. Then the store's files that no catalog row
+    /// knows are removed too: blobs a failed job stored but never recorded.
+    /// Every job that stores or reads blobs holds the blob lock shared, and
+    /// this runs only while it holds the lock exclusively, so no job is
+    /// between storing a blob and recording it. Returns how many blobs went,
+    /// or nil, doing nothing, while any job holds the lock.
+    public func collectGarbage(in store: any BlobStore) async throws -> Int? {
         try await pool.withConnection { connection in
             guard try connection.query("SELECT pg_try_advisory_lock(\(AdvisoryLock.blobs)) AS locked")[0].bool("locked") else {
                 return nil
             }
             defer { _ = try? connection.query("SELECT pg_advisory_unlock(\(AdvisoryLock.blobs))") }
-            let hashes = try connection.transaction {
+            let unreferenced = try connection.transaction {
                 try connection.query("""
                     DELETE FROM blobs b
                     WHERE NOT EXISTS (SELECT 1 FROM snapshot_files f WHERE f.sha256 = b.sha256)
@@ -168,8 +172,18 @@ extension Catalog {
                     RETURNING sha256
                     """).compactMap { ContentHash(hex: $0.string("sha256")) }
             }
-            for hash in hashes { try remove(hash) }
-            return hashes.count
+            for hash in unreferenced { try store.remove(hash) }
+
+            var unrecorded: [ContentHash] = []
+            let stored = try store.storedHashes()
+            for start in stride(from: 0, to: stored.count, by: 1000) {
+                let batch = stored[start..<min(start + 1000, stored.count)]
+                let known = Set(try connection.query("SELECT sha256 FROM blobs WHERE sha256 = ANY($1::text[])", batch.map(\.hex))
+                    .map { $0.string("sha256") })
+                unrecorded += batch.filter { !known.contains($0.hex) }
+            }
+            for hash in unrecorded { try store.remove(hash) }
+            return unreferenced.count + unrecorded.count
         }
     }
 

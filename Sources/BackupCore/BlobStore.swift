@@ -57,6 +57,8 @@ public protocol BlobStore: Sendable {
     /// Re-reads a blob and checks that its content still has its hash.
     func verify(_ hash: ContentHash) throws -> UInt64
     func remove(_ hash: ContentHash) throws
+    /// Every blob the store holds, for finding those no catalog row knows.
+    func storedHashes() throws -> [ContentHash]
 }
 
 /// Blobs as files under a folder: `sha256/ab/cd/abcd…`. Each is written to a
@@ -89,6 +91,16 @@ public struct LocalBlobStore: BlobStore {
     }
 
     public var scratchDirectory: String { root + "/tmp" }
+
+    public func storedHashes() throws -> [ContentHash] {
+        var hashes: [ContentHash] = []
+        for first in try folderEntries(atPath: root + "/sha256") {
+            for second in try folderEntries(atPath: "\(root)/sha256/\(first)") {
+                hashes += try folderEntries(atPath: "\(root)/sha256/\(first)/\(second)").compactMap(ContentHash.init(hex:))
+            }
+        }
+        return hashes
+    }
 
     public func put(reading descriptor: Int32, upTo limit: UInt64, name: String) throws -> StoredBlob {
         // Most documents are unchanged since the last backup: hash first, copy only what is new.

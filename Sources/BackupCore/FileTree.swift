@@ -39,14 +39,29 @@ private func removeEntry(_ name: String, in folder: Int32, path: String, last: S
 }
 
 private func removeContents(of folder: Int32, path: String, last: String?) throws(BlobStoreError) {
+    for name in try folderEntries(folder, path: path) where name != last {
+        try removeEntry(name, in: folder, path: path + "/" + name)
+    }
+    if let last, unlinkat(folder, last, 0) != 0, errno != ENOENT { throw .cannotWrite(path: path + "/" + last, errno: errno) }
+}
+
+/// The names in an open folder, without `.` and `..`; the descriptor stays open.
+func folderEntries(_ folder: Int32, path: String) throws(BlobStoreError) -> [String] {
     let listing = dup(folder)
     guard listing >= 0, let stream = fdopendir(listing) else { throw .cannotRead(path: path, errno: errno) }
+    defer { closedir(stream) }
     var names: [String] = []
     while let entry = readdir(stream) {
         let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-        if name != ".", name != "..", name != last { names.append(name) }
+        if name != ".", name != ".." { names.append(name) }
     }
-    closedir(stream)
-    for name in names { try removeEntry(name, in: folder, path: path + "/" + name) }
-    if let last, unlinkat(folder, last, 0) != 0, errno != ENOENT { throw .cannotWrite(path: path + "/" + last, errno: errno) }
+    return names
+}
+
+/// The names in the folder at `path` (not followed if it is a link), without `.` and `..`.
+func folderEntries(atPath path: String) throws(BlobStoreError) -> [String] {
+    let folder = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+    guard folder >= 0 else { throw .cannotRead(path: path, errno: errno) }
+    defer { close(folder) }
+    return try folderEntries(folder, path: path)
 }

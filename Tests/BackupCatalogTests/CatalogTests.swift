@@ -78,17 +78,28 @@ import Testing
         }
     }
 
-    @Test func garbageCollectionWaitsForRunningBackups() async throws {
+    /// Blobs no snapshot refers to go, recorded in the catalog or not (a
+    /// failed job may have stored one it never recorded), but only once no
+    /// job holds the blob lock.
+    @Test func garbageCollectionWaitsForRunningJobsThenTakesEveryUnreferencedBlob() async throws {
         try await withCatalog { catalog, _ in
-            let orphan = ContentHash.of(Array("orphan".utf8))
-            let removed = RemovedHashes()
-            try await catalog.withSharedBlobLock { ledger in
-                try await ledger.record([StoredBlob(hash: orphan, size: 6, written: true)])
-                // While a backup holds the lock, a collection does nothing.
-                #expect(try await catalog.collectGarbage { removed.add($0) } == nil)
+            let scratch = try ScratchDirectory("gc")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            func stored(_ text: String) throws -> StoredBlob {
+                let path = "\(store.scratchDirectory)/\(text)"
+                try text.write(toFile: path, atomically: false, encoding: .utf8)
+                return try store.adopt(path)
             }
-            #expect(try await catalog.collectGarbage { removed.add($0) } == 1)
-            #expect(removed.all == [orphan])
+            let recorded = try stored("recorded"), unrecorded = try stored("never recorded")
+            try await catalog.withSharedBlobLock { ledger in
+                try await ledger.record([recorded])
+                // While a job holds the lock, a collection does nothing.
+                #expect(try await catalog.collectGarbage(in: store) == nil)
+            }
+            #expect(store.contains(recorded.hash) && store.contains(unrecorded.hash))
+            #expect(try await catalog.collectGarbage(in: store) == 2)
+            #expect(!store.contains(recorded.hash) && !store.contains(unrecorded.hash))
         }
     }
 
@@ -112,12 +123,6 @@ import Testing
             #expect(failed.status == .failed && failed.error.contains("lease"))
         }
     }
-}
-
-final class RemovedHashes: Sendable {
-    private let hashes = Mutex<[ContentHash]>([])
-    func add(_ hash: ContentHash) { hashes.withLock { $0.append(hash) } }
-    var all: [ContentHash] { hashes.withLock { $0 } }
 }
 
 @Suite struct ForeignDatabaseTests {

@@ -259,3 +259,40 @@ final class SilentListener: Sendable {
 
     func close() { Glibc.close(descriptor) }
 }
+
+@Suite(.serialized) struct FullDiskTests {
+    /// A blob store on a 3 MiB file system: the dump fits, the files do not.
+    /// The backup fails naming the full disk, and the collection that
+    /// follows leaves no blob behind, recorded or not.
+    @Test func aBackupFailingOnAFullDiskLeavesNoBlobAfterTheCollection() async throws {
+        try await withTestApp { app in
+            let disk = try ScratchDirectory("small-disk")
+            defer { disk.remove() }
+            let mounted = try runCommand("/bin/mount", ["-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", disk.path])
+            try #require(mounted.status == 0, "cannot mount a small tmpfs: \(mounted.standardError)")
+            defer { _ = try? runCommand("/bin/umount", ["-l", disk.path]) }
+            let server = try await TestServer.start(blobDirectory: disk.path + "/blobs")
+            do {
+                try await server.register(app)
+                let job = try await server.withClient { client in
+                    let created = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
+                    return try await waitForJob(created.job.id, on: client)
+                }
+                #expect(job.status == .failed)
+                #expect(job.error.contains("No space left on device") && job.error.contains(disk.path), "\(job.error)")
+                let blobs = disk.path + "/blobs/sha256"
+                func storedFiles() -> [String] {
+                    (FileManager.default.enumerator(atPath: blobs)?.allObjects as? [String] ?? []).filter { $0.split(separator: "/").count == 3 }
+                }
+                try await eventually(within: .seconds(15)) { storedFiles().isEmpty }
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n") == 0)
+                #expect(try FileManager.default.contentsOfDirectory(atPath: disk.path + "/blobs/tmp").isEmpty)
+                await server.remove()
+            } catch {
+                print(server.log)
+                await server.remove()
+                throw error
+            }
+        }
+    }
+}

@@ -150,8 +150,7 @@ public final class JobRunner: Service, Sendable {
 
     private func collectGarbage() async {
         do {
-            let blobStore = self.blobStore
-            if let removed = try await catalog.collectGarbage(remove: { try blobStore.remove($0) }), removed > 0 {
+            if let removed = try await catalog.collectGarbage(in: blobStore), removed > 0 {
                 logger.info("removed unreferenced blobs", metadata: ["count": "\(removed)"])
             }
             try await sweepScratch()
@@ -210,20 +209,30 @@ public final class JobRunner: Service, Sendable {
             logger.info("job finished")
         } catch let cancelled as JobCancelled {
             logger.info("job cancelled")
-            let catalog = self.catalog
-            _ = try? await withoutCancellation {
-                try await catalog.cancelJob(id: job.id, reason: cancelled.description)
-            }
+            await record("cancellation", logger: logger) { try await $0.cancelJob(id: job.id, reason: cancelled.description) }
+            requestGarbageCollection()
         } catch {
             let reason = Task.isCancelled ? "interrupted: backupd shut down while the job ran" : describeJobError(error)
             logger.error("job failed", metadata: ["reason": "\(reason)"])
-            // Recorded even when the job was cancelled by shutdown.
-            let catalog = self.catalog
-            _ = try? await withoutCancellation {
+            await record("failure", logger: logger) { try await $0.failJob(id: job.id, error: reason) }
+            // What a failed job stored and never recorded goes at once.
+            requestGarbageCollection()
+        }
+    }
+
+    /// Records how a job ended, even when its task was cancelled (shutdown),
+    /// trying again on fresh connections for a while: a catalog that dropped
+    /// its connections must not turn the real reason into "lease expired".
+    private func record(_ what: String, logger: Logger, _ write: @escaping @Sendable (Catalog) async throws -> Void) async {
+        let catalog = self.catalog
+        _ = try? await withoutCancellation {
+            for attempt in 1...5 {
                 do {
-                    try await catalog.failJob(id: job.id, error: reason)
+                    try await write(catalog)
+                    return
                 } catch {
-                    logger.error("cannot record the job's failure", metadata: ["error": "\(error)"])
+                    logger.error("cannot record the job's \(what)", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                    try? await Task.sleep(for: .seconds(attempt))
                 }
             }
         }
