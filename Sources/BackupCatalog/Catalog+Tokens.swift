@@ -92,7 +92,7 @@ extension Catalog {
 
     public func revokeToken(id: String) async throws -> Token {
         let id = try parseID(id, "token id")
-        return try await pool.withConnection { connection in
+        return try await pool.transaction { connection in
             guard let row = try connection.query("""
                 UPDATE tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 RETURNING \(Self.tokenColumns)
                 """, id).first else {

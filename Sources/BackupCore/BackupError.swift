@@ -7,11 +7,13 @@ public enum BackupError: Error, Equatable, CustomStringConvertible {
     case failedPrecondition(String)
     case permissionDenied(String)
     case unauthenticated(String)
+    case deadlineExceeded(String)
 
     public var description: String {
         switch self {
         case let .invalidArgument(message), let .notFound(message), let .alreadyExists(message),
-             let .failedPrecondition(message), let .permissionDenied(message), let .unauthenticated(message):
+             let .failedPrecondition(message), let .permissionDenied(message), let .unauthenticated(message),
+             let .deadlineExceeded(message):
             message
         }
     }

@@ -296,3 +296,47 @@ final class SilentListener: Sendable {
         }
     }
 }
+
+@Suite(.serialized) struct DeadlineTests {
+    /// Calls whose deadline is about as long as their work: each either
+    /// answers DEADLINE_EXCEEDED and made no backup, or answers with the
+    /// backup it made. Never both, never neither.
+    @Test func aMutatingCallPastItsDeadlineChangesNothingAndOneThatCommittedAnswers() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let names = (1...10).map { "shop-\($0)" }
+                let stores = try ScratchDirectory("deadline-stores")
+                defer { stores.remove() }
+                try await server.withClient(token: server.platformToken) { platform in
+                    for name in names {
+                        try FileManager.default.createDirectory(atPath: "\(stores.path)/\(name)", withIntermediateDirectories: true)
+                        _ = try await platform.unary(Backups.registerEnvironment, .with {
+                            $0.namespace = TestServer.namespace; $0.name = name; $0.app = "shop"
+                            $0.databaseURL = app.connectionString; $0.fileStorePath = "\(stores.path)/\(name)"
+                        })
+                    }
+                }
+                let (answered, exceeded) = try await server.withClient { client in
+                    var answered = 0, exceeded = 0
+                    for (index, name) in names.enumerated() {
+                        do {
+                            _ = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = name },
+                                                       timeout: .milliseconds(1 + index % 3))
+                            answered += 1
+                        } catch let error as RPCError where error.code == .deadlineExceeded {
+                            #expect(error.message.contains("nothing was changed"))
+                            exceeded += 1
+                        }
+                    }
+                    return (answered, exceeded)
+                }
+                #expect(answered + exceeded == names.count)
+                let made = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshots")[0].int64("n")
+                #expect(made == Int64(answered), "\(answered) answered, \(exceeded) past their deadline, \(made) backups made")
+                let activity = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'backup'")[0].int64("n")
+                #expect(activity >= Int64(answered))
+                print("deadlines: \(answered) answered with a backup, \(exceeded) exceeded with none made")
+            }
+        }
+    }
+}

@@ -1,3 +1,4 @@
+import BackupCore
 import NIOPosix
 
 /// A bounded pool of libpq connections. Every use runs on a thread of an
@@ -30,10 +31,22 @@ public actor ConnectionPool {
         try await withReservedConnection { try await $0.run(body) }
     }
 
-    /// Runs `body` in a transaction on a connection of its own.
+    /// Runs `body` in a transaction on a connection of its own. Inside a
+    /// call with a deadline (`CommitGate.current`), the transaction commits
+    /// only if the deadline has not passed; otherwise it is rolled back and
+    /// the call hears DEADLINE_EXCEEDED with nothing changed.
     @discardableResult
     public func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        try await withConnection { connection in try connection.transaction { try body(connection) } }
+        let gate = CommitGate.current
+        return try await withConnection { connection in
+            try connection.transaction {
+                let value = try body(connection)
+                if let gate, !gate.beginCommit() {
+                    throw BackupError.deadlineExceeded("the call's deadline passed before its change was committed; nothing was changed")
+                }
+                return value
+            }
+        }
     }
 
     /// Reserves a connection across suspension points (to hold a session

@@ -41,6 +41,8 @@ public struct RPCDispatcher: Sendable {
             return CallStatus(RPCError(.unimplemented, "method \(start.method.isEmpty ? "(none)" : start.method) is not implemented"))
         }
         let timeoutMS = start.timeoutMS
+        // With a deadline, the call's catalog changes commit only while it has not passed.
+        let gate = timeoutMS > 0 ? CommitGate() : nil
         let (revoked, revokedContinuation) = AsyncStream<Void>.makeStream()
         return await withTaskGroup(of: CallStatus?.self) { group in
             group.addTask {
@@ -48,7 +50,9 @@ public struct RPCDispatcher: Sendable {
                     let caller = try await self.caller(for: start)
                     let registration = self.openCalls.register(tokenID: caller.tokenID, revoked: revokedContinuation)
                     defer { self.openCalls.remove(registration) }
-                    try await route.run(requests, send, CallContext(caller: caller, method: start.method))
+                    try await CommitGate.$current.withValue(gate) {
+                        try await route.run(requests, send, CallContext(caller: caller, method: start.method))
+                    }
                     return CallStatus()
                 } catch {
                     return CallStatus(rpcError(for: error, method: start.method, logger: self.logger))
@@ -58,10 +62,12 @@ public struct RPCDispatcher: Sendable {
                 for await _ in revoked { return CallStatus(RPCError(.unauthenticated, "the call's token was revoked")) }
                 return nil
             }
-            if timeoutMS > 0 {
+            if let gate {
                 group.addTask {
                     guard (try? await Task.sleep(for: .milliseconds(timeoutMS))) != nil else { return nil }
-                    return CallStatus(RPCError(.deadlineExceeded, "the call's deadline of \(timeoutMS) ms passed"))
+                    // A change already committing answers with its own result.
+                    guard gate.expire() else { return nil }
+                    return CallStatus(RPCError(.deadlineExceeded, "the call's deadline of \(timeoutMS) ms passed; nothing was changed"))
                 }
             }
             group.addTask {

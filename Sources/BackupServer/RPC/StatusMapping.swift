@@ -18,6 +18,7 @@ func rpcError(for error: any Error, method: String, logger: Logger) -> RPCError 
         case .failedPrecondition: .failedPrecondition
         case .permissionDenied: .permissionDenied
         case .unauthenticated: .unauthenticated
+        case .deadlineExceeded: .deadlineExceeded
         }
         return RPCError(code, error.description)
     case is CancellationError:
