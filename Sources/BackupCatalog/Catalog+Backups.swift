@@ -70,7 +70,7 @@ extension Catalog {
         let running = try await pool.withConnection { connection in
             try connection.query("""
                 SELECT j.id, j.kind, j.status FROM jobs j JOIN environments e ON e.id = j.environment_id
-                WHERE e.namespace = $1 AND e.name = $2 AND j.status IN ('queued', 'running')
+                WHERE e.namespace = $1 AND e.name = $2 AND j.status IN \(JobStatus.active.sql)
                 """, namespace, environment).first
         }
         let what = running.map { "\($0.string("kind")) job \($0.string("id")) is \($0.string("status"))" } ?? "another job is running"
@@ -143,7 +143,7 @@ extension Catalog {
         guard let job = try connection.query("""
             SELECT j.id, j.kind, e.namespace || '/' || e.name AS target FROM jobs j
             JOIN snapshots s ON s.id = j.snapshot_id JOIN environments e ON e.id = j.environment_id
-            WHERE j.status IN ('queued', 'running') AND j.kind <> 'backup' AND \(condition)
+            WHERE j.status IN \(JobStatus.active.sql) AND j.kind <> 'backup' AND \(condition)
             LIMIT 1
             """, parameter).first else { return }
         throw BackupError.failedPrecondition(

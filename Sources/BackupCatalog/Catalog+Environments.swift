@@ -83,7 +83,7 @@ extension Catalog {
         return try await pool.transaction { connection in
             let id = try Self.environmentID(connection, namespace, name, lock: true)
             if state == .running, let restore = try connection.query(
-                "SELECT id FROM jobs WHERE environment_id = $1 AND kind = 'restore' AND status IN ('queued', 'running')", id).first {
+                "SELECT id FROM jobs WHERE environment_id = $1 AND kind = 'restore' AND status IN \(JobStatus.active.sql)", id).first {
                 throw BackupError.failedPrecondition(
                     "environment \(namespace)/\(name) is being restored by job \(restore.string("id")); it stays stopped until the restore ends")
             }
@@ -100,7 +100,7 @@ extension Catalog {
     public func deleteEnvironment(namespace: String, name: String, force: Bool, actor: String) async throws -> UInt32 {
         try await pool.transaction { connection in
             let id = try Self.environmentID(connection, namespace, name, lock: true)
-            if let job = try connection.query("SELECT id, kind FROM jobs WHERE environment_id = $1 AND status IN ('queued', 'running')", id).first {
+            if let job = try connection.query("SELECT id, kind FROM jobs WHERE environment_id = $1 AND status IN \(JobStatus.active.sql)", id).first {
                 throw BackupError.failedPrecondition("environment \(namespace)/\(name) is running \(job.string("kind")) job \(job.string("id"))")
             }
             // Locked first, so no restore of these backups can be queued until this ends.

@@ -82,7 +82,7 @@ extension Catalog {
     /// Ids of the jobs queued or running in any process.
     public func activeJobIDs() async throws -> Set<String> {
         try await pool.withConnection { connection in
-            Set(try connection.query("SELECT id FROM jobs WHERE status IN ('queued', 'running')").map { $0.string("id") })
+            Set(try connection.query("SELECT id FROM jobs WHERE status IN \(JobStatus.active.sql)").map { $0.string("id") })
         }
     }
 
@@ -109,7 +109,7 @@ extension Catalog {
                                 started_at = now(), phase = 'starting'
                 WHERE id = (SELECT j.id FROM jobs j JOIN environments e ON e.id = j.environment_id
                             LEFT JOIN served s ON s.namespace = e.namespace
-                            WHERE j.status = 'queued' AND coalesce(s.running, 0) < $3
+                            WHERE j.status IN \(JobStatus.running.predecessors.sql) AND coalesce(s.running, 0) < $3
                             ORDER BY s.last_started NULLS FIRST, j.created_at
                             FOR UPDATE OF j SKIP LOCKED LIMIT 1)
                 RETURNING id, environment_id, actor
@@ -149,7 +149,7 @@ extension Catalog {
         try await pool.transaction { connection in
             guard let row = try connection.query("""
                 SELECT j.snapshot_id, s.kind FROM jobs j JOIN snapshots s ON s.id = j.snapshot_id
-                WHERE j.id = $1 AND j.lease_owner = $2 AND j.status = 'running' FOR UPDATE OF j
+                WHERE j.id = $1 AND j.lease_owner = $2 AND j.status IN \(JobStatus.finished.predecessors.sql) FOR UPDATE OF j
                 """, jobID, owner).first else {
                 throw BackupError.failedPrecondition("job \(jobID) is no longer held by this process")
             }
@@ -212,7 +212,7 @@ extension Catalog {
             UPDATE jobs j SET status = 'finished', finished_at = now(), phase = 'finished', bytes_done = bytes_total,
                 lease_owner = NULL, lease_expires_at = NULL
             FROM environments e
-            WHERE j.id = $1 AND j.lease_owner = $2 AND j.status = 'running' AND e.id = j.environment_id
+            WHERE j.id = $1 AND j.lease_owner = $2 AND j.status IN \(JobStatus.finished.predecessors.sql) AND e.id = j.environment_id
             RETURNING j.kind, j.snapshot_id, j.actor, e.namespace, e.name
             """, id, owner).first else {
             throw BackupError.failedPrecondition("job \(id) is no longer held by this process")
@@ -231,7 +231,7 @@ extension Catalog {
         guard let row = try connection.query("""
             UPDATE jobs j SET status = $3, error = $2, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
             FROM environments e
-            WHERE j.id = $1 AND e.id = j.environment_id AND j.status IN ('queued', 'running')
+            WHERE j.id = $1 AND e.id = j.environment_id AND j.status IN \(status.predecessors.sql)
             RETURNING j.kind, j.snapshot_id, j.actor, e.namespace, e.name
             """, id, message, status.description).first else { return }
         if row.string("kind") == "backup" {
@@ -251,13 +251,13 @@ extension Catalog {
         let id = try parseID(jobID, "job id")
         return try await pool.transaction { connection in
             let job = try Self.loadJob(connection, id, lock: true)
-            switch job.status {
-            case .queued:
-                try Self.endUnfinished(connection, id: id, as: .cancelled, message: "cancelled by \(actor) before it started")
-            case .running:
-                try connection.query("UPDATE jobs SET cancel_requested = true, phase = 'cancelling' WHERE id = $1", id)
-            default:
+            guard job.status.successors.contains(.cancelled) else {
                 throw BackupError.failedPrecondition("job \(id) has already ended (\(job.status)); only a queued or running job can be cancelled")
+            }
+            if job.status == .queued {
+                try Self.endUnfinished(connection, id: id, as: .cancelled, message: "cancelled by \(actor) before it started")
+            } else {
+                try connection.query("UPDATE jobs SET cancel_requested = true, phase = 'cancelling' WHERE id = $1", id)
             }
             return try Self.loadJob(connection, id)
         }
@@ -274,4 +274,9 @@ extension Catalog {
     public func cancelJob(id: String, reason: String) async throws {
         try await pool.transaction { try Self.endUnfinished($0, id: id, as: .cancelled, message: reason) }
     }
+}
+
+extension [JobStatus] {
+    /// The statuses as a SQL list, `('queued', 'running')`, for `status IN …`.
+    var sql: String { "(" + map { "'\($0)'" }.joined(separator: ", ") + ")" }
 }

@@ -12,8 +12,8 @@ public struct RestorePlan: Sendable, Equatable {
     public var fileStore = ""
     public var stagingFolder = ""
     public var previousFolder = ""
-    /// Set just before the first rename; from then on the target may be mid-swap.
-    public var swapStarted = false
+    /// How far the restore has come.
+    public var step = RestoreStep.planned
 
     public init() {}
 }
@@ -89,7 +89,7 @@ extension Catalog {
             plan.targetDatabase = row.string("target_database"); plan.stagingDatabase = row.string("staging_database")
             plan.previousDatabase = row.string("previous_database"); plan.fileStore = row.string("file_store")
             plan.stagingFolder = row.string("staging_folder"); plan.previousFolder = row.string("previous_folder")
-            plan.swapStarted = row.bool("swap_started")
+            plan.step = RestoreStep(rawValue: row.string("step")) ?? .planned
             return RestoreWork(backup: try Self.loadBackup(connection, row.string("snapshot_id")),
                                databaseOnly: row.bool("database_only"),
                                plan: plan.stagingDatabase.isEmpty ? nil : plan,
@@ -102,10 +102,17 @@ extension Catalog {
         try await pool.withConnection { connection in
             try connection.query("""
                 UPDATE restores SET target_database = $2, staging_database = $3, previous_database = $4, file_store = $5,
-                    staging_folder = $6, previous_folder = $7, swap_started = $8
+                    staging_folder = $6, previous_folder = $7, step = $8
                 WHERE job_id = $1
                 """, jobID, plan.targetDatabase, plan.stagingDatabase, plan.previousDatabase, plan.fileStore,
-                plan.stagingFolder, plan.previousFolder, plan.swapStarted)
+                plan.stagingFolder, plan.previousFolder, plan.step.rawValue)
+        }
+    }
+
+    /// Records that a restore has reached `step`.
+    public func recordRestoreStep(jobID: String, _ step: RestoreStep) async throws {
+        try await pool.withConnection { connection in
+            try connection.query("UPDATE restores SET step = $2 WHERE job_id = $1", jobID, step.rawValue)
         }
     }
 

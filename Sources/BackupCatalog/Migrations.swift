@@ -147,5 +147,11 @@ enum Migrations {
             CHECK (status IN ('queued', 'running', 'finished', 'failed', 'cancelled'));
         ALTER TABLE jobs ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false;
         """),
+        (5, """
+        -- A restore records each step it reaches (RestoreStep), not only whether its swap began.
+        ALTER TABLE restores ADD COLUMN step text NOT NULL DEFAULT 'planned';
+        UPDATE restores SET step = 'swap-recorded' WHERE swap_started;
+        ALTER TABLE restores DROP COLUMN swap_started;
+        """),
     ]
 }

@@ -43,7 +43,25 @@ public enum JobKind: Int32, WireEnum, CustomStringConvertible {
 public enum JobStatus: Int32, WireEnum, CustomStringConvertible {
     case unspecified = 0, queued, running, finished, failed, cancelled
     public var description: String { ["unspecified", "queued", "running", "finished", "failed", "cancelled"][Int(rawValue)] }
-    public var isTerminal: Bool { self == .finished || self == .failed || self == .cancelled }
+    public var isTerminal: Bool { successors.isEmpty }
+
+    /// A job's lifecycle, the one place it is written down: queued, then
+    /// running, then finished, failed or cancelled; a queued job may also
+    /// fail or be cancelled without running. The catalog's SQL guards are
+    /// made from it (`predecessors`), so no update can skip a step.
+    public var successors: [JobStatus] {
+        switch self {
+        case .queued: [.running, .failed, .cancelled]
+        case .running: [.finished, .failed, .cancelled]
+        case .unspecified, .finished, .failed, .cancelled: []
+        }
+    }
+
+    /// The statuses a job may come to this one from.
+    public var predecessors: [JobStatus] { Self.allCases.filter { $0.successors.contains(self) } }
+
+    /// The statuses of a job that has not ended: it holds its environment.
+    public static let active: [JobStatus] = allCases.filter { !$0.successors.isEmpty }
 }
 
 extension WireEnum where Self: CustomStringConvertible {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import BackupCatalog
+import BackupCore
 import BackupServer
 import BackupWire
 import Foundation
@@ -115,6 +116,9 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Drop a restored environment's previous database and files at once, instead of keeping them until its next restore.")
     var dropPreviousOnRestore = false
 
+    @Option(help: ArgumentHelp("Fault injection for recovery tests: die right after a restore records this step.", visibility: .private))
+    var dieAfterRestoreStep: String?
+
     @Option(help: "Write HOST:PORT to this file once listening.")
     var readyFile: String?
 
@@ -167,6 +171,7 @@ struct Serve: AsyncParsableCommand {
         configuration.jobs.tools.stallTimeout = .seconds(toolStallSeconds)
         configuration.jobs.restoreParallelism = restoreJobs
         configuration.jobs.keepPreviousOnRestore = !dropPreviousOnRestore
+        configuration.jobs.dieAfterRestoreStep = dieAfterRestoreStep.flatMap(RestoreStep.init(rawValue:))
         configuration.jobs.leaseSeconds = jobLeaseSeconds
         configuration.fileStoreRoots = fileStoreRoots
         configuration.appDatabases.allowedHosts = appDatabaseHosts

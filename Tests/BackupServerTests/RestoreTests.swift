@@ -350,3 +350,50 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
         }
     }
 }
+
+@Suite(.serialized) struct RestoreRecoveryIntegrationTests {
+    /// backupd killed right after each step from the swap on: the next
+    /// process ends the restore fully old (before the databases were
+    /// swapped) or fully new (after), never mixed.
+    @Test(arguments: [("swap-recorded", false), ("folders-swapped", false), ("databases-swapped", true)])
+    func aRestoreKilledAtAStepEndsFullyOldOrFullyNew(_ step: String, _ restored: Bool) async throws {
+        try await withTestApp { app in
+            let first = try await TestServer.start(arguments: ["--die-after-restore-step", step, "--job-lease-seconds", "2"])
+            let backup = try await finishedBackup(first, app)
+            let atBackup = try EnvironmentState(app)
+            try changeEverything(app)
+            let before = try EnvironmentState(app)
+            let job = try await first.withClient { client in
+                try await client.unary(Backups.restoreBackup, .with {
+                    $0.backupID = backup.id; $0.targetNamespace = "acme"; $0.targetEnvironment = "shop-production"
+                })
+            }
+            try await eventually(within: .seconds(60)) { !first.isRunning }
+            let recorded = try TestPostgres.query(first.catalogDatabase, "SELECT step FROM restores WHERE job_id = $1", job.id)[0]
+            #expect(recorded.string("step") == step)
+
+            let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
+                                                    blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+            do {
+                let ended = try await second.withClient { try await waitForJob(job.id, on: $0, timeout: .seconds(60)) }
+                let state = try EnvironmentState(app)
+                if restored {
+                    #expect(ended.status == .finished, "\(ended.error)")
+                    #expect(state.tables == atBackup.tables)
+                    #expect(Set(state.files.keys.map { String($0.split(separator: "/").last!) }) == Set(try referencedKeys(app)))
+                    #expect(!state.files.keys.contains { $0.contains(".backupd-restore-") })
+                } else {
+                    #expect(ended.status == .failed && ended.error.contains("after step \(step)") && ended.error.contains("target is unchanged"),
+                            "\(ended.error)")
+                    #expect(state == before)
+                }
+                try noStagingLeft(app)
+            } catch {
+                print(second.log)
+                throw error
+            }
+            await second.remove()
+            await first.remove()
+        }
+    }
+}

@@ -232,3 +232,17 @@ import Testing
         #expect(try decoder.decode(buffer: &cleanBuffer) == clean)
     }
 }
+
+@Suite struct JobLifecycleTests {
+    @Test func aJobRunsOnceAndEndsOnce() {
+        #expect(JobStatus.active == [.queued, .running])
+        #expect(JobStatus.running.predecessors == [.queued])
+        #expect(JobStatus.finished.predecessors == [.running])
+        #expect(JobStatus.cancelled.predecessors == [.queued, .running])
+        #expect(JobStatus.failed.predecessors == [.queued, .running])
+        for status in [JobStatus.finished, .failed, .cancelled] {
+            #expect(status.isTerminal && status.successors.isEmpty)
+        }
+        #expect(JobStatus.queued.predecessors.isEmpty)
+    }
+}

@@ -26,6 +26,9 @@ public struct JobSettings: Sendable {
     public var restoreParallelism = ProcessInfo.processInfo.activeProcessorCount
     /// Keep a restored environment's previous database and files until its next restore.
     public var keepPreviousOnRestore = true
+    /// Fault injection, for tests of restore recovery only: the process
+    /// kills itself right after a restore records this step.
+    public var dieAfterRestoreStep: RestoreStep?
 
     public init() {}
 }
@@ -66,7 +69,7 @@ public final class JobRunner: Service, Sendable {
                                    tools: settings.tools)
         self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, databases: placement.databases, threadPool: threadPool,
                                      tools: settings.tools, parallelJobs: max(1, settings.restoreParallelism),
-                                     keepPrevious: settings.keepPreviousOnRestore)
+                                     keepPrevious: settings.keepPreviousOnRestore, dieAfterStep: settings.dieAfterRestoreStep)
         (wakeups, wakeupSource) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 

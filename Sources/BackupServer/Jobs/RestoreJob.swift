@@ -25,6 +25,8 @@ struct RestoreJob: Sendable {
     /// Keep the target's previous database and files (`…_prerestore`) until
     /// the next restore, or drop them as soon as the restore succeeds.
     let keepPrevious: Bool
+    /// Fault injection for the recovery tests: die right after recording this step.
+    let dieAfterStep: RestoreStep?
 
     func run(_ claimed: ClaimedJob, owner: String) async throws {
         let work = try await catalog.restoreWork(jobID: claimed.job.id)
@@ -107,10 +109,23 @@ struct RestoreJob: Sendable {
         try await restoreDump(dumpPath, into: stagingURL) { done in
             await progress.update(done: min(done, databaseBytes))
         }
-        try await checkContents(of: dumpPath, in: stagingURL)
+        let placed = work.databaseOnly ? nil : try await stageFiles(files, claimed, plan, progress: progress)
+        try await reached(.staged, claimed)
 
-        guard !work.databaseOnly else { return }
-        await progress.update(done: databaseBytes, phase: "placing \(files.count) files in \(plan.stagingFolder)")
+        await progress.update(phase: "checking the restored database and files")
+        try await checkContents(of: dumpPath, in: stagingURL)
+        // The backup's own totals, recorded when it was made, against what was placed.
+        if let placed, placed.count != work.backup.fileCount || placed.bytes != work.backup.filesBytes {
+            throw JobFailure(description: "the restore placed \(placed.count) files (\(placed.bytes) bytes) where backup "
+                             + "\(work.backup.id) holds \(work.backup.fileCount) (\(work.backup.filesBytes) bytes); the target is unchanged")
+        }
+        try await reached(.checked, claimed)
+    }
+
+    /// Places the backup's files in the staging folder; returns how many and how many bytes.
+    private func stageFiles(_ files: [(key: String, hash: String, size: UInt64)], _ claimed: ClaimedJob, _ plan: RestorePlan,
+                            progress: ProgressReporter) async throws -> (count: UInt64, bytes: UInt64) {
+        await progress.update(phase: "placing \(files.count) files in \(plan.stagingFolder)")
         // Restored files belong to whoever owns the target store, with its mode; never to backupd. The
         // staging folder stays private to backupd until every file is in it, then is handed over from
         // the bottom up, so its new owner cannot swap a folder for a link while backupd writes there.
@@ -134,12 +149,16 @@ struct RestoreJob: Sendable {
             placed.bytes += sizes.reduce(0, +)
             await progress.advance(by: sizes.reduce(0, +))
         }
-        // The backup's own totals, recorded when it was made, against what was placed.
-        guard placed.count == work.backup.fileCount && placed.bytes == work.backup.filesBytes else {
-            throw JobFailure(description: "the restore placed \(placed.count) files (\(placed.bytes) bytes) where backup "
-                             + "\(work.backup.id) holds \(work.backup.fileCount) (\(work.backup.filesBytes) bytes); the target is unchanged")
-        }
         try await threadPool.runIfActive { try applyOwnership(under: stagingFolder, folders: owner, files: owner.forFiles) }
+        return placed
+    }
+
+    /// Records that the restore has reached `step`. With the fault-injection
+    /// setting naming that step, backupd then dies on the spot (SIGKILL), as
+    /// the recovery tests need.
+    private func reached(_ step: RestoreStep, _ claimed: ClaimedJob) async throws {
+        try await catalog.recordRestoreStep(jobID: claimed.job.id, step)
+        if step == dieAfterStep { kill(getpid(), SIGKILL) }
     }
 
     /// Runs pg_restore into the staging database, reporting its size as it grows.
@@ -203,13 +222,13 @@ struct RestoreJob: Sendable {
     private func swap(_ claimed: ClaimedJob, _ plan: RestorePlan) async throws {
         let environment = claimed.environment
         try await drop(database: plan.previousDatabase, folder: plan.previousFolder, marker: Self.previousMarker, on: environment)
-        var started = plan
-        started.swapStarted = true
-        try await catalog.recordRestorePlan(jobID: claimed.job.id, started)
+        try await reached(.previousDropped, claimed)
+        try await reached(.swapRecorded, claimed)
 
         if !plan.fileStore.isEmpty {
             try swapFolders(plan)
         }
+        try await reached(.foldersSwapped, claimed)
         do {
             try await onAppServer(environment, database: "postgres") { connection in
                 // The environment is stopped: whatever is still connected to its database must let go,
@@ -238,6 +257,7 @@ struct RestoreJob: Sendable {
                 throw JobFailure(description: "the database swap failed, the target is unchanged: \(describeJobError(error))")
             }
         }
+        try await reached(.databasesSwapped, claimed)
         removeMarker(plan, jobID: claimed.job.id)
     }
 
@@ -336,24 +356,29 @@ struct RestoreJob: Sendable {
         if !plan.fileStore.isEmpty { unlink("\(plan.fileStore)/\(Self.marker(jobID))") }
     }
 
-    /// Takes over a restore whose process died: if its database swap had
-    /// committed, the restore is complete; otherwise any folder swap is undone
-    /// and the staging copies are removed, leaving the target as it was.
+    /// Takes over a restore whose process died, as `RestoreRecovery`
+    /// decides from its last recorded step and what is there now: complete
+    /// it, or undo any folder swap and remove the staging copies, leaving the
+    /// target as it was.
     func recover(_ claimed: ClaimedJob, owner: String) async throws {
         let work = try await catalog.restoreWork(jobID: claimed.job.id)
         guard let plan = work.plan else {
             throw JobFailure(description: "backupd stopped before the restore began; the target is unchanged")
         }
-        if plan.swapStarted, try await !databaseExists(plan.stagingDatabase, on: claimed.environment) {
+        let facts = RestoreFacts(
+            stagingDatabaseExists: try await databaseExists(plan.stagingDatabase, on: claimed.environment),
+            restoredFilesInStore: !plan.fileStore.isEmpty && hasMarker(plan.fileStore, Self.marker(claimed.job.id)))
+        switch RestoreRecovery.decide(after: plan.step, seeing: facts) {
+        case .complete:
             removeMarker(plan, jobID: claimed.job.id)
+            if !keepPrevious { await dropPrevious(claimed.environment, plan) }
             try await catalog.finishJob(id: claimed.job.id, owner: owner, detail: "completed after backupd restarted")
-            return
+        case .rollBack(let undoFolderSwap):
+            if undoFolderSwap { try unswapFolders(plan, jobID: claimed.job.id) }
+            await removeStaging(claimed.environment, plan, jobID: claimed.job.id)
+            throw JobFailure(description: "backupd stopped while restoring (after step \(plan.step.rawValue)); "
+                             + "the staging copies were removed and the target is unchanged")
         }
-        if plan.swapStarted && !plan.fileStore.isEmpty {
-            try unswapFolders(plan, jobID: claimed.job.id)
-        }
-        await removeStaging(claimed.environment, plan, jobID: claimed.job.id)
-        throw JobFailure(description: "backupd stopped while restoring; the staging copies were removed and the target is unchanged")
     }
 
     /// Runs `body` on a connection to the environment's database server:
