@@ -159,6 +159,7 @@ import Testing
                         ("backup", backup.id, { @Sendable id in _ = try await client.unary(Backups.getBackup, .with { $0.id = id }) }),
                         ("backup", backup.id, { @Sendable id in _ = try await client.unary(Backups.deleteBackup, .with { $0.id = id }) }),
                         ("job", backup.jobID, { @Sendable id in _ = try await client.unary(Backups.getJob, .with { $0.id = id }) }),
+                        ("job", backup.jobID, { @Sendable id in _ = try await client.unary(Backups.cancelJob, .with { $0.id = id }) }),
                         ("token", adminTokenID, { @Sendable id in _ = try await client.unary(Backups.revokeToken, .with { $0.id = id }) }),
                     ]
                     for (what, id, call) in calls {
