@@ -48,13 +48,18 @@ struct Create: AsyncParsableCommand {
     }
 }
 
-/// Streams a job's progress until it ends, drawing a bar unless quiet.
-func follow(_ jobID: String, client: BackupClient, quiet: Bool) async throws {
+/// Streams a job's progress until it ends, drawing a bar unless quiet;
+/// returns the job as it ended.
+@discardableResult
+func follow(_ jobID: String, client: BackupClient, quiet: Bool) async throws -> Job {
     let bar = ProgressBar()
     defer { if !quiet { bar.finish() } }
+    var last = Job()
     try await client.serverStreaming(Backups.watchJob, .with { $0.id = jobID }) { job in
+        last = job
         if !quiet { bar.draw(job) }
     }
+    return last
 }
 
 struct List: AsyncParsableCommand {
@@ -160,8 +165,7 @@ struct Restore: AsyncParsableCommand {
                 $0.databaseOnly = databaseOnly; $0.acceptVersionMismatch = accept
             })
             guard wait else { return .success(job) }
-            try await follow(job.id, client: client, quiet: global.json)
-            return .success(try await client.unary(Backups.getJob, .with { $0.id = job.id }))
+            return .success(try await follow(job.id, client: client, quiet: global.json))
         }
         let job = try outcome.get()
         global.output(job, human: Format.job)
@@ -184,8 +188,7 @@ struct ShowJob: AsyncParsableCommand {
     func run() async throws {
         let (id, wait, global) = (id, wait, global)
         let job = try await global.withClient { client in
-            if wait { try await follow(id, client: client, quiet: global.json) }
-            return try await client.unary(Backups.getJob, .with { $0.id = id })
+            wait ? try await follow(id, client: client, quiet: global.json) : try await client.unary(Backups.getJob, .with { $0.id = id })
         }
         global.output(job, human: Format.job)
         if job.status == .failed { throw ExitCode(1) }
@@ -204,9 +207,7 @@ struct CancelJob: AsyncParsableCommand {
         let (id, wait, global) = (id, wait, global)
         let job = try await global.withClient { client in
             let job = try await client.unary(Backups.cancelJob, .with { $0.id = id })
-            guard wait else { return job }
-            try await follow(id, client: client, quiet: global.json)
-            return try await client.unary(Backups.getJob, .with { $0.id = id })
+            return wait ? try await follow(id, client: client, quiet: global.json) : job
         }
         global.output(job, human: Format.job)
     }
