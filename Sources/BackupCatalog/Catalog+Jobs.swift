@@ -92,7 +92,8 @@ extension Catalog {
     }
 
     /// Takes a queued job, if any, under a lease held by `owner`. Namespaces
-    /// take turns: the namespace served least recently goes first, oldest job
+    /// take turns: the namespace served least recently (none in a day comes
+    /// first of all) goes first, oldest job
     /// first within it, and a namespace already running `perNamespace` jobs
     /// (in any process) waits. Claims are serialized by an advisory lock, so
     /// processes sharing the catalog keep that limit together.
@@ -103,7 +104,7 @@ extension Catalog {
                 WITH served AS (
                     SELECT e.namespace, count(*) FILTER (WHERE j.status = 'running') AS running, max(j.started_at) AS last_started
                     FROM jobs j JOIN environments e ON e.id = j.environment_id
-                    WHERE j.status = 'running' OR j.started_at IS NOT NULL
+                    WHERE j.status = 'running' OR j.started_at > now() - interval '1 day'
                     GROUP BY e.namespace)
                 UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
                                 started_at = now(), phase = 'starting'

@@ -152,6 +152,8 @@ enum Migrations {
         ALTER TABLE restores ADD COLUMN step text NOT NULL DEFAULT 'planned';
         UPDATE restores SET step = 'swap-recorded' WHERE swap_started;
         ALTER TABLE restores DROP COLUMN swap_started;
+        -- Claims look at the jobs started in the last day to let namespaces take turns.
+        CREATE INDEX jobs_started ON jobs (started_at);
         """),
     ]
 }
