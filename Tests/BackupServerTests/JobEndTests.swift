@@ -110,6 +110,42 @@ func hungBackup(_ server: TestServer, _ app: TestApp, environment: String = "sho
         }
     }
 
+    /// A cancel that arrives while a restore swaps (its database rename held
+    /// up by a lock) cannot stop the swap; the restore's lease is kept all the
+    /// while, so no recovery runs beside it, and it ends fully restored.
+    @Test func aCancelDuringTheSwapLetsTheSwapFinishAlone() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--job-lease-seconds", "3"]) { server in
+                let backup = try await finishedBackup(server, app)
+                let atBackup = try EnvironmentState(app)
+                try changeEverything(app)
+                let holder = try PostgresConnection(TestPostgres.connectionString("postgres"))
+                try holder.query("BEGIN")
+                try holder.query("COMMENT ON DATABASE \(app.database) IS 'held'")
+                let ended = try await server.withClient { client in
+                    let job = try await client.unary(Backups.restoreBackup, .with {
+                        $0.backupID = backup.id; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
+                    })
+                    while try await client.unary(Backups.getJob, .with { $0.id = job.id }).phase != "swapping" {
+                        try await Task.sleep(for: .milliseconds(50))
+                    }
+                    try await Task.sleep(for: .milliseconds(500))
+                    _ = try await client.unary(Backups.cancelJob, .with { $0.id = job.id })
+                    // Well past two leases, with the rename still waiting.
+                    try await Task.sleep(for: .seconds(8))
+                    try holder.query("ROLLBACK")
+                    return try await waitForJob(job.id, on: client, timeout: .seconds(60))
+                }
+                #expect(ended.status == .finished, "\(ended.error)")
+                let state = try EnvironmentState(app)
+                #expect(state.tables == atBackup.tables)
+                #expect(Set(state.files.keys.map { String($0.split(separator: "/").last!) }) == Set(try referencedKeys(app)))
+                #expect(server.log.components(separatedBy: "job started").count - 1 == 2, "the backup and the restore, each once")
+                try noStagingLeft(app)
+            }
+        }
+    }
+
     /// An app database that accepts connections and never answers, and a
     /// file query stuck behind a lock: each job ends with the reason.
     @Test func aHungAppDatabaseTimesOutWithAClearReason() async throws {

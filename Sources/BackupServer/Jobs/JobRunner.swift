@@ -6,6 +6,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 /// Settings of the job runner.
 public struct JobSettings: Sendable {
@@ -186,40 +187,57 @@ public final class JobRunner: Service, Sendable {
         if removed > 0 { logger.info("removed leftover scratch files", metadata: ["count": "\(removed)"]) }
     }
 
+    /// Runs one job to its end and records how it ended. The job's work is
+    /// stopped (its task cancelled: tools killed, queries cancelled, staging
+    /// dropped) by whichever comes first: a cancellation request, a lost
+    /// lease, or shutdown. Its lease is renewed until the work has actually
+    /// returned, however long stopping takes, so no other runner takes the
+    /// job over while it still runs, and its slot stays counted.
     private func execute(_ claimed: ClaimedJob, recovering: Bool) async {
         let job = claimed.job
         let logger = self.logger.with(["job": "\(job.id)", "kind": "\(job.kind)", "environment": "\(job.namespace)/\(job.environment)"])
         logger.info("job started")
-        do {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    if !recovering {
-                        // The disk and the database servers may have changed since the environment was placed.
-                        _ = try await self.placement.check(EnvironmentLocation(claimed.environment))
-                    }
-                    switch job.kind {
-                    case .backup: try await self.backupJob.run(claimed, owner: self.owner)
-                    case .restore where recovering: try await self.restoreJob.recover(claimed, owner: self.owner)
-                    case .restore: try await self.restoreJob.run(claimed, owner: self.owner)
-                    default: throw JobFailure(description: "this server does not run \(job.kind) jobs")
-                    }
-                }
-                group.addTask { try await self.keepLease(job.id) }
-                group.addTask { try await self.watchForCancellation(job.id) }
-                try await group.next()
-                group.cancelAll()
-            }
+        let work = Task { try await self.perform(claimed, recovering: recovering) }
+        let stopReason = Mutex<(any Error)?>(nil)
+        let stop: @Sendable (any Error) -> Void = { reason in
+            stopReason.withLock { if $0 == nil { $0 = reason } }
+            work.cancel()
+        }
+        let lease = Task {
+            do { try await self.keepLease(job.id) } catch is CancellationError {} catch { stop(error) }
+        }
+        let watch = Task { do { try await self.watchForCancellation(job.id) } catch let cancelled as JobCancelled { stop(cancelled) } }
+        let result = await withTaskCancellationHandler { await work.result } onCancel: { work.cancel() }
+        watch.cancel()
+        lease.cancel()
+
+        switch (result, stopReason.withLock { $0 }) {
+        case (.success, _):
             logger.info("job finished")
-        } catch let cancelled as JobCancelled {
+        case (.failure, let cancelled as JobCancelled):
             logger.info("job cancelled")
             await record("cancellation", logger: logger) { try await $0.cancelJob(id: job.id, reason: cancelled.description) }
             requestGarbageCollection()
-        } catch {
-            let reason = Task.isCancelled ? "interrupted: backupd shut down while the job ran" : describeJobError(error)
+        case (.failure(let error), let stopped):
+            let reason = Task.isCancelled ? "interrupted: backupd shut down while the job ran" : describeJobError(stopped ?? error)
             logger.error("job failed", metadata: ["reason": "\(reason)"])
             await record("failure", logger: logger) { try await $0.failJob(id: job.id, error: reason) }
             // What a failed job stored and never recorded goes at once.
             requestGarbageCollection()
+        }
+    }
+
+    /// The job's own work.
+    private func perform(_ claimed: ClaimedJob, recovering: Bool) async throws {
+        if !recovering {
+            // The disk and the database servers may have changed since the environment was placed.
+            _ = try await placement.check(EnvironmentLocation(claimed.environment))
+        }
+        switch claimed.job.kind {
+        case .backup: try await backupJob.run(claimed, owner: owner)
+        case .restore where recovering: try await restoreJob.recover(claimed, owner: owner)
+        case .restore: try await restoreJob.run(claimed, owner: owner)
+        default: throw JobFailure(description: "this server does not run \(claimed.job.kind) jobs")
         }
     }
 
@@ -241,9 +259,7 @@ public final class JobRunner: Service, Sendable {
         }
     }
 
-    /// Throws `JobCancelled` once someone asked for the job to stop; the
-    /// job's task group then cancels the job itself, which kills its tools,
-    /// cancels its queries and drops its staging copies.
+    /// Throws `JobCancelled` once someone asked for the job to stop.
     private func watchForCancellation(_ jobID: String) async throws {
         while true {
             try await Task.sleep(for: settings.cancellationPollInterval)
