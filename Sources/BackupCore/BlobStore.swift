@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// A blob that is in the store.
 public struct StoredBlob: Sendable, Equatable {
@@ -16,6 +17,7 @@ public enum BlobStoreError: Error, CustomStringConvertible {
     case cannotWrite(path: String, errno: Int32)
     case missing(ContentHash)
     case corrupt(ContentHash, actual: ContentHash)
+    case interrupted(path: String)
 
     public var description: String {
         switch self {
@@ -23,6 +25,7 @@ public enum BlobStoreError: Error, CustomStringConvertible {
         case let .cannotWrite(path, code): "cannot write \(path): \(String(cString: strerror(code)))"
         case let .missing(hash): "blob \(hash) is missing from the blob store"
         case let .corrupt(hash, actual): "blob \(hash) is corrupt: its content hashes to \(actual)"
+        case let .interrupted(path): "reading \(path) was stopped"
         }
     }
 }
@@ -37,8 +40,9 @@ public protocol BlobStore: Sendable {
     /// from its start and no further than `size` bytes (its size when it was
     /// opened), so a file that keeps growing cannot keep a backup reading;
     /// `name` names it in errors. Content the store has already is only
-    /// read, not written again.
-    func put(reading descriptor: Int32, upTo size: UInt64, name: String) throws -> StoredBlob
+    /// read, not written again. Once `interruption` is set, reading stops
+    /// within a chunk (its job was cancelled).
+    func put(reading descriptor: Int32, upTo size: UInt64, name: String, interruption: Interruption?) throws -> StoredBlob
     /// Takes a file the caller made for the store (a database dump) into the
     /// store, moving rather than copying it where it can. The file is gone
     /// afterwards, whether the call succeeds or not.
@@ -102,12 +106,12 @@ public struct LocalBlobStore: BlobStore {
         return hashes
     }
 
-    public func put(reading descriptor: Int32, upTo limit: UInt64, name: String) throws -> StoredBlob {
+    public func put(reading descriptor: Int32, upTo limit: UInt64, name: String, interruption: Interruption?) throws -> StoredBlob {
         // Most documents are unchanged since the last backup: hash first, copy only what is new.
-        let (hash, size) = try hashContent(of: descriptor, path: name, limit: limit)
+        let (hash, size) = try hashContent(of: descriptor, path: name, limit: limit, interruption: interruption)
         if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
         guard lseek(descriptor, 0, SEEK_SET) == 0 else { throw BlobStoreError.cannotRead(path: name, errno: errno) }
-        return try copyIntoStore(descriptor, name: name, limit: limit)
+        return try copyIntoStore(descriptor, name: name, limit: limit, interruption: interruption)
     }
 
     public func adopt(_ path: String) throws -> StoredBlob {
@@ -130,9 +134,10 @@ public struct LocalBlobStore: BlobStore {
     }
 
     /// Copies an open file into the store under the hash of what was actually read.
-    private func copyIntoStore(_ descriptor: Int32, name: String, limit: UInt64 = .max) throws -> StoredBlob {
+    private func copyIntoStore(_ descriptor: Int32, name: String, limit: UInt64 = .max, interruption: Interruption? = nil) throws -> StoredBlob {
         let temporary = "\(scratchDirectory)/\(base64URL(Secure.randomBytes(12))).partial"
-        let (hash, size) = try copyHashing(descriptor, name: name, to: temporary, owner: FileOwner(mode: Self.blobMode), limit: limit)
+        let (hash, size) = try copyHashing(descriptor, name: name, to: temporary, owner: FileOwner(mode: Self.blobMode), limit: limit,
+                                           interruption: interruption)
         var keepTemporary = false
         defer { if !keepTemporary { unlink(temporary) } }
         if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
@@ -233,7 +238,7 @@ public struct FileOwner: Sendable, Equatable {
 /// new file `target` of `owner`, fsynced, returning the hash and size of what
 /// was copied. A failed copy leaves no `target` behind.
 private func copyHashing(_ input: Int32, name: String, to target: String, owner: FileOwner,
-                         limit: UInt64 = .max) throws -> (ContentHash, UInt64) {
+                         limit: UInt64 = .max, interruption: Interruption? = nil) throws -> (ContentHash, UInt64) {
     let output = open(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
     guard output >= 0 else { throw BlobStoreError.cannotWrite(path: target, errno: errno) }
     var complete = false
@@ -244,7 +249,7 @@ private func copyHashing(_ input: Int32, name: String, to target: String, owner:
     try owner.apply(to: output, path: target)
     let hasher = SHA256Hasher()
     var size: UInt64 = 0
-    try readChunks(fd: input, path: name, limit: limit) { chunk in
+    try readChunks(fd: input, path: name, limit: limit, interruption: interruption) { chunk in
         hasher.update(chunk)
         try writeAll(fd: output, chunk, path: target)
         size += UInt64(chunk.count)
@@ -264,22 +269,24 @@ private func hashFile(_ path: String) throws -> (ContentHash, UInt64) {
 
 /// The SHA-256 and size of at most `limit` bytes of an open file's content
 /// from its current offset.
-private func hashContent(of fd: Int32, path: String, limit: UInt64 = .max) throws -> (ContentHash, UInt64) {
+private func hashContent(of fd: Int32, path: String, limit: UInt64 = .max, interruption: Interruption? = nil) throws -> (ContentHash, UInt64) {
     let hasher = SHA256Hasher()
     var size: UInt64 = 0
-    try readChunks(fd: fd, path: path, limit: limit) { chunk in
+    try readChunks(fd: fd, path: path, limit: limit, interruption: interruption) { chunk in
         hasher.update(chunk)
         size += UInt64(chunk.count)
     }
     return (hasher.finish(), size)
 }
 
-/// Reads a file in chunks until its end or `limit` bytes.
-private func readChunks(fd: Int32, path: String, limit: UInt64 = .max, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+/// Reads a file in chunks until its end or `limit` bytes, or until `interruption` is set.
+private func readChunks(fd: Int32, path: String, limit: UInt64 = .max, interruption: Interruption? = nil,
+                        _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: LocalBlobStore.chunkSize, alignment: 16)
     defer { buffer.deallocate() }
     var remaining = limit
     while remaining > 0 {
+        if interruption?.isSet == true { throw BlobStoreError.interrupted(path: path) }
         let count = read(fd, buffer.baseAddress, Int(min(UInt64(buffer.count), remaining)))
         if count < 0 {
             if errno == EINTR { continue }
@@ -345,4 +352,16 @@ private func syncDirectory(_ path: String) {
     guard fd >= 0 else { return }
     fsync(fd)
     close(fd)
+}
+
+/// A flag that work on a thread, which task cancellation cannot reach, looks
+/// at between chunks: set when the job it serves is cancelled.
+public final class Interruption: Sendable {
+    private let flag = Mutex(false)
+
+    public init() {}
+
+    public func set() { flag.withLock { $0 = true } }
+
+    public var isSet: Bool { flag.withLock { $0 } }
 }

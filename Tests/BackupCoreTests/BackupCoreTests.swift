@@ -162,6 +162,6 @@ extension LocalBlobStore {
         let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
         defer { close(fd) }
-        return try put(reading: fd, upTo: .max, name: path)
+        return try put(reading: fd, upTo: .max, name: path, interruption: nil)
     }
 }

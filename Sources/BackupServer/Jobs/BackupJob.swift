@@ -143,22 +143,29 @@ struct BackupJob: Sendable {
         var captured: [CapturedFile] = []
         captured.reserveCapacity(keys.count)
         var storedBytes: UInt64 = 0
-        try await inBatches(keys, threadPool: threadPool) { [blobStore] key -> CapturedFile in
-            let document: OpenedDocument
-            do {
-                document = try store.open(key: key)
-            } catch FileDocumentError.missing {
-                return .gone(key: key)
+        // Reads on the thread pool stop within a chunk when the job is cancelled, however large the document.
+        let interruption = Interruption()
+        try await withTaskCancellationHandler {
+            try await inBatches(keys, threadPool: threadPool) { [blobStore] key -> CapturedFile in
+                let document: OpenedDocument
+                do {
+                    document = try store.open(key: key)
+                } catch FileDocumentError.missing {
+                    return .gone(key: key)
+                }
+                defer { close(document.descriptor) }
+                let blob = try blobStore.put(reading: document.descriptor, upTo: document.size, name: "file document \(key)",
+                                             interruption: interruption)
+                return .stored(key: key, blob: blob, changed: document.lastChanged > snapshotTime)
+            } completed: { batch in
+                let blobs = batch.compactMap { if case let .stored(_, blob, _) = $0 { blob } else { nil } }
+                try await ledger.record(blobs)
+                captured += batch
+                storedBytes += blobs.reduce(0) { $0 + $1.size }
+                await progress.update(part: "files", done: storedBytes)
             }
-            defer { close(document.descriptor) }
-            let blob = try blobStore.put(reading: document.descriptor, upTo: document.size, name: "file document \(key)")
-            return .stored(key: key, blob: blob, changed: document.lastChanged > snapshotTime)
-        } completed: { batch in
-            let blobs = batch.compactMap { if case let .stored(_, blob, _) = $0 { blob } else { nil } }
-            try await ledger.record(blobs)
-            captured += batch
-            storedBytes += blobs.reduce(0) { $0 + $1.size }
-            await progress.update(part: "files", done: storedBytes)
+        } onCancel: {
+            interruption.set()
         }
         await progress.update(part: "files", done: storedBytes, total: storedBytes)
         return captured
