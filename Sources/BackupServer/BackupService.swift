@@ -84,7 +84,7 @@ public struct BackupService: Sendable {
             services: [
                 .init(service: jobs),
                 .init(service: RevocationService(openCalls: openCalls, catalog: catalog)),
-                .init(service: ListenerService(listener: listener, openCalls: openCalls)),
+                .init(service: ListenerService(listener: listener, openCalls: openCalls, jobs: jobs)),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
@@ -93,16 +93,19 @@ public struct BackupService: Sendable {
     }
 }
 
-/// The TLS listener; on shutdown new calls are refused with UNAVAILABLE
-/// while the listener closes its port and ends its connections.
+/// The TLS listener. Shutdown reaches it first: new calls are refused with
+/// UNAVAILABLE and the job runner stops claiming at once, while the listener
+/// closes its port and ends its connections.
 private struct ListenerService: Service {
     let listener: TLSListener
     let openCalls: OpenCalls
+    let jobs: JobRunner
     func run() async throws {
         try await withGracefulShutdownHandler {
             try await listener.run()
         } onGracefulShutdown: {
             openCalls.beginDraining()
+            jobs.beginShutdown()
         }
     }
 }

@@ -97,6 +97,29 @@ import Testing
         }
     }
 
+    /// A client that connects and never finishes its TLS handshake is let go
+    /// after ten seconds, silent or with half a ClientHello sent.
+    @Test func aHandshakeThatNeverEndsIsClosedAfterTenSeconds() async throws {
+        try await withTestServer { server in
+            let (host, port) = (String(server.address.split(separator: ":")[0]), Int(server.address.split(separator: ":")[1])!)
+            let silent = try openConnection(host: host, port: port)
+            let halfHello = try openConnection(host: host, port: port)
+            defer { close(silent); close(halfHello) }
+            _ = [UInt8]([0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).withUnsafeBytes { write(halfHello, $0.baseAddress, $0.count) }
+            let opened = ContinuousClock.now
+            for fd in [silent, halfHello] {
+                var byte: UInt8 = 0
+                var timeout = timeval(tv_sec: 20, tv_usec: 0)
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+                let count = read(fd, &byte, 1)
+                let closed = count == 0 || (count < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+                #expect(closed, "still open after 20 seconds, or answered a handshake that never came")
+            }
+            let waited = ContinuousClock.now - opened
+            #expect(waited >= .seconds(9), "closed after \(waited), before the handshake's time was up")
+        }
+    }
+
     @Test func aJobOfAKilledServerIsFailedWhenItsLeaseRunsOut() async throws {
         try await withTestApp { app in
             let first = try await TestServer.start(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 60), "--job-lease-seconds", "2"])

@@ -253,14 +253,33 @@ func hungBackup(_ server: TestServer, _ app: TestApp, environment: String = "sho
     /// exits soon after.
     @Test func sigtermStopsAcceptingAtOnceAndExitsAfterTheGracePeriod() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--shutdown-grace-seconds", "3"]) { server in
+            try await withTestServer(arguments: ["--shutdown-grace-seconds", "3", "--max-jobs", "1"]) { server in
                 try await server.register(app)
+                // A second environment whose backup waits for the only job slot.
+                let store = try ScratchDirectory("queued-store")
+                defer { store.remove() }
+                try await server.withClient(token: server.platformToken) { platform in
+                    _ = try await platform.unary(Backups.registerEnvironment, .with {
+                        $0.namespace = TestServer.namespace; $0.name = "shop-acceptance"; $0.app = "shop"
+                        $0.databaseURL = app.connectionString; $0.fileStorePath = store.path
+                    })
+                }
                 let lock = try HeldLock(app)
                 defer { lock.release() }
                 let created = try await hungBackup(server, app)
+                let queued = try await server.withClient { client in
+                    try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-acceptance" })
+                }
+                // Clients that never finish a handshake: one silent, one that sent half a ClientHello.
+                let (host, port) = (String(server.address.split(separator: ":")[0]), Int(server.address.split(separator: ":")[1])!)
+                let silent = try openConnection(host: host, port: port)
+                let halfHello = try openConnection(host: host, port: port)
+                _ = [UInt8]([0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).withUnsafeBytes { write(halfHello, $0.baseAddress, $0.count) }
+                defer { close(silent); close(halfHello) }
+                try await Task.sleep(for: .seconds(1))  // accepted, and waiting in their handshakes
+
                 let started = ContinuousClock.now
                 kill(server.processIdentifier, SIGTERM)
-                let (host, port) = (String(server.address.split(separator: ":")[0]), Int(server.address.split(separator: ":")[1])!)
                 try await eventually(within: .seconds(2)) { !canConnect(host: host, port: port) }
                 let status = await server.stop(signal: 0, timeout: .seconds(20))
                 #expect(status == 0, "backupd did not exit cleanly")
@@ -270,6 +289,9 @@ func hungBackup(_ server: TestServer, _ app: TestApp, environment: String = "sho
                     """, created.job.id)[0]
                 #expect(job.string("status") == "failed" && job.string("backup_status") == "failed")
                 #expect(job.string("error") == "interrupted: backupd shut down while the job ran", "\(job.string("error"))")
+                // Nothing was claimed after SIGTERM: the waiting backup is still queued for the next start.
+                let waiting = try TestPostgres.query(server.catalogDatabase, "SELECT status FROM jobs WHERE id = $1", queued.job.id)[0]
+                #expect(waiting.string("status") == "queued")
                 try await eventually(within: .seconds(5)) { dumpProcesses(app).isEmpty }
             }
         }
@@ -292,15 +314,26 @@ func hungBackup(_ server: TestServer, _ app: TestApp, environment: String = "sho
 
 /// Whether a TCP connection to `host:port` is accepted.
 func canConnect(host: String, port: Int) -> Bool {
+    guard let fd = try? openConnection(host: host, port: port) else { return false }
+    close(fd)
+    return true
+}
+
+/// A TCP connection to `host:port`, its descriptor for the caller to close.
+func openConnection(host: String, port: Int) throws -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = in_port_t(UInt16(port).bigEndian)
     inet_pton(AF_INET, host, &address.sin_addr)
-    return withUnsafePointer(to: &address) {
+    let connected = withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
     }
+    guard connected else {
+        close(fd)
+        throw TestSupportError("cannot connect to \(host):\(port)")
+    }
+    return fd
 }
 
 /// A loopback port that takes connections into its backlog and never answers.

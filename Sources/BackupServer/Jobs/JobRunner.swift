@@ -57,6 +57,8 @@ public final class JobRunner: Service, Sendable {
     private struct Signals {
         var collectGarbage = true
         var running = 0
+        /// When shutdown began: the grace period of running jobs counts from here.
+        var shutdownBegan: ContinuousClock.Instant?
     }
 
     init(catalog: Catalog, blobStore: any BlobStore, placement: Placement, threadPool: NIOThreadPool, settings: JobSettings,
@@ -77,6 +79,14 @@ public final class JobRunner: Service, Sendable {
     /// Looks for work now rather than at the next poll.
     public func wake() {
         wakeupSource.yield()
+    }
+
+    /// Stops claiming jobs at once and starts running jobs' grace period.
+    /// Called as soon as shutdown begins, before the service group comes to
+    /// the runner's own turn.
+    public func beginShutdown() {
+        signals.withLockedValue { if $0.shutdownBegan == nil { $0.shutdownBegan = .now } }
+        wakeupSource.finish()
     }
 
     /// Asks for a garbage collection of unreferenced blobs soon.
@@ -117,10 +127,10 @@ public final class JobRunner: Service, Sendable {
                     }
                 }
             } onGracefulShutdown: {
-                self.wakeupSource.finish()
+                self.beginShutdown()
             }
             // No more claims; running jobs get the grace period to end, then are cancelled.
-            let deadline = ContinuousClock.now + settings.shutdownGrace
+            let deadline = (signals.withLockedValue { $0.shutdownBegan } ?? .now) + settings.shutdownGrace
             while signals.withLockedValue({ $0.running }) > 0 && ContinuousClock.now < deadline {
                 try? await Task.sleep(for: .milliseconds(100))
             }

@@ -37,6 +37,15 @@ actor TLSListener {
         case unsupported(String)
     }
 
+    /// A connection whose TLS handshake and protocol negotiation are under way.
+    private struct Accepted: Sendable {
+        let channel: any Channel
+        let negotiated: EventLoopFuture<Negotiated>
+    }
+
+    /// How long a client may take to finish its TLS handshake.
+    static let handshakeTimeout: TimeAmount = .seconds(10)
+
     private let host: String
     private let port: Int
     private let tls: TLSSettings
@@ -98,7 +107,11 @@ actor TLSListener {
                         }
                     }
                     try channel.pipeline.syncOperations.addHandler(negotiation)
-                    return negotiation.protocolNegotiationResult
+                    // A client that does not finish its handshake in time (silent, or half a ClientHello) is let go.
+                    let negotiated = negotiation.protocolNegotiationResult
+                    let timeout = channel.eventLoop.scheduleTask(in: TLSListener.handshakeTimeout) { channel.close(promise: nil) }
+                    negotiated.whenComplete { _ in timeout.cancel() }
+                    return Accepted(channel: channel, negotiated: negotiated)
                 }
             }
         if let address = server.channel.localAddress { onListening(address) }
@@ -115,13 +128,19 @@ actor TLSListener {
 
     /// Runs each accepted connection until the port closes; then calls in
     /// flight get a moment to finish before every connection is ended.
-    private func serve(_ server: NIOAsyncChannel<EventLoopFuture<Negotiated>, Never>) async throws {
+    private func serve(_ server: NIOAsyncChannel<Accepted, Never>) async throws {
         try await server.executeThenClose { inbound in
             try await withThrowingDiscardingTaskGroup { group in
-                for try await negotiation in inbound {
+                for try await accepted in inbound {
                     group.addTask {
                         do {
-                            switch try await negotiation.get() {
+                            // A future cannot be cancelled; closing its connection ends the wait.
+                            let negotiated = try await withTaskCancellationHandler {
+                                try await accepted.negotiated.get()
+                            } onCancel: {
+                                accepted.channel.close(promise: nil)
+                            }
+                            switch negotiated {
                             case .rpc(let channel):
                                 await self.connection.run(channel)
                             case .unsupported(let name):
