@@ -285,6 +285,8 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
                 #expect(ended.status == .failed && ended.error.contains("target is unchanged"))
                 #expect(try EnvironmentState(app) == before)
                 try noStagingLeft(app)
+                // Nor its copy of the dump in the scratch folder.
+                #expect(!(try FileManager.default.contentsOfDirectory(atPath: first.blobDirectory + "/tmp")).contains { $0.contains(job.id) })
                 // The environment can be restored again afterwards.
                 let again = try await second.withClient { try await restore($0, backup) }
                 #expect(again.status == .finished, "\(again.error)")

@@ -164,8 +164,14 @@ public final class JobRunner: Service, Sendable {
 
     private func collectGarbage() async {
         do {
-            if let removed = try await catalog.collectGarbage(in: blobStore), removed > 0 {
+            switch try await catalog.collectGarbage(in: blobStore) {
+            case nil:
+                // A job holds the blob lock: try again at the next wake-up rather than the next interval.
+                signals.withLockedValue { $0.collectGarbage = true }
+            case let removed? where removed > 0:
                 logger.info("removed unreferenced blobs", metadata: ["count": "\(removed)"])
+            default:
+                break
             }
             try await sweepScratch()
         } catch {

@@ -84,7 +84,7 @@ struct RestoreJob: Sendable {
         guard let dumpHash = ContentHash(hex: work.backup.dumpSHA256) else {
             throw JobFailure(description: "backup \(work.backup.id) has no database dump")
         }
-        let dumpPath = "\(blobStore.scratchDirectory)/restore-\(claimed.job.id).backup"
+        let dumpPath = scratchDump(claimed.job.id)
         defer { unlink(dumpPath) }
         do {
             try await threadPool.runIfActive { try blobStore.materialize(dumpHash, at: dumpPath) }
@@ -356,11 +356,17 @@ struct RestoreJob: Sendable {
         if !plan.fileStore.isEmpty { unlink("\(plan.fileStore)/\(Self.marker(jobID))") }
     }
 
+    /// Where a restore job keeps its copy of the dump while it runs.
+    private func scratchDump(_ jobID: String) -> String {
+        "\(blobStore.scratchDirectory)/restore-\(jobID).backup"
+    }
+
     /// Takes over a restore whose process died, as `RestoreRecovery`
     /// decides from its last recorded step and what is there now: complete
     /// it, or undo any folder swap and remove the staging copies, leaving the
     /// target as it was.
     func recover(_ claimed: ClaimedJob, owner: String) async throws {
+        unlink(scratchDump(claimed.job.id))
         let work = try await catalog.restoreWork(jobID: claimed.job.id)
         guard let plan = work.plan else {
             throw JobFailure(description: "backupd stopped before the restore began; the target is unchanged")
