@@ -52,6 +52,37 @@ import Testing
         }
     }
 
+    @Test func anIdleServerStopsCleanlyOnSigterm() async throws {
+        let server = try await TestServer.start()
+        let status = await server.stop(signal: SIGTERM)
+        #expect(status == 0, "\(server.log)")
+        #expect(!server.log.contains("finished unexpectedly"))
+        await server.remove()
+    }
+
+    /// call_id 0 carries the connection's own status, so no call may use
+    /// it; a call id used twice ends the connection; either way every call
+    /// hears exactly one status.
+    @Test func callIDZeroAndDuplicateCallIDsEndTheConnectionWithOneStatusPerCall() async throws {
+        try await withTestServer { server in
+            func start(_ id: UInt32) -> Frame {
+                Frame(callID: id, .start(.with {
+                    $0.method = Backups.serverInfo.name
+                    $0.metadata = [MetadataEntry("authorization", "Bearer \(server.adminToken)")]
+                }))
+            }
+            let (zeroBytes, duplicateBytes) = (encode([start(0)]), encode([start(1), start(1)]))
+            let zero = try await within(.seconds(20)) { try await exchange(server, zeroBytes) }
+            #expect(zero.count == 1, "\(zero)")
+            #expect(connectionStatus(zero) == CallStatus(RPCError(.invalidArgument, "call_id 0 is reserved for the connection's own status")))
+
+            let duplicate = try await within(.seconds(20)) { try await exchange(server, duplicateBytes) }
+            let statuses = duplicate.filter { if case .status = $0.kind { true } else { false } }
+            #expect(statuses.filter { $0.callID == 1 }.count == 1, "\(duplicate)")
+            #expect(connectionStatus(duplicate) == CallStatus(RPCError(.invalidArgument, "call_id 1 is already open on this connection")))
+        }
+    }
+
     @Test func anUnknownMethodIsUnimplementedOnTheWire() async throws {
         try await withTestServer { server in
             let call = encode([Frame(callID: 9, .start(.with { $0.method = "backup.v1.Backups/Explode" })),

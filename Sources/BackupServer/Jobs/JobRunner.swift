@@ -136,6 +136,9 @@ public final class JobRunner: Service, Sendable {
             }
             group.cancelAll()
         }
+        // Shutdown may have begun early (`beginShutdown`); the service group counts a service that
+        // returns before its own turn as failed, so the runner waits for that turn.
+        try? await gracefulShutdown()
     }
 
     /// The next job to run: a dead process's restore to recover first, else the oldest queued job.

@@ -8,9 +8,11 @@ import ServiceLifecycle
 /// calls by call_id, runs each call as a child task, and writes its
 /// responses and final status. Frames of different calls interleave.
 ///
-/// Ends the connection after a connection-level status for an oversized or
-/// undecodable frame. On graceful shutdown it refuses new calls with
-/// UNAVAILABLE and closes once the open ones have ended.
+/// Ends the connection on an oversized or undecodable frame, a call using
+/// call_id 0 or an id already open: every open call first ends with its own
+/// single status (CANCELLED), then the connection-level status goes out on
+/// call_id 0 as the connection's last frame. On graceful shutdown it refuses
+/// new calls with UNAVAILABLE and closes once the open ones have ended.
 struct RPCConnection {
     let dispatcher: RPCDispatcher
     let logger: Logger
@@ -33,26 +35,26 @@ struct RPCConnection {
         let underlying = channel.channel
         do {
             try await channel.executeThenClose { inbound, outbound in
-                await withGracefulShutdownHandler {
-                    await withDiscardingTaskGroup { group in
+                let violation: RPCError? = await withGracefulShutdownHandler {
+                    await withDiscardingTaskGroup(returning: RPCError?.self) { group in
+                        var violation: RPCError?
                         do {
                             for try await frame in inbound {
                                 try accept(frame, state: state, group: &group, outbound: outbound, channel: underlying)
                             }
                         } catch let error as FrameError {
-                            logger.info("closing connection", metadata: ["reason": "\(error)"])
-                            try? await outbound.write(Frame(callID: 0, .status(CallStatus(error.rpcError))))
+                            violation = error.rpcError
                         } catch let error as RPCError {
-                            logger.info("closing connection", metadata: ["reason": "\(error)"])
-                            try? await outbound.write(Frame(callID: 0, .status(CallStatus(error))))
+                            violation = error
                         } catch {
                             logger.debug("connection ended", metadata: ["error": "\(error)"])
                         }
-                        // The client is gone or broke the protocol: end its calls.
+                        // The client is gone or broke the protocol: end its calls, each with its one status.
                         for call in state.withLockedValue({ Array($0.calls.values) }) {
                             call.requests.finish(throwing: CancellationError())
                             call.cancel.yield()
                         }
+                        return violation
                     }
                 } onGracefulShutdown: {
                     let idle = state.withLockedValue { state in
@@ -60,6 +62,11 @@ struct RPCConnection {
                         return state.calls.isEmpty
                     }
                     if idle { underlying.close(promise: nil) }
+                }
+                // Every call has its status by now: the connection's own comes last.
+                if let violation {
+                    logger.info("closing connection", metadata: ["reason": "\(violation)"])
+                    try? await outbound.write(Frame(callID: 0, .status(CallStatus(violation))))
                 }
             }
         } catch {
@@ -74,6 +81,7 @@ struct RPCConnection {
         let id = frame.callID
         switch frame.kind {
         case .start(let start):
+            guard id != 0 else { throw RPCError(.invalidArgument, "call_id 0 is reserved for the connection's own status") }
             let (requests, requestContinuation) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
             let (cancelled, cancelContinuation) = AsyncStream<Void>.makeStream()
             let refusal: RPCError? = try state.withLockedValue { state in
