@@ -14,6 +14,7 @@ public struct ServerConfiguration: Sendable {
     public var catalogURL: String
     public var blobDirectory: String
     public var maxFrameBytes = defaultMaxFrameBytes
+    public var connections = ConnectionLimits()
     public var jobs = JobSettings()
     /// Folders that environments' file stores may lie under; none refuses every file store.
     public var fileStoreRoots: [String] = []
@@ -76,7 +77,7 @@ public struct BackupService: Sendable {
         }
         let listener = TLSListener(
             host: configuration.host, port: configuration.port, tls: configuration.tls,
-            maxFrameBytes: configuration.maxFrameBytes, dispatcher: dispatcher,
+            maxFrameBytes: configuration.maxFrameBytes, limits: configuration.connections, dispatcher: dispatcher,
             eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger, onListening: onListening)
 
         let group = ServiceGroup(configuration: .init(

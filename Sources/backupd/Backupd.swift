@@ -84,6 +84,21 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Largest frame accepted, in bytes.")
     var maxFrameBytes = defaultMaxFrameBytes
 
+    @Option(help: "Seconds a client may take to finish its TLS handshake.")
+    var handshakeTimeoutSeconds = 10
+
+    @Option(help: "Seconds from a frame's first byte to its last before the connection is closed.")
+    var partialFrameTimeoutSeconds = 30
+
+    @Option(help: "Seconds a connection may stay open with no call before it is closed.")
+    var idleConnectionTimeoutSeconds = 300
+
+    @Option(help: "Connections open at once; more are closed as they arrive (also bounded by the descriptor limit).")
+    var maxConnections = ConnectionLimits().maximumConnections
+
+    @Option(help: "Connections open at once from one client address.")
+    var maxConnectionsPerPeer = ConnectionLimits().maximumConnectionsPerPeer
+
     @Option(help: "Jobs run at once by this process.")
     var maxJobs = 2
 
@@ -144,6 +159,20 @@ struct Serve: AsyncParsableCommand {
         return (String(listen[..<colon]), port)
     }
 
+    /// Raises the open-descriptor limit to its hard limit and returns how
+    /// many connections fit under it, keeping a reserve for the catalog,
+    /// jobs, their tools and files.
+    static func descriptorsForConnections(reserve: Int = 256) -> Int {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return reserve }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+        }
+        return max(16, Int(clamping: limit.rlim_cur) - reserve)
+    }
+
     func run() async throws {
         // What backupd writes (blobs, scratch files) is its own; restored files get their store's owner and mode explicitly.
         umask(0o077)
@@ -162,6 +191,11 @@ struct Serve: AsyncParsableCommand {
         configuration.host = host
         configuration.port = port
         configuration.maxFrameBytes = maxFrameBytes
+        configuration.connections.handshakeTimeout = .seconds(handshakeTimeoutSeconds)
+        configuration.connections.partialFrameTimeout = .seconds(partialFrameTimeoutSeconds)
+        configuration.connections.idleTimeout = .seconds(idleConnectionTimeoutSeconds)
+        configuration.connections.maximumConnections = min(maxConnections, Self.descriptorsForConnections())
+        configuration.connections.maximumConnectionsPerPeer = maxConnectionsPerPeer
         configuration.jobs.maximumConcurrentJobs = maxJobs
         configuration.jobs.namespaceShare = namespaceJobShare
         configuration.jobs.shutdownGrace = .seconds(shutdownGraceSeconds)

@@ -65,13 +65,8 @@ import Testing
     /// hears exactly one status.
     @Test func callIDZeroAndDuplicateCallIDsEndTheConnectionWithOneStatusPerCall() async throws {
         try await withTestServer { server in
-            func start(_ id: UInt32) -> Frame {
-                Frame(callID: id, .start(.with {
-                    $0.method = Backups.serverInfo.name
-                    $0.metadata = [MetadataEntry("authorization", "Bearer \(server.adminToken)")]
-                }))
-            }
-            let (zeroBytes, duplicateBytes) = (encode([start(0)]), encode([start(1), start(1)]))
+            let (zeroBytes, duplicateBytes) = (encode([serverInfoStart(server, callID: 0)]),
+                                               encode([serverInfoStart(server), serverInfoStart(server)]))
             let zero = try await within(.seconds(20)) { try await exchange(server, zeroBytes) }
             #expect(zero.count == 1, "\(zero)")
             #expect(connectionStatus(zero) == CallStatus(RPCError(.invalidArgument, "call_id 0 is reserved for the connection's own status")))
@@ -184,4 +179,96 @@ import Testing
             await first.remove()
         }
     }
+}
+
+@Suite(.serialized) struct ConnectionLimitTests {
+    /// A TLS connection that never sends a frame is closed once idle; one
+    /// with a call open is not; other clients are served throughout.
+    @Test func aConnectionWithNoCallIsClosedOnceIdleAndOneWithACallIsNot() async throws {
+        try await withTestServer(arguments: ["--idle-connection-timeout-seconds", "2", "--partial-frame-timeout-seconds", "600"]) { server in
+            let (silent, busy) = (try await openTLS(server), try await openTLS(server))
+            let silentClosed = Task { try await waitUntilClosed(silent, sending: nil) }
+            let busyEnded = Atomic(false)
+            let busyClosed = Task {
+                try? await waitUntilClosed(busy, sending: encode([serverInfoStart(server)]))
+                busyEnded.value = true
+            }
+            for _ in 1...4 {
+                _ = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+                try await Task.sleep(for: .seconds(1))
+            }
+            try await within(.seconds(20)) { try await silentClosed.value }
+            #expect(!busyEnded.value, "a connection with a call open was closed as idle")
+            busyClosed.cancel()
+        }
+    }
+
+    /// A client that sends half a frame and falls silent is let go after the
+    /// partial-frame timeout, long before the idle timeout would end it.
+    @Test func aHalfSentFrameEndsItsConnection() async throws {
+        try await withTestServer(arguments: ["--partial-frame-timeout-seconds", "1"]) { server in
+            var buffer = ByteBuffer()
+            buffer.writeInteger(UInt32(100))
+            buffer.writeBytes([1, 2, 3])
+            let half = buffer
+            let (halfSent, silent) = (try await openTLS(server), try await openTLS(server))
+            let silentEnded = Atomic(false)
+            let silentClosed = Task {
+                try? await waitUntilClosed(silent, sending: nil)
+                silentEnded.value = true
+            }
+            try await within(.seconds(20)) { try await waitUntilClosed(halfSent, sending: half) }
+            #expect(!silentEnded.value, "an idle connection was closed long before its idle timeout")
+            silentClosed.cancel()
+        }
+    }
+
+    /// Past the connections allowed from one address, new ones from it are
+    /// closed at once, while another address is still taken; once the first
+    /// ones close, their address is served again.
+    @Test func connectionsFromOneAddressAreCapped() async throws {
+        try await withTestServer(arguments: ["--max-connections-per-peer", "5"]) { server in
+            let port = Int(server.address.split(separator: ":")[1])!
+            let held = try (1...5).map { _ in try openConnection(host: "127.0.0.1", port: port) }
+            try await Task.sleep(for: .milliseconds(500))
+            let refused = try openConnection(host: "127.0.0.1", port: port)
+            let other = try openConnection(host: "127.0.0.1", port: port, from: "127.0.0.2")
+            defer { close(refused); close(other) }
+            #expect(closedWithin(refused, seconds: 2), "a sixth connection from 127.0.0.1 was kept")
+            #expect(!closedWithin(other, seconds: 2), "a connection from 127.0.0.2 was closed")
+            held.forEach { close($0) }
+            try await Task.sleep(for: .milliseconds(500))
+            let info = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+            #expect(info.maxFrameBytes > 0)
+        }
+    }
+}
+
+/// Whether the server closes `fd` within `seconds`.
+func closedWithin(_ fd: Int32, seconds: Int) -> Bool {
+    var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var byte: UInt8 = 0
+    let count = read(fd, &byte, 1)
+    return count == 0 || (count < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+}
+
+func openTLS(_ server: TestServer) async throws -> NIOAsyncChannel<ByteBuffer, ByteBuffer> {
+    try await server.settings().connect { _ in }
+}
+
+/// Writes `bytes` (if any), then reads and drops what the server sends until it closes the connection.
+func waitUntilClosed(_ channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>, sending bytes: ByteBuffer?) async throws {
+    try await channel.executeThenClose { inbound, outbound in
+        if let bytes { try await outbound.write(bytes) }
+        for try await _ in inbound {}
+    }
+}
+
+/// The start frame of a ServerInfo call.
+func serverInfoStart(_ server: TestServer, callID: UInt32 = 1) -> Frame {
+    Frame(callID: callID, .start(.with {
+        $0.method = Backups.serverInfo.name
+        $0.metadata = [MetadataEntry("authorization", "Bearer \(server.adminToken)")]
+    }))
 }

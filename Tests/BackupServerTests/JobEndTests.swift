@@ -319,9 +319,22 @@ func canConnect(host: String, port: Int) -> Bool {
     return true
 }
 
-/// A TCP connection to `host:port`, its descriptor for the caller to close.
-func openConnection(host: String, port: Int) throws -> Int32 {
+/// A TCP connection to `host:port` (from the loopback address `source`, if
+/// given), its descriptor for the caller to close.
+func openConnection(host: String, port: Int, from source: String? = nil) throws -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    if let source {
+        var local = sockaddr_in()
+        local.sin_family = sa_family_t(AF_INET)
+        inet_pton(AF_INET, source, &local.sin_addr)
+        let bound = withUnsafePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+        guard bound else {
+            close(fd)
+            throw TestSupportError("cannot bind to \(source)")
+        }
+    }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = in_port_t(UInt16(port).bigEndian)

@@ -15,6 +15,8 @@ import ServiceLifecycle
 /// new calls with UNAVAILABLE and closes once the open ones have ended.
 struct RPCConnection {
     let dispatcher: RPCDispatcher
+    /// A connection with no call open this long is closed.
+    let idleTimeout: Duration
     let logger: Logger
     /// Calls one connection may have open at once; more get RESOURCE_EXHAUSTED.
     static let maximumOpenCalls = 128
@@ -28,11 +30,21 @@ struct RPCConnection {
     private struct State {
         var calls: [UInt32: OpenCall] = [:]
         var draining = false
+        /// Closes the connection unless a call opens first; armed while no call is open.
+        var idleClose: Scheduled<Void>?
+    }
+
+    /// Arms the idle timer of a connection that has no call open.
+    private func armIdleClose(_ state: inout State, _ channel: any Channel) {
+        state.idleClose?.cancel()
+        state.idleClose = channel.eventLoop.scheduleTask(in: TimeAmount(idleTimeout)) { channel.close(promise: nil) }
     }
 
     func run(_ channel: NIOAsyncChannel<Frame, Frame>) async {
         let state = NIOLockedValueBox(State())
         let underlying = channel.channel
+        state.withLockedValue { armIdleClose(&$0, underlying) }
+        defer { state.withLockedValue { $0.idleClose?.cancel() } }
         do {
             try await channel.executeThenClose { inbound, outbound in
                 let violation: RPCError? = await withGracefulShutdownHandler {
@@ -91,6 +103,8 @@ struct RPCConnection {
                     return RPCError(.resourceExhausted, "a connection may have \(Self.maximumOpenCalls) calls open at once")
                 }
                 state.calls[id] = OpenCall(requests: requestContinuation, cancel: cancelContinuation)
+                state.idleClose?.cancel()
+                state.idleClose = nil
                 return nil
             }
             if let refusal {
@@ -103,6 +117,7 @@ struct RPCConnection {
                 }
                 let closeNow = state.withLockedValue { state in
                     state.calls[id] = nil
+                    if state.calls.isEmpty && !state.draining { armIdleClose(&state, channel) }
                     return state.draining && state.calls.isEmpty
                 }
                 try? await outbound.write(Frame(callID: id, .status(status)))

@@ -43,25 +43,26 @@ actor TLSListener {
         let negotiated: EventLoopFuture<Negotiated>
     }
 
-    /// How long a client may take to finish its TLS handshake.
-    static let handshakeTimeout: TimeAmount = .seconds(10)
-
     private let host: String
     private let port: Int
     private let tls: TLSSettings
     private let maxFrameBytes: Int
+    private let limits: ConnectionLimits
+    private let admission: ConnectionAdmission
     private let connection: RPCConnection
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
 
-    init(host: String, port: Int, tls: TLSSettings, maxFrameBytes: Int, dispatcher: RPCDispatcher,
+    init(host: String, port: Int, tls: TLSSettings, maxFrameBytes: Int, limits: ConnectionLimits, dispatcher: RPCDispatcher,
          eventLoopGroup: any EventLoopGroup, logger: Logger, onListening: @escaping @Sendable (SocketAddress) -> Void) {
         self.host = host
         self.port = port
         self.tls = tls
         self.maxFrameBytes = maxFrameBytes
-        self.connection = RPCConnection(dispatcher: dispatcher, logger: logger)
+        self.limits = limits
+        self.admission = ConnectionAdmission(limits: limits)
+        self.connection = RPCConnection(dispatcher: dispatcher, idleTimeout: limits.idleTimeout, logger: logger)
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
         self.onListening = onListening
@@ -85,19 +86,30 @@ actor TLSListener {
             configuration.certificateVerification = .noHostnameVerification
         }
         let sslContext = try NIOSSLContext(configuration: configuration)
-        let maxFrameBytes = self.maxFrameBytes
+        let (maxFrameBytes, limits, admission, logger) = (self.maxFrameBytes, self.limits, self.admission, self.logger)
+        let handshakeTimeout = TimeAmount(limits.handshakeTimeout)
 
         let server = try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .bind(host: host, port: port) { channel in
-                channel.eventLoop.makeCompletedFuture {
+                // Over the limits (in all, or from this client's address), a connection is closed at once.
+                let peer = channel.remoteAddress?.ipAddress ?? "unknown"
+                guard admission.admit(peer) else {
+                    logger.warning("refusing connection: too many open", metadata: ["peer": "\(peer)"])
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeSucceededFuture(
+                        Accepted(channel: channel, negotiated: channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)))
+                }
+                channel.closeFuture.whenComplete { _ in admission.release(peer) }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
                     let negotiation = NIOTypedApplicationProtocolNegotiationHandler<Negotiated> { result, channel in
                         switch result {
                         case .negotiated(ALPN.rpc), .fallback:
                             channel.eventLoop.makeCompletedFuture {
+                                try channel.pipeline.syncOperations.addHandler(PartialFrameTimeout(timeout: limits.partialFrameTimeout))
                                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
                                 try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
                                 return .rpc(try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel))
@@ -109,7 +121,7 @@ actor TLSListener {
                     try channel.pipeline.syncOperations.addHandler(negotiation)
                     // A client that does not finish its handshake in time (silent, or half a ClientHello) is let go.
                     let negotiated = negotiation.protocolNegotiationResult
-                    let timeout = channel.eventLoop.scheduleTask(in: TLSListener.handshakeTimeout) { channel.close(promise: nil) }
+                    let timeout = channel.eventLoop.scheduleTask(in: handshakeTimeout) { channel.close(promise: nil) }
                     negotiated.whenComplete { _ in timeout.cancel() }
                     return Accepted(channel: channel, negotiated: negotiated)
                 }
