@@ -4071,7 +4071,7 @@ const ProtobufCMessageDescriptor backup__v1__server_info_request__descriptor =
   (ProtobufCMessageInit) backup__v1__server_info_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__server_info_response__field_descriptors[8] =
+static const ProtobufCFieldDescriptor backup__v1__server_info_response__field_descriptors[12] =
 {
   {
     "version",
@@ -4169,13 +4169,65 @@ static const ProtobufCFieldDescriptor backup__v1__server_info_response__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "max_open_calls",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__ServerInfoResponse, max_open_calls),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "handshake_timeout_ms",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__ServerInfoResponse, handshake_timeout_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "partial_frame_timeout_ms",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__ServerInfoResponse, partial_frame_timeout_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "idle_connection_timeout_ms",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__ServerInfoResponse, idle_connection_timeout_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__server_info_response__field_indices_by_name[] = {
   5,   /* field[5] = caller_namespace */
   6,   /* field[6] = caller_role */
   7,   /* field[7] = caller_token_name */
   2,   /* field[2] = catalog_postgres_version */
+  9,   /* field[9] = handshake_timeout_ms */
+  11,   /* field[11] = idle_connection_timeout_ms */
   4,   /* field[4] = max_frame_bytes */
+  8,   /* field[8] = max_open_calls */
+  10,   /* field[10] = partial_frame_timeout_ms */
   1,   /* field[1] = protocol */
   3,   /* field[3] = server_time_unix_ms */
   0,   /* field[0] = version */
@@ -4183,7 +4235,7 @@ static const unsigned backup__v1__server_info_response__field_indices_by_name[] 
 static const ProtobufCIntRange backup__v1__server_info_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor backup__v1__server_info_response__descriptor =
 {
@@ -4193,7 +4245,7 @@ const ProtobufCMessageDescriptor backup__v1__server_info_response__descriptor =
   "Backup__V1__ServerInfoResponse",
   "backup.v1",
   sizeof(Backup__V1__ServerInfoResponse),
-  8,
+  12,
   backup__v1__server_info_response__field_descriptors,
   backup__v1__server_info_response__field_indices_by_name,
   1,  backup__v1__server_info_response__number_ranges,

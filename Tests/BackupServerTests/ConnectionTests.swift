@@ -186,6 +186,11 @@ import Testing
     /// with a call open is not; other clients are served throughout.
     @Test func aConnectionWithNoCallIsClosedOnceIdleAndOneWithACallIsNot() async throws {
         try await withTestServer(arguments: ["--idle-connection-timeout-seconds", "2", "--partial-frame-timeout-seconds", "600"]) { server in
+            // ServerInfo reports the limits in force.
+            let info = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+            #expect(info.maxOpenCalls == 128 && info.handshakeTimeoutMS == 10_000)
+            #expect(info.partialFrameTimeoutMS == 600_000 && info.idleConnectionTimeoutMS == 2_000)
+            #expect(try server.backupctl(["info"]).standardOutput.contains("128 calls open at once; handshake 10 s, a frame 600 s, idle 2 s"))
             let (silent, busy) = (try await openTLS(server), try await openTLS(server))
             let silentClosed = Task { try await waitUntilClosed(silent, sending: nil) }
             let busyEnded = Atomic(false)

@@ -12,6 +12,7 @@ struct BackupsService: Sendable {
     let placement: Placement
     let openCalls: OpenCalls
     let maxFrameBytes: Int
+    let connections: ConnectionLimits
     static let version = "0.1.0"
 
     func register(into router: inout RPCRouter) {
@@ -22,6 +23,10 @@ struct BackupsService: Sendable {
                 $0.serverTimeUnixMS = Int64(Date().timeIntervalSince1970 * 1000); $0.maxFrameBytes = UInt32(maxFrameBytes)
                 $0.callerNamespace = context.caller.namespace; $0.callerRole = context.caller.role
                 $0.callerTokenName = context.caller.tokenName
+                $0.maxOpenCalls = UInt32(RPCConnection.maximumOpenCalls)
+                $0.handshakeTimeoutMS = connections.handshakeTimeout.milliseconds
+                $0.partialFrameTimeoutMS = connections.partialFrameTimeout.milliseconds
+                $0.idleConnectionTimeoutMS = connections.idleTimeout.milliseconds
             }
         }
         registerEnvironments(into: &router)

@@ -108,3 +108,10 @@ extension TimeAmount {
         self = .nanoseconds(Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
     }
 }
+
+extension Duration {
+    /// Whole milliseconds, as the wire reports durations.
+    var milliseconds: UInt32 {
+        UInt32(clamping: components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000)
+    }
+}
