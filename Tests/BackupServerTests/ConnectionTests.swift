@@ -1,3 +1,4 @@
+import BackupCatalog
 import BackupClient
 import BackupTestSupport
 import BackupWire
@@ -49,6 +50,28 @@ import Testing
             let refused = try await rawCall(server, send: encode(starts)) { frame, _ in frame }
             #expect(refused?.callID == 129)
             #expect(refused?.kind == .status(CallStatus(RPCError(.resourceExhausted, "a connection may have 128 calls open at once"))))
+        }
+    }
+
+    /// Every catalog connection is lent to calls stuck behind a lock; a call
+    /// whose deadline passes while it waits for one ends DEADLINE_EXCEEDED.
+    @Test func aCallPastItsDeadlineEndsWhileEveryCatalogConnectionIsLent() async throws {
+        try await withTestServer { server in
+            let holder = try PostgresConnection(TestPostgres.connectionString(server.catalogDatabase))
+            try holder.query("BEGIN")
+            try holder.query("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+            let stuck = (1...12).map { _ in
+                Task { try? await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) } }
+            }
+            try await Task.sleep(for: .seconds(2))
+            let late = try await within(.seconds(15)) {
+                await expectStatus(.deadlineExceeded) {
+                    _ = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest(), timeout: .seconds(1)) }
+                }
+            }
+            #expect(late?.code == .deadlineExceeded)
+            try holder.query("ROLLBACK")
+            for call in stuck { #expect(await call.value != nil) }
         }
     }
 

@@ -14,7 +14,10 @@ public actor ConnectionPool {
     private let validateAfterIdle: Duration
     private var idle: [(connection: PostgresConnection, since: ContinuousClock.Instant)] = []
     private var open = 0
-    private var waiters: [CheckedContinuation<Void, Never>] = []
+    /// Tasks waiting for a connection, first come first served; a cancelled
+    /// one leaves the queue at once (its call's deadline passed, say).
+    private var waiters: [(number: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+    private var nextWaiter: UInt64 = 0
 
     public init(connectionString: String, maximumConnections: Int, threadPool: NIOThreadPool,
                 validateAfterIdle: Duration = .seconds(10)) {
@@ -88,7 +91,19 @@ public actor ConnectionPool {
                     throw error
                 }
             }
-            await withCheckedContinuation { waiters.append($0) }
+            nextWaiter += 1
+            let number = nextWaiter
+            try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                    if Task.isCancelled {
+                        continuation.resume(throwing: CancellationError())
+                    } else {
+                        waiters.append((number, continuation))
+                    }
+                }
+            } onCancel: {
+                Task { await self.stopWaiting(number) }
+            }
         }
     }
 
@@ -102,7 +117,12 @@ public actor ConnectionPool {
     }
 
     private func wakeOne() {
-        if !waiters.isEmpty { waiters.removeFirst().resume() }
+        if !waiters.isEmpty { waiters.removeFirst().continuation.resume() }
+    }
+
+    private func stopWaiting(_ number: UInt64) {
+        guard let index = waiters.firstIndex(where: { $0.number == number }) else { return }
+        waiters.remove(at: index).continuation.resume(throwing: CancellationError())
     }
 }
 
