@@ -75,6 +75,33 @@ import Testing
         }
     }
 
+    /// The catalog ends every session of backupd (a restart would too):
+    /// the calls that follow all succeed, each pooled connection found dead
+    /// replaced before anything ran on it.
+    @Test func callsCarryOnAfterTheCatalogEndsEverySession() async throws {
+        try await withTestServer { server in
+            // Fill the pool with idle connections.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 1...8 { group.addTask { _ = try await server.withClient { try await $0.unary(Backups.listBackups, .with { $0.namespace = "acme" }) } } }
+                try await group.waitForAll()
+            }
+            let ended = try TestPostgres.query("postgres", """
+                SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
+                """, server.catalogDatabase)[0].int64("n")
+            #expect(ended > 1)
+            try await Task.sleep(for: .milliseconds(200))
+            var failures: [String] = []
+            for _ in 1...20 {
+                do {
+                    _ = try await server.withClient { try await $0.unary(Backups.listBackups, .with { $0.namespace = "acme" }) }
+                } catch {
+                    failures.append("\(error)")
+                }
+            }
+            #expect(failures.isEmpty, "\(failures)")
+        }
+    }
+
     @Test func anIdleServerStopsCleanlyOnSigterm() async throws {
         let server = try await TestServer.start()
         let status = await server.stop(signal: SIGTERM)
@@ -208,12 +235,12 @@ import Testing
     /// A TLS connection that never sends a frame is closed once idle; one
     /// with a call open is not; other clients are served throughout.
     @Test func aConnectionWithNoCallIsClosedOnceIdleAndOneWithACallIsNot() async throws {
-        try await withTestServer(arguments: ["--idle-connection-timeout-seconds", "2", "--partial-frame-timeout-seconds", "600"]) { server in
+        try await withTestServer(arguments: ["--idle-connection-timeout-seconds", "5", "--partial-frame-timeout-seconds", "600"]) { server in
             // ServerInfo reports the limits in force.
             let info = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
             #expect(info.maxOpenCalls == 128 && info.handshakeTimeoutMS == 10_000)
-            #expect(info.partialFrameTimeoutMS == 600_000 && info.idleConnectionTimeoutMS == 2_000)
-            #expect(try server.backupctl(["info"]).standardOutput.contains("128 calls open at once; handshake 10 s, a frame 600 s, idle 2 s"))
+            #expect(info.partialFrameTimeoutMS == 600_000 && info.idleConnectionTimeoutMS == 5_000)
+            #expect(try server.backupctl(["info"]).standardOutput.contains("128 calls open at once; handshake 10 s, a frame 600 s, idle 5 s"))
             let (silent, busy) = (try await openTLS(server), try await openTLS(server))
             let silentClosed = Task { try await waitUntilClosed(silent, sending: nil) }
             let busyEnded = Atomic(false)
@@ -221,7 +248,7 @@ import Testing
                 try? await waitUntilClosed(busy, sending: encode([serverInfoStart(server)]))
                 busyEnded.value = true
             }
-            for _ in 1...4 {
+            for _ in 1...7 {
                 _ = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
                 try await Task.sleep(for: .seconds(1))
             }
@@ -258,7 +285,7 @@ import Testing
         try await withTestServer(arguments: ["--max-connections-per-peer", "5"]) { server in
             let port = Int(server.address.split(separator: ":")[1])!
             let held = try (1...5).map { _ in try openConnection(host: "127.0.0.1", port: port) }
-            try await Task.sleep(for: .milliseconds(500))
+            try await Task.sleep(for: .seconds(2))  // all five accepted and counted
             let refused = try openConnection(host: "127.0.0.1", port: port)
             let other = try openConnection(host: "127.0.0.1", port: port, from: "127.0.0.2")
             defer { close(refused); close(other) }

@@ -28,10 +28,29 @@ public actor ConnectionPool {
     }
 
     /// Runs `body` with a connection of its own. A connection left broken or
-    /// inside a transaction is closed rather than reused.
+    /// inside a transaction is closed rather than reused. A pooled connection
+    /// the server ended while it sat idle (a restart, `pg_terminate_backend`)
+    /// fails on its first statement, before anything ran: `body` then runs
+    /// again on another connection (each dead one is dropped, so this ends),
+    /// and the call does not fail for it.
     @discardableResult
     public func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        try await withReservedConnection { try await $0.run(body) }
+        for attempt in 1... {
+            let connection = try await checkOut()
+            let before = connection.completedStatements
+            do {
+                let value = try await threadPool.runIfActive { try body(connection) }
+                checkIn(connection)
+                return value
+            } catch is PostgresError where attempt <= maximumConnections && !connection.isHealthy
+                                            && connection.completedStatements == before {
+                checkIn(connection)  // closed, being broken; the loop takes another, a new one at the latest once all are gone
+            } catch {
+                checkIn(connection)
+                throw error
+            }
+        }
+        preconditionFailure("unreachable")
     }
 
     /// Runs `body` in a transaction on a connection of its own. Inside a

@@ -52,6 +52,9 @@ public struct PostgresRow: Sendable {
 /// pool and gives a connection to one caller at a time.
 public final class PostgresConnection: @unchecked Sendable {
     private let connection: OpaquePointer
+    /// Statements that succeeded on this connection so far: tells a failure
+    /// before anything ran (safe to try elsewhere) from one after.
+    public private(set) var completedStatements = 0
 
     /// Connects with a libpq connection string (key=value pairs or a URI).
     public init(_ connectionString: String) throws(PostgresError) {
@@ -110,6 +113,7 @@ public final class PostgresConnection: @unchecked Sendable {
         }
         defer { PQclear(result) }
         try check(result)
+        completedStatements += 1
         return rows(of: result)
     }
 
