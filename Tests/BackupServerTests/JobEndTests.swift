@@ -323,26 +323,21 @@ func canConnect(host: String, port: Int) -> Bool {
 /// given), its descriptor for the caller to close.
 func openConnection(host: String, port: Int, from source: String? = nil) throws -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    if let source {
-        var local = sockaddr_in()
-        local.sin_family = sa_family_t(AF_INET)
-        inet_pton(AF_INET, source, &local.sin_addr)
-        let bound = withUnsafePointer(to: &local) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-        }
-        guard bound else {
-            close(fd)
-            throw TestSupportError("cannot bind to \(source)")
+    /// Runs `call` (bind or connect) on an IPv4 address.
+    func on(_ host: String, port: Int, _ call: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Bool {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, host, &address.sin_addr)
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call($0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
         }
     }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = in_port_t(UInt16(port).bigEndian)
-    inet_pton(AF_INET, host, &address.sin_addr)
-    let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    if let source, !on(source, port: 0, { bind(fd, $0, $1) }) {
+        close(fd)
+        throw TestSupportError("cannot bind to \(source)")
     }
-    guard connected else {
+    guard on(host, port: port, { connect(fd, $0, $1) }) else {
         close(fd)
         throw TestSupportError("cannot connect to \(host):\(port)")
     }
