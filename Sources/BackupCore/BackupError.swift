@@ -8,12 +8,13 @@ public enum BackupError: Error, Equatable, CustomStringConvertible {
     case permissionDenied(String)
     case unauthenticated(String)
     case deadlineExceeded(String)
+    case resourceExhausted(String)
 
     public var description: String {
         switch self {
         case let .invalidArgument(message), let .notFound(message), let .alreadyExists(message),
              let .failedPrecondition(message), let .permissionDenied(message), let .unauthenticated(message),
-             let .deadlineExceeded(message):
+             let .deadlineExceeded(message), let .resourceExhausted(message):
             message
         }
     }

@@ -70,7 +70,7 @@ public struct BackupService: Sendable {
 
         let openCalls = OpenCalls()
         var router = RPCRouter()
-        BackupsService(catalog: catalog, jobs: jobs, placement: placement, openCalls: openCalls,
+        BackupsService(catalog: catalog, jobs: jobs, placement: placement, openCalls: openCalls, watches: JobWatches(catalog: catalog),
                        maxFrameBytes: configuration.maxFrameBytes, connections: configuration.connections).register(into: &router)
         let dispatcher = RPCDispatcher(router: router, openCalls: openCalls, logger: logger) { secret in
             try await catalog.authenticate(secret: secret)

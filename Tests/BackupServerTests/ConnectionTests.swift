@@ -327,3 +327,50 @@ func serverInfoStart(_ server: TestServer, callID: UInt32 = 1) -> Frame {
         $0.metadata = [MetadataEntry("authorization", "Bearer \(server.adminToken)")]
     }))
 }
+
+@Suite(.serialized) struct WatchTests {
+    /// 640 watches of one running job (5 connections × 128) cost the catalog
+    /// about what one does, and the job's end reaches every one of them.
+    @Test func manyWatchesOfOneJobReadTheCatalogOnceAndAllHearItsEnd() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 8)]) { server in
+                try await server.register(app)
+                let created = try await server.withClient { try await createBackup($0) }
+                let viewer = try await server.makeToken(.viewer, name: "watcher")
+                func transactions() throws -> Int64 {
+                    try TestPostgres.query("postgres", "SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = $1",
+                                           server.catalogDatabase)[0].int64("n")
+                }
+                let watchers = Task {
+                    try await withThrowingTaskGroup(of: [JobStatus].self) { connections in
+                        for _ in 1...5 {
+                            connections.addTask {
+                                try await server.withClient(token: viewer) { client in
+                                    try await withThrowingTaskGroup(of: JobStatus.self) { watches in
+                                        for _ in 1...128 {
+                                            watches.addTask {
+                                                var last = JobStatus.unspecified
+                                                try await client.serverStreaming(Backups.watchJob, .with { $0.id = created.job.id }) { last = $0.status }
+                                                return last
+                                            }
+                                        }
+                                        return try await watches.reduce(into: []) { $0.append($1) }
+                                    }
+                                }
+                            }
+                        }
+                        return try await connections.reduce(into: []) { $0 += $1 }
+                    }
+                }
+                try await Task.sleep(for: .seconds(2))
+                let before = try transactions()
+                try await Task.sleep(for: .seconds(4))
+                let perSecond = Double(try transactions() - before) / 4
+                #expect(perSecond < 200, "\(perSecond) catalog transactions a second while 640 watches are open")
+                let ends = try await within(.seconds(60)) { try await watchers.value }
+                #expect(ends.count == 640 && ends.allSatisfy { $0 == .finished }, "\(Set(ends))")
+                print("watches: 640 open, \(perSecond) catalog transactions a second")
+            }
+        }
+    }
+}

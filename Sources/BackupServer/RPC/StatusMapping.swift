@@ -19,6 +19,7 @@ func rpcError(for error: any Error, method: String, logger: Logger) -> RPCError 
         case .permissionDenied: .permissionDenied
         case .unauthenticated: .unauthenticated
         case .deadlineExceeded: .deadlineExceeded
+        case .resourceExhausted: .resourceExhausted
         }
         return RPCError(code, error.description)
     case is CancellationError:

@@ -11,6 +11,7 @@ struct BackupsService: Sendable {
     let jobs: JobRunner
     let placement: Placement
     let openCalls: OpenCalls
+    let watches: JobWatches
     let maxFrameBytes: Int
     let connections: ConnectionLimits
     static let version = "0.1.0"
@@ -162,10 +163,9 @@ struct BackupsService: Sendable {
         router.serverStreaming(Backups.watchJob) { request, context, responses in
             var job = try await reachableJob(request.id, context)
             try await responses.write(job)
-            while !job.status.isTerminal {
-                try await Task.sleep(for: .milliseconds(100))
-                let next = try await catalog.job(id: request.id)
-                if next != job { try await responses.write(next) }
+            guard !job.status.isTerminal else { return }
+            for await next in try watches.readings(of: job.id, token: context.caller.tokenID) where next != job {
+                try await responses.write(next)
                 job = next
             }
         }
