@@ -81,6 +81,7 @@ let package = Package(
         .testTarget(name: "BackupServerTests", dependencies: [
             "BackupServer", "BackupClient", "BackupCatalog", "BackupWire", "BackupCore", "BackupTestSupport",
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "BackupClientTests", dependencies: ["BackupClient", "BackupWire", "BackupTestSupport"]),
     ]

@@ -55,7 +55,9 @@ final class ConnectionAdmission: Sendable {
 }
 
 /// Closes a connection whose frame has begun but not ended within the
-/// timeout: a client that sends half a frame and falls silent. It follows
+/// timeout: a client that sends half a frame and falls silent. The timer
+/// runs from the first byte of the frame under way, so a client that keeps
+/// completing frames is never cut off, however long it streams. It follows
 /// the framing (a 4-byte length, then the body) without buffering anything,
 /// ahead of the frame decoder.
 final class PartialFrameTimeout: ChannelInboundHandler {
@@ -73,27 +75,31 @@ final class PartialFrameTimeout: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
+        var completedAFrame = false
         while bytes.readableBytes > 0 {
             if bodyRemaining > 0 {
                 let skipped = min(bodyRemaining, bytes.readableBytes)
                 bytes.moveReaderIndex(forwardBy: skipped)
                 bodyRemaining -= skipped
+                completedAFrame = completedAFrame || bodyRemaining == 0
             } else if let byte = bytes.readInteger(as: UInt8.self) {
                 lengthBytes.append(byte)
                 if lengthBytes.count == 4 {
                     bodyRemaining = lengthBytes.reduce(0) { $0 << 8 | Int($1) }
                     lengthBytes.removeAll()
+                    completedAFrame = completedAFrame || bodyRemaining == 0
                 }
             }
         }
-        if bodyRemaining > 0 || !lengthBytes.isEmpty {
-            if timer == nil {
-                let channel = context.channel
-                timer = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
-            }
-        } else {
+        let partial = bodyRemaining > 0 || !lengthBytes.isEmpty
+        // The frame the timer was for is complete: a frame still under way began in this read.
+        if completedAFrame || !partial {
             timer?.cancel()
             timer = nil
+        }
+        if partial && timer == nil {
+            let channel = context.channel
+            timer = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
         }
         context.fireChannelRead(data)
     }
