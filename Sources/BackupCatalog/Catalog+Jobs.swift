@@ -156,6 +156,7 @@ extension Catalog {
             }
             let snapshotID = row.string("snapshot_id")
             let filesBytes = manifest.files.reduce(UInt64(0)) { $0 + $1.blob.size }
+            let warning = manifest.warning
             if !manifest.files.isEmpty {
                 try connection.query("""
                     INSERT INTO snapshot_files (snapshot_id, storage_key, sha256, size)
@@ -171,8 +172,7 @@ extension Catalog {
                 WHERE id = $1
                 """, snapshotID, Self.retention[row.string("kind")] ?? "14 days", manifest.dump.hash.hex,
                 manifest.dump.size, filesBytes, manifest.files.count, manifest.postgresVersion, manifest.databaseSize,
-                manifest.deletedDuringBackup.count, manifest.changedDuringBackup.count, manifest.warning)
-            let warning = manifest.warning
+                manifest.deletedDuringBackup.count, manifest.changedDuringBackup.count, warning)
             try Self.finishJob(connection, id: jobID, owner: owner,
                                detail: "\(manifest.files.count) files, \(manifest.dump.size + filesBytes) bytes"
                                    + (warning.isEmpty ? "" : "; warning: \(warning)"))

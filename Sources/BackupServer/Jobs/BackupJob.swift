@@ -132,20 +132,24 @@ struct BackupJob: Sendable {
     private func captureFiles(_ keys: [String], from store: FileStoreReader?, changedAfter snapshotTime: Double,
                               ledger: BlobLedger, progress: ProgressReporter) async throws -> [CapturedFile] {
         guard let store, !keys.isEmpty else { return [] }
-        let sizes = try await threadPool.runIfActive {
-            keys.reduce(UInt64(0)) { total, key in
-                guard let document = try? store.open(key: key) else { return total }
-                defer { close(document.descriptor) }
-                return total + document.size
-            }
-        }
-        await progress.update(part: "files", total: sizes)
         var captured: [CapturedFile] = []
         captured.reserveCapacity(keys.count)
         var storedBytes: UInt64 = 0
-        // Reads on the thread pool stop within a chunk when the job is cancelled, however large the document.
+        // Work on the thread pool stops within a document, or a chunk of one, when the job is cancelled.
         let interruption = Interruption()
         try await withTaskCancellationHandler {
+            // The total for progress: every document's size as it stands now.
+            let sizes = try await threadPool.runIfActive {
+                var total: UInt64 = 0
+                for key in keys {
+                    guard !interruption.isSet else { throw CancellationError() }
+                    guard let document = try? store.open(key: key) else { continue }
+                    total += document.size
+                    close(document.descriptor)
+                }
+                return total
+            }
+            await progress.update(part: "files", total: sizes)
             try await inBatches(keys, threadPool: threadPool) { [blobStore] key -> CapturedFile in
                 let document: OpenedDocument
                 do {
