@@ -145,11 +145,23 @@ struct Serve: AsyncParsableCommand {
         guard !blobDir.isEmpty else { throw ValidationError("--blob-dir (or BACKUPD_BLOB_DIR) is required") }
         guard !cert.isEmpty, !key.isEmpty else { throw ValidationError("--cert and --key (or BACKUPD_TLS_CERT, BACKUPD_TLS_KEY) are required") }
         guard parseListen() != nil else { throw ValidationError("--listen \"\(listen)\" is not HOST:PORT") }
-        guard restoreJobs >= 1 else { throw ValidationError("--restore-jobs must be at least 1") }
-        guard jobLeaseSeconds >= 1 else { throw ValidationError("--job-lease-seconds must be at least 1") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \"\(logLevel)\" is not a log level") }
-        guard maxFilesPerBackup >= 1 else { throw ValidationError("--max-files-per-backup must be at least 1") }
-        guard fileQueryTimeoutSeconds >= 1 else { throw ValidationError("--file-query-timeout-seconds must be at least 1") }
+        let counts = [
+            ("--restore-jobs", restoreJobs), ("--job-lease-seconds", jobLeaseSeconds), ("--max-files-per-backup", maxFilesPerBackup),
+            ("--file-query-timeout-seconds", fileQueryTimeoutSeconds), ("--max-jobs", maxJobs),
+            ("--handshake-timeout-seconds", handshakeTimeoutSeconds), ("--partial-frame-timeout-seconds", partialFrameTimeoutSeconds),
+            ("--idle-connection-timeout-seconds", idleConnectionTimeoutSeconds), ("--max-connections", maxConnections),
+            ("--max-connections-per-peer", maxConnectionsPerPeer), ("--tool-stall-seconds", toolStallSeconds),
+            ("--app-database-connect-timeout-seconds", appDatabaseConnectTimeoutSeconds),
+        ]
+        if let (flag, _) = counts.first(where: { $0.1 < 1 }) { throw ValidationError("\(flag) must be at least 1") }
+        guard shutdownGraceSeconds >= 0 else { throw ValidationError("--shutdown-grace-seconds may not be negative") }
+        guard namespaceJobShare > 0 && namespaceJobShare <= 1 else {
+            throw ValidationError("--namespace-job-share must be above 0 and at most 1")
+        }
+        if let step = dieAfterRestoreStep, RestoreStep(rawValue: step) == nil {
+            throw ValidationError("--die-after-restore-step \"\(step)\" is not one of " + RestoreStep.allCases.map(\.rawValue).joined(separator: ", "))
+        }
     }
 
     private func parseListen() -> (String, Int)? {

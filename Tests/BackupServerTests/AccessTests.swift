@@ -205,6 +205,21 @@ import Testing
         }
     }
 
+    /// Out-of-range limits are refused naming the flag, before anything starts.
+    @Test(arguments: [
+        (["--max-connections", "0"], "--max-connections must be at least 1"),
+        (["--idle-connection-timeout-seconds", "0"], "--idle-connection-timeout-seconds must be at least 1"),
+        (["--namespace-job-share", "1.5"], "--namespace-job-share must be above 0 and at most 1"),
+        (["--shutdown-grace-seconds=-1"], "--shutdown-grace-seconds may not be negative"),
+        (["--die-after-restore-step", "later"], "--die-after-restore-step \"later\" is not one of"),
+    ])
+    func serveRefusesLimitsOutOfRange(_ arguments: [String], _ message: String) throws {
+        let refused = try runCommand("\(binDirectory)/backupd",
+                                     ["serve", "--catalog", "dbname=none", "--blob-dir", "/nonexistent", "--cert", "c", "--key", "k"] + arguments)
+        #expect(refused.status != 0)
+        #expect(refused.standardError.contains(message), "\(refused.standardError)")
+    }
+
     @Test func helpNeverShowsTheSecretsItReadsFromTheEnvironment() throws {
         let cli = try runCommand("\(binDirectory)/backupctl", ["list", "--help"],
                                  environment: ["BACKUPCTL_TOKEN": "token-secret-in-env", "BACKUPCTL_KEY": "/secret/key.pem"])
