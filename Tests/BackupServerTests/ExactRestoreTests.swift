@@ -136,7 +136,17 @@ func databaseContents(_ database: String) throws -> [String] {
     @Test func aBackupInUseByARestoreCannotBeDeletedAndTheRestoresFinishWithEveryFile() async throws {
         try await withTestApp { source in
             try await withTestApp { other in
-                try await withTestServer(arguments: ["--max-jobs", "1", "--pg-restore", try wrappedTool("pg_restore", running: #"case "$*" in *--jobs*) sleep 4;; esac"#)]) { server in
+                // Each restore's pg_restore waits while its gate file exists, so the test decides when each may end.
+                let gates = try ScratchDirectory("restore-gates")
+                defer { gates.remove() }
+                let (sourceGate, otherGate) = (gates.path + "/source", gates.path + "/other")
+                for gate in [sourceGate, otherGate] { _ = FileManager.default.createFile(atPath: gate, contents: nil) }
+                let gated = try wrappedTool("pg_restore", running: """
+                    gate=
+                    case "$*" in *--jobs*) case "$*" in *\(source.database)_restore_*) gate=\(sourceGate);; *) gate=\(otherGate);; esac;; esac
+                    while [ -n "$gate" ] && [ -e "$gate" ]; do sleep 0.1; done
+                    """)
+                try await withTestServer(arguments: ["--max-jobs", "1", "--pg-restore", gated]) { server in
                     let backup = try await finishedBackup(server, source)
                     try await server.register(other, as: "shop-acceptance")
                     try await server.withClient { client in
@@ -155,6 +165,7 @@ func databaseContents(_ database: String) throws -> [String] {
                             _ = try await client.unary(Backups.deleteBackup, .with { $0.id = backup.id })
                         }
                         #expect(whileQueued?.message.contains("is in use by restore job") == true, "\(String(describing: whileQueued))")
+                        unlink(sourceGate)
                         let first = try await waitForJob(intoSource.id, on: client)
                         #expect(first.status == .finished, "\(first.error)")
 
@@ -176,6 +187,7 @@ func databaseContents(_ database: String) throws -> [String] {
                         }
                         #expect(deleteSource?.message.contains("is in use by restore job \(intoOther.id)") == true)
 
+                        unlink(otherGate)
                         let second = try await waitForJob(intoOther.id, on: client)
                         #expect(second.status == .finished, "\(second.error)")
                     }

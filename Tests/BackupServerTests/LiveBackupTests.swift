@@ -119,7 +119,13 @@ final class BusyApp: @unchecked Sendable {
     /// activity log.
     @Test func filesDeletedWithTheirRowsOrChangedAfterTheSnapshotAreCountedAndNamed() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 3)]) { server in
+            // pg_dump says it has started (the snapshot is taken by then), then waits while its gate exists.
+            let gates = try ScratchDirectory("dump-gate")
+            defer { gates.remove() }
+            let (started, gate) = (gates.path + "/started", gates.path + "/gate")
+            _ = FileManager.default.createFile(atPath: gate, contents: nil)
+            let gated = try wrappedTool("pg_dump", running: "touch \(started); while [ -e \(gate) ]; do sleep 0.1; done")
+            try await withTestServer(arguments: ["--pg-dump", gated]) { server in
                 try await server.register(app)
                 let keys = try referencedKeys(app)
                 let (deleted, changed) = (keys[3], keys[7])
@@ -130,13 +136,11 @@ final class BusyApp: @unchecked Sendable {
                     let created = try await client.unary(Backups.createBackup, .with {
                         $0.namespace = TestServer.namespace; $0.environment = "shop-production"
                     })
-                    // The snapshot is taken and the files read before pg_dump (held 3 s) begins.
-                    while try await client.unary(Backups.getJob, .with { $0.id = created.job.id }).phase.hasPrefix("opening") {
-                        try await Task.sleep(for: .milliseconds(50))
-                    }
-                    try await Task.sleep(for: .seconds(1))
+                    // The snapshot is taken before pg_dump starts; its row goes while pg_dump is held.
+                    try await eventually(within: .seconds(60)) { FileManager.default.fileExists(atPath: started) }
                     try TestPostgres.query(app.database, "DELETE FROM \"shop$invoice\" WHERE document_id IN (SELECT id FROM \"system$filedocument\" WHERE \"__uuid__\" = $1)", deleted)
                     try TestPostgres.query(app.database, "DELETE FROM \"system$filedocument\" WHERE \"__uuid__\" = $1", deleted)
+                    unlink(gate)
                     let job = try await waitForJob(created.job.id, on: client)
                     #expect(job.status == .finished, "\(job.error)")
                     return try await client.unary(Backups.getBackup, .with { $0.id = created.backup.id })
