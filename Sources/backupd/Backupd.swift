@@ -99,6 +99,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Connections open at once from one client address.")
     var maxConnectionsPerPeer = ConnectionLimits().maximumConnectionsPerPeer
 
+    @Option(help: "Bytes of received frames that all connections together may hold beyond their own 64 KiB windows; past it they stop reading.")
+    var sharedReceiveBytes = ConnectionLimits().sharedReceiveBytes
+
+    @Option(help: "Of --shared-receive-bytes, what the connections of one client address may hold (at least --max-frame-bytes).")
+    var sharedReceiveBytesPerPeer = ConnectionLimits().sharedReceiveBytesPerPeer
+
     @Option(help: "Jobs run at once by this process.")
     var maxJobs = 2
 
@@ -152,9 +158,13 @@ struct Serve: AsyncParsableCommand {
             ("--handshake-timeout-seconds", handshakeTimeoutSeconds), ("--partial-frame-timeout-seconds", partialFrameTimeoutSeconds),
             ("--idle-connection-timeout-seconds", idleConnectionTimeoutSeconds), ("--max-connections", maxConnections),
             ("--max-connections-per-peer", maxConnectionsPerPeer), ("--tool-stall-seconds", toolStallSeconds),
-            ("--app-database-connect-timeout-seconds", appDatabaseConnectTimeoutSeconds),
+            ("--app-database-connect-timeout-seconds", appDatabaseConnectTimeoutSeconds), ("--max-frame-bytes", maxFrameBytes),
         ]
         if let (flag, _) = counts.first(where: { $0.1 < 1 }) { throw ValidationError("\(flag) must be at least 1") }
+        // A frame that may never fit in what its client can borrow would wait forever.
+        guard sharedReceiveBytesPerPeer >= maxFrameBytes, sharedReceiveBytes >= sharedReceiveBytesPerPeer else {
+            throw ValidationError("--shared-receive-bytes-per-peer must be at least --max-frame-bytes, and --shared-receive-bytes at least that")
+        }
         guard shutdownGraceSeconds >= 0 else { throw ValidationError("--shutdown-grace-seconds may not be negative") }
         guard namespaceJobShare > 0 && namespaceJobShare <= 1 else {
             throw ValidationError("--namespace-job-share must be above 0 and at most 1")
@@ -208,6 +218,8 @@ struct Serve: AsyncParsableCommand {
         configuration.connections.idleTimeout = .seconds(idleConnectionTimeoutSeconds)
         configuration.connections.maximumConnections = min(maxConnections, Self.descriptorsForConnections())
         configuration.connections.maximumConnectionsPerPeer = maxConnectionsPerPeer
+        configuration.connections.sharedReceiveBytes = sharedReceiveBytes
+        configuration.connections.sharedReceiveBytesPerPeer = sharedReceiveBytesPerPeer
         configuration.jobs.maximumConcurrentJobs = maxJobs
         configuration.jobs.namespaceShare = namespaceJobShare
         configuration.jobs.shutdownGrace = .seconds(shutdownGraceSeconds)

@@ -38,7 +38,7 @@ import Testing
 
     private func call(_ method: String, token: String? = "good", requests: [[UInt8]], timeoutMS: UInt32 = 0,
                       cancelAfter: Duration? = nil) async -> (CallStatus, [[UInt8]]) {
-        let (stream, continuation) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
+        let (stream, continuation) = CallRequests.makeStream()
         requests.forEach { continuation.yield($0) }
         continuation.finish()
         let (cancelled, cancel) = AsyncStream<Void>.makeStream()

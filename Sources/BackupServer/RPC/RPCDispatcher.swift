@@ -27,7 +27,7 @@ public struct RPCDispatcher: Sendable {
     /// - Returns: the status that ends the call.
     public func handle(
         _ start: CallStart,
-        requests: AsyncThrowingStream<[UInt8], any Error>,
+        requests: CallRequests,
         cancelled: AsyncStream<Void>,
         send: @escaping @Sendable ([UInt8]) async throws -> Void
     ) async -> CallStatus {

@@ -13,12 +13,12 @@ public struct ResponseWriter<Response: WireMessage>: Sendable {
 /// The request messages of a client-streaming call, decoded as they arrive.
 public struct RequestMessages<Request: WireMessage>: AsyncSequence, Sendable {
     public typealias Element = Request
-    let raw: AsyncThrowingStream<[UInt8], any Error>
+    let raw: CallRequests
 
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(raw: raw.makeAsyncIterator()) }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
-        var raw: AsyncThrowingStream<[UInt8], any Error>.AsyncIterator
+        var raw: CallRequests.AsyncIterator
         public mutating func next() async throws -> Request? {
             guard let bytes = try await raw.next() else { return nil }
             return try decodeRequest(bytes)
@@ -30,7 +30,7 @@ public struct RequestMessages<Request: WireMessage>: AsyncSequence, Sendable {
 /// so a handler cannot be registered with the wrong message types.
 public struct RPCRouter: Sendable {
     struct Route: Sendable {
-        let run: @Sendable (AsyncThrowingStream<[UInt8], any Error>, @escaping @Sendable ([UInt8]) async throws -> Void, CallContext) async throws -> Void
+        let run: @Sendable (CallRequests, @escaping @Sendable ([UInt8]) async throws -> Void, CallContext) async throws -> Void
     }
 
     private(set) var routes: [String: Route] = [:]
@@ -81,7 +81,7 @@ func decodeRequest<Request: WireMessage>(_ bytes: [UInt8]) throws(BackupError) -
 }
 
 /// Unary and server-streaming calls carry exactly one request message.
-private func singleRequest<Request: WireMessage>(_ requests: AsyncThrowingStream<[UInt8], any Error>) async throws -> Request {
+private func singleRequest<Request: WireMessage>(_ requests: CallRequests) async throws -> Request {
     var iterator = requests.makeAsyncIterator()
     guard let first = try await iterator.next() else {
         throw BackupError.invalidArgument("the call ended without a request message")

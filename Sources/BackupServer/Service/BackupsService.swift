@@ -24,7 +24,7 @@ struct BackupsService: Sendable {
                 $0.serverTimeUnixMS = Int64(Date().timeIntervalSince1970 * 1000); $0.maxFrameBytes = UInt32(maxFrameBytes)
                 $0.callerNamespace = context.caller.namespace; $0.callerRole = context.caller.role
                 $0.callerTokenName = context.caller.tokenName
-                $0.maxOpenCalls = UInt32(RPCConnection.maximumOpenCalls)
+                $0.maxOpenCalls = UInt32(connections.maximumOpenCalls)
                 $0.handshakeTimeoutMS = connections.handshakeTimeout.milliseconds
                 $0.partialFrameTimeoutMS = connections.partialFrameTimeout.milliseconds
                 $0.idleConnectionTimeoutMS = connections.idleTimeout.milliseconds

@@ -14,6 +14,15 @@ public struct ConnectionLimits: Sendable {
     public var maximumConnections = 1024
     /// From one client address.
     public var maximumConnectionsPerPeer = 128
+    /// Calls one connection may have open at once; more get RESOURCE_EXHAUSTED.
+    public var maximumOpenCalls = 128
+    /// Bytes of received frames a connection may hold before its calls take
+    /// them without borrowing from the shared pool: room for any unary call.
+    public var receiveWindow = 64 * 1024
+    /// Bytes all connections together may borrow beyond their windows.
+    public var sharedReceiveBytes = 32 * 1024 * 1024
+    /// Of the shared bytes, what the connections of one client address may borrow.
+    public var sharedReceiveBytesPerPeer = 8 * 1024 * 1024
 
     public init() {}
 }
@@ -54,58 +63,56 @@ final class ConnectionAdmission: Sendable {
     }
 }
 
-/// Closes a connection whose frame has begun but not ended within the
-/// timeout: a client that sends half a frame and falls silent. The timer
-/// runs from the first byte of the frame under way, so a client that keeps
-/// completing frames is never cut off, however long it streams. It follows
-/// the framing (a 4-byte length, then the body) without buffering anything,
-/// ahead of the frame decoder.
-final class PartialFrameTimeout: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-
-    private let timeout: TimeAmount
-    private var lengthBytes: [UInt8] = []
-    private var bodyRemaining = 0
-    private var timer: Scheduled<Void>?
-
-    init(timeout: Duration) {
-        self.timeout = TimeAmount(timeout)
+/// The bytes that connections may hold beyond their own windows, shared by
+/// all and capped per client address, so that many connections each sending
+/// a large frame cannot take the server's memory with them. A connection
+/// that cannot borrow stops reading until bytes come back.
+final class ReceivePool: Sendable {
+    private struct State {
+        var available: Int
+        var byPeer: [String: Int] = [:]
+        var waiting: [ObjectIdentifier: @Sendable () -> Void] = [:]
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = unwrapInboundIn(data)
-        var completedAFrame = false
-        while bytes.readableBytes > 0 {
-            if bodyRemaining > 0 {
-                let skipped = min(bodyRemaining, bytes.readableBytes)
-                bytes.moveReaderIndex(forwardBy: skipped)
-                bodyRemaining -= skipped
-                completedAFrame = completedAFrame || bodyRemaining == 0
-            } else if let byte = bytes.readInteger(as: UInt8.self) {
-                lengthBytes.append(byte)
-                if lengthBytes.count == 4 {
-                    bodyRemaining = lengthBytes.reduce(0) { $0 << 8 | Int($1) }
-                    lengthBytes.removeAll()
-                    completedAFrame = completedAFrame || bodyRemaining == 0
-                }
+    private let perPeer: Int
+    private let state: Mutex<State>
+
+    init(bytes: Int, perPeer: Int) {
+        self.perPeer = perPeer
+        self.state = Mutex(State(available: bytes))
+    }
+
+    var available: Int { state.withLock { $0.available } }
+
+    /// Lends `bytes` to a connection of `peer`, or keeps `wake` to call once
+    /// bytes come back, when the borrower should ask again.
+    func borrow(_ bytes: Int, peer: String, borrower: ObjectIdentifier, wake: @escaping @Sendable () -> Void) -> Bool {
+        state.withLock { state in
+            let peerHolds = state.byPeer[peer, default: 0]
+            guard bytes <= state.available, peerHolds + bytes <= perPeer else {
+                state.waiting[borrower] = wake
+                return false
             }
+            state.available -= bytes
+            state.byPeer[peer] = peerHolds + bytes
+            return true
         }
-        let partial = bodyRemaining > 0 || !lengthBytes.isEmpty
-        // The frame the timer was for is complete: a frame still under way began in this read.
-        if completedAFrame || !partial {
-            timer?.cancel()
-            timer = nil
-        }
-        if partial && timer == nil {
-            let channel = context.channel
-            timer = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
-        }
-        context.fireChannelRead(data)
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
+    func giveBack(_ bytes: Int, peer: String) {
+        let waiting = state.withLock { state in
+            state.available += bytes
+            state.byPeer[peer, default: bytes] -= bytes
+            if state.byPeer[peer] == 0 { state.byPeer[peer] = nil }
+            defer { state.waiting.removeAll() }
+            return Array(state.waiting.values)
+        }
+        waiting.forEach { $0() }
+    }
+
+    /// A borrower that closed no longer waits.
+    func forget(_ borrower: ObjectIdentifier) {
+        _ = state.withLock { $0.waiting.removeValue(forKey: borrower) }
     }
 }
 

@@ -6,7 +6,9 @@ import ServiceLifecycle
 
 /// Serves the RPC protocol on one connection: demultiplexes frames into
 /// calls by call_id, runs each call as a child task, and writes its
-/// responses and final status. Frames of different calls interleave.
+/// responses and final status. Frames of different calls interleave. What
+/// a connection may do (open calls, time, memory) is its
+/// `ConnectionController`'s to decide.
 ///
 /// Ends the connection on an oversized or undecodable frame, a call using
 /// call_id 0 or an id already open: every open call first ends with its own
@@ -15,44 +17,26 @@ import ServiceLifecycle
 /// new calls with UNAVAILABLE and closes once the open ones have ended.
 struct RPCConnection {
     let dispatcher: RPCDispatcher
-    /// A connection with no call open this long is closed.
-    let idleTimeout: Duration
     let logger: Logger
-    /// Calls one connection may have open at once; more get RESOURCE_EXHAUSTED.
-    static let maximumOpenCalls = 128
 
     /// The client's half of an open call.
     private struct OpenCall {
-        let requests: AsyncThrowingStream<[UInt8], any Error>.Continuation
+        let requests: CallRequests.Continuation
         let cancel: AsyncStream<Void>.Continuation
     }
 
-    private struct State {
-        var calls: [UInt32: OpenCall] = [:]
-        var draining = false
-        /// Closes the connection unless a call opens first; armed while no call is open.
-        var idleClose: Scheduled<Void>?
-    }
+    private typealias Calls = NIOLockedValueBox<[UInt32: OpenCall]>
 
-    /// Arms the idle timer of a connection that has no call open.
-    private func armIdleClose(_ state: inout State, _ channel: any Channel) {
-        state.idleClose?.cancel()
-        state.idleClose = channel.eventLoop.scheduleTask(in: TimeAmount(idleTimeout)) { channel.close(promise: nil) }
-    }
-
-    func run(_ channel: NIOAsyncChannel<Frame, Frame>) async {
-        let state = NIOLockedValueBox(State())
-        let underlying = channel.channel
-        state.withLockedValue { armIdleClose(&$0, underlying) }
-        defer { state.withLockedValue { $0.idleClose?.cancel() } }
+    func run(_ channel: NIOAsyncChannel<ReceivedFrame, Frame>, controller: ConnectionController) async {
+        let calls = Calls([:])
         do {
             try await channel.executeThenClose { inbound, outbound in
                 let violation: RPCError? = await withGracefulShutdownHandler {
                     await withDiscardingTaskGroup(returning: RPCError?.self) { group in
                         var violation: RPCError?
                         do {
-                            for try await frame in inbound {
-                                try accept(frame, state: state, group: &group, outbound: outbound, channel: underlying)
+                            for try await received in inbound {
+                                try await accept(received, calls: calls, controller: controller, group: &group, outbound: outbound)
                             }
                         } catch let error as FrameError {
                             violation = error.rpcError
@@ -62,18 +46,14 @@ struct RPCConnection {
                             logger.debug("connection ended", metadata: ["error": "\(error)"])
                         }
                         // The client is gone or broke the protocol: end its calls, each with its one status.
-                        for call in state.withLockedValue({ Array($0.calls.values) }) {
+                        for call in calls.withLockedValue({ Array($0.values) }) {
                             call.requests.finish(throwing: CancellationError())
                             call.cancel.yield()
                         }
                         return violation
                     }
                 } onGracefulShutdown: {
-                    let idle = state.withLockedValue { state in
-                        state.draining = true
-                        return state.calls.isEmpty
-                    }
-                    if idle { underlying.close(promise: nil) }
+                    controller.gracefulShutdown()
                 }
                 // Every call has its status by now: the connection's own comes last.
                 if let violation {
@@ -87,50 +67,67 @@ struct RPCConnection {
     }
 
     private func accept(
-        _ frame: Frame, state: NIOLockedValueBox<State>, group: inout DiscardingTaskGroup,
-        outbound: NIOAsyncChannelOutboundWriter<Frame>, channel: any Channel
-    ) throws {
-        let id = frame.callID
-        switch frame.kind {
+        _ received: ReceivedFrame, calls: Calls, controller: ConnectionController, group: inout DiscardingTaskGroup,
+        outbound: NIOAsyncChannelOutboundWriter<Frame>
+    ) async throws {
+        let id = received.frame.callID
+        switch received.frame.kind {
         case .start(let start):
-            guard id != 0 else { throw RPCError(.invalidArgument, "call_id 0 is reserved for the connection's own status") }
-            let (requests, requestContinuation) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
-            let (cancelled, cancelContinuation) = AsyncStream<Void>.makeStream()
-            let refusal: RPCError? = try state.withLockedValue { state in
-                guard state.calls[id] == nil else { throw RPCError(.invalidArgument, "call_id \(id) is already open on this connection") }
-                guard !state.draining else { return RPCError(.unavailable, "the server is shutting down") }
-                guard state.calls.count < Self.maximumOpenCalls else {
-                    return RPCError(.resourceExhausted, "a connection may have \(Self.maximumOpenCalls) calls open at once")
-                }
-                state.calls[id] = OpenCall(requests: requestContinuation, cancel: cancelContinuation)
-                state.idleClose?.cancel()
-                state.idleClose = nil
-                return nil
-            }
-            if let refusal {
+            controller.consumed(received.charge)
+            switch await controller.callStarted(id) {
+            case .violation(let error):
+                throw error
+            case .refuse(let refusal):
                 group.addTask { try? await outbound.write(Frame(callID: id, .status(CallStatus(refusal)))) }
-                return
-            }
-            group.addTask {
-                let status = await dispatcher.handle(start, requests: requests, cancelled: cancelled) { bytes in
-                    try await outbound.write(Frame(callID: id, .message(bytes)))
+            case .accept:
+                let (requests, requestContinuation) = CallRequests.makeStream(onTaken: controller.consumed)
+                let (cancelled, cancelContinuation) = AsyncStream<Void>.makeStream()
+                calls.withLockedValue { $0[id] = OpenCall(requests: requestContinuation, cancel: cancelContinuation) }
+                group.addTask {
+                    let status = await dispatcher.handle(start, requests: requests, cancelled: cancelled) { bytes in
+                        try await outbound.write(Frame(callID: id, .message(bytes)))
+                    }
+                    calls.withLockedValue { $0.removeValue(forKey: id) }?.requests.end()
+                    controller.callEnded(id)
+                    try? await outbound.write(Frame(callID: id, .status(status)))
+                    controller.statusWritten()
                 }
-                let closeNow = state.withLockedValue { state in
-                    state.calls[id] = nil
-                    if state.calls.isEmpty && !state.draining { armIdleClose(&state, channel) }
-                    return state.draining && state.calls.isEmpty
-                }
-                try? await outbound.write(Frame(callID: id, .status(status)))
-                if closeNow { channel.close(promise: nil) }
             }
         case .message(let bytes):
-            state.withLockedValue { $0.calls[id] }?.requests.yield(bytes)
+            if let call = calls.withLockedValue({ $0[id] }) {
+                call.requests.yield(bytes, charge: received.charge)
+            } else {
+                controller.consumed(received.charge)
+            }
         case .halfClose:
-            state.withLockedValue { $0.calls[id] }?.requests.finish()
+            controller.consumed(received.charge)
+            calls.withLockedValue { $0[id] }?.requests.finish()
         case .cancel:
-            state.withLockedValue { $0.calls[id] }?.cancel.yield()
+            controller.consumed(received.charge)
+            calls.withLockedValue { $0[id] }?.cancel.yield()
         case .status, nil:
             throw RPCError(.invalidArgument, "a client sends start, message, half_close or cancel frames; call_id \(id) sent another kind")
         }
+    }
+}
+
+/// A frame as received, with the bytes it was charged when its length
+/// arrived (its length field and body), which go back once it is consumed.
+struct ReceivedFrame: Sendable {
+    let frame: Frame
+    let charge: Int
+}
+
+/// `FrameDecoder`, reporting what each frame took of the stream.
+struct ReceivedFrameDecoder: NIOSingleStepByteToMessageDecoder {
+    var frames: FrameDecoder
+
+    mutating func decode(buffer: inout ByteBuffer) throws -> ReceivedFrame? {
+        let before = buffer.readableBytes
+        return try frames.decode(buffer: &buffer).map { ReceivedFrame(frame: $0, charge: before - buffer.readableBytes) }
+    }
+
+    mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> ReceivedFrame? {
+        try decode(buffer: &buffer)
     }
 }

@@ -33,7 +33,7 @@ public enum ALPN {
 /// connections are closed after the handshake.
 actor TLSListener {
     private enum Negotiated: Sendable {
-        case rpc(NIOAsyncChannel<Frame, Frame>)
+        case rpc(NIOAsyncChannel<ReceivedFrame, Frame>, ConnectionController)
         case unsupported(String)
     }
 
@@ -49,6 +49,7 @@ actor TLSListener {
     private let maxFrameBytes: Int
     private let limits: ConnectionLimits
     private let admission: ConnectionAdmission
+    private let receivePool: ReceivePool
     private let connection: RPCConnection
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
@@ -62,7 +63,8 @@ actor TLSListener {
         self.maxFrameBytes = maxFrameBytes
         self.limits = limits
         self.admission = ConnectionAdmission(limits: limits)
-        self.connection = RPCConnection(dispatcher: dispatcher, idleTimeout: limits.idleTimeout, logger: logger)
+        self.receivePool = ReceivePool(bytes: limits.sharedReceiveBytes, perPeer: limits.sharedReceiveBytesPerPeer)
+        self.connection = RPCConnection(dispatcher: dispatcher, logger: logger)
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
         self.onListening = onListening
@@ -86,8 +88,8 @@ actor TLSListener {
             configuration.certificateVerification = .noHostnameVerification
         }
         let sslContext = try NIOSSLContext(configuration: configuration)
-        let (maxFrameBytes, limits, admission, logger) = (self.maxFrameBytes, self.limits, self.admission, self.logger)
-        let handshakeTimeout = TimeAmount(limits.handshakeTimeout)
+        let (maxFrameBytes, admission, receivePool, logger) = (self.maxFrameBytes, self.admission, self.receivePool, self.logger)
+        let settings = ConnectionStateMachine.Settings(limits: limits, maximumHeldBytes: maxFrameBytes)
 
         let server = try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.backlog, value: 256)
@@ -103,26 +105,27 @@ actor TLSListener {
                         Accepted(channel: channel, negotiated: channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)))
                 }
                 channel.closeFuture.whenComplete { _ in admission.release(peer) }
+                // Its timers and memory from here on are the controller's.
+                let controller = ConnectionController(channel: channel, settings: settings, pool: receivePool, peer: peer)
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
                     let negotiation = NIOTypedApplicationProtocolNegotiationHandler<Negotiated> { result, channel in
                         switch result {
                         case .negotiated(ALPN.rpc), .fallback:
                             channel.eventLoop.makeCompletedFuture {
-                                try channel.pipeline.syncOperations.addHandler(PartialFrameTimeout(timeout: limits.partialFrameTimeout))
-                                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
+                                try channel.pipeline.syncOperations.addHandler(ReceiveGate(controller: controller))
+                                try channel.pipeline.syncOperations.addHandler(
+                                    ByteToMessageHandler(ReceivedFrameDecoder(frames: FrameDecoder(maxFrameBytes: maxFrameBytes))))
                                 try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                                return .rpc(try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel))
+                                return .rpc(try NIOAsyncChannel<ReceivedFrame, Frame>(wrappingChannelSynchronously: channel), controller)
                             }
                         case .negotiated(let other):
                             channel.close().map { .unsupported(other) }
                         }
                     }
                     try channel.pipeline.syncOperations.addHandler(negotiation)
-                    // A client that does not finish its handshake in time (silent, or half a ClientHello) is let go.
                     let negotiated = negotiation.protocolNegotiationResult
-                    let timeout = channel.eventLoop.scheduleTask(in: handshakeTimeout) { channel.close(promise: nil) }
-                    negotiated.whenComplete { _ in timeout.cancel() }
+                    negotiated.whenSuccess { _ in controller.handshakeCompleted() }
                     return Accepted(channel: channel, negotiated: negotiated)
                 }
             }
@@ -153,8 +156,8 @@ actor TLSListener {
                                 accepted.channel.close(promise: nil)
                             }
                             switch negotiated {
-                            case .rpc(let channel):
-                                await self.connection.run(channel)
+                            case .rpc(let channel, let controller):
+                                await self.connection.run(channel, controller: controller)
                             case .unsupported(let name):
                                 self.logger.info("closing connection: protocol not served yet", metadata: ["alpn": "\(name)"])
                             }

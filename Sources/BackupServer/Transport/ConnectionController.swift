@@ -1,0 +1,127 @@
+import NIOCore
+
+/// Runs one connection's `ConnectionStateMachine` against its channel. Every
+/// event reaches the machine on the channel's event loop, in order, and
+/// every action is carried out there: timers, the shared receive pool,
+/// reading resumed, the channel closed.
+final class ConnectionController: Sendable {
+    private typealias Machine = ConnectionStateMachine
+
+    private let channel: any Channel
+    private let pool: ReceivePool
+    private let peer: String
+    private let machine: NIOLoopBoundBox<Machine>
+    private let timers: NIOLoopBoundBox<[Machine.Timer: Scheduled<Void>]>
+
+    /// Call on the channel's event loop, as it is set up.
+    init(channel: any Channel, settings: ConnectionStateMachine.Settings, pool: ReceivePool, peer: String) {
+        self.channel = channel
+        self.pool = pool
+        self.peer = peer
+        self.machine = NIOLoopBoundBox(Machine(settings: settings), eventLoop: channel.eventLoop)
+        self.timers = NIOLoopBoundBox([:], eventLoop: channel.eventLoop)
+        handle { $0.accepted() }
+        channel.closeFuture.whenComplete { _ in
+            self.handle { $0.closed() }
+            self.pool.forget(ObjectIdentifier(self))
+        }
+    }
+
+    /// Whether the connection reads from its socket now; on the event loop.
+    var isReading: Bool { machine.value.isReading }
+
+    /// Bytes arrived from the client, before framing; on the event loop.
+    func received(_ bytes: ByteBuffer) {
+        handle { $0.received(bytes) }
+    }
+
+    func handshakeCompleted() {
+        onLoop { $0.handshakeCompleted() }
+    }
+
+    func callStarted(_ id: UInt32) async -> ConnectionStateMachine.CallDecision {
+        let decision = try? await channel.eventLoop.submit {
+            let (decision, actions) = self.machine.value.callStarted(id)
+            self.perform(actions)
+            return decision
+        }.get()
+        return decision ?? .refuse(.init(.unavailable, "the connection is closing"))
+    }
+
+    func callEnded(_ id: UInt32) {
+        onLoop { $0.callEnded(id) }
+    }
+
+    func statusWritten() {
+        onLoop { $0.statusWritten() }
+    }
+
+    /// A call took a frame of `bytes` (as charged when its length arrived), or the connection discarded it.
+    func consumed(_ bytes: Int) {
+        onLoop { $0.consumed(bytes) }
+    }
+
+    func gracefulShutdown() {
+        onLoop { $0.gracefulShutdown() }
+    }
+
+    private func onLoop(_ event: @escaping @Sendable (inout Machine) -> [Machine.Action]) {
+        channel.eventLoop.execute { self.handle(event) }
+    }
+
+    private func handle(_ event: (inout Machine) -> [Machine.Action]) {
+        perform(event(&machine.value))
+    }
+
+    private func perform(_ actions: [Machine.Action]) {
+        for action in actions {
+            switch action {
+            case .arm(let timer, let duration):
+                let scheduled = channel.eventLoop.scheduleTask(in: TimeAmount(duration)) {
+                    self.handle { $0.timerFired(timer) }
+                }
+                timers.value.updateValue(scheduled, forKey: timer)?.cancel()
+            case .cancel(let timer):
+                timers.value.removeValue(forKey: timer)?.cancel()
+            case .pauseReading:
+                break  // ReceiveGate withholds the next read
+            case .resumeReading:
+                channel.read()
+            case .borrow(let bytes):
+                let granted = pool.borrow(bytes, peer: peer, borrower: ObjectIdentifier(self)) {
+                    self.onLoop { $0.poolFreed() }
+                }
+                if granted { handle { $0.lent(bytes) } }
+            case .giveBack(let bytes):
+                pool.giveBack(bytes, peer: peer)
+            case .close:
+                channel.close(promise: nil)
+            }
+        }
+    }
+}
+
+/// Sits in the pipeline just above TLS: tells the controller of every byte
+/// that arrives and withholds reads from the socket while the controller
+/// has stopped reading, so a client's frames wait in TCP, not in memory.
+final class ReceiveGate: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = Any
+    typealias OutboundOut = Any
+
+    private let controller: ConnectionController
+
+    init(controller: ConnectionController) {
+        self.controller = controller
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        controller.received(unwrapInboundIn(data))
+        context.fireChannelRead(data)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if controller.isReading { context.read() }
+    }
+}
