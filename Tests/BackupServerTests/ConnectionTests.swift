@@ -297,9 +297,77 @@ import Testing
             #expect(info.maxFrameBytes > 0)
         }
     }
+
+    /// backupd under a descriptor limit of 1,024, while one address opens
+    /// 1,500 connections at once: it keeps 128 of them and closes the rest
+    /// as they come, without spinning; another client is served, a running
+    /// backup finishes, and its descriptors return to where they were.
+    @Test func fifteenHundredConnectionsUnderADescriptorLimitOf1024() async throws {
+        try await withTestApp { app in
+            let gates = try ScratchDirectory("dump-gate")
+            defer { gates.remove() }
+            let (started, gate) = (gates.path + "/started", gates.path + "/gate")
+            _ = FileManager.default.createFile(atPath: gate, contents: nil)
+            let gated = try wrappedTool("pg_dump", running: "touch \(started); while [ -e \(gate) ]; do sleep 0.1; done")
+            try await withTestServer(arguments: ["--pg-dump", gated], descriptorLimit: 1024) { server in
+                try await server.register(app)
+                let pid = server.processIdentifier
+                let port = Int(server.address.split(separator: ":")[1])!
+                let created = try await server.withClient { client in
+                    try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
+                }
+                try await eventually(within: .seconds(60)) { FileManager.default.fileExists(atPath: started) }
+                let baseline = try descriptorCount(pid)
+
+                var sockets: [Int32] = []
+                for _ in 1...1500 { sockets.append(try openConnection(host: "127.0.0.1", port: port, from: "127.0.0.2")) }
+                defer { sockets.forEach { close($0) } }
+                try await Task.sleep(for: .seconds(2))  // every connection accepted, and the ones past the cap closed
+                let cpuBefore = try cpuSeconds(pid)
+                try await Task.sleep(for: .seconds(3))
+                let cpu = try cpuSeconds(pid) - cpuBefore
+                let held = try descriptorCount(pid) - baseline
+                #expect(held <= 128 + 8, "backupd holds \(held) more descriptors than before the 1,500 connections")
+                #expect(cpu < 1.0, "backupd used \(cpu) s of CPU in 3 s while the connections were held")
+                let open = sockets.filter { !closedByPeer($0) }.count
+                #expect(open == 128, "\(open) of the 1,500 connections are still open")
+
+                let job = try await server.withClient { client in
+                    _ = try await client.unary(Backups.serverInfo, ServerInfoRequest())
+                    unlink(gate)
+                    return try await waitForJob(created.job.id, on: client)
+                }
+                #expect(job.status == .finished, "\(job.error)")
+                sockets.forEach { close($0) }
+                sockets.removeAll()
+                try await eventually(within: .seconds(20)) { (try? descriptorCount(pid)).map { $0 <= baseline } ?? false }
+                print("1,500 connections under nofile 1024: \(held) descriptors held, \(open) connections kept, \(cpu) s CPU in 3 s")
+            }
+        }
+    }
 }
 
 /// Whether the server closes `fd` within `seconds`.
+/// Descriptors a process has open.
+func descriptorCount(_ pid: Int32) throws -> Int {
+    try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count
+}
+
+/// CPU time (user and system) a process has used, in seconds.
+func cpuSeconds(_ pid: Int32) throws -> Double {
+    let stat = try String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)
+    // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are the 12th and 13th.
+    let fields = stat[stat.index(after: stat.lastIndex(of: ")")!)...].split(separator: " ")
+    return Double((Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+/// Whether the other end has closed the connection, without waiting.
+func closedByPeer(_ fd: Int32) -> Bool {
+    var byte: UInt8 = 0
+    let count = recv(fd, &byte, 1, Int32(MSG_DONTWAIT))
+    return count == 0 || (count < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+}
+
 func closedWithin(_ fd: Int32, seconds: Int) -> Bool {
     var timeout = timeval(tv_sec: seconds, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))

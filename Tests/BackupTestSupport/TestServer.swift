@@ -58,9 +58,10 @@ public final class TestServer: @unchecked Sendable {
 
     /// Starts a server; `catalogDatabase` reuses an existing catalog (a restart).
     /// `environment` adds to (or with an empty value removes from) its environment.
+    /// `descriptorLimit` starts it under `prlimit --nofile`, soft and hard.
     public static func start(arguments: [String] = [], catalogDatabase: String? = nil, blobDirectory: String? = nil,
                              adminToken: String? = nil, platformToken: String? = nil,
-                             environment extra: [String: String] = [:]) async throws -> TestServer {
+                             environment extra: [String: String] = [:], descriptorLimit: Int? = nil) async throws -> TestServer {
         let scratch = try ScratchDirectory("backupd")
         let catalog = try catalogDatabase ?? TestPostgres.createDatabase("catalog")
         let blobs = blobDirectory ?? scratch.path + "/blobs"
@@ -82,8 +83,15 @@ public final class TestServer: @unchecked Sendable {
         let logPath = scratch.path + "/backupd.log"
         guard FileManager.default.createFile(atPath: logPath, contents: nil) else { throw TestSupportError("cannot create \(logPath)") }
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: "\(binDirectory)/backupd")
-        process.arguments = ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile, "--file-store-root", fileStoreRoot] + arguments
+        let serve = ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile, "--file-store-root", fileStoreRoot] + arguments
+        if let descriptorLimit {
+            // prlimit sets the limit and then executes backupd in its own place, under the same process id.
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
+            process.arguments = ["--nofile=\(descriptorLimit):\(descriptorLimit)", "\(binDirectory)/backupd"] + serve
+        } else {
+            process.executableURL = URL(fileURLWithPath: "\(binDirectory)/backupd")
+            process.arguments = serve
+        }
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }.merging(extra) { $1 }
             .filter { !$0.value.isEmpty }
         process.standardOutput = FileHandle.nullDevice
@@ -183,8 +191,9 @@ public final class TestServer: @unchecked Sendable {
 }
 
 /// Starts a server, runs `body`, and removes the server whatever happens.
-public func withTestServer<T: Sendable>(arguments: [String] = [], _ body: (TestServer) async throws -> T) async throws -> T {
-    let server = try await TestServer.start(arguments: arguments)
+public func withTestServer<T: Sendable>(arguments: [String] = [], descriptorLimit: Int? = nil,
+                                        _ body: (TestServer) async throws -> T) async throws -> T {
+    let server = try await TestServer.start(arguments: arguments, descriptorLimit: descriptorLimit)
     do {
         let value = try await body(server)
         await server.remove()
