@@ -34,13 +34,18 @@ let package = Package(
         .target(name: "BackupCore", dependencies: [
             "COpenSSL",
         ]),
+        // libpq: connections, errors, rows, connection strings and the pool; used by the catalog and by jobs for app databases.
+        .target(name: "BackupPostgres", dependencies: [
+            "CLibPQ",
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ]),
         .target(name: "BackupCatalog", dependencies: [
-            "CLibPQ", "BackupCore", "BackupWire",
+            "BackupPostgres", "BackupCore", "BackupWire",
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "BackupServer", dependencies: [
-            "BackupWire", "BackupCore", "BackupCatalog", "CLibPQ",
+            "BackupWire", "BackupCore", "BackupCatalog", "BackupPostgres",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -58,7 +63,7 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ]),
         .executableTarget(name: "backupd", dependencies: [
-            "BackupServer", "BackupCatalog", "BackupCore",
+            "BackupServer", "BackupCatalog", "BackupPostgres", "BackupCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -69,17 +74,17 @@ let package = Package(
         ]),
 
         // Helpers for tests that need the private PostgreSQL cluster or a running backupd.
-        .target(name: "BackupTestSupport", dependencies: ["BackupCatalog", "BackupCore", "BackupClient", "BackupWire"],
+        .target(name: "BackupTestSupport", dependencies: ["BackupCatalog", "BackupPostgres", "BackupCore", "BackupClient", "BackupWire"],
                 path: "Tests/BackupTestSupport"),
 
         .testTarget(name: "BackupProtoTests", dependencies: ["BackupProto"]),
         .testTarget(name: "BackupWireTests", dependencies: ["BackupWire", "BackupProto", "CProtobufC"]),
         .testTarget(name: "BackupCoreTests", dependencies: ["BackupCore", "BackupTestSupport"]),
         .testTarget(name: "BackupCatalogTests", dependencies: [
-            "BackupCatalog", "BackupCore", "BackupWire", "BackupTestSupport", .product(name: "NIOPosix", package: "swift-nio"),
+            "BackupCatalog", "BackupPostgres", "BackupCore", "BackupWire", "BackupTestSupport", .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .testTarget(name: "BackupServerTests", dependencies: [
-            "BackupServer", "BackupClient", "BackupCatalog", "BackupWire", "BackupCore", "BackupTestSupport",
+            "BackupServer", "BackupClient", "BackupCatalog", "BackupPostgres", "BackupWire", "BackupCore", "BackupTestSupport",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),

@@ -1,4 +1,5 @@
 import BackupCore
+import BackupPostgres
 import BackupWire
 
 extension Catalog {

@@ -1,4 +1,5 @@
 import BackupCore
+import BackupPostgres
 import BackupWire
 import Foundation
 
@@ -46,7 +47,7 @@ extension Catalog {
         let snapshotID = UUID().uuidString.lowercased()
         let jobID = UUID().uuidString.lowercased()
         do {
-            return try await pool.transaction { connection in
+            return try await pool.callTransaction { connection in
                 let environmentID = try Self.environmentID(connection, namespace, environment)
                 try connection.query("""
                     INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase)
@@ -109,7 +110,7 @@ extension Catalog {
 
     public func updateBackupComment(id: String, comment: String, actor: String) async throws -> Backup {
         let id = try parseID(id, "backup id")
-        return try await pool.transaction { connection in
+        return try await pool.callTransaction { connection in
             let backup = try Self.loadBackup(connection, id)
             try connection.query("UPDATE snapshots SET comment = $2 WHERE id = $1", id, comment)
             try Self.recordActivity(connection, backup.namespace, backup.environment, action: "comment", outcome: "FINISHED",
@@ -122,7 +123,7 @@ extension Catalog {
     /// garbage collection, unless another backup shares them.
     public func deleteBackup(id: String, actor: String) async throws -> Backup {
         let id = try parseID(id, "backup id")
-        return try await pool.transaction { connection in
+        return try await pool.callTransaction { connection in
             let backup = try Self.loadBackup(connection, id, lock: true)
             guard backup.status != .processing else {
                 throw BackupError.failedPrecondition("backup \(id) is still processing (job \(backup.jobID)); wait for it to end")
@@ -197,12 +198,66 @@ extension Catalog {
     }
 }
 
-/// Records the blobs a running backup stores, on the connection that holds
-/// the shared blob lock.
-public struct BlobLedger: Sendable {
-    let handle: ConnectionHandle
+/// Records the blobs a running job stores, on a connection of its own that
+/// holds the blob lock shared, so that garbage collection waits for the job.
+///
+/// Should that connection be lost (the catalog restarted, or ended the
+/// session), the lock went with it and a collection may have run meanwhile.
+/// The ledger then takes the lock again on a new connection, checks that
+/// every blob it has recorded or is recording is still in the store, and
+/// records them all again: the job carries on, or fails naming how many
+/// blobs went missing.
+public actor BlobLedger {
+    private let pool: ConnectionPool
+    private let store: any BlobStore
+    private var handle: ConnectionHandle
+    private var recorded: [StoredBlob] = []
+
+    private init(pool: ConnectionPool, store: any BlobStore, handle: ConnectionHandle) {
+        self.pool = pool
+        self.store = store
+        self.handle = handle
+    }
+
+    static func locked(pool: ConnectionPool, store: any BlobStore) async throws -> BlobLedger {
+        BlobLedger(pool: pool, store: store, handle: try await lock(pool))
+    }
+
+    private static func lock(_ pool: ConnectionPool) async throws -> ConnectionHandle {
+        let handle = try await pool.dedicatedConnection()
+        try await handle.run { try $0.query("SELECT pg_advisory_lock_shared(\(AdvisoryLock.blobs))") }
+        return handle
+    }
 
     public func record(_ blobs: [StoredBlob]) async throws {
+        guard !blobs.isEmpty else { return }
+        do {
+            try await insert(blobs)
+        } catch is PostgresError where !handle.connection.isHealthy {
+            try await lockAgain(keeping: recorded + blobs)
+        }
+        recorded += blobs
+    }
+
+    /// Makes sure the lock is still held, taking it again as `record` does;
+    /// before the blobs are referenced by a catalog record.
+    public func confirm() async throws {
+        guard (try? await handle.run { try $0.query("SELECT 1") }) == nil else { return }
+        try await lockAgain(keeping: recorded)
+    }
+
+    private func lockAgain(keeping blobs: [StoredBlob]) async throws {
+        handle = try await Self.lock(pool)
+        let store = self.store
+        let missing = try await pool.threadPool.runIfActive { blobs.filter { !store.contains($0.hash) }.count }
+        guard missing == 0 else {
+            throw BackupError.failedPrecondition("the catalog connection holding the blob lock was lost, and \(missing) blobs this job "
+                + "stored were collected meanwhile; run it again")
+        }
+        try await insert(blobs)
+    }
+
+    private func insert(_ blobs: [StoredBlob]) async throws {
         guard !blobs.isEmpty else { return }
         try await handle.run { connection in
             try connection.query("""
@@ -212,23 +267,26 @@ public struct BlobLedger: Sendable {
                 """, blobs.map(\.hash.hex), blobs.map { String($0.size) })
         }
     }
+
+    /// Lets the lock go; closing the connection would too.
+    fileprivate func release() async {
+        _ = try? await handle.run { try $0.query("SELECT pg_advisory_unlock_shared(\(AdvisoryLock.blobs))") }
+    }
 }
 
 extension Catalog {
-    /// Runs a backup's storing work holding the blob lock shared, so garbage
-    /// collection waits for it. Blobs recorded here before a failure are
-    /// unreferenced afterwards and collected.
-    public func withSharedBlobLock<T: Sendable>(_ body: @Sendable (BlobLedger) async throws -> T) async throws -> T {
-        try await pool.withReservedConnection { handle in
-            try await handle.run { try $0.query("SELECT pg_advisory_lock_shared(\(AdvisoryLock.blobs))") }
-            do {
-                let value = try await body(BlobLedger(handle: handle))
-                try await handle.run { try $0.query("SELECT pg_advisory_unlock_shared(\(AdvisoryLock.blobs))") }
-                return value
-            } catch {
-                _ = try? await handle.run { try $0.query("SELECT pg_advisory_unlock_shared(\(AdvisoryLock.blobs))") }
-                throw error
-            }
+    /// Runs a job's storing or reading work holding the blob lock shared, so
+    /// garbage collection waits for it. Blobs recorded here before a failure
+    /// are unreferenced afterwards and collected.
+    public func withSharedBlobLock<T: Sendable>(store: any BlobStore, _ body: @Sendable (BlobLedger) async throws -> T) async throws -> T {
+        let ledger = try await BlobLedger.locked(pool: pool, store: store)
+        do {
+            let value = try await body(ledger)
+            await ledger.release()
+            return value
+        } catch {
+            await ledger.release()
+            throw error
         }
     }
 }

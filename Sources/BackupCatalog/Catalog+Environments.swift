@@ -1,4 +1,5 @@
 import BackupCore
+import BackupPostgres
 import BackupWire
 
 /// The default file-reference query fits a Mendix app: the storage UUIDs of
@@ -31,7 +32,7 @@ extension Catalog {
         guard !request.databaseURL.isEmpty else { throw BackupError.invalidArgument("database_url is required") }
         let state: EnvironmentState = request.state == .unspecified ? .running : request.state
         let fileQuery = request.fileQuery.isEmpty ? mendixFileQuery : request.fileQuery
-        return try await pool.transaction { connection in
+        return try await pool.callTransaction { connection in
             try connection.query("INSERT INTO namespaces (name) VALUES ($1) ON CONFLICT DO NOTHING", request.namespace)
             do {
                 try connection.query("""
@@ -63,7 +64,7 @@ extension Catalog {
     }
 
     public func updateEnvironment(_ request: UpdateEnvironmentRequest) async throws -> Environment {
-        try await pool.transaction { connection in
+        try await pool.callTransaction { connection in
             let id = try Self.environmentID(connection, request.namespace, request.name)
             try connection.query("""
                 UPDATE environments SET
@@ -80,7 +81,7 @@ extension Catalog {
 
     public func setEnvironmentState(namespace: String, name: String, state: EnvironmentState, actor: String) async throws -> Environment {
         guard state != .unspecified else { throw BackupError.invalidArgument("state must be running or stopped") }
-        return try await pool.transaction { connection in
+        return try await pool.callTransaction { connection in
             let id = try Self.environmentID(connection, namespace, name, lock: true)
             if state == .running, let restore = try connection.query(
                 "SELECT id FROM jobs WHERE environment_id = $1 AND kind = 'restore' AND status IN \(JobStatus.active.sql)", id).first {
@@ -98,7 +99,7 @@ extension Catalog {
     /// has backups unless `force`, which deletes them too (their blobs go at
     /// the next garbage collection).
     public func deleteEnvironment(namespace: String, name: String, force: Bool, actor: String) async throws -> UInt32 {
-        try await pool.transaction { connection in
+        try await pool.callTransaction { connection in
             let id = try Self.environmentID(connection, namespace, name, lock: true)
             if let job = try connection.query("SELECT id, kind FROM jobs WHERE environment_id = $1 AND status IN \(JobStatus.active.sql)", id).first {
                 throw BackupError.failedPrecondition("environment \(namespace)/\(name) is running \(job.string("kind")) job \(job.string("id"))")

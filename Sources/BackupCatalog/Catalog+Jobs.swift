@@ -1,4 +1,5 @@
 import BackupCore
+import BackupPostgres
 import BackupWire
 
 /// A job this process now runs under a lease, with what it needs to know.
@@ -81,14 +82,14 @@ extension Catalog {
 
     /// Ids of the jobs queued or running in any process.
     public func activeJobIDs() async throws -> Set<String> {
-        try await pool.withConnection { connection in
+        try await pool.withConnection(idempotent: true) { connection in
             Set(try connection.query("SELECT id FROM jobs WHERE status IN \(JobStatus.active.sql)").map { $0.string("id") })
         }
     }
 
     public func job(id: String) async throws -> Job {
         let id = try parseID(id, "job id")
-        return try await pool.withConnection { try Self.loadJob($0, id) }
+        return try await pool.withConnection(idempotent: true) { try Self.loadJob($0, id) }
     }
 
     /// Takes a queued job, if any, under a lease held by `owner`. Namespaces
@@ -98,7 +99,7 @@ extension Catalog {
     /// (in any process) waits. Claims are serialized by an advisory lock, so
     /// processes sharing the catalog keep that limit together.
     public func claimNextJob(owner: String, leaseSeconds: Int, perNamespace: Int) async throws -> ClaimedJob? {
-        try await pool.transaction { connection in
+        try await pool.callTransaction { connection in
             try connection.query("SELECT pg_advisory_xact_lock(\(AdvisoryLock.claims))")
             guard let claimed = try connection.query("""
                 WITH served AS (
@@ -129,7 +130,7 @@ extension Catalog {
 
     /// Extends a lease; false when this owner no longer holds the job.
     public func renewLease(jobID: String, owner: String, leaseSeconds: Int) async throws -> Bool {
-        try await pool.withConnection { connection in
+        try await pool.withConnection(idempotent: true) { connection in
             !(try connection.query("""
                 UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
                 WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING id
@@ -138,7 +139,7 @@ extension Catalog {
     }
 
     public func reportProgress(jobID: String, bytesDone: UInt64, bytesTotal: UInt64, phase: String) async throws {
-        try await pool.withConnection { connection in
+        try await pool.withConnection(idempotent: true) { connection in
             try connection.query("UPDATE jobs SET bytes_done = $2, bytes_total = $3, phase = $4 WHERE id = $1 AND status = 'running'",
                                  jobID, bytesDone, bytesTotal, phase)
         }
@@ -147,7 +148,7 @@ extension Catalog {
     /// Ends a backup job: its manifest, sizes and expiry are cataloged and
     /// the backup becomes FINISHED, all in one transaction.
     public func finishBackup(jobID: String, owner: String, manifest: BackupManifest) async throws {
-        try await pool.transaction { connection in
+        try await pool.callTransaction(idempotent: true) { connection in
             guard let row = try connection.query("""
                 SELECT j.snapshot_id, s.kind FROM jobs j JOIN snapshots s ON s.id = j.snapshot_id
                 WHERE j.id = $1 AND j.lease_owner = $2 AND j.status IN \(JobStatus.finished.predecessors.sql) FOR UPDATE OF j
@@ -181,7 +182,7 @@ extension Catalog {
 
     /// Ends a job as FAILED with its reason; a backup it was making fails too.
     public func failJob(id: String, error message: String) async throws {
-        try await pool.transaction { connection in
+        try await pool.callTransaction(idempotent: true) { connection in
             try Self.failJob(connection, id: id, message: message)
         }
     }
@@ -191,7 +192,7 @@ extension Catalog {
     /// are claimed for recovery (`claimAbandonedRestore`), which cleans up first.
     @discardableResult
     public func failAbandonedJobs() async throws -> Int {
-        try await pool.transaction { connection in
+        try await pool.callTransaction { connection in
             let ids = try connection.query("""
                 SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < now() AND kind <> 'restore'
                 FOR UPDATE SKIP LOCKED
@@ -205,7 +206,7 @@ extension Catalog {
 
     /// Ends a job as FINISHED, logging the activity with `detail`.
     public func finishJob(id: String, owner: String, detail: String) async throws {
-        try await pool.transaction { try Self.finishJob($0, id: id, owner: owner, detail: detail) }
+        try await pool.callTransaction(idempotent: true) { try Self.finishJob($0, id: id, owner: owner, detail: detail) }
     }
 
     static func finishJob(_ connection: PostgresConnection, id: String, owner: String, detail: String) throws {
@@ -250,7 +251,7 @@ extension Catalog {
     /// or two and ends it CANCELLED. A job that has ended cannot be cancelled.
     public func requestCancellation(jobID: String, actor: String) async throws -> Job {
         let id = try parseID(jobID, "job id")
-        return try await pool.transaction { connection in
+        return try await pool.callTransaction { connection in
             let job = try Self.loadJob(connection, id, lock: true)
             guard job.status.successors.contains(.cancelled) else {
                 throw BackupError.failedPrecondition("job \(id) has already ended (\(job.status)); only a queued or running job can be cancelled")
@@ -266,14 +267,14 @@ extension Catalog {
 
     /// Whether someone asked for a running job to stop.
     public func isCancellationRequested(jobID: String) async throws -> Bool {
-        try await pool.withConnection { connection in
+        try await pool.withConnection(idempotent: true) { connection in
             try connection.query("SELECT cancel_requested FROM jobs WHERE id = $1", jobID).first?.bool("cancel_requested") ?? false
         }
     }
 
     /// Ends a job its runner stopped on request as CANCELLED.
     public func cancelJob(id: String, reason: String) async throws {
-        try await pool.transaction { try Self.endUnfinished($0, id: id, as: .cancelled, message: reason) }
+        try await pool.callTransaction(idempotent: true) { try Self.endUnfinished($0, id: id, as: .cancelled, message: reason) }
     }
 }
 

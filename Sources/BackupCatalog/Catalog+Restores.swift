@@ -1,6 +1,7 @@
-import Foundation
 import BackupCore
+import BackupPostgres
 import BackupWire
+import Foundation
 
 /// What a restore creates and moves, recorded before it creates anything, so
 /// that whoever finishes or cleans up after it knows exactly what is its own.
@@ -36,7 +37,7 @@ extension Catalog {
         let backupID = try parseID(backupID, "backup id")
         let jobID = UUID().uuidString.lowercased()
         do {
-            return try await pool.transaction { connection in
+            return try await pool.callTransaction { connection in
                 let source = try Self.loadBackup(connection, backupID).namespace
                 guard source == targetNamespace else {
                     throw BackupError.permissionDenied(
@@ -79,7 +80,7 @@ extension Catalog {
 
     /// The backup a restore job restores, and its plan if it has one yet.
     public func restoreWork(jobID: String) async throws -> RestoreWork {
-        try await pool.withConnection { connection in
+        try await pool.withConnection(idempotent: true) { connection in
             guard let row = try connection.query("""
                 SELECT r.*, s.source_database_bytes FROM restores r JOIN snapshots s ON s.id = r.snapshot_id WHERE r.job_id = $1
                 """, jobID).first else {
@@ -99,7 +100,7 @@ extension Catalog {
 
     /// Records what a restore is about to create, before it creates it.
     public func recordRestorePlan(jobID: String, _ plan: RestorePlan) async throws {
-        try await pool.withConnection { connection in
+        try await pool.withConnection(idempotent: true) { connection in
             try connection.query("""
                 UPDATE restores SET target_database = $2, staging_database = $3, previous_database = $4, file_store = $5,
                     staging_folder = $6, previous_folder = $7, step = $8
@@ -111,7 +112,7 @@ extension Catalog {
 
     /// Records that a restore has reached `step`.
     public func recordRestoreStep(jobID: String, _ step: RestoreStep) async throws {
-        try await pool.withConnection { connection in
+        try await pool.withConnection(idempotent: true) { connection in
             try connection.query("UPDATE restores SET step = $2 WHERE job_id = $1", jobID, step.rawValue)
         }
     }
@@ -119,7 +120,7 @@ extension Catalog {
     /// Takes over a restore whose process died (its lease ran out), to clean
     /// up after it or finish its swap.
     public func claimAbandonedRestore(owner: String, leaseSeconds: Int) async throws -> ClaimedJob? {
-        try await pool.transaction { connection in
+        try await pool.callTransaction { connection in
             guard let claimed = try connection.query("""
                 UPDATE jobs SET lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2), phase = 'recovering'
                 WHERE id = (SELECT id FROM jobs WHERE status = 'running' AND kind = 'restore' AND lease_expires_at < now()

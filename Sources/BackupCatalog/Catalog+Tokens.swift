@@ -1,4 +1,5 @@
 import BackupCore
+import BackupPostgres
 import BackupWire
 import Foundation
 
@@ -43,7 +44,7 @@ extension Catalog {
         let secret = AccessTokenSecret.generate()
         let hash = AccessTokenSecret.hash(secret).hex
         let id = UUID().uuidString.lowercased()
-        let token = try await pool.transaction { connection in
+        let token = try await pool.callTransaction { connection in
             let namespace: String? = role == .platform ? nil : namespace
             if let namespace {
                 try connection.query("INSERT INTO namespaces (name) VALUES ($1) ON CONFLICT DO NOTHING", namespace)
@@ -92,7 +93,7 @@ extension Catalog {
 
     public func revokeToken(id: String) async throws -> Token {
         let id = try parseID(id, "token id")
-        return try await pool.transaction { connection in
+        return try await pool.callTransaction { connection in
             guard let row = try connection.query("""
                 UPDATE tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 RETURNING \(Self.tokenColumns)
                 """, id).first else {

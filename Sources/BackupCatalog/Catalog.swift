@@ -1,4 +1,5 @@
 import BackupCore
+import BackupPostgres
 import BackupWire
 import Foundation
 import NIOPosix

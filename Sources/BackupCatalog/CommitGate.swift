@@ -1,3 +1,5 @@
+import BackupCore
+import BackupPostgres
 import Synchronization
 
 /// Decides, for one call with a deadline, whether its change commits or its
@@ -32,5 +34,22 @@ public final class CommitGate: Sendable {
             state = .expired
             return true
         }
+    }
+}
+
+extension ConnectionPool {
+    /// A transaction of the call being served: inside a call with a deadline
+    /// (`CommitGate.current`) it commits only if the deadline has not passed;
+    /// otherwise it is rolled back and the call hears DEADLINE_EXCEEDED with
+    /// nothing changed.
+    @discardableResult
+    func callTransaction<T: Sendable>(idempotent: Bool = false,
+                                      _ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        let gate = CommitGate.current
+        return try await transaction(idempotent: idempotent, beforeCommit: {
+            if let gate, !gate.beginCommit() {
+                throw BackupError.deadlineExceeded("the call's deadline passed before its change was committed; nothing was changed")
+            }
+        }, body)
     }
 }

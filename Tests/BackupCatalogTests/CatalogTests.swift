@@ -1,5 +1,6 @@
 @testable import BackupCatalog
 @testable import BackupCore
+import BackupPostgres
 import BackupTestSupport
 import BackupWire
 import NIOPosix
@@ -92,7 +93,7 @@ import Testing
                 return try store.adopt(path)
             }
             let recorded = try stored("recorded"), unrecorded = try stored("never recorded")
-            try await catalog.withSharedBlobLock { ledger in
+            try await catalog.withSharedBlobLock(store: store) { ledger in
                 try await ledger.record([recorded])
                 // While a job holds the lock, a collection does nothing.
                 #expect(try await catalog.collectGarbage(in: store) == nil)
@@ -100,6 +101,47 @@ import Testing
             #expect(store.contains(recorded.hash) && store.contains(unrecorded.hash))
             #expect(try await catalog.collectGarbage(in: store) == 2)
             #expect(!store.contains(recorded.hash) && !store.contains(unrecorded.hash))
+        }
+    }
+
+    /// The catalog ends the session holding a job's shared blob lock: the
+    /// job takes it again and carries on when nothing it stored went
+    /// missing meanwhile, and fails naming the loss when a collection ran in
+    /// the gap.
+    @Test func aJobWhoseBlobLockSessionEndsTakesTheLockAgainOrFailsIfBlobsWentMeanwhile() async throws {
+        try await withCatalog { catalog, database in
+            let scratch = try ScratchDirectory("ledger")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            func stored(_ text: String) throws -> StoredBlob {
+                let path = "\(store.scratchDirectory)/\(text)"
+                try text.write(toFile: path, atomically: false, encoding: .utf8)
+                return try store.adopt(path)
+            }
+            @Sendable func endLockSession() throws {
+                let ended = try TestPostgres.query("postgres", """
+                    SELECT count(pg_terminate_backend(l.pid, 5000)) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                    WHERE d.datname = $1 AND l.locktype = 'advisory' AND l.mode = 'ShareLock' AND l.granted
+                    """, database)[0].int64("n")
+                #expect(ended == 1)
+            }
+            let (first, second, third) = (try stored("first"), try stored("second"), try stored("third"))
+            try await catalog.withSharedBlobLock(store: store) { ledger in
+                try await ledger.record([first])
+                try endLockSession()
+                try await ledger.record([second])
+                #expect(try await catalog.collectGarbage(in: store) == nil, "the lock was not taken again")
+                try endLockSession()
+                try await ledger.confirm()
+                #expect(try await catalog.collectGarbage(in: store) == nil, "confirm did not take the lock again")
+
+                try endLockSession()
+                #expect(try await catalog.collectGarbage(in: store) == 3)  // in the gap: the three are unreferenced
+                await #expect(throws: BackupError.failedPrecondition(
+                    "the catalog connection holding the blob lock was lost, and 3 blobs this job stored were collected meanwhile; run it again")) {
+                    try await ledger.record([third])
+                }
+            }
         }
     }
 

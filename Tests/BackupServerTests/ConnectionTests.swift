@@ -1,5 +1,6 @@
 import BackupCatalog
 import BackupClient
+import BackupPostgres
 import BackupTestSupport
 import BackupWire
 import Foundation
@@ -75,30 +76,56 @@ import Testing
         }
     }
 
-    /// The catalog ends every session of backupd (a restart would too):
-    /// the calls that follow all succeed, each pooled connection found dead
-    /// replaced before anything ran on it.
+    /// The catalog ends every session of backupd (a restart would too),
+    /// while a backup runs and a WatchJob stream follows it: the calls that
+    /// follow all succeed, each pooled connection found dead replaced before
+    /// anything ran on it; the backup takes its blob lock again and
+    /// finishes, and the stream sees it finish.
     @Test func callsCarryOnAfterTheCatalogEndsEverySession() async throws {
-        try await withTestServer { server in
-            // Fill the pool with idle connections.
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for _ in 1...8 { group.addTask { _ = try await server.withClient { try await $0.unary(Backups.listBackups, .with { $0.namespace = "acme" }) } } }
-                try await group.waitForAll()
-            }
-            let ended = try TestPostgres.query("postgres", """
-                SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
-                """, server.catalogDatabase)[0].int64("n")
-            #expect(ended > 1)
-            try await Task.sleep(for: .milliseconds(200))
-            var failures: [String] = []
-            for _ in 1...20 {
-                do {
-                    _ = try await server.withClient { try await $0.unary(Backups.listBackups, .with { $0.namespace = "acme" }) }
-                } catch {
-                    failures.append("\(error)")
+        try await withTestApp { app in
+            // pg_dump says it has started, then waits while its gate exists: the backup is running throughout.
+            let gates = try ScratchDirectory("dump-gate")
+            defer { gates.remove() }
+            let (started, gate) = (gates.path + "/started", gates.path + "/gate")
+            _ = FileManager.default.createFile(atPath: gate, contents: nil)
+            let gated = try wrappedTool("pg_dump", running: "touch \(started); while [ -e \(gate) ]; do sleep 0.1; done")
+            try await withTestServer(arguments: ["--pg-dump", gated]) { server in
+                try await server.register(app)
+                let created = try await server.withClient { client in
+                    try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
                 }
+                try await eventually(within: .seconds(60)) { FileManager.default.fileExists(atPath: started) }
+                let watch = Task {
+                    try await server.withClient { client in
+                        var last = JobStatus.unspecified
+                        try await client.serverStreaming(Backups.watchJob, .with { $0.id = created.job.id }) { last = $0.status }
+                        return last
+                    }
+                }
+                // Fill the pool with idle connections.
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for _ in 1...8 { group.addTask { _ = try await server.withClient { try await $0.unary(Backups.listBackups, .with { $0.namespace = "acme" }) } } }
+                    try await group.waitForAll()
+                }
+                let ended = try TestPostgres.query("postgres", """
+                    SELECT count(pg_terminate_backend(pid, 5000)) AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
+                    """, server.catalogDatabase)[0].int64("n")
+                #expect(ended > 2)
+                var failures: [String] = []
+                for _ in 1...20 {
+                    do {
+                        _ = try await server.withClient { try await $0.unary(Backups.listBackups, .with { $0.namespace = "acme" }) }
+                    } catch {
+                        failures.append("\(error)")
+                    }
+                }
+                #expect(failures.isEmpty, "\(failures)")
+                // The running backup and the stream watching it carry on to the end.
+                unlink(gate)
+                let job = try await server.withClient { try await waitForJob(created.job.id, on: $0) }
+                #expect(job.status == .finished, "\(job.error)")
+                #expect(try await within(.seconds(30)) { try await watch.value } == .finished)
             }
-            #expect(failures.isEmpty, "\(failures)")
         }
     }
 

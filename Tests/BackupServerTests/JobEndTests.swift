@@ -1,6 +1,7 @@
 import BackupCatalog
 import BackupClient
 import BackupCore
+import BackupPostgres
 import BackupTestSupport
 import BackupWire
 import Foundation
@@ -88,7 +89,9 @@ func hungBackup(_ server: TestServer, _ app: TestApp, environment: String = "sho
 
     @Test func cancellingARunningRestoreDropsItsStagingAndLeavesTheTargetAlone() async throws {
         try await withTestApp { app in
-            let holds = try wrappedTool("pg_restore", running: #"case "$*" in *--jobs*) sleep 60;; esac"#)
+            // A duration of its own, so that no other process on the machine passes for this one.
+            let sleeper = "sleep 60.\(Int.random(in: 100_000...999_999))"
+            let holds = try wrappedTool("pg_restore", running: #"case "$*" in *--jobs*) "# + sleeper + ";; esac")
             try await withTestServer(arguments: ["--pg-restore", holds]) { server in
                 let backup = try await finishedBackup(server, app)
                 try changeEverything(app)
@@ -97,7 +100,7 @@ func hungBackup(_ server: TestServer, _ app: TestApp, environment: String = "sho
                     let job = try await client.unary(Backups.restoreBackup, .with {
                         $0.backupID = backup.id; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
                     })
-                    try await eventually { !processes(naming: "sleep 60").isEmpty }
+                    try await eventually { !processes(naming: sleeper).isEmpty }
                     let cancelled = try await client.unary(Backups.cancelJob, .with { $0.id = job.id })
                     #expect(cancelled.status == .running && cancelled.phase == "cancelling")
                     let ended = try await waitForJob(job.id, on: client, timeout: .seconds(20))
@@ -105,7 +108,7 @@ func hungBackup(_ server: TestServer, _ app: TestApp, environment: String = "sho
                 }
                 #expect(try EnvironmentState(app) == before)
                 try noStagingLeft(app)
-                #expect(processes(naming: "sleep 60").isEmpty)
+                #expect(processes(naming: sleeper).isEmpty)
             }
         }
     }

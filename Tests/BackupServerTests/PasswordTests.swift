@@ -1,4 +1,5 @@
 import BackupCatalog
+import BackupPostgres
 import BackupTestSupport
 import BackupWire
 import Foundation

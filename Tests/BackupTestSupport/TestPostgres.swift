@@ -1,5 +1,6 @@
 import BackupCatalog
 import BackupCore
+import BackupPostgres
 import Foundation
 
 /// The private PostgreSQL cluster that `make test` starts (scripts/dev-cluster.sh)

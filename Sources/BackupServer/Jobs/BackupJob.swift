@@ -1,5 +1,6 @@
 import BackupCatalog
 import BackupCore
+import BackupPostgres
 import BackupWire
 import Foundation
 import NIOPosix
@@ -59,8 +60,9 @@ struct BackupJob: Sendable {
 
     func run(_ claimed: ClaimedJob, owner: String) async throws {
         let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
-        try await catalog.withSharedBlobLock { ledger in
+        try await catalog.withSharedBlobLock(store: blobStore) { ledger in
             let manifest = try await makeSnapshot(claimed, progress: progress, ledger: ledger)
+            try await ledger.confirm()
             try await catalog.finishBackup(jobID: claimed.job.id, owner: owner, manifest: manifest)
         }
     }

@@ -1,5 +1,6 @@
 import BackupCatalog
 import BackupCore
+import BackupPostgres
 import BackupWire
 import Foundation
 import Logging

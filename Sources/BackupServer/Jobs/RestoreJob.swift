@@ -1,5 +1,6 @@
 import BackupCatalog
 import BackupCore
+import BackupPostgres
 import BackupWire
 import Foundation
 import NIOPosix
@@ -32,7 +33,7 @@ struct RestoreJob: Sendable {
         let work = try await catalog.restoreWork(jobID: claimed.job.id)
         let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
         let source = "\(work.backup.namespace)/\(work.backup.environment)"
-        try await catalog.withSharedBlobLock { _ in
+        try await catalog.withSharedBlobLock(store: blobStore) { _ in
             let plan = try await makePlan(claimed, work)
             do {
                 try await build(claimed, work, plan, progress: progress)

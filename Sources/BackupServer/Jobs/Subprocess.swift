@@ -1,4 +1,5 @@
 import BackupCatalog
+import BackupPostgres
 import Foundation
 import Subprocess
 import SystemPackage

@@ -191,7 +191,7 @@ public enum ConnectionString {
     /// Settings as a key=value connection string, every value quoted.
     public static func render(_ settings: [(key: String, value: String)]) -> String {
         settings.map { key, value in
-            "\(key)='\(value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'"))'"
+            "\(key)='\(value.replacing("\\", with: "\\\\").replacing("'", with: "\\'"))'"
         }.joined(separator: " ")
     }
 
@@ -236,6 +236,6 @@ public enum ConnectionString {
 
     /// A quoted SQL identifier.
     public static func quoted(_ identifier: String) -> String {
-        "\"" + identifier.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+        "\"" + identifier.replacing("\"", with: "\"\"") + "\""
     }
 }

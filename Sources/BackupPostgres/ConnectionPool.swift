@@ -1,4 +1,3 @@
-import BackupCore
 import NIOPosix
 
 /// A bounded pool of libpq connections. Every use runs on a thread of an
@@ -7,7 +6,7 @@ import NIOPosix
 public actor ConnectionPool {
     public let connectionString: String
     private let maximumConnections: Int
-    private let threadPool: NIOThreadPool
+    public let threadPool: NIOThreadPool
     /// A connection idle this long is checked (`SELECT 1`) before it is lent
     /// out: after a server restart or failover, idle connections are dead
     /// but look healthy until used.
@@ -28,13 +27,20 @@ public actor ConnectionPool {
     }
 
     /// Runs `body` with a connection of its own. A connection left broken or
-    /// inside a transaction is closed rather than reused. A pooled connection
-    /// the server ended while it sat idle (a restart, `pg_terminate_backend`)
-    /// fails on its first statement, before anything ran: `body` then runs
-    /// again on another connection (each dead one is dropped, so this ends),
-    /// and the call does not fail for it.
+    /// inside a transaction is closed rather than reused.
+    ///
+    /// A pooled connection the server ended while it sat idle (a restart,
+    /// `pg_terminate_backend`) fails on its first statement, before anything
+    /// ran: `body` then runs again on another connection (each dead one is
+    /// dropped, so this ends), and the caller never hears of it. When the
+    /// connection is lost after statements ran, `body` runs once more on a
+    /// fresh connection only if it is `idempotent` (reads, and writes that
+    /// set a state rather than add to it): running it twice must be harmless,
+    /// as a lost reply may hide a commit.
     @discardableResult
-    public func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+    public func withConnection<T: Sendable>(idempotent: Bool = false,
+                                            _ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        var retriedAfterWork = false
         for attempt in 1... {
             let connection = try await checkOut()
             let before = connection.completedStatements
@@ -42,9 +48,12 @@ public actor ConnectionPool {
                 let value = try await threadPool.runIfActive { try body(connection) }
                 checkIn(connection)
                 return value
-            } catch is PostgresError where attempt <= maximumConnections && !connection.isHealthy
-                                            && connection.completedStatements == before {
-                checkIn(connection)  // closed, being broken; the loop takes another, a new one at the latest once all are gone
+            } catch let error as PostgresError where attempt <= maximumConnections + 1 && !connection.isHealthy {
+                checkIn(connection)  // closed, being broken
+                let nothingRan = connection.completedStatements == before
+                guard nothingRan || (idempotent && !retriedAfterWork) else { throw error }
+                retriedAfterWork = retriedAfterWork || !nothingRan
+                // The loop takes another connection: a new one at the latest once every dead one is gone.
             } catch {
                 checkIn(connection)
                 throw error
@@ -53,19 +62,16 @@ public actor ConnectionPool {
         preconditionFailure("unreachable")
     }
 
-    /// Runs `body` in a transaction on a connection of its own. Inside a
-    /// call with a deadline (`CommitGate.current`), the transaction commits
-    /// only if the deadline has not passed; otherwise it is rolled back and
-    /// the call hears DEADLINE_EXCEEDED with nothing changed.
+    /// Runs `body` in a transaction on a connection of its own, retried as
+    /// `withConnection` says. `beforeCommit` runs last inside the
+    /// transaction; throwing from it rolls the transaction back.
     @discardableResult
-    public func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        let gate = CommitGate.current
-        return try await withConnection { connection in
+    public func transaction<T: Sendable>(idempotent: Bool = false, beforeCommit: @escaping @Sendable () throws -> Void = {},
+                                         _ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        try await withConnection(idempotent: idempotent) { connection in
             try connection.transaction {
                 let value = try body(connection)
-                if let gate, !gate.beginCommit() {
-                    throw BackupError.deadlineExceeded("the call's deadline passed before its change was committed; nothing was changed")
-                }
+                try beforeCommit()
                 return value
             }
         }
@@ -83,6 +89,13 @@ public actor ConnectionPool {
             checkIn(connection)
             throw error
         }
+    }
+
+    /// A connection of the pool's database outside the pool, owned by the
+    /// caller (for session state such as a lock, that must be known lost
+    /// when the connection is); it closes when the last handle to it goes.
+    public nonisolated func dedicatedConnection() async throws -> ConnectionHandle {
+        try await ConnectionHandle.connect(connectionString, threadPool: threadPool)
     }
 
     /// Closes idle connections; used at shutdown.
