@@ -74,7 +74,12 @@ let package = Package(
         ]),
 
         // Helpers for tests that need the private PostgreSQL cluster or a running backupd.
-        .target(name: "BackupTestSupport", dependencies: ["BackupCatalog", "BackupPostgres", "BackupCore", "BackupClient", "BackupWire"],
+        .target(name: "BackupTestSupport", dependencies: [
+                    "BackupCatalog", "BackupPostgres", "BackupCore", "BackupClient", "BackupServer", "BackupWire",
+                    .product(name: "Logging", package: "swift-log"),
+                    .product(name: "NIOPosix", package: "swift-nio"),
+                    .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                ],
                 path: "Tests/BackupTestSupport"),
 
         .testTarget(name: "BackupProtoTests", dependencies: ["BackupProto"]),

@@ -64,8 +64,8 @@ public struct ClientSettings: Sendable {
 /// A connection to backupd that carries many calls at once. Open one with
 /// `withConnection`; it closes when the closure returns.
 public final class BackupClient: Sendable {
-    private let outbound: NIOAsyncChannelOutboundWriter<Frame>
-    private let settings: ClientSettings
+    private let write: @Sendable ([Frame]) async throws -> Void
+    private let token: String
     private let calls = NIOLockedValueBox(Calls())
 
     private struct Calls {
@@ -73,12 +73,12 @@ public final class BackupClient: Sendable {
         var open: [UInt32: AsyncThrowingStream<Frame.Kind, any Error>.Continuation] = [:]
     }
 
-    private init(outbound: NIOAsyncChannelOutboundWriter<Frame>, settings: ClientSettings) {
-        self.outbound = outbound
-        self.settings = settings
+    private init(token: String, write: @escaping @Sendable ([Frame]) async throws -> Void) {
+        self.token = token
+        self.write = write
     }
 
-    /// Connects, runs `body` with the client, and closes the connection.
+    /// Connects over TLS, runs `body` with the client, and closes the connection.
     public static func withConnection<T: Sendable>(
         _ settings: ClientSettings, _ body: @Sendable (BackupClient) async throws -> T
     ) async throws -> T {
@@ -88,22 +88,33 @@ public final class BackupClient: Sendable {
             try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
         }
         return try await channel.executeThenClose { inbound, outbound in
-            let client = BackupClient(outbound: outbound, settings: settings)
-            return try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    do {
-                        for try await frame in inbound { client.deliver(frame) }
-                        client.failAll(RPCError(.unavailable, "the server closed the connection"))
-                    } catch {
-                        let detail = "\(error)"
-                        client.failAll(RPCError(.unavailable, detail.contains("CERTIFICATE_REQUIRED")
-                            ? "the server requires a client certificate (mutual TLS)"
-                            : "the connection failed: \(detail)"))
-                    }
+            try await withTransport(token: settings.token, inbound: inbound, write: { try await outbound.write(contentsOf: $0) }, body)
+        }
+    }
+
+    /// Runs `body` with a client over any carrier of frames: `inbound` is
+    /// what the server sends, `write` sends frames to it (awaiting
+    /// back-pressure). The TLS connection and the in-process transport of
+    /// the tests both come here.
+    public static func withTransport<T: Sendable, Inbound: AsyncSequence<Frame, any Error> & Sendable>(
+        token: String, inbound: Inbound, write: @escaping @Sendable ([Frame]) async throws -> Void,
+        _ body: @Sendable (BackupClient) async throws -> T
+    ) async throws -> T {
+        let client = BackupClient(token: token, write: write)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do {
+                    for try await frame in inbound { client.deliver(frame) }
+                    client.failAll(RPCError(.unavailable, "the server closed the connection"))
+                } catch {
+                    let detail = "\(error)"
+                    client.failAll(RPCError(.unavailable, detail.contains("CERTIFICATE_REQUIRED")
+                        ? "the server requires a client certificate (mutual TLS)"
+                        : "the connection failed: \(detail)"))
                 }
-                defer { group.cancelAll() }
-                return try await body(client)
             }
+            defer { group.cancelAll() }
+            return try await body(client)
         }
     }
 
@@ -131,12 +142,12 @@ public final class BackupClient: Sendable {
         let (id, responses) = open()
         var start = CallStart()
         start.method = method.name
-        start.metadata = [MetadataEntry("authorization", "Bearer \(settings.token)")]
+        start.metadata = [MetadataEntry("authorization", "Bearer \(token)")]
         if let timeout { start.timeoutMS = UInt32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000) }
         let frames = [Frame(callID: id, .start(start))] + requests.map { Frame(callID: id, .message($0.serializedBytes())) }
             + [Frame(callID: id, .halfClose)]
         do {
-            try await outbound.write(contentsOf: frames)
+            try await write(frames)
         } catch {
             close(id)
             throw RPCError(.unavailable, "cannot send the call: \(error)")

@@ -17,6 +17,9 @@ public actor ConnectionPool {
     /// one leaves the queue at once (its call's deadline passed, say).
     private var waiters: [(number: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
     private var nextWaiter: UInt64 = 0
+    private var closing = false
+    /// `close` waiting for the lent connections.
+    private var allReturned: [CheckedContinuation<Void, Never>] = []
 
     public init(connectionString: String, maximumConnections: Int, threadPool: NIOThreadPool,
                 validateAfterIdle: Duration = .seconds(10)) {
@@ -98,14 +101,26 @@ public actor ConnectionPool {
         try await ConnectionHandle.connect(connectionString, threadPool: threadPool)
     }
 
-    /// Closes idle connections; used at shutdown.
-    public func close() {
+    /// Closes the pool, at shutdown: leases asked for from now on, and the
+    /// ones waiting, fail; idle connections close at once, lent ones as they
+    /// come back; returns once every connection is closed.
+    public func close() async {
+        closing = true
         open -= idle.count
         idle.removeAll()
+        let waiting = waiters
+        waiters.removeAll()
+        waiting.forEach { $0.continuation.resume(throwing: Self.closedError) }
+        while open > 0 {
+            await withCheckedContinuation { allReturned.append($0) }
+        }
     }
+
+    private static let closedError = PostgresError(sqlState: nil, message: "the connection pool is closed")
 
     private func checkOut() async throws -> PostgresConnection {
         while true {
+            guard !closing else { throw Self.closedError }
             if let (connection, since) = idle.popLast() {
                 guard ContinuousClock.now - since >= validateAfterIdle else { return connection }
                 if (try? await threadPool.runIfActive { try connection.query("SELECT 1") }) != nil { return connection }
@@ -140,6 +155,14 @@ public actor ConnectionPool {
     }
 
     private func checkIn(_ connection: PostgresConnection) {
+        if closing {
+            open -= 1
+            if open == 0 {
+                allReturned.forEach { $0.resume() }
+                allReturned.removeAll()
+            }
+            return
+        }
         if connection.isHealthy && !connection.isInTransaction {
             idle.append((connection, ContinuousClock.now))
         } else {

@@ -4071,7 +4071,7 @@ const ProtobufCMessageDescriptor backup__v1__server_info_request__descriptor =
   (ProtobufCMessageInit) backup__v1__server_info_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__server_info_response__field_descriptors[12] =
+static const ProtobufCFieldDescriptor backup__v1__server_info_response__field_descriptors[13] =
 {
   {
     "version",
@@ -4217,8 +4217,21 @@ static const ProtobufCFieldDescriptor backup__v1__server_info_response__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "authentication_timeout_ms",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__ServerInfoResponse, authentication_timeout_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__server_info_response__field_indices_by_name[] = {
+  12,   /* field[12] = authentication_timeout_ms */
   5,   /* field[5] = caller_namespace */
   6,   /* field[6] = caller_role */
   7,   /* field[7] = caller_token_name */
@@ -4235,7 +4248,7 @@ static const unsigned backup__v1__server_info_response__field_indices_by_name[] 
 static const ProtobufCIntRange backup__v1__server_info_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 12 }
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor backup__v1__server_info_response__descriptor =
 {
@@ -4245,7 +4258,7 @@ const ProtobufCMessageDescriptor backup__v1__server_info_response__descriptor =
   "Backup__V1__ServerInfoResponse",
   "backup.v1",
   sizeof(Backup__V1__ServerInfoResponse),
-  12,
+  13,
   backup__v1__server_info_response__field_descriptors,
   backup__v1__server_info_response__field_indices_by_name,
   1,  backup__v1__server_info_response__number_ranges,

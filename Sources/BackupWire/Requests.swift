@@ -23,12 +23,13 @@ public struct ServerInfoResponse: WireMessage {
     public var handshakeTimeoutMS: UInt32 = 0
     public var partialFrameTimeoutMS: UInt32 = 0
     public var idleConnectionTimeoutMS: UInt32 = 0
+    public var authenticationTimeoutMS: UInt32 = 0
     public init() {}
     public mutating func map(_ f: inout FieldMap) {
         f.field(1, &version); f.field(2, &`protocol`); f.field(3, &catalogPostgresVersion); f.field(4, &serverTimeUnixMS)
         f.field(5, &maxFrameBytes); f.field(6, &callerNamespace); f.field(7, &callerRole); f.field(8, &callerTokenName)
         f.field(9, &maxOpenCalls); f.field(10, &handshakeTimeoutMS); f.field(11, &partialFrameTimeoutMS)
-        f.field(12, &idleConnectionTimeoutMS)
+        f.field(12, &idleConnectionTimeoutMS); f.field(13, &authenticationTimeoutMS)
     }
 }
 

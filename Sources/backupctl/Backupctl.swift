@@ -22,7 +22,8 @@ struct Info: AsyncParsableCommand {
             Format.fields([("server", "backupd \(i.version)"), ("protocol", i.protocol), ("catalog", "PostgreSQL \(i.catalogPostgresVersion)"),
                            ("max frame", Format.bytes(UInt64(i.maxFrameBytes))),
                            ("connections", "\(i.maxOpenCalls) calls open at once; handshake \(i.handshakeTimeoutMS / 1000) s, "
-                                + "a frame \(i.partialFrameTimeoutMS / 1000) s, idle \(i.idleConnectionTimeoutMS / 1000) s"),
+                                + "a frame \(i.partialFrameTimeoutMS / 1000) s, idle \(i.idleConnectionTimeoutMS / 1000) s, "
+                                + "first authenticated call \(i.authenticationTimeoutMS / 1000) s"),
                            ("you", "\(i.callerTokenName) (\(i.callerRole)" + (i.callerNamespace.isEmpty ? ")" : " in \(i.callerNamespace))"))])
         }
     }

@@ -7,6 +7,7 @@ import BackupWire
 import Foundation
 import Logging
 import NIOPosix
+import ServiceLifecycle
 
 /// The server executable: configuration and wiring only.
 @main
@@ -88,6 +89,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds a client may take to finish its TLS handshake.")
     var handshakeTimeoutSeconds = 10
 
+    @Option(help: "Seconds from the handshake to a connection's first call that authenticates before it is closed.")
+    var authenticationTimeoutSeconds = 10
+
     @Option(help: "Seconds from a frame's first byte to its last before the connection is closed.")
     var partialFrameTimeoutSeconds = 30
 
@@ -100,7 +104,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Connections open at once from one client address.")
     var maxConnectionsPerPeer = ConnectionLimits().maximumConnectionsPerPeer
 
-    @Option(help: "Bytes of received frames that all connections together may hold beyond their own 64 KiB windows; past it they stop reading.")
+    @Option(help: "Bytes of received frames that all connections together may hold beyond their own 64 KiB windows (default 16 MiB); past it they stop reading.")
     var sharedReceiveBytes = ConnectionLimits().sharedReceiveBytes
 
     @Option(help: "Of --shared-receive-bytes, what the connections of one client address may hold (at least --max-frame-bytes).")
@@ -156,7 +160,8 @@ struct Serve: AsyncParsableCommand {
         let counts = [
             ("--restore-jobs", restoreJobs), ("--job-lease-seconds", jobLeaseSeconds), ("--max-files-per-backup", maxFilesPerBackup),
             ("--file-query-timeout-seconds", fileQueryTimeoutSeconds), ("--max-jobs", maxJobs),
-            ("--handshake-timeout-seconds", handshakeTimeoutSeconds), ("--partial-frame-timeout-seconds", partialFrameTimeoutSeconds),
+            ("--handshake-timeout-seconds", handshakeTimeoutSeconds), ("--authentication-timeout-seconds", authenticationTimeoutSeconds),
+            ("--partial-frame-timeout-seconds", partialFrameTimeoutSeconds),
             ("--idle-connection-timeout-seconds", idleConnectionTimeoutSeconds), ("--max-connections", maxConnections),
             ("--max-connections-per-peer", maxConnectionsPerPeer), ("--tool-stall-seconds", toolStallSeconds),
             ("--app-database-connect-timeout-seconds", appDatabaseConnectTimeoutSeconds), ("--max-frame-bytes", maxFrameBytes),
@@ -209,12 +214,12 @@ struct Serve: AsyncParsableCommand {
         }
         let (host, port) = parseListen()!
         var configuration = ServerConfiguration(
-            tls: TLSSettings(certificateChainPath: cert, privateKeyPath: key, clientCAPath: clientCA.isEmpty ? nil : clientCA),
-            catalogURL: catalogURL, blobDirectory: blobDir)
+            tls: TLSSettings(certificateChainPath: cert, privateKeyPath: key, clientCAPath: clientCA.isEmpty ? nil : clientCA))
         configuration.host = host
         configuration.port = port
         configuration.maxFrameBytes = maxFrameBytes
         configuration.connections.handshakeTimeout = .seconds(handshakeTimeoutSeconds)
+        configuration.connections.authenticationTimeout = .seconds(authenticationTimeoutSeconds)
         configuration.connections.partialFrameTimeout = .seconds(partialFrameTimeoutSeconds)
         configuration.connections.idleTimeout = .seconds(idleConnectionTimeoutSeconds)
         configuration.connections.maximumConnections = min(maxConnections, Self.descriptorsForConnections())
@@ -238,12 +243,38 @@ struct Serve: AsyncParsableCommand {
         configuration.appDatabases.maximumFilesPerBackup = maxFilesPerBackup
         configuration.appDatabases.fileQueryTimeout = "\(fileQueryTimeoutSeconds)s"
         let readyFile = self.readyFile
-        try await BackupService(configuration: configuration, logger: Logger(label: "backupd")).run { address in
+        let logger = Logger(label: "backupd")
+        // The catalog's libpq calls have threads of their own, one per connection, so bulk
+        // work of jobs (hashing files, copying blobs) never queues a call's authentication.
+        let catalogThreads = NIOThreadPool(numberOfThreads: Self.catalogConnections)
+        let jobThreads = NIOThreadPool(numberOfThreads: 16)
+        catalogThreads.start()
+        jobThreads.start()
+        defer {
+            catalogThreads.shutdownGracefully { _ in }
+            jobThreads.shutdownGracefully { _ in }
+        }
+        let catalog = Catalog(connectionString: catalogURL, maximumConnections: Self.catalogConnections, threadPool: catalogThreads)
+        try await catalog.migrate()
+        let server = try await BackupServer(
+            configuration: configuration, catalog: catalog, blobStore: try LocalBlobStore(root: blobDir), threadPool: jobThreads,
+            logger: logger
+        ) { address in
             guard let readyFile, let ip = address.ipAddress, let port = address.port else { return }
             let hostPart = ip.contains(":") ? "[\(ip)]" : ip
             try? "\(hostPart):\(port)\n".write(toFile: readyFile, atomically: true, encoding: .utf8)
         }
+        var group = ServiceGroupConfiguration(services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // Past the jobs' grace period and a margin for recording how they ended, whatever still runs is cancelled.
+        group.maximumGracefulShutdownDuration = .seconds(shutdownGraceSeconds) + Self.shutdownMargin
+        try await ServiceGroup(configuration: group).run()
+        await catalog.pool.close()
     }
+
+    /// Connections (and threads) of the catalog pool.
+    static let catalogConnections = 12
+    /// How long a graceful shutdown may go on past the jobs' grace period.
+    static let shutdownMargin: Duration = .seconds(15)
 }
 
 struct TokenCommand: AsyncParsableCommand {

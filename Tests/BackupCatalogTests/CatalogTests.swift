@@ -3,6 +3,7 @@
 import BackupPostgres
 import BackupTestSupport
 import BackupWire
+import Foundation
 import NIOPosix
 import Synchronization
 import Testing
@@ -45,6 +46,35 @@ import Testing
             try await Task.sleep(for: .milliseconds(200))
             let environments = try await catalog.listEnvironments(namespace: "acme")
             #expect(environments.items.map(\.name) == ["shop-production"])
+        }
+    }
+
+    /// Closing the pool refuses new leases and waits for the lent ones.
+    @Test func closingThePoolRefusesNewLeasesAndWaitsForLentOnes() async throws {
+        try await withCatalog { catalog, _ in
+            let lent = try await catalog.pool.withConnection { $0.completedStatements >= 0 }  // opens one connection
+            #expect(lent)
+            let (started, release) = (BackupTestSupport.Atomic(false), BackupTestSupport.Atomic(false))
+            let holder = Task {
+                try await catalog.pool.withConnection { connection in
+                    started.value = true
+                    while !release.value { Thread.sleep(forTimeInterval: 0.01) }
+                    return try connection.query("SELECT 1 AS one")[0].string("one")
+                }
+            }
+            while !started.value { try await Task.sleep(for: .milliseconds(10)) }
+            let closed = BackupTestSupport.Atomic(false)
+            let closing = Task {
+                await catalog.pool.close()
+                closed.value = true
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(!closed.value, "close returned while a connection was lent")
+            await #expect(throws: PostgresError.self) { try await catalog.pool.withConnection { _ in 1 } }
+            release.value = true
+            #expect(try await holder.value == "1")
+            await closing.value
+            #expect(closed.value)
         }
     }
 

@@ -41,7 +41,7 @@ import Testing
 
     @Test func everyRoleReachesExactlyItsMethods() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 let backup = try await finishedBackup(server, app)
                 // finishedBackup stopped it; restores are then refused only for the backup's package version.
                 try await server.withClient { client in
@@ -185,7 +185,7 @@ import Testing
 
     @Test func revokingATokenEndsItsOpenCalls() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 30)]) { server in
+            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = try slowTool("pg_dump", seconds: 30) }) { server in
                 try await server.register(app)
                 let viewer = try await server.makeToken(.viewer, name: "watcher")
                 let created = try await server.withClient { try await createBackup($0) }

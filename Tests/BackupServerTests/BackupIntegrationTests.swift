@@ -88,7 +88,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func aReferencedFileMissingFromTheStoreFailsTheBackupNamingIt() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 try await server.register(app)
                 let missing = try referencedKeys(app)[17]
                 try FileManager.default.removeItem(atPath: "\(app.fileStore)/\(try FileStoreLayout.relativePath(forKey: missing))")
@@ -112,7 +112,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func tokensAreCheckedForNamespaceAndRole() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 try await server.register(app)
                 let viewer = try await server.makeToken(.viewer, name: "viewer")
                 let operatorToken = try await server.makeToken(.operator, name: "operator")
@@ -157,7 +157,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func anEnvironmentRunsOneJobAtATime() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 2)]) { server in
+            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = try slowTool("pg_dump", seconds: 2) }) { server in
                 try await server.register(app)
                 let outcomes = try await server.withClient { client in
                     try await withThrowingTaskGroup(of: Result<CreateBackupResponse, RPCError>.self) { group in
@@ -186,7 +186,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func badInputIsRefusedAndChangesNothing() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 try await server.register(app)
                 try await server.withClient(token: server.platformToken) { platform in
                     let bad = await expectStatus(.invalidArgument) {
@@ -309,7 +309,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func watchJobStreamsProgressToTheEnd() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 1)]) { server in
+            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = try slowTool("pg_dump", seconds: 1) }) { server in
                 try await server.register(app)
                 let updates = try await server.withClient { client in
                     let created = try await createBackup(client)
@@ -327,7 +327,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func aDeadlineEndsACallThatRunsTooLong() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 3)]) { server in
+            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = try slowTool("pg_dump", seconds: 3) }) { server in
                 try await server.register(app)
                 try await server.withClient { client in
                     let created = try await createBackup(client)
@@ -344,7 +344,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func manyCallsShareOneConnection() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 try await server.register(app)
                 let names = try await server.withClient { client in
                     try await withThrowingTaskGroup(of: String.self) { group in
@@ -365,7 +365,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
     }
 
     @Test func methodsNotYetServedAreUnimplemented() async throws {
-        try await withTestServer { server in
+        try await withInProcessServer { server in
             try await server.withClient { client in
                 let download = await expectStatus(.unimplemented) {
                     _ = try await client.unary(Backups.requestDownload, .with { $0.backupID = UUID().uuidString })
@@ -377,7 +377,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func pagesOfBackupsAreNewestFirst() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 try await server.register(app)
                 try await server.withClient { client in
                     var ids: [String] = []

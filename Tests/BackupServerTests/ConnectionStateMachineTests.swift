@@ -11,7 +11,7 @@ import Testing
     typealias Action = Machine.Action
 
     enum Event {
-        case accepted, handshakeCompleted, shutdown, closed, statusWritten, poolFreed
+        case accepted, handshakeCompleted, shutdown, closed, statusWritten, poolFreed, authenticated
         case fired(Machine.Timer)
         case start(UInt32, Machine.CallDecision)
         case end(UInt32)
@@ -21,6 +21,8 @@ import Testing
         case raw([UInt8])
         case consumed(Int)
         case lent(Int)
+        case writing(Int)
+        case wrote(Int)
     }
 
     struct Row {
@@ -35,6 +37,7 @@ import Testing
     static func settings(maximumOpenCalls: Int = 128, window: Int = 100, maximumHeld: Int = 1000) -> Machine.Settings {
         var limits = ConnectionLimits()
         limits.handshakeTimeout = .seconds(10)
+        limits.authenticationTimeout = .seconds(20)
         limits.partialFrameTimeout = .seconds(30)
         limits.idleTimeout = .seconds(300)
         limits.maximumOpenCalls = maximumOpenCalls
@@ -59,6 +62,9 @@ import Testing
             case .closed: actions = machine.closed()
             case .statusWritten: actions = machine.statusWritten()
             case .poolFreed: actions = machine.poolFreed()
+            case .authenticated: actions = machine.callAuthenticated()
+            case .writing(let bytes): actions = machine.writing(bytes)
+            case .wrote(let bytes): actions = machine.wrote(bytes)
             case .fired(let timer): actions = machine.timerFired(timer)
             case .start(let id, let expected):
                 let (decision, startActions) = machine.callStarted(id)
@@ -86,7 +92,7 @@ import Testing
     @Test func aFinishedHandshakeStartsTheIdleTimer() {
         run([
             Row(.accepted, [.arm(.handshake, .seconds(10))]),
-            Row(.handshakeCompleted, [.cancel(.handshake), .arm(.idle, .seconds(300))]),
+            Row(.handshakeCompleted, [.cancel(.handshake), .arm(.authentication, .seconds(20)), .arm(.idle, .seconds(300))]),
             Row(.fired(.handshake)),  // too late to matter
             Row(.fired(.idle), [.close]),
         ], handshaking: true)
@@ -121,7 +127,9 @@ import Testing
             Row(.start(1, .accept), [.cancel(.idle)]),
             Row(.start(2, .accept)),
             Row(.start(3, .refuse(RPCError(.resourceExhausted, "a connection may have 2 calls open at once")))),
+            Row(.statusWritten),
             Row(.end(1)),
+            Row(.statusWritten),
             Row(.start(3, .accept)),
         ], settings: Self.settings(maximumOpenCalls: 2))
     }
@@ -132,6 +140,7 @@ import Testing
             Row(.shutdown),
             Row(.start(2, .refuse(RPCError(.unavailable, "the server is shutting down")))),
             Row(.end(1)),
+            Row(.statusWritten),
             Row(.statusWritten, [.close]),
         ])
     }
@@ -166,24 +175,44 @@ import Testing
         ])
     }
 
-    @Test func beyondItsWindowAConnectionBorrowsAndReadsOnlyWhatItWasLent() {
+    /// A connection that has made no authenticated call by the timeout is
+    /// closed, however busy; one call that authenticates keeps it.
+    @Test func aConnectionMustAuthenticateACallInTime() {
         run([
-            // 4 + 496 bytes announced: 400 beyond the window of 100. Until lent, reading stops and no timer runs.
-            Row(.header(length: 496, body: 0), [.borrow(400), .pauseReading]),
+            Row(.start(1, .accept), [.cancel(.idle)]),
+            Row(.fired(.authentication), [.close]),
+        ])
+        run([
+            Row(.start(1, .accept), [.cancel(.idle)]),
+            Row(.authenticated, [.cancel(.authentication), .authenticated]),
+            Row(.start(2, .accept)),
+            Row(.authenticated),
+            Row(.fired(.authentication)),
+        ])
+    }
+
+    /// Only bytes that arrived are charged: a length alone borrows nothing.
+    @Test func beyondItsWindowAConnectionBorrowsWhatArrivedAndReadsOnlyWhatItWasLent() {
+        run([
+            Row(.header(length: 496, body: 0), [.arm(.partialFrame, .seconds(30))]),  // 4 bytes held, within the window of 100
+            Row(.body(96)),
+            // 200 held: 100 beyond the window. Until lent, reading stops and the timer with it.
+            Row(.body(100), [.borrow(100), .cancel(.partialFrame), .pauseReading]),
             Row(.fired(.partialFrame)),
-            Row(.lent(400), [.arm(.partialFrame, .seconds(30)), .resumeReading]),
-            Row(.body(496), [.cancel(.partialFrame)]),
+            Row(.lent(100), [.arm(.partialFrame, .seconds(30)), .resumeReading]),
+            Row(.body(300), [.cancel(.partialFrame), .borrow(300), .pauseReading]),
+            Row(.lent(300), [.resumeReading]),
             Row(.consumed(500), [.giveBack(400)]),
         ])
     }
 
     @Test func aConnectionThePoolCannotServeWaitsAndAsksAgain() {
         run([
-            Row(.header(length: 496, body: 0), [.borrow(400), .pauseReading]),
+            Row(.header(length: 496, body: 496), [.borrow(400), .pauseReading]),
             Row(.poolFreed, [.borrow(400)]),
             Row(.poolFreed, [.borrow(400)]),
-            Row(.lent(400), [.arm(.partialFrame, .seconds(30)), .resumeReading]),
-            Row(.closed, [.cancel(.handshake), .cancel(.partialFrame), .cancel(.idle), .giveBack(400)]),
+            Row(.lent(400), [.resumeReading]),
+            Row(.closed, [.cancel(.handshake), .cancel(.authentication), .cancel(.partialFrame), .cancel(.idle), .giveBack(400)]),
             Row(.lent(50), [.giveBack(50)]),  // lent as it closed
             Row(.poolFreed),
         ])
@@ -197,6 +226,24 @@ import Testing
             Row(.consumed(600)),
         ], settings: Self.settings(window: 10_000, maximumHeld: 1000))
     }
+
+    /// A client that does not take what the server writes stops being read:
+    /// statuses of ended or refused calls count as open calls until written,
+    /// and responses being written count against the connection.
+    @Test func aClientThatDoesNotReadStopsBeingRead() {
+        run([
+            Row(.start(1, .accept), [.cancel(.idle)]),
+            Row(.end(1), [.arm(.idle, .seconds(300))]),
+            Row(.start(2, .accept), [.cancel(.idle)]),
+            Row(.start(3, .refuse(RPCError(.resourceExhausted, "a connection may have 2 calls open at once"))), [.pauseReading]),
+            Row(.statusWritten, [.resumeReading]),
+            Row(.statusWritten),
+            Row(.start(3, .accept)),
+            Row(.writing(600)),
+            Row(.writing(600), [.pauseReading]),
+            Row(.wrote(600), [.resumeReading]),
+        ], settings: Self.settings(maximumOpenCalls: 2))
+    }
 }
 
 /// The controller and gate on a channel: the machine's timers are real.
@@ -205,8 +252,9 @@ import Testing
         let loop = EmbeddedEventLoop()
         let channel = EmbeddedChannel(loop: loop)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-        let controller = ConnectionController(
-            channel: channel, settings: ConnectionStateMachineTests.settings(), pool: ReceivePool(bytes: 1 << 20, perPeer: 1 << 20), peer: "p")
+        var settings = ConnectionStateMachineTests.settings()
+        settings.limits.authenticationTimeout = .seconds(100)
+        let controller = ConnectionController(channel: channel, settings: settings, pool: ReceivePool(bytes: 1 << 20, perPeer: 1 << 20), peer: "p")
         try channel.pipeline.syncOperations.addHandler(ReceiveGate(controller: controller))
         controller.handshakeCompleted()
         loop.run()

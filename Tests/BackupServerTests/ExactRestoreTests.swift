@@ -87,7 +87,7 @@ func databaseContents(_ database: String) throws -> [String] {
         try await withTestApp { app in
             let psql = try runCommand("/usr/bin/psql", ["-v", "ON_ERROR_STOP=1", "-q", "-d", app.connectionString, "-c", variedSchema])
             try #require(psql.status == 0, "\(psql.standardError)")
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 let atBackup = try databaseContents(app.database)
                 let backup = try await finishedBackup(server, app)
                 try TestPostgres.query(app.database, "DROP VIEW calm_entries")
@@ -116,7 +116,7 @@ func databaseContents(_ database: String) throws -> [String] {
                 case "$*" in *--jobs*) /usr/bin/pg_restore "$@" || exit $?; for a in "$@"; do case "$a" in --dbname=*) db="${a#--dbname=}";; esac; done
                   /usr/bin/psql -q -d "$db" -c 'DROP VIEW calm_entries' || exit 1; exit 0;; esac
                 """)
-            try await withTestServer(arguments: ["--pg-restore", dropsView]) { server in
+            try await withInProcessServer(configure: { $0.jobs.tools.pgRestore = dropsView }) { server in
                 let backup = try await finishedBackup(server, app)
                 try TestPostgres.query(app.database, "DROP VIEW calm_entries")
                 let before = try databaseContents(app.database)
@@ -146,7 +146,7 @@ func databaseContents(_ database: String) throws -> [String] {
                     case "$*" in *--jobs*) case "$*" in *\(source.database)_restore_*) gate=\(sourceGate);; *) gate=\(otherGate);; esac;; esac
                     while [ -n "$gate" ] && [ -e "$gate" ]; do sleep 0.1; done
                     """)
-                try await withTestServer(arguments: ["--max-jobs", "1", "--pg-restore", gated]) { server in
+                try await withInProcessServer(configure: { $0.jobs.maximumConcurrentJobs = 1; $0.jobs.tools.pgRestore = gated }) { server in
                     let backup = try await finishedBackup(server, source)
                     try await server.register(other, as: "shop-acceptance")
                     try await server.withClient { client in

@@ -51,7 +51,7 @@ func rawUnary(_ server: TestServer, start: [UInt8], request: [UInt8]) async thro
 }
 
 @Suite(.serialized) struct InputLimitsTests {
-    private func registerQuery(_ server: TestServer, _ app: TestApp, _ name: String, _ query: String) async throws -> RPCError? {
+    private func registerQuery(_ server: some BackupTestServer, _ app: TestApp, _ name: String, _ query: String) async throws -> RPCError? {
         do {
             _ = try await server.withClient(token: server.platformToken) { client in
                 try await client.unary(Backups.registerEnvironment, .with {
@@ -65,7 +65,7 @@ func rawUnary(_ server: TestServer, start: [UInt8], request: [UInt8]) async thro
         }
     }
 
-    private func backupError(_ server: TestServer, _ environment: String) async throws -> String {
+    private func backupError(_ server: some BackupTestServer, _ environment: String) async throws -> String {
         try await server.withClient { client in
             let created = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = environment })
             let job = try await waitForJob(created.job.id, on: client)

@@ -43,7 +43,7 @@ func processes(naming fragment: String) -> [String] {
 }
 
 /// Starts a backup of `environment` and waits until its pg_dump is blocked on `lock`.
-func hungBackup(_ server: TestServer, _ app: TestApp, environment: String = "shop-production",
+func hungBackup(_ server: some BackupTestServer, _ app: TestApp, environment: String = "shop-production",
                 token: String? = nil) async throws -> CreateBackupResponse {
     let created = try await server.withClient(token: token) { client in
         try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = environment })
@@ -92,7 +92,7 @@ func hungBackup(_ server: TestServer, _ app: TestApp, environment: String = "sho
             // A duration of its own, so that no other process on the machine passes for this one.
             let sleeper = "sleep 60.\(Int.random(in: 100_000...999_999))"
             let holds = try wrappedTool("pg_restore", running: #"case "$*" in *--jobs*) "# + sleeper + ";; esac")
-            try await withTestServer(arguments: ["--pg-restore", holds]) { server in
+            try await withInProcessServer(configure: { $0.jobs.tools.pgRestore = holds }) { server in
                 let backup = try await finishedBackup(server, app)
                 try changeEverything(app)
                 let before = try EnvironmentState(app)
@@ -185,7 +185,7 @@ func hungBackup(_ server: TestServer, _ app: TestApp, environment: String = "sho
     /// file query stuck behind a lock: each job ends with the reason.
     @Test func aHungAppDatabaseTimesOutWithAClearReason() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--app-database-connect-timeout-seconds", "2", "--file-query-timeout-seconds", "2"]) { server in
+            try await withInProcessServer(configure: { $0.appDatabases.connectTimeoutSeconds = 2; $0.appDatabases.fileQueryTimeout = "2s" }) { server in
                 try await server.register(app)
                 let silent = try SilentListener()
                 defer { silent.close() }
@@ -217,7 +217,7 @@ func hungBackup(_ server: TestServer, _ app: TestApp, environment: String = "sho
         try await withTestApp { first in
             try await withTestApp { second in
                 try await withTestApp { other in
-                    try await withTestServer(arguments: ["--max-jobs", "2"]) { server in
+                    try await withInProcessServer(configure: { $0.jobs.maximumConcurrentJobs = 2 }) { server in
                         try await server.register(first, as: "shop-production")
                         try await server.register(second, as: "shop-acceptance")
                         try await server.withClient(token: server.platformToken) { platform in
@@ -420,7 +420,7 @@ final class SilentListener: Sendable {
     /// backup it made. Never both, never neither.
     @Test func aMutatingCallPastItsDeadlineChangesNothingAndOneThatCommittedAnswers() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 let names = (1...10).map { "shop-\($0)" }
                 let stores = try ScratchDirectory("deadline-stores")
                 defer { stores.remove() }

@@ -71,7 +71,7 @@ final class BusyApp: @unchecked Sendable {
     /// ran, which it counts.
     @Test func backupsOfABusyAppFinishAndAreConsistent() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 try await server.register(app)
                 let busy = BusyApp(app)
                 busy.start()
@@ -163,7 +163,7 @@ final class BusyApp: @unchecked Sendable {
     /// not a deletion: the backup fails naming it.
     @Test func aMissingFileWhoseRowRemainsFailsTheBackupNamingIt() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 try await server.register(app)
                 let key = try referencedKeys(app)[5]
                 try FileManager.default.removeItem(atPath: documentPath(app, key))
@@ -186,7 +186,7 @@ func documentPath(_ app: TestApp, _ key: String) -> String {
 
 /// The file document keys the backup's dump lists as having contents, and
 /// the keys and blob hashes the backup holds, read from its catalog and blob store.
-func contents(of backup: Backup, on server: TestServer) throws -> (dumped: Set<String>, stored: [String: String]) {
+func contents(of backup: Backup, on server: some BackupTestServer) throws -> (dumped: Set<String>, stored: [String: String]) {
     let stored = Dictionary(uniqueKeysWithValues: try TestPostgres.query(server.catalogDatabase, """
         SELECT storage_key, sha256 FROM snapshot_files WHERE snapshot_id = $1
         """, backup.id).map { ($0.string("storage_key"), $0.string("sha256")) })

@@ -17,7 +17,7 @@ struct EnvironmentState: Equatable {
 }
 
 /// Makes a finished backup of `app` as environment shop-production and stops the environment.
-func finishedBackup(_ server: TestServer, _ app: TestApp, name: String = "shop-production") async throws -> Backup {
+func finishedBackup(_ server: some BackupTestServer, _ app: TestApp, name: String = "shop-production") async throws -> Backup {
     try await server.register(app, as: name)
     return try await server.withClient { client in
         let created = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = name })
@@ -59,7 +59,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
 @Suite(.serialized) struct RestoreTests {
     @Test func aRestoreBringsBackEveryTableAndFileAsTheyWereAtBackupTime() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 let atBackup = try EnvironmentState(app)
                 let backup = try await finishedBackup(server, app)
                 // The snapshot holds the referenced files only: delete-after-download ones are not restored.
@@ -96,7 +96,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
     @Test func aBackupRestoresIntoAnotherEnvironmentOfTheNamespace() async throws {
         try await withTestApp { production in
             try await withTestApp { acceptance in
-                try await withTestServer { server in
+                try await withInProcessServer { server in
                     try TestPostgres.query(production.database, "UPDATE \"shop$customer\" SET name = 'Production ' || id")
                     let atBackup = try EnvironmentState(production)
                     let backup = try await finishedBackup(server, production)
@@ -118,7 +118,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
     @Test func restoringAcrossNamespacesIsRefusedWhateverTheCallersRoles() async throws {
         try await withTestApp { app in
             try await withTestApp { other in
-                try await withTestServer { server in
+                try await withInProcessServer { server in
                     let backup = try await finishedBackup(server, app)
                     let otherAdmin = try await server.makeToken(.admin, namespace: "other", name: "other-admin")
                     _ = try await server.withClient(token: server.platformToken) { client in
@@ -155,7 +155,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
 
     @Test func everyPreconditionIsCheckedBeforeAnythingIsTouched() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 3)]) { server in
+            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = try slowTool("pg_dump", seconds: 3) }) { server in
                 let backup = try await finishedBackup(server, app)
                 let before = try EnvironmentState(app)
                 let viewer = try await server.makeToken(.viewer, name: "viewer")
@@ -203,7 +203,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
 
     @Test func aMismatchedVersionRestoresWhenAccepted() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 let backup = try await finishedBackup(server, app)
                 try await server.withClient { client in
                     _ = try await client.unary(Backups.updateEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production"; $0.packageVersion = "2.0.0" })
@@ -301,7 +301,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
 
     @Test func thePreviousStateCanBeDroppedRightAway() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--drop-previous-on-restore"]) { server in
+            try await withInProcessServer(configure: { $0.jobs.keepPreviousOnRestore = false }) { server in
                 let backup = try await finishedBackup(server, app)
                 let job = try await server.withClient { try await restore($0, backup) }
                 #expect(job.status == .finished, "\(job.error)")
@@ -314,7 +314,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
 
     @Test func aDatabaseOnlyRestoreLeavesTheFilesAlone() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 let atBackup = try EnvironmentState(app)
                 let backup = try await finishedBackup(server, app)
                 try changeEverything(app)

@@ -11,7 +11,7 @@ import Testing
 @Suite(.serialized) struct TrustBoundaryTests {
     /// Registers (as the platform) an environment at `path`, expecting `code`.
     @discardableResult
-    private func register(_ server: TestServer, _ app: TestApp, name: String, path: String? = nil, url: String? = nil,
+    private func register(_ server: some BackupTestServer, _ app: TestApp, name: String, path: String? = nil, url: String? = nil,
                           query: String = "", expect code: StatusCode,
                           sourceLocation: SourceLocation = #_sourceLocation) async -> RPCError? {
         await expectStatus(code, {
@@ -24,7 +24,7 @@ import Testing
         }, sourceLocation: sourceLocation)
     }
 
-    private func environmentNames(_ server: TestServer) async throws -> [String] {
+    private func environmentNames(_ server: some BackupTestServer) async throws -> [String] {
         try await server.withClient { client in
             try await client.unary(Backups.listEnvironments, ListEnvironmentsRequest()).environments.map(\.name)
         }
@@ -82,7 +82,7 @@ import Testing
 
     @Test func aStoreThatBecameALinkIsRefusedBeforeTheJobTouchesIt() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 try await server.register(app)
                 // After registration the store is swapped for a link to a folder outside every root.
                 try FileManager.default.moveItem(atPath: app.fileStore, toPath: app.fileStore + "-real")
@@ -98,7 +98,7 @@ import Testing
 
     @Test func anAppDatabaseIsNeverTheCatalog() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 try await server.register(app)
                 let catalog = server.catalogDatabase
                 for url in [TestPostgres.connectionString(catalog),
@@ -156,7 +156,7 @@ import Testing
 
     @Test func appDatabasesStayOnTheAllowedHosts() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--app-database-hosts", "db.internal, 127.0.0.1"]) { server in
+            try await withInProcessServer(configure: { $0.appDatabases.allowedHosts = ["db.internal", "127.0.0.1"] }) { server in
                 try await server.register(app)
                 let refused = await register(server, app, name: "elsewhere",
                                              url: "host=localhost port=\(TestPostgres.port) user=postgres dbname=\(app.database)",
@@ -267,7 +267,7 @@ import Testing
 
     @Test func restoredFilesBelongToTheStoresOwnerNotToBackupd() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 // The app's file store belongs to another user (the cluster's `postgres`), readable by its group.
                 let owner = try #require(getpwnam("postgres")).pointee
                 #expect(chown(app.fileStore, owner.pw_uid, owner.pw_gid) == 0)
@@ -293,7 +293,7 @@ import Testing
 
     @Test func aRestoreDeletesNoFolderItDidNotMake() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer { server in
                 let backup = try await finishedBackup(server, app)
                 // Someone else's folder sits where the previous state would go.
                 let foreign = app.fileStore + ".prerestore"

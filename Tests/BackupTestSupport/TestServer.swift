@@ -41,7 +41,7 @@ public struct TestSupportError: Error, CustomStringConvertible {
 /// database and blob store, an admin token for namespace "acme" and a
 /// platform token. File stores may lie under the system's temporary folder,
 /// where `TestApp` makes them.
-public final class TestServer: @unchecked Sendable {
+public final class TestServer: BackupTestServer, @unchecked Sendable {
     public let catalogDatabase: String
     public let blobDirectory: String
     public let address: String
@@ -152,34 +152,8 @@ public final class TestServer: @unchecked Sendable {
         try ClientSettings(address: address, token: token ?? adminToken, caFile: Self.caFile)
     }
 
-    /// Runs `body` on a client connection with a token (the admin's by default).
-    public func withClient<T: Sendable>(token: String? = nil, _ body: @Sendable (BackupClient) async throws -> T) async throws -> T {
+    public func withClient<T: Sendable>(token: String?, _ body: @Sendable (BackupClient) async throws -> T) async throws -> T {
         try await BackupClient.withConnection(try settings(token: token), body)
-    }
-
-    /// A new token with `role`, made through the API.
-    public func makeToken(_ role: Role, namespace: String = TestServer.namespace, name: String = "test") async throws -> String {
-        let adminToken = namespace == Self.namespace ? self.adminToken : nil
-        if let adminToken {
-            return try await withClient(token: adminToken) { client in
-                try await client.unary(Backups.createToken, .with { $0.namespace = namespace; $0.role = role; $0.name = name }).secret
-            }
-        }
-        let created = try runCommand("\(binDirectory)/backupd", ["token", "create", "--namespace", namespace, "--role", role.description,
-                                                               "--name", name, "--catalog", TestPostgres.connectionString(catalogDatabase)])
-        guard created.status == 0 else { throw TestSupportError(created.standardError) }
-        return created.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    /// Registers `app` as environment `name` of the test namespace, as the platform does.
-    @discardableResult
-    public func register(_ app: TestApp, as name: String = "shop-production", packageVersion: String = "1.0.0") async throws -> Environment {
-        try await withClient(token: platformToken) { client in
-            try await client.unary(Backups.registerEnvironment, .with {
-                $0.namespace = TestServer.namespace; $0.name = name; $0.app = "shop"
-                $0.databaseURL = app.connectionString; $0.fileStorePath = app.fileStore; $0.packageVersion = packageVersion
-            })
-        }
     }
 
     /// Runs backupctl against this server.
@@ -242,4 +216,48 @@ public func wrappedTool(_ tool: String, running line: String) throws -> String {
 /// A tool that waits `seconds` before it runs.
 public func slowTool(_ tool: String, seconds: Int) throws -> String {
     try wrappedTool(tool, running: "sleep \(seconds)")
+}
+
+/// What handler-level tests need of a server, whether it runs as a process
+/// (`TestServer`) or inside the test (`InProcessServer`).
+public protocol BackupTestServer: Sendable {
+    var catalogDatabase: String { get }
+    var blobDirectory: String { get }
+    var adminToken: String { get }
+    var platformToken: String { get }
+    /// Runs `body` on a client connection with a token (the admin's when nil).
+    func withClient<T: Sendable>(token: String?, _ body: @Sendable (BackupClient) async throws -> T) async throws -> T
+}
+
+extension BackupTestServer {
+    /// Runs `body` on a client connection with the admin's token.
+    public func withClient<T: Sendable>(_ body: @Sendable (BackupClient) async throws -> T) async throws -> T {
+        try await withClient(token: nil, body)
+    }
+
+    /// A new token with `role`, made through the API.
+    public func makeToken(_ role: Role, namespace: String = TestServer.namespace, name: String = "test") async throws -> String {
+        let adminToken = namespace == TestServer.namespace ? self.adminToken : nil
+        if let adminToken {
+            return try await withClient(token: adminToken) { client in
+                try await client.unary(Backups.createToken, .with { $0.namespace = namespace; $0.role = role; $0.name = name }).secret
+            }
+        }
+        let created = try runCommand("\(binDirectory)/backupd", ["token", "create", "--namespace", namespace, "--role", role.description,
+                                                               "--name", name, "--catalog", TestPostgres.connectionString(catalogDatabase)])
+        guard created.status == 0 else { throw TestSupportError(created.standardError) }
+        return created.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Registers `app` as environment `name` of the test namespace, as the platform does.
+    @discardableResult
+    public func register(_ app: TestApp, as name: String = "shop-production", packageVersion: String = "1.0.0") async throws -> Environment {
+        try await withClient(token: platformToken) { client in
+            try await client.unary(Backups.registerEnvironment, .with {
+                $0.namespace = TestServer.namespace; $0.name = name; $0.app = "shop"
+                $0.databaseURL = app.connectionString; $0.fileStorePath = app.fileStore; $0.packageVersion = packageVersion
+            })
+        }
+    }
+
 }

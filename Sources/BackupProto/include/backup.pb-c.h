@@ -633,16 +633,18 @@ struct  Backup__V1__ServerInfoResponse
   char *caller_token_name;
   /*
    * The connection limits (docs/protocol.md): calls open at once on one
-   * connection, and how long a handshake, a frame and an idle connection may take.
+   * connection, and how long a handshake, a frame, an idle connection and a
+   * connection without an authenticated call may take.
    */
   uint32_t max_open_calls;
   uint32_t handshake_timeout_ms;
   uint32_t partial_frame_timeout_ms;
   uint32_t idle_connection_timeout_ms;
+  uint32_t authentication_timeout_ms;
 };
 #define BACKUP__V1__SERVER_INFO_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__server_info_response__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, BACKUP__V1__ROLE__ROLE_UNSPECIFIED, (char *)protobuf_c_empty_string, 0, 0, 0, 0 }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, BACKUP__V1__ROLE__ROLE_UNSPECIFIED, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0 }
 
 
 struct  Backup__V1__RegisterEnvironmentRequest

@@ -23,12 +23,14 @@ public struct RPCDispatcher: Sendable {
     /// - Parameters:
     ///   - requests: the call's request messages; finishes at half-close.
     ///   - cancelled: yields when the client cancels the call.
+    ///   - authenticated: hears when the call's token is accepted.
     ///   - send: writes one response message.
     /// - Returns: the status that ends the call.
     public func handle(
         _ start: CallStart,
         requests: CallRequests,
         cancelled: AsyncStream<Void>,
+        authenticated: @escaping @Sendable () -> Void = {},
         send: @escaping @Sendable ([UInt8]) async throws -> Void
     ) async -> CallStatus {
         if openCalls.isDraining {
@@ -48,6 +50,7 @@ public struct RPCDispatcher: Sendable {
             group.addTask {
                 do {
                     let caller = try await self.caller(for: start)
+                    authenticated()
                     let registration = self.openCalls.register(tokenID: caller.tokenID, revoked: revokedContinuation)
                     defer { self.openCalls.remove(registration) }
                     try await CommitGate.$current.withValue(gate) {

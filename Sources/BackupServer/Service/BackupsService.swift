@@ -28,6 +28,7 @@ struct BackupsService: Sendable {
                 $0.handshakeTimeoutMS = connections.handshakeTimeout.milliseconds
                 $0.partialFrameTimeoutMS = connections.partialFrameTimeout.milliseconds
                 $0.idleConnectionTimeoutMS = connections.idleTimeout.milliseconds
+                $0.authenticationTimeoutMS = connections.authenticationTimeout.milliseconds
             }
         }
         registerEnvironments(into: &router)

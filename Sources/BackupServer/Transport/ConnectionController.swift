@@ -4,20 +4,24 @@ import NIOCore
 /// event reaches the machine on the channel's event loop, in order, and
 /// every action is carried out there: timers, the shared receive pool,
 /// reading resumed, the channel closed.
-final class ConnectionController: Sendable {
+final class ConnectionController: ConnectionGovernor {
     private typealias Machine = ConnectionStateMachine
 
     private let channel: any Channel
     private let pool: ReceivePool
     private let peer: String
+    private let onAuthenticated: @Sendable () -> Void
     private let machine: NIOLoopBoundBox<Machine>
     private let timers: NIOLoopBoundBox<[Machine.Timer: Scheduled<Void>]>
 
     /// Call on the channel's event loop, as it is set up.
-    init(channel: any Channel, settings: ConnectionStateMachine.Settings, pool: ReceivePool, peer: String) {
+    /// `onAuthenticated` hears when the connection first makes a call that authenticates.
+    init(channel: any Channel, settings: ConnectionStateMachine.Settings, pool: ReceivePool, peer: String,
+         onAuthenticated: @escaping @Sendable () -> Void = {}) {
         self.channel = channel
         self.pool = pool
         self.peer = peer
+        self.onAuthenticated = onAuthenticated
         self.machine = NIOLoopBoundBox(Machine(settings: settings), eventLoop: channel.eventLoop)
         self.timers = NIOLoopBoundBox([:], eventLoop: channel.eventLoop)
         handle { $0.accepted() }
@@ -56,7 +60,18 @@ final class ConnectionController: Sendable {
         onLoop { $0.statusWritten() }
     }
 
-    /// A call took a frame of `bytes` (as charged when its length arrived), or the connection discarded it.
+    func callAuthenticated() {
+        onLoop { $0.callAuthenticated() }
+    }
+
+    func writing(_ bytes: Int) {
+        onLoop { $0.writing(bytes) }
+    }
+
+    func wrote(_ bytes: Int) {
+        onLoop { $0.wrote(bytes) }
+    }
+
     func consumed(_ bytes: Int) {
         onLoop { $0.consumed(bytes) }
     }
@@ -94,6 +109,8 @@ final class ConnectionController: Sendable {
                 if granted { handle { $0.lent(bytes) } }
             case .giveBack(let bytes):
                 pool.giveBack(bytes, peer: peer)
+            case .authenticated:
+                onAuthenticated()
             case .close:
                 channel.close(promise: nil)
             }

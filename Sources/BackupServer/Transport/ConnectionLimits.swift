@@ -7,6 +7,8 @@ import Synchronization
 public struct ConnectionLimits: Sendable {
     /// To finish the TLS handshake.
     public var handshakeTimeout: Duration = .seconds(10)
+    /// From the handshake to the connection's first call that authenticates.
+    public var authenticationTimeout: Duration = .seconds(10)
     /// From a frame's first byte to its last.
     public var partialFrameTimeout: Duration = .seconds(30)
     /// With no call open.
@@ -20,7 +22,7 @@ public struct ConnectionLimits: Sendable {
     /// them without borrowing from the shared pool: room for any unary call.
     public var receiveWindow = 64 * 1024
     /// Bytes all connections together may borrow beyond their windows.
-    public var sharedReceiveBytes = 32 * 1024 * 1024
+    public var sharedReceiveBytes = 16 * 1024 * 1024
     /// Of the shared bytes, what the connections of one client address may borrow.
     public var sharedReceiveBytesPerPeer = 8 * 1024 * 1024
 
@@ -28,37 +30,75 @@ public struct ConnectionLimits: Sendable {
 }
 
 /// Counts open connections, in all and by client address, and admits a new
-/// one only within the limits.
+/// one only within the limits. When the server is full, a new connection
+/// takes the place of the oldest one that has not yet made an authenticated
+/// call, so that clients without a token cannot hold every slot.
 final class ConnectionAdmission: Sendable {
-    private struct Counts {
+    /// An admitted connection, counted until `release`.
+    struct Ticket: Sendable {
+        fileprivate let number: UInt64
+        fileprivate let peer: String
+    }
+
+    private struct State {
+        var next: UInt64 = 0
         var total = 0
         var byPeer: [String: Int] = [:]
+        /// Admitted connections that have not authenticated a call, by admission number, with how to close them.
+        var unauthenticated: [UInt64: (peer: String, close: @Sendable () -> Void)] = [:]
+        /// Connections closed to make room, whose counts are already gone.
+        var evicted: Set<UInt64> = []
+
+        mutating func uncount(_ peer: String) {
+            total -= 1
+            byPeer[peer, default: 1] -= 1
+            if byPeer[peer] == 0 { byPeer[peer] = nil }
+        }
     }
 
     private let limits: ConnectionLimits
-    private let counts = Mutex(Counts())
+    private let state = Mutex(State())
 
     init(limits: ConnectionLimits) {
         self.limits = limits
     }
 
-    /// Whether `peer` may open another connection; if so it is counted until `release`.
-    func admit(_ peer: String) -> Bool {
-        counts.withLock { counts in
-            guard counts.total < limits.maximumConnections, counts.byPeer[peer, default: 0] < limits.maximumConnectionsPerPeer else {
-                return false
+    /// Admits a connection from `peer`, closing the oldest unauthenticated
+    /// one if the server is full; nil when `peer` has its share already, or
+    /// every open connection has authenticated. `close` closes the new one,
+    /// should it have to make room in turn.
+    func admit(_ peer: String, close: @escaping @Sendable () -> Void) -> Ticket? {
+        let (ticket, evicted): (Ticket?, (@Sendable () -> Void)?) = state.withLock { state in
+            guard state.byPeer[peer, default: 0] < limits.maximumConnectionsPerPeer else { return (nil, nil) }
+            var evicted: (@Sendable () -> Void)?
+            if state.total >= limits.maximumConnections {
+                guard let oldest = state.unauthenticated.keys.min(), let victim = state.unauthenticated.removeValue(forKey: oldest) else {
+                    return (nil, nil)
+                }
+                state.uncount(victim.peer)
+                state.evicted.insert(oldest)
+                evicted = victim.close
             }
-            counts.total += 1
-            counts.byPeer[peer, default: 0] += 1
-            return true
+            state.next += 1
+            state.total += 1
+            state.byPeer[peer, default: 0] += 1
+            state.unauthenticated[state.next] = (peer, close)
+            return (Ticket(number: state.next, peer: peer), evicted)
         }
+        evicted?()
+        return ticket
     }
 
-    func release(_ peer: String) {
-        counts.withLock { counts in
-            counts.total -= 1
-            counts.byPeer[peer, default: 1] -= 1
-            if counts.byPeer[peer] == 0 { counts.byPeer[peer] = nil }
+    /// The connection made an authenticated call: it keeps its place.
+    func authenticated(_ ticket: Ticket) {
+        _ = state.withLock { $0.unauthenticated.removeValue(forKey: ticket.number) }
+    }
+
+    func release(_ ticket: Ticket) {
+        state.withLock { state in
+            state.unauthenticated[ticket.number] = nil
+            guard state.evicted.remove(ticket.number) == nil else { return }
+            state.uncount(ticket.peer)
         }
     }
 }

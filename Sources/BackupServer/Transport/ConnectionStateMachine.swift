@@ -8,22 +8,29 @@ import NIOCore
 ///
 ///     handshaking ──handshake done──▶ open ──graceful shutdown──▶ draining
 ///          │                           │  ▲ call opened / ended       │
-///          │ handshake timer           │  │ (idle timer armed        │ last call ended
+///          │ handshake timer           │  │ (idle timer armed        │ last status written
 ///          │ graceful shutdown         │  │  while none is open)     │
 ///          ▼                           ▼                              ▼
-///        closed ◀── idle or partial-frame timer, peer gone ──────── closed
+///        closed ◀── idle, partial-frame or authentication timer, ── closed
+///                   peer gone
 ///
-/// Memory: every frame is charged to the connection from the moment its
-/// length arrives until its call has taken the message (`consumed`). A
-/// connection holds up to `receiveWindow` bytes on its own; beyond that it
-/// borrows from a pool shared by all connections, and stops reading while
-/// the pool has nothing to lend or once it holds a whole frame's worth
-/// (`maximumHeldBytes`) that its calls have not taken. Reading stopped means
-/// TCP back-pressure on the client, and on the other calls of the same
-/// connection (head-of-line), never growth of the server's memory.
+/// A connection must make a call that authenticates within the
+/// authentication timeout of its handshake; until it has, it is the first
+/// to go when the server is full (`ConnectionAdmission`).
+///
+/// Memory: every byte received is charged to the connection until the call
+/// its frame belongs to has taken the message (`consumed`). A connection
+/// holds up to `receiveWindow` bytes on its own; beyond that it borrows from
+/// a pool shared by all connections, and stops reading while the pool has
+/// nothing to lend, once it holds a whole frame's worth
+/// (`maximumHeldBytes`) that its calls have not taken, or while the client
+/// is not taking what the server writes (as many statuses waiting to be
+/// written as calls may be open, or a frame's worth of responses). Reading
+/// stopped means TCP back-pressure on the client, and on the other calls of
+/// the same connection (head-of-line), never growth of the server's memory.
 struct ConnectionStateMachine: Sendable {
     enum Timer: Hashable, Sendable, CaseIterable {
-        case handshake, partialFrame, idle
+        case handshake, authentication, partialFrame, idle
     }
 
     enum Action: Equatable, Sendable {
@@ -35,6 +42,8 @@ struct ConnectionStateMachine: Sendable {
         case borrow(Int)
         /// Give this many bytes back to the shared pool.
         case giveBack(Int)
+        /// The connection has made an authenticated call: it is no longer the first to go when the server is full.
+        case authenticated
         case close
     }
 
@@ -60,7 +69,11 @@ struct ConnectionStateMachine: Sendable {
     let settings: Settings
     private(set) var phase = Phase.handshaking
     private var openCalls: Set<UInt32> = []
+    /// Statuses of ended or refused calls not yet written.
     private var statusesToWrite = 0
+    /// Bytes of responses being written.
+    private var outboundBytes = 0
+    private var isAuthenticated = false
     private var boundaries = FrameBoundaries()
     /// Bytes of frames announced and not yet consumed by their calls.
     private(set) var heldBytes = 0
@@ -85,12 +98,13 @@ struct ConnectionStateMachine: Sendable {
     mutating func handshakeCompleted() -> [Action] {
         guard phase == .handshaking else { return [] }
         phase = .open
-        return [.cancel(.handshake), .arm(.idle, limits.idleTimeout)]
+        return [.cancel(.handshake), .arm(.authentication, limits.authenticationTimeout), .arm(.idle, limits.idleTimeout)]
     }
 
     mutating func timerFired(_ timer: Timer) -> [Action] {
         let stillDue = switch timer {
         case .handshake: phase == .handshaking
+        case .authentication: !isAuthenticated && phase != .closed
         case .idle: phase == .open && openCalls.isEmpty
         case .partialFrame: partialFrameTimerArmed && phase != .closed
         }
@@ -129,12 +143,26 @@ struct ConnectionStateMachine: Sendable {
     mutating func callStarted(_ id: UInt32) -> (CallDecision, [Action]) {
         guard id != 0 else { return (.violation(RPCError(.invalidArgument, "call_id 0 is reserved for the connection's own status")), []) }
         guard !openCalls.contains(id) else { return (.violation(RPCError(.invalidArgument, "call_id \(id) is already open on this connection")), []) }
-        guard phase == .open else { return (.refuse(RPCError(.unavailable, "the server is shutting down")), []) }
-        guard openCalls.count < limits.maximumOpenCalls else {
-            return (.refuse(RPCError(.resourceExhausted, "a connection may have \(limits.maximumOpenCalls) calls open at once")), [])
+        guard phase == .open else { return refuse(RPCError(.unavailable, "the server is shutting down")) }
+        // A call counts until its status is written: a client that does not read cannot pile up ended calls.
+        guard openCalls.count + statusesToWrite < limits.maximumOpenCalls else {
+            return refuse(RPCError(.resourceExhausted, "a connection may have \(limits.maximumOpenCalls) calls open at once"))
         }
         openCalls.insert(id)
         return (.accept, openCalls.count == 1 ? [.cancel(.idle)] : [])
+    }
+
+    /// A refusal is a status to write like any other (`statusWritten` follows).
+    private mutating func refuse(_ error: RPCError) -> (CallDecision, [Action]) {
+        statusesToWrite += 1
+        return (.refuse(error), balance())
+    }
+
+    /// One of the connection's calls got past authentication.
+    mutating func callAuthenticated() -> [Action] {
+        guard !isAuthenticated, phase != .closed else { return [] }
+        isAuthenticated = true
+        return [.cancel(.authentication), .authenticated]
     }
 
     /// A call has its status and the connection is about to write it: the
@@ -143,12 +171,23 @@ struct ConnectionStateMachine: Sendable {
     mutating func callEnded(_ id: UInt32) -> [Action] {
         guard openCalls.remove(id) != nil else { return [] }
         statusesToWrite += 1
-        return phase == .open && openCalls.isEmpty ? [.arm(.idle, limits.idleTimeout)] : []
+        return (phase == .open && openCalls.isEmpty ? [.arm(.idle, limits.idleTimeout)] : []) + balance()
     }
 
     mutating func statusWritten() -> [Action] {
         statusesToWrite -= 1
-        return phase == .draining && isQuiet ? close() : []
+        return phase == .draining && isQuiet ? close() : balance()
+    }
+
+    /// A response of `bytes` is being written; `wrote` follows once it is out.
+    mutating func writing(_ bytes: Int) -> [Action] {
+        outboundBytes += bytes
+        return balance()
+    }
+
+    mutating func wrote(_ bytes: Int) -> [Action] {
+        outboundBytes -= bytes
+        return phase == .closed ? [] : balance()
     }
 
     /// No call open and no status left to write.
@@ -156,16 +195,16 @@ struct ConnectionStateMachine: Sendable {
 
     // MARK: Bytes
 
-    /// Bytes arrived, before framing: charges each frame whose length they
-    /// complete, and runs the partial-frame timer from the first byte of a
-    /// frame to its last.
+    /// Bytes arrived, before framing: each is charged to the connection (a
+    /// frame's length promises nothing), and the partial-frame timer runs
+    /// from the first byte of a frame to its last.
     mutating func received(_ bytes: ByteBuffer) -> [Action] {
         guard phase != .closed else { return [] }
-        let scan = boundaries.scan(bytes)
-        heldBytes += scan.charged
+        let completedAFrame = boundaries.scan(bytes)
+        heldBytes += bytes.readableBytes
         var actions: [Action] = []
         // The frame the timer ran for is complete: a frame still under way began in this read.
-        if partialFrameTimerArmed && (scan.completedAFrame || !boundaries.isPartial) {
+        if partialFrameTimerArmed && (completedAFrame || !boundaries.isPartial) {
             partialFrameTimerArmed = false
             actions.append(.cancel(.partialFrame))
         }
@@ -212,7 +251,8 @@ struct ConnectionStateMachine: Sendable {
             partialFrameTimerArmed = timerDue
             actions.append(timerDue ? .arm(.partialFrame, limits.partialFrameTimeout) : .cancel(.partialFrame))
         }
-        let reading = !waitingForPool && (boundaries.isPartial || heldBytes < settings.maximumHeldBytes)
+        let clientReads = statusesToWrite < limits.maximumOpenCalls && outboundBytes < settings.maximumHeldBytes
+        let reading = !waitingForPool && clientReads && (boundaries.isPartial || heldBytes < settings.maximumHeldBytes)
         if reading != isReading {
             isReading = reading
             actions.append(reading ? .resumeReading : .pauseReading)
@@ -230,11 +270,9 @@ struct FrameBoundaries: Sendable {
     /// Whether a frame has begun and not ended.
     var isPartial: Bool { bodyRemaining > 0 || !lengthBytes.isEmpty }
 
-    /// Bytes charged for the frames whose length these bytes complete (the
-    /// length field and the body), and whether any frame ended in them.
-    mutating func scan(_ buffer: ByteBuffer) -> (charged: Int, completedAFrame: Bool) {
+    /// Follows `buffer`; returns whether any frame ended in it.
+    mutating func scan(_ buffer: ByteBuffer) -> Bool {
         var bytes = buffer
-        var charged = 0
         var completedAFrame = false
         while bytes.readableBytes > 0 {
             if bodyRemaining > 0 {
@@ -246,12 +284,11 @@ struct FrameBoundaries: Sendable {
                 lengthBytes.append(byte)
                 if lengthBytes.count == 4 {
                     bodyRemaining = lengthBytes.reduce(0) { $0 << 8 | Int($1) }
-                    charged += 4 + bodyRemaining
                     lengthBytes.removeAll()
                     completedAFrame = completedAFrame || bodyRemaining == 0
                 }
             }
         }
-        return (charged, completedAFrame)
+        return completedAFrame
     }
 }

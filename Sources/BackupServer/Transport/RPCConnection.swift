@@ -27,87 +27,134 @@ struct RPCConnection {
 
     private typealias Calls = NIOLockedValueBox<[UInt32: OpenCall]>
 
+    /// Serves a TLS connection until it closes.
     func run(_ channel: NIOAsyncChannel<ReceivedFrame, Frame>, controller: ConnectionController) async {
-        let calls = Calls([:])
         do {
-            try await channel.executeThenClose { inbound, outbound in
-                let violation: RPCError? = await withGracefulShutdownHandler {
-                    await withDiscardingTaskGroup(returning: RPCError?.self) { group in
-                        var violation: RPCError?
-                        do {
-                            for try await received in inbound {
-                                try await accept(received, calls: calls, controller: controller, group: &group, outbound: outbound)
-                            }
-                        } catch let error as FrameError {
-                            violation = error.rpcError
-                        } catch let error as RPCError {
-                            violation = error
-                        } catch {
-                            logger.debug("connection ended", metadata: ["error": "\(error)"])
-                        }
-                        // The client is gone or broke the protocol: end its calls, each with its one status.
-                        for call in calls.withLockedValue({ Array($0.values) }) {
-                            call.requests.finish(throwing: CancellationError())
-                            call.cancel.yield()
-                        }
-                        return violation
-                    }
-                } onGracefulShutdown: {
-                    controller.gracefulShutdown()
-                }
-                // Every call has its status by now: the connection's own comes last.
-                if let violation {
-                    logger.info("closing connection", metadata: ["reason": "\(violation)"])
-                    try? await outbound.write(Frame(callID: 0, .status(CallStatus(violation))))
-                }
+            try await channel.executeThenClose { inbound, _ in
+                // A frame counts as written once it is in the socket, not when NIO has taken it:
+                // the controller must see a client that takes nothing.
+                let underlying = channel.channel
+                await serve(inbound, write: { try await underlying.writeAndFlush($0).get() }, governor: controller)
             }
         } catch {
             logger.debug("connection closed with error", metadata: ["error": "\(error)"])
         }
     }
 
+    /// Serves a connection over any carrier of frames: `inbound` is what the
+    /// client sends, `write` sends it a frame, awaiting back-pressure.
+    func serve<Inbound: AsyncSequence<ReceivedFrame, any Error>>(
+        _ inbound: Inbound, write send: @escaping @Sendable (Frame) async throws -> Void, governor: some ConnectionGovernor
+    ) async {
+        let calls = Calls([:])
+        // What waits to be written counts against the connection: a client that does not read stops being read.
+        let write: @Sendable (Frame) async throws -> Void = { frame in
+            let bytes = frame.outboundCharge
+            governor.writing(bytes)
+            defer { governor.wrote(bytes) }
+            try await send(frame)
+        }
+        let violation: RPCError? = await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup(returning: RPCError?.self) { group in
+                var violation: RPCError?
+                do {
+                    for try await received in inbound {
+                        try await accept(received, calls: calls, governor: governor, group: &group, write: write)
+                    }
+                } catch let error as FrameError {
+                    violation = error.rpcError
+                } catch let error as RPCError {
+                    violation = error
+                } catch {
+                    logger.debug("connection ended", metadata: ["error": "\(error)"])
+                }
+                // The client is gone or broke the protocol: end its calls, each with its one status.
+                for call in calls.withLockedValue({ Array($0.values) }) {
+                    call.requests.finish(throwing: CancellationError())
+                    call.cancel.yield()
+                }
+                return violation
+            }
+        } onGracefulShutdown: {
+            governor.gracefulShutdown()
+        }
+        // Every call has its status by now: the connection's own comes last.
+        if let violation {
+            logger.info("closing connection", metadata: ["reason": "\(violation)"])
+            try? await write(Frame(callID: 0, .status(CallStatus(violation))))
+        }
+    }
+
     private func accept(
-        _ received: ReceivedFrame, calls: Calls, controller: ConnectionController, group: inout DiscardingTaskGroup,
-        outbound: NIOAsyncChannelOutboundWriter<Frame>
+        _ received: ReceivedFrame, calls: Calls, governor: some ConnectionGovernor, group: inout DiscardingTaskGroup,
+        write: @escaping @Sendable (Frame) async throws -> Void
     ) async throws {
         let id = received.frame.callID
         switch received.frame.kind {
         case .start(let start):
-            controller.consumed(received.charge)
-            switch await controller.callStarted(id) {
+            governor.consumed(received.charge)
+            switch await governor.callStarted(id) {
             case .violation(let error):
                 throw error
             case .refuse(let refusal):
-                group.addTask { try? await outbound.write(Frame(callID: id, .status(CallStatus(refusal)))) }
+                group.addTask {
+                    try? await write(Frame(callID: id, .status(CallStatus(refusal))))
+                    governor.statusWritten()
+                }
             case .accept:
-                let (requests, requestContinuation) = CallRequests.makeStream(onTaken: controller.consumed)
+                let (requests, requestContinuation) = CallRequests.makeStream(onTaken: governor.consumed)
                 let (cancelled, cancelContinuation) = AsyncStream<Void>.makeStream()
                 calls.withLockedValue { $0[id] = OpenCall(requests: requestContinuation, cancel: cancelContinuation) }
                 group.addTask {
-                    let status = await dispatcher.handle(start, requests: requests, cancelled: cancelled) { bytes in
-                        try await outbound.write(Frame(callID: id, .message(bytes)))
+                    let status = await dispatcher.handle(start, requests: requests, cancelled: cancelled,
+                                                         authenticated: governor.callAuthenticated) { bytes in
+                        try await write(Frame(callID: id, .message(bytes)))
                     }
                     calls.withLockedValue { $0.removeValue(forKey: id) }?.requests.end()
-                    controller.callEnded(id)
-                    try? await outbound.write(Frame(callID: id, .status(status)))
-                    controller.statusWritten()
+                    governor.callEnded(id)
+                    try? await write(Frame(callID: id, .status(status)))
+                    governor.statusWritten()
                 }
             }
         case .message(let bytes):
             if let call = calls.withLockedValue({ $0[id] }) {
                 call.requests.yield(bytes, charge: received.charge)
             } else {
-                controller.consumed(received.charge)
+                governor.consumed(received.charge)
             }
         case .halfClose:
-            controller.consumed(received.charge)
+            governor.consumed(received.charge)
             calls.withLockedValue { $0[id] }?.requests.finish()
         case .cancel:
-            controller.consumed(received.charge)
+            governor.consumed(received.charge)
             calls.withLockedValue { $0[id] }?.cancel.yield()
         case .status, nil:
             throw RPCError(.invalidArgument, "a client sends start, message, half_close or cancel frames; call_id \(id) sent another kind")
         }
+    }
+}
+
+/// What a connection asks of whatever governs it (its state machine, on a
+/// socket or in process): whether a call may open, and what has become of
+/// the calls and of the bytes received.
+protocol ConnectionGovernor: Sendable {
+    func callStarted(_ id: UInt32) async -> ConnectionStateMachine.CallDecision
+    func callEnded(_ id: UInt32)
+    func statusWritten()
+    /// One of the connection's calls got past authentication.
+    func callAuthenticated()
+    /// A response of `bytes` is being written; `wrote` follows once it is out.
+    func writing(_ bytes: Int)
+    func wrote(_ bytes: Int)
+    /// A call took a frame of `bytes` (as charged when its length arrived), or the connection discarded it.
+    func consumed(_ bytes: Int)
+    func gracefulShutdown()
+}
+
+extension Frame {
+    /// What a frame being written is counted as: its message, or a little for any other kind.
+    var outboundCharge: Int {
+        if case .message(let bytes) = kind { bytes.count + 16 } else { 64 }
     }
 }
 

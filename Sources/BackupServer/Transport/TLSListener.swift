@@ -98,15 +98,17 @@ actor TLSListener {
             .bind(host: host, port: port) { channel in
                 // Over the limits (in all, or from this client's address), a connection is closed at once.
                 let peer = channel.remoteAddress?.ipAddress ?? "unknown"
-                guard admission.admit(peer) else {
+                guard let ticket = admission.admit(peer, close: { channel.close(promise: nil) }) else {
                     logger.warning("refusing connection: too many open", metadata: ["peer": "\(peer)"])
                     channel.close(promise: nil)
                     return channel.eventLoop.makeSucceededFuture(
                         Accepted(channel: channel, negotiated: channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)))
                 }
-                channel.closeFuture.whenComplete { _ in admission.release(peer) }
+                channel.closeFuture.whenComplete { _ in admission.release(ticket) }
                 // Its timers and memory from here on are the controller's.
-                let controller = ConnectionController(channel: channel, settings: settings, pool: receivePool, peer: peer)
+                let controller = ConnectionController(channel: channel, settings: settings, pool: receivePool, peer: peer) {
+                    admission.authenticated(ticket)
+                }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
                     let negotiation = NIOTypedApplicationProtocolNegotiationHandler<Negotiated> { result, channel in

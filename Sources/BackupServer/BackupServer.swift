@@ -1,0 +1,129 @@
+import BackupCatalog
+import BackupCore
+import BackupPostgres
+import BackupWire
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// How `BackupServer` serves: its listener, limits, jobs and placement rules.
+public struct ServerConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 7443
+    /// The TLS listener's certificate and key; nil serves no port, only the
+    /// in-process transport (`BackupServer.dispatcher`).
+    public var tls: TLSSettings?
+    public var maxFrameBytes = defaultMaxFrameBytes
+    public var connections = ConnectionLimits()
+    public var jobs = JobSettings()
+    /// Folders that environments' file stores may lie under; none refuses every file store.
+    public var fileStoreRoots: [String] = []
+    public var appDatabases = AppDatabasePolicy()
+
+    public init(tls: TLSSettings?) {
+        self.tls = tls
+    }
+}
+
+/// The backup service as a `Service`: the TLS listener with its RPC
+/// dispatch, the job runner and the revocation watcher, over a migrated
+/// catalog, a blob store and a thread pool it is handed. Whoever runs it
+/// owns the signals and how long a graceful shutdown may take: `backupd`
+/// runs it in a `ServiceGroup`, tests run it in process.
+public struct BackupServer: Service {
+    /// Runs one call from its start frame to its status; what every transport serves.
+    public let dispatcher: RPCDispatcher
+    private let configuration: ServerConfiguration
+    private let catalog: Catalog
+    private let jobs: JobRunner
+    private let openCalls: OpenCalls
+    private let eventLoopGroup: any EventLoopGroup
+    private let logger: Logger
+    private let onListening: @Sendable (SocketAddress) -> Void
+
+    /// - Parameters:
+    ///   - threadPool: where blocking work of jobs runs (file hashing, blob I/O, waiting for tools);
+    ///     the catalog's libpq calls run on the catalog pool's own.
+    ///   - onListening: hears the bound address (useful with port 0).
+    public init(configuration: ServerConfiguration, catalog: Catalog, blobStore: LocalBlobStore, threadPool: NIOThreadPool,
+                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
+                onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }) async throws {
+        let catalogIdentity = try await catalog.pool.withConnection(idempotent: true) { try DatabaseIdentity.of($0) }
+        guard let blobRoot = canonicalPath(blobStore.root) else {
+            throw BackupError.invalidArgument("blob store \(blobStore.root) cannot be resolved")
+        }
+        let placement = Placement(
+            fileStores: try FileStoreRules(roots: configuration.fileStoreRoots, reserved: [blobRoot]),
+            databases: AppDatabases(policy: configuration.appDatabases, catalog: catalogIdentity),
+            catalog: catalog, threadPool: threadPool)
+        let jobs = JobRunner(catalog: catalog, blobStore: blobStore, placement: placement, threadPool: threadPool,
+                             settings: configuration.jobs, logger: logger)
+        let openCalls = OpenCalls()
+        var router = RPCRouter()
+        BackupsService(catalog: catalog, jobs: jobs, placement: placement, openCalls: openCalls, watches: JobWatches(catalog: catalog),
+                       maxFrameBytes: configuration.maxFrameBytes, connections: configuration.connections).register(into: &router)
+        self.dispatcher = RPCDispatcher(router: router, openCalls: openCalls, logger: logger) { secret in
+            try await catalog.authenticate(secret: secret)
+        }
+        self.configuration = configuration
+        self.catalog = catalog
+        self.jobs = jobs
+        self.openCalls = openCalls
+        self.eventLoopGroup = eventLoopGroup
+        self.logger = logger
+        self.onListening = onListening
+    }
+
+    /// Serves until a graceful shutdown: new calls are refused at once and
+    /// the port closes; running jobs get their grace period.
+    public func run() async throws {
+        let listener = configuration.tls.map { tls in
+            TLSListener(host: configuration.host, port: configuration.port, tls: tls, maxFrameBytes: configuration.maxFrameBytes,
+                        limits: configuration.connections, dispatcher: dispatcher, eventLoopGroup: eventLoopGroup, logger: logger,
+                        onListening: onListening)
+        }
+        let group = ServiceGroup(configuration: .init(
+            // Shut down last to first: the listener stops taking calls at once, then jobs get their grace period.
+            services: [
+                .init(service: jobs),
+                .init(service: RevocationService(openCalls: openCalls, catalog: catalog)),
+                .init(service: ListenerService(listener: listener, openCalls: openCalls, jobs: jobs)),
+            ],
+            logger: logger))
+        try await group.run()
+    }
+}
+
+/// The TLS listener, if any. Shutdown reaches it first: new calls are refused with
+/// UNAVAILABLE and the job runner stops claiming at once, while the listener
+/// closes its port and ends its connections.
+private struct ListenerService: Service {
+    /// None when the server is reached in process only.
+    let listener: TLSListener?
+    let openCalls: OpenCalls
+    let jobs: JobRunner
+    func run() async throws {
+        try await withGracefulShutdownHandler {
+            if let listener {
+                try await listener.run()
+            } else {
+                try? await gracefulShutdown()
+            }
+        } onGracefulShutdown: {
+            openCalls.beginDraining()
+            jobs.beginShutdown()
+        }
+    }
+}
+
+/// Ends the open calls of tokens that another backupd process revoked.
+private struct RevocationService: Service {
+    let openCalls: OpenCalls
+    let catalog: Catalog
+    func run() async throws {
+        do {
+            try await cancelWhenGracefulShutdown { try await openCalls.endRevoked(using: catalog, every: .seconds(5)) }
+        } catch is CancellationError {}
+    }
+}

@@ -1,0 +1,142 @@
+import BackupWire
+import Logging
+import NIOCore
+import Synchronization
+
+/// Serves the RPC protocol over in-memory frame streams instead of a TLS
+/// socket: the same `RPCConnection`, dispatcher and connection state
+/// machine, without sockets or processes. Tests use it to call handlers
+/// through the typed client (grpc-swift-2's in-process transport is the
+/// model). There is no handshake and no half-sent frame in process, so only
+/// the machine's rules for calls and memory apply; its timers do not run.
+public struct InProcessTransport: Sendable {
+    private let connection: RPCConnection
+    private let settings: ConnectionStateMachine.Settings
+
+    public init(dispatcher: RPCDispatcher, limits: ConnectionLimits = ConnectionLimits(), maxFrameBytes: Int = defaultMaxFrameBytes,
+                logger: Logger) {
+        self.connection = RPCConnection(dispatcher: dispatcher, logger: logger)
+        self.settings = ConnectionStateMachine.Settings(limits: limits, maximumHeldBytes: maxFrameBytes)
+    }
+
+    /// Opens a connection for as long as `body` runs. `body` gets the frames
+    /// the server sends and a function that sends frames to it; sending
+    /// waits while the connection has stopped reading (back-pressure).
+    public func withConnection<T: Sendable>(
+        _ body: (AsyncThrowingStream<Frame, any Error>, @escaping @Sendable ([Frame]) async throws -> Void) async throws -> T
+    ) async throws -> T {
+        let (toServer, toServerContinuation) = AsyncThrowingStream<ReceivedFrame, any Error>.makeStream()
+        let (toClient, toClientContinuation) = AsyncThrowingStream<Frame, any Error>.makeStream()
+        let governor = InProcessGovernor(settings: settings) { toServerContinuation.finish() }
+        let served = Task {
+            await connection.serve(toServer, write: { toClientContinuation.yield($0) }, governor: governor)
+            toClientContinuation.finish()
+        }
+        let send: @Sendable ([Frame]) async throws -> Void = { frames in
+            for frame in frames {
+                var bytes = ByteBuffer()
+                FrameEncoder().encode(data: frame, out: &bytes)
+                try await governor.received(bytes)
+                toServerContinuation.yield(ReceivedFrame(frame: frame, charge: bytes.readableBytes))
+            }
+        }
+        defer {
+            toServerContinuation.finish()
+            governor.close()
+        }
+        let value = try await body(toClient, send)
+        toServerContinuation.finish()
+        await served.value
+        return value
+    }
+}
+
+/// Runs a connection's state machine for the in-process transport: call
+/// decisions and receive accounting as on a socket, with sending held back
+/// while the machine has stopped reading, and no timers.
+private final class InProcessGovernor: ConnectionGovernor {
+    private struct State {
+        var machine: ConnectionStateMachine
+        var waitingToSend: [CheckedContinuation<Void, any Error>] = []
+        var closed = false
+    }
+
+    private let state: Mutex<State>
+    private let onClose: @Sendable () -> Void
+
+    init(settings: ConnectionStateMachine.Settings, onClose: @escaping @Sendable () -> Void) {
+        var machine = ConnectionStateMachine(settings: settings)
+        _ = machine.accepted()
+        _ = machine.handshakeCompleted()
+        self.state = Mutex(State(machine: machine))
+        self.onClose = onClose
+    }
+
+    /// Accounts for a frame the client sends, once the connection reads again.
+    func received(_ bytes: ByteBuffer) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let ready: Result<Void, any Error>? = state.withLock { state in
+                if state.closed { return .failure(RPCError(.unavailable, "the connection is closed")) }
+                guard state.machine.isReading else {
+                    state.waitingToSend.append(continuation)
+                    return nil
+                }
+                return .success(())
+            }
+            if let ready { continuation.resume(with: ready) }
+        }
+        handle { $0.received(bytes) }
+    }
+
+    func callStarted(_ id: UInt32) async -> ConnectionStateMachine.CallDecision {
+        var decision = ConnectionStateMachine.CallDecision.accept
+        handle { machine in
+            let (decided, actions) = machine.callStarted(id)
+            decision = decided
+            return actions
+        }
+        return decision
+    }
+
+    func callEnded(_ id: UInt32) { handle { $0.callEnded(id) } }
+    func callAuthenticated() { handle { $0.callAuthenticated() } }
+    func writing(_ bytes: Int) { handle { $0.writing(bytes) } }
+    func wrote(_ bytes: Int) { handle { $0.wrote(bytes) } }
+    func statusWritten() { handle { $0.statusWritten() } }
+    func consumed(_ bytes: Int) { handle { $0.consumed(bytes) } }
+    func gracefulShutdown() { handle { $0.gracefulShutdown() } }
+
+    func close() {
+        let waiting = state.withLock { state in
+            state.closed = true
+            defer { state.waitingToSend.removeAll() }
+            return state.waitingToSend
+        }
+        waiting.forEach { $0.resume(throwing: RPCError(.unavailable, "the connection is closed")) }
+    }
+
+    private func handle(_ event: (inout ConnectionStateMachine) -> [ConnectionStateMachine.Action]) {
+        var toWake: [CheckedContinuation<Void, any Error>] = []
+        var closing = false
+        state.withLock { state in
+            var pending = event(&state.machine)
+            while !pending.isEmpty {
+                let action = pending.removeFirst()
+                switch action {
+                case .borrow(let bytes):
+                    // No shared pool in process: the client is the test itself.
+                    pending += state.machine.lent(bytes)
+                case .resumeReading:
+                    toWake += state.waitingToSend
+                    state.waitingToSend.removeAll()
+                case .close:
+                    closing = true
+                case .arm, .cancel, .pauseReading, .giveBack, .authenticated:
+                    break
+                }
+            }
+        }
+        toWake.forEach { $0.resume() }
+        if closing { onClose() }
+    }
+}
