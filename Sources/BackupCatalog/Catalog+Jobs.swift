@@ -87,6 +87,26 @@ extension Catalog {
         }
     }
 
+    /// Hears every change of a job a watcher would see (status, phase,
+    /// progress, error), as it commits, from any process on this catalog:
+    /// `changed` gets the job's id. One connection of its own listens; when
+    /// it is lost, another is opened after `retryAfter`. Runs until cancelled,
+    /// noticing it within a second.
+    public func listenForJobChanges(retryAfter: Duration = .seconds(1), _ changed: @escaping @Sendable (String) -> Void) async {
+        while !Task.isCancelled {
+            do {
+                let handle = try await pool.dedicatedConnection()
+                try await handle.run { try $0.query("LISTEN job_changed") }
+                while !Task.isCancelled {
+                    let notifications = try await handle.run { try $0.notifications(waitingUpTo: .seconds(1)) }
+                    for notification in notifications where notification.channel == "job_changed" { changed(notification.payload) }
+                }
+            } catch {
+                try? await Task.sleep(for: retryAfter)
+            }
+        }
+    }
+
     public func job(id: String) async throws -> Job {
         let id = try parseID(id, "job id")
         return try await pool.withConnection(idempotent: true) { try Self.loadJob($0, id) }

@@ -155,5 +155,19 @@ enum Migrations {
         -- Claims look at the jobs started in the last day to let namespaces take turns.
         CREATE INDEX jobs_started ON jobs (started_at);
         """),
+        (6, """
+        -- Watchers of a job hear of a change the moment it commits (LISTEN job_changed), not at their next reading.
+        -- Lease renewals change nothing a watcher sees, and stay quiet.
+        CREATE FUNCTION notify_job_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('job_changed', NEW.id::text);
+            RETURN NULL;
+        END
+        $$;
+        CREATE TRIGGER jobs_notify_changed AFTER UPDATE ON jobs FOR EACH ROW
+            WHEN ((OLD.status, OLD.phase, OLD.bytes_done, OLD.bytes_total, OLD.error, OLD.cancel_requested)
+                  IS DISTINCT FROM (NEW.status, NEW.phase, NEW.bytes_done, NEW.bytes_total, NEW.error, NEW.cancel_requested))
+            EXECUTE FUNCTION notify_job_changed();
+        """),
     ]
 }

@@ -125,6 +125,34 @@ public final class PostgresConnection: @unchecked Sendable {
         throw PostgresError(sqlState: state, message: message)
     }
 
+    /// Waits up to `timeout` for notifications on the channels this
+    /// connection listens to (`LISTEN`), and returns their payloads by
+    /// channel; none when the time passed quietly. Throws once the
+    /// connection is lost.
+    public func notifications(waitingUpTo timeout: Duration) throws(PostgresError) -> [(channel: String, payload: String)] {
+        var received = takeNotifications()
+        guard received.isEmpty else { return received }
+        var socket = pollfd(fd: PQsocket(connection), events: Int16(POLLIN), revents: 0)
+        guard socket.fd >= 0 else { throw PostgresError(sqlState: nil, message: "the connection to PostgreSQL is lost") }
+        let milliseconds = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        if poll(&socket, 1, milliseconds) > 0 {
+            guard PQconsumeInput(connection) == 1 else {
+                throw PostgresError(sqlState: nil, message: String(cString: PQerrorMessage(connection)).trimmingTrailingNewlines)
+            }
+            received = takeNotifications()
+        }
+        return received
+    }
+
+    private func takeNotifications() -> [(channel: String, payload: String)] {
+        var received: [(channel: String, payload: String)] = []
+        while let notification = PQnotifies(connection) {
+            received.append((String(cString: notification.pointee.relname), String(cString: notification.pointee.extra)))
+            PQfreemem(notification)
+        }
+        return received
+    }
+
     /// Runs a script of several statements without parameters (a migration)
     /// through the simple query protocol.
     public func execute(script sql: String) throws(PostgresError) {

@@ -37,6 +37,7 @@ public struct BackupServer: Service {
     private let configuration: ServerConfiguration
     private let catalog: Catalog
     private let jobs: JobRunner
+    private let watches: JobWatches
     private let openCalls: OpenCalls
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
@@ -61,7 +62,8 @@ public struct BackupServer: Service {
                              settings: configuration.jobs, logger: logger)
         let openCalls = OpenCalls()
         var router = RPCRouter()
-        BackupsService(catalog: catalog, jobs: jobs, placement: placement, openCalls: openCalls, watches: JobWatches(catalog: catalog),
+        let watches = JobWatches(catalog: catalog)
+        BackupsService(catalog: catalog, jobs: jobs, placement: placement, openCalls: openCalls, watches: watches,
                        maxFrameBytes: configuration.maxFrameBytes, connections: configuration.connections).register(into: &router)
         self.dispatcher = RPCDispatcher(router: router, openCalls: openCalls, logger: logger) { secret in
             try await catalog.authenticate(secret: secret)
@@ -69,6 +71,7 @@ public struct BackupServer: Service {
         self.configuration = configuration
         self.catalog = catalog
         self.jobs = jobs
+        self.watches = watches
         self.openCalls = openCalls
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
@@ -88,6 +91,7 @@ public struct BackupServer: Service {
             services: [
                 .init(service: jobs),
                 .init(service: RevocationService(openCalls: openCalls, catalog: catalog)),
+                .init(service: watches),
                 .init(service: ListenerService(listener: listener, openCalls: openCalls, jobs: jobs)),
             ],
             logger: logger))

@@ -336,7 +336,7 @@ import Testing
             let (started, gate) = (gates.path + "/started", gates.path + "/gate")
             _ = FileManager.default.createFile(atPath: gate, contents: nil)
             let gated = try wrappedTool("pg_dump", running: "touch \(started); while [ -e \(gate) ]; do sleep 0.1; done")
-            try await withTestServer(arguments: ["--pg-dump", gated], descriptorLimit: 1024) { server in
+            try await withTestServer(arguments: ["--pg-dump", gated, "--handshake-timeout-seconds", "300"], descriptorLimit: 1024) { server in
                 try await server.register(app)
                 let pid = server.processIdentifier
                 let port = Int(server.address.split(separator: ":")[1])!
@@ -461,7 +461,7 @@ func serverInfoStart(_ server: TestServer, callID: UInt32 = 1) -> Frame {
                 let before = try transactions()
                 try await Task.sleep(for: .seconds(4))
                 let perSecond = Double(try transactions() - before) / 4
-                #expect(perSecond < 200, "\(perSecond) catalog transactions a second while 640 watches are open")
+                #expect(perSecond < 60, "\(perSecond) catalog transactions a second while 640 watches are open")
                 let ends = try await within(.seconds(60)) { try await watchers.value }
                 #expect(ends.count == 640 && ends.allSatisfy { $0 == .finished }, "\(Set(ends))")
                 print("watches: 640 open, \(perSecond) catalog transactions a second")

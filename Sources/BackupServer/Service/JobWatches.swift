@@ -1,16 +1,21 @@
 import BackupCatalog
 import BackupCore
 import BackupWire
+import ServiceLifecycle
 import Synchronization
 
-/// Reads each watched job from the catalog once per interval, however many
+/// Reads each watched job from the catalog when it changes, however many
 /// calls watch it, and hands each reading to all of them: 640 watches of one
-/// job cost the catalog what one does. A token may hold a bounded number of
-/// watches.
-final class JobWatches: Sendable {
+/// job cost the catalog what one does. Changes are heard through the
+/// catalog's job notifications (`run`, one listening connection per
+/// process); a slow periodic reading is the safety net for a notification
+/// lost with its connection. A token may hold a bounded number of watches.
+final class JobWatches: Service {
     private struct Watched {
         var watchers: [UInt64: (token: String, readings: AsyncStream<Job>.Continuation)] = [:]
-        var poller: Task<Void, Never>?
+        /// Wakes the job's reader: a change was heard, or the safety net's time came.
+        var wake: AsyncStream<Void>.Continuation?
+        var reader: Task<Void, Never>?
     }
 
     private struct State {
@@ -23,12 +28,24 @@ final class JobWatches: Sendable {
     static let maximumPerToken = 1024
 
     private let catalog: Catalog
-    private let interval: Duration
+    private let safetyInterval: Duration
     private let state = Mutex(State())
 
-    init(catalog: Catalog, interval: Duration = .milliseconds(100)) {
+    init(catalog: Catalog, safetyInterval: Duration = .seconds(1)) {
         self.catalog = catalog
-        self.interval = interval
+        self.safetyInterval = safetyInterval
+    }
+
+    /// Listens for job changes until a graceful shutdown.
+    func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            await self.catalog.listenForJobChanges { self.changed($0) }
+        }
+    }
+
+    /// A job changed: its reader (if it is watched) reads it now.
+    func changed(_ jobID: String) {
+        _ = state.withLock { $0.jobs[jobID]?.wake }?.yield()
     }
 
     /// The job as read from now on, until it ends or the caller stops listening.
@@ -39,8 +56,11 @@ final class JobWatches: Sendable {
             state.next += 1
             state.byToken[token, default: 0] += 1
             state.jobs[jobID, default: Watched()].watchers[state.next] = (token, continuation)
-            if state.jobs[jobID]?.poller == nil {
-                state.jobs[jobID]?.poller = Task { await self.poll(jobID) }
+            if state.jobs[jobID]?.reader == nil {
+                let (wakes, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+                wake.yield()  // the first reading at once
+                state.jobs[jobID]?.wake = wake
+                state.jobs[jobID]?.reader = Task { await self.read(jobID, whenWoken: wakes, wake: wake) }
             }
             return state.next
         }
@@ -51,27 +71,36 @@ final class JobWatches: Sendable {
         return readings
     }
 
-    private func poll(_ jobID: String) async {
-        while (try? await Task.sleep(for: interval)) != nil {
-            let job: Job?
-            do {
-                job = try await catalog.job(id: jobID)
-            } catch BackupError.notFound {
-                job = nil  // gone with its environment: the watches end
-            } catch {
-                continue  // the catalog is unavailable: try again at the next reading
+    private func read(_ jobID: String, whenWoken wakes: AsyncStream<Void>, wake: AsyncStream<Void>.Continuation) async {
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                while (try? await Task.sleep(for: self.safetyInterval)) != nil { wake.yield() }
             }
-            let ended = job.map(\.status.isTerminal) ?? true
-            let watchers = state.withLock { state in
-                let watchers = state.jobs[jobID]?.watchers.values.map(\.readings) ?? []
-                if ended { state.jobs[jobID]?.poller = nil }
-                return watchers
+            defer { group.cancelAll() }
+            for await _ in wakes {
+                let job: Job?
+                do {
+                    job = try await catalog.job(id: jobID)
+                } catch BackupError.notFound {
+                    job = nil  // gone with its environment: the watches end
+                } catch {
+                    continue  // the catalog is unavailable: try again when woken next
+                }
+                let ended = job.map(\.status.isTerminal) ?? true
+                let watchers = state.withLock { state in
+                    let watchers = state.jobs[jobID]?.watchers.values.map(\.readings) ?? []
+                    if ended {
+                        state.jobs[jobID]?.reader = nil
+                        state.jobs[jobID]?.wake = nil
+                    }
+                    return watchers
+                }
+                for watcher in watchers {
+                    if let job { watcher.yield(job) }
+                    if ended { watcher.finish() }
+                }
+                if ended { return }
             }
-            for watcher in watchers {
-                if let job { watcher.yield(job) }
-                if ended { watcher.finish() }
-            }
-            if ended { return }
         }
     }
 
@@ -81,7 +110,8 @@ final class JobWatches: Sendable {
             state.byToken[watcher.token, default: 1] -= 1
             if state.byToken[watcher.token] == 0 { state.byToken[watcher.token] = nil }
             if state.jobs[jobID]?.watchers.isEmpty == true {
-                state.jobs[jobID]?.poller?.cancel()
+                state.jobs[jobID]?.reader?.cancel()
+                state.jobs[jobID]?.wake?.finish()
                 state.jobs[jobID] = nil
             }
         }

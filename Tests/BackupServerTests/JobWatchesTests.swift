@@ -1,0 +1,45 @@
+import BackupCatalog
+import BackupCore
+@testable import BackupServer
+import BackupTestSupport
+import BackupWire
+import NIOPosix
+import Testing
+
+/// WatchJob's readings come from the catalog's job notifications, not from
+/// polling: a change reaches the watchers as it commits.
+@Suite struct JobWatchesTests {
+    @Test func aJobsChangeReachesItsWatchersAsItCommits() async throws {
+        let database = try TestPostgres.createDatabase("catalog")
+        defer { TestPostgres.dropDatabase(database) }
+        let threads = NIOThreadPool(numberOfThreads: 2)
+        threads.start()
+        defer { threads.shutdownGracefully { _ in } }
+        let catalog = Catalog(connectionString: TestPostgres.connectionString(database), maximumConnections: 2, threadPool: threads)
+        try await catalog.migrate()
+        _ = try await catalog.registerEnvironment(.with {
+            $0.namespace = "acme"; $0.name = "shop-production"; $0.app = "shop"; $0.databaseURL = "dbname=x"; $0.fileStorePath = "/srv/files"
+        })
+        let (_, job) = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+
+        // A safety net far longer than the test: only a notification can bring the change in time.
+        let watches = JobWatches(catalog: catalog, safetyInterval: .seconds(600))
+        let listening = Task { await catalog.listenForJobChanges { watches.changed($0) } }
+        defer { listening.cancel() }
+        try await Task.sleep(for: .milliseconds(500))  // LISTEN is in place
+        let seen = try await within(.seconds(30)) {
+            var statuses: [JobStatus] = []
+            for await reading in try watches.readings(of: job.id, token: "t") {
+                statuses.append(reading.status)
+                if statuses.count == 1 {
+                    try TestPostgres.query(database, "UPDATE jobs SET phase = 'dumping' WHERE id = $1", job.id)
+                } else if statuses.count == 2 {
+                    try TestPostgres.query(database, "UPDATE jobs SET status = 'failed', error = 'test' WHERE id = $1", job.id)
+                }
+            }
+            return statuses
+        }
+        #expect(seen == [.queued, .queued, .failed])
+        await catalog.pool.close()
+    }
+}
