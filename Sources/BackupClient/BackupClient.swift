@@ -71,10 +71,18 @@ public final class BackupClient: Sendable {
     private struct Calls {
         var nextID: UInt32 = 1
         var open: [UInt32: AsyncThrowingStream<Frame.Kind, any Error>.Continuation] = [:]
+        /// Bytes of responses received for each open call and not yet handed to its caller.
+        var unread: [UInt32: Int] = [:]
     }
 
-    private init(token: String, write: @escaping @Sendable ([Frame]) async throws -> Void) {
+    /// Response bytes one call may have waiting for its caller; past this,
+    /// the call is cancelled and fails, rather than the client's memory
+    /// growing with a server that sends faster than the caller reads.
+    private let maximumUnreadBytes: Int
+
+    private init(token: String, maximumUnreadBytes: Int, write: @escaping @Sendable ([Frame]) async throws -> Void) {
         self.token = token
+        self.maximumUnreadBytes = maximumUnreadBytes
         self.write = write
     }
 
@@ -88,7 +96,8 @@ public final class BackupClient: Sendable {
             try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
         }
         return try await channel.executeThenClose { inbound, outbound in
-            try await withTransport(token: settings.token, inbound: inbound, write: { try await outbound.write(contentsOf: $0) }, body)
+            try await withTransport(token: settings.token, inbound: inbound, maximumUnreadBytes: 4 * maxFrameBytes,
+                                    write: { try await outbound.write(contentsOf: $0) }, body)
         }
     }
 
@@ -97,10 +106,10 @@ public final class BackupClient: Sendable {
     /// back-pressure). The TLS connection and the in-process transport of
     /// the tests both come here.
     public static func withTransport<T: Sendable, Inbound: AsyncSequence<Frame, any Error> & Sendable>(
-        token: String, inbound: Inbound, write: @escaping @Sendable ([Frame]) async throws -> Void,
-        _ body: @Sendable (BackupClient) async throws -> T
+        token: String, inbound: Inbound, maximumUnreadBytes: Int = 4 * defaultMaxFrameBytes,
+        write: @escaping @Sendable ([Frame]) async throws -> Void, _ body: @Sendable (BackupClient) async throws -> T
     ) async throws -> T {
-        let client = BackupClient(token: token, write: write)
+        let client = BackupClient(token: token, maximumUnreadBytes: maximumUnreadBytes, write: write)
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 do {
@@ -155,6 +164,7 @@ public final class BackupClient: Sendable {
         for try await kind in responses {
             switch kind {
             case .message(let bytes):
+                calls.withLockedValue { $0.unread[id]? -= bytes.count }
                 guard let response = try? Response(serializedBytes: bytes) else {
                     throw RPCError(.internal, "the server's response is not a valid \(String(cString: Response.descriptor.name))")
                 }
@@ -175,13 +185,17 @@ public final class BackupClient: Sendable {
             let id = calls.nextID
             calls.nextID &+= 1
             calls.open[id] = continuation
+            calls.unread[id] = 0
             return id
         }
         return (id, stream)
     }
 
     private func close(_ id: UInt32) {
-        calls.withLockedValue { $0.open.removeValue(forKey: id) }?.finish()
+        calls.withLockedValue { calls in
+            calls.unread[id] = nil
+            return calls.open.removeValue(forKey: id)
+        }?.finish()
     }
 
     private func deliver(_ frame: Frame) {
@@ -190,14 +204,32 @@ public final class BackupClient: Sendable {
             failAll(RPCError(status.code, status.message))
             return
         }
-        guard let continuation = calls.withLockedValue({ $0.open[frame.callID] }) else { return }
+        let id = frame.callID
+        let (continuation, overflowing) = calls.withLockedValue { calls -> (AsyncThrowingStream<Frame.Kind, any Error>.Continuation?, Bool) in
+            guard let continuation = calls.open[id] else { return (nil, false) }
+            guard case .message(let bytes) = kind else { return (continuation, false) }
+            calls.unread[id, default: 0] += bytes.count
+            guard calls.unread[id, default: 0] > maximumUnreadBytes else { return (continuation, false) }
+            calls.unread[id] = nil
+            return (calls.open.removeValue(forKey: id), true)
+        }
+        guard let continuation else { return }
+        if overflowing {
+            continuation.finish(throwing: RPCError(.resourceExhausted, "the server sent more than \(maximumUnreadBytes) bytes "
+                + "of responses the caller has not read yet; the call was cancelled"))
+            Task { [write] in try? await write([Frame(callID: id, .cancel)]) }
+            return
+        }
         continuation.yield(kind)
         if case .status = kind { close(frame.callID) }
     }
 
     private func failAll(_ error: RPCError) {
         let open = calls.withLockedValue { calls in
-            defer { calls.open.removeAll() }
+            defer {
+                calls.open.removeAll()
+                calls.unread.removeAll()
+            }
             return Array(calls.open.values)
         }
         open.forEach { $0.finish(throwing: error) }

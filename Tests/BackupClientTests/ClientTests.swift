@@ -5,6 +5,30 @@ import Foundation
 import Testing
 
 @Suite struct ClientTests {
+    /// A server that sends a call's responses faster than the caller takes
+    /// them cannot grow the client's memory: past the unread limit the call
+    /// fails RESOURCE_EXHAUSTED and the client cancels it.
+    @Test func aCallWhoseResponsesPileUpUnreadIsCancelled() async throws {
+        let (inbound, server) = AsyncThrowingStream<Frame, any Error>.makeStream()
+        let sent = Atomic<[Frame]>([])
+        let response = Job.with { $0.error = String(repeating: "x", count: 256 << 10) }.serializedBytes()
+        var failure: RPCError?
+        do {
+            try await BackupClient.withTransport(token: "t", inbound: inbound, maximumUnreadBytes: 1 << 20, write: { frames in
+                sent.update { $0 += frames }
+                guard let start = frames.first, case .start = start.kind else { return }
+                for _ in 1...10 { server.yield(Frame(callID: start.callID, .message(response))) }
+            }) { client in
+                try await client.serverStreaming(Backups.watchJob, .with { $0.id = "x" }) { _ in try await Task.sleep(for: .milliseconds(500)) }
+            }
+        } catch let error as RPCError {
+            failure = error
+        }
+        #expect(failure?.code == .resourceExhausted, "\(String(describing: failure))")
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(sent.value.contains { $0.kind == .cancel })
+    }
+
     @Test func addressesMustBeHostAndPort() throws {
         let settings = try ClientSettings(address: "[::1]:7443", token: "t")
         #expect(settings.host == "::1" && settings.port == 7443)
