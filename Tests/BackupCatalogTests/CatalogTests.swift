@@ -117,12 +117,7 @@ import Testing
             let scratch = try ScratchDirectory("gc")
             defer { scratch.remove() }
             let store = try LocalBlobStore(root: scratch.path + "/blobs")
-            func stored(_ text: String) throws -> StoredBlob {
-                let path = "\(store.scratchDirectory)/\(text)"
-                try text.write(toFile: path, atomically: false, encoding: .utf8)
-                return try store.adopt(path)
-            }
-            let recorded = try stored("recorded"), unrecorded = try stored("never recorded")
+            let recorded = try store.storing("recorded"), unrecorded = try store.storing("never recorded")
             try await catalog.withSharedBlobLock(store: store) { ledger in
                 try await ledger.record([recorded])
                 // While a job holds the lock, a collection does nothing.
@@ -143,11 +138,6 @@ import Testing
             let scratch = try ScratchDirectory("ledger")
             defer { scratch.remove() }
             let store = try LocalBlobStore(root: scratch.path + "/blobs")
-            func stored(_ text: String) throws -> StoredBlob {
-                let path = "\(store.scratchDirectory)/\(text)"
-                try text.write(toFile: path, atomically: false, encoding: .utf8)
-                return try store.adopt(path)
-            }
             @Sendable func endLockSession() throws {
                 let ended = try TestPostgres.query("postgres", """
                     SELECT count(pg_terminate_backend(l.pid, 5000)) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database
@@ -155,7 +145,7 @@ import Testing
                     """, database)[0].int64("n")
                 #expect(ended == 1)
             }
-            let (first, second, third) = (try stored("first"), try stored("second"), try stored("third"))
+            let (first, second, third) = (try store.storing("first"), try store.storing("second"), try store.storing("third"))
             try await catalog.withSharedBlobLock(store: store) { ledger in
                 try await ledger.record([first])
                 try endLockSession()
@@ -214,5 +204,14 @@ import Testing
         try await threadPool.shutdownGracefully()
         let tables = try TestPostgres.query(database, "SELECT count(*) AS n FROM pg_tables WHERE tablename = 'schema_migrations'")
         #expect(tables[0].string("n") == "0")
+    }
+}
+
+extension LocalBlobStore {
+    /// Stores `text` as a blob, as a job would store a dump.
+    func storing(_ text: String) throws -> StoredBlob {
+        let path = "\(scratchDirectory)/\(text)"
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
+        return try adopt(path)
     }
 }

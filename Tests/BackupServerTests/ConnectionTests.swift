@@ -84,17 +84,13 @@ import Testing
     @Test func callsCarryOnAfterTheCatalogEndsEverySession() async throws {
         try await withTestApp { app in
             // pg_dump says it has started, then waits while its gate exists: the backup is running throughout.
-            let gates = try ScratchDirectory("dump-gate")
-            defer { gates.remove() }
-            let (started, gate) = (gates.path + "/started", gates.path + "/gate")
-            _ = FileManager.default.createFile(atPath: gate, contents: nil)
-            let gated = try wrappedTool("pg_dump", running: "touch \(started); while [ -e \(gate) ]; do sleep 0.1; done")
-            try await withTestServer(arguments: ["--pg-dump", gated]) { server in
+            let dump = try GatedTool("pg_dump")
+            try await withTestServer(arguments: ["--pg-dump", dump.path]) { server in
                 try await server.register(app)
                 let created = try await server.withClient { client in
                     try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
                 }
-                try await eventually(within: .seconds(60)) { FileManager.default.fileExists(atPath: started) }
+                try await eventually(within: .seconds(60)) { dump.hasStarted }
                 let watch = Task {
                     try await server.withClient { client in
                         var last = JobStatus.unspecified
@@ -121,7 +117,7 @@ import Testing
                 }
                 #expect(failures.isEmpty, "\(failures)")
                 // The running backup and the stream watching it carry on to the end.
-                unlink(gate)
+                dump.release()
                 let job = try await server.withClient { try await waitForJob(created.job.id, on: $0) }
                 #expect(job.status == .finished, "\(job.error)")
                 #expect(try await within(.seconds(30)) { try await watch.value } == .finished)
@@ -331,19 +327,15 @@ import Testing
     /// backup finishes, and its descriptors return to where they were.
     @Test func fifteenHundredConnectionsUnderADescriptorLimitOf1024() async throws {
         try await withTestApp { app in
-            let gates = try ScratchDirectory("dump-gate")
-            defer { gates.remove() }
-            let (started, gate) = (gates.path + "/started", gates.path + "/gate")
-            _ = FileManager.default.createFile(atPath: gate, contents: nil)
-            let gated = try wrappedTool("pg_dump", running: "touch \(started); while [ -e \(gate) ]; do sleep 0.1; done")
-            try await withTestServer(arguments: ["--pg-dump", gated, "--handshake-timeout-seconds", "300"], descriptorLimit: 1024) { server in
+            let dump = try GatedTool("pg_dump")
+            try await withTestServer(arguments: ["--pg-dump", dump.path, "--handshake-timeout-seconds", "300"], descriptorLimit: 1024) { server in
                 try await server.register(app)
                 let pid = server.processIdentifier
                 let port = Int(server.address.split(separator: ":")[1])!
                 let created = try await server.withClient { client in
                     try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
                 }
-                try await eventually(within: .seconds(60)) { FileManager.default.fileExists(atPath: started) }
+                try await eventually(within: .seconds(60)) { dump.hasStarted }
                 let baseline = try descriptorCount(pid)
 
                 var sockets: [Int32] = []
@@ -361,7 +353,7 @@ import Testing
 
                 let job = try await server.withClient { client in
                     _ = try await client.unary(Backups.serverInfo, ServerInfoRequest())
-                    unlink(gate)
+                    dump.release()
                     return try await waitForJob(created.job.id, on: client)
                 }
                 #expect(job.status == .finished, "\(job.error)")

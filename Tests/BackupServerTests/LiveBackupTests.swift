@@ -120,12 +120,8 @@ final class BusyApp: @unchecked Sendable {
     @Test func filesDeletedWithTheirRowsOrChangedAfterTheSnapshotAreCountedAndNamed() async throws {
         try await withTestApp { app in
             // pg_dump says it has started (the snapshot is taken by then), then waits while its gate exists.
-            let gates = try ScratchDirectory("dump-gate")
-            defer { gates.remove() }
-            let (started, gate) = (gates.path + "/started", gates.path + "/gate")
-            _ = FileManager.default.createFile(atPath: gate, contents: nil)
-            let gated = try wrappedTool("pg_dump", running: "touch \(started); while [ -e \(gate) ]; do sleep 0.1; done")
-            try await withTestServer(arguments: ["--pg-dump", gated]) { server in
+            let dump = try GatedTool("pg_dump")
+            try await withTestServer(arguments: ["--pg-dump", dump.path]) { server in
                 try await server.register(app)
                 let keys = try referencedKeys(app)
                 let (deleted, changed) = (keys[3], keys[7])
@@ -137,10 +133,10 @@ final class BusyApp: @unchecked Sendable {
                         $0.namespace = TestServer.namespace; $0.environment = "shop-production"
                     })
                     // The snapshot is taken before pg_dump starts; its row goes while pg_dump is held.
-                    try await eventually(within: .seconds(60)) { FileManager.default.fileExists(atPath: started) }
+                    try await eventually(within: .seconds(60)) { dump.hasStarted }
                     try TestPostgres.query(app.database, "DELETE FROM \"shop$invoice\" WHERE document_id IN (SELECT id FROM \"system$filedocument\" WHERE \"__uuid__\" = $1)", deleted)
                     try TestPostgres.query(app.database, "DELETE FROM \"system$filedocument\" WHERE \"__uuid__\" = $1", deleted)
-                    unlink(gate)
+                    dump.release()
                     let job = try await waitForJob(created.job.id, on: client)
                     #expect(job.status == .finished, "\(job.error)")
                     return try await client.unary(Backups.getBackup, .with { $0.id = created.backup.id })

@@ -213,6 +213,36 @@ public func wrappedTool(_ tool: String, running line: String) throws -> String {
     return path
 }
 
+/// A stand-in for a tool that says it has started (`hasStarted`), then
+/// waits until the test lets it go on (`release`): a job held in that step
+/// for exactly as long as the test needs, however loaded the machine.
+public final class GatedTool: Sendable {
+    /// The script to pass as the tool (`--pg-dump`, `jobs.tools.pgDump`).
+    public let path: String
+    private let started: String
+    private let gate: String
+    private let scratch: ScratchDirectory
+
+    public init(_ tool: String) throws {
+        scratch = try ScratchDirectory("\(tool)-gate")
+        (started, gate) = (scratch.path + "/started", scratch.path + "/gate")
+        _ = FileManager.default.createFile(atPath: gate, contents: nil)
+        path = try wrappedTool(tool, running: "touch \(started); while [ -e \(gate) ]; do sleep 0.1; done")
+    }
+
+    public var hasStarted: Bool { FileManager.default.fileExists(atPath: started) }
+
+    /// Lets every run of the tool, waiting or to come, go on.
+    public func release() {
+        unlink(gate)
+    }
+
+    deinit {
+        release()
+        scratch.remove()
+    }
+}
+
 /// A tool that waits `seconds` before it runs.
 public func slowTool(_ tool: String, seconds: Int) throws -> String {
     try wrappedTool(tool, running: "sleep \(seconds)")
