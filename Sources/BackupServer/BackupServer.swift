@@ -61,7 +61,7 @@ public struct BackupServer: Service {
         let jobs = JobRunner(catalog: catalog, blobStore: blobStore, placement: placement, threadPool: threadPool,
                              settings: configuration.jobs, logger: logger)
         let openCalls = OpenCalls()
-        var router = RPCRouter()
+        var router = RPCRouter(requestTimeout: configuration.connections.partialFrameTimeout)
         let watches = JobWatches(catalog: catalog)
         BackupsService(catalog: catalog, jobs: jobs, placement: placement, openCalls: openCalls, watches: watches,
                        maxFrameBytes: configuration.maxFrameBytes, connections: configuration.connections).register(into: &router)

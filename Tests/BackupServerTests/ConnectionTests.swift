@@ -301,6 +301,20 @@ import Testing
         }
     }
 
+    /// A call whose request comes without its half-close ends
+    /// DEADLINE_EXCEEDED once the partial-frame timeout has passed.
+    @Test func aCallThatNeverHalfClosesEnds() async throws {
+        try await withTestServer(arguments: ["--partial-frame-timeout-seconds", "1"]) { server in
+            let opening = encode([serverInfoStart(server), Frame(callID: 1, .message([]))])
+            let status = try await within(.seconds(20)) {
+                try await rawCall(server, send: opening) { frame, _ in
+                    if case .status(let status) = frame.kind { status } else { nil }
+                }
+            }
+            #expect(status?.code == .deadlineExceeded, "\(String(describing: status))")
+        }
+    }
+
     /// Past the connections allowed from one address, new ones from it are
     /// closed at once, while another address is still taken; once the first
     /// ones close, their address is served again.

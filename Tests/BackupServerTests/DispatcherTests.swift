@@ -11,7 +11,7 @@ import Testing
     static let caller = Caller(tokenID: "t", tokenName: "tester", namespace: "acme", role: .operator)
 
     private func dispatcher() -> RPCDispatcher {
-        var router = RPCRouter()
+        var router = RPCRouter(requestTimeout: .milliseconds(300))
         router.unary(Backups.getBackup) { request, context in
             try context.authorize(.viewer, in: "acme")
             if request.id == "slow" { try await Task.sleep(for: .seconds(30)) }
@@ -34,6 +34,20 @@ import Testing
         return RPCDispatcher(router: router, logger: Logger(label: "test")) { secret in
             secret == "good" ? Self.caller : nil
         }
+    }
+
+    /// A unary call whose request (or half-close) never comes ends, rather
+    /// than holding its slot for as long as the client likes.
+    @Test func aCallWhoseRequestNeverArrivesEnds() async {
+        let (requests, continuation) = CallRequests.makeStream()
+        continuation.yield(GetBackupRequest.with { $0.id = "b" }.serializedBytes())  // and no half-close
+        var start = CallStart()
+        start.method = Backups.getBackup.name
+        start.metadata = [MetadataEntry("authorization", "Bearer good")]
+        let status = await dispatcher().handle(start, requests: requests, cancelled: AsyncStream<Void>.makeStream().stream) { _ in }
+        #expect(status.code == .deadlineExceeded)
+        #expect(status.message.contains("request message and half-close did not arrive"), "\(status.message)")
+        continuation.finish()
     }
 
     private func call(_ method: String, token: String? = "good", requests: [[UInt8]], timeoutMS: UInt32 = 0,

@@ -34,16 +34,23 @@ public struct RPCRouter: Sendable {
     }
 
     private(set) var routes: [String: Route] = [:]
+    /// How long a unary or server-streaming call's one request and its
+    /// half-close may take to arrive after its start: a client cannot keep
+    /// such a call (and its slot) open by never finishing it.
+    let requestTimeout: Duration
 
-    public init() {}
+    public init(requestTimeout: Duration = ConnectionLimits().partialFrameTimeout) {
+        self.requestTimeout = requestTimeout
+    }
 
     public mutating func unary<Request, Response>(
         _ method: Method<Request, Response>,
         _ handler: @escaping @Sendable (Request, CallContext) async throws -> Response
     ) {
         precondition(method.shape == .unary, "\(method.name) is not unary")
+        let requestTimeout = self.requestTimeout
         routes[method.name] = Route { requests, send, context in
-            let request: Request = try await singleRequest(requests)
+            let request: Request = try await singleRequest(requests, within: requestTimeout)
             try await send(try await handler(request, context).serializedBytes())
         }
     }
@@ -53,8 +60,9 @@ public struct RPCRouter: Sendable {
         _ handler: @escaping @Sendable (Request, CallContext, ResponseWriter<Response>) async throws -> Void
     ) {
         precondition(method.shape == .serverStreaming, "\(method.name) is not server streaming")
+        let requestTimeout = self.requestTimeout
         routes[method.name] = Route { requests, send, context in
-            let request: Request = try await singleRequest(requests)
+            let request: Request = try await singleRequest(requests, within: requestTimeout)
             try await handler(request, context, ResponseWriter(send: send))
         }
     }
@@ -80,14 +88,29 @@ func decodeRequest<Request: WireMessage>(_ bytes: [UInt8]) throws(BackupError) -
     }
 }
 
-/// Unary and server-streaming calls carry exactly one request message.
-private func singleRequest<Request: WireMessage>(_ requests: CallRequests) async throws -> Request {
-    var iterator = requests.makeAsyncIterator()
-    guard let first = try await iterator.next() else {
-        throw BackupError.invalidArgument("the call ended without a request message")
+/// Unary and server-streaming calls carry exactly one request message,
+/// followed by the half-close, within `timeout`.
+private func singleRequest<Request: WireMessage>(_ requests: CallRequests, within timeout: Duration) async throws -> Request {
+    let bytes = try await withThrowingTaskGroup(of: [UInt8]?.self) { group in
+        group.addTask {
+            var iterator = requests.makeAsyncIterator()
+            guard let first = try await iterator.next() else {
+                throw BackupError.invalidArgument("the call ended without a request message")
+            }
+            guard try await iterator.next() == nil else {
+                throw BackupError.invalidArgument("this method takes one request message; the call sent more")
+            }
+            return first
+        }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        defer { group.cancelAll() }
+        return try await group.next() ?? nil
     }
-    guard try await iterator.next() == nil else {
-        throw BackupError.invalidArgument("this method takes one request message; the call sent more")
+    guard let bytes else {
+        throw BackupError.deadlineExceeded("the call's request message and half-close did not arrive within \(timeout)")
     }
-    return try decodeRequest(first)
+    return try decodeRequest(bytes)
 }
