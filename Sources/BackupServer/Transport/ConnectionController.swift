@@ -13,6 +13,8 @@ final class ConnectionController: ConnectionGovernor {
     private let onAuthenticated: @Sendable () -> Void
     private let machine: NIOLoopBoundBox<Machine>
     private let timers: NIOLoopBoundBox<[Machine.Timer: Scheduled<Void>]>
+    /// Call starts waiting for the client to take the server's answers.
+    private let heldStarts: NIOLoopBoundBox<[(UInt32, CheckedContinuation<Machine.CallDecision, Never>)]>
 
     /// Call on the channel's event loop, as it is set up.
     /// `onAuthenticated` hears when the connection first makes a call that authenticates.
@@ -24,6 +26,7 @@ final class ConnectionController: ConnectionGovernor {
         self.onAuthenticated = onAuthenticated
         self.machine = NIOLoopBoundBox(Machine(settings: settings), eventLoop: channel.eventLoop)
         self.timers = NIOLoopBoundBox([:], eventLoop: channel.eventLoop)
+        self.heldStarts = NIOLoopBoundBox([], eventLoop: channel.eventLoop)
         handle { $0.accepted() }
         channel.closeFuture.whenComplete { _ in
             self.handle { $0.closed() }
@@ -43,13 +46,27 @@ final class ConnectionController: ConnectionGovernor {
         onLoop { $0.handshakeCompleted() }
     }
 
+    /// Decides on a call's start; while the client is not taking the
+    /// server's answers the start waits, so frames already read cannot pile
+    /// up refusals it will not read either.
     func callStarted(_ id: UInt32) async -> ConnectionStateMachine.CallDecision {
-        let decision = try? await channel.eventLoop.submit {
-            let (decision, actions) = self.machine.value.callStarted(id)
-            self.perform(actions)
-            return decision
-        }.get()
-        return decision ?? .refuse(.init(.unavailable, "the connection is closing"))
+        await withCheckedContinuation { decided in
+            channel.eventLoop.execute {
+                self.heldStarts.value.append((id, decided))
+                self.startHeldCalls()
+            }
+        }
+    }
+
+    /// Decides the held starts, in order, as far as the client takes answers; on the event loop.
+    private func startHeldCalls() {
+        while let (id, decided) = heldStarts.value.first,
+              machine.value.clientTakesAnswers || machine.value.phase == .closed {
+            heldStarts.value.removeFirst()
+            let (decision, actions) = machine.value.callStarted(id)
+            perform(actions)
+            decided.resume(returning: decision)
+        }
     }
 
     func callEnded(_ id: UInt32) {
@@ -86,6 +103,7 @@ final class ConnectionController: ConnectionGovernor {
 
     private func handle(_ event: (inout Machine) -> [Machine.Action]) {
         perform(event(&machine.value))
+        if !heldStarts.value.isEmpty { startHeldCalls() }
     }
 
     private func perform(_ actions: [Machine.Action]) {

@@ -190,6 +190,14 @@ struct ConnectionStateMachine: Sendable {
         return phase == .closed ? [] : balance()
     }
 
+    /// Whether the client takes what the server writes: fewer statuses
+    /// waiting to be written than calls may be open, and less than a frame's
+    /// worth of responses. While it does not, the connection reads nothing
+    /// and starts no call (`ConnectionController` holds starts back).
+    var clientTakesAnswers: Bool {
+        statusesToWrite < limits.maximumOpenCalls && outboundBytes < settings.maximumHeldBytes
+    }
+
     /// No call open and no status left to write.
     private var isQuiet: Bool { openCalls.isEmpty && statusesToWrite == 0 }
 
@@ -246,13 +254,12 @@ struct ConnectionStateMachine: Sendable {
             actions.append(.giveBack(-needed))
         }
         // While the server holds a frame back, its sender is not the one who is slow.
-        let timerDue = boundaries.isPartial && !waitingForPool
+        let timerDue = boundaries.isPartial && !waitingForPool && clientTakesAnswers
         if timerDue != partialFrameTimerArmed {
             partialFrameTimerArmed = timerDue
             actions.append(timerDue ? .arm(.partialFrame, limits.partialFrameTimeout) : .cancel(.partialFrame))
         }
-        let clientReads = statusesToWrite < limits.maximumOpenCalls && outboundBytes < settings.maximumHeldBytes
-        let reading = !waitingForPool && clientReads && (boundaries.isPartial || heldBytes < settings.maximumHeldBytes)
+        let reading = !waitingForPool && clientTakesAnswers && (boundaries.isPartial || heldBytes < settings.maximumHeldBytes)
         if reading != isReading {
             isReading = reading
             actions.append(reading ? .resumeReading : .pauseReading)

@@ -52,7 +52,12 @@ struct RPCConnection {
             let bytes = frame.outboundCharge
             governor.writing(bytes)
             defer { governor.wrote(bytes) }
-            try await send(frame)
+            do {
+                try await send(frame)
+            } catch {
+                // The client is gone: its calls end CANCELLED, not INTERNAL, and nothing is logged as an error.
+                throw RPCError(.cancelled, "the connection closed while the call was answering")
+            }
         }
         let violation: RPCError? = await withGracefulShutdownHandler {
             await withDiscardingTaskGroup(returning: RPCError?.self) { group in

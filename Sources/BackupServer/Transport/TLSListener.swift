@@ -83,6 +83,9 @@ actor TLSListener {
         // TLS 1.2 with forward-secret AEAD suites only (TLS 1.3's are all AEAD): no CBC, no SHA-1 MACs.
         configuration.cipherSuites = TLSListener.tls12CipherSuites
         configuration.applicationProtocols = [ALPN.rpc, ALPN.http]
+        // A closing connection waits this long for the client's close_notify before its socket goes: closed
+        // connections (evicted, timed out) must give their descriptors back at once, not linger by the thousand.
+        configuration.shutdownTimeout = .milliseconds(100)
         if let clientCA = tls.clientCAPath {
             configuration.trustRoots = .file(clientCA)
             configuration.certificateVerification = .noHostnameVerification
@@ -115,6 +118,10 @@ actor TLSListener {
                         switch result {
                         case .negotiated(ALPN.rpc), .fallback:
                             channel.eventLoop.makeCompletedFuture {
+                                // What the kernel holds for a client that does not read is answers the controller
+                                // cannot see: keep it to a few hundred statuses, so that it stops reading such a
+                                // client after a few hundred calls rather than tens of thousands.
+                                try channel.syncOptions?.setOption(.socketOption(.so_sndbuf), value: TLSListener.rpcSendBuffer)
                                 try channel.pipeline.syncOperations.addHandler(ReceiveGate(controller: controller))
                                 try channel.pipeline.syncOperations.addHandler(
                                     ByteToMessageHandler(ReceivedFrameDecoder(frames: FrameDecoder(maxFrameBytes: maxFrameBytes))))
@@ -175,6 +182,10 @@ actor TLSListener {
             }
         }
     }
+
+    /// The kernel's send buffer of an RPC connection. RPC answers are small
+    /// or streamed frame by frame; bulk downloads go over HTTP.
+    static let rpcSendBuffer = 256 * 1024
 
     /// How long open connections may go on once the port has closed.
     static let drainTime: Duration = .seconds(2)
