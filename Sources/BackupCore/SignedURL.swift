@@ -1,0 +1,151 @@
+import COpenSSL
+
+/// A key that signs download URLs, named by the id the URLs carry (`kid`).
+public struct SigningKey: Sendable {
+    public let id: String
+    fileprivate let secret: [UInt8]
+}
+
+/// Why a download URL opens nothing. Every case is a 403 with its
+/// description as the body; none says which part of a signature was wrong.
+public enum URLRefusal: Error, Equatable, CustomStringConvertible {
+    case malformed
+    case expired
+    case unknownKey
+    case badSignature
+
+    public var description: String {
+        switch self {
+        case .malformed: "the link is not a signed download link (it needs expires, kid and sig)"
+        case .expired: "the link has expired; ask for a new one"
+        case .unknownKey: "the link was signed with a key this server no longer has; ask for a new one"
+        case .badSignature: "the link's signature does not match"
+        }
+    }
+}
+
+/// The keys that sign and verify download URLs:
+/// `/v1/downloads/ID/FILE?expires=UNIX&kid=KEY&sig=BASE64URL`, where `sig` is
+/// HMAC-SHA256 over `GET`, the path and `expires`, each on a line of its own.
+/// The newest key (listed last) signs; every listed key verifies. So keys
+/// rotate without breaking a URL already handed out: add the new key last,
+/// and drop the old one once the URLs it signed have expired.
+public struct URLSigningKeys: Sendable {
+    /// Oldest first; the last one signs.
+    public let keys: [SigningKey]
+
+    /// Shortest secret accepted: as long as the HMAC's output.
+    public static let minimumSecretBytes = 32
+
+    /// Reads a key file: one `KEY_ID = SECRET` a line, the secret in base64
+    /// (standard or URL alphabet) of at least 32 bytes; blank lines and lines
+    /// starting with `#` are ignored. Errors name the line.
+    public init(parsing text: String) throws(BackupError) {
+        var keys: [SigningKey] = []
+        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: " \t\r")
+            guard !line.isEmpty, !line.hasPrefix("#") else { continue }
+            guard let equals = line.firstIndex(of: "=") else {
+                throw .invalidArgument("download key line \(index + 1) is not KEY_ID = SECRET")
+            }
+            let id = line[..<equals].trimmingCharacters(in: " \t")
+            let encoded = line[line.index(after: equals)...].trimmingCharacters(in: " \t")
+            guard !id.isEmpty, id.utf8.count <= 64, id.utf8.allSatisfy(Self.isIDByte) else {
+                throw .invalidArgument("download key line \(index + 1): the key id must be 1 to 64 of A-Z a-z 0-9 - _ .")
+            }
+            guard let secret = decodeBase64(encoded), secret.count >= Self.minimumSecretBytes else {
+                throw .invalidArgument("download key \(id) (line \(index + 1)): the secret must be base64 of at least "
+                    + "\(Self.minimumSecretBytes) bytes")
+            }
+            guard !keys.contains(where: { $0.id == id }) else {
+                throw .invalidArgument("download key \(id) (line \(index + 1)) is listed twice")
+            }
+            keys.append(SigningKey(id: id, secret: secret))
+        }
+        guard !keys.isEmpty else { throw .invalidArgument("the download key file lists no key") }
+        self.keys = keys
+    }
+
+    private static func isIDByte(_ byte: UInt8) -> Bool {
+        (48...57).contains(byte) || (65...90).contains(byte) || (97...122).contains(byte) || byte == 45 || byte == 95 || byte == 46
+    }
+
+    /// The key new URLs are signed with.
+    public var signer: SigningKey { keys[keys.count - 1] }
+
+    /// The query that makes `path` a URL valid until `expires` (Unix seconds).
+    public func signedQuery(path: String, expires: Int64) -> String {
+        "expires=\(expires)&kid=\(signer.id)&sig=\(base64URL(Self.signature(signer, path: path, expires: expires)))"
+    }
+
+    /// Checks a request for `path` with `query` at `now` (Unix seconds).
+    /// HEAD is checked as the GET it precedes; the HTTP layer answers any
+    /// other method before asking.
+    public func verify(path: String, query: String, now: Int64) throws(URLRefusal) {
+        var fields: [Substring: Substring] = [:]
+        for pair in query.split(separator: "&", omittingEmptySubsequences: false) {
+            guard let equals = pair.firstIndex(of: "="), fields.updateValue(pair[pair.index(after: equals)...], forKey: pair[..<equals]) == nil else {
+                throw .malformed
+            }
+        }
+        guard fields.count == 3, let expiresText = fields["expires"], let kid = fields["kid"], let sigText = fields["sig"],
+              expiresText.count <= 18, expiresText.utf8.allSatisfy({ (48...57).contains($0) }), let expires = Int64(expiresText),
+              let presented = decodeBase64(String(sigText)), presented.count == 32 else {
+            throw .malformed
+        }
+        guard let key = keys.first(where: { $0.id == kid }) else { throw .unknownKey }
+        let expected = Self.signature(key, path: path, expires: expires)
+        // Constant time: how much of a forged signature matched must not show in the time taken.
+        guard CRYPTO_memcmp(expected, presented, 32) == 0 else { throw .badSignature }
+        guard now < expires else { throw .expired }
+    }
+
+    private static func signature(_ key: SigningKey, path: String, expires: Int64) -> [UInt8] {
+        let message = Array("GET\n\(path)\n\(expires)".utf8)
+        var output = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        _ = key.secret.withUnsafeBytes { secret in
+            HMAC(EVP_sha256(), secret.baseAddress, Int32(secret.count), message, message.count, &output, &length)
+        }
+        return output
+    }
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters(in set: String) -> String {
+        String(drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
+    }
+}
+
+/// Base64 in the standard or URL alphabet, padded or not; nil for anything else.
+func decodeBase64(_ text: String) -> [UInt8]? {
+    var bits: UInt32 = 0
+    var count = 0
+    var out: [UInt8] = []
+    var padding = 0
+    for byte in text.utf8 {
+        let value: UInt32
+        switch byte {
+        case 65...90: value = UInt32(byte - 65)
+        case 97...122: value = UInt32(byte - 97 + 26)
+        case 48...57: value = UInt32(byte - 48 + 52)
+        case 43, 45: value = 62  // + or -
+        case 47, 95: value = 63  // / or _
+        case 61:  // =
+            padding += 1
+            continue
+        default: return nil
+        }
+        guard padding == 0 else { return nil }  // data after padding
+        bits = bits << 6 | value
+        count += 6
+        if count >= 8 {
+            count -= 8
+            out.append(UInt8(truncatingIfNeeded: bits >> UInt32(count)))
+            bits &= (1 << UInt32(count)) - 1
+        }
+    }
+    // Leftover bits must be zero and fewer than a byte, as an encoder leaves them.
+    guard count < 6 || count == 0, bits == 0, padding <= 2 else { return nil }
+    return out
+}
