@@ -244,9 +244,10 @@ struct Serve: AsyncParsableCommand {
         configuration.appDatabases.fileQueryTimeout = "\(fileQueryTimeoutSeconds)s"
         let readyFile = self.readyFile
         let logger = Logger(label: "backupd")
-        // The catalog's libpq calls have threads of their own, one per connection, so bulk
-        // work of jobs (hashing files, copying blobs) never queues a call's authentication.
-        let catalogThreads = NIOThreadPool(numberOfThreads: Self.catalogConnections)
+        // The catalog's libpq calls have threads of their own, one per connection (the pool's, the job-change
+        // listener's and each running job's blob lock), so bulk work of jobs (hashing files, copying blobs)
+        // never queues a call's authentication.
+        let catalogThreads = NIOThreadPool(numberOfThreads: Self.catalogConnections + 1 + maxJobs)
         let jobThreads = NIOThreadPool(numberOfThreads: 16)
         catalogThreads.start()
         jobThreads.start()
