@@ -32,7 +32,7 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         .target(name: "BackupCore", dependencies: [
-            "COpenSSL",
+            "COpenSSL", "CArchive",
         ]),
         // libpq: connections, errors, rows, connection strings and the pool; used by the catalog and by jobs for app databases.
         .target(name: "BackupPostgres", dependencies: [

@@ -58,6 +58,12 @@ public protocol BlobStore: Sendable {
     /// copy, so no file outside the store shares an inode with a blob.
     func place(_ hash: ContentHash, at path: String, owner: FileOwner) throws
     func contains(_ hash: ContentHash) -> Bool
+    /// Streams a blob's content to `consume` a chunk at a time, never whole
+    /// in memory, and checks at its end that the content still has its hash
+    /// (`corrupt` if not); returns its size. Once `interruption` is set,
+    /// reading stops within a chunk. Whatever reads a blob's content (an
+    /// archive, a verification) reads it through here.
+    func read(_ hash: ContentHash, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64
     /// Re-reads a blob and checks that its content still has its hash.
     func verify(_ hash: ContentHash) throws -> UInt64
     func remove(_ hash: ContentHash) throws
@@ -154,12 +160,25 @@ public struct LocalBlobStore: BlobStore {
         access(path(for: hash), F_OK) == 0
     }
 
-    public func verify(_ hash: ContentHash) throws -> UInt64 {
+    public func read(_ hash: ContentHash, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64 {
         let path = self.path(for: hash)
-        guard contains(hash) else { throw BlobStoreError.missing(hash) }
-        let (actual, size) = try hashFile(path)
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw errno == ENOENT ? BlobStoreError.missing(hash) : BlobStoreError.cannotRead(path: path, errno: errno) }
+        defer { close(fd) }
+        let hasher = SHA256Hasher()
+        var size: UInt64 = 0
+        try readChunks(fd: fd, path: path, interruption: interruption) { chunk in
+            hasher.update(chunk)
+            size += UInt64(chunk.count)
+            try consume(chunk)
+        }
+        let actual = hasher.finish()
         guard actual == hash else { throw BlobStoreError.corrupt(hash, actual: actual) }
         return size
+    }
+
+    public func verify(_ hash: ContentHash) throws -> UInt64 {
+        try read(hash, interruption: nil) { _ in }
     }
 
     public func materialize(_ hash: ContentHash, at path: String) throws {

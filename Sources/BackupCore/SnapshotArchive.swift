@@ -1,0 +1,186 @@
+import CArchive
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A full snapshot as the public archive format lays it out (a gzip tar):
+/// `.metadata` (a JSON object of strings), `db/db.backup` (the custom-format
+/// dump) and `tree/xx/yy/KEY` (each file document under its storage key,
+/// in folders named by the key's characters 1-2 and 3-4). Written with
+/// libarchive, every blob read through the blob store's streaming interface,
+/// so no member is ever held whole in memory.
+public struct SnapshotArchive: Sendable {
+    /// `.metadata`; the writer adds a SHA-256 per member (`sha256:PATH`).
+    public var metadata: [String: String]
+    public var dump: StoredBlob
+    public var files: [(key: String, blob: StoredBlob)]
+    /// Modification time of every member, Unix seconds: the snapshot's.
+    public var modified: Int64
+
+    public init(metadata: [String: String], dump: StoredBlob, files: [(key: String, blob: StoredBlob)], modified: Int64) {
+        self.metadata = metadata
+        self.dump = dump
+        self.files = files
+        self.modified = modified
+    }
+
+    /// Member path of the dump.
+    public static let dumpPath = "db/db.backup"
+
+    /// The `.metadata` document, with the SHA-256 of every member added.
+    public func metadataDocument() throws(FileStoreLayout.InvalidKey) -> [UInt8] {
+        var entries = metadata
+        entries["sha256:" + Self.dumpPath] = dump.hash.hex
+        for file in files { entries["sha256:" + (try Self.treePath(file.key))] = file.blob.hash.hex }
+        let body = entries.sorted { $0.key < $1.key }.map { "  \(jsonString($0.key)): \(jsonString($0.value))" }
+        return Array(("{\n" + body.joined(separator: ",\n") + "\n}\n").utf8)
+    }
+
+    static func treePath(_ key: String) throws(FileStoreLayout.InvalidKey) -> String {
+        "tree/" + (try FileStoreLayout.relativePath(forKey: key))
+    }
+
+    /// Writes the archive to `path` (which must not exist; it is removed
+    /// again if writing fails) and returns its size and SHA-256. `progress`
+    /// hears the bytes of member content written so far.
+    public func write(to path: String, from store: any BlobStore, gzipLevel: Int = 6, interruption: Interruption? = nil,
+                      progress: (UInt64) -> Void = { _ in }) throws -> (size: UInt64, sha256: ContentHash) {
+        let output = try ArchiveOutput(path: path)
+        do {
+            let archive = archive_write_new()!
+            defer { archive_write_free(archive) }
+            try check(archive, archive_write_set_format_pax_restricted(archive))
+            try check(archive, archive_write_add_filter_gzip(archive))
+            try check(archive, archive_write_set_filter_option(archive, "gzip", "compression-level", String(gzipLevel)))
+            // No padding to 10 KiB blocks past the end: the file ends where the gzip stream does.
+            try check(archive, archive_write_set_bytes_in_last_block(archive, 1))
+            let context = Unmanaged.passUnretained(output).toOpaque()
+            try check(archive, archive_write_open2(archive, context, nil, { _, context, buffer, length in
+                Unmanaged<ArchiveOutput>.fromOpaque(context!).takeUnretainedValue().write(buffer!, length)
+            }, nil, nil))
+
+            var written: UInt64 = 0
+            let document = try metadataDocument()
+            try addMember(archive, ".metadata", size: UInt64(document.count)) { consume in
+                try document.withUnsafeBytes { try consume($0) }
+            }
+            for (memberPath, blob) in [(Self.dumpPath, dump)] + (try files.map { (try Self.treePath($0.key), $0.blob) }) {
+                try addMember(archive, memberPath, size: blob.size) { consume in
+                    _ = try store.read(blob.hash, interruption: interruption) { chunk in
+                        try consume(chunk)
+                        written += UInt64(chunk.count)
+                        progress(written)
+                    }
+                }
+            }
+            try check(archive, archive_write_close(archive))
+            return try output.finish()
+        } catch {
+            output.abandon()
+            throw error
+        }
+    }
+
+    private func addMember(_ archive: OpaquePointer, _ path: String, size: UInt64,
+                           _ content: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws {
+        let entry = archive_entry_new()!
+        defer { archive_entry_free(entry) }
+        archive_entry_set_pathname(entry, path)
+        archive_entry_set_size(entry, la_int64_t(size))
+        archive_entry_set_filetype(entry, 0o100000)  // AE_IFREG (S_IFREG), a macro Swift does not import
+        archive_entry_set_perm(entry, 0o644)
+        archive_entry_set_mtime(entry, time_t(modified), 0)
+        try check(archive, archive_write_header(archive, entry))
+        var remaining = size
+        try content { chunk in
+            // A blob that grew since it was recorded would overrun its header: the size was promised.
+            guard UInt64(chunk.count) <= remaining else { throw ArchiveError.write("\(path) is longer than its recorded \(size) bytes") }
+            remaining -= UInt64(chunk.count)
+            guard archive_write_data(archive, chunk.baseAddress, chunk.count) == chunk.count else {
+                throw ArchiveError.write(String(cString: archive_error_string(archive)))
+            }
+        }
+        guard remaining == 0 else { throw ArchiveError.write("\(path) is shorter than its recorded \(size) bytes") }
+        try check(archive, archive_write_finish_entry(archive))
+    }
+
+    private func check(_ archive: OpaquePointer, _ status: Int32) throws {
+        guard status == ARCHIVE_OK else {
+            throw ArchiveError.write(archive_error_string(archive).map { String(cString: $0) } ?? "libarchive status \(status)")
+        }
+    }
+}
+
+public enum ArchiveError: Error, CustomStringConvertible {
+    case write(String)
+
+    public var description: String {
+        switch self {
+        case .write(let detail): "cannot write the archive: \(detail)"
+        }
+    }
+}
+
+/// The file an archive is written to, hashed as it is written.
+private final class ArchiveOutput {
+    private let path: String
+    private let fd: Int32
+    private let hasher = SHA256Hasher()
+    private var size: UInt64 = 0
+    private var failure: Int32 = 0
+
+    init(path: String) throws {
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
+        self.path = path
+    }
+
+    /// libarchive's write callback: all of `length` bytes, or -1.
+    func write(_ buffer: UnsafeRawPointer, _ length: Int) -> Int {
+        var done = 0
+        while done < length {
+            let count = Glibc.write(fd, buffer + done, length - done)
+            if count < 0 {
+                if errno == EINTR { continue }
+                failure = errno
+                return -1
+            }
+            done += count
+        }
+        hasher.update(UnsafeRawBufferPointer(start: buffer, count: length))
+        size += UInt64(length)
+        return length
+    }
+
+    func finish() throws -> (size: UInt64, sha256: ContentHash) {
+        guard fsync(fd) == 0, close(fd) == 0 else {
+            abandon()
+            throw BlobStoreError.cannotWrite(path: path, errno: errno)
+        }
+        return (size, hasher.finish())
+    }
+
+    func abandon() {
+        close(fd)
+        unlink(path)
+    }
+}
+
+/// A JSON string literal.
+func jsonString(_ text: String) -> String {
+    var out = "\""
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        case _ where scalar.value < 0x20:
+            let hex = String(scalar.value, radix: 16)
+            out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+        default: out.unicodeScalars.append(scalar)
+        }
+    }
+    return out + "\""
+}
