@@ -37,8 +37,8 @@ final class JobWatches: Service {
     }
 
     /// Listens for job changes until a graceful shutdown.
-    func run() async throws {
-        try? await cancelWhenGracefulShutdown {
+    func run() async {
+        await cancelWhenGracefulShutdown {
             await self.catalog.listenForJobChanges { self.changed($0) }
         }
     }

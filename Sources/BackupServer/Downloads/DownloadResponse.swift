@@ -1,0 +1,127 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a GET or HEAD of a ready download answers with: which bytes of the
+/// file, and the headers a browser (or `curl -C -`) needs to save it and to
+/// resume a broken transfer. Pure: the endpoint reads the request's headers,
+/// asks this, and streams what it says.
+struct DownloadResponse: Equatable {
+    /// Which bytes go out.
+    enum Body: Equatable {
+        /// 200: the whole file.
+        case whole
+        /// 206: bytes `first` through `last`, inclusive.
+        case part(first: UInt64, last: UInt64)
+        /// 416: the range asked for lies outside the file.
+        case unsatisfiable
+    }
+
+    let body: Body
+    let headers: [(name: String, value: String)]
+
+    static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs.body == rhs.body && lhs.headers.elementsEqual(rhs.headers) { $0 == $1 }
+    }
+
+    var status: Int {
+        switch body {
+        case .whole: 200
+        case .part: 206
+        case .unsatisfiable: 416
+        }
+    }
+
+    /// The file this answers for: its name, size, content hash (the strong
+    /// ETag) and when it became ready (Unix seconds, `Last-Modified`).
+    struct File {
+        let name: String
+        let size: UInt64
+        let sha256: String
+        let modified: Int64
+
+        var etag: String { "\"\(sha256)\"" }
+        var lastModified: String { httpDate(modified) }
+    }
+
+    /// The answer to a request with these `Range` and `If-Range` header values.
+    init(for file: File, range: String?, ifRange: String?) {
+        let body: Body = if let range, Self.rangeApplies(ifRange, to: file) { Self.body(forRange: range, size: file.size) } else { .whole }
+        var headers: [(String, String)] = [
+            ("Content-Type", file.name.hasSuffix(".tar.gz") ? "application/gzip" : "application/octet-stream"),
+            ("Content-Disposition", "attachment; filename=\"\(file.name)\""),
+            ("ETag", file.etag),
+            ("Last-Modified", file.lastModified),
+            ("Accept-Ranges", "bytes"),
+            ("Cache-Control", "private, no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+        switch body {
+        case .whole:
+            headers.append(("Content-Length", String(file.size)))
+        case let .part(first, last):
+            headers.append(("Content-Length", String(last - first + 1)))
+            headers.append(("Content-Range", "bytes \(first)-\(last)/\(file.size)"))
+        case .unsatisfiable:
+            headers.append(("Content-Length", "0"))
+            headers.append(("Content-Range", "bytes */\(file.size)"))
+        }
+        self.body = body
+        self.headers = headers
+    }
+
+    /// `If-Range` lets a range through only while the file is the one the
+    /// client has part of: its strong ETag, or exactly its modification date.
+    private static func rangeApplies(_ ifRange: String?, to file: File) -> Bool {
+        guard let ifRange = ifRange?.trimmingSpaces else { return true }
+        return ifRange.hasPrefix("\"") ? ifRange == file.etag : ifRange == file.lastModified
+    }
+
+    /// A single `bytes=` range (RFC 9110 §14.1.2). Anything else, several
+    /// ranges included, is ignored and the whole file goes out, as the RFC
+    /// allows; a well-formed range that starts past the end is unsatisfiable.
+    private static func body(forRange header: String, size: UInt64) -> Body {
+        let value = header.trimmingSpaces
+        guard value.hasPrefix("bytes="), !value.contains(",") else { return .whole }
+        let spec = value.dropFirst("bytes=".count)
+        guard let dash = spec.firstIndex(of: "-") else { return .whole }
+        let (firstText, lastText) = (spec[..<dash], spec[spec.index(after: dash)...])
+        func number(_ text: Substring) -> UInt64? {
+            text.isEmpty || text.count > 19 || !text.utf8.allSatisfy({ (48...57).contains($0) }) ? nil : UInt64(text)
+        }
+        if firstText.isEmpty {
+            // The last N bytes.
+            guard let suffix = number(lastText) else { return .whole }
+            guard suffix > 0, size > 0 else { return .unsatisfiable }
+            return .part(first: size - min(suffix, size), last: size - 1)
+        }
+        guard let first = number(firstText) else { return .whole }
+        let last: UInt64
+        if lastText.isEmpty {
+            last = .max
+        } else {
+            guard let given = number(lastText), given >= first else { return .whole }
+            last = given
+        }
+        guard first < size else { return .unsatisfiable }
+        return .part(first: first, last: min(last, size - 1))
+    }
+}
+
+extension String {
+    fileprivate var trimmingSpaces: String {
+        String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
+    }
+}
+
+/// An HTTP date (IMF-fixdate, RFC 9110 §5.6.7): `Sun, 06 Nov 1994 08:49:37 GMT`.
+func httpDate(_ unix: Int64) -> String {
+    var time = time_t(unix)
+    var parts = tm()
+    gmtime_r(&time, &parts)
+    let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+    return "\(days[Int(parts.tm_wday)]), \(two(parts.tm_mday)) \(months[Int(parts.tm_mon)]) \(parts.tm_year + 1900) "
+        + "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) GMT"
+}
