@@ -29,3 +29,36 @@ public func base64URL(_ bytes: [UInt8]) -> String {
     }
     return String(decoding: out, as: UTF8.self)
 }
+
+/// Base64 in the standard or URL alphabet, padded or not; nil for anything else.
+func decodeBase64(_ text: String) -> [UInt8]? {
+    var bits: UInt32 = 0
+    var count = 0
+    var out: [UInt8] = []
+    var padding = 0
+    for byte in text.utf8 {
+        let value: UInt32
+        switch byte {
+        case 65...90: value = UInt32(byte - 65)
+        case 97...122: value = UInt32(byte - 97 + 26)
+        case 48...57: value = UInt32(byte - 48 + 52)
+        case 43, 45: value = 62  // + or -
+        case 47, 95: value = 63  // / or _
+        case 61:  // =
+            padding += 1
+            continue
+        default: return nil
+        }
+        guard padding == 0 else { return nil }  // data after padding
+        bits = bits << 6 | value
+        count += 6
+        if count >= 8 {
+            count -= 8
+            out.append(UInt8(truncatingIfNeeded: bits >> UInt32(count)))
+            bits &= (1 << UInt32(count)) - 1
+        }
+    }
+    // Leftover bits must be zero and fewer than a byte, as an encoder leaves them.
+    guard count < 6 || count == 0, bits == 0, padding <= 2 else { return nil }
+    return out
+}

@@ -80,20 +80,6 @@ public actor ConnectionPool {
         }
     }
 
-    /// Reserves a connection across suspension points (to hold a session
-    /// lock, say); each use of it still runs on the thread pool.
-    public func withReservedConnection<T: Sendable>(_ body: @Sendable (ConnectionHandle) async throws -> T) async throws -> T {
-        let connection = try await checkOut()
-        do {
-            let value = try await body(ConnectionHandle(connection, threadPool: threadPool))
-            checkIn(connection)
-            return value
-        } catch {
-            checkIn(connection)
-            throw error
-        }
-    }
-
     /// A connection of the pool's database outside the pool, owned by the
     /// caller (for session state such as a lock, that must be known lost
     /// when the connection is); it closes when the last handle to it goes.

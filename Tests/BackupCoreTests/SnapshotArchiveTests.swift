@@ -17,7 +17,7 @@ import Testing
         ]
         func stored(_ bytes: [UInt8], _ name: String) throws -> StoredBlob {
             let path = scratch.path + "/" + name
-            FileManager.default.createFile(atPath: path, contents: Data(bytes))
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
             return try store.put(contentsOf: path)
         }
         let dumpBytes = Array("PGDMP a custom-format dump".utf8)

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import Foundation
 
 /// What a GET or HEAD of a ready download answers with: which bytes of the
 /// file, and the headers a browser (or `curl -C -`) needs to save it and to
@@ -73,7 +71,7 @@ struct DownloadResponse: Equatable {
     /// `If-Range` lets a range through only while the file is the one the
     /// client has part of: its strong ETag, or exactly its modification date.
     private static func rangeApplies(_ ifRange: String?, to file: File) -> Bool {
-        guard let ifRange = ifRange?.trimmingSpaces else { return true }
+        guard let ifRange = ifRange?.trimmingCharacters(in: .whitespaces) else { return true }
         return ifRange.hasPrefix("\"") ? ifRange == file.etag : ifRange == file.lastModified
     }
 
@@ -81,7 +79,7 @@ struct DownloadResponse: Equatable {
     /// ranges included, is ignored and the whole file goes out, as the RFC
     /// allows; a well-formed range that starts past the end is unsatisfiable.
     private static func body(forRange header: String, size: UInt64) -> Body {
-        let value = header.trimmingSpaces
+        let value = header.trimmingCharacters(in: .whitespaces)
         guard value.hasPrefix("bytes="), !value.contains(",") else { return .whole }
         let spec = value.dropFirst("bytes=".count)
         guard let dash = spec.firstIndex(of: "-") else { return .whole }
@@ -105,12 +103,6 @@ struct DownloadResponse: Equatable {
         }
         guard first < size else { return .unsatisfiable }
         return .part(first: first, last: min(last, size - 1))
-    }
-}
-
-extension String {
-    fileprivate var trimmingSpaces: String {
-        String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
     }
 }
 

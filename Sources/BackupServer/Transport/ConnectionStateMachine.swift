@@ -75,10 +75,10 @@ struct ConnectionStateMachine: Sendable {
     private var outboundBytes = 0
     private var isAuthenticated = false
     private var boundaries = FrameBoundaries()
-    /// Bytes of frames announced and not yet consumed by their calls.
-    private(set) var heldBytes = 0
+    /// Bytes received and not yet consumed by their calls.
+    private var heldBytes = 0
     /// The part of `heldBytes` borrowed from the shared pool.
-    private(set) var borrowedBytes = 0
+    private var borrowedBytes = 0
     private var waitingForPool = false
     private(set) var isReading = true
     private var partialFrameTimerArmed = false

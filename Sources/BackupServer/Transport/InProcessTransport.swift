@@ -28,10 +28,6 @@ public struct InProcessTransport: Sendable {
         let (toServer, toServerContinuation) = AsyncThrowingStream<ReceivedFrame, any Error>.makeStream()
         let (toClient, toClientContinuation) = AsyncThrowingStream<Frame, any Error>.makeStream()
         let governor = InProcessGovernor(settings: settings) { toServerContinuation.finish() }
-        let served = Task {
-            await connection.serve(toServer, write: { toClientContinuation.yield($0) }, governor: governor)
-            toClientContinuation.finish()
-        }
         let send: @Sendable ([Frame]) async throws -> Void = { frames in
             for frame in frames {
                 var bytes = ByteBuffer()
@@ -40,14 +36,18 @@ public struct InProcessTransport: Sendable {
                 toServerContinuation.yield(ReceivedFrame(frame: frame, charge: bytes.readableBytes))
             }
         }
-        defer {
-            toServerContinuation.finish()
-            governor.close()
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await connection.serve(toServer, write: { toClientContinuation.yield($0) }, governor: governor)
+                toClientContinuation.finish()
+            }
+            // However `body` ends, the client's side closes, so the connection ends and the group with it.
+            defer {
+                toServerContinuation.finish()
+                governor.close()
+            }
+            return try await body(toClient, send)
         }
-        let value = try await body(toClient, send)
-        toServerContinuation.finish()
-        await served.value
-        return value
     }
 }
 

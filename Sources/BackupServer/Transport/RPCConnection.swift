@@ -27,12 +27,13 @@ struct RPCConnection {
 
     private typealias Calls = NIOLockedValueBox<[UInt32: OpenCall]>
 
-    /// Serves a TLS connection until it closes.
-    func run(_ channel: NIOAsyncChannel<ReceivedFrame, Frame>, controller: ConnectionController) async {
+    /// Serves a TLS connection until it closes. Frames go out through the
+    /// channel itself, not an async writer: one counts as written once it is
+    /// in the socket, not when NIO has taken it, so the controller sees a
+    /// client that takes nothing.
+    func run(_ channel: NIOAsyncChannel<ReceivedFrame, Never>, controller: ConnectionController) async {
         do {
             try await channel.executeThenClose { inbound, _ in
-                // A frame counts as written once it is in the socket, not when NIO has taken it:
-                // the controller must see a client that takes nothing.
                 let underlying = channel.channel
                 await serve(inbound, write: { try await underlying.writeAndFlush($0).get() }, governor: controller)
             }

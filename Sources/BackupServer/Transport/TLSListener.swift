@@ -33,7 +33,7 @@ public enum ALPN {
 /// connections are closed after the handshake.
 actor TLSListener {
     private enum Negotiated: Sendable {
-        case rpc(NIOAsyncChannel<ReceivedFrame, Frame>, ConnectionController)
+        case rpc(NIOAsyncChannel<ReceivedFrame, Never>, ConnectionController)
         case unsupported(String)
     }
 
@@ -126,7 +126,7 @@ actor TLSListener {
                                 try channel.pipeline.syncOperations.addHandler(
                                     ByteToMessageHandler(ReceivedFrameDecoder(frames: FrameDecoder(maxFrameBytes: maxFrameBytes))))
                                 try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                                return .rpc(try NIOAsyncChannel<ReceivedFrame, Frame>(wrappingChannelSynchronously: channel), controller)
+                                return .rpc(try NIOAsyncChannel<ReceivedFrame, Never>(wrappingChannelSynchronously: channel), controller)
                             }
                         case .negotiated(let other):
                             channel.close().map { .unsupported(other) }
