@@ -7,6 +7,10 @@ set -euo pipefail
 dir=${1:-certs/dev}
 mkdir -p "$dir"
 cd "$dir"
+# The key that signs download URLs (a KEY_ID = SECRET line), made once and kept.
+if [ ! -s download-keys ]; then
+  (umask 077; printf 'dev-%s = %s\n' "$(date +%Y%m%d)" "$(openssl rand -base64 32)" > download-keys)
+fi
 if [ -f server.crt ] && [ -f server.key ] && [ -f client.crt ] && openssl x509 -checkend 86400 -noout -in server.crt >/dev/null 2>&1; then
   exit 0
 fi

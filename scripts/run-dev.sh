@@ -11,6 +11,7 @@ export BACKUPD_CATALOG="host=127.0.0.1 port=$PORT user=postgres dbname=backupd"
 export BACKUPD_BLOB_DIR=$VAR/blobs
 export BACKUPD_TLS_CERT=$(pwd)/certs/dev/server.crt
 export BACKUPD_TLS_KEY=$(pwd)/certs/dev/server.key
+export BACKUPD_DOWNLOAD_KEYS=$(pwd)/certs/dev/download-keys
 
 if [ ! -s "$VAR/admin.token" ]; then
   "$BIN/backupd" token create --namespace demo --role admin --name demo-admin > "$VAR/admin.token"

@@ -71,7 +71,7 @@ extension Catalog {
         let running = try await pool.withConnection { connection in
             try connection.query("""
                 SELECT j.id, j.kind, j.status FROM jobs j JOIN environments e ON e.id = j.environment_id
-                WHERE e.namespace = $1 AND e.name = $2 AND j.status IN \(JobStatus.active.sql)
+                WHERE e.namespace = $1 AND e.name = $2 AND j.status IN \(JobStatus.active.sql) AND j.kind <> 'archive'
                 """, namespace, environment).first
         }
         let what = running.map { "\($0.string("kind")) job \($0.string("id")) is \($0.string("status"))" } ?? "another job is running"
@@ -188,10 +188,11 @@ extension Catalog {
         }
     }
 
-    static func loadBackup(_ connection: PostgresConnection, _ id: String, lock: Bool = false) throws -> Backup {
+    /// A backup by id; `lock` locks its row (`shared`: only against deletion and change) until the transaction ends.
+    static func loadBackup(_ connection: PostgresConnection, _ id: String, lock: Bool = false, shared: Bool = false) throws -> Backup {
         guard let row = try connection.query("""
             SELECT \(backupColumns) FROM snapshots s JOIN environments e ON e.id = s.environment_id WHERE s.id = $1
-            """ + (lock ? " FOR UPDATE OF s" : ""), id).first else {
+            """ + (lock ? (shared ? " FOR SHARE OF s" : " FOR UPDATE OF s") : ""), id).first else {
             throw BackupError.notFound("backup \(id) does not exist")
         }
         return backup(row)

@@ -248,7 +248,7 @@ extension Catalog {
     }
 
     /// Ends a queued or running job as FAILED or CANCELLED with its reason;
-    /// a backup it was making fails with the same reason.
+    /// a backup or archive it was making fails with the same reason.
     static func endUnfinished(_ connection: PostgresConnection, id: String, as status: JobStatus, message: String) throws {
         guard let row = try connection.query("""
             UPDATE jobs j SET status = $3, error = $2, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
@@ -256,10 +256,16 @@ extension Catalog {
             WHERE j.id = $1 AND e.id = j.environment_id AND j.status IN \(status.predecessors.sql)
             RETURNING j.kind, j.snapshot_id, j.actor, e.namespace, e.name
             """, id, message, status.description).first else { return }
-        if row.string("kind") == "backup" {
+        switch row.string("kind") {
+        case "backup":
             try connection.query("""
                 UPDATE snapshots SET status = 'failed', error = $2, finished_at = now() WHERE id = $1 AND status = 'processing'
                 """, row["snapshot_id"], message)
+        case "archive":
+            // Its reservation in the cache ends; a new request prepares a new archive.
+            try connection.query("UPDATE archives SET state = 'failed', error = $2 WHERE job_id = $1 AND state = 'preparing'", id, message)
+        default:
+            break
         }
         try recordActivity(connection, row.string("namespace"), row.string("name"), action: row.string("kind"),
                            outcome: status.description.uppercased(), actor: row.string("actor"), snapshotID: row["snapshot_id"],

@@ -79,6 +79,8 @@ enum AdvisoryLock {
     static let blobs = 7_400_002
     /// Held while a process claims a job, so per-namespace limits hold across processes.
     static let claims = 7_400_003
+    /// Held while a download request counts and reserves the archive cache's bytes.
+    static let archives = 7_400_004
 }
 
 /// Turns catalog text into the API's enums.

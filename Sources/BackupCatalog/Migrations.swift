@@ -169,5 +169,36 @@ enum Migrations {
                   IS DISTINCT FROM (NEW.status, NEW.phase, NEW.bytes_done, NEW.bytes_total, NEW.error, NEW.cancel_requested))
             EXECUTE FUNCTION notify_job_changed();
         """),
+        (7, """
+        -- Archives prepared for download: at most one per backup and kind at a time (failed ones aside), shared
+        -- by every request for it. While preparing, size is what the archive may grow to, reserved in the cache.
+        CREATE TABLE archives (
+            id             uuid PRIMARY KEY,
+            snapshot_id    uuid NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+            database_only  boolean NOT NULL,
+            job_id         uuid NOT NULL UNIQUE,
+            state          text NOT NULL CHECK (state IN ('preparing', 'ready', 'failed')),
+            size           bigint NOT NULL,
+            sha256         text NOT NULL DEFAULT '',
+            error          text NOT NULL DEFAULT '',
+            created_at     timestamptz NOT NULL DEFAULT now(),
+            ready_at       timestamptz
+        );
+        CREATE UNIQUE INDEX archives_one_per_backup_and_kind ON archives (snapshot_id, database_only) WHERE state <> 'failed';
+        -- Each request for an archive: who asked, and when its URL expires (counted from when the archive is ready).
+        CREATE TABLE downloads (
+            id          uuid PRIMARY KEY,
+            archive_id  uuid NOT NULL REFERENCES archives(id) ON DELETE CASCADE,
+            actor       text NOT NULL,
+            lifetime    interval NOT NULL,
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            expires_at  timestamptz
+        );
+        CREATE INDEX downloads_by_archive ON downloads (archive_id);
+        -- Preparing an archive reads only the blob store: it does not take its environment's one job at a time.
+        DROP INDEX jobs_one_active_per_environment;
+        CREATE UNIQUE INDEX jobs_one_active_per_environment ON jobs (environment_id)
+            WHERE status IN ('queued', 'running') AND kind <> 'archive';
+        """),
     ]
 }

@@ -9,6 +9,13 @@ public struct StoredBlob: Sendable, Equatable {
     public let size: UInt64
     /// False when the store already had this content and wrote nothing.
     public let written: Bool
+
+    /// `written` is false for a blob known from the catalog, not just stored.
+    public init(hash: ContentHash, size: UInt64, written: Bool = false) {
+        self.hash = hash
+        self.size = size
+        self.written = written
+    }
 }
 
 /// Failures of blob storage, each naming the path or blob concerned.

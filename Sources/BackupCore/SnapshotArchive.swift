@@ -81,6 +81,33 @@ public struct SnapshotArchive: Sendable {
         }
     }
 
+    /// Writes the dump alone (a database-only download) to `path`, as
+    /// `write` does the whole archive, and returns its size and SHA-256.
+    public func writeDump(to path: String, from store: any BlobStore, interruption: Interruption? = nil,
+                          progress: (UInt64) -> Void = { _ in }) throws -> (size: UInt64, sha256: ContentHash) {
+        let output = try ArchiveOutput(path: path)
+        do {
+            var written: UInt64 = 0
+            _ = try store.read(dump.hash, interruption: interruption) { chunk in
+                try output.write(chunk)
+                written += UInt64(chunk.count)
+                progress(written)
+            }
+            return try output.finish()
+        } catch {
+            output.abandon()
+            throw error
+        }
+    }
+
+    /// The file name of a download: `files_and_database-SNAPSHOT8-YYYYMMDDhhmm.tar.gz`,
+    /// or `database-….backup` for the dump alone, the time the snapshot's in UTC.
+    public static func downloadName(snapshotID: String, createdUnixMS: Int64, databaseOnly: Bool) -> String {
+        let stamp = utcTime(createdUnixMS / 1000, format: "%Y%m%d%H%M")
+        let short = snapshotID.prefix(8)
+        return databaseOnly ? "database-\(short)-\(stamp).backup" : "files_and_database-\(short)-\(stamp).tar.gz"
+    }
+
     private func addMember(_ archive: OpaquePointer, _ path: String, size: UInt64,
                            _ content: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws {
         let entry = archive_entry_new()!
@@ -135,6 +162,12 @@ private final class ArchiveOutput {
         self.path = path
     }
 
+    /// Writes all of `chunk`, or throws why it could not.
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        guard let base = chunk.baseAddress, chunk.count > 0 else { return }
+        guard write(base, chunk.count) == chunk.count else { throw BlobStoreError.cannotWrite(path: path, errno: failure) }
+    }
+
     /// libarchive's write callback: all of `length` bytes, or -1.
     func write(_ buffer: UnsafeRawPointer, _ length: Int) -> Int {
         var done = 0
@@ -164,6 +197,16 @@ private final class ArchiveOutput {
         close(fd)
         unlink(path)
     }
+}
+
+/// Unix seconds as UTC text in a `strftime` format (C locale names).
+public func utcTime(_ unix: Int64, format: String) -> String {
+    var seconds = time_t(unix)
+    var parts = tm()
+    gmtime_r(&seconds, &parts)
+    var text = [CChar](repeating: 0, count: 64)
+    let length = strftime(&text, text.count, format, &parts)
+    return String(decoding: text.prefix(length).map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
 
 /// A JSON string literal.

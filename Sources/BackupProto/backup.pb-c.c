@@ -3576,7 +3576,7 @@ const ProtobufCMessageDescriptor backup__v1__token__descriptor =
   (ProtobufCMessageInit) backup__v1__token__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__download__field_descriptors[9] =
+static const ProtobufCFieldDescriptor backup__v1__download__field_descriptors[11] =
 {
   {
     "id",
@@ -3686,14 +3686,40 @@ static const ProtobufCFieldDescriptor backup__v1__download__field_descriptors[9]
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "sha256",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Download, sha256),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "error",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Download, error),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__download__field_indices_by_name[] = {
   1,   /* field[1] = backup_id */
   2,   /* field[2] = database_only */
+  10,   /* field[10] = error */
   6,   /* field[6] = filename */
   0,   /* field[0] = id */
   3,   /* field[3] = job_id */
   4,   /* field[4] = ready */
+  9,   /* field[9] = sha256 */
   7,   /* field[7] = size_bytes */
   5,   /* field[5] = url */
   8,   /* field[8] = url_expires_unix_ms */
@@ -3701,7 +3727,7 @@ static const unsigned backup__v1__download__field_indices_by_name[] = {
 static const ProtobufCIntRange backup__v1__download__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor backup__v1__download__descriptor =
 {
@@ -3711,7 +3737,7 @@ const ProtobufCMessageDescriptor backup__v1__download__descriptor =
   "Backup__V1__Download",
   "backup.v1",
   sizeof(Backup__V1__Download),
-  9,
+  11,
   backup__v1__download__field_descriptors,
   backup__v1__download__field_indices_by_name,
   1,  backup__v1__download__number_ranges,

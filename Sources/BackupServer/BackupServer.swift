@@ -20,6 +20,7 @@ public struct ServerConfiguration: Sendable {
     /// Folders that environments' file stores may lie under; none refuses every file store.
     public var fileStoreRoots: [String] = []
     public var appDatabases = AppDatabasePolicy()
+    public var downloads = DownloadSettings()
 
     public init(tls: TLSSettings?) {
         self.tls = tls
@@ -58,13 +59,18 @@ public struct BackupServer: Service {
             fileStores: try FileStoreRules(roots: configuration.fileStoreRoots, reserved: [blobRoot]),
             databases: AppDatabases(policy: configuration.appDatabases, catalog: catalogIdentity),
             catalog: catalog, threadPool: threadPool)
-        let jobs = JobRunner(catalog: catalog, blobStore: blobStore, placement: placement, threadPool: threadPool,
-                             settings: configuration.jobs, logger: logger)
+        let archiveCache = try ArchiveCache(directory: configuration.downloads.cacheDirectory ?? blobStore.root + "/archives",
+                                            reservedDiskBytes: configuration.downloads.reservedDiskBytes)
+        let jobs = JobRunner(catalog: catalog, blobStore: blobStore, placement: placement, archiveCache: archiveCache,
+                             threadPool: threadPool, settings: configuration.jobs, logger: logger)
+        let links = DownloadLinks(keys: configuration.downloads.keys, publicURL: configuration.downloads.publicURL,
+                                  host: configuration.host, port: configuration.port)
         let openCalls = OpenCalls()
         var router = RPCRouter(requestTimeout: configuration.connections.partialFrameTimeout)
         let watches = JobWatches(catalog: catalog)
         BackupsService(catalog: catalog, jobs: jobs, placement: placement, openCalls: openCalls, watches: watches,
-                       maxFrameBytes: configuration.maxFrameBytes, connections: configuration.connections).register(into: &router)
+                       maxFrameBytes: configuration.maxFrameBytes, connections: configuration.connections,
+                       downloads: configuration.downloads, links: links, archiveCache: archiveCache).register(into: &router)
         self.dispatcher = RPCDispatcher(router: router, openCalls: openCalls, logger: logger) { secret in
             try await catalog.authenticate(secret: secret)
         }
@@ -75,7 +81,10 @@ public struct BackupServer: Service {
         self.openCalls = openCalls
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
-        self.onListening = onListening
+        self.onListening = { address in
+            links.listening(on: address, host: configuration.host)
+            onListening(address)
+        }
     }
 
     /// Serves until a graceful shutdown: new calls are refused at once and

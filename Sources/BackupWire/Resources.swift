@@ -127,10 +127,13 @@ public struct Download: WireMessage {
     public var filename = ""
     public var sizeBytes: UInt64 = 0
     public var urlExpiresUnixMS: Int64 = 0
+    public var sha256 = ""
+    public var error = ""
     public init() {}
     public mutating func map(_ f: inout FieldMap) {
         f.field(1, &id); f.field(2, &backupID); f.field(3, &databaseOnly); f.field(4, &jobID); f.field(5, &ready)
         f.field(6, &url); f.field(7, &filename); f.field(8, &sizeBytes); f.field(9, &urlExpiresUnixMS)
+        f.field(10, &sha256); f.field(11, &error)
     }
 }
 

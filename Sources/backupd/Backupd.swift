@@ -145,6 +145,23 @@ struct Serve: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Fault injection for recovery tests: die right after a restore records this step.", visibility: .private))
     var dieAfterRestoreStep: String?
 
+    @Option(name: .customLong("download-keys"),
+            help: "File of the keys that sign download URLs, a KEY_ID = BASE64_SECRET line each, newest last (env BACKUPD_DOWNLOAD_KEYS); without it downloads are refused.")
+    var downloadKeysOption: String?
+    var downloadKeys: String { value(downloadKeysOption, "BACKUPD_DOWNLOAD_KEYS") }
+
+    @Option(help: "Seconds a download URL works, from when its archive is ready (default 8 hours).")
+    var downloadURLLifetimeSeconds = 8 * 3600
+
+    @Option(help: "Folder where archives wait for their downloads (default: BLOB_DIR/archives).")
+    var archiveCache: String?
+
+    @Option(help: "Bytes all prepared archives together may take (default 20 GiB); a download past it is refused with RESOURCE_EXHAUSTED.")
+    var archiveCacheBytes: UInt64 = DownloadSettings().cacheBytes
+
+    @Option(help: "Scheme, host and port that download URLs start with, e.g. https://backups.example.com:7443 (default: the listen address).")
+    var publicURL: String?
+
     @Option(help: "Write HOST:PORT to this file once listening.")
     var readyFile: String?
 
@@ -165,6 +182,7 @@ struct Serve: AsyncParsableCommand {
             ("--idle-connection-timeout-seconds", idleConnectionTimeoutSeconds), ("--max-connections", maxConnections),
             ("--max-connections-per-peer", maxConnectionsPerPeer), ("--tool-stall-seconds", toolStallSeconds),
             ("--app-database-connect-timeout-seconds", appDatabaseConnectTimeoutSeconds), ("--max-frame-bytes", maxFrameBytes),
+            ("--download-url-lifetime-seconds", downloadURLLifetimeSeconds),
         ]
         if let (flag, _) = counts.first(where: { $0.1 < 1 }) { throw ValidationError("\(flag) must be at least 1") }
         // A frame that may never fit in what its client can borrow would wait forever.
@@ -174,6 +192,9 @@ struct Serve: AsyncParsableCommand {
         guard shutdownGraceSeconds >= 0 else { throw ValidationError("--shutdown-grace-seconds may not be negative") }
         guard namespaceJobShare > 0 && namespaceJobShare <= 1 else {
             throw ValidationError("--namespace-job-share must be above 0 and at most 1")
+        }
+        if let publicURL, !(publicURL.hasPrefix("https://") && publicURL.count > 8 && !publicURL.contains("?")) {
+            throw ValidationError("--public-url \"\(publicURL)\" is not an https:// origin")
         }
         if let step = dieAfterRestoreStep, RestoreStep(rawValue: step) == nil {
             throw ValidationError("--die-after-restore-step \"\(step)\" is not one of " + RestoreStep.allCases.map(\.rawValue).joined(separator: ", "))
@@ -242,6 +263,17 @@ struct Serve: AsyncParsableCommand {
         configuration.appDatabases.allowSocketHosts = allowSocketAppDatabases
         configuration.appDatabases.maximumFilesPerBackup = maxFilesPerBackup
         configuration.appDatabases.fileQueryTimeout = "\(fileQueryTimeoutSeconds)s"
+        if !downloadKeys.isEmpty {
+            do {
+                configuration.downloads.keys = try URLSigningKeys(parsing: try String(contentsOfFile: downloadKeys, encoding: .utf8))
+            } catch {
+                throw ValidationError("--download-keys \(downloadKeys): \(error)")
+            }
+        }
+        configuration.downloads.urlLifetime = .seconds(downloadURLLifetimeSeconds)
+        configuration.downloads.cacheDirectory = archiveCache
+        configuration.downloads.cacheBytes = archiveCacheBytes
+        configuration.downloads.publicURL = publicURL
         let readyFile = self.readyFile
         let logger = Logger(label: "backupd")
         // The catalog's libpq calls have threads of their own, one per connection (the pool's, the job-change

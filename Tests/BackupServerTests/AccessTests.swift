@@ -62,6 +62,7 @@ import Testing
                         try await client.unary(Backups.createToken, .with { $0.namespace = "acme"; $0.role = .viewer; $0.name = "spare" }).token.id
                     }
                 }
+                let download = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) }
                 let everyone: Set<Role> = [.viewer, .operator, .admin, .platform]
                 let namespaceRoles: Set<Role> = [.viewer, .operator, .admin]
                 let rows: [Row] = [
@@ -126,7 +127,12 @@ import Testing
                         _ = try await $0.unary(Backups.revokeToken, .with { $0.id = id })
                     },
                     Row("VerifyBackup", [], .unimplemented) { _ = try await $0.unary(Backups.verifyBackup, .with { $0.id = backup.id }) },
-                    Row("RequestDownload", [], .unimplemented) { _ = try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) },
+                    Row("RequestDownload", [.operator, .admin], .ok, platformRefusal: .notFound) {
+                        _ = try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
+                    },
+                    Row("GetDownload", [.operator, .admin], .ok, platformRefusal: .notFound) {
+                        _ = try await $0.unary(Backups.getDownload, .with { $0.id = download.id })
+                    },
                     Row("StartUpload", [], .unimplemented) { _ = try await $0.unary(Backups.startUpload, .with { $0.namespace = "acme" }) },
                     Row("GetSchedule", [], .unimplemented) { _ = try await $0.unary(Backups.getSchedule, .with { $0.namespace = "acme" }) },
                 ]
@@ -154,6 +160,7 @@ import Testing
                 let stranger = try await server.makeToken(.admin, namespace: "other", name: "stranger")
                 let adminTokenID = try TestPostgres.query(server.catalogDatabase, "SELECT id FROM tokens WHERE name = 'test-admin'")[0].string("id")
                 let unknown = UUID().uuidString.lowercased()
+                let download = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) }
                 try await server.withClient(token: stranger) { client in
                     let calls: [(String, String, @Sendable (String) async throws -> Void)] = [
                         ("backup", backup.id, { @Sendable id in _ = try await client.unary(Backups.getBackup, .with { $0.id = id }) }),
@@ -161,6 +168,8 @@ import Testing
                         ("job", backup.jobID, { @Sendable id in _ = try await client.unary(Backups.getJob, .with { $0.id = id }) }),
                         ("job", backup.jobID, { @Sendable id in _ = try await client.unary(Backups.cancelJob, .with { $0.id = id }) }),
                         ("token", adminTokenID, { @Sendable id in _ = try await client.unary(Backups.revokeToken, .with { $0.id = id }) }),
+                        ("backup", backup.id, { @Sendable id in _ = try await client.unary(Backups.requestDownload, .with { $0.backupID = id }) }),
+                        ("download", download.id, { @Sendable id in _ = try await client.unary(Backups.getDownload, .with { $0.id = id }) }),
                     ]
                     for (what, id, call) in calls {
                         let foreign = await expectStatus(.notFound) { try await call(id) }

@@ -367,10 +367,10 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
     @Test func methodsNotYetServedAreUnimplemented() async throws {
         try await withInProcessServer { server in
             try await server.withClient { client in
-                let download = await expectStatus(.unimplemented) {
-                    _ = try await client.unary(Backups.requestDownload, .with { $0.backupID = UUID().uuidString })
+                let upload = await expectStatus(.unimplemented) {
+                    _ = try await client.unary(Backups.startUpload, .with { $0.namespace = TestServer.namespace })
                 }
-                #expect(download?.message.contains("RequestDownload") == true)
+                #expect(upload?.message.contains("StartUpload") == true)
             }
         }
     }

@@ -51,6 +51,7 @@ public final class InProcessServer: BackupTestServer {
 
         var configuration = ServerConfiguration(tls: nil)
         configuration.fileStoreRoots = [TestServer.fileStoreRoot]
+        configuration.downloads.keys = try URLSigningKeys(parsing: testDownloadKeys)
         try configure(&configuration)
         var logger = Logger(label: "backupd-in-process") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = .warning

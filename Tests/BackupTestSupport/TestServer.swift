@@ -32,6 +32,14 @@ public struct TestApp: Sendable {
     }
 }
 
+/// The keys test servers sign download URLs with: an old one that still
+/// verifies, and the newest, which signs.
+public let testDownloadKeys = """
+    # rotated out of signing, still accepted
+    test-old = \(base64URL(Array(repeating: 7, count: 32)))
+    test-new = \(base64URL(Array(repeating: 9, count: 32)))
+    """
+
 public struct TestSupportError: Error, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
@@ -79,11 +87,14 @@ public final class TestServer: BackupTestServer, @unchecked Sendable {
         let token = try adminToken ?? createToken(["--namespace", namespace, "--role", "admin", "--name", "test-admin"])
         let platform = try platformToken ?? createToken(["--platform", "--name", "test-platform"])
 
+        let keyFile = scratch.path + "/download-keys"
+        try testDownloadKeys.write(toFile: keyFile, atomically: true, encoding: .utf8)
         let readyFile = scratch.path + "/ready"
         let logPath = scratch.path + "/backupd.log"
         guard FileManager.default.createFile(atPath: logPath, contents: nil) else { throw TestSupportError("cannot create \(logPath)") }
         let process = Process()
-        let serve = ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile, "--file-store-root", fileStoreRoot] + arguments
+        let serve = ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile, "--file-store-root", fileStoreRoot,
+                     "--download-keys", keyFile] + arguments
         if let descriptorLimit {
             // prlimit sets the limit and then executes backupd in its own place, under the same process id.
             process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")

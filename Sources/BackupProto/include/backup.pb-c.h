@@ -522,12 +522,23 @@ struct  Backup__V1__Download
    */
   char *url;
   char *filename;
+  /*
+   * the archive's size; set when ready
+   */
   uint64_t size_bytes;
   int64_t url_expires_unix_ms;
+  /*
+   * hex SHA-256 of the archive; set when ready
+   */
+  char *sha256;
+  /*
+   * why preparing the archive failed, when it did
+   */
+  char *error;
 };
 #define BACKUP__V1__DOWNLOAD__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__download__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0 }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
 /*

@@ -1,3 +1,4 @@
+import BackupCore
 import Foundation
 
 /// What a GET or HEAD of a ready download answers with: which bytes of the
@@ -108,12 +109,5 @@ struct DownloadResponse: Equatable {
 
 /// An HTTP date (IMF-fixdate, RFC 9110 §5.6.7): `Sun, 06 Nov 1994 08:49:37 GMT`.
 func httpDate(_ unix: Int64) -> String {
-    var time = time_t(unix)
-    var parts = tm()
-    gmtime_r(&time, &parts)
-    let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
-    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-    func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-    return "\(days[Int(parts.tm_wday)]), \(two(parts.tm_mday)) \(months[Int(parts.tm_mon)]) \(parts.tm_year + 1900) "
-        + "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) GMT"
+    utcTime(unix, format: "%a, %d %b %Y %H:%M:%S GMT")
 }

@@ -23,6 +23,8 @@ public struct JobSettings: Sendable {
     /// How often the catalog is asked for work queued by other processes.
     public var pollInterval: Duration = .seconds(2)
     public var garbageCollectionInterval: Duration = .seconds(600)
+    /// How often archives whose download URLs have all expired are removed.
+    public var archiveSweepInterval: Duration = .seconds(60)
     public var tools = PostgresTools()
     /// pg_restore --jobs: parallel workers of one restore.
     public var restoreParallelism = ProcessInfo.processInfo.activeProcessorCount
@@ -48,6 +50,8 @@ public final class JobRunner: Service, Sendable {
     private let settings: JobSettings
     private let backupJob: BackupJob
     private let restoreJob: RestoreJob
+    private let archiveJob: ArchiveJob
+    private let archiveCache: ArchiveCache
     private let logger: Logger
     private let owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(UUID().uuidString.prefix(8))"
     private let signals = NIOLockedValueBox(Signals())
@@ -62,8 +66,8 @@ public final class JobRunner: Service, Sendable {
         var shutdownBegan: ContinuousClock.Instant?
     }
 
-    init(catalog: Catalog, blobStore: any BlobStore, placement: Placement, threadPool: NIOThreadPool, settings: JobSettings,
-         logger: Logger) {
+    init(catalog: Catalog, blobStore: any BlobStore, placement: Placement, archiveCache: ArchiveCache, threadPool: NIOThreadPool,
+         settings: JobSettings, logger: Logger) {
         self.catalog = catalog
         self.blobStore = blobStore
         self.placement = placement
@@ -74,6 +78,8 @@ public final class JobRunner: Service, Sendable {
         self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, databases: placement.databases, threadPool: threadPool,
                                      tools: settings.tools, parallelJobs: max(1, settings.restoreParallelism),
                                      keepPrevious: settings.keepPreviousOnRestore, dieAfterStep: settings.dieAfterRestoreStep)
+        self.archiveJob = ArchiveJob(catalog: catalog, blobStore: blobStore, cache: archiveCache, threadPool: threadPool)
+        self.archiveCache = archiveCache
         (wakeups, wakeupSource) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -106,6 +112,7 @@ public final class JobRunner: Service, Sendable {
             }
             wake()
             var lastCollection = ContinuousClock.now
+            var lastArchiveSweep = ContinuousClock.now
             await withGracefulShutdownHandler {
                 for await _ in wakeups {
                     let collect = signals.withLockedValue { signals in
@@ -115,6 +122,10 @@ public final class JobRunner: Service, Sendable {
                     if collect || ContinuousClock.now - lastCollection >= settings.garbageCollectionInterval {
                         lastCollection = ContinuousClock.now
                         await collectGarbage()
+                    }
+                    if collect || ContinuousClock.now - lastArchiveSweep >= settings.archiveSweepInterval {
+                        lastArchiveSweep = ContinuousClock.now
+                        await sweepArchives()
                     }
                     await failAbandonedJobs()
                     while signals.withLockedValue({ $0.running }) < settings.maximumConcurrentJobs,
@@ -207,6 +218,19 @@ public final class JobRunner: Service, Sendable {
         if removed > 0 { logger.info("removed leftover scratch files", metadata: ["count": "\(removed)"]) }
     }
 
+    /// Removes the archives whose URLs have all expired, or whose backup
+    /// was deleted, and what a dead process left half-written.
+    private func sweepArchives() async {
+        do {
+            let listing = try archiveCache.listing()
+            let (ready, preparing) = try await catalog.expireArchives()
+            let removed = archiveCache.sweep(listing: listing, keeping: ready, preparing: preparing)
+            if removed > 0 { logger.info("removed archives no longer downloadable", metadata: ["count": "\(removed)"]) }
+        } catch {
+            logger.error("cannot sweep the archive cache", metadata: ["error": "\(error)"])
+        }
+    }
+
     /// Runs one job to its end and records how it ended. The job's work is
     /// stopped (its task cancelled: tools killed, queries cancelled, staging
     /// dropped) by whichever comes first: a cancellation request, a lost
@@ -249,7 +273,7 @@ public final class JobRunner: Service, Sendable {
 
     /// The job's own work.
     private func perform(_ claimed: ClaimedJob, recovering: Bool) async throws {
-        if !recovering {
+        if !recovering && claimed.job.kind != .archive {
             // The disk and the database servers may have changed since the environment was placed.
             _ = try await placement.check(EnvironmentLocation(claimed.environment))
         }
@@ -257,6 +281,7 @@ public final class JobRunner: Service, Sendable {
         case .backup: try await backupJob.run(claimed, owner: owner)
         case .restore where recovering: try await restoreJob.recover(claimed, owner: owner)
         case .restore: try await restoreJob.run(claimed, owner: owner)
+        case .archive: try await archiveJob.run(claimed, owner: owner)
         default: throw JobFailure(description: "this server does not run \(claimed.job.kind) jobs")
         }
     }

@@ -14,6 +14,9 @@ struct BackupsService: Sendable {
     let watches: JobWatches
     let maxFrameBytes: Int
     let connections: ConnectionLimits
+    let downloads: DownloadSettings
+    let links: DownloadLinks
+    let archiveCache: ArchiveCache
     static let version = "0.1.0"
 
     func register(into router: inout RPCRouter) {
@@ -34,6 +37,7 @@ struct BackupsService: Sendable {
         registerEnvironments(into: &router)
         registerBackups(into: &router)
         registerJobs(into: &router)
+        registerDownloads(into: &router)
         registerTokens(into: &router)
     }
 
@@ -169,6 +173,26 @@ struct BackupsService: Sendable {
                 try await responses.write(next)
                 job = next
             }
+        }
+    }
+
+    private func registerDownloads(into router: inout RPCRouter) {
+        router.unary(Backups.requestDownload) { request, context in
+            let backup = try await reachableBackup(request.backupID, .operator, context)
+            guard links.keys != nil else {
+                throw BackupError.failedPrecondition("this server signs no download URLs; it must be started with --download-keys")
+            }
+            let (record, queuedJob) = try await catalog.requestDownload(
+                backupID: backup.id, databaseOnly: request.databaseOnly, actor: context.caller.tokenName,
+                urlLifetime: downloads.urlLifetime, cacheBytes: downloads.cacheBytes,
+                checkRoom: { [archiveCache] bytes in try archiveCache.requireRoom(for: bytes) })
+            if queuedJob { jobs.wake() }
+            return links.message(record)
+        }
+        router.unary(Backups.getDownload) { request, context in
+            let record = try await catalog.download(id: request.id)
+            try context.authorize(.operator, reaching: record.namespace, orAnswer: .notFound("download \(record.id) does not exist"))
+            return links.message(record)
         }
     }
 

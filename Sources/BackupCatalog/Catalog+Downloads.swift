@@ -1,0 +1,210 @@
+import BackupCore
+import BackupPostgres
+import BackupWire
+import Foundation
+
+/// A download as the catalog keeps it: one request for a backup's archive,
+/// with the URL expiry that request was given, and the archive it shares
+/// with every other request for the same backup and kind.
+public struct DownloadRecord: Sendable, Equatable {
+    public enum State: String, Sendable {
+        case preparing, ready, failed
+    }
+
+    public let id: String
+    public let archiveID: String
+    public let backupID: String
+    public let namespace: String
+    public let databaseOnly: Bool
+    public let jobID: String
+    public let state: State
+    /// While preparing, the bytes reserved in the archive cache; once ready, the archive's size.
+    public let size: UInt64
+    /// Hex SHA-256 of the archive, once ready.
+    public let sha256: String
+    public let error: String
+    /// When the URL stops working, Unix ms; 0 until the archive is ready.
+    public let expiresUnixMS: Int64
+    /// When the archive became ready, Unix ms (its Last-Modified).
+    public let readyUnixMS: Int64
+    /// When the backup was made, Unix ms: part of the archive's file name.
+    public let backupCreatedUnixMS: Int64
+}
+
+/// What an archive job needs to write its archive.
+public struct ArchiveWork: Sendable {
+    public let archiveID: String
+    public let databaseOnly: Bool
+    /// Bytes reserved in the archive cache: what the archive may grow to.
+    public let reservedBytes: UInt64
+    public let archive: SnapshotArchive
+}
+
+/// How much an archive of a backup is allowed to take in the cache: its
+/// content, plus gzip's worst case and a tar header per member.
+public func archiveReservation(databaseBytes: UInt64, filesBytes: UInt64, fileCount: UInt64, databaseOnly: Bool) -> UInt64 {
+    if databaseOnly { return databaseBytes }
+    let content = databaseBytes + filesBytes
+    return content + content / 500 + 1536 * (fileCount + 2) + 65_536
+}
+
+extension Catalog {
+    static let downloadColumns = """
+        d.id, a.id AS archive_id, a.snapshot_id, e.namespace, a.database_only, a.job_id, a.state, a.size, a.sha256, a.error,
+        coalesce(unix_ms(d.expires_at), 0) AS expires_ms, coalesce(unix_ms(a.ready_at), 0) AS ready_ms,
+        unix_ms(s.created_at) AS backup_created_ms
+        """
+
+    static let downloadJoins = """
+        downloads d JOIN archives a ON a.id = d.archive_id JOIN snapshots s ON s.id = a.snapshot_id
+        JOIN environments e ON e.id = s.environment_id
+        """
+
+    static func download(_ row: PostgresRow) -> DownloadRecord {
+        DownloadRecord(id: row.string("id"), archiveID: row.string("archive_id"), backupID: row.string("snapshot_id"),
+                       namespace: row.string("namespace"), databaseOnly: row.bool("database_only"), jobID: row.string("job_id"),
+                       state: DownloadRecord.State(rawValue: row.string("state")) ?? .failed, size: row.uint64("size"),
+                       sha256: row.string("sha256"), error: row.string("error"), expiresUnixMS: row.int64("expires_ms"),
+                       readyUnixMS: row.int64("ready_ms"), backupCreatedUnixMS: row.int64("backup_created_ms"))
+    }
+
+    static func loadDownload(_ connection: PostgresConnection, _ id: String) throws -> DownloadRecord {
+        guard let row = try connection.query("SELECT \(downloadColumns) FROM \(downloadJoins) WHERE d.id = $1", id).first else {
+            throw BackupError.notFound("download \(id) does not exist")
+        }
+        return download(row)
+    }
+
+    public func download(id: String) async throws -> DownloadRecord {
+        let id = try parseID(id, "download id")
+        return try await pool.withConnection(idempotent: true) { try Self.loadDownload($0, id) }
+    }
+
+    /// Records a request for a backup's archive. A ready (or preparing)
+    /// archive of the same backup and kind is shared, with a URL lifetime of
+    /// this request's own; otherwise a new archive is reserved in the cache
+    /// and a job queued to prepare it. Refused with RESOURCE_EXHAUSTED when
+    /// the cache (`cacheBytes` for all archives of every process on this
+    /// catalog) has no room for it.
+    /// `checkRoom` may refuse a new archive's reservation for a reason of its own (a full disk).
+    public func requestDownload(backupID: String, databaseOnly: Bool, actor: String, urlLifetime: Duration, cacheBytes: UInt64,
+                                checkRoom: @escaping @Sendable (UInt64) throws -> Void) async throws -> (DownloadRecord, queuedJob: Bool) {
+        let backupID = try parseID(backupID, "backup id")
+        let downloadID = UUID().uuidString.lowercased()
+        let lifetimeSeconds = urlLifetime.components.seconds
+        return try await pool.callTransaction { connection in
+            // Reservations are counted and made one request at a time.
+            try connection.query("SELECT pg_advisory_xact_lock(\(AdvisoryLock.archives))")
+            // Shared: a deletion of the backup waits for this request, then finds its job.
+            let backup = try Self.loadBackup(connection, backupID, lock: true, shared: true)
+            guard backup.status == .finished else {
+                throw BackupError.failedPrecondition("backup \(backupID) is \(backup.status); only a finished backup can be downloaded")
+            }
+            let archiveID: String
+            var queuedJob = false
+            if let existing = try connection.query("""
+                SELECT id FROM archives WHERE snapshot_id = $1 AND database_only = $2 AND state <> 'failed'
+                """, backupID, databaseOnly).first {
+                archiveID = existing.string("id")
+            } else {
+                archiveID = UUID().uuidString.lowercased()
+                let reservation = archiveReservation(databaseBytes: backup.databaseBytes, filesBytes: backup.filesBytes,
+                                                     fileCount: backup.fileCount, databaseOnly: databaseOnly)
+                let used = try connection.query("SELECT coalesce(sum(size), 0) AS used FROM archives WHERE state <> 'failed'")[0]
+                    .uint64("used")
+                guard used + reservation <= cacheBytes else {
+                    throw BackupError.resourceExhausted(
+                        "the archive cache holds \(used) of its \(cacheBytes) bytes and this archive needs up to \(reservation); "
+                            + "try again when earlier downloads have expired")
+                }
+                try checkRoom(reservation)
+                let jobID = UUID().uuidString.lowercased()
+                try connection.query("""
+                    INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase, bytes_total)
+                    SELECT $1, 'archive', 'queued', environment_id, id, $3, 'queued', $4 FROM snapshots WHERE id = $2
+                    """, jobID, backupID, actor, backup.databaseBytes + (databaseOnly ? 0 : backup.filesBytes))
+                try connection.query("""
+                    INSERT INTO archives (id, snapshot_id, database_only, job_id, state, size) VALUES ($1, $2, $3, $4, 'preparing', $5)
+                    """, archiveID, backupID, databaseOnly, jobID, reservation)
+                queuedJob = true
+            }
+            try connection.query("""
+                INSERT INTO downloads (id, archive_id, actor, lifetime, expires_at)
+                SELECT $1, a.id, $3, make_interval(secs => $4), CASE WHEN a.state = 'ready' THEN now() + make_interval(secs => $4) END
+                FROM archives a WHERE a.id = $2
+                """, downloadID, archiveID, actor, lifetimeSeconds)
+            try Self.recordActivity(connection, backup.namespace, backup.environment, action: "download", outcome: "REQUESTED",
+                                    actor: actor, snapshotID: backupID,
+                                    detail: (databaseOnly ? "database only" : "files and database")
+                                        + (queuedJob ? "" : ", sharing the archive already prepared"))
+            return (try Self.loadDownload(connection, downloadID), queuedJob)
+        }
+    }
+
+    /// What the archive job `jobID` is to write: its archive's record and
+    /// the backup's content and metadata.
+    public func archiveWork(jobID: String) async throws -> ArchiveWork {
+        try await pool.withConnection(idempotent: true) { connection in
+            guard let row = try connection.query("""
+                SELECT a.id, a.database_only, a.size, s.id AS snapshot_id, s.dump_sha256, s.database_bytes, s.files_bytes,
+                       s.file_count, s.package_version, s.postgres_version, s.source_database_bytes,
+                       unix_ms(s.created_at) AS created_ms,
+                       to_char(s.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS created_at,
+                       extract(epoch FROM s.finished_at - s.created_at)::bigint AS duration
+                FROM archives a JOIN snapshots s ON s.id = a.snapshot_id WHERE a.job_id = $1
+                """, jobID).first, let dumpHash = ContentHash(hex: row.string("dump_sha256")) else {
+                throw BackupError.notFound("archive job \(jobID) has no archive to prepare (its backup was deleted)")
+            }
+            let files = try connection.query("SELECT storage_key, sha256, size FROM snapshot_files WHERE snapshot_id = $1 ORDER BY storage_key",
+                                             row.string("snapshot_id"))
+                .compactMap { file in
+                    ContentHash(hex: file.string("sha256")).map { (key: file.string("storage_key"), blob: StoredBlob(hash: $0, size: file.uint64("size"))) }
+                }
+            let metadata = [
+                "snapshotId": row.string("snapshot_id"), "createdAt": row.string("created_at"),
+                "modelVersion": row.string("package_version"), "postgresVersion": row.string("postgres_version"),
+                "duration": row.string("duration"), "dumpSize": row.string("database_bytes"),
+                "databaseSize": row.string("source_database_bytes"), "filesSize": row.string("files_bytes"),
+                "fileCount": row.string("file_count"),
+            ]
+            return ArchiveWork(
+                archiveID: row.string("id"), databaseOnly: row.bool("database_only"), reservedBytes: row.uint64("size"),
+                archive: SnapshotArchive(metadata: metadata, dump: StoredBlob(hash: dumpHash, size: row.uint64("database_bytes")),
+                                         files: files, modified: row.int64("created_ms") / 1000))
+        }
+    }
+
+    /// Ends an archive job: its archive is ready, and every download waiting
+    /// for it gets its URL's expiry from now.
+    public func finishArchive(jobID: String, owner: String, size: UInt64, sha256: ContentHash) async throws {
+        try await pool.callTransaction(idempotent: true) { connection in
+            guard let archive = try connection.query("""
+                UPDATE archives SET state = 'ready', size = $2, sha256 = $3, ready_at = now() WHERE job_id = $1 AND state = 'preparing'
+                RETURNING id
+                """, jobID, size, sha256.hex).first else {
+                throw BackupError.failedPrecondition("archive job \(jobID) has no archive being prepared")
+            }
+            try connection.query("""
+                UPDATE downloads SET expires_at = now() + lifetime WHERE archive_id = $1 AND expires_at IS NULL
+                """, archive.string("id"))
+            try Self.finishJob(connection, id: jobID, owner: owner, detail: "\(size) bytes, sha256 \(sha256.hex)")
+        }
+    }
+
+    /// Removes the archives no one can fetch any more (every URL expired,
+    /// or preparing failed over a day ago) and returns the ids of those that
+    /// remain, ready or being prepared: what the archive cache may keep.
+    public func expireArchives() async throws -> (ready: Set<String>, preparing: Set<String>) {
+        try await pool.callTransaction(idempotent: true) { connection in
+            try connection.query("""
+                DELETE FROM archives a
+                WHERE (a.state = 'ready' AND NOT EXISTS (
+                          SELECT 1 FROM downloads d WHERE d.archive_id = a.id AND (d.expires_at IS NULL OR d.expires_at > now())))
+                   OR (a.state = 'failed' AND a.created_at < now() - interval '1 day')
+                """)
+            let remaining = try connection.query("SELECT id, state FROM archives WHERE state <> 'failed'")
+            return (Set(remaining.filter { $0.string("state") == "ready" }.map { $0.string("id") }),
+                    Set(remaining.filter { $0.string("state") == "preparing" }.map { $0.string("id") }))
+        }
+    }
+}

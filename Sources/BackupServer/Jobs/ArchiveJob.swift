@@ -1,0 +1,67 @@
+import BackupCatalog
+import BackupCore
+import Foundation
+import NIOPosix
+import NIOConcurrencyHelpers
+
+/// Prepares a download: writes a backup's archive (or, database only, its
+/// bare dump) from the blob store into the archive cache, hashed as it is
+/// written, and marks it ready. Only the blob store is read, through its
+/// streaming interface: the backup's environment and databases are not
+/// touched, so an archive job does not take its environment's turn.
+struct ArchiveJob: Sendable {
+    let catalog: Catalog
+    let blobStore: any BlobStore
+    let cache: ArchiveCache
+    let threadPool: NIOThreadPool
+
+    func run(_ claimed: ClaimedJob, owner: String) async throws {
+        let work = try await catalog.archiveWork(jobID: claimed.job.id)
+        let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
+        let content = work.archive.dump.size + (work.databaseOnly ? 0 : work.archive.files.reduce(0) { $0 + $1.blob.size })
+        await progress.update(done: 0, total: content, phase: work.databaseOnly ? "copying the dump" : "writing the archive")
+        try cache.requireRoom(for: work.reservedBytes)
+        let partial = cache.partialPath(of: work.archiveID)
+        let written = try await catalog.withSharedBlobLock(store: blobStore) { _ in
+            try await write(work, to: partial, progress: progress)
+        }
+        do {
+            guard written.size <= work.reservedBytes else {
+                throw JobFailure(description: "the archive came to \(written.size) bytes, more than the \(work.reservedBytes) reserved for it")
+            }
+            guard rename(partial, cache.path(of: work.archiveID)) == 0 else { throw BlobStoreError.cannotWrite(path: partial, errno: errno) }
+            try await catalog.finishArchive(jobID: claimed.job.id, owner: owner, size: written.size, sha256: written.sha256)
+        } catch {
+            unlink(partial)
+            unlink(cache.path(of: work.archiveID))
+            throw error
+        }
+    }
+
+    /// Writes on the thread pool, stopping within a chunk when the job is
+    /// cancelled; progress is read off the writer twice a second.
+    private func write(_ work: ArchiveWork, to path: String, progress: ProgressReporter) async throws -> (size: UInt64, sha256: ContentHash) {
+        let done = NIOLockedValueBox<UInt64>(0)
+        let interruption = Interruption()
+        let (blobStore, threadPool) = (self.blobStore, self.threadPool)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .milliseconds(500))
+                    await progress.update(done: done.withLockedValue { $0 })
+                }
+            }
+            defer { group.cancelAll() }
+            return try await withTaskCancellationHandler {
+                try await threadPool.runIfActive {
+                    let report = { (bytes: UInt64) in done.withLockedValue { $0 = bytes } }
+                    return work.databaseOnly
+                        ? try work.archive.writeDump(to: path, from: blobStore, interruption: interruption, progress: report)
+                        : try work.archive.write(to: path, from: blobStore, interruption: interruption, progress: report)
+                }
+            } onCancel: {
+                interruption.set()
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+import BackupClient
+import BackupCore
+import BackupTestSupport
+import BackupWire
+import Foundation
+import Testing
+
+/// Asks for a download of `backup` and waits until its archive is ready.
+func readyDownload(_ client: BackupClient, _ backup: Backup, databaseOnly: Bool = false) async throws -> Download {
+    let requested = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id; $0.databaseOnly = databaseOnly })
+    let job = try await waitForJob(requested.jobID, on: client)
+    #expect(job.status == .finished, "\(job.error)")
+    return try await client.unary(Backups.getDownload, .with { $0.id = requested.id })
+}
+
+/// The files of a server's archive cache.
+func cachedArchives(_ server: some BackupTestServer) throws -> [String] {
+    try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/archives").sorted()
+}
+
+/// Preparing downloads through the API: the archive job, its archive in the
+/// cache, sharing, the cache's limit, expiry and deletion.
+@Suite(.serialized) struct DownloadTests {
+    @Test func aFullArchiveIsPreparedOnceAndSharedByLaterRequests() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer { server in
+                let backup = try await finishedBackup(server, app)
+                try await server.withClient { client in
+                    let requested = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
+                    #expect(!requested.jobID.isEmpty && requested.url.isEmpty && requested.filename.hasPrefix("files_and_database-"))
+                    let job = try await waitForJob(requested.jobID, on: client)
+                    #expect(job.status == .finished && job.kind == .archive && job.bytesDone == job.bytesTotal && job.bytesTotal > 0)
+                    let ready = try await client.unary(Backups.getDownload, .with { $0.id = requested.id })
+                    #expect(ready.ready && ready.backupID == backup.id && !ready.databaseOnly)
+                    let stamp = utcTime(backup.createdUnixMS / 1000, format: "%Y%m%d%H%M")
+                    #expect(ready.filename == "files_and_database-\(backup.id.prefix(8))-\(stamp).tar.gz")
+                    #expect(ready.url.hasPrefix("https://127.0.0.1:7443/v1/downloads/\(ready.id)/\(ready.filename)?expires="))
+                    #expect(ready.url.contains("&kid=test-new&sig="))
+                    let lifetime = ready.urlExpiresUnixMS - Int64(Date().timeIntervalSince1970 * 1000)
+                    #expect(lifetime > 7 * 3600 * 1000 && lifetime <= 8 * 3600 * 1000)
+
+                    // The one archive in the cache is what GetDownload describes, and plain tar reads it.
+                    let cached = try cachedArchives(server)
+                    #expect(cached.count == 1)
+                    let path = server.blobDirectory + "/archives/" + cached[0]
+                    let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+                    #expect(UInt64(bytes.count) == ready.sizeBytes && ContentHash.of(bytes).hex == ready.sha256)
+                    let listed = try runCommand("/bin/tar", ["-tzf", path])
+                    let members = listed.standardOutput.split(separator: "\n").map(String.init)
+                    #expect(members.prefix(2) == [".metadata", "db/db.backup"])
+                    #expect(members.count == 2 + Int(backup.fileCount) && members.dropFirst(2).allSatisfy { $0.hasPrefix("tree/") })
+
+                    // A second request shares the archive: no new job, ready at once, a URL of its own.
+                    let again = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
+                    #expect(again.ready && again.jobID == requested.jobID && again.id != requested.id && again.sha256 == ready.sha256)
+                    #expect(try cachedArchives(server).count == 1)
+
+                    let activity = try await client.unary(Backups.listActivity, .with { $0.namespace = TestServer.namespace }).activity
+                    #expect(activity.filter { $0.action == "download" && $0.outcome == "REQUESTED" && $0.actor == "test-admin" }.count == 2)
+                    #expect(activity.contains { $0.action == "archive" && $0.outcome == "FINISHED" && $0.backupID == backup.id })
+                }
+            }
+        }
+    }
+
+    @Test func aDatabaseOnlyDownloadIsTheBareDump() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer { server in
+                let backup = try await finishedBackup(server, app)
+                let ready = try await server.withClient { try await readyDownload($0, backup, databaseOnly: true) }
+                #expect(ready.databaseOnly && ready.filename.hasPrefix("database-\(backup.id.prefix(8))-") && ready.filename.hasSuffix(".backup"))
+                #expect(ready.sha256 == backup.dumpSHA256 && ready.sizeBytes == backup.databaseBytes)
+                let listed = try runCommand("/usr/bin/pg_restore", ["--list", server.blobDirectory + "/archives/" + (try cachedArchives(server))[0]])
+                #expect(listed.status == 0 && listed.standardOutput.contains("TABLE DATA"))
+            }
+        }
+    }
+
+    @Test func aFullCacheRefusesWithResourceExhaustedAndRecordsNothing() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: { $0.downloads.cacheBytes = 1024 }) { server in
+                let backup = try await finishedBackup(server, app)
+                let refused = await expectStatus(.resourceExhausted) {
+                    _ = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) }
+                }
+                #expect(refused?.message.contains("archive cache holds 0 of its 1024 bytes") == true)
+                for table in ["downloads", "archives"] {
+                    #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM \(table)")[0].int64("n") == 0)
+                }
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'archive'")[0].int64("n") == 0)
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'download'")[0].int64("n") == 0)
+                #expect(try cachedArchives(server).isEmpty)
+            }
+        }
+    }
+
+    @Test func onlyAFinishedBackupIsDownloadedAndBadIdsAreNamed() async throws {
+        try await withInProcessServer { server in
+            try await server.withClient { client in
+                let malformed = await expectStatus(.invalidArgument) {
+                    _ = try await client.unary(Backups.requestDownload, .with { $0.backupID = "../../etc/passwd" })
+                }
+                #expect(malformed?.message == "backup id \"../../etc/passwd\" is not a UUID")
+                let unknown = await expectStatus(.invalidArgument) { _ = try await client.unary(Backups.getDownload, .with { $0.id = "x" }) }
+                #expect(unknown?.message == "download id \"x\" is not a UUID")
+            }
+            let failed = UUID().uuidString.lowercased()
+            try TestPostgres.query(server.catalogDatabase, "INSERT INTO namespaces (name) VALUES ('acme') ON CONFLICT DO NOTHING")
+            try TestPostgres.query(server.catalogDatabase, """
+                INSERT INTO environments (namespace, name, app, database_url, file_store_path, file_query, state)
+                VALUES ('acme', 'spare', 'shop', 'dbname=x', '/nowhere', 'SELECT 1', 'running')
+                """)
+            try TestPostgres.query(server.catalogDatabase,
+                                   "INSERT INTO snapshots (id, environment_id, status, kind) SELECT $1, id, 'failed', 'on-demand' FROM environments", failed)
+            let refused = await expectStatus(.failedPrecondition) {
+                _ = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = failed }) }
+            }
+            #expect(refused?.message == "backup \(failed) is failed; only a finished backup can be downloaded")
+        }
+    }
+
+    @Test func deletingTheBackupRemovesItsArchiveAndItsDownloads() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer { server in
+                let backup = try await finishedBackup(server, app)
+                try await server.withClient { client in
+                    let ready = try await readyDownload(client, backup)
+                    #expect(try cachedArchives(server).count == 1)
+                    _ = try await client.unary(Backups.deleteBackup, .with { $0.id = backup.id })
+                    let gone = await expectStatus(.notFound) { _ = try await client.unary(Backups.getDownload, .with { $0.id = ready.id }) }
+                    #expect(gone?.message == "download \(ready.id) does not exist")
+                }
+                try await eventually { try cachedArchives(server).isEmpty }
+            }
+        }
+    }
+
+    @Test func anArchiveGoesWhenItsLastURLExpiresAndALaterRequestPreparesItAgain() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: {
+                $0.downloads.urlLifetime = .seconds(2)
+                $0.jobs.archiveSweepInterval = .milliseconds(200)
+                $0.jobs.pollInterval = .milliseconds(200)
+            }) { server in
+                let backup = try await finishedBackup(server, app)
+                try await server.withClient { client in
+                    let first = try await readyDownload(client, backup)
+                    try await eventually { try cachedArchives(server).isEmpty }
+                    let second = try await readyDownload(client, backup)
+                    #expect(second.ready && second.jobID != first.jobID)
+                }
+            }
+        }
+    }
+}
