@@ -12,15 +12,24 @@ PGPORT       ?= 55432
 ADDR         ?= 127.0.0.1:7443
 APT_PACKAGES := libprotobuf-c-dev protobuf-c-compiler libpq-dev libssl-dev libarchive-dev \
                 postgresql postgresql-client openssl ca-certificates bc
+# What only the tests use: curl and a real browser fetch download URLs.
+TEST_APT_PACKAGES := curl chromium
 
 export BACKUPD_PGPORT := $(PGPORT)
 export BACKUPD_VAR := $(VAR)
 
-.PHONY: deps proto certs cluster demo build run test bench clean
+.PHONY: deps test-deps install-packages proto certs cluster demo build run test bench clean
 
 ## deps: install the Debian packages the project needs (only what is missing)
 deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(APT_PACKAGES)"
+
+## test-deps: also what the tests need
+test-deps: deps
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(TEST_APT_PACKAGES)"
+
+install-packages:
+	@missing=$$(for p in $(PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
@@ -52,7 +61,7 @@ run: certs demo build
 	@bash scripts/run-dev.sh $(BIN) $(ADDR)
 
 ## test: everything above, then every test
-test: certs demo build
+test: test-deps certs demo build
 	$(SWIFT) test
 
 ## bench: backup and restore times through backupd against pg_dump/pg_restore + tar (release build); LARGE_ROWS=6000000 adds ~1 GiB

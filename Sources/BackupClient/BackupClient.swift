@@ -28,14 +28,15 @@ public struct ClientSettings: Sendable {
         self.caFile = caFile
     }
 
-    /// A TLS connection to the server that has negotiated `backup-rpc/1`,
-    /// with `configure` adding the handlers above TLS.
+    /// A TLS connection to the server offering `protocol` by ALPN
+    /// (`backup-rpc/1`, or `http/1.1` for downloads), with `configure`
+    /// adding the handlers above TLS.
     public func connect<Inbound: Sendable, Outbound: Sendable>(
-        configure: @escaping @Sendable (any Channel) throws -> Void
+        protocol: String = "backup-rpc/1", configure: @escaping @Sendable (any Channel) throws -> Void
     ) async throws -> NIOAsyncChannel<Inbound, Outbound> {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.minimumTLSVersion = .tlsv12
-        tls.applicationProtocols = ["backup-rpc/1"]
+        tls.applicationProtocols = [`protocol`]
         if let caFile { tls.trustRoots = .file(caFile) }
         if let (certificateFile, keyFile) = clientCertificate {
             tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certificateFile).map { .certificate($0) }

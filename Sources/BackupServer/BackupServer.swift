@@ -38,6 +38,7 @@ public struct BackupServer: Service {
     private let configuration: ServerConfiguration
     private let catalog: Catalog
     private let jobs: JobRunner
+    private let downloads: DownloadEndpoint
     private let watches: JobWatches
     private let openCalls: OpenCalls
     private let eventLoopGroup: any EventLoopGroup
@@ -62,7 +63,8 @@ public struct BackupServer: Service {
         let archiveCache = try ArchiveCache(directory: configuration.downloads.cacheDirectory ?? blobStore.root + "/archives",
                                             reservedDiskBytes: configuration.downloads.reservedDiskBytes)
         let jobs = JobRunner(catalog: catalog, blobStore: blobStore, placement: placement, archiveCache: archiveCache,
-                             threadPool: threadPool, settings: configuration.jobs, logger: logger)
+                             archiveGzipLevel: configuration.downloads.gzipLevel, threadPool: threadPool, settings: configuration.jobs,
+                             logger: logger)
         let links = DownloadLinks(keys: configuration.downloads.keys, publicURL: configuration.downloads.publicURL,
                                   host: configuration.host, port: configuration.port)
         let openCalls = OpenCalls()
@@ -74,6 +76,9 @@ public struct BackupServer: Service {
         self.dispatcher = RPCDispatcher(router: router, openCalls: openCalls, logger: logger) { secret in
             try await catalog.authenticate(secret: secret)
         }
+        self.downloads = DownloadEndpoint(links: links, catalog: catalog, cache: archiveCache,
+                                          limits: configuration.connections,
+                                          logger: logger)
         self.configuration = configuration
         self.catalog = catalog
         self.jobs = jobs
@@ -92,7 +97,8 @@ public struct BackupServer: Service {
     public func run() async throws {
         let listener = configuration.tls.map { tls in
             TLSListener(host: configuration.host, port: configuration.port, tls: tls, maxFrameBytes: configuration.maxFrameBytes,
-                        limits: configuration.connections, dispatcher: dispatcher, eventLoopGroup: eventLoopGroup, logger: logger,
+                        limits: configuration.connections, dispatcher: dispatcher, downloads: downloads,
+                        eventLoopGroup: eventLoopGroup, logger: logger,
                         onListening: onListening)
         }
         let group = ServiceGroup(configuration: .init(

@@ -9,7 +9,7 @@ struct Backupctl: AsyncParsableCommand {
         commandName: "backupctl",
         abstract: "Back up, list and manage app environments on a backupd server.",
         subcommands: [Info.self, EnvCommand.self, Create.self, List.self, Show.self, Comment.self, Delete.self,
-                      Restore.self, JobCommand.self, ActivityCommand.self, TokenCommand.self])
+                      Restore.self, DownloadCommand.self, JobCommand.self, ActivityCommand.self, TokenCommand.self])
 }
 
 struct Info: AsyncParsableCommand {
@@ -55,12 +55,12 @@ struct Create: AsyncParsableCommand {
 /// returns the job as it ended.
 @discardableResult
 func follow(_ jobID: String, client: BackupClient, quiet: Bool) async throws -> Job {
-    let bar = ProgressBar()
-    defer { if !quiet { bar.finish() } }
+    let bar = ProgressBar(quiet: quiet)
+    defer { bar.finish() }
     var last = Job()
     try await client.serverStreaming(Backups.watchJob, .with { $0.id = jobID }) { job in
         last = job
-        if !quiet { bar.draw(job) }
+        bar.draw(job)
     }
     return last
 }

@@ -89,17 +89,46 @@ enum Format {
     }
 }
 
-/// A one-line progress bar on a terminal, redrawn in place.
-struct ProgressBar {
-    let enabled = isatty(STDERR_FILENO) == 1
+/// A one-line progress bar on standard error, redrawn in place: a job's
+/// progress, or a transfer's with its rate and time left. Silent in
+/// scripts (`--json`) and when standard error is not a terminal.
+final class ProgressBar {
+    private let enabled: Bool
+    private var started = ContinuousClock.now
+    private var startedAt: UInt64 = 0
+    private var lastDrawn: ContinuousClock.Instant?
+
+    init(quiet: Bool = false) {
+        enabled = !quiet && isatty(STDERR_FILENO) == 1
+    }
 
     func draw(_ job: Job) {
+        line(done: job.bytesDone, total: job.bytesTotal, detail: Format.terminalSafe(job.phase))
+    }
+
+    /// A transfer begins (again) with `bytes` already held: its rate counts from here.
+    func start(from bytes: UInt64) {
+        (started, startedAt, lastDrawn) = (.now, bytes, nil)
+    }
+
+    /// Redrawn at most ten times a second, and at the end.
+    func draw(transferred done: UInt64, of total: UInt64) {
+        let now = ContinuousClock.now
+        guard done >= total || lastDrawn.map({ now - $0 >= .milliseconds(100) }) ?? true else { return }
+        lastDrawn = now
+        let elapsed = Double((now - started).components.attoseconds) / 1e18 + Double((now - started).components.seconds)
+        let rate = elapsed > 0 ? Double(done - min(done, startedAt)) / elapsed : 0
+        let left = rate > 0 && total > done ? Int(Double(total - done) / rate) : 0
+        line(done: done, total: total, detail: "\(Format.bytes(UInt64(rate)))/s, \(left / 60)m\(String(format: "%02d", left % 60))s left")
+    }
+
+    private func line(done: UInt64, total: UInt64, detail: String) {
         guard enabled else { return }
-        let fraction = job.bytesTotal > 0 ? min(1, Double(job.bytesDone) / Double(job.bytesTotal)) : 0
+        let fraction = total > 0 ? min(1, Double(done) / Double(total)) : 0
         let width = 30
         let filled = Int(fraction * Double(width))
         let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
-        let line = "[\(bar)] \(String(format: "%3.0f", fraction * 100))% \(Format.bytes(job.bytesDone)) / \(Format.bytes(job.bytesTotal))  \(Format.terminalSafe(job.phase))"
+        let line = "[\(bar)] \(String(format: "%3.0f", fraction * 100))% \(Format.bytes(done)) / \(Format.bytes(total))  \(detail)"
         FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
     }
 

@@ -34,10 +34,20 @@ struct GlobalOptions: ParsableArguments {
     /// non-zero if the call fails.
     func withClient<T: Sendable>(_ body: @Sendable (BackupClient) async throws -> T) async throws -> T {
         guard !token.isEmpty else { throw ValidationError("a token is required: --token or BACKUPCTL_TOKEN") }
+        return try await reportingErrors { try await BackupClient.withConnection(try settings(), body) }
+    }
+
+    /// How to reach the server: its address, token and TLS trust.
+    func settings() throws -> ClientSettings {
+        var settings = try ClientSettings(address: addr, token: token, caFile: ca.isEmpty ? nil : ca)
+        if !cert.isEmpty { settings.clientCertificate = (cert, key.isEmpty ? cert : key) }
+        return settings
+    }
+
+    /// Runs `body`, printing a server error and exiting non-zero if it fails.
+    func reportingErrors<T>(_ body: () async throws -> T) async throws -> T {
         do {
-            var settings = try ClientSettings(address: addr, token: token, caFile: ca.isEmpty ? nil : ca)
-            if !cert.isEmpty { settings.clientCertificate = (cert, key.isEmpty ? cert : key) }
-            return try await BackupClient.withConnection(settings, body)
+            return try await body()
         } catch let error as RPCError {
             printError("error: \(error.code): \(error.message)")
             throw ExitCode(1)

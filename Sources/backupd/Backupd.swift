@@ -159,6 +159,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Bytes all prepared archives together may take (default 20 GiB); a download past it is refused with RESOURCE_EXHAUSTED.")
     var archiveCacheBytes: UInt64 = DownloadSettings().cacheBytes
 
+    @Option(help: "gzip level of full archives, 0 (stored: for files that do not compress) to 9 (default 6).")
+    var archiveGzipLevel = DownloadSettings().gzipLevel
+
     @Option(help: "Scheme, host and port that download URLs start with, e.g. https://backups.example.com:7443 (default: the listen address).")
     var publicURL: String?
 
@@ -193,6 +196,7 @@ struct Serve: AsyncParsableCommand {
         guard namespaceJobShare > 0 && namespaceJobShare <= 1 else {
             throw ValidationError("--namespace-job-share must be above 0 and at most 1")
         }
+        guard (0...9).contains(archiveGzipLevel) else { throw ValidationError("--archive-gzip-level must be 0 to 9") }
         if let publicURL, !(publicURL.hasPrefix("https://") && publicURL.count > 8 && !publicURL.contains("?")) {
             throw ValidationError("--public-url \"\(publicURL)\" is not an https:// origin")
         }
@@ -274,6 +278,7 @@ struct Serve: AsyncParsableCommand {
         configuration.downloads.cacheDirectory = archiveCache
         configuration.downloads.cacheBytes = archiveCacheBytes
         configuration.downloads.publicURL = publicURL
+        configuration.downloads.gzipLevel = archiveGzipLevel
         let readyFile = self.readyFile
         let logger = Logger(label: "backupd")
         // The catalog's libpq calls have threads of their own, one per connection (the pool's, the job-change

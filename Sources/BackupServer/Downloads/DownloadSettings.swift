@@ -14,6 +14,8 @@ public struct DownloadSettings: Sendable {
     public var cacheBytes: UInt64 = 20 << 30
     /// Free space the cache's disk keeps beyond any archive: a download is refused before the disk fills.
     public var reservedDiskBytes: UInt64 = 1 << 30
+    /// gzip level of full archives, 0 (stored, for content that does not compress) to 9.
+    public var gzipLevel = 6
     /// The scheme, host and port URLs start with, e.g. `https://backups.example.com:7443`; nil uses the listener's address.
     public var publicURL: String?
 

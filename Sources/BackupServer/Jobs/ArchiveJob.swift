@@ -13,6 +13,7 @@ struct ArchiveJob: Sendable {
     let catalog: Catalog
     let blobStore: any BlobStore
     let cache: ArchiveCache
+    let gzipLevel: Int
     let threadPool: NIOThreadPool
 
     func run(_ claimed: ClaimedJob, owner: String) async throws {
@@ -43,7 +44,7 @@ struct ArchiveJob: Sendable {
     private func write(_ work: ArchiveWork, to path: String, progress: ProgressReporter) async throws -> (size: UInt64, sha256: ContentHash) {
         let done = NIOLockedValueBox<UInt64>(0)
         let interruption = Interruption()
-        let (blobStore, threadPool) = (self.blobStore, self.threadPool)
+        let (blobStore, threadPool, gzipLevel) = (self.blobStore, self.threadPool, self.gzipLevel)
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 while true {
@@ -57,7 +58,8 @@ struct ArchiveJob: Sendable {
                     let report = { (bytes: UInt64) in done.withLockedValue { $0 = bytes } }
                     return work.databaseOnly
                         ? try work.archive.writeDump(to: path, from: blobStore, interruption: interruption, progress: report)
-                        : try work.archive.write(to: path, from: blobStore, interruption: interruption, progress: report)
+                        : try work.archive.write(to: path, from: blobStore, gzipLevel: gzipLevel, interruption: interruption,
+                                                 progress: report)
                 }
             } onCancel: {
                 interruption.set()

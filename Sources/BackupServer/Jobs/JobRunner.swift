@@ -66,8 +66,8 @@ public final class JobRunner: Service, Sendable {
         var shutdownBegan: ContinuousClock.Instant?
     }
 
-    init(catalog: Catalog, blobStore: any BlobStore, placement: Placement, archiveCache: ArchiveCache, threadPool: NIOThreadPool,
-         settings: JobSettings, logger: Logger) {
+    init(catalog: Catalog, blobStore: any BlobStore, placement: Placement, archiveCache: ArchiveCache, archiveGzipLevel: Int,
+         threadPool: NIOThreadPool, settings: JobSettings, logger: Logger) {
         self.catalog = catalog
         self.blobStore = blobStore
         self.placement = placement
@@ -78,7 +78,8 @@ public final class JobRunner: Service, Sendable {
         self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, databases: placement.databases, threadPool: threadPool,
                                      tools: settings.tools, parallelJobs: max(1, settings.restoreParallelism),
                                      keepPrevious: settings.keepPreviousOnRestore, dieAfterStep: settings.dieAfterRestoreStep)
-        self.archiveJob = ArchiveJob(catalog: catalog, blobStore: blobStore, cache: archiveCache, threadPool: threadPool)
+        self.archiveJob = ArchiveJob(catalog: catalog, blobStore: blobStore, cache: archiveCache, gzipLevel: archiveGzipLevel,
+                                     threadPool: threadPool)
         self.archiveCache = archiveCache
         (wakeups, wakeupSource) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }

@@ -69,6 +69,11 @@ final class ConnectionController: ConnectionGovernor {
         }
     }
 
+    /// The connection now speaks HTTP; its timers and borrowed bytes go.
+    func handedOver() {
+        onLoop { $0.handedOver() }
+    }
+
     func callEnded(_ id: UInt32) {
         onLoop { $0.callEnded(id) }
     }

@@ -133,6 +133,12 @@ struct ConnectionStateMachine: Sendable {
         return actions
     }
 
+    /// The connection turned out to speak HTTP (a download), whose endpoint
+    /// governs it from here: the machine lets go as if it had closed.
+    mutating func handedOver() -> [Action] {
+        closed()
+    }
+
     private mutating func close() -> [Action] {
         phase = .closed
         return [.close]

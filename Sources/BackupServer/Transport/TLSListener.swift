@@ -1,6 +1,7 @@
 import BackupWire
 import Logging
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import NIOTLS
@@ -28,12 +29,16 @@ public enum ALPN {
 }
 
 /// Accepts TLS connections on one port and hands each to the protocol that
-/// ALPN chose: `backup-rpc/1` (or no ALPN) is the RPC protocol. `http/1.1`
-/// is offered for the browser download endpoint; until it is served, such
-/// connections are closed after the handshake.
+/// ALPN chose: `backup-rpc/1` is the RPC protocol, `http/1.1` the download
+/// endpoint. Without ALPN the first byte decides: a letter begins an HTTP
+/// request line, while an RPC frame begins with its length's high byte (0).
 actor TLSListener {
     private enum Negotiated: Sendable {
         case rpc(NIOAsyncChannel<ReceivedFrame, Never>, ConnectionController)
+        /// `verified` hears the connection's first request with a signed URL.
+        case http(DownloadEndpoint.HTTPChannel, verified: @Sendable () -> Void)
+        /// No ALPN: decided by the first byte the client sends.
+        case undecided(EventLoopFuture<Negotiated>)
         case unsupported(String)
     }
 
@@ -51,12 +56,14 @@ actor TLSListener {
     private let admission: ConnectionAdmission
     private let receivePool: ReceivePool
     private let connection: RPCConnection
+    private let downloads: DownloadEndpoint
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
 
     init(host: String, port: Int, tls: TLSSettings, maxFrameBytes: Int, limits: ConnectionLimits, dispatcher: RPCDispatcher,
-         eventLoopGroup: any EventLoopGroup, logger: Logger, onListening: @escaping @Sendable (SocketAddress) -> Void) {
+         downloads: DownloadEndpoint, eventLoopGroup: any EventLoopGroup, logger: Logger,
+         onListening: @escaping @Sendable (SocketAddress) -> Void) {
         self.host = host
         self.port = port
         self.tls = tls
@@ -65,6 +72,7 @@ actor TLSListener {
         self.admission = ConnectionAdmission(limits: limits)
         self.receivePool = ReceivePool(bytes: limits.sharedReceiveBytes, perPeer: limits.sharedReceiveBytesPerPeer)
         self.connection = RPCConnection(dispatcher: dispatcher, logger: logger)
+        self.downloads = downloads
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
         self.onListening = onListening
@@ -114,19 +122,35 @@ actor TLSListener {
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                    // Either protocol's pipeline, set up on the event loop.
+                    let rpc: @Sendable () throws -> Negotiated = {
+                        // What the kernel holds for a client that does not read is answers the controller
+                        // cannot see: keep it to a few hundred statuses, so that it stops reading such a
+                        // client after a few hundred calls rather than tens of thousands.
+                        try channel.syncOptions?.setOption(.socketOption(.so_sndbuf), value: TLSListener.rpcSendBuffer)
+                        try channel.pipeline.syncOperations.addHandler(ReceiveGate(controller: controller))
+                        try channel.pipeline.syncOperations.addHandler(
+                            ByteToMessageHandler(ReceivedFrameDecoder(frames: FrameDecoder(maxFrameBytes: maxFrameBytes))))
+                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                        return .rpc(try NIOAsyncChannel<ReceivedFrame, Never>(wrappingChannelSynchronously: channel), controller)
+                    }
+                    let http: @Sendable () throws -> Negotiated = {
+                        controller.handedOver()
+                        return .http(try DownloadEndpoint.configure(channel), verified: { admission.authenticated(ticket) })
+                    }
                     let negotiation = NIOTypedApplicationProtocolNegotiationHandler<Negotiated> { result, channel in
                         switch result {
-                        case .negotiated(ALPN.rpc), .fallback:
+                        case .negotiated(ALPN.rpc):
+                            channel.eventLoop.makeCompletedFuture(withResultOf: rpc)
+                        case .negotiated(ALPN.http):
+                            channel.eventLoop.makeCompletedFuture(withResultOf: http)
+                        case .fallback:
                             channel.eventLoop.makeCompletedFuture {
-                                // What the kernel holds for a client that does not read is answers the controller
-                                // cannot see: keep it to a few hundred statuses, so that it stops reading such a
-                                // client after a few hundred calls rather than tens of thousands.
-                                try channel.syncOptions?.setOption(.socketOption(.so_sndbuf), value: TLSListener.rpcSendBuffer)
-                                try channel.pipeline.syncOperations.addHandler(ReceiveGate(controller: controller))
-                                try channel.pipeline.syncOperations.addHandler(
-                                    ByteToMessageHandler(ReceivedFrameDecoder(frames: FrameDecoder(maxFrameBytes: maxFrameBytes))))
-                                try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                                return .rpc(try NIOAsyncChannel<ReceivedFrame, Never>(wrappingChannelSynchronously: channel), controller)
+                                let sniffer = ProtocolSniffer(promise: channel.eventLoop.makePromise()) { firstByte in
+                                    try (65...90).contains(firstByte) ? http() : rpc()
+                                }
+                                try channel.pipeline.syncOperations.addHandler(sniffer)
+                                return .undecided(sniffer.decided)
                             }
                         case .negotiated(let other):
                             channel.close().map { .unsupported(other) }
@@ -159,16 +183,25 @@ actor TLSListener {
                     group.addTask {
                         do {
                             // A future cannot be cancelled; closing its connection ends the wait.
-                            let negotiated = try await withTaskCancellationHandler {
+                            var negotiated = try await withTaskCancellationHandler {
                                 try await accepted.negotiated.get()
                             } onCancel: {
                                 accepted.channel.close(promise: nil)
                             }
+                            if case .undecided(let decided) = negotiated {
+                                negotiated = try await withTaskCancellationHandler {
+                                    try await decided.get()
+                                } onCancel: {
+                                    accepted.channel.close(promise: nil)
+                                }
+                            }
                             switch negotiated {
                             case .rpc(let channel, let controller):
                                 await self.connection.run(channel, controller: controller)
-                            case .unsupported(let name):
-                                self.logger.info("closing connection: protocol not served yet", metadata: ["alpn": "\(name)"])
+                            case .http(let channel, let verified):
+                                await self.downloads.serve(channel, verified: verified)
+                            case .undecided, .unsupported:
+                                break
                             }
                         } catch {
                             self.logger.debug("handshake failed", metadata: ["error": "\(error)"])
@@ -193,3 +226,45 @@ actor TLSListener {
 
 /// Ends the connections of a listener whose port has closed.
 private struct ListenerClosed: Error {}
+
+/// Waits for the first byte of a connection that negotiated no protocol,
+/// lets `choose` set the pipeline up behind it for the protocol that byte
+/// begins, then hands that byte and all after it on and steps aside.
+private final class ProtocolSniffer<Chosen: Sendable>: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let promise: EventLoopPromise<Chosen>
+    private let choose: (UInt8) throws -> Chosen
+
+    /// Completes once the first byte has arrived and its protocol is set up.
+    var decided: EventLoopFuture<Chosen> { promise.futureResult }
+
+    init(promise: EventLoopPromise<Chosen>, choose: @escaping (UInt8) throws -> Chosen) {
+        self.promise = promise
+        self.choose = choose
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = unwrapInboundIn(data)
+        guard let first = bytes.getInteger(at: bytes.readerIndex, as: UInt8.self) else { return }
+        do {
+            promise.succeed(try choose(first))
+        } catch {
+            promise.fail(error)
+            context.close(promise: nil)
+            return
+        }
+        context.fireChannelRead(data)
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        promise.fail(ChannelError.eof)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        promise.fail(error)
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,282 @@
+import BackupCatalog
+import BackupCore
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOFileSystem
+import NIOHTTP1
+
+/// Serves the signed download URLs over HTTP/1.1, on the RPC port: GET and
+/// HEAD of `/v1/downloads/ID/FILE?expires=…&kid=…&sig=…`, with keep-alive
+/// and single byte ranges. The URL is the access, so its signature is
+/// checked before anything else is looked up. Files are read from the
+/// archive cache a chunk at a time, and no more than a few chunks are
+/// written ahead of what the socket has taken (`HTTPResponseWriter`), so a slow
+/// client holds a few chunks of the server's memory, not the file.
+struct DownloadEndpoint: Sendable {
+    let links: DownloadLinks
+    let catalog: Catalog
+    let cache: ArchiveCache
+    let limits: ConnectionLimits
+    let logger: Logger
+
+    /// Bytes read from disk and written at a time.
+    static let chunkSize = 64 * 1024
+
+    /// What the request decoder holds of one request before it answers 431:
+    /// a request line or one header field of 8 KiB, 16 KiB of them all, 100 fields.
+    static let decoderLimits: NIOHTTPDecoderLimitConfiguration = {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderFieldSize = 8 * 1024
+        limits.maxHeaderListSize = 16 * 1024
+        limits.maxHeaderFieldCount = 100
+        return limits
+    }()
+
+    typealias HTTPChannel = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
+
+    /// Sets a connection's pipeline up for HTTP; on its event loop.
+    static func configure(_ channel: any Channel) throws -> HTTPChannel {
+        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+            withPipeliningAssistance: true, withErrorHandling: false, withOutboundHeaderValidation: true,
+            withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits)
+        try channel.pipeline.syncOperations.addHandler(HTTPErrorResponder())
+        return try HTTPChannel(wrappingChannelSynchronously: channel)
+    }
+
+    /// Answers the connection's requests in order until it closes, a request
+    /// asks to close, or the client is too slow: each whole request must
+    /// arrive within the authentication timeout of the handshake (the first)
+    /// or the partial-frame timeout of the previous answer, and each chunk of
+    /// an answer must be taken within the idle timeout. `verified` hears the
+    /// first request whose URL is signed.
+    func serve(_ channel: HTTPChannel, verified: @escaping @Sendable () -> Void) async {
+        let deadline = ConnectionDeadline(channel: channel.channel)
+        deadline.arm(limits.authenticationTimeout)
+        do {
+            try await withTaskCancellationHandler {
+                try await channel.executeThenClose { inbound, _ in
+                    let writer = HTTPResponseWriter(channel: channel.channel, deadline: deadline, stallTimeout: limits.idleTimeout)
+                    var request: HTTPRequestHead?
+                    for try await part in inbound {
+                        switch part {
+                        case .head(let head):
+                            request = head
+                        case .body:
+                            continue  // a GET's body means nothing here
+                        case .end:
+                            guard let head = request else { continue }
+                            request = nil
+                            deadline.disarm()
+                            let keepAlive = try await respond(to: head, writer, verified: verified)
+                            guard keepAlive else { return }
+                            deadline.arm(limits.partialFrameTimeout)
+                        }
+                    }
+                }
+            } onCancel: {
+                channel.channel.close(promise: nil)
+            }
+        } catch {
+            logger.debug("download connection ended", metadata: ["error": "\(error)"])
+        }
+        deadline.disarm()
+    }
+
+    /// Answers one request; whether the connection may carry another.
+    private func respond(to head: HTTPRequestHead, _ outbound: HTTPResponseWriter, verified: @Sendable () -> Void) async throws -> Bool {
+        let keepAlive = head.isKeepAlive
+        let answer = PlainAnswer(version: head.version, keepAlive: keepAlive, isHead: head.method == .HEAD)
+        guard head.method == .GET || head.method == .HEAD else {
+            try await answer.send(.methodNotAllowed, "only GET and HEAD are served here", extra: [("Allow", "GET, HEAD")], on: outbound)
+            return keepAlive
+        }
+        let (path, query) = head.uri.firstIndex(of: "?").map { (head.uri[..<$0], head.uri[head.uri.index(after: $0)...]) }
+            ?? (head.uri[...], "")
+        guard let (id, fileName) = DownloadLinks.parse(path: path), let keys = links.keys else {
+            try await answer.send(.notFound, "no such download", on: outbound)
+            return keepAlive
+        }
+        do {
+            try keys.verify(path: String(path), query: String(query), now: Int64(Date().timeIntervalSince1970))
+        } catch {
+            try await answer.send(.forbidden, error.description, on: outbound)
+            return keepAlive
+        }
+        verified()
+        let record: DownloadRecord
+        do {
+            record = try await catalog.download(id: id)
+        } catch BackupError.notFound, BackupError.invalidArgument {
+            try await answer.send(.notFound, "no such download", on: outbound)
+            return keepAlive
+        } catch {
+            logger.error("cannot look a download up", metadata: ["download": "\(id)", "error": "\(error)"])
+            try await answer.send(.serviceUnavailable, "the catalog cannot be reached; try again shortly", on: outbound)
+            return keepAlive
+        }
+        guard record.state == .ready, DownloadLinks.fileName(record)[...] == fileName else {
+            try await answer.send(.notFound, "no such download", on: outbound)
+            return keepAlive
+        }
+        let file = DownloadResponse.File(name: DownloadLinks.fileName(record), size: record.size, sha256: record.sha256,
+                                         modified: record.readyUnixMS / 1000)
+        let response = DownloadResponse(for: file, range: head.headers.first(name: "Range"), ifRange: head.headers.first(name: "If-Range"))
+        do {
+            return try await FileSystem.shared.withFileHandle(forReadingAt: FilePath(cache.path(of: record.archiveID))) { handle in
+                var headers = HTTPHeaders(response.headers)
+                if !keepAlive { headers.add(name: "Connection", value: "close") }
+                try await outbound.write(.head(HTTPResponseHead(version: head.version, status: .init(statusCode: response.status),
+                                                                headers: headers)))
+                if head.method == .GET, case let .part(first, last) = response.body {
+                    try await send(handle, from: first, through: last, on: outbound)
+                } else if head.method == .GET, response.body == .whole, file.size > 0 {
+                    try await send(handle, from: 0, through: file.size - 1, on: outbound)
+                }
+                try await outbound.write(.end(nil))
+                try await outbound.drain()
+                return keepAlive
+            }
+        } catch let error as FileSystemError where error.code == .notFound {
+            // Swept between the lookup and the open: its URL expired just now, or its backup was deleted.
+            try await answer.send(.notFound, "no such download", on: outbound)
+            return keepAlive
+        }
+    }
+
+    /// Streams bytes `first` through `last` of the file, a chunk at a time.
+    private func send(_ handle: ReadFileHandle, from first: UInt64, through last: UInt64, on outbound: HTTPResponseWriter) async throws {
+        var sent: UInt64 = 0
+        for try await chunk in handle.readChunks(in: Int64(first)...Int64(last), chunkLength: .bytes(Int64(Self.chunkSize))) {
+            try await outbound.write(.body(.byteBuffer(chunk)))
+            sent += UInt64(chunk.readableBytes)
+        }
+        // A file cut short would leave the client waiting for bytes its Content-Length promised.
+        guard sent == last - first + 1 else { throw ArchiveShorterThanRecorded() }
+    }
+}
+
+/// A cached archive ended before its recorded size: the connection is closed mid-answer.
+private struct ArchiveShorterThanRecorded: Error {}
+
+/// A short plain-text answer: refusals and errors.
+private struct PlainAnswer {
+    let version: HTTPVersion
+    let keepAlive: Bool
+    let isHead: Bool
+
+    func send(_ status: HTTPResponseStatus, _ reason: String, extra: [(String, String)] = [], on outbound: HTTPResponseWriter) async throws {
+        let body = ByteBuffer(string: reason + "\n")
+        var headers = HTTPHeaders(plainTextHeaders(length: body.readableBytes) + extra)
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        try await outbound.write(.head(HTTPResponseHead(version: version, status: status, headers: headers)))
+        if !isHead { try await outbound.write(.body(.byteBuffer(body))) }
+        try await outbound.write(.end(nil))
+        try await outbound.drain()
+    }
+}
+
+private func plainTextHeaders(length: Int) -> [(String, String)] {
+    [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", String(length)), ("Cache-Control", "no-store"),
+     ("X-Content-Type-Options", "nosniff")]
+}
+
+/// Writes a response's parts with back-pressure from the socket itself: at
+/// most `window` parts are on their way at once, and the next waits until
+/// the oldest has gone into the socket. (The async channel's own writer
+/// learns of a full socket only after its writes reach the event loop, by
+/// which time a fast producer has queued far more.) A client that takes
+/// nothing for `stallTimeout` is closed.
+private final class HTTPResponseWriter: Sendable {
+    private let channel: any Channel
+    private let deadline: ConnectionDeadline
+    private let stallTimeout: Duration
+    private let inFlight = NIOLockedValueBox<[EventLoopFuture<Void>]>([])
+    static let window = 4
+
+    init(channel: any Channel, deadline: ConnectionDeadline, stallTimeout: Duration) {
+        self.channel = channel
+        self.deadline = deadline
+        self.stallTimeout = stallTimeout
+    }
+
+    func write(_ part: HTTPServerResponsePart) async throws {
+        if let oldest = inFlight.withLockedValue({ $0.count >= Self.window ? $0.removeFirst() : nil }) {
+            try await waitWritten(oldest)
+        }
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        channel.writeAndFlush(part, promise: written)
+        inFlight.withLockedValue { $0.append(written.futureResult) }
+    }
+
+    /// Waits until everything written is in the socket.
+    func drain() async throws {
+        let pending = inFlight.withLockedValue { inFlight in
+            defer { inFlight.removeAll() }
+            return inFlight
+        }
+        for written in pending { try await waitWritten(written) }
+    }
+
+    private func waitWritten(_ written: EventLoopFuture<Void>) async throws {
+        deadline.arm(stallTimeout)
+        defer { deadline.disarm() }
+        try await written.get()
+    }
+}
+
+/// Closes a connection unless disarmed in time; on any thread.
+private final class ConnectionDeadline: Sendable {
+    private let channel: any Channel
+    private let scheduled = NIOLockedValueBox<Scheduled<Void>?>(nil)
+
+    init(channel: any Channel) {
+        self.channel = channel
+    }
+
+    func arm(_ duration: Duration) {
+        let channel = self.channel
+        let task = channel.eventLoop.scheduleTask(in: TimeAmount(duration)) { channel.close(promise: nil) }
+        scheduled.withLockedValue { $0?.cancel(); $0 = task }
+    }
+
+    func disarm() {
+        scheduled.withLockedValue { $0?.cancel(); $0 = nil }
+    }
+}
+
+/// Answers a request the decoder could not read: 431 for a request line
+/// or header section over the limits, 400 for anything else; then the
+/// decoder closes the connection. Stays quiet when an answer is already
+/// under way, which the client could not tell from this one.
+final class HTTPErrorResponder: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = Never
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private var answering = false
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? HTTPParserError, !answering {
+            let (status, reason) = error == .headerOverflow
+                ? (HTTPResponseStatus.requestHeaderFieldsTooLarge, "request line or header section too large")
+                : (.badRequest, "malformed HTTP request")
+            let body = ByteBuffer(string: reason + "\n")
+            let headers = HTTPHeaders(plainTextHeaders(length: body.readableBytes) + [("Connection", "close")])
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+        context.fireErrorCaught(error)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head: answering = true
+        case .end: answering = false
+        default: break
+        }
+        context.write(data, promise: promise)
+    }
+}

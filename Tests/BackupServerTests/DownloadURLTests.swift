@@ -1,0 +1,323 @@
+import BackupClient
+import BackupCore
+import BackupTestSupport
+import BackupWire
+import Foundation
+import Testing
+
+/// Runs curl against a test server (its CA trusted): `-sS` and `arguments`.
+func curl(_ arguments: [String]) throws -> CommandResult {
+    try runCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--max-time", "120"] + arguments)
+}
+
+/// The status code and headers curl saw (`-D -` output), names lowercased.
+func responseHead(_ text: String) -> (status: Int, headers: [String: String]) {
+    let lines = text.split(separator: "\r\n", omittingEmptySubsequences: true)
+    let status = lines.first.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+    var headers: [String: String] = [:]
+    for line in lines.dropFirst() {
+        guard let colon = line.firstIndex(of: ":") else { continue }
+        headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+    }
+    return (status, headers)
+}
+
+/// The status code of a GET (or `method`) of `url`, and the body.
+func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -> (status: Int, body: String) {
+    let result = try curl(["-X", method, "-w", "\n%{http_code}", url] + extra)
+    let lines = result.standardOutput.split(separator: "\n", omittingEmptySubsequences: false)
+    return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
+}
+
+/// Signed download URLs fetched over HTTPS from a real backupd by curl:
+/// the restore-by-hand path, ranges and resumption, HEAD, and every way a
+/// URL can be wrong.
+@Suite(.serialized) struct DownloadURLTests {
+    @Test func aDownloadedArchiveRestoresByHandWithTarAndPgRestore() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let backup = try await finishedBackup(server, app)
+                let download = try await server.withClient { try await readyDownload($0, backup) }
+                #expect(download.url.hasPrefix("https://127.0.0.1:\(server.address.split(separator: ":").last!)/v1/downloads/"))
+                let scratch = try ScratchDirectory("by-hand")
+                defer { scratch.remove() }
+                let archive = scratch.path + "/" + download.filename
+                let fetched = try curl(["-o", archive, download.url])
+                #expect(fetched.status == 0, "\(fetched.standardError)")
+                let bytes = try Data(contentsOf: URL(fileURLWithPath: archive))
+                #expect(ContentHash.of(bytes).hex == download.sha256 && UInt64(bytes.count) == download.sizeBytes)
+
+                try FileManager.default.createDirectory(atPath: scratch.path + "/x", withIntermediateDirectories: false)
+                #expect(try runCommand("/bin/tar", ["xzf", archive, "-C", scratch.path + "/x"]).status == 0)
+                let restored = try TestPostgres.createDatabase("by_hand")
+                defer { TestPostgres.dropDatabase(restored) }
+                let pgRestore = try runCommand("/usr/bin/pg_restore", ["--no-owner", "--no-privileges", "-h", "127.0.0.1",
+                                                                        "-p", TestPostgres.port, "-U", "postgres", "-d", restored,
+                                                                        scratch.path + "/x/db/db.backup"])
+                #expect(pgRestore.status == 0, "\(pgRestore.standardError)")
+                // The app's rows changed after the backup? Not here: it is stopped, so both are the snapshot.
+                #expect(try TestPostgres.tableFingerprints(restored) == TestPostgres.tableFingerprints(app.database))
+                // Every document of the backup, each as the app's store holds it (files no row refers to are not backed up).
+                let tree = try folderFingerprint(scratch.path + "/x/tree")
+                let store = try folderFingerprint(app.fileStore)
+                #expect(tree.count == Int(backup.fileCount) && tree.count > 100)
+                #expect(tree.allSatisfy { store[$0.key] == $0.value })
+                let metadata = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: scratch.path + "/x/.metadata")))
+                    as? [String: String]
+                #expect(metadata?["snapshotId"] == backup.id && metadata?["modelVersion"] == "1.0.0")
+                #expect(metadata?["sha256:db/db.backup"] == backup.dumpSHA256)
+            }
+        }
+    }
+
+    @Test func rangesResumptionAndHeadAnswerAsHTTPSays() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let backup = try await finishedBackup(server, app)
+                let download = try await server.withClient { try await readyDownload($0, backup) }
+                let scratch = try ScratchDirectory("ranges")
+                defer { scratch.remove() }
+                let whole = scratch.path + "/whole"
+                #expect(try curl(["-o", whole, download.url]).status == 0)
+                let bytes = try Data(contentsOf: URL(fileURLWithPath: whole))
+
+                // HEAD: every header, no body.
+                let head = try curl(["-I", download.url])
+                let (status, headers) = responseHead(head.standardOutput)
+                #expect(status == 200)
+                #expect(headers["content-length"] == String(bytes.count) && headers["accept-ranges"] == "bytes")
+                #expect(headers["content-disposition"] == "attachment; filename=\"\(download.filename)\"")
+                #expect(headers["etag"] == "\"\(download.sha256)\"" && headers["cache-control"] == "private, no-store")
+                #expect(headers["x-content-type-options"] == "nosniff" && headers["content-type"] == "application/gzip")
+                #expect(headers["last-modified"]?.hasSuffix(" GMT") == true)
+
+                // One range: exactly those bytes, 206 with its Content-Range.
+                let part = scratch.path + "/part"
+                let ranged = try curl(["-r", "100-1123", "-o", part, "-D", scratch.path + "/part.head", download.url])
+                #expect(ranged.status == 0)
+                #expect(try Data(contentsOf: URL(fileURLWithPath: part)) == bytes[100...1123])
+                let partHead = responseHead(try String(contentsOfFile: scratch.path + "/part.head", encoding: .utf8))
+                #expect(partHead.status == 206 && partHead.headers["content-range"] == "bytes 100-1123/\(bytes.count)")
+                #expect(try fetch(download.url, extra: ["-r", "\(bytes.count + 10)-"]).status == 416)
+
+                // An interrupted download resumes where it stopped.
+                let resumed = scratch.path + "/resumed"
+                try bytes.prefix(bytes.count / 3).write(to: URL(fileURLWithPath: resumed))
+                #expect(try curl(["-C", "-", "-o", resumed, download.url]).status == 0)
+                #expect(try Data(contentsOf: URL(fileURLWithPath: resumed)) == bytes)
+
+                // Without ALPN the first bytes choose HTTP; keep-alive carries a second request.
+                let twice = try curl(["--no-alpn", "-o", scratch.path + "/a", download.url, "-o", scratch.path + "/b", download.url,
+                                      "-w", "%{num_connects}\n"])
+                #expect(twice.status == 0 && twice.standardOutput == "1\n0\n")
+                #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.path + "/b")) == bytes)
+                // And RPC still works without ALPN, on the same port.
+                #expect(try server.backupctl(["info"]).status == 0)
+            }
+        }
+    }
+
+    @Test func everyWrongURLIsRefusedWithItsReason() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let backup = try await finishedBackup(server, app)
+                let (full, databaseOnly) = try await server.withClient { client in
+                    (try await readyDownload(client, backup), try await readyDownload(client, backup, databaseOnly: true))
+                }
+                let (origin, query) = (full.url.split(separator: "?")[0], String(full.url.split(separator: "?")[1]))
+                let base = String(origin.prefix(while: { $0 != "/" }) + "//" + origin.dropFirst("https://".count).prefix(while: { $0 != "/" }))
+                let path = String(origin.dropFirst(base.count))
+                func with(_ field: String, _ value: String) -> String {
+                    base + path + "?" + query.split(separator: "&").map { $0.hasPrefix(field + "=") ? "\(field)=\(value)" : String($0) }
+                        .joined(separator: "&")
+                }
+                let fields = Dictionary(uniqueKeysWithValues: query.split(separator: "&").map {
+                    (String($0.split(separator: "=")[0]), String($0.split(separator: "=")[1]))
+                })
+                let signature = fields["sig"]!
+                let flipped = (signature.first == "A" ? "B" : "A") + signature.dropFirst()
+                let keys = try URLSigningKeys(parsing: testDownloadKeys)
+                let past = Int64(Date().timeIntervalSince1970) - 60
+                let rotatedOut = try URLSigningKeys(parsing: "test-gone = \(base64URL(Array(repeating: 5, count: 32)))")
+
+                let refusals: [(String, String, Int, String)] = [
+                    ("changed signature", with("sig", flipped), 403, "signature does not match"),
+                    ("changed expiry", with("expires", String(Int64(fields["expires"]!)! + 3600)), 403, "signature does not match"),
+                    ("changed key id", with("kid", "test-old"), 403, "signature does not match"),
+                    ("unknown key id", with("kid", "nobody"), 403, "no longer has"),
+                    ("changed path", base + path.replacing(full.filename, with: "other.tar.gz") + "?" + query, 403, "signature does not match"),
+                    ("expired", base + path + "?" + keys.signedQuery(path: path, expires: past), 403, "has expired"),
+                    ("key rotated out", base + path + "?" + rotatedOut.signedQuery(path: path, expires: past + 3600), 403, "no longer has"),
+                    ("another archive's signature", String(databaseOnly.url.split(separator: "?")[0]) + "?" + query, 403, "signature does not match"),
+                    ("no signature", base + path, 403, "not a signed download link"),
+                    ("not a download", base + "/v1/other", 404, "no such download"),
+                ]
+                for (what, url, status, reason) in refusals {
+                    let answer = try fetch(url)
+                    #expect(answer.status == status, "\(what): \(answer.status)")
+                    #expect(answer.body.contains(reason), "\(what): \(answer.body)")
+                }
+                let posted = try fetch(full.url, method: "POST")
+                #expect(posted.status == 405)
+                let bigHeader = try fetch(full.url, extra: ["-H", "X-Filler: " + String(repeating: "a", count: 20_000)])
+                #expect(bigHeader.status == 431)
+                let longLine = try fetch(full.url + "&" + String(repeating: "b", count: 20_000))
+                #expect([400, 431].contains(longLine.status))
+                // The old key still verifies what it signed.
+                let oldKeys = try URLSigningKeys(parsing: testDownloadKeys.components(separatedBy: "\n").filter { !$0.contains("test-new") }
+                    .joined(separator: "\n"))
+                let oldSigned = base + path + "?" + oldKeys.signedQuery(path: path, expires: Int64(fields["expires"]!)!)
+                #expect(try fetch(oldSigned, method: "HEAD", extra: ["-I"]).status == 200)
+
+                // Deleting the backup: its URLs answer 404.
+                _ = try await server.withClient { try await $0.unary(Backups.deleteBackup, .with { $0.id = backup.id }) }
+                let deleted = try fetch(full.url)
+                #expect(deleted.status == 404 && deleted.body.contains("no such download"))
+            }
+        }
+    }
+
+    @Test func headlessChromiumSavesTheArchiveFromItsSignedURL() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let backup = try await finishedBackup(server, app)
+                let download = try await server.withClient { try await readyDownload($0, backup) }
+                let scratch = try ScratchDirectory("chromium")
+                defer { scratch.remove() }
+                let (profile, saved) = (scratch.path + "/profile", scratch.path + "/downloads")
+                try FileManager.default.createDirectory(atPath: profile + "/Default", withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(atPath: saved, withIntermediateDirectories: true)
+                try """
+                    {"download": {"default_directory": "\(saved)", "prompt_for_download": false, "directory_upgrade": true}}
+                    """.write(toFile: profile + "/Default/Preferences", atomically: true, encoding: .utf8)
+                // The browser trusts the development server certificate by its public key, as a pinned self-run service would.
+                let spki = try runCommand("/bin/sh", ["-c", "openssl x509 -in \(projectRoot)/certs/dev/server.crt -pubkey -noout "
+                    + "| openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64"])
+                let browser = try startCommand("/usr/bin/chromium", [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--user-data-dir=\(profile)",
+                    "--ignore-certificate-errors-spki-list=\(spki.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines))",
+                    download.url,
+                ])
+                defer { browser.terminate() }
+                let file = saved + "/" + download.filename
+                try await eventually(within: .seconds(60)) {
+                    (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? UInt64) == download.sizeBytes
+                }
+                let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+                #expect(ContentHash.of(bytes).hex == download.sha256)
+            }
+        }
+    }
+
+    @Test func backupctlDownloadsChecksAndResumes() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                let backup = try await finishedBackup(server, app)
+                let scratch = try ScratchDirectory("backupctl-download")
+                defer { scratch.remove() }
+                let target = scratch.path + "/archive.tar.gz"
+                let first = try server.backupctl(["download", backup.id, "-o", target])
+                #expect(first.status == 0, "\(first.standardError)")
+                let bytes = try Data(contentsOf: URL(fileURLWithPath: target))
+                let download = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) }
+                #expect(ContentHash.of(bytes).hex == download.sha256 && first.standardOutput.contains("sha256 \(download.sha256)"))
+                #expect(!FileManager.default.fileExists(atPath: target + ".partial"))
+
+                // --url prints the signed URL, which plain curl fetches.
+                let url = try server.backupctl(["download", backup.id, "--url"]).standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+                #expect(url.contains("/v1/downloads/") && url.contains("&sig="))
+                let viaCurl = try curl(["-o", scratch.path + "/curl.tar.gz", url])
+                let curled = try Data(contentsOf: URL(fileURLWithPath: scratch.path + "/curl.tar.gz"))
+                #expect(viaCurl.status == 0 && curled == bytes)
+                let json = try server.backupctl(["download", backup.id, "--url", "--json"]).standardOutput
+                #expect(json.contains("\"sha256\"") && json.contains(download.sha256))
+
+                // A partial file from an interrupted run is resumed.
+                let resumed = scratch.path + "/resumed.tar.gz"
+                try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: resumed + ".partial"))
+                #expect(try server.backupctl(["download", backup.id, "-o", resumed]).status == 0)
+                #expect(try Data(contentsOf: URL(fileURLWithPath: resumed)) == bytes)
+
+                // A partial file that is not this archive's beginning fails the check, and is removed.
+                var wrong = bytes.prefix(bytes.count / 2)
+                wrong[wrong.startIndex + 10] ^= 0xff
+                try wrong.write(to: URL(fileURLWithPath: resumed + ".partial"))
+                try FileManager.default.removeItem(atPath: resumed)
+                let refused = try server.backupctl(["download", backup.id, "-o", resumed])
+                #expect(refused.status != 0 && refused.standardError.contains("DATA_LOSS"))
+                #expect(!FileManager.default.fileExists(atPath: resumed) && !FileManager.default.fileExists(atPath: resumed + ".partial"))
+
+                // The dump alone restores with pg_restore.
+                let dump = scratch.path + "/db.backup"
+                #expect(try server.backupctl(["download", backup.id, "--database-only", "-o", dump]).status == 0)
+                #expect(ContentHash.of(try Data(contentsOf: URL(fileURLWithPath: dump))).hex == backup.dumpSHA256)
+            }
+        }
+    }
+
+    @Test func slowReadersHoldNoMemoryAndA2GiBDownloadGrowsTheServerByLessThan64MiB() async throws {
+        try await withTestApp { app in
+            // One 2 GiB document (sparse in the app's store), stored in the archive as it is (gzip level 0).
+            let key = "ffffffff-0000-4000-8000-000000000001"
+            let size: Int64 = 2 << 30
+            try TestPostgres.query(app.database, """
+                INSERT INTO "system$filedocument" (id, "__uuid__", name, size, changeddate) VALUES (100000, $1, 'big.bin', $2, now())
+                """, key, String(size))
+            try FileManager.default.createDirectory(atPath: app.fileStore + "/ff/ff", withIntermediateDirectories: true)
+            #expect(FileManager.default.createFile(atPath: app.fileStore + "/ff/ff/" + key, contents: nil))
+            #expect(truncate(app.fileStore + "/ff/ff/" + key, off_t(size)) == 0)
+            try await withTestServer(arguments: ["--archive-gzip-level", "0"]) { server in
+                let backup = try await finishedBackup(server, app)
+                let download = try await server.withClient { try await readyDownload($0, backup) }
+                #expect(download.sizeBytes > UInt64(size))
+                let pid = server.processIdentifier
+                let baseline = residentBytes(pid)
+                let sampling = Task {
+                    var peak = baseline
+                    while !Task.isCancelled {
+                        peak = max(peak, residentBytes(pid))
+                        try? await Task.sleep(for: .milliseconds(20))
+                    }
+                    return peak
+                }
+                // Clients that take 100 bytes a second (a byte per 10 ms) while everything else goes on.
+                let slow = try (0..<4).map { _ in
+                    try startCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--limit-rate", "100", "-o", "/dev/null", download.url])
+                }
+                try await Task.sleep(for: .seconds(1))
+                let whole = try curl(["-o", "/dev/null", "-w", "%{size_download}", download.url])
+                #expect(whole.standardOutput == String(download.sizeBytes), "\(whole.standardError)")
+                let info = try await within(.seconds(10)) {
+                    try await server.withClient { try await $0.unary(Backups.getDownload, .with { $0.id = download.id }) }
+                }
+                #expect(info.ready && info.sha256 == download.sha256)
+                for process in slow {
+                    #expect(process.isRunning)
+                    process.terminate()
+                }
+                sampling.cancel()
+                let growth = await sampling.value - baseline
+                #expect(growth < 64 << 20, "the server grew by \(growth >> 20) MiB")
+            }
+        }
+    }
+}
+
+/// The resident memory of a process, from /proc.
+func residentBytes(_ pid: Int32) -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+          let kilobytes = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) else { return 0 }
+    return kilobytes * 1024
+}
+
+/// Starts a command in the background, its output discarded.
+func startCommand(_ executable: String, _ arguments: [String]) throws -> Process {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    return process
+}
