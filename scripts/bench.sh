@@ -3,13 +3,18 @@
 # on the same data, and prints the ratios:
 #   backup:  backupctl create --wait      vs  pg_dump -Fc + tar czf of the file store
 #   restore: backupctl restore --wait     vs  createdb + pg_restore --jobs=2 + tar xzf
-# on a copy of the demo app, and with LARGE_ROWS=N also on a database of N
-# rows (6000000 is about 1 GiB). Works on copies; the demo app is not touched.
+#   download archive preparation          vs  tar czf of the same dump and files
+#   download over HTTPS (curl)            vs  nginx serving the same file over HTTPS (curl)
+# on a copy of the demo app, the downloads also on an app with BULK_MB MiB of
+# documents that do not compress (default 512), and with LARGE_ROWS=N also on
+# a database of N rows (6000000 is about 1 GiB). Works on copies; the demo app
+# is not touched. Installs nginx from Debian's packages if it is missing.
 #   bench.sh BIN_DIR [RUNS]
 set -euo pipefail
 BIN=${1:-.build/release}
 RUNS=${2:-5}
 LARGE_ROWS=${LARGE_ROWS:-0}
+BULK_MB=${BULK_MB:-512}
 VAR=${BACKUPD_VAR:-$(pwd)/.var}
 PORT=${BACKUPD_PGPORT:-55432}
 psql="psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $PORT -U postgres"
@@ -18,6 +23,7 @@ work=$(mktemp -d)
 tag=bench_$(date +%s)
 cleanup() {
   [ -n "${pid:-}" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  [ -n "${nginx_pid:-}" ] && kill -TERM "$nginx_pid" 2>/dev/null && wait "$nginx_pid" 2>/dev/null || true
   for db in $($psql -d postgres -tAc "SELECT datname FROM pg_database WHERE datname LIKE '${tag}%'"); do
     $psql -d postgres -c "DROP DATABASE \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
   done
@@ -38,7 +44,8 @@ export BACKUPD_CATALOG=$(url "${tag}_catalog")
 export BACKUPD_BLOB_DIR=$work/blobs BACKUPD_TLS_CERT=$(pwd)/certs/dev/server.crt BACKUPD_TLS_KEY=$(pwd)/certs/dev/server.key
 token=$("$BIN/backupd" token create --namespace bench --role admin --name bench)
 platform=$("$BIN/backupd" token create --platform --name bench-platform)
-"$BIN/backupd" serve --listen 127.0.0.1:0 --ready-file "$work/ready" --log-level warning --file-store-root "$work" &
+"$BIN/backupd" serve --listen 127.0.0.1:0 --ready-file "$work/ready" --log-level warning --file-store-root "$work" \
+  --download-keys "$(pwd)/certs/dev/download-keys" &
 pid=$!
 for _ in $(seq 1 100); do [ -s "$work/ready" ] && break; sleep 0.1; done
 export BACKUPCTL_ADDR=$(cat "$work/ready") BACKUPCTL_TOKEN=$token BACKUPCTL_CA=$(pwd)/certs/dev/ca.crt
@@ -143,3 +150,80 @@ SQL
   row "createdb + pg_restore --jobs=2 into a fresh database" "$(printf '%.1f s' "$base")"
   row "ratio backupd / pg_restore" "$(ratio "$restore" "$base")"
 fi
+
+echo "== downloads: archive preparation and HTTPS transfer; $RUNS runs each"
+command -v nginx >/dev/null || { SUDO=$([ "$(id -u)" = 0 ] || echo sudo); $SUDO apt-get install -y -qq nginx >/dev/null; }
+# An app whose documents do not compress (like the PDFs and images of real apps): BULK_MB MiB in 2 MiB files.
+$psql -d postgres -c "CREATE DATABASE ${tag}_bulk TEMPLATE demo_app" >/dev/null
+$psql -d "${tag}_bulk" -c "DELETE FROM \"shop\$invoice\"" -c "DELETE FROM \"system\$filedocument\"" \
+  -c "INSERT INTO \"system\$filedocument\" SELECT i, md5('bulk ' || i)::uuid::text, 'scan-' || i || '.pdf', 2097152, true, false, now()
+      FROM generate_series(1, $(( BULK_MB / 2 ))) AS i" >/dev/null
+mkdir -p "$work/bulk"
+$psql -d "${tag}_bulk" -tA -c 'SELECT "__uuid__" FROM "system$filedocument"' | while read -r key; do
+  mkdir -p "$work/bulk/${key:0:2}/${key:2:2}"
+  head -c 2097152 < <(openssl enc -aes-128-ctr -nosalt -K "${key//-/}" -iv 00000000000000000000000000000000 < /dev/zero 2>/dev/null) \
+    > "$work/bulk/${key:0:2}/${key:2:2}/$key"
+done
+ctl env register bench/bulk --token "$platform" --app bulk --database-url "$(url "${tag}_bulk")" --file-store "$work/bulk" --json >/dev/null
+for env in demo bulk; do
+  # Each backup's archive is prepared once (later requests share it), so every run downloads a backup of its own.
+  [ "$env" = demo ] && ctl env start bench/demo >/dev/null
+  ids=()
+  for run in $(seq 1 "$RUNS"); do ids+=("$(ctl create --env "bench/$env" --wait --json | json '["id"]')"); done
+  times=()
+  for id in "${ids[@]}"; do
+    start=$(now)
+    ctl download "$id" --url --json > "$work/download.json"
+    times+=("$(since "$start")")
+  done
+  # The same content as a user would pack it: the dump and the documents, with tar czf.
+  rm -rf "$work/packed" && mkdir -p "$work/packed/db"
+  dump_sha=$(ctl show "${ids[-1]}" --json | json '["dump_sha256"]')
+  cp "$work/blobs/sha256/${dump_sha:0:2}/${dump_sha:2:2}/$dump_sha" "$work/packed/db/db.backup"
+  cp -a "$work/$([ "$env" = demo ] && echo files || echo bulk)" "$work/packed/tree"
+  baseline=()
+  for run in $(seq 1 "$RUNS"); do
+    start=$(now)
+    tar czf "$work/packed.tar.gz" -C "$work/packed" .
+    sync -f "$work/packed.tar.gz"
+    baseline+=("$(since "$start")")
+  done
+  archive="$work/blobs/archives/$(ls -t "$work/blobs/archives" | head -1)"
+  prepare=$(printf '%s\n' "${times[@]}" | median)
+  base=$(printf '%s\n' "${baseline[@]}" | median)
+  row "$env: archive of $(stat -c %s "$archive") bytes, preparation, median" "$(printf '%.3f s' "$prepare")"
+  row "$env: tar czf of the same dump and files (tree $(du -sb "$work/packed" | cut -f1) bytes)" "$(printf '%.3f s' "$base")"
+  row "$env: ratio preparation / tar czf" "$(ratio "$prepare" "$base")"
+done
+
+# The last archive, fetched by curl from backupd's signed URL and from nginx over HTTPS on loopback.
+url=$(json '["url"]' < "$work/download.json")
+mkdir -p "$work/www" && cp "$archive" "$work/www/archive.tar.gz"
+nginx_port=$(( 20000 + RANDOM % 20000 ))
+cat > "$work/nginx.conf" <<NGINX
+daemon off; worker_processes 1; user root; pid $work/nginx.pid; error_log $work/nginx-error.log;
+events {}
+http {
+  access_log off; sendfile on;
+  server {
+    listen 127.0.0.1:$nginx_port ssl;
+    ssl_certificate $(pwd)/certs/dev/server.crt; ssl_certificate_key $(pwd)/certs/dev/server.key;
+    root $work/www;
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf" -p "$work" &
+nginx_pid=$!
+for _ in $(seq 1 50); do curl -s --cacert certs/dev/ca.crt -o /dev/null "https://127.0.0.1:$nginx_port/archive.tar.gz" && break; sleep 0.1; done
+fetch_time() { curl -sS --cacert certs/dev/ca.crt -o /dev/null -w '%{time_total}\n' "$1"; }
+ours=(); theirs=()
+for run in $(seq 1 "$RUNS"); do
+  ours+=("$(fetch_time "$url")")
+  theirs+=("$(fetch_time "https://127.0.0.1:$nginx_port/archive.tar.gz")")
+done
+size=$(stat -c %s "$archive")
+ours=$(printf '%s\n' "${ours[@]}" | median)
+theirs=$(printf '%s\n' "${theirs[@]}" | median)
+row "download of $size bytes from backupd (curl), median" "$(printf '%.3f s' "$ours")"
+row "the same file from nginx over HTTPS (curl), median" "$(printf '%.3f s' "$theirs")"
+row "throughput backupd / nginx" "$(ratio "$theirs" "$ours")"
