@@ -29,14 +29,14 @@ public struct ClientSettings: Sendable {
     }
 
     /// A TLS connection to the server offering `protocol` by ALPN
-    /// (`backup-rpc/1`, or `http/1.1` for downloads), with `configure`
-    /// adding the handlers above TLS.
+    /// (`backup-rpc/1`, `http/1.1` for downloads, or nil for none), with
+    /// `configure` adding the handlers above TLS.
     public func connect<Inbound: Sendable, Outbound: Sendable>(
-        protocol: String = "backup-rpc/1", configure: @escaping @Sendable (any Channel) throws -> Void
+        protocol: String? = "backup-rpc/1", configure: @escaping @Sendable (any Channel) throws -> Void
     ) async throws -> NIOAsyncChannel<Inbound, Outbound> {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.minimumTLSVersion = .tlsv12
-        tls.applicationProtocols = [`protocol`]
+        tls.applicationProtocols = `protocol`.map { [$0] } ?? []
         if let caFile { tls.trustRoots = .file(caFile) }
         if let (certificateFile, keyFile) = clientCertificate {
             tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certificateFile).map { .certificate($0) }

@@ -3,6 +3,7 @@ import BackupCore
 import BackupTestSupport
 import BackupWire
 import Foundation
+import NIOCore
 import Testing
 
 /// Runs curl against a test server (its CA trusted): `-sS` and `arguments`.
@@ -252,6 +253,39 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
                 #expect(try server.backupctl(["download", backup.id, "--database-only", "-o", dump]).status == 0)
                 #expect(ContentHash.of(try Data(contentsOf: URL(fileURLWithPath: dump))).hex == backup.dumpSHA256)
             }
+        }
+    }
+
+    @Test func silentAndHalfSentHTTPRequestsAreClosedAndDoNotHoldTheServer() async throws {
+        try await withTestServer(arguments: ["--authentication-timeout-seconds", "1", "--partial-frame-timeout-seconds", "2"]) { server in
+            /// Opens an HTTP connection (ALPN `http/1.1`, or none), sends `bytes`, and returns what came back before the server closed it.
+            @Sendable func exchange(_ bytes: String, alpn: Bool = true) async throws -> String {
+                let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer> = try await server.settings()
+                    .connect(protocol: alpn ? "http/1.1" : nil) { _ in }
+                return try await channel.executeThenClose { inbound, outbound in
+                    if !bytes.isEmpty { try await outbound.write(ByteBuffer(string: bytes)) }
+                    var answer = ""
+                    for try await chunk in inbound { answer += String(buffer: chunk) }
+                    return answer
+                }
+            }
+            // Each ends because the server closes it (the guard only keeps a broken server from hanging the test).
+            try await within(.seconds(30)) {
+                try await withThrowingTaskGroup(of: String.self) { group in
+                    group.addTask { try await exchange("") }                                        // silent
+                    group.addTask { try await exchange("GET /v1/downloads/") }                      // half a request line
+                    group.addTask { try await exchange("GET / HTTP/1.1\r\nHost: x\r\nX-Slow: a") }     // headers never end
+                    group.addTask { try await exchange("G", alpn: false) }                         // no ALPN, one letter
+                    group.addTask {                                                                 // a body that never ends
+                        try await exchange("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nabc")
+                    }
+                    for try await answer in group { #expect(answer.isEmpty, "\(answer)") }
+                }
+            }
+            // A kept-alive connection that asks nothing more is closed too, after its answer.
+            let answered = try await within(.seconds(30)) { try await exchange("GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n") }
+            #expect(answered.hasPrefix("HTTP/1.1 404") && answered.contains("no such download"))
+            #expect(try server.backupctl(["info"]).status == 0)
         }
     }
 
