@@ -85,9 +85,11 @@ extension Catalog {
     /// this request's own; otherwise a new archive is reserved in the cache
     /// and a job queued to prepare it. Refused with RESOURCE_EXHAUSTED when
     /// the cache (`cacheBytes` for all archives of every process on this
-    /// catalog) has no room for it.
-    /// `checkRoom` may refuse a new archive's reservation for a reason of its own (a full disk).
+    /// catalog, `namespaceShare` of it for one namespace's) has no room for
+    /// it. `checkRoom` may refuse for a reason of its own (a full disk): it is
+    /// given the new reservation plus those of the archives being prepared.
     public func requestDownload(backupID: String, databaseOnly: Bool, actor: String, urlLifetime: Duration, cacheBytes: UInt64,
+                                namespaceShare: Double,
                                 checkRoom: @escaping @Sendable (UInt64) throws -> Void) async throws -> (DownloadRecord, queuedJob: Bool) {
         let backupID = try parseID(backupID, "backup id")
         let downloadID = UUID().uuidString.lowercased()
@@ -110,14 +112,26 @@ extension Catalog {
                 archiveID = UUID().uuidString.lowercased()
                 let reservation = archiveReservation(databaseBytes: backup.databaseBytes, filesBytes: backup.filesBytes,
                                                      fileCount: backup.fileCount, databaseOnly: databaseOnly)
-                let used = try connection.query("SELECT coalesce(sum(size), 0) AS used FROM archives WHERE state <> 'failed'")[0]
-                    .uint64("used")
-                guard used + reservation <= cacheBytes else {
+                let used = try connection.query("""
+                    SELECT coalesce(sum(a.size), 0) AS total,
+                           coalesce(sum(a.size) FILTER (WHERE e.namespace = $1), 0) AS namespace,
+                           coalesce(sum(a.size) FILTER (WHERE a.state = 'preparing'), 0) AS preparing
+                    FROM archives a JOIN snapshots s ON s.id = a.snapshot_id JOIN environments e ON e.id = s.environment_id
+                    WHERE a.state <> 'failed'
+                    """, backup.namespace)[0]
+                let namespaceBytes = UInt64(Double(cacheBytes) * namespaceShare)
+                // What other namespaces hold is theirs to know: a refusal for the whole cache says only that it is full.
+                guard used.uint64("namespace") + reservation <= namespaceBytes else {
                     throw BackupError.resourceExhausted(
-                        "the archive cache holds \(used) of its \(cacheBytes) bytes and this archive needs up to \(reservation); "
-                            + "try again when earlier downloads have expired")
+                        "namespace \(backup.namespace)'s archives take \(used.uint64("namespace")) of the \(namespaceBytes) bytes of the "
+                            + "archive cache it may use, and this archive needs up to \(reservation); try again when its earlier "
+                            + "downloads have expired")
                 }
-                try checkRoom(reservation)
+                guard used.uint64("total") + reservation <= cacheBytes else {
+                    throw BackupError.resourceExhausted(
+                        "the archive cache is full, and this archive needs up to \(reservation) bytes; try again later")
+                }
+                try checkRoom(reservation + used.uint64("preparing"))
                 let jobID = UUID().uuidString.lowercased()
                 try connection.query("""
                     INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase, bytes_total)
@@ -192,10 +206,17 @@ extension Catalog {
     }
 
     /// Removes the archives no one can fetch any more (every URL expired,
-    /// or preparing failed over a day ago) and returns the ids of those that
-    /// remain, ready or being prepared: what the archive cache may keep.
-    public func expireArchives() async throws -> (ready: Set<String>, preparing: Set<String>) {
+    /// preparing failed over a day ago, or ready for over a minute without a
+    /// file among `present`, the cache's files: lost with its disk) and
+    /// returns the ids of those that remain, ready or being prepared: what
+    /// the archive cache may keep.
+    public func expireArchives(present: Set<String>) async throws -> (ready: Set<String>, preparing: Set<String>) {
         try await pool.callTransaction(idempotent: true) { connection in
+            // An archive made ready after the cache was listed has a file the listing missed: a minute's grace.
+            try connection.query("""
+                DELETE FROM archives
+                WHERE state = 'ready' AND ready_at < now() - interval '1 minute' AND NOT (id::text = ANY($1::text[]))
+                """, Array(present))
             try connection.query("""
                 DELETE FROM archives a
                 WHERE (a.state = 'ready' AND NOT EXISTS (

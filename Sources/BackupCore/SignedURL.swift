@@ -89,9 +89,14 @@ public struct URLSigningKeys: Sendable {
                 throw .malformed
             }
         }
+        // One spelling per URL: `expires` as the server writes numbers, `sig` as unpadded base64url, so a
+        // URL's text (in a log, a cache, a deny-list) names exactly one link.
         guard fields.count == 3, let expiresText = fields["expires"], let kid = fields["kid"], let sigText = fields["sig"],
               expiresText.count <= 18, expiresText.utf8.allSatisfy({ (48...57).contains($0) }), let expires = Int64(expiresText),
-              let presented = decodeBase64(String(sigText)), presented.count == 32 else {
+              String(expires) == expiresText,
+              sigText.count == 43, sigText.utf8.allSatisfy({ Self.base64URLAlphabet.contains($0) }),
+              let presented = decodeBase64(String(sigText)), presented.count == 32,
+              base64URL(presented) == sigText else {
             throw .malformed
         }
         guard let key = keys.first(where: { $0.id == kid }) else { throw .unknownKey }
@@ -100,6 +105,8 @@ public struct URLSigningKeys: Sendable {
         guard CRYPTO_memcmp(expected, presented, 32) == 0 else { throw .badSignature }
         guard now < expires else { throw .expired }
     }
+
+    private static let base64URLAlphabet = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
 
     private static func signature(_ key: SigningKey, path: String, expires: Int64) -> [UInt8] {
         let message = Array("GET\n\(path)\n\(expires)".utf8)

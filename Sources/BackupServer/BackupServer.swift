@@ -78,6 +78,8 @@ public struct BackupServer: Service {
         }
         self.downloads = DownloadEndpoint(links: links, catalog: catalog, cache: archiveCache,
                                           limits: configuration.connections,
+                                          slots: DownloadSlots(maximum: configuration.downloads.maximumStreams,
+                                                               perNamespace: configuration.downloads.maximumStreamsPerNamespace),
                                           logger: logger)
         self.configuration = configuration
         self.catalog = catalog

@@ -159,6 +159,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Bytes all prepared archives together may take (default 20 GiB); a download past it is refused with RESOURCE_EXHAUSTED.")
     var archiveCacheBytes: UInt64 = DownloadSettings().cacheBytes
 
+    @Option(help: "Downloads streaming at once (default 128); more are answered 503 with Retry-After.")
+    var maxDownloads = DownloadSettings().maximumStreams
+
+    @Option(help: "Downloads of one namespace streaming at once (default 32).")
+    var maxDownloadsPerNamespace = DownloadSettings().maximumStreamsPerNamespace
+
     @Option(help: "gzip level of full archives, 0 (stored: for files that do not compress) to 9 (default 6).")
     var archiveGzipLevel = DownloadSettings().gzipLevel
 
@@ -185,7 +191,8 @@ struct Serve: AsyncParsableCommand {
             ("--idle-connection-timeout-seconds", idleConnectionTimeoutSeconds), ("--max-connections", maxConnections),
             ("--max-connections-per-peer", maxConnectionsPerPeer), ("--tool-stall-seconds", toolStallSeconds),
             ("--app-database-connect-timeout-seconds", appDatabaseConnectTimeoutSeconds), ("--max-frame-bytes", maxFrameBytes),
-            ("--download-url-lifetime-seconds", downloadURLLifetimeSeconds),
+            ("--download-url-lifetime-seconds", downloadURLLifetimeSeconds), ("--max-downloads", maxDownloads),
+            ("--max-downloads-per-namespace", maxDownloadsPerNamespace),
         ]
         if let (flag, _) = counts.first(where: { $0.1 < 1 }) { throw ValidationError("\(flag) must be at least 1") }
         // A frame that may never fit in what its client can borrow would wait forever.
@@ -279,6 +286,8 @@ struct Serve: AsyncParsableCommand {
         configuration.downloads.cacheBytes = archiveCacheBytes
         configuration.downloads.publicURL = publicURL
         configuration.downloads.gzipLevel = archiveGzipLevel
+        configuration.downloads.maximumStreams = maxDownloads
+        configuration.downloads.maximumStreamsPerNamespace = maxDownloadsPerNamespace
         let readyFile = self.readyFile
         let logger = Logger(label: "backupd")
         // The catalog's libpq calls have threads of their own, one per connection (the pool's, the job-change

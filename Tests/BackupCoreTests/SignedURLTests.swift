@@ -46,6 +46,20 @@ import Testing
         #expect(throws: URLRefusal.malformed) { try ring.verify(path: Self.path, query: query, now: 0) }
     }
 
+    /// Helper finding: the same link was accepted in several spellings (a padded
+    /// or standard-alphabet signature, an expiry with leading zeros).
+    @Test func aLinkOpensInExactlyTheSpellingTheServerWrote() throws {
+        let ring = try keys("a = \(Self.secretA)")
+        let query = ring.signedQuery(path: Self.path, expires: 1_000)
+        try ring.verify(path: Self.path, query: query, now: 0)
+        let sig = String(query.split(separator: "=").last!)
+        let standard = Data(try #require(decodeBase64(sig))).base64EncodedString()
+        for respelled in [query + "=", query.replacingLast(sig, with: standard), query.replacingLast("expires=1000", with: "expires=01000"),
+                          query.replacingLast("expires=1000", with: "expires=+1000")] where respelled != query {
+            #expect(throws: URLRefusal.malformed, "\(respelled)") { try ring.verify(path: Self.path, query: respelled, now: 0) }
+        }
+    }
+
     /// Add a key (it signs from then on), keep the old one while its URLs
     /// live, then drop it: no URL breaks before it expires.
     @Test func keysRotateWithoutBreakingURLsAlreadyHandedOut() throws {

@@ -1,3 +1,4 @@
+import BackupCatalog
 import BackupClient
 import BackupCore
 import BackupTestSupport
@@ -83,13 +84,83 @@ func cachedArchives(_ server: some BackupTestServer) throws -> [String] {
                 let refused = await expectStatus(.resourceExhausted) {
                     _ = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) }
                 }
-                #expect(refused?.message.contains("archive cache holds 0 of its 1024 bytes") == true)
+                #expect(refused?.message.contains("namespace acme's archives take 0 of the 512 bytes of the archive cache it may use") == true)
                 for table in ["downloads", "archives"] {
                     #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM \(table)")[0].int64("n") == 0)
                 }
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'archive'")[0].int64("n") == 0)
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'download'")[0].int64("n") == 0)
                 #expect(try cachedArchives(server).isEmpty)
+            }
+        }
+    }
+
+    /// Helper finding: one namespace's archives could fill the whole cache
+    /// (cheaply, as backups that deduplicate) and lock every other namespace
+    /// out, and the refusal told how much all namespaces had prepared.
+    @Test func oneNamespaceTakesAtMostItsShareOfTheArchiveCache() async throws {
+        try await withTestApp { app in
+            try await withTestApp { otherApp in
+                try await withInProcessServer(configure: { $0.downloads.cacheBytes = 100_000_000 }) { server in
+                    let first = try await finishedBackup(server, app)
+                    _ = try await server.withClient { try await readyDownload($0, first) }
+                    // acme's archives take all but 10 kB of the 50 MB a namespace may use: its next archive does not fit.
+                    try TestPostgres.query(server.catalogDatabase, "UPDATE archives SET size = 49990000")
+                    let refused = await expectStatus(.resourceExhausted) {
+                        _ = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = first.id; $0.databaseOnly = true }) }
+                    }
+                    #expect(refused?.message.hasPrefix("namespace acme's archives take 49990000 of the 50000000 bytes") == true)
+
+                    // Another namespace still gets its archive.
+                    let otherAdmin = try await server.makeToken(.admin, namespace: "other", name: "other-admin")
+                    try await server.withClient(token: server.platformToken) { client in
+                        _ = try await client.unary(Backups.registerEnvironment, .with {
+                            $0.namespace = "other"; $0.name = "shop"; $0.app = "shop"
+                            $0.databaseURL = otherApp.connectionString; $0.fileStorePath = otherApp.fileStore
+                        })
+                    }
+                    try await server.withClient(token: otherAdmin) { client in
+                        let created = try await client.unary(Backups.createBackup, .with { $0.namespace = "other"; $0.environment = "shop" })
+                        #expect(try await waitForJob(created.job.id, on: client).status == .finished)
+                        let theirs = try await client.unary(Backups.getBackup, .with { $0.id = created.backup.id })
+                        #expect(try await readyDownload(client, theirs).ready)
+                        // When the cache as a whole is full, the refusal says so and nothing of what others hold.
+                        try TestPostgres.query(server.catalogDatabase, """
+                            UPDATE archives a SET size = 99000000 FROM snapshots s WHERE s.id = a.snapshot_id AND s.id = $1
+                            """, first.id)
+                        let full = await expectStatus(.resourceExhausted) {
+                            _ = try await client.unary(Backups.requestDownload, .with { $0.backupID = theirs.id; $0.databaseOnly = true })
+                        }
+                        #expect(full?.message.hasPrefix("the archive cache is full, and this archive needs up to ") == true)
+                        #expect(full?.message.contains("acme") == false && full?.message.contains("99000000") == false)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Helper finding: a ready archive whose file was lost (the cache moved,
+    /// or was on a disk that did not survive a restart) was shared forever,
+    /// each new request handing out a URL that answered 404.
+    @Test func aReadyArchiveWhoseFileWasLostIsForgottenAndPreparedAgain() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: {
+                $0.jobs.archiveSweepInterval = .milliseconds(200)
+                $0.jobs.pollInterval = .milliseconds(200)
+            }) { server in
+                let backup = try await finishedBackup(server, app)
+                try await server.withClient { client in
+                    let first = try await readyDownload(client, backup)
+                    for name in try cachedArchives(server) { try FileManager.default.removeItem(atPath: server.blobDirectory + "/archives/" + name) }
+                    // Past the minute's grace a newly ready archive gets before its file must be listed.
+                    try TestPostgres.query(server.catalogDatabase, "UPDATE archives SET ready_at = now() - interval '2 minutes'")
+                    try await eventually {
+                        try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM archives")[0].int64("n") == 0
+                    }
+                    let again = try await readyDownload(client, backup)
+                    let cached = try cachedArchives(server)
+                    #expect(again.jobID != first.jobID && cached.count == 1)
+                }
             }
         }
     }

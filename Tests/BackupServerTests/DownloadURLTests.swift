@@ -282,6 +282,24 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
                     for try await answer in group { #expect(answer.isEmpty, "\(answer)") }
                 }
             }
+            // Helper finding: requests that never name a ready download (404s every 300 ms) kept a connection open;
+            // it must make a signed request for a ready download within the authentication timeout, as an RPC connection must.
+            let unanswered = try await within(.seconds(30)) {
+                let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer> = try await server.settings().connect(protocol: "http/1.1") { _ in }
+                return try await channel.executeThenClose { inbound, outbound in
+                    let asking = Task {
+                        for _ in 0..<20 {
+                            try await outbound.write(ByteBuffer(string: "HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n"))
+                            try await Task.sleep(for: .milliseconds(300))
+                        }
+                    }
+                    defer { asking.cancel() }
+                    var answers = ""
+                    for try await chunk in inbound { answers += String(buffer: chunk) }
+                    return answers.components(separatedBy: "HTTP/1.1 404").count - 1
+                }
+            }
+            #expect(unanswered < 20, "the connection stayed open through all \(unanswered) requests")
             // A kept-alive connection that asks nothing more is closed too, after its answer.
             let answered = try await within(.seconds(30)) { try await exchange("GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n") }
             #expect(answered.hasPrefix("HTTP/1.1 404") && answered.contains("no such download"))
@@ -289,17 +307,48 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
         }
     }
 
+    @Test func downloadsHoldNoDescriptorsAreCappedPerNamespaceAndEndWithTheirDeletedArchive() async throws {
+        try await withTestApp { app in
+            // An archive larger than loopback's socket buffers (stored as it is), so that slow answers stay open.
+            try addDocument(to: app, size: 64 << 20)
+            try await withTestServer(arguments: ["--max-downloads-per-namespace", "2", "--archive-gzip-level", "0"]) { server in
+                let backup = try await finishedBackup(server, app)
+                let download = try await server.withClient { try await readyDownload($0, backup) }
+                let archives = server.blobDirectory + "/archives"
+                /// What the server's descriptors point at in the archive cache.
+                func openArchives() -> [String] {
+                    let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(server.processIdentifier)/fd")) ?? []
+                    return fds.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(server.processIdentifier)/fd/\($0)") }
+                        .filter { $0.contains(archives) }
+                }
+                let slow = try (0..<2).map { _ in
+                    try startCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--limit-rate", "1000", "-o", "/dev/null", download.url])
+                }
+                defer { slow.forEach { $0.terminate() } }
+                try await eventually { try fetch(download.url, extra: ["-r", "0-0"]).status == 503 }
+                let stillSlow = slow.filter(\.isRunning).count
+                #expect(stillSlow == 2, "a slow download ended: the archive fit in the sockets' buffers")
+                // Two of the namespace's downloads stream; a third waits its turn, a HEAD needs no turn.
+                let refused = try curl(["-D", "-", "-o", "/dev/null", download.url])
+                #expect(responseHead(refused.standardOutput).status == 503 && responseHead(refused.standardOutput).headers["retry-after"] == "5")
+                #expect(try fetch(download.url, method: "HEAD", extra: ["-I"]).status == 200)
+                // Helper finding: each download held its archive open, a descriptor beyond the connection's, and kept a
+                // deleted backup's archive on disk while its client read slowly.
+                #expect(openArchives().isEmpty)
+                _ = try await server.withClient { try await $0.unary(Backups.deleteBackup, .with { $0.id = backup.id }) }
+                try await eventually { try FileManager.default.contentsOfDirectory(atPath: archives).isEmpty }
+                #expect(openArchives().isEmpty)
+                // The streams end at their next chunk, and their turns come back (the URL now answers 404).
+                try await eventually { try fetch(download.url, extra: ["-r", "0-0"]).status == 404 }
+            }
+        }
+    }
+
     @Test func slowReadersHoldNoMemoryAndA2GiBDownloadGrowsTheServerByLessThan64MiB() async throws {
         try await withTestApp { app in
             // One 2 GiB document (sparse in the app's store), stored in the archive as it is (gzip level 0).
-            let key = "ffffffff-0000-4000-8000-000000000001"
             let size: Int64 = 2 << 30
-            try TestPostgres.query(app.database, """
-                INSERT INTO "system$filedocument" (id, "__uuid__", name, size, changeddate) VALUES (100000, $1, 'big.bin', $2, now())
-                """, key, String(size))
-            try FileManager.default.createDirectory(atPath: app.fileStore + "/ff/ff", withIntermediateDirectories: true)
-            #expect(FileManager.default.createFile(atPath: app.fileStore + "/ff/ff/" + key, contents: nil))
-            #expect(truncate(app.fileStore + "/ff/ff/" + key, off_t(size)) == 0)
+            try addDocument(to: app, size: size)
             try await withTestServer(arguments: ["--archive-gzip-level", "0"]) { server in
                 let backup = try await finishedBackup(server, app)
                 let download = try await server.withClient { try await readyDownload($0, backup) }
@@ -335,6 +384,17 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
             }
         }
     }
+}
+
+/// Adds a document of `size` zero bytes (sparse: it takes no disk) to the app's database and store.
+func addDocument(to app: TestApp, size: Int64) throws {
+    let key = "ffffffff-0000-4000-8000-000000000001"
+    try TestPostgres.query(app.database, """
+        INSERT INTO "system$filedocument" (id, "__uuid__", name, size, changeddate) VALUES (100000, $1, 'big.bin', $2, now())
+        """, key, String(size))
+    try FileManager.default.createDirectory(atPath: app.fileStore + "/ff/ff", withIntermediateDirectories: true)
+    guard FileManager.default.createFile(atPath: app.fileStore + "/ff/ff/" + key, contents: nil),
+          truncate(app.fileStore + "/ff/ff/" + key, off_t(size)) == 0 else { throw TestSupportError("cannot make the document") }
 }
 
 /// The resident memory of a process, from /proc.

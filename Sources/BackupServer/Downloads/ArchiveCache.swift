@@ -1,5 +1,6 @@
 import BackupCore
 import Foundation
+import NIOCore
 
 /// The folder where prepared archives wait for their downloads: one file
 /// per archive, named by its id (`ID.partial` while it is being written).
@@ -42,6 +43,27 @@ struct ArchiveCache: Sendable {
             if !keep, unlink("\(directory)/\(name)") == 0 { removed += 1 }
         }
         return removed
+    }
+
+    /// Up to `length` bytes of a file from `offset`, the file opened and
+    /// closed again: a reader holds no descriptor between reads.
+    static func read(_ path: String, at offset: UInt64, length: Int) throws -> ByteBuffer {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
+        defer { close(fd) }
+        var buffer = ByteBuffer()
+        try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
+            var done = 0
+            while done < length {
+                let count = pread(fd, space.baseAddress! + done, length - done, off_t(offset) + off_t(done))
+                if count < 0 && errno == EINTR { continue }
+                guard count >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
+                if count == 0 { break }
+                done += count
+            }
+            return done
+        }
+        return buffer
     }
 
     func listing() throws -> [String] {

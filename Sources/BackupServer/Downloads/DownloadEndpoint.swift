@@ -4,8 +4,8 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOFileSystem
 import NIOHTTP1
+import NIOPosix
 
 /// Serves the signed download URLs over HTTP/1.1, on the RPC port: GET and
 /// HEAD of `/v1/downloads/ID/FILE?expires=…&kid=…&sig=…`, with keep-alive
@@ -19,11 +19,12 @@ struct DownloadEndpoint: Sendable {
     let catalog: Catalog
     let cache: ArchiveCache
     let limits: ConnectionLimits
+    let slots: DownloadSlots
     let logger: Logger
 
     /// Bytes read from disk and written at a time: large enough to keep a
-    /// fast client's socket busy (a quarter of this cost nginx's pace a
-    /// quarter), small enough that a slow one holds about a MiB.
+    /// fast client's socket busy (64 KiB cost a quarter of nginx's pace, 128
+    /// KiB a fifth), small enough that a slow one holds a MiB.
     static let chunkSize = 256 * 1024
 
     /// What the request decoder holds of one request before it answers 431:
@@ -48,14 +49,21 @@ struct DownloadEndpoint: Sendable {
     }
 
     /// Answers the connection's requests in order until it closes, a request
-    /// asks to close, or the client is too slow: each whole request must
-    /// arrive within the authentication timeout of the handshake (the first)
-    /// or the partial-frame timeout of the previous answer, and each chunk of
-    /// an answer must be taken within the idle timeout. `verified` hears the
-    /// first request whose URL is signed.
+    /// asks to close, or the client is too slow or unknown: within the
+    /// authentication timeout of the handshake it must ask for a ready
+    /// download with a signed URL (`verified` hears when it does), each whole
+    /// request must arrive within the partial-frame timeout of the previous
+    /// answer (or of the handshake), and each chunk of an answer must be
+    /// taken within the idle timeout.
     func serve(_ channel: HTTPChannel, verified: @escaping @Sendable () -> Void) async {
         let deadline = ConnectionDeadline(channel: channel.channel)
-        deadline.arm(limits.authenticationTimeout)
+        let unverified = ConnectionDeadline(channel: channel.channel)
+        unverified.arm(limits.authenticationTimeout)
+        deadline.arm(limits.partialFrameTimeout)
+        let verified: @Sendable () -> Void = {
+            unverified.disarm()
+            verified()
+        }
         do {
             try await withTaskCancellationHandler {
                 try await channel.executeThenClose { inbound, _ in
@@ -84,6 +92,7 @@ struct DownloadEndpoint: Sendable {
             logger.debug("download connection ended", metadata: ["error": "\(error)"])
         }
         deadline.disarm()
+        unverified.disarm()
     }
 
     /// Answers one request; whether the connection may carry another.
@@ -106,7 +115,6 @@ struct DownloadEndpoint: Sendable {
             try await answer.send(.forbidden, error.description, on: outbound)
             return keepAlive
         }
-        verified()
         let record: DownloadRecord
         do {
             record = try await catalog.download(id: id)
@@ -118,42 +126,49 @@ struct DownloadEndpoint: Sendable {
             try await answer.send(.serviceUnavailable, "the catalog cannot be reached; try again shortly", on: outbound)
             return keepAlive
         }
-        guard record.state == .ready, DownloadLinks.fileName(record)[...] == fileName else {
+        let archive = cache.path(of: record.archiveID)
+        // Swept since its URL was signed (its backup deleted, every URL expired), or lost with the cache's disk.
+        guard record.state == .ready, DownloadLinks.fileName(record)[...] == fileName, access(archive, R_OK) == 0 else {
             try await answer.send(.notFound, "no such download", on: outbound)
             return keepAlive
         }
+        verified()
         let file = DownloadResponse.File(name: DownloadLinks.fileName(record), size: record.size, sha256: record.sha256,
                                          modified: record.readyUnixMS / 1000)
         let response = DownloadResponse(for: file, range: head.headers.first(name: "Range"), ifRange: head.headers.first(name: "If-Range"))
-        do {
-            return try await FileSystem.shared.withFileHandle(forReadingAt: FilePath(cache.path(of: record.archiveID))) { handle in
-                var headers = HTTPHeaders(response.headers)
-                if !keepAlive { headers.add(name: "Connection", value: "close") }
-                try await outbound.write(.head(HTTPResponseHead(version: head.version, status: .init(statusCode: response.status),
-                                                                headers: headers)))
-                if head.method == .GET, case let .part(first, last) = response.body {
-                    try await send(handle, from: first, through: last, on: outbound)
-                } else if head.method == .GET, response.body == .whole, file.size > 0 {
-                    try await send(handle, from: 0, through: file.size - 1, on: outbound)
-                }
-                try await outbound.write(.end(nil))
-                try await outbound.drain()
-                return keepAlive
-            }
-        } catch let error as FileSystemError where error.code == .notFound {
-            // Swept between the lookup and the open: its URL expired just now, or its backup was deleted.
-            try await answer.send(.notFound, "no such download", on: outbound)
+        let bytes: (first: UInt64, last: UInt64)? = switch response.body {
+        case _ where head.method == .HEAD: nil
+        case let .part(first, last): (first, last)
+        case .whole where file.size > 0: (0, file.size - 1)
+        case .whole, .unsatisfiable: nil
+        }
+        guard bytes == nil || slots.acquire(record.namespace) else {
+            try await answer.send(.serviceUnavailable, "too many downloads at once; try again in a few seconds",
+                                  extra: [("Retry-After", "5")], on: outbound)
             return keepAlive
         }
+        defer { if bytes != nil { slots.release(record.namespace) } }
+        var headers = HTTPHeaders(response.headers)
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        try await outbound.write(.head(HTTPResponseHead(version: head.version, status: .init(statusCode: response.status), headers: headers)))
+        if let (first, last) = bytes { try await send(archive, from: first, through: last, on: outbound) }
+        try await outbound.write(.end(nil))
+        try await outbound.drain()
+        return keepAlive
     }
 
     /// Streams bytes `first` through `last` of the file, a chunk at a time.
-    private func send(_ handle: ReadFileHandle, from first: UInt64, through last: UInt64, on outbound: HTTPResponseWriter) async throws {
+    /// The file is opened for each chunk, so an answer holds no descriptor
+    /// while it waits for its client, and one whose archive was removed (its
+    /// backup deleted, its URLs expired) ends at its next chunk.
+    private func send(_ path: String, from first: UInt64, through last: UInt64, on outbound: HTTPResponseWriter) async throws {
         // One chunk read at a time, the next only once the writer has room for it: no read-ahead to hold.
         var offset = first
         while offset <= last {
             let length = min(UInt64(Self.chunkSize), last - offset + 1)
-            let chunk = try await handle.readChunk(fromAbsoluteOffset: Int64(offset), length: .bytes(Int64(length)))
+            let chunk = try await NIOThreadPool.singleton.runIfActive { [offset] in
+                try ArchiveCache.read(path, at: offset, length: Int(length))
+            }
             // A file cut short would leave the client waiting for bytes its Content-Length promised.
             guard chunk.readableBytes == Int(length) else { throw ArchiveShorterThanRecorded() }
             try await outbound.write(.body(.byteBuffer(chunk)))
@@ -283,5 +298,38 @@ final class HTTPErrorResponder: ChannelDuplexHandler, RemovableChannelHandler {
         default: break
         }
         context.write(data, promise: promise)
+    }
+}
+
+/// How many answers stream a file at once, in all and for one namespace:
+/// each holds up to a MiB while its client is slow, so clients that
+/// keep answers open cannot take the server's memory, and one namespace's
+/// cannot take every other's downloads. Past either, a request is answered
+/// 503 with `Retry-After`.
+final class DownloadSlots: Sendable {
+    private let maximum: Int
+    private let perNamespace: Int
+    private let state = NIOLockedValueBox<(total: Int, byNamespace: [String: Int])>((0, [:]))
+
+    init(maximum: Int, perNamespace: Int) {
+        self.maximum = maximum
+        self.perNamespace = perNamespace
+    }
+
+    func acquire(_ namespace: String) -> Bool {
+        state.withLockedValue { state in
+            guard state.total < maximum, state.byNamespace[namespace, default: 0] < perNamespace else { return false }
+            state.total += 1
+            state.byNamespace[namespace, default: 0] += 1
+            return true
+        }
+    }
+
+    func release(_ namespace: String) {
+        state.withLockedValue { state in
+            state.total -= 1
+            state.byNamespace[namespace, default: 1] -= 1
+            if state.byNamespace[namespace] == 0 { state.byNamespace[namespace] = nil }
+        }
     }
 }

@@ -12,8 +12,14 @@ public struct DownloadSettings: Sendable {
     public var cacheDirectory: String?
     /// Bytes all archives together may take (those being prepared count what they may grow to).
     public var cacheBytes: UInt64 = 20 << 30
+    /// The share of `cacheBytes` one namespace's archives may take, so one
+    /// namespace cannot keep every other from downloading.
+    public var cacheNamespaceShare = 0.5
     /// Free space the cache's disk keeps beyond any archive: a download is refused before the disk fills.
     public var reservedDiskBytes: UInt64 = 1 << 30
+    /// Answers streaming a file at once, in all and for one namespace; more get 503 with Retry-After.
+    public var maximumStreams = 128
+    public var maximumStreamsPerNamespace = 32
     /// gzip level of full archives, 0 (stored, for content that does not compress) to 9.
     public var gzipLevel = 6
     /// The scheme, host and port URLs start with, e.g. `https://backups.example.com:7443`; nil uses the listener's address.

@@ -224,7 +224,7 @@ public final class JobRunner: Service, Sendable {
     private func sweepArchives() async {
         do {
             let listing = try archiveCache.listing()
-            let (ready, preparing) = try await catalog.expireArchives()
+            let (ready, preparing) = try await catalog.expireArchives(present: Set(listing))
             let removed = archiveCache.sweep(listing: listing, keeping: ready, preparing: preparing)
             if removed > 0 { logger.info("removed archives no longer downloadable", metadata: ["count": "\(removed)"]) }
         } catch {
