@@ -1,6 +1,7 @@
 import BackupCatalog
 import BackupClient
 import BackupCore
+import BackupServer
 import BackupTestSupport
 import BackupWire
 import Foundation
@@ -17,6 +18,12 @@ func readyDownload(_ client: BackupClient, _ backup: Backup, databaseOnly: Bool 
 /// The files of a server's archive cache.
 func cachedArchives(_ server: some BackupTestServer) throws -> [String] {
     try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/archives").sorted()
+}
+
+/// A server that sweeps its archive cache, and looks for work, five times a second.
+func sweepingOften(_ configuration: inout ServerConfiguration) {
+    configuration.jobs.archiveSweepInterval = .milliseconds(200)
+    configuration.jobs.pollInterval = .milliseconds(200)
 }
 
 /// Preparing downloads through the API: the archive job, its archive in the
@@ -144,10 +151,7 @@ func cachedArchives(_ server: some BackupTestServer) throws -> [String] {
     /// each new request handing out a URL that answered 404.
     @Test func aReadyArchiveWhoseFileWasLostIsForgottenAndPreparedAgain() async throws {
         try await withTestApp { app in
-            try await withInProcessServer(configure: {
-                $0.jobs.archiveSweepInterval = .milliseconds(200)
-                $0.jobs.pollInterval = .milliseconds(200)
-            }) { server in
+            try await withInProcessServer(configure: sweepingOften) { server in
                 let backup = try await finishedBackup(server, app)
                 try await server.withClient { client in
                     let first = try await readyDownload(client, backup)
@@ -209,9 +213,8 @@ func cachedArchives(_ server: some BackupTestServer) throws -> [String] {
     @Test func anArchiveGoesWhenItsLastURLExpiresAndALaterRequestPreparesItAgain() async throws {
         try await withTestApp { app in
             try await withInProcessServer(configure: {
+                sweepingOften(&$0)
                 $0.downloads.urlLifetime = .seconds(2)
-                $0.jobs.archiveSweepInterval = .milliseconds(200)
-                $0.jobs.pollInterval = .milliseconds(200)
             }) { server in
                 let backup = try await finishedBackup(server, app)
                 try await server.withClient { client in
