@@ -87,10 +87,10 @@ extension Catalog {
     /// the cache (`cacheBytes` for all archives of every process on this
     /// catalog, `namespaceShare` of it for one namespace's) has no room for
     /// it. `checkRoom` may refuse for a reason of its own (a full disk): it is
-    /// given the new reservation plus those of the archives being prepared.
+    /// given the new reservation and those of the archives being prepared.
     public func requestDownload(backupID: String, databaseOnly: Bool, actor: String, urlLifetime: Duration, cacheBytes: UInt64,
-                                namespaceShare: Double,
-                                checkRoom: @escaping @Sendable (UInt64) throws -> Void) async throws -> (DownloadRecord, queuedJob: Bool) {
+                                namespaceShare: Double, checkRoom: @escaping @Sendable (_ bytes: UInt64, _ preparing: UInt64) throws -> Void)
+        async throws -> (DownloadRecord, queuedJob: Bool) {
         let backupID = try parseID(backupID, "backup id")
         let downloadID = UUID().uuidString.lowercased()
         let lifetimeSeconds = urlLifetime.components.seconds
@@ -131,7 +131,7 @@ extension Catalog {
                     throw BackupError.resourceExhausted(
                         "the archive cache is full, and this archive needs up to \(reservation) bytes; try again later")
                 }
-                try checkRoom(reservation + used.uint64("preparing"))
+                try checkRoom(reservation, used.uint64("preparing"))
                 let jobID = UUID().uuidString.lowercased()
                 try connection.query("""
                     INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase, bytes_total)

@@ -146,6 +146,22 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
         }
     }
 
+    /// Helper finding: the disk's refusal told the free space and the sum of
+    /// every namespace's archives being prepared.
+    @Test func aFullDiskRefusesNamingOnlyThisArchive() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: { $0.downloads.reservedDiskBytes = 1 << 60 }) { server in
+                let backup = try await finishedBackup(server, app)
+                let refused = await expectStatus(.resourceExhausted) {
+                    _ = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id; $0.databaseOnly = true }) }
+                }
+                #expect(refused?.message == "the archive cache's disk has too little free space for an archive of up to "
+                        + "\(backup.databaseBytes) bytes (it keeps \(1 << 60) bytes free); try again later")
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM archives")[0].int64("n") == 0)
+            }
+        }
+    }
+
     /// Helper finding: a ready archive whose file was lost (the cache moved,
     /// or was on a disk that did not survive a restart) was shared forever,
     /// each new request handing out a URL that answered 404.

@@ -344,6 +344,37 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
         }
     }
 
+    /// Helper finding: one request for a ready download kept a connection
+    /// "verified" for good, so one URL, even expired or deleted, could hold
+    /// every connection slot with 404 pings.
+    @Test func oneGoodRequestDoesNotKeepAConnectionForGood() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--authentication-timeout-seconds", "1"]) { server in
+                let backup = try await finishedBackup(server, app)
+                let download = try await server.withClient { try await readyDownload($0, backup) }
+                let target = String(download.url.drop { $0 != "/" }.dropFirst(2).drop { $0 != "/" })
+                let (good, pinged) = try await within(.seconds(30)) {
+                    let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer> = try await server.settings().connect(protocol: "http/1.1") { _ in }
+                    return try await channel.executeThenClose { inbound, outbound in
+                        let asking = Task {
+                            try await outbound.write(ByteBuffer(string: "HEAD \(target) HTTP/1.1\r\nHost: x\r\n\r\n"))
+                            for _ in 0..<20 {
+                                try await Task.sleep(for: .milliseconds(300))
+                                try await outbound.write(ByteBuffer(string: "HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n"))
+                            }
+                        }
+                        defer { asking.cancel() }
+                        var answers = ""
+                        for try await chunk in inbound { answers += String(buffer: chunk) }
+                        return (answers.components(separatedBy: "HTTP/1.1 200").count - 1, answers.components(separatedBy: "HTTP/1.1 404").count - 1)
+                    }
+                }
+                #expect(good == 1)
+                #expect(pinged < 20, "404 pings kept the connection through all \(pinged)")
+            }
+        }
+    }
+
     @Test func slowReadersHoldNoMemoryAndA2GiBDownloadGrowsTheServerByLessThan64MiB() async throws {
         try await withTestApp { app in
             // One 2 GiB document (sparse in the app's store), stored in the archive as it is (gzip level 0).

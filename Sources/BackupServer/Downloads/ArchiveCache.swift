@@ -21,14 +21,16 @@ struct ArchiveCache: Sendable {
 
     func partialPath(of archiveID: String) -> String { "\(directory)/\(archiveID).partial" }
 
-    /// Refuses an archive of up to `bytes` that the disk has no room for.
-    func requireRoom(for bytes: UInt64) throws(BackupError) {
+    /// Refuses an archive of up to `bytes` that the disk has no room for,
+    /// beside `others` bytes of archives still being written. The refusal
+    /// names this archive's size only: the disk's state tells what others prepare.
+    func requireRoom(for bytes: UInt64, beside others: UInt64 = 0) throws(BackupError) {
         var info = statvfs()
         guard statvfs(directory, &info) == 0 else { return }
         let free = UInt64(info.f_bavail) * UInt64(info.f_frsize)
-        guard free >= bytes + reservedDiskBytes else {
-            throw .resourceExhausted("the archive cache's disk has \(free) bytes free; an archive of up to \(bytes) bytes "
-                                     + "would leave less than the \(reservedDiskBytes) kept free")
+        guard free >= bytes + others + reservedDiskBytes else {
+            throw .resourceExhausted("the archive cache's disk has too little free space for an archive of up to \(bytes) bytes "
+                                     + "(it keeps \(reservedDiskBytes) bytes free); try again later")
         }
     }
 

@@ -24,7 +24,7 @@ struct DownloadEndpoint: Sendable {
 
     /// Bytes read from disk and written at a time: large enough to keep a
     /// fast client's socket busy (64 KiB cost a quarter of nginx's pace, 128
-    /// KiB a fifth), small enough that a slow one holds a MiB.
+    /// KiB a fifth), small enough that a slow one holds about 1.4 MiB with its TLS records.
     static let chunkSize = 256 * 1024
 
     /// What the request decoder holds of one request before it answers 431:
@@ -49,21 +49,19 @@ struct DownloadEndpoint: Sendable {
     }
 
     /// Answers the connection's requests in order until it closes, a request
-    /// asks to close, or the client is too slow or unknown: within the
-    /// authentication timeout of the handshake it must ask for a ready
-    /// download with a signed URL (`verified` hears when it does), each whole
-    /// request must arrive within the partial-frame timeout of the previous
-    /// answer (or of the handshake), and each chunk of an answer must be
-    /// taken within the idle timeout.
+    /// asks to close, or the client is too slow or unknown: it must ask for
+    /// a ready download with a signed URL within the authentication timeout
+    /// of the handshake, and again within that long of each such answer's
+    /// end (other requests, 403s and 404s, do not count: one URL, once, does
+    /// not keep a connection for good); each whole request must arrive
+    /// within the partial-frame timeout of the previous answer (or of the
+    /// handshake); each chunk of an answer must be taken within the idle
+    /// timeout. `verified` hears each request for a ready download.
     func serve(_ channel: HTTPChannel, verified: @escaping @Sendable () -> Void) async {
         let deadline = ConnectionDeadline(channel: channel.channel)
         let unverified = ConnectionDeadline(channel: channel.channel)
         unverified.arm(limits.authenticationTimeout)
         deadline.arm(limits.partialFrameTimeout)
-        let verified: @Sendable () -> Void = {
-            unverified.disarm()
-            verified()
-        }
         do {
             try await withTaskCancellationHandler {
                 try await channel.executeThenClose { inbound, _ in
@@ -79,8 +77,13 @@ struct DownloadEndpoint: Sendable {
                             guard let head = request else { continue }
                             request = nil
                             deadline.disarm()
-                            let keepAlive = try await respond(to: head, writer, verified: verified)
-                            guard keepAlive else { return }
+                            try await respond(to: head, writer) {
+                                unverified.disarm()
+                                verified()
+                            }
+                            guard head.isKeepAlive else { return }
+                            // After an answer to a ready download, the next must come as soon again.
+                            unverified.armUnlessArmed(limits.authenticationTimeout)
                             deadline.arm(limits.partialFrameTimeout)
                         }
                     }
@@ -95,42 +98,42 @@ struct DownloadEndpoint: Sendable {
         unverified.disarm()
     }
 
-    /// Answers one request; whether the connection may carry another.
-    private func respond(to head: HTTPRequestHead, _ outbound: HTTPResponseWriter, verified: @Sendable () -> Void) async throws -> Bool {
+    /// Answers one request; whether it was for a ready download, with a signed URL.
+    private func respond(to head: HTTPRequestHead, _ outbound: HTTPResponseWriter, verified: @Sendable () -> Void) async throws {
         let keepAlive = head.isKeepAlive
         let answer = PlainAnswer(version: head.version, keepAlive: keepAlive, isHead: head.method == .HEAD)
         guard head.method == .GET || head.method == .HEAD else {
             try await answer.send(.methodNotAllowed, "only GET and HEAD are served here", extra: [("Allow", "GET, HEAD")], on: outbound)
-            return keepAlive
+            return
         }
         let (path, query) = head.uri.firstIndex(of: "?").map { (head.uri[..<$0], head.uri[head.uri.index(after: $0)...]) }
             ?? (head.uri[...], "")
         guard let (id, fileName) = DownloadLinks.parse(path: path), let keys = links.keys else {
             try await answer.send(.notFound, "no such download", on: outbound)
-            return keepAlive
+            return
         }
         do {
             try keys.verify(path: String(path), query: String(query), now: Int64(Date().timeIntervalSince1970))
         } catch {
             try await answer.send(.forbidden, error.description, on: outbound)
-            return keepAlive
+            return
         }
         let record: DownloadRecord
         do {
             record = try await catalog.download(id: id)
         } catch BackupError.notFound, BackupError.invalidArgument {
             try await answer.send(.notFound, "no such download", on: outbound)
-            return keepAlive
+            return
         } catch {
             logger.error("cannot look a download up", metadata: ["download": "\(id)", "error": "\(error)"])
             try await answer.send(.serviceUnavailable, "the catalog cannot be reached; try again shortly", on: outbound)
-            return keepAlive
+            return
         }
         let archive = cache.path(of: record.archiveID)
         // Swept since its URL was signed (its backup deleted, every URL expired), or lost with the cache's disk.
         guard record.state == .ready, DownloadLinks.fileName(record)[...] == fileName, access(archive, R_OK) == 0 else {
             try await answer.send(.notFound, "no such download", on: outbound)
-            return keepAlive
+            return
         }
         verified()
         let file = DownloadResponse.File(name: DownloadLinks.fileName(record), size: record.size, sha256: record.sha256,
@@ -145,7 +148,7 @@ struct DownloadEndpoint: Sendable {
         guard bytes == nil || slots.acquire(record.namespace) else {
             try await answer.send(.serviceUnavailable, "too many downloads at once; try again in a few seconds",
                                   extra: [("Retry-After", "5")], on: outbound)
-            return keepAlive
+            return
         }
         defer { if bytes != nil { slots.release(record.namespace) } }
         var headers = HTTPHeaders(response.headers)
@@ -154,7 +157,6 @@ struct DownloadEndpoint: Sendable {
         if let (first, last) = bytes { try await send(archive, from: first, through: last, on: outbound) }
         try await outbound.write(.end(nil))
         try await outbound.drain()
-        return keepAlive
     }
 
     /// Streams bytes `first` through `last` of the file, a chunk at a time.
@@ -256,13 +258,25 @@ private final class ConnectionDeadline: Sendable {
     }
 
     func arm(_ duration: Duration) {
-        let channel = self.channel
-        let task = channel.eventLoop.scheduleTask(in: TimeAmount(duration)) { channel.close(promise: nil) }
-        scheduled.withLockedValue { $0?.cancel(); $0 = task }
+        set(duration, keepingARunningOne: false)
+    }
+
+    /// Arms the deadline unless it is already running.
+    func armUnlessArmed(_ duration: Duration) {
+        set(duration, keepingARunningOne: true)
     }
 
     func disarm() {
         scheduled.withLockedValue { $0?.cancel(); $0 = nil }
+    }
+
+    private func set(_ duration: Duration, keepingARunningOne: Bool) {
+        let channel = self.channel
+        scheduled.withLockedValue {
+            guard !keepingARunningOne || $0 == nil else { return }
+            $0?.cancel()
+            $0 = channel.eventLoop.scheduleTask(in: TimeAmount(duration)) { channel.close(promise: nil) }
+        }
     }
 }
 
@@ -302,7 +316,7 @@ final class HTTPErrorResponder: ChannelDuplexHandler, RemovableChannelHandler {
 }
 
 /// How many answers stream a file at once, in all and for one namespace:
-/// each holds up to a MiB while its client is slow, so clients that
+/// each holds about 1.4 MiB (its chunks and their TLS records) while its client is slow, so clients that
 /// keep answers open cannot take the server's memory, and one namespace's
 /// cannot take every other's downloads. Past either, a request is answered
 /// 503 with `Retry-After`.

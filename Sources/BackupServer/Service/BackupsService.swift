@@ -185,7 +185,7 @@ struct BackupsService: Sendable {
             let (record, queuedJob) = try await catalog.requestDownload(
                 backupID: backup.id, databaseOnly: request.databaseOnly, actor: context.caller.tokenName,
                 urlLifetime: downloads.urlLifetime, cacheBytes: downloads.cacheBytes, namespaceShare: downloads.cacheNamespaceShare,
-                checkRoom: { [archiveCache] bytes in try archiveCache.requireRoom(for: bytes) })
+                checkRoom: { [archiveCache] bytes, preparing in try archiveCache.requireRoom(for: bytes, beside: preparing) })
             if queuedJob { jobs.wake() }
             return links.message(record)
         }
