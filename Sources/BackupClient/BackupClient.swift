@@ -159,6 +159,11 @@ public final class BackupClient: Sendable {
         do {
             try await write(frames)
         } catch {
+            // A connection that failed under the write is ending: what its reader learns (the alert a server
+            // sent when it refused this client's certificate, say) says why better than the write's error.
+            if !(error is CancellationError) {
+                do { for try await _ in responses {} } catch let reason as RPCError { throw reason }
+            }
             close(id)
             throw RPCError(.unavailable, "cannot send the call: \(error)")
         }
