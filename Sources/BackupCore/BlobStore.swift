@@ -73,6 +73,9 @@ public protocol BlobStore: Sendable {
     func read(_ hash: ContentHash, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64
     /// Re-reads a blob and checks that its content still has its hash.
     func verify(_ hash: ContentHash) throws -> UInt64
+    /// Starts a blob whose content arrives as a stream (a member of an
+    /// archive being read) and whose hash is known only at its end.
+    func writer() throws -> any BlobWriter
     func remove(_ hash: ContentHash) throws
     /// Every blob the store holds, for finding those no catalog row knows.
     func storedHashes() throws -> [ContentHash]
@@ -148,9 +151,20 @@ public struct LocalBlobStore: BlobStore {
 
     /// Copies an open file into the store under the hash of what was actually read.
     private func copyIntoStore(_ descriptor: Int32, name: String, limit: UInt64 = .max, interruption: Interruption? = nil) throws -> StoredBlob {
-        let temporary = "\(scratchDirectory)/\(base64URL(Secure.randomBytes(12))).partial"
+        let temporary = newScratchPath()
         let (hash, size) = try copyHashing(descriptor, name: name, to: temporary, owner: FileOwner(mode: Self.blobMode), limit: limit,
                                            interruption: interruption)
+        return try takeIn(temporary, hash: hash, size: size)
+    }
+
+    /// A name for a file being written into the store.
+    fileprivate func newScratchPath() -> String {
+        "\(scratchDirectory)/\(base64URL(Secure.randomBytes(12))).partial"
+    }
+
+    /// Moves a complete, fsynced file of content `hash` into place, or drops
+    /// it when the store has that content already; the file is gone afterwards.
+    fileprivate func takeIn(_ temporary: String, hash: ContentHash, size: UInt64) throws -> StoredBlob {
         var keepTemporary = false
         defer { if !keepTemporary { unlink(temporary) } }
         if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
@@ -161,6 +175,10 @@ public struct LocalBlobStore: BlobStore {
         keepTemporary = true
         syncDirectory(folder)
         return StoredBlob(hash: hash, size: size, written: true)
+    }
+
+    public func writer() throws -> any BlobWriter {
+        try LocalBlobWriter(store: self)
     }
 
     public func contains(_ hash: ContentHash) -> Bool {
@@ -257,6 +275,54 @@ public struct FileOwner: Sendable, Equatable {
             guard fchown(descriptor, uid ?? uid_t.max, gid ?? gid_t.max) == 0 else { throw .cannotWrite(path: path, errno: errno) }
         }
         guard fchmod(descriptor, mode) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+    }
+}
+
+/// A blob being written from a stream: `write` each chunk, then `finish`
+/// takes it into the store under the hash of what was written (hashed as it
+/// was written, so content never passes twice). A writer dropped without
+/// `finish` leaves nothing behind.
+public protocol BlobWriter: AnyObject {
+    func write(_ chunk: UnsafeRawBufferPointer) throws
+    func finish() throws -> StoredBlob
+}
+
+/// The local store's `BlobWriter`: a scratch file renamed into place.
+final class LocalBlobWriter: BlobWriter {
+    private let store: LocalBlobStore
+    private let path: String
+    private let fd: Int32
+    private let hasher = SHA256Hasher()
+    private var size: UInt64 = 0
+    private var done = false
+
+    fileprivate init(store: LocalBlobStore) throws {
+        self.store = store
+        path = store.newScratchPath()
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
+    }
+
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        try writeAll(fd: fd, chunk, path: path)
+        hasher.update(chunk)
+        size += UInt64(chunk.count)
+    }
+
+    func finish() throws -> StoredBlob {
+        done = true
+        defer { close(fd) }
+        guard fchmod(fd, LocalBlobStore.blobMode) == 0, fsync(fd) == 0 else {
+            unlink(path)
+            throw BlobStoreError.cannotWrite(path: path, errno: errno)
+        }
+        return try store.takeIn(path, hash: hasher.finish(), size: size)
+    }
+
+    deinit {
+        guard !done else { return }
+        close(fd)
+        unlink(path)
     }
 }
 

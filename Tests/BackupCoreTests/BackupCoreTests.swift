@@ -138,6 +138,28 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: refused))
     }
 
+    @Test func aStreamedBlobIsStoredUnderTheHashOfWhatWasWrittenOrLeavesNothing() throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let store = try LocalBlobStore(root: root)
+        let content = Secure.randomBytes(300_000)
+        let writer = try store.writer()
+        for start in stride(from: 0, to: content.count, by: 70_000) {
+            try content[start..<min(start + 70_000, content.count)].withUnsafeBytes { try writer.write($0) }
+        }
+        let blob = try writer.finish()
+        #expect(blob.written && blob.size == 300_000 && blob.hash == ContentHash.of(content))
+        #expect(try store.verify(blob.hash) == 300_000)
+        // The same content again is not written twice; a writer dropped unfinished leaves no scratch file.
+        let again = try store.writer()
+        try content.withUnsafeBytes { try again.write($0) }
+        #expect(!(try again.finish()).written)
+        do {
+            let abandoned = try store.writer()
+            try Array("half".utf8).withUnsafeBytes { try abandoned.write($0) }
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: store.scratchDirectory).isEmpty)
+    }
+
     @Test func adoptedFilesAreMovedInOnce() throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
         let store = try LocalBlobStore(root: root)
