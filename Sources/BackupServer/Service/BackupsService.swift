@@ -214,8 +214,7 @@ struct BackupsService: Sendable {
             return try await catalog.startUpload(
                 namespace: request.namespace, environment: request.environment, filename: request.filename, comment: request.comment,
                 size: request.sizeBytes, sha256: sha256, actor: context.caller.tokenName, lifetime: spool.lifetime,
-                spoolBytes: uploads.spoolBytes, namespaceShare: uploads.namespaceShare,
-                prepare: { [spool] id, others in try spool.create(id, size: request.sizeBytes, beside: others) })
+                prepare: { [spool] id in try spool.create(id) })
         }
         router.clientStreaming(Backups.uploadChunks) { chunks, context in
             var iterator = chunks.makeAsyncIterator()
