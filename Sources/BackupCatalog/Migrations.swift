@@ -200,5 +200,26 @@ enum Migrations {
         CREATE UNIQUE INDEX jobs_one_active_per_environment ON jobs (environment_id)
             WHERE status IN ('queued', 'running') AND kind <> 'archive';
         """),
+        (8, """
+        -- Archives uploaded from elsewhere, received in chunks from bytes received on. An upload that receives
+        -- nothing until expires_at is abandoned: its data is removed.
+        CREATE TABLE uploads (
+            id              uuid PRIMARY KEY,
+            environment_id  bigint NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+            filename        text NOT NULL DEFAULT '',
+            comment         text NOT NULL DEFAULT '',
+            size            bigint NOT NULL CHECK (size > 0),
+            sha256          text NOT NULL,
+            received        bigint NOT NULL DEFAULT 0 CHECK (received BETWEEN 0 AND size),
+            state           text NOT NULL CHECK (state IN ('receiving', 'validating', 'finished', 'failed', 'expired')),
+            job_id          uuid,
+            snapshot_id     uuid,
+            error           text NOT NULL DEFAULT '',
+            actor           text NOT NULL,
+            created_at      timestamptz NOT NULL DEFAULT now(),
+            expires_at      timestamptz NOT NULL
+        );
+        CREATE INDEX uploads_receiving ON uploads (expires_at) WHERE state = 'receiving';
+        """),
     ]
 }

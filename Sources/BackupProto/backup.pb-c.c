@@ -3744,7 +3744,7 @@ const ProtobufCMessageDescriptor backup__v1__download__descriptor =
   (ProtobufCMessageInit) backup__v1__download__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__upload__field_descriptors[10] =
+static const ProtobufCFieldDescriptor backup__v1__upload__field_descriptors[14] =
 {
   {
     "id",
@@ -3866,23 +3866,75 @@ static const ProtobufCFieldDescriptor backup__v1__upload__field_descriptors[10] 
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "state",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Upload, state),
+    &backup__v1__upload_state__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "comment",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Upload, comment),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "created_unix_ms",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Upload, created_unix_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "expires_unix_ms",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Upload, expires_unix_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__upload__field_indices_by_name[] = {
   8,   /* field[8] = backup_id */
   5,   /* field[5] = bytes_received */
+  11,   /* field[11] = comment */
+  12,   /* field[12] = created_unix_ms */
   2,   /* field[2] = environment */
   9,   /* field[9] = error */
+  13,   /* field[13] = expires_unix_ms */
   3,   /* field[3] = filename */
   0,   /* field[0] = id */
   7,   /* field[7] = job_id */
   1,   /* field[1] = namespace */
   6,   /* field[6] = sha256 */
   4,   /* field[4] = size_bytes */
+  10,   /* field[10] = state */
 };
 static const ProtobufCIntRange backup__v1__upload__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 14 }
 };
 const ProtobufCMessageDescriptor backup__v1__upload__descriptor =
 {
@@ -3892,7 +3944,7 @@ const ProtobufCMessageDescriptor backup__v1__upload__descriptor =
   "Backup__V1__Upload",
   "backup.v1",
   sizeof(Backup__V1__Upload),
-  10,
+  14,
   backup__v1__upload__field_descriptors,
   backup__v1__upload__field_indices_by_name,
   1,  backup__v1__upload__number_ranges,
@@ -6603,6 +6655,42 @@ const ProtobufCEnumDescriptor backup__v1__job_status__descriptor =
   backup__v1__job_status__enum_values_by_name,
   1,
   backup__v1__job_status__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue backup__v1__upload_state__enum_values_by_number[6] =
+{
+  { "UPLOAD_STATE_UNSPECIFIED", "BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_UNSPECIFIED", 0 },
+  { "UPLOAD_STATE_RECEIVING", "BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_RECEIVING", 1 },
+  { "UPLOAD_STATE_VALIDATING", "BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_VALIDATING", 2 },
+  { "UPLOAD_STATE_FINISHED", "BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_FINISHED", 3 },
+  { "UPLOAD_STATE_FAILED", "BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_FAILED", 4 },
+  { "UPLOAD_STATE_EXPIRED", "BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_EXPIRED", 5 },
+};
+static const ProtobufCIntRange backup__v1__upload_state__value_ranges[] = {
+{0, 0},{0, 6}
+};
+static const ProtobufCEnumValueIndex backup__v1__upload_state__enum_values_by_name[6] =
+{
+  { "UPLOAD_STATE_EXPIRED", 5 },
+  { "UPLOAD_STATE_FAILED", 4 },
+  { "UPLOAD_STATE_FINISHED", 3 },
+  { "UPLOAD_STATE_RECEIVING", 1 },
+  { "UPLOAD_STATE_UNSPECIFIED", 0 },
+  { "UPLOAD_STATE_VALIDATING", 2 },
+};
+const ProtobufCEnumDescriptor backup__v1__upload_state__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "backup.v1.UploadState",
+  "UploadState",
+  "Backup__V1__UploadState",
+  "backup.v1",
+  6,
+  backup__v1__upload_state__enum_values_by_number,
+  6,
+  backup__v1__upload_state__enum_values_by_name,
+  1,
+  backup__v1__upload_state__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
 static const ProtobufCMethodDescriptor backup__v1__backups__method_descriptors[29] =

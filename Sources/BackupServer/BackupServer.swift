@@ -21,6 +21,7 @@ public struct ServerConfiguration: Sendable {
     public var fileStoreRoots: [String] = []
     public var appDatabases = AppDatabasePolicy()
     public var downloads = DownloadSettings()
+    public var uploads = UploadSettings()
 
     public init(tls: TLSSettings?) {
         self.tls = tls
@@ -62,7 +63,9 @@ public struct BackupServer: Service {
             catalog: catalog, threadPool: threadPool)
         let archiveCache = try ArchiveCache(directory: configuration.downloads.cacheDirectory ?? blobStore.root + "/archives",
                                             reservedDiskBytes: configuration.downloads.reservedDiskBytes)
-        let jobs = JobRunner(catalog: catalog, blobStore: blobStore, placement: placement, archiveCache: archiveCache,
+        let spool = try UploadSpool(directory: configuration.uploads.directory ?? blobStore.root + "/uploads", catalog: catalog,
+                                    threadPool: threadPool, lifetime: configuration.uploads.lifetime)
+        let jobs = JobRunner(catalog: catalog, blobStore: blobStore, placement: placement, archiveCache: archiveCache, spool: spool,
                              archiveGzipLevel: configuration.downloads.gzipLevel, threadPool: threadPool, settings: configuration.jobs,
                              logger: logger)
         let links = DownloadLinks(keys: configuration.downloads.keys, publicURL: configuration.downloads.publicURL,
@@ -72,7 +75,8 @@ public struct BackupServer: Service {
         let watches = JobWatches(catalog: catalog)
         BackupsService(catalog: catalog, jobs: jobs, placement: placement, openCalls: openCalls, watches: watches,
                        maxFrameBytes: configuration.maxFrameBytes, connections: configuration.connections,
-                       downloads: configuration.downloads, links: links, archiveCache: archiveCache).register(into: &router)
+                       downloads: configuration.downloads, links: links, archiveCache: archiveCache,
+                       uploads: configuration.uploads, spool: spool).register(into: &router)
         self.dispatcher = RPCDispatcher(router: router, openCalls: openCalls, logger: logger) { secret in
             try await catalog.authenticate(secret: secret)
         }

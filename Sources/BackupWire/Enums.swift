@@ -64,6 +64,13 @@ public enum JobStatus: Int32, WireEnum, CustomStringConvertible {
     public static let active: [JobStatus] = allCases.filter { !$0.successors.isEmpty }
 }
 
+/// An upload's life: chunks arrive while RECEIVING; FinishUpload starts its
+/// validation; it ends FINISHED (a new backup), FAILED or EXPIRED.
+public enum UploadState: Int32, WireEnum, CustomStringConvertible {
+    case unspecified = 0, receiving, validating, finished, failed, expired
+    public var description: String { ["unspecified", "receiving", "validating", "finished", "failed", "expired"][Int(rawValue)] }
+}
+
 extension WireEnum where Self: CustomStringConvertible {
     /// The case whose description is `name` (case-insensitive); how the
     /// catalog stores enums and how the CLI takes them.

@@ -150,10 +150,15 @@ public struct Upload: WireMessage {
     public var jobID = ""
     public var backupID = ""
     public var error = ""
+    public var state = UploadState.unspecified
+    public var comment = ""
+    public var createdUnixMS: Int64 = 0
+    public var expiresUnixMS: Int64 = 0
     public init() {}
     public mutating func map(_ f: inout FieldMap) {
         f.field(1, &id); f.field(2, &namespace); f.field(3, &environment); f.field(4, &filename); f.field(5, &sizeBytes)
         f.field(6, &bytesReceived); f.field(7, &sha256); f.field(8, &jobID); f.field(9, &backupID); f.field(10, &error)
+        f.field(11, &state); f.field(12, &comment); f.field(13, &createdUnixMS); f.field(14, &expiresUnixMS)
     }
 }
 

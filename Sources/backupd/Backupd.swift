@@ -171,6 +171,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Scheme, host and port that download URLs start with, e.g. https://backups.example.com:7443 (default: the listen address).")
     var publicURL: String?
 
+    @Option(help: "Folder where uploads are received (default: BLOB_DIR/uploads).")
+    var uploadDir: String?
+
+    @Option(help: "Largest upload accepted, in bytes (default 200 GiB).")
+    var maxUploadBytes: UInt64 = UploadSettings().maximumBytes
+
+    @Option(help: "Seconds an upload may go without a chunk before it is abandoned and its data removed (default 24 hours).")
+    var uploadLifetimeSeconds = 24 * 3600
+
     @Option(help: "Write HOST:PORT to this file once listening.")
     var readyFile: String?
 
@@ -192,7 +201,7 @@ struct Serve: AsyncParsableCommand {
             ("--max-connections-per-peer", maxConnectionsPerPeer), ("--tool-stall-seconds", toolStallSeconds),
             ("--app-database-connect-timeout-seconds", appDatabaseConnectTimeoutSeconds), ("--max-frame-bytes", maxFrameBytes),
             ("--download-url-lifetime-seconds", downloadURLLifetimeSeconds), ("--max-downloads", maxDownloads),
-            ("--max-downloads-per-namespace", maxDownloadsPerNamespace),
+            ("--max-downloads-per-namespace", maxDownloadsPerNamespace), ("--upload-lifetime-seconds", uploadLifetimeSeconds),
         ]
         if let (flag, _) = counts.first(where: { $0.1 < 1 }) { throw ValidationError("\(flag) must be at least 1") }
         // A frame that may never fit in what its client can borrow would wait forever.
@@ -288,6 +297,9 @@ struct Serve: AsyncParsableCommand {
         configuration.downloads.gzipLevel = archiveGzipLevel
         configuration.downloads.maximumStreams = maxDownloads
         configuration.downloads.maximumStreamsPerNamespace = maxDownloadsPerNamespace
+        configuration.uploads.directory = uploadDir
+        configuration.uploads.maximumBytes = maxUploadBytes
+        configuration.uploads.lifetime = .seconds(uploadLifetimeSeconds)
         let readyFile = self.readyFile
         let logger = Logger(label: "backupd")
         // The catalog's libpq calls have threads of their own, one per connection (the pool's, the job-change

@@ -63,6 +63,7 @@ import Testing
                     }
                 }
                 let download = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) }
+                let upload = try await server.withClient { try await startUpload($0, Array("matrix".utf8)) }
                 let everyone: Set<Role> = [.viewer, .operator, .admin, .platform]
                 let namespaceRoles: Set<Role> = [.viewer, .operator, .admin]
                 let rows: [Row] = [
@@ -133,7 +134,10 @@ import Testing
                     Row("GetDownload", [.operator, .admin], .ok, platformRefusal: .notFound) {
                         _ = try await $0.unary(Backups.getDownload, .with { $0.id = download.id })
                     },
-                    Row("StartUpload", [], .unimplemented) { _ = try await $0.unary(Backups.startUpload, .with { $0.namespace = "acme" }) },
+                    Row("StartUpload", [.operator, .admin], .invalidArgument) { _ = try await $0.unary(Backups.startUpload, .with { $0.namespace = "acme" }) },
+                    Row("GetUpload", [.operator, .admin], .ok, platformRefusal: .notFound) {
+                        _ = try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id })
+                    },
                     Row("GetSchedule", [], .unimplemented) { _ = try await $0.unary(Backups.getSchedule, .with { $0.namespace = "acme" }) },
                 ]
                 for row in rows {
@@ -161,6 +165,7 @@ import Testing
                 let adminTokenID = try TestPostgres.query(server.catalogDatabase, "SELECT id FROM tokens WHERE name = 'test-admin'")[0].string("id")
                 let unknown = UUID().uuidString.lowercased()
                 let download = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) }
+                let upload = try await server.withClient { try await startUpload($0, Array("unknown ids".utf8)) }
                 try await server.withClient(token: stranger) { client in
                     let calls: [(String, String, @Sendable (String) async throws -> Void)] = [
                         ("backup", backup.id, { @Sendable id in _ = try await client.unary(Backups.getBackup, .with { $0.id = id }) }),
@@ -170,6 +175,11 @@ import Testing
                         ("token", adminTokenID, { @Sendable id in _ = try await client.unary(Backups.revokeToken, .with { $0.id = id }) }),
                         ("backup", backup.id, { @Sendable id in _ = try await client.unary(Backups.requestDownload, .with { $0.backupID = id }) }),
                         ("download", download.id, { @Sendable id in _ = try await client.unary(Backups.getDownload, .with { $0.id = id }) }),
+                        ("upload", upload.id, { @Sendable id in _ = try await client.unary(Backups.getUpload, .with { $0.uploadID = id }) }),
+                        ("upload", upload.id, { @Sendable id in
+                            _ = try await client.call(Backups.uploadChunks, requests: [UploadChunk.with { $0.uploadID = id; $0.data = [1] }],
+                                                      timeout: nil) { _ in }
+                        }),
                     ]
                     for (what, id, call) in calls {
                         let foreign = await expectStatus(.notFound) { try await call(id) }

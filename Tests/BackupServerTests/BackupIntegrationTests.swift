@@ -368,9 +368,9 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
         try await withInProcessServer { server in
             try await server.withClient { client in
                 let upload = await expectStatus(.unimplemented) {
-                    _ = try await client.unary(Backups.startUpload, .with { $0.namespace = TestServer.namespace })
+                    _ = try await client.unary(Backups.finishUpload, .with { $0.uploadID = UUID().uuidString })
                 }
-                #expect(upload?.message.contains("StartUpload") == true)
+                #expect(upload?.message.contains("FinishUpload") == true)
             }
         }
     }

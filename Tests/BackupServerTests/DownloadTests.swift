@@ -22,7 +22,7 @@ func cachedArchives(_ server: some BackupTestServer) throws -> [String] {
 
 /// A server that sweeps its archive cache, and looks for work, five times a second.
 func sweepingOften(_ configuration: inout ServerConfiguration) {
-    configuration.jobs.archiveSweepInterval = .milliseconds(200)
+    configuration.jobs.sweepInterval = .milliseconds(200)
     configuration.jobs.pollInterval = .milliseconds(200)
 }
 

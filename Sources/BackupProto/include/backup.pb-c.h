@@ -172,6 +172,30 @@ typedef enum _Backup__V1__JobStatus {
   BACKUP__V1__JOB_STATUS__JOB_STATUS_CANCELLED = 5
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BACKUP__V1__JOB_STATUS)
 } Backup__V1__JobStatus;
+typedef enum _Backup__V1__UploadState {
+  BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_UNSPECIFIED = 0,
+  /*
+   * chunks may be sent, from bytes_received on
+   */
+  BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_RECEIVING = 1,
+  /*
+   * FinishUpload was called; its job checks the archive
+   */
+  BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_VALIDATING = 2,
+  /*
+   * backup_id is the new backup
+   */
+  BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_FINISHED = 3,
+  /*
+   * error says why; nothing was cataloged
+   */
+  BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_FAILED = 4,
+  /*
+   * abandoned; its data was removed
+   */
+  BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_EXPIRED = 5
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BACKUP__V1__UPLOAD_STATE)
+} Backup__V1__UploadState;
 
 /* --- messages --- */
 
@@ -572,10 +596,20 @@ struct  Backup__V1__Upload
    */
   char *backup_id;
   char *error;
+  Backup__V1__UploadState state;
+  /*
+   * becomes the backup's comment
+   */
+  char *comment;
+  int64_t created_unix_ms;
+  /*
+   * an upload not finished by then is removed
+   */
+  int64_t expires_unix_ms;
 };
 #define BACKUP__V1__UPLOAD__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__upload__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_UNSPECIFIED, (char *)protobuf_c_empty_string, 0, 0 }
 
 
 /*
@@ -2621,6 +2655,7 @@ extern const ProtobufCEnumDescriptor    backup__v1__backup_status__descriptor;
 extern const ProtobufCEnumDescriptor    backup__v1__backup_kind__descriptor;
 extern const ProtobufCEnumDescriptor    backup__v1__job_kind__descriptor;
 extern const ProtobufCEnumDescriptor    backup__v1__job_status__descriptor;
+extern const ProtobufCEnumDescriptor    backup__v1__upload_state__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__frame__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__call_start__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__metadata_entry__descriptor;

@@ -23,8 +23,9 @@ public struct JobSettings: Sendable {
     /// How often the catalog is asked for work queued by other processes.
     public var pollInterval: Duration = .seconds(2)
     public var garbageCollectionInterval: Duration = .seconds(600)
-    /// How often archives whose download URLs have all expired are removed.
-    public var archiveSweepInterval: Duration = .seconds(60)
+    /// How often archives whose download URLs have all expired, and uploads
+    /// abandoned, are removed.
+    public var sweepInterval: Duration = .seconds(60)
     public var tools = PostgresTools()
     /// pg_restore --jobs: parallel workers of one restore.
     public var restoreParallelism = ProcessInfo.processInfo.activeProcessorCount
@@ -52,6 +53,7 @@ public final class JobRunner: Service, Sendable {
     private let restoreJob: RestoreJob
     private let archiveJob: ArchiveJob
     private let archiveCache: ArchiveCache
+    private let spool: UploadSpool
     private let logger: Logger
     private let owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(UUID().uuidString.prefix(8))"
     private let signals = NIOLockedValueBox(Signals())
@@ -66,7 +68,8 @@ public final class JobRunner: Service, Sendable {
         var shutdownBegan: ContinuousClock.Instant?
     }
 
-    init(catalog: Catalog, blobStore: any BlobStore, placement: Placement, archiveCache: ArchiveCache, archiveGzipLevel: Int,
+    init(catalog: Catalog, blobStore: any BlobStore, placement: Placement, archiveCache: ArchiveCache, spool: UploadSpool,
+         archiveGzipLevel: Int,
          threadPool: NIOThreadPool, settings: JobSettings, logger: Logger) {
         self.catalog = catalog
         self.blobStore = blobStore
@@ -81,6 +84,7 @@ public final class JobRunner: Service, Sendable {
         self.archiveJob = ArchiveJob(catalog: catalog, blobStore: blobStore, cache: archiveCache, gzipLevel: archiveGzipLevel,
                                      threadPool: threadPool)
         self.archiveCache = archiveCache
+        self.spool = spool
         (wakeups, wakeupSource) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -113,7 +117,7 @@ public final class JobRunner: Service, Sendable {
             }
             wake()
             var lastCollection = ContinuousClock.now
-            var lastArchiveSweep = ContinuousClock.now
+            var lastSweep = ContinuousClock.now
             await withGracefulShutdownHandler {
                 for await _ in wakeups {
                     let collect = signals.withLockedValue { signals in
@@ -124,9 +128,10 @@ public final class JobRunner: Service, Sendable {
                         lastCollection = ContinuousClock.now
                         await collectGarbage()
                     }
-                    if collect || ContinuousClock.now - lastArchiveSweep >= settings.archiveSweepInterval {
-                        lastArchiveSweep = ContinuousClock.now
+                    if collect || ContinuousClock.now - lastSweep >= settings.sweepInterval {
+                        lastSweep = ContinuousClock.now
                         await sweepArchives()
+                        await sweepUploads()
                     }
                     await failAbandonedJobs()
                     while signals.withLockedValue({ $0.running }) < settings.maximumConcurrentJobs,
@@ -229,6 +234,18 @@ public final class JobRunner: Service, Sendable {
             if removed > 0 { logger.info("removed archives no longer downloadable", metadata: ["count": "\(removed)"]) }
         } catch {
             logger.error("cannot sweep the archive cache", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Ends the uploads abandoned for their lifetime and removes their data,
+    /// and whatever else the spool holds that no receiving upload owns.
+    private func sweepUploads() async {
+        do {
+            let listing = try spool.listing()
+            let removed = spool.sweep(listing: listing, keeping: try await catalog.expireUploads())
+            if removed > 0 { logger.info("removed uploads no longer received", metadata: ["count": "\(removed)"]) }
+        } catch {
+            logger.error("cannot sweep the upload spool", metadata: ["error": "\(error)"])
         }
     }
 

@@ -21,6 +21,9 @@ func rpcError(for error: any Error, method: String, logger: Logger) -> RPCError 
         case .unauthenticated: .unauthenticated
         case .deadlineExceeded: .deadlineExceeded
         case .resourceExhausted: .resourceExhausted
+        case .outOfRange: .outOfRange
+        case .dataLoss: .dataLoss
+        case .aborted: .aborted
         }
         return RPCError(code, error.description)
     case is CancellationError:

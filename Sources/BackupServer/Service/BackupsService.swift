@@ -17,6 +17,8 @@ struct BackupsService: Sendable {
     let downloads: DownloadSettings
     let links: DownloadLinks
     let archiveCache: ArchiveCache
+    let uploads: UploadSettings
+    let spool: UploadSpool
     static let version = "0.1.0"
 
     func register(into router: inout RPCRouter) {
@@ -38,6 +40,7 @@ struct BackupsService: Sendable {
         registerBackups(into: &router)
         registerJobs(into: &router)
         registerDownloads(into: &router)
+        registerUploads(into: &router)
         registerTokens(into: &router)
     }
 
@@ -196,6 +199,42 @@ struct BackupsService: Sendable {
         }
     }
 
+    private func registerUploads(into router: inout RPCRouter) {
+        router.unary(Backups.startUpload) { request, context in
+            try context.authorize(.operator, in: request.namespace)
+            guard let sha256 = ContentHash(hex: request.sha256) else {
+                throw BackupError.invalidArgument("sha256 \"\(request.sha256)\" is not 64 lowercase hex digits")
+            }
+            guard request.sizeBytes > 0, request.sizeBytes <= uploads.maximumBytes else {
+                throw BackupError.invalidArgument("size_bytes \(request.sizeBytes) is not between 1 and the limit of \(uploads.maximumBytes)")
+            }
+            guard request.filename.utf8.count <= 255, !request.filename.contains("/") else {
+                throw BackupError.invalidArgument("filename must be a file's name: at most 255 bytes, no '/'")
+            }
+            return try await catalog.startUpload(
+                namespace: request.namespace, environment: request.environment, filename: request.filename, comment: request.comment,
+                size: request.sizeBytes, sha256: sha256, actor: context.caller.tokenName, lifetime: spool.lifetime,
+                prepare: { [spool] id in try spool.create(id) })
+        }
+        router.clientStreaming(Backups.uploadChunks) { chunks, context in
+            var iterator = chunks.makeAsyncIterator()
+            guard let first = try await iterator.next() else { throw BackupError.invalidArgument("the call sent no chunk") }
+            let upload = try await reachableUpload(first.uploadID, context)
+            try await spool.receive(upload, first: first, rest: RemainingChunks(iterator: iterator))
+            return try await catalog.upload(id: upload.id)
+        }
+        router.unary(Backups.getUpload) { request, context in
+            try await reachableUpload(request.uploadID, context)
+        }
+    }
+
+    /// An upload the caller may send to; another namespace's answers NOT_FOUND as an unknown id does.
+    private func reachableUpload(_ id: String, _ context: CallContext) async throws -> Upload {
+        let upload = try await catalog.upload(id: id)
+        try context.authorize(.operator, reaching: upload.namespace, orAnswer: .notFound("upload \(upload.id) does not exist"))
+        return upload
+    }
+
     private func registerTokens(into router: inout RPCRouter) {
         router.unary(Backups.createToken) { request, context in
             // Only the platform makes platform tokens; an admin makes its own namespace's.
@@ -260,4 +299,11 @@ func redacted(_ environment: Environment) -> Environment {
         .replacing(/password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)/, with: "password=REDACTED")
         .replacing(/(:\/\/[^:\/@?]*:)[^@\/?]*@/) { "\($0.output.1)REDACTED@" }
     return copy
+}
+
+/// The chunks of a call after its first, as a sequence of their own.
+private struct RemainingChunks: AsyncSequence {
+    typealias Element = UploadChunk
+    let iterator: RequestMessages<UploadChunk>.AsyncIterator
+    func makeAsyncIterator() -> RequestMessages<UploadChunk>.AsyncIterator { iterator }
 }

@@ -1,0 +1,101 @@
+import BackupCore
+import BackupPostgres
+import BackupWire
+import Foundation
+
+extension Catalog {
+    static let uploadColumns = """
+        u.id, e.namespace, e.name AS environment, u.filename, u.comment, u.size, u.sha256, u.received, u.state,
+        u.job_id, u.snapshot_id, u.error, unix_ms(u.created_at) AS created_ms, unix_ms(u.expires_at) AS expires_ms
+        """
+
+    static func upload(_ row: PostgresRow) -> Upload {
+        .with {
+            $0.id = row.string("id"); $0.namespace = row.string("namespace"); $0.environment = row.string("environment")
+            $0.filename = row.string("filename"); $0.comment = row.string("comment"); $0.sizeBytes = row.uint64("size")
+            $0.sha256 = row.string("sha256"); $0.bytesReceived = row.uint64("received"); $0.state = .catalogValue(row.string("state"))
+            $0.jobID = row.string("job_id"); $0.backupID = row.string("snapshot_id"); $0.error = row.string("error")
+            $0.createdUnixMS = row.int64("created_ms"); $0.expiresUnixMS = row.int64("expires_ms")
+        }
+    }
+
+    static func loadUpload(_ connection: PostgresConnection, _ id: String) throws -> Upload {
+        guard let row = try connection.query("""
+            SELECT \(uploadColumns) FROM uploads u JOIN environments e ON e.id = u.environment_id WHERE u.id = $1
+            """, id).first else {
+            throw BackupError.notFound("upload \(id) does not exist")
+        }
+        return upload(row)
+    }
+
+    public func upload(id: String) async throws -> Upload {
+        let id = try parseID(id, "upload id")
+        return try await pool.withConnection(idempotent: true) { try Self.loadUpload($0, id) }
+    }
+
+    /// Records an upload about to be received into an environment: RECEIVING,
+    /// nothing received, abandoned unless a chunk arrives within `lifetime`.
+    /// `prepare` makes its spool file, inside the transaction: if it fails,
+    /// nothing is recorded.
+    public func startUpload(namespace: String, environment: String, filename: String, comment: String, size: UInt64,
+                            sha256: ContentHash, actor: String, lifetime: Duration,
+                            prepare: @escaping @Sendable (String) throws -> Void) async throws -> Upload {
+        let id = UUID().uuidString.lowercased()
+        return try await pool.callTransaction { connection in
+            let environmentID = try Self.environmentID(connection, namespace, environment)
+            try connection.query("""
+                INSERT INTO uploads (id, environment_id, filename, comment, size, sha256, state, actor, expires_at)
+                VALUES ($1, $2, $3, $4, $5, $6, 'receiving', $7, now() + make_interval(secs => $8))
+                """, id, environmentID, filename, comment, size, sha256.hex, actor, lifetime.components.seconds)
+            try Self.recordActivity(connection, namespace, environment, action: "upload", outcome: "STARTED", actor: actor,
+                                    detail: "\(filename.isEmpty ? "an archive" : filename) of \(size) bytes")
+            try prepare(id)
+            return try Self.loadUpload(connection, id)
+        }
+    }
+
+    /// Moves a receiving upload's count of bytes from `from` to `to`, and its
+    /// abandonment `lifetime` from now; false when the count was no longer
+    /// `from` (another call or process received meanwhile) or the upload no
+    /// longer receives.
+    public func recordReceived(uploadID: String, from: UInt64, to: UInt64, lifetime: Duration) async throws -> Bool {
+        try await pool.withConnection(idempotent: true) { connection in
+            !(try connection.query("""
+                UPDATE uploads SET received = $3, expires_at = now() + make_interval(secs => $4)
+                WHERE id = $1 AND received = $2 AND state = 'receiving' RETURNING id
+                """, uploadID, from, to, lifetime.components.seconds).isEmpty)
+        }
+    }
+
+    /// Ends a receiving upload as FAILED with its reason, logging it.
+    public func failUpload(id: String, reason: String) async throws {
+        try await pool.callTransaction(idempotent: true) { connection in
+            guard let row = try connection.query("""
+                UPDATE uploads u SET state = 'failed', error = $2 FROM environments e
+                WHERE u.id = $1 AND u.state = 'receiving' AND e.id = u.environment_id
+                RETURNING e.namespace, e.name, u.actor
+                """, id, reason).first else { return }
+            try Self.recordActivity(connection, row.string("namespace"), row.string("name"), action: "upload", outcome: "FAILED",
+                                    actor: row.string("actor"), detail: reason)
+        }
+    }
+
+    /// Ends the uploads that received nothing until their expiry as EXPIRED,
+    /// logging each, and returns the ids of every upload whose spool file may
+    /// stay: those still receiving.
+    public func expireUploads() async throws -> Set<String> {
+        try await pool.callTransaction(idempotent: true) { connection in
+            let expired = try connection.query("""
+                UPDATE uploads u SET state = 'expired', error = 'abandoned: nothing was received before it expired'
+                FROM environments e
+                WHERE u.state = 'receiving' AND u.expires_at < now() AND e.id = u.environment_id
+                RETURNING e.namespace, e.name, u.actor, u.id
+                """)
+            for row in expired {
+                try Self.recordActivity(connection, row.string("namespace"), row.string("name"), action: "upload", outcome: "EXPIRED",
+                                        actor: row.string("actor"), detail: "upload \(row.string("id")) was abandoned")
+            }
+            return Set(try connection.query("SELECT id FROM uploads WHERE state = 'receiving'").map { $0.string("id") })
+        }
+    }
+}

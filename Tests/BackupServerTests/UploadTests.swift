@@ -1,0 +1,180 @@
+import BackupClient
+import BackupCore
+import BackupServer
+import BackupTestSupport
+import BackupWire
+import Foundation
+import Testing
+
+/// Starts an upload of `content` into the test namespace's environment `environment` (registered or not).
+func startUpload(_ client: BackupClient, _ content: [UInt8], environment: String = "shop-production",
+                 sha256: String? = nil) async throws -> Upload {
+    try await client.unary(Backups.startUpload, .with {
+        $0.namespace = TestServer.namespace; $0.environment = environment; $0.filename = "archive.tar.gz"
+        $0.sizeBytes = UInt64(content.count); $0.sha256 = sha256 ?? ContentHash.of(content).hex; $0.comment = "from elsewhere"
+    })
+}
+
+/// Sends `content[from..<to]` as one call's chunks of at most `chunk` bytes; returns the upload as the call ended it.
+@discardableResult
+func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], from: Int, to: Int, chunk: Int = 64 * 1024) async throws -> Upload {
+    let chunks = stride(from: from, to: to, by: chunk).map { start in
+        UploadChunk.with { $0.uploadID = upload.id; $0.offset = UInt64(start); $0.data = Array(content[start..<min(start + chunk, to)]) }
+    }
+    var ended = Upload()
+    try await client.call(Backups.uploadChunks, requests: chunks, timeout: nil) { ended = $0 }
+    return ended
+}
+
+/// Receiving uploads: chunks at the right offsets, resumption, the announced
+/// size and hash, who may send, and abandoned uploads.
+@Suite(.serialized) struct UploadTests {
+    static let content = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 7) }
+
+    private func spoolFiles(_ server: some BackupTestServer) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/uploads")
+    }
+
+    @Test func chunksArriveInOrderAcrossCallsAndTheUploadResumesFromWhatWasReceived() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    let upload = try await startUpload(client, Self.content)
+                    #expect(upload.state == .receiving && upload.bytesReceived == 0 && upload.sizeBytes == 300_000)
+                    #expect(upload.expiresUnixMS > upload.createdUnixMS && upload.comment == "from elsewhere")
+                    // A first call that ends a third of the way in, as a dropped connection would leave it.
+                    let partway = try await sendChunks(client, upload, Self.content, from: 0, to: 100_000)
+                    #expect(partway.bytesReceived == 100_000)
+                    // The client asks where to go on, and does.
+                    let resumeAt = try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id }).bytesReceived
+                    #expect(resumeAt == 100_000)
+                    let done = try await sendChunks(client, upload, Self.content, from: Int(resumeAt), to: Self.content.count, chunk: 50_000)
+                    #expect(done.bytesReceived == 300_000 && done.state == .receiving)
+                    let stored = try Data(contentsOf: URL(fileURLWithPath: server.blobDirectory + "/uploads/\(upload.id).upload"))
+                    #expect(Array(stored) == Self.content)
+                    let activity = try await client.unary(Backups.listActivity, .with { $0.namespace = TestServer.namespace }).activity
+                    #expect(activity.contains { $0.action == "upload" && $0.outcome == "STARTED" && $0.actor == "test-admin" })
+                }
+            }
+        }
+    }
+
+    @Test func aChunkAtTheWrongOffsetOrPastTheSizeIsOutOfRangeAndChangesNothing() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    let upload = try await startUpload(client, Self.content)
+                    try await sendChunks(client, upload, Self.content, from: 0, to: 1000)
+                    let skipped = await expectStatus(.outOfRange) {
+                        try await sendChunks(client, upload, Self.content, from: 2000, to: 3000)
+                    }
+                    #expect(skipped?.message == "chunk at offset 2000, but upload \(upload.id) expects offset 1000")
+                    let repeated = await expectStatus(.outOfRange) { try await sendChunks(client, upload, Self.content, from: 0, to: 1000) }
+                    #expect(repeated?.message == "chunk at offset 0, but upload \(upload.id) expects offset 1000")
+                    let tooLong = Self.content + [1, 2, 3]
+                    let past = await expectStatus(.outOfRange) {
+                        try await sendChunks(client, upload, tooLong, from: 1000, to: tooLong.count, chunk: tooLong.count)
+                    }
+                    #expect(past?.message == "chunk of \(tooLong.count - 1000) bytes at offset 1000 goes past the upload's announced size of 300000 bytes")
+                    #expect(try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id }).bytesReceived == 1000)
+                    // The rest, correctly, still completes it.
+                    #expect(try await sendChunks(client, upload, Self.content, from: 1000, to: Self.content.count).bytesReceived == 300_000)
+                }
+            }
+        }
+    }
+
+    @Test func aSHA256MismatchIsDataLossAndKeepsNothing() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    let announced = ContentHash.of(Array("something else".utf8)).hex
+                    let upload = try await startUpload(client, Self.content, sha256: announced)
+                    let lost = await expectStatus(.dataLoss) { try await sendChunks(client, upload, Self.content, from: 0, to: Self.content.count) }
+                    #expect(lost?.message.hasSuffix("not the \(announced) announced; nothing was kept") == true)
+                    let failed = try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id })
+                    #expect(failed.state == .failed && failed.error == lost?.message)
+                    #expect(try spoolFiles(server).isEmpty)
+                    let afterwards = await expectStatus(.failedPrecondition) { try await sendChunks(client, upload, Self.content, from: 0, to: 10) }
+                    #expect(afterwards?.message == "upload \(upload.id) is failed; chunks are taken only while it is receiving")
+                }
+            }
+        }
+    }
+
+    @Test func badStartsAreRefusedNamingTheFieldAndRecordNothing() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: { $0.uploads.maximumBytes = 1 << 20 }) { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    let cases: [(StatusCode, String, @Sendable () async throws -> Void)] = [
+                        (.invalidArgument, "sha256 \"abc\" is not 64 lowercase hex digits", { _ = try await startUpload(client, [1], sha256: "abc") }),
+                        (.invalidArgument, "size_bytes 0 is not between 1 and the limit of 1048576", { _ = try await startUpload(client, []) }),
+                        (.invalidArgument, "size_bytes 2097152 is not between 1 and the limit of 1048576",
+                         { _ = try await startUpload(client, [UInt8](repeating: 0, count: 2 << 20)) }),
+                        (.notFound, "environment acme/nowhere does not exist", { _ = try await startUpload(client, [1], environment: "nowhere") }),
+                    ]
+                    for (code, message, call) in cases {
+                        let refused = await expectStatus(code) { try await call() }
+                        #expect(refused?.message == message)
+                    }
+                }
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 0)
+                #expect(try spoolFiles(server).isEmpty)
+            }
+        }
+    }
+
+    @Test func viewersMayNotUploadAndOneCallAtATimeSendsAnUploadsChunks() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer { server in
+                try await server.register(app)
+                let viewer = try await server.makeToken(.viewer, name: "looker")
+                let refused = await expectStatus(.permissionDenied) {
+                    _ = try await server.withClient(token: viewer) { try await startUpload($0, Self.content) }
+                }
+                #expect(refused != nil)
+                let upload = try await server.withClient { try await startUpload($0, Self.content) }
+                // Two calls at once: one of them is told the other has it.
+                let outcomes = await withTaskGroup(of: StatusCode.self) { group in
+                    for _ in 0..<2 {
+                        group.addTask {
+                            do {
+                                _ = try await server.withClient { try await sendChunks($0, upload, Self.content, from: 0, to: 200_000, chunk: 1000) }
+                                return .ok
+                            } catch let error as RPCError { return error.code } catch { return .unknown }
+                        }
+                    }
+                    return await group.reduce(into: [StatusCode]()) { $0.append($1) }
+                }
+                #expect(outcomes.contains(.ok) && outcomes.allSatisfy { [.ok, .aborted, .outOfRange].contains($0) }, "\(outcomes)")
+                let now = try await server.withClient { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
+                #expect(now.bytesReceived == 200_000)
+            }
+        }
+    }
+
+    @Test func anAbandonedUploadExpiresAndItsDataIsRemoved() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: {
+                sweepingOften(&$0)
+                $0.uploads.lifetime = .seconds(1)
+            }) { server in
+                try await server.register(app)
+                let upload = try await server.withClient { client in
+                    let upload = try await startUpload(client, Self.content)
+                    try await sendChunks(client, upload, Self.content, from: 0, to: 1000)
+                    return upload
+                }
+                try await eventually(within: .seconds(20)) { try spoolFiles(server).isEmpty }
+                let expired = try await server.withClient { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
+                #expect(expired.state == .expired && expired.error.contains("abandoned"))
+                let activity = try await server.withClient { try await $0.unary(Backups.listActivity, .with { $0.namespace = TestServer.namespace }) }
+                #expect(activity.activity.contains { $0.action == "upload" && $0.outcome == "EXPIRED" })
+            }
+        }
+    }
+}
