@@ -35,21 +35,39 @@ extension Catalog {
 
     /// Records an upload about to be received into an environment: RECEIVING,
     /// nothing received, abandoned unless a chunk arrives within `lifetime`.
-    /// `prepare` makes its spool file, inside the transaction: if it fails,
-    /// nothing is recorded.
+    /// Its announced size is reserved in the spool: refused with
+    /// RESOURCE_EXHAUSTED past `spoolBytes` for the uploads of every process
+    /// on this catalog, or `namespaceShare` of it for one namespace's.
+    /// `prepare` checks the disk (given the size and the others' reservations)
+    /// and makes the spool file, inside the transaction: if it fails, nothing
+    /// is recorded.
     public func startUpload(namespace: String, environment: String, filename: String, comment: String, size: UInt64,
-                            sha256: ContentHash, actor: String, lifetime: Duration,
-                            prepare: @escaping @Sendable (String) throws -> Void) async throws -> Upload {
+                            sha256: ContentHash, actor: String, lifetime: Duration, spoolBytes: UInt64, namespaceShare: Double,
+                            prepare: @escaping @Sendable (_ id: String, _ others: UInt64) throws -> Void) async throws -> Upload {
         let id = UUID().uuidString.lowercased()
         return try await pool.callTransaction { connection in
             let environmentID = try Self.environmentID(connection, namespace, environment)
+            try connection.query("SELECT pg_advisory_xact_lock(\(AdvisoryLock.uploads))")
+            let used = try connection.query("""
+                SELECT coalesce(sum(u.size), 0) AS total, coalesce(sum(u.size) FILTER (WHERE e.namespace = $1), 0) AS namespace
+                FROM uploads u JOIN environments e ON e.id = u.environment_id WHERE u.state IN ('receiving', 'validating')
+                """, namespace)[0]
+            let namespaceBytes = UInt64(Double(spoolBytes) * namespaceShare)
+            guard used.uint64("namespace") + size <= namespaceBytes else {
+                throw BackupError.resourceExhausted(
+                    "namespace \(namespace)'s unfinished uploads reserve \(used.uint64("namespace")) of the \(namespaceBytes) bytes "
+                        + "it may use, and this one announces \(size); finish or abandon earlier uploads first")
+            }
+            guard used.uint64("total") + size <= spoolBytes else {
+                throw BackupError.resourceExhausted("the upload spool is full, and this upload announces \(size) bytes; try again later")
+            }
             try connection.query("""
                 INSERT INTO uploads (id, environment_id, filename, comment, size, sha256, state, actor, expires_at)
                 VALUES ($1, $2, $3, $4, $5, $6, 'receiving', $7, now() + make_interval(secs => $8))
                 """, id, environmentID, filename, comment, size, sha256.hex, actor, lifetime.components.seconds)
             try Self.recordActivity(connection, namespace, environment, action: "upload", outcome: "STARTED", actor: actor,
                                     detail: "\(filename.isEmpty ? "an archive" : filename) of \(size) bytes")
-            try prepare(id)
+            try prepare(id, used.uint64("total"))
             return try Self.loadUpload(connection, id)
         }
     }

@@ -81,6 +81,8 @@ enum AdvisoryLock {
     static let claims = 7_400_003
     /// Held while a download request counts and reserves the archive cache's bytes.
     static let archives = 7_400_004
+    /// Held while an upload request counts and reserves the spool's bytes.
+    static let uploads = 7_400_005
 }
 
 /// Turns catalog text into the API's enums.

@@ -64,7 +64,8 @@ public struct BackupServer: Service {
         let archiveCache = try ArchiveCache(directory: configuration.downloads.cacheDirectory ?? blobStore.root + "/archives",
                                             reservedDiskBytes: configuration.downloads.reservedDiskBytes)
         let spool = try UploadSpool(directory: configuration.uploads.directory ?? blobStore.root + "/uploads", catalog: catalog,
-                                    threadPool: threadPool, lifetime: configuration.uploads.lifetime)
+                                    threadPool: threadPool, lifetime: configuration.uploads.lifetime,
+                                    reservedDiskBytes: configuration.uploads.reservedDiskBytes)
         let jobs = JobRunner(catalog: catalog, blobStore: blobStore, placement: placement, archiveCache: archiveCache, spool: spool,
                              archiveGzipLevel: configuration.downloads.gzipLevel, threadPool: threadPool, settings: configuration.jobs,
                              logger: logger)

@@ -177,6 +177,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Largest upload accepted, in bytes (default 200 GiB).")
     var maxUploadBytes: UInt64 = UploadSettings().maximumBytes
 
+    @Option(help: "Bytes all unfinished uploads together may announce (default 200 GiB); one namespace's may announce half.")
+    var uploadSpoolBytes: UInt64 = UploadSettings().spoolBytes
+
     @Option(help: "Seconds an upload may go without a chunk before it is abandoned and its data removed (default 24 hours).")
     var uploadLifetimeSeconds = 24 * 3600
 
@@ -299,6 +302,7 @@ struct Serve: AsyncParsableCommand {
         configuration.downloads.maximumStreamsPerNamespace = maxDownloadsPerNamespace
         configuration.uploads.directory = uploadDir
         configuration.uploads.maximumBytes = maxUploadBytes
+        configuration.uploads.spoolBytes = uploadSpoolBytes
         configuration.uploads.lifetime = .seconds(uploadLifetimeSeconds)
         let readyFile = self.readyFile
         let logger = Logger(label: "backupd")

@@ -128,6 +128,31 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
         }
     }
 
+    /// A tenant announcing uploads it never sends must not take the spool
+    /// (or the disk under it, which the blob store may share) from others.
+    @Test func unfinishedUploadsReserveTheirSizeAndANamespaceTakesAtMostHalfTheSpool() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: { $0.uploads.spoolBytes = 1_000_000 }) { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    _ = try await startUpload(client, Self.content)
+                    let refused = await expectStatus(.resourceExhausted) { _ = try await startUpload(client, Self.content) }
+                    #expect(refused?.message == "namespace acme's unfinished uploads reserve 300000 of the 500000 bytes it may use, "
+                            + "and this one announces 300000; finish or abandon earlier uploads first")
+                }
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 1)
+            }
+            try await withInProcessServer(configure: { $0.uploads.reservedDiskBytes = 1 << 60 }) { server in
+                try await server.register(app)
+                let refused = await expectStatus(.resourceExhausted) { _ = try await server.withClient { try await startUpload($0, Self.content) } }
+                #expect(refused?.message == "the upload spool's disk has too little free space for an upload of 300000 bytes "
+                        + "(it keeps \(1 << 60) bytes free); try again later")
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 0)
+                #expect(try spoolFiles(server).isEmpty)
+            }
+        }
+    }
+
     @Test func viewersMayNotUploadAndOneCallAtATimeSendsAnUploadsChunks() async throws {
         try await withTestApp { app in
             try await withInProcessServer { server in

@@ -214,7 +214,8 @@ struct BackupsService: Sendable {
             return try await catalog.startUpload(
                 namespace: request.namespace, environment: request.environment, filename: request.filename, comment: request.comment,
                 size: request.sizeBytes, sha256: sha256, actor: context.caller.tokenName, lifetime: spool.lifetime,
-                prepare: { [spool] id in try spool.create(id) })
+                spoolBytes: uploads.spoolBytes, namespaceShare: uploads.namespaceShare,
+                prepare: { [spool] id, others in try spool.create(id, size: request.sizeBytes, beside: others) })
         }
         router.clientStreaming(Backups.uploadChunks) { chunks, context in
             var iterator = chunks.makeAsyncIterator()

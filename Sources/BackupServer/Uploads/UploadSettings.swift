@@ -5,6 +5,11 @@ public struct UploadSettings: Sendable {
     public var directory: String?
     public var maximumBytes: UInt64 = 200 << 30
     public var lifetime: Duration = .seconds(24 * 3600)
+    /// What all unfinished uploads together may announce, and the share of it one namespace's may.
+    public var spoolBytes: UInt64 = 200 << 30
+    public var namespaceShare = 0.5
+    /// Free space the spool's disk keeps beyond every unfinished upload.
+    public var reservedDiskBytes: UInt64 = 1 << 30
 
     public init() {}
 }

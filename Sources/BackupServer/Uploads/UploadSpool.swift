@@ -21,18 +21,29 @@ final class UploadSpool: Sendable {
     /// the bytes it covers; nil while a call holds it.
     private let hashes = NIOLockedValueBox<[String: RunningHash?]>([:])
 
-    init(directory: String, catalog: Catalog, threadPool: NIOThreadPool, lifetime: Duration) throws {
+    /// Free space the disk keeps beyond every unfinished upload.
+    private let reservedDiskBytes: UInt64
+
+    init(directory: String, catalog: Catalog, threadPool: NIOThreadPool, lifetime: Duration, reservedDiskBytes: UInt64) throws {
         try makeDirectories(directory)
         self.directory = directory
         self.catalog = catalog
         self.threadPool = threadPool
         self.lifetime = lifetime
+        self.reservedDiskBytes = reservedDiskBytes
     }
 
     func path(of uploadID: String) -> String { "\(directory)/\(uploadID).upload" }
 
-    /// Makes an upload's empty file; it must not exist.
-    func create(_ uploadID: String) throws {
+    /// Makes an upload's empty file, if the disk has room for its `size`
+    /// beside the `others` bytes unfinished uploads announced (the refusal
+    /// names this upload's size only); the file must not exist.
+    func create(_ uploadID: String, size: UInt64, beside others: UInt64) throws {
+        var info = statvfs()
+        if statvfs(directory, &info) == 0, UInt64(info.f_bavail) * UInt64(info.f_frsize) < size + others + reservedDiskBytes {
+            throw BackupError.resourceExhausted("the upload spool's disk has too little free space for an upload of \(size) bytes "
+                                                + "(it keeps \(reservedDiskBytes) bytes free); try again later")
+        }
         let fd = open(path(of: uploadID), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw BlobStoreError.cannotWrite(path: path(of: uploadID), errno: errno) }
         close(fd)
