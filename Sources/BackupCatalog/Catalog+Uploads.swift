@@ -49,9 +49,14 @@ extension Catalog {
             let environmentID = try Self.environmentID(connection, namespace, environment)
             try connection.query("SELECT pg_advisory_xact_lock(\(AdvisoryLock.uploads))")
             let used = try connection.query("""
-                SELECT coalesce(sum(u.size), 0) AS total, coalesce(sum(u.size) FILTER (WHERE e.namespace = $1), 0) AS namespace
+                SELECT coalesce(sum(u.size), 0) AS total, coalesce(sum(u.size) FILTER (WHERE e.namespace = $1), 0) AS namespace,
+                       count(*) FILTER (WHERE e.namespace = $1) AS uploads, coalesce(sum(u.size - u.received), 0) AS to_come
                 FROM uploads u JOIN environments e ON e.id = u.environment_id WHERE u.state IN ('receiving', 'validating')
                 """, namespace)[0]
+            guard used.int64("uploads") < Self.unfinishedUploadsPerNamespace else {
+                throw BackupError.resourceExhausted("namespace \(namespace) has \(used.int64("uploads")) unfinished uploads, the most it "
+                                                    + "may have; finish or abandon some first")
+            }
             let namespaceBytes = UInt64(Double(spoolBytes) * namespaceShare)
             guard used.uint64("namespace") + size <= namespaceBytes else {
                 throw BackupError.resourceExhausted(
@@ -67,21 +72,55 @@ extension Catalog {
                 """, id, environmentID, filename, comment, size, sha256.hex, actor, lifetime.components.seconds)
             try Self.recordActivity(connection, namespace, environment, action: "upload", outcome: "STARTED", actor: actor,
                                     detail: "\(filename.isEmpty ? "an archive" : filename) of \(size) bytes")
-            try prepare(id, used.uint64("total"))
+            try prepare(id, used.uint64("to_come"))
             return try Self.loadUpload(connection, id)
         }
     }
 
+    /// Makes `writer` (one call) the only one that writes a receiving
+    /// upload's chunks, in any process sharing the catalog, for a lease of
+    /// `seconds` that each chunk renews; returns the bytes received so far,
+    /// or nil while another call's lease runs.
+    public func claimUpload(id: String, writer: String, seconds: Int) async throws -> UInt64? {
+        try await pool.withConnection(idempotent: true) { connection in
+            try connection.query("""
+                UPDATE uploads SET writer = $2, writer_until = now() + make_interval(secs => $3)
+                WHERE id = $1 AND state = 'receiving' AND (writer IS NULL OR writer = $2 OR writer_until < now())
+                RETURNING received
+                """, id, writer, seconds).first?.uint64("received")
+        }
+    }
+
+    /// Before a chunk is written at `offset`: renews the lease and says
+    /// whether `writer` still holds it with nothing received past `offset`.
+    public func renewUploadLease(id: String, writer: String, offset: UInt64, seconds: Int) async throws -> Bool {
+        try await pool.withConnection(idempotent: true) { connection in
+            !(try connection.query("""
+                UPDATE uploads SET writer_until = now() + make_interval(secs => $4)
+                WHERE id = $1 AND writer = $2 AND received = $3 AND state = 'receiving' RETURNING id
+                """, id, writer, offset, seconds).isEmpty)
+        }
+    }
+
+    /// How many uploads one namespace may have unfinished at once.
+    static let unfinishedUploadsPerNamespace: Int64 = 64
+
     /// Moves a receiving upload's count of bytes from `from` to `to`, and its
-    /// abandonment `lifetime` from now; false when the count was no longer
-    /// `from` (another call or process received meanwhile) or the upload no
-    /// longer receives.
-    public func recordReceived(uploadID: String, from: UInt64, to: UInt64, lifetime: Duration) async throws -> Bool {
+    /// abandonment `lifetime` from now; false unless `writer` still holds it
+    /// with that count.
+    public func recordReceived(uploadID: String, writer: String, from: UInt64, to: UInt64, lifetime: Duration) async throws -> Bool {
         try await pool.withConnection(idempotent: true) { connection in
             !(try connection.query("""
                 UPDATE uploads SET received = $3, expires_at = now() + make_interval(secs => $4)
-                WHERE id = $1 AND received = $2 AND state = 'receiving' RETURNING id
-                """, uploadID, from, to, lifetime.components.seconds).isEmpty)
+                WHERE id = $1 AND received = $2 AND state = 'receiving' AND writer = $5 RETURNING id
+                """, uploadID, from, to, lifetime.components.seconds, writer).isEmpty)
+        }
+    }
+
+    /// Ends `writer`'s lease, if it still holds one.
+    public func releaseUpload(id: String, writer: String) async throws {
+        try await pool.withConnection(idempotent: true) { connection in
+            try connection.query("UPDATE uploads SET writer = NULL, writer_until = NULL WHERE id = $1 AND writer = $2", id, writer)
         }
     }
 
@@ -99,9 +138,10 @@ extension Catalog {
     }
 
     /// Ends the uploads that received nothing until their expiry as EXPIRED,
-    /// logging each, and returns the ids of every upload whose spool file may
-    /// stay: those still receiving.
-    public func expireUploads() async throws -> Set<String> {
+    /// logging each, and says of the `listed` ids (the spool's files) which
+    /// are uploads still receiving, whose files stay, and which are uploads
+    /// at all (a file of none may belong to a start not yet committed).
+    public func expireUploads(listed: [String]) async throws -> (receiving: Set<String>, known: Set<String>) {
         try await pool.callTransaction(idempotent: true) { connection in
             let expired = try connection.query("""
                 UPDATE uploads u SET state = 'expired', error = 'abandoned: nothing was received before it expired'
@@ -113,7 +153,8 @@ extension Catalog {
                 try Self.recordActivity(connection, row.string("namespace"), row.string("name"), action: "upload", outcome: "EXPIRED",
                                         actor: row.string("actor"), detail: "upload \(row.string("id")) was abandoned")
             }
-            return Set(try connection.query("SELECT id FROM uploads WHERE state = 'receiving'").map { $0.string("id") })
+            let rows = try connection.query("SELECT id::text, state FROM uploads WHERE id::text = ANY($1::text[])", listed)
+            return (Set(rows.filter { $0.string("state") == "receiving" }.map { $0.string("id") }), Set(rows.map { $0.string("id") }))
         }
     }
 }

@@ -217,7 +217,10 @@ enum Migrations {
             error           text NOT NULL DEFAULT '',
             actor           text NOT NULL,
             created_at      timestamptz NOT NULL DEFAULT now(),
-            expires_at      timestamptz NOT NULL
+            expires_at      timestamptz NOT NULL,
+            -- The one call, in any process, that writes its chunks now, until its lease runs out.
+            writer          text,
+            writer_until    timestamptz
         );
         CREATE INDEX uploads_receiving ON uploads (expires_at) WHERE state = 'receiving';
         """),

@@ -4,6 +4,7 @@ import BackupServer
 import BackupTestSupport
 import BackupWire
 import Foundation
+import NIOCore
 import Testing
 
 /// Starts an upload of `content` into the test namespace's environment `environment` (registered or not).
@@ -81,6 +82,30 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                     #expect(try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id }).bytesReceived == 1000)
                     // The rest, correctly, still completes it.
                     #expect(try await sendChunks(client, upload, Self.content, from: 1000, to: Self.content.count).bytesReceived == 300_000)
+                }
+            }
+        }
+    }
+
+    /// Helper findings: empty chunks cost a write and a catalog update each
+    /// and kept an upload alive without data; a complete upload re-read its
+    /// whole file on every later call; a namespace's uploads were uncounted.
+    @Test func emptyChunksChunksAfterTheEndAndTooManyUploadsAreRefused() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    let upload = try await startUpload(client, Self.content)
+                    let empty = await expectStatus(.invalidArgument) {
+                        try await client.call(Backups.uploadChunks, requests: [UploadChunk.with { $0.uploadID = upload.id }], timeout: nil) { _ in }
+                    }
+                    #expect(empty?.message == "a chunk must carry data; this one is empty")
+                    try await sendChunks(client, upload, Self.content, from: 0, to: Self.content.count)
+                    let after = await expectStatus(.failedPrecondition) { try await sendChunks(client, upload, Self.content, from: 0, to: 10) }
+                    #expect(after?.message == "upload \(upload.id) has received all its 300000 bytes; it takes no more chunks")
+                    for _ in 0..<63 { _ = try await startUpload(client, [1]) }
+                    let tooMany = await expectStatus(.resourceExhausted) { _ = try await startUpload(client, [1]) }
+                    #expect(tooMany?.message == "namespace acme has 64 unfinished uploads, the most it may have; finish or abandon some first")
                 }
             }
         }
@@ -200,6 +225,68 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                 let activity = try await server.withClient { try await $0.unary(Backups.listActivity, .with { $0.namespace = TestServer.namespace }) }
                 #expect(activity.activity.contains { $0.action == "upload" && $0.outcome == "EXPIRED" })
             }
+        }
+    }
+
+    /// Helper findings: each silent UploadChunks call kept its last chunk in
+    /// memory (300 calls took backupd to 1.3 GB) and the spool file's
+    /// descriptor for the call's life.
+    @Test func silentUploadCallsHoldNeitherTheirChunksNorDescriptors() async throws {
+        try await withTestApp { app in
+            // One malloc arena: memory one batch freed is what the next reuses, so growth is what is held.
+            let server = try await TestServer.start(environment: ["MALLOC_ARENA_MAX": "1"])
+            defer { Task { await server.remove() } }
+            do {
+                try await server.register(app)
+                let chunk = Secure.randomBytes(1 << 20)
+                let content = chunk + chunk
+                let uploads = try await server.withClient { client in
+                    try await (0..<64).asyncMap { _ in try await startUpload(client, content) }
+                }
+                /// Opens calls on one connection, each sending 1 MiB of one upload and then nothing (no half-close),
+                /// and waits until the server has written every chunk.
+                func silentCalls(_ batch: ArraySlice<Upload>) async throws -> Task<Void, any Error> {
+                    var frames: [Frame] = []
+                    for (index, upload) in batch.enumerated() {
+                        let id = UInt32(index + 1)
+                        frames.append(Frame(callID: id, .start(.with {
+                            $0.method = Backups.uploadChunks.name
+                            $0.metadata = [MetadataEntry("authorization", "Bearer \(server.adminToken)")]
+                        })))
+                        frames.append(Frame(callID: id, .message(UploadChunk.with { $0.uploadID = upload.id; $0.data = chunk }.serializedBytes())))
+                    }
+                    let channel = try await openTLS(server)
+                    let holding = Task { try await channel.executeThenClose { _, outbound in
+                        try await outbound.write(encode(frames))
+                        try await Task.sleep(for: .seconds(600))
+                    } }
+                    let ids = batch.map(\.id)
+                    try await eventually(within: .seconds(30)) {
+                        try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads WHERE received = 1048576 AND id::text = ANY($1::text[])",
+                                               "{" + ids.joined(separator: ",") + "}")[0].int64("n") == Int64(ids.count)
+                    }
+                    return holding
+                }
+                // The first 32 calls warm the allocator; the next 32 must not add their chunks to what the server holds.
+                let first = try await silentCalls(uploads[0..<32])
+                defer { first.cancel() }
+                let baseline = residentBytes(server.processIdentifier)
+                let second = try await silentCalls(uploads[32..<64])
+                defer { second.cancel() }
+                let spool = server.blobDirectory + "/uploads"
+                let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(server.processIdentifier)/fd")) ?? []
+                let open = fds.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(server.processIdentifier)/fd/\($0)") }
+                    .filter { $0.contains(spool) }
+                #expect(open.isEmpty, "\(open.count) spool files held open")
+                let growth = residentBytes(server.processIdentifier) - baseline
+                #expect(growth < 16 << 20, "32 more silent calls of 1 MiB grew the server by \(growth >> 20) MiB")
+                // Another call may not take over an upload while its silent call holds the lease.
+                let held = await expectStatus(.aborted) {
+                    _ = try await server.withClient { try await sendChunks($0, uploads[0], content, from: 1 << 20, to: 2 << 20) }
+                }
+                #expect(held?.message.contains("one call at a time") == true)
+            }
+            await server.remove()
         }
     }
 }

@@ -241,8 +241,9 @@ public final class JobRunner: Service, Sendable {
     /// and whatever else the spool holds that no receiving upload owns.
     private func sweepUploads() async {
         do {
-            let listing = try spool.listing()
-            let removed = spool.sweep(listing: listing, keeping: try await catalog.expireUploads())
+            let listed = try spool.listedUploads()
+            let (receiving, known) = try await catalog.expireUploads(listed: listed)
+            let removed = spool.sweep(listed: listed, receiving: receiving, known: known)
             if removed > 0 { logger.info("removed uploads no longer received", metadata: ["count": "\(removed)"]) }
         } catch {
             logger.error("cannot sweep the upload spool", metadata: ["error": "\(error)"])

@@ -218,10 +218,14 @@ struct BackupsService: Sendable {
                 prepare: { [spool] id, others in try spool.create(id, size: request.sizeBytes, beside: others) })
         }
         router.clientStreaming(Backups.uploadChunks) { chunks, context in
-            var iterator = chunks.makeAsyncIterator()
-            guard let first = try await iterator.next() else { throw BackupError.invalidArgument("the call sent no chunk") }
-            let upload = try await reachableUpload(first.uploadID, context)
-            try await spool.receive(upload, first: first, rest: RemainingChunks(iterator: iterator))
+            // The first chunk names the upload; it lives only in the sequence handed on, which lets go of each
+            // chunk once taken, so a call waiting for its next chunk holds none.
+            let (upload, received) = try await { () async throws -> (Upload, ReceivedChunks) in
+                var iterator = chunks.makeAsyncIterator()
+                guard let first = try await iterator.next() else { throw BackupError.invalidArgument("the call sent no chunk") }
+                return (try await reachableUpload(first.uploadID, context), ReceivedChunks(first: first, rest: iterator))
+            }()
+            try await spool.receive(upload, chunks: received)
             return try await catalog.upload(id: upload.id)
         }
         router.unary(Backups.getUpload) { request, context in
@@ -302,9 +306,28 @@ func redacted(_ environment: Environment) -> Environment {
     return copy
 }
 
-/// The chunks of a call after its first, as a sequence of their own.
-private struct RemainingChunks: AsyncSequence {
+/// A call's chunks, its first already read: each is handed out once and
+/// not kept (the first is moved out, not copied), so a call waiting for its
+/// next chunk holds none.
+private final class ReceivedChunks: AsyncSequence {
     typealias Element = UploadChunk
-    let iterator: RequestMessages<UploadChunk>.AsyncIterator
-    func makeAsyncIterator() -> RequestMessages<UploadChunk>.AsyncIterator { iterator }
+    private var first: UploadChunk?
+    private let rest: RequestMessages<UploadChunk>.AsyncIterator
+
+    init(first: UploadChunk, rest: RequestMessages<UploadChunk>.AsyncIterator) {
+        self.first = first
+        self.rest = rest
+    }
+
+    func makeAsyncIterator() -> Iterator { Iterator(first: first.take(), rest: rest) }
+
+    struct Iterator: AsyncIteratorProtocol {
+        var first: UploadChunk?
+        var rest: RequestMessages<UploadChunk>.AsyncIterator
+
+        mutating func next() async throws -> UploadChunk? {
+            if let chunk = first.take() { return chunk }
+            return try await rest.next()
+        }
+    }
 }

@@ -49,80 +49,103 @@ final class UploadSpool: Sendable {
         close(fd)
     }
 
-    /// Receives one call's chunks of `upload` in order. One call at a time
-    /// per upload in this process (ABORTED otherwise); the catalog's count
-    /// keeps processes sharing it apart. The last byte's arrival checks the
-    /// SHA-256: a mismatch fails the upload with DATA_LOSS and removes its data.
-    func receive<Chunks: AsyncSequence<UploadChunk, any Error>>(_ upload: Upload, first: UploadChunk, rest: Chunks) async throws {
+    /// Receives one call's chunks of `upload` in order. The call holds the
+    /// upload's writer lease in the catalog for as long as it sends (another
+    /// call, in any process, is ABORTED meanwhile), and confirms it before
+    /// each write, so no two calls ever write one upload's file. Each chunk
+    /// opens the file, writes, fsyncs and closes it: a call waiting for its
+    /// next chunk holds neither a descriptor nor a chunk. The last byte's
+    /// arrival checks the SHA-256: a mismatch fails the upload with
+    /// DATA_LOSS and removes its data.
+    func receive<Chunks: AsyncSequence<UploadChunk, any Error>>(_ upload: Upload, chunks: Chunks) async throws {
         guard upload.state == .receiving else {
             throw BackupError.failedPrecondition("upload \(upload.id) is \(upload.state); chunks are taken only while it is receiving")
         }
-        var hash = try take(upload.id)
-        var handedBack = false
-        defer { if !handedBack { give(upload.id, hash) } }
-        var received = upload.bytesReceived
-        let fd = open(path(of: upload.id), O_RDWR | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else { throw BackupError.failedPrecondition("upload \(upload.id) has no data here any more (it was removed)") }
-        defer { close(fd) }
-        if hash == nil || hash!.covers != received {
+        let writer = UUID().uuidString
+        guard let received = try await catalog.claimUpload(id: upload.id, writer: writer, seconds: Self.leaseSeconds) else {
+            throw BackupError.aborted("another call is sending upload \(upload.id)'s chunks; one call at a time")
+        }
+        do {
+            try await receive(upload, from: received, writer: writer, chunks: chunks)
+        } catch {
+            try? await catalog.releaseUpload(id: upload.id, writer: writer)
+            throw error
+        }
+        try await catalog.releaseUpload(id: upload.id, writer: writer)
+    }
+
+    private func receive<Chunks: AsyncSequence<UploadChunk, any Error>>(_ upload: Upload, from start: UInt64, writer: String,
+                                                                        chunks: Chunks) async throws {
+        guard start < upload.sizeBytes else {
+            throw BackupError.failedPrecondition("upload \(upload.id) has received all its \(upload.sizeBytes) bytes; it takes no more chunks")
+        }
+        let path = self.path(of: upload.id)
+        var received = start
+        var hash = cachedHash(upload.id, covering: received)
+        if hash == nil {
             // First chunks here since a restart, or since another process received some: hash what is on disk so far.
-            hash = try await threadPool.runIfActive { [path = path(of: upload.id), received] in
-                try Self.hashPrefix(fd, path: path, length: received)
+            hash = try await threadPool.runIfActive { try Self.hashPrefix(path: path, length: start) }
+        }
+        var iterator = chunks.makeAsyncIterator()
+        while received < upload.sizeBytes {
+            // In a scope of its own, so the chunk is let go before the next is awaited.
+            do {
+                guard let chunk = try await iterator.next() else { break }
+                guard chunk.uploadID == upload.id else {
+                    throw BackupError.invalidArgument("a call sends the chunks of one upload; it began with \(upload.id), not \(chunk.uploadID)")
+                }
+                guard chunk.offset == received else {
+                    throw BackupError.outOfRange("chunk at offset \(chunk.offset), but upload \(upload.id) expects offset \(received)")
+                }
+                guard !chunk.data.isEmpty else { throw BackupError.invalidArgument("a chunk must carry data; this one is empty") }
+                guard UInt64(chunk.data.count) <= upload.sizeBytes - received else {
+                    throw BackupError.outOfRange("chunk of \(chunk.data.count) bytes at offset \(received) goes past the upload's "
+                                                 + "announced size of \(upload.sizeBytes) bytes")
+                }
+                guard try await catalog.renewUploadLease(id: upload.id, writer: writer, offset: received, seconds: Self.leaseSeconds) else {
+                    throw BackupError.aborted("upload \(upload.id) is no longer this call's to write (its lease ran out, or it expired); "
+                                              + "ask GetUpload where to go on")
+                }
+                try await threadPool.runIfActive { [data = chunk.data, offset = received] in try Self.write(data, to: path, at: offset) }
+                chunk.data.withUnsafeBytes { hash!.hasher.update($0) }
+                hash!.covers += UInt64(chunk.data.count)
+                guard try await catalog.recordReceived(uploadID: upload.id, writer: writer, from: received, to: hash!.covers,
+                                                       lifetime: lifetime) else {
+                    throw BackupError.aborted("upload \(upload.id) is no longer this call's to write; ask GetUpload where to go on")
+                }
+                received = hash!.covers
             }
         }
-        var chunk: UploadChunk? = first
-        var iterator = rest.makeAsyncIterator()
-        while let current = chunk {
-            guard current.uploadID == upload.id else {
-                throw BackupError.invalidArgument("a call sends the chunks of one upload; it began with \(upload.id), not \(current.uploadID)")
-            }
-            guard current.offset == received else {
-                throw BackupError.outOfRange("chunk at offset \(current.offset), but upload \(upload.id) expects offset \(received)")
-            }
-            guard UInt64(current.data.count) <= upload.sizeBytes - received else {
-                throw BackupError.outOfRange("chunk of \(current.data.count) bytes at offset \(received) goes past the upload's "
-                                             + "announced size of \(upload.sizeBytes) bytes")
-            }
-            try await threadPool.runIfActive { [path = path(of: upload.id), data = current.data, offset = received] in
-                try Self.write(data, to: fd, at: offset, path: path)
-            }
-            current.data.withUnsafeBytes { hash!.hasher.update($0) }
-            hash!.covers += UInt64(current.data.count)
-            guard try await catalog.recordReceived(uploadID: upload.id, from: received, to: hash!.covers, lifetime: lifetime) else {
-                hash = nil
-                throw BackupError.aborted("upload \(upload.id) received chunks from another call meanwhile; ask GetUpload where to go on")
-            }
-            received = hash!.covers
-            chunk = try await iterator.next()
+        guard received == upload.sizeBytes else {
+            cache(upload.id, hash!)
+            return
         }
-        if received == upload.sizeBytes {
-            let actual = hash!.hasher.finish().hex
-            hash = nil
-            guard actual == upload.sha256 else {
-                let reason = "the archive's SHA-256 is \(actual), not the \(upload.sha256) announced; nothing was kept"
-                try await catalog.failUpload(id: upload.id, reason: reason)
-                remove([upload.id])
-                handedBack = true
-                throw BackupError.dataLoss(reason)
-            }
+        let actual = hash!.hasher.finish().hex
+        guard actual == upload.sha256 else {
+            let reason = "the archive's SHA-256 is \(actual), not the \(upload.sha256) announced; nothing was kept"
+            try await catalog.failUpload(id: upload.id, reason: reason)
+            remove([upload.id])
+            throw BackupError.dataLoss(reason)
+        }
+        // Anything sent after the last byte is past the size.
+        if let extra = try await iterator.next() {
+            throw BackupError.outOfRange("chunk at offset \(extra.offset) goes past the upload's announced size of \(upload.sizeBytes) bytes")
         }
     }
 
-    /// The running hash of an upload, for one call to own; ABORTED while another call has it.
-    private func take(_ uploadID: String) throws(BackupError) -> RunningHash? {
-        let (busy, held): (Bool, RunningHash?) = hashes.withLockedValue { hashes in
-            if let entry = hashes[uploadID], entry == nil { return (true, nil) }
-            defer { hashes[uploadID] = .some(nil) }
-            return (false, hashes[uploadID] ?? nil)
-        }
-        guard !busy else { throw .aborted("another call is sending upload \(uploadID)'s chunks; one call at a time") }
-        return held
-    }
+    /// How long a call holds an upload without sending a chunk before another call may take it over.
+    static let leaseSeconds = 60
 
-    private func give(_ uploadID: String, _ hash: RunningHash?) {
+    /// The running hash this process kept for an upload, if it covers exactly `bytes`; taken out of the cache.
+    private func cachedHash(_ uploadID: String, covering bytes: UInt64) -> RunningHash? {
         hashes.withLockedValue { hashes in
-            if let hash { hashes[uploadID] = .some(hash) } else { hashes[uploadID] = nil }
+            defer { hashes[uploadID] = nil }
+            return hashes[uploadID].flatMap { $0 }.flatMap { $0.covers == bytes ? $0 : nil }
         }
+    }
+
+    private func cache(_ uploadID: String, _ hash: RunningHash) {
+        hashes.withLockedValue { $0[uploadID] = .some(hash) }
     }
 
     /// Removes uploads' files and running hashes.
@@ -131,19 +154,34 @@ final class UploadSpool: Sendable {
         hashes.withLockedValue { hashes in for id in uploadIDs { hashes[id] = nil } }
     }
 
-    /// Removes every file but those of uploads still receiving; the folder is
-    /// listed before the catalog is asked, so an upload started in between stays.
-    func sweep(listing: [String], keeping receiving: Set<String>) -> Int {
-        let gone = listing.filter { $0.hasSuffix(".upload") }.map { String($0.dropLast(".upload".count)) }.filter { !receiving.contains($0) }
+    /// The upload ids of the spool's files.
+    func listedUploads() throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".upload") }
+            .map { String($0.dropLast(".upload".count)) }
+    }
+
+    /// Removes the files of `listed` uploads that no longer receive, and of
+    /// ids the catalog does not know once they are a minute old (a younger
+    /// one may belong to a start whose transaction has not committed yet).
+    func sweep(listed: [String], receiving: Set<String>, known: Set<String>) -> Int {
+        let minuteAgo = Date().addingTimeInterval(-60)
+        let gone = listed.filter { id in
+            guard !receiving.contains(id) else { return false }
+            guard !known.contains(id) else { return true }
+            return ((try? FileManager.default.attributesOfItem(atPath: path(of: id))[.modificationDate] as? Date) ?? .distantPast) < minuteAgo
+        }
         remove(gone)
         return gone.count
     }
 
-    func listing() throws -> [String] {
-        try FileManager.default.contentsOfDirectory(atPath: directory)
-    }
-
-    private static func write(_ data: [UInt8], to fd: Int32, at offset: UInt64, path: String) throws {
+    /// Writes a chunk at `offset` of the upload's file, opened for it alone, and fsyncs it.
+    private static func write(_ data: [UInt8], to path: String, at offset: UInt64) throws {
+        let fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw errno == ENOENT ? BackupError.failedPrecondition("the upload's data is gone (it expired or failed)")
+                                  : BlobStoreError.cannotWrite(path: path, errno: errno)
+        }
+        defer { close(fd) }
         var done = 0
         while done < data.count {
             let count = data.withUnsafeBytes { pwrite(fd, $0.baseAddress! + done, data.count - done, off_t(offset) + off_t(done)) }
@@ -161,7 +199,13 @@ final class UploadSpool: Sendable {
         guard fsync(fd) == 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
     }
 
-    private static func hashPrefix(_ fd: Int32, path: String, length: UInt64) throws -> RunningHash {
+    private static func hashPrefix(path: String, length: UInt64) throws -> RunningHash {
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw errno == ENOENT ? BackupError.failedPrecondition("the upload's data is gone (it expired or failed)")
+                                  : BlobStoreError.cannotRead(path: path, errno: errno)
+        }
+        defer { close(fd) }
         let hash = RunningHash()
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         var done: UInt64 = 0
