@@ -178,8 +178,9 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                         try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM archives")[0].int64("n") == 0
                     }
                     let again = try await readyDownload(client, backup)
+                    let ready = try TestPostgres.query(server.catalogDatabase, "SELECT id FROM archives WHERE state = 'ready'").map { $0.string("id") }
                     let cached = try cachedArchives(server)
-                    #expect(again.jobID != first.jobID && cached.count == 1)
+                    #expect(again.jobID != first.jobID && ready.count == 1 && ready.allSatisfy(cached.contains), "\(ready) \(cached)")
                 }
             }
         }
