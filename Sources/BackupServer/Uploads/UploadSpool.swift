@@ -17,9 +17,9 @@ final class UploadSpool: Sendable {
     private let threadPool: NIOThreadPool
     /// How long an upload may go without a chunk before it is abandoned.
     let lifetime: Duration
-    /// The running hash of each upload this process has received into, with
-    /// the bytes it covers; nil while a call holds it.
-    private let hashes = NIOLockedValueBox<[String: RunningHash?]>([:])
+    /// The running hash of each upload whose last call ended here; a call
+    /// takes it out while it sends (the catalog's writer lease keeps calls apart).
+    private let hashes = NIOLockedValueBox<[String: RunningHash]>([:])
 
     /// Free space the disk keeps beyond every unfinished upload.
     private let reservedDiskBytes: UInt64
@@ -140,12 +140,12 @@ final class UploadSpool: Sendable {
     private func cachedHash(_ uploadID: String, covering bytes: UInt64) -> RunningHash? {
         hashes.withLockedValue { hashes in
             defer { hashes[uploadID] = nil }
-            return hashes[uploadID].flatMap { $0 }.flatMap { $0.covers == bytes ? $0 : nil }
+            return hashes[uploadID].flatMap { $0.covers == bytes ? $0 : nil }
         }
     }
 
     private func cache(_ uploadID: String, _ hash: RunningHash) {
-        hashes.withLockedValue { $0[uploadID] = .some(hash) }
+        hashes.withLockedValue { $0[uploadID] = hash }
     }
 
     /// Removes uploads' files and running hashes.
@@ -222,9 +222,10 @@ final class UploadSpool: Sendable {
     }
 }
 
-/// An upload's running SHA-256 and how many bytes it covers. The spool hands
-/// it to one call at a time (`take`, `give`) and only that call touches it:
-/// it moves between tasks but is never shared, which is why it may be sent.
+/// An upload's running SHA-256 and how many bytes it covers. One call at a
+/// time takes it out of the spool's cache (`cachedHash`) and puts it back
+/// (`cache`); only that call touches it meanwhile: it moves between tasks
+/// but is never shared, which is why it may be sent.
 private final class RunningHash: @unchecked Sendable {
     let hasher = SHA256Hasher()
     var covers: UInt64 = 0
