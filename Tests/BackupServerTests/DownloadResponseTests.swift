@@ -1,4 +1,5 @@
 @testable import BackupServer
+import Foundation
 import Testing
 
 /// What a download answers to GET/HEAD with its Range and If-Range headers,
@@ -71,5 +72,21 @@ import Testing
         #expect(httpDate(784_111_777) == "Sun, 06 Nov 1994 08:49:37 GMT")
         #expect(httpDate(0) == "Thu, 01 Jan 1970 00:00:00 GMT")
         #expect(httpDate(951_782_400) == "Tue, 29 Feb 2000 00:00:00 GMT")
+    }
+}
+
+/// What the archive cache's sweep keeps of a listing, given what the
+/// catalog says is ready and being prepared.
+@Suite struct ArchiveCacheSweepTests {
+    @Test func aPreparingArchiveKeepsItsFileUnderBothNamesAndLeftoversGo() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cache-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let cache = try ArchiveCache(directory: folder, reservedDiskBytes: 0)
+        // "renamed" is a preparing archive's file, renamed by its job before the catalog calls it ready.
+        let names = ["ready", "renamed", "writing.partial", "ready.partial", "gone", "gone.partial"]
+        for name in names { FileManager.default.createFile(atPath: "\(folder)/\(name)", contents: Data("x".utf8)) }
+        let removed = cache.sweep(listing: names, keeping: ["ready"], preparing: ["renamed", "writing"])
+        #expect(removed == 3)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder).sorted() == ["ready", "renamed", "writing.partial"])
     }
 }

@@ -37,11 +37,15 @@ struct ArchiveCache: Sendable {
     /// Removes every file but the archives that are `ready` and those being
     /// written for archives `preparing`; returns how many went. The folder
     /// is listed before the caller asks the catalog what may stay, so an
-    /// archive begun in between is never taken for a leftover.
+    /// archive begun in between is never taken for a leftover. A preparing
+    /// archive keeps its final name too: its job renames the file before
+    /// the catalog calls it ready.
     func sweep(listing: [String], keeping ready: Set<String>, preparing: Set<String>) -> Int {
         var removed = 0
         for name in listing {
-            let keep = name.hasSuffix(".partial") ? preparing.contains(String(name.dropLast(".partial".count))) : ready.contains(name)
+            let keep = name.hasSuffix(".partial")
+                ? preparing.contains(String(name.dropLast(".partial".count)))
+                : ready.contains(name) || preparing.contains(name)
             if !keep, unlink("\(directory)/\(name)") == 0 { removed += 1 }
         }
         return removed
