@@ -71,7 +71,8 @@ extension Catalog {
         let running = try await pool.withConnection { connection in
             try connection.query("""
                 SELECT j.id, j.kind, j.status FROM jobs j JOIN environments e ON e.id = j.environment_id
-                WHERE e.namespace = $1 AND e.name = $2 AND j.status IN \(JobStatus.active.sql) AND j.kind <> 'archive'
+                WHERE e.namespace = $1 AND e.name = $2 AND j.status IN \(JobStatus.active.sql)
+                  AND j.kind IN \(JobKind.allCases.filter(\.usesEnvironment).sql)
                 """, namespace, environment).first
         }
         let what = running.map { "\($0.string("kind")) job \($0.string("id")) is \($0.string("status"))" } ?? "another job is running"

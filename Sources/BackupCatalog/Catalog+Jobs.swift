@@ -170,34 +170,40 @@ extension Catalog {
     public func finishBackup(jobID: String, owner: String, manifest: BackupManifest) async throws {
         try await pool.callTransaction(idempotent: true) { connection in
             guard let row = try connection.query("""
-                SELECT j.snapshot_id, s.kind FROM jobs j JOIN snapshots s ON s.id = j.snapshot_id
+                SELECT j.snapshot_id FROM jobs j
                 WHERE j.id = $1 AND j.lease_owner = $2 AND j.status IN \(JobStatus.finished.predecessors.sql) FOR UPDATE OF j
                 """, jobID, owner).first else {
                 throw BackupError.failedPrecondition("job \(jobID) is no longer held by this process")
             }
-            let snapshotID = row.string("snapshot_id")
-            let filesBytes = manifest.files.reduce(UInt64(0)) { $0 + $1.blob.size }
-            let warning = manifest.warning
-            if !manifest.files.isEmpty {
-                try connection.query("""
-                    INSERT INTO snapshot_files (snapshot_id, storage_key, sha256, size)
-                    SELECT $1, key, sha256, size::bigint FROM unnest($2::text[], $3::text[], $4::text[]) AS f(key, sha256, size)
-                    """, snapshotID, manifest.files.map(\.key), manifest.files.map(\.blob.hash.hex),
-                    manifest.files.map { String($0.blob.size) })
-            }
-            try connection.query("""
-                UPDATE snapshots SET status = 'finished', finished_at = now(), expires_at = created_at + $2::interval,
-                    dump_sha256 = $3, database_bytes = $4, files_bytes = $5, file_count = $6, postgres_version = $7,
-                    source_database_bytes = $8, files_deleted_during_backup = $9, files_changed_during_backup = $10,
-                    warning = $11
-                WHERE id = $1
-                """, snapshotID, Self.retention[row.string("kind")] ?? "14 days", manifest.dump.hash.hex,
-                manifest.dump.size, filesBytes, manifest.files.count, manifest.postgresVersion, manifest.databaseSize,
-                manifest.deletedDuringBackup.count, manifest.changedDuringBackup.count, warning)
-            try Self.finishJob(connection, id: jobID, owner: owner,
-                               detail: "\(manifest.files.count) files, \(manifest.dump.size + filesBytes) bytes"
-                                   + (warning.isEmpty ? "" : "; warning: \(warning)"))
+            let detail = try Self.completeSnapshot(connection, id: row.string("snapshot_id"), manifest: manifest)
+            try Self.finishJob(connection, id: jobID, owner: owner, detail: detail)
         }
+    }
+
+    /// Records a PROCESSING backup's content from `manifest` and marks it
+    /// FINISHED, expiring after its kind's retention from its creation;
+    /// returns what its job's end says of it.
+    static func completeSnapshot(_ connection: PostgresConnection, id snapshotID: String, manifest: BackupManifest) throws -> String {
+        let filesBytes = manifest.files.reduce(UInt64(0)) { $0 + $1.blob.size }
+        let warning = manifest.warning
+        if !manifest.files.isEmpty {
+            try connection.query("""
+                INSERT INTO snapshot_files (snapshot_id, storage_key, sha256, size)
+                SELECT $1, key, sha256, size::bigint FROM unnest($2::text[], $3::text[], $4::text[]) AS f(key, sha256, size)
+                """, snapshotID, manifest.files.map(\.key), manifest.files.map(\.blob.hash.hex),
+                manifest.files.map { String($0.blob.size) })
+        }
+        let kind = try connection.query("SELECT kind FROM snapshots WHERE id = $1", snapshotID)[0].string("kind")
+        try connection.query("""
+            UPDATE snapshots SET status = 'finished', finished_at = now(), expires_at = created_at + $2::interval,
+                dump_sha256 = $3, database_bytes = $4, files_bytes = $5, file_count = $6, postgres_version = $7,
+                source_database_bytes = $8, files_deleted_during_backup = $9, files_changed_during_backup = $10,
+                warning = $11
+            WHERE id = $1 AND status = 'processing'
+            """, snapshotID, Self.retention[kind] ?? "14 days", manifest.dump.hash.hex,
+            manifest.dump.size, filesBytes, manifest.files.count, manifest.postgresVersion, manifest.databaseSize,
+            manifest.deletedDuringBackup.count, manifest.changedDuringBackup.count, warning)
+        return "\(manifest.files.count) files, \(manifest.dump.size + filesBytes) bytes" + (warning.isEmpty ? "" : "; warning: \(warning)")
     }
 
     /// Ends a job as FAILED with its reason; a backup it was making fails too.
@@ -264,6 +270,9 @@ extension Catalog {
         case "archive":
             // Its reservation in the cache ends; a new request prepares a new archive.
             try connection.query("UPDATE archives SET state = 'failed', error = $2 WHERE job_id = $1 AND state = 'preparing'", id, message)
+        case "upload-validation":
+            // Nothing was cataloged; the upload's data goes with the next sweep of the spool.
+            try connection.query("UPDATE uploads SET state = 'failed', error = $2 WHERE job_id = $1 AND state = 'validating'", id, message)
         default:
             break
         }
@@ -304,7 +313,7 @@ extension Catalog {
     }
 }
 
-extension [JobStatus] {
-    /// The statuses as a SQL list, `('queued', 'running')`, for `status IN …`.
+extension Array where Element: CustomStringConvertible & WireEnum {
+    /// The cases as a SQL list, `('queued', 'running')`, for `status IN …`.
     var sql: String { "(" + map { "'\($0)'" }.joined(separator: ", ") + ")" }
 }

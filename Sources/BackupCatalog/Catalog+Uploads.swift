@@ -19,10 +19,11 @@ extension Catalog {
         }
     }
 
-    static func loadUpload(_ connection: PostgresConnection, _ id: String) throws -> Upload {
+    /// An upload by id; `lock` locks its row until the transaction ends.
+    static func loadUpload(_ connection: PostgresConnection, _ id: String, lock: Bool = false) throws -> Upload {
         guard let row = try connection.query("""
             SELECT \(uploadColumns) FROM uploads u JOIN environments e ON e.id = u.environment_id WHERE u.id = $1
-            """, id).first else {
+            """ + (lock ? " FOR UPDATE OF u" : ""), id).first else {
             throw BackupError.notFound("upload \(id) does not exist")
         }
         return upload(row)
@@ -124,6 +125,76 @@ extension Catalog {
         }
     }
 
+    /// Starts validating an upload that has received (and checked) all its
+    /// bytes: VALIDATING, with a queued validation job. Asked again, it
+    /// answers the upload as it stands, so a client that lost the answer
+    /// may simply ask again.
+    public func finishUpload(id: String, actor: String) async throws -> Upload {
+        let id = try parseID(id, "upload id")
+        return try await pool.callTransaction { connection in
+            let upload = try Self.loadUpload(connection, id, lock: true)
+            switch upload.state {
+            case .validating, .finished:
+                return upload
+            case .receiving where upload.bytesReceived == upload.sizeBytes:
+                break
+            case .receiving:
+                throw BackupError.failedPrecondition("upload \(id) has received \(upload.bytesReceived) of its \(upload.sizeBytes) bytes; "
+                                                     + "send the rest, from offset \(upload.bytesReceived), before finishing it")
+            default:
+                throw BackupError.failedPrecondition("upload \(id) is \(upload.state)" + (upload.error.isEmpty ? "" : " (\(upload.error))")
+                                                     + "; start a new upload")
+            }
+            let jobID = UUID().uuidString.lowercased()
+            try connection.query("""
+                INSERT INTO jobs (id, kind, status, environment_id, actor, phase, bytes_total)
+                SELECT $1, '\(JobKind.uploadValidation)', 'queued', environment_id, $3, 'queued', size FROM uploads WHERE id = $2
+                """, jobID, id, actor)
+            try connection.query("""
+                UPDATE uploads SET state = 'validating', job_id = $2, writer = NULL, writer_until = NULL WHERE id = $1
+                """, id, jobID)
+            try Self.recordActivity(connection, upload.namespace, upload.environment, action: "upload", outcome: "RECEIVED",
+                                    actor: actor, detail: "\(upload.sizeBytes) bytes; validation job \(jobID)")
+            return try Self.loadUpload(connection, id)
+        }
+    }
+
+    /// The upload a validation job checks.
+    public func validatedUpload(jobID: String) async throws -> Upload {
+        try await pool.withConnection(idempotent: true) { connection in
+            guard let row = try connection.query("SELECT id FROM uploads WHERE job_id = $1", jobID).first else {
+                throw BackupError.notFound("validation job \(jobID) has no upload")
+            }
+            return try Self.loadUpload(connection, row.string("id"))
+        }
+    }
+
+    /// Ends a validation job: its upload becomes a FINISHED backup of kind
+    /// UPLOADED in the upload's environment, with `manifest` as its content
+    /// and `packageVersion` as its package version, all in one transaction.
+    /// Returns the new backup's id.
+    public func finishUpload(jobID: String, owner: String, manifest: BackupManifest, packageVersion: String) async throws -> String {
+        let snapshotID = UUID().uuidString.lowercased()
+        try await pool.callTransaction(idempotent: true) { connection in
+            guard let row = try connection.query("""
+                SELECT u.id, u.environment_id, u.comment FROM jobs j JOIN uploads u ON u.job_id = j.id
+                WHERE j.id = $1 AND j.lease_owner = $2 AND j.status IN \(JobStatus.finished.predecessors.sql) AND u.state = 'validating'
+                FOR UPDATE OF j, u
+                """, jobID, owner).first else {
+                throw BackupError.failedPrecondition("job \(jobID) is no longer held by this process")
+            }
+            try connection.query("""
+                INSERT INTO snapshots (id, environment_id, status, kind, comment, package_version, job_id)
+                VALUES ($1, $2, 'processing', '\(BackupKind.uploaded)', $3, $4, $5)
+                """, snapshotID, row.int64("environment_id"), row.string("comment"), packageVersion, jobID)
+            let detail = try Self.completeSnapshot(connection, id: snapshotID, manifest: manifest)
+            try connection.query("UPDATE uploads SET state = 'finished', snapshot_id = $2 WHERE id = $1", row.string("id"), snapshotID)
+            try connection.query("UPDATE jobs SET snapshot_id = $2 WHERE id = $1", jobID, snapshotID)
+            try Self.finishJob(connection, id: jobID, owner: owner, detail: "upload \(row.string("id")) became backup \(snapshotID): " + detail)
+        }
+        return snapshotID
+    }
+
     /// Ends a receiving upload as FAILED with its reason, logging it.
     public func failUpload(id: String, reason: String) async throws {
         try await pool.callTransaction(idempotent: true) { connection in
@@ -139,9 +210,9 @@ extension Catalog {
 
     /// Ends the uploads that received nothing until their expiry as EXPIRED,
     /// logging each, and says of the `listed` ids (the spool's files) which
-    /// are uploads still receiving, whose files stay, and which are uploads
+    /// are uploads still receiving or being validated, whose files stay, and which are uploads
     /// at all (a file of none may belong to a start not yet committed).
-    public func expireUploads(listed: [String]) async throws -> (receiving: Set<String>, known: Set<String>) {
+    public func expireUploads(listed: [String]) async throws -> (unfinished: Set<String>, known: Set<String>) {
         try await pool.callTransaction(idempotent: true) { connection in
             let expired = try connection.query("""
                 UPDATE uploads u SET state = 'expired', error = 'abandoned: nothing was received before it expired'
@@ -154,7 +225,8 @@ extension Catalog {
                                         actor: row.string("actor"), detail: "upload \(row.string("id")) was abandoned")
             }
             let rows = try connection.query("SELECT id::text, state FROM uploads WHERE id::text = ANY($1::text[])", listed)
-            return (Set(rows.filter { $0.string("state") == "receiving" }.map { $0.string("id") }), Set(rows.map { $0.string("id") }))
+            let kept: Set = ["receiving", "validating"]
+            return (Set(rows.filter { kept.contains($0.string("state")) }.map { $0.string("id") }), Set(rows.map { $0.string("id") }))
         }
     }
 }

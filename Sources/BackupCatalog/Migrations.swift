@@ -224,5 +224,13 @@ enum Migrations {
         );
         CREATE INDEX uploads_receiving ON uploads (expires_at) WHERE state = 'receiving';
         """),
+        (9, """
+        -- Validating an upload reads its spool file and writes only the blob store and a new backup: like preparing
+        -- an archive, it does not take its environment's one job at a time.
+        DROP INDEX jobs_one_active_per_environment;
+        CREATE UNIQUE INDEX jobs_one_active_per_environment ON jobs (environment_id)
+            WHERE status IN ('queued', 'running') AND kind NOT IN ('archive', 'upload-validation');
+        CREATE UNIQUE INDEX uploads_by_job ON uploads (job_id);
+        """),
     ]
 }

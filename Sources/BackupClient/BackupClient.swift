@@ -150,23 +150,87 @@ public final class BackupClient: Sendable {
         onResponse: (Response) async throws -> Void
     ) async throws {
         let (id, responses) = open()
+        let frames = [Frame(callID: id, .start(callStart(method, timeout: timeout)))]
+            + requests.map { Frame(callID: id, .message($0.serializedBytes())) } + [Frame(callID: id, .halfClose)]
+        do {
+            try await write(frames)
+        } catch {
+            try await failedWrite(id, responses, error)
+        }
+        try await receive(method, id, responses, onResponse: onResponse)
+    }
+
+    /// A client-streaming call whose requests are made as they are sent:
+    /// `sending` is handed a function that sends one request, returning once
+    /// the connection has taken it (so a request is made only when there is
+    /// room for it), and the call is half-closed when `sending` returns. The
+    /// server's status may come first (a refused chunk, say): it ends the
+    /// call, the next send throws, and the status is what the call throws.
+    public func clientStreaming<Request, Response: Sendable>(
+        _ method: Method<Request, Response>, timeout: Duration? = nil,
+        sending: (_ send: (Request) async throws -> Void) async throws -> Void
+    ) async throws -> Response {
+        let (id, responses) = open()
+        do {
+            try await write([Frame(callID: id, .start(callStart(method, timeout: timeout)))])
+        } catch {
+            try await failedWrite(id, responses, error)
+        }
+        let ended = NIOLockedValueBox(false)
+        return try await withThrowingTaskGroup(of: Response.self) { group in
+            group.addTask {
+                defer { ended.withLockedValue { $0 = true } }
+                var response: Response?
+                try await self.receive(method, id, responses) { response = $0 }
+                guard let response else { throw RPCError(.internal, "\(method.name) ended OK without a response") }
+                return response
+            }
+            do {
+                try await sending { request in
+                    guard !ended.withLockedValue({ $0 }) else { throw CallEnded() }
+                    try await write([Frame(callID: id, .message(request.serializedBytes()))])
+                }
+                try await write([Frame(callID: id, .halfClose)])
+            } catch {
+                if !ended.withLockedValue({ $0 }) {
+                    // The requests could not be made (a file that cannot be read): the call is cancelled.
+                    try? await write([Frame(callID: id, .cancel)])
+                    close(id)
+                    group.cancelAll()
+                    if !(error is CallEnded) { throw error }
+                }
+            }
+            return try await group.next()!
+        }
+    }
+
+    /// A send after the server ended the call.
+    private struct CallEnded: Error {}
+
+    private func callStart<Request, Response>(_ method: Method<Request, Response>, timeout: Duration?) -> CallStart {
         var start = CallStart()
         start.method = method.name
         start.metadata = [MetadataEntry("authorization", "Bearer \(token)")]
         if let timeout { start.timeoutMS = UInt32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000) }
-        let frames = [Frame(callID: id, .start(start))] + requests.map { Frame(callID: id, .message($0.serializedBytes())) }
-            + [Frame(callID: id, .halfClose)]
-        do {
-            try await write(frames)
-        } catch {
-            // A connection that failed under the write is ending: what its reader learns (the alert a server
-            // sent when it refused this client's certificate, say) says why better than the write's error.
-            if !(error is CancellationError) {
-                do { for try await _ in responses {} } catch let reason as RPCError { throw reason }
-            }
-            close(id)
-            throw RPCError(.unavailable, "cannot send the call: \(error)")
+        return start
+    }
+
+    /// A call whose frames could not be sent fails, with the reason the
+    /// connection's reader learned if it learned one.
+    private func failedWrite(_ id: UInt32, _ responses: AsyncThrowingStream<Frame.Kind, any Error>, _ error: any Error) async throws -> Never {
+        // A connection that failed under the write is ending: what its reader learns (the alert a server
+        // sent when it refused this client's certificate, say) says why better than the write's error.
+        if !(error is CancellationError) {
+            do { for try await _ in responses {} } catch let reason as RPCError { throw reason }
         }
+        close(id)
+        throw RPCError(.unavailable, "cannot send the call: \(error)")
+    }
+
+    /// A call's responses until its status; a status other than OK is thrown as `RPCError`.
+    private func receive<Request, Response>(_ method: Method<Request, Response>, _ id: UInt32,
+                                            _ responses: AsyncThrowingStream<Frame.Kind, any Error>,
+                                            onResponse: (Response) async throws -> Void) async throws {
         for try await kind in responses {
             switch kind {
             case .message(let bytes):

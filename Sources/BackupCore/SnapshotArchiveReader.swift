@@ -47,17 +47,20 @@ public struct SnapshotArchiveReader: Sendable {
     }
 
     /// Reads the archive at `path`. `open` is asked for a sink for the dump
-    /// and for each document (its content arrives in order, then the member
-    /// ends); `.metadata` is read here. Every member is hashed as it passes,
-    /// and checked against the `sha256:PATH` keys of `.metadata`.
-    public func read(_ path: String, interruption: Interruption? = nil,
-                     open: (Member, UInt64) throws -> (UnsafeRawBufferPointer) throws -> Void) throws -> Contents {
+    /// and for each document, given its size and, when `.metadata` came
+    /// first and states one, the SHA-256 it must have; a nil sink lets the
+    /// content pass, hashed only. `.metadata` is read here. Every member is
+    /// hashed as it passes, and checked against the `sha256:PATH` keys of
+    /// `.metadata` before `read` returns. `progress` hears how many bytes of
+    /// the archive file have been read so far.
+    public func read(_ path: String, interruption: Interruption? = nil, progress: ((UInt64) -> Void)? = nil,
+                     open: (_ member: Member, _ size: UInt64, _ stated: ContentHash?) throws -> (any ArchiveMemberSink)?) throws -> Contents {
         guard let archive = archive_read_new() else { throw ArchiveRejection("cannot start reading the archive") }
         defer { archive_read_free(archive) }
         archive_read_support_filter_gzip(archive)
         archive_read_support_format_tar(archive)
         guard archive_read_open_filename(archive, path, 1 << 16) == ARCHIVE_OK else {
-            throw ArchiveRejection("the archive cannot be read: \(Self.message(archive))")
+            throw ArchiveRejection("the archive is truncated or corrupt: \(Self.message(archive))")
         }
         var metadata: [String: String]?
         var dump: (size: UInt64, sha256: ContentHash)?
@@ -109,7 +112,7 @@ public struct SnapshotArchiveReader: Sendable {
                 member = .document(key: try Self.documentKey(name, raw: raw))
             }
             var document: [UInt8] = []
-            let sink = try member.map { try open($0, size) }
+            let sink = try member.flatMap { try open($0, size, metadata?["sha256:" + name].flatMap(ContentHash.init(hex:))) }
             let hasher = SHA256Hasher()
             var read: UInt64 = 0
             var buffer = [UInt8](repeating: 0, count: 1 << 16)
@@ -121,15 +124,18 @@ public struct SnapshotArchiveReader: Sendable {
                 read += UInt64(count)
                 expanded += UInt64(count)
                 guard read <= size else { throw ArchiveRejection("member \(Self.quoted(raw)) is longer than its header says") }
-                try checkExpansion(expanded, compressed: UInt64(max(0, archive_filter_bytes(archive, -1))))
+                let compressed = UInt64(max(0, archive_filter_bytes(archive, -1)))
+                try checkExpansion(expanded, compressed: compressed)
+                progress?(compressed)
                 try buffer.withUnsafeBytes { all in
                     let chunk = UnsafeRawBufferPointer(rebasing: all.prefix(count))
                     hasher.update(chunk)
-                    if let sink { try sink(chunk) } else { document += chunk }
+                    if member == nil { document += chunk } else { try sink?.write(chunk) }
                 }
             }
             guard read == size else { throw ArchiveRejection("member \(Self.quoted(raw)) is shorter than its header says") }
             let hash = hasher.finish()
+            try sink?.end(sha256: hash)
             hashes[name] = hash
             switch member {
             case nil: metadata = try Self.parseMetadata(document)
@@ -219,6 +225,13 @@ public struct SnapshotArchiveReader: Sendable {
     static func message(_ archive: OpaquePointer) -> String {
         archive_error_string(archive).map { String(cString: $0) } ?? "libarchive status \(archive_errno(archive))"
     }
+}
+
+/// Where one member's content goes as the reader passes it on.
+public protocol ArchiveMemberSink: AnyObject {
+    func write(_ chunk: UnsafeRawBufferPointer) throws
+    /// The member was read whole; `sha256` is what was read.
+    func end(sha256: ContentHash) throws
 }
 
 /// Why an archive is not a valid snapshot; the message names the problem.

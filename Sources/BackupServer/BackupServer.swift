@@ -67,7 +67,8 @@ public struct BackupServer: Service {
                                     threadPool: threadPool, lifetime: configuration.uploads.lifetime,
                                     reservedDiskBytes: configuration.uploads.reservedDiskBytes)
         let jobs = JobRunner(catalog: catalog, blobStore: blobStore, placement: placement, archiveCache: archiveCache, spool: spool,
-                             archiveGzipLevel: configuration.downloads.gzipLevel, threadPool: threadPool, settings: configuration.jobs,
+                             archiveGzipLevel: configuration.downloads.gzipLevel,
+                             uploadLimits: configuration.uploads.archiveLimits, threadPool: threadPool, settings: configuration.jobs,
                              logger: logger)
         let links = DownloadLinks(keys: configuration.downloads.keys, publicURL: configuration.downloads.publicURL,
                                   host: configuration.host, port: configuration.port)

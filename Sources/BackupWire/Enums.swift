@@ -38,6 +38,12 @@ public enum JobKind: Int32, WireEnum, CustomStringConvertible {
     public var description: String {
         ["unspecified", "backup", "restore", "archive", "upload-validation", "expiry", "verify"][Int(rawValue)]
     }
+
+    /// Whether a job of this kind works on its environment's database or
+    /// files, and so waits for its environment's other jobs. Preparing an
+    /// archive and validating an upload touch only the blob store and the
+    /// catalog (the catalog's unique index of migration 9 says the same).
+    public var usesEnvironment: Bool { self != .archive && self != .uploadValidation }
 }
 
 public enum JobStatus: Int32, WireEnum, CustomStringConvertible {

@@ -183,6 +183,18 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds an upload may go without a chunk before it is abandoned and its data removed (default 24 hours).")
     var uploadLifetimeSeconds = 24 * 3600
 
+    @Option(help: "Members an uploaded archive may hold (default 1,000,000).")
+    var uploadMaxMembers = SnapshotArchiveReader.Limits().members
+
+    @Option(help: "Largest member of an uploaded archive, in bytes (default 100 GiB).")
+    var uploadMaxMemberBytes = SnapshotArchiveReader.Limits().memberBytes
+
+    @Option(help: "Bytes an uploaded archive's members may expand to together (default 500 GiB).")
+    var uploadMaxExpandedBytes = SnapshotArchiveReader.Limits().expandedBytes
+
+    @Option(help: "Times its compressed size an uploaded archive may expand to, past its first 64 MiB (default 200).")
+    var uploadMaxExpansionRatio = SnapshotArchiveReader.Limits().expansionRatio
+
     @Option(help: "Write HOST:PORT to this file once listening.")
     var readyFile: String?
 
@@ -205,6 +217,9 @@ struct Serve: AsyncParsableCommand {
             ("--app-database-connect-timeout-seconds", appDatabaseConnectTimeoutSeconds), ("--max-frame-bytes", maxFrameBytes),
             ("--download-url-lifetime-seconds", downloadURLLifetimeSeconds), ("--max-downloads", maxDownloads),
             ("--max-downloads-per-namespace", maxDownloadsPerNamespace), ("--upload-lifetime-seconds", uploadLifetimeSeconds),
+            ("--upload-max-members", uploadMaxMembers), ("--upload-max-member-bytes", Int(clamping: uploadMaxMemberBytes)),
+            ("--upload-max-expanded-bytes", Int(clamping: uploadMaxExpandedBytes)),
+            ("--upload-max-expansion-ratio", Int(clamping: uploadMaxExpansionRatio)),
         ]
         if let (flag, _) = counts.first(where: { $0.1 < 1 }) { throw ValidationError("\(flag) must be at least 1") }
         // A frame that may never fit in what its client can borrow would wait forever.
@@ -304,6 +319,10 @@ struct Serve: AsyncParsableCommand {
         configuration.uploads.maximumBytes = maxUploadBytes
         configuration.uploads.spoolBytes = uploadSpoolBytes
         configuration.uploads.lifetime = .seconds(uploadLifetimeSeconds)
+        configuration.uploads.archiveLimits.members = uploadMaxMembers
+        configuration.uploads.archiveLimits.memberBytes = uploadMaxMemberBytes
+        configuration.uploads.archiveLimits.expandedBytes = uploadMaxExpandedBytes
+        configuration.uploads.archiveLimits.expansionRatio = uploadMaxExpansionRatio
         let readyFile = self.readyFile
         let logger = Logger(label: "backupd")
         // The catalog's libpq calls have threads of their own, one per connection (the pool's, the job-change

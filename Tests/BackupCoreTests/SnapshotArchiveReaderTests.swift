@@ -10,30 +10,6 @@ import Testing
     static let key = "0d3e301f-5551-46f8-ad44-8de2be084c95"
     static let document = "tree/0d/3e/" + key
 
-    /// Makes an archive with Python's tarfile: `members` is a Python list of
-    /// (name, kind, content) with kind "file", "dir", "symlink", "hardlink", "chardev";
-    /// `mode` is "w:gz" or another tarfile mode.
-    private func craft(_ scratch: ScratchDirectory, _ members: String, mode: String = "w:gz") throws -> String {
-        let path = scratch.path + "/crafted-\(UUID().uuidString.prefix(8)).tar.gz"
-        let script = """
-            import io, sys, tarfile
-            with tarfile.open(sys.argv[1], '\(mode)') as t:
-                for name, kind, content in \(members):
-                    info = tarfile.TarInfo(name)
-                    data = content.encode() if isinstance(content, str) else content
-                    if kind == 'file':
-                        info.size = len(data); t.addfile(info, io.BytesIO(data))
-                    else:
-                        info.type = {'dir': tarfile.DIRTYPE, 'symlink': tarfile.SYMTYPE, 'hardlink': tarfile.LNKTYPE,
-                                     'chardev': tarfile.CHRTYPE}[kind]
-                        info.linkname = content if kind in ('symlink', 'hardlink') else ''
-                        t.addfile(info)
-            """
-        let made = try runCommand("/usr/bin/python3", ["-c", script, path])
-        guard made.status == 0 else { throw TestSupportError("python could not make the archive: \(made.standardError)") }
-        return path
-    }
-
     private static let metadata = #"('.metadata', 'file', '{"modelVersion": "1.0.0"}')"#
     private static let dump = "('db/db.backup', 'file', 'PGDMP')"
     private static let file = "('\(document)', 'file', 'an invoice')"
@@ -42,8 +18,8 @@ import Testing
     private func read(_ path: String, limits: SnapshotArchiveReader.Limits = .init()) throws
         -> (SnapshotArchiveReader.Contents, [SnapshotArchiveReader.Member: [UInt8]]) {
         let received = ReceivedMembers()
-        let contents = try SnapshotArchiveReader(limits: limits).read(path) { member, _ in
-            { chunk in received.add(member, chunk) }
+        let contents = try SnapshotArchiveReader(limits: limits).read(path) { member, _, _ in
+            MemberCollector(member, into: received)
         }
         return (contents, received.members)
     }
@@ -80,6 +56,26 @@ import Testing
         #expect(contents.metadata["sha256:db/db.backup"] == archive.dump.hash.hex)
     }
 
+    @Test func aMemberWhoseStatedHashIsKnownMayPassUnwrittenAndIsStillChecked() throws {
+        let scratch = try ScratchDirectory("reader")
+        defer { scratch.remove() }
+        let invoice = ContentHash.of(Array("an invoice".utf8)).hex
+        let stating = { (hash: String) in
+            #"[('.metadata', 'file', '{"sha256:\#(Self.document)": "\#(hash)"}'), "# + Self.dump + ", " + Self.file + "]"
+        }
+        var offered: [SnapshotArchiveReader.Member: ContentHash?] = [:]
+        let contents = try SnapshotArchiveReader().read(try craftArchive(in: scratch, stating(invoice))) { member, _, stated in
+            offered[member] = stated
+            return nil
+        }
+        #expect(offered[.document(key: Self.key)] == ContentHash(hex: invoice) && offered[.dump] == .some(nil))
+        #expect(contents.documents.first?.sha256.hex == invoice)
+        let lying = try craftArchive(in: scratch, stating(String(repeating: "a", count: 64)))
+        #expect { _ = try SnapshotArchiveReader().read(lying) { _, _, _ in nil } } throws: {
+            ($0 as? ArchiveRejection)?.description.contains("but .metadata says aaaa") == true
+        }
+    }
+
     /// Each broken archive and the words its refusal must contain.
     static let broken: [(String, String, String)] = [
         ("missing .metadata", "[\(dump), \(file)]", "the archive has no .metadata"),
@@ -103,7 +99,7 @@ import Testing
     func aBrokenArchiveIsRefusedNamingTheProblem(what: String, members: String, reason: String) throws {
         let scratch = try ScratchDirectory("reader")
         defer { scratch.remove() }
-        let path = try craft(scratch, members)
+        let path = try craftArchive(in: scratch, members)
         #expect {
             _ = try read(path)
         } throws: { error in
@@ -114,8 +110,8 @@ import Testing
     @Test func notGzipTruncatedGzipAndTruncatedTarAreRefused() throws {
         let scratch = try ScratchDirectory("reader")
         defer { scratch.remove() }
-        let plainTar = try craft(scratch, "[\(Self.metadata), \(Self.dump)]", mode: "w")
-        let good = try craft(scratch, "[\(Self.metadata), \(Self.dump), ('\(Self.document)', 'file', b'\\x01' * 200000)]")
+        let plainTar = try craftArchive(in: scratch, "[\(Self.metadata), \(Self.dump)]", mode: "w")
+        let good = try craftArchive(in: scratch, "[\(Self.metadata), \(Self.dump), ('\(Self.document)', 'file', b'\\x01' * 200000)]")
         let bytes = try Data(contentsOf: URL(fileURLWithPath: good))
         let cutGzip = scratch.path + "/cut.tar.gz"
         try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: cutGzip))
@@ -138,12 +134,12 @@ import Testing
         let scratch = try ScratchDirectory("reader")
         defer { scratch.remove() }
         // 64 MiB of zeros: about 64 KiB compressed.
-        let bomb = try craft(scratch, "[\(Self.metadata), \(Self.dump), ('\(Self.document)', 'file', bytes(64 << 20))]")
+        let bomb = try craftArchive(in: scratch, "[\(Self.metadata), \(Self.dump), ('\(Self.document)', 'file', bytes(64 << 20))]")
         var ratioLimited = SnapshotArchiveReader.Limits()
         ratioLimited.ratioGrace = 1 << 20
         let sunk = ReceivedMembers()
         #expect {
-            _ = try SnapshotArchiveReader(limits: ratioLimited).read(bomb) { member, _ in { sunk.add(member, $0) } }
+            _ = try SnapshotArchiveReader(limits: ratioLimited).read(bomb) { member, _, _ in MemberCollector(member, into: sunk) }
         } throws: { ($0 as? ArchiveRejection)?.description.contains("refused as a decompression bomb") == true }
         // It stopped early: far less than the 64 MiB reached the sink.
         #expect(sunk.total < 8 << 20)
@@ -169,4 +165,18 @@ private final class ReceivedMembers: @unchecked Sendable {
         members[member, default: []] += chunk
         total += chunk.count
     }
+}
+
+/// A sink that hands one member's chunks to `ReceivedMembers`.
+private final class MemberCollector: ArchiveMemberSink {
+    private let member: SnapshotArchiveReader.Member
+    private let received: ReceivedMembers
+
+    init(_ member: SnapshotArchiveReader.Member, into received: ReceivedMembers) {
+        self.member = member
+        self.received = received
+    }
+
+    func write(_ chunk: UnsafeRawBufferPointer) { received.add(member, chunk) }
+    func end(sha256: ContentHash) {}
 }

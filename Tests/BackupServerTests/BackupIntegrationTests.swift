@@ -367,10 +367,10 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
     @Test func methodsNotYetServedAreUnimplemented() async throws {
         try await withInProcessServer { server in
             try await server.withClient { client in
-                let upload = await expectStatus(.unimplemented) {
-                    _ = try await client.unary(Backups.finishUpload, .with { $0.uploadID = UUID().uuidString })
+                let verify = await expectStatus(.unimplemented) {
+                    _ = try await client.unary(Backups.verifyBackup, .with { $0.id = UUID().uuidString })
                 }
-                #expect(upload?.message.contains("FinishUpload") == true)
+                #expect(verify?.message.contains("VerifyBackup") == true)
             }
         }
     }

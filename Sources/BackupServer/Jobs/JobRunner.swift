@@ -52,6 +52,7 @@ public final class JobRunner: Service, Sendable {
     private let backupJob: BackupJob
     private let restoreJob: RestoreJob
     private let archiveJob: ArchiveJob
+    private let uploadValidationJob: UploadValidationJob
     private let archiveCache: ArchiveCache
     private let spool: UploadSpool
     private let logger: Logger
@@ -69,7 +70,7 @@ public final class JobRunner: Service, Sendable {
     }
 
     init(catalog: Catalog, blobStore: any BlobStore, placement: Placement, archiveCache: ArchiveCache, spool: UploadSpool,
-         archiveGzipLevel: Int,
+         archiveGzipLevel: Int, uploadLimits: SnapshotArchiveReader.Limits,
          threadPool: NIOThreadPool, settings: JobSettings, logger: Logger) {
         self.catalog = catalog
         self.blobStore = blobStore
@@ -83,6 +84,8 @@ public final class JobRunner: Service, Sendable {
                                      keepPrevious: settings.keepPreviousOnRestore, dieAfterStep: settings.dieAfterRestoreStep)
         self.archiveJob = ArchiveJob(catalog: catalog, blobStore: blobStore, cache: archiveCache, gzipLevel: archiveGzipLevel,
                                      threadPool: threadPool)
+        self.uploadValidationJob = UploadValidationJob(catalog: catalog, blobStore: blobStore, spool: spool, limits: uploadLimits,
+                                                       threadPool: threadPool, tools: settings.tools)
         self.archiveCache = archiveCache
         self.spool = spool
         (wakeups, wakeupSource) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
@@ -238,12 +241,12 @@ public final class JobRunner: Service, Sendable {
     }
 
     /// Ends the uploads abandoned for their lifetime and removes their data,
-    /// and whatever else the spool holds that no receiving upload owns.
+    /// and whatever else the spool holds that no unfinished upload owns.
     private func sweepUploads() async {
         do {
             let listed = try spool.listedUploads()
-            let (receiving, known) = try await catalog.expireUploads(listed: listed)
-            let removed = spool.sweep(listed: listed, receiving: receiving, known: known)
+            let (unfinished, known) = try await catalog.expireUploads(listed: listed)
+            let removed = spool.sweep(listed: listed, unfinished: unfinished, known: known)
             if removed > 0 { logger.info("removed uploads no longer received", metadata: ["count": "\(removed)"]) }
         } catch {
             logger.error("cannot sweep the upload spool", metadata: ["error": "\(error)"])
@@ -292,7 +295,7 @@ public final class JobRunner: Service, Sendable {
 
     /// The job's own work.
     private func perform(_ claimed: ClaimedJob, recovering: Bool) async throws {
-        if !recovering && claimed.job.kind != .archive {
+        if !recovering && claimed.job.kind.usesEnvironment {
             // The disk and the database servers may have changed since the environment was placed.
             _ = try await placement.check(EnvironmentLocation(claimed.environment))
         }
@@ -301,6 +304,7 @@ public final class JobRunner: Service, Sendable {
         case .restore where recovering: try await restoreJob.recover(claimed, owner: owner)
         case .restore: try await restoreJob.run(claimed, owner: owner)
         case .archive: try await archiveJob.run(claimed, owner: owner)
+        case .uploadValidation: try await uploadValidationJob.run(claimed, owner: owner)
         default: throw JobFailure(description: "this server does not run \(claimed.job.kind) jobs")
         }
     }

@@ -228,6 +228,12 @@ struct BackupsService: Sendable {
             try await spool.receive(upload, chunks: received)
             return try await catalog.upload(id: upload.id)
         }
+        router.unary(Backups.finishUpload) { request, context in
+            let upload = try await reachableUpload(request.uploadID, context)
+            let finishing = try await catalog.finishUpload(id: upload.id, actor: context.caller.tokenName)
+            jobs.wake()
+            return finishing
+        }
         router.unary(Backups.getUpload) { request, context in
             try await reachableUpload(request.uploadID, context)
         }

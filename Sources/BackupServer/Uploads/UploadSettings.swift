@@ -1,3 +1,5 @@
+import BackupCore
+
 /// How uploads are received: where they wait, how large one may be, and
 /// how long one may go without a chunk before it is abandoned.
 public struct UploadSettings: Sendable {
@@ -10,6 +12,8 @@ public struct UploadSettings: Sendable {
     public var namespaceShare = 0.5
     /// Free space the spool's disk keeps beyond every unfinished upload.
     public var reservedDiskBytes: UInt64 = 1 << 30
+    /// What a received archive may hold, checked while it is validated.
+    public var archiveLimits = SnapshotArchiveReader.Limits()
 
     public init() {}
 }

@@ -109,6 +109,8 @@ final class UploadSpool: Sendable {
                 try await threadPool.runIfActive { [data = chunk.data, offset = received] in try Self.write(data, to: path, at: offset) }
                 chunk.data.withUnsafeBytes { hash!.hasher.update($0) }
                 hash!.covers += UInt64(chunk.data.count)
+                // The last byte counts only once the whole archive's hash is checked: a complete upload is a verified one.
+                if hash!.covers == upload.sizeBytes { try await checkHash(upload, hash!) }
                 guard try await catalog.recordReceived(uploadID: upload.id, writer: writer, from: received, to: hash!.covers,
                                                        lifetime: lifetime) else {
                     throw BackupError.aborted("upload \(upload.id) is no longer this call's to write; ask GetUpload where to go on")
@@ -120,17 +122,21 @@ final class UploadSpool: Sendable {
             cache(upload.id, hash!)
             return
         }
-        let actual = hash!.hasher.finish().hex
-        guard actual == upload.sha256 else {
-            let reason = "the archive's SHA-256 is \(actual), not the \(upload.sha256) announced; nothing was kept"
-            try await catalog.failUpload(id: upload.id, reason: reason)
-            remove([upload.id])
-            throw BackupError.dataLoss(reason)
-        }
         // Anything sent after the last byte is past the size.
         if let extra = try await iterator.next() {
             throw BackupError.outOfRange("chunk at offset \(extra.offset) goes past the upload's announced size of \(upload.sizeBytes) bytes")
         }
+    }
+
+    /// Compares a received upload's hash with the one announced; a mismatch
+    /// fails the upload with DATA_LOSS and removes its data.
+    private func checkHash(_ upload: Upload, _ hash: RunningHash) async throws {
+        let actual = hash.hasher.finish().hex
+        guard actual != upload.sha256 else { return }
+        let reason = "the archive's SHA-256 is \(actual), not the \(upload.sha256) announced; nothing was kept"
+        try await catalog.failUpload(id: upload.id, reason: reason)
+        remove([upload.id])
+        throw BackupError.dataLoss(reason)
     }
 
     /// How long a call holds an upload without sending a chunk before another call may take it over.
@@ -160,13 +166,13 @@ final class UploadSpool: Sendable {
             .map { String($0.dropLast(".upload".count)) }
     }
 
-    /// Removes the files of `listed` uploads that no longer receive, and of
+    /// Removes the files of `listed` uploads neither receiving nor being validated, and of
     /// ids the catalog does not know once they are a minute old (a younger
     /// one may belong to a start whose transaction has not committed yet).
-    func sweep(listed: [String], receiving: Set<String>, known: Set<String>) -> Int {
+    func sweep(listed: [String], unfinished: Set<String>, known: Set<String>) -> Int {
         let minuteAgo = Date().addingTimeInterval(-60)
         let gone = listed.filter { id in
-            guard !receiving.contains(id) else { return false }
+            guard !unfinished.contains(id) else { return false }
             guard !known.contains(id) else { return true }
             return ((try? FileManager.default.attributesOfItem(atPath: path(of: id))[.modificationDate] as? Date) ?? .distantPast) < minuteAgo
         }

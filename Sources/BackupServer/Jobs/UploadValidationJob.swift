@@ -1,0 +1,180 @@
+import BackupCatalog
+import BackupCore
+import BackupWire
+import Foundation
+import NIOConcurrencyHelpers
+import NIOPosix
+
+/// Turns a received upload into a backup, or refuses it naming why. The
+/// archive is read once, as a stream, by `SnapshotArchiveReader` (every rule
+/// of the format, and the limits, checked while reading): the dump goes to a
+/// scratch file, each document through a blob writer into the blob store
+/// (one the store holds already, under the hash `.metadata` states for it,
+/// is only hashed, not written again). Then `pg_restore --list` must read
+/// the dump, which joins the store. Only when every blob is stored under the
+/// hash its member was read with, and the blob lock still held, is the
+/// backup cataloged, with `.metadata`'s `modelVersion` as its package
+/// version. A refusal catalogs nothing; what it stored is unreferenced and
+/// goes with the garbage collection the failed job asks for.
+struct UploadValidationJob: Sendable {
+    let catalog: Catalog
+    let blobStore: any BlobStore
+    let spool: UploadSpool
+    let limits: SnapshotArchiveReader.Limits
+    let threadPool: NIOThreadPool
+    let tools: PostgresTools
+
+    /// What reading the archive left: its contents, and the documents' blobs
+    /// (the dump is still in its scratch file).
+    private struct ReadArchive: Sendable {
+        let contents: SnapshotArchiveReader.Contents
+        let documents: [(key: String, blob: StoredBlob)]
+    }
+
+    func run(_ claimed: ClaimedJob, owner: String) async throws {
+        let upload = try await catalog.validatedUpload(jobID: claimed.job.id)
+        // The upload's data goes once it is a backup or refused; a job stopped by a dead process leaves it to the spool's sweep.
+        defer { spool.remove([upload.id]) }
+        let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
+        await progress.update(done: 0, total: upload.sizeBytes, phase: "reading and checking the archive")
+        let dumpPath = "\(blobStore.scratchDirectory)/dump-\(claimed.job.id).backup"
+        defer { unlink(dumpPath) }
+        try await catalog.withSharedBlobLock(store: blobStore) { ledger in
+            let read = try await readArchive(spool.path(of: upload.id), dumpTo: dumpPath, progress: progress)
+            try await ledger.record(read.documents.map(\.blob))
+            await progress.update(phase: "checking the database dump with pg_restore --list")
+            let postgresVersion = try await listDump(dumpPath, jobID: claimed.job.id)
+            let dump = try await threadPool.runIfActive { [blobStore] in try blobStore.adopt(dumpPath) }
+            guard dump.hash == read.contents.dump.sha256 else {
+                throw JobFailure(description: "the dump was stored as \(dump.hash.hex), not the \(read.contents.dump.sha256.hex) read from the archive")
+            }
+            try await ledger.record([dump])
+            await progress.update(phase: "recording the backup")
+            var manifest = BackupManifest(dump: dump, files: read.documents, postgresVersion: postgresVersion,
+                                          databaseSize: read.contents.metadata["databaseSize"].flatMap { UInt64($0) } ?? 0)
+            manifest.files.sort { $0.key < $1.key }
+            try await ledger.confirm()
+            _ = try await catalog.finishUpload(jobID: claimed.job.id, owner: owner, manifest: manifest,
+                                               packageVersion: read.contents.metadata["modelVersion"] ?? "")
+        }
+    }
+
+    /// Reads the archive on the thread pool, stopping within a chunk when the
+    /// job is cancelled; progress (compressed bytes read) twice a second.
+    private func readArchive(_ path: String, dumpTo dumpPath: String, progress: ProgressReporter) async throws -> ReadArchive {
+        let interruption = Interruption()
+        let (blobStore, limits, threadPool) = (self.blobStore, self.limits, self.threadPool)
+        let documents = NIOLockedValueBox<[(key: String, blob: StoredBlob)]>([])
+        let done = NIOLockedValueBox<UInt64>(0)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .milliseconds(500))
+                    await progress.update(done: done.withLockedValue { $0 })
+                }
+            }
+            defer { group.cancelAll() }
+            return try await withTaskCancellationHandler {
+                try await threadPool.runIfActive {
+                    let contents: SnapshotArchiveReader.Contents
+                    do {
+                        contents = try SnapshotArchiveReader(limits: limits).read(path, interruption: interruption, progress: { bytes in done.withLockedValue { $0 = bytes } }) { member, _, stated in
+                            switch member {
+                            case .dump:
+                                return try FileSink(path: dumpPath)
+                            case .document(let key):
+                                // Content the store holds already is only hashed; the reader checks the hash against `stated`.
+                                if let stated, blobStore.contains(stated) {
+                                    return BlobSink(key: key, known: stated, documents: documents)
+                                }
+                                return BlobSink(key: key, writer: try blobStore.writer(), documents: documents)
+                            }
+                        }
+                    } catch let rejection as ArchiveRejection {
+                        throw JobFailure(description: "the archive is not a valid snapshot: \(rejection)")
+                    }
+                    return ReadArchive(contents: contents, documents: documents.withLockedValue { $0 })
+                }
+            } onCancel: {
+                interruption.set()
+            }
+        }
+    }
+
+    /// Runs `pg_restore --list` on the dump, refusing one it cannot read;
+    /// returns the server version the dump says it was made from.
+    private func listDump(_ dumpPath: String, jobID: String) async throws -> String {
+        let listingPath = "\(blobStore.scratchDirectory)/list-\(jobID)"
+        defer { unlink(listingPath) }
+        do {
+            try await runSubprocess(tools.pgRestore, ["--list", "--file=\(listingPath)", dumpPath])
+        } catch let failure as ToolFailure {
+            throw JobFailure(description: "the archive's \(SnapshotArchive.dumpPath) is not a dump pg_restore can read: \(failure)")
+        }
+        // The listing's header says, e.g. ";     Dumped from database version: 17.6 (Debian 17.6-1)".
+        let listing = try String(contentsOfFile: listingPath, encoding: .utf8)
+        let marker = "Dumped from database version:"
+        for line in listing.split(separator: "\n") where line.hasPrefix(";") {
+            if let range = line.firstRange(of: marker) { return line[range.upperBound...].trimmingCharacters(in: .whitespaces) }
+        }
+        return ""
+    }
+}
+
+/// The dump's sink: a new scratch file.
+private final class FileSink: ArchiveMemberSink {
+    private let path: String
+    private let fd: Int32
+
+    init(path: String) throws {
+        self.path = path
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
+    }
+
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < chunk.count {
+            let count = Glibc.write(fd, chunk.baseAddress! + done, chunk.count - done)
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
+            done += count
+        }
+    }
+
+    func end(sha256: ContentHash) {}
+
+    deinit { close(fd) }
+}
+
+/// A document's sink: its blob writer, or nothing for content the store
+/// holds already. At the member's end the blob joins the list, stored
+/// under the hash the member was read with, or the archive is refused.
+private final class BlobSink: ArchiveMemberSink {
+    private let key: String
+    private let writer: (any BlobWriter)?
+    private let known: ContentHash?
+    private let documents: NIOLockedValueBox<[(key: String, blob: StoredBlob)]>
+    private var size: UInt64 = 0
+
+    init(key: String, writer: any BlobWriter, documents: NIOLockedValueBox<[(key: String, blob: StoredBlob)]>) {
+        (self.key, self.writer, self.known, self.documents) = (key, writer, nil, documents)
+    }
+
+    init(key: String, known: ContentHash, documents: NIOLockedValueBox<[(key: String, blob: StoredBlob)]>) {
+        (self.key, self.writer, self.known, self.documents) = (key, nil, known, documents)
+    }
+
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        try writer?.write(chunk)
+        size += UInt64(chunk.count)
+    }
+
+    func end(sha256: ContentHash) throws {
+        let blob = try writer?.finish() ?? StoredBlob(hash: sha256, size: size, written: false)
+        guard blob.hash == sha256, known == nil || known == sha256 else {
+            throw ArchiveRejection("document \(key) was stored as \(blob.hash.hex), not the \(sha256.hex) read from the archive")
+        }
+        documents.withLockedValue { $0.append((key, blob)) }
+    }
+}
