@@ -5,6 +5,7 @@
 #   restore: backupctl restore --wait     vs  createdb + pg_restore --jobs=2 + tar xzf
 #   download archive preparation          vs  tar czf of the same dump and files
 #   download over HTTPS (curl)            vs  nginx serving the same file over HTTPS (curl)
+#   upload with validation (backupctl)    vs  the download of the same archive
 # on a copy of the demo app, the downloads also on an app with BULK_MB MiB of
 # documents that do not compress (default 512), and with LARGE_ROWS=N also on
 # a database of N rows (6000000 is about 1 GiB). Works on copies; the demo app
@@ -227,3 +228,20 @@ theirs=$(printf '%s\n' "${theirs[@]}" | median)
 row "download of $size bytes from backupd (curl), median" "$(printf '%.3f s' "$ours")"
 row "the same file from nginx over HTTPS (curl), median" "$(printf '%.3f s' "$theirs")"
 row "throughput backupd / nginx" "$(ratio "$theirs" "$ours")"
+
+echo "== uploads: the same archive sent back with backupctl upload (hash, send, validate); $RUNS runs"
+# Stored anew each run: the bulk backups, and each run's upload, are deleted first, and garbage collection frees their blobs.
+for id in $(ctl list --env bench/bulk --json | python3 -c "import json,sys; print(' '.join(b['id'] for b in json.load(sys.stdin).get('backups', [])))"); do
+  ctl delete "$id" >/dev/null
+done
+uploads=()
+for run in $(seq 1 "$RUNS"); do
+  sleep 2
+  start=$(now)
+  uploaded=$(ctl upload "$work/www/archive.tar.gz" --env bench/bulk --json | json '["backup_id"]')
+  uploads+=("$(since "$start")")
+  ctl delete "$uploaded" >/dev/null
+done
+upload=$(printf '%s\n' "${uploads[@]}" | median)
+row "upload of $size bytes with validation (backupctl), median" "$(printf '%.3f s' "$upload")"
+row "throughput upload / download of the same archive" "$(ratio "$ours" "$upload")"
