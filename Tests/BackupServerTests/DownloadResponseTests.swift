@@ -84,7 +84,7 @@ import Testing
         let cache = try ArchiveCache(directory: folder, reservedDiskBytes: 0)
         // "renamed" is a preparing archive's file, renamed by its job before the catalog calls it ready.
         let names = ["ready", "renamed", "writing.partial", "ready.partial", "gone", "gone.partial"]
-        for name in names { FileManager.default.createFile(atPath: "\(folder)/\(name)", contents: Data("x".utf8)) }
+        for name in names { #expect(FileManager.default.createFile(atPath: "\(folder)/\(name)", contents: Data("x".utf8))) }
         let removed = cache.sweep(listing: names, keeping: ["ready"], preparing: ["renamed", "writing"])
         #expect(removed == 3)
         #expect(try FileManager.default.contentsOfDirectory(atPath: folder).sorted() == ["ready", "renamed", "writing.partial"])

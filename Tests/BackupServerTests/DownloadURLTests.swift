@@ -386,33 +386,23 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
                 let backup = try await finishedBackup(server, app)
                 let download = try await server.withClient { try await readyDownload($0, backup) }
                 #expect(download.sizeBytes > UInt64(size))
-                let pid = server.processIdentifier
-                let baseline = residentBytes(pid)
-                let sampling = Task {
-                    var peak = baseline
-                    while !Task.isCancelled {
-                        peak = max(peak, residentBytes(pid))
-                        try? await Task.sleep(for: .milliseconds(20))
+                let growth = try await residentGrowth(of: server.processIdentifier) {
+                    // Clients that take 100 bytes a second (a byte per 10 ms) while everything else goes on.
+                    let slow = try (0..<4).map { _ in
+                        try startCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--limit-rate", "100", "-o", "/dev/null", download.url])
                     }
-                    return peak
+                    try await Task.sleep(for: .seconds(1))
+                    let whole = try curl(["-o", "/dev/null", "-w", "%{size_download}", download.url])
+                    #expect(whole.standardOutput == String(download.sizeBytes), "\(whole.standardError)")
+                    let info = try await within(.seconds(10)) {
+                        try await server.withClient { try await $0.unary(Backups.getDownload, .with { $0.id = download.id }) }
+                    }
+                    #expect(info.ready && info.sha256 == download.sha256)
+                    for process in slow {
+                        #expect(process.isRunning)
+                        process.terminate()
+                    }
                 }
-                // Clients that take 100 bytes a second (a byte per 10 ms) while everything else goes on.
-                let slow = try (0..<4).map { _ in
-                    try startCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--limit-rate", "100", "-o", "/dev/null", download.url])
-                }
-                try await Task.sleep(for: .seconds(1))
-                let whole = try curl(["-o", "/dev/null", "-w", "%{size_download}", download.url])
-                #expect(whole.standardOutput == String(download.sizeBytes), "\(whole.standardError)")
-                let info = try await within(.seconds(10)) {
-                    try await server.withClient { try await $0.unary(Backups.getDownload, .with { $0.id = download.id }) }
-                }
-                #expect(info.ready && info.sha256 == download.sha256)
-                for process in slow {
-                    #expect(process.isRunning)
-                    process.terminate()
-                }
-                sampling.cancel()
-                let growth = await sampling.value - baseline
                 #expect(growth < 64 << 20, "the server grew by \(growth >> 20) MiB")
             }
         }
@@ -428,6 +418,24 @@ func addDocument(to app: TestApp, size: Int64) throws {
     try FileManager.default.createDirectory(atPath: app.fileStore + "/ff/ff", withIntermediateDirectories: true)
     guard FileManager.default.createFile(atPath: app.fileStore + "/ff/ff/" + key, contents: nil),
           truncate(app.fileStore + "/ff/ff/" + key, off_t(size)) == 0 else { throw TestSupportError("cannot make the document") }
+}
+
+/// How far a process's resident memory rose above where it was, at its
+/// peak while `body` ran (sampled every 20 ms).
+func residentGrowth(of pid: Int32, during body: () async throws -> Void) async throws -> Int {
+    let baseline = residentBytes(pid)
+    let sampling = Task {
+        var peak = baseline
+        while !Task.isCancelled {
+            peak = max(peak, residentBytes(pid))
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return peak
+    }
+    defer { sampling.cancel() }
+    try await body()
+    sampling.cancel()
+    return await sampling.value - baseline
 }
 
 /// The resident memory of a process, from /proc.

@@ -228,22 +228,14 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                 try await eventually(within: .seconds(60)) {
                     try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n") == 0
                 }
-                let pid = server.processIdentifier
-                let baseline = residentBytes(pid)
-                let sampling = Task {
-                    var peak = baseline
-                    while !Task.isCancelled {
-                        peak = max(peak, residentBytes(pid))
-                        try? await Task.sleep(for: .milliseconds(20))
-                    }
-                    return peak
+                var uploaded: CommandResult?
+                let growth = try await residentGrowth(of: server.processIdentifier) {
+                    uploaded = try server.backupctl(["upload", archive, "--env", "acme/shop-production"])
                 }
-                let uploaded = try server.backupctl(["upload", archive, "--env", "acme/shop-production"])
-                sampling.cancel()
-                #expect(uploaded.status == 0, "\(uploaded.standardError)")
-                let growth = await sampling.value - baseline
+                let uploadedBig = try #require(uploaded)
+                #expect(uploadedBig.status == 0, "\(uploadedBig.standardError)")
                 #expect(growth < 64 << 20, "the server grew by \(growth >> 20) MiB")
-                let id = try #require(uploaded.standardOutput.firstMatch(of: /as backup ([0-9a-f-]{36})/)?.output.1)
+                let id = try #require(uploadedBig.standardOutput.firstMatch(of: /as backup ([0-9a-f-]{36})/)?.output.1)
                 let copy = try await server.withClient { try await $0.unary(Backups.getBackup, .with { $0.id = String(id) }) }
                 #expect(copy.filesBytes >= 2 << 30 && copy.fileCount == backup.fileCount)
             }

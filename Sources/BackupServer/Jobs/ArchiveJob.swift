@@ -2,7 +2,6 @@ import BackupCatalog
 import BackupCore
 import Foundation
 import NIOPosix
-import NIOConcurrencyHelpers
 
 /// Prepares a download: writes a backup's archive (or, database only, its
 /// bare dump) from the blob store into the archive cache, hashed as it is
@@ -40,30 +39,13 @@ struct ArchiveJob: Sendable {
     }
 
     /// Writes on the thread pool, stopping within a chunk when the job is
-    /// cancelled; progress is read off the writer twice a second.
+    /// cancelled, its progress reported as it goes.
     private func write(_ work: ArchiveWork, to path: String, progress: ProgressReporter) async throws -> (size: UInt64, sha256: ContentHash) {
-        let done = NIOLockedValueBox<UInt64>(0)
-        let interruption = Interruption()
-        let (blobStore, threadPool, gzipLevel) = (self.blobStore, self.threadPool, self.gzipLevel)
-        return try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                while true {
-                    try await Task.sleep(for: .milliseconds(500))
-                    await progress.update(done: done.withLockedValue { $0 })
-                }
-            }
-            defer { group.cancelAll() }
-            return try await withTaskCancellationHandler {
-                try await threadPool.runIfActive {
-                    let report = { (bytes: UInt64) in done.withLockedValue { $0 = bytes } }
-                    return work.databaseOnly
-                        ? try work.archive.writeDump(to: path, from: blobStore, interruption: interruption, progress: report)
-                        : try work.archive.write(to: path, from: blobStore, gzipLevel: gzipLevel, interruption: interruption,
-                                                 progress: report)
-                }
-            } onCancel: {
-                interruption.set()
-            }
+        let (blobStore, gzipLevel) = (self.blobStore, self.gzipLevel)
+        return try await progress.reporting(on: threadPool) { interruption, report in
+            work.databaseOnly
+                ? try work.archive.writeDump(to: path, from: blobStore, interruption: interruption, progress: report)
+                : try work.archive.write(to: path, from: blobStore, gzipLevel: gzipLevel, interruption: interruption, progress: report)
         }
     }
 }

@@ -1,5 +1,8 @@
 import BackupCatalog
+import BackupCore
 import Foundation
+import NIOConcurrencyHelpers
+import NIOPosix
 
 /// Keeps a job's progress in the catalog without writing on every byte: a
 /// change is written at most twice a second, and at once when the phase changes.
@@ -41,5 +44,31 @@ actor ProgressReporter {
         entry.total = max(entry.total, entry.done)
         parts[part] = entry
         await update(done: parts.values.reduce(0) { $0 + $1.done }, total: parts.values.reduce(0) { $0 + $1.total })
+    }
+}
+
+extension ProgressReporter {
+    /// Runs blocking `work` on `threadPool`, reporting the bytes it says it
+    /// has done (`report`) twice a second. A cancelled task sets the
+    /// `Interruption` the work checks, so it stops within a chunk.
+    func reporting<T: Sendable>(on threadPool: NIOThreadPool,
+                                _ work: @escaping @Sendable (_ interruption: Interruption, _ report: @escaping @Sendable (UInt64) -> Void) throws -> T)
+        async throws -> T {
+        let done = NIOLockedValueBox<UInt64>(0)
+        let interruption = Interruption()
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .milliseconds(500))
+                    await self.update(done: done.withLockedValue { $0 })
+                }
+            }
+            defer { group.cancelAll() }
+            return try await withTaskCancellationHandler {
+                try await threadPool.runIfActive { try work(interruption) { bytes in done.withLockedValue { $0 = bytes } } }
+            } onCancel: {
+                interruption.set()
+            }
+        }
     }
 }

@@ -60,44 +60,29 @@ struct UploadValidationJob: Sendable {
     }
 
     /// Reads the archive on the thread pool, stopping within a chunk when the
-    /// job is cancelled; progress (compressed bytes read) twice a second.
+    /// job is cancelled; progress is the compressed bytes read.
     private func readArchive(_ path: String, dumpTo dumpPath: String, progress: ProgressReporter) async throws -> ReadArchive {
-        let interruption = Interruption()
-        let (blobStore, limits, threadPool) = (self.blobStore, self.limits, self.threadPool)
-        let documents = NIOLockedValueBox<[(key: String, blob: StoredBlob)]>([])
-        let done = NIOLockedValueBox<UInt64>(0)
-        return try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                while true {
-                    try await Task.sleep(for: .milliseconds(500))
-                    await progress.update(done: done.withLockedValue { $0 })
-                }
-            }
-            defer { group.cancelAll() }
-            return try await withTaskCancellationHandler {
-                try await threadPool.runIfActive {
-                    let contents: SnapshotArchiveReader.Contents
-                    do {
-                        contents = try SnapshotArchiveReader(limits: limits).read(path, interruption: interruption, progress: { bytes in done.withLockedValue { $0 = bytes } }) { member, _, stated in
-                            switch member {
-                            case .dump:
-                                return try FileSink(path: dumpPath)
-                            case .document(let key):
-                                // Content the store holds already is only hashed; the reader checks the hash against `stated`.
-                                if let stated, blobStore.contains(stated) {
-                                    return BlobSink(key: key, known: stated, documents: documents)
-                                }
-                                return BlobSink(key: key, writer: try blobStore.writer(), documents: documents)
-                            }
+        let (blobStore, limits) = (self.blobStore, self.limits)
+        return try await progress.reporting(on: threadPool) { interruption, report in
+            let documents = NIOLockedValueBox<[(key: String, blob: StoredBlob)]>([])
+            let contents: SnapshotArchiveReader.Contents
+            do {
+                contents = try SnapshotArchiveReader(limits: limits).read(path, interruption: interruption, progress: report) { member, _, stated in
+                    switch member {
+                    case .dump:
+                        return try FileSink(path: dumpPath)
+                    case .document(let key):
+                        // Content the store holds already is only hashed; the reader checks the hash against `stated`.
+                        if let stated, blobStore.contains(stated) {
+                            return BlobSink(key: key, known: stated, documents: documents)
                         }
-                    } catch let rejection as ArchiveRejection {
-                        throw JobFailure(description: "the archive is not a valid snapshot: \(rejection)")
+                        return BlobSink(key: key, writer: try blobStore.writer(), documents: documents)
                     }
-                    return ReadArchive(contents: contents, documents: documents.withLockedValue { $0 })
                 }
-            } onCancel: {
-                interruption.set()
+            } catch let rejection as ArchiveRejection {
+                throw JobFailure(description: "the archive is not a valid snapshot: \(rejection)")
             }
+            return ReadArchive(contents: contents, documents: documents.withLockedValue { $0 })
         }
     }
 
