@@ -147,7 +147,7 @@ public struct SnapshotArchiveReader: Sendable {
         guard let dump else { throw ArchiveRejection("the archive has no \(SnapshotArchive.dumpPath)") }
         for (name, hash) in hashes.sorted(by: { $0.key < $1.key }) {
             if let stated = metadata["sha256:" + name], stated != hash.hex {
-                throw ArchiveRejection("member \(name) has SHA-256 \(hash.hex), but .metadata says \(stated)")
+                throw ArchiveRejection("member \(name) has SHA-256 \(hash.hex), but .metadata says \(Self.quoted(stated))")
             }
         }
         return Contents(metadata: metadata, dump: dump, documents: documents)

@@ -68,7 +68,7 @@ public struct BackupServer: Service {
                                     reservedDiskBytes: configuration.uploads.reservedDiskBytes)
         let jobs = JobRunner(catalog: catalog, blobStore: blobStore, placement: placement, archiveCache: archiveCache, spool: spool,
                              archiveGzipLevel: configuration.downloads.gzipLevel,
-                             uploadLimits: configuration.uploads.archiveLimits, threadPool: threadPool, settings: configuration.jobs,
+                             uploads: configuration.uploads, threadPool: threadPool, settings: configuration.jobs,
                              logger: logger)
         let links = DownloadLinks(keys: configuration.downloads.keys, publicURL: configuration.downloads.publicURL,
                                   host: configuration.host, port: configuration.port)

@@ -98,7 +98,7 @@ private func send(_ path: String, upload id: String, client: BackupClient, quiet
     guard upload.state == .receiving, upload.bytesReceived < upload.sizeBytes else { return }
     let info = try await client.unary(Backups.serverInfo, ServerInfoRequest())
     // A chunk and its framing fit in one frame.
-    let chunkBytes = max(1, min(1 << 20, Int(info.maxFrameBytes) - 1024))
+    let chunkBytes = max(1, min(4 << 20, Int(info.maxFrameBytes) - 1024))
     guard let handle = FileHandle(forReadingAtPath: path) else { throw ValidationError("cannot read \(path)") }
     defer { try? handle.close() }
     try handle.seek(toOffset: upload.bytesReceived)

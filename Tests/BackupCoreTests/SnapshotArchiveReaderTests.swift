@@ -72,7 +72,7 @@ import Testing
         #expect(contents.documents.first?.sha256.hex == invoice)
         let lying = try craftArchive(in: scratch, stating(String(repeating: "a", count: 64)))
         #expect { _ = try SnapshotArchiveReader().read(lying) { _, _, _ in nil } } throws: {
-            ($0 as? ArchiveRejection)?.description.contains("but .metadata says aaaa") == true
+            ($0 as? ArchiveRejection)?.description.contains("but .metadata says \"aaaa") == true
         }
     }
 
@@ -92,7 +92,7 @@ import Testing
         ("unknown member", "[\(metadata), \(dump), ('notes.txt', 'file', 'x')]", "is not .metadata, db/db.backup or tree/xx/yy/KEY"),
         ("unknown folder", "[('etc', 'dir', ''), \(metadata), \(dump)]", "folder \"etc\" is not one a snapshot has"),
         ("checksum mismatch", #"[('.metadata', 'file', '{"sha256:db/db.backup": "\#(String(repeating: "0", count: 64))"}'), "# + dump + "]",
-         "has SHA-256 \(ContentHash.of(Array("PGDMP".utf8)).hex), but .metadata says 0000"),
+         "has SHA-256 \(ContentHash.of(Array("PGDMP".utf8)).hex), but .metadata says \"0000"),
     ]
 
     @Test(arguments: broken)

@@ -28,7 +28,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                 defer { scratch.remove() }
                 let folder = scratch.path + "/snapshot"
                 try FileManager.default.createDirectory(atPath: folder + "/db", withIntermediateDirectories: true)
-                try #"{"modelVersion": "2.5.1", "comment": "made by hand"}"#.write(toFile: folder + "/.metadata", atomically: true, encoding: .utf8)
+                try #"{"modelVersion": "2.5.1", "comment": "made by hand", "databaseSize": "18446744073709551615"}"#.write(toFile: folder + "/.metadata", atomically: true, encoding: .utf8)
                 let dumped = try runCommand("/usr/bin/pg_dump", ["-Fc", "-O", "-x", "-h", "127.0.0.1", "-p", TestPostgres.port, "-U", "postgres",
                                                                  "-f", folder + "/db/db.backup", app.database])
                 #expect(dumped.status == 0, "\(dumped.standardError)")
@@ -138,7 +138,10 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                     ("gzip bomb", try crafted(scratch, "[\(Self.metadata), \(dump), ('tree/0d/3e/\(Self.key)', 'file', bytes(64 << 20))]"),
                      "refused as a decompression bomb"),
                     ("checksum mismatch", try crafted(scratch, "[\(mismatch), \(dump), \(Self.document)]"),
-                     "member tree/0d/3e/\(Self.key) has SHA-256 \(ContentHash.of(Array("an invoice".utf8)).hex), but .metadata says 0000"),
+                     "member tree/0d/3e/\(Self.key) has SHA-256 \(ContentHash.of(Array("an invoice".utf8)).hex), but .metadata says \"0000"),
+                    ("modelVersion with control characters",
+                     try crafted(scratch, #"[('.metadata', 'file', '{"modelVersion": "1.0\\u001b[2J"}'), "# + dump + "]"),
+                     ".metadata modelVersion must be at most 256 bytes without control or format characters"),
                 ]
                 try await server.withClient { client in
                     for (what, content, reason) in cases {
@@ -149,6 +152,16 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                     // The good one, sent the same way, is taken: the refusals were the archives' own.
                     let (upload, job) = try await uploadAndValidate(client, Array(goodBytes))
                     #expect(job.status == .finished && upload.state == .finished, "\(job.error)")
+                    // Stating the hash of content the store holds, with other content, is refused as stating any other hash
+                    // is: the refusal says nothing of what the store holds.
+                    let invoice = ContentHash.of(Array("an invoice".utf8)).hex
+                    for (stated, held) in [(invoice, true), (String(repeating: "1", count: 64), false)] {
+                        let claim = #"('.metadata', 'file', '{"sha256:tree/0d/3e/\#(Self.key)": "\#(stated)"}')"#
+                        let forged = try crafted(scratch, "[\(claim), \(dump), ('tree/0d/3e/\(Self.key)', 'file', 'a guess')]")
+                        let (_, refused) = try await uploadAndValidate(client, forged)
+                        #expect(refused.error == "the archive is not a valid snapshot: member tree/0d/3e/\(Self.key) has SHA-256 "
+                                + "\(ContentHash.of(Array("a guess".utf8)).hex), but .metadata says \"\(stated)\"", "held: \(held)")
+                    }
                     _ = try await client.unary(Backups.deleteBackup, .with { $0.id = upload.backupID })
                 }
                 // Nothing was cataloged, and nothing stays: spool, scratch and blob store end empty.

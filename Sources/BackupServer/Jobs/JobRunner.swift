@@ -70,7 +70,7 @@ public final class JobRunner: Service, Sendable {
     }
 
     init(catalog: Catalog, blobStore: any BlobStore, placement: Placement, archiveCache: ArchiveCache, spool: UploadSpool,
-         archiveGzipLevel: Int, uploadLimits: SnapshotArchiveReader.Limits,
+         archiveGzipLevel: Int, uploads: UploadSettings,
          threadPool: NIOThreadPool, settings: JobSettings, logger: Logger) {
         self.catalog = catalog
         self.blobStore = blobStore
@@ -84,7 +84,8 @@ public final class JobRunner: Service, Sendable {
                                      keepPrevious: settings.keepPreviousOnRestore, dieAfterStep: settings.dieAfterRestoreStep)
         self.archiveJob = ArchiveJob(catalog: catalog, blobStore: blobStore, cache: archiveCache, gzipLevel: archiveGzipLevel,
                                      threadPool: threadPool)
-        self.uploadValidationJob = UploadValidationJob(catalog: catalog, blobStore: blobStore, spool: spool, limits: uploadLimits,
+        self.uploadValidationJob = UploadValidationJob(catalog: catalog, blobStore: blobStore, spool: spool, limits: uploads.archiveLimits,
+                                                       reservedDiskBytes: uploads.reservedDiskBytes,
                                                        threadPool: threadPool, tools: settings.tools)
         self.archiveCache = archiveCache
         self.spool = spool

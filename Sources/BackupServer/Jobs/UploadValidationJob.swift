@@ -21,6 +21,8 @@ struct UploadValidationJob: Sendable {
     let blobStore: any BlobStore
     let spool: UploadSpool
     let limits: SnapshotArchiveReader.Limits
+    /// Free space the blob store's disk keeps beyond a member about to be written.
+    let reservedDiskBytes: UInt64
     let threadPool: NIOThreadPool
     let tools: PostgresTools
 
@@ -41,6 +43,7 @@ struct UploadValidationJob: Sendable {
         defer { unlink(dumpPath) }
         try await catalog.withSharedBlobLock(store: blobStore) { ledger in
             let read = try await readArchive(spool.path(of: upload.id), dumpTo: dumpPath, progress: progress)
+            let packageVersion = try Self.packageVersion(read.contents.metadata)
             try await ledger.record(read.documents.map(\.blob))
             await progress.update(phase: "checking the database dump with pg_restore --list")
             let postgresVersion = try await listDump(dumpPath, jobID: claimed.job.id)
@@ -50,24 +53,31 @@ struct UploadValidationJob: Sendable {
             }
             try await ledger.record([dump])
             await progress.update(phase: "recording the backup")
-            var manifest = BackupManifest(dump: dump, files: read.documents, postgresVersion: postgresVersion,
-                                          databaseSize: read.contents.metadata["databaseSize"].flatMap { UInt64($0) } ?? 0)
+            // A size no database has (past Int64) is no size at all.
+            let databaseSize = read.contents.metadata["databaseSize"].flatMap { Int64($0) }.map { UInt64(max(0, $0)) } ?? 0
+            var manifest = BackupManifest(dump: dump, files: read.documents, postgresVersion: postgresVersion, databaseSize: databaseSize)
             manifest.files.sort { $0.key < $1.key }
             try await ledger.confirm()
             _ = try await catalog.finishUpload(jobID: claimed.job.id, owner: owner, manifest: manifest,
-                                               packageVersion: read.contents.metadata["modelVersion"] ?? "")
+                                               packageVersion: packageVersion)
         }
     }
 
     /// Reads the archive on the thread pool, stopping within a chunk when the
     /// job is cancelled; progress is the compressed bytes read.
     private func readArchive(_ path: String, dumpTo dumpPath: String, progress: ProgressReporter) async throws -> ReadArchive {
-        let (blobStore, limits) = (self.blobStore, self.limits)
+        let (blobStore, limits, reserved) = (self.blobStore, self.limits, self.reservedDiskBytes)
         return try await progress.reporting(on: threadPool) { interruption, report in
             let documents = NIOLockedValueBox<[(key: String, blob: StoredBlob)]>([])
             let contents: SnapshotArchiveReader.Contents
             do {
-                contents = try SnapshotArchiveReader(limits: limits).read(path, interruption: interruption, progress: report) { member, _, stated in
+                contents = try SnapshotArchiveReader(limits: limits).read(path, interruption: interruption, progress: report) { member, size, stated in
+                    // The archive's members may expand far past it: each must fit on the disk beside its reserve.
+                    var info = statvfs()
+                    if statvfs(blobStore.scratchDirectory, &info) == 0, UInt64(info.f_bavail) * UInt64(info.f_frsize) < size + reserved {
+                        throw JobFailure(description: "the blob store's disk has too little free space for the archive's members "
+                                         + "(it keeps \(reserved) bytes free); try again later")
+                    }
                     switch member {
                     case .dump:
                         return try FileSink(path: dumpPath)
@@ -84,6 +94,19 @@ struct UploadValidationJob: Sendable {
             }
             return ReadArchive(contents: contents, documents: documents.withLockedValue { $0 })
         }
+    }
+
+    /// `.metadata`'s `modelVersion`, which becomes the backup's package
+    /// version: held to what the API lets a package version be.
+    static func packageVersion(_ metadata: [String: String]) throws -> String {
+        let version = metadata["modelVersion"] ?? ""
+        guard version.utf8.count <= WireLimits.appOrVersion,
+              !version.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0.properties.generalCategory == .format })
+        else {
+            throw JobFailure(description: "the archive is not a valid snapshot: .metadata modelVersion must be at most "
+                             + "\(WireLimits.appOrVersion) bytes without control or format characters")
+        }
+        return version
     }
 
     /// Runs `pg_restore --list` on the dump, refusing one it cannot read;
@@ -156,8 +179,11 @@ private final class BlobSink: ArchiveMemberSink {
     }
 
     func end(sha256: ContentHash) throws {
+        // Content that is not what `.metadata` stated is refused by the reader at the archive's end, whether or not
+        // the store holds the stated hash, with the same message: a refusal says nothing of other namespaces' content.
+        guard known == nil || known == sha256 else { return }
         let blob = try writer?.finish() ?? StoredBlob(hash: sha256, size: size, written: false)
-        guard blob.hash == sha256, known == nil || known == sha256 else {
+        guard blob.hash == sha256 else {
             throw ArchiveRejection("document \(key) was stored as \(blob.hash.hex), not the \(sha256.hex) read from the archive")
         }
         documents.withLockedValue { $0.append((key, blob)) }
