@@ -1,6 +1,7 @@
 import BackupCore
 import BackupPostgres
 import BackupWire
+import Foundation
 
 /// A job this process now runs under a lease, with what it needs to know.
 public struct ClaimedJob: Sendable {
@@ -48,11 +49,6 @@ public struct BackupManifest: Sendable {
 }
 
 extension Catalog {
-    /// How long each kind of backup is kept by default, as a PostgreSQL
-    /// interval: calendar months clamp to the month's last day.
-    static let retention = ["on-demand": "14 days", "nightly": "14 days", "weekly": "3 months",
-                            "monthly": "12 months", "uploaded": "14 days"]
-
     static let jobColumns = """
         j.id, j.kind, j.status, e.namespace, e.name AS environment, j.snapshot_id, j.bytes_done, j.bytes_total,
         j.phase, j.error, j.actor, unix_ms(j.created_at) AS created_ms, unix_ms(j.started_at) AS started_ms,
@@ -181,8 +177,8 @@ extension Catalog {
     }
 
     /// Records a PROCESSING backup's content from `manifest` and marks it
-    /// FINISHED, expiring after its kind's retention from its creation;
-    /// returns what its job's end says of it.
+    /// FINISHED, expiring after its kind's retention from its creation (the
+    /// default policy, in UTC); returns what its job's end says of it.
     static func completeSnapshot(_ connection: PostgresConnection, id snapshotID: String, manifest: BackupManifest) throws -> String {
         let filesBytes = manifest.files.reduce(UInt64(0)) { $0 + $1.blob.size }
         let warning = manifest.warning
@@ -193,14 +189,16 @@ extension Catalog {
                 """, snapshotID, manifest.files.map(\.key), manifest.files.map(\.blob.hash.hex),
                 manifest.files.map { String($0.blob.size) })
         }
-        let kind = try connection.query("SELECT kind FROM snapshots WHERE id = $1", snapshotID)[0].string("kind")
+        let row = try connection.query("SELECT kind, unix_ms(created_at) AS created_ms FROM snapshots WHERE id = $1", snapshotID)[0]
+        let expiry = RetentionPolicy().expiry(of: row.string("kind"), created: Date(timeIntervalSince1970: Double(row.int64("created_ms")) / 1000),
+                                              in: .gmt)
         try connection.query("""
-            UPDATE snapshots SET status = 'finished', finished_at = now(), expires_at = created_at + $2::interval,
+            UPDATE snapshots SET status = 'finished', finished_at = now(), expires_at = to_timestamp($2::double precision / 1000),
                 dump_sha256 = $3, database_bytes = $4, files_bytes = $5, file_count = $6, postgres_version = $7,
                 source_database_bytes = $8, files_deleted_during_backup = $9, files_changed_during_backup = $10,
                 warning = $11
             WHERE id = $1 AND status = 'processing'
-            """, snapshotID, Self.retention[kind] ?? "14 days", manifest.dump.hash.hex,
+            """, snapshotID, Int64((expiry.timeIntervalSince1970 * 1000).rounded()), manifest.dump.hash.hex,
             manifest.dump.size, filesBytes, manifest.files.count, manifest.postgresVersion, manifest.databaseSize,
             manifest.deletedDuringBackup.count, manifest.changedDuringBackup.count, warning)
         return "\(manifest.files.count) files, \(manifest.dump.size + filesBytes) bytes" + (warning.isEmpty ? "" : "; warning: \(warning)")

@@ -279,7 +279,8 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                     .filter { $0.contains(spool) }
                 #expect(open.isEmpty, "\(open.count) spool files held open")
                 let growth = residentBytes(server.processIdentifier) - baseline
-                #expect(growth < 16 << 20, "32 more silent calls of 1 MiB grew the server by \(growth >> 20) MiB")
+                // Held chunks would be 32 MiB on their own; the rest (TLS, call state, the allocator) measured 10–16 MiB.
+                #expect(growth < 24 << 20, "32 more silent calls of 1 MiB grew the server by \(growth >> 20) MiB")
                 // Another call may not take over an upload while its silent call holds the lease.
                 let held = await expectStatus(.aborted) {
                     _ = try await server.withClient { try await sendChunks($0, uploads[0], content, from: 1 << 20, to: 2 << 20) }
