@@ -172,8 +172,7 @@ extension Catalog {
     /// Ends a validation job: its upload becomes a FINISHED backup of kind
     /// UPLOADED in the upload's environment, with `manifest` as its content
     /// and `packageVersion` as its package version, all in one transaction.
-    /// Returns the new backup's id.
-    public func finishUpload(jobID: String, owner: String, manifest: BackupManifest, packageVersion: String) async throws -> String {
+    public func completeUpload(jobID: String, owner: String, manifest: BackupManifest, packageVersion: String) async throws {
         let snapshotID = UUID().uuidString.lowercased()
         try await pool.callTransaction(idempotent: true) { connection in
             guard let row = try connection.query("""
@@ -192,7 +191,6 @@ extension Catalog {
             try connection.query("UPDATE jobs SET snapshot_id = $2 WHERE id = $1", jobID, snapshotID)
             try Self.finishJob(connection, id: jobID, owner: owner, detail: "upload \(row.string("id")) became backup \(snapshotID): " + detail)
         }
-        return snapshotID
     }
 
     /// Ends a receiving upload as FAILED with its reason, logging it.

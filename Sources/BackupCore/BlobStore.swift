@@ -390,7 +390,9 @@ private func readChunks(fd: Int32, path: String, limit: UInt64 = .max, interrupt
     }
 }
 
-private func writeAll(fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
+/// Writes all of `bytes` to `fd` (retrying what a signal interrupted);
+/// `path` names the file in the error.
+public func writeAll(fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
     var offset = 0
     while offset < bytes.count {
         let written = write(fd, bytes.baseAddress! + offset, bytes.count - offset)

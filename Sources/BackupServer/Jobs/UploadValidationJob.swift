@@ -58,8 +58,7 @@ struct UploadValidationJob: Sendable {
             var manifest = BackupManifest(dump: dump, files: read.documents, postgresVersion: postgresVersion, databaseSize: databaseSize)
             manifest.files.sort { $0.key < $1.key }
             try await ledger.confirm()
-            _ = try await catalog.finishUpload(jobID: claimed.job.id, owner: owner, manifest: manifest,
-                                               packageVersion: packageVersion)
+            try await catalog.completeUpload(jobID: claimed.job.id, owner: owner, manifest: manifest, packageVersion: packageVersion)
         }
     }
 
@@ -141,13 +140,7 @@ private final class FileSink: ArchiveMemberSink {
     }
 
     func write(_ chunk: UnsafeRawBufferPointer) throws {
-        var done = 0
-        while done < chunk.count {
-            let count = Glibc.write(fd, chunk.baseAddress! + done, chunk.count - done)
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
-            done += count
-        }
+        try writeAll(fd: fd, chunk, path: path)
     }
 
     func end(sha256: ContentHash) {}
