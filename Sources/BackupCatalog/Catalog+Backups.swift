@@ -23,7 +23,8 @@ extension Catalog {
         s.id, s.seq, e.namespace, e.name AS environment, s.status, s.kind, s.comment, s.package_version,
         unix_ms(s.created_at) AS created_ms, unix_ms(s.finished_at) AS finished_ms, unix_ms(s.expires_at) AS expires_ms,
         s.database_bytes, s.files_bytes, s.file_count, s.postgres_version, s.error, s.job_id, s.dump_sha256,
-        s.files_deleted_during_backup, s.files_changed_during_backup, s.warning
+        s.files_deleted_during_backup, s.files_changed_during_backup, s.warning,
+        unix_ms(s.verified_at) AS verified_ms, s.verify_job_id, s.verify_problem_count, s.verify_problems
         """
 
     static func backup(_ row: PostgresRow) -> Backup {
@@ -38,32 +39,45 @@ extension Catalog {
             $0.error = row.string("error"); $0.jobID = row.string("job_id"); $0.dumpSHA256 = row.string("dump_sha256")
             $0.filesDeletedDuringBackup = row.uint64("files_deleted_during_backup")
             $0.filesChangedDuringBackup = row.uint64("files_changed_during_backup"); $0.warning = row.string("warning")
+            $0.verification = verification(row)
         }
     }
 
     /// Catalogs a new PROCESSING backup and queues the job that makes it.
     /// Refused, naming the running job, while the environment has another.
     public func createBackup(namespace: String, environment: String, kind: BackupKind, comment: String, actor: String) async throws -> (Backup, Job) {
-        let snapshotID = UUID().uuidString.lowercased()
-        let jobID = UUID().uuidString.lowercased()
         do {
             return try await pool.callTransaction { connection in
-                let environmentID = try Self.environmentID(connection, namespace, environment)
-                try connection.query("""
-                    INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase)
-                    VALUES ($1, 'backup', 'queued', $2, $3, $4, 'queued')
-                    """, jobID, environmentID, snapshotID, actor)
-                try connection.query("""
-                    INSERT INTO snapshots (id, environment_id, status, kind, comment, package_version, job_id)
-                    SELECT $1, id, 'processing', $3, $4, package_version, $5 FROM environments WHERE id = $2
-                    """, snapshotID, environmentID, kind.description, comment, jobID)
-                try Self.recordActivity(connection, namespace, environment, action: "backup", outcome: "STARTED",
-                                        actor: actor, snapshotID: snapshotID, detail: comment)
-                return (try Self.loadBackup(connection, snapshotID), try Self.loadJob(connection, jobID))
+                try Self.insertBackup(connection, environmentID: try Self.environmentID(connection, namespace, environment),
+                                      namespace: namespace, environment: environment, kind: kind.description, comment: comment,
+                                      actor: actor)
             }
         } catch let error as PostgresError where error.isUniqueViolation {
             throw try await busyError(namespace: namespace, environment: environment)
         }
+    }
+
+    /// Inserts a PROCESSING backup and its queued job; an automatic one
+    /// names its `night`, and is created at the scheduler's `createdAt`.
+    static func insertBackup(_ connection: PostgresConnection, environmentID: Int64, namespace: String, environment: String,
+                             kind: String, comment: String, actor: String, night: String? = nil,
+                             createdAt: Date? = nil) throws -> (Backup, Job) {
+        let snapshotID = UUID().uuidString.lowercased()
+        let jobID = UUID().uuidString.lowercased()
+        try connection.query("""
+            INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase)
+            VALUES ($1, 'backup', 'queued', $2, $3, $4, 'queued')
+            """, jobID, environmentID, snapshotID, actor)
+        try connection.query("""
+            INSERT INTO snapshots (id, environment_id, status, kind, comment, package_version, job_id, night, created_at)
+            SELECT $1, id, 'processing', $3, $4, package_version, $5, $6::date,
+                   COALESCE(to_timestamp($7::double precision / 1000), now())
+            FROM environments WHERE id = $2
+            """, snapshotID, environmentID, kind, comment, jobID, night,
+            createdAt.map { Int64(($0.timeIntervalSince1970 * 1000).rounded()) })
+        try recordActivity(connection, namespace, environment, action: "backup", outcome: "STARTED",
+                           actor: actor, snapshotID: snapshotID, detail: comment)
+        return (try loadBackup(connection, snapshotID), try loadJob(connection, jobID))
     }
 
     /// The error for an environment that already runs a job, naming that job.

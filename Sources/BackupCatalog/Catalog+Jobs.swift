@@ -171,14 +171,23 @@ extension Catalog {
                 """, jobID, owner).first else {
                 throw BackupError.failedPrecondition("job \(jobID) is no longer held by this process")
             }
-            let detail = try Self.completeSnapshot(connection, id: row.string("snapshot_id"), manifest: manifest)
+            let snapshotID = row.string("snapshot_id")
+            let detail = try Self.completeSnapshot(connection, id: snapshotID, manifest: manifest)
             try Self.finishJob(connection, id: jobID, owner: owner, detail: detail)
+            if try connection.query("""
+                SELECT 1 FROM snapshots s JOIN schedules sc ON sc.environment_id = s.environment_id
+                WHERE s.id = $1 AND s.night IS NOT NULL AND sc.verify_nightly
+                """, snapshotID).first != nil {
+                // Past the namespace's share of verifications, this night's goes unverified rather than unfinished.
+                try? Self.queueVerification(connection, backup: try Self.loadBackup(connection, snapshotID), actor: "scheduler")
+            }
         }
     }
 
     /// Records a PROCESSING backup's content from `manifest` and marks it
-    /// FINISHED, expiring after its kind's retention from its creation (the
-    /// default policy, in UTC); returns what its job's end says of it.
+    /// FINISHED, expiring after its kind's retention from its creation (its
+    /// environment's policy, in its time zone); returns what its job's end
+    /// says of it.
     static func completeSnapshot(_ connection: PostgresConnection, id snapshotID: String, manifest: BackupManifest) throws -> String {
         let filesBytes = manifest.files.reduce(UInt64(0)) { $0 + $1.blob.size }
         let warning = manifest.warning
@@ -189,18 +198,16 @@ extension Catalog {
                 """, snapshotID, manifest.files.map(\.key), manifest.files.map(\.blob.hash.hex),
                 manifest.files.map { String($0.blob.size) })
         }
-        let row = try connection.query("SELECT kind, unix_ms(created_at) AS created_ms FROM snapshots WHERE id = $1", snapshotID)[0]
-        let expiry = RetentionPolicy().expiry(of: row.string("kind"), created: Date(timeIntervalSince1970: Double(row.int64("created_ms")) / 1000),
-                                              in: .gmt)
         try connection.query("""
-            UPDATE snapshots SET status = 'finished', finished_at = now(), expires_at = to_timestamp($2::double precision / 1000),
-                dump_sha256 = $3, database_bytes = $4, files_bytes = $5, file_count = $6, postgres_version = $7,
-                source_database_bytes = $8, files_deleted_during_backup = $9, files_changed_during_backup = $10,
-                warning = $11
+            UPDATE snapshots SET status = 'finished', finished_at = now(),
+                dump_sha256 = $2, database_bytes = $3, files_bytes = $4, file_count = $5, postgres_version = $6,
+                source_database_bytes = $7, files_deleted_during_backup = $8, files_changed_during_backup = $9,
+                warning = $10
             WHERE id = $1 AND status = 'processing'
-            """, snapshotID, Int64((expiry.timeIntervalSince1970 * 1000).rounded()), manifest.dump.hash.hex,
+            """, snapshotID, manifest.dump.hash.hex,
             manifest.dump.size, filesBytes, manifest.files.count, manifest.postgresVersion, manifest.databaseSize,
             manifest.deletedDuringBackup.count, manifest.changedDuringBackup.count, warning)
+        try dateExpiry(connection, snapshotID: snapshotID)
         return "\(manifest.files.count) files, \(manifest.dump.size + filesBytes) bytes" + (warning.isEmpty ? "" : "; warning: \(warning)")
     }
 
@@ -260,11 +267,25 @@ extension Catalog {
             WHERE j.id = $1 AND e.id = j.environment_id AND j.status IN \(status.predecessors.sql)
             RETURNING j.kind, j.snapshot_id, j.actor, e.namespace, e.name
             """, id, message, status.description).first else { return }
+        var detail = message
         switch row.string("kind") {
         case "backup":
-            try connection.query("""
+            // A failed backup holds no content; it stays in the list, as a record, as long as a finished one would.
+            let failed = try connection.query("""
                 UPDATE snapshots SET status = 'failed', error = $2, finished_at = now() WHERE id = $1 AND status = 'processing'
+                RETURNING id, night::text AS night, environment_id
                 """, row["snapshot_id"], message)
+            if let snapshot = failed.first {
+                try dateExpiry(connection, snapshotID: snapshot.string("id"))
+                if let night = snapshot["night"] {
+                    let attempts = try connection.query("""
+                        SELECT count(*) AS n FROM snapshots WHERE environment_id = $1 AND night = $2::date AND status = 'failed'
+                        """, snapshot.int64("environment_id"), night)[0].int64("n")
+                    detail += attempts < NightlyWindow.attempts
+                        ? " (attempt \(attempts) of \(NightlyWindow.attempts) of the night of \(night); it will be tried again)"
+                        : " (attempt \(attempts) of \(NightlyWindow.attempts) of the night of \(night); the night has no backup)"
+                }
+            }
         case "archive":
             // Its reservation in the cache ends; a new request prepares a new archive.
             try connection.query("UPDATE archives SET state = 'failed', error = $2 WHERE job_id = $1 AND state = 'preparing'", id, message)
@@ -276,7 +297,7 @@ extension Catalog {
         }
         try recordActivity(connection, row.string("namespace"), row.string("name"), action: row.string("kind"),
                            outcome: status.description.uppercased(), actor: row.string("actor"), snapshotID: row["snapshot_id"],
-                           detail: message)
+                           detail: detail)
     }
 
     /// Asks for a job to stop. A queued job ends CANCELLED at once; a running

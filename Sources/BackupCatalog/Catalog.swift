@@ -83,6 +83,8 @@ enum AdvisoryLock {
     static let archives = 7_400_004
     /// Held while an upload request counts and reserves the spool's bytes.
     static let uploads = 7_400_005
+    /// Held (with the namespace's hash) while a verification request counts its namespace's verify jobs.
+    static let verifications = 7_400_006
 }
 
 /// Turns catalog text into the API's enums.

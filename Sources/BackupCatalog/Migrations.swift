@@ -232,5 +232,33 @@ enum Migrations {
             WHERE status IN ('queued', 'running') AND kind NOT IN ('archive', 'upload-validation');
         CREATE UNIQUE INDEX uploads_by_job ON uploads (job_id);
         """),
+        (10, """
+        -- Each environment's automatic backups: when (minutes after local midnight, in an IANA zone) and how long each
+        -- kind is kept (0: the default). An environment without a row has the defaults: enabled, 00:00 UTC.
+        CREATE TABLE schedules (
+            environment_id  bigint PRIMARY KEY REFERENCES environments(id) ON DELETE CASCADE,
+            enabled         boolean NOT NULL,
+            window_start    integer NOT NULL CHECK (window_start BETWEEN 0 AND 1439),
+            time_zone       text NOT NULL,
+            nightly_days    integer NOT NULL CHECK (nightly_days >= 0),
+            weekly_months   integer NOT NULL CHECK (weekly_months >= 0),
+            monthly_months  integer NOT NULL CHECK (monthly_months >= 0),
+            on_demand_days  integer NOT NULL CHECK (on_demand_days >= 0),
+            uploaded_days   integer NOT NULL CHECK (uploaded_days >= 0),
+            verify_nightly  boolean NOT NULL
+        );
+        -- The night (local date of its window) an automatic backup was made for. One backup per environment and
+        -- night that did not fail, whichever process made it; failed attempts of a night are its retries.
+        ALTER TABLE snapshots ADD COLUMN night date;
+        CREATE UNIQUE INDEX snapshots_one_per_night ON snapshots (environment_id, night) WHERE night IS NOT NULL AND status <> 'failed';
+        CREATE INDEX snapshots_expiring ON snapshots (expires_at) WHERE status <> 'processing';
+        -- The last verification of a backup: when, by which job, and what it found (at most 100 problems kept).
+        ALTER TABLE snapshots ADD COLUMN verified_at timestamptz, ADD COLUMN verify_job_id uuid,
+            ADD COLUMN verify_problem_count integer NOT NULL DEFAULT 0, ADD COLUMN verify_problems jsonb NOT NULL DEFAULT '[]';
+        -- Verifying reads only the blob store: it does not take its environment's one job at a time.
+        DROP INDEX jobs_one_active_per_environment;
+        CREATE UNIQUE INDEX jobs_one_active_per_environment ON jobs (environment_id)
+            WHERE status IN ('queued', 'running') AND kind NOT IN ('archive', 'upload-validation', 'verify');
+        """),
     ]
 }

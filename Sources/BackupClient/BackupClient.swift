@@ -188,24 +188,37 @@ public final class BackupClient: Sendable {
             do {
                 try await sending { request in
                     guard !ended.withLockedValue({ $0 }) else { throw CallEnded() }
-                    try await write([Frame(callID: id, .message(request.serializedBytes()))])
+                    try await self.writeWhileOpen([Frame(callID: id, .message(request.serializedBytes()))])
                 }
-                try await write([Frame(callID: id, .halfClose)])
+                try await writeWhileOpen([Frame(callID: id, .halfClose)])
             } catch {
-                if !ended.withLockedValue({ $0 }) {
+                // A write that failed means the connection is ending: the receiver learns why (a status, or
+                // UNAVAILABLE when it closed), which says more than the write's own error.
+                if !(error is CallEnded) {
                     // The requests could not be made (a file that cannot be read): the call is cancelled.
                     try? await write([Frame(callID: id, .cancel)])
                     close(id)
                     group.cancelAll()
-                    if !(error is CallEnded) { throw error }
+                    throw error
                 }
             }
             return try await group.next()!
         }
     }
 
-    /// A send after the server ended the call.
+    /// A send after the call ended, or that the connection could not take.
     private struct CallEnded: Error {}
+
+    /// Writes a streaming call's frames; a connection that cannot take them is ending (`CallEnded`).
+    private func writeWhileOpen(_ frames: [Frame]) async throws {
+        do {
+            try await write(frames)
+        } catch let error as CancellationError {
+            throw error
+        } catch {
+            throw CallEnded()
+        }
+    }
 
     private func callStart<Request, Response>(_ method: Method<Request, Response>, timeout: Duration?) -> CallStart {
         var start = CallStart()

@@ -9,6 +9,13 @@ public enum RetentionPeriod: Sendable, Hashable {
     case days(Int)
     case months(Int)
 
+    /// The count of days or months.
+    public var count: Int {
+        switch self {
+        case .days(let count), .months(let count): count
+        }
+    }
+
     /// The moment this period after `start` ends, in `timeZone`.
     public func end(after start: Date, in timeZone: TimeZone) -> Date {
         var calendar = Calendar(identifier: .gregorian)
@@ -33,6 +40,24 @@ public struct RetentionPolicy: Sendable, Hashable {
     public var uploaded: RetentionPeriod = .days(14)
 
     public init() {}
+
+    /// Up to ten years, in days or months.
+    public static let longestDays = 3650, longestMonths = 120
+
+    /// A policy of whole days and months; a value of 0 keeps that kind's
+    /// default. Refused, naming the kind, past ten years.
+    public init(nightlyDays: Int, weeklyMonths: Int, monthlyMonths: Int, onDemandDays: Int, uploadedDays: Int) throws(BackupError) {
+        func period(_ count: Int, _ make: (Int) -> RetentionPeriod, _ name: String, _ longest: Int, _ unit: String,
+                    default: RetentionPeriod) throws(BackupError) -> RetentionPeriod {
+            guard count <= longest else { throw .invalidArgument("\(name) retention of \(count) \(unit) is longer than \(longest) \(unit)") }
+            return count == 0 ? `default` : make(count)
+        }
+        nightly = try period(nightlyDays, RetentionPeriod.days, "nightly", Self.longestDays, "days", default: nightly)
+        weekly = try period(weeklyMonths, RetentionPeriod.months, "weekly", Self.longestMonths, "months", default: weekly)
+        monthly = try period(monthlyMonths, RetentionPeriod.months, "monthly", Self.longestMonths, "months", default: monthly)
+        onDemand = try period(onDemandDays, RetentionPeriod.days, "on-demand", Self.longestDays, "days", default: onDemand)
+        uploaded = try period(uploadedDays, RetentionPeriod.days, "uploaded", Self.longestDays, "days", default: uploaded)
+    }
 
     /// The period of a kind by its catalog name (`nightly`, `weekly`,
     /// `monthly`, `on-demand`, `uploaded`).

@@ -5,6 +5,8 @@ import Glibc
 public struct PostgresError: Error, CustomStringConvertible {
     public let sqlState: String?
     public let message: String
+    /// The constraint (or unique index) a violation names, when it names one.
+    public var constraint: String? = nil
 
     public var description: String { message }
 
@@ -122,7 +124,8 @@ public final class PostgresConnection: @unchecked Sendable {
         guard status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK else { return }
         let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
         let message = String(cString: PQresultErrorMessage(result)).trimmingTrailingNewlines
-        throw PostgresError(sqlState: state, message: message)
+        let constraint = PQresultErrorField(result, Int32(UInt8(ascii: "n"))).map { String(cString: $0) }
+        throw PostgresError(sqlState: state, message: message, constraint: constraint)
     }
 
     /// Waits up to `timeout` for notifications on the channels this

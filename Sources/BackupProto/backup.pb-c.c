@@ -367,6 +367,96 @@ void   backup__v1__backup__free_unpacked
   assert(message->base.descriptor == &backup__v1__backup__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   backup__v1__verification__init
+                     (Backup__V1__Verification         *message)
+{
+  static const Backup__V1__Verification init_value = BACKUP__V1__VERIFICATION__INIT;
+  *message = init_value;
+}
+size_t backup__v1__verification__get_packed_size
+                     (const Backup__V1__Verification *message)
+{
+  assert(message->base.descriptor == &backup__v1__verification__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t backup__v1__verification__pack
+                     (const Backup__V1__Verification *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &backup__v1__verification__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t backup__v1__verification__pack_to_buffer
+                     (const Backup__V1__Verification *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &backup__v1__verification__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Backup__V1__Verification *
+       backup__v1__verification__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Backup__V1__Verification *)
+     protobuf_c_message_unpack (&backup__v1__verification__descriptor,
+                                allocator, len, data);
+}
+void   backup__v1__verification__free_unpacked
+                     (Backup__V1__Verification *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &backup__v1__verification__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   backup__v1__verify_problem__init
+                     (Backup__V1__VerifyProblem         *message)
+{
+  static const Backup__V1__VerifyProblem init_value = BACKUP__V1__VERIFY_PROBLEM__INIT;
+  *message = init_value;
+}
+size_t backup__v1__verify_problem__get_packed_size
+                     (const Backup__V1__VerifyProblem *message)
+{
+  assert(message->base.descriptor == &backup__v1__verify_problem__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t backup__v1__verify_problem__pack
+                     (const Backup__V1__VerifyProblem *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &backup__v1__verify_problem__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t backup__v1__verify_problem__pack_to_buffer
+                     (const Backup__V1__VerifyProblem *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &backup__v1__verify_problem__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Backup__V1__VerifyProblem *
+       backup__v1__verify_problem__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Backup__V1__VerifyProblem *)
+     protobuf_c_message_unpack (&backup__v1__verify_problem__descriptor,
+                                allocator, len, data);
+}
+void   backup__v1__verify_problem__free_unpacked
+                     (Backup__V1__VerifyProblem *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &backup__v1__verify_problem__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   backup__v1__job__init
                      (Backup__V1__Job         *message)
 {
@@ -2852,7 +2942,7 @@ const ProtobufCMessageDescriptor backup__v1__environment__descriptor =
   (ProtobufCMessageInit) backup__v1__environment__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__backup__field_descriptors[21] =
+static const ProtobufCFieldDescriptor backup__v1__backup__field_descriptors[22] =
 {
   {
     "id",
@@ -3106,6 +3196,18 @@ static const ProtobufCFieldDescriptor backup__v1__backup__field_descriptors[21] 
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "verification",
+    22,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Backup, verification),
+    &backup__v1__verification__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__backup__field_indices_by_name[] = {
   5,   /* field[5] = comment */
@@ -3128,12 +3230,13 @@ static const unsigned backup__v1__backup__field_indices_by_name[] = {
   14,   /* field[14] = postgres_version */
   10,   /* field[10] = size_bytes */
   3,   /* field[3] = status */
+  21,   /* field[21] = verification */
   20,   /* field[20] = warning */
 };
 static const ProtobufCIntRange backup__v1__backup__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 21 }
+  { 0, 22 }
 };
 const ProtobufCMessageDescriptor backup__v1__backup__descriptor =
 {
@@ -3143,11 +3246,165 @@ const ProtobufCMessageDescriptor backup__v1__backup__descriptor =
   "Backup__V1__Backup",
   "backup.v1",
   sizeof(Backup__V1__Backup),
-  21,
+  22,
   backup__v1__backup__field_descriptors,
   backup__v1__backup__field_indices_by_name,
   1,  backup__v1__backup__number_ranges,
   (ProtobufCMessageInit) backup__v1__backup__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor backup__v1__verification__field_descriptors[5] =
+{
+  {
+    "verified_unix_ms",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Verification, verified_unix_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "job_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Verification, job_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "intact",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Verification, intact),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "problem_count",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Verification, problem_count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "problems",
+    5,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Backup__V1__Verification, n_problems),
+    offsetof(Backup__V1__Verification, problems),
+    &backup__v1__verify_problem__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned backup__v1__verification__field_indices_by_name[] = {
+  2,   /* field[2] = intact */
+  1,   /* field[1] = job_id */
+  3,   /* field[3] = problem_count */
+  4,   /* field[4] = problems */
+  0,   /* field[0] = verified_unix_ms */
+};
+static const ProtobufCIntRange backup__v1__verification__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor backup__v1__verification__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "backup.v1.Verification",
+  "Verification",
+  "Backup__V1__Verification",
+  "backup.v1",
+  sizeof(Backup__V1__Verification),
+  5,
+  backup__v1__verification__field_descriptors,
+  backup__v1__verification__field_indices_by_name,
+  1,  backup__v1__verification__number_ranges,
+  (ProtobufCMessageInit) backup__v1__verification__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor backup__v1__verify_problem__field_descriptors[3] =
+{
+  {
+    "name",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__VerifyProblem, name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "sha256",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__VerifyProblem, sha256),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "problem",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__VerifyProblem, problem),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned backup__v1__verify_problem__field_indices_by_name[] = {
+  0,   /* field[0] = name */
+  2,   /* field[2] = problem */
+  1,   /* field[1] = sha256 */
+};
+static const ProtobufCIntRange backup__v1__verify_problem__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor backup__v1__verify_problem__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "backup.v1.VerifyProblem",
+  "VerifyProblem",
+  "Backup__V1__VerifyProblem",
+  "backup.v1",
+  sizeof(Backup__V1__VerifyProblem),
+  3,
+  backup__v1__verify_problem__field_descriptors,
+  backup__v1__verify_problem__field_indices_by_name,
+  1,  backup__v1__verify_problem__number_ranges,
+  (ProtobufCMessageInit) backup__v1__verify_problem__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor backup__v1__job__field_descriptors[13] =
@@ -3951,7 +4208,7 @@ const ProtobufCMessageDescriptor backup__v1__upload__descriptor =
   (ProtobufCMessageInit) backup__v1__upload__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__schedule__field_descriptors[6] =
+static const ProtobufCFieldDescriptor backup__v1__schedule__field_descriptors[8] =
 {
   {
     "namespace",
@@ -4025,19 +4282,45 @@ static const ProtobufCFieldDescriptor backup__v1__schedule__field_descriptors[6]
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "verify_nightly",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Schedule, verify_nightly),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "backups_redated",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Schedule, backups_redated),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__schedule__field_indices_by_name[] = {
+  7,   /* field[7] = backups_redated */
   2,   /* field[2] = enabled */
   1,   /* field[1] = environment */
   0,   /* field[0] = namespace */
   5,   /* field[5] = retention */
   4,   /* field[4] = time_zone */
+  6,   /* field[6] = verify_nightly */
   3,   /* field[3] = window_start */
 };
 static const ProtobufCIntRange backup__v1__schedule__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor backup__v1__schedule__descriptor =
 {
@@ -4047,14 +4330,14 @@ const ProtobufCMessageDescriptor backup__v1__schedule__descriptor =
   "Backup__V1__Schedule",
   "backup.v1",
   sizeof(Backup__V1__Schedule),
-  6,
+  8,
   backup__v1__schedule__field_descriptors,
   backup__v1__schedule__field_indices_by_name,
   1,  backup__v1__schedule__number_ranges,
   (ProtobufCMessageInit) backup__v1__schedule__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__retention_policy__field_descriptors[4] =
+static const ProtobufCFieldDescriptor backup__v1__retention_policy__field_descriptors[5] =
 {
   {
     "nightly_days",
@@ -4104,17 +4387,30 @@ static const ProtobufCFieldDescriptor backup__v1__retention_policy__field_descri
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "uploaded_days",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__RetentionPolicy, uploaded_days),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__retention_policy__field_indices_by_name[] = {
   2,   /* field[2] = monthly_months */
   0,   /* field[0] = nightly_days */
   3,   /* field[3] = on_demand_days */
+  4,   /* field[4] = uploaded_days */
   1,   /* field[1] = weekly_months */
 };
 static const ProtobufCIntRange backup__v1__retention_policy__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor backup__v1__retention_policy__descriptor =
 {
@@ -4124,7 +4420,7 @@ const ProtobufCMessageDescriptor backup__v1__retention_policy__descriptor =
   "Backup__V1__RetentionPolicy",
   "backup.v1",
   sizeof(Backup__V1__RetentionPolicy),
-  4,
+  5,
   backup__v1__retention_policy__field_descriptors,
   backup__v1__retention_policy__field_indices_by_name,
   1,  backup__v1__retention_policy__number_ranges,
@@ -6087,7 +6383,7 @@ const ProtobufCMessageDescriptor backup__v1__get_schedule_request__descriptor =
   (ProtobufCMessageInit) backup__v1__get_schedule_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__set_schedule_request__field_descriptors[1] =
+static const ProtobufCFieldDescriptor backup__v1__set_schedule_request__field_descriptors[2] =
 {
   {
     "schedule",
@@ -6101,14 +6397,27 @@ static const ProtobufCFieldDescriptor backup__v1__set_schedule_request__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "apply_to_existing",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__SetScheduleRequest, apply_to_existing),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__set_schedule_request__field_indices_by_name[] = {
+  1,   /* field[1] = apply_to_existing */
   0,   /* field[0] = schedule */
 };
 static const ProtobufCIntRange backup__v1__set_schedule_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor backup__v1__set_schedule_request__descriptor =
 {
@@ -6118,7 +6427,7 @@ const ProtobufCMessageDescriptor backup__v1__set_schedule_request__descriptor =
   "Backup__V1__SetScheduleRequest",
   "backup.v1",
   sizeof(Backup__V1__SetScheduleRequest),
-  1,
+  2,
   backup__v1__set_schedule_request__field_descriptors,
   backup__v1__set_schedule_request__field_indices_by_name,
   1,  backup__v1__set_schedule_request__number_ranges,

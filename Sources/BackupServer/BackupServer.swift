@@ -22,6 +22,7 @@ public struct ServerConfiguration: Sendable {
     public var appDatabases = AppDatabasePolicy()
     public var downloads = DownloadSettings()
     public var uploads = UploadSettings()
+    public var schedule = ScheduleSettings()
 
     public init(tls: TLSSettings?) {
         self.tls = tls
@@ -29,7 +30,7 @@ public struct ServerConfiguration: Sendable {
 }
 
 /// The backup service as a `Service`: the TLS listener with its RPC
-/// dispatch, the job runner and the revocation watcher, over a migrated
+/// dispatch, the job runner, the scheduler and the revocation watcher, over a migrated
 /// catalog, a blob store and a thread pool it is handed. Whoever runs it
 /// owns the signals and how long a graceful shutdown may take: `backupd`
 /// runs it in a `ServiceGroup`, tests run it in process.
@@ -39,6 +40,7 @@ public struct BackupServer: Service {
     private let configuration: ServerConfiguration
     private let catalog: Catalog
     private let jobs: JobRunner
+    private let scheduler: Scheduler
     private let downloads: DownloadEndpoint
     private let watches: JobWatches
     private let openCalls: OpenCalls
@@ -70,6 +72,7 @@ public struct BackupServer: Service {
                              archiveGzipLevel: configuration.downloads.gzipLevel,
                              uploads: configuration.uploads, threadPool: threadPool, settings: configuration.jobs,
                              logger: logger)
+        let scheduler = Scheduler(catalog: catalog, jobs: jobs, settings: configuration.schedule, logger: logger)
         let links = DownloadLinks(keys: configuration.downloads.keys, publicURL: configuration.downloads.publicURL,
                                   host: configuration.host, port: configuration.port)
         let openCalls = OpenCalls()
@@ -78,7 +81,7 @@ public struct BackupServer: Service {
         BackupsService(catalog: catalog, jobs: jobs, placement: placement, openCalls: openCalls, watches: watches,
                        maxFrameBytes: configuration.maxFrameBytes, connections: configuration.connections,
                        downloads: configuration.downloads, links: links, archiveCache: archiveCache,
-                       uploads: configuration.uploads, spool: spool).register(into: &router)
+                       uploads: configuration.uploads, spool: spool, scheduler: scheduler).register(into: &router)
         self.dispatcher = RPCDispatcher(router: router, openCalls: openCalls, logger: logger) { secret in
             try await catalog.authenticate(secret: secret)
         }
@@ -90,6 +93,7 @@ public struct BackupServer: Service {
         self.configuration = configuration
         self.catalog = catalog
         self.jobs = jobs
+        self.scheduler = scheduler
         self.watches = watches
         self.openCalls = openCalls
         self.eventLoopGroup = eventLoopGroup
@@ -113,6 +117,7 @@ public struct BackupServer: Service {
             // Shut down last to first: the listener stops taking calls at once, then jobs get their grace period.
             services: [
                 .init(service: jobs),
+                .init(service: scheduler),
                 .init(service: RevocationService(openCalls: openCalls, catalog: catalog)),
                 .init(service: watches),
                 .init(service: ListenerService(listener: listener, openCalls: openCalls, jobs: jobs)),

@@ -41,9 +41,10 @@ public enum JobKind: Int32, WireEnum, CustomStringConvertible {
 
     /// Whether a job of this kind works on its environment's database or
     /// files, and so waits for its environment's other jobs. Preparing an
-    /// archive and validating an upload touch only the blob store and the
-    /// catalog (the catalog's unique index of migration 9 says the same).
-    public var usesEnvironment: Bool { self != .archive && self != .uploadValidation }
+    /// archive, validating an upload and verifying a backup touch only the
+    /// blob store and the catalog (the catalog's unique index of migration
+    /// 10 says the same).
+    public var usesEnvironment: Bool { self != .archive && self != .uploadValidation && self != .verify }
 }
 
 public enum JobStatus: Int32, WireEnum, CustomStringConvertible {

@@ -311,8 +311,9 @@ public struct GetScheduleRequest: WireMessage {
 public struct SetScheduleRequest: WireMessage {
     public static var descriptor: ProtobufCMessageDescriptor { backup__v1__set_schedule_request__descriptor }
     public var schedule = Schedule()
+    public var applyToExisting = false
     public init() {}
-    public mutating func map(_ f: inout FieldMap) { f.field(1, &schedule) }
+    public mutating func map(_ f: inout FieldMap) { f.field(1, &schedule); f.field(2, &applyToExisting) }
 }
 
 public struct CreateTokenRequest: WireMessage {

@@ -46,6 +46,7 @@ public struct Backup: WireMessage {
     public var filesDeletedDuringBackup: UInt64 = 0
     public var filesChangedDuringBackup: UInt64 = 0
     public var warning = ""
+    public var verification: Verification?
     public init() {}
     public mutating func map(_ f: inout FieldMap) {
         f.field(1, &id); f.field(2, &namespace); f.field(3, &environment); f.field(4, &status); f.field(5, &kind)
@@ -53,8 +54,32 @@ public struct Backup: WireMessage {
         f.field(10, &expiresUnixMS); f.field(11, &sizeBytes); f.field(12, &fileCount); f.field(13, &databaseBytes)
         f.field(14, &filesBytes); f.field(15, &postgresVersion); f.field(16, &error); f.field(17, &jobID)
         f.field(18, &dumpSHA256); f.field(19, &filesDeletedDuringBackup); f.field(20, &filesChangedDuringBackup)
-        f.field(21, &warning)
+        f.field(21, &warning); f.field(22, &verification)
     }
+}
+
+/// What the last verification of a backup found.
+public struct Verification: WireMessage {
+    public static var descriptor: ProtobufCMessageDescriptor { backup__v1__verification__descriptor }
+    public var verifiedUnixMS: Int64 = 0
+    public var jobID = ""
+    public var intact = false
+    public var problemCount: UInt32 = 0
+    public var problems: [VerifyProblem] = []
+    public init() {}
+    public mutating func map(_ f: inout FieldMap) {
+        f.field(1, &verifiedUnixMS); f.field(2, &jobID); f.field(3, &intact); f.field(4, &problemCount); f.field(5, &problems)
+    }
+}
+
+/// One piece of a backup that is missing or not what was stored.
+public struct VerifyProblem: WireMessage, Codable {
+    public static var descriptor: ProtobufCMessageDescriptor { backup__v1__verify_problem__descriptor }
+    public var name = ""
+    public var sha256 = ""
+    public var problem = ""
+    public init() {}
+    public mutating func map(_ f: inout FieldMap) { f.field(1, &name); f.field(2, &sha256); f.field(3, &problem) }
 }
 
 /// A unit of long work and its progress.
@@ -171,10 +196,12 @@ public struct Schedule: WireMessage {
     public var windowStart = ""
     public var timeZone = ""
     public var retention = RetentionPolicy()
+    public var verifyNightly = false
+    public var backupsRedated: UInt32 = 0
     public init() {}
     public mutating func map(_ f: inout FieldMap) {
         f.field(1, &namespace); f.field(2, &environment); f.field(3, &enabled); f.field(4, &windowStart)
-        f.field(5, &timeZone); f.field(6, &retention)
+        f.field(5, &timeZone); f.field(6, &retention); f.field(7, &verifyNightly); f.field(8, &backupsRedated)
     }
 }
 
@@ -184,8 +211,10 @@ public struct RetentionPolicy: WireMessage {
     public var weeklyMonths: UInt32 = 0
     public var monthlyMonths: UInt32 = 0
     public var onDemandDays: UInt32 = 0
+    public var uploadedDays: UInt32 = 0
     public init() {}
     public mutating func map(_ f: inout FieldMap) {
         f.field(1, &nightlyDays); f.field(2, &weeklyMonths); f.field(3, &monthlyMonths); f.field(4, &onDemandDays)
+        f.field(5, &uploadedDays)
     }
 }

@@ -9,7 +9,8 @@ struct Backupctl: AsyncParsableCommand {
         commandName: "backupctl",
         abstract: "Back up, list and manage app environments on a backupd server.",
         subcommands: [Info.self, EnvCommand.self, Create.self, List.self, Show.self, Comment.self, Delete.self,
-                      Restore.self, DownloadCommand.self, UploadCommand.self, JobCommand.self, ActivityCommand.self, TokenCommand.self])
+                      Verify.self, Restore.self, DownloadCommand.self, UploadCommand.self, JobCommand.self, ScheduleCommand.self, ActivityCommand.self,
+                      TokenCommand.self])
 }
 
 struct Info: AsyncParsableCommand {

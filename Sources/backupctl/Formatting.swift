@@ -60,12 +60,34 @@ enum Format {
                 ("database", b.status == .finished ? bytes(b.databaseBytes) : ""),
                 ("files", b.status == .finished ? "\(b.fileCount) (\(bytes(b.filesBytes)))" : ""),
                 ("postgres", b.postgresVersion), ("dump sha256", b.dumpSHA256), ("job", b.jobID), ("warning", b.warning),
-                ("error", b.error)])
+                ("error", b.error), ("verified", b.verification.map(verificationSummary) ?? "")])
+    }
+
+    /// "intact at TIME (job J)", or how many problems, when and by which job.
+    static func verificationSummary(_ v: Verification) -> String {
+        (v.intact ? "intact" : "\(v.problemCount) problems") + " at \(time(v.verifiedUnixMS)) (job \(v.jobID))"
+    }
+
+    /// A backup's last verification and each problem it found, a line each.
+    static func verification(_ b: Backup) -> String {
+        guard let v = b.verification else { return "backup \(b.id) has not been verified" }
+        return (["backup \(b.id): \(verificationSummary(v))"] + v.problems.map { "  \($0.name) (\($0.sha256)): \($0.problem)" }
+            + (v.problemCount > UInt32(v.problems.count) ? ["  … \(v.problemCount - UInt32(v.problems.count)) more"] : []))
+            .map { terminalSafe($0) }.joined(separator: "\n")
+    }
+
+    static func schedule(_ s: Schedule) -> String {
+        let r = s.retention
+        return fields([("environment", "\(s.namespace)/\(s.environment)"), ("nightly backups", s.enabled ? "enabled" : "disabled"),
+                       ("window", "\(s.windowStart) \(s.timeZone)"), ("verify nightly", s.verifyNightly ? "yes" : "no"),
+                       ("keep nightly", "\(r.nightlyDays) days"), ("keep weekly", "\(r.weeklyMonths) months (Sunday runs)"),
+                       ("keep monthly", "\(r.monthlyMonths) months (first Sunday run of a month)"),
+                       ("keep on demand", "\(r.onDemandDays) days"), ("keep uploaded", "\(r.uploadedDays) days")])
     }
 
     static func backups(_ backups: [Backup]) -> String {
-        table(["ID", "ENVIRONMENT", "STATUS", "KIND", "CREATED", "SIZE", "FILES", "COMMENT"], backups.map {
-            [$0.id, $0.environment, "\($0.status)", "\($0.kind)", time($0.createdUnixMS),
+        table(["ID", "ENVIRONMENT", "STATUS", "KIND", "CREATED", "EXPIRES", "SIZE", "FILES", "COMMENT"], backups.map {
+            [$0.id, $0.environment, "\($0.status)", "\($0.kind)", time($0.createdUnixMS), time($0.expiresUnixMS),
              $0.status == .finished ? bytes($0.sizeBytes) : "", $0.status == .finished ? "\($0.fileCount)" : "", $0.comment]
         })
     }

@@ -195,6 +195,22 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Times its compressed size an uploaded archive may expand to, past its first 64 MiB (default 200).")
     var uploadMaxExpansionRatio = SnapshotArchiveReader.Limits().expansionRatio
 
+    @Flag(inversion: .prefixedNo,
+          help: "Make each environment's nightly backups and delete expired backups (on by default; every process on a catalog may).")
+    var scheduler = true
+
+    @Option(help: "Seconds between the scheduler's looks for due nights and expired backups (default 30).")
+    var scheduleIntervalSeconds = 30
+
+    @Option(help: "Minutes after a window's start over which environments' nightly backups are spread (default 60).")
+    var scheduleSpreadMinutes = 60
+
+    @Option(help: "Seconds before a failed nightly backup's second and third attempts, comma-separated (default 300,1200).")
+    var nightlyRetrySeconds = "300,1200"
+
+    @Option(help: ArgumentHelp("For tests of the scheduler: seconds its clock runs ahead of the real one.", visibility: .private))
+    var scheduleClockOffsetSeconds: Double = 0
+
     @Option(help: "Write HOST:PORT to this file once listening.")
     var readyFile: String?
 
@@ -220,6 +236,7 @@ struct Serve: AsyncParsableCommand {
             ("--upload-max-members", uploadMaxMembers), ("--upload-max-member-bytes", Int(clamping: uploadMaxMemberBytes)),
             ("--upload-max-expanded-bytes", Int(clamping: uploadMaxExpandedBytes)),
             ("--upload-max-expansion-ratio", Int(clamping: uploadMaxExpansionRatio)),
+            ("--schedule-interval-seconds", scheduleIntervalSeconds), ("--schedule-spread-minutes", scheduleSpreadMinutes + 1),
         ]
         if let (flag, _) = counts.first(where: { $0.1 < 1 }) { throw ValidationError("\(flag) must be at least 1") }
         // A frame that may never fit in what its client can borrow would wait forever.
@@ -323,6 +340,16 @@ struct Serve: AsyncParsableCommand {
         configuration.uploads.archiveLimits.memberBytes = uploadMaxMemberBytes
         configuration.uploads.archiveLimits.expandedBytes = uploadMaxExpandedBytes
         configuration.uploads.archiveLimits.expansionRatio = uploadMaxExpansionRatio
+        configuration.schedule.enabled = scheduler
+        configuration.schedule.interval = .seconds(scheduleIntervalSeconds)
+        configuration.schedule.spread = .seconds(scheduleSpreadMinutes * 60)
+        let retryDelays = nightlyRetrySeconds.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard retryDelays.count == NightlyWindow.attempts - 1, retryDelays.allSatisfy({ ($0 ?? -1) >= 0 }) else {
+            throw ValidationError("--nightly-retry-seconds takes \(NightlyWindow.attempts - 1) numbers of seconds, comma-separated")
+        }
+        configuration.schedule.retryDelays = retryDelays.map { .seconds($0!) }
+        let clockOffset = scheduleClockOffsetSeconds
+        if clockOffset != 0 { configuration.schedule.clock = { Date().addingTimeInterval(clockOffset) } }
         let readyFile = self.readyFile
         let logger = Logger(label: "backupd")
         // The catalog's libpq calls have threads of their own, one per connection (the pool's, the job-change

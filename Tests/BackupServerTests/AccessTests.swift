@@ -127,7 +127,9 @@ import Testing
                         let id = try await spareToken()
                         _ = try await $0.unary(Backups.revokeToken, .with { $0.id = id })
                     },
-                    Row("VerifyBackup", [], .unimplemented) { _ = try await $0.unary(Backups.verifyBackup, .with { $0.id = backup.id }) },
+                    Row("VerifyBackup", [.operator, .admin], .ok, platformRefusal: .notFound) {
+                        _ = try await $0.unary(Backups.verifyBackup, .with { $0.id = backup.id })
+                    },
                     Row("RequestDownload", [.operator, .admin], .ok, platformRefusal: .notFound) {
                         _ = try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
                     },
@@ -138,7 +140,14 @@ import Testing
                     Row("GetUpload", [.operator, .admin], .ok, platformRefusal: .notFound) {
                         _ = try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id })
                     },
-                    Row("GetSchedule", [], .unimplemented) { _ = try await $0.unary(Backups.getSchedule, .with { $0.namespace = "acme" }) },
+                    Row("GetSchedule", namespaceRoles, .ok) {
+                        _ = try await $0.unary(Backups.getSchedule, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
+                    },
+                    Row("SetSchedule", [.admin], .ok) {
+                        _ = try await $0.unary(Backups.setSchedule, .with {
+                            $0.schedule.namespace = "acme"; $0.schedule.environment = "shop-production"; $0.schedule.enabled = true
+                        })
+                    },
                 ]
                 for row in rows {
                     for role in [Role.viewer, .operator, .admin, .platform] {
@@ -170,6 +179,7 @@ import Testing
                     let calls: [(String, String, @Sendable (String) async throws -> Void)] = [
                         ("backup", backup.id, { @Sendable id in _ = try await client.unary(Backups.getBackup, .with { $0.id = id }) }),
                         ("backup", backup.id, { @Sendable id in _ = try await client.unary(Backups.deleteBackup, .with { $0.id = id }) }),
+                        ("backup", backup.id, { @Sendable id in _ = try await client.unary(Backups.verifyBackup, .with { $0.id = id }) }),
                         ("job", backup.jobID, { @Sendable id in _ = try await client.unary(Backups.getJob, .with { $0.id = id }) }),
                         ("job", backup.jobID, { @Sendable id in _ = try await client.unary(Backups.cancelJob, .with { $0.id = id }) }),
                         ("token", adminTokenID, { @Sendable id in _ = try await client.unary(Backups.revokeToken, .with { $0.id = id }) }),

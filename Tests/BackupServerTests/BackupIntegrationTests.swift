@@ -364,17 +364,6 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
         }
     }
 
-    @Test func methodsNotYetServedAreUnimplemented() async throws {
-        try await withInProcessServer { server in
-            try await server.withClient { client in
-                let verify = await expectStatus(.unimplemented) {
-                    _ = try await client.unary(Backups.verifyBackup, .with { $0.id = UUID().uuidString })
-                }
-                #expect(verify?.message.contains("VerifyBackup") == true)
-            }
-        }
-    }
-
     @Test func pagesOfBackupsAreNewestFirst() async throws {
         try await withTestApp { app in
             try await withInProcessServer { server in

@@ -95,6 +95,8 @@ public final class TestServer: BackupTestServer, @unchecked Sendable {
         let process = Process()
         let serve = ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile, "--file-store-root", fileStoreRoot,
                      "--download-keys", keyFile] + arguments
+            // As in process: no nightly backup because a test's run crossed a window, unless a test asks for the scheduler.
+            + (arguments.contains("--scheduler") ? [] : ["--no-scheduler"])
         if let descriptorLimit {
             // prlimit sets the limit and then executes backupd in its own place, under the same process id.
             process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")

@@ -23,6 +23,8 @@ typedef struct Backup__V1__Cancel Backup__V1__Cancel;
 typedef struct Backup__V1__Status Backup__V1__Status;
 typedef struct Backup__V1__Environment Backup__V1__Environment;
 typedef struct Backup__V1__Backup Backup__V1__Backup;
+typedef struct Backup__V1__Verification Backup__V1__Verification;
+typedef struct Backup__V1__VerifyProblem Backup__V1__VerifyProblem;
 typedef struct Backup__V1__Job Backup__V1__Job;
 typedef struct Backup__V1__Activity Backup__V1__Activity;
 typedef struct Backup__V1__Token Backup__V1__Token;
@@ -442,10 +444,63 @@ struct  Backup__V1__Backup
    * what a FINISHED backup needs you to know
    */
   char *warning;
+  /*
+   * the last VerifyBackup's finding; absent until one ran
+   */
+  Backup__V1__Verification *verification;
 };
 #define BACKUP__V1__BACKUP__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__backup__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, BACKUP__V1__BACKUP_STATUS__BACKUP_STATUS_UNSPECIFIED, BACKUP__V1__BACKUP_KIND__BACKUP_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, BACKUP__V1__BACKUP_STATUS__BACKUP_STATUS_UNSPECIFIED, BACKUP__V1__BACKUP_KIND__BACKUP_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, NULL }
+
+
+/*
+ * What re-reading a backup's content found: every blob hashed again and the
+ * dump listed by pg_restore.
+ */
+struct  Backup__V1__Verification
+{
+  ProtobufCMessage base;
+  int64_t verified_unix_ms;
+  char *job_id;
+  protobuf_c_boolean intact;
+  /*
+   * how many problems in all
+   */
+  uint32_t problem_count;
+  /*
+   * the first 100 of them
+   */
+  size_t n_problems;
+  Backup__V1__VerifyProblem **problems;
+};
+#define BACKUP__V1__VERIFICATION__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&backup__v1__verification__descriptor) \
+    , 0, (char *)protobuf_c_empty_string, 0, 0, 0,NULL }
+
+
+/*
+ * One piece of a backup that is missing or not what was stored.
+ */
+struct  Backup__V1__VerifyProblem
+{
+  ProtobufCMessage base;
+  /*
+   * a file's storage key, or "db/db.backup" for the dump
+   */
+  char *name;
+  /*
+   * the blob it should be
+   */
+  char *sha256;
+  /*
+   * e.g. "missing", "corrupt: reads as <hash>"
+   */
+  char *problem;
+};
+#define BACKUP__V1__VERIFY_PROBLEM__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&backup__v1__verify_problem__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -630,15 +685,24 @@ struct  Backup__V1__Schedule
    */
   char *time_zone;
   Backup__V1__RetentionPolicy *retention;
+  /*
+   * verify each automatic backup after it is made
+   */
+  protobuf_c_boolean verify_nightly;
+  /*
+   * In SetSchedule's answer: how many existing backups apply_to_existing re-dated.
+   */
+  uint32_t backups_redated;
 };
 #define BACKUP__V1__SCHEDULE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__schedule__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, NULL }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, NULL, 0, 0 }
 
 
 /*
  * Retention per backup kind. Defaults: nightly 14 days, weekly 3 months,
- * monthly 12 months, on demand 14 days.
+ * monthly 12 months, on demand 14 days, uploaded 14 days. In SetSchedule a
+ * field left 0 takes its default.
  */
 struct  Backup__V1__RetentionPolicy
 {
@@ -647,10 +711,11 @@ struct  Backup__V1__RetentionPolicy
   uint32_t weekly_months;
   uint32_t monthly_months;
   uint32_t on_demand_days;
+  uint32_t uploaded_days;
 };
 #define BACKUP__V1__RETENTION_POLICY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__retention_policy__descriptor) \
-    , 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0 }
 
 
 struct  Backup__V1__ServerInfoRequest
@@ -1108,14 +1173,23 @@ struct  Backup__V1__GetScheduleRequest
     , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
+/*
+ * Replaces an environment's schedule. Empty window_start and time_zone take
+ * "00:00" and "UTC".
+ */
 struct  Backup__V1__SetScheduleRequest
 {
   ProtobufCMessage base;
   Backup__V1__Schedule *schedule;
+  /*
+   * Re-date the environment's existing backups by the new retention (each
+   * from its creation); otherwise they keep the expiry they were given.
+   */
+  protobuf_c_boolean apply_to_existing;
 };
 #define BACKUP__V1__SET_SCHEDULE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__set_schedule_request__descriptor) \
-    , NULL }
+    , NULL, 0 }
 
 
 /*
@@ -1352,6 +1426,44 @@ Backup__V1__Backup *
                       const uint8_t       *data);
 void   backup__v1__backup__free_unpacked
                      (Backup__V1__Backup *message,
+                      ProtobufCAllocator *allocator);
+/* Backup__V1__Verification methods */
+void   backup__v1__verification__init
+                     (Backup__V1__Verification         *message);
+size_t backup__v1__verification__get_packed_size
+                     (const Backup__V1__Verification   *message);
+size_t backup__v1__verification__pack
+                     (const Backup__V1__Verification   *message,
+                      uint8_t             *out);
+size_t backup__v1__verification__pack_to_buffer
+                     (const Backup__V1__Verification   *message,
+                      ProtobufCBuffer     *buffer);
+Backup__V1__Verification *
+       backup__v1__verification__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   backup__v1__verification__free_unpacked
+                     (Backup__V1__Verification *message,
+                      ProtobufCAllocator *allocator);
+/* Backup__V1__VerifyProblem methods */
+void   backup__v1__verify_problem__init
+                     (Backup__V1__VerifyProblem         *message);
+size_t backup__v1__verify_problem__get_packed_size
+                     (const Backup__V1__VerifyProblem   *message);
+size_t backup__v1__verify_problem__pack
+                     (const Backup__V1__VerifyProblem   *message,
+                      uint8_t             *out);
+size_t backup__v1__verify_problem__pack_to_buffer
+                     (const Backup__V1__VerifyProblem   *message,
+                      ProtobufCBuffer     *buffer);
+Backup__V1__VerifyProblem *
+       backup__v1__verify_problem__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   backup__v1__verify_problem__free_unpacked
+                     (Backup__V1__VerifyProblem *message,
                       ProtobufCAllocator *allocator);
 /* Backup__V1__Job methods */
 void   backup__v1__job__init
@@ -2234,6 +2346,12 @@ typedef void (*Backup__V1__Environment_Closure)
 typedef void (*Backup__V1__Backup_Closure)
                  (const Backup__V1__Backup *message,
                   void *closure_data);
+typedef void (*Backup__V1__Verification_Closure)
+                 (const Backup__V1__Verification *message,
+                  void *closure_data);
+typedef void (*Backup__V1__VerifyProblem_Closure)
+                 (const Backup__V1__VerifyProblem *message,
+                  void *closure_data);
 typedef void (*Backup__V1__Job_Closure)
                  (const Backup__V1__Job *message,
                   void *closure_data);
@@ -2664,6 +2782,8 @@ extern const ProtobufCMessageDescriptor backup__v1__cancel__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__status__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__environment__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__backup__descriptor;
+extern const ProtobufCMessageDescriptor backup__v1__verification__descriptor;
+extern const ProtobufCMessageDescriptor backup__v1__verify_problem__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__job__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__activity__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__token__descriptor;

@@ -53,6 +53,7 @@ public final class JobRunner: Service, Sendable {
     private let restoreJob: RestoreJob
     private let archiveJob: ArchiveJob
     private let uploadValidationJob: UploadValidationJob
+    private let verifyJob: VerifyJob
     private let archiveCache: ArchiveCache
     private let spool: UploadSpool
     private let logger: Logger
@@ -87,6 +88,8 @@ public final class JobRunner: Service, Sendable {
         self.uploadValidationJob = UploadValidationJob(catalog: catalog, blobStore: blobStore, spool: spool, limits: uploads.archiveLimits,
                                                        reservedDiskBytes: uploads.reservedDiskBytes,
                                                        threadPool: threadPool, tools: settings.tools)
+        self.verifyJob = VerifyJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool, tools: settings.tools,
+                                   reservedDiskBytes: uploads.reservedDiskBytes)
         self.archiveCache = archiveCache
         self.spool = spool
         (wakeups, wakeupSource) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
@@ -306,6 +309,7 @@ public final class JobRunner: Service, Sendable {
         case .restore: try await restoreJob.run(claimed, owner: owner)
         case .archive: try await archiveJob.run(claimed, owner: owner)
         case .uploadValidation: try await uploadValidationJob.run(claimed, owner: owner)
+        case .verify: try await verifyJob.run(claimed, owner: owner)
         default: throw JobFailure(description: "this server does not run \(claimed.job.kind) jobs")
         }
     }

@@ -105,3 +105,20 @@ func runPostgresTool(_ executable: String, _ arguments: [String], database conne
         group.cancelAll()
     }
 }
+
+extension PostgresTools {
+    /// Runs `pg_restore --list` on a dump, writing the listing to `scratch`
+    /// (removed after), so a dump it cannot read fails with `ToolFailure`;
+    /// returns the server version the dump says it was made from.
+    func listDump(_ dumpPath: String, scratch listingPath: String) async throws -> String {
+        defer { unlink(listingPath) }
+        try await runSubprocess(pgRestore, ["--list", "--file=\(listingPath)", dumpPath])
+        // The listing's header says, e.g. ";     Dumped from database version: 17.6 (Debian 17.6-1)".
+        let listing = try String(contentsOfFile: listingPath, encoding: .utf8)
+        let marker = "Dumped from database version:"
+        for line in listing.split(separator: "\n") where line.hasPrefix(";") {
+            if let range = line.firstRange(of: marker) { return line[range.upperBound...].trimmingCharacters(in: .whitespaces) }
+        }
+        return ""
+    }
+}

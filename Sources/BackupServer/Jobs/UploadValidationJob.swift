@@ -46,7 +46,12 @@ struct UploadValidationJob: Sendable {
             let packageVersion = try Self.packageVersion(read.contents.metadata)
             try await ledger.record(read.documents.map(\.blob))
             await progress.update(phase: "checking the database dump with pg_restore --list")
-            let postgresVersion = try await listDump(dumpPath, jobID: claimed.job.id)
+            let postgresVersion: String
+            do {
+                postgresVersion = try await tools.listDump(dumpPath, scratch: "\(blobStore.scratchDirectory)/list-\(claimed.job.id)")
+            } catch let failure as ToolFailure {
+                throw JobFailure(description: "the archive's \(SnapshotArchive.dumpPath) is not a dump pg_restore can read: \(failure)")
+            }
             let dump = try await threadPool.runIfActive { [blobStore] in try blobStore.adopt(dumpPath) }
             guard dump.hash == read.contents.dump.sha256 else {
                 throw JobFailure(description: "the dump was stored as \(dump.hash.hex), not the \(read.contents.dump.sha256.hex) read from the archive")
@@ -72,14 +77,10 @@ struct UploadValidationJob: Sendable {
             do {
                 contents = try SnapshotArchiveReader(limits: limits).read(path, interruption: interruption, progress: report) { member, size, stated in
                     // The archive's members may expand far past it: each must fit on the disk beside its reserve.
-                    var info = statvfs()
-                    if statvfs(blobStore.scratchDirectory, &info) == 0, UInt64(info.f_bavail) * UInt64(info.f_frsize) < size + reserved {
-                        throw JobFailure(description: "the blob store's disk has too little free space for the archive's members "
-                                         + "(it keeps \(reserved) bytes free); try again later")
-                    }
+                    try requireRoom(for: size, reserved: reserved, in: blobStore.scratchDirectory)
                     switch member {
                     case .dump:
-                        return try FileSink(path: dumpPath)
+                        return try ScratchFile(path: dumpPath)
                     case .document(let key):
                         // Content the store holds already is only hashed; the reader checks the hash against `stated`.
                         if let stated, blobStore.contains(stated) {
@@ -108,44 +109,6 @@ struct UploadValidationJob: Sendable {
         return version
     }
 
-    /// Runs `pg_restore --list` on the dump, refusing one it cannot read;
-    /// returns the server version the dump says it was made from.
-    private func listDump(_ dumpPath: String, jobID: String) async throws -> String {
-        let listingPath = "\(blobStore.scratchDirectory)/list-\(jobID)"
-        defer { unlink(listingPath) }
-        do {
-            try await runSubprocess(tools.pgRestore, ["--list", "--file=\(listingPath)", dumpPath])
-        } catch let failure as ToolFailure {
-            throw JobFailure(description: "the archive's \(SnapshotArchive.dumpPath) is not a dump pg_restore can read: \(failure)")
-        }
-        // The listing's header says, e.g. ";     Dumped from database version: 17.6 (Debian 17.6-1)".
-        let listing = try String(contentsOfFile: listingPath, encoding: .utf8)
-        let marker = "Dumped from database version:"
-        for line in listing.split(separator: "\n") where line.hasPrefix(";") {
-            if let range = line.firstRange(of: marker) { return line[range.upperBound...].trimmingCharacters(in: .whitespaces) }
-        }
-        return ""
-    }
-}
-
-/// The dump's sink: a new scratch file.
-private final class FileSink: ArchiveMemberSink {
-    private let path: String
-    private let fd: Int32
-
-    init(path: String) throws {
-        self.path = path
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
-    }
-
-    func write(_ chunk: UnsafeRawBufferPointer) throws {
-        try writeAll(fd: fd, chunk, path: path)
-    }
-
-    func end(sha256: ContentHash) {}
-
-    deinit { close(fd) }
 }
 
 /// A document's sink: its blob writer, or nothing for content the store

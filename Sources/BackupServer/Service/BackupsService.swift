@@ -19,6 +19,7 @@ struct BackupsService: Sendable {
     let archiveCache: ArchiveCache
     let uploads: UploadSettings
     let spool: UploadSpool
+    let scheduler: Scheduler
     static let version = "0.1.0"
 
     func register(into router: inout RPCRouter) {
@@ -41,6 +42,7 @@ struct BackupsService: Sendable {
         registerJobs(into: &router)
         registerDownloads(into: &router)
         registerUploads(into: &router)
+        registerSchedules(into: &router)
         registerTokens(into: &router)
     }
 
@@ -132,6 +134,12 @@ struct BackupsService: Sendable {
             _ = try await catalog.deleteBackup(id: backup.id, actor: context.caller.tokenName)
             jobs.requestGarbageCollection()
             return DeleteBackupResponse()
+        }
+        router.unary(Backups.verifyBackup) { request, context in
+            let backup = try await reachableBackup(request.id, .operator, context)
+            let job = try await catalog.requestVerification(backupID: backup.id, actor: context.caller.tokenName)
+            jobs.wake()
+            return job
         }
         router.unary(Backups.restoreBackup) { request, context in
             let backup = try await reachableBackup(request.backupID, .operator, context)
@@ -236,6 +244,21 @@ struct BackupsService: Sendable {
         }
         router.unary(Backups.getUpload) { request, context in
             try await reachableUpload(request.uploadID, context)
+        }
+    }
+
+    private func registerSchedules(into router: inout RPCRouter) {
+        router.unary(Backups.getSchedule) { request, context in
+            try context.authorize(.viewer, in: request.namespace)
+            return try await catalog.schedule(namespace: request.namespace, environment: request.environment)
+        }
+        router.unary(Backups.setSchedule) { request, context in
+            try context.authorize(.admin, in: request.schedule.namespace)
+            let schedule = try await catalog.setSchedule(request.schedule, applyToExisting: request.applyToExisting,
+                                                         actor: context.caller.tokenName)
+            // Re-dated backups may have expired already.
+            if schedule.backupsRedated > 0 { scheduler.wake() }
+            return schedule
         }
     }
 

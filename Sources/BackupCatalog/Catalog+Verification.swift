@@ -1,0 +1,91 @@
+import BackupCore
+import BackupPostgres
+import BackupWire
+import Foundation
+
+extension Catalog {
+    /// Problems kept on a backup; `problem_count` says how many were found.
+    static let keptProblems = 100
+    /// Verify jobs one namespace may have queued or running at once.
+    public static let verificationsPerNamespace = 16
+
+    /// Queues a job that re-reads a finished backup's content, or answers
+    /// the one already queued or running for it. While it runs the backup
+    /// cannot be deleted or expire.
+    public func requestVerification(backupID: String, actor: String) async throws -> Job {
+        let backupID = try parseID(backupID, "backup id")
+        return try await pool.callTransaction { connection in
+            // Shared: a deletion waits for this request, then finds its job.
+            let backup = try Self.loadBackup(connection, backupID, lock: true, shared: true)
+            guard backup.status == .finished else {
+                throw BackupError.failedPrecondition("backup \(backupID) is \(backup.status); only a finished backup can be verified")
+            }
+            if let running = try connection.query("""
+                SELECT id FROM jobs WHERE snapshot_id = $1 AND kind = 'verify' AND status IN \(JobStatus.active.sql)
+                """, backupID).first {
+                return try Self.loadJob(connection, running.string("id"))
+            }
+            try Self.queueVerification(connection, backup: backup, actor: actor)
+            let jobID = try connection.query("""
+                SELECT id FROM jobs WHERE snapshot_id = $1 AND kind = 'verify' AND status = 'queued'
+                """, backupID)[0].string("id")
+            return try Self.loadJob(connection, jobID)
+        }
+    }
+
+    /// Queues a verify job of `backup`, refused past the namespace's share.
+    static func queueVerification(_ connection: PostgresConnection, backup: Backup, actor: String) throws {
+        // Counted one request at a time per namespace.
+        try connection.query("SELECT pg_advisory_xact_lock(\(AdvisoryLock.verifications), hashtext($1))", backup.namespace)
+        let active = try connection.query("""
+            SELECT count(*) AS count FROM jobs j JOIN environments e ON e.id = j.environment_id
+            WHERE j.kind = 'verify' AND j.status IN \(JobStatus.active.sql) AND e.namespace = $1
+            """, backup.namespace)[0].int64("count")
+        guard active < verificationsPerNamespace else {
+            throw BackupError.resourceExhausted("namespace \(backup.namespace) has \(active) verifications queued or running, "
+                                                + "the most it may; try again when one has ended")
+        }
+        try connection.query("""
+            INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase, bytes_total)
+            SELECT $1, 'verify', 'queued', environment_id, id, $3, 'queued', database_bytes + files_bytes FROM snapshots WHERE id = $2
+            """, UUID().uuidString.lowercased(), backup.id, actor)
+        try recordActivity(connection, backup.namespace, backup.environment, action: "verify", outcome: "STARTED", actor: actor,
+                           snapshotID: backup.id)
+    }
+
+    /// Records what a verify job found on its backup and ends the job:
+    /// FINISHED when the backup is intact, FAILED naming the problems.
+    public func finishVerification(jobID: String, owner: String, checked: Int, problems: [VerifyProblem]) async throws {
+        let kept = Array(problems.prefix(Self.keptProblems))
+        let encoded = String(decoding: try JSONEncoder().encode(kept), as: UTF8.self)
+        try await pool.callTransaction(idempotent: true) { connection in
+            guard let row = try connection.query("""
+                SELECT snapshot_id FROM jobs WHERE id = $1 AND lease_owner = $2 AND status = 'running' FOR UPDATE
+                """, jobID, owner).first else {
+                throw BackupError.failedPrecondition("job \(jobID) is no longer held by this process")
+            }
+            try connection.query("""
+                UPDATE snapshots SET verified_at = now(), verify_job_id = $2, verify_problem_count = $3, verify_problems = $4::jsonb
+                WHERE id = $1
+                """, row.string("snapshot_id"), jobID, problems.count, encoded)
+            if problems.isEmpty {
+                try Self.finishJob(connection, id: jobID, owner: owner, detail: "intact: \(checked) blobs read and their SHA-256 checked")
+            } else {
+                let named = problems.prefix(3).map { "\($0.name) (\($0.sha256)): \($0.problem)" }.joined(separator: "; ")
+                try Self.failJob(connection, id: jobID, message: "\(problems.count) of \(checked) blobs are missing or damaged: \(named)"
+                                 + (problems.count > 3 ? "; …" : ""))
+            }
+        }
+    }
+
+    /// The `verification` of a row with `backupColumns`, nil when none ran.
+    static func verification(_ row: PostgresRow) -> Verification? {
+        guard row["verified_ms"] != nil else { return nil }
+        let problems = (try? JSONDecoder().decode([VerifyProblem].self, from: Data(row.string("verify_problems").utf8))) ?? []
+        return .with {
+            $0.verifiedUnixMS = row.int64("verified_ms"); $0.jobID = row.string("verify_job_id")
+            $0.problemCount = UInt32(clamping: row.int64("verify_problem_count")); $0.intact = $0.problemCount == 0
+            $0.problems = problems
+        }
+    }
+}
