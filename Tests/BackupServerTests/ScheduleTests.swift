@@ -33,6 +33,16 @@ func scheduling(_ clock: TestClock, retryDelays: [Duration] = [.seconds(60), .se
     }
 }
 
+/// Changes shop-production's schedule as read, through the API.
+@discardableResult
+func changeSchedule(_ server: some BackupTestServer, _ change: @escaping @Sendable (inout Schedule) -> Void) async throws -> Schedule {
+    try await server.withClient { client in
+        var schedule = try await client.unary(Backups.getSchedule, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
+        change(&schedule)
+        return try await client.unary(Backups.setSchedule, .with { $0.schedule = schedule })
+    }
+}
+
 /// The catalog's automatic backups of an environment: night, kind, status.
 func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-production") throws -> [(night: String, kind: String, status: String)] {
     try TestPostgres.query(server.catalogDatabase, """
@@ -117,11 +127,7 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
             try await withInProcessServer(configure: scheduling(clock)) { server in
                 // Disabled: no nightly backup beside the on-demand one.
                 let backup = try await finishedBackup(server, app)
-                try await server.withClient { client in
-                    _ = try await client.unary(Backups.setSchedule, .with {
-                        $0.schedule.namespace = "acme"; $0.schedule.environment = "shop-production"; $0.schedule.enabled = false
-                    })
-                }
+                try await changeSchedule(server) { $0.enabled = false }
                 let blobs = try LocalBlobStore(root: server.blobDirectory)
                 let dump = try #require(ContentHash(hex: backup.dumpSHA256))
                 #expect(blobs.contains(dump))
@@ -134,6 +140,28 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
                 let expired = try TestPostgres.query(server.catalogDatabase, "SELECT actor, detail FROM activity WHERE action = 'expired'")
                 #expect(expired.count == 1 && expired.first?.string("actor") == "scheduler")
                 #expect(expired.first?.string("detail").hasPrefix("on-demand backup expired at ") == true)
+            }
+        }
+    }
+
+    @Test func aBackupAJobReadsOutlivesItsExpiryUntilTheJobEnds() async throws {
+        let clock = TestClock(Date())
+        try await withTestApp { app in
+            // No job runs: the verification stays queued, reading the backup for as long as the test needs.
+            try await withInProcessServer(configure: { scheduling(clock)(&$0); $0.jobs.maximumConcurrentJobs = 0 }) { server in
+                try await server.register(app)
+                try await changeSchedule(server) { $0.enabled = false }
+                let id = UUID().uuidString.lowercased()
+                try TestPostgres.query(server.catalogDatabase, """
+                    INSERT INTO snapshots (id, environment_id, status, kind, expires_at)
+                    SELECT $1, id, 'finished', 'on-demand', now() + interval '1 day' FROM environments
+                    """, id)
+                let job = try await server.withClient { try await $0.unary(Backups.verifyBackup, .with { $0.id = id }) }
+                clock.set(Date().addingTimeInterval(2 * 86_400))
+                try await Task.sleep(for: .milliseconds(300))
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", id).count == 1)
+                _ = try await server.withClient { try await $0.unary(Backups.cancelJob, .with { $0.id = job.id }) }
+                try await eventually { try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", id).isEmpty }
             }
         }
     }
@@ -152,12 +180,7 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
         try await withTestApp { app in
             try await withInProcessServer(configure: scheduling(clock)) { server in
                 try await server.register(app)
-                try await server.withClient { client in
-                    _ = try await client.unary(Backups.setSchedule, .with {
-                        $0.schedule.namespace = "acme"; $0.schedule.environment = "shop-production"; $0.schedule.enabled = true
-                        $0.schedule.windowStart = "01:30"; $0.schedule.timeZone = "Europe/Amsterdam"
-                    })
-                }
+                try await changeSchedule(server) { $0.windowStart = "01:30"; $0.timeZone = "Europe/Amsterdam" }
                 var made: [(night: Date, kind: String)] = []
                 for day in 0..<400 {
                     let night = calendar.date(byAdding: .day, value: day, to: firstNight)!
@@ -260,12 +283,7 @@ extension Night {
         try await withTestApp { app in
             try await withInProcessServer(configure: scheduling(clock)) { server in
                 try await server.register(app)
-                try await server.withClient { client in
-                    _ = try await client.unary(Backups.setSchedule, .with {
-                        $0.schedule.namespace = "acme"; $0.schedule.environment = "shop-production"; $0.schedule.enabled = true
-                        $0.schedule.verifyNightly = true
-                    })
-                }
+                try await changeSchedule(server) { $0.verifyNightly = true }
                 clock.set(wallClock(2027, 5, 4, 0, 1, in: TimeZone(identifier: "UTC")!))
                 try await eventually(within: .seconds(60)) {
                     try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE verify_problem_count = 0 AND verified_at IS NOT NULL").count == 1
