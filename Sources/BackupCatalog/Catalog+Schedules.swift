@@ -95,7 +95,7 @@ extension Catalog {
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                 ON CONFLICT (environment_id) DO UPDATE SET enabled = $2, window_start = $3, time_zone = $4, nightly_days = $5,
                     weekly_months = $6, monthly_months = $7, on_demand_days = $8, uploaded_days = $9, verify_nightly = $10
-                """, id, schedule.enabled, window.minutes, window.timeZone.identifier, policy.nightly.count,
+                """, id, schedule.enabled, window.minutes, window.zoneName, policy.nightly.count,
                 policy.weekly.count, policy.monthly.count, policy.onDemand.count, policy.uploaded.count, schedule.verifyNightly)
             let redated = applyToExisting ? try Self.redate(connection, environmentID: id) : 0
             var stored = try Self.loadSchedule(connection, schedule.namespace, schedule.environment)
@@ -160,12 +160,10 @@ extension Catalog {
                 FROM environments e LEFT JOIN schedules sc ON sc.environment_id = e.id
                 WHERE e.package_version <> '' AND COALESCE(sc.enabled, true)
                 ORDER BY e.id
-                """).compactMap { row in
-                let minutes = Int(row.int64("window_start"))
-                guard let window = try? NightlyWindow(start: String(format: "%02d:%02d", minutes / 60, minutes % 60),
-                                                      timeZone: row.string("time_zone")) else { return nil }
-                return ScheduledEnvironment(id: row.int64("id"), namespace: row.string("namespace"), name: row.string("name"),
-                                            window: window, since: Date(timeIntervalSince1970: Double(row.int64("created_ms")) / 1000))
+                """).map { row in
+                ScheduledEnvironment(id: row.int64("id"), namespace: row.string("namespace"), name: row.string("name"),
+                                     window: NightlyWindow(minutes: Int(row.int64("window_start")), zoneName: row.string("time_zone")),
+                                     since: Date(timeIntervalSince1970: Double(row.int64("created_ms")) / 1000))
             }
         }
     }
@@ -209,22 +207,28 @@ extension Catalog {
         }
     }
 
-    /// Deletes the backups whose expiry is at or before `now`, except those
-    /// a queued or running job reads (they go at a later sweep), each with
-    /// an "expired" line in the activity log. Returns how many went; their
-    /// blobs go with the next garbage collection.
+    /// Deletes the backups whose expiry is at or before `now`, at most 1,000
+    /// a call, except those a queued or running job reads (they go at a
+    /// later call, and do not hold back the others), each with an "expired"
+    /// line in the activity log. Returns how many went; their blobs go with
+    /// the next garbage collection.
     public func expireBackups(now: Date) async throws -> Int {
-        try await pool.callTransaction { connection in
+        let inUse = "EXISTS (SELECT 1 FROM jobs j WHERE j.snapshot_id = s.id AND j.status IN \(JobStatus.active.sql) AND j.kind <> 'backup')"
+        return try await pool.callTransaction { connection in
+            // First the rows are locked: a request that would read one (it locks the row shared first) waits
+            // for this transaction, or holds its lock and is skipped.
+            let candidates = try connection.query("""
+                SELECT s.id FROM snapshots s
+                WHERE s.status <> 'processing' AND s.expires_at <= to_timestamp($1::double precision / 1000) AND NOT \(inUse)
+                ORDER BY s.expires_at LIMIT 1000 FOR UPDATE OF s SKIP LOCKED
+                """, Int64((now.timeIntervalSince1970 * 1000).rounded(.down))).map { $0.string("id") }
+            guard !candidates.isEmpty else { return 0 }
+            // Then, in a statement that sees every job committed before the locks, those still unread go.
             let rows = try connection.query("""
                 DELETE FROM snapshots s USING environments e
-                WHERE e.id = s.environment_id AND s.status <> 'processing' AND s.expires_at <= to_timestamp($1::double precision / 1000)
-                  AND s.id IN (SELECT id FROM snapshots WHERE status <> 'processing'
-                               AND expires_at <= to_timestamp($1::double precision / 1000)
-                               ORDER BY expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED)
-                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.snapshot_id = s.id AND j.status IN \(JobStatus.active.sql)
-                                  AND j.kind <> 'backup')
+                WHERE e.id = s.environment_id AND s.id = ANY($1::uuid[]) AND NOT \(inUse)
                 RETURNING s.id, s.kind, e.namespace, e.name, unix_ms(s.expires_at) AS expires_ms
-                """, Int64((now.timeIntervalSince1970 * 1000).rounded(.down)))
+                """, candidates)
             for row in rows {
                 let expired = Date(timeIntervalSince1970: Double(row.int64("expires_ms")) / 1000)
                 try Self.recordActivity(connection, row.string("namespace"), row.string("name"), action: "expired",

@@ -11,20 +11,43 @@ public struct NightlyWindow: Sendable, Hashable {
     /// Minutes after local midnight at which the window opens.
     public let minutes: Int
     public let timeZone: TimeZone
+    /// The zone's name as given ("UTC" stays "UTC").
+    public let zoneName: String
 
-    /// A window from "HH:MM" (24-hour) and an IANA zone name such as
-    /// "Europe/Amsterdam"; refused, naming the value, otherwise.
+    /// Where the system keeps the IANA time zone database.
+    static let zoneDatabase = "/usr/share/zoneinfo"
+
+    /// A window from "HH:MM" (24-hour) and a name in the system's IANA time
+    /// zone database such as "Europe/Amsterdam" or "UTC"; refused, naming
+    /// the value, otherwise.
     public init(start: String, timeZone name: String) throws(BackupError) {
         guard let match = start.wholeMatch(of: /([01][0-9]|2[0-3]):([0-5][0-9])/), let hour = Int(match.output.1),
               let minute = Int(match.output.2) else {
             throw .invalidArgument("window start \(Self.quoted(start)) is not a time of day as HH:MM (00:00 to 23:59)")
         }
-        guard name == "UTC" || TimeZone.knownTimeZoneIdentifiers.contains(name), let zone = TimeZone(identifier: name) else {
+        // A name is a path into the database: letters first in every part, so no "..", no absolute path.
+        var info = stat()
+        guard name.utf8.count <= 64, name.wholeMatch(of: /[A-Za-z][A-Za-z0-9_+\-]*(\/[A-Za-z][A-Za-z0-9_+\-]*)*/) != nil,
+              lstat("\(Self.zoneDatabase)/\(name)", &info) == 0, info.st_mode & S_IFMT != S_IFDIR,
+              let zone = TimeZone(identifier: name) else {
             throw .invalidArgument("time zone \(Self.quoted(name)) is not an IANA time zone name such as Europe/Amsterdam or UTC")
         }
         self.minutes = hour * 60 + minute
         self.timeZone = zone
+        self.zoneName = name
     }
+
+    /// A window as the catalog keeps it, checked when it was set. A zone
+    /// this system no longer knows counts as UTC (`knowsZone` says so), so
+    /// the environment still gets its nightly backup.
+    public init(minutes: Int, zoneName: String) {
+        self.minutes = min(max(0, minutes), 1439)
+        self.zoneName = zoneName
+        self.timeZone = TimeZone(identifier: zoneName) ?? .gmt
+    }
+
+    /// Whether the zone's name was found; false when `init(minutes:zoneName:)` fell back to UTC.
+    public var knowsZone: Bool { TimeZone(identifier: zoneName) != nil }
 
     /// The start as "HH:MM".
     public var start: String { String(format: "%02d:%02d", minutes / 60, minutes % 60) }

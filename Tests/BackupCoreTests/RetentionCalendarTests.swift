@@ -126,6 +126,19 @@ import Testing
         #expect(Int(winter.timeIntervalSince1970) % 86_400 == 5400 && Int(summer.timeIntervalSince1970) % 86_400 == 1800)
     }
 
+    @Test func everyZoneOfTheSystemsDatabaseIsTakenByItsOwnName() throws {
+        for name in ["UTC", "Etc/UTC", "Asia/Kolkata", "Asia/Calcutta", "Etc/GMT+5", "CET", "America/Argentina/Buenos_Aires"] {
+            #expect(try NightlyWindow(start: "00:00", timeZone: name).zoneName == name)
+        }
+        #expect(try NightlyWindow(start: "01:00", timeZone: "Etc/GMT-14").timeZone.secondsFromGMT() == 14 * 3600)
+        for name in ["Europe", "posix/../../etc/passwd", "/etc/localtime", "Europe//Amsterdam", "europe/amsterdam", "GMT+0500", ""] {
+            #expect(throws: BackupError.self) { try NightlyWindow(start: "00:00", timeZone: name) }
+        }
+        // A name the catalog holds that this system does not know counts as UTC, and says so.
+        let stored = NightlyWindow(minutes: 90, zoneName: "Mars/Olympus_Mons")
+        #expect(!stored.knowsZone && stored.timeZone.secondsFromGMT() == 0 && stored.start == "01:30")
+    }
+
     @Test func windowsAreRefusedNamingWhatIsWrong() {
         #expect(throws: BackupError.invalidArgument("window start \"7pm\" is not a time of day as HH:MM (00:00 to 23:59)")) {
             try NightlyWindow(start: "7pm", timeZone: "UTC")

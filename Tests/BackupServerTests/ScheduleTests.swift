@@ -88,6 +88,8 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
                     }
                     let unchanged = try await client.unary(Backups.getSchedule, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
                     #expect(unchanged == set)
+                    // A namespace token's own namespace is the one meant when none is named.
+                    #expect(try await client.unary(Backups.getSchedule, .with { $0.environment = "shop-production" }) == set)
                     let missing = await expectStatus(.notFound) {
                         _ = try await client.unary(Backups.setSchedule, .with { $0.schedule.namespace = "acme"; $0.schedule.environment = "nowhere" })
                     }
@@ -160,6 +162,22 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
                 clock.set(Date().addingTimeInterval(2 * 86_400))
                 try await Task.sleep(for: .milliseconds(300))
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", id).count == 1)
+                // A thousand and one backups in use that expired earlier do not hold back one that is not.
+                try TestPostgres.query(server.catalogDatabase, """
+                    WITH made AS (
+                        INSERT INTO snapshots (id, environment_id, status, kind, expires_at)
+                        SELECT gen_random_uuid(), id, 'failed', 'on-demand', now() - interval '1 year' FROM environments, generate_series(1, 1001)
+                        RETURNING id, environment_id)
+                    INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, phase) SELECT gen_random_uuid(), 'archive', 'queued',
+                        environment_id, id, 'queued' FROM made
+                    """)
+                let free = UUID().uuidString.lowercased()
+                try TestPostgres.query(server.catalogDatabase, """
+                    INSERT INTO snapshots (id, environment_id, status, kind, expires_at)
+                    SELECT $1, id, 'finished', 'on-demand', now() + interval '1 hour' FROM environments
+                    """, free)
+                try await eventually { try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", free).isEmpty }
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots").count == 1002)
                 _ = try await server.withClient { try await $0.unary(Backups.cancelJob, .with { $0.id = job.id }) }
                 try await eventually { try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", id).isEmpty }
             }
@@ -274,6 +292,20 @@ extension Night {
                 // The next night starts afresh.
                 clock.set(night.addingTimeInterval(86_400 + 5))
                 try await eventually(within: .seconds(30)) { try nightlyRows(server).count == 4 }
+            }
+        }
+    }
+
+    @Test func aScheduleWhoseZoneThisSystemDoesNotKnowStillGetsItsNightInUTC() async throws {
+        let clock = TestClock(Date())
+        try await withTestApp { app in
+            try await withInProcessServer(configure: scheduling(clock)) { server in
+                try await server.register(app)
+                try await changeSchedule(server) { $0.windowStart = "03:00"; $0.timeZone = "Asia/Kolkata" }
+                // As if a newer backupd, or another system's zone list, had stored it.
+                try TestPostgres.query(server.catalogDatabase, "UPDATE schedules SET time_zone = 'Mars/Olympus_Mons'")
+                clock.set(wallClock(2027, 5, 4, 3, 1, in: TimeZone(identifier: "UTC")!))
+                try await eventually(within: .seconds(60)) { try nightlyRows(server).map(\.night) == ["2027-05-04"] }
             }
         }
     }

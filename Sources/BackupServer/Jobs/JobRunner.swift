@@ -220,7 +220,7 @@ public final class JobRunner: Service, Sendable {
         for name in names {
             let path = "\(folder)/\(name)"
             let stale: Bool
-            if let jobID = name.firstMatch(of: /^(?:dump|restore)-([0-9a-f-]{36})\.backup$/)?.output.1 {
+            if let jobID = name.firstMatch(of: /^(?:dump|restore|list)-([0-9a-f-]{36})(?:\.backup)?$/)?.output.1 {
                 stale = !active.contains(String(jobID))
             } else {
                 let modified = (try? fileManager.attributesOfItem(atPath: path)[.modificationDate] as? Date) ?? Date()

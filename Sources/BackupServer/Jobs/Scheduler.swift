@@ -93,6 +93,11 @@ public final class Scheduler: Service, Sendable {
         }
         var queued = false
         for environment in environments {
+            if !environment.window.knowsZone {
+                logger.warning("the schedule's time zone is unknown here; its nightly window is counted in UTC", metadata: [
+                    "environment": "\(environment.namespace)/\(environment.name)", "time_zone": "\(environment.window.zoneName)",
+                ])
+            }
             let offset = NightlyWindow.offset(for: "\(environment.namespace)/\(environment.name)", spread: settings.spread)
             guard let night = environment.window.dueNight(at: now, offset: offset, since: environment.since),
                   settled.withLockedValue({ $0[environment.id] }) != night else { continue }

@@ -249,12 +249,15 @@ struct BackupsService: Sendable {
 
     private func registerSchedules(into router: inout RPCRouter) {
         router.unary(Backups.getSchedule) { request, context in
-            try context.authorize(.viewer, in: request.namespace)
-            return try await catalog.schedule(namespace: request.namespace, environment: request.environment)
+            let namespace = try context.namespace(request.namespace)
+            try context.authorize(.viewer, in: namespace)
+            return try await catalog.schedule(namespace: namespace, environment: request.environment)
         }
         router.unary(Backups.setSchedule) { request, context in
-            try context.authorize(.admin, in: request.schedule.namespace)
-            let schedule = try await catalog.setSchedule(request.schedule, applyToExisting: request.applyToExisting,
+            var wanted = request.schedule
+            wanted.namespace = try context.namespace(wanted.namespace)
+            try context.authorize(.admin, in: wanted.namespace)
+            let schedule = try await catalog.setSchedule(wanted, applyToExisting: request.applyToExisting,
                                                          actor: context.caller.tokenName)
             // Re-dated backups may have expired already.
             if schedule.backupsRedated > 0 { scheduler.wake() }
