@@ -125,19 +125,30 @@ SQL
   mkdir -p "$work/large-files"
   ctl env register bench/large --token "$platform" --app big --database-url "$(url "$large")" --file-store "$work/large-files" \
     --file-query "SELECT NULL::text WHERE false" --json >/dev/null
+  stored_before=$(du -sb "$work/blobs/sha256" | cut -f1)
   start=$(now)
   ctl create --env bench/large --wait --json > "$work/large.json"
   backup=$(since "$start")
+  stored_first=$(( $(du -sb "$work/blobs/sha256" | cut -f1) - stored_before ))
   start=$(now)
   pg_dump --format=custom --no-owner --no-privileges --file="$work/large-plain.backup" --dbname="$(url "$large")"
   base=$(since "$start")
-  rm -f "$work/large-plain.backup"
   row "backupd backup" "$(printf '%.1f s' "$backup")"
   row "pg_dump -Fc" "$(printf '%.1f s' "$base")"
   row "ratio backupd / pg_dump" "$(ratio "$backup" "$base")"
+  row "pg_dump -Fc file (bytes)" "$(stat -c %s "$work/large-plain.backup")"
+  row "backupd stored: compressed dump chunks (bytes)" "$stored_first"
+  # The next night: 1 % of the rows changed.
+  $psql -d "$large" -c "UPDATE events SET payload = upper(payload) WHERE id % 100 = 0" >/dev/null
+  stored_before=$(du -sb "$work/blobs/sha256" | cut -f1)
+  start=$(now)
+  ctl create --env bench/large --wait --json >/dev/null
+  next=$(since "$start")
+  stored_next=$(( $(du -sb "$work/blobs/sha256" | cut -f1) - stored_before ))
+  row "next backup, 1 % of rows changed" "$(printf '%.1f s' "$next")"
+  row "next backup stored (bytes)" "$stored_next"
+  row "ratio next stored / first stored" "$(ratio "$stored_next" "$stored_first")"
   large_id=$(json '["id"]' < "$work/large.json")
-  dump="$work/blobs/sha256/$(json '["dump_sha256"][:2]' < "$work/large.json")/$(json '["dump_sha256"][2:4]' < "$work/large.json")/$(json '["dump_sha256"]' < "$work/large.json")"
-  row "dump size (bytes)" "$(stat -c %s "$dump")"
   ctl env stop bench/large >/dev/null
   start=$(now)
   ctl restore "$large_id" --to large --wait --json > "$work/large-restore.json"
@@ -145,7 +156,7 @@ SQL
   grep -q JOB_STATUS_FINISHED "$work/large-restore.json" || { cat "$work/large-restore.json"; exit 1; }
   start=$(now)
   $psql -d postgres -c "CREATE DATABASE ${tag}_large_plain" >/dev/null
-  pg_restore --no-owner --no-privileges --exit-on-error --jobs=2 --dbname="$(url "${tag}_large_plain")" "$dump"
+  pg_restore --no-owner --no-privileges --exit-on-error --jobs=2 --dbname="$(url "${tag}_large_plain")" "$work/large-plain.backup"
   base=$(since "$start")
   row "backupd restore" "$(printf '%.1f s' "$restore")"
   row "createdb + pg_restore --jobs=2 into a fresh database" "$(printf '%.1f s' "$base")"
@@ -178,9 +189,9 @@ for env in demo bulk; do
     times+=("$(since "$start")")
   done
   # The same content as a user would pack it: the dump and the documents, with tar czf.
-  rm -rf "$work/packed" && mkdir -p "$work/packed/db"
-  dump_sha=$(ctl show "${ids[-1]}" --json | json '["dump_sha256"]')
-  cp "$work/blobs/sha256/${dump_sha:0:2}/${dump_sha:2:2}/$dump_sha" "$work/packed/db/db.backup"
+  archive="$work/blobs/archives/$(ls -t "$work/blobs/archives" | head -1)"
+  rm -rf "$work/packed" && mkdir -p "$work/packed"
+  tar xzf "$archive" -C "$work/packed" db/db.backup
   cp -a "$work/$([ "$env" = demo ] && echo files || echo bulk)" "$work/packed/tree"
   baseline=()
   for run in $(seq 1 "$RUNS"); do
@@ -189,7 +200,6 @@ for env in demo bulk; do
     sync -f "$work/packed.tar.gz"
     baseline+=("$(since "$start")")
   done
-  archive="$work/blobs/archives/$(ls -t "$work/blobs/archives" | head -1)"
   prepare=$(printf '%s\n' "${times[@]}" | median)
   base=$(printf '%s\n' "${baseline[@]}" | median)
   row "$env: archive of $(stat -c %s "$archive") bytes, preparation, median" "$(printf '%.3f s' "$prepare")"

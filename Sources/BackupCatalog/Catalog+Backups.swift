@@ -185,6 +185,7 @@ extension Catalog {
                     DELETE FROM blobs b
                     WHERE NOT EXISTS (SELECT 1 FROM snapshot_files f WHERE f.sha256 = b.sha256)
                       AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.dump_sha256 = b.sha256)
+                      AND NOT EXISTS (SELECT 1 FROM dump_chunks c WHERE c.blob_sha256 = b.sha256)
                     RETURNING sha256
                     """).compactMap { ContentHash(hex: $0.string("sha256")) }
             }
@@ -201,6 +202,47 @@ extension Catalog {
             for hash in unrecorded { try store.remove(hash) }
             return unreferenced.count + unrecorded.count
         }
+    }
+
+    /// How a backup's dump is stored: its chunks, or one blob for a dump
+    /// stored whole (before dumps were chunked).
+    public func dump(ofBackup id: String) async throws -> StoredDump {
+        let id = try parseID(id, "backup id")
+        return try await pool.withConnection { try Self.storedDump($0, snapshotID: id) }
+    }
+
+    static func storedDump(_ connection: PostgresConnection, snapshotID: String) throws -> StoredDump {
+        guard let snapshot = try connection.query("SELECT dump_sha256, database_bytes FROM snapshots WHERE id = $1", snapshotID).first,
+              let sha256 = ContentHash(hex: snapshot.string("dump_sha256")) else {
+            throw BackupError.failedPrecondition("backup \(snapshotID) has no database dump")
+        }
+        let chunks = try connection.query("""
+            SELECT c.sha256, c.size, c.blob_sha256, c.compressed, b.size AS blob_size
+            FROM dump_chunks c JOIN blobs b ON b.sha256 = c.blob_sha256
+            WHERE c.snapshot_id = $1 ORDER BY c.position
+            """, snapshotID).compactMap(dumpChunk)
+        guard !chunks.isEmpty else { return .blob(StoredBlob(hash: sha256, size: snapshot.uint64("database_bytes"))) }
+        return .chunks(sha256: sha256, size: snapshot.uint64("database_bytes"), chunks)
+    }
+
+    /// The chunks of the environment's latest finished backup, by content
+    /// hash: what its next dump need not store again.
+    public func knownDumpChunks(namespace: String, environment: String) async throws -> [ContentHash: DumpChunk] {
+        try await pool.withConnection { connection in
+            let rows = try connection.query("""
+                SELECT DISTINCT c.sha256, c.size, c.blob_sha256, c.compressed, b.size AS blob_size
+                FROM dump_chunks c JOIN blobs b ON b.sha256 = c.blob_sha256
+                WHERE c.snapshot_id = (SELECT s.id FROM snapshots s JOIN environments e ON e.id = s.environment_id
+                                       WHERE e.namespace = $1 AND e.name = $2 AND s.status = 'finished' ORDER BY s.seq DESC LIMIT 1)
+                """, namespace, environment)
+            return Dictionary(rows.compactMap(Self.dumpChunk).map { ($0.sha256, $0) }, uniquingKeysWith: { first, _ in first })
+        }
+    }
+
+    private static func dumpChunk(_ row: PostgresRow) -> DumpChunk? {
+        guard let sha256 = ContentHash(hex: row.string("sha256")), let blob = ContentHash(hex: row.string("blob_sha256")) else { return nil }
+        return DumpChunk(sha256: sha256, size: row.uint64("size"), blob: StoredBlob(hash: blob, size: row.uint64("blob_size")),
+                         compressed: row.bool("compressed"))
     }
 
     /// A backup by id; `lock` locks its row (`shared`: only against deletion and change) until the transaction ends.

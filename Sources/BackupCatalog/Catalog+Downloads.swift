@@ -166,7 +166,7 @@ extension Catalog {
                        to_char(s.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS created_at,
                        extract(epoch FROM s.finished_at - s.created_at)::bigint AS duration
                 FROM archives a JOIN snapshots s ON s.id = a.snapshot_id WHERE a.job_id = $1
-                """, jobID).first, let dumpHash = ContentHash(hex: row.string("dump_sha256")) else {
+                """, jobID).first else {
                 throw BackupError.notFound("archive job \(jobID) has no archive to prepare (its backup was deleted)")
             }
             let files = try connection.query("SELECT storage_key, sha256, size FROM snapshot_files WHERE snapshot_id = $1 ORDER BY storage_key",
@@ -183,7 +183,7 @@ extension Catalog {
             ]
             return ArchiveWork(
                 archiveID: row.string("id"), databaseOnly: row.bool("database_only"), reservedBytes: row.uint64("size"),
-                archive: SnapshotArchive(metadata: metadata, dump: StoredBlob(hash: dumpHash, size: row.uint64("database_bytes")),
+                archive: SnapshotArchive(metadata: metadata, dump: try Self.storedDump(connection, snapshotID: row.string("snapshot_id")),
                                          files: files, modified: row.int64("created_ms") / 1000))
         }
     }

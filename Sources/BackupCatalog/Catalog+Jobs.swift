@@ -12,7 +12,7 @@ public struct ClaimedJob: Sendable {
 
 /// What a finished backup holds: its dump and its file documents, all stored.
 public struct BackupManifest: Sendable {
-    public var dump: StoredBlob
+    public var dump: StoredDump
     public var files: [(key: String, blob: StoredBlob)]
     public var postgresVersion: String
     /// pg_database_size of the app database at the snapshot.
@@ -22,7 +22,7 @@ public struct BackupManifest: Sendable {
     /// Keys whose files were modified after the snapshot, stored as read.
     public var changedDuringBackup: [String] = []
 
-    public init(dump: StoredBlob, files: [(key: String, blob: StoredBlob)], postgresVersion: String, databaseSize: UInt64) {
+    public init(dump: StoredDump, files: [(key: String, blob: StoredBlob)], postgresVersion: String, databaseSize: UInt64) {
         self.dump = dump
         self.files = files
         self.postgresVersion = postgresVersion
@@ -204,9 +204,17 @@ extension Catalog {
                 source_database_bytes = $7, files_deleted_during_backup = $8, files_changed_during_backup = $9,
                 warning = $10
             WHERE id = $1 AND status = 'processing'
-            """, snapshotID, manifest.dump.hash.hex,
+            """, snapshotID, manifest.dump.sha256.hex,
             manifest.dump.size, filesBytes, manifest.files.count, manifest.postgresVersion, manifest.databaseSize,
             manifest.deletedDuringBackup.count, manifest.changedDuringBackup.count, warning)
+        if case .chunks(_, _, let chunks) = manifest.dump, !chunks.isEmpty {
+            try connection.query("""
+                INSERT INTO dump_chunks (snapshot_id, position, sha256, size, blob_sha256, compressed)
+                SELECT $1, position - 1, sha256, size::bigint, blob, compressed
+                FROM unnest($2::text[], $3::text[], $4::text[], $5::boolean[]) WITH ORDINALITY AS c(sha256, size, blob, compressed, position)
+                """, snapshotID, chunks.map(\.sha256.hex), chunks.map { String($0.size) }, chunks.map(\.blob.hash.hex),
+                chunks.map { $0.compressed ? "true" : "false" })
+        }
         try dateExpiry(connection, snapshotID: snapshotID)
         return "\(manifest.files.count) files, \(manifest.dump.size + filesBytes) bytes" + (warning.isEmpty ? "" : "; warning: \(warning)")
     }

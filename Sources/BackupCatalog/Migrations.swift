@@ -260,5 +260,21 @@ enum Migrations {
         CREATE UNIQUE INDEX jobs_one_active_per_environment ON jobs (environment_id)
             WHERE status IN ('queued', 'running') AND kind NOT IN ('archive', 'upload-validation', 'verify');
         """),
+        (11, """
+        -- A dump stored as content-defined chunks, in order: each chunk's content hash and size, and the blob that
+        -- holds it (zstd-compressed, or as is). A snapshot without rows here has its dump in one blob, dump_sha256.
+        CREATE TABLE dump_chunks (
+            snapshot_id  uuid NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+            position     integer NOT NULL,
+            sha256       text NOT NULL,
+            size         bigint NOT NULL,
+            blob_sha256  text NOT NULL REFERENCES blobs(sha256),
+            compressed   boolean NOT NULL,
+            PRIMARY KEY (snapshot_id, position)
+        );
+        CREATE INDEX dump_chunks_by_blob ON dump_chunks (blob_sha256);
+        -- dump_sha256 is now the hash of the whole dump, a blob only for dumps stored whole.
+        ALTER TABLE snapshots DROP CONSTRAINT snapshots_dump_sha256_fkey;
+        """),
     ]
 }

@@ -12,12 +12,12 @@ import Glibc
 public struct SnapshotArchive: Sendable {
     /// `.metadata`; the writer adds a SHA-256 per member (`sha256:PATH`).
     public var metadata: [String: String]
-    public var dump: StoredBlob
+    public var dump: StoredDump
     public var files: [(key: String, blob: StoredBlob)]
     /// Modification time of every member, Unix seconds: the snapshot's.
     public var modified: Int64
 
-    public init(metadata: [String: String], dump: StoredBlob, files: [(key: String, blob: StoredBlob)], modified: Int64) {
+    public init(metadata: [String: String], dump: StoredDump, files: [(key: String, blob: StoredBlob)], modified: Int64) {
         self.metadata = metadata
         self.dump = dump
         self.files = files
@@ -30,7 +30,7 @@ public struct SnapshotArchive: Sendable {
     /// The `.metadata` document, with the SHA-256 of every member added.
     public func metadataDocument() throws(FileStoreLayout.InvalidKey) -> [UInt8] {
         var entries = metadata
-        entries["sha256:" + Self.dumpPath] = dump.hash.hex
+        entries["sha256:" + Self.dumpPath] = dump.sha256.hex
         for file in files { entries["sha256:" + (try Self.treePath(file.key))] = file.blob.hash.hex }
         let body = entries.sorted { $0.key < $1.key }.map { "  \(jsonString($0.key)): \(jsonString($0.value))" }
         return Array(("{\n" + body.joined(separator: ",\n") + "\n}\n").utf8)
@@ -64,12 +64,19 @@ public struct SnapshotArchive: Sendable {
             try addMember(archive, ".metadata", size: UInt64(document.count)) { consume in
                 try document.withUnsafeBytes { try consume($0) }
             }
-            for (memberPath, blob) in [(Self.dumpPath, dump)] + (try files.map { (try Self.treePath($0.key), $0.blob) }) {
-                try addMember(archive, memberPath, size: blob.size) { consume in
-                    _ = try store.read(blob.hash, interruption: interruption) { chunk in
+            // The dump (no blob: its chunks) first, then every document.
+            let members = [(Self.dumpPath, StoredBlob?.none, dump.size)] + (try files.map { (try Self.treePath($0.key), $0.blob, $0.blob.size) })
+            for (memberPath, blob, size) in members {
+                try addMember(archive, memberPath, size: size) { consume in
+                    let counted: (UnsafeRawBufferPointer) throws -> Void = { chunk in
                         try consume(chunk)
                         written += UInt64(chunk.count)
                         progress(written)
+                    }
+                    if let blob {
+                        _ = try store.read(blob.hash, interruption: interruption, counted)
+                    } else {
+                        try dump.read(from: store, interruption: interruption, counted)
                     }
                 }
             }
@@ -88,7 +95,7 @@ public struct SnapshotArchive: Sendable {
         let output = try ArchiveOutput(path: path)
         do {
             var written: UInt64 = 0
-            _ = try store.read(dump.hash, interruption: interruption) { chunk in
+            try dump.read(from: store, interruption: interruption) { chunk in
                 try output.write(chunk)
                 written += UInt64(chunk.count)
                 progress(written)

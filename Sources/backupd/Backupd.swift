@@ -139,6 +139,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Parallel workers of one pg_restore (default: the number of cores).")
     var restoreJobs = ProcessInfo.processInfo.activeProcessorCount
 
+    @Option(help: "zstd level of new dump chunks, 1 (fast, default) to 19 (smallest).")
+    var dumpCompressionLevel = 1
+
     @Flag(help: "Drop a restored environment's previous database and files at once, instead of keeping them until its next restore.")
     var dropPreviousOnRestore = false
 
@@ -239,6 +242,7 @@ struct Serve: AsyncParsableCommand {
             ("--schedule-interval-seconds", scheduleIntervalSeconds), ("--schedule-spread-minutes", scheduleSpreadMinutes + 1),
         ]
         if let (flag, _) = counts.first(where: { $0.1 < 1 }) { throw ValidationError("\(flag) must be at least 1") }
+        guard (1...19).contains(dumpCompressionLevel) else { throw ValidationError("--dump-compression-level must be 1 to 19") }
         // A frame that may never fit in what its client can borrow would wait forever.
         guard sharedReceiveBytesPerPeer >= maxFrameBytes, sharedReceiveBytes >= sharedReceiveBytesPerPeer else {
             throw ValidationError("--shared-receive-bytes-per-peer must be at least --max-frame-bytes, and --shared-receive-bytes at least that")
@@ -310,6 +314,7 @@ struct Serve: AsyncParsableCommand {
         configuration.jobs.tools.pgRestore = pgRestore
         configuration.jobs.tools.stallTimeout = .seconds(toolStallSeconds)
         configuration.jobs.restoreParallelism = restoreJobs
+        configuration.jobs.dumpCompressionLevel = dumpCompressionLevel
         configuration.jobs.keepPreviousOnRestore = !dropPreviousOnRestore
         configuration.jobs.dieAfterRestoreStep = dieAfterRestoreStep.flatMap(RestoreStep.init(rawValue:))
         configuration.jobs.leaseSeconds = jobLeaseSeconds

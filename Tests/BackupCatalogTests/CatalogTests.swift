@@ -185,7 +185,7 @@ import Testing
             #expect(try await !catalog.renewLease(jobID: claimed.job.id, owner: "b", leaseSeconds: 30))
             await #expect(throws: BackupError.self) {
                 try await catalog.finishBackup(jobID: claimed.job.id, owner: "b", manifest: BackupManifest(
-                    dump: StoredBlob(hash: ContentHash.of([]), size: 0, written: true), files: [], postgresVersion: "", databaseSize: 0))
+                    dump: .blob(StoredBlob(hash: ContentHash.of([]), size: 0, written: true)), files: [], postgresVersion: "", databaseSize: 0))
             }
             #expect(try await catalog.failAbandonedJobs() == 0)
             _ = try await catalog.renewLease(jobID: claimed.job.id, owner: "a", leaseSeconds: 0)

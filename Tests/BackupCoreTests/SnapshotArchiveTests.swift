@@ -21,7 +21,8 @@ import Testing
             return try store.put(contentsOf: path)
         }
         let dumpBytes = Array("PGDMP a custom-format dump".utf8)
-        let dump = try stored(dumpBytes, "dump")
+        try Data(dumpBytes).write(to: URL(fileURLWithPath: scratch.path + "/dump"))
+        let dump = try DumpChunkWriter(store: store).store(file: scratch.path + "/dump", known: [:])
         let files = try contents.keys.sorted().map { ($0, try stored(contents[$0]!, $0)) }
         contents[SnapshotArchive.dumpPath] = dumpBytes
         let archive = SnapshotArchive(metadata: ["snapshotId": "0d3e301f", "modelVersion": "1.2.3", "note": "quote \" and\nline"],
@@ -55,7 +56,7 @@ import Testing
         }
         let metadata = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/.metadata"))) as? [String: String])
         #expect(metadata["modelVersion"] == "1.2.3" && metadata["note"] == "quote \" and\nline")
-        #expect(metadata["sha256:db/db.backup"] == archive.dump.hash.hex)
+        #expect(metadata["sha256:db/db.backup"] == archive.dump.sha256.hex)
         for (key, blob) in archive.files {
             #expect(metadata["sha256:tree/\(key.prefix(2))/\(key.dropFirst(2).prefix(2))/\(key)"] == blob.hash.hex)
         }
@@ -91,7 +92,7 @@ import Testing
 
         // A key that would climb out of tree/ is refused, and leaves nothing either.
         var climbing = archive
-        climbing.files = [("../../etc", archive.dump)]
+        climbing.files = [("../../etc", archive.files[0].1)]
         #expect(throws: FileStoreLayout.InvalidKey.self) { try climbing.write(to: scratch.path + "/climbing.tar.gz", from: store) }
         #expect(!FileManager.default.fileExists(atPath: scratch.path + "/climbing.tar.gz"))
     }

@@ -58,13 +58,14 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
                 // The dump restores into a scratch database with every table equal to the source.
                 let store = try LocalBlobStore(root: server.blobDirectory)
-                let dumpHash = try #require(ContentHash(hex: backup.dumpSHA256))
-                #expect(try store.verify(dumpHash) == backup.databaseBytes)
+                let folder = try ScratchDirectory("dump")
+                defer { folder.remove() }
+                let dumpPath = try reassembledDump(server, backup.id, in: folder.path)
+                #expect(ContentHash.of(try Data(contentsOf: URL(fileURLWithPath: dumpPath))).hex == backup.dumpSHA256)
                 let scratch = try TestPostgres.createDatabase("restored")
                 defer { TestPostgres.dropDatabase(scratch) }
                 let restore = try runCommand("/usr/bin/pg_restore", ["--no-owner", "--exit-on-error",
-                                                                     "--dbname=\(TestPostgres.connectionString(scratch))",
-                                                                     store.path(for: dumpHash)])
+                                                                     "--dbname=\(TestPostgres.connectionString(scratch))", dumpPath])
                 #expect(restore.status == 0, "\(restore.standardError)")
                 let source = try TestPostgres.tableFingerprints(app.database)
                 #expect(source.count == 4)
@@ -267,9 +268,9 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                         Set(try TestPostgres.query(server.catalogDatabase, "SELECT sha256 FROM blobs").map { $0.string("sha256") })
                     }
                     let secondBlobs = Set(try TestPostgres.query(server.catalogDatabase, """
-                        SELECT sha256 FROM snapshot_files WHERE snapshot_id = $1 UNION SELECT dump_sha256 FROM snapshots WHERE id = $1
+                        SELECT sha256 FROM snapshot_files WHERE snapshot_id = $1 UNION SELECT blob_sha256 FROM dump_chunks WHERE snapshot_id = $1
                         """, second.backup.id).map { $0.string("sha256") })
-                    #expect(try blobs().count == secondBlobs.count + 2)  // first's old file and dump
+                    #expect(try blobs().count == secondBlobs.count + 2)  // first's old file and its dump's one chunk
 
                     _ = try await client.unary(Backups.deleteBackup, .with { $0.id = first.backup.id })
                     await expectStatus(.notFound) { _ = try await client.unary(Backups.getBackup, .with { $0.id = first.backup.id }) }

@@ -186,7 +186,9 @@ func contents(of backup: Backup, on server: some BackupTestServer) throws -> (du
     let stored = Dictionary(uniqueKeysWithValues: try TestPostgres.query(server.catalogDatabase, """
         SELECT storage_key, sha256 FROM snapshot_files WHERE snapshot_id = $1
         """, backup.id).map { ($0.string("storage_key"), $0.string("sha256")) })
-    let dumpPath = "\(server.blobDirectory)/sha256/\(backup.dumpSHA256.prefix(2))/\(backup.dumpSHA256.dropFirst(2).prefix(2))/\(backup.dumpSHA256)"
+    let folder = try ScratchDirectory("dump")
+    defer { folder.remove() }
+    let dumpPath = try reassembledDump(server, backup.id, in: folder.path)
     let data = try runCommand("/usr/bin/pg_restore", ["--data-only", "--table=system$filedocument", "--file=-", dumpPath])
     guard data.status == 0 else { throw TestSupportError("pg_restore: \(data.standardError)") }
     var dumped = Set<String>()

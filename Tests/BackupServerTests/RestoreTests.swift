@@ -221,7 +221,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
                 try changeEverything(app)
                 let before = try EnvironmentState(app)
                 let store = try LocalBlobStore(root: server.blobDirectory)
-                let dump = store.path(for: ContentHash(hex: backup.dumpSHA256)!)
+                let dump = store.path(for: try storedDump(server, backup.id).blobs[0].hash)
                 chmod(dump, 0o644)
                 let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: dump))
                 try handle.seek(toOffset: 100)

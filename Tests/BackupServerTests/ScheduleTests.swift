@@ -131,7 +131,7 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
                 let backup = try await finishedBackup(server, app)
                 try await changeSchedule(server) { $0.enabled = false }
                 let blobs = try LocalBlobStore(root: server.blobDirectory)
-                let dump = try #require(ContentHash(hex: backup.dumpSHA256))
+                let dump = try storedDump(server, backup.id).blobs[0].hash
                 #expect(blobs.contains(dump))
                 clock.set(Date(timeIntervalSince1970: Double(backup.expiresUnixMS) / 1000 - 1))
                 try await Task.sleep(for: .milliseconds(300))
@@ -443,8 +443,8 @@ extension Night {
                 content[content.count / 2] ^= 0x01
                 try content.write(to: URL(fileURLWithPath: flipped))
                 try FileManager.default.removeItem(atPath: store.path(for: ContentHash(hex: files[1].1)!))
-                let dump = store.path(for: ContentHash(hex: backup.dumpSHA256)!)
-                #expect(truncate(dump, off_t(backup.databaseBytes / 2)) == 0)
+                let dumpChunk = try storedDump(server, backup.id).blobs[0]
+                #expect(truncate(store.path(for: dumpChunk.hash), off_t(dumpChunk.size / 2)) == 0)
 
                 let damaged = try server.backupctl(["verify", backup.id, "--wait", "--json"])
                 #expect(damaged.status == 1)
@@ -455,8 +455,8 @@ extension Night {
                 #expect(problems[files[0].0]?.sha256 == files[0].1)
                 #expect(problems[files[0].0]?.problem.hasPrefix("corrupt: its content hashes to ") == true)
                 #expect(problems[files[1].0]?.sha256 == files[1].1 && problems[files[1].0]?.problem == "missing from the blob store")
-                #expect(problems["db/db.backup"]?.sha256 == backup.dumpSHA256)
-                #expect(problems["db/db.backup"]?.problem.hasPrefix("corrupt: ") == true)
+                #expect(problems["db/db.backup (chunk 1 of 1)"]?.sha256 == dumpChunk.hash.hex)
+                #expect(problems["db/db.backup (chunk 1 of 1)"]?.problem.hasPrefix("corrupt: ") == true)
                 let job = try await server.withClient { try await $0.unary(Backups.getJob, .with { $0.id = verification.jobID }) }
                 #expect(job.status == .failed && job.kind == .verify)
                 #expect(job.error.hasPrefix("3 of ") && job.error.contains(files[1].0))

@@ -41,6 +41,7 @@ struct BackupJob: Sendable {
     let databases: AppDatabases
     let threadPool: NIOThreadPool
     let tools: PostgresTools
+    let dumps: DumpStorage
 
     private struct OpenedSnapshot: Sendable {
         let snapshot: String
@@ -109,10 +110,9 @@ struct BackupJob: Sendable {
         }
         _ = try? await session.runCancellable { try $0.query("COMMIT") }
 
-        let dump = try await threadPool.runIfActive { try blobStore.adopt(dumpPath) }
-        try await ledger.record([dump])
-        // The totals become what was stored; the phase change writes them.
-        await progress.update(part: "database", done: dump.size, total: dump.size)
+        await progress.update(part: "database", done: fileSize(dumpPath), total: fileSize(dumpPath))
+        await progress.update(phase: "storing the database dump")
+        let dump = try await dumps.store(dumpPath, of: (environment.namespace, environment.name), ledger: ledger, progress: progress)
         await progress.update(phase: "recording the backup")
 
         var manifest = BackupManifest(dump: dump, files: [], postgresVersion: opened.postgresVersion, databaseSize: opened.databaseBytes)
@@ -197,7 +197,8 @@ struct BackupJob: Sendable {
     private func runDump(_ databaseURL: String, snapshot: String, to path: String,
                       written: @escaping @Sendable (UInt64) async -> Void) async throws {
         try await runPostgresTool(tools.pgDump, [
-            "--format=custom", "--no-owner", "--no-privileges", "--snapshot=\(snapshot)", "--file=\(path)",
+            // Uncompressed: the dump is cut into chunks that are compressed on every core and stored once.
+            "--format=custom", "--compress=0", "--no-owner", "--no-privileges", "--snapshot=\(snapshot)", "--file=\(path)",
         ], database: databaseURL, stallTimeout: tools.stallTimeout) {
             let size = fileSize(path)
             await written(size)

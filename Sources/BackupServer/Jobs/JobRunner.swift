@@ -27,6 +27,8 @@ public struct JobSettings: Sendable {
     /// abandoned, are removed.
     public var sweepInterval: Duration = .seconds(60)
     public var tools = PostgresTools()
+    /// zstd level of a dump's new chunks: 1 (fast, the default) to 19.
+    public var dumpCompressionLevel = 1
     /// pg_restore --jobs: parallel workers of one restore.
     public var restoreParallelism = ProcessInfo.processInfo.activeProcessorCount
     /// Keep a restored environment's previous database and files until its next restore.
@@ -78,8 +80,9 @@ public final class JobRunner: Service, Sendable {
         self.placement = placement
         self.settings = settings
         self.logger = logger
+        let dumps = DumpStorage(catalog: catalog, blobStore: blobStore, threadPool: threadPool, level: Int32(settings.dumpCompressionLevel))
         self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, databases: placement.databases, threadPool: threadPool,
-                                   tools: settings.tools)
+                                   tools: settings.tools, dumps: dumps)
         self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, databases: placement.databases, threadPool: threadPool,
                                      tools: settings.tools, parallelJobs: max(1, settings.restoreParallelism),
                                      keepPrevious: settings.keepPreviousOnRestore, dieAfterStep: settings.dieAfterRestoreStep)
@@ -87,7 +90,7 @@ public final class JobRunner: Service, Sendable {
                                      threadPool: threadPool)
         self.uploadValidationJob = UploadValidationJob(catalog: catalog, blobStore: blobStore, spool: spool, limits: uploads.archiveLimits,
                                                        reservedDiskBytes: uploads.reservedDiskBytes,
-                                                       threadPool: threadPool, tools: settings.tools)
+                                                       threadPool: threadPool, tools: settings.tools, dumps: dumps)
         self.verifyJob = VerifyJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool, tools: settings.tools,
                                    reservedDiskBytes: uploads.reservedDiskBytes)
         self.archiveCache = archiveCache
@@ -363,6 +366,7 @@ func describeJobError(_ error: any Error) -> String {
     case let error as ToolFailure: error.description
     case let error as BackupError: error.description
     case let error as BlobStoreError: error.description
+    case let error as DumpReadError: error.description
     case let error as FileStoreLayout.InvalidKey: error.description
     case let error as FileDocumentError: error.description
     case let error as PostgresError: "PostgreSQL: \(error.message)"

@@ -48,10 +48,18 @@ actor ProgressReporter {
 }
 
 extension ProgressReporter {
+    /// Where `reporting` puts the bytes its work has done.
+    enum Target: Sendable {
+        case job
+        case part(String)
+        /// Nowhere: work whose bytes the job's totals do not count.
+        case none
+    }
+
     /// Runs blocking `work` on `threadPool`, reporting the bytes it says it
-    /// has done (`report`) twice a second. A cancelled task sets the
-    /// `Interruption` the work checks, so it stops within a chunk.
-    func reporting<T: Sendable>(on threadPool: NIOThreadPool,
+    /// has done (`report`) twice a second to `target`. A cancelled task sets
+    /// the `Interruption` the work checks, so it stops within a chunk.
+    func reporting<T: Sendable>(on threadPool: NIOThreadPool, to target: Target = .job,
                                 _ work: @escaping @Sendable (_ interruption: Interruption, _ report: @escaping @Sendable (UInt64) -> Void) throws -> T)
         async throws -> T {
         let done = NIOLockedValueBox<UInt64>(0)
@@ -60,7 +68,12 @@ extension ProgressReporter {
             group.addTask {
                 while true {
                     try await Task.sleep(for: .milliseconds(500))
-                    await self.update(done: done.withLockedValue { $0 })
+                    let bytes = done.withLockedValue { $0 }
+                    switch target {
+                    case .job: await self.update(done: bytes)
+                    case .part(let part): await self.update(part: part, done: bytes)
+                    case .none: break
+                    }
                 }
             }
             defer { group.cancelAll() }

@@ -82,14 +82,16 @@ struct RestoreJob: Sendable {
         let databaseBytes = work.sourceDatabaseBytes
 
         await progress.update(done: 0, total: databaseBytes + filesBytes, phase: "verifying the database dump")
-        guard let dumpHash = ContentHash(hex: work.backup.dumpSHA256) else {
-            throw JobFailure(description: "backup \(work.backup.id) has no database dump")
-        }
+        let dump = try await catalog.dump(ofBackup: work.backup.id)
         let dumpPath = scratchDump(claimed.job.id)
         defer { unlink(dumpPath) }
         do {
-            try await threadPool.runIfActive { try blobStore.materialize(dumpHash, at: dumpPath) }
+            try await progress.reporting(on: threadPool, to: .none) { [blobStore] interruption, _ in
+                try dump.materialize(at: dumpPath, from: blobStore, interruption: interruption)
+            }
         } catch let error as BlobStoreError {
+            throw JobFailure(description: "the backup's database dump cannot be used: \(error)")
+        } catch let error as DumpReadError {
             throw JobFailure(description: "the backup's database dump cannot be used: \(error)")
         }
 

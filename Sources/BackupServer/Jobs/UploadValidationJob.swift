@@ -25,6 +25,7 @@ struct UploadValidationJob: Sendable {
     let reservedDiskBytes: UInt64
     let threadPool: NIOThreadPool
     let tools: PostgresTools
+    let dumps: DumpStorage
 
     /// What reading the archive left: its contents, and the documents' blobs
     /// (the dump is still in its scratch file).
@@ -52,11 +53,11 @@ struct UploadValidationJob: Sendable {
             } catch let failure as ToolFailure {
                 throw JobFailure(description: "the archive's \(SnapshotArchive.dumpPath) is not a dump pg_restore can read: \(failure)")
             }
-            let dump = try await threadPool.runIfActive { [blobStore] in try blobStore.adopt(dumpPath) }
-            guard dump.hash == read.contents.dump.sha256 else {
-                throw JobFailure(description: "the dump was stored as \(dump.hash.hex), not the \(read.contents.dump.sha256.hex) read from the archive")
+            await progress.update(phase: "storing the database dump")
+            let dump = try await dumps.store(dumpPath, of: (upload.namespace, upload.environment), ledger: ledger, progress: progress)
+            guard dump.sha256 == read.contents.dump.sha256 else {
+                throw JobFailure(description: "the dump was stored as \(dump.sha256.hex), not the \(read.contents.dump.sha256.hex) read from the archive")
             }
-            try await ledger.record([dump])
             await progress.update(phase: "recording the backup")
             // A size no database has (past Int64) is no size at all.
             let databaseSize = read.contents.metadata["databaseSize"].flatMap { Int64($0) }.map { UInt64(max(0, $0)) } ?? 0

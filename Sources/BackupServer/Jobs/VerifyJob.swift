@@ -22,6 +22,7 @@ struct VerifyJob: Sendable {
         let jobID = claimed.job.id
         let backup = try await catalog.backup(id: claimed.job.backupID)
         let files = try await catalog.backupFiles(id: backup.id)
+        let dump = try await catalog.dump(ofBackup: backup.id)
         let progress = ProgressReporter(catalog: catalog, jobID: jobID)
         await progress.update(done: 0, total: backup.databaseBytes + backup.filesBytes, phase: "reading every blob and checking its hash")
         // Named as the scratch sweep knows a job's dump, so a dead process's copy goes too.
@@ -33,21 +34,32 @@ struct VerifyJob: Sendable {
                 var problems: [VerifyProblem] = []
                 var done: UInt64 = 0
                 let count: (UnsafeRawBufferPointer) -> Void = { done += UInt64($0.count); report(done) }
-                var dumpIntact = false
-                if let dump = ContentHash(hex: backup.dumpSHA256) {
-                    try requireRoom(for: backup.databaseBytes, reserved: reserved, in: blobStore.scratchDirectory)
-                    let copy = try ScratchFile(path: dumpPath)
-                    dumpIntact = try Self.check(SnapshotArchive.dumpPath, dump, in: blobStore, interruption: interruption,
-                                                problems: &problems) { try copy.write($0); count($0) }
-                } else {
-                    problems.append(.with { $0.name = SnapshotArchive.dumpPath; $0.problem = "the backup names no dump" })
+                try requireRoom(for: dump.size, reserved: reserved, in: blobStore.scratchDirectory)
+                let copy = try ScratchFile(path: dumpPath)
+                let toCopy: (UnsafeRawBufferPointer) throws -> Void = { try copy.write($0); count($0) }
+                var dumpIntact = true
+                switch dump {
+                case .blob(let blob):
+                    dumpIntact = try Self.check(SnapshotArchive.dumpPath, blob.hash, problems: &problems) {
+                        _ = try blobStore.read(blob.hash, interruption: interruption, toCopy)
+                    }
+                case .chunks(_, _, let chunks):
+                    // Every chunk is read, so every damaged one is named.
+                    for (index, chunk) in chunks.enumerated() {
+                        let name = "\(SnapshotArchive.dumpPath) (chunk \(index + 1) of \(chunks.count))"
+                        dumpIntact = try Self.check(name, chunk.blob.hash, problems: &problems) {
+                            try chunk.read(from: blobStore, interruption: interruption, toCopy)
+                        } && dumpIntact
+                    }
                 }
                 for file in files {
                     guard let hash = ContentHash(hex: file.hash) else {
                         problems.append(.with { $0.name = file.key; $0.sha256 = file.hash; $0.problem = "not a SHA-256" })
                         continue
                     }
-                    _ = try Self.check(file.key, hash, in: blobStore, interruption: interruption, problems: &problems, count)
+                    _ = try Self.check(file.key, hash, problems: &problems) {
+                        _ = try blobStore.read(hash, interruption: interruption, count)
+                    }
                 }
                 return (problems, dumpIntact)
             }
@@ -63,17 +75,19 @@ struct VerifyJob: Sendable {
             }
         }
         await progress.update(phase: "recording the result")
-        try await catalog.finishVerification(jobID: jobID, owner: owner, checked: files.count + 1, problems: problems)
+        try await catalog.finishVerification(jobID: jobID, owner: owner, checked: files.count + dump.blobs.count, problems: problems)
     }
 
-    /// Reads one blob, handing its content to `consume`; a blob missing or
-    /// not matching its hash adds a problem. Returns whether it read intact.
-    private static func check(_ name: String, _ hash: ContentHash, in store: any BlobStore, interruption: Interruption,
-                              problems: inout [VerifyProblem], _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> Bool {
+    /// Reads one blob (`read`); a blob missing, not matching its hash, or
+    /// holding other content than its chunk's adds a problem naming `name`
+    /// and `hash`. Returns whether it read intact.
+    private static func check(_ name: String, _ hash: ContentHash, problems: inout [VerifyProblem], _ read: () throws -> Void) throws -> Bool {
         let problem: String
         do {
-            _ = try store.read(hash, interruption: interruption, consume)
+            try read()
             return true
+        } catch let error as DumpChunkError {
+            problem = "corrupt: \(error)"
         } catch BlobStoreError.missing {
             problem = "missing from the blob store"
         } catch BlobStoreError.corrupt(_, let actual) {

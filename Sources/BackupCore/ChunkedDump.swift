@@ -1,0 +1,291 @@
+import CZstd
+import Dispatch
+import Foundation
+import Synchronization
+
+/// One piece of a chunked dump: the hash and size of its content, and the
+/// blob that holds it, a zstd frame or, when compressing saved nothing, the
+/// content as is.
+public struct DumpChunk: Sendable, Equatable {
+    public let sha256: ContentHash
+    public let size: UInt64
+    public let blob: StoredBlob
+    public let compressed: Bool
+
+    public init(sha256: ContentHash, size: UInt64, blob: StoredBlob, compressed: Bool) {
+        self.sha256 = sha256
+        self.size = size
+        self.blob = blob
+        self.compressed = compressed
+    }
+
+    /// Hands the chunk's content to `consume`, whole, once its blob was read
+    /// (and decompressed) and the content checked against `sha256`.
+    public func read(from store: any BlobStore, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws {
+        var stored = [UInt8]()
+        stored.reserveCapacity(Int(blob.size))
+        _ = try store.read(blob.hash, interruption: interruption) { stored.append(contentsOf: $0) }
+        let content: [UInt8]
+        if compressed {
+            var output = [UInt8](repeating: 0, count: Int(size))
+            let produced = output.withUnsafeMutableBytes { out in
+                stored.withUnsafeBytes { ZSTD_decompress(out.baseAddress, out.count, $0.baseAddress, $0.count) }
+            }
+            guard ZSTD_isError(produced) == 0, produced == Int(size) else {
+                throw DumpChunkError.undecodable(self, ZSTD_isError(produced) != 0 ? String(cString: ZSTD_getErrorName(produced)) : "\(produced) bytes")
+            }
+            content = output
+        } else {
+            content = stored
+        }
+        let actual = ContentHash.of(content)
+        guard actual == sha256 else { throw DumpChunkError.wrongContent(self, actual: actual) }
+        try content.withUnsafeBytes(consume)
+    }
+}
+
+/// A chunk whose blob reads intact but whose content is not what was stored.
+public enum DumpChunkError: Error, CustomStringConvertible {
+    case undecodable(DumpChunk, String)
+    case wrongContent(DumpChunk, actual: ContentHash)
+
+    public var description: String {
+        switch self {
+        case let .undecodable(chunk, reason): "blob \(chunk.blob.hash) does not decompress to its \(chunk.size) bytes: \(reason)"
+        case let .wrongContent(chunk, actual): "blob \(chunk.blob.hash) holds content hashing to \(actual), not \(chunk.sha256)"
+        }
+    }
+}
+
+/// A chunk of a dump, numbered from 1, that could not be read as stored.
+public struct DumpReadError: Error, CustomStringConvertible {
+    public let index: Int
+    public let count: Int
+    public let chunk: DumpChunk
+    public let reason: any Error
+    public var description: String { "chunk \(index) of \(count) of the database dump: \(reason)" }
+}
+
+/// How a backup's dump is kept: one blob (backups made before dumps were
+/// chunked, and kept readable), or content-defined chunks in order.
+public enum StoredDump: Sendable, Equatable {
+    case blob(StoredBlob)
+    case chunks(sha256: ContentHash, size: UInt64, [DumpChunk])
+
+    /// The SHA-256 of the whole dump, as `pg_dump` wrote it.
+    public var sha256: ContentHash {
+        switch self {
+        case .blob(let blob): blob.hash
+        case .chunks(let sha256, _, _): sha256
+        }
+    }
+
+    public var size: UInt64 {
+        switch self {
+        case .blob(let blob): blob.size
+        case .chunks(_, let size, _): size
+        }
+    }
+
+    /// Every blob the dump refers to.
+    public var blobs: [StoredBlob] {
+        switch self {
+        case .blob(let blob): [blob]
+        case .chunks(_, _, let chunks): chunks.map(\.blob)
+        }
+    }
+
+    /// Streams the dump's content in order, every chunk checked against its
+    /// hash (a chunk that is not is named, `DumpReadError`) and the whole
+    /// against the dump's; returns its size. Whatever reads a dump (restore,
+    /// download, verification) reads it through here.
+    @discardableResult
+    public func read(from store: any BlobStore, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64 {
+        switch self {
+        case .blob(let blob):
+            return try store.read(blob.hash, interruption: interruption, consume)
+        case let .chunks(sha256, size, chunks):
+            let hasher = SHA256Hasher()
+            var total: UInt64 = 0
+            for (index, chunk) in chunks.enumerated() {
+                do {
+                    try chunk.read(from: store, interruption: interruption) { content in
+                        hasher.update(content)
+                        total += UInt64(content.count)
+                        try consume(content)
+                    }
+                } catch let error as BlobStoreError {
+                    if case .interrupted = error { throw error }
+                    throw DumpReadError(index: index + 1, count: chunks.count, chunk: chunk, reason: error)
+                } catch let error as DumpChunkError {
+                    throw DumpReadError(index: index + 1, count: chunks.count, chunk: chunk, reason: error)
+                }
+            }
+            let actual = hasher.finish()
+            guard actual == sha256, total == size else { throw BlobStoreError.corrupt(sha256, actual: actual) }
+            return total
+        }
+    }
+
+    /// Writes the dump to a new file at `path`: a link to its blob where the
+    /// store allows, else its content reassembled.
+    public func materialize(at path: String, from store: any BlobStore, interruption: Interruption?) throws {
+        if case .blob(let blob) = self { return try store.materialize(blob.hash, at: path) }
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
+        var complete = false
+        defer {
+            close(fd)
+            if !complete { unlink(path) }
+        }
+        try read(from: store, interruption: interruption) { try writeAll(fd: fd, $0, path: path) }
+        complete = true
+    }
+}
+
+/// Cuts content where the content itself says (a gear rolling hash, as in
+/// FastCDC), so bytes inserted or changed in one place move only the cuts
+/// near them: the next dump of a database that changed a little shares
+/// almost every chunk with the last. Chunks are 256 KiB to 4 MiB, about
+/// 1 MiB on average.
+public enum ContentDefinedChunker {
+    public static let minimumSize = 256 << 10
+    public static let averageSize = 1 << 20
+    public static let maximumSize = 4 << 20
+    /// Harder to match before the average size, easier after (normalized chunking).
+    static let smallMask: UInt64 = ((1 << 22) - 1) << 42
+    static let largeMask: UInt64 = ((1 << 18) - 1) << 46
+
+    /// 256 fixed pseudo-random values (splitmix64 from a fixed seed): the same cuts on every machine, forever.
+    static let gear: [UInt64] = {
+        var state: UInt64 = 0x6261_636B_7570_6421
+        return (0..<256).map { _ in
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }()
+
+    /// The length of the chunk that starts `bytes`, or nil when no cut is
+    /// found and more content may follow (`atEnd` false).
+    public static func cut(_ bytes: UnsafeRawBufferPointer, atEnd: Bool) -> Int? {
+        let count = bytes.count
+        guard count > minimumSize else { return atEnd ? count : nil }
+        let end = min(count, maximumSize)
+        var hash: UInt64 = 0
+        return gear.withUnsafeBufferPointer { gear in
+            var index = minimumSize
+            let middle = min(end, averageSize)
+            while index < middle {
+                hash = (hash << 1) &+ gear[Int(bytes[index])]
+                if hash & smallMask == 0 { return index + 1 }
+                index += 1
+            }
+            while index < end {
+                hash = (hash << 1) &+ gear[Int(bytes[index])]
+                if hash & largeMask == 0 { return index + 1 }
+                index += 1
+            }
+            return end == maximumSize || atEnd ? end : nil
+        }
+    }
+}
+
+/// Stores a dump file as content-defined chunks: each is hashed, and one
+/// the store does not hold yet (`known` lists what earlier backups stored)
+/// is zstd-compressed at `level` (kept raw when that saves nothing) and
+/// written, several at a time on all cores.
+public struct DumpChunkWriter: Sendable {
+    public let store: any BlobStore
+    public let level: Int32
+    /// Chunks hashed and compressed at once (about 1 MiB each, at most 4 MiB).
+    static let batch = 4
+
+    public init(store: any BlobStore, level: Int32 = 1) {
+        self.store = store
+        self.level = level
+    }
+
+    /// The dump at `path` as chunks.
+    public func store(file path: String, known: [ContentHash: DumpChunk], interruption: Interruption? = nil) throws -> StoredDump {
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
+        defer { close(fd) }
+        let whole = SHA256Hasher()
+        var known = known
+        var chunks: [DumpChunk] = []
+        var pending: [[UInt8]] = []
+        var buffer = [UInt8]()
+        var start = 0
+        var atEnd = false
+        let block = UnsafeMutableRawBufferPointer.allocate(byteCount: 8 << 20, alignment: 16)
+        defer { block.deallocate() }
+        while !atEnd || start < buffer.count {
+            if interruption?.isSet == true { throw BlobStoreError.interrupted(path: path) }
+            if !atEnd && buffer.count - start < ContentDefinedChunker.maximumSize {
+                // Keep what is not cut yet, then read the next block behind it.
+                buffer.removeSubrange(0..<start)
+                start = 0
+                let got = Glibc.read(fd, block.baseAddress, block.count)
+                if got < 0 {
+                    if errno == EINTR { continue }
+                    throw BlobStoreError.cannotRead(path: path, errno: errno)
+                }
+                buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: block[0..<got]))
+                atEnd = got == 0
+                continue
+            }
+            let length = buffer.withUnsafeBytes { ContentDefinedChunker.cut(UnsafeRawBufferPointer(rebasing: $0[start...]), atEnd: atEnd) }
+            guard let length else { continue }
+            let piece = Array(buffer[start..<(start + length)])
+            piece.withUnsafeBytes { whole.update($0) }
+            start += length
+            pending.append(piece)
+            if pending.count == Self.batch || (atEnd && start == buffer.count) {
+                chunks += try storeBatch(pending, known: &known)
+                pending.removeAll(keepingCapacity: true)
+            }
+        }
+        if !pending.isEmpty { chunks += try storeBatch(pending, known: &known) }
+        return .chunks(sha256: whole.finish(), size: chunks.reduce(0) { $0 + $1.size }, chunks)
+    }
+
+    /// Hashes a batch of chunks and stores the new ones, on all cores.
+    private func storeBatch(_ pieces: [[UInt8]], known: inout [ContentHash: DumpChunk]) throws -> [DumpChunk] {
+        let hashes = pieces.map { ContentHash.of($0) }
+        let results = Mutex<[Int: Result<DumpChunk, any Error>]>([:])
+        let seen = known
+        let (store, level) = (self.store, self.level)
+        DispatchQueue.concurrentPerform(iterations: pieces.count) { index in
+            let hash = hashes[index]
+            // A chunk met earlier in this dump is stored by the first of its batch.
+            if seen[hash] != nil || hashes.firstIndex(of: hash)! < index { return }
+            let result = Result { try Self.write(pieces[index], hash: hash, into: store, level: level) }
+            results.withLock { $0[index] = result }
+        }
+        var chunks: [DumpChunk] = []
+        for index in pieces.indices {
+            if let result = results.withLock({ $0[index] }) { known[hashes[index]] = try result.get() }
+            chunks.append(known[hashes[index]]!)
+        }
+        return chunks
+    }
+
+    private static func write(_ piece: [UInt8], hash: ContentHash, into store: any BlobStore, level: Int32) throws -> DumpChunk {
+        var frame = [UInt8](repeating: 0, count: ZSTD_compressBound(piece.count))
+        let produced = frame.withUnsafeMutableBytes { out in
+            piece.withUnsafeBytes { ZSTD_compress(out.baseAddress, out.count, $0.baseAddress, $0.count, level) }
+        }
+        // Content that does not shrink by a few percent (already compressed) is kept as it is.
+        let compressed = ZSTD_isError(produced) == 0 && produced < piece.count - piece.count / 32
+        let writer = try store.writer()
+        if compressed {
+            try frame.withUnsafeBytes { try writer.write(UnsafeRawBufferPointer(rebasing: $0[0..<produced])) }
+        } else {
+            try piece.withUnsafeBytes { try writer.write($0) }
+        }
+        return DumpChunk(sha256: hash, size: UInt64(piece.count), blob: try writer.finish(), compressed: compressed)
+    }
+}
