@@ -35,7 +35,11 @@ trap cleanup EXIT
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-row() { printf '%-58s %10s\n' "$1" "$2"; }
+# Every row and section also goes to the report that ends up in docs/benchmarks.md.
+report=$VAR/bench-report.txt
+: > "$report"
+row() { printf '%-58s %10s\n' "$1" "$2" | tee -a "$report"; }
+section() { echo "== $1" | tee -a "$report"; }
 ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 
@@ -53,7 +57,7 @@ export BACKUPCTL_ADDR=$(cat "$work/ready") BACKUPCTL_TOKEN=$token BACKUPCTL_CA=$
 ctl() { "$BIN/backupctl" "$@"; }
 ctl env register bench/demo --token "$platform" --app shop --database-url "$(url "${tag}_demo")" --file-store "$work/files" --json >/dev/null
 
-echo "== backup of the demo app: $(find "$work/files" -type f | wc -l) files, $(du -sb "$work/files" | cut -f1) bytes; $RUNS runs each"
+section "backup of the demo app: $(find "$work/files" -type f | wc -l) files, $(du -sb "$work/files" | cut -f1) bytes; $RUNS runs each"
 times=()
 for run in $(seq 1 "$RUNS"); do
   start=$(now)
@@ -80,7 +84,7 @@ row "ratio later backup / pg_dump+tar" "$(ratio "$later" "$base")"
 row "blob store after $RUNS backups (bytes)" "$(du -sb "$work/blobs/sha256" | cut -f1)"
 row "one pg_dump+tar copy (bytes)" "$(( $(stat -c %s "$work/dump.backup") + $(stat -c %s "$work/files.tar.gz") ))"
 
-echo "== restore of the demo app; $RUNS runs each"
+section "restore of the demo app; $RUNS runs each"
 backup_id=$(json '["id"]' < "$work/backup.json")
 ctl env stop bench/demo >/dev/null
 times=()
@@ -108,7 +112,7 @@ row "ratio backupd / pg_restore+tar" "$(ratio "$restore" "$base")"
 
 if [ "$LARGE_ROWS" -gt 0 ]; then
   large=${tag}_large
-  echo "== a large database: $LARGE_ROWS rows in two tables with indexes"
+  section "a large database: $LARGE_ROWS rows in two tables with indexes"
   $psql -d postgres -c "CREATE DATABASE $large" >/dev/null
   half=$(( LARGE_ROWS / 2 ))
   $psql -d "$large" <<SQL >/dev/null
@@ -164,7 +168,7 @@ SQL
   row "ratio backupd / pg_restore" "$(ratio "$restore" "$base")"
 fi
 
-echo "== downloads: archive preparation and HTTPS transfer; $RUNS runs each"
+section "downloads: archive preparation and HTTPS transfer; $RUNS runs each"
 command -v nginx >/dev/null || { SUDO=$([ "$(id -u)" = 0 ] || echo sudo); $SUDO apt-get install -y -qq nginx >/dev/null; }
 # An app whose documents do not compress (like the PDFs and images of real apps): BULK_MB MiB in 2 MiB files.
 $psql -d postgres -c "CREATE DATABASE ${tag}_bulk TEMPLATE demo_app" >/dev/null
@@ -240,7 +244,7 @@ row "download of $size bytes from backupd (curl), median" "$(printf '%.3f s' "$o
 row "the same file from nginx over HTTPS (curl), median" "$(printf '%.3f s' "$theirs")"
 row "throughput backupd / nginx" "$(ratio "$theirs" "$ours")"
 
-echo "== uploads: the same archive sent back with backupctl upload (hash, send, validate); $RUNS runs"
+section "uploads: the same archive sent back with backupctl upload (hash, send, validate); $RUNS runs"
 # Stored anew each run: the bulk backups, and each run's upload, are deleted first, and garbage collection frees their blobs.
 for id in $(ctl list --env bench/bulk --json | python3 -c "import json,sys; print(' '.join(b['id'] for b in json.load(sys.stdin).get('backups', [])))"); do
   ctl delete "$id" >/dev/null
@@ -256,3 +260,16 @@ done
 upload=$(printf '%s\n' "${uploads[@]}" | median)
 row "upload of $size bytes with validation (backupctl), median" "$(printf '%.3f s' "$upload")"
 row "throughput upload / download of the same archive" "$(ratio "$ours" "$upload")"
+
+# The table, with when and where it was measured, for docs/benchmarks.md.
+{
+  echo "# Benchmarks"
+  echo
+  echo "Measured by \`make bench\` (RUNS=$RUNS, LARGE_ROWS=$LARGE_ROWS, BULK_MB=$BULK_MB) on $(date -u +%Y-%m-%d),"
+  echo "$(nproc) cores, release build, loopback only; each figure beside its baseline in the same run, medians where"
+  echo "there are several runs. Regenerate with \`make bench\`; see the README for what each row compares."
+  echo
+  echo '```'
+  cat "$report"
+  echo '```'
+} > docs/benchmarks.md
