@@ -208,11 +208,15 @@ public struct DumpChunkWriter: Sendable {
         self.level = level
     }
 
-    /// The dump at `path` as chunks.
-    public func store(file path: String, known: [ContentHash: DumpChunk], interruption: Interruption? = nil) throws -> StoredDump {
+    /// The dump at `path` as chunks: a file, or a FIFO that `pg_dump` writes
+    /// into while it runs (opening it waits for the writer; the dump ends
+    /// when the writer closes it). `progress` hears the bytes read so far.
+    public func store(file path: String, known: [ContentHash: DumpChunk], interruption: Interruption? = nil,
+                      progress: (UInt64) -> Void = { _ in }) throws -> StoredDump {
         let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
         defer { close(fd) }
+        var read: UInt64 = 0
         let whole = SHA256Hasher()
         var known = known
         var chunks: [DumpChunk] = []
@@ -234,6 +238,8 @@ public struct DumpChunkWriter: Sendable {
                     throw BlobStoreError.cannotRead(path: path, errno: errno)
                 }
                 buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: block[0..<got]))
+                read += UInt64(got)
+                progress(read)
                 atEnd = got == 0
                 continue
             }

@@ -183,10 +183,11 @@ public struct ConnectionHandle: Sendable {
         ConnectionHandle(try await threadPool.runIfActive { try PostgresConnection(connectionString) }, threadPool: threadPool)
     }
 
+    /// Runs `body` on the thread pool, one body at a time on this connection.
     @discardableResult
     public func run<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
         let connection = self.connection
-        return try await threadPool.runIfActive { try body(connection) }
+        return try await threadPool.runIfActive { try connection.exclusive.withLock { _ in try body(connection) } }
     }
 
     /// Runs `body` on the thread pool; cancelling the calling task asks the
@@ -198,7 +199,7 @@ public struct ConnectionHandle: Sendable {
     public func runCancellable<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
         let connection = self.connection
         return try await withTaskCancellationHandler {
-            try await threadPool.runIfActive { try body(connection) }
+            try await threadPool.runIfActive { try connection.exclusive.withLock { _ in try body(connection) } }
         } onCancel: {
             connection.cancelRunningQuery()
         }

@@ -1,5 +1,6 @@
 import CLibPQ
 import Glibc
+import Synchronization
 
 /// An error from PostgreSQL or libpq, with the SQLSTATE when the server sent one.
 public struct PostgresError: Error, CustomStringConvertible {
@@ -54,6 +55,10 @@ public struct PostgresRow: Sendable {
 /// pool and gives a connection to one caller at a time.
 public final class PostgresConnection: @unchecked Sendable {
     private let connection: OpaquePointer
+    /// Held by whoever runs statements on the connection through a
+    /// `ConnectionHandle`: libpq runs one query at a time, and an actor that
+    /// awaits a query can be entered again before it ends.
+    let exclusive = Mutex<Void>(())
     /// Statements that succeeded on this connection so far: tells a failure
     /// before anything ran (safe to try elsewhere) from one after.
     public private(set) var completedStatements = 0

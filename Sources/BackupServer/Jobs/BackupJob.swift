@@ -90,29 +90,39 @@ struct BackupJob: Sendable {
         let store = opened.keys.isEmpty ? nil : try FileStoreReader(path: environment.fileStorePath)
         await progress.update(phase: "dumping the database and storing \(opened.keys.count) files")
         await progress.update(part: "database", total: opened.databaseBytes)
+        // pg_dump writes into a FIFO that the dump's chunks are cut from as it goes: no copy of the dump on disk.
         let dumpPath = "\(blobStore.scratchDirectory)/dump-\(claimed.job.id).backup"
+        guard mkfifo(dumpPath, 0o600) == 0 else { throw BlobStoreError.cannotWrite(path: dumpPath, errno: errno) }
         defer { unlink(dumpPath) }
-        // The files are read while pg_dump runs; whichever fails first stops the other.
+        // The dump is stored and the files are read while pg_dump runs; whichever fails first stops the others.
         let databaseURL = try databases.connectionString(environment.databaseURL)
-        let files = try await withThrowingTaskGroup(of: [CapturedFile]?.self) { group in
+        await progress.update(part: "database", done: 0, total: opened.databaseBytes)
+        let (dump, files) = try await withThrowingTaskGroup(of: DumpedPart.self) { group in
             group.addTask {
-                try await runDump(databaseURL, snapshot: opened.snapshot, to: dumpPath) { written in
-                    await progress.update(part: "database", done: written, total: max(opened.databaseBytes, written))
+                defer { Self.releaseReader(of: dumpPath) }
+                try await runDump(databaseURL, snapshot: opened.snapshot, to: dumpPath) { await progress.done(of: "database") }
+                return .none
+            }
+            group.addTask {
+                .dump(try await dumps.store(dumpPath, of: (environment.namespace, environment.name), ledger: ledger, progress: progress,
+                                            reportingTo: .part("database")))
+            }
+            group.addTask {
+                .files(try await captureFiles(opened.keys, from: store, changedAfter: snapshotTime, ledger: ledger, progress: progress))
+            }
+            var (dump, files): (StoredDump?, [CapturedFile]) = (nil, [])
+            for try await result in group {
+                switch result {
+                case .dump(let stored): dump = stored
+                case .files(let captured): files = captured
+                case .none: break
                 }
-                return nil
             }
-            group.addTask {
-                try await captureFiles(opened.keys, from: store, changedAfter: snapshotTime, ledger: ledger, progress: progress)
-            }
-            var files: [CapturedFile] = []
-            for try await result in group { if let result { files = result } }
-            return files
+            return (dump!, files)
         }
         _ = try? await session.runCancellable { try $0.query("COMMIT") }
-
-        await progress.update(part: "database", done: fileSize(dumpPath), total: fileSize(dumpPath))
-        await progress.update(phase: "storing the database dump")
-        let dump = try await dumps.store(dumpPath, of: (environment.namespace, environment.name), ledger: ledger, progress: progress)
+        // The totals become what was stored; the phase change writes them.
+        await progress.update(part: "database", done: dump.size, total: dump.size)
         await progress.update(phase: "recording the backup")
 
         var manifest = BackupManifest(dump: dump, files: [], postgresVersion: opened.postgresVersion, databaseSize: opened.databaseBytes)
@@ -194,17 +204,32 @@ struct BackupJob: Sendable {
 
     /// Runs pg_dump on the exported snapshot, telling `written` how far the
     /// dump file has grown while it runs.
+    /// What one of a backup's concurrent parts brought back.
+    private enum DumpedPart: Sendable {
+        case dump(StoredDump)
+        case files([CapturedFile])
+        case none
+    }
+
+    /// A reader still waiting for the FIFO's writer (pg_dump did not start,
+    /// or was stopped before it opened its output) sees its end: a writer
+    /// comes and goes. Harmless once the reader has its data or has gone.
+    private static func releaseReader(of fifo: String) {
+        let fd = open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+        if fd >= 0 { close(fd) }
+    }
+
+    /// Runs pg_dump into `path` (the FIFO); `read` says how far the dump's
+    /// reader has come, which is pg_dump's progress.
     private func runDump(_ databaseURL: String, snapshot: String, to path: String,
-                      written: @escaping @Sendable (UInt64) async -> Void) async throws {
+                         read: @escaping @Sendable () async -> UInt64) async throws {
         try await runPostgresTool(tools.pgDump, [
             // Uncompressed: the dump is cut into chunks that are compressed on every core and stored once.
-            "--format=custom", "--compress=0", "--no-owner", "--no-privileges", "--snapshot=\(snapshot)", "--file=\(path)",
-        ], database: databaseURL, stallTimeout: tools.stallTimeout) {
-            let size = fileSize(path)
-            await written(size)
-            return size
-        }
-        await written(fileSize(path))
+            // A FIFO cannot be fsynced (each chunk's blob is); its table of contents carries no data offsets,
+            // which pg_restore finds by reading.
+            "--format=custom", "--compress=0", "--no-sync", "--no-owner", "--no-privileges", "--snapshot=\(snapshot)",
+            "--file=\(path)",
+        ], database: databaseURL, stallTimeout: tools.stallTimeout, progress: read)
     }
 
     /// The storage keys the file query lists, read through a cursor inside
@@ -242,9 +267,4 @@ struct BackupJob: Sendable {
         }
         return keys
     }
-}
-
-func fileSize(_ path: String) -> UInt64 {
-    var info = stat()
-    return stat(path, &info) == 0 ? UInt64(info.st_size) : 0
 }

@@ -14,13 +14,14 @@ struct DumpStorage: Sendable {
     /// zstd level of new chunks.
     let level: Int32
 
+    /// Stores the dump at `path`, a file or a FIFO `pg_dump` writes into;
+    /// the bytes read go to `target` of the job's progress.
     func store(_ path: String, of environment: (namespace: String, name: String), ledger: BlobLedger,
-               progress: ProgressReporter) async throws -> StoredDump {
+               progress: ProgressReporter, reportingTo target: ProgressReporter.Target) async throws -> StoredDump {
         let known = try await catalog.knownDumpChunks(namespace: environment.namespace, environment: environment.name)
         let writer = DumpChunkWriter(store: blobStore, level: level)
-        // The job's bytes are its dump's and files' once: storing shows as its phase.
-        let dump = try await progress.reporting(on: threadPool, to: .none) { interruption, _ in
-            try writer.store(file: path, known: known, interruption: interruption)
+        let dump = try await progress.reporting(on: threadPool, to: target) { interruption, report in
+            try writer.store(file: path, known: known, interruption: interruption, progress: report)
         }
         try await ledger.record(dump.blobs)
         return dump

@@ -37,6 +37,9 @@ actor ProgressReporter {
     /// reports its own bytes, and the job's are their sums.
     private var parts: [String: (done: UInt64, total: UInt64)] = [:]
 
+    /// The bytes a part has reported done.
+    func done(of part: String) -> UInt64 { parts[part]?.done ?? 0 }
+
     func update(part: String, done: UInt64? = nil, total: UInt64? = nil) async {
         var entry = parts[part] ?? (0, 0)
         if let done { entry.done = done }

@@ -54,7 +54,9 @@ struct UploadValidationJob: Sendable {
                 throw JobFailure(description: "the archive's \(SnapshotArchive.dumpPath) is not a dump pg_restore can read: \(failure)")
             }
             await progress.update(phase: "storing the database dump")
-            let dump = try await dumps.store(dumpPath, of: (upload.namespace, upload.environment), ledger: ledger, progress: progress)
+            // The job's bytes are the archive's: storing its dump shows as a phase.
+            let dump = try await dumps.store(dumpPath, of: (upload.namespace, upload.environment), ledger: ledger, progress: progress,
+                                             reportingTo: .none)
             guard dump.sha256 == read.contents.dump.sha256 else {
                 throw JobFailure(description: "the dump was stored as \(dump.sha256.hex), not the \(read.contents.dump.sha256.hex) read from the archive")
             }
