@@ -39,21 +39,25 @@ extension Catalog {
         COALESCE(sc.verify_nightly, false) AS verify_nightly
         """
 
+    /// The nightly window of a row with `scheduleColumns`.
+    static func window(_ row: PostgresRow) -> NightlyWindow {
+        NightlyWindow(minutes: Int(row.int64("window_start")), zoneName: row.string("time_zone"))
+    }
+
     /// The retention policy and time zone of a row with `scheduleColumns`.
     static func retention(_ row: PostgresRow) -> (BackupCore.RetentionPolicy, TimeZone) {
         let policy = (try? BackupCore.RetentionPolicy(
             nightlyDays: Int(row.int64("nightly_days")), weeklyMonths: Int(row.int64("weekly_months")),
             monthlyMonths: Int(row.int64("monthly_months")), onDemandDays: Int(row.int64("on_demand_days")),
             uploadedDays: Int(row.int64("uploaded_days")))) ?? BackupCore.RetentionPolicy()
-        return (policy, TimeZone(identifier: row.string("time_zone")) ?? .gmt)
+        return (policy, window(row).timeZone)
     }
 
     static func schedule(_ row: PostgresRow) -> Schedule {
         let (policy, _) = retention(row)
-        let minutes = Int(row.int64("window_start"))
         return .with {
             $0.namespace = row.string("namespace"); $0.environment = row.string("name"); $0.enabled = row.bool("enabled")
-            $0.windowStart = String(format: "%02d:%02d", minutes / 60, minutes % 60); $0.timeZone = row.string("time_zone")
+            $0.windowStart = window(row).start; $0.timeZone = row.string("time_zone")
             $0.verifyNightly = row.bool("verify_nightly")
             $0.retention = .with {
                 $0.nightlyDays = UInt32(policy.nightly.count); $0.weeklyMonths = UInt32(policy.weekly.count)
@@ -162,7 +166,7 @@ extension Catalog {
                 ORDER BY e.id
                 """).map { row in
                 ScheduledEnvironment(id: row.int64("id"), namespace: row.string("namespace"), name: row.string("name"),
-                                     window: NightlyWindow(minutes: Int(row.int64("window_start")), zoneName: row.string("time_zone")),
+                                     window: Self.window(row),
                                      since: Date(timeIntervalSince1970: Double(row.int64("created_ms")) / 1000))
             }
         }

@@ -25,16 +25,13 @@ extension Catalog {
                 """, backupID).first {
                 return try Self.loadJob(connection, running.string("id"))
             }
-            try Self.queueVerification(connection, backup: backup, actor: actor)
-            let jobID = try connection.query("""
-                SELECT id FROM jobs WHERE snapshot_id = $1 AND kind = 'verify' AND status = 'queued'
-                """, backupID)[0].string("id")
-            return try Self.loadJob(connection, jobID)
+            return try Self.loadJob(connection, try Self.queueVerification(connection, backup: backup, actor: actor))
         }
     }
 
-    /// Queues a verify job of `backup`, refused past the namespace's share.
-    static func queueVerification(_ connection: PostgresConnection, backup: Backup, actor: String) throws {
+    /// Queues a verify job of `backup`, refused past the namespace's share; returns the job's id.
+    @discardableResult
+    static func queueVerification(_ connection: PostgresConnection, backup: Backup, actor: String) throws -> String {
         // Counted one request at a time per namespace.
         try connection.query("SELECT pg_advisory_xact_lock(\(AdvisoryLock.verifications), hashtext($1))", backup.namespace)
         let active = try connection.query("""
@@ -45,12 +42,14 @@ extension Catalog {
             throw BackupError.resourceExhausted("namespace \(backup.namespace) has \(active) verifications queued or running, "
                                                 + "the most it may; try again when one has ended")
         }
+        let jobID = UUID().uuidString.lowercased()
         try connection.query("""
             INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase, bytes_total)
             SELECT $1, 'verify', 'queued', environment_id, id, $3, 'queued', database_bytes + files_bytes FROM snapshots WHERE id = $2
-            """, UUID().uuidString.lowercased(), backup.id, actor)
+            """, jobID, backup.id, actor)
         try recordActivity(connection, backup.namespace, backup.environment, action: "verify", outcome: "STARTED", actor: actor,
                            snapshotID: backup.id)
+        return jobID
     }
 
     /// Records what a verify job found on its backup and ends the job:
