@@ -64,10 +64,10 @@ run: certs demo build
 test: test-deps certs demo build
 	$(SWIFT) test
 
-## bench: backup and restore times through backupd against pg_dump/pg_restore + tar (release build); LARGE_ROWS=6000000 adds ~1 GiB
+## bench: backupd against pg_dump, pg_restore, tar, restic and nginx on a generated app (release build; DB_MB, FILES_MB, RUNS); writes docs/benchmarks.md
 bench: certs demo
 	$(SWIFT) build -c release
-	@bash scripts/bench.sh .build/release $${RUNS:-5}
+	@bash scripts/bench.sh .build/release $${RUNS:-3}
 
 clean:
 	-bash scripts/dev-cluster.sh stop
