@@ -10,7 +10,7 @@ BIN          := .build/$(CONFIG)
 VAR          := $(CURDIR)/.var
 PGPORT       ?= 55432
 ADDR         ?= 127.0.0.1:7443
-APT_PACKAGES := libprotobuf-c-dev protobuf-c-compiler libpq-dev libssl-dev libarchive-dev libzstd-dev \
+APT_PACKAGES := libprotobuf-c-dev protobuf-c-compiler libpq-dev libssl-dev libarchive-dev libzstd-dev zlib1g-dev \
                 postgresql postgresql-client openssl ca-certificates bc tzdata
 # What only the tests use: curl and a real browser fetch download URLs.
 TEST_APT_PACKAGES := curl chromium

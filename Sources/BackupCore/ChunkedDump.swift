@@ -1,7 +1,5 @@
 import CZstd
-import Dispatch
 import Foundation
-import Synchronization
 
 /// One piece of a chunked dump: the hash and size of its content, and the
 /// blob that holds it, a zstd frame or, when compressing saved nothing, the
@@ -22,6 +20,11 @@ public struct DumpChunk: Sendable, Equatable {
     /// Hands the chunk's content to `consume`, whole, once its blob was read
     /// (and decompressed) and the content checked against `sha256`.
     public func read(from store: any BlobStore, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws {
+        try content(from: store, interruption: interruption).withUnsafeBytes(consume)
+    }
+
+    /// The chunk's content, its blob read (and decompressed) and checked against `sha256`.
+    func content(from store: any BlobStore, interruption: Interruption?) throws -> [UInt8] {
         var stored = [UInt8]()
         stored.reserveCapacity(Int(blob.size))
         _ = try store.read(blob.hash, interruption: interruption) { stored.append(contentsOf: $0) }
@@ -40,7 +43,7 @@ public struct DumpChunk: Sendable, Equatable {
         }
         let actual = ContentHash.of(content)
         guard actual == sha256 else { throw DumpChunkError.wrongContent(self, actual: actual) }
-        try content.withUnsafeBytes(consume)
+        return content
     }
 }
 
@@ -95,6 +98,9 @@ public enum StoredDump: Sendable, Equatable {
         }
     }
 
+    /// How many chunks `read` decompresses at once: twice the cores, a few MiB.
+    private static let chunksAtOnce = 2 * ProcessInfo.processInfo.activeProcessorCount
+
     /// Streams the dump's content in order, every chunk checked against its
     /// hash (a chunk that is not is named, `DumpReadError`) and the whole
     /// against the dump's; returns its size. Whatever reads a dump (restore,
@@ -107,18 +113,26 @@ public enum StoredDump: Sendable, Equatable {
         case let .chunks(sha256, size, chunks):
             let hasher = SHA256Hasher()
             var total: UInt64 = 0
-            for (index, chunk) in chunks.enumerated() {
-                do {
-                    try chunk.read(from: store, interruption: interruption) { content in
+            // A few chunks at once are read, decompressed and checked on all cores, then handed on in order.
+            for start in stride(from: 0, to: chunks.count, by: Self.chunksAtOnce) {
+                let batch = chunks[start..<min(start + Self.chunksAtOnce, chunks.count)]
+                let contents = try concurrentMap(batch.count) { offset in
+                    let (index, chunk) = (start + offset, batch[start + offset])
+                    do {
+                        return try chunk.content(from: store, interruption: interruption)
+                    } catch let error as BlobStoreError {
+                        if case .interrupted = error { throw error }
+                        throw DumpReadError(index: index + 1, count: chunks.count, chunk: chunk, reason: error)
+                    } catch let error as DumpChunkError {
+                        throw DumpReadError(index: index + 1, count: chunks.count, chunk: chunk, reason: error)
+                    }
+                }
+                for content in contents {
+                    try content.withUnsafeBytes { content in
                         hasher.update(content)
                         total += UInt64(content.count)
                         try consume(content)
                     }
-                } catch let error as BlobStoreError {
-                    if case .interrupted = error { throw error }
-                    throw DumpReadError(index: index + 1, count: chunks.count, chunk: chunk, reason: error)
-                } catch let error as DumpChunkError {
-                    throw DumpReadError(index: index + 1, count: chunks.count, chunk: chunk, reason: error)
                 }
             }
             let actual = hasher.finish()
@@ -261,22 +275,16 @@ public struct DumpChunkWriter: Sendable {
     /// Hashes a batch of chunks and stores the new ones, on all cores.
     private func storeBatch(_ pieces: [[UInt8]], known: inout [ContentHash: DumpChunk]) throws -> [DumpChunk] {
         let hashes = pieces.map { ContentHash.of($0) }
-        let results = Mutex<[Int: Result<DumpChunk, any Error>]>([:])
         let seen = known
         let (store, level) = (self.store, self.level)
-        DispatchQueue.concurrentPerform(iterations: pieces.count) { index in
+        let stored = try concurrentMap(pieces.count) { index -> DumpChunk? in
             let hash = hashes[index]
             // A chunk met earlier in this dump is stored by the first of its batch.
-            if seen[hash] != nil || hashes.firstIndex(of: hash)! < index { return }
-            let result = Result { try Self.write(pieces[index], hash: hash, into: store, level: level) }
-            results.withLock { $0[index] = result }
+            if seen[hash] != nil || hashes.firstIndex(of: hash)! < index { return nil }
+            return try Self.write(pieces[index], hash: hash, into: store, level: level)
         }
-        var chunks: [DumpChunk] = []
-        for index in pieces.indices {
-            if let result = results.withLock({ $0[index] }) { known[hashes[index]] = try result.get() }
-            chunks.append(known[hashes[index]]!)
-        }
-        return chunks
+        for case let chunk? in stored { known[chunk.sha256] = chunk }
+        return hashes.map { known[$0]! }
     }
 
     private static func write(_ piece: [UInt8], hash: ContentHash, into store: any BlobStore, level: Int32) throws -> DumpChunk {

@@ -6,9 +6,10 @@ import Glibc
 /// A full snapshot as the public archive format lays it out (a gzip tar):
 /// `.metadata` (a JSON object of strings), `db/db.backup` (the custom-format
 /// dump) and `tree/xx/yy/KEY` (each file document under its storage key,
-/// in folders named by the key's characters 1-2 and 3-4). Written with
-/// libarchive, every blob read through the blob store's streaming interface,
-/// so no member is ever held whole in memory.
+/// in folders named by the key's characters 1-2 and 3-4). The tar is written
+/// with libarchive, every blob read through the blob store's streaming
+/// interface, so no member is ever held whole in memory; `GzipMembers`
+/// compresses it on all cores.
 public struct SnapshotArchive: Sendable {
     /// `.metadata`; the writer adds a SHA-256 per member (`sha256:PATH`).
     public var metadata: [String: String]
@@ -46,17 +47,24 @@ public struct SnapshotArchive: Sendable {
     public func write(to path: String, from store: any BlobStore, gzipLevel: Int = 6, interruption: Interruption? = nil,
                       progress: (UInt64) -> Void = { _ in }) throws -> (size: UInt64, sha256: ContentHash) {
         let output = try ArchiveOutput(path: path)
+        let gzip = GzipMembers(level: gzipLevel) { try output.write($0) }
         do {
             let archive = archive_write_new()!
             defer { archive_write_free(archive) }
             try check(archive, archive_write_set_format_pax_restricted(archive))
-            try check(archive, archive_write_add_filter_gzip(archive))
-            try check(archive, archive_write_set_filter_option(archive, "gzip", "compression-level", String(gzipLevel)))
-            // No padding to 10 KiB blocks past the end: the file ends where the gzip stream does.
+            try check(archive, archive_write_add_filter_none(archive))
+            // No padding to 10 KiB blocks past the end: the file ends where the tar does.
             try check(archive, archive_write_set_bytes_in_last_block(archive, 1))
-            let context = Unmanaged.passUnretained(output).toOpaque()
+            let context = Unmanaged.passUnretained(gzip).toOpaque()
             try check(archive, archive_write_open2(archive, context, nil, { _, context, buffer, length in
-                Unmanaged<ArchiveOutput>.fromOpaque(context!).takeUnretainedValue().write(buffer!, length)
+                let gzip = Unmanaged<GzipMembers>.fromOpaque(context!).takeUnretainedValue()
+                do {
+                    try gzip.write(UnsafeRawBufferPointer(start: buffer, count: length))
+                    return length
+                } catch {
+                    gzip.failure = error
+                    return -1
+                }
             }, nil, nil))
 
             var written: UInt64 = 0
@@ -81,10 +89,12 @@ public struct SnapshotArchive: Sendable {
                 }
             }
             try check(archive, archive_write_close(archive))
+            try gzip.finish()
             return try output.finish()
         } catch {
             output.abandon()
-            throw error
+            // A failed write of the output (a full disk, say) reaches libarchive as -1; its cause is kept here.
+            throw gzip.failure ?? error
         }
     }
 
@@ -161,7 +171,6 @@ private final class ArchiveOutput {
     private let fd: Int32
     private let hasher = SHA256Hasher()
     private var size: UInt64 = 0
-    private var failure: Int32 = 0
 
     init(path: String) throws {
         fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
@@ -172,24 +181,17 @@ private final class ArchiveOutput {
     /// Writes all of `chunk`, or throws why it could not.
     func write(_ chunk: UnsafeRawBufferPointer) throws {
         guard let base = chunk.baseAddress, chunk.count > 0 else { return }
-        guard write(base, chunk.count) == chunk.count else { throw BlobStoreError.cannotWrite(path: path, errno: failure) }
-    }
-
-    /// libarchive's write callback: all of `length` bytes, or -1.
-    func write(_ buffer: UnsafeRawPointer, _ length: Int) -> Int {
         var done = 0
-        while done < length {
-            let count = Glibc.write(fd, buffer + done, length - done)
+        while done < chunk.count {
+            let count = Glibc.write(fd, base + done, chunk.count - done)
             if count < 0 {
                 if errno == EINTR { continue }
-                failure = errno
-                return -1
+                throw BlobStoreError.cannotWrite(path: path, errno: errno)
             }
             done += count
         }
-        hasher.update(UnsafeRawBufferPointer(start: buffer, count: length))
-        size += UInt64(length)
-        return length
+        hasher.update(chunk)
+        size += UInt64(chunk.count)
     }
 
     func finish() throws -> (size: UInt64, sha256: ContentHash) {

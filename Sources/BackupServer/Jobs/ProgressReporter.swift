@@ -29,10 +29,6 @@ actor ProgressReporter {
         try? await catalog.reportProgress(jobID: jobID, bytesDone: self.done, bytesTotal: self.total, phase: self.phase)
     }
 
-    func advance(by bytes: UInt64) async {
-        await update(done: done + bytes)
-    }
-
     /// Work that runs in parts at once (a dump beside the files): each part
     /// reports its own bytes, and the job's are their sums.
     private var parts: [String: (done: UInt64, total: UInt64)] = [:]

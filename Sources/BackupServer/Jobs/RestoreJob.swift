@@ -81,38 +81,26 @@ struct RestoreJob: Sendable {
         let filesBytes = files.reduce(UInt64(0)) { $0 + $1.size }
         let databaseBytes = work.sourceDatabaseBytes
 
-        await progress.update(done: 0, total: databaseBytes + filesBytes, phase: "verifying the database dump")
-        let dump = try await catalog.dump(ofBackup: work.backup.id)
+        await progress.update(part: "database", done: 0, total: databaseBytes)
+        await progress.update(part: "files", done: 0, total: filesBytes)
+        await progress.update(phase: "restoring the database into \(plan.stagingDatabase)"
+                              + (work.databaseOnly ? "" : " and placing \(files.count) files in \(plan.stagingFolder)"))
         let dumpPath = scratchDump(claimed.job.id)
         defer { unlink(dumpPath) }
-        do {
-            try await progress.reporting(on: threadPool, to: .none) { [blobStore] interruption, _ in
-                try dump.materialize(at: dumpPath, from: blobStore, interruption: interruption)
-            }
-        } catch let error as BlobStoreError {
-            throw JobFailure(description: "the backup's database dump cannot be used: \(error)")
-        } catch let error as DumpReadError {
-            throw JobFailure(description: "the backup's database dump cannot be used: \(error)")
-        }
-
-        await progress.update(phase: "restoring the database into \(plan.stagingDatabase)")
-        let target = plan.targetDatabase
-        try await onAppServer(environment, database: "postgres") { connection in
-            let settings = try connection.query("""
-                SELECT pg_encoding_to_char(encoding) AS encoding, datcollate, datctype FROM pg_database WHERE datname = $1
-                """, target)[0]
-            try databases.refuseCatalog(on: connection, named: plan.stagingDatabase)
-            try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(plan.stagingDatabase)) WITH (FORCE)")
-            try connection.query("""
-                CREATE DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) TEMPLATE template0
-                ENCODING '\(settings.string("encoding"))' LC_COLLATE '\(settings.string("datcollate"))' LC_CTYPE '\(settings.string("datctype"))'
-                """)
-        }
         let stagingURL = try databases.connectionString(environment.databaseURL, database: plan.stagingDatabase)
-        try await restoreDump(dumpPath, into: stagingURL) { done in
-            await progress.update(done: min(done, databaseBytes))
+        // The files are placed while the dump is reassembled and restored; whichever fails first stops the other.
+        let placed = try await withThrowingTaskGroup(of: (count: UInt64, bytes: UInt64)?.self) { group in
+            group.addTask {
+                try await restoreDatabase(work, from: dumpPath, into: stagingURL, environment, plan, progress: progress)
+                return nil
+            }
+            if !work.databaseOnly {
+                group.addTask { try await stageFiles(files, claimed, plan, progress: progress) }
+            }
+            var placed: (count: UInt64, bytes: UInt64)?
+            for try await result in group where result != nil { placed = result }
+            return placed
         }
-        let placed = work.databaseOnly ? nil : try await stageFiles(files, claimed, plan, progress: progress)
         try await reached(.staged, claimed)
 
         await progress.update(phase: "checking the restored database and files")
@@ -125,10 +113,42 @@ struct RestoreJob: Sendable {
         try await reached(.checked, claimed)
     }
 
+    /// Reassembles the dump at `dumpPath` and restores it into a new staging
+    /// database made like the target (encoding, collation).
+    private func restoreDatabase(_ work: RestoreWork, from dumpPath: String, into stagingURL: String, _ environment: Environment,
+                                 _ plan: RestorePlan, progress: ProgressReporter) async throws {
+        let dump = try await catalog.dump(ofBackup: work.backup.id)
+        do {
+            try await progress.reporting(on: threadPool, to: .none) { [blobStore] interruption, _ in
+                try dump.materialize(at: dumpPath, from: blobStore, interruption: interruption)
+            }
+        } catch let error as BlobStoreError {
+            throw JobFailure(description: "the backup's database dump cannot be used: \(error)")
+        } catch let error as DumpReadError {
+            throw JobFailure(description: "the backup's database dump cannot be used: \(error)")
+        }
+
+        let target = plan.targetDatabase
+        try await onAppServer(environment, database: "postgres") { connection in
+            let settings = try connection.query("""
+                SELECT pg_encoding_to_char(encoding) AS encoding, datcollate, datctype FROM pg_database WHERE datname = $1
+                """, target)[0]
+            try databases.refuseCatalog(on: connection, named: plan.stagingDatabase)
+            try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(plan.stagingDatabase)) WITH (FORCE)")
+            try connection.query("""
+                CREATE DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) TEMPLATE template0
+                ENCODING '\(settings.string("encoding"))' LC_COLLATE '\(settings.string("datcollate"))' LC_CTYPE '\(settings.string("datctype"))'
+                """)
+        }
+        let databaseBytes = work.sourceDatabaseBytes
+        try await restoreDump(dumpPath, into: stagingURL) { done in
+            await progress.update(part: "database", done: min(done, databaseBytes))
+        }
+    }
+
     /// Places the backup's files in the staging folder; returns how many and how many bytes.
     private func stageFiles(_ files: [(key: String, hash: String, size: UInt64)], _ claimed: ClaimedJob, _ plan: RestorePlan,
                             progress: ProgressReporter) async throws -> (count: UInt64, bytes: UInt64) {
-        await progress.update(phase: "placing \(files.count) files in \(plan.stagingFolder)")
         // Restored files belong to whoever owns the target store, with its mode; never to backupd. The
         // staging folder stays private to backupd until every file is in it, then is handed over from
         // the bottom up, so its new owner cannot swap a folder for a link while backupd writes there.
@@ -150,7 +170,7 @@ struct RestoreJob: Sendable {
         } completed: { sizes in
             placed.count += UInt64(sizes.count)
             placed.bytes += sizes.reduce(0, +)
-            await progress.advance(by: sizes.reduce(0, +))
+            await progress.update(part: "files", done: placed.bytes)
         }
         try await threadPool.runIfActive { try applyOwnership(under: stagingFolder, folders: owner, files: owner.forFiles) }
         return placed
