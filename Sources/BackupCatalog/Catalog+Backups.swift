@@ -97,10 +97,14 @@ extension Catalog {
     public func listBackups(_ filter: BackupFilter, pageSize: UInt32, pageToken: String) async throws -> Page<Backup> {
         let (limit, after) = try pageBounds(size: pageSize, token: pageToken)
         return try await pool.withConnection { connection in
+            // Each environment's page comes from its own index, newest first, however many backups others hold.
             let rows = try connection.query("""
-                SELECT \(Self.backupColumns) FROM snapshots s JOIN environments e ON e.id = s.environment_id
-                WHERE e.namespace = $1 AND ($2 = '' OR e.name = $2) AND ($3 = '' OR s.kind = $3)
-                  AND ($4 = '' OR s.status = $4) AND ($5::bigint IS NULL OR s.seq < $5)
+                SELECT \(Self.backupColumns) FROM environments e CROSS JOIN LATERAL (
+                    SELECT * FROM snapshots s
+                    WHERE s.environment_id = e.id AND ($3 = '' OR s.kind = $3) AND ($4 = '' OR s.status = $4)
+                      AND ($5::bigint IS NULL OR s.seq < $5)
+                    ORDER BY s.seq DESC LIMIT $6) s
+                WHERE e.namespace = $1 AND ($2 = '' OR e.name = $2)
                 ORDER BY s.seq DESC LIMIT $6
                 """, filter.namespace, filter.environment,
                 filter.kind == .unspecified ? "" : filter.kind.description,

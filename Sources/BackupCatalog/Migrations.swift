@@ -276,5 +276,10 @@ enum Migrations {
         -- dump_sha256 is now the hash of the whole dump, a blob only for dumps stored whole.
         ALTER TABLE snapshots DROP CONSTRAINT snapshots_dump_sha256_fkey;
         """),
+        (12, """
+        -- Listing an environment's backups of one kind or status, newest first, without reading the others.
+        CREATE INDEX snapshots_by_environment_kind ON snapshots (environment_id, kind, seq DESC);
+        CREATE INDEX snapshots_by_environment_status ON snapshots (environment_id, status, seq DESC);
+        """),
     ]
 }

@@ -80,8 +80,17 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                     }
                     #expect(past?.message == "chunk of \(tooLong.count - 1000) bytes at offset 1000 goes past the upload's announced size of 300000 bytes")
                     #expect(try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id }).bytesReceived == 1000)
+                    // A call refused partway keeps the chunks it wrote whole before the refusal.
+                    let goodThenSkipped = [1000, 2000, 4000].map { start in
+                        UploadChunk.with { $0.uploadID = upload.id; $0.offset = UInt64(start); $0.data = Array(Self.content[start..<(start + 1000)]) }
+                    }
+                    let refused = await expectStatus(.outOfRange) {
+                        try await client.call(Backups.uploadChunks, requests: goodThenSkipped, timeout: nil) { _ in }
+                    }
+                    #expect(refused?.message == "chunk at offset 4000, but upload \(upload.id) expects offset 3000")
+                    #expect(try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id }).bytesReceived == 3000)
                     // The rest, correctly, still completes it.
-                    #expect(try await sendChunks(client, upload, Self.content, from: 1000, to: Self.content.count).bytesReceived == 300_000)
+                    #expect(try await sendChunks(client, upload, Self.content, from: 3000, to: Self.content.count).bytesReceived == 300_000)
                 }
             }
         }
@@ -260,10 +269,12 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                         try await outbound.write(encode(frames))
                         try await Task.sleep(for: .seconds(600))
                     } }
-                    let ids = batch.map(\.id)
+                    // Written, though not yet counted: a call's chunks count a batch at a time, or when it ends.
                     try await eventually(within: .seconds(30)) {
-                        try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads WHERE received = 1048576 AND id::text = ANY($1::text[])",
-                                               "{" + ids.joined(separator: ",") + "}")[0].int64("n") == Int64(ids.count)
+                        batch.allSatisfy { upload in
+                            let path = server.blobDirectory + "/uploads/\(upload.id).upload"
+                            return ((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0) == 1 << 20
+                        }
                     }
                     return holding
                 }

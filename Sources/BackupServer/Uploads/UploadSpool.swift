@@ -8,9 +8,9 @@ import NIOPosix
 /// The folder where uploads are received, one file per upload (`ID.upload`),
 /// written chunk by chunk at the offset the catalog says comes next and
 /// hashed as it arrives, so an archive is never held in memory and never
-/// read twice. A chunk's bytes count (in the catalog) only once written and
-/// hashed: a call cut off, a full disk or a restart leaves an upload that
-/// resumes from its count.
+/// read twice. A chunk's bytes count (in the catalog) only once written,
+/// fsynced and hashed: a call cut off, a full disk or a restart leaves an
+/// upload that resumes from its count.
 final class UploadSpool: Sendable {
     let directory: String
     private let catalog: Catalog
@@ -53,8 +53,10 @@ final class UploadSpool: Sendable {
     /// upload's writer lease in the catalog for as long as it sends (another
     /// call, in any process, is ABORTED meanwhile), and confirms it before
     /// each write, so no two calls ever write one upload's file. Each chunk
-    /// opens the file, writes, fsyncs and closes it: a call waiting for its
-    /// next chunk holds neither a descriptor nor a chunk. The last byte's
+    /// opens the file, writes and closes it: a call waiting for its next
+    /// chunk holds neither a descriptor nor a chunk. Written bytes count once
+    /// fsynced, 64 MiB or a second's worth at a time, and when the call ends
+    /// (however it ends, the chunks it wrote whole count). The last byte's
     /// arrival checks the SHA-256: a mismatch fails the upload with
     /// DATA_LOSS and removes its data.
     func receive<Chunks: AsyncSequence<UploadChunk, any Error>>(_ upload: Upload, chunks: Chunks) async throws {
@@ -86,38 +88,58 @@ final class UploadSpool: Sendable {
             // First chunks here since a restart, or since another process received some: hash what is on disk so far.
             hash = try await threadPool.runIfActive { try Self.hashPrefix(path: path, length: start) }
         }
+        // Chunks are written as they come and counted a batch at a time, once fsynced (`count`): up to
+        // `countedBatchBytes`, a second's worth, the last byte, or what a call ending early wrote whole.
+        var lastCount = ContinuousClock.now
+        func count() async throws {
+            guard hash!.covers > received else { return }
+            try await threadPool.runIfActive { try Self.sync(path) }
+            // The last byte counts only once the whole archive's hash is checked: a complete upload is a verified one.
+            if hash!.covers == upload.sizeBytes { try await checkHash(upload, hash!) }
+            guard try await catalog.recordReceived(uploadID: upload.id, writer: writer, from: received, to: hash!.covers,
+                                                   lifetime: lifetime) else {
+                throw BackupError.aborted("upload \(upload.id) is no longer this call's to write; ask GetUpload where to go on")
+            }
+            received = hash!.covers
+            lastCount = .now
+        }
         var iterator = chunks.makeAsyncIterator()
-        while received < upload.sizeBytes {
+        var refusal: (any Error)?
+        while hash!.covers < upload.sizeBytes {
             // In a scope of its own, so the chunk is let go before the next is awaited.
             do {
                 guard let chunk = try await iterator.next() else { break }
+                let written = hash!.covers
                 guard chunk.uploadID == upload.id else {
                     throw BackupError.invalidArgument("a call sends the chunks of one upload; it began with \(upload.id), not \(chunk.uploadID)")
                 }
-                guard chunk.offset == received else {
-                    throw BackupError.outOfRange("chunk at offset \(chunk.offset), but upload \(upload.id) expects offset \(received)")
+                guard chunk.offset == written else {
+                    throw BackupError.outOfRange("chunk at offset \(chunk.offset), but upload \(upload.id) expects offset \(written)")
                 }
                 guard !chunk.data.isEmpty else { throw BackupError.invalidArgument("a chunk must carry data; this one is empty") }
-                guard UInt64(chunk.data.count) <= upload.sizeBytes - received else {
-                    throw BackupError.outOfRange("chunk of \(chunk.data.count) bytes at offset \(received) goes past the upload's "
+                guard UInt64(chunk.data.count) <= upload.sizeBytes - written else {
+                    throw BackupError.outOfRange("chunk of \(chunk.data.count) bytes at offset \(written) goes past the upload's "
                                                  + "announced size of \(upload.sizeBytes) bytes")
                 }
                 guard try await catalog.renewUploadLease(id: upload.id, writer: writer, offset: received, seconds: Self.leaseSeconds) else {
                     throw BackupError.aborted("upload \(upload.id) is no longer this call's to write (its lease ran out, or it expired); "
                                               + "ask GetUpload where to go on")
                 }
-                try await threadPool.runIfActive { [data = chunk.data, offset = received] in try Self.write(data, to: path, at: offset) }
+                try await threadPool.runIfActive { [data = chunk.data] in try Self.write(data, to: path, at: written) }
                 chunk.data.withUnsafeBytes { hash!.hasher.update($0) }
                 hash!.covers += UInt64(chunk.data.count)
-                // The last byte counts only once the whole archive's hash is checked: a complete upload is a verified one.
-                if hash!.covers == upload.sizeBytes { try await checkHash(upload, hash!) }
-                guard try await catalog.recordReceived(uploadID: upload.id, writer: writer, from: received, to: hash!.covers,
-                                                       lifetime: lifetime) else {
-                    throw BackupError.aborted("upload \(upload.id) is no longer this call's to write; ask GetUpload where to go on")
-                }
-                received = hash!.covers
+            } catch {
+                refusal = error
+                break
+            }
+            if hash!.covers == upload.sizeBytes || hash!.covers - received >= Self.countedBatchBytes
+                || ContinuousClock.now - lastCount >= .seconds(1) {
+                try await count()
             }
         }
+        // A call that ends or is refused early keeps the chunks it wrote whole; the refusal is then its answer.
+        try await count()
+        if let refusal { throw refusal }
         guard received == upload.sizeBytes else {
             cache(upload.id, hash!)
             return
@@ -180,7 +202,10 @@ final class UploadSpool: Sendable {
         return gone.count
     }
 
-    /// Writes a chunk at `offset` of the upload's file, opened for it alone, and fsyncs it.
+    /// Written bytes are fsynced and counted at most this many at a time (an fsync per chunk halved the rate).
+    static let countedBatchBytes: UInt64 = 64 << 20
+
+    /// Writes a chunk at `offset` of the upload's file, opened for it alone; `sync` makes it durable.
     private static func write(_ data: [UInt8], to path: String, at offset: UInt64) throws {
         let fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else {
@@ -202,6 +227,16 @@ final class UploadSpool: Sendable {
             }
             done += count
         }
+    }
+
+    /// Flushes the upload's file to its disk: what was written through any descriptor before.
+    private static func sync(_ path: String) throws {
+        let fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw errno == ENOENT ? BackupError.failedPrecondition("the upload's data is gone (it expired or failed)")
+                                  : BlobStoreError.cannotWrite(path: path, errno: errno)
+        }
+        defer { close(fd) }
         guard fsync(fd) == 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
     }
 
