@@ -76,6 +76,14 @@ let package = Package(
             "BackupClient", "BackupWire", "BackupCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // Latencies of a running backupd for scripts/bench.sh: GetBackup against a TLS ping-pong, ListBackups, WatchJob.
+        .executableTarget(name: "backup-bench", dependencies: [
+            "BackupClient", "BackupWire",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ]),
 
         // Helpers for tests that need the private PostgreSQL cluster or a running backupd.
         .target(name: "BackupTestSupport", dependencies: [

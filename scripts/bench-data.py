@@ -112,25 +112,25 @@ INSERT INTO "shop$customer"
   SELECT i, 'Customer ' || i, 'customer' || i || '@example.com',
          (i * 7) % 999 || ' ' || md5(i::text) || ' street, ' || (ARRAY['Amsterdam','Rotterdam','Utrecht'])[1 + i % 3],
          timestamp '2020-01-01' + i * interval '7 minutes'
-  FROM generate_series(1, {counts['customer']}) AS i;
+  FROM generate_series(1::bigint, {counts['customer']}) AS i;
 INSERT INTO "shop$order" (id, customer_id, status, total, placed, note)
   SELECT i, 1 + (i * 7919) % {counts['customer']}, (ARRAY['new','paid','shipped','delivered'])[1 + i % 4],
          ((i * 31) % 100000) / 100.0, timestamp '2021-01-01' + i * interval '2 minutes',
          CASE WHEN i % 3 = 0 THEN 'leave at the door ' || md5(i::text) ELSE '' END
-  FROM generate_series(1, {counts['order']}) AS i;
+  FROM generate_series(1::bigint, {counts['order']}) AS i;
 INSERT INTO "shop$orderline"
   SELECT i, 1 + (i - 1) / 2, 'product-' || (i * 13) % 5000, 1 + i % 7, ((i * 17) % 20000) / 100.0
-  FROM generate_series(1, {counts['line']}) AS i;
+  FROM generate_series(1::bigint, {counts['line']}) AS i;
 INSERT INTO audit.event
   SELECT i, timestamptz '2021-01-01' + i * interval '1 minute', (ARRAY['login','order','payment','export'])[1 + i % 4],
          '{{"user": ' || (i * 7) % 5000 || ', "detail": "' || md5(i::text) || md5((i + 1)::text) || '"}}'
-  FROM generate_series(1, {counts['event']}) AS i;
+  FROM generate_series(1::bigint, {counts['event']}) AS i;
 CREATE INDEX customer_email ON "shop$customer" (email);
 CREATE INDEX order_customer ON "shop$order" (customer_id, placed);
 CREATE INDEX order_status ON "shop$order" (status);
 CREATE INDEX line_order ON "shop$orderline" (order_id);
 CREATE INDEX event_at ON audit.event (at);
-SELECT lo_from_bytea(0, convert_to(repeat('contract text ', 5000 + i), 'UTF8')) FROM generate_series(1, 8) AS i;
+SELECT lo_from_bytea(0, convert_to(repeat('contract text ', 5000 + i::int), 'UTF8')) FROM generate_series(1::bigint, 8) AS i;
 """)
     corpus = text_corpus()
     rng = random.Random(1)
@@ -175,11 +175,11 @@ def change(args):
 INSERT INTO "shop$order" (id, customer_id, status, total, placed, note)
   SELECT {o} + i, 1 + ({o} + i) * 7919 % {counts['customer']}, 'new', (i % 10000) / 100.0,
          timestamp '2026-01-01' + ({o} + i) * interval '2 minutes', ''
-  FROM generate_series(1, {new_orders}) AS i;
+  FROM generate_series(1::bigint, {new_orders}) AS i;
 INSERT INTO "shop$orderline" SELECT {l} + i, {o} + 1 + (i - 1) / 2, 'product-' || i % 5000, 1 + i % 7, (i % 2000) / 10.0
-  FROM generate_series(1, {2 * new_orders}) AS i;
+  FROM generate_series(1::bigint, {2 * new_orders}) AS i;
 INSERT INTO audit.event SELECT {e} + i, now(), 'order', '{{"night": {args.night}, "order": ' || ({o} + i) || '}}'
-  FROM generate_series(1, {new_orders}) AS i;
+  FROM generate_series(1::bigint, {new_orders}) AS i;
 UPDATE "shop$order" SET status = (ARRAY['paid','shipped','delivered'])[1 + {args.night} % 3]
   WHERE id > {o} - {updated * 2} AND id % 2 = {args.night % 2};
 UPDATE "shop$customer" SET address = upper(address)

@@ -258,7 +258,71 @@ upload=$(printf '%s\n' "${uploads[@]}" | median)
 row "upload with validation (backupctl upload)" "$(printf '%.3f s' "$upload")"
 verdict "throughput upload / download" "$(ratio "$download" "$upload")" ">= 0.8"
 
-# The latencies and the memory rows follow once their measuring tool is in.
+section "latencies (backup-bench, one connection each, after a warm-up)"
+bench_tool() { "$BIN/backup-bench" "$1" --addr "$BACKUPCTL_ADDR" --token "$BACKUPCTL_TOKEN" --ca "$BACKUPCTL_CA" "${@:2}"; }
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])['$2'])" "$1"; }
+uploaded=$(ctl list --env bench/app --json | python3 -c "import json,sys; print(json.load(sys.stdin)['backups'][0]['id'])")
+rpc=$(bench_tool rpc-latency --backup-id "$uploaded" --count 2000 --cert certs/dev/server.crt --key certs/dev/server.key)
+row "GetBackup round trip, p50 / p99" "$(field "$rpc" rpc_p50) / $(field "$rpc" rpc_p99) ms"
+row "TLS ping-pong of the same sizes, p50 / p99" "$(field "$rpc" pingpong_p50) / $(field "$rpc" pingpong_p99) ms"
+verdict "ratio of the p50s" "$(ratio "$(field "$rpc" rpc_p50)" "$(field "$rpc" pingpong_p50)")" "<= 2"
+# 100,000 finished backups in the app environment's catalog rows (no blobs: they list like real ones).
+$psql -d "${tag}_catalog_$servers" <<'SQL' >/dev/null
+INSERT INTO snapshots (id, environment_id, status, kind, comment, package_version, created_at, finished_at, expires_at,
+                       dump_sha256, database_bytes, files_bytes, file_count, postgres_version, job_id, source_database_bytes)
+SELECT gen_random_uuid(), e.id, 'finished', 'on-demand', 'bulk ' || i, e.package_version, t.at, t.at + interval '1 second',
+       t.at + interval '14 days', encode(sha256(convert_to('bulk ' || i, 'UTF8')), 'hex'), 408280, 9351837, 302,
+       current_setting('server_version'), gen_random_uuid(), 8748391
+FROM environments e CROSS JOIN generate_series(1, 100000) AS i
+CROSS JOIN LATERAL (SELECT now() - make_interval(secs => 2 * (100001 - i) + 1) AS at) AS t
+WHERE e.namespace = 'bench' AND e.name = 'app';
+ANALYZE snapshots;
+SQL
+for env in app appdb; do
+  list=$(bench_tool list-latency --namespace bench --environment "$env" --count 1000)
+  row "ListBackups of bench/$env, 100,000 backups in the catalog, p50" "$(field "$list" p50) ms"
+  verdict "p99 (ms)" "$(field "$list" p99)" "<= 5"
+done
+# WatchJob: backups of a small environment; when the watcher hears of the end after the job's finishing time.
+$psql -d postgres -c "CREATE DATABASE ${tag}_small TEMPLATE demo_app" >/dev/null
+mkdir -p "$work/small"
+"$BIN/backupctl" env register bench/small --token "$("$BIN/backupd" token create --platform --name bench-small)" --app small \
+  --database-url "$(url "${tag}_small")" --file-store "$work/small" \
+  --file-query 'SELECT "__uuid__" FROM "system$filedocument" WHERE id IS NULL' --json >/dev/null
+watch=$(bench_tool watch-latency --env bench/small --count 20)
+row "WatchJob: a job's end reaches its watcher, max of 20" "$(field "$watch" max) ms"
+verdict "p50 (ms)" "$(field "$watch" p50)" "<= 20"
+
+section "server memory during a $BIG_GB GiB download and a $BIG_GB GiB upload"
+# BIG_GB GiB of documents that do not compress, 128 MiB each.
+$psql -d postgres -c "CREATE DATABASE ${tag}_big TEMPLATE demo_app" >/dev/null
+$psql -d "${tag}_big" -c "DELETE FROM \"shop\$invoice\"" -c "DELETE FROM \"system\$filedocument\"" \
+  -c "INSERT INTO \"system\$filedocument\" SELECT i, md5('big ' || i)::uuid::text, 'scan-' || i || '.pdf', 134217728, true, false, now()
+      FROM generate_series(1, $(( BIG_GB * 8 ))) AS i" >/dev/null
+mkdir -p "$work/big"
+$psql -d "${tag}_big" -tA -c 'SELECT "__uuid__" FROM "system$filedocument"' | while read -r key; do
+  mkdir -p "$work/big/${key:0:2}/${key:2:2}"
+  head -c 134217728 < <(openssl enc -aes-128-ctr -nosalt -K "${key//-/}" -iv 00000000000000000000000000000000 < /dev/zero 2>/dev/null) \
+    > "$work/big/${key:0:2}/${key:2:2}/$key"
+done
+"$BIN/backupctl" env register bench/big --token "$("$BIN/backupd" token create --platform --name bench-big)" --app big \
+  --database-url "$(url "${tag}_big")" --file-store "$work/big" --json >/dev/null
+big_url=$(ctl download "$(backup big)" --url --json | json '["url"]')
+big_archive=$(ls -S "$blobs"/archives/* | head -1)
+rss() { awk '/VmRSS/ { print $2 * 1024 }' "/proc/$pid/status"; }
+# The most the server grew by while the command ran, sampled every 50 ms.
+growth() {
+  local before peak=0 sampler
+  before=$(rss)
+  ( while :; do rss; sleep 0.05; done ) > "$work/rss" & sampler=$!
+  "$@" >/dev/null
+  kill "$sampler"; wait "$sampler" 2>/dev/null || true
+  peak=$(sort -n "$work/rss" | tail -1)
+  echo $(( (peak - before) / 1048576 ))
+}
+row "archive of $(stat -c %s "$big_archive") bytes" ""
+verdict "growth during its download by curl (MiB)" "$(growth curl -sS --cacert certs/dev/ca.crt -o /dev/null "$big_url")" "<= 64"
+verdict "growth during its upload with validation (MiB)" "$(growth ctl upload "$big_archive" --env bench/big --json)" "<= 64"
 
 # The table, with when and where it was measured, for docs/benchmarks.md.
 {
