@@ -41,11 +41,14 @@ public struct ArchiveWork: Sendable {
 }
 
 /// How much an archive of a backup is allowed to take in the cache: its
-/// content, plus gzip's worst case and a tar header per member.
+/// content, plus gzip's worst case (stored blocks of incompressible
+/// content), and per member what stored blocks may leave uncompressed: a
+/// pax header, a tar header and padding (2,047 bytes for a 200-character
+/// key) and its `sha256:` line in `.metadata` (under 300).
 public func archiveReservation(databaseBytes: UInt64, filesBytes: UInt64, fileCount: UInt64, databaseOnly: Bool) -> UInt64 {
     if databaseOnly { return databaseBytes }
     let content = databaseBytes + filesBytes
-    return content + content / 500 + 1536 * (fileCount + 2) + 65_536
+    return content + content / 500 + 2_400 * (fileCount + 2) + 65_536
 }
 
 extension Catalog {

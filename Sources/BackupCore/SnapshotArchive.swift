@@ -42,11 +42,11 @@ public struct SnapshotArchive: Sendable {
     }
 
     /// Writes the archive to `path` (which must not exist; it is removed
-    /// again if writing fails) and returns its size and SHA-256. `progress`
-    /// hears the bytes of member content written so far.
-    public func write(to path: String, from store: any BlobStore, gzipLevel: Int = 6, interruption: Interruption? = nil,
-                      progress: (UInt64) -> Void = { _ in }) throws -> (size: UInt64, sha256: ContentHash) {
-        let output = try ArchiveOutput(path: path)
+    /// again if writing fails, or grows past `limit` bytes) and returns its
+    /// size and SHA-256. `progress` hears the bytes of member content written so far.
+    public func write(to path: String, from store: any BlobStore, gzipLevel: Int = 6, limit: UInt64 = .max,
+                      interruption: Interruption? = nil, progress: (UInt64) -> Void = { _ in }) throws -> (size: UInt64, sha256: ContentHash) {
+        let output = try ArchiveOutput(path: path, limit: limit)
         let gzip = GzipMembers(level: gzipLevel) { try output.write($0) }
         do {
             let archive = archive_write_new()!
@@ -100,9 +100,9 @@ public struct SnapshotArchive: Sendable {
 
     /// Writes the dump alone (a database-only download) to `path`, as
     /// `write` does the whole archive, and returns its size and SHA-256.
-    public func writeDump(to path: String, from store: any BlobStore, interruption: Interruption? = nil,
+    public func writeDump(to path: String, from store: any BlobStore, limit: UInt64 = .max, interruption: Interruption? = nil,
                           progress: (UInt64) -> Void = { _ in }) throws -> (size: UInt64, sha256: ContentHash) {
-        let output = try ArchiveOutput(path: path)
+        let output = try ArchiveOutput(path: path, limit: limit)
         do {
             var written: UInt64 = 0
             try dump.read(from: store, interruption: interruption) { chunk in
@@ -140,18 +140,20 @@ public struct SnapshotArchive: Sendable {
             // A blob that grew since it was recorded would overrun its header: the size was promised.
             guard UInt64(chunk.count) <= remaining else { throw ArchiveError.write("\(path) is longer than its recorded \(size) bytes") }
             remaining -= UInt64(chunk.count)
-            guard archive_write_data(archive, chunk.baseAddress, chunk.count) == chunk.count else {
-                throw ArchiveError.write(String(cString: archive_error_string(archive)))
-            }
+            let written = archive_write_data(archive, chunk.baseAddress, chunk.count)
+            guard written == chunk.count else { throw ArchiveError.write(Self.errorText(archive, written)) }
         }
         guard remaining == 0 else { throw ArchiveError.write("\(path) is shorter than its recorded \(size) bytes") }
         try check(archive, archive_write_finish_entry(archive))
     }
 
     private func check(_ archive: OpaquePointer, _ status: Int32) throws {
-        guard status == ARCHIVE_OK else {
-            throw ArchiveError.write(archive_error_string(archive).map { String(cString: $0) } ?? "libarchive status \(status)")
-        }
+        guard status == ARCHIVE_OK else { throw ArchiveError.write(Self.errorText(archive, status)) }
+    }
+
+    /// libarchive's message for its last failure (there is none when the output callback refused), or the status.
+    private static func errorText(_ archive: OpaquePointer, _ status: some BinaryInteger) -> String {
+        archive_error_string(archive).map { String(cString: $0) } ?? "libarchive status \(status)"
     }
 }
 
@@ -165,22 +167,25 @@ public enum ArchiveError: Error, CustomStringConvertible {
     }
 }
 
-/// The file an archive is written to, hashed as it is written.
+/// The file an archive is written to, hashed as it is written, never past its limit.
 private final class ArchiveOutput {
     private let path: String
     private let fd: Int32
+    private let limit: UInt64
     private let hasher = SHA256Hasher()
     private var size: UInt64 = 0
 
-    init(path: String) throws {
+    init(path: String, limit: UInt64) throws {
         fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
         self.path = path
+        self.limit = limit
     }
 
     /// Writes all of `chunk`, or throws why it could not.
     func write(_ chunk: UnsafeRawBufferPointer) throws {
         guard let base = chunk.baseAddress, chunk.count > 0 else { return }
+        guard UInt64(chunk.count) <= limit - size else { throw ArchiveError.write("it grew past the \(limit) bytes reserved for it") }
         var done = 0
         while done < chunk.count {
             let count = Glibc.write(fd, base + done, chunk.count - done)

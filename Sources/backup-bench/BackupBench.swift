@@ -106,7 +106,7 @@ struct WatchLatency: AsyncParsableCommand {
             out, with a note on stderr.
             """)
     @OptionGroup var server: ServerOptions
-    @Option(help: "Environment, NAMESPACE/NAME.") var env: EnvironmentName
+    @Option(help: "Environment, NAMESPACE/NAME.") var env: EnvironmentRef
     @Option(help: "Backups to make and watch.") var count = 20
 
     func validate() throws {
@@ -150,17 +150,8 @@ struct WatchLatency: AsyncParsableCommand {
     }
 }
 
-/// An environment named on the command line as NAMESPACE/NAME.
-struct EnvironmentName: ExpressibleByArgument {
-    let namespace: String
-    let name: String
-
-    init?(argument: String) {
-        let parts = argument.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { return nil }
-        namespace = String(parts[0])
-        name = String(parts[1])
-    }
+extension EnvironmentRef: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
 }
 
 /// A measurement that could not be made, and why.

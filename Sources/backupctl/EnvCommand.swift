@@ -1,4 +1,5 @@
 import ArgumentParser
+import BackupClient
 import BackupWire
 
 struct EnvCommand: AsyncParsableCommand {

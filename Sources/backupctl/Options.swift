@@ -76,19 +76,8 @@ func collectPages<Item>(limit: Int = .max,
     return (items, next)
 }
 
-/// "namespace/name", how the CLI names an environment.
-struct EnvironmentRef: ExpressibleByArgument, Sendable {
-    let namespace: String
-    let name: String
-
-    init?(argument: String) {
-        let parts = argument.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { return nil }
-        namespace = String(parts[0])
-        name = String(parts[1])
-    }
-
-    static var defaultCompletionKind: CompletionKind { .default }
+extension EnvironmentRef: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
 }
 
 extension BackupKind: ExpressibleByArgument {

@@ -177,13 +177,3 @@ import Testing
         #expect(temporaryFiles().isEmpty)
     }
 }
-
-extension LocalBlobStore {
-    /// Stores a file by path, as a backup stores an opened document.
-    func put(contentsOf path: String) throws -> StoredBlob {
-        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
-        defer { close(fd) }
-        return try put(reading: fd, upTo: .max, name: path, interruption: nil)
-    }
-}

@@ -237,6 +237,42 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
         }
     }
 
+    /// Helper finding: a call cut off after some chunks counted none of them
+    /// (its last count ran in the call's cancelled task) and kept the
+    /// upload's lease for a minute, so the client could not resume at once.
+    @Test func aCallCutOffCountsTheChunksItWroteAndLetsGoOfTheUpload() async throws {
+        try await withTestApp { app in
+            let server = try await TestServer.start()
+            defer { Task { await server.remove() } }
+            try await server.register(app)
+            let upload = try await server.withClient { try await startUpload($0, Self.content) }
+            let start = Frame(callID: 1, .start(.with {
+                $0.method = Backups.uploadChunks.name
+                $0.metadata = [MetadataEntry("authorization", "Bearer \(server.adminToken)")]
+            }))
+            let chunks = [0, 100_000].map { offset in
+                Frame(callID: 1, .message(UploadChunk.with {
+                    $0.uploadID = upload.id; $0.offset = UInt64(offset); $0.data = Array(Self.content[offset..<(offset + 100_000)])
+                }.serializedBytes()))
+            }
+            let path = server.blobDirectory + "/uploads/\(upload.id).upload"
+            try await openTLS(server).executeThenClose { _, outbound in
+                try await outbound.write(encode([start] + chunks))
+                try await eventually(within: .seconds(30)) {
+                    ((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0) == 200_000
+                }
+            }
+            // The connection closed in the middle of the call: what it wrote counts.
+            try await eventually(within: .seconds(10)) {
+                try TestPostgres.query(server.catalogDatabase, "SELECT received FROM uploads WHERE id = $1", upload.id)[0].int64("received") == 200_000
+            }
+            // At once, not a minute later: the cut-off call no longer holds the upload.
+            let done = try await server.withClient { try await sendChunks($0, upload, Self.content, from: 200_000, to: Self.content.count) }
+            #expect(done.bytesReceived == 300_000)
+            await server.remove()
+        }
+    }
+
     /// Helper findings: each silent UploadChunks call kept its last chunk in
     /// memory (300 calls took backupd to 1.3 GB) and the spool file's
     /// descriptor for the call's life.

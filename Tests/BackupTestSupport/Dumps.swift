@@ -24,3 +24,13 @@ public func reassembledDump(_ server: some BackupTestServer, _ backupID: String,
     try storedDump(server, backupID).materialize(at: path, from: try LocalBlobStore(root: server.blobDirectory), interruption: nil)
     return path
 }
+
+extension LocalBlobStore {
+    /// Stores a file by path, as a backup stores an opened document.
+    public func put(contentsOf path: String) throws -> StoredBlob {
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
+        defer { close(fd) }
+        return try put(reading: fd, upTo: .max, name: path, interruption: nil)
+    }
+}

@@ -26,9 +26,6 @@ struct ArchiveJob: Sendable {
             try await write(work, to: partial, progress: progress)
         }
         do {
-            guard written.size <= work.reservedBytes else {
-                throw JobFailure(description: "the archive came to \(written.size) bytes, more than the \(work.reservedBytes) reserved for it")
-            }
             guard rename(partial, cache.path(of: work.archiveID)) == 0 else { throw BlobStoreError.cannotWrite(path: partial, errno: errno) }
             try await catalog.finishArchive(jobID: claimed.job.id, owner: owner, size: written.size, sha256: written.sha256)
         } catch {
@@ -39,13 +36,14 @@ struct ArchiveJob: Sendable {
     }
 
     /// Writes on the thread pool, stopping within a chunk when the job is
-    /// cancelled, its progress reported as it goes.
+    /// cancelled or the archive grows past its reservation, its progress reported as it goes.
     private func write(_ work: ArchiveWork, to path: String, progress: ProgressReporter) async throws -> (size: UInt64, sha256: ContentHash) {
         let (blobStore, gzipLevel) = (self.blobStore, self.gzipLevel)
         return try await progress.reporting(on: threadPool) { interruption, report in
             work.databaseOnly
-                ? try work.archive.writeDump(to: path, from: blobStore, interruption: interruption, progress: report)
-                : try work.archive.write(to: path, from: blobStore, gzipLevel: gzipLevel, interruption: interruption, progress: report)
+                ? try work.archive.writeDump(to: path, from: blobStore, limit: work.reservedBytes, interruption: interruption, progress: report)
+                : try work.archive.write(to: path, from: blobStore, gzipLevel: gzipLevel, limit: work.reservedBytes,
+                                         interruption: interruption, progress: report)
         }
     }
 }

@@ -70,7 +70,8 @@ final class UploadSpool: Sendable {
         do {
             try await receive(upload, from: received, writer: writer, chunks: chunks)
         } catch {
-            try? await catalog.releaseUpload(id: upload.id, writer: writer)
+            // A call cut off or cancelled lets go of its upload at once, so the client can resume without waiting out the lease.
+            _ = try? await withoutCancellation { [catalog] in try await catalog.releaseUpload(id: upload.id, writer: writer) }
             throw error
         }
         try await catalog.releaseUpload(id: upload.id, writer: writer)
@@ -88,21 +89,9 @@ final class UploadSpool: Sendable {
             // First chunks here since a restart, or since another process received some: hash what is on disk so far.
             hash = try await threadPool.runIfActive { try Self.hashPrefix(path: path, length: start) }
         }
-        // Chunks are written as they come and counted a batch at a time, once fsynced (`count`): up to
+        // Chunks are written as they come and counted a batch at a time, once fsynced: up to
         // `countedBatchBytes`, a second's worth, the last byte, or what a call ending early wrote whole.
         var lastCount = ContinuousClock.now
-        func count() async throws {
-            guard hash!.covers > received else { return }
-            try await threadPool.runIfActive { try Self.sync(path) }
-            // The last byte counts only once the whole archive's hash is checked: a complete upload is a verified one.
-            if hash!.covers == upload.sizeBytes { try await checkHash(upload, hash!) }
-            guard try await catalog.recordReceived(uploadID: upload.id, writer: writer, from: received, to: hash!.covers,
-                                                   lifetime: lifetime) else {
-                throw BackupError.aborted("upload \(upload.id) is no longer this call's to write; ask GetUpload where to go on")
-            }
-            received = hash!.covers
-            lastCount = .now
-        }
         var iterator = chunks.makeAsyncIterator()
         var refusal: (any Error)?
         while hash!.covers < upload.sizeBytes {
@@ -134,11 +123,14 @@ final class UploadSpool: Sendable {
             }
             if hash!.covers == upload.sizeBytes || hash!.covers - received >= Self.countedBatchBytes
                 || ContinuousClock.now - lastCount >= .seconds(1) {
-                try await count()
+                received = try await count(upload, writer: writer, from: received, hash: hash!)
+                lastCount = .now
             }
         }
-        // A call that ends or is refused early keeps the chunks it wrote whole; the refusal is then its answer.
-        try await count()
+        // A call that ends, is refused or is cut off early keeps the chunks it wrote whole (counted even though
+        // the call's task is cancelled); a refusal is then its answer.
+        let counted = received
+        received = try await withoutCancellation { [hash] in try await self.count(upload, writer: writer, from: counted, hash: hash!) }
         if let refusal { throw refusal }
         guard received == upload.sizeBytes else {
             cache(upload.id, hash!)
@@ -148,6 +140,21 @@ final class UploadSpool: Sendable {
         if let extra = try await iterator.next() {
             throw BackupError.outOfRange("chunk at offset \(extra.offset) goes past the upload's announced size of \(upload.sizeBytes) bytes")
         }
+    }
+
+    /// Fsyncs the bytes written past `received` and counts them in the
+    /// catalog; returns the new count. The last byte counts only once the
+    /// whole archive's hash is checked: a complete upload is a verified one.
+    private func count(_ upload: Upload, writer: String, from received: UInt64, hash: RunningHash) async throws -> UInt64 {
+        guard hash.covers > received else { return received }
+        let path = self.path(of: upload.id)
+        try await threadPool.runIfActive { try Self.sync(path) }
+        if hash.covers == upload.sizeBytes { try await checkHash(upload, hash) }
+        guard try await catalog.recordReceived(uploadID: upload.id, writer: writer, from: received, to: hash.covers,
+                                               lifetime: lifetime) else {
+            throw BackupError.aborted("upload \(upload.id) is no longer this call's to write; ask GetUpload where to go on")
+        }
+        return hash.covers
     }
 
     /// Compares a received upload's hash with the one announced; a mismatch
