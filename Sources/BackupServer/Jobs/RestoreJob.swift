@@ -12,7 +12,7 @@ import NIOPosix
 /// two renames, then the databases by two renames in one transaction. A
 /// failure before the swap drops the staging copies and leaves the target as
 /// it was. A failed swap is undone. The target's previous state is kept
-/// (`…_prerestore`) until the next restore begins, so an operator can go back.
+/// (`…_prerestore`) until the next restore, so an operator can go back.
 ///
 /// The app database's user must be allowed to create databases and must own
 /// the target database.
@@ -117,10 +117,6 @@ struct RestoreJob: Sendable {
     /// database made like the target (encoding, collation).
     private func restoreDatabase(_ work: RestoreWork, from dumpPath: String, into stagingURL: String, _ environment: Environment,
                                  _ plan: RestorePlan, progress: ProgressReporter) async throws {
-        // What an earlier restore kept goes while the dump is reassembled: dropping a database makes PostgreSQL
-        // checkpoint, which costs little before pg_restore writes and much after it (1.5 s of a 1 GiB restore).
-        async let previousDropped: Void = drop(database: plan.previousDatabase, folder: plan.previousFolder,
-                                               marker: Self.previousMarker, on: environment)
         let dump = try await catalog.dump(ofBackup: work.backup.id)
         do {
             try await progress.reporting(on: threadPool, to: .none) { [blobStore] interruption, _ in
@@ -131,7 +127,6 @@ struct RestoreJob: Sendable {
         } catch let error as DumpReadError {
             throw JobFailure(description: "the backup's database dump cannot be used: \(error)")
         }
-        try await previousDropped
 
         let target = plan.targetDatabase
         try await onAppServer(environment, database: "postgres") { connection in
