@@ -127,6 +127,10 @@ struct RestoreJob: Sendable {
         } catch let error as DumpReadError {
             throw JobFailure(description: "the backup's database dump cannot be used: \(error)")
         }
+        if case .chunks = dump {
+            // Written into a pipe, the dump has no data offsets; with them, pg_restore --jobs goes straight to each table.
+            try await threadPool.runIfActive { _ = try DumpOffsets.fill(dumpPath) }
+        }
 
         let target = plan.targetDatabase
         try await onAppServer(environment, database: "postgres") { connection in

@@ -1,0 +1,56 @@
+@testable import BackupCore
+import BackupTestSupport
+import Foundation
+import Testing
+
+/// A dump written into a pipe gets the data offsets pg_dump writes when it
+/// can seek: byte for byte, but for the creation time in its header.
+@Suite struct DumpOffsetsTests {
+    @Test func aPipedDumpGetsTheOffsetsPgDumpWritesIntoAFile() throws {
+        let database = try TestPostgres.createDatabase("offsets")
+        defer { TestPostgres.dropDatabase(database) }
+        for statement in [
+            "CREATE TABLE a (id int PRIMARY KEY, v text)",
+            "INSERT INTO a SELECT i, md5(i::text) FROM generate_series(1, 5000) i",
+            "CREATE SCHEMA s",
+            "CREATE TABLE s.b (id int, w text)",
+            "INSERT INTO s.b SELECT i, repeat('x', i % 300) FROM generate_series(1, 3000) i",
+            "CREATE TABLE empty (id int)",
+            "SELECT lo_from_bytea(0, convert_to(repeat('large object ', 1000), 'UTF8'))",
+        ] { _ = try TestPostgres.query(database, statement) }
+        let scratch = try ScratchDirectory("offsets")
+        defer { scratch.remove() }
+        let (piped, seekable) = (scratch.path + "/piped.backup", scratch.path + "/file.backup")
+        let url = TestPostgres.connectionString(database)
+        let dumped = try runCommand("/bin/sh", ["-c", """
+            pg_dump --format=custom --compress=0 --dbname='\(url)' | cat > '\(piped)' &&
+            pg_dump --format=custom --compress=0 --dbname='\(url)' --file='\(seekable)'
+            """])
+        #expect(dumped.status == 0, "\(dumped.standardError)")
+
+        #expect(try DumpOffsets.fill(piped) >= 3)
+        #expect(try DumpOffsets.fill(seekable) == 0)
+        let (filled, expected) = (Array(try Data(contentsOf: URL(fileURLWithPath: piped))),
+                                  Array(try Data(contentsOf: URL(fileURLWithPath: seekable))))
+        // The header's creation time (seven 5-byte integers after the 16 bytes before them) may differ.
+        #expect(filled.count == expected.count)
+        #expect(filled.prefix(16) == expected.prefix(16))
+        #expect(filled.dropFirst(51) == expected.dropFirst(51))
+        let restored = try TestPostgres.createDatabase("offsets_restored")
+        defer { TestPostgres.dropDatabase(restored) }
+        let restore = try runCommand("/bin/sh", ["-c",
+            "pg_restore --jobs=2 --exit-on-error --dbname='\(TestPostgres.connectionString(restored))' '\(piped)'"])
+        #expect(restore.status == 0, "\(restore.standardError)")
+        #expect(try TestPostgres.tableFingerprints(restored) == TestPostgres.tableFingerprints(database))
+    }
+
+    @Test func whatIsNotACustomFormatDumpIsLeftAsItIs() throws {
+        let scratch = try ScratchDirectory("offsets")
+        defer { scratch.remove() }
+        let path = scratch.path + "/not-a-dump"
+        let content = Array("PGDMP but not really a dump at all".utf8) + Secure.randomBytes(4096)
+        try Data(content).write(to: URL(fileURLWithPath: path))
+        #expect(try DumpOffsets.fill(path) == 0)
+        #expect(Array(try Data(contentsOf: URL(fileURLWithPath: path))) == content)
+    }
+}
