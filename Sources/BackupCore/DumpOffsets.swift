@@ -89,7 +89,7 @@ private struct DumpReader {
             for _ in 0..<5 { try skipString() }  // definition, drop, copy, schema, tablespace
             if minor >= 14 { try skipString() }  // table access method
             for _ in 0..<2 { try skipString() }  // owner, "with oids"
-            while try string() != nil {}  // dependencies, up to a null
+            while try skipString() {}  // dependencies, up to a null
             let fieldPosition = position
             let state = try byte()
             try skip(UInt64(layout.offsetSize))
@@ -121,28 +121,28 @@ private struct DumpReader {
         }
     }
 
-    /// `ReadInt`: a sign byte, then `intSize` bytes, least significant first.
+    /// `ReadInt`: a sign byte, then `intSize` bytes, least significant
+    /// first. The dump may come from an upload: a value past 2^48 is not one
+    /// pg_dump writes, and is refused rather than trusted.
     private mutating func int() throws -> Int {
         let negative = try byte() != 0
-        var value = 0
-        for index in 0..<intSize { value |= Int(try byte()) << (8 * index) }
-        return negative ? -value : value
+        var value: UInt64 = 0
+        for index in 0..<intSize { value |= UInt64(try byte()) << (8 * index) }
+        guard value < 1 << 48 else { throw NotUnderstood() }
+        return negative ? -Int(value) : Int(value)
     }
 
-    /// `ReadStr`: a length (negative for null), then the bytes.
-    private mutating func string() throws -> [UInt8]? {
-        let length = try int()
-        return length < 0 ? nil : try bytes(length)
-    }
-
-    private mutating func skipString() throws {
+    /// `ReadStr` without keeping it: a length (negative for null), then the
+    /// bytes; returns whether it was a string rather than null.
+    @discardableResult
+    private mutating func skipString() throws -> Bool {
         let length = try int()
         if length > 0 { try skip(UInt64(length)) }
+        return length >= 0
     }
 
     private mutating func bytes(_ count: Int) throws -> [UInt8] {
-        guard count <= 1 << 30 else { throw NotUnderstood() }
-        return try (0..<count).map { _ in try byte() }
+        try (0..<count).map { _ in try byte() }
     }
 
     private mutating func byte() throws -> UInt8 {

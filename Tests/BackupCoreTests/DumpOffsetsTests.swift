@@ -52,5 +52,14 @@ import Testing
         try Data(content).write(to: URL(fileURLWithPath: path))
         #expect(try DumpOffsets.fill(path) == 0)
         #expect(Array(try Data(contentsOf: URL(fileURLWithPath: path))) == content)
+
+        // An uploaded dump is anyone's bytes: 8-byte integers at -2^63, and a string of 2^40 bytes, are refused, not trusted.
+        let header = Array("PGDMP".utf8) + [1, 14, 0, 8, 8, 1]
+        for crafted in [header + [1, 0, 0, 0, 0, 0, 0, 0, 0x80],
+                        header + [0] + [UInt8](repeating: 0, count: 8) + [UInt8](repeating: 0, count: 7 * 9) + [0, 0, 0, 0, 0, 0, 1, 0, 0]] {
+            try Data(crafted).write(to: URL(fileURLWithPath: path))
+            #expect(try DumpOffsets.fill(path) == 0)
+            #expect(Array(try Data(contentsOf: URL(fileURLWithPath: path))) == crafted)
+        }
     }
 }
