@@ -9,17 +9,27 @@ import Foundation
 /// table of contents and the data blocks' headers (skipping their content)
 /// and writes each offset in place; the file keeps its size. A dump in a
 /// version or shape it does not know is left as it is (pg_restore still
-/// reads it, only slower).
+/// reads it, only slower). The dump may be an upload, anyone's bytes: the
+/// reading holds no more than the table of contents' unset entries (at most
+/// a million), takes each entry's first block as pg_restore does, fills
+/// only 8-byte offsets (what pg_dump writes), and stops within a MiB once
+/// `interruption` is set.
 public enum DumpOffsets {
     /// Writes the data offsets into the dump at `path`; returns how many it
     /// filled in, 0 when there were none to fill or the dump was not understood.
     @discardableResult
-    public static func fill(_ path: String) throws -> Int {
+    public static func fill(_ path: String, interruption: Interruption? = nil) throws -> Int {
         let fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
         defer { close(fd) }
-        var reader = DumpReader(fd: fd)
-        guard let layout = try? reader.readLayout(), !layout.unset.isEmpty else { return 0 }
+        var reader = DumpReader(fd: fd, interruption: interruption)
+        let layout: DumpLayout
+        do {
+            layout = try reader.readLayout()
+        } catch is DumpReader.NotUnderstood {
+            return 0
+        }
+        guard !layout.unset.isEmpty else { return 0 }
         var filled = 0
         for (dumpID, fieldPosition) in layout.unset {
             guard let blockStart = layout.blocks[dumpID] else { continue }
@@ -39,7 +49,8 @@ public enum DumpOffsets {
 }
 
 /// What `fill` needs of a dump: the size of an offset, where each TOC
-/// entry without an offset keeps its offset field, and where each data block starts.
+/// entry without an offset keeps its offset field, and where the data
+/// blocks of those entries start (the first block of each id).
 private struct DumpLayout {
     var offsetSize = 0
     var unset: [(dumpID: Int, fieldPosition: UInt64)] = []
@@ -57,14 +68,21 @@ private struct DumpReader {
 
     struct NotUnderstood: Error {}
 
+    /// More unset entries than any dump of a real database has: past it, the dump is left as it is.
+    static let maximumUnsetEntries = 1_000_000
+
     let fd: Int32
+    let interruption: Interruption?
     private var buffer = [UInt8](repeating: 0, count: 1 << 20)
     private var bufferStart: UInt64 = 0
     private var bufferCount = 0
     private(set) var position: UInt64 = 0
     private var intSize = 4
 
-    init(fd: Int32) { self.fd = fd }
+    init(fd: Int32, interruption: Interruption?) {
+        self.fd = fd
+        self.interruption = interruption
+    }
 
     mutating func readLayout() throws -> DumpLayout {
         guard try bytes(5) == Array("PGDMP".utf8) else { throw NotUnderstood() }
@@ -75,7 +93,8 @@ private struct DumpReader {
         intSize = Int(try byte())
         var layout = DumpLayout()
         layout.offsetSize = Int(try byte())
-        guard (1...8).contains(intSize), (1...8).contains(layout.offsetSize), try byte() == 1 else { throw NotUnderstood() }  // 1: custom
+        // pg_dump writes 8-byte offsets; a shorter one would wrap offsets past its range onto other bytes.
+        guard (1...8).contains(intSize), layout.offsetSize == 8, try byte() == 1 else { throw NotUnderstood() }  // 1: custom
         if minor >= 15 { _ = try byte() } else { _ = try int() }  // compression
         for _ in 0..<7 { _ = try int() }  // creation time
         for _ in 0..<3 { try skipString() }  // database, server and pg_dump versions
@@ -93,10 +112,14 @@ private struct DumpReader {
             let fieldPosition = position
             let state = try byte()
             try skip(UInt64(layout.offsetSize))
-            if state == Self.offsetNotSet { layout.unset.append((dumpID, fieldPosition)) }
+            if state == Self.offsetNotSet {
+                guard layout.unset.count < Self.maximumUnsetEntries else { throw NotUnderstood() }
+                layout.unset.append((dumpID, fieldPosition))
+            }
         }
+        var wanted = Set(layout.unset.map(\.dumpID))
         // The data blocks follow, each its type, its entry's id and its content in length-prefixed pieces.
-        while let type = try byteOrEnd() {
+        while !wanted.isEmpty, let type = try byteOrEnd() {
             let start = position - 1
             let dumpID = try int()
             switch type {
@@ -107,7 +130,8 @@ private struct DumpReader {
             default:
                 throw NotUnderstood()
             }
-            layout.blocks[dumpID] = start
+            // The first block of an id is the one pg_restore reads forward to; a later one is never restored.
+            if wanted.remove(dumpID) != nil { layout.blocks[dumpID] = start }
         }
         return layout
     }
@@ -152,6 +176,7 @@ private struct DumpReader {
 
     private mutating func byteOrEnd() throws -> UInt8? {
         if position >= bufferStart + UInt64(bufferCount) {
+            if interruption?.isSet == true { throw BlobStoreError.interrupted(path: "the dump's data offsets") }
             let count = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(position)) }
             guard count >= 0 else { throw NotUnderstood() }
             if count == 0 { return nil }

@@ -44,6 +44,44 @@ import Testing
         #expect(try TestPostgres.tableFingerprints(restored) == TestPostgres.tableFingerprints(database))
     }
 
+    /// Helper findings: every data block was remembered (25 million empty ones took backupd to 1.7 GB), the last
+    /// copy of a duplicated block won where pg_restore reads the first, and 2-byte offsets wrapped onto planted
+    /// blocks. Only the entries' own first blocks count now, and only 8-byte offsets are filled.
+    @Test func onlyEachEntrysFirstBlockIsTakenAndOnlyEightByteOffsetsAreFilled() throws {
+        let database = try TestPostgres.createDatabase("offsets")
+        defer { TestPostgres.dropDatabase(database) }
+        _ = try TestPostgres.query(database, "CREATE TABLE a (id int)")
+        _ = try TestPostgres.query(database, "INSERT INTO a SELECT generate_series(1, 10)")
+        let scratch = try ScratchDirectory("offsets")
+        defer { scratch.remove() }
+        let piped = scratch.path + "/piped.backup"
+        #expect(try runCommand("/bin/sh", ["-c", "pg_dump --format=custom --compress=0 --dbname='\(TestPostgres.connectionString(database))' | cat > '\(piped)'"]).status == 0)
+        let original = Array(try Data(contentsOf: URL(fileURLWithPath: piped)))
+        // A second block for every id after the dump, and blocks of ids no entry has: neither is taken.
+        let listing = try runCommand("/usr/bin/pg_restore", ["--list", piped]).standardOutput
+        let dataID = try #require(listing.split(separator: "\n").first { $0.contains("TABLE DATA") }.flatMap { Int($0.prefix { $0 != ";" }) })
+        func block(_ id: Int) -> [UInt8] { [1, 0] + withUnsafeBytes(of: Int32(id).littleEndian, Array.init) + [0, 0, 0, 0, 0] }
+        try Data(original + block(dataID) + (90_000..<90_100).flatMap(block)).write(to: URL(fileURLWithPath: piped))
+        #expect(try DumpOffsets.fill(piped) == 1)
+        let restored = try TestPostgres.createDatabase("offsets_restored")
+        defer { TestPostgres.dropDatabase(restored) }
+        let restore = try runCommand("/usr/bin/pg_restore", ["--jobs=2", "--exit-on-error", "--dbname=\(TestPostgres.connectionString(restored))", piped])
+        #expect(restore.status == 0, "\(restore.standardError)")
+        #expect(try TestPostgres.query(restored, "SELECT count(*) AS n FROM a")[0].int64("n") == 10)
+
+        // The same dump saying its offsets are 2 bytes long is left as it is.
+        var short = original
+        short[9] = 2
+        try Data(short).write(to: URL(fileURLWithPath: piped))
+        #expect(try DumpOffsets.fill(piped) == 0)
+        #expect(Array(try Data(contentsOf: URL(fileURLWithPath: piped))) == short)
+
+        // A cancelled restore stops the reading.
+        let stopped = Interruption()
+        stopped.set()
+        #expect(throws: BlobStoreError.self) { try DumpOffsets.fill(piped, interruption: stopped) }
+    }
+
     @Test func whatIsNotACustomFormatDumpIsLeftAsItIs() throws {
         let scratch = try ScratchDirectory("offsets")
         defer { scratch.remove() }

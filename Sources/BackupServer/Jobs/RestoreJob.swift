@@ -129,7 +129,9 @@ struct RestoreJob: Sendable {
         }
         if case .chunks = dump {
             // Written into a pipe, the dump has no data offsets; with them, pg_restore --jobs goes straight to each table.
-            try await threadPool.runIfActive { _ = try DumpOffsets.fill(dumpPath) }
+            try await progress.reporting(on: threadPool, to: .none) { interruption, _ in
+                _ = try DumpOffsets.fill(dumpPath, interruption: interruption)
+            }
         }
 
         let target = plan.targetDatabase
