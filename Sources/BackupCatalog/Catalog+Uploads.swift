@@ -207,7 +207,8 @@ extension Catalog {
     }
 
     /// Ends the uploads that received nothing until their expiry as EXPIRED,
-    /// logging each, and says of the `listed` ids (the spool's files) which
+    /// logging each (not one a call is writing: its chunks count in batches,
+    /// and renew the expiry then), and says of the `listed` ids (the spool's files) which
     /// are uploads still receiving or being validated, whose files stay, and which are uploads
     /// at all (a file of none may belong to a start not yet committed).
     public func expireUploads(listed: [String]) async throws -> (unfinished: Set<String>, known: Set<String>) {
@@ -216,6 +217,7 @@ extension Catalog {
                 UPDATE uploads u SET state = 'expired', error = 'abandoned: nothing was received before it expired'
                 FROM environments e
                 WHERE u.state = 'receiving' AND u.expires_at < now() AND e.id = u.environment_id
+                  AND (u.writer IS NULL OR u.writer_until < now())
                 RETURNING e.namespace, e.name, u.actor, u.id
                 """)
             for row in expired {

@@ -237,6 +237,34 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
         }
     }
 
+    /// Seen in CI: chunks count in batches, and the sweep expired an upload
+    /// between a chunk's write and its count; an upload a call is writing is not abandoned.
+    @Test func anUploadACallIsWritingDoesNotExpire() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: {
+                sweepingOften(&$0)
+                $0.uploads.lifetime = .seconds(1)
+            }) { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    let upload = try await startUpload(client, Self.content)
+                    let path = server.blobDirectory + "/uploads/\(upload.id).upload"
+                    let ended = try await client.clientStreaming(Backups.uploadChunks) { send in
+                        try await send(.with { $0.uploadID = upload.id; $0.offset = 0; $0.data = Array(Self.content[0..<1000]) })
+                        try await eventually(within: .seconds(10)) {
+                            ((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0) == 1000
+                        }
+                        // Written, not yet counted, past the upload's lifetime, with sweeps every 200 ms.
+                        try await Task.sleep(for: .seconds(2))
+                        #expect(try TestPostgres.query(server.catalogDatabase, "SELECT state FROM uploads WHERE id = $1", upload.id)[0]
+                            .string("state") == "receiving")
+                    }
+                    #expect(ended.bytesReceived == 1000 && ended.state == .receiving)
+                }
+            }
+        }
+    }
+
     /// Helper finding: a call cut off after some chunks counted none of them
     /// (its last count ran in the call's cancelled task) and kept the
     /// upload's lease for a minute, so the client could not resume at once.
