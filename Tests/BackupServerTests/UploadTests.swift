@@ -36,6 +36,17 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
         try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/uploads")
     }
 
+    /// The bytes an upload's spool file holds: written, whether counted yet or not.
+    private func spoolBytes(_ server: some BackupTestServer, _ upload: Upload) -> Int {
+        (try? FileManager.default.attributesOfItem(atPath: server.blobDirectory + "/uploads/\(upload.id).upload")[.size] as? Int) ?? 0
+    }
+
+    /// Uploads abandoned after a second without a counted chunk, swept every 200 ms.
+    private static func expiringQuickly(_ configuration: inout ServerConfiguration) {
+        sweepingOften(&configuration)
+        configuration.uploads.lifetime = .seconds(1)
+    }
+
     @Test func chunksArriveInOrderAcrossCallsAndTheUploadResumesFromWhatWasReceived() async throws {
         try await withTestApp { app in
             try await withInProcessServer { server in
@@ -218,10 +229,7 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
 
     @Test func anAbandonedUploadExpiresAndItsDataIsRemoved() async throws {
         try await withTestApp { app in
-            try await withInProcessServer(configure: {
-                sweepingOften(&$0)
-                $0.uploads.lifetime = .seconds(1)
-            }) { server in
+            try await withInProcessServer(configure: Self.expiringQuickly) { server in
                 try await server.register(app)
                 let upload = try await server.withClient { client in
                     let upload = try await startUpload(client, Self.content)
@@ -241,19 +249,13 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
     /// between a chunk's write and its count; an upload a call is writing is not abandoned.
     @Test func anUploadACallIsWritingDoesNotExpire() async throws {
         try await withTestApp { app in
-            try await withInProcessServer(configure: {
-                sweepingOften(&$0)
-                $0.uploads.lifetime = .seconds(1)
-            }) { server in
+            try await withInProcessServer(configure: Self.expiringQuickly) { server in
                 try await server.register(app)
                 try await server.withClient { client in
                     let upload = try await startUpload(client, Self.content)
-                    let path = server.blobDirectory + "/uploads/\(upload.id).upload"
                     let ended = try await client.clientStreaming(Backups.uploadChunks) { send in
                         try await send(.with { $0.uploadID = upload.id; $0.offset = 0; $0.data = Array(Self.content[0..<1000]) })
-                        try await eventually(within: .seconds(10)) {
-                            ((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0) == 1000
-                        }
+                        try await eventually(within: .seconds(10)) { spoolBytes(server, upload) == 1000 }
                         // Written, not yet counted, past the upload's lifetime, with sweeps every 200 ms.
                         try await Task.sleep(for: .seconds(2))
                         #expect(try TestPostgres.query(server.catalogDatabase, "SELECT state FROM uploads WHERE id = $1", upload.id)[0]
@@ -283,12 +285,9 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                     $0.uploadID = upload.id; $0.offset = UInt64(offset); $0.data = Array(Self.content[offset..<(offset + 100_000)])
                 }.serializedBytes()))
             }
-            let path = server.blobDirectory + "/uploads/\(upload.id).upload"
             try await openTLS(server).executeThenClose { _, outbound in
                 try await outbound.write(encode([start] + chunks))
-                try await eventually(within: .seconds(30)) {
-                    ((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0) == 200_000
-                }
+                try await eventually(within: .seconds(30)) { spoolBytes(server, upload) == 200_000 }
             }
             // The connection closed in the middle of the call: what it wrote counts.
             try await eventually(within: .seconds(10)) {
@@ -335,10 +334,7 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                     } }
                     // Written, though not yet counted: a call's chunks count a batch at a time, or when it ends.
                     try await eventually(within: .seconds(30)) {
-                        batch.allSatisfy { upload in
-                            let path = server.blobDirectory + "/uploads/\(upload.id).upload"
-                            return ((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0) == 1 << 20
-                        }
+                        batch.allSatisfy { spoolBytes(server, $0) == 1 << 20 }
                     }
                     return holding
                 }
