@@ -1,3 +1,4 @@
+import BackupRules
 import BackupWire
 import NIOConcurrencyHelpers
 import NIOCore
@@ -9,7 +10,7 @@ public struct ClientSettings: Sendable {
     public var host: String
     public var port: Int
     /// The bearer token sent with every call.
-    public var token: String
+    public var token: Secret<String>
     /// PEM file of the CA that signed the server's certificate; nil trusts the system's roots.
     public var caFile: String?
     /// A client certificate and its key, for servers that require mutual TLS.
@@ -24,7 +25,7 @@ public struct ClientSettings: Sendable {
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         self.host = host
         self.port = port
-        self.token = token
+        self.token = Secret(token)
         self.caFile = caFile
     }
 
@@ -66,7 +67,7 @@ public struct ClientSettings: Sendable {
 /// `withConnection`; it closes when the closure returns.
 public final class BackupClient: Sendable {
     private let write: @Sendable ([Frame]) async throws -> Void
-    private let token: String
+    private let token: Secret<String>
     private let calls = NIOLockedValueBox(Calls())
 
     private struct Calls {
@@ -81,7 +82,7 @@ public final class BackupClient: Sendable {
     /// growing with a server that sends faster than the caller reads.
     private let maximumUnreadBytes: Int
 
-    private init(token: String, maximumUnreadBytes: Int, write: @escaping @Sendable ([Frame]) async throws -> Void) {
+    private init(token: Secret<String>, maximumUnreadBytes: Int, write: @escaping @Sendable ([Frame]) async throws -> Void) {
         self.token = token
         self.maximumUnreadBytes = maximumUnreadBytes
         self.write = write
@@ -97,7 +98,7 @@ public final class BackupClient: Sendable {
             try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
         }
         return try await channel.executeThenClose { inbound, outbound in
-            try await withTransport(token: settings.token, inbound: inbound, maximumUnreadBytes: 4 * maxFrameBytes,
+            try await withTransport(token: settings.token.revealed, inbound: inbound, maximumUnreadBytes: 4 * maxFrameBytes,
                                     write: { try await outbound.write(contentsOf: $0) }, body)
         }
     }
@@ -110,7 +111,7 @@ public final class BackupClient: Sendable {
         token: String, inbound: Inbound, maximumUnreadBytes: Int = 4 * defaultMaxFrameBytes,
         write: @escaping @Sendable ([Frame]) async throws -> Void, _ body: @Sendable (BackupClient) async throws -> T
     ) async throws -> T {
-        let client = BackupClient(token: token, maximumUnreadBytes: maximumUnreadBytes, write: write)
+        let client = BackupClient(token: Secret(token), maximumUnreadBytes: maximumUnreadBytes, write: write)
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 do {
@@ -223,7 +224,7 @@ public final class BackupClient: Sendable {
     private func callStart<Request, Response>(_ method: Method<Request, Response>, timeout: Duration?) -> CallStart {
         var start = CallStart()
         start.method = method.name
-        start.metadata = [MetadataEntry("authorization", "Bearer \(token)")]
+        start.metadata = [MetadataEntry("authorization", "Bearer \(token.revealed)")]
         if let timeout { start.timeoutMS = UInt32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000) }
         return start
     }

@@ -1,9 +1,10 @@
+import BackupRules
 import COpenSSL
 
 /// A key that signs download URLs, named by the id the URLs carry (`kid`).
 public struct SigningKey: Sendable {
     public let id: String
-    fileprivate let secret: [UInt8]
+    fileprivate let secret: Secret<[UInt8]>
 }
 
 /// Why a download URL opens nothing. Every case is a 403 with its
@@ -60,7 +61,7 @@ public struct URLSigningKeys: Sendable {
             guard !keys.contains(where: { $0.id == id }) else {
                 throw .invalidArgument("download key \(id) (line \(index + 1)) is listed twice")
             }
-            keys.append(SigningKey(id: id, secret: secret))
+            keys.append(SigningKey(id: id, secret: Secret(secret)))
         }
         guard !keys.isEmpty else { throw .invalidArgument("the download key file lists no key") }
         self.keys = keys
@@ -112,7 +113,7 @@ public struct URLSigningKeys: Sendable {
         let message = Array("GET\n\(path)\n\(expires)".utf8)
         var output = [UInt8](repeating: 0, count: 32)
         var length: UInt32 = 0
-        _ = key.secret.withUnsafeBytes { secret in
+        _ = key.secret.revealed.withUnsafeBytes { secret in
             HMAC(EVP_sha256(), secret.baseAddress, Int32(secret.count), message, message.count, &output, &length)
         }
         return output

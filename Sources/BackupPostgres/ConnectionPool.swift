@@ -1,10 +1,12 @@
+import BackupRules
 import NIOPosix
 
 /// A bounded pool of libpq connections. Every use runs on a thread of an
 /// `NIOThreadPool`, so blocking libpq calls never hold an event loop or a
 /// thread of Swift's cooperative pool.
 public actor ConnectionPool {
-    public let connectionString: String
+    /// The catalog's libpq connection string: it may carry a password.
+    public let connectionString: Secret<String>
     private let maximumConnections: Int
     public let threadPool: NIOThreadPool
     /// A connection idle this long is checked (`SELECT 1`) before it is lent
@@ -23,7 +25,7 @@ public actor ConnectionPool {
 
     public init(connectionString: String, maximumConnections: Int, threadPool: NIOThreadPool,
                 validateAfterIdle: Duration = .seconds(10)) {
-        self.connectionString = connectionString
+        self.connectionString = Secret(connectionString)
         self.maximumConnections = maximumConnections
         self.threadPool = threadPool
         self.validateAfterIdle = validateAfterIdle
@@ -84,7 +86,7 @@ public actor ConnectionPool {
     /// caller (for session state such as a lock, that must be known lost
     /// when the connection is); it closes when the last handle to it goes.
     public nonisolated func dedicatedConnection() async throws -> ConnectionHandle {
-        try await ConnectionHandle.connect(connectionString, threadPool: threadPool)
+        try await ConnectionHandle.connect(connectionString.revealed, threadPool: threadPool)
     }
 
     /// Closes the pool, at shutdown: leases asked for from now on, and the
@@ -117,7 +119,7 @@ public actor ConnectionPool {
                 open += 1
                 do {
                     let connectionString = self.connectionString
-                    return try await threadPool.runIfActive { try PostgresConnection(connectionString) }
+                    return try await threadPool.runIfActive { try PostgresConnection(connectionString.revealed) }
                 } catch {
                     open -= 1
                     wakeOne()

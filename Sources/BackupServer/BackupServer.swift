@@ -34,7 +34,7 @@ public struct ServerConfiguration: Sendable {
 /// catalog, a blob store and a thread pool it is handed. Whoever runs it
 /// owns the signals and how long a graceful shutdown may take: `backupd`
 /// runs it in a `ServiceGroup`, tests run it in process.
-public struct BackupServer: Service {
+public struct BackupServer: Service, CustomStringConvertible {
     /// Runs one call from its start frame to its status; what every transport serves.
     public let dispatcher: RPCDispatcher
     private let configuration: ServerConfiguration
@@ -47,6 +47,9 @@ public struct BackupServer: Service {
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
+
+    /// What a log line says of the service (service-lifecycle logs each service by its description): where it listens.
+    public var description: String { "BackupServer(\(configuration.host):\(configuration.port))" }
 
     /// - Parameters:
     ///   - threadPool: where blocking work of jobs runs (file hashing, blob I/O, waiting for tools);

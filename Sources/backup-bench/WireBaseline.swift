@@ -69,7 +69,7 @@ enum ByteCountingConnection {
             try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
         }
         return try await channel.executeThenClose { inbound, outbound in
-            try await BackupClient.withTransport(token: settings.token, inbound: inbound,
+            try await BackupClient.withTransport(token: settings.token.revealed, inbound: inbound,
                                                  write: { try await outbound.write(contentsOf: $0) }) { client in
                 try await body(client, tally)
             }

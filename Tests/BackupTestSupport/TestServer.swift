@@ -66,10 +66,11 @@ public final class TestServer: BackupTestServer, @unchecked Sendable {
 
     /// Starts a server; `catalogDatabase` reuses an existing catalog (a restart).
     /// `environment` adds to (or with an empty value removes from) its environment.
-    /// `descriptorLimit` starts it under `prlimit --nofile`, soft and hard.
+    /// `descriptorLimit` starts it under `prlimit --nofile`, soft and hard; `downloadKeys` is its key file's text.
     public static func start(arguments: [String] = [], catalogDatabase: String? = nil, blobDirectory: String? = nil,
                              adminToken: String? = nil, platformToken: String? = nil,
-                             environment extra: [String: String] = [:], descriptorLimit: Int? = nil) async throws -> TestServer {
+                             environment extra: [String: String] = [:], descriptorLimit: Int? = nil,
+                             downloadKeys: String = testDownloadKeys) async throws -> TestServer {
         let scratch = try ScratchDirectory("backupd")
         let catalog = try catalogDatabase ?? TestPostgres.createDatabase("catalog")
         let blobs = blobDirectory ?? scratch.path + "/blobs"
@@ -88,7 +89,7 @@ public final class TestServer: BackupTestServer, @unchecked Sendable {
         let platform = try platformToken ?? createToken(["--platform", "--name", "test-platform"])
 
         let keyFile = scratch.path + "/download-keys"
-        try testDownloadKeys.write(toFile: keyFile, atomically: true, encoding: .utf8)
+        try downloadKeys.write(toFile: keyFile, atomically: true, encoding: .utf8)
         let readyFile = scratch.path + "/ready"
         let logPath = scratch.path + "/backupd.log"
         guard FileManager.default.createFile(atPath: logPath, contents: nil) else { throw TestSupportError("cannot create \(logPath)") }

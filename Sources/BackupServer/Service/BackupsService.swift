@@ -1,5 +1,6 @@
 import BackupCatalog
 import BackupCore
+import BackupRules
 import BackupWire
 import Foundation
 
@@ -332,9 +333,7 @@ struct BackupsService: Sendable {
 /// is replaced, whether given as `password=…` or in a URI's user part.
 func redacted(_ environment: Environment) -> Environment {
     var copy = environment
-    copy.databaseURL = copy.databaseURL
-        .replacing(/password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)/, with: "password=REDACTED")
-        .replacing(/(:\/\/[^:\/@?]*:)[^@\/?]*@/) { "\($0.output.1)REDACTED@" }
+    copy.databaseURL = ConnectionStringRedaction.redacted(copy.databaseURL)
     return copy
 }
 

@@ -1,0 +1,43 @@
+/// A credential held in memory: a signing key, a token, a password. Its
+/// value leaves only through `revealed`, at the one place that needs it;
+/// printing, interpolating, dumping, reflecting, logging or encoding it
+/// (or any type that holds it) shows `<redacted>`. So a configuration
+/// logged at the most verbose level, an error that quotes a setting, or a
+/// crash report never carries a secret.
+public struct Secret<Value: Sendable>: Sendable, CustomStringConvertible, CustomDebugStringConvertible,
+    CustomReflectable, CustomLeafReflectable, Encodable
+{
+    private let value: Value
+
+    public init(_ value: Value) {
+        self.value = value
+    }
+
+    /// The secret itself, for the code that signs, hashes or connects with it.
+    public var revealed: Value { value }
+
+    public static var redactedText: String { "<redacted>" }
+
+    public var description: String { Self.redactedText }
+    public var debugDescription: String { Self.redactedText }
+    public var customMirror: Mirror { Mirror(self, children: [], displayStyle: .struct) }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(Self.redactedText)
+    }
+}
+
+/// libpq connection strings with their passwords hidden, for anything shown
+/// to a person: logs, errors, answers. A password given as `password=…`
+/// (quoted or not) or in a URI's user part (`postgresql://user:pw@host`)
+/// becomes `REDACTED`; everything else is kept, so the string still says
+/// which server and database it names.
+public enum ConnectionStringRedaction {
+    public static func redacted(_ connectionString: String) -> String {
+        connectionString
+            .replacing(/(^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)/) { "\($0.output.1)password=REDACTED" }
+            .replacing(/(:\/\/[^:\/@?]*:)[^@\/?]*@/) { "\($0.output.1)REDACTED@" }
+            .replacing(/([?&]password=)[^&]*/) { "\($0.output.1)REDACTED" }
+    }
+}

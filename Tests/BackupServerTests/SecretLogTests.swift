@@ -1,0 +1,141 @@
+import BackupCore
+import BackupTestSupport
+import BackupWire
+import Foundation
+import Testing
+
+/// No secret leaves backupd as text: run at the most verbose log level with
+/// every kind of secret configured, driven through every method, a download,
+/// an upload, a failing job and a shutdown, neither its log, nor anything a
+/// client was told, nor `--help` holds a secret in any of its usual spellings.
+/// A process, because what is searched is what the process writes.
+@Suite(.serialized) struct SecretLogTests {
+    /// Spellings of a secret that a careless log line might use.
+    private func spellings(_ bytes: [UInt8]) -> [String] {
+        let data = Data(bytes)
+        let standard = data.base64EncodedString()
+        return [standard, standard.replacingOccurrences(of: "=", with: ""), base64URL(bytes), "\(bytes)",
+                bytes.map { String(format: "%02x", $0) }.joined(), bytes.map { String(format: "%02X", $0) }.joined()]
+    }
+
+    private func spellings(_ text: String) -> [String] { [text] + spellings(Array(text.utf8)) }
+
+    private func randomText(_ prefix: String) -> String { "\(prefix)-\(UUID().uuidString)-\(UUID().uuidString)" }
+
+    @Test func noSecretReachesTheLogAClientOrHelp() async throws {
+        let signingKey = (0..<32).map { _ in UInt8.random(in: 0...255) }
+        let catalogPassword = randomText("catalog-pw")
+        let appPassword = randomText("app-pw")
+        let wrongPassword = randomText("wrong-pw")
+        let tlsKey = try String(contentsOfFile: "\(projectRoot)/certs/dev/server.key", encoding: .utf8)
+            .split(separator: "\n").filter { !$0.hasPrefix("-----") }.map(String.init)
+
+        let catalog = try TestPostgres.createDatabase("catalog")
+        let catalogURL = TestPostgres.connectionString(catalog) + " password=\(catalogPassword)"
+        let keys = "signing = \(Data(signingKey).base64EncodedString())\n"
+        var told: [String] = []  // everything a client was shown
+        let server = try await TestServer.start(
+            arguments: ["--log-level", "trace"], catalogDatabase: catalog,
+            environment: ["BACKUPD_CATALOG": catalogURL], downloadKeys: keys)
+        var secrets = spellings(signingKey) + spellings(catalogPassword) + spellings(appPassword) + spellings(wrongPassword)
+            + spellings(server.adminToken) + spellings(server.platformToken) + tlsKey
+        try await withTestApp { app in
+            func cli(_ arguments: [String], token: String? = nil) throws -> CommandResult {
+                let result = try server.backupctl(arguments, token: token)
+                told += [result.standardOutput, result.standardError]
+                return result
+            }
+            let ns = TestServer.namespace
+            #expect(try cli(["env", "register", "\(ns)/shop-production", "--app", "shop", "--file-store", app.fileStore,
+                             "--database-url", app.connectionString + " password=\(appPassword)", "--package-version", "1.0.0"],
+                            token: server.platformToken).status == 0)
+            // A second environment whose database is dropped once registered: its backup fails.
+            let scratch = try ScratchDirectory("secret-files")
+            let doomed = try TestPostgres.createDatabase("doomed")
+            defer { scratch.remove(); TestPostgres.dropDatabase(doomed) }
+            try FileManager.default.createDirectory(atPath: scratch.path + "/files", withIntermediateDirectories: true)
+            #expect(try cli(["env", "register", "\(ns)/broken", "--app", "shop", "--file-store", scratch.path + "/files",
+                             "--database-url", TestPostgres.connectionString(doomed) + " password=\(wrongPassword)"],
+                            token: server.platformToken).status == 0)
+            #expect(try cli(["env", "update", "\(ns)/broken", "--database-url",
+                             "postgresql://postgres:\(wrongPassword)@127.0.0.1:\(TestPostgres.port)/\(doomed)"],
+                            token: server.platformToken).status == 0)
+            TestPostgres.dropDatabase(doomed)
+            for arguments in [["info"], ["env", "list"], ["env", "show", "\(ns)/shop-production"], ["env", "show", "\(ns)/broken"],
+                              ["env", "show", "\(ns)/broken", "--json"]] {
+                #expect(try cli(arguments).status == 0, "\(arguments)")
+                #expect(try cli(arguments, token: server.platformToken).status >= 0)
+            }
+            let failed = try cli(["create", "--env", "\(ns)/broken", "--wait"])
+            #expect(failed.status != 0, "a backup with a wrong password must fail: \(failed.standardOutput)")
+
+            let created = try cli(["create", "--env", "\(ns)/shop-production", "--comment", "secrets", "--wait", "--json"])
+            #expect(created.status == 0, "\(created.standardError)")
+            let backup = try #require(try JSONSerialization.jsonObject(with: Data(created.standardOutput.utf8)) as? [String: Any])
+            let id = try #require(backup["id"] as? String)
+            for arguments in [["list", "--env", "\(ns)/shop-production"], ["show", id], ["comment", id, "kept"],
+                              ["job", try #require(backup["job_id"] as? String)], ["verify", id, "--wait"],
+                              ["schedule", "show", "--env", "\(ns)/shop-production"],
+                              ["schedule", "set", "--env", "\(ns)/shop-production", "--time", "03:00"],
+                              ["activity", "--env", "\(ns)/shop-production"], ["activity", "--env", "\(ns)/broken"],
+                              ["token", "list"]] {
+                #expect(try cli(arguments).status == 0, "\(arguments)")
+            }
+            // A new token's secret is shown once to whoever made it; it must go nowhere else.
+            let madeToken = try cli(["token", "create", "--namespace", ns, "--role", "viewer", "--name", "dashboard", "--json"])
+            let made = try #require(try JSONSerialization.jsonObject(with: Data(madeToken.standardOutput.utf8)) as? [String: Any])
+            let viewerToken = try #require(made["secret"] as? String)
+            told.removeLast(2)
+            secrets += spellings(viewerToken)
+            #expect(try cli(["list", "--env", "\(ns)/shop-production"], token: viewerToken).status == 0)
+            #expect(try cli(["create", "--env", "\(ns)/shop-production"], token: viewerToken).status != 0)
+            #expect(try cli(["token", "revoke", try #require((made["token"] as? [String: Any])?["id"] as? String)]).status == 0)
+            #expect(try cli(["info"], token: viewerToken).status != 0)
+
+            // A download through its signed URL, then a tampered URL, then the archive uploaded back.
+            let archive = scratch.path + "/archive.tar.gz"
+            #expect(try cli(["download", id, "-o", archive]).status == 0)
+            let url = try cli(["download", id, "--url"]).standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            for link in [url, url.replacingOccurrences(of: "sig=", with: "sig=A")] {
+                let fetched = try runCommand("/usr/bin/curl", ["-sS", "-i", "--cacert", TestServer.caFile, "-o", "-", "-r", "0-99", link])
+                told += [fetched.standardOutput, fetched.standardError]
+            }
+            #expect(try cli(["upload", archive, "--env", "\(ns)/shop-production", "--comment", "uploaded"]).status == 0)
+            #expect(try cli(["env", "stop", "\(ns)/shop-production"]).status == 0)
+            #expect(try cli(["restore", id, "--to", "shop-production", "--wait"]).status == 0)
+            #expect(try cli(["env", "start", "\(ns)/shop-production"]).status == 0)
+            let slow = try cli(["create", "--env", "\(ns)/shop-production", "--json"])
+            if let job = (try? JSONSerialization.jsonObject(with: Data(slow.standardOutput.utf8)) as? [String: Any])?["job_id"] as? String {
+                _ = try cli(["job", "cancel", job])
+            }
+            _ = try cli(["delete", id])
+            // Refused calls: a wrong token, another namespace, a bad request.
+            _ = try cli(["info"], token: "bkd_" + String(repeating: "A", count: 43))
+            _ = try cli(["list", "--env", "other/shop-production"])
+            _ = try cli(["env", "register", "\(ns)/bad", "--app", "x", "--file-store", "/nonexistent",
+                         "--database-url", "host=127.0.0.1 password=\(appPassword) service=x"], token: server.platformToken)
+            _ = try cli(["env", "delete", "\(ns)/broken"], token: server.platformToken)
+        }
+        await server.stop()
+        let log = server.log
+        await server.remove()
+
+        // --help, with the secrets in the environment it reads them from.
+        for (tool, arguments) in [("backupd", ["serve", "--help"]), ("backupd", ["token", "create", "--help"]), ("backupctl", ["--help"]),
+                                  ("backupctl", ["help", "create"])] {
+            let help = try runCommand("\(binDirectory)/\(tool)", arguments, environment: [
+                "BACKUPD_CATALOG": catalogURL, "BACKUPCTL_TOKEN": server.adminToken,
+            ])
+            told += [help.standardOutput, help.standardError]
+        }
+
+        #expect(log.contains("trace") || log.contains("debug"), "the log is not at its most verbose level")
+        #expect(log.contains("job failed"), "the failing job is not in the log")
+        for secret in secrets {
+            #expect(!log.contains(secret), "the log holds a secret (\(secret.prefix(12))…)")
+            for text in told {
+                #expect(!text.contains(secret), "a client was shown a secret (\(secret.prefix(12))…) in: \(text.prefix(400))")
+            }
+        }
+    }
+}
