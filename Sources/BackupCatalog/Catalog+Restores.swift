@@ -13,6 +13,11 @@ public struct RestorePlan: Sendable, Equatable {
     public var fileStore = ""
     public var stagingFolder = ""
     public var previousFolder = ""
+    /// What the previous copies are renamed to by the swap, and dropped as
+    /// soon as the restored copies are in place: the previous copies are
+    /// never dropped before.
+    public var supersededDatabase = ""
+    public var supersededFolder = ""
     /// How far the restore has come.
     public var step = RestoreStep.planned
 
@@ -82,15 +87,12 @@ extension Catalog {
     public func restoreWork(jobID: String) async throws -> RestoreWork {
         try await pool.withConnection(idempotent: true) { connection in
             guard let row = try connection.query("""
-                SELECT r.*, s.source_database_bytes FROM restores r JOIN snapshots s ON s.id = r.snapshot_id WHERE r.job_id = $1
+                SELECT r.snapshot_id, r.database_only, s.source_database_bytes FROM restores r JOIN snapshots s ON s.id = r.snapshot_id
+                WHERE r.job_id = $1
                 """, jobID).first else {
                 throw BackupError.notFound("restore job \(jobID) does not exist")
             }
-            var plan = RestorePlan()
-            plan.targetDatabase = row.string("target_database"); plan.stagingDatabase = row.string("staging_database")
-            plan.previousDatabase = row.string("previous_database"); plan.fileStore = row.string("file_store")
-            plan.stagingFolder = row.string("staging_folder"); plan.previousFolder = row.string("previous_folder")
-            plan.step = RestoreStep(rawValue: row.string("step")) ?? .planned
+            let plan = try Self.restorePlan(connection, jobID: jobID)
             return RestoreWork(backup: try Self.loadBackup(connection, row.string("snapshot_id")),
                                databaseOnly: row.bool("database_only"),
                                plan: plan.stagingDatabase.isEmpty ? nil : plan,
@@ -98,15 +100,62 @@ extension Catalog {
         }
     }
 
-    /// Records what a restore is about to create, before it creates it.
+    /// A restore job's plan as recorded (empty names before it planned).
+    static func restorePlan(_ connection: PostgresConnection, jobID: String) throws -> RestorePlan {
+        let row = try connection.query("SELECT * FROM restores WHERE job_id = $1", jobID)[0]
+        var plan = RestorePlan()
+        plan.targetDatabase = row.string("target_database"); plan.stagingDatabase = row.string("staging_database")
+        plan.previousDatabase = row.string("previous_database"); plan.fileStore = row.string("file_store")
+        plan.stagingFolder = row.string("staging_folder"); plan.previousFolder = row.string("previous_folder")
+        plan.supersededDatabase = row.string("superseded_database"); plan.supersededFolder = row.string("superseded_folder")
+        plan.step = RestoreStep(rawValue: row.string("step")) ?? .planned
+        return plan
+    }
+
+    /// Records what a restore is about to create, before it creates it, and
+    /// that it may leave something behind until it says otherwise.
     public func recordRestorePlan(jobID: String, _ plan: RestorePlan) async throws {
         try await pool.withConnection(idempotent: true) { connection in
             try connection.query("""
                 UPDATE restores SET target_database = $2, staging_database = $3, previous_database = $4, file_store = $5,
-                    staging_folder = $6, previous_folder = $7, step = $8
+                    staging_folder = $6, previous_folder = $7, superseded_database = $8, superseded_folder = $9, step = $10,
+                    leftovers = true
                 WHERE job_id = $1
                 """, jobID, plan.targetDatabase, plan.stagingDatabase, plan.previousDatabase, plan.fileStore,
-                plan.stagingFolder, plan.previousFolder, plan.step.rawValue)
+                plan.stagingFolder, plan.previousFolder, plan.supersededDatabase, plan.supersededFolder, plan.step.rawValue)
+        }
+    }
+
+    /// Records that a restore's staging and superseded copies are gone.
+    public func clearRestoreLeftovers(jobID: String) async throws {
+        try await pool.withConnection(idempotent: true) { connection in
+            try connection.query("UPDATE restores SET leftovers = false WHERE job_id = $1", jobID)
+        }
+    }
+
+    /// Restores that no longer run and may have left staging or superseded
+    /// copies, due for another try at removing them; each is pushed back
+    /// (`backOff` more for each try, at most an hour) until it is cleared, so
+    /// an unreachable server is not asked every sweep.
+    public func dueRestoreLeftovers(backOff: Duration, limit: Int = 20) async throws
+        -> [(job: Job, environment: Environment, plan: RestorePlan)]
+    {
+        try await pool.callTransaction { connection in
+            let rows = try connection.query("""
+                UPDATE restores r SET leftover_attempts = r.leftover_attempts + 1,
+                    leftovers_next_try = now() + make_interval(secs => least(3600, $2::int * (r.leftover_attempts + 1)))
+                WHERE r.job_id IN (
+                    SELECT r2.job_id FROM restores r2 JOIN jobs j ON j.id = r2.job_id
+                    WHERE r2.leftovers AND r2.leftovers_next_try <= now() AND j.status NOT IN \(JobStatus.active.sql)
+                    ORDER BY r2.leftovers_next_try LIMIT $1 FOR UPDATE OF r2 SKIP LOCKED)
+                RETURNING r.job_id
+                """, limit, Int(max(1, backOff.components.seconds)))
+            return try rows.map { row in
+                let job = try connection.query("SELECT id, environment_id, actor FROM jobs WHERE id = $1", row.string("job_id"))[0]
+                let claimed = try Self.claimedJob(connection, job)
+                let plan = try Self.restorePlan(connection, jobID: claimed.job.id)
+                return (claimed.job, claimed.environment, plan)
+            }
         }
     }
 

@@ -281,5 +281,21 @@ enum Migrations {
         CREATE INDEX snapshots_by_environment_kind ON snapshots (environment_id, kind, seq DESC);
         CREATE INDEX snapshots_by_environment_status ON snapshots (environment_id, status, seq DESC);
         """),
+        (13, """
+        -- A restore no longer drops the previous copies before the swap: the swap renames them aside (superseded)
+        -- and they are dropped once the restored copies are in place.
+        ALTER TABLE restores ADD COLUMN superseded_database text NOT NULL DEFAULT '',
+            ADD COLUMN superseded_folder text NOT NULL DEFAULT '';
+        -- What a restore may have left on its environment's database server and beside its file store (staging and
+        -- superseded copies): set when it plans, cleared once they are gone. A sweep retries, with back-off, the
+        -- restores that no longer run.
+        ALTER TABLE restores ADD COLUMN leftovers boolean NOT NULL DEFAULT false,
+            ADD COLUMN leftover_attempts integer NOT NULL DEFAULT 0,
+            ADD COLUMN leftovers_next_try timestamptz NOT NULL DEFAULT now();
+        CREATE INDEX restores_with_leftovers ON restores (leftovers_next_try) WHERE leftovers;
+        -- Restores that ended before this version may have left a staging database when their clean-up failed.
+        UPDATE restores r SET leftovers = true FROM jobs j
+            WHERE j.id = r.job_id AND j.status IN ('failed', 'cancelled') AND r.staging_database <> '';
+        """),
     ]
 }

@@ -7,11 +7,10 @@ public enum RestoreStep: String, CaseIterable, Sendable {
     case staged
     /// Both were checked against the backup.
     case checked
-    /// The target's older previous copies are gone.
-    case previousDropped = "previous-dropped"
     /// From here on the target may be mid-swap.
     case swapRecorded = "swap-recorded"
-    /// The file store is the restored one; the old one is `.prerestore`.
+    /// The file store is the restored one; the old one is `.prerestore`, and
+    /// the `.prerestore` before it is set aside as superseded.
     case foldersSwapped = "folders-swapped"
     /// The database renames committed: the restore is in place.
     case databasesSwapped = "databases-swapped"
@@ -46,7 +45,7 @@ public enum RestoreRecovery: Sendable, Equatable {
     /// only forward.
     public static func decide(after step: RestoreStep, seeing facts: RestoreFacts) -> RestoreRecovery {
         switch step {
-        case .planned, .staged, .checked, .previousDropped, .swapRecorded:
+        case .planned, .staged, .checked, .swapRecorded:
             .rollBack(undoFolderSwap: facts.restoredFilesInStore)
         case .foldersSwapped:
             // The database swap may have committed without its step being recorded.

@@ -90,9 +90,11 @@ public struct URLSigningKeys: Sendable {
                 throw .malformed
             }
         }
-        // One spelling per URL: `expires` as the server writes numbers, `sig` as unpadded base64url, so a
-        // URL's text (in a log, a cache, a deny-list) names exactly one link.
+        // One spelling per URL: the fields in the order the server writes them, `expires` as it writes
+        // numbers, `sig` as unpadded base64url, so a URL's text (in a log, a cache, a deny-list) names
+        // exactly one link.
         guard fields.count == 3, let expiresText = fields["expires"], let kid = fields["kid"], let sigText = fields["sig"],
+              query == "expires=\(expiresText)&kid=\(kid)&sig=\(sigText)",
               expiresText.count <= 18, expiresText.utf8.allSatisfy({ (48...57).contains($0) }), let expires = Int64(expiresText),
               String(expires) == expiresText,
               sigText.count == 43, sigText.utf8.allSatisfy({ Self.base64URLAlphabet.contains($0) }),

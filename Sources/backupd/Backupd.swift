@@ -122,6 +122,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds a connection to an app database may take to open.")
     var appDatabaseConnectTimeoutSeconds = AppDatabasePolicy().connectTimeoutSeconds
 
+    @Option(help: "Seconds a restore keeps trying to rename or drop an app database that is in use (autovacuum, a session it may end) before it fails naming the session.")
+    var databaseTakeoverSeconds = 30
+
     @Option(help: "Seconds a job's lease lasts; a job whose process stops renewing it is failed after this.")
     var jobLeaseSeconds = 30
 
@@ -233,7 +236,8 @@ struct Serve: AsyncParsableCommand {
             ("--partial-frame-timeout-seconds", partialFrameTimeoutSeconds),
             ("--idle-connection-timeout-seconds", idleConnectionTimeoutSeconds), ("--max-connections", maxConnections),
             ("--max-connections-per-peer", maxConnectionsPerPeer), ("--tool-stall-seconds", toolStallSeconds),
-            ("--app-database-connect-timeout-seconds", appDatabaseConnectTimeoutSeconds), ("--max-frame-bytes", maxFrameBytes),
+            ("--app-database-connect-timeout-seconds", appDatabaseConnectTimeoutSeconds),
+            ("--database-takeover-seconds", databaseTakeoverSeconds), ("--max-frame-bytes", maxFrameBytes),
             ("--download-url-lifetime-seconds", downloadURLLifetimeSeconds), ("--max-downloads", maxDownloads),
             ("--max-downloads-per-namespace", maxDownloadsPerNamespace), ("--upload-lifetime-seconds", uploadLifetimeSeconds),
             ("--upload-max-members", uploadMaxMembers), ("--upload-max-member-bytes", Int(clamping: uploadMaxMemberBytes)),
@@ -310,6 +314,7 @@ struct Serve: AsyncParsableCommand {
         configuration.jobs.namespaceShare = namespaceJobShare
         configuration.jobs.shutdownGrace = .seconds(shutdownGraceSeconds)
         configuration.appDatabases.connectTimeoutSeconds = appDatabaseConnectTimeoutSeconds
+        configuration.appDatabases.takeoverTimeout = .seconds(databaseTakeoverSeconds)
         configuration.jobs.tools.pgDump = pgDump
         configuration.jobs.tools.pgRestore = pgRestore
         configuration.jobs.tools.stallTimeout = .seconds(toolStallSeconds)

@@ -2,26 +2,39 @@ import BackupCore
 import Testing
 
 @Suite struct RestoreRecoveryTests {
-    /// Every step against every combination of what can be observed: before
-    /// the database swap commits the target goes back, after it forward.
-    @Test(arguments: RestoreStep.allCases)
-    func everyStepHasADecisionForEveryObservation(_ step: RestoreStep) {
-        for staging in [true, false] {
-            for marked in [true, false] {
-                let decision = RestoreRecovery.decide(after: step, seeing: RestoreFacts(stagingDatabaseExists: staging, restoredFilesInStore: marked))
-                let expected: RestoreRecovery = switch step {
-                case .planned, .staged, .checked, .previousDropped, .swapRecorded: .rollBack(undoFolderSwap: marked)
-                case .foldersSwapped: staging ? .rollBack(undoFolderSwap: marked) : .complete
-                case .databasesSwapped, .finished: .complete
-                }
-                #expect(decision == expected, "\(step), staging database \(staging), restored files in the store \(marked)")
-            }
+    /// docs/architecture.md's table, written out: every step against every
+    /// combination of what can be observed. Before the database swap commits
+    /// the target goes back, after it forward.
+    static let table: [(step: RestoreStep, staging: Bool, marked: Bool, decision: RestoreRecovery)] = [
+        (.planned, true, true, .rollBack(undoFolderSwap: true)), (.planned, true, false, .rollBack(undoFolderSwap: false)),
+        (.planned, false, true, .rollBack(undoFolderSwap: true)), (.planned, false, false, .rollBack(undoFolderSwap: false)),
+        (.staged, true, true, .rollBack(undoFolderSwap: true)), (.staged, true, false, .rollBack(undoFolderSwap: false)),
+        (.staged, false, true, .rollBack(undoFolderSwap: true)), (.staged, false, false, .rollBack(undoFolderSwap: false)),
+        (.checked, true, true, .rollBack(undoFolderSwap: true)), (.checked, true, false, .rollBack(undoFolderSwap: false)),
+        (.checked, false, true, .rollBack(undoFolderSwap: true)), (.checked, false, false, .rollBack(undoFolderSwap: false)),
+        (.swapRecorded, true, true, .rollBack(undoFolderSwap: true)), (.swapRecorded, true, false, .rollBack(undoFolderSwap: false)),
+        (.swapRecorded, false, true, .rollBack(undoFolderSwap: true)), (.swapRecorded, false, false, .rollBack(undoFolderSwap: false)),
+        (.foldersSwapped, true, true, .rollBack(undoFolderSwap: true)), (.foldersSwapped, true, false, .rollBack(undoFolderSwap: false)),
+        (.foldersSwapped, false, true, .complete), (.foldersSwapped, false, false, .complete),
+        (.databasesSwapped, true, true, .complete), (.databasesSwapped, true, false, .complete),
+        (.databasesSwapped, false, true, .complete), (.databasesSwapped, false, false, .complete),
+        (.finished, true, true, .complete), (.finished, true, false, .complete),
+        (.finished, false, true, .complete), (.finished, false, false, .complete),
+    ]
+
+    @Test func everyStepHasTheTablesDecisionForEveryObservation() {
+        #expect(Set(Self.table.map(\.step.rawValue)) == Set(RestoreStep.allCases.map(\.rawValue)), "the table covers every step")
+        #expect(Self.table.count == RestoreStep.allCases.count * 4)
+        for row in Self.table {
+            let decision = RestoreRecovery.decide(after: row.step, seeing: RestoreFacts(stagingDatabaseExists: row.staging,
+                                                                                        restoredFilesInStore: row.marked))
+            #expect(decision == row.decision, "\(row.step), staging database \(row.staging), restored files in the store \(row.marked)")
         }
     }
 
     @Test func theStepsAreRecordedInTheOrderTheyHappen() {
         #expect(RestoreStep.allCases.map(\.rawValue) == [
-            "planned", "staged", "checked", "previous-dropped", "swap-recorded", "folders-swapped", "databases-swapped", "finished",
+            "planned", "staged", "checked", "swap-recorded", "folders-swapped", "databases-swapped", "finished",
         ])
     }
 }

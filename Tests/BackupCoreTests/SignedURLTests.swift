@@ -46,16 +46,19 @@ import Testing
         #expect(throws: URLRefusal.malformed) { try ring.verify(path: Self.path, query: query, now: 0) }
     }
 
-    /// Helper finding: the same link was accepted in several spellings (a padded
-    /// or standard-alphabet signature, an expiry with leading zeros).
+    /// Helper findings: the same link was accepted in several spellings (a padded
+    /// or standard-alphabet signature, an expiry with leading zeros; issue 19: its
+    /// three fields in any of six orders).
     @Test func aLinkOpensInExactlyTheSpellingTheServerWrote() throws {
         let ring = try keys("a = \(Self.secretA)")
         let query = ring.signedQuery(path: Self.path, expires: 1_000)
         try ring.verify(path: Self.path, query: query, now: 0)
         let sig = String(query.split(separator: "=").last!)
         let standard = Data(try #require(decodeBase64(sig))).base64EncodedString()
+        let fields = query.split(separator: "&").map(String.init)
+        let reordered = [[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]].map { order in order.map { fields[$0] }.joined(separator: "&") }
         for respelled in [query + "=", query.replacingLast(sig, with: standard), query.replacingLast("expires=1000", with: "expires=01000"),
-                          query.replacingLast("expires=1000", with: "expires=+1000")] where respelled != query {
+                          query.replacingLast("expires=1000", with: "expires=+1000")] + reordered where respelled != query {
             #expect(throws: URLRefusal.malformed, "\(respelled)") { try ring.verify(path: Self.path, query: respelled, now: 0) }
         }
     }

@@ -147,6 +147,10 @@ import Testing
             let duplicate = try await within(.seconds(20)) { try await exchange(server, duplicateBytes) }
             let statuses = duplicate.filter { if case .status = $0.kind { true } else { false } }
             #expect(statuses.filter { $0.callID == 1 }.count == 1, "\(duplicate)")
+            // The open call's status says what happened: not that the client cancelled it (issue 19).
+            if case .status(let first) = statuses.first(where: { $0.callID == 1 })?.kind, first.code == .cancelled {
+                #expect(first.message.contains("broke the protocol") && first.message.contains("call_id 1 is already open"), "\(first)")
+            }
             #expect(connectionStatus(duplicate) == CallStatus(RPCError(.invalidArgument, "call_id 1 is already open on this connection")))
         }
     }

@@ -44,7 +44,7 @@ import Testing
         var start = CallStart()
         start.method = Backups.getBackup.name
         start.metadata = [MetadataEntry("authorization", "Bearer good")]
-        let status = await dispatcher().handle(start, requests: requests, cancelled: AsyncStream<Void>.makeStream().stream) { _ in }
+        let status = await dispatcher().handle(start, requests: requests, cancelled: AsyncStream<String>.makeStream().stream) { _ in }
         #expect(status.code == .deadlineExceeded)
         #expect(status.message.contains("request message and half-close did not arrive"), "\(status.message)")
         continuation.finish()
@@ -55,9 +55,9 @@ import Testing
         let (stream, continuation) = CallRequests.makeStream()
         requests.forEach { continuation.yield($0) }
         continuation.finish()
-        let (cancelled, cancel) = AsyncStream<Void>.makeStream()
+        let (cancelled, cancel) = AsyncStream<String>.makeStream()
         if let cancelAfter {
-            Task { try await Task.sleep(for: cancelAfter); cancel.yield() }
+            Task { try await Task.sleep(for: cancelAfter); cancel.yield("the client cancelled the call") }
         }
         let responses = Responses()
         var start = CallStart()

@@ -34,7 +34,12 @@ public enum TestPostgres {
     /// Row count and an order-independent checksum of every table in the
     /// public schema, to compare two databases.
     public static func tableFingerprints(_ database: String) throws -> [String: String] {
-        let connection = try PostgresConnection(connectionString(database))
+        try tableFingerprints(connectingTo: connectionString(database))
+    }
+
+    /// The same, of the database a connection string names (on any cluster).
+    public static func tableFingerprints(connectingTo connectionString: String) throws -> [String: String] {
+        let connection = try PostgresConnection(connectionString)
         let tables = try connection.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
             .map { $0.string("tablename") }
         var fingerprints: [String: String] = [:]

@@ -195,13 +195,18 @@ public func withTestServer<T: Sendable>(arguments: [String] = [], descriptorLimi
 
 /// Makes a copy of the demo app, runs `body`, and removes the copy.
 public func withTestApp<T: Sendable>(_ body: (TestApp) async throws -> T) async throws -> T {
-    let app = try TestApp.make()
+    try await using(try TestApp.make(), removedBy: { $0.remove() }, body)
+}
+
+/// Runs `body` with `resource`, then removes it, whether `body` returns or throws.
+public func using<Resource, T: Sendable>(_ resource: Resource, removedBy remove: (Resource) -> Void,
+                                         _ body: (Resource) async throws -> T) async throws -> T {
     do {
-        let value = try await body(app)
-        app.remove()
+        let value = try await body(resource)
+        remove(resource)
         return value
     } catch {
-        app.remove()
+        remove(resource)
         throw error
     }
 }

@@ -19,6 +19,9 @@ public struct AppDatabasePolicy: Sendable {
     /// How long the file query of one backup may run, and how many rows it may return.
     public var fileQueryTimeout = "60s"
     public var maximumFilesPerBackup = 500_000
+    /// How long a restore keeps trying to rename or drop a database that is
+    /// in use (autovacuum, a session just ended) before it fails naming who uses it.
+    public var takeoverTimeout: Duration = .seconds(30)
 
     public init() {}
 }
@@ -121,6 +124,63 @@ struct AppDatabases: Sendable {
     /// run through `runCancellable`, so a cancelled job cancels its query.
     func session(_ environment: Environment, database: String? = nil, threadPool: NIOThreadPool) async throws -> ConnectionHandle {
         ConnectionHandle(try await threadPool.runIfActive { try connect(environment, database: database) }, threadPool: threadPool)
+    }
+
+    /// Runs `change`, a rename or drop of `names` on the server `connection`
+    /// is on, once nobody else is on them. Only the sessions this role may
+    /// end are ended: client sessions of roles it is a member of (never a
+    /// superuser's unless it is one). Everything else, autovacuum above all,
+    /// PostgreSQL itself asks to leave when a database is renamed or dropped,
+    /// and waits a few seconds for; while it still answers "in use" (55006),
+    /// `change` is tried again with back-off for `takeoverTimeout`. Then the
+    /// restore fails FAILED_PRECONDITION naming the sessions that hold the
+    /// databases. Blocks: runs on the thread pool, inside a cancellable session.
+    func takingOver(_ names: [String], on connection: PostgresConnection, _ change: () throws -> Void) throws {
+        let deadline = ContinuousClock.now + policy.takeoverTimeout
+        var pause = Duration.milliseconds(100)
+        while true {
+            let sessions = try connection.query("""
+                SELECT a.pid FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
+                WHERE a.datname IN (\(Self.placeholders(names.count))) AND a.pid <> pg_backend_pid()
+                  AND a.backend_type = 'client backend' AND pg_has_role(a.usesysid, 'MEMBER')
+                  AND (NOT r.rolsuper OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))
+                """, parameters: names)
+            for session in sessions {
+                // A session may end, or turn out not to be ours to end, between the listing and this.
+                _ = try? connection.query("SELECT pg_terminate_backend($1::int, 5000)", session.string("pid"))
+            }
+            do {
+                return try change()
+            } catch let error as PostgresError where error.sqlState == "55006" {
+                guard ContinuousClock.now + pause < deadline else {
+                    throw BackupError.failedPrecondition(try Self.describeHolders(of: names, on: connection))
+                }
+                usleep(UInt32(pause / .microseconds(1)))
+                pause = min(pause * 2, .seconds(2))
+            }
+        }
+    }
+
+    /// `$1, $2, …` for `count` parameters.
+    private static func placeholders(_ count: Int) -> String {
+        (1...count).map { "$\($0)" }.joined(separator: ", ")
+    }
+
+    /// Who is on `names` that backupd may not end, as the restore's failure says it.
+    private static func describeHolders(of names: [String], on connection: PostgresConnection) throws -> String {
+        let holders = try connection.query("""
+            SELECT a.pid, a.datname, coalesce(a.usename, '') AS role, a.application_name, a.backend_type
+            FROM pg_stat_activity a WHERE a.datname IN (\(placeholders(names.count))) AND a.pid <> pg_backend_pid()
+            ORDER BY a.pid LIMIT 5
+            """, parameters: names)
+        let described = holders.map { row in
+            let role = row.string("role").isEmpty ? row.string("backend_type") : "role \(row.string("role"))"
+            let application = row.string("application_name").isEmpty ? "" : ", application \"\(row.string("application_name"))\""
+            return "pid \(row.string("pid")) on \(row.string("datname")) (\(role)\(application))"
+        }
+        return "database \(names[0]) is in use by a session backupd may not end: "
+            + (described.isEmpty ? "one that has since ended" : described.joined(separator: "; "))
+            + "; end it, or ask its owner to, and restore again. The target is unchanged"
     }
 
     /// Refuses a connection to the catalog's database, or a database name

@@ -85,7 +85,8 @@ public final class JobRunner: Service, Sendable {
                                    tools: settings.tools, dumps: dumps)
         self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, databases: placement.databases, threadPool: threadPool,
                                      tools: settings.tools, parallelJobs: max(1, settings.restoreParallelism),
-                                     keepPrevious: settings.keepPreviousOnRestore, dieAfterStep: settings.dieAfterRestoreStep)
+                                     keepPrevious: settings.keepPreviousOnRestore, dieAfterStep: settings.dieAfterRestoreStep,
+                                     logger: logger)
         self.archiveJob = ArchiveJob(catalog: catalog, blobStore: blobStore, cache: archiveCache, gzipLevel: archiveGzipLevel,
                                      threadPool: threadPool)
         self.uploadValidationJob = UploadValidationJob(catalog: catalog, blobStore: blobStore, spool: spool, limits: uploads.archiveLimits,
@@ -142,6 +143,7 @@ public final class JobRunner: Service, Sendable {
                         lastSweep = ContinuousClock.now
                         await sweepArchives()
                         await sweepUploads()
+                        await sweepRestoreLeftovers()
                     }
                     await failAbandonedJobs()
                     while signals.withLockedValue({ $0.running }) < settings.maximumConcurrentJobs,
@@ -257,6 +259,27 @@ public final class JobRunner: Service, Sendable {
             if removed > 0 { logger.info("removed uploads no longer received", metadata: ["count": "\(removed)"]) }
         } catch {
             logger.error("cannot sweep the upload spool", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Removes what restores that no longer run left on their environments'
+    /// database servers and beside their file stores (staging and superseded
+    /// copies) when they could not remove it themselves: a server restarted
+    /// or a session held a database at the time.
+    private func sweepRestoreLeftovers() async {
+        do {
+            for (job, environment, plan) in try await catalog.dueRestoreLeftovers(backOff: settings.sweepInterval) {
+                // Previous copies are never the sweep's: a later restore of the environment may already rely on them.
+                let inPlace = plan.step == .databasesSwapped || plan.step == .finished
+                if await restoreJob.removeLeftovers(job.id, environment, plan, restoreInPlace: inPlace) {
+                    logger.info("removed what a restore left", metadata: [
+                        "job": "\(job.id)", "environment": "\(job.namespace)/\(job.environment)",
+                        "databases": "\([plan.stagingDatabase, plan.supersededDatabase].filter { !$0.isEmpty })",
+                    ])
+                }
+            }
+        } catch {
+            logger.error("cannot sweep what restores left", metadata: ["error": "\(error)"])
         }
     }
 

@@ -3,6 +3,7 @@ import BackupCore
 import BackupPostgres
 import BackupWire
 import Foundation
+import Logging
 import NIOPosix
 
 /// Restores a snapshot into an environment without ever leaving it half
@@ -28,6 +29,7 @@ struct RestoreJob: Sendable {
     let keepPrevious: Bool
     /// Fault injection for the recovery tests: die right after recording this step.
     let dieAfterStep: RestoreStep?
+    let logger: Logger
 
     func run(_ claimed: ClaimedJob, owner: String) async throws {
         let work = try await catalog.restoreWork(jobID: claimed.job.id)
@@ -42,12 +44,17 @@ struct RestoreJob: Sendable {
                 // shutdown must not leave a swapped target recorded as FAILED.
                 try await withoutCancellation {
                     try await swap(claimed, plan)
-                    if !keepPrevious { await dropPrevious(claimed.environment, plan) }
+                    // Before FINISHED: whoever sees the job end sees the superseded (and unkept previous) copies gone,
+                    // or recorded for the sweep where they could not be dropped.
+                    await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: true,
+                                          droppingPrevious: !keepPrevious)
                     try await catalog.finishJob(id: claimed.job.id, owner: owner,
                                                 detail: "from \(source)" + (work.databaseOnly ? ", database only" : ""))
                 }
             } catch {
-                _ = try? await withoutCancellation { await removeStaging(claimed.environment, plan, jobID: claimed.job.id) }
+                _ = try? await withoutCancellation {
+                    await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: false)
+                }
                 throw error
             }
         }
@@ -65,10 +72,12 @@ struct RestoreJob: Sendable {
         plan.targetDatabase = targetDatabase
         plan.stagingDatabase = databaseName(targetDatabase, suffix: "_restore_\(suffix)")
         plan.previousDatabase = databaseName(targetDatabase, suffix: "_prerestore")
+        plan.supersededDatabase = databaseName(targetDatabase, suffix: "_restore_\(suffix)_old")
         if !work.databaseOnly {
             plan.fileStore = environment.fileStorePath
             plan.stagingFolder = "\(environment.fileStorePath).restore-\(suffix)"
             plan.previousFolder = "\(environment.fileStorePath).prerestore"
+            plan.supersededFolder = "\(environment.fileStorePath).restore-\(suffix)-old"
         }
         try await catalog.recordRestorePlan(jobID: claimed.job.id, plan)
         return plan
@@ -139,8 +148,7 @@ struct RestoreJob: Sendable {
             let settings = try connection.query("""
                 SELECT pg_encoding_to_char(encoding) AS encoding, datcollate, datctype FROM pg_database WHERE datname = $1
                 """, target)[0]
-            try databases.refuseCatalog(on: connection, named: plan.stagingDatabase)
-            try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(plan.stagingDatabase)) WITH (FORCE)")
+            try dropDatabase(plan.stagingDatabase, on: connection)
             try connection.query("""
                 CREATE DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) TEMPLATE template0
                 ENCODING '\(settings.string("encoding"))' LC_COLLATE '\(settings.string("datcollate"))' LC_CTYPE '\(settings.string("datctype"))'
@@ -245,37 +253,30 @@ struct RestoreJob: Sendable {
         }
     }
 
-    /// Swaps the staging copies in: folders first, then both database
-    /// renames in one transaction. Undoes the folder swap if the database
-    /// swap fails.
+    /// Swaps the staging copies in: folders first, then the databases in
+    /// one transaction. The previous copies are renamed aside (superseded),
+    /// not dropped, so a swap that fails puts everything back as it was.
+    /// Undoes the folder swap if the database swap fails.
     private func swap(_ claimed: ClaimedJob, _ plan: RestorePlan) async throws {
         let environment = claimed.environment
-        try await drop(database: plan.previousDatabase, folder: plan.previousFolder, marker: Self.previousMarker, on: environment)
-        try await reached(.previousDropped, claimed)
         try await reached(.swapRecorded, claimed)
-
         if !plan.fileStore.isEmpty {
-            try swapFolders(plan)
+            try await threadPool.runIfActive { try swapFolders(plan) }
         }
         try await reached(.foldersSwapped, claimed)
         do {
-            try await onAppServer(environment, database: "postgres") { connection in
-                // The environment is stopped: whatever is still connected to its database must let go,
-                // as must our own closed sessions on the staging database. A terminated session takes
-                // a moment to end, so a rename that finds the database in use (55006) is tried again.
-                for attempt in 1...10 {
-                    try connection.query("""
-                        SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                        WHERE datname IN ($1, $2) AND pid <> pg_backend_pid()
-                        """, plan.targetDatabase, plan.stagingDatabase)
-                    do {
-                        try connection.transaction {
-                            try connection.query("ALTER DATABASE \(ConnectionString.quoted(plan.targetDatabase)) RENAME TO \(ConnectionString.quoted(plan.previousDatabase))")
-                            try connection.query("ALTER DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) RENAME TO \(ConnectionString.quoted(plan.targetDatabase))")
+            try await onAppServer(environment, database: "postgres") { [databases] connection in
+                try databases.refuseCatalog(on: connection, named: plan.supersededDatabase)
+                let previousExists = !(try connection.query("SELECT 1 FROM pg_database WHERE datname = $1", plan.previousDatabase).isEmpty)
+                let renames = (previousExists ? [(plan.previousDatabase, plan.supersededDatabase)] : [])
+                    + [(plan.targetDatabase, plan.previousDatabase), (plan.stagingDatabase, plan.targetDatabase)]
+                // The environment is stopped: whatever is still connected to these databases must let go.
+                try databases.takingOver([plan.targetDatabase, plan.stagingDatabase] + (previousExists ? [plan.previousDatabase] : []),
+                                         on: connection) {
+                    try connection.transaction {
+                        for (from, to) in renames {
+                            try connection.query("ALTER DATABASE \(ConnectionString.quoted(from)) RENAME TO \(ConnectionString.quoted(to))")
                         }
-                        return
-                    } catch let error as PostgresError where error.sqlState == "55006" && attempt < 10 {
-                        usleep(200_000)
                     }
                 }
             }
@@ -283,6 +284,7 @@ struct RestoreJob: Sendable {
             // The commit may have happened even though its answer was lost.
             guard (try? await databaseExists(plan.stagingDatabase, on: environment)) == false else {
                 if !plan.fileStore.isEmpty { try? unswapFolders(plan, jobID: claimed.job.id) }
+                if let refused = error as? BackupError { throw refused }
                 throw JobFailure(description: "the database swap failed, the target is unchanged: \(describeJobError(error))")
             }
         }
@@ -308,11 +310,26 @@ struct RestoreJob: Sendable {
         return owner
     }
 
+    /// The store's previous copy (if any) goes aside as superseded, the
+    /// store becomes the previous copy, the staging folder the store; a
+    /// failing rename puts back what was moved before it.
     private func swapFolders(_ plan: RestorePlan) throws {
-        let hadFiles = FileManager.default.fileExists(atPath: plan.fileStore)
+        let fileManager = FileManager.default
+        let hadPrevious = isFolder(plan.previousFolder)
+        if hadPrevious {
+            guard hasMarker(plan.previousFolder, Self.previousMarker) else {
+                throw JobFailure(description: "\(plan.previousFolder) exists and was not made by backupd; move it away to restore here")
+            }
+            guard rename(plan.previousFolder, plan.supersededFolder) == 0 else {
+                throw JobFailure(description: "cannot move \(plan.previousFolder) aside: \(String(cString: strerror(errno)))")
+            }
+        }
+        let hadFiles = fileManager.fileExists(atPath: plan.fileStore)
         if hadFiles {
             guard rename(plan.fileStore, plan.previousFolder) == 0 else {
-                throw JobFailure(description: "cannot move \(plan.fileStore) aside: \(String(cString: strerror(errno)))")
+                let reason = String(cString: strerror(errno))
+                if hadPrevious { rename(plan.supersededFolder, plan.previousFolder) }
+                throw JobFailure(description: "cannot move \(plan.fileStore) aside: \(reason)")
             }
             // Marks the folder moved aside as backupd's to delete later.
             try? writeMarker(in: plan.previousFolder, Self.previousMarker)
@@ -320,12 +337,14 @@ struct RestoreJob: Sendable {
         guard rename(plan.stagingFolder, plan.fileStore) == 0 else {
             let reason = String(cString: strerror(errno))
             if hadFiles { rename(plan.previousFolder, plan.fileStore) }
+            if hadPrevious { rename(plan.supersededFolder, plan.previousFolder) }
             throw JobFailure(description: "cannot move the restored files into \(plan.fileStore): \(reason)")
         }
     }
 
     /// Puts the target's own files back if the restored ones (known by the
-    /// job's marker) are in their place.
+    /// job's marker) are in their place, and the previous copy back from
+    /// where the swap moved it aside.
     private func unswapFolders(_ plan: RestorePlan, jobID: String) throws {
         let fileManager = FileManager.default
         if fileManager.fileExists(atPath: "\(plan.fileStore)/\(Self.marker(jobID))") {
@@ -334,43 +353,79 @@ struct RestoreJob: Sendable {
         if !fileManager.fileExists(atPath: plan.fileStore) && fileManager.fileExists(atPath: plan.previousFolder) {
             if rename(plan.previousFolder, plan.fileStore) == 0 { unlink("\(plan.fileStore)/\(Self.previousMarker)") }
         }
+        if !plan.supersededFolder.isEmpty, !fileManager.fileExists(atPath: plan.previousFolder), isFolder(plan.supersededFolder) {
+            rename(plan.supersededFolder, plan.previousFolder)
+        }
     }
 
-    /// Drops what the swap moved aside, when configured not to keep it.
-    private func dropPrevious(_ environment: Environment, _ plan: RestorePlan) async {
-        try? await drop(database: plan.previousDatabase, folder: plan.previousFolder, marker: Self.previousMarker, on: environment)
-    }
-
-    /// Drops the staging database and folder. Never touches the target.
-    private func removeStaging(_ environment: Environment, _ plan: RestorePlan, jobID: String) async {
-        try? await drop(database: plan.stagingDatabase, folder: plan.stagingFolder, marker: Self.marker(jobID), on: environment)
-    }
-
-    /// Removes a folder (if named) that carries `marker`, so backupd deletes
-    /// only what it made, and drops a database on the environment's server,
-    /// ending its sessions. A folder there without the marker stops the
-    /// restore: it is someone else's. The app may still write into the
-    /// folder, so it is removed without following links (`removeTree`), the
-    /// marker last.
-    private func drop(database: String, folder: String, marker: String, on environment: Environment) async throws {
-        if !folder.isEmpty {
-            // A file store can hold many files: removing it blocks, so it runs on the thread pool.
-            try await threadPool.runIfActive {
-                var info = stat()
-                guard lstat(folder, &info) == 0 else { return }
-                guard info.st_mode & S_IFMT == S_IFDIR, hasMarker(folder, marker) else {
-                    throw JobFailure(description: "\(folder) exists and was not made by backupd; move it away to restore here")
-                }
-                do {
-                    try removeTree(folder, removingLast: marker)
-                } catch {
-                    throw JobFailure(description: "cannot remove \(folder): \(error)")
+    /// Removes what the restore made and no longer needs: the staging
+    /// copies; once the restore is in place (`restoreInPlace`), the
+    /// superseded ones (the previous copies before this restore), never
+    /// before; and, when asked (`--drop-previous-on-restore`), the previous
+    /// ones. What cannot be removed now (the server is down, a session holds
+    /// it) is logged, stays recorded in the catalog and is retried by the
+    /// runner's sweep until it is gone. Never touches the target. Returns
+    /// whether everything asked for is gone.
+    @discardableResult
+    func removeLeftovers(_ jobID: String, _ environment: Environment, _ plan: RestorePlan, restoreInPlace: Bool,
+                         droppingPrevious: Bool = false) async -> Bool {
+        var databasesToDrop = [plan.stagingDatabase]
+        var folders = [(plan.stagingFolder, Self.marker(jobID))]
+        if restoreInPlace {
+            databasesToDrop.append(plan.supersededDatabase)
+            folders.append((plan.supersededFolder, Self.previousMarker))
+        }
+        if restoreInPlace && droppingPrevious {
+            databasesToDrop.append(plan.previousDatabase)
+            folders.append((plan.previousFolder, Self.previousMarker))
+        }
+        do {
+            for (folder, marker) in folders where !folder.isEmpty {
+                try await removeFolder(folder, carrying: marker)
+            }
+            try await onAppServer(environment, database: "postgres") { [databasesToDrop] connection in
+                for database in databasesToDrop where !database.isEmpty {
+                    try dropDatabase(database, on: connection)
                 }
             }
+            try await catalog.clearRestoreLeftovers(jobID: jobID)
+            return true
+        } catch {
+            logger.warning("cannot remove what a restore left; the sweep tries again", metadata: [
+                "job": "\(jobID)", "databases": "\(databasesToDrop.filter { !$0.isEmpty })",
+                "folders": "\(folders.map(\.0).filter { !$0.isEmpty })", "error": "\(describeJobError(error))",
+            ])
+            return false
         }
-        try await onAppServer(environment, database: "postgres") { [databases] connection in
-            try databases.refuseCatalog(on: connection, named: database)
-            try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(database)) WITH (FORCE)")
+    }
+
+    /// Removes a folder that carries `marker`, so backupd deletes only what
+    /// it made; a folder there without the marker is someone else's and
+    /// fails. The app may still write into the folder, so it is removed
+    /// without following links (`removeTree`), the marker last.
+    private func removeFolder(_ folder: String, carrying marker: String) async throws {
+        // A file store can hold many files: removing it blocks, so it runs on the thread pool.
+        try await threadPool.runIfActive {
+            var info = stat()
+            guard lstat(folder, &info) == 0 else { return }
+            guard info.st_mode & S_IFMT == S_IFDIR, hasMarker(folder, marker) else {
+                throw JobFailure(description: "\(folder) exists and was not made by backupd; move it away to restore here")
+            }
+            do {
+                try removeTree(folder, removingLast: marker)
+            } catch {
+                throw JobFailure(description: "cannot remove \(folder): \(error)")
+            }
+        }
+    }
+
+    /// Drops a database on the environment's server once nobody is on it
+    /// (`takingOver`), never backupd's catalog.
+    private func dropDatabase(_ database: String, on connection: PostgresConnection) throws {
+        try databases.refuseCatalog(on: connection, named: database)
+        guard !(try connection.query("SELECT 1 FROM pg_database WHERE datname = $1", database).isEmpty) else { return }
+        try databases.takingOver([database], on: connection) {
+            try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(database))")
         }
     }
 
@@ -406,11 +461,11 @@ struct RestoreJob: Sendable {
         switch RestoreRecovery.decide(after: plan.step, seeing: facts) {
         case .complete:
             removeMarker(plan, jobID: claimed.job.id)
-            if !keepPrevious { await dropPrevious(claimed.environment, plan) }
+            await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: true, droppingPrevious: !keepPrevious)
             try await catalog.finishJob(id: claimed.job.id, owner: owner, detail: "completed after backupd restarted")
         case .rollBack(let undoFolderSwap):
             if undoFolderSwap { try unswapFolders(plan, jobID: claimed.job.id) }
-            await removeStaging(claimed.environment, plan, jobID: claimed.job.id)
+            await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: false)
             throw JobFailure(description: "backupd stopped while restoring (after step \(plan.step.rawValue)); "
                              + "the staging copies were removed and the target is unchanged")
         }

@@ -22,14 +22,14 @@ public struct RPCDispatcher: Sendable {
 
     /// - Parameters:
     ///   - requests: the call's request messages; finishes at half-close.
-    ///   - cancelled: yields when the client cancels the call.
+    ///   - cancelled: yields why, when the call is cancelled (the client asked, or its connection is closing).
     ///   - authenticated: hears when the call's token is accepted.
     ///   - send: writes one response message.
     /// - Returns: the status that ends the call.
     public func handle(
         _ start: CallStart,
         requests: CallRequests,
-        cancelled: AsyncStream<Void>,
+        cancelled: AsyncStream<String>,
         authenticated: @escaping @Sendable () -> Void = {},
         send: @escaping @Sendable ([UInt8]) async throws -> Void
     ) async -> CallStatus {
@@ -74,7 +74,7 @@ public struct RPCDispatcher: Sendable {
                 }
             }
             group.addTask {
-                for await _ in cancelled { return CallStatus(RPCError(.cancelled, "the client cancelled the call")) }
+                for await reason in cancelled { return CallStatus(RPCError(.cancelled, reason)) }
                 return nil
             }
             var outcome = CallStatus(RPCError(.internal, "the call ended without a status"))

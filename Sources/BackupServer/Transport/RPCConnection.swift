@@ -22,7 +22,8 @@ struct RPCConnection {
     /// The client's half of an open call.
     private struct OpenCall {
         let requests: CallRequests.Continuation
-        let cancel: AsyncStream<Void>.Continuation
+        /// Yields why the call is cancelled, as its CANCELLED status says.
+        let cancel: AsyncStream<String>.Continuation
     }
 
     private typealias Calls = NIOLockedValueBox<[UInt32: OpenCall]>
@@ -74,10 +75,12 @@ struct RPCConnection {
                 } catch {
                     logger.debug("connection ended", metadata: ["error": "\(error)"])
                 }
-                // The client is gone or broke the protocol: end its calls, each with its one status.
+                // The client is gone or broke the protocol: end its calls, each with its one status saying which.
+                let reason = violation.map { "the connection is being closed because the client broke the protocol: \($0.message)" }
+                    ?? "the connection closed"
                 for call in calls.withLockedValue({ Array($0.values) }) {
                     call.requests.finish(throwing: CancellationError())
-                    call.cancel.yield()
+                    call.cancel.yield(reason)
                 }
                 return violation
             }
@@ -109,7 +112,7 @@ struct RPCConnection {
                 }
             case .accept:
                 let (requests, requestContinuation) = CallRequests.makeStream(onTaken: governor.consumed)
-                let (cancelled, cancelContinuation) = AsyncStream<Void>.makeStream()
+                let (cancelled, cancelContinuation) = AsyncStream<String>.makeStream()
                 calls.withLockedValue { $0[id] = OpenCall(requests: requestContinuation, cancel: cancelContinuation) }
                 group.addTask {
                     let status = await dispatcher.handle(start, requests: requests, cancelled: cancelled,
@@ -133,7 +136,7 @@ struct RPCConnection {
             calls.withLockedValue { $0[id] }?.requests.finish()
         case .cancel:
             governor.consumed(received.charge)
-            calls.withLockedValue { $0[id] }?.cancel.yield()
+            calls.withLockedValue { $0[id] }?.cancel.yield("the client cancelled the call")
         case .status, nil:
             throw RPCError(.invalidArgument, "a client sends start, message, half_close or cancel frames; call_id \(id) sent another kind")
         }
