@@ -38,12 +38,16 @@ extension Catalog {
     /// nothing received, abandoned unless a chunk arrives within `lifetime`.
     /// Its announced size is reserved in the spool: refused with
     /// RESOURCE_EXHAUSTED past `spoolBytes` for the uploads of every process
-    /// on this catalog, or `namespaceShare` of it for one namespace's.
-    /// `prepare` checks the disk (given the size and the others' reservations)
-    /// and makes the spool file, inside the transaction: if it fails, nothing
-    /// is recorded.
+    /// on this catalog, or, for one namespace's, past `namespaceShare` of the
+    /// spool's capacity: the least of `spoolBytes` and what its disk can hold
+    /// for uploads (`diskBytes`, free beyond the disk's reserve, plus what
+    /// unfinished uploads hold there already), so one namespace can never
+    /// reserve the whole disk. `prepare` checks the disk (given the size and
+    /// the others' reservations) and makes the spool file, inside the
+    /// transaction: if it fails, nothing is recorded.
     public func startUpload(namespace: String, environment: String, filename: String, comment: String, size: UInt64,
-                            sha256: ContentHash, actor: String, lifetime: Duration, spoolBytes: UInt64, namespaceShare: Double,
+                            sha256: ContentHash, actor: String, lifetime: Duration, spoolBytes: UInt64, diskBytes: UInt64,
+                            namespaceShare: Double,
                             prepare: @escaping @Sendable (_ id: String, _ others: UInt64) throws -> Void) async throws -> Upload {
         let id = UUID().uuidString.lowercased()
         return try await pool.callTransaction { connection in
@@ -51,18 +55,23 @@ extension Catalog {
             try connection.query("SELECT pg_advisory_xact_lock(\(AdvisoryLock.uploads))")
             let used = try connection.query("""
                 SELECT coalesce(sum(u.size), 0) AS total, coalesce(sum(u.size) FILTER (WHERE e.namespace = $1), 0) AS namespace,
-                       count(*) FILTER (WHERE e.namespace = $1) AS uploads, coalesce(sum(u.size - u.received), 0) AS to_come
+                       count(*) FILTER (WHERE e.namespace = $1) AS uploads, coalesce(sum(u.size - u.received), 0) AS to_come,
+                       coalesce(sum(u.received), 0) AS received
                 FROM uploads u JOIN environments e ON e.id = u.environment_id WHERE u.state IN ('receiving', 'validating')
                 """, namespace)[0]
             guard used.int64("uploads") < Self.unfinishedUploadsPerNamespace else {
                 throw BackupError.resourceExhausted("namespace \(namespace) has \(used.int64("uploads")) unfinished uploads, the most it "
                                                     + "may have; finish or abandon some first")
             }
-            let namespaceBytes = UInt64(Double(spoolBytes) * namespaceShare)
-            guard used.uint64("namespace") + size <= namespaceBytes else {
+            let capacity = min(spoolBytes, diskBytes &+ used.uint64("received"))
+            let namespaceBytes = UInt64(Double(capacity) * namespaceShare)
+            // Where the disk itself has no room for this upload, `prepare` says so.
+            let diskHasRoom = used.uint64("to_come") &+ size <= diskBytes
+            guard used.uint64("namespace") + size <= namespaceBytes || !diskHasRoom else {
                 throw BackupError.resourceExhausted(
                     "namespace \(namespace)'s unfinished uploads reserve \(used.uint64("namespace")) of the \(namespaceBytes) bytes "
-                        + "it may use, and this one announces \(size); finish or abandon earlier uploads first")
+                        + "it may use (its share of the \(capacity) the upload spool can hold now), and this one announces \(size); "
+                        + "finish or abandon earlier uploads first")
             }
             guard used.uint64("total") + size <= spoolBytes else {
                 throw BackupError.resourceExhausted("the upload spool is full, and this upload announces \(size) bytes; try again later")
@@ -159,6 +168,32 @@ extension Catalog {
         }
     }
 
+    /// Gives up an upload still receiving: ABANDONED, logged with `actor`;
+    /// its reservation is free from the commit on, and the caller removes its
+    /// data. An upload that has already ended is answered as it stands; one
+    /// being validated, or made a backup, cannot be given up.
+    public func abandonUpload(id: String, actor: String) async throws -> (upload: Upload, abandoned: Bool) {
+        let id = try parseID(id, "upload id")
+        return try await pool.callTransaction { connection in
+            let upload = try Self.loadUpload(connection, id, lock: true)
+            switch upload.state {
+            case .receiving:
+                break
+            case .validating, .finished:
+                throw BackupError.failedPrecondition("upload \(id) is \(upload.state): it was finished and can no longer be abandoned"
+                                                     + (upload.state == .validating ? "; cancel its validation job \(upload.jobID) instead" : ""))
+            default:
+                return (upload, false)
+            }
+            try connection.query("""
+                UPDATE uploads SET state = 'abandoned', error = $2, writer = NULL, writer_until = NULL WHERE id = $1
+                """, id, "abandoned by \(actor)")
+            try Self.recordActivity(connection, upload.namespace, upload.environment, action: "upload", outcome: "ABANDONED",
+                                    actor: actor, detail: "upload \(id) after \(upload.bytesReceived) of \(upload.sizeBytes) bytes")
+            return (try Self.loadUpload(connection, id), true)
+        }
+    }
+
     /// The upload a validation job checks.
     public func validatedUpload(jobID: String) async throws -> Upload {
         try await pool.withConnection(idempotent: true) { connection in
@@ -206,23 +241,39 @@ extension Catalog {
         }
     }
 
-    /// Ends the uploads that received nothing until their expiry as EXPIRED,
-    /// logging each (not one a call is writing: its chunks count in batches,
-    /// and renew the expiry then), and says of the `listed` ids (the spool's files) which
-    /// are uploads still receiving or being validated, whose files stay, and which are uploads
-    /// at all (a file of none may belong to a start not yet committed).
-    public func expireUploads(listed: [String]) async throws -> (unfinished: Set<String>, known: Set<String>) {
+    /// Ends as EXPIRED, logging each, the uploads that received nothing
+    /// until their expiry (not one a call is writing: its chunks count in
+    /// batches, and renew the expiry then), and those that received less than
+    /// `minimumRate` bytes a second over a whole `window`, however much
+    /// trickles in (a window starts anew each time one is passed). Says of
+    /// the `listed` ids (the spool's files) which are uploads still receiving
+    /// or being validated, whose files stay, and which are uploads at all (a
+    /// file of none may belong to a start not yet committed).
+    public func expireUploads(listed: [String], minimumRate: UInt64, window: Duration) async throws
+        -> (unfinished: Set<String>, known: Set<String>)
+    {
         try await pool.callTransaction(idempotent: true) { connection in
+            let windowSeconds = max(1, window.components.seconds)
+            let minimum = minimumRate.multipliedReportingOverflow(by: UInt64(windowSeconds))
             let expired = try connection.query("""
-                UPDATE uploads u SET state = 'expired', error = 'abandoned: nothing was received before it expired'
+                UPDATE uploads u SET state = 'expired', error = CASE
+                    WHEN u.window_started_at + make_interval(secs => $1) < now() AND u.received - u.window_received < $2
+                    THEN 'received ' || (u.received - u.window_received) || ' bytes in ' || $1 || ' seconds, less than the '
+                         || $2 || ' a window must bring; its data was removed'
+                    ELSE 'abandoned: nothing was received before it expired' END
                 FROM environments e
-                WHERE u.state = 'receiving' AND u.expires_at < now() AND e.id = u.environment_id
-                  AND (u.writer IS NULL OR u.writer_until < now())
-                RETURNING e.namespace, e.name, u.actor, u.id
-                """)
+                WHERE u.state = 'receiving' AND e.id = u.environment_id
+                  AND ((u.expires_at < now() AND (u.writer IS NULL OR u.writer_until < now()))
+                       OR (u.window_started_at + make_interval(secs => $1) < now() AND u.received - u.window_received < $2))
+                RETURNING e.namespace, e.name, u.actor, u.id, u.error
+                """, windowSeconds, minimum.overflow ? Int64.max : Int64(clamping: minimum.partialValue))
+            try connection.query("""
+                UPDATE uploads SET window_started_at = now(), window_received = received
+                WHERE state = 'receiving' AND window_started_at + make_interval(secs => $1) < now()
+                """, windowSeconds)
             for row in expired {
                 try Self.recordActivity(connection, row.string("namespace"), row.string("name"), action: "upload", outcome: "EXPIRED",
-                                        actor: row.string("actor"), detail: "upload \(row.string("id")) was abandoned")
+                                        actor: row.string("actor"), detail: "upload \(row.string("id")): \(row.string("error"))")
             }
             let rows = try connection.query("SELECT id::text, state FROM uploads WHERE id::text = ANY($1::text[])", listed)
             let kept: Set = ["receiving", "validating"]

@@ -297,5 +297,14 @@ enum Migrations {
         UPDATE restores r SET leftovers = true FROM jobs j
             WHERE j.id = r.job_id AND j.status IN ('failed', 'cancelled') AND r.staging_database <> '';
         """),
+        (14, """
+        -- An upload can be given up (AbandonUpload). One that receives too little over a window expires even while
+        -- something trickles in: each window starts with what was received by then.
+        ALTER TABLE uploads DROP CONSTRAINT uploads_state_check;
+        ALTER TABLE uploads ADD CONSTRAINT uploads_state_check
+            CHECK (state IN ('receiving', 'validating', 'finished', 'failed', 'expired', 'abandoned'));
+        ALTER TABLE uploads ADD COLUMN window_started_at timestamptz NOT NULL DEFAULT now(),
+            ADD COLUMN window_received bigint NOT NULL DEFAULT 0;
+        """),
     ]
 }

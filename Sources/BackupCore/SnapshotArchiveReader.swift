@@ -25,6 +25,10 @@ public struct SnapshotArchiveReader: Sendable {
         public var metadataBytes = 1 << 20
 
         public init() {}
+
+        public init(members: Int) {
+            self.members = members
+        }
     }
 
     /// Which part of a snapshot a member is.

@@ -2167,6 +2167,51 @@ void   backup__v1__get_upload_request__free_unpacked
   assert(message->base.descriptor == &backup__v1__get_upload_request__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   backup__v1__abandon_upload_request__init
+                     (Backup__V1__AbandonUploadRequest         *message)
+{
+  static const Backup__V1__AbandonUploadRequest init_value = BACKUP__V1__ABANDON_UPLOAD_REQUEST__INIT;
+  *message = init_value;
+}
+size_t backup__v1__abandon_upload_request__get_packed_size
+                     (const Backup__V1__AbandonUploadRequest *message)
+{
+  assert(message->base.descriptor == &backup__v1__abandon_upload_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t backup__v1__abandon_upload_request__pack
+                     (const Backup__V1__AbandonUploadRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &backup__v1__abandon_upload_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t backup__v1__abandon_upload_request__pack_to_buffer
+                     (const Backup__V1__AbandonUploadRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &backup__v1__abandon_upload_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Backup__V1__AbandonUploadRequest *
+       backup__v1__abandon_upload_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Backup__V1__AbandonUploadRequest *)
+     protobuf_c_message_unpack (&backup__v1__abandon_upload_request__descriptor,
+                                allocator, len, data);
+}
+void   backup__v1__abandon_upload_request__free_unpacked
+                     (Backup__V1__AbandonUploadRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &backup__v1__abandon_upload_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   backup__v1__get_schedule_request__init
                      (Backup__V1__GetScheduleRequest         *message)
 {
@@ -6332,6 +6377,44 @@ const ProtobufCMessageDescriptor backup__v1__get_upload_request__descriptor =
   (ProtobufCMessageInit) backup__v1__get_upload_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor backup__v1__abandon_upload_request__field_descriptors[1] =
+{
+  {
+    "upload_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__AbandonUploadRequest, upload_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned backup__v1__abandon_upload_request__field_indices_by_name[] = {
+  0,   /* field[0] = upload_id */
+};
+static const ProtobufCIntRange backup__v1__abandon_upload_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor backup__v1__abandon_upload_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "backup.v1.AbandonUploadRequest",
+  "AbandonUploadRequest",
+  "Backup__V1__AbandonUploadRequest",
+  "backup.v1",
+  sizeof(Backup__V1__AbandonUploadRequest),
+  1,
+  backup__v1__abandon_upload_request__field_descriptors,
+  backup__v1__abandon_upload_request__field_indices_by_name,
+  1,  backup__v1__abandon_upload_request__number_ranges,
+  (ProtobufCMessageInit) backup__v1__abandon_upload_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor backup__v1__get_schedule_request__field_descriptors[2] =
 {
   {
@@ -6966,7 +7049,7 @@ const ProtobufCEnumDescriptor backup__v1__job_status__descriptor =
   backup__v1__job_status__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue backup__v1__upload_state__enum_values_by_number[6] =
+static const ProtobufCEnumValue backup__v1__upload_state__enum_values_by_number[7] =
 {
   { "UPLOAD_STATE_UNSPECIFIED", "BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_UNSPECIFIED", 0 },
   { "UPLOAD_STATE_RECEIVING", "BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_RECEIVING", 1 },
@@ -6974,12 +7057,14 @@ static const ProtobufCEnumValue backup__v1__upload_state__enum_values_by_number[
   { "UPLOAD_STATE_FINISHED", "BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_FINISHED", 3 },
   { "UPLOAD_STATE_FAILED", "BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_FAILED", 4 },
   { "UPLOAD_STATE_EXPIRED", "BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_EXPIRED", 5 },
+  { "UPLOAD_STATE_ABANDONED", "BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_ABANDONED", 6 },
 };
 static const ProtobufCIntRange backup__v1__upload_state__value_ranges[] = {
-{0, 0},{0, 6}
+{0, 0},{0, 7}
 };
-static const ProtobufCEnumValueIndex backup__v1__upload_state__enum_values_by_name[6] =
+static const ProtobufCEnumValueIndex backup__v1__upload_state__enum_values_by_name[7] =
 {
+  { "UPLOAD_STATE_ABANDONED", 6 },
   { "UPLOAD_STATE_EXPIRED", 5 },
   { "UPLOAD_STATE_FAILED", 4 },
   { "UPLOAD_STATE_FINISHED", 3 },
@@ -6994,15 +7079,15 @@ const ProtobufCEnumDescriptor backup__v1__upload_state__descriptor =
   "UploadState",
   "Backup__V1__UploadState",
   "backup.v1",
-  6,
+  7,
   backup__v1__upload_state__enum_values_by_number,
-  6,
+  7,
   backup__v1__upload_state__enum_values_by_name,
   1,
   backup__v1__upload_state__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor backup__v1__backups__method_descriptors[29] =
+static const ProtobufCMethodDescriptor backup__v1__backups__method_descriptors[30] =
 {
   { "ServerInfo", &backup__v1__server_info_request__descriptor, &backup__v1__server_info_response__descriptor },
   { "RegisterEnvironment", &backup__v1__register_environment_request__descriptor, &backup__v1__environment__descriptor },
@@ -7028,6 +7113,7 @@ static const ProtobufCMethodDescriptor backup__v1__backups__method_descriptors[2
   { "UploadChunks", &backup__v1__upload_chunk__descriptor, &backup__v1__upload__descriptor },
   { "FinishUpload", &backup__v1__finish_upload_request__descriptor, &backup__v1__upload__descriptor },
   { "GetUpload", &backup__v1__get_upload_request__descriptor, &backup__v1__upload__descriptor },
+  { "AbandonUpload", &backup__v1__abandon_upload_request__descriptor, &backup__v1__upload__descriptor },
   { "GetSchedule", &backup__v1__get_schedule_request__descriptor, &backup__v1__schedule__descriptor },
   { "SetSchedule", &backup__v1__set_schedule_request__descriptor, &backup__v1__schedule__descriptor },
   { "CreateToken", &backup__v1__create_token_request__descriptor, &backup__v1__create_token_response__descriptor },
@@ -7035,9 +7121,10 @@ static const ProtobufCMethodDescriptor backup__v1__backups__method_descriptors[2
   { "ListTokens", &backup__v1__list_tokens_request__descriptor, &backup__v1__list_tokens_response__descriptor },
 };
 const unsigned backup__v1__backups__method_indices_by_name[] = {
+  24,        /* AbandonUpload */
   15,        /* CancelJob */
   7,        /* CreateBackup */
-  26,        /* CreateToken */
+  27,        /* CreateToken */
   11,        /* DeleteBackup */
   5,        /* DeleteEnvironment */
   22,        /* FinishUpload */
@@ -7045,19 +7132,19 @@ const unsigned backup__v1__backups__method_indices_by_name[] = {
   19,        /* GetDownload */
   3,        /* GetEnvironment */
   13,        /* GetJob */
-  24,        /* GetSchedule */
+  25,        /* GetSchedule */
   23,        /* GetUpload */
   17,        /* ListActivity */
   8,        /* ListBackups */
   2,        /* ListEnvironments */
-  28,        /* ListTokens */
+  29,        /* ListTokens */
   1,        /* RegisterEnvironment */
   18,        /* RequestDownload */
   16,        /* RestoreBackup */
-  27,        /* RevokeToken */
+  28,        /* RevokeToken */
   0,        /* ServerInfo */
   6,        /* SetEnvironmentState */
-  25,        /* SetSchedule */
+  26,        /* SetSchedule */
   20,        /* StartUpload */
   10,        /* UpdateBackup */
   4,        /* UpdateEnvironment */
@@ -7072,7 +7159,7 @@ const ProtobufCServiceDescriptor backup__v1__backups__descriptor =
   "Backups",
   "Backup__V1__Backups",
   "backup.v1",
-  29,
+  30,
   backup__v1__backups__method_descriptors,
   backup__v1__backups__method_indices_by_name
 };
@@ -7268,13 +7355,21 @@ void backup__v1__backups__get_upload(ProtobufCService *service,
   assert(service->descriptor == &backup__v1__backups__descriptor);
   service->invoke(service, 23, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
+void backup__v1__backups__abandon_upload(ProtobufCService *service,
+                                         const Backup__V1__AbandonUploadRequest *input,
+                                         Backup__V1__Upload_Closure closure,
+                                         void *closure_data)
+{
+  assert(service->descriptor == &backup__v1__backups__descriptor);
+  service->invoke(service, 24, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
 void backup__v1__backups__get_schedule(ProtobufCService *service,
                                        const Backup__V1__GetScheduleRequest *input,
                                        Backup__V1__Schedule_Closure closure,
                                        void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 24, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 25, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__set_schedule(ProtobufCService *service,
                                        const Backup__V1__SetScheduleRequest *input,
@@ -7282,7 +7377,7 @@ void backup__v1__backups__set_schedule(ProtobufCService *service,
                                        void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 25, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 26, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__create_token(ProtobufCService *service,
                                        const Backup__V1__CreateTokenRequest *input,
@@ -7290,7 +7385,7 @@ void backup__v1__backups__create_token(ProtobufCService *service,
                                        void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 26, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 27, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__revoke_token(ProtobufCService *service,
                                        const Backup__V1__RevokeTokenRequest *input,
@@ -7298,7 +7393,7 @@ void backup__v1__backups__revoke_token(ProtobufCService *service,
                                        void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 27, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 28, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__list_tokens(ProtobufCService *service,
                                       const Backup__V1__ListTokensRequest *input,
@@ -7306,7 +7401,7 @@ void backup__v1__backups__list_tokens(ProtobufCService *service,
                                       void *closure_data)
 {
   assert(service->descriptor == &backup__v1__backups__descriptor);
-  service->invoke(service, 28, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 29, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void backup__v1__backups__init (Backup__V1__Backups_Service *service,
                                 Backup__V1__Backups_ServiceDestroy destroy)

@@ -74,8 +74,10 @@ public enum JobStatus: Int32, WireEnum, CustomStringConvertible {
 /// An upload's life: chunks arrive while RECEIVING; FinishUpload starts its
 /// validation; it ends FINISHED (a new backup), FAILED or EXPIRED.
 public enum UploadState: Int32, WireEnum, CustomStringConvertible {
-    case unspecified = 0, receiving, validating, finished, failed, expired
-    public var description: String { ["unspecified", "receiving", "validating", "finished", "failed", "expired"][Int(rawValue)] }
+    case unspecified = 0, receiving, validating, finished, failed, expired, abandoned
+    public var description: String {
+        ["unspecified", "receiving", "validating", "finished", "failed", "expired", "abandoned"][Int(rawValue)]
+    }
 }
 
 extension WireEnum where Self: CustomStringConvertible {

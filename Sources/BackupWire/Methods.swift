@@ -51,6 +51,7 @@ public enum Backups {
     public static let uploadChunks = Method<UploadChunk, Upload>("UploadChunks", .clientStreaming)
     public static let finishUpload = Method<FinishUploadRequest, Upload>("FinishUpload")
     public static let getUpload = Method<GetUploadRequest, Upload>("GetUpload")
+    public static let abandonUpload = Method<AbandonUploadRequest, Upload>("AbandonUpload")
 
     public static let getSchedule = Method<GetScheduleRequest, Schedule>("GetSchedule")
     public static let setSchedule = Method<SetScheduleRequest, Schedule>("SetSchedule")

@@ -300,6 +300,13 @@ public struct GetUploadRequest: WireMessage {
     public mutating func map(_ f: inout FieldMap) { f.field(1, &uploadID) }
 }
 
+public struct AbandonUploadRequest: WireMessage {
+    public static var descriptor: ProtobufCMessageDescriptor { backup__v1__abandon_upload_request__descriptor }
+    public var uploadID = ""
+    public init() {}
+    public mutating func map(_ f: inout FieldMap) { f.field(1, &uploadID) }
+}
+
 public struct GetScheduleRequest: WireMessage {
     public static var descriptor: ProtobufCMessageDescriptor { backup__v1__get_schedule_request__descriptor }
     public var namespace = ""

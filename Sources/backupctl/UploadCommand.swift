@@ -7,8 +7,27 @@ import Synchronization
 
 struct UploadCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "upload",
-        abstract: "Upload a snapshot archive (.tar.gz) made elsewhere, or downloaded earlier, as a new backup.",
+        commandName: "upload", abstract: "Upload a snapshot archive (.tar.gz) made elsewhere as a new backup, or give an upload up.",
+        subcommands: [SendUpload.self, AbandonUpload.self], defaultSubcommand: SendUpload.self)
+}
+
+struct AbandonUpload: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "abandon", abstract: "Give up an upload still receiving: its data is removed and its reservation freed at once.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Upload ID.") var id: String
+
+    func run() async throws {
+        let id = id
+        let upload = try await global.withClient { try await $0.unary(Backups.abandonUpload, .with { $0.uploadID = id }) }
+        global.output(upload, human: { "upload \($0.id): \($0.state)" + ($0.error.isEmpty ? "" : " (\($0.error))") })
+    }
+}
+
+struct SendUpload: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "send",
+        abstract: "Upload a snapshot archive (.tar.gz) made elsewhere, or downloaded earlier, as a new backup (the default).",
         discussion: """
             Hashes FILE, starts an upload into the environment, sends the file in chunks with a progress bar, \
             and waits while the server checks it as a full snapshot; prints the new backup's id. A dropped \

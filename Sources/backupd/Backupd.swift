@@ -189,8 +189,14 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds an upload may go without a chunk before it is abandoned and its data removed (default 24 hours).")
     var uploadLifetimeSeconds = 24 * 3600
 
-    @Option(help: "Members an uploaded archive may hold (default 1,000,000).")
-    var uploadMaxMembers = SnapshotArchiveReader.Limits().members
+    @Option(help: "Members an uploaded archive may hold (default: --max-files-per-backup documents, .metadata and the dump).")
+    var uploadMaxMembers: Int?
+
+    @Option(help: "Bytes a second an upload must receive on average over each --upload-rate-window-seconds, or it expires (default 1024).")
+    var uploadMinimumRateBytes: UInt64 = UploadSettings().minimumRate
+
+    @Option(help: "Seconds over which an upload's rate is measured (default 6 hours).")
+    var uploadRateWindowSeconds = Int(UploadSettings().rateWindow.components.seconds)
 
     @Option(help: "Largest member of an uploaded archive, in bytes (default 100 GiB).")
     var uploadMaxMemberBytes = SnapshotArchiveReader.Limits().memberBytes
@@ -240,7 +246,7 @@ struct Serve: AsyncParsableCommand {
             ("--database-takeover-seconds", databaseTakeoverSeconds), ("--max-frame-bytes", maxFrameBytes),
             ("--download-url-lifetime-seconds", downloadURLLifetimeSeconds), ("--max-downloads", maxDownloads),
             ("--max-downloads-per-namespace", maxDownloadsPerNamespace), ("--upload-lifetime-seconds", uploadLifetimeSeconds),
-            ("--upload-max-members", uploadMaxMembers), ("--upload-max-member-bytes", Int(clamping: uploadMaxMemberBytes)),
+            ("--upload-max-members", uploadMaxMembers ?? 1), ("--upload-rate-window-seconds", uploadRateWindowSeconds), ("--upload-max-member-bytes", Int(clamping: uploadMaxMemberBytes)),
             ("--upload-max-expanded-bytes", Int(clamping: uploadMaxExpandedBytes)),
             ("--upload-max-expansion-ratio", Int(clamping: uploadMaxExpansionRatio)),
             ("--schedule-interval-seconds", scheduleIntervalSeconds), ("--schedule-spread-minutes", scheduleSpreadMinutes + 1),
@@ -346,7 +352,9 @@ struct Serve: AsyncParsableCommand {
         configuration.uploads.maximumBytes = maxUploadBytes
         configuration.uploads.spoolBytes = uploadSpoolBytes
         configuration.uploads.lifetime = .seconds(uploadLifetimeSeconds)
-        configuration.uploads.archiveLimits.members = uploadMaxMembers
+        configuration.uploads.archiveLimits.members = uploadMaxMembers ?? maxFilesPerBackup + 2
+        configuration.uploads.minimumRate = uploadMinimumRateBytes
+        configuration.uploads.rateWindow = .seconds(uploadRateWindowSeconds)
         configuration.uploads.archiveLimits.memberBytes = uploadMaxMemberBytes
         configuration.uploads.archiveLimits.expandedBytes = uploadMaxExpandedBytes
         configuration.uploads.archiveLimits.expansionRatio = uploadMaxExpansionRatio

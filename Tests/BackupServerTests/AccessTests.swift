@@ -140,6 +140,9 @@ import Testing
                     Row("GetUpload", [.operator, .admin], .ok, platformRefusal: .notFound) {
                         _ = try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id })
                     },
+                    Row("AbandonUpload", [.operator, .admin, .platform], .ok) {
+                        _ = try await $0.unary(Backups.abandonUpload, .with { $0.uploadID = upload.id })
+                    },
                     Row("GetSchedule", namespaceRoles, .ok) {
                         _ = try await $0.unary(Backups.getSchedule, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
                     },
@@ -186,6 +189,7 @@ import Testing
                         ("backup", backup.id, { @Sendable id in _ = try await client.unary(Backups.requestDownload, .with { $0.backupID = id }) }),
                         ("download", download.id, { @Sendable id in _ = try await client.unary(Backups.getDownload, .with { $0.id = id }) }),
                         ("upload", upload.id, { @Sendable id in _ = try await client.unary(Backups.getUpload, .with { $0.uploadID = id }) }),
+                        ("upload", upload.id, { @Sendable id in _ = try await client.unary(Backups.abandonUpload, .with { $0.uploadID = id }) }),
                         ("upload", upload.id, { @Sendable id in
                             _ = try await client.call(Backups.uploadChunks, requests: [UploadChunk.with { $0.uploadID = id; $0.data = [1] }],
                                                       timeout: nil) { _ in }

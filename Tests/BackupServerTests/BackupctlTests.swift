@@ -57,6 +57,19 @@ import Testing
         }
     }
 
+    @Test func anUploadIsGivenUpThroughTheCLI() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                try await server.register(app)
+                let upload = try await server.withClient { try await startUpload($0, Array("given up".utf8)) }
+                let abandoned = try server.backupctl(["upload", "abandon", upload.id])
+                #expect(abandoned.status == 0 && abandoned.standardOutput.contains("upload \(upload.id): abandoned"), "\(abandoned)")
+                let json = try json(try server.backupctl(["upload", "abandon", upload.id, "--json"]))
+                #expect(json["state"] as? String == "UPLOAD_STATE_ABANDONED")
+            }
+        }
+    }
+
     @Test func tokensThroughTheCLI() async throws {
         try await withTestServer { server in
             let created = try json(try server.backupctl(["token", "create", "--namespace", "acme", "--role", "viewer", "--name", "dashboard", "--json"]))

@@ -182,8 +182,9 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                 try await server.withClient { client in
                     _ = try await startUpload(client, Self.content)
                     let refused = await expectStatus(.resourceExhausted) { _ = try await startUpload(client, Self.content) }
-                    #expect(refused?.message == "namespace acme's unfinished uploads reserve 300000 of the 500000 bytes it may use, "
-                            + "and this one announces 300000; finish or abandon earlier uploads first")
+                    #expect(refused?.message == "namespace acme's unfinished uploads reserve 300000 of the 500000 bytes it may use "
+                            + "(its share of the 1000000 the upload spool can hold now), and this one announces 300000; "
+                            + "finish or abandon earlier uploads first")
                 }
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 1)
             }
@@ -194,6 +195,111 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                         + "(it keeps \(1 << 60) bytes free); try again later")
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 0)
                 #expect(try spoolFiles(server).isEmpty)
+            }
+        }
+    }
+
+    /// Issue 19: announcing an upload as large as the free disk reserved it
+    /// all (the share was of the flag, not of the disk), so no other
+    /// namespace could upload. The share is of what the disk can hold.
+    @Test func oneNamespaceReservesAtMostItsShareOfWhatTheDiskCanHold() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer { server in
+                try await server.register(app)
+                try await server.withClient(token: server.platformToken) { client in
+                    _ = try await client.unary(Backups.registerEnvironment, .with {
+                        $0.namespace = "beta"; $0.name = "shop"; $0.app = "shop"; $0.databaseURL = app.connectionString
+                        $0.fileStorePath = app.fileStore + "-beta"
+                    })
+                }
+                var disk = statvfs()
+                #expect(statvfs(server.blobDirectory, &disk) == 0)
+                let usable = UInt64(disk.f_bavail) * UInt64(disk.f_frsize) - UploadSettings().reservedDiskBytes
+                @Sendable func announce(_ client: BackupClient, namespace: String, environment: String, _ size: UInt64) async throws -> Upload {
+                    try await client.unary(Backups.startUpload, .with {
+                        $0.namespace = namespace; $0.environment = environment; $0.sizeBytes = size; $0.sha256 = ContentHash.of([]).hex
+                    })
+                }
+                try await server.withClient { client in
+                    let greedy = await expectStatus(.resourceExhausted) {
+                        _ = try await announce(client, namespace: "acme", environment: "shop-production", usable / 10 * 9)
+                    }
+                    #expect(greedy?.message.contains("its share of the") == true, "\(String(describing: greedy))")
+                    _ = try await announce(client, namespace: "acme", environment: "shop-production", usable / 100 * 45)
+                }
+                let beta = try await server.makeToken(.operator, namespace: "beta", name: "beta-operator")
+                let other = try await server.withClient(token: beta) { client in
+                    try await announce(client, namespace: "beta", environment: "shop", usable / 10 * 3)
+                }
+                #expect(other.state == .receiving)
+            }
+        }
+    }
+
+    /// AbandonUpload frees the reservation and removes the data at once;
+    /// asked again it answers the upload as it stands; a finished upload
+    /// cannot be abandoned; chunks after it are refused.
+    @Test func anAbandonedUploadFreesItsReservationAndDataAtOnce() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: { $0.uploads.spoolBytes = 1_000_000 }) { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    let upload = try await startUpload(client, Self.content)
+                    try await sendChunks(client, upload, Self.content, from: 0, to: 100_000)
+                    _ = await expectStatus(.resourceExhausted) { _ = try await startUpload(client, Self.content) }
+                    let abandoned = try await client.unary(Backups.abandonUpload, .with { $0.uploadID = upload.id })
+                    #expect(abandoned.state == .abandoned && abandoned.error.contains("test-admin"))
+                    #expect(try spoolFiles(server).isEmpty)
+                    let again = try await client.unary(Backups.abandonUpload, .with { $0.uploadID = upload.id })
+                    #expect(again.state == .abandoned)
+                    let late = await expectStatus(.failedPrecondition) {
+                        try await sendChunks(client, upload, Self.content, from: 100_000, to: 110_000)
+                    }
+                    #expect(late != nil)
+                    // Its reservation is free: the same size fits again.
+                    let next = try await startUpload(client, Self.content)
+                    let activity = try await client.unary(Backups.listActivity, .with { $0.namespace = TestServer.namespace })
+                    #expect(activity.activity.contains { $0.outcome == "ABANDONED" && $0.detail.contains(upload.id) })
+                    try await sendChunks(client, next, Self.content, from: 0, to: Self.content.count)
+                    _ = try await client.unary(Backups.finishUpload, .with { $0.uploadID = next.id })
+                    let validating = await expectStatus(.failedPrecondition) {
+                        _ = try await client.unary(Backups.abandonUpload, .with { $0.uploadID = next.id })
+                    }
+                    #expect(validating?.message.contains("can no longer be abandoned") == true)
+                }
+                // The platform may give an upload up too; another namespace's id is unknown.
+                let third = try await server.withClient { try await startUpload($0, Array(Self.content.prefix(1000))) }
+                let byPlatform = try await server.withClient(token: server.platformToken) {
+                    try await $0.unary(Backups.abandonUpload, .with { $0.uploadID = third.id })
+                }
+                #expect(byPlatform.state == .abandoned)
+            }
+        }
+    }
+
+    /// Issue 19: one byte a day kept an upload (and its reservation) alive.
+    /// An upload must bring the minimum rate over each window, trickle or not.
+    @Test func anUploadThatTricklesExpiresAtTheMinimumRate() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: {
+                sweepingOften(&$0)
+                $0.uploads.minimumRate = 10_000
+                $0.uploads.rateWindow = .seconds(2)
+            }) { server in
+                try await server.register(app)
+                let upload = try await server.withClient { try await startUpload($0, Self.content) }
+                let deadline = ContinuousClock.now + .seconds(30)
+                while ContinuousClock.now < deadline {
+                    let now = try await server.withClient { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
+                    if now.state != .receiving { break }
+                    // A hundred bytes every 200 ms: 500 bytes a second, a twentieth of the minimum.
+                    let offset = Int(now.bytesReceived)
+                    _ = try? await server.withClient { try await sendChunks($0, upload, Self.content, from: offset, to: offset + 100) }
+                    try await Task.sleep(for: .milliseconds(200))
+                }
+                let ended = try await server.withClient { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
+                #expect(ended.state == .expired && ended.error.contains("less than the 20000 a window must bring"), "\(ended.error)")
+                try await eventually(within: .seconds(10)) { try spoolFiles(server).isEmpty }
             }
         }
     }

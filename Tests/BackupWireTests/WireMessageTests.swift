@@ -96,6 +96,7 @@ import Testing
                      Backups.verifyBackup.name, Backups.getJob.name, Backups.watchJob.name, Backups.cancelJob.name, Backups.restoreBackup.name,
                      Backups.listActivity.name, Backups.requestDownload.name, Backups.getDownload.name,
                      Backups.startUpload.name, Backups.uploadChunks.name, Backups.finishUpload.name, Backups.getUpload.name,
+                     Backups.abandonUpload.name,
                      Backups.getSchedule.name, Backups.setSchedule.name, Backups.createToken.name,
                      Backups.revokeToken.name, Backups.listTokens.name]
         #expect(Set(table) == Set(protoMethods.map { "backup.v1.Backups/\($0)" }))

@@ -63,6 +63,7 @@ typedef struct Backup__V1__StartUploadRequest Backup__V1__StartUploadRequest;
 typedef struct Backup__V1__UploadChunk Backup__V1__UploadChunk;
 typedef struct Backup__V1__FinishUploadRequest Backup__V1__FinishUploadRequest;
 typedef struct Backup__V1__GetUploadRequest Backup__V1__GetUploadRequest;
+typedef struct Backup__V1__AbandonUploadRequest Backup__V1__AbandonUploadRequest;
 typedef struct Backup__V1__GetScheduleRequest Backup__V1__GetScheduleRequest;
 typedef struct Backup__V1__SetScheduleRequest Backup__V1__SetScheduleRequest;
 typedef struct Backup__V1__CreateTokenRequest Backup__V1__CreateTokenRequest;
@@ -193,9 +194,13 @@ typedef enum _Backup__V1__UploadState {
    */
   BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_FAILED = 4,
   /*
-   * abandoned; its data was removed
+   * not received for its lifetime, or too slowly; its data was removed
    */
-  BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_EXPIRED = 5
+  BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_EXPIRED = 5,
+  /*
+   * given up by AbandonUpload; its data was removed
+   */
+  BACKUP__V1__UPLOAD_STATE__UPLOAD_STATE_ABANDONED = 6
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BACKUP__V1__UPLOAD_STATE)
 } Backup__V1__UploadState;
 
@@ -1159,6 +1164,16 @@ struct  Backup__V1__GetUploadRequest
 };
 #define BACKUP__V1__GET_UPLOAD_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__get_upload_request__descriptor) \
+    , (char *)protobuf_c_empty_string }
+
+
+struct  Backup__V1__AbandonUploadRequest
+{
+  ProtobufCMessage base;
+  char *upload_id;
+};
+#define BACKUP__V1__ABANDON_UPLOAD_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&backup__v1__abandon_upload_request__descriptor) \
     , (char *)protobuf_c_empty_string }
 
 
@@ -2187,6 +2202,25 @@ Backup__V1__GetUploadRequest *
 void   backup__v1__get_upload_request__free_unpacked
                      (Backup__V1__GetUploadRequest *message,
                       ProtobufCAllocator *allocator);
+/* Backup__V1__AbandonUploadRequest methods */
+void   backup__v1__abandon_upload_request__init
+                     (Backup__V1__AbandonUploadRequest         *message);
+size_t backup__v1__abandon_upload_request__get_packed_size
+                     (const Backup__V1__AbandonUploadRequest   *message);
+size_t backup__v1__abandon_upload_request__pack
+                     (const Backup__V1__AbandonUploadRequest   *message,
+                      uint8_t             *out);
+size_t backup__v1__abandon_upload_request__pack_to_buffer
+                     (const Backup__V1__AbandonUploadRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Backup__V1__AbandonUploadRequest *
+       backup__v1__abandon_upload_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   backup__v1__abandon_upload_request__free_unpacked
+                     (Backup__V1__AbandonUploadRequest *message,
+                      ProtobufCAllocator *allocator);
 /* Backup__V1__GetScheduleRequest methods */
 void   backup__v1__get_schedule_request__init
                      (Backup__V1__GetScheduleRequest         *message);
@@ -2466,6 +2500,9 @@ typedef void (*Backup__V1__FinishUploadRequest_Closure)
 typedef void (*Backup__V1__GetUploadRequest_Closure)
                  (const Backup__V1__GetUploadRequest *message,
                   void *closure_data);
+typedef void (*Backup__V1__AbandonUploadRequest_Closure)
+                 (const Backup__V1__AbandonUploadRequest *message,
+                  void *closure_data);
 typedef void (*Backup__V1__GetScheduleRequest_Closure)
                  (const Backup__V1__GetScheduleRequest *message,
                   void *closure_data);
@@ -2590,6 +2627,10 @@ struct Backup__V1__Backups_Service
                      const Backup__V1__GetUploadRequest *input,
                      Backup__V1__Upload_Closure closure,
                      void *closure_data);
+  void (*abandon_upload)(Backup__V1__Backups_Service *service,
+                         const Backup__V1__AbandonUploadRequest *input,
+                         Backup__V1__Upload_Closure closure,
+                         void *closure_data);
   void (*get_schedule)(Backup__V1__Backups_Service *service,
                        const Backup__V1__GetScheduleRequest *input,
                        Backup__V1__Schedule_Closure closure,
@@ -2642,6 +2683,7 @@ void backup__v1__backups__init (Backup__V1__Backups_Service *service,
       function_prefix__ ## upload_chunks,\
       function_prefix__ ## finish_upload,\
       function_prefix__ ## get_upload,\
+      function_prefix__ ## abandon_upload,\
       function_prefix__ ## get_schedule,\
       function_prefix__ ## set_schedule,\
       function_prefix__ ## create_token,\
@@ -2743,6 +2785,10 @@ void backup__v1__backups__get_upload(ProtobufCService *service,
                                      const Backup__V1__GetUploadRequest *input,
                                      Backup__V1__Upload_Closure closure,
                                      void *closure_data);
+void backup__v1__backups__abandon_upload(ProtobufCService *service,
+                                         const Backup__V1__AbandonUploadRequest *input,
+                                         Backup__V1__Upload_Closure closure,
+                                         void *closure_data);
 void backup__v1__backups__get_schedule(ProtobufCService *service,
                                        const Backup__V1__GetScheduleRequest *input,
                                        Backup__V1__Schedule_Closure closure,
@@ -2822,6 +2868,7 @@ extern const ProtobufCMessageDescriptor backup__v1__start_upload_request__descri
 extern const ProtobufCMessageDescriptor backup__v1__upload_chunk__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__finish_upload_request__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__get_upload_request__descriptor;
+extern const ProtobufCMessageDescriptor backup__v1__abandon_upload_request__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__get_schedule_request__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__set_schedule_request__descriptor;
 extern const ProtobufCMessageDescriptor backup__v1__create_token_request__descriptor;

@@ -58,6 +58,7 @@ public final class JobRunner: Service, Sendable {
     private let verifyJob: VerifyJob
     private let archiveCache: ArchiveCache
     private let spool: UploadSpool
+    private let uploads: UploadSettings
     private let logger: Logger
     private let owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(UUID().uuidString.prefix(8))"
     private let signals = NIOLockedValueBox(Signals())
@@ -96,6 +97,7 @@ public final class JobRunner: Service, Sendable {
                                    reservedDiskBytes: uploads.reservedDiskBytes)
         self.archiveCache = archiveCache
         self.spool = spool
+        self.uploads = uploads
         (wakeups, wakeupSource) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -254,7 +256,8 @@ public final class JobRunner: Service, Sendable {
     private func sweepUploads() async {
         do {
             let listed = try spool.listedUploads()
-            let (unfinished, known) = try await catalog.expireUploads(listed: listed)
+            let (unfinished, known) = try await catalog.expireUploads(listed: listed, minimumRate: uploads.minimumRate,
+                                                                      window: uploads.rateWindow)
             let removed = spool.sweep(listed: listed, unfinished: unfinished, known: known)
             if removed > 0 { logger.info("removed uploads no longer received", metadata: ["count": "\(removed)"]) }
         } catch {

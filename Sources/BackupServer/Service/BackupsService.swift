@@ -223,7 +223,7 @@ struct BackupsService: Sendable {
             return try await catalog.startUpload(
                 namespace: request.namespace, environment: request.environment, filename: request.filename, comment: request.comment,
                 size: request.sizeBytes, sha256: sha256, actor: context.caller.tokenName, lifetime: spool.lifetime,
-                spoolBytes: uploads.spoolBytes, namespaceShare: uploads.namespaceShare,
+                spoolBytes: uploads.spoolBytes, diskBytes: spool.usableDiskBytes(), namespaceShare: uploads.namespaceShare,
                 prepare: { [spool] id, others in try spool.create(id, size: request.sizeBytes, beside: others) })
         }
         router.clientStreaming(Backups.uploadChunks) { chunks, context in
@@ -246,6 +246,13 @@ struct BackupsService: Sendable {
         router.unary(Backups.getUpload) { request, context in
             try await reachableUpload(request.uploadID, context)
         }
+        router.unary(Backups.abandonUpload) { request, context in
+            let upload = try await reachableUpload(request.uploadID, context, platform: true)
+            let (abandoned, changed) = try await catalog.abandonUpload(id: upload.id, actor: context.caller.tokenName)
+            // Its reservation went with the commit; its data goes now (a call still writing fails its next count).
+            if changed { spool.remove([upload.id]) }
+            return abandoned
+        }
     }
 
     private func registerSchedules(into router: inout RPCRouter) {
@@ -266,10 +273,12 @@ struct BackupsService: Sendable {
         }
     }
 
-    /// An upload the caller may send to; another namespace's answers NOT_FOUND as an unknown id does.
-    private func reachableUpload(_ id: String, _ context: CallContext) async throws -> Upload {
+    /// An upload the caller may send to (or, with `platform`, the platform
+    /// too); another namespace's answers NOT_FOUND as an unknown id does.
+    private func reachableUpload(_ id: String, _ context: CallContext, platform: Bool = false) async throws -> Upload {
         let upload = try await catalog.upload(id: id)
-        try context.authorize(.operator, reaching: upload.namespace, orAnswer: .notFound("upload \(upload.id) does not exist"))
+        try context.authorize(.operator, reaching: upload.namespace, platform: platform,
+                              orAnswer: .notFound("upload \(upload.id) does not exist"))
         return upload
     }
 

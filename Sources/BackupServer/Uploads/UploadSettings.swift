@@ -12,8 +12,14 @@ public struct UploadSettings: Sendable {
     public var namespaceShare = 0.5
     /// Free space the spool's disk keeps beyond every unfinished upload.
     public var reservedDiskBytes: UInt64 = 1 << 30
-    /// What a received archive may hold, checked while it is validated.
-    public var archiveLimits = SnapshotArchiveReader.Limits()
+    /// An upload that receives less than `minimumRate` bytes a second over a
+    /// whole `rateWindow` expires, however much trickles in: a reservation is
+    /// not held by a byte a day.
+    public var minimumRate: UInt64 = 1024
+    public var rateWindow: Duration = .seconds(6 * 3600)
+    /// What a received archive may hold, checked while it is validated: as
+    /// many documents as a backup may hold, beside `.metadata` and the dump.
+    public var archiveLimits = SnapshotArchiveReader.Limits(members: AppDatabasePolicy().maximumFilesPerBackup + 2)
 
     public init() {}
 }

@@ -38,9 +38,16 @@ final class UploadSpool: Sendable {
     /// Makes an upload's empty file, if the disk has room for its `size`
     /// beside the `others` bytes unfinished uploads announced (the refusal
     /// names this upload's size only); the file must not exist.
-    func create(_ uploadID: String, size: UInt64, beside others: UInt64) throws {
+    /// What the spool's disk has free beyond its reserve (everything, when the disk cannot be asked).
+    func usableDiskBytes() -> UInt64 {
         var info = statvfs()
-        if statvfs(directory, &info) == 0, UInt64(info.f_bavail) * UInt64(info.f_frsize) < size + others + reservedDiskBytes {
+        guard statvfs(directory, &info) == 0 else { return .max }
+        let free = UInt64(info.f_bavail) * UInt64(info.f_frsize)
+        return free > reservedDiskBytes ? free - reservedDiskBytes : 0
+    }
+
+    func create(_ uploadID: String, size: UInt64, beside others: UInt64) throws {
+        if usableDiskBytes() < size + others {
             throw BackupError.resourceExhausted("the upload spool's disk has too little free space for an upload of \(size) bytes "
                                                 + "(it keeps \(reservedDiskBytes) bytes free); try again later")
         }
