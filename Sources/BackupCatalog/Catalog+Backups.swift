@@ -171,32 +171,48 @@ extension Catalog {
                 + "wait for it to end or cancel it")
     }
 
-    /// Removes the blobs no snapshot refers to: their catalog rows are
-    /// deleted, then their files. Then the store's files that no catalog row
-    /// knows are removed too: blobs a failed job stored but never recorded.
-    /// Every job that stores or reads blobs holds the blob lock shared, and
-    /// this runs only while it holds the lock exclusively, so no job is
-    /// between storing a blob and recording it. Returns how many blobs went,
-    /// or nil, doing nothing, while any job holds the lock.
+    /// Removes the blobs no snapshot refers to, beside running jobs. A job
+    /// that stores a blob, or reuses one the store holds, records it in its
+    /// ledger (`BlobLedger`), which marks it used; nothing used since the
+    /// oldest running job began is collected (the fence), so what a job
+    /// stored and has yet to reference stays however long it runs, and a
+    /// held job never stalls collection of anything older. Unreferenced
+    /// rows older than the fence are deleted and their files removed in
+    /// one transaction (a job recording one of them meanwhile waits, then
+    /// finds it gone and fails rather than reference nothing). Then the
+    /// store's files that no row knows and that were last written or
+    /// reused before the fence go too: what failed jobs stored but never
+    /// recorded. Returns how many blobs went, or nil while another
+    /// collection runs (one at a time, across processes).
     public func collectGarbage(in store: any BlobStore) async throws -> Int? {
         try await pool.withConnection { connection in
             guard try connection.query("SELECT pg_try_advisory_lock(\(AdvisoryLock.blobs)) AS locked")[0].bool("locked") else {
                 return nil
             }
             defer { _ = try? connection.query("SELECT pg_advisory_unlock(\(AdvisoryLock.blobs))") }
-            let unreferenced = try connection.transaction {
-                try connection.query("""
+            // A job claimed after the fence is read writes after this instant.
+            let beforeFence = Date()
+            let (unreferenced, fenceAge) = try connection.transaction {
+                let fenceAge = try connection.query("""
+                    SELECT extract(epoch FROM now() - least(now(), (SELECT min(started_at) FROM jobs WHERE status = 'running')))::float8::text
+                        AS age
+                    """)[0].string("age")
+                let unreferenced = try connection.query("""
                     DELETE FROM blobs b
-                    WHERE NOT EXISTS (SELECT 1 FROM snapshot_files f WHERE f.sha256 = b.sha256)
+                    WHERE b.used_at < now() - make_interval(secs => $1::float8)
+                      AND NOT EXISTS (SELECT 1 FROM snapshot_files f WHERE f.sha256 = b.sha256)
                       AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.dump_sha256 = b.sha256)
                       AND NOT EXISTS (SELECT 1 FROM dump_chunks c WHERE c.blob_sha256 = b.sha256)
                     RETURNING sha256
-                    """).compactMap { ContentHash(hex: $0.string("sha256")) }
+                    """, fenceAge).compactMap { ContentHash(hex: $0.string("sha256")) }
+                for hash in unreferenced { try store.remove(hash) }
+                return (unreferenced, Double(fenceAge) ?? 0)
             }
-            for hash in unreferenced { try store.remove(hash) }
-
+            // The fence on this process's clock (processes sharing a store keep their clocks in step with the
+            // catalog's); a second more while jobs run, for clocks a little apart.
+            let cutoff = beforeFence.addingTimeInterval(-fenceAge - (fenceAge > 0 ? 1 : 0))
             var unrecorded: [ContentHash] = []
-            let stored = try store.storedHashes()
+            let stored = try store.storedHashes(unusedSince: cutoff)
             for start in stride(from: 0, to: stored.count, by: 1000) {
                 let batch = stored[start..<min(start + 1000, stored.count)]
                 let known = Set(try connection.query("SELECT sha256 FROM blobs WHERE sha256 = ANY($1::text[])", batch.map(\.hex))
@@ -260,95 +276,49 @@ extension Catalog {
     }
 }
 
-/// Records the blobs a running job stores, on a connection of its own that
-/// holds the blob lock shared, so that garbage collection waits for the job.
-///
-/// Should that connection be lost (the catalog restarted, or ended the
-/// session), the lock went with it and a collection may have run meanwhile.
-/// The ledger then takes the lock again on a new connection, checks that
-/// every blob it has recorded or is recording is still in the store, and
-/// records them all again: the job carries on, or fails naming how many
-/// blobs went missing.
-public actor BlobLedger {
+/// Records the blobs a running job stores or reuses, marking each used now,
+/// so that collection, which runs beside jobs, keeps them until the job
+/// references them (see `Catalog.collectGarbage`). A blob is checked to be
+/// in the store after it is marked: one collected just before (its last
+/// reference deleted as the job ran) fails the job, which can be run again,
+/// rather than a backup referencing nothing.
+public struct BlobLedger: Sendable {
     private let pool: ConnectionPool
     private let store: any BlobStore
-    private var handle: ConnectionHandle
-    private var recorded: [StoredBlob] = []
 
-    private init(pool: ConnectionPool, store: any BlobStore, handle: ConnectionHandle) {
+    init(pool: ConnectionPool, store: any BlobStore) {
         self.pool = pool
         self.store = store
-        self.handle = handle
     }
 
-    static func locked(pool: ConnectionPool, store: any BlobStore) async throws -> BlobLedger {
-        BlobLedger(pool: pool, store: store, handle: try await lock(pool))
-    }
-
-    private static func lock(_ pool: ConnectionPool) async throws -> ConnectionHandle {
-        let handle = try await pool.dedicatedConnection()
-        try await handle.run { try $0.query("SELECT pg_advisory_lock_shared(\(AdvisoryLock.blobs))") }
-        return handle
-    }
-
+    /// Marks `blobs` used; fails naming how many the store no longer holds.
     public func record(_ blobs: [StoredBlob]) async throws {
-        guard !blobs.isEmpty else { return }
-        do {
-            try await insert(blobs)
-        } catch is PostgresError where !handle.connection.isHealthy {
-            try await lockAgain(keeping: recorded + blobs)
+        let kept = try await keep(blobs)
+        guard kept.count == blobs.count else {
+            throw BackupError.failedPrecondition("\(blobs.count - kept.count) blobs this job stored or reused were collected as it ran "
+                + "(the backups that held them were deleted); run it again")
         }
-        recorded += blobs
     }
 
-    /// Makes sure the lock is still held, taking it again as `record` does;
-    /// before the blobs are referenced by a catalog record.
-    public func confirm() async throws {
-        guard (try? await handle.run { try $0.query("SELECT 1") }) == nil else { return }
-        try await lockAgain(keeping: recorded)
-    }
-
-    private func lockAgain(keeping blobs: [StoredBlob]) async throws {
-        handle = try await Self.lock(pool)
-        let store = self.store
-        let missing = try await pool.threadPool.runIfActive { blobs.filter { !store.contains($0.hash) }.count }
-        guard missing == 0 else {
-            throw BackupError.failedPrecondition("the catalog connection holding the blob lock was lost, and \(missing) blobs this job "
-                + "stored were collected meanwhile; run it again")
-        }
-        try await insert(blobs)
-    }
-
-    private func insert(_ blobs: [StoredBlob]) async throws {
-        guard !blobs.isEmpty else { return }
-        try await handle.run { connection in
+    /// Marks `blobs` used and returns those the store still holds: content a
+    /// job may reuse (the chunks of an environment's latest backup).
+    public func keep(_ blobs: [StoredBlob]) async throws -> [StoredBlob] {
+        guard !blobs.isEmpty else { return [] }
+        try await pool.withConnection(idempotent: true) { connection in
             try connection.query("""
                 INSERT INTO blobs (sha256, size)
                 SELECT sha256, size::bigint FROM unnest($1::text[], $2::text[]) AS b(sha256, size)
-                ON CONFLICT DO NOTHING
+                ON CONFLICT (sha256) DO UPDATE SET used_at = now()
                 """, blobs.map(\.hash.hex), blobs.map { String($0.size) })
         }
-    }
-
-    /// Lets the lock go; closing the connection would too.
-    fileprivate func release() async {
-        _ = try? await handle.run { try $0.query("SELECT pg_advisory_unlock_shared(\(AdvisoryLock.blobs))") }
+        let store = self.store
+        return try await pool.threadPool.runIfActive { blobs.filter { store.contains($0.hash) } }
     }
 }
 
 extension Catalog {
-    /// Runs a job's storing or reading work holding the blob lock shared, so
-    /// garbage collection waits for it. Blobs recorded here before a failure
-    /// are unreferenced afterwards and collected.
-    public func withSharedBlobLock<T: Sendable>(store: any BlobStore, _ body: @Sendable (BlobLedger) async throws -> T) async throws -> T {
-        let ledger = try await BlobLedger.locked(pool: pool, store: store)
-        do {
-            let value = try await body(ledger)
-            await ledger.release()
-            return value
-        } catch {
-            await ledger.release()
-            throw error
-        }
+    /// The ledger a job that stores blobs records them in.
+    public func blobLedger(store: any BlobStore) -> BlobLedger {
+        BlobLedger(pool: pool, store: store)
     }
 }

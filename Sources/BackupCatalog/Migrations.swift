@@ -306,5 +306,10 @@ enum Migrations {
         ALTER TABLE uploads ADD COLUMN window_started_at timestamptz NOT NULL DEFAULT now(),
             ADD COLUMN window_received bigint NOT NULL DEFAULT 0;
         """),
+        (15, """
+        -- Collection runs beside jobs: a blob used (stored or reused, as a job's ledger records it) since the oldest
+        -- running job began is kept.
+        ALTER TABLE blobs ADD COLUMN used_at timestamptz NOT NULL DEFAULT now();
+        """),
     ]
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import Synchronization
 
 /// A blob that is in the store.
@@ -77,8 +78,14 @@ public protocol BlobStore: Sendable {
     /// archive being read) and whose hash is known only at its end.
     func writer() throws -> any BlobWriter
     func remove(_ hash: ContentHash) throws
-    /// Every blob the store holds, for finding those no catalog row knows.
-    func storedHashes() throws -> [ContentHash]
+    /// Every blob the store holds that was last written or reused before
+    /// `cutoff`, for finding those no catalog row knows: a blob a running job
+    /// stored (or found there and reused) a moment ago may not be recorded yet.
+    func storedHashes(unusedSince cutoff: Date) throws -> [ContentHash]
+    /// Whether the store holds `hash`, marking it as reused now, so a
+    /// collection that runs beside the job reusing it does not take it as
+    /// an unrecorded leftover.
+    func reuse(_ hash: ContentHash) -> Bool
 }
 
 /// Blobs as files under a folder: `sha256/ab/cd/abcd…`. Each is written to a
@@ -112,20 +119,29 @@ public struct LocalBlobStore: BlobStore {
 
     public var scratchDirectory: String { root + "/tmp" }
 
-    public func storedHashes() throws -> [ContentHash] {
+    public func storedHashes(unusedSince cutoff: Date) throws -> [ContentHash] {
         var hashes: [ContentHash] = []
+        let cutoffSeconds = cutoff.timeIntervalSince1970
         for first in try folderEntries(atPath: root + "/sha256") {
             for second in try folderEntries(atPath: "\(root)/sha256/\(first)") {
-                hashes += try folderEntries(atPath: "\(root)/sha256/\(first)/\(second)").compactMap(ContentHash.init(hex:))
+                hashes += try folderEntries(atPath: "\(root)/sha256/\(first)/\(second)").compactMap(ContentHash.init(hex:)).filter { hash in
+                    var info = stat()
+                    return lstat(path(for: hash), &info) == 0
+                        && Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9 < cutoffSeconds
+                }
             }
         }
         return hashes
     }
 
+    public func reuse(_ hash: ContentHash) -> Bool {
+        utimensat(AT_FDCWD, path(for: hash), nil, AT_SYMLINK_NOFOLLOW) == 0
+    }
+
     public func put(reading descriptor: Int32, upTo limit: UInt64, name: String, interruption: Interruption?) throws -> StoredBlob {
         // Most documents are unchanged since the last backup: hash first, copy only what is new.
         let (hash, size) = try hashContent(of: descriptor, path: name, limit: limit, interruption: interruption)
-        if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
+        if reuse(hash) { return StoredBlob(hash: hash, size: size, written: false) }
         guard lseek(descriptor, 0, SEEK_SET) == 0 else { throw BlobStoreError.cannotRead(path: name, errno: errno) }
         return try copyIntoStore(descriptor, name: name, limit: limit, interruption: interruption)
     }
@@ -133,7 +149,7 @@ public struct LocalBlobStore: BlobStore {
     public func adopt(_ path: String) throws -> StoredBlob {
         defer { unlink(path) }
         let (hash, size) = try hashFile(path)
-        if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
+        if reuse(hash) { return StoredBlob(hash: hash, size: size, written: false) }
         let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
         defer { close(fd) }
@@ -167,7 +183,7 @@ public struct LocalBlobStore: BlobStore {
     fileprivate func takeIn(_ temporary: String, hash: ContentHash, size: UInt64) throws -> StoredBlob {
         var keepTemporary = false
         defer { if !keepTemporary { unlink(temporary) } }
-        if contains(hash) { return StoredBlob(hash: hash, size: size, written: false) }
+        if reuse(hash) { return StoredBlob(hash: hash, size: size, written: false) }
         let final = self.path(for: hash)
         let folder = String(final[..<final.lastIndex(of: "/")!])
         try makeDirectories(folder)

@@ -55,11 +55,12 @@ public struct URLSigningKeys: Sendable {
                 throw .invalidArgument("download key line \(index + 1): the key id must be 1 to 64 of A-Z a-z 0-9 - _ .")
             }
             guard let secret = decodeBase64(encoded), secret.count >= Self.minimumSecretBytes else {
-                throw .invalidArgument("download key \(id) (line \(index + 1)): the secret must be base64 of at least "
+                // Neither the id nor the secret is repeated: a line missing its id has the secret where the id goes.
+                throw .invalidArgument("download key line \(index + 1): the secret must be base64 of at least "
                     + "\(Self.minimumSecretBytes) bytes")
             }
             guard !keys.contains(where: { $0.id == id }) else {
-                throw .invalidArgument("download key \(id) (line \(index + 1)) is listed twice")
+                throw .invalidArgument("download key line \(index + 1) repeats a key id listed above")
             }
             keys.append(SigningKey(id: id, secret: Secret(secret)))
         }

@@ -65,6 +65,8 @@ public final class PostgresConnection: @unchecked Sendable {
 
     /// Connects with a libpq connection string (key=value pairs or a URI).
     public init(_ connectionString: String) throws(PostgresError) {
+        // Parsed first: libpq's own parse error, which connecting would report, quotes the text, a password among it.
+        _ = try ConnectionString.settings(connectionString)
         guard let connection = PQconnectdb(connectionString) else {
             throw PostgresError(sqlState: nil, message: "libpq could not allocate a connection")
         }
@@ -210,9 +212,10 @@ public enum ConnectionString {
     public static func settings(_ connectionString: String) throws(PostgresError) -> [(key: String, value: String)] {
         var error: UnsafeMutablePointer<CChar>?
         guard let options = PQconninfoParse(connectionString, &error) else {
-            let message = error.map { String(cString: $0).trimmingTrailingNewlines } ?? "out of memory"
+            // libpq's reason quotes the text it could not parse, which may be a password: it is not repeated.
             if let error { PQfreemem(error) }
-            throw PostgresError(sqlState: nil, message: "connection string is not valid: \(message)")
+            throw PostgresError(sqlState: nil, message: "connection string is not valid: libpq cannot parse it "
+                                + "(its text is not repeated here, as it may hold a password)")
         }
         defer { PQconninfoFree(options) }
         var settings: [(key: String, value: String)] = []
@@ -229,6 +232,19 @@ public enum ConnectionString {
         settings.map { key, value in
             "\(key)='\(value.replacing("\\", with: "\\\\").replacing("'", with: "\\'"))'"
         }.joined(separator: " ")
+    }
+
+    /// The settings that are credentials: never shown, never on a command line.
+    public static let secretKeys: Set = ["password", "sslpassword"]
+
+    /// A connection string as it may be shown to a person: every setting
+    /// libpq reads from it, as key=value pairs, with the credentials'
+    /// values replaced, however they were spelled (keyword or URI form,
+    /// quoted, escaped, percent-encoded, as `sslpassword`). One libpq cannot
+    /// parse is not shown at all.
+    public static func redacted(_ connectionString: String) -> String {
+        guard let all = try? settings(connectionString) else { return "(a connection string libpq cannot parse)" }
+        return render(all.map { secretKeys.contains($0.key) ? ($0.key, "REDACTED") : $0 })
     }
 
     /// For a child process (pg_dump, pg_restore): the connection string

@@ -27,17 +27,3 @@ public struct Secret<Value: Sendable>: Sendable, CustomStringConvertible, Custom
         try container.encode(Self.redactedText)
     }
 }
-
-/// libpq connection strings with their passwords hidden, for anything shown
-/// to a person: logs, errors, answers. A password given as `password=…`
-/// (quoted or not) or in a URI's user part (`postgresql://user:pw@host`)
-/// becomes `REDACTED`; everything else is kept, so the string still says
-/// which server and database it names.
-public enum ConnectionStringRedaction {
-    public static func redacted(_ connectionString: String) -> String {
-        connectionString
-            .replacing(/(^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)/) { "\($0.output.1)password=REDACTED" }
-            .replacing(/(:\/\/[^:\/@?]*:)[^@\/?]*@/) { "\($0.output.1)REDACTED@" }
-            .replacing(/([?&]password=)[^&]*/) { "\($0.output.1)REDACTED" }
-    }
-}

@@ -21,10 +21,10 @@ extension RedactedWhenPrinted {
     public var debugDescription: String { description }
 }
 
-/// The database URL of an environment or of a request that places one, with its password hidden.
+/// The database URL of an environment or of a request that places one: hidden whole, as a password may be
+/// spelled in it in more ways than a pattern can know (clients are shown it through libpq's own parsing).
 private func printedDatabaseURL(field: String, value: Any) -> String? {
-    guard field == "databaseURL", let url = value as? String else { return nil }
-    return String(reflecting: ConnectionStringRedaction.redacted(url))
+    field == "databaseURL" ? Secret<String>.redactedText : nil
 }
 
 extension Environment: RedactedWhenPrinted {

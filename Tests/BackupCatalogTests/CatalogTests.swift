@@ -119,58 +119,65 @@ import Testing
         }
     }
 
-    /// Blobs no snapshot refers to go, recorded in the catalog or not (a
-    /// failed job may have stored one it never recorded), but only once no
-    /// job holds the blob lock.
-    @Test func garbageCollectionWaitsForRunningJobsThenTakesEveryUnreferencedBlob() async throws {
-        try await withCatalog { catalog, _ in
+    /// Collection runs beside jobs (issue 19: a held job kept it from running
+    /// at all). Blobs no snapshot refers to go, recorded in the catalog or
+    /// not (a failed job may have stored one it never recorded), unless used
+    /// since the oldest running job began: what that job stored and has yet
+    /// to reference stays, however long it is held.
+    @Test func collectionRunsBesideJobsAndKeepsWhatARunningJobUsed() async throws {
+        try await withCatalog { catalog, database in
+            try await register(catalog)
             let scratch = try ScratchDirectory("gc")
             defer { scratch.remove() }
             let store = try LocalBlobStore(root: scratch.path + "/blobs")
-            let recorded = try store.storing("recorded"), unrecorded = try store.storing("never recorded")
-            try await catalog.withSharedBlobLock(store: store) { ledger in
-                try await ledger.record([recorded])
-                // While a job holds the lock, a collection does nothing.
-                #expect(try await catalog.collectGarbage(in: store) == nil)
+            let hourAgo = Date().addingTimeInterval(-3600)
+            // From before the job: recorded and unreferenced, and never recorded.
+            let oldRecorded = try store.storing("old recorded"), oldUnrecorded = try store.storing("old, never recorded")
+            try await catalog.blobLedger(store: store).record([oldRecorded])
+            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
+            for blob in [oldRecorded, oldUnrecorded] {
+                try FileManager.default.setAttributes([.modificationDate: hourAgo], ofItemAtPath: store.path(for: blob.hash))
             }
+            _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+            let held = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 300, perNamespace: 1))
+            // The running job's own: one recorded, one stored and not recorded yet.
+            let recorded = try store.storing("recorded"), unrecorded = try store.storing("not recorded yet")
+            try await catalog.blobLedger(store: store).record([recorded])
+
+            #expect(try await catalog.collectGarbage(in: store) == 2)
+            #expect(!store.contains(oldRecorded.hash) && !store.contains(oldUnrecorded.hash))
             #expect(store.contains(recorded.hash) && store.contains(unrecorded.hash))
+
+            try await catalog.failJob(id: held.job.id, error: "held no longer")
             #expect(try await catalog.collectGarbage(in: store) == 2)
             #expect(!store.contains(recorded.hash) && !store.contains(unrecorded.hash))
         }
     }
 
-    /// The catalog ends the session holding a job's shared blob lock: the
-    /// job takes it again and carries on when nothing it stored went
-    /// missing meanwhile, and fails naming the loss when a collection ran in
-    /// the gap.
-    @Test func aJobWhoseBlobLockSessionEndsTakesTheLockAgainOrFailsIfBlobsWentMeanwhile() async throws {
+    /// A blob collected just before a job records it (its last backup was
+    /// deleted as the job ran) fails the job, which can run again; it is
+    /// never referenced while missing. Reused content is kept only if there.
+    @Test func aBlobCollectedBeforeAJobRecordsItFailsTheJobRatherThanTheBackup() async throws {
         try await withCatalog { catalog, database in
             let scratch = try ScratchDirectory("ledger")
             defer { scratch.remove() }
             let store = try LocalBlobStore(root: scratch.path + "/blobs")
-            @Sendable func endLockSession() throws {
-                let ended = try TestPostgres.query("postgres", """
-                    SELECT count(pg_terminate_backend(l.pid, 5000)) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database
-                    WHERE d.datname = $1 AND l.locktype = 'advisory' AND l.mode = 'ShareLock' AND l.granted
-                    """, database)[0].int64("n")
-                #expect(ended == 1)
-            }
-            let (first, second, third) = (try store.storing("first"), try store.storing("second"), try store.storing("third"))
-            try await catalog.withSharedBlobLock(store: store) { ledger in
-                try await ledger.record([first])
-                try endLockSession()
-                try await ledger.record([second])
-                #expect(try await catalog.collectGarbage(in: store) == nil, "the lock was not taken again")
-                try endLockSession()
-                try await ledger.confirm()
-                #expect(try await catalog.collectGarbage(in: store) == nil, "confirm did not take the lock again")
-
-                try endLockSession()
-                #expect(try await catalog.collectGarbage(in: store) == 3)  // in the gap: the three are unreferenced
-                await #expect(throws: BackupError.failedPrecondition(
-                    "the catalog connection holding the blob lock was lost, and 3 blobs this job stored were collected meanwhile; run it again")) {
-                    try await ledger.record([third])
-                }
+            let (gone, there) = (try store.storing("gone"), try store.storing("there"))
+            let ledger = catalog.blobLedger(store: store)
+            try await ledger.record([gone, there])
+            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour' WHERE sha256 = $1", gone.hash.hex)
+            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour' WHERE sha256 = $1", there.hash.hex)
+            // Reused by a running job before the collection: kept.
+            try await register(catalog)
+            _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+            _ = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 300, perNamespace: 1))
+            #expect(try await ledger.keep([there]).map(\.hash) == [there.hash])
+            #expect(try await catalog.collectGarbage(in: store) == 1)
+            #expect(store.contains(there.hash) && !store.contains(gone.hash))
+            #expect(try await ledger.keep([gone, there]).map(\.hash) == [there.hash])
+            await #expect(throws: BackupError.failedPrecondition(
+                "1 blobs this job stored or reused were collected as it ran (the backups that held them were deleted); run it again")) {
+                try await ledger.record([gone])
             }
         }
     }

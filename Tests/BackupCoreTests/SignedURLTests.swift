@@ -85,10 +85,10 @@ import Testing
         ("", "the download key file lists no key"),
         ("# nothing\n\n", "the download key file lists no key"),
         ("just-a-secret", "download key line 1 is not KEY_ID = SECRET"),
-        ("a = \(base64URL([UInt8](repeating: 1, count: 31)))", "download key a (line 1): the secret must be base64 of at least 32 bytes"),
-        ("a = not base64!", "download key a (line 1): the secret must be base64 of at least 32 bytes"),
+        ("a = \(base64URL([UInt8](repeating: 1, count: 31)))", "download key line 1: the secret must be base64 of at least 32 bytes"),
+        ("a = not base64!", "download key line 1: the secret must be base64 of at least 32 bytes"),
         ("bad id = \(secretA)", "download key line 1: the key id must be 1 to 64 of A-Z a-z 0-9 - _ ."),
-        ("a = \(secretA)\n\na = \(secretB)", "download key a (line 3) is listed twice"),
+        ("a = \(secretA)\n\na = \(secretB)", "download key line 3 repeats a key id listed above"),
     ])
     func badKeyFilesAreRefusedNamingTheLine(text: String, message: String) {
         #expect(throws: BackupError.invalidArgument(message)) { try URLSigningKeys(parsing: text) }

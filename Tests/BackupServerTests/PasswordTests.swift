@@ -67,7 +67,7 @@ func recordingTool(_ tool: String, log: String) throws -> String {
                 })
             }
             try await server.withClient { client in
-                #expect(environment.databaseURL.contains("password=REDACTED") && !environment.databaseURL.contains("backslash"))
+                #expect(environment.databaseURL.contains("password='REDACTED'") && !environment.databaseURL.contains("backslash"))
                 let created = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "ledger" })
                 let backupJob = try await waitForJob(created.job.id, on: client)
                 #expect(backupJob.status == .finished, "\(backupJob.error)")
@@ -85,5 +85,65 @@ func recordingTool(_ tool: String, log: String) throws -> String {
         let recorded = try String(contentsOfFile: commandLines, encoding: .utf8)
         #expect(recorded.contains("--dbname=") && recorded.contains("--snapshot="))
         #expect(!recorded.contains("quote") && !recorded.contains("backslash"))
+    }
+
+    /// Helper findings: the pattern that hid passwords from viewers missed
+    /// spellings libpq accepts. What viewers see is libpq's own reading.
+    @Test func everySpellingOfAPasswordIsHiddenFromViewers() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer { server in
+                let (port, database) = (TestPostgres.port, app.database)
+                let spellings = [
+                    ("glued", "host=127.0.0.1 port=\(port) user=postgres dbname='\(database)'password=QuoteGlueSECRET2", "QuoteGlueSECRET2"),
+                    ("escaped", "host=127.0.0.1 port=\(port) user=postgres dbname=\(database) password=Esc\\ SpaceSECRET3", "SpaceSECRET3"),
+                    ("uri-qmark", "postgresql://postgres:Qmark?SECRET4@127.0.0.1:\(port)/\(database)", "SECRET4"),
+                    ("uri-percent-key", "postgresql://postgres@127.0.0.1:\(port)/\(database)?pass%77ord=PctKeySECRET5", "PctKeySECRET5"),
+                    ("uri-user", "postgresql://postgres:UserPartSECRET7@127.0.0.1:\(port)/\(database)?sslmode=disable", "UserPartSECRET7"),
+                ]
+                try await server.withClient(token: server.platformToken) { client in
+                    for (name, url, _) in spellings {
+                        _ = try await client.unary(Backups.registerEnvironment, .with {
+                            $0.namespace = "acme"; $0.name = name; $0.app = "shop"; $0.databaseURL = url; $0.fileStorePath = app.fileStore + "-\(name)"
+                        })
+                    }
+                    let refused = await expectStatus(.invalidArgument) {
+                        _ = try await client.unary(Backups.registerEnvironment, .with {
+                            $0.namespace = "acme"; $0.name = "sslpassword"; $0.app = "shop"; $0.fileStorePath = app.fileStore + "-ssl"
+                            $0.databaseURL = "postgresql://postgres@127.0.0.1:\(port)/\(database)?sslpassword=SslPwSECRET6"
+                        })
+                    }
+                    #expect(refused?.message.contains("sslpassword") == true && refused?.message.contains("SECRET6") == false)
+                }
+                let viewer = try await server.makeToken(.viewer, name: "looker")
+                let shown = try await server.withClient(token: viewer) { client in
+                    try await client.unary(Backups.listEnvironments, .with { $0.namespace = "acme" }).environments.map(\.databaseURL)
+                }
+                #expect(shown.count == spellings.count)
+                for url in shown {
+                    #expect(url.contains("password='REDACTED'") && !url.contains("SECRET"), "\(url)")
+                }
+            }
+        }
+    }
+
+    /// Helper finding: libpq's parse errors quote the text they could not
+    /// parse, a password among it; backupd does not repeat them.
+    @Test func libpqsParseErrorsAreNotRepeated() async throws {
+        try await withInProcessServer { server in
+            let refused = await expectStatus(.invalidArgument) {
+                _ = try await server.withClient(token: server.platformToken) { client in
+                    try await client.unary(Backups.registerEnvironment, .with {
+                        $0.namespace = "acme"; $0.name = "bad"; $0.app = "shop"; $0.fileStorePath = TestServer.fileStoreRoot + "/bad-\(UUID())"
+                        $0.databaseURL = "postgresql://postgres@127.0.0.1/x?password=Bad%zzSECRET7"
+                    })
+                }
+            }
+            #expect(refused?.message.contains("not a libpq connection string") == true && refused?.message.contains("SECRET") == false,
+                    "\(String(describing: refused))")
+        }
+        let catalog = try runCommand("\(binDirectory)/backupd", ["token", "create", "--platform", "--name", "p", "--catalog",
+                                                               "postgresql://postgres:CatBad%zzSECRET8@127.0.0.1/x"])
+        #expect(catalog.status != 0 && !catalog.standardError.contains("SECRET8") && !catalog.standardOutput.contains("SECRET8"),
+                "\(catalog.standardError)")
     }
 }

@@ -138,7 +138,7 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots").count == 1, "gone a second early")
                 clock.set(Date(timeIntervalSince1970: Double(backup.expiresUnixMS) / 1000))
                 try await eventually { try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots").isEmpty }
-                try await eventually { try !blobs.contains(dump) && blobs.storedHashes().isEmpty }
+                try await eventually { try !blobs.contains(dump) && blobs.storedHashes(unusedSince: .distantFuture).isEmpty }
                 let expired = try TestPostgres.query(server.catalogDatabase, "SELECT actor, detail FROM activity WHERE action = 'expired'")
                 #expect(expired.count == 1 && expired.first?.string("actor") == "scheduler")
                 #expect(expired.first?.string("detail").hasPrefix("on-demand backup expired at ") == true)

@@ -169,7 +169,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                 try await eventually(within: .seconds(30)) {
                     try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/uploads").isEmpty
                         && FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/tmp").isEmpty
-                        && LocalBlobStore(root: server.blobDirectory).storedHashes().isEmpty
+                        && LocalBlobStore(root: server.blobDirectory).storedHashes(unusedSince: .distantFuture).isEmpty
                         && TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n") == 0
                 }
             }

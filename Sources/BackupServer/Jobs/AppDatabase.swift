@@ -53,8 +53,10 @@ struct AppDatabases: Sendable {
     let policy: AppDatabasePolicy
     let catalog: DatabaseIdentity
 
-    /// Settings no URL may give: both read files of backupd's choosing.
-    private static let refusedSettings = ["service", "passfile"]
+    /// Settings no URL may give: the first two read files of backupd's
+    /// choosing; an `sslpassword` could reach pg_dump only on its command
+    /// line, which every local user can list.
+    private static let refusedSettings = ["service", "passfile", "sslpassword"]
     /// A path that never exists: libpq finds no password file or client certificate there.
     private static let nowhere = "/nonexistent/backupd-gives-no-credentials"
 
@@ -68,7 +70,9 @@ struct AppDatabases: Sendable {
             throw .invalidArgument("database_url is not a libpq connection string: \(error.message)")
         }
         if let refused = settings.first(where: { Self.refusedSettings.contains($0.key) }) {
-            throw .invalidArgument("database_url may not set \(refused.key): it would read a file of backupd's")
+            throw .invalidArgument(refused.key == "sslpassword"
+                ? "database_url may not set sslpassword: pg_dump could be given it only on its command line, which any local user can read"
+                : "database_url may not set \(refused.key): it would read a file of backupd's")
         }
         let hosts = settings.filter { $0.key == "host" || $0.key == "hostaddr" }
             .flatMap { $0.value.split(separator: ",").map(String.init) }

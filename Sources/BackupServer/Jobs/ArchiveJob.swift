@@ -22,9 +22,8 @@ struct ArchiveJob: Sendable {
         await progress.update(done: 0, total: content, phase: work.databaseOnly ? "copying the dump" : "writing the archive")
         try cache.requireRoom(for: work.reservedBytes)
         let partial = cache.partialPath(of: work.archiveID)
-        let written = try await catalog.withSharedBlobLock(store: blobStore) { _ in
-            try await write(work, to: partial, progress: progress)
-        }
+        // The backup is pinned while this job runs, so every blob it reads stays referenced and is never collected.
+        let written = try await write(work, to: partial, progress: progress)
         do {
             guard rename(partial, cache.path(of: work.archiveID)) == 0 else { throw BlobStoreError.cannotWrite(path: partial, errno: errno) }
             try await catalog.finishArchive(jobID: claimed.job.id, owner: owner, size: written.size, sha256: written.sha256)

@@ -61,11 +61,9 @@ struct BackupJob: Sendable {
 
     func run(_ claimed: ClaimedJob, owner: String) async throws {
         let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
-        try await catalog.withSharedBlobLock(store: blobStore) { ledger in
-            let manifest = try await makeSnapshot(claimed, progress: progress, ledger: ledger)
-            try await ledger.confirm()
-            try await catalog.finishBackup(jobID: claimed.job.id, owner: owner, manifest: manifest)
-        }
+        let ledger = catalog.blobLedger(store: blobStore)
+        let manifest = try await makeSnapshot(claimed, progress: progress, ledger: ledger)
+        try await catalog.finishBackup(jobID: claimed.job.id, owner: owner, manifest: manifest)
     }
 
     private func makeSnapshot(_ claimed: ClaimedJob, progress: ProgressReporter, ledger: BlobLedger) async throws -> BackupManifest {
@@ -100,7 +98,13 @@ struct BackupJob: Sendable {
         let (dump, files) = try await withThrowingTaskGroup(of: DumpedPart.self) { group in
             group.addTask {
                 defer { Self.releaseReader(of: dumpPath) }
-                try await runDump(databaseURL, snapshot: opened.snapshot, to: dumpPath) { await progress.done(of: "database") }
+                do {
+                    try await runDump(databaseURL, snapshot: opened.snapshot, to: dumpPath) { await progress.done(of: "database") }
+                } catch let failure as ToolFailure where failure.standardError.contains("canceling statement due to statement timeout") {
+                    // pg_dump waits for its table locks under a statement timeout of --lock-wait-timeout, and says no more.
+                    throw JobFailure(description: "pg_dump could not lock the app's tables within \(databases.policy.lockTimeout): "
+                                     + (await Self.lockHolders(on: session) ?? "another session held a table locked"))
+                }
                 return .none
             }
             group.addTask {
@@ -219,6 +223,26 @@ struct BackupJob: Sendable {
         if fd >= 0 { close(fd) }
     }
 
+    /// Who holds a table of the app's database locked against a dump (ACCESS
+    /// EXCLUSIVE), as a failed backup names it: table, pid, role, application.
+    private static func lockHolders(on session: ConnectionHandle) async -> String? {
+        let holders = try? await session.runCancellable { connection in
+            try connection.query("ROLLBACK")
+            return try connection.query("""
+                SELECT format('%I.%I', n.nspname, c.relname) AS table_name, a.pid, coalesce(a.usename, '') AS role, a.application_name
+                FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
+                JOIN pg_stat_activity a ON a.pid = l.pid
+                WHERE l.granted AND l.mode = 'AccessExclusiveLock' AND l.locktype = 'relation' AND a.pid <> pg_backend_pid()
+                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                ORDER BY 1 LIMIT 5
+                """).map { row in
+                "table \(row.string("table_name")) is locked by pid \(row.string("pid")) (role \(row.string("role"))"
+                    + (row.string("application_name").isEmpty ? "" : ", application \"\(row.string("application_name"))\"") + ")"
+            }
+        }
+        return holders.flatMap { $0.isEmpty ? nil : $0.joined(separator: "; ") }
+    }
+
     /// Runs pg_dump into `path` (the FIFO); `read` says how far the dump's
     /// reader has come, which is pg_dump's progress.
     private func runDump(_ databaseURL: String, snapshot: String, to path: String,
@@ -228,6 +252,9 @@ struct BackupJob: Sendable {
             // A FIFO cannot be fsynced (each chunk's blob is); its table of contents carries no data offsets,
             // which pg_restore finds by reading.
             "--format=custom", "--compress=0", "--no-sync", "--no-owner", "--no-privileges", "--snapshot=\(snapshot)",
+            // pg_dump sets its own lock_timeout to none: a table the app holds locked fails the backup naming
+            // the table, rather than holding a job slot until the stall limit.
+            "--lock-wait-timeout=\(databases.policy.lockTimeout)",
             "--file=\(path)",
         ], database: databaseURL, stallTimeout: tools.stallTimeout, progress: read)
     }

@@ -18,7 +18,10 @@ struct DumpStorage: Sendable {
     /// the bytes read go to `target` of the job's progress.
     func store(_ path: String, of environment: (namespace: String, name: String), ledger: BlobLedger,
                progress: ProgressReporter, reportingTo target: ProgressReporter.Target) async throws -> StoredDump {
-        let known = try await catalog.knownDumpChunks(namespace: environment.namespace, environment: environment.name)
+        // Marked used before the dump starts, so a collection beside this job keeps them: only those still there are reused.
+        let latest = try await catalog.knownDumpChunks(namespace: environment.namespace, environment: environment.name)
+        let kept = Set(try await ledger.keep(latest.values.map(\.blob)).map(\.hash))
+        let known = latest.filter { kept.contains($0.value.blob.hash) }
         let writer = DumpChunkWriter(store: blobStore, level: level)
         let dump = try await progress.reporting(on: threadPool, to: target) { interruption, report in
             try writer.store(file: path, known: known, interruption: interruption, progress: report)

@@ -35,28 +35,26 @@ struct RestoreJob: Sendable {
         let work = try await catalog.restoreWork(jobID: claimed.job.id)
         let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
         let source = "\(work.backup.namespace)/\(work.backup.environment)"
-        try await catalog.withSharedBlobLock(store: blobStore) { _ in
-            let plan = try await makePlan(claimed, work)
-            do {
-                try await build(claimed, work, plan, progress: progress)
-                await progress.update(phase: "swapping")
-                // Once begun, the swap and its record run to their end: a
-                // shutdown must not leave a swapped target recorded as FAILED.
-                try await withoutCancellation {
-                    try await swap(claimed, plan)
-                    // Before FINISHED: whoever sees the job end sees the superseded (and unkept previous) copies gone,
-                    // or recorded for the sweep where they could not be dropped.
-                    await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: true,
-                                          droppingPrevious: !keepPrevious)
-                    try await catalog.finishJob(id: claimed.job.id, owner: owner,
-                                                detail: "from \(source)" + (work.databaseOnly ? ", database only" : ""))
-                }
-            } catch {
-                _ = try? await withoutCancellation {
-                    await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: false)
-                }
-                throw error
+        let plan = try await makePlan(claimed, work)
+        do {
+            try await build(claimed, work, plan, progress: progress)
+            await progress.update(phase: "swapping")
+            // Once begun, the swap and its record run to their end: a
+            // shutdown must not leave a swapped target recorded as FAILED.
+            try await withoutCancellation {
+                try await swap(claimed, plan)
+                // Before FINISHED: whoever sees the job end sees the superseded (and unkept previous) copies gone,
+                // or recorded for the sweep where they could not be dropped.
+                await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: true,
+                                      droppingPrevious: !keepPrevious)
+                try await catalog.finishJob(id: claimed.job.id, owner: owner,
+                                            detail: "from \(source)" + (work.databaseOnly ? ", database only" : ""))
             }
+        } catch {
+            _ = try? await withoutCancellation {
+                await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: false)
+            }
+            throw error
         }
     }
 

@@ -42,32 +42,30 @@ struct UploadValidationJob: Sendable {
         await progress.update(done: 0, total: upload.sizeBytes, phase: "reading and checking the archive")
         let dumpPath = "\(blobStore.scratchDirectory)/dump-\(claimed.job.id).backup"
         defer { unlink(dumpPath) }
-        try await catalog.withSharedBlobLock(store: blobStore) { ledger in
-            let read = try await readArchive(spool.path(of: upload.id), dumpTo: dumpPath, progress: progress)
-            let packageVersion = try Self.packageVersion(read.contents.metadata)
-            try await ledger.record(read.documents.map(\.blob))
-            await progress.update(phase: "checking the database dump with pg_restore --list")
-            let postgresVersion: String
-            do {
-                postgresVersion = try await tools.listDump(dumpPath, scratch: "\(blobStore.scratchDirectory)/list-\(claimed.job.id)")
-            } catch let failure as ToolFailure {
-                throw JobFailure(description: "the archive's \(SnapshotArchive.dumpPath) is not a dump pg_restore can read: \(failure)")
-            }
-            await progress.update(phase: "storing the database dump")
-            // The job's bytes are the archive's: storing its dump shows as a phase.
-            let dump = try await dumps.store(dumpPath, of: (upload.namespace, upload.environment), ledger: ledger, progress: progress,
-                                             reportingTo: .none)
-            guard dump.sha256 == read.contents.dump.sha256 else {
-                throw JobFailure(description: "the dump was stored as \(dump.sha256.hex), not the \(read.contents.dump.sha256.hex) read from the archive")
-            }
-            await progress.update(phase: "recording the backup")
-            // A size no database has (past Int64) is no size at all.
-            let databaseSize = read.contents.metadata["databaseSize"].flatMap { Int64($0) }.map { UInt64(max(0, $0)) } ?? 0
-            var manifest = BackupManifest(dump: dump, files: read.documents, postgresVersion: postgresVersion, databaseSize: databaseSize)
-            manifest.files.sort { $0.key < $1.key }
-            try await ledger.confirm()
-            try await catalog.completeUpload(jobID: claimed.job.id, owner: owner, manifest: manifest, packageVersion: packageVersion)
+        let ledger = catalog.blobLedger(store: blobStore)
+        let read = try await readArchive(spool.path(of: upload.id), dumpTo: dumpPath, progress: progress)
+        let packageVersion = try Self.packageVersion(read.contents.metadata)
+        try await ledger.record(read.documents.map(\.blob))
+        await progress.update(phase: "checking the database dump with pg_restore --list")
+        let postgresVersion: String
+        do {
+            postgresVersion = try await tools.listDump(dumpPath, scratch: "\(blobStore.scratchDirectory)/list-\(claimed.job.id)")
+        } catch let failure as ToolFailure {
+            throw JobFailure(description: "the archive's \(SnapshotArchive.dumpPath) is not a dump pg_restore can read: \(failure)")
         }
+        await progress.update(phase: "storing the database dump")
+        // The job's bytes are the archive's: storing its dump shows as a phase.
+        let dump = try await dumps.store(dumpPath, of: (upload.namespace, upload.environment), ledger: ledger, progress: progress,
+                                         reportingTo: .none)
+        guard dump.sha256 == read.contents.dump.sha256 else {
+            throw JobFailure(description: "the dump was stored as \(dump.sha256.hex), not the \(read.contents.dump.sha256.hex) read from the archive")
+        }
+        await progress.update(phase: "recording the backup")
+        // A size no database has (past Int64) is no size at all.
+        let databaseSize = read.contents.metadata["databaseSize"].flatMap { Int64($0) }.map { UInt64(max(0, $0)) } ?? 0
+        var manifest = BackupManifest(dump: dump, files: read.documents, postgresVersion: postgresVersion, databaseSize: databaseSize)
+        manifest.files.sort { $0.key < $1.key }
+        try await catalog.completeUpload(jobID: claimed.job.id, owner: owner, manifest: manifest, packageVersion: packageVersion)
     }
 
     /// Reads the archive on the thread pool, stopping within a chunk when the
@@ -86,7 +84,7 @@ struct UploadValidationJob: Sendable {
                         return try ScratchFile(path: dumpPath)
                     case .document(let key):
                         // Content the store holds already is only hashed; the reader checks the hash against `stated`.
-                        if let stated, blobStore.contains(stated) {
+                        if let stated, blobStore.reuse(stated) {
                             return BlobSink(key: key, known: stated, documents: documents)
                         }
                         return BlobSink(key: key, writer: try blobStore.writer(), documents: documents)

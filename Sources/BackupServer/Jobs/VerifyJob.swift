@@ -29,40 +29,39 @@ struct VerifyJob: Sendable {
         let dumpPath = "\(blobStore.scratchDirectory)/dump-\(jobID).backup"
         defer { unlink(dumpPath) }
         let (blobStore, reserved) = (self.blobStore, self.reservedDiskBytes)
-        var (problems, dumpIntact) = try await catalog.withSharedBlobLock(store: blobStore) { _ in
-            try await progress.reporting(on: threadPool) { interruption, report in
-                var problems: [VerifyProblem] = []
-                var done: UInt64 = 0
-                let count: (UnsafeRawBufferPointer) -> Void = { done += UInt64($0.count); report(done) }
-                try requireRoom(for: dump.size, reserved: reserved, in: blobStore.scratchDirectory)
-                let copy = try ScratchFile(path: dumpPath)
-                let toCopy: (UnsafeRawBufferPointer) throws -> Void = { try copy.write($0); count($0) }
-                var dumpIntact = true
-                switch dump {
-                case .blob(let blob):
-                    dumpIntact = try Self.check(SnapshotArchive.dumpPath, blob.hash, problems: &problems) {
-                        _ = try blobStore.read(blob.hash, interruption: interruption, toCopy)
-                    }
-                case .chunks(_, _, let chunks):
-                    // Every chunk is read, so every damaged one is named.
-                    for (index, chunk) in chunks.enumerated() {
-                        let name = "\(SnapshotArchive.dumpPath) (chunk \(index + 1) of \(chunks.count))"
-                        dumpIntact = try Self.check(name, chunk.blob.hash, problems: &problems) {
-                            try chunk.read(from: blobStore, interruption: interruption, toCopy)
-                        } && dumpIntact
-                    }
+        // The backup is pinned while this job runs, so every blob it reads stays referenced and is never collected.
+        var (problems, dumpIntact) = try await progress.reporting(on: threadPool) { interruption, report in
+            var problems: [VerifyProblem] = []
+            var done: UInt64 = 0
+            let count: (UnsafeRawBufferPointer) -> Void = { done += UInt64($0.count); report(done) }
+            try requireRoom(for: dump.size, reserved: reserved, in: blobStore.scratchDirectory)
+            let copy = try ScratchFile(path: dumpPath)
+            let toCopy: (UnsafeRawBufferPointer) throws -> Void = { try copy.write($0); count($0) }
+            var dumpIntact = true
+            switch dump {
+            case .blob(let blob):
+                dumpIntact = try Self.check(SnapshotArchive.dumpPath, blob.hash, problems: &problems) {
+                    _ = try blobStore.read(blob.hash, interruption: interruption, toCopy)
                 }
-                for file in files {
-                    guard let hash = ContentHash(hex: file.hash) else {
-                        problems.append(.with { $0.name = file.key; $0.sha256 = file.hash; $0.problem = "not a SHA-256" })
-                        continue
-                    }
-                    _ = try Self.check(file.key, hash, problems: &problems) {
-                        _ = try blobStore.read(hash, interruption: interruption, count)
-                    }
+            case .chunks(_, _, let chunks):
+                // Every chunk is read, so every damaged one is named.
+                for (index, chunk) in chunks.enumerated() {
+                    let name = "\(SnapshotArchive.dumpPath) (chunk \(index + 1) of \(chunks.count))"
+                    dumpIntact = try Self.check(name, chunk.blob.hash, problems: &problems) {
+                        try chunk.read(from: blobStore, interruption: interruption, toCopy)
+                    } && dumpIntact
                 }
-                return (problems, dumpIntact)
             }
+            for file in files {
+                guard let hash = ContentHash(hex: file.hash) else {
+                    problems.append(.with { $0.name = file.key; $0.sha256 = file.hash; $0.problem = "not a SHA-256" })
+                    continue
+                }
+                _ = try Self.check(file.key, hash, problems: &problems) {
+                    _ = try blobStore.read(hash, interruption: interruption, count)
+                }
+            }
+            return (problems, dumpIntact)
         }
         if dumpIntact {
             await progress.update(phase: "listing the dump with pg_restore --list")

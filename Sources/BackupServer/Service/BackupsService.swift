@@ -1,5 +1,6 @@
 import BackupCatalog
 import BackupCore
+import BackupPostgres
 import BackupRules
 import BackupWire
 import Foundation
@@ -338,11 +339,11 @@ struct BackupsService: Sendable {
     }
 }
 
-/// An environment as shown to callers: any password in its connection string
-/// is replaced, whether given as `password=…` or in a URI's user part.
+/// An environment as shown to callers: the credentials in its connection
+/// string are replaced, however they were spelled (`ConnectionString.redacted`).
 func redacted(_ environment: Environment) -> Environment {
     var copy = environment
-    copy.databaseURL = ConnectionStringRedaction.redacted(copy.databaseURL)
+    copy.databaseURL = ConnectionString.redacted(copy.databaseURL)
     return copy
 }
 

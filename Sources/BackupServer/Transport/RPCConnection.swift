@@ -79,8 +79,9 @@ struct RPCConnection {
                 let reason = violation.map { "the connection is being closed because the client broke the protocol: \($0.message)" }
                     ?? "the connection closed"
                 for call in calls.withLockedValue({ Array($0.values) }) {
-                    call.requests.finish(throwing: CancellationError())
+                    // A handler reading its requests hears the same reason as the call's cancellation says.
                     call.cancel.yield(reason)
+                    call.requests.finish(throwing: RPCError(.cancelled, reason))
                 }
                 return violation
             }
