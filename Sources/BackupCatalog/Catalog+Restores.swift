@@ -18,6 +18,8 @@ public struct RestorePlan: Sendable, Equatable {
     /// never dropped before.
     public var supersededDatabase = ""
     public var supersededFolder = ""
+    /// The staging database's oid, once it is made.
+    public var stagingOID: Int64?
     /// How far the restore has come.
     public var step = RestoreStep.planned
 
@@ -108,6 +110,7 @@ extension Catalog {
         plan.previousDatabase = row.string("previous_database"); plan.fileStore = row.string("file_store")
         plan.stagingFolder = row.string("staging_folder"); plan.previousFolder = row.string("previous_folder")
         plan.supersededDatabase = row.string("superseded_database"); plan.supersededFolder = row.string("superseded_folder")
+        plan.stagingOID = row["staging_oid"].flatMap { Int64($0) }
         plan.step = RestoreStep(rawValue: row.string("step")) ?? .planned
         return plan
     }
@@ -123,6 +126,25 @@ extension Catalog {
                 WHERE job_id = $1
                 """, jobID, plan.targetDatabase, plan.stagingDatabase, plan.previousDatabase, plan.fileStore,
                 plan.stagingFolder, plan.previousFolder, plan.supersededDatabase, plan.supersededFolder, plan.step.rawValue)
+        }
+    }
+
+    /// Records the oid of the staging database a restore made.
+    public func recordStagingDatabase(jobID: String, oid: Int64) async throws {
+        try await pool.withConnection(idempotent: true) { connection in
+            try connection.query("UPDATE restores SET staging_oid = $2 WHERE job_id = $1", jobID, oid)
+        }
+    }
+
+    /// Leaves a restore whose outcome cannot be seen now (its database
+    /// server is out of reach) RUNNING for recovery to look again after
+    /// `seconds`: its environment stays busy, nothing is decided blind.
+    public func deferRestoreRecovery(jobID: String, owner: String, seconds: Int) async throws {
+        try await pool.withConnection(idempotent: true) { connection in
+            try connection.query("""
+                UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3), phase = 'waiting for the database server to recover'
+                WHERE id = $1 AND lease_owner = $2 AND status = 'running'
+                """, jobID, owner, seconds)
         }
     }
 

@@ -311,5 +311,10 @@ enum Migrations {
         -- running job began is kept.
         ALTER TABLE blobs ADD COLUMN used_at timestamptz NOT NULL DEFAULT now();
         """),
+        (16, """
+        -- The staging database's oid once it is made: the database swap committed exactly when the target's name
+        -- belongs to it (whatever else happened to the names meanwhile).
+        ALTER TABLE restores ADD COLUMN staging_oid bigint;
+        """),
     ]
 }

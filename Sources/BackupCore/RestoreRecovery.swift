@@ -19,14 +19,15 @@ public enum RestoreStep: String, CaseIterable, Sendable {
 
 /// What a backupd taking over a dead process's restore sees for itself.
 public struct RestoreFacts: Sendable, Equatable {
-    /// The staging database still exists: the databases were not swapped
-    /// (the swap is one transaction that renames it away).
-    public var stagingDatabaseExists: Bool
+    /// The target's name belongs to the database the restore made (its
+    /// staging database, known by oid): the database swap committed. Not a
+    /// missing staging name, which anyone with the right may drop.
+    public var restoredDatabaseInPlace: Bool
     /// The file store carries the restore's marker: its folders were swapped.
     public var restoredFilesInStore: Bool
 
-    public init(stagingDatabaseExists: Bool, restoredFilesInStore: Bool) {
-        self.stagingDatabaseExists = stagingDatabaseExists
+    public init(restoredDatabaseInPlace: Bool, restoredFilesInStore: Bool) {
+        self.restoredDatabaseInPlace = restoredDatabaseInPlace
         self.restoredFilesInStore = restoredFilesInStore
     }
 }
@@ -49,7 +50,7 @@ public enum RestoreRecovery: Sendable, Equatable {
             .rollBack(undoFolderSwap: facts.restoredFilesInStore)
         case .foldersSwapped:
             // The database swap may have committed without its step being recorded.
-            facts.stagingDatabaseExists ? .rollBack(undoFolderSwap: facts.restoredFilesInStore) : .complete
+            facts.restoredDatabaseInPlace ? .complete : .rollBack(undoFolderSwap: facts.restoredFilesInStore)
         case .databasesSwapped, .finished:
             .complete
         }

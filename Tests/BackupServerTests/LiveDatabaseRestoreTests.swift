@@ -206,4 +206,105 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
             }
         }
     }
+
+    /// Helper finding: another environment's database named `<target>_prerestore`
+    /// was renamed aside and dropped by a restore of the target. A previous
+    /// copy carries its marker; anything else of that name stops the restore.
+    @Test func aDatabaseNamedLikeThePreviousCopyButNotOneIsNeverTouched() async throws {
+        try await withClusterApp { app in
+            try await withInProcessServer { server in
+                try await register(app, on: server)
+                let backupID = try await backUp(server)
+                let owner = try PostgresConnection(app.cluster.connectionString("postgres", user: ClusterApp.owner))
+                try owner.query("CREATE DATABASE shop_prerestore")
+                try PostgresConnection(app.cluster.connectionString("shop_prerestore", user: ClusterApp.owner))
+                    .query("CREATE TABLE precious AS SELECT 'another environment''s data' AS v")
+                let before = try app.state()
+                let job = try await restore(backupID, on: server)
+                #expect(job.status == .failed && job.error.contains("is not the previous copy of shop"), "\(job.error)")
+                #expect(try app.state() == before)
+                #expect(try TestPostgres.tableFingerprints(connectingTo: app.cluster.connectionString("shop_prerestore"))["precious"] != nil)
+                #expect(try app.databases(containing: "_restore_").isEmpty)
+                #expect(try app.restoreFoldersLeft().isEmpty)
+            }
+        }
+    }
+
+    /// Helper finding: the staging database dropped by someone while the swap
+    /// waited for a session made the restore FINISHED with the files restored
+    /// and the database not. Whether the swap committed is told by whose oid
+    /// the target's name has.
+    @Test func aStagingDatabaseDroppedDuringTheSwapFailsTheRestoreWithTheTargetUnchanged() async throws {
+        try await withClusterApp { app in
+            try await withInProcessServer(configure: { $0.appDatabases.takeoverTimeout = .seconds(60) }) { server in
+                try await register(app, on: server)
+                let backupID = try await backUp(server)
+                #expect(try await restore(backupID, on: server).status == .finished)  // a previous copy to keep
+                let before = try app.state()
+                let previous = try app.state(of: "shop_prerestore", folder: app.fileStore + ".prerestore")
+
+                let postgres = try PostgresConnection(app.cluster.connectionString("postgres"))
+                try postgres.query("CREATE ROLE auditor LOGIN")
+                let held = try PostgresConnection(app.cluster.connectionString("shop", user: "auditor"))
+                defer { withExtendedLifetime(held) {} }
+                let job = try await server.withClient { client in
+                    try await client.unary(Backups.restoreBackup, .with {
+                        $0.backupID = backupID; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
+                    })
+                }
+                try await eventually(within: .seconds(60)) {
+                    try TestPostgres.query(server.catalogDatabase, "SELECT step FROM restores WHERE job_id = $1", job.id)[0]
+                        .string("step") == "folders-swapped"
+                }
+                let staging = try #require(try app.databases(containing: "_restore_").first)
+                try PostgresConnection(app.cluster.connectionString("postgres", user: ClusterApp.owner))
+                    .query("DROP DATABASE \(ConnectionString.quoted(staging))")
+                try postgres.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'auditor'")
+                let ended = try await server.withClient { try await waitForJob(job.id, on: $0) }
+                #expect(ended.status == .failed && ended.error.contains("target is unchanged"), "\(ended.error)")
+                #expect(try app.state() == before)
+                #expect(try app.state(of: "shop_prerestore", folder: app.fileStore + ".prerestore") == previous)
+                #expect(try app.restoreFoldersLeft().isEmpty)
+            }
+        }
+    }
+
+    /// Helper finding: backupd killed after the folder swap while the app's
+    /// server was down failed the restore blind, and the sweep then dropped
+    /// the restored copy, leaving the target half restored for good. Now
+    /// recovery waits for the server, then puts everything back.
+    @Test func aRestoreKilledMidSwapWhileItsServerIsDownWaitsAndThenRollsBack() async throws {
+        try await withClusterApp { app in
+            let first = try await TestServer.start(arguments: ["--die-after-restore-step", "folders-swapped", "--job-lease-seconds", "2"])
+            try await register(app, on: first)
+            let backupID = try await backUp(first)
+            let before = try app.state()
+            let job = try await first.withClient { client in
+                try await client.unary(Backups.restoreBackup, .with {
+                    $0.backupID = backupID; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
+                })
+            }
+            try await eventually(within: .seconds(60)) { !first.isRunning }
+            try app.cluster.stop()
+            let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
+                                                    blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+            do {
+                // While the server is down, the restore waits: still running, its environment busy.
+                try await Task.sleep(for: .seconds(6))
+                let waiting = try await second.withClient { try await $0.unary(Backups.getJob, .with { $0.id = job.id }) }
+                #expect(waiting.status == .running, "\(waiting.error)")
+                try app.cluster.startAgain()
+                let ended = try await second.withClient { try await waitForJob(job.id, on: $0, timeout: .seconds(60)) }
+                #expect(ended.status == .failed && ended.error.contains("target is unchanged"), "\(ended.error)")
+                #expect(try app.state() == before)
+                #expect(try app.databases(containing: "_restore_").isEmpty)
+                #expect(try app.restoreFoldersLeft().isEmpty)
+            } catch {
+                print(second.log)
+                throw error
+            }
+            await second.remove()
+            await first.remove()
+        }
+    }
 }

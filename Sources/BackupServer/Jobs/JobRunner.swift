@@ -313,6 +313,11 @@ public final class JobRunner: Service, Sendable {
         switch (result, stopReason.withLock { $0 }) {
         case (.success, _):
             logger.info("job finished")
+        case (.failure(let deferred as RestoreRecoveryDeferred), nil) where !Task.isCancelled:
+            logger.warning("restore left for recovery", metadata: ["reason": "\(deferred.reason)"])
+            await record("deferral", logger: logger) { [settings] in
+                try await $0.deferRestoreRecovery(jobID: job.id, owner: self.owner, seconds: settings.leaseSeconds)
+            }
         case (.failure, let cancelled as JobCancelled):
             logger.info("job cancelled")
             await record("cancellation", logger: logger) { try await $0.cancelJob(id: job.id, reason: cancelled.description) }

@@ -98,7 +98,7 @@ struct RestoreJob: Sendable {
         // The files are placed while the dump is reassembled and restored; whichever fails first stops the other.
         let placed = try await withThrowingTaskGroup(of: (count: UInt64, bytes: UInt64)?.self) { group in
             group.addTask {
-                try await restoreDatabase(work, from: dumpPath, into: stagingURL, environment, plan, progress: progress)
+                try await restoreDatabase(work, from: dumpPath, into: stagingURL, environment, plan, jobID: claimed.job.id, progress: progress)
                 return nil
             }
             if !work.databaseOnly {
@@ -123,7 +123,7 @@ struct RestoreJob: Sendable {
     /// Reassembles the dump at `dumpPath` and restores it into a new staging
     /// database made like the target (encoding, collation).
     private func restoreDatabase(_ work: RestoreWork, from dumpPath: String, into stagingURL: String, _ environment: Environment,
-                                 _ plan: RestorePlan, progress: ProgressReporter) async throws {
+                                 _ plan: RestorePlan, jobID: String, progress: ProgressReporter) async throws {
         let dump = try await catalog.dump(ofBackup: work.backup.id)
         do {
             try await progress.reporting(on: threadPool, to: .none) { [blobStore] interruption, _ in
@@ -142,16 +142,23 @@ struct RestoreJob: Sendable {
         }
 
         let target = plan.targetDatabase
-        try await onAppServer(environment, database: "postgres") { connection in
+        let stagingMarker = Self.stagingMarker(of: target, jobID: jobID)
+        let stagingOID = try await onAppServer(environment, database: "postgres") { connection in
             let settings = try connection.query("""
                 SELECT pg_encoding_to_char(encoding) AS encoding, datcollate, datctype FROM pg_database WHERE datname = $1
                 """, target)[0]
-            try dropDatabase(plan.stagingDatabase, on: connection)
+            // Left by an earlier attempt of this same job, or someone else's: only ours may go.
+            guard try dropDatabase(plan.stagingDatabase, carrying: stagingMarker, on: connection) != .notOurs else {
+                throw JobFailure(description: "database \(plan.stagingDatabase) exists and was not made by this restore; rename or drop it")
+            }
             try connection.query("""
                 CREATE DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) TEMPLATE template0
                 ENCODING '\(settings.string("encoding"))' LC_COLLATE '\(settings.string("datcollate"))' LC_CTYPE '\(settings.string("datctype"))'
                 """)
+            try connection.query("COMMENT ON DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) IS \(Self.literal(stagingMarker))")
+            return try Self.oid(of: plan.stagingDatabase, on: connection)!
         }
+        try await catalog.recordStagingDatabase(jobID: jobID, oid: stagingOID)
         let databaseBytes = work.sourceDatabaseBytes
         try await restoreDump(dumpPath, into: stagingURL) { done in
             await progress.update(part: "database", done: min(done, databaseBytes))
@@ -253,11 +260,33 @@ struct RestoreJob: Sendable {
 
     /// Swaps the staging copies in: folders first, then the databases in
     /// one transaction. The previous copies are renamed aside (superseded),
-    /// not dropped, so a swap that fails puts everything back as it was.
-    /// Undoes the folder swap if the database swap fails.
+    /// not dropped, so a swap that fails puts everything back as it was; a
+    /// `_prerestore` database that is not the target's previous copy (its
+    /// marker says whose it is) is never touched. Undoes the folder swap if
+    /// the database swap did not commit, known by whose oid the target's
+    /// name has; when that cannot be seen, recovery decides later.
     private func swap(_ claimed: ClaimedJob, _ plan: RestorePlan) async throws {
         let environment = claimed.environment
+        let jobID = claimed.job.id
         try await reached(.swapRecorded, claimed)
+        let previousMarker = Self.previousMarker(of: plan.targetDatabase)
+        // Refused before anything moves: the staging database must be the one this restore made and checked,
+        // the previous copy this target's own.
+        let stagingMarker = Self.stagingMarker(of: plan.targetDatabase, jobID: jobID)
+        let (stagingOID, previousExists) = try await onAppServer(environment, database: "postgres") { connection in
+            guard try Self.marker(of: plan.stagingDatabase, on: connection) == stagingMarker,
+                  let stagingOID = try Self.oid(of: plan.stagingDatabase, on: connection) else {
+                throw JobFailure(description: "the staging database \(plan.stagingDatabase) is gone or was replaced; the target is unchanged")
+            }
+            switch try Self.marker(of: plan.previousDatabase, on: connection) {
+            case nil: return (stagingOID, false)
+            case previousMarker?: return (stagingOID, true)
+            case _?:
+                throw BackupError.failedPrecondition("database \(plan.previousDatabase) exists and is not the previous copy of "
+                    + "\(plan.targetDatabase) (another environment's database, or one made by hand); rename it to restore here. "
+                    + "The target is unchanged")
+            }
+        }
         if !plan.fileStore.isEmpty {
             try await threadPool.runIfActive { try swapFolders(plan) }
         }
@@ -265,13 +294,14 @@ struct RestoreJob: Sendable {
         do {
             try await onAppServer(environment, database: "postgres") { [databases] connection in
                 try databases.refuseCatalog(on: connection, named: plan.supersededDatabase)
-                let previousExists = !(try connection.query("SELECT 1 FROM pg_database WHERE datname = $1", plan.previousDatabase).isEmpty)
                 let renames = (previousExists ? [(plan.previousDatabase, plan.supersededDatabase)] : [])
                     + [(plan.targetDatabase, plan.previousDatabase), (plan.stagingDatabase, plan.targetDatabase)]
                 // The environment is stopped: whatever is still connected to these databases must let go.
                 try databases.takingOver([plan.targetDatabase, plan.stagingDatabase] + (previousExists ? [plan.previousDatabase] : []),
                                          on: connection) {
                     try connection.transaction {
+                        try connection.query("COMMENT ON DATABASE \(ConnectionString.quoted(plan.targetDatabase)) IS \(Self.literal(previousMarker))")
+                        try connection.query("COMMENT ON DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) IS NULL")
                         for (from, to) in renames {
                             try connection.query("ALTER DATABASE \(ConnectionString.quoted(from)) RENAME TO \(ConnectionString.quoted(to))")
                         }
@@ -279,15 +309,19 @@ struct RestoreJob: Sendable {
                 }
             }
         } catch {
-            // The commit may have happened even though its answer was lost.
-            guard (try? await databaseExists(plan.stagingDatabase, on: environment)) == false else {
-                if !plan.fileStore.isEmpty { try? unswapFolders(plan, jobID: claimed.job.id) }
+            // The commit may have happened even though its answer was lost: the target's name tells.
+            guard let inPlace = try? await onAppServer(environment, database: "postgres", { try Self.oid(of: plan.targetDatabase, on: $0) })
+            else {
+                throw RestoreRecoveryDeferred(reason: "the database swap's outcome cannot be seen: \(describeJobError(error))")
+            }
+            guard inPlace == stagingOID else {
+                if !plan.fileStore.isEmpty { try? unswapFolders(plan, jobID: jobID) }
                 if let refused = error as? BackupError { throw refused }
                 throw JobFailure(description: "the database swap failed, the target is unchanged: \(describeJobError(error))")
             }
         }
         try await reached(.databasesSwapped, claimed)
-        removeMarker(plan, jobID: claimed.job.id)
+        removeMarker(plan, jobID: jobID)
     }
 
     /// Makes the staging folder, private to backupd and marked as this job's;
@@ -360,37 +394,53 @@ struct RestoreJob: Sendable {
     /// copies; once the restore is in place (`restoreInPlace`), the
     /// superseded ones (the previous copies before this restore), never
     /// before; and, when asked (`--drop-previous-on-restore`), the previous
-    /// ones. What cannot be removed now (the server is down, a session holds
-    /// it) is logged, stays recorded in the catalog and is retried by the
-    /// runner's sweep until it is gone. Never touches the target. Returns
-    /// whether everything asked for is gone.
+    /// ones. Only what carries this restore's markers goes: a database or
+    /// folder there that is someone else's is left and logged. Nothing is
+    /// removed while the file store holds this restore's files but the
+    /// restore is not in place (recovery's to decide). What cannot be
+    /// removed now (the server is down, a session holds it) is logged, stays
+    /// recorded in the catalog and is retried by the runner's sweep until it
+    /// is gone. Never touches the target. Returns whether nothing is left to do.
     @discardableResult
     func removeLeftovers(_ jobID: String, _ environment: Environment, _ plan: RestorePlan, restoreInPlace: Bool,
                          droppingPrevious: Bool = false) async -> Bool {
-        var databasesToDrop = [plan.stagingDatabase]
+        if !restoreInPlace, !plan.fileStore.isEmpty, hasMarker(plan.fileStore, Self.marker(jobID)) {
+            logger.warning("a restore's files are in its store but its database is not: its staging copies are kept for recovery",
+                           metadata: ["job": "\(jobID)"])
+            return false
+        }
+        let previousMarker = Self.previousMarker(of: plan.targetDatabase)
+        var databasesToDrop = [(plan.stagingDatabase, Self.stagingMarker(of: plan.targetDatabase, jobID: jobID))]
         var folders = [(plan.stagingFolder, Self.marker(jobID))]
         if restoreInPlace {
-            databasesToDrop.append(plan.supersededDatabase)
+            databasesToDrop.append((plan.supersededDatabase, previousMarker))
             folders.append((plan.supersededFolder, Self.previousMarker))
         }
         if restoreInPlace && droppingPrevious {
-            databasesToDrop.append(plan.previousDatabase)
+            databasesToDrop.append((plan.previousDatabase, previousMarker))
             folders.append((plan.previousFolder, Self.previousMarker))
         }
         do {
             for (folder, marker) in folders where !folder.isEmpty {
                 try await removeFolder(folder, carrying: marker)
             }
-            try await onAppServer(environment, database: "postgres") { [databasesToDrop] connection in
-                for database in databasesToDrop where !database.isEmpty {
-                    try dropDatabase(database, on: connection)
-                }
+            let outcomes = try await onAppServer(environment, database: "postgres") { [databasesToDrop] connection in
+                try databasesToDrop.filter { !$0.0.isEmpty }.map { (name: $0.0, outcome: try dropDatabase($0.0, carrying: $0.1, on: connection)) }
+            }
+            let dropped = outcomes.filter { $0.outcome == .dropped }.map(\.name)
+            let foreign = outcomes.filter { $0.outcome == .notOurs }.map(\.name)
+            if !foreign.isEmpty {
+                logger.warning("left databases a restore's names point at that it did not make", metadata: [
+                    "job": "\(jobID)", "databases": "\(foreign)"])
+            }
+            if !dropped.isEmpty {
+                logger.info("dropped a restore's copies", metadata: ["job": "\(jobID)", "databases": "\(dropped)"])
             }
             try await catalog.clearRestoreLeftovers(jobID: jobID)
             return true
         } catch {
             logger.warning("cannot remove what a restore left; the sweep tries again", metadata: [
-                "job": "\(jobID)", "databases": "\(databasesToDrop.filter { !$0.isEmpty })",
+                "job": "\(jobID)", "databases": "\(databasesToDrop.map(\.0).filter { !$0.isEmpty })",
                 "folders": "\(folders.map(\.0).filter { !$0.isEmpty })", "error": "\(describeJobError(error))",
             ])
             return false
@@ -417,20 +467,48 @@ struct RestoreJob: Sendable {
         }
     }
 
-    /// Drops a database on the environment's server once nobody is on it
-    /// (`takingOver`), never backupd's catalog.
-    private func dropDatabase(_ database: String, on connection: PostgresConnection) throws {
+    /// What became of a database a restore meant to drop.
+    enum DropOutcome: Equatable { case absent, dropped, notOurs }
+
+    /// Drops a database on the environment's server if it carries `marker`
+    /// (its comment), once nobody is on it (`takingOver`); never backupd's
+    /// catalog, never a database this restore did not make.
+    private func dropDatabase(_ database: String, carrying marker: String, on connection: PostgresConnection) throws -> DropOutcome {
         try databases.refuseCatalog(on: connection, named: database)
-        guard !(try connection.query("SELECT 1 FROM pg_database WHERE datname = $1", database).isEmpty) else { return }
+        switch try Self.marker(of: database, on: connection) {
+        case nil: return .absent
+        case marker?: break
+        case _?: return .notOurs
+        }
         try databases.takingOver([database], on: connection) {
             try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(database))")
         }
+        return .dropped
     }
 
-    private func databaseExists(_ name: String, on environment: Environment) async throws -> Bool {
-        try await onAppServer(environment, database: "postgres") { connection in
-            !(try connection.query("SELECT 1 FROM pg_database WHERE datname = $1", name).isEmpty)
-        }
+    /// A database's comment, "" without one; nil when there is no such database.
+    private static func marker(of database: String, on connection: PostgresConnection) throws -> String? {
+        try connection.query("SELECT coalesce(shobj_description(oid, 'pg_database'), '') AS comment FROM pg_database WHERE datname = $1",
+                             database).first?.string("comment")
+    }
+
+    private static func oid(of database: String, on connection: PostgresConnection) throws -> Int64? {
+        try connection.query("SELECT oid::bigint AS oid FROM pg_database WHERE datname = $1", database).first.map { $0.int64("oid") }
+    }
+
+    /// The comment a restore's staging database carries until it is swapped in.
+    static func stagingMarker(of target: String, jobID: String) -> String {
+        "backupd: staging copy of \(target) for restore \(jobID)"
+    }
+
+    /// The comment the database a restore moved aside carries: the previous copy of `target`.
+    static func previousMarker(of target: String) -> String {
+        "backupd: previous copy of \(target)"
+    }
+
+    /// An SQL string literal.
+    private static func literal(_ text: String) -> String {
+        "'" + text.replacing("'", with: "''") + "'"
     }
 
     /// Removes the job's marker from the restored file store, once the restore is complete.
@@ -453,16 +531,30 @@ struct RestoreJob: Sendable {
         guard let plan = work.plan else {
             throw JobFailure(description: "backupd stopped before the restore began; the target is unchanged")
         }
-        let facts = RestoreFacts(
-            stagingDatabaseExists: try await databaseExists(plan.stagingDatabase, on: claimed.environment),
-            restoredFilesInStore: !plan.fileStore.isEmpty && hasMarker(plan.fileStore, Self.marker(claimed.job.id)))
+        let restoredDatabaseInPlace: Bool
+        do {
+            restoredDatabaseInPlace = try await onAppServer(claimed.environment, database: "postgres") { connection in
+                guard let stagingOID = plan.stagingOID else { return false }  // no staging database was ever made
+                return try Self.oid(of: plan.targetDatabase, on: connection) == stagingOID
+            }
+        } catch {
+            // Nothing is decided blind: the folders may be swapped and the databases not, or both.
+            throw RestoreRecoveryDeferred(reason: "its database server cannot be asked: \(describeJobError(error))")
+        }
+        let facts = RestoreFacts(restoredDatabaseInPlace: restoredDatabaseInPlace,
+                                 restoredFilesInStore: !plan.fileStore.isEmpty && hasMarker(plan.fileStore, Self.marker(claimed.job.id)))
         switch RestoreRecovery.decide(after: plan.step, seeing: facts) {
         case .complete:
             removeMarker(plan, jobID: claimed.job.id)
             await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: true, droppingPrevious: !keepPrevious)
             try await catalog.finishJob(id: claimed.job.id, owner: owner, detail: "completed after backupd restarted")
         case .rollBack(let undoFolderSwap):
-            if undoFolderSwap { try unswapFolders(plan, jobID: claimed.job.id) }
+            if undoFolderSwap {
+                try unswapFolders(plan, jobID: claimed.job.id)
+                guard !hasMarker(plan.fileStore, Self.marker(claimed.job.id)) else {
+                    throw RestoreRecoveryDeferred(reason: "the restored files cannot be moved out of \(plan.fileStore) yet")
+                }
+            }
             await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: false)
             throw JobFailure(description: "backupd stopped while restoring (after step \(plan.step.rawValue)); "
                              + "the staging copies were removed and the target is unchanged")
@@ -509,3 +601,10 @@ private func writeMarker(in folder: String, _ marker: String) throws {
     close(fd)
 }
 
+/// A restore whose outcome cannot be seen now (its database server is out
+/// of reach): it stays RUNNING, its environment busy, and recovery looks
+/// again once the lease it is given runs out. Nothing is decided blind.
+struct RestoreRecoveryDeferred: Error, CustomStringConvertible {
+    let reason: String
+    var description: String { "the restore's recovery waits: \(reason)" }
+}
