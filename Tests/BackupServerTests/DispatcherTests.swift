@@ -152,14 +152,17 @@ import Testing
         #expect(throws: BackupError.self) { try context(.admin, "other").authorize(.viewer, in: "acme") }
     }
 
+    /// Shown as libpq reads them, every setting quoted, credentials replaced.
     @Test func passwordsNeverLeaveTheServer() {
         let keyValue = Environment.with { $0.databaseURL = "host=db user=app password=s3cret dbname=shop" }
-        #expect(redacted(keyValue).databaseURL == "host=db user=app password=REDACTED dbname=shop")
+        #expect(redacted(keyValue).databaseURL == "user='app' password='REDACTED' dbname='shop' host='db'")
         let quoted = Environment.with { $0.databaseURL = "host=db password='a b\\'c' dbname=shop" }
-        #expect(redacted(quoted).databaseURL == "host=db password=REDACTED dbname=shop")
+        #expect(redacted(quoted).databaseURL == "password='REDACTED' dbname='shop' host='db'")
         let uri = Environment.with { $0.databaseURL = "postgresql://app:s3cret@db:5432/shop" }
-        #expect(redacted(uri).databaseURL == "postgresql://app:REDACTED@db:5432/shop")
+        #expect(redacted(uri).databaseURL == "user='app' password='REDACTED' dbname='shop' host='db' port='5432'")
         let none = Environment.with { $0.databaseURL = "postgresql://app@db/shop" }
-        #expect(redacted(none).databaseURL == "postgresql://app@db/shop")
+        #expect(redacted(none).databaseURL == "user='app' dbname='shop' host='db'")
+        let unparsable = Environment.with { $0.databaseURL = "host=db password" }
+        #expect(redacted(unparsable).databaseURL == "(a connection string libpq cannot parse)")
     }
 }
