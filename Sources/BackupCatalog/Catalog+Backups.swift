@@ -305,11 +305,14 @@ public struct BlobLedger: Sendable {
     public func keep(_ blobs: [StoredBlob]) async throws -> [StoredBlob] {
         guard !blobs.isEmpty else { return [] }
         try await pool.withConnection(idempotent: true) { connection in
-            try connection.query("""
-                INSERT INTO blobs (sha256, size)
-                SELECT sha256, size::bigint FROM unnest($1::text[], $2::text[]) AS b(sha256, size)
-                ON CONFLICT (sha256) DO UPDATE SET used_at = now()
-                """, blobs.map(\.hash.hex), blobs.map { String($0.size) })
+            for start in stride(from: 0, to: blobs.count, by: Catalog.insertBatch) {
+                let batch = blobs[start..<min(start + Catalog.insertBatch, blobs.count)]
+                try connection.query("""
+                    INSERT INTO blobs (sha256, size)
+                    SELECT sha256, size::bigint FROM unnest($1::text[], $2::text[]) AS b(sha256, size)
+                    ON CONFLICT (sha256) DO UPDATE SET used_at = now()
+                    """, batch.map(\.hash.hex), batch.map { String($0.size) })
+            }
         }
         let store = self.store
         return try await pool.threadPool.runIfActive { blobs.filter { store.contains($0.hash) } }

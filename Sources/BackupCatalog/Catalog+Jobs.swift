@@ -188,15 +188,19 @@ extension Catalog {
     /// FINISHED, expiring after its kind's retention from its creation (its
     /// environment's policy, in its time zone); returns what its job's end
     /// says of it.
+    /// Rows written by one statement when a record has very many (a manifest's files, a ledger's blobs).
+    static let insertBatch = 10_000
+
     static func completeSnapshot(_ connection: PostgresConnection, id snapshotID: String, manifest: BackupManifest) throws -> String {
         let filesBytes = manifest.files.reduce(UInt64(0)) { $0 + $1.blob.size }
         let warning = manifest.warning
-        if !manifest.files.isEmpty {
+        // In batches: the texts of half a million files at once would take as much memory again as the manifest.
+        for start in stride(from: 0, to: manifest.files.count, by: insertBatch) {
+            let batch = manifest.files[start..<min(start + insertBatch, manifest.files.count)]
             try connection.query("""
                 INSERT INTO snapshot_files (snapshot_id, storage_key, sha256, size)
                 SELECT $1, key, sha256, size::bigint FROM unnest($2::text[], $3::text[], $4::text[]) AS f(key, sha256, size)
-                """, snapshotID, manifest.files.map(\.key), manifest.files.map(\.blob.hash.hex),
-                manifest.files.map { String($0.blob.size) })
+                """, snapshotID, batch.map(\.key), batch.map(\.blob.hash.hex), batch.map { String($0.blob.size) })
         }
         try connection.query("""
             UPDATE snapshots SET status = 'finished', finished_at = now(),

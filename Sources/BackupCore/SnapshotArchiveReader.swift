@@ -70,7 +70,8 @@ public struct SnapshotArchiveReader: Sendable {
         var dump: (size: UInt64, sha256: ContentHash)?
         var documents: [(key: String, size: UInt64, sha256: ContentHash)] = []
         var seen = Set<String>()
-        var hashes: [String: ContentHash] = [:]
+        // Checked against `.metadata` as each member ends; only those read before it are kept to check at the end.
+        var unchecked: [String: ContentHash] = [:]
         var expanded: UInt64 = 0
         var entry: OpaquePointer?
         while true {
@@ -140,7 +141,11 @@ public struct SnapshotArchiveReader: Sendable {
             guard read == size else { throw ArchiveRejection("member \(Self.quoted(raw)) is shorter than its header says") }
             let hash = hasher.finish()
             try sink?.end(sha256: hash)
-            hashes[name] = hash
+            if let metadata {
+                try Self.check(name, hash, against: metadata)
+            } else {
+                unchecked[name] = hash
+            }
             switch member {
             case nil: metadata = try Self.parseMetadata(document)
             case .dump: dump = (size, hash)
@@ -149,12 +154,17 @@ public struct SnapshotArchiveReader: Sendable {
         }
         guard let metadata else { throw ArchiveRejection("the archive has no .metadata") }
         guard let dump else { throw ArchiveRejection("the archive has no \(SnapshotArchive.dumpPath)") }
-        for (name, hash) in hashes.sorted(by: { $0.key < $1.key }) {
-            if let stated = metadata["sha256:" + name], stated != hash.hex {
-                throw ArchiveRejection("member \(name) has SHA-256 \(hash.hex), but .metadata says \(Self.quoted(stated))")
-            }
+        for (name, hash) in unchecked.sorted(by: { $0.key < $1.key }) {
+            try Self.check(name, hash, against: metadata)
         }
         return Contents(metadata: metadata, dump: dump, documents: documents)
+    }
+
+    /// A member's hash against the one `.metadata` states for it, if any.
+    private static func check(_ name: String, _ hash: ContentHash, against metadata: [String: String]) throws {
+        if let stated = metadata["sha256:" + name], stated != hash.hex {
+            throw ArchiveRejection("member \(name) has SHA-256 \(hash.hex), but .metadata says \(Self.quoted(stated))")
+        }
     }
 
     private func checkExpansion(_ expanded: UInt64, compressed: UInt64) throws {
