@@ -1,6 +1,7 @@
 import BackupCatalog
 import BackupClient
 import BackupCore
+import BackupPostgres
 import BackupServer
 import Foundation
 import Logging
@@ -23,10 +24,13 @@ public final class InProcessServer: BackupTestServer {
     private let running: Task<Void, any Error>
     private let threadPools: [NIOThreadPool]
     private let scratch: ScratchDirectory
+    /// The catalog is on a cluster of the test's own, not the private one.
+    private let catalogElsewhere: Bool
 
-    private init(catalogDatabase: String, adminToken: String, platformToken: String, catalog: Catalog, transport: InProcessTransport,
+    private init(catalogDatabase: String, catalogElsewhere: Bool, adminToken: String, platformToken: String, catalog: Catalog, transport: InProcessTransport,
                  group: ServiceGroup, running: Task<Void, any Error>, threadPools: [NIOThreadPool], scratch: ScratchDirectory) {
         self.catalogDatabase = catalogDatabase
+        self.catalogElsewhere = catalogElsewhere
         self.adminToken = adminToken
         self.platformToken = platformToken
         self.catalog = catalog
@@ -37,14 +41,25 @@ public final class InProcessServer: BackupTestServer {
         self.scratch = scratch
     }
 
-    /// Starts a server; `configure` changes its configuration from the test default.
-    public static func start(configure: (inout ServerConfiguration) throws -> Void = { _ in }) async throws -> InProcessServer {
+    /// Starts a server; `configure` changes its configuration from the test default. Its catalog is a new
+    /// database of the private cluster, or of `catalogCluster` (one a test may restart).
+    public static func start(catalogCluster: TestCluster? = nil,
+                             configure: (inout ServerConfiguration) throws -> Void = { _ in }) async throws -> InProcessServer {
         let scratch = try ScratchDirectory("backupd-in-process")
-        let database = try TestPostgres.createDatabase("catalog")
+        let database: String
+        let connectionString: String
+        if let catalogCluster {
+            database = "catalog_\(UUID().uuidString.prefix(8).lowercased())"
+            try PostgresConnection(catalogCluster.connectionString("postgres")).query("CREATE DATABASE \(database)")
+            connectionString = catalogCluster.connectionString(database)
+        } else {
+            database = try TestPostgres.createDatabase("catalog")
+            connectionString = TestPostgres.connectionString(database)
+        }
         let (catalogThreads, jobThreads) = (NIOThreadPool(numberOfThreads: 4), NIOThreadPool(numberOfThreads: 8))
         catalogThreads.start()
         jobThreads.start()
-        let catalog = Catalog(connectionString: TestPostgres.connectionString(database), maximumConnections: 8, threadPool: catalogThreads)
+        let catalog = Catalog(connectionString: connectionString, maximumConnections: 8, threadPool: catalogThreads)
         try await catalog.migrate()
         let (_, admin) = try await catalog.createToken(namespace: TestServer.namespace, role: .admin, name: "test-admin")
         let (_, platform) = try await catalog.createToken(namespace: "", role: .platform, name: "test-platform")
@@ -63,7 +78,7 @@ public final class InProcessServer: BackupTestServer {
         let running = Task { try await group.run() }
         let transport = InProcessTransport(dispatcher: server.dispatcher, limits: configuration.connections,
                                            maxFrameBytes: configuration.maxFrameBytes, logger: logger)
-        return InProcessServer(catalogDatabase: database, adminToken: admin, platformToken: platform, catalog: catalog, transport: transport,
+        return InProcessServer(catalogDatabase: database, catalogElsewhere: catalogCluster != nil, adminToken: admin, platformToken: platform, catalog: catalog, transport: transport,
                                group: group, running: running, threadPools: [catalogThreads, jobThreads], scratch: scratch)
     }
 
@@ -79,15 +94,15 @@ public final class InProcessServer: BackupTestServer {
         _ = try? await running.value
         await catalog.pool.close()
         for pool in threadPools { try? await pool.shutdownGracefully() }
-        TestPostgres.dropDatabase(catalogDatabase)
+        if !catalogElsewhere { TestPostgres.dropDatabase(catalogDatabase) }  // a cluster of the test's own goes with it
         scratch.remove()
     }
 }
 
 /// Starts an in-process server, runs `body`, and removes the server whatever happens.
-public func withInProcessServer<T: Sendable>(configure: (inout ServerConfiguration) throws -> Void = { _ in },
+public func withInProcessServer<T: Sendable>(catalogCluster: TestCluster? = nil, configure: (inout ServerConfiguration) throws -> Void = { _ in },
                                              _ body: (InProcessServer) async throws -> T) async throws -> T {
-    let server = try await InProcessServer.start(configure: configure)
+    let server = try await InProcessServer.start(catalogCluster: catalogCluster, configure: configure)
     do {
         let value = try await body(server)
         await server.remove()

@@ -1,0 +1,82 @@
+import BackupClient
+import BackupCore
+import BackupPostgres
+import BackupServer
+import BackupTestSupport
+import BackupWire
+import Foundation
+import Testing
+
+/// The catalog's PostgreSQL restarted (not only its sessions ended) while
+/// work is under way, on a cluster of the test's own: each job ends as
+/// designed (FINISHED, or FAILED with its reason), nothing is left half
+/// cataloged, what a failed job stored is collected, and the server goes on
+/// serving once the catalog is back.
+@Suite(.serialized) struct CatalogRestartTests {
+    /// Calls `body` until it succeeds: while the catalog is down, calls fail UNAVAILABLE or INTERNAL.
+    private func once<T: Sendable>(_ server: InProcessServer, _ body: @escaping @Sendable (BackupClient) async throws -> T) async throws -> T {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while true {
+            do {
+                return try await server.withClient(body)
+            } catch let error as RPCError where [.unavailable, .internal].contains(error.code) && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(300))
+            }
+        }
+    }
+
+    private func unfinished(_ catalog: TestCluster, _ database: String) throws -> Int64 {
+        try PostgresConnection(catalog.connectionString(database))
+            .query("SELECT count(*) AS n FROM snapshots WHERE status = 'processing'")[0].int64("n")
+    }
+
+    @Test func aBackupAndAnUploadOutliveARestartOfTheCatalogOrFailCleanly() async throws {
+        let catalogCluster = try TestCluster.start()
+        defer { catalogCluster.remove() }
+        try await withTestApp { app in
+            let gate = try GatedTool("pg_dump")
+            try await withInProcessServer(catalogCluster: catalogCluster, configure: {
+                $0.jobs.tools.pgDump = gate.path
+                $0.jobs.garbageCollectionInterval = .seconds(1)
+                $0.jobs.pollInterval = .milliseconds(200)
+            }) { server in
+                try await server.register(app)
+                let created = try await server.withClient { client in
+                    try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
+                }
+                try await eventually(within: .seconds(60)) { gate.hasStarted }
+                // An upload half sent before the restart.
+                let archive = Array(repeating: UInt8(7), count: 200_000)
+                let upload = try await server.withClient { try await startUpload($0, archive) }
+                try await server.withClient { try await sendChunks($0, upload, archive, from: 0, to: 100_000) }
+
+                try catalogCluster.stop()
+                try await Task.sleep(for: .seconds(2))
+                try catalogCluster.startAgain()
+                gate.release()
+
+                let backup = try await once(server) { try await waitForJob(created.job.id, on: $0) }
+                #expect([.finished, .failed].contains(backup.status), "\(backup.status) \(backup.error)")
+                // The upload goes on from what it kept.
+                let resumed = try await once(server) { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
+                #expect(resumed.state == .receiving && resumed.bytesReceived == 100_000)
+                try await once(server) { try await sendChunks($0, upload, archive, from: 100_000, to: archive.count) }
+                let received = try await once(server) { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
+                #expect(received.bytesReceived == 200_000)
+
+                // The server serves, and a backup made now finishes whole.
+                let again = try await once(server) { client in
+                    let next = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
+                    return try await waitForJob(next.job.id, on: client)
+                }
+                #expect(again.status == .finished, "\(again.error)")
+                let verified = try await once(server) { client in
+                    let job = try await client.unary(Backups.verifyBackup, .with { $0.id = again.backupID })
+                    return try await waitForJob(job.id, on: client)
+                }
+                #expect(verified.status == .finished)
+                #expect(try unfinished(catalogCluster, server.catalogDatabase) == 0, "a backup was left half cataloged")
+            }
+        }
+    }
+}
