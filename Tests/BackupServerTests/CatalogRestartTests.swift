@@ -79,4 +79,57 @@ import Testing
             }
         }
     }
+
+    /// A restore and a download under way while the catalog restarts: the
+    /// restore ends fully old or fully new with no staging copy left, the
+    /// archive is prepared or fails with its reason, and a download of a
+    /// ready archive is served again once the catalog is back.
+    @Test func aRestoreAndADownloadOutliveARestartOfTheCatalog() async throws {
+        let catalogCluster = try TestCluster.start()
+        defer { catalogCluster.remove() }
+        try await withTestApp { app in
+            let gate = try GatedTool("pg_restore")
+            try await withInProcessServer(catalogCluster: catalogCluster, configure: {
+                $0.jobs.tools.pgRestore = gate.path
+                sweepingOften(&$0)
+            }) { server in
+                let backup = try await finishedBackup(server, app)
+                let atBackup = try EnvironmentState(app)
+                try changeEverything(app)
+                let before = try EnvironmentState(app)
+                let restore = try await server.withClient { client in
+                    try await client.unary(Backups.restoreBackup, .with {
+                        $0.backupID = backup.id; $0.targetNamespace = "acme"; $0.targetEnvironment = "shop-production"
+                    })
+                }
+                let download = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) }
+                try await eventually(within: .seconds(60)) { gate.hasStarted }
+
+                try catalogCluster.stop()
+                try await Task.sleep(for: .seconds(2))
+                try catalogCluster.startAgain()
+                gate.release()
+
+                let restored = try await once(server) { try await waitForJob(restore.id, on: $0) }
+                let state = try EnvironmentState(app)
+                if restored.status == .finished {
+                    #expect(state.tables == atBackup.tables)
+                } else {
+                    #expect(restored.status == .failed && state == before, "\(restored.error)")
+                }
+                try await eventually(within: .seconds(30)) { try databases(containing: "\(app.database)_restore_").isEmpty }
+                try noStagingLeft(app)
+
+                let prepared = try await once(server) { try await waitForJob(download.jobID, on: $0) }
+                #expect([.finished, .failed].contains(prepared.status), "\(prepared.error)")
+                // Asked again once the catalog is back, the download is prepared (or still ready) and its URL opens.
+                let again = try await once(server) { client in
+                    let requested = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
+                    if !requested.jobID.isEmpty { _ = try await waitForJob(requested.jobID, on: client) }
+                    return try await client.unary(Backups.getDownload, .with { $0.id = requested.id })
+                }
+                #expect(again.url.contains("/v1/downloads/"), "\(again)")
+            }
+        }
+    }
 }
