@@ -1,3 +1,4 @@
+import BackupCore
 import BackupPostgres
 import BackupServer
 import BackupTestSupport
@@ -305,6 +306,43 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
             }
             await second.remove()
             await first.remove()
+        }
+    }
+
+    /// The app's server stopped while its backup runs: the backup fails
+    /// naming the lost server, nothing is cataloged as finished, what it
+    /// stored is collected, and once the server is back a backup finishes.
+    @Test func aBackupWhoseAppServerStopsFailsCleanlyAndTheNextOneFinishes() async throws {
+        try await withClusterApp { app in
+            let gate = try GatedTool("pg_dump")
+            try await withInProcessServer(configure: {
+                $0.jobs.tools.pgDump = gate.path
+                $0.jobs.garbageCollectionInterval = .milliseconds(500)
+            }) { server in
+                try await register(app, on: server)
+                let created = try await server.withClient { client in
+                    try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
+                }
+                try await eventually(within: .seconds(60)) { gate.hasStarted }
+                try app.cluster.stop()
+                gate.release()
+                let failed = try await server.withClient { try await waitForJob(created.job.id, on: $0) }
+                #expect(failed.status == .failed && failed.error.contains("pg_dump"), "\(failed.error)")
+                let processing = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshots WHERE status <> 'failed'")
+                #expect(processing[0].int64("n") == 0)
+                // Its files were stored beside the dump; unreferenced, they go.
+                try await eventually(within: .seconds(20)) {
+                    try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n") == 0
+                        && (try LocalBlobStore(root: server.blobDirectory).storedHashes(unusedSince: .distantFuture)).isEmpty
+                }
+                try app.cluster.startAgain()
+                gate.release()
+                let next = try await server.withClient { client in
+                    let created = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
+                    return try await waitForJob(created.job.id, on: client)
+                }
+                #expect(next.status == .finished, "\(next.error)")
+            }
         }
     }
 }
