@@ -191,7 +191,11 @@ public final class JobRunner: Service, Sendable {
     private func failAbandonedJobs() async {
         do {
             let count = try await catalog.failAbandonedJobs()
-            if count > 0 { logger.warning("failed abandoned jobs", metadata: ["count": "\(count)"]) }
+            if count > 0 {
+                logger.warning("failed abandoned jobs", metadata: ["count": "\(count)"])
+                // What a dead process's jobs stored and left in the scratch folder goes now, not at the next interval.
+                signals.withLockedValue { $0.collectGarbage = true }
+            }
         } catch {
             logger.error("cannot check for abandoned jobs", metadata: ["error": "\(error)"])
         }

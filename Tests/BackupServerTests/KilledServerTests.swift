@@ -1,0 +1,65 @@
+import BackupClient
+import BackupCore
+import BackupTestSupport
+import BackupWire
+import Foundation
+import Testing
+
+/// backupd killed outright (`kill -9`; a process, because that is the
+/// point) while it validates an upload: the next process fails the job and
+/// the upload with the reason, catalogs no backup, and its sweeps leave no
+/// spool file, scratch file or blob behind.
+@Suite(.serialized) struct KilledServerTests {
+    @Test func aServerKilledWhileValidatingAnUploadLeavesNothingHalfDone() async throws {
+        try await withTestApp { app in
+            // pg_restore --list, the validation's check of the dump, is held: backupd is killed in the middle of it.
+            let gate = try GatedTool("pg_restore")
+            let first = try await TestServer.start(arguments: ["--job-lease-seconds", "2", "--pg-restore", gate.path])
+            try await first.register(app)
+            let archivePath = try ScratchDirectory("killed-upload")
+            defer { archivePath.remove() }
+            // An archive of this app, made the way downloads make one, uploaded back.
+            let backup = try await first.withClient { client in
+                let created = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
+                return try await waitForJob(created.job.id, on: client)
+            }
+            #expect(try first.backupctl(["download", backup.backupID, "-o", archivePath.path + "/a.tar.gz"]).status == 0)
+            let content = Array(try Data(contentsOf: URL(fileURLWithPath: archivePath.path + "/a.tar.gz")))
+            let upload = try await first.withClient { client in
+                let upload = try await startUpload(client, content)
+                try await sendChunks(client, upload, content, from: 0, to: content.count, chunk: 1 << 20)
+                return try await client.unary(Backups.finishUpload, .with { $0.uploadID = upload.id })
+            }
+            try await eventually(within: .seconds(60)) { gate.hasStarted }
+            await first.stop(signal: SIGKILL)
+            gate.release()
+
+            let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
+                                                    blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+            do {
+                let ended = try await second.withClient { try await waitForJob(upload.jobID, on: $0, timeout: .seconds(60)) }
+                #expect(ended.status == .failed)
+                let failed = try await second.withClient { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
+                #expect(failed.state == .failed && failed.backupID.isEmpty, "\(failed)")
+                let backups = try TestPostgres.query(second.catalogDatabase, "SELECT count(*) AS n FROM snapshots WHERE kind = 'uploaded'")
+                #expect(backups[0].int64("n") == 0)
+                // Spool file, scratch dump and the blobs only the upload had go with the sweeps; the first backup's stay.
+                try await eventually(within: .seconds(90)) {
+                    let spool = (try? FileManager.default.contentsOfDirectory(atPath: second.blobDirectory + "/uploads")) ?? []
+                    let scratch = (try? FileManager.default.contentsOfDirectory(atPath: second.blobDirectory + "/tmp")) ?? []
+                    return spool.isEmpty && !scratch.contains { $0.contains(upload.jobID) }
+                }
+                let verified = try await second.withClient { client in
+                    let job = try await client.unary(Backups.verifyBackup, .with { $0.id = backup.backupID })
+                    return try await waitForJob(job.id, on: client)
+                }
+                #expect(verified.status == .finished, "\(verified.error)")
+            } catch {
+                print(second.log)
+                throw error
+            }
+            await second.remove()
+            await first.remove()
+        }
+    }
+}
