@@ -97,11 +97,7 @@ import Testing
                 let atBackup = try EnvironmentState(app)
                 try changeEverything(app)
                 let before = try EnvironmentState(app)
-                let restore = try await server.withClient { client in
-                    try await client.unary(Backups.restoreBackup, .with {
-                        $0.backupID = backup.id; $0.targetNamespace = "acme"; $0.targetEnvironment = "shop-production"
-                    })
-                }
+                let restore = try await requestRestore(server, backup.id)
                 let download = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) }
                 try await eventually(within: .seconds(60)) { gate.hasStarted }
 

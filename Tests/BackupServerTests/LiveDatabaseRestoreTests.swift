@@ -56,6 +56,12 @@ struct ClusterApp: Sendable {
         return try FileManager.default.contentsOfDirectory(atPath: parent).filter { $0.contains(".restore-") }
     }
 
+    /// No staging or superseded database, no restore folder beside the store.
+    func expectNothingLeft(sourceLocation: SourceLocation = #_sourceLocation) throws {
+        #expect(try databases(containing: "_restore_").isEmpty, sourceLocation: sourceLocation)
+        #expect(try restoreFoldersLeft().isEmpty, sourceLocation: sourceLocation)
+    }
+
     func remove() {
         cluster.remove()
         scratch.remove()
@@ -94,12 +100,8 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
     }
 
     private func restore(_ backupID: String, on server: some BackupTestServer) async throws -> Job {
-        try await server.withClient { client in
-            let job = try await client.unary(Backups.restoreBackup, .with {
-                $0.backupID = backupID; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
-            })
-            return try await waitForJob(job.id, on: client)
-        }
+        let job = try await requestRestore(server, backupID)
+        return try await server.withClient { try await waitForJob(job.id, on: $0) }
     }
 
     /// The app's role may not end autovacuum workers (nor any session of
@@ -125,9 +127,8 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
                     #expect(restored == (firstRestored ?? restored) && restored.files.count == 302, "round \(round)")
                     firstRestored = firstRestored ?? restored
                 }
-                #expect(try app.databases(containing: "_restore_").isEmpty)
                 #expect(try app.databases(containing: "_prerestore") == ["shop_prerestore"])
-                #expect(try app.restoreFoldersLeft().isEmpty)
+                try app.expectNothingLeft()
             }
         }
     }
@@ -161,8 +162,7 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
                 #expect(try held.query("SELECT 1 AS one")[0].string("one") == "1", "the other role's session was ended")
                 #expect(try app.state() == before)
                 #expect(try app.state(of: "shop_prerestore", folder: app.fileStore + ".prerestore") == previous)
-                #expect(try app.databases(containing: "_restore_").isEmpty)
-                #expect(try app.restoreFoldersLeft().isEmpty)
+                try app.expectNothingLeft()
             }
         }
     }
@@ -182,11 +182,7 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
                 try await register(app, on: server)
                 let backupID = try await backUp(server)
                 let before = try app.state()
-                let job = try await server.withClient { client in
-                    try await client.unary(Backups.restoreBackup, .with {
-                        $0.backupID = backupID; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
-                    })
-                }
+                let job = try await requestRestore(server, backupID)
                 try await eventually(within: .seconds(60)) { gate.hasStarted }
                 #expect(try app.databases(containing: "_restore_").count == 1, "the staging database exists")
                 try app.cluster.stop()
@@ -225,8 +221,7 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
                 #expect(job.status == .failed && job.error.contains("is not the previous copy of shop"), "\(job.error)")
                 #expect(try app.state() == before)
                 #expect(try TestPostgres.tableFingerprints(connectingTo: app.cluster.connectionString("shop_prerestore"))["precious"] != nil)
-                #expect(try app.databases(containing: "_restore_").isEmpty)
-                #expect(try app.restoreFoldersLeft().isEmpty)
+                try app.expectNothingLeft()
             }
         }
     }
@@ -248,11 +243,7 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
                 try postgres.query("CREATE ROLE auditor LOGIN")
                 let held = try PostgresConnection(app.cluster.connectionString("shop", user: "auditor"))
                 defer { withExtendedLifetime(held) {} }
-                let job = try await server.withClient { client in
-                    try await client.unary(Backups.restoreBackup, .with {
-                        $0.backupID = backupID; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
-                    })
-                }
+                let job = try await requestRestore(server, backupID)
                 try await eventually(within: .seconds(60)) {
                     try TestPostgres.query(server.catalogDatabase, "SELECT step FROM restores WHERE job_id = $1", job.id)[0]
                         .string("step") == "folders-swapped"
@@ -280,11 +271,7 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
             try await register(app, on: first)
             let backupID = try await backUp(first)
             let before = try app.state()
-            let job = try await first.withClient { client in
-                try await client.unary(Backups.restoreBackup, .with {
-                    $0.backupID = backupID; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
-                })
-            }
+            let job = try await requestRestore(first, backupID)
             try await eventually(within: .seconds(60)) { !first.isRunning }
             try app.cluster.stop()
             let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
@@ -298,8 +285,7 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
                 let ended = try await second.withClient { try await waitForJob(job.id, on: $0, timeout: .seconds(60)) }
                 #expect(ended.status == .failed && ended.error.contains("target is unchanged"), "\(ended.error)")
                 #expect(try app.state() == before)
-                #expect(try app.databases(containing: "_restore_").isEmpty)
-                #expect(try app.restoreFoldersLeft().isEmpty)
+                try app.expectNothingLeft()
             } catch {
                 print(second.log)
                 throw error

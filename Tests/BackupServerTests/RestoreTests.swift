@@ -38,6 +38,15 @@ func restore(_ client: BackupClient, _ backup: Backup, to environment: String = 
 }
 
 /// Changes rows in every table and the file store: modifies, deletes and adds files.
+/// Asks for a restore of `backupID` into the test namespace's shop-production; returns its job, queued.
+func requestRestore(_ server: some BackupTestServer, _ backupID: String) async throws -> Job {
+    try await server.withClient { client in
+        try await client.unary(Backups.restoreBackup, .with {
+            $0.backupID = backupID; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
+        })
+    }
+}
+
 func changeEverything(_ app: TestApp) throws {
     try TestPostgres.query(app.database, "UPDATE \"shop$order\" SET status = 'lost' WHERE id % 3 = 0")
     try TestPostgres.query(app.database, "DELETE FROM \"shop$invoice\" WHERE id > 300")
@@ -264,11 +273,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
             let backup = try await finishedBackup(first, app)
             try changeEverything(app)
             let before = try EnvironmentState(app)
-            let job = try await first.withClient { client in
-                try await client.unary(Backups.restoreBackup, .with {
-                    $0.backupID = backup.id; $0.targetNamespace = "acme"; $0.targetEnvironment = "shop-production"
-                })
-            }
+            let job = try await requestRestore(first, backup.id)
             try await eventually { try !databases(containing: "\(app.database)_restore_").isEmpty }
             // While the restore runs, the environment cannot be started.
             await expectStatus(.failedPrecondition) {
@@ -365,11 +370,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
             let atBackup = try EnvironmentState(app)
             try changeEverything(app)
             let before = try EnvironmentState(app)
-            let job = try await first.withClient { client in
-                try await client.unary(Backups.restoreBackup, .with {
-                    $0.backupID = backup.id; $0.targetNamespace = "acme"; $0.targetEnvironment = "shop-production"
-                })
-            }
+            let job = try await requestRestore(first, backup.id)
             try await eventually(within: .seconds(60)) { !first.isRunning }
             let recorded = try TestPostgres.query(first.catalogDatabase, "SELECT step FROM restores WHERE job_id = $1", job.id)[0]
             #expect(recorded.string("step") == step)
