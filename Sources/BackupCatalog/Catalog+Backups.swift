@@ -211,16 +211,23 @@ extension Catalog {
             // The fence on this process's clock (processes sharing a store keep their clocks in step with the
             // catalog's); a second more while jobs run, for clocks a little apart.
             let cutoff = beforeFence.addingTimeInterval(-fenceAge - (fenceAge > 0 ? 1 : 0))
-            var unrecorded: [ContentHash] = []
+            // Files no row knows: each batch gets a row of its own for every such file, held in a transaction
+            // while the files go, so a job recording one of them meanwhile waits, then finds it gone and fails
+            // rather than reference nothing (a check and a later unlink would let it through in between).
+            var unrecorded = 0
             let stored = try store.storedHashes(unusedSince: cutoff)
             for start in stride(from: 0, to: stored.count, by: 1000) {
                 let batch = stored[start..<min(start + 1000, stored.count)]
-                let known = Set(try connection.query("SELECT sha256 FROM blobs WHERE sha256 = ANY($1::text[])", batch.map(\.hex))
-                    .map { $0.string("sha256") })
-                unrecorded += batch.filter { !known.contains($0.hex) }
+                unrecorded += try connection.transaction {
+                    let claimed = try connection.query("""
+                        INSERT INTO blobs (sha256, size) SELECT unnest($1::text[]), 0 ON CONFLICT DO NOTHING RETURNING sha256
+                        """, batch.map(\.hex)).compactMap { ContentHash(hex: $0.string("sha256")) }
+                    for hash in claimed { try store.remove(hash) }
+                    try connection.query("DELETE FROM blobs WHERE sha256 = ANY($1::text[])", claimed.map(\.hex))
+                    return claimed.count
+                }
             }
-            for hash in unrecorded { try store.remove(hash) }
-            return unreferenced.count + unrecorded.count
+            return unreferenced.count + unrecorded
         }
     }
 

@@ -506,9 +506,9 @@ struct RestoreJob: Sendable {
         "backupd: previous copy of \(target)"
     }
 
-    /// An SQL string literal.
+    /// An SQL string literal, read the same whatever `standard_conforming_strings` the role set.
     private static func literal(_ text: String) -> String {
-        "'" + text.replacing("'", with: "''") + "'"
+        "E'" + text.replacing("\\", with: "\\\\").replacing("'", with: "''") + "'"
     }
 
     /// Removes the job's marker from the restored file store, once the restore is complete.

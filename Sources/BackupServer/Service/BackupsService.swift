@@ -221,11 +221,14 @@ struct BackupsService: Sendable {
             guard request.filename.utf8.count <= 255, !request.filename.contains("/") else {
                 throw BackupError.invalidArgument("filename must be a file's name: at most 255 bytes, no '/'")
             }
+            // One reading of the disk serves both the namespace's share and the room check: free space that grows
+            // between two readings could otherwise let an upload past its share.
+            let usable = spool.usableDiskBytes()
             return try await catalog.startUpload(
                 namespace: request.namespace, environment: request.environment, filename: request.filename, comment: request.comment,
                 size: request.sizeBytes, sha256: sha256, actor: context.caller.tokenName, lifetime: spool.lifetime,
-                spoolBytes: uploads.spoolBytes, diskBytes: spool.usableDiskBytes(), namespaceShare: uploads.namespaceShare,
-                prepare: { [spool] id, others in try spool.create(id, size: request.sizeBytes, beside: others) })
+                spoolBytes: uploads.spoolBytes, diskBytes: usable, namespaceShare: uploads.namespaceShare,
+                prepare: { [spool] id, others in try spool.create(id, size: request.sizeBytes, beside: others, usable: usable) })
         }
         router.clientStreaming(Backups.uploadChunks) { chunks, context in
             // The first chunk names the upload; it lives only in the sequence handed on, which lets go of each

@@ -46,8 +46,10 @@ final class UploadSpool: Sendable {
         return free > reservedDiskBytes ? free - reservedDiskBytes : 0
     }
 
-    func create(_ uploadID: String, size: UInt64, beside others: UInt64) throws {
-        if usableDiskBytes() < size + others {
+    /// Makes an upload's spool file if the disk, with `usable` bytes free
+    /// beyond its reserve, holds `size` beside what `others` are still to receive.
+    func create(_ uploadID: String, size: UInt64, beside others: UInt64, usable: UInt64) throws {
+        if usable < size + others {
             throw BackupError.resourceExhausted("the upload spool's disk has too little free space for an upload of \(size) bytes "
                                                 + "(it keeps \(reservedDiskBytes) bytes free); try again later")
         }
