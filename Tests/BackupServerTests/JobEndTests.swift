@@ -369,13 +369,8 @@ final class SilentListener: Sendable {
     /// or not.
     @Test(arguments: [("3m", "files"), ("64k", "dump")])
     func aBackupFailingOnAFullDiskLeavesNoBlobAfterTheCollection(_ size: String, _ failing: String) async throws {
-        try await withTestApp { app in
-            let disk = try ScratchDirectory("small-disk")
-            defer { disk.remove() }
-            let mounted = try runCommand("/bin/mount", ["-t", "tmpfs", "-o", "size=\(size),mode=0700", "tmpfs", disk.path])
-            try #require(mounted.status == 0, "cannot mount a small tmpfs: \(mounted.standardError)")
-            defer { _ = try? runCommand("/bin/umount", ["-l", disk.path]) }
-            let server = try await TestServer.start(blobDirectory: disk.path + "/blobs")
+        try await withTestApp { app in try await withSmallDisk(size: size) { disk in
+            let server = try await TestServer.start(blobDirectory: disk + "/blobs")
             do {
                 try await server.register(app)
                 // No documents: only the dump's chunks are written, and they find the disk full.
@@ -386,21 +381,21 @@ final class SilentListener: Sendable {
                 }
                 #expect(job.status == .failed)
                 #expect(job.error.contains("No space left on device"), "\(job.error)")
-                #expect(job.error.contains(disk.path), "\(job.error)")
-                let blobs = disk.path + "/blobs/sha256"
+                #expect(job.error.contains(disk), "\(job.error)")
+                let blobs = disk + "/blobs/sha256"
                 func storedFiles() -> [String] {
                     (FileManager.default.enumerator(atPath: blobs)?.allObjects as? [String] ?? []).filter { $0.split(separator: "/").count == 3 }
                 }
                 try await eventually(within: .seconds(15)) { storedFiles().isEmpty }
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n") == 0)
-                #expect(try FileManager.default.contentsOfDirectory(atPath: disk.path + "/blobs/tmp").isEmpty)
+                #expect(try FileManager.default.contentsOfDirectory(atPath: disk + "/blobs/tmp").isEmpty)
                 await server.remove()
             } catch {
                 print(server.log)
                 await server.remove()
                 throw error
             }
-        }
+        } }
     }
 }
 

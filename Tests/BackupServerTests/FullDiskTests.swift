@@ -1,0 +1,89 @@
+import BackupClient
+import BackupCore
+import BackupServer
+import BackupTestSupport
+import BackupWire
+import Foundation
+import Testing
+
+/// The blob store's disk fills up while an upload is received and while an
+/// archive is prepared: each is refused RESOURCE_EXHAUSTED naming the full
+/// disk, keeps or removes what it should, and goes on once there is room.
+/// The disk is a small tmpfs of the test's own.
+/// A tmpfs of `size` (mount's spelling: 64m, 3m, 64k) mounted for `body`,
+/// unmounted after: a small disk of the test's own (mounting needs root, as in CI).
+func withSmallDisk<T: Sendable>(size: String, _ body: (String) async throws -> T) async throws -> T {
+    let disk = try ScratchDirectory("small-disk")
+    defer { disk.remove() }
+    let mounted = try runCommand("/bin/mount", ["-t", "tmpfs", "-o", "size=\(size),mode=0700", "tmpfs", disk.path])
+    try #require(mounted.status == 0, "cannot mount a small tmpfs: \(mounted.standardError)")
+    defer { _ = try? runCommand("/bin/umount", ["-l", disk.path]) }
+    return try await body(disk.path)
+}
+
+@Suite(.serialized) struct FullDiskTransferTests {
+    /// Fills the disk at `folder` but for `leave` bytes; returns the filler's path.
+    private func fill(_ folder: String, leaving leave: Int) throws -> String {
+        let path = folder + "/filler"
+        var info = statvfs()
+        #expect(statvfs(folder, &info) == 0)
+        let free = Int(info.f_bavail) * Int(info.f_frsize)
+        try Data(count: max(0, free - leave)).write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    @Test func anUploadOnAFullDiskIsRefusedKeepsWhatItHadAndResumes() async throws {
+        try await withSmallDisk(size: "64m") { disk in
+            try await withTestApp { app in
+                try await withInProcessServer(configure: {
+                    $0.uploads.directory = disk + "/uploads"
+                    $0.uploads.reservedDiskBytes = 1 << 20
+                }) { server in
+                    try await server.register(app)
+                    let content = (0..<8_000_000).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 9) }
+                    try await server.withClient { client in
+                        let upload = try await startUpload(client, content)
+                        try await sendChunks(client, upload, content, from: 0, to: 2_000_000, chunk: 1 << 20)
+                        // Something else takes the disk.
+                        let filler = try fill(disk, leaving: 512 << 10)
+                        let refused = await expectStatus(.resourceExhausted) {
+                            try await sendChunks(client, upload, content, from: 2_000_000, to: content.count, chunk: 1 << 20)
+                        }
+                        #expect(refused?.message.contains("disk is full") == true, "\(String(describing: refused))")
+                        let kept = try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id })
+                        #expect(kept.state == .receiving && kept.bytesReceived >= 2_000_000 && kept.bytesReceived < UInt64(content.count))
+                        try FileManager.default.removeItem(atPath: filler)
+                        try await sendChunks(client, upload, content, from: Int(kept.bytesReceived), to: content.count, chunk: 1 << 20)
+                        let done = try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id })
+                        #expect(done.bytesReceived == UInt64(content.count))
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func anArchiveOnAFullDiskFailsLeavesNothingAndIsPreparedOnceThereIsRoom() async throws {
+        try await withSmallDisk(size: "64m") { disk in
+            try await withTestApp { app in
+                try await withInProcessServer(configure: {
+                    $0.downloads.cacheDirectory = disk + "/archives"
+                    $0.downloads.reservedDiskBytes = 1 << 20
+                }) { server in
+                    let backup = try await finishedBackup(server, app)
+                    let filler = try fill(disk, leaving: 2 << 20)
+                    try await server.withClient { client in
+                        let refused = await expectStatus(.resourceExhausted) {
+                            _ = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
+                        }
+                        #expect(refused?.message.contains("free") == true, "\(String(describing: refused))")
+                        #expect(try FileManager.default.contentsOfDirectory(atPath: disk + "/archives").isEmpty)
+                        try FileManager.default.removeItem(atPath: filler)
+                        let requested = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
+                        #expect(try await waitForJob(requested.jobID, on: client).status == .finished)
+                        #expect(try await client.unary(Backups.getDownload, .with { $0.id = requested.id }).ready)
+                    }
+                }
+            }
+        }
+    }
+}
