@@ -25,9 +25,7 @@ struct ArchiveCache: Sendable {
     /// beside `others` bytes of archives still being written. The refusal
     /// names this archive's size only: the disk's state tells what others prepare.
     func requireRoom(for bytes: UInt64, beside others: UInt64 = 0) throws(BackupError) {
-        var info = statvfs()
-        guard statvfs(directory, &info) == 0 else { return }
-        let free = UInt64(info.f_bavail) * UInt64(info.f_frsize)
+        guard let free = freeDiskBytes(in: directory) else { return }
         guard free >= bytes + others + reservedDiskBytes else {
             throw .resourceExhausted("the archive cache's disk has too little free space for an archive of up to \(bytes) bytes "
                                      + "(it keeps \(reservedDiskBytes) bytes free); try again later")

@@ -277,13 +277,9 @@ public final class JobRunner: Service, Sendable {
         do {
             for (job, environment, plan) in try await catalog.dueRestoreLeftovers(backOff: settings.sweepInterval) {
                 // Previous copies are never the sweep's: a later restore of the environment may already rely on them.
+                // `removeLeftovers` logs what it dropped, what it left as not its own, and what it could not remove.
                 let inPlace = plan.step == .databasesSwapped || plan.step == .finished
-                if await restoreJob.removeLeftovers(job.id, environment, plan, restoreInPlace: inPlace) {
-                    logger.info("removed what a restore left", metadata: [
-                        "job": "\(job.id)", "environment": "\(job.namespace)/\(job.environment)",
-                        "databases": "\([plan.stagingDatabase, plan.supersededDatabase].filter { !$0.isEmpty })",
-                    ])
-                }
+                await restoreJob.removeLeftovers(job.id, environment, plan, restoreInPlace: inPlace)
             }
         } catch {
             logger.error("cannot sweep what restores left", metadata: ["error": "\(error)"])

@@ -421,20 +421,21 @@ struct RestoreJob: Sendable {
             folders.append((plan.previousFolder, Self.previousMarker))
         }
         do {
+            var outcomes: [(name: String, outcome: DropOutcome)] = []
             for (folder, marker) in folders where !folder.isEmpty {
-                try await removeFolder(folder, carrying: marker)
+                outcomes.append((folder, try await removeFolder(folder, carrying: marker)))
             }
-            let outcomes = try await onAppServer(environment, database: "postgres") { [databasesToDrop] connection in
+            outcomes += try await onAppServer(environment, database: "postgres") { [databasesToDrop] connection in
                 try databasesToDrop.filter { !$0.0.isEmpty }.map { (name: $0.0, outcome: try dropDatabase($0.0, carrying: $0.1, on: connection)) }
             }
             let dropped = outcomes.filter { $0.outcome == .dropped }.map(\.name)
             let foreign = outcomes.filter { $0.outcome == .notOurs }.map(\.name)
             if !foreign.isEmpty {
-                logger.warning("left databases a restore's names point at that it did not make", metadata: [
-                    "job": "\(jobID)", "databases": "\(foreign)"])
+                logger.warning("left what a restore's names point at that it did not make", metadata: [
+                    "job": "\(jobID)", "left": "\(foreign)"])
             }
             if !dropped.isEmpty {
-                logger.info("dropped a restore's copies", metadata: ["job": "\(jobID)", "databases": "\(dropped)"])
+                logger.info("removed a restore's copies", metadata: ["job": "\(jobID)", "removed": "\(dropped)"])
             }
             try await catalog.clearRestoreLeftovers(jobID: jobID)
             return true
@@ -448,26 +449,25 @@ struct RestoreJob: Sendable {
     }
 
     /// Removes a folder that carries `marker`, so backupd deletes only what
-    /// it made; a folder there without the marker is someone else's and
-    /// fails. The app may still write into the folder, so it is removed
-    /// without following links (`removeTree`), the marker last.
-    private func removeFolder(_ folder: String, carrying marker: String) async throws {
+    /// it made; a folder (or link) there without the marker is someone
+    /// else's and stays. The app may still write into the folder, so it is
+    /// removed without following links (`removeTree`), the marker last.
+    private func removeFolder(_ folder: String, carrying marker: String) async throws -> DropOutcome {
         // A file store can hold many files: removing it blocks, so it runs on the thread pool.
         try await threadPool.runIfActive {
             var info = stat()
-            guard lstat(folder, &info) == 0 else { return }
-            guard info.st_mode & S_IFMT == S_IFDIR, hasMarker(folder, marker) else {
-                throw JobFailure(description: "\(folder) exists and was not made by backupd; move it away to restore here")
-            }
+            guard lstat(folder, &info) == 0 else { return .absent }
+            guard info.st_mode & S_IFMT == S_IFDIR, hasMarker(folder, marker) else { return .notOurs }
             do {
                 try removeTree(folder, removingLast: marker)
             } catch {
                 throw JobFailure(description: "cannot remove \(folder): \(error)")
             }
+            return .dropped
         }
     }
 
-    /// What became of a database a restore meant to drop.
+    /// What became of a database or folder a restore meant to remove.
     enum DropOutcome: Equatable { case absent, dropped, notOurs }
 
     /// Drops a database on the environment's server if it carries `marker`

@@ -23,12 +23,18 @@ final class ScratchFile: ArchiveMemberSink {
     deinit { close(fd) }
 }
 
+/// The bytes an unprivileged writer may still put on the disk of
+/// `directory`; nil when the disk cannot be asked. Every room check reads it here.
+func freeDiskBytes(in directory: String) -> UInt64? {
+    var info = statvfs()
+    guard statvfs(directory, &info) == 0 else { return nil }
+    return UInt64(info.f_bavail) * UInt64(info.f_frsize)
+}
+
 /// Refuses work that would leave the disk of `directory` with less than
 /// `reserved` bytes free after writing `bytes` more.
 func requireRoom(for bytes: UInt64, reserved: UInt64, in directory: String) throws {
-    var info = statvfs()
-    guard statvfs(directory, &info) == 0 else { return }
-    let free = UInt64(info.f_bavail) * UInt64(info.f_frsize)
+    guard let free = freeDiskBytes(in: directory) else { return }
     guard free >= bytes + reserved else {
         throw JobFailure(description: "the blob store's disk has too little free space for \(bytes) more bytes "
                          + "(it keeps \(reserved) bytes free); try again later")

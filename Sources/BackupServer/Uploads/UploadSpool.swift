@@ -35,19 +35,15 @@ final class UploadSpool: Sendable {
 
     func path(of uploadID: String) -> String { "\(directory)/\(uploadID).upload" }
 
-    /// Makes an upload's empty file, if the disk has room for its `size`
-    /// beside the `others` bytes unfinished uploads announced (the refusal
-    /// names this upload's size only); the file must not exist.
     /// What the spool's disk has free beyond its reserve (everything, when the disk cannot be asked).
     func usableDiskBytes() -> UInt64 {
-        var info = statvfs()
-        guard statvfs(directory, &info) == 0 else { return .max }
-        let free = UInt64(info.f_bavail) * UInt64(info.f_frsize)
+        guard let free = freeDiskBytes(in: directory) else { return .max }
         return free > reservedDiskBytes ? free - reservedDiskBytes : 0
     }
 
-    /// Makes an upload's spool file if the disk, with `usable` bytes free
-    /// beyond its reserve, holds `size` beside what `others` are still to receive.
+    /// Makes an upload's empty file if the disk, with `usable` bytes free
+    /// beyond its reserve, holds `size` beside what `others` are still to
+    /// receive (the refusal names this upload's size only); the file must not exist.
     func create(_ uploadID: String, size: UInt64, beside others: UInt64, usable: UInt64) throws {
         if usable < size + others {
             throw BackupError.resourceExhausted("the upload spool's disk has too little free space for an upload of \(size) bytes "
