@@ -18,7 +18,7 @@ TEST_APT_PACKAGES := curl chromium
 export BACKUPD_PGPORT := $(PGPORT)
 export BACKUPD_VAR := $(VAR)
 
-.PHONY: deps test-deps install-packages proto certs cluster demo build run test bench clean
+.PHONY: deps test-deps install-packages proto certs cluster demo build run test fuzz fuzz-build bench clean
 
 ## deps: install the Debian packages the project needs (only what is missing)
 deps:
@@ -60,9 +60,26 @@ build: deps
 run: certs demo build
 	@bash scripts/run-dev.sh $(BIN) $(ADDR)
 
-## test: everything above, then every test
+## test: everything above, then every test, then each fuzz target briefly
 test: test-deps certs demo build
 	$(SWIFT) test
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
+
+# Fuzzing: every Swift module instrumented for libFuzzer and AddressSanitizer,
+# in a build folder of its own; libFuzzer's driver without its main (the
+# target's entry point calls it), from the toolchain's own clang runtime.
+FUZZ_SECONDS      ?= 600
+TEST_FUZZ_SECONDS ?= 15
+FUZZ_RUNTIME = $(firstword $(wildcard $(dir $(realpath $(shell command -v $(SWIFT))))../lib/clang/*/lib/linux/libclang_rt.fuzzer_no_main-$(shell uname -m).a))
+
+fuzz-build: deps
+	@[ -n "$(FUZZ_RUNTIME)" ] || { echo "libFuzzer's runtime is not in this Swift toolchain"; exit 1; }
+	$(SWIFT) build --build-path .build/fuzz --product backup-fuzz -Xswiftc -DFUZZING -Xswiftc -sanitize=address \
+	  -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp -Xlinker $(FUZZ_RUNTIME)
+
+## fuzz: each fuzz target for FUZZ_SECONDS (600) under libFuzzer; FUZZ_JOBS=2 runs two at once; failing inputs are saved under Tests/Fuzz/
+fuzz: fuzz-build
+	@bash scripts/fuzz.sh .build/fuzz/debug $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 ## bench: backupd against pg_dump, pg_restore, tar, restic and nginx on a generated app (release build; DB_MB, FILES_MB, RUNS); writes docs/benchmarks.md
 bench: certs demo

@@ -88,6 +88,16 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ]),
 
+        // The parsers that read what clients, uploads and dumps hand the server, as fuzz targets.
+        .target(name: "BackupFuzz", dependencies: [
+            "BackupCore", "BackupServer", "BackupWire",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
+        // libFuzzer's driver for them (`make fuzz`), or a replay of saved inputs in an ordinary build.
+        .executableTarget(name: "backup-fuzz", dependencies: ["BackupFuzz"]),
+
         // Helpers for tests that need the private PostgreSQL cluster or a running backupd.
         .target(name: "BackupTestSupport", dependencies: [
                     "BackupCatalog", "BackupPostgres", "BackupCore", "BackupClient", "BackupServer", "BackupWire",
@@ -109,6 +119,7 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
+        .testTarget(name: "BackupFuzzTests", dependencies: ["BackupFuzz"]),
         .testTarget(name: "BackupClientTests", dependencies: ["BackupClient", "BackupWire", "BackupTestSupport"]),
     ]
 )

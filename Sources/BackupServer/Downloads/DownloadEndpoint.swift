@@ -14,7 +14,7 @@ import NIOPosix
 /// archive cache a chunk at a time, and no more than a few chunks are
 /// written ahead of what the socket has taken (`HTTPResponseWriter`), so a slow
 /// client holds a few chunks of the server's memory, not the file.
-struct DownloadEndpoint: Sendable {
+package struct DownloadEndpoint: Sendable {
     let links: DownloadLinks
     let catalog: Catalog
     let cache: ArchiveCache
@@ -41,11 +41,17 @@ struct DownloadEndpoint: Sendable {
 
     /// Sets a connection's pipeline up for HTTP; on its event loop.
     static func configure(_ channel: any Channel) throws -> HTTPChannel {
-        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+        try addHTTPHandlers(to: channel.pipeline.syncOperations)
+        return try HTTPChannel(wrappingChannelSynchronously: channel)
+    }
+
+    /// The handlers that turn a connection's bytes into requests and
+    /// answers into bytes, refusing what the decoder cannot take.
+    package static func addHTTPHandlers(to pipeline: ChannelPipeline.SynchronousOperations) throws {
+        try pipeline.configureHTTPServerPipeline(
             withPipeliningAssistance: true, withErrorHandling: false, withOutboundHeaderValidation: true,
             withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits)
-        try channel.pipeline.syncOperations.addHandler(HTTPErrorResponder())
-        return try HTTPChannel(wrappingChannelSynchronously: channel)
+        try pipeline.addHandler(HTTPErrorResponder())
     }
 
     /// Answers the connection's requests in order until it closes, a request
@@ -102,21 +108,13 @@ struct DownloadEndpoint: Sendable {
     private func respond(to head: HTTPRequestHead, _ outbound: HTTPResponseWriter, verified: @Sendable () -> Void) async throws {
         let keepAlive = head.isKeepAlive
         let answer = PlainAnswer(version: head.version, keepAlive: keepAlive, isHead: head.method == .HEAD)
-        guard head.method == .GET || head.method == .HEAD else {
-            try await answer.send(.methodNotAllowed, "only GET and HEAD are served here", extra: [("Allow", "GET, HEAD")], on: outbound)
+        let id: String, fileName: Substring
+        switch SignedDownloadRequest(head, keys: links.keys, now: Int64(Date().timeIntervalSince1970)) {
+        case let .refused(status, reason, extra):
+            try await answer.send(status, reason, extra: extra, on: outbound)
             return
-        }
-        let (path, query) = head.uri.firstIndex(of: "?").map { (head.uri[..<$0], head.uri[head.uri.index(after: $0)...]) }
-            ?? (head.uri[...], "")
-        guard let (id, fileName) = DownloadLinks.parse(path: path), let keys = links.keys else {
-            try await answer.send(.notFound, "no such download", on: outbound)
-            return
-        }
-        do {
-            try keys.verify(path: String(path), query: String(query), now: Int64(Date().timeIntervalSince1970))
-        } catch {
-            try await answer.send(.forbidden, error.description, on: outbound)
-            return
+        case let .signed(signedID, signedFileName):
+            (id, fileName) = (signedID, signedFileName)
         }
         let record: DownloadRecord
         do {
@@ -176,6 +174,37 @@ struct DownloadEndpoint: Sendable {
             try await outbound.write(.body(.byteBuffer(chunk)))
             offset += length
         }
+    }
+}
+
+/// What a request asks of the endpoint, decided from its head and the
+/// signing keys alone, before the catalog is asked anything: its method, its
+/// path's shape and its signature. Everything an unauthenticated client
+/// sends reaches this first (and the fuzz target `http` with it).
+package enum SignedDownloadRequest {
+    /// Answered at once, with a status, a reason and extra header fields.
+    case refused(HTTPResponseStatus, String, extra: [(String, String)])
+    /// A signed URL of a download, still to be looked up.
+    case signed(id: String, fileName: Substring)
+
+    package init(_ head: HTTPRequestHead, keys: URLSigningKeys?, now: Int64) {
+        guard head.method == .GET || head.method == .HEAD else {
+            self = .refused(.methodNotAllowed, "only GET and HEAD are served here", extra: [("Allow", "GET, HEAD")])
+            return
+        }
+        let (path, query) = head.uri.firstIndex(of: "?").map { (head.uri[..<$0], head.uri[head.uri.index(after: $0)...]) }
+            ?? (head.uri[...], "")
+        guard let (id, fileName) = DownloadLinks.parse(path: path), let keys else {
+            self = .refused(.notFound, "no such download", extra: [])
+            return
+        }
+        do {
+            try keys.verify(path: String(path), query: String(query), now: now)
+        } catch {
+            self = .refused(.forbidden, error.description, extra: [])
+            return
+        }
+        self = .signed(id: id, fileName: fileName)
     }
 }
 

@@ -5,9 +5,9 @@ import Foundation
 /// file, and the headers a browser (or `curl -C -`) needs to save it and to
 /// resume a broken transfer. Pure: the endpoint reads the request's headers,
 /// asks this, and streams what it says.
-struct DownloadResponse: Equatable {
+package struct DownloadResponse: Equatable {
     /// Which bytes go out.
-    enum Body: Equatable {
+    package enum Body: Equatable {
         /// 200: the whole file.
         case whole
         /// 206: bytes `first` through `last`, inclusive.
@@ -16,14 +16,14 @@ struct DownloadResponse: Equatable {
         case unsatisfiable
     }
 
-    let body: Body
-    let headers: [(name: String, value: String)]
+    package let body: Body
+    package let headers: [(name: String, value: String)]
 
-    static func == (lhs: Self, rhs: Self) -> Bool {
+    package static func == (lhs: Self, rhs: Self) -> Bool {
         lhs.body == rhs.body && lhs.headers.elementsEqual(rhs.headers) { $0 == $1 }
     }
 
-    var status: Int {
+    package var status: Int {
         switch body {
         case .whole: 200
         case .part: 206
@@ -33,18 +33,22 @@ struct DownloadResponse: Equatable {
 
     /// The file this answers for: its name, size, content hash (the strong
     /// ETag) and when it became ready (Unix seconds, `Last-Modified`).
-    struct File {
-        let name: String
-        let size: UInt64
-        let sha256: String
-        let modified: Int64
+    package struct File {
+        package let name: String
+        package let size: UInt64
+        package let sha256: String
+        package let modified: Int64
+
+        package init(name: String, size: UInt64, sha256: String, modified: Int64) {
+            (self.name, self.size, self.sha256, self.modified) = (name, size, sha256, modified)
+        }
 
         var etag: String { "\"\(sha256)\"" }
         var lastModified: String { httpDate(modified) }
     }
 
     /// The answer to a request with these `Range` and `If-Range` header values.
-    init(for file: File, range: String?, ifRange: String?) {
+    package init(for file: File, range: String?, ifRange: String?) {
         let body: Body = if let range, Self.rangeApplies(ifRange, to: file) { Self.body(forRange: range, size: file.size) } else { .whole }
         var headers: [(String, String)] = [
             ("Content-Type", file.name.hasSuffix(".tar.gz") ? "application/gzip" : "application/octet-stream"),
