@@ -18,7 +18,7 @@ TEST_APT_PACKAGES := curl chromium
 export BACKUPD_PGPORT := $(PGPORT)
 export BACKUPD_VAR := $(VAR)
 
-.PHONY: deps test-deps install-packages proto certs cluster demo build run test fuzz fuzz-build bench clean
+.PHONY: deps test-deps install-packages proto certs cluster demo build run test fuzz fuzz-build load bench clean
 
 ## deps: install the Debian packages the project needs (only what is missing)
 deps:
@@ -80,6 +80,11 @@ fuzz-build: deps
 ## fuzz: each fuzz target for FUZZ_SECONDS (600) under libFuzzer; FUZZ_JOBS=2 runs two at once; failing inputs are saved under Tests/Fuzz/
 fuzz: fuzz-build
 	@bash scripts/fuzz.sh .build/fuzz/debug $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+## load: CLIENTS (64) clients of mixed calls for LOAD_SECONDS (60) beside IDLE (1000) idle connections, against a backupd of its own (release build); fails on an unexpected error
+load: certs demo
+	$(SWIFT) build -c release
+	@bash scripts/load.sh .build/release
 
 ## bench: backupd against pg_dump, pg_restore, tar, restic and nginx on a generated app (release build; DB_MB, FILES_MB, RUNS); writes docs/benchmarks.md
 bench: certs demo

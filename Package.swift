@@ -79,9 +79,9 @@ let package = Package(
             "BackupClient", "BackupWire", "BackupCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        // Latencies of a running backupd for scripts/bench.sh: GetBackup against a TLS ping-pong, ListBackups, WatchJob.
+        // Latencies of a running backupd for scripts/bench.sh (GetBackup against a TLS ping-pong, ListBackups, WatchJob) and the load test of scripts/load.sh.
         .executableTarget(name: "backup-bench", dependencies: [
-            "BackupClient", "BackupWire",
+            "BackupClient", "BackupWire", "BackupCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -308,12 +308,16 @@ public struct BlobLedger: Sendable {
     }
 
     /// Marks `blobs` used and returns those the store still holds: content a
-    /// job may reuse (the chunks of an environment's latest backup).
+    /// job may reuse (the chunks of an environment's latest backup). One row
+    /// and one look at the store per content, however many documents or
+    /// chunks share it (a statement may not upsert a row twice).
     public func keep(_ blobs: [StoredBlob]) async throws -> [StoredBlob] {
-        guard !blobs.isEmpty else { return [] }
+        var seen = Set<ContentHash>()
+        let distinct = blobs.filter { seen.insert($0.hash).inserted }
+        guard !distinct.isEmpty else { return [] }
         try await pool.withConnection(idempotent: true) { connection in
-            for start in stride(from: 0, to: blobs.count, by: Catalog.insertBatch) {
-                let batch = blobs[start..<min(start + Catalog.insertBatch, blobs.count)]
+            for start in stride(from: 0, to: distinct.count, by: Catalog.insertBatch) {
+                let batch = distinct[start..<min(start + Catalog.insertBatch, distinct.count)]
                 try connection.query("""
                     INSERT INTO blobs (sha256, size)
                     SELECT sha256, size::bigint FROM unnest($1::text[], $2::text[]) AS b(sha256, size)
@@ -322,7 +326,8 @@ public struct BlobLedger: Sendable {
             }
         }
         let store = self.store
-        return try await pool.threadPool.runIfActive { blobs.filter { store.contains($0.hash) } }
+        let held = try await pool.threadPool.runIfActive { Set(distinct.filter { store.contains($0.hash) }.map(\.hash)) }
+        return blobs.filter { held.contains($0.hash) }
     }
 }
 

@@ -3,14 +3,15 @@ import BackupClient
 import BackupWire
 import Foundation
 
-/// Latencies of a running backupd, for scripts/bench.sh. Every subcommand
-/// prints one line of JSON on stdout, times in milliseconds.
+/// Latencies of a running backupd, for scripts/bench.sh: every subcommand
+/// but `load` prints one line of JSON on stdout, times in milliseconds.
+/// `load` is scripts/load.sh's load test, with a report of its own.
 @main
 struct BackupBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backup-bench",
         abstract: "Measure a running backupd's call latencies; print one line of JSON (milliseconds).",
-        subcommands: [RPCLatency.self, ListLatency.self, WatchLatency.self])
+        subcommands: [RPCLatency.self, ListLatency.self, WatchLatency.self, Load.self])
 }
 
 /// Where the server is and how to reach it.

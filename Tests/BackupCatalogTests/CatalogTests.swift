@@ -182,6 +182,23 @@ import Testing
         }
     }
 
+    /// Found at the member cap: a job recording documents that share content
+    /// (two empty files, the same logo twice) in one batch failed, as one
+    /// statement may not upsert a row twice. Each content is one row.
+    @Test func blobsThatShareContentAreRecordedOnce() async throws {
+        try await withCatalog { catalog, database in
+            let scratch = try ScratchDirectory("ledger-shared")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            let (empty, logo) = (try store.storing("empty page"), try store.storing("logo"))
+            let recorded = [empty, logo, empty, empty, logo]
+            try await catalog.blobLedger(store: store).record(recorded)
+            #expect(try await catalog.blobLedger(store: store).keep(recorded) == recorded)
+            let rows = try TestPostgres.query(database, "SELECT count(*) AS n FROM blobs")
+            #expect(rows[0].int64("n") == 2)
+        }
+    }
+
     /// Helper finding: collection listed files no row knew, checked the rows,
     /// then unlinked them; a job recording one of them in between finished a
     /// backup whose blob was gone. Each such file now gets a row of

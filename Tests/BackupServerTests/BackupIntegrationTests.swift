@@ -87,6 +87,24 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
         }
     }
 
+    /// Documents that share content (here every one holds the same bytes)
+    /// are stored once and back up and restore like any others.
+    @Test func documentsThatShareContentBackUpAndRestore() async throws {
+        try await withTestApp { app in
+            for key in try referencedKeys(app) {
+                try Data("the same bytes".utf8).write(to: URL(fileURLWithPath: "\(app.fileStore)/\(try FileStoreLayout.relativePath(forKey: key))"))
+            }
+            try await withInProcessServer { server in
+                let backup = try await finishedBackup(server, app)
+                #expect(backup.fileCount == UInt64(try referencedKeys(app).count) && backup.fileCount > 1)
+                let verified = try await server.withClient { client in
+                    try await waitForJob(try await client.unary(Backups.verifyBackup, .with { $0.id = backup.id }).id, on: client)
+                }
+                #expect(verified.status == .finished, "\(verified.error)")
+            }
+        }
+    }
+
     @Test func aReferencedFileMissingFromTheStoreFailsTheBackupNamingIt() async throws {
         try await withTestApp { app in
             try await withInProcessServer { server in

@@ -128,4 +128,52 @@ import Testing
             }
         }
     }
+
+    /// A download streaming while the catalog's PostgreSQL restarts goes on
+    /// to its last byte (the archive is read from the cache, the catalog is
+    /// asked only when a request arrives); a request that arrives while the
+    /// catalog is down is answered 503, and once it is back the link opens
+    /// again. A process, because downloads are served by its HTTPS listener.
+    @Test func aDownloadStreamsThroughARestartOfTheCatalog() async throws {
+        let catalogCluster = try TestCluster.start()
+        defer { catalogCluster.remove() }
+        try await withTestApp { app in
+            try addDocument(to: app, size: 6 << 20, random: true)
+            let server = try await TestServer.start(catalogCluster: catalogCluster)
+            let scratch = try ScratchDirectory("download-restart")
+            defer { scratch.remove() }
+            do {
+                try await server.register(app)
+                let download = try await server.withClient { client in
+                    let created = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
+                    let backup = try await waitForJob(created.job.id, on: client)
+                    let requested = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.backupID })
+                    _ = try await waitForJob(requested.jobID, on: client)
+                    return try await client.unary(Backups.getDownload, .with { $0.id = requested.id })
+                }
+                #expect(download.ready && download.sizeBytes > 6 << 20)
+                let saved = scratch.path + "/archive.tar.gz"
+                // About four seconds long at 1.5 MiB/s.
+                let slow = try startCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--limit-rate", "1536k", "-o", saved, download.url])
+                try await eventually(within: .seconds(30)) {
+                    ((try? FileManager.default.attributesOfItem(atPath: saved)[.size] as? Int) ?? 0) > 1 << 20
+                }
+                try catalogCluster.stop()
+                let whileDown = try fetch(download.url)
+                #expect(whileDown.status == 503)
+                try await Task.sleep(for: .seconds(1))
+                try catalogCluster.startAgain()
+                try await eventually(within: .seconds(60)) { !slow.isRunning }
+                #expect(slow.terminationStatus == 0)
+                let bytes = try Data(contentsOf: URL(fileURLWithPath: saved))
+                #expect(UInt64(bytes.count) == download.sizeBytes && ContentHash.of(bytes).hex == download.sha256)
+                try await eventually(within: .seconds(30)) { try fetch(download.url, extra: ["-r", "0-99", "-o", "/dev/null"]).status == 206 }
+            } catch {
+                print(server.log)
+                await server.remove()
+                throw error
+            }
+            await server.remove()
+        }
+    }
 }

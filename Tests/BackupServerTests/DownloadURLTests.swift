@@ -409,15 +409,28 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
     }
 }
 
-/// Adds a document of `size` zero bytes (sparse: it takes no disk) to the app's database and store.
-func addDocument(to app: TestApp, size: Int64) throws {
+/// Adds a document of `size` bytes to the app's database and store: zeros
+/// (sparse: it takes no disk), or random bytes no compression shrinks.
+func addDocument(to app: TestApp, size: Int64, random: Bool = false) throws {
     let key = "ffffffff-0000-4000-8000-000000000001"
     try TestPostgres.query(app.database, """
         INSERT INTO "system$filedocument" (id, "__uuid__", name, size, changeddate) VALUES (100000, $1, 'big.bin', $2, now())
         """, key, String(size))
     try FileManager.default.createDirectory(atPath: app.fileStore + "/ff/ff", withIntermediateDirectories: true)
-    guard FileManager.default.createFile(atPath: app.fileStore + "/ff/ff/" + key, contents: nil),
-          truncate(app.fileStore + "/ff/ff/" + key, off_t(size)) == 0 else { throw TestSupportError("cannot make the document") }
+    let path = app.fileStore + "/ff/ff/" + key
+    guard FileManager.default.createFile(atPath: path, contents: nil) else { throw TestSupportError("cannot make the document") }
+    guard random else {
+        guard truncate(path, off_t(size)) == 0 else { throw TestSupportError("cannot make the document") }
+        return
+    }
+    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+    defer { try? handle.close() }
+    var left = size
+    while left > 0 {
+        let count = Int(min(left, 1 << 20))
+        try handle.write(contentsOf: Secure.randomBytes(count))
+        left -= Int64(count)
+    }
 }
 
 /// How far a process's resident memory rose above where it was, at its

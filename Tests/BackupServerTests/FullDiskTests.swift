@@ -22,13 +22,21 @@ func withSmallDisk<T: Sendable>(size: String, _ body: (String) async throws -> T
 }
 
 @Suite(.serialized) struct FullDiskTransferTests {
-    /// Fills the disk at `folder` but for `leave` bytes; returns the filler's path.
+    /// Fills the disk at `folder` but for `leave` bytes (or all of it, when
+    /// something else writes meanwhile); returns the filler's path.
     private func fill(_ folder: String, leaving leave: Int) throws -> String {
         let path = folder + "/filler"
         var info = statvfs()
         #expect(statvfs(folder, &info) == 0)
-        let free = Int(info.f_bavail) * Int(info.f_frsize)
-        try Data(count: max(0, free - leave)).write(to: URL(fileURLWithPath: path))
+        var left = max(0, Int(info.f_bavail) * Int(info.f_frsize) - leave)
+        guard FileManager.default.createFile(atPath: path, contents: nil) else { throw TestSupportError("cannot create \(path)") }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        defer { try? handle.close() }
+        while left > 0 {
+            let count = min(left, 1 << 20)
+            do { try handle.write(contentsOf: Data(count: count)) } catch { break }  // the disk is full
+            left -= count
+        }
         return path
     }
 
@@ -81,6 +89,39 @@ func withSmallDisk<T: Sendable>(size: String, _ body: (String) async throws -> T
                         let requested = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
                         #expect(try await waitForJob(requested.jobID, on: client).status == .finished)
                         #expect(try await client.unary(Backups.getDownload, .with { $0.id = requested.id }).ready)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The disk fills while an archive is being written (something else
+    /// takes the room the check at the request saw): the preparation fails
+    /// naming the full disk, its partial file is removed, and asked again
+    /// once there is room, the archive is prepared.
+    @Test func aDiskThatFillsWhileAnArchiveIsWrittenFailsItAndLeavesNothing() async throws {
+        try await withSmallDisk(size: "64m") { disk in
+            try await withTestApp { app in
+                // 40 MiB no compression shrinks: the archive takes a while to write.
+                try addDocument(to: app, size: 40 << 20, random: true)
+                try await withInProcessServer(configure: {
+                    $0.downloads.cacheDirectory = disk + "/archives"
+                    $0.downloads.reservedDiskBytes = 1 << 20
+                }) { server in
+                    let backup = try await finishedBackup(server, app)
+                    try await server.withClient { client in
+                        let requested = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
+                        try await eventually(within: .seconds(60)) {
+                            ((try? FileManager.default.contentsOfDirectory(atPath: disk + "/archives")) ?? []).contains { $0.hasSuffix(".partial") }
+                        }
+                        let filler = try fill(disk, leaving: 0)
+                        let failed = try await waitForJob(requested.jobID, on: client)
+                        #expect(failed.status == .failed && failed.error.contains("space"), "\(failed.status) \(failed.error)")
+                        #expect(try FileManager.default.contentsOfDirectory(atPath: disk + "/archives").isEmpty)
+                        try FileManager.default.removeItem(atPath: filler)
+                        let again = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
+                        #expect(try await waitForJob(again.jobID, on: client).status == .finished)
+                        #expect(try await client.unary(Backups.getDownload, .with { $0.id = again.id }).ready)
                     }
                 }
             }

@@ -6,9 +6,9 @@ import Foundation
 import Testing
 
 /// backupd killed outright (`kill -9`; a process, because that is the
-/// point) while it validates an upload: the next process fails the job and
-/// the upload with the reason, catalogs no backup, and its sweeps leave no
-/// spool file, scratch file or blob behind.
+/// point) while it validates an upload or prepares an archive: the next
+/// process fails the job with the reason, catalogs nothing half done, and
+/// its sweeps leave no spool file, scratch file, partial archive or blob behind.
 @Suite(.serialized) struct KilledServerTests {
     @Test func aServerKilledWhileValidatingAnUploadLeavesNothingHalfDone() async throws {
         try await withTestApp { app in
@@ -60,6 +60,56 @@ import Testing
             }
             await second.remove()
             await first.remove()
+        }
+    }
+
+    /// backupd killed while it writes a download's archive: the next process
+    /// fails the preparation with its reason once the lease runs out, its
+    /// sweep removes the partial file, and the download asked again is
+    /// prepared whole.
+    @Test func aServerKilledWhilePreparingAnArchiveLeavesNoPartialFileAndPreparesItAgain() async throws {
+        try await withTestApp { app in
+            // 48 MiB no compression shrinks: the archive takes a while to write.
+            try addDocument(to: app, size: 48 << 20, random: true)
+            let first = try await TestServer.start(arguments: ["--job-lease-seconds", "2"])
+            try await first.register(app)
+            let cache = first.blobDirectory + "/archives"
+            let (backupID, download) = try await first.withClient { client in
+                let created = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
+                let backup = try await waitForJob(created.job.id, on: client)
+                return (backup.backupID, try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.backupID }))
+            }
+            func partials() -> [String] {
+                ((try? FileManager.default.contentsOfDirectory(atPath: cache)) ?? []).filter { $0.hasSuffix(".partial") }
+            }
+            try await eventually(within: .seconds(60)) { !partials().isEmpty }
+            await first.stop(signal: SIGKILL)
+            #expect(partials().count == 1)
+
+            let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
+                                                    blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+            do {
+                let ended = try await second.withClient { try await waitForJob(download.jobID, on: $0, timeout: .seconds(60)) }
+                #expect(ended.status == .failed && !ended.error.isEmpty, "\(ended.status) \(ended.error)")
+                try await eventually(within: .seconds(90)) { partials().isEmpty }
+                let again = try await second.withClient { client in
+                    let requested = try await client.unary(Backups.requestDownload, .with { $0.backupID = backupID })
+                    #expect(try await waitForJob(requested.jobID, on: client).status == .finished)
+                    return try await client.unary(Backups.getDownload, .with { $0.id = requested.id })
+                }
+                #expect(again.ready)
+                let saved = try ScratchDirectory("killed-archive")
+                defer { saved.remove() }
+                #expect(try curl(["-o", saved.path + "/a.tar.gz", again.url]).status == 0)
+                let bytes = try Data(contentsOf: URL(fileURLWithPath: saved.path + "/a.tar.gz"))
+                #expect(ContentHash.of(bytes).hex == again.sha256)
+                #expect(partials().isEmpty)
+            } catch {
+                print(second.log)
+                await second.remove()
+                throw error
+            }
+            await second.remove()
         }
     }
 }

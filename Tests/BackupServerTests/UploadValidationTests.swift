@@ -254,4 +254,38 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
             }
         }
     }
+
+    /// The stated bound: validating an upload at the member cap (`.metadata`,
+    /// the dump and 500,000 documents, the most a backup may hold) grows the
+    /// server by less than 256 MiB (a debug build; 194 MiB in the last run),
+    /// and the upload becomes a backup of all its documents.
+    @Test func anUploadAtTheMemberCapValidatesWithin256MiB() async throws {
+        try await withTestApp { app in
+            try await withTestServer { server in
+                try await server.register(app)
+                let scratch = try ScratchDirectory("member-cap")
+                defer { scratch.remove() }
+                let dump = scratch.path + "/db.backup"
+                #expect(try runCommand("/usr/bin/pg_dump", ["-Fc", "-d", app.connectionString, "-f", dump]).status == 0)
+                // Empty documents (one blob for all), named by keys made from their number.
+                let documents = """
+                    [('tree/%s/%s/%s' % (k[0:2], k[2:4], k), 'file', '')
+                     for k in (str(__import__('uuid').UUID(int=i * 2654435761)) for i in range(500000))]
+                    """
+                let archive = try craftArchive(in: scratch, """
+                    [('.metadata', 'file', '{"modelVersion": "1.0"}'), ('db/db.backup', 'file', open('\(dump)', 'rb').read())] + \(documents)
+                    """)
+                var uploaded: CommandResult?
+                let growth = try await residentGrowth(of: server.processIdentifier) {
+                    uploaded = try server.backupctl(["upload", archive, "--env", "acme/shop-production"])
+                }
+                let result = try #require(uploaded)
+                #expect(result.status == 0, "\(result.standardError)")
+                #expect(growth < 256 << 20, "the server grew by \(growth >> 20) MiB")
+                let id = try #require(result.standardOutput.firstMatch(of: /as backup ([0-9a-f-]{36})/)?.output.1)
+                let copy = try await server.withClient { try await $0.unary(Backups.getBackup, .with { $0.id = String(id) }) }
+                #expect(copy.fileCount == 500_000)
+            }
+        }
+    }
 }

@@ -49,8 +49,7 @@ public final class InProcessServer: BackupTestServer {
         let database: String
         let connectionString: String
         if let catalogCluster {
-            database = "catalog_\(UUID().uuidString.prefix(8).lowercased())"
-            try PostgresConnection(catalogCluster.connectionString("postgres")).query("CREATE DATABASE \(database)")
+            database = try catalogCluster.createDatabase("catalog")
             connectionString = catalogCluster.connectionString(database)
         } else {
             database = try TestPostgres.createDatabase("catalog")

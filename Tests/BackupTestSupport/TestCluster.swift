@@ -1,3 +1,4 @@
+import BackupPostgres
 import Foundation
 
 /// A PostgreSQL cluster of a test's own, apart from the catalog's (the
@@ -50,6 +51,13 @@ public final class TestCluster: Sendable {
     /// A connection string to `database` on this cluster as `user`.
     public func connectionString(_ database: String, user: String = "postgres") -> String {
         "host=127.0.0.1 port=\(port) user=\(user) dbname=\(database)"
+    }
+
+    /// Creates a database named `prefix_` and 8 random characters; returns its name.
+    public func createDatabase(_ prefix: String) throws -> String {
+        let name = "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
+        try PostgresConnection(connectionString("postgres")).query("CREATE DATABASE \(name)")
+        return name
     }
 
     /// Stops the server (fast: sessions are ended), as a crash or an operator's restart would.

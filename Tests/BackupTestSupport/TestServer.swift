@@ -64,18 +64,20 @@ public final class TestServer: BackupTestServer, @unchecked Sendable {
     /// The file store root a test server allows: the canonical temporary folder.
     public static let fileStoreRoot = canonicalPath(FileManager.default.temporaryDirectory.path) ?? "/tmp"
 
-    /// Starts a server; `catalogDatabase` reuses an existing catalog (a restart).
+    /// Starts a server; `catalogDatabase` reuses an existing catalog (a restart), of the private cluster or of
+    /// `catalogCluster` (one a test may restart).
     /// `environment` adds to (or with an empty value removes from) its environment.
     /// `descriptorLimit` starts it under `prlimit --nofile`, soft and hard; `downloadKeys` is its key file's text.
-    public static func start(arguments: [String] = [], catalogDatabase: String? = nil, blobDirectory: String? = nil,
+    public static func start(arguments: [String] = [], catalogDatabase: String? = nil, catalogCluster: TestCluster? = nil,
+                             blobDirectory: String? = nil,
                              adminToken: String? = nil, platformToken: String? = nil,
                              environment extra: [String: String] = [:], descriptorLimit: Int? = nil,
                              downloadKeys: String = testDownloadKeys) async throws -> TestServer {
         let scratch = try ScratchDirectory("backupd")
-        let catalog = try catalogDatabase ?? TestPostgres.createDatabase("catalog")
+        let catalog = try catalogDatabase ?? catalogCluster?.createDatabase("catalog") ?? TestPostgres.createDatabase("catalog")
         let blobs = blobDirectory ?? scratch.path + "/blobs"
         let environment = [
-            "BACKUPD_CATALOG": TestPostgres.connectionString(catalog),
+            "BACKUPD_CATALOG": catalogCluster?.connectionString(catalog) ?? TestPostgres.connectionString(catalog),
             "BACKUPD_BLOB_DIR": blobs,
             "BACKUPD_TLS_CERT": "\(projectRoot)/certs/dev/server.crt",
             "BACKUPD_TLS_KEY": "\(projectRoot)/certs/dev/server.key",
