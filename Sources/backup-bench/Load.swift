@@ -21,9 +21,9 @@ struct Load: AsyncParsableCommand {
             archive, CreateBackup, and an upload (start, chunks, finish) of the archive given. The idle connections \
             come from other loopback addresses (127.0.0.2 and on); half of them send the first bytes of a TLS \
             record and stop, half send nothing; each is opened again when the server closes it. Refusals the API \
-            promises under load are counted apart: RESOURCE_EXHAUSTED (a full queue, a namespace's share) and, for \
-            a new backup or upload, FAILED_PRECONDITION (an environment runs one job at a time). Any other error \
-            fails the run.
+            promises under load are counted apart: RESOURCE_EXHAUSTED (a full queue, a namespace's share), for a \
+            new backup or upload FAILED_PRECONDITION (an environment runs one job at a time), and for a download \
+            the 503 of a namespace's download slots all being taken. Any other error fails the run.
             """)
     @OptionGroup var server: ServerOptions
     @Option(help: "Environment the clients back up and upload to, NAMESPACE/NAME (the token's namespace).") var env: EnvironmentRef
@@ -130,10 +130,15 @@ struct ClientPlan: Sendable {
     static let round: [LoadMethod] = [.list, .show, .list, .show, .watch, .list, .show, .download, .list, .show,
                                       .create, .list, .show, .watch, .list, .show, .download, .list, .show, .upload]
 
-    /// RESOURCE_EXHAUSTED (a full queue, a namespace's share), and for a new
-    /// job FAILED_PRECONDITION (its environment runs one job at a time).
+    /// RESOURCE_EXHAUSTED (a full queue, a namespace's share); for a new job
+    /// FAILED_PRECONDITION (its environment runs one job at a time); for a
+    /// download's fetch the 503 of a namespace's download slots being taken.
     static func isExpectedRefusal(_ error: RPCError, of method: LoadMethod) -> Bool {
-        error.code == .resourceExhausted || (error.code == .failedPrecondition && (method == .create || method == .upload))
+        switch (error.code, method) {
+        case (.resourceExhausted, _), (.failedPrecondition, .create), (.failedPrecondition, .upload): true
+        case (.unavailable, .download): error.message.hasPrefix("the download URL answered 503")
+        default: false
+        }
     }
 
     /// The first reading of a watch is all it waits for.

@@ -138,7 +138,7 @@ import Testing
         let catalogCluster = try TestCluster.start()
         defer { catalogCluster.remove() }
         try await withTestApp { app in
-            try addDocument(to: app, size: 6 << 20, random: true)
+            try addDocument(to: app, size: 6 << 20, content: .incompressible)
             let server = try await TestServer.start(catalogCluster: catalogCluster)
             let scratch = try ScratchDirectory("download-restart")
             defer { scratch.remove() }

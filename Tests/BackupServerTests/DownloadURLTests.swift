@@ -409,9 +409,18 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
     }
 }
 
-/// Adds a document of `size` bytes to the app's database and store: zeros
-/// (sparse: it takes no disk), or random bytes no compression shrinks.
-func addDocument(to app: TestApp, size: Int64, random: Bool = false) throws {
+/// What a test document holds.
+enum DocumentContent {
+    /// Zeros, sparse: it takes no disk.
+    case zeros
+    /// Random bytes no compression shrinks (an archive stores them as they are, fast).
+    case incompressible
+    /// Random letters of a 16-letter alphabet: gzip halves them, slowly at level 9.
+    case text
+}
+
+/// Adds a document of `size` bytes to the app's database and store.
+func addDocument(to app: TestApp, size: Int64, content: DocumentContent = .zeros) throws {
     let key = "ffffffff-0000-4000-8000-000000000001"
     try TestPostgres.query(app.database, """
         INSERT INTO "system$filedocument" (id, "__uuid__", name, size, changeddate) VALUES (100000, $1, 'big.bin', $2, now())
@@ -419,7 +428,7 @@ func addDocument(to app: TestApp, size: Int64, random: Bool = false) throws {
     try FileManager.default.createDirectory(atPath: app.fileStore + "/ff/ff", withIntermediateDirectories: true)
     let path = app.fileStore + "/ff/ff/" + key
     guard FileManager.default.createFile(atPath: path, contents: nil) else { throw TestSupportError("cannot make the document") }
-    guard random else {
+    guard content != .zeros else {
         guard truncate(path, off_t(size)) == 0 else { throw TestSupportError("cannot make the document") }
         return
     }
@@ -428,7 +437,8 @@ func addDocument(to app: TestApp, size: Int64, random: Bool = false) throws {
     var left = size
     while left > 0 {
         let count = Int(min(left, 1 << 20))
-        try handle.write(contentsOf: Secure.randomBytes(count))
+        let bytes = Secure.randomBytes(count)
+        try handle.write(contentsOf: content == .text ? bytes.map { 97 + $0 & 15 } : bytes)
         left -= Int64(count)
     }
 }

@@ -102,9 +102,10 @@ func withSmallDisk<T: Sendable>(size: String, _ body: (String) async throws -> T
     @Test func aDiskThatFillsWhileAnArchiveIsWrittenFailsItAndLeavesNothing() async throws {
         try await withSmallDisk(size: "64m") { disk in
             try await withTestApp { app in
-                // 40 MiB no compression shrinks: the archive takes a while to write.
-                try addDocument(to: app, size: 40 << 20, random: true)
+                // 40 MiB of text at gzip level 9: the archive takes seconds to write.
+                try addDocument(to: app, size: 40 << 20, content: .text)
                 try await withInProcessServer(configure: {
+                    $0.downloads.gzipLevel = 9
                     $0.downloads.cacheDirectory = disk + "/archives"
                     $0.downloads.reservedDiskBytes = 1 << 20
                 }) { server in

@@ -69,9 +69,9 @@ import Testing
     /// prepared whole.
     @Test func aServerKilledWhilePreparingAnArchiveLeavesNoPartialFileAndPreparesItAgain() async throws {
         try await withTestApp { app in
-            // 48 MiB no compression shrinks: the archive takes a while to write.
-            try addDocument(to: app, size: 48 << 20, random: true)
-            let first = try await TestServer.start(arguments: ["--job-lease-seconds", "2"])
+            // 48 MiB of text at gzip level 9: the archive takes seconds to write.
+            try addDocument(to: app, size: 48 << 20, content: .text)
+            let first = try await TestServer.start(arguments: ["--job-lease-seconds", "2", "--archive-gzip-level", "9"])
             try await first.register(app)
             let cache = first.blobDirectory + "/archives"
             let (backupID, download) = try await first.withClient { client in
