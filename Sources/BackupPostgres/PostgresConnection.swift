@@ -234,8 +234,9 @@ public enum ConnectionString {
         }.joined(separator: " ")
     }
 
-    /// The settings that are credentials: never shown, never on a command line.
-    public static let secretKeys: Set = ["password", "sslpassword"]
+    /// The settings that are credentials: never shown, never on a command
+    /// line. (`oauth_client_secret` is a setting of libpq 18 and later.)
+    public static let secretKeys: Set = ["password", "sslpassword", "oauth_client_secret"]
 
     /// A connection string as it may be shown to a person: every setting
     /// libpq reads from it, as key=value pairs, with the credentials'
