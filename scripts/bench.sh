@@ -27,10 +27,7 @@ FILES_MB=${FILES_MB:-1024}
 NIGHTS=${NIGHTS:-14}
 BIG_GB=${BIG_GB:-4}
 VAR=${BACKUPD_VAR:-$(pwd)/.var}
-PORT=${BACKUPD_PGPORT:-55432}
-export PGOPTIONS="-c client_min_messages=warning"
-psql="psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $PORT -U postgres"
-url() { echo "host=127.0.0.1 port=$PORT user=postgres dbname=$1"; }
+source "$(dirname "$0")/private-cluster.sh"
 work=$(mktemp -d)
 tag=bench_$(date +%s)
 servers=0
@@ -41,9 +38,7 @@ stop_server() {
 cleanup() {
   stop_server
   [ -n "${nginx_pid:-}" ] && kill -TERM "$nginx_pid" 2>/dev/null && wait "$nginx_pid" 2>/dev/null || true
-  for db in $($psql -d postgres -tAc "SELECT datname FROM pg_database WHERE datname LIKE '${tag}%'"); do
-    $psql -d postgres -c "DROP DATABASE \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
-  done
+  drop_tagged_databases
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -11,18 +11,13 @@ BIN=${1:-.build/release}
 CLIENTS=${CLIENTS:-64}
 IDLE=${IDLE:-1000}
 SECONDS_RUN=${LOAD_SECONDS:-60}
-PORT=${BACKUPD_PGPORT:-55432}
-export PGOPTIONS="-c client_min_messages=warning"
-psql="psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $PORT -U postgres"
-url() { echo "host=127.0.0.1 port=$PORT user=postgres dbname=$1"; }
+source "$(dirname "$0")/private-cluster.sh"
 work=$(mktemp -d)
 tag=load_$(date +%s)
 pid=
 cleanup() {
   [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  for db in $($psql -d postgres -tAc "SELECT datname FROM pg_database WHERE datname LIKE '${tag}%'"); do
-    $psql -d postgres -c "DROP DATABASE \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
-  done
+  drop_tagged_databases
   rm -rf "$work"
 }
 trap cleanup EXIT

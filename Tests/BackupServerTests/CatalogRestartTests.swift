@@ -48,7 +48,7 @@ import Testing
                 // An upload half sent before the restart.
                 let archive = Array(repeating: UInt8(7), count: 200_000)
                 let upload = try await server.withClient { try await startUpload($0, archive) }
-                try await server.withClient { try await sendChunks($0, upload, archive, from: 0, to: 100_000) }
+                _ = try await server.withClient { try await sendChunks($0, upload, archive, from: 0, to: 100_000) }
 
                 try catalogCluster.stop()
                 try await Task.sleep(for: .seconds(2))
@@ -60,7 +60,7 @@ import Testing
                 // The upload goes on from what it kept.
                 let resumed = try await once(server) { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
                 #expect(resumed.state == .receiving && resumed.bytesReceived == 100_000)
-                try await once(server) { try await sendChunks($0, upload, archive, from: 100_000, to: archive.count) }
+                _ = try await once(server) { try await sendChunks($0, upload, archive, from: 100_000, to: archive.count) }
                 let received = try await once(server) { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
                 #expect(received.bytesReceived == 200_000)
 
