@@ -17,7 +17,8 @@ struct Load: AsyncParsableCommand {
         abstract: "Mixed calls from many clients beside many idle connections; prints a report, fails on an unexpected error.",
         discussion: """
             Each client has a connection of its own and goes round a fixed mix: ListBackups and GetBackup most, \
-            WatchJob (to its first reading) of the job it last created, RequestDownload and the HTTPS fetch of the \
+            WatchJob (to its first reading) of the job it last created (at first the one that made the backup), \
+            RequestDownload and, timed apart, the HTTPS fetch of the \
             archive, CreateBackup, and an upload (start, chunks, finish) of the archive given. The idle connections \
             come from other loopback addresses (127.0.0.2 and on); half of them send the first bytes of a TLS \
             record and stop, half send nothing; each is opened again when the server closes it. Refusals the API \
@@ -109,7 +110,7 @@ struct UploadFile: Sendable {
 /// The calls of the mix, as the report names them.
 enum LoadMethod: String, CaseIterable, Sendable {
     case list = "ListBackups", show = "GetBackup", watch = "WatchJob", download = "RequestDownload"
-    case fetch = "download (HTTPS)", create = "CreateBackup", upload = "upload (3 calls)"
+    case fetch = "fetch (HTTPS)", create = "CreateBackup", upload = "upload (3 calls)"
 }
 
 /// What one client did: latencies per method and statuses other than OK.
@@ -118,6 +119,25 @@ struct Tally: Sendable {
     var refusals: [LoadMethod: Int] = [:]
     /// Unexpected errors, by method and message.
     var errors: [String: Int] = [:]
+
+    /// Runs `body` as a call of `method`: its latency when it succeeds, a
+    /// refusal or an error when it does not (then nil).
+    @discardableResult
+    mutating func timing<T>(_ method: LoadMethod, _ body: () async throws -> T) async -> T? {
+        let clock = ContinuousClock()
+        let started = clock.now
+        do {
+            let value = try await body()
+            let elapsed = started.duration(to: clock.now)
+            latencies[method, default: []].append(Double(elapsed.components.seconds) * 1e3 + Double(elapsed.components.attoseconds) / 1e15)
+            return value
+        } catch let error as RPCError where ClientPlan.isExpectedRefusal(error, of: method) {
+            refusals[method, default: 0] += 1
+        } catch {
+            errors["\(method.rawValue): \(error)", default: 0] += 1
+        }
+        return nil
+    }
 }
 
 /// One client's round: the mix in a fixed order.
@@ -136,7 +156,7 @@ struct ClientPlan: Sendable {
     static func isExpectedRefusal(_ error: RPCError, of method: LoadMethod) -> Bool {
         switch (error.code, method) {
         case (.resourceExhausted, _), (.failedPrecondition, .create), (.failedPrecondition, .upload): true
-        case (.unavailable, .download): error.message.hasPrefix("the download URL answered 503")
+        case (.unavailable, .fetch): error.message.hasPrefix("the download URL answered 503")
         default: false
         }
     }
@@ -149,22 +169,12 @@ struct ClientPlan: Sendable {
         do {
             return try await BackupClient.withConnection(settings) { rpc in
                 var tally = Tally()
-                var lastJob: String?
+                // Until it creates one, a client watches the job that made the backup: its one reading, the end.
+                var lastJob = try await rpc.unary(Backups.getBackup, .with { $0.id = backupID }).jobID
                 var step = client  // clients start at different places in the round
                 while clock.now < end {
-                    let method = Self.round[step % Self.round.count]
+                    await call(Self.round[step % Self.round.count], rpc, lastJob: &lastJob, tally: &tally)
                     step += 1
-                    let started = clock.now
-                    do {
-                        try await call(method, rpc, lastJob: &lastJob)
-                        let elapsed = started.duration(to: clock.now)
-                        tally.latencies[method, default: []].append(Double(elapsed.components.attoseconds) / 1e15
-                                                                      + Double(elapsed.components.seconds) * 1e3)
-                    } catch let error as RPCError where Self.isExpectedRefusal(error, of: method) {
-                        tally.refusals[method, default: 0] += 1
-                    } catch {
-                        tally.errors["\(method.rawValue): \(error)", default: 0] += 1
-                    }
                 }
                 return tally
             }
@@ -173,32 +183,35 @@ struct ClientPlan: Sendable {
         }
     }
 
-    private func call(_ method: LoadMethod, _ rpc: BackupClient, lastJob: inout String?) async throws {
+    /// Makes one call of the mix (a download: the RPC, then the fetch of a
+    /// ready archive, each timed as its own), tallying how it went.
+    private func call(_ method: LoadMethod, _ rpc: BackupClient, lastJob: inout String, tally: inout Tally) async {
         switch method {
         case .list:
-            _ = try await rpc.unary(Backups.listBackups, .with { $0.namespace = env.namespace; $0.environment = env.name; $0.pageSize = 50 })
-        case .show:
-            _ = try await rpc.unary(Backups.getBackup, .with { $0.id = backupID })
-        case .create:
-            let created = try await rpc.unary(Backups.createBackup, .with {
-                $0.namespace = env.namespace; $0.environment = env.name; $0.comment = "load test"
-            })
-            lastJob = created.job.id
-        case .watch:
-            guard let job = lastJob else {
-                return try await call(.show, rpc, lastJob: &lastJob)
+            await tally.timing(.list) {
+                try await rpc.unary(Backups.listBackups, .with { $0.namespace = env.namespace; $0.environment = env.name; $0.pageSize = 50 })
             }
-            do {
-                try await rpc.serverStreaming(Backups.watchJob, .with { $0.id = job }) { _ in throw FirstReading() }
-            } catch is FirstReading {}
+        case .show:
+            await tally.timing(.show) { try await rpc.unary(Backups.getBackup, .with { $0.id = backupID }) }
+        case .create:
+            let created = await tally.timing(.create) {
+                try await rpc.unary(Backups.createBackup, .with { $0.namespace = env.namespace; $0.environment = env.name; $0.comment = "load test" })
+            }
+            if let created { lastJob = created.job.id }
+        case .watch:
+            await tally.timing(.watch) { [lastJob] in
+                do {
+                    try await rpc.serverStreaming(Backups.watchJob, .with { $0.id = lastJob }) { _ in throw FirstReading() }
+                } catch is FirstReading {}
+            }
         case .download:
-            let download = try await rpc.unary(Backups.requestDownload, .with { $0.backupID = backupID })
-            guard download.ready else { return }
-            try await fetch(download.url)
+            let download = await tally.timing(.download) { try await rpc.unary(Backups.requestDownload, .with { $0.backupID = backupID }) }
+            guard let download, download.ready else { return }
+            await tally.timing(.fetch) { try await fetch(download.url) }
         case .fetch:
-            break  // timed inside .download
+            break  // after .download
         case .upload:
-            try await uploadArchive(rpc)
+            await tally.timing(.upload) { try await uploadArchive(rpc) }
         }
     }
 
@@ -300,10 +313,12 @@ struct LoadReport {
         var lines = ["\(clients) clients for \(String(format: "%.1f", seconds)) s beside \(idleCount) idle connections", ""]
         lines.append(Self.row("method", "calls", "calls/s", "p50 ms", "p99 ms", "max ms", "refused"))
         var total = 0
-        for method in LoadMethod.allCases where method != .fetch {
+        var refusedInAll = 0
+        for method in LoadMethod.allCases {
             let times = tallies.flatMap { $0.latencies[method] ?? [] }
             let refused = tallies.reduce(0) { $0 + ($1.refusals[method] ?? 0) }
             total += times.count
+            refusedInAll += refused
             guard !times.isEmpty else {
                 lines.append(Self.row(method.rawValue, "0", "-", "-", "-", "-", "\(refused)"))
                 continue
@@ -313,7 +328,7 @@ struct LoadReport {
                                   String(format: "%.2f", latencies.percentile(50)), String(format: "%.2f", latencies.percentile(99)),
                                   String(format: "%.1f", latencies.slowest), "\(refused)"))
         }
-        lines.append(Self.row("all", "\(total)", String(format: "%.1f", Double(total) / seconds), "", "", "", ""))
+        lines.append(Self.row("all", "\(total)", String(format: "%.1f", Double(total) / seconds), "", "", "", "\(refusedInAll)"))
         let errors = tallies.reduce(into: [String: Int]()) { all, tally in all.merge(tally.errors, uniquingKeysWith: +) }
         unexpectedErrors = errors.values.reduce(0, +)
         lines.append("")

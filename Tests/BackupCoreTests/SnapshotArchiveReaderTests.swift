@@ -93,6 +93,9 @@ import Testing
         ("unknown folder", "[('etc', 'dir', ''), \(metadata), \(dump)]", "folder \"etc\" is not one a snapshot has"),
         ("checksum mismatch", #"[('.metadata', 'file', '{"sha256:db/db.backup": "\#(String(repeating: "0", count: 64))"}'), "# + dump + "]",
          "has SHA-256 \(ContentHash.of(Array("PGDMP".utf8)).hex), but .metadata says \"0000"),
+        // Helper finding: uppercase hex was refused as a mismatch of what read as the same digest.
+        ("uppercase checksum, stated after the dump", "[\(dump), ('.metadata', 'file', '{\"sha256:db/db.backup\": \""
+            + ContentHash.of(Array("PGDMP".utf8)).hex.uppercased() + "\"}')]", "which is not 64 lowercase hex digits"),
     ]
 
     @Test(arguments: broken)

@@ -303,6 +303,12 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
             // A kept-alive connection that asks nothing more is closed too, after its answer.
             let answered = try await within(.seconds(30)) { try await exchange("GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n") }
             #expect(answered.hasPrefix("HTTP/1.1 404") && answered.contains("no such download"))
+            // Helper finding: a malformed first request was answered 400 twice (once for what the decoder made of
+            // the bytes after it); it is answered once, and the connection closed.
+            for malformed in ["GET /v1/downloads/x HTTP/2.0\r\nHost: a\r\n\r\n", "GET /v1/downloads/x\r\n\r\n"] {
+                let refused = try await within(.seconds(30)) { try await exchange(malformed) }
+                #expect(refused.components(separatedBy: "400 Bad Request").count - 1 == 1, "\(refused)")
+            }
             #expect(try server.backupctl(["info"]).status == 0)
         }
     }

@@ -319,9 +319,13 @@ final class HTTPErrorResponder: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private var answering = false
+    /// A malformed request was answered: the connection is closing, and
+    /// what the decoder makes of the bytes after it gets no second answer.
+    private var refused = false
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let error = error as? HTTPParserError, !answering {
+        if let error = error as? HTTPParserError, !answering, !refused {
+            refused = true
             let (status, reason) = error == .headerOverflow
                 ? (HTTPResponseStatus.requestHeaderFieldsTooLarge, "request line or header section too large")
                 : (.badRequest, "malformed HTTP request")
