@@ -169,11 +169,11 @@ public struct SnapshotArchiveReader: Sendable {
     /// A member's hash against the one `.metadata` states for it, if any.
     private static func check(_ name: String, _ hash: ContentHash, against metadata: [String: String]) throws {
         guard let stated = metadata["sha256:" + name] else { return }
-        guard ContentHash(hex: stated) != nil else {
+        guard let statedHash = ContentHash(hex: stated) else {
             throw ArchiveRejection(".metadata states \(Self.quoted(stated)) as the SHA-256 of member \(name), "
                                    + "which is not 64 lowercase hex digits")
         }
-        if stated != hash.hex {
+        if statedHash != hash {
             throw ArchiveRejection("member \(name) has SHA-256 \(hash.hex), but .metadata says \(Self.quoted(stated))")
         }
     }
