@@ -36,7 +36,8 @@ let package = Package(
             "BackupRules", "BackupProto", "CProtobufC",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
-        .target(name: "BackupCore", dependencies: [
+        // Everything that reads or writes bytes: the blob store, chunked dumps, archives, gzip members, the file tree.
+        .target(name: "BackupStorage", dependencies: [
             "BackupRules", "COpenSSL", "CArchive", "CZstd", "CZlib",
         ]),
         // libpq: connections, errors, rows, connection strings and the pool; used by the catalog and by jobs for app databases.
@@ -45,12 +46,12 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .target(name: "BackupCatalog", dependencies: [
-            "BackupPostgres", "BackupCore", "BackupWire",
+            "BackupPostgres", "BackupRules", "BackupStorage", "BackupWire",
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "BackupServer", dependencies: [
-            "BackupRules", "BackupWire", "BackupCore", "BackupCatalog", "BackupPostgres",
+            "BackupRules", "BackupWire", "BackupStorage", "BackupCatalog", "BackupPostgres",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -70,18 +71,18 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ]),
         .executableTarget(name: "backupd", dependencies: [
-            "BackupServer", "BackupCatalog", "BackupPostgres", "BackupCore",
+            "BackupServer", "BackupCatalog", "BackupPostgres", "BackupRules", "BackupStorage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "backupctl", dependencies: [
-            "BackupClient", "BackupWire", "BackupCore",
+            "BackupClient", "BackupRules", "BackupWire", "BackupStorage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Latencies of a running backupd for scripts/bench.sh (GetBackup against a TLS ping-pong, ListBackups, WatchJob) and the load test of scripts/load.sh.
         .executableTarget(name: "backup-bench", dependencies: [
-            "BackupClient", "BackupWire", "BackupCore",
+            "BackupClient", "BackupRules", "BackupWire", "BackupStorage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -90,7 +91,7 @@ let package = Package(
 
         // The parsers that read what clients, uploads and dumps hand the server, as fuzz targets.
         .target(name: "BackupFuzz", dependencies: [
-            "BackupCore", "BackupServer", "BackupWire",
+            "BackupRules", "BackupStorage", "BackupServer", "BackupWire",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -100,7 +101,7 @@ let package = Package(
 
         // Helpers for tests that need the private PostgreSQL cluster or a running backupd.
         .target(name: "BackupTestSupport", dependencies: [
-                    "BackupCatalog", "BackupPostgres", "BackupCore", "BackupClient", "BackupServer", "BackupWire",
+                    "BackupCatalog", "BackupPostgres", "BackupRules", "BackupStorage", "BackupClient", "BackupServer", "BackupWire",
                     .product(name: "Logging", package: "swift-log"),
                     .product(name: "NIOPosix", package: "swift-nio"),
                     .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -109,13 +110,14 @@ let package = Package(
 
         .testTarget(name: "BackupProtoTests", dependencies: ["BackupProto"]),
         .testTarget(name: "BackupRulesTests", dependencies: ["BackupRules"]),
+        .testTarget(name: "BackupPostgresTests", dependencies: ["BackupPostgres"]),
         .testTarget(name: "BackupWireTests", dependencies: ["BackupWire", "BackupProto", "CProtobufC"]),
-        .testTarget(name: "BackupCoreTests", dependencies: ["BackupCore", "BackupTestSupport"]),
+        .testTarget(name: "BackupStorageTests", dependencies: ["BackupRules", "BackupStorage", "BackupTestSupport"]),
         .testTarget(name: "BackupCatalogTests", dependencies: [
-            "BackupCatalog", "BackupPostgres", "BackupCore", "BackupWire", "BackupTestSupport", .product(name: "NIOPosix", package: "swift-nio"),
+            "BackupCatalog", "BackupPostgres", "BackupRules", "BackupStorage", "BackupWire", "BackupTestSupport", .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .testTarget(name: "BackupServerTests", dependencies: [
-            "BackupServer", "BackupClient", "BackupCatalog", "BackupPostgres", "BackupWire", "BackupCore", "BackupTestSupport",
+            "BackupServer", "BackupClient", "BackupCatalog", "BackupPostgres", "BackupRules", "BackupWire", "BackupStorage", "BackupTestSupport",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),

@@ -1,4 +1,5 @@
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupPostgres
 import BackupWire
 import Foundation
@@ -145,12 +146,15 @@ extension Catalog {
     }
 
     /// Extends a lease; false when this owner no longer holds the job.
-    public func renewLease(jobID: String, owner: String, leaseSeconds: Int) async throws -> Bool {
+    /// Extends `owner`'s lease of a running job; nil when it holds the
+    /// lease no more. Answers too whether a cancel was asked for: the safety
+    /// net for a change notification lost with its connection.
+    public func renewLease(jobID: String, owner: String, leaseSeconds: Int) async throws -> LeaseRenewal? {
         try await pool.withConnection(idempotent: true) { connection in
-            !(try connection.query("""
+            try connection.query("""
                 UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
-                WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING id
-                """, jobID, owner, leaseSeconds).isEmpty)
+                WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING cancel_requested
+                """, jobID, owner, leaseSeconds).first.map { LeaseRenewal(cancelRequested: $0.bool("cancel_requested")) }
         }
     }
 
@@ -342,6 +346,11 @@ extension Catalog {
     public func cancelJob(id: String, reason: String) async throws {
         try await pool.callTransaction(idempotent: true) { try Self.endUnfinished($0, id: id, as: .cancelled, message: reason) }
     }
+}
+
+/// A job's lease, renewed.
+public struct LeaseRenewal: Sendable, Equatable {
+    public let cancelRequested: Bool
 }
 
 extension Array where Element: CustomStringConvertible & WireEnum {

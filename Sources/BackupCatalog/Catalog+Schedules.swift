@@ -1,4 +1,5 @@
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupPostgres
 import BackupWire
 import Foundation
@@ -45,11 +46,11 @@ extension Catalog {
     }
 
     /// The retention policy and time zone of a row with `scheduleColumns`.
-    static func retention(_ row: PostgresRow) -> (BackupCore.RetentionPolicy, TimeZone) {
-        let policy = (try? BackupCore.RetentionPolicy(
+    static func retention(_ row: PostgresRow) -> (BackupRules.RetentionPolicy, TimeZone) {
+        let policy = (try? BackupRules.RetentionPolicy(
             nightlyDays: Int(row.int64("nightly_days")), weeklyMonths: Int(row.int64("weekly_months")),
             monthlyMonths: Int(row.int64("monthly_months")), onDemandDays: Int(row.int64("on_demand_days")),
-            uploadedDays: Int(row.int64("uploaded_days")))) ?? BackupCore.RetentionPolicy()
+            uploadedDays: Int(row.int64("uploaded_days")))) ?? BackupRules.RetentionPolicy()
         return (policy, window(row).timeZone)
     }
 
@@ -88,7 +89,7 @@ extension Catalog {
         let window = try NightlyWindow(start: schedule.windowStart.isEmpty ? "00:00" : schedule.windowStart,
                                        timeZone: schedule.timeZone.isEmpty ? "UTC" : schedule.timeZone)
         let wanted = schedule.retention
-        let policy = try BackupCore.RetentionPolicy(
+        let policy = try BackupRules.RetentionPolicy(
             nightlyDays: Int(wanted.nightlyDays), weeklyMonths: Int(wanted.weeklyMonths), monthlyMonths: Int(wanted.monthlyMonths),
             onDemandDays: Int(wanted.onDemandDays), uploadedDays: Int(wanted.uploadedDays))
         return try await pool.callTransaction { connection in

@@ -1,4 +1,5 @@
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupPostgres
 import BackupWire
 import Foundation

@@ -1,34 +1,60 @@
 import BackupRules
 import NIOPosix
+import Synchronization
+
+/// What a pool reports as it lends connections, for metrics: how long each
+/// lease waited, how many wait, and connections opened and closed.
+public protocol ConnectionPoolObserver: Sendable {
+    func leaseGranted(waited: Duration)
+    func leaseQueued(waiting: Int)
+    func connectionOpened()
+    func connectionClosed()
+}
 
 /// A bounded pool of libpq connections. Every use runs on a thread of an
 /// `NIOThreadPool`, so blocking libpq calls never hold an event loop or a
-/// thread of Swift's cooperative pool.
-public actor ConnectionPool {
+/// thread of Swift's cooperative pool. Its rules are `PoolStateMachine`'s,
+/// held in a lock; the connecting, checking and closing that it asks for run
+/// outside the lock, in the task that asked for a connection.
+public final class ConnectionPool: Sendable {
+    public typealias RequestID = PoolStateMachine.RequestID
+    public typealias ConnectionID = PoolStateMachine.ConnectionID
+
     /// The catalog's libpq connection string: it may carry a password.
     public let connectionString: Secret<String>
-    private let maximumConnections: Int
     public let threadPool: NIOThreadPool
-    /// A connection idle this long is checked (`SELECT 1`) before it is lent
-    /// out: after a server restart or failover, idle connections are dead
-    /// but look healthy until used.
-    private let validateAfterIdle: Duration
-    private var idle: [(connection: PostgresConnection, since: ContinuousClock.Instant)] = []
-    private var open = 0
-    /// Tasks waiting for a connection, first come first served; a cancelled
-    /// one leaves the queue at once (its call's deadline passed, say).
-    private var waiters: [(number: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
-    private var nextWaiter: UInt64 = 0
-    private var closing = false
-    /// `close` waiting for the lent connections.
-    private var allReturned: [CheckedContinuation<Void, Never>] = []
+    private let clock: any ServiceClock
+    private let observer: (any ConnectionPoolObserver)?
+    private let state: Mutex<State>
 
+    /// What a lease is handed by the machine, with the connection it names.
+    private enum Lease {
+        case use(ConnectionID, PostgresConnection)
+        case connect(ConnectionID)
+        case check(ConnectionID, PostgresConnection)
+    }
+
+    private struct State {
+        var machine: PoolStateMachine
+        var connections: [ConnectionID: PostgresConnection] = [:]
+        /// Leases suspended until the machine grants them something.
+        var waiting: [RequestID: CheckedContinuation<Lease, any Error>] = [:]
+        /// `close` calls waiting for the lent connections to come back.
+        var closeWaiters: [CheckedContinuation<Void, Never>] = []
+        var nextRequest: RequestID = 0
+    }
+
+    /// `validateAfterIdle`: a connection idle this long is checked
+    /// (`SELECT 1`) before it is lent out: after a server restart or
+    /// failover, idle connections are dead but look healthy until used.
     public init(connectionString: String, maximumConnections: Int, threadPool: NIOThreadPool,
-                validateAfterIdle: Duration = .seconds(10)) {
+                validateAfterIdle: Duration = .seconds(10), clock: any ServiceClock = ContinuousClock(),
+                observer: (any ConnectionPoolObserver)? = nil) {
         self.connectionString = Secret(connectionString)
-        self.maximumConnections = maximumConnections
         self.threadPool = threadPool
-        self.validateAfterIdle = validateAfterIdle
+        self.clock = clock
+        self.observer = observer
+        state = Mutex(State(machine: PoolStateMachine(maximumConnections: maximumConnections, validateAfterIdle: validateAfterIdle)))
     }
 
     /// Runs `body` with a connection of its own. A connection left broken or
@@ -45,22 +71,23 @@ public actor ConnectionPool {
     @discardableResult
     public func withConnection<T: Sendable>(idempotent: Bool = false,
                                             _ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        let maximumConnections = state.withLock { $0.machine.maximumConnections }
         var retriedAfterWork = false
         for attempt in 1... {
-            let connection = try await checkOut()
+            let (id, connection) = try await checkOut()
             let before = connection.completedStatements
             do {
                 let value = try await threadPool.runIfActive { try body(connection) }
-                checkIn(connection)
+                checkIn(id, connection)
                 return value
             } catch let error as PostgresError where attempt <= maximumConnections + 1 && !connection.isHealthy {
-                checkIn(connection)  // closed, being broken
+                checkIn(id, connection)  // closed, being broken
                 let nothingRan = connection.completedStatements == before
                 guard nothingRan || (idempotent && !retriedAfterWork) else { throw error }
                 retriedAfterWork = retriedAfterWork || !nothingRan
                 // The loop takes another connection: a new one at the latest once every dead one is gone.
             } catch {
-                checkIn(connection)
+                checkIn(id, connection)
                 throw error
             }
         }
@@ -85,7 +112,7 @@ public actor ConnectionPool {
     /// A connection of the pool's database outside the pool, owned by the
     /// caller (for session state such as a lock, that must be known lost
     /// when the connection is); it closes when the last handle to it goes.
-    public nonisolated func dedicatedConnection() async throws -> ConnectionHandle {
+    public func dedicatedConnection() async throws -> ConnectionHandle {
         try await ConnectionHandle.connect(connectionString.revealed, threadPool: threadPool)
     }
 
@@ -93,79 +120,109 @@ public actor ConnectionPool {
     /// ones waiting, fail; idle connections close at once, lent ones as they
     /// come back; returns once every connection is closed.
     public func close() async {
-        closing = true
-        open -= idle.count
-        idle.removeAll()
-        let waiting = waiters
-        waiters.removeAll()
-        waiting.forEach { $0.continuation.resume(throwing: Self.closedError) }
-        while open > 0 {
-            await withCheckedContinuation { allReturned.append($0) }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            apply { state in
+                state.closeWaiters.append(continuation)
+                let actions = state.machine.close()
+                return actions.isEmpty && state.machine.open == 0 ? actions + [.closed] : actions
+            }
         }
     }
 
-    private static let closedError = PostgresError(sqlState: nil, message: "the connection pool is closed")
+    static let closedError = PostgresError(sqlState: nil, message: "the connection pool is closed")
 
-    private func checkOut() async throws -> PostgresConnection {
-        while true {
-            guard !closing else { throw Self.closedError }
-            if let (connection, since) = idle.popLast() {
-                guard ContinuousClock.now - since >= validateAfterIdle else { return connection }
-                if (try? await threadPool.runIfActive { try connection.query("SELECT 1") }) != nil { return connection }
-                open -= 1  // dead: drop it and take or make another
-                continue
+    /// A connection for the calling task, in first-come order; the I/O the
+    /// machine asks for on the way (opening one, checking an idle one) runs here.
+    private func checkOut() async throws -> (ConnectionID, PostgresConnection) {
+        let request = state.withLock { state in
+            state.nextRequest += 1
+            return state.nextRequest
+        }
+        let asked = clock.now
+        return try await withTaskCancellationHandler {
+            var lease = try await step(request) { state, now in
+                Task.isCancelled ? [.fail(request, .cancelled)] : state.machine.lease(request, now: now)
             }
-            if open < maximumConnections {
-                open += 1
-                do {
+            while true {
+                switch lease {
+                case .use(let id, let connection):
+                    observer?.leaseGranted(waited: asked.duration(to: clock.now))
+                    return (id, connection)
+                case .connect(let id):
                     let connectionString = self.connectionString
-                    return try await threadPool.runIfActive { try PostgresConnection(connectionString.revealed) }
-                } catch {
-                    open -= 1
-                    wakeOne()
-                    throw error
-                }
-            }
-            nextWaiter += 1
-            let number = nextWaiter
-            try await withTaskCancellationHandler {
-                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                    if Task.isCancelled {
-                        continuation.resume(throwing: CancellationError())
-                    } else {
-                        waiters.append((number, continuation))
+                    let connection: PostgresConnection
+                    do {
+                        connection = try await threadPool.runIfActive { try PostgresConnection(connectionString.revealed) }
+                    } catch {
+                        apply { state in state.machine.connectFailed(now: clock.now) }
+                        throw error
+                    }
+                    observer?.connectionOpened()
+                    lease = try await step(request) { state, _ in
+                        state.connections[id] = connection
+                        return state.machine.connected(id, for: request)
+                    }
+                case .check(let id, let connection):
+                    let healthy = (try? await threadPool.runIfActive { try connection.query("SELECT 1") }) != nil
+                    lease = try await step(request) { state, now in
+                        state.machine.validated(id, for: request, healthy: healthy, now: now)
                     }
                 }
-            } onCancel: {
-                Task { await self.stopWaiting(number) }
+            }
+        } onCancel: {
+            apply { $0.machine.cancelled(request) }
+        }
+    }
+
+    private func checkIn(_ id: ConnectionID, _ connection: PostgresConnection) {
+        let reusable = connection.isHealthy && !connection.isInTransaction
+        apply { $0.machine.released(id, reusable: reusable, now: clock.now) }
+    }
+
+    /// Feeds an event for `request` and waits for what the machine grants it (at once, or when its turn comes).
+    private func step(_ request: RequestID,
+                      _ event: @escaping (inout State, PoolStateMachine.Instant) -> [PoolStateMachine.Action]) async throws -> Lease {
+        try await withCheckedThrowingContinuation { continuation in
+            apply { state in
+                state.waiting[request] = continuation
+                let actions = event(&state, clock.now)
+                if state.machine.waiting.last == request { observer?.leaseQueued(waiting: state.machine.waiting.count) }
+                return actions
             }
         }
     }
 
-    private func checkIn(_ connection: PostgresConnection) {
-        if closing {
-            open -= 1
-            if open == 0 {
-                allReturned.forEach { $0.resume() }
-                allReturned.removeAll()
+    /// Runs an event on the machine inside the lock, then carries out its actions outside it.
+    private func apply(_ event: (inout State) -> [PoolStateMachine.Action]) {
+        let effects: [() -> Void] = state.withLock { state in
+            event(&state).map { action in
+                switch action {
+                case .grant(let grant, let request):
+                    guard let continuation = state.waiting.removeValue(forKey: request) else { return {} }
+                    let lease: Lease = switch grant {
+                    case .lend(let id): .use(id, state.connections[id]!)
+                    case .connect(let id): .connect(id)
+                    case .validate(let id): .check(id, state.connections[id]!)
+                    }
+                    return { continuation.resume(returning: lease) }
+                case .fail(let request, let failure):
+                    guard let continuation = state.waiting.removeValue(forKey: request) else { return {} }
+                    let error: any Error = failure == .closed ? Self.closedError : CancellationError()
+                    return { continuation.resume(throwing: error) }
+                case .discard(let id):
+                    let connection = state.connections.removeValue(forKey: id)
+                    return { [observer] in
+                        withExtendedLifetime(connection) {}  // its last reference: it closes here, outside the lock
+                        observer?.connectionClosed()
+                    }
+                case .closed:
+                    let waiters = state.closeWaiters
+                    state.closeWaiters.removeAll()
+                    return { waiters.forEach { $0.resume() } }
+                }
             }
-            return
         }
-        if connection.isHealthy && !connection.isInTransaction {
-            idle.append((connection, ContinuousClock.now))
-        } else {
-            open -= 1
-        }
-        wakeOne()
-    }
-
-    private func wakeOne() {
-        if !waiters.isEmpty { waiters.removeFirst().continuation.resume() }
-    }
-
-    private func stopWaiting(_ number: UInt64) {
-        guard let index = waiters.firstIndex(where: { $0.number == number }) else { return }
-        waiters.remove(at: index).continuation.resume(throwing: CancellationError())
+        effects.forEach { $0() }
     }
 }
 

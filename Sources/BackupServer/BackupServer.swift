@@ -1,5 +1,6 @@
 import BackupCatalog
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupPostgres
 import BackupWire
 import Logging
@@ -122,7 +123,7 @@ public struct BackupServer: Service, CustomStringConvertible {
                 .init(service: jobs),
                 .init(service: scheduler),
                 .init(service: RevocationService(openCalls: openCalls, catalog: catalog)),
-                .init(service: watches),
+                .init(service: JobChangeListener(catalog: catalog, watches: watches, jobs: jobs)),
                 .init(service: ListenerService(listener: listener, openCalls: openCalls, jobs: jobs)),
             ],
             logger: logger))
@@ -148,6 +149,22 @@ private struct ListenerService: Service {
         } onGracefulShutdown: {
             openCalls.beginDraining()
             jobs.beginShutdown()
+        }
+    }
+}
+
+/// Hears the catalog's job notifications (one listening connection per
+/// process) and tells the watches and the runner, which looks for a cancel.
+private struct JobChangeListener: Service {
+    let catalog: Catalog
+    let watches: JobWatches
+    let jobs: JobRunner
+    func run() async {
+        await cancelWhenGracefulShutdown {
+            await catalog.listenForJobChanges { jobID in
+                watches.changed(jobID)
+                jobs.jobChanged(jobID)
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import BackupClient
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupWire
 import Foundation
 import NIOCore

@@ -1,6 +1,7 @@
 import ArgumentParser
 import BackupCatalog
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupPostgres
 import BackupServer
 import BackupWire

@@ -1,5 +1,6 @@
 @testable import BackupCatalog
-@testable import BackupCore
+import BackupRules
+@testable import BackupStorage
 import BackupTestSupport
 import Foundation
 import Testing

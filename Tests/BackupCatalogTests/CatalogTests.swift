@@ -1,5 +1,6 @@
 @testable import BackupCatalog
-@testable import BackupCore
+import BackupRules
+@testable import BackupStorage
 import BackupPostgres
 import BackupTestSupport
 import BackupWire
@@ -229,8 +230,8 @@ import Testing
             _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
             let claimed = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 30, perNamespace: 1))
             #expect(try await catalog.claimNextJob(owner: "b", leaseSeconds: 30, perNamespace: 1) == nil)
-            #expect(try await catalog.renewLease(jobID: claimed.job.id, owner: "a", leaseSeconds: 30))
-            #expect(try await !catalog.renewLease(jobID: claimed.job.id, owner: "b", leaseSeconds: 30))
+            #expect(try await catalog.renewLease(jobID: claimed.job.id, owner: "a", leaseSeconds: 30) == LeaseRenewal(cancelRequested: false))
+            #expect(try await catalog.renewLease(jobID: claimed.job.id, owner: "b", leaseSeconds: 30) == nil)
             await #expect(throws: BackupError.self) {
                 try await catalog.finishBackup(jobID: claimed.job.id, owner: "b", manifest: BackupManifest(
                     dump: .blob(StoredBlob(hash: ContentHash.of([]), size: 0, written: true)), files: [], postgresVersion: "", databaseSize: 0))

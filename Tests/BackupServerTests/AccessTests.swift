@@ -1,5 +1,6 @@
 import BackupClient
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupTestSupport
 import BackupWire
 import Foundation

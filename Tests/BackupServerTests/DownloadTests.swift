@@ -1,6 +1,7 @@
 import BackupCatalog
 import BackupClient
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupServer
 import BackupTestSupport
 import BackupWire

@@ -1,5 +1,6 @@
 import BackupClient
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupServer
 import BackupTestSupport
 import BackupWire

@@ -1,5 +1,6 @@
 import BackupCatalog
-import BackupCore
+import BackupRules
+import BackupStorage
 @testable import BackupServer
 import BackupTestSupport
 import BackupWire

@@ -1,5 +1,6 @@
 import BackupClient
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupTestSupport
 import BackupWire
 import Foundation
@@ -365,38 +366,40 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
     @Test(arguments: [("swap-recorded", false), ("folders-swapped", false), ("databases-swapped", true)])
     func aRestoreKilledAtAStepEndsFullyOldOrFullyNew(_ step: String, _ restored: Bool) async throws {
         try await withTestApp { app in
-            let first = try await TestServer.start(arguments: ["--die-after-restore-step", step, "--job-lease-seconds", "2"])
-            let backup = try await finishedBackup(first, app)
-            let atBackup = try EnvironmentState(app)
-            try changeEverything(app)
-            let before = try EnvironmentState(app)
-            let job = try await requestRestore(first, backup.id)
-            try await eventually(within: .seconds(60)) { !first.isRunning }
-            let recorded = try TestPostgres.query(first.catalogDatabase, "SELECT step FROM restores WHERE job_id = $1", job.id)[0]
-            #expect(recorded.string("step") == step)
+            // Each server is removed (process, catalog, scratch) however the test ends.
+            try await withTestServer(arguments: ["--die-after-restore-step", step, "--job-lease-seconds", "2"]) { first in
+                let backup = try await finishedBackup(first, app)
+                let atBackup = try EnvironmentState(app)
+                try changeEverything(app)
+                let before = try EnvironmentState(app)
+                let job = try await requestRestore(first, backup.id)
+                try await eventually(within: .seconds(60)) { !first.isRunning }
+                let recorded = try TestPostgres.query(first.catalogDatabase, "SELECT step FROM restores WHERE job_id = $1", job.id)[0]
+                #expect(recorded.string("step") == step)
 
-            let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
-                                                    blobDirectory: first.blobDirectory, adminToken: first.adminToken)
-            do {
-                let ended = try await second.withClient { try await waitForJob(job.id, on: $0, timeout: .seconds(60)) }
-                let state = try EnvironmentState(app)
-                if restored {
-                    #expect(ended.status == .finished, "\(ended.error)")
-                    #expect(state.tables == atBackup.tables)
-                    #expect(Set(state.files.keys.map { String($0.split(separator: "/").last!) }) == Set(try referencedKeys(app)))
-                    #expect(!state.files.keys.contains { $0.contains(".backupd-restore-") })
-                } else {
-                    #expect(ended.status == .failed && ended.error.contains("after step \(step)") && ended.error.contains("target is unchanged"),
-                            "\(ended.error)")
-                    #expect(state == before)
+                let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
+                                                        blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+                do {
+                    let ended = try await second.withClient { try await waitForJob(job.id, on: $0, timeout: .seconds(60)) }
+                    let state = try EnvironmentState(app)
+                    if restored {
+                        #expect(ended.status == .finished, "\(ended.error)")
+                        #expect(state.tables == atBackup.tables)
+                        #expect(Set(state.files.keys.map { String($0.split(separator: "/").last!) }) == Set(try referencedKeys(app)))
+                        #expect(!state.files.keys.contains { $0.contains(".backupd-restore-") })
+                    } else {
+                        #expect(ended.status == .failed && ended.error.contains("after step \(step)")
+                                && ended.error.contains("target is unchanged"), "\(ended.error)")
+                        #expect(state == before)
+                    }
+                    try noStagingLeft(app)
+                } catch {
+                    print(second.log)
+                    await second.remove()
+                    throw error
                 }
-                try noStagingLeft(app)
-            } catch {
-                print(second.log)
-                throw error
+                await second.remove()
             }
-            await second.remove()
-            await first.remove()
         }
     }
 }

@@ -1,4 +1,5 @@
-import BackupCore
+import BackupRules
+import BackupStorage
 import Foundation
 
 /// A backup's dump as the server's catalog and blob store hold it: its

@@ -1,5 +1,6 @@
 import BackupCatalog
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupPostgres
 import Foundation
 

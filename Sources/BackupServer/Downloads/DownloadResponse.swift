@@ -1,4 +1,5 @@
-import BackupCore
+import BackupRules
+import BackupStorage
 import Foundation
 
 /// What a GET or HEAD of a ready download answers with: which bytes of the

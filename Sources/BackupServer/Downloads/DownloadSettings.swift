@@ -1,4 +1,5 @@
-import BackupCore
+import BackupRules
+import BackupStorage
 
 /// How downloads are prepared and handed out: the keys that sign their
 /// URLs, how long a URL lasts, where archives wait and how much room they

@@ -1,5 +1,6 @@
 import BackupCatalog
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupWire
 
 /// What a handler knows about its call: who is calling, and for what.

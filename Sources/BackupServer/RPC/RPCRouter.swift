@@ -1,4 +1,5 @@
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupWire
 
 /// Sends the response messages of a server-streaming call.

@@ -1,5 +1,5 @@
 import BackupCatalog
-import BackupCore
+import BackupStorage
 import BackupPostgres
 import BackupRules
 import BackupWire
@@ -7,7 +7,9 @@ import Foundation
 
 /// The handlers of service `backup.v1.Backups`. Each checks the caller's
 /// role in the namespace it touches, then does its work through the catalog.
-/// Methods not registered here answer UNIMPLEMENTED.
+/// Methods not registered here answer UNIMPLEMENTED. The handlers of each
+/// feature live in its folder (`Backups/`, `Restores/`, `Verification/`,
+/// `Downloads/`, `Uploads/`, `Schedules/`) beside its job; environments, jobs and tokens are here.
 struct BackupsService: Sendable {
     let catalog: Catalog
     let jobs: JobRunner
@@ -41,6 +43,8 @@ struct BackupsService: Sendable {
         }
         registerEnvironments(into: &router)
         registerBackups(into: &router)
+        registerRestores(into: &router)
+        registerVerification(into: &router)
         registerJobs(into: &router)
         registerDownloads(into: &router)
         registerUploads(into: &router)
@@ -107,67 +111,6 @@ struct BackupsService: Sendable {
         }
     }
 
-    private func registerBackups(into router: inout RPCRouter) {
-        router.unary(Backups.createBackup) { request, context in
-            try context.authorize(.operator, in: request.namespace)
-            let (backup, job) = try await catalog.createBackup(namespace: request.namespace, environment: request.environment,
-                                                               kind: .onDemand, comment: request.comment,
-                                                               actor: context.caller.tokenName)
-            jobs.wake()
-            return .with { $0.backup = backup; $0.job = job }
-        }
-        router.unary(Backups.listBackups) { request, context in
-            let namespace = try context.namespace(request.namespace)
-            try context.authorize(.viewer, in: namespace)
-            let page = try await catalog.listBackups(
-                BackupFilter(namespace: namespace, environment: request.environment, kind: request.kind, status: request.status),
-                pageSize: request.pageSize, pageToken: request.pageToken)
-            return fitted(page) { page in .with { $0.backups = page.items; $0.nextPageToken = page.nextPageToken } }
-        }
-        router.unary(Backups.getBackup) { request, context in
-            try await reachableBackup(request.id, .viewer, context)
-        }
-        router.unary(Backups.updateBackup) { request, context in
-            let backup = try await reachableBackup(request.id, .operator, context)
-            return try await catalog.updateBackupComment(id: backup.id, comment: request.comment, actor: context.caller.tokenName)
-        }
-        router.unary(Backups.deleteBackup) { request, context in
-            let backup = try await reachableBackup(request.id, .operator, context)
-            _ = try await catalog.deleteBackup(id: backup.id, actor: context.caller.tokenName)
-            jobs.requestGarbageCollection()
-            return DeleteBackupResponse()
-        }
-        router.unary(Backups.verifyBackup) { request, context in
-            let backup = try await reachableBackup(request.id, .operator, context)
-            let job = try await catalog.requestVerification(backupID: backup.id, actor: context.caller.tokenName)
-            jobs.wake()
-            return job
-        }
-        router.unary(Backups.restoreBackup) { request, context in
-            let backup = try await reachableBackup(request.backupID, .operator, context)
-            guard !request.targetEnvironment.isEmpty else { throw BackupError.invalidArgument("target_environment is required") }
-            let targetNamespace = try context.namespace(request.targetNamespace)
-            // Refused across namespaces whatever the caller may do elsewhere.
-            guard targetNamespace == backup.namespace else {
-                throw BackupError.permissionDenied(
-                    "backup \(backup.id) belongs to namespace \(backup.namespace); restoring into namespace \(targetNamespace) is refused")
-            }
-            let job = try await catalog.createRestore(
-                backupID: request.backupID, targetNamespace: targetNamespace, targetEnvironment: request.targetEnvironment,
-                databaseOnly: request.databaseOnly, acceptVersionMismatch: request.acceptVersionMismatch,
-                actor: context.caller.tokenName)
-            jobs.wake()
-            return job
-        }
-        router.unary(Backups.listActivity) { request, context in
-            let namespace = try context.namespace(request.namespace)
-            try context.authorize(.viewer, in: namespace)
-            let page = try await catalog.listActivity(namespace: namespace, environment: request.environment,
-                                                      pageSize: request.pageSize, pageToken: request.pageToken)
-            return fitted(page) { page in .with { $0.activity = page.items; $0.nextPageToken = page.nextPageToken } }
-        }
-    }
-
     private func registerJobs(into router: inout RPCRouter) {
         router.unary(Backups.getJob) { request, context in
             try await reachableJob(request.id, context)
@@ -187,103 +130,6 @@ struct BackupsService: Sendable {
                 job = next
             }
         }
-    }
-
-    private func registerDownloads(into router: inout RPCRouter) {
-        router.unary(Backups.requestDownload) { request, context in
-            let backup = try await reachableBackup(request.backupID, .operator, context)
-            guard links.keys != nil else {
-                throw BackupError.failedPrecondition("this server signs no download URLs; it must be started with --download-keys")
-            }
-            let (record, queuedJob) = try await catalog.requestDownload(
-                backupID: backup.id, databaseOnly: request.databaseOnly, actor: context.caller.tokenName,
-                urlLifetime: downloads.urlLifetime, cacheBytes: downloads.cacheBytes, namespaceShare: downloads.cacheNamespaceShare,
-                checkRoom: { [archiveCache] bytes, preparing in try archiveCache.requireRoom(for: bytes, beside: preparing) })
-            if queuedJob { jobs.wake() }
-            return links.message(record)
-        }
-        router.unary(Backups.getDownload) { request, context in
-            let record = try await catalog.download(id: request.id)
-            try context.authorize(.operator, reaching: record.namespace, orAnswer: .notFound("download \(record.id) does not exist"))
-            return links.message(record)
-        }
-    }
-
-    private func registerUploads(into router: inout RPCRouter) {
-        router.unary(Backups.startUpload) { request, context in
-            try context.authorize(.operator, in: request.namespace)
-            guard let sha256 = ContentHash(hex: request.sha256) else {
-                throw BackupError.invalidArgument("sha256 \"\(request.sha256)\" is not 64 lowercase hex digits")
-            }
-            guard request.sizeBytes > 0, request.sizeBytes <= uploads.maximumBytes else {
-                throw BackupError.invalidArgument("size_bytes \(request.sizeBytes) is not between 1 and the limit of \(uploads.maximumBytes)")
-            }
-            guard request.filename.utf8.count <= 255, !request.filename.contains("/") else {
-                throw BackupError.invalidArgument("filename must be a file's name: at most 255 bytes, no '/'")
-            }
-            // One reading of the disk serves both the namespace's share and the room check: free space that grows
-            // between two readings could otherwise let an upload past its share.
-            let usable = spool.usableDiskBytes()
-            return try await catalog.startUpload(
-                namespace: request.namespace, environment: request.environment, filename: request.filename, comment: request.comment,
-                size: request.sizeBytes, sha256: sha256, actor: context.caller.tokenName, lifetime: spool.lifetime,
-                spoolBytes: uploads.spoolBytes, diskBytes: usable, namespaceShare: uploads.namespaceShare,
-                prepare: { [spool] id, others in try spool.create(id, size: request.sizeBytes, beside: others, usable: usable) })
-        }
-        router.clientStreaming(Backups.uploadChunks) { chunks, context in
-            // The first chunk names the upload; it lives only in the sequence handed on, which lets go of each
-            // chunk once taken, so a call waiting for its next chunk holds none.
-            let (upload, received) = try await { () async throws -> (Upload, ReceivedChunks) in
-                var iterator = chunks.makeAsyncIterator()
-                guard let first = try await iterator.next() else { throw BackupError.invalidArgument("the call sent no chunk") }
-                return (try await reachableUpload(first.uploadID, context), ReceivedChunks(first: first, rest: iterator))
-            }()
-            try await spool.receive(upload, chunks: received)
-            return try await catalog.upload(id: upload.id)
-        }
-        router.unary(Backups.finishUpload) { request, context in
-            let upload = try await reachableUpload(request.uploadID, context)
-            let finishing = try await catalog.finishUpload(id: upload.id, actor: context.caller.tokenName)
-            jobs.wake()
-            return finishing
-        }
-        router.unary(Backups.getUpload) { request, context in
-            try await reachableUpload(request.uploadID, context)
-        }
-        router.unary(Backups.abandonUpload) { request, context in
-            let upload = try await reachableUpload(request.uploadID, context, platform: true)
-            let (abandoned, changed) = try await catalog.abandonUpload(id: upload.id, actor: context.caller.tokenName)
-            // Its reservation went with the commit; its data goes now (a call still writing fails its next count).
-            if changed { spool.remove([upload.id]) }
-            return abandoned
-        }
-    }
-
-    private func registerSchedules(into router: inout RPCRouter) {
-        router.unary(Backups.getSchedule) { request, context in
-            let namespace = try context.namespace(request.namespace)
-            try context.authorize(.viewer, in: namespace)
-            return try await catalog.schedule(namespace: namespace, environment: request.environment)
-        }
-        router.unary(Backups.setSchedule) { request, context in
-            var wanted = request.schedule
-            wanted.namespace = try context.namespace(wanted.namespace)
-            try context.authorize(.admin, in: wanted.namespace)
-            let schedule = try await catalog.setSchedule(wanted, applyToExisting: request.applyToExisting,
-                                                         actor: context.caller.tokenName)
-            // Re-dated backups may have expired already.
-            if schedule.backupsRedated > 0 { scheduler.wake() }
-            return schedule
-        }
-    }
-
-    /// An upload the caller may send to (or, with `platform`, the platform
-    /// too); another namespace's answers NOT_FOUND as an unknown id does.
-    private func reachableUpload(_ id: String, _ context: CallContext, platform: Bool = false) async throws -> Upload {
-        let upload = try await catalog.upload(id: id)
-        try context.authorize(.operator, reaching: upload.namespace, platform: platform,
-                              orAnswer: .notFound("upload \(upload.id) does not exist"))
-        return upload
     }
 
     private func registerTokens(into router: inout RPCRouter) {
@@ -313,7 +159,7 @@ struct BackupsService: Sendable {
 
     /// The response for the longest first part of a page that fits in one
     /// frame; the rest follows with the next page token.
-    private func fitted<Item, Response: WireMessage>(_ page: Page<Item>, _ response: (Page<Item>) -> Response) -> Response {
+    func fitted<Item, Response: WireMessage>(_ page: Page<Item>, _ response: (Page<Item>) -> Response) -> Response {
         // Room for the frame around the message: call id, field tags, lengths.
         let budget = maxFrameBytes - 32
         var page = page
@@ -328,14 +174,14 @@ struct BackupsService: Sendable {
     }
 
     /// A backup the caller may act on with `role`; another namespace's answers NOT_FOUND as an unknown id does.
-    private func reachableBackup(_ id: String, _ role: Role, _ context: CallContext) async throws -> Backup {
+    func reachableBackup(_ id: String, _ role: Role, _ context: CallContext) async throws -> Backup {
         let backup = try await catalog.backup(id: id)
         try context.authorize(role, reaching: backup.namespace, orAnswer: .notFound("backup \(backup.id) does not exist"))
         return backup
     }
 
     /// A job the caller may look at; another namespace's answers NOT_FOUND as an unknown id does.
-    private func reachableJob(_ id: String, _ context: CallContext, role: Role = .viewer) async throws -> Job {
+    func reachableJob(_ id: String, _ context: CallContext, role: Role = .viewer) async throws -> Job {
         let job = try await catalog.job(id: id)
         try context.authorize(role, reaching: job.namespace, orAnswer: .notFound("job \(job.id) does not exist"))
         return job
@@ -348,30 +194,4 @@ func redacted(_ environment: Environment) -> Environment {
     var copy = environment
     copy.databaseURL = ConnectionString.redacted(copy.databaseURL)
     return copy
-}
-
-/// A call's chunks, its first already read: each is handed out once and
-/// not kept (the first is moved out, not copied), so a call waiting for its
-/// next chunk holds none.
-private final class ReceivedChunks: AsyncSequence {
-    typealias Element = UploadChunk
-    private var first: UploadChunk?
-    private let rest: RequestMessages<UploadChunk>.AsyncIterator
-
-    init(first: UploadChunk, rest: RequestMessages<UploadChunk>.AsyncIterator) {
-        self.first = first
-        self.rest = rest
-    }
-
-    func makeAsyncIterator() -> Iterator { Iterator(first: first.take(), rest: rest) }
-
-    struct Iterator: AsyncIteratorProtocol {
-        var first: UploadChunk?
-        var rest: RequestMessages<UploadChunk>.AsyncIterator
-
-        mutating func next() async throws -> UploadChunk? {
-            if let chunk = first.take() { return chunk }
-            return try await rest.next()
-        }
-    }
 }

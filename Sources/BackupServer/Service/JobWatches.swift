@@ -1,16 +1,17 @@
 import BackupCatalog
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupWire
-import ServiceLifecycle
 import Synchronization
 
 /// Reads each watched job from the catalog when it changes, however many
 /// calls watch it, and hands each reading to all of them: 640 watches of one
 /// job cost the catalog what one does. Changes are heard through the
-/// catalog's job notifications (`run`, one listening connection per
-/// process); a slow periodic reading is the safety net for a notification
-/// lost with its connection. A token may hold a bounded number of watches.
-final class JobWatches: Service {
+/// catalog's job notifications (`JobChangeListener`, one listening
+/// connection per process); a slow periodic reading is the safety net for a
+/// notification lost with its connection. A token may hold a bounded number
+/// of watches.
+final class JobWatches: Sendable {
     private struct Watched {
         var watchers: [UInt64: (token: String, readings: AsyncStream<Job>.Continuation)] = [:]
         /// Wakes the job's reader: a change was heard, or the safety net's time came.
@@ -34,13 +35,6 @@ final class JobWatches: Service {
     init(catalog: Catalog, safetyInterval: Duration = .seconds(1)) {
         self.catalog = catalog
         self.safetyInterval = safetyInterval
-    }
-
-    /// Listens for job changes until a graceful shutdown.
-    func run() async {
-        await cancelWhenGracefulShutdown {
-            await self.catalog.listenForJobChanges { self.changed($0) }
-        }
     }
 
     /// A job changed: its reader (if it is watched) reads it now.

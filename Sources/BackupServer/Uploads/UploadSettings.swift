@@ -1,4 +1,5 @@
-import BackupCore
+import BackupRules
+import BackupStorage
 
 /// How uploads are received: where they wait, how large one may be, and
 /// how long one may go without a chunk before it is abandoned.

@@ -1,5 +1,6 @@
 import BackupCatalog
-import BackupCore
+import BackupRules
+import BackupStorage
 import BackupWire
 import Foundation
 import NIOConcurrencyHelpers

@@ -1,0 +1,33 @@
+import BackupCatalog
+import BackupRules
+import BackupStorage
+import NIOPosix
+
+/// Takes a finished dump file into the blob store as content-defined,
+/// zstd-compressed chunks, reusing every chunk the environment's latest
+/// backup stored (so a nightly dump of a database that changed a little
+/// writes little), and records the chunks' blobs in the job's ledger. One
+/// way for every job that stores a dump: a backup and an upload's validation.
+struct DumpStorage: Sendable {
+    let catalog: Catalog
+    let blobStore: any BlobStore
+    let threadPool: NIOThreadPool
+    /// zstd level of new chunks.
+    let level: Int32
+
+    /// Stores the dump at `path`, a file or a FIFO `pg_dump` writes into;
+    /// the bytes read go to `target` of the job's progress.
+    func store(_ path: String, of environment: (namespace: String, name: String), ledger: BlobLedger,
+               progress: ProgressReporter, reportingTo target: ProgressReporter.Target) async throws -> StoredDump {
+        // Marked used before the dump starts, so a collection beside this job keeps them: only those still there are reused.
+        let latest = try await catalog.knownDumpChunks(namespace: environment.namespace, environment: environment.name)
+        let kept = Set(try await ledger.keep(latest.values.map(\.blob)).map(\.hash))
+        let known = latest.filter { kept.contains($0.value.blob.hash) }
+        let writer = DumpChunkWriter(store: blobStore, level: level)
+        let dump = try await progress.reporting(on: threadPool, to: target) { interruption, report in
+            try writer.store(file: path, known: known, interruption: interruption, progress: report)
+        }
+        try await ledger.record(dump.blobs)
+        return dump
+    }
+}

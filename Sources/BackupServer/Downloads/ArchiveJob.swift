@@ -1,0 +1,49 @@
+import BackupCatalog
+import BackupRules
+import BackupStorage
+import Foundation
+import NIOPosix
+
+/// Prepares a download: writes a backup's archive (or, database only, its
+/// bare dump) from the blob store into the archive cache, hashed as it is
+/// written, and marks it ready. Only the blob store is read, through its
+/// streaming interface: the backup's environment and databases are not
+/// touched, so an archive job does not take its environment's turn.
+struct ArchiveJob: Sendable {
+    let catalog: Catalog
+    let blobStore: any BlobStore
+    let cache: ArchiveCache
+    let gzipLevel: Int
+    let threadPool: NIOThreadPool
+
+    func run(_ claimed: ClaimedJob, owner: String) async throws {
+        let work = try await catalog.archiveWork(jobID: claimed.job.id)
+        let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
+        let content = work.archive.dump.size + (work.databaseOnly ? 0 : work.archive.files.reduce(0) { $0 + $1.blob.size })
+        await progress.update(done: 0, total: content, phase: work.databaseOnly ? "copying the dump" : "writing the archive")
+        try cache.requireRoom(for: work.reservedBytes)
+        let partial = cache.partialPath(of: work.archiveID)
+        // The backup is pinned while this job runs, so every blob it reads stays referenced and is never collected.
+        let written = try await write(work, to: partial, progress: progress)
+        do {
+            guard rename(partial, cache.path(of: work.archiveID)) == 0 else { throw BlobStoreError.cannotWrite(path: partial, errno: errno) }
+            try await catalog.finishArchive(jobID: claimed.job.id, owner: owner, size: written.size, sha256: written.sha256)
+        } catch {
+            unlink(partial)
+            unlink(cache.path(of: work.archiveID))
+            throw error
+        }
+    }
+
+    /// Writes on the thread pool, stopping within a chunk when the job is
+    /// cancelled or the archive grows past its reservation, its progress reported as it goes.
+    private func write(_ work: ArchiveWork, to path: String, progress: ProgressReporter) async throws -> (size: UInt64, sha256: ContentHash) {
+        let (blobStore, gzipLevel) = (self.blobStore, self.gzipLevel)
+        return try await progress.reporting(on: threadPool) { interruption, report in
+            work.databaseOnly
+                ? try work.archive.writeDump(to: path, from: blobStore, limit: work.reservedBytes, interruption: interruption, progress: report)
+                : try work.archive.write(to: path, from: blobStore, gzipLevel: gzipLevel, limit: work.reservedBytes,
+                                         interruption: interruption, progress: report)
+        }
+    }
+}

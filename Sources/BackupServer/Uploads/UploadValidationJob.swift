@@ -1,0 +1,149 @@
+import BackupCatalog
+import BackupRules
+import BackupStorage
+import BackupWire
+import Foundation
+import NIOConcurrencyHelpers
+import NIOPosix
+
+/// Turns a received upload into a backup, or refuses it naming why. The
+/// archive is read once, as a stream, by `SnapshotArchiveReader` (every rule
+/// of the format, and the limits, checked while reading): the dump goes to a
+/// scratch file, each document through a blob writer into the blob store
+/// (one the store holds already, under the hash `.metadata` states for it,
+/// is only hashed, not written again). Then `pg_restore --list` must read
+/// the dump, which joins the store. Only when every blob is stored under the
+/// hash its member was read with, and the blob lock still held, is the
+/// backup cataloged, with `.metadata`'s `modelVersion` as its package
+/// version. A refusal catalogs nothing; what it stored is unreferenced and
+/// goes with the garbage collection the failed job asks for.
+struct UploadValidationJob: Sendable {
+    let catalog: Catalog
+    let blobStore: any BlobStore
+    let spool: UploadSpool
+    let limits: SnapshotArchiveReader.Limits
+    /// Free space the blob store's disk keeps beyond a member about to be written.
+    let reservedDiskBytes: UInt64
+    let threadPool: NIOThreadPool
+    let tools: PostgresTools
+    let dumps: DumpStorage
+
+    /// What reading the archive left: its contents, and the documents' blobs
+    /// (the dump is still in its scratch file).
+    private struct ReadArchive: Sendable {
+        let contents: SnapshotArchiveReader.Contents
+        let documents: [(key: String, blob: StoredBlob)]
+    }
+
+    func run(_ claimed: ClaimedJob, owner: String) async throws {
+        let upload = try await catalog.validatedUpload(jobID: claimed.job.id)
+        // The upload's data goes once it is a backup or refused; a job stopped by a dead process leaves it to the spool's sweep.
+        defer { spool.remove([upload.id]) }
+        let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
+        await progress.update(done: 0, total: upload.sizeBytes, phase: "reading and checking the archive")
+        let dumpPath = "\(blobStore.scratchDirectory)/dump-\(claimed.job.id).backup"
+        defer { unlink(dumpPath) }
+        let ledger = catalog.blobLedger(store: blobStore)
+        let read = try await readArchive(spool.path(of: upload.id), dumpTo: dumpPath, progress: progress)
+        let packageVersion = try Self.packageVersion(read.contents.metadata)
+        try await ledger.record(read.documents.map(\.blob))
+        await progress.update(phase: "checking the database dump with pg_restore --list")
+        let postgresVersion: String
+        do {
+            postgresVersion = try await tools.listDump(dumpPath, scratch: "\(blobStore.scratchDirectory)/list-\(claimed.job.id)")
+        } catch let failure as ToolFailure {
+            throw JobFailure(description: "the archive's \(SnapshotArchive.dumpPath) is not a dump pg_restore can read: \(failure)")
+        }
+        await progress.update(phase: "storing the database dump")
+        // The job's bytes are the archive's: storing its dump shows as a phase.
+        let dump = try await dumps.store(dumpPath, of: (upload.namespace, upload.environment), ledger: ledger, progress: progress,
+                                         reportingTo: .none)
+        guard dump.sha256 == read.contents.dump.sha256 else {
+            throw JobFailure(description: "the dump was stored as \(dump.sha256.hex), not the \(read.contents.dump.sha256.hex) read from the archive")
+        }
+        await progress.update(phase: "recording the backup")
+        // A size no database has (past Int64) is no size at all.
+        let databaseSize = read.contents.metadata["databaseSize"].flatMap { Int64($0) }.map { UInt64(max(0, $0)) } ?? 0
+        var manifest = BackupManifest(dump: dump, files: read.documents, postgresVersion: postgresVersion, databaseSize: databaseSize)
+        manifest.files.sort { $0.key < $1.key }
+        try await catalog.completeUpload(jobID: claimed.job.id, owner: owner, manifest: manifest, packageVersion: packageVersion)
+    }
+
+    /// Reads the archive on the thread pool, stopping within a chunk when the
+    /// job is cancelled; progress is the compressed bytes read.
+    private func readArchive(_ path: String, dumpTo dumpPath: String, progress: ProgressReporter) async throws -> ReadArchive {
+        let (blobStore, limits, reserved) = (self.blobStore, self.limits, self.reservedDiskBytes)
+        return try await progress.reporting(on: threadPool) { interruption, report in
+            let documents = NIOLockedValueBox<[(key: String, blob: StoredBlob)]>([])
+            let contents: SnapshotArchiveReader.Contents
+            do {
+                contents = try SnapshotArchiveReader(limits: limits).read(path, interruption: interruption, progress: report) { member, size, stated in
+                    // The archive's members may expand far past it: each must fit on the disk beside its reserve.
+                    try requireRoom(for: size, reserved: reserved, in: blobStore.scratchDirectory)
+                    switch member {
+                    case .dump:
+                        return try ScratchFile(path: dumpPath)
+                    case .document(let key):
+                        // Content the store holds already is only hashed; the reader checks the hash against `stated`.
+                        if let stated, blobStore.reuse(stated) {
+                            return BlobSink(key: key, known: stated, documents: documents)
+                        }
+                        return BlobSink(key: key, writer: try blobStore.writer(), documents: documents)
+                    }
+                }
+            } catch let rejection as ArchiveRejection {
+                throw JobFailure(description: "the archive is not a valid snapshot: \(rejection)")
+            }
+            return ReadArchive(contents: contents, documents: documents.withLockedValue { $0 })
+        }
+    }
+
+    /// `.metadata`'s `modelVersion`, which becomes the backup's package
+    /// version: held to what the API lets a package version be.
+    static func packageVersion(_ metadata: [String: String]) throws -> String {
+        let version = metadata["modelVersion"] ?? ""
+        guard version.utf8.count <= WireLimits.appOrVersion,
+              !version.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0.properties.generalCategory == .format })
+        else {
+            throw JobFailure(description: "the archive is not a valid snapshot: .metadata modelVersion must be at most "
+                             + "\(WireLimits.appOrVersion) bytes without control or format characters")
+        }
+        return version
+    }
+
+}
+
+/// A document's sink: its blob writer, or nothing for content the store
+/// holds already. At the member's end the blob joins the list, stored
+/// under the hash the member was read with, or the archive is refused.
+private final class BlobSink: ArchiveMemberSink {
+    private let key: String
+    private let writer: (any BlobWriter)?
+    private let known: ContentHash?
+    private let documents: NIOLockedValueBox<[(key: String, blob: StoredBlob)]>
+    private var size: UInt64 = 0
+
+    init(key: String, writer: any BlobWriter, documents: NIOLockedValueBox<[(key: String, blob: StoredBlob)]>) {
+        (self.key, self.writer, self.known, self.documents) = (key, writer, nil, documents)
+    }
+
+    init(key: String, known: ContentHash, documents: NIOLockedValueBox<[(key: String, blob: StoredBlob)]>) {
+        (self.key, self.writer, self.known, self.documents) = (key, nil, known, documents)
+    }
+
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        try writer?.write(chunk)
+        size += UInt64(chunk.count)
+    }
+
+    func end(sha256: ContentHash) throws {
+        // Content that is not what `.metadata` stated is refused by the reader at the archive's end, whether or not
+        // the store holds the stated hash, with the same message: a refusal says nothing of other namespaces' content.
+        guard known == nil || known == sha256 else { return }
+        let blob = try writer?.finish() ?? StoredBlob(hash: sha256, size: size, written: false)
+        guard blob.hash == sha256 else {
+            throw ArchiveRejection("document \(key) was stored as \(blob.hash.hex), not the \(sha256.hex) read from the archive")
+        }
+        documents.withLockedValue { $0.append((key, blob)) }
+    }
+}
