@@ -18,6 +18,7 @@ final class UploadSpool: Sendable {
     private let threadPool: NIOThreadPool
     /// How long an upload may go without a chunk before it is abandoned.
     let lifetime: Duration
+    private let clock: any ServiceClock
     /// The running hash of each upload whose last call ended here; a call
     /// takes it out while it sends (the catalog's writer lease keeps calls apart).
     private let hashes = NIOLockedValueBox<[String: RunningHash]>([:])
@@ -25,13 +26,15 @@ final class UploadSpool: Sendable {
     /// Free space the disk keeps beyond every unfinished upload.
     private let reservedDiskBytes: UInt64
 
-    init(directory: String, catalog: Catalog, threadPool: NIOThreadPool, lifetime: Duration, reservedDiskBytes: UInt64) throws {
+    init(directory: String, catalog: Catalog, threadPool: NIOThreadPool, lifetime: Duration, reservedDiskBytes: UInt64,
+         clock: any ServiceClock = ContinuousClock()) throws {
         try makeDirectories(directory)
         self.directory = directory
         self.catalog = catalog
         self.threadPool = threadPool
         self.lifetime = lifetime
         self.reservedDiskBytes = reservedDiskBytes
+        self.clock = clock
     }
 
     func path(of uploadID: String) -> String { "\(directory)/\(uploadID).upload" }
@@ -89,78 +92,70 @@ final class UploadSpool: Sendable {
             throw BackupError.failedPrecondition("upload \(upload.id) has received all its \(upload.sizeBytes) bytes; it takes no more chunks")
         }
         let path = self.path(of: upload.id)
-        var received = start
-        var hash = cachedHash(upload.id, covering: received)
-        if hash == nil {
-            // First chunks here since a restart, or since another process received some: hash what is on disk so far.
+        // Unless this process received the chunks so far, hash what is on disk (after a restart, or another process's chunks).
+        let hash: RunningHash
+        if let cached = cachedHash(upload.id, covering: start) {
+            hash = cached
+        } else {
             hash = try await threadPool.runIfActive { try Self.hashPrefix(path: path, length: start) }
         }
-        // Chunks are written as they come and counted a batch at a time, once fsynced: up to
-        // `countedBatchBytes`, a second's worth, the last byte, or what a call ending early wrote whole.
-        var lastCount = ContinuousClock.now
+        var receipt = UploadReceipt(uploadID: upload.id, size: upload.sizeBytes, counted: start, now: clock.now)
         var iterator = chunks.makeAsyncIterator()
         var refusal: (any Error)?
-        while hash!.covers < upload.sizeBytes {
+        while !receipt.isComplete {
             // In a scope of its own, so the chunk is let go before the next is awaited.
+            let due: UploadReceipt.Count?
             do {
                 guard let chunk = try await iterator.next() else { break }
-                let written = hash!.covers
-                guard chunk.uploadID == upload.id else {
-                    throw BackupError.invalidArgument("a call sends the chunks of one upload; it began with \(upload.id), not \(chunk.uploadID)")
+                if let refused = receipt.chunk(uploadID: chunk.uploadID, offset: chunk.offset, length: chunk.data.count) { throw refused }
+                guard try await catalog.renewUploadLease(id: upload.id, writer: writer, offset: receipt.counted, seconds: Self.leaseSeconds) else {
+                    throw receipt.writerLeaseLost()
                 }
-                guard chunk.offset == written else {
-                    throw BackupError.outOfRange("chunk at offset \(chunk.offset), but upload \(upload.id) expects offset \(written)")
-                }
-                guard !chunk.data.isEmpty else { throw BackupError.invalidArgument("a chunk must carry data; this one is empty") }
-                guard UInt64(chunk.data.count) <= upload.sizeBytes - written else {
-                    throw BackupError.outOfRange("chunk of \(chunk.data.count) bytes at offset \(written) goes past the upload's "
-                                                 + "announced size of \(upload.sizeBytes) bytes")
-                }
-                guard try await catalog.renewUploadLease(id: upload.id, writer: writer, offset: received, seconds: Self.leaseSeconds) else {
-                    throw BackupError.aborted("upload \(upload.id) is no longer this call's to write (its lease ran out, or it expired); "
-                                              + "ask GetUpload where to go on")
-                }
-                try await threadPool.runIfActive { [data = chunk.data] in try Self.write(data, to: path, at: written) }
-                chunk.data.withUnsafeBytes { hash!.hasher.update($0) }
-                hash!.covers += UInt64(chunk.data.count)
+                try await threadPool.runIfActive { [data = chunk.data, offset = chunk.offset] in try Self.write(data, to: path, at: offset) }
+                chunk.data.withUnsafeBytes { hash.hasher.update($0) }
+                hash.covers += UInt64(chunk.data.count)
+                due = receipt.written(now: clock.now)
             } catch {
                 refusal = error
                 break
             }
-            if hash!.covers == upload.sizeBytes || hash!.covers - received >= Self.countedBatchBytes
-                || ContinuousClock.now - lastCount >= .seconds(1) {
-                received = try await count(upload, writer: writer, from: received, hash: hash!)
-                lastCount = .now
-            }
+            if let due { try await count(upload, due, writer: writer, hash: hash, receipt: &receipt) }
         }
         // A call that ends, is refused or is cut off early keeps the chunks it wrote whole (counted even though
         // the call's task is cancelled); a refusal is then its answer.
-        let counted = received
-        received = try await withoutCancellation { [hash] in try await self.count(upload, writer: writer, from: counted, hash: hash!) }
+        if let due = receipt.ended(now: clock.now) {
+            let recorded = try await withoutCancellation { try await self.count(upload, due, writer: writer, hash: hash) }
+            guard recorded else { throw receipt.writerLeaseLost() }
+            receipt.counted(to: due.to, now: clock.now)
+        }
         if let refusal { throw refusal }
-        guard received == upload.sizeBytes else {
-            cache(upload.id, hash!)
+        guard receipt.isComplete else {
+            cache(upload.id, hash)
             return
         }
         // Anything sent after the last byte is past the size.
-        if let extra = try await iterator.next() {
-            throw BackupError.outOfRange("chunk at offset \(extra.offset) goes past the upload's announced size of \(upload.sizeBytes) bytes")
+        if let extra = try await iterator.next(),
+           let refused = receipt.chunk(uploadID: extra.uploadID, offset: extra.offset, length: extra.data.count) {
+            throw refused
         }
     }
 
-    /// Fsyncs the bytes written past `received` and counts them in the
-    /// catalog; returns the new count. The last byte counts only once the
-    /// whole archive's hash is checked: a complete upload is a verified one.
-    private func count(_ upload: Upload, writer: String, from received: UInt64, hash: RunningHash) async throws -> UInt64 {
-        guard hash.covers > received else { return received }
+    /// Counts a batch the receipt says is due, or ends the call when the upload is this call's no more.
+    private func count(_ upload: Upload, _ due: UploadReceipt.Count, writer: String, hash: RunningHash,
+                       receipt: inout UploadReceipt) async throws {
+        guard try await count(upload, due, writer: writer, hash: hash) else { throw receipt.writerLeaseLost() }
+        receipt.counted(to: due.to, now: clock.now)
+    }
+
+    /// Fsyncs the bytes written past `due.from` and counts them in the
+    /// catalog; false when the upload is no longer this writer's. The last
+    /// byte counts only once the whole archive's hash is checked: a complete
+    /// upload is a verified one.
+    private func count(_ upload: Upload, _ due: UploadReceipt.Count, writer: String, hash: RunningHash) async throws -> Bool {
         let path = self.path(of: upload.id)
         try await threadPool.runIfActive { try Self.sync(path) }
-        if hash.covers == upload.sizeBytes { try await checkHash(upload, hash) }
-        guard try await catalog.recordReceived(uploadID: upload.id, writer: writer, from: received, to: hash.covers,
-                                               lifetime: lifetime) else {
-            throw BackupError.aborted("upload \(upload.id) is no longer this call's to write; ask GetUpload where to go on")
-        }
-        return hash.covers
+        if due.complete { try await checkHash(upload, hash) }
+        return try await catalog.recordReceived(uploadID: upload.id, writer: writer, from: due.from, to: due.to, lifetime: lifetime)
     }
 
     /// Compares a received upload's hash with the one announced; a mismatch
@@ -214,9 +209,6 @@ final class UploadSpool: Sendable {
         remove(gone)
         return gone.count
     }
-
-    /// Written bytes are fsynced and counted at most this many at a time (an fsync per chunk halved the rate).
-    static let countedBatchBytes: UInt64 = 64 << 20
 
     /// Writes a chunk at `offset` of the upload's file, opened for it alone; `sync` makes it durable.
     private static func write(_ data: [UInt8], to path: String, at offset: UInt64) throws {
