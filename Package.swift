@@ -103,6 +103,7 @@ let package = Package(
         .target(name: "BackupTestSupport", dependencies: [
                     "BackupCatalog", "BackupPostgres", "BackupRules", "BackupStorage", "BackupClient", "BackupServer", "BackupWire",
                     .product(name: "Logging", package: "swift-log"),
+                    .product(name: "NIOCore", package: "swift-nio"),
                     .product(name: "NIOPosix", package: "swift-nio"),
                     .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 ],

@@ -64,11 +64,7 @@ extension Catalog {
                              kind: String, comment: String, actor: String, night: String? = nil,
                              createdAt: Date? = nil) throws -> (Backup, Job) {
         let snapshotID = UUID().uuidString.lowercased()
-        let jobID = UUID().uuidString.lowercased()
-        try connection.query("""
-            INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase)
-            VALUES ($1, 'backup', 'queued', $2, $3, $4, 'queued')
-            """, jobID, environmentID, snapshotID, actor)
+        let jobID = try queueJob(connection, .backup, for: .environment(id: environmentID, backup: snapshotID), actor: actor)
         try connection.query("""
             INSERT INTO snapshots (id, environment_id, status, kind, comment, package_version, job_id, night, created_at)
             SELECT $1, id, 'processing', $3, $4, package_version, $5, $6::date,

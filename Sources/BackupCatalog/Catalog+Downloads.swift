@@ -136,11 +136,8 @@ extension Catalog {
                         "the archive cache is full, and this archive needs up to \(reservation) bytes; try again later")
                 }
                 try checkRoom(reservation, used.uint64("preparing"))
-                let jobID = UUID().uuidString.lowercased()
-                try connection.query("""
-                    INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase, bytes_total)
-                    SELECT $1, 'archive', 'queued', environment_id, id, $3, 'queued', $4 FROM snapshots WHERE id = $2
-                    """, jobID, backupID, actor, backup.databaseBytes + (databaseOnly ? 0 : backup.filesBytes))
+                let jobID = try Self.queueJob(connection, .archive, for: .backup(backupID), actor: actor,
+                                              bytesTotal: backup.databaseBytes + (databaseOnly ? 0 : backup.filesBytes))
                 try connection.query("""
                     INSERT INTO archives (id, snapshot_id, database_only, job_id, state, size) VALUES ($1, $2, $3, $4, 'preparing', $5)
                     """, archiveID, backupID, databaseOnly, jobID, reservation)

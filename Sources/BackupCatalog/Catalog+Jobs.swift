@@ -348,6 +348,36 @@ extension Catalog {
     }
 }
 
+/// What a queued job is about: its environment, named directly or through
+/// the backup or upload it works on.
+enum JobSubject {
+    case environment(id: Int64, backup: String?)
+    case backup(String)
+    case upload(String)
+}
+
+extension Catalog {
+    /// Queues a job: the one place a job row is made, QUEUED with its phase
+    /// and the bytes it will go through (0 when not known ahead). Returns its id.
+    static func queueJob(_ connection: PostgresConnection, _ kind: JobKind, for subject: JobSubject, actor: String,
+                         bytesTotal: UInt64 = 0) throws -> String {
+        let jobID = UUID().uuidString.lowercased()
+        let (environmentID, backupID, uploadID): (Int64?, String?, String?) = switch subject {
+        case let .environment(id, backup): (id, backup, nil)
+        case let .backup(id): (nil, id, nil)
+        case let .upload(id): (nil, nil, id)
+        }
+        try connection.query("""
+            INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase, bytes_total)
+            VALUES ($1, $2, '\(JobStatus.queued)',
+                    COALESCE($3::bigint, (SELECT environment_id FROM snapshots WHERE id = $4::uuid),
+                             (SELECT environment_id FROM uploads WHERE id = $5::uuid)),
+                    $4::uuid, $6, '\(JobStatus.queued)', $7)
+            """, jobID, "\(kind)", environmentID, backupID, uploadID, actor, bytesTotal)
+        return jobID
+    }
+}
+
 /// A job's lease, renewed.
 public struct LeaseRenewal: Sendable, Equatable {
     public let cancelRequested: Bool

@@ -43,7 +43,6 @@ extension Catalog {
     public func createRestore(backupID: String, targetNamespace: String, targetEnvironment: String, databaseOnly: Bool,
                               acceptVersionMismatch: Bool, actor: String) async throws -> Job {
         let backupID = try parseID(backupID, "backup id")
-        let jobID = UUID().uuidString.lowercased()
         do {
             return try await pool.callTransaction { connection in
                 let source = try Self.loadBackup(connection, backupID).namespace
@@ -70,10 +69,7 @@ extension Catalog {
                         accept the version mismatch to restore anyway
                         """)
                 }
-                try connection.query("""
-                    INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase)
-                    VALUES ($1, 'restore', 'queued', $2, $3, $4, 'queued')
-                    """, jobID, environmentID, backupID, actor)
+                let jobID = try Self.queueJob(connection, .restore, for: .environment(id: environmentID, backup: backupID), actor: actor)
                 try connection.query("INSERT INTO restores (job_id, snapshot_id, database_only) VALUES ($1, $2, $3)",
                                      jobID, backupID, databaseOnly)
                 try Self.recordActivity(connection, targetNamespace, targetEnvironment, action: "restore", outcome: "STARTED",

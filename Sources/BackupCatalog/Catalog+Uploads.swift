@@ -155,11 +155,7 @@ extension Catalog {
                 throw BackupError.failedPrecondition("upload \(id) is \(upload.state)" + (upload.error.isEmpty ? "" : " (\(upload.error))")
                                                      + "; start a new upload")
             }
-            let jobID = UUID().uuidString.lowercased()
-            try connection.query("""
-                INSERT INTO jobs (id, kind, status, environment_id, actor, phase, bytes_total)
-                SELECT $1, '\(JobKind.uploadValidation)', 'queued', environment_id, $3, 'queued', size FROM uploads WHERE id = $2
-                """, jobID, id, actor)
+            let jobID = try Self.queueJob(connection, .uploadValidation, for: .upload(id), actor: actor, bytesTotal: upload.sizeBytes)
             try connection.query("""
                 UPDATE uploads SET state = 'validating', job_id = $2, writer = NULL, writer_until = NULL WHERE id = $1
                 """, id, jobID)

@@ -43,11 +43,8 @@ extension Catalog {
             throw BackupError.resourceExhausted("namespace \(backup.namespace) has \(active) verifications queued or running, "
                                                 + "the most it may; try again when one has ended")
         }
-        let jobID = UUID().uuidString.lowercased()
-        try connection.query("""
-            INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase, bytes_total)
-            SELECT $1, 'verify', 'queued', environment_id, id, $3, 'queued', database_bytes + files_bytes FROM snapshots WHERE id = $2
-            """, jobID, backup.id, actor)
+        let jobID = try queueJob(connection, .verify, for: .backup(backup.id), actor: actor,
+                                 bytesTotal: backup.databaseBytes + backup.filesBytes)
         try recordActivity(connection, backup.namespace, backup.environment, action: "verify", outcome: "STARTED", actor: actor,
                            snapshotID: backup.id)
         return jobID

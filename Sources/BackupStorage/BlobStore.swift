@@ -1,3 +1,4 @@
+import BackupRules
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,7 +21,7 @@ public struct StoredBlob: Sendable, Equatable {
 }
 
 /// Failures of blob storage, each naming the path or blob concerned.
-public enum BlobStoreError: Error, CustomStringConvertible {
+public enum BlobStoreError: ReportableError, CustomStringConvertible {
     case cannotRead(path: String, errno: Int32)
     case cannotWrite(path: String, errno: Int32)
     case missing(ContentHash)
@@ -36,6 +37,21 @@ public enum BlobStoreError: Error, CustomStringConvertible {
         case let .interrupted(path): "reading \(path) was stopped"
         }
     }
+
+    /// Missing and corrupt blobs are named by their hash, a failed read or
+    /// write by the system's reason; the server's paths stay in its log.
+    public var publicError: BackupError {
+        switch self {
+        case .missing, .corrupt: .dataLoss(description)
+        case let .cannotWrite(_, code) where code == ENOSPC || code == EDQUOT:
+            .resourceExhausted("the server's storage is full (\(String(cString: strerror(code)))); its log has the details")
+        case let .cannotRead(_, code), let .cannotWrite(_, code):
+            .internalFailure("the server could not use its storage (\(String(cString: strerror(code)))); its log has the details")
+        case .interrupted: .aborted("reading the server's storage was stopped")
+        }
+    }
+
+    public var logDetail: String { description }
 }
 
 /// Content-addressed storage of database dumps and file documents: each blob

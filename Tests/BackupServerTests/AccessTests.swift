@@ -172,7 +172,7 @@ import Testing
 
     @Test func anotherNamespacesIdsAnswerExactlyAsUnknownOnes() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
                 let stranger = try await server.makeToken(.admin, namespace: "other", name: "stranger")
                 let adminTokenID = try TestPostgres.query(server.catalogDatabase, "SELECT id FROM tokens WHERE name = 'test-admin'")[0].string("id")
@@ -212,7 +212,7 @@ import Testing
                 // Nothing of it changed.
                 let stillThere = try await server.withClient { try await $0.unary(Backups.getBackup, .with { $0.id = backup.id }) }
                 #expect(stillThere.status == .finished)
-                #expect(try server.backupctl(["info"]).status == 0)
+                #expect(try await server.backupctl(["info"]).status == 0)
             }
         }
     }
@@ -266,17 +266,17 @@ import Testing
     }
 
     @Test func tlsOffersOnlyForwardSecretAEADSuites() async throws {
-        try await withTestServer { server in
-            func handshake(_ arguments: [String]) throws -> Bool {
-                try runCommand("/usr/bin/timeout", ["10", "openssl", "s_client", "-connect", server.address, "-CAfile", TestServer.caFile,
+        try await withInProcessServer(live: true) { server in
+            func handshake(_ arguments: [String]) async throws -> Bool {
+                try await runCommand("/usr/bin/timeout", ["10", "openssl", "s_client", "-connect", server.address, "-CAfile", TestServer.caFile,
                                                     "-verify_return_error", "-brief"] + arguments + ["-no_ign_eof"]).status == 0
             }
-            let aead = try handshake(["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"])
-            let tls13 = try handshake(["-tls1_3"])
+            let aead = try await handshake(["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"])
+            let tls13 = try await handshake(["-tls1_3"])
             #expect(aead && tls13)
             // The CBC suites with SHA-1 MACs that TLS 1.2 used to accept.
             for weak in ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA"] {
-                let accepted = try handshake(["-tls1_2", "-cipher", weak])
+                let accepted = try await handshake(["-tls1_2", "-cipher", weak])
                 #expect(!accepted, "\(weak) was accepted")
             }
         }
@@ -284,12 +284,12 @@ import Testing
 
     @Test func theCLIPrintsControlCharactersEscaped() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 try await server.register(app)
                 // The API refuses control characters now; a row written before that still carries them.
                 try TestPostgres.query(server.catalogDatabase, "UPDATE environments SET app = $1", "shop\u{1B}[2J\u{1B}]0;owned\u{07}\r")
                 for arguments in [["env", "show", "acme/shop-production"], ["env", "list"]] {
-                    let shown = try server.backupctl(arguments)
+                    let shown = try await server.backupctl(arguments)
                     #expect(shown.status == 0)
                     #expect(!shown.standardOutput.unicodeScalars.contains { $0 == "\u{1B}" || $0 == "\u{07}" || $0 == "\r" })
                     #expect(shown.standardOutput.contains("shop\\u{1B}[2J"), "\(shown.standardOutput)")

@@ -38,7 +38,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 @Suite(.serialized) struct BackupIntegrationTests {
     @Test func backupOfTheDemoAppRestoresToTheSameDataAndFiles() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 try await server.register(app)
                 let created = try await server.withClient { try await createBackup($0, comment: "round trip") }
                 #expect(created.backup.status == .processing)
@@ -65,7 +65,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                 #expect(ContentHash.of(try Data(contentsOf: URL(fileURLWithPath: dumpPath))).hex == backup.dumpSHA256)
                 let scratch = try TestPostgres.createDatabase("restored")
                 defer { TestPostgres.dropDatabase(scratch) }
-                let restore = try runCommand("/usr/bin/pg_restore", ["--no-owner", "--exit-on-error",
+                let restore = try await runCommand("/usr/bin/pg_restore", ["--no-owner", "--exit-on-error",
                                                                      "--dbname=\(TestPostgres.connectionString(scratch))", dumpPath])
                 #expect(restore.status == 0, "\(restore.standardError)")
                 let source = try TestPostgres.tableFingerprints(app.database)
@@ -269,7 +269,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func deletingABackupRemovesOnlyBlobsNoOtherBackupUses() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 try await server.register(app)
                 let store = try LocalBlobStore(root: server.blobDirectory)
                 try await server.withClient { client in
@@ -415,13 +415,13 @@ actor UpdateLog {
 }
 
 /// Retries `condition` for a few seconds (background work such as garbage collection).
-func eventually(within timeout: Duration = .seconds(10), _ condition: () throws -> Bool,
+func eventually(within timeout: Duration = .seconds(10), _ condition: () async throws -> Bool,
                 sourceLocation: SourceLocation = #_sourceLocation) async throws {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
-        if try condition() { return }
+        if try await condition() { return }
         try await Task.sleep(for: .milliseconds(100))
     }
-    if try condition() { return }
+    if try await condition() { return }
     Issue.record("condition did not become true within \(timeout)", sourceLocation: sourceLocation)
 }

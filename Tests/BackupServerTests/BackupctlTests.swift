@@ -12,44 +12,44 @@ import Testing
 
     @Test func walkThrough() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
-                let registered = try json(try server.backupctl([
+            try await withInProcessServer(live: true) { server in
+                let registered = try json(try await server.backupctl([
                     "env", "register", "acme/shop-production", "--app", "shop", "--database-url", app.connectionString,
                     "--file-store", app.fileStore, "--package-version", "2.4.1", "--json",
                 ], token: server.platformToken))
                 #expect(registered["state"] as? String == "ENVIRONMENT_STATE_RUNNING")
 
-                let info = try server.backupctl(["info"])
+                let info = try await server.backupctl(["info"])
                 #expect(info.status == 0 && info.standardOutput.contains("test-admin (admin in acme)"))
 
-                let created = try json(try server.backupctl(["create", "--env", "acme/shop-production", "--comment", "via cli", "--wait", "--json"]))
+                let created = try json(try await server.backupctl(["create", "--env", "acme/shop-production", "--comment", "via cli", "--wait", "--json"]))
                 #expect(created["status"] as? String == "BACKUP_STATUS_FINISHED")
                 #expect(created["file_count"] as? Int == 302)
                 #expect(created["package_version"] as? String == "2.4.1")
                 let id = try #require(created["id"] as? String)
 
-                let listed = try json(try server.backupctl(["list", "--env", "acme/shop-production", "--json"]))
+                let listed = try json(try await server.backupctl(["list", "--env", "acme/shop-production", "--json"]))
                 #expect((listed["backups"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == [id])
-                let table = try server.backupctl(["list", "--env", "acme/shop-production"])
+                let table = try await server.backupctl(["list", "--env", "acme/shop-production"])
                 #expect(table.standardOutput.contains(id) && table.standardOutput.contains("finished"))
 
-                let commented = try json(try server.backupctl(["comment", id, "before the migration", "--json"]))
+                let commented = try json(try await server.backupctl(["comment", id, "before the migration", "--json"]))
                 #expect(commented["comment"] as? String == "before the migration")
-                let shown = try server.backupctl(["show", id])
+                let shown = try await server.backupctl(["show", id])
                 #expect(shown.standardOutput.contains("before the migration") && shown.standardOutput.contains("302"))
 
-                let job = try json(try server.backupctl(["job", try #require(created["job_id"] as? String), "--json"]))
+                let job = try json(try await server.backupctl(["job", try #require(created["job_id"] as? String), "--json"]))
                 #expect(job["status"] as? String == "JOB_STATUS_FINISHED")
 
-                let stopped = try json(try server.backupctl(["env", "stop", "acme/shop-production", "--json"]))
+                let stopped = try json(try await server.backupctl(["env", "stop", "acme/shop-production", "--json"]))
                 #expect(stopped["state"] as? String == "ENVIRONMENT_STATE_STOPPED")
 
-                #expect(try server.backupctl(["delete", id]).status == 0)
-                let gone = try server.backupctl(["show", id])
+                #expect(try await server.backupctl(["delete", id]).status == 0)
+                let gone = try await server.backupctl(["show", id])
                 #expect(gone.status == 1)
                 #expect(gone.standardError.contains("NOT_FOUND") && gone.standardError.contains(id))
 
-                let activity = try server.backupctl(["activity", "--env", "acme/shop-production"])
+                let activity = try await server.backupctl(["activity", "--env", "acme/shop-production"])
                 for action in ["backup", "comment", "stop", "delete"] {
                     #expect(activity.standardOutput.contains(action))
                 }
@@ -59,26 +59,26 @@ import Testing
 
     @Test func anUploadIsGivenUpThroughTheCLI() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 try await server.register(app)
                 let upload = try await server.withClient { try await startUpload($0, Array("given up".utf8)) }
-                let abandoned = try server.backupctl(["upload", "abandon", upload.id])
+                let abandoned = try await server.backupctl(["upload", "abandon", upload.id])
                 #expect(abandoned.status == 0 && abandoned.standardOutput.contains("upload \(upload.id): abandoned"), "\(abandoned)")
-                let json = try json(try server.backupctl(["upload", "abandon", upload.id, "--json"]))
+                let json = try json(try await server.backupctl(["upload", "abandon", upload.id, "--json"]))
                 #expect(json["state"] as? String == "UPLOAD_STATE_ABANDONED")
             }
         }
     }
 
     @Test func tokensThroughTheCLI() async throws {
-        try await withTestServer { server in
-            let created = try json(try server.backupctl(["token", "create", "--namespace", "acme", "--role", "viewer", "--name", "dashboard", "--json"]))
+        try await withInProcessServer(live: true) { server in
+            let created = try json(try await server.backupctl(["token", "create", "--namespace", "acme", "--role", "viewer", "--name", "dashboard", "--json"]))
             let secret = try #require(created["secret"] as? String)
-            let asViewer = try server.backupctl(["create", "--env", "acme/shop-production"], token: secret)
+            let asViewer = try await server.backupctl(["create", "--env", "acme/shop-production"], token: secret)
             #expect(asViewer.status == 1 && asViewer.standardError.contains("PERMISSION_DENIED"))
-            let listed = try server.backupctl(["token", "list"])
+            let listed = try await server.backupctl(["token", "list"])
             #expect(listed.standardOutput.contains("dashboard") && listed.standardOutput.contains("viewer"))
-            let noToken = try runCommand("\(binDirectory)/backupctl", ["info"], environment: [
+            let noToken = try await runCommand("\(binDirectory)/backupctl", ["info"], environment: [
                 "BACKUPCTL_ADDR": server.address, "BACKUPCTL_TOKEN": "", "BACKUPCTL_CA": TestServer.caFile,
             ])
             #expect(noToken.status != 0 && noToken.standardError.contains("token"))

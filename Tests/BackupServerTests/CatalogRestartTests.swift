@@ -160,7 +160,7 @@ import Testing
                     ((try? FileManager.default.attributesOfItem(atPath: saved)[.size] as? Int) ?? 0) > 1 << 20
                 }
                 try catalogCluster.stop()
-                let whileDown = try fetch(download.url)
+                let whileDown = try await fetch(download.url)
                 #expect(whileDown.status == 503)
                 try await Task.sleep(for: .seconds(1))
                 try catalogCluster.startAgain()
@@ -168,7 +168,7 @@ import Testing
                 #expect(slow.terminationStatus == 0)
                 let bytes = try Data(contentsOf: URL(fileURLWithPath: saved))
                 #expect(UInt64(bytes.count) == download.sizeBytes && ContentHash.of(bytes).hex == download.sha256)
-                try await eventually(within: .seconds(30)) { try fetch(download.url, extra: ["-r", "0-99", "-o", "/dev/null"]).status == 206 }
+                try await eventually(within: .seconds(30)) { try await fetch(download.url, extra: ["-r", "0-99", "-o", "/dev/null"]).status == 206 }
             } catch {
                 print(server.log)
                 await server.remove()

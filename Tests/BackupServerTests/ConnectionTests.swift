@@ -10,7 +10,7 @@ import Testing
 /// What a misbehaving client meets on a real TLS connection.
 @Suite(.serialized) struct ConnectionTests {
     @Test func anOversizedFrameGetsResourceExhaustedAndTheConnectionCloses() async throws {
-        try await withTestServer(arguments: ["--max-frame-bytes", "65536"]) { server in
+        try await withInProcessServer(live: true, configure: { $0.maxFrameBytes = 65536 }) { server in
             var bytes = ByteBuffer()
             bytes.writeInteger(UInt32(65537))
             bytes.writeBytes([UInt8](repeating: 0, count: 1024))
@@ -24,7 +24,7 @@ import Testing
     }
 
     @Test func garbageGetsInvalidArgumentAndTheConnectionCloses() async throws {
-        try await withTestServer { server in
+        try await withInProcessServer(live: true) { server in
             var bytes = ByteBuffer()
             bytes.writeInteger(UInt32(6))
             bytes.writeBytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
@@ -40,7 +40,7 @@ import Testing
     }
 
     @Test func aConnectionMayHoldABoundedNumberOfOpenCalls() async throws {
-        try await withTestServer { server in
+        try await withInProcessServer(live: true) { server in
             // 129 calls that never half-close: the last one is refused, the others stay open.
             let starts = (UInt32(1)...129).map { id in
                 Frame(callID: id, .start(.with {
@@ -57,7 +57,7 @@ import Testing
     /// Every catalog connection is lent to calls stuck behind a lock; a call
     /// whose deadline passes while it waits for one ends DEADLINE_EXCEEDED.
     @Test func aCallPastItsDeadlineEndsWhileEveryCatalogConnectionIsLent() async throws {
-        try await withTestServer { server in
+        try await withInProcessServer(live: true) { server in
             let holder = try PostgresConnection(TestPostgres.connectionString(server.catalogDatabase))
             try holder.query("BEGIN")
             try holder.query("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
@@ -85,7 +85,7 @@ import Testing
         try await withTestApp { app in
             // pg_dump says it has started, then waits while its gate exists: the backup is running throughout.
             let dump = try GatedTool("pg_dump")
-            try await withTestServer(arguments: ["--pg-dump", dump.path]) { server in
+            try await withInProcessServer(live: true, configure: { $0.jobs.tools.pgDump = dump.path }) { server in
                 try await server.register(app)
                 let created = try await server.withClient { client in
                     try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
@@ -137,7 +137,7 @@ import Testing
     /// it; a call id used twice ends the connection; either way every call
     /// hears exactly one status.
     @Test func callIDZeroAndDuplicateCallIDsEndTheConnectionWithOneStatusPerCall() async throws {
-        try await withTestServer { server in
+        try await withInProcessServer(live: true) { server in
             let (zeroBytes, duplicateBytes) = (encode([serverInfoStart(server, callID: 0)]),
                                                encode([serverInfoStart(server), serverInfoStart(server)]))
             let zero = try await within(.seconds(20)) { try await exchange(server, zeroBytes) }
@@ -156,7 +156,7 @@ import Testing
     }
 
     @Test func anUnknownMethodIsUnimplementedOnTheWire() async throws {
-        try await withTestServer { server in
+        try await withInProcessServer(live: true) { server in
             let call = encode([Frame(callID: 9, .start(.with { $0.method = "backup.v1.Backups/Explode" })),
                                Frame(callID: 9, .message([])), Frame(callID: 9, .halfClose)])
             let status = try await rawCall(server, send: call) { frame, _ -> CallStatus? in
@@ -170,7 +170,7 @@ import Testing
 
     @Test func aCancelFrameEndsAStreamingCall() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 5)]) { server in
+            try await withInProcessServer(live: true, configure: { $0.jobs.tools.pgDump = try slowTool("pg_dump", seconds: 5) }) { server in
                 try await server.register(app)
                 let created = try await server.withClient { try await createBackup($0) }
                 let opening = encode([
@@ -203,7 +203,7 @@ import Testing
     /// A client that connects and never finishes its TLS handshake is let go
     /// after ten seconds, silent or with half a ClientHello sent.
     @Test func aHandshakeThatNeverEndsIsClosedAfterTenSeconds() async throws {
-        try await withTestServer { server in
+        try await withInProcessServer(live: true) { server in
             let (host, port) = (String(server.address.split(separator: ":")[0]), Int(server.address.split(separator: ":")[1])!)
             let silent = try openConnection(host: host, port: port)
             let halfHello = try openConnection(host: host, port: port)
@@ -262,12 +262,12 @@ import Testing
     /// A TLS connection that never sends a frame is closed once idle; one
     /// with a call open is not; other clients are served throughout.
     @Test func aConnectionWithNoCallIsClosedOnceIdleAndOneWithACallIsNot() async throws {
-        try await withTestServer(arguments: ["--idle-connection-timeout-seconds", "5", "--partial-frame-timeout-seconds", "600"]) { server in
+        try await withInProcessServer(live: true, configure: { $0.connections.idleTimeout = .seconds(5); $0.connections.partialFrameTimeout = .seconds(600) }) { server in
             // ServerInfo reports the limits in force.
             let info = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
             #expect(info.maxOpenCalls == 128 && info.handshakeTimeoutMS == 10_000)
             #expect(info.partialFrameTimeoutMS == 600_000 && info.idleConnectionTimeoutMS == 5_000)
-            #expect(try server.backupctl(["info"]).standardOutput.contains("128 calls open at once; handshake 10 s, a frame 600 s, idle 5 s"))
+            #expect(try await server.backupctl(["info"]).standardOutput.contains("128 calls open at once; handshake 10 s, a frame 600 s, idle 5 s"))
             let (silent, busy) = (try await openTLS(server), try await openTLS(server))
             let silentClosed = Task { try await waitUntilClosed(silent, sending: nil) }
             let busyEnded = Atomic(false)
@@ -288,7 +288,7 @@ import Testing
     /// A client that sends half a frame and falls silent is let go after the
     /// partial-frame timeout, long before the idle timeout would end it.
     @Test func aHalfSentFrameEndsItsConnection() async throws {
-        try await withTestServer(arguments: ["--partial-frame-timeout-seconds", "1"]) { server in
+        try await withInProcessServer(live: true, configure: { $0.connections.partialFrameTimeout = .seconds(1) }) { server in
             var buffer = ByteBuffer()
             buffer.writeInteger(UInt32(100))
             buffer.writeBytes([1, 2, 3])
@@ -308,7 +308,7 @@ import Testing
     /// A call whose request comes without its half-close ends
     /// DEADLINE_EXCEEDED once the partial-frame timeout has passed.
     @Test func aCallThatNeverHalfClosesEnds() async throws {
-        try await withTestServer(arguments: ["--partial-frame-timeout-seconds", "1"]) { server in
+        try await withInProcessServer(live: true, configure: { $0.connections.partialFrameTimeout = .seconds(1) }) { server in
             let opening = encode([serverInfoStart(server), Frame(callID: 1, .message([]))])
             let status = try await within(.seconds(20)) {
                 try await rawCall(server, send: opening) { frame, _ in
@@ -323,7 +323,7 @@ import Testing
     /// closed at once, while another address is still taken; once the first
     /// ones close, their address is served again.
     @Test func connectionsFromOneAddressAreCapped() async throws {
-        try await withTestServer(arguments: ["--max-connections-per-peer", "5"]) { server in
+        try await withInProcessServer(live: true, configure: { $0.connections.maximumConnectionsPerPeer = 5 }) { server in
             let port = Int(server.address.split(separator: ":")[1])!
             let held = try (1...5).map { _ in try openConnection(host: "127.0.0.1", port: port) }
             try await Task.sleep(for: .seconds(2))  // all five accepted and counted
@@ -413,7 +413,7 @@ func closedWithin(_ fd: Int32, seconds: Int) -> Bool {
     return count == 0 || (count < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
 }
 
-func openTLS(_ server: TestServer) async throws -> NIOAsyncChannel<ByteBuffer, ByteBuffer> {
+func openTLS(_ server: some WireTestServer) async throws -> NIOAsyncChannel<ByteBuffer, ByteBuffer> {
     try await server.settings().connect { _ in }
 }
 
@@ -426,7 +426,7 @@ func waitUntilClosed(_ channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>, sending
 }
 
 /// The start frame of a ServerInfo call.
-func serverInfoStart(_ server: TestServer, callID: UInt32 = 1) -> Frame {
+func serverInfoStart(_ server: some WireTestServer, callID: UInt32 = 1) -> Frame {
     Frame(callID: callID, .start(.with {
         $0.method = Backups.serverInfo.name
         $0.metadata = [MetadataEntry("authorization", "Bearer \(server.adminToken)")]
@@ -439,7 +439,7 @@ func serverInfoStart(_ server: TestServer, callID: UInt32 = 1) -> Frame {
     @Test func manyWatchesOfOneJobReadTheCatalogOnceAndAllHearItsEnd() async throws {
         try await withTestApp { app in
             let dump = try GatedTool("pg_dump")
-            try await withTestServer(arguments: ["--pg-dump", dump.path]) { server in
+            try await withInProcessServer(live: true, configure: { $0.jobs.tools.pgDump = dump.path }) { server in
                 try await server.register(app)
                 let created = try await server.withClient { try await createBackup($0) }
                 let viewer = try await server.makeToken(.viewer, name: "watcher")

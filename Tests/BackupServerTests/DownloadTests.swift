@@ -54,7 +54,7 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                     let path = server.blobDirectory + "/archives/" + cached[0]
                     let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
                     #expect(UInt64(bytes.count) == ready.sizeBytes && ContentHash.of(bytes).hex == ready.sha256)
-                    let listed = try runCommand("/bin/tar", ["-tzf", path])
+                    let listed = try await runCommand("/bin/tar", ["-tzf", path])
                     let members = listed.standardOutput.split(separator: "\n").map(String.init)
                     #expect(members.prefix(2) == [".metadata", "db/db.backup"])
                     #expect(members.count == 2 + Int(backup.fileCount) && members.dropFirst(2).allSatisfy { $0.hasPrefix("tree/") })
@@ -79,7 +79,7 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                 let ready = try await server.withClient { try await readyDownload($0, backup, databaseOnly: true) }
                 #expect(ready.databaseOnly && ready.filename.hasPrefix("database-\(backup.id.prefix(8))-") && ready.filename.hasSuffix(".backup"))
                 #expect(ready.sha256 == backup.dumpSHA256 && ready.sizeBytes == backup.databaseBytes)
-                let listed = try runCommand("/usr/bin/pg_restore", ["--list", server.blobDirectory + "/archives/" + (try cachedArchives(server))[0]])
+                let listed = try await runCommand("/usr/bin/pg_restore", ["--list", server.blobDirectory + "/archives/" + (try cachedArchives(server))[0]])
                 #expect(listed.status == 0 && listed.standardOutput.contains("TABLE DATA"))
             }
         }

@@ -8,8 +8,8 @@ import NIOCore
 import Testing
 
 /// Runs curl against a test server (its CA trusted): `-sS` and `arguments`.
-func curl(_ arguments: [String]) throws -> CommandResult {
-    try runCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--max-time", "120"] + arguments)
+func curl(_ arguments: [String]) async throws -> CommandResult {
+    try await runCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--max-time", "120"] + arguments)
 }
 
 /// The status code and headers curl saw (`-D -` output), names lowercased.
@@ -25,8 +25,8 @@ func responseHead(_ text: String) -> (status: Int, headers: [String: String]) {
 }
 
 /// The status code of a GET (or `method`) of `url`, and the body.
-func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -> (status: Int, body: String) {
-    let result = try curl(["-X", method, "-w", "\n%{http_code}", url] + extra)
+func fetch(_ url: String, method: String = "GET", extra: [String] = []) async throws -> (status: Int, body: String) {
+    let result = try await curl(["-X", method, "-w", "\n%{http_code}", url] + extra)
     let lines = result.standardOutput.split(separator: "\n", omittingEmptySubsequences: false)
     return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
 }
@@ -37,23 +37,23 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
 @Suite(.serialized) struct DownloadURLTests {
     @Test func aDownloadedArchiveRestoresByHandWithTarAndPgRestore() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
                 let download = try await server.withClient { try await readyDownload($0, backup) }
                 #expect(download.url.hasPrefix("https://127.0.0.1:\(server.address.split(separator: ":").last!)/v1/downloads/"))
                 let scratch = try ScratchDirectory("by-hand")
                 defer { scratch.remove() }
                 let archive = scratch.path + "/" + download.filename
-                let fetched = try curl(["-o", archive, download.url])
+                let fetched = try await curl(["-o", archive, download.url])
                 #expect(fetched.status == 0, "\(fetched.standardError)")
                 let bytes = try Data(contentsOf: URL(fileURLWithPath: archive))
                 #expect(ContentHash.of(bytes).hex == download.sha256 && UInt64(bytes.count) == download.sizeBytes)
 
                 try FileManager.default.createDirectory(atPath: scratch.path + "/x", withIntermediateDirectories: false)
-                #expect(try runCommand("/bin/tar", ["xzf", archive, "-C", scratch.path + "/x"]).status == 0)
+                #expect(try await runCommand("/bin/tar", ["xzf", archive, "-C", scratch.path + "/x"]).status == 0)
                 let restored = try TestPostgres.createDatabase("by_hand")
                 defer { TestPostgres.dropDatabase(restored) }
-                let pgRestore = try runCommand("/usr/bin/pg_restore", ["--no-owner", "--no-privileges", "-h", "127.0.0.1",
+                let pgRestore = try await runCommand("/usr/bin/pg_restore", ["--no-owner", "--no-privileges", "-h", "127.0.0.1",
                                                                         "-p", TestPostgres.port, "-U", "postgres", "-d", restored,
                                                                         scratch.path + "/x/db/db.backup"])
                 #expect(pgRestore.status == 0, "\(pgRestore.standardError)")
@@ -74,17 +74,17 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
 
     @Test func rangesResumptionAndHeadAnswerAsHTTPSays() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
                 let download = try await server.withClient { try await readyDownload($0, backup) }
                 let scratch = try ScratchDirectory("ranges")
                 defer { scratch.remove() }
                 let whole = scratch.path + "/whole"
-                #expect(try curl(["-o", whole, download.url]).status == 0)
+                #expect(try await curl(["-o", whole, download.url]).status == 0)
                 let bytes = try Data(contentsOf: URL(fileURLWithPath: whole))
 
                 // HEAD: every header, no body.
-                let head = try curl(["-I", download.url])
+                let head = try await curl(["-I", download.url])
                 let (status, headers) = responseHead(head.standardOutput)
                 #expect(status == 200)
                 #expect(headers["content-length"] == String(bytes.count) && headers["accept-ranges"] == "bytes")
@@ -95,33 +95,33 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
 
                 // One range: exactly those bytes, 206 with its Content-Range.
                 let part = scratch.path + "/part"
-                let ranged = try curl(["-r", "100-1123", "-o", part, "-D", scratch.path + "/part.head", download.url])
+                let ranged = try await curl(["-r", "100-1123", "-o", part, "-D", scratch.path + "/part.head", download.url])
                 #expect(ranged.status == 0)
                 #expect(try Data(contentsOf: URL(fileURLWithPath: part)) == bytes[100...1123])
                 let partHead = responseHead(try String(contentsOfFile: scratch.path + "/part.head", encoding: .utf8))
                 #expect(partHead.status == 206 && partHead.headers["content-range"] == "bytes 100-1123/\(bytes.count)")
-                #expect(try fetch(download.url, extra: ["-r", "\(bytes.count + 10)-"]).status == 416)
+                #expect(try await fetch(download.url, extra: ["-r", "\(bytes.count + 10)-"]).status == 416)
 
                 // An interrupted download resumes where it stopped.
                 let resumed = scratch.path + "/resumed"
                 try bytes.prefix(bytes.count / 3).write(to: URL(fileURLWithPath: resumed))
-                #expect(try curl(["-C", "-", "-o", resumed, download.url]).status == 0)
+                #expect(try await curl(["-C", "-", "-o", resumed, download.url]).status == 0)
                 #expect(try Data(contentsOf: URL(fileURLWithPath: resumed)) == bytes)
 
                 // Without ALPN the first bytes choose HTTP; keep-alive carries a second request.
-                let twice = try curl(["--no-alpn", "-o", scratch.path + "/a", download.url, "-o", scratch.path + "/b", download.url,
+                let twice = try await curl(["--no-alpn", "-o", scratch.path + "/a", download.url, "-o", scratch.path + "/b", download.url,
                                       "-w", "%{num_connects}\n"])
                 #expect(twice.status == 0 && twice.standardOutput == "1\n0\n")
                 #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.path + "/b")) == bytes)
                 // And RPC still works without ALPN, on the same port.
-                #expect(try server.backupctl(["info"]).status == 0)
+                #expect(try await server.backupctl(["info"]).status == 0)
             }
         }
     }
 
     @Test func everyWrongURLIsRefusedWithItsReason() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
                 let (full, databaseOnly) = try await server.withClient { client in
                     (try await readyDownload(client, backup), try await readyDownload(client, backup, databaseOnly: true))
@@ -155,25 +155,25 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
                     ("not a download", base + "/v1/other", 404, "no such download"),
                 ]
                 for (what, url, status, reason) in refusals {
-                    let answer = try fetch(url)
+                    let answer = try await fetch(url)
                     #expect(answer.status == status, "\(what): \(answer.status)")
                     #expect(answer.body.contains(reason), "\(what): \(answer.body)")
                 }
-                let posted = try fetch(full.url, method: "POST")
+                let posted = try await fetch(full.url, method: "POST")
                 #expect(posted.status == 405)
-                let bigHeader = try fetch(full.url, extra: ["-H", "X-Filler: " + String(repeating: "a", count: 20_000)])
+                let bigHeader = try await fetch(full.url, extra: ["-H", "X-Filler: " + String(repeating: "a", count: 20_000)])
                 #expect(bigHeader.status == 431)
-                let longLine = try fetch(full.url + "&" + String(repeating: "b", count: 20_000))
+                let longLine = try await fetch(full.url + "&" + String(repeating: "b", count: 20_000))
                 #expect([400, 431].contains(longLine.status))
                 // The old key still verifies what it signed.
                 let oldKeys = try URLSigningKeys(parsing: testDownloadKeys.components(separatedBy: "\n").filter { !$0.contains("test-new") }
                     .joined(separator: "\n"))
                 let oldSigned = base + path + "?" + oldKeys.signedQuery(path: path, expires: Int64(fields["expires"]!)!)
-                #expect(try fetch(oldSigned, method: "HEAD", extra: ["-I"]).status == 200)
+                #expect(try await fetch(oldSigned, method: "HEAD", extra: ["-I"]).status == 200)
 
                 // Deleting the backup: its URLs answer 404.
                 _ = try await server.withClient { try await $0.unary(Backups.deleteBackup, .with { $0.id = backup.id }) }
-                let deleted = try fetch(full.url)
+                let deleted = try await fetch(full.url)
                 #expect(deleted.status == 404 && deleted.body.contains("no such download"))
             }
         }
@@ -181,7 +181,7 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
 
     @Test func headlessChromiumSavesTheArchiveFromItsSignedURL() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
                 let download = try await server.withClient { try await readyDownload($0, backup) }
                 let scratch = try ScratchDirectory("chromium")
@@ -193,7 +193,7 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
                     {"download": {"default_directory": "\(saved)", "prompt_for_download": false, "directory_upgrade": true}}
                     """.write(toFile: profile + "/Default/Preferences", atomically: true, encoding: .utf8)
                 // The browser trusts the development server certificate by its public key, as a pinned self-run service would.
-                let spki = try runCommand("/bin/sh", ["-c", "openssl x509 -in \(projectRoot)/certs/dev/server.crt -pubkey -noout "
+                let spki = try await runCommand("/bin/sh", ["-c", "openssl x509 -in \(projectRoot)/certs/dev/server.crt -pubkey -noout "
                     + "| openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64"])
                 let browser = try startCommand("/usr/bin/chromium", [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--user-data-dir=\(profile)",
@@ -213,12 +213,12 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
 
     @Test func backupctlDownloadsChecksAndResumes() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
                 let scratch = try ScratchDirectory("backupctl-download")
                 defer { scratch.remove() }
                 let target = scratch.path + "/archive.tar.gz"
-                let first = try server.backupctl(["download", backup.id, "-o", target])
+                let first = try await server.backupctl(["download", backup.id, "-o", target])
                 #expect(first.status == 0, "\(first.standardError)")
                 let bytes = try Data(contentsOf: URL(fileURLWithPath: target))
                 let download = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) }
@@ -226,18 +226,18 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
                 #expect(!FileManager.default.fileExists(atPath: target + ".partial"))
 
                 // --url prints the signed URL, which plain curl fetches.
-                let url = try server.backupctl(["download", backup.id, "--url"]).standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+                let url = try await server.backupctl(["download", backup.id, "--url"]).standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
                 #expect(url.contains("/v1/downloads/") && url.contains("&sig="))
-                let viaCurl = try curl(["-o", scratch.path + "/curl.tar.gz", url])
+                let viaCurl = try await curl(["-o", scratch.path + "/curl.tar.gz", url])
                 let curled = try Data(contentsOf: URL(fileURLWithPath: scratch.path + "/curl.tar.gz"))
                 #expect(viaCurl.status == 0 && curled == bytes)
-                let json = try server.backupctl(["download", backup.id, "--url", "--json"]).standardOutput
+                let json = try await server.backupctl(["download", backup.id, "--url", "--json"]).standardOutput
                 #expect(json.contains("\"sha256\"") && json.contains(download.sha256))
 
                 // A partial file from an interrupted run is resumed.
                 let resumed = scratch.path + "/resumed.tar.gz"
                 try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: resumed + ".partial"))
-                #expect(try server.backupctl(["download", backup.id, "-o", resumed]).status == 0)
+                #expect(try await server.backupctl(["download", backup.id, "-o", resumed]).status == 0)
                 #expect(try Data(contentsOf: URL(fileURLWithPath: resumed)) == bytes)
 
                 // A partial file that is not this archive's beginning fails the check, and is removed.
@@ -245,20 +245,20 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
                 wrong[wrong.startIndex + 10] ^= 0xff
                 try wrong.write(to: URL(fileURLWithPath: resumed + ".partial"))
                 try FileManager.default.removeItem(atPath: resumed)
-                let refused = try server.backupctl(["download", backup.id, "-o", resumed])
+                let refused = try await server.backupctl(["download", backup.id, "-o", resumed])
                 #expect(refused.status != 0 && refused.standardError.contains("DATA_LOSS"))
                 #expect(!FileManager.default.fileExists(atPath: resumed) && !FileManager.default.fileExists(atPath: resumed + ".partial"))
 
                 // The dump alone restores with pg_restore.
                 let dump = scratch.path + "/db.backup"
-                #expect(try server.backupctl(["download", backup.id, "--database-only", "-o", dump]).status == 0)
+                #expect(try await server.backupctl(["download", backup.id, "--database-only", "-o", dump]).status == 0)
                 #expect(ContentHash.of(try Data(contentsOf: URL(fileURLWithPath: dump))).hex == backup.dumpSHA256)
             }
         }
     }
 
     @Test func silentAndHalfSentHTTPRequestsAreClosedAndDoNotHoldTheServer() async throws {
-        try await withTestServer(arguments: ["--authentication-timeout-seconds", "1", "--partial-frame-timeout-seconds", "2"]) { server in
+        try await withInProcessServer(live: true, configure: { $0.connections.authenticationTimeout = .seconds(1); $0.connections.partialFrameTimeout = .seconds(2) }) { server in
             /// Opens an HTTP connection (ALPN `http/1.1`, or none), sends `bytes`, and returns what came back before the server closed it.
             @Sendable func exchange(_ bytes: String, alpn: Bool = true) async throws -> String {
                 let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer> = try await server.settings()
@@ -310,7 +310,7 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
                 let refused = try await within(.seconds(30)) { try await exchange(malformed) }
                 #expect(refused.components(separatedBy: "400 Bad Request").count - 1 == 1, "\(refused)")
             }
-            #expect(try server.backupctl(["info"]).status == 0)
+            #expect(try await server.backupctl(["info"]).status == 0)
         }
     }
 
@@ -336,11 +336,11 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
                 try await Task.sleep(for: .seconds(2))
                 let stillSlow = slow.filter(\.isRunning).count
                 #expect(stillSlow == 2, "a slow download ended: refused, or the archive fit in the sockets' buffers")
-                try await eventually { try fetch(download.url, extra: ["-r", "0-0"]).status == 503 }
+                try await eventually { try await fetch(download.url, extra: ["-r", "0-0"]).status == 503 }
                 // Two of the namespace's downloads stream; a third waits its turn, a HEAD needs no turn.
-                let refused = try curl(["-D", "-", "-o", "/dev/null", download.url])
+                let refused = try await curl(["-D", "-", "-o", "/dev/null", download.url])
                 #expect(responseHead(refused.standardOutput).status == 503 && responseHead(refused.standardOutput).headers["retry-after"] == "5")
-                #expect(try fetch(download.url, method: "HEAD", extra: ["-I"]).status == 200)
+                #expect(try await fetch(download.url, method: "HEAD", extra: ["-I"]).status == 200)
                 // Helper finding: each download held its archive open, a descriptor beyond the connection's, and kept a
                 // deleted backup's archive on disk while its client read slowly.
                 #expect(openArchives().isEmpty)
@@ -348,7 +348,7 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
                 try await eventually { try FileManager.default.contentsOfDirectory(atPath: archives).isEmpty }
                 #expect(openArchives().isEmpty)
                 // The streams end at their next chunk, and their turns come back (the URL now answers 404).
-                try await eventually { try fetch(download.url, extra: ["-r", "0-0"]).status == 404 }
+                try await eventually { try await fetch(download.url, extra: ["-r", "0-0"]).status == 404 }
             }
         }
     }
@@ -358,7 +358,7 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
     /// every connection slot with 404 pings.
     @Test func oneGoodRequestDoesNotKeepAConnectionForGood() async throws {
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--authentication-timeout-seconds", "1"]) { server in
+            try await withInProcessServer(live: true, configure: { $0.connections.authenticationTimeout = .seconds(1) }) { server in
                 let backup = try await finishedBackup(server, app)
                 let download = try await server.withClient { try await readyDownload($0, backup) }
                 let target = String(download.url.drop { $0 != "/" }.dropFirst(2).drop { $0 != "/" })
@@ -399,7 +399,7 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) throws -
                         try startCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--limit-rate", "100", "-o", "/dev/null", download.url])
                     }
                     try await Task.sleep(for: .seconds(1))
-                    let whole = try curl(["-o", "/dev/null", "-w", "%{size_download}", download.url])
+                    let whole = try await curl(["-o", "/dev/null", "-w", "%{size_download}", download.url])
                     #expect(whole.standardOutput == String(download.sizeBytes), "\(whole.standardError)")
                     let info = try await within(.seconds(10)) {
                         try await server.withClient { try await $0.unary(Backups.getDownload, .with { $0.id = download.id }) }

@@ -86,7 +86,7 @@ func databaseContents(_ database: String) throws -> [String] {
 @Suite(.serialized) struct ExactRestoreTests {
     @Test func aDatabaseUsingMuchOfPostgreSQLRestoresObjectByObjectAndRowByRow() async throws {
         try await withTestApp { app in
-            let psql = try runCommand("/usr/bin/psql", ["-v", "ON_ERROR_STOP=1", "-q", "-d", app.connectionString, "-c", variedSchema])
+            let psql = try await runCommand("/usr/bin/psql", ["-v", "ON_ERROR_STOP=1", "-q", "-d", app.connectionString, "-c", variedSchema])
             try #require(psql.status == 0, "\(psql.standardError)")
             try await withInProcessServer { server in
                 let atBackup = try databaseContents(app.database)
@@ -110,7 +110,7 @@ func databaseContents(_ database: String) throws -> [String] {
     /// pg_restore that leaves the view out.
     @Test func aRestoreLackingAnObjectOfTheDumpFailsNamingItAndChangesNothing() async throws {
         try await withTestApp { app in
-            let psql = try runCommand("/usr/bin/psql", ["-v", "ON_ERROR_STOP=1", "-q", "-d", app.connectionString, "-c", variedSchema])
+            let psql = try await runCommand("/usr/bin/psql", ["-v", "ON_ERROR_STOP=1", "-q", "-d", app.connectionString, "-c", variedSchema])
             try #require(psql.status == 0, "\(psql.standardError)")
             // Every real restore runs with --jobs; the listing (--list) and sequence script (--use-list) pass through.
             let dropsView = try wrappedTool("pg_restore", running: """

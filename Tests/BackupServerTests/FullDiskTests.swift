@@ -16,7 +16,7 @@ import Testing
 func withSmallDisk<T: Sendable>(size: String, _ body: (String) async throws -> T) async throws -> T {
     let disk = try ScratchDirectory("small-disk")
     defer { disk.remove() }
-    let mounted = try runCommand("/bin/mount", ["-t", "tmpfs", "-o", "size=\(size),mode=0700", "tmpfs", disk.path])
+    let mounted = try await runCommand("/bin/mount", ["-t", "tmpfs", "-o", "size=\(size),mode=0700", "tmpfs", disk.path])
     try #require(mounted.status == 0, "cannot mount a small tmpfs: \(mounted.standardError)")
     defer { _ = try? runCommand("/bin/umount", ["-l", disk.path]) }
     return try await body(disk.path)

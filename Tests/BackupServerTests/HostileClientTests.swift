@@ -62,7 +62,7 @@ import Testing
     /// token still gets in (taking the place of the oldest of them), and
     /// they are all closed at the authentication timeout however busy.
     @Test func connectionsWithoutAnAuthenticatedCallGiveWayAndEnd() async throws {
-        try await withTestServer(arguments: ["--max-connections", "20", "--authentication-timeout-seconds", "15"]) { server in
+        try await withInProcessServer(live: true, configure: { $0.connections.maximumConnections = 20; $0.connections.authenticationTimeout = .seconds(15) }) { server in
             let info = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
             #expect(info.authenticationTimeoutMS == 15_000)
             let ended = Atomic(0)
@@ -98,7 +98,7 @@ import Testing
     /// more, borrow nothing from the shared receive pool: another client's
     /// large frame goes through at once, not after their partial-frame timeout.
     @Test func aFrameLengthAloneBorrowsNothing() async throws {
-        try await withTestServer(arguments: ["--partial-frame-timeout-seconds", "120", "--authentication-timeout-seconds", "120"]) { server in
+        try await withInProcessServer(live: true, configure: { $0.connections.partialFrameTimeout = .seconds(120); $0.connections.authenticationTimeout = .seconds(120) }) { server in
             var length = ByteBuffer()
             length.writeInteger(UInt32(defaultMaxFrameBytes))
             let header = length

@@ -39,7 +39,7 @@ enum RawProtobuf {
 
 /// One unary call on a raw connection: a start frame as given, one request
 /// message, half-close; returns the call's status.
-func rawUnary(_ server: TestServer, start: [UInt8], request: [UInt8]) async throws -> CallStatus? {
+func rawUnary(_ server: some WireTestServer, start: [UInt8], request: [UInt8]) async throws -> CallStatus? {
     var bytes = ByteBuffer()
     bytes.writeInteger(UInt32(start.count))
     bytes.writeBytes(start)
@@ -137,7 +137,7 @@ func rawUnary(_ server: TestServer, start: [UInt8], request: [UInt8]) async thro
 
     @Test func oversizedStringsNULsAndUnknownEnumValuesAreRefusedNamingTheField() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 try await server.register(app)
                 try await server.withClient { client in
                     let long = await expectStatus(.invalidArgument) {
@@ -207,7 +207,7 @@ func rawUnary(_ server: TestServer, start: [UInt8], request: [UInt8]) async thro
     @Test func listsWhoseRowsExceedOneFramePageWithinIt() async throws {
         // Each list keeps to the frame limit and continues with a page token.
         try await withTestApp { app in
-            try await withTestServer(arguments: ["--max-frame-bytes", "65536"]) { server in
+            try await withInProcessServer(live: true, configure: { $0.maxFrameBytes = 65536 }) { server in
                 try await server.register(app)
                 let comment = String(repeating: "c", count: 4000)
                 try TestPostgres.query(server.catalogDatabase, """

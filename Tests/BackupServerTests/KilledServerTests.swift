@@ -24,7 +24,7 @@ import Testing
                 let created = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
                 return try await waitForJob(created.job.id, on: client)
             }
-            #expect(try first.backupctl(["download", backup.backupID, "-o", archivePath.path + "/a.tar.gz"]).status == 0)
+            #expect(try await first.backupctl(["download", backup.backupID, "-o", archivePath.path + "/a.tar.gz"]).status == 0)
             let content = Array(try Data(contentsOf: URL(fileURLWithPath: archivePath.path + "/a.tar.gz")))
             let upload = try await first.withClient { client in
                 let upload = try await startUpload(client, content)
@@ -101,7 +101,7 @@ import Testing
                 #expect(again.ready)
                 let saved = try ScratchDirectory("killed-archive")
                 defer { saved.remove() }
-                #expect(try curl(["-o", saved.path + "/a.tar.gz", again.url]).status == 0)
+                #expect(try await curl(["-o", saved.path + "/a.tar.gz", again.url]).status == 0)
                 let bytes = try Data(contentsOf: URL(fileURLWithPath: saved.path + "/a.tar.gz"))
                 #expect(ContentHash.of(bytes).hex == again.sha256)
                 #expect(partials().isEmpty)

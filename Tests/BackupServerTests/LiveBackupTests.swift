@@ -122,7 +122,7 @@ final class BusyApp: @unchecked Sendable {
         try await withTestApp { app in
             // pg_dump says it has started (the snapshot is taken by then), then waits while its gate exists.
             let dump = try GatedTool("pg_dump")
-            try await withTestServer(arguments: ["--pg-dump", dump.path]) { server in
+            try await withInProcessServer(live: true, configure: { $0.jobs.tools.pgDump = dump.path }) { server in
                 try await server.register(app)
                 let keys = try referencedKeys(app)
                 let (deleted, changed) = (keys[3], keys[7])
@@ -148,9 +148,9 @@ final class BusyApp: @unchecked Sendable {
                 #expect(backup.warning.contains("1 file documents were modified after the snapshot and are stored as they were read: \(changed)"))
                 let (dumped, stored) = try contents(of: backup, on: server)
                 #expect(dumped.subtracting(stored.keys) == [deleted])
-                let shown = try server.backupctl(["show", backup.id])
+                let shown = try await server.backupctl(["show", backup.id])
                 #expect(shown.standardOutput.contains("warning"))
-                let activity = try server.backupctl(["activity", "--env", "\(TestServer.namespace)/shop-production", "--json"])
+                let activity = try await server.backupctl(["activity", "--env", "\(TestServer.namespace)/shop-production", "--json"])
                 #expect(activity.standardOutput.contains("warning: 1 file documents were deleted"))
             }
         }

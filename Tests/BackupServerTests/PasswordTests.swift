@@ -141,7 +141,7 @@ func recordingTool(_ tool: String, log: String) throws -> String {
             #expect(refused?.message.contains("not a libpq connection string") == true && refused?.message.contains("SECRET") == false,
                     "\(String(describing: refused))")
         }
-        let catalog = try runCommand("\(binDirectory)/backupd", ["token", "create", "--platform", "--name", "p", "--catalog",
+        let catalog = try await runCommand("\(binDirectory)/backupd", ["token", "create", "--platform", "--name", "p", "--catalog",
                                                                "postgresql://postgres:CatBad%zzSECRET8@127.0.0.1/x"])
         #expect(catalog.status != 0 && !catalog.standardError.contains("SECRET8") && !catalog.standardOutput.contains("SECRET8"),
                 "\(catalog.standardError)")

@@ -9,7 +9,7 @@ import NIOCore
 /// Opens a raw TLS connection, writes `bytes`, and hands each frame the
 /// server sends to `onFrame` until it returns a value or the server closes.
 func rawCall<T>(
-    _ server: TestServer, send bytes: ByteBuffer,
+    _ server: some WireTestServer, send bytes: ByteBuffer,
     onFrame: (Frame, NIOAsyncChannelOutboundWriter<ByteBuffer>) async throws -> T?
 ) async throws -> T? {
     let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer> = try await server.settings().connect { _ in }
@@ -28,7 +28,7 @@ func rawCall<T>(
 }
 
 /// Every frame the server sends in answer to `bytes` before it closes the connection.
-func exchange(_ server: TestServer, _ bytes: ByteBuffer) async throws -> [Frame] {
+func exchange(_ server: some WireTestServer, _ bytes: ByteBuffer) async throws -> [Frame] {
     var frames: [Frame] = []
     let _: Bool? = try await rawCall(server, send: bytes) { frame, _ in
         frames.append(frame)

@@ -226,7 +226,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
 
     @Test func aCorruptDumpFailsTheRestoreAndLeavesTheTargetAsItWas() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
                 try changeEverything(app)
                 let before = try EnvironmentState(app)
@@ -252,7 +252,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
 
     @Test func aMissingFileBlobFailsTheRestoreAndLeavesTheTargetAsItWas() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
                 try changeEverything(app)
                 let before = try EnvironmentState(app)
@@ -337,22 +337,22 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
 
     @Test func theCLIRestoresAndWarnsAboutAVersionMismatch() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
                 _ = try await server.withClient { client in
                     try await client.unary(Backups.updateEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production"; $0.packageVersion = "1.1.0" })
                 }
-                let warned = try server.backupctl(["restore", backup.id, "--to", "shop-production"])
+                let warned = try await server.backupctl(["restore", backup.id, "--to", "shop-production"])
                 #expect(warned.status != 0)
                 #expect(warned.standardError.contains("1.0.0") && warned.standardError.contains("1.1.0")
                         && warned.standardError.contains("--accept-version-mismatch"))
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'restore'")[0].string("n") == "0")
 
-                let restored = try server.backupctl(["restore", backup.id, "--to", "acme/shop-production", "--accept-version-mismatch",
+                let restored = try await server.backupctl(["restore", backup.id, "--to", "acme/shop-production", "--accept-version-mismatch",
                                                      "--wait", "--json"])
                 #expect(restored.status == 0, "\(restored.standardError)")
                 #expect(restored.standardOutput.contains("JOB_STATUS_FINISHED"))
-                let activity = try server.backupctl(["activity", "--env", "acme/shop-production"])
+                let activity = try await server.backupctl(["activity", "--env", "acme/shop-production"])
                 #expect(activity.standardOutput.contains("restore") && activity.standardOutput.contains("FINISHED"))
             }
         }

@@ -369,25 +369,25 @@ extension Night {
 @Suite(.serialized) struct VerifyTests {
     @Test func theCLIShowsAndSetsASchedule() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
-                let shown = try server.backupctl(["schedule", "show", "--env", "acme/shop-production"])
+                let shown = try await server.backupctl(["schedule", "show", "--env", "acme/shop-production"])
                 #expect(shown.status == 0 && shown.standardOutput.contains("00:00 UTC") && shown.standardOutput.contains("14 days"))
-                let set = try server.backupctl(["schedule", "set", "--env", "acme/shop-production", "--time", "02:00", "--tz", "Europe/Amsterdam",
+                let set = try await server.backupctl(["schedule", "set", "--env", "acme/shop-production", "--time", "02:00", "--tz", "Europe/Amsterdam",
                                                 "--disable", "--keep-on-demand", "30d", "--keep-weekly", "6m", "--verify", "--apply-to-existing"])
                 #expect(set.status == 0, "\(set.standardError)")
                 #expect(set.standardOutput.contains("02:00 Europe/Amsterdam") && set.standardOutput.contains("disabled"))
                 #expect(set.standardOutput.contains("1 existing backups re-dated"))
-                let json = try JSONSerialization.jsonObject(with: Data(try server.backupctl(["schedule", "show", "--env", "acme/shop-production",
+                let json = try JSONSerialization.jsonObject(with: Data(try await server.backupctl(["schedule", "show", "--env", "acme/shop-production",
                                                                                              "--json"]).standardOutput.utf8)) as? [String: Any]
                 #expect((json?["retention"] as? [String: Any])?["weekly_months"] as? Int == 6 && json?["verify_nightly"] as? Bool == true)
                 // What was not given stayed as it was.
                 #expect((json?["retention"] as? [String: Any])?["nightly_days"] as? Int == 14)
-                let wrongUnit = try server.backupctl(["schedule", "set", "--env", "acme/shop-production", "--keep-nightly", "3m"])
+                let wrongUnit = try await server.backupctl(["schedule", "set", "--env", "acme/shop-production", "--keep-nightly", "3m"])
                 #expect(wrongUnit.status != 0 && wrongUnit.standardError.contains("--keep-nightly is counted in days (14d), not months"))
-                let badZone = try server.backupctl(["schedule", "set", "--env", "acme/shop-production", "--tz", "Europe/Atlantis"])
+                let badZone = try await server.backupctl(["schedule", "set", "--env", "acme/shop-production", "--tz", "Europe/Atlantis"])
                 #expect(badZone.status != 0 && badZone.standardError.contains("time zone \"Europe/Atlantis\" is not an IANA time zone name"))
-                let list = try server.backupctl(["list", "--env", "acme/shop-production"])
+                let list = try await server.backupctl(["list", "--env", "acme/shop-production"])
                 let expires = Date(timeIntervalSince1970: Double(backup.createdUnixMS) / 1000 + 30 * 86_400)
                 let formatter = ISO8601DateFormatter()
                 #expect(list.standardOutput.contains("EXPIRES") && list.standardOutput.contains("on-demand"))
@@ -423,12 +423,12 @@ extension Night {
 
     @Test func verifyNamesAFlippedByteARemovedBlobAndATruncatedDumpAndPassesAnIntactBackup() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
-                let intact = try server.backupctl(["verify", backup.id, "--wait"])
+                let intact = try await server.backupctl(["verify", backup.id, "--wait"])
                 #expect(intact.status == 0, "\(intact.standardError)")
                 #expect(intact.standardOutput.contains("backup \(backup.id): intact at "))
-                let shown = try server.backupctl(["show", backup.id])
+                let shown = try await server.backupctl(["show", backup.id])
                 #expect(shown.standardOutput.contains("verified"))
 
                 // Files whose content no other file shares, so each problem has one name.
@@ -447,7 +447,7 @@ extension Night {
                 let dumpChunk = try storedDump(server, backup.id).blobs[0]
                 #expect(truncate(store.path(for: dumpChunk.hash), off_t(dumpChunk.size / 2)) == 0)
 
-                let damaged = try server.backupctl(["verify", backup.id, "--wait", "--json"])
+                let damaged = try await server.backupctl(["verify", backup.id, "--wait", "--json"])
                 #expect(damaged.status == 1)
                 let verified = try await server.withClient { try await $0.unary(Backups.getBackup, .with { $0.id = backup.id }) }
                 let verification = try #require(verified.verification)
@@ -463,7 +463,7 @@ extension Night {
                 #expect(job.error.hasPrefix("3 of ") && job.error.contains(files[1].0))
                 let json = try JSONSerialization.jsonObject(with: Data(damaged.standardOutput.utf8)) as? [String: Any]
                 #expect((json?["verification"] as? [String: Any])?["problem_count"] as? Int == 3)
-                let shownAgain = try server.backupctl(["show", backup.id])
+                let shownAgain = try await server.backupctl(["show", backup.id])
                 #expect(shownAgain.standardOutput.contains("3 problems at "))
                 // Nothing was repaired or removed: the backup stays, its content as damaged as it was.
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", backup.id).count == 1)

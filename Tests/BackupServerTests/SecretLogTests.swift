@@ -41,13 +41,13 @@ import Testing
         var secrets = spellings(signingKey) + spellings(catalogPassword) + spellings(appPassword) + spellings(wrongPassword)
             + spellings(server.adminToken) + spellings(server.platformToken) + tlsKey
         try await withTestApp { app in
-            func cli(_ arguments: [String], token: String? = nil) throws -> CommandResult {
-                let result = try server.backupctl(arguments, token: token)
+            func cli(_ arguments: [String], token: String? = nil) async throws -> CommandResult {
+                let result = try await server.backupctl(arguments, token: token)
                 told += [result.standardOutput, result.standardError]
                 return result
             }
             let ns = TestServer.namespace
-            #expect(try cli(["env", "register", "\(ns)/shop-production", "--app", "shop", "--file-store", app.fileStore,
+            #expect(try await cli(["env", "register", "\(ns)/shop-production", "--app", "shop", "--file-store", app.fileStore,
                              "--database-url", app.connectionString + " password=\(appPassword)", "--package-version", "1.0.0"],
                             token: server.platformToken).status == 0)
             // A second environment whose database is dropped once registered: its backup fails.
@@ -55,22 +55,22 @@ import Testing
             let doomed = try TestPostgres.createDatabase("doomed")
             defer { scratch.remove(); TestPostgres.dropDatabase(doomed) }
             try FileManager.default.createDirectory(atPath: scratch.path + "/files", withIntermediateDirectories: true)
-            #expect(try cli(["env", "register", "\(ns)/broken", "--app", "shop", "--file-store", scratch.path + "/files",
+            #expect(try await cli(["env", "register", "\(ns)/broken", "--app", "shop", "--file-store", scratch.path + "/files",
                              "--database-url", TestPostgres.connectionString(doomed) + " password=\(wrongPassword)"],
                             token: server.platformToken).status == 0)
-            #expect(try cli(["env", "update", "\(ns)/broken", "--database-url",
+            #expect(try await cli(["env", "update", "\(ns)/broken", "--database-url",
                              "postgresql://postgres:\(wrongPassword)@127.0.0.1:\(TestPostgres.port)/\(doomed)"],
                             token: server.platformToken).status == 0)
             TestPostgres.dropDatabase(doomed)
             for arguments in [["info"], ["env", "list"], ["env", "show", "\(ns)/shop-production"], ["env", "show", "\(ns)/broken"],
                               ["env", "show", "\(ns)/broken", "--json"]] {
-                #expect(try cli(arguments).status == 0, "\(arguments)")
-                #expect(try cli(arguments, token: server.platformToken).status >= 0)
+                #expect(try await cli(arguments).status == 0, "\(arguments)")
+                #expect(try await cli(arguments, token: server.platformToken).status >= 0)
             }
-            let failed = try cli(["create", "--env", "\(ns)/broken", "--wait"])
+            let failed = try await cli(["create", "--env", "\(ns)/broken", "--wait"])
             #expect(failed.status != 0, "a backup with a wrong password must fail: \(failed.standardOutput)")
 
-            let created = try cli(["create", "--env", "\(ns)/shop-production", "--comment", "secrets", "--wait", "--json"])
+            let created = try await cli(["create", "--env", "\(ns)/shop-production", "--comment", "secrets", "--wait", "--json"])
             #expect(created.status == 0, "\(created.standardError)")
             let backup = try #require(try JSONSerialization.jsonObject(with: Data(created.standardOutput.utf8)) as? [String: Any])
             let id = try #require(backup["id"] as? String)
@@ -80,42 +80,42 @@ import Testing
                               ["schedule", "set", "--env", "\(ns)/shop-production", "--time", "03:00"],
                               ["activity", "--env", "\(ns)/shop-production"], ["activity", "--env", "\(ns)/broken"],
                               ["token", "list"]] {
-                #expect(try cli(arguments).status == 0, "\(arguments)")
+                #expect(try await cli(arguments).status == 0, "\(arguments)")
             }
             // A new token's secret is shown once to whoever made it; it must go nowhere else.
-            let madeToken = try cli(["token", "create", "--namespace", ns, "--role", "viewer", "--name", "dashboard", "--json"])
+            let madeToken = try await cli(["token", "create", "--namespace", ns, "--role", "viewer", "--name", "dashboard", "--json"])
             let made = try #require(try JSONSerialization.jsonObject(with: Data(madeToken.standardOutput.utf8)) as? [String: Any])
             let viewerToken = try #require(made["secret"] as? String)
             told.removeLast(2)
             secrets += spellings(viewerToken)
-            #expect(try cli(["list", "--env", "\(ns)/shop-production"], token: viewerToken).status == 0)
-            #expect(try cli(["create", "--env", "\(ns)/shop-production"], token: viewerToken).status != 0)
-            #expect(try cli(["token", "revoke", try #require((made["token"] as? [String: Any])?["id"] as? String)]).status == 0)
-            #expect(try cli(["info"], token: viewerToken).status != 0)
+            #expect(try await cli(["list", "--env", "\(ns)/shop-production"], token: viewerToken).status == 0)
+            #expect(try await cli(["create", "--env", "\(ns)/shop-production"], token: viewerToken).status != 0)
+            #expect(try await cli(["token", "revoke", try #require((made["token"] as? [String: Any])?["id"] as? String)]).status == 0)
+            #expect(try await cli(["info"], token: viewerToken).status != 0)
 
             // A download through its signed URL, then a tampered URL, then the archive uploaded back.
             let archive = scratch.path + "/archive.tar.gz"
-            #expect(try cli(["download", id, "-o", archive]).status == 0)
-            let url = try cli(["download", id, "--url"]).standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(try await cli(["download", id, "-o", archive]).status == 0)
+            let url = try await cli(["download", id, "--url"]).standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
             for link in [url, url.replacingOccurrences(of: "sig=", with: "sig=A")] {
-                let fetched = try runCommand("/usr/bin/curl", ["-sS", "-i", "--cacert", TestServer.caFile, "-o", "-", "-r", "0-99", link])
+                let fetched = try await runCommand("/usr/bin/curl", ["-sS", "-i", "--cacert", TestServer.caFile, "-o", "-", "-r", "0-99", link])
                 told += [fetched.standardOutput, fetched.standardError]
             }
-            #expect(try cli(["upload", archive, "--env", "\(ns)/shop-production", "--comment", "uploaded"]).status == 0)
-            #expect(try cli(["env", "stop", "\(ns)/shop-production"]).status == 0)
-            #expect(try cli(["restore", id, "--to", "shop-production", "--wait"]).status == 0)
-            #expect(try cli(["env", "start", "\(ns)/shop-production"]).status == 0)
-            let slow = try cli(["create", "--env", "\(ns)/shop-production", "--json"])
+            #expect(try await cli(["upload", archive, "--env", "\(ns)/shop-production", "--comment", "uploaded"]).status == 0)
+            #expect(try await cli(["env", "stop", "\(ns)/shop-production"]).status == 0)
+            #expect(try await cli(["restore", id, "--to", "shop-production", "--wait"]).status == 0)
+            #expect(try await cli(["env", "start", "\(ns)/shop-production"]).status == 0)
+            let slow = try await cli(["create", "--env", "\(ns)/shop-production", "--json"])
             if let job = (try? JSONSerialization.jsonObject(with: Data(slow.standardOutput.utf8)) as? [String: Any])?["job_id"] as? String {
-                _ = try cli(["job", "cancel", job])
+                _ = try await cli(["job", "cancel", job])
             }
-            _ = try cli(["delete", id])
+            _ = try await cli(["delete", id])
             // Refused calls: a wrong token, another namespace, a bad request.
-            _ = try cli(["info"], token: "bkd_" + String(repeating: "A", count: 43))
-            _ = try cli(["list", "--env", "other/shop-production"])
-            _ = try cli(["env", "register", "\(ns)/bad", "--app", "x", "--file-store", "/nonexistent",
+            _ = try await cli(["info"], token: "bkd_" + String(repeating: "A", count: 43))
+            _ = try await cli(["list", "--env", "other/shop-production"])
+            _ = try await cli(["env", "register", "\(ns)/bad", "--app", "x", "--file-store", "/nonexistent",
                          "--database-url", "host=127.0.0.1 password=\(appPassword) service=x"], token: server.platformToken)
-            _ = try cli(["env", "delete", "\(ns)/broken"], token: server.platformToken)
+            _ = try await cli(["env", "delete", "\(ns)/broken"], token: server.platformToken)
         }
         await server.stop()
         let log = server.log
@@ -124,7 +124,7 @@ import Testing
         // --help, with the secrets in the environment it reads them from.
         for (tool, arguments) in [("backupd", ["serve", "--help"]), ("backupd", ["token", "create", "--help"]), ("backupctl", ["--help"]),
                                   ("backupctl", ["help", "create"])] {
-            let help = try runCommand("\(binDirectory)/\(tool)", arguments, environment: [
+            let help = try await runCommand("\(binDirectory)/\(tool)", arguments, environment: [
                 "BACKUPD_CATALOG": catalogURL, "BACKUPCTL_TOKEN": server.adminToken,
             ])
             told += [help.standardOutput, help.standardError]

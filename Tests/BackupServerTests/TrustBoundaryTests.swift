@@ -33,7 +33,7 @@ import Testing
 
     @Test func fileStoresStayStrictlyUnderTheirRootsAndApartFromEverythingElse() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 try await server.register(app)
                 let scratch = try ScratchDirectory("stores")
                 defer { scratch.remove() }
@@ -169,7 +169,7 @@ import Testing
 
     @Test func documentsThatAreLinksFIFOsOrInLinkedFoldersFailTheBackupAndStoreNothing() async throws {
         try await withTestApp { app in
-            try await withTestServer { server in
+            try await withInProcessServer(live: true) { server in
                 try await server.register(app)
                 let keys = try referencedKeys(app)
                 let secret = "/etc/shadow"

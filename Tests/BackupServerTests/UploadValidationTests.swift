@@ -30,7 +30,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                 let folder = scratch.path + "/snapshot"
                 try FileManager.default.createDirectory(atPath: folder + "/db", withIntermediateDirectories: true)
                 try #"{"modelVersion": "2.5.1", "comment": "made by hand", "databaseSize": "18446744073709551615"}"#.write(toFile: folder + "/.metadata", atomically: true, encoding: .utf8)
-                let dumped = try runCommand("/usr/bin/pg_dump", ["-Fc", "-O", "-x", "-h", "127.0.0.1", "-p", TestPostgres.port, "-U", "postgres",
+                let dumped = try await runCommand("/usr/bin/pg_dump", ["-Fc", "-O", "-x", "-h", "127.0.0.1", "-p", TestPostgres.port, "-U", "postgres",
                                                                  "-f", folder + "/db/db.backup", app.database])
                 #expect(dumped.status == 0, "\(dumped.standardError)")
                 let keys = try referencedKeys(app)
@@ -41,7 +41,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                     try FileManager.default.copyItem(atPath: app.fileStore + "/" + relative, toPath: folder + "/tree/" + relative)
                 }
                 let archive = scratch.path + "/by-hand.tar.gz"
-                #expect(try runCommand("/bin/tar", ["czf", archive, "-C", folder, "."]).status == 0)
+                #expect(try await runCommand("/bin/tar", ["czf", archive, "-C", folder, "."]).status == 0)
                 let content = Array(try Data(contentsOf: URL(fileURLWithPath: archive)))
 
                 try await server.withClient { client in
@@ -102,7 +102,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                 let scratch = try ScratchDirectory("refused")
                 defer { scratch.remove() }
                 let dumpFile = scratch.path + "/db.backup"
-                #expect(try runCommand("/usr/bin/pg_dump", ["-Fc", "-h", "127.0.0.1", "-p", TestPostgres.port, "-U", "postgres", "-f", dumpFile,
+                #expect(try await runCommand("/usr/bin/pg_dump", ["-Fc", "-h", "127.0.0.1", "-p", TestPostgres.port, "-U", "postgres", "-f", dumpFile,
                                                             "-t", "\"shop$customer\"", app.database]).status == 0)
                 let dump = "('db/db.backup', 'file', open('\(dumpFile)', 'rb').read())"
                 let good = try craftArchive(in: scratch, "[\(Self.metadata), \(dump), \(Self.document)]")
@@ -110,7 +110,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                 let plainTar = try craftArchive(in: scratch, "[\(Self.metadata), \(dump), \(Self.document)]", mode: "w")
                 let cutTar = scratch.path + "/cut.tar"
                 try Data(contentsOf: URL(fileURLWithPath: plainTar)).prefix(1500).write(to: URL(fileURLWithPath: cutTar))
-                #expect(try runCommand("/bin/gzip", ["-kf", cutTar]).status == 0)
+                #expect(try await runCommand("/bin/gzip", ["-kf", cutTar]).status == 0)
                 let mismatch = #"('.metadata', 'file', '{"sha256:tree/0d/3e/\#(Self.key)": "\#(String(repeating: "0", count: 64))"}')"#
 
                 let cases: [(String, [UInt8], String)] = [
@@ -195,14 +195,14 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                     let scratch = try ScratchDirectory("round-trip")
                     defer { scratch.remove() }
                     let archive = scratch.path + "/archive.tar.gz"
-                    let downloaded = try server.backupctl(["download", backup.id, "-o", archive])
+                    let downloaded = try await server.backupctl(["download", backup.id, "-o", archive])
                     #expect(downloaded.status == 0, "\(downloaded.standardError)")
                     let size = try #require(try FileManager.default.attributesOfItem(atPath: archive)[.size] as? Int)
 
                     // backupctl's connection is cut a third of the way in; it goes on by itself.
                     let proxy = try CuttingProxy(upstream: server.address, cutAfter: size / 3)
                     defer { proxy.stop() }
-                    let uploaded = try server.backupctl(["upload", archive, "--env", "acme/shop-acceptance", "--comment", "from production",
+                    let uploaded = try await server.backupctl(["upload", archive, "--env", "acme/shop-acceptance", "--comment", "from production",
                                                          "--addr", proxy.address])
                     #expect(uploaded.status == 0, "\(uploaded.standardError)")
                     #expect(proxy.hasCut && uploaded.standardError.contains("trying again"), "\(uploaded.standardError)")
@@ -236,7 +236,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                 let scratch = try ScratchDirectory("big-upload")
                 defer { scratch.remove() }
                 let archive = scratch.path + "/big.tar.gz"
-                #expect(try curl(["-o", archive, download.url]).status == 0)
+                #expect(try await curl(["-o", archive, download.url]).status == 0)
                 // The backup goes, and its blobs with it, so the upload stores the document anew.
                 try await server.withClient { _ = try await $0.unary(Backups.deleteBackup, .with { $0.id = backup.id }) }
                 try await eventually(within: .seconds(60)) {
@@ -244,7 +244,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                 }
                 var uploaded: CommandResult?
                 let growth = try await residentGrowth(of: server.processIdentifier) {
-                    uploaded = try server.backupctl(["upload", archive, "--env", "acme/shop-production"])
+                    uploaded = try await server.backupctl(["upload", archive, "--env", "acme/shop-production"])
                 }
                 let uploadedBig = try #require(uploaded)
                 #expect(uploadedBig.status == 0, "\(uploadedBig.standardError)")
@@ -267,7 +267,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                 let scratch = try ScratchDirectory("member-cap")
                 defer { scratch.remove() }
                 let dump = scratch.path + "/db.backup"
-                #expect(try runCommand("/usr/bin/pg_dump", ["-Fc", "-d", app.connectionString, "-f", dump]).status == 0)
+                #expect(try await runCommand("/usr/bin/pg_dump", ["-Fc", "-d", app.connectionString, "-f", dump]).status == 0)
                 // Empty documents (one blob for all), named by keys made from their number.
                 let documents = """
                     [('tree/%s/%s/%s' % (k[0:2], k[2:4], k), 'file', '')
@@ -278,7 +278,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                     """)
                 var uploaded: CommandResult?
                 let growth = try await residentGrowth(of: server.processIdentifier) {
-                    uploaded = try server.backupctl(["upload", archive, "--env", "acme/shop-production"])
+                    uploaded = try await server.backupctl(["upload", archive, "--env", "acme/shop-production"])
                 }
                 let result = try #require(uploaded)
                 #expect(result.status == 0, "\(result.standardError)")

@@ -6,15 +6,18 @@ import BackupPostgres
 import BackupServer
 import Foundation
 import Logging
+import NIOCore
 import NIOPosix
 import ServiceLifecycle
 
 /// A backupd server run inside the test process with its own catalog
-/// database and blob store, reached through the in-process transport: the
-/// same dispatcher, handlers, catalog and jobs as `backupd serve`, without
-/// TLS, sockets or a process. For handler-level tests; signals, `kill -9`,
-/// the CLI and the wire itself are `TestServer`'s.
-public final class InProcessServer: BackupTestServer {
+/// database and blob store: the same dispatcher, handlers, catalog and jobs
+/// as `backupd serve`. Reached through the in-process transport (no TLS, no
+/// socket) for handler-level tests, or, started `live`, through its real TLS
+/// listener on a loopback port, for tests of the wire, the download URLs and
+/// the CLI. Signals, `kill -9`, resident memory and descriptor limits are
+/// `TestServer`'s, the one place a backupd process is the point.
+public final class InProcessServer: WireTestServer {
     public let catalogDatabase: String
     public var blobDirectory: String { scratch.path + "/blobs" }
     public let adminToken: String
@@ -27,9 +30,13 @@ public final class InProcessServer: BackupTestServer {
     private let scratch: ScratchDirectory
     /// The catalog is on a cluster of the test's own, not the private one.
     private let catalogElsewhere: Bool
+    /// `HOST:PORT` of the TLS listener of a live server; empty otherwise.
+    public let address: String
 
-    private init(catalogDatabase: String, catalogElsewhere: Bool, adminToken: String, platformToken: String, catalog: Catalog, transport: InProcessTransport,
-                 group: ServiceGroup, running: Task<Void, any Error>, threadPools: [NIOThreadPool], scratch: ScratchDirectory) {
+    private init(catalogDatabase: String, catalogElsewhere: Bool, address: String, adminToken: String, platformToken: String, catalog: Catalog,
+                 transport: InProcessTransport, group: ServiceGroup, running: Task<Void, any Error>, threadPools: [NIOThreadPool],
+                 scratch: ScratchDirectory) {
+        self.address = address
         self.catalogDatabase = catalogDatabase
         self.catalogElsewhere = catalogElsewhere
         self.adminToken = adminToken
@@ -43,8 +50,9 @@ public final class InProcessServer: BackupTestServer {
     }
 
     /// Starts a server; `configure` changes its configuration from the test default. Its catalog is a new
-    /// database of the private cluster, or of `catalogCluster` (one a test may restart).
-    public static func start(catalogCluster: TestCluster? = nil,
+    /// database of the private cluster, or of `catalogCluster` (one a test may restart). A `live` one
+    /// listens with the development certificate on a loopback port, and its clients connect over TLS.
+    public static func start(live: Bool = false, catalogCluster: TestCluster? = nil,
                              configure: (inout ServerConfiguration) throws -> Void = { _ in }) async throws -> InProcessServer {
         let scratch = try ScratchDirectory("backupd-in-process")
         let database: String
@@ -64,7 +72,9 @@ public final class InProcessServer: BackupTestServer {
         let (_, admin) = try await catalog.createToken(namespace: TestServer.namespace, role: .admin, name: "test-admin")
         let (_, platform) = try await catalog.createToken(namespace: "", role: .platform, name: "test-platform")
 
-        var configuration = ServerConfiguration(tls: nil)
+        var configuration = ServerConfiguration(tls: live ? TLSSettings(certificateChainPath: "\(projectRoot)/certs/dev/server.crt",
+                                                                        privateKeyPath: "\(projectRoot)/certs/dev/server.key") : nil)
+        if live { configuration.port = 0 }  // on loopback, the default host
         configuration.fileStoreRoots = [TestServer.fileStoreRoot]
         configuration.downloads.keys = try URLSigningKeys(parsing: testDownloadKeys)
         // A test's environments get no nightly backup because its run crossed a window; scheduler tests turn it on.
@@ -72,18 +82,30 @@ public final class InProcessServer: BackupTestServer {
         try configure(&configuration)
         var logger = Logger(label: "backupd-in-process") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = .warning
+        let (listening, heard) = AsyncStream<SocketAddress>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let server = try await BackupServer(configuration: configuration, catalog: catalog,
-                                            blobStore: try LocalBlobStore(root: scratch.path + "/blobs"), threadPool: jobThreads, logger: logger)
+                                            blobStore: try LocalBlobStore(root: scratch.path + "/blobs"), threadPool: jobThreads, logger: logger,
+                                            onListening: { heard.yield($0) })
         let group = ServiceGroup(configuration: .init(services: [.init(service: server)], logger: logger))
         let running = Task { try await group.run() }
+        var address = ""
+        if configuration.tls != nil {
+            guard let bound = await listening.first(where: { _ in true }), let port = bound.port else {
+                throw TestSupportError("the in-process server did not start listening")
+            }
+            address = "127.0.0.1:\(port)"
+        }
         let transport = InProcessTransport(dispatcher: server.dispatcher, limits: configuration.connections,
                                            maxFrameBytes: configuration.maxFrameBytes, logger: logger)
-        return InProcessServer(catalogDatabase: database, catalogElsewhere: catalogCluster != nil, adminToken: admin, platformToken: platform, catalog: catalog, transport: transport,
-                               group: group, running: running, threadPools: [catalogThreads, jobThreads], scratch: scratch)
+        return InProcessServer(catalogDatabase: database, catalogElsewhere: catalogCluster != nil, address: address, adminToken: admin,
+                               platformToken: platform, catalog: catalog, transport: transport, group: group, running: running,
+                               threadPools: [catalogThreads, jobThreads], scratch: scratch)
     }
 
+    /// A client over TLS for a live server, through the in-process transport otherwise.
     public func withClient<T: Sendable>(token: String?, _ body: @Sendable (BackupClient) async throws -> T) async throws -> T {
-        try await transport.withConnection { inbound, send in
+        if !address.isEmpty { return try await BackupClient.withConnection(try settings(token: token), body) }
+        return try await transport.withConnection { inbound, send in
             try await BackupClient.withTransport(token: token ?? adminToken, inbound: inbound, write: send, body)
         }
     }
@@ -99,10 +121,11 @@ public final class InProcessServer: BackupTestServer {
     }
 }
 
-/// Starts an in-process server, runs `body`, and removes the server whatever happens.
-public func withInProcessServer<T: Sendable>(catalogCluster: TestCluster? = nil, configure: (inout ServerConfiguration) throws -> Void = { _ in },
+/// Starts an in-process server (`live`: with its TLS listener), runs `body`, and removes the server whatever happens.
+public func withInProcessServer<T: Sendable>(live: Bool = false, catalogCluster: TestCluster? = nil,
+                                             configure: (inout ServerConfiguration) throws -> Void = { _ in },
                                              _ body: (InProcessServer) async throws -> T) async throws -> T {
-    let server = try await InProcessServer.start(catalogCluster: catalogCluster, configure: configure)
+    let server = try await InProcessServer.start(live: live, catalogCluster: catalogCluster, configure: configure)
     do {
         let value = try await body(server)
         await server.remove()

@@ -101,6 +101,17 @@ public func runCommand(_ executable: String, _ arguments: [String], environment:
                          standardError: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
 }
 
+/// `runCommand` on a thread of its own, for async tests: waiting for the
+/// command never holds a thread of the cooperative pool, which a server run
+/// inside the test process (`InProcessServer`) needs to answer it.
+public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> CommandResult {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread {
+            continuation.resume(with: Result { try runCommand(executable, arguments, environment: environment) as CommandResult })
+        }.start()
+    }
+}
+
 /// The SHA-256 of every file under a folder, by path relative to it.
 public func folderFingerprint(_ root: String) throws -> [String: String] {
     guard let walker = FileManager.default.enumerator(atPath: root) else { return [:] }

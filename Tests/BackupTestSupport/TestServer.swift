@@ -50,7 +50,7 @@ public struct TestSupportError: Error, CustomStringConvertible {
 /// database and blob store, an admin token for namespace "acme" and a
 /// platform token. File stores may lie under the system's temporary folder,
 /// where `TestApp` makes them.
-public final class TestServer: BackupTestServer, @unchecked Sendable {
+public final class TestServer: WireTestServer, @unchecked Sendable {
     public let catalogDatabase: String
     public let blobDirectory: String
     public let address: String
@@ -165,18 +165,27 @@ public final class TestServer: BackupTestServer, @unchecked Sendable {
         scratch.remove()
     }
 
-    public func settings(token: String? = nil) throws -> ClientSettings {
-        try ClientSettings(address: address, token: token ?? adminToken, caFile: Self.caFile)
-    }
-
     public func withClient<T: Sendable>(token: String?, _ body: @Sendable (BackupClient) async throws -> T) async throws -> T {
         try await BackupClient.withConnection(try settings(token: token), body)
     }
+}
+
+/// A server reached over its TLS port, in process (`InProcessServer` started
+/// live) or as a process (`TestServer`): clients and backupctl connect to `address`.
+public protocol WireTestServer: BackupTestServer {
+    /// `HOST:PORT` of its TLS listener.
+    var address: String { get }
+}
+
+extension WireTestServer {
+    public func settings(token: String? = nil) throws -> ClientSettings {
+        try ClientSettings(address: address, token: token ?? adminToken, caFile: TestServer.caFile)
+    }
 
     /// Runs backupctl against this server.
-    public func backupctl(_ arguments: [String], token: String? = nil) throws -> CommandResult {
-        try runCommand("\(binDirectory)/backupctl", arguments, environment: [
-            "BACKUPCTL_ADDR": address, "BACKUPCTL_TOKEN": token ?? adminToken, "BACKUPCTL_CA": Self.caFile,
+    public func backupctl(_ arguments: [String], token: String? = nil) async throws -> CommandResult {
+        try await runCommand("\(binDirectory)/backupctl", arguments, environment: [
+            "BACKUPCTL_ADDR": address, "BACKUPCTL_TOKEN": token ?? adminToken, "BACKUPCTL_CA": TestServer.caFile,
         ])
     }
 }
@@ -295,7 +304,7 @@ extension BackupTestServer {
                 try await client.unary(Backups.createToken, .with { $0.namespace = namespace; $0.role = role; $0.name = name }).secret
             }
         }
-        let created = try runCommand("\(binDirectory)/backupd", ["token", "create", "--namespace", namespace, "--role", role.description,
+        let created = try await runCommand("\(binDirectory)/backupd", ["token", "create", "--namespace", namespace, "--role", role.description,
                                                                "--name", name, "--catalog", TestPostgres.connectionString(catalogDatabase)])
         guard created.status == 0 else { throw TestSupportError(created.standardError) }
         return created.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)

@@ -120,12 +120,11 @@ package struct DownloadEndpoint: Sendable {
         let record: DownloadRecord
         do {
             record = try await catalog.download(id: id)
-        } catch BackupError.notFound, BackupError.invalidArgument {
-            try await answer.send(.notFound, "no such download", on: outbound)
-            return
         } catch {
-            logger.error("cannot look a download up", metadata: ["download": "\(id)", "error": "\(error)"])
-            try await answer.send(.serviceUnavailable, "the catalog cannot be reached; try again shortly", on: outbound)
+            switch publicError(for: error, logger: logger.with(["download": "\(id)"])) {
+            case .notFound, .invalidArgument: try await answer.send(.notFound, "no such download", on: outbound)
+            case let told: try await answer.send(httpStatus(told), told.description, on: outbound)
+            }
             return
         }
         let archive = cache.path(of: record.archiveID)

@@ -447,7 +447,11 @@ public final class JobRunner: Service, Sendable {
         } catch let deferred as RestoreRecoveryDeferred {
             return .deferred(deferred.reason)
         } catch {
-            return .failed(describeJobError(error))
+            // What the job's failure leaves out (a server path, a library's words) stays in the log.
+            let reason = describeJobError(error)
+            let detail = (error as? any ReportableError)?.logDetail ?? String(describing: error)
+            if detail != reason { logger.error("job error", metadata: ["job": "\(claimed.job.id)", "error": "\(detail)"]) }
+            return .failed(reason)
         }
     }
 
@@ -470,18 +474,20 @@ public final class JobRunner: Service, Sendable {
     }
 }
 
-/// A job's failure as a person reads it.
+/// A job's failure as a person reads it: the public side of the error
+/// (`publicError`), or the tool's, the dump's or the app database's own words,
+/// which are the tenant's. Details of the server's own go to the log only
+/// (`JobRunner.perform`).
 func describeJobError(_ error: any Error) -> String {
     switch error {
     case let error as JobFailure: error.description
     case let error as ToolFailure: error.description
-    case let error as BackupError: error.description
-    case let error as BlobStoreError: error.description
     case let error as DumpReadError: error.description
     case let error as FileStoreLayout.InvalidKey: error.description
     case let error as FileDocumentError: error.description
     case let error as PostgresError: "PostgreSQL: \(error.message)"
-    default: "internal error: \(error)"
+    case let error as any ReportableError: error.publicError.description
+    default: "internal error; the server log has the details"
     }
 }
 
