@@ -118,15 +118,27 @@ public final class BackupClient: Sendable {
                     for try await frame in inbound { client.deliver(frame) }
                     client.failAll(RPCError(.unavailable, "the server closed the connection"))
                 } catch {
-                    let detail = "\(error)"
-                    client.failAll(RPCError(.unavailable, detail.contains("CERTIFICATE_REQUIRED")
+                    client.failAll(RPCError(.unavailable, Self.refusedForWantOfACertificate(error)
                         ? "the server requires a client certificate (mutual TLS)"
-                        : "the connection failed: \(detail)"))
+                        : "the connection failed: \(error)"))
                 }
             }
             defer { group.cancelAll() }
             return try await body(client)
         }
+    }
+
+    /// Whether `error` is the TLS alert of a server that requires a client
+    /// certificate: read from the TLS library's errors (whose codes it keeps
+    /// to itself, so by their reason's name), not from whatever an error says.
+    static func refusedForWantOfACertificate(_ error: any Error) -> Bool {
+        let tlsError: BoringSSLError? = switch error {
+        case let error as BoringSSLError: error
+        case NIOSSLError.handshakeFailed(let error): error
+        default: nil
+        }
+        guard case .sslError(let errors)? = tlsError else { return false }
+        return errors.contains { $0.description.contains("CERTIFICATE_REQUIRED") }
     }
 
     /// One request, one response.
@@ -158,7 +170,27 @@ public final class BackupClient: Sendable {
         } catch {
             try await failedWrite(id, responses, error)
         }
-        try await receive(method, id, responses, onResponse: onResponse)
+        try await receivingUntilCancelled(id) { try await receive(method, id, responses, onResponse: onResponse) }
+    }
+
+    /// Runs `receiving` for call `id`; when the calling task is cancelled,
+    /// the call ends at once with CANCELLED, is forgotten, and the server is
+    /// sent a Cancel, so it stops the call's work.
+    private func receivingUntilCancelled<T>(_ id: UInt32, _ receiving: () async throws -> T) async throws -> T {
+        let cancelled = RPCError(.cancelled, "the call was cancelled")
+        do {
+            return try await withTaskCancellationHandler {
+                try await receiving()
+            } onCancel: {
+                end(id, cancelled)
+            }
+        } catch where Task.isCancelled {
+            end(id, cancelled)
+            // Sent from a task of its own: this one is cancelled, and its writes would be too.
+            let write = self.write
+            await Task { try? await write([Frame(callID: id, .cancel)]) }.value
+            throw cancelled
+        }
     }
 
     /// A client-streaming call whose requests are made as they are sent:
@@ -182,7 +214,7 @@ public final class BackupClient: Sendable {
             group.addTask {
                 defer { ended.withLockedValue { $0 = true } }
                 var response: Response?
-                try await self.receive(method, id, responses) { response = $0 }
+                try await self.receivingUntilCancelled(id) { try await self.receive(method, id, responses) { response = $0 } }
                 guard let response else { throw RPCError(.internal, "\(method.name) ended OK without a response") }
                 return response
             }
@@ -306,6 +338,14 @@ public final class BackupClient: Sendable {
         }
         continuation.yield(kind)
         if case .status = kind { close(frame.callID) }
+    }
+
+    /// Ends one call with `error`, if it is still open.
+    private func end(_ id: UInt32, _ error: RPCError) {
+        calls.withLockedValue { calls in
+            calls.unread[id] = nil
+            return calls.open.removeValue(forKey: id)
+        }?.finish(throwing: error)
     }
 
     private func failAll(_ error: RPCError) {

@@ -36,17 +36,24 @@ public struct Frame: WireMessage {
             switch kind {
             case .start(var start): f.field(2, &start)
             case .message(var bytes): f.field(3, &bytes)
-            case .halfClose: var empty: Empty? = Empty(); f.field(4, &empty)
+            case .halfClose: var empty: HalfClose? = HalfClose(); f.field(4, &empty)
             case .status(var status): f.field(5, &status)
-            case .cancel: var empty: Empty? = Empty(); f.field(6, &empty)
+            case .cancel: var empty: Cancel? = Cancel(); f.field(6, &empty)
             case nil: break
             }
         }
     }
 
-    /// The empty HalfClose and Cancel messages.
-    private struct Empty: WireMessage {
+    /// The empty HalfClose message.
+    private struct HalfClose: WireMessage {
         static var descriptor: ProtobufCMessageDescriptor { backup__v1__half_close__descriptor }
+        init() {}
+        mutating func map(_ f: inout FieldMap) {}
+    }
+
+    /// The empty Cancel message.
+    private struct Cancel: WireMessage {
+        static var descriptor: ProtobufCMessageDescriptor { backup__v1__cancel__descriptor }
         init() {}
         mutating func map(_ f: inout FieldMap) {}
     }

@@ -72,6 +72,30 @@ extension WireMessage {
         var fields = FieldMap(message: message, descriptor: descriptor, arena: arena)
         copy.map(&fields)
     }
+
+    /// Maps this message type, and every message type nested in it, against
+    /// protobuf-c's descriptors: each field's number, type, label and message
+    /// type must be the ones the `.proto` declares, or this traps naming the
+    /// field. The hand-written mirror is checked this way by a test.
+    public static func checkMapping() {
+        var checked = Set<String>()
+        checkMapping(&checked)
+    }
+
+    static func checkMapping(_ checked: inout Set<String>) {
+        let descriptor = Self.descriptor
+        guard checked.insert(String(cString: descriptor.name)).inserted else { return }
+        withUnsafePointer(to: descriptor) { descriptor in
+            let message = UnsafeMutableRawPointer.allocate(byteCount: descriptor.pointee.sizeof_message, alignment: 16)
+            defer { message.deallocate() }
+            protobuf_c_message_init(descriptor, message)
+            var value = Self()
+            var fields = FieldMap(message: message, descriptor: descriptor, arena: nil)
+            fields.checkedNested = checked
+            value.map(&fields)
+            checked = fields.checkedNested ?? checked
+        }
+    }
 }
 
 /// An enum of the API; unknown numbers from the wire read as the zero case.
@@ -119,6 +143,8 @@ public struct FieldMap {
     private let message: UnsafeMutableRawPointer
     private let descriptor: UnsafePointer<ProtobufCMessageDescriptor>
     private let arena: Arena?
+    /// Set while checking the mapping (`WireMessage.checkMapping`): the message types checked so far; nested ones are checked too.
+    fileprivate var checkedNested: Set<String>?
 
     init(message: UnsafeMutableRawPointer, descriptor: UnsafePointer<ProtobufCMessageDescriptor>, arena: Arena?) {
         self.message = message
@@ -132,7 +158,7 @@ public struct FieldMap {
     // MARK: Scalars
 
     public mutating func field(_ id: UInt32, _ value: inout String) {
-        let field = self.field(id)
+        let field = self.field(id, .string)
         if let arena {
             guard !value.isEmpty || field.isOneofMember else { return }
             store(arena.cString(value), in: field)
@@ -143,7 +169,7 @@ public struct FieldMap {
     }
 
     public mutating func field(_ id: UInt32, _ value: inout [UInt8]) {
-        let field = self.field(id)
+        let field = self.field(id, .bytes)
         if let arena {
             guard !value.isEmpty || field.isOneofMember else { return }
             store(ProtobufCBinaryData(len: value.count, data: arena.bytes(value)), in: field)
@@ -156,25 +182,29 @@ public struct FieldMap {
 
     public mutating func field(_ id: UInt32, _ value: inout Bool) {
         var raw: Int32 = value ? 1 : 0
-        scalar(id, &raw)
+        scalar(id, &raw, .bool)
         value = raw != 0
     }
 
-    public mutating func field(_ id: UInt32, _ value: inout Int32) { scalar(id, &value) }
-    public mutating func field(_ id: UInt32, _ value: inout UInt32) { scalar(id, &value) }
-    public mutating func field(_ id: UInt32, _ value: inout Int64) { scalar(id, &value) }
-    public mutating func field(_ id: UInt32, _ value: inout UInt64) { scalar(id, &value) }
+    public mutating func field(_ id: UInt32, _ value: inout Int32) {
+        scalar(id, &value, .int32)
+    }
+    public mutating func field(_ id: UInt32, _ value: inout UInt32) { scalar(id, &value, .uint32) }
+    public mutating func field(_ id: UInt32, _ value: inout Int64) {
+        scalar(id, &value, .int64)
+    }
+    public mutating func field(_ id: UInt32, _ value: inout UInt64) { scalar(id, &value, .uint64) }
 
     public mutating func field<E: WireEnum>(_ id: UInt32, _ value: inout E) {
         var raw = value.rawValue
-        scalar(id, &raw)
+        scalar(id, &raw, .enumeration)
         value = E(rawValue: raw) ?? E.zero
     }
 
     // MARK: Messages
 
     public mutating func field<M: WireMessage>(_ id: UInt32, _ value: inout M?) {
-        let field = self.field(id)
+        let field = message(id, M.self, repeated: false)
         let nestedDescriptor = field.pointee.descriptor.assumingMemoryBound(to: ProtobufCMessageDescriptor.self)
         if let arena {
             guard let value else { return }
@@ -197,7 +227,7 @@ public struct FieldMap {
     // MARK: Repeated
 
     public mutating func field<M: WireMessage>(_ id: UInt32, _ values: inout [M]) {
-        let field = self.field(id)
+        let field = message(id, M.self, repeated: true)
         let nestedDescriptor = field.pointee.descriptor.assumingMemoryBound(to: ProtobufCMessageDescriptor.self)
         repeated(field, &values,
                  read: { M(reading: $0!, descriptor: nestedDescriptor) },
@@ -210,14 +240,37 @@ public struct FieldMap {
 
     /// The field number set in the oneof that `memberID` belongs to, 0 if none.
     public func oneofCase(of memberID: UInt32) -> UInt32 {
-        field(memberID).oneofCase(in: message)
+        lookup(memberID).oneofCase(in: message)
     }
 
     // MARK: Plumbing
 
-    private func field(_ id: UInt32) -> UnsafePointer<ProtobufCFieldDescriptor> {
+    /// Field `id`, which the mirror maps as one of `types` (repeated or not): a
+    /// mapping that disagrees with the `.proto` traps at its first use.
+    private func field(_ id: UInt32, _ types: TypeSet, repeated: Bool = false) -> UnsafePointer<ProtobufCFieldDescriptor> {
+        let field = lookup(id)
+        precondition(types.contains(field.pointee.type) && (field.pointee.label == PROTOBUF_C_LABEL_REPEATED) == repeated,
+                     "\(String(cString: descriptor.pointee.name)) field \(id) (\(String(cString: field.pointee.name))) "
+                     + "is mapped as another type than the .proto's")
+        return field
+    }
+
+    private func lookup(_ id: UInt32) -> UnsafePointer<ProtobufCFieldDescriptor> {
         guard let field = protobuf_c_message_descriptor_get_field(descriptor, id) else {
             preconditionFailure("\(String(cString: descriptor.pointee.name)) has no field \(id)")
+        }
+        return field
+    }
+
+    /// A message field, checked to hold messages of type `M`; while checking the mapping, `M` is checked too.
+    private mutating func message<M: WireMessage>(_ id: UInt32, _: M.Type, repeated: Bool) -> UnsafePointer<ProtobufCFieldDescriptor> {
+        let field = self.field(id, .message, repeated: repeated)
+        let nested = field.pointee.descriptor.assumingMemoryBound(to: ProtobufCMessageDescriptor.self)
+        precondition(nested.pointee.name == M.descriptor.name,
+                     "\(String(cString: descriptor.pointee.name)) field \(id) holds \(String(cString: nested.pointee.name)), not \(M.self)")
+        if var checked = checkedNested {
+            M.checkMapping(&checked)
+            checkedNested = checked
         }
         return field
     }
@@ -234,8 +287,8 @@ public struct FieldMap {
         }
     }
 
-    private mutating func scalar<T: FixedWidthInteger>(_ id: UInt32, _ value: inout T) {
-        let field = self.field(id)
+    private mutating func scalar<T: FixedWidthInteger>(_ id: UInt32, _ value: inout T, _ types: TypeSet) {
+        let field = self.field(id, types)
         if arena != nil {
             guard value != 0 || field.isOneofMember else { return }
             store(value, in: field)
@@ -263,6 +316,27 @@ public struct FieldMap {
             values = (0..<count).map { read(array[$0]) }
         }
     }
+}
+
+/// The protobuf-c field types one Swift type of the mirror may map.
+struct TypeSet {
+    let bits: UInt32
+
+    init(_ types: ProtobufCType...) {
+        bits = types.reduce(0) { $0 | 1 << $1.rawValue }
+    }
+
+    func contains(_ type: ProtobufCType) -> Bool { bits & 1 << type.rawValue != 0 }
+
+    static let string = TypeSet(PROTOBUF_C_TYPE_STRING)
+    static let bytes = TypeSet(PROTOBUF_C_TYPE_BYTES)
+    static let bool = TypeSet(PROTOBUF_C_TYPE_BOOL)
+    static let int32 = TypeSet(PROTOBUF_C_TYPE_INT32, PROTOBUF_C_TYPE_SINT32, PROTOBUF_C_TYPE_SFIXED32)
+    static let uint32 = TypeSet(PROTOBUF_C_TYPE_UINT32, PROTOBUF_C_TYPE_FIXED32)
+    static let int64 = TypeSet(PROTOBUF_C_TYPE_INT64, PROTOBUF_C_TYPE_SINT64, PROTOBUF_C_TYPE_SFIXED64)
+    static let uint64 = TypeSet(PROTOBUF_C_TYPE_UINT64, PROTOBUF_C_TYPE_FIXED64)
+    static let enumeration = TypeSet(PROTOBUF_C_TYPE_ENUM)
+    static let message = TypeSet(PROTOBUF_C_TYPE_MESSAGE)
 }
 
 /// Where protobuf-c keeps a field's presence and length in its message

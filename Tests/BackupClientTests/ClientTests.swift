@@ -29,6 +29,29 @@ import Testing
         #expect(sent.value.contains { $0.kind == .cancel })
     }
 
+    /// A call whose task is cancelled ends at once with CANCELLED, though the
+    /// server never answers, tells the server (a Cancel frame for that call),
+    /// and leaves the connection to the calls that go on.
+    @Test func aCancelledCallEndsCancelledAndSendsCancel() async throws {
+        let (inbound, server) = AsyncThrowingStream<Frame, any Error>.makeStream()
+        let sent = Atomic<[Frame]>([])
+        try await BackupClient.withTransport(token: "t", inbound: inbound, write: { frames in
+            sent.update { $0 += frames }
+            // The server answers ServerInfo at once, and nothing else.
+            guard let start = frames.first, case .start(let call) = start.kind, call.method == Backups.serverInfo.name else { return }
+            server.yield(Frame(callID: start.callID, .message(ServerInfoResponse.with { $0.version = "v" }.serializedBytes())))
+            server.yield(Frame(callID: start.callID, .status(CallStatus())))
+        }) { client in
+            let waiting = Task { try await client.unary(Backups.getJob, .with { $0.id = "x" }) }
+            while !sent.value.contains(where: { if case .start = $0.kind { true } else { false } }) { await Task.yield() }
+            waiting.cancel()
+            await #expect { try await waiting.value } throws: { ($0 as? RPCError)?.code == .cancelled }
+            let callID = try #require(sent.value.first?.callID)
+            #expect(sent.value.contains { $0.callID == callID && $0.kind == .cancel })
+            #expect(try await client.unary(Backups.serverInfo, ServerInfoRequest()).version == "v")
+        }
+    }
+
     @Test func addressesMustBeHostAndPort() throws {
         let settings = try ClientSettings(address: "[::1]:7443", token: "t")
         #expect(settings.host == "::1" && settings.port == 7443)
@@ -46,7 +69,7 @@ import Testing
     }
 
     @Test func aServerWhoseCertificateIsNotTrustedIsRefused() async throws {
-        try await withTestServer { server in
+        try await withInProcessServer(live: true) { server in
             // The system's roots do not include the development CA.
             let settings = try ClientSettings(address: server.address, token: server.adminToken, caFile: nil)
             await #expect(throws: (any Error).self) {
@@ -60,7 +83,7 @@ import Testing
     static let certificates = "\(projectRoot)/certs/dev"
 
     @Test func aServerThatRequiresClientCertificatesRefusesClientsWithoutOne() async throws {
-        try await withTestServer(arguments: ["--client-ca", "\(Self.certificates)/ca.crt"]) { server in
+        try await withInProcessServer(live: true, configure: { $0.tls?.clientCAPath = "\(Self.certificates)/ca.crt" }) { server in
             await #expect(throws: (any Error).self) {
                 _ = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
             }
@@ -69,9 +92,9 @@ import Testing
             let info = try await BackupClient.withConnection(settings) { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
             #expect(info.callerTokenName == "test-admin")
 
-            let withCertificate = try server.backupctl(["info", "--cert", "\(Self.certificates)/client.crt", "--key", "\(Self.certificates)/client.key"])
+            let withCertificate = try await server.backupctl(["info", "--cert", "\(Self.certificates)/client.crt", "--key", "\(Self.certificates)/client.key"])
             #expect(withCertificate.status == 0, "\(withCertificate.standardError)")
-            let without = try server.backupctl(["info"])
+            let without = try await server.backupctl(["info"])
             #expect(without.status != 0 && without.standardError.contains("requires a client certificate"))
         }
     }

@@ -86,21 +86,52 @@ import Testing
         #expect(start.metadata("Authorization") == "Bearer x")
     }
 
+    /// One row of the method table: its name, the protobuf-c names of its request and response, and their mapping check.
+    struct MethodRow: Sendable {
+        let name: String, request: String, response: String
+        let checkMappings: @Sendable () -> Void
+        init<Request, Response>(_ method: Method<Request, Response>) {
+            name = method.name
+            request = String(cString: Request.descriptor.name)
+            response = String(cString: Response.descriptor.name)
+            checkMappings = { Request.checkMapping(); Response.checkMapping() }
+        }
+    }
+
+    static let table = [
+        MethodRow(Backups.serverInfo), MethodRow(Backups.registerEnvironment), MethodRow(Backups.listEnvironments),
+        MethodRow(Backups.getEnvironment), MethodRow(Backups.updateEnvironment), MethodRow(Backups.deleteEnvironment),
+        MethodRow(Backups.setEnvironmentState), MethodRow(Backups.createBackup), MethodRow(Backups.listBackups),
+        MethodRow(Backups.getBackup), MethodRow(Backups.updateBackup), MethodRow(Backups.deleteBackup),
+        MethodRow(Backups.verifyBackup), MethodRow(Backups.getJob), MethodRow(Backups.watchJob), MethodRow(Backups.cancelJob),
+        MethodRow(Backups.restoreBackup), MethodRow(Backups.listActivity), MethodRow(Backups.requestDownload),
+        MethodRow(Backups.getDownload), MethodRow(Backups.startUpload), MethodRow(Backups.uploadChunks),
+        MethodRow(Backups.finishUpload), MethodRow(Backups.getUpload), MethodRow(Backups.abandonUpload),
+        MethodRow(Backups.getSchedule), MethodRow(Backups.setSchedule), MethodRow(Backups.createToken),
+        MethodRow(Backups.revokeToken), MethodRow(Backups.listTokens),
+    ]
+
+    /// Each method of the table is the proto service's, with the request and response types the service declares.
     @Test func methodTableMatchesTheServiceInTheProto() {
         let service = backup__v1__backups__descriptor
-        let protoMethods = (0..<Int(service.n_methods)).map { String(cString: service.methods[$0].name) }
-        let table = [Backups.serverInfo.name, Backups.registerEnvironment.name, Backups.listEnvironments.name,
-                     Backups.getEnvironment.name, Backups.updateEnvironment.name, Backups.deleteEnvironment.name,
-                     Backups.setEnvironmentState.name, Backups.createBackup.name, Backups.listBackups.name,
-                     Backups.getBackup.name, Backups.updateBackup.name, Backups.deleteBackup.name,
-                     Backups.verifyBackup.name, Backups.getJob.name, Backups.watchJob.name, Backups.cancelJob.name, Backups.restoreBackup.name,
-                     Backups.listActivity.name, Backups.requestDownload.name, Backups.getDownload.name,
-                     Backups.startUpload.name, Backups.uploadChunks.name, Backups.finishUpload.name, Backups.getUpload.name,
-                     Backups.abandonUpload.name,
-                     Backups.getSchedule.name, Backups.setSchedule.name, Backups.createToken.name,
-                     Backups.revokeToken.name, Backups.listTokens.name]
-        #expect(Set(table) == Set(protoMethods.map { "backup.v1.Backups/\($0)" }))
-        #expect(table.count == protoMethods.count)
+        let proto = (0..<Int(service.n_methods)).map { index in
+            let method = service.methods[index]
+            return ("backup.v1.Backups/" + String(cString: method.name),
+                    String(cString: method.input.pointee.name), String(cString: method.output.pointee.name))
+        }
+        #expect(Self.table.count == proto.count)
+        let byName = Dictionary(uniqueKeysWithValues: proto.map { ($0.0, ($0.1, $0.2)) })
+        for row in Self.table {
+            let declared = byName[row.name]
+            #expect(declared?.0 == row.request && declared?.1 == row.response,
+                    "\(row.name) is typed \(row.request) -> \(row.response), the .proto says \(String(describing: declared))")
+        }
+    }
+
+    /// Every message the methods reach, and every message nested in those, maps each field with the
+    /// number, type, label and message type protobuf-c's descriptors give (a mismatch traps naming it).
+    @Test func everyMessageMapsItsFieldsAsTheProtoDeclaresThem() {
+        for row in Self.table { row.checkMappings() }
     }
 
     @Test func jsonUsesProtoNamesAndEnumNames() {
