@@ -191,7 +191,7 @@ extension Catalog {
             let beforeFence = Date()
             let (unreferenced, fenceAge) = try connection.transaction {
                 let fenceAge = try connection.query("""
-                    SELECT extract(epoch FROM now() - least(now(), (SELECT min(started_at) FROM jobs WHERE status = 'running')))::float8::text
+                    SELECT extract(epoch FROM now() - least(now(), (SELECT min(started_at) FROM jobs WHERE status = '\(JobStatus.running)')))::float8::text
                         AS age
                     """)[0].string("age")
                 let unreferenced = try connection.query("""

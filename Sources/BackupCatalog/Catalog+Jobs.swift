@@ -120,11 +120,11 @@ extension Catalog {
             try connection.query("SELECT pg_advisory_xact_lock(\(AdvisoryLock.claims))")
             guard let claimed = try connection.query("""
                 WITH served AS (
-                    SELECT e.namespace, count(*) FILTER (WHERE j.status = 'running') AS running, max(j.started_at) AS last_started
+                    SELECT e.namespace, count(*) FILTER (WHERE j.status = '\(JobStatus.running)') AS running, max(j.started_at) AS last_started
                     FROM jobs j JOIN environments e ON e.id = j.environment_id
-                    WHERE j.status = 'running' OR j.started_at > now() - interval '1 day'
+                    WHERE j.status = '\(JobStatus.running)' OR j.started_at > now() - interval '1 day'
                     GROUP BY e.namespace)
-                UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+                UPDATE jobs SET status = '\(JobStatus.running)', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
                                 started_at = now(), phase = 'starting'
                 WHERE id = (SELECT j.id FROM jobs j JOIN environments e ON e.id = j.environment_id
                             LEFT JOIN served s ON s.namespace = e.namespace
@@ -153,14 +153,14 @@ extension Catalog {
         try await pool.withConnection(idempotent: true) { connection in
             try connection.query("""
                 UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
-                WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING cancel_requested
+                WHERE id = $1 AND lease_owner = $2 AND status = '\(JobStatus.running)' RETURNING cancel_requested
                 """, jobID, owner, leaseSeconds).first.map { LeaseRenewal(cancelRequested: $0.bool("cancel_requested")) }
         }
     }
 
     public func reportProgress(jobID: String, bytesDone: UInt64, bytesTotal: UInt64, phase: String) async throws {
         try await pool.withConnection(idempotent: true) { connection in
-            try connection.query("UPDATE jobs SET bytes_done = $2, bytes_total = $3, phase = $4 WHERE id = $1 AND status = 'running'",
+            try connection.query("UPDATE jobs SET bytes_done = $2, bytes_total = $3, phase = $4 WHERE id = $1 AND status = '\(JobStatus.running)'",
                                  jobID, bytesDone, bytesTotal, phase)
         }
     }
@@ -241,7 +241,7 @@ extension Catalog {
     public func failAbandonedJobs() async throws -> Int {
         try await pool.callTransaction { connection in
             let ids = try connection.query("""
-                SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < now() AND kind <> 'restore'
+                SELECT id FROM jobs WHERE status = '\(JobStatus.running)' AND lease_expires_at < now() AND kind <> '\(JobKind.restore)'
                 FOR UPDATE SKIP LOCKED
                 """).map { $0.string("id") }
             for id in ids {
@@ -258,7 +258,7 @@ extension Catalog {
 
     static func finishJob(_ connection: PostgresConnection, id: String, owner: String, detail: String) throws {
         guard let row = try connection.query("""
-            UPDATE jobs j SET status = 'finished', finished_at = now(), phase = 'finished', bytes_done = bytes_total,
+            UPDATE jobs j SET status = '\(JobStatus.finished)', finished_at = now(), phase = '\(JobStatus.finished)', bytes_done = bytes_total,
                 lease_owner = NULL, lease_expires_at = NULL
             FROM environments e
             WHERE j.id = $1 AND j.lease_owner = $2 AND j.status IN \(JobStatus.finished.predecessors.sql) AND e.id = j.environment_id
@@ -307,7 +307,7 @@ extension Catalog {
             try connection.query("UPDATE archives SET state = 'failed', error = $2 WHERE job_id = $1 AND state = 'preparing'", id, message)
         case "upload-validation":
             // Nothing was cataloged; the upload's data goes with the next sweep of the spool.
-            try connection.query("UPDATE uploads SET state = 'failed', error = $2 WHERE job_id = $1 AND state = 'validating'", id, message)
+            try connection.query("UPDATE uploads SET state = '\(UploadState.failed)', error = $2 WHERE job_id = $1 AND state = '\(UploadState.validating)'", id, message)
         default:
             break
         }

@@ -140,7 +140,7 @@ extension Catalog {
         try await pool.withConnection(idempotent: true) { connection in
             try connection.query("""
                 UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3), phase = 'waiting for the database server to recover'
-                WHERE id = $1 AND lease_owner = $2 AND status = 'running'
+                WHERE id = $1 AND lease_owner = $2 AND status = '\(JobStatus.running)'
                 """, jobID, owner, seconds)
         }
     }
@@ -191,7 +191,7 @@ extension Catalog {
         try await pool.callTransaction { connection in
             guard let claimed = try connection.query("""
                 UPDATE jobs SET lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2), phase = 'recovering'
-                WHERE id = (SELECT id FROM jobs WHERE status = 'running' AND kind = 'restore' AND lease_expires_at < now()
+                WHERE id = (SELECT id FROM jobs WHERE status = '\(JobStatus.running)' AND kind = '\(JobKind.restore)' AND lease_expires_at < now()
                             ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
                 RETURNING id, environment_id, actor
                 """, owner, leaseSeconds).first else { return nil }

@@ -58,7 +58,7 @@ extension Catalog {
                 SELECT coalesce(sum(u.size), 0) AS total, coalesce(sum(u.size) FILTER (WHERE e.namespace = $1), 0) AS namespace,
                        count(*) FILTER (WHERE e.namespace = $1) AS uploads, coalesce(sum(u.size - u.received), 0) AS to_come,
                        coalesce(sum(u.received), 0) AS received
-                FROM uploads u JOIN environments e ON e.id = u.environment_id WHERE u.state IN ('receiving', 'validating')
+                FROM uploads u JOIN environments e ON e.id = u.environment_id WHERE u.state IN \(UploadState.unfinished.sql)
                 """, namespace)[0]
             guard used.int64("uploads") < Self.unfinishedUploadsPerNamespace else {
                 throw BackupError.resourceExhausted("namespace \(namespace) has \(used.int64("uploads")) unfinished uploads, the most it "
@@ -79,7 +79,7 @@ extension Catalog {
             }
             try connection.query("""
                 INSERT INTO uploads (id, environment_id, filename, comment, size, sha256, state, actor, expires_at)
-                VALUES ($1, $2, $3, $4, $5, $6, 'receiving', $7, now() + make_interval(secs => $8))
+                VALUES ($1, $2, $3, $4, $5, $6, '\(UploadState.receiving)', $7, now() + make_interval(secs => $8))
                 """, id, environmentID, filename, comment, size, sha256.hex, actor, lifetime.components.seconds)
             try Self.recordActivity(connection, namespace, environment, action: "upload", outcome: "STARTED", actor: actor,
                                     detail: "\(filename.isEmpty ? "an archive" : filename) of \(size) bytes")
@@ -96,7 +96,7 @@ extension Catalog {
         try await pool.withConnection(idempotent: true) { connection in
             try connection.query("""
                 UPDATE uploads SET writer = $2, writer_until = now() + make_interval(secs => $3)
-                WHERE id = $1 AND state = 'receiving' AND (writer IS NULL OR writer = $2 OR writer_until < now())
+                WHERE id = $1 AND state = '\(UploadState.receiving)' AND (writer IS NULL OR writer = $2 OR writer_until < now())
                 RETURNING received
                 """, id, writer, seconds).first?.uint64("received")
         }
@@ -108,7 +108,7 @@ extension Catalog {
         try await pool.withConnection(idempotent: true) { connection in
             !(try connection.query("""
                 UPDATE uploads SET writer_until = now() + make_interval(secs => $4)
-                WHERE id = $1 AND writer = $2 AND received = $3 AND state = 'receiving' RETURNING id
+                WHERE id = $1 AND writer = $2 AND received = $3 AND state = '\(UploadState.receiving)' RETURNING id
                 """, id, writer, offset, seconds).isEmpty)
         }
     }
@@ -123,7 +123,7 @@ extension Catalog {
         try await pool.withConnection(idempotent: true) { connection in
             !(try connection.query("""
                 UPDATE uploads SET received = $3, expires_at = now() + make_interval(secs => $4)
-                WHERE id = $1 AND received = $2 AND state = 'receiving' AND writer = $5 RETURNING id
+                WHERE id = $1 AND received = $2 AND state = '\(UploadState.receiving)' AND writer = $5 RETURNING id
                 """, uploadID, from, to, lifetime.components.seconds, writer).isEmpty)
         }
     }
@@ -157,7 +157,8 @@ extension Catalog {
             }
             let jobID = try Self.queueJob(connection, .uploadValidation, for: .upload(id), actor: actor, bytesTotal: upload.sizeBytes)
             try connection.query("""
-                UPDATE uploads SET state = 'validating', job_id = $2, writer = NULL, writer_until = NULL WHERE id = $1
+                UPDATE uploads SET state = '\(UploadState.validating)', job_id = $2, writer = NULL, writer_until = NULL
+                WHERE id = $1 AND state IN \(UploadState.validating.predecessors.sql)
                 """, id, jobID)
             try Self.recordActivity(connection, upload.namespace, upload.environment, action: "upload", outcome: "RECEIVED",
                                     actor: actor, detail: "\(upload.sizeBytes) bytes; validation job \(jobID)")
@@ -183,7 +184,8 @@ extension Catalog {
                 return (upload, false)
             }
             try connection.query("""
-                UPDATE uploads SET state = 'abandoned', error = $2, writer = NULL, writer_until = NULL WHERE id = $1
+                UPDATE uploads SET state = '\(UploadState.abandoned)', error = $2, writer = NULL, writer_until = NULL
+                WHERE id = $1 AND state IN \(UploadState.abandoned.predecessors.sql)
                 """, id, "abandoned by \(actor)")
             try Self.recordActivity(connection, upload.namespace, upload.environment, action: "upload", outcome: "ABANDONED",
                                     actor: actor, detail: "upload \(id) after \(upload.bytesReceived) of \(upload.sizeBytes) bytes")
@@ -209,7 +211,7 @@ extension Catalog {
         try await pool.callTransaction(idempotent: true) { connection in
             guard let row = try connection.query("""
                 SELECT u.id, u.environment_id, u.comment FROM jobs j JOIN uploads u ON u.job_id = j.id
-                WHERE j.id = $1 AND j.lease_owner = $2 AND j.status IN \(JobStatus.finished.predecessors.sql) AND u.state = 'validating'
+                WHERE j.id = $1 AND j.lease_owner = $2 AND j.status IN \(JobStatus.finished.predecessors.sql) AND u.state IN \(UploadState.finished.predecessors.sql)
                 FOR UPDATE OF j, u
                 """, jobID, owner).first else {
                 throw BackupError.failedPrecondition("job \(jobID) is no longer held by this process")
@@ -219,7 +221,7 @@ extension Catalog {
                 VALUES ($1, $2, 'processing', '\(BackupKind.uploaded)', $3, $4, $5)
                 """, snapshotID, row.int64("environment_id"), row.string("comment"), packageVersion, jobID)
             let detail = try Self.completeSnapshot(connection, id: snapshotID, manifest: manifest)
-            try connection.query("UPDATE uploads SET state = 'finished', snapshot_id = $2 WHERE id = $1", row.string("id"), snapshotID)
+            try connection.query("UPDATE uploads SET state = '\(UploadState.finished)', snapshot_id = $2 WHERE id = $1", row.string("id"), snapshotID)
             try connection.query("UPDATE jobs SET snapshot_id = $2 WHERE id = $1", jobID, snapshotID)
             try Self.finishJob(connection, id: jobID, owner: owner, detail: "upload \(row.string("id")) became backup \(snapshotID): " + detail)
         }
@@ -229,8 +231,8 @@ extension Catalog {
     public func failUpload(id: String, reason: String) async throws {
         try await pool.callTransaction(idempotent: true) { connection in
             guard let row = try connection.query("""
-                UPDATE uploads u SET state = 'failed', error = $2 FROM environments e
-                WHERE u.id = $1 AND u.state = 'receiving' AND e.id = u.environment_id
+                UPDATE uploads u SET state = '\(UploadState.failed)', error = $2 FROM environments e
+                WHERE u.id = $1 AND u.state = '\(UploadState.receiving)' AND e.id = u.environment_id
                 RETURNING e.namespace, e.name, u.actor
                 """, id, reason).first else { return }
             try Self.recordActivity(connection, row.string("namespace"), row.string("name"), action: "upload", outcome: "FAILED",
@@ -253,20 +255,20 @@ extension Catalog {
             let windowSeconds = max(1, window.components.seconds)
             let minimum = minimumRate.multipliedReportingOverflow(by: UInt64(windowSeconds))
             let expired = try connection.query("""
-                UPDATE uploads u SET state = 'expired', error = CASE
+                UPDATE uploads u SET state = '\(UploadState.expired)', error = CASE
                     WHEN u.window_started_at + make_interval(secs => $1) < now() AND u.received - u.window_received < $2
                     THEN 'received ' || (u.received - u.window_received) || ' bytes in ' || $1 || ' seconds, less than the '
                          || $2 || ' a window must bring; its data was removed'
                     ELSE 'abandoned: nothing was received before it expired' END
                 FROM environments e
-                WHERE u.state = 'receiving' AND e.id = u.environment_id
+                WHERE u.state IN \(UploadState.expired.predecessors.sql) AND e.id = u.environment_id
                   AND ((u.expires_at < now() AND (u.writer IS NULL OR u.writer_until < now()))
                        OR (u.window_started_at + make_interval(secs => $1) < now() AND u.received - u.window_received < $2))
                 RETURNING e.namespace, e.name, u.actor, u.id, u.error
                 """, windowSeconds, minimum.overflow ? Int64.max : Int64(clamping: minimum.partialValue))
             try connection.query("""
                 UPDATE uploads SET window_started_at = now(), window_received = received
-                WHERE state = 'receiving' AND window_started_at + make_interval(secs => $1) < now()
+                WHERE state = '\(UploadState.receiving)' AND window_started_at + make_interval(secs => $1) < now()
                 """, windowSeconds)
             for row in expired {
                 try Self.recordActivity(connection, row.string("namespace"), row.string("name"), action: "upload", outcome: "EXPIRED",

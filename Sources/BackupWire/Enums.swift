@@ -72,12 +72,30 @@ public enum JobStatus: Int32, WireEnum, CustomStringConvertible {
 }
 
 /// An upload's life: chunks arrive while RECEIVING; FinishUpload starts its
-/// validation; it ends FINISHED (a new backup), FAILED or EXPIRED.
+/// validation; it ends FINISHED (a new backup), FAILED, EXPIRED or ABANDONED.
 public enum UploadState: Int32, WireEnum, CustomStringConvertible {
     case unspecified = 0, receiving, validating, finished, failed, expired, abandoned
     public var description: String {
         ["unspecified", "receiving", "validating", "finished", "failed", "expired", "abandoned"][Int(rawValue)]
     }
+
+    /// An upload's lifecycle, the one place it is written down: receiving,
+    /// then validating (finished) or failed (a wrong hash), expired (silent
+    /// for its lifetime) or abandoned; a validation ends finished or failed.
+    /// The catalog's SQL guards are made from it.
+    public var successors: [UploadState] {
+        switch self {
+        case .receiving: [.validating, .failed, .expired, .abandoned]
+        case .validating: [.finished, .failed]
+        case .unspecified, .finished, .failed, .expired, .abandoned: []
+        }
+    }
+
+    /// The states an upload may come to this one from.
+    public var predecessors: [UploadState] { Self.allCases.filter { $0.successors.contains(self) } }
+
+    /// The states of an upload that has not ended: it holds its spool file and its reservation.
+    public static let unfinished: [UploadState] = allCases.filter { !$0.successors.isEmpty }
 }
 
 extension WireEnum where Self: CustomStringConvertible {

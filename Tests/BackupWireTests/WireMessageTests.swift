@@ -277,4 +277,16 @@ import Testing
         }
         #expect(JobStatus.queued.predecessors.isEmpty)
     }
+
+    /// The upload table, written out: every state with the states it may go to.
+    @Test func anUploadIsReceivedThenValidatedOrEndsOnce() {
+        let table: [UploadState: [UploadState]] = [
+            .unspecified: [], .receiving: [.validating, .failed, .expired, .abandoned], .validating: [.finished, .failed],
+            .finished: [], .failed: [], .expired: [], .abandoned: [],
+        ]
+        for state in UploadState.allCases { #expect(state.successors == table[state], "\(state)") }
+        #expect(UploadState.unfinished == [.receiving, .validating])
+        #expect(UploadState.failed.predecessors == [.receiving, .validating])
+        #expect(UploadState.abandoned.predecessors == [.receiving])
+    }
 }
