@@ -1,3 +1,4 @@
+import BackupRules
 import CZstd
 import Foundation
 
@@ -61,12 +62,18 @@ public enum DumpChunkError: Error, CustomStringConvertible {
 }
 
 /// A chunk of a dump, numbered from 1, that could not be read as stored.
-public struct DumpReadError: Error, CustomStringConvertible {
+/// Its description says why in public words (a storage error's, not its
+/// path); the log detail keeps the whole reason.
+public struct DumpReadError: ReportableError, CustomStringConvertible {
     public let index: Int
     public let count: Int
     public let chunk: DumpChunk
     public let reason: any Error
-    public var description: String { "chunk \(index) of \(count) of the database dump: \(reason)" }
+    public var description: String {
+        "chunk \(index) of \(count) of the database dump: \((reason as? any ReportableError)?.publicError.description ?? "\(reason)")"
+    }
+    public var publicError: BackupError { .dataLoss(description) }
+    public var logDetail: String { "chunk \(index) of \(count) of the database dump: \(reason)" }
 }
 
 /// How a backup's dump is kept: one blob (backups made before dumps were

@@ -87,6 +87,32 @@ func dumpChunkBlobs(_ server: some BackupTestServer, _ backup: Backup) throws ->
         }
     }
 
+    /// Helper finding: a blob the store cannot read (a folder in its place)
+    /// failed the restore, and a download's preparation, with the blob's
+    /// path on the server in the tenant's job error. They say the system's
+    /// reason; the path stays in the log.
+    @Test func anUnreadableChunkFailsRestoreAndDownloadWithoutTheServersPaths() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer { server in
+                let backup = try await finishedBackup(server, app)
+                let chunks = try dumpChunkBlobs(server, backup)
+                let path = try LocalBlobStore(root: server.blobDirectory).path(for: ContentHash(hex: chunks[0])!)
+                try FileManager.default.removeItem(atPath: path)
+                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+                try await server.withClient { client in
+                    let restored = try await restore(client, backup)
+                    #expect(restored.status == .failed)
+                    #expect(restored.error.contains("chunk 1 of \(chunks.count) of the database dump") && restored.error.contains("Is a directory"),
+                            "\(restored.error)")
+                    #expect(!restored.error.contains(server.blobDirectory), "\(restored.error)")
+                    let asked = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id; $0.databaseOnly = true })
+                    let archive = try await waitForJob(asked.jobID, on: client)
+                    #expect(archive.status == .failed && !archive.error.contains(server.blobDirectory), "\(archive.error)")
+                }
+            }
+        }
+    }
+
     @Test func aBackupWhoseDumpIsOneBlobStillRestoresDownloadsAndVerifies() async throws {
         try await withTestApp { app in
             try await withInProcessServer { server in

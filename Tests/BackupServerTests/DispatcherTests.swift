@@ -20,7 +20,7 @@ import Testing
             if request.id == "crash" { throw CancellationError() }
             return .with { $0.id = request.id; $0.comment = context.caller.tokenName }
         }
-        router.clientStreaming(Backups.uploadChunks) { chunks, _ in
+        router.clientStreaming(Backups.uploadChunks, keptWhenCutShort: "the chunks it wrote whole are kept") { chunks, _ in
             var received: UInt64 = 0
             for try await chunk in chunks {
                 guard chunk.offset == received else { throw BackupError.invalidArgument("chunk at \(chunk.offset), expected \(received)") }

@@ -73,6 +73,34 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
         }
     }
 
+    /// Helper finding: a call ended by its deadline (or a Cancel) held the
+    /// upload's writer lease for a minute, so the client could not resume,
+    /// and its status said "nothing was changed" of chunks it had kept.
+    @Test func aCallEndedByItsDeadlineKeepsItsChunksSaysSoAndLetsGoAtOnce() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    let upload = try await startUpload(client, Self.content)
+                    await #expect {
+                        _ = try await client.clientStreaming(Backups.uploadChunks, timeout: .milliseconds(500)) { send in
+                            try await send(.with { $0.uploadID = upload.id; $0.offset = 0; $0.data = Array(Self.content[0..<1000]) })
+                            try await Task.sleep(for: .seconds(1))  // past the deadline, the next chunk unsent
+                        }
+                    } throws: { error in
+                        guard let error = error as? RPCError else { return false }
+                        return error.code == .deadlineExceeded && error.message.contains("the chunks it wrote whole are kept")
+                    }
+                    let kept = try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id }).bytesReceived
+                    #expect(kept == 1000)
+                    // At once, not after the writer lease's minute.
+                    let done = try await sendChunks(client, upload, Self.content, from: Int(kept), to: Self.content.count)
+                    #expect(done.bytesReceived == UInt64(Self.content.count))
+                }
+            }
+        }
+    }
+
     @Test func aChunkAtTheWrongOffsetOrPastTheSizeIsOutOfRangeAndChangesNothing() async throws {
         try await withTestApp { app in
             try await withInProcessServer { server in

@@ -133,6 +133,13 @@ package struct DownloadEndpoint: Sendable {
             try await answer.send(.notFound, "no such download", on: outbound)
             return
         }
+        // Checked before any header goes out: a 200 must be followed by the whole archive.
+        var info = stat()
+        guard stat(archive, &info) == 0, info.st_mode & S_IFMT == S_IFREG, UInt64(info.st_size) == record.size else {
+            logger.error("a ready archive is not the file it was written as", metadata: ["download": "\(id)", "path": "\(archive)"])
+            try await answer.send(.internalServerError, "the archive cannot be read; the server log has the details", on: outbound)
+            return
+        }
         verified()
         let file = DownloadResponse.File(name: DownloadLinks.fileName(record), size: record.size, sha256: record.sha256,
                                          modified: record.readyUnixMS / 1000)

@@ -71,7 +71,8 @@ public struct RPCDispatcher: Sendable {
                     guard (try? await Task.sleep(for: .milliseconds(timeoutMS))) != nil else { return nil }
                     // A change already committing answers with its own result.
                     guard gate.expire() else { return nil }
-                    return CallStatus(RPCError(.deadlineExceeded, "the call's deadline of \(timeoutMS) ms passed; nothing was changed"))
+                    return CallStatus(RPCError(.deadlineExceeded, "the call's deadline of \(timeoutMS) ms passed; "
+                                               + (route.keptWhenCutShort ?? "nothing was changed")))
                 }
             }
             group.addTask {

@@ -31,6 +31,8 @@ public struct RequestMessages<Request: WireMessage>: AsyncSequence, Sendable {
 /// so a handler cannot be registered with the wrong message types.
 public struct RPCRouter: Sendable {
     struct Route: Sendable {
+        /// What a client-streaming call keeps of what it sent when it ends early (a deadline); nil for the others, which keep nothing.
+        var keptWhenCutShort: String?
         let run: @Sendable (CallRequests, @escaping @Sendable ([UInt8]) async throws -> Void, CallContext) async throws -> Void
     }
 
@@ -69,11 +71,11 @@ public struct RPCRouter: Sendable {
     }
 
     public mutating func clientStreaming<Request, Response>(
-        _ method: Method<Request, Response>,
+        _ method: Method<Request, Response>, keptWhenCutShort: String,
         _ handler: @escaping @Sendable (RequestMessages<Request>, CallContext) async throws -> Response
     ) {
         precondition(method.shape == .clientStreaming, "\(method.name) is not client streaming")
-        routes[method.name] = Route { requests, send, context in
+        routes[method.name] = Route(keptWhenCutShort: keptWhenCutShort) { requests, send, context in
             try await send(try await handler(RequestMessages(raw: requests), context).serializedBytes())
         }
     }

@@ -131,9 +131,9 @@ struct RestoreJob: Sendable {
                 try dump.materialize(at: dumpPath, from: blobStore, interruption: interruption)
             }
         } catch let error as BlobStoreError {
-            throw JobFailure(description: "the backup's database dump cannot be used: \(error)")
+            throw JobFailure(description: "the backup's database dump cannot be used: \(told(error))")
         } catch let error as DumpReadError {
-            throw JobFailure(description: "the backup's database dump cannot be used: \(error)")
+            throw JobFailure(description: "the backup's database dump cannot be used: \(told(error))")
         }
         if case .chunks = dump {
             // Written into a pipe, the dump has no data offsets; with them, pg_restore --jobs goes straight to each table.
@@ -184,7 +184,7 @@ struct RestoreJob: Sendable {
             do {
                 try blobStore.place(hash, at: path, owner: owner.forFiles)
             } catch let error as BlobStoreError {
-                throw JobFailure(description: "file document \(file.key) cannot be restored: \(error)")
+                throw JobFailure(description: "file document \(file.key) cannot be restored: \(told(error))")
             }
             return file.size
         } completed: { sizes in
@@ -584,6 +584,12 @@ struct RestoreJob: Sendable {
     /// The file a store moved aside by a restore carries, so that only such
     /// a folder is ever deleted as "the previous state".
     static let previousMarker = ".backupd-previous"
+
+    /// A storage error as the tenant reads it in the job's failure; the log keeps its detail (paths).
+    private func told(_ error: any ReportableError) -> String {
+        logger.error("restore cannot read the blob store", metadata: ["error": "\(error.logDetail)"])
+        return error.publicError.description
+    }
 }
 
 private func isFolder(_ path: String) -> Bool {

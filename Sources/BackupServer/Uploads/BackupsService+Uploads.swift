@@ -26,7 +26,8 @@ extension BackupsService {
                 spoolBytes: uploads.spoolBytes, diskBytes: usable, namespaceShare: uploads.namespaceShare,
                 prepare: { [spool] id, others in try spool.create(id, size: request.sizeBytes, beside: others, usable: usable) })
         }
-        router.clientStreaming(Backups.uploadChunks) { chunks, context in
+        router.clientStreaming(Backups.uploadChunks,
+                               keptWhenCutShort: "the chunks it wrote whole are kept; ask GetUpload where to go on") { chunks, context in
             // The first chunk names the upload; it lives only in the sequence handed on, which lets go of each
             // chunk once taken, so a call waiting for its next chunk holds none.
             let (upload, received) = try await { () async throws -> (Upload, ReceivedChunks) in

@@ -83,7 +83,8 @@ final class UploadSpool: Sendable {
             _ = try? await withoutCancellation { [catalog] in try await catalog.releaseUpload(id: upload.id, writer: writer) }
             throw error
         }
-        try await catalog.releaseUpload(id: upload.id, writer: writer)
+        // A deadline or a Cancel ends the chunks as if the client had half-closed, in a cancelled task: let go all the same.
+        try await withoutCancellation { [catalog] in try await catalog.releaseUpload(id: upload.id, writer: writer) }
     }
 
     private func receive<Chunks: AsyncSequence<UploadChunk, any Error>>(_ upload: Upload, from start: UInt64, writer: String,
