@@ -93,7 +93,7 @@ public struct BackupServer: Service, CustomStringConvertible {
                                           limits: configuration.connections,
                                           slots: DownloadSlots(maximum: configuration.downloads.maximumStreams,
                                                                perNamespace: configuration.downloads.maximumStreamsPerNamespace),
-                                          logger: logger)
+                                          threadPool: threadPool, logger: logger)
         self.configuration = configuration
         self.catalog = catalog
         self.jobs = jobs

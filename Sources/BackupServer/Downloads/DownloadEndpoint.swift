@@ -21,6 +21,8 @@ package struct DownloadEndpoint: Sendable {
     let cache: ArchiveCache
     let limits: ConnectionLimits
     let slots: DownloadSlots
+    /// Where archive chunks are read: the server's thread pool for blocking work.
+    let threadPool: NIOThreadPool
     let logger: Logger
 
     /// Bytes read from disk and written at a time: large enough to keep a
@@ -173,7 +175,7 @@ package struct DownloadEndpoint: Sendable {
         var offset = first
         while offset <= last {
             let length = min(UInt64(Self.chunkSize), last - offset + 1)
-            let chunk = try await NIOThreadPool.singleton.runIfActive { [offset] in
+            let chunk = try await threadPool.runIfActive { [offset] in
                 try ArchiveCache.read(path, at: offset, length: Int(length))
             }
             // A file cut short would leave the client waiting for bytes its Content-Length promised.
