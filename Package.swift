@@ -48,11 +48,11 @@ let package = Package(
         .target(name: "BackupCatalog", dependencies: [
             "BackupPostgres", "BackupRules", "BackupStorage", "BackupWire",
             .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "BackupServer", dependencies: [
             "BackupRules", "BackupWire", "BackupStorage", "BackupCatalog", "BackupPostgres",
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOTLS", package: "swift-nio"),
@@ -71,8 +71,9 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ]),
         .executableTarget(name: "backupd", dependencies: [
-            "BackupServer", "BackupCatalog", "BackupPostgres", "BackupRules", "BackupStorage",
+            "BackupServer", "BackupCatalog", "BackupPostgres", "BackupRules", "BackupStorage", "BackupWire",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
