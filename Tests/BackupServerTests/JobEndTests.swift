@@ -252,6 +252,34 @@ func hungBackup(_ server: some BackupTestServer, _ app: TestApp, environment: St
         }
     }
 
+    /// The shutdown grace runs on the runner's clock: a job still running
+    /// is stopped and recorded "interrupted" once the grace has passed on
+    /// that clock, never before, in milliseconds of the test's time.
+    @Test func aJobStillRunningWhenTheShutdownGraceEndsOnTheRunnersClockIsInterrupted() async throws {
+        let clock = ManualClock()
+        try await withTestApp { app in
+            try await withInProcessServer(configure: { $0.jobs.clock = clock; $0.jobs.shutdownGrace = .seconds(30) }) { server in
+                try await server.register(app)
+                let lock = try HeldLock(app)
+                defer { lock.release() }
+                let created = try await hungBackup(server, app)
+                func job() throws -> PostgresRow {
+                    try TestPostgres.query(server.catalogDatabase, "SELECT status, error FROM jobs WHERE id = $1", created.job.id)[0]
+                }
+                await server.beginShutdown()
+                var advanced = Duration.zero
+                while try job().string("status") == "running" && advanced < .seconds(120) {
+                    clock.advance(by: .seconds(1))
+                    advanced += .seconds(1)
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                #expect(advanced >= .seconds(30), "stopped after \(advanced) of a 30 s grace")
+                try await eventually(within: .seconds(20)) { try job().string("status") == "failed" }
+                #expect(try job().string("error") == "interrupted: backupd shut down while the job ran")
+            }
+        }
+    }
+
     /// SIGTERM with a job stuck in pg_dump: the port closes at once, the job
     /// is cancelled after the grace period and recorded, and the process
     /// exits soon after.

@@ -110,6 +110,12 @@ public final class InProcessServer: WireTestServer {
         }
     }
 
+    /// Begins a graceful shutdown, as SIGTERM does `backupd`, and returns at
+    /// once; the catalog stays until `remove`.
+    public func beginShutdown() async {
+        await group.triggerGracefulShutdown()
+    }
+
     /// Shuts the server down gracefully and removes its catalog and blobs.
     public func remove() async {
         await group.triggerGracefulShutdown()
