@@ -280,6 +280,37 @@ func hungBackup(_ server: some BackupTestServer, _ app: TestApp, environment: St
         }
     }
 
+    /// A pg_dump that makes no progress for the stall limit, on the runner's
+    /// clock, is stopped and the backup fails saying so; not a moment before.
+    @Test func aToolThatMakesNoProgressForTheStallLimitIsStoppedNamingIt() async throws {
+        let clock = ManualClock()
+        let gate = try GatedTool("pg_dump")
+        try await withTestApp { app in
+            try await withInProcessServer(configure: {
+                $0.jobs.clock = clock; $0.jobs.tools.pgDump = gate.path; $0.jobs.tools.stallTimeout = .seconds(60)
+            }) { server in
+                try await server.register(app)
+                let created = try await server.withClient { client in
+                    try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
+                }
+                try await eventually { gate.hasStarted }
+                func job() throws -> PostgresRow {
+                    try TestPostgres.query(server.catalogDatabase, "SELECT status, error FROM jobs WHERE id = $1", created.job.id)[0]
+                }
+                var advanced = Duration.zero
+                while try job().string("status") == "running" && advanced < .seconds(300) {
+                    clock.advance(by: .milliseconds(500))
+                    advanced += .milliseconds(500)
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                #expect(advanced >= .seconds(60), "stopped after \(advanced) of a 60 s stall limit")
+                try await eventually(within: .seconds(20)) { try job().string("status") == "failed" }
+                let error = try job().string("error")
+                #expect(error.contains("made no progress for 60 seconds"), "\(error)")
+            }
+        }
+    }
+
     /// SIGTERM with a job stuck in pg_dump: the port closes at once, the job
     /// is cancelled after the grace period and recorded, and the process
     /// exits soon after.

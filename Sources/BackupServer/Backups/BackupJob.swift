@@ -42,6 +42,8 @@ struct BackupJob: Sendable {
     let databases: AppDatabases
     let threadPool: NIOThreadPool
     let tools: PostgresTools
+    /// The clock of the tool's stall watch: the runner's.
+    let clock: any ServiceClock
     let dumps: DumpStorage
 
     private struct OpenedSnapshot: Sendable {
@@ -257,7 +259,7 @@ struct BackupJob: Sendable {
             // the table, rather than holding a job slot until the stall limit.
             "--lock-wait-timeout=\(databases.policy.lockTimeout)",
             "--file=\(path)",
-        ], database: databaseURL, stallTimeout: tools.stallTimeout, progress: read)
+        ], database: databaseURL, stallTimeout: tools.stallTimeout, clock: clock, progress: read)
     }
 
     /// The storage keys the file query lists, read through a cursor inside

@@ -24,6 +24,8 @@ struct RestoreJob: Sendable {
     let databases: AppDatabases
     let threadPool: NIOThreadPool
     let tools: PostgresTools
+    /// The clock of the tool's stall watch: the runner's.
+    let clock: any ServiceClock
     let parallelJobs: Int
     /// Keep the target's previous database and files (`…_prerestore`) until
     /// the next restore, or drop them as soon as the restore succeeds.
@@ -211,7 +213,7 @@ struct RestoreJob: Sendable {
         let monitor = try? await ConnectionHandle.connect(stagingURL, threadPool: threadPool)
         try await runPostgresTool(tools.pgRestore, [
             "--no-owner", "--no-privileges", "--exit-on-error", "--jobs=\(parallelJobs)", dumpPath,
-        ], database: stagingURL, stallTimeout: tools.stallTimeout) {
+        ], database: stagingURL, stallTimeout: tools.stallTimeout, clock: clock) {
             guard let monitor, let size = try? await monitor.runCancellable({
                 try $0.query("SELECT pg_database_size(current_database()) AS size")[0].uint64("size")
             }) else { return 0 }

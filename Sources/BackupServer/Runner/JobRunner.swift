@@ -92,9 +92,9 @@ public final class JobRunner: Service, Sendable {
         self.logger = logger
         let dumps = DumpStorage(catalog: catalog, blobStore: blobStore, threadPool: threadPool, level: Int32(settings.dumpCompressionLevel))
         self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, databases: placement.databases, threadPool: threadPool,
-                                   tools: settings.tools, dumps: dumps)
+                                   tools: settings.tools, clock: settings.clock, dumps: dumps)
         self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, databases: placement.databases, threadPool: threadPool,
-                                     tools: settings.tools, parallelJobs: max(1, settings.restoreParallelism),
+                                     tools: settings.tools, clock: settings.clock, parallelJobs: max(1, settings.restoreParallelism),
                                      keepPrevious: settings.keepPreviousOnRestore, dieAfterStep: settings.dieAfterRestoreStep,
                                      logger: logger)
         self.archiveJob = ArchiveJob(catalog: catalog, blobStore: blobStore, cache: archiveCache, gzipLevel: archiveGzipLevel,

@@ -1,5 +1,6 @@
 import BackupCatalog
 import BackupPostgres
+import BackupRules
 import Foundation
 import Subprocess
 import SystemPackage
@@ -76,11 +77,11 @@ private let childEnvironment = ["PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": 
 /// Runs a PostgreSQL client tool (pg_dump, pg_restore) against a database.
 /// The connection string goes to `--dbname` without its password, which goes
 /// in PGPASSWORD, so no process listing shows it. While the tool runs,
-/// `progress` is asked every half second how far it has come; when that has
-/// not changed for `stallTimeout`, the tool is stopped and the job fails
-/// saying so.
+/// `progress` is asked every half second (of `clock`) how far it has come;
+/// when that has not changed for `stallTimeout`, the tool is stopped and the
+/// job fails saying so.
 func runPostgresTool(_ executable: String, _ arguments: [String], database connectionString: String,
-                     stallTimeout: Duration, progress: @escaping @Sendable () async -> UInt64) async throws {
+                     stallTimeout: Duration, clock: any ServiceClock, progress: @escaping @Sendable () async -> UInt64) async throws {
     let (url, password) = try ConnectionString.withoutPassword(connectionString)
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask {
@@ -89,13 +90,13 @@ func runPostgresTool(_ executable: String, _ arguments: [String], database conne
         }
         group.addTask {
             var last = UInt64.max
-            var lastChange = ContinuousClock.now
+            var lastChange = clock.now
             while true {
-                try await Task.sleep(for: .milliseconds(500))
+                try await clock.sleep(for: .milliseconds(500))
                 let now = await progress()
                 if now != last {
-                    (last, lastChange) = (now, .now)
-                } else if ContinuousClock.now - lastChange >= stallTimeout {
+                    (last, lastChange) = (now, clock.now)
+                } else if lastChange.duration(to: clock.now) >= stallTimeout {
                     throw JobFailure(description: "\(URL(fileURLWithPath: executable).lastPathComponent) made no progress for "
                                      + "\(stallTimeout.components.seconds) seconds (--tool-stall-seconds); it was stopped")
                 }
