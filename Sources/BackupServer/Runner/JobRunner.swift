@@ -450,7 +450,9 @@ public final class JobRunner: Service, Sendable {
             // What the job's failure leaves out (a server path, a library's words) stays in the log.
             let reason = describeJobError(error)
             let detail = (error as? any ReportableError)?.logDetail ?? String(describing: error)
-            if detail != reason { logger.error("job error", metadata: ["job": "\(claimed.job.id)", "error": "\(detail)"]) }
+            if detail != reason && !Task.isCancelled {  // a stopped job's work ends cancelled: the stop is its story
+                logger.error("job error", metadata: ["job": "\(claimed.job.id)", "error": "\(detail)"])
+            }
             return .failed(reason)
         }
     }
