@@ -23,6 +23,7 @@ public final class ConnectionPool: Sendable {
     /// The catalog's libpq connection string: it may carry a password.
     public let connectionString: Secret<String>
     public let threadPool: NIOThreadPool
+    private let maximumConnections: Int
     private let clock: any ServiceClock
     private let observer: (any ConnectionPoolObserver)?
     private let state: Mutex<State>
@@ -52,6 +53,7 @@ public final class ConnectionPool: Sendable {
                 observer: (any ConnectionPoolObserver)? = nil) {
         self.connectionString = Secret(connectionString)
         self.threadPool = threadPool
+        self.maximumConnections = maximumConnections
         self.clock = clock
         self.observer = observer
         state = Mutex(State(machine: PoolStateMachine(maximumConnections: maximumConnections, validateAfterIdle: validateAfterIdle)))
@@ -71,7 +73,6 @@ public final class ConnectionPool: Sendable {
     @discardableResult
     public func withConnection<T: Sendable>(idempotent: Bool = false,
                                             _ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        let maximumConnections = state.withLock { $0.machine.maximumConnections }
         var retriedAfterWork = false
         for attempt in 1... {
             let (id, connection) = try await checkOut()

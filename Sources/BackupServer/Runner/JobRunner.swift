@@ -71,10 +71,10 @@ public final class JobRunner: Service, Sendable {
 
     private struct Signals {
         var collectGarbage = true
-        var running = 0
         /// When shutdown began: the grace period of running jobs counts from here.
         var shutdownBegan: ContinuousClock.Instant?
-        /// What each running job's execution hears from outside: a change of the job, the end of the grace period.
+        /// What each running job's execution hears from outside: a change of the job, the end of the grace
+        /// period. One entry per job this process runs: their count is its slots in use.
         var executions: [String: AsyncStream<ExecutionEvent>.Continuation] = [:]
     }
 
@@ -182,21 +182,16 @@ public final class JobRunner: Service, Sendable {
                     await sweepRestoreLeftovers()
                 }
                 await failAbandonedJobs()
-                while signals.withLockedValue({ $0.running }) < settings.maximumConcurrentJobs,
+                while signals.withLockedValue({ $0.executions.count }) < settings.maximumConcurrentJobs,
                       let (claimed, recovering) = await claim() {
                     let events = signals.withLockedValue { signals in
-                        signals.running += 1
                         let (events, source) = AsyncStream<ExecutionEvent>.makeStream(bufferingPolicy: .unbounded)
                         signals.executions[claimed.job.id] = source
                         return events
                     }
                     group.addTask {
                         await self.execute(claimed, recovering: recovering, events: events)
-                        self.signals.withLockedValue { signals in
-                            signals.running -= 1
-                            signals.executions[claimed.job.id]?.finish()
-                            signals.executions[claimed.job.id] = nil
-                        }
+                        self.signals.withLockedValue { $0.executions.removeValue(forKey: claimed.job.id)?.finish() }
                         self.wake()
                     }
                 }
