@@ -39,6 +39,7 @@ let package = Package(
         // Everything that reads or writes bytes: the blob store, chunked dumps, archives, gzip members, the file tree.
         .target(name: "BackupStorage", dependencies: [
             "BackupRules", "COpenSSL", "CArchive", "CZstd", "CZlib",
+            .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // libpq: connections, errors, rows, connection strings and the pool; used by the catalog and by jobs for app databases.
         .target(name: "BackupPostgres", dependencies: [

@@ -1,5 +1,4 @@
 import BackupRules
-import BackupStorage
 import BackupPostgres
 import BackupWire
 import Foundation
@@ -168,66 +167,6 @@ extension Catalog {
                 + "wait for it to end or cancel it")
     }
 
-    /// Removes the blobs no snapshot refers to, beside running jobs. A job
-    /// that stores a blob, or reuses one the store holds, records it in its
-    /// ledger (`BlobLedger`), which marks it used; nothing used since the
-    /// oldest running job began is collected (the fence), so what a job
-    /// stored and has yet to reference stays however long it runs, and a
-    /// held job never stalls collection of anything older. Unreferenced
-    /// rows older than the fence are deleted and their files removed in
-    /// one transaction (a job recording one of them meanwhile waits, then
-    /// finds it gone and fails rather than reference nothing). Then the
-    /// store's files that no row knows and that were last written or
-    /// reused before the fence go too: what failed jobs stored but never
-    /// recorded. Returns how many blobs went, or nil while another
-    /// collection runs (one at a time, across processes).
-    public func collectGarbage(in store: any BlobStore) async throws -> Int? {
-        try await pool.withConnection { connection in
-            guard try connection.query("SELECT pg_try_advisory_lock(\(AdvisoryLock.blobs)) AS locked")[0].bool("locked") else {
-                return nil
-            }
-            defer { _ = try? connection.query("SELECT pg_advisory_unlock(\(AdvisoryLock.blobs))") }
-            // A job claimed after the fence is read writes after this instant.
-            let beforeFence = Date()
-            let (unreferenced, fenceAge) = try connection.transaction {
-                let fenceAge = try connection.query("""
-                    SELECT extract(epoch FROM now() - least(now(), (SELECT min(started_at) FROM jobs WHERE status = '\(JobStatus.running)')))::float8::text
-                        AS age
-                    """)[0].string("age")
-                let unreferenced = try connection.query("""
-                    DELETE FROM blobs b
-                    WHERE b.used_at < now() - make_interval(secs => $1::float8)
-                      AND NOT EXISTS (SELECT 1 FROM snapshot_files f WHERE f.sha256 = b.sha256)
-                      AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.dump_sha256 = b.sha256)
-                      AND NOT EXISTS (SELECT 1 FROM dump_chunks c WHERE c.blob_sha256 = b.sha256)
-                    RETURNING sha256
-                    """, fenceAge).compactMap { ContentHash(hex: $0.string("sha256")) }
-                for hash in unreferenced { try store.remove(hash) }
-                return (unreferenced, Double(fenceAge) ?? 0)
-            }
-            // The fence on this process's clock (processes sharing a store keep their clocks in step with the
-            // catalog's); a second more while jobs run, for clocks a little apart.
-            let cutoff = beforeFence.addingTimeInterval(-fenceAge - (fenceAge > 0 ? 1 : 0))
-            // Files no row knows: each batch gets a row of its own for every such file, held in a transaction
-            // while the files go, so a job recording one of them meanwhile waits, then finds it gone and fails
-            // rather than reference nothing (a check and a later unlink would let it through in between).
-            var unrecorded = 0
-            let stored = try store.storedHashes(unusedSince: cutoff)
-            for start in stride(from: 0, to: stored.count, by: 1000) {
-                let batch = stored[start..<min(start + 1000, stored.count)]
-                unrecorded += try connection.transaction {
-                    let claimed = try connection.query("""
-                        INSERT INTO blobs (sha256, size) SELECT unnest($1::text[]), 0 ON CONFLICT DO NOTHING RETURNING sha256
-                        """, batch.map(\.hex)).compactMap { ContentHash(hex: $0.string("sha256")) }
-                    for hash in claimed { try store.remove(hash) }
-                    try connection.query("DELETE FROM blobs WHERE sha256 = ANY($1::text[])", claimed.map(\.hex))
-                    return claimed.count
-                }
-            }
-            return unreferenced.count + unrecorded
-        }
-    }
-
     /// How a backup's dump is stored: its chunks, or one blob for a dump
     /// stored whole (before dumps were chunked).
     public func dump(ofBackup id: String) async throws -> StoredDump {
@@ -277,60 +216,5 @@ extension Catalog {
             throw BackupError.notFound("backup \(id) does not exist")
         }
         return backup(row)
-    }
-}
-
-/// Records the blobs a running job stores or reuses, marking each used now,
-/// so that collection, which runs beside jobs, keeps them until the job
-/// references them (see `Catalog.collectGarbage`). A blob is checked to be
-/// in the store after it is marked: one collected just before (its last
-/// reference deleted as the job ran) fails the job, which can be run again,
-/// rather than a backup referencing nothing.
-public struct BlobLedger: Sendable {
-    private let pool: ConnectionPool
-    private let store: any BlobStore
-
-    init(pool: ConnectionPool, store: any BlobStore) {
-        self.pool = pool
-        self.store = store
-    }
-
-    /// Marks `blobs` used; fails naming how many the store no longer holds.
-    public func record(_ blobs: [StoredBlob]) async throws {
-        let kept = try await keep(blobs)
-        guard kept.count == blobs.count else {
-            throw BackupError.failedPrecondition("\(blobs.count - kept.count) blobs this job stored or reused were collected as it ran "
-                + "(the backups that held them were deleted); run it again")
-        }
-    }
-
-    /// Marks `blobs` used and returns those the store still holds: content a
-    /// job may reuse (the chunks of an environment's latest backup). One row
-    /// and one look at the store per content, however many documents or
-    /// chunks share it (a statement may not upsert a row twice).
-    public func keep(_ blobs: [StoredBlob]) async throws -> [StoredBlob] {
-        var seen = Set<ContentHash>()
-        let distinct = blobs.filter { seen.insert($0.hash).inserted }
-        guard !distinct.isEmpty else { return [] }
-        try await pool.withConnection(idempotent: true) { connection in
-            for start in stride(from: 0, to: distinct.count, by: Catalog.insertBatch) {
-                let batch = distinct[start..<min(start + Catalog.insertBatch, distinct.count)]
-                try connection.query("""
-                    INSERT INTO blobs (sha256, size)
-                    SELECT sha256, size::bigint FROM unnest($1::text[], $2::text[]) AS b(sha256, size)
-                    ON CONFLICT (sha256) DO UPDATE SET used_at = now()
-                    """, batch.map(\.hash.hex), batch.map { String($0.size) })
-            }
-        }
-        let store = self.store
-        let held = try await pool.threadPool.runIfActive { Set(distinct.filter { store.contains($0.hash) }.map(\.hash)) }
-        return blobs.filter { held.contains($0.hash) }
-    }
-}
-
-extension Catalog {
-    /// The ledger a job that stores blobs records them in.
-    public func blobLedger(store: any BlobStore) -> BlobLedger {
-        BlobLedger(pool: pool, store: store)
     }
 }

@@ -1,5 +1,4 @@
 import BackupRules
-import BackupStorage
 import BackupPostgres
 import BackupWire
 import Foundation
@@ -30,9 +29,9 @@ extension Catalog {
 
     static let tokenColumns = "id, name, namespace, role, unix_ms(created_at) AS created_ms, unix_ms(revoked_at) AS revoked_ms"
 
-    /// Makes a token and returns it with its secret, which is stored only as
-    /// a hash. A platform token has no namespace; every other has one.
-    public func createToken(namespace: String, role: Role, name: String) async throws -> (Token, String) {
+    /// Makes a token whose secret has `secretDigest` (the catalog keeps only
+    /// that). A platform token has no namespace; every other has one.
+    public func createToken(namespace: String, role: Role, name: String, secretDigest: ContentHash) async throws -> Token {
         guard role != .unspecified else { throw BackupError.invalidArgument("role must be viewer, operator, admin or platform") }
         if role == .platform {
             guard namespace.isEmpty else {
@@ -42,26 +41,22 @@ extension Catalog {
             try validateName(namespace, "namespace")
         }
         guard !name.isEmpty else { throw BackupError.invalidArgument("token name is required") }
-        let secret = AccessTokenSecret.generate()
-        let hash = AccessTokenSecret.hash(secret).hex
         let id = UUID().uuidString.lowercased()
-        let token = try await pool.callTransaction { connection in
+        return try await pool.callTransaction { connection in
             let namespace: String? = role == .platform ? nil : namespace
             if let namespace {
                 try connection.query("INSERT INTO namespaces (name) VALUES ($1) ON CONFLICT DO NOTHING", namespace)
             }
             try connection.query("INSERT INTO tokens (id, name, namespace, role, secret_sha256) VALUES ($1, $2, $3, $4, $5)",
-                                 id, name, namespace, role.description, hash)
+                                 id, name, namespace, role.description, secretDigest.hex)
             return Self.token(try connection.query("SELECT \(Self.tokenColumns) FROM tokens WHERE id = $1", id)[0])
         }
-        return (token, secret)
     }
 
     /// The caller a presented secret belongs to, or nil for an unknown or revoked one.
-    public func authenticate(secret: String) async throws -> Caller? {
-        let hash = AccessTokenSecret.hash(secret).hex
+    public func authenticate(secretDigest: ContentHash) async throws -> Caller? {
         return try await pool.withConnection { connection in
-            try connection.query("SELECT id, name, namespace, role FROM tokens WHERE secret_sha256 = $1 AND revoked_at IS NULL", hash)
+            try connection.query("SELECT id, name, namespace, role FROM tokens WHERE secret_sha256 = $1 AND revoked_at IS NULL", secretDigest.hex)
                 .first.map { Caller(tokenID: $0.string("id"), tokenName: $0.string("name"), namespace: $0.string("namespace"),
                                     role: .catalogValue($0.string("role"))) }
         }

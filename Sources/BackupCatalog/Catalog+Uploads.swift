@@ -1,5 +1,4 @@
 import BackupRules
-import BackupStorage
 import BackupPostgres
 import BackupWire
 import Foundation

@@ -1,5 +1,4 @@
 import BackupRules
-import BackupStorage
 import BackupPostgres
 import BackupWire
 import Foundation
@@ -75,9 +74,6 @@ public enum CatalogError: Error, CustomStringConvertible {
 /// Keys of the cluster-wide advisory locks the service takes.
 enum AdvisoryLock {
     static let migrations = 7_400_001
-    /// Held shared by every running backup and exclusively by blob garbage
-    /// collection, so a collection never removes a blob a backup relies on.
-    static let blobs = 7_400_002
     /// Held while a process claims a job, so per-namespace limits hold across processes.
     static let claims = 7_400_003
     /// Held while a download request counts and reserves the archive cache's bytes.

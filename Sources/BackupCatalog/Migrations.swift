@@ -316,5 +316,11 @@ enum Migrations {
         -- belongs to it (whatever else happened to the names meanwhile).
         ALTER TABLE restores ADD COLUMN staging_oid bigint;
         """),
+        (17, """
+        -- Collection claims the rows of the blobs it removes (collecting_since) and holds no connection while the
+        -- store removes them; a job that marks a claimed blob used takes it as gone.
+        ALTER TABLE blobs ADD COLUMN collecting_since timestamptz;
+        CREATE INDEX blobs_being_collected ON blobs (collecting_since) WHERE collecting_since IS NOT NULL;
+        """),
     ]
 }

@@ -49,30 +49,43 @@ public struct BackupServer: Service, CustomStringConvertible {
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
 
+    /// The work folder's `tmp`, made if need be: where jobs write their scratch files.
+    private static func scratchDirectory(in workDirectory: String) throws -> String {
+        let folder = workDirectory + "/tmp"
+        try FileSystem.makeFolders(folder)
+        return folder
+    }
+
     /// What a log line says of the service (service-lifecycle logs each service by its description): where it listens.
     public var description: String { "BackupServer(\(configuration.host):\(configuration.port))" }
 
     /// - Parameters:
+    ///   - blobStore: where backups' content is kept.
+    ///   - workDirectory: backupd's folder on this machine: jobs' scratch files (`tmp`), and unless configured
+    ///     otherwise archives prepared for download (`archives`) and uploads in progress (`uploads`).
     ///   - threadPool: where blocking work of jobs runs (file hashing, blob I/O, waiting for tools);
     ///     the catalog's libpq calls run on the catalog pool's own.
     ///   - onListening: hears the bound address (useful with port 0).
-    public init(configuration: ServerConfiguration, catalog: Catalog, blobStore: LocalBlobStore, threadPool: NIOThreadPool,
+    public init(configuration: ServerConfiguration, catalog: Catalog, blobStore: any BlobStore, workDirectory: String,
+                threadPool: NIOThreadPool,
                 eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
                 onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }) async throws {
         let catalogIdentity = try await catalog.pool.withConnection(idempotent: true) { try DatabaseIdentity.of($0) }
-        guard let blobRoot = canonicalPath(blobStore.root) else {
-            throw BackupError.invalidArgument("blob store \(blobStore.root) cannot be resolved")
+        // backupd's own folders on this machine are no app's file store.
+        let ownFolders = try ([workDirectory] + (blobStore.localFolder.map { [$0] } ?? [])).map { folder in
+            guard let resolved = canonicalPath(folder) else { throw BackupError.invalidArgument("folder \(folder) cannot be resolved") }
+            return resolved
         }
         let placement = Placement(
-            fileStores: try FileStoreRules(roots: configuration.fileStoreRoots, reserved: [blobRoot]),
+            fileStores: try FileStoreRules(roots: configuration.fileStoreRoots, reserved: ownFolders),
             databases: AppDatabases(policy: configuration.appDatabases, catalog: catalogIdentity),
             catalog: catalog, threadPool: threadPool)
-        let archiveCache = try ArchiveCache(directory: configuration.downloads.cacheDirectory ?? blobStore.root + "/archives",
+        let archiveCache = try ArchiveCache(directory: configuration.downloads.cacheDirectory ?? workDirectory + "/archives",
                                             reservedDiskBytes: configuration.downloads.reservedDiskBytes)
-        let spool = try UploadSpool(directory: configuration.uploads.directory ?? blobStore.root + "/uploads", catalog: catalog,
+        let spool = try UploadSpool(directory: configuration.uploads.directory ?? workDirectory + "/uploads", catalog: catalog,
                                     threadPool: threadPool, lifetime: configuration.uploads.lifetime,
                                     reservedDiskBytes: configuration.uploads.reservedDiskBytes)
-        let jobs = JobRunner(catalog: catalog, blobStore: blobStore, placement: placement, archiveCache: archiveCache, spool: spool,
+        let jobs = JobRunner(catalog: catalog, blobStore: blobStore, scratchDirectory: try Self.scratchDirectory(in: workDirectory), placement: placement, archiveCache: archiveCache, spool: spool,
                              archiveGzipLevel: configuration.downloads.gzipLevel,
                              uploads: configuration.uploads, threadPool: threadPool, settings: configuration.jobs,
                              logger: logger)
@@ -87,7 +100,7 @@ public struct BackupServer: Service, CustomStringConvertible {
                        downloads: configuration.downloads, links: links, archiveCache: archiveCache,
                        uploads: configuration.uploads, spool: spool, scheduler: scheduler).register(into: &router)
         self.dispatcher = RPCDispatcher(router: router, openCalls: openCalls, logger: logger) { secret in
-            try await catalog.authenticate(secret: secret)
+            try await catalog.authenticate(secretDigest: AccessTokenSecret(presented: secret).digest)
         }
         self.downloads = DownloadEndpoint(links: links, catalog: catalog, cache: archiveCache,
                                           limits: configuration.connections,

@@ -1,17 +1,24 @@
-/// Bearer token secrets. The catalog keeps only their SHA-256, so a leaked
-/// catalog does not leak working tokens.
-public enum AccessTokenSecret {
+import BackupRules
+/// A bearer token's secret. The catalog keeps only its SHA-256 (`digest`),
+/// so a leaked catalog does not leak working tokens.
+public struct AccessTokenSecret: Sendable {
     static let prefix = "bkd_"
 
+    /// The secret as its holder presents it.
+    public let text: String
+
     /// A new secret: the prefix and 32 random bytes, base64url without padding.
-    public static func generate() -> String {
-        prefix + base64URL(Secure.randomBytes(32))
+    public init() {
+        text = Self.prefix + base64URL(Secure.randomBytes(32))
+    }
+
+    /// A secret a caller presented.
+    public init(presented text: String) {
+        self.text = text
     }
 
     /// What the catalog stores and looks a presented secret up by.
-    public static func hash(_ secret: String) -> ContentHash {
-        ContentHash.of(secret.utf8)
-    }
+    public var digest: ContentHash { ContentHash.of(text.utf8) }
 }
 
 /// RFC 4648 base64url without padding.

@@ -2,22 +2,8 @@ import BackupRules
 import CZstd
 import Foundation
 
-/// One piece of a chunked dump: the hash and size of its content, and the
-/// blob that holds it, a zstd frame or, when compressing saved nothing, the
-/// content as is.
-public struct DumpChunk: Sendable, Equatable {
-    public let sha256: ContentHash
-    public let size: UInt64
-    public let blob: StoredBlob
-    public let compressed: Bool
 
-    public init(sha256: ContentHash, size: UInt64, blob: StoredBlob, compressed: Bool) {
-        self.sha256 = sha256
-        self.size = size
-        self.blob = blob
-        self.compressed = compressed
-    }
-
+extension DumpChunk {
     /// Hands the chunk's content to `consume`, whole, once its blob was read
     /// (and decompressed) and the content checked against `sha256`.
     public func read(from store: any BlobStore, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws {
@@ -76,35 +62,8 @@ public struct DumpReadError: ReportableError, CustomStringConvertible {
     public var logDetail: String { "chunk \(index) of \(count) of the database dump: \(reason)" }
 }
 
-/// How a backup's dump is kept: one blob (backups made before dumps were
-/// chunked, and kept readable), or content-defined chunks in order.
-public enum StoredDump: Sendable, Equatable {
-    case blob(StoredBlob)
-    case chunks(sha256: ContentHash, size: UInt64, [DumpChunk])
 
-    /// The SHA-256 of the whole dump, as `pg_dump` wrote it.
-    public var sha256: ContentHash {
-        switch self {
-        case .blob(let blob): blob.hash
-        case .chunks(let sha256, _, _): sha256
-        }
-    }
-
-    public var size: UInt64 {
-        switch self {
-        case .blob(let blob): blob.size
-        case .chunks(_, let size, _): size
-        }
-    }
-
-    /// Every blob the dump refers to.
-    public var blobs: [StoredBlob] {
-        switch self {
-        case .blob(let blob): [blob]
-        case .chunks(_, _, let chunks): chunks.map(\.blob)
-        }
-    }
-
+extension StoredDump {
     /// How many chunks `read` decompresses at once: twice the cores, a few MiB.
     private static let chunksAtOnce = 2 * ProcessInfo.processInfo.activeProcessorCount
 
@@ -152,15 +111,13 @@ public enum StoredDump: Sendable, Equatable {
     /// store allows, else its content reassembled.
     public func materialize(at path: String, from store: any BlobStore, interruption: Interruption?) throws {
         if case .blob(let blob) = self { return try store.materialize(blob.hash, at: path) }
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
-        var complete = false
-        defer {
-            close(fd)
-            if !complete { unlink(path) }
+        let file = try LocalFile.create(path)
+        do {
+            try read(from: store, interruption: interruption) { try file.write($0) }
+        } catch {
+            FileSystem.remove(path)
+            throw error
         }
-        try read(from: store, interruption: interruption) { try writeAll(fd: fd, $0, path: path) }
-        complete = true
     }
 }
 

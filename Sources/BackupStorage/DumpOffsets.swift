@@ -1,3 +1,4 @@
+import BackupRules
 import Foundation
 
 /// Fills in where each table's data starts in a custom-format dump written

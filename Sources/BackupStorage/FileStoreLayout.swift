@@ -1,3 +1,4 @@
+import BackupRules
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -85,7 +86,7 @@ public final class FileStoreReader: Sendable {
 
     deinit { close(descriptor) }
 
-    /// Opens a document read-only; the caller closes the descriptor.
+    /// Opens a document read-only; it closes when the caller drops it.
     public func open(key: String) throws -> OpenedDocument {
         let parts = try FileStoreLayout.components(forKey: key)
         var folder = descriptor
@@ -113,7 +114,7 @@ public final class FileStoreReader: Sendable {
             close(fd)
             throw FileDocumentError.foreignHardLink(key: key)
         }
-        return OpenedDocument(descriptor: fd, size: UInt64(info.st_size))
+        return OpenedDocument(file: LocalFile(adopting: fd, name: "file document \(key)"), size: UInt64(info.st_size))
     }
 
     private static func failure(_ code: Int32, key: String, folder: Bool) -> FileDocumentError {
@@ -137,8 +138,8 @@ public final class FileStoreReader: Sendable {
 }
 
 /// A file document open for reading.
-public struct OpenedDocument: Sendable {
-    public let descriptor: Int32
+public struct OpenedDocument {
+    public let file: LocalFile
     public let size: UInt64
 
     /// The later of its modification and status-change times now, in
@@ -146,7 +147,7 @@ public struct OpenedDocument: Sendable {
     /// the document was read (a status change cannot be dated back).
     public var lastChanged: Double {
         var info = stat()
-        guard fstat(descriptor, &info) == 0 else { return .infinity }
+        guard fstat(file.descriptor.rawValue, &info) == 0 else { return .infinity }
         return max(Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9,
                    Double(info.st_ctim.tv_sec) + Double(info.st_ctim.tv_nsec) / 1e9)
     }

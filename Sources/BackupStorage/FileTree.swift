@@ -1,3 +1,4 @@
+import BackupRules
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,3 +1,4 @@
+import BackupRules
 import CZlib
 
 /// Compresses a byte stream into one gzip file made of independent members,

@@ -1,3 +1,4 @@
+import BackupRules
 import Dispatch
 import Synchronization
 

@@ -1,30 +1,12 @@
+import BackupRules
 import CArchive
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// A full snapshot as the public archive format lays it out (a gzip tar):
-/// `.metadata` (a JSON object of strings), `db/db.backup` (the custom-format
-/// dump) and `tree/xx/yy/KEY` (each file document under its storage key,
-/// in folders named by the key's characters 1-2 and 3-4). The tar is written
-/// with libarchive, every blob read through the blob store's streaming
-/// interface, so no member is ever held whole in memory; `GzipMembers`
-/// compresses it on all cores.
-public struct SnapshotArchive: Sendable {
-    /// `.metadata`; the writer adds a SHA-256 per member (`sha256:PATH`).
-    public var metadata: [String: String]
-    public var dump: StoredDump
-    public var files: [(key: String, blob: StoredBlob)]
-    /// Modification time of every member, Unix seconds: the snapshot's.
-    public var modified: Int64
 
-    public init(metadata: [String: String], dump: StoredDump, files: [(key: String, blob: StoredBlob)], modified: Int64) {
-        self.metadata = metadata
-        self.dump = dump
-        self.files = files
-        self.modified = modified
-    }
-
+/// Writing an archive: its layout, `.metadata` and the gzip tar.
+extension SnapshotArchive {
     /// Member path of the dump.
     public static let dumpPath = "db/db.backup"
 

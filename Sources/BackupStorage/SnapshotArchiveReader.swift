@@ -1,3 +1,4 @@
+import BackupRules
 import CArchive
 import Foundation
 #if canImport(Glibc)

@@ -385,7 +385,7 @@ struct Serve: AsyncParsableCommand {
         let catalog = Catalog(connectionString: catalogURL, maximumConnections: Self.catalogConnections, threadPool: catalogThreads)
         try await catalog.migrate()
         let server = try await BackupServer(
-            configuration: configuration, catalog: catalog, blobStore: try LocalBlobStore(root: blobDir), threadPool: jobThreads,
+            configuration: configuration, catalog: catalog, blobStore: try LocalBlobStore(root: blobDir), workDirectory: blobDir, threadPool: jobThreads,
             logger: logger
         ) { address in
             guard let readyFile, let ip = address.ipAddress, let port = address.port else { return }
@@ -440,9 +440,10 @@ struct TokenCommand: AsyncParsableCommand {
             let catalog = Catalog(connectionString: catalogOptions.catalog, maximumConnections: 1, threadPool: threadPool)
             do {
                 try await catalog.migrate()
-                let (_, secret) = try await catalog.createToken(namespace: namespace, role: platform ? .platform : Role(name: role)!,
-                                                                name: name)
-                print(secret)
+                let secret = AccessTokenSecret()
+                _ = try await catalog.createToken(namespace: namespace, role: platform ? .platform : Role(name: role)!, name: name,
+                                                  secretDigest: secret.digest)
+                print(secret.text)
                 try await threadPool.shutdownGracefully()
             } catch {
                 try? await threadPool.shutdownGracefully()

@@ -12,29 +12,11 @@ import Testing
 /// The catalog against the private PostgreSQL cluster, one fresh database per test.
 @Suite struct CatalogTests {
     private func withCatalog(validateAfterIdle: Duration = .seconds(10), _ body: (Catalog, String) async throws -> Void) async throws {
-        let database = try TestPostgres.createDatabase("catalog")
-        let threadPool = NIOThreadPool(numberOfThreads: 4)
-        threadPool.start()
-        let catalog = Catalog(connectionString: TestPostgres.connectionString(database), maximumConnections: 4, threadPool: threadPool,
-                              validateAfterIdle: validateAfterIdle)
-        do {
-            try await catalog.migrate()
-            try await body(catalog, database)
-        } catch {
-            await catalog.pool.close()
-            try? await threadPool.shutdownGracefully()
-            TestPostgres.dropDatabase(database)
-            throw error
-        }
-        await catalog.pool.close()
-        try await threadPool.shutdownGracefully()
-        TestPostgres.dropDatabase(database)
+        try await TestCatalog.with(validateAfterIdle: validateAfterIdle) { catalog, database, _ in try await body(catalog, database) }
     }
 
     private func register(_ catalog: Catalog, _ name: String = "shop-production") async throws {
-        _ = try await catalog.registerEnvironment(.with {
-            $0.namespace = "acme"; $0.name = name; $0.app = "shop"; $0.databaseURL = "dbname=x"; $0.fileStorePath = "/srv/files"
-        })
+        try await TestCatalog.register(catalog, name)
     }
 
     @Test func idleConnectionsThatDiedAreReplacedBeforeUse() async throws {
@@ -120,110 +102,6 @@ import Testing
         }
     }
 
-    /// Collection runs beside jobs (issue 19: a held job kept it from running
-    /// at all). Blobs no snapshot refers to go, recorded in the catalog or
-    /// not (a failed job may have stored one it never recorded), unless used
-    /// since the oldest running job began: what that job stored and has yet
-    /// to reference stays, however long it is held.
-    @Test func collectionRunsBesideJobsAndKeepsWhatARunningJobUsed() async throws {
-        try await withCatalog { catalog, database in
-            try await register(catalog)
-            let scratch = try ScratchDirectory("gc")
-            defer { scratch.remove() }
-            let store = try LocalBlobStore(root: scratch.path + "/blobs")
-            let hourAgo = Date().addingTimeInterval(-3600)
-            // From before the job: recorded and unreferenced, and never recorded.
-            let oldRecorded = try store.storing("old recorded"), oldUnrecorded = try store.storing("old, never recorded")
-            try await catalog.blobLedger(store: store).record([oldRecorded])
-            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
-            for blob in [oldRecorded, oldUnrecorded] {
-                try FileManager.default.setAttributes([.modificationDate: hourAgo], ofItemAtPath: store.path(for: blob.hash))
-            }
-            _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
-            let held = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 300, perNamespace: 1))
-            // The running job's own: one recorded, one stored and not recorded yet.
-            let recorded = try store.storing("recorded"), unrecorded = try store.storing("not recorded yet")
-            try await catalog.blobLedger(store: store).record([recorded])
-
-            #expect(try await catalog.collectGarbage(in: store) == 2)
-            #expect(!store.contains(oldRecorded.hash) && !store.contains(oldUnrecorded.hash))
-            #expect(store.contains(recorded.hash) && store.contains(unrecorded.hash))
-
-            try await catalog.failJob(id: held.job.id, error: "held no longer")
-            #expect(try await catalog.collectGarbage(in: store) == 2)
-            #expect(!store.contains(recorded.hash) && !store.contains(unrecorded.hash))
-        }
-    }
-
-    /// A blob collected just before a job records it (its last backup was
-    /// deleted as the job ran) fails the job, which can run again; it is
-    /// never referenced while missing. Reused content is kept only if there.
-    @Test func aBlobCollectedBeforeAJobRecordsItFailsTheJobRatherThanTheBackup() async throws {
-        try await withCatalog { catalog, database in
-            let scratch = try ScratchDirectory("ledger")
-            defer { scratch.remove() }
-            let store = try LocalBlobStore(root: scratch.path + "/blobs")
-            let (gone, there) = (try store.storing("gone"), try store.storing("there"))
-            let ledger = catalog.blobLedger(store: store)
-            try await ledger.record([gone, there])
-            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour' WHERE sha256 = $1", gone.hash.hex)
-            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour' WHERE sha256 = $1", there.hash.hex)
-            // Reused by a running job before the collection: kept.
-            try await register(catalog)
-            _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
-            _ = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 300, perNamespace: 1))
-            #expect(try await ledger.keep([there]).map(\.hash) == [there.hash])
-            #expect(try await catalog.collectGarbage(in: store) == 1)
-            #expect(store.contains(there.hash) && !store.contains(gone.hash))
-            #expect(try await ledger.keep([gone, there]).map(\.hash) == [there.hash])
-            await #expect(throws: BackupError.failedPrecondition(
-                "1 blobs this job stored or reused were collected as it ran (the backups that held them were deleted); run it again")) {
-                try await ledger.record([gone])
-            }
-        }
-    }
-
-    /// Found at the member cap: a job recording documents that share content
-    /// (two empty files, the same logo twice) in one batch failed, as one
-    /// statement may not upsert a row twice. Each content is one row.
-    @Test func blobsThatShareContentAreRecordedOnce() async throws {
-        try await withCatalog { catalog, database in
-            let scratch = try ScratchDirectory("ledger-shared")
-            defer { scratch.remove() }
-            let store = try LocalBlobStore(root: scratch.path + "/blobs")
-            let (empty, logo) = (try store.storing("empty page"), try store.storing("logo"))
-            let recorded = [empty, logo, empty, empty, logo]
-            try await catalog.blobLedger(store: store).record(recorded)
-            #expect(try await catalog.blobLedger(store: store).keep(recorded) == recorded)
-            let rows = try TestPostgres.query(database, "SELECT count(*) AS n FROM blobs")
-            #expect(rows[0].int64("n") == 2)
-        }
-    }
-
-    /// Helper finding: collection listed files no row knew, checked the rows,
-    /// then unlinked them; a job recording one of them in between finished a
-    /// backup whose blob was gone. Each such file now gets a row of
-    /// collection's own while it is unlinked: a record in flight (here a
-    /// transaction left open) makes collection wait, and the file stays.
-    @Test func aFileAJobIsRecordingIsNotCollectedAsUnrecorded() async throws {
-        try await withCatalog { catalog, database in
-            let scratch = try ScratchDirectory("gc-race")
-            defer { scratch.remove() }
-            let store = try LocalBlobStore(root: scratch.path + "/blobs")
-            let reused = try store.storing("left by a failed upload, reused by a job")
-            try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-3600)], ofItemAtPath: store.path(for: reused.hash))
-            let recording = try PostgresConnection(TestPostgres.connectionString(database))
-            try recording.query("BEGIN")
-            try recording.query("INSERT INTO blobs (sha256, size) VALUES ($1, $2) ON CONFLICT (sha256) DO UPDATE SET used_at = now()",
-                                reused.hash.hex, reused.size)
-            let collection = Task { try await catalog.collectGarbage(in: store) }
-            try await Task.sleep(for: .milliseconds(500))
-            try recording.query("COMMIT")
-            #expect(try await collection.value == 0)
-            #expect(store.contains(reused.hash), "a blob a job recorded was collected")
-        }
-    }
-
     @Test func leasesBelongToOneOwner() async throws {
         try await withCatalog { catalog, _ in
             try await register(catalog)
@@ -263,14 +141,5 @@ import Testing
         try await threadPool.shutdownGracefully()
         let tables = try TestPostgres.query(database, "SELECT count(*) AS n FROM pg_tables WHERE tablename = 'schema_migrations'")
         #expect(tables[0].string("n") == "0")
-    }
-}
-
-extension LocalBlobStore {
-    /// Stores `text` as a blob, as a job would store a dump.
-    func storing(_ text: String) throws -> StoredBlob {
-        let path = "\(scratchDirectory)/\(text)"
-        try text.write(toFile: path, atomically: false, encoding: .utf8)
-        return try adopt(path)
     }
 }

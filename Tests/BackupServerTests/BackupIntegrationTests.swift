@@ -170,7 +170,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                 }
                 // Only hashes are stored.
                 let stored = try TestPostgres.query(server.catalogDatabase, "SELECT secret_sha256 FROM tokens").map { $0.string("secret_sha256") }
-                #expect(!stored.contains(viewer) && stored.contains(AccessTokenSecret.hash(viewer).hex))
+                #expect(!stored.contains(viewer) && stored.contains(AccessTokenSecret(presented: viewer).digest.hex))
             }
         }
     }

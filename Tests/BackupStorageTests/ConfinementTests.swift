@@ -131,9 +131,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: root) }
         let store = try LocalBlobStore(root: root)
         // A source that never ends stops at the limit.
-        let endless = open("/dev/zero", O_RDONLY)
-        defer { close(endless) }
-        let blob = try store.put(reading: endless, upTo: 3 * 1024 * 1024 + 5, name: "endless", interruption: nil)
+        let blob = try store.put(reading: LocalFile.open("/dev/zero"), upTo: 3 * 1024 * 1024 + 5, interruption: nil)
         #expect(blob.size == 3 * 1024 * 1024 + 5)
         #expect(blob.hash == ContentHash.of([UInt8](repeating: 0, count: 3 * 1024 * 1024 + 5)))
     }

@@ -29,9 +29,6 @@ public func reassembledDump(_ server: some BackupTestServer, _ backupID: String,
 extension LocalBlobStore {
     /// Stores a file by path, as a backup stores an opened document.
     public func put(contentsOf path: String) throws -> StoredBlob {
-        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
-        defer { close(fd) }
-        return try put(reading: fd, upTo: .max, name: path, interruption: nil)
+        try put(reading: LocalFile.open(path), upTo: .max, interruption: nil)
     }
 }

@@ -69,8 +69,9 @@ public final class InProcessServer: WireTestServer {
         jobThreads.start()
         let catalog = Catalog(connectionString: connectionString, maximumConnections: 8, threadPool: catalogThreads)
         try await catalog.migrate()
-        let (_, admin) = try await catalog.createToken(namespace: TestServer.namespace, role: .admin, name: "test-admin")
-        let (_, platform) = try await catalog.createToken(namespace: "", role: .platform, name: "test-platform")
+        let admin = AccessTokenSecret(), platform = AccessTokenSecret()
+        _ = try await catalog.createToken(namespace: TestServer.namespace, role: .admin, name: "test-admin", secretDigest: admin.digest)
+        _ = try await catalog.createToken(namespace: "", role: .platform, name: "test-platform", secretDigest: platform.digest)
 
         var configuration = ServerConfiguration(tls: live ? TLSSettings(certificateChainPath: "\(projectRoot)/certs/dev/server.crt",
                                                                         privateKeyPath: "\(projectRoot)/certs/dev/server.key") : nil)
@@ -84,7 +85,8 @@ public final class InProcessServer: WireTestServer {
         logger.logLevel = .warning
         let (listening, heard) = AsyncStream<SocketAddress>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let server = try await BackupServer(configuration: configuration, catalog: catalog,
-                                            blobStore: try LocalBlobStore(root: scratch.path + "/blobs"), threadPool: jobThreads, logger: logger,
+                                            blobStore: try LocalBlobStore(root: scratch.path + "/blobs"), workDirectory: scratch.path + "/blobs",
+                                            threadPool: jobThreads, logger: logger,
                                             onListening: { heard.yield($0) })
         let group = ServiceGroup(configuration: .init(services: [.init(service: server)], logger: logger))
         let running = Task { try await group.run() }
@@ -97,8 +99,8 @@ public final class InProcessServer: WireTestServer {
         }
         let transport = InProcessTransport(dispatcher: server.dispatcher, limits: configuration.connections,
                                            maxFrameBytes: configuration.maxFrameBytes, logger: logger)
-        return InProcessServer(catalogDatabase: database, catalogElsewhere: catalogCluster != nil, address: address, adminToken: admin,
-                               platformToken: platform, catalog: catalog, transport: transport, group: group, running: running,
+        return InProcessServer(catalogDatabase: database, catalogElsewhere: catalogCluster != nil, address: address, adminToken: admin.text,
+                               platformToken: platform.text, catalog: catalog, transport: transport, group: group, running: running,
                                threadPools: [catalogThreads, jobThreads], scratch: scratch)
     }
 

@@ -39,6 +39,8 @@ public struct PostgresTools: Sendable {
 struct BackupJob: Sendable {
     let catalog: Catalog
     let blobStore: any BlobStore
+    /// Where the job writes its scratch files (a dump for pg_restore), named for the job.
+    let scratchDirectory: String
     let databases: AppDatabases
     let threadPool: NIOThreadPool
     let tools: PostgresTools
@@ -64,7 +66,7 @@ struct BackupJob: Sendable {
 
     func run(_ claimed: ClaimedJob, owner: String) async throws {
         let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
-        let ledger = catalog.blobLedger(store: blobStore)
+        let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool)
         let manifest = try await makeSnapshot(claimed, progress: progress, ledger: ledger)
         try await catalog.finishBackup(jobID: claimed.job.id, owner: owner, manifest: manifest)
     }
@@ -92,9 +94,9 @@ struct BackupJob: Sendable {
         await progress.update(phase: "dumping the database and storing \(opened.keys.count) files")
         await progress.update(part: "database", total: opened.databaseBytes)
         // pg_dump writes into a FIFO that the dump's chunks are cut from as it goes: no copy of the dump on disk.
-        let dumpPath = "\(blobStore.scratchDirectory)/dump-\(claimed.job.id).backup"
-        guard mkfifo(dumpPath, 0o600) == 0 else { throw BlobStoreError.cannotWrite(path: dumpPath, errno: errno) }
-        defer { unlink(dumpPath) }
+        let dumpPath = "\(scratchDirectory)/dump-\(claimed.job.id).backup"
+        try FileSystem.makeFIFO(dumpPath)
+        defer { FileSystem.remove(dumpPath) }
         // The dump is stored and the files are read while pg_dump runs; whichever fails first stops the others.
         let databaseURL = try databases.connectionString(environment.databaseURL)
         await progress.update(part: "database", done: 0, total: opened.databaseBytes)
@@ -164,7 +166,6 @@ struct BackupJob: Sendable {
                     guard !interruption.isSet else { throw CancellationError() }
                     guard let document = try? store.open(key: key) else { continue }
                     total += document.size
-                    close(document.descriptor)
                 }
                 return total
             }
@@ -176,9 +177,7 @@ struct BackupJob: Sendable {
                 } catch FileDocumentError.missing {
                     return .gone(key: key)
                 }
-                defer { close(document.descriptor) }
-                let blob = try blobStore.put(reading: document.descriptor, upTo: document.size, name: "file document \(key)",
-                                             interruption: interruption)
+                let blob = try blobStore.put(reading: document.file, upTo: document.size, interruption: interruption)
                 return .stored(key: key, blob: blob, changed: document.lastChanged > snapshotTime)
             } completed: { batch in
                 let blobs = batch.compactMap { if case let .stored(_, blob, _) = $0 { blob } else { nil } }
@@ -222,8 +221,7 @@ struct BackupJob: Sendable {
     /// or was stopped before it opened its output) sees its end: a writer
     /// comes and goes. Harmless once the reader has its data or has gone.
     private static func releaseReader(of fifo: String) {
-        let fd = open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
-        if fd >= 0 { close(fd) }
+        FileSystem.openAndCloseForWriting(fifo: fifo)
     }
 
     /// Who holds a table of the app's database locked against a dump (ACCESS

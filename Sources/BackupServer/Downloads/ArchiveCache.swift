@@ -13,7 +13,7 @@ struct ArchiveCache: Sendable {
     let reservedDiskBytes: UInt64
 
     init(directory: String, reservedDiskBytes: UInt64) throws {
-        try makeDirectories(directory)
+        try FileSystem.makeFolders(directory)
         self.directory = directory
         self.reservedDiskBytes = reservedDiskBytes
     }
@@ -26,8 +26,7 @@ struct ArchiveCache: Sendable {
     /// beside `others` bytes of archives still being written. The refusal
     /// names this archive's size only: the disk's state tells what others prepare.
     func requireRoom(for bytes: UInt64, beside others: UInt64 = 0) throws(BackupError) {
-        guard let free = freeDiskBytes(in: directory) else { return }
-        guard free >= bytes + others + reservedDiskBytes else {
+        guard FileSystem.hasRoom(for: bytes + others, reserved: reservedDiskBytes, in: directory) else {
             throw .resourceExhausted("the archive cache's disk has too little free space for an archive of up to \(bytes) bytes "
                                      + "(it keeps \(reservedDiskBytes) bytes free); try again later")
         }
@@ -45,7 +44,7 @@ struct ArchiveCache: Sendable {
             let keep = name.hasSuffix(".partial")
                 ? preparing.contains(String(name.dropLast(".partial".count)))
                 : ready.contains(name) || preparing.contains(name)
-            if !keep, unlink("\(directory)/\(name)") == 0 { removed += 1 }
+            if !keep, (try? FileSystem.removeIfPresent("\(directory)/\(name)")) != nil { removed += 1 }
         }
         return removed
     }
@@ -53,20 +52,10 @@ struct ArchiveCache: Sendable {
     /// Up to `length` bytes of a file from `offset`, the file opened and
     /// closed again: a reader holds no descriptor between reads.
     static func read(_ path: String, at offset: UInt64, length: Int) throws -> ByteBuffer {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-        guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
-        defer { close(fd) }
+        let file = try LocalFile.open(path)
         var buffer = ByteBuffer()
         try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
-            var done = 0
-            while done < length {
-                let count = pread(fd, space.baseAddress! + done, length - done, off_t(offset) + off_t(done))
-                if count < 0 && errno == EINTR { continue }
-                guard count >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
-                if count == 0 { break }
-                done += count
-            }
-            return done
+            try file.read(into: UnsafeMutableRawBufferPointer(rebasing: space[0..<length]), at: offset)
         }
         return buffer
     }

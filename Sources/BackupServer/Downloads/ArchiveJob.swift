@@ -26,11 +26,11 @@ struct ArchiveJob: Sendable {
         // The backup is pinned while this job runs, so every blob it reads stays referenced and is never collected.
         let written = try await write(work, to: partial, progress: progress)
         do {
-            guard rename(partial, cache.path(of: work.archiveID)) == 0 else { throw BlobStoreError.cannotWrite(path: partial, errno: errno) }
+            try FileSystem.rename(partial, to: cache.path(of: work.archiveID))
             try await catalog.finishArchive(jobID: claimed.job.id, owner: owner, size: written.size, sha256: written.sha256)
         } catch {
-            unlink(partial)
-            unlink(cache.path(of: work.archiveID))
+            FileSystem.remove(partial)
+            FileSystem.remove(cache.path(of: work.archiveID))
             throw error
         }
     }

@@ -131,13 +131,13 @@ package struct DownloadEndpoint: Sendable {
         }
         let archive = cache.path(of: record.archiveID)
         // Swept since its URL was signed (its backup deleted, every URL expired), or lost with the cache's disk.
-        guard record.state == .ready, DownloadLinks.fileName(record)[...] == fileName, access(archive, R_OK) == 0 else {
+        let found = FileSystem.entry(at: archive)
+        guard record.state == .ready, DownloadLinks.fileName(record)[...] == fileName, found != nil else {
             try await answer.send(.notFound, "no such download", on: outbound)
             return
         }
         // Checked before any header goes out: a 200 must be followed by the whole archive.
-        var info = stat()
-        guard stat(archive, &info) == 0, info.st_mode & S_IFMT == S_IFREG, UInt64(info.st_size) == record.size else {
+        guard found == .file(size: record.size) else {
             logger.error("a ready archive is not the file it was written as", metadata: ["download": "\(id)", "path": "\(archive)"])
             try await answer.send(.internalServerError, "the archive cannot be read; the server log has the details", on: outbound)
             return

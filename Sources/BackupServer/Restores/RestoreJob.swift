@@ -21,6 +21,8 @@ import NIOPosix
 struct RestoreJob: Sendable {
     let catalog: Catalog
     let blobStore: any BlobStore
+    /// Where the job writes its scratch files (a dump for pg_restore), named for the job.
+    let scratchDirectory: String
     let databases: AppDatabases
     let threadPool: NIOThreadPool
     let tools: PostgresTools
@@ -96,7 +98,7 @@ struct RestoreJob: Sendable {
         await progress.update(phase: "restoring the database into \(plan.stagingDatabase)"
                               + (work.databaseOnly ? "" : " and placing \(files.count) files in \(plan.stagingFolder)"))
         let dumpPath = scratchDump(claimed.job.id)
-        defer { unlink(dumpPath) }
+        defer { FileSystem.remove(dumpPath) }
         let stagingURL = try databases.connectionString(environment.databaseURL, database: plan.stagingDatabase)
         // The files are placed while the dump is reassembled and restored; whichever fails first stops the other.
         let placed = try await withThrowingTaskGroup(of: (count: UInt64, bytes: UInt64)?.self) { group in
@@ -174,7 +176,7 @@ struct RestoreJob: Sendable {
         // Restored files belong to whoever owns the target store, with its mode; never to backupd. The
         // staging folder stays private to backupd until every file is in it, then is handed over from
         // the bottom up, so its new owner cannot swap a folder for a link while backupd writes there.
-        let owner = try await threadPool.runIfActive { try makeStagingFolder(plan, jobID: claimed.job.id) }
+        let owner = try await threadPool.runIfActive { try Self.folders(plan, jobID: claimed.job.id).makeStaging() }
         let stagingFolder = plan.stagingFolder
         var placed: (count: UInt64, bytes: UInt64) = (0, 0)
         try await inBatches(files, threadPool: threadPool) { file in
@@ -182,7 +184,7 @@ struct RestoreJob: Sendable {
                 throw JobFailure(description: "file document \(file.key) has no valid content hash")
             }
             let path = "\(stagingFolder)/\(try FileStoreLayout.relativePath(forKey: file.key))"
-            try makeDirectories(String(path[..<path.lastIndex(of: "/")!]))
+            try FileSystem.makeFolders(String(path[..<path.lastIndex(of: "/")!]))
             do {
                 try blobStore.place(hash, at: path, owner: owner.forFiles)
             } catch let error as BlobStoreError {
@@ -194,7 +196,7 @@ struct RestoreJob: Sendable {
             placed.bytes += sizes.reduce(0, +)
             await progress.update(part: "files", done: placed.bytes)
         }
-        try await threadPool.runIfActive { try applyOwnership(under: stagingFolder, folders: owner, files: owner.forFiles) }
+        try await threadPool.runIfActive { try FileSystem.applyOwnership(under: stagingFolder, folders: owner, files: owner.forFiles) }
         return placed
     }
 
@@ -227,16 +229,16 @@ struct RestoreJob: Sendable {
     /// indexes, constraints, triggers, types, domains, large objects), and
     /// every sequence at the value the dump sets.
     private func checkContents(of dumpPath: String, in stagingURL: String) async throws {
-        let scratch = blobStore.scratchDirectory
+        let scratch = scratchDirectory
         let listingPath = "\(scratch)/list-\(UUID().uuidString)"
-        defer { unlink(listingPath) }
+        defer { FileSystem.remove(listingPath) }
         try await runSubprocess(tools.pgRestore, ["--list", "--file=\(listingPath)", dumpPath])
         let listing = DumpListing(try String(contentsOfFile: listingPath, encoding: .utf8))
 
         var sequences: [(sequence: String, value: Int64, called: Bool)] = []
         if !listing.sequenceSetLines.isEmpty {
             let setsPath = "\(scratch)/sequences-\(UUID().uuidString)", scriptPath = setsPath + ".sql"
-            defer { unlink(setsPath); unlink(scriptPath) }
+            defer { FileSystem.remove(setsPath); FileSystem.remove(scriptPath) }
             try (listing.sequenceSetLines.joined(separator: "\n") + "\n").write(toFile: setsPath, atomically: false, encoding: .utf8)
             try await runSubprocess(tools.pgRestore, ["--use-list=\(setsPath)", "--file=\(scriptPath)", dumpPath])
             sequences = DumpListing.sequenceValues(in: try String(contentsOfFile: scriptPath, encoding: .utf8))
@@ -291,7 +293,7 @@ struct RestoreJob: Sendable {
             }
         }
         if !plan.fileStore.isEmpty {
-            try await threadPool.runIfActive { try swapFolders(plan) }
+            try await threadPool.runIfActive { try Self.folders(plan, jobID: jobID).swap() }
         }
         try await reached(.foldersSwapped, claimed)
         do {
@@ -318,79 +320,13 @@ struct RestoreJob: Sendable {
                 throw RestoreRecoveryDeferred(reason: "the database swap's outcome cannot be seen: \(describeJobError(error))")
             }
             guard inPlace == stagingOID else {
-                if !plan.fileStore.isEmpty { try? unswapFolders(plan, jobID: jobID) }
+                if !plan.fileStore.isEmpty { Self.folders(plan, jobID: jobID).unswap() }
                 if let refused = error as? BackupError { throw refused }
                 throw JobFailure(description: "the database swap failed, the target is unchanged: \(describeJobError(error))")
             }
         }
         try await reached(.databasesSwapped, claimed)
-        removeMarker(plan, jobID: jobID)
-    }
-
-    /// Makes the staging folder, private to backupd and marked as this job's;
-    /// returns the owner and mode of the target store (or of the folder it
-    /// will be made in), which the staging folder gets once it is complete.
-    private func makeStagingFolder(_ plan: RestorePlan, jobID: String) throws -> FileOwner {
-        let parent = String(plan.fileStore[..<plan.fileStore.lastIndex(of: "/")!])
-        let owner = try FileOwner(ofFolder: isFolder(plan.fileStore) ? plan.fileStore : parent)
-        if isFolder(plan.stagingFolder) {
-            // Left by an earlier attempt of this same job, or by someone else: only ours may go.
-            guard hasMarker(plan.stagingFolder, Self.marker(jobID)) else {
-                throw JobFailure(description: "\(plan.stagingFolder) exists and was not made by this restore; move it away")
-            }
-            try removeTree(plan.stagingFolder, removingLast: Self.marker(jobID))
-        }
-        guard mkdir(plan.stagingFolder, 0o700) == 0 else { throw BlobStoreError.cannotWrite(path: plan.stagingFolder, errno: errno) }
-        try writeMarker(in: plan.stagingFolder, Self.marker(jobID))
-        return owner
-    }
-
-    /// The store's previous copy (if any) goes aside as superseded, the
-    /// store becomes the previous copy, the staging folder the store; a
-    /// failing rename puts back what was moved before it.
-    private func swapFolders(_ plan: RestorePlan) throws {
-        let fileManager = FileManager.default
-        let hadPrevious = isFolder(plan.previousFolder)
-        if hadPrevious {
-            guard hasMarker(plan.previousFolder, Self.previousMarker) else {
-                throw JobFailure(description: "\(plan.previousFolder) exists and was not made by backupd; move it away to restore here")
-            }
-            guard rename(plan.previousFolder, plan.supersededFolder) == 0 else {
-                throw JobFailure(description: "cannot move \(plan.previousFolder) aside: \(String(cString: strerror(errno)))")
-            }
-        }
-        let hadFiles = fileManager.fileExists(atPath: plan.fileStore)
-        if hadFiles {
-            guard rename(plan.fileStore, plan.previousFolder) == 0 else {
-                let reason = String(cString: strerror(errno))
-                if hadPrevious { rename(plan.supersededFolder, plan.previousFolder) }
-                throw JobFailure(description: "cannot move \(plan.fileStore) aside: \(reason)")
-            }
-            // Marks the folder moved aside as backupd's to delete later.
-            try? writeMarker(in: plan.previousFolder, Self.previousMarker)
-        }
-        guard rename(plan.stagingFolder, plan.fileStore) == 0 else {
-            let reason = String(cString: strerror(errno))
-            if hadFiles { rename(plan.previousFolder, plan.fileStore) }
-            if hadPrevious { rename(plan.supersededFolder, plan.previousFolder) }
-            throw JobFailure(description: "cannot move the restored files into \(plan.fileStore): \(reason)")
-        }
-    }
-
-    /// Puts the target's own files back if the restored ones (known by the
-    /// job's marker) are in their place, and the previous copy back from
-    /// where the swap moved it aside.
-    private func unswapFolders(_ plan: RestorePlan, jobID: String) throws {
-        let fileManager = FileManager.default
-        if fileManager.fileExists(atPath: "\(plan.fileStore)/\(Self.marker(jobID))") {
-            guard rename(plan.fileStore, plan.stagingFolder) == 0 else { return }
-        }
-        if !fileManager.fileExists(atPath: plan.fileStore) && fileManager.fileExists(atPath: plan.previousFolder) {
-            if rename(plan.previousFolder, plan.fileStore) == 0 { unlink("\(plan.fileStore)/\(Self.previousMarker)") }
-        }
-        if !plan.supersededFolder.isEmpty, !fileManager.fileExists(atPath: plan.previousFolder), isFolder(plan.supersededFolder) {
-            rename(plan.supersededFolder, plan.previousFolder)
-        }
+        Self.folders(plan, jobID: jobID).removeJobMarker()
     }
 
     /// Removes what the restore made and no longer needs: the staging
@@ -407,31 +343,31 @@ struct RestoreJob: Sendable {
     @discardableResult
     func removeLeftovers(_ jobID: String, _ environment: Environment, _ plan: RestorePlan, restoreInPlace: Bool,
                          droppingPrevious: Bool = false) async -> Bool {
-        if !restoreInPlace, !plan.fileStore.isEmpty, hasMarker(plan.fileStore, Self.marker(jobID)) {
+        if !restoreInPlace, !plan.fileStore.isEmpty, Self.folders(plan, jobID: jobID).restoredFilesInStore {
             logger.warning("a restore's files are in its store but its database is not: its staging copies are kept for recovery",
                            metadata: ["job": "\(jobID)"])
             return false
         }
         let previousMarker = Self.previousMarker(of: plan.targetDatabase)
         var databasesToDrop = [(plan.stagingDatabase, Self.stagingMarker(of: plan.targetDatabase, jobID: jobID))]
-        var folders = [(plan.stagingFolder, Self.marker(jobID))]
+        var folders = [(plan.stagingFolder, Self.folders(plan, jobID: jobID).jobMarker)]
         if restoreInPlace {
             databasesToDrop.append((plan.supersededDatabase, previousMarker))
-            folders.append((plan.supersededFolder, Self.previousMarker))
+            folders.append((plan.supersededFolder, RestoreFolders.previousMarker))
         }
         if restoreInPlace && droppingPrevious {
             databasesToDrop.append((plan.previousDatabase, previousMarker))
-            folders.append((plan.previousFolder, Self.previousMarker))
+            folders.append((plan.previousFolder, RestoreFolders.previousMarker))
         }
         do {
-            var outcomes: [(name: String, outcome: DropOutcome)] = []
+            var outcomes: [(name: String, outcome: RestoreFolders.Removal)] = []
             for (folder, marker) in folders where !folder.isEmpty {
                 outcomes.append((folder, try await removeFolder(folder, carrying: marker)))
             }
             outcomes += try await onAppServer(environment, database: "postgres") { [databasesToDrop] connection in
                 try databasesToDrop.filter { !$0.0.isEmpty }.map { (name: $0.0, outcome: try dropDatabase($0.0, carrying: $0.1, on: connection)) }
             }
-            let dropped = outcomes.filter { $0.outcome == .dropped }.map(\.name)
+            let dropped = outcomes.filter { $0.outcome == .removed }.map(\.name)
             let foreign = outcomes.filter { $0.outcome == .notOurs }.map(\.name)
             if !foreign.isEmpty {
                 logger.warning("left what a restore's names point at that it did not make", metadata: [
@@ -451,32 +387,22 @@ struct RestoreJob: Sendable {
         }
     }
 
-    /// Removes a folder that carries `marker`, so backupd deletes only what
-    /// it made; a folder (or link) there without the marker is someone
-    /// else's and stays. The app may still write into the folder, so it is
-    /// removed without following links (`removeTree`), the marker last.
-    private func removeFolder(_ folder: String, carrying marker: String) async throws -> DropOutcome {
-        // A file store can hold many files: removing it blocks, so it runs on the thread pool.
+    /// Removes a folder that carries `marker` (`RestoreFolders.remove`). A
+    /// file store can hold many files: removing it blocks, so it runs on the thread pool.
+    private func removeFolder(_ folder: String, carrying marker: String) async throws -> RestoreFolders.Removal {
         try await threadPool.runIfActive {
-            var info = stat()
-            guard lstat(folder, &info) == 0 else { return .absent }
-            guard info.st_mode & S_IFMT == S_IFDIR, hasMarker(folder, marker) else { return .notOurs }
             do {
-                try removeTree(folder, removingLast: marker)
+                return try RestoreFolders.remove(folder, carrying: marker)
             } catch {
                 throw JobFailure(description: "cannot remove \(folder): \(error)")
             }
-            return .dropped
         }
     }
-
-    /// What became of a database or folder a restore meant to remove.
-    enum DropOutcome: Equatable { case absent, dropped, notOurs }
 
     /// Drops a database on the environment's server if it carries `marker`
     /// (its comment), once nobody is on it (`takingOver`); never backupd's
     /// catalog, never a database this restore did not make.
-    private func dropDatabase(_ database: String, carrying marker: String, on connection: PostgresConnection) throws -> DropOutcome {
+    private func dropDatabase(_ database: String, carrying marker: String, on connection: PostgresConnection) throws -> RestoreFolders.Removal {
         try databases.refuseCatalog(on: connection, named: database)
         switch try Self.marker(of: database, on: connection) {
         case nil: return .absent
@@ -486,7 +412,7 @@ struct RestoreJob: Sendable {
         try databases.takingOver([database], on: connection) {
             try connection.query("DROP DATABASE IF EXISTS \(ConnectionString.quoted(database))")
         }
-        return .dropped
+        return .removed
     }
 
     /// A database's comment, "" without one; nil when there is no such database.
@@ -515,13 +441,15 @@ struct RestoreJob: Sendable {
     }
 
     /// Removes the job's marker from the restored file store, once the restore is complete.
-    private func removeMarker(_ plan: RestorePlan, jobID: String) {
-        if !plan.fileStore.isEmpty { unlink("\(plan.fileStore)/\(Self.marker(jobID))") }
+    /// The folders of a restore's plan.
+    static func folders(_ plan: RestorePlan, jobID: String) -> RestoreFolders {
+        RestoreFolders(fileStore: plan.fileStore, staging: plan.stagingFolder, previous: plan.previousFolder,
+                       superseded: plan.supersededFolder, jobID: jobID)
     }
 
     /// Where a restore job keeps its copy of the dump while it runs.
     private func scratchDump(_ jobID: String) -> String {
-        "\(blobStore.scratchDirectory)/restore-\(jobID).backup"
+        "\(scratchDirectory)/restore-\(jobID).backup"
     }
 
     /// Takes over a restore whose process died, as `RestoreRecovery`
@@ -529,7 +457,7 @@ struct RestoreJob: Sendable {
     /// it, or undo any folder swap and remove the staging copies, leaving the
     /// target as it was.
     func recover(_ claimed: ClaimedJob, owner: String) async throws {
-        unlink(scratchDump(claimed.job.id))
+        FileSystem.remove(scratchDump(claimed.job.id))
         let work = try await catalog.restoreWork(jobID: claimed.job.id)
         guard let plan = work.plan else {
             throw JobFailure(description: "backupd stopped before the restore began; the target is unchanged")
@@ -545,16 +473,17 @@ struct RestoreJob: Sendable {
             throw RestoreRecoveryDeferred(reason: "its database server cannot be asked: \(describeJobError(error))")
         }
         let facts = RestoreFacts(restoredDatabaseInPlace: restoredDatabaseInPlace,
-                                 restoredFilesInStore: !plan.fileStore.isEmpty && hasMarker(plan.fileStore, Self.marker(claimed.job.id)))
+                                 restoredFilesInStore: !plan.fileStore.isEmpty && Self.folders(plan, jobID: claimed.job.id).restoredFilesInStore)
         switch RestoreRecovery.decide(after: plan.step, seeing: facts) {
         case .complete:
-            removeMarker(plan, jobID: claimed.job.id)
+            Self.folders(plan, jobID: claimed.job.id).removeJobMarker()
             await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: true, droppingPrevious: !keepPrevious)
             try await catalog.finishJob(id: claimed.job.id, owner: owner, detail: "completed after backupd restarted")
         case .rollBack(let undoFolderSwap):
             if undoFolderSwap {
-                try unswapFolders(plan, jobID: claimed.job.id)
-                guard !hasMarker(plan.fileStore, Self.marker(claimed.job.id)) else {
+                let folders = Self.folders(plan, jobID: claimed.job.id)
+                folders.unswap()
+                guard !folders.restoredFilesInStore else {
                     throw RestoreRecoveryDeferred(reason: "the restored files cannot be moved out of \(plan.fileStore) yet")
                 }
             }
@@ -579,35 +508,12 @@ struct RestoreJob: Sendable {
         return base + suffix
     }
 
-    /// The file a staging folder carries, so that a restarted backupd can
-    /// tell the restored files from the target's own.
-    static func marker(_ jobID: String) -> String { ".backupd-restore-\(jobID)" }
-
-    /// The file a store moved aside by a restore carries, so that only such
-    /// a folder is ever deleted as "the previous state".
-    static let previousMarker = ".backupd-previous"
 
     /// A storage error as the tenant reads it in the job's failure; the log keeps its detail (paths).
     private func told(_ error: any ReportableError) -> String {
         logger.error("restore cannot read the blob store", metadata: ["error": "\(error.logDetail)"])
         return error.publicError.description
     }
-}
-
-private func isFolder(_ path: String) -> Bool {
-    var info = stat()
-    return lstat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFDIR
-}
-
-private func hasMarker(_ folder: String, _ marker: String) -> Bool {
-    var info = stat()
-    return lstat("\(folder)/\(marker)", &info) == 0 && info.st_mode & S_IFMT == S_IFREG
-}
-
-private func writeMarker(in folder: String, _ marker: String) throws {
-    let fd = open("\(folder)/\(marker)", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-    guard fd >= 0 else { throw BlobStoreError.cannotWrite(path: "\(folder)/\(marker)", errno: errno) }
-    close(fd)
 }
 
 /// A restore whose outcome cannot be seen now (its database server is out

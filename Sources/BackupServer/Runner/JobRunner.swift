@@ -49,6 +49,8 @@ public struct JobSettings: Sendable {
 public final class JobRunner: Service, Sendable {
     private let catalog: Catalog
     private let blobStore: any BlobStore
+    /// Where jobs write scratch files: swept of what a dead process's jobs left.
+    private let scratchDirectory: String
     private let placement: Placement
     private let settings: JobSettings
     private let backupJob: BackupJob
@@ -56,6 +58,7 @@ public final class JobRunner: Service, Sendable {
     private let archiveJob: ArchiveJob
     private let uploadValidationJob: UploadValidationJob
     private let verifyJob: VerifyJob
+    private let collector: BlobCollector
     private let archiveCache: ArchiveCache
     private let spool: UploadSpool
     private let uploads: UploadSettings
@@ -82,28 +85,30 @@ public final class JobRunner: Service, Sendable {
         case changeHeard, shutdownGraceOver
     }
 
-    init(catalog: Catalog, blobStore: any BlobStore, placement: Placement, archiveCache: ArchiveCache, spool: UploadSpool,
+    init(catalog: Catalog, blobStore: any BlobStore, scratchDirectory: String, placement: Placement, archiveCache: ArchiveCache, spool: UploadSpool,
          archiveGzipLevel: Int, uploads: UploadSettings,
          threadPool: NIOThreadPool, settings: JobSettings, logger: Logger) {
         self.catalog = catalog
         self.blobStore = blobStore
+        self.scratchDirectory = scratchDirectory
         self.placement = placement
         self.settings = settings
         self.logger = logger
         let dumps = DumpStorage(catalog: catalog, blobStore: blobStore, threadPool: threadPool, level: Int32(settings.dumpCompressionLevel))
-        self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, databases: placement.databases, threadPool: threadPool,
+        self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, databases: placement.databases, threadPool: threadPool,
                                    tools: settings.tools, clock: settings.clock, dumps: dumps)
-        self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, databases: placement.databases, threadPool: threadPool,
+        self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, databases: placement.databases, threadPool: threadPool,
                                      tools: settings.tools, clock: settings.clock, parallelJobs: max(1, settings.restoreParallelism),
                                      keepPrevious: settings.keepPreviousOnRestore, dieAfterStep: settings.dieAfterRestoreStep,
                                      logger: logger)
         self.archiveJob = ArchiveJob(catalog: catalog, blobStore: blobStore, cache: archiveCache, gzipLevel: archiveGzipLevel,
                                      threadPool: threadPool)
-        self.uploadValidationJob = UploadValidationJob(catalog: catalog, blobStore: blobStore, spool: spool, limits: uploads.archiveLimits,
+        self.uploadValidationJob = UploadValidationJob(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, spool: spool, limits: uploads.archiveLimits,
                                                        reservedDiskBytes: uploads.reservedDiskBytes,
                                                        threadPool: threadPool, tools: settings.tools, dumps: dumps)
-        self.verifyJob = VerifyJob(catalog: catalog, blobStore: blobStore, threadPool: threadPool, tools: settings.tools,
+        self.verifyJob = VerifyJob(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, threadPool: threadPool, tools: settings.tools,
                                    reservedDiskBytes: uploads.reservedDiskBytes)
+        self.collector = BlobCollector(catalog: catalog, store: blobStore, threadPool: threadPool)
         self.archiveCache = archiveCache
         self.spool = spool
         self.uploads = uploads
@@ -239,15 +244,8 @@ public final class JobRunner: Service, Sendable {
 
     private func collectGarbage() async {
         do {
-            switch try await catalog.collectGarbage(in: blobStore) {
-            case nil:
-                // A job holds the blob lock: try again at the next wake-up rather than the next interval.
-                signals.withLockedValue { $0.collectGarbage = true }
-            case let removed? where removed > 0:
-                logger.info("removed unreferenced blobs", metadata: ["count": "\(removed)"])
-            default:
-                break
-            }
+            let removed = try await collector.collect()
+            if removed > 0 { logger.info("removed unreferenced blobs", metadata: ["count": "\(removed)"]) }
             try await sweepScratch()
         } catch {
             logger.error("garbage collection failed", metadata: ["error": "\(error)"])
@@ -257,7 +255,7 @@ public final class JobRunner: Service, Sendable {
     /// Removes what jobs of a dead process left in the scratch folder: files
     /// named for a job that no longer runs, and anything else older than a day.
     private func sweepScratch() async throws {
-        let folder = blobStore.scratchDirectory
+        let folder = scratchDirectory
         let fileManager = FileManager.default
         // Listed before the active jobs are read: a file listed here belongs to a job that had started.
         let names = try fileManager.contentsOfDirectory(atPath: folder)

@@ -1,6 +1,7 @@
 import BackupCatalog
 import BackupPostgres
 import BackupRules
+import BackupStorage
 import Foundation
 import Subprocess
 import SystemPackage
@@ -112,7 +113,7 @@ extension PostgresTools {
     /// (removed after), so a dump it cannot read fails with `ToolFailure`;
     /// returns the server version the dump says it was made from.
     func listDump(_ dumpPath: String, scratch listingPath: String) async throws -> String {
-        defer { unlink(listingPath) }
+        defer { FileSystem.remove(listingPath) }
         try await runSubprocess(pgRestore, ["--list", "--file=\(listingPath)", dumpPath])
         // The listing's header says, e.g. ";     Dumped from database version: 17.6 (Debian 17.6-1)".
         let listing = try String(contentsOfFile: listingPath, encoding: .utf8)

@@ -137,8 +137,9 @@ struct BackupsService: Sendable {
             // Only the platform makes platform tokens; an admin makes its own namespace's.
             let namespace = request.role == .platform ? request.namespace : try context.namespace(request.namespace)
             try context.authorize(request.role == .platform ? .platform : .admin, in: namespace, platform: true)
-            let (token, secret) = try await catalog.createToken(namespace: namespace, role: request.role, name: request.name)
-            return .with { $0.token = token; $0.secret = secret }
+            let secret = AccessTokenSecret()
+            let token = try await catalog.createToken(namespace: namespace, role: request.role, name: request.name, secretDigest: secret.digest)
+            return .with { $0.token = token; $0.secret = secret.text }
         }
         router.unary(Backups.listTokens) { request, context in
             // A platform token lists a namespace's tokens, or with no namespace the platform's.

@@ -28,7 +28,7 @@ final class UploadSpool: Sendable {
 
     init(directory: String, catalog: Catalog, threadPool: NIOThreadPool, lifetime: Duration, reservedDiskBytes: UInt64,
          clock: any ServiceClock = ContinuousClock()) throws {
-        try makeDirectories(directory)
+        try FileSystem.makeFolders(directory)
         self.directory = directory
         self.catalog = catalog
         self.threadPool = threadPool
@@ -41,7 +41,7 @@ final class UploadSpool: Sendable {
 
     /// What the spool's disk has free beyond its reserve (everything, when the disk cannot be asked).
     func usableDiskBytes() -> UInt64 {
-        guard let free = freeDiskBytes(in: directory) else { return .max }
+        guard let free = FileSystem.freeBytes(in: directory) else { return .max }
         return free > reservedDiskBytes ? free - reservedDiskBytes : 0
     }
 
@@ -53,9 +53,7 @@ final class UploadSpool: Sendable {
             throw BackupError.resourceExhausted("the upload spool's disk has too little free space for an upload of \(size) bytes "
                                                 + "(it keeps \(reservedDiskBytes) bytes free); try again later")
         }
-        let fd = open(path(of: uploadID), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw BlobStoreError.cannotWrite(path: path(of: uploadID), errno: errno) }
-        close(fd)
+        _ = try LocalFile.create(path(of: uploadID))
     }
 
     /// Receives one call's chunks of `upload` in order. The call holds the
@@ -187,13 +185,13 @@ final class UploadSpool: Sendable {
 
     /// Removes uploads' files and running hashes.
     func remove(_ uploadIDs: [String]) {
-        for id in uploadIDs { unlink(path(of: id)) }
+        for id in uploadIDs { FileSystem.remove(path(of: id)) }
         hashes.withLockedValue { hashes in for id in uploadIDs { hashes[id] = nil } }
     }
 
     /// The upload ids of the spool's files.
     func listedUploads() throws -> [String] {
-        try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".upload") }
+        try FileSystem.names(in: directory).filter { $0.hasSuffix(".upload") }
             .map { String($0.dropLast(".upload".count)) }
     }
 
@@ -201,11 +199,11 @@ final class UploadSpool: Sendable {
     /// ids the catalog does not know once they are a minute old (a younger
     /// one may belong to a start whose transaction has not committed yet).
     func sweep(listed: [String], unfinished: Set<String>, known: Set<String>) -> Int {
-        let minuteAgo = Date().addingTimeInterval(-60)
+        let minuteAgo = Date().addingTimeInterval(-60).timeIntervalSince1970
         let gone = listed.filter { id in
             guard !unfinished.contains(id) else { return false }
             guard !known.contains(id) else { return true }
-            return ((try? FileManager.default.attributesOfItem(atPath: path(of: id))[.modificationDate] as? Date) ?? .distantPast) < minuteAgo
+            return (FileSystem.modified(path(of: id)) ?? 0) < minuteAgo
         }
         remove(gone)
         return gone.count
@@ -213,59 +211,37 @@ final class UploadSpool: Sendable {
 
     /// Writes a chunk at `offset` of the upload's file, opened for it alone; `sync` makes it durable.
     private static func write(_ data: [UInt8], to path: String, at offset: UInt64) throws {
-        let fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw errno == ENOENT ? BackupError.failedPrecondition("the upload's data is gone (it expired or failed)")
-                                  : BlobStoreError.cannotWrite(path: path, errno: errno)
-        }
-        defer { close(fd) }
-        var done = 0
-        while done < data.count {
-            let count = data.withUnsafeBytes { pwrite(fd, $0.baseAddress! + done, data.count - done, off_t(offset) + off_t(done)) }
-            if count < 0 && errno == EINTR { continue }
-            guard count >= 0 else {
-                let code = errno
-                if code == ENOSPC || code == EDQUOT {
-                    throw BackupError.resourceExhausted("the upload spool's disk is full; the upload keeps what it received "
-                                                       + "(\(offset) bytes) and resumes from there once there is room")
-                }
-                throw BlobStoreError.cannotWrite(path: path, errno: code)
-            }
-            done += count
+        do {
+            try data.withUnsafeBytes { try openData(path, writing: true).write($0, at: offset) }
+        } catch BlobStoreError.cannotWrite(_, let code) where code == ENOSPC || code == EDQUOT {
+            throw BackupError.resourceExhausted("the upload spool's disk is full; the upload keeps what it received "
+                                               + "(\(offset) bytes) and resumes from there once there is room")
         }
     }
 
     /// Flushes the upload's file to its disk: what was written through any descriptor before.
     private static func sync(_ path: String) throws {
-        let fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw errno == ENOENT ? BackupError.failedPrecondition("the upload's data is gone (it expired or failed)")
-                                  : BlobStoreError.cannotWrite(path: path, errno: errno)
-        }
-        defer { close(fd) }
-        guard fsync(fd) == 0 else { throw BlobStoreError.cannotWrite(path: path, errno: errno) }
+        try openData(path, writing: true).sync()
     }
 
     private static func hashPrefix(path: String, length: UInt64) throws -> RunningHash {
-        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw errno == ENOENT ? BackupError.failedPrecondition("the upload's data is gone (it expired or failed)")
-                                  : BlobStoreError.cannotRead(path: path, errno: errno)
-        }
-        defer { close(fd) }
         let hash = RunningHash()
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
         var done: UInt64 = 0
-        while done < length {
-            let want = Int(min(UInt64(buffer.count), length - done))
-            let count = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, want, off_t(done)) }
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { throw BlobStoreError.cannotRead(path: path, errno: count == 0 ? EIO : errno) }
-            buffer.withUnsafeBytes { hash.hasher.update(UnsafeRawBufferPointer(rebasing: $0.prefix(count))) }
-            done += UInt64(count)
+        try openData(path).readChunks(limit: length) { chunk in
+            hash.hasher.update(chunk)
+            done += UInt64(chunk.count)
         }
+        guard done == length else { throw BlobStoreError.cannotRead(path: path, errno: EIO) }
         hash.covers = done
         return hash
+    }
+
+    /// The upload's file, or a refusal saying its data is gone.
+    private static func openData(_ path: String, writing: Bool = false) throws -> LocalFile {
+        guard let file = try LocalFile.openIfPresent(path, writing: writing) else {
+            throw BackupError.failedPrecondition("the upload's data is gone (it expired or failed)")
+        }
+        return file
     }
 }
 

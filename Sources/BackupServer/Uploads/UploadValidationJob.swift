@@ -20,6 +20,8 @@ import NIOPosix
 struct UploadValidationJob: Sendable {
     let catalog: Catalog
     let blobStore: any BlobStore
+    /// Where the job writes its scratch files (a dump for pg_restore), named for the job.
+    let scratchDirectory: String
     let spool: UploadSpool
     let limits: SnapshotArchiveReader.Limits
     /// Free space the blob store's disk keeps beyond a member about to be written.
@@ -41,16 +43,16 @@ struct UploadValidationJob: Sendable {
         defer { spool.remove([upload.id]) }
         let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
         await progress.update(done: 0, total: upload.sizeBytes, phase: "reading and checking the archive")
-        let dumpPath = "\(blobStore.scratchDirectory)/dump-\(claimed.job.id).backup"
-        defer { unlink(dumpPath) }
-        let ledger = catalog.blobLedger(store: blobStore)
+        let dumpPath = "\(scratchDirectory)/dump-\(claimed.job.id).backup"
+        defer { FileSystem.remove(dumpPath) }
+        let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool)
         let read = try await readArchive(spool.path(of: upload.id), dumpTo: dumpPath, progress: progress)
         let packageVersion = try Self.packageVersion(read.contents.metadata)
         try await ledger.record(read.documents.map(\.blob))
         await progress.update(phase: "checking the database dump with pg_restore --list")
         let postgresVersion: String
         do {
-            postgresVersion = try await tools.listDump(dumpPath, scratch: "\(blobStore.scratchDirectory)/list-\(claimed.job.id)")
+            postgresVersion = try await tools.listDump(dumpPath, scratch: "\(scratchDirectory)/list-\(claimed.job.id)")
         } catch let failure as ToolFailure {
             throw JobFailure(description: "the archive's \(SnapshotArchive.dumpPath) is not a dump pg_restore can read: \(failure)")
         }
@@ -79,7 +81,7 @@ struct UploadValidationJob: Sendable {
             do {
                 contents = try SnapshotArchiveReader(limits: limits).read(path, interruption: interruption, progress: report) { member, size, stated in
                     // The archive's members may expand far past it: each must fit on the disk beside its reserve.
-                    try requireRoom(for: size, reserved: reserved, in: blobStore.scratchDirectory)
+                    try requireRoom(for: size, reserved: reserved, in: scratchDirectory)
                     switch member {
                     case .dump:
                         return try ScratchFile(path: dumpPath)

@@ -14,6 +14,8 @@ import NIOPosix
 struct VerifyJob: Sendable {
     let catalog: Catalog
     let blobStore: any BlobStore
+    /// Where the job writes its scratch files (a dump for pg_restore), named for the job.
+    let scratchDirectory: String
     let threadPool: NIOThreadPool
     let tools: PostgresTools
     /// Free space the blob store's disk keeps beyond the dump's scratch copy.
@@ -27,15 +29,15 @@ struct VerifyJob: Sendable {
         let progress = ProgressReporter(catalog: catalog, jobID: jobID)
         await progress.update(done: 0, total: backup.databaseBytes + backup.filesBytes, phase: "reading every blob and checking its hash")
         // Named as the scratch sweep knows a job's dump, so a dead process's copy goes too.
-        let dumpPath = "\(blobStore.scratchDirectory)/dump-\(jobID).backup"
-        defer { unlink(dumpPath) }
+        let dumpPath = "\(scratchDirectory)/dump-\(jobID).backup"
+        defer { FileSystem.remove(dumpPath) }
         let (blobStore, reserved) = (self.blobStore, self.reservedDiskBytes)
         // The backup is pinned while this job runs, so every blob it reads stays referenced and is never collected.
         var (problems, dumpIntact) = try await progress.reporting(on: threadPool) { interruption, report in
             var problems: [VerifyProblem] = []
             var done: UInt64 = 0
             let count: (UnsafeRawBufferPointer) -> Void = { done += UInt64($0.count); report(done) }
-            try requireRoom(for: dump.size, reserved: reserved, in: blobStore.scratchDirectory)
+            try requireRoom(for: dump.size, reserved: reserved, in: scratchDirectory)
             let copy = try ScratchFile(path: dumpPath)
             let toCopy: (UnsafeRawBufferPointer) throws -> Void = { try copy.write($0); count($0) }
             var dumpIntact = true
@@ -67,7 +69,7 @@ struct VerifyJob: Sendable {
         if dumpIntact {
             await progress.update(phase: "listing the dump with pg_restore --list")
             do {
-                _ = try await tools.listDump(dumpPath, scratch: "\(blobStore.scratchDirectory)/list-\(jobID)")
+                _ = try await tools.listDump(dumpPath, scratch: "\(scratchDirectory)/list-\(jobID)")
             } catch let failure as ToolFailure {
                 problems.append(.with {
                     $0.name = SnapshotArchive.dumpPath; $0.sha256 = backup.dumpSHA256; $0.problem = "pg_restore --list: \(failure)"

@@ -1,0 +1,101 @@
+import BackupPostgres
+import BackupRules
+import BackupWire
+import Foundation
+
+/// The catalog's side of blob collection, which runs beside jobs. The blob
+/// store's side (removing files, listing what the store holds) is the
+/// server's `BlobCollector`; the catalog holds no connection while it works.
+///
+/// A job records each blob it stores or reuses (`markBlobsUsed`), which
+/// marks it used now; nothing used since the oldest running job began (the
+/// fence) is collected, so what a job stored and has yet to reference stays
+/// however long it runs. Collection claims a blob's row before its content
+/// goes (`collecting_since`) and forgets the row once it went; a job that
+/// marks a claimed blob takes it as gone, so no backup ever references
+/// content a collection is removing.
+extension Catalog {
+    /// How long a claim of a collection that never finished (its process
+    /// died) holds before another collection takes the blob over.
+    static let staleBlobClaim = "15 minutes"
+
+    /// Marks `blobs` used now and returns those a collection has claimed,
+    /// which the caller must take as gone. One row per content, however
+    /// many documents or chunks share it (a statement may not upsert a row
+    /// twice).
+    public func markBlobsUsed(_ blobs: [StoredBlob]) async throws -> Set<ContentHash> {
+        var seen = Set<ContentHash>()
+        let distinct = blobs.filter { seen.insert($0.hash).inserted }
+        guard !distinct.isEmpty else { return [] }
+        return try await pool.withConnection(idempotent: true) { connection in
+            var claimed = Set<ContentHash>()
+            for start in stride(from: 0, to: distinct.count, by: Catalog.insertBatch) {
+                let batch = distinct[start..<min(start + Catalog.insertBatch, distinct.count)]
+                let rows = try connection.query("""
+                    INSERT INTO blobs (sha256, size)
+                    SELECT sha256, size::bigint FROM unnest($1::text[], $2::text[]) AS b(sha256, size)
+                    ON CONFLICT (sha256) DO UPDATE SET used_at = now(), size = excluded.size
+                    RETURNING sha256, collecting_since IS NOT NULL AS claimed
+                    """, batch.map(\.hash.hex), batch.map { String($0.size) })
+                claimed.formUnion(rows.filter { $0.bool("claimed") }.compactMap { ContentHash(hex: $0.string("sha256")) })
+            }
+            return claimed
+        }
+    }
+
+    /// Claims the rows of the blobs no snapshot refers to and nothing used
+    /// since the fence, and returns them with the fence's age: the caller
+    /// removes their content, then `forgetCollectedBlobs` (or
+    /// `releaseBlobClaims` for what it could not remove).
+    public func claimUnreferencedBlobs() async throws -> (claimed: [ContentHash], fenceAge: Duration) {
+        try await pool.withConnection { connection in
+            try connection.transaction {
+                let fenceAge = try connection.query("""
+                    SELECT extract(epoch FROM now() - least(now(), (SELECT min(started_at) FROM jobs WHERE status = '\(JobStatus.running)')))::float8::text
+                        AS age
+                    """)[0].string("age")
+                let claimed = try connection.query("""
+                    UPDATE blobs b SET collecting_since = now()
+                    WHERE b.used_at < now() - make_interval(secs => $1::float8)
+                      AND (b.collecting_since IS NULL OR b.collecting_since < now() - interval '\(Self.staleBlobClaim)')
+                      AND NOT EXISTS (SELECT 1 FROM snapshot_files f WHERE f.sha256 = b.sha256)
+                      AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.dump_sha256 = b.sha256)
+                      AND NOT EXISTS (SELECT 1 FROM dump_chunks c WHERE c.blob_sha256 = b.sha256)
+                    RETURNING sha256
+                    """, fenceAge).compactMap { ContentHash(hex: $0.string("sha256")) }
+                return (claimed, .milliseconds(Int64((Double(fenceAge) ?? 0) * 1000)))
+            }
+        }
+    }
+
+    /// Claims content the store holds that no row knows (what a failed job
+    /// stored and never recorded): each gets a claimed row of its own.
+    /// Content a job is recording meanwhile is not claimed: its insert
+    /// comes first, or this one waits for it and finds the row.
+    public func claimUnrecordedBlobs(_ hashes: [ContentHash]) async throws -> [ContentHash] {
+        guard !hashes.isEmpty else { return [] }
+        return try await pool.withConnection { connection in
+            try connection.query("""
+                INSERT INTO blobs (sha256, size, collecting_since) SELECT unnest($1::text[]), 0, now()
+                ON CONFLICT DO NOTHING RETURNING sha256
+                """, hashes.map(\.hex)).compactMap { ContentHash(hex: $0.string("sha256")) }
+        }
+    }
+
+    /// Drops the rows of claimed blobs whose content is gone.
+    public func forgetCollectedBlobs(_ hashes: [ContentHash]) async throws {
+        guard !hashes.isEmpty else { return }
+        try await pool.withConnection(idempotent: true) { connection in
+            try connection.query("DELETE FROM blobs WHERE sha256 = ANY($1::text[]) AND collecting_since IS NOT NULL", hashes.map(\.hex))
+        }
+    }
+
+    /// Gives back the claims of blobs whose content could not be removed
+    /// (an unrecorded one keeps its row: the next collection takes it).
+    public func releaseBlobClaims(_ hashes: [ContentHash]) async throws {
+        guard !hashes.isEmpty else { return }
+        try await pool.withConnection(idempotent: true) { connection in
+            try connection.query("UPDATE blobs SET collecting_since = NULL WHERE sha256 = ANY($1::text[])", hashes.map(\.hex))
+        }
+    }
+}

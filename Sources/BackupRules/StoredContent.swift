@@ -1,0 +1,147 @@
+/// The content types a backup is made of, as the catalog records them:
+/// values only, no I/O (reading and writing them is `BackupStorage`'s).
+
+/// The address of a blob: the SHA-256 of its content, shown as lowercase
+/// hex. The 32 bytes are held inline rather than as text, as the manifest
+/// of an upload of half a million documents holds as many of them.
+public struct ContentHash: Hashable, Sendable, CustomStringConvertible {
+    /// The digest's bytes, eight at a time, most significant first.
+    private let words: (first: UInt64, second: UInt64, third: UInt64, fourth: UInt64)
+
+    /// Accepts exactly 64 lowercase hex digits.
+    public init?(hex: String) {
+        var values: [UInt8] = []
+        values.reserveCapacity(64)
+        for byte in hex.utf8 {
+            switch byte {
+            case 48...57: values.append(byte - 48)
+            case 97...102: values.append(byte - 87)
+            default: return nil
+            }
+            guard values.count <= 64 else { return nil }
+        }
+        guard values.count == 64 else { return nil }
+        self.init(digest: stride(from: 0, to: 64, by: 2).map { values[$0] << 4 | values[$0 + 1] })
+    }
+
+    /// The hash whose digest is these 32 bytes.
+    public init(digest: some Collection<UInt8>) {
+        precondition(digest.count == 32, "a SHA-256 digest is 32 bytes")
+        var words: [UInt64] = [0, 0, 0, 0]
+        for (index, byte) in digest.enumerated() { words[index / 8] = words[index / 8] << 8 | UInt64(byte) }
+        self.words = (words[0], words[1], words[2], words[3])
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.words == rhs.words }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(words.first)
+        hasher.combine(words.second)
+        hasher.combine(words.third)
+        hasher.combine(words.fourth)
+    }
+
+    /// 64 lowercase hex digits.
+    public var hex: String {
+        hexString([words.first, words.second, words.third, words.fourth].flatMap { word in
+            (0..<8).reversed().map { UInt8(truncatingIfNeeded: word >> (8 * $0)) }
+        })
+    }
+
+    public var description: String { hex }
+}
+
+/// A blob that is in the store.
+public struct StoredBlob: Sendable, Equatable {
+    public let hash: ContentHash
+    public let size: UInt64
+    /// False when the store already had this content and wrote nothing.
+    public let written: Bool
+
+    /// `written` is false for a blob known from the catalog, not just stored.
+    public init(hash: ContentHash, size: UInt64, written: Bool = false) {
+        self.hash = hash
+        self.size = size
+        self.written = written
+    }
+}
+
+/// One piece of a chunked dump: the hash and size of its content, and the
+/// blob that holds it, a zstd frame or, when compressing saved nothing, the
+/// content as is.
+public struct DumpChunk: Sendable, Equatable {
+    public let sha256: ContentHash
+    public let size: UInt64
+    public let blob: StoredBlob
+    public let compressed: Bool
+
+    public init(sha256: ContentHash, size: UInt64, blob: StoredBlob, compressed: Bool) {
+        self.sha256 = sha256
+        self.size = size
+        self.blob = blob
+        self.compressed = compressed
+    }
+}
+
+/// How a backup's dump is kept: one blob (backups made before dumps were
+/// chunked, and kept readable), or content-defined chunks in order.
+public enum StoredDump: Sendable, Equatable {
+    case blob(StoredBlob)
+    case chunks(sha256: ContentHash, size: UInt64, [DumpChunk])
+
+    /// The SHA-256 of the whole dump, as `pg_dump` wrote it.
+    public var sha256: ContentHash {
+        switch self {
+        case .blob(let blob): blob.hash
+        case .chunks(let sha256, _, _): sha256
+        }
+    }
+
+    public var size: UInt64 {
+        switch self {
+        case .blob(let blob): blob.size
+        case .chunks(_, let size, _): size
+        }
+    }
+
+    /// Every blob the dump refers to.
+    public var blobs: [StoredBlob] {
+        switch self {
+        case .blob(let blob): [blob]
+        case .chunks(_, _, let chunks): chunks.map(\.blob)
+        }
+    }
+}
+
+/// A full snapshot as the public archive format lays it out (a gzip tar):
+/// `.metadata` (a JSON object of strings), `db/db.backup` (the custom-format
+/// dump) and `tree/xx/yy/KEY` (each file document under its storage key,
+/// in folders named by the key's characters 1-2 and 3-4). The tar is written
+/// with libarchive, every blob read through the blob store's streaming
+/// interface, so no member is ever held whole in memory; `GzipMembers`
+/// compresses it on all cores.
+public struct SnapshotArchive: Sendable {
+    /// `.metadata`; the writer adds a SHA-256 per member (`sha256:PATH`).
+    public var metadata: [String: String]
+    public var dump: StoredDump
+    public var files: [(key: String, blob: StoredBlob)]
+    /// Modification time of every member, Unix seconds: the snapshot's.
+    public var modified: Int64
+
+    public init(metadata: [String: String], dump: StoredDump, files: [(key: String, blob: StoredBlob)], modified: Int64) {
+        self.metadata = metadata
+        self.dump = dump
+        self.files = files
+        self.modified = modified
+    }
+}
+
+private func hexString(_ bytes: some Sequence<UInt8>) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    for byte in bytes {
+        out.append(digits[Int(byte >> 4)])
+        out.append(digits[Int(byte & 0x0f)])
+    }
+    return String(decoding: out, as: UTF8.self)
+}

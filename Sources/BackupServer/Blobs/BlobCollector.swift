@@ -1,0 +1,59 @@
+import BackupCatalog
+import BackupRules
+import BackupStorage
+import Foundation
+import NIOPosix
+
+/// Removes the blobs no snapshot refers to, beside running jobs: the
+/// catalog says which rows are unreferenced and claims them, the store
+/// removes their content, the catalog forgets them (`Catalog+Blobs`). Then
+/// the content the store holds that no row knows and that was last written
+/// or reused before the fence goes the same way: what failed jobs stored
+/// but never recorded. No catalog connection is held while the store works.
+struct BlobCollector: Sendable {
+    let catalog: Catalog
+    let store: any BlobStore
+    let threadPool: NIOThreadPool
+    /// How many unrecorded blobs are claimed and removed at a time.
+    static let batch = 1000
+
+    /// Returns how many blobs went.
+    func collect() async throws -> Int {
+        // A job claimed after the fence is read writes after this instant.
+        let beforeFence = Date()
+        let (unreferenced, fenceAge) = try await catalog.claimUnreferencedBlobs()
+        var removed = try await remove(unreferenced)
+        // The fence on this process's clock (processes sharing a store keep their clocks in step with the
+        // catalog's); a second more while jobs run, for clocks a little apart.
+        let fenceSeconds = Double(fenceAge.components.seconds) + Double(fenceAge.components.attoseconds) / 1e18
+        let cutoff = beforeFence.addingTimeInterval(-fenceSeconds - (fenceSeconds > 0 ? 1 : 0))
+        let store = self.store
+        let stored = try await threadPool.runIfActive { try store.storedHashes(unusedSince: cutoff) }
+        for start in stride(from: 0, to: stored.count, by: Self.batch) {
+            let claimed = try await catalog.claimUnrecordedBlobs(Array(stored[start..<min(start + Self.batch, stored.count)]))
+            removed += try await remove(claimed)
+        }
+        return removed
+    }
+
+    /// Removes the content of claimed blobs, then forgets them; the claims
+    /// of what could not be removed are given back.
+    private func remove(_ claimed: [ContentHash]) async throws -> Int {
+        guard !claimed.isEmpty else { return 0 }
+        let store = self.store
+        let (gone, failure) = try await threadPool.runIfActive { () -> ([ContentHash], (any Error)?) in
+            var gone: [ContentHash] = []
+            for hash in claimed {
+                do { try store.remove(hash) } catch { return (gone, error) }
+                gone.append(hash)
+            }
+            return (gone, nil)
+        }
+        try await catalog.forgetCollectedBlobs(gone)
+        if let failure {
+            try await catalog.releaseBlobClaims(Array(claimed.dropFirst(gone.count)))
+            throw failure
+        }
+        return gone.count
+    }
+}

@@ -1,0 +1,37 @@
+import BackupCatalog
+import BackupRules
+import BackupStorage
+import NIOPosix
+
+/// Records the blobs a running job stores or reuses, marking each used now,
+/// so that collection, which runs beside jobs, keeps them until the job
+/// references them (see `Catalog.markBlobsUsed`). A blob is checked to be
+/// in the store after it is marked: one collected just before (its last
+/// reference deleted as the job ran), or being collected, fails the job,
+/// which can be run again, rather than a backup referencing nothing.
+struct BlobLedger: Sendable {
+    let catalog: Catalog
+    let store: any BlobStore
+    let threadPool: NIOThreadPool
+
+    /// Marks `blobs` used; fails naming how many the store no longer holds.
+    func record(_ blobs: [StoredBlob]) async throws {
+        let kept = try await keep(blobs)
+        guard kept.count == blobs.count else {
+            throw BackupError.failedPrecondition("\(blobs.count - kept.count) blobs this job stored or reused were collected as it ran "
+                + "(the backups that held them were deleted); run it again")
+        }
+    }
+
+    /// Marks `blobs` used and returns those the store still holds and no
+    /// collection is removing: content a job may reuse (the chunks of an
+    /// environment's latest backup). One look at the store per content,
+    /// however many documents or chunks share it.
+    func keep(_ blobs: [StoredBlob]) async throws -> [StoredBlob] {
+        let claimed = try await catalog.markBlobsUsed(blobs)
+        let store = self.store
+        let distinct = Set(blobs.map(\.hash)).subtracting(claimed)
+        let held = try await threadPool.runIfActive { distinct.filter { store.contains($0) } }
+        return blobs.filter { held.contains($0.hash) }
+    }
+}

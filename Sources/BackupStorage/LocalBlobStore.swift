@@ -1,0 +1,173 @@
+import BackupRules
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// Blobs as files under a folder: `sha256/ab/cd/abcd…`. Each is written to a
+/// temporary name, fsynced and renamed into place, so a blob that exists is
+/// complete. The store is private to backupd's user: folders 0700, blobs
+/// 0400 (read-only even to that user, so a hard link to one cannot be
+/// written through into the store).
+public struct LocalBlobStore: BlobStore {
+    public let root: String
+    static let folderMode: mode_t = 0o700
+    static let blobMode: mode_t = 0o400
+
+    /// Opens (or makes) the store. A store made by an earlier version with
+    /// wider permissions is tightened first.
+    public init(root: String) throws {
+        self.root = root
+        try FileSystem.makeFolders(scratchDirectory)
+        try FileSystem.makeFolders(root + "/sha256")
+        if try FileOwner(ofFolder: root).mode & 0o777 != Self.folderMode {
+            try FileSystem.applyOwnership(under: root, folders: FileOwner(mode: Self.folderMode), files: FileOwner(mode: Self.blobMode))
+        }
+    }
+
+    public var localFolder: String? { root }
+
+    /// Where a blob's file is (or would be).
+    public func path(for hash: ContentHash) -> String {
+        let hex = hash.hex
+        return "\(root)/sha256/\(hex.prefix(2))/\(hex.dropFirst(2).prefix(2))/\(hex)"
+    }
+
+    /// Where blobs are written before they are renamed into place: a file
+    /// made here can be adopted without a copy.
+    public var scratchDirectory: String { root + "/tmp" }
+
+    public func storedHashes(unusedSince cutoff: Date) throws -> [ContentHash] {
+        var hashes: [ContentHash] = []
+        let cutoffSeconds = cutoff.timeIntervalSince1970
+        for first in try FileSystem.names(in: root + "/sha256") {
+            for second in try FileSystem.names(in: "\(root)/sha256/\(first)") {
+                hashes += try FileSystem.names(in: "\(root)/sha256/\(first)/\(second)").compactMap(ContentHash.init(hex:)).filter { hash in
+                    FileSystem.modified(path(for: hash)).map { $0 < cutoffSeconds } ?? false
+                }
+            }
+        }
+        return hashes
+    }
+
+    public func reuse(_ hash: ContentHash) -> Bool {
+        FileSystem.touch(path(for: hash))
+    }
+
+    /// Moves the file into place rather than copying it, when it is on the
+    /// store's file system.
+    public func adopt(_ path: String) throws -> StoredBlob {
+        defer { FileSystem.remove(path) }
+        let file = try LocalFile.open(path)
+        let hasher = SHA256Hasher()
+        var size: UInt64 = 0
+        try file.readChunks { chunk in
+            hasher.update(chunk)
+            size += UInt64(chunk.count)
+        }
+        let hash = hasher.finish()
+        if reuse(hash) { return StoredBlob(hash: hash, size: size, written: false) }
+        try file.apply(FileOwner(mode: Self.blobMode))
+        try file.sync()
+        do {
+            return try takeIn(path, hash: hash, size: size)
+        } catch BlobStoreError.cannotWrite(_, EXDEV) {
+            try file.rewind()  // another file system: copy instead
+            let writer = try writer()
+            try file.readChunks { try writer.write($0) }
+            return try writer.finish()
+        }
+    }
+
+    /// A name for a file being written into the store.
+    fileprivate func newScratchPath() -> String {
+        "\(scratchDirectory)/\(base64URL(Secure.randomBytes(12))).partial"
+    }
+
+    /// Moves a complete, fsynced file of content `hash` into place, or drops
+    /// it when the store has that content already; the file is gone
+    /// afterwards, unless the rename failed.
+    fileprivate func takeIn(_ temporary: String, hash: ContentHash, size: UInt64) throws -> StoredBlob {
+        if reuse(hash) {
+            FileSystem.remove(temporary)
+            return StoredBlob(hash: hash, size: size, written: false)
+        }
+        let final = self.path(for: hash)
+        let folder = String(final[..<final.lastIndex(of: "/")!])
+        try FileSystem.makeFolders(folder)
+        try FileSystem.rename(temporary, to: final)
+        FileSystem.syncFolder(folder)
+        return StoredBlob(hash: hash, size: size, written: true)
+    }
+
+    public func writer() throws -> any BlobWriter {
+        try LocalBlobWriter(store: self)
+    }
+
+    public func contains(_ hash: ContentHash) -> Bool {
+        FileSystem.entry(at: path(for: hash)) != nil
+    }
+
+    public func read(_ hash: ContentHash, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64 {
+        guard let file = try LocalFile.openIfPresent(path(for: hash)) else { throw BlobStoreError.missing(hash) }
+        let hasher = SHA256Hasher()
+        var size: UInt64 = 0
+        try file.readChunks(interruption: interruption) { chunk in
+            hasher.update(chunk)
+            size += UInt64(chunk.count)
+            try consume(chunk)
+        }
+        let actual = hasher.finish()
+        guard actual == hash else { throw BlobStoreError.corrupt(hash, actual: actual) }
+        return size
+    }
+
+    /// A hard link where the store's file system allows, else a copy; checked
+    /// against the hash either way.
+    public func materialize(_ hash: ContentHash, at path: String) throws {
+        _ = try verify(hash)
+        if try FileSystem.link(self.path(for: hash), to: path) { return }
+        try place(hash, at: path, owner: FileOwner(mode: 0o600))
+    }
+
+    public func remove(_ hash: ContentHash) throws {
+        try FileSystem.removeIfPresent(path(for: hash))
+    }
+}
+
+/// The local store's `BlobWriter`: a scratch file renamed into place.
+final class LocalBlobWriter: BlobWriter {
+    private let store: LocalBlobStore
+    private let file: LocalFile
+    private let hasher = SHA256Hasher()
+    private var size: UInt64 = 0
+    private var done = false
+
+    fileprivate init(store: LocalBlobStore) throws {
+        self.store = store
+        file = try LocalFile.create(store.newScratchPath())
+    }
+
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        try file.write(chunk)
+        hasher.update(chunk)
+        size += UInt64(chunk.count)
+    }
+
+    func finish() throws -> StoredBlob {
+        done = true
+        do {
+            try file.apply(FileOwner(mode: LocalBlobStore.blobMode))
+            try file.sync()
+            return try store.takeIn(file.path, hash: hasher.finish(), size: size)
+        } catch {
+            FileSystem.remove(file.path)
+            throw error
+        }
+    }
+
+    deinit {
+        guard !done else { return }
+        FileSystem.remove(file.path)
+    }
+}

@@ -1,0 +1,327 @@
+import BackupRules
+#if canImport(Glibc)
+import Glibc
+#endif
+import SystemPackage
+
+/// An open file of backupd's own (a blob being written, a job's scratch
+/// dump, an upload's spool file, an archive being served), read and written
+/// through swift-system's `FileDescriptor`, which retries what a signal
+/// interrupted. It is never reached through a link, and closes when
+/// dropped. Every failure names the file (`BlobStoreError`). No module but
+/// `BackupStorage` reads or writes a file itself.
+public final class LocalFile {
+    public let path: String
+    let descriptor: FileDescriptor
+
+    private init(path: String, descriptor: FileDescriptor) {
+        self.path = path
+        self.descriptor = descriptor
+    }
+
+    deinit { try? descriptor.close() }
+
+    /// A new file for writing (never an existing one or a link), given
+    /// `owner`: private to backupd unless said otherwise.
+    public static func create(_ path: String, owner: FileOwner = FileOwner(mode: 0o600)) throws(BlobStoreError) -> LocalFile {
+        let descriptor: FileDescriptor
+        do {
+            descriptor = try FileDescriptor.open(path, .writeOnly, options: [.create, .exclusiveCreate, .noFollow, .closeOnExec],
+                                                 permissions: FilePermissions(rawValue: 0o600))
+        } catch { throw .cannotWrite(path: path, errno: errorNumber(error)) }
+        let file = LocalFile(path: path, descriptor: descriptor)
+        if owner != FileOwner(mode: 0o600) {
+            do { try owner.apply(to: descriptor.rawValue, path: path) } catch {
+                FileSystem.remove(path)
+                throw error
+            }
+        }
+        return file
+    }
+
+    /// An existing file (not a link), to read, or to write in place.
+    public static func open(_ path: String, writing: Bool = false) throws(BlobStoreError) -> LocalFile {
+        guard let file = try openIfPresent(path, writing: writing) else {
+            throw writing ? .cannotWrite(path: path, errno: ENOENT) : .cannotRead(path: path, errno: ENOENT)
+        }
+        return file
+    }
+
+    /// An existing file (not a link), to read or to write in place, or nil
+    /// when nothing is at `path`.
+    public static func openIfPresent(_ path: String, writing: Bool = false) throws(BlobStoreError) -> LocalFile? {
+        do {
+            return LocalFile(path: path, descriptor: try FileDescriptor.open(path, writing ? .writeOnly : .readOnly,
+                                                                             options: [.noFollow, .closeOnExec]))
+        } catch Errno.noSuchFileOrDirectory {
+            return nil
+        } catch { throw writing ? .cannotWrite(path: path, errno: errorNumber(error)) : .cannotRead(path: path, errno: errorNumber(error)) }
+    }
+
+    /// A file opened by a walk that refuses links (a file document), named
+    /// `name` in errors; it closes when dropped.
+    convenience init(adopting descriptor: Int32, name: String) {
+        self.init(path: name, descriptor: FileDescriptor(rawValue: descriptor))
+    }
+
+    /// Writes all of `bytes` at the current offset.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(BlobStoreError) {
+        do { _ = try descriptor.writeAll(bytes) } catch { throw .cannotWrite(path: path, errno: errorNumber(error)) }
+    }
+
+    /// Writes all of `bytes` at `offset`, leaving the current offset as it is.
+    public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws(BlobStoreError) {
+        do { _ = try descriptor.writeAll(toAbsoluteOffset: Int64(offset), bytes) } catch {
+            throw .cannotWrite(path: path, errno: errorNumber(error))
+        }
+    }
+
+    /// Fills `buffer` from `offset`, or as much of it as the file holds
+    /// there; returns how many bytes it read.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlobStoreError) -> Int {
+        var done = 0
+        while done < buffer.count {
+            let count: Int
+            do {
+                count = try descriptor.read(fromAbsoluteOffset: Int64(offset) + Int64(done),
+                                            into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
+            } catch { throw .cannotRead(path: path, errno: errorNumber(error)) }
+            if count == 0 { break }
+            done += count
+        }
+        return done
+    }
+
+    /// Reads from the current offset in chunks until the end or `limit`
+    /// bytes, or until `interruption` is set (`interrupted`).
+    public func readChunks(limit: UInt64 = .max, interruption: Interruption? = nil,
+                           _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunkSize, alignment: 16)
+        defer { buffer.deallocate() }
+        var remaining = limit
+        while remaining > 0 {
+            if interruption?.isSet == true { throw BlobStoreError.interrupted(path: path) }
+            let count: Int
+            do {
+                count = try descriptor.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(UInt64(buffer.count), remaining))]))
+            } catch { throw BlobStoreError.cannotRead(path: path, errno: errorNumber(error)) }
+            if count == 0 { return }
+            remaining -= UInt64(count)
+            try body(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+        }
+    }
+
+    /// How much `readChunks` reads at a time.
+    static let chunkSize = 1 << 20
+
+    /// Goes back to the start, to read the file again.
+    public func rewind() throws(BlobStoreError) {
+        do { _ = try descriptor.seek(offset: 0, from: .start) } catch { throw .cannotRead(path: path, errno: errorNumber(error)) }
+    }
+
+    /// Flushes what was written to the disk.
+    public func sync() throws(BlobStoreError) {
+        guard fsync(descriptor.rawValue) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+    }
+
+    /// Gives the open file this owner and mode.
+    public func apply(_ owner: FileOwner) throws(BlobStoreError) {
+        try owner.apply(to: descriptor.rawValue, path: path)
+    }
+}
+
+/// The system's error number of a swift-system failure.
+private func errorNumber(_ error: any Error) -> Int32 {
+    (error as? Errno)?.rawValue ?? EIO
+}
+
+/// Operations on paths of backupd's own folders (the blob store, the
+/// scratch folder, the spool, the archive cache, a restore's folders). None
+/// follows a link.
+public enum FileSystem {
+    /// What is at a path.
+    public enum Entry: Equatable, Sendable {
+        case file(size: UInt64)
+        case folder
+        case other
+    }
+
+    /// What is at `path` (a link is `other`), or nil when nothing is.
+    public static func entry(at path: String) -> Entry? {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return nil }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: return .file(size: UInt64(info.st_size))
+        case S_IFDIR: return .folder
+        default: return .other
+        }
+    }
+
+    /// Removes a file if it is there: for clean-up, which must not fail.
+    public static func remove(_ path: String) {
+        unlink(path)
+    }
+
+    /// Removes a file; one that is not there counts as removed.
+    public static func removeIfPresent(_ path: String) throws(BlobStoreError) {
+        guard unlink(path) == 0 || errno == ENOENT else { throw .cannotWrite(path: path, errno: errno) }
+    }
+
+    /// Renames within one file system: a file or folder appears whole at its new name.
+    public static func rename(_ from: String, to: String) throws(BlobStoreError) {
+        guard Glibc.rename(from, to) == 0 else { throw .cannotWrite(path: to, errno: errno) }
+    }
+
+    /// A new folder (not an existing one) of `mode`.
+    public static func makeFolder(_ path: String, mode: mode_t = 0o700) throws(BlobStoreError) {
+        guard mkdir(path, mode) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+    }
+
+    /// `mkdir -p`; folders it makes get `mode` (less the umask).
+    public static func makeFolders(_ path: String, mode: mode_t = 0o700) throws(BlobStoreError) {
+        var current = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            current += "/" + component
+            if mkdir(current, mode) != 0 && errno != EEXIST {
+                throw .cannotWrite(path: current, errno: errno)
+            }
+        }
+    }
+
+    /// Makes an empty file (a marker) that must not exist yet.
+    public static func createMarker(_ path: String) throws(BlobStoreError) {
+        _ = try LocalFile.create(path)
+    }
+
+    /// A new FIFO, private to backupd (a pipe a tool writes into by name).
+    public static func makeFIFO(_ path: String) throws(BlobStoreError) {
+        guard mkfifo(path, 0o600) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+    }
+
+    /// Opens a FIFO for writing without waiting and closes it again: a
+    /// reader still waiting for a writer sees its end.
+    public static func openAndCloseForWriting(fifo path: String) {
+        let fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+        if fd >= 0 { close(fd) }
+    }
+
+    /// Flushes a folder's entries (a rename into it) to the disk.
+    public static func syncFolder(_ path: String) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        fsync(fd)
+        close(fd)
+    }
+
+    /// Marks a file as used now (its modification time); false when it is not there.
+    public static func touch(_ path: String) -> Bool {
+        utimensat(AT_FDCWD, path, nil, AT_SYMLINK_NOFOLLOW) == 0
+    }
+
+    /// When the file at `path` was last modified, Unix seconds.
+    public static func modified(_ path: String) -> Double? {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return nil }
+        return Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9
+    }
+
+    /// A hard link `to` of the file at `from`; false where the file system
+    /// refuses links between them (another file system, a limit), so the
+    /// caller copies instead.
+    public static func link(_ from: String, to: String) throws(BlobStoreError) -> Bool {
+        if Glibc.link(from, to) == 0 { return true }
+        guard errno == EXDEV || errno == EPERM || errno == EMLINK else { throw .cannotWrite(path: to, errno: errno) }
+        return false
+    }
+
+    /// The names in a folder, without `.` and `..`.
+    public static func names(in folder: String) throws(BlobStoreError) -> [String] {
+        guard let handle = opendir(folder) else { throw .cannotRead(path: folder, errno: errno) }
+        defer { closedir(handle) }
+        var names: [String] = []
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// The bytes an unprivileged writer may still put on the disk of
+    /// `folder`; nil when the disk cannot be asked.
+    public static func freeBytes(in folder: String) -> UInt64? {
+        var info = statvfs()
+        guard statvfs(folder, &info) == 0 else { return nil }
+        return UInt64(info.f_bavail) * UInt64(info.f_frsize)
+    }
+
+    /// Whether the disk of `folder` keeps `reserved` bytes free after
+    /// `bytes` more are written; true when the disk cannot be asked (the
+    /// write itself then says what is wrong). Every room check asks here.
+    public static func hasRoom(for bytes: UInt64, reserved: UInt64, in folder: String) -> Bool {
+        guard let free = freeBytes(in: folder) else { return true }
+        return free >= bytes + reserved
+    }
+
+    /// Gives every folder under `root` (and `root`) the owner and mode of
+    /// `folders`, and every regular file those of `files`, without following
+    /// links; anything else is left alone. `root` comes last: a walk cut short
+    /// is done again (the blob store is tightened at the next start), and a tree
+    /// that stays private to backupd until its root is handed over cannot be
+    /// changed by the new owner while the walk runs (a restore's staging folder).
+    public static func applyOwnership(under root: String, folders: FileOwner, files: FileOwner) throws(BlobStoreError) {
+        switch entry(at: root) {
+        case .folder:
+            for name in try names(in: root) {
+                try applyOwnership(under: root + "/" + name, folders: folders, files: files)
+            }
+            try folders.apply(to: root)
+        case .file:
+            try files.apply(to: root)
+        case .other:
+            break
+        case nil:
+            throw .cannotRead(path: root, errno: ENOENT)
+        }
+    }
+}
+
+/// Who owns a file that backupd writes, and its mode. `uid` and `gid` nil
+/// keep backupd's own.
+public struct FileOwner: Sendable, Equatable {
+    public var uid: uid_t?
+    public var gid: gid_t?
+    public var mode: mode_t
+
+    public init(uid: uid_t? = nil, gid: gid_t? = nil, mode: mode_t) {
+        self.uid = uid
+        self.gid = gid
+        self.mode = mode
+    }
+
+    /// The owner of a folder, with the folder's mode (files take it without
+    /// the execute bits).
+    public init(ofFolder path: String) throws(BlobStoreError) {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { throw .cannotRead(path: path, errno: errno) }
+        self.init(uid: info.st_uid, gid: info.st_gid, mode: info.st_mode & 0o7777)
+    }
+
+    /// The same owner, with the mode a file in a folder of this owner gets.
+    public var forFiles: FileOwner { FileOwner(uid: uid, gid: gid, mode: mode & 0o666) }
+
+    /// Gives a folder or file (not a link, which is left as it is) this owner and mode.
+    func apply(to path: String) throws(BlobStoreError) {
+        if uid != nil || gid != nil {
+            guard lchown(path, uid ?? uid_t.max, gid ?? gid_t.max) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+        }
+        guard chmod(path, mode) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+    }
+
+    /// Gives an open file this owner and mode.
+    func apply(to descriptor: Int32, path: String) throws(BlobStoreError) {
+        if uid != nil || gid != nil {
+            guard fchown(descriptor, uid ?? uid_t.max, gid ?? gid_t.max) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+        }
+        guard fchmod(descriptor, mode) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+    }
+}

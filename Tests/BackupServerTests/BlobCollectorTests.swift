@@ -1,0 +1,160 @@
+@testable import BackupServer
+import BackupCatalog
+import BackupPostgres
+import BackupRules
+import BackupStorage
+import BackupTestSupport
+import Foundation
+import Testing
+
+/// Collection beside jobs, on a catalog and a local blob store: what the
+/// catalog claims, the store removes, and what a job's ledger then sees.
+@Suite struct BlobCollectorTests {
+    /// Collection runs beside jobs (issue 19: a held job kept it from running
+    /// at all). Blobs no snapshot refers to go, recorded in the catalog or
+    /// not (a failed job may have stored one it never recorded), unless used
+    /// since the oldest running job began: what that job stored and has yet
+    /// to reference stays, however long it is held.
+    @Test func collectionRunsBesideJobsAndKeepsWhatARunningJobUsed() async throws {
+        try await TestCatalog.with { catalog, database, threadPool in
+            try await TestCatalog.register(catalog)
+            let scratch = try ScratchDirectory("gc")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            let hourAgo = Date().addingTimeInterval(-3600)
+            // From before the job: recorded and unreferenced, and never recorded.
+            let oldRecorded = try store.storing("old recorded"), oldUnrecorded = try store.storing("old, never recorded")
+            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool).record([oldRecorded])
+            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
+            for blob in [oldRecorded, oldUnrecorded] {
+                try FileManager.default.setAttributes([.modificationDate: hourAgo], ofItemAtPath: store.path(for: blob.hash))
+            }
+            _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+            let held = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 300, perNamespace: 1))
+            // The running job's own: one recorded, one stored and not recorded yet.
+            let recorded = try store.storing("recorded"), unrecorded = try store.storing("not recorded yet")
+            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool).record([recorded])
+
+            #expect(try await BlobCollector(catalog: catalog, store: store, threadPool: threadPool).collect() == 2)
+            #expect(!store.contains(oldRecorded.hash) && !store.contains(oldUnrecorded.hash))
+            #expect(store.contains(recorded.hash) && store.contains(unrecorded.hash))
+
+            try await catalog.failJob(id: held.job.id, error: "held no longer")
+            #expect(try await BlobCollector(catalog: catalog, store: store, threadPool: threadPool).collect() == 2)
+            #expect(!store.contains(recorded.hash) && !store.contains(unrecorded.hash))
+        }
+    }
+
+    /// A blob collected just before a job records it (its last backup was
+    /// deleted as the job ran) fails the job, which can run again; it is
+    /// never referenced while missing. Reused content is kept only if there.
+    @Test func aBlobCollectedBeforeAJobRecordsItFailsTheJobRatherThanTheBackup() async throws {
+        try await TestCatalog.with { catalog, database, threadPool in
+            let scratch = try ScratchDirectory("ledger")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            let (gone, there) = (try store.storing("gone"), try store.storing("there"))
+            let ledger = BlobLedger(catalog: catalog, store: store, threadPool: threadPool)
+            try await ledger.record([gone, there])
+            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour' WHERE sha256 = $1", gone.hash.hex)
+            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour' WHERE sha256 = $1", there.hash.hex)
+            // Reused by a running job before the collection: kept.
+            try await TestCatalog.register(catalog)
+            _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+            _ = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 300, perNamespace: 1))
+            #expect(try await ledger.keep([there]).map(\.hash) == [there.hash])
+            #expect(try await BlobCollector(catalog: catalog, store: store, threadPool: threadPool).collect() == 1)
+            #expect(store.contains(there.hash) && !store.contains(gone.hash))
+            #expect(try await ledger.keep([gone, there]).map(\.hash) == [there.hash])
+            await #expect(throws: BackupError.failedPrecondition(
+                "1 blobs this job stored or reused were collected as it ran (the backups that held them were deleted); run it again")) {
+                try await ledger.record([gone])
+            }
+        }
+    }
+
+    /// Found at the member cap: a job recording documents that share content
+    /// (two empty files, the same logo twice) in one batch failed, as one
+    /// statement may not upsert a row twice. Each content is one row.
+    @Test func blobsThatShareContentAreRecordedOnce() async throws {
+        try await TestCatalog.with { catalog, database, threadPool in
+            let scratch = try ScratchDirectory("ledger-shared")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            let (empty, logo) = (try store.storing("empty page"), try store.storing("logo"))
+            let recorded = [empty, logo, empty, empty, logo]
+            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool).record(recorded)
+            #expect(try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool).keep(recorded) == recorded)
+            let rows = try TestPostgres.query(database, "SELECT count(*) AS n FROM blobs")
+            #expect(rows[0].int64("n") == 2)
+        }
+    }
+
+    /// A blob whose row a collection has claimed is gone to a job while its
+    /// content is removed: the ledger does not offer it for reuse, and a job
+    /// that stored it again fails rather than reference it.
+    @Test func aBlobACollectionClaimedIsGoneToAJob() async throws {
+        try await TestCatalog.with { catalog, database, threadPool in
+            let scratch = try ScratchDirectory("ledger-claimed")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            let ledger = BlobLedger(catalog: catalog, store: store, threadPool: threadPool)
+            let blob = try store.storing("unreferenced")
+            try await ledger.record([blob])
+            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
+            #expect(try await catalog.claimUnreferencedBlobs().claimed == [blob.hash])
+            #expect(store.contains(blob.hash), "the collection is still removing it")
+            #expect(try await ledger.keep([blob]).isEmpty)
+            await #expect(throws: BackupError.self) { try await ledger.record([blob]) }
+            // Once a claim is given back (its removal failed), the blob is the job's again.
+            try await catalog.releaseBlobClaims([blob.hash])
+            #expect(try await ledger.keep([blob]) == [blob])
+        }
+    }
+
+    /// Helper finding: collection listed files no row knew, checked the rows,
+    /// then unlinked them; a job recording one of them in between finished a
+    /// backup whose blob was gone. Each such file now gets a row of
+    /// collection's own while it is unlinked: a record in flight (here a
+    /// transaction left open) makes collection wait, and the file stays.
+    @Test func aFileAJobIsRecordingIsNotCollectedAsUnrecorded() async throws {
+        try await TestCatalog.with { catalog, database, threadPool in
+            let scratch = try ScratchDirectory("gc-race")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            let reused = try store.storing("left by a failed upload, reused by a job")
+            try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-3600)], ofItemAtPath: store.path(for: reused.hash))
+            let recording = try PostgresConnection(TestPostgres.connectionString(database))
+            try recording.query("BEGIN")
+            try recording.query("INSERT INTO blobs (sha256, size) VALUES ($1, $2) ON CONFLICT (sha256) DO UPDATE SET used_at = now()",
+                                reused.hash.hex, reused.size)
+            let collection = Task { try await BlobCollector(catalog: catalog, store: store, threadPool: threadPool).collect() }
+            try await waitForALockWait(in: database)
+            try recording.query("COMMIT")
+            #expect(try await collection.value == 0)
+            #expect(store.contains(reused.hash), "a blob a job recorded was collected")
+        }
+    }
+}
+
+/// Waits until a session of `database` waits for a lock (a collection
+/// waiting for a transaction a test holds open).
+private func waitForALockWait(in database: String) async throws {
+    for _ in 0..<1000 {
+        let waiting = try TestPostgres.query("postgres", """
+            SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'
+            """, database)[0].int64("n")
+        if waiting > 0 { return }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    Issue.record("no session of \(database) waited for a lock")
+}
+
+extension LocalBlobStore {
+    /// Stores `text` as a blob, as a job would store a dump.
+    func storing(_ text: String) throws -> StoredBlob {
+        let path = "\(scratchDirectory)/\(text)"
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
+        return try adopt(path)
+    }
+}

@@ -1,0 +1,111 @@
+import BackupRules
+@testable import BackupStorage
+import BackupTestSupport
+import Foundation
+import Testing
+
+/// A restore's folder swap on temporary folders: what each step leaves
+/// where, that only what carries backupd's markers is replaced or removed,
+/// and that a failed swap puts back what it moved.
+@Suite struct RestoreFoldersTests {
+    /// A scratch folder holding `files` (its store) and the folders of a restore of it.
+    private func withFolders(_ body: (RestoreFolders, ScratchDirectory) throws -> Void) throws {
+        let scratch = try ScratchDirectory("restore-folders")
+        defer { scratch.remove() }
+        let store = scratch.path + "/files"
+        try body(RestoreFolders(fileStore: store, staging: store + ".restore-1", previous: store + ".prerestore",
+                                superseded: store + ".restore-1-old", jobID: "job-1"), scratch)
+    }
+
+    /// What is in a folder: its names, sorted; nil when it is not there.
+    private func names(_ folder: String) -> [String]? {
+        (try? FileManager.default.contentsOfDirectory(atPath: folder))?.sorted()
+    }
+
+    private func make(_ folder: String, holding names: [String]) throws {
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        for name in names { try Data(name.utf8).write(to: URL(fileURLWithPath: folder + "/" + name)) }
+    }
+
+    @Test func stagingIsMadeMarkedAndAnEarlierAttemptsIsReplaced() throws {
+        try withFolders { folders, _ in
+            try make(folders.fileStore, holding: ["own.txt"])
+            _ = try folders.makeStaging()
+            #expect(names(folders.staging) == [folders.jobMarker])
+            // The same job again (it was interrupted): its leftover goes, a fresh staging folder comes.
+            try Data("half".utf8).write(to: URL(fileURLWithPath: folders.staging + "/half-written"))
+            _ = try folders.makeStaging()
+            #expect(names(folders.staging) == [folders.jobMarker])
+        }
+    }
+
+    @Test func aStagingFolderSomeoneElseMadeIsRefusedAndKept() throws {
+        try withFolders { folders, _ in
+            try make(folders.staging, holding: ["theirs.txt"])
+            #expect(throws: RestoreFolderError.self) { _ = try folders.makeStaging() }
+            #expect(names(folders.staging) == ["theirs.txt"])
+        }
+    }
+
+    @Test func theSwapMovesTheStoreAsideAndAnOlderCopyFurther() throws {
+        try withFolders { folders, _ in
+            try make(folders.fileStore, holding: ["own.txt"])
+            try make(folders.previous, holding: ["older.txt", RestoreFolders.previousMarker])
+            _ = try folders.makeStaging()
+            try Data("restored".utf8).write(to: URL(fileURLWithPath: folders.staging + "/restored.txt"))
+            try folders.swap()
+            #expect(names(folders.fileStore) == [folders.jobMarker, "restored.txt"].sorted())
+            #expect(names(folders.previous) == [RestoreFolders.previousMarker, "own.txt"].sorted())
+            #expect(names(folders.superseded) == [RestoreFolders.previousMarker, "older.txt"].sorted())
+            #expect(names(folders.staging) == nil)
+            #expect(folders.restoredFilesInStore)
+            // Recovery's undo puts every folder back.
+            folders.unswap()
+            #expect(names(folders.fileStore) == ["own.txt"])
+            #expect(names(folders.previous) == [RestoreFolders.previousMarker, "older.txt"].sorted())
+            #expect(names(folders.staging) == [folders.jobMarker, "restored.txt"].sorted())
+            #expect(!folders.restoredFilesInStore)
+        }
+    }
+
+    @Test func aPreviousCopyBackupdDidNotMakeStopsTheSwapBeforeAnythingMoves() throws {
+        try withFolders { folders, _ in
+            try make(folders.fileStore, holding: ["own.txt"])
+            try make(folders.previous, holding: ["someone's.txt"])
+            _ = try folders.makeStaging()
+            #expect(throws: RestoreFolderError.self) { try folders.swap() }
+            #expect(names(folders.fileStore) == ["own.txt"])
+            #expect(names(folders.previous) == ["someone's.txt"])
+            #expect(names(folders.staging) == [folders.jobMarker])
+        }
+    }
+
+    @Test func aSwapWhoseLastRenameFailsPutsBackWhatItMoved() throws {
+        try withFolders { folders, _ in
+            try make(folders.fileStore, holding: ["own.txt"])
+            try make(folders.previous, holding: ["older.txt", RestoreFolders.previousMarker])
+            // No staging folder: the last rename fails.
+            #expect(throws: RestoreFolderError.self) { try folders.swap() }
+            #expect(names(folders.fileStore) == ["own.txt"])
+            #expect(names(folders.previous) == [RestoreFolders.previousMarker, "older.txt"].sorted())
+            #expect(names(folders.superseded) == nil)
+        }
+    }
+
+    @Test func onlyAFolderCarryingTheMarkerIsRemoved() throws {
+        try withFolders { folders, scratch in
+            #expect(try RestoreFolders.remove(folders.superseded, carrying: RestoreFolders.previousMarker) == .absent)
+            try make(folders.superseded, holding: ["old.txt"])
+            #expect(try RestoreFolders.remove(folders.superseded, carrying: RestoreFolders.previousMarker) == .notOurs)
+            #expect(names(folders.superseded) == ["old.txt"])
+            // A link to a marked folder is not that folder.
+            try make(scratch.path + "/elsewhere", holding: [RestoreFolders.previousMarker])
+            try FileManager.default.createSymbolicLink(atPath: folders.previous, withDestinationPath: scratch.path + "/elsewhere")
+            #expect(try RestoreFolders.remove(folders.previous, carrying: RestoreFolders.previousMarker) == .notOurs)
+            #expect(names(scratch.path + "/elsewhere") == [RestoreFolders.previousMarker])
+            try Data().write(to: URL(fileURLWithPath: folders.superseded + "/" + RestoreFolders.previousMarker))
+            #expect(try RestoreFolders.remove(folders.superseded, carrying: RestoreFolders.previousMarker) == .removed)
+            #expect(names(folders.superseded) == nil)
+        }
+    }
+}
