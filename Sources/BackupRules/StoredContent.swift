@@ -10,26 +10,31 @@ public struct ContentHash: Hashable, Sendable, CustomStringConvertible {
 
     /// Accepts exactly 64 lowercase hex digits.
     public init?(hex: String) {
-        var values: [UInt8] = []
-        values.reserveCapacity(64)
+        guard hex.utf8.count == 64 else { return nil }
+        var words: [UInt64] = [0, 0, 0, 0]
+        var index = 0
         for byte in hex.utf8 {
+            let value: UInt8
             switch byte {
-            case 48...57: values.append(byte - 48)
-            case 97...102: values.append(byte - 87)
+            case 48...57: value = byte - 48
+            case 97...102: value = byte - 87
             default: return nil
             }
-            guard values.count <= 64 else { return nil }
+            words[index >> 4] = words[index >> 4] << 4 | UInt64(value)
+            index += 1
         }
-        guard values.count == 64 else { return nil }
-        self.init(digest: stride(from: 0, to: 64, by: 2).map { values[$0] << 4 | values[$0 + 1] })
+        self.words = (words[0], words[1], words[2], words[3])
     }
 
     /// The hash whose digest is these 32 bytes.
     public init(digest: some Collection<UInt8>) {
         precondition(digest.count == 32, "a SHA-256 digest is 32 bytes")
-        var words: [UInt64] = [0, 0, 0, 0]
-        for (index, byte) in digest.enumerated() { words[index / 8] = words[index / 8] << 8 | UInt64(byte) }
-        self.words = (words[0], words[1], words[2], words[3])
+        self.words = Array(digest).withUnsafeBytes { raw in
+            (UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+             UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
+             UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
+             UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 24, as: UInt64.self)))
+        }
     }
 
     public static func == (lhs: Self, rhs: Self) -> Bool { lhs.words == rhs.words }
@@ -43,9 +48,15 @@ public struct ContentHash: Hashable, Sendable, CustomStringConvertible {
 
     /// 64 lowercase hex digits.
     public var hex: String {
-        hexString([words.first, words.second, words.third, words.fourth].flatMap { word in
-            (0..<8).reversed().map { UInt8(truncatingIfNeeded: word >> (8 * $0)) }
-        })
+        String(unsafeUninitializedCapacity: 64) { buffer in
+            for (offset, word) in [words.first, words.second, words.third, words.fourth].enumerated() {
+                for nibble in 0..<16 {
+                    let value = UInt8(truncatingIfNeeded: word >> (60 - 4 * nibble)) & 0x0f
+                    buffer[offset * 16 + nibble] = value < 10 ? 48 + value : 87 + value
+                }
+            }
+            return 64
+        }
     }
 
     public var description: String { hex }
@@ -134,14 +145,4 @@ public struct SnapshotArchive: Sendable {
         self.files = files
         self.modified = modified
     }
-}
-
-private func hexString(_ bytes: some Sequence<UInt8>) -> String {
-    let digits = Array("0123456789abcdef".utf8)
-    var out: [UInt8] = []
-    for byte in bytes {
-        out.append(digits[Int(byte >> 4)])
-        out.append(digits[Int(byte & 0x0f)])
-    }
-    return String(decoding: out, as: UTF8.self)
 }

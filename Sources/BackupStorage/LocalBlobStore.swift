@@ -101,7 +101,7 @@ public struct LocalBlobStore: BlobStore {
     }
 
     public func writer() throws -> any BlobWriter {
-        try LocalBlobWriter(store: self)
+        LocalBlobWriter(store: self)
     }
 
     public func contains(_ hash: ContentHash) -> Bool {
@@ -135,39 +135,64 @@ public struct LocalBlobStore: BlobStore {
     }
 }
 
-/// The local store's `BlobWriter`: a scratch file renamed into place.
+/// The local store's `BlobWriter`: a scratch file renamed into place. The
+/// first bytes are held in memory and the file made only once they exceed
+/// `heldBytes`, and content the store already holds is dropped before it is
+/// ever synced: a small document seen before (an upload of many empty or
+/// repeated files) costs no file at all.
 final class LocalBlobWriter: BlobWriter {
     private let store: LocalBlobStore
-    private let file: LocalFile
+    private var held: [UInt8] = []
+    private var file: LocalFile?
     private let hasher = SHA256Hasher()
     private var size: UInt64 = 0
-    private var done = false
+    private var takenIn = false
+    static let heldBytes = 256 << 10
 
-    fileprivate init(store: LocalBlobStore) throws {
+    fileprivate init(store: LocalBlobStore) {
         self.store = store
-        file = try LocalFile.create(store.newScratchPath())
     }
 
     func write(_ chunk: UnsafeRawBufferPointer) throws {
-        try file.write(chunk)
         hasher.update(chunk)
         size += UInt64(chunk.count)
-    }
-
-    func finish() throws -> StoredBlob {
-        done = true
-        do {
-            try file.apply(FileOwner(mode: LocalBlobStore.blobMode))
-            try file.sync()
-            return try store.takeIn(file.path, hash: hasher.finish(), size: size)
-        } catch {
-            FileSystem.remove(file.path)
-            throw error
+        if let file {
+            try file.write(chunk)
+        } else if held.count + chunk.count <= Self.heldBytes {
+            held.append(contentsOf: chunk)
+        } else {
+            try spill().write(chunk)
         }
     }
 
+    /// The scratch file, made and given what was held.
+    private func spill() throws -> LocalFile {
+        let file = try LocalFile.create(store.newScratchPath())
+        self.file = file
+        try held.withUnsafeBytes { try file.write($0) }
+        held = []
+        return file
+    }
+
+    func finish() throws -> StoredBlob {
+        let hash = hasher.finish()
+        if store.reuse(hash) {
+            if let file { FileSystem.remove(file.path) }
+            file = nil
+            return StoredBlob(hash: hash, size: size, written: false)
+        }
+        let file = try self.file ?? spill()
+        try file.apply(FileOwner(mode: LocalBlobStore.blobMode))
+        try file.sync()
+        let blob = try store.takeIn(file.path, hash: hash, size: size)
+        takenIn = true
+        return blob
+    }
+
+    /// A scratch file not taken into the store (its content was there
+    /// already, or writing it failed) goes with the writer.
     deinit {
-        guard !done else { return }
+        guard !takenIn, let file else { return }
         FileSystem.remove(file.path)
     }
 }

@@ -420,7 +420,7 @@ func eventually(within timeout: Duration = .seconds(10), _ condition: () async t
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(100))
+        try await Task.sleep(for: .milliseconds(20))
     }
     if try await condition() { return }
     Issue.record("condition did not become true within \(timeout)", sourceLocation: sourceLocation)

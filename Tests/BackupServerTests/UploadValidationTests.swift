@@ -270,11 +270,11 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                 #expect(try await runCommand("/usr/bin/pg_dump", ["-Fc", "-d", app.connectionString, "-f", dump]).status == 0)
                 // Empty documents (one blob for all), named by keys made from their number.
                 let documents = """
-                    [('tree/%s/%s/%s' % (k[0:2], k[2:4], k), 'file', '')
+                    [('tree/%s/%s/%s' % (k[0:2], k[2:4], k), b'')
                      for k in (str(__import__('uuid').UUID(int=i * 2654435761)) for i in range(500000))]
                     """
-                let archive = try craftArchive(in: scratch, """
-                    [('.metadata', 'file', '{"modelVersion": "1.0"}'), ('db/db.backup', 'file', open('\(dump)', 'rb').read())] + \(documents)
+                let archive = try craftPlainArchive(in: scratch, """
+                    [('.metadata', b'{"modelVersion": "1.0"}'), ('db/db.backup', open('\(dump)', 'rb').read())] + \(documents)
                     """)
                 var uploaded: CommandResult?
                 let growth = try await residentGrowth(of: server.processIdentifier) {

