@@ -3,14 +3,15 @@ import BackupPostgres
 import BackupWire
 
 extension Catalog {
+    @discardableResult
     static func recordActivity(
         _ connection: PostgresConnection, _ namespace: String, _ environment: String,
         action: String, outcome: String, actor: String, snapshotID: String? = nil, detail: String = ""
-    ) throws {
+    ) throws -> Int64 {
         try connection.query("""
             INSERT INTO activity (namespace, environment, action, outcome, actor, snapshot_id, detail)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
-            """, namespace, environment, action, outcome, actor, snapshotID, detail)
+            VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id
+            """, namespace, environment, action, outcome, actor, snapshotID, detail)[0].int64("id")
     }
 
     /// An environment's (or a whole namespace's) activity, newest first.

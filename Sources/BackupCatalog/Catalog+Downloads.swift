@@ -40,6 +40,19 @@ public struct ArchiveWork: Sendable {
     public let archive: SnapshotArchive
 }
 
+/// A request for an archive the catalog has recorded before the cache's
+/// disk was checked for a new archive.
+public struct DownloadReservation: Sendable {
+    public let record: DownloadRecord
+    /// Whether the request made a new archive, and queued the job that prepares it.
+    public let queuedJob: Bool
+    /// What a new archive may grow to in the cache, and what the archives
+    /// being prepared already reserve there (both 0 when the archive is shared).
+    public let archiveBytes: UInt64
+    public let othersPreparing: UInt64
+    let activityID: Int64
+}
+
 /// How much an archive of a backup is allowed to take in the cache: its
 /// content, plus gzip's worst case (stored blocks of incompressible
 /// content), and per member what stored blocks may leave uncompressed: a
@@ -89,11 +102,11 @@ extension Catalog {
     /// and a job queued to prepare it. Refused with RESOURCE_EXHAUSTED when
     /// the cache (`cacheBytes` for all archives of every process on this
     /// catalog, `namespaceShare` of it for one namespace's) has no room for
-    /// it. `checkRoom` may refuse for a reason of its own (a full disk): it is
-    /// given the new reservation and those of the archives being prepared.
+    /// it. A new archive is a reservation until the caller has checked the
+    /// cache's disk for it; if the disk has no room, `withdrawDownload`
+    /// takes it back.
     public func requestDownload(backupID: String, databaseOnly: Bool, actor: String, urlLifetime: Duration, cacheBytes: UInt64,
-                                namespaceShare: Double, checkRoom: @escaping @Sendable (_ bytes: UInt64, _ preparing: UInt64) throws -> Void)
-        async throws -> (DownloadRecord, queuedJob: Bool) {
+                                namespaceShare: Double) async throws -> DownloadReservation {
         let backupID = try parseID(backupID, "backup id")
         let downloadID = UUID().uuidString.lowercased()
         let lifetimeSeconds = urlLifetime.components.seconds
@@ -107,6 +120,7 @@ extension Catalog {
             }
             let archiveID: String
             var queuedJob = false
+            var (archiveBytes, othersPreparing): (UInt64, UInt64) = (0, 0)
             if let existing = try connection.query("""
                 SELECT id FROM archives WHERE snapshot_id = $1 AND database_only = $2 AND state <> 'failed'
                 """, backupID, databaseOnly).first {
@@ -134,7 +148,7 @@ extension Catalog {
                     throw BackupError.resourceExhausted(
                         "the archive cache is full, and this archive needs up to \(reservation) bytes; try again later")
                 }
-                try checkRoom(reservation, used.uint64("preparing"))
+                (archiveBytes, othersPreparing) = (reservation, used.uint64("preparing"))
                 let jobID = try Self.queueJob(connection, .archive, for: .backup(backupID), actor: actor,
                                               bytesTotal: backup.databaseBytes + (databaseOnly ? 0 : backup.filesBytes))
                 try connection.query("""
@@ -147,11 +161,32 @@ extension Catalog {
                 SELECT $1, a.id, $3, make_interval(secs => $4), CASE WHEN a.state = 'ready' THEN now() + make_interval(secs => $4) END
                 FROM archives a WHERE a.id = $2
                 """, downloadID, archiveID, actor, lifetimeSeconds)
-            try Self.recordActivity(connection, backup.namespace, backup.environment, action: "download", outcome: "REQUESTED",
-                                    actor: actor, snapshotID: backupID,
-                                    detail: (databaseOnly ? "database only" : "files and database")
-                                        + (queuedJob ? "" : ", sharing the archive already prepared"))
-            return (try Self.loadDownload(connection, downloadID), queuedJob)
+            let activityID = try Self.recordActivity(connection, backup.namespace, backup.environment, action: "download",
+                                                     outcome: "REQUESTED", actor: actor, snapshotID: backupID,
+                                                     detail: (databaseOnly ? "database only" : "files and database")
+                                                         + (queuedJob ? "" : ", sharing the archive already prepared"))
+            return DownloadReservation(record: try Self.loadDownload(connection, downloadID), queuedJob: queuedJob,
+                                       archiveBytes: archiveBytes, othersPreparing: othersPreparing, activityID: activityID)
+        }
+    }
+
+    /// Takes back a request whose new archive the cache's disk has no room
+    /// for, with its activity entry: the archive and its job go too unless
+    /// another request shares the archive or a process took up the job
+    /// meanwhile (the job then checks the disk itself, and fails).
+    public func withdrawDownload(_ reservation: DownloadReservation) async throws {
+        try await pool.transaction(idempotent: true) { connection in
+            try connection.query("DELETE FROM downloads WHERE id = $1", reservation.record.id)
+            if reservation.queuedJob {
+                try connection.query("""
+                    WITH gone AS (
+                        DELETE FROM jobs WHERE id = $2 AND status = '\(JobStatus.queued)'
+                          AND NOT EXISTS (SELECT 1 FROM downloads WHERE archive_id = $1)
+                        RETURNING id)
+                    DELETE FROM archives WHERE id = $1 AND job_id IN (SELECT id FROM gone)
+                    """, reservation.record.archiveID, reservation.record.jobID)
+            }
+            try connection.query("DELETE FROM activity WHERE id = $1", reservation.activityID)
         }
     }
 

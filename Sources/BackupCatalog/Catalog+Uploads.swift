@@ -3,6 +3,14 @@ import BackupPostgres
 import BackupWire
 import Foundation
 
+/// An upload the catalog has recorded before its spool file exists.
+public struct UploadReservation: Sendable {
+    public let upload: Upload
+    /// What the other unfinished uploads are still to receive: the disk must hold it beside this one.
+    public let othersToCome: UInt64
+    let activityID: Int64
+}
+
 extension Catalog {
     static let uploadColumns = """
         u.id, e.namespace, e.name AS environment, u.filename, u.comment, u.size, u.sha256, u.received, u.state,
@@ -42,13 +50,12 @@ extension Catalog {
     /// spool's capacity: the least of `spoolBytes` and what its disk can hold
     /// for uploads (`diskBytes`, free beyond the disk's reserve, plus what
     /// unfinished uploads hold there already), so one namespace can never
-    /// reserve the whole disk. `prepare` checks the disk (given the size and
-    /// the others' reservations) and makes the spool file, inside the
-    /// transaction: if it fails, nothing is recorded.
+    /// reserve the whole disk. The upload is a reservation until the caller
+    /// has made its spool file (checking the disk beside what the others
+    /// are still to receive); if that fails, `withdrawUpload` takes it back.
     public func startUpload(namespace: String, environment: String, filename: String, comment: String, size: UInt64,
                             sha256: ContentHash, actor: String, lifetime: Duration, spoolBytes: UInt64, diskBytes: UInt64,
-                            namespaceShare: Double,
-                            prepare: @escaping @Sendable (_ id: String, _ others: UInt64) throws -> Void) async throws -> Upload {
+                            namespaceShare: Double) async throws -> UploadReservation {
         let id = UUID().uuidString.lowercased()
         return try await pool.callTransaction { connection in
             let environmentID = try Self.environmentID(connection, namespace, environment)
@@ -80,10 +87,18 @@ extension Catalog {
                 INSERT INTO uploads (id, environment_id, filename, comment, size, sha256, state, actor, expires_at)
                 VALUES ($1, $2, $3, $4, $5, $6, '\(UploadState.receiving)', $7, now() + make_interval(secs => $8))
                 """, id, environmentID, filename, comment, size, sha256.hex, actor, lifetime.components.seconds)
-            try Self.recordActivity(connection, namespace, environment, action: "upload", outcome: "STARTED", actor: actor,
-                                    detail: "\(filename.isEmpty ? "an archive" : filename) of \(size) bytes")
-            try prepare(id, used.uint64("to_come"))
-            return try Self.loadUpload(connection, id)
+            let activityID = try Self.recordActivity(connection, namespace, environment, action: "upload", outcome: "STARTED",
+                                                     actor: actor, detail: "\(filename.isEmpty ? "an archive" : filename) of \(size) bytes")
+            return UploadReservation(upload: try Self.loadUpload(connection, id), othersToCome: used.uint64("to_come"), activityID: activityID)
+        }
+    }
+
+    /// Takes back an upload whose spool file could not be made, with its
+    /// activity entry: as if it had never been asked for.
+    public func withdrawUpload(_ reservation: UploadReservation) async throws {
+        try await pool.transaction(idempotent: true) { connection in
+            try connection.query("DELETE FROM uploads WHERE id = $1 AND received = 0", reservation.upload.id)
+            try connection.query("DELETE FROM activity WHERE id = $1", reservation.activityID)
         }
     }
 

@@ -49,12 +49,16 @@ public struct ContentHash: Hashable, Sendable, CustomStringConvertible {
     /// 64 lowercase hex digits.
     public var hex: String {
         String(unsafeUninitializedCapacity: 64) { buffer in
-            for (offset, word) in [words.first, words.second, words.third, words.fourth].enumerated() {
+            func put(_ word: UInt64, at offset: Int) {
                 for nibble in 0..<16 {
-                    let value = UInt8(truncatingIfNeeded: word >> (60 - 4 * nibble)) & 0x0f
-                    buffer[offset * 16 + nibble] = value < 10 ? 48 + value : 87 + value
+                    let value = UInt8(truncatingIfNeeded: word &>> (60 - 4 * nibble)) & 0x0f
+                    buffer[offset + nibble] = value < 10 ? 48 &+ value : 87 &+ value
                 }
             }
+            put(words.first, at: 0)
+            put(words.second, at: 16)
+            put(words.third, at: 32)
+            put(words.fourth, at: 48)
             return 64
         }
     }

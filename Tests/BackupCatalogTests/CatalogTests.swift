@@ -102,6 +102,18 @@ import Testing
         }
     }
 
+    /// Text arrays go to PostgreSQL as array literals: every element comes
+    /// back as it was, whatever it holds.
+    @Test func aTextArrayReachesPostgreSQLElementByElement() async throws {
+        try await withCatalog { catalog, _ in
+            let elements = ["", "plain", "with \"quotes\"", "back\\slash", "comma, and {braces}", "NULL", "ünïcødé ✓", " spaced "]
+            let back = try await catalog.pool.withConnection { connection in
+                try connection.query("SELECT unnest($1::text[]) AS element", elements).map { $0.string("element") }
+            }
+            #expect(back == elements)
+        }
+    }
+
     @Test func leasesBelongToOneOwner() async throws {
         try await withCatalog { catalog, _ in
             try await register(catalog)

@@ -158,7 +158,10 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                 }
                 #expect(refused?.message == "the archive cache's disk has too little free space for an archive of up to "
                         + "\(backup.databaseBytes) bytes (it keeps \(1 << 60) bytes free); try again later")
+                // The request was taken back whole: no archive, no job to prepare it, no activity entry.
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM archives")[0].int64("n") == 0)
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'archive'")[0].int64("n") == 0)
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'download'")[0].int64("n") == 0)
             }
         }
     }

@@ -197,6 +197,7 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                     }
                 }
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 0)
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'upload'")[0].int64("n") == 0)
                 #expect(try spoolFiles(server).isEmpty)
             }
         }
@@ -223,6 +224,7 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                 #expect(refused?.message == "the upload spool's disk has too little free space for an upload of 300000 bytes "
                         + "(it keeps \(1 << 60) bytes free); try again later")
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 0)
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'upload'")[0].int64("n") == 0)
                 #expect(try spoolFiles(server).isEmpty)
             }
         }

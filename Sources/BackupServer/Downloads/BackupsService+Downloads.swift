@@ -10,12 +10,19 @@ extension BackupsService {
             guard links.keys != nil else {
                 throw BackupError.failedPrecondition("this server signs no download URLs; it must be started with --download-keys")
             }
-            let (record, queuedJob) = try await catalog.requestDownload(
+            let reservation = try await catalog.requestDownload(
                 backupID: backup.id, databaseOnly: request.databaseOnly, actor: context.caller.tokenName,
-                urlLifetime: downloads.urlLifetime, cacheBytes: downloads.cacheBytes, namespaceShare: downloads.cacheNamespaceShare,
-                checkRoom: { [archiveCache] bytes, preparing in try archiveCache.requireRoom(for: bytes, beside: preparing) })
-            if queuedJob { jobs.wake() }
-            return links.message(record)
+                urlLifetime: downloads.urlLifetime, cacheBytes: downloads.cacheBytes, namespaceShare: downloads.cacheNamespaceShare)
+            if reservation.queuedJob {
+                do {
+                    try archiveCache.requireRoom(for: reservation.archiveBytes, beside: reservation.othersPreparing)
+                } catch {
+                    try await catalog.withdrawDownload(reservation)
+                    throw error
+                }
+                jobs.wake()
+            }
+            return links.message(reservation.record)
         }
         router.unary(Backups.getDownload) { request, context in
             let record = try await catalog.download(id: request.id)

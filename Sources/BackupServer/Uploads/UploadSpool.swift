@@ -45,15 +45,17 @@ final class UploadSpool: Sendable {
         return free > reservedDiskBytes ? free - reservedDiskBytes : 0
     }
 
-    /// Makes an upload's empty file if the disk, with `usable` bytes free
-    /// beyond its reserve, holds `size` beside what `others` are still to
+    /// Makes a reserved upload's empty file if the disk, with `usable` bytes
+    /// free beyond its reserve, holds it beside what the others are still to
     /// receive (the refusal names this upload's size only); the file must not exist.
-    func create(_ uploadID: String, size: UInt64, beside others: UInt64, usable: UInt64) throws {
-        if usable < size + others {
+    func create(_ reservation: UploadReservation, usable: UInt64) async throws {
+        let size = reservation.upload.sizeBytes
+        if usable < size + reservation.othersToCome {
             throw BackupError.resourceExhausted("the upload spool's disk has too little free space for an upload of \(size) bytes "
                                                 + "(it keeps \(reservedDiskBytes) bytes free); try again later")
         }
-        _ = try LocalFile.create(path(of: uploadID))
+        let path = path(of: reservation.upload.id)
+        try await threadPool.runIfActive { _ = try LocalFile.create(path) }
     }
 
     /// Receives one call's chunks of `upload` in order. The call holds the
