@@ -27,7 +27,7 @@ import Testing
         let watches = JobWatches(catalog: catalog, safetyInterval: .seconds(600))
         let listening = Task { await catalog.listenForJobChanges { watches.changed($0) } }
         defer { listening.cancel() }
-        try await Task.sleep(for: .milliseconds(500))  // LISTEN is in place
+        try await waitUntilListening(in: database)
         let seen = try await within(.seconds(30)) {
             var statuses: [JobStatus] = []
             for await reading in try watches.readings(of: job.id, token: "t") {

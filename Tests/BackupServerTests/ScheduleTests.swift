@@ -10,9 +10,19 @@ import Testing
 /// A clock a test sets: the scheduler's "now" for due nights, creation and expiry.
 final class TestClock: Sendable {
     private let now: Atomic<Date>
+    /// How often the scheduler has read the clock: once as each look begins.
+    private let reads = Atomic(0)
     init(_ start: Date) { now = Atomic(start) }
-    var read: @Sendable () -> Date { { [now] in now.value } }
+    var read: @Sendable () -> Date { { [now, reads] in reads.update { $0 += 1 }; return now.value } }
     func set(_ date: Date) { now.value = date }
+
+    /// Waits until a look of the scheduler that began after this call has
+    /// ended (the look after it began): what the clock says now was acted on.
+    func aLookHasPassed() async throws {
+        let start = reads.value
+        for _ in 0..<1000 where reads.value < start + 2 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(reads.value >= start + 2, "the scheduler did not look again")
+    }
 }
 
 /// A wall-clock time in `zone`.
@@ -135,7 +145,7 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
                 let dump = try storedDump(server, backup.id).blobs[0].hash
                 #expect(blobs.contains(dump))
                 clock.set(Date(timeIntervalSince1970: Double(backup.expiresUnixMS) / 1000 - 1))
-                try await Task.sleep(for: .milliseconds(300))
+                try await clock.aLookHasPassed()
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots").count == 1, "gone a second early")
                 clock.set(Date(timeIntervalSince1970: Double(backup.expiresUnixMS) / 1000))
                 try await eventually { try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots").isEmpty }
@@ -161,7 +171,7 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
                     """, id)
                 let job = try await server.withClient { try await $0.unary(Backups.verifyBackup, .with { $0.id = id }) }
                 clock.set(Date().addingTimeInterval(2 * 86_400))
-                try await Task.sleep(for: .milliseconds(300))
+                try await clock.aLookHasPassed()
                 #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", id).count == 1)
                 // A thousand and one backups in use that expired earlier do not hold back one that is not.
                 try TestPostgres.query(server.catalogDatabase, """
@@ -273,7 +283,7 @@ extension Night {
                 try await eventually(within: .seconds(30)) { try failures() == 1 }
                 // The second attempt waits its back-off, counted from the first's start, and no more.
                 clock.set(night.addingTimeInterval(5 + 299))
-                try await Task.sleep(for: .milliseconds(300))
+                try await clock.aLookHasPassed()
                 #expect(try nightlyRows(server).count == 1)
                 clock.set(night.addingTimeInterval(5 + 300))
                 try await eventually(within: .seconds(30)) { try failures() == 2 }
@@ -281,7 +291,7 @@ extension Night {
                 try await eventually(within: .seconds(30)) { try failures() == 3 }
                 // No fourth attempt that night, however long it waits.
                 clock.set(night.addingTimeInterval(20 * 3600))
-                try await Task.sleep(for: .milliseconds(500))
+                try await clock.aLookHasPassed()
                 #expect(try nightlyRows(server).map(\.status) == ["failed", "failed", "failed"])
                 let failed = try TestPostgres.query(server.catalogDatabase, """
                     SELECT detail FROM activity WHERE action = 'backup' AND outcome = 'FAILED' ORDER BY id

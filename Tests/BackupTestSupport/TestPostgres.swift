@@ -60,6 +60,19 @@ public let projectRoot: String = URL(fileURLWithPath: #filePath)
     .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
 /// A scratch folder removed by `remove()`.
+/// Waits until a session of `database` has LISTENed for job changes (the
+/// catalog's listener is in place), polling pg_stat_activity.
+public func waitUntilListening(in database: String) async throws {
+    for _ in 0..<1000 {
+        let listening = try TestPostgres.query("postgres", """
+            SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND query = 'LISTEN job_changed' AND state = 'idle'
+            """, database)[0].int64("n")
+        if listening > 0 { return }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    throw TestSupportError("no session of \(database) listens for job changes")
+}
+
 public struct ScratchDirectory: Sendable {
     public let path: String
 
