@@ -66,7 +66,7 @@ extension Catalog {
         let jobID = try queueJob(connection, .backup, for: .environment(id: environmentID, backup: snapshotID), actor: actor)
         try connection.query("""
             INSERT INTO snapshots (id, environment_id, status, kind, comment, package_version, job_id, night, created_at)
-            SELECT $1, id, 'processing', $3, $4, package_version, $5, $6::date,
+            SELECT $1, id, '\(BackupStatus.processing)', $3, $4, package_version, $5, $6::date,
                    COALESCE(to_timestamp($7::double precision / 1000), now())
             FROM environments WHERE id = $2
             """, snapshotID, environmentID, kind, comment, jobID, night,
@@ -196,7 +196,7 @@ extension Catalog {
                 SELECT DISTINCT c.sha256, c.size, c.blob_sha256, c.compressed, b.size AS blob_size
                 FROM dump_chunks c JOIN blobs b ON b.sha256 = c.blob_sha256
                 WHERE c.snapshot_id = (SELECT s.id FROM snapshots s JOIN environments e ON e.id = s.environment_id
-                                       WHERE e.namespace = $1 AND e.name = $2 AND s.status = 'finished' ORDER BY s.seq DESC LIMIT 1)
+                                       WHERE e.namespace = $1 AND e.name = $2 AND s.status = '\(BackupStatus.finished)' ORDER BY s.seq DESC LIMIT 1)
                 """, namespace, environment)
             return Dictionary(rows.compactMap(Self.dumpChunk).map { ($0.sha256, $0) }, uniquingKeysWith: { first, _ in first })
         }

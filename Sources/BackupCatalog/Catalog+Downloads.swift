@@ -106,7 +106,7 @@ extension Catalog {
     /// cache's disk for it; if the disk has no room, `withdrawDownload`
     /// takes it back.
     public func requestDownload(backupID: String, databaseOnly: Bool, actor: String, urlLifetime: Duration, cacheBytes: UInt64,
-                                namespaceShare: Double) async throws -> DownloadReservation {
+                                namespaceShare: NamespaceShare) async throws -> DownloadReservation {
         let backupID = try parseID(backupID, "backup id")
         let downloadID = UUID().uuidString.lowercased()
         let lifetimeSeconds = urlLifetime.components.seconds
@@ -122,7 +122,7 @@ extension Catalog {
             var queuedJob = false
             var (archiveBytes, othersPreparing): (UInt64, UInt64) = (0, 0)
             if let existing = try connection.query("""
-                SELECT id FROM archives WHERE snapshot_id = $1 AND database_only = $2 AND state <> 'failed'
+                SELECT id FROM archives WHERE snapshot_id = $1 AND database_only = $2 AND state <> '\(DownloadRecord.State.failed)'
                 """, backupID, databaseOnly).first {
                 archiveID = existing.string("id")
             } else {
@@ -132,11 +132,11 @@ extension Catalog {
                 let used = try connection.query("""
                     SELECT coalesce(sum(a.size), 0) AS total,
                            coalesce(sum(a.size) FILTER (WHERE e.namespace = $1), 0) AS namespace,
-                           coalesce(sum(a.size) FILTER (WHERE a.state = 'preparing'), 0) AS preparing
+                           coalesce(sum(a.size) FILTER (WHERE a.state = '\(DownloadRecord.State.preparing)'), 0) AS preparing
                     FROM archives a JOIN snapshots s ON s.id = a.snapshot_id JOIN environments e ON e.id = s.environment_id
-                    WHERE a.state <> 'failed'
+                    WHERE a.state <> '\(DownloadRecord.State.failed)'
                     """, backup.namespace)[0]
-                let namespaceBytes = UInt64(Double(cacheBytes) * namespaceShare)
+                let namespaceBytes = namespaceShare.of(cacheBytes)
                 // What other namespaces hold is theirs to know: a refusal for the whole cache says only that it is full.
                 guard used.uint64("namespace") + reservation <= namespaceBytes else {
                     throw BackupError.resourceExhausted(
@@ -152,13 +152,13 @@ extension Catalog {
                 let jobID = try Self.queueJob(connection, .archive, for: .backup(backupID), actor: actor,
                                               bytesTotal: backup.databaseBytes + (databaseOnly ? 0 : backup.filesBytes))
                 try connection.query("""
-                    INSERT INTO archives (id, snapshot_id, database_only, job_id, state, size) VALUES ($1, $2, $3, $4, 'preparing', $5)
+                    INSERT INTO archives (id, snapshot_id, database_only, job_id, state, size) VALUES ($1, $2, $3, $4, '\(DownloadRecord.State.preparing)', $5)
                     """, archiveID, backupID, databaseOnly, jobID, reservation)
                 queuedJob = true
             }
             try connection.query("""
                 INSERT INTO downloads (id, archive_id, actor, lifetime, expires_at)
-                SELECT $1, a.id, $3, make_interval(secs => $4), CASE WHEN a.state = 'ready' THEN now() + make_interval(secs => $4) END
+                SELECT $1, a.id, $3, make_interval(secs => $4), CASE WHEN a.state = '\(DownloadRecord.State.ready)' THEN now() + make_interval(secs => $4) END
                 FROM archives a WHERE a.id = $2
                 """, downloadID, archiveID, actor, lifetimeSeconds)
             let activityID = try Self.recordActivity(connection, backup.namespace, backup.environment, action: "download",
@@ -228,7 +228,7 @@ extension Catalog {
     public func finishArchive(jobID: String, owner: String, size: UInt64, sha256: ContentHash) async throws {
         try await pool.callTransaction(idempotent: true) { connection in
             guard let archive = try connection.query("""
-                UPDATE archives SET state = 'ready', size = $2, sha256 = $3, ready_at = now() WHERE job_id = $1 AND state = 'preparing'
+                UPDATE archives SET state = '\(DownloadRecord.State.ready)', size = $2, sha256 = $3, ready_at = now() WHERE job_id = $1 AND state = '\(DownloadRecord.State.preparing)'
                 RETURNING id
                 """, jobID, size, sha256.hex).first else {
                 throw BackupError.failedPrecondition("archive job \(jobID) has no archive being prepared")
@@ -250,15 +250,15 @@ extension Catalog {
             // An archive made ready after the cache was listed has a file the listing missed: a minute's grace.
             try connection.query("""
                 DELETE FROM archives
-                WHERE state = 'ready' AND ready_at < now() - interval '1 minute' AND NOT (id::text = ANY($1::text[]))
+                WHERE state = '\(DownloadRecord.State.ready)' AND ready_at < now() - interval '1 minute' AND NOT (id::text = ANY($1::text[]))
                 """, Array(present))
             try connection.query("""
                 DELETE FROM archives a
-                WHERE (a.state = 'ready' AND NOT EXISTS (
+                WHERE (a.state = '\(DownloadRecord.State.ready)' AND NOT EXISTS (
                           SELECT 1 FROM downloads d WHERE d.archive_id = a.id AND (d.expires_at IS NULL OR d.expires_at > now())))
-                   OR (a.state = 'failed' AND a.created_at < now() - interval '1 day')
+                   OR (a.state = '\(DownloadRecord.State.failed)' AND a.created_at < now() - interval '1 day')
                 """)
-            let remaining = try connection.query("SELECT id, state FROM archives WHERE state <> 'failed'")
+            let remaining = try connection.query("SELECT id, state FROM archives WHERE state <> '\(DownloadRecord.State.failed)'")
             return (Set(remaining.filter { $0.string("state") == "ready" }.map { $0.string("id") }),
                     Set(remaining.filter { $0.string("state") == "preparing" }.map { $0.string("id") }))
         }

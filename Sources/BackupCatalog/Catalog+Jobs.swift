@@ -206,11 +206,11 @@ extension Catalog {
                 """, snapshotID, batch.map(\.key), batch.map(\.blob.hash.hex), batch.map { String($0.blob.size) })
         }
         try connection.query("""
-            UPDATE snapshots SET status = 'finished', finished_at = now(),
+            UPDATE snapshots SET status = '\(BackupStatus.finished)', finished_at = now(),
                 dump_sha256 = $2, database_bytes = $3, files_bytes = $4, file_count = $5, postgres_version = $6,
                 source_database_bytes = $7, files_deleted_during_backup = $8, files_changed_during_backup = $9,
                 warning = $10
-            WHERE id = $1 AND status = 'processing'
+            WHERE id = $1 AND status = '\(BackupStatus.processing)'
             """, snapshotID, manifest.dump.sha256.hex,
             manifest.dump.size, filesBytes, manifest.files.count, manifest.postgresVersion, manifest.databaseSize,
             manifest.deletedDuringBackup.count, manifest.changedDuringBackup.count, warning)
@@ -287,14 +287,14 @@ extension Catalog {
         case "backup":
             // A failed backup holds no content; it stays in the list, as a record, as long as a finished one would.
             let failed = try connection.query("""
-                UPDATE snapshots SET status = 'failed', error = $2, finished_at = now() WHERE id = $1 AND status = 'processing'
+                UPDATE snapshots SET status = '\(BackupStatus.failed)', error = $2, finished_at = now() WHERE id = $1 AND status = '\(BackupStatus.processing)'
                 RETURNING id, night::text AS night, environment_id
                 """, row["snapshot_id"], message)
             if let snapshot = failed.first {
                 try dateExpiry(connection, snapshotID: snapshot.string("id"))
                 if let night = snapshot["night"] {
                     let attempts = try connection.query("""
-                        SELECT count(*) AS n FROM snapshots WHERE environment_id = $1 AND night = $2::date AND status = 'failed'
+                        SELECT count(*) AS n FROM snapshots WHERE environment_id = $1 AND night = $2::date AND status = '\(BackupStatus.failed)'
                         """, snapshot.int64("environment_id"), night)[0].int64("n")
                     detail += attempts < NightlyWindow.attempts
                         ? " (attempt \(attempts) of \(NightlyWindow.attempts) of the night of \(night); it will be tried again)"
@@ -303,7 +303,7 @@ extension Catalog {
             }
         case "archive":
             // Its reservation in the cache ends; a new request prepares a new archive.
-            try connection.query("UPDATE archives SET state = 'failed', error = $2 WHERE job_id = $1 AND state = 'preparing'", id, message)
+            try connection.query("UPDATE archives SET state = '\(DownloadRecord.State.failed)', error = $2 WHERE job_id = $1 AND state = '\(DownloadRecord.State.preparing)'", id, message)
         case "upload-validation":
             // Nothing was cataloged; the upload's data goes with the next sweep of the spool.
             try connection.query("UPDATE uploads SET state = '\(UploadState.failed)', error = $2 WHERE job_id = $1 AND state = '\(UploadState.validating)'", id, message)

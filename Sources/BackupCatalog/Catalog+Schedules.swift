@@ -121,7 +121,7 @@ extension Catalog {
         let rows = try connection.query("""
             SELECT s.id, s.kind, unix_ms(s.created_at) AS created_ms, unix_ms(s.expires_at) AS expires_ms, \(scheduleColumns)
             FROM snapshots s LEFT JOIN schedules sc ON sc.environment_id = s.environment_id
-            WHERE s.environment_id = $1 AND s.status <> 'processing' FOR UPDATE OF s
+            WHERE s.environment_id = $1 AND s.status <> '\(BackupStatus.processing)' FOR UPDATE OF s
             """, environmentID)
         var changed: [(id: String, expires: Int64)] = []
         for row in rows {
@@ -183,9 +183,9 @@ extension Catalog {
         do {
             return try await pool.callTransaction { connection in
                 let attempts = try connection.query("""
-                    SELECT count(*) FILTER (WHERE status = 'finished') AS made, count(*) FILTER (WHERE status = 'processing') AS making,
-                           count(*) FILTER (WHERE status = 'failed') AS failed,
-                           max(unix_ms(created_at)) FILTER (WHERE status = 'failed') AS last_failed_ms
+                    SELECT count(*) FILTER (WHERE status = '\(BackupStatus.finished)') AS made, count(*) FILTER (WHERE status = '\(BackupStatus.processing)') AS making,
+                           count(*) FILTER (WHERE status = '\(BackupStatus.failed)') AS failed,
+                           max(unix_ms(created_at)) FILTER (WHERE status = '\(BackupStatus.failed)') AS last_failed_ms
                     FROM snapshots WHERE environment_id = $1 AND night = $2::date
                     """, environment.id, night.description)[0]
                 if attempts.int64("made") > 0 { return .made }
@@ -223,7 +223,7 @@ extension Catalog {
             // for this transaction, or holds its lock and is skipped.
             let candidates = try connection.query("""
                 SELECT s.id FROM snapshots s
-                WHERE s.status <> 'processing' AND s.expires_at <= to_timestamp($1::double precision / 1000) AND NOT \(inUse)
+                WHERE s.status <> '\(BackupStatus.processing)' AND s.expires_at <= to_timestamp($1::double precision / 1000) AND NOT \(inUse)
                 ORDER BY s.expires_at LIMIT 1000 FOR UPDATE OF s SKIP LOCKED
                 """, Int64((now.timeIntervalSince1970 * 1000).rounded(.down))).map { $0.string("id") }
             guard !candidates.isEmpty else { return 0 }

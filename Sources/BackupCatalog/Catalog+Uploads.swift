@@ -55,7 +55,7 @@ extension Catalog {
     /// are still to receive); if that fails, `withdrawUpload` takes it back.
     public func startUpload(namespace: String, environment: String, filename: String, comment: String, size: UInt64,
                             sha256: ContentHash, actor: String, lifetime: Duration, spoolBytes: UInt64, diskBytes: UInt64,
-                            namespaceShare: Double) async throws -> UploadReservation {
+                            namespaceShare: NamespaceShare) async throws -> UploadReservation {
         let id = UUID().uuidString.lowercased()
         return try await pool.callTransaction { connection in
             let environmentID = try Self.environmentID(connection, namespace, environment)
@@ -71,7 +71,7 @@ extension Catalog {
                                                     + "may have; finish or abandon some first")
             }
             let capacity = min(spoolBytes, diskBytes &+ used.uint64("received"))
-            let namespaceBytes = UInt64(Double(capacity) * namespaceShare)
+            let namespaceBytes = namespaceShare.of(capacity)
             // Where the disk itself has no room for this upload, `prepare` says so.
             let diskHasRoom = used.uint64("to_come") &+ size <= diskBytes
             guard used.uint64("namespace") + size <= namespaceBytes || !diskHasRoom else {
@@ -232,7 +232,7 @@ extension Catalog {
             }
             try connection.query("""
                 INSERT INTO snapshots (id, environment_id, status, kind, comment, package_version, job_id)
-                VALUES ($1, $2, 'processing', '\(BackupKind.uploaded)', $3, $4, $5)
+                VALUES ($1, $2, '\(BackupStatus.processing)', '\(BackupKind.uploaded)', $3, $4, $5)
                 """, snapshotID, row.int64("environment_id"), row.string("comment"), packageVersion, jobID)
             let detail = try Self.completeSnapshot(connection, id: snapshotID, manifest: manifest)
             try connection.query("UPDATE uploads SET state = '\(UploadState.finished)', snapshot_id = $2 WHERE id = $1", row.string("id"), snapshotID)

@@ -115,7 +115,7 @@ struct Serve: AsyncParsableCommand {
     var maxJobs = 2
 
     @Option(help: "The share of the job slots one namespace may hold at once (at least one slot).")
-    var namespaceJobShare = JobSettings().namespaceShare
+    var namespaceJobShare = JobSettings().namespaceShare.fraction
 
     @Option(help: "On SIGTERM, seconds running jobs may go on before they are cancelled.")
     var shutdownGraceSeconds = 30
@@ -259,7 +259,7 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--shared-receive-bytes-per-peer must be at least --max-frame-bytes, and --shared-receive-bytes at least that")
         }
         guard shutdownGraceSeconds >= 0 else { throw ValidationError("--shutdown-grace-seconds may not be negative") }
-        guard namespaceJobShare > 0 && namespaceJobShare <= 1 else {
+        guard NamespaceShare(namespaceJobShare) != nil else {
             throw ValidationError("--namespace-job-share must be above 0 and at most 1")
         }
         guard (0...9).contains(archiveGzipLevel) else { throw ValidationError("--archive-gzip-level must be 0 to 9") }
@@ -318,7 +318,7 @@ struct Serve: AsyncParsableCommand {
         configuration.connections.sharedReceiveBytes = sharedReceiveBytes
         configuration.connections.sharedReceiveBytesPerPeer = sharedReceiveBytesPerPeer
         configuration.jobs.maximumConcurrentJobs = maxJobs
-        configuration.jobs.namespaceShare = namespaceJobShare
+        configuration.jobs.namespaceShare = NamespaceShare(namespaceJobShare)!
         configuration.jobs.shutdownGrace = .seconds(shutdownGraceSeconds)
         configuration.appDatabases.connectTimeoutSeconds = appDatabaseConnectTimeoutSeconds
         configuration.appDatabases.takeoverTimeout = .seconds(databaseTakeoverSeconds)

@@ -15,7 +15,7 @@ public struct DownloadSettings: Sendable {
     public var cacheBytes: UInt64 = 20 << 30
     /// The share of `cacheBytes` one namespace's archives may take, so one
     /// namespace cannot keep every other from downloading.
-    public var cacheNamespaceShare = 0.5
+    public var cacheNamespaceShare = NamespaceShare.half
     /// Free space the cache's disk keeps beyond any archive: a download is refused before the disk fills.
     public var reservedDiskBytes: UInt64 = 1 << 30
     /// Answers streaming a file at once, in all and for one namespace; more get 503 with Retry-After.

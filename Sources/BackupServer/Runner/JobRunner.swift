@@ -14,7 +14,7 @@ public struct JobSettings: Sendable {
     public var maximumConcurrentJobs = 2
     /// The share of the job slots one namespace may hold at once (at least one
     /// slot), so one namespace's slow or hung jobs never hold them all.
-    public var namespaceShare = 0.5
+    public var namespaceShare = NamespaceShare.half
     /// On shutdown, how long running jobs may go on before they are cancelled.
     public var shutdownGrace: Duration = .seconds(30)
     public var leaseSeconds = 30
@@ -220,7 +220,7 @@ public final class JobRunner: Service, Sendable {
             if let abandoned = try await catalog.claimAbandonedRestore(owner: owner, leaseSeconds: settings.leaseSeconds) {
                 return (abandoned, true)
             }
-            let perNamespace = max(1, Int((Double(settings.maximumConcurrentJobs) * settings.namespaceShare).rounded(.down)))
+            let perNamespace = settings.namespaceShare.of(slots: settings.maximumConcurrentJobs)
             return try await catalog.claimNextJob(owner: owner, leaseSeconds: settings.leaseSeconds, perNamespace: perNamespace)
                 .map { ($0, false) }
         } catch {

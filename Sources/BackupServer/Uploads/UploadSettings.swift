@@ -10,7 +10,7 @@ public struct UploadSettings: Sendable {
     public var lifetime: Duration = .seconds(24 * 3600)
     /// What all unfinished uploads together may announce, and the share of it one namespace's may.
     public var spoolBytes: UInt64 = 200 << 30
-    public var namespaceShare = 0.5
+    public var namespaceShare = NamespaceShare.half
     /// Free space the spool's disk keeps beyond every unfinished upload.
     public var reservedDiskBytes: UInt64 = 1 << 30
     /// An upload that receives less than `minimumRate` bytes a second over a
