@@ -18,6 +18,10 @@ public struct ServerConfiguration: Sendable {
     public var maxFrameBytes = defaultMaxFrameBytes
     public var connections = ConnectionLimits()
     public var jobs = JobSettings()
+    /// The clock of every timer of the server: job polls, leases, grace
+    /// periods, retries, progress, call deadlines, watches, revocation,
+    /// scheduler looks, upload windows. Tests hand in a `ManualClock`.
+    public var clock: any ServiceClock = ContinuousClock()
     /// Folders that environments' file stores may lie under; none refuses every file store.
     public var fileStoreRoots: [String] = []
     public var appDatabases = AppDatabasePolicy()
@@ -84,17 +88,17 @@ public struct BackupServer: Service, CustomStringConvertible {
                                             reservedDiskBytes: configuration.downloads.reservedDiskBytes)
         let spool = try UploadSpool(directory: configuration.uploads.directory ?? workDirectory + "/uploads", catalog: catalog,
                                     threadPool: threadPool, lifetime: configuration.uploads.lifetime,
-                                    reservedDiskBytes: configuration.uploads.reservedDiskBytes)
+                                    reservedDiskBytes: configuration.uploads.reservedDiskBytes, clock: configuration.clock)
         let jobs = JobRunner(catalog: catalog, blobStore: blobStore, scratchDirectory: try Self.scratchDirectory(in: workDirectory), placement: placement, archiveCache: archiveCache, spool: spool,
                              archiveGzipLevel: configuration.downloads.gzipLevel,
                              uploads: configuration.uploads, threadPool: threadPool, settings: configuration.jobs,
-                             logger: logger)
-        let scheduler = Scheduler(catalog: catalog, jobs: jobs, settings: configuration.schedule, logger: logger)
+                             clock: configuration.clock, logger: logger)
+        let scheduler = Scheduler(catalog: catalog, jobs: jobs, settings: configuration.schedule, clock: configuration.clock, logger: logger)
         let links = DownloadLinks(keys: configuration.downloads.keys, publicURL: configuration.downloads.publicURL,
                                   host: configuration.host, port: configuration.port)
         let openCalls = OpenCalls()
-        var router = RPCRouter(requestTimeout: configuration.connections.partialFrameTimeout)
-        let watches = JobWatches(catalog: catalog)
+        var router = RPCRouter(requestTimeout: configuration.connections.partialFrameTimeout, clock: configuration.clock)
+        let watches = JobWatches(catalog: catalog, clock: configuration.clock)
         BackupsService(catalog: catalog, jobs: jobs, placement: placement, openCalls: openCalls, watches: watches,
                        maxFrameBytes: configuration.maxFrameBytes, connections: configuration.connections,
                        downloads: configuration.downloads, links: links, archiveCache: archiveCache,
@@ -135,7 +139,7 @@ public struct BackupServer: Service, CustomStringConvertible {
             services: [
                 .init(service: jobs),
                 .init(service: scheduler),
-                .init(service: RevocationService(openCalls: openCalls, catalog: catalog)),
+                .init(service: RevocationService(openCalls: openCalls, catalog: catalog, clock: configuration.clock)),
                 .init(service: JobChangeListener(catalog: catalog, watches: watches, jobs: jobs)),
                 .init(service: ListenerService(listener: listener, openCalls: openCalls, jobs: jobs)),
             ],
@@ -186,9 +190,10 @@ private struct JobChangeListener: Service {
 private struct RevocationService: Service {
     let openCalls: OpenCalls
     let catalog: Catalog
+    let clock: any ServiceClock
     func run() async throws {
         do {
-            try await cancelWhenGracefulShutdown { try await openCalls.endRevoked(using: catalog, every: .seconds(5)) }
+            try await cancelWhenGracefulShutdown { try await openCalls.endRevoked(using: catalog, every: .seconds(5), clock: clock) }
         } catch is CancellationError {}
     }
 }

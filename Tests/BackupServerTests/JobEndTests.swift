@@ -258,7 +258,7 @@ func hungBackup(_ server: some BackupTestServer, _ app: TestApp, environment: St
     @Test func aJobStillRunningWhenTheShutdownGraceEndsOnTheRunnersClockIsInterrupted() async throws {
         let clock = ManualClock()
         try await withTestApp { app in
-            try await withInProcessServer(configure: { $0.jobs.clock = clock; $0.jobs.shutdownGrace = .seconds(30) }) { server in
+            try await withInProcessServer(configure: { $0.clock = clock; $0.jobs.shutdownGrace = .seconds(30) }) { server in
                 try await server.register(app)
                 let lock = try HeldLock(app)
                 defer { lock.release() }
@@ -287,7 +287,7 @@ func hungBackup(_ server: some BackupTestServer, _ app: TestApp, environment: St
         let gate = try GatedTool("pg_dump")
         try await withTestApp { app in
             try await withInProcessServer(configure: {
-                $0.jobs.clock = clock; $0.jobs.tools.pgDump = gate.path; $0.jobs.tools.stallTimeout = .seconds(60)
+                $0.clock = clock; $0.jobs.tools.pgDump = gate.path; $0.jobs.tools.stallTimeout = .seconds(60)
             }) { server in
                 try await server.register(app)
                 let created = try await server.withClient { client in

@@ -23,8 +23,8 @@ import Testing
         })
         let (_, job) = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
 
-        // A safety net far longer than the test: only a notification can bring the change in time.
-        let watches = JobWatches(catalog: catalog, safetyInterval: .seconds(600))
+        // A safety net on a clock that never moves: only a notification can bring the change.
+        let watches = JobWatches(catalog: catalog, safetyInterval: .seconds(1), clock: ManualClock())
         let listening = Task { await catalog.listenForJobChanges { watches.changed($0) } }
         defer { listening.cancel() }
         try await waitUntilListening(in: database)

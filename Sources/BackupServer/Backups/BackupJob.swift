@@ -65,7 +65,7 @@ struct BackupJob: Sendable {
     private static let fetchSize = 5000
 
     func run(_ claimed: ClaimedJob, owner: String) async throws {
-        let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
+        let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id, clock: clock)
         let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool)
         let manifest = try await makeSnapshot(claimed, progress: progress, ledger: ledger)
         try await catalog.finishBackup(jobID: claimed.job.id, owner: owner, manifest: manifest)

@@ -11,6 +11,7 @@ import NIOPosix
 /// touched, so an archive job does not take its environment's turn.
 struct ArchiveJob: Sendable {
     let catalog: Catalog
+    let clock: any ServiceClock
     let blobStore: any BlobStore
     let cache: ArchiveCache
     let gzipLevel: Int
@@ -18,7 +19,7 @@ struct ArchiveJob: Sendable {
 
     func run(_ claimed: ClaimedJob, owner: String) async throws {
         let work = try await catalog.archiveWork(jobID: claimed.job.id)
-        let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
+        let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id, clock: clock)
         let content = work.archive.dump.size + (work.databaseOnly ? 0 : work.archive.files.reduce(0) { $0 + $1.blob.size })
         await progress.update(done: 0, total: content, phase: work.databaseOnly ? "copying the dump" : "writing the archive")
         try cache.requireRoom(for: work.reservedBytes)

@@ -1,4 +1,5 @@
 import BackupCatalog
+import BackupRules
 import Synchronization
 
 /// The calls open on this server, by the token that authenticated them, so
@@ -53,10 +54,10 @@ public final class OpenCalls: Sendable {
     var tokenIDs: [String] { state.withLock { Array($0.byToken.keys) } }
 
     /// Ends the calls of tokens revoked through another backupd process
-    /// sharing the catalog; checks every `interval`.
-    func endRevoked(using catalog: Catalog, every interval: Duration) async throws {
+    /// sharing the catalog; checks every `interval` of `clock`.
+    func endRevoked(using catalog: Catalog, every interval: Duration, clock: any ServiceClock) async throws {
         while true {
-            try await Task.sleep(for: interval)
+            try await clock.sleep(for: interval)
             let open = tokenIDs
             guard !open.isEmpty, let revoked = try? await catalog.revokedTokens(among: open) else { continue }
             revoked.forEach(end(callsOf:))

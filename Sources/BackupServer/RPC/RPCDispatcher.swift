@@ -68,7 +68,8 @@ public struct RPCDispatcher: Sendable {
             }
             if let gate {
                 group.addTask {
-                    guard (try? await Task.sleep(for: .milliseconds(timeoutMS))) != nil else { return nil }
+                    // The deadline runs on the router's clock, the one every timer of the server takes.
+                    guard (try? await self.router.clock.sleep(for: .milliseconds(timeoutMS))) != nil else { return nil }
                     // A change already committing answers with its own result.
                     guard gate.expire() else { return nil }
                     return CallStatus(RPCError(.deadlineExceeded, "the call's deadline of \(timeoutMS) ms passed; "

@@ -41,9 +41,11 @@ public struct RPCRouter: Sendable {
     /// half-close may take to arrive after its start: a client cannot keep
     /// such a call (and its slot) open by never finishing it.
     let requestTimeout: Duration
+    let clock: any ServiceClock
 
-    public init(requestTimeout: Duration = ConnectionLimits().partialFrameTimeout) {
+    public init(requestTimeout: Duration = ConnectionLimits().partialFrameTimeout, clock: any ServiceClock = ContinuousClock()) {
         self.requestTimeout = requestTimeout
+        self.clock = clock
     }
 
     public mutating func unary<Request, Response>(
@@ -51,9 +53,9 @@ public struct RPCRouter: Sendable {
         _ handler: @escaping @Sendable (Request, CallContext) async throws -> Response
     ) {
         precondition(method.shape == .unary, "\(method.name) is not unary")
-        let requestTimeout = self.requestTimeout
+        let (requestTimeout, clock) = (self.requestTimeout, self.clock)
         routes[method.name] = Route { requests, send, context in
-            let request: Request = try await singleRequest(requests, within: requestTimeout)
+            let request: Request = try await singleRequest(requests, within: requestTimeout, on: clock)
             try await send(try await handler(request, context).serializedBytes())
         }
     }
@@ -63,9 +65,9 @@ public struct RPCRouter: Sendable {
         _ handler: @escaping @Sendable (Request, CallContext, ResponseWriter<Response>) async throws -> Void
     ) {
         precondition(method.shape == .serverStreaming, "\(method.name) is not server streaming")
-        let requestTimeout = self.requestTimeout
+        let (requestTimeout, clock) = (self.requestTimeout, self.clock)
         routes[method.name] = Route { requests, send, context in
-            let request: Request = try await singleRequest(requests, within: requestTimeout)
+            let request: Request = try await singleRequest(requests, within: requestTimeout, on: clock)
             try await handler(request, context, ResponseWriter(send: send))
         }
     }
@@ -93,7 +95,7 @@ func decodeRequest<Request: WireMessage>(_ bytes: [UInt8]) throws(BackupError) -
 
 /// Unary and server-streaming calls carry exactly one request message,
 /// followed by the half-close, within `timeout`.
-private func singleRequest<Request: WireMessage>(_ requests: CallRequests, within timeout: Duration) async throws -> Request {
+private func singleRequest<Request: WireMessage>(_ requests: CallRequests, within timeout: Duration, on clock: any ServiceClock) async throws -> Request {
     let bytes = try await withThrowingTaskGroup(of: [UInt8]?.self) { group in
         group.addTask {
             var iterator = requests.makeAsyncIterator()
@@ -106,7 +108,7 @@ private func singleRequest<Request: WireMessage>(_ requests: CallRequests, withi
             return first
         }
         group.addTask {
-            try await Task.sleep(for: timeout)
+            try await clock.sleep(for: timeout)
             return nil
         }
         defer { group.cancelAll() }

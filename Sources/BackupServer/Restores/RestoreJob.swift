@@ -38,7 +38,7 @@ struct RestoreJob: Sendable {
 
     func run(_ claimed: ClaimedJob, owner: String) async throws {
         let work = try await catalog.restoreWork(jobID: claimed.job.id)
-        let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
+        let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id, clock: clock)
         let source = "\(work.backup.namespace)/\(work.backup.environment)"
         let plan = try await makePlan(claimed, work)
         do {

@@ -34,9 +34,6 @@ public struct JobSettings: Sendable {
     /// Fault injection, for tests of restore recovery only: the process
     /// kills itself right after a restore records this step.
     public var dieAfterRestoreStep: RestoreStep?
-    /// The clock of the runner's timers: polls, lease renewal, the shutdown grace period, retries.
-    public var clock: any ServiceClock = ContinuousClock()
-
     public init() {}
 }
 
@@ -53,6 +50,8 @@ public final class JobRunner: Service, Sendable {
     private let scratchDirectory: String
     private let placement: Placement
     private let settings: JobSettings
+    /// The clock of the runner's timers: polls, lease renewal, the shutdown grace period, retries.
+    private let clock: any ServiceClock
     private let backupJob: BackupJob
     private let restoreJob: RestoreJob
     private let archiveJob: ArchiveJob
@@ -87,26 +86,27 @@ public final class JobRunner: Service, Sendable {
 
     init(catalog: Catalog, blobStore: any BlobStore, scratchDirectory: String, placement: Placement, archiveCache: ArchiveCache, spool: UploadSpool,
          archiveGzipLevel: Int, uploads: UploadSettings,
-         threadPool: NIOThreadPool, settings: JobSettings, logger: Logger) {
+         threadPool: NIOThreadPool, settings: JobSettings, clock: any ServiceClock, logger: Logger) {
         self.catalog = catalog
         self.blobStore = blobStore
         self.scratchDirectory = scratchDirectory
         self.placement = placement
         self.settings = settings
+        self.clock = clock
         self.logger = logger
         let dumps = DumpStorage(catalog: catalog, blobStore: blobStore, threadPool: threadPool, level: Int32(settings.dumpCompressionLevel))
         self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, databases: placement.databases, threadPool: threadPool,
-                                   tools: settings.tools, clock: settings.clock, dumps: dumps)
+                                   tools: settings.tools, clock: clock, dumps: dumps)
         self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, databases: placement.databases, threadPool: threadPool,
-                                     tools: settings.tools, clock: settings.clock, parallelJobs: max(1, settings.restoreParallelism),
+                                     tools: settings.tools, clock: clock, parallelJobs: max(1, settings.restoreParallelism),
                                      keepPrevious: settings.keepPreviousOnRestore, dieAfterStep: settings.dieAfterRestoreStep,
                                      logger: logger)
-        self.archiveJob = ArchiveJob(catalog: catalog, blobStore: blobStore, cache: archiveCache, gzipLevel: archiveGzipLevel,
+        self.archiveJob = ArchiveJob(catalog: catalog, clock: clock, blobStore: blobStore, cache: archiveCache, gzipLevel: archiveGzipLevel,
                                      threadPool: threadPool)
-        self.uploadValidationJob = UploadValidationJob(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, spool: spool, limits: uploads.archiveLimits,
+        self.uploadValidationJob = UploadValidationJob(catalog: catalog, clock: clock, blobStore: blobStore, scratchDirectory: scratchDirectory, spool: spool, limits: uploads.archiveLimits,
                                                        reservedDiskBytes: uploads.reservedDiskBytes,
                                                        threadPool: threadPool, tools: settings.tools, dumps: dumps)
-        self.verifyJob = VerifyJob(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, threadPool: threadPool, tools: settings.tools,
+        self.verifyJob = VerifyJob(catalog: catalog, clock: clock, blobStore: blobStore, scratchDirectory: scratchDirectory, threadPool: threadPool, tools: settings.tools,
                                    reservedDiskBytes: uploads.reservedDiskBytes)
         self.collector = BlobCollector(catalog: catalog, store: blobStore, threadPool: threadPool)
         self.archiveCache = archiveCache
@@ -125,7 +125,7 @@ public final class JobRunner: Service, Sendable {
     /// Called as soon as shutdown begins, before the service group comes to
     /// the runner's own turn.
     public func beginShutdown() {
-        let now = settings.clock.now
+        let now = clock.now
         signals.withLockedValue { if $0.shutdownBegan == nil { $0.shutdownBegan = now } }
         wakeupSource.finish()
         shutdownSource.finish()
@@ -150,7 +150,7 @@ public final class JobRunner: Service, Sendable {
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask {
-                    while (try? await self.settings.clock.sleep(for: self.settings.pollInterval)) != nil { self.wake() }
+                    while (try? await self.clock.sleep(for: self.settings.pollInterval)) != nil { self.wake() }
                 }
                 group.addTask { await self.stopRunningJobsAfterGrace() }
                 await claimAndRun()
@@ -166,8 +166,7 @@ public final class JobRunner: Service, Sendable {
 
     /// Claims and runs jobs until shutdown begins; returns when the jobs it started have ended.
     private func claimAndRun() async {
-        let clock = settings.clock
-        await withDiscardingTaskGroup { group in
+                await withDiscardingTaskGroup { group in
             wake()
             var lastCollection = clock.now
             var lastSweep = clock.now
@@ -208,9 +207,8 @@ public final class JobRunner: Service, Sendable {
     private func stopRunningJobsAfterGrace() async {
         for await _ in shutdown {}
         guard !Task.isCancelled else { return }
-        let began = signals.withLockedValue { $0.shutdownBegan } ?? settings.clock.now
-        let clock = settings.clock
-        guard (try? await clock.sleep(for: clock.now.duration(to: began + settings.shutdownGrace))) != nil else { return }
+        let began = signals.withLockedValue { $0.shutdownBegan } ?? clock.now
+                guard (try? await clock.sleep(for: clock.now.duration(to: began + settings.shutdownGrace))) != nil else { return }
         for execution in signals.withLockedValue({ Array($0.executions.values) }) { execution.yield(.shutdownGraceOver) }
     }
 
@@ -329,7 +327,7 @@ public final class JobRunner: Service, Sendable {
         let job = claimed.job
         let logger = self.logger.with(["job": "\(job.id)", "kind": "\(job.kind)", "environment": "\(job.namespace)/\(job.environment)"])
         logger.info("job started")
-        let clock = settings.clock
+        let clock = self.clock
         let execution = NIOLockedValueBox(JobExecution(leaseDuration: .seconds(settings.leaseSeconds), claimedAt: clock.now))
         let (stops, stopWork) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
 
@@ -454,7 +452,7 @@ public final class JobRunner: Service, Sendable {
     /// trying again on fresh connections for a while: a catalog that dropped
     /// its connections must not turn the real reason into "lease expired".
     private func record(_ what: String, logger: Logger, _ write: @escaping @Sendable (Catalog) async throws -> Void) async {
-        let (catalog, clock) = (self.catalog, settings.clock)
+        let (catalog, clock) = (self.catalog, self.clock)
         _ = try? await withoutCancellation {
             for attempt in 1...5 {
                 do {

@@ -13,11 +13,14 @@ actor ProgressReporter {
     private var done: UInt64 = 0
     private var total: UInt64 = 0
     private var phase = ""
-    private var lastWrite = ContinuousClock.now - .seconds(1)
+    private let clock: any ServiceClock
+    private var lastWrite: ContinuousClock.Instant
 
-    init(catalog: Catalog, jobID: String) {
+    init(catalog: Catalog, jobID: String, clock: any ServiceClock) {
         self.catalog = catalog
         self.jobID = jobID
+        self.clock = clock
+        lastWrite = clock.now - .seconds(1)
     }
 
     func update(done: UInt64? = nil, total: UInt64? = nil, phase: String? = nil) async {
@@ -25,8 +28,8 @@ actor ProgressReporter {
         if let done { self.done = done }
         if let total { self.total = max(total, self.done) }
         if let phase { self.phase = phase }
-        guard phaseChanged || ContinuousClock.now - lastWrite >= .milliseconds(500) else { return }
-        lastWrite = ContinuousClock.now
+        guard phaseChanged || clock.now - lastWrite >= .milliseconds(500) else { return }
+        lastWrite = clock.now
         try? await catalog.reportProgress(jobID: jobID, bytesDone: self.done, bytesTotal: self.total, phase: self.phase)
     }
 
@@ -67,7 +70,7 @@ extension ProgressReporter {
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 while true {
-                    try await Task.sleep(for: .milliseconds(500))
+                    try await self.clock.sleep(for: .milliseconds(500))
                     let bytes = done.withLockedValue { $0 }
                     switch target {
                     case .job: await self.update(done: bytes)

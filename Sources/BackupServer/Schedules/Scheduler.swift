@@ -41,7 +41,12 @@ public final class Scheduler: Service, Sendable {
     private let wakeups: AsyncStream<Void>
     private let wakeupSource: AsyncStream<Void>.Continuation
 
-    init(catalog: Catalog, jobs: JobRunner, settings: ScheduleSettings, logger: Logger) {
+    /// The clock its looks are timed on (the server's); `settings.clock` is
+    /// the calendar's, which says which night it is.
+    private let ticker: any ServiceClock
+
+    init(catalog: Catalog, jobs: JobRunner, settings: ScheduleSettings, clock: any ServiceClock, logger: Logger) {
+        self.ticker = clock
         self.catalog = catalog
         self.jobs = jobs
         self.settings = settings
@@ -62,7 +67,7 @@ public final class Scheduler: Service, Sendable {
         try? await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
                 group.addTask {
-                    while (try? await Task.sleep(for: self.settings.interval)) != nil { self.wake() }
+                    while (try? await self.ticker.sleep(for: self.settings.interval)) != nil { self.wake() }
                 }
                 self.wake()
                 for await _ in self.wakeups {

@@ -30,9 +30,11 @@ final class JobWatches: Sendable {
 
     private let catalog: Catalog
     private let safetyInterval: Duration
+    private let clock: any ServiceClock
     private let state = Mutex(State())
 
-    init(catalog: Catalog, safetyInterval: Duration = .seconds(1)) {
+    init(catalog: Catalog, safetyInterval: Duration = .seconds(1), clock: any ServiceClock) {
+        self.clock = clock
         self.catalog = catalog
         self.safetyInterval = safetyInterval
     }
@@ -68,7 +70,7 @@ final class JobWatches: Sendable {
     private func read(_ jobID: String, whenWoken wakes: AsyncStream<Void>, wake: AsyncStream<Void>.Continuation) async {
         await withDiscardingTaskGroup { group in
             group.addTask {
-                while (try? await Task.sleep(for: self.safetyInterval)) != nil { wake.yield() }
+                while (try? await self.clock.sleep(for: self.safetyInterval)) != nil { wake.yield() }
             }
             defer { group.cancelAll() }
             for await _ in wakes {

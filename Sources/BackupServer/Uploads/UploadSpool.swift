@@ -27,7 +27,7 @@ final class UploadSpool: Sendable {
     private let reservedDiskBytes: UInt64
 
     init(directory: String, catalog: Catalog, threadPool: NIOThreadPool, lifetime: Duration, reservedDiskBytes: UInt64,
-         clock: any ServiceClock = ContinuousClock()) throws {
+         clock: any ServiceClock) throws {
         try FileSystem.makeFolders(directory)
         self.directory = directory
         self.catalog = catalog

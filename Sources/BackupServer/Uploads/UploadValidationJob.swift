@@ -19,6 +19,7 @@ import NIOPosix
 /// goes with the garbage collection the failed job asks for.
 struct UploadValidationJob: Sendable {
     let catalog: Catalog
+    let clock: any ServiceClock
     let blobStore: any BlobStore
     /// Where the job writes its scratch files (a dump for pg_restore), named for the job.
     let scratchDirectory: String
@@ -41,7 +42,7 @@ struct UploadValidationJob: Sendable {
         let upload = try await catalog.validatedUpload(jobID: claimed.job.id)
         // The upload's data goes once it is a backup or refused; a job stopped by a dead process leaves it to the spool's sweep.
         defer { spool.remove([upload.id]) }
-        let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id)
+        let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id, clock: clock)
         await progress.update(done: 0, total: upload.sizeBytes, phase: "reading and checking the archive")
         let dumpPath = "\(scratchDirectory)/dump-\(claimed.job.id).backup"
         defer { FileSystem.remove(dumpPath) }

@@ -13,6 +13,7 @@ import NIOPosix
 /// the job fails when there is any problem. Nothing is changed or repaired.
 struct VerifyJob: Sendable {
     let catalog: Catalog
+    let clock: any ServiceClock
     let blobStore: any BlobStore
     /// Where the job writes its scratch files (a dump for pg_restore), named for the job.
     let scratchDirectory: String
@@ -26,7 +27,7 @@ struct VerifyJob: Sendable {
         let backup = try await catalog.backup(id: claimed.job.backupID)
         let files = try await catalog.backupFiles(id: backup.id)
         let dump = try await catalog.dump(ofBackup: backup.id)
-        let progress = ProgressReporter(catalog: catalog, jobID: jobID)
+        let progress = ProgressReporter(catalog: catalog, jobID: jobID, clock: clock)
         await progress.update(done: 0, total: backup.databaseBytes + backup.filesBytes, phase: "reading every blob and checking its hash")
         // Named as the scratch sweep knows a job's dump, so a dead process's copy goes too.
         let dumpPath = "\(scratchDirectory)/dump-\(jobID).backup"
