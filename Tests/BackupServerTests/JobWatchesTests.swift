@@ -43,4 +43,32 @@ import Testing
         #expect(seen == [.queued, .queued, .failed])
         await catalog.pool.close()
     }
+
+    /// A change whose notification never came (the listener's connection
+    /// was lost) reaches the watchers at the safety net's next reading, on
+    /// the server's clock: moved by hand here, so the test waits for no timer.
+    @Test func aChangeNoNotificationBringsArrivesAtTheSafetyNetsReading() async throws {
+        try await TestCatalog.with { catalog, database, _ in
+            try await TestCatalog.register(catalog)
+            let (_, job) = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand,
+                                                          comment: "", actor: "t")
+            let clock = ManualClock()
+            // No listener: only the safety net reads.
+            let watches = JobWatches(catalog: catalog, safetyInterval: .seconds(1), clock: clock)
+            let seen = try await within(.seconds(30)) {
+                var statuses: [JobStatus] = []
+                for await reading in try watches.readings(of: job.id, token: "t") {
+                    statuses.append(reading.status)
+                    if statuses.count == 1 {
+                        try TestPostgres.query(database, "UPDATE jobs SET status = 'failed', error = 'test' WHERE id = $1", job.id)
+                        // Until the clock moves nothing is read again; once it has moved a second, the change is.
+                        for _ in 0..<1000 where clock.sleepers == 0 { try await Task.sleep(for: .milliseconds(5)) }
+                        clock.advance(by: .seconds(1))
+                    }
+                }
+                return statuses
+            }
+            #expect(seen == [.queued, .failed])
+        }
+    }
 }
