@@ -8,13 +8,13 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 
-/// How `BackupServer` serves: its listener, limits, jobs and placement rules.
+/// How `BackupServer` serves: its address, limits, jobs and placement rules.
+/// Which transports carry its calls is the server's argument (`transports`).
 public struct ServerConfiguration: Sendable {
+    /// Where the TLS transport listens: the address download URLs name unless
+    /// `downloads.publicURL` says otherwise.
     public var host = "127.0.0.1"
     public var port = 7443
-    /// The TLS listener's certificate and key; nil serves no port, only the
-    /// in-process transport (`BackupServer.dispatcher`).
-    public var tls: TLSSettings?
     public var maxFrameBytes = defaultMaxFrameBytes
     public var connections = ConnectionLimits()
     public var jobs = JobSettings()
@@ -29,9 +29,7 @@ public struct ServerConfiguration: Sendable {
     public var uploads = UploadSettings()
     public var schedule = ScheduleSettings()
 
-    public init(tls: TLSSettings?) {
-        self.tls = tls
-    }
+    public init() {}
 }
 
 /// The backup service as a `Service`: the TLS listener with its RPC
@@ -41,7 +39,7 @@ public struct ServerConfiguration: Sendable {
 /// runs it in a `ServiceGroup`, tests run it in process.
 public struct BackupServer: Service, CustomStringConvertible {
     /// Runs one call from its start frame to its status; what every transport serves.
-    public let dispatcher: RPCDispatcher
+    private let dispatcher: RPCDispatcher
     private let configuration: ServerConfiguration
     private let catalog: Catalog
     private let jobs: JobRunner
@@ -49,7 +47,7 @@ public struct BackupServer: Service, CustomStringConvertible {
     private let downloads: DownloadEndpoint
     private let watches: JobWatches
     private let openCalls: OpenCalls
-    private let eventLoopGroup: any EventLoopGroup
+    private let transports: [any ServerTransport]
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
 
@@ -70,9 +68,8 @@ public struct BackupServer: Service, CustomStringConvertible {
     ///   - threadPool: where blocking work of jobs runs (file hashing, blob I/O, waiting for tools);
     ///     the catalog's libpq calls run on the catalog pool's own.
     ///   - onListening: hears the bound address (useful with port 0).
-    public init(configuration: ServerConfiguration, catalog: Catalog, blobStore: any BlobStore, workDirectory: String,
-                threadPool: NIOThreadPool,
-                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
+    public init(configuration: ServerConfiguration, transports: [any ServerTransport], catalog: Catalog, blobStore: any BlobStore,
+                workDirectory: String, threadPool: NIOThreadPool, logger: Logger,
                 onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }) async throws {
         let catalogIdentity = try await catalog.pool.withConnection(idempotent: true) { try DatabaseIdentity.of($0) }
         // backupd's own folders on this machine are no app's file store.
@@ -117,7 +114,7 @@ public struct BackupServer: Service, CustomStringConvertible {
         self.scheduler = scheduler
         self.watches = watches
         self.openCalls = openCalls
-        self.eventLoopGroup = eventLoopGroup
+        self.transports = transports
         self.logger = logger
         self.onListening = { address in
             links.listening(on: address, host: configuration.host)
@@ -128,12 +125,8 @@ public struct BackupServer: Service, CustomStringConvertible {
     /// Serves until a graceful shutdown: new calls are refused at once and
     /// the port closes; running jobs get their grace period.
     public func run() async throws {
-        let listener = configuration.tls.map { tls in
-            TLSListener(host: configuration.host, port: configuration.port, tls: tls, maxFrameBytes: configuration.maxFrameBytes,
-                        limits: configuration.connections, dispatcher: dispatcher, downloads: downloads,
-                        eventLoopGroup: eventLoopGroup, logger: logger,
-                        onListening: onListening)
-        }
+        let endpoints = ServedEndpoints(dispatcher: dispatcher, downloads: downloads, limits: configuration.connections,
+                                        maxFrameBytes: configuration.maxFrameBytes, logger: logger, onListening: onListening)
         let group = ServiceGroup(configuration: .init(
             // Shut down last to first: the listener stops taking calls at once, then jobs get their grace period.
             services: [
@@ -141,27 +134,30 @@ public struct BackupServer: Service, CustomStringConvertible {
                 .init(service: scheduler),
                 .init(service: RevocationService(openCalls: openCalls, catalog: catalog, clock: configuration.clock)),
                 .init(service: JobChangeListener(catalog: catalog, watches: watches, jobs: jobs)),
-                .init(service: ListenerService(listener: listener, openCalls: openCalls, jobs: jobs)),
+                .init(service: TransportService(transports: transports, endpoints: endpoints, openCalls: openCalls, jobs: jobs)),
             ],
             logger: logger))
         try await group.run()
     }
 }
 
-/// The TLS listener, if any. Shutdown reaches it first: new calls are refused with
-/// UNAVAILABLE and the job runner stops claiming at once, while the listener
-/// closes its port and ends its connections.
-private struct ListenerService: Service {
-    /// None when the server is reached in process only.
-    let listener: TLSListener?
+/// The server's transports. Shutdown reaches them first: new calls are
+/// refused with UNAVAILABLE and the job runner stops claiming at once, while
+/// each transport stops taking connections (a listener closes its port) and
+/// ends the ones it has.
+private struct TransportService: Service {
+    let transports: [any ServerTransport]
+    let endpoints: ServedEndpoints
     let openCalls: OpenCalls
     let jobs: JobRunner
     func run() async throws {
         try await withGracefulShutdownHandler {
-            if let listener {
-                try await listener.run()
-            } else {
-                try? await gracefulShutdown()
+            try await withThrowingDiscardingTaskGroup { group in
+                for transport in transports {
+                    group.addTask { try await transport.serve(endpoints) }
+                }
+                // A server with no transport of its own waits for its shutdown all the same.
+                group.addTask { try? await gracefulShutdown() }
             }
         } onGracefulShutdown: {
             openCalls.beginDraining()

@@ -304,8 +304,7 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let (host, port) = parseListen()!
-        var configuration = ServerConfiguration(
-            tls: TLSSettings(certificateChainPath: cert, privateKeyPath: key, clientCAPath: clientCA.isEmpty ? nil : clientCA))
+        var configuration = ServerConfiguration()
         configuration.host = host
         configuration.port = port
         configuration.maxFrameBytes = maxFrameBytes
@@ -385,7 +384,11 @@ struct Serve: AsyncParsableCommand {
         let catalog = Catalog(connectionString: catalogURL, maximumConnections: Self.catalogConnections, threadPool: catalogThreads)
         try await catalog.migrate()
         let server = try await BackupServer(
-            configuration: configuration, catalog: catalog, blobStore: try LocalBlobStore(root: blobDir), workDirectory: blobDir, threadPool: jobThreads,
+            configuration: configuration,
+            transports: [TLSTransport(host: host, port: port, eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
+                                      tls: TLSSettings(certificateChainPath: cert, privateKeyPath: key,
+                                                       clientCAPath: clientCA.isEmpty ? nil : clientCA))],
+            catalog: catalog, blobStore: try LocalBlobStore(root: blobDir), workDirectory: blobDir, threadPool: jobThreads,
             logger: logger
         ) { address in
             guard let readyFile, let ip = address.ipAddress, let port = address.port else { return }

@@ -83,7 +83,7 @@ import Testing
     static let certificates = "\(projectRoot)/certs/dev"
 
     @Test func aServerThatRequiresClientCertificatesRefusesClientsWithoutOne() async throws {
-        try await withInProcessServer(live: true, configure: { $0.tls?.clientCAPath = "\(Self.certificates)/ca.crt" }) { server in
+        try await withInProcessServer(live: true, clientCA: "\(Self.certificates)/ca.crt") { server in
             await #expect(throws: (any Error).self) {
                 _ = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
             }

@@ -52,7 +52,7 @@ public final class InProcessServer: WireTestServer {
     /// Starts a server; `configure` changes its configuration from the test default. Its catalog is a new
     /// database of the private cluster, or of `catalogCluster` (one a test may restart). A `live` one
     /// listens with the development certificate on a loopback port, and its clients connect over TLS.
-    public static func start(live: Bool = false, catalogCluster: TestCluster? = nil,
+    public static func start(live: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
                              configure: (inout ServerConfiguration) throws -> Void = { _ in }) async throws -> InProcessServer {
         let scratch = try ScratchDirectory("backupd-in-process")
         let database: String
@@ -73,8 +73,7 @@ public final class InProcessServer: WireTestServer {
         _ = try await catalog.createToken(namespace: TestServer.namespace, role: .admin, name: "test-admin", secretDigest: admin.digest)
         _ = try await catalog.createToken(namespace: "", role: .platform, name: "test-platform", secretDigest: platform.digest)
 
-        var configuration = ServerConfiguration(tls: live ? TLSSettings(certificateChainPath: "\(projectRoot)/certs/dev/server.crt",
-                                                                        privateKeyPath: "\(projectRoot)/certs/dev/server.key") : nil)
+        var configuration = ServerConfiguration()
         if live { configuration.port = 0 }  // on loopback, the default host
         configuration.fileStoreRoots = [TestServer.fileStoreRoot]
         configuration.downloads.keys = try URLSigningKeys(parsing: testDownloadKeys)
@@ -84,21 +83,24 @@ public final class InProcessServer: WireTestServer {
         var logger = Logger(label: "backupd-in-process") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = .warning
         let (listening, heard) = AsyncStream<SocketAddress>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        let server = try await BackupServer(configuration: configuration, catalog: catalog,
+        // Every test server serves in process; a live one also listens with TLS on a free port.
+        let transport = InProcessTransport()
+        let tls = TLSTransport(host: configuration.host, port: configuration.port, eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
+                               tls: TLSSettings(certificateChainPath: "\(projectRoot)/certs/dev/server.crt",
+                                                privateKeyPath: "\(projectRoot)/certs/dev/server.key", clientCAPath: clientCA))
+        let server = try await BackupServer(configuration: configuration, transports: live ? [transport, tls] : [transport], catalog: catalog,
                                             blobStore: try LocalBlobStore(root: scratch.path + "/blobs"), workDirectory: scratch.path + "/blobs",
                                             threadPool: jobThreads, logger: logger,
                                             onListening: { heard.yield($0) })
         let group = ServiceGroup(configuration: .init(services: [.init(service: server)], logger: logger))
         let running = Task { try await group.run() }
         var address = ""
-        if configuration.tls != nil {
+        if live {
             guard let bound = await listening.first(where: { _ in true }), let port = bound.port else {
                 throw TestSupportError("the in-process server did not start listening")
             }
             address = "127.0.0.1:\(port)"
         }
-        let transport = InProcessTransport(dispatcher: server.dispatcher, limits: configuration.connections,
-                                           maxFrameBytes: configuration.maxFrameBytes, logger: logger)
         return InProcessServer(catalogDatabase: database, catalogElsewhere: catalogCluster != nil, address: address, adminToken: admin.text,
                                platformToken: platform.text, catalog: catalog, transport: transport, group: group, running: running,
                                threadPools: [catalogThreads, jobThreads], scratch: scratch)
@@ -129,11 +131,12 @@ public final class InProcessServer: WireTestServer {
     }
 }
 
-/// Starts an in-process server (`live`: with its TLS listener), runs `body`, and removes the server whatever happens.
-public func withInProcessServer<T: Sendable>(live: Bool = false, catalogCluster: TestCluster? = nil,
+/// Starts an in-process server (`live`: with its TLS listener, which with `clientCA` requires client certificates
+/// that CA signed), runs `body`, and removes the server whatever happens.
+public func withInProcessServer<T: Sendable>(live: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
                                              configure: (inout ServerConfiguration) throws -> Void = { _ in },
                                              _ body: (InProcessServer) async throws -> T) async throws -> T {
-    let server = try await InProcessServer.start(live: live, catalogCluster: catalogCluster, configure: configure)
+    let server = try await InProcessServer.start(live: live, clientCA: clientCA, catalogCluster: catalogCluster, configure: configure)
     do {
         let value = try await body(server)
         await server.remove()

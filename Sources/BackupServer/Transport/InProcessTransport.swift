@@ -9,14 +9,44 @@ import Synchronization
 /// through the typed client (grpc-swift-2's in-process transport is the
 /// model). There is no handshake and no half-sent frame in process, so only
 /// the machine's rules for calls and memory apply; its timers do not run.
-public struct InProcessTransport: Sendable {
-    private let connection: RPCConnection
-    private let settings: ConnectionStateMachine.Settings
+/// Handed to a `BackupServer` among its transports, it serves once the
+/// server runs; a connection asked for before then waits for that.
+public final class InProcessTransport: ServerTransport {
+    private struct Served {
+        let connection: RPCConnection
+        let settings: ConnectionStateMachine.Settings
+    }
 
-    public init(dispatcher: RPCDispatcher, limits: ConnectionLimits = ConnectionLimits(), maxFrameBytes: Int = defaultMaxFrameBytes,
-                logger: Logger) {
-        self.connection = RPCConnection(dispatcher: dispatcher, logger: logger)
-        self.settings = ConnectionStateMachine.Settings(limits: limits, maximumHeldBytes: maxFrameBytes)
+    private struct State {
+        var served: Served?
+        var waiting: [CheckedContinuation<Served, Never>] = []
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// Serves the server's dispatcher from now on.
+    public func serve(_ server: ServedEndpoints) async throws {
+        let served = Served(connection: RPCConnection(dispatcher: server.dispatcher, logger: server.logger),
+                            settings: ConnectionStateMachine.Settings(limits: server.limits, maximumHeldBytes: server.maxFrameBytes))
+        let waiting = state.withLock { state in
+            state.served = served
+            defer { state.waiting = [] }
+            return state.waiting
+        }
+        waiting.forEach { $0.resume(returning: served) }
+    }
+
+    /// What the server serves, once it does.
+    private func served() async -> Served {
+        await withCheckedContinuation { continuation in
+            let served = state.withLock { state in
+                if state.served == nil { state.waiting.append(continuation) }
+                return state.served
+            }
+            if let served { continuation.resume(returning: served) }
+        }
     }
 
     /// Opens a connection for as long as `body` runs. `body` gets the frames
@@ -25,9 +55,10 @@ public struct InProcessTransport: Sendable {
     public func withConnection<T: Sendable>(
         _ body: (AsyncThrowingStream<Frame, any Error>, @escaping @Sendable ([Frame]) async throws -> Void) async throws -> T
     ) async throws -> T {
+        let served = await served()
         let (toServer, toServerContinuation) = AsyncThrowingStream<ReceivedFrame, any Error>.makeStream()
         let (toClient, toClientContinuation) = AsyncThrowingStream<Frame, any Error>.makeStream()
-        let governor = InProcessGovernor(settings: settings) { toServerContinuation.finish() }
+        let governor = InProcessGovernor(settings: served.settings) { toServerContinuation.finish() }
         let send: @Sendable ([Frame]) async throws -> Void = { frames in
             for frame in frames {
                 var bytes = ByteBuffer()
@@ -38,7 +69,7 @@ public struct InProcessTransport: Sendable {
         }
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
-                await connection.serve(toServer, write: { toClientContinuation.yield($0) }, governor: governor)
+                await served.connection.serve(toServer, write: { toClientContinuation.yield($0) }, governor: governor)
                 toClientContinuation.finish()
             }
             // However `body` ends, the client's side closes, so the connection ends and the group with it.
