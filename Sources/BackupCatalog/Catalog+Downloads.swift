@@ -176,6 +176,8 @@ extension Catalog {
     /// meanwhile (the job then checks the disk itself, and fails).
     public func withdrawDownload(_ reservation: DownloadReservation) async throws {
         try await pool.transaction(idempotent: true) { connection in
+            // As requests do: one sharing this archive either committed its download first (the archive stays) or finds none.
+            try connection.query("SELECT pg_advisory_xact_lock(\(AdvisoryLock.archives))")
             try connection.query("DELETE FROM downloads WHERE id = $1", reservation.record.id)
             if reservation.queuedJob {
                 try connection.query("""

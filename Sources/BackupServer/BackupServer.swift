@@ -72,8 +72,14 @@ public struct BackupServer: Service, CustomStringConvertible {
                 workDirectory: String, threadPool: NIOThreadPool, logger: Logger,
                 onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }) async throws {
         let catalogIdentity = try await catalog.pool.withConnection(idempotent: true) { try DatabaseIdentity.of($0) }
-        // backupd's own folders on this machine are no app's file store.
-        let ownFolders = try ([workDirectory] + (blobStore.localFolder.map { [$0] } ?? [])).map { folder in
+        let archiveCache = try ArchiveCache(directory: configuration.downloads.cacheDirectory ?? workDirectory + "/archives",
+                                            reservedDiskBytes: configuration.downloads.reservedDiskBytes)
+        let spool = try UploadSpool(directory: configuration.uploads.directory ?? workDirectory + "/uploads", catalog: catalog,
+                                    threadPool: threadPool, lifetime: configuration.uploads.lifetime,
+                                    reservedDiskBytes: configuration.uploads.reservedDiskBytes, clock: configuration.clock)
+        let scratchDirectory = try Self.scratchDirectory(in: workDirectory)
+        // backupd's own folders on this machine (made by now) are no app's file store.
+        let ownFolders = try ([workDirectory, archiveCache.directory, spool.directory] + [blobStore.localFolder].compactMap { $0 }).map { folder in
             guard let resolved = canonicalPath(folder) else { throw BackupError.invalidArgument("folder \(folder) cannot be resolved") }
             return resolved
         }
@@ -81,12 +87,7 @@ public struct BackupServer: Service, CustomStringConvertible {
             fileStores: try FileStoreRules(roots: configuration.fileStoreRoots, reserved: ownFolders),
             databases: AppDatabases(policy: configuration.appDatabases, catalog: catalogIdentity),
             catalog: catalog, threadPool: threadPool)
-        let archiveCache = try ArchiveCache(directory: configuration.downloads.cacheDirectory ?? workDirectory + "/archives",
-                                            reservedDiskBytes: configuration.downloads.reservedDiskBytes)
-        let spool = try UploadSpool(directory: configuration.uploads.directory ?? workDirectory + "/uploads", catalog: catalog,
-                                    threadPool: threadPool, lifetime: configuration.uploads.lifetime,
-                                    reservedDiskBytes: configuration.uploads.reservedDiskBytes, clock: configuration.clock)
-        let jobs = JobRunner(catalog: catalog, blobStore: blobStore, scratchDirectory: try Self.scratchDirectory(in: workDirectory), placement: placement, archiveCache: archiveCache, spool: spool,
+        let jobs = JobRunner(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, placement: placement, archiveCache: archiveCache, spool: spool,
                              archiveGzipLevel: configuration.downloads.gzipLevel,
                              uploads: configuration.uploads, threadPool: threadPool, settings: configuration.jobs,
                              clock: configuration.clock, logger: logger)

@@ -166,6 +166,39 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
         }
     }
 
+    /// Helper finding: two requests for one backup's archive on a full disk;
+    /// the first one's withdrawal deleted the archive the second had just
+    /// joined (INTERNAL, or a download that then did not exist). A request
+    /// now either gets a download that exists or is refused, whatever the order.
+    @Test func requestsRacingOnAFullDiskEachGetADownloadThatExistsOrARefusal() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: { $0.downloads.reservedDiskBytes = 1 << 60 }) { server in
+                let backup = try await finishedBackup(server, app)
+                try await server.withClient { client in
+                    for _ in 0..<10 {
+                        let outcomes = try await withThrowingTaskGroup(of: Result<Download, RPCError>.self) { group in
+                            for _ in 0..<2 {
+                                group.addTask {
+                                    do { return .success(try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })) }
+                                    catch let error as RPCError { return .failure(error) }
+                                }
+                            }
+                            return try await group.reduce(into: []) { $0.append($1) }
+                        }
+                        for outcome in outcomes {
+                            switch outcome {
+                            case .success(let download):
+                                _ = try await client.unary(Backups.getDownload, .with { $0.id = download.id })
+                            case .failure(let error):
+                                #expect(error.code == .resourceExhausted, "\(error)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Helper finding: a ready archive whose file was lost (the cache moved,
     /// or was on a disk that did not survive a restart) was shared forever,
     /// each new request handing out a URL that answered 404.

@@ -31,6 +31,21 @@ import Testing
         }
     }
 
+    /// Helper finding: an archive cache or upload spool configured outside
+    /// the blob folder could be registered as an app's file store.
+    @Test func aConfiguredArchiveCacheOrSpoolIsNoFileStore() async throws {
+        let scratch = try ScratchDirectory("own-folders")
+        defer { scratch.remove() }
+        try await withTestApp { app in
+            try await withInProcessServer(live: true, configure: {
+                $0.downloads.cacheDirectory = scratch.path + "/cache"; $0.uploads.directory = scratch.path + "/spool"
+            }) { server in
+                await register(server, app, name: "cache", path: canonicalPath(scratch.path)! + "/cache", expect: .permissionDenied)
+                await register(server, app, name: "spool", path: canonicalPath(scratch.path)! + "/spool", expect: .permissionDenied)
+            }
+        }
+    }
+
     @Test func fileStoresStayStrictlyUnderTheirRootsAndApartFromEverythingElse() async throws {
         try await withTestApp { app in
             try await withInProcessServer(live: true) { server in

@@ -230,6 +230,29 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
         }
     }
 
+    /// Helper finding: a client that cancelled StartUpload just after its
+    /// reservation committed left the upload recorded (the withdrawal was
+    /// cancelled with the call), an upload nobody could name or abandon that
+    /// held the spool. The reservation and its withdrawal now run to their end.
+    @Test func aStartCancelledAtAnyMomentLeavesNoReservationBehind() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: { $0.uploads.reservedDiskBytes = 1 << 60 }) { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    for attempt in 0..<60 {
+                        let call = Task { try await startUpload(client, Self.content) }
+                        try await Task.sleep(for: .microseconds((attempt * 97) % 4000))
+                        call.cancel()
+                        _ = await call.result
+                    }
+                }
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 0)
+                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'upload'")[0].int64("n") == 0)
+                #expect(try spoolFiles(server).isEmpty)
+            }
+        }
+    }
+
     /// Issue 19: announcing an upload as large as the free disk reserved it
     /// all (the share was of the flag, not of the disk), so no other
     /// namespace could upload. The share is of what the disk can hold.

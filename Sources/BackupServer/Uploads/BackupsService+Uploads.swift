@@ -20,17 +20,22 @@ extension BackupsService {
             // One reading of the disk serves both the namespace's share and the room check: free space that grows
             // between two readings could otherwise let an upload past its share.
             let usable = spool.usableDiskBytes()
-            let reservation = try await catalog.startUpload(
-                namespace: request.namespace, environment: request.environment, filename: request.filename, comment: request.comment,
-                size: request.sizeBytes, sha256: sha256, actor: context.caller.tokenName, lifetime: spool.lifetime,
-                spoolBytes: uploads.spoolBytes, diskBytes: usable, namespaceShare: uploads.namespaceShare)
-            do {
-                try await spool.create(reservation, usable: usable)
-            } catch {
-                try await catalog.withdrawUpload(reservation)
-                throw error
+            let actor = context.caller.tokenName
+            // Once the reservation may have committed, the spool file and the withdrawal run to their end even if
+            // the client cancels or goes: a reservation is never left behind.
+            return try await withoutCancellation { [catalog, spool, uploads] in
+                let reservation = try await catalog.startUpload(
+                    namespace: request.namespace, environment: request.environment, filename: request.filename, comment: request.comment,
+                    size: request.sizeBytes, sha256: sha256, actor: actor, lifetime: spool.lifetime,
+                    spoolBytes: uploads.spoolBytes, diskBytes: usable, namespaceShare: uploads.namespaceShare)
+                do {
+                    try await spool.create(reservation, usable: usable)
+                } catch {
+                    try await catalog.withdrawUpload(reservation)
+                    throw error
+                }
+                return reservation.upload
             }
-            return reservation.upload
         }
         router.clientStreaming(Backups.uploadChunks,
                                keptWhenCutShort: "the chunks it wrote whole are kept; ask GetUpload where to go on") { chunks, context in
