@@ -141,12 +141,18 @@ extension BlobStore {
     public func place(_ hash: ContentHash, at path: String, owner: FileOwner) throws {
         let file = try LocalFile.create(path, owner: owner)
         do {
-            _ = try read(hash, interruption: nil) { try file.write($0) }
-            try file.sync()
+            try place(hash, into: file)
         } catch {
             FileSystem.remove(path)
             throw error
         }
+    }
+
+    /// Writes a blob's content into a new, empty file, checked against its
+    /// hash and synced; the caller removes the file if this fails.
+    public func place(_ hash: ContentHash, into file: LocalFile) throws {
+        _ = try read(hash, interruption: nil) { try file.write($0) }
+        try file.sync()
     }
 }
 

@@ -21,7 +21,7 @@ public struct LocalBlobStore: BlobStore {
         try FileSystem.makeFolders(scratchDirectory)
         try FileSystem.makeFolders(root + "/sha256")
         if try FileOwner(ofFolder: root).mode & 0o777 != Self.folderMode {
-            try FileSystem.applyOwnership(under: root, folders: FileOwner(mode: Self.folderMode), files: FileOwner(mode: Self.blobMode))
+            try OpenFolder(root).applyOwnership(folders: FileOwner(mode: Self.folderMode), files: FileOwner(mode: Self.blobMode))
         }
     }
 
@@ -40,8 +40,12 @@ public struct LocalBlobStore: BlobStore {
     public func storedHashes(unusedSince cutoff: Date) throws -> [ContentHash] {
         var hashes: [ContentHash] = []
         let cutoffSeconds = cutoff.timeIntervalSince1970
-        for first in try FileSystem.names(in: root + "/sha256") {
-            for second in try FileSystem.names(in: "\(root)/sha256/\(first)") {
+        // Only the store's own layout is read: anything else found there (it should hold nothing else) is left alone.
+        func folders(in folder: String) throws -> [String] {
+            try FileSystem.names(in: folder).filter { $0.utf8.count == 2 && FileSystem.entry(at: "\(folder)/\($0)") == .folder }
+        }
+        for first in try folders(in: root + "/sha256") {
+            for second in try folders(in: "\(root)/sha256/\(first)") {
                 hashes += try FileSystem.names(in: "\(root)/sha256/\(first)/\(second)").compactMap(ContentHash.init(hex:)).filter { hash in
                     FileSystem.modified(path(for: hash)).map { $0 < cutoffSeconds } ?? false
                 }

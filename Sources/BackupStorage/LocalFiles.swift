@@ -130,6 +130,128 @@ public final class LocalFile {
     }
 }
 
+/// A folder of backupd's own held open, so that what is made in it is made
+/// relative to its descriptor: each folder on the way is opened without
+/// following a link, and a file is created only where none (and no link)
+/// is. Whatever is done to the folder's path meanwhile (renamed away, a link
+/// put in its place), nothing is written anywhere but inside it.
+public final class OpenFolder: Sendable {
+    public let path: String
+    private let descriptor: Int32
+    /// The folder's device and inode, to tell whether a path still names it.
+    private let identity: FileIdentity
+
+    /// Opens the folder at `path`, which must be a folder and not a link.
+    public init(_ path: String) throws(BlobStoreError) {
+        let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard descriptor >= 0 else { throw .cannotRead(path: path, errno: errno) }
+        var info = stat()
+        guard fstat(descriptor, &info) == 0 else {
+            let code = errno
+            close(descriptor)
+            throw .cannotRead(path: path, errno: code)
+        }
+        self.path = path
+        self.descriptor = descriptor
+        self.identity = FileIdentity(info)
+    }
+
+    deinit { close(descriptor) }
+
+    /// Whether `path` names this folder still (not another one, not a link).
+    public var isAtItsPath: Bool {
+        var info = stat()
+        return lstat(path, &info) == 0 && FileIdentity(info) == identity
+    }
+
+    /// Whether the folder holds a regular file named `name` (not a link).
+    public func holdsFile(_ name: String) -> Bool {
+        var info = stat()
+        return fstatat(descriptor, name, &info, AT_SYMLINK_NOFOLLOW) == 0 && info.st_mode & S_IFMT == S_IFREG
+    }
+
+    /// A new file at `relativePath` (folders separated by `/`, made as
+    /// needed with `folderMode`), given `owner`; refuses a link anywhere on the way.
+    public func createFile(_ relativePath: String, owner: FileOwner = FileOwner(mode: 0o600),
+                           folderMode: mode_t = 0o700) throws(BlobStoreError) -> LocalFile {
+        let parts = relativePath.split(separator: "/").map(String.init)
+        guard let name = parts.last, !parts.contains(where: { $0 == ".." || $0 == "." }) else {
+            throw .cannotWrite(path: "\(path)/\(relativePath)", errno: EINVAL)
+        }
+        var folder = descriptor
+        defer { if folder != descriptor { close(folder) } }
+        for part in parts.dropLast() {
+            if mkdirat(folder, part, folderMode) != 0 && errno != EEXIST {
+                throw .cannotWrite(path: "\(path)/\(relativePath)", errno: errno)
+            }
+            let next = openat(folder, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard next >= 0 else { throw .cannotWrite(path: "\(path)/\(relativePath)", errno: errno) }
+            if folder != descriptor { close(folder) }
+            folder = next
+        }
+        let fd = openat(folder, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .cannotWrite(path: "\(path)/\(relativePath)", errno: errno) }
+        let file = LocalFile(adopting: fd, name: "\(path)/\(relativePath)")
+        if owner != FileOwner(mode: 0o600) { try file.apply(owner) }
+        return file
+    }
+
+    /// Removes the file `name` from the folder, if it is there.
+    public func removeFile(_ name: String) {
+        unlinkat(descriptor, name, 0)
+    }
+
+    /// Gives every folder under this one the owner and mode of `folders`,
+    /// every regular file those of `files`, and this folder last, each
+    /// through a descriptor opened without following a link: a link met on
+    /// the way is left as it is. The folder comes last: a walk cut short is
+    /// done again (the blob store is tightened at the next start), and a tree
+    /// that stays private to backupd until its root is handed over cannot be
+    /// changed by the new owner while the walk runs (a restore's staging folder).
+    public func applyOwnership(folders: FileOwner, files: FileOwner) throws(BlobStoreError) {
+        try Self.applyOwnership(in: descriptor, path: path, folders: folders, files: files)
+        try folders.apply(to: descriptor, path: path)
+    }
+
+    private static func applyOwnership(in folder: Int32, path: String, folders: FileOwner, files: FileOwner) throws(BlobStoreError) {
+        let listing = dup(folder)
+        guard listing >= 0, let handle = fdopendir(listing) else { throw .cannotRead(path: path, errno: errno) }
+        defer { closedir(handle) }
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            guard name != ".", name != ".." else { continue }
+            let child = openat(folder, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+            guard child >= 0 else {
+                if errno == ELOOP { continue }  // a link: left as it is
+                throw .cannotWrite(path: "\(path)/\(name)", errno: errno)
+            }
+            defer { close(child) }
+            var info = stat()
+            guard fstat(child, &info) == 0 else { throw .cannotRead(path: "\(path)/\(name)", errno: errno) }
+            switch info.st_mode & S_IFMT {
+            case S_IFDIR:
+                try applyOwnership(in: child, path: "\(path)/\(name)", folders: folders, files: files)
+                try folders.apply(to: child, path: "\(path)/\(name)")
+            case S_IFREG:
+                try files.apply(to: child, path: "\(path)/\(name)")
+            default:
+                break
+            }
+        }
+    }
+}
+
+/// A file's device and inode: the same file whatever its name.
+struct FileIdentity: Equatable, Sendable {
+    let device: UInt64
+    let inode: UInt64
+
+    init(_ info: stat) {
+        device = UInt64(info.st_dev)
+        inode = UInt64(info.st_ino)
+    }
+}
+
 /// The system's error number of a swift-system failure.
 private func errorNumber(_ error: any Error) -> Int32 {
     (error as? Errno)?.rawValue ?? EIO
@@ -186,11 +308,6 @@ public enum FileSystem {
                 throw .cannotWrite(path: current, errno: errno)
             }
         }
-    }
-
-    /// Makes an empty file (a marker) that must not exist yet.
-    public static func createMarker(_ path: String) throws(BlobStoreError) {
-        _ = try LocalFile.create(path)
     }
 
     /// A new FIFO, private to backupd (a pipe a tool writes into by name).
@@ -261,28 +378,6 @@ public enum FileSystem {
         guard let free = freeBytes(in: folder) else { return true }
         return free >= bytes + reserved
     }
-
-    /// Gives every folder under `root` (and `root`) the owner and mode of
-    /// `folders`, and every regular file those of `files`, without following
-    /// links; anything else is left alone. `root` comes last: a walk cut short
-    /// is done again (the blob store is tightened at the next start), and a tree
-    /// that stays private to backupd until its root is handed over cannot be
-    /// changed by the new owner while the walk runs (a restore's staging folder).
-    public static func applyOwnership(under root: String, folders: FileOwner, files: FileOwner) throws(BlobStoreError) {
-        switch entry(at: root) {
-        case .folder:
-            for name in try names(in: root) {
-                try applyOwnership(under: root + "/" + name, folders: folders, files: files)
-            }
-            try folders.apply(to: root)
-        case .file:
-            try files.apply(to: root)
-        case .other:
-            break
-        case nil:
-            throw .cannotRead(path: root, errno: ENOENT)
-        }
-    }
 }
 
 /// Who owns a file that backupd writes, and its mode. `uid` and `gid` nil
@@ -308,14 +403,6 @@ public struct FileOwner: Sendable, Equatable {
 
     /// The same owner, with the mode a file in a folder of this owner gets.
     public var forFiles: FileOwner { FileOwner(uid: uid, gid: gid, mode: mode & 0o666) }
-
-    /// Gives a folder or file (not a link, which is left as it is) this owner and mode.
-    func apply(to path: String) throws(BlobStoreError) {
-        if uid != nil || gid != nil {
-            guard lchown(path, uid ?? uid_t.max, gid ?? gid_t.max) == 0 else { throw .cannotWrite(path: path, errno: errno) }
-        }
-        guard chmod(path, mode) == 0 else { throw .cannotWrite(path: path, errno: errno) }
-    }
 
     /// Gives an open file this owner and mode.
     func apply(to descriptor: Int32, path: String) throws(BlobStoreError) {

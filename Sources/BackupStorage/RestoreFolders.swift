@@ -37,10 +37,12 @@ public struct RestoreFolders: Sendable {
     public var restoredFilesInStore: Bool { Self.hasMarker(fileStore, jobMarker) }
 
     /// Makes the staging folder, private to backupd and marked as this
-    /// job's, removing one an earlier attempt of the same job left. Returns
-    /// the owner and mode of the store (or of the folder it will be made
-    /// in), which the staging folder gets once it is complete.
-    public func makeStaging() throws -> FileOwner {
+    /// job's, removing one an earlier attempt of the same job left, and
+    /// returns it held open (every file goes in relative to it, so nothing
+    /// done to its path can send a file elsewhere) with the owner and mode
+    /// of the store (or of the folder it will be made in), which the
+    /// staging folder gets once it is complete.
+    public func makeStaging() throws -> (folder: OpenFolder, owner: FileOwner) {
         let parent = String(fileStore[..<fileStore.lastIndex(of: "/")!])
         let owner = try FileOwner(ofFolder: FileSystem.entry(at: fileStore) == .folder ? fileStore : parent)
         if FileSystem.entry(at: staging) == .folder {
@@ -50,8 +52,9 @@ public struct RestoreFolders: Sendable {
             try removeTree(staging, removingLast: jobMarker)
         }
         try FileSystem.makeFolder(staging)
-        try FileSystem.createMarker("\(staging)/\(jobMarker)")
-        return owner
+        let folder = try OpenFolder(staging)
+        _ = try folder.createFile(jobMarker)
+        return (folder, owner)
     }
 
     /// The previous copy (if any) goes aside as superseded, the store
@@ -74,12 +77,16 @@ public struct RestoreFolders: Sendable {
                 throw RestoreFolderError.cannotMove(fileStore, "aside", error)
             }
             // Marks the folder moved aside as backupd's to delete later.
-            try? FileSystem.createMarker("\(previous)/\(Self.previousMarker)")
+            _ = try? OpenFolder(previous).createFile(Self.previousMarker)
+        }
+        // What is renamed into place must be the folder this restore staged (marked, and no link).
+        guard Self.hasMarker(staging, jobMarker) else {
+            if hadFiles, (try? FileSystem.rename(previous, to: fileStore)) != nil { Self.removeMarker(fileStore, Self.previousMarker) }
+            if hadPrevious { try? FileSystem.rename(superseded, to: previous) }
+            throw RestoreFolderError.notOurs(staging, "is no longer the folder this restore staged; move it away")
         }
         do { try FileSystem.rename(staging, to: fileStore) } catch {
-            if hadFiles, (try? FileSystem.rename(previous, to: fileStore)) != nil {
-                FileSystem.remove("\(fileStore)/\(Self.previousMarker)")
-            }
+            if hadFiles, (try? FileSystem.rename(previous, to: fileStore)) != nil { Self.removeMarker(fileStore, Self.previousMarker) }
             if hadPrevious { try? FileSystem.rename(superseded, to: previous) }
             throw RestoreFolderError.cannotMove(fileStore, "into place (the restored files)", error)
         }
@@ -93,7 +100,7 @@ public struct RestoreFolders: Sendable {
             guard (try? FileSystem.rename(fileStore, to: staging)) != nil else { return }
         }
         if FileSystem.entry(at: fileStore) == nil && FileSystem.entry(at: previous) != nil {
-            if (try? FileSystem.rename(previous, to: fileStore)) != nil { FileSystem.remove("\(fileStore)/\(Self.previousMarker)") }
+            if (try? FileSystem.rename(previous, to: fileStore)) != nil { Self.removeMarker(fileStore, Self.previousMarker) }
         }
         if !superseded.isEmpty, FileSystem.entry(at: previous) == nil, FileSystem.entry(at: superseded) == .folder {
             try? FileSystem.rename(superseded, to: previous)
@@ -102,7 +109,7 @@ public struct RestoreFolders: Sendable {
 
     /// Takes the job's marker off the store once the restore is complete.
     public func removeJobMarker() {
-        if !fileStore.isEmpty { FileSystem.remove("\(fileStore)/\(jobMarker)") }
+        if !fileStore.isEmpty { Self.removeMarker(fileStore, jobMarker) }
     }
 
     /// What became of a folder (or database) a restore meant to remove.
@@ -122,9 +129,14 @@ public struct RestoreFolders: Sendable {
         }
     }
 
+    /// Whether `folder` is a folder (no link) holding the file `marker`.
     static func hasMarker(_ folder: String, _ marker: String) -> Bool {
-        if case .file = FileSystem.entry(at: "\(folder)/\(marker)") { return true }
-        return false
+        (try? OpenFolder(folder))?.holdsFile(marker) ?? false
+    }
+
+    /// Takes `marker` out of `folder`, a folder and no link, if it is there.
+    static func removeMarker(_ folder: String, _ marker: String) {
+        (try? OpenFolder(folder))?.removeFile(marker)
     }
 }
 

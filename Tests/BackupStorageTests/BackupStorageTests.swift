@@ -161,6 +161,18 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: store.scratchDirectory).isEmpty)
     }
 
+    /// Helper finding: a file planted in the store's `sha256` folder (by a
+    /// restore that followed a link, since fixed) made every collection fail
+    /// with ENOTDIR. Listing reads only the store's own layout.
+    @Test func listingForCollectionReadsOnlyTheStoresLayout() throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let store = try LocalBlobStore(root: root)
+        let blob = try store.adopt({ let path = store.scratchDirectory + "/x"; try Data("kept".utf8).write(to: URL(fileURLWithPath: path)); return path }())
+        try Data("stray".utf8).write(to: URL(fileURLWithPath: root + "/sha256/5a5a5a"))
+        try FileManager.default.createDirectory(atPath: root + "/sha256/zz-not-ours", withIntermediateDirectories: true)
+        #expect(try store.storedHashes(unusedSince: .distantFuture) == [blob.hash])
+    }
+
     @Test func adoptedFilesAreMovedInOnce() throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
         let store = try LocalBlobStore(root: root)

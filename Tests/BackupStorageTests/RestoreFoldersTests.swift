@@ -108,4 +108,41 @@ import Testing
             #expect(names(folders.superseded) == nil)
         }
     }
+
+    /// Helper finding: the tenant owns the folder its store is in, so it can
+    /// rename the staging folder away while a restore writes it and put a
+    /// link in its place; files were then written wherever the link led (the
+    /// blob store). Files go in relative to the staging folder held open, so
+    /// they land in the folder the restore made, wherever it was moved, and
+    /// the swap refuses what now stands at the staging name.
+    @Test func aStagingFolderSwappedForALinkMidwayReceivesEveryFileAndIsNotSwappedIn() throws {
+        try withFolders { folders, scratch in
+            try make(folders.fileStore, holding: ["own.txt"])
+            try make(scratch.path + "/elsewhere", holding: [])
+            let (staging, _) = try folders.makeStaging()
+            try FileManager.default.moveItem(atPath: folders.staging, toPath: scratch.path + "/moved")
+            try FileManager.default.createSymbolicLink(atPath: folders.staging, withDestinationPath: scratch.path + "/elsewhere")
+            let file = try staging.createFile("ab/cd/restored.txt")
+            try Array("restored".utf8).withUnsafeBytes { try file.write($0) }
+            #expect(names(scratch.path + "/elsewhere") == [])
+            #expect(names(scratch.path + "/moved/ab/cd") == ["restored.txt"])
+            #expect(throws: RestoreFolderError.self) { try folders.swap() }
+            #expect(names(folders.fileStore) == ["own.txt"])
+            #expect(names(folders.previous) == nil)
+        }
+    }
+
+    @Test func aLinkInsideTheStagingFolderIsNeitherFollowedNorHandedOver() throws {
+        try withFolders { folders, scratch in
+            try make(scratch.path + "/elsewhere", holding: ["theirs.txt"])
+            let (staging, owner) = try folders.makeStaging()
+            try FileManager.default.createSymbolicLink(atPath: folders.staging + "/ab", withDestinationPath: scratch.path + "/elsewhere")
+            #expect(throws: BlobStoreError.self) { _ = try staging.createFile("ab/cd/restored.txt") }
+            #expect(names(scratch.path + "/elsewhere") == ["theirs.txt"])
+            try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: scratch.path + "/elsewhere")
+            try staging.applyOwnership(folders: FileOwner(uid: owner.uid, gid: owner.gid, mode: 0o755), files: owner.forFiles)
+            let mode = try FileManager.default.attributesOfItem(atPath: scratch.path + "/elsewhere")[.posixPermissions] as? Int
+            #expect(mode == 0o700, "the link's target was handed over")
+        }
+    }
 }

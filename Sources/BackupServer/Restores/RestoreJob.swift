@@ -176,17 +176,17 @@ struct RestoreJob: Sendable {
         // Restored files belong to whoever owns the target store, with its mode; never to backupd. The
         // staging folder stays private to backupd until every file is in it, then is handed over from
         // the bottom up, so its new owner cannot swap a folder for a link while backupd writes there.
-        let owner = try await threadPool.runIfActive { try Self.folders(plan, jobID: claimed.job.id).makeStaging() }
-        let stagingFolder = plan.stagingFolder
+        // Every file goes in relative to the staging folder held open: a tenant who renames it away or puts a
+        // link in its place while the restore runs cannot send a file anywhere else.
+        let (staging, owner) = try await threadPool.runIfActive { try Self.folders(plan, jobID: claimed.job.id).makeStaging() }
         var placed: (count: UInt64, bytes: UInt64) = (0, 0)
         try await inBatches(files, threadPool: threadPool) { file in
             guard let hash = ContentHash(hex: file.hash) else {
                 throw JobFailure(description: "file document \(file.key) has no valid content hash")
             }
-            let path = "\(stagingFolder)/\(try FileStoreLayout.relativePath(forKey: file.key))"
-            try FileSystem.makeFolders(String(path[..<path.lastIndex(of: "/")!]))
+            let relativePath = try FileStoreLayout.relativePath(forKey: file.key)
             do {
-                try blobStore.place(hash, at: path, owner: owner.forFiles)
+                try blobStore.place(hash, into: try staging.createFile(relativePath, owner: owner.forFiles))
             } catch let error as BlobStoreError {
                 throw JobFailure(description: "file document \(file.key) cannot be restored: \(told(error))")
             }
@@ -196,7 +196,7 @@ struct RestoreJob: Sendable {
             placed.bytes += sizes.reduce(0, +)
             await progress.update(part: "files", done: placed.bytes)
         }
-        try await threadPool.runIfActive { try FileSystem.applyOwnership(under: stagingFolder, folders: owner, files: owner.forFiles) }
+        try await threadPool.runIfActive { try staging.applyOwnership(folders: owner, files: owner.forFiles) }
         return placed
     }
 
