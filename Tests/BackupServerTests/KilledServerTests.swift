@@ -84,6 +84,7 @@ import Testing
                 ((try? FileManager.default.contentsOfDirectory(atPath: cache)) ?? []).filter { $0.hasSuffix(".partial") }
             }
             try await eventually(within: .seconds(60)) { !partials().isEmpty }
+            if partials().isEmpty { print(first.log) }
             await first.stop(signal: SIGKILL)
             #expect(partials().count == 1)
 
