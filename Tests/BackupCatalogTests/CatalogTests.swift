@@ -26,7 +26,12 @@ import Testing
             try TestPostgres.query("postgres", """
                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
                 """, database)
-            try await Task.sleep(for: .milliseconds(200))
+            // Until the server has ended them all.
+            for _ in 0..<1000 {
+                let left = try TestPostgres.query("postgres", "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1", database)
+                if left[0].int64("n") == 0 { break }
+                try await Task.sleep(for: .milliseconds(5))
+            }
             let environments = try await catalog.listEnvironments(namespace: "acme")
             #expect(environments.items.map(\.name) == ["shop-production"])
         }

@@ -223,12 +223,14 @@ import Testing
                 try await server.register(app)
                 let viewer = try await server.makeToken(.viewer, name: "watcher")
                 let created = try await server.withClient { try await createBackup($0) }
+                let heard = Atomic(false)
                 let watching = Task {
                     try await server.withClient(token: viewer) { client in
-                        try await client.serverStreaming(Backups.watchJob, .with { $0.id = created.job.id }) { _ in }
+                        try await client.serverStreaming(Backups.watchJob, .with { $0.id = created.job.id }) { _ in heard.value = true }
                     }
                 }
-                try await Task.sleep(for: .milliseconds(500))
+                // The watch is open once its first reading came.
+                try await eventually(within: .seconds(30)) { heard.value }
                 let tokenID = try TestPostgres.query(server.catalogDatabase, "SELECT id FROM tokens WHERE name = 'watcher'")[0].string("id")
                 _ = try await server.withClient { try await $0.unary(Backups.revokeToken, .with { $0.id = tokenID }) }
                 let ended = await expectStatus(.unauthenticated) { try await watching.value }

@@ -77,7 +77,8 @@ final class BusyApp: @unchecked Sendable {
                 let busy = BusyApp(app)
                 busy.start()
                 defer { busy.stop() }
-                try await Task.sleep(for: .seconds(1))
+                // The app is busy once it has written some documents of its own.
+                try await eventually(within: .seconds(30)) { busy.writtenKeys.value.count >= 10 }
                 var deletedSeen: UInt64 = 0
                 for round in 1...5 {
                     let backup = try await server.withClient { client in
