@@ -67,24 +67,14 @@ public enum FileDocumentError: Error, Equatable, CustomStringConvertible {
 /// too: a link the app made to a file it may not read (where the system
 /// lets it) would otherwise be read by backupd and restored readable.
 public final class FileStoreReader: Sendable {
-    private let descriptor: Int32
-    private let owner: uid_t
+    private let folder: OpenFolder
+    private var descriptor: Int32 { folder.descriptor }
+    private var owner: uid_t { folder.ownerID }
 
     /// Opens the store's folder, which must not itself be a link.
     public init(path: String) throws(BlobStoreError) {
-        let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else { throw .cannotRead(path: path, errno: errno) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else {
-            let code = errno
-            close(fd)
-            throw .cannotRead(path: path, errno: code)
-        }
-        descriptor = fd
-        owner = info.st_uid
+        folder = try OpenFolder(path)
     }
-
-    deinit { close(descriptor) }
 
     /// Opens a document read-only; it closes when the caller drops it.
     public func open(key: String) throws -> OpenedDocument {

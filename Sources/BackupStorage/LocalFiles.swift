@@ -137,9 +137,9 @@ public final class LocalFile {
 /// put in its place), nothing is written anywhere but inside it.
 public final class OpenFolder: Sendable {
     public let path: String
-    private let descriptor: Int32
-    /// The folder's device and inode, to tell whether a path still names it.
-    private let identity: FileIdentity
+    let descriptor: Int32
+    /// Who owns the folder.
+    let ownerID: uid_t
 
     /// Opens the folder at `path`, which must be a folder and not a link.
     public init(_ path: String) throws(BlobStoreError) {
@@ -153,16 +153,10 @@ public final class OpenFolder: Sendable {
         }
         self.path = path
         self.descriptor = descriptor
-        self.identity = FileIdentity(info)
+        self.ownerID = info.st_uid
     }
 
     deinit { close(descriptor) }
-
-    /// Whether `path` names this folder still (not another one, not a link).
-    public var isAtItsPath: Bool {
-        var info = stat()
-        return lstat(path, &info) == 0 && FileIdentity(info) == identity
-    }
 
     /// Whether the folder holds a regular file named `name` (not a link).
     public func holdsFile(_ name: String) -> Bool {
@@ -238,17 +232,6 @@ public final class OpenFolder: Sendable {
                 break
             }
         }
-    }
-}
-
-/// A file's device and inode: the same file whatever its name.
-struct FileIdentity: Equatable, Sendable {
-    let device: UInt64
-    let inode: UInt64
-
-    init(_ info: stat) {
-        device = UInt64(info.st_dev)
-        inode = UInt64(info.st_ino)
     }
 }
 
