@@ -23,6 +23,7 @@ public final class InProcessServer: WireTestServer {
     public let adminToken: String
     public let platformToken: String
     private let catalog: Catalog
+    private let leases: CatalogLeases
     private let transport: InProcessTransport
     private let group: ServiceGroup
     private let running: Task<Void, any Error>
@@ -34,7 +35,7 @@ public final class InProcessServer: WireTestServer {
     public let address: String
 
     private init(catalogDatabase: String, catalogElsewhere: Bool, address: String, adminToken: String, platformToken: String, catalog: Catalog,
-                 transport: InProcessTransport, group: ServiceGroup, running: Task<Void, any Error>, threadPools: [NIOThreadPool],
+                 leases: CatalogLeases, transport: InProcessTransport, group: ServiceGroup, running: Task<Void, any Error>, threadPools: [NIOThreadPool],
                  scratch: ScratchDirectory) {
         self.address = address
         self.catalogDatabase = catalogDatabase
@@ -42,6 +43,7 @@ public final class InProcessServer: WireTestServer {
         self.adminToken = adminToken
         self.platformToken = platformToken
         self.catalog = catalog
+        self.leases = leases
         self.transport = transport
         self.group = group
         self.running = running
@@ -67,7 +69,8 @@ public final class InProcessServer: WireTestServer {
         let (catalogThreads, jobThreads) = (NIOThreadPool(numberOfThreads: 4), NIOThreadPool(numberOfThreads: 8))
         catalogThreads.start()
         jobThreads.start()
-        let catalog = Catalog(connectionString: connectionString, maximumConnections: 8, threadPool: catalogThreads)
+        let leases = CatalogLeases()
+        let catalog = Catalog(connectionString: connectionString, maximumConnections: 8, threadPool: catalogThreads, observer: leases)
         try await catalog.migrate()
         let admin = AccessTokenSecret(), platform = AccessTokenSecret()
         _ = try await catalog.createToken(namespace: TestServer.namespace, role: .admin, name: "test-admin", secretDigest: admin.digest)
@@ -102,9 +105,15 @@ public final class InProcessServer: WireTestServer {
             address = "127.0.0.1:\(port)"
         }
         return InProcessServer(catalogDatabase: database, catalogElsewhere: catalogCluster != nil, address: address, adminToken: admin.text,
-                               platformToken: platform.text, catalog: catalog, transport: transport, group: group, running: running,
+                               platformToken: platform.text, catalog: catalog, leases: leases, transport: transport, group: group,
+                               running: running,
                                threadPools: [catalogThreads, jobThreads], scratch: scratch)
     }
+
+    /// How many catalog connections the server has leased so far: what its
+    /// work costs the catalog, counted as it happens (PostgreSQL's own
+    /// statistics arrive seconds late).
+    public var catalogLeases: Int { leases.count }
 
     /// A client over TLS for a live server, through the in-process transport otherwise.
     public func withClient<T: Sendable>(token: String?, _ body: @Sendable (BackupClient) async throws -> T) async throws -> T {
@@ -145,4 +154,14 @@ public func withInProcessServer<T: Sendable>(live: Bool = false, clientCA: Strin
         await server.remove()
         throw error
     }
+}
+
+/// Counts the catalog's connection leases.
+final class CatalogLeases: ConnectionPoolObserver {
+    private let granted = Atomic(0)
+    var count: Int { granted.value }
+    func leaseGranted(waited: Duration) { granted.update { $0 += 1 } }
+    func leaseQueued(waiting: Int) {}
+    func connectionOpened() {}
+    func connectionClosed() {}
 }
