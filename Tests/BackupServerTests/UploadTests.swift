@@ -86,22 +86,24 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                 try await server.withClient { client in
                     let upload = try await startUpload(client, Self.content)
                     let spooled = server.blobDirectory + "/uploads/\(upload.id).upload"
-                    await #expect {
+                    var ended: RPCError?
+                    do {
                         _ = try await client.clientStreaming(Backups.uploadChunks, timeout: .milliseconds(500)) { send in
                             try await send(.with { $0.uploadID = upload.id; $0.offset = 0; $0.data = Array(Self.content[0..<1000]) })
                             // The chunk written, the deadline passes with the next chunk unsent; the call's end counts it.
-                            try await eventually(within: .seconds(30)) {
+                            try await eventually(within: .seconds(60)) {
                                 ((try? FileManager.default.attributesOfItem(atPath: spooled)[.size] as? Int) ?? 0) >= 1000
                             }
-                            try await eventually(within: .seconds(30)) {
+                            try await eventually(within: .seconds(60)) {
                                 clock.advance(by: .seconds(1))  // again, should the deadline's timer have started after the last move
                                 return try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id }).bytesReceived == 1000
                             }
                         }
-                    } throws: { error in
-                        guard let error = error as? RPCError else { return false }
-                        return error.code == .deadlineExceeded && error.message.contains("the chunks it wrote whole are kept")
+                    } catch let error as RPCError {
+                        ended = error
                     }
+                    #expect(ended?.code == .deadlineExceeded && ended?.message.contains("the chunks it wrote whole are kept") == true,
+                            "\(String(describing: ended))")
                     let kept = try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id }).bytesReceived
                     #expect(kept == 1000)
                     // At once, not after the writer lease's minute.

@@ -105,9 +105,9 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                 #expect(try await runCommand("/usr/bin/pg_dump", ["-Fc", "-h", "127.0.0.1", "-p", TestPostgres.port, "-U", "postgres", "-f", dumpFile,
                                                             "-t", "\"shop$customer\"", app.database]).status == 0)
                 let dump = "('db/db.backup', 'file', open('\(dumpFile)', 'rb').read())"
-                let good = try craftArchive(in: scratch, "[\(Self.metadata), \(dump), \(Self.document)]")
+                let good = try await craftArchive(in: scratch, "[\(Self.metadata), \(dump), \(Self.document)]")
                 let goodBytes = try Data(contentsOf: URL(fileURLWithPath: good))
-                let plainTar = try craftArchive(in: scratch, "[\(Self.metadata), \(dump), \(Self.document)]", mode: "w")
+                let plainTar = try await craftArchive(in: scratch, "[\(Self.metadata), \(dump), \(Self.document)]", mode: "w")
                 let cutTar = scratch.path + "/cut.tar"
                 try Data(contentsOf: URL(fileURLWithPath: plainTar)).prefix(1500).write(to: URL(fileURLWithPath: cutTar))
                 #expect(try await runCommand("/bin/gzip", ["-kf", cutTar]).status == 0)
@@ -117,31 +117,31 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                     ("not gzip", try bytes(plainTar), "the archive is not gzip-compressed"),
                     ("truncated gzip", Array(goodBytes.prefix(goodBytes.count * 2 / 3)), "the archive is truncated or corrupt"),
                     ("truncated tar", try bytes(cutTar + ".gz"), "the archive is truncated or corrupt"),
-                    ("missing .metadata", try crafted(scratch, "[\(dump), \(Self.document)]"), "the archive has no .metadata"),
-                    (".metadata not JSON", try crafted(scratch, "[('.metadata', 'file', '{oops'), \(dump)]"), ".metadata is not a JSON object"),
-                    ("missing dump", try crafted(scratch, "[\(Self.metadata), \(Self.document)]"), "the archive has no db/db.backup"),
-                    ("not a dump", try crafted(scratch, "[\(Self.metadata), ('db/db.backup', 'file', 'PGDMP but not really')]"),
+                    ("missing .metadata", try await crafted(scratch, "[\(dump), \(Self.document)]"), "the archive has no .metadata"),
+                    (".metadata not JSON", try await crafted(scratch, "[('.metadata', 'file', '{oops'), \(dump)]"), ".metadata is not a JSON object"),
+                    ("missing dump", try await crafted(scratch, "[\(Self.metadata), \(Self.document)]"), "the archive has no db/db.backup"),
+                    ("not a dump", try await crafted(scratch, "[\(Self.metadata), ('db/db.backup', 'file', 'PGDMP but not really')]"),
                      "the archive's db/db.backup is not a dump pg_restore can read"),
-                    ("climbing name", try crafted(scratch, "[\(Self.metadata), \(dump), ('tree/../../x', 'file', 'x')]"),
+                    ("climbing name", try await crafted(scratch, "[\(Self.metadata), \(dump), ('tree/../../x', 'file', 'x')]"),
                      "member \"tree/../../x\" climbs out of the archive with .."),
-                    ("absolute name", try crafted(scratch, "[\(Self.metadata), \(dump), ('/etc/cron.d/x', 'file', 'x')]"),
+                    ("absolute name", try await crafted(scratch, "[\(Self.metadata), \(dump), ('/etc/cron.d/x', 'file', 'x')]"),
                      "member \"/etc/cron.d/x\" has an absolute name"),
-                    ("symbolic link", try crafted(scratch, "[\(Self.metadata), \(dump), ('tree/0d/3e/\(Self.key)', 'symlink', '/etc/shadow')]"),
+                    ("symbolic link", try await crafted(scratch, "[\(Self.metadata), \(dump), ('tree/0d/3e/\(Self.key)', 'symlink', '/etc/shadow')]"),
                      "is a symbolic link"),
-                    ("hard link", try crafted(scratch, "[\(Self.metadata), \(dump), ('tree/0d/3e/\(Self.key)', 'hardlink', 'db/db.backup')]"),
+                    ("hard link", try await crafted(scratch, "[\(Self.metadata), \(dump), ('tree/0d/3e/\(Self.key)', 'hardlink', 'db/db.backup')]"),
                      "is a hard link"),
-                    ("device node", try crafted(scratch, "[\(Self.metadata), \(dump), ('tree/0d/3e/\(Self.key)', 'chardev', '')]"),
+                    ("device node", try await crafted(scratch, "[\(Self.metadata), \(dump), ('tree/0d/3e/\(Self.key)', 'chardev', '')]"),
                      "is a character device"),
-                    ("duplicate member", try crafted(scratch, "[\(Self.metadata), \(dump), \(Self.document), \(Self.document)]"),
+                    ("duplicate member", try await crafted(scratch, "[\(Self.metadata), \(dump), \(Self.document), \(Self.document)]"),
                      "member \"tree/0d/3e/\(Self.key)\" appears twice"),
-                    ("wrong folders", try crafted(scratch, "[\(Self.metadata), \(dump), ('tree/ab/cd/\(Self.key)', 'file', 'x')]"),
+                    ("wrong folders", try await crafted(scratch, "[\(Self.metadata), \(dump), ('tree/ab/cd/\(Self.key)', 'file', 'x')]"),
                      "is in the wrong folders"),
-                    ("gzip bomb", try crafted(scratch, "[\(Self.metadata), \(dump), ('tree/0d/3e/\(Self.key)', 'file', bytes(64 << 20))]"),
+                    ("gzip bomb", try await crafted(scratch, "[\(Self.metadata), \(dump), ('tree/0d/3e/\(Self.key)', 'file', bytes(64 << 20))]"),
                      "refused as a decompression bomb"),
-                    ("checksum mismatch", try crafted(scratch, "[\(mismatch), \(dump), \(Self.document)]"),
+                    ("checksum mismatch", try await crafted(scratch, "[\(mismatch), \(dump), \(Self.document)]"),
                      "member tree/0d/3e/\(Self.key) has SHA-256 \(ContentHash.of(Array("an invoice".utf8)).hex), but .metadata says \"0000"),
                     ("modelVersion with control characters",
-                     try crafted(scratch, #"[('.metadata', 'file', '{"modelVersion": "1.0\\u001b[2J"}'), "# + dump + "]"),
+                     try await crafted(scratch, #"[('.metadata', 'file', '{"modelVersion": "1.0\\u001b[2J"}'), "# + dump + "]"),
                      ".metadata modelVersion must be at most 256 bytes without control or format characters"),
                 ]
                 try await server.withClient { client in
@@ -158,7 +158,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                     let invoice = ContentHash.of(Array("an invoice".utf8)).hex
                     for (stated, held) in [(invoice, true), (String(repeating: "1", count: 64), false)] {
                         let claim = #"('.metadata', 'file', '{"sha256:tree/0d/3e/\#(Self.key)": "\#(stated)"}')"#
-                        let forged = try crafted(scratch, "[\(claim), \(dump), ('tree/0d/3e/\(Self.key)', 'file', 'a guess')]")
+                        let forged = try await crafted(scratch, "[\(claim), \(dump), ('tree/0d/3e/\(Self.key)', 'file', 'a guess')]")
                         let (_, refused) = try await uploadAndValidate(client, forged)
                         #expect(refused.error == "the archive is not a valid snapshot: member tree/0d/3e/\(Self.key) has SHA-256 "
                                 + "\(ContentHash.of(Array("a guess".utf8)).hex), but .metadata says \"\(stated)\"", "held: \(held)")
@@ -179,8 +179,8 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
 
     private func bytes(_ path: String) throws -> [UInt8] { Array(try Data(contentsOf: URL(fileURLWithPath: path))) }
 
-    private func crafted(_ scratch: ScratchDirectory, _ members: String) throws -> [UInt8] {
-        try bytes(try craftArchive(in: scratch, members))
+    private func crafted(_ scratch: ScratchDirectory, _ members: String) async throws -> [UInt8] {
+        try bytes(try await craftArchive(in: scratch, members))
     }
 
     @Test func aDownloadedArchiveUploadedOverACutConnectionRestoresInAnotherEnvironment() async throws {
@@ -273,7 +273,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                     [('tree/%s/%s/%s' % (k[0:2], k[2:4], k), b'')
                      for k in (str(__import__('uuid').UUID(int=i * 2654435761)) for i in range(500000))]
                     """
-                let archive = try craftPlainArchive(in: scratch, """
+                let archive = try await craftPlainArchive(in: scratch, """
                     [('.metadata', b'{"modelVersion": "1.0"}'), ('db/db.backup', open('\(dump)', 'rb').read())] + \(documents)
                     """)
                 var uploaded: CommandResult?

@@ -57,7 +57,7 @@ import Testing
         #expect(contents.metadata["sha256:db/db.backup"] == archive.dump.sha256.hex)
     }
 
-    @Test func aMemberWhoseStatedHashIsKnownMayPassUnwrittenAndIsStillChecked() throws {
+    @Test func aMemberWhoseStatedHashIsKnownMayPassUnwrittenAndIsStillChecked() async throws {
         let scratch = try ScratchDirectory("reader")
         defer { scratch.remove() }
         let invoice = ContentHash.of(Array("an invoice".utf8)).hex
@@ -65,13 +65,13 @@ import Testing
             #"[('.metadata', 'file', '{"sha256:\#(Self.document)": "\#(hash)"}'), "# + Self.dump + ", " + Self.file + "]"
         }
         var offered: [SnapshotArchiveReader.Member: ContentHash?] = [:]
-        let contents = try SnapshotArchiveReader().read(try craftArchive(in: scratch, stating(invoice))) { member, _, stated in
+        let contents = try SnapshotArchiveReader().read(try await craftArchive(in: scratch, stating(invoice))) { member, _, stated in
             offered[member] = stated
             return nil
         }
         #expect(offered[.document(key: Self.key)] == ContentHash(hex: invoice) && offered[.dump] == .some(nil))
         #expect(contents.documents.first?.sha256.hex == invoice)
-        let lying = try craftArchive(in: scratch, stating(String(repeating: "a", count: 64)))
+        let lying = try await craftArchive(in: scratch, stating(String(repeating: "a", count: 64)))
         #expect { _ = try SnapshotArchiveReader().read(lying) { _, _, _ in nil } } throws: {
             ($0 as? ArchiveRejection)?.description.contains("but .metadata says \"aaaa") == true
         }
@@ -100,10 +100,10 @@ import Testing
     ]
 
     @Test(arguments: broken)
-    func aBrokenArchiveIsRefusedNamingTheProblem(what: String, members: String, reason: String) throws {
+    func aBrokenArchiveIsRefusedNamingTheProblem(what: String, members: String, reason: String) async throws {
         let scratch = try ScratchDirectory("reader")
         defer { scratch.remove() }
-        let path = try craftArchive(in: scratch, members)
+        let path = try await craftArchive(in: scratch, members)
         #expect {
             _ = try read(path)
         } throws: { error in
@@ -111,18 +111,18 @@ import Testing
         }
     }
 
-    @Test func notGzipTruncatedGzipAndTruncatedTarAreRefused() throws {
+    @Test func notGzipTruncatedGzipAndTruncatedTarAreRefused() async throws {
         let scratch = try ScratchDirectory("reader")
         defer { scratch.remove() }
-        let plainTar = try craftArchive(in: scratch, "[\(Self.metadata), \(Self.dump)]", mode: "w")
-        let good = try craftArchive(in: scratch, "[\(Self.metadata), \(Self.dump), ('\(Self.document)', 'file', b'\\x01' * 200000)]")
+        let plainTar = try await craftArchive(in: scratch, "[\(Self.metadata), \(Self.dump)]", mode: "w")
+        let good = try await craftArchive(in: scratch, "[\(Self.metadata), \(Self.dump), ('\(Self.document)', 'file', b'\\x01' * 200000)]")
         let bytes = try Data(contentsOf: URL(fileURLWithPath: good))
         let cutGzip = scratch.path + "/cut.tar.gz"
         try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: cutGzip))
         // A whole gzip stream of a tar cut short.
         let tarBytes = try Data(contentsOf: URL(fileURLWithPath: plainTar))
         try tarBytes.prefix(700).write(to: URL(fileURLWithPath: scratch.path + "/cut.tar"))
-        #expect(try runCommand("/bin/gzip", ["-kf", scratch.path + "/cut.tar"]).status == 0)
+        #expect(try await runCommand("/bin/gzip", ["-kf", scratch.path + "/cut.tar"]).status == 0)
         let garbage = scratch.path + "/garbage.tar.gz"
         try Data("this is not an archive at all".utf8).write(to: URL(fileURLWithPath: garbage))
         for (path, reason) in [(plainTar, "not gzip-compressed"), (cutGzip, "truncated or corrupt"),
@@ -134,11 +134,11 @@ import Testing
         }
     }
 
-    @Test func aGzipBombStopsAtTheLimitNotAtTheEnd() throws {
+    @Test func aGzipBombStopsAtTheLimitNotAtTheEnd() async throws {
         let scratch = try ScratchDirectory("reader")
         defer { scratch.remove() }
         // 64 MiB of zeros: about 64 KiB compressed.
-        let bomb = try craftArchive(in: scratch, "[\(Self.metadata), \(Self.dump), ('\(Self.document)', 'file', bytes(64 << 20))]")
+        let bomb = try await craftArchive(in: scratch, "[\(Self.metadata), \(Self.dump), ('\(Self.document)', 'file', bytes(64 << 20))]")
         var ratioLimited = SnapshotArchiveReader.Limits()
         ratioLimited.ratioGrace = 1 << 20
         let sunk = ReceivedMembers()

@@ -4,7 +4,7 @@ import Foundation
 /// careless client might: `members` is a Python list of (name, kind,
 /// content) with kind "file", "dir", "symlink", "hardlink", "chardev";
 /// `mode` is "w:gz" or another tarfile mode. Returns its path.
-public func craftArchive(in scratch: ScratchDirectory, _ members: String, mode: String = "w:gz") throws -> String {
+public func craftArchive(in scratch: ScratchDirectory, _ members: String, mode: String = "w:gz") async throws -> String {
     let path = scratch.path + "/crafted-\(UUID().uuidString.prefix(8)).tar.gz"
     let script = """
         import io, sys, tarfile
@@ -20,7 +20,7 @@ public func craftArchive(in scratch: ScratchDirectory, _ members: String, mode: 
                     info.linkname = content if kind in ('symlink', 'hardlink') else ''
                     t.addfile(info)
         """
-    let made = try runCommand("/usr/bin/python3", ["-c", script, path])
+    let made = try await runCommand("/usr/bin/python3", ["-c", script, path])
     guard made.status == 0 else { throw TestSupportError("python could not make the archive: \(made.standardError)") }
     return path
 }
@@ -29,7 +29,7 @@ public func craftArchive(in scratch: ScratchDirectory, _ members: String, mode: 
 /// through Python's `tarfile` (five times faster for half a million
 /// members): `members` is a Python iterable of `(name, bytes)`, names of at
 /// most 100 bytes.
-public func craftPlainArchive(in scratch: ScratchDirectory, _ members: String) throws -> String {
+public func craftPlainArchive(in scratch: ScratchDirectory, _ members: String) async throws -> String {
     let path = scratch.path + "/crafted-\(UUID().uuidString.prefix(8)).tar.gz"
     let script = """
         import gzip, sys
@@ -49,7 +49,7 @@ public func craftPlainArchive(in scratch: ScratchDirectory, _ members: String) t
                 out.write(data + b'\\0' * (-len(data) % 512))
             out.write(b'\\0' * 1024)
         """
-    let made = try runCommand("/usr/bin/python3", ["-c", script, path])
+    let made = try await runCommand("/usr/bin/python3", ["-c", script, path])
     guard made.status == 0 else { throw TestSupportError("python could not make the archive: \(made.standardError)") }
     return path
 }

@@ -15,10 +15,10 @@ public struct TestApp: Sendable {
 
     public var connectionString: String { TestPostgres.connectionString(database) }
 
-    public static func make() throws -> TestApp {
+    public static func make() async throws -> TestApp {
         let database = try TestPostgres.createDatabase("app", template: "demo_app")
         let scratch = try ScratchDirectory("files")
-        let copy = try runCommand("/bin/cp", ["-a", TestPostgres.demoFiles, scratch.path + "/files"])
+        let copy = try await runCommand("/bin/cp", ["-a", TestPostgres.demoFiles, scratch.path + "/files"])
         guard copy.status == 0 else { throw TestSupportError("cannot copy the demo file store: \(copy.standardError)") }
         return TestApp(database: database, fileStore: scratch.path + "/files", scratch: scratch)
     }
@@ -83,13 +83,15 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
             "BACKUPD_TLS_CERT": "\(projectRoot)/certs/dev/server.crt",
             "BACKUPD_TLS_KEY": "\(projectRoot)/certs/dev/server.key",
         ]
-        func createToken(_ arguments: [String]) throws -> String {
-            let created = try runCommand("\(binDirectory)/backupd", ["token", "create"] + arguments, environment: environment)
+        func createToken(_ arguments: [String]) async throws -> String {
+            let created = try await runCommand("\(binDirectory)/backupd", ["token", "create"] + arguments, environment: environment)
             guard created.status == 0 else { throw TestSupportError("backupd token create failed: \(created.standardError)") }
             return created.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        let token = try adminToken ?? createToken(["--namespace", namespace, "--role", "admin", "--name", "test-admin"])
-        let platform = try platformToken ?? createToken(["--platform", "--name", "test-platform"])
+        var token = adminToken ?? ""
+        if adminToken == nil { token = try await createToken(["--namespace", namespace, "--role", "admin", "--name", "test-admin"]) }
+        var platform = platformToken ?? ""
+        if platformToken == nil { platform = try await createToken(["--platform", "--name", "test-platform"]) }
 
         let keyFile = scratch.path + "/download-keys"
         try downloadKeys.write(toFile: keyFile, atomically: true, encoding: .utf8)
@@ -207,7 +209,7 @@ public func withTestServer<T: Sendable>(arguments: [String] = [], descriptorLimi
 
 /// Makes a copy of the demo app, runs `body`, and removes the copy.
 public func withTestApp<T: Sendable>(_ body: (TestApp) async throws -> T) async throws -> T {
-    try await using(try TestApp.make(), removedBy: { $0.remove() }, body)
+    try await using(try await TestApp.make(), removedBy: { $0.remove() }, body)
 }
 
 /// Runs `body` with `resource`, then removes it, whether `body` returns or throws.
