@@ -4,17 +4,20 @@ import BackupRules
 public struct AccessTokenSecret: Sendable {
     static let prefix = "bkd_"
 
-    /// The secret as its holder presents it.
-    public let text: String
+    /// Held as a `Secret`, so that printing or reflecting this value shows `<redacted>`.
+    private let secret: Secret<String>
+
+    /// The secret as its holder presents it: for the one answer that hands it out.
+    public var text: String { secret.revealed }
 
     /// A new secret: the prefix and 32 random bytes, base64url without padding.
     public init() {
-        text = Self.prefix + base64URL(Secure.randomBytes(32))
+        secret = Secret(Self.prefix + base64URL(Secure.randomBytes(32)))
     }
 
     /// A secret a caller presented.
     public init(presented text: String) {
-        self.text = text
+        secret = Secret(text)
     }
 
     /// What the catalog stores and looks a presented secret up by.

@@ -111,13 +111,7 @@ extension BlobStore {
     /// Hashes the file first and writes only content the store lacks: most
     /// documents are unchanged since the last backup.
     public func put(reading file: LocalFile, upTo limit: UInt64, interruption: Interruption?) throws -> StoredBlob {
-        let hasher = SHA256Hasher()
-        var size: UInt64 = 0
-        try file.readChunks(limit: limit, interruption: interruption) { chunk in
-            hasher.update(chunk)
-            size += UInt64(chunk.count)
-        }
-        let hash = hasher.finish()
+        let (hash, size) = try file.contentHash(limit: limit, interruption: interruption)
         if reuse(hash) { return StoredBlob(hash: hash, size: size, written: false) }
         try file.rewind()
         let writer = try writer()

@@ -63,13 +63,7 @@ public struct LocalBlobStore: BlobStore {
     public func adopt(_ path: String) throws -> StoredBlob {
         defer { FileSystem.remove(path) }
         let file = try LocalFile.open(path)
-        let hasher = SHA256Hasher()
-        var size: UInt64 = 0
-        try file.readChunks { chunk in
-            hasher.update(chunk)
-            size += UInt64(chunk.count)
-        }
-        let hash = hasher.finish()
+        let (hash, size) = try file.contentHash()
         if reuse(hash) { return StoredBlob(hash: hash, size: size, written: false) }
         try file.apply(FileOwner(mode: Self.blobMode))
         try file.sync()

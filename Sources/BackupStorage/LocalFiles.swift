@@ -111,6 +111,17 @@ public final class LocalFile {
         }
     }
 
+    /// The SHA-256 and size of what `readChunks` reads from the current offset.
+    public func contentHash(limit: UInt64 = .max, interruption: Interruption? = nil) throws -> (hash: ContentHash, size: UInt64) {
+        let hasher = SHA256Hasher()
+        var size: UInt64 = 0
+        try readChunks(limit: limit, interruption: interruption) { chunk in
+            hasher.update(chunk)
+            size += UInt64(chunk.count)
+        }
+        return (hasher.finish(), size)
+    }
+
     /// How much `readChunks` reads at a time.
     static let chunkSize = 1 << 20
 

@@ -32,6 +32,8 @@ import Testing
         #expect(first.text != second.text)
         #expect(first.text.hasPrefix("bkd_") && first.text.count == 4 + 43)
         #expect(AccessTokenSecret(presented: first.text).digest == first.digest)
+        // Printed or reflected (a log line, a dumped configuration), the secret shows as redacted.
+        #expect(!"\(first)".contains(first.text.dropFirst(4)) && !String(reflecting: first).contains(first.text.dropFirst(4)))
         #expect(first.digest != second.digest)
         #expect(!first.digest.hex.contains(first.text.dropFirst(4)))
     }

@@ -166,7 +166,7 @@ public final class JobRunner: Service, Sendable {
 
     /// Claims and runs jobs until shutdown begins; returns when the jobs it started have ended.
     private func claimAndRun() async {
-                await withDiscardingTaskGroup { group in
+        await withDiscardingTaskGroup { group in
             wake()
             var lastCollection = clock.now
             var lastSweep = clock.now
@@ -208,7 +208,7 @@ public final class JobRunner: Service, Sendable {
         for await _ in shutdown {}
         guard !Task.isCancelled else { return }
         let began = signals.withLockedValue { $0.shutdownBegan } ?? clock.now
-                guard (try? await clock.sleep(for: clock.now.duration(to: began + settings.shutdownGrace))) != nil else { return }
+        guard (try? await clock.sleep(for: clock.now.duration(to: began + settings.shutdownGrace))) != nil else { return }
         for execution in signals.withLockedValue({ Array($0.executions.values) }) { execution.yield(.shutdownGraceOver) }
     }
 
