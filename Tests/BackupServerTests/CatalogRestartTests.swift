@@ -155,7 +155,7 @@ import Testing
                 #expect(download.ready && download.sizeBytes > 6 << 20)
                 let saved = scratch.path + "/archive.tar.gz"
                 // About four seconds long at 1.5 MiB/s.
-                let slow = try startCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--limit-rate", "1536k", "-o", saved, download.url])
+                let slow = try BackgroundCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--limit-rate", "1536k", "-o", saved, download.url])
                 try await eventually(within: .seconds(30)) {
                     ((try? FileManager.default.attributesOfItem(atPath: saved)[.size] as? Int) ?? 0) > 1 << 20
                 }

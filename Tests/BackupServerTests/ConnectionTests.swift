@@ -444,7 +444,13 @@ func serverInfoStart(_ server: some WireTestServer, callID: UInt32 = 1) -> Frame
         try await withTestApp { app in
             let dump = try GatedTool("pg_dump")
             let clock = ManualClock()
-            try await withInProcessServer(live: true, configure: { $0.jobs.tools.pgDump = dump.path; $0.clock = clock }) { server in
+            // The job's lease is renewed on the manual clock, which moves five seconds here; its expiry is
+            // PostgreSQL's time, so it is made longer than any loaded machine takes (seen in CI: a lease expired
+            // under load ended the job "failed" before its watches heard it finish).
+            try await withInProcessServer(live: true, configure: {
+                $0.jobs.tools.pgDump = dump.path; $0.clock = clock; $0.jobs.leaseSeconds = 3600
+            }) { server in
+                defer { dump.release() }  // before the server's shutdown, should the test fail on the way
                 try await server.register(app)
                 let created = try await server.withClient { try await createBackup($0) }
                 let viewer = try await server.makeToken(.viewer, name: "watcher")

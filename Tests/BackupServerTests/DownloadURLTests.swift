@@ -215,12 +215,12 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) async th
                 // The browser trusts the development server certificate by its public key, as a pinned self-run service would.
                 let spki = try await runCommand("/bin/sh", ["-c", "openssl x509 -in \(projectRoot)/certs/dev/server.crt -pubkey -noout "
                     + "| openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64"])
-                let browser = try startCommand("/usr/bin/chromium", [
+                let browser = try BackgroundCommand("/usr/bin/chromium", [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--user-data-dir=\(profile)",
                     "--ignore-certificate-errors-spki-list=\(spki.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines))",
                     download.url,
                 ])
-                defer { browser.terminate() }
+                defer { browser.stop() }
                 let file = saved + "/" + download.filename
                 try await eventually(within: .seconds(60)) {
                     (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? UInt64) == download.sizeBytes
@@ -349,9 +349,9 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) async th
                         .filter { $0.contains(archives) }
                 }
                 let slow = try (0..<2).map { _ in
-                    try startCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--limit-rate", "1000", "-o", "/dev/null", download.url])
+                    try BackgroundCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--limit-rate", "1000", "-o", "/dev/null", download.url])
                 }
-                defer { slow.forEach { $0.terminate() } }
+                defer { slow.forEach { $0.stop() } }
                 // Both take their turns before anything else asks (a probe racing them could take one's turn).
                 try await Task.sleep(for: .seconds(2))
                 let stillSlow = slow.filter(\.isRunning).count
@@ -416,7 +416,7 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) async th
                 let growth = try await residentGrowth(of: server.processIdentifier) {
                     // Clients that take 100 bytes a second (a byte per 10 ms) while everything else goes on.
                     let slow = try (0..<4).map { _ in
-                        try startCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--limit-rate", "100", "-o", "/dev/null", download.url])
+                        try BackgroundCommand("/usr/bin/curl", ["-sS", "--cacert", TestServer.caFile, "--limit-rate", "100", "-o", "/dev/null", download.url])
                     }
                     try await Task.sleep(for: .seconds(1))
                     let whole = try await curl(["-o", "/dev/null", "-w", "%{size_download}", download.url])
@@ -427,7 +427,7 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) async th
                     #expect(info.ready && info.sha256 == download.sha256)
                     for process in slow {
                         #expect(process.isRunning)
-                        process.terminate()
+                        process.stop()
                     }
                 }
                 #expect(growth < 64 << 20, "the server grew by \(growth >> 20) MiB")
@@ -496,13 +496,3 @@ func residentBytes(_ pid: Int32) -> Int {
     return kilobytes * 1024
 }
 
-/// Starts a command in the background, its output discarded.
-func startCommand(_ executable: String, _ arguments: [String]) throws -> Process {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    process.standardOutput = FileHandle.nullDevice
-    process.standardError = FileHandle.nullDevice
-    try process.run()
-    return process
-}

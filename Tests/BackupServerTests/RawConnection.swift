@@ -48,19 +48,3 @@ func connectionStatus(_ frames: [Frame]) -> CallStatus? {
     return status
 }
 
-/// Runs `body`, failing the test instead of hanging if it takes longer than `limit`.
-func within<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: limit)
-            return nil
-        }
-        guard let first = try await group.next(), let value = first else {
-            group.cancelAll()
-            throw TestSupportError("did not finish within \(limit)")
-        }
-        group.cancelAll()
-        return value
-    }
-}

@@ -17,3 +17,25 @@ public final class Atomic<Value: Sendable>: @unchecked Sendable {
         lock.withLock { change(&stored) }
     }
 }
+
+/// Runs `body` and fails instead of hanging if it takes longer than
+/// `limit`. The body runs in a task of its own that is cancelled then and
+/// left behind: a body that ignores cancellation (awaiting another task's
+/// value, a child process) cannot hold the test, and so the whole run, forever.
+public func within<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    let work = Task { try await body() }
+    let outcome = Atomic<Result<T, any Error>?>(nil)
+    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        func settle(_ result: Result<T, any Error>) {
+            var first = false
+            outcome.update { if $0 == nil { $0 = result; first = true } }
+            if first { continuation.resume(with: result) }
+        }
+        Task { settle(await work.result) }
+        Task {
+            try? await Task.sleep(for: limit)
+            work.cancel()
+            settle(.failure(TestSupportError("did not finish within \(limit)")))
+        }
+    }
+}

@@ -91,8 +91,15 @@ public struct CommandResult: Sendable {
     public let standardError: String
 }
 
-/// Runs a program to its end and returns its status and output.
-public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> CommandResult {
+/// How long a command a test runs may take before it is killed and the test
+/// fails naming it: a hung child (a CLI waiting on a job that never ends)
+/// must fail its test with its output, never hold `make test` until CI's limit.
+public let commandTimeLimit: TimeInterval = 600
+
+/// Runs a program to its end and returns its status and output; a program
+/// still running after `timeLimit` seconds is killed and the call throws.
+public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
+                       timeLimit: TimeInterval = commandTimeLimit) throws -> CommandResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
@@ -107,8 +114,16 @@ public func runCommand(_ executable: String, _ arguments: [String], environment:
     process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
     process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
     process.standardInput = FileHandle.nullDevice
+    let exited = DispatchSemaphore(value: 0)
+    process.terminationHandler = { _ in exited.signal() }
     try process.run()
-    process.waitUntilExit()
+    if exited.wait(timeout: .now() + timeLimit) == .timedOut {
+        kill(process.processIdentifier, SIGKILL)
+        exited.wait()
+        let standardError = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+        throw TestSupportError("\(executable) \(arguments.joined(separator: " ")) still ran after \(Int(timeLimit)) s and was killed; "
+                               + "its standard error:\n\(standardError.suffix(4000))")
+    }
     return CommandResult(status: process.terminationStatus,
                          standardOutput: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
                          standardError: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
@@ -117,12 +132,43 @@ public func runCommand(_ executable: String, _ arguments: [String], environment:
 /// `runCommand` on a thread of its own, for async tests: waiting for the
 /// command never holds a thread of the cooperative pool, which a server run
 /// inside the test process (`InProcessServer`) needs to answer it.
-public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> CommandResult {
+public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
+                       timeLimit: TimeInterval = commandTimeLimit) async throws -> CommandResult {
     try await withCheckedThrowingContinuation { continuation in
         Thread {
-            continuation.resume(with: Result { try runCommand(executable, arguments, environment: environment) as CommandResult })
+            continuation.resume(with: Result {
+                try runCommand(executable, arguments, environment: environment, timeLimit: timeLimit) as CommandResult
+            })
         }.start()
     }
+}
+
+/// A command run in the background, its output discarded, until `stop`.
+public final class BackgroundCommand: Sendable {
+    private let process: Process
+
+    public init(_ executable: String, _ arguments: [String]) throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+    }
+
+    public var isRunning: Bool { process.isRunning }
+    /// The exit status, once it has ended.
+    public var terminationStatus: Int32 { process.terminationStatus }
+
+    /// Ends the command and waits for it. SIGKILL: a child inherits the test
+    /// process's blocked signals, SIGTERM among them, so `terminate()` leaves it running.
+    public func stop() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    deinit { stop() }
 }
 
 /// The SHA-256 of every file under a folder, by path relative to it.
