@@ -56,3 +56,85 @@ public enum RestoreRecovery: Sendable, Equatable {
         }
     }
 }
+
+/// The forward path of a restore in the process that runs it: the job does
+/// the work and reports each event; this says what to record and, when
+/// something fails, how the restore ends, in the same terms recovery uses
+/// (`RestoreRecovery`). Before the database swap commits every failure rolls
+/// back; once it has committed, nothing rolls back: what fails after it is
+/// left to recovery, which completes the restore.
+public struct RestoreForwardPath: Sendable, Equatable {
+    public enum State: Sendable, Equatable {
+        /// The last step recorded (or being recorded).
+        case at(RestoreStep)
+        /// The database swap committed: the restore is being completed.
+        case completing
+        /// The restore has ended (rolled back or left to recovery); later events change nothing.
+        case ended
+    }
+
+    public enum Event: Sendable, Equatable {
+        /// The staging database and folder are complete.
+        case staged
+        /// Both were checked against the backup.
+        case checked
+        /// The swap begins: from here the target may be mid-swap.
+        case swapBegins
+        /// The folders were swapped.
+        case foldersSwapped
+        /// The database renames' transaction ended: committed, not, or with an outcome nobody can see now.
+        case databaseSwap(DatabaseSwapOutcome)
+        /// The work of the current step (or recording it) failed.
+        case failed
+    }
+
+    public enum DatabaseSwapOutcome: Sendable, Equatable {
+        case committed, notCommitted, unseen
+    }
+
+    public enum Action: Sendable, Equatable {
+        /// Record the step in the catalog before going on.
+        case record(RestoreStep)
+        /// End the restore: roll back (with the failure as its reason) or complete it.
+        case end(RestoreRecovery)
+        /// Leave the restore RUNNING for recovery, which decides once it can see the outcome.
+        case leaveToRecovery
+    }
+
+    public private(set) var state = State.at(.planned)
+
+    public init() {}
+
+    /// The actions an event calls for, in order. An event out of order is a
+    /// bug in the job, not something input can cause.
+    public mutating func handle(_ event: Event) -> [Action] {
+        switch (state, event) {
+        case (.at(.planned), .staged): return advance(to: .staged)
+        case (.at(.staged), .checked): return advance(to: .checked)
+        case (.at(.checked), .swapBegins): return advance(to: .swapRecorded)
+        case (.at(.swapRecorded), .foldersSwapped): return advance(to: .foldersSwapped)
+        case (.at(.foldersSwapped), .databaseSwap(.committed)):
+            state = .completing
+            return [.record(.databasesSwapped), .end(.complete)]
+        case (.at(.foldersSwapped), .databaseSwap(.notCommitted)), (.at(.foldersSwapped), .failed):
+            state = .ended
+            return [.end(.rollBack(undoFolderSwap: true))]
+        case (.at(.foldersSwapped), .databaseSwap(.unseen)), (.completing, .failed):
+            state = .ended
+            return [.leaveToRecovery]
+        case (.at(.planned), .failed), (.at(.staged), .failed), (.at(.checked), .failed), (.at(.swapRecorded), .failed):
+            // A folder swap that failed put the folders back itself.
+            state = .ended
+            return [.end(.rollBack(undoFolderSwap: false))]
+        case (.ended, .failed):
+            return []
+        default:
+            preconditionFailure("restore event \(event) in state \(state)")
+        }
+    }
+
+    private mutating func advance(to step: RestoreStep) -> [Action] {
+        state = .at(step)
+        return [.record(step)]
+    }
+}

@@ -39,3 +39,83 @@ import Testing
         ])
     }
 }
+
+@Suite struct RestoreForwardPathTests {
+    typealias Path = RestoreForwardPath
+
+    /// Every event that can reach each state of the forward path, with the
+    /// actions it calls for and the state after. Before the database swap
+    /// commits a failure rolls back (undoing the folder swap once it is
+    /// done); after it, whatever fails is left to recovery, which completes.
+    static let table: [(state: Path.State, event: Path.Event, actions: [Path.Action], next: Path.State)] = [
+        (.at(.planned), .staged, [.record(.staged)], .at(.staged)),
+        (.at(.planned), .failed, [.end(.rollBack(undoFolderSwap: false))], .ended),
+        (.at(.staged), .checked, [.record(.checked)], .at(.checked)),
+        (.at(.staged), .failed, [.end(.rollBack(undoFolderSwap: false))], .ended),
+        (.at(.checked), .swapBegins, [.record(.swapRecorded)], .at(.swapRecorded)),
+        (.at(.checked), .failed, [.end(.rollBack(undoFolderSwap: false))], .ended),
+        (.at(.swapRecorded), .foldersSwapped, [.record(.foldersSwapped)], .at(.foldersSwapped)),
+        // Refused before anything moved, or a folder swap that put the folders back itself.
+        (.at(.swapRecorded), .failed, [.end(.rollBack(undoFolderSwap: false))], .ended),
+        (.at(.foldersSwapped), .databaseSwap(.committed), [.record(.databasesSwapped), .end(.complete)], .completing),
+        (.at(.foldersSwapped), .databaseSwap(.notCommitted), [.end(.rollBack(undoFolderSwap: true))], .ended),
+        (.at(.foldersSwapped), .databaseSwap(.unseen), [.leaveToRecovery], .ended),
+        // Recording the folder swap failed: the folders go back.
+        (.at(.foldersSwapped), .failed, [.end(.rollBack(undoFolderSwap: true))], .ended),
+        // The restore is in place; recording it, removing the copies or finishing failed.
+        (.completing, .failed, [.leaveToRecovery], .ended),
+        // The cleanup of an ended restore failed in turn: nothing more to decide.
+        (.ended, .failed, [], .ended),
+    ]
+
+    @Test func everyEventThatCanOccurHasTheTablesActions() {
+        for row in Self.table {
+            var path = Path(at: row.state)
+            #expect(path.handle(row.event) == row.actions, "\(row.state) on \(row.event)")
+            #expect(path.state == row.next, "\(row.state) on \(row.event)")
+        }
+    }
+
+    /// The events of a restore that succeeds record every step recovery
+    /// reads, in order, and end it complete.
+    @Test func aRestoreThatSucceedsRecordsEveryStepInOrder() {
+        var path = Path()
+        let actions = [Path.Event.staged, .checked, .swapBegins, .foldersSwapped, .databaseSwap(.committed)].flatMap { path.handle($0) }
+        #expect(actions == [.record(.staged), .record(.checked), .record(.swapRecorded), .record(.foldersSwapped),
+                            .record(.databasesSwapped), .end(.complete)])
+    }
+
+    /// Where the forward path rolls back, recovery after a crash at the same
+    /// step would too (with nothing swapped), and where it completes, so would
+    /// recovery (with the database in place): the two never disagree.
+    @Test func theForwardPathAndRecoveryAgree() {
+        for row in Self.table {
+            guard case .at(let step) = row.state, let ending = row.actions.compactMap({ action -> RestoreRecovery? in
+                if case .end(let ending) = action { return ending } else { return nil }
+            }).first else { continue }
+            let databaseInPlace = ending == .complete
+            let filesInStore = ending == .rollBack(undoFolderSwap: true) || (ending == .complete && step == .foldersSwapped)
+            #expect(RestoreRecovery.decide(after: step, seeing: RestoreFacts(restoredDatabaseInPlace: databaseInPlace,
+                                                                             restoredFilesInStore: filesInStore)) == ending,
+                    "\(step) on \(row.event)")
+        }
+    }
+}
+
+extension RestoreForwardPath {
+    /// A path in `state`, reached by the events that lead there.
+    init(at state: State) {
+        self.init()
+        let events: [Event] = switch state {
+        case .at(.planned): []
+        case .at(.staged): [.staged]
+        case .at(.checked): [.staged, .checked]
+        case .at(.swapRecorded): [.staged, .checked, .swapBegins]
+        case .at(.foldersSwapped): [.staged, .checked, .swapBegins, .foldersSwapped]
+        case .completing: [.staged, .checked, .swapBegins, .foldersSwapped, .databaseSwap(.committed)]
+        case .ended: [.failed]
+        case .at(.databasesSwapped), .at(.finished): preconditionFailure("the forward path never rests at \(state)")
+        }
+        for event in events { _ = handle(event) }
+    }
+}

@@ -41,25 +41,70 @@ struct RestoreJob: Sendable {
         let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id, clock: clock)
         let source = "\(work.backup.namespace)/\(work.backup.environment)"
         let plan = try await makePlan(claimed, work)
+        let finished = "from \(source)" + (work.databaseOnly ? ", database only" : "")
+        var path = RestoreForwardPath()
         do {
-            try await build(claimed, work, plan, progress: progress)
-            await progress.update(phase: "swapping")
-            // Once begun, the swap and its record run to their end: a
-            // shutdown must not leave a swapped target recorded as FAILED.
-            try await withoutCancellation {
-                try await swap(claimed, plan)
-                // Before FINISHED: whoever sees the job end sees the superseded (and unkept previous) copies gone,
-                // or recorded for the sweep where they could not be dropped.
-                await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: true,
-                                      droppingPrevious: !keepPrevious)
-                try await catalog.finishJob(id: claimed.job.id, owner: owner,
-                                            detail: "from \(source)" + (work.databaseOnly ? ", database only" : ""))
-            }
+            let dumpPath = scratchDump(claimed.job.id)
+            defer { FileSystem.remove(dumpPath) }
+            let stagingURL = try databases.connectionString(claimed.environment.databaseURL, database: plan.stagingDatabase)
+            let placed = try await stage(claimed, work, plan, dumpPath: dumpPath, stagingURL: stagingURL, progress: progress)
+            try await carryOut(path.handle(.staged), claimed, plan, owner: owner, finished: finished)
+            try await check(work, placed: placed, dumpPath: dumpPath, stagingURL: stagingURL, progress: progress)
+            try await carryOut(path.handle(.checked), claimed, plan, owner: owner, finished: finished)
         } catch {
-            _ = try? await withoutCancellation {
-                await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: false)
+            // Cleaned up even when the job was cancelled.
+            try await withoutCancellation { [path] in
+                var path = path
+                try await carryOut(path.handle(.failed), claimed, plan, owner: owner, finished: finished)
             }
             throw error
+        }
+        await progress.update(phase: "swapping")
+        // Once begun, the swap and its record run to their end: a
+        // shutdown must not leave a swapped target recorded as FAILED.
+        try await withoutCancellation { [path] in
+            try await swapIn(claimed, plan, from: path, owner: owner, finished: finished)
+        }
+    }
+
+    /// Carries out what the forward path says: records a step, ends the
+    /// restore, or leaves it to recovery (`unseen` says why). After a
+    /// rollback the caller throws its failure.
+    private func carryOut(_ actions: [RestoreForwardPath.Action], _ claimed: ClaimedJob, _ plan: RestorePlan, owner: String,
+                          finished: String, unseen: String = "") async throws {
+        for action in actions {
+            switch action {
+            case .record(let step):
+                try await reached(step, claimed)
+            case .end(let ending):
+                try await end(ending, claimed, plan, owner: owner, finished: finished)
+            case .leaveToRecovery:
+                throw RestoreRecoveryDeferred(reason: unseen)
+            }
+        }
+    }
+
+    /// Ends a restore, forward or in recovery alike. Complete: the restore
+    /// is in place; the superseded (and unkept previous) copies go, or are
+    /// recorded for the sweep, before the job is FINISHED (`finished` is its
+    /// detail), so whoever sees it end sees them gone. Roll back: the
+    /// target's own folders are put back if they were swapped and the
+    /// staging copies removed; the caller then fails the job with its reason.
+    /// Restored files that cannot be moved out of the store yet leave the
+    /// restore to recovery: nothing is decided while the target is mixed.
+    private func end(_ ending: RestoreRecovery, _ claimed: ClaimedJob, _ plan: RestorePlan, owner: String, finished: String) async throws {
+        let folders = Self.folders(plan, jobID: claimed.job.id)
+        switch ending {
+        case .complete:
+            folders.removeJobMarker()
+            await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: true, droppingPrevious: !keepPrevious)
+            try await catalog.finishJob(id: claimed.job.id, owner: owner, detail: finished)
+        case .rollBack(let undoFolderSwap):
+            if undoFolderSwap { folders.unswap() }
+            guard !folders.restoredFilesInStore else {
+                throw RestoreRecoveryDeferred(reason: "the restored files cannot be moved out of \(plan.fileStore) yet")
+            }
+            await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: false)
         }
     }
 
@@ -86,8 +131,10 @@ struct RestoreJob: Sendable {
         return plan
     }
 
-    /// The staging database and folder, complete and checked.
-    private func build(_ claimed: ClaimedJob, _ work: RestoreWork, _ plan: RestorePlan, progress: ProgressReporter) async throws {
+    /// The staging database and folder, complete; returns how many files
+    /// were placed and their bytes (none for a database-only restore).
+    private func stage(_ claimed: ClaimedJob, _ work: RestoreWork, _ plan: RestorePlan, dumpPath: String, stagingURL: String,
+                       progress: ProgressReporter) async throws -> (count: UInt64, bytes: UInt64)? {
         let environment = claimed.environment
         let files = work.databaseOnly ? [] : try await catalog.backupFiles(id: work.backup.id)
         let filesBytes = files.reduce(UInt64(0)) { $0 + $1.size }
@@ -97,11 +144,8 @@ struct RestoreJob: Sendable {
         await progress.update(part: "files", done: 0, total: filesBytes)
         await progress.update(phase: "restoring the database into \(plan.stagingDatabase)"
                               + (work.databaseOnly ? "" : " and placing \(files.count) files in \(plan.stagingFolder)"))
-        let dumpPath = scratchDump(claimed.job.id)
-        defer { FileSystem.remove(dumpPath) }
-        let stagingURL = try databases.connectionString(environment.databaseURL, database: plan.stagingDatabase)
         // The files are placed while the dump is reassembled and restored; whichever fails first stops the other.
-        let placed = try await withThrowingTaskGroup(of: (count: UInt64, bytes: UInt64)?.self) { group in
+        return try await withThrowingTaskGroup(of: (count: UInt64, bytes: UInt64)?.self) { group in
             group.addTask {
                 try await restoreDatabase(work, from: dumpPath, into: stagingURL, environment, plan, jobID: claimed.job.id, progress: progress)
                 return nil
@@ -113,16 +157,18 @@ struct RestoreJob: Sendable {
             for try await result in group where result != nil { placed = result }
             return placed
         }
-        try await reached(.staged, claimed)
+    }
 
+    /// Checks the staging copies: the database against the dump, the files
+    /// placed against the backup's own totals, recorded when it was made.
+    private func check(_ work: RestoreWork, placed: (count: UInt64, bytes: UInt64)?, dumpPath: String, stagingURL: String,
+                       progress: ProgressReporter) async throws {
         await progress.update(phase: "checking the restored database and files")
         try await checkContents(of: dumpPath, in: stagingURL)
-        // The backup's own totals, recorded when it was made, against what was placed.
         if let placed, placed.count != work.backup.fileCount || placed.bytes != work.backup.filesBytes {
             throw JobFailure(description: "the restore placed \(placed.count) files (\(placed.bytes) bytes) where backup "
                              + "\(work.backup.id) holds \(work.backup.fileCount) (\(work.backup.filesBytes) bytes); the target is unchanged")
         }
-        try await reached(.checked, claimed)
     }
 
     /// Reassembles the dump at `dumpPath` and restores it into a new staging
@@ -264,21 +310,57 @@ struct RestoreJob: Sendable {
     }
 
     /// Swaps the staging copies in: folders first, then the databases in
-    /// one transaction. The previous copies are renamed aside (superseded),
-    /// not dropped, so a swap that fails puts everything back as it was; a
-    /// `_prerestore` database that is not the target's previous copy (its
-    /// marker says whose it is) is never touched. Undoes the folder swap if
-    /// the database swap did not commit, known by whose oid the target's
-    /// name has; when that cannot be seen, recovery decides later.
-    private func swap(_ claimed: ClaimedJob, _ plan: RestorePlan) async throws {
-        let environment = claimed.environment
+    /// one transaction, and completes the restore. The previous copies are
+    /// renamed aside (superseded), not dropped, so a swap that fails puts
+    /// everything back as it was; a `_prerestore` database that is not the
+    /// target's previous copy (its marker says whose it is) is never
+    /// touched. Whether the database swap committed is known by whose oid
+    /// the target's name has; when that cannot be seen, recovery decides later.
+    private func swapIn(_ claimed: ClaimedJob, _ plan: RestorePlan, from start: RestoreForwardPath, owner: String,
+                        finished: String) async throws {
+        var path = start
+        func handle(_ event: RestoreForwardPath.Event, unseen: String = "") async throws {
+            try await carryOut(path.handle(event), claimed, plan, owner: owner, finished: finished, unseen: unseen)
+        }
         let jobID = claimed.job.id
-        try await reached(.swapRecorded, claimed)
+        let swap: (outcome: RestoreForwardPath.DatabaseSwapOutcome, failure: (any Error)?)
+        do {
+            try await handle(.swapBegins)
+            let (stagingOID, previousExists) = try await swapTargets(claimed.environment, plan, jobID: jobID)
+            if !plan.fileStore.isEmpty {
+                try await threadPool.runIfActive { try Self.folders(plan, jobID: jobID).swap() }
+            }
+            try await handle(.foldersSwapped)
+            swap = await swapDatabases(claimed.environment, plan, stagingOID: stagingOID, previousExists: previousExists)
+        } catch {
+            try await handle(.failed)
+            throw error
+        }
+        switch swap.outcome {
+        case .committed:
+            do {
+                try await handle(.databaseSwap(.committed))
+            } catch {
+                try await handle(.failed, unseen: "the restore is in place and completing it failed: \(describeJobError(error))")
+                throw error
+            }
+        case .notCommitted:
+            try await handle(.databaseSwap(.notCommitted))
+            throw swap.failure ?? JobFailure(description: "the database swap failed, the target is unchanged")
+        case .unseen:
+            try await handle(.databaseSwap(.unseen),
+                             unseen: "the database swap's outcome cannot be seen: \(swap.failure.map(describeJobError) ?? "")")
+        }
+    }
+
+    /// Refuses the swap before anything moves unless the staging database
+    /// is the one this restore made and checked, and the previous copy (if
+    /// any) this target's own. Returns the staging database's oid and whether
+    /// there is a previous copy.
+    private func swapTargets(_ environment: Environment, _ plan: RestorePlan, jobID: String) async throws -> (stagingOID: Int64, previousExists: Bool) {
         let previousMarker = Self.previousMarker(of: plan.targetDatabase)
-        // Refused before anything moves: the staging database must be the one this restore made and checked,
-        // the previous copy this target's own.
         let stagingMarker = Self.stagingMarker(of: plan.targetDatabase, jobID: jobID)
-        let (stagingOID, previousExists) = try await onAppServer(environment, database: "postgres") { connection in
+        return try await onAppServer(environment, database: "postgres") { connection in
             guard try Self.marker(of: plan.stagingDatabase, on: connection) == stagingMarker,
                   let stagingOID = try Self.oid(of: plan.stagingDatabase, on: connection) else {
                 throw JobFailure(description: "the staging database \(plan.stagingDatabase) is gone or was replaced; the target is unchanged")
@@ -292,10 +374,15 @@ struct RestoreJob: Sendable {
                     + "The target is unchanged")
             }
         }
-        if !plan.fileStore.isEmpty {
-            try await threadPool.runIfActive { try Self.folders(plan, jobID: jobID).swap() }
-        }
-        try await reached(.foldersSwapped, claimed)
+    }
+
+    /// Renames the previous copy aside, the target to the previous copy and
+    /// the staging database to the target, in one transaction. The outcome,
+    /// with the failure when it did not commit: a commit whose answer was
+    /// lost counts as committed when the target's name has the staging oid.
+    private func swapDatabases(_ environment: Environment, _ plan: RestorePlan, stagingOID: Int64,
+                               previousExists: Bool) async -> (outcome: RestoreForwardPath.DatabaseSwapOutcome, failure: (any Error)?) {
+        let previousMarker = Self.previousMarker(of: plan.targetDatabase)
         do {
             try await onAppServer(environment, database: "postgres") { [databases] connection in
                 try databases.refuseCatalog(on: connection, named: plan.supersededDatabase)
@@ -313,20 +400,19 @@ struct RestoreJob: Sendable {
                     }
                 }
             }
+            return (.committed, nil)
         } catch {
             // The commit may have happened even though its answer was lost: the target's name tells.
             guard let inPlace = try? await onAppServer(environment, database: "postgres", { try Self.oid(of: plan.targetDatabase, on: $0) })
             else {
-                throw RestoreRecoveryDeferred(reason: "the database swap's outcome cannot be seen: \(describeJobError(error))")
+                return (.unseen, error)
             }
             guard inPlace == stagingOID else {
-                if !plan.fileStore.isEmpty { Self.folders(plan, jobID: jobID).unswap() }
-                if let refused = error as? BackupError { throw refused }
-                throw JobFailure(description: "the database swap failed, the target is unchanged: \(describeJobError(error))")
+                if error is BackupError { return (.notCommitted, error) }
+                return (.notCommitted, JobFailure(description: "the database swap failed, the target is unchanged: \(describeJobError(error))"))
             }
+            return (.committed, nil)
         }
-        try await reached(.databasesSwapped, claimed)
-        Self.folders(plan, jobID: jobID).removeJobMarker()
     }
 
     /// Removes what the restore made and no longer needs: the staging
@@ -440,7 +526,6 @@ struct RestoreJob: Sendable {
         "E'" + text.replacing("\\", with: "\\\\").replacing("'", with: "''") + "'"
     }
 
-    /// Removes the job's marker from the restored file store, once the restore is complete.
     /// The folders of a restore's plan.
     static func folders(_ plan: RestorePlan, jobID: String) -> RestoreFolders {
         RestoreFolders(fileStore: plan.fileStore, staging: plan.stagingFolder, previous: plan.previousFolder,
@@ -474,20 +559,9 @@ struct RestoreJob: Sendable {
         }
         let facts = RestoreFacts(restoredDatabaseInPlace: restoredDatabaseInPlace,
                                  restoredFilesInStore: !plan.fileStore.isEmpty && Self.folders(plan, jobID: claimed.job.id).restoredFilesInStore)
-        switch RestoreRecovery.decide(after: plan.step, seeing: facts) {
-        case .complete:
-            Self.folders(plan, jobID: claimed.job.id).removeJobMarker()
-            await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: true, droppingPrevious: !keepPrevious)
-            try await catalog.finishJob(id: claimed.job.id, owner: owner, detail: "completed after backupd restarted")
-        case .rollBack(let undoFolderSwap):
-            if undoFolderSwap {
-                let folders = Self.folders(plan, jobID: claimed.job.id)
-                folders.unswap()
-                guard !folders.restoredFilesInStore else {
-                    throw RestoreRecoveryDeferred(reason: "the restored files cannot be moved out of \(plan.fileStore) yet")
-                }
-            }
-            await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: false)
+        let ending = RestoreRecovery.decide(after: plan.step, seeing: facts)
+        try await end(ending, claimed, plan, owner: owner, finished: "completed after backupd restarted")
+        if ending != .complete {
             throw JobFailure(description: "backupd stopped while restoring (after step \(plan.step.rawValue)); "
                              + "the staging copies were removed and the target is unchanged")
         }
