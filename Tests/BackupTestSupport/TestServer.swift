@@ -23,6 +23,17 @@ public struct TestApp: Sendable {
         return TestApp(database: database, fileStore: scratch.path + "/files", scratch: scratch)
     }
 
+    /// The demo app's tables without their rows and an empty file store: for
+    /// tests of what happens around backups (schedules, retention), where
+    /// what a backup holds is not the point and each backup costs little.
+    public static func makeEmpty() throws -> TestApp {
+        let database = try TestPostgres.createDatabase("app", template: "demo_app")
+        try TestPostgres.query(database, #"TRUNCATE "shop$invoice", "shop$order", "shop$customer", "system$filedocument""#)
+        let scratch = try ScratchDirectory("files")
+        try FileManager.default.createDirectory(atPath: scratch.path + "/files", withIntermediateDirectories: false)
+        return TestApp(database: database, fileStore: scratch.path + "/files", scratch: scratch)
+    }
+
     /// Drops the database and what restores left beside it, and removes the
     /// file store with its restore siblings (all inside the scratch folder).
     public func remove() {
@@ -207,9 +218,10 @@ public func withTestServer<T: Sendable>(arguments: [String] = [], descriptorLimi
     }
 }
 
-/// Makes a copy of the demo app, runs `body`, and removes the copy.
-public func withTestApp<T: Sendable>(_ body: (TestApp) async throws -> T) async throws -> T {
-    try await using(try await TestApp.make(), removedBy: { $0.remove() }, body)
+/// Makes a copy of the demo app (`empty`: its tables without rows, no
+/// files), runs `body`, and removes the copy.
+public func withTestApp<T: Sendable>(empty: Bool = false, _ body: (TestApp) async throws -> T) async throws -> T {
+    try await using(empty ? try TestApp.makeEmpty() : try await TestApp.make(), removedBy: { $0.remove() }, body)
 }
 
 /// Runs `body` with `resource`, then removes it, whether `body` returns or throws.
