@@ -23,12 +23,12 @@ import Testing
         try await withCatalog(validateAfterIdle: .zero) { catalog, database in
             try await register(catalog)
             // The server drops every session of the catalog, as a restart or failover would.
-            try TestPostgres.query("postgres", """
+            try await TestPostgres.query("postgres", """
                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
                 """, database)
             // Until the server has ended them all.
             for _ in 0..<1000 {
-                let left = try TestPostgres.query("postgres", "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1", database)
+                let left = try await TestPostgres.query("postgres", "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1", database)
                 if left[0].int64("n") == 0 { break }
                 try await Task.sleep(for: .milliseconds(5))
             }
@@ -82,7 +82,7 @@ import Testing
                 for _ in 0..<3 { group.addTask { try await catalog.migrate() } }
                 try await group.waitForAll()
             }
-            let versions = try TestPostgres.query(database, "SELECT version FROM schema_migrations").map { $0.string("version") }
+            let versions = try await TestPostgres.query(database, "SELECT version FROM schema_migrations").map { $0.string("version") }
             #expect(versions == Migrations.all.map { String($0.version) })
         }
     }
@@ -102,8 +102,8 @@ import Testing
             }
             // Another environment is not blocked, and nothing half-written was left by the refusals.
             _ = try await catalog.createBackup(namespace: "acme", environment: "shop-acceptance", kind: .onDemand, comment: "", actor: "t")
-            #expect(try TestPostgres.query(database, "SELECT count(*) AS n FROM snapshots")[0].string("n") == "2")
-            #expect(try TestPostgres.query(database, "SELECT count(*) AS n FROM jobs")[0].string("n") == "2")
+            await #expect(try TestPostgres.query(database, "SELECT count(*) AS n FROM snapshots")[0].string("n") == "2")
+            await #expect(try TestPostgres.query(database, "SELECT count(*) AS n FROM jobs")[0].string("n") == "2")
         }
     }
 
@@ -143,7 +143,7 @@ import Testing
 
 @Suite struct ForeignDatabaseTests {
     @Test func aDatabaseWithTablesButNoMigrationsIsNeverMadeACatalog() async throws {
-        let database = try TestPostgres.createDatabase("foreign", template: "demo_app")
+        let database = try await TestPostgres.createDatabase("foreign", template: "demo_app")
         defer { TestPostgres.dropDatabase(database) }
         let threadPool = NIOThreadPool(numberOfThreads: 1)
         threadPool.start()
@@ -156,7 +156,7 @@ import Testing
         }
         await catalog.pool.close()
         try await threadPool.shutdownGracefully()
-        let tables = try TestPostgres.query(database, "SELECT count(*) AS n FROM pg_tables WHERE tablename = 'schema_migrations'")
+        let tables = try await TestPostgres.query(database, "SELECT count(*) AS n FROM pg_tables WHERE tablename = 'schema_migrations'")
         #expect(tables[0].string("n") == "0")
     }
 }

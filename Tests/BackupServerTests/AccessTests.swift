@@ -175,7 +175,7 @@ import Testing
             try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
                 let stranger = try await server.makeToken(.admin, namespace: "other", name: "stranger")
-                let adminTokenID = try TestPostgres.query(server.catalogDatabase, "SELECT id FROM tokens WHERE name = 'test-admin'")[0].string("id")
+                let adminTokenID = try await TestPostgres.query(server.catalogDatabase, "SELECT id FROM tokens WHERE name = 'test-admin'")[0].string("id")
                 let unknown = UUID().uuidString.lowercased()
                 let download = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) }
                 let upload = try await server.withClient { try await startUpload($0, Array("unknown ids".utf8)) }
@@ -231,7 +231,7 @@ import Testing
                 }
                 // The watch is open once its first reading came.
                 try await eventually(within: .seconds(30)) { heard.value }
-                let tokenID = try TestPostgres.query(server.catalogDatabase, "SELECT id FROM tokens WHERE name = 'watcher'")[0].string("id")
+                let tokenID = try await TestPostgres.query(server.catalogDatabase, "SELECT id FROM tokens WHERE name = 'watcher'")[0].string("id")
                 _ = try await server.withClient { try await $0.unary(Backups.revokeToken, .with { $0.id = tokenID }) }
                 let ended = await expectStatus(.unauthenticated) { try await watching.value }
                 #expect(ended?.message.contains("revoked") == true)
@@ -289,7 +289,7 @@ import Testing
             try await withInProcessServer(live: true) { server in
                 try await server.register(app)
                 // The API refuses control characters now; a row written before that still carries them.
-                try TestPostgres.query(server.catalogDatabase, "UPDATE environments SET app = $1", "shop\u{1B}[2J\u{1B}]0;owned\u{07}\r")
+                try await TestPostgres.query(server.catalogDatabase, "UPDATE environments SET app = $1", "shop\u{1B}[2J\u{1B}]0;owned\u{07}\r")
                 for arguments in [["env", "show", "acme/shop-production"], ["env", "list"]] {
                     let shown = try await server.backupctl(arguments)
                     #expect(shown.status == 0)

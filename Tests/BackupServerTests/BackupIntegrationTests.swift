@@ -63,7 +63,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                 defer { folder.remove() }
                 let dumpPath = try reassembledDump(server, backup.id, in: folder.path)
                 #expect(ContentHash.of(try Data(contentsOf: URL(fileURLWithPath: dumpPath))).hex == backup.dumpSHA256)
-                let scratch = try TestPostgres.createDatabase("restored")
+                let scratch = try await TestPostgres.createDatabase("restored")
                 defer { TestPostgres.dropDatabase(scratch) }
                 let restore = try await runCommand("/usr/bin/pg_restore", ["--no-owner", "--exit-on-error",
                                                                      "--dbname=\(TestPostgres.connectionString(scratch))", dumpPath])
@@ -73,7 +73,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                 #expect(try TestPostgres.tableFingerprints(scratch) == source)
 
                 // Every referenced file is in the blob store under the hash of its content.
-                let manifest = try TestPostgres.query(server.catalogDatabase,
+                let manifest = try await TestPostgres.query(server.catalogDatabase,
                     "SELECT storage_key, sha256 FROM snapshot_files WHERE snapshot_id = $1 ORDER BY storage_key", backup.id)
                 #expect(manifest.map { $0.string("storage_key") } == keys)
                 for row in manifest {
@@ -120,7 +120,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                 }
                 #expect(job.status == .failed && job.error.contains(missing))
                 #expect(backup.status == .failed && backup.error.contains(missing) && backup.error.contains("missing"))
-                let files = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshot_files")
+                let files = try await TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshot_files")
                 #expect(files[0].string("n") == "0")
                 let activity = try await server.withClient { client in
                     try await client.unary(Backups.listActivity, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
@@ -169,7 +169,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                     _ = try await server.withClient(token: viewer) { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
                 }
                 // Only hashes are stored.
-                let stored = try TestPostgres.query(server.catalogDatabase, "SELECT secret_sha256 FROM tokens").map { $0.string("secret_sha256") }
+                let stored = try await TestPostgres.query(server.catalogDatabase, "SELECT secret_sha256 FROM tokens").map { $0.string("secret_sha256") }
                 #expect(!stored.contains(viewer) && stored.contains(AccessTokenSecret(presented: viewer).digest.hex))
             }
         }
@@ -247,7 +247,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                     await expectStatus(.invalidArgument) {
                         _ = try await client.unary(Backups.listBackups, .with { $0.namespace = "acme"; $0.pageToken = "garbage" })
                     }
-                    let jobs = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs")
+                    let jobs = try await TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs")
                     #expect(jobs[0].string("n") == "0")
 
                     // An environment with backups is not deleted unless forced.
@@ -279,14 +279,14 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                     let changedKey = try referencedKeys(app)[0]
                     try "changed".write(toFile: "\(app.fileStore)/\(try FileStoreLayout.relativePath(forKey: changedKey))",
                                         atomically: true, encoding: .utf8)
-                    try TestPostgres.query(app.database, "UPDATE \"shop$order\" SET status = 'cancelled' WHERE id < 10")
+                    try await TestPostgres.query(app.database, "UPDATE \"shop$order\" SET status = 'cancelled' WHERE id < 10")
                     let second = try await createBackup(client)
                     _ = try await waitForJob(second.job.id, on: client)
 
                     let blobs = { () throws -> Set<String> in
                         Set(try TestPostgres.query(server.catalogDatabase, "SELECT sha256 FROM blobs").map { $0.string("sha256") })
                     }
-                    let secondBlobs = Set(try TestPostgres.query(server.catalogDatabase, """
+                    let secondBlobs = await Set(try TestPostgres.query(server.catalogDatabase, """
                         SELECT sha256 FROM snapshot_files WHERE snapshot_id = $1 UNION SELECT blob_sha256 FROM dump_chunks WHERE snapshot_id = $1
                         """, second.backup.id).map { $0.string("sha256") })
                     #expect(try blobs().count == secondBlobs.count + 2)  // first's old file and its dump's one chunk

@@ -25,7 +25,7 @@ import Testing
             // From before the job: recorded and unreferenced, and never recorded.
             let oldRecorded = try store.storing("old recorded"), oldUnrecorded = try store.storing("old, never recorded")
             try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool).record([oldRecorded])
-            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
+            try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
             for blob in [oldRecorded, oldUnrecorded] {
                 try FileManager.default.setAttributes([.modificationDate: hourAgo], ofItemAtPath: store.path(for: blob.hash))
             }
@@ -56,8 +56,8 @@ import Testing
             let (gone, there) = (try store.storing("gone"), try store.storing("there"))
             let ledger = BlobLedger(catalog: catalog, store: store, threadPool: threadPool)
             try await ledger.record([gone, there])
-            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour' WHERE sha256 = $1", gone.hash.hex)
-            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour' WHERE sha256 = $1", there.hash.hex)
+            try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour' WHERE sha256 = $1", gone.hash.hex)
+            try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour' WHERE sha256 = $1", there.hash.hex)
             // Reused by a running job before the collection: kept.
             try await TestCatalog.register(catalog)
             _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
@@ -85,7 +85,7 @@ import Testing
             let recorded = [empty, logo, empty, empty, logo]
             try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool).record(recorded)
             #expect(try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool).keep(recorded) == recorded)
-            let rows = try TestPostgres.query(database, "SELECT count(*) AS n FROM blobs")
+            let rows = try await TestPostgres.query(database, "SELECT count(*) AS n FROM blobs")
             #expect(rows[0].int64("n") == 2)
         }
     }
@@ -101,7 +101,7 @@ import Testing
             let ledger = BlobLedger(catalog: catalog, store: store, threadPool: threadPool)
             let blob = try store.storing("unreferenced")
             try await ledger.record([blob])
-            try TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
+            try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
             #expect(try await catalog.claimUnreferencedBlobs().claimed == [blob.hash])
             #expect(store.contains(blob.hash), "the collection is still removing it")
             #expect(try await ledger.keep([blob]).isEmpty)
@@ -141,7 +141,7 @@ import Testing
 /// waiting for a transaction a test holds open).
 private func waitForALockWait(in database: String) async throws {
     for _ in 0..<1000 {
-        let waiting = try TestPostgres.query("postgres", """
+        let waiting = try await TestPostgres.query("postgres", """
             SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'
             """, database)[0].int64("n")
         if waiting > 0 { return }

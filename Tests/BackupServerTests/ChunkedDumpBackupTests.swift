@@ -41,7 +41,7 @@ func dumpChunkBlobs(_ server: some BackupTestServer, _ backup: Backup) throws ->
                 let secondChunks = try dumpChunkBlobs(server, second)
                 #expect(Set(secondChunks).subtracting(firstChunks).count <= 2, "\(secondChunks.count) chunks")
                 // One percent of the rows change: most chunks are still shared.
-                try TestPostgres.query(app.database, "UPDATE bulk SET payload = upper(payload) WHERE id % 100 = 0 AND id < 10000")
+                try await TestPostgres.query(app.database, "UPDATE bulk SET payload = upper(payload) WHERE id % 100 = 0 AND id < 10000")
                 let third = try await server.withClient { client in
                     let created = try await createBackup(client)
                     _ = try await waitForJob(created.job.id, on: client)
@@ -123,8 +123,8 @@ func dumpChunkBlobs(_ server: some BackupTestServer, _ backup: Backup) throws ->
                 defer { folder.remove() }
                 let whole = try LocalBlobStore(root: server.blobDirectory).adopt(try reassembledDump(server, backup.id, in: folder.path))
                 #expect(whole.hash.hex == backup.dumpSHA256)
-                try TestPostgres.query(server.catalogDatabase, "INSERT INTO blobs (sha256, size) VALUES ($1, $2)", whole.hash.hex, String(whole.size))
-                try TestPostgres.query(server.catalogDatabase, "DELETE FROM dump_chunks WHERE snapshot_id = $1", backup.id)
+                try await TestPostgres.query(server.catalogDatabase, "INSERT INTO blobs (sha256, size) VALUES ($1, $2)", whole.hash.hex, String(whole.size))
+                try await TestPostgres.query(server.catalogDatabase, "DELETE FROM dump_chunks WHERE snapshot_id = $1", backup.id)
                 #expect(try storedDump(server, backup.id) == .blob(StoredBlob(hash: whole.hash, size: whole.size)))
                 try changeEverything(app)
                 try await server.withClient { client in

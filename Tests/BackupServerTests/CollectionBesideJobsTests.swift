@@ -42,13 +42,13 @@ import Testing
                         try await register(beta, in: "beta", on: server)
                         try await register(gamma, in: "gamma", on: server)
                         // acme's database holds data nobody else has: its dump's chunks are its own.
-                        try TestPostgres.query(acme.database, "CREATE TABLE ledger AS SELECT i, md5(random()::text) AS entry FROM generate_series(1, 20000) AS i")
+                        try await TestPostgres.query(acme.database, "CREATE TABLE ledger AS SELECT i, md5(random()::text) AS entry FROM generate_series(1, 20000) AS i")
                         let backup = try await server.withClient { client in
                             let created = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "shop" })
                             #expect(try await waitForJob(created.job.id, on: client).status == .finished)
                             return created.backup.id
                         }
-                        let chunks = try TestPostgres.query(server.catalogDatabase, "SELECT blob_sha256 FROM dump_chunks WHERE snapshot_id = $1", backup)
+                        let chunks = try await TestPostgres.query(server.catalogDatabase, "SELECT blob_sha256 FROM dump_chunks WHERE snapshot_id = $1", backup)
                             .compactMap { ContentHash(hex: $0.string("blob_sha256")) }
                         let store = try LocalBlobStore(root: server.blobDirectory)
                         #expect(!chunks.isEmpty && chunks.allSatisfy(store.contains))
@@ -71,7 +71,7 @@ import Testing
 
                         try await server.withClient { _ = try await $0.unary(Backups.deleteBackup, .with { $0.id = backup }) }
                         try await eventually(within: .seconds(20)) { chunks.allSatisfy { !store.contains($0) } }
-                        let statuses = try TestPostgres.query(server.catalogDatabase, "SELECT status FROM jobs WHERE id = ANY($1::uuid[])",
+                        let statuses = try await TestPostgres.query(server.catalogDatabase, "SELECT status FROM jobs WHERE id = ANY($1::uuid[])",
                                                               "{\(held.map(\.job).joined(separator: ","))}").map { $0.string("status") }
                         #expect(statuses == ["running", "running"], "the held jobs were still running when collection ran")
 

@@ -103,7 +103,7 @@ import Testing
                     for _ in 1...8 { group.addTask { _ = try await server.withClient { try await $0.unary(Backups.listBackups, .with { $0.namespace = "acme" }) } } }
                     try await group.waitForAll()
                 }
-                let ended = try TestPostgres.query("postgres", """
+                let ended = try await TestPostgres.query("postgres", """
                     SELECT count(pg_terminate_backend(pid, 5000)) AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
                     """, server.catalogDatabase)[0].int64("n")
                 #expect(ended > 2)

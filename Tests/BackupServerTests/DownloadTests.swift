@@ -94,10 +94,10 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                 }
                 #expect(refused?.message.contains("namespace acme's archives take 0 of the 512 bytes of the archive cache it may use") == true)
                 for table in ["downloads", "archives"] {
-                    #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM \(table)")[0].int64("n") == 0)
+                    await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM \(table)")[0].int64("n") == 0)
                 }
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'archive'")[0].int64("n") == 0)
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'download'")[0].int64("n") == 0)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'archive'")[0].int64("n") == 0)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'download'")[0].int64("n") == 0)
                 #expect(try cachedArchives(server).isEmpty)
             }
         }
@@ -113,7 +113,7 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                     let first = try await finishedBackup(server, app)
                     _ = try await server.withClient { try await readyDownload($0, first) }
                     // acme's archives take all but 10 kB of the 50 MB a namespace may use: its next archive does not fit.
-                    try TestPostgres.query(server.catalogDatabase, "UPDATE archives SET size = 49990000")
+                    try await TestPostgres.query(server.catalogDatabase, "UPDATE archives SET size = 49990000")
                     let refused = await expectStatus(.resourceExhausted) {
                         _ = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = first.id; $0.databaseOnly = true }) }
                     }
@@ -133,7 +133,7 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                         let theirs = try await client.unary(Backups.getBackup, .with { $0.id = created.backup.id })
                         #expect(try await readyDownload(client, theirs).ready)
                         // When the cache as a whole is full, the refusal says so and nothing of what others hold.
-                        try TestPostgres.query(server.catalogDatabase, """
+                        try await TestPostgres.query(server.catalogDatabase, """
                             UPDATE archives a SET size = 99000000 FROM snapshots s WHERE s.id = a.snapshot_id AND s.id = $1
                             """, first.id)
                         let full = await expectStatus(.resourceExhausted) {
@@ -159,9 +159,9 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                 #expect(refused?.message == "the archive cache's disk has too little free space for an archive of up to "
                         + "\(backup.databaseBytes) bytes (it keeps \(1 << 60) bytes free); try again later")
                 // The request was taken back whole: no archive, no job to prepare it, no activity entry.
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM archives")[0].int64("n") == 0)
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'archive'")[0].int64("n") == 0)
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'download'")[0].int64("n") == 0)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM archives")[0].int64("n") == 0)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'archive'")[0].int64("n") == 0)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'download'")[0].int64("n") == 0)
             }
         }
     }
@@ -210,12 +210,12 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                     let first = try await readyDownload(client, backup)
                     for name in try cachedArchives(server) { try FileManager.default.removeItem(atPath: server.blobDirectory + "/archives/" + name) }
                     // Past the minute's grace a newly ready archive gets before its file must be listed.
-                    try TestPostgres.query(server.catalogDatabase, "UPDATE archives SET ready_at = now() - interval '2 minutes'")
+                    try await TestPostgres.query(server.catalogDatabase, "UPDATE archives SET ready_at = now() - interval '2 minutes'")
                     try await eventually {
                         try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM archives")[0].int64("n") == 0
                     }
                     let again = try await readyDownload(client, backup)
-                    let ready = try TestPostgres.query(server.catalogDatabase, "SELECT id FROM archives WHERE state = 'ready'").map { $0.string("id") }
+                    let ready = try await TestPostgres.query(server.catalogDatabase, "SELECT id FROM archives WHERE state = 'ready'").map { $0.string("id") }
                     let cached = try cachedArchives(server)
                     #expect(again.jobID != first.jobID && ready.count == 1 && ready.allSatisfy(cached.contains), "\(ready) \(cached)")
                 }
@@ -234,12 +234,12 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                 #expect(unknown?.message == "download id \"x\" is not a UUID")
             }
             let failed = UUID().uuidString.lowercased()
-            try TestPostgres.query(server.catalogDatabase, "INSERT INTO namespaces (name) VALUES ('acme') ON CONFLICT DO NOTHING")
-            try TestPostgres.query(server.catalogDatabase, """
+            try await TestPostgres.query(server.catalogDatabase, "INSERT INTO namespaces (name) VALUES ('acme') ON CONFLICT DO NOTHING")
+            try await TestPostgres.query(server.catalogDatabase, """
                 INSERT INTO environments (namespace, name, app, database_url, file_store_path, file_query, state)
                 VALUES ('acme', 'spare', 'shop', 'dbname=x', '/nowhere', 'SELECT 1', 'running')
                 """)
-            try TestPostgres.query(server.catalogDatabase,
+            try await TestPostgres.query(server.catalogDatabase,
                                    "INSERT INTO snapshots (id, environment_id, status, kind) SELECT $1, id, 'failed', 'on-demand' FROM environments", failed)
             let refused = await expectStatus(.failedPrecondition) {
                 _ = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = failed }) }

@@ -51,7 +51,7 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) async th
 
                 try FileManager.default.createDirectory(atPath: scratch.path + "/x", withIntermediateDirectories: false)
                 #expect(try await runCommand("/bin/tar", ["xzf", archive, "-C", scratch.path + "/x"]).status == 0)
-                let restored = try TestPostgres.createDatabase("by_hand")
+                let restored = try await TestPostgres.createDatabase("by_hand")
                 defer { TestPostgres.dropDatabase(restored) }
                 let pgRestore = try await runCommand("/usr/bin/pg_restore", ["--no-owner", "--no-privileges", "-h", "127.0.0.1",
                                                                         "-p", TestPostgres.port, "-U", "postgres", "-d", restored,

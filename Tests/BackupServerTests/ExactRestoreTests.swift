@@ -91,10 +91,10 @@ func databaseContents(_ database: String) throws -> [String] {
             try await withInProcessServer { server in
                 let atBackup = try databaseContents(app.database)
                 let backup = try await finishedBackup(server, app)
-                try TestPostgres.query(app.database, "DROP VIEW calm_entries")
-                try TestPostgres.query(app.database, "DELETE FROM readings WHERE value > 100")
-                try TestPostgres.query(app.database, "SELECT nextval('invoice_numbers')")
-                try TestPostgres.query(app.database, "SELECT lo_unlink(min(oid)) FROM pg_largeobject_metadata")
+                try await TestPostgres.query(app.database, "DROP VIEW calm_entries")
+                try await TestPostgres.query(app.database, "DELETE FROM readings WHERE value > 100")
+                try await TestPostgres.query(app.database, "SELECT nextval('invoice_numbers')")
+                try await TestPostgres.query(app.database, "SELECT lo_unlink(min(oid)) FROM pg_largeobject_metadata")
                 #expect(try databaseContents(app.database) != atBackup)
 
                 let job = try await server.withClient { try await restore($0, backup) }
@@ -119,7 +119,7 @@ func databaseContents(_ database: String) throws -> [String] {
                 """)
             try await withInProcessServer(configure: { $0.jobs.tools.pgRestore = dropsView }) { server in
                 let backup = try await finishedBackup(server, app)
-                try TestPostgres.query(app.database, "DROP VIEW calm_entries")
+                try await TestPostgres.query(app.database, "DROP VIEW calm_entries")
                 let before = try databaseContents(app.database)
                 let job = try await server.withClient { try await restore($0, backup) }
                 #expect(job.status == .failed)

@@ -77,16 +77,16 @@ func rawUnary(_ server: some WireTestServer, start: [UInt8], request: [UInt8]) a
 
     @Test func theFileQueryIsOneSelectThatCanCallNothingAndIsBoundedInTimeAndRows() async throws {
         try await withTestApp { app in
-            try TestPostgres.query(app.database, """
+            try await TestPostgres.query(app.database, """
                 CREATE VIEW many_files AS SELECT md5(i::text) AS key FROM generate_series(1, 1000000) AS i;
                 """)
-            try TestPostgres.query(app.database, """
+            try await TestPostgres.query(app.database, """
                 CREATE VIEW slow_files AS SELECT "__uuid__" AS key FROM "system$filedocument" WHERE pg_sleep(0.1) IS NOT NULL
                 """)
-            try TestPostgres.query(app.database, """
+            try await TestPostgres.query(app.database, """
                 CREATE VIEW null_files AS SELECT CASE WHEN id % 10 = 0 THEN NULL ELSE "__uuid__" END AS key FROM "system$filedocument"
                 """)
-            try TestPostgres.query(app.database, "CREATE VIEW odd_files AS SELECT '../../etc/passwd'::text AS key")
+            try await TestPostgres.query(app.database, "CREATE VIEW odd_files AS SELECT '../../etc/passwd'::text AS key")
             try await withTestServer(arguments: ["--file-query-timeout-seconds", "2", "--max-files-per-backup", "100000"]) { server in
                 let marker = "/tmp/backupd-pwned-\(UUID().uuidString)"
                 let refused = [
@@ -106,11 +106,11 @@ func rawUnary(_ server: some WireTestServer, start: [UInt8], request: [UInt8]) a
                     #expect(ContinuousClock.now - started < .seconds(20), "\(query) ran")
                 }
                 #expect(!FileManager.default.fileExists(atPath: marker))
-                #expect(try TestPostgres.query(app.database, "SELECT count(*) AS n FROM \"shop$order\"")[0].string("n") == "5000")
+                await #expect(try TestPostgres.query(app.database, "SELECT count(*) AS n FROM \"shop$order\"")[0].string("n") == "5000")
 
                 // What is accepted is stored as it runs: every name quoted.
                 #expect(try await registerQuery(server, app, "many", "select key from many_files") == nil)
-                let stored = try TestPostgres.query(server.catalogDatabase, "SELECT file_query FROM environments WHERE name = 'many'")
+                let stored = try await TestPostgres.query(server.catalogDatabase, "SELECT file_query FROM environments WHERE name = 'many'")
                 #expect(stored[0].string("file_query") == "SELECT \"key\" FROM \"many_files\"")
 
                 // A million rows stop at the cap, without the memory a million keys would take.
@@ -194,7 +194,7 @@ func rawUnary(_ server: some WireTestServer, start: [UInt8], request: [UInt8]) a
                 #expect(state?.code == .invalidArgument && state?.message.contains("state has value 7") == true)
 
                 // Nothing of it was written.
-                let jobs = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs")
+                let jobs = try await TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs")
                 #expect(jobs[0].string("n") == "0")
                 let environment = try await server.withClient { client in
                     try await client.unary(Backups.getEnvironment, .with { $0.namespace = "acme"; $0.name = "shop-production" })
@@ -210,11 +210,11 @@ func rawUnary(_ server: some WireTestServer, start: [UInt8], request: [UInt8]) a
             try await withInProcessServer(live: true, configure: { $0.maxFrameBytes = 65536 }) { server in
                 try await server.register(app)
                 let comment = String(repeating: "c", count: 4000)
-                try TestPostgres.query(server.catalogDatabase, """
+                try await TestPostgres.query(server.catalogDatabase, """
                     INSERT INTO snapshots (id, environment_id, status, kind, comment)
                     SELECT gen_random_uuid(), id, 'failed', 'on-demand', $1 FROM environments, generate_series(1, 60)
                     """, comment)
-                try TestPostgres.query(server.catalogDatabase, """
+                try await TestPostgres.query(server.catalogDatabase, """
                     INSERT INTO activity (namespace, environment, action, outcome, detail)
                     SELECT 'acme', 'shop-production', 'backup', 'FAILED', $1 FROM generate_series(1, 60)
                     """, comment)
@@ -246,11 +246,11 @@ func rawUnary(_ server: some WireTestServer, start: [UInt8], request: [UInt8]) a
                 }
 
                 // Environments and tokens page the same way.
-                try TestPostgres.query(server.catalogDatabase, """
+                try await TestPostgres.query(server.catalogDatabase, """
                     INSERT INTO environments (namespace, name, app, database_url, file_store_path, file_query, state)
                     SELECT 'acme', 'env-' || i, 'shop', 'host=db', '/srv/env-' || i, $1, 'stopped' FROM generate_series(1, 60) AS i
                     """, comment)
-                try TestPostgres.query(server.catalogDatabase, """
+                try await TestPostgres.query(server.catalogDatabase, """
                     INSERT INTO tokens (id, name, namespace, role, secret_sha256)
                     SELECT gen_random_uuid(), 'token-' || i, 'acme', 'viewer', md5(i::text) FROM generate_series(1, 25) AS i
                     """)

@@ -190,7 +190,7 @@ func hungBackup(_ server: some BackupTestServer, _ app: TestApp, environment: St
                 try await server.register(app)
                 let silent = try SilentListener()
                 defer { silent.close() }
-                try TestPostgres.query(server.catalogDatabase, "UPDATE environments SET database_url = $1",
+                try await TestPostgres.query(server.catalogDatabase, "UPDATE environments SET database_url = $1",
                                        "host=127.0.0.1 port=\(silent.port) dbname=app user=app connect_timeout=600")
                 let started = ContinuousClock.now
                 let silentJob = try await server.withClient { client in
@@ -200,7 +200,7 @@ func hungBackup(_ server: some BackupTestServer, _ app: TestApp, environment: St
                 #expect(silentJob.status == .failed && silentJob.error.contains("timeout"), "\(silentJob.error)")
                 #expect(ContinuousClock.now - started < .seconds(15))
 
-                try TestPostgres.query(server.catalogDatabase, "UPDATE environments SET database_url = $1", app.connectionString)
+                try await TestPostgres.query(server.catalogDatabase, "UPDATE environments SET database_url = $1", app.connectionString)
                 let lock = try HeldLock(app, table: "system$filedocument")
                 defer { lock.release() }
                 let stuckJob = try await server.withClient { client in
@@ -347,13 +347,13 @@ func hungBackup(_ server: some BackupTestServer, _ app: TestApp, environment: St
                 let status = await server.stop(signal: 0, timeout: .seconds(20))
                 #expect(status == 0, "backupd did not exit cleanly")
                 #expect(ContinuousClock.now - started < .seconds(12), "took \(ContinuousClock.now - started)")
-                let job = try TestPostgres.query(server.catalogDatabase, """
+                let job = try await TestPostgres.query(server.catalogDatabase, """
                     SELECT j.status, j.error, s.status AS backup_status FROM jobs j JOIN snapshots s ON s.id = j.snapshot_id WHERE j.id = $1
                     """, created.job.id)[0]
                 #expect(job.string("status") == "failed" && job.string("backup_status") == "failed")
                 #expect(job.string("error") == "interrupted: backupd shut down while the job ran", "\(job.string("error"))")
                 // Nothing was claimed after SIGTERM: the waiting backup is still queued for the next start.
-                let waiting = try TestPostgres.query(server.catalogDatabase, "SELECT status FROM jobs WHERE id = $1", queued.job.id)[0]
+                let waiting = try await TestPostgres.query(server.catalogDatabase, "SELECT status FROM jobs WHERE id = $1", queued.job.id)[0]
                 #expect(waiting.string("status") == "queued")
                 try await eventually(within: .seconds(5)) { dumpProcesses(app).isEmpty }
             }
@@ -434,7 +434,7 @@ final class SilentListener: Sendable {
             do {
                 try await server.register(app)
                 // No documents: only the dump's chunks are written, and they find the disk full.
-                if failing == "dump" { try TestPostgres.query(app.database, "UPDATE \"system$filedocument\" SET hascontents = false") }
+                if failing == "dump" { try await TestPostgres.query(app.database, "UPDATE \"system$filedocument\" SET hascontents = false") }
                 let job = try await server.withClient { client in
                     let created = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
                     return try await waitForJob(created.job.id, on: client)
@@ -449,7 +449,7 @@ final class SilentListener: Sendable {
                     (FileManager.default.enumerator(atPath: blobs)?.allObjects as? [String] ?? []).filter { $0.split(separator: "/").count == 3 }
                 }
                 try await eventually(within: .seconds(15)) { storedFiles().isEmpty }
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n") == 0)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n") == 0)
                 #expect(try FileManager.default.contentsOfDirectory(atPath: disk + "/blobs/tmp").isEmpty)
                 await server.remove()
             } catch {
@@ -495,9 +495,9 @@ final class SilentListener: Sendable {
                     return (answered, exceeded)
                 }
                 #expect(answered + exceeded == names.count)
-                let made = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshots")[0].int64("n")
+                let made = try await TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshots")[0].int64("n")
                 #expect(made == Int64(answered), "\(answered) answered, \(exceeded) past their deadline, \(made) backups made")
-                let activity = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'backup'")[0].int64("n")
+                let activity = try await TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'backup'")[0].int64("n")
                 #expect(activity >= Int64(answered))
                 print("deadlines: \(answered) answered with a backup, \(exceeded) exceeded with none made")
             }

@@ -11,7 +11,7 @@ import Testing
 /// polling: a change reaches the watchers as it commits.
 @Suite struct JobWatchesTests {
     @Test func aJobsChangeReachesItsWatchersAsItCommits() async throws {
-        let database = try TestPostgres.createDatabase("catalog")
+        let database = try await TestPostgres.createDatabase("catalog")
         defer { TestPostgres.dropDatabase(database) }
         let threads = NIOThreadPool(numberOfThreads: 2)
         threads.start()
@@ -33,9 +33,9 @@ import Testing
             for await reading in try watches.readings(of: job.id, token: "t") {
                 statuses.append(reading.status)
                 if statuses.count == 1 {
-                    try TestPostgres.query(database, "UPDATE jobs SET phase = 'dumping' WHERE id = $1", job.id)
+                    try await TestPostgres.query(database, "UPDATE jobs SET phase = 'dumping' WHERE id = $1", job.id)
                 } else if statuses.count == 2 {
-                    try TestPostgres.query(database, "UPDATE jobs SET status = 'failed', error = 'test' WHERE id = $1", job.id)
+                    try await TestPostgres.query(database, "UPDATE jobs SET status = 'failed', error = 'test' WHERE id = $1", job.id)
                 }
             }
             return statuses
@@ -60,7 +60,7 @@ import Testing
                 for await reading in try watches.readings(of: job.id, token: "t") {
                     statuses.append(reading.status)
                     if statuses.count == 1 {
-                        try TestPostgres.query(database, "UPDATE jobs SET status = 'failed', error = 'test' WHERE id = $1", job.id)
+                        try await TestPostgres.query(database, "UPDATE jobs SET status = 'failed', error = 'test' WHERE id = $1", job.id)
                         // Until the clock moves nothing is read again; once it has moved a second, the change is.
                         for _ in 0..<1000 where clock.sleepers == 0 { try await Task.sleep(for: .milliseconds(5)) }
                         clock.advance(by: .seconds(1))

@@ -42,7 +42,7 @@ import Testing
                 #expect(ended.status == .failed)
                 let failed = try await second.withClient { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
                 #expect(failed.state == .failed && failed.backupID.isEmpty, "\(failed)")
-                let backups = try TestPostgres.query(second.catalogDatabase, "SELECT count(*) AS n FROM snapshots WHERE kind = 'uploaded'")
+                let backups = try await TestPostgres.query(second.catalogDatabase, "SELECT count(*) AS n FROM snapshots WHERE kind = 'uploaded'")
                 #expect(backups[0].int64("n") == 0)
                 // Spool file, scratch dump and the blobs only the upload had go with the sweeps; the first backup's stay.
                 try await eventually(within: .seconds(90)) {

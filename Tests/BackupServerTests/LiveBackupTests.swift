@@ -136,8 +136,8 @@ final class BusyApp: @unchecked Sendable {
                     })
                     // The snapshot is taken before pg_dump starts; its row goes while pg_dump is held.
                     try await eventually(within: .seconds(60)) { dump.hasStarted }
-                    try TestPostgres.query(app.database, "DELETE FROM \"shop$invoice\" WHERE document_id IN (SELECT id FROM \"system$filedocument\" WHERE \"__uuid__\" = $1)", deleted)
-                    try TestPostgres.query(app.database, "DELETE FROM \"system$filedocument\" WHERE \"__uuid__\" = $1", deleted)
+                    try await TestPostgres.query(app.database, "DELETE FROM \"shop$invoice\" WHERE document_id IN (SELECT id FROM \"system$filedocument\" WHERE \"__uuid__\" = $1)", deleted)
+                    try await TestPostgres.query(app.database, "DELETE FROM \"system$filedocument\" WHERE \"__uuid__\" = $1", deleted)
                     dump.release()
                     let job = try await waitForJob(created.job.id, on: client)
                     #expect(job.status == .finished, "\(job.error)")

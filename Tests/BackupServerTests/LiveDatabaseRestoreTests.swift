@@ -190,7 +190,7 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
                 gate.release()
                 let failed = try await server.withClient { try await waitForJob(job.id, on: $0) }
                 #expect(failed.status == .failed, "\(failed.error)")
-                let pending = try TestPostgres.query(server.catalogDatabase, "SELECT leftovers FROM restores WHERE job_id = $1", job.id)
+                let pending = try await TestPostgres.query(server.catalogDatabase, "SELECT leftovers FROM restores WHERE job_id = $1", job.id)
                 #expect(pending.first?.bool("leftovers") == true, "the leftover staging database is recorded")
 
                 try app.cluster.startAgain()
@@ -315,7 +315,7 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
                 gate.release()
                 let failed = try await server.withClient { try await waitForJob(created.job.id, on: $0) }
                 #expect(failed.status == .failed && failed.error.contains("pg_dump"), "\(failed.error)")
-                let processing = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshots WHERE status <> 'failed'")
+                let processing = try await TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshots WHERE status <> 'failed'")
                 #expect(processing[0].int64("n") == 0)
                 // Its files were stored beside the dump; unreferenced, they go.
                 try await eventually(within: .seconds(20)) {

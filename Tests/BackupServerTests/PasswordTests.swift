@@ -31,19 +31,19 @@ func recordingTool(_ tool: String, log: String) throws -> String {
 
     @Test func aPasswordProtectedDatabaseIsBackedUpAndRestoredWithoutThePasswordInAnyCommandLine() async throws {
         let literal = "'" + Self.password.replacingOccurrences(of: "'", with: "''") + "'"
-        try TestPostgres.query("postgres", """
+        try await TestPostgres.query("postgres", """
             DO $$ BEGIN
               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '\(Self.role)') THEN CREATE ROLE \(Self.role) LOGIN CREATEDB; END IF;
             END $$
             """)
-        try TestPostgres.query("postgres", "ALTER ROLE \(Self.role) PASSWORD \(literal)")
-        let database = try TestPostgres.createDatabase("pwapp")
+        try await TestPostgres.query("postgres", "ALTER ROLE \(Self.role) PASSWORD \(literal)")
+        let database = try await TestPostgres.createDatabase("pwapp")
         let scratch = try ScratchDirectory("pwapp")
         defer {
             for name in [database] + ((try? databases(containing: "\(database)_")) ?? []) { TestPostgres.dropDatabase(name) }
             scratch.remove()
         }
-        try TestPostgres.query("postgres", "ALTER DATABASE \(database) OWNER TO \(Self.role)")
+        try await TestPostgres.query("postgres", "ALTER DATABASE \(database) OWNER TO \(Self.role)")
         let url = ConnectionString.render([("host", "127.0.0.1"), ("port", TestPostgres.port), ("user", Self.role),
                                            ("password", Self.password), ("dbname", database)])
         // Without the password, this role cannot log in: the test really exercises password authentication.

@@ -107,7 +107,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
         try await withTestApp { production in
             try await withTestApp { acceptance in
                 try await withInProcessServer { server in
-                    try TestPostgres.query(production.database, "UPDATE \"shop$customer\" SET name = 'Production ' || id")
+                    try await TestPostgres.query(production.database, "UPDATE \"shop$customer\" SET name = 'Production ' || id")
                     let atBackup = try EnvironmentState(production)
                     let backup = try await finishedBackup(server, production)
                     try await server.register(acceptance, as: "shop-acceptance")
@@ -156,7 +156,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
                         }
                     }
                     #expect(try EnvironmentState(other) == before)
-                    let restoreJobs = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'restore'")
+                    let restoreJobs = try await TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'restore'")
                     #expect(restoreJobs[0].string("n") == "0")
                 }
             }
@@ -204,7 +204,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
                     _ = try await waitForJob(running2.job.id, on: client)
                 }
                 #expect(try EnvironmentState(app) == before)
-                let restoreJobs = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'restore'")
+                let restoreJobs = try await TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'restore'")
                 #expect(restoreJobs[0].string("n") == "0")
                 try noStagingLeft(app)
             }
@@ -256,7 +256,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
                 let backup = try await finishedBackup(server, app)
                 try changeEverything(app)
                 let before = try EnvironmentState(app)
-                let row = try TestPostgres.query(server.catalogDatabase,
+                let row = try await TestPostgres.query(server.catalogDatabase,
                     "SELECT storage_key, sha256 FROM snapshot_files WHERE snapshot_id = $1 ORDER BY storage_key DESC LIMIT 1", backup.id)[0]
                 try LocalBlobStore(root: server.blobDirectory).remove(ContentHash(hex: row.string("sha256"))!)
 
@@ -346,7 +346,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
                 #expect(warned.status != 0)
                 #expect(warned.standardError.contains("1.0.0") && warned.standardError.contains("1.1.0")
                         && warned.standardError.contains("--accept-version-mismatch"))
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'restore'")[0].string("n") == "0")
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'restore'")[0].string("n") == "0")
 
                 let restored = try await server.backupctl(["restore", backup.id, "--to", "acme/shop-production", "--accept-version-mismatch",
                                                      "--wait", "--json"])
@@ -374,7 +374,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
                 let before = try EnvironmentState(app)
                 let job = try await requestRestore(first, backup.id)
                 try await eventually(within: .seconds(60)) { !first.isRunning }
-                let recorded = try TestPostgres.query(first.catalogDatabase, "SELECT step FROM restores WHERE job_id = $1", job.id)[0]
+                let recorded = try await TestPostgres.query(first.catalogDatabase, "SELECT step FROM restores WHERE job_id = $1", job.id)[0]
                 #expect(recorded.string("step") == step)
 
                 let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,

@@ -146,11 +146,11 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
                 #expect(blobs.contains(dump))
                 clock.set(Date(timeIntervalSince1970: Double(backup.expiresUnixMS) / 1000 - 1))
                 try await clock.aLookHasPassed()
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots").count == 1, "gone a second early")
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots").count == 1, "gone a second early")
                 clock.set(Date(timeIntervalSince1970: Double(backup.expiresUnixMS) / 1000))
                 try await eventually { try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots").isEmpty }
                 try await eventually { try !blobs.contains(dump) && blobs.storedHashes(unusedSince: .distantFuture).isEmpty }
-                let expired = try TestPostgres.query(server.catalogDatabase, "SELECT actor, detail FROM activity WHERE action = 'expired'")
+                let expired = try await TestPostgres.query(server.catalogDatabase, "SELECT actor, detail FROM activity WHERE action = 'expired'")
                 #expect(expired.count == 1 && expired.first?.string("actor") == "scheduler")
                 #expect(expired.first?.string("detail").hasPrefix("on-demand backup expired at ") == true)
             }
@@ -165,16 +165,16 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
                 try await server.register(app)
                 try await changeSchedule(server) { $0.enabled = false }
                 let id = UUID().uuidString.lowercased()
-                try TestPostgres.query(server.catalogDatabase, """
+                try await TestPostgres.query(server.catalogDatabase, """
                     INSERT INTO snapshots (id, environment_id, status, kind, expires_at)
                     SELECT $1, id, 'finished', 'on-demand', now() + interval '1 day' FROM environments
                     """, id)
                 let job = try await server.withClient { try await $0.unary(Backups.verifyBackup, .with { $0.id = id }) }
                 clock.set(Date().addingTimeInterval(2 * 86_400))
                 try await clock.aLookHasPassed()
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", id).count == 1)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", id).count == 1)
                 // A thousand and one backups in use that expired earlier do not hold back one that is not.
-                try TestPostgres.query(server.catalogDatabase, """
+                try await TestPostgres.query(server.catalogDatabase, """
                     WITH made AS (
                         INSERT INTO snapshots (id, environment_id, status, kind, expires_at)
                         SELECT gen_random_uuid(), id, 'failed', 'on-demand', now() - interval '1 year' FROM environments, generate_series(1, 1001)
@@ -183,12 +183,12 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
                         environment_id, id, 'queued' FROM made
                     """)
                 let free = UUID().uuidString.lowercased()
-                try TestPostgres.query(server.catalogDatabase, """
+                try await TestPostgres.query(server.catalogDatabase, """
                     INSERT INTO snapshots (id, environment_id, status, kind, expires_at)
                     SELECT $1, id, 'finished', 'on-demand', now() + interval '1 hour' FROM environments
                     """, free)
                 try await eventually { try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", free).isEmpty }
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots").count == 1002)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots").count == 1002)
                 _ = try await server.withClient { try await $0.unary(Backups.cancelJob, .with { $0.id = job.id }) }
                 try await eventually { try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", id).isEmpty }
             }
@@ -224,7 +224,7 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
                     let weekday = calendar.component(.weekday, from: night), dayOfMonth = calendar.component(.day, from: night)
                     made.append((night, weekday != 1 ? "nightly" : dayOfMonth <= 7 ? "monthly" : "weekly"))
                     // Expiry ran in the tick that made tonight's backup; a later tick may not have run yet, nor need to.
-                    let kept = Set(try TestPostgres.query(server.catalogDatabase, "SELECT night::text AS night, kind FROM snapshots")
+                    let kept = await Set(try TestPostgres.query(server.catalogDatabase, "SELECT night::text AS night, kind FROM snapshots")
                         .map { "\($0.string("night")) \($0.string("kind"))" })
                     let promised = Set(made.filter { backup in
                         let period: DateComponents = switch backup.kind {
@@ -239,7 +239,7 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
                 }
                 // The policy in plain words, on the last night (Tuesday 8 February 2028): the last 14 nights, the Sundays
                 // of the last 3 months, the first Sundays of the last 12 months (7 February 2027's went the day before).
-                let kept = try TestPostgres.query(server.catalogDatabase, "SELECT night::text AS night, kind FROM snapshots ORDER BY night")
+                let kept = try await TestPostgres.query(server.catalogDatabase, "SELECT night::text AS night, kind FROM snapshots ORDER BY night")
                     .map { ($0.string("night"), $0.string("kind")) }
                 #expect(kept.filter { $0.1 == "monthly" }.map(\.0)
                         == ["2027-03-07", "2027-04-04", "2027-05-02", "2027-06-06", "2027-07-04", "2027-08-01",
@@ -294,7 +294,7 @@ extension Night {
                 clock.set(night.addingTimeInterval(20 * 3600))
                 try await clock.aLookHasPassed()
                 #expect(try nightlyRows(server).map(\.status) == ["failed", "failed", "failed"])
-                let failed = try TestPostgres.query(server.catalogDatabase, """
+                let failed = try await TestPostgres.query(server.catalogDatabase, """
                     SELECT detail FROM activity WHERE action = 'backup' AND outcome = 'FAILED' ORDER BY id
                     """).map { $0.string("detail") }
                 #expect(failed.count == 3)
@@ -315,7 +315,7 @@ extension Night {
                 try await server.register(app)
                 try await changeSchedule(server) { $0.windowStart = "03:00"; $0.timeZone = "Asia/Kolkata" }
                 // As if a newer backupd, or another system's zone list, had stored it.
-                try TestPostgres.query(server.catalogDatabase, "UPDATE schedules SET time_zone = 'Mars/Olympus_Mons'")
+                try await TestPostgres.query(server.catalogDatabase, "UPDATE schedules SET time_zone = 'Mars/Olympus_Mons'")
                 clock.set(wallClock(2027, 5, 4, 3, 1, in: TimeZone(identifier: "UTC")!))
                 try await eventually(within: .seconds(60)) { try nightlyRows(server).map(\.night) == ["2027-05-04"] }
             }
@@ -332,7 +332,7 @@ extension Night {
                 try await eventually(within: .seconds(60)) {
                     try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE verify_problem_count = 0 AND verified_at IS NOT NULL").count == 1
                 }
-                let jobs = try TestPostgres.query(server.catalogDatabase, "SELECT kind, status, actor FROM jobs ORDER BY created_at")
+                let jobs = try await TestPostgres.query(server.catalogDatabase, "SELECT kind, status, actor FROM jobs ORDER BY created_at")
                     .map { "\($0.string("kind")) \($0.string("status")) \($0.string("actor"))" }
                 #expect(jobs == ["backup finished scheduler", "verify finished scheduler"])
             }
@@ -366,7 +366,7 @@ extension Night {
             try await Task.sleep(for: .seconds(3))
             let rows = try nightlyRows(one)
             #expect(rows.count == 1 && rows.first?.night == date && rows.first?.status == "finished")
-            let started = try TestPostgres.query(one.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'backup' AND outcome = 'STARTED'")
+            let started = try await TestPostgres.query(one.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'backup' AND outcome = 'STARTED'")
             #expect(started.first?.int64("n") == 1)
             await again.remove()
             await one.remove()
@@ -414,7 +414,7 @@ extension Night {
                 try await server.register(app)
                 let ids = (0..<17).map { _ in UUID().uuidString.lowercased() }
                 for id in ids {
-                    try TestPostgres.query(server.catalogDatabase, """
+                    try await TestPostgres.query(server.catalogDatabase, """
                         INSERT INTO snapshots (id, environment_id, status, kind) SELECT $1, id, 'finished', 'on-demand' FROM environments
                         """, id)
                 }
@@ -443,7 +443,7 @@ extension Night {
                 #expect(shown.standardOutput.contains("verified"))
 
                 // Files whose content no other file shares, so each problem has one name.
-                let files = try TestPostgres.query(server.catalogDatabase, """
+                let files = try await TestPostgres.query(server.catalogDatabase, """
                     SELECT storage_key, sha256 FROM snapshot_files WHERE snapshot_id = $1
                       AND sha256 IN (SELECT sha256 FROM snapshot_files WHERE snapshot_id = $1 GROUP BY sha256 HAVING count(*) = 1)
                     ORDER BY storage_key LIMIT 2
@@ -477,7 +477,7 @@ extension Night {
                 let shownAgain = try await server.backupctl(["show", backup.id])
                 #expect(shownAgain.standardOutput.contains("3 problems at "))
                 // Nothing was repaired or removed: the backup stays, its content as damaged as it was.
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", backup.id).count == 1)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", backup.id).count == 1)
             }
         }
     }

@@ -31,7 +31,7 @@ import Testing
         let tlsKey = try String(contentsOfFile: "\(projectRoot)/certs/dev/server.key", encoding: .utf8)
             .split(separator: "\n").filter { !$0.hasPrefix("-----") }.map(String.init)
 
-        let catalog = try TestPostgres.createDatabase("catalog")
+        let catalog = try await TestPostgres.createDatabase("catalog")
         let catalogURL = TestPostgres.connectionString(catalog) + " password=\(catalogPassword)"
         let keys = "signing = \(Data(signingKey).base64EncodedString())\n"
         var told: [String] = []  // everything a client was shown
@@ -52,7 +52,7 @@ import Testing
                             token: server.platformToken).status == 0)
             // A second environment whose database is dropped once registered: its backup fails.
             let scratch = try ScratchDirectory("secret-files")
-            let doomed = try TestPostgres.createDatabase("doomed")
+            let doomed = try await TestPostgres.createDatabase("doomed")
             defer { scratch.remove(); TestPostgres.dropDatabase(doomed) }
             try FileManager.default.createDirectory(atPath: scratch.path + "/files", withIntermediateDirectories: true)
             #expect(try await cli(["env", "register", "\(ns)/broken", "--app", "shop", "--file-store", scratch.path + "/files",
@@ -61,7 +61,7 @@ import Testing
             #expect(try await cli(["env", "update", "\(ns)/broken", "--database-url",
                              "postgresql://postgres:\(wrongPassword)@127.0.0.1:\(TestPostgres.port)/\(doomed)"],
                             token: server.platformToken).status == 0)
-            TestPostgres.dropDatabase(doomed)
+            await TestPostgres.dropDatabase(doomed)
             for arguments in [["info"], ["env", "list"], ["env", "show", "\(ns)/shop-production"], ["env", "show", "\(ns)/broken"],
                               ["env", "show", "\(ns)/broken", "--json"]] {
                 #expect(try await cli(arguments).status == 0, "\(arguments)")

@@ -90,7 +90,7 @@ import Testing
                 }
                 #expect(adminMove?.message.contains("platform") == true)
                 #expect(try await environmentNames(server) == ["shop-production"])
-                let stored = try TestPostgres.query(server.catalogDatabase, "SELECT file_store_path FROM environments")
+                let stored = try await TestPostgres.query(server.catalogDatabase, "SELECT file_store_path FROM environments")
                 #expect(stored.map { $0.string("file_store_path") } == [app.fileStore])
             }
         }
@@ -131,12 +131,12 @@ import Testing
                     }
                 }
                 // A row that reaches the catalog anyway (written before these checks existed) fails its jobs.
-                try TestPostgres.query(catalog, "UPDATE environments SET database_url = $1", TestPostgres.connectionString(catalog))
+                try await TestPostgres.query(catalog, "UPDATE environments SET database_url = $1", TestPostgres.connectionString(catalog))
                 try await server.withClient { client in
                     let job = try await waitForJob(try await createBackup(client).job.id, on: client)
                     #expect(job.status == .failed && job.error.contains("catalog"), "\(job.error)")
                 }
-                let tables = try TestPostgres.query(catalog, "SELECT count(*) AS n FROM environments")
+                let tables = try await TestPostgres.query(catalog, "SELECT count(*) AS n FROM environments")
                 #expect(tables[0].string("n") == "1")
             }
         }
@@ -230,7 +230,7 @@ import Testing
                     }
                     try undo()
                 }
-                let files = try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshot_files")
+                let files = try await TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshot_files")
                 #expect(files[0].string("n") == "0")
                 let shadow = try ContentHash.of(Array(Data(contentsOf: URL(fileURLWithPath: secret))))
                 let blobs = try LocalBlobStore(root: server.blobDirectory)

@@ -204,8 +204,8 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                         #expect(refused?.message == message)
                     }
                 }
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 0)
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'upload'")[0].int64("n") == 0)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 0)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'upload'")[0].int64("n") == 0)
                 #expect(try spoolFiles(server).isEmpty)
             }
         }
@@ -224,15 +224,15 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                             + "(its share of the 1000000 the upload spool can hold now), and this one announces 300000; "
                             + "finish or abandon earlier uploads first")
                 }
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 1)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 1)
             }
             try await withInProcessServer(configure: { $0.uploads.reservedDiskBytes = 1 << 60 }) { server in
                 try await server.register(app)
                 let refused = await expectStatus(.resourceExhausted) { _ = try await server.withClient { try await startUpload($0, Self.content) } }
                 #expect(refused?.message == "the upload spool's disk has too little free space for an upload of 300000 bytes "
                         + "(it keeps \(1 << 60) bytes free); try again later")
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 0)
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'upload'")[0].int64("n") == 0)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 0)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'upload'")[0].int64("n") == 0)
                 #expect(try spoolFiles(server).isEmpty)
             }
         }
@@ -254,8 +254,8 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                         _ = await call.result
                     }
                 }
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 0)
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'upload'")[0].int64("n") == 0)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 0)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'upload'")[0].int64("n") == 0)
                 #expect(try spoolFiles(server).isEmpty)
             }
         }
@@ -408,7 +408,7 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                 }
                 // Its lifetime passes (moved in the catalog, whose clock judges it: a loaded machine once took longer
                 // than a one-second lifetime to send the first chunk).
-                try TestPostgres.query(server.catalogDatabase, "UPDATE uploads SET expires_at = now() - interval '1 second' WHERE id = $1",
+                try await TestPostgres.query(server.catalogDatabase, "UPDATE uploads SET expires_at = now() - interval '1 second' WHERE id = $1",
                                        upload.id)
                 try await eventually(within: .seconds(20)) { try spoolFiles(server).isEmpty }
                 let expired = try await server.withClient { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
@@ -436,7 +436,7 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                         try await eventually(within: .seconds(10)) { spoolBytes(server, upload) == 1000 }
                         // Written, not yet counted, and both uploads past their lifetime (moved in the catalog, whose
                         // clock judges it); once a sweep has expired the one nobody writes, it has passed this one by.
-                        try TestPostgres.query(server.catalogDatabase, "UPDATE uploads SET expires_at = now() - interval '1 second' WHERE id IN ($1, $2)",
+                        try await TestPostgres.query(server.catalogDatabase, "UPDATE uploads SET expires_at = now() - interval '1 second' WHERE id IN ($1, $2)",
                                                upload.id, abandoned.id)
                         try await eventually(within: .seconds(20)) { try state(abandoned.id) == "expired" }
                         #expect(try state(upload.id) == "receiving")

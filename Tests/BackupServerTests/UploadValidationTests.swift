@@ -54,7 +54,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                     #expect(backup.fileCount == UInt64(keys.count) && backup.expiresUnixMS > backup.createdUnixMS)
                     #expect(backup.dumpSHA256 == ContentHash.of(try Data(contentsOf: URL(fileURLWithPath: folder + "/db/db.backup"))).hex)
                     // Each document is cataloged under the hash of the app's file.
-                    let files = try TestPostgres.query(server.catalogDatabase, "SELECT storage_key, sha256 FROM snapshot_files WHERE snapshot_id = $1",
+                    let files = try await TestPostgres.query(server.catalogDatabase, "SELECT storage_key, sha256 FROM snapshot_files WHERE snapshot_id = $1",
                                                        backup.id)
                     #expect(files.count == keys.count)
                     for file in files {
@@ -166,7 +166,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                     _ = try await client.unary(Backups.deleteBackup, .with { $0.id = upload.backupID })
                 }
                 // Nothing was cataloged, and nothing stays: spool, scratch and blob store end empty.
-                #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshots")[0].int64("n") == 0)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshots")[0].int64("n") == 0)
                 try await eventually(within: .seconds(30)) {
                     try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/uploads").isEmpty
                         && FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/tmp").isEmpty
@@ -187,7 +187,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
         try await withTestApp { production in
             try await withTestApp { acceptance in
                 try await withTestServer { server in
-                    try TestPostgres.query(production.database, "UPDATE \"shop$customer\" SET name = 'Production ' || id")
+                    try await TestPostgres.query(production.database, "UPDATE \"shop$customer\" SET name = 'Production ' || id")
                     let atBackup = try EnvironmentState(production)
                     let referenced = Set(try referencedKeys(production))
                     let backup = try await finishedBackup(server, production)

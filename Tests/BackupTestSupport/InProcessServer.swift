@@ -63,7 +63,7 @@ public final class InProcessServer: WireTestServer {
             database = try catalogCluster.createDatabase("catalog")
             connectionString = catalogCluster.connectionString(database)
         } else {
-            database = try TestPostgres.createDatabase("catalog")
+            database = try await TestPostgres.createDatabase("catalog")
             connectionString = TestPostgres.connectionString(database)
         }
         let (catalogThreads, jobThreads) = (NIOThreadPool(numberOfThreads: 4), NIOThreadPool(numberOfThreads: 8))
@@ -142,7 +142,7 @@ public final class InProcessServer: WireTestServer {
         }
         await catalog.pool.close()
         for pool in threadPools { try? await pool.shutdownGracefully() }
-        if !catalogElsewhere { TestPostgres.dropDatabase(catalogDatabase) }  // a cluster of the test's own goes with it
+        if !catalogElsewhere { await TestPostgres.dropDatabase(catalogDatabase) }  // a cluster of the test's own goes with it
         scratch.remove()
     }
 }

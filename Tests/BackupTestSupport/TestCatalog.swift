@@ -8,7 +8,7 @@ public enum TestCatalog {
     /// Runs `body` with the catalog and its database's name, then closes
     /// the catalog and drops the database, whether `body` throws or not.
     public static func with(validateAfterIdle: Duration = .seconds(10), _ body: (Catalog, String, NIOThreadPool) async throws -> Void) async throws {
-        let database = try TestPostgres.createDatabase("catalog")
+        let database = try await TestPostgres.createDatabase("catalog")
         let threadPool = NIOThreadPool(numberOfThreads: 4)
         threadPool.start()
         let catalog = Catalog(connectionString: TestPostgres.connectionString(database), maximumConnections: 4, threadPool: threadPool,
@@ -19,12 +19,12 @@ public enum TestCatalog {
         } catch {
             await catalog.pool.close()
             try? await threadPool.shutdownGracefully()
-            TestPostgres.dropDatabase(database)
+            await TestPostgres.dropDatabase(database)
             throw error
         }
         await catalog.pool.close()
         try await threadPool.shutdownGracefully()
-        TestPostgres.dropDatabase(database)
+        await TestPostgres.dropDatabase(database)
     }
 
     /// Registers environment `name` of namespace `acme`.

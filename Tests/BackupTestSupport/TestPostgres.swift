@@ -3,6 +3,7 @@ import BackupRules
 import BackupStorage
 import BackupPostgres
 import Foundation
+import NIOPosix
 
 /// The private PostgreSQL cluster that `make test` starts (scripts/dev-cluster.sh)
 /// and the demo app it holds. Each test makes its own databases and drops them.
@@ -21,15 +22,38 @@ public enum TestPostgres {
         try PostgresConnection(connectionString(database)).query(sql, parameters: parameters)
     }
 
+    /// The same from async code, on a thread of `blockingThreads`: a round
+    /// trip (a CREATE DATABASE takes a tenth of a second) never holds one of
+    /// the cooperative pool's threads, which the servers a test runs in its
+    /// own process need (two on this machine).
+    @discardableResult
+    public static func query(_ database: String, _ sql: String, _ parameters: String...) async throws -> [PostgresRow] {
+        try await offThePool { [parameters] in try PostgresConnection(connectionString(database)).query(sql, parameters: parameters) }
+    }
+
     /// A new empty database (or a copy of `template`) with a unique name.
     public static func createDatabase(_ prefix: String, template: String? = nil) throws -> String {
-        let name = "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
+        let name = databaseName(prefix)
         try query("postgres", "CREATE DATABASE \(name)" + (template.map { " TEMPLATE \($0)" } ?? ""))
         return name
     }
 
+    public static func createDatabase(_ prefix: String, template: String? = nil) async throws -> String {
+        let name = databaseName(prefix)
+        try await query("postgres", "CREATE DATABASE \(name)" + (template.map { " TEMPLATE \($0)" } ?? ""))
+        return name
+    }
+
+    private static func databaseName(_ prefix: String) -> String {
+        "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
+    }
+
     public static func dropDatabase(_ name: String) {
         _ = try? query("postgres", "DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
+    }
+
+    public static func dropDatabase(_ name: String) async {
+        _ = try? await query("postgres", "DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
     }
 
     /// Row count and an order-independent checksum of every table in the
@@ -59,12 +83,24 @@ public enum TestPostgres {
 public let projectRoot: String = URL(fileURLWithPath: #filePath)
     .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
-/// A scratch folder removed by `remove()`.
+/// Threads for the tests' blocking work (libpq round trips), so that it
+/// never holds the cooperative pool's threads.
+let blockingThreads: NIOThreadPool = {
+    let threads = NIOThreadPool(numberOfThreads: 16)
+    threads.start()
+    return threads
+}()
+
+/// Runs blocking work on `blockingThreads` and waits for it without holding a thread.
+public func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await blockingThreads.runIfActive(body)
+}
+
 /// Waits until a session of `database` has LISTENed for job changes (the
 /// catalog's listener is in place), polling pg_stat_activity.
 public func waitUntilListening(in database: String) async throws {
     for _ in 0..<1000 {
-        let listening = try TestPostgres.query("postgres", """
+        let listening = try await TestPostgres.query("postgres", """
             SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND query = 'LISTEN job_changed' AND state = 'idle'
             """, database)[0].int64("n")
         if listening > 0 { return }
@@ -73,6 +109,7 @@ public func waitUntilListening(in database: String) async throws {
     throw TestSupportError("no session of \(database) listens for job changes")
 }
 
+/// A scratch folder removed by `remove()`.
 public struct ScratchDirectory: Sendable {
     public let path: String
 

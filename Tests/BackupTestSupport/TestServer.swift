@@ -16,7 +16,7 @@ public struct TestApp: Sendable {
     public var connectionString: String { TestPostgres.connectionString(database) }
 
     public static func make() async throws -> TestApp {
-        let database = try TestPostgres.createDatabase("app", template: "demo_app")
+        let database = try await TestPostgres.createDatabase("app", template: "demo_app")
         let scratch = try ScratchDirectory("files")
         let copy = try await runCommand("/bin/cp", ["-a", TestPostgres.demoFiles, scratch.path + "/files"])
         guard copy.status == 0 else { throw TestSupportError("cannot copy the demo file store: \(copy.standardError)") }
@@ -86,7 +86,12 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
                              environment extra: [String: String] = [:], descriptorLimit: Int? = nil,
                              downloadKeys: String = testDownloadKeys) async throws -> TestServer {
         let scratch = try ScratchDirectory("backupd")
-        let catalog = try catalogDatabase ?? catalogCluster?.createDatabase("catalog") ?? TestPostgres.createDatabase("catalog")
+        let catalog: String
+        if let named = try catalogDatabase ?? catalogCluster?.createDatabase("catalog") {
+            catalog = named
+        } else {
+            catalog = try await TestPostgres.createDatabase("catalog")
+        }
         let blobs = blobDirectory ?? scratch.path + "/blobs"
         let environment = [
             "BACKUPD_CATALOG": catalogCluster?.connectionString(catalog) ?? TestPostgres.connectionString(catalog),
@@ -174,7 +179,7 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
     /// Stops the server and removes its catalog and blobs.
     public func remove() async {
         await stop()
-        TestPostgres.dropDatabase(catalogDatabase)
+        await TestPostgres.dropDatabase(catalogDatabase)
         scratch.remove()
     }
 
