@@ -63,7 +63,7 @@ public final class InProcessServer: WireTestServer {
             database = try catalogCluster.createDatabase("catalog")
             connectionString = catalogCluster.connectionString(database)
         } else {
-            database = try await TestPostgres.createDatabase("catalog")
+            database = try await TestPostgres.createCatalogDatabase()
             connectionString = TestPostgres.connectionString(database)
         }
         let (catalogThreads, jobThreads) = (NIOThreadPool(numberOfThreads: 4), NIOThreadPool(numberOfThreads: 8))

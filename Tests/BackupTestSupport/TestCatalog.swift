@@ -8,7 +8,7 @@ public enum TestCatalog {
     /// Runs `body` with the catalog and its database's name, then closes
     /// the catalog and drops the database, whether `body` throws or not.
     public static func with(validateAfterIdle: Duration = .seconds(10), _ body: (Catalog, String, NIOThreadPool) async throws -> Void) async throws {
-        let database = try await TestPostgres.createDatabase("catalog")
+        let database = try await TestPostgres.createCatalogDatabase()
         let threadPool = NIOThreadPool(numberOfThreads: 4)
         threadPool.start()
         let catalog = Catalog(connectionString: TestPostgres.connectionString(database), maximumConnections: 4, threadPool: threadPool,
@@ -33,4 +33,41 @@ public enum TestCatalog {
             $0.namespace = "acme"; $0.name = name; $0.app = "shop"; $0.databaseURL = "dbname=x"; $0.fileStorePath = "/srv/files"
         })
     }
+}
+
+extension TestPostgres {
+    /// A new database holding a migrated catalog: a copy of a template this
+    /// test process migrated once. Migrating each test's catalog anew ran
+    /// every migration's DDL, one test at a time under the migrations' lock,
+    /// hundreds of times a run; the migrations themselves are still run, once
+    /// per process here and by every catalog on a cluster of a test's own.
+    public static func createCatalogDatabase() async throws -> String {
+        try await createDatabase("catalog", template: try await catalogTemplate.value)
+    }
+}
+
+/// The migrated catalog that `createCatalogDatabase` copies, made on first
+/// use and named for this process; templates of test processes that are gone are dropped.
+private let catalogTemplate = Task<String, any Error> {
+    let name = "catalog_template_\(getpid())"
+    for row in try await TestPostgres.query("postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'catalog\\_template\\_%'") {
+        let database = row.string("datname")
+        if let pid = Int32(database.dropFirst("catalog_template_".count)), pid == getpid() || kill(pid, 0) != 0 {
+            await TestPostgres.dropDatabase(database)
+        }
+    }
+    try await TestPostgres.query("postgres", "CREATE DATABASE \(name)")
+    let threadPool = NIOThreadPool(numberOfThreads: 1)
+    threadPool.start()
+    let catalog = Catalog(connectionString: TestPostgres.connectionString(name), maximumConnections: 1, threadPool: threadPool)
+    do {
+        try await catalog.migrate()
+    } catch {
+        await catalog.pool.close()
+        try? await threadPool.shutdownGracefully()
+        throw error
+    }
+    await catalog.pool.close()
+    try? await threadPool.shutdownGracefully()
+    return name
 }

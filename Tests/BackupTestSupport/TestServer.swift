@@ -90,7 +90,7 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
         if let named = try catalogDatabase ?? catalogCluster?.createDatabase("catalog") {
             catalog = named
         } else {
-            catalog = try await TestPostgres.createDatabase("catalog")
+            catalog = try await TestPostgres.createCatalogDatabase()
         }
         let blobs = blobDirectory ?? scratch.path + "/blobs"
         let environment = [
