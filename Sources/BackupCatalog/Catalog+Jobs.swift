@@ -123,7 +123,7 @@ extension Catalog {
                     FROM jobs j JOIN environments e ON e.id = j.environment_id
                     WHERE j.status = '\(JobStatus.running)' OR j.started_at > now() - interval '1 day'
                     GROUP BY e.namespace)
-                UPDATE jobs SET status = '\(JobStatus.running)', lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+                UPDATE jobs SET status = '\(JobStatus.running)', \(LeaseColumns.job.grant(holder: 1, seconds: 2)),
                                 started_at = now(), phase = 'starting'
                 WHERE id = (SELECT j.id FROM jobs j JOIN environments e ON e.id = j.environment_id
                             LEFT JOIN served s ON s.namespace = e.namespace
@@ -151,8 +151,8 @@ extension Catalog {
     public func renewLease(jobID: String, owner: String, leaseSeconds: Int) async throws -> LeaseRenewal? {
         try await pool.withConnection(idempotent: true) { connection in
             try connection.query("""
-                UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
-                WHERE id = $1 AND lease_owner = $2 AND status = '\(JobStatus.running)' RETURNING cancel_requested
+                UPDATE jobs SET \(LeaseColumns.job.extend(seconds: 3))
+                WHERE id = $1 AND \(LeaseColumns.job.heldBy(2)) AND status = '\(JobStatus.running)' RETURNING cancel_requested
                 """, jobID, owner, leaseSeconds).first.map { LeaseRenewal(cancelRequested: $0.bool("cancel_requested")) }
         }
     }
@@ -170,7 +170,7 @@ extension Catalog {
         try await pool.callTransaction(idempotent: true) { connection in
             guard let row = try connection.query("""
                 SELECT j.snapshot_id FROM jobs j
-                WHERE j.id = $1 AND j.lease_owner = $2 AND j.status IN \(JobStatus.finished.predecessors.sql) FOR UPDATE OF j
+                WHERE j.id = $1 AND \(LeaseColumns.job.of("j").heldBy(2)) AND j.status IN \(JobStatus.finished.predecessors.sql) FOR UPDATE OF j
                 """, jobID, owner).first else {
                 throw BackupError.failedPrecondition("job \(jobID) is no longer held by this process")
             }
@@ -240,7 +240,7 @@ extension Catalog {
     public func failAbandonedJobs() async throws -> Int {
         try await pool.callTransaction { connection in
             let ids = try connection.query("""
-                SELECT id FROM jobs WHERE status = '\(JobStatus.running)' AND lease_expires_at < now() AND kind <> '\(JobKind.restore)'
+                SELECT id FROM jobs WHERE status = '\(JobStatus.running)' AND \(LeaseColumns.job.runOut) AND kind <> '\(JobKind.restore)'
                 FOR UPDATE SKIP LOCKED
                 """).map { $0.string("id") }
             for id in ids {
@@ -258,9 +258,9 @@ extension Catalog {
     static func finishJob(_ connection: PostgresConnection, id: String, owner: String, detail: String) throws {
         guard let row = try connection.query("""
             UPDATE jobs j SET status = '\(JobStatus.finished)', finished_at = now(), phase = '\(JobStatus.finished)', bytes_done = bytes_total,
-                lease_owner = NULL, lease_expires_at = NULL
+                \(LeaseColumns.job.end)
             FROM environments e
-            WHERE j.id = $1 AND j.lease_owner = $2 AND j.status IN \(JobStatus.finished.predecessors.sql) AND e.id = j.environment_id
+            WHERE j.id = $1 AND \(LeaseColumns.job.of("j").heldBy(2)) AND j.status IN \(JobStatus.finished.predecessors.sql) AND e.id = j.environment_id
             RETURNING j.kind, j.snapshot_id, j.actor, e.namespace, e.name
             """, id, owner).first else {
             throw BackupError.failedPrecondition("job \(id) is no longer held by this process")
@@ -277,7 +277,7 @@ extension Catalog {
     /// a backup or archive it was making fails with the same reason.
     static func endUnfinished(_ connection: PostgresConnection, id: String, as status: JobStatus, message: String) throws {
         guard let row = try connection.query("""
-            UPDATE jobs j SET status = $3, error = $2, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+            UPDATE jobs j SET status = $3, error = $2, finished_at = now(), \(LeaseColumns.job.end)
             FROM environments e
             WHERE j.id = $1 AND e.id = j.environment_id AND j.status IN \(status.predecessors.sql)
             RETURNING j.kind, j.snapshot_id, j.actor, e.namespace, e.name

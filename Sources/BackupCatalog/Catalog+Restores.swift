@@ -138,8 +138,8 @@ extension Catalog {
     public func deferRestoreRecovery(jobID: String, owner: String, seconds: Int) async throws {
         try await pool.withConnection(idempotent: true) { connection in
             try connection.query("""
-                UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3), phase = 'waiting for the database server to recover'
-                WHERE id = $1 AND lease_owner = $2 AND status = '\(JobStatus.running)'
+                UPDATE jobs SET \(LeaseColumns.job.extend(seconds: 3)), phase = 'waiting for the database server to recover'
+                WHERE id = $1 AND \(LeaseColumns.job.heldBy(2)) AND status = '\(JobStatus.running)'
                 """, jobID, owner, seconds)
         }
     }
@@ -189,8 +189,8 @@ extension Catalog {
     public func claimAbandonedRestore(owner: String, leaseSeconds: Int) async throws -> ClaimedJob? {
         try await pool.callTransaction { connection in
             guard let claimed = try connection.query("""
-                UPDATE jobs SET lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2), phase = 'recovering'
-                WHERE id = (SELECT id FROM jobs WHERE status = '\(JobStatus.running)' AND kind = '\(JobKind.restore)' AND lease_expires_at < now()
+                UPDATE jobs SET \(LeaseColumns.job.grant(holder: 1, seconds: 2)), phase = 'recovering'
+                WHERE id = (SELECT id FROM jobs WHERE status = '\(JobStatus.running)' AND kind = '\(JobKind.restore)' AND \(LeaseColumns.job.runOut)
                             ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
                 RETURNING id, environment_id, actor
                 """, owner, leaseSeconds).first else { return nil }

@@ -109,8 +109,8 @@ extension Catalog {
     public func claimUpload(id: String, writer: String, seconds: Int) async throws -> UInt64? {
         try await pool.withConnection(idempotent: true) { connection in
             try connection.query("""
-                UPDATE uploads SET writer = $2, writer_until = now() + make_interval(secs => $3)
-                WHERE id = $1 AND state = '\(UploadState.receiving)' AND (writer IS NULL OR writer = $2 OR writer_until < now())
+                UPDATE uploads SET \(LeaseColumns.uploadWriter.grant(holder: 2, seconds: 3))
+                WHERE id = $1 AND state = '\(UploadState.receiving)' AND (\(LeaseColumns.uploadWriter.free) OR \(LeaseColumns.uploadWriter.heldBy(2)))
                 RETURNING received
                 """, id, writer, seconds).first?.uint64("received")
         }
@@ -121,8 +121,8 @@ extension Catalog {
     public func renewUploadLease(id: String, writer: String, offset: UInt64, seconds: Int) async throws -> Bool {
         try await pool.withConnection(idempotent: true) { connection in
             !(try connection.query("""
-                UPDATE uploads SET writer_until = now() + make_interval(secs => $4)
-                WHERE id = $1 AND writer = $2 AND received = $3 AND state = '\(UploadState.receiving)' RETURNING id
+                UPDATE uploads SET \(LeaseColumns.uploadWriter.extend(seconds: 4))
+                WHERE id = $1 AND \(LeaseColumns.uploadWriter.heldBy(2)) AND received = $3 AND state = '\(UploadState.receiving)' RETURNING id
                 """, id, writer, offset, seconds).isEmpty)
         }
     }
@@ -137,7 +137,7 @@ extension Catalog {
         try await pool.withConnection(idempotent: true) { connection in
             !(try connection.query("""
                 UPDATE uploads SET received = $3, expires_at = now() + make_interval(secs => $4)
-                WHERE id = $1 AND received = $2 AND state = '\(UploadState.receiving)' AND writer = $5 RETURNING id
+                WHERE id = $1 AND received = $2 AND state = '\(UploadState.receiving)' AND \(LeaseColumns.uploadWriter.heldBy(5)) RETURNING id
                 """, uploadID, from, to, lifetime.components.seconds, writer).isEmpty)
         }
     }
@@ -145,7 +145,7 @@ extension Catalog {
     /// Ends `writer`'s lease, if it still holds one.
     public func releaseUpload(id: String, writer: String) async throws {
         try await pool.withConnection(idempotent: true) { connection in
-            try connection.query("UPDATE uploads SET writer = NULL, writer_until = NULL WHERE id = $1 AND writer = $2", id, writer)
+            try connection.query("UPDATE uploads SET \(LeaseColumns.uploadWriter.end) WHERE id = $1 AND \(LeaseColumns.uploadWriter.heldBy(2))", id, writer)
         }
     }
 
@@ -171,7 +171,7 @@ extension Catalog {
             }
             let jobID = try Self.queueJob(connection, .uploadValidation, for: .upload(id), actor: actor, bytesTotal: upload.sizeBytes)
             try connection.query("""
-                UPDATE uploads SET state = '\(UploadState.validating)', job_id = $2, writer = NULL, writer_until = NULL
+                UPDATE uploads SET state = '\(UploadState.validating)', job_id = $2, \(LeaseColumns.uploadWriter.end)
                 WHERE id = $1 AND state IN \(UploadState.validating.predecessors.sql)
                 """, id, jobID)
             try Self.recordActivity(connection, upload.namespace, upload.environment, action: "upload", outcome: "RECEIVED",
@@ -198,7 +198,7 @@ extension Catalog {
                 return (upload, false)
             }
             try connection.query("""
-                UPDATE uploads SET state = '\(UploadState.abandoned)', error = $2, writer = NULL, writer_until = NULL
+                UPDATE uploads SET state = '\(UploadState.abandoned)', error = $2, \(LeaseColumns.uploadWriter.end)
                 WHERE id = $1 AND state IN \(UploadState.abandoned.predecessors.sql)
                 """, id, "abandoned by \(actor)")
             try Self.recordActivity(connection, upload.namespace, upload.environment, action: "upload", outcome: "ABANDONED",
@@ -225,7 +225,7 @@ extension Catalog {
         try await pool.callTransaction(idempotent: true) { connection in
             guard let row = try connection.query("""
                 SELECT u.id, u.environment_id, u.comment FROM jobs j JOIN uploads u ON u.job_id = j.id
-                WHERE j.id = $1 AND j.lease_owner = $2 AND j.status IN \(JobStatus.finished.predecessors.sql) AND u.state IN \(UploadState.finished.predecessors.sql)
+                WHERE j.id = $1 AND \(LeaseColumns.job.of("j").heldBy(2)) AND j.status IN \(JobStatus.finished.predecessors.sql) AND u.state IN \(UploadState.finished.predecessors.sql)
                 FOR UPDATE OF j, u
                 """, jobID, owner).first else {
                 throw BackupError.failedPrecondition("job \(jobID) is no longer held by this process")
@@ -276,7 +276,7 @@ extension Catalog {
                     ELSE 'abandoned: nothing was received before it expired' END
                 FROM environments e
                 WHERE u.state IN \(UploadState.expired.predecessors.sql) AND e.id = u.environment_id
-                  AND ((u.expires_at < now() AND (u.writer IS NULL OR u.writer_until < now()))
+                  AND ((u.expires_at < now() AND \(LeaseColumns.uploadWriter.of("u").free))
                        OR (u.window_started_at + make_interval(secs => $1) < now() AND u.received - u.window_received < $2))
                 RETURNING e.namespace, e.name, u.actor, u.id, u.error
                 """, windowSeconds, minimum.overflow ? Int64.max : Int64(clamping: minimum.partialValue))

@@ -56,7 +56,7 @@ extension Catalog {
         let encoded = String(decoding: try JSONEncoder().encode(kept), as: UTF8.self)
         try await pool.callTransaction(idempotent: true) { connection in
             guard let row = try connection.query("""
-                SELECT snapshot_id FROM jobs WHERE id = $1 AND lease_owner = $2 AND status = '\(JobStatus.running)' FOR UPDATE
+                SELECT snapshot_id FROM jobs WHERE id = $1 AND \(LeaseColumns.job.heldBy(2)) AND status = '\(JobStatus.running)' FOR UPDATE
                 """, jobID, owner).first else {
                 throw BackupError.failedPrecondition("job \(jobID) is no longer held by this process")
             }
