@@ -119,9 +119,11 @@ import Testing
             } catch {
                 print(second.log)
                 await second.remove()
+                await first.remove()  // its folder holds the blobs both used
                 throw error
             }
             await second.remove()
+            await first.remove()
         }
     }
 }

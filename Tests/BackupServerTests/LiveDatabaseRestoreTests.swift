@@ -278,8 +278,12 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
             let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
                                                     blobDirectory: first.blobDirectory, adminToken: first.adminToken)
             do {
-                // While the server is down, the restore waits: still running, its environment busy.
-                try await Task.sleep(for: .seconds(6))
+                // While the server is down, the restore waits: recovery looked, could not see, and left it running,
+                // its environment busy.
+                try await eventually(within: .seconds(60)) {
+                    try await second.withClient { try await $0.unary(Backups.getJob, .with { $0.id = job.id }) }.phase
+                        == "waiting for the database server to recover"
+                }
                 let waiting = try await second.withClient { try await $0.unary(Backups.getJob, .with { $0.id = job.id }) }
                 #expect(waiting.status == .running, "\(waiting.error)")
                 try app.cluster.startAgain()
