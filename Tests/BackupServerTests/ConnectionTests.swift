@@ -64,7 +64,8 @@ import Testing
             let stuck = (1...12).map { _ in
                 Task { try? await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) } }
             }
-            try await Task.sleep(for: .seconds(2))
+            // The catalog's eight connections lent to stuck calls, the other four waiting for one.
+            try await eventually(within: .seconds(30)) { server.catalogLeasesQueued >= 4 }
             let late = try await within(.seconds(15)) {
                 await expectStatus(.deadlineExceeded) {
                     _ = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest(), timeout: .seconds(1)) }
@@ -326,14 +327,14 @@ import Testing
         try await withInProcessServer(live: true, configure: { $0.connections.maximumConnectionsPerPeer = 5 }) { server in
             let port = Int(server.address.split(separator: ":")[1])!
             let held = try (1...5).map { _ in try openConnection(host: "127.0.0.1", port: port) }
-            try await Task.sleep(for: .seconds(2))  // all five accepted and counted
+            try await eventually(within: .seconds(30)) { server.admittedConnections == 5 }
             let refused = try openConnection(host: "127.0.0.1", port: port)
             let other = try openConnection(host: "127.0.0.1", port: port, from: "127.0.0.2")
             defer { close(refused); close(other) }
             #expect(closedWithin(refused, seconds: 2), "a sixth connection from 127.0.0.1 was kept")
             #expect(!closedWithin(other, seconds: 2), "a connection from 127.0.0.2 was closed")
             held.forEach { close($0) }
-            try await Task.sleep(for: .milliseconds(500))
+            try await eventually(within: .seconds(30)) { server.admittedConnections == 1 }  // the one from 127.0.0.2
             let info = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
             #expect(info.maxFrameBytes > 0)
         }

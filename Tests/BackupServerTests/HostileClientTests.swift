@@ -86,7 +86,7 @@ import Testing
                 }
             }
             defer { squatters.forEach { $0.cancel() } }
-            try await Task.sleep(for: .seconds(1))  // all twenty admitted
+            try await eventually(within: .seconds(30)) { server.admittedConnections == 20 }
             #expect(ended.value == 0)
             let served = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
             #expect(served.callerTokenName == "test-admin")

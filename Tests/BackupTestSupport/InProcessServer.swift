@@ -25,6 +25,7 @@ public final class InProcessServer: WireTestServer {
     private let catalog: Catalog
     private let leases: CatalogLeases
     private let transport: InProcessTransport
+    private let connections: ConnectionGauge
     private let group: ServiceGroup
     private let running: Task<Void, any Error>
     private let threadPools: [NIOThreadPool]
@@ -35,8 +36,8 @@ public final class InProcessServer: WireTestServer {
     public let address: String
 
     private init(catalogDatabase: String, catalogElsewhere: Bool, address: String, adminToken: String, platformToken: String, catalog: Catalog,
-                 leases: CatalogLeases, transport: InProcessTransport, group: ServiceGroup, running: Task<Void, any Error>, threadPools: [NIOThreadPool],
-                 scratch: ScratchDirectory) {
+                 leases: CatalogLeases, transport: InProcessTransport, connections: ConnectionGauge, group: ServiceGroup,
+                 running: Task<Void, any Error>, threadPools: [NIOThreadPool], scratch: ScratchDirectory) {
         self.address = address
         self.catalogDatabase = catalogDatabase
         self.catalogElsewhere = catalogElsewhere
@@ -45,6 +46,7 @@ public final class InProcessServer: WireTestServer {
         self.catalog = catalog
         self.leases = leases
         self.transport = transport
+        self.connections = connections
         self.group = group
         self.running = running
         self.threadPools = threadPools
@@ -105,7 +107,8 @@ public final class InProcessServer: WireTestServer {
             address = "127.0.0.1:\(port)"
         }
         return InProcessServer(catalogDatabase: database, catalogElsewhere: catalogCluster != nil, address: address, adminToken: admin.text,
-                               platformToken: platform.text, catalog: catalog, leases: leases, transport: transport, group: group,
+                               platformToken: platform.text, catalog: catalog, leases: leases, transport: transport,
+                               connections: tls.connections, group: group,
                                running: running,
                                threadPools: [catalogThreads, jobThreads], scratch: scratch)
     }
@@ -114,6 +117,12 @@ public final class InProcessServer: WireTestServer {
     /// work costs the catalog, counted as it happens (PostgreSQL's own
     /// statistics arrive seconds late).
     public var catalogLeases: Int { leases.count }
+
+    /// How many catalog leases have had to wait, every connection being lent.
+    public var catalogLeasesQueued: Int { leases.queuedCount }
+
+    /// How many connections a live server's TLS listener holds admitted now.
+    public var admittedConnections: Int { connections.admitted }
 
     /// A client over TLS for a live server, through the in-process transport otherwise.
     public func withClient<T: Sendable>(token: String?, _ body: @Sendable (BackupClient) async throws -> T) async throws -> T {
@@ -163,12 +172,14 @@ public func withInProcessServer<T: Sendable>(live: Bool = false, clientCA: Strin
     }
 }
 
-/// Counts the catalog's connection leases.
+/// Counts the catalog's connection leases, and those that had to wait.
 final class CatalogLeases: ConnectionPoolObserver {
     private let granted = Atomic(0)
+    private let queued = Atomic(0)
     var count: Int { granted.value }
+    var queuedCount: Int { queued.value }
     func leaseGranted(waited: Duration) { granted.update { $0 += 1 } }
-    func leaseQueued(waiting: Int) {}
+    func leaseQueued(waiting: Int) { queued.update { $0 += 1 } }
     func connectionOpened() {}
     func connectionClosed() {}
 }

@@ -58,9 +58,11 @@ final class ConnectionAdmission: Sendable {
 
     private let limits: ConnectionLimits
     private let state = Mutex(State())
+    private let gauge: ConnectionGauge
 
-    init(limits: ConnectionLimits) {
+    init(limits: ConnectionLimits, gauge: ConnectionGauge) {
         self.limits = limits
+        self.gauge = gauge
     }
 
     /// Admits a connection from `peer`, closing the oldest unauthenticated
@@ -83,6 +85,7 @@ final class ConnectionAdmission: Sendable {
             state.total += 1
             state.byPeer[peer, default: 0] += 1
             state.unauthenticated[state.next] = (peer, close)
+            gauge.admitted = state.total
             return (Ticket(number: state.next, peer: peer), evicted)
         }
         evicted?()
@@ -99,7 +102,22 @@ final class ConnectionAdmission: Sendable {
             state.unauthenticated[ticket.number] = nil
             guard state.evicted.remove(ticket.number) == nil else { return }
             state.uncount(ticket.peer)
+            gauge.admitted = state.total
         }
+    }
+}
+
+/// How many connections a listener holds admitted right now: for tests
+/// that wait until every connection they opened is counted (or let go),
+/// and for whoever watches the server.
+public final class ConnectionGauge: Sendable {
+    private let count = Mutex(0)
+
+    public init() {}
+
+    public internal(set) var admitted: Int {
+        get { count.withLock { $0 } }
+        set { count.withLock { $0 = newValue } }
     }
 }
 

@@ -29,6 +29,8 @@ public struct TLSTransport: ServerTransport {
     let port: Int
     let eventLoopGroup: any EventLoopGroup
     let tls: TLSSettings
+    /// The connections the listener holds admitted.
+    public let connections = ConnectionGauge()
 
     /// Listens on `host`:`port` (0: a free port, told to `onListening`).
     public init(host: String, port: Int, eventLoopGroup: any EventLoopGroup, tls: TLSSettings) {
@@ -40,7 +42,7 @@ public struct TLSTransport: ServerTransport {
 
     public func serve(_ server: ServedEndpoints) async throws {
         try await TLSListener(host: host, port: port, tls: tls, maxFrameBytes: server.maxFrameBytes, limits: server.limits,
-                              dispatcher: server.dispatcher, downloads: server.downloads, eventLoopGroup: eventLoopGroup,
+                              gauge: connections, dispatcher: server.dispatcher, downloads: server.downloads, eventLoopGroup: eventLoopGroup,
                               logger: server.logger, onListening: server.onListening).run()
     }
 }

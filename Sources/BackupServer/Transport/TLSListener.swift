@@ -61,15 +61,15 @@ actor TLSListener {
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
 
-    init(host: String, port: Int, tls: TLSSettings, maxFrameBytes: Int, limits: ConnectionLimits, dispatcher: RPCDispatcher,
-         downloads: DownloadEndpoint, eventLoopGroup: any EventLoopGroup, logger: Logger,
+    init(host: String, port: Int, tls: TLSSettings, maxFrameBytes: Int, limits: ConnectionLimits, gauge: ConnectionGauge,
+         dispatcher: RPCDispatcher, downloads: DownloadEndpoint, eventLoopGroup: any EventLoopGroup, logger: Logger,
          onListening: @escaping @Sendable (SocketAddress) -> Void) {
         self.host = host
         self.port = port
         self.tls = tls
         self.maxFrameBytes = maxFrameBytes
         self.limits = limits
-        self.admission = ConnectionAdmission(limits: limits)
+        self.admission = ConnectionAdmission(limits: limits, gauge: gauge)
         self.receivePool = ReceivePool(bytes: limits.sharedReceiveBytes, perPeer: limits.sharedReceiveBytesPerPeer)
         self.connection = RPCConnection(dispatcher: dispatcher, logger: logger)
         self.downloads = downloads
