@@ -32,7 +32,7 @@ import Testing
     }
 
     @Test func aBackupAndAnUploadOutliveARestartOfTheCatalogOrFailCleanly() async throws {
-        let catalogCluster = try TestCluster.start()
+        let catalogCluster = try await TestCluster.start()
         defer { catalogCluster.remove() }
         try await withTestApp { app in
             let gate = try GatedTool("pg_dump")
@@ -51,9 +51,9 @@ import Testing
                 let upload = try await server.withClient { try await startUpload($0, archive) }
                 _ = try await server.withClient { try await sendChunks($0, upload, archive, from: 0, to: 100_000) }
 
-                try catalogCluster.stop()
+                try await catalogCluster.stop()
                 try await Task.sleep(for: .seconds(2))
-                try catalogCluster.startAgain()
+                try await catalogCluster.startAgain()
                 gate.release()
 
                 let backup = try await once(server) { try await waitForJob(created.job.id, on: $0) }
@@ -86,7 +86,7 @@ import Testing
     /// archive is prepared or fails with its reason, and a download of a
     /// ready archive is served again once the catalog is back.
     @Test func aRestoreAndADownloadOutliveARestartOfTheCatalog() async throws {
-        let catalogCluster = try TestCluster.start()
+        let catalogCluster = try await TestCluster.start()
         defer { catalogCluster.remove() }
         try await withTestApp { app in
             let gate = try GatedTool("pg_restore")
@@ -102,9 +102,9 @@ import Testing
                 let download = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) }
                 try await eventually(within: .seconds(60)) { gate.hasStarted }
 
-                try catalogCluster.stop()
+                try await catalogCluster.stop()
                 try await Task.sleep(for: .seconds(2))
-                try catalogCluster.startAgain()
+                try await catalogCluster.startAgain()
                 gate.release()
 
                 let restored = try await once(server) { try await waitForJob(restore.id, on: $0) }
@@ -136,7 +136,7 @@ import Testing
     /// catalog is down is answered 503, and once it is back the link opens
     /// again. A process, because downloads are served by its HTTPS listener.
     @Test func aDownloadStreamsThroughARestartOfTheCatalog() async throws {
-        let catalogCluster = try TestCluster.start()
+        let catalogCluster = try await TestCluster.start()
         defer { catalogCluster.remove() }
         try await withTestApp { app in
             try addDocument(to: app, size: 6 << 20, content: .incompressible)
@@ -159,11 +159,11 @@ import Testing
                 try await eventually(within: .seconds(30)) {
                     ((try? FileManager.default.attributesOfItem(atPath: saved)[.size] as? Int) ?? 0) > 1 << 20
                 }
-                try catalogCluster.stop()
+                try await catalogCluster.stop()
                 let whileDown = try await fetch(download.url)
                 #expect(whileDown.status == 503)
                 try await Task.sleep(for: .seconds(1))
-                try catalogCluster.startAgain()
+                try await catalogCluster.startAgain()
                 try await eventually(within: .seconds(60)) { !slow.isRunning }
                 #expect(slow.terminationStatus == 0)
                 let bytes = try Data(contentsOf: URL(fileURLWithPath: saved))

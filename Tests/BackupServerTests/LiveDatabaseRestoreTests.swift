@@ -186,14 +186,14 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
                 let job = try await requestRestore(server, backupID)
                 try await eventually(within: .seconds(60)) { gate.hasStarted }
                 #expect(try app.databases(containing: "_restore_").count == 1, "the staging database exists")
-                try app.cluster.stop()
+                try await app.cluster.stop()
                 gate.release()
                 let failed = try await server.withClient { try await waitForJob(job.id, on: $0) }
                 #expect(failed.status == .failed, "\(failed.error)")
                 let pending = try await TestPostgres.query(server.catalogDatabase, "SELECT leftovers FROM restores WHERE job_id = $1", job.id)
                 #expect(pending.first?.bool("leftovers") == true, "the leftover staging database is recorded")
 
-                try app.cluster.startAgain()
+                try await app.cluster.startAgain()
                 try await eventually(within: .seconds(30)) { try app.databases(containing: "_restore_").isEmpty }
                 try await eventually(within: .seconds(10)) {
                     try TestPostgres.query(server.catalogDatabase, "SELECT leftovers FROM restores WHERE job_id = $1", job.id)
@@ -274,7 +274,7 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
             let before = try app.state()
             let job = try await requestRestore(first, backupID)
             try await eventually(within: .seconds(60)) { !first.isRunning }
-            try app.cluster.stop()
+            try await app.cluster.stop()
             let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
                                                     blobDirectory: first.blobDirectory, adminToken: first.adminToken)
             do {
@@ -286,7 +286,7 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
                 }
                 let waiting = try await second.withClient { try await $0.unary(Backups.getJob, .with { $0.id = job.id }) }
                 #expect(waiting.status == .running, "\(waiting.error)")
-                try app.cluster.startAgain()
+                try await app.cluster.startAgain()
                 let ended = try await second.withClient { try await waitForJob(job.id, on: $0, timeout: .seconds(60)) }
                 #expect(ended.status == .failed && ended.error.contains("target is unchanged"), "\(ended.error)")
                 #expect(try app.state() == before)
@@ -315,7 +315,7 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
                     try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
                 }
                 try await eventually(within: .seconds(60)) { gate.hasStarted }
-                try app.cluster.stop()
+                try await app.cluster.stop()
                 gate.release()
                 let failed = try await server.withClient { try await waitForJob(created.job.id, on: $0) }
                 #expect(failed.status == .failed && failed.error.contains("pg_dump"), "\(failed.error)")
@@ -326,7 +326,7 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
                     try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n") == 0
                         && (try LocalBlobStore(root: server.blobDirectory).storedHashes(unusedSince: .distantFuture)).isEmpty
                 }
-                try app.cluster.startAgain()
+                try await app.cluster.startAgain()
                 gate.release()
                 let next = try await server.withClient { client in
                     let created = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })

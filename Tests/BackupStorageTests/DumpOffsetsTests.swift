@@ -7,8 +7,8 @@ import Testing
 /// A dump written into a pipe gets the data offsets pg_dump writes when it
 /// can seek: byte for byte, but for the creation time in its header.
 @Suite struct DumpOffsetsTests {
-    @Test func aPipedDumpGetsTheOffsetsPgDumpWritesIntoAFile() throws {
-        let database = try TestPostgres.createDatabase("offsets")
+    @Test func aPipedDumpGetsTheOffsetsPgDumpWritesIntoAFile() async throws {
+        let database = try await TestPostgres.createDatabase("offsets")
         defer { TestPostgres.dropDatabase(database) }
         for statement in [
             "CREATE TABLE a (id int PRIMARY KEY, v text)",
@@ -18,12 +18,12 @@ import Testing
             "INSERT INTO s.b SELECT i, repeat('x', i % 300) FROM generate_series(1, 3000) i",
             "CREATE TABLE empty (id int)",
             "SELECT lo_from_bytea(0, convert_to(repeat('large object ', 1000), 'UTF8'))",
-        ] { _ = try TestPostgres.query(database, statement) }
+        ] { _ = try await TestPostgres.query(database, statement) }
         let scratch = try ScratchDirectory("offsets")
         defer { scratch.remove() }
         let (piped, seekable) = (scratch.path + "/piped.backup", scratch.path + "/file.backup")
         let url = TestPostgres.connectionString(database)
-        let dumped = try runCommand("/bin/sh", ["-c", """
+        let dumped = try await runCommand("/bin/sh", ["-c", """
             pg_dump --format=custom --compress=0 --dbname='\(url)' | cat > '\(piped)' &&
             pg_dump --format=custom --compress=0 --dbname='\(url)' --file='\(seekable)'
             """])
@@ -37,9 +37,9 @@ import Testing
         #expect(filled.count == expected.count)
         #expect(filled.prefix(16) == expected.prefix(16))
         #expect(filled.dropFirst(51) == expected.dropFirst(51))
-        let restored = try TestPostgres.createDatabase("offsets_restored")
+        let restored = try await TestPostgres.createDatabase("offsets_restored")
         defer { TestPostgres.dropDatabase(restored) }
-        let restore = try runCommand("/bin/sh", ["-c",
+        let restore = try await runCommand("/bin/sh", ["-c",
             "pg_restore --jobs=2 --exit-on-error --dbname='\(TestPostgres.connectionString(restored))' '\(piped)'"])
         #expect(restore.status == 0, "\(restore.standardError)")
         #expect(try TestPostgres.tableFingerprints(restored) == TestPostgres.tableFingerprints(database))
@@ -48,27 +48,27 @@ import Testing
     /// Helper findings: every data block was remembered (25 million empty ones took backupd to 1.7 GB), the last
     /// copy of a duplicated block won where pg_restore reads the first, and 2-byte offsets wrapped onto planted
     /// blocks. Only the entries' own first blocks count now, and only 8-byte offsets are filled.
-    @Test func onlyEachEntrysFirstBlockIsTakenAndOnlyEightByteOffsetsAreFilled() throws {
-        let database = try TestPostgres.createDatabase("offsets")
+    @Test func onlyEachEntrysFirstBlockIsTakenAndOnlyEightByteOffsetsAreFilled() async throws {
+        let database = try await TestPostgres.createDatabase("offsets")
         defer { TestPostgres.dropDatabase(database) }
-        _ = try TestPostgres.query(database, "CREATE TABLE a (id int)")
-        _ = try TestPostgres.query(database, "INSERT INTO a SELECT generate_series(1, 10)")
+        _ = try await TestPostgres.query(database, "CREATE TABLE a (id int)")
+        _ = try await TestPostgres.query(database, "INSERT INTO a SELECT generate_series(1, 10)")
         let scratch = try ScratchDirectory("offsets")
         defer { scratch.remove() }
         let piped = scratch.path + "/piped.backup"
-        #expect(try runCommand("/bin/sh", ["-c", "pg_dump --format=custom --compress=0 --dbname='\(TestPostgres.connectionString(database))' | cat > '\(piped)'"]).status == 0)
+        #expect(try await runCommand("/bin/sh", ["-c", "pg_dump --format=custom --compress=0 --dbname='\(TestPostgres.connectionString(database))' | cat > '\(piped)'"]).status == 0)
         let original = Array(try Data(contentsOf: URL(fileURLWithPath: piped)))
         // A second block for every id after the dump, and blocks of ids no entry has: neither is taken.
-        let listing = try runCommand("/usr/bin/pg_restore", ["--list", piped]).standardOutput
+        let listing = try await runCommand("/usr/bin/pg_restore", ["--list", piped]).standardOutput
         let dataID = try #require(listing.split(separator: "\n").first { $0.contains("TABLE DATA") }.flatMap { Int($0.prefix { $0 != ";" }) })
         func block(_ id: Int) -> [UInt8] { [1, 0] + withUnsafeBytes(of: Int32(id).littleEndian, Array.init) + [0, 0, 0, 0, 0] }
         try Data(original + block(dataID) + (90_000..<90_100).flatMap(block)).write(to: URL(fileURLWithPath: piped))
         #expect(try DumpOffsets.fill(piped) == 1)
-        let restored = try TestPostgres.createDatabase("offsets_restored")
+        let restored = try await TestPostgres.createDatabase("offsets_restored")
         defer { TestPostgres.dropDatabase(restored) }
-        let restore = try runCommand("/usr/bin/pg_restore", ["--jobs=2", "--exit-on-error", "--dbname=\(TestPostgres.connectionString(restored))", piped])
+        let restore = try await runCommand("/usr/bin/pg_restore", ["--jobs=2", "--exit-on-error", "--dbname=\(TestPostgres.connectionString(restored))", piped])
         #expect(restore.status == 0, "\(restore.standardError)")
-        #expect(try TestPostgres.query(restored, "SELECT count(*) AS n FROM a")[0].int64("n") == 10)
+        await #expect(try TestPostgres.query(restored, "SELECT count(*) AS n FROM a")[0].int64("n") == 10)
 
         // The same dump saying its offsets are 2 bytes long is left as it is.
         var short = original

@@ -7,7 +7,7 @@ import Testing
 /// Archives compressed a block per gzip member on all cores: one stream that
 /// gzip reads whole, text compressed, random bytes stored rather than deflated.
 @Suite struct GzipMembersTests {
-    @Test func membersFormOneGzipStreamWithTextCompressedAndRandomBytesStored() throws {
+    @Test func membersFormOneGzipStreamWithTextCompressedAndRandomBytesStored() async throws {
         let scratch = try ScratchDirectory("gzip")
         defer { scratch.remove() }
         let random = Secure.randomBytes(3 << 20)
@@ -20,10 +20,10 @@ import Testing
         let path = scratch.path + "/out.gz"
         try Data(output).write(to: URL(fileURLWithPath: path))
 
-        let whole = try runCommand("/bin/sh", ["-c", "gzip -dc '\(path)' | sha256sum"])
+        let whole = try await runCommand("/bin/sh", ["-c", "gzip -dc '\(path)' | sha256sum"])
         #expect(whole.standardOutput.hasPrefix(ContentHash.of(random + text).hex), "\(whole.standardError)")
         // Each member's compressed and plain sizes, read with Python's zlib one member at a time.
-        let members = try runCommand("/usr/bin/python3", ["-c", """
+        let members = try await runCommand("/usr/bin/python3", ["-c", """
             import sys, zlib
             data = open(sys.argv[1], 'rb').read()
             while data:

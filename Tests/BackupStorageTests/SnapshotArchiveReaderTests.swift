@@ -25,7 +25,7 @@ import Testing
         return (contents, received.members)
     }
 
-    @Test func anArchiveMadeByHandTheWayTheFormatSaysIsRead() throws {
+    @Test func anArchiveMadeByHandTheWayTheFormatSaysIsRead() async throws {
         let scratch = try ScratchDirectory("reader")
         defer { scratch.remove() }
         let folder = scratch.path + "/snapshot"
@@ -35,7 +35,7 @@ import Testing
         try "PGDMP dump".write(toFile: folder + "/db/db.backup", atomically: true, encoding: .utf8)
         try "an invoice".write(toFile: folder + "/" + Self.document, atomically: true, encoding: .utf8)
         let archive = scratch.path + "/by-hand.tar.gz"
-        #expect(try runCommand("/bin/tar", ["czf", archive, "-C", folder, "."]).status == 0)
+        #expect(try await runCommand("/bin/tar", ["czf", archive, "-C", folder, "."]).status == 0)
         let (contents, members) = try read(archive)
         #expect(contents.metadata["modelVersion"] == "2.1.0")
         #expect(contents.dump.size == 10 && contents.dump.sha256 == ContentHash.of(Array("PGDMP dump".utf8)))

@@ -31,7 +31,7 @@ import Testing
         return (store, archive, contents)
     }
 
-    @Test func tarReadsBackEveryMemberAndTheMetadataNamesTheirHashes() throws {
+    @Test func tarReadsBackEveryMemberAndTheMetadataNamesTheirHashes() async throws {
         let scratch = try ScratchDirectory("archive")
         defer { scratch.remove() }
         let (store, archive, contents) = try snapshot(scratch)
@@ -42,7 +42,7 @@ import Testing
         #expect(size == UInt64(written.count) && sha256 == ContentHash.of(written))
         #expect(progress == contents.values.reduce(0) { $0 + UInt64($1.count) })
 
-        let listing = try runCommand("/usr/bin/tar", ["-tzf", path])
+        let listing = try await runCommand("/usr/bin/tar", ["-tzf", path])
         #expect(listing.status == 0, "\(listing.standardError)")
         #expect(listing.standardOutput.split(separator: "\n") == [
             ".metadata", "db/db.backup", "tree/0d/3e/0d3e301f-5551-46f8-ad44-8de2be084c95",
@@ -50,7 +50,7 @@ import Testing
         ])
         let out = scratch.path + "/out"
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        #expect(try runCommand("/usr/bin/tar", ["-xzf", path, "-C", out]).status == 0)
+        #expect(try await runCommand("/usr/bin/tar", ["-xzf", path, "-C", out]).status == 0)
         for (key, bytes) in contents {
             let member = key == SnapshotArchive.dumpPath ? key : "tree/\(key.prefix(2))/\(key.dropFirst(2).prefix(2))/\(key)"
             #expect(Array(try Data(contentsOf: URL(fileURLWithPath: "\(out)/\(member)"))) == bytes, "\(member)")
@@ -62,7 +62,7 @@ import Testing
             #expect(metadata["sha256:tree/\(key.prefix(2))/\(key.dropFirst(2).prefix(2))/\(key)"] == blob.hash.hex)
         }
         // Every member is a plain file of the snapshot's time, with no owner of this machine's.
-        let verbose = try runCommand("/usr/bin/tar", ["--numeric-owner", "-tvzf", path]).standardOutput
+        let verbose = try await runCommand("/usr/bin/tar", ["--numeric-owner", "-tvzf", path]).standardOutput
         #expect(verbose.split(separator: "\n").allSatisfy { $0.hasPrefix("-rw-r--r-- 0/0") && $0.contains("2025-11-24") }, "\(verbose)")
     }
 

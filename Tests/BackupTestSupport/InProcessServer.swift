@@ -62,7 +62,7 @@ public final class InProcessServer: WireTestServer {
         let database: String
         let connectionString: String
         if let catalogCluster {
-            database = try catalogCluster.createDatabase("catalog")
+            database = try await catalogCluster.createDatabase("catalog")
             connectionString = catalogCluster.connectionString(database)
         } else {
             database = try await TestPostgres.createCatalogDatabase()

@@ -5,7 +5,9 @@ import Foundation
 /// private cluster of `make test`): for app databases whose server a test
 /// configures (`autovacuum_naptime`), restarts or stops. Loopback only,
 /// trust authentication, run as the `postgres` user when the tests run as
-/// root. `remove()` stops it and deletes its data.
+/// root. `remove()` stops it and deletes its data. Starting, stopping and
+/// creating a database wait off the cooperative pool (`offThePool`): initdb
+/// and pg_ctl take seconds, which the servers a test runs in its process need.
 public final class TestCluster: Sendable {
     public let port: Int
     public let folder: String
@@ -15,7 +17,11 @@ public final class TestCluster: Sendable {
     private var data: String { folder + "/data" }
 
     /// initdb and start, with `settings` added to postgresql.conf.
-    public static func start(settings: [String: String] = [:]) throws -> TestCluster {
+    public static func start(settings: [String: String] = [:]) async throws -> TestCluster {
+        try await offThePool { try startBlocking(settings: settings) }
+    }
+
+    private static func startBlocking(settings: [String: String]) throws -> TestCluster {
         guard let bin else { throw TestSupportError("PostgreSQL server binaries not found under /usr/lib/postgresql") }
         // Under /var/tmp, which the postgres user can reach whatever the checkout's folder allows.
         let folder = "/var/tmp/backupd-test-cluster-\(UUID().uuidString.prefix(8).lowercased())"
@@ -54,17 +60,18 @@ public final class TestCluster: Sendable {
     }
 
     /// Creates a database named `prefix_` and 8 random characters; returns its name.
-    public func createDatabase(_ prefix: String) throws -> String {
+    public func createDatabase(_ prefix: String) async throws -> String {
         let name = "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
-        try PostgresConnection(connectionString("postgres")).query("CREATE DATABASE \(name)")
+        let postgres = connectionString("postgres")
+        try await offThePool { _ = try PostgresConnection(postgres).query("CREATE DATABASE \(name)") }
         return name
     }
 
     /// Stops the server (fast: sessions are ended), as a crash or an operator's restart would.
-    public func stop() throws { try control("stop", "-m", "fast") }
+    public func stop() async throws { try await offThePool { try self.control("stop", "-m", "fast") } }
 
     /// Starts it again after `stop`.
-    public func startAgain() throws { try control("start") }
+    public func startAgain() async throws { try await offThePool { try self.control("start") } }
 
     public func remove() {
         _ = try? control("stop", "-m", "immediate")

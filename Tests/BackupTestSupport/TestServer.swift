@@ -87,8 +87,10 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
                              downloadKeys: String = testDownloadKeys) async throws -> TestServer {
         let scratch = try ScratchDirectory("backupd")
         let catalog: String
-        if let named = try catalogDatabase ?? catalogCluster?.createDatabase("catalog") {
-            catalog = named
+        if let catalogDatabase {
+            catalog = catalogDatabase
+        } else if let catalogCluster {
+            catalog = try await catalogCluster.createDatabase("catalog")
         } else {
             catalog = try await TestPostgres.createCatalogDatabase()
         }
