@@ -31,11 +31,14 @@ public func within<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable (
             outcome.update { if $0 == nil { $0 = result; first = true } }
             if first { continuation.resume(with: result) }
         }
-        Task { settle(await work.result) }
-        Task {
-            try? await Task.sleep(for: limit)
+        let timer = Task {
+            guard (try? await Task.sleep(for: limit)) != nil else { return }  // the work ended first
             work.cancel()
             settle(.failure(TestSupportError("did not finish within \(limit)")))
+        }
+        Task {
+            settle(await work.result)
+            timer.cancel()
         }
     }
 }
