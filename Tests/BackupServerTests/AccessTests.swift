@@ -218,8 +218,10 @@ import Testing
     }
 
     @Test func revokingATokenEndsItsOpenCalls() async throws {
-        try await withTestApp { app in
-            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = try slowTool("pg_dump", seconds: 30) }) { server in
+        let dump = try GatedTool("pg_dump")
+        try await withTestApp(empty: true) { app in
+            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = dump.path }) { server in
+                defer { dump.release() }  // the job ends before the server's shutdown waits for it
                 try await server.register(app)
                 let viewer = try await server.makeToken(.viewer, name: "watcher")
                 let created = try await server.withClient { try await createBackup($0) }

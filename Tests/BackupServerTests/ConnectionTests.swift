@@ -170,8 +170,10 @@ import Testing
     }
 
     @Test func aCancelFrameEndsAStreamingCall() async throws {
+        let dump = try GatedTool("pg_dump")
         try await withTestApp { app in
-            try await withInProcessServer(live: true, configure: { $0.jobs.tools.pgDump = try slowTool("pg_dump", seconds: 5) }) { server in
+            try await withInProcessServer(live: true, configure: { $0.jobs.tools.pgDump = dump.path }) { server in
+                defer { dump.release() }  // the job ends before the server's shutdown waits for it
                 try await server.register(app)
                 let created = try await server.withClient { try await createBackup($0) }
                 let opening = encode([
@@ -442,7 +444,7 @@ func serverInfoStart(_ server: some WireTestServer, callID: UInt32 = 1) -> Frame
     /// the clock past the safety net's interval reads the job once for all
     /// of them, never once per watch.
     @Test func manyWatchesOfOneJobReadTheCatalogOnceAndAllHearItsEnd() async throws {
-        try await withTestApp { app in
+        try await withTestApp(empty: true) { app in
             let dump = try GatedTool("pg_dump")
             let clock = ManualClock()
             // The job's lease is renewed on the manual clock, which moves five seconds here; its expiry is

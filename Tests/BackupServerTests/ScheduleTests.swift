@@ -273,7 +273,7 @@ extension Night {
         let night = wallClock(2027, 3, 10, 0, 0, in: zone)
         let clock = TestClock(Date())
         let failing = try wrappedTool("pg_dump", running: "echo 'pg_dump: error: connection refused (simulated)' >&2; exit 1")
-        try await withTestApp { app in
+        try await withTestApp(empty: true) { app in
             try await withInProcessServer(configure: {
                 scheduling(clock, retryDelays: [.seconds(300), .seconds(1200)])(&$0)
                 $0.jobs.tools.pgDump = failing
@@ -346,7 +346,7 @@ extension Night {
         var calendar = Calendar(identifier: .gregorian)
         calendar.timeZone = TimeZone(identifier: "UTC")!
         let midnight = calendar.nextDate(after: Date(), matching: DateComponents(hour: 0, minute: 0, second: 0), matchingPolicy: .strict)!
-        try await withTestApp { app in
+        try await withTestApp(empty: true) { app in
             // The environment is registered before either clock runs ahead: the night to come is its first.
             let first = try await TestServer.start()
             try await first.register(app)
@@ -379,7 +379,7 @@ extension Night {
 /// VerifyBackup: every blob read again and the dump listed, problems named.
 @Suite(.serialized) struct VerifyTests {
     @Test func theCLIShowsAndSetsASchedule() async throws {
-        try await withTestApp { app in
+        try await withTestApp(empty: true) { app in
             try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
                 let shown = try await server.backupctl(["schedule", "show", "--env", "acme/shop-production"])
