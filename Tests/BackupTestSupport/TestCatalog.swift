@@ -60,14 +60,10 @@ private let catalogTemplate = Task<String, any Error> {
     let threadPool = NIOThreadPool(numberOfThreads: 1)
     threadPool.start()
     let catalog = Catalog(connectionString: TestPostgres.connectionString(name), maximumConnections: 1, threadPool: threadPool)
-    do {
-        try await catalog.migrate()
-    } catch {
-        await catalog.pool.close()
-        try? await threadPool.shutdownGracefully()
-        throw error
-    }
+    var failure: (any Error)?
+    do { try await catalog.migrate() } catch { failure = error }
     await catalog.pool.close()
     try? await threadPool.shutdownGracefully()
+    if let failure { throw failure }
     return name
 }

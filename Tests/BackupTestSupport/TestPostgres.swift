@@ -33,27 +33,23 @@ public enum TestPostgres {
 
     /// A new empty database (or a copy of `template`) with a unique name.
     public static func createDatabase(_ prefix: String, template: String? = nil) throws -> String {
-        let name = databaseName(prefix)
+        let name = "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
         try query("postgres", "CREATE DATABASE \(name)" + (template.map { " TEMPLATE \($0)" } ?? ""))
         return name
     }
 
+    /// The same from async code, off the cooperative pool.
     public static func createDatabase(_ prefix: String, template: String? = nil) async throws -> String {
-        let name = databaseName(prefix)
-        try await query("postgres", "CREATE DATABASE \(name)" + (template.map { " TEMPLATE \($0)" } ?? ""))
-        return name
-    }
-
-    private static func databaseName(_ prefix: String) -> String {
-        "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
+        try await offThePool { try createDatabase(prefix, template: template) as String }
     }
 
     public static func dropDatabase(_ name: String) {
         _ = try? query("postgres", "DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
     }
 
+    /// The same from async code, off the cooperative pool.
     public static func dropDatabase(_ name: String) async {
-        _ = try? await query("postgres", "DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
+        _ = try? await offThePool { dropDatabase(name) as Void }
     }
 
     /// Row count and an order-independent checksum of every table in the
