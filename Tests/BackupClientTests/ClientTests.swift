@@ -19,13 +19,15 @@ import Testing
                 guard let start = frames.first, case .start = start.kind else { return }
                 for _ in 1...10 { server.yield(Frame(callID: start.callID, .message(response))) }
             }) { client in
-                try await client.serverStreaming(Backups.watchJob, .with { $0.id = "x" }) { _ in try await Task.sleep(for: .milliseconds(500)) }
+                try await client.serverStreaming(Backups.watchJob, .with { $0.id = "x" }) { _ in
+                    // The caller holds its first response until the client has given up on the call: the rest pile up unread.
+                    while !sent.value.contains(where: { $0.kind == .cancel }) { try await Task.sleep(for: .milliseconds(5)) }
+                }
             }
         } catch let error as RPCError {
             failure = error
         }
         #expect(failure?.code == .resourceExhausted, "\(String(describing: failure))")
-        try await Task.sleep(for: .milliseconds(100))
         #expect(sent.value.contains { $0.kind == .cancel })
     }
 

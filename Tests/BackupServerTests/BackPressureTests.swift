@@ -36,7 +36,7 @@ import Testing
                 }
             }
             defer { senders.forEach { $0.cancel() } }
-            try await Task.sleep(for: .seconds(3))  // time for backupd to take all it will
+            _ = try await quietReading { try bytesRead(server.processIdentifier) }  // backupd has taken all it will
             // Others are served meanwhile.
             let info = try await within(.seconds(20)) {
                 try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
@@ -105,12 +105,7 @@ import Testing
                 }
             }
             // Until the call's authentication gets through, the client is held back.
-            var stalled = -1
-            while try stalled != bytesRead(server.processIdentifier) {
-                stalled = try bytesRead(server.processIdentifier)
-                try await Task.sleep(for: .seconds(1))
-            }
-            let read = stalled - readBefore
+            let read = try await quietReading { try bytesRead(server.processIdentifier) } - readBefore
             #expect(read < 16 << 20, "backupd read \(read >> 20) MiB into a call that took none")
             try holder.query("COMMIT")
             let status = try await within(.seconds(120)) { try await call.value }
@@ -120,6 +115,19 @@ import Testing
             print("back-pressure: 512 MiB into a stalled call: held back after \(read >> 20) MiB read; VmRSS \(before) KiB, peak \(peak) KiB (+\((peak - before) / 1024) MiB)")
         }
     }
+}
+
+/// A process's reading once it has stopped changing: the same five times
+/// in a row, 100 ms apart (at most a minute).
+func quietReading(_ sample: () throws -> Int) async throws -> Int {
+    var last = try sample(), same = 0
+    for _ in 0..<600 where same < 5 {
+        try await Task.sleep(for: .milliseconds(100))
+        let now = try sample()
+        same = now == last ? same + 1 : 0
+        last = now
+    }
+    return last
 }
 
 /// Bytes a process has read, from files and sockets alike.

@@ -177,8 +177,10 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func anEnvironmentRunsOneJobAtATime() async throws {
         try await withTestApp { app in
-            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = try slowTool("pg_dump", seconds: 2) }) { server in
+            let gate = try GatedTool("pg_dump")
+            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = gate.path }) { server in
                 try await server.register(app)
+                defer { gate.release() }
                 let outcomes = try await server.withClient { client in
                     try await withThrowingTaskGroup(of: Result<CreateBackupResponse, RPCError>.self) { group in
                         for _ in 0..<2 {
@@ -195,6 +197,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                 let winner = try #require(created.first)
                 #expect(refused.first?.code == .failedPrecondition)
                 #expect(refused.first?.message.contains(winner.job.id) == true)
+                gate.release()
                 let backups = try await server.withClient { client in
                     _ = try await waitForJob(winner.job.id, on: client)
                     return try await client.unary(Backups.listBackups, .with { $0.namespace = "acme" })
@@ -329,8 +332,15 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func watchJobStreamsProgressToTheEnd() async throws {
         try await withTestApp { app in
-            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = try slowTool("pg_dump", seconds: 1) }) { server in
+            let gate = try GatedTool("pg_dump")
+            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = gate.path }) { server in
                 try await server.register(app)
+                // The dump goes on once the job is running.
+                let releasing = Task {
+                    try await eventually(within: .seconds(60)) { gate.hasStarted }
+                    gate.release()
+                }
+                defer { releasing.cancel(); gate.release() }
                 let updates = try await server.withClient { client in
                     let created = try await createBackup(client)
                     let collected = UpdateLog()
@@ -347,8 +357,10 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
 
     @Test func aDeadlineEndsACallThatRunsTooLong() async throws {
         try await withTestApp { app in
-            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = try slowTool("pg_dump", seconds: 3) }) { server in
+            let gate = try GatedTool("pg_dump")
+            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = gate.path }) { server in
                 try await server.register(app)
+                defer { gate.release() }
                 try await server.withClient { client in
                     let created = try await createBackup(client)
                     await expectStatus(.deadlineExceeded) {

@@ -21,9 +21,20 @@ import Testing
             do {
                 return try await server.withClient(body)
             } catch let error as RPCError where [.unavailable, .internal].contains(error.code) && ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(300))
+                try await Task.sleep(for: .milliseconds(50))
             }
         }
+    }
+
+    /// Stops the catalog's cluster until the server has found it gone (a call
+    /// that needs it is answered UNAVAILABLE), then starts it again.
+    private func restartCatalog(_ cluster: TestCluster, under server: InProcessServer, asking jobID: String) async throws {
+        try await cluster.stop()
+        let refused = await #expect(throws: RPCError.self) {
+            try await server.withClient { try await $0.unary(Backups.getJob, .with { $0.id = jobID }) }
+        }
+        #expect(refused?.code == .unavailable, "\(String(describing: refused))")
+        try await cluster.startAgain()
     }
 
     private func unfinished(_ catalog: TestCluster, _ database: String) throws -> Int64 {
@@ -51,9 +62,7 @@ import Testing
                 let upload = try await server.withClient { try await startUpload($0, archive) }
                 _ = try await server.withClient { try await sendChunks($0, upload, archive, from: 0, to: 100_000) }
 
-                try await catalogCluster.stop()
-                try await Task.sleep(for: .seconds(2))
-                try await catalogCluster.startAgain()
+                try await restartCatalog(catalogCluster, under: server, asking: created.job.id)
                 gate.release()
 
                 let backup = try await once(server) { try await waitForJob(created.job.id, on: $0) }
@@ -102,9 +111,7 @@ import Testing
                 let download = try await server.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backup.id }) }
                 try await eventually(within: .seconds(60)) { gate.hasStarted }
 
-                try await catalogCluster.stop()
-                try await Task.sleep(for: .seconds(2))
-                try await catalogCluster.startAgain()
+                try await restartCatalog(catalogCluster, under: server, asking: restore.id)
                 gate.release()
 
                 let restored = try await once(server) { try await waitForJob(restore.id, on: $0) }
@@ -162,7 +169,6 @@ import Testing
                 try await catalogCluster.stop()
                 let whileDown = try await fetch(download.url)
                 #expect(whileDown.status == 503)
-                try await Task.sleep(for: .seconds(1))
                 try await catalogCluster.startAgain()
                 try await eventually(within: .seconds(60)) { !slow.isRunning }
                 #expect(slow.terminationStatus == 0)

@@ -228,7 +228,9 @@ import Testing
 
     @Test func aJobOfAKilledServerIsFailedWhenItsLeaseRunsOut() async throws {
         try await withTestApp { app in
-            let first = try await TestServer.start(arguments: ["--pg-dump", try slowTool("pg_dump", seconds: 60), "--job-lease-seconds", "2"])
+            let gate = try GatedTool("pg_dump")
+            defer { gate.release() }
+            let first = try await TestServer.start(arguments: ["--pg-dump", gate.path, "--job-lease-seconds", "2"])
             try await first.register(app)
             let created = try await first.withClient { try await createBackup($0) }
             try await eventually {
@@ -236,7 +238,7 @@ import Testing
                     .first?.string("status") == "running"
             }
             await first.stop(signal: SIGKILL)
-            // pg_dump's wrapper was orphaned by the kill; it is harmless and ends on its own.
+            // pg_dump's wrapper was orphaned by the kill; it is harmless and ends with the gate.
 
             let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
                                                     blobDirectory: first.blobDirectory, adminToken: first.adminToken)
@@ -265,24 +267,31 @@ import Testing
     /// A TLS connection that never sends a frame is closed once idle; one
     /// with a call open is not; other clients are served throughout.
     @Test func aConnectionWithNoCallIsClosedOnceIdleAndOneWithACallIsNot() async throws {
-        try await withInProcessServer(live: true, configure: { $0.connections.idleTimeout = .seconds(5); $0.connections.partialFrameTimeout = .seconds(600) }) { server in
+        try await withInProcessServer(live: true, configure: { $0.connections.idleTimeout = .seconds(3); $0.connections.partialFrameTimeout = .seconds(600) }) { server in
             // ServerInfo reports the limits in force.
             let info = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
             #expect(info.maxOpenCalls == 128 && info.handshakeTimeoutMS == 10_000)
-            #expect(info.partialFrameTimeoutMS == 600_000 && info.idleConnectionTimeoutMS == 5_000)
-            #expect(try await server.backupctl(["info"]).standardOutput.contains("128 calls open at once; handshake 10 s, a frame 600 s, idle 5 s"))
-            let (silent, busy) = (try await openTLS(server), try await openTLS(server))
-            let silentClosed = Task { try await waitUntilClosed(silent, sending: nil) }
+            #expect(info.partialFrameTimeoutMS == 600_000 && info.idleConnectionTimeoutMS == 3_000)
+            #expect(try await server.backupctl(["info"]).standardOutput.contains("128 calls open at once; handshake 10 s, a frame 600 s, idle 3 s"))
+            // The busy connection opens first: were it taken for idle, it would be closed before the silent one.
+            let busy = try await openTLS(server)
             let busyEnded = Atomic(false)
             let busyClosed = Task {
                 try? await waitUntilClosed(busy, sending: encode([serverInfoStart(server)]))
                 busyEnded.value = true
             }
-            for _ in 1...7 {
-                _ = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
-                try await Task.sleep(for: .seconds(1))
+            let silent = try await openTLS(server)
+            let silentEnded = Atomic(false)
+            let silentClosed = Task { try await waitUntilClosed(silent, sending: nil); silentEnded.value = true }
+            try await within(.seconds(20)) {
+                // Other clients are served while the silent one waits out its idle time.
+                while !silentEnded.value {
+                    _ = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                try await silentClosed.value
             }
-            try await within(.seconds(20)) { try await silentClosed.value }
+            _ = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
             #expect(!busyEnded.value, "a connection with a call open was closed as idle")
             busyClosed.cancel()
         }
@@ -362,7 +371,9 @@ import Testing
                 var sockets: [Int32] = []
                 for _ in 1...1500 { sockets.append(try openConnection(host: "127.0.0.1", port: port, from: "127.0.0.2")) }
                 defer { sockets.forEach { close($0) } }
-                try await Task.sleep(for: .seconds(2))  // every connection accepted, and the ones past the cap closed
+                _ = try await quietReading { try descriptorCount(pid) }  // every connection accepted, and the ones past the cap closed
+                // A rate, so measured over a while: the one fixed wait of the tests, and what it watches for (a loop
+                // that spins on connections it cannot take) would burn the whole of it.
                 let cpuBefore = try cpuSeconds(pid)
                 try await Task.sleep(for: .seconds(3))
                 let cpu = try cpuSeconds(pid) - cpuBefore

@@ -23,6 +23,7 @@ import Testing
         try await withTestServer { server in
             let pid = server.processIdentifier
             _ = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+            let descriptors = try descriptorCount(pid)
             let (before, readBefore) = (try resetPeak(pid), try bytesRead(pid))
             let authenticated = [serverInfoStart(server), Frame(callID: 1, .message([])), Frame(callID: 1, .halfClose)]
             let calls = encode(authenticated + (2...120_000).flatMap { tokenlessCall(UInt32($0)) })
@@ -36,12 +37,7 @@ import Testing
                 }
             }
             defer { sender.cancel() }
-            var read = -1
-            for _ in 1...60 where try read != bytesRead(pid) {
-                read = try bytesRead(pid)
-                try await Task.sleep(for: .seconds(1))
-            }
-            read -= readBefore
+            let read = try await quietReading { try bytesRead(pid) } - readBefore
             let peak = try residentKiB(pid, "VmHWM")
             #expect(read < calls.readableBytes / 2, "backupd read \(read) of \(calls.readableBytes) bytes of calls whose answers nobody read")
             #expect(peak - before < 16 * 1024, "backupd grew from \(before) KiB to \(peak) KiB")
@@ -51,7 +47,7 @@ import Testing
             #expect(info.maxOpenCalls == 128)
             // The client goes with answers unwritten: its calls end CANCELLED, and none is logged as an internal error.
             sender.cancel()
-            try await Task.sleep(for: .seconds(1))
+            try await eventually(within: .seconds(30)) { try descriptorCount(pid) <= descriptors }  // its connection is closed
             #expect(!server.log.contains("internal error"), "\(server.log.suffix(2000))")
             print("a client that never reads: backupd read \(read >> 10) of \(calls.readableBytes >> 10) KiB, grew \((peak - before) >> 10) MiB")
         }
@@ -75,7 +71,7 @@ import Testing
                             group.addTask {
                                 for id in UInt32(1)... {
                                     try await outbound.write(encode(tokenlessCall(id)))
-                                    try await Task.sleep(for: .milliseconds(300))
+                                    try await Task.sleep(for: .milliseconds(100))
                                 }
                             }
                             try await group.next()
@@ -110,7 +106,7 @@ import Testing
                 } }
             }
             defer { holders.forEach { $0.cancel() } }
-            try await Task.sleep(for: .seconds(1))
+            try await eventually { server.admittedConnections >= 16 }
             let call = encode([
                 Frame(callID: 1, .start(.with {
                     $0.method = Backups.getBackup.name

@@ -54,133 +54,6 @@ func hungBackup(_ server: some BackupTestServer, _ app: TestApp, environment: St
 }
 
 @Suite(.serialized) struct JobEndTests {
-    @Test func cancellingARunningBackupKillsItsDumpAndEndsItCancelled() async throws {
-        try await withTestApp { app in
-            try await withInProcessServer(live: true) { server in
-                try await server.register(app)
-                let lock = try HeldLock(app)
-                defer { lock.release() }
-                let created = try await hungBackup(server, app)
-                let cancelling = try await server.backupctl(["job", "cancel", created.job.id, "--json"])
-                #expect(cancelling.status == 0, "\(cancelling.standardError)")
-                let job = try await server.withClient { try await waitForJob(created.job.id, on: $0, timeout: .seconds(20)) }
-                #expect(job.status == .cancelled)
-                #expect(job.error.contains("cancelled on request"))
-                // (The server's session may wait on the lock until it is released: PostgreSQL notices a gone client late.)
-                try await eventually(within: .seconds(5)) { dumpProcesses(app).isEmpty }
-                let backup = try await server.withClient { try await $0.unary(Backups.getBackup, .with { $0.id = created.backup.id }) }
-                #expect(backup.status == .failed)
-                let scratch = try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/tmp")
-                #expect(!scratch.contains { $0.contains(created.job.id) }, "\(scratch)")
-                let activity = try await server.backupctl(["activity", "--env", "\(TestServer.namespace)/shop-production", "--json"])
-                #expect(activity.standardOutput.contains("CANCELLED"))
-                // An ended job cannot be cancelled again; a viewer cannot cancel at all.
-                let again = try await server.backupctl(["job", "cancel", created.job.id])
-                #expect(again.status != 0 && again.standardError.contains("has already ended (cancelled)"), "\(again.standardError)")
-                // The environment is free again.
-                lock.release()
-                let next = try await server.withClient { client in
-                    let created = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
-                    return try await waitForJob(created.job.id, on: client)
-                }
-                #expect(next.status == .finished, "\(next.error)")
-            }
-        }
-    }
-
-    @Test func cancellingARunningRestoreDropsItsStagingAndLeavesTheTargetAlone() async throws {
-        try await withTestApp { app in
-            // A duration of its own, so that no other process on the machine passes for this one.
-            let sleeper = "sleep 60.\(Int.random(in: 100_000...999_999))"
-            let holds = try wrappedTool("pg_restore", running: #"case "$*" in *--jobs*) "# + sleeper + ";; esac")
-            try await withInProcessServer(configure: { $0.jobs.tools.pgRestore = holds }) { server in
-                let backup = try await finishedBackup(server, app)
-                try changeEverything(app)
-                let before = try EnvironmentState(app)
-                try await server.withClient { client in
-                    let job = try await client.unary(Backups.restoreBackup, .with {
-                        $0.backupID = backup.id; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
-                    })
-                    try await eventually { !processes(naming: sleeper).isEmpty }
-                    let cancelled = try await client.unary(Backups.cancelJob, .with { $0.id = job.id })
-                    #expect(cancelled.status == .running && cancelled.phase == "cancelling")
-                    let ended = try await waitForJob(job.id, on: client, timeout: .seconds(20))
-                    #expect(ended.status == .cancelled, "\(ended.error)")
-                }
-                #expect(try EnvironmentState(app) == before)
-                try noStagingLeft(app)
-                #expect(processes(naming: sleeper).isEmpty)
-            }
-        }
-    }
-
-    /// Documents of 20 GB each (sparse: they cost the tenant nothing) keep a
-    /// backup reading for minutes; a cancel stops it within seconds all the
-    /// same, and until it has stopped it keeps its slot and its lease.
-    @Test func cancellingABackupStopsItsReadsOfHugeDocumentsWithinSeconds() async throws {
-        try await withTestApp { app in
-            try await withTestServer(arguments: ["--job-lease-seconds", "3"]) { server in
-                try await server.register(app)
-                for key in try referencedKeys(app).prefix(8) {
-                    #expect(truncate(documentPath(app, key), 20 << 30) == 0)
-                }
-                let created = try await server.withClient { client in
-                    try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
-                }
-                try await server.withClient { client in
-                    while try await !client.unary(Backups.getJob, .with { $0.id = created.job.id }).phase.hasPrefix("dumping") {
-                        try await Task.sleep(for: .milliseconds(100))
-                    }
-                    // Well into the huge documents (a batch of them takes minutes).
-                    try await Task.sleep(for: .seconds(3))
-                    let asked = ContinuousClock.now
-                    _ = try await client.unary(Backups.cancelJob, .with { $0.id = created.job.id })
-                    let ended = try await waitForJob(created.job.id, on: client, timeout: .seconds(60))
-                    #expect(ended.status == .cancelled, "\(ended.error)")
-                    #expect(ContinuousClock.now - asked < .seconds(10), "took \(ContinuousClock.now - asked)")
-                }
-                #expect(!server.log.contains("lease expired"))
-                let partial = try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/tmp")
-                #expect(partial.isEmpty, "\(partial)")
-            }
-        }
-    }
-
-    /// A cancel that arrives while a restore swaps (its database rename held
-    /// up by a lock) cannot stop the swap; the restore's lease is kept all the
-    /// while, so no recovery runs beside it, and it ends fully restored.
-    @Test func aCancelDuringTheSwapLetsTheSwapFinishAlone() async throws {
-        try await withTestApp { app in
-            try await withTestServer(arguments: ["--job-lease-seconds", "3"]) { server in
-                let backup = try await finishedBackup(server, app)
-                let atBackup = try EnvironmentState(app)
-                try changeEverything(app)
-                let holder = try PostgresConnection(TestPostgres.connectionString("postgres"))
-                try holder.query("BEGIN")
-                try holder.query("COMMENT ON DATABASE \(app.database) IS 'held'")
-                let ended = try await server.withClient { client in
-                    let job = try await client.unary(Backups.restoreBackup, .with {
-                        $0.backupID = backup.id; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
-                    })
-                    while try await client.unary(Backups.getJob, .with { $0.id = job.id }).phase != "swapping" {
-                        try await Task.sleep(for: .milliseconds(50))
-                    }
-                    try await Task.sleep(for: .milliseconds(500))
-                    _ = try await client.unary(Backups.cancelJob, .with { $0.id = job.id })
-                    // Well past two leases, with the rename still waiting.
-                    try await Task.sleep(for: .seconds(8))
-                    try holder.query("ROLLBACK")
-                    return try await waitForJob(job.id, on: client, timeout: .seconds(60))
-                }
-                #expect(ended.status == .finished, "\(ended.error)")
-                let state = try EnvironmentState(app)
-                #expect(state.tables == atBackup.tables)
-                #expect(Set(state.files.keys.map { String($0.split(separator: "/").last!) }) == Set(try referencedKeys(app)))
-                #expect(server.log.components(separatedBy: "job started").count - 1 == 2, "the backup and the restore, each once")
-                try noStagingLeft(app)
-            }
-        }
-    }
 
     /// An app database that accepts connections and never answers, and a
     /// file query stuck behind a lock: each job ends with the reason.
@@ -335,11 +208,13 @@ func hungBackup(_ server: some BackupTestServer, _ app: TestApp, environment: St
                 }
                 // Clients that never finish a handshake: one silent, one that sent half a ClientHello.
                 let (host, port) = (String(server.address.split(separator: ":")[0]), Int(server.address.split(separator: ":")[1])!)
+                let descriptors = try descriptorCount(server.processIdentifier)
                 let silent = try openConnection(host: host, port: port)
                 let halfHello = try openConnection(host: host, port: port)
                 _ = [UInt8]([0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).withUnsafeBytes { write(halfHello, $0.baseAddress, $0.count) }
                 defer { close(silent); close(halfHello) }
-                try await Task.sleep(for: .seconds(1))  // accepted, and waiting in their handshakes
+                // Accepted, and waiting in their handshakes.
+                try await eventually { try descriptorCount(server.processIdentifier) >= descriptors + 2 }
 
                 let started = ContinuousClock.now
                 kill(server.processIdentifier, SIGTERM)
@@ -500,6 +375,153 @@ final class SilentListener: Sendable {
                 let activity = try await TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'backup'")[0].int64("n")
                 #expect(activity >= Int64(answered))
                 print("deadlines: \(answered) answered with a backup, \(exceeded) exceeded with none made")
+            }
+        }
+    }
+}
+
+/// Cancels of running jobs: each ends its job's work (dump, restore, reads)
+/// and leaves nothing, or lets a swap that began finish alone.
+@Suite(.serialized) struct JobCancelTests {
+    @Test func cancellingARunningBackupKillsItsDumpAndEndsItCancelled() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(live: true) { server in
+                try await server.register(app)
+                let lock = try HeldLock(app)
+                defer { lock.release() }
+                let created = try await hungBackup(server, app)
+                let cancelling = try await server.backupctl(["job", "cancel", created.job.id, "--json"])
+                #expect(cancelling.status == 0, "\(cancelling.standardError)")
+                let job = try await server.withClient { try await waitForJob(created.job.id, on: $0, timeout: .seconds(20)) }
+                #expect(job.status == .cancelled)
+                #expect(job.error.contains("cancelled on request"))
+                // (The server's session may wait on the lock until it is released: PostgreSQL notices a gone client late.)
+                try await eventually(within: .seconds(5)) { dumpProcesses(app).isEmpty }
+                let backup = try await server.withClient { try await $0.unary(Backups.getBackup, .with { $0.id = created.backup.id }) }
+                #expect(backup.status == .failed)
+                let scratch = try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/tmp")
+                #expect(!scratch.contains { $0.contains(created.job.id) }, "\(scratch)")
+                let activity = try await server.backupctl(["activity", "--env", "\(TestServer.namespace)/shop-production", "--json"])
+                #expect(activity.standardOutput.contains("CANCELLED"))
+                // An ended job cannot be cancelled again; a viewer cannot cancel at all.
+                let again = try await server.backupctl(["job", "cancel", created.job.id])
+                #expect(again.status != 0 && again.standardError.contains("has already ended (cancelled)"), "\(again.standardError)")
+                // The environment is free again.
+                lock.release()
+                let next = try await server.withClient { client in
+                    let created = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
+                    return try await waitForJob(created.job.id, on: client)
+                }
+                #expect(next.status == .finished, "\(next.error)")
+            }
+        }
+    }
+
+    @Test func cancellingARunningRestoreDropsItsStagingAndLeavesTheTargetAlone() async throws {
+        try await withTestApp { app in
+            // A duration of its own, so that no other process on the machine passes for this one.
+            let sleeper = "sleep 60.\(Int.random(in: 100_000...999_999))"
+            let holds = try wrappedTool("pg_restore", running: #"case "$*" in *--jobs*) "# + sleeper + ";; esac")
+            try await withInProcessServer(configure: { $0.jobs.tools.pgRestore = holds }) { server in
+                let backup = try await finishedBackup(server, app)
+                try changeEverything(app)
+                let before = try EnvironmentState(app)
+                try await server.withClient { client in
+                    let job = try await client.unary(Backups.restoreBackup, .with {
+                        $0.backupID = backup.id; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
+                    })
+                    try await eventually { !processes(naming: sleeper).isEmpty }
+                    let cancelled = try await client.unary(Backups.cancelJob, .with { $0.id = job.id })
+                    #expect(cancelled.status == .running && cancelled.phase == "cancelling")
+                    let ended = try await waitForJob(job.id, on: client, timeout: .seconds(20))
+                    #expect(ended.status == .cancelled, "\(ended.error)")
+                }
+                #expect(try EnvironmentState(app) == before)
+                try noStagingLeft(app)
+                #expect(processes(naming: sleeper).isEmpty)
+            }
+        }
+    }
+
+    /// Documents of 20 GB each (sparse: they cost the tenant nothing) keep a
+    /// backup reading for minutes; a cancel stops it within seconds all the
+    /// same, and until it has stopped it keeps its slot and its lease.
+    @Test func cancellingABackupStopsItsReadsOfHugeDocumentsWithinSeconds() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--job-lease-seconds", "3"]) { server in
+                try await server.register(app)
+                for key in try referencedKeys(app).prefix(8) {
+                    #expect(truncate(documentPath(app, key), 20 << 30) == 0)
+                }
+                let created = try await server.withClient { client in
+                    try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
+                }
+                try await server.withClient { client in
+                    while try await !client.unary(Backups.getJob, .with { $0.id = created.job.id }).phase.hasPrefix("dumping") {
+                        try await Task.sleep(for: .milliseconds(100))
+                    }
+                    // Well into the huge documents (a batch of them takes minutes): a GiB read since the dump began.
+                    let readBefore = try bytesRead(server.processIdentifier)
+                    try await eventually(within: .seconds(60)) { try bytesRead(server.processIdentifier) - readBefore > 1 << 30 }
+                    let asked = ContinuousClock.now
+                    _ = try await client.unary(Backups.cancelJob, .with { $0.id = created.job.id })
+                    let ended = try await waitForJob(created.job.id, on: client, timeout: .seconds(60))
+                    #expect(ended.status == .cancelled, "\(ended.error)")
+                    #expect(ContinuousClock.now - asked < .seconds(10), "took \(ContinuousClock.now - asked)")
+                }
+                #expect(!server.log.contains("lease expired"))
+                let partial = try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/tmp")
+                #expect(partial.isEmpty, "\(partial)")
+            }
+        }
+    }
+
+    /// A cancel that arrives while a restore swaps (its database rename held
+    /// up by a lock) cannot stop the swap; the restore's lease is kept all the
+    /// while, so no recovery runs beside it, and it ends fully restored.
+    @Test func aCancelDuringTheSwapLetsTheSwapFinishAlone() async throws {
+        try await withTestApp { app in
+            try await withTestServer(arguments: ["--job-lease-seconds", "3"]) { server in
+                let backup = try await finishedBackup(server, app)
+                let atBackup = try EnvironmentState(app)
+                try changeEverything(app)
+                let holder = try PostgresConnection(TestPostgres.connectionString("postgres"))
+                try holder.query("BEGIN")
+                try holder.query("COMMENT ON DATABASE \(app.database) IS 'held'")
+                let ended = try await server.withClient { client in
+                    let job = try await client.unary(Backups.restoreBackup, .with {
+                        $0.backupID = backup.id; $0.targetNamespace = TestServer.namespace; $0.targetEnvironment = "shop-production"
+                    })
+                    // The swap's transaction waits for the lock the holder keeps on the target.
+                    try await eventually(within: .seconds(30)) {
+                        try await TestPostgres.query("postgres", """
+                            SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'COMMENT ON DATABASE %' AND query LIKE $1
+                            """, "%\(app.database)%").count == 1
+                    }
+                    _ = try await client.unary(Backups.cancelJob, .with { $0.id = job.id })
+                    // Two more leases taken, with the rename still waiting.
+                    func leaseExpiry() async throws -> String {
+                        try await TestPostgres.query(server.catalogDatabase, "SELECT lease_expires_at::text AS at FROM jobs WHERE id = $1",
+                                                     job.id)[0].string("at")
+                    }
+                    var renewals = 0, lastExpiry = try await leaseExpiry()
+                    try await eventually(within: .seconds(60)) {
+                        let expiry = try await leaseExpiry()
+                        if expiry != lastExpiry { renewals += 1; lastExpiry = expiry }
+                        return renewals >= 2
+                    }
+                    // Still running, its cancel asked for and not yet able to act.
+                    let waiting = try await client.unary(Backups.getJob, .with { $0.id = job.id })
+                    #expect(waiting.status == .running && waiting.phase == "cancelling", "\(waiting.status) \(waiting.phase)")
+                    try holder.query("ROLLBACK")
+                    return try await waitForJob(job.id, on: client, timeout: .seconds(60))
+                }
+                #expect(ended.status == .finished, "\(ended.error)")
+                let state = try EnvironmentState(app)
+                #expect(state.tables == atBackup.tables)
+                #expect(Set(state.files.keys.map { String($0.split(separator: "/").last!) }) == Set(try referencedKeys(app)))
+                #expect(server.log.components(separatedBy: "job started").count - 1 == 2, "the backup and the restore, each once")
+                try noStagingLeft(app)
             }
         }
     }

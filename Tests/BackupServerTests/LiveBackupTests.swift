@@ -13,6 +13,7 @@ import Testing
 final class BusyApp: @unchecked Sendable {
     let app: TestApp
     private let stopped = Atomic(false)
+    private let working = DispatchGroup()
     /// Every key the writer made, for checking a backup's copy against what was written.
     let writtenKeys = Atomic(Set<String>())
     private var threads: [Thread] = []
@@ -30,6 +31,7 @@ final class BusyApp: @unchecked Sendable {
 
     func start() {
         let writer = Thread { [self] in
+            defer { working.leave() }
             var id = 100_000
             while !stopped.value {
                 id += 1
@@ -45,6 +47,7 @@ final class BusyApp: @unchecked Sendable {
             }
         }
         let deleter = Thread { [self] in
+            defer { working.leave() }
             while !stopped.value {
                 let keys = (try? TestPostgres.query(app.database, """
                     DELETE FROM "system$filedocument" WHERE id IN
@@ -56,12 +59,13 @@ final class BusyApp: @unchecked Sendable {
             }
         }
         threads = [writer, deleter]
+        threads.forEach { _ in working.enter() }
         threads.forEach { $0.start() }
     }
 
     func stop() {
         stopped.value = true
-        Thread.sleep(forTimeInterval: 0.3)
+        working.wait()
     }
 }
 

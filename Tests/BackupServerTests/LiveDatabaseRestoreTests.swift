@@ -79,61 +79,35 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
     try await using(try ClusterApp.make(on: try TestCluster.start(settings: settings)), removedBy: { $0.remove() }, body)
 }
 
+/// Registers the cluster app as acme's shop-production, stopped.
+private func register(_ app: ClusterApp, on server: some BackupTestServer) async throws {
+    try await server.withClient(token: server.platformToken) { client in
+        _ = try await client.unary(Backups.registerEnvironment, .with {
+            $0.namespace = TestServer.namespace; $0.name = "shop-production"; $0.app = "shop"
+            $0.databaseURL = app.url; $0.fileStorePath = app.fileStore; $0.state = .stopped
+        })
+    }
+}
+
+/// A finished backup of shop-production, by id.
+private func backUp(_ server: some BackupTestServer) async throws -> String {
+    try await server.withClient { client in
+        let created = try await client.unary(Backups.createBackup, .with {
+            $0.namespace = TestServer.namespace; $0.environment = "shop-production"
+        })
+        let job = try await waitForJob(created.job.id, on: client)
+        #expect(job.status == .finished, "\(job.error)")
+        return created.backup.id
+    }
+}
+
+/// Restores a backup into shop-production and waits for the job to end.
+private func restore(_ backupID: String, on server: some BackupTestServer) async throws -> Job {
+    let job = try await requestRestore(server, backupID)
+    return try await server.withClient { try await waitForJob(job.id, on: $0) }
+}
+
 @Suite(.serialized) struct LiveDatabaseRestoreTests {
-    private func register(_ app: ClusterApp, on server: some BackupTestServer) async throws {
-        try await server.withClient(token: server.platformToken) { client in
-            _ = try await client.unary(Backups.registerEnvironment, .with {
-                $0.namespace = TestServer.namespace; $0.name = "shop-production"; $0.app = "shop"
-                $0.databaseURL = app.url; $0.fileStorePath = app.fileStore; $0.state = .stopped
-            })
-        }
-    }
-
-    private func backUp(_ server: some BackupTestServer) async throws -> String {
-        try await server.withClient { client in
-            let created = try await client.unary(Backups.createBackup, .with {
-                $0.namespace = TestServer.namespace; $0.environment = "shop-production"
-            })
-            let job = try await waitForJob(created.job.id, on: client)
-            #expect(job.status == .finished, "\(job.error)")
-            return created.backup.id
-        }
-    }
-
-    private func restore(_ backupID: String, on server: some BackupTestServer) async throws -> Job {
-        let job = try await requestRestore(server, backupID)
-        return try await server.withClient { try await waitForJob(job.id, on: $0) }
-    }
-
-    /// The app's role may not end autovacuum workers (nor any session of
-    /// another role): the restore lets PostgreSQL ask autovacuum to leave
-    /// and tries the renames again. Between restores the app's tables are
-    /// rewritten, so autovacuum has work on the databases being swapped.
-    @Test func restoresFinishWhileAutovacuumWorksOnTheDatabases() async throws {
-        try await withClusterApp(settings: ["autovacuum_naptime": "1s", "autovacuum_vacuum_cost_delay": "20ms"]) { app in
-            try await withInProcessServer { server in
-                try await register(app, on: server)
-                let backupID = try await backUp(server)
-                let atBackup = try app.state()
-                var firstRestored: EnvironmentSnapshot?
-                for round in 1...10 {
-                    let owner = try PostgresConnection(app.url)
-                    try owner.query("UPDATE \"shop$order\" SET status = status")
-                    try owner.query("ANALYZE")
-                    let job = try await restore(backupID, on: server)
-                    #expect(job.status == .finished, "round \(round): \(job.error)")
-                    let restored = try app.state()
-                    #expect(restored.tables == atBackup.tables, "round \(round)")
-                    // The store holds what the backup holds: the documents with contents not deleted after download.
-                    #expect(restored == (firstRestored ?? restored) && restored.files.count == 302, "round \(round)")
-                    firstRestored = firstRestored ?? restored
-                }
-                #expect(try app.databases(containing: "_prerestore") == ["shop_prerestore"])
-                try app.expectNothingLeft()
-            }
-        }
-    }
-
     /// A session of another role on the target, which backupd may not end,
     /// fails the restore naming it; the target, the previous copies and
     /// everything else stay as they were, and nothing is left behind.
@@ -333,6 +307,39 @@ func withClusterApp<T: Sendable>(settings: [String: String] = [:], _ body: (Clus
                     return try await waitForJob(created.job.id, on: client)
                 }
                 #expect(next.status == .finished, "\(next.error)")
+            }
+        }
+    }
+}
+
+/// Restores while autovacuum works, apart from the other live-database
+/// tests: it is long, and runs beside them.
+@Suite(.serialized) struct AutovacuumRestoreTests {
+    /// The app's role may not end autovacuum workers (nor any session of
+    /// another role): the restore lets PostgreSQL ask autovacuum to leave
+    /// and tries the renames again. Between restores the app's tables are
+    /// rewritten, so autovacuum has work on the databases being swapped.
+    @Test func restoresFinishWhileAutovacuumWorksOnTheDatabases() async throws {
+        try await withClusterApp(settings: ["autovacuum_naptime": "1s", "autovacuum_vacuum_cost_delay": "20ms"]) { app in
+            try await withInProcessServer { server in
+                try await register(app, on: server)
+                let backupID = try await backUp(server)
+                let atBackup = try app.state()
+                var firstRestored: EnvironmentSnapshot?
+                for round in 1...10 {
+                    let owner = try PostgresConnection(app.url)
+                    try owner.query("UPDATE \"shop$order\" SET status = status")
+                    try owner.query("ANALYZE")
+                    let job = try await restore(backupID, on: server)
+                    #expect(job.status == .finished, "round \(round): \(job.error)")
+                    let restored = try app.state()
+                    #expect(restored.tables == atBackup.tables, "round \(round)")
+                    // The store holds what the backup holds: the documents with contents not deleted after download.
+                    #expect(restored == (firstRestored ?? restored) && restored.files.count == 302, "round \(round)")
+                    firstRestored = firstRestored ?? restored
+                }
+                #expect(try app.databases(containing: "_prerestore") == ["shop_prerestore"])
+                try app.expectNothingLeft()
             }
         }
     }

@@ -165,8 +165,11 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
 
     @Test func everyPreconditionIsCheckedBeforeAnythingIsTouched() async throws {
         try await withTestApp { app in
-            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = try slowTool("pg_dump", seconds: 3) }) { server in
+            let gate = try GatedTool("pg_dump")
+            gate.release()
+            try await withInProcessServer(configure: { $0.jobs.tools.pgDump = gate.path }) { server in
                 let backup = try await finishedBackup(server, app)
+                gate.hold()
                 let before = try EnvironmentState(app)
                 let viewer = try await server.makeToken(.viewer, name: "viewer")
                 try await server.withClient { client in
@@ -190,7 +193,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
                         _ = try await server.withClient(token: viewer) { try await $0.unary(Backups.restoreBackup, request) }
                     }
 
-                    // Another job runs on the target: a backup (slowed down), which is still processing.
+                    // Another job runs on the target: a backup (held at its dump), which is still processing.
                     let running2 = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
                     let busy = await expectStatus(.failedPrecondition) { _ = try await client.unary(Backups.restoreBackup, request) }
                     #expect(busy?.message.contains(running2.job.id) == true)
@@ -201,6 +204,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
                         })
                     }
                     #expect(unfinished?.message.contains("not finished") == true)
+                    gate.release()
                     _ = try await waitForJob(running2.job.id, on: client)
                 }
                 #expect(try EnvironmentState(app) == before)
@@ -270,7 +274,9 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
 
     @Test func aBackupdKilledMidRestoreIsCleanedUpAtTheNextStart() async throws {
         try await withTestApp { app in
-            let first = try await TestServer.start(arguments: ["--pg-restore", try slowTool("pg_restore", seconds: 30), "--job-lease-seconds", "2"])
+            let gate = try GatedTool("pg_restore")
+            defer { gate.release() }
+            let first = try await TestServer.start(arguments: ["--pg-restore", gate.path, "--job-lease-seconds", "2"])
             let backup = try await finishedBackup(first, app)
             try changeEverything(app)
             let before = try EnvironmentState(app)

@@ -194,66 +194,6 @@ func nightlyRows(_ server: some BackupTestServer, _ environment: String = "shop-
             }
         }
     }
-
-    /// 400 nights of one environment, created and expired by the scheduler as
-    /// in production: after every night, what is kept is exactly what the
-    /// policy promises, and each backup went exactly when its expiry came.
-    @Test func fourHundredNightsKeepExactlyWhatThePolicyPromises() async throws {
-        let zone = TimeZone(identifier: "Europe/Amsterdam")!
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = zone
-        // The first run is on Tuesday 5 January 2027, after that month's first Sunday (the 3rd): January has no monthly backup.
-        let firstNight = wallClock(2027, 1, 5, 1, 30, in: zone)
-        // Until the schedule is set the clock is the real one: the environment is new, no night is due.
-        let clock = TestClock(Date())
-        // What the backups hold is not the point: an app without rows or files makes 400 of them cheap.
-        try await withTestApp(empty: true) { app in
-            try await withInProcessServer(configure: scheduling(clock)) { server in
-                try await server.register(app)
-                try await changeSchedule(server) { $0.windowStart = "01:30"; $0.timeZone = "Europe/Amsterdam" }
-                var made: [(night: Date, kind: String)] = []
-                for day in 0..<400 {
-                    let night = calendar.date(byAdding: .day, value: day, to: firstNight)!
-                    let now = night.addingTimeInterval(60)
-                    clock.set(now)
-                    let date = Night.localDate(night, in: zone)
-                    try await eventually(within: .seconds(60)) {
-                        try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE night = $1::date AND status = 'finished'",
-                                               date).count == 1
-                    }
-                    let weekday = calendar.component(.weekday, from: night), dayOfMonth = calendar.component(.day, from: night)
-                    made.append((night, weekday != 1 ? "nightly" : dayOfMonth <= 7 ? "monthly" : "weekly"))
-                    // Expiry ran in the tick that made tonight's backup; a later tick may not have run yet, nor need to.
-                    let kept = await Set(try TestPostgres.query(server.catalogDatabase, "SELECT night::text AS night, kind FROM snapshots")
-                        .map { "\($0.string("night")) \($0.string("kind"))" })
-                    let promised = Set(made.filter { backup in
-                        let period: DateComponents = switch backup.kind {
-                        case "nightly": DateComponents(day: 14)
-                        case "weekly": DateComponents(month: 3)
-                        default: DateComponents(month: 12)
-                        }
-                        return calendar.date(byAdding: period, to: backup.night.addingTimeInterval(60))! > now
-                    }.map { "\(Night.localDate($0.night, in: zone)) \($0.kind)" })
-                    #expect(kept == promised, "night \(date): kept \(kept.subtracting(promised)) beyond, lost \(promised.subtracting(kept))")
-                    if kept != promised { break }
-                }
-                // The policy in plain words, on the last night (Tuesday 8 February 2028): the last 14 nights, the Sundays
-                // of the last 3 months, the first Sundays of the last 12 months (7 February 2027's went the day before).
-                let kept = try await TestPostgres.query(server.catalogDatabase, "SELECT night::text AS night, kind FROM snapshots ORDER BY night")
-                    .map { ($0.string("night"), $0.string("kind")) }
-                #expect(kept.filter { $0.1 == "monthly" }.map(\.0)
-                        == ["2027-03-07", "2027-04-04", "2027-05-02", "2027-06-06", "2027-07-04", "2027-08-01",
-                            "2027-09-05", "2027-10-03", "2027-11-07", "2027-12-05", "2028-01-02", "2028-02-06"])
-                #expect(kept.filter { $0.1 == "weekly" }.map(\.0)
-                        == ["2027-11-14", "2027-11-21", "2027-11-28", "2027-12-12", "2027-12-19", "2027-12-26", "2028-01-09",
-                            "2028-01-16", "2028-01-23", "2028-01-30"])
-                // The last 14 nights, 26 January to 8 February, but for Sunday 30 January (weekly) and 6 February (monthly).
-                #expect(kept.filter { $0.1 == "nightly" }.map(\.0) == ["2028-01-26", "2028-01-27", "2028-01-28", "2028-01-29", "2028-01-31",
-                                                                       "2028-02-01", "2028-02-02", "2028-02-03", "2028-02-04", "2028-02-05",
-                                                                       "2028-02-07", "2028-02-08"])
-            }
-        }
-    }
 }
 
 extension Night {
@@ -361,9 +301,10 @@ extension Night {
             let date = Night.localDate(midnight, in: calendar.timeZone)
             try await eventually(within: .seconds(60)) { try nightlyRows(one).map(\.status) == ["finished"] }
             await two.stop()
-            let again = try await TestServer.start(arguments: arguments, catalogDatabase: first.catalogDatabase,
+            let again = try await TestServer.start(arguments: arguments + ["--log-level", "debug"], catalogDatabase: first.catalogDatabase,
                                                    blobDirectory: first.blobDirectory, adminToken: first.adminToken)
-            try await Task.sleep(for: .seconds(3))
+            // The restarted process has looked at the night and found it made.
+            try await eventually(within: .seconds(30)) { again.log.contains("the night is settled") }
             let rows = try nightlyRows(one)
             #expect(rows.count == 1 && rows.first?.night == date && rows.first?.status == "finished")
             let started = try await TestPostgres.query(one.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'backup' AND outcome = 'STARTED'")
@@ -478,6 +419,70 @@ extension Night {
                 #expect(shownAgain.standardOutput.contains("3 problems at "))
                 // Nothing was repaired or removed: the backup stays, its content as damaged as it was.
                 await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE id = $1", backup.id).count == 1)
+            }
+        }
+    }
+}
+
+/// A year and more of nights, apart from the other schedule tests: it is the
+/// longest test, and runs beside them.
+@Suite(.serialized) struct RetentionYearTests {
+    /// 400 nights of one environment, created and expired by the scheduler as
+    /// in production: after every night, what is kept is exactly what the
+    /// policy promises, and each backup went exactly when its expiry came.
+    @Test func fourHundredNightsKeepExactlyWhatThePolicyPromises() async throws {
+        let zone = TimeZone(identifier: "Europe/Amsterdam")!
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = zone
+        // The first run is on Tuesday 5 January 2027, after that month's first Sunday (the 3rd): January has no monthly backup.
+        let firstNight = wallClock(2027, 1, 5, 1, 30, in: zone)
+        // Until the schedule is set the clock is the real one: the environment is new, no night is due.
+        let clock = TestClock(Date())
+        // What the backups hold is not the point: an app without rows or files makes 400 of them cheap.
+        try await withTestApp(empty: true) { app in
+            try await withInProcessServer(configure: scheduling(clock)) { server in
+                try await server.register(app)
+                try await changeSchedule(server) { $0.windowStart = "01:30"; $0.timeZone = "Europe/Amsterdam" }
+                var made: [(night: Date, kind: String)] = []
+                for day in 0..<400 {
+                    let night = calendar.date(byAdding: .day, value: day, to: firstNight)!
+                    let now = night.addingTimeInterval(60)
+                    clock.set(now)
+                    let date = Night.localDate(night, in: zone)
+                    try await eventually(within: .seconds(60)) {
+                        try TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM snapshots WHERE night = $1::date AND status = 'finished'",
+                                               date).count == 1
+                    }
+                    let weekday = calendar.component(.weekday, from: night), dayOfMonth = calendar.component(.day, from: night)
+                    made.append((night, weekday != 1 ? "nightly" : dayOfMonth <= 7 ? "monthly" : "weekly"))
+                    // Expiry ran in the tick that made tonight's backup; a later tick may not have run yet, nor need to.
+                    let kept = await Set(try TestPostgres.query(server.catalogDatabase, "SELECT night::text AS night, kind FROM snapshots")
+                        .map { "\($0.string("night")) \($0.string("kind"))" })
+                    let promised = Set(made.filter { backup in
+                        let period: DateComponents = switch backup.kind {
+                        case "nightly": DateComponents(day: 14)
+                        case "weekly": DateComponents(month: 3)
+                        default: DateComponents(month: 12)
+                        }
+                        return calendar.date(byAdding: period, to: backup.night.addingTimeInterval(60))! > now
+                    }.map { "\(Night.localDate($0.night, in: zone)) \($0.kind)" })
+                    #expect(kept == promised, "night \(date): kept \(kept.subtracting(promised)) beyond, lost \(promised.subtracting(kept))")
+                    if kept != promised { break }
+                }
+                // The policy in plain words, on the last night (Tuesday 8 February 2028): the last 14 nights, the Sundays
+                // of the last 3 months, the first Sundays of the last 12 months (7 February 2027's went the day before).
+                let kept = try await TestPostgres.query(server.catalogDatabase, "SELECT night::text AS night, kind FROM snapshots ORDER BY night")
+                    .map { ($0.string("night"), $0.string("kind")) }
+                #expect(kept.filter { $0.1 == "monthly" }.map(\.0)
+                        == ["2027-03-07", "2027-04-04", "2027-05-02", "2027-06-06", "2027-07-04", "2027-08-01",
+                            "2027-09-05", "2027-10-03", "2027-11-07", "2027-12-05", "2028-01-02", "2028-02-06"])
+                #expect(kept.filter { $0.1 == "weekly" }.map(\.0)
+                        == ["2027-11-14", "2027-11-21", "2027-11-28", "2027-12-12", "2027-12-19", "2027-12-26", "2028-01-09",
+                            "2028-01-16", "2028-01-23", "2028-01-30"])
+                // The last 14 nights, 26 January to 8 February, but for Sunday 30 January (weekly) and 6 February (monthly).
+                #expect(kept.filter { $0.1 == "nightly" }.map(\.0) == ["2028-01-26", "2028-01-27", "2028-01-28", "2028-01-29", "2028-01-31",
+                                                                       "2028-02-01", "2028-02-02", "2028-02-03", "2028-02-04", "2028-02-05",
+                                                                       "2028-02-07", "2028-02-08"])
             }
         }
     }

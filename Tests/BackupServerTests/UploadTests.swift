@@ -356,10 +356,10 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                 while ContinuousClock.now < deadline {
                     let now = try await server.withClient { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
                     if now.state != .receiving { break }
-                    // A hundred bytes every 200 ms: 500 bytes a second, a twentieth of the minimum.
+                    // Fifty bytes every 100 ms: 500 bytes a second, a twentieth of the minimum.
                     let offset = Int(now.bytesReceived)
-                    _ = try? await server.withClient { try await sendChunks($0, upload, Self.content, from: offset, to: offset + 100) }
-                    try await Task.sleep(for: .milliseconds(200))
+                    _ = try? await server.withClient { try await sendChunks($0, upload, Self.content, from: offset, to: offset + 50) }
+                    try await Task.sleep(for: .milliseconds(100))
                 }
                 let ended = try await server.withClient { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
                 #expect(ended.state == .expired && ended.error.contains("less than the 20000 a window must bring"), "\(ended.error)")

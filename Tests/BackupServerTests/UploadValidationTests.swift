@@ -225,7 +225,11 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
             }
         }
     }
+}
 
+/// The memory bounds of validation, at the largest document and at the
+/// member cap: long, so apart from the other validation tests.
+@Suite(.serialized) struct UploadMemoryTests {
     @Test func a2GiBUploadGrowsTheServerByLessThan64MiB() async throws {
         try await withTestApp { app in
             // One 2 GiB document (sparse in the app's store), in an archive that stores it as it is (gzip level 0).

@@ -94,7 +94,9 @@ import Testing
         try Data("marker".utf8).write(to: URL(fileURLWithPath: tree + "/.marker"))
 
         let done = Atomic(false)
+        let stopped = DispatchSemaphore(value: 0)
         let swapper = Thread {
+            defer { stopped.signal() }
             var round = 0
             while !done.value && round < 2000 {
                 let folder = "\(tree)/\(String(format: "f%03d", 119 - round % 120))"
@@ -105,7 +107,7 @@ import Testing
         swapper.start()
         try? removeTree(tree, removingLast: ".marker")
         done.value = true
-        Thread.sleep(forTimeInterval: 0.2)
+        stopped.wait()
         let kept = try FileManager.default.contentsOfDirectory(atPath: outside)
         #expect(kept.count == 50)
         try? removeTree(tree, removingLast: ".marker")

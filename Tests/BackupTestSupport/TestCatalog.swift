@@ -42,7 +42,9 @@ extension TestPostgres {
     /// hundreds of times a run; the migrations themselves are still run, once
     /// per process here and by every catalog on a cluster of a test's own.
     public static func createCatalogDatabase() async throws -> String {
-        try await createDatabase("catalog", template: try await catalogTemplate.value)
+        let database = try await createDatabase("catalog", template: try await catalogTemplate.value)
+        idleSessions.reuse(database)
+        return database
     }
 }
 

@@ -4,6 +4,7 @@ import BackupStorage
 import BackupPostgres
 import Foundation
 import NIOPosix
+import Synchronization
 
 /// The private PostgreSQL cluster that `make test` starts (scripts/dev-cluster.sh)
 /// and the demo app it holds. Each test makes its own databases and drops them.
@@ -19,7 +20,22 @@ public enum TestPostgres {
     /// Runs statements on a database of the cluster.
     @discardableResult
     public static func query(_ database: String, _ sql: String, _ parameters: String...) throws -> [PostgresRow] {
-        try PostgresConnection(connectionString(database)).query(sql, parameters: parameters)
+        try query(database, sql, parameters: parameters)
+    }
+
+    private static func query(_ database: String, _ sql: String, parameters: [String]) throws -> [PostgresRow] {
+        guard let reused = idleSessions.take(database) else {
+            let connection = try PostgresConnection(connectionString(database))
+            defer { idleSessions.keep(connection, of: database) }
+            return try connection.query(sql, parameters: parameters)
+        }
+        do {
+            defer { idleSessions.keep(reused, of: database) }
+            return try reused.query(sql, parameters: parameters)
+        } catch where !reused.isHealthy {
+            // Ended while idle (a test terminated the catalog's sessions): the statement never ran.
+            return try PostgresConnection(connectionString(database)).query(sql, parameters: parameters)
+        }
     }
 
     /// The same from async code, on a thread of `blockingThreads`: a round
@@ -28,7 +44,7 @@ public enum TestPostgres {
     /// own process need (two on this machine).
     @discardableResult
     public static func query(_ database: String, _ sql: String, _ parameters: String...) async throws -> [PostgresRow] {
-        try await offThePool { [parameters] in try PostgresConnection(connectionString(database)).query(sql, parameters: parameters) }
+        try await offThePool { [parameters] in try query(database, sql, parameters: parameters) }
     }
 
     /// A new empty database (or a copy of `template`) with a unique name.
@@ -44,6 +60,7 @@ public enum TestPostgres {
     }
 
     public static func dropDatabase(_ name: String) {
+        idleSessions.forget(name)
         _ = try? query("postgres", "DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
     }
 
@@ -74,6 +91,37 @@ public enum TestPostgres {
         return fingerprints
     }
 }
+
+/// Sessions that tests' queries leave open for the next query of the same
+/// database, for the databases tests poll (catalogs, `postgres`): a new
+/// session costs PostgreSQL a process and milliseconds of CPU, and polls
+/// made thousands of them a run. App databases are never kept: a restore
+/// renames them, which a session left open would refuse.
+final class IdleSessions: Sendable {
+    private let sessions = Mutex<[String: [PostgresConnection]]>([:])
+    private let reusable = Mutex<Set<String>>(["postgres"])
+
+    /// Sessions of `database` are kept from now until it is forgotten.
+    func reuse(_ database: String) { reusable.withLock { _ = $0.insert(database) } }
+
+    func take(_ database: String) -> PostgresConnection? {
+        sessions.withLock { $0[database]?.popLast() }
+    }
+
+    /// Keeps a healthy session outside a transaction, up to two a database; closes any other.
+    func keep(_ connection: PostgresConnection, of database: String) {
+        guard connection.isHealthy, !connection.isInTransaction, reusable.withLock({ $0.contains(database) }) else { return }
+        sessions.withLock { if $0[database, default: []].count < 2 { $0[database, default: []].append(connection) } }
+    }
+
+    /// Closes the sessions of a database about to be dropped.
+    func forget(_ database: String) {
+        reusable.withLock { _ = $0.remove(database) }
+        _ = sessions.withLock { $0.removeValue(forKey: database) }
+    }
+}
+
+let idleSessions = IdleSessions()
 
 /// The repository root, found from this file's path.
 public let projectRoot: String = URL(fileURLWithPath: #filePath)

@@ -256,7 +256,7 @@ public func waitForJob(_ id: String, on client: BackupClient, timeout: Duration 
 }
 
 /// A stand-in for a PostgreSQL client tool: a script that runs one shell
-/// line (`sleep 3`, say, to hold a job in that step) and then the real tool
+/// line (a gate that holds the job in that step, a failure) and then the real tool
 /// with every argument it was given.
 public func wrappedTool(_ tool: String, running line: String) throws -> String {
     let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(tool)-wrapper-\(UUID().uuidString)").path
@@ -289,16 +289,17 @@ public final class GatedTool: Sendable {
         unlink(gate)
     }
 
+    /// Holds the runs to come again, until the next `release()`.
+    public func hold() {
+        _ = FileManager.default.createFile(atPath: gate, contents: nil)
+    }
+
     deinit {
         release()
         scratch.remove()
     }
 }
 
-/// A tool that waits `seconds` before it runs.
-public func slowTool(_ tool: String, seconds: Int) throws -> String {
-    try wrappedTool(tool, running: "sleep \(seconds)")
-}
 
 /// What handler-level tests need of a server, whether it runs as a process
 /// (`TestServer`) or inside the test (`InProcessServer`).

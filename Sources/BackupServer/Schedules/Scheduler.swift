@@ -117,6 +117,9 @@ public final class Scheduler: Service, Sendable {
                     ])
                 case .made, .gaveUp:
                     settled.withLockedValue { $0[environment.id] = night }
+                    logger.debug("the night is settled: its backup was made or given up", metadata: [
+                        "environment": "\(environment.namespace)/\(environment.name)", "night": "\(night)",
+                    ])
                 case .inProgress, .retryAt, .busy:
                     break
                 }
