@@ -17,21 +17,6 @@ public enum RestoreStep: String, CaseIterable, Sendable {
     case finished
 }
 
-/// What a backupd taking over a dead process's restore sees for itself.
-public struct RestoreFacts: Sendable, Equatable {
-    /// The target's name belongs to the database the restore made (its
-    /// staging database, known by oid): the database swap committed. Not a
-    /// missing staging name, which anyone with the right may drop.
-    public var restoredDatabaseInPlace: Bool
-    /// The file store carries the restore's marker: its folders were swapped.
-    public var restoredFilesInStore: Bool
-
-    public init(restoredDatabaseInPlace: Bool, restoredFilesInStore: Bool) {
-        self.restoredDatabaseInPlace = restoredDatabaseInPlace
-        self.restoredFilesInStore = restoredFilesInStore
-    }
-}
-
 /// How a restore whose process died ends: fully as it was, or fully restored.
 public enum RestoreRecovery: Sendable, Equatable {
     /// Put the target's own folders back if they were swapped, drop the
@@ -41,16 +26,24 @@ public enum RestoreRecovery: Sendable, Equatable {
     /// complete and FINISHED.
     case complete
 
-    /// The decision, from the last recorded step and what is observed. Before
-    /// the database swap commits the target can always go back; after it,
-    /// only forward.
-    public static func decide(after step: RestoreStep, seeing facts: RestoreFacts) -> RestoreRecovery {
+    /// The decision, from the last recorded step and whether the target's
+    /// name belongs to the database the restore made (its staging database,
+    /// known by oid: not a missing staging name, which anyone with the right
+    /// may drop). Before the database swap commits the target can always go
+    /// back; after it, only forward. From the recorded swap on, the folders
+    /// may be part way through the swap's renames (or its undoing), so they
+    /// are always put back: putting back finishes whichever renames were
+    /// done and changes nothing where none was. Before it, no rename was
+    /// made, and a marker in the store (the tenant's to plant) changes nothing.
+    public static func decide(after step: RestoreStep, restoredDatabaseInPlace: Bool) -> RestoreRecovery {
         switch step {
-        case .planned, .staged, .checked, .swapRecorded:
-            .rollBack(undoFolderSwap: facts.restoredFilesInStore)
+        case .planned, .staged, .checked:
+            .rollBack(undoFolderSwap: false)
+        case .swapRecorded:
+            .rollBack(undoFolderSwap: true)
         case .foldersSwapped:
             // The database swap may have committed without its step being recorded.
-            facts.restoredDatabaseInPlace ? .complete : .rollBack(undoFolderSwap: facts.restoredFilesInStore)
+            restoredDatabaseInPlace ? .complete : .rollBack(undoFolderSwap: true)
         case .databasesSwapped, .finished:
             .complete
         }
@@ -122,10 +115,13 @@ public struct RestoreForwardPath: Sendable, Equatable {
         case (.at(.foldersSwapped), .databaseSwap(.unseen)), (.completing, .failed):
             state = .ended
             return [.leaveToRecovery]
-        case (.at(.planned), .failed), (.at(.staged), .failed), (.at(.checked), .failed), (.at(.swapRecorded), .failed):
-            // A folder swap that failed put the folders back itself.
+        case (.at(.planned), .failed), (.at(.staged), .failed), (.at(.checked), .failed):
             state = .ended
             return [.end(.rollBack(undoFolderSwap: false))]
+        case (.at(.swapRecorded), .failed):
+            // A folder swap that failed put back what it could; a rename of its undoing that failed too is tried again.
+            state = .ended
+            return [.end(.rollBack(undoFolderSwap: true))]
         case (.ended, .failed):
             return []
         default:

@@ -26,7 +26,7 @@ public func removeTree(_ path: String, removingLast last: String? = nil) throws(
     try removeEntry(String(path[path.index(after: slash)...]), in: parent, path: path, last: last)
 }
 
-private func removeEntry(_ name: String, in folder: Int32, path: String, last: String? = nil) throws(BlobStoreError) {
+func removeEntry(_ name: String, in folder: Int32, path: String, last: String? = nil) throws(BlobStoreError) {
     let child = openat(folder, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
     if child >= 0 {
         defer { close(child) }

@@ -151,11 +151,10 @@ public final class OpenFolder: Sendable {
     let descriptor: Int32
     /// Who owns the folder.
     let ownerID: uid_t
+    /// The folder's owner and mode, which files made for it take.
+    public let owner: FileOwner
 
-    /// Opens the folder at `path`, which must be a folder and not a link.
-    public init(_ path: String) throws(BlobStoreError) {
-        let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard descriptor >= 0 else { throw .cannotRead(path: path, errno: errno) }
+    private init(adopting descriptor: Int32, path: String) throws(BlobStoreError) {
         var info = stat()
         guard fstat(descriptor, &info) == 0 else {
             let code = errno
@@ -165,6 +164,64 @@ public final class OpenFolder: Sendable {
         self.path = path
         self.descriptor = descriptor
         self.ownerID = info.st_uid
+        self.owner = FileOwner(uid: info.st_uid, gid: info.st_gid, mode: info.st_mode & 0o7777)
+    }
+
+    /// Opens the folder at `path`, which must be a folder and not a link.
+    public convenience init(_ path: String) throws(BlobStoreError) {
+        let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard descriptor >= 0 else { throw .cannotRead(path: path, errno: errno) }
+        try self.init(adopting: descriptor, path: path)
+    }
+
+    /// Opens the folder at an absolute `path` from `/`, one folder at a
+    /// time, none of them a link: a folder on the way that someone swapped
+    /// for a link (to another tenant's folder) is refused, never followed.
+    public convenience init(reachedWithoutLinks path: String) throws(BlobStoreError) {
+        let parts = path.split(separator: "/").map(String.init)
+        guard path.hasPrefix("/"), !parts.contains(where: { $0 == ".." || $0 == "." }) else {
+            throw .cannotRead(path: path, errno: EINVAL)
+        }
+        var folder = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard folder >= 0 else { throw .cannotRead(path: "/", errno: errno) }
+        for part in parts {
+            let next = openat(folder, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let code = errno
+            close(folder)
+            guard next >= 0 else { throw .cannotRead(path: path, errno: code) }
+            folder = next
+        }
+        try self.init(adopting: folder, path: path)
+    }
+
+    /// The folder `name` in this one, which must be a folder and not a link.
+    public func folder(named name: String) throws(BlobStoreError) -> OpenFolder {
+        let child = openat(descriptor, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard child >= 0 else { throw .cannotRead(path: "\(path)/\(name)", errno: errno) }
+        return try OpenFolder(adopting: child, path: "\(path)/\(name)")
+    }
+
+    /// What is at `name` in this folder (a link is `other`), or nil when nothing is.
+    public func entry(named name: String) -> FileSystem.Entry? {
+        var info = stat()
+        guard fstatat(descriptor, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else { return nil }
+        return FileSystem.Entry(info)
+    }
+
+    /// Renames an entry of this folder within it.
+    public func rename(_ name: String, to newName: String) throws(BlobStoreError) {
+        guard renameat(descriptor, name, descriptor, newName) == 0 else { throw .cannotWrite(path: "\(path)/\(newName)", errno: errno) }
+    }
+
+    /// A new folder `name` in this one (not an existing one) of `mode`.
+    public func makeFolder(_ name: String, mode: mode_t = 0o700) throws(BlobStoreError) {
+        guard mkdirat(descriptor, name, mode) == 0 else { throw .cannotWrite(path: "\(path)/\(name)", errno: errno) }
+    }
+
+    /// Deletes the entry `name` of this folder and all it holds without
+    /// following a link (`removeTree`), `last` of it last.
+    public func removeTree(named name: String, removingLast last: String? = nil) throws(BlobStoreError) {
+        try removeEntry(name, in: descriptor, path: "\(path)/\(name)", last: last)
     }
 
     deinit { close(descriptor) }
@@ -260,17 +317,21 @@ public enum FileSystem {
         case file(size: UInt64)
         case folder
         case other
+
+        init(_ info: stat) {
+            switch info.st_mode & S_IFMT {
+            case S_IFREG: self = .file(size: UInt64(info.st_size))
+            case S_IFDIR: self = .folder
+            default: self = .other
+            }
+        }
     }
 
     /// What is at `path` (a link is `other`), or nil when nothing is.
     public static func entry(at path: String) -> Entry? {
         var info = stat()
         guard lstat(path, &info) == 0 else { return nil }
-        switch info.st_mode & S_IFMT {
-        case S_IFREG: return .file(size: UInt64(info.st_size))
-        case S_IFDIR: return .folder
-        default: return .other
-        }
+        return Entry(info)
     }
 
     /// Removes a file if it is there: for clean-up, which must not fail.

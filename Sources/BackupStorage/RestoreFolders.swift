@@ -34,7 +34,10 @@ public struct RestoreFolders: Sendable {
     }
 
     /// Whether the store holds this restore's files (the folder swap happened).
-    public var restoredFilesInStore: Bool { Self.hasMarker(fileStore, jobMarker) }
+    public var restoredFilesInStore: Bool {
+        guard let (parent, store) = try? Self.locate(fileStore) else { return false }
+        return Self.holds(parent, store, jobMarker)
+    }
 
     /// Makes the staging folder, private to backupd and marked as this
     /// job's, removing one an earlier attempt of the same job left, and
@@ -43,16 +46,17 @@ public struct RestoreFolders: Sendable {
     /// of the store (or of the folder it will be made in), which the
     /// staging folder gets once it is complete.
     public func makeStaging() throws -> (folder: OpenFolder, owner: FileOwner) {
-        let parent = String(fileStore[..<fileStore.lastIndex(of: "/")!])
-        let owner = try FileOwner(ofFolder: FileSystem.entry(at: fileStore) == .folder ? fileStore : parent)
-        if FileSystem.entry(at: staging) == .folder {
-            guard Self.hasMarker(staging, jobMarker) else {
+        let (parent, store) = try Self.locate(fileStore)
+        let staged = Self.name(of: staging)
+        let owner = parent.entry(named: store) == .folder ? try parent.folder(named: store).owner : parent.owner
+        if parent.entry(named: staged) == .folder {
+            guard Self.holds(parent, staged, jobMarker) else {
                 throw RestoreFolderError.notOurs(staging, "exists and was not made by this restore; move it away")
             }
-            try removeTree(staging, removingLast: jobMarker)
+            try parent.removeTree(named: staged, removingLast: jobMarker)
         }
-        try FileSystem.makeFolder(staging)
-        let folder = try OpenFolder(staging)
+        try parent.makeFolder(staged)
+        let folder = try parent.folder(named: staged)
         _ = try folder.createFile(jobMarker)
         return (folder, owner)
     }
@@ -61,55 +65,65 @@ public struct RestoreFolders: Sendable {
     /// becomes the previous copy, the staging folder the store; a failing
     /// rename puts back what was moved before it.
     public func swap() throws {
-        let hadPrevious = FileSystem.entry(at: previous) == .folder
+        let (parent, store) = try Self.locate(fileStore)
+        let (staged, aside, older) = (Self.name(of: staging), Self.name(of: previous), Self.name(of: superseded))
+        let hadPrevious = parent.entry(named: aside) == .folder
         if hadPrevious {
-            guard Self.hasMarker(previous, Self.previousMarker) else {
+            guard Self.holds(parent, aside, Self.previousMarker) else {
                 throw RestoreFolderError.notOurs(previous, "exists and was not made by backupd; move it away to restore here")
             }
-            do { try FileSystem.rename(previous, to: superseded) } catch {
+            do { try parent.rename(aside, to: older) } catch {
                 throw RestoreFolderError.cannotMove(previous, "aside", error)
             }
         }
-        let hadFiles = FileSystem.entry(at: fileStore) != nil
+        let hadFiles = parent.entry(named: store) != nil
+        /// Puts back what was moved before a rename that failed.
+        func undo() {
+            if hadFiles, (try? parent.rename(aside, to: store)) != nil { Self.removeMarker(parent, store, Self.previousMarker) }
+            if hadPrevious { try? parent.rename(older, to: aside) }
+        }
         if hadFiles {
-            do { try FileSystem.rename(fileStore, to: previous) } catch {
-                if hadPrevious { try? FileSystem.rename(superseded, to: previous) }
+            do { try parent.rename(store, to: aside) } catch {
+                if hadPrevious { try? parent.rename(older, to: aside) }
                 throw RestoreFolderError.cannotMove(fileStore, "aside", error)
             }
             // Marks the folder moved aside as backupd's to delete later.
-            _ = try? OpenFolder(previous).createFile(Self.previousMarker)
+            _ = try? parent.folder(named: aside).createFile(Self.previousMarker)
         }
         // What is renamed into place must be the folder this restore staged (marked, and no link).
-        guard Self.hasMarker(staging, jobMarker) else {
-            if hadFiles, (try? FileSystem.rename(previous, to: fileStore)) != nil { Self.removeMarker(fileStore, Self.previousMarker) }
-            if hadPrevious { try? FileSystem.rename(superseded, to: previous) }
+        guard Self.holds(parent, staged, jobMarker) else {
+            undo()
             throw RestoreFolderError.notOurs(staging, "is no longer the folder this restore staged; move it away")
         }
-        do { try FileSystem.rename(staging, to: fileStore) } catch {
-            if hadFiles, (try? FileSystem.rename(previous, to: fileStore)) != nil { Self.removeMarker(fileStore, Self.previousMarker) }
-            if hadPrevious { try? FileSystem.rename(superseded, to: previous) }
+        do { try parent.rename(staged, to: store) } catch {
+            undo()
             throw RestoreFolderError.cannotMove(fileStore, "into place (the restored files)", error)
         }
     }
 
     /// Puts the store's own files back if the restored ones (known by the
     /// job's marker) are in their place, and the previous copy back from
-    /// where the swap moved it aside. Whatever cannot be moved stays.
+    /// where the swap moved it aside: whichever rename of the swap (or of
+    /// its undoing) a killed process got to, this finishes putting things
+    /// back. Whatever cannot be moved stays.
     public func unswap() {
-        if Self.hasMarker(fileStore, jobMarker) {
-            guard (try? FileSystem.rename(fileStore, to: staging)) != nil else { return }
+        guard let (parent, store) = try? Self.locate(fileStore) else { return }
+        let (staged, aside, older) = (Self.name(of: staging), Self.name(of: previous), Self.name(of: superseded))
+        if Self.holds(parent, store, jobMarker) {
+            guard (try? parent.rename(store, to: staged)) != nil else { return }
         }
-        if FileSystem.entry(at: fileStore) == nil && FileSystem.entry(at: previous) != nil {
-            if (try? FileSystem.rename(previous, to: fileStore)) != nil { Self.removeMarker(fileStore, Self.previousMarker) }
+        if parent.entry(named: store) == nil && parent.entry(named: aside) != nil {
+            if (try? parent.rename(aside, to: store)) != nil { Self.removeMarker(parent, store, Self.previousMarker) }
         }
-        if !superseded.isEmpty, FileSystem.entry(at: previous) == nil, FileSystem.entry(at: superseded) == .folder {
-            try? FileSystem.rename(superseded, to: previous)
+        if !superseded.isEmpty, parent.entry(named: aside) == nil, parent.entry(named: older) == .folder {
+            try? parent.rename(older, to: aside)
         }
     }
 
     /// Takes the job's marker off the store once the restore is complete.
     public func removeJobMarker() {
-        if !fileStore.isEmpty { Self.removeMarker(fileStore, jobMarker) }
+        guard !fileStore.isEmpty, let (parent, store) = try? Self.locate(fileStore) else { return }
+        Self.removeMarker(parent, store, jobMarker)
     }
 
     /// What became of a folder (or database) a restore meant to remove.
@@ -117,26 +131,42 @@ public struct RestoreFolders: Sendable {
 
     /// Removes a folder that carries `marker`, so backupd deletes only what
     /// it made; a folder (or link) there without the marker is someone
-    /// else's and stays. The app may still write into the folder, so it is
-    /// removed without following links (`removeTree`), the marker last.
+    /// else's and stays, as does anything reached through a link. The app
+    /// may still write into the folder, so it is removed without following
+    /// links (`removeTree`), the marker last.
     public static func remove(_ folder: String, carrying marker: String) throws -> Removal {
-        switch FileSystem.entry(at: folder) {
+        let parent: OpenFolder, name: String
+        do { (parent, name) = try locate(folder) } catch { return error.errorNumber == ENOENT ? .absent : .notOurs }
+        switch parent.entry(named: name) {
         case nil: return .absent
-        case .folder where hasMarker(folder, marker):
-            try removeTree(folder, removingLast: marker)
+        case .folder where holds(parent, name, marker):
+            try parent.removeTree(named: name, removingLast: marker)
             return .removed
         default: return .notOurs
         }
     }
 
-    /// Whether `folder` is a folder (no link) holding the file `marker`.
-    static func hasMarker(_ folder: String, _ marker: String) -> Bool {
-        (try? OpenFolder(folder))?.holdsFile(marker) ?? false
+    /// The folder holding `path`, reached from `/` without following a link
+    /// (`OpenFolder(reachedWithoutLinks:)`), and the name of `path` in it.
+    /// Every operation goes through it: a folder above the store that the
+    /// tenant swaps for a link to another tenant's never leads there.
+    private static func locate(_ path: String) throws(BlobStoreError) -> (OpenFolder, String) {
+        guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { throw .cannotRead(path: path, errno: EINVAL) }
+        return (try OpenFolder(reachedWithoutLinks: String(path[..<slash])), name(of: path))
     }
 
-    /// Takes `marker` out of `folder`, a folder and no link, if it is there.
-    static func removeMarker(_ folder: String, _ marker: String) {
-        (try? OpenFolder(folder))?.removeFile(marker)
+    private static func name(of path: String) -> String {
+        path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path
+    }
+
+    /// Whether `name` in `parent` is a folder (no link) holding the file `marker`.
+    private static func holds(_ parent: OpenFolder, _ name: String, _ marker: String) -> Bool {
+        (try? parent.folder(named: name))?.holdsFile(marker) ?? false
+    }
+
+    /// Takes `marker` out of the folder `name` in `parent`, a folder and no link, if it is there.
+    private static func removeMarker(_ parent: OpenFolder, _ name: String, _ marker: String) {
+        (try? parent.folder(named: name))?.removeFile(marker)
     }
 }
 

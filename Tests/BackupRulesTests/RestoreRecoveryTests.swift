@@ -2,34 +2,27 @@ import BackupRules
 import Testing
 
 @Suite struct RestoreRecoveryTests {
-    /// docs/architecture.md's table, written out: every step against every
-    /// combination of what can be observed. Before the database swap commits
-    /// the target goes back, after it forward.
-    /// `inPlace`: the target's name belongs to the restored database; `marked`: the store holds the restored files.
-    static let table: [(step: RestoreStep, inPlace: Bool, marked: Bool, decision: RestoreRecovery)] = [
-        (.planned, true, true, .rollBack(undoFolderSwap: true)), (.planned, true, false, .rollBack(undoFolderSwap: false)),
-        (.planned, false, true, .rollBack(undoFolderSwap: true)), (.planned, false, false, .rollBack(undoFolderSwap: false)),
-        (.staged, true, true, .rollBack(undoFolderSwap: true)), (.staged, true, false, .rollBack(undoFolderSwap: false)),
-        (.staged, false, true, .rollBack(undoFolderSwap: true)), (.staged, false, false, .rollBack(undoFolderSwap: false)),
-        (.checked, true, true, .rollBack(undoFolderSwap: true)), (.checked, true, false, .rollBack(undoFolderSwap: false)),
-        (.checked, false, true, .rollBack(undoFolderSwap: true)), (.checked, false, false, .rollBack(undoFolderSwap: false)),
-        (.swapRecorded, true, true, .rollBack(undoFolderSwap: true)), (.swapRecorded, true, false, .rollBack(undoFolderSwap: false)),
-        (.swapRecorded, false, true, .rollBack(undoFolderSwap: true)), (.swapRecorded, false, false, .rollBack(undoFolderSwap: false)),
-        (.foldersSwapped, true, true, .complete), (.foldersSwapped, true, false, .complete),
-        (.foldersSwapped, false, true, .rollBack(undoFolderSwap: true)), (.foldersSwapped, false, false, .rollBack(undoFolderSwap: false)),
-        (.databasesSwapped, true, true, .complete), (.databasesSwapped, true, false, .complete),
-        (.databasesSwapped, false, true, .complete), (.databasesSwapped, false, false, .complete),
-        (.finished, true, true, .complete), (.finished, true, false, .complete),
-        (.finished, false, true, .complete), (.finished, false, false, .complete),
+    /// docs/architecture.md's table, written out: every step against what
+    /// can be observed. Before the database swap commits the target goes
+    /// back, after it forward; from the recorded swap on, the folders are
+    /// always put back, whichever of the swap's renames were made.
+    /// `inPlace`: the target's name belongs to the restored database.
+    static let table: [(step: RestoreStep, inPlace: Bool, decision: RestoreRecovery)] = [
+        (.planned, true, .rollBack(undoFolderSwap: false)), (.planned, false, .rollBack(undoFolderSwap: false)),
+        (.staged, true, .rollBack(undoFolderSwap: false)), (.staged, false, .rollBack(undoFolderSwap: false)),
+        (.checked, true, .rollBack(undoFolderSwap: false)), (.checked, false, .rollBack(undoFolderSwap: false)),
+        (.swapRecorded, true, .rollBack(undoFolderSwap: true)), (.swapRecorded, false, .rollBack(undoFolderSwap: true)),
+        (.foldersSwapped, true, .complete), (.foldersSwapped, false, .rollBack(undoFolderSwap: true)),
+        (.databasesSwapped, true, .complete), (.databasesSwapped, false, .complete),
+        (.finished, true, .complete), (.finished, false, .complete),
     ]
 
     @Test func everyStepHasTheTablesDecisionForEveryObservation() {
         #expect(Set(Self.table.map(\.step.rawValue)) == Set(RestoreStep.allCases.map(\.rawValue)), "the table covers every step")
-        #expect(Self.table.count == RestoreStep.allCases.count * 4)
+        #expect(Self.table.count == RestoreStep.allCases.count * 2)
         for row in Self.table {
-            let decision = RestoreRecovery.decide(after: row.step, seeing: RestoreFacts(restoredDatabaseInPlace: row.inPlace,
-                                                                                        restoredFilesInStore: row.marked))
-            #expect(decision == row.decision, "\(row.step), restored database in place \(row.inPlace), restored files in the store \(row.marked)")
+            #expect(RestoreRecovery.decide(after: row.step, restoredDatabaseInPlace: row.inPlace) == row.decision,
+                    "\(row.step), restored database in place \(row.inPlace)")
         }
     }
 
@@ -56,7 +49,7 @@ import Testing
         (.at(.checked), .failed, [.end(.rollBack(undoFolderSwap: false))], .ended),
         (.at(.swapRecorded), .foldersSwapped, [.record(.foldersSwapped)], .at(.foldersSwapped)),
         // Refused before anything moved, or a folder swap that put the folders back itself.
-        (.at(.swapRecorded), .failed, [.end(.rollBack(undoFolderSwap: false))], .ended),
+        (.at(.swapRecorded), .failed, [.end(.rollBack(undoFolderSwap: true))], .ended),
         (.at(.foldersSwapped), .databaseSwap(.committed), [.record(.databasesSwapped), .end(.complete)], .completing),
         (.at(.foldersSwapped), .databaseSwap(.notCommitted), [.end(.rollBack(undoFolderSwap: true))], .ended),
         (.at(.foldersSwapped), .databaseSwap(.unseen), [.leaveToRecovery], .ended),
@@ -93,11 +86,7 @@ import Testing
             guard case .at(let step) = row.state, let ending = row.actions.compactMap({ action -> RestoreRecovery? in
                 if case .end(let ending) = action { return ending } else { return nil }
             }).first else { continue }
-            let databaseInPlace = ending == .complete
-            let filesInStore = ending == .rollBack(undoFolderSwap: true) || (ending == .complete && step == .foldersSwapped)
-            #expect(RestoreRecovery.decide(after: step, seeing: RestoreFacts(restoredDatabaseInPlace: databaseInPlace,
-                                                                             restoredFilesInStore: filesInStore)) == ending,
-                    "\(step) on \(row.event)")
+            #expect(RestoreRecovery.decide(after: step, restoredDatabaseInPlace: ending == .complete) == ending, "\(step) on \(row.event)")
         }
     }
 }

@@ -67,6 +67,37 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
 }
 
 @Suite(.serialized) struct RestoreTests {
+    /// Helper finding: backupd asked the app's database for its own name
+    /// with an unqualified `current_database()`, which a schema first on the
+    /// app's search path answered: a name that does not exist crashed the
+    /// server (an empty row list indexed), another database of the role was
+    /// swapped instead of the environment's. backupd's own statements now
+    /// resolve in `pg_catalog` only; the file query keeps the app's path.
+    @Test func theAppsSearchPathCannotAnswerBackupdsOwnQuestions() async throws {
+        try await withTestApp { app in
+            let decoy = try await TestPostgres.createDatabase("decoy")
+            try await withInProcessServer { server in
+                for statement in [
+                    "CREATE SCHEMA atk",
+                    "CREATE FUNCTION atk.current_database() RETURNS name LANGUAGE sql AS $$ SELECT '\(decoy)'::name $$",
+                    "CREATE VIEW atk.pg_database AS SELECT * FROM pg_catalog.pg_database WHERE datname = '\(decoy)'",
+                ] { try await TestPostgres.query(app.database, statement) }
+                try await TestPostgres.query("postgres", "ALTER DATABASE \(app.database) SET search_path = atk, public, pg_catalog")
+                let atBackup = try EnvironmentState(app)
+                // The file query still finds the app's tables on the app's own path.
+                let backup = try await finishedBackup(server, app)
+                #expect(backup.fileCount > 0)
+                try changeEverything(app)
+                let job = try await server.withClient { try await restore($0, backup) }
+                #expect(job.status == .finished, "\(job.error)")
+                #expect(try EnvironmentState(app).tables == atBackup.tables)
+                #expect(try databases(containing: decoy) == [decoy], "the decoy was renamed")
+                try noStagingLeft(app)
+            }
+            await TestPostgres.dropDatabase(decoy)
+        }
+    }
+
     @Test func aRestoreBringsBackEveryTableAndFileAsTheyWereAtBackupTime() async throws {
         try await withTestApp { app in
             try await withInProcessServer { server in

@@ -145,4 +145,73 @@ import Testing
             #expect(mode == 0o700, "the link's target was handed over")
         }
     }
+
+    /// Helper finding: every rename went by path, so a tenant that could
+    /// write above its store's folder swapped that folder for a link to
+    /// another tenant's, after the placement check: the restore put its
+    /// files in the other store and deleted that store's previous copy.
+    /// The folder holding the store is now reached from `/` without
+    /// following a link, for every step.
+    @Test func aFolderAboveTheStoreSwappedForALinkLeadsNowhere() throws {
+        let scratch = try ScratchDirectory("restore-ancestor")
+        defer { scratch.remove() }
+        let (evil, victim) = (scratch.path + "/evil", scratch.path + "/victim")
+        let store = evil + "/data/files"
+        let folders = RestoreFolders(fileStore: store, staging: store + ".restore-1", previous: store + ".prerestore",
+                                     superseded: store + ".restore-1-old", jobID: "job-1")
+        try make(store, holding: ["evil.txt"])
+        try make(victim + "/data/files", holding: ["victim.txt"])
+        try make(victim + "/data/files.prerestore", holding: ["older.txt", RestoreFolders.previousMarker])
+        try make(victim + "/data/files.restore-1-old", holding: ["oldest.txt", RestoreFolders.previousMarker])
+        _ = try folders.makeStaging()
+        try FileManager.default.moveItem(atPath: evil + "/data", toPath: evil + "/data.real")
+        try FileManager.default.createSymbolicLink(atPath: evil + "/data", withDestinationPath: "../victim/data")
+
+        #expect(throws: BlobStoreError.self) { try folders.swap() }
+        folders.unswap()
+        folders.removeJobMarker()
+        #expect(!folders.restoredFilesInStore)
+        #expect(throws: BlobStoreError.self) { _ = try folders.makeStaging() }
+        for folder in [folders.previous, folders.superseded, folders.staging] {
+            #expect(try RestoreFolders.remove(folder, carrying: RestoreFolders.previousMarker) == .notOurs)
+        }
+        #expect(names(victim + "/data/files") == ["victim.txt"])
+        #expect(names(victim + "/data/files.prerestore") == ["older.txt", RestoreFolders.previousMarker].sorted())
+        #expect(names(victim + "/data/files.restore-1-old") == ["oldest.txt", RestoreFolders.previousMarker].sorted())
+        #expect(names(victim + "/data")?.count == 3)
+        #expect(names(evil + "/data.real/files") == ["evil.txt"])
+    }
+
+    /// Helper finding: a process killed between the swap's renames (or those
+    /// of its undoing) left the store missing, and recovery put nothing back
+    /// because the store did not carry the job's marker. Putting back now
+    /// finishes from any point, and changes nothing where nothing moved.
+    @Test(arguments: ["nothing moved", "previous aside", "store aside", "restored files out again"])
+    func puttingBackFinishesFromWhereverTheSwapWasCut(_ cut: String) throws {
+        try withFolders { folders, _ in
+            try make(folders.fileStore, holding: ["own.txt"])
+            try make(folders.previous, holding: ["older.txt", RestoreFolders.previousMarker])
+            _ = try folders.makeStaging()
+            let fm = FileManager.default
+            switch cut {
+            case "nothing moved":
+                break
+            case "previous aside":
+                try fm.moveItem(atPath: folders.previous, toPath: folders.superseded)
+            case "store aside":
+                try fm.moveItem(atPath: folders.previous, toPath: folders.superseded)
+                try fm.moveItem(atPath: folders.fileStore, toPath: folders.previous)
+                try Data().write(to: URL(fileURLWithPath: folders.previous + "/" + RestoreFolders.previousMarker))
+            default:
+                try folders.swap()
+                try fm.moveItem(atPath: folders.fileStore, toPath: folders.staging)
+            }
+            folders.unswap()
+            #expect(names(folders.fileStore) == ["own.txt"], "\(cut)")
+            #expect(names(folders.previous) == ["older.txt", RestoreFolders.previousMarker].sorted(), "\(cut)")
+            #expect(names(folders.staging) == [folders.jobMarker], "\(cut)")
+            #expect(names(folders.superseded) == nil, "\(cut)")
+        }
+    }
+
 }

@@ -199,7 +199,7 @@ struct BackupJob: Sendable {
     private func deletedSinceSnapshot(_ gone: [String], query: FileQuery, session: ConnectionHandle) async throws -> [String] {
         guard !gone.isEmpty else { return [] }
         let stillListed = try await session.runCancellable { connection in
-            try connection.query(query.sqlAmongKeys, gone).compactMap(\.firstValue)
+            try AppDatabases.withAppSearchPath(connection) { try connection.query(query.sqlAmongKeys, gone).compactMap(\.firstValue) }
         }
         if let missing = stillListed.sorted().first {
             throw JobFailure(description: "file document \(missing) is referenced by the database but missing from the file store"
@@ -268,7 +268,7 @@ struct BackupJob: Sendable {
         var rows = 0, empty = 0, invalid = 0
         do {
             try connection.query("SET LOCAL statement_timeout = '\(policy.fileQueryTimeout)'")
-            try connection.query("DECLARE backupd_files NO SCROLL CURSOR FOR \(query.sql)")
+            try AppDatabases.withAppSearchPath(connection) { try connection.query("DECLARE backupd_files NO SCROLL CURSOR FOR \(query.sql)") }
             while true {
                 let batch = try connection.query("FETCH FORWARD \(fetchSize) FROM backupd_files")
                 guard !batch.isEmpty else { break }

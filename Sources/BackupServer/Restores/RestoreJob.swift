@@ -195,9 +195,12 @@ struct RestoreJob: Sendable {
         let target = plan.targetDatabase
         let stagingMarker = Self.stagingMarker(of: target, jobID: jobID)
         let stagingOID = try await onAppServer(environment, database: "postgres") { connection in
-            let settings = try connection.query("""
+            guard let settings = try connection.query("""
                 SELECT pg_encoding_to_char(encoding) AS encoding, datcollate, datctype FROM pg_database WHERE datname = $1
-                """, target)[0]
+                """, target).first else {
+                throw JobFailure(description: "database \(target) is gone from its server (renamed or dropped since the restore began); "
+                                 + "the target is unchanged")
+            }
             // Left by an earlier attempt of this same job, or someone else's: only ours may go.
             guard try dropDatabase(plan.stagingDatabase, carrying: stagingMarker, on: connection) != .notOurs else {
                 throw JobFailure(description: "database \(plan.stagingDatabase) exists and was not made by this restore; rename or drop it")
@@ -207,7 +210,11 @@ struct RestoreJob: Sendable {
                 ENCODING '\(settings.string("encoding"))' LC_COLLATE '\(settings.string("datcollate"))' LC_CTYPE '\(settings.string("datctype"))'
                 """)
             try connection.query("COMMENT ON DATABASE \(ConnectionString.quoted(plan.stagingDatabase)) IS \(Self.literal(stagingMarker))")
-            return try Self.oid(of: plan.stagingDatabase, on: connection)!
+            guard let oid = try Self.oid(of: plan.stagingDatabase, on: connection) else {
+                throw JobFailure(description: "the staging database \(plan.stagingDatabase) was dropped as soon as it was made; "
+                                 + "the target is unchanged")
+            }
+            return oid
         }
         try await catalog.recordStagingDatabase(jobID: jobID, oid: stagingOID)
         let databaseBytes = work.sourceDatabaseBytes
@@ -258,7 +265,7 @@ struct RestoreJob: Sendable {
     private func restoreDump(_ dumpPath: String, into stagingURL: String,
                              progress: @escaping @Sendable (UInt64) async -> Void) async throws {
         // One connection watches the size; it closes when this returns, before the swap.
-        let monitor = try? await ConnectionHandle.connect(stagingURL, threadPool: threadPool)
+        let monitor = try? await databases.stagingSession(stagingURL, threadPool: threadPool)
         try await runPostgresTool(tools.pgRestore, [
             "--no-owner", "--no-privileges", "--exit-on-error", "--jobs=\(parallelJobs)", dumpPath,
         ], database: stagingURL, stallTimeout: tools.stallTimeout, clock: clock) {
@@ -290,7 +297,7 @@ struct RestoreJob: Sendable {
             sequences = DumpListing.sequenceValues(in: try String(contentsOfFile: scriptPath, encoding: .utf8))
         }
 
-        let (missing, wrongSequences) = try await ConnectionHandle.connect(stagingURL, threadPool: threadPool).runCancellable { [sequences] connection in
+        let (missing, wrongSequences) = try await databases.stagingSession(stagingURL, threadPool: threadPool).runCancellable { [sequences] connection in
             let present = Set(try connection.query(DumpListing.catalogNamesQuery).map {
                 DumpListing.CatalogName(catalog: Int($0.int64("catalog")), name: $0.string("name"))
             })
@@ -403,9 +410,12 @@ struct RestoreJob: Sendable {
             return (.committed, nil)
         } catch {
             // The commit may have happened even though its answer was lost: the target's name tells.
-            guard let inPlace = try? await onAppServer(environment, database: "postgres", { try Self.oid(of: plan.targetDatabase, on: $0) })
-            else {
-                return (.unseen, error)
+            // A target name that is gone (the tenant renamed it away) is seen: the swap did not put the staging copy there.
+            let inPlace: Int64?
+            do {
+                inPlace = try await onAppServer(environment, database: "postgres") { try Self.oid(of: plan.targetDatabase, on: $0) }
+            } catch _ {
+                return (.unseen, error)  // the swap's own failure: whether it committed is unknown
             }
             guard inPlace == stagingOID else {
                 if error is BackupError { return (.notCommitted, error) }
@@ -557,9 +567,7 @@ struct RestoreJob: Sendable {
             // Nothing is decided blind: the folders may be swapped and the databases not, or both.
             throw RestoreRecoveryDeferred(reason: "its database server cannot be asked: \(describeJobError(error))")
         }
-        let facts = RestoreFacts(restoredDatabaseInPlace: restoredDatabaseInPlace,
-                                 restoredFilesInStore: !plan.fileStore.isEmpty && Self.folders(plan, jobID: claimed.job.id).restoredFilesInStore)
-        let ending = RestoreRecovery.decide(after: plan.step, seeing: facts)
+        let ending = RestoreRecovery.decide(after: plan.step, restoredDatabaseInPlace: restoredDatabaseInPlace)
         try await end(ending, claimed, plan, owner: owner, finished: "completed after backupd restarted")
         if ending != .complete {
             throw JobFailure(description: "backupd stopped while restoring (after step \(plan.step.rawValue)); "

@@ -117,12 +117,36 @@ struct AppDatabases: Sendable {
     func connect(_ environment: Environment, database: String? = nil) throws -> PostgresConnection {
         let connection: PostgresConnection
         do {
-            connection = try PostgresConnection(try connectionString(environment.databaseURL, database: database))
+            connection = try Self.pinned(PostgresConnection(try connectionString(environment.databaseURL, database: database)))
         } catch let error as PostgresError {
             throw JobFailure(description: "database server of \(environment.namespace)/\(environment.name): \(error.message)")
         }
         try refuseCatalog(on: connection)
         return connection
+    }
+
+    /// A session whose names resolve in `pg_catalog` first and nowhere the
+    /// app's role can create objects: the role may set its own search path
+    /// (`ALTER ROLE ... SET search_path`), and a `current_database()` or
+    /// `pg_database` of its own schema would answer backupd's questions
+    /// (which database to swap, which oid) with whatever it likes.
+    static func pinned(_ connection: PostgresConnection) throws(PostgresError) -> PostgresConnection {
+        try connection.query("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
+        return connection
+    }
+
+    /// Runs the environment's own SQL (the file query) with the app's search
+    /// path, the one its sessions start with, and backupd's again after it.
+    static func withAppSearchPath<T>(_ connection: PostgresConnection, _ body: () throws -> T) throws -> T {
+        try connection.query("SET search_path TO DEFAULT")
+        defer { _ = try? pinned(connection) }
+        return try body()
+    }
+
+    /// A session of a restore's staging database (the app's dump restored),
+    /// pinned like every app session.
+    func stagingSession(_ connectionString: String, threadPool: NIOThreadPool) async throws -> ConnectionHandle {
+        ConnectionHandle(try await threadPool.runIfActive { try Self.pinned(PostgresConnection(connectionString)) }, threadPool: threadPool)
     }
 
     /// An app session for a job: connected on the thread pool, checked, and

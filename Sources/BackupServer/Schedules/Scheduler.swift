@@ -64,7 +64,7 @@ public final class Scheduler: Service, Sendable {
             try? await gracefulShutdown()
             return
         }
-        try? await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
                 group.addTask {
                     while (try? await self.ticker.sleep(for: self.settings.interval)) != nil { self.wake() }

@@ -48,7 +48,7 @@ struct Placement: Sendable {
             let path = try fileStores.check(location.fileStorePath, others: others)
             let connection: PostgresConnection
             do {
-                connection = try PostgresConnection(connectionString)
+                connection = try AppDatabases.pinned(PostgresConnection(connectionString))
             } catch let error as PostgresError {
                 throw BackupError.failedPrecondition("the app database of \(location.namespace)/\(location.name) cannot be reached: \(error.message)")
             }
