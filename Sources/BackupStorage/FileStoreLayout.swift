@@ -71,9 +71,11 @@ public final class FileStoreReader: Sendable {
     private var descriptor: Int32 { folder.descriptor }
     private var owner: uid_t { folder.ownerID }
 
-    /// Opens the store's folder, which must not itself be a link.
+    /// Opens the store's folder from `/` without following a link on the
+    /// way: a folder above the store that the tenant swapped for a link to
+    /// another tenant's store after the placement check leads nowhere.
     public init(path: String) throws(BlobStoreError) {
-        folder = try OpenFolder(path)
+        folder = try OpenFolder(reachedWithoutLinks: path)
     }
 
     /// Opens a document read-only; it closes when the caller drops it.

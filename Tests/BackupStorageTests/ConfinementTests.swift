@@ -137,4 +137,18 @@ import Testing
         #expect(blob.size == 3 * 1024 * 1024 + 5)
         #expect(blob.hash == ContentHash.of([UInt8](repeating: 0, count: 3 * 1024 * 1024 + 5)))
     }
+
+    /// The helper's finding against restores holds for backups too: a
+    /// folder above a store swapped for a link (to another tenant's store)
+    /// after the placement check. The store is reached from `/` without
+    /// following a link, so its documents are never read from elsewhere.
+    @Test func aStoreReachedThroughALinkAboveItIsNotOpened() throws {
+        let scratch = try ScratchDirectory("reader-ancestor")
+        defer { scratch.remove() }
+        try FileManager.default.createDirectory(atPath: scratch.path + "/victim/data/files", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: scratch.path + "/evil", withDestinationPath: "victim")
+        #expect(throws: BlobStoreError.self) { _ = try FileStoreReader(path: scratch.path + "/evil/data/files") }
+        _ = try FileStoreReader(path: scratch.path + "/victim/data/files")
+    }
+
 }
