@@ -3,6 +3,7 @@ import BackupRules
 import BackupStorage
 import BackupWire
 import Foundation
+import Synchronization
 
 /// Where `swift build` put the executables.
 public let binDirectory = ProcessInfo.processInfo.environment["BACKUPD_BIN_DIR"] ?? "\(projectRoot)/.build/debug"
@@ -262,7 +263,20 @@ public func wrappedTool(_ tool: String, running line: String) throws -> String {
     let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(tool)-wrapper-\(UUID().uuidString)").path
     try "#!/bin/sh\n\(line)\nexec /usr/bin/\(tool) \"$@\"\n".write(toFile: path, atomically: true, encoding: .utf8)
     chmod(path, 0o755)
+    removedAtExit(path)
     return path
+}
+
+/// Files made for the whole run (tool wrappers, which a server may still run
+/// after its test ends), removed when the test process exits.
+private let filesToRemoveAtExit = Mutex<[String]>([])
+private let removingFilesAtExit: Void = {
+    atexit { for path in filesToRemoveAtExit.withLock({ $0 }) { unlink(path) } }
+}()
+
+private func removedAtExit(_ path: String) {
+    _ = removingFilesAtExit
+    filesToRemoveAtExit.withLock { $0.append(path) }
 }
 
 /// A stand-in for a tool that says it has started (`hasStarted`), then
