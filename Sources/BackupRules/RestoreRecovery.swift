@@ -15,6 +15,16 @@ public enum RestoreStep: String, CaseIterable, Sendable {
     /// The database renames committed: the restore is in place.
     case databasesSwapped = "databases-swapped"
     case finished
+
+    /// Whether a folder of the swap may have been renamed: from the recorded
+    /// swap on. Before it, a marker in the store (the tenant's to plant)
+    /// cannot mean the restored files are there.
+    public var foldersMayBeSwapped: Bool {
+        switch self {
+        case .planned, .staged, .checked: false
+        case .swapRecorded, .foldersSwapped, .databasesSwapped, .finished: true
+        }
+    }
 }
 
 /// How a restore whose process died ends: fully as it was, or fully restored.
@@ -37,10 +47,8 @@ public enum RestoreRecovery: Sendable, Equatable {
     /// made, and a marker in the store (the tenant's to plant) changes nothing.
     public static func decide(after step: RestoreStep, restoredDatabaseInPlace: Bool) -> RestoreRecovery {
         switch step {
-        case .planned, .staged, .checked:
-            .rollBack(undoFolderSwap: false)
-        case .swapRecorded:
-            .rollBack(undoFolderSwap: true)
+        case .planned, .staged, .checked, .swapRecorded:
+            .rollBack(undoFolderSwap: step.foldersMayBeSwapped)
         case .foldersSwapped:
             // The database swap may have committed without its step being recorded.
             restoredDatabaseInPlace ? .complete : .rollBack(undoFolderSwap: true)

@@ -153,6 +153,8 @@ public final class OpenFolder: Sendable {
     let ownerID: uid_t
     /// The folder's owner and mode, which files made for it take.
     public let owner: FileOwner
+    /// Which folder it is on its file system, whatever its name now.
+    private let identity: (device: UInt64, inode: UInt64)
 
     private init(adopting descriptor: Int32, path: String) throws(BlobStoreError) {
         var info = stat()
@@ -165,6 +167,12 @@ public final class OpenFolder: Sendable {
         self.descriptor = descriptor
         self.ownerID = info.st_uid
         self.owner = FileOwner(uid: info.st_uid, gid: info.st_gid, mode: info.st_mode & 0o7777)
+        self.identity = (UInt64(info.st_dev), UInt64(info.st_ino))
+    }
+
+    /// Whether both are the same folder (device and inode), however either was reached.
+    public func isSameFolder(as other: OpenFolder) -> Bool {
+        identity == other.identity
     }
 
     /// Opens the folder at `path`, which must be a folder and not a link.

@@ -90,14 +90,20 @@ public struct RestoreFolders: Sendable {
             // Marks the folder moved aside as backupd's to delete later.
             _ = try? parent.folder(named: aside).createFile(Self.previousMarker)
         }
-        // What is renamed into place must be the folder this restore staged (marked, and no link).
-        guard Self.holds(parent, staged, jobMarker) else {
+        // What is renamed into place must be the folder this restore staged (marked, and no link),
+        // and what is in place after the rename must be that same folder: the name could be swapped between.
+        guard let stagedFolder = try? parent.folder(named: staged), stagedFolder.holdsFile(jobMarker) else {
             undo()
             throw RestoreFolderError.notOurs(staging, "is no longer the folder this restore staged; move it away")
         }
         do { try parent.rename(staged, to: store) } catch {
             undo()
             throw RestoreFolderError.cannotMove(fileStore, "into place (the restored files)", error)
+        }
+        guard let placed = try? parent.folder(named: store), placed.isSameFolder(as: stagedFolder) else {
+            try? parent.rename(store, to: staged)
+            undo()
+            throw RestoreFolderError.notOurs(staging, "was replaced while the restore swapped it in; move it away")
         }
     }
 

@@ -98,6 +98,31 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
         }
     }
 
+    /// Helper finding (second round): the restore's marker, planted by the
+    /// tenant in its own store before the swap, kept a restore that failed
+    /// before the swap RUNNING for good ("the restored files cannot be moved
+    /// out yet"), its environment locked and its staging copies kept. Before
+    /// the swap no folder is renamed, so such a marker counts for nothing.
+    @Test func aMarkerPlantedInTheStoreBeforeTheSwapDoesNotHoldAFailedRestore() async throws {
+        try await withTestApp { app in
+            let gate = try GatedTool("pg_restore", failingWith: "pg_restore: error: simulated")
+            try await withInProcessServer(configure: { $0.jobs.tools.pgRestore = gate.path }) { server in
+                let backup = try await finishedBackup(server, app)
+                let before = try EnvironmentState(app)
+                let job = try await requestRestore(server, backup.id)
+                try await eventually(within: .seconds(60)) { gate.hasStarted }
+                let planted = app.fileStore + "/.backupd-restore-\(job.id)"
+                #expect(FileManager.default.createFile(atPath: planted, contents: nil))
+                gate.release()
+                let ended = try await server.withClient { try await waitForJob(job.id, on: $0, timeout: .seconds(60)) }
+                #expect(ended.status == .failed && ended.error.contains("simulated"), "\(ended.status) \(ended.error)")
+                try FileManager.default.removeItem(atPath: planted)
+                #expect(try EnvironmentState(app) == before)
+                try noStagingLeft(app)
+            }
+        }
+    }
+
     @Test func aRestoreBringsBackEveryTableAndFileAsTheyWereAtBackupTime() async throws {
         try await withTestApp { app in
             try await withInProcessServer { server in

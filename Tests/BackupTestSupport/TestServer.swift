@@ -289,11 +289,13 @@ public final class GatedTool: Sendable {
     private let gate: String
     private let scratch: ScratchDirectory
 
-    public init(_ tool: String) throws {
+    /// A gate before `tool`; with `failure`, the tool fails saying it once the gate opens.
+    public init(_ tool: String, failingWith failure: String? = nil) throws {
         scratch = try ScratchDirectory("\(tool)-gate")
         (started, gate) = (scratch.path + "/started", scratch.path + "/gate")
         _ = FileManager.default.createFile(atPath: gate, contents: nil)
-        path = try wrappedTool(tool, running: "touch \(started); while [ -e \(gate) ]; do sleep 0.1; done")
+        path = try wrappedTool(tool, running: "touch \(started); while [ -e \(gate) ]; do sleep 0.1; done"
+                               + (failure.map { "; echo '\($0)' >&2; exit 1" } ?? ""))
     }
 
     public var hasStarted: Bool { FileManager.default.fileExists(atPath: started) }

@@ -101,7 +101,8 @@ struct RestoreJob: Sendable {
             try await catalog.finishJob(id: claimed.job.id, owner: owner, detail: finished)
         case .rollBack(let undoFolderSwap):
             if undoFolderSwap { folders.unswap() }
-            guard !folders.restoredFilesInStore else {
+            // Before the swap no folder was renamed: a marker in the store then is the tenant's, not the restored files.
+            guard !(undoFolderSwap && folders.restoredFilesInStore) else {
                 throw RestoreRecoveryDeferred(reason: "the restored files cannot be moved out of \(plan.fileStore) yet")
             }
             await removeLeftovers(claimed.job.id, claimed.environment, plan, restoreInPlace: false)
@@ -439,7 +440,7 @@ struct RestoreJob: Sendable {
     @discardableResult
     func removeLeftovers(_ jobID: String, _ environment: Environment, _ plan: RestorePlan, restoreInPlace: Bool,
                          droppingPrevious: Bool = false) async -> Bool {
-        if !restoreInPlace, !plan.fileStore.isEmpty, Self.folders(plan, jobID: jobID).restoredFilesInStore {
+        if !restoreInPlace, plan.step.foldersMayBeSwapped, !plan.fileStore.isEmpty, Self.folders(plan, jobID: jobID).restoredFilesInStore {
             logger.warning("a restore's files are in its store but its database is not: its staging copies are kept for recovery",
                            metadata: ["job": "\(jobID)"])
             return false
