@@ -267,23 +267,29 @@ struct BackupJob: Sendable {
         var keys = Set<String>()
         var rows = 0, empty = 0, invalid = 0
         do {
-            try connection.query("SET LOCAL statement_timeout = '\(policy.fileQueryTimeout)'")
-            try AppDatabases.withAppSearchPath(connection) { try connection.query("DECLARE backupd_files NO SCROLL CURSOR FOR \(query.sql)") }
-            while true {
-                let batch = try connection.query("FETCH FORWARD \(fetchSize) FROM backupd_files")
-                guard !batch.isEmpty else { break }
-                rows += batch.count
-                guard rows <= policy.maximumFilesPerBackup else {
-                    throw JobFailure(description: "the file query returned more than \(policy.maximumFilesPerBackup) rows, "
-                                     + "the most one backup may hold (--max-files-per-backup)")
+            // The query runs (each FETCH, and whatever functions its views call) on the app's search path; its
+            // timeout is set again before each FETCH, which a view's own set_config cannot then lift.
+            let timeout = "SET LOCAL statement_timeout = '\(policy.fileQueryTimeout)'"
+            try AppDatabases.withAppSearchPath(connection) {
+                try connection.query(timeout)
+                try connection.query("DECLARE backupd_files NO SCROLL CURSOR FOR \(query.sql)")
+                while true {
+                    try connection.query(timeout)
+                    let batch = try connection.query("FETCH FORWARD \(fetchSize) FROM backupd_files")
+                    guard !batch.isEmpty else { break }
+                    rows += batch.count
+                    guard rows <= policy.maximumFilesPerBackup else {
+                        throw JobFailure(description: "the file query returned more than \(policy.maximumFilesPerBackup) rows, "
+                                         + "the most one backup may hold (--max-files-per-backup)")
+                    }
+                    for row in batch {
+                        guard let key = row.firstValue, !key.isEmpty else { empty += 1; continue }
+                        guard (try? FileStoreLayout.components(forKey: key)) != nil else { invalid += 1; continue }
+                        keys.insert(key)
+                    }
                 }
-                for row in batch {
-                    guard let key = row.firstValue, !key.isEmpty else { empty += 1; continue }
-                    guard (try? FileStoreLayout.components(forKey: key)) != nil else { invalid += 1; continue }
-                    keys.insert(key)
-                }
+                try connection.query("CLOSE backupd_files")
             }
-            try connection.query("CLOSE backupd_files")
         } catch let error as PostgresError {
             throw JobFailure(description: error.sqlState == "57014"
                 ? "the file query ran longer than its timeout of \(policy.fileQueryTimeout)"
