@@ -149,10 +149,10 @@ public final class LocalFile {
 public final class OpenFolder: Sendable {
     public let path: String
     let descriptor: Int32
-    /// Who owns the folder.
-    let ownerID: uid_t
     /// The folder's owner and mode, which files made for it take.
     public let owner: FileOwner
+    /// Who owns the folder.
+    var ownerID: uid_t { owner.uid ?? 0 }
     /// Which folder it is on its file system, whatever its name now.
     private let identity: (device: UInt64, inode: UInt64)
 
@@ -165,7 +165,6 @@ public final class OpenFolder: Sendable {
         }
         self.path = path
         self.descriptor = descriptor
-        self.ownerID = info.st_uid
         self.owner = FileOwner(uid: info.st_uid, gid: info.st_gid, mode: info.st_mode & 0o7777)
         self.identity = (UInt64(info.st_dev), UInt64(info.st_ino))
     }

@@ -75,25 +75,31 @@ import Testing
             let first = try await TestServer.start(arguments: ["--job-lease-seconds", "2", "--archive-gzip-level", "9"])
             try await first.register(app)
             let cache = first.blobDirectory + "/archives"
-            let (backupID, download) = try await first.withClient { client in
+            let backupID = try await first.withClient { client in
                 let created = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
-                let backup = try await waitForJob(created.job.id, on: client)
-                return (backup.backupID, try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.backupID }))
+                return try await waitForJob(created.job.id, on: client).backupID
             }
             @Sendable func partials() -> [String] {
                 ((try? FileManager.default.contentsOfDirectory(atPath: cache)) ?? []).filter { $0.hasSuffix(".partial") }
             }
-            // Watched and killed from a thread of its own, the moment the partial file is there: a watch on the
-            // cooperative pool, busy with other tests, once looked only after the two seconds the archive took.
+            // Watched and killed from a thread of its own, started before the download is asked for, the moment the
+            // partial file is there: a watch on the cooperative pool, or on the tests' shared blocking threads, busy
+            // with other tests, once began only after the seconds the archive took.
             let pid = first.processIdentifier
-            let killedMidWrite = try await offThePool {
-                let deadline = Date().addingTimeInterval(60)
-                while Date() < deadline {
-                    if !partials().isEmpty { kill(pid, SIGKILL); return true }
-                    usleep(2_000)
+            let watch = Task {
+                await withCheckedContinuation { (done: CheckedContinuation<Bool, Never>) in
+                    Thread {
+                        let deadline = Date().addingTimeInterval(60)
+                        while Date() < deadline {
+                            if !partials().isEmpty { kill(pid, SIGKILL); done.resume(returning: true); return }
+                            usleep(2_000)
+                        }
+                        done.resume(returning: false)
+                    }.start()
                 }
-                return false
             }
+            let download = try await first.withClient { try await $0.unary(Backups.requestDownload, .with { $0.backupID = backupID }) }
+            let killedMidWrite = await watch.value
             await first.stop(signal: SIGKILL)
             if !killedMidWrite { print(first.log) }
             #expect(killedMidWrite && partials().count == 1)
