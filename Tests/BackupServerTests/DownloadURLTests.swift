@@ -35,7 +35,6 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) async th
 /// the restore-by-hand path, ranges and resumption, HEAD, and every way a
 /// URL can be wrong.
 @Suite(.serialized) struct DownloadURLTests {
-
     @Test func rangesResumptionAndHeadAnswerAsHTTPSays() async throws {
         try await withTestApp { app in
             try await withInProcessServer(live: true) { server in
