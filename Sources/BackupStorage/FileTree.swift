@@ -13,17 +13,13 @@ import Glibc
 /// short still carries it and can be finished later. A missing folder is
 /// not an error.
 public func removeTree(_ path: String, removingLast last: String? = nil) throws(BlobStoreError) {
-    guard let slash = path.lastIndex(of: "/"), slash != path.index(before: path.endIndex) else {
+    guard let slash = path.lastIndex(of: "/"), slash != path.startIndex, slash != path.index(before: path.endIndex) else {
         throw .cannotWrite(path: path, errno: EINVAL)
     }
-    let parentPath = slash == path.startIndex ? "/" : String(path[..<slash])
-    let parent = open(parentPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    guard parent >= 0 else {
-        if errno == ENOENT { return }
-        throw .cannotWrite(path: parentPath, errno: errno)
-    }
-    defer { close(parent) }
-    try removeEntry(String(path[path.index(after: slash)...]), in: parent, path: path, last: last)
+    // The folder holding it is reached from `/` without following a link either (`OpenFolder(reachedWithoutLinks:)`).
+    let parent: OpenFolder
+    do { parent = try OpenFolder(reachedWithoutLinks: String(path[..<slash])) } catch where error.errorNumber == ENOENT { return }
+    try parent.removeTree(named: String(path[path.index(after: slash)...]), removingLast: last)
 }
 
 func removeEntry(_ name: String, in folder: Int32, path: String, last: String? = nil) throws(BlobStoreError) {

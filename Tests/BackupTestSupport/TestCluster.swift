@@ -61,7 +61,7 @@ public final class TestCluster: Sendable {
 
     /// Creates a database named `prefix_` and 8 random characters; returns its name.
     public func createDatabase(_ prefix: String) async throws -> String {
-        let name = "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
+        let name = TestPostgres.uniqueName(prefix)
         let postgres = connectionString("postgres")
         try await offThePool { _ = try PostgresConnection(postgres).query("CREATE DATABASE \(name)") }
         return name

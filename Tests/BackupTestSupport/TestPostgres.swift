@@ -49,9 +49,14 @@ public enum TestPostgres {
 
     /// A new empty database (or a copy of `template`) with a unique name.
     public static func createDatabase(_ prefix: String, template: String? = nil) throws -> String {
-        let name = "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
+        let name = uniqueName(prefix)
         try query("postgres", "CREATE DATABASE \(name)" + (template.map { " TEMPLATE \($0)" } ?? ""))
         return name
+    }
+
+    /// `prefix`, `_` and 8 random characters: a database name no other test uses.
+    public static func uniqueName(_ prefix: String) -> String {
+        "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
     }
 
     /// The same from async code, off the cooperative pool.
