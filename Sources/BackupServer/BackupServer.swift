@@ -51,6 +51,13 @@ public struct BackupServer: Service, CustomStringConvertible {
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
 
+    /// Makes the scheduler look for due nights and expired backups now, not
+    /// at its next interval: for tests that live through many nights on a
+    /// calendar of their own, one look per night.
+    @_spi(Testing) public func lookAtSchedulesNow() {
+        scheduler.wake()
+    }
+
     /// The work folder's `tmp`, made if need be: where jobs write their scratch files.
     private static func scratchDirectory(in workDirectory: String) throws -> String {
         let folder = workDirectory + "/tmp"

@@ -27,9 +27,11 @@ public func craftArchive(in scratch: ScratchDirectory, _ members: String, mode: 
 
 /// A gzip tar of many regular files, written header by header rather than
 /// through Python's `tarfile` (five times faster for half a million
-/// members): `members` is a Python iterable of `(name, bytes)`, names of at
-/// most 100 bytes.
-public func craftPlainArchive(in scratch: ScratchDirectory, _ members: String) async throws -> String {
+/// members): `members` is a Python iterable of `(name, content)`, names of
+/// at most 100 bytes, each content bytes or a count of zero bytes (written
+/// a mebibyte at a time, so a member may be larger than memory). `level` is
+/// gzip's: 0 stores the content as it is.
+public func craftPlainArchive(in scratch: ScratchDirectory, _ members: String, level: Int = 1) async throws -> String {
     let path = scratch.path + "/crafted-\(UUID().uuidString.prefix(8)).tar.gz"
     let script = """
         import gzip, sys
@@ -43,10 +45,16 @@ public func craftPlainArchive(in scratch: ScratchDirectory, _ members: String) a
             h[148:156] = b' ' * 8; h[156:157] = b'0'; h[257:263] = b'ustar\\0'; h[263:265] = b'00'
             h[148:156] = b'%06o\\0 ' % sum(h)
             return bytes(h)
-        with gzip.open(sys.argv[1], 'wb', compresslevel=1) as out:
+        with gzip.open(sys.argv[1], 'wb', compresslevel=\(level)) as out:
             for name, data in \(members):
-                out.write(header(name, len(data)))
-                out.write(data + b'\\0' * (-len(data) % 512))
+                size = data if isinstance(data, int) else len(data)
+                out.write(header(name, size))
+                if isinstance(data, int):
+                    for start in range(0, size, 1 << 20):
+                        out.write(bytes(min(1 << 20, size - start)))
+                else:
+                    out.write(data)
+                out.write(b'\\0' * (-size % 512))
             out.write(b'\\0' * 1024)
         """
     let made = try await runCommand("/usr/bin/python3", ["-c", script, path])

@@ -3,7 +3,7 @@ import BackupClient
 import BackupRules
 import BackupStorage
 import BackupPostgres
-import BackupServer
+@_spi(Testing) import BackupServer
 import Foundation
 import Logging
 import NIOCore
@@ -23,6 +23,7 @@ public final class InProcessServer: WireTestServer {
     public let adminToken: String
     public let platformToken: String
     private let catalog: Catalog
+    private let server: BackupServer
     private let leases: CatalogLeases
     private let transport: InProcessTransport
     private let connections: ConnectionGauge
@@ -35,7 +36,7 @@ public final class InProcessServer: WireTestServer {
     /// `HOST:PORT` of the TLS listener of a live server; empty otherwise.
     public let address: String
 
-    private init(catalogDatabase: String, catalogElsewhere: Bool, address: String, adminToken: String, platformToken: String, catalog: Catalog,
+    private init(catalogDatabase: String, catalogElsewhere: Bool, address: String, adminToken: String, platformToken: String, catalog: Catalog, server: BackupServer,
                  leases: CatalogLeases, transport: InProcessTransport, connections: ConnectionGauge, group: ServiceGroup,
                  running: Task<Void, any Error>, threadPools: [NIOThreadPool], scratch: ScratchDirectory) {
         self.address = address
@@ -44,6 +45,7 @@ public final class InProcessServer: WireTestServer {
         self.adminToken = adminToken
         self.platformToken = platformToken
         self.catalog = catalog
+        self.server = server
         self.leases = leases
         self.transport = transport
         self.connections = connections
@@ -107,7 +109,7 @@ public final class InProcessServer: WireTestServer {
             address = "127.0.0.1:\(port)"
         }
         return InProcessServer(catalogDatabase: database, catalogElsewhere: catalogCluster != nil, address: address, adminToken: admin.text,
-                               platformToken: platform.text, catalog: catalog, leases: leases, transport: transport,
+                               platformToken: platform.text, catalog: catalog, server: server, leases: leases, transport: transport,
                                connections: tls.connections, group: group,
                                running: running,
                                threadPools: [catalogThreads, jobThreads], scratch: scratch)
@@ -130,6 +132,11 @@ public final class InProcessServer: WireTestServer {
         return try await transport.withConnection { inbound, send in
             try await BackupClient.withTransport(token: token ?? adminToken, inbound: inbound, write: send, body)
         }
+    }
+
+    /// Makes the scheduler look for due nights and expired backups now.
+    public func lookAtSchedulesNow() {
+        server.lookAtSchedulesNow()
     }
 
     /// Begins a graceful shutdown, as SIGTERM does `backupd`, and returns at
