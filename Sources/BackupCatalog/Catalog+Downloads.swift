@@ -40,17 +40,14 @@ public struct ArchiveWork: Sendable {
     public let archive: SnapshotArchive
 }
 
-/// A request for an archive the catalog has recorded before the cache's
-/// disk was checked for a new archive.
-public struct DownloadReservation: Sendable {
-    public let record: DownloadRecord
-    /// Whether the request made a new archive, and queued the job that prepares it.
-    public let queuedJob: Bool
-    /// What a new archive may grow to in the cache, and what the archives
-    /// being prepared already reserve there (both 0 when the archive is shared).
+/// The room a new archive needs on the cache's disk, checked before the
+/// request for it is recorded: once recorded, its job may be taken up at
+/// once by any process.
+public struct ArchiveRoom: Sendable {
+    /// What the new archive may grow to in the cache.
     public let archiveBytes: UInt64
+    /// What the archives being prepared already reserve there.
     public let othersPreparing: UInt64
-    let activityID: Int64
 }
 
 /// How much an archive of a backup is allowed to take in the cache: its
@@ -96,17 +93,29 @@ extension Catalog {
         return try await pool.withConnection(idempotent: true) { try Self.loadDownload($0, id) }
     }
 
+    /// The room on the cache's disk that a request for this backup's archive
+    /// would reserve, to check before `requestDownload`; nil when the
+    /// request would share an archive that is ready or being prepared.
+    public func archiveRoomNeeded(backupID: String, databaseOnly: Bool) async throws -> ArchiveRoom? {
+        let backupID = try parseID(backupID, "backup id")
+        return try await pool.withConnection(idempotent: true) { connection in
+            guard try Self.sharedArchive(connection, backupID, databaseOnly) == nil else { return nil }
+            let backup = try Self.loadBackup(connection, backupID)
+            return ArchiveRoom(archiveBytes: Self.archiveReservation(of: backup, databaseOnly: databaseOnly),
+                               othersPreparing: try Self.archiveCacheUse(connection, namespace: backup.namespace).preparing)
+        }
+    }
+
     /// Records a request for a backup's archive. A ready (or preparing)
     /// archive of the same backup and kind is shared, with a URL lifetime of
     /// this request's own; otherwise a new archive is reserved in the cache
-    /// and a job queued to prepare it. Refused with RESOURCE_EXHAUSTED when
-    /// the cache (`cacheBytes` for all archives of every process on this
-    /// catalog, `namespaceShare` of it for one namespace's) has no room for
-    /// it. A new archive is a reservation until the caller has checked the
-    /// cache's disk for it; if the disk has no room, `withdrawDownload`
-    /// takes it back.
+    /// and a job queued to prepare it (`queuedJob`). Refused with
+    /// RESOURCE_EXHAUSTED when the cache (`cacheBytes` for all archives of
+    /// every process on this catalog, `namespaceShare` of it for one
+    /// namespace's) has no room for it. The cache's disk is the caller's to
+    /// check first (`archiveRoomNeeded`); the job checks it again.
     public func requestDownload(backupID: String, databaseOnly: Bool, actor: String, urlLifetime: Duration, cacheBytes: UInt64,
-                                namespaceShare: NamespaceShare) async throws -> DownloadReservation {
+                                namespaceShare: NamespaceShare) async throws -> (record: DownloadRecord, queuedJob: Bool) {
         let backupID = try parseID(backupID, "backup id")
         let downloadID = UUID().uuidString.lowercased()
         let lifetimeSeconds = urlLifetime.components.seconds
@@ -120,35 +129,24 @@ extension Catalog {
             }
             let archiveID: String
             var queuedJob = false
-            var (archiveBytes, othersPreparing): (UInt64, UInt64) = (0, 0)
-            if let existing = try connection.query("""
-                SELECT id FROM archives WHERE snapshot_id = $1 AND database_only = $2 AND state <> '\(DownloadRecord.State.failed)'
-                """, backupID, databaseOnly).first {
-                archiveID = existing.string("id")
+            if let existing = try Self.sharedArchive(connection, backupID, databaseOnly) {
+                archiveID = existing
             } else {
                 archiveID = UUID().uuidString.lowercased()
-                let reservation = archiveReservation(databaseBytes: backup.databaseBytes, filesBytes: backup.filesBytes,
-                                                     fileCount: backup.fileCount, databaseOnly: databaseOnly)
-                let used = try connection.query("""
-                    SELECT coalesce(sum(a.size), 0) AS total,
-                           coalesce(sum(a.size) FILTER (WHERE e.namespace = $1), 0) AS namespace,
-                           coalesce(sum(a.size) FILTER (WHERE a.state = '\(DownloadRecord.State.preparing)'), 0) AS preparing
-                    FROM archives a JOIN snapshots s ON s.id = a.snapshot_id JOIN environments e ON e.id = s.environment_id
-                    WHERE a.state <> '\(DownloadRecord.State.failed)'
-                    """, backup.namespace)[0]
+                let reservation = Self.archiveReservation(of: backup, databaseOnly: databaseOnly)
+                let used = try Self.archiveCacheUse(connection, namespace: backup.namespace)
                 let namespaceBytes = namespaceShare.of(cacheBytes)
                 // What other namespaces hold is theirs to know: a refusal for the whole cache says only that it is full.
-                guard used.uint64("namespace") + reservation <= namespaceBytes else {
+                guard used.namespace + reservation <= namespaceBytes else {
                     throw BackupError.resourceExhausted(
-                        "namespace \(backup.namespace)'s archives take \(used.uint64("namespace")) of the \(namespaceBytes) bytes of the "
+                        "namespace \(backup.namespace)'s archives take \(used.namespace) of the \(namespaceBytes) bytes of the "
                             + "archive cache it may use, and this archive needs up to \(reservation); try again when its earlier "
                             + "downloads have expired")
                 }
-                guard used.uint64("total") + reservation <= cacheBytes else {
+                guard used.total + reservation <= cacheBytes else {
                     throw BackupError.resourceExhausted(
                         "the archive cache is full, and this archive needs up to \(reservation) bytes; try again later")
                 }
-                (archiveBytes, othersPreparing) = (reservation, used.uint64("preparing"))
                 let jobID = try Self.queueJob(connection, .archive, for: .backup(backupID), actor: actor,
                                               bytesTotal: backup.databaseBytes + (databaseOnly ? 0 : backup.filesBytes))
                 try connection.query("""
@@ -161,35 +159,37 @@ extension Catalog {
                 SELECT $1, a.id, $3, make_interval(secs => $4), CASE WHEN a.state = '\(DownloadRecord.State.ready)' THEN now() + make_interval(secs => $4) END
                 FROM archives a WHERE a.id = $2
                 """, downloadID, archiveID, actor, lifetimeSeconds)
-            let activityID = try Self.recordActivity(connection, backup.namespace, backup.environment, action: "download",
-                                                     outcome: "REQUESTED", actor: actor, snapshotID: backupID,
-                                                     detail: (databaseOnly ? "database only" : "files and database")
-                                                         + (queuedJob ? "" : ", sharing the archive already prepared"))
-            return DownloadReservation(record: try Self.loadDownload(connection, downloadID), queuedJob: queuedJob,
-                                       archiveBytes: archiveBytes, othersPreparing: othersPreparing, activityID: activityID)
+            try Self.recordActivity(connection, backup.namespace, backup.environment, action: "download",
+                                    outcome: "REQUESTED", actor: actor, snapshotID: backupID,
+                                    detail: (databaseOnly ? "database only" : "files and database")
+                                        + (queuedJob ? "" : ", sharing the archive already prepared"))
+            return (try Self.loadDownload(connection, downloadID), queuedJob)
         }
     }
 
-    /// Takes back a request whose new archive the cache's disk has no room
-    /// for, with its activity entry: the archive and its job go too unless
-    /// another request shares the archive or a process took up the job
-    /// meanwhile (the job then checks the disk itself, and fails).
-    public func withdrawDownload(_ reservation: DownloadReservation) async throws {
-        try await pool.transaction(idempotent: true) { connection in
-            // As requests do: one sharing this archive either committed its download first (the archive stays) or finds none.
-            try connection.query("SELECT pg_advisory_xact_lock(\(AdvisoryLock.archives))")
-            try connection.query("DELETE FROM downloads WHERE id = $1", reservation.record.id)
-            if reservation.queuedJob {
-                try connection.query("""
-                    WITH gone AS (
-                        DELETE FROM jobs WHERE id = $2 AND status = '\(JobStatus.queued)'
-                          AND NOT EXISTS (SELECT 1 FROM downloads WHERE archive_id = $1)
-                        RETURNING id)
-                    DELETE FROM archives WHERE id = $1 AND job_id IN (SELECT id FROM gone)
-                    """, reservation.record.archiveID, reservation.record.jobID)
-            }
-            try connection.query("DELETE FROM activity WHERE id = $1", reservation.activityID)
-        }
+    /// The archive of this backup and kind that is ready or being prepared, if any.
+    private static func sharedArchive(_ connection: PostgresConnection, _ backupID: String, _ databaseOnly: Bool) throws -> String? {
+        try connection.query("""
+            SELECT id FROM archives WHERE snapshot_id = $1 AND database_only = $2 AND state <> '\(DownloadRecord.State.failed)'
+            """, backupID, databaseOnly).first?.string("id")
+    }
+
+    private static func archiveReservation(of backup: Backup, databaseOnly: Bool) -> UInt64 {
+        BackupCatalog.archiveReservation(databaseBytes: backup.databaseBytes, filesBytes: backup.filesBytes,
+                                         fileCount: backup.fileCount, databaseOnly: databaseOnly)
+    }
+
+    /// What the archives in the cache take: all of them, one namespace's, and those being prepared.
+    private static func archiveCacheUse(_ connection: PostgresConnection, namespace: String) throws
+        -> (total: UInt64, namespace: UInt64, preparing: UInt64) {
+        let used = try connection.query("""
+            SELECT coalesce(sum(a.size), 0) AS total,
+                   coalesce(sum(a.size) FILTER (WHERE e.namespace = $1), 0) AS namespace,
+                   coalesce(sum(a.size) FILTER (WHERE a.state = '\(DownloadRecord.State.preparing)'), 0) AS preparing
+            FROM archives a JOIN snapshots s ON s.id = a.snapshot_id JOIN environments e ON e.id = s.environment_id
+            WHERE a.state <> '\(DownloadRecord.State.failed)'
+            """, namespace)[0]
+        return (used.uint64("total"), used.uint64("namespace"), used.uint64("preparing"))
     }
 
     /// What the archive job `jobID` is to write: its archive's record and

@@ -86,15 +86,20 @@ extension Catalog {
     /// Hears every change of a job a watcher would see (status, phase,
     /// progress, error), as it commits, from any process on this catalog:
     /// `changed` gets the job's id. One connection of its own listens; when
-    /// it is lost, another is opened after `retryAfter`. Runs until cancelled,
-    /// noticing it within a second.
+    /// it is lost, another is opened after `retryAfter`. Runs until cancelled.
     public func listenForJobChanges(retryAfter: Duration = .seconds(1), _ changed: @escaping @Sendable (String) -> Void) async {
         while !Task.isCancelled {
             do {
                 let handle = try await pool.dedicatedConnection()
                 try await handle.run { try $0.query("LISTEN job_changed") }
+                // Cancelling (a shutdown) ends the wait at once rather than at its second's end.
+                let interruption = try NotificationWaitInterruption()
                 while !Task.isCancelled {
-                    let notifications = try await handle.run { try $0.notifications(waitingUpTo: .seconds(1)) }
+                    let notifications = try await withTaskCancellationHandler {
+                        try await handle.run { try $0.notifications(waitingUpTo: .seconds(1), interruptedBy: interruption) }
+                    } onCancel: {
+                        interruption.interrupt()
+                    }
                     for notification in notifications where notification.channel == "job_changed" { changed(notification.payload) }
                 }
             } catch {
@@ -182,7 +187,7 @@ extension Catalog {
                 WHERE s.id = $1 AND s.night IS NOT NULL AND sc.verify_nightly
                 """, snapshotID).first != nil {
                 // Past the namespace's share of verifications, this night's goes unverified rather than unfinished.
-                try? Self.queueVerification(connection, backup: try Self.loadBackup(connection, snapshotID), actor: "scheduler")
+                _ = try? Self.queueVerification(connection, backup: try Self.loadBackup(connection, snapshotID), actor: "scheduler")
             }
         }
     }

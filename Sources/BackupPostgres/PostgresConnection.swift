@@ -139,13 +139,15 @@ public final class PostgresConnection: @unchecked Sendable {
     /// connection listens to (`LISTEN`), and returns their payloads by
     /// channel; none when the time passed quietly. Throws once the
     /// connection is lost.
-    public func notifications(waitingUpTo timeout: Duration) throws(PostgresError) -> [(channel: String, payload: String)] {
+    public func notifications(waitingUpTo timeout: Duration,
+                              interruptedBy interruption: NotificationWaitInterruption? = nil) throws(PostgresError) -> [(channel: String, payload: String)] {
         var received = takeNotifications()
         guard received.isEmpty else { return received }
-        var socket = pollfd(fd: PQsocket(connection), events: Int16(POLLIN), revents: 0)
-        guard socket.fd >= 0 else { throw PostgresError(sqlState: nil, message: "the connection to PostgreSQL is lost") }
+        var sockets = [pollfd(fd: PQsocket(connection), events: Int16(POLLIN), revents: 0)]
+        guard sockets[0].fd >= 0 else { throw PostgresError(sqlState: nil, message: "the connection to PostgreSQL is lost") }
+        if let interruption { sockets.append(pollfd(fd: interruption.readable, events: Int16(POLLIN), revents: 0)) }
         let milliseconds = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        if poll(&socket, 1, milliseconds) > 0 {
+        if poll(&sockets, nfds_t(sockets.count), milliseconds) > 0, sockets[0].revents != 0 {
             guard PQconsumeInput(connection) == 1 else {
                 throw PostgresError(sqlState: nil, message: String(cString: PQerrorMessage(connection)).trimmingTrailingNewlines)
             }
@@ -290,5 +292,36 @@ public enum ConnectionString {
     /// A quoted SQL identifier.
     public static func quoted(_ identifier: String) -> String {
         "\"" + identifier.replacing("\"", with: "\"\"") + "\""
+    }
+}
+
+/// Ends a wait for notifications before its time: the task waiting is being
+/// cancelled (a shutdown), and the thread it waits on should not sit out
+/// the rest of the wait. Once interrupted, every later wait returns at once.
+public final class NotificationWaitInterruption: Sendable {
+    /// The end of a pipe that becomes readable on `interrupt`.
+    let readable: Int32
+    private let writable: Int32
+
+    public init() throws(PostgresError) {
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else {
+            throw PostgresError(sqlState: nil, message: "cannot make a pipe: \(String(cString: strerror(errno)))")
+        }
+        for end in ends {
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+        }
+        (readable, writable) = (ends[0], ends[1])
+    }
+
+    public func interrupt() {
+        var byte: UInt8 = 1
+        _ = write(writable, &byte, 1)  // a full pipe is already readable
+    }
+
+    deinit {
+        close(readable)
+        close(writable)
     }
 }

@@ -199,6 +199,41 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
         }
     }
 
+    /// Found by a full run: the disk was checked after the request's job was
+    /// queued and committed, so a runner could take the job up before a
+    /// refusal took it back; it ran on the full disk and failed, and the
+    /// next request, made once there was room, joined that failing job.
+    /// The disk is now checked before anything is recorded: a job of a
+    /// refused request never exists, even for a moment.
+    @Test func aRequestRefusedForTheDisksRoomNeverQueuesAJob() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: { $0.downloads.reservedDiskBytes = 1 << 60 }) { server in
+                let backup = try await finishedBackup(server, app)
+                // Every archive job ever inserted, whatever becomes of it.
+                for statement in [
+                    "CREATE TABLE archive_jobs_seen (id uuid)",
+                    """
+                    CREATE FUNCTION see_archive_job() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN INSERT INTO archive_jobs_seen VALUES (NEW.id); RETURN NULL; END $$
+                    """,
+                    """
+                    CREATE TRIGGER archive_jobs_seen AFTER INSERT ON jobs FOR EACH ROW WHEN (NEW.kind = 'archive')
+                        EXECUTE FUNCTION see_archive_job()
+                    """,
+                ] { try await TestPostgres.query(server.catalogDatabase, statement) }
+                try await server.withClient { client in
+                    let refused = await expectStatus(.resourceExhausted) {
+                        _ = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
+                    }
+                    #expect(refused?.message.contains("free") == true, "\(String(describing: refused))")
+                }
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT id FROM archive_jobs_seen").isEmpty)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT id FROM archives").isEmpty)
+                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT id FROM activity WHERE action = 'download'").isEmpty)
+            }
+        }
+    }
+
     /// Helper finding: a ready archive whose file was lost (the cache moved,
     /// or was on a disk that did not survive a restart) was shared forever,
     /// each new request handing out a URL that answered 404.

@@ -247,13 +247,11 @@ public func using<Resource, T: Sendable>(_ resource: Resource, removedBy remove:
 
 /// Waits for a job to end and returns it.
 public func waitForJob(_ id: String, on client: BackupClient, timeout: Duration = .seconds(120)) async throws -> Job {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        let job = try await client.unary(Backups.getJob, .with { $0.id = id })
-        if job.status.isTerminal { return job }
-        try await Task.sleep(for: .milliseconds(100))
-    }
-    throw TestSupportError("job \(id) did not end within \(timeout)")
+    // The job's watch sends each change as it commits and ends with the job: no polling.
+    var last: Job?
+    try await client.call(Backups.watchJob, requests: [.with { $0.id = id }], timeout: timeout) { last = $0 }
+    if let last, last.status.isTerminal { return last }
+    throw TestSupportError("the watch of job \(id) ended before the job did")
 }
 
 /// A stand-in for a PostgreSQL client tool: a script that runs one shell

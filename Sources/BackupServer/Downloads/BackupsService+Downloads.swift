@@ -10,24 +10,14 @@ extension BackupsService {
             guard links.keys != nil else {
                 throw BackupError.failedPrecondition("this server signs no download URLs; it must be started with --download-keys")
             }
-            let (backupID, actor) = (backup.id, context.caller.tokenName)
-            // Once the reservation may have committed, the check and its withdrawal run to their end even if the
-            // client cancels or goes: a reservation is never left behind.
-            let record = try await withoutCancellation { [catalog, downloads, archiveCache, jobs] in
-                let reservation = try await catalog.requestDownload(
-                    backupID: backupID, databaseOnly: request.databaseOnly, actor: actor,
-                    urlLifetime: downloads.urlLifetime, cacheBytes: downloads.cacheBytes, namespaceShare: downloads.cacheNamespaceShare)
-                if reservation.queuedJob {
-                    do {
-                        try archiveCache.requireRoom(for: reservation.archiveBytes, beside: reservation.othersPreparing)
-                    } catch {
-                        try await catalog.withdrawDownload(reservation)
-                        throw error
-                    }
-                    jobs.wake()
-                }
-                return reservation.record
+            // The disk is checked before the request is recorded: from then on its job may be taken up by any process.
+            if let room = try await catalog.archiveRoomNeeded(backupID: backup.id, databaseOnly: request.databaseOnly) {
+                try archiveCache.requireRoom(for: room.archiveBytes, beside: room.othersPreparing)
             }
+            let (record, queuedJob) = try await catalog.requestDownload(
+                backupID: backup.id, databaseOnly: request.databaseOnly, actor: context.caller.tokenName,
+                urlLifetime: downloads.urlLifetime, cacheBytes: downloads.cacheBytes, namespaceShare: downloads.cacheNamespaceShare)
+            if queuedJob { jobs.wake() }
             return links.message(record)
         }
         router.unary(Backups.getDownload) { request, context in

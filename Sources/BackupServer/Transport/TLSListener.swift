@@ -175,44 +175,59 @@ actor TLSListener {
     }
 
     /// Runs each accepted connection until the port closes; then calls in
-    /// flight get a moment to finish before every connection is ended.
+    /// flight get a moment (`drainTime`) to finish before every connection
+    /// still open is ended. With none open, it returns at once.
     private func serve(_ server: NIOAsyncChannel<Accepted, Never>) async throws {
         try await server.executeThenClose { inbound in
-            try await withThrowingDiscardingTaskGroup { group in
-                for try await accepted in inbound {
-                    group.addTask {
-                        do {
-                            // A future cannot be cancelled; closing its connection ends the wait.
-                            var negotiated = try await withTaskCancellationHandler {
-                                try await accepted.negotiated.get()
-                            } onCancel: {
-                                accepted.channel.close(promise: nil)
-                            }
-                            if case .undecided(let decided) = negotiated {
-                                negotiated = try await withTaskCancellationHandler {
-                                    try await decided.get()
-                                } onCancel: {
-                                    accepted.channel.close(promise: nil)
-                                }
-                            }
-                            switch negotiated {
-                            case .rpc(let channel, let controller):
-                                await self.connection.run(channel, controller: controller)
-                            case .http(let channel, let verified):
-                                await self.downloads.serve(channel, verified: verified)
-                            case .undecided, .unsupported:
-                                break
-                            }
-                        } catch {
-                            self.logger.debug("handshake failed", metadata: ["error": "\(error)"])
+            let (portClosed, closing) = AsyncStream<Void>.makeStream()
+            try await withThrowingTaskGroup(of: Void.self) { drain in
+                // Returns once the port has closed and every connection has ended.
+                drain.addTask {
+                    try await withThrowingDiscardingTaskGroup { group in
+                        for try await accepted in inbound {
+                            group.addTask { await self.run(accepted) }
                         }
+                        closing.finish()
                     }
                 }
-                group.addTask {
+                drain.addTask {
+                    for await _ in portClosed {}
                     try await Task.sleep(for: TLSListener.drainTime)
                     throw ListenerClosed()
                 }
+                // The first to end decides: the connections (the drain's timer is cancelled) or the drain time.
+                try await drain.next()
+                drain.cancelAll()
             }
+        }
+    }
+
+    /// Negotiates an accepted connection's protocol and serves it to its end.
+    private func run(_ accepted: Accepted) async {
+        do {
+            // A future cannot be cancelled; closing its connection ends the wait.
+            var negotiated = try await withTaskCancellationHandler {
+                try await accepted.negotiated.get()
+            } onCancel: {
+                accepted.channel.close(promise: nil)
+            }
+            if case .undecided(let decided) = negotiated {
+                negotiated = try await withTaskCancellationHandler {
+                    try await decided.get()
+                } onCancel: {
+                    accepted.channel.close(promise: nil)
+                }
+            }
+            switch negotiated {
+            case .rpc(let channel, let controller):
+                await connection.run(channel, controller: controller)
+            case .http(let channel, let verified):
+                await downloads.serve(channel, verified: verified)
+            case .undecided, .unsupported:
+                break
+            }
+        } catch {
+            logger.debug("handshake failed", metadata: ["error": "\(error)"])
         }
     }
 
