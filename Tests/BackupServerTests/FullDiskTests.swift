@@ -5,6 +5,7 @@ import BackupServer
 import BackupTestSupport
 import BackupWire
 import Foundation
+import Synchronization
 import Testing
 
 /// The blob store's disk fills up while an upload is received and while an
@@ -103,20 +104,29 @@ func withSmallDisk<T: Sendable>(size: String, _ body: (String) async throws -> T
     @Test func aDiskThatFillsWhileAnArchiveIsWrittenFailsItAndLeavesNothing() async throws {
         try await withSmallDisk(size: "64m") { disk in
             try await withTestApp { app in
-                // 40 MiB of text at gzip level 9: the archive takes seconds to write.
                 try addDocument(to: app, size: 40 << 20, content: .text)
-                try await withInProcessServer(configure: {
-                    $0.downloads.gzipLevel = 9
+                let store = Mutex<ReadGatedBlobStore?>(nil)
+                try await withInProcessServer(blobStore: { local in
+                    let gated = ReadGatedBlobStore(local)
+                    store.withLock { $0 = gated }
+                    return gated
+                }, configure: {
                     $0.downloads.cacheDirectory = disk + "/archives"
                     $0.downloads.reservedDiskBytes = 1 << 20
                 }) { server in
                     let backup = try await finishedBackup(server, app)
+                    let gated = try #require(store.withLock { $0 })
+                    // The archive stops after the document's first chunk, its partial file begun.
+                    let document = try await TestPostgres.query(server.catalogDatabase, """
+                        SELECT sha256 FROM snapshot_files WHERE snapshot_id = $1 ORDER BY size DESC LIMIT 1
+                        """, backup.id)[0].string("sha256")
+                    gated.hold(try #require(ContentHash(hex: document)))
                     try await server.withClient { client in
                         let requested = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
-                        try await eventually(within: .seconds(60)) {
-                            ((try? FileManager.default.contentsOfDirectory(atPath: disk + "/archives")) ?? []).contains { $0.hasSuffix(".partial") }
-                        }
+                        try await eventually(within: .seconds(60)) { gated.isHolding }
+                        #expect(try FileManager.default.contentsOfDirectory(atPath: disk + "/archives").contains { $0.hasSuffix(".partial") })
                         let filler = try fill(disk, leaving: 0)
+                        gated.release()
                         let failed = try await waitForJob(requested.jobID, on: client)
                         #expect(failed.status == .failed && failed.error.contains("space"), "\(failed.status) \(failed.error)")
                         #expect(try FileManager.default.contentsOfDirectory(atPath: disk + "/archives").isEmpty)

@@ -35,27 +35,37 @@ public func craftPlainArchive(in scratch: ScratchDirectory, _ members: String, l
     let path = scratch.path + "/crafted-\(UUID().uuidString.prefix(8)).tar.gz"
     let script = """
         import gzip, sys
+        TEMPLATE = bytearray(512)
+        TEMPLATE[100:108] = b'0000644\\0'; TEMPLATE[108:116] = b'0000000\\0'; TEMPLATE[116:124] = b'0000000\\0'
+        TEMPLATE[136:148] = b'00000000000\\0'; TEMPLATE[148:156] = b' ' * 8; TEMPLATE[156:157] = b'0'
+        TEMPLATE[257:263] = b'ustar\\0'; TEMPLATE[263:265] = b'00'
+        # The checksum is the sum of the header's bytes: the template's, plus each member's name and size.
+        BASE = sum(TEMPLATE)
         def header(name, size):
-            h = bytearray(512)
             n = name.encode()
             assert len(n) <= 100
+            field = b'%011o\\0' % size
+            h = bytearray(TEMPLATE)
             h[0:len(n)] = n
-            h[100:108] = b'0000644\\0'; h[108:116] = b'0000000\\0'; h[116:124] = b'0000000\\0'
-            h[124:136] = b'%011o\\0' % size; h[136:148] = b'00000000000\\0'
-            h[148:156] = b' ' * 8; h[156:157] = b'0'; h[257:263] = b'ustar\\0'; h[263:265] = b'00'
-            h[148:156] = b'%06o\\0 ' % sum(h)
+            h[124:136] = field
+            h[148:156] = b'%06o\\0 ' % (BASE + sum(n) + sum(field))
             return bytes(h)
         with gzip.open(sys.argv[1], 'wb', compresslevel=\(level)) as out:
+            # Small members are gathered a mebibyte at a time: a write to gzip per header is most of the time otherwise.
+            pending = bytearray()
             for name, data in \(members):
                 size = data if isinstance(data, int) else len(data)
-                out.write(header(name, size))
+                pending += header(name, size)
                 if isinstance(data, int):
+                    out.write(pending); pending.clear()
                     for start in range(0, size, 1 << 20):
                         out.write(bytes(min(1 << 20, size - start)))
                 else:
-                    out.write(data)
-                out.write(b'\\0' * (-size % 512))
-            out.write(b'\\0' * 1024)
+                    pending += data
+                pending += bytes(-size % 512)
+                if len(pending) >= 1 << 20:
+                    out.write(pending); pending.clear()
+            out.write(pending + bytes(1024))
         """
     let made = try await runCommand("/usr/bin/python3", ["-c", script, path])
     guard made.status == 0 else { throw TestSupportError("python could not make the archive: \(made.standardError)") }

@@ -59,6 +59,7 @@ public final class InProcessServer: WireTestServer {
     /// database of the private cluster, or of `catalogCluster` (one a test may restart). A `live` one
     /// listens with the development certificate on a loopback port, and its clients connect over TLS.
     public static func start(live: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
+                             blobStore: (LocalBlobStore) -> any BlobStore = { $0 },
                              configure: (inout ServerConfiguration) throws -> Void = { _ in }) async throws -> InProcessServer {
         let scratch = try ScratchDirectory("backupd-in-process")
         let database: String
@@ -96,7 +97,7 @@ public final class InProcessServer: WireTestServer {
                                tls: TLSSettings(certificateChainPath: "\(projectRoot)/certs/dev/server.crt",
                                                 privateKeyPath: "\(projectRoot)/certs/dev/server.key", clientCAPath: clientCA))
         let server = try await BackupServer(configuration: configuration, transports: live ? [transport, tls] : [transport], catalog: catalog,
-                                            blobStore: try LocalBlobStore(root: scratch.path + "/blobs"), workDirectory: scratch.path + "/blobs",
+                                            blobStore: blobStore(try LocalBlobStore(root: scratch.path + "/blobs")), workDirectory: scratch.path + "/blobs",
                                             threadPool: jobThreads, logger: logger,
                                             onListening: { heard.yield($0) })
         let group = ServiceGroup(configuration: .init(services: [.init(service: server)], logger: logger))
@@ -164,11 +165,13 @@ public final class InProcessServer: WireTestServer {
 }
 
 /// Starts an in-process server (`live`: with its TLS listener, which with `clientCA` requires client certificates
-/// that CA signed), runs `body`, and removes the server whatever happens.
+/// that CA signed; `blobStore` may wrap its local store), runs `body`, and removes the server whatever happens.
 public func withInProcessServer<T: Sendable>(live: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
+                                             blobStore: (LocalBlobStore) -> any BlobStore = { $0 },
                                              configure: (inout ServerConfiguration) throws -> Void = { _ in },
                                              _ body: (InProcessServer) async throws -> T) async throws -> T {
-    let server = try await InProcessServer.start(live: live, clientCA: clientCA, catalogCluster: catalogCluster, configure: configure)
+    let server = try await InProcessServer.start(live: live, clientCA: clientCA, catalogCluster: catalogCluster, blobStore: blobStore,
+                                                 configure: configure)
     do {
         let value = try await body(server)
         await server.remove()

@@ -5,8 +5,14 @@ import BackupWire
 import Foundation
 import Synchronization
 
-/// Where `swift build` put the executables.
-public let binDirectory = ProcessInfo.processInfo.environment["BACKUPD_BIN_DIR"] ?? "\(projectRoot)/.build/debug"
+/// Where `swift build` put the executables: beside the test binary that
+/// runs (so a release test run starts release executables), unless
+/// `BACKUPD_BIN_DIR` says otherwise.
+public let binDirectory: String = {
+    if let chosen = ProcessInfo.processInfo.environment["BACKUPD_BIN_DIR"] { return chosen }
+    let running = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
+    return FileManager.default.isExecutableFile(atPath: running + "/backupd") ? running : "\(projectRoot)/.build/debug"
+}()
 
 /// A copy of the demo app, database and file store, that a test may change.
 public struct TestApp: Sendable {
