@@ -12,8 +12,11 @@ PGPORT       ?= 55432
 ADDR         ?= 127.0.0.1:7443
 APT_PACKAGES := libprotobuf-c-dev protobuf-c-compiler libpq-dev libssl-dev libarchive-dev libzstd-dev zlib1g-dev \
                 postgresql postgresql-client openssl ca-certificates bc tzdata
-# What only the tests use: curl and a real browser fetch download URLs.
+# What only the tests use: curl and a real browser fetch download URLs; moto
+# is the S3 server of the object-store tests, botocore the signer the
+# request signing is checked against.
 TEST_APT_PACKAGES := curl chromium
+TEST_PIP_PACKAGES := 'moto[server]==5.2.1'
 
 export BACKUPD_PGPORT := $(PGPORT)
 export BACKUPD_VAR := $(VAR)
@@ -27,6 +30,7 @@ deps:
 ## test-deps: also what the tests need
 test-deps: deps
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(TEST_APT_PACKAGES)"
+	@python3 -c 'import moto.server, botocore' 2>/dev/null || python3 -m pip install -q $(TEST_PIP_PACKAGES)
 
 install-packages:
 	@missing=$$(for p in $(PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \

@@ -43,4 +43,13 @@ public enum Secure {
         precondition(RAND_bytes(&bytes, Int32(count)) == 1, "OpenSSL RAND_bytes failed")
         return bytes
     }
+
+    /// HMAC-SHA256 of `message` under `key`: what signed URLs and AWS
+    /// Signature Version 4 are made of.
+    public static func hmacSHA256(key: [UInt8], _ message: [UInt8]) -> [UInt8] {
+        var output = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        _ = HMAC(EVP_sha256(), key, Int32(key.count), message, message.count, &output, &length)
+        return output
+    }
 }

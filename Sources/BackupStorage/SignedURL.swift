@@ -113,13 +113,7 @@ public struct URLSigningKeys: Sendable {
     private static let base64URLAlphabet = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
 
     private static func signature(_ key: SigningKey, path: String, expires: Int64) -> [UInt8] {
-        let message = Array("GET\n\(path)\n\(expires)".utf8)
-        var output = [UInt8](repeating: 0, count: 32)
-        var length: UInt32 = 0
-        _ = key.secret.revealed.withUnsafeBytes { secret in
-            HMAC(EVP_sha256(), secret.baseAddress, Int32(secret.count), message, message.count, &output, &length)
-        }
-        return output
+        Secure.hmacSHA256(key: key.secret.revealed, Array("GET\n\(path)\n\(expires)".utf8))
     }
 }
 
