@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // System libraries: a module map and a shim header each.
@@ -36,10 +37,12 @@ let package = Package(
             "BackupRules", "BackupProto", "CProtobufC",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
-        // Everything that reads or writes bytes: the blob store, chunked dumps, archives, gzip members, the file tree.
+        // Everything that reads or writes bytes: the blob store (a local folder or an S3-compatible object store), chunked dumps,
+        // archives, gzip members, the file tree.
         .target(name: "BackupStorage", dependencies: [
             "BackupRules", "COpenSSL", "CArchive", "CZstd", "CZlib",
             .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
         ]),
         // libpq: connections, errors, rows, connection strings and the pool; used by the catalog and by jobs for app databases.
         .target(name: "BackupPostgres", dependencies: [
@@ -115,7 +118,11 @@ let package = Package(
         .testTarget(name: "BackupRulesTests", dependencies: ["BackupRules"]),
         .testTarget(name: "BackupPostgresTests", dependencies: ["BackupPostgres"]),
         .testTarget(name: "BackupWireTests", dependencies: ["BackupWire", "BackupProto", "CProtobufC"]),
-        .testTarget(name: "BackupStorageTests", dependencies: ["BackupRules", "BackupStorage", "BackupTestSupport"]),
+        .testTarget(name: "BackupStorageTests", dependencies: [
+            "BackupRules", "BackupStorage", "BackupTestSupport",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOCore", package: "swift-nio"),
+        ]),
         .testTarget(name: "BackupCatalogTests", dependencies: [
             "BackupCatalog", "BackupPostgres", "BackupRules", "BackupStorage", "BackupWire", "BackupTestSupport", .product(name: "NIOPosix", package: "swift-nio"),
         ]),

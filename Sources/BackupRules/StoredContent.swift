@@ -46,6 +46,13 @@ public struct ContentHash: Hashable, Sendable, CustomStringConvertible {
         hasher.combine(words.fourth)
     }
 
+    /// The 32 bytes of the digest (what S3's `x-amz-checksum-sha256` carries, in base64).
+    public var digest: [UInt8] {
+        [words.first, words.second, words.third, words.fourth].flatMap { word in
+            (0..<8).map { UInt8(truncatingIfNeeded: word &>> (56 - 8 * $0)) }
+        }
+    }
+
     /// 64 lowercase hex digits.
     public var hex: String {
         String(unsafeUninitializedCapacity: 64) { buffer in

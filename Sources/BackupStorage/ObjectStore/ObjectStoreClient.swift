@@ -1,0 +1,304 @@
+import AsyncHTTPClient
+import BackupRules
+import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+import NIOCore
+import NIOHTTP1
+
+/// Where an S3-compatible store keeps backupd's objects: its endpoint, the
+/// bucket and a key prefix in it, the region requests are signed for, and
+/// whether the bucket is named in the path (`http://host/bucket/key`, as
+/// MinIO, Ceph and moto take it) or in the host name
+/// (`https://bucket.host/key`, as AWS prefers).
+public struct ObjectStoreLocation: Sendable {
+    public var endpoint: String
+    public var bucket: String
+    public var prefix: String
+    public var region: String
+    public var pathStyle: Bool
+
+    public init(endpoint: String, bucket: String, prefix: String = "", region: String, pathStyle: Bool) {
+        self.endpoint = endpoint.hasSuffix("/") ? String(endpoint.dropLast()) : endpoint
+        self.bucket = bucket
+        self.prefix = prefix
+        self.region = region
+        self.pathStyle = pathStyle
+    }
+}
+
+/// What went wrong with a request to the object store. The description
+/// names the operation, the object's key and what the store said; never a
+/// credential, a signature or a signed query.
+public enum ObjectStoreError: Error, CustomStringConvertible, Sendable {
+    /// The store answered with an error status (and S3's error code when its body had one).
+    case refused(operation: String, status: Int, code: String, message: String)
+    /// No answer: the connection failed, was reset, or timed out.
+    case unreachable(operation: String, reason: String)
+    /// An answer backupd cannot use (a body that is not the XML S3 sends, a checksum that does not match).
+    case unexpected(operation: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .refused(operation, status, code, message):
+            "the object store refused \(operation): HTTP \(status)" + (code.isEmpty ? "" : " \(code)") + (message.isEmpty ? "" : ": \(message)")
+        case let .unreachable(operation, reason): "the object store could not be reached for \(operation): \(reason)"
+        case let .unexpected(operation, reason): "the object store's answer to \(operation) is not usable: \(reason)"
+        }
+    }
+
+    /// The status code of a refusal (0 otherwise).
+    public var status: Int {
+        if case let .refused(_, status, _, _) = self { return status }
+        return 0
+    }
+}
+
+/// An object the store lists: its key (without the location's prefix), size and last change.
+public struct StoredObject: Sendable, Equatable {
+    public let key: String
+    public let size: UInt64
+    public let lastModified: Date
+}
+
+/// The requests backupd makes of an S3-compatible store, each signed with
+/// SigV4, over async-http-client: put (a whole object whose SHA-256 the
+/// store checks), get (whole or a byte range, streamed), head, delete and
+/// list. Keys are relative to the location's prefix.
+public struct ObjectStoreClient: Sendable {
+    public let location: ObjectStoreLocation
+    private let signer: SignatureV4
+    private let http: HTTPClient
+    /// How long one request may take before it counts as failed.
+    public var requestTimeout: TimeAmount = .seconds(60)
+
+    public init(location: ObjectStoreLocation, credentials: ObjectStoreCredentials, http: HTTPClient) {
+        self.location = location
+        self.signer = SignatureV4(credentials: credentials, region: location.region)
+        self.http = http
+    }
+
+    /// Makes the bucket (for setting a store up; a bucket that exists and is ours is fine).
+    public func createBucket() async throws(ObjectStoreError) {
+        let response = try await send("PUT", key: nil, operation: "creating bucket \(location.bucket)")
+        if response.status != .ok, response.status != .conflict {
+            throw await Self.refusal(response, operation: "creating bucket \(location.bucket)")
+        }
+    }
+
+    /// Stores `bytes` under `key`, sending their SHA-256 for the store to check;
+    /// done only once the store has answered that it holds them.
+    public func put(_ key: String, _ bytes: ByteBuffer, sha256: ContentHash) async throws(ObjectStoreError) {
+        let operation = "storing \(key)"
+        let checksum = Data(sha256.digest).base64EncodedString()
+        let response = try await send("PUT", key: key, headers: [("Content-Length", "\(bytes.readableBytes)"), ("x-amz-checksum-sha256", checksum)],
+                                      body: bytes, payloadHash: sha256.hex, operation: operation)
+        guard response.status == .ok else { throw await Self.refusal(response, operation: operation) }
+        if let echoed = response.headers.first(name: "x-amz-checksum-sha256"), echoed != checksum {
+            throw .unexpected(operation: operation, reason: "the store answered with checksum \(echoed), not the content's \(checksum)")
+        }
+    }
+
+    /// Streams an object's content (or the bytes `range` covers) to
+    /// `consume`, a buffer at a time; nil when there is no such object.
+    public func get(_ key: String, range: ClosedRange<UInt64>? = nil,
+                    _ consume: (ByteBuffer) async throws -> Void) async throws -> Bool {
+        let operation = "reading \(key)"
+        let response = try await send("GET", key: key, headers: range.map { [("Range", "bytes=\($0.lowerBound)-\($0.upperBound)")] } ?? [],
+                                      operation: operation)
+        switch response.status {
+        case .ok, .partialContent:
+            do {
+                for try await buffer in response.body { try await consume(buffer) }
+            } catch let error as ObjectStoreError {
+                throw error
+            } catch let error as HTTPClientError {
+                throw ObjectStoreError.unreachable(operation: operation, reason: "\(error)")
+            }
+            return true
+        case .notFound:
+            return false
+        default:
+            throw await Self.refusal(response, operation: operation)
+        }
+    }
+
+    /// The size of the object under `key`; nil when there is none.
+    public func size(of key: String) async throws(ObjectStoreError) -> UInt64? {
+        let operation = "looking for \(key)"
+        let response = try await send("HEAD", key: key, operation: operation)
+        switch response.status {
+        case .ok:
+            guard let length = response.headers.first(name: "Content-Length").flatMap(UInt64.init) else {
+                throw .unexpected(operation: operation, reason: "no Content-Length")
+            }
+            return length
+        case .notFound:
+            return nil
+        default:
+            throw await Self.refusal(response, operation: operation)
+        }
+    }
+
+    /// Removes the object under `key`; one that is not there counts as removed.
+    public func delete(_ key: String) async throws(ObjectStoreError) {
+        let operation = "removing \(key)"
+        let response = try await send("DELETE", key: key, operation: operation)
+        guard response.status == .noContent || response.status == .ok || response.status == .notFound else {
+            throw await Self.refusal(response, operation: operation)
+        }
+    }
+
+    /// Every object whose key starts with `prefix`, a page (up to 1,000) at a time.
+    public func list(prefix: String) async throws(ObjectStoreError) -> [StoredObject] {
+        var objects: [StoredObject] = []
+        var continuation: String?
+        repeat {
+            let operation = "listing \(prefix.isEmpty ? "the store" : prefix)"
+            var query = [("list-type", "2"), ("prefix", location.prefix + prefix)]
+            if let continuation { query.append(("continuation-token", continuation)) }
+            let response = try await send("GET", key: nil, query: query, operation: operation)
+            guard response.status == .ok else { throw await Self.refusal(response, operation: operation) }
+            let page = ListPage(try await Self.body(response, operation: operation))
+            guard page.understood else { throw .unexpected(operation: operation, reason: "the listing is not S3's XML") }
+            objects += page.objects.compactMap { object in
+                object.key.hasPrefix(location.prefix) ? StoredObject(key: String(object.key.dropFirst(location.prefix.count)),
+                                                                     size: object.size, lastModified: object.lastModified) : nil
+            }
+            continuation = page.truncated ? page.continuation : nil
+        } while continuation != nil
+        return objects
+    }
+
+    // MARK: - Requests
+
+    /// Signs and sends one request; a failure to get an answer is `unreachable`.
+    private func send(_ method: String, key: String?, query: [(String, String)] = [], headers: [(String, String)] = [],
+                      body: ByteBuffer? = nil, payloadHash: String = SignatureV4.emptyPayload,
+                      operation: String) async throws(ObjectStoreError) -> HTTPClientResponse {
+        guard let endpoint = URLComponents(string: location.endpoint), let scheme = endpoint.scheme, var host = endpoint.host else {
+            throw .unexpected(operation: operation, reason: "the endpoint \(location.endpoint) is not a URL")
+        }
+        if let port = endpoint.port, !(scheme == "http" && port == 80) && !(scheme == "https" && port == 443) { host += ":\(port)" }
+        var path = endpoint.path
+        if location.pathStyle {
+            path += "/" + SignatureV4.encode(location.bucket)
+        } else {
+            host = location.bucket + "." + host
+        }
+        if let key { path += "/" + SignatureV4.encode(location.prefix + key, keepingSlashes: true) }
+        let unsigned = ObjectStoreRequest(method: method, host: host, path: path.isEmpty ? "/" : path,
+                                          query: query.map { (name: $0.0, value: $0.1) }, headers: headers.map { (name: $0.0, value: $0.1) })
+        let signed = signer.sign(unsigned, payloadHash: payloadHash, at: Date())
+        var request = HTTPClientRequest(url: "\(scheme)://\(host)\(signed.path)" + (query.isEmpty ? "" : "?" + signed.queryString))
+        request.method = HTTPMethod(rawValue: method)
+        request.headers.add(name: "Host", value: host)
+        for (name, value) in signed.headers { request.headers.add(name: name, value: value) }
+        if let body { request.body = .bytes(body) }
+        do {
+            return try await http.execute(request, timeout: requestTimeout)
+        } catch {
+            throw .unreachable(operation: operation, reason: Self.reason(error))
+        }
+    }
+
+    /// What a transport failure was, in words without the request in them.
+    private static func reason(_ error: any Error) -> String {
+        if let error = error as? HTTPClientError {
+            switch error {
+            case .deadlineExceeded, .readTimeout, .connectTimeout: return "the request timed out"
+            case .remoteConnectionClosed: return "the connection was closed"
+            default: return "\(error)"
+            }
+        }
+        return "\(error)"
+    }
+
+    /// The body of an answer S3 sends whole (an error, a listing): at most 4 MiB.
+    private static func body(_ response: HTTPClientResponse, operation: String) async throws(ObjectStoreError) -> Data {
+        do {
+            return Data(try await response.body.collect(upTo: 4 << 20).readableBytesView)
+        } catch {
+            throw .unreachable(operation: operation, reason: reason(error))
+        }
+    }
+
+    /// A refusal, with the S3 error code and message of its body when it has them.
+    private static func refusal(_ response: HTTPClientResponse, operation: String) async -> ObjectStoreError {
+        let body = (try? await Self.body(response, operation: operation)) ?? Data()
+        let fields = XMLFields(body, wanted: ["Code", "Message"])
+        return .refused(operation: operation, status: Int(response.status.code), code: fields.first["Code"] ?? "",
+                        message: fields.first["Message"] ?? "")
+    }
+}
+
+/// A page of ListObjectsV2's answer.
+private struct ListPage {
+    var objects: [(key: String, size: UInt64, lastModified: Date)] = []
+    var truncated = false
+    var continuation: String?
+    var understood = false
+
+    init(_ xml: Data) {
+        let fields = XMLFields(xml, wanted: ["Key", "Size", "LastModified", "IsTruncated", "NextContinuationToken"], record: "Contents")
+        understood = fields.parsed && fields.root == "ListBucketResult"
+        truncated = fields.first["IsTruncated"] == "true"
+        continuation = fields.first["NextContinuationToken"]
+        let dates = ISO8601DateFormatter()
+        dates.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let plainDates = ISO8601DateFormatter()
+        objects = fields.records.compactMap { record in
+            guard let key = record["Key"], let size = record["Size"].flatMap(UInt64.init) else { return nil }
+            let modified = record["LastModified"].flatMap { dates.date(from: $0) ?? plainDates.date(from: $0) } ?? .distantPast
+            return (key, size, modified)
+        }
+    }
+}
+
+/// The text of chosen elements of an XML document: the first of each
+/// outside records, and per `record` element the ones inside it.
+private final class XMLFields: NSObject, XMLParserDelegate {
+    private let wanted: Set<String>
+    private let record: String?
+    private(set) var first: [String: String] = [:]
+    private(set) var records: [[String: String]] = []
+    private(set) var root: String?
+    private(set) var parsed = false
+    private var current: [String: String]?
+    private var text = ""
+
+    init(_ xml: Data, wanted: Set<String>, record: String? = nil) {
+        self.wanted = wanted
+        self.record = record
+        super.init()
+        let parser = XMLParser(data: xml)
+        parser.delegate = self
+        parsed = parser.parse()
+    }
+
+    func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?,
+                attributes: [String: String] = [:]) {
+        if root == nil { root = name }
+        if name == record { current = [:] }
+        text = ""
+    }
+
+    func parser(_ parser: XMLParser, foundCharacters string: String) {
+        text += string
+    }
+
+    func parser(_ parser: XMLParser, didEndElement name: String, namespaceURI: String?, qualifiedName: String?) {
+        if name == record, let done = current {
+            records.append(done)
+            current = nil
+        } else if wanted.contains(name) {
+            if current != nil {
+                current?[name] = text
+            } else if first[name] == nil {
+                first[name] = text
+            }
+        }
+        text = ""
+    }
+}
