@@ -21,9 +21,9 @@ import Testing
         let moto = try await MotoServer.shared
         let location = ObjectStoreLocation(endpoint: moto.endpoint, bucket: "test-\(UUID().uuidString.prefix(8).lowercased())",
                                            prefix: "backupd-", region: moto.region, pathStyle: true)
-        let owner = ObjectStoreClient(location: location, credentials: moto.credentials, http: .shared)
+        let owner = try ObjectStoreClient(location: location, credentials: moto.credentials, http: .shared)
         try await owner.createBucket()
-        try await body(credentials.map { ObjectStoreClient(location: location, credentials: $0(moto), http: .shared) } ?? owner, moto)
+        try await body(try credentials.map { try ObjectStoreClient(location: location, credentials: $0(moto), http: .shared) } ?? owner, moto)
     }
 
     @Test func whatIsPutIsReadWholeAndByRangeListedAndRemoved() async throws {
@@ -78,7 +78,7 @@ import Testing
     @Test func anUnreachableStoreIsNamedAsSuch() async throws {
         // A port nothing listens on: the connection is refused.
         let location = ObjectStoreLocation(endpoint: "http://127.0.0.1:9", bucket: "none", region: "us-east-1", pathStyle: true)
-        var store = ObjectStoreClient(location: location, credentials: ObjectStoreCredentials(accessKeyID: "a", secretAccessKey: "s"), http: .shared)
+        var store = try ObjectStoreClient(location: location, credentials: ObjectStoreCredentials(accessKeyID: "a", secretAccessKey: "s"), http: .shared)
         // async-http-client tries to connect again until the request's time is up.
         store.requestTimeout = .milliseconds(500)
         let failed = await #expect(throws: ObjectStoreError.self) { _ = try await store.size(of: "x") }
@@ -87,5 +87,14 @@ import Testing
             return
         }
         #expect(operation == "looking for x")
+    }
+
+    @Test func anEndpointThatIsNotAnHTTPURLIsRefusedAtOnce() {
+        for endpoint in ["ftp://127.0.0.1:21", "127.0.0.1:9000", "http://"] {
+            let location = ObjectStoreLocation(endpoint: endpoint, bucket: "b", region: "us-east-1", pathStyle: true)
+            #expect(throws: ObjectStoreError.self, "\(endpoint)") {
+                _ = try ObjectStoreClient(location: location, credentials: ObjectStoreCredentials(accessKeyID: "a", secretAccessKey: "s"), http: .shared)
+            }
+        }
     }
 }

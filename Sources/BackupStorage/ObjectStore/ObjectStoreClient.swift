@@ -70,13 +70,28 @@ public struct ObjectStoreClient: Sendable {
     public let location: ObjectStoreLocation
     private let signer: SignatureV4
     private let http: HTTPClient
+    /// The endpoint's scheme, and the host (with a port other than the
+    /// scheme's own) and path that requests go to, the bucket in one of them.
+    private let scheme: String
+    private let host: String
+    private let basePath: String
     /// How long one request may take before it counts as failed.
     public var requestTimeout: TimeAmount = .seconds(60)
 
-    public init(location: ObjectStoreLocation, credentials: ObjectStoreCredentials, http: HTTPClient) {
+    /// Refused when the location's endpoint is not an `http` or `https` URL.
+    public init(location: ObjectStoreLocation, credentials: ObjectStoreCredentials, http: HTTPClient) throws(ObjectStoreError) {
+        guard let endpoint = URLComponents(string: location.endpoint), let scheme = endpoint.scheme, ["http", "https"].contains(scheme),
+              var host = endpoint.host, !host.isEmpty else {
+            throw .unexpected(operation: "reaching the store", reason: "the endpoint \(location.endpoint) is not an http or https URL")
+        }
+        if let port = endpoint.port, port != (scheme == "http" ? 80 : 443) { host += ":\(port)" }
         self.location = location
         self.signer = SignatureV4(credentials: credentials, region: location.region)
         self.http = http
+        self.scheme = scheme
+        (self.host, self.basePath) = location.pathStyle
+            ? (host, endpoint.path + "/" + SignatureV4.encode(location.bucket))
+            : (location.bucket + "." + host, endpoint.path)
     }
 
     /// Makes the bucket (for setting a store up; a bucket that exists and is ours is fine).
@@ -109,14 +124,18 @@ public struct ObjectStoreClient: Sendable {
                                       operation: operation)
         switch response.status {
         case .ok, .partialContent:
-            do {
-                for try await buffer in response.body { try await consume(buffer) }
-            } catch let error as ObjectStoreError {
-                throw error
-            } catch let error as HTTPClientError {
-                throw ObjectStoreError.unreachable(operation: operation, reason: "\(error)")
+            // A failure while the body arrives is the store's; one of `consume` is the caller's own.
+            var body = response.body.makeAsyncIterator()
+            while true {
+                let buffer: ByteBuffer?
+                do {
+                    buffer = try await body.next()
+                } catch {
+                    throw ObjectStoreError.unreachable(operation: operation, reason: Self.reason(error))
+                }
+                guard let buffer else { return true }
+                try await consume(buffer)
             }
-            return true
         case .notFound:
             return false
         default:
@@ -177,16 +196,7 @@ public struct ObjectStoreClient: Sendable {
     private func send(_ method: String, key: String?, query: [(String, String)] = [], headers: [(String, String)] = [],
                       body: ByteBuffer? = nil, payloadHash: String = SignatureV4.emptyPayload,
                       operation: String) async throws(ObjectStoreError) -> HTTPClientResponse {
-        guard let endpoint = URLComponents(string: location.endpoint), let scheme = endpoint.scheme, var host = endpoint.host else {
-            throw .unexpected(operation: operation, reason: "the endpoint \(location.endpoint) is not a URL")
-        }
-        if let port = endpoint.port, !(scheme == "http" && port == 80) && !(scheme == "https" && port == 443) { host += ":\(port)" }
-        var path = endpoint.path
-        if location.pathStyle {
-            path += "/" + SignatureV4.encode(location.bucket)
-        } else {
-            host = location.bucket + "." + host
-        }
+        var path = basePath
         if let key { path += "/" + SignatureV4.encode(location.prefix + key, keepingSlashes: true) }
         let unsigned = ObjectStoreRequest(method: method, host: host, path: path.isEmpty ? "/" : path,
                                           query: query.map { (name: $0.0, value: $0.1) }, headers: headers.map { (name: $0.0, value: $0.1) })

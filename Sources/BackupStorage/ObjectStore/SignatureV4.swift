@@ -19,7 +19,7 @@ public struct ObjectStoreCredentials: Sendable {
 /// One HTTP request to an S3-compatible store, before and after signing:
 /// the method, the path (already percent-encoded, as sent), the query
 /// parameters (not encoded), and the headers.
-public struct ObjectStoreRequest: Sendable, Equatable {
+public struct ObjectStoreRequest: Sendable {
     public var method: String
     public var host: String
     public var path: String
@@ -33,11 +33,6 @@ public struct ObjectStoreRequest: Sendable, Equatable {
         self.path = path
         self.query = query
         self.headers = headers
-    }
-
-    public static func == (a: Self, b: Self) -> Bool {
-        a.method == b.method && a.host == b.host && a.path == b.path && a.query.elementsEqual(b.query, by: ==)
-            && a.headers.elementsEqual(b.headers, by: ==)
     }
 
     /// The query string as sent: each name and value percent-encoded, in the given order.
