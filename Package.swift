@@ -107,6 +107,7 @@ let package = Package(
         // Helpers for tests that need the private PostgreSQL cluster or a running backupd.
         .target(name: "BackupTestSupport", dependencies: [
                     "BackupCatalog", "BackupPostgres", "BackupRules", "BackupStorage", "BackupClient", "BackupServer", "BackupWire",
+                    .product(name: "AsyncHTTPClient", package: "async-http-client"),
                     .product(name: "Logging", package: "swift-log"),
                     .product(name: "NIOCore", package: "swift-nio"),
                     .product(name: "NIOPosix", package: "swift-nio"),

@@ -77,6 +77,12 @@ public protocol BlobStore: Sendable {
     func reuse(_ hash: ContentHash) -> Bool
     /// Removes a blob; one that is not there counts as removed.
     func remove(_ hash: ContentHash) throws
+    /// Removes blobs, as many at once as the store allows, and says which
+    /// went before the first failure, if one stopped it.
+    func remove(all hashes: [ContentHash]) -> (removed: [ContentHash], failure: (any Error)?)
+    /// Drops what writes that never finished left (their process died) and
+    /// that started before `cutoff`; returns how many.
+    func dropAbandonedWrites(startedBefore cutoff: Date) throws -> Int
     /// Every blob the store holds that was last written or reused before
     /// `cutoff`, for finding those no catalog row knows: a blob a running job
     /// stored (or found there and reused) a moment ago may not be recorded yet.
@@ -102,6 +108,16 @@ public protocol BlobStore: Sendable {
 
 extension BlobStore {
     public var localFolder: String? { nil }
+
+    /// One blob at a time.
+    public func remove(all hashes: [ContentHash]) -> (removed: [ContentHash], failure: (any Error)?) {
+        var removed: [ContentHash] = []
+        for hash in hashes {
+            do { try remove(hash) } catch { return (removed, error) }
+            removed.append(hash)
+        }
+        return (removed, nil)
+    }
 
     /// Re-reads a blob and checks that its content still has its hash.
     public func verify(_ hash: ContentHash) throws -> UInt64 {

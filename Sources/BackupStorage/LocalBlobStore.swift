@@ -131,6 +131,16 @@ public struct LocalBlobStore: BlobStore {
     public func remove(_ hash: ContentHash) throws {
         try FileSystem.removeIfPresent(path(for: hash))
     }
+
+    /// Scratch files last written before `cutoff`: blobs a process was
+    /// writing when it died.
+    public func dropAbandonedWrites(startedBefore cutoff: Date) throws -> Int {
+        let stale = try FileSystem.names(in: scratchDirectory).filter { name in
+            name.hasSuffix(".partial") && (FileSystem.modified("\(scratchDirectory)/\(name)").map { $0 < cutoff.timeIntervalSince1970 } ?? false)
+        }
+        stale.forEach { FileSystem.remove("\(scratchDirectory)/\($0)") }
+        return stale.count
+    }
 }
 
 /// The local store's `BlobWriter`: a scratch file renamed into place. The
@@ -140,57 +150,29 @@ public struct LocalBlobStore: BlobStore {
 /// repeated files) costs no file at all.
 final class LocalBlobWriter: BlobWriter {
     private let store: LocalBlobStore
-    private var held: [UInt8] = []
-    private var file: LocalFile?
-    private let hasher = SHA256Hasher()
-    private var size: UInt64 = 0
-    private var takenIn = false
+    private let staged: StagedContent
     static let heldBytes = 256 << 10
 
     fileprivate init(store: LocalBlobStore) {
         self.store = store
+        staged = StagedContent(heldBytes: Self.heldBytes, scratchPath: store.newScratchPath)
     }
 
     func write(_ chunk: UnsafeRawBufferPointer) throws {
-        hasher.update(chunk)
-        size += UInt64(chunk.count)
-        if let file {
-            try file.write(chunk)
-        } else if held.count + chunk.count <= Self.heldBytes {
-            held.append(contentsOf: chunk)
-        } else {
-            try spill().write(chunk)
-        }
-    }
-
-    /// The scratch file, made and given what was held.
-    private func spill() throws -> LocalFile {
-        let file = try LocalFile.create(store.newScratchPath())
-        self.file = file
-        try held.withUnsafeBytes { try file.write($0) }
-        held = []
-        return file
+        try staged.write(chunk)
     }
 
     func finish() throws -> StoredBlob {
-        let hash = hasher.finish()
+        let hash = staged.finishHash()
         if store.reuse(hash) {
-            if let file { FileSystem.remove(file.path) }
-            file = nil
-            return StoredBlob(hash: hash, size: size, written: false)
+            staged.discard()
+            return StoredBlob(hash: hash, size: staged.size, written: false)
         }
-        let file = try self.file ?? spill()
+        let file = try staged.spill()
         try file.apply(FileOwner(mode: LocalBlobStore.blobMode))
         try file.sync()
-        let blob = try store.takeIn(file.path, hash: hash, size: size)
-        takenIn = true
+        let blob = try store.takeIn(file.path, hash: hash, size: staged.size)
+        staged.release()
         return blob
-    }
-
-    /// A scratch file not taken into the store (its content was there
-    /// already, or writing it failed) goes with the writer.
-    deinit {
-        guard !takenIn, let file else { return }
-        FileSystem.remove(file.path)
     }
 }

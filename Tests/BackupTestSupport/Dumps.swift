@@ -26,7 +26,7 @@ public func reassembledDump(_ server: some BackupTestServer, _ backupID: String,
     return path
 }
 
-extension LocalBlobStore {
+extension BlobStore {
     /// Stores a file by path, as a backup stores an opened document.
     public func put(contentsOf path: String) throws -> StoredBlob {
         try put(reading: LocalFile.open(path), upTo: .max, interruption: nil)

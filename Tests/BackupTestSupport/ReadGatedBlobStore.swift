@@ -3,12 +3,12 @@ import BackupStorage
 import Foundation
 import Synchronization
 
-/// The real local blob store, with one blob whose first read a test can
+/// A real blob store, with one blob whose first read a test can
 /// hold after its first chunk: a job caught in the middle of reading it
 /// (an archive half written), for as long as the test needs, with no
 /// timing to race.
 public final class ReadGatedBlobStore: BlobStore {
-    private let store: LocalBlobStore
+    private let store: any BlobStore
     private struct Gate {
         var held: ContentHash?
         var reached = false
@@ -16,7 +16,7 @@ public final class ReadGatedBlobStore: BlobStore {
     private let gate = Mutex(Gate())
     private let released = DispatchSemaphore(value: 0)
 
-    public init(_ store: LocalBlobStore) {
+    public init(_ store: any BlobStore) {
         self.store = store
     }
 
@@ -51,6 +51,8 @@ public final class ReadGatedBlobStore: BlobStore {
     public func contains(_ hash: ContentHash) -> Bool { store.contains(hash) }
     public func reuse(_ hash: ContentHash) -> Bool { store.reuse(hash) }
     public func remove(_ hash: ContentHash) throws { try store.remove(hash) }
+    public func remove(all hashes: [ContentHash]) -> (removed: [ContentHash], failure: (any Error)?) { store.remove(all: hashes) }
+    public func dropAbandonedWrites(startedBefore cutoff: Date) throws -> Int { try store.dropAbandonedWrites(startedBefore: cutoff) }
     public func storedHashes(unusedSince cutoff: Date) throws -> [ContentHash] { try store.storedHashes(unusedSince: cutoff) }
     public func put(reading file: LocalFile, upTo size: UInt64, interruption: Interruption?) throws -> StoredBlob {
         try store.put(reading: file, upTo: size, interruption: interruption)

@@ -9,7 +9,8 @@ import NIOPosix
 /// removes their content, the catalog forgets them (`Catalog+Blobs`). Then
 /// the content the store holds that no row knows and that was last written
 /// or reused before the fence goes the same way: what failed jobs stored
-/// but never recorded. No catalog connection is held while the store works.
+/// but never recorded, and the writes a process that died left unfinished.
+/// No catalog connection is held while the store works.
 struct BlobCollector: Sendable {
     let catalog: Catalog
     let store: any BlobStore
@@ -28,7 +29,10 @@ struct BlobCollector: Sendable {
         let fenceSeconds = Double(fenceAge.components.seconds) + Double(fenceAge.components.attoseconds) / 1e18
         let cutoff = beforeFence.addingTimeInterval(-fenceSeconds - (fenceSeconds > 0 ? 1 : 0))
         let store = self.store
-        let stored = try await threadPool.runIfActive { try store.storedHashes(unusedSince: cutoff) }
+        let stored = try await threadPool.runIfActive {
+            _ = try store.dropAbandonedWrites(startedBefore: cutoff)
+            return try store.storedHashes(unusedSince: cutoff)
+        }
         for start in stride(from: 0, to: stored.count, by: Self.batch) {
             let claimed = try await catalog.claimUnrecordedBlobs(Array(stored[start..<min(start + Self.batch, stored.count)]))
             removed += try await remove(claimed)
@@ -41,14 +45,7 @@ struct BlobCollector: Sendable {
     private func remove(_ claimed: [ContentHash]) async throws -> Int {
         guard !claimed.isEmpty else { return 0 }
         let store = self.store
-        let (gone, failure) = try await threadPool.runIfActive { () -> ([ContentHash], (any Error)?) in
-            var gone: [ContentHash] = []
-            for hash in claimed {
-                do { try store.remove(hash) } catch { return (gone, error) }
-                gone.append(hash)
-            }
-            return (gone, nil)
-        }
+        let (gone, failure) = try await threadPool.runIfActive { store.remove(all: claimed) }
         try await catalog.forgetCollectedBlobs(gone)
         if let failure {
             try await catalog.releaseBlobClaims(Array(claimed.dropFirst(gone.count)))

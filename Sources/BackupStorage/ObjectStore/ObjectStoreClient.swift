@@ -53,6 +53,16 @@ public enum ObjectStoreError: Error, CustomStringConvertible, Sendable {
         if case let .refused(_, status, _, _) = self { return status }
         return 0
     }
+
+    /// Whether another try may succeed: no answer, or an answer saying
+    /// the store is busy or failed inside (500, 502, 503 SlowDown, 504).
+    var isTransient: Bool {
+        switch self {
+        case .unreachable: true
+        case let .refused(_, status, _, _): [500, 502, 503, 504].contains(status)
+        case .unexpected: false
+        }
+    }
 }
 
 /// An object the store lists: its key (without the location's prefix), size and last change.
@@ -77,6 +87,10 @@ public struct ObjectStoreClient: Sendable {
     private let basePath: String
     /// How long one request may take before it counts as failed.
     public var requestTimeout: TimeAmount = .seconds(60)
+    /// How requests that failed in a way worth another try are tried again.
+    public var retries = RetryPolicy()
+    /// Waits between tries (a test's clock may stand in).
+    public var sleep: @Sendable (Duration) async throws -> Void = { try await Task.sleep(for: $0) }
 
     /// Refused when the location's endpoint is not an `http` or `https` URL.
     public init(location: ObjectStoreLocation, credentials: ObjectStoreCredentials, http: HTTPClient) throws(ObjectStoreError) {
@@ -107,11 +121,47 @@ public struct ObjectStoreClient: Sendable {
     public func put(_ key: String, _ bytes: ByteBuffer, sha256: ContentHash) async throws(ObjectStoreError) {
         let operation = "storing \(key)"
         let checksum = Data(sha256.digest).base64EncodedString()
-        let response = try await send("PUT", key: key, headers: [("Content-Length", "\(bytes.readableBytes)"), ("x-amz-checksum-sha256", checksum)],
-                                      body: bytes, payloadHash: sha256.hex, operation: operation)
-        guard response.status == .ok else { throw await Self.refusal(response, operation: operation) }
-        if let echoed = response.headers.first(name: "x-amz-checksum-sha256"), echoed != checksum {
-            throw .unexpected(operation: operation, reason: "the store answered with checksum \(echoed), not the content's \(checksum)")
+        try await retrying(operation) { () throws(ObjectStoreError) in
+            let response = try await send("PUT", key: key, headers: [("Content-Length", "\(bytes.readableBytes)"), ("x-amz-checksum-sha256", checksum)],
+                                          body: bytes, payloadHash: sha256.hex, operation: operation)
+            guard response.status == .ok else { throw await Self.refusal(response, operation: operation) }
+            if let echoed = response.headers.first(name: "x-amz-checksum-sha256"), echoed != checksum {
+                throw .unexpected(operation: operation, reason: "the store answered with checksum \(echoed), not the content's \(checksum)")
+            }
+        }
+    }
+
+    /// The bytes `range` covers of the object under `key` (fewer at its end),
+    /// with the object's whole size; nil when there is no such object. Tried
+    /// again as a whole when the body breaks off, so a blob is read a range
+    /// at a time.
+    public func read(_ key: String, range: ClosedRange<UInt64>) async throws(ObjectStoreError) -> (bytes: ByteBuffer, objectSize: UInt64)? {
+        let operation = "reading \(key)"
+        let limit = Int(range.upperBound - range.lowerBound + 1)
+        return try await retrying(operation) { () throws(ObjectStoreError) in
+            let response = try await send("GET", key: key, headers: [("Range", "bytes=\(range.lowerBound)-\(range.upperBound)")], operation: operation)
+            switch response.status {
+            case .partialContent:
+                // Content-Range: bytes FIRST-LAST/SIZE
+                guard let size = response.headers.first(name: "Content-Range")?.split(separator: "/").last.flatMap({ UInt64($0) }) else {
+                    throw .unexpected(operation: operation, reason: "a partial answer without the object's size")
+                }
+                return (try await Self.body(response, upTo: limit, operation: operation), size)
+            case .ok:
+                // The whole object: a store that ignores ranges, for one no larger than the range.
+                let bytes = try await Self.body(response, upTo: limit, operation: operation)
+                return (bytes, UInt64(bytes.readableBytes))
+            case .rangeNotSatisfiable where range.lowerBound == 0:
+                // An empty object has no byte 0.
+                _ = try? await Self.body(response, upTo: 4 << 20, operation: operation)
+                guard let size = try await size(of: key) else { return nil }
+                guard size == 0 else { throw .unexpected(operation: operation, reason: "byte 0 of an object of \(size) bytes was refused") }
+                return (ByteBuffer(), 0)
+            case .notFound:
+                return nil
+            default:
+                throw await Self.refusal(response, operation: operation)
+            }
         }
     }
 
@@ -146,26 +196,51 @@ public struct ObjectStoreClient: Sendable {
     /// The size of the object under `key`; nil when there is none.
     public func size(of key: String) async throws(ObjectStoreError) -> UInt64? {
         let operation = "looking for \(key)"
-        let response = try await send("HEAD", key: key, operation: operation)
-        switch response.status {
-        case .ok:
-            guard let length = response.headers.first(name: "Content-Length").flatMap(UInt64.init) else {
-                throw .unexpected(operation: operation, reason: "no Content-Length")
+        return try await retrying(operation) { () throws(ObjectStoreError) in
+            let response = try await send("HEAD", key: key, operation: operation)
+            switch response.status {
+            case .ok:
+                guard let length = response.headers.first(name: "Content-Length").flatMap(UInt64.init) else {
+                    throw .unexpected(operation: operation, reason: "no Content-Length")
+                }
+                return length
+            case .notFound:
+                return nil
+            default:
+                throw await Self.refusal(response, operation: operation)
             }
-            return length
-        case .notFound:
-            return nil
-        default:
-            throw await Self.refusal(response, operation: operation)
         }
     }
 
     /// Removes the object under `key`; one that is not there counts as removed.
     public func delete(_ key: String) async throws(ObjectStoreError) {
         let operation = "removing \(key)"
-        let response = try await send("DELETE", key: key, operation: operation)
-        guard response.status == .noContent || response.status == .ok || response.status == .notFound else {
-            throw await Self.refusal(response, operation: operation)
+        try await retrying(operation) { () throws(ObjectStoreError) in
+            let response = try await send("DELETE", key: key, operation: operation)
+            guard response.status == .noContent || response.status == .ok || response.status == .notFound else {
+                throw await Self.refusal(response, operation: operation)
+            }
+        }
+    }
+
+    /// Removes the objects under `keys` (up to 1,000) in one request and
+    /// returns those the store could not remove, each with its reason.
+    public func delete(_ keys: [String]) async throws(ObjectStoreError) -> [(key: String, reason: String)] {
+        guard !keys.isEmpty else { return [] }
+        let operation = "removing \(keys.count) objects"
+        let body = "<Delete><Quiet>true</Quiet>" + keys.map { "<Object><Key>\(Self.xmlEscaped(location.prefix + $0))</Key></Object>" }.joined()
+            + "</Delete>"
+        let bytes = Array(body.utf8), hash = ContentHash.of(bytes)
+        return try await retrying(operation) { () throws(ObjectStoreError) in
+            let response = try await send("POST", key: nil, query: [("delete", "")],
+                                          headers: [("Content-Length", "\(bytes.count)"), ("x-amz-sdk-checksum-algorithm", "SHA256"),
+                                                    ("x-amz-checksum-sha256", Data(hash.digest).base64EncodedString())],
+                                          body: ByteBuffer(bytes: bytes), payloadHash: hash.hex, operation: operation)
+            guard response.status == .ok else { throw await Self.refusal(response, operation: operation) }
+            let fields = XMLFields(ObjectStoreClient.data(try await Self.body(response, upTo: 4 << 20, operation: operation)),
+                                   wanted: ["Key", "Code", "Message"], record: "Error")
+            guard fields.parsed, fields.root == "DeleteResult" else { throw .unexpected(operation: operation, reason: "the answer is not S3's XML") }
+            return fields.records.map { (String(($0["Key"] ?? "").dropFirst(location.prefix.count)), "\($0["Code"] ?? "") \($0["Message"] ?? "")") }
         }
     }
 
@@ -177,10 +252,13 @@ public struct ObjectStoreClient: Sendable {
             let operation = "listing \(prefix.isEmpty ? "the store" : prefix)"
             var query = [("list-type", "2"), ("prefix", location.prefix + prefix)]
             if let continuation { query.append(("continuation-token", continuation)) }
-            let response = try await send("GET", key: nil, query: query, operation: operation)
-            guard response.status == .ok else { throw await Self.refusal(response, operation: operation) }
-            let page = ListPage(try await Self.body(response, operation: operation))
-            guard page.understood else { throw .unexpected(operation: operation, reason: "the listing is not S3's XML") }
+            let page = try await retrying(operation) { () throws(ObjectStoreError) in
+                let response = try await send("GET", key: nil, query: query, operation: operation)
+                guard response.status == .ok else { throw await Self.refusal(response, operation: operation) }
+                let page = ListPage(ObjectStoreClient.data(try await Self.body(response, upTo: 4 << 20, operation: operation)))
+                guard page.understood else { throw .unexpected(operation: operation, reason: "the listing is not S3's XML") }
+                return page
+            }
             objects += page.objects.compactMap { object in
                 object.key.hasPrefix(location.prefix) ? StoredObject(key: String(object.key.dropFirst(location.prefix.count)),
                                                                      size: object.size, lastModified: object.lastModified) : nil
@@ -193,7 +271,7 @@ public struct ObjectStoreClient: Sendable {
     // MARK: - Requests
 
     /// Signs and sends one request; a failure to get an answer is `unreachable`.
-    private func send(_ method: String, key: String?, query: [(String, String)] = [], headers: [(String, String)] = [],
+    func send(_ method: String, key: String?, query: [(String, String)] = [], headers: [(String, String)] = [],
                       body: ByteBuffer? = nil, payloadHash: String = SignatureV4.emptyPayload,
                       operation: String) async throws(ObjectStoreError) -> HTTPClientResponse {
         var path = basePath
@@ -225,18 +303,42 @@ public struct ObjectStoreClient: Sendable {
         return "\(error)"
     }
 
-    /// The body of an answer S3 sends whole (an error, a listing): at most 4 MiB.
-    private static func body(_ response: HTTPClientResponse, operation: String) async throws(ObjectStoreError) -> Data {
+    /// Tries `request` again, after the policy's wait, while it fails in a
+    /// way another try may not (no answer, or 500, 502, 503 or 504). Only
+    /// for requests that are safe to repeat.
+    func retrying<T>(_ operation: String, _ request: () async throws(ObjectStoreError) -> T) async throws(ObjectStoreError) -> T {
+        var attempt = 1
+        while true {
+            do {
+                return try await request()
+            } catch {
+                guard error.isTransient, attempt < retries.attempts else { throw error }
+                do { try await sleep(retries.delay(beforeTry: attempt + 1, unit: Double.random(in: 0..<1))) } catch { throw .unreachable(operation: operation, reason: "cancelled") }
+                attempt += 1
+            }
+        }
+    }
+
+    /// The body of an answer: at most `limit` bytes (an error, a listing: 4 MiB).
+    static func body(_ response: HTTPClientResponse, upTo limit: Int, operation: String) async throws(ObjectStoreError) -> ByteBuffer {
         do {
-            return Data(try await response.body.collect(upTo: 4 << 20).readableBytesView)
+            return try await response.body.collect(upTo: limit)
+        } catch let error as NIOTooManyBytesError {
+            throw .unexpected(operation: operation, reason: "the answer is longer than the \(limit) bytes asked for (\(error))")
         } catch {
             throw .unreachable(operation: operation, reason: reason(error))
         }
     }
 
+    static func data(_ buffer: ByteBuffer) -> Data { Data(buffer.readableBytesView) }
+
+    static func xmlEscaped(_ text: String) -> String {
+        text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+    }
+
     /// A refusal, with the S3 error code and message of its body when it has them.
-    private static func refusal(_ response: HTTPClientResponse, operation: String) async -> ObjectStoreError {
-        let body = (try? await Self.body(response, operation: operation)) ?? Data()
+    static func refusal(_ response: HTTPClientResponse, operation: String) async -> ObjectStoreError {
+        let body = (try? await Self.body(response, upTo: 4 << 20, operation: operation)).map { ObjectStoreClient.data($0) } ?? Data()
         let fields = XMLFields(body, wanted: ["Code", "Message"])
         return .refused(operation: operation, status: Int(response.status.code), code: fields.first["Code"] ?? "",
                         message: fields.first["Message"] ?? "")
@@ -244,7 +346,7 @@ public struct ObjectStoreClient: Sendable {
 }
 
 /// A page of ListObjectsV2's answer.
-private struct ListPage {
+private struct ListPage: Sendable {
     var objects: [(key: String, size: UInt64, lastModified: Date)] = []
     var truncated = false
     var continuation: String?
@@ -255,12 +357,9 @@ private struct ListPage {
         understood = fields.parsed && fields.root == "ListBucketResult"
         truncated = fields.first["IsTruncated"] == "true"
         continuation = fields.first["NextContinuationToken"]
-        let dates = ISO8601DateFormatter()
-        dates.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        let plainDates = ISO8601DateFormatter()
         objects = fields.records.compactMap { record in
             guard let key = record["Key"], let size = record["Size"].flatMap(UInt64.init) else { return nil }
-            let modified = record["LastModified"].flatMap { dates.date(from: $0) ?? plainDates.date(from: $0) } ?? .distantPast
+            let modified = S3Dates.parse(record["LastModified"])
             return (key, size, modified)
         }
     }
@@ -268,7 +367,7 @@ private struct ListPage {
 
 /// The text of chosen elements of an XML document: the first of each
 /// outside records, and per `record` element the ones inside it.
-private final class XMLFields: NSObject, XMLParserDelegate {
+final class XMLFields: NSObject, XMLParserDelegate {
     private let wanted: Set<String>
     private let record: String?
     private(set) var first: [String: String] = [:]

@@ -1,0 +1,304 @@
+import BackupRules
+import Foundation
+import NIOCore
+import Synchronization
+
+/// Blobs as objects of an S3-compatible store, under `sha256-HEX` in the
+/// location's prefix, so that any backupd process sharing the catalog and
+/// the bucket reads what another stored.
+///
+/// Content of known hash goes straight to its final key: in one PUT up to
+/// `partSize`, else as a multipart upload of `partSize` parts, `partsInFlight`
+/// of them sent at once and the upload aborted if anything fails; an object
+/// exists under its key only once complete. Content streamed in (a member
+/// of an uploaded archive) is staged first: its key is its hash, known only
+/// at its end. Every part is signed with its SHA-256, which the store checks.
+/// Reads go a `partSize` range at a time, the next range fetched while the
+/// last is consumed, each range tried again on its own if it breaks off, and
+/// the whole checked against the hash.
+///
+/// An object store cannot mark a blob reused (its time is when it was
+/// stored): a collection that finds an unrecorded blob a running job has
+/// just reused claims it, and that job fails as one whose blob was
+/// collected, to be run again. Unrecorded blobs are what failed jobs left.
+public struct ObjectBlobStore: BlobStore {
+    public let client: ObjectStoreClient
+    /// Where streamed content is staged; on this machine, not shared.
+    public let scratchDirectory: String
+    public let partSize: Int
+    public let partsInFlight: Int
+    /// The multipart uploads this process has under way, which its
+    /// collections never take for abandoned whatever the store says of
+    /// their age (moto says 2010 of every one).
+    let ownUploads = OwnUploads()
+    static let keyPrefix = "sha256-"
+
+    public init(client: ObjectStoreClient, scratchDirectory: String, partSize: Int = 8 << 20, partsInFlight: Int = 3) throws {
+        precondition(partSize > 0, "a part has bytes")
+        self.client = client
+        self.scratchDirectory = scratchDirectory
+        self.partSize = partSize
+        self.partsInFlight = max(1, partsInFlight)
+        try FileSystem.makeFolders(scratchDirectory)
+    }
+
+    func key(_ hash: ContentHash) -> String { Self.keyPrefix + hash.hex }
+
+    public func writer() throws -> any BlobWriter {
+        ObjectBlobWriter(store: self)
+    }
+
+    public func read(_ hash: ContentHash, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64 {
+        let key = key(hash), client = client, step = UInt64(partSize)
+        func fetch(_ offset: UInt64) -> Task<(bytes: ByteBuffer, objectSize: UInt64)?, any Error> {
+            Task { try await client.read(key, range: offset...(offset + step - 1)) }
+        }
+        var pending = fetch(0)
+        defer { pending.cancel() }
+        let hasher = SHA256Hasher()
+        var offset: UInt64 = 0
+        while true {
+            let task = pending
+            guard let (bytes, objectSize) = try waitFor({ try await task.value }) else { throw BlobStoreError.missing(hash) }
+            offset += UInt64(bytes.readableBytes)
+            let more = offset < objectSize
+            if more {
+                guard bytes.readableBytes > 0 else {
+                    throw ObjectStoreError.unexpected(operation: "reading \(key)", reason: "an empty range before the object's end")
+                }
+                pending = fetch(offset)
+            }
+            if interruption?.isSet == true { throw BlobStoreError.interrupted(path: key) }
+            try bytes.withUnsafeReadableBytes { chunk in
+                hasher.update(chunk)
+                try consume(chunk)
+            }
+            if !more { break }
+        }
+        let actual = hasher.finish()
+        guard actual == hash else { throw BlobStoreError.corrupt(hash, actual: actual) }
+        return offset
+    }
+
+    /// Whether the store holds `hash`; a store that cannot be asked holds
+    /// nothing (writing it again then fails with the store's reason).
+    public func contains(_ hash: ContentHash) -> Bool {
+        let key = key(hash), client = client
+        return ((try? waitFor { try await client.size(of: key) }) ?? nil) != nil
+    }
+
+    public func reuse(_ hash: ContentHash) -> Bool { contains(hash) }
+
+    public func remove(_ hash: ContentHash) throws {
+        let key = key(hash), client = client
+        try waitFor { try await client.delete(key) }
+    }
+
+    /// A thousand keys a request (S3's DeleteObjects).
+    public func remove(all hashes: [ContentHash]) -> (removed: [ContentHash], failure: (any Error)?) {
+        var removed: [ContentHash] = []
+        let client = client
+        for start in stride(from: 0, to: hashes.count, by: 1000) {
+            let batch = Array(hashes[start..<min(start + 1000, hashes.count)])
+            let keys = batch.map(key)
+            do {
+                let refused = try waitFor { try await client.delete(keys) }
+                if let first = refused.first {
+                    let kept = Set(refused.map(\.key))
+                    removed += batch.filter { !kept.contains(key($0)) }
+                    return (removed, ObjectStoreError.refused(operation: "removing \(first.key)", status: 200, code: "", message: first.reason))
+                }
+                removed += batch
+            } catch {
+                return (removed, error)
+            }
+        }
+        return (removed, nil)
+    }
+
+    public func storedHashes(unusedSince cutoff: Date) throws -> [ContentHash] {
+        let client = client
+        return try waitFor { try await client.list(prefix: Self.keyPrefix) }.compactMap { object in
+            object.lastModified < cutoff ? ContentHash(hex: String(object.key.dropFirst(Self.keyPrefix.count))) : nil
+        }
+    }
+
+    /// Aborts multipart uploads of blobs started before `cutoff` and never
+    /// finished: what a process that died mid-upload left, which the store
+    /// would otherwise keep (and bill) for ever. This process's own uploads
+    /// under way are left alone.
+    public func dropAbandonedWrites(startedBefore cutoff: Date) throws -> Int {
+        let client = client, own = ownUploads
+        return try waitFor {
+            var dropped = 0
+            for (upload, started) in try await client.unfinishedUploads(prefix: Self.keyPrefix) where started < cutoff && !own.contains(upload.id) {
+                try await client.abortUpload(upload)
+                dropped += 1
+            }
+            return dropped
+        }
+    }
+
+    public func put(reading file: LocalFile, upTo limit: UInt64, interruption: Interruption?) throws -> StoredBlob {
+        let (hash, size) = try file.contentHash(limit: limit, interruption: interruption)
+        if reuse(hash) { return StoredBlob(hash: hash, size: size, written: false) }
+        try file.rewind()
+        do {
+            try send(hash, size: size) { upload in try file.readChunks(limit: size, interruption: interruption) { try upload.write($0) } }
+        } catch ObjectUploadChange.contentChanged {
+            // The file changed since it was hashed: store what it holds now, hashed as it is read.
+            try file.rewind()
+            let writer = ObjectBlobWriter(store: self)
+            try file.readChunks(limit: limit, interruption: interruption) { try writer.write($0) }
+            return try writer.finish()
+        }
+        return StoredBlob(hash: hash, size: size, written: true)
+    }
+
+    public func adopt(_ path: String) throws -> StoredBlob {
+        defer { FileSystem.remove(path) }
+        return try put(reading: LocalFile.open(path), upTo: .max, interruption: nil)
+    }
+
+    /// Sends content of known `hash` and `size`, which `push` writes, to its
+    /// key; an upload that fails is aborted, leaving nothing under the key.
+    func send(_ hash: ContentHash, size: UInt64, _ push: (ObjectUpload) throws -> Void) throws {
+        let upload = ObjectUpload(store: self, key: key(hash), hash: hash, size: size)
+        do {
+            try push(upload)
+            try upload.finish()
+        } catch {
+            upload.abandon()
+            throw error
+        }
+    }
+}
+
+/// The ids of the multipart uploads a process has under way.
+final class OwnUploads: Sendable {
+    private let ids = Mutex(Set<String>())
+    func insert(_ id: String) { ids.withLock { _ = $0.insert(id) } }
+    func remove(_ id: String) { ids.withLock { _ = $0.remove(id) } }
+    func contains(_ id: String) -> Bool { ids.withLock { $0.contains(id) } }
+}
+
+/// The content sent is not the content hashed (a file that changed in between).
+enum ObjectUploadChange: Error { case contentChanged }
+
+/// One object being sent: parts of `partSize` bytes as they fill, several
+/// in flight, or one PUT for content of at most one part.
+final class ObjectUpload {
+    private let store: ObjectBlobStore
+    private let key: String
+    private let hash: ContentHash
+    private let size: UInt64
+    private let hasher = SHA256Hasher()
+    private var part: ByteBuffer
+    private var sent: UInt64 = 0
+    private var multipart: MultipartUpload?
+    private var inFlight: [Task<UploadedPart, any Error>] = []
+    private var parts: [UploadedPart] = []
+
+    init(store: ObjectBlobStore, key: String, hash: ContentHash, size: UInt64) {
+        self.store = store
+        self.key = key
+        self.hash = hash
+        self.size = size
+        part = ByteBufferAllocator().buffer(capacity: Int(min(size, UInt64(store.partSize))))
+    }
+
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        hasher.update(chunk)
+        var rest = chunk
+        while !rest.isEmpty {
+            let taken = min(rest.count, store.partSize - part.readableBytes)
+            part.writeBytes(UnsafeRawBufferPointer(rebasing: rest[..<taken]))
+            rest = UnsafeRawBufferPointer(rebasing: rest[taken...])
+            if part.readableBytes == store.partSize, size > UInt64(store.partSize) { try sendPart() }
+        }
+    }
+
+    private func sendPart() throws {
+        let client = store.client
+        if multipart == nil {
+            let key = self.key
+            let upload = try waitFor { try await client.startUpload(key) }
+            store.ownUploads.insert(upload.id)
+            multipart = upload
+        }
+        let upload = multipart!, number = parts.count + inFlight.count + 1, bytes = part
+        sent += UInt64(bytes.readableBytes)
+        part = ByteBufferAllocator().buffer(capacity: store.partSize)
+        inFlight.append(Task { try await client.uploadPart(upload, number: number, bytes) })
+        if inFlight.count >= store.partsInFlight { try awaitOldestPart() }
+    }
+
+    private func awaitOldestPart() throws {
+        let task = inFlight.removeFirst()
+        parts.append(try waitFor { try await task.value })
+    }
+
+    func finish() throws {
+        guard sent + UInt64(part.readableBytes) == size, hasher.finish() == hash else { throw ObjectUploadChange.contentChanged }
+        let client = store.client, key = self.key, hash = self.hash, size = self.size
+        guard multipart != nil else {
+            let bytes = part
+            try waitFor { try await client.put(key, bytes, sha256: hash) }
+            return
+        }
+        if part.readableBytes > 0 { try sendPart() }
+        while !inFlight.isEmpty { try awaitOldestPart() }
+        let upload = multipart!, parts = self.parts
+        try waitFor { try await client.completeUpload(upload, parts: parts, size: size) }
+        store.ownUploads.remove(upload.id)
+        multipart = nil
+    }
+
+    /// Stops the parts still in flight and aborts the upload (a collection
+    /// aborts it later if this cannot).
+    func abandon() {
+        inFlight.forEach { $0.cancel() }
+        guard let upload = multipart else { return }
+        let client = store.client, tasks = inFlight
+        _ = try? waitFor {
+            for task in tasks { _ = try? await task.value }
+            try await client.abortUpload(upload)
+        }
+        store.ownUploads.remove(upload.id)
+    }
+}
+
+/// The object store's `BlobWriter`: content staged (up to a part in memory,
+/// the rest in a scratch file) until its hash is known, then sent to its key
+/// unless the store holds it already.
+final class ObjectBlobWriter: BlobWriter {
+    private let store: ObjectBlobStore
+    private let staged: StagedContent
+
+    init(store: ObjectBlobStore) {
+        self.store = store
+        staged = StagedContent(heldBytes: store.partSize) { "\(store.scratchDirectory)/\(base64URL(Secure.randomBytes(12))).partial" }
+    }
+
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        try staged.write(chunk)
+    }
+
+    func finish() throws -> StoredBlob {
+        let hash = staged.finishHash(), size = staged.size
+        if store.reuse(hash) {
+            staged.discard()
+            return StoredBlob(hash: hash, size: size, written: false)
+        }
+        try store.send(hash, size: size) { upload in try staged.readBack { try upload.write($0) } }
+        staged.discard()
+        return StoredBlob(hash: hash, size: size, written: true)
+    }
+}
+
+extension ObjectStoreError: ReportableError {
+    /// What the store said, which names the operation and the object but
+    /// no credential or signature.
+    public var publicError: BackupError { .unavailable("the server's storage failed: \(description)") }
+    public var logDetail: String { description }
+}
