@@ -77,6 +77,7 @@ let package = Package(
         .executableTarget(name: "backupd", dependencies: [
             "BackupServer", "BackupCatalog", "BackupPostgres", "BackupRules", "BackupStorage", "BackupWire",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -132,15 +132,9 @@ public struct LocalBlobStore: BlobStore {
         try FileSystem.removeIfPresent(path(for: hash))
     }
 
-    /// Scratch files last written before `cutoff`: blobs a process was
-    /// writing when it died.
-    public func dropAbandonedWrites(startedBefore cutoff: Date) throws -> Int {
-        let stale = try FileSystem.names(in: scratchDirectory).filter { name in
-            name.hasSuffix(".partial") && (FileSystem.modified("\(scratchDirectory)/\(name)").map { $0 < cutoff.timeIntervalSince1970 } ?? false)
-        }
-        stale.forEach { FileSystem.remove("\(scratchDirectory)/\($0)") }
-        return stale.count
-    }
+    /// None to drop: the scratch folder is the work folder's, which the
+    /// job runner sweeps of what dead jobs left.
+    public func dropAbandonedWrites(startedBefore cutoff: Date) throws -> Int { 0 }
 }
 
 /// The local store's `BlobWriter`: a scratch file renamed into place. The

@@ -1,4 +1,5 @@
 import ArgumentParser
+import AsyncHTTPClient
 import BackupCatalog
 import BackupRules
 import BackupStorage
@@ -48,9 +49,43 @@ struct Serve: AsyncParsableCommand {
     var listenOption: String?
     var listen: String { value(listenOption, "BACKUPD_LISTEN", "127.0.0.1:7443") }
 
-    @Option(name: .customLong("blob-dir"), help: "Folder of the blob store (env BACKUPD_BLOB_DIR).")
+    @Option(name: .customLong("blob-dir"),
+            help: "Folder of the blob store; with --blob-store, of this process's work files only (env BACKUPD_BLOB_DIR).")
     var blobDirOption: String?
     var blobDir: String { value(blobDirOption, "BACKUPD_BLOB_DIR") }
+
+    @Option(name: .customLong("blob-store"),
+            help: "Keep blobs in an S3-compatible bucket, s3://BUCKET/PREFIX, instead of --blob-dir (env BACKUPD_BLOB_STORE).")
+    var blobStoreOption: String?
+    var blobStoreURL: String { value(blobStoreOption, "BACKUPD_BLOB_STORE") }
+
+    @Option(name: .customLong("s3-endpoint"),
+            help: "URL of the S3-compatible service, e.g. http://minio:9000 (default: AWS's for --s3-region) (env BACKUPD_S3_ENDPOINT).")
+    var s3EndpointOption: String?
+
+    @Option(name: .customLong("s3-region"), help: "Region requests are signed for (default us-east-1; env BACKUPD_S3_REGION or AWS_REGION).")
+    var s3RegionOption: String?
+
+    @Flag(help: "Name the bucket in the path (http://host/bucket/key, as MinIO and Ceph take it) rather than in the host name.")
+    var s3PathStyle = false
+
+    @Option(name: .customLong("s3-access-key-id"), help: "Access key id of the store (env AWS_ACCESS_KEY_ID; its secret: AWS_SECRET_ACCESS_KEY).")
+    var s3AccessKeyIDOption: String?
+
+    @Option(help: "File with the store's credentials in AWS's format (aws_access_key_id, aws_secret_access_key, aws_session_token).")
+    var s3CredentialsFile: String?
+
+    @Option(help: "Size of the parts large blobs are sent in, MiB (at least 5, default 8).")
+    var s3PartSizeMib = 8
+
+    @Option(help: "Parts of one blob sent at once (default 3).")
+    var s3PartsInFlight = 3
+
+    @Option(help: "Connections to the object store at once (default 32).")
+    var s3Connections = 32
+
+    @Option(help: "Seconds one request to the object store may take (default 60).")
+    var s3RequestTimeoutSeconds = 60
 
     @Option(name: .customLong("cert"), help: "PEM certificate chain of the server (env BACKUPD_TLS_CERT).")
     var certOption: String?
@@ -233,12 +268,14 @@ struct Serve: AsyncParsableCommand {
 
     func validate() throws {
         guard !blobDir.isEmpty else { throw ValidationError("--blob-dir (or BACKUPD_BLOB_DIR) is required") }
+        guard (5...5 << 10).contains(s3PartSizeMib) else { throw ValidationError("--s3-part-size-mib takes 5 to 5120 (S3's limits of a part)") }
         guard !cert.isEmpty, !key.isEmpty else { throw ValidationError("--cert and --key (or BACKUPD_TLS_CERT, BACKUPD_TLS_KEY) are required") }
         guard parseListen() != nil else { throw ValidationError("--listen \"\(listen)\" is not HOST:PORT") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \"\(logLevel)\" is not a log level") }
         let counts = [
             ("--restore-jobs", restoreJobs), ("--job-lease-seconds", jobLeaseSeconds), ("--max-files-per-backup", maxFilesPerBackup),
             ("--file-query-timeout-seconds", fileQueryTimeoutSeconds), ("--max-jobs", maxJobs),
+            ("--s3-parts-in-flight", s3PartsInFlight), ("--s3-connections", s3Connections), ("--s3-request-timeout-seconds", s3RequestTimeoutSeconds),
             ("--handshake-timeout-seconds", handshakeTimeoutSeconds), ("--authentication-timeout-seconds", authenticationTimeoutSeconds),
             ("--partial-frame-timeout-seconds", partialFrameTimeoutSeconds),
             ("--idle-connection-timeout-seconds", idleConnectionTimeoutSeconds), ("--max-connections", maxConnections),
@@ -381,6 +418,10 @@ struct Serve: AsyncParsableCommand {
             catalogThreads.shutdownGracefully { _ in }
             jobThreads.shutdownGracefully { _ in }
         }
+        let objectStoreHTTP = try blobStoreURL.isEmpty ? nil : HTTPClient(
+            eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
+            configuration: .init(connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: s3Connections)))
+        let blobStore = try makeBlobStore(http: objectStoreHTTP)
         let catalog = Catalog(connectionString: catalogURL, maximumConnections: Self.catalogConnections, threadPool: catalogThreads)
         try await catalog.migrate()
         let server = try await BackupServer(
@@ -388,7 +429,7 @@ struct Serve: AsyncParsableCommand {
             transports: [TLSTransport(host: host, port: port, eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
                                       tls: TLSSettings(certificateChainPath: cert, privateKeyPath: key,
                                                        clientCAPath: clientCA.isEmpty ? nil : clientCA))],
-            catalog: catalog, blobStore: try LocalBlobStore(root: blobDir), workDirectory: blobDir, threadPool: jobThreads,
+            catalog: catalog, blobStore: blobStore, workDirectory: blobDir, threadPool: jobThreads,
             logger: logger
         ) { address in
             guard let readyFile, let ip = address.ipAddress, let port = address.port else { return }
@@ -400,6 +441,31 @@ struct Serve: AsyncParsableCommand {
         group.maximumGracefulShutdownDuration = .seconds(shutdownGraceSeconds) + Self.shutdownMargin
         try await ServiceGroup(configuration: group).run()
         await catalog.pool.close()
+        try? await objectStoreHTTP?.shutdown()
+    }
+
+    /// The local folder, or with `--blob-store` the object store (its
+    /// streamed content staged in the work folder's scratch, which the job
+    /// runner sweeps of what dead jobs left).
+    private func makeBlobStore(http: HTTPClient?) throws -> any BlobStore {
+        guard let http else { return try LocalBlobStore(root: blobDir) }
+        let environment = ProcessInfo.processInfo.environment
+        do {
+            let location = try ObjectStoreSettings.location(
+                url: blobStoreURL, endpoint: value(s3EndpointOption, "BACKUPD_S3_ENDPOINT"),
+                region: s3RegionOption ?? environment["BACKUPD_S3_REGION"] ?? environment["AWS_REGION"] ?? "us-east-1", pathStyle: s3PathStyle)
+            let credentials = try ObjectStoreSettings.credentials(
+                file: s3CredentialsFile, accessKeyID: s3AccessKeyIDOption ?? environment["AWS_ACCESS_KEY_ID"],
+                secretAccessKey: environment["AWS_SECRET_ACCESS_KEY"], sessionToken: environment["AWS_SESSION_TOKEN"])
+            var client = try ObjectStoreClient(location: location, credentials: credentials, http: http)
+            client.requestTimeout = .seconds(Int64(s3RequestTimeoutSeconds))
+            return try ObjectBlobStore(client: client, scratchDirectory: blobDir + "/tmp", partSize: s3PartSizeMib << 20,
+                                       partsInFlight: s3PartsInFlight)
+        } catch let error as ObjectStoreSettingsError {
+            throw ValidationError(error.description)
+        } catch let error as ObjectStoreError {
+            throw ValidationError(error.description)
+        }
     }
 
     /// Connections (and threads) of the catalog pool.

@@ -58,10 +58,9 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                 #expect(backup.fileCount == UInt64(keys.count))
 
                 // The dump restores into a scratch database with every table equal to the source.
-                let store = try LocalBlobStore(root: server.blobDirectory)
                 let folder = try ScratchDirectory("dump")
                 defer { folder.remove() }
-                let dumpPath = try reassembledDump(server, backup.id, in: folder.path)
+                let dumpPath = try await reassembledDump(server, backup.id, in: folder.path)
                 #expect(ContentHash.of(try Data(contentsOf: URL(fileURLWithPath: dumpPath))).hex == backup.dumpSHA256)
                 let scratch = try await TestPostgres.createDatabase("restored")
                 defer { TestPostgres.dropDatabase(scratch) }
@@ -81,7 +80,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                     let original = try Data(contentsOf: URL(fileURLWithPath: "\(app.fileStore)/\(try FileStoreLayout.relativePath(forKey: key))"))
                     let hash = ContentHash.of(original)
                     #expect(row.string("sha256") == hash.hex)
-                    #expect(FileManager.default.contents(atPath: store.path(for: hash)) == original)
+                    #expect(try await server.storedContent(hash) == Array(original))
                 }
                 #expect((try? FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/tmp"))?.isEmpty == true)
             }
@@ -274,7 +273,6 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
         try await withTestApp { app in
             try await withInProcessServer(live: true) { server in
                 try await server.register(app)
-                let store = try LocalBlobStore(root: server.blobDirectory)
                 try await server.withClient { client in
                     let first = try await createBackup(client)
                     _ = try await waitForJob(first.job.id, on: client)
@@ -297,11 +295,12 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
                     _ = try await client.unary(Backups.deleteBackup, .with { $0.id = first.backup.id })
                     await expectStatus(.notFound) { _ = try await client.unary(Backups.getBackup, .with { $0.id = first.backup.id }) }
                     try await eventually { try blobs() == secondBlobs }
-                    for hex in secondBlobs { _ = try store.verify(ContentHash(hex: hex)!) }
+                    for hex in secondBlobs { _ = try await server.storedContent(ContentHash(hex: hex)!) }
 
                     _ = try await client.unary(Backups.deleteBackup, .with { $0.id = second.backup.id })
                     try await eventually {
-                        try blobs().isEmpty && secondBlobs.allSatisfy { !store.contains(ContentHash(hex: $0)!) }
+                        let stored = try await server.storedBlobs()
+                        return try blobs().isEmpty && stored.isDisjoint(with: secondBlobs.map { ContentHash(hex: $0)! })
                     }
                 }
             }
@@ -320,7 +319,7 @@ func expectStatus(_ code: StatusCode, _ body: () async throws -> Void, sourceLoc
             try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-2 * 86_400)], ofItemAtPath: oldPartial)
             // A restart collects garbage at once.
             await server.stop()
-            let restarted = try await TestServer.start(catalogDatabase: server.catalogDatabase, blobDirectory: server.blobDirectory,
+            let restarted = try await TestServer.start(catalogDatabase: server.catalogDatabase, storage: server.storage,
                                                        adminToken: server.adminToken)
             try await eventually {
                 !FileManager.default.fileExists(atPath: orphanDump) && !FileManager.default.fileExists(atPath: oldPartial)

@@ -53,7 +53,7 @@ func dumpChunkBlobs(_ server: some BackupTestServer, _ backup: Backup) throws ->
                 let folder = try ScratchDirectory("dumps")
                 defer { folder.remove() }
                 for backup in [first, second, third] {
-                    let path = try reassembledDump(server, backup.id, in: folder.path)
+                    let path = try await reassembledDump(server, backup.id, in: folder.path)
                     #expect(ContentHash.of(try Data(contentsOf: URL(fileURLWithPath: path))).hex == backup.dumpSHA256)
                 }
             }
@@ -121,7 +121,7 @@ func dumpChunkBlobs(_ server: some BackupTestServer, _ backup: Backup) throws ->
                 // Made as backupd stored dumps before they were chunked: the whole dump one blob, named by dump_sha256.
                 let folder = try ScratchDirectory("whole-dump")
                 defer { folder.remove() }
-                let whole = try LocalBlobStore(root: server.blobDirectory).adopt(try reassembledDump(server, backup.id, in: folder.path))
+                let whole = try LocalBlobStore(root: server.blobDirectory).adopt(try await reassembledDump(server, backup.id, in: folder.path))
                 #expect(whole.hash.hex == backup.dumpSHA256)
                 try await TestPostgres.query(server.catalogDatabase, "INSERT INTO blobs (sha256, size) VALUES ($1, $2)", whole.hash.hex, String(whole.size))
                 try await TestPostgres.query(server.catalogDatabase, "DELETE FROM dump_chunks WHERE snapshot_id = $1", backup.id)

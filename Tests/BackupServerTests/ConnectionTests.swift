@@ -241,7 +241,7 @@ import Testing
             // pg_dump's wrapper was orphaned by the kill; it is harmless and ends with the gate.
 
             let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
-                                                    blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+                                                    storage: first.storage, adminToken: first.adminToken)
             do {
                 let (job, backup) = try await second.withClient { client in
                     (try await waitForJob(created.job.id, on: client, timeout: .seconds(30)),

@@ -305,7 +305,7 @@ final class SilentListener: Sendable {
     @Test(arguments: [("3m", "files"), ("64k", "dump")])
     func aBackupFailingOnAFullDiskLeavesNoBlobAfterTheCollection(_ size: String, _ failing: String) async throws {
         try await withTestApp { app in try await withSmallDisk(size: size) { disk in
-            let server = try await TestServer.start(blobDirectory: disk + "/blobs")
+            let server = try await TestServer.start(storage: try await TestStorage.make(.localFolder, directory: disk + "/blobs"))
             do {
                 try await server.register(app)
                 // No documents: only the dump's chunks are written, and they find the disk full.

@@ -36,7 +36,7 @@ import Testing
             gate.release()
 
             let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
-                                                    blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+                                                    storage: first.storage, adminToken: first.adminToken)
             do {
                 let ended = try await second.withClient { try await waitForJob(upload.jobID, on: $0, timeout: .seconds(60)) }
                 #expect(ended.status == .failed)
@@ -105,7 +105,7 @@ import Testing
             #expect(killedMidWrite && partials().count == 1)
 
             let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
-                                                    blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+                                                    storage: first.storage, adminToken: first.adminToken)
             do {
                 let ended = try await second.withClient { try await waitForJob(download.jobID, on: $0, timeout: .seconds(60)) }
                 #expect(ended.status == .failed && !ended.error.isEmpty, "\(ended.status) \(ended.error)")

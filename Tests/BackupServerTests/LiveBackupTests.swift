@@ -94,7 +94,7 @@ final class BusyApp: @unchecked Sendable {
                         return try await client.unary(Backups.getBackup, .with { $0.id = created.backup.id })
                     }
                     guard backup.status == .finished else { continue }
-                    let (dumped, stored) = try contents(of: backup, on: server)
+                    let (dumped, stored) = try await contents(of: backup, on: server)
                     // Every file the backup holds, its dump refers to, with the content its key was written with.
                     #expect(Set(stored.keys).isSubset(of: dumped), "round \(round)")
                     let written = busy.writtenKeys.value
@@ -151,7 +151,7 @@ final class BusyApp: @unchecked Sendable {
                 #expect(backup.fileCount == UInt64(keys.count - 1))
                 #expect(backup.warning.contains("1 file documents were deleted with their rows while the backup ran and are not in it: \(deleted)"))
                 #expect(backup.warning.contains("1 file documents were modified after the snapshot and are stored as they were read: \(changed)"))
-                let (dumped, stored) = try contents(of: backup, on: server)
+                let (dumped, stored) = try await contents(of: backup, on: server)
                 #expect(dumped.subtracting(stored.keys) == [deleted])
                 let shown = try await server.backupctl(["show", backup.id])
                 #expect(shown.standardOutput.contains("warning"))
@@ -188,14 +188,14 @@ func documentPath(_ app: TestApp, _ key: String) -> String {
 
 /// The file document keys the backup's dump lists as having contents, and
 /// the keys and blob hashes the backup holds, read from its catalog and blob store.
-func contents(of backup: Backup, on server: some BackupTestServer) throws -> (dumped: Set<String>, stored: [String: String]) {
-    let stored = Dictionary(uniqueKeysWithValues: try TestPostgres.query(server.catalogDatabase, """
+func contents(of backup: Backup, on server: some BackupTestServer) async throws -> (dumped: Set<String>, stored: [String: String]) {
+    let stored = Dictionary(uniqueKeysWithValues: try await TestPostgres.query(server.catalogDatabase, """
         SELECT storage_key, sha256 FROM snapshot_files WHERE snapshot_id = $1
         """, backup.id).map { ($0.string("storage_key"), $0.string("sha256")) })
     let folder = try ScratchDirectory("dump")
     defer { folder.remove() }
-    let dumpPath = try reassembledDump(server, backup.id, in: folder.path)
-    let data = try runCommand("/usr/bin/pg_restore", ["--data-only", "--table=system$filedocument", "--file=-", dumpPath])
+    let dumpPath = try await reassembledDump(server, backup.id, in: folder.path)
+    let data = try await runCommand("/usr/bin/pg_restore", ["--data-only", "--table=system$filedocument", "--file=-", dumpPath])
     guard data.status == 0 else { throw TestSupportError("pg_restore: \(data.standardError)") }
     var dumped = Set<String>()
     var inCopy = false

@@ -250,7 +250,7 @@ private func restore(_ backupID: String, on server: some BackupTestServer) async
             try await eventually(within: .seconds(60)) { !first.isRunning }
             try await app.cluster.stop()
             let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
-                                                    blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+                                                    storage: first.storage, adminToken: first.adminToken)
             do {
                 // While the server is down, the restore waits: recovery looked, could not see, and left it running,
                 // its environment busy.
@@ -297,8 +297,8 @@ private func restore(_ backupID: String, on server: some BackupTestServer) async
                 #expect(processing[0].int64("n") == 0)
                 // Its files were stored beside the dump; unreferenced, they go.
                 try await eventually(within: .seconds(20)) {
-                    try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n") == 0
-                        && (try LocalBlobStore(root: server.blobDirectory).storedHashes(unusedSince: .distantFuture)).isEmpty
+                    let stored = try await server.storedBlobs()
+                    return try await TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n") == 0 && stored.isEmpty
                 }
                 try await app.cluster.startAgain()
                 gate.release()

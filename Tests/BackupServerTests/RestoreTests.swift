@@ -290,13 +290,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
                 let backup = try await finishedBackup(server, app)
                 try changeEverything(app)
                 let before = try EnvironmentState(app)
-                let store = try LocalBlobStore(root: server.blobDirectory)
-                let dump = store.path(for: try storedDump(server, backup.id).blobs[0].hash)
-                chmod(dump, 0o644)
-                let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: dump))
-                try handle.seek(toOffset: 100)
-                try handle.write(contentsOf: Data("corruption".utf8))
-                try handle.close()
+                try await server.storage.replaceContent(of: try storedDump(server, backup.id).blobs[0].hash, with: Array("corruption".utf8))
 
                 let job = try await server.withClient { try await restore($0, backup) }
                 #expect(job.status == .failed && job.error.contains("corrupt"))
@@ -318,7 +312,8 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
                 let before = try EnvironmentState(app)
                 let row = try await TestPostgres.query(server.catalogDatabase,
                     "SELECT storage_key, sha256 FROM snapshot_files WHERE snapshot_id = $1 ORDER BY storage_key DESC LIMIT 1", backup.id)[0]
-                try LocalBlobStore(root: server.blobDirectory).remove(ContentHash(hex: row.string("sha256"))!)
+                let (store, hash) = (try server.storage.open(), ContentHash(hex: row.string("sha256"))!)
+                try await onThread { try store.remove(hash) }
 
                 let job = try await server.withClient { try await restore($0, backup) }
                 #expect(job.status == .failed && job.error.contains(row.string("storage_key")) && job.error.contains("missing"))
@@ -347,7 +342,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
             await first.stop(signal: SIGKILL)
 
             let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
-                                                    blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+                                                    storage: first.storage, adminToken: first.adminToken)
             do {
                 let ended = try await second.withClient { try await waitForJob(job.id, on: $0, timeout: .seconds(60)) }
                 #expect(ended.status == .failed && ended.error.contains("target is unchanged"))
@@ -440,7 +435,7 @@ func noStagingLeft(_ app: TestApp, sourceLocation: SourceLocation = #_sourceLoca
                 #expect(recorded.string("step") == step)
 
                 let second = try await TestServer.start(arguments: ["--job-lease-seconds", "2"], catalogDatabase: first.catalogDatabase,
-                                                        blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+                                                        storage: first.storage, adminToken: first.adminToken)
                 do {
                     let ended = try await second.withClient { try await waitForJob(job.id, on: $0, timeout: .seconds(60)) }
                     let state = try EnvironmentState(app)

@@ -295,14 +295,14 @@ extension Night {
             let arguments = ["--scheduler", "--schedule-clock-offset-seconds", offset, "--schedule-interval-seconds", "1",
                              "--schedule-spread-minutes", "0"]
             let one = try await TestServer.start(arguments: arguments, catalogDatabase: first.catalogDatabase,
-                                                 blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+                                                 storage: first.storage, adminToken: first.adminToken)
             let two = try await TestServer.start(arguments: arguments, catalogDatabase: first.catalogDatabase,
-                                                 blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+                                                 storage: first.storage, adminToken: first.adminToken)
             let date = Night.localDate(midnight, in: calendar.timeZone)
             try await eventually(within: .seconds(60)) { try nightlyRows(one).map(\.status) == ["finished"] }
             await two.stop()
             let again = try await TestServer.start(arguments: arguments + ["--log-level", "debug"], catalogDatabase: first.catalogDatabase,
-                                                   blobDirectory: first.blobDirectory, adminToken: first.adminToken)
+                                                   storage: first.storage, adminToken: first.adminToken)
             // The restarted process has looked at the night and found it made.
             try await eventually(within: .seconds(30)) { again.log.contains("the night is settled") }
             let rows = try nightlyRows(one)

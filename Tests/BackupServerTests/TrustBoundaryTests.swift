@@ -251,7 +251,7 @@ import Testing
         try "old blob".write(toFile: old, atomically: false, encoding: .utf8)
         chmod(old, 0o444)
         try await withTestApp { app in
-            let server = try await TestServer.start(blobDirectory: blobs)
+            let server = try await TestServer.start(storage: try await TestStorage.make(.localFolder, directory: blobs))
             do {
                 try await server.register(app)
                 try await server.withClient { client in

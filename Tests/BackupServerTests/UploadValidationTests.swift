@@ -168,10 +168,11 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                 // Nothing was cataloged, and nothing stays: spool, scratch and blob store end empty.
                 await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM snapshots")[0].int64("n") == 0)
                 try await eventually(within: .seconds(30)) {
-                    try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/uploads").isEmpty
+                    let stored = try await server.storedBlobs()
+                    let rows = try await TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n")
+                    return try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/uploads").isEmpty
                         && FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/tmp").isEmpty
-                        && LocalBlobStore(root: server.blobDirectory).storedHashes(unusedSince: .distantFuture).isEmpty
-                        && TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n") == 0
+                        && stored.isEmpty && rows == 0
                 }
             }
         }

@@ -20,9 +20,10 @@ public func storedDump(_ server: some BackupTestServer, _ backupID: String) thro
 }
 
 /// Reassembles a backup's dump into a new file in `directory`; returns its path.
-public func reassembledDump(_ server: some BackupTestServer, _ backupID: String, in directory: String) throws -> String {
+public func reassembledDump(_ server: some BackupTestServer, _ backupID: String, in directory: String) async throws -> String {
     let path = "\(directory)/dump-\(backupID).backup"
-    try storedDump(server, backupID).materialize(at: path, from: try LocalBlobStore(root: server.blobDirectory), interruption: nil)
+    let (dump, store) = (try storedDump(server, backupID), try server.storage.open())
+    try await onThread { try dump.materialize(at: path, from: store, interruption: nil) }
     return path
 }
 

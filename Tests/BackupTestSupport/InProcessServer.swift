@@ -19,7 +19,8 @@ import ServiceLifecycle
 /// `TestServer`'s, the one place a backupd process is the point.
 public final class InProcessServer: WireTestServer {
     public let catalogDatabase: String
-    public var blobDirectory: String { scratch.path + "/blobs" }
+    public var blobDirectory: String { storage.directory }
+    public let storage: TestStorage
     public let adminToken: String
     public let platformToken: String
     private let catalog: Catalog
@@ -36,9 +37,10 @@ public final class InProcessServer: WireTestServer {
     /// `HOST:PORT` of the TLS listener of a live server; empty otherwise.
     public let address: String
 
-    private init(catalogDatabase: String, catalogElsewhere: Bool, address: String, adminToken: String, platformToken: String, catalog: Catalog, server: BackupServer,
+    private init(storage: TestStorage, catalogDatabase: String, catalogElsewhere: Bool, address: String, adminToken: String, platformToken: String, catalog: Catalog, server: BackupServer,
                  leases: CatalogLeases, transport: InProcessTransport, connections: ConnectionGauge, group: ServiceGroup,
                  running: Task<Void, any Error>, threadPools: [NIOThreadPool], scratch: ScratchDirectory) {
+        self.storage = storage
         self.address = address
         self.catalogDatabase = catalogDatabase
         self.catalogElsewhere = catalogElsewhere
@@ -59,9 +61,10 @@ public final class InProcessServer: WireTestServer {
     /// database of the private cluster, or of `catalogCluster` (one a test may restart). A `live` one
     /// listens with the development certificate on a loopback port, and its clients connect over TLS.
     public static func start(live: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
-                             blobStore: (LocalBlobStore) -> any BlobStore = { $0 },
+                             blobStore: (any BlobStore) -> any BlobStore = { $0 },
                              configure: (inout ServerConfiguration) throws -> Void = { _ in }) async throws -> InProcessServer {
         let scratch = try ScratchDirectory("backupd-in-process")
+        let storage = try await TestStorage.make(directory: scratch.path + "/blobs")
         let database: String
         let connectionString: String
         if let catalogCluster {
@@ -97,7 +100,7 @@ public final class InProcessServer: WireTestServer {
                                tls: TLSSettings(certificateChainPath: "\(projectRoot)/certs/dev/server.crt",
                                                 privateKeyPath: "\(projectRoot)/certs/dev/server.key", clientCAPath: clientCA))
         let server = try await BackupServer(configuration: configuration, transports: live ? [transport, tls] : [transport], catalog: catalog,
-                                            blobStore: blobStore(try LocalBlobStore(root: scratch.path + "/blobs")), workDirectory: scratch.path + "/blobs",
+                                            blobStore: blobStore(try storage.open()), workDirectory: storage.directory,
                                             threadPool: jobThreads, logger: logger,
                                             onListening: { heard.yield($0) })
         let group = ServiceGroup(configuration: .init(services: [.init(service: server)], logger: logger))
@@ -109,7 +112,7 @@ public final class InProcessServer: WireTestServer {
             }
             address = "127.0.0.1:\(port)"
         }
-        return InProcessServer(catalogDatabase: database, catalogElsewhere: catalogCluster != nil, address: address, adminToken: admin.text,
+        return InProcessServer(storage: storage, catalogDatabase: database, catalogElsewhere: catalogCluster != nil, address: address, adminToken: admin.text,
                                platformToken: platform.text, catalog: catalog, server: server, leases: leases, transport: transport,
                                connections: tls.connections, group: group,
                                running: running,
@@ -165,9 +168,9 @@ public final class InProcessServer: WireTestServer {
 }
 
 /// Starts an in-process server (`live`: with its TLS listener, which with `clientCA` requires client certificates
-/// that CA signed; `blobStore` may wrap its local store), runs `body`, and removes the server whatever happens.
+/// that CA signed; `blobStore` may wrap the configured store), runs `body`, and removes the server whatever happens.
 public func withInProcessServer<T: Sendable>(live: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
-                                             blobStore: (LocalBlobStore) -> any BlobStore = { $0 },
+                                             blobStore: (any BlobStore) -> any BlobStore = { $0 },
                                              configure: (inout ServerConfiguration) throws -> Void = { _ in },
                                              _ body: (InProcessServer) async throws -> T) async throws -> T {
     let server = try await InProcessServer.start(live: live, clientCA: clientCA, catalogCluster: catalogCluster, blobStore: blobStore,

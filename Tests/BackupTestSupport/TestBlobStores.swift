@@ -1,13 +1,15 @@
 import AsyncHTTPClient
+import BackupRules
 import BackupStorage
 import Foundation
+import NIOCore
 import NIOPosix
 
 /// The blob stores tests run on: the local folder, and an S3-compatible
 /// object store (moto on loopback, signatures checked). Tests that hold for
 /// every store take both as arguments; tests of a running server take the
 /// one `BACKUPD_TEST_BLOB_STORE` names (`local`, the default, or `s3`), so
-/// the same tests run on either store by configuration alone.
+/// the same tests run on either store by configuration alone (`TestStorage`).
 public enum BlobStoreKind: String, CaseIterable, Sendable, CustomStringConvertible {
     case localFolder = "local"
     case objectStore = "s3"
@@ -17,20 +19,6 @@ public enum BlobStoreKind: String, CaseIterable, Sendable, CustomStringConvertib
     /// The store `BACKUPD_TEST_BLOB_STORE` names.
     public static var configured: BlobStoreKind {
         ProcessInfo.processInfo.environment["BACKUPD_TEST_BLOB_STORE"].flatMap(BlobStoreKind.init(rawValue:)) ?? .localFolder
-    }
-
-    /// A new, empty store of this kind: a folder under `scratch`, or a new
-    /// bucket of the test process's moto (whose streamed writes stage under
-    /// `scratch`). Parts of 5 MiB, the least S3 takes, so that tests of a few
-    /// mebibytes go through multipart uploads.
-    public func makeStore(scratch: String) async throws -> any BlobStore {
-        switch self {
-        case .localFolder:
-            return try LocalBlobStore(root: scratch + "/blobs")
-        case .objectStore:
-            let client = try await Self.newBucket()
-            return try ObjectBlobStore(client: client, scratchDirectory: scratch + "/staging", partSize: 5 << 20, partsInFlight: 2)
-        }
     }
 
     /// A client of a new bucket of moto's, its keys under `backupd-` (moto
@@ -45,8 +33,86 @@ public enum BlobStoreKind: String, CaseIterable, Sendable, CustomStringConvertib
     }
 }
 
+/// Where a test server keeps its blobs: its work folder (`--blob-dir`),
+/// which for the local folder is the store too, and for the object store a
+/// new bucket of moto's. A restarted server, or a second process on the
+/// same catalog, is given the same storage.
+public struct TestStorage: Sendable {
+    public let kind: BlobStoreKind
+    public let directory: String
+    /// The bucket, for the object store.
+    public let bucket: ObjectStoreClient?
+    /// Parts of 5 MiB, the least S3 takes, so that blobs of a few mebibytes go in parts.
+    public static let partSize = 5 << 20
+
+    /// New storage of `kind` with its work folder at `directory`.
+    public static func make(_ kind: BlobStoreKind = .configured, directory: String) async throws -> TestStorage {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        return TestStorage(kind: kind, directory: directory, bucket: kind == .objectStore ? try await BlobStoreKind.newBucket() : nil)
+    }
+
+    /// The store, as backupd opens it.
+    public func open() throws -> any BlobStore {
+        guard let bucket else { return try LocalBlobStore(root: directory) }
+        return try ObjectBlobStore(client: bucket, scratchDirectory: scratchDirectory, partSize: Self.partSize, partsInFlight: 2)
+    }
+
+    /// Puts other bytes in place of a blob's content, as a failing disk or
+    /// a hand in the bucket would.
+    public func replaceContent(of hash: ContentHash, with bytes: [UInt8]) async throws {
+        switch try open() {
+        case let object as ObjectBlobStore:
+            try await object.client.put(object.key(hash), ByteBuffer(bytes: bytes), sha256: ContentHash.of(bytes))
+        case let local as LocalBlobStore:
+            chmod(local.path(for: hash), 0o600)
+            try Data(bytes).write(to: URL(fileURLWithPath: local.path(for: hash)))
+        default:
+            throw TestSupportError("a store the tests do not know")
+        }
+    }
+
+    /// Where the store's writes are staged before they are in the store:
+    /// the work folder's scratch, as in backupd.
+    public var scratchDirectory: String { directory + "/tmp" }
+
+    /// What a backupd process is started with to use this storage: its
+    /// environment (credentials there, never on the command line) and options.
+    public func processSettings() async throws -> (environment: [String: String], arguments: [String]) {
+        guard let bucket else { return (["BACKUPD_BLOB_DIR": directory], []) }
+        let location = bucket.location, credentials = try await MotoServer.shared.credentials
+        return (["BACKUPD_BLOB_DIR": directory, "BACKUPD_BLOB_STORE": "s3://\(location.bucket)/\(location.prefix)",
+                 "BACKUPD_S3_ENDPOINT": location.endpoint, "BACKUPD_S3_REGION": location.region,
+                 "AWS_ACCESS_KEY_ID": credentials.accessKeyID, "AWS_SECRET_ACCESS_KEY": credentials.secretAccessKey.revealed],
+                ["--s3-path-style", "--s3-part-size-mib", "\(Self.partSize >> 20)"])
+    }
+}
+
 /// Runs blocking work (a blob store's calls) on a thread of its own rather
 /// than on one of the few that run tasks.
 public func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await NIOThreadPool.singleton.runIfActive(body)
+}
+
+extension BackupTestServer {
+    /// A blob's content, read (and checked) through its store.
+    public func storedContent(_ hash: ContentHash) async throws -> [UInt8] {
+        let store = try storage.open()
+        return try await onThread {
+            var bytes: [UInt8] = []
+            _ = try store.read(hash, interruption: nil) { bytes += $0 }
+            return bytes
+        }
+    }
+
+    /// Whether its store holds a blob.
+    public func stores(_ hash: ContentHash) async throws -> Bool {
+        let store = try storage.open()
+        return try await onThread { store.contains(hash) }
+    }
+
+    /// The blobs its store holds.
+    public func storedBlobs() async throws -> Set<ContentHash> {
+        let store = try storage.open()
+        return Set(try await onThread { try store.storedHashes(unusedSince: .distantFuture) })
+    }
 }

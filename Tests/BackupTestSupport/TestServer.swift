@@ -70,7 +70,8 @@ public struct TestSupportError: Error, CustomStringConvertible {
 /// where `TestApp` makes them.
 public final class TestServer: WireTestServer, @unchecked Sendable {
     public let catalogDatabase: String
-    public let blobDirectory: String
+    public var blobDirectory: String { storage.directory }
+    public let storage: TestStorage
     public let address: String
     public let adminToken: String
     public let platformToken: String
@@ -87,8 +88,9 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
     /// `catalogCluster` (one a test may restart).
     /// `environment` adds to (or with an empty value removes from) its environment.
     /// `descriptorLimit` starts it under `prlimit --nofile`, soft and hard; `downloadKeys` is its key file's text.
+    /// Its blobs are in new storage of the configured kind, or in `storage` (a restart's, another process's).
     public static func start(arguments: [String] = [], catalogDatabase: String? = nil, catalogCluster: TestCluster? = nil,
-                             blobDirectory: String? = nil,
+                             storage given: TestStorage? = nil,
                              adminToken: String? = nil, platformToken: String? = nil,
                              environment extra: [String: String] = [:], descriptorLimit: Int? = nil,
                              downloadKeys: String = testDownloadKeys) async throws -> TestServer {
@@ -101,13 +103,14 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
         } else {
             catalog = try await TestPostgres.createCatalogDatabase()
         }
-        let blobs = blobDirectory ?? scratch.path + "/blobs"
+        var storage = given
+        if storage == nil { storage = try await TestStorage.make(directory: scratch.path + "/blobs") }
+        let storageProcess = try await storage!.processSettings()
         let environment = [
             "BACKUPD_CATALOG": catalogCluster?.connectionString(catalog) ?? TestPostgres.connectionString(catalog),
-            "BACKUPD_BLOB_DIR": blobs,
             "BACKUPD_TLS_CERT": "\(projectRoot)/certs/dev/server.crt",
             "BACKUPD_TLS_KEY": "\(projectRoot)/certs/dev/server.key",
-        ]
+        ].merging(storageProcess.environment) { $1 }
         func createToken(_ arguments: [String]) async throws -> String {
             let created = try await runCommand("\(binDirectory)/backupd", ["token", "create"] + arguments, environment: environment)
             guard created.status == 0 else { throw TestSupportError("backupd token create failed: \(created.standardError)") }
@@ -125,7 +128,7 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
         guard FileManager.default.createFile(atPath: logPath, contents: nil) else { throw TestSupportError("cannot create \(logPath)") }
         let process = Process()
         let serve = ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile, "--file-store-root", fileStoreRoot,
-                     "--download-keys", keyFile] + arguments
+                     "--download-keys", keyFile] + storageProcess.arguments + arguments
             // As in process: no nightly backup because a test's run crossed a window, unless a test asks for the scheduler.
             + (arguments.contains("--scheduler") ? [] : ["--no-scheduler"])
         if let descriptorLimit {
@@ -144,7 +147,7 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
 
         for _ in 0..<300 {
             if let ready = try? String(contentsOfFile: readyFile, encoding: .utf8), ready.hasSuffix("\n") {
-                return TestServer(catalogDatabase: catalog, blobDirectory: blobs, address: ready.trimmingCharacters(in: .whitespacesAndNewlines),
+                return TestServer(catalogDatabase: catalog, storage: storage!, address: ready.trimmingCharacters(in: .whitespacesAndNewlines),
                                   adminToken: token, platformToken: platform, logPath: logPath, process: process, scratch: scratch)
             }
             guard process.isRunning else { break }
@@ -155,10 +158,10 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
         throw TestSupportError("backupd did not start: \(log)")
     }
 
-    private init(catalogDatabase: String, blobDirectory: String, address: String, adminToken: String, platformToken: String,
+    private init(catalogDatabase: String, storage: TestStorage, address: String, adminToken: String, platformToken: String,
                  logPath: String, process: Process, scratch: ScratchDirectory) {
         self.catalogDatabase = catalogDatabase
-        self.blobDirectory = blobDirectory
+        self.storage = storage
         self.address = address
         self.adminToken = adminToken
         self.platformToken = platformToken
@@ -325,7 +328,9 @@ public final class GatedTool: Sendable {
 /// (`TestServer`) or inside the test (`InProcessServer`).
 public protocol BackupTestServer: Sendable {
     var catalogDatabase: String { get }
+    /// Its work folder (`--blob-dir`): the store itself on the local folder.
     var blobDirectory: String { get }
+    var storage: TestStorage { get }
     var adminToken: String { get }
     var platformToken: String { get }
     /// Runs `body` on a client connection with a token (the admin's when nil).

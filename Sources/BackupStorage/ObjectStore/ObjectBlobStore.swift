@@ -23,7 +23,8 @@ import Synchronization
 /// collected, to be run again. Unrecorded blobs are what failed jobs left.
 public struct ObjectBlobStore: BlobStore {
     public let client: ObjectStoreClient
-    /// Where streamed content is staged; on this machine, not shared.
+    /// Where streamed content is staged; on this machine, not shared (the
+    /// work folder's scratch, swept of what dead jobs left).
     public let scratchDirectory: String
     public let partSize: Int
     public let partsInFlight: Int
@@ -42,7 +43,8 @@ public struct ObjectBlobStore: BlobStore {
         try FileSystem.makeFolders(scratchDirectory)
     }
 
-    func key(_ hash: ContentHash) -> String { Self.keyPrefix + hash.hex }
+    /// The key a blob is stored under, relative to the location's prefix.
+    public func key(_ hash: ContentHash) -> String { Self.keyPrefix + hash.hex }
 
     public func writer() throws -> any BlobWriter {
         ObjectBlobWriter(store: self)
