@@ -188,9 +188,12 @@ public struct DumpChunkWriter: Sendable {
 
     /// The dump at `path` as chunks: a file, or a FIFO that `pg_dump` writes
     /// into while it runs (opening it waits for the writer; the dump ends
-    /// when the writer closes it). `progress` hears the bytes read so far.
+    /// when the writer closes it). `progress` hears the bytes read so far;
+    /// `stored` hears each batch's blobs, written or reused, as soon as the
+    /// batch is in the store (a job records them then, so a collection
+    /// beside it keeps them however long the rest of the dump takes).
     public func store(file path: String, known: [ContentHash: DumpChunk], interruption: Interruption? = nil,
-                      progress: (UInt64) -> Void = { _ in }) throws -> StoredDump {
+                      progress: (UInt64) -> Void = { _ in }, stored: ([StoredBlob]) throws -> Void = { _ in }) throws -> StoredDump {
         let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw BlobStoreError.cannotRead(path: path, errno: errno) }
         defer { close(fd) }
@@ -228,16 +231,16 @@ public struct DumpChunkWriter: Sendable {
             start += length
             pending.append(piece)
             if pending.count == Self.batch || (atEnd && start == buffer.count) {
-                chunks += try storeBatch(pending, known: &known)
+                chunks += try storeBatch(pending, known: &known, stored: stored)
                 pending.removeAll(keepingCapacity: true)
             }
         }
-        if !pending.isEmpty { chunks += try storeBatch(pending, known: &known) }
+        if !pending.isEmpty { chunks += try storeBatch(pending, known: &known, stored: stored) }
         return .chunks(sha256: whole.finish(), size: chunks.reduce(0) { $0 + $1.size }, chunks)
     }
 
     /// Hashes a batch of chunks and stores the new ones, on all cores.
-    private func storeBatch(_ pieces: [[UInt8]], known: inout [ContentHash: DumpChunk]) throws -> [DumpChunk] {
+    private func storeBatch(_ pieces: [[UInt8]], known: inout [ContentHash: DumpChunk], stored report: ([StoredBlob]) throws -> Void) throws -> [DumpChunk] {
         let hashes = pieces.map { ContentHash.of($0) }
         let seen = known
         let (store, level) = (self.store, self.level)
@@ -248,6 +251,7 @@ public struct DumpChunkWriter: Sendable {
             return try Self.write(pieces[index], hash: hash, into: store, level: level)
         }
         for case let chunk? in stored { known[chunk.sha256] = chunk }
+        try report(stored.compactMap { $0?.blob })
         return hashes.map { known[$0]! }
     }
 

@@ -50,8 +50,8 @@ import Testing
                         }
                         let chunks = try await TestPostgres.query(server.catalogDatabase, "SELECT blob_sha256 FROM dump_chunks WHERE snapshot_id = $1", backup)
                             .compactMap { ContentHash(hex: $0.string("blob_sha256")) }
-                        let store = try LocalBlobStore(root: server.blobDirectory)
-                        #expect(!chunks.isEmpty && chunks.allSatisfy(store.contains))
+                        let stored = try await server.storedBlobs()
+                        #expect(!chunks.isEmpty && Set(chunks).isSubset(of: stored))
 
                         // Two other namespaces' backups wait on their apps' locks.
                         let locks = [try lockTable(of: beta), try lockTable(of: gamma)]
@@ -70,7 +70,12 @@ import Testing
                         }
 
                         try await server.withClient { _ = try await $0.unary(Backups.deleteBackup, .with { $0.id = backup }) }
-                        try await eventually(within: .seconds(20)) { chunks.allSatisfy { !store.contains($0) } }
+                        // The collection is over once the content is gone and its claimed rows forgotten.
+                        try await eventually(within: .seconds(20)) {
+                            let claimed = try await TestPostgres.query(server.catalogDatabase,
+                                                                       "SELECT count(*) AS n FROM blobs WHERE collecting_since IS NOT NULL")[0].int64("n")
+                            return try await server.storedBlobs().isDisjoint(with: chunks) && claimed == 0
+                        }
                         let statuses = try await TestPostgres.query(server.catalogDatabase, "SELECT status FROM jobs WHERE id = ANY($1::uuid[])",
                                                               "{\(held.map(\.job).joined(separator: ","))}").map { $0.string("status") }
                         #expect(statuses == ["running", "running"], "the held jobs were still running when collection ran")

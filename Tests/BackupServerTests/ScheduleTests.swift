@@ -390,14 +390,10 @@ extension Night {
                     ORDER BY storage_key LIMIT 2
                     """, backup.id).map { ($0.string("storage_key"), $0.string("sha256")) }
                 try #require(files.count == 2)
-                let store = try LocalBlobStore(root: server.blobDirectory)
-                let flipped = store.path(for: ContentHash(hex: files[0].1)!)
-                var content = try Data(contentsOf: URL(fileURLWithPath: flipped))
-                content[content.count / 2] ^= 0x01
-                try content.write(to: URL(fileURLWithPath: flipped))
-                try FileManager.default.removeItem(atPath: store.path(for: ContentHash(hex: files[1].1)!))
+                try await server.damage(ContentHash(hex: files[0].1)!) { $0[$0.count / 2] ^= 0x01 }
+                try await server.removeBlob(ContentHash(hex: files[1].1)!)
                 let dumpChunk = try storedDump(server, backup.id).blobs[0]
-                #expect(truncate(store.path(for: dumpChunk.hash), off_t(dumpChunk.size / 2)) == 0)
+                try await server.damage(dumpChunk.hash) { $0.removeLast($0.count - Int(dumpChunk.size / 2)) }
 
                 let damaged = try await server.backupctl(["verify", backup.id, "--wait", "--json"])
                 #expect(damaged.status == 1)

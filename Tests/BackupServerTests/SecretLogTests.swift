@@ -35,11 +35,19 @@ import Testing
         let catalogURL = TestPostgres.connectionString(catalog) + " password=\(catalogPassword)"
         let keys = "signing = \(Data(signingKey).base64EncodedString())\n"
         var told: [String] = []  // everything a client was shown
+        // Its blobs in an S3 bucket, the store's secret in its environment; later a second process with a wrong one.
+        let blobs = try ScratchDirectory("secret-blobs")
+        defer { blobs.remove() }
+        let storage = try await TestStorage.make(.objectStore, directory: blobs.path)
+        let storeSecret = try await MotoServer.shared.credentials.secretAccessKey.revealed, wrongStoreSecret = randomText("wrong-s3")
         let server = try await TestServer.start(
-            arguments: ["--log-level", "trace"], catalogDatabase: catalog,
+            arguments: ["--log-level", "trace"], catalogDatabase: catalog, storage: storage,
             environment: ["BACKUPD_CATALOG": catalogURL], downloadKeys: keys)
         var secrets = spellings(signingKey) + spellings(catalogPassword) + spellings(appPassword) + spellings(wrongPassword)
-            + spellings(server.adminToken) + spellings(server.platformToken) + tlsKey
+            + spellings(server.adminToken) + spellings(server.platformToken) + tlsKey + spellings(storeSecret) + spellings(wrongStoreSecret)
+            // What an S3 request carries that is as good as a secret for a while: its signature.
+            + ["Signature=", "X-Amz-Signature", "AWS4-HMAC-SHA256"]
+        var wrongSecretLog = ""
         try await withTestApp { app in
             func cli(_ arguments: [String], token: String? = nil) async throws -> CommandResult {
                 let result = try await server.backupctl(arguments, token: token)
@@ -116,16 +124,29 @@ import Testing
             _ = try await cli(["env", "register", "\(ns)/bad", "--app", "x", "--file-store", "/nonexistent",
                          "--database-url", "host=127.0.0.1 password=\(appPassword) service=x"], token: server.platformToken)
             _ = try await cli(["env", "delete", "\(ns)/broken"], token: server.platformToken)
+
+            // A process whose store secret is wrong: the store refuses it, and the job says so without the secret.
+            await server.stop()
+            let wrong = try await TestServer.start(arguments: ["--log-level", "trace"], catalogDatabase: catalog, storage: storage,
+                                                   adminToken: server.adminToken, platformToken: server.platformToken,
+                                                   environment: ["BACKUPD_CATALOG": catalogURL, "AWS_SECRET_ACCESS_KEY": wrongStoreSecret],
+                                                   downloadKeys: keys)
+            let refused = try await wrong.backupctl(["create", "--env", "\(ns)/shop-production", "--wait"])
+            told += [refused.standardOutput, refused.standardError]
+            #expect(refused.status != 0 && (refused.standardOutput + refused.standardError).contains("object store refused"),
+                    "\(refused.standardOutput) \(refused.standardError)")
+            await wrong.stop()
+            wrongSecretLog = wrong.log
         }
         await server.stop()
-        let log = server.log
+        let log = server.log + wrongSecretLog
         await server.remove()
 
         // --help, with the secrets in the environment it reads them from.
         for (tool, arguments) in [("backupd", ["serve", "--help"]), ("backupd", ["token", "create", "--help"]), ("backupctl", ["--help"]),
                                   ("backupctl", ["help", "create"])] {
             let help = try await runCommand("\(binDirectory)/\(tool)", arguments, environment: [
-                "BACKUPD_CATALOG": catalogURL, "BACKUPCTL_TOKEN": server.adminToken,
+                "BACKUPD_CATALOG": catalogURL, "BACKUPCTL_TOKEN": server.adminToken, "AWS_SECRET_ACCESS_KEY": storeSecret,
             ])
             told += [help.standardOutput, help.standardError]
         }

@@ -110,6 +110,20 @@ extension BackupTestServer {
         return try await onThread { store.contains(hash) }
     }
 
+    /// Changes a blob's content in its store, as a failing disk or a hand
+    /// in the bucket would (a flipped byte, a cut).
+    public func damage(_ hash: ContentHash, _ change: (inout [UInt8]) -> Void) async throws {
+        var bytes = try await storedContent(hash)
+        change(&bytes)
+        try await storage.replaceContent(of: hash, with: bytes)
+    }
+
+    /// Removes a blob from its store behind the catalog's back.
+    public func removeBlob(_ hash: ContentHash) async throws {
+        let store = try storage.open()
+        try await onThread { try store.remove(hash) }
+    }
+
     /// The blobs its store holds.
     public func storedBlobs() async throws -> Set<ContentHash> {
         let store = try storage.open()

@@ -24,10 +24,14 @@ struct DumpStorage: Sendable {
         let kept = Set(try await ledger.keep(latest.values.map(\.blob)).map(\.hash))
         let known = latest.filter { kept.contains($0.value.blob.hash) }
         let writer = DumpChunkWriter(store: blobStore, level: level)
+        // Each batch's chunks are recorded as soon as they are stored: a chunk reused from a backup deleted meanwhile
+        // is marked used before a collection beside this job could take it.
         let dump = try await progress.reporting(on: threadPool, to: target) { interruption, report in
-            try writer.store(file: path, known: known, interruption: interruption, progress: report)
+            try writer.store(file: path, known: known, interruption: interruption, progress: report) { blobs in
+                guard !blobs.isEmpty else { return }
+                try waitFor { try await ledger.record(blobs) }
+            }
         }
-        try await ledger.record(dump.blobs)
         return dump
     }
 }

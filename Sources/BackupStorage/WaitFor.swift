@@ -1,11 +1,11 @@
 import Dispatch
 import Synchronization
 
-/// Runs async work (a request to the object store) from a thread that may
-/// block, a job's, and waits for its result: the blob store's calls are
-/// synchronous, the object store's client is not. Never call it from a
-/// task or an event loop.
-func waitFor<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) throws -> T {
+/// Runs async work (a request to the object store, a catalog call) from a
+/// thread that may block, a job's, and waits for its result: the blob
+/// store's calls are synchronous, the object store's client and the catalog
+/// are not. Never call it from a task or an event loop.
+public func waitFor<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) throws -> T {
     let done = DispatchSemaphore(value: 0)
     let result = Mutex<Result<T, any Error>?>(nil)
     Task {
