@@ -18,15 +18,18 @@ public struct UploadedPart: Sendable, Equatable {
 }
 
 extension ObjectStoreClient {
-    /// Starts an object to be sent in parts. Not tried again: a second try
-    /// would start a second upload.
+    /// Starts an object to be sent in parts. A try again after a lost
+    /// answer may leave the first upload started and unused: collections
+    /// abort such uploads.
     public func startUpload(_ key: String) async throws(ObjectStoreError) -> MultipartUpload {
         let operation = "starting the upload of \(key)"
-        let response = try await send("POST", key: key, query: [("uploads", "")], operation: operation)
-        guard response.status == .ok else { throw await Self.refusal(response, operation: operation) }
-        let fields = XMLFields(ObjectStoreClient.data(try await Self.body(response, upTo: 1 << 20, operation: operation)), wanted: ["UploadId"])
-        guard let id = fields.first["UploadId"], !id.isEmpty else { throw .unexpected(operation: operation, reason: "no UploadId") }
-        return MultipartUpload(key: key, id: id)
+        return try await retrying(operation) { () throws(ObjectStoreError) in
+            let response = try await send("POST", key: key, query: [("uploads", "")], operation: operation)
+            guard response.status == .ok else { throw await Self.refusal(response, operation: operation) }
+            let fields = XMLFields(ObjectStoreClient.data(try await Self.body(response, upTo: 1 << 20, operation: operation)), wanted: ["UploadId"])
+            guard let id = fields.first["UploadId"], !id.isEmpty else { throw .unexpected(operation: operation, reason: "no UploadId") }
+            return MultipartUpload(key: key, id: id)
+        }
     }
 
     /// Sends part `number` (from 1) of an upload, signed with its SHA-256,
