@@ -146,7 +146,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Of --shared-receive-bytes, what the connections of one client address may hold (at least --max-frame-bytes).")
     var sharedReceiveBytesPerPeer = ConnectionLimits().sharedReceiveBytesPerPeer
 
-    @Option(help: "Jobs run at once by this process.")
+    @Option(help: "Jobs run at once by this process; 0 for a process that only serves the API (other processes on the catalog run its jobs).")
     var maxJobs = 2
 
     @Option(help: "The share of the job slots one namespace may hold at once (at least one slot).")
@@ -268,13 +268,14 @@ struct Serve: AsyncParsableCommand {
 
     func validate() throws {
         guard !blobDir.isEmpty else { throw ValidationError("--blob-dir (or BACKUPD_BLOB_DIR) is required") }
+        guard maxJobs >= 0 else { throw ValidationError("--max-jobs may not be negative (0: this process serves the API and runs no job)") }
         guard (5...5 << 10).contains(s3PartSizeMib) else { throw ValidationError("--s3-part-size-mib takes 5 to 5120 (S3's limits of a part)") }
         guard !cert.isEmpty, !key.isEmpty else { throw ValidationError("--cert and --key (or BACKUPD_TLS_CERT, BACKUPD_TLS_KEY) are required") }
         guard parseListen() != nil else { throw ValidationError("--listen \"\(listen)\" is not HOST:PORT") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \"\(logLevel)\" is not a log level") }
         let counts = [
             ("--restore-jobs", restoreJobs), ("--job-lease-seconds", jobLeaseSeconds), ("--max-files-per-backup", maxFilesPerBackup),
-            ("--file-query-timeout-seconds", fileQueryTimeoutSeconds), ("--max-jobs", maxJobs),
+            ("--file-query-timeout-seconds", fileQueryTimeoutSeconds),
             ("--s3-parts-in-flight", s3PartsInFlight), ("--s3-connections", s3Connections), ("--s3-request-timeout-seconds", s3RequestTimeoutSeconds),
             ("--handshake-timeout-seconds", handshakeTimeoutSeconds), ("--authentication-timeout-seconds", authenticationTimeoutSeconds),
             ("--partial-frame-timeout-seconds", partialFrameTimeoutSeconds),
@@ -418,37 +419,43 @@ struct Serve: AsyncParsableCommand {
             catalogThreads.shutdownGracefully { _ in }
             jobThreads.shutdownGracefully { _ in }
         }
-        let objectStoreHTTP = try blobStoreURL.isEmpty ? nil : HTTPClient(
-            eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
-            configuration: .init(connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: s3Connections)))
-        let blobStore = try makeBlobStore(http: objectStoreHTTP)
-        let catalog = Catalog(connectionString: catalogURL, maximumConnections: Self.catalogConnections, threadPool: catalogThreads)
-        try await catalog.migrate()
-        let server = try await BackupServer(
-            configuration: configuration,
-            transports: [TLSTransport(host: host, port: port, eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
-                                      tls: TLSSettings(certificateChainPath: cert, privateKeyPath: key,
-                                                       clientCAPath: clientCA.isEmpty ? nil : clientCA))],
-            catalog: catalog, blobStore: blobStore, workDirectory: blobDir, threadPool: jobThreads,
-            logger: logger
-        ) { address in
-            guard let readyFile, let ip = address.ipAddress, let port = address.port else { return }
-            let hostPart = ip.contains(":") ? "[\(ip)]" : ip
-            try? "\(hostPart):\(port)\n".write(toFile: readyFile, atomically: true, encoding: .utf8)
+        // The object store's settings are checked before its HTTP client exists: once made, it must be shut down.
+        let objectStore = try objectStoreSettings()
+        let objectStoreHTTP = objectStore.map { _ in
+            HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
+                       configuration: .init(connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: s3Connections)))
         }
-        var group = ServiceGroupConfiguration(services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        // Past the jobs' grace period and a margin for recording how they ended, whatever still runs is cancelled.
-        group.maximumGracefulShutdownDuration = .seconds(shutdownGraceSeconds) + Self.shutdownMargin
-        try await ServiceGroup(configuration: group).run()
-        await catalog.pool.close()
+        do {
+            let blobStore = try makeBlobStore(objectStore, http: objectStoreHTTP)
+            let catalog = Catalog(connectionString: catalogURL, maximumConnections: Self.catalogConnections, threadPool: catalogThreads)
+            try await catalog.migrate()
+            let server = try await BackupServer(
+                configuration: configuration,
+                transports: [TLSTransport(host: host, port: port, eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
+                                          tls: TLSSettings(certificateChainPath: cert, privateKeyPath: key,
+                                                           clientCAPath: clientCA.isEmpty ? nil : clientCA))],
+                catalog: catalog, blobStore: blobStore, workDirectory: blobDir, threadPool: jobThreads,
+                logger: logger
+            ) { address in
+                guard let readyFile, let ip = address.ipAddress, let port = address.port else { return }
+                let hostPart = ip.contains(":") ? "[\(ip)]" : ip
+                try? "\(hostPart):\(port)\n".write(toFile: readyFile, atomically: true, encoding: .utf8)
+            }
+            var group = ServiceGroupConfiguration(services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            // Past the jobs' grace period and a margin for recording how they ended, whatever still runs is cancelled.
+            group.maximumGracefulShutdownDuration = .seconds(shutdownGraceSeconds) + Self.shutdownMargin
+            try await ServiceGroup(configuration: group).run()
+            await catalog.pool.close()
+        } catch {
+            try? await objectStoreHTTP?.shutdown()
+            throw error
+        }
         try? await objectStoreHTTP?.shutdown()
     }
 
-    /// The local folder, or with `--blob-store` the object store (its
-    /// streamed content staged in the work folder's scratch, which the job
-    /// runner sweeps of what dead jobs left).
-    private func makeBlobStore(http: HTTPClient?) throws -> any BlobStore {
-        guard let http else { return try LocalBlobStore(root: blobDir) }
+    /// The object store's location and credentials, checked; nil for the local folder.
+    private func objectStoreSettings() throws -> (ObjectStoreLocation, ObjectStoreCredentials)? {
+        guard !blobStoreURL.isEmpty else { return nil }
         let environment = ProcessInfo.processInfo.environment
         do {
             let location = try ObjectStoreSettings.location(
@@ -457,12 +464,22 @@ struct Serve: AsyncParsableCommand {
             let credentials = try ObjectStoreSettings.credentials(
                 file: s3CredentialsFile, accessKeyID: s3AccessKeyIDOption ?? environment["AWS_ACCESS_KEY_ID"],
                 secretAccessKey: environment["AWS_SECRET_ACCESS_KEY"], sessionToken: environment["AWS_SESSION_TOKEN"])
+            return (location, credentials)
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    /// The local folder, or the object store (its streamed content staged in
+    /// the work folder's scratch, which the job runner sweeps of what dead
+    /// jobs left).
+    private func makeBlobStore(_ objectStore: (ObjectStoreLocation, ObjectStoreCredentials)?, http: HTTPClient?) throws -> any BlobStore {
+        guard let (location, credentials) = objectStore, let http else { return try LocalBlobStore(root: blobDir) }
+        do {
             var client = try ObjectStoreClient(location: location, credentials: credentials, http: http)
             client.requestTimeout = .seconds(Int64(s3RequestTimeoutSeconds))
             return try ObjectBlobStore(client: client, scratchDirectory: blobDir + "/tmp", partSize: s3PartSizeMib << 20,
                                        partsInFlight: s3PartsInFlight)
-        } catch let error as ObjectStoreSettingsError {
-            throw ValidationError(error.description)
         } catch let error as ObjectStoreError {
             throw ValidationError(error.description)
         }

@@ -47,17 +47,9 @@ public final class CuttingProxy {
                 threading.Thread(target=relay, args=(client, server, True), daemon=True).start()
                 threading.Thread(target=relay, args=(server, client, False), daemon=True).start()
             """
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = ["-c", script, host, String(port), String(cutAfter), portFile, cutFile]
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let deadline = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: portFile) && Date() < deadline { usleep(20_000) }
-        guard let listening = try? String(contentsOfFile: portFile, encoding: .utf8) else {
-            kill(process.processIdentifier, SIGKILL)
-            throw TestSupportError("the proxy did not start")
-        }
+        let listening: String
+        (process, listening) = try launchLoopbackHelper(script: script, arguments: [host, String(port), String(cutAfter), portFile, cutFile],
+                                                        portFile: portFile, name: "the proxy")
         address = "127.0.0.1:\(listening)"
     }
 
@@ -70,4 +62,21 @@ public final class CuttingProxy {
         process.waitUntilExit()
         scratch.remove()
     }
+}
+
+/// Starts a Python helper that listens on a loopback port and writes the
+/// port to `portFile` once it does; returns its process and the port.
+func launchLoopbackHelper(script: String, arguments: [String], portFile: String, name: String) throws -> (Process, String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+    process.arguments = ["-c", script] + arguments
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    let deadline = Date().addingTimeInterval(10)
+    while !FileManager.default.fileExists(atPath: portFile) && Date() < deadline { usleep(20_000) }
+    guard let listening = try? String(contentsOfFile: portFile, encoding: .utf8) else {
+        kill(process.processIdentifier, SIGKILL)
+        throw TestSupportError("\(name) did not start")
+    }
+    return (process, listening)
 }

@@ -98,18 +98,10 @@ public final class FaultyStoreProxy {
                 conn, _ = listener.accept()
                 threading.Thread(target=serve, args=(conn,), daemon=True).start()
             """
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        child.arguments = ["-c", script, host, String(port), portFile, countsFile] + [slowDown, reset, stall, stallSeconds, Double(seed)].map { "\($0)" }
-        child.standardOutput = FileHandle.nullDevice
-        try child.run()
-        let deadline = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: portFile) && Date() < deadline { usleep(20_000) }
-        guard let listening = try? String(contentsOfFile: portFile, encoding: .utf8) else {
-            kill(child.processIdentifier, SIGKILL)
-            throw TestSupportError("the faulty store proxy did not start")
-        }
-        process = child
+        let listening: String
+        (process, listening) = try launchLoopbackHelper(
+            script: script, arguments: [host, String(port), portFile, countsFile] + [slowDown, reset, stall, stallSeconds, Double(seed)].map { "\($0)" },
+            portFile: portFile, name: "the faulty store proxy")
         endpoint = "http://127.0.0.1:\(listening)"
     }
 

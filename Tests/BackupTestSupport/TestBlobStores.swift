@@ -51,6 +51,15 @@ public struct TestStorage: Sendable {
         return TestStorage(kind: kind, directory: directory, bucket: kind == .objectStore ? try await BlobStoreKind.newBucket() : nil)
     }
 
+    /// The same store for a second process with a work folder of its own at
+    /// `directory`: on the object store, the same bucket; the local folder
+    /// is both, so it is shared whole.
+    public func shared(workFolder directory: String) throws -> TestStorage {
+        guard bucket != nil else { return self }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        return TestStorage(kind: kind, directory: directory, bucket: bucket)
+    }
+
     /// The store, as backupd opens it.
     public func open() throws -> any BlobStore {
         guard let bucket else { return try LocalBlobStore(root: directory) }
