@@ -70,7 +70,9 @@ public protocol BlobStore: Sendable {
     /// reading stops within a chunk. Whatever reads a blob's content (an
     /// archive, a verification, a restore) reads it through here.
     func read(_ hash: ContentHash, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64
-    func contains(_ hash: ContentHash) -> Bool
+    /// Whether the store holds `hash`; a store that cannot be asked throws
+    /// its reason (an absent blob and an unreachable store are not the same).
+    func contains(_ hash: ContentHash) throws -> Bool
     /// Whether the store holds `hash`, marking it as reused now, so a
     /// collection that runs beside the job reusing it does not take it as
     /// an unrecorded leftover.

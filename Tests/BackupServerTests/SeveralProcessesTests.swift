@@ -7,8 +7,46 @@ import Testing
 
 /// Several backupd processes on one catalog and one S3 bucket, as in
 /// `docs/deployment.md`: one serves the API only (`--max-jobs 0`), another
-/// runs the jobs it queues, each with a work folder of its own.
+/// runs the jobs it queues, each with a work folder of its own; one killed
+/// mid-upload leaves nothing the next cannot clear. Processes, because the
+/// processes are the point.
 @Suite struct SeveralProcessesTests {
+    /// backupd killed (`kill -9`) while it sends a 200 MiB document in
+    /// parts: no object is under the document's key, and the next process's
+    /// collection aborts the parts.
+    @Test func aServerKilledMidMultipartUploadLeavesNoObjectAndTheNextCollectionAbortsItsParts() async throws {
+        let scratch = try ScratchDirectory("killed-multipart")
+        defer { scratch.remove() }
+        let storage = try await TestStorage.make(.objectStore, directory: scratch.path + "/blobs")
+        let bucket = try #require(storage.bucket)
+        try await withTestApp { app in
+            try addDocument(to: app, size: 200 << 20, content: .incompressible)
+            let document = try LocalFile.open(app.fileStore + "/ff/ff/ffffffff-0000-4000-8000-000000000001")
+            let key = "sha256-" + (try document.contentHash().hash.hex)
+            let first = try await TestServer.start(arguments: ["--job-lease-seconds", "3"], storage: storage)
+            try await first.register(app)
+            _ = try await first.withClient { client in
+                try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
+            }
+            // Killed as soon as the document's parts are on their way.
+            var sending = false
+            for _ in 0..<3000 where !sending {
+                sending = try await !bucket.unfinishedUploads(prefix: key).isEmpty
+                if !sending { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            await first.stop(signal: SIGKILL)
+            #expect(sending, "the document's multipart upload was never seen under way")
+            #expect(try await bucket.size(of: key) == nil)
+
+            let second = try await TestServer.start(arguments: ["--job-lease-seconds", "3"], catalogDatabase: first.catalogDatabase,
+                                                    storage: storage, adminToken: first.adminToken, platformToken: first.platformToken)
+            try await eventually(within: .seconds(30)) { try await bucket.unfinishedUploads(prefix: "").isEmpty }
+            #expect(try await bucket.size(of: key) == nil)
+            await second.stop()
+            await first.remove()
+        }
+    }
+
     @Test func anAPIOnlyProcessQueuesJobsThatAnotherRunsOnTheSameBucket() async throws {
         let scratch = try ScratchDirectory("several")
         defer { scratch.remove() }

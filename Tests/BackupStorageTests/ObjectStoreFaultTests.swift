@@ -8,7 +8,8 @@ import Testing
 /// between backupd and moto): answers 503 SlowDown, resets connections and
 /// stalls past the request timeout on a share of requests. Blobs are still
 /// stored and read whole, by retries; a store that refuses every request
-/// fails the write naming what it said, and leaves nothing.
+/// fails the write naming what it said, and leaves nothing, and is never
+/// taken to hold no blob when it could not be asked.
 @Suite struct ObjectStoreFaultTests {
     /// The bucket's objects through `proxy`: two-second requests, eight tries a few milliseconds apart.
     private static func store(_ bucket: ObjectStoreClient, through proxy: FaultyStoreProxy, scratch: String) async throws -> ObjectBlobStore {
@@ -72,6 +73,9 @@ import Testing
             let said = failure.map { "\($0)" } ?? ""
             #expect(said.contains("503") && said.contains("SlowDown") && said.contains("sha256-"), "\(said)")
         }
+        // Asked whether it holds a blob, it says why it cannot answer rather than "no".
+        let unknown = ContentHash.of(Array("anything".utf8))
+        await #expect(throws: ObjectStoreError.self) { try await onThread { try store.contains(unknown) } }
         #expect(proxy.counts.slowDown >= 16 && proxy.counts.passed == 0)
         #expect(try await bucket.list(prefix: "").isEmpty)
         #expect(try await bucket.unfinishedUploads(prefix: "").isEmpty)

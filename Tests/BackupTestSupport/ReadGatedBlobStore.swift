@@ -48,7 +48,7 @@ public final class ReadGatedBlobStore: BlobStore {
     }
 
     public func writer() throws -> any BlobWriter { try store.writer() }
-    public func contains(_ hash: ContentHash) -> Bool { store.contains(hash) }
+    public func contains(_ hash: ContentHash) throws -> Bool { try store.contains(hash) }
     public func reuse(_ hash: ContentHash) -> Bool { store.reuse(hash) }
     public func remove(_ hash: ContentHash) throws { try store.remove(hash) }
     public func remove(all hashes: [ContentHash]) -> (removed: [ContentHash], failure: (any Error)?) { store.remove(all: hashes) }

@@ -113,12 +113,6 @@ extension BackupTestServer {
         }
     }
 
-    /// Whether its store holds a blob.
-    public func stores(_ hash: ContentHash) async throws -> Bool {
-        let store = try storage.open()
-        return try await onThread { store.contains(hash) }
-    }
-
     /// Changes a blob's content in its store, as a failing disk or a hand
     /// in the bucket would (a flipped byte, a cut).
     public func damage(_ hash: ContentHash, _ change: (inout [UInt8]) -> Void) async throws {

@@ -31,7 +31,7 @@ struct BlobLedger: Sendable {
         let claimed = try await catalog.markBlobsUsed(blobs)
         let store = self.store
         let distinct = Set(blobs.map(\.hash)).subtracting(claimed)
-        let held = try await threadPool.runIfActive { distinct.filter { store.contains($0) } }
+        let held = try await threadPool.runIfActive { try distinct.filter { try store.contains($0) } }
         return blobs.filter { held.contains($0.hash) }
     }
 }

@@ -82,14 +82,14 @@ public struct ObjectBlobStore: BlobStore {
         return offset
     }
 
-    /// Whether the store holds `hash`; a store that cannot be asked holds
-    /// nothing (writing it again then fails with the store's reason).
-    public func contains(_ hash: ContentHash) -> Bool {
+    public func contains(_ hash: ContentHash) throws -> Bool {
         let key = key(hash), client = client
-        return ((try? waitFor { try await client.size(of: key) }) ?? nil) != nil
+        return try waitFor { try await client.size(of: key) } != nil
     }
 
-    public func reuse(_ hash: ContentHash) -> Bool { contains(hash) }
+    /// A store that cannot be asked holds nothing to reuse: writing the
+    /// content then fails with the store's reason.
+    public func reuse(_ hash: ContentHash) -> Bool { (try? contains(hash)) ?? false }
 
     public func remove(_ hash: ContentHash) throws {
         let key = key(hash), client = client
