@@ -13,7 +13,9 @@ import Testing
 @Suite struct SeveralProcessesTests {
     /// backupd killed (`kill -9`) while it sends a 200 MiB document in
     /// parts: no object is under the document's key, and the next process's
-    /// collection aborts the parts.
+    /// collection aborts the parts. The first process reaches the store
+    /// through a proxy that holds each part a quarter of a second, so the
+    /// upload is still under way when the kill lands.
     @Test func aServerKilledMidMultipartUploadLeavesNoObjectAndTheNextCollectionAbortsItsParts() async throws {
         let scratch = try ScratchDirectory("killed-multipart")
         defer { scratch.remove() }
@@ -23,7 +25,9 @@ import Testing
             try addDocument(to: app, size: 200 << 20, content: .incompressible)
             let document = try LocalFile.open(app.fileStore + "/ff/ff/ffffffff-0000-4000-8000-000000000001")
             let key = "sha256-" + (try document.contentHash().hash.hex)
-            let first = try await TestServer.start(arguments: ["--job-lease-seconds", "3"], storage: storage)
+            let slow = try FaultyStoreProxy(upstream: bucket.location.endpoint, slowDown: 0, reset: 0, stall: 0, partDelaySeconds: 0.25)
+            defer { slow.stop() }
+            let first = try await TestServer.start(arguments: ["--job-lease-seconds", "3"], storage: try await storage.reached(through: slow.endpoint))
             try await first.register(app)
             _ = try await first.withClient { client in
                 try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })

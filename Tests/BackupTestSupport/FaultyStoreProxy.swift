@@ -6,7 +6,9 @@ import Foundation
 /// the connection once the request is read (it may or may not have been
 /// sent on: here it is not), or stalls without an answer for `stallSeconds`
 /// and then closes. Every other request is passed on, one per upstream
-/// connection. It counts what it did, so a test knows the faults happened.
+/// connection; the parts of multipart uploads after `partDelaySeconds` (a
+/// slow link, for a test that must catch an upload under way). It counts
+/// what it did, so a test knows the faults happened.
 public final class FaultyStoreProxy {
     /// `http://127.0.0.1:PORT`, to use as the store's endpoint.
     public let endpoint: String
@@ -19,7 +21,8 @@ public final class FaultyStoreProxy {
         public var passed = 0, slowDown = 0, reset = 0, stalled = 0
     }
 
-    public init(upstream: String, slowDown: Double, reset: Double, stall: Double, stallSeconds: Double = 3, seed: Int = 21) throws {
+    public init(upstream: String, slowDown: Double, reset: Double, stall: Double, stallSeconds: Double = 3, partDelaySeconds: Double = 0,
+                seed: Int = 21) throws {
         scratch = try ScratchDirectory("faulty-store")
         let portFile = scratch.path + "/port"
         countsFile = scratch.path + "/counts"
@@ -29,7 +32,7 @@ public final class FaultyStoreProxy {
         let script = """
             import os, random, socket, struct, sys, threading, time
             host, port, port_file, counts_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-            slow, reset, stall, stall_seconds, seed = map(float, sys.argv[5:10])
+            slow, reset, stall, stall_seconds, delay, seed = map(float, sys.argv[5:11])
             fates = random.Random(int(seed)); lock = threading.Lock()
             counts = {'passed': 0, 'slowdown': 0, 'reset': 0, 'stalled': 0}
             def count(fate):
@@ -73,6 +76,7 @@ public final class FaultyStoreProxy {
                             time.sleep(stall_seconds)
                             break
                         count('passed')
+                        if b'partNumber=' in request.split(b'\\r\\n', 1)[0]: time.sleep(delay)
                         head, _, body = request.partition(b'\\r\\n\\r\\n')
                         lines = [l for l in head.split(b'\\r\\n') if not l.lower().startswith(b'connection:')]
                         upstream = socket.create_connection((host, port))
@@ -100,7 +104,7 @@ public final class FaultyStoreProxy {
             """
         let listening: String
         (process, listening) = try launchLoopbackHelper(
-            script: script, arguments: [host, String(port), portFile, countsFile] + [slowDown, reset, stall, stallSeconds, Double(seed)].map { "\($0)" },
+            script: script, arguments: [host, String(port), portFile, countsFile] + [slowDown, reset, stall, stallSeconds, partDelaySeconds, Double(seed)].map { "\($0)" },
             portFile: portFile, name: "the faulty store proxy")
         endpoint = "http://127.0.0.1:\(listening)"
     }

@@ -60,6 +60,15 @@ public struct TestStorage: Sendable {
         return TestStorage(kind: kind, directory: directory, bucket: bucket)
     }
 
+    /// The same bucket reached through another endpoint (a proxy to it).
+    public func reached(through endpoint: String) async throws -> TestStorage {
+        guard let bucket else { return self }
+        var location = bucket.location
+        location.endpoint = endpoint
+        return TestStorage(kind: kind, directory: directory,
+                           bucket: try ObjectStoreClient(location: location, credentials: try await MotoServer.shared.credentials, http: .shared))
+    }
+
     /// The store, as backupd opens it.
     public func open() throws -> any BlobStore {
         guard let bucket else { return try LocalBlobStore(root: directory) }
