@@ -77,11 +77,6 @@ public struct LocalBlobStore: BlobStore {
         }
     }
 
-    /// A name for a file being written into the store.
-    fileprivate func newScratchPath() -> String {
-        "\(scratchDirectory)/\(base64URL(Secure.randomBytes(12))).partial"
-    }
-
     /// Moves a complete, fsynced file of content `hash` into place, or drops
     /// it when the store has that content already; the file is gone
     /// afterwards, unless the rename failed.
@@ -149,7 +144,7 @@ final class LocalBlobWriter: BlobWriter {
 
     fileprivate init(store: LocalBlobStore) {
         self.store = store
-        staged = StagedContent(heldBytes: Self.heldBytes, scratchPath: store.newScratchPath)
+        staged = StagedContent(heldBytes: Self.heldBytes, scratchDirectory: store.scratchDirectory)
     }
 
     func write(_ chunk: UnsafeRawBufferPointer) throws {

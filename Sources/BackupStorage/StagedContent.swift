@@ -8,16 +8,17 @@ import BackupRules
 /// `release`d into the store.
 final class StagedContent {
     private let heldBytes: Int
-    private let scratchPath: () -> String
+    private let scratchDirectory: String
     private(set) var held: [UInt8] = []
     private(set) var file: LocalFile?
     private let hasher = SHA256Hasher()
     private(set) var size: UInt64 = 0
     private var released = false
 
-    init(heldBytes: Int, scratchPath: @escaping () -> String) {
+    /// Overflow goes to a new `.partial` file in `scratchDirectory`.
+    init(heldBytes: Int, scratchDirectory: String) {
         self.heldBytes = heldBytes
-        self.scratchPath = scratchPath
+        self.scratchDirectory = scratchDirectory
     }
 
     func write(_ chunk: UnsafeRawBufferPointer) throws {
@@ -38,7 +39,7 @@ final class StagedContent {
     /// The scratch file, made (and given what was held) if it was not yet.
     func spill() throws -> LocalFile {
         if let file { return file }
-        let file = try LocalFile.create(scratchPath())
+        let file = try LocalFile.create("\(scratchDirectory)/\(base64URL(Secure.randomBytes(12))).partial")
         self.file = file
         try held.withUnsafeBytes { try file.write($0) }
         held = []

@@ -241,15 +241,18 @@ public func withTestApp<T: Sendable>(empty: Bool = false, _ body: (TestApp) asyn
     try await using(empty ? try TestApp.makeEmpty() : try await TestApp.make(), removedBy: { $0.remove() }, body)
 }
 
-/// Runs `body` with `resource`, then removes it, whether `body` returns or throws.
-public func using<Resource, T: Sendable>(_ resource: Resource, removedBy remove: (Resource) -> Void,
-                                         _ body: (Resource) async throws -> T) async throws -> T {
+/// Runs `body` with `resource`, then removes it, whether `body` returns or
+/// throws. Removal blocks (it drops databases, which waits for their
+/// sessions to end), so it runs off the cooperative pool: a server of the
+/// test whose job still holds such a session may need the pool to end it.
+public func using<Resource: Sendable, T: Sendable>(_ resource: Resource, removedBy remove: @escaping @Sendable (Resource) -> Void,
+                                                   _ body: (Resource) async throws -> T) async throws -> T {
     do {
         let value = try await body(resource)
-        remove(resource)
+        _ = try? await offThePool { remove(resource) }
         return value
     } catch {
-        remove(resource)
+        _ = try? await offThePool { remove(resource) }
         throw error
     }
 }

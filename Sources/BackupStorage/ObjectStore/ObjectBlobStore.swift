@@ -157,11 +157,6 @@ public struct ObjectBlobStore: BlobStore {
         return StoredBlob(hash: hash, size: size, written: true)
     }
 
-    public func adopt(_ path: String) throws -> StoredBlob {
-        defer { FileSystem.remove(path) }
-        return try put(reading: LocalFile.open(path), upTo: .max, interruption: nil)
-    }
-
     /// Sends content of known `hash` and `size`, which `push` writes, to its
     /// key; an upload that fails is aborted, leaving nothing under the key.
     func send(_ hash: ContentHash, size: UInt64, _ push: (ObjectUpload) throws -> Void) throws {
@@ -279,7 +274,7 @@ final class ObjectBlobWriter: BlobWriter {
 
     init(store: ObjectBlobStore) {
         self.store = store
-        staged = StagedContent(heldBytes: store.partSize) { "\(store.scratchDirectory)/\(base64URL(Secure.randomBytes(12))).partial" }
+        staged = StagedContent(heldBytes: store.partSize, scratchDirectory: store.scratchDirectory)
     }
 
     func write(_ chunk: UnsafeRawBufferPointer) throws {
