@@ -391,17 +391,37 @@ import Testing
                 #expect(job.status == .finished, "\(job.error)")
                 sockets.forEach { close($0) }
                 sockets.removeAll()
-                try await eventually(within: .seconds(20)) { (try? descriptorCount(pid)).map { $0 <= baseline } ?? false }
+                try await eventually(within: .seconds(20)) { try acceptedConnections(pid, port: port) == 0 }
                 print("1,500 connections under nofile 1024: \(held) descriptors held, \(open) connections kept, \(cpu) s CPU in 3 s")
             }
         }
     }
 }
 
-/// Whether the server closes `fd` within `seconds`.
 /// Descriptors a process has open.
 func descriptorCount(_ pid: Int32) throws -> Int {
     try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count
+}
+
+/// Sockets a process holds for connections accepted on `port` (its
+/// listening socket not counted): what says a client's connection was
+/// closed, where a count of every descriptor also moves with the catalog's
+/// connection pool and the jobs' files.
+func acceptedConnections(_ pid: Int32, port: Int) throws -> Int {
+    let inodes = Set(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap { fd -> Substring? in
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)"),
+              target.hasPrefix("socket:[") else { return nil }
+        return Substring(target.dropFirst("socket:[".count).dropLast())
+    })
+    // /proc/PID/net/tcp{,6}: sl, local address:port (hex), remote, state (0A listening), queues, timers, retransmits, uid, timeout, inode.
+    return ["tcp", "tcp6"].reduce(0) { count, table in
+        let rows = (try? String(contentsOfFile: "/proc/\(pid)/net/\(table)", encoding: .utf8))?.split(separator: "\n").dropFirst() ?? []
+        return count + rows.filter { row in
+            let fields = row.split(separator: " ")
+            guard fields.count > 9, let local = fields[1].split(separator: ":").last else { return false }
+            return Int(local, radix: 16) == port && fields[3] != "0A" && inodes.contains(fields[9])
+        }.count
+    }
 }
 
 /// CPU time (user and system) a process has used, in seconds.
