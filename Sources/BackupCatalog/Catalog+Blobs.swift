@@ -61,6 +61,7 @@ extension Catalog {
                       AND NOT EXISTS (SELECT 1 FROM snapshot_files f WHERE f.sha256 = b.sha256)
                       AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.dump_sha256 = b.sha256)
                       AND NOT EXISTS (SELECT 1 FROM dump_chunks c WHERE c.blob_sha256 = b.sha256)
+                      AND NOT EXISTS (SELECT 1 FROM archives a WHERE a.sha256 = b.sha256 AND a.state = '\(DownloadRecord.State.ready)')
                     RETURNING sha256
                     """, fenceAge).compactMap { ContentHash(hex: $0.string("sha256")) }
                 return (claimed, .milliseconds(Int64((Double(fenceAge) ?? 0) * 1000)))

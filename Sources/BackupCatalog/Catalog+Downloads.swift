@@ -242,27 +242,28 @@ extension Catalog {
         }
     }
 
+    /// The ready archives and their blobs, for finding any the store lost.
+    public func readyArchives() async throws -> [(id: String, blob: ContentHash)] {
+        try await pool.withConnection(idempotent: true) { connection in
+            try connection.query("SELECT id, sha256 FROM archives WHERE state = '\(DownloadRecord.State.ready)'").compactMap { row in
+                ContentHash(hex: row.string("sha256")).map { (row.string("id"), $0) }
+            }
+        }
+    }
+
     /// Removes the archives no one can fetch any more (every URL expired,
-    /// preparing failed over a day ago, or ready for over a minute without a
-    /// file among `present`, the cache's files: lost with its disk) and
-    /// returns the ids of those that remain, ready or being prepared: what
-    /// the archive cache may keep.
-    public func expireArchives(present: Set<String>) async throws -> (ready: Set<String>, preparing: Set<String>) {
+    /// preparing failed over a day ago, or ready but `lost` by the store;
+    /// their blobs are then unreferenced, for collection) and returns the ids
+    /// of those being prepared: what the archive cache may keep half-written.
+    public func expireArchives(lost: Set<String>) async throws -> Set<String> {
         try await pool.callTransaction(idempotent: true) { connection in
-            // An archive made ready after the cache was listed has a file the listing missed: a minute's grace.
-            try connection.query("""
-                DELETE FROM archives
-                WHERE state = '\(DownloadRecord.State.ready)' AND ready_at < now() - interval '1 minute' AND NOT (id::text = ANY($1::text[]))
-                """, Array(present))
             try connection.query("""
                 DELETE FROM archives a
-                WHERE (a.state = '\(DownloadRecord.State.ready)' AND NOT EXISTS (
-                          SELECT 1 FROM downloads d WHERE d.archive_id = a.id AND (d.expires_at IS NULL OR d.expires_at > now())))
+                WHERE (a.state = '\(DownloadRecord.State.ready)' AND (a.id::text = ANY($1::text[]) OR NOT EXISTS (
+                          SELECT 1 FROM downloads d WHERE d.archive_id = a.id AND (d.expires_at IS NULL OR d.expires_at > now()))))
                    OR (a.state = '\(DownloadRecord.State.failed)' AND a.created_at < now() - interval '1 day')
-                """)
-            let remaining = try connection.query("SELECT id, state FROM archives WHERE state <> '\(DownloadRecord.State.failed)'")
-            return (Set(remaining.filter { $0.string("state") == "ready" }.map { $0.string("id") }),
-                    Set(remaining.filter { $0.string("state") == "preparing" }.map { $0.string("id") }))
+                """, Array(lost))
+            return Set(try connection.query("SELECT id FROM archives WHERE state = '\(DownloadRecord.State.preparing)'").map { $0.string("id") })
         }
     }
 }

@@ -322,5 +322,12 @@ enum Migrations {
         ALTER TABLE blobs ADD COLUMN collecting_since timestamptz;
         CREATE INDEX blobs_being_collected ON blobs (collecting_since) WHERE collecting_since IS NOT NULL;
         """),
+        (18, """
+        -- A ready archive is a blob of the blob store, under its sha256, which every process serves. Those made
+        -- ready before were files of one process's archive cache: they are forgotten (their links answer 404), and
+        -- asking for the download again prepares it anew.
+        DELETE FROM archives WHERE state = 'ready';
+        CREATE INDEX archives_by_content ON archives (sha256) WHERE state = 'ready';
+        """),
     ]
 }

@@ -111,7 +111,7 @@ public struct BackupServer: Service, CustomStringConvertible {
         self.dispatcher = RPCDispatcher(router: router, openCalls: openCalls, logger: logger) { secret in
             try await catalog.authenticate(secretDigest: AccessTokenSecret(presented: secret).digest)
         }
-        self.downloads = DownloadEndpoint(links: links, catalog: catalog, cache: archiveCache,
+        self.downloads = DownloadEndpoint(links: links, catalog: catalog, blobStore: blobStore,
                                           limits: configuration.connections,
                                           slots: DownloadSlots(maximum: configuration.downloads.maximumStreams,
                                                                perNamespace: configuration.downloads.maximumStreamsPerNamespace),

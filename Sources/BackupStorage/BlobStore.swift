@@ -3,6 +3,7 @@ import BackupRules
 import Glibc
 #endif
 import Foundation
+import NIOCore
 import Synchronization
 
 /// Failures of blob storage, each naming the path or blob concerned.
@@ -100,6 +101,19 @@ public protocol BlobStore: Sendable {
     /// Takes a file the caller made for the store (a database dump) into the
     /// store. The file is gone afterwards, whether the call succeeds or not.
     func adopt(_ path: String) throws -> StoredBlob
+    /// Takes in a file whose hash and size the caller computed as it wrote
+    /// it (a prepared archive), without reading it to hash it again. The
+    /// file is gone afterwards, whether the call succeeds or not.
+    func adopt(_ path: String, as blob: StoredBlob) throws -> StoredBlob
+    /// The size of a blob, or nil when the store does not hold it.
+    func size(of hash: ContentHash) throws -> UInt64?
+    /// Up to `length` bytes of a blob from `offset` (fewer at its end), not
+    /// checked against its hash: ranges of a blob checked as it was written
+    /// (a prepared archive) served to a client. A blob not there is `missing`.
+    func read(_ hash: ContentHash, at offset: UInt64, length: Int) throws -> ByteBuffer
+    /// How many bytes a ranged read asks for at a time to keep a reader fast:
+    /// a local file is read a few hundred KiB at a time, an object a part.
+    var rangeReadSize: Int { get }
     /// Puts a blob's content at `path` (which must not exist) for backupd's
     /// own use, checked against its hash.
     func materialize(_ hash: ContentHash, at path: String) throws

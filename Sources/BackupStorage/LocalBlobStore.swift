@@ -3,6 +3,7 @@ import BackupRules
 import Glibc
 #endif
 import Foundation
+import NIOCore
 
 /// Blobs as files under a folder: `sha256/ab/cd/abcd…`. Each is written to a
 /// temporary name, fsynced and renamed into place, so a blob that exists is
@@ -62,9 +63,15 @@ public struct LocalBlobStore: BlobStore {
     /// store's file system.
     public func adopt(_ path: String) throws -> StoredBlob {
         defer { FileSystem.remove(path) }
-        let file = try LocalFile.open(path)
-        let (hash, size) = try file.contentHash()
+        let (hash, size) = try LocalFile.open(path).contentHash()
+        return try adopt(path, as: StoredBlob(hash: hash, size: size))
+    }
+
+    public func adopt(_ path: String, as blob: StoredBlob) throws -> StoredBlob {
+        defer { FileSystem.remove(path) }
+        let (hash, size) = (blob.hash, blob.size)
         if reuse(hash) { return StoredBlob(hash: hash, size: size, written: false) }
+        let file = try LocalFile.open(path)
         try file.apply(FileOwner(mode: Self.blobMode))
         try file.sync()
         do {
@@ -100,6 +107,27 @@ public struct LocalBlobStore: BlobStore {
     public func contains(_ hash: ContentHash) -> Bool {
         FileSystem.entry(at: path(for: hash)) != nil
     }
+
+    public func size(of hash: ContentHash) -> UInt64? {
+        guard case let .file(size) = FileSystem.entry(at: path(for: hash)) else { return nil }
+        return size
+    }
+
+    /// The file is opened for each read and closed again: a reader holds no
+    /// descriptor between reads, and one whose blob was removed meanwhile
+    /// finds it missing at its next read.
+    public func read(_ hash: ContentHash, at offset: UInt64, length: Int) throws -> ByteBuffer {
+        guard let file = try LocalFile.openIfPresent(path(for: hash)) else { throw BlobStoreError.missing(hash) }
+        var buffer = ByteBuffer()
+        try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
+            try file.read(into: UnsafeMutableRawBufferPointer(rebasing: space[0..<length]), at: offset)
+        }
+        return buffer
+    }
+
+    /// What a fast client's socket takes between reads (64 KiB cost a
+    /// quarter of nginx's pace, 128 KiB a fifth).
+    public var rangeReadSize: Int { 256 * 1024 }
 
     public func read(_ hash: ContentHash, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64 {
         guard let file = try LocalFile.openIfPresent(path(for: hash)) else { throw BlobStoreError.missing(hash) }

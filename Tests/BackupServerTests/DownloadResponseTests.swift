@@ -76,17 +76,17 @@ import Testing
 }
 
 /// What the archive cache's sweep keeps of a listing, given what the
-/// catalog says is ready and being prepared.
+/// catalog says is being prepared: ready archives are blobs of the store.
 @Suite struct ArchiveCacheSweepTests {
-    @Test func aPreparingArchiveKeepsItsFileUnderBothNamesAndLeftoversGo() throws {
+    @Test func aPreparingArchiveKeepsItsPartialFileAndEverythingElseGoes() throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cache-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let cache = try ArchiveCache(directory: folder, reservedDiskBytes: 0)
-        // "renamed" is a preparing archive's file, renamed by its job before the catalog calls it ready.
-        let names = ["ready", "renamed", "writing.partial", "ready.partial", "gone", "gone.partial"]
+        // "ready" is a file an earlier version kept for a ready archive, which is now a blob of the store.
+        let names = ["ready", "writing.partial", "ready.partial", "gone.partial"]
         for name in names { #expect(FileManager.default.createFile(atPath: "\(folder)/\(name)", contents: Data("x".utf8))) }
-        let removed = cache.sweep(listing: names, keeping: ["ready"], preparing: ["renamed", "writing"])
+        let removed = cache.sweep(listing: names, preparing: ["writing"])
         #expect(removed == 3)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: folder).sorted() == ["ready", "renamed", "writing.partial"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder) == ["writing.partial"])
     }
 }

@@ -16,15 +16,27 @@ func readyDownload(_ client: BackupClient, _ backup: Backup, databaseOnly: Bool 
     return try await client.unary(Backups.getDownload, .with { $0.id = requested.id })
 }
 
-/// The files of a server's archive cache.
-func cachedArchives(_ server: some BackupTestServer) throws -> [String] {
-    try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/archives").sorted()
+/// The blobs of a server's ready archives that its store holds.
+func storedArchives(_ server: some BackupTestServer) async throws -> [ContentHash] {
+    let ready = try await TestPostgres.query(server.catalogDatabase, "SELECT sha256 FROM archives WHERE state = 'ready'")
+        .compactMap { ContentHash(hex: $0.string("sha256")) }
+    let stored = try await server.storedBlobs()
+    return ready.filter(stored.contains)
 }
 
-/// A server that sweeps its archive cache, and looks for work, five times a second.
+/// Writes a stored archive to a file of its own, for tar and pg_restore to read.
+func archiveFile(_ server: some BackupTestServer, _ archive: ContentHash) async throws -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("archive-\(UUID().uuidString)").path
+    try Data(try await server.storedContent(archive)).write(to: URL(fileURLWithPath: path))
+    return path
+}
+
+/// A server that sweeps its archive cache, looks for work, five times a
+/// second, and collects unreferenced blobs every second.
 func sweepingOften(_ configuration: inout ServerConfiguration) {
     configuration.jobs.sweepInterval = .milliseconds(200)
     configuration.jobs.pollInterval = .milliseconds(200)
+    configuration.jobs.garbageCollectionInterval = .seconds(1)
 }
 
 /// Preparing downloads through the API: the archive job, its archive in the
@@ -48,10 +60,11 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                     let lifetime = ready.urlExpiresUnixMS - Int64(Date().timeIntervalSince1970 * 1000)
                     #expect(lifetime > 7 * 3600 * 1000 && lifetime <= 8 * 3600 * 1000)
 
-                    // The one archive in the cache is what GetDownload describes, and plain tar reads it.
-                    let cached = try cachedArchives(server)
-                    #expect(cached.count == 1)
-                    let path = server.blobDirectory + "/archives/" + cached[0]
+                    // The one archive in the store is what GetDownload describes, and plain tar reads it.
+                    let stored = try await storedArchives(server)
+                    #expect(stored.map(\.hex) == [ready.sha256])
+                    let path = try await archiveFile(server, stored[0])
+                    defer { try? FileManager.default.removeItem(atPath: path) }
                     let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
                     #expect(UInt64(bytes.count) == ready.sizeBytes && ContentHash.of(bytes).hex == ready.sha256)
                     let listed = try await runCommand("/bin/tar", ["-tzf", path])
@@ -62,7 +75,7 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                     // A second request shares the archive: no new job, ready at once, a URL of its own.
                     let again = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
                     #expect(again.ready && again.jobID == requested.jobID && again.id != requested.id && again.sha256 == ready.sha256)
-                    #expect(try cachedArchives(server).count == 1)
+                    #expect(try await storedArchives(server).count == 1)
 
                     let activity = try await client.unary(Backups.listActivity, .with { $0.namespace = TestServer.namespace }).activity
                     #expect(activity.filter { $0.action == "download" && $0.outcome == "REQUESTED" && $0.actor == "test-admin" }.count == 2)
@@ -79,7 +92,9 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                 let ready = try await server.withClient { try await readyDownload($0, backup, databaseOnly: true) }
                 #expect(ready.databaseOnly && ready.filename.hasPrefix("database-\(backup.id.prefix(8))-") && ready.filename.hasSuffix(".backup"))
                 #expect(ready.sha256 == backup.dumpSHA256 && ready.sizeBytes == backup.databaseBytes)
-                let listed = try await runCommand("/usr/bin/pg_restore", ["--list", server.blobDirectory + "/archives/" + (try cachedArchives(server))[0]])
+                let path = try await archiveFile(server, try #require(ContentHash(hex: ready.sha256)))
+                defer { try? FileManager.default.removeItem(atPath: path) }
+                let listed = try await runCommand("/usr/bin/pg_restore", ["--list", path])
                 #expect(listed.status == 0 && listed.standardOutput.contains("TABLE DATA"))
             }
         }
@@ -98,7 +113,7 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                 }
                 await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM jobs WHERE kind = 'archive'")[0].int64("n") == 0)
                 await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'download'")[0].int64("n") == 0)
-                #expect(try cachedArchives(server).isEmpty)
+                #expect(try await storedArchives(server).isEmpty)
             }
         }
     }
@@ -236,23 +251,21 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
 
     /// Helper finding: a ready archive whose file was lost (the cache moved,
     /// or was on a disk that did not survive a restart) was shared forever,
-    /// each new request handing out a URL that answered 404.
-    @Test func aReadyArchiveWhoseFileWasLostIsForgottenAndPreparedAgain() async throws {
+    /// each new request handing out a URL that answered 404. Archives are
+    /// blobs of the store now; one the store lost is forgotten the same way.
+    @Test func aReadyArchiveWhoseBlobWasLostIsForgottenAndPreparedAgain() async throws {
         try await withTestApp { app in
             try await withInProcessServer(configure: sweepingOften) { server in
                 let backup = try await finishedBackup(server, app)
                 try await server.withClient { client in
                     let first = try await readyDownload(client, backup)
-                    for name in try cachedArchives(server) { try FileManager.default.removeItem(atPath: server.blobDirectory + "/archives/" + name) }
-                    // Past the minute's grace a newly ready archive gets before its file must be listed.
-                    try await TestPostgres.query(server.catalogDatabase, "UPDATE archives SET ready_at = now() - interval '2 minutes'")
+                    try await server.removeBlob(try #require(ContentHash(hex: first.sha256)))
                     try await eventually {
                         try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM archives")[0].int64("n") == 0
                     }
                     let again = try await readyDownload(client, backup)
-                    let ready = try await TestPostgres.query(server.catalogDatabase, "SELECT id FROM archives WHERE state = 'ready'").map { $0.string("id") }
-                    let cached = try cachedArchives(server)
-                    #expect(again.jobID != first.jobID && ready.count == 1 && ready.allSatisfy(cached.contains), "\(ready) \(cached)")
+                    #expect(again.jobID != first.jobID && again.sha256 == first.sha256)
+                    #expect(try await storedArchives(server).map(\.hex) == [again.sha256])
                 }
             }
         }
@@ -287,14 +300,17 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
         try await withTestApp { app in
             try await withInProcessServer { server in
                 let backup = try await finishedBackup(server, app)
-                try await server.withClient { client in
+                let ready = try await server.withClient { client in
                     let ready = try await readyDownload(client, backup)
-                    #expect(try cachedArchives(server).count == 1)
+                    #expect(try await storedArchives(server).count == 1)
                     _ = try await client.unary(Backups.deleteBackup, .with { $0.id = backup.id })
                     let gone = await expectStatus(.notFound) { _ = try await client.unary(Backups.getDownload, .with { $0.id = ready.id }) }
                     #expect(gone?.message == "download \(ready.id) does not exist")
+                    return ready
                 }
-                try await eventually { try cachedArchives(server).isEmpty }
+                // Its blob goes with the collection the deletion asks for.
+                let archive = try #require(ContentHash(hex: ready.sha256))
+                try await eventually { try await !server.storedBlobs().contains(archive) }
             }
         }
     }
@@ -306,12 +322,18 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                 $0.downloads.urlLifetime = .seconds(2)
             }) { server in
                 let backup = try await finishedBackup(server, app)
+                let backupsBlobs = try await server.storedBlobs()
                 try await server.withClient { client in
                     // Only the jobs are watched: on a loaded machine the two-second URL may
                     // already have expired, and its download gone, by the time a job's end is seen.
                     let first = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
                     #expect(try await waitForJob(first.jobID, on: client).status == .finished)
-                    try await eventually { try cachedArchives(server).isEmpty }
+                    // The archive is forgotten, and its blob collected.
+                    try await eventually {
+                        let forgotten = try await TestPostgres.query(server.catalogDatabase, "SELECT id FROM archives").isEmpty
+                        let stored = try await server.storedBlobs()
+                        return forgotten && stored == backupsBlobs
+                    }
                     let second = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
                     #expect(second.jobID != first.jobID)
                     #expect(try await waitForJob(second.jobID, on: client).status == .finished)

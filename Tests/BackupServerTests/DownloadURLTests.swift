@@ -84,17 +84,15 @@ func fetch(_ url: String, method: String = "GET", extra: [String] = []) async th
 
     /// Helper finding: a ready archive replaced on the server by something
     /// that is not it (a folder) was answered 200 with its full length and no
-    /// body. It is checked before any header goes out.
+    /// body. It is checked before any header goes out (the blob's size, on
+    /// the local folder and on S3).
     @Test func aReadyArchiveThatIsNoLongerItsFileIsAnErrorNotAnEmptyOK() async throws {
         try await withTestApp { app in
             try await withInProcessServer(live: true) { server in
                 let backup = try await finishedBackup(server, app)
                 let download = try await server.withClient { try await readyDownload($0, backup, databaseOnly: true) }
-                let archives = try cachedArchives(server)
-                #expect(archives.count == 1)
-                let archive = server.blobDirectory + "/archives/" + archives[0]
-                try FileManager.default.removeItem(atPath: archive)
-                try FileManager.default.createDirectory(atPath: archive, withIntermediateDirectories: false)
+                #expect(try await storedArchives(server).map(\.hex) == [download.sha256])
+                try await server.storage.replaceContent(of: try #require(ContentHash(hex: download.sha256)), with: Array("not the archive".utf8))
                 let answer = try await fetch(download.url)
                 #expect(answer.status == 500 && answer.body.contains("the archive cannot be read"), "\(answer)")
                 #expect(!answer.body.contains(server.blobDirectory))

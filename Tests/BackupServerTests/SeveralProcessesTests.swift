@@ -7,7 +7,8 @@ import Testing
 
 /// Several backupd processes on one catalog and one S3 bucket, as in
 /// `docs/deployment.md`: one serves the API only (`--max-jobs 0`), another
-/// runs the jobs it queues, each with a work folder of its own; one killed
+/// runs the jobs it queues, each with a work folder of its own, and a
+/// download link works whichever process it reaches; one killed
 /// mid-upload leaves nothing the next cannot clear. Processes, because the
 /// processes are the point.
 @Suite struct SeveralProcessesTests {
@@ -78,6 +79,18 @@ import Testing
                 // Both jobs ran in the worker (each job's log lines name it); the bucket holds the backup's blobs, the work folders none.
                 let jobs = try await TestPostgres.query(api.catalogDatabase, "SELECT id FROM jobs").map { $0.string("id") }
                 #expect(jobs.count == 2 && jobs.allSatisfy { worker.log.contains($0) && !api.log.contains($0) })
+
+                // A download the worker prepared is served by either process, whichever its signed link reaches.
+                let download = try await api.withClient { try await readyDownload($0, backup) }
+                #expect(download.url.contains("//\(api.address)/"))
+                for server in [api, worker] {
+                    let file = scratch.path + "/fetched-from-\(server.processIdentifier)"
+                    let url = download.url.replacingOccurrences(of: "//\(api.address)/", with: "//\(server.address)/")
+                    let fetched = try await curl(["-o", file, "-w", "%{http_code}", url])
+                    #expect(fetched.standardOutput == "200", "\(fetched.standardError)")
+                    #expect(try LocalFile.open(file).contentHash().hash.hex == download.sha256)
+                }
+
                 let rows = try await TestPostgres.query(api.catalogDatabase, "SELECT sha256 FROM blobs").map { ContentHash(hex: $0.string("sha256"))! }
                 #expect(try await api.storedBlobs() == Set(rows) && !rows.isEmpty)
                 #expect(!FileManager.default.fileExists(atPath: scratch.path + "/api/sha256") && !FileManager.default.fileExists(atPath: scratch.path + "/worker/sha256"))

@@ -1,6 +1,7 @@
 import BackupRules
 import BackupStorage
 import Foundation
+import NIOCore
 import Synchronization
 
 /// A real blob store, with one blob whose first read a test can
@@ -58,6 +59,10 @@ public final class ReadGatedBlobStore: BlobStore {
         try store.put(reading: file, upTo: size, interruption: interruption)
     }
     public func adopt(_ path: String) throws -> StoredBlob { try store.adopt(path) }
+    public func adopt(_ path: String, as blob: StoredBlob) throws -> StoredBlob { try store.adopt(path, as: blob) }
+    public func size(of hash: ContentHash) throws -> UInt64? { try store.size(of: hash) }
+    public func read(_ hash: ContentHash, at offset: UInt64, length: Int) throws -> ByteBuffer { try store.read(hash, at: offset, length: length) }
+    public var rangeReadSize: Int { store.rangeReadSize }
     public func materialize(_ hash: ContentHash, at path: String) throws { try store.materialize(hash, at: path) }
     public var localFolder: String? { store.localFolder }
 }

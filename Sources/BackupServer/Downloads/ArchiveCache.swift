@@ -1,12 +1,11 @@
 import BackupRules
 import BackupStorage
 import Foundation
-import NIOCore
 
-/// The folder where prepared archives wait for their downloads: one file
-/// per archive, named by its id (`ID.partial` while it is being written).
-/// What may stay is the catalog's to say (`Catalog.expireArchives`); the
-/// rest is swept away.
+/// The folder where archives are written while they are prepared
+/// (`ID.partial`), on this machine, before they go into the blob store,
+/// where every backupd process finds them. What may stay is the catalog's
+/// to say (`Catalog.expireArchives`); the rest is swept away.
 struct ArchiveCache: Sendable {
     let directory: String
     /// Free space the disk keeps beyond an archive about to be written.
@@ -17,8 +16,6 @@ struct ArchiveCache: Sendable {
         self.directory = directory
         self.reservedDiskBytes = reservedDiskBytes
     }
-
-    func path(of archiveID: String) -> String { "\(directory)/\(archiveID)" }
 
     func partialPath(of archiveID: String) -> String { "\(directory)/\(archiveID).partial" }
 
@@ -32,32 +29,16 @@ struct ArchiveCache: Sendable {
         }
     }
 
-    /// Removes every file but the archives that are `ready` and those being
-    /// written for archives `preparing`; returns how many went. The folder
-    /// is listed before the caller asks the catalog what may stay, so an
-    /// archive begun in between is never taken for a leftover. A preparing
-    /// archive keeps its final name too: its job renames the file before
-    /// the catalog calls it ready.
-    func sweep(listing: [String], keeping ready: Set<String>, preparing: Set<String>) -> Int {
+    /// Removes every file but those being written for archives
+    /// `preparing`; returns how many went. The folder is listed before the
+    /// caller asks the catalog what may stay, so an archive begun in
+    /// between is never taken for a leftover.
+    func sweep(listing: [String], preparing: Set<String>) -> Int {
         var removed = 0
-        for name in listing {
-            let keep = name.hasSuffix(".partial")
-                ? preparing.contains(String(name.dropLast(".partial".count)))
-                : ready.contains(name) || preparing.contains(name)
-            if !keep, (try? FileSystem.removeIfPresent("\(directory)/\(name)")) != nil { removed += 1 }
+        for name in listing where !(name.hasSuffix(".partial") && preparing.contains(String(name.dropLast(".partial".count)))) {
+            if (try? FileSystem.removeIfPresent("\(directory)/\(name)")) != nil { removed += 1 }
         }
         return removed
-    }
-
-    /// Up to `length` bytes of a file from `offset`, the file opened and
-    /// closed again: a reader holds no descriptor between reads.
-    static func read(_ path: String, at offset: UInt64, length: Int) throws -> ByteBuffer {
-        let file = try LocalFile.open(path)
-        var buffer = ByteBuffer()
-        try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
-            try file.read(into: UnsafeMutableRawBufferPointer(rebasing: space[0..<length]), at: offset)
-        }
-        return buffer
     }
 
     func listing() throws -> [String] {

@@ -6,9 +6,11 @@ import NIOPosix
 
 /// Prepares a download: writes a backup's archive (or, database only, its
 /// bare dump) from the blob store into the archive cache, hashed as it is
-/// written, and marks it ready. Only the blob store is read, through its
-/// streaming interface: the backup's environment and databases are not
-/// touched, so an archive job does not take its environment's turn.
+/// written, takes it into the blob store under that hash (so that every
+/// backupd process serves it) and marks it ready. Only the blob store is
+/// read, through its streaming interface: the backup's environment and
+/// databases are not touched, so an archive job does not take its
+/// environment's turn.
 struct ArchiveJob: Sendable {
     let catalog: Catalog
     let clock: any ServiceClock
@@ -26,14 +28,14 @@ struct ArchiveJob: Sendable {
         let partial = cache.partialPath(of: work.archiveID)
         // The backup is pinned while this job runs, so every blob it reads stays referenced and is never collected.
         let written = try await write(work, to: partial, progress: progress)
-        do {
-            try FileSystem.rename(partial, to: cache.path(of: work.archiveID))
-            try await catalog.finishArchive(jobID: claimed.job.id, owner: owner, size: written.size, sha256: written.sha256)
-        } catch {
-            FileSystem.remove(partial)
-            FileSystem.remove(cache.path(of: work.archiveID))
-            throw error
+        await progress.update(done: content, total: content, phase: "storing the archive")
+        let store = blobStore
+        let archive = try await threadPool.runIfActive {
+            try store.adopt(partial, as: StoredBlob(hash: written.sha256, size: written.size))
         }
+        // Marked used before it is ready: a collection beside this job keeps it, and one already removing it fails the job.
+        try await BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool).record([archive])
+        try await catalog.finishArchive(jobID: claimed.job.id, owner: owner, size: written.size, sha256: written.sha256)
     }
 
     /// Writes on the thread pool, stopping within a chunk when the job is

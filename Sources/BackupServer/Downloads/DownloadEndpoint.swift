@@ -11,23 +11,24 @@ import NIOPosix
 /// Serves the signed download URLs over HTTP/1.1, on the RPC port: GET and
 /// HEAD of `/v1/downloads/ID/FILE?expires=…&kid=…&sig=…`, with keep-alive
 /// and single byte ranges. The URL is the access, so its signature is
-/// checked before anything else is looked up. Files are read from the
-/// archive cache a chunk at a time, and no more than a few chunks are
-/// written ahead of what the socket has taken (`HTTPResponseWriter`), so a slow
-/// client holds a few chunks of the server's memory, not the file.
+/// checked before anything else is looked up. Archives are read from the
+/// blob store a range at a time (so any process serves any link), and no
+/// more than a few chunks are written ahead of what the socket has taken
+/// (`HTTPResponseWriter`), so a slow client holds a range of the server's
+/// memory, not the file.
 package struct DownloadEndpoint: Sendable {
     let links: DownloadLinks
     let catalog: Catalog
-    let cache: ArchiveCache
+    let blobStore: any BlobStore
     let limits: ConnectionLimits
     let slots: DownloadSlots
-    /// Where archive chunks are read: the server's thread pool for blocking work.
+    /// Where archive ranges are read: the server's thread pool for blocking work.
     let threadPool: NIOThreadPool
     let logger: Logger
 
-    /// Bytes read from disk and written at a time: large enough to keep a
-    /// fast client's socket busy (64 KiB cost a quarter of nginx's pace, 128
-    /// KiB a fifth), small enough that a slow one holds about 1.4 MiB with its TLS records.
+    /// Bytes written to the socket at a time: large enough to keep a fast
+    /// client's socket busy, small enough that a slow one holds about 1.4
+    /// MiB with its TLS records beside the range being sent.
     static let chunkSize = 256 * 1024
 
     /// What the request decoder holds of one request before it answers 431:
@@ -129,16 +130,17 @@ package struct DownloadEndpoint: Sendable {
             }
             return
         }
-        let archive = cache.path(of: record.archiveID)
-        // Swept since its URL was signed (its backup deleted, every URL expired), or lost with the cache's disk.
-        let found = FileSystem.entry(at: archive)
-        guard record.state == .ready, DownloadLinks.fileName(record)[...] == fileName, found != nil else {
+        let store = blobStore
+        let archive = ContentHash(hex: record.sha256)
+        // Its backup deleted and every URL expired since the URL was signed, or lost with the store.
+        let found = try await threadPool.runIfActive { try archive.flatMap { try store.size(of: $0) } }
+        guard record.state == .ready, DownloadLinks.fileName(record)[...] == fileName, let archive, let found else {
             try await answer.send(.notFound, "no such download", on: outbound)
             return
         }
         // Checked before any header goes out: a 200 must be followed by the whole archive.
-        guard found == .file(size: record.size) else {
-            logger.error("a ready archive is not the file it was written as", metadata: ["download": "\(id)", "path": "\(archive)"])
+        guard found == record.size else {
+            logger.error("a ready archive is not the blob it was stored as", metadata: ["download": "\(id)", "blob": "\(archive)"])
             try await answer.send(.internalServerError, "the archive cannot be read; the server log has the details", on: outbound)
             return
         }
@@ -166,21 +168,22 @@ package struct DownloadEndpoint: Sendable {
         try await outbound.drain()
     }
 
-    /// Streams bytes `first` through `last` of the file, a chunk at a time.
-    /// The file is opened for each chunk, so an answer holds no descriptor
-    /// while it waits for its client, and one whose archive was removed (its
-    /// backup deleted, its URLs expired) ends at its next chunk.
-    private func send(_ path: String, from first: UInt64, through last: UInt64, on outbound: HTTPResponseWriter) async throws {
-        // One chunk read at a time, the next only once the writer has room for it: no read-ahead to hold.
+    /// Streams bytes `first` through `last` of the archive, a range of the
+    /// store's `rangeReadSize` read at a time and written in chunks. The
+    /// next range is read only once the writer has taken the last one: no
+    /// read-ahead to hold. An archive removed meanwhile (its backup deleted,
+    /// its URLs expired) ends the answer at its next range.
+    private func send(_ archive: ContentHash, from first: UInt64, through last: UInt64, on outbound: HTTPResponseWriter) async throws {
+        let store = blobStore, step = UInt64(max(Self.chunkSize, store.rangeReadSize))
         var offset = first
         while offset <= last {
-            let length = min(UInt64(Self.chunkSize), last - offset + 1)
-            let chunk = try await threadPool.runIfActive { [offset] in
-                try ArchiveCache.read(path, at: offset, length: Int(length))
+            let length = min(step, last - offset + 1)
+            var range = try await threadPool.runIfActive { [offset] in try store.read(archive, at: offset, length: Int(length)) }
+            // An archive cut short would leave the client waiting for bytes its Content-Length promised.
+            guard range.readableBytes == Int(length) else { throw ArchiveShorterThanRecorded() }
+            while range.readableBytes > 0, let chunk = range.readSlice(length: min(Self.chunkSize, range.readableBytes)) {
+                try await outbound.write(.body(.byteBuffer(chunk)))
             }
-            // A file cut short would leave the client waiting for bytes its Content-Length promised.
-            guard chunk.readableBytes == Int(length) else { throw ArchiveShorterThanRecorded() }
-            try await outbound.write(.body(.byteBuffer(chunk)))
             offset += length
         }
     }
@@ -217,7 +220,7 @@ package enum SignedDownloadRequest {
     }
 }
 
-/// A cached archive ended before its recorded size: the connection is closed mid-answer.
+/// A stored archive ended before its recorded size: the connection is closed mid-answer.
 private struct ArchiveShorterThanRecorded: Error {}
 
 /// A short plain-text answer: refusals and errors.

@@ -46,6 +46,8 @@ public struct JobSettings: Sendable {
 public final class JobRunner: Service, Sendable {
     private let catalog: Catalog
     private let blobStore: any BlobStore
+    /// Where the sweeps' blocking work runs (the blob store is asked there).
+    private let threadPool: NIOThreadPool
     /// Where jobs write scratch files: swept of what a dead process's jobs left.
     private let scratchDirectory: String
     private let placement: Placement
@@ -89,6 +91,7 @@ public final class JobRunner: Service, Sendable {
          threadPool: NIOThreadPool, settings: JobSettings, clock: any ServiceClock, logger: Logger) {
         self.catalog = catalog
         self.blobStore = blobStore
+        self.threadPool = threadPool
         self.scratchDirectory = scratchDirectory
         self.placement = placement
         self.settings = settings
@@ -274,13 +277,18 @@ public final class JobRunner: Service, Sendable {
         if removed > 0 { logger.info("removed leftover scratch files", metadata: ["count": "\(removed)"]) }
     }
 
-    /// Removes the archives whose URLs have all expired, or whose backup
-    /// was deleted, and what a dead process left half-written.
+    /// Forgets the archives whose URLs have all expired, whose backup was
+    /// deleted (their blobs go with the next collection) or whose blob the
+    /// store lost (a later request prepares them again rather than sharing
+    /// a link that answers 404), and removes what a dead job left half-written.
     private func sweepArchives() async {
         do {
             let listing = try archiveCache.listing()
-            let (ready, preparing) = try await catalog.expireArchives(present: Set(listing))
-            let removed = archiveCache.sweep(listing: listing, keeping: ready, preparing: preparing)
+            let (ready, store) = (try await catalog.readyArchives(), blobStore)
+            // A store that cannot be asked lost nothing.
+            let lost = try await threadPool.runIfActive { Set(ready.filter { (try? store.contains($0.blob)) == false }.map(\.id)) }
+            let preparing = try await catalog.expireArchives(lost: lost)
+            let removed = archiveCache.sweep(listing: listing, preparing: preparing)
             if removed > 0 { logger.info("removed archives no longer downloadable", metadata: ["count": "\(removed)"]) }
         } catch {
             logger.error("cannot sweep the archive cache", metadata: ["error": "\(error)"])

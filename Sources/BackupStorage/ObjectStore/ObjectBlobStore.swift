@@ -83,8 +83,34 @@ public struct ObjectBlobStore: BlobStore {
     }
 
     public func contains(_ hash: ContentHash) throws -> Bool {
+        try size(of: hash) != nil
+    }
+
+    public func size(of hash: ContentHash) throws -> UInt64? {
         let key = key(hash), client = client
-        return try waitFor { try await client.size(of: key) } != nil
+        return try waitFor { try await client.size(of: key) }
+    }
+
+    public func read(_ hash: ContentHash, at offset: UInt64, length: Int) throws -> ByteBuffer {
+        let key = key(hash), client = client
+        guard length > 0 else { return ByteBuffer() }
+        guard let (bytes, _) = try waitFor({ try await client.read(key, range: offset...(offset + UInt64(length) - 1)) }) else {
+            throw BlobStoreError.missing(hash)
+        }
+        return bytes
+    }
+
+    /// A part: one request per part keeps a reader near the store's pace.
+    public var rangeReadSize: Int { partSize }
+
+    /// Sent from the file without hashing it first; the parts are hashed as
+    /// they go, and content that is not `blob` is refused before completion.
+    public func adopt(_ path: String, as blob: StoredBlob) throws -> StoredBlob {
+        defer { FileSystem.remove(path) }
+        if reuse(blob.hash) { return StoredBlob(hash: blob.hash, size: blob.size, written: false) }
+        let file = try LocalFile.open(path)
+        try send(blob.hash, size: blob.size) { upload in try file.readChunks(limit: blob.size, interruption: nil) { try upload.write($0) } }
+        return StoredBlob(hash: blob.hash, size: blob.size, written: true)
     }
 
     /// A store that cannot be asked holds nothing to reuse: writing the
