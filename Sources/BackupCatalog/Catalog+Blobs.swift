@@ -43,8 +43,8 @@ extension Catalog {
         }
     }
 
-    /// Claims the rows of the blobs no snapshot refers to and nothing used
-    /// since the fence, and returns them with the fence's age: the caller
+    /// Claims the rows of the blobs no snapshot, ready archive or unfinished
+    /// upload refers to and nothing used since the fence, and returns them with the fence's age: the caller
     /// removes their content, then `forgetCollectedBlobs` (or
     /// `releaseBlobClaims` for what it could not remove).
     public func claimUnreferencedBlobs() async throws -> (claimed: [ContentHash], fenceAge: Duration) {
@@ -62,6 +62,8 @@ extension Catalog {
                       AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.dump_sha256 = b.sha256)
                       AND NOT EXISTS (SELECT 1 FROM dump_chunks c WHERE c.blob_sha256 = b.sha256)
                       AND NOT EXISTS (SELECT 1 FROM archives a WHERE a.sha256 = b.sha256 AND a.state = '\(DownloadRecord.State.ready)')
+                      AND NOT EXISTS (SELECT 1 FROM upload_segments s JOIN uploads u ON u.id = s.upload_id
+                                      WHERE s.sha256 = b.sha256 AND u.state IN \(UploadState.unfinished.sql))
                     RETURNING sha256
                     """, fenceAge).compactMap { ContentHash(hex: $0.string("sha256")) }
                 return (claimed, .milliseconds(Int64((Double(fenceAge) ?? 0) * 1000)))

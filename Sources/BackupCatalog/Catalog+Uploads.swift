@@ -142,6 +142,54 @@ extension Catalog {
         }
     }
 
+    /// Records `blob` as the segment of a receiving upload from byte `first`,
+    /// before its content goes into the store, so a collection keeps it from
+    /// now; false unless `writer` holds the upload with `first` bytes
+    /// received. A segment a dead writer recorded at `first` (and any past
+    /// it) is replaced. Content a collection is removing at this moment is
+    /// refused UNAVAILABLE: the chunks are sent again once it is gone.
+    public func recordUploadSegment(uploadID: String, writer: String, first: UInt64, blob: StoredBlob) async throws -> Bool {
+        // Not a call's transaction: a call's deadline does not stop it (the chunks a call wrote whole count however it ends).
+        try await pool.transaction(idempotent: true) { connection in
+            guard try !connection.query("""
+                SELECT id FROM uploads
+                WHERE id = $1 AND received = $2 AND state = '\(UploadState.receiving)' AND \(LeaseColumns.uploadWriter.heldBy(3)) FOR UPDATE
+                """, uploadID, first, writer).isEmpty else { return false }
+            let claimed = try connection.query("""
+                INSERT INTO blobs (sha256, size) VALUES ($1, $2) ON CONFLICT (sha256) DO UPDATE SET used_at = now(), size = excluded.size
+                RETURNING collecting_since IS NOT NULL AS claimed
+                """, blob.hash.hex, blob.size)[0].bool("claimed")
+            guard !claimed else {
+                throw BackupError.unavailable("the server is removing content identical to these chunks from its storage just now; "
+                                              + "send them again in a few seconds")
+            }
+            try connection.query("DELETE FROM upload_segments WHERE upload_id = $1 AND first_byte >= $2", uploadID, first)
+            try connection.query("INSERT INTO upload_segments (upload_id, first_byte, size, sha256) VALUES ($1, $2, $3, $4)",
+                                 uploadID, first, blob.size, blob.hash.hex)
+            return true
+        }
+    }
+
+    /// The segments holding an upload's first `received` bytes, in order;
+    /// FAILED_PRECONDITION when they do not (its data is gone).
+    public func uploadSegments(uploadID: String, received: UInt64) async throws -> [StoredBlob] {
+        let rows = try await pool.withConnection(idempotent: true) { connection in
+            try connection.query("""
+                SELECT first_byte, size, sha256 FROM upload_segments WHERE upload_id = $1 AND first_byte < $2 ORDER BY first_byte
+                """, uploadID, received)
+        }
+        var end: UInt64 = 0
+        let segments = rows.compactMap { row -> StoredBlob? in
+            guard row.uint64("first_byte") == end, let hash = ContentHash(hex: row.string("sha256")) else { return nil }
+            end += row.uint64("size")
+            return StoredBlob(hash: hash, size: row.uint64("size"))
+        }
+        guard segments.count == rows.count, end == received else {
+            throw BackupError.failedPrecondition("the upload's data is gone (it expired or failed)")
+        }
+        return segments
+    }
+
     /// Ends `writer`'s lease, if it still holds one.
     public func releaseUpload(id: String, writer: String) async throws {
         try await pool.withConnection(idempotent: true) { connection in
@@ -288,6 +336,10 @@ extension Catalog {
                 try Self.recordActivity(connection, row.string("namespace"), row.string("name"), action: "upload", outcome: "EXPIRED",
                                         actor: row.string("actor"), detail: "upload \(row.string("id")): \(row.string("error"))")
             }
+            // The segments of ended uploads: their blobs are collected once no row refers to them.
+            try connection.query("""
+                DELETE FROM upload_segments s USING uploads u WHERE u.id = s.upload_id AND NOT u.state IN \(UploadState.unfinished.sql)
+                """)
             let rows = try connection.query("SELECT id::text, state FROM uploads WHERE id::text = ANY($1::text[])", listed)
             let kept: Set = ["receiving", "validating"]
             return (Set(rows.filter { kept.contains($0.string("state")) }.map { $0.string("id") }), Set(rows.map { $0.string("id") }))

@@ -329,5 +329,19 @@ enum Migrations {
         DELETE FROM archives WHERE state = 'ready';
         CREATE INDEX archives_by_content ON archives (sha256) WHERE state = 'ready';
         """),
+        (19, """
+        -- What an upload has received is a run of segments, blobs of the blob store (one per counted batch), so that
+        -- any process resumes or validates it. Uploads received into one process's spool before cannot be resumed.
+        CREATE TABLE upload_segments (
+            upload_id   uuid NOT NULL REFERENCES uploads(id) ON DELETE CASCADE,
+            first_byte  bigint NOT NULL,
+            size        bigint NOT NULL CHECK (size > 0),
+            sha256      text NOT NULL,
+            PRIMARY KEY (upload_id, first_byte)
+        );
+        CREATE INDEX upload_segments_by_content ON upload_segments (sha256);
+        UPDATE uploads SET state = 'failed', error = 'received before backupd kept uploads in its blob store; upload the archive again'
+            WHERE state = 'receiving' AND received > 0;
+        """),
     ]
 }

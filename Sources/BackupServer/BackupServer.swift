@@ -81,7 +81,7 @@ public struct BackupServer: Service, CustomStringConvertible {
         let catalogIdentity = try await catalog.pool.withConnection(idempotent: true) { try DatabaseIdentity.of($0) }
         let archiveCache = try ArchiveCache(directory: configuration.downloads.cacheDirectory ?? workDirectory + "/archives",
                                             reservedDiskBytes: configuration.downloads.reservedDiskBytes)
-        let spool = try UploadSpool(directory: configuration.uploads.directory ?? workDirectory + "/uploads", catalog: catalog,
+        let spool = try UploadSpool(directory: configuration.uploads.directory ?? workDirectory + "/uploads", catalog: catalog, blobStore: blobStore,
                                     threadPool: threadPool, lifetime: configuration.uploads.lifetime,
                                     reservedDiskBytes: configuration.uploads.reservedDiskBytes, clock: configuration.clock)
         let scratchDirectory = try Self.scratchDirectory(in: workDirectory)

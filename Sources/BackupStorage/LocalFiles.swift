@@ -351,6 +351,14 @@ public enum FileSystem {
         guard unlink(path) == 0 || errno == ENOENT else { throw .cannotWrite(path: path, errno: errno) }
     }
 
+    /// Cuts a file (not a link to one) to `size` bytes.
+    public static func truncate(_ path: String, to size: UInt64) throws(BlobStoreError) {
+        let fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw .cannotWrite(path: path, errno: errno) }
+        defer { close(fd) }
+        guard ftruncate(fd, off_t(size)) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+    }
+
     /// Renames within one file system: a file or folder appears whole at its new name.
     public static func rename(_ from: String, to: String) throws(BlobStoreError) {
         guard Glibc.rename(from, to) == 0 else { throw .cannotWrite(path: to, errno: errno) }

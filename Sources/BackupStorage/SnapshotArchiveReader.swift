@@ -60,13 +60,46 @@ public struct SnapshotArchiveReader: Sendable {
     /// the archive file have been read so far.
     public func read(_ path: String, interruption: Interruption? = nil, progress: ((UInt64) -> Void)? = nil,
                      open: (_ member: Member, _ size: UInt64, _ stated: ContentHash?) throws -> (any ArchiveMemberSink)?) throws -> Contents {
+        try read(opening: { archive_read_open_filename($0, path, 1 << 16) }, failure: { nil },
+                 interruption: interruption, progress: progress, open: open)
+    }
+
+    /// Reads the archive whose bytes `source` gives, as `read(_:)` reads a
+    /// file. A failure of the source (a blob missing or corrupt, a store
+    /// that cannot be reached) ends the read with that failure, not as a
+    /// corrupt archive.
+    public func read(from source: any ArchiveByteSource, interruption: Interruption? = nil, progress: ((UInt64) -> Void)? = nil,
+                     open: (_ member: Member, _ size: UInt64, _ stated: ContentHash?) throws -> (any ArchiveMemberSink)?) throws -> Contents {
+        let input = SourceInput(source)
+        return try withExtendedLifetime(input) {
+            try read(opening: { archive in
+                archive_read_open(archive, Unmanaged.passUnretained(input).toOpaque(), nil, { _, context, buffer in
+                    let input = Unmanaged<SourceInput>.fromOpaque(context!).takeUnretainedValue()
+                    do {
+                        let bytes = try input.source.nextBytes()
+                        buffer?.pointee = bytes.baseAddress.map { UnsafeRawPointer($0) }
+                        return la_ssize_t(bytes.count)
+                    } catch {
+                        input.failure = error
+                        return -1
+                    }
+                }, nil)
+            }, failure: { input.failure }, interruption: interruption, progress: progress, open: open)
+        }
+    }
+
+    private func read(opening openArchive: (OpaquePointer) -> Int32, failure sourceFailure: () -> (any Error)?, interruption: Interruption?,
+                      progress: ((UInt64) -> Void)?,
+                      open: (_ member: Member, _ size: UInt64, _ stated: ContentHash?) throws -> (any ArchiveMemberSink)?) throws -> Contents {
         guard let archive = archive_read_new() else { throw ArchiveRejection("cannot start reading the archive") }
         defer { archive_read_free(archive) }
         archive_read_support_filter_gzip(archive)
         archive_read_support_format_tar(archive)
-        guard archive_read_open_filename(archive, path, 1 << 16) == ARCHIVE_OK else {
-            throw ArchiveRejection("the archive is truncated or corrupt: \(Self.message(archive))")
+        /// What ended libarchive's read: the source's failure, else a corrupt archive.
+        func unreadable() -> any Error {
+            sourceFailure() ?? ArchiveRejection("the archive is truncated or corrupt: \(Self.message(archive))")
         }
+        guard openArchive(archive) == ARCHIVE_OK else { throw unreadable() }
         var metadata: [String: String]?
         var dump: (size: UInt64, sha256: ContentHash)?
         var documents: [(key: String, size: UInt64, sha256: ContentHash)] = []
@@ -80,9 +113,7 @@ public struct SnapshotArchiveReader: Sendable {
         while true {
             let status = archive_read_next_header(archive, &entry)
             if status == ARCHIVE_EOF { break }
-            guard status == ARCHIVE_OK || status == ARCHIVE_WARN, let entry else {
-                throw ArchiveRejection("the archive is truncated or corrupt: \(Self.message(archive))")
-            }
+            guard status == ARCHIVE_OK || status == ARCHIVE_WARN, let entry else { throw unreadable() }
             guard archive_filter_code(archive, 0) == ARCHIVE_FILTER_GZIP else {
                 throw ArchiveRejection("the archive is not gzip-compressed (a snapshot archive is a .tar.gz)")
             }
@@ -127,7 +158,7 @@ public struct SnapshotArchiveReader: Sendable {
             while true {
                 if interruption?.isSet == true { throw CancellationError() }
                 let count = buffer.withUnsafeMutableBytes { archive_read_data(archive, $0.baseAddress, $0.count) }
-                guard count >= 0 else { throw ArchiveRejection("the archive is truncated or corrupt: \(Self.message(archive))") }
+                guard count >= 0 else { throw unreadable() }
                 if count == 0 { break }
                 read += UInt64(count)
                 expanded += UInt64(count)
@@ -264,4 +295,21 @@ public protocol ArchiveMemberSink: AnyObject {
 public struct ArchiveRejection: Error, Equatable, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
+}
+
+/// Where an archive's bytes come from when they are not one local file.
+public protocol ArchiveByteSource: AnyObject {
+    /// The next bytes, valid until the next call; empty at the end.
+    func nextBytes() throws -> UnsafeRawBufferPointer
+}
+
+/// A source as libarchive's read callback sees it, with the failure that
+/// callback could only report as -1.
+private final class SourceInput {
+    let source: any ArchiveByteSource
+    var failure: (any Error)?
+
+    init(_ source: any ArchiveByteSource) {
+        self.source = source
+    }
 }

@@ -24,6 +24,16 @@ func storedArchives(_ server: some BackupTestServer) async throws -> [ContentHas
     return ready.filter(stored.contains)
 }
 
+/// What an upload has received: its segments' content from the store, in order.
+func receivedContent(_ server: some BackupTestServer, _ upload: Upload) async throws -> [UInt8] {
+    let segments = try await TestPostgres.query(server.catalogDatabase, """
+        SELECT sha256 FROM upload_segments WHERE upload_id = $1 ORDER BY first_byte
+        """, upload.id).map { try #require(ContentHash(hex: $0.string("sha256"))) }
+    var bytes: [UInt8] = []
+    for segment in segments { bytes += try await server.storedContent(segment) }
+    return bytes
+}
+
 /// Writes a stored archive to a file of its own, for tar and pg_restore to read.
 func archiveFile(_ server: some BackupTestServer, _ archive: ContentHash) async throws -> String {
     let path = FileManager.default.temporaryDirectory.appendingPathComponent("archive-\(UUID().uuidString)").path

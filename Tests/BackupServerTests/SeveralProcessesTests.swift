@@ -8,7 +8,8 @@ import Testing
 /// Several backupd processes on one catalog and one S3 bucket, as in
 /// `docs/deployment.md`: one serves the API only (`--max-jobs 0`), another
 /// runs the jobs it queues, each with a work folder of its own, and a
-/// download link works whichever process it reaches; one killed
+/// download link works whichever process it reaches, and an upload goes on
+/// through whichever process it reaches next; one killed
 /// mid-upload leaves nothing the next cannot clear. Processes, because the
 /// processes are the point.
 @Suite struct SeveralProcessesTests {
@@ -90,6 +91,22 @@ import Testing
                     #expect(fetched.standardOutput == "200", "\(fetched.standardError)")
                     #expect(try LocalFile.open(file).contentHash().hash.hex == download.sha256)
                 }
+
+                // That archive uploaded: half through one process, the rest through the other (which has no
+                // running hash of it and reads its segments back from the bucket), validated by the worker.
+                let archive = Array(try Data(contentsOf: URL(fileURLWithPath: scratch.path + "/fetched-from-\(api.processIdentifier)")))
+                let upload = try await api.withClient { try await startUpload($0, archive) }
+                let half = archive.count / 2
+                #expect(try await api.withClient { try await sendChunks($0, upload, archive, from: 0, to: half) }.bytesReceived == UInt64(half))
+                let received = try await worker.withClient { try await sendChunks($0, upload, archive, from: half, to: archive.count) }
+                #expect(received.bytesReceived == UInt64(archive.count))
+                let uploaded = try await api.withClient { client in
+                    let validating = try await client.unary(Backups.finishUpload, .with { $0.uploadID = upload.id })
+                    _ = try await waitForJob(validating.jobID, on: client)
+                    return try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id })
+                }
+                #expect(uploaded.state == .finished && !uploaded.backupID.isEmpty, "\(uploaded.error)")
+                #expect(worker.log.contains(uploaded.jobID) && !api.log.contains(uploaded.jobID))
 
                 let rows = try await TestPostgres.query(api.catalogDatabase, "SELECT sha256 FROM blobs").map { ContentHash(hex: $0.string("sha256"))! }
                 #expect(try await api.storedBlobs() == Set(rows) && !rows.isEmpty)

@@ -37,7 +37,8 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
         try FileManager.default.contentsOfDirectory(atPath: server.blobDirectory + "/uploads")
     }
 
-    /// The bytes an upload's spool file holds: written, whether counted yet or not.
+    /// The bytes an upload's spool file holds: written and not counted yet
+    /// (counted bytes are segments in the blob store).
     private func spoolBytes(_ server: some BackupTestServer, _ upload: Upload) -> Int {
         (try? FileManager.default.attributesOfItem(atPath: server.blobDirectory + "/uploads/\(upload.id).upload")[.size] as? Int) ?? 0
     }
@@ -59,8 +60,9 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                     #expect(resumeAt == 100_000)
                     let done = try await sendChunks(client, upload, Self.content, from: Int(resumeAt), to: Self.content.count, chunk: 50_000)
                     #expect(done.bytesReceived == 300_000 && done.state == .receiving)
-                    let stored = try Data(contentsOf: URL(fileURLWithPath: server.blobDirectory + "/uploads/\(upload.id).upload"))
-                    #expect(Array(stored) == Self.content)
+                    // What it received is in the store, in segments, and the spool file is empty.
+                    #expect(try await receivedContent(server, upload) == Self.content)
+                    #expect(spoolBytes(server, upload) == 0)
                     let activity = try await client.unary(Backups.listActivity, .with { $0.namespace = TestServer.namespace }).activity
                     #expect(activity.contains { $0.action == "upload" && $0.outcome == "STARTED" && $0.actor == "test-admin" })
                 }
@@ -229,7 +231,7 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
             try await withInProcessServer(configure: { $0.uploads.reservedDiskBytes = 1 << 60 }) { server in
                 try await server.register(app)
                 let refused = await expectStatus(.resourceExhausted) { _ = try await server.withClient { try await startUpload($0, Self.content) } }
-                #expect(refused?.message == "the upload spool's disk has too little free space for an upload of 300000 bytes "
+                #expect(refused?.message == "the server's disk for uploads has too little free space for an upload of 300000 bytes "
                         + "(it keeps \(1 << 60) bytes free); try again later")
                 await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM uploads")[0].int64("n") == 0)
                 await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM activity WHERE action = 'upload'")[0].int64("n") == 0)

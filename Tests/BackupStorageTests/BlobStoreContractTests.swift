@@ -108,6 +108,45 @@ import Testing
         }
     }
 
+    /// Ranges and sizes of a blob (a prepared archive served to a client),
+    /// a file adopted under the hash its writer computed, and blobs read as
+    /// one stream (an upload's segments), each checked at its end: a
+    /// tampered one is named, not passed on.
+    @Test(arguments: BlobStoreKind.allCases)
+    func rangesSizesAndBlobsReadOneAfterAnother(_ kind: BlobStoreKind) async throws {
+        try await withStorage(kind) { storage, scratch in
+            let store = try storage.open()
+            let large = Secure.randomBytes(Self.large), small = Array("the second segment".utf8)
+            let path = try Self.file(large, in: scratch)
+            let first = try await onThread { try store.adopt(path, as: StoredBlob(hash: ContentHash.of(large), size: UInt64(large.count))) }
+            #expect(first.written && !FileManager.default.fileExists(atPath: path))
+            let second = try await Self.stream(small, into: store)
+            #expect(try await onThread { try store.size(of: first.hash) } == UInt64(large.count))
+            #expect(try await onThread { try store.size(of: ContentHash.of(Array("absent".utf8))) } == nil)
+            let range = try await onThread { try store.read(first.hash, at: 5 << 20 | 3, length: 1 << 20) }
+            #expect(Array(range.readableBytesView) == Array(large[(5 << 20 | 3)..<(6 << 20 | 3)]))
+            let end = try await onThread { try store.read(second.hash, at: 4, length: 1000) }
+            #expect(Array(end.readableBytesView) == Array(small[4...]))
+
+            let segments = [first, second]
+            let joined = try await onThread {
+                var bytes: [UInt8] = []
+                try ConcatenatedBlobs(segments, in: store).forEachChunk { bytes += $0 }
+                return bytes
+            }
+            #expect(joined == large + small)
+            var tampered = small
+            tampered[0] ^= 1
+            try await storage.replaceContent(of: second.hash, with: tampered)
+            await #expect {
+                try await onThread { try ConcatenatedBlobs(segments, in: store).forEachChunk { _ in } }
+            } throws: { error in
+                guard case let BlobStoreError.corrupt(hash, actual) = error else { return false }
+                return hash == second.hash && actual == ContentHash.of(tampered)
+            }
+        }
+    }
+
     /// What a process that died mid-upload left (its uploads never
     /// completed) is aborted by a collection. (moto dates every unfinished
     /// upload 2010, so the age check itself cannot be shown on it.)

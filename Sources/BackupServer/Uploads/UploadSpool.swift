@@ -6,15 +6,19 @@ import Foundation
 import NIOConcurrencyHelpers
 import NIOPosix
 
-/// The folder where uploads are received, one file per upload (`ID.upload`),
-/// written chunk by chunk at the offset the catalog says comes next and
-/// hashed as it arrives, so an archive is never held in memory and never
-/// read twice. A chunk's bytes count (in the catalog) only once written,
-/// fsynced and hashed: a call cut off, a full disk or a restart leaves an
-/// upload that resumes from its count.
+/// Receives uploads: each call's chunks are written to the upload's file
+/// in the spool folder (`ID.upload`) at the offset the catalog says comes
+/// next and hashed as they arrive, so an archive is never held in memory.
+/// A batch of written bytes counts (in the catalog) once it is a segment
+/// in the blob store: a blob of its own, recorded as the upload's from its
+/// first byte, and the spool file starts again empty. So the bytes counted
+/// are wherever the store is, and a call cut off, a full disk, a restart or
+/// the loss of this machine leaves an upload that any process sharing the
+/// catalog and the store resumes from its count, or validates.
 final class UploadSpool: Sendable {
     let directory: String
     private let catalog: Catalog
+    private let blobStore: any BlobStore
     private let threadPool: NIOThreadPool
     /// How long an upload may go without a chunk before it is abandoned.
     let lifetime: Duration
@@ -26,11 +30,12 @@ final class UploadSpool: Sendable {
     /// Free space the disk keeps beyond every unfinished upload.
     private let reservedDiskBytes: UInt64
 
-    init(directory: String, catalog: Catalog, threadPool: NIOThreadPool, lifetime: Duration, reservedDiskBytes: UInt64,
-         clock: any ServiceClock) throws {
+    init(directory: String, catalog: Catalog, blobStore: any BlobStore, threadPool: NIOThreadPool, lifetime: Duration,
+         reservedDiskBytes: UInt64, clock: any ServiceClock) throws {
         try FileSystem.makeFolders(directory)
         self.directory = directory
         self.catalog = catalog
+        self.blobStore = blobStore
         self.threadPool = threadPool
         self.lifetime = lifetime
         self.reservedDiskBytes = reservedDiskBytes
@@ -39,9 +44,11 @@ final class UploadSpool: Sendable {
 
     func path(of uploadID: String) -> String { "\(directory)/\(uploadID).upload" }
 
-    /// What the spool's disk has free beyond its reserve (everything, when the disk cannot be asked).
+    /// What the disk that keeps received bytes (the local blob store's, else
+    /// the spool's) has free beyond its reserve (everything, when the disk
+    /// cannot be asked).
     func usableDiskBytes() -> UInt64 {
-        guard let free = FileSystem.freeBytes(in: directory) else { return .max }
+        guard let free = FileSystem.freeBytes(in: blobStore.localFolder ?? directory) else { return .max }
         return free > reservedDiskBytes ? free - reservedDiskBytes : 0
     }
 
@@ -51,7 +58,7 @@ final class UploadSpool: Sendable {
     func create(_ reservation: UploadReservation, usable: UInt64) async throws {
         let size = reservation.upload.sizeBytes
         if usable < size + reservation.othersToCome {
-            throw BackupError.resourceExhausted("the upload spool's disk has too little free space for an upload of \(size) bytes "
+            throw BackupError.resourceExhausted("the server's disk for uploads has too little free space for an upload of \(size) bytes "
                                                 + "(it keeps \(reservedDiskBytes) bytes free); try again later")
         }
         let path = path(of: reservation.upload.id)
@@ -61,13 +68,13 @@ final class UploadSpool: Sendable {
     /// Receives one call's chunks of `upload` in order. The call holds the
     /// upload's writer lease in the catalog for as long as it sends (another
     /// call, in any process, is ABORTED meanwhile), and confirms it before
-    /// each write, so no two calls ever write one upload's file. Each chunk
-    /// opens the file, writes and closes it: a call waiting for its next
+    /// each write, so no two calls ever write one upload. Each chunk opens
+    /// the spool file, writes and closes it: a call waiting for its next
     /// chunk holds neither a descriptor nor a chunk. Written bytes count once
-    /// fsynced, 64 MiB or a second's worth at a time, and when the call ends
-    /// (however it ends, the chunks it wrote whole count). The last byte's
-    /// arrival checks the SHA-256: a mismatch fails the upload with
-    /// DATA_LOSS and removes its data.
+    /// stored as a segment, 64 MiB or a second's worth at a time, and when
+    /// the call ends (however it ends, the chunks it wrote whole count). The
+    /// last byte's arrival checks the SHA-256: a mismatch fails the upload
+    /// with DATA_LOSS and removes its data.
     func receive<Chunks: AsyncSequence<UploadChunk, any Error>>(_ upload: Upload, chunks: Chunks) async throws {
         guard upload.state == .receiving else {
             throw BackupError.failedPrecondition("upload \(upload.id) is \(upload.state); chunks are taken only while it is receiving")
@@ -93,13 +100,16 @@ final class UploadSpool: Sendable {
             throw BackupError.failedPrecondition("upload \(upload.id) has received all its \(upload.sizeBytes) bytes; it takes no more chunks")
         }
         let path = self.path(of: upload.id)
-        // Unless this process received the chunks so far, hash what is on disk (after a restart, or another process's chunks).
+        // Unless this process received the chunks so far, hash the segments (after a restart, or another process's chunks).
         let hash: RunningHash
         if let cached = cachedHash(upload.id, covering: start) {
             hash = cached
         } else {
-            hash = try await threadPool.runIfActive { try Self.hashPrefix(path: path, length: start) }
+            let (segments, store) = (try await catalog.uploadSegments(uploadID: upload.id, received: start), blobStore)
+            hash = try await threadPool.runIfActive { try Self.hash(segments, in: store) }
         }
+        // Bytes written past the count (by a call, or a process, that ended before counting them) are written again.
+        try await threadPool.runIfActive { try Self.startSegment(path) }
         var receipt = UploadReceipt(uploadID: upload.id, size: upload.sizeBytes, counted: start, now: clock.now)
         var iterator = chunks.makeAsyncIterator()
         var refusal: (any Error)?
@@ -112,8 +122,13 @@ final class UploadSpool: Sendable {
                 guard try await catalog.renewUploadLease(id: upload.id, writer: writer, offset: receipt.counted, seconds: Self.leaseSeconds) else {
                     throw receipt.writerLeaseLost()
                 }
-                try await threadPool.runIfActive { [data = chunk.data, offset = chunk.offset] in try Self.write(data, to: path, at: offset) }
-                chunk.data.withUnsafeBytes { hash.hasher.update($0) }
+                try await threadPool.runIfActive { [data = chunk.data, offset = chunk.offset, first = receipt.counted] in
+                    try Self.write(data, to: path, at: offset - first, upload: offset)
+                }
+                chunk.data.withUnsafeBytes {
+                    hash.hasher.update($0)
+                    hash.segment.update($0)
+                }
                 hash.covers += UInt64(chunk.data.count)
                 due = receipt.written(now: clock.now)
             } catch {
@@ -149,14 +164,23 @@ final class UploadSpool: Sendable {
         receipt.counted(to: due.to, now: clock.now)
     }
 
-    /// Fsyncs the bytes written past `due.from` and counts them in the
-    /// catalog; false when the upload is no longer this writer's. The last
-    /// byte counts only once the whole archive's hash is checked: a complete
-    /// upload is a verified one.
+    /// Stores the bytes written past `due.from` (the spool file) as the
+    /// upload's next segment and counts them in the catalog; false when the
+    /// upload is no longer this writer's. The segment is recorded before it
+    /// is stored, so a collection keeps it, and counted after. The last
+    /// byte counts only once the whole archive's hash is checked: a
+    /// complete upload is a verified one.
     private func count(_ upload: Upload, _ due: UploadReceipt.Count, writer: String, hash: RunningHash) async throws -> Bool {
-        let path = self.path(of: upload.id)
-        try await threadPool.runIfActive { try Self.sync(path) }
+        let (path, store) = (self.path(of: upload.id), blobStore)
         if due.complete { try await checkHash(upload, hash) }
+        let segment = StoredBlob(hash: hash.endSegment(), size: due.to - due.from)
+        guard try await catalog.recordUploadSegment(uploadID: upload.id, writer: writer, first: due.from, blob: segment) else { return false }
+        try await threadPool.runIfActive {
+            // A chunk whose write failed may have left bytes past those counted.
+            try FileSystem.truncate(path, to: segment.size)
+            _ = try store.adopt(path, as: segment)
+            if !due.complete { try Self.startSegment(path) }
+        }
         return try await catalog.recordReceived(uploadID: upload.id, writer: writer, from: due.from, to: due.to, lifetime: lifetime)
     }
 
@@ -212,30 +236,28 @@ final class UploadSpool: Sendable {
         return gone.count
     }
 
-    /// Writes a chunk at `offset` of the upload's file, opened for it alone; `sync` makes it durable.
-    private static func write(_ data: [UInt8], to path: String, at offset: UInt64) throws {
+    /// Writes a chunk (the upload's bytes from `upload`) at `offset` of the
+    /// spool file, opened for it alone.
+    private static func write(_ data: [UInt8], to path: String, at offset: UInt64, upload: UInt64) throws {
         do {
             try data.withUnsafeBytes { try openData(path, writing: true).write($0, at: offset) }
         } catch BlobStoreError.cannotWrite(_, let code) where code == ENOSPC || code == EDQUOT {
             throw BackupError.resourceExhausted("the upload spool's disk is full; the upload keeps what it received "
-                                               + "(\(offset) bytes) and resumes from there once there is room")
+                                               + "(\(upload) bytes) and resumes from there once there is room")
         }
     }
 
-    /// Flushes the upload's file to its disk: what was written through any descriptor before.
-    private static func sync(_ path: String) throws {
-        try openData(path, writing: true).sync()
+    /// An empty spool file for the next segment's chunks.
+    private static func startSegment(_ path: String) throws {
+        FileSystem.remove(path)
+        _ = try LocalFile.create(path)
     }
 
-    private static func hashPrefix(path: String, length: UInt64) throws -> RunningHash {
+    /// The running hash of the bytes an upload's segments hold, read back from the store.
+    private static func hash(_ segments: [StoredBlob], in store: any BlobStore) throws -> RunningHash {
         let hash = RunningHash()
-        var done: UInt64 = 0
-        try openData(path).readChunks(limit: length) { chunk in
-            hash.hasher.update(chunk)
-            done += UInt64(chunk.count)
-        }
-        guard done == length else { throw BlobStoreError.cannotRead(path: path, errno: EIO) }
-        hash.covers = done
+        try ConcatenatedBlobs(segments, in: store).forEachChunk { hash.hasher.update($0) }
+        hash.covers = segments.reduce(0) { $0 + $1.size }
         return hash
     }
 
@@ -248,11 +270,19 @@ final class UploadSpool: Sendable {
     }
 }
 
-/// An upload's running SHA-256 and how many bytes it covers. One call at a
-/// time takes it out of the spool's cache (`cachedHash`) and puts it back
-/// (`cache`); only that call touches it meanwhile: it moves between tasks
-/// but is never shared, which is why it may be sent.
+/// An upload's running SHA-256 and how many bytes it covers, with the hash
+/// of the segment being written. One call at a time takes it out of the
+/// spool's cache (`cachedHash`) and puts it back (`cache`); only that call
+/// touches it meanwhile: it moves between tasks but is never shared, which
+/// is why it may be sent.
 private final class RunningHash: @unchecked Sendable {
     let hasher = SHA256Hasher()
     var covers: UInt64 = 0
+    private(set) var segment = SHA256Hasher()
+
+    /// The hash of the segment written since the last, and a new one begun.
+    func endSegment() -> ContentHash {
+        defer { segment = SHA256Hasher() }
+        return segment.finish()
+    }
 }

@@ -7,7 +7,8 @@ import NIOConcurrencyHelpers
 import NIOPosix
 
 /// Turns a received upload into a backup, or refuses it naming why. The
-/// archive is read once, as a stream, by `SnapshotArchiveReader` (every rule
+/// archive (the upload's segments in the blob store, wherever it was
+/// received) is read once, as a stream, by `SnapshotArchiveReader` (every rule
 /// of the format, and the limits, checked while reading): the dump goes to a
 /// scratch file, each document through a blob writer into the blob store
 /// (one the store holds already, under the hash `.metadata` states for it,
@@ -47,7 +48,8 @@ struct UploadValidationJob: Sendable {
         let dumpPath = "\(scratchDirectory)/dump-\(claimed.job.id).backup"
         defer { FileSystem.remove(dumpPath) }
         let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool)
-        let read = try await readArchive(spool.path(of: upload.id), dumpTo: dumpPath, progress: progress)
+        let segments = try await catalog.uploadSegments(uploadID: upload.id, received: upload.sizeBytes)
+        let read = try await readArchive(segments, dumpTo: dumpPath, progress: progress)
         let packageVersion = try Self.packageVersion(read.contents.metadata)
         try await ledger.record(read.documents.map(\.blob))
         await progress.update(phase: "checking the database dump with pg_restore --list")
@@ -74,13 +76,14 @@ struct UploadValidationJob: Sendable {
 
     /// Reads the archive on the thread pool, stopping within a chunk when the
     /// job is cancelled; progress is the compressed bytes read.
-    private func readArchive(_ path: String, dumpTo dumpPath: String, progress: ProgressReporter) async throws -> ReadArchive {
+    private func readArchive(_ segments: [StoredBlob], dumpTo dumpPath: String, progress: ProgressReporter) async throws -> ReadArchive {
         let (blobStore, limits, reserved) = (self.blobStore, self.limits, self.reservedDiskBytes)
         return try await progress.reporting(on: threadPool) { interruption, report in
             let documents = NIOLockedValueBox<[(key: String, blob: StoredBlob)]>([])
             let contents: SnapshotArchiveReader.Contents
             do {
-                contents = try SnapshotArchiveReader(limits: limits).read(path, interruption: interruption, progress: report) { member, size, stated in
+                let archive = ConcatenatedBlobs(segments, in: blobStore, interruption: interruption)
+                contents = try SnapshotArchiveReader(limits: limits).read(from: archive, interruption: interruption, progress: report) { member, size, stated in
                     // The archive's members may expand far past it: each must fit on the disk beside its reserve.
                     try requireRoom(for: size, reserved: reserved, in: scratchDirectory)
                     switch member {

@@ -1,0 +1,51 @@
+import BackupRules
+import NIOCore
+
+/// Blobs read one after another as a single stream of bytes, a range at a
+/// time through the store's ranged reads, each checked against its hash at
+/// its end: the segments of an upload, which any process reads back from
+/// the store to resume or validate it, wherever they were received.
+public final class ConcatenatedBlobs: ArchiveByteSource {
+    private let store: any BlobStore
+    private let blobs: [StoredBlob]
+    private let interruption: Interruption?
+    /// The range read last, held until the next call (the pointer handed out points into it).
+    private var range = ByteBuffer()
+    private var index = 0
+    private var offset: UInt64 = 0
+    private var hasher = SHA256Hasher()
+    private let step: Int
+
+    public init(_ blobs: [StoredBlob], in store: any BlobStore, interruption: Interruption? = nil) {
+        self.store = store
+        self.blobs = blobs
+        self.interruption = interruption
+        step = max(1 << 20, store.rangeReadSize)
+    }
+
+    /// The next bytes, valid until the next call; empty once every blob was
+    /// read whole and found to have its hash (`corrupt` or `missing` if not).
+    public func nextBytes() throws -> UnsafeRawBufferPointer {
+        while index < blobs.count {
+            let blob = blobs[index]
+            if offset < blob.size {
+                if interruption?.isSet == true { throw BlobStoreError.interrupted(path: blob.hash.hex) }
+                let length = Int(min(UInt64(step), blob.size - offset))
+                range = try store.read(blob.hash, at: offset, length: length)
+                range.withUnsafeReadableBytes { hasher.update($0) }
+                guard range.readableBytes == length else { throw BlobStoreError.corrupt(blob.hash, actual: hasher.finish()) }
+                offset += UInt64(length)
+                return range.withUnsafeReadableBytes { $0 }
+            }
+            let actual = hasher.finish()
+            guard actual == blob.hash else { throw BlobStoreError.corrupt(blob.hash, actual: actual) }
+            (index, offset, hasher) = (index + 1, 0, SHA256Hasher())
+        }
+        return UnsafeRawBufferPointer(start: nil, count: 0)
+    }
+
+    /// Hands every byte to `consume`, a range at a time.
+    public func forEachChunk(_ consume: (UnsafeRawBufferPointer) throws -> Void) throws {
+        while case let bytes = try nextBytes(), !bytes.isEmpty { try consume(bytes) }
+    }
+}
