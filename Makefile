@@ -112,8 +112,8 @@ load: certs demo
 	$(SWIFT) build -c release
 	@bash scripts/load.sh .build/release
 
-## bench: backupd against pg_dump, pg_restore, tar, restic and nginx on a generated app (release build; DB_MB, FILES_MB, RUNS); writes docs/benchmarks.md
-bench: certs demo
+## bench: backupd against pg_dump, pg_restore, tar, restic and nginx on a generated app, on the local folder and on S3 (moto) (release build; DB_MB, FILES_MB, RUNS); writes docs/benchmarks.md
+bench: certs demo test-deps
 	$(SWIFT) build -c release
 	@bash scripts/bench.sh .build/release $${RUNS:-3}
 

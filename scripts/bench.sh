@@ -13,6 +13,9 @@
 #   GetBackup round trip                vs  a TLS ping-pong of the same sizes on one connection
 #   ListBackups among 100,000 backups, WatchJob's delay, and the server's
 #   memory during a BIG_GB GiB upload and download.
+#   full backup, restore, archive preparation and download on an S3 store
+#                                       beside the same on the local folder (moto on loopback: a
+#                                       test server, not a performance reference)
 # The data set comes from scripts/bench-data.py: an app database of DB_MB MiB
 # and a file store of FILES_MB MiB (default 1024 each), changed by 1 % a night.
 # Every server has its own catalog and blob store on the private cluster,
@@ -38,6 +41,7 @@ stop_server() {
 cleanup() {
   stop_server
   [ -n "${nginx_pid:-}" ] && kill -TERM "$nginx_pid" 2>/dev/null && wait "$nginx_pid" 2>/dev/null || true
+  [ -n "${moto_pid:-}" ] && kill -TERM "$moto_pid" 2>/dev/null && wait "$moto_pid" 2>/dev/null || true
   drop_tagged_databases
   rm -rf "$work"
 }
@@ -130,6 +134,7 @@ for run in $(seq 1 "$RUNS"); do
 done
 first_stored=$(stored)
 ours=$(printf '%s\n' "${ours[@]}" | median); ours_db=$(printf '%s\n' "${ours_db[@]}" | median)
+backup_local=$ours
 dump=$(printf '%s\n' "${dumps[@]}" | median); tar=$(printf '%s\n' "${tars[@]}" | median); dir=$(printf '%s\n' "${dirs[@]}" | median)
 copy_bytes=$(( $(stat -c %s "$work/dump.backup") + $(stat -c %s "$work/files.tar.gz") ))
 row "backupd backup, database and files" "$(seconds "$ours")"
@@ -193,6 +198,7 @@ for run in $(seq 1 "$RUNS"); do
 done
 ctl env start bench/app >/dev/null
 ours=$(printf '%s\n' "${ours[@]}" | median); theirs=$(printf '%s\n' "${theirs[@]}" | median)
+restore_local=$ours
 row "backupd restore" "$(seconds "$ours")"
 row "createdb + pg_restore --jobs=2 + tar xzf" "$(seconds "$theirs")"
 verdict "ratio" "$(ratio "$ours" "$theirs")" "<= 0.85"
@@ -202,13 +208,16 @@ ours=(); theirs=()
 for run in $(seq 1 "$RUNS"); do
   ours+=("$(timed ctl download "${night_ids[$run]}" --url --json)")
 done
-archive=$(ls -S "$blobs"/archives/* | head -1)
+# The archive as a client gets it (a prepared archive is a blob of the store, served through its link).
+archive=$work/archive.tar.gz
+curl -sS --cacert certs/dev/ca.crt -o "$archive" "$(ctl download "${night_ids[$RUNS]}" --url --json | json '["url"]')"
 # The same content as a user would pack it: the dump and the documents, with tar czf.
 rm -rf "$work/packed" && mkdir -p "$work/packed" && tar xzf "$archive" -C "$work/packed"
 for run in $(seq 1 "$RUNS"); do
   theirs+=("$(timed bash -c "tar czf '$work/packed.tar.gz' -C '$work/packed' . && sync -f '$work/packed.tar.gz'")")
 done
 ours=$(printf '%s\n' "${ours[@]}" | median); theirs=$(printf '%s\n' "${theirs[@]}" | median)
+prepare_local=$ours
 row "preparation of an archive of $(stat -c %s "$archive") bytes" "$(seconds "$ours")"
 row "tar czf of the same dump and files ($(du -sb "$work/packed" | cut -f1) bytes)" "$(seconds "$theirs")"
 verdict "ratio" "$(ratio "$ours" "$theirs")" "<= 0.5"
@@ -303,7 +312,8 @@ done
 "$BIN/backupctl" env register bench/big --token "$("$BIN/backupd" token create --platform --name bench-big)" --app big \
   --database-url "$(url "${tag}_big")" --file-store "$work/big" --json >/dev/null
 big_url=$(ctl download "$(backup big)" --url --json | json '["url"]')
-big_archive=$(ls -S "$blobs"/archives/* | head -1)
+big_archive=$work/big.tar.gz
+curl -sS --cacert certs/dev/ca.crt -o "$big_archive" "$big_url"
 rss() { awk '/VmRSS/ { print $2 * 1024 }' "/proc/$pid/status"; }
 # The most the server grew by while the command ran, sampled every 50 ms.
 growth() {
@@ -318,6 +328,47 @@ growth() {
 row "archive of $(stat -c %s "$big_archive") bytes" ""
 verdict "growth during its download by curl (MiB)" "$(growth curl -sS --cacert certs/dev/ca.crt -o /dev/null "$big_url")" "<= 64"
 verdict "growth during its upload with validation (MiB)" "$(growth ctl upload "$big_archive" --env bench/big --json)" "<= 64"
+
+section "on an S3 store: moto on loopback (a test server, not a performance reference); $RUNS runs each, medians"
+# moto with signatures checked, a bucket, and a server of its own each run whose blobs are objects under a prefix of their own.
+python3 scripts/moto-server.py "$work/moto-ready" &
+moto_pid=$!
+for _ in $(seq 1 300); do [ -s "$work/moto-ready" ] && break; sleep 0.1; done
+read -r moto_port AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY < "$work/moto-ready"
+export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+python3 -c "import boto3, sys; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1').create_bucket(Bucket='bench')" \
+  "http://127.0.0.1:$moto_port"
+serve_s3() { serve --blob-store "s3://bench/run$servers-" --s3-endpoint "http://127.0.0.1:$moto_port" --s3-path-style; }
+ours=(); restores=(); prepares=(); downloads=()
+for run in $(seq 1 "$RUNS"); do
+  serve_s3
+  ours+=("$(timed backup app)")
+  id=$(json '["id"]' < "$work/last-backup.json")
+  ctl env stop bench/app >/dev/null
+  restores+=("$(timed ctl restore "$id" --to app --wait --json)")
+  ctl env start bench/app >/dev/null
+  start=$(now)
+  url=$(ctl download "$id" --url --json | json '["url"]')
+  prepares+=("$(since "$start")")
+  downloads+=("$(fetch_time "$url")")
+done
+ours=$(printf '%s\n' "${ours[@]}" | median); restores=$(printf '%s\n' "${restores[@]}" | median)
+prepares=$(printf '%s\n' "${prepares[@]}" | median); downloads=$(printf '%s\n' "${downloads[@]}" | median)
+row "full backup, database and files, S3 / local folder" "$(seconds "$ours") / $(seconds "$backup_local")"
+row "ratio S3 / local folder (shown)" "$(ratio "$ours" "$backup_local")"
+row "restore, database and files, S3 / local folder" "$(seconds "$restores") / $(seconds "$restore_local")"
+row "ratio S3 / local folder (shown)" "$(ratio "$restores" "$restore_local")"
+row "archive preparation, S3 / local folder" "$(seconds "$prepares") / $(seconds "$prepare_local")"
+row "ratio S3 / local folder (shown)" "$(ratio "$prepares" "$prepare_local")"
+row "download of the archive (curl), S3 / local folder" "$(printf '%.3f s / %.3f s' "$downloads" "$download")"
+row "ratio S3 / local folder (shown)" "$(ratio "$downloads" "$download")"
+# The big environment's backup on S3, its archive downloaded and uploaded again, on the last S3 server.
+"$BIN/backupctl" env register bench/big --token "$("$BIN/backupd" token create --platform --name bench-big-s3)" --app big \
+  --database-url "$(url "${tag}_big")" --file-store "$work/big" --json >/dev/null
+big_url=$(ctl download "$(backup big)" --url --json | json '["url"]')
+verdict "S3: growth during a $BIG_GB GiB download by curl (MiB)" "$(growth curl -sS --cacert certs/dev/ca.crt -o "$big_archive" "$big_url")" "<= 64"
+verdict "S3: growth during its upload with validation (MiB)" "$(growth ctl upload "$big_archive" --env bench/big --json)" "<= 64"
+rm -f "$big_archive"
 
 # The table, with when and where it was measured, for docs/benchmarks.md.
 {

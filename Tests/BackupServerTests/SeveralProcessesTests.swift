@@ -14,11 +14,12 @@ import Testing
 /// processes are the point.
 @Suite struct SeveralProcessesTests {
     /// backupd killed (`kill -9`) while it sends a 200 MiB document in
-    /// parts: no object is under the document's key, and the next process's
-    /// collection aborts the parts. The first process reaches the store
+    /// parts: no object is under the document's key, the next process's
+    /// collection aborts the parts, fails the dead process's job once its
+    /// lease has run out, and runs the environment's next backup. The first process reaches the store
     /// through a proxy that holds each part a quarter of a second, so the
     /// upload is still under way when the kill lands.
-    @Test func aServerKilledMidMultipartUploadLeavesNoObjectAndTheNextCollectionAbortsItsParts() async throws {
+    @Test func aServerKilledMidMultipartUploadLeavesNoObjectAndTheNextProcessClearsUpAndTakesOver() async throws {
         let scratch = try ScratchDirectory("killed-multipart")
         defer { scratch.remove() }
         let storage = try await TestStorage.make(.objectStore, directory: scratch.path + "/blobs")
@@ -31,7 +32,7 @@ import Testing
             defer { slow.stop() }
             let first = try await TestServer.start(arguments: ["--job-lease-seconds", "3"], storage: try await storage.reached(through: slow.endpoint))
             try await first.register(app)
-            _ = try await first.withClient { client in
+            let killed = try await first.withClient { client in
                 try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
             }
             // Killed as soon as the document's parts are on their way.
@@ -48,6 +49,15 @@ import Testing
                                                     storage: storage, adminToken: first.adminToken, platformToken: first.platformToken)
             try await eventually(within: .seconds(30)) { try await bucket.unfinishedUploads(prefix: "").isEmpty }
             #expect(try await bucket.size(of: key) == nil)
+            // The killed process's backup is failed by the next once its lease has run out, and the environment's next backup runs there.
+            try await second.withClient { client in
+                let ended = try await waitForJob(killed.job.id, on: client, timeout: .seconds(60))
+                #expect(ended.status == .failed, "\(ended)")
+                let next = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
+                let finished = try await waitForJob(next.job.id, on: client, timeout: .seconds(120))
+                #expect(finished.status == .finished, "\(finished.error)")
+            }
+            #expect(try await bucket.size(of: key) == 200 << 20)
             await second.stop()
             await first.remove()
         }

@@ -1,13 +1,14 @@
 import BackupStorage
 import Foundation
 
-/// moto in server mode on a loopback port: the S3-compatible store of the
-/// object-store tests, one per test process, each test in buckets of its
-/// own. It checks signatures and permissions from the start of the tests:
-/// the access key is made through its IAM API (a user whose policy allows
-/// S3), and then moto is told to authenticate every request, so a request
-/// signed wrongly, or with a key it does not know, is refused. It ends with
-/// the test process (it watches its parent).
+/// moto in server mode on a loopback port (`scripts/moto-server.py`, which
+/// `make bench` runs too): the S3-compatible store of the object-store
+/// tests, one per test process, each test in buckets of its own. It checks
+/// signatures and permissions from the start of the tests: the access key
+/// is made through its IAM API (a user whose policy allows S3), and then
+/// moto is told to authenticate every request, so a request signed
+/// wrongly, or with a key it does not know, is refused. It ends with the
+/// test process (it watches its parent).
 public struct MotoServer: Sendable {
     /// `http://127.0.0.1:PORT`.
     public let endpoint: String
@@ -22,30 +23,7 @@ public struct MotoServer: Sendable {
     private static let started = Task<MotoServer, any Error> {
         let scratch = try ScratchDirectory("moto")
         let ready = scratch.path + "/ready"
-        let script = """
-            import json, os, sys, time, urllib.request
-            import boto3
-            from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-            server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)
-            server.start()
-            port = server.get_host_and_port()[1]
-            url = 'http://127.0.0.1:%d' % port
-            iam = boto3.client('iam', endpoint_url=url, region_name='us-east-1', aws_access_key_id='setup', aws_secret_access_key='setup')
-            iam.create_user(UserName='backupd')
-            iam.put_user_policy(UserName='backupd', PolicyName='objects', PolicyDocument=json.dumps(
-                {'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Action': 's3:*', 'Resource': '*'}]}))
-            key = iam.create_access_key(UserName='backupd')['AccessKey']
-            # From here on every request must be signed by a key moto knows, with a policy that allows it.
-            urllib.request.urlopen(urllib.request.Request(url + '/moto-api/reset-auth', data=b'0', method='POST',
-                                                   headers={'Content-Type': 'text/plain'}))
-            with open(sys.argv[1] + '.part', 'w') as f:
-                f.write('%d %s %s\\n' % (port, key['AccessKeyId'], key['SecretAccessKey']))
-            os.rename(sys.argv[1] + '.part', sys.argv[1])
-            parent = os.getppid()
-            while os.getppid() == parent:
-                time.sleep(0.5)
-            """
-        let process = try BackgroundCommand("/usr/bin/env", ["python3", "-c", script, ready])
+        let process = try BackgroundCommand("/usr/bin/env", ["python3", "\(projectRoot)/scripts/moto-server.py", ready])
         for _ in 0..<3000 {
             if let line = try? String(contentsOfFile: ready, encoding: .utf8) {
                 scratch.remove()
