@@ -331,7 +331,7 @@ verdict "growth during its upload with validation (MiB)" "$(growth ctl upload "$
 
 section "on an S3 store: moto on loopback (a test server, not a performance reference); $RUNS runs each, medians"
 # moto with signatures checked, a bucket, and a server of its own each run whose blobs are objects under a prefix of their own.
-python3 scripts/moto-server.py "$work/moto-ready" &
+python3 scripts/moto-server.py "$work/moto-ready" > "$work/moto.log" 2>&1 &
 moto_pid=$!
 for _ in $(seq 1 300); do [ -s "$work/moto-ready" ] && break; sleep 0.1; done
 read -r moto_port AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY < "$work/moto-ready"

@@ -6,6 +6,7 @@ import BackupStorage
 import BackupPostgres
 import BackupServer
 import BackupWire
+import CMalloc
 import Foundation
 import Logging
 import NIOPosix
@@ -333,6 +334,11 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         // What backupd writes (blobs, scratch files) is its own; restored files get their store's owner and mode explicitly.
         umask(0o077)
+        // Buffers of a MiB and more (object-store parts and ranges, upload chunks) are mapped and unmapped whole. By
+        // default glibc raises this threshold to the largest buffer freed, after which 8 MiB parts come from per-thread
+        // arenas that keep them: a 1 GiB upload through S3 grew the server by 217 MiB so, by 50 MiB with it fixed.
+        // MALLOC_MMAP_THRESHOLD_ in the environment still wins.
+        if ProcessInfo.processInfo.environment["MALLOC_MMAP_THRESHOLD_"] == nil { mallopt(M_MMAP_THRESHOLD, 1 << 20) }
         // From here on no PG* variable of backupd's can reach an app database or pg_dump.
         let catalogURL = try ConnectionString.absorbingEnvironment(catalogOptions.catalog)
         let level = Logger.Level(rawValue: logLevel)!
