@@ -59,7 +59,8 @@ extension Catalog {
                     WHERE b.used_at < now() - make_interval(secs => $1::float8)
                       AND (b.collecting_since IS NULL OR b.collecting_since < now() - interval '\(Self.staleBlobClaim)')
                       AND NOT EXISTS (SELECT 1 FROM snapshot_files f WHERE f.sha256 = b.sha256)
-                      AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.dump_sha256 = b.sha256)
+                      AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.dump_sha256 = b.sha256
+                                      AND NOT EXISTS (SELECT 1 FROM dump_chunks d WHERE d.snapshot_id = s.id))
                       AND NOT EXISTS (SELECT 1 FROM dump_chunks c WHERE c.blob_sha256 = b.sha256)
                       AND NOT EXISTS (SELECT 1 FROM archives a WHERE a.sha256 = b.sha256 AND a.state = '\(DownloadRecord.State.ready)')
                       AND NOT EXISTS (SELECT 1 FROM upload_segments s JOIN uploads u ON u.id = s.upload_id

@@ -144,7 +144,8 @@ extension Catalog {
 
     /// Records `blob` as the segment of a receiving upload from byte `first`,
     /// before its content goes into the store, so a collection keeps it from
-    /// now; false unless `writer` holds the upload with `first` bytes
+    /// now; false unless `writer` holds the upload, its lease not run out
+    /// (another call may take it over from then), with `first` bytes
     /// received. A segment a dead writer recorded at `first` (and any past
     /// it) is replaced. Content a collection is removing at this moment is
     /// refused UNAVAILABLE: the chunks are sent again once it is gone.
@@ -153,7 +154,8 @@ extension Catalog {
         try await pool.transaction(idempotent: true) { connection in
             guard try !connection.query("""
                 SELECT id FROM uploads
-                WHERE id = $1 AND received = $2 AND state = '\(UploadState.receiving)' AND \(LeaseColumns.uploadWriter.heldBy(3)) FOR UPDATE
+                WHERE id = $1 AND received = $2 AND state = '\(UploadState.receiving)' AND \(LeaseColumns.uploadWriter.heldBy(3))
+                  AND NOT \(LeaseColumns.uploadWriter.runOut) FOR UPDATE
                 """, uploadID, first, writer).isEmpty else { return false }
             let claimed = try connection.query("""
                 INSERT INTO blobs (sha256, size) VALUES ($1, $2) ON CONFLICT (sha256) DO UPDATE SET used_at = now(), size = excluded.size

@@ -325,6 +325,33 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
         }
     }
 
+    /// Helper finding: a database-only archive is the bare dump, whose hash
+    /// is its snapshot's, and a snapshot kept any blob of that hash: the
+    /// archive stayed in the store as long as the backup did.
+    @Test func aDatabaseOnlyArchiveGoesWithItsLastURLThoughItsHashIsTheDumps() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer(configure: {
+                sweepingOften(&$0)
+                $0.downloads.urlLifetime = .seconds(2)
+            }) { server in
+                let backup = try await finishedBackup(server, app)
+                let backupsBlobs = try await server.storedBlobs()
+                let job = try await server.withClient { client in
+                    let requested = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id; $0.databaseOnly = true })
+                    return try await waitForJob(requested.jobID, on: client)
+                }
+                #expect(job.status == .finished, "\(job.error)")
+                let archive = try #require(ContentHash(hex: backup.dumpSHA256))
+                #expect(!backupsBlobs.contains(archive))
+                try await eventually(within: .seconds(20)) {
+                    let forgotten = try await TestPostgres.query(server.catalogDatabase, "SELECT id FROM archives").isEmpty
+                    let stored = try await server.storedBlobs()
+                    return forgotten && stored == backupsBlobs
+                }
+            }
+        }
+    }
+
     @Test func anArchiveGoesWhenItsLastURLExpiresAndALaterRequestPreparesItAgain() async throws {
         try await withTestApp { app in
             try await withInProcessServer(configure: {

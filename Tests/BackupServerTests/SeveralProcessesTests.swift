@@ -118,9 +118,41 @@ import Testing
                 #expect(uploaded.state == .finished && !uploaded.backupID.isEmpty, "\(uploaded.error)")
                 #expect(worker.log.contains(uploaded.jobID) && !api.log.contains(uploaded.jobID))
 
+                // The bucket holds what the catalog records, the work folders no blob.
                 let rows = try await TestPostgres.query(api.catalogDatabase, "SELECT sha256 FROM blobs").map { ContentHash(hex: $0.string("sha256"))! }
                 #expect(try await api.storedBlobs() == Set(rows) && !rows.isEmpty)
                 #expect(!FileManager.default.fileExists(atPath: scratch.path + "/api/sha256") && !FileManager.default.fileExists(atPath: scratch.path + "/worker/sha256"))
+
+                // Helper findings: a process without the running hash read every segment back before looking at the
+                // call's first chunk (tiny refused calls made it read an upload again and again), and a segment damaged
+                // in the store left the upload to fail every resume until it expired, or failed its validation as the
+                // tenant's broken archive. Now a refused first chunk reads nothing, and the damage fails the upload, named.
+                func damagedUpload(sending: Int) async throws -> Upload {
+                    let upload = try await api.withClient { try await startUpload($0, archive) }
+                    _ = try await api.withClient { try await sendChunks($0, upload, archive, from: 0, to: sending) }
+                    let first = try await TestPostgres.query(api.catalogDatabase, """
+                        SELECT sha256 FROM upload_segments WHERE upload_id = $1 ORDER BY first_byte LIMIT 1
+                        """, upload.id)[0].string("sha256")
+                    try await api.damage(try #require(ContentHash(hex: first))) { $0[0] &+= 1 }
+                    return upload
+                }
+                let resumed = try await damagedUpload(sending: half)
+                await expectStatus(.outOfRange) {
+                    _ = try await worker.withClient { try await sendChunks($0, resumed, archive, from: half + 1, to: archive.count) }
+                }
+                let lost = await expectStatus(.dataLoss) {
+                    _ = try await worker.withClient { try await sendChunks($0, resumed, archive, from: half, to: archive.count) }
+                }
+                #expect(lost?.message.contains("damaged in the server's storage") == true, "\(String(describing: lost))")
+                #expect(try await api.withClient { try await $0.unary(Backups.getUpload, .with { $0.uploadID = resumed.id }) }.state == .failed)
+                let validated = try await damagedUpload(sending: archive.count)
+                let failed = try await api.withClient { client in
+                    let validating = try await client.unary(Backups.finishUpload, .with { $0.uploadID = validated.id })
+                    return try await waitForJob(validating.jobID, on: client)
+                }
+                #expect(failed.status == .failed && failed.error.contains("is corrupt") && !failed.error.contains("not a valid snapshot"),
+                        "\(failed.error)")
+
             } catch {
                 Issue.record(error)
             }

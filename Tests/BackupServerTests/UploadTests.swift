@@ -40,7 +40,9 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
     /// The bytes an upload's spool file holds: written and not counted yet
     /// (counted bytes are segments in the blob store).
     private func spoolBytes(_ server: some BackupTestServer, _ upload: Upload) -> Int {
-        (try? FileManager.default.attributesOfItem(atPath: server.blobDirectory + "/uploads/\(upload.id).upload")[.size] as? Int) ?? 0
+        let spool = server.blobDirectory + "/uploads"
+        return ((try? FileManager.default.contentsOfDirectory(atPath: spool)) ?? []).filter { $0.hasPrefix(upload.id + ".") }
+            .reduce(0) { $0 + ((try? FileManager.default.attributesOfItem(atPath: spool + "/" + $1)[.size] as? Int) ?? 0) }
     }
 
     /// Uploads abandoned after a second without a counted chunk, swept every 200 ms.
@@ -82,15 +84,12 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                 try await server.register(app)
                 try await server.withClient { client in
                     let upload = try await startUpload(client, Self.content)
-                    let spooled = server.blobDirectory + "/uploads/\(upload.id).upload"
                     var ended: RPCError?
                     do {
                         _ = try await client.clientStreaming(Backups.uploadChunks, timeout: .milliseconds(500)) { send in
                             try await send(.with { $0.uploadID = upload.id; $0.offset = 0; $0.data = Array(Self.content[0..<1000]) })
                             // The chunk written, the deadline passes with the next chunk unsent; the call's end counts it.
-                            try await eventually(within: .seconds(60)) {
-                                ((try? FileManager.default.attributesOfItem(atPath: spooled)[.size] as? Int) ?? 0) >= 1000
-                            }
+                            try await eventually(within: .seconds(60)) { spoolBytes(server, upload) >= 1000 }
                             try await eventually(within: .seconds(60)) {
                                 clock.advance(by: .seconds(1))  // again, should the deadline's timer have started after the last move
                                 return try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id }).bytesReceived == 1000
@@ -410,9 +409,18 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                 }
                 // Its lifetime passes (moved in the catalog, whose clock judges it: a loaded machine once took longer
                 // than a one-second lifetime to send the first chunk).
+                let segment = try #require(ContentHash(hex: try await TestPostgres.query(server.catalogDatabase, """
+                    SELECT sha256 FROM upload_segments WHERE upload_id = $1
+                    """, upload.id)[0].string("sha256")))
                 try await TestPostgres.query(server.catalogDatabase, "UPDATE uploads SET expires_at = now() - interval '1 second' WHERE id = $1",
                                        upload.id)
-                try await eventually(within: .seconds(20)) { try spoolFiles(server).isEmpty }
+                // Its segment is forgotten by the sweep and its blob collected.
+                try await eventually(within: .seconds(20)) {
+                    let rows = try await TestPostgres.query(server.catalogDatabase, "SELECT 1 FROM upload_segments WHERE upload_id = $1", upload.id)
+                    let stored = try await server.storedBlobs()
+                    return rows.isEmpty && !stored.contains(segment)
+                }
+                #expect(try spoolFiles(server).isEmpty)
                 let expired = try await server.withClient { try await $0.unary(Backups.getUpload, .with { $0.uploadID = upload.id }) }
                 #expect(expired.state == .expired && expired.error.contains("abandoned"))
                 let activity = try await server.withClient { try await $0.unary(Backups.listActivity, .with { $0.namespace = TestServer.namespace }) }
@@ -444,6 +452,41 @@ func sendChunks(_ client: BackupClient, _ upload: Upload, _ content: [UInt8], fr
                         #expect(try state(upload.id) == "receiving")
                     }
                     #expect(ended.bytesReceived == 1000 && ended.state == .receiving)
+                }
+            }
+        }
+    }
+
+    /// Helper finding (critical): a call whose writer lease had run out, not
+    /// yet taken over, still counted its batch, and took into the store by
+    /// its path the spool file the next call had just made: the next call's
+    /// bytes under the first call's hash, in a store every namespace shares,
+    /// so another tenant's later backups held corrupt content. A call's
+    /// count is refused once its lease has run out, and each call writes a
+    /// spool file of its own.
+    @Test func aCallWhoseLeaseRanOutCountsNothingAndTheStoreHoldsOnlyWhatWasHashed() async throws {
+        try await withTestApp { app in
+            try await withInProcessServer { server in
+                try await server.register(app)
+                try await server.withClient { client in
+                    let upload = try await startUpload(client, Self.content)
+                    let stale = await expectStatus(.aborted) {
+                        _ = try await client.clientStreaming(Backups.uploadChunks) { send in
+                            try await send(.with { $0.uploadID = upload.id; $0.offset = 0; $0.data = Array(Self.content[0..<1000]) })
+                            try await eventually(within: .seconds(30)) { spoolBytes(server, upload) == 1000 }
+                            try await TestPostgres.query(server.catalogDatabase, """
+                                UPDATE uploads SET writer_until = now() - interval '1 second' WHERE id = $1
+                                """, upload.id)
+                        }
+                    }
+                    #expect(stale?.message.contains("no longer this call's to write") == true, "\(String(describing: stale))")
+                    #expect(try await client.unary(Backups.getUpload, .with { $0.uploadID = upload.id }).bytesReceived == 0)
+                    let done = try await sendChunks(client, upload, Self.content, from: 0, to: Self.content.count)
+                    #expect(done.bytesReceived == UInt64(Self.content.count))
+                    #expect(try await receivedContent(server, upload) == Self.content)
+                    // Every blob the store holds reads back as its hash says (storedContent checks it).
+                    for blob in try await server.storedBlobs() { _ = try await server.storedContent(blob) }
+                    #expect(spoolBytes(server, upload) == 0)
                 }
             }
         }

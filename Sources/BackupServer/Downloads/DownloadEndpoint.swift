@@ -12,10 +12,10 @@ import NIOPosix
 /// HEAD of `/v1/downloads/ID/FILE?expires=…&kid=…&sig=…`, with keep-alive
 /// and single byte ranges. The URL is the access, so its signature is
 /// checked before anything else is looked up. Archives are read from the
-/// blob store a range at a time (so any process serves any link), and no
-/// more than a few chunks are written ahead of what the socket has taken
-/// (`HTTPResponseWriter`), so a slow client holds a range of the server's
-/// memory, not the file.
+/// blob store a range of at most a MiB at a time (so any process serves any
+/// link), and no more than a few chunks are written ahead of what the
+/// socket has taken (`HTTPResponseWriter`), so a slow client holds a range
+/// of the server's memory, not the file.
 package struct DownloadEndpoint: Sendable {
     let links: DownloadLinks
     let catalog: Catalog
@@ -30,6 +30,11 @@ package struct DownloadEndpoint: Sendable {
     /// client's socket busy, small enough that a slow one holds about 1.4
     /// MiB with its TLS records beside the range being sent.
     static let chunkSize = 256 * 1024
+
+    /// The most of an archive one answer holds at a time, read in one request
+    /// to the store (an object store's part may be far larger): what a slow
+    /// client costs the server beside its TLS records.
+    static let largestRange = 1 << 20
 
     /// What the request decoder holds of one request before it answers 431:
     /// a request line or one header field of 8 KiB, 16 KiB of them all, 100 fields.
@@ -130,18 +135,8 @@ package struct DownloadEndpoint: Sendable {
             }
             return
         }
-        let store = blobStore
-        let archive = ContentHash(hex: record.sha256)
-        // Its backup deleted and every URL expired since the URL was signed, or lost with the store.
-        let found = try await threadPool.runIfActive { try archive.flatMap { try store.size(of: $0) } }
-        guard record.state == .ready, DownloadLinks.fileName(record)[...] == fileName, let archive, let found else {
+        guard record.state == .ready, DownloadLinks.fileName(record)[...] == fileName, let archive = ContentHash(hex: record.sha256) else {
             try await answer.send(.notFound, "no such download", on: outbound)
-            return
-        }
-        // Checked before any header goes out: a 200 must be followed by the whole archive.
-        guard found == record.size else {
-            logger.error("a ready archive is not the blob it was stored as", metadata: ["download": "\(id)", "blob": "\(archive)"])
-            try await answer.send(.internalServerError, "the archive cannot be read; the server log has the details", on: outbound)
             return
         }
         verified()
@@ -160,6 +155,22 @@ package struct DownloadEndpoint: Sendable {
             return
         }
         defer { if bytes != nil { slots.release(record.namespace) } }
+        if bytes != nil {
+            // Asked of the store only for an answer with a body, within the namespace's download slots. Checked
+            // before any header goes out: a 200 must be followed by the whole archive.
+            let store = blobStore
+            switch try await threadPool.runIfActive({ try store.size(of: archive) }) {
+            case nil:
+                // Its backup deleted and every URL expired since the URL was signed, or lost with the store.
+                try await answer.send(.notFound, "no such download", on: outbound)
+                return
+            case let found? where found != record.size:
+                logger.error("a ready archive is not the blob it was stored as", metadata: ["download": "\(id)", "blob": "\(archive)"])
+                try await answer.send(.internalServerError, "the archive cannot be read; the server log has the details", on: outbound)
+                return
+            default: break
+            }
+        }
         var headers = HTTPHeaders(response.headers)
         if !keepAlive { headers.add(name: "Connection", value: "close") }
         try await outbound.write(.head(HTTPResponseHead(version: head.version, status: .init(statusCode: response.status), headers: headers)))
@@ -174,7 +185,7 @@ package struct DownloadEndpoint: Sendable {
     /// read-ahead to hold. An archive removed meanwhile (its backup deleted,
     /// its URLs expired) ends the answer at its next range.
     private func send(_ archive: ContentHash, from first: UInt64, through last: UInt64, on outbound: HTTPResponseWriter) async throws {
-        let store = blobStore, step = UInt64(max(Self.chunkSize, store.rangeReadSize))
+        let store = blobStore, step = UInt64(max(Self.chunkSize, min(store.rangeReadSize, Self.largestRange)))
         var offset = first
         while offset <= last {
             let length = min(step, last - offset + 1)

@@ -21,7 +21,7 @@ extension BackupsService {
             // between two readings could otherwise let an upload past its share.
             let usable = spool.usableDiskBytes()
             let actor = context.caller.tokenName
-            // Once the reservation may have committed, the spool file and the withdrawal run to their end even if
+            // Once the reservation may have committed, the room check and the withdrawal run to their end even if
             // the client cancels or goes: a reservation is never left behind.
             return try await withoutCancellation { [catalog, spool, uploads] in
                 let reservation = try await catalog.startUpload(
@@ -29,7 +29,7 @@ extension BackupsService {
                     size: request.sizeBytes, sha256: sha256, actor: actor, lifetime: spool.lifetime,
                     spoolBytes: uploads.spoolBytes, diskBytes: usable, namespaceShare: uploads.namespaceShare)
                 do {
-                    try await spool.create(reservation, usable: usable)
+                    try spool.requireRoom(for: reservation, usable: usable)
                 } catch {
                     try await catalog.withdrawUpload(reservation)
                     throw error

@@ -42,7 +42,10 @@ final class UploadSpool: Sendable {
         self.clock = clock
     }
 
-    func path(of uploadID: String) -> String { "\(directory)/\(uploadID).upload" }
+    /// The spool file of one call (`writer`) of an upload: each call has its
+    /// own, so a call whose lease ran out can never store what the next
+    /// call writes as its own segment, nor disturb that call's file.
+    func path(of uploadID: String, writer: String) -> String { "\(directory)/\(uploadID).\(writer).upload" }
 
     /// What the disk that keeps received bytes (the local blob store's, else
     /// the spool's) has free beyond its reserve (everything, when the disk
@@ -52,17 +55,15 @@ final class UploadSpool: Sendable {
         return free > reservedDiskBytes ? free - reservedDiskBytes : 0
     }
 
-    /// Makes a reserved upload's empty file if the disk, with `usable` bytes
-    /// free beyond its reserve, holds it beside what the others are still to
-    /// receive (the refusal names this upload's size only); the file must not exist.
-    func create(_ reservation: UploadReservation, usable: UInt64) async throws {
+    /// Refuses a reserved upload unless the disk, with `usable` bytes free
+    /// beyond its reserve, holds it beside what the others are still to
+    /// receive (the refusal names this upload's size only).
+    func requireRoom(for reservation: UploadReservation, usable: UInt64) throws(BackupError) {
         let size = reservation.upload.sizeBytes
         if usable < size + reservation.othersToCome {
-            throw BackupError.resourceExhausted("the server's disk for uploads has too little free space for an upload of \(size) bytes "
-                                                + "(it keeps \(reservedDiskBytes) bytes free); try again later")
+            throw .resourceExhausted("the server's disk for uploads has too little free space for an upload of \(size) bytes "
+                                     + "(it keeps \(reservedDiskBytes) bytes free); try again later")
         }
-        let path = path(of: reservation.upload.id)
-        try await threadPool.runIfActive { _ = try LocalFile.create(path) }
     }
 
     /// Receives one call's chunks of `upload` in order. The call holds the
@@ -99,17 +100,13 @@ final class UploadSpool: Sendable {
         guard start < upload.sizeBytes else {
             throw BackupError.failedPrecondition("upload \(upload.id) has received all its \(upload.sizeBytes) bytes; it takes no more chunks")
         }
-        let path = self.path(of: upload.id)
-        // Unless this process received the chunks so far, hash the segments (after a restart, or another process's chunks).
-        let hash: RunningHash
-        if let cached = cachedHash(upload.id, covering: start) {
-            hash = cached
-        } else {
-            let (segments, store) = (try await catalog.uploadSegments(uploadID: upload.id, received: start), blobStore)
-            hash = try await threadPool.runIfActive { try Self.hash(segments, in: store) }
-        }
-        // Bytes written past the count (by a call, or a process, that ended before counting them) are written again.
-        try await threadPool.runIfActive { try Self.startSegment(path) }
+        // This call's own file, gone when it ends: what it counted is in the store, what it did not is sent again.
+        let path = self.path(of: upload.id, writer: writer)
+        try await threadPool.runIfActive { _ = try LocalFile.create(path) }
+        defer { FileSystem.remove(path) }
+        // This process's running hash of the bytes so far, else (after a restart, or another process's chunks) one
+        // made from the segments once a first chunk is taken: a call refused at its first chunk reads nothing.
+        var hash = cachedHash(upload.id, covering: start)
         var receipt = UploadReceipt(uploadID: upload.id, size: upload.sizeBytes, counted: start, now: clock.now)
         var iterator = chunks.makeAsyncIterator()
         var refusal: (any Error)?
@@ -122,29 +119,35 @@ final class UploadSpool: Sendable {
                 guard try await catalog.renewUploadLease(id: upload.id, writer: writer, offset: receipt.counted, seconds: Self.leaseSeconds) else {
                     throw receipt.writerLeaseLost()
                 }
+                let running: RunningHash
+                if let hash {
+                    running = hash
+                } else {
+                    running = try await runningHash(of: upload, received: start)
+                    hash = running
+                }
                 try await threadPool.runIfActive { [data = chunk.data, offset = chunk.offset, first = receipt.counted] in
                     try Self.write(data, to: path, at: offset - first, upload: offset)
                 }
                 chunk.data.withUnsafeBytes {
-                    hash.hasher.update($0)
-                    hash.segment.update($0)
+                    running.hasher.update($0)
+                    running.segment.update($0)
                 }
-                hash.covers += UInt64(chunk.data.count)
+                running.covers += UInt64(chunk.data.count)
                 due = receipt.written(now: clock.now)
             } catch {
                 refusal = error
                 break
             }
-            if let due { try await count(upload, due, writer: writer, hash: hash, receipt: &receipt) }
+            if let due, let hash { try await count(upload, due, writer: writer, hash: hash, receipt: &receipt) }
         }
         // A call that ends, is refused or is cut off early keeps the chunks it wrote whole (counted even though
-        // the call's task is cancelled); a refusal is then its answer.
-        if let due = receipt.ended(now: clock.now) { try await count(upload, due, writer: writer, hash: hash, receipt: &receipt) }
+        // the call's task is cancelled); a refusal is then its answer. Nothing to count: no chunk was written.
+        if let due = receipt.ended(now: clock.now), let hash { try await count(upload, due, writer: writer, hash: hash, receipt: &receipt) }
+        // Kept for the next call, refused or not, so no call makes this process read the segments again.
+        if let hash, !receipt.isComplete, hash.covers == receipt.counted { cache(upload.id, hash) }
         if let refusal { throw refusal }
-        guard receipt.isComplete else {
-            cache(upload.id, hash)
-            return
-        }
+        guard receipt.isComplete else { return }
         // Anything sent after the last byte is past the size.
         if let extra = try await iterator.next(),
            let refused = receipt.chunk(uploadID: extra.uploadID, offset: extra.offset, length: extra.data.count) {
@@ -171,7 +174,7 @@ final class UploadSpool: Sendable {
     /// byte counts only once the whole archive's hash is checked: a
     /// complete upload is a verified one.
     private func count(_ upload: Upload, _ due: UploadReceipt.Count, writer: String, hash: RunningHash) async throws -> Bool {
-        let (path, store) = (self.path(of: upload.id), blobStore)
+        let (path, store) = (self.path(of: upload.id, writer: writer), blobStore)
         if due.complete { try await checkHash(upload, hash) }
         let segment = StoredBlob(hash: hash.endSegment(), size: due.to - due.from)
         guard try await catalog.recordUploadSegment(uploadID: upload.id, writer: writer, first: due.from, blob: segment) else { return false }
@@ -182,6 +185,25 @@ final class UploadSpool: Sendable {
             if !due.complete { try Self.startSegment(path) }
         }
         return try await catalog.recordReceived(uploadID: upload.id, writer: writer, from: due.from, to: due.to, lifetime: lifetime)
+    }
+
+    /// The running hash of an upload's first `received` bytes, read back
+    /// from its segments in the store. A segment the store lost or holds
+    /// damaged fails the upload, naming it: nothing can resume it.
+    private func runningHash(of upload: Upload, received: UInt64) async throws -> RunningHash {
+        let (segments, store) = (try await catalog.uploadSegments(uploadID: upload.id, received: received), blobStore)
+        do {
+            return try await threadPool.runIfActive { try Self.hash(segments, in: store) }
+        } catch let damage as BlobStoreError {
+            switch damage {
+            case .corrupt, .missing: break
+            default: throw damage
+            }
+            let reason = "what it received is damaged in the server's storage (\(damage)); nothing was kept, upload the archive again"
+            try await catalog.failUpload(id: upload.id, reason: reason)
+            remove([upload.id])
+            throw BackupError.dataLoss(reason)
+        }
     }
 
     /// Compares a received upload's hash with the one announced; a mismatch
@@ -212,14 +234,22 @@ final class UploadSpool: Sendable {
 
     /// Removes uploads' files and running hashes.
     func remove(_ uploadIDs: [String]) {
-        for id in uploadIDs { FileSystem.remove(path(of: id)) }
+        let ids = Set(uploadIDs)
+        for name in (try? FileSystem.names(in: directory)) ?? [] where Self.uploadID(ofFile: name).map(ids.contains) == true {
+            FileSystem.remove("\(directory)/\(name)")
+        }
         hashes.withLockedValue { hashes in for id in uploadIDs { hashes[id] = nil } }
     }
 
     /// The upload ids of the spool's files.
     func listedUploads() throws -> [String] {
-        try FileSystem.names(in: directory).filter { $0.hasSuffix(".upload") }
-            .map { String($0.dropLast(".upload".count)) }
+        Array(Set(try FileSystem.names(in: directory).compactMap(Self.uploadID(ofFile:))))
+    }
+
+    /// The upload a spool file (`UPLOAD.WRITER.upload`) belongs to.
+    private static func uploadID(ofFile name: String) -> String? {
+        guard name.hasSuffix(".upload"), let dot = name.firstIndex(of: ".") else { return nil }
+        return String(name[..<dot])
     }
 
     /// Removes the files of `listed` uploads neither receiving nor being validated, and of
@@ -227,10 +257,12 @@ final class UploadSpool: Sendable {
     /// one may belong to a start whose transaction has not committed yet).
     func sweep(listed: [String], unfinished: Set<String>, known: Set<String>) -> Int {
         let minuteAgo = Date().addingTimeInterval(-60).timeIntervalSince1970
+        let names = (try? FileSystem.names(in: directory)) ?? []
         let gone = listed.filter { id in
             guard !unfinished.contains(id) else { return false }
             guard !known.contains(id) else { return true }
-            return (FileSystem.modified(path(of: id)) ?? 0) < minuteAgo
+            return names.filter { Self.uploadID(ofFile: $0) == id }
+                .allSatisfy { (FileSystem.modified("\(directory)/\($0)") ?? 0) < minuteAgo }
         }
         remove(gone)
         return gone.count

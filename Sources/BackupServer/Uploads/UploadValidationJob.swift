@@ -98,6 +98,8 @@ struct UploadValidationJob: Sendable {
                     }
                 }
             } catch let rejection as ArchiveRejection {
+                // A segment damaged in the store reads as a broken archive: it is named as what it is.
+                for segment in segments { _ = try blobStore.verify(segment.hash) }
                 throw JobFailure(description: "the archive is not a valid snapshot: \(rejection)")
             }
             return ReadArchive(contents: contents, documents: documents.withLockedValue { $0 })
