@@ -325,34 +325,12 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
         }
     }
 
-    /// Helper finding: a database-only archive is the bare dump, whose hash
-    /// is its snapshot's, and a snapshot kept any blob of that hash: the
-    /// archive stayed in the store as long as the backup did.
-    @Test func aDatabaseOnlyArchiveGoesWithItsLastURLThoughItsHashIsTheDumps() async throws {
-        try await withTestApp { app in
-            try await withInProcessServer(configure: {
-                sweepingOften(&$0)
-                $0.downloads.urlLifetime = .seconds(2)
-            }) { server in
-                let backup = try await finishedBackup(server, app)
-                let backupsBlobs = try await server.storedBlobs()
-                let job = try await server.withClient { client in
-                    let requested = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id; $0.databaseOnly = true })
-                    return try await waitForJob(requested.jobID, on: client)
-                }
-                #expect(job.status == .finished, "\(job.error)")
-                let archive = try #require(ContentHash(hex: backup.dumpSHA256))
-                #expect(!backupsBlobs.contains(archive))
-                try await eventually(within: .seconds(20)) {
-                    let forgotten = try await TestPostgres.query(server.catalogDatabase, "SELECT id FROM archives").isEmpty
-                    let stored = try await server.storedBlobs()
-                    return forgotten && stored == backupsBlobs
-                }
-            }
-        }
-    }
-
-    @Test func anArchiveGoesWhenItsLastURLExpiresAndALaterRequestPreparesItAgain() async throws {
+    /// Either kind of archive. Helper finding: a database-only archive is
+    /// the bare dump, whose hash is its snapshot's, and a snapshot kept any
+    /// blob of that hash: that archive stayed in the store as long as the
+    /// backup did.
+    @Test(arguments: [false, true])
+    func anArchiveGoesWhenItsLastURLExpiresAndALaterRequestPreparesItAgain(databaseOnly: Bool) async throws {
         try await withTestApp { app in
             try await withInProcessServer(configure: {
                 sweepingOften(&$0)
@@ -363,7 +341,7 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                 try await server.withClient { client in
                     // Only the jobs are watched: on a loaded machine the two-second URL may
                     // already have expired, and its download gone, by the time a job's end is seen.
-                    let first = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
+                    let first = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id; $0.databaseOnly = databaseOnly })
                     #expect(try await waitForJob(first.jobID, on: client).status == .finished)
                     // The archive is forgotten, and its blob collected.
                     try await eventually {
@@ -371,7 +349,7 @@ func sweepingOften(_ configuration: inout ServerConfiguration) {
                         let stored = try await server.storedBlobs()
                         return forgotten && stored == backupsBlobs
                     }
-                    let second = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id })
+                    let second = try await client.unary(Backups.requestDownload, .with { $0.backupID = backup.id; $0.databaseOnly = databaseOnly })
                     #expect(second.jobID != first.jobID)
                     #expect(try await waitForJob(second.jobID, on: client).status == .finished)
                 }
