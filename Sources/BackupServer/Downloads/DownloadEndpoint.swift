@@ -12,10 +12,11 @@ import NIOPosix
 /// HEAD of `/v1/downloads/ID/FILE?expires=…&kid=…&sig=…`, with keep-alive
 /// and single byte ranges. The URL is the access, so its signature is
 /// checked before anything else is looked up. Archives are read from the
-/// blob store a range of at most a MiB at a time (so any process serves any
-/// link), and no more than a few chunks are written ahead of what the
-/// socket has taken (`HTTPResponseWriter`), so a slow client holds a range
-/// of the server's memory, not the file.
+/// blob store a range at a time (so any process serves any link), the
+/// answers streaming at once sharing a budget for their ranges, and no more
+/// than a few chunks are written ahead of what the socket has taken
+/// (`HTTPResponseWriter`), so a slow client holds its share of the server's
+/// memory, not the file.
 package struct DownloadEndpoint: Sendable {
     let links: DownloadLinks
     let catalog: Catalog
@@ -31,10 +32,11 @@ package struct DownloadEndpoint: Sendable {
     /// MiB with its TLS records beside the range being sent.
     static let chunkSize = 256 * 1024
 
-    /// The most of an archive one answer holds at a time, read in one request
-    /// to the store (an object store's part may be far larger): what a slow
-    /// client costs the server beside its TLS records.
-    static let largestRange = 1 << 20
+    /// What the answers streaming at once hold of archives, shared among
+    /// them: a download alone reads the store's full ranges (an object
+    /// store's part, one request each, keeps it near the store's pace);
+    /// many slow ones share this, each reading at least a chunk at a time.
+    static let rangeBudget = 64 << 20
 
     /// What the request decoder holds of one request before it answers 431:
     /// a request line or one header field of 8 KiB, 16 KiB of them all, 100 fields.
@@ -180,15 +182,17 @@ package struct DownloadEndpoint: Sendable {
     }
 
     /// Streams bytes `first` through `last` of the archive, a range of the
-    /// store's `rangeReadSize` read at a time and written in chunks. The
+    /// store's `rangeReadSize` (or this answer's share of `rangeBudget`, if
+    /// less) read at a time and written in chunks. The
     /// next range is read only once the writer has taken the last one: no
     /// read-ahead to hold. An archive removed meanwhile (its backup deleted,
     /// its URLs expired) ends the answer at its next range.
     private func send(_ archive: ContentHash, from first: UInt64, through last: UInt64, on outbound: HTTPResponseWriter) async throws {
-        let store = blobStore, step = UInt64(max(Self.chunkSize, min(store.rangeReadSize, Self.largestRange)))
+        let store = blobStore
         var offset = first
         while offset <= last {
-            let length = min(step, last - offset + 1)
+            let share = Self.rangeBudget / max(1, slots.streaming)
+            let length = min(UInt64(max(Self.chunkSize, min(store.rangeReadSize, share))), last - offset + 1)
             var range = try await threadPool.runIfActive { [offset] in try store.read(archive, at: offset, length: Int(length)) }
             // An archive cut short would leave the client waiting for bytes its Content-Length promised.
             guard range.readableBytes == Int(length) else { throw ArchiveShorterThanRecorded() }
@@ -394,6 +398,9 @@ final class DownloadSlots: Sendable {
             return true
         }
     }
+
+    /// How many downloads stream now.
+    var streaming: Int { state.withLockedValue { $0.total } }
 
     func release(_ namespace: String) {
         state.withLockedValue { state in
