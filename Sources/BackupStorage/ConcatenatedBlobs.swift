@@ -9,8 +9,9 @@ public final class ConcatenatedBlobs: ArchiveByteSource {
     private let store: any BlobStore
     private let blobs: [StoredBlob]
     private let interruption: Interruption?
-    /// The range read last, held until the next call (the pointer handed out points into it).
-    private var range = ByteBuffer()
+    /// Where the range read last is copied and stays until the next call:
+    /// memory of this reader's own, so the pointer handed out stays valid.
+    private let buffer: UnsafeMutableRawBufferPointer
     private var index = 0
     private var offset: UInt64 = 0
     private var hasher = SHA256Hasher()
@@ -21,7 +22,10 @@ public final class ConcatenatedBlobs: ArchiveByteSource {
         self.blobs = blobs
         self.interruption = interruption
         step = max(1 << 20, store.rangeReadSize)
+        buffer = .allocate(byteCount: step, alignment: 1)
     }
+
+    deinit { buffer.deallocate() }
 
     /// The next bytes, valid until the next call; empty once every blob was
     /// read whole and found to have its hash (`corrupt` or `missing` if not).
@@ -31,11 +35,14 @@ public final class ConcatenatedBlobs: ArchiveByteSource {
             if offset < blob.size {
                 if interruption?.isSet == true { throw BlobStoreError.interrupted(path: blob.hash.hex) }
                 let length = Int(min(UInt64(step), blob.size - offset))
-                range = try store.read(blob.hash, at: offset, length: length)
-                range.withUnsafeReadableBytes { hasher.update($0) }
+                let range = try store.read(blob.hash, at: offset, length: length)
+                // A blob shorter than recorded (or a store that answers more than asked) is not its content.
                 guard range.readableBytes == length else { throw BlobStoreError.corrupt(blob.hash, actual: hasher.finish()) }
+                range.withUnsafeReadableBytes { buffer.copyMemory(from: $0) }
+                let bytes = UnsafeRawBufferPointer(rebasing: buffer[..<length])
+                hasher.update(bytes)
                 offset += UInt64(length)
-                return range.withUnsafeReadableBytes { $0 }
+                return bytes
             }
             let actual = hasher.finish()
             guard actual == blob.hash else { throw BlobStoreError.corrupt(blob.hash, actual: actual) }

@@ -6,12 +6,12 @@ import Foundation
 import NIOConcurrencyHelpers
 import NIOPosix
 
-/// Receives uploads: each call's chunks are written to the upload's file
-/// in the spool folder (`ID.upload`) at the offset the catalog says comes
+/// Receives uploads: each call's chunks are written to a spool file of the
+/// call's own (`UPLOAD.WRITER.upload`) in the order the catalog says comes
 /// next and hashed as they arrive, so an archive is never held in memory.
 /// A batch of written bytes counts (in the catalog) once it is a segment
 /// in the blob store: a blob of its own, recorded as the upload's from its
-/// first byte, and the spool file starts again empty. So the bytes counted
+/// first byte, and the call's file starts again empty. So the bytes counted
 /// are wherever the store is, and a call cut off, a full disk, a restart or
 /// the loss of this machine leaves an upload that any process sharing the
 /// catalog and the store resumes from its count, or validates.
