@@ -36,14 +36,19 @@ start)
   [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$PGROOT/"
   if [ ! -f "$DATA/PG_VERSION" ]; then
     as_postgres "$BIN/initdb" -D "$DATA" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 >/dev/null
-    cat >> "$DATA/postgresql.conf" <<CONF
+  fi
+  # Rewritten at every start, so a cluster made by an older checkout gets
+  # today's settings. The test run keeps one catalog per test server, each
+  # with its pool, and runs many servers at once: 200 connections ran out.
+  cat > "$DATA/backupd.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PORT
 unix_socket_directories = '$PGROOT/run'
-max_connections = 200
+max_connections = 500
 logging_collector = off
 CONF
-  fi
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$DATA/backupd.conf"
+  grep -q "backupd.conf" "$DATA/postgresql.conf" || echo "include_if_exists = 'backupd.conf'" >> "$DATA/postgresql.conf"
   # Tests need one role that must log in with its password, like a real app's.
   reload=false
   if ! grep -q backupd_password_test "$DATA/pg_hba.conf"; then

@@ -104,15 +104,18 @@ extension Catalog {
 
     /// Makes `writer` (one call) the only one that writes a receiving
     /// upload's chunks, in any process sharing the catalog, for a lease of
-    /// `seconds` that each chunk renews; returns the bytes received so far,
-    /// or nil while another call's lease runs.
-    public func claimUpload(id: String, writer: String, seconds: Int) async throws -> UInt64? {
+    /// `seconds` that each chunk renews; returns the bytes received so far
+    /// and how many of its segments hold fewer than `smallSegmentBytes`, or
+    /// nil while another call's lease runs.
+    public func claimUpload(id: String, writer: String, seconds: Int,
+                            smallSegmentBytes: UInt64) async throws -> (received: UInt64, smallSegments: Int)? {
         try await pool.withConnection(idempotent: true) { connection in
             try connection.query("""
                 UPDATE uploads SET \(LeaseColumns.uploadWriter.grant(holder: 2, seconds: 3))
                 WHERE id = $1 AND state = '\(UploadState.receiving)' AND (\(LeaseColumns.uploadWriter.free) OR \(LeaseColumns.uploadWriter.heldBy(2)))
-                RETURNING received
-                """, id, writer, seconds).first?.uint64("received")
+                RETURNING received,
+                    (SELECT count(*) FROM upload_segments s WHERE s.upload_id = uploads.id AND s.size < $4::bigint) AS small
+                """, id, writer, seconds, smallSegmentBytes).first.map { ($0.uint64("received"), Int($0.int64("small"))) }
         }
     }
 

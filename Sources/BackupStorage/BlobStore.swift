@@ -48,6 +48,45 @@ public enum BlobStoreError: ReportableError, CustomStringConvertible {
     }
 }
 
+/// A job's say before a store lets the copy it holds stand for content the
+/// job is storing: the catalog marks the content used at once, so a
+/// collection running beside the job cannot take that copy between the
+/// store's answer and the job's record of its batch (on an object store
+/// that window was many requests long, and a nightly backup reuses almost
+/// everything). The mark falls after the job began, so collection keeps
+/// the copy until the job ends: the job asks the store and the catalog
+/// once per content, however many of its documents or chunks repeat it.
+/// A store used outside a job (`unasked`) asks only itself.
+public final class ReuseClaims: Sendable {
+    private let mark: (@Sendable (StoredBlob) throws -> Bool)?
+    private let marked = Mutex<Set<ContentHash>>([])
+    /// Contents remembered as marked; past them each reuse asks again.
+    static let remembered = 65_536
+
+    /// `mark` records `blob` used and says whether its copy may be reused:
+    /// not while a collection is removing it.
+    public init(_ mark: (@Sendable (StoredBlob) throws -> Bool)?) {
+        self.mark = mark
+    }
+
+    public static let unasked = ReuseClaims(nil)
+
+    /// Whether the copy `held` says the store has may stand for `blob`. The
+    /// store is asked first, so content it lacks leaves no catalog row (a
+    /// store out of reach catalogs nothing); a copy collected in the moment
+    /// between the two is caught by the job's record. A mark that fails (the
+    /// catalog out of reach) reuses nothing: the content is written, and the
+    /// job's record fails with the catalog's reason.
+    func reuses(_ blob: StoredBlob, held: (ContentHash) -> Bool) -> Bool {
+        if marked.withLock({ $0.contains(blob.hash) }) { return true }
+        guard held(blob.hash) else { return false }
+        guard let mark else { return true }
+        guard (try? mark(blob)) == true else { return false }
+        marked.withLock { if $0.count < Self.remembered { $0.insert(blob.hash) } }
+        return true
+    }
+}
+
 /// Content-addressed storage of database dumps and file documents: each blob
 /// is stored once under the SHA-256 of its content. Nothing here assumes a
 /// local path: a store writes a blob as a stream whose hash is known at its
@@ -76,8 +115,13 @@ public protocol BlobStore: Sendable {
     func contains(_ hash: ContentHash) throws -> Bool
     /// Whether the store holds `hash`, marking it as reused now, so a
     /// collection that runs beside the job reusing it does not take it as
-    /// an unrecorded leftover.
+    /// an unrecorded leftover. Stores ask through `reuses(_:)`, which asks
+    /// the catalog first.
     func reuse(_ hash: ContentHash) -> Bool
+    /// Who is asked before the copy the store holds stands for new content.
+    var reuseClaims: ReuseClaims { get }
+    /// This store, asking `claims` before each reuse: a job's view of it.
+    func asking(_ claims: ReuseClaims) -> any BlobStore
     /// Removes a blob; one that is not there counts as removed.
     func remove(_ hash: ContentHash) throws
     /// Removes blobs, as many at once as the store allows, and says which
@@ -125,6 +169,13 @@ public protocol BlobStore: Sendable {
 extension BlobStore {
     public var localFolder: String? { nil }
 
+    /// Whether the copy the store holds may stand for `blob`: the store
+    /// holds it, and the catalog has marked it used (`reuseClaims`). Every
+    /// reuse, by a store or a job, asks here.
+    public func reuses(_ blob: StoredBlob) -> Bool {
+        reuseClaims.reuses(blob) { reuse($0) }
+    }
+
     /// One blob at a time.
     public func remove(all hashes: [ContentHash]) -> (removed: [ContentHash], failure: (any Error)?) {
         var removed: [ContentHash] = []
@@ -144,7 +195,7 @@ extension BlobStore {
     /// documents are unchanged since the last backup.
     public func put(reading file: LocalFile, upTo limit: UInt64, interruption: Interruption?) throws -> StoredBlob {
         let (hash, size) = try file.contentHash(limit: limit, interruption: interruption)
-        if reuse(hash) { return StoredBlob(hash: hash, size: size, written: false) }
+        if reuses(StoredBlob(hash: hash, size: size)) { return StoredBlob(hash: hash, size: size, written: false) }
         try file.rewind()
         let writer = try writer()
         try file.readChunks(limit: limit, interruption: interruption) { try writer.write($0) }

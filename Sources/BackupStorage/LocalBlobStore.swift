@@ -12,6 +12,13 @@ import NIOCore
 /// written through into the store).
 public struct LocalBlobStore: BlobStore {
     public let root: String
+    public private(set) var reuseClaims = ReuseClaims.unasked
+
+    public func asking(_ claims: ReuseClaims) -> any BlobStore {
+        var store = self
+        store.reuseClaims = claims
+        return store
+    }
     static let folderMode: mode_t = 0o700
     static let blobMode: mode_t = 0o400
 
@@ -70,7 +77,7 @@ public struct LocalBlobStore: BlobStore {
     public func adopt(_ path: String, as blob: StoredBlob) throws -> StoredBlob {
         defer { FileSystem.remove(path) }
         let (hash, size) = (blob.hash, blob.size)
-        if reuse(hash) { return StoredBlob(hash: hash, size: size, written: false) }
+        if reuses(blob) { return StoredBlob(hash: hash, size: size, written: false) }
         let file = try LocalFile.open(path)
         try file.apply(FileOwner(mode: Self.blobMode))
         try file.sync()
@@ -88,7 +95,7 @@ public struct LocalBlobStore: BlobStore {
     /// it when the store has that content already; the file is gone
     /// afterwards, unless the rename failed.
     fileprivate func takeIn(_ temporary: String, hash: ContentHash, size: UInt64) throws -> StoredBlob {
-        if reuse(hash) {
+        if reuses(StoredBlob(hash: hash, size: size)) {
             FileSystem.remove(temporary)
             return StoredBlob(hash: hash, size: size, written: false)
         }
@@ -181,7 +188,7 @@ final class LocalBlobWriter: BlobWriter {
 
     func finish() throws -> StoredBlob {
         let hash = staged.finishHash()
-        if store.reuse(hash) {
+        if store.reuses(StoredBlob(hash: hash, size: staged.size)) {
             staged.discard()
             return StoredBlob(hash: hash, size: staged.size, written: false)
         }

@@ -112,6 +112,40 @@ import Testing
         }
     }
 
+    /// Found on S3: a nightly backup found its content in the store, a
+    /// collection removed that copy before the job recorded it, and the job
+    /// failed "collected as it ran". A store now has the catalog mark content
+    /// used before its copy stands for a job's content (`ReuseClaims`): a copy reused
+    /// beside a running job stays at the next collection, and a copy a
+    /// collection is removing is written again rather than reused.
+    @Test func aStoreHasTheCatalogMarkContentUsedBeforeItReusesItsCopy() async throws {
+        try await TestCatalog.with { catalog, database, threadPool in
+            try await TestCatalog.register(catalog)
+            let scratch = try ScratchDirectory("reuse-claims")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            let (reused, collected) = (try store.storing("reused by a nightly backup"), try store.storing("being collected"))
+            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool).record([reused, collected])
+            try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
+            _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+            _ = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 300, perNamespace: 1))
+            /// Stores `text` as a job stores a document: from an open file.
+            func put(_ text: String) throws -> StoredBlob {
+                let path = "\(scratch.path)/document"
+                try text.write(toFile: path, atomically: false, encoding: .utf8)
+                let file = try LocalFile.open(path)
+                // A job's ledger of its own for each: one job marks each content once.
+                return try BlobLedger(catalog: catalog, store: store, threadPool: threadPool).store
+                    .put(reading: file, upTo: UInt64(text.utf8.count), interruption: nil)
+            }
+
+            #expect(try put("reused by a nightly backup") == StoredBlob(hash: reused.hash, size: reused.size, written: false))  // its copy stands
+            #expect(try await catalog.claimUnreferencedBlobs().claimed == [collected.hash])
+            #expect(try put("being collected") == StoredBlob(hash: collected.hash, size: collected.size, written: true))
+            try await catalog.releaseBlobClaims([collected.hash])
+        }
+    }
+
     /// Helper finding: collection listed files no row knew, checked the rows,
     /// then unlinked them; a job recording one of them in between finished a
     /// backup whose blob was gone. Each such file now gets a row of

@@ -32,8 +32,9 @@ import Testing
     static let start = ContinuousClock.now
 
     @discardableResult
-    func run(size: UInt64 = 100, counted: UInt64 = 0, _ rows: [Row], sourceLocation: SourceLocation = #_sourceLocation) -> Machine {
-        var machine = Machine(uploadID: "u1", size: size, counted: counted, now: Self.start)
+    func run(size: UInt64 = 100, counted: UInt64 = 0, smallSegments: Int = 0, _ rows: [Row],
+             sourceLocation: SourceLocation = #_sourceLocation) -> Machine {
+        var machine = Machine(uploadID: "u1", size: size, counted: counted, smallSegments: smallSegments, now: Self.start)
         for (index, row) in rows.enumerated() {
             let answer: Answer
             switch row.event {
@@ -66,7 +67,7 @@ import Testing
         #expect(machine.isComplete)
     }
 
-    @Test func writtenBytesCountInBatchesOfSixtyFourMebibytesOrASecond() {
+    @Test func writtenBytesCountInBatchesOfSixtyFourMebibytesOrASecondsWorthOfOne() {
         let mebibyte = 1 << 20
         run(size: 200 << 20, [
             Row(.chunk(offset: 0, length: 63 * mebibyte), .write),
@@ -76,8 +77,34 @@ import Testing
             Row(.counted(to: 64 << 20, at: .milliseconds(700))),
             Row(.chunk(offset: 64 << 20, length: 10), .write),
             Row(.written(at: .milliseconds(1_699)), .count(nil)),
+            // A second since the last count, but less than a mebibyte waiting: a slow client's count waits for one.
             Row(.chunk(offset: (64 << 20) + 10, length: 10), .write),
-            Row(.written(at: .milliseconds(1_700)), .count(Count(from: 64 << 20, to: (64 << 20) + 20, complete: false))),
+            Row(.written(at: .milliseconds(1_700)), .count(nil)),
+            Row(.chunk(offset: (64 << 20) + 20, length: mebibyte - 20), .write),
+            Row(.written(at: .milliseconds(1_800)), .count(Count(from: 64 << 20, to: 65 << 20, complete: false))),
+        ])
+    }
+
+    /// A call's end counts its last bytes under a mebibyte while the upload
+    /// has fewer than 256 such small segments (each is an object in the
+    /// store); past them only a mebibyte or the last byte counts, and the
+    /// client sends the rest again.
+    @Test func smallSegmentsAtACallsEndAreFewPerUpload() {
+        let (mebibyte, share) = (1 << 20, Machine.smallSegmentsPerUpload)
+        run(size: 10 << 20, smallSegments: share - 1, [
+            Row(.chunk(offset: 0, length: 10), .write), Row(.written(), .count(nil)),
+            Row(.ended(), .count(Count(from: 0, to: 10, complete: false))),
+        ])
+        run(size: 10 << 20, smallSegments: share, [
+            Row(.chunk(offset: 0, length: 10), .write), Row(.written(), .count(nil)),
+            Row(.ended(), .count(nil)),
+        ])
+        run(size: 10 << 20, smallSegments: share, [
+            Row(.chunk(offset: 0, length: mebibyte), .write), Row(.written(), .count(nil)),
+            Row(.ended(), .count(Count(from: 0, to: 1 << 20, complete: false))),
+        ])
+        run(size: 100, counted: 90, smallSegments: share, [
+            Row(.chunk(offset: 90, length: 10), .write), Row(.written(), .count(Count(from: 90, to: 100, complete: true))),
         ])
     }
 

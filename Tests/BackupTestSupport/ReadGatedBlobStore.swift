@@ -51,6 +51,9 @@ public final class ReadGatedBlobStore: BlobStore {
     public func writer() throws -> any BlobWriter { try store.writer() }
     public func contains(_ hash: ContentHash) throws -> Bool { try store.contains(hash) }
     public func reuse(_ hash: ContentHash) -> Bool { store.reuse(hash) }
+    public var reuseClaims: ReuseClaims { store.reuseClaims }
+    /// The wrapped store's view: a job writes through it, and only reads are gated.
+    public func asking(_ claims: ReuseClaims) -> any BlobStore { store.asking(claims) }
     public func remove(_ hash: ContentHash) throws { try store.remove(hash) }
     public func remove(all hashes: [ContentHash]) -> (removed: [ContentHash], failure: (any Error)?) { store.remove(all: hashes) }
     public func dropAbandonedWrites(startedBefore cutoff: Date) throws -> Int { try store.dropAbandonedWrites(startedBefore: cutoff) }

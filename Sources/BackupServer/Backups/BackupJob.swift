@@ -170,7 +170,7 @@ struct BackupJob: Sendable {
                 return total
             }
             await progress.update(part: "files", total: sizes)
-            try await inBatches(keys, threadPool: threadPool) { [blobStore] key -> CapturedFile in
+            try await inBatches(keys, threadPool: threadPool) { [blobStore = ledger.store] key -> CapturedFile in
                 let document: OpenedDocument
                 do {
                     document = try store.open(key: key)

@@ -10,7 +10,6 @@ import NIOPosix
 /// way for every job that stores a dump: a backup and an upload's validation.
 struct DumpStorage: Sendable {
     let catalog: Catalog
-    let blobStore: any BlobStore
     let threadPool: NIOThreadPool
     /// zstd level of new chunks.
     let level: Int32
@@ -23,7 +22,7 @@ struct DumpStorage: Sendable {
         let latest = try await catalog.knownDumpChunks(namespace: environment.namespace, environment: environment.name)
         let kept = Set(try await ledger.keep(latest.values.map(\.blob)).map(\.hash))
         let known = latest.filter { kept.contains($0.value.blob.hash) }
-        let writer = DumpChunkWriter(store: blobStore, level: level)
+        let writer = DumpChunkWriter(store: ledger.store, level: level)
         // Each batch's chunks are recorded as soon as they are stored: a chunk reused from a backup deleted meanwhile
         // is marked used before a collection beside this job could take it.
         let dump = try await progress.reporting(on: threadPool, to: target) { interruption, report in

@@ -11,8 +11,16 @@ import NIOPosix
 /// which can be run again, rather than a backup referencing nothing.
 struct BlobLedger: Sendable {
     let catalog: Catalog
+    /// The store as the job sees it: each copy it reuses is marked used in
+    /// the catalog first (`ReuseClaims`). The job stores through this.
     let store: any BlobStore
     let threadPool: NIOThreadPool
+
+    init(catalog: Catalog, store: any BlobStore, threadPool: NIOThreadPool) {
+        self.catalog = catalog
+        self.store = store.asking(ReuseClaims { blob in try waitFor { try await catalog.markBlobsUsed([blob]).isEmpty } })
+        self.threadPool = threadPool
+    }
 
     /// Marks `blobs` used; fails naming how many the store no longer holds.
     func record(_ blobs: [StoredBlob]) async throws {

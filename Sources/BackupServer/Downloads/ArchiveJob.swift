@@ -29,12 +29,12 @@ struct ArchiveJob: Sendable {
         // The backup is pinned while this job runs, so every blob it reads stays referenced and is never collected.
         let written = try await write(work, to: partial, progress: progress)
         await progress.update(done: content, total: content, phase: "storing the archive")
-        let store = blobStore
-        let archive = try await threadPool.runIfActive {
+        let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool)
+        let archive = try await threadPool.runIfActive { [store = ledger.store] in
             try store.adopt(partial, as: StoredBlob(hash: written.sha256, size: written.size))
         }
         // Marked used before it is ready: a collection beside this job keeps it, and one already removing it fails the job.
-        try await BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool).record([archive])
+        try await ledger.record([archive])
         try await catalog.finishArchive(jobID: claimed.job.id, owner: owner, size: written.size, sha256: written.sha256)
     }
 

@@ -97,7 +97,7 @@ public final class JobRunner: Service, Sendable {
         self.settings = settings
         self.clock = clock
         self.logger = logger
-        let dumps = DumpStorage(catalog: catalog, blobStore: blobStore, threadPool: threadPool, level: Int32(settings.dumpCompressionLevel))
+        let dumps = DumpStorage(catalog: catalog, threadPool: threadPool, level: Int32(settings.dumpCompressionLevel))
         self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, databases: placement.databases, threadPool: threadPool,
                                    tools: settings.tools, clock: clock, dumps: dumps)
         self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, databases: placement.databases, threadPool: threadPool,

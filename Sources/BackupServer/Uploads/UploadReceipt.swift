@@ -13,9 +13,14 @@ import BackupRules
 ///       ended: what was written whole is counted, unless the lease went
 ///
 /// Bytes count once written, fsynced and hashed: a batch at a time (64 MiB,
-/// a second's worth, or the last byte), and when the call ends however it
-/// ends. An upload whose writer lease is lost (another call took it, or it
-/// expired) counts nothing more from this call.
+/// a second's worth of at least 1 MiB, or the last byte), and when the call
+/// ends however it ends. Each count is a segment in the blob store, so
+/// counts under 1 MiB that are not the last byte are few: only a call's end
+/// makes one, and an upload has at most 256 of them; past those, a call's
+/// last bytes under 1 MiB are not counted and the client sends them again
+/// (calls of a byte each cannot fill the store with objects). An upload
+/// whose writer lease is lost (another call took it, or it expired) counts
+/// nothing more from this call.
 struct UploadReceipt: Sendable {
     typealias Instant = ContinuousClock.Instant
 
@@ -35,6 +40,10 @@ struct UploadReceipt: Sendable {
 
     static let countedBatchBytes: UInt64 = 64 << 20
     static let countedBatchInterval: Duration = .seconds(1)
+    /// A count smaller than this (not the last byte) is a small segment.
+    static let smallestSegmentBytes: UInt64 = 1 << 20
+    /// How many small segments one upload may have.
+    static let smallSegmentsPerUpload = 256
 
     let uploadID: String
     let size: UInt64
@@ -45,13 +54,16 @@ struct UploadReceipt: Sendable {
     private(set) var written: UInt64
     private var lastCount: Instant
     private var leaseLost = false
+    private let smallSegmentsLeft: Int
 
-    init(uploadID: String, size: UInt64, counted: UInt64, now: Instant) {
+    /// `smallSegments`: how many the upload has already.
+    init(uploadID: String, size: UInt64, counted: UInt64, smallSegments: Int = 0, now: Instant) {
         self.uploadID = uploadID
         self.size = size
         self.counted = counted
         written = counted
         lastCount = now
+        smallSegmentsLeft = max(0, Self.smallSegmentsPerUpload - smallSegments)
     }
 
     var isComplete: Bool { counted == size }
@@ -81,8 +93,9 @@ struct UploadReceipt: Sendable {
         guard case .writing(let length) = phase else { preconditionFailure("written while \(phase)") }
         written += length
         phase = .receiving
-        let due = written == size || written - counted >= Self.countedBatchBytes
-            || lastCount.duration(to: now) >= Self.countedBatchInterval
+        let pending = written - counted
+        let due = written == size || pending >= Self.countedBatchBytes
+            || (pending >= Self.smallestSegmentBytes && lastCount.duration(to: now) >= Self.countedBatchInterval)
         return due ? dueCount : nil
     }
 
@@ -102,12 +115,14 @@ struct UploadReceipt: Sendable {
     }
 
     /// The call ended: no more chunks, a refusal, a failed write, or the
-    /// client gone. What it wrote whole counts, unless the lease was lost.
+    /// client gone. What it wrote whole counts, unless the lease was lost,
+    /// or it is a small segment past the upload's share of them.
     mutating func ended(now: Instant) -> Count? {
         if case .writing = phase { phase = .receiving }  // a write that failed counts nothing
         defer { phase = .ended }
-        guard phase == .receiving, !leaseLost else { return nil }
-        return dueCount
+        guard phase == .receiving, !leaseLost, let count = dueCount else { return nil }
+        guard count.complete || count.to - count.from >= Self.smallestSegmentBytes || smallSegmentsLeft > 0 else { return nil }
+        return count
     }
 
     private var dueCount: Count? {

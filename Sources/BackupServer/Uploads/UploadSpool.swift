@@ -72,8 +72,10 @@ final class UploadSpool: Sendable {
     /// each write, so no two calls ever write one upload. Each chunk opens
     /// the spool file, writes and closes it: a call waiting for its next
     /// chunk holds neither a descriptor nor a chunk. Written bytes count once
-    /// stored as a segment, 64 MiB or a second's worth at a time, and when
-    /// the call ends (however it ends, the chunks it wrote whole count). The
+    /// stored as a segment, as `UploadReceipt` says: 64 MiB or a second's
+    /// worth of at least 1 MiB at a time, and when the call ends (however it
+    /// ends, the chunks it wrote whole count, but for a small tail past the
+    /// upload's share of small segments). The
     /// last byte's arrival checks the SHA-256: a mismatch fails the upload
     /// with DATA_LOSS and removes its data.
     func receive<Chunks: AsyncSequence<UploadChunk, any Error>>(_ upload: Upload, chunks: Chunks) async throws {
@@ -81,11 +83,12 @@ final class UploadSpool: Sendable {
             throw BackupError.failedPrecondition("upload \(upload.id) is \(upload.state); chunks are taken only while it is receiving")
         }
         let writer = UUID().uuidString
-        guard let received = try await catalog.claimUpload(id: upload.id, writer: writer, seconds: Self.leaseSeconds) else {
+        guard let (received, smallSegments) = try await catalog.claimUpload(id: upload.id, writer: writer, seconds: Self.leaseSeconds,
+                                                                            smallSegmentBytes: UploadReceipt.smallestSegmentBytes) else {
             throw BackupError.aborted("another call is sending upload \(upload.id)'s chunks; one call at a time")
         }
         do {
-            try await receive(upload, from: received, writer: writer, chunks: chunks)
+            try await receive(upload, from: received, smallSegments: smallSegments, writer: writer, chunks: chunks)
         } catch {
             // A call cut off or cancelled lets go of its upload at once, so the client can resume without waiting out the lease.
             _ = try? await withoutCancellation { [catalog] in try await catalog.releaseUpload(id: upload.id, writer: writer) }
@@ -95,8 +98,8 @@ final class UploadSpool: Sendable {
         try await withoutCancellation { [catalog] in try await catalog.releaseUpload(id: upload.id, writer: writer) }
     }
 
-    private func receive<Chunks: AsyncSequence<UploadChunk, any Error>>(_ upload: Upload, from start: UInt64, writer: String,
-                                                                        chunks: Chunks) async throws {
+    private func receive<Chunks: AsyncSequence<UploadChunk, any Error>>(_ upload: Upload, from start: UInt64, smallSegments: Int,
+                                                                        writer: String, chunks: Chunks) async throws {
         guard start < upload.sizeBytes else {
             throw BackupError.failedPrecondition("upload \(upload.id) has received all its \(upload.sizeBytes) bytes; it takes no more chunks")
         }
@@ -107,7 +110,7 @@ final class UploadSpool: Sendable {
         // This process's running hash of the bytes so far, else (after a restart, or another process's chunks) one
         // made from the segments once a first chunk is taken: a call refused at its first chunk reads nothing.
         var hash = cachedHash(upload.id, covering: start)
-        var receipt = UploadReceipt(uploadID: upload.id, size: upload.sizeBytes, counted: start, now: clock.now)
+        var receipt = UploadReceipt(uploadID: upload.id, size: upload.sizeBytes, counted: start, smallSegments: smallSegments, now: clock.now)
         var iterator = chunks.makeAsyncIterator()
         var refusal: (any Error)?
         while !receipt.isComplete {

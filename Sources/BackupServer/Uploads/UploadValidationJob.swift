@@ -49,7 +49,7 @@ struct UploadValidationJob: Sendable {
         defer { FileSystem.remove(dumpPath) }
         let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool)
         let segments = try await catalog.uploadSegments(uploadID: upload.id, received: upload.sizeBytes)
-        let read = try await readArchive(segments, dumpTo: dumpPath, progress: progress)
+        let read = try await readArchive(segments, into: ledger.store, dumpTo: dumpPath, progress: progress)
         let packageVersion = try Self.packageVersion(read.contents.metadata)
         try await ledger.record(read.documents.map(\.blob))
         await progress.update(phase: "checking the database dump with pg_restore --list")
@@ -76,8 +76,9 @@ struct UploadValidationJob: Sendable {
 
     /// Reads the archive on the thread pool, stopping within a chunk when the
     /// job is cancelled; progress is the compressed bytes read.
-    private func readArchive(_ segments: [StoredBlob], dumpTo dumpPath: String, progress: ProgressReporter) async throws -> ReadArchive {
-        let (blobStore, limits, reserved) = (self.blobStore, self.limits, self.reservedDiskBytes)
+    private func readArchive(_ segments: [StoredBlob], into blobStore: any BlobStore, dumpTo dumpPath: String,
+                             progress: ProgressReporter) async throws -> ReadArchive {
+        let (limits, reserved) = (self.limits, self.reservedDiskBytes)
         return try await progress.reporting(on: threadPool) { interruption, report in
             let documents = NIOLockedValueBox<[(key: String, blob: StoredBlob)]>([])
             let contents: SnapshotArchiveReader.Contents
@@ -91,7 +92,7 @@ struct UploadValidationJob: Sendable {
                         return try ScratchFile(path: dumpPath)
                     case .document(let key):
                         // Content the store holds already is only hashed; the reader checks the hash against `stated`.
-                        if let stated, blobStore.reuse(stated) {
+                        if let stated, blobStore.reuses(StoredBlob(hash: stated, size: size)) {
                             return BlobSink(key: key, known: stated, documents: documents)
                         }
                         return BlobSink(key: key, writer: try blobStore.writer(), documents: documents)

@@ -32,6 +32,13 @@ public struct ObjectBlobStore: BlobStore {
     /// collections never take for abandoned whatever the store says of
     /// their age (moto says 2010 of every one).
     let ownUploads = OwnUploads()
+    public private(set) var reuseClaims = ReuseClaims.unasked
+
+    public func asking(_ claims: ReuseClaims) -> any BlobStore {
+        var store = self
+        store.reuseClaims = claims
+        return store
+    }
     static let keyPrefix = "sha256-"
 
     public init(client: ObjectStoreClient, scratchDirectory: String, partSize: Int = 8 << 20, partsInFlight: Int = 3) throws {
@@ -107,7 +114,7 @@ public struct ObjectBlobStore: BlobStore {
     /// they go, and content that is not `blob` is refused before completion.
     public func adopt(_ path: String, as blob: StoredBlob) throws -> StoredBlob {
         defer { FileSystem.remove(path) }
-        if reuse(blob.hash) { return StoredBlob(hash: blob.hash, size: blob.size, written: false) }
+        if reuses(blob) { return StoredBlob(hash: blob.hash, size: blob.size, written: false) }
         let file = try LocalFile.open(path)
         try send(blob.hash, size: blob.size) { upload in try file.readChunks(limit: blob.size, interruption: nil) { try upload.write($0) } }
         return StoredBlob(hash: blob.hash, size: blob.size, written: true)
@@ -169,7 +176,7 @@ public struct ObjectBlobStore: BlobStore {
 
     public func put(reading file: LocalFile, upTo limit: UInt64, interruption: Interruption?) throws -> StoredBlob {
         let (hash, size) = try file.contentHash(limit: limit, interruption: interruption)
-        if reuse(hash) { return StoredBlob(hash: hash, size: size, written: false) }
+        if reuses(StoredBlob(hash: hash, size: size)) { return StoredBlob(hash: hash, size: size, written: false) }
         try file.rewind()
         do {
             try send(hash, size: size) { upload in try file.readChunks(limit: size, interruption: interruption) { try upload.write($0) } }
@@ -309,7 +316,7 @@ final class ObjectBlobWriter: BlobWriter {
 
     func finish() throws -> StoredBlob {
         let hash = staged.finishHash(), size = staged.size
-        if store.reuse(hash) {
+        if store.reuses(StoredBlob(hash: hash, size: size)) {
             staged.discard()
             return StoredBlob(hash: hash, size: size, written: false)
         }
