@@ -22,8 +22,10 @@ extension Catalog {
     /// Marks `blobs` used now and returns those a collection has claimed,
     /// which the caller must take as gone. One row per content, however
     /// many documents or chunks share it (a statement may not upsert a row
-    /// twice).
-    public func markBlobsUsed(_ blobs: [StoredBlob]) async throws -> Set<ContentHash> {
+    /// twice). A size not `verified` (an uploaded archive's claim, before
+    /// its bytes are read) is written only into a new row: a tenant stating
+    /// a known hash with a false size changes no row another backup reads.
+    public func markBlobsUsed(_ blobs: [StoredBlob], sizesVerified verified: Bool = true) async throws -> Set<ContentHash> {
         var seen = Set<ContentHash>()
         let distinct = blobs.filter { seen.insert($0.hash).inserted }
         guard !distinct.isEmpty else { return [] }
@@ -34,7 +36,7 @@ extension Catalog {
                 let rows = try connection.query("""
                     INSERT INTO blobs (sha256, size)
                     SELECT sha256, size::bigint FROM unnest($1::text[], $2::text[]) AS b(sha256, size)
-                    ON CONFLICT (sha256) DO UPDATE SET used_at = now(), size = excluded.size
+                    ON CONFLICT (sha256) DO UPDATE SET used_at = now(), size = \(verified ? "excluded.size" : "blobs.size")
                     RETURNING sha256, collecting_since IS NOT NULL AS claimed
                     """, batch.map(\.hash.hex), batch.map { String($0.size) })
                 claimed.formUnion(rows.filter { $0.bool("claimed") }.compactMap { ContentHash(hex: $0.string("sha256")) })

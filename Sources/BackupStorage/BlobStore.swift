@@ -115,8 +115,8 @@ public protocol BlobStore: Sendable {
     func contains(_ hash: ContentHash) throws -> Bool
     /// Whether the store holds `hash`, marking it as reused now, so a
     /// collection that runs beside the job reusing it does not take it as
-    /// an unrecorded leftover. Stores ask through `reuses(_:)`, which asks
-    /// the catalog first.
+    /// an unrecorded leftover. Stores ask through `reuses(_:)`, which then
+    /// has the job's catalog mark it used.
     func reuse(_ hash: ContentHash) -> Bool
     /// Who is asked before the copy the store holds stands for new content.
     var reuseClaims: ReuseClaims { get }

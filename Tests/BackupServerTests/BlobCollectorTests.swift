@@ -143,6 +143,12 @@ import Testing
             #expect(try await catalog.claimUnreferencedBlobs().claimed == [collected.hash])
             #expect(try put("being collected") == StoredBlob(hash: collected.hash, size: collected.size, written: true))
             try await catalog.releaseBlobClaims([collected.hash])
+
+            // An upload's claim comes before its bytes are read: a false size stated with a known hash changes no row.
+            let stated = StoredBlob(hash: reused.hash, size: 999_999)
+            #expect(BlobLedger(catalog: catalog, store: store, threadPool: threadPool).store.reuses(stated))
+            let size = try await TestPostgres.query(database, "SELECT size FROM blobs WHERE sha256 = $1", reused.hash.hex)[0].int64("size")
+            #expect(size == Int64(reused.size))
         }
     }
 
