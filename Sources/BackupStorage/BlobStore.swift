@@ -56,6 +56,9 @@ public enum BlobStoreError: ReportableError, CustomStringConvertible {
 /// everything). The mark falls after the job began, so collection keeps
 /// the copy until the job ends: the job asks the store and the catalog
 /// once per content, however many of its documents or chunks repeat it.
+/// A copy a collection is already removing is waited out before anything
+/// is written in its place: content is stored under its hash, so a copy
+/// written before that collection is done would go with the old one.
 /// A store used outside a job (`unasked`) asks only itself.
 public final class ReuseClaims: Sendable {
     private let mark: (@Sendable (StoredBlob) throws -> Bool)?
@@ -63,8 +66,10 @@ public final class ReuseClaims: Sendable {
     /// Contents remembered as marked; past them each reuse asks again.
     static let remembered = 65_536
 
-    /// `mark` records `blob` used and says whether its copy may be reused:
-    /// not while a collection is removing it.
+    /// `mark` records `blob` used and says whether the store's copy stood
+    /// throughout; while a collection is removing that copy it waits until
+    /// the collection is done and says false (the copy may be gone). It
+    /// throws when the catalog is out of reach or the collection never ends.
     public init(_ mark: (@Sendable (StoredBlob) throws -> Bool)?) {
         self.mark = mark
     }
@@ -73,15 +78,15 @@ public final class ReuseClaims: Sendable {
 
     /// Whether the copy `held` says the store has may stand for `blob`. The
     /// store is asked first, so content it lacks leaves no catalog row (a
-    /// store out of reach catalogs nothing); a copy collected in the moment
-    /// between the two is caught by the job's record. A mark that fails (the
-    /// catalog out of reach) reuses nothing: the content is written, and the
-    /// job's record fails with the catalog's reason.
+    /// store out of reach catalogs nothing), and asked again after a
+    /// collection was waited out. A mark that fails (the catalog out of
+    /// reach) reuses nothing: the content is written, and the job's record
+    /// fails with the catalog's reason.
     func reuses(_ blob: StoredBlob, held: (ContentHash) -> Bool) -> Bool {
         if marked.withLock({ $0.contains(blob.hash) }) { return true }
         guard held(blob.hash) else { return false }
         guard let mark else { return true }
-        guard (try? mark(blob)) == true else { return false }
+        guard let stood = try? mark(blob), stood || held(blob.hash) else { return false }
         marked.withLock { if $0.count < Self.remembered { $0.insert(blob.hash) } }
         return true
     }

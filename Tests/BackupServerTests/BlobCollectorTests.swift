@@ -5,6 +5,7 @@ import BackupRules
 import BackupStorage
 import BackupTestSupport
 import Foundation
+import NIOPosix
 import Testing
 
 /// Collection beside jobs, on a catalog and a local blob store: what the
@@ -24,7 +25,7 @@ import Testing
             let hourAgo = Date().addingTimeInterval(-3600)
             // From before the job: recorded and unreferenced, and never recorded.
             let oldRecorded = try store.storing("old recorded"), oldUnrecorded = try store.storing("old, never recorded")
-            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool).record([oldRecorded])
+            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).record([oldRecorded])
             try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
             for blob in [oldRecorded, oldUnrecorded] {
                 try FileManager.default.setAttributes([.modificationDate: hourAgo], ofItemAtPath: store.path(for: blob.hash))
@@ -33,7 +34,7 @@ import Testing
             let held = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 300, perNamespace: 1))
             // The running job's own: one recorded, one stored and not recorded yet.
             let recorded = try store.storing("recorded"), unrecorded = try store.storing("not recorded yet")
-            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool).record([recorded])
+            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).record([recorded])
 
             #expect(try await BlobCollector(catalog: catalog, store: store, threadPool: threadPool).collect() == 2)
             #expect(!store.contains(oldRecorded.hash) && !store.contains(oldUnrecorded.hash))
@@ -54,7 +55,7 @@ import Testing
             defer { scratch.remove() }
             let store = try LocalBlobStore(root: scratch.path + "/blobs")
             let (gone, there) = (try store.storing("gone"), try store.storing("there"))
-            let ledger = BlobLedger(catalog: catalog, store: store, threadPool: threadPool)
+            let ledger = BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock())
             try await ledger.record([gone, there])
             try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour' WHERE sha256 = $1", gone.hash.hex)
             try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour' WHERE sha256 = $1", there.hash.hex)
@@ -83,8 +84,8 @@ import Testing
             let store = try LocalBlobStore(root: scratch.path + "/blobs")
             let (empty, logo) = (try store.storing("empty page"), try store.storing("logo"))
             let recorded = [empty, logo, empty, empty, logo]
-            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool).record(recorded)
-            #expect(try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool).keep(recorded) == recorded)
+            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).record(recorded)
+            #expect(try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).keep(recorded) == recorded)
             let rows = try await TestPostgres.query(database, "SELECT count(*) AS n FROM blobs")
             #expect(rows[0].int64("n") == 2)
         }
@@ -98,7 +99,7 @@ import Testing
             let scratch = try ScratchDirectory("ledger-claimed")
             defer { scratch.remove() }
             let store = try LocalBlobStore(root: scratch.path + "/blobs")
-            let ledger = BlobLedger(catalog: catalog, store: store, threadPool: threadPool)
+            let ledger = BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock())
             let blob = try store.storing("unreferenced")
             try await ledger.record([blob])
             try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
@@ -116,39 +117,75 @@ import Testing
     /// collection removed that copy before the job recorded it, and the job
     /// failed "collected as it ran". A store now has the catalog mark content
     /// used before its copy stands for a job's content (`ReuseClaims`): a copy reused
-    /// beside a running job stays at the next collection, and a copy a
-    /// collection is removing is written again rather than reused.
+    /// beside a running job stays at the next collection.
     @Test func aStoreHasTheCatalogMarkContentUsedBeforeItReusesItsCopy() async throws {
         try await TestCatalog.with { catalog, database, threadPool in
             try await TestCatalog.register(catalog)
             let scratch = try ScratchDirectory("reuse-claims")
             defer { scratch.remove() }
             let store = try LocalBlobStore(root: scratch.path + "/blobs")
-            let (reused, collected) = (try store.storing("reused by a nightly backup"), try store.storing("being collected"))
-            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool).record([reused, collected])
+            let reused = try store.storing("reused by a nightly backup")
+            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).record([reused])
             try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
             _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
             _ = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 300, perNamespace: 1))
-            /// Stores `text` as a job stores a document: from an open file.
-            func put(_ text: String) throws -> StoredBlob {
-                let path = "\(scratch.path)/document"
-                try text.write(toFile: path, atomically: false, encoding: .utf8)
-                let file = try LocalFile.open(path)
-                // A job's ledger of its own for each: one job marks each content once.
-                return try BlobLedger(catalog: catalog, store: store, threadPool: threadPool).store
-                    .put(reading: file, upTo: UInt64(text.utf8.count), interruption: nil)
-            }
 
-            #expect(try put("reused by a nightly backup") == StoredBlob(hash: reused.hash, size: reused.size, written: false))  // its copy stands
-            #expect(try await catalog.claimUnreferencedBlobs().claimed == [collected.hash])
-            #expect(try put("being collected") == StoredBlob(hash: collected.hash, size: collected.size, written: true))
-            try await catalog.releaseBlobClaims([collected.hash])
+            #expect(try await threadPool.runIfActive { try store.put(document: "reused by a nightly backup", in: scratch, catalog: catalog, threadPool: threadPool) }
+                    == StoredBlob(hash: reused.hash, size: reused.size, written: false))  // its copy stands
+            #expect(try await catalog.claimUnreferencedBlobs().claimed.isEmpty, "a copy reused beside a running job was claimed")
 
             // An upload's claim comes before its bytes are read: a false size stated with a known hash changes no row.
             let stated = StoredBlob(hash: reused.hash, size: 999_999)
-            #expect(BlobLedger(catalog: catalog, store: store, threadPool: threadPool).store.reuses(stated))
+            #expect(BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).store.reuses(stated))
             let size = try await TestPostgres.query(database, "SELECT size FROM blobs WHERE sha256 = $1", reused.hash.hex)[0].int64("size")
             #expect(size == Int64(reused.size))
+        }
+    }
+
+    /// Found in CI: a backup stored a document whose copy a collection was
+    /// removing (the deleted backup that held it had the same document); the
+    /// job wrote the content again under its hash, the collection then
+    /// removed that file, and the job failed "collected as it ran". A job now
+    /// waits until the collection is done before it writes or reuses such
+    /// content; a claim given back (the removal failed) lets the copy stand.
+    @Test func contentACollectionIsRemovingIsWrittenOnlyOnceTheCollectionIsDone() async throws {
+        try await TestCatalog.with { catalog, database, threadPool in
+            let scratch = try ScratchDirectory("reuse-during-collection")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            let (collected, kept) = (try store.storing("being collected"), try store.storing("its removal fails"))
+            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).record([collected, kept])
+            try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
+            #expect(Set(try await catalog.claimUnreferencedBlobs().claimed) == [collected.hash, kept.hash])
+            // The job storing it runs from now on: what it marks is kept by the fence.
+            try await TestCatalog.register(catalog)
+            _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+            _ = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 300, perNamespace: 1))
+
+            let clock = ManualClock()
+            let writing = Task {
+                try await threadPool.runIfActive {
+                    try store.put(document: "being collected", in: scratch, catalog: catalog, threadPool: threadPool, clock: clock)
+                }
+            }
+            try await eventually(within: .seconds(20)) { clock.sleepers == 1 }
+            // The collection removes the copy and forgets its row while the job waits.
+            #expect(store.remove(all: [collected.hash]).failure == nil)
+            try await catalog.forgetCollectedBlobs([collected.hash])
+            clock.advance(by: .seconds(1))
+            #expect(try await writing.value == StoredBlob(hash: collected.hash, size: collected.size, written: true))
+            #expect(store.contains(collected.hash), "the content the job wrote went with the collection")
+            #expect(try await catalog.claimUnreferencedBlobs().claimed.isEmpty)
+
+            let reusing = Task {
+                try await threadPool.runIfActive {
+                    try store.put(document: "its removal fails", in: scratch, catalog: catalog, threadPool: threadPool, clock: clock)
+                }
+            }
+            try await eventually(within: .seconds(20)) { clock.sleepers == 1 }
+            try await catalog.releaseBlobClaims([kept.hash])
+            clock.advance(by: .seconds(1))
+            #expect(try await reusing.value == StoredBlob(hash: kept.hash, size: kept.size, written: false))
         }
     }
 
@@ -196,5 +233,17 @@ extension LocalBlobStore {
         let path = "\(scratchDirectory)/\(text)"
         try text.write(toFile: path, atomically: false, encoding: .utf8)
         return try adopt(path)
+    }
+
+    /// Stores `text` as a job stores a document: from an open file, through
+    /// a ledger of its own (one job marks each content once). Blocks: call
+    /// it on the thread pool.
+    func put(document text: String, in scratch: ScratchDirectory, catalog: Catalog, threadPool: NIOThreadPool,
+             clock: any ServiceClock = ContinuousClock()) throws -> StoredBlob {
+        let path = "\(scratch.path)/document-\(UUID())"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
+        return try BlobLedger(catalog: catalog, store: self, threadPool: threadPool, clock: clock).store
+            .put(reading: try LocalFile.open(path), upTo: UInt64(text.utf8.count), interruption: nil)
     }
 }

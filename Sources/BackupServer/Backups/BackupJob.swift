@@ -66,7 +66,7 @@ struct BackupJob: Sendable {
 
     func run(_ claimed: ClaimedJob, owner: String) async throws {
         let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id, clock: clock)
-        let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool)
+        let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool, clock: clock)
         let manifest = try await makeSnapshot(claimed, progress: progress, ledger: ledger)
         try await catalog.finishBackup(jobID: claimed.job.id, owner: owner, manifest: manifest)
     }

@@ -16,11 +16,30 @@ struct BlobLedger: Sendable {
     let store: any BlobStore
     let threadPool: NIOThreadPool
 
-    init(catalog: Catalog, store: any BlobStore, threadPool: NIOThreadPool) {
+    /// How often a reuse looks again at a copy a collection is removing, and for how long.
+    static let collectionPoll = Duration.milliseconds(100)
+    static let collectionWait = Duration.seconds(60)
+
+    /// `clock` paces the wait for a collection removing a copy the job would reuse.
+    init(catalog: Catalog, store: any BlobStore, threadPool: NIOThreadPool, clock: any ServiceClock) {
         self.catalog = catalog
-        // A reuse is asked about before the content is read (an upload's stated hash and size): its size is not trusted.
-        self.store = store.asking(ReuseClaims { blob in try waitFor { try await catalog.markBlobsUsed([blob], sizesVerified: false).isEmpty } })
+        self.store = store.asking(ReuseClaims { blob in try waitFor { try await Self.markUsed(blob, catalog: catalog, clock: clock) } })
         self.threadPool = threadPool
+    }
+
+    /// Marks `blob` used for a reuse, waiting out a collection that is
+    /// removing it; says whether none was. A reuse is asked about before the
+    /// content is read (an upload's stated hash and size): its size is not trusted.
+    private static func markUsed(_ blob: StoredBlob, catalog: Catalog, clock: any ServiceClock) async throws -> Bool {
+        var waited = Duration.zero
+        while try await !catalog.markBlobsUsed([blob], sizesVerified: false).isEmpty {
+            guard waited < collectionWait else {
+                throw BackupError.unavailable("a collection has been removing content this job stores for \(collectionWait)")
+            }
+            try await clock.sleep(for: collectionPoll)
+            waited += collectionPoll
+        }
+        return waited == .zero
     }
 
     /// Marks `blobs` used; fails naming how many the store no longer holds.

@@ -29,7 +29,7 @@ struct ArchiveJob: Sendable {
         // The backup is pinned while this job runs, so every blob it reads stays referenced and is never collected.
         let written = try await write(work, to: partial, progress: progress)
         await progress.update(done: content, total: content, phase: "storing the archive")
-        let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool)
+        let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool, clock: clock)
         let archive = try await threadPool.runIfActive { [store = ledger.store] in
             try store.adopt(partial, as: StoredBlob(hash: written.sha256, size: written.size))
         }

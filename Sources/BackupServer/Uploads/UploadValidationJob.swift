@@ -47,7 +47,7 @@ struct UploadValidationJob: Sendable {
         await progress.update(done: 0, total: upload.sizeBytes, phase: "reading and checking the archive")
         let dumpPath = "\(scratchDirectory)/dump-\(claimed.job.id).backup"
         defer { FileSystem.remove(dumpPath) }
-        let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool)
+        let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool, clock: clock)
         let segments = try await catalog.uploadSegments(uploadID: upload.id, received: upload.sizeBytes)
         let read = try await readArchive(segments, into: ledger.store, dumpTo: dumpPath, progress: progress)
         let packageVersion = try Self.packageVersion(read.contents.metadata)
