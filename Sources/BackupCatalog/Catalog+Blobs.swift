@@ -20,7 +20,9 @@ extension Catalog {
     static let staleBlobClaim = "15 minutes"
 
     /// Marks `blobs` used now and returns those a collection has claimed,
-    /// which the caller must take as gone. One row per content, however
+    /// which the caller must take as gone. A claim older than
+    /// `staleBlobClaim` is its dead process's and is taken back: the blob is
+    /// the caller's again (its content there or not, as the caller finds). One row per content, however
     /// many documents or chunks share it (a statement may not upsert a row
     /// twice). A size not `verified` (an uploaded archive's claim, before
     /// its bytes are read) is written only into a new row: a tenant stating
@@ -36,7 +38,9 @@ extension Catalog {
                 let rows = try connection.query("""
                     INSERT INTO blobs (sha256, size)
                     SELECT sha256, size::bigint FROM unnest($1::text[], $2::text[]) AS b(sha256, size)
-                    ON CONFLICT (sha256) DO UPDATE SET used_at = now(), size = \(verified ? "excluded.size" : "blobs.size")
+                    ON CONFLICT (sha256) DO UPDATE SET used_at = now(), size = \(verified ? "excluded.size" : "blobs.size"),
+                        collecting_since = CASE WHEN blobs.collecting_since < now() - interval '\(Self.staleBlobClaim)' THEN NULL
+                                                ELSE blobs.collecting_since END
                     RETURNING sha256, collecting_since IS NOT NULL AS claimed
                     """, batch.map(\.hash.hex), batch.map { String($0.size) })
                 claimed.formUnion(rows.filter { $0.bool("claimed") }.compactMap { ContentHash(hex: $0.string("sha256")) })
@@ -45,21 +49,25 @@ extension Catalog {
         }
     }
 
-    /// Claims the rows of the blobs no snapshot, ready archive or unfinished
-    /// upload refers to and nothing used since the fence, and returns them with the fence's age: the caller
-    /// removes their content, then `forgetCollectedBlobs` (or
-    /// `releaseBlobClaims` for what it could not remove).
-    public func claimUnreferencedBlobs() async throws -> (claimed: [ContentHash], fenceAge: Duration) {
+    /// Claims the rows of up to `limit` blobs no snapshot, ready archive or
+    /// unfinished upload refers to and nothing used since the fence, and
+    /// returns them with the fence's age: the caller removes their content,
+    /// then `forgetCollectedBlobs` (or `releaseBlobClaims` for what it could
+    /// not remove), and claims the next batch. A claim lives as long as one
+    /// batch's removal, which is what a job storing that content waits for.
+    public func claimUnreferencedBlobs(limit: Int = 1000) async throws -> (claimed: [ContentHash], fenceAge: Duration) {
         try await pool.withConnection { connection in
             try connection.transaction {
                 let fenceAge = try connection.query("""
                     SELECT extract(epoch FROM now() - least(now(), (SELECT min(started_at) FROM jobs WHERE status = '\(JobStatus.running)')))::float8::text
                         AS age
                     """)[0].string("age")
+                let claimable = "(collecting_since IS NULL OR collecting_since < now() - interval '\(Self.staleBlobClaim)')"
                 let claimed = try connection.query("""
-                    UPDATE blobs b SET collecting_since = now()
-                    WHERE b.used_at < now() - make_interval(secs => $1::float8)
-                      AND (b.collecting_since IS NULL OR b.collecting_since < now() - interval '\(Self.staleBlobClaim)')
+                    UPDATE blobs SET collecting_since = now()
+                    WHERE \(claimable) AND sha256 IN (
+                      SELECT b.sha256 FROM blobs b
+                      WHERE b.used_at < now() - make_interval(secs => $1::float8) AND \(claimable)
                       AND NOT EXISTS (SELECT 1 FROM snapshot_files f WHERE f.sha256 = b.sha256)
                       AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.dump_sha256 = b.sha256
                                       AND NOT EXISTS (SELECT 1 FROM dump_chunks d WHERE d.snapshot_id = s.id))
@@ -67,8 +75,9 @@ extension Catalog {
                       AND NOT EXISTS (SELECT 1 FROM archives a WHERE a.sha256 = b.sha256 AND a.state = '\(DownloadRecord.State.ready)')
                       AND NOT EXISTS (SELECT 1 FROM upload_segments s JOIN uploads u ON u.id = s.upload_id
                                       WHERE s.sha256 = b.sha256 AND u.state IN \(UploadState.unfinished.sql))
+                      LIMIT $2 FOR UPDATE SKIP LOCKED)
                     RETURNING sha256
-                    """, fenceAge).compactMap { ContentHash(hex: $0.string("sha256")) }
+                    """, fenceAge, limit).compactMap { ContentHash(hex: $0.string("sha256")) }
                 return (claimed, .milliseconds(Int64((Double(fenceAge) ?? 0) * 1000)))
             }
         }

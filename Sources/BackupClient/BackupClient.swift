@@ -286,7 +286,7 @@ public final class BackupClient: Sendable {
                 }
                 try await onResponse(response)
             case .status(let status):
-                guard status.code == .ok else { throw RPCError(status.code, status.message) }
+                if let error = status.error { throw error }
                 return
             default:
                 continue

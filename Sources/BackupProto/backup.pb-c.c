@@ -2781,7 +2781,7 @@ const ProtobufCMessageDescriptor backup__v1__cancel__descriptor =
   (ProtobufCMessageInit) backup__v1__cancel__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor backup__v1__status__field_descriptors[2] =
+static const ProtobufCFieldDescriptor backup__v1__status__field_descriptors[3] =
 {
   {
     "code",
@@ -2807,15 +2807,28 @@ static const ProtobufCFieldDescriptor backup__v1__status__field_descriptors[2] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "request_id",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Backup__V1__Status, request_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned backup__v1__status__field_indices_by_name[] = {
   0,   /* field[0] = code */
   1,   /* field[1] = message */
+  2,   /* field[2] = request_id */
 };
 static const ProtobufCIntRange backup__v1__status__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor backup__v1__status__descriptor =
 {
@@ -2825,7 +2838,7 @@ const ProtobufCMessageDescriptor backup__v1__status__descriptor =
   "Backup__V1__Status",
   "backup.v1",
   sizeof(Backup__V1__Status),
-  2,
+  3,
   backup__v1__status__field_descriptors,
   backup__v1__status__field_indices_by_name,
   1,  backup__v1__status__number_ranges,

@@ -63,6 +63,9 @@ public enum BlobStoreError: ReportableError, CustomStringConvertible {
 public final class ReuseClaims: Sendable {
     private let mark: (@Sendable (StoredBlob) throws -> Bool)?
     private let marked = Mutex<Set<ContentHash>>([])
+    /// Contents whose mark failed: written without asking again (a store
+    /// asks before and after writing), so a wait that ran out is waited once.
+    private let unmarked = Mutex<Set<ContentHash>>([])
     /// Contents remembered as marked; past them each reuse asks again.
     static let remembered = 65_536
 
@@ -86,7 +89,12 @@ public final class ReuseClaims: Sendable {
         if marked.withLock({ $0.contains(blob.hash) }) { return true }
         guard held(blob.hash) else { return false }
         guard let mark else { return true }
-        guard let stood = try? mark(blob), stood || held(blob.hash) else { return false }
+        guard !unmarked.withLock({ $0.contains(blob.hash) }) else { return false }
+        guard let stood = try? mark(blob) else {
+            unmarked.withLock { if $0.count < Self.remembered { $0.insert(blob.hash) } }
+            return false
+        }
+        guard stood || held(blob.hash) else { return false }
         marked.withLock { if $0.count < Self.remembered { $0.insert(blob.hash) } }
         return true
     }

@@ -49,7 +49,7 @@ struct GlobalOptions: ParsableArguments {
         do {
             return try await body()
         } catch let error as RPCError {
-            printError("error: \(error.code): \(error.message)")
+            printError("error: \(error.code): \(error.message)" + (error.requestID.isEmpty ? "" : " (request \(error.requestID))"))
             throw ExitCode(1)
         }
     }

@@ -267,6 +267,11 @@ struct Serve: AsyncParsableCommand {
     var logLevelOption: String?
     var logLevel: String { value(logLevelOption, "BACKUPD_LOG_LEVEL", "info") }
 
+    @Option(name: .customLong("log-format"),
+            help: "Log lines as text (default) or json, one object per line for log shippers (env BACKUPD_LOG_FORMAT).")
+    var logFormatOption: String?
+    var logFormat: String { value(logFormatOption, "BACKUPD_LOG_FORMAT", "text") }
+
     func validate() throws {
         guard !blobDir.isEmpty else { throw ValidationError("--blob-dir (or BACKUPD_BLOB_DIR) is required") }
         guard maxJobs >= 0 else { throw ValidationError("--max-jobs may not be negative (0: this process serves the API and runs no job)") }
@@ -274,6 +279,7 @@ struct Serve: AsyncParsableCommand {
         guard !cert.isEmpty, !key.isEmpty else { throw ValidationError("--cert and --key (or BACKUPD_TLS_CERT, BACKUPD_TLS_KEY) are required") }
         guard parseListen() != nil else { throw ValidationError("--listen \"\(listen)\" is not HOST:PORT") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \"\(logLevel)\" is not a log level") }
+        guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format \"\(logFormat)\" is neither text nor json") }
         let counts = [
             ("--restore-jobs", restoreJobs), ("--job-lease-seconds", jobLeaseSeconds), ("--max-files-per-backup", maxFilesPerBackup),
             ("--file-query-timeout-seconds", fileQueryTimeoutSeconds),
@@ -342,8 +348,9 @@ struct Serve: AsyncParsableCommand {
         // From here on no PG* variable of backupd's can reach an app database or pg_dump.
         let catalogURL = try ConnectionString.absorbingEnvironment(catalogOptions.catalog)
         let level = Logger.Level(rawValue: logLevel)!
+        let json = logFormat == "json"
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler: any LogHandler = json ? JSONLogHandler(label: label) : StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
         }

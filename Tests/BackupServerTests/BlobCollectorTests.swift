@@ -189,6 +189,68 @@ import Testing
         }
     }
 
+    /// Helper finding: a tenant's backups filled every job thread with
+    /// writes waiting for a collection that was removing their content, and
+    /// that collection's removal was queued behind them on the same threads:
+    /// every namespace's jobs stalled until a restart. Collection works with
+    /// the store on threads of its own (`JobRunner.collectionThreads`), a
+    /// batch of claims at a time.
+    @Test func aCollectionFinishesWhileEveryJobThreadWaitsForIt() async throws {
+        try await TestCatalog.with { catalog, database, _ in
+            let scratch = try ScratchDirectory("collection-beside-waits")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            let (removing, unreferenced) = (try store.storing("another collection is removing it"), try store.storing("nobody refers to it"))
+            try await BlobLedger(catalog: catalog, store: store, threadPool: .singleton, clock: ContinuousClock()).record([removing, unreferenced])
+            try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
+            try await TestPostgres.query(database, "UPDATE blobs SET collecting_since = now() WHERE sha256 = $1", removing.hash.hex)
+
+            let jobThreads = NIOThreadPool(numberOfThreads: 2)
+            jobThreads.start()
+            let clock = ManualClock()
+            let writes = (0..<2).map { _ in
+                Task {
+                    try await jobThreads.runIfActive {
+                        try store.put(document: "another collection is removing it", in: scratch, catalog: catalog, threadPool: jobThreads, clock: clock)
+                    }
+                }
+            }
+            try await eventually(within: .seconds(20)) { clock.sleepers == 2 }
+            // Every job thread waits; a collection still removes what nobody refers to.
+            let collected = try await BlobCollector(catalog: catalog, store: store, threadPool: JobRunner.collectionThreads).collect()
+            #expect(collected == 1 && !store.contains(unreferenced.hash) && store.contains(removing.hash))
+            // The other collection ends; the writes go on.
+            #expect(store.remove(all: [removing.hash]).failure == nil)
+            try await catalog.forgetCollectedBlobs([removing.hash])
+            clock.advance(by: .seconds(1))
+            for write in writes { #expect(try await write.value.hash == removing.hash) }
+            #expect(store.contains(removing.hash))
+            try await jobThreads.shutdownGracefully()
+        }
+    }
+
+    /// A claim older than 15 minutes is a dead process's: a job storing
+    /// that content takes the row back at once rather than waiting (its
+    /// marks would otherwise keep the blob "used" and out of every later
+    /// collection's reach, and every backup of the content would fail).
+    @Test func aJobTakesBackTheClaimOfACollectionThatDied() async throws {
+        try await TestCatalog.with { catalog, database, threadPool in
+            let scratch = try ScratchDirectory("stale-claim")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            let blob = try store.storing("claimed by a process that died")
+            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).record([blob])
+            try await TestPostgres.query(database, "UPDATE blobs SET collecting_since = now() - interval '20 minutes'")
+            let clock = ManualClock()
+            let stored = try await threadPool.runIfActive {
+                try store.put(document: "claimed by a process that died", in: scratch, catalog: catalog, threadPool: threadPool, clock: clock)
+            }
+            #expect(stored == StoredBlob(hash: blob.hash, size: blob.size, written: false) && clock.sleepers == 0)
+            let claimed = try await TestPostgres.query(database, "SELECT count(*) AS n FROM blobs WHERE collecting_since IS NOT NULL")[0].int64("n")
+            #expect(claimed == 0)
+        }
+    }
+
     /// Helper finding: collection listed files no row knew, checked the rows,
     /// then unlinked them; a job recording one of them in between finished a
     /// backup whose blob was gone. Each such file now gets a row of

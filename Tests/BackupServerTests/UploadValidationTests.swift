@@ -150,8 +150,12 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                     let (upload, job) = try await uploadAndValidate(client, Array(goodBytes))
                     #expect(job.status == .finished && upload.state == .finished, "\(job.error)")
                     // Stating the hash of content the store holds, with other content, is refused as stating any other hash
-                    // is: the refusal says nothing of what the store holds.
+                    // is: the refusal says nothing of what the store holds. A stated hash asks nothing of the store or the
+                    // catalog (helper finding: its row was marked used first, and the time that took told whether any
+                    // namespace held the content): the held blob's row is as the good upload left it.
                     let invoice = ContentHash.of(Array("an invoice".utf8)).hex
+                    let usedAt = "SELECT used_at::text AS at FROM blobs WHERE sha256 = $1"
+                    let usedBefore = try await TestPostgres.query(server.catalogDatabase, usedAt, invoice)[0].string("at")
                     for (stated, held) in [(invoice, true), (String(repeating: "1", count: 64), false)] {
                         let claim = #"('.metadata', 'file', '{"sha256:tree/0d/3e/\#(Self.key)": "\#(stated)"}')"#
                         let forged = try await crafted(scratch, "[\(claim), \(dump), ('tree/0d/3e/\(Self.key)', 'file', 'a guess')]")
@@ -159,6 +163,7 @@ func uploadAndValidate(_ client: BackupClient, _ content: [UInt8], comment: Stri
                         #expect(refused.error == "the archive is not a valid snapshot: member tree/0d/3e/\(Self.key) has SHA-256 "
                                 + "\(ContentHash.of(Array("a guess".utf8)).hex), but .metadata says \"\(stated)\"", "held: \(held)")
                     }
+                    #expect(try await TestPostgres.query(server.catalogDatabase, usedAt, invoice)[0].string("at") == usedBefore)
                     _ = try await client.unary(Backups.deleteBackup, .with { $0.id = upload.backupID })
                 }
                 // Nothing was cataloged, and nothing stays: spool, scratch and blob store end empty.

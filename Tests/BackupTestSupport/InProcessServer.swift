@@ -60,8 +60,9 @@ public final class InProcessServer: WireTestServer {
     /// Starts a server; `configure` changes its configuration from the test default. Its catalog is a new
     /// database of the private cluster, or of `catalogCluster` (one a test may restart). A `live` one
     /// listens with the development certificate on a loopback port, and its clients connect over TLS.
+    /// A `log` keeps what the server logs at info and above (its access log among it).
     public static func start(live: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
-                             blobStore: (any BlobStore) -> any BlobStore = { $0 },
+                             blobStore: (any BlobStore) -> any BlobStore = { $0 }, log: CapturedLog? = nil,
                              configure: (inout ServerConfiguration) throws -> Void = { _ in }) async throws -> InProcessServer {
         let scratch = try ScratchDirectory("backupd-in-process")
         let storage = try await TestStorage.make(directory: scratch.path + "/blobs")
@@ -93,6 +94,7 @@ public final class InProcessServer: WireTestServer {
         try configure(&configuration)
         var logger = Logger(label: "backupd-in-process") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = .warning
+        if let log { logger = log.logger() }
         let (listening, heard) = AsyncStream<SocketAddress>.makeStream(bufferingPolicy: .bufferingNewest(1))
         // Every test server serves in process; a live one also listens with TLS on a free port.
         let transport = InProcessTransport()
@@ -170,11 +172,11 @@ public final class InProcessServer: WireTestServer {
 /// Starts an in-process server (`live`: with its TLS listener, which with `clientCA` requires client certificates
 /// that CA signed; `blobStore` may wrap the configured store), runs `body`, and removes the server whatever happens.
 public func withInProcessServer<T: Sendable>(live: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
-                                             blobStore: (any BlobStore) -> any BlobStore = { $0 },
+                                             blobStore: (any BlobStore) -> any BlobStore = { $0 }, log: CapturedLog? = nil,
                                              configure: (inout ServerConfiguration) throws -> Void = { _ in },
                                              _ body: (InProcessServer) async throws -> T) async throws -> T {
     let server = try await InProcessServer.start(live: live, clientCA: clientCA, catalogCluster: catalogCluster, blobStore: blobStore,
-                                                 configure: configure)
+                                                 log: log, configure: configure)
     do {
         let value = try await body(server)
         await server.remove()

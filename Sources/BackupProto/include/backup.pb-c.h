@@ -332,10 +332,15 @@ struct  Backup__V1__Status
    * Human-readable; names the problem.
    */
   char *message;
+  /*
+   * The server's id of the call, as its access log names it: quote it when
+   * asking an operator about the call. Set on every status of a call.
+   */
+  char *request_id;
 };
 #define BACKUP__V1__STATUS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&backup__v1__status__descriptor) \
-    , BACKUP__V1__STATUS_CODE__OK, (char *)protobuf_c_empty_string }
+    , BACKUP__V1__STATUS_CODE__OK, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
 /*

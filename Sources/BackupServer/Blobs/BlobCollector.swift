@@ -15,15 +15,21 @@ struct BlobCollector: Sendable {
     let catalog: Catalog
     let store: any BlobStore
     let threadPool: NIOThreadPool
-    /// How many unrecorded blobs are claimed and removed at a time.
+    /// How many blobs are claimed, removed and forgotten at a time: a job
+    /// storing content a collection claimed waits for its batch, not for
+    /// the whole collection.
     static let batch = 1000
 
     /// Returns how many blobs went.
     func collect() async throws -> Int {
         // A job claimed after the fence is read writes after this instant.
         let beforeFence = Date()
-        let (unreferenced, fenceAge) = try await catalog.claimUnreferencedBlobs()
+        var (unreferenced, fenceAge) = try await catalog.claimUnreferencedBlobs(limit: Self.batch)
         var removed = try await remove(unreferenced)
+        while unreferenced.count == Self.batch {
+            unreferenced = try await catalog.claimUnreferencedBlobs(limit: Self.batch).claimed
+            removed += try await remove(unreferenced)
+        }
         // The fence on this process's clock (processes sharing a store keep their clocks in step with the
         // catalog's); a second more while jobs run, for clocks a little apart.
         let fenceSeconds = Double(fenceAge.components.seconds) + Double(fenceAge.components.attoseconds) / 1e18
@@ -40,8 +46,8 @@ struct BlobCollector: Sendable {
         return removed
     }
 
-    /// Removes the content of claimed blobs, then forgets them; the claims
-    /// of what could not be removed are given back.
+    /// Removes the content of a batch of claimed blobs, then forgets them;
+    /// the claims of what could not be removed are given back.
     private func remove(_ claimed: [ContentHash]) async throws -> Int {
         guard !claimed.isEmpty else { return 0 }
         let store = self.store

@@ -28,8 +28,8 @@ struct BlobLedger: Sendable {
     }
 
     /// Marks `blob` used for a reuse, waiting out a collection that is
-    /// removing it; says whether none was. A reuse is asked about before the
-    /// content is read (an upload's stated hash and size): its size is not trusted.
+    /// removing it; says whether none was. The size goes only into a new
+    /// row: the job's record of the content it read sets sizes.
     private static func markUsed(_ blob: StoredBlob, catalog: Catalog, clock: any ServiceClock) async throws -> Bool {
         var waited = Duration.zero
         while try await !catalog.markBlobsUsed([blob], sizesVerified: false).isEmpty {

@@ -26,6 +26,7 @@ package struct DownloadEndpoint: Sendable {
     /// Where archive ranges are read: the server's thread pool for blocking work.
     let threadPool: NIOThreadPool
     let logger: Logger
+    var accessLog: AccessLog { AccessLog(logger: logger) }
 
     /// Bytes written to the socket at a time: large enough to keep a fast
     /// client's socket busy, small enough that a slow one holds about 1.4
@@ -83,6 +84,7 @@ package struct DownloadEndpoint: Sendable {
             try await withTaskCancellationHandler {
                 try await channel.executeThenClose { inbound, _ in
                     let writer = HTTPResponseWriter(channel: channel.channel, deadline: deadline, stallTimeout: limits.idleTimeout)
+                    let peer = channel.channel.remoteAddress?.ipAddress ?? "unknown"
                     var request: HTTPRequestHead?
                     for try await part in inbound {
                         switch part {
@@ -94,6 +96,15 @@ package struct DownloadEndpoint: Sendable {
                             guard let head = request else { continue }
                             request = nil
                             deadline.disarm()
+                            let began = ContinuousClock.now
+                            writer.begin(CallAudit.newRequestID())
+                            // An answer cut off (the client left) is logged with what it sent.
+                            defer {
+                                let answered = writer.answered
+                                accessLog.request(id: answered.requestID, peer: peer, method: "\(head.method)", uri: head.uri,
+                                                  status: answered.status, duration: began.duration(to: .now), bytesOut: answered.bodyBytes,
+                                                  download: answered.download)
+                            }
                             try await respond(to: head, writer) {
                                 unverified.disarm()
                                 verified()
@@ -137,6 +148,7 @@ package struct DownloadEndpoint: Sendable {
             }
             return
         }
+        outbound.note(download: id, namespace: record.namespace)
         guard record.state == .ready, DownloadLinks.fileName(record)[...] == fileName, let archive = ContentHash(hex: record.sha256) else {
             try await answer.send(.notFound, "no such download", on: outbound)
             return
@@ -266,12 +278,39 @@ private func plainTextHeaders(length: Int) -> [(String, String)] {
 /// learns of a full socket only after its writes reach the event loop, by
 /// which time a fast producer has queued far more.) A client that takes
 /// nothing for `stallTimeout` is closed.
+///
+/// It also keeps what the access log says of the answer under way: every
+/// answer's head carries its request id (`X-Request-Id`), and the status
+/// and body bytes written are counted.
 private final class HTTPResponseWriter: Sendable {
     private let channel: any Channel
     private let deadline: ConnectionDeadline
     private let stallTimeout: Duration
     private let inFlight = NIOLockedValueBox<[EventLoopFuture<Void>]>([])
     static let window = 4
+
+    /// The answer under way, as the access log reports it.
+    struct Answered {
+        var requestID = ""
+        /// 0 until a head is written (the client left first).
+        var status = 0
+        var bodyBytes: UInt64 = 0
+        var download: (id: String, namespace: String)?
+    }
+
+    private let current = NIOLockedValueBox(Answered())
+
+    var answered: Answered { current.withLockedValue { $0 } }
+
+    /// A new request's answer starts.
+    func begin(_ requestID: String) {
+        current.withLockedValue { $0 = Answered(requestID: requestID) }
+    }
+
+    /// The answer is about this download of `namespace`.
+    func note(download id: String, namespace: String) {
+        current.withLockedValue { $0.download = (id, namespace) }
+    }
 
     init(channel: any Channel, deadline: ConnectionDeadline, stallTimeout: Duration) {
         self.channel = channel
@@ -280,6 +319,20 @@ private final class HTTPResponseWriter: Sendable {
     }
 
     func write(_ part: HTTPServerResponsePart) async throws {
+        var part = part
+        switch part {
+        case .head(var head):
+            let requestID = current.withLockedValue { answered in
+                answered.status = Int(head.status.code)
+                return answered.requestID
+            }
+            head.headers.replaceOrAdd(name: "X-Request-Id", value: requestID)
+            part = .head(head)
+        case .body(.byteBuffer(let bytes)):
+            current.withLockedValue { $0.bodyBytes += UInt64(bytes.readableBytes) }
+        default:
+            break
+        }
         if let oldest = inFlight.withLockedValue({ $0.count >= Self.window ? $0.removeFirst() : nil }) {
             try await waitWritten(oldest)
         }

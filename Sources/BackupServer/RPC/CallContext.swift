@@ -7,10 +7,13 @@ import BackupWire
 public struct CallContext: Sendable {
     public let caller: Caller
     public let method: String
+    /// The call's access-log record: its request id, and the namespace it acts in once authorized.
+    public let audit: CallAudit
 
-    public init(caller: Caller, method: String) {
+    public init(caller: Caller, method: String, audit: CallAudit = CallAudit(origin: .inProcess)) {
         self.caller = caller
         self.method = method
+        self.audit = audit
     }
 
     /// The namespace a request names, or the caller's own when it names none.
@@ -29,6 +32,7 @@ public struct CallContext: Sendable {
     /// `role` is platform itself.
     public func authorize(_ role: Role, in namespace: String, platform: Bool = false) throws(BackupError) {
         guard !namespace.isEmpty || role == .platform else { throw .invalidArgument("namespace is required") }
+        if !namespace.isEmpty { audit.authorized(in: namespace) }
         if caller.role == .platform {
             guard platform || role == .platform else {
                 throw .permissionDenied(

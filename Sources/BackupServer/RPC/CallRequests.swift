@@ -47,6 +47,9 @@ public struct CallRequests: AsyncSequence, Sendable {
         return (CallRequests(stream: stream, ledger: ledger), Continuation(continuation: continuation, ledger: ledger))
     }
 
+    /// The bytes of the messages the client sent on the call so far, as charged on arrival.
+    public var bytesReceived: Int { ledger.received }
+
     public func makeAsyncIterator() -> AsyncIterator {
         AsyncIterator(received: stream.makeAsyncIterator(), ledger: ledger)
     }
@@ -68,6 +71,7 @@ private final class Ledger: Sendable {
     private struct State {
         var outstanding = 0
         var ended = false
+        var received = 0
     }
 
     private let state = Mutex(State())
@@ -80,12 +84,15 @@ private final class Ledger: Sendable {
     /// Counts a message in; false (and handed back at once) once the call has ended.
     func add(_ charge: Int) -> Bool {
         let open = state.withLock { state in
+            state.received += charge
             if !state.ended { state.outstanding += charge }
             return !state.ended
         }
         if !open { onTaken(charge) }
         return open
     }
+
+    var received: Int { state.withLock { $0.received } }
 
     func take(_ charge: Int) {
         let counted = state.withLock { state in
@@ -97,7 +104,7 @@ private final class Ledger: Sendable {
 
     func end() {
         let untaken = state.withLock { state in
-            defer { state = State(outstanding: 0, ended: true) }
+            defer { state = State(outstanding: 0, ended: true, received: state.received) }
             return state.ended ? 0 : state.outstanding
         }
         if untaken > 0 { onTaken(untaken) }

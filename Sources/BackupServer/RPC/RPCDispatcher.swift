@@ -3,6 +3,7 @@ import BackupRules
 import BackupStorage
 import BackupWire
 import Logging
+import NIOConcurrencyHelpers
 
 /// Runs one call from its start frame to its status, independent of any
 /// transport: routing (UNIMPLEMENTED), authentication (UNAUTHENTICATED), the
@@ -12,6 +13,7 @@ public struct RPCDispatcher: Sendable {
     let authenticate: @Sendable (String) async throws -> Caller?
     let openCalls: OpenCalls
     let logger: Logger
+    let accessLog: AccessLog
 
     public init(router: RPCRouter, openCalls: OpenCalls = OpenCalls(), logger: Logger,
                 authenticate: @escaping @Sendable (String) async throws -> Caller?) {
@@ -19,20 +21,40 @@ public struct RPCDispatcher: Sendable {
         self.authenticate = authenticate
         self.openCalls = openCalls
         self.logger = logger
+        self.accessLog = AccessLog(logger: logger)
     }
 
     /// - Parameters:
     ///   - requests: the call's request messages; finishes at half-close.
     ///   - cancelled: yields why, when the call is cancelled (the client asked, or its connection is closing).
+    ///   - origin: where the call came from, for its access-log line.
     ///   - authenticated: hears when the call's token is accepted.
     ///   - send: writes one response message.
-    /// - Returns: the status that ends the call.
+    /// - Returns: the status that ends the call, with the call's request id; its access-log line is written.
     public func handle(
         _ start: CallStart,
         requests: CallRequests,
         cancelled: AsyncStream<String>,
+        origin: CallOrigin = .inProcess,
         authenticated: @escaping @Sendable () -> Void = {},
         send: @escaping @Sendable ([UInt8]) async throws -> Void
+    ) async -> CallStatus {
+        let began = router.clock.now
+        let audit = CallAudit(origin: origin)
+        let sent = NIOLockedValueBox(0)
+        var status = await run(start, requests: requests, cancelled: cancelled, audit: audit, authenticated: authenticated) { bytes in
+            try await send(bytes)
+            sent.withLockedValue { $0 += bytes.count }
+        }
+        status.requestID = audit.requestID
+        accessLog.call(audit, method: start.method, status: "\(status.code)", duration: began.duration(to: router.clock.now),
+                       bytesIn: requests.bytesReceived, bytesOut: sent.withLockedValue { $0 })
+        return status
+    }
+
+    private func run(
+        _ start: CallStart, requests: CallRequests, cancelled: AsyncStream<String>, audit: CallAudit,
+        authenticated: @escaping @Sendable () -> Void, send: @escaping @Sendable ([UInt8]) async throws -> Void
     ) async -> CallStatus {
         if openCalls.isDraining {
             return CallStatus(RPCError(.unavailable, "backupd is shutting down; call again once it is back"))
@@ -51,15 +73,16 @@ public struct RPCDispatcher: Sendable {
             group.addTask {
                 do {
                     let caller = try await self.caller(for: start)
+                    audit.authenticated(caller)
                     authenticated()
                     let registration = self.openCalls.register(tokenID: caller.tokenID, revoked: revokedContinuation)
                     defer { self.openCalls.remove(registration) }
                     try await CommitGate.$current.withValue(gate) {
-                        try await route.run(requests, send, CallContext(caller: caller, method: start.method))
+                        try await route.run(requests, send, CallContext(caller: caller, method: start.method, audit: audit))
                     }
                     return CallStatus()
                 } catch {
-                    return CallStatus(rpcError(for: error, method: start.method, logger: self.logger))
+                    return CallStatus(rpcError(for: error, method: start.method, logger: self.logger.with(["request_id": "\(audit.requestID)"])))
                 }
             }
             group.addTask {

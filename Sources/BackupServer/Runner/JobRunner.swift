@@ -86,6 +86,12 @@ public final class JobRunner: Service, Sendable {
         case changeHeard, shutdownGraceOver
     }
 
+    /// Where collection works with the store. Never the jobs' threads: a job
+    /// waiting for a collection to finish removing content it stores holds
+    /// one of those, and a collection queued behind such jobs would never
+    /// finish (a hostile tenant's many backups held every one).
+    static var collectionThreads: NIOThreadPool { .singleton }
+
     init(catalog: Catalog, blobStore: any BlobStore, scratchDirectory: String, placement: Placement, archiveCache: ArchiveCache, spool: UploadSpool,
          archiveGzipLevel: Int, uploads: UploadSettings,
          threadPool: NIOThreadPool, settings: JobSettings, clock: any ServiceClock, logger: Logger) {
@@ -111,7 +117,7 @@ public final class JobRunner: Service, Sendable {
                                                        threadPool: threadPool, tools: settings.tools, dumps: dumps)
         self.verifyJob = VerifyJob(catalog: catalog, clock: clock, blobStore: blobStore, scratchDirectory: scratchDirectory, threadPool: threadPool, tools: settings.tools,
                                    reservedDiskBytes: uploads.reservedDiskBytes)
-        self.collector = BlobCollector(catalog: catalog, store: blobStore, threadPool: threadPool)
+        self.collector = BlobCollector(catalog: catalog, store: blobStore, threadPool: Self.collectionThreads)
         self.archiveCache = archiveCache
         self.spool = spool
         self.uploads = uploads
@@ -189,7 +195,8 @@ public final class JobRunner: Service, Sendable {
                     await sweepRestoreLeftovers()
                 }
                 await failAbandonedJobs()
-                while signals.withLockedValue({ $0.executions.count }) < settings.maximumConcurrentJobs,
+                // Shutdown may have begun while this round collected or swept: nothing is claimed after it.
+                while signals.withLockedValue({ $0.shutdownBegan == nil && $0.executions.count < settings.maximumConcurrentJobs }),
                       let (claimed, recovering) = await claim() {
                     let events = signals.withLockedValue { signals in
                         let (events, source) = AsyncStream<ExecutionEvent>.makeStream(bufferingPolicy: .unbounded)

@@ -69,7 +69,7 @@ public final class InProcessTransport: ServerTransport {
         }
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
-                await served.connection.serve(toServer, write: { toClientContinuation.yield($0) }, governor: governor)
+                await served.connection.serve(toServer, write: { toClientContinuation.yield($0) }, governor: governor, origin: .inProcess)
                 toClientContinuation.finish()
             }
             // However `body` ends, the client's side closes, so the connection ends and the group with it.

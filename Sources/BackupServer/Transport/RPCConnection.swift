@@ -32,11 +32,11 @@ struct RPCConnection {
     /// channel itself, not an async writer: one counts as written once it is
     /// in the socket, not when NIO has taken it, so the controller sees a
     /// client that takes nothing.
-    func run(_ channel: NIOAsyncChannel<ReceivedFrame, Never>, controller: ConnectionController) async {
+    func run(_ channel: NIOAsyncChannel<ReceivedFrame, Never>, controller: ConnectionController, origin: CallOrigin) async {
         do {
             try await channel.executeThenClose { inbound, _ in
                 let underlying = channel.channel
-                await serve(inbound, write: { try await underlying.writeAndFlush($0).get() }, governor: controller)
+                await serve(inbound, write: { try await underlying.writeAndFlush($0).get() }, governor: controller, origin: origin)
             }
         } catch {
             logger.debug("connection closed with error", metadata: ["error": "\(error)"])
@@ -44,9 +44,11 @@ struct RPCConnection {
     }
 
     /// Serves a connection over any carrier of frames: `inbound` is what the
-    /// client sends, `write` sends it a frame, awaiting back-pressure.
+    /// client sends, `write` sends it a frame, awaiting back-pressure;
+    /// `origin` is where its calls come from.
     func serve<Inbound: AsyncSequence<ReceivedFrame, any Error>>(
-        _ inbound: Inbound, write send: @escaping @Sendable (Frame) async throws -> Void, governor: some ConnectionGovernor
+        _ inbound: Inbound, write send: @escaping @Sendable (Frame) async throws -> Void, governor: some ConnectionGovernor,
+        origin: CallOrigin
     ) async {
         let calls = Calls([:])
         // What waits to be written counts against the connection: a client that does not read stops being read.
@@ -66,7 +68,7 @@ struct RPCConnection {
                 var violation: RPCError?
                 do {
                     for try await received in inbound {
-                        try await accept(received, calls: calls, governor: governor, group: &group, write: write)
+                        try await accept(received, calls: calls, governor: governor, origin: origin, group: &group, write: write)
                     }
                 } catch let error as FrameError {
                     violation = error.rpcError
@@ -96,7 +98,7 @@ struct RPCConnection {
     }
 
     private func accept(
-        _ received: ReceivedFrame, calls: Calls, governor: some ConnectionGovernor, group: inout DiscardingTaskGroup,
+        _ received: ReceivedFrame, calls: Calls, governor: some ConnectionGovernor, origin: CallOrigin, group: inout DiscardingTaskGroup,
         write: @escaping @Sendable (Frame) async throws -> Void
     ) async throws {
         let id = received.frame.callID
@@ -116,7 +118,7 @@ struct RPCConnection {
                 let (cancelled, cancelContinuation) = AsyncStream<String>.makeStream()
                 calls.withLockedValue { $0[id] = OpenCall(requests: requestContinuation, cancel: cancelContinuation) }
                 group.addTask {
-                    let status = await dispatcher.handle(start, requests: requests, cancelled: cancelled,
+                    let status = await dispatcher.handle(start, requests: requests, cancelled: cancelled, origin: origin,
                                                          authenticated: governor.callAuthenticated) { bytes in
                         try await write(Frame(callID: id, .message(bytes)))
                     }

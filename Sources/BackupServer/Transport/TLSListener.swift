@@ -1,3 +1,4 @@
+import BackupStorage
 import BackupWire
 import Logging
 import NIOCore
@@ -220,7 +221,7 @@ actor TLSListener {
             }
             switch negotiated {
             case .rpc(let channel, let controller):
-                await connection.run(channel, controller: controller)
+                await connection.run(channel, controller: controller, origin: await Self.origin(of: channel.channel))
             case .http(let channel, let verified):
                 await downloads.serve(channel, verified: verified)
             case .undecided, .unsupported:
@@ -229,6 +230,14 @@ actor TLSListener {
         } catch {
             logger.debug("handshake failed", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// Who is at the other end of a connection whose handshake is done: its
+    /// address, and its certificate's subject under mutual TLS.
+    private static func origin(of channel: any Channel) async -> CallOrigin {
+        let certificate = try? await channel.nioSSL_peerCertificate().get()
+        return CallOrigin(peer: channel.remoteAddress?.ipAddress ?? "unknown",
+                          clientIdentity: certificate.flatMap { try? $0.toDERBytes() }.flatMap(certificateSubject(derEncoded:)))
     }
 
     /// The kernel's send buffer of an RPC connection. RPC answers are small

@@ -84,17 +84,16 @@ struct UploadValidationJob: Sendable {
             let contents: SnapshotArchiveReader.Contents
             do {
                 let archive = ConcatenatedBlobs(segments, in: blobStore, interruption: interruption)
-                contents = try SnapshotArchiveReader(limits: limits).read(from: archive, interruption: interruption, progress: report) { member, size, stated in
+                contents = try SnapshotArchiveReader(limits: limits).read(from: archive, interruption: interruption, progress: report) { member, size, _ in
                     // The archive's members may expand far past it: each must fit on the disk beside its reserve.
                     try requireRoom(for: size, reserved: reserved, in: scratchDirectory)
                     switch member {
                     case .dump:
                         return try ScratchFile(path: dumpPath)
                     case .document(let key):
-                        // Content the store holds already is only hashed; the reader checks the hash against `stated`.
-                        if let stated, blobStore.reuses(StoredBlob(hash: stated, size: size)) {
-                            return BlobSink(key: key, known: stated, documents: documents)
-                        }
+                        // Every document is read into a writer, which reuses a copy the store holds only once it has
+                        // hashed the bytes: a hash the archive merely states asks nothing of the store or the catalog
+                        // (helper finding: the time such an ask took told whether any namespace held that content).
                         return BlobSink(key: key, writer: try blobStore.writer(), documents: documents)
                     }
                 }
@@ -122,34 +121,25 @@ struct UploadValidationJob: Sendable {
 
 }
 
-/// A document's sink: its blob writer, or nothing for content the store
-/// holds already. At the member's end the blob joins the list, stored
-/// under the hash the member was read with, or the archive is refused.
+/// A document's sink: its blob writer. At the member's end the blob joins
+/// the list, stored under the hash the member was read with, or the archive
+/// is refused. Content that is not what `.metadata` stated is refused by the
+/// reader at the archive's end, with the same message whatever the store holds.
 private final class BlobSink: ArchiveMemberSink {
     private let key: String
-    private let writer: (any BlobWriter)?
-    private let known: ContentHash?
+    private let writer: any BlobWriter
     private let documents: NIOLockedValueBox<[(key: String, blob: StoredBlob)]>
-    private var size: UInt64 = 0
 
     init(key: String, writer: any BlobWriter, documents: NIOLockedValueBox<[(key: String, blob: StoredBlob)]>) {
-        (self.key, self.writer, self.known, self.documents) = (key, writer, nil, documents)
-    }
-
-    init(key: String, known: ContentHash, documents: NIOLockedValueBox<[(key: String, blob: StoredBlob)]>) {
-        (self.key, self.writer, self.known, self.documents) = (key, nil, known, documents)
+        (self.key, self.writer, self.documents) = (key, writer, documents)
     }
 
     func write(_ chunk: UnsafeRawBufferPointer) throws {
-        try writer?.write(chunk)
-        size += UInt64(chunk.count)
+        try writer.write(chunk)
     }
 
     func end(sha256: ContentHash) throws {
-        // Content that is not what `.metadata` stated is refused by the reader at the archive's end, whether or not
-        // the store holds the stated hash, with the same message: a refusal says nothing of other namespaces' content.
-        guard known == nil || known == sha256 else { return }
-        let blob = try writer?.finish() ?? StoredBlob(hash: sha256, size: size, written: false)
+        let blob = try writer.finish()
         guard blob.hash == sha256 else {
             throw ArchiveRejection("document \(key) was stored as \(blob.hash.hex), not the \(sha256.hex) read from the archive")
         }
