@@ -23,9 +23,10 @@ export BACKUPD_VAR := $(VAR)
 
 .PHONY: deps test-deps install-packages proto certs cluster demo build run test fuzz fuzz-build load bench clean
 
-## deps: install the Debian packages the project needs (only what is missing)
+## deps: install the Debian packages the project needs (only what is missing); note the commit being built
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(APT_PACKAGES)"
+	@bash scripts/build-info.sh
 
 ## test-deps: also what the tests need
 test-deps: deps

@@ -35,8 +35,10 @@ let package = Package(
         // Pure rules and value types: no C module, no I/O.
         .target(name: "BackupRules"),
 
+        // The commit a build was made from, written by `make` before building.
+        .target(name: "CBuildInfo"),
         .target(name: "BackupWire", dependencies: [
-            "BackupRules", "BackupProto", "CProtobufC",
+            "BackupRules", "BackupProto", "CProtobufC", "CBuildInfo",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         // Everything that reads or writes bytes: the blob store (a local folder or an S3-compatible object store), chunked dumps,

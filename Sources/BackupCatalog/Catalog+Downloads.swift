@@ -267,3 +267,53 @@ extension Catalog {
         }
     }
 }
+
+/// One request for a download link that named a download the catalog
+/// knows (its signature held): what the namespace's activity records of it.
+public struct DownloadFetch: Sendable {
+    public let downloadID: String
+    /// The client's address.
+    public let peer: String
+    public let requestID: String
+    /// GET or HEAD.
+    public let method: String
+    /// The `Range` the client asked for, empty for the whole archive.
+    public let range: String
+    /// The HTTP status answered (0: the client left before the answer began).
+    public let status: Int
+    public let bytesSent: UInt64
+
+    public init(downloadID: String, peer: String, requestID: String, method: String, range: String, status: Int, bytesSent: UInt64) {
+        (self.downloadID, self.peer, self.requestID, self.method) = (downloadID, peer, requestID, method)
+        (self.range, self.status, self.bytesSent) = (range, status, bytesSent)
+    }
+}
+
+extension Catalog {
+    /// How many fetches of one download an hour its environment's activity
+    /// records; the access log has every one. A link's holder cannot grow
+    /// the catalog by fetching a byte at a time.
+    public static let fetchesRecordedPerHour = 200
+
+    /// Records a fetch of a download link as activity of the download's
+    /// environment, by whoever asked for the link (`FETCHED` with a 2xx
+    /// answer, `REFUSED` otherwise), naming the peer, the range, the status
+    /// and the bytes sent. Nothing is recorded for a download that is gone.
+    public func recordDownloadFetch(_ fetch: DownloadFetch, perHour limit: Int = Catalog.fetchesRecordedPerHour) async throws {
+        let id = try parseID(fetch.downloadID, "download id")
+        let outcome = (200..<300).contains(fetch.status) ? "FETCHED" : "REFUSED"
+        let range = fetch.range.isEmpty ? "the whole archive" : String(fetch.range.prefix(100))
+        let detail = "fetch of download \(id) from \(fetch.peer): \(fetch.method) \(range), HTTP \(fetch.status), "
+            + "\(fetch.bytesSent) bytes sent (request \(fetch.requestID))"
+        try await pool.withConnection { connection in
+            try connection.query("""
+                INSERT INTO activity (namespace, environment, action, outcome, actor, snapshot_id, detail)
+                SELECT e.namespace, e.name, 'download', $2, d.actor, s.id, $3
+                FROM \(Self.downloadJoins)
+                WHERE d.id = $1 AND (SELECT count(*) FROM activity x
+                                     WHERE x.namespace = e.namespace AND x.environment = e.name AND x.action = 'download'
+                                       AND x.detail LIKE $4 AND x.at > now() - interval '1 hour') < $5
+                """, id, outcome, detail, "fetch of download \(id) %", limit)
+        }
+    }
+}

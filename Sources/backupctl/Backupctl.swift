@@ -8,6 +8,7 @@ struct Backupctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backupctl",
         abstract: "Back up, list and manage app environments on a backupd server.",
+        version: "backupctl \(BuildInfo.description)",
         subcommands: [Info.self, EnvCommand.self, Create.self, List.self, Show.self, Comment.self, Delete.self,
                       Verify.self, Restore.self, DownloadCommand.self, UploadCommand.self, JobCommand.self, ScheduleCommand.self, ActivityCommand.self,
                       TokenCommand.self])

@@ -18,6 +18,7 @@ struct Backupd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backupd",
         abstract: "Backup and restore for apps made of a PostgreSQL database and file documents.",
+        version: "backupd \(BuildInfo.description)",
         subcommands: [Serve.self, TokenCommand.self],
         defaultSubcommand: Serve.self)
 }

@@ -119,6 +119,27 @@ import Testing
                 let refused = try #require(log.all.only { $0.metadata["request_id"] == forgedID })
                 #expect(refused.metadata["status"] == "403" && refused.metadata["namespace"] == nil && refused.metadata["bytes_out"] != "0")
                 #expect(!log.all.contains { $0.metadata.values.contains { $0.contains("sig=") } }, "a signature was logged")
+
+                // Each fetch of the real link is activity of its environment, by whoever asked for the link; the forged
+                // link's is not, and the activity says nothing of it.
+                let ranged = try await curl(identity + ["-r", "0-99", "-o", scratch.path + "/part", download.url])
+                #expect(ranged.status == 0, "\(ranged.standardError)")
+                func fetches() async throws -> [Activity] {
+                    try await withCertifiedClient(token: server.adminToken) { client in
+                        try await client.unary(Backups.listActivity, .with { $0.namespace = "acme"; $0.environment = "shop-production" }).activity
+                    }.filter { $0.action == "download" && $0.detail.hasPrefix("fetch of") }
+                }
+                try await eventually(within: .seconds(10)) { try await fetches().count == 2 }
+                let recorded = try await fetches()
+                #expect(recorded.allSatisfy { $0.outcome == "FETCHED" && $0.actor == "test-admin" && $0.backupID == download.backupID })
+                #expect(recorded[1].detail == "fetch of download \(download.id) from 127.0.0.1: GET the whole archive, HTTP 200, "
+                        + "\(download.sizeBytes) bytes sent (request \(requestID))")
+                #expect(recorded[0].detail.hasPrefix("fetch of download \(download.id) from 127.0.0.1: GET bytes=0-99, HTTP 206, 100 bytes sent"))
+
+                // A link's holder cannot grow the catalog a fetch at a time: past the hour's allowance the access log alone has them.
+                let fetch = DownloadFetch(downloadID: download.id, peer: "192.0.2.9", requestID: "0", method: "HEAD", range: "", status: 200, bytesSent: 0)
+                for _ in 0..<3 { try await server.catalog.recordDownloadFetch(fetch, perHour: 3) }
+                #expect(try await fetches().count == 3)
             }
         }
     }

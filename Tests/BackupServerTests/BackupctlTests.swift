@@ -10,6 +10,27 @@ import Testing
         return try #require(try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any])
     }
 
+    /// Both binaries and ServerInfo name the version and the commit of this
+    /// checkout they were built from (`make` writes it before building), so
+    /// an operator can tell which build of several processes answered.
+    @Test func versionNamesTheCommitBuilt() async throws {
+        let head = try await runCommand("/usr/bin/git", ["-C", projectRoot, "rev-parse", "--short=12", "HEAD"])
+        let commit = BuildInfo.commit
+        #expect(commit.count == 12 && commit.allSatisfy(\.isHexDigit), "built without `make`: \(commit)")
+        // The commit of a build is one of this repository's (HEAD when the tests were built by `make test`).
+        let known = try await runCommand("/usr/bin/git", ["-C", projectRoot, "cat-file", "-t", commit])
+        #expect(known.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == "commit", "\(commit) vs HEAD \(head.standardOutput)")
+        for binary in ["backupd", "backupctl"] {
+            let printed = try await runCommand("\(binDirectory)/\(binary)", ["--version"])
+            #expect(printed.status == 0 && printed.standardOutput == "\(binary) \(BuildInfo.version) (commit \(commit))\n",
+                    "\(printed.standardOutput)\(printed.standardError)")
+        }
+        try await withInProcessServer { server in
+            let info = try await server.withClient { try await $0.unary(Backups.serverInfo, ServerInfoRequest()) }
+            #expect(info.version == BuildInfo.description)
+        }
+    }
+
     @Test func walkThrough() async throws {
         try await withTestApp { app in
             try await withInProcessServer(live: true) { server in

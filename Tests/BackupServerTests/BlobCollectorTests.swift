@@ -91,25 +91,49 @@ import Testing
         }
     }
 
-    /// A blob whose row a collection has claimed is gone to a job while its
-    /// content is removed: the ledger does not offer it for reuse, and a job
-    /// that stored it again fails rather than reference it.
-    @Test func aBlobACollectionClaimedIsGoneToAJob() async throws {
+    /// A blob whose row a collection has claimed is the collection's until
+    /// it is done: a job's ledger waits, then finds the content gone (the
+    /// job fails rather than reference it), or finds the copy the job wrote
+    /// after the removal (helper finding: between the removal and the rows'
+    /// forgetting, such a job failed "collected as it ran"), or the blob
+    /// its own again when the claim is given back.
+    @Test func aBlobACollectionClaimedIsTheCollectionsUntilItIsDone() async throws {
         try await TestCatalog.with { catalog, database, threadPool in
             let scratch = try ScratchDirectory("ledger-claimed")
             defer { scratch.remove() }
             let store = try LocalBlobStore(root: scratch.path + "/blobs")
-            let ledger = BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock())
+            let clock = ManualClock()
+            let ledger = BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: clock)
             let blob = try store.storing("unreferenced")
-            try await ledger.record([blob])
-            try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
-            #expect(try await catalog.claimUnreferencedBlobs().claimed == [blob.hash])
-            #expect(store.contains(blob.hash), "the collection is still removing it")
-            #expect(try await ledger.keep([blob]).isEmpty)
-            await #expect(throws: BackupError.self) { try await ledger.record([blob]) }
-            // Once a claim is given back (its removal failed), the blob is the job's again.
-            try await catalog.releaseBlobClaims([blob.hash])
-            #expect(try await ledger.keep([blob]) == [blob])
+            /// Claims the blob as a collection does, runs `keep` while the test plays the collection's end with `finish`.
+            func keepWhileCollected(_ finish: () async throws -> Void) async throws -> [StoredBlob] {
+                try await ledger.record([blob])
+                try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
+                #expect(try await catalog.claimUnreferencedBlobs().claimed == [blob.hash])
+                let keeping = Task { try await ledger.keep([blob]) }
+                try await eventually(within: .seconds(20)) { clock.sleepers == 1 }
+                try await finish()
+                clock.advance(by: .seconds(1))
+                return try await keeping.value
+            }
+
+            // The collection removes the content and forgets the row: gone.
+            let removed = try await keepWhileCollected {
+                try store.remove(blob.hash)
+                try await catalog.forgetCollectedBlobs([blob.hash])
+            }
+            #expect(removed.isEmpty)
+            // The job writes the content again after the removal, before the rows are forgotten: its copy stands.
+            _ = try store.storing("unreferenced")
+            let writtenAgain = try await keepWhileCollected {
+                try store.remove(blob.hash)
+                _ = try store.storing("unreferenced")
+                try await catalog.forgetCollectedBlobs([blob.hash])
+            }
+            #expect(writtenAgain == [blob])
+            // The claim is given back (the removal failed): the blob is the job's again.
+            let givenBack = try await keepWhileCollected { try await catalog.releaseBlobClaims([blob.hash]) }
+            #expect(givenBack == [blob])
         }
     }
 

@@ -23,7 +23,8 @@ public final class InProcessServer: WireTestServer {
     public let storage: TestStorage
     public let adminToken: String
     public let platformToken: String
-    private let catalog: Catalog
+    /// The server's catalog, for what a test checks or sets beside the API.
+    public let catalog: Catalog
     private let server: BackupServer
     private let leases: CatalogLeases
     private let transport: InProcessTransport

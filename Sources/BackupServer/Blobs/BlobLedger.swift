@@ -16,30 +16,43 @@ struct BlobLedger: Sendable {
     let store: any BlobStore
     let threadPool: NIOThreadPool
 
-    /// How often a reuse looks again at a copy a collection is removing, and for how long.
+    let clock: any ServiceClock
+
+    /// How often a job looks again at content a collection is removing, and for how long.
     static let collectionPoll = Duration.milliseconds(100)
     static let collectionWait = Duration.seconds(60)
 
-    /// `clock` paces the wait for a collection removing a copy the job would reuse.
+    /// `clock` paces the wait for a collection removing content the job stores.
     init(catalog: Catalog, store: any BlobStore, threadPool: NIOThreadPool, clock: any ServiceClock) {
         self.catalog = catalog
-        self.store = store.asking(ReuseClaims { blob in try waitFor { try await Self.markUsed(blob, catalog: catalog, clock: clock) } })
         self.threadPool = threadPool
+        self.clock = clock
+        // A reuse's size goes only into a new row: the job's record of the content it read sets sizes.
+        self.store = store.asking(ReuseClaims { blob in
+            try waitFor {
+                let (claimed, waited) = try await Self.markUsed([blob], sizesVerified: false, catalog: catalog, clock: clock)
+                guard claimed.isEmpty else {
+                    throw BackupError.unavailable("a collection has been removing content this job stores for \(Self.collectionWait)")
+                }
+                return !waited
+            }
+        })
     }
 
-    /// Marks `blob` used for a reuse, waiting out a collection that is
-    /// removing it; says whether none was. The size goes only into a new
-    /// row: the job's record of the content it read sets sizes.
-    private static func markUsed(_ blob: StoredBlob, catalog: Catalog, clock: any ServiceClock) async throws -> Bool {
+    /// Marks `blobs` used, waiting (up to `collectionWait`) for collections
+    /// removing any of them to be done: their content is then gone or, for
+    /// what a job wrote after the removal, the job's. Returns those still
+    /// claimed after the wait, and whether there was one.
+    private static func markUsed(_ blobs: [StoredBlob], sizesVerified: Bool, catalog: Catalog,
+                                 clock: any ServiceClock) async throws -> (claimed: Set<ContentHash>, waited: Bool) {
+        var claimed = try await catalog.markBlobsUsed(blobs, sizesVerified: sizesVerified)
         var waited = Duration.zero
-        while try await !catalog.markBlobsUsed([blob], sizesVerified: false).isEmpty {
-            guard waited < collectionWait else {
-                throw BackupError.unavailable("a collection has been removing content this job stores for \(collectionWait)")
-            }
+        while !claimed.isEmpty && waited < collectionWait {
             try await clock.sleep(for: collectionPoll)
             waited += collectionPoll
+            claimed = try await catalog.markBlobsUsed(blobs.filter { claimed.contains($0.hash) }, sizesVerified: sizesVerified)
         }
-        return waited == .zero
+        return (claimed, waited > .zero)
     }
 
     /// Marks `blobs` used; fails naming how many the store no longer holds.
@@ -51,12 +64,14 @@ struct BlobLedger: Sendable {
         }
     }
 
-    /// Marks `blobs` used and returns those the store still holds and no
-    /// collection is removing: content a job may reuse (the chunks of an
-    /// environment's latest backup). One look at the store per content,
-    /// however many documents or chunks share it.
+    /// Marks `blobs` used and returns those the store still holds once no
+    /// collection is removing them: content a job may reuse (the chunks of an
+    /// environment's latest backup), or stored (helper finding: a job that
+    /// wrote content again between a collection's removal and its forgetting
+    /// the rows found the rows claimed and failed). One look at the store
+    /// per content, however many documents or chunks share it.
     func keep(_ blobs: [StoredBlob]) async throws -> [StoredBlob] {
-        let claimed = try await catalog.markBlobsUsed(blobs)
+        let (claimed, _) = try await Self.markUsed(blobs, sizesVerified: true, catalog: catalog, clock: clock)
         let store = self.store
         let distinct = Set(blobs.map(\.hash)).subtracting(claimed)
         let held = try await threadPool.runIfActive { try distinct.filter { try store.contains($0) } }

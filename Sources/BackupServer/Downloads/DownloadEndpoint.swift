@@ -98,17 +98,18 @@ package struct DownloadEndpoint: Sendable {
                             deadline.disarm()
                             let began = ContinuousClock.now
                             writer.begin(CallAudit.newRequestID())
-                            // An answer cut off (the client left) is logged with what it sent.
-                            defer {
-                                let answered = writer.answered
-                                accessLog.request(id: answered.requestID, peer: peer, method: "\(head.method)", uri: head.uri,
-                                                  status: answered.status, duration: began.duration(to: .now), bytesOut: answered.bodyBytes,
-                                                  download: answered.download)
+                            // An answer cut off (the client left) is logged and recorded with what it sent.
+                            var cutOff: (any Error)?
+                            do {
+                                try await respond(to: head, writer) {
+                                    unverified.disarm()
+                                    verified()
+                                }
+                            } catch {
+                                cutOff = error
                             }
-                            try await respond(to: head, writer) {
-                                unverified.disarm()
-                                verified()
-                            }
+                            await account(for: head, answered: writer.answered, peer: peer, took: began.duration(to: .now))
+                            if let cutOff { throw cutOff }
                             guard head.isKeepAlive else { return }
                             // After an answer to a ready download, the next must come as soon again.
                             unverified.armUnlessArmed(limits.authenticationTimeout)
@@ -124,6 +125,24 @@ package struct DownloadEndpoint: Sendable {
         }
         deadline.disarm()
         unverified.disarm()
+    }
+
+    /// Writes a request's access-log line and, when it named a download
+    /// the catalog knows, records the fetch as its namespace's activity.
+    /// A link that is unknown or forged is only logged: it belongs to no
+    /// namespace anyone can vouch for.
+    private func account(for head: HTTPRequestHead, answered: HTTPResponseWriter.Answered, peer: String, took duration: Duration) async {
+        accessLog.request(id: answered.requestID, peer: peer, method: "\(head.method)", uri: head.uri, status: answered.status,
+                          duration: duration, bytesOut: answered.bodyBytes, download: answered.download)
+        guard let download = answered.download else { return }
+        let fetch = DownloadFetch(downloadID: download.id, peer: peer, requestID: answered.requestID, method: "\(head.method)",
+                                  range: head.headers.first(name: "Range") ?? "", status: answered.status, bytesSent: answered.bodyBytes)
+        do {
+            try await catalog.recordDownloadFetch(fetch)
+        } catch {
+            logger.warning("cannot record a download's fetch", metadata: ["download": "\(download.id)", "request_id": "\(answered.requestID)",
+                                                                          "error": "\(error)"])
+        }
     }
 
     /// Answers one request; whether it was for a ready download, with a signed URL.

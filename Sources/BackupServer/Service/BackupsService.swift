@@ -24,13 +24,12 @@ struct BackupsService: Sendable {
     let uploads: UploadSettings
     let spool: UploadSpool
     let scheduler: Scheduler
-    static let version = "0.1.0"
 
     func register(into router: inout RPCRouter) {
         router.unary(Backups.serverInfo) { _, context in
             let catalogVersion = try await catalog.serverVersion()
             return .with {
-                $0.version = Self.version; $0.protocol = "backup-rpc/1"; $0.catalogPostgresVersion = catalogVersion
+                $0.version = BuildInfo.description; $0.protocol = "backup-rpc/1"; $0.catalogPostgresVersion = catalogVersion
                 $0.serverTimeUnixMS = Int64(Date().timeIntervalSince1970 * 1000); $0.maxFrameBytes = UInt32(maxFrameBytes)
                 $0.callerNamespace = context.caller.namespace; $0.callerRole = context.caller.role
                 $0.callerTokenName = context.caller.tokenName
