@@ -84,7 +84,7 @@ package struct DownloadEndpoint: Sendable {
             try await withTaskCancellationHandler {
                 try await channel.executeThenClose { inbound, _ in
                     let writer = HTTPResponseWriter(channel: channel.channel, deadline: deadline, stallTimeout: limits.idleTimeout)
-                    let peer = channel.channel.remoteAddress?.ipAddress ?? "unknown"
+                    let peer = channel.channel.peerAddress
                     var request: HTTPRequestHead?
                     for try await part in inbound {
                         switch part {

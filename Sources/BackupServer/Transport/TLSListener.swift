@@ -109,7 +109,7 @@ actor TLSListener {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .bind(host: host, port: port) { channel in
                 // Over the limits (in all, or from this client's address), a connection is closed at once.
-                let peer = channel.remoteAddress?.ipAddress ?? "unknown"
+                let peer = channel.peerAddress
                 guard let ticket = admission.admit(peer, close: { channel.close(promise: nil) }) else {
                     logger.warning("refusing connection: too many open", metadata: ["peer": "\(peer)"])
                     channel.close(promise: nil)
@@ -236,7 +236,7 @@ actor TLSListener {
     /// address, and its certificate's subject under mutual TLS.
     private static func origin(of channel: any Channel) async -> CallOrigin {
         let certificate = try? await channel.nioSSL_peerCertificate().get()
-        return CallOrigin(peer: channel.remoteAddress?.ipAddress ?? "unknown",
+        return CallOrigin(peer: channel.peerAddress,
                           clientIdentity: certificate.flatMap { try? $0.toDERBytes() }.flatMap(certificateSubject(derEncoded:)))
     }
 
@@ -291,4 +291,9 @@ private final class ProtocolSniffer<Chosen: Sendable>: ChannelInboundHandler, Re
         promise.fail(error)
         context.close(promise: nil)
     }
+}
+
+extension Channel {
+    /// The client's IP address, as connection limits count it and the access log names it.
+    var peerAddress: String { remoteAddress?.ipAddress ?? "unknown" }
 }
