@@ -15,14 +15,13 @@ struct BlobLedger: Sendable {
     /// the catalog first (`ReuseClaims`). The job stores through this.
     let store: any BlobStore
     let threadPool: NIOThreadPool
-
+    /// Paces the wait for a collection removing content the job stores.
     let clock: any ServiceClock
 
     /// How often a job looks again at content a collection is removing, and for how long.
     static let collectionPoll = Duration.milliseconds(100)
     static let collectionWait = Duration.seconds(60)
 
-    /// `clock` paces the wait for a collection removing content the job stores.
     init(catalog: Catalog, store: any BlobStore, threadPool: NIOThreadPool, clock: any ServiceClock) {
         self.catalog = catalog
         self.threadPool = threadPool

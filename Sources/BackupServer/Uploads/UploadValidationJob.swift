@@ -75,10 +75,12 @@ struct UploadValidationJob: Sendable {
     }
 
     /// Reads the archive on the thread pool, stopping within a chunk when the
-    /// job is cancelled; progress is the compressed bytes read.
-    private func readArchive(_ segments: [StoredBlob], into blobStore: any BlobStore, dumpTo dumpPath: String,
+    /// job is cancelled; progress is the compressed bytes read. Its segments
+    /// are read from the store; its documents are written through `ledgerStore`,
+    /// the job's view of it (`BlobLedger.store`).
+    private func readArchive(_ segments: [StoredBlob], into ledgerStore: any BlobStore, dumpTo dumpPath: String,
                              progress: ProgressReporter) async throws -> ReadArchive {
-        let (limits, reserved) = (self.limits, self.reservedDiskBytes)
+        let (blobStore, limits, reserved) = (self.blobStore, self.limits, self.reservedDiskBytes)
         return try await progress.reporting(on: threadPool) { interruption, report in
             let documents = NIOLockedValueBox<[(key: String, blob: StoredBlob)]>([])
             let contents: SnapshotArchiveReader.Contents
@@ -94,7 +96,7 @@ struct UploadValidationJob: Sendable {
                         // Every document is read into a writer, which reuses a copy the store holds only once it has
                         // hashed the bytes: a hash the archive merely states asks nothing of the store or the catalog
                         // (helper finding: the time such an ask took told whether any namespace held that content).
-                        return BlobSink(key: key, writer: try blobStore.writer(), documents: documents)
+                        return BlobSink(key: key, writer: try ledgerStore.writer(), documents: documents)
                     }
                 }
             } catch let rejection as ArchiveRejection {
