@@ -12,10 +12,11 @@ PGPORT       ?= 55432
 ADDR         ?= 127.0.0.1:7443
 APT_PACKAGES := libprotobuf-c-dev protobuf-c-compiler libpq-dev libssl-dev libarchive-dev libzstd-dev zlib1g-dev \
                 postgresql postgresql-client openssl ca-certificates bc tzdata
-# What only the tests use: curl and a real browser fetch download URLs; moto
-# is the S3 server of the object-store tests, botocore the signer the
+# What only the tests use: curl and a real browser fetch download URLs;
+# Prometheus scrapes the admin listener and promtool tests the alert rules;
+# moto is the S3 server of the object-store tests, botocore the signer the
 # request signing is checked against.
-TEST_APT_PACKAGES := curl chromium
+TEST_APT_PACKAGES := curl chromium prometheus
 TEST_PIP_PACKAGES := 'moto[server]==5.2.1'
 
 export BACKUPD_PGPORT := $(PGPORT)

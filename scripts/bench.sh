@@ -100,7 +100,7 @@ serve() {
   token=$("$BIN/backupd" token create --namespace bench --role admin --name bench)
   platform=$("$BIN/backupd" token create --platform --name bench-platform)
   rm -f "$work/ready"
-  "$BIN/backupd" serve --listen 127.0.0.1:0 --ready-file "$work/ready" --log-level warning --file-store-root "$work" \
+  "$BIN/backupd" serve --listen 127.0.0.1:0 --admin-listen off --ready-file "$work/ready" --log-level warning --file-store-root "$work" \
     --download-keys "$(pwd)/certs/dev/download-keys" "$@" &
   pid=$!
   for _ in $(seq 1 100); do [ -s "$work/ready" ] && break; sleep 0.1; done

@@ -48,7 +48,7 @@ export BACKUPD_CATALOG=$(url "${tag}_catalog") BACKUPD_BLOB_DIR=$work/blobs
 export BACKUPD_TLS_CERT=$(pwd)/certs/dev/server.crt BACKUPD_TLS_KEY=$(pwd)/certs/dev/server.key
 token=$("$BIN/backupd" token create --namespace load --role admin --name load)
 platform=$("$BIN/backupd" token create --platform --name load-platform)
-"$BIN/backupd" serve --listen 127.0.0.1:0 --ready-file "$work/ready" --log-level warning --file-store-root "$work" \
+"$BIN/backupd" serve --listen 127.0.0.1:0 --admin-listen off --ready-file "$work/ready" --log-level warning --file-store-root "$work" \
   --download-keys "$(pwd)/certs/dev/download-keys" 2>"$work/server.log" &
 pid=$!
 for _ in $(seq 1 100); do [ -s "$work/ready" ] && break; sleep 0.1; done

@@ -48,5 +48,10 @@ backupd is listening on $ADDR (Ctrl-C stops it). In another shell:
   backupctl show <ID>
   backupctl activity --env demo/shop-production
 
+Metrics and health on the admin listener (plain HTTP, loopback):
+
+  curl http://127.0.0.1:7444/metrics
+  curl http://127.0.0.1:7444/readyz
+
 HELP
 wait $pid

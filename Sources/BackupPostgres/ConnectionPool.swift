@@ -59,6 +59,11 @@ public final class ConnectionPool: Sendable {
         state = Mutex(State(machine: PoolStateMachine(maximumConnections: maximumConnections, validateAfterIdle: validateAfterIdle)))
     }
 
+    /// Connections open, lent out, and leases waiting for one, now: for metrics.
+    public var usage: (open: Int, leased: Int, waiting: Int) {
+        state.withLock { ($0.machine.open, $0.machine.open - $0.machine.idleCount, $0.machine.waiting.count) }
+    }
+
     /// Runs `body` with a connection of its own. A connection left broken or
     /// inside a transaction is closed rather than reused.
     ///

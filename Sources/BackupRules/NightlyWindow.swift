@@ -68,6 +68,21 @@ public struct NightlyWindow: Sendable, Hashable {
         return nil
     }
 
+    /// The first night whose backup falls due after `now`, this
+    /// environment's `offset` into its window included: when its next
+    /// automatic backup starts, as the metrics report it.
+    public func nextNight(after now: Date, offset: TimeInterval) -> Night? {
+        let calendar = Night.calendar(in: timeZone)
+        let today = calendar.dateComponents([.year, .month, .day], from: now.addingTimeInterval(-offset))
+        guard let midnight = calendar.date(from: today) else { return nil }
+        for ahead in 0...2 {
+            guard let day = calendar.date(byAdding: .day, value: ahead, to: midnight),
+                  let night = Night(day, window: self, offset: offset) else { continue }
+            if night.due > now { return night }
+        }
+        return nil
+    }
+
     /// Where in the window an environment's backup starts: a fixed share of
     /// `spread` chosen by a hash of `key`, so many environments with one
     /// window do not all start in the same second, and each starts at the

@@ -28,6 +28,8 @@ public struct ServerConfiguration: Sendable {
     public var downloads = DownloadSettings()
     public var uploads = UploadSettings()
     public var schedule = ScheduleSettings()
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); nil for none.
+    public var admin: AdminSettings?
 
     public init() {}
 }
@@ -48,6 +50,8 @@ public struct BackupServer: Service, CustomStringConvertible {
     private let watches: JobWatches
     private let openCalls: OpenCalls
     private let transports: [any ServerTransport]
+    private let metrics: ServiceMetrics
+    private let readiness: ReadinessProbe
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
 
@@ -74,9 +78,10 @@ public struct BackupServer: Service, CustomStringConvertible {
     ///     otherwise archives prepared for download (`archives`) and uploads in progress (`uploads`).
     ///   - threadPool: where blocking work of jobs runs (file hashing, blob I/O, waiting for tools);
     ///     the catalog's libpq calls run on the catalog pool's own.
+    ///   - metrics: what the server counts and measures; also the catalog pool's observer, for its leases.
     ///   - onListening: hears the bound address (useful with port 0).
     public init(configuration: ServerConfiguration, transports: [any ServerTransport], catalog: Catalog, blobStore: any BlobStore,
-                workDirectory: String, threadPool: NIOThreadPool, logger: Logger,
+                workDirectory: String, threadPool: NIOThreadPool, metrics: ServiceMetrics, logger: Logger,
                 onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }) async throws {
         let catalogIdentity = try await catalog.pool.withConnection(idempotent: true) { try DatabaseIdentity.of($0) }
         let archiveCache = try ArchiveCache(directory: configuration.downloads.cacheDirectory ?? workDirectory + "/archives",
@@ -97,7 +102,7 @@ public struct BackupServer: Service, CustomStringConvertible {
         let jobs = JobRunner(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, placement: placement, archiveCache: archiveCache, spool: spool,
                              archiveGzipLevel: configuration.downloads.gzipLevel,
                              uploads: configuration.uploads, threadPool: threadPool, settings: configuration.jobs,
-                             clock: configuration.clock, logger: logger)
+                             clock: configuration.clock, metrics: metrics, logger: logger)
         let scheduler = Scheduler(catalog: catalog, jobs: jobs, settings: configuration.schedule, clock: configuration.clock, logger: logger)
         let links = DownloadLinks(keys: configuration.downloads.keys, publicURL: configuration.downloads.publicURL,
                                   host: configuration.host, port: configuration.port)
@@ -108,14 +113,20 @@ public struct BackupServer: Service, CustomStringConvertible {
                        maxFrameBytes: configuration.maxFrameBytes, connections: configuration.connections,
                        downloads: configuration.downloads, links: links, archiveCache: archiveCache,
                        uploads: configuration.uploads, spool: spool, scheduler: scheduler).register(into: &router)
-        self.dispatcher = RPCDispatcher(router: router, openCalls: openCalls, logger: logger) { secret in
+        self.dispatcher = RPCDispatcher(router: router, openCalls: openCalls, metrics: metrics, logger: logger) { secret in
             try await catalog.authenticate(secretDigest: AccessTokenSecret(presented: secret).digest)
         }
         self.downloads = DownloadEndpoint(links: links, catalog: catalog, blobStore: blobStore,
                                           limits: configuration.connections,
                                           slots: DownloadSlots(maximum: configuration.downloads.maximumStreams,
                                                                perNamespace: configuration.downloads.maximumStreamsPerNamespace),
-                                          threadPool: threadPool, logger: logger)
+                                          threadPool: threadPool, metrics: metrics, logger: logger)
+        let readiness = ReadinessProbe(catalog: catalog, blobStore: blobStore, threadPool: threadPool, openCalls: openCalls,
+                                       clock: configuration.clock, interval: configuration.admin?.probeInterval ?? .seconds(15))
+        Self.sample(catalog: catalog, jobs: jobs, openCalls: openCalls, readiness: readiness, schedule: configuration.schedule,
+                    clock: configuration.clock, into: metrics, logger: logger)
+        self.metrics = metrics
+        self.readiness = readiness
         self.configuration = configuration
         self.catalog = catalog
         self.jobs = jobs
@@ -130,14 +141,38 @@ public struct BackupServer: Service, CustomStringConvertible {
         }
     }
 
+    /// The state `/metrics` reads at each scrape: the catalog's (the queue, the store, each environment's
+    /// backups), and this process's (open calls, running jobs, the catalog pool, readiness).
+    private static func sample(catalog: Catalog, jobs: JobRunner, openCalls: OpenCalls, readiness: ReadinessProbe,
+                               schedule: ScheduleSettings, clock: any ServiceClock, into metrics: ServiceMetrics, logger: Logger) {
+        let catalogSampler = CatalogSampler(catalog: catalog, metrics: metrics, schedule: schedule, clock: clock, logger: logger)
+        let processSeries = SampledSeries(metrics: metrics)
+        _ = metrics.addSampler {
+            await catalogSampler.sample()
+            let pool = catalog.pool.usage
+            processSeries.replace(with: [
+                (ServiceMetrics.Name.callsOpen, [], Double(openCalls.count)),
+                (ServiceMetrics.Name.jobsRunning, [], Double(jobs.runningCount)),
+                (ServiceMetrics.Name.catalogConnectionsOpen, [], Double(pool.open)),
+                (ServiceMetrics.Name.catalogConnectionsLeased, [], Double(pool.leased)),
+                (ServiceMetrics.Name.catalogLeasesWaiting, [], Double(pool.waiting)),
+            ] + readiness.problems().map { (ServiceMetrics.Name.ready, [("check", $0.check.rawValue)], $0.problem == nil ? 1 : 0) })
+        }
+    }
+
     /// Serves until a graceful shutdown: new calls are refused at once and
     /// the port closes; running jobs get their grace period.
     public func run() async throws {
         let endpoints = ServedEndpoints(dispatcher: dispatcher, downloads: downloads, limits: configuration.connections,
-                                        maxFrameBytes: configuration.maxFrameBytes, logger: logger, onListening: onListening)
+                                        maxFrameBytes: configuration.maxFrameBytes, metrics: metrics, logger: logger, onListening: onListening)
+        let admin = configuration.admin.map {
+            AdminListener(settings: $0, metrics: metrics, readiness: readiness, eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
+                          logger: logger)
+        }
         let group = ServiceGroup(configuration: .init(
-            // Shut down last to first: the listener stops taking calls at once, then jobs get their grace period.
-            services: [
+            // Shut down last to first: the listener stops taking calls at once, then jobs get their grace period; the
+            // admin listener answers (that the server is draining) until the end.
+            services: (admin.map { [.init(service: $0), .init(service: readiness)] } ?? []) + [
                 .init(service: jobs),
                 .init(service: scheduler),
                 .init(service: RevocationService(openCalls: openCalls, catalog: catalog, clock: configuration.clock)),

@@ -11,6 +11,8 @@ import Foundation
 import Logging
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
+import NIOCore
 
 /// The server executable: configuration and wiring only.
 @main
@@ -261,7 +263,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: ArgumentHelp("For tests of the scheduler: seconds its clock runs ahead of the real one.", visibility: .private))
     var scheduleClockOffsetSeconds: Double = 0
 
-    @Option(help: "Write HOST:PORT to this file once listening.")
+    @Option(name: .customLong("admin-listen"),
+            help: "Address of the admin listener (plain HTTP: /metrics, /healthz, /readyz), HOST:PORT, default 127.0.0.1:7444; off for none (env BACKUPD_ADMIN_LISTEN).")
+    var adminListenOption: String?
+    var adminListen: String { value(adminListenOption, "BACKUPD_ADMIN_LISTEN", "127.0.0.1:7444") }
+
+    @Option(help: "Once listening, write HOST:PORT to this file, and on a second line \"admin HOST:PORT\" of the admin listener.")
     var readyFile: String?
 
     @Option(name: .customLong("log-level"), help: "Log level: trace, debug, info (default), notice, warning, error (env BACKUPD_LOG_LEVEL).")
@@ -278,7 +285,10 @@ struct Serve: AsyncParsableCommand {
         guard maxJobs >= 0 else { throw ValidationError("--max-jobs may not be negative (0: this process serves the API and runs no job)") }
         guard (5...5 << 10).contains(s3PartSizeMib) else { throw ValidationError("--s3-part-size-mib takes 5 to 5120 (S3's limits of a part)") }
         guard !cert.isEmpty, !key.isEmpty else { throw ValidationError("--cert and --key (or BACKUPD_TLS_CERT, BACKUPD_TLS_KEY) are required") }
-        guard parseListen() != nil else { throw ValidationError("--listen \"\(listen)\" is not HOST:PORT") }
+        guard Self.hostAndPort(listen) != nil else { throw ValidationError("--listen \"\(listen)\" is not HOST:PORT") }
+        guard adminListen == "off" || Self.hostAndPort(adminListen) != nil else {
+            throw ValidationError("--admin-listen \"\(adminListen)\" is neither HOST:PORT nor off")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \"\(logLevel)\" is not a log level") }
         guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format \"\(logFormat)\" is neither text nor json") }
         let counts = [
@@ -317,11 +327,11 @@ struct Serve: AsyncParsableCommand {
         }
     }
 
-    private func parseListen() -> (String, Int)? {
-        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
+    private static func hostAndPort(_ address: String) -> (String, Int)? {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]), (0...65535).contains(port) else {
             return nil
         }
-        return (String(listen[..<colon]), port)
+        return (String(address[..<colon]), port)
     }
 
     /// Raises the open-descriptor limit to its hard limit and returns how
@@ -355,10 +365,11 @@ struct Serve: AsyncParsableCommand {
             handler.logLevel = level
             return handler
         }
-        let (host, port) = parseListen()!
+        let (host, port) = Self.hostAndPort(listen)!
         var configuration = ServerConfiguration()
         configuration.host = host
         configuration.port = port
+        configuration.admin = Self.hostAndPort(adminListen).map { AdminSettings(host: $0.0, port: $0.1) }
         configuration.maxFrameBytes = maxFrameBytes
         configuration.connections.handshakeTimeout = .seconds(handshakeTimeoutSeconds)
         configuration.connections.authenticationTimeout = .seconds(authenticationTimeoutSeconds)
@@ -420,7 +431,8 @@ struct Serve: AsyncParsableCommand {
         configuration.schedule.retryDelays = retryDelays.map { .seconds($0!) }
         let clockOffset = scheduleClockOffsetSeconds
         if clockOffset != 0 { configuration.schedule.clock = { Date().addingTimeInterval(clockOffset) } }
-        let readyFile = self.readyFile
+        let readyFile = ReadyFile(path: readyFile, admin: configuration.admin != nil)
+        configuration.admin?.onListening = { readyFile.bound($0, admin: true) }
         let logger = Logger(label: "backupd")
         // The catalog's libpq calls have threads of their own, one per connection (the pool's, the job-change
         // listener's and each running job's blob lock), so bulk work of jobs (hashing files, copying blobs)
@@ -441,19 +453,19 @@ struct Serve: AsyncParsableCommand {
         }
         do {
             let blobStore = try makeBlobStore(objectStore, http: objectStoreHTTP)
-            let catalog = Catalog(connectionString: catalogURL, maximumConnections: Self.catalogConnections, threadPool: catalogThreads)
+            let metrics = ServiceMetrics()
+            let catalog = Catalog(connectionString: catalogURL, maximumConnections: Self.catalogConnections, threadPool: catalogThreads,
+                                  observer: metrics)
             try await catalog.migrate()
             let server = try await BackupServer(
                 configuration: configuration,
                 transports: [TLSTransport(host: host, port: port, eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
                                           tls: TLSSettings(certificateChainPath: cert, privateKeyPath: key,
                                                            clientCAPath: clientCA.isEmpty ? nil : clientCA))],
-                catalog: catalog, blobStore: blobStore, workDirectory: blobDir, threadPool: jobThreads,
+                catalog: catalog, blobStore: blobStore, workDirectory: blobDir, threadPool: jobThreads, metrics: metrics,
                 logger: logger
             ) { address in
-                guard let readyFile, let ip = address.ipAddress, let port = address.port else { return }
-                let hostPart = ip.contains(":") ? "[\(ip)]" : ip
-                try? "\(hostPart):\(port)\n".write(toFile: readyFile, atomically: true, encoding: .utf8)
+                readyFile.bound(address, admin: false)
             }
             var group = ServiceGroupConfiguration(services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             // Past the jobs' grace period and a margin for recording how they ended, whatever still runs is cancelled.
@@ -550,5 +562,29 @@ struct TokenCommand: AsyncParsableCommand {
                 throw ValidationError("\(error)")
             }
         }
+    }
+}
+
+/// `--ready-file`: written once every listener is bound, the RPC address on
+/// its first line (what scripts read) and the admin listener's on a second.
+final class ReadyFile: Sendable {
+    private let path: String?
+    private let admin: Bool
+    private let bound = Mutex<(rpc: String?, admin: String?)>((nil, nil))
+
+    init(path: String?, admin: Bool) {
+        self.path = path
+        self.admin = admin
+    }
+
+    func bound(_ address: SocketAddress, admin isAdmin: Bool) {
+        guard let path, let ip = address.ipAddress, let port = address.port else { return }
+        let text = (ip.contains(":") ? "[\(ip)]" : ip) + ":\(port)"
+        let lines: String? = bound.withLock { bound in
+            if isAdmin { bound.admin = text } else { bound.rpc = text }
+            guard let rpc = bound.rpc, !admin || bound.admin != nil else { return nil }
+            return "\(rpc)\n" + (bound.admin.map { "admin \($0)\n" } ?? "")
+        }
+        if let lines { try? lines.write(toFile: path, atomically: true, encoding: .utf8) }
     }
 }

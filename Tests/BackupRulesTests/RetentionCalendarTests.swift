@@ -111,6 +111,27 @@ import Testing
         #expect(window.dueNight(at: local(2026, 11, 27, 1, 0), offset: 0, since: local(2026, 11, 27, 0, 0)) == nil)
     }
 
+    @Test func theNextNightIsTheFirstWhoseBackupFallsDueAfterNow() throws {
+        let window = try NightlyWindow(start: "23:30", timeZone: "Europe/Amsterdam")
+        let cases: [(now: Date, offset: TimeInterval, due: Date)] = [
+            (local(2026, 11, 26, 12, 0), 0, local(2026, 11, 26, 23, 30)),
+            // At the very moment a night falls due, the next is tomorrow's.
+            (local(2026, 11, 26, 23, 30), 0, local(2026, 11, 27, 23, 30)),
+            (local(2026, 11, 27, 0, 10), 0, local(2026, 11, 27, 23, 30)),
+            // 20 minutes into the spread: due 23:50, also past midnight of the window's date.
+            (local(2026, 11, 26, 23, 40), 1200, local(2026, 11, 26, 23, 50)),
+            (local(2026, 11, 26, 23, 50), 1200, local(2026, 11, 27, 23, 50)),
+            // Across the end of a month and a year.
+            (local(2026, 12, 31, 23, 45), 0, local(2027, 1, 1, 23, 30)),
+        ]
+        for (now, offset, due) in cases {
+            #expect(window.nextNight(after: now, offset: offset)?.due == due, "now \(now), offset \(offset)")
+        }
+        // The next night is the one due once it has come.
+        let next = try #require(window.nextNight(after: local(2026, 11, 26, 12, 0), offset: 600))
+        #expect(window.dueNight(at: next.due, offset: 600, since: longAgo) == next)
+    }
+
     @Test func daylightSavingMovesTheWindowWithTheWallClock() throws {
         let window = try NightlyWindow(start: "02:30", timeZone: "Europe/Amsterdam")
         // 25 October 2026, clocks go back at 03:00: 02:30 happens twice; the night is due at the first.

@@ -125,6 +125,12 @@ import Testing
                          "--database-url", "host=127.0.0.1 password=\(appPassword) service=x"], token: server.platformToken)
             _ = try await cli(["env", "delete", "\(ns)/broken"], token: server.platformToken)
 
+            // What the admin listener tells whoever reaches it: metrics and readiness.
+            for page in ["metrics", "readyz", "healthz"] {
+                told.append(try await runCommand("/usr/bin/curl", ["-sS", "http://\(server.adminAddress)/\(page)"]).standardOutput)
+            }
+            #expect(told.last == "ok\n" && told.dropLast(2).last?.contains("backupd_rpc_calls_total") == true)
+
             // A process whose store secret is wrong: the store refuses it, and the job says so without the secret.
             await server.stop()
             let wrong = try await TestServer.start(arguments: ["--log-level", "trace"], catalogDatabase: catalog, storage: storage,
@@ -135,6 +141,9 @@ import Testing
             told += [refused.standardOutput, refused.standardError]
             #expect(refused.status != 0 && (refused.standardOutput + refused.standardError).contains("object store refused"),
                     "\(refused.standardOutput) \(refused.standardError)")
+            // Its readiness names the store's refusal, without the secret.
+            let readiness = try await runCommand("/usr/bin/curl", ["-sS", "http://\(wrong.adminAddress)/readyz"]).standardOutput
+            told += [readiness, try await runCommand("/usr/bin/curl", ["-sS", "http://\(wrong.adminAddress)/metrics"]).standardOutput]
             await wrong.stop()
             wrongSecretLog = wrong.log
         }

@@ -37,12 +37,19 @@ public final class InProcessServer: WireTestServer {
     private let catalogElsewhere: Bool
     /// `HOST:PORT` of the TLS listener of a live server; empty otherwise.
     public let address: String
+    /// `HOST:PORT` of the admin listener of a server started with `admin`; empty otherwise.
+    public let adminAddress: String
+    /// What the server counts and measures.
+    public let metrics: ServiceMetrics
 
-    private init(storage: TestStorage, catalogDatabase: String, catalogElsewhere: Bool, address: String, adminToken: String, platformToken: String, catalog: Catalog, server: BackupServer,
+    private init(storage: TestStorage, catalogDatabase: String, catalogElsewhere: Bool, address: String, adminAddress: String, adminToken: String,
+                 platformToken: String, catalog: Catalog, server: BackupServer, metrics: ServiceMetrics,
                  leases: CatalogLeases, transport: InProcessTransport, connections: ConnectionGauge, group: ServiceGroup,
                  running: Task<Void, any Error>, threadPools: [NIOThreadPool], scratch: ScratchDirectory) {
         self.storage = storage
         self.address = address
+        self.adminAddress = adminAddress
+        self.metrics = metrics
         self.catalogDatabase = catalogDatabase
         self.catalogElsewhere = catalogElsewhere
         self.adminToken = adminToken
@@ -61,8 +68,9 @@ public final class InProcessServer: WireTestServer {
     /// Starts a server; `configure` changes its configuration from the test default. Its catalog is a new
     /// database of the private cluster, or of `catalogCluster` (one a test may restart). A `live` one
     /// listens with the development certificate on a loopback port, and its clients connect over TLS.
-    /// A `log` keeps what the server logs at info and above (its access log among it).
-    public static func start(live: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
+    /// A `log` keeps what the server logs at info and above (its access log among it). With `admin`, its
+    /// admin listener (`/metrics`, `/healthz`, `/readyz`) listens on a loopback port.
+    public static func start(live: Bool = false, admin: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
                              blobStore: (any BlobStore) -> any BlobStore = { $0 }, log: CapturedLog? = nil,
                              configure: (inout ServerConfiguration) throws -> Void = { _ in }) async throws -> InProcessServer {
         let scratch = try ScratchDirectory("backupd-in-process")
@@ -79,11 +87,12 @@ public final class InProcessServer: WireTestServer {
         let (catalogThreads, jobThreads) = (NIOThreadPool(numberOfThreads: 4), NIOThreadPool(numberOfThreads: 8))
         catalogThreads.start()
         jobThreads.start()
-        let leases = CatalogLeases()
+        let metrics = ServiceMetrics()
+        let leases = CatalogLeases(forwardingTo: metrics)
         let catalog = Catalog(connectionString: connectionString, maximumConnections: 8, threadPool: catalogThreads, observer: leases)
         try await catalog.migrate()
-        let admin = AccessTokenSecret(), platform = AccessTokenSecret()
-        _ = try await catalog.createToken(namespace: TestServer.namespace, role: .admin, name: "test-admin", secretDigest: admin.digest)
+        let adminSecret = AccessTokenSecret(), platform = AccessTokenSecret()
+        _ = try await catalog.createToken(namespace: TestServer.namespace, role: .admin, name: "test-admin", secretDigest: adminSecret.digest)
         _ = try await catalog.createToken(namespace: "", role: .platform, name: "test-platform", secretDigest: platform.digest)
 
         var configuration = ServerConfiguration()
@@ -92,6 +101,8 @@ public final class InProcessServer: WireTestServer {
         configuration.downloads.keys = try URLSigningKeys(parsing: testDownloadKeys)
         // A test's environments get no nightly backup because its run crossed a window; scheduler tests turn it on.
         configuration.schedule.enabled = false
+        let (adminListening, adminHeard) = AsyncStream<SocketAddress>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        if admin { configuration.admin = AdminSettings(port: 0, onListening: { adminHeard.yield($0) }) }
         try configure(&configuration)
         var logger = Logger(label: "backupd-in-process") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = .warning
@@ -104,7 +115,7 @@ public final class InProcessServer: WireTestServer {
                                                 privateKeyPath: "\(projectRoot)/certs/dev/server.key", clientCAPath: clientCA))
         let server = try await BackupServer(configuration: configuration, transports: live ? [transport, tls] : [transport], catalog: catalog,
                                             blobStore: blobStore(try storage.open()), workDirectory: storage.directory,
-                                            threadPool: jobThreads, logger: logger,
+                                            threadPool: jobThreads, metrics: metrics, logger: logger,
                                             onListening: { heard.yield($0) })
         let group = ServiceGroup(configuration: .init(services: [.init(service: server)], logger: logger))
         let running = Task { try await group.run() }
@@ -115,8 +126,16 @@ public final class InProcessServer: WireTestServer {
             }
             address = "127.0.0.1:\(port)"
         }
-        return InProcessServer(storage: storage, catalogDatabase: database, catalogElsewhere: catalogCluster != nil, address: address, adminToken: admin.text,
-                               platformToken: platform.text, catalog: catalog, server: server, leases: leases, transport: transport,
+        var adminAddress = ""
+        if admin {
+            guard let bound = await adminListening.first(where: { _ in true }), let port = bound.port else {
+                throw TestSupportError("the in-process server's admin listener did not start listening")
+            }
+            adminAddress = "127.0.0.1:\(port)"
+        }
+        return InProcessServer(storage: storage, catalogDatabase: database, catalogElsewhere: catalogCluster != nil, address: address,
+                               adminAddress: adminAddress, adminToken: adminSecret.text, platformToken: platform.text, catalog: catalog,
+                               server: server, metrics: metrics, leases: leases, transport: transport,
                                connections: tls.connections, group: group,
                                running: running,
                                threadPools: [catalogThreads, jobThreads], scratch: scratch)
@@ -171,12 +190,13 @@ public final class InProcessServer: WireTestServer {
 }
 
 /// Starts an in-process server (`live`: with its TLS listener, which with `clientCA` requires client certificates
-/// that CA signed; `blobStore` may wrap the configured store), runs `body`, and removes the server whatever happens.
-public func withInProcessServer<T: Sendable>(live: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
+/// that CA signed; `admin`: with its admin listener; `blobStore` may wrap the configured store), runs `body`, and removes
+/// the server whatever happens.
+public func withInProcessServer<T: Sendable>(live: Bool = false, admin: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
                                              blobStore: (any BlobStore) -> any BlobStore = { $0 }, log: CapturedLog? = nil,
                                              configure: (inout ServerConfiguration) throws -> Void = { _ in },
                                              _ body: (InProcessServer) async throws -> T) async throws -> T {
-    let server = try await InProcessServer.start(live: live, clientCA: clientCA, catalogCluster: catalogCluster, blobStore: blobStore,
+    let server = try await InProcessServer.start(live: live, admin: admin, clientCA: clientCA, catalogCluster: catalogCluster, blobStore: blobStore,
                                                  log: log, configure: configure)
     do {
         let value = try await body(server)
@@ -188,13 +208,18 @@ public func withInProcessServer<T: Sendable>(live: Bool = false, clientCA: Strin
     }
 }
 
-/// Counts the catalog's connection leases, and those that had to wait.
+/// Counts the catalog's connection leases, and those that had to wait; the server's metrics hear of each too.
 final class CatalogLeases: ConnectionPoolObserver {
     private let granted = Atomic(0)
     private let queued = Atomic(0)
+    private let metrics: ServiceMetrics
+    init(forwardingTo metrics: ServiceMetrics) { self.metrics = metrics }
     var count: Int { granted.value }
     var queuedCount: Int { queued.value }
-    func leaseGranted(waited: Duration) { granted.update { $0 += 1 } }
+    func leaseGranted(waited: Duration) {
+        granted.update { $0 += 1 }
+        metrics.leaseGranted(waited: waited)
+    }
     func leaseQueued(waiting: Int) { queued.update { $0 += 1 } }
     func connectionOpened() {}
     func connectionClosed() {}

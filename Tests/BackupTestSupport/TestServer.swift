@@ -73,6 +73,8 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
     public var blobDirectory: String { storage.directory }
     public let storage: TestStorage
     public let address: String
+    /// `HOST:PORT` of its admin listener (`/metrics`, `/healthz`, `/readyz`); empty when a test turned it off.
+    public let adminAddress: String
     public let adminToken: String
     public let platformToken: String
     public let logPath: String
@@ -127,8 +129,8 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
         let logPath = scratch.path + "/backupd.log"
         guard FileManager.default.createFile(atPath: logPath, contents: nil) else { throw TestSupportError("cannot create \(logPath)") }
         let process = Process()
-        let serve = ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile, "--file-store-root", fileStoreRoot,
-                     "--download-keys", keyFile] + storageProcess.arguments + arguments
+        let serve = ["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--ready-file", readyFile,
+                     "--file-store-root", fileStoreRoot, "--download-keys", keyFile] + storageProcess.arguments + arguments
             // As in process: no nightly backup because a test's run crossed a window, unless a test asks for the scheduler.
             + (arguments.contains("--scheduler") ? [] : ["--no-scheduler"])
         if let descriptorLimit {
@@ -146,8 +148,11 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
         try process.run()
 
         for _ in 0..<300 {
+            // The RPC address, then "admin HOST:PORT" (unless a test turned the admin listener off).
             if let ready = try? String(contentsOfFile: readyFile, encoding: .utf8), ready.hasSuffix("\n") {
-                return TestServer(catalogDatabase: catalog, storage: storage!, address: ready.trimmingCharacters(in: .whitespacesAndNewlines),
+                let lines = ready.split(separator: "\n").map(String.init)
+                return TestServer(catalogDatabase: catalog, storage: storage!, address: lines[0],
+                                  adminAddress: lines.dropFirst().first.map { String($0.dropFirst("admin ".count)) } ?? "",
                                   adminToken: token, platformToken: platform, logPath: logPath, process: process, scratch: scratch)
             }
             guard process.isRunning else { break }
@@ -158,11 +163,12 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
         throw TestSupportError("backupd did not start: \(log)")
     }
 
-    private init(catalogDatabase: String, storage: TestStorage, address: String, adminToken: String, platformToken: String,
-                 logPath: String, process: Process, scratch: ScratchDirectory) {
+    private init(catalogDatabase: String, storage: TestStorage, address: String, adminAddress: String, adminToken: String,
+                 platformToken: String, logPath: String, process: Process, scratch: ScratchDirectory) {
         self.catalogDatabase = catalogDatabase
         self.storage = storage
         self.address = address
+        self.adminAddress = adminAddress
         self.adminToken = adminToken
         self.platformToken = platformToken
         self.logPath = logPath

@@ -25,6 +25,7 @@ package struct DownloadEndpoint: Sendable {
     let slots: DownloadSlots
     /// Where archive ranges are read: the server's thread pool for blocking work.
     let threadPool: NIOThreadPool
+    let metrics: ServiceMetrics
     let logger: Logger
     var accessLog: AccessLog { AccessLog(logger: logger) }
 
@@ -134,6 +135,7 @@ package struct DownloadEndpoint: Sendable {
     private func account(for head: HTTPRequestHead, answered: HTTPResponseWriter.Answered, peer: String, took duration: Duration) async {
         accessLog.request(id: answered.requestID, peer: peer, method: "\(head.method)", uri: head.uri, status: answered.status,
                           duration: duration, bytesOut: answered.bodyBytes, download: answered.download)
+        metrics.requestAnswered(status: answered.status, bytesOut: answered.bodyBytes, duration: duration)
         guard let download = answered.download else { return }
         let fetch = DownloadFetch(downloadID: download.id, peer: peer, requestID: answered.requestID, method: "\(head.method)",
                                   range: head.headers.first(name: "Range") ?? "", status: answered.status, bytesSent: answered.bodyBytes)
@@ -286,7 +288,7 @@ private struct PlainAnswer {
     }
 }
 
-private func plainTextHeaders(length: Int) -> [(String, String)] {
+func plainTextHeaders(length: Int) -> [(String, String)] {
     [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", String(length)), ("Cache-Control", "no-store"),
      ("X-Content-Type-Options", "nosniff")]
 }
@@ -377,7 +379,7 @@ private final class HTTPResponseWriter: Sendable {
 }
 
 /// Closes a connection unless disarmed in time; on any thread.
-private final class ConnectionDeadline: Sendable {
+final class ConnectionDeadline: Sendable {
     private let channel: any Channel
     private let scheduled = NIOLockedValueBox<Scheduled<Void>?>(nil)
 

@@ -37,6 +37,9 @@ public final class OpenCalls: Sendable {
         }
     }
 
+    /// The calls open now (authenticated and not yet ended).
+    var count: Int { state.withLock { $0.byToken.values.reduce(0) { $0 + $1.count } } }
+
     func remove(_ registration: Registration) {
         state.withLock { state in
             state.byToken[registration.tokenID]?[registration.number] = nil

@@ -14,12 +14,14 @@ public struct RPCDispatcher: Sendable {
     let openCalls: OpenCalls
     let logger: Logger
     let accessLog: AccessLog
+    let metrics: ServiceMetrics
 
-    public init(router: RPCRouter, openCalls: OpenCalls = OpenCalls(), logger: Logger,
+    public init(router: RPCRouter, openCalls: OpenCalls = OpenCalls(), metrics: ServiceMetrics = ServiceMetrics(), logger: Logger,
                 authenticate: @escaping @Sendable (String) async throws -> Caller?) {
         self.router = router
         self.authenticate = authenticate
         self.openCalls = openCalls
+        self.metrics = metrics
         self.logger = logger
         self.accessLog = AccessLog(logger: logger)
     }
@@ -47,8 +49,12 @@ public struct RPCDispatcher: Sendable {
             sent.withLockedValue { $0 += bytes.count }
         }
         status.requestID = audit.requestID
-        accessLog.call(audit, method: start.method, status: "\(status.code)", duration: began.duration(to: router.clock.now),
-                       bytesIn: requests.bytesReceived, bytesOut: sent.withLockedValue { $0 })
+        let (duration, bytesOut) = (began.duration(to: router.clock.now), sent.withLockedValue { $0 })
+        accessLog.call(audit, method: start.method, status: "\(status.code)", duration: duration,
+                       bytesIn: requests.bytesReceived, bytesOut: bytesOut)
+        // A method no route serves is "unknown": a client's made-up names never become series.
+        metrics.callEnded(method: router.routes[start.method] == nil ? "unknown" : start.method, code: status.code, duration: duration,
+                          bytesIn: requests.bytesReceived, bytesOut: bytesOut)
         return status
     }
 

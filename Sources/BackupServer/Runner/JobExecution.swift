@@ -43,6 +43,16 @@ struct JobExecution: Sendable {
         case deferred(String)
         case cancelled
         case failed(String)
+
+        /// The outcome's name, as the metrics label it.
+        var name: String {
+            switch self {
+            case .finished: "finished"
+            case .deferred: "deferred"
+            case .cancelled: "cancelled"
+            case .failed: "failed"
+            }
+        }
     }
 
     enum Action: Equatable, Sendable {

@@ -66,6 +66,7 @@ public final class JobRunner: Service, Sendable {
     private let logger: Logger
     private let owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(UUID().uuidString.prefix(8))"
     private let signals = NIOLockedValueBox(Signals())
+    private let metrics: ServiceMetrics
     /// Each element asks the loop to look for work now.
     private let wakeups: AsyncStream<Void>
     private let wakeupSource: AsyncStream<Void>.Continuation
@@ -94,8 +95,9 @@ public final class JobRunner: Service, Sendable {
 
     init(catalog: Catalog, blobStore: any BlobStore, scratchDirectory: String, placement: Placement, archiveCache: ArchiveCache, spool: UploadSpool,
          archiveGzipLevel: Int, uploads: UploadSettings,
-         threadPool: NIOThreadPool, settings: JobSettings, clock: any ServiceClock, logger: Logger) {
+         threadPool: NIOThreadPool, settings: JobSettings, clock: any ServiceClock, metrics: ServiceMetrics, logger: Logger) {
         self.catalog = catalog
+        self.metrics = metrics
         self.blobStore = blobStore
         self.threadPool = threadPool
         self.scratchDirectory = scratchDirectory
@@ -124,6 +126,9 @@ public final class JobRunner: Service, Sendable {
         (wakeups, wakeupSource) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         (shutdown, shutdownSource) = AsyncStream.makeStream()
     }
+
+    /// The jobs this process runs now.
+    var runningCount: Int { signals.withLockedValue { $0.executions.count } }
 
     /// Looks for work now rather than at the next poll.
     public func wake() {
@@ -343,7 +348,8 @@ public final class JobRunner: Service, Sendable {
         let logger = self.logger.with(["job": "\(job.id)", "kind": "\(job.kind)", "environment": "\(job.namespace)/\(job.environment)"])
         logger.info("job started")
         let clock = self.clock
-        let execution = NIOLockedValueBox(JobExecution(leaseDuration: .seconds(settings.leaseSeconds), claimedAt: clock.now))
+        let began = clock.now
+        let execution = NIOLockedValueBox(JobExecution(leaseDuration: .seconds(settings.leaseSeconds), claimedAt: began))
         let (stops, stopWork) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
 
         /// Carries out the machine's actions; the I/O they ask for feeds the machine again.
@@ -396,6 +402,7 @@ public final class JobRunner: Service, Sendable {
 
         let actions = execution.withLockedValue { $0.workReturned(result) }
         guard case .record(let outcome)? = actions.first else { return }
+        metrics.jobEnded(kind: "\(job.kind)", outcome: outcome.name, duration: began.duration(to: clock.now))
         switch outcome {
         case .finished:
             logger.info("job finished")

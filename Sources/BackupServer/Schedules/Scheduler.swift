@@ -24,6 +24,11 @@ public struct ScheduleSettings: Sendable {
     public var clock: @Sendable () -> Date = { Date() }
 
     public init() {}
+
+    /// Where in the spread `environment`'s automatic backup starts each night.
+    func offset(of environment: ScheduledEnvironment) -> TimeInterval {
+        NightlyWindow.offset(for: "\(environment.namespace)/\(environment.name)", spread: spread)
+    }
 }
 
 /// Starts each environment's nightly backup when its window opens and
@@ -104,7 +109,7 @@ public final class Scheduler: Service, Sendable {
                     "environment": "\(environment.namespace)/\(environment.name)", "time_zone": "\(environment.window.zoneName)",
                 ])
             }
-            let offset = NightlyWindow.offset(for: "\(environment.namespace)/\(environment.name)", spread: settings.spread)
+            let offset = settings.offset(of: environment)
             guard let night = environment.window.dueNight(at: now, offset: offset, since: environment.since),
                   settled.withLockedValue({ $0[environment.id] }) != night else { continue }
             do {

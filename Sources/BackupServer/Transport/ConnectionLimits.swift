@@ -133,14 +133,19 @@ final class ReceivePool: Sendable {
     }
 
     private let perPeer: Int
+    private let bytes: Int
     private let state: Mutex<State>
 
     init(bytes: Int, perPeer: Int) {
         self.perPeer = perPeer
+        self.bytes = bytes
         self.state = Mutex(State(available: bytes))
     }
 
     var available: Int { state.withLock { $0.available } }
+
+    /// The bytes lent out now.
+    var inUse: Int { bytes - available }
 
     /// Lends `bytes` to a connection of `peer`, or keeps `wake` to call once
     /// bytes come back, when the borrower should ask again.

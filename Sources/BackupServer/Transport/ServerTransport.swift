@@ -18,6 +18,7 @@ public struct ServedEndpoints: Sendable {
     let downloads: DownloadEndpoint
     let limits: ConnectionLimits
     let maxFrameBytes: Int
+    let metrics: ServiceMetrics
     let logger: Logger
     /// Hears the address a listening transport bound (useful with port 0).
     let onListening: @Sendable (SocketAddress) -> Void
@@ -43,6 +44,6 @@ public struct TLSTransport: ServerTransport {
     public func serve(_ server: ServedEndpoints) async throws {
         try await TLSListener(host: host, port: port, tls: tls, maxFrameBytes: server.maxFrameBytes, limits: server.limits,
                               gauge: connections, dispatcher: server.dispatcher, downloads: server.downloads, eventLoopGroup: eventLoopGroup,
-                              logger: server.logger, onListening: server.onListening).run()
+                              metrics: server.metrics, logger: server.logger, onListening: server.onListening).run()
     }
 }

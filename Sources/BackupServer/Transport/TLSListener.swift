@@ -59,12 +59,16 @@ actor TLSListener {
     private let connection: RPCConnection
     private let downloads: DownloadEndpoint
     private let eventLoopGroup: any EventLoopGroup
+    private let gauge: ConnectionGauge
+    private let metrics: ServiceMetrics
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
 
     init(host: String, port: Int, tls: TLSSettings, maxFrameBytes: Int, limits: ConnectionLimits, gauge: ConnectionGauge,
-         dispatcher: RPCDispatcher, downloads: DownloadEndpoint, eventLoopGroup: any EventLoopGroup, logger: Logger,
+         dispatcher: RPCDispatcher, downloads: DownloadEndpoint, eventLoopGroup: any EventLoopGroup, metrics: ServiceMetrics, logger: Logger,
          onListening: @escaping @Sendable (SocketAddress) -> Void) {
+        self.gauge = gauge
+        self.metrics = metrics
         self.host = host
         self.port = port
         self.tls = tls
@@ -85,8 +89,9 @@ actor TLSListener {
     ].joined(separator: ":")
 
     func run() async throws {
+        let chain = try NIOSSLCertificate.fromPEMFile(tls.certificateChainPath)
         var configuration = TLSConfiguration.makeServerConfiguration(
-            certificateChain: try NIOSSLCertificate.fromPEMFile(tls.certificateChainPath).map { .certificate($0) },
+            certificateChain: chain.map { .certificate($0) },
             privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.privateKeyPath, format: .pem)))
         configuration.minimumTLSVersion = .tlsv12
         // TLS 1.2 with forward-secret AEAD suites only (TLS 1.3's are all AEAD): no CBC, no SHA-1 MACs.
@@ -166,6 +171,19 @@ actor TLSListener {
         if let address = server.channel.localAddress { onListening(address) }
         logger.info("listening", metadata: ["address": "\(server.channel.localAddress.map { "\($0)" } ?? "?")"])
 
+        // While it listens: its connections, what they borrowed of the receive pool, and when its certificate expires.
+        let series = SampledSeries(metrics: metrics)
+        let (gauge, notAfter) = (self.gauge, chain.first.map { Double($0.notValidAfter) })
+        let sampler = metrics.addSampler {
+            series.replace(with: [
+                (ServiceMetrics.Name.connectionsOpen, [], Double(gauge.admitted)),
+                (ServiceMetrics.Name.receivePoolBytes, [], Double(receivePool.inUse)),
+            ] + (notAfter.map { [(ServiceMetrics.Name.certificateExpiry, [], $0)] } ?? []))
+        }
+        defer {
+            sampler.remove()
+            series.replace(with: [])
+        }
         do {
             try await withGracefulShutdownHandler {
                 try await serve(server)

@@ -1,0 +1,147 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import ServiceLifecycle
+import NIOConcurrencyHelpers
+
+/// Where the admin listener listens: plain HTTP with no authentication, for
+/// Prometheus and for the health checks of load balancers and
+/// orchestrators. On loopback unless an operator puts it on a network only
+/// they reach.
+public struct AdminSettings: Sendable {
+    public var host: String
+    public var port: Int
+    /// How often `/readyz`'s probes ask the catalog and the blob store.
+    public var probeInterval: Duration = .seconds(15)
+    /// Hears the bound address (useful with port 0).
+    public var onListening: @Sendable (SocketAddress) -> Void
+
+    public init(host: String = "127.0.0.1", port: Int = 7444, onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }) {
+        self.host = host
+        self.port = port
+        self.onListening = onListening
+    }
+}
+
+/// Serves `/metrics` (Prometheus's text format), `/healthz` (the process
+/// answers) and `/readyz` (it should be sent work) over HTTP/1.1 with
+/// keep-alive. It answers only GET and HEAD; it holds at most
+/// `maximumConnections` at once (more are closed as they arrive), and each
+/// request must arrive, and its answer be taken, within `requestTimeout`,
+/// so slow or silent clients cannot keep it from a scrape for long. It is
+/// the last part of the server to stop: during a graceful shutdown
+/// `/readyz` says so.
+struct AdminListener: Service {
+    let settings: AdminSettings
+    let metrics: ServiceMetrics
+    let readiness: ReadinessProbe
+    let eventLoopGroup: any EventLoopGroup
+    let logger: Logger
+
+    static let maximumConnections = 64
+    static let requestTimeout: Duration = .seconds(10)
+
+    func run() async throws {
+        let server = try await ServerBootstrap(group: eventLoopGroup)
+            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .bind(host: settings.host, port: settings.port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try DownloadEndpoint.addHTTPHandlers(to: channel.pipeline.syncOperations)
+                    return try DownloadEndpoint.HTTPChannel(wrappingChannelSynchronously: channel)
+                }
+            }
+        if let address = server.channel.localAddress { settings.onListening(address) }
+        logger.info("admin listener listening", metadata: ["address": "\(server.channel.localAddress.map { "\($0)" } ?? "?")"])
+        let open = NIOLockedValueBox(0)
+        try await withGracefulShutdownHandler {
+            try await server.executeThenClose { inbound in
+                try await withThrowingDiscardingTaskGroup { group in
+                    for try await connection in inbound {
+                        let admitted = open.withLockedValue { count in
+                            guard count < Self.maximumConnections else { return false }
+                            count += 1
+                            return true
+                        }
+                        guard admitted else {
+                            connection.channel.close(promise: nil)
+                            continue
+                        }
+                        group.addTask {
+                            await serve(connection)
+                            open.withLockedValue { $0 -= 1 }
+                        }
+                    }
+                    // The port closed: connections kept alive between scrapes end now.
+                    group.cancelAll()
+                }
+            }
+        } onGracefulShutdown: {
+            server.channel.close(promise: nil)
+        }
+    }
+
+    private func serve(_ connection: DownloadEndpoint.HTTPChannel) async {
+        let deadline = ConnectionDeadline(channel: connection.channel)
+        deadline.arm(Self.requestTimeout)
+        do {
+            try await withTaskCancellationHandler {
+                try await connection.executeThenClose { inbound, outbound in
+                    var request: HTTPRequestHead?
+                    for try await part in inbound {
+                        switch part {
+                        case .head(let head):
+                            request = head
+                        case .body:
+                            continue
+                        case .end:
+                            guard let head = request else { continue }
+                            request = nil
+                            deadline.arm(Self.requestTimeout)  // to answer, and for the answer to be taken
+                            let (status, headers, body) = await answer(head)
+                            let keepAlive = head.isKeepAlive
+                            var fields = HTTPHeaders(headers)
+                            if !keepAlive { fields.add(name: "Connection", value: "close") }
+                            try await outbound.write(.head(HTTPResponseHead(version: head.version, status: status, headers: fields)))
+                            if head.method != .HEAD { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
+                            try await outbound.write(.end(nil))
+                            guard keepAlive else { return }
+                            deadline.arm(Self.requestTimeout)
+                        }
+                    }
+                }
+            } onCancel: {
+                connection.channel.close(promise: nil)
+            }
+        } catch {
+            logger.debug("admin connection ended", metadata: ["error": "\(error)"])
+        }
+        deadline.disarm()
+    }
+
+    /// The answer to one request: status, headers and body.
+    func answer(_ head: HTTPRequestHead) async -> (HTTPResponseStatus, [(String, String)], [UInt8]) {
+        func text(_ status: HTTPResponseStatus, _ body: String, _ extra: [(String, String)] = []) -> (HTTPResponseStatus, [(String, String)], [UInt8]) {
+            let bytes = Array(body.utf8)
+            return (status, plainTextHeaders(length: bytes.count) + extra, bytes)
+        }
+        guard head.method == .GET || head.method == .HEAD else {
+            return text(.methodNotAllowed, "the admin listener answers GET and HEAD\n", [("Allow", "GET, HEAD")])
+        }
+        switch head.uri.prefix(while: { $0 != "?" }) {
+        case "/metrics":
+            let body = await metrics.export()
+            return (.ok, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"), ("Content-Length", String(body.count)),
+                          ("Cache-Control", "no-store")], body)
+        case "/healthz":
+            return text(.ok, "ok\n")
+        case "/readyz":
+            let problems = readiness.problems()
+            let lines = problems.map { "\($0.check.rawValue): \($0.problem ?? "ok")\n" }.joined()
+            return text(problems.allSatisfy { $0.problem == nil } ? .ok : .serviceUnavailable, lines)
+        default:
+            return text(.notFound, "no such page: the admin listener serves /metrics, /healthz and /readyz\n")
+        }
+    }
+}
