@@ -14,15 +14,16 @@ APT_PACKAGES := libprotobuf-c-dev protobuf-c-compiler libpq-dev libssl-dev libar
                 postgresql postgresql-client openssl ca-certificates bc tzdata
 # What only the tests use: curl and a real browser fetch download URLs;
 # Prometheus scrapes the admin listener and promtool tests the alert rules;
+# systemd-analyze checks the service unit;
 # moto is the S3 server of the object-store tests, botocore the signer the
 # request signing is checked against.
-TEST_APT_PACKAGES := curl chromium prometheus
+TEST_APT_PACKAGES := curl chromium prometheus systemd
 TEST_PIP_PACKAGES := 'moto[server]==5.2.1'
 
 export BACKUPD_PGPORT := $(PGPORT)
 export BACKUPD_VAR := $(VAR)
 
-.PHONY: deps test-deps install-packages proto certs cluster demo build run test fuzz fuzz-build load bench clean
+.PHONY: deps test-deps install-packages proto certs cluster demo build run test fuzz fuzz-build load bench install clean
 
 ## deps: install the Debian packages the project needs (only what is missing); note the commit being built
 deps:
@@ -122,6 +123,12 @@ load: certs demo
 bench: certs demo test-deps
 	$(SWIFT) build -c release
 	@bash scripts/bench.sh .build/release $${RUNS:-3}
+
+## install: a release build's binaries, the systemd unit, an example configuration and the alert rules under PREFIX (/usr/local; DESTDIR for packaging)
+PREFIX ?= /usr/local
+install: deps
+	$(SWIFT) build -c release
+	@bash scripts/install.sh .build/release $(PREFIX) $(DESTDIR)
 
 clean:
 	-bash scripts/dev-cluster.sh stop

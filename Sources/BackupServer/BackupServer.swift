@@ -52,6 +52,7 @@ public struct BackupServer: Service, CustomStringConvertible {
     private let transports: [any ServerTransport]
     private let metrics: ServiceMetrics
     private let readiness: ReadinessProbe
+    private let links: DownloadLinks
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
 
@@ -127,6 +128,7 @@ public struct BackupServer: Service, CustomStringConvertible {
                     clock: configuration.clock, into: metrics, logger: logger)
         self.metrics = metrics
         self.readiness = readiness
+        self.links = links
         self.configuration = configuration
         self.catalog = catalog
         self.jobs = jobs
@@ -160,14 +162,43 @@ public struct BackupServer: Service, CustomStringConvertible {
         }
     }
 
+    /// Reads the download keys (`downloads.keyFile`) and each transport's
+    /// certificate, key and client CA again and, when every file reads and
+    /// checks, serves with them from now on: new URLs are signed by the new
+    /// signer, new connections are handshaken with the new certificate,
+    /// open ones keep theirs. When any fails, nothing changes. Returns what
+    /// the server now serves with; throws naming the file and the problem.
+    /// SIGHUP and `backupd reload` come here.
+    public func reload() async throws(BackupError) -> String {
+        do {
+            var prepared: [PreparedReload] = []
+            if let keyFile = configuration.downloads.keyFile {
+                let keys = try URLSigningKeys(reading: keyFile)
+                prepared.append(PreparedReload(summary: "download keys \(keys.keys.map(\.id).joined(separator: ", ")), signing with \(keys.signer.id)") {
+                    [links] in links.keys = keys
+                })
+            }
+            for transport in transports {
+                if let next = try transport.prepareReload() { prepared.append(next) }
+            }
+            prepared.forEach { $0.apply() }
+            let summary = "reloaded: " + (prepared.isEmpty ? "nothing to read" : prepared.map(\.summary).joined(separator: "; "))
+            logger.info("reloaded", metadata: ["serving": "\(prepared.map(\.summary).joined(separator: "; "))"])
+            return summary
+        } catch {
+            logger.error("reload failed: the keys and certificates in use stay", metadata: ["error": "\(error.description)"])
+            throw error
+        }
+    }
+
     /// Serves until a graceful shutdown: new calls are refused at once and
     /// the port closes; running jobs get their grace period.
     public func run() async throws {
         let endpoints = ServedEndpoints(dispatcher: dispatcher, downloads: downloads, limits: configuration.connections,
                                         maxFrameBytes: configuration.maxFrameBytes, metrics: metrics, logger: logger, onListening: onListening)
         let admin = configuration.admin.map {
-            AdminListener(settings: $0, metrics: metrics, readiness: readiness, eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
-                          logger: logger)
+            AdminListener(settings: $0, metrics: metrics, readiness: readiness, reload: reload,
+                          eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger)
         }
         let group = ServiceGroup(configuration: .init(
             // Shut down last to first: the listener stops taking calls at once, then jobs get their grace period; the

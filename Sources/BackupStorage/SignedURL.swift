@@ -1,5 +1,6 @@
 import BackupRules
 import COpenSSL
+import Foundation
 
 /// A key that signs download URLs, named by the id the URLs carry (`kid`).
 public struct SigningKey: Sendable {
@@ -32,20 +33,35 @@ public enum URLRefusal: Error, Equatable, CustomStringConvertible {
 /// rotate without breaking a URL already handed out: add the new key last,
 /// and drop the old one once the URLs it signed have expired.
 public struct URLSigningKeys: Sendable {
-    /// Oldest first; the last one signs.
+    /// As the file lists them.
     public let keys: [SigningKey]
+    /// The key new URLs are signed with: the one a `sign-with KEY_ID` line
+    /// names, else the last listed. Naming it lets several processes learn
+    /// a new key before any of them signs with it.
+    public let signer: SigningKey
 
     /// Shortest secret accepted: as long as the HMAC's output.
     public static let minimumSecretBytes = 32
 
     /// Reads a key file: one `KEY_ID = SECRET` a line, the secret in base64
-    /// (standard or URL alphabet) of at least 32 bytes; blank lines and lines
-    /// starting with `#` are ignored. Errors name the line.
+    /// (standard or URL alphabet) of at least 32 bytes, and at most one
+    /// `sign-with KEY_ID` line; blank lines and lines starting with `#` are
+    /// ignored. Errors name the line.
     public init(parsing text: String) throws(BackupError) {
         var keys: [SigningKey] = []
+        var signWith: (id: String, line: Int)?
         for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = raw.trimmingCharacters(in: " \t\r")
             guard !line.isEmpty, !line.hasPrefix("#") else { continue }
+            if line == "sign-with" || line.hasPrefix("sign-with ") || line.hasPrefix("sign-with\t") {
+                guard signWith == nil else { throw .invalidArgument("download key line \(index + 1) repeats sign-with") }
+                let id = line.dropFirst("sign-with".count).trimmingCharacters(in: " \t")
+                guard !id.isEmpty, !id.contains(where: { $0 == " " || $0 == "\t" }) else {
+                    throw .invalidArgument("download key line \(index + 1): sign-with takes the id of a key listed in the file")
+                }
+                signWith = (id, index + 1)
+                continue
+            }
             guard let equals = line.firstIndex(of: "=") else {
                 throw .invalidArgument("download key line \(index + 1) is not KEY_ID = SECRET")
             }
@@ -66,14 +82,34 @@ public struct URLSigningKeys: Sendable {
         }
         guard !keys.isEmpty else { throw .invalidArgument("the download key file lists no key") }
         self.keys = keys
+        if let signWith {
+            guard let named = keys.first(where: { $0.id == signWith.id }) else {
+                throw .invalidArgument("download key line \(signWith.line): sign-with names \(signWith.id.prefix(64)), which the file does not list")
+            }
+            signer = named
+        } else {
+            signer = keys[keys.count - 1]
+        }
+    }
+
+    /// Reads the key file at `path`; errors name the file, and the line where one is wrong.
+    public init(reading path: String) throws(BackupError) {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw .invalidArgument("cannot read the download key file \(path): \(error.localizedDescription)")
+        }
+        do {
+            try self.init(parsing: text)
+        } catch {
+            throw .invalidArgument("\(path): \(error.description)")
+        }
     }
 
     private static func isIDByte(_ byte: UInt8) -> Bool {
         (48...57).contains(byte) || (65...90).contains(byte) || (97...122).contains(byte) || byte == 45 || byte == 95 || byte == 46
     }
-
-    /// The key new URLs are signed with.
-    public var signer: SigningKey { keys[keys.count - 1] }
 
     /// The query that makes `path` a URL valid until `expires` (Unix seconds).
     public func signedQuery(path: String, expires: Int64) -> String {

@@ -10,9 +10,10 @@ import CMalloc
 import Foundation
 import Logging
 import NIOPosix
+import NIOCore
 import ServiceLifecycle
 import Synchronization
-import NIOCore
+import UnixSignals
 
 /// The server executable: configuration and wiring only.
 @main
@@ -21,7 +22,7 @@ struct Backupd: AsyncParsableCommand {
         commandName: "backupd",
         abstract: "Backup and restore for apps made of a PostgreSQL database and file documents.",
         version: "backupd \(BuildInfo.description)",
-        subcommands: [Serve.self, TokenCommand.self],
+        subcommands: [Serve.self, TokenCommand.self, ReloadCommand.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -399,9 +400,10 @@ struct Serve: AsyncParsableCommand {
         configuration.appDatabases.fileQueryTimeout = "\(fileQueryTimeoutSeconds)s"
         if !downloadKeys.isEmpty {
             do {
-                configuration.downloads.keys = try URLSigningKeys(parsing: try String(contentsOfFile: downloadKeys, encoding: .utf8))
+                configuration.downloads.keys = try URLSigningKeys(reading: downloadKeys)
+                configuration.downloads.keyFile = downloadKeys
             } catch {
-                throw ValidationError("--download-keys \(downloadKeys): \(error)")
+                throw ValidationError("--download-keys: \(error)")
             }
         }
         configuration.downloads.urlLifetime = .seconds(downloadURLLifetimeSeconds)
@@ -467,7 +469,8 @@ struct Serve: AsyncParsableCommand {
             ) { address in
                 readyFile.bound(address, admin: false)
             }
-            var group = ServiceGroupConfiguration(services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            var group = ServiceGroupConfiguration(services: [.init(service: server), .init(service: ReloadOnHangup(server: server))],
+                                                  gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             // Past the jobs' grace period and a margin for recording how they ended, whatever still runs is cancelled.
             group.maximumGracefulShutdownDuration = .seconds(shutdownGraceSeconds) + Self.shutdownMargin
             try await ServiceGroup(configuration: group).run()
@@ -515,6 +518,49 @@ struct Serve: AsyncParsableCommand {
     static let catalogConnections = 12
     /// How long a graceful shutdown may go on past the jobs' grace period.
     static let shutdownMargin: Duration = .seconds(15)
+}
+
+/// SIGHUP reloads the download keys and TLS files (`BackupServer.reload`), as systemd's `ExecReload` sends it.
+private struct ReloadOnHangup: Service {
+    let server: BackupServer
+
+    func run() async {
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        await cancelWhenGracefulShutdown {
+            for await _ in hangups {
+                _ = try? await server.reload()  // it logs what it reloaded, or why not
+            }
+        }
+    }
+}
+
+/// Asks a running backupd, through its admin listener, to reload its keys and certificates.
+struct ReloadCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reload",
+        abstract: "Make a running backupd read its download keys, TLS certificate, key and client CA again (as SIGHUP does).")
+
+    @Option(name: .customLong("admin"),
+            help: "The server's admin listener, HOST:PORT (default: env BACKUPD_ADMIN_LISTEN, else 127.0.0.1:7444).")
+    var adminOption: String?
+
+    func run() async throws {
+        let admin = value(adminOption, "BACKUPD_ADMIN_LISTEN", "127.0.0.1:7444")
+        var request = HTTPClientRequest(url: "http://\(admin)/reload")
+        request.method = .POST
+        let response: HTTPClientResponse
+        do {
+            response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+        } catch {
+            throw ValidationError("cannot reach backupd's admin listener at \(admin) (--admin, BACKUPD_ADMIN_LISTEN): \(error)")
+        }
+        let body = String(buffer: try await response.body.collect(upTo: 1 << 20))
+        guard response.status == .ok else {
+            FileHandle.standardError.write(Data(body.utf8))
+            throw ExitCode(1)
+        }
+        print(body, terminator: "")
+    }
 }
 
 struct TokenCommand: AsyncParsableCommand {

@@ -46,7 +46,7 @@ func readiness(_ adminAddress: String, becomes status: Int, timeout: Duration = 
             let (status, headers) = responseHead(post.standardOutput)
             #expect(status == 405 && headers["allow"] == "GET, HEAD")
             let missing = try await fetch(base + "/v1/downloads/x/y?sig=z")
-            #expect(missing.status == 404 && missing.body.contains("/metrics, /healthz and /readyz"))
+            #expect(missing.status == 404 && missing.body.contains("/metrics, /healthz, /readyz and /reload"))
             let head = responseHead(try await curl(["-I", base + "/metrics"]).standardOutput)
             #expect(head.status == 200 && head.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8")
             // A malformed request is answered 400 and the listener goes on.

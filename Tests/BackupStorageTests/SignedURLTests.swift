@@ -82,8 +82,31 @@ import Testing
         #expect(throws: URLRefusal.badSignature) { try impostor.verify(path: Self.path, query: handedOut, now: 10) }
     }
 
+    /// Across several processes: first every process learns the new key
+    /// while the old one still signs (`sign-with`), then the new one signs.
+    /// A link signed by any process at any step opens on every other.
+    @Test func aRotationInTwoStepsNeverHandsOutALinkAnotherProcessRefuses() throws {
+        let steps = [
+            try keys("old = \(Self.secretA)"),
+            try keys("old = \(Self.secretA)\nnew = \(Self.secretB)\nsign-with old"),
+            try keys("# the new key signs\nsign-with new\nold = \(Self.secretA)\nnew = \(Self.secretB)"),
+            try keys("old = \(Self.secretA)\nnew = \(Self.secretB)"),
+        ]
+        #expect(steps.map(\.signer.id) == ["old", "old", "new", "new"])
+        // Processes reload one at a time: neighbouring steps run side by side.
+        for (signing, checking) in Array(zip(steps.dropFirst(), steps)) + Array(zip(steps, steps.dropFirst())) {
+            let query = signing.signedQuery(path: Self.path, expires: 1_000)
+            try checking.verify(path: Self.path, query: query, now: 10)
+        }
+        // Without the first step, a process still on the old file refuses the new key's links.
+        #expect(throws: URLRefusal.unknownKey) { try steps[0].verify(path: Self.path, query: steps[3].signedQuery(path: Self.path, expires: 1_000), now: 10) }
+    }
+
     @Test(arguments: [
         ("", "the download key file lists no key"),
+        ("sign-with a\na = \(secretA)\nsign-with a", "download key line 3 repeats sign-with"),
+        ("a = \(secretA)\nsign-with b", "download key line 2: sign-with names b, which the file does not list"),
+        ("a = \(secretA)\nsign-with", "download key line 2: sign-with takes the id of a key listed in the file"),
         ("# nothing\n\n", "the download key file lists no key"),
         ("just-a-secret", "download key line 1 is not KEY_ID = SECRET"),
         ("a = \(base64URL([UInt8](repeating: 1, count: 31)))", "download key line 1: the secret must be base64 of at least 32 bytes"),

@@ -70,7 +70,8 @@ public final class InProcessServer: WireTestServer {
     /// listens with the development certificate on a loopback port, and its clients connect over TLS.
     /// A `log` keeps what the server logs at info and above (its access log among it). With `admin`, its
     /// admin listener (`/metrics`, `/healthz`, `/readyz`) listens on a loopback port.
-    public static func start(live: Bool = false, admin: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
+    public static func start(live: Bool = false, admin: Bool = false, tls: TLSSettings? = nil, clientCA: String? = nil,
+                             catalogCluster: TestCluster? = nil,
                              blobStore: (any BlobStore) -> any BlobStore = { $0 }, log: CapturedLog? = nil,
                              configure: (inout ServerConfiguration) throws -> Void = { _ in }) async throws -> InProcessServer {
         let scratch = try ScratchDirectory("backupd-in-process")
@@ -111,8 +112,8 @@ public final class InProcessServer: WireTestServer {
         // Every test server serves in process; a live one also listens with TLS on a free port.
         let transport = InProcessTransport()
         let tls = TLSTransport(host: configuration.host, port: configuration.port, eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
-                               tls: TLSSettings(certificateChainPath: "\(projectRoot)/certs/dev/server.crt",
-                                                privateKeyPath: "\(projectRoot)/certs/dev/server.key", clientCAPath: clientCA))
+                               tls: tls ?? TLSSettings(certificateChainPath: "\(projectRoot)/certs/dev/server.crt",
+                                                       privateKeyPath: "\(projectRoot)/certs/dev/server.key", clientCAPath: clientCA))
         let server = try await BackupServer(configuration: configuration, transports: live ? [transport, tls] : [transport], catalog: catalog,
                                             blobStore: blobStore(try storage.open()), workDirectory: storage.directory,
                                             threadPool: jobThreads, metrics: metrics, logger: logger,
@@ -139,6 +140,11 @@ public final class InProcessServer: WireTestServer {
                                connections: tls.connections, group: group,
                                running: running,
                                threadPools: [catalogThreads, jobThreads], scratch: scratch)
+    }
+
+    /// Reads the server's keys and certificates again, as SIGHUP does.
+    public func reload() async throws -> String {
+        try await server.reload()
     }
 
     /// How many catalog connections the server has leased so far: what its
@@ -190,13 +196,15 @@ public final class InProcessServer: WireTestServer {
 }
 
 /// Starts an in-process server (`live`: with its TLS listener, which with `clientCA` requires client certificates
-/// that CA signed; `admin`: with its admin listener; `blobStore` may wrap the configured store), runs `body`, and removes
-/// the server whatever happens.
-public func withInProcessServer<T: Sendable>(live: Bool = false, admin: Bool = false, clientCA: String? = nil, catalogCluster: TestCluster? = nil,
+/// that CA signed, and `tls` replaces the development certificate; `admin`: with its admin listener; `blobStore` may wrap the
+/// configured store), runs `body`, and removes the server whatever happens.
+public func withInProcessServer<T: Sendable>(live: Bool = false, admin: Bool = false, tls: TLSSettings? = nil, clientCA: String? = nil,
+                                             catalogCluster: TestCluster? = nil,
                                              blobStore: (any BlobStore) -> any BlobStore = { $0 }, log: CapturedLog? = nil,
                                              configure: (inout ServerConfiguration) throws -> Void = { _ in },
                                              _ body: (InProcessServer) async throws -> T) async throws -> T {
-    let server = try await InProcessServer.start(live: live, admin: admin, clientCA: clientCA, catalogCluster: catalogCluster, blobStore: blobStore,
+    let server = try await InProcessServer.start(live: live, admin: admin, tls: tls, clientCA: clientCA, catalogCluster: catalogCluster,
+                                                 blobStore: blobStore,
                                                  log: log, configure: configure)
     do {
         let value = try await body(server)

@@ -177,6 +177,8 @@ public final class TestServer: WireTestServer, @unchecked Sendable {
     }
 
     public var isRunning: Bool { process.isRunning }
+    /// The download key file it was started with (`--download-keys`): a test rewrites it to rotate keys.
+    public var downloadKeysFile: String { scratch.path + "/download-keys" }
     public var processIdentifier: Int32 { process.processIdentifier }
     public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 

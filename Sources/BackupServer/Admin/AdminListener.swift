@@ -1,3 +1,4 @@
+import BackupRules
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -25,8 +26,9 @@ public struct AdminSettings: Sendable {
 }
 
 /// Serves `/metrics` (Prometheus's text format), `/healthz` (the process
-/// answers) and `/readyz` (it should be sent work) over HTTP/1.1 with
-/// keep-alive. It answers only GET and HEAD; it holds at most
+/// answers), `/readyz` (it should be sent work) and `POST /reload` (keys and
+/// certificates read again) over HTTP/1.1 with keep-alive. It answers only
+/// GET and HEAD, and POST to `/reload`; it holds at most
 /// `maximumConnections` at once (more are closed as they arrive), and each
 /// request must arrive, and its answer be taken, within `requestTimeout`,
 /// so slow or silent clients cannot keep it from a scrape for long. It is
@@ -36,6 +38,8 @@ struct AdminListener: Service {
     let settings: AdminSettings
     let metrics: ServiceMetrics
     let readiness: ReadinessProbe
+    /// `POST /reload`: the server's reload of its keys and certificates.
+    let reload: @Sendable () async throws(BackupError) -> String
     let eventLoopGroup: any EventLoopGroup
     let logger: Logger
 
@@ -126,10 +130,19 @@ struct AdminListener: Service {
             let bytes = Array(body.utf8)
             return (status, plainTextHeaders(length: bytes.count) + extra, bytes)
         }
+        let path = head.uri.prefix(while: { $0 != "?" })
+        if path == "/reload" {
+            guard head.method == .POST else { return text(.methodNotAllowed, "/reload takes POST\n", [("Allow", "POST")]) }
+            do {
+                return text(.ok, try await reload() + "\n")
+            } catch {
+                return text(.internalServerError, "reload failed, the keys and certificates in use stay: \(error.description)\n")
+            }
+        }
         guard head.method == .GET || head.method == .HEAD else {
             return text(.methodNotAllowed, "the admin listener answers GET and HEAD\n", [("Allow", "GET, HEAD")])
         }
-        switch head.uri.prefix(while: { $0 != "?" }) {
+        switch path {
         case "/metrics":
             let body = await metrics.export()
             return (.ok, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"), ("Content-Length", String(body.count)),
@@ -141,7 +154,7 @@ struct AdminListener: Service {
             let lines = problems.map { "\($0.check.rawValue): \($0.problem ?? "ok")\n" }.joined()
             return text(problems.allSatisfy { $0.problem == nil } ? .ok : .serviceUnavailable, lines)
         default:
-            return text(.notFound, "no such page: the admin listener serves /metrics, /healthz and /readyz\n")
+            return text(.notFound, "no such page: the admin listener serves /metrics, /healthz, /readyz and /reload\n")
         }
     }
 }

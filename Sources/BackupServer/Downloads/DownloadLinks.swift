@@ -8,15 +8,21 @@ import Synchronization
 /// Turns download records into what callers see: the archive's file name
 /// and, once it is ready, its URL, signed until the download's expiry.
 final class DownloadLinks: Sendable {
-    let keys: URLSigningKeys?
     /// `https://HOST:PORT` that URLs start with: configured, or the listener's once it is bound.
     private let base: Mutex<String>
     private let configured: Bool
+    private let currentKeys: Mutex<URLSigningKeys?>
 
     init(keys: URLSigningKeys?, publicURL: String?, host: String, port: Int) {
-        self.keys = keys
+        currentKeys = Mutex(keys)
         configured = publicURL != nil
         base = Mutex(publicURL.map { String($0.reversed().drop { $0 == "/" }.reversed()) } ?? Self.origin(host: host, port: port))
+    }
+
+    /// The keys that sign new URLs and verify requests; a reload replaces them.
+    var keys: URLSigningKeys? {
+        get { currentKeys.withLock { $0 } }
+        set { currentKeys.withLock { $0 = newValue } }
     }
 
     /// The listener's bound address, for URLs when none was configured.
@@ -57,7 +63,7 @@ final class DownloadLinks: Sendable {
         .with {
             $0.id = record.id; $0.backupID = record.backupID; $0.databaseOnly = record.databaseOnly; $0.jobID = record.jobID
             $0.filename = Self.fileName(record); $0.error = record.error
-            guard record.state == .ready, let keys else { return }
+            guard record.state == .ready, let keys = self.keys else { return }
             $0.ready = true
             $0.sizeBytes = record.size
             $0.sha256 = record.sha256

@@ -7,6 +7,8 @@ import BackupStorage
 public struct DownloadSettings: Sendable {
     /// Without keys, RequestDownload is refused: no URL could be signed.
     public var keys: URLSigningKeys?
+    /// The file `keys` were read from: a reload reads it again.
+    public var keyFile: String?
     /// How long a URL works, counted from when its archive is ready.
     public var urlLifetime: Duration = .seconds(8 * 3600)
     /// Where archives are kept while their URLs last; nil puts them in the blob store's folder, under `archives`.

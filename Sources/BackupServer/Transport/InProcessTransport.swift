@@ -1,3 +1,4 @@
+import BackupRules
 import BackupWire
 import Logging
 import NIOCore
@@ -37,6 +38,9 @@ public final class InProcessTransport: ServerTransport {
         }
         waiting.forEach { $0.resume(returning: served) }
     }
+
+    /// Memory has no certificate: a reload reads nothing for it.
+    public func prepareReload() throws(BackupError) -> PreparedReload? { nil }
 
     /// What the server serves, once it does.
     private func served() async -> Served {

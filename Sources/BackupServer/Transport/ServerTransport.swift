@@ -1,3 +1,4 @@
+import BackupRules
 import Logging
 import NIOCore
 
@@ -9,6 +10,19 @@ public protocol ServerTransport: Sendable {
     /// Serves calls (and, where the transport carries HTTP, download
     /// requests) until the task is cancelled or a graceful shutdown ends it.
     func serve(_ server: ServedEndpoints) async throws
+
+    /// Reads again what the transport serves with (a listener's certificate
+    /// and key) and checks it, changing nothing yet; nil when it reads no
+    /// file. Throws naming the file and the problem.
+    func prepareReload() throws(BackupError) -> PreparedReload?
+}
+
+/// What a reload read and checked, applied only once everything it reads
+/// has been checked, so a reload changes all or nothing.
+public struct PreparedReload: Sendable {
+    /// What is served with from then on, for the log and `backupd reload`.
+    let summary: String
+    let apply: @Sendable () -> Void
 }
 
 /// What a transport serves: the RPC dispatcher and the HTTPS download
@@ -29,7 +43,7 @@ public struct TLSTransport: ServerTransport {
     let host: String
     let port: Int
     let eventLoopGroup: any EventLoopGroup
-    let tls: TLSSettings
+    let credentials: TLSCredentials
     /// The connections the listener holds admitted.
     public let connections = ConnectionGauge()
 
@@ -38,11 +52,16 @@ public struct TLSTransport: ServerTransport {
         self.host = host
         self.port = port
         self.eventLoopGroup = eventLoopGroup
-        self.tls = tls
+        self.credentials = TLSCredentials(tls)
+    }
+
+    public func prepareReload() throws(BackupError) -> PreparedReload? {
+        let loaded = try credentials.load()
+        return PreparedReload(summary: loaded.summary) { [credentials] in credentials.use(loaded) }
     }
 
     public func serve(_ server: ServedEndpoints) async throws {
-        try await TLSListener(host: host, port: port, tls: tls, maxFrameBytes: server.maxFrameBytes, limits: server.limits,
+        try await TLSListener(host: host, port: port, credentials: credentials, maxFrameBytes: server.maxFrameBytes, limits: server.limits,
                               gauge: connections, dispatcher: server.dispatcher, downloads: server.downloads, eventLoopGroup: eventLoopGroup,
                               metrics: server.metrics, logger: server.logger, onListening: server.onListening).run()
     }

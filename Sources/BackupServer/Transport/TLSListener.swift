@@ -51,7 +51,7 @@ actor TLSListener {
 
     private let host: String
     private let port: Int
-    private let tls: TLSSettings
+    private let credentials: TLSCredentials
     private let maxFrameBytes: Int
     private let limits: ConnectionLimits
     private let admission: ConnectionAdmission
@@ -64,14 +64,14 @@ actor TLSListener {
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
 
-    init(host: String, port: Int, tls: TLSSettings, maxFrameBytes: Int, limits: ConnectionLimits, gauge: ConnectionGauge,
+    init(host: String, port: Int, credentials: TLSCredentials, maxFrameBytes: Int, limits: ConnectionLimits, gauge: ConnectionGauge,
          dispatcher: RPCDispatcher, downloads: DownloadEndpoint, eventLoopGroup: any EventLoopGroup, metrics: ServiceMetrics, logger: Logger,
          onListening: @escaping @Sendable (SocketAddress) -> Void) {
         self.gauge = gauge
         self.metrics = metrics
         self.host = host
         self.port = port
-        self.tls = tls
+        self.credentials = credentials
         self.maxFrameBytes = maxFrameBytes
         self.limits = limits
         self.admission = ConnectionAdmission(limits: limits, gauge: gauge)
@@ -89,22 +89,8 @@ actor TLSListener {
     ].joined(separator: ":")
 
     func run() async throws {
-        let chain = try NIOSSLCertificate.fromPEMFile(tls.certificateChainPath)
-        var configuration = TLSConfiguration.makeServerConfiguration(
-            certificateChain: chain.map { .certificate($0) },
-            privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.privateKeyPath, format: .pem)))
-        configuration.minimumTLSVersion = .tlsv12
-        // TLS 1.2 with forward-secret AEAD suites only (TLS 1.3's are all AEAD): no CBC, no SHA-1 MACs.
-        configuration.cipherSuites = TLSListener.tls12CipherSuites
-        configuration.applicationProtocols = [ALPN.rpc, ALPN.http]
-        // A closing connection waits this long for the client's close_notify before its socket goes: closed
-        // connections (evicted, timed out) must give their descriptors back at once, not linger by the thousand.
-        configuration.shutdownTimeout = .milliseconds(100)
-        if let clientCA = tls.clientCAPath {
-            configuration.trustRoots = .file(clientCA)
-            configuration.certificateVerification = .noHostnameVerification
-        }
-        let sslContext = try NIOSSLContext(configuration: configuration)
+        let credentials = self.credentials
+        credentials.use(try credentials.load())
         let (maxFrameBytes, admission, receivePool, logger) = (self.maxFrameBytes, self.admission, self.receivePool, self.logger)
         let settings = ConnectionStateMachine.Settings(limits: limits, maximumHeldBytes: maxFrameBytes)
 
@@ -125,6 +111,12 @@ actor TLSListener {
                 // Its timers and memory from here on are the controller's.
                 let controller = ConnectionController(channel: channel, settings: settings, pool: receivePool, peer: peer) {
                     admission.authenticated(ticket)
+                }
+                // The credentials in use when the connection came: a reload later does not change its handshake.
+                guard let sslContext = credentials.inUse?.context else {
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeSucceededFuture(
+                        Accepted(channel: channel, negotiated: channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)))
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
@@ -173,12 +165,12 @@ actor TLSListener {
 
         // While it listens: its connections, what they borrowed of the receive pool, and when its certificate expires.
         let series = SampledSeries(metrics: metrics)
-        let (gauge, notAfter) = (self.gauge, chain.first.map { Double($0.notValidAfter) })
+        let gauge = self.gauge
         let sampler = metrics.addSampler {
             series.replace(with: [
                 (ServiceMetrics.Name.connectionsOpen, [], Double(gauge.admitted)),
                 (ServiceMetrics.Name.receivePoolBytes, [], Double(receivePool.inUse)),
-            ] + (notAfter.map { [(ServiceMetrics.Name.certificateExpiry, [], $0)] } ?? []))
+            ] + (credentials.inUse.map { [(ServiceMetrics.Name.certificateExpiry, [], $0.notAfter)] } ?? []))
         }
         defer {
             sampler.remove()
