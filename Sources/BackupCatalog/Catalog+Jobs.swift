@@ -8,6 +8,8 @@ public struct ClaimedJob: Sendable {
     public let job: Job
     public let environment: Environment
     public let actor: String
+    /// The request id of the call that queued it; empty for the scheduler's.
+    public let requestID: String
 }
 
 /// What a finished backup holds: its dump and its file documents, all stored.
@@ -135,18 +137,19 @@ extension Catalog {
                             WHERE j.status IN \(JobStatus.running.predecessors.sql) AND coalesce(s.running, 0) < $3
                             ORDER BY s.last_started NULLS FIRST, j.created_at
                             FOR UPDATE OF j SKIP LOCKED LIMIT 1)
-                RETURNING id, environment_id, actor
+                RETURNING id, environment_id, actor, request_id
                 """, owner, leaseSeconds, perNamespace).first else { return nil }
             return try Self.claimedJob(connection, claimed)
         }
     }
 
-    /// A job just claimed (a row of `id, environment_id, actor`), with its environment.
+    /// A job just claimed (a row of `id, environment_id, actor, request_id`), with its environment.
     static func claimedJob(_ connection: PostgresConnection, _ claimed: PostgresRow) throws -> ClaimedJob {
         let environment = try connection.query(
             "SELECT \(environmentColumns) FROM environments e WHERE e.id = $1", claimed.int64("environment_id"))[0]
         return ClaimedJob(job: try loadJob(connection, claimed.string("id")),
-                          environment: Self.environment(environment), actor: claimed.string("actor"))
+                          environment: Self.environment(environment), actor: claimed.string("actor"),
+                          requestID: claimed.string("request_id"))
     }
 
     /// Extends a lease; false when this owner no longer holds the job.
@@ -361,8 +364,9 @@ enum JobSubject {
 }
 
 extension Catalog {
-    /// Queues a job: the one place a job row is made, QUEUED with its phase
-    /// and the bytes it will go through (0 when not known ahead). Returns its id.
+    /// Queues a job: the one place a job row is made, QUEUED with its phase,
+    /// the bytes it will go through (0 when not known ahead) and the request
+    /// id of the call it is queued for (`CallScope`). Returns its id.
     static func queueJob(_ connection: PostgresConnection, _ kind: JobKind, for subject: JobSubject, actor: String,
                          bytesTotal: UInt64 = 0) throws -> String {
         let jobID = UUID().uuidString.lowercased()
@@ -372,12 +376,12 @@ extension Catalog {
         case let .upload(id): (nil, nil, id)
         }
         try connection.query("""
-            INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase, bytes_total)
+            INSERT INTO jobs (id, kind, status, environment_id, snapshot_id, actor, phase, bytes_total, request_id)
             VALUES ($1, $2, '\(JobStatus.queued)',
                     COALESCE($3::bigint, (SELECT environment_id FROM snapshots WHERE id = $4::uuid),
                              (SELECT environment_id FROM uploads WHERE id = $5::uuid)),
-                    $4::uuid, $6, '\(JobStatus.queued)', $7)
-            """, jobID, "\(kind)", environmentID, backupID, uploadID, actor, bytesTotal)
+                    $4::uuid, $6, '\(JobStatus.queued)', $7, $8)
+            """, jobID, "\(kind)", environmentID, backupID, uploadID, actor, bytesTotal, CallScope.requestID)
         return jobID
     }
 }

@@ -169,7 +169,7 @@ extension Catalog {
                 RETURNING r.job_id
                 """, limit, Int(max(1, backOff.components.seconds)))
             return try rows.map { row in
-                let job = try connection.query("SELECT id, environment_id, actor FROM jobs WHERE id = $1", row.string("job_id"))[0]
+                let job = try connection.query("SELECT id, environment_id, actor, request_id FROM jobs WHERE id = $1", row.string("job_id"))[0]
                 let claimed = try Self.claimedJob(connection, job)
                 let plan = try Self.restorePlan(connection, jobID: claimed.job.id)
                 return (claimed.job, claimed.environment, plan)
@@ -192,7 +192,7 @@ extension Catalog {
                 UPDATE jobs SET \(LeaseColumns.job.grant(holder: 1, seconds: 2)), phase = 'recovering'
                 WHERE id = (SELECT id FROM jobs WHERE status = '\(JobStatus.running)' AND kind = '\(JobKind.restore)' AND \(LeaseColumns.job.runOut)
                             ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
-                RETURNING id, environment_id, actor
+                RETURNING id, environment_id, actor, request_id
                 """, owner, leaseSeconds).first else { return nil }
             return try Self.claimedJob(connection, claimed)
         }

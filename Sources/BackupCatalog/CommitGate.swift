@@ -46,10 +46,22 @@ extension ConnectionPool {
     func callTransaction<T: Sendable>(idempotent: Bool = false,
                                       _ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
         let gate = CommitGate.current
+        let requestID = CallScope.requestID
         return try await transaction(idempotent: idempotent, beforeCommit: {
             if let gate, !gate.beginCommit() {
                 throw BackupError.deadlineExceeded("the call's deadline passed before its change was committed; nothing was changed")
             }
-        }, body)
+        }) { connection in
+            // On the pool's thread, outside the call's task: the request id is bound again for what the body queues.
+            try CallScope.$requestID.withValue(requestID) { try body(connection) }
+        }
     }
+}
+
+/// The call a catalog change is made for. Jobs it queues keep its request
+/// id, and their log lines carry it, so an operator finds a job's lines
+/// from the call's access-log line (and back).
+public enum CallScope {
+    /// Empty outside a call (the scheduler's nightly backups).
+    @TaskLocal public static var requestID = ""
 }

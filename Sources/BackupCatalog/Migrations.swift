@@ -343,5 +343,9 @@ enum Migrations {
         UPDATE uploads SET state = 'failed', error = 'received before backupd kept uploads in its blob store; upload the archive again'
             WHERE state = 'receiving' AND received > 0;
         """),
+        (20, """
+        -- The request id of the call that queued a job (empty for the scheduler's), carried into the job's log lines.
+        ALTER TABLE jobs ADD COLUMN request_id text NOT NULL DEFAULT '';
+        """),
     ]
 }

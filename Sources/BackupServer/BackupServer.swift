@@ -53,6 +53,7 @@ public struct BackupServer: Service, CustomStringConvertible {
     private let metrics: ServiceMetrics
     private let readiness: ReadinessProbe
     private let links: DownloadLinks
+    private let catalogSampler: CatalogSampler
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
 
@@ -122,10 +123,13 @@ public struct BackupServer: Service, CustomStringConvertible {
                                           slots: DownloadSlots(maximum: configuration.downloads.maximumStreams,
                                                                perNamespace: configuration.downloads.maximumStreamsPerNamespace),
                                           threadPool: threadPool, metrics: metrics, logger: logger)
+        let refreshInterval = configuration.admin?.refreshInterval ?? AdminSettings().refreshInterval
         let readiness = ReadinessProbe(catalog: catalog, blobStore: blobStore, threadPool: threadPool, openCalls: openCalls,
-                                       clock: configuration.clock, interval: configuration.admin?.probeInterval ?? .seconds(15))
-        Self.sample(catalog: catalog, jobs: jobs, openCalls: openCalls, readiness: readiness, schedule: configuration.schedule,
-                    clock: configuration.clock, into: metrics, logger: logger)
+                                       clock: configuration.clock, interval: refreshInterval)
+        let catalogSampler = CatalogSampler(catalog: catalog, metrics: metrics, schedule: configuration.schedule, clock: configuration.clock,
+                                            interval: refreshInterval, logger: logger)
+        Self.sample(catalog: catalog, jobs: jobs, openCalls: openCalls, readiness: readiness, catalogSampler: catalogSampler, into: metrics)
+        self.catalogSampler = catalogSampler
         self.metrics = metrics
         self.readiness = readiness
         self.links = links
@@ -146,11 +150,10 @@ public struct BackupServer: Service, CustomStringConvertible {
     /// The state `/metrics` reads at each scrape: the catalog's (the queue, the store, each environment's
     /// backups), and this process's (open calls, running jobs, the catalog pool, readiness).
     private static func sample(catalog: Catalog, jobs: JobRunner, openCalls: OpenCalls, readiness: ReadinessProbe,
-                               schedule: ScheduleSettings, clock: any ServiceClock, into metrics: ServiceMetrics, logger: Logger) {
-        let catalogSampler = CatalogSampler(catalog: catalog, metrics: metrics, schedule: schedule, clock: clock, logger: logger)
+                               catalogSampler: CatalogSampler, into metrics: ServiceMetrics) {
         let processSeries = SampledSeries(metrics: metrics)
         _ = metrics.addSampler {
-            await catalogSampler.sample()
+            catalogSampler.sample()
             let pool = catalog.pool.usage
             processSeries.replace(with: [
                 (ServiceMetrics.Name.callsOpen, [], Double(openCalls.count)),
@@ -203,7 +206,7 @@ public struct BackupServer: Service, CustomStringConvertible {
         let group = ServiceGroup(configuration: .init(
             // Shut down last to first: the listener stops taking calls at once, then jobs get their grace period; the
             // admin listener answers (that the server is draining) until the end.
-            services: (admin.map { [.init(service: $0), .init(service: readiness)] } ?? []) + [
+            services: (admin.map { [.init(service: $0), .init(service: readiness), .init(service: catalogSampler)] } ?? []) + [
                 .init(service: jobs),
                 .init(service: scheduler),
                 .init(service: RevocationService(openCalls: openCalls, catalog: catalog, clock: configuration.clock)),

@@ -88,14 +88,20 @@ import Testing
                         $0.databaseURL = app.connectionString; $0.fileStorePath = app.fileStore
                     })
                 }
-                let download = try await withCertifiedClient(token: server.adminToken) { client in
+                let (download, backupJob) = try await withCertifiedClient(token: server.adminToken) { client in
                     let created = try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
                     #expect(try await waitForJob(created.job.id, on: client).status == .finished)
-                    return try await readyDownload(client, created.backup)
+                    return (try await readyDownload(client, created.backup), created.job.id)
                 }
                 let created = try #require(log.all.first { $0.metadata["method"] == Backups.createBackup.name })
                 #expect(created.metadata["client"] == "CN=backupctl" && created.metadata["peer"] == "127.0.0.1"
                         && created.metadata["token_name"] == "test-admin" && created.metadata["namespace"] == "acme")
+                // The lines of the jobs a call queued carry its request id: the backup's, and the archive's of RequestDownload.
+                let backupLines = log.all.filter { $0.metadata["job"] == backupJob }
+                #expect(backupLines.count >= 2 && backupLines.allSatisfy { $0.metadata["request_id"] == created.metadata["request_id"] })
+                let requested = try #require(log.all.first { $0.metadata["method"] == Backups.requestDownload.name })
+                let archiveLines = log.all.filter { $0.metadata["kind"] == "archive" && $0.metadata["job"] != nil }
+                #expect(!archiveLines.isEmpty && archiveLines.allSatisfy { $0.metadata["request_id"] == requested.metadata["request_id"] })
 
                 let scratch = try ScratchDirectory("access-log")
                 defer { scratch.remove() }

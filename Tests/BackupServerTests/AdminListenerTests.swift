@@ -57,10 +57,60 @@ func readiness(_ adminAddress: String, becomes status: Int, timeout: Duration = 
         }
     }
 
+    /// Unauthenticated clients, helper finding: turning a connection away
+    /// past the limit crashed the process (an async channel dropped
+    /// unserved), and kept-alive clients held every slot. Now the oldest
+    /// connection makes room: hundreds of idle and half-sent connections
+    /// never keep a scrape out.
+    @Test func connectionsPastTheLimitMakeRoomAndAScrapeAlwaysGetsIn() async throws {
+        try await withInProcessServer(admin: true) { server in
+            let (host, port) = (server.adminAddress.split(separator: ":")[0], server.adminAddress.split(separator: ":")[1])
+            let flood = try await runCommand("/bin/bash", ["-c", """
+                set -e
+                for i in $(seq 1 300); do
+                  exec {fd}<>/dev/tcp/\(host)/\(port)
+                  if (( i % 2 )); then printf 'GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n' >&$fd; fi
+                done
+                curl -sS -m 5 -o /dev/null -w '%{http_code}' http://\(server.adminAddress)/metrics
+                """])
+            #expect(flood.standardOutput == "200", "\(flood.standardOutput) \(flood.standardError)")
+            #expect(try await fetch("http://\(server.adminAddress)/healthz").status == 200)
+        }
+    }
+
+    /// Operator, helper finding: a catalog that hangs made every scrape wait
+    /// on it (Prometheus saw the target down, and no alert on the catalog
+    /// could fire). Scrapes answer at once from the last answer, and once
+    /// the catalog has not answered for 10 seconds they say so.
+    @Test func aHungCatalogLeavesMetricsAnsweringAndSaysSo() async throws {
+        let cluster = try await TestCluster.start()
+        defer { cluster.remove() }
+        try await withInProcessServer(admin: true, catalogCluster: cluster, configure: { $0.admin?.refreshInterval = .milliseconds(200) }) { server in
+            try await eventually(within: .seconds(30)) { try await scrape(server.adminAddress)["backupd_catalog_up"] == 1 }
+            try await cluster.freeze()
+            do {
+                try await eventually(within: .seconds(40)) {
+                    let began = ContinuousClock.now
+                    let series = try await scrape(server.adminAddress)
+                    #expect(began.duration(to: .now) < .seconds(3), "a scrape waited on the catalog")
+                    return series["backupd_catalog_up"] == 0 && series["backupd_blob_store_objects"] == nil
+                }
+                let notReady = try await readiness(server.adminAddress, becomes: 503)
+                #expect(notReady.hasPrefix("catalog: no answer for"), "\(notReady)")
+            } catch {
+                try await cluster.thaw()
+                throw error
+            }
+            try await cluster.thaw()
+            try await eventually(within: .seconds(30)) { try await scrape(server.adminAddress)["backupd_catalog_up"] == 1 }
+            _ = try await readiness(server.adminAddress, becomes: 200)
+        }
+    }
+
     /// Operator's view: a store that takes no write makes the process not
     /// ready, naming the store's own words, and ready again once it takes them.
     @Test func aStoreThatTakesNoWriteMakesTheProcessNotReady() async throws {
-        try await withInProcessServer(admin: true, configure: { $0.admin?.probeInterval = .milliseconds(100) }) { server in
+        try await withInProcessServer(admin: true, configure: { $0.admin?.refreshInterval = .milliseconds(100) }) { server in
             _ = try await readiness(server.adminAddress, becomes: 200)
             // Where the local store writes new content becomes a file: every write fails, as on a broken disk.
             let incoming = server.blobDirectory + "/tmp"
@@ -100,6 +150,7 @@ func readiness(_ adminAddress: String, becomes status: Int, timeout: Duration = 
                     _ = try await client.unary(Backups.getBackup, .with { $0.id = UUID().uuidString.lowercased() })
                 }
             }
+            try await eventually(within: .seconds(30)) { try await scrape(server.adminAddress)["backupd_catalog_up"] == 1 }
             let series = try await scrape(server.adminAddress)
             #expect(series["backupd_rpc_calls_total{method=\"backup.v1.Backups/ServerInfo\",code=\"OK\"}"] == 1)
             #expect(series["backupd_rpc_calls_total{method=\"unknown\",code=\"UNIMPLEMENTED\"}"] == 20)

@@ -100,7 +100,10 @@ struct PrometheusServer {
         let marker = FileManager.default.temporaryDirectory.appendingPathComponent("fail-dump-\(UUID().uuidString)").path
         let pgDump = try wrappedTool("pg_dump", running: "[ -e \(marker) ] && { echo 'pg_dump: error: refused by the test' >&2; exit 1; }")
         try await withTestApp { app in
-            try await withInProcessServer(live: true, admin: true, configure: { $0.jobs.tools.pgDump = pgDump }) { server in
+            try await withInProcessServer(live: true, admin: true, configure: {
+                $0.jobs.tools.pgDump = pgDump
+                $0.admin?.refreshInterval = .milliseconds(200)
+            }) { server in
                 let backup = try await finishedBackup(server, app)
                 FileManager.default.createFile(atPath: marker, contents: nil)
                 defer { try? FileManager.default.removeItem(atPath: marker) }

@@ -73,6 +73,20 @@ public final class TestCluster: Sendable {
     /// Starts it again after `stop`.
     public func startAgain() async throws { try await offThePool { try self.control("start") } }
 
+    /// Stops every process of the cluster (SIGSTOP): it takes connections and
+    /// answers nothing, as a hung server or a dropped network does; `thaw`
+    /// lets it go on.
+    public func freeze() async throws { try await signalEveryProcess("STOP") }
+
+    public func thaw() async throws { try await signalEveryProcess("CONT") }
+
+    private func signalEveryProcess(_ signal: String) async throws {
+        let pid = try String(contentsOfFile: data + "/postmaster.pid", encoding: .utf8).split(separator: "\n").first.map(String.init) ?? ""
+        guard Int(pid) != nil else { throw TestSupportError("no postmaster.pid in \(data)") }
+        let sent = try await runCommand("/bin/bash", ["-c", "kill -\(signal) \(pid) $(pgrep -P \(pid))"])
+        guard sent.status == 0 else { throw TestSupportError("kill -\(signal): \(sent.standardError)") }
+    }
+
     public func remove() {
         _ = try? control("stop", "-m", "immediate")
         try? FileManager.default.removeItem(atPath: folder)

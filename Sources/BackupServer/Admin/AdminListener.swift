@@ -13,8 +13,8 @@ import NIOConcurrencyHelpers
 public struct AdminSettings: Sendable {
     public var host: String
     public var port: Int
-    /// How often `/readyz`'s probes ask the catalog and the blob store.
-    public var probeInterval: Duration = .seconds(15)
+    /// How often `/readyz`'s probes ask the catalog and the blob store, and `/metrics`'s catalog series are read.
+    public var refreshInterval: Duration = .seconds(10)
     /// Hears the bound address (useful with port 0).
     public var onListening: @Sendable (SocketAddress) -> Void
 
@@ -45,37 +45,35 @@ struct AdminListener: Service {
 
     static let maximumConnections = 64
     static let requestTimeout: Duration = .seconds(10)
+    /// However busy a connection keeps, it is closed after this: kept-alive clients cannot hold slots for good.
+    static let connectionLifetime: Duration = .seconds(60)
 
     func run() async throws {
-        let server = try await ServerBootstrap(group: eventLoopGroup)
-            .serverChannelOption(.backlog, value: 64)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: settings.host, port: settings.port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try DownloadEndpoint.addHTTPHandlers(to: channel.pipeline.syncOperations)
-                    return try DownloadEndpoint.HTTPChannel(wrappingChannelSynchronously: channel)
+        let connections = AdminConnections(maximum: Self.maximumConnections)
+        let server: NIOAsyncChannel<DownloadEndpoint.HTTPChannel, Never>
+        do {
+            server = try await ServerBootstrap(group: eventLoopGroup)
+                .serverChannelOption(.backlog, value: 64)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .bind(host: settings.host, port: settings.port) { channel in
+                    // Past the maximum the oldest connection makes room: a new scrape always gets in.
+                    connections.admit(channel)
+                    return channel.eventLoop.makeCompletedFuture {
+                        try DownloadEndpoint.addHTTPHandlers(to: channel.pipeline.syncOperations)
+                        return try DownloadEndpoint.HTTPChannel(wrappingChannelSynchronously: channel)
+                    }
                 }
-            }
+        } catch {
+            throw BackupError.invalidArgument("the admin listener cannot listen on \(settings.host):\(settings.port) (--admin-listen): \(error)")
+        }
         if let address = server.channel.localAddress { settings.onListening(address) }
         logger.info("admin listener listening", metadata: ["address": "\(server.channel.localAddress.map { "\($0)" } ?? "?")"])
-        let open = NIOLockedValueBox(0)
         try await withGracefulShutdownHandler {
             try await server.executeThenClose { inbound in
                 try await withThrowingDiscardingTaskGroup { group in
                     for try await connection in inbound {
-                        let admitted = open.withLockedValue { count in
-                            guard count < Self.maximumConnections else { return false }
-                            count += 1
-                            return true
-                        }
-                        guard admitted else {
-                            connection.channel.close(promise: nil)
-                            continue
-                        }
-                        group.addTask {
-                            await serve(connection)
-                            open.withLockedValue { $0 -= 1 }
-                        }
+                        // Every accepted connection is served to its end, a closed one at once.
+                        group.addTask { await serve(connection) }
                     }
                     // The port closed: connections kept alive between scrapes end now.
                     group.cancelAll()
@@ -88,7 +86,10 @@ struct AdminListener: Service {
 
     private func serve(_ connection: DownloadEndpoint.HTTPChannel) async {
         let deadline = ConnectionDeadline(channel: connection.channel)
+        let lifetime = ConnectionDeadline(channel: connection.channel)
         deadline.arm(Self.requestTimeout)
+        lifetime.arm(Self.connectionLifetime)
+        defer { lifetime.disarm() }
         do {
             try await withTaskCancellationHandler {
                 try await connection.executeThenClose { inbound, outbound in
@@ -144,7 +145,7 @@ struct AdminListener: Service {
         }
         switch path {
         case "/metrics":
-            let body = await metrics.export()
+            let body = metrics.export()
             return (.ok, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"), ("Content-Length", String(body.count)),
                           ("Cache-Control", "no-store")], body)
         case "/healthz":
@@ -155,6 +156,40 @@ struct AdminListener: Service {
             return text(problems.allSatisfy { $0.problem == nil } ? .ok : .serviceUnavailable, lines)
         default:
             return text(.notFound, "no such page: the admin listener serves /metrics, /healthz, /readyz and /reload\n")
+        }
+    }
+}
+
+/// The admin listener's open connections, oldest first: admitting one past
+/// the maximum closes the oldest. A connection leaves when it closes, so a
+/// slot is given back however its answer ended.
+final class AdminConnections: Sendable {
+    private struct State {
+        var open: [ObjectIdentifier: (order: UInt64, channel: any Channel)] = [:]
+        var admitted: UInt64 = 0
+    }
+
+    private let maximum: Int
+    private let state = NIOLockedValueBox(State())
+
+    init(maximum: Int) {
+        self.maximum = maximum
+    }
+
+    var count: Int { state.withLockedValue { $0.open.count } }
+
+    func admit(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        let evicted: (any Channel)? = state.withLockedValue { state in
+            state.admitted += 1
+            state.open[id] = (state.admitted, channel)
+            guard state.open.count > maximum, let oldest = state.open.min(by: { $0.value.order < $1.value.order }) else { return nil }
+            state.open[oldest.key] = nil
+            return oldest.value.channel
+        }
+        evicted?.close(promise: nil)
+        channel.closeFuture.whenComplete { [state] _ in
+            _ = state.withLockedValue { $0.open.removeValue(forKey: id) }
         }
     }
 }

@@ -2,28 +2,36 @@ import BackupCatalog
 import BackupRules
 import Foundation
 import Logging
+import ServiceLifecycle
+import Synchronization
 
 /// Sets the gauges the catalog answers: the job queue, the blob store's
 /// size, and per environment the last successful backup of each kind, the
-/// next nightly backup and the expired backups not yet deleted. The catalog
-/// is asked at most once per `refreshInterval` of the server's clock
-/// however often `/metrics` is scraped, so a flood of scrapes costs it
-/// nothing more; between refreshes a scrape exports the last answer.
-actor CatalogSampler {
+/// next nightly backup and the expired backups not yet deleted. The
+/// catalog is asked in the background, every `interval` of the server's
+/// clock, never by a scrape: a scrape exports the last answer at once,
+/// however often scrapes come and however slow the catalog is. When the
+/// last question failed, or has gone unanswered past `timeout`, the
+/// catalog's series leave the export (they would be stale) and
+/// `backupd_catalog_up` is 0.
+final class CatalogSampler: Service, Sendable {
     private let catalog: Catalog
     private let schedule: ScheduleSettings
     private let clock: any ServiceClock
-    private let refreshInterval: Duration
+    private let interval: Duration
+    private let timeout: Duration
     private let series: SampledSeries
     private let logger: Logger
-    private var lastRefresh: ContinuousClock.Instant?
+    private let record = Mutex(ProbeRecord())
+    private let latest = Mutex<[(name: String, labels: [(String, String)], value: Double)]>([])
 
     init(catalog: Catalog, metrics: ServiceMetrics, schedule: ScheduleSettings, clock: any ServiceClock,
-         refreshInterval: Duration = .seconds(5), logger: Logger) {
+         interval: Duration, timeout: Duration = .seconds(10), logger: Logger) {
         self.catalog = catalog
         self.schedule = schedule
         self.clock = clock
-        self.refreshInterval = refreshInterval
+        self.interval = interval
+        self.timeout = timeout
         self.series = SampledSeries(metrics: metrics)
         self.logger = logger
     }
@@ -40,19 +48,33 @@ actor CatalogSampler {
         static let catalogUp = "backupd_catalog_up"
     }
 
-    func sample() async {
-        let now = clock.now
-        if let lastRefresh, lastRefresh.duration(to: now) < refreshInterval { return }
-        lastRefresh = now
+    /// Asks the catalog until shutdown; the first time at once.
+    func run() async {
+        await cancelWhenGracefulShutdown {
+            repeat {
+                await self.refresh()
+            } while (try? await self.clock.sleep(for: self.interval)) != nil
+        }
+    }
+
+    private func refresh() async {
+        record.withLock { $0.started(at: clock.now) }
         do {
             let summary = try await catalog.serviceSummary()
             let scheduled = try await catalog.scheduledEnvironments()
-            series.replace(with: Self.values(summary, scheduled: scheduled, schedule: schedule))
+            let values = Self.values(summary, scheduled: scheduled, schedule: schedule)
+            latest.withLock { $0 = values }
+            record.withLock { $0.finished(problem: nil) }
         } catch {
-            // The catalog's series leave the export (they would be stale); `backupd_catalog_up` 0 says why.
             logger.warning("cannot read the catalog for metrics", metadata: ["error": "\(error)"])
-            series.replace(with: [(Name.catalogUp, [], 0)])
+            record.withLock { $0.finished(problem: "\(error)") }
         }
+    }
+
+    /// Sets the gauges for a scrape, from the last answer.
+    func sample() {
+        let answered = record.withLock { $0.problem(at: clock.now, timeout: timeout) } == nil
+        series.replace(with: answered ? latest.withLock { $0 } : [(Name.catalogUp, [], 0)])
     }
 
     /// The series of one summary: pure, so what each metric says is tested without a scrape.

@@ -10,8 +10,8 @@ import Synchronization
 /// by this object's Prometheus factory, not the process-wide
 /// `MetricsSystem`, so every server (several in one test process) keeps a
 /// registry of its own. Values that describe state rather than events (open
-/// connections, the catalog's queue and environments) are read when a
-/// scrape asks, by the samplers components register.
+/// connections, the catalog's queue and environments) are set when a
+/// scrape asks, by the samplers components register, from what they hold.
 ///
 /// Labels take only values backupd chose (a route's method name, a status,
 /// a job kind) or the catalog holds (a namespace and environment): never a
@@ -19,7 +19,7 @@ import Synchronization
 public final class ServiceMetrics: Sendable, ConnectionPoolObserver {
     let registry = PrometheusCollectorRegistry()
     let factory: PrometheusMetricsFactory
-    private let samplers = Mutex<[UInt64: @Sendable () async -> Void]>([:])
+    private let samplers = Mutex<[UInt64: @Sendable () -> Void]>([:])
     private let nextSampler = Atomic<UInt64>(0)
 
     public init() {
@@ -109,7 +109,7 @@ public final class ServiceMetrics: Sendable, ConnectionPoolObserver {
     }
 
     /// Registers `sample`, run before each export to set the gauges it owns; the returned token removes it.
-    func addSampler(_ sample: @escaping @Sendable () async -> Void) -> SamplerToken {
+    func addSampler(_ sample: @escaping @Sendable () -> Void) -> SamplerToken {
         let id = nextSampler.add(1, ordering: .relaxed).newValue
         samplers.withLock { $0[id] = sample }
         return SamplerToken(id: id, metrics: self)
@@ -119,10 +119,11 @@ public final class ServiceMetrics: Sendable, ConnectionPoolObserver {
         _ = samplers.withLock { $0.removeValue(forKey: token.id) }
     }
 
-    /// Runs every sampler, then writes the Prometheus text exposition format.
-    public func export() async -> [UInt8] {
+    /// Runs every sampler (each reads state it holds: none waits on I/O),
+    /// then writes the Prometheus text exposition format.
+    public func export() -> [UInt8] {
         for sample in samplers.withLock({ Array($0.values) }) {
-            await sample()
+            sample()
         }
         return registry.emitToBuffer()
     }

@@ -83,8 +83,11 @@ public struct RPCDispatcher: Sendable {
                     authenticated()
                     let registration = self.openCalls.register(tokenID: caller.tokenID, revoked: revokedContinuation)
                     defer { self.openCalls.remove(registration) }
+                    // The catalog's changes commit under the call's deadline, and jobs it queues keep its request id.
                     try await CommitGate.$current.withValue(gate) {
-                        try await route.run(requests, send, CallContext(caller: caller, method: start.method, audit: audit))
+                        try await CallScope.$requestID.withValue(audit.requestID) {
+                            try await route.run(requests, send, CallContext(caller: caller, method: start.method, audit: audit))
+                        }
                     }
                     return CallStatus()
                 } catch {

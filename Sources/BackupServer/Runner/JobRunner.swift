@@ -345,7 +345,9 @@ public final class JobRunner: Service, Sendable {
     /// the lease is renewed until the work has actually returned.
     private func execute(_ claimed: ClaimedJob, recovering: Bool, events: AsyncStream<ExecutionEvent>) async {
         let job = claimed.job
-        let logger = self.logger.with(["job": "\(job.id)", "kind": "\(job.kind)", "environment": "\(job.namespace)/\(job.environment)"])
+        // The request id of the call that queued the job, so its lines are found from the call's access-log line.
+        let logger = self.logger.with(["job": "\(job.id)", "kind": "\(job.kind)", "environment": "\(job.namespace)/\(job.environment)"]
+                                      .merging(claimed.requestID.isEmpty ? [:] : ["request_id": "\(claimed.requestID)"]) { $1 })
         logger.info("job started")
         let clock = self.clock
         let began = clock.now
