@@ -28,7 +28,7 @@ public struct ServerConfiguration: Sendable {
     public var downloads = DownloadSettings()
     public var uploads = UploadSettings()
     public var schedule = ScheduleSettings()
-    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); nil for none.
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/reload`); nil for none.
     public var admin: AdminSettings?
 
     public init() {}
@@ -124,7 +124,8 @@ public struct BackupServer: Service, CustomStringConvertible {
                                                                perNamespace: configuration.downloads.maximumStreamsPerNamespace),
                                           threadPool: threadPool, metrics: metrics, logger: logger)
         let refreshInterval = configuration.admin?.refreshInterval ?? AdminSettings().refreshInterval
-        let readiness = ReadinessProbe(catalog: catalog, blobStore: blobStore, threadPool: threadPool, openCalls: openCalls,
+        // The store is probed on threads jobs never hold: a process whose job threads are all busy can still take work.
+        let readiness = ReadinessProbe(catalog: catalog, blobStore: blobStore, threadPool: JobRunner.collectionThreads, openCalls: openCalls,
                                        clock: configuration.clock, interval: refreshInterval)
         let catalogSampler = CatalogSampler(catalog: catalog, metrics: metrics, schedule: configuration.schedule, clock: configuration.clock,
                                             interval: refreshInterval, logger: logger)

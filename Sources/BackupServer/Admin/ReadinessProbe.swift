@@ -54,7 +54,7 @@ final class ReadinessProbe: Service, Sendable {
     private let records = Mutex<[Check: ProbeRecord]>([.catalog: ProbeRecord(), .blobStore: ProbeRecord()])
 
     init(catalog: Catalog, blobStore: any BlobStore, threadPool: NIOThreadPool, openCalls: OpenCalls, clock: any ServiceClock,
-         interval: Duration = .seconds(15), timeout: Duration = .seconds(10)) {
+         interval: Duration, timeout: Duration = .seconds(10)) {
         self.catalog = catalog
         self.blobStore = blobStore
         self.threadPool = threadPool

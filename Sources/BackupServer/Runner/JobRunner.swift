@@ -87,7 +87,7 @@ public final class JobRunner: Service, Sendable {
         case changeHeard, shutdownGraceOver
     }
 
-    /// Where collection works with the store. Never the jobs' threads: a job
+    /// Where collection (and the readiness probe) works with the store. Never the jobs' threads: a job
     /// waiting for a collection to finish removing content it stores holds
     /// one of those, and a collection queued behind such jobs would never
     /// finish (a hostile tenant's many backups held every one).

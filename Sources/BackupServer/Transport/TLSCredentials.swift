@@ -35,10 +35,13 @@ public final class TLSCredentials: Sendable {
 
     /// Reads and checks the files; nothing changes until `use`.
     func load() throws(BackupError) -> Loaded {
+        // Each file is read once: what TLS serves with is what was checked.
+        let certificatePEM = try Self.read(settings.certificateChainPath, "the certificate chain")
+        let keyPEM = try Self.read(settings.privateKeyPath, "the private key")
         let chain: [NIOSSLCertificate]
         let key: NIOSSLPrivateKey
         do {
-            chain = try NIOSSLCertificate.fromPEMFile(settings.certificateChainPath)
+            chain = try NIOSSLCertificate.fromPEMBytes(certificatePEM)
         } catch {
             throw .invalidArgument("cannot read the certificate chain \(settings.certificateChainPath): \(error)")
         }
@@ -46,12 +49,10 @@ public final class TLSCredentials: Sendable {
             throw .invalidArgument("the certificate chain \(settings.certificateChainPath) holds no certificate")
         }
         do {
-            key = try NIOSSLPrivateKey(file: settings.privateKeyPath, format: .pem)
+            key = try NIOSSLPrivateKey(bytes: keyPEM, format: .pem)
         } catch {
             throw .invalidArgument("cannot read the private key \(settings.privateKeyPath): \(error)")
         }
-        let keyPEM = FileManager.default.contents(atPath: settings.privateKeyPath).map { [UInt8]($0) } ?? []
-        let certificatePEM = FileManager.default.contents(atPath: settings.certificateChainPath).map { [UInt8]($0) } ?? []
         guard privateKey(pem: keyPEM, matchesCertificate: certificatePEM) else {
             throw .invalidArgument("the private key \(settings.privateKeyPath) does not match the certificate \(settings.certificateChainPath)")
         }
@@ -67,7 +68,9 @@ public final class TLSCredentials: Sendable {
         if let clientCA = settings.clientCAPath {
             let authorities: [NIOSSLCertificate]
             do {
-                authorities = try NIOSSLCertificate.fromPEMFile(clientCA)
+                authorities = try NIOSSLCertificate.fromPEMBytes(try Self.read(clientCA, "the client CA"))
+            } catch let error as BackupError {
+                throw error
             } catch {
                 throw .invalidArgument("cannot read the client CA \(clientCA): \(error)")
             }
@@ -83,6 +86,13 @@ public final class TLSCredentials: Sendable {
         }
         let serial = leaf.serialNumber.drop { $0 == 0 }.map { String(format: "%02X", $0) }.joined()
         return Loaded(context: context, serial: serial.isEmpty ? "00" : serial, notAfter: Double(leaf.notValidAfter))
+    }
+
+    private static func read(_ path: String, _ what: String) throws(BackupError) -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw .invalidArgument("cannot read \(what) \(path)")
+        }
+        return [UInt8](data)
     }
 
     func use(_ loaded: Loaded) {
