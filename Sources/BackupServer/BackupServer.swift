@@ -4,6 +4,7 @@ import BackupStorage
 import BackupPostgres
 import BackupWire
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -54,6 +55,7 @@ public struct BackupServer: Service, CustomStringConvertible {
     private let readiness: ReadinessProbe
     private let links: DownloadLinks
     private let catalogSampler: CatalogSampler
+    private let reloading = NIOLockedValueBox(false)
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
 
@@ -174,6 +176,14 @@ public struct BackupServer: Service, CustomStringConvertible {
     /// the server now serves with; throws naming the file and the problem.
     /// SIGHUP and `backupd reload` come here.
     public func reload() async throws(BackupError) -> String {
+        // One at a time: reloads asked for in a loop do not pile up reading the same files.
+        guard reloading.withLockedValue({ running in
+            defer { running = true }
+            return !running
+        }) else {
+            throw .aborted("a reload is already running; ask again once it has ended")
+        }
+        defer { reloading.withLockedValue { $0 = false } }
         do {
             var prepared: [PreparedReload] = []
             if let keyFile = configuration.downloads.keyFile {

@@ -84,7 +84,8 @@ public struct URLSigningKeys: Sendable {
         self.keys = keys
         if let signWith {
             guard let named = keys.first(where: { $0.id == signWith.id }) else {
-                throw .invalidArgument("download key line \(signWith.line): sign-with names \(signWith.id.prefix(64)), which the file does not list")
+                // The value is not repeated: a secret pasted there would reach the log.
+                throw .invalidArgument("download key line \(signWith.line): sign-with names a key id the file does not list")
             }
             signer = named
         } else {
@@ -92,13 +93,12 @@ public struct URLSigningKeys: Sendable {
         }
     }
 
-    /// Reads the key file at `path`; errors name the file, and the line where one is wrong.
+    /// Reads the key file at `path`, of at most `maximumFileBytes`; errors
+    /// name the file, and the line where one is wrong.
     public init(reading path: String) throws(BackupError) {
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw .invalidArgument("cannot read the download key file \(path): \(error.localizedDescription)")
+        let bytes = try readSmallFile(path, "the download key file")
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw .invalidArgument("the download key file \(path) is not UTF-8 text")
         }
         do {
             try self.init(parsing: text)
@@ -157,4 +157,27 @@ extension Substring {
     fileprivate func trimmingCharacters(in set: String) -> String {
         String(drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
     }
+}
+
+/// The most a key or certificate file may hold: far more than any real one,
+/// little enough that reading a wrong file (a disk image, `/dev/zero`) is
+/// refused at once rather than parsed for minutes.
+public let maximumKeyFileBytes = 1 << 20
+
+/// A configuration file's bytes, refused past `maximumKeyFileBytes`;
+/// errors name `what` and the path.
+public func readSmallFile(_ path: String, _ what: String) throws(BackupError) -> [UInt8] {
+    guard let handle = FileHandle(forReadingAtPath: path) else { throw .invalidArgument("cannot read \(what) \(path)") }
+    defer { try? handle.close() }
+    let data: Data?
+    do {
+        data = try handle.read(upToCount: maximumKeyFileBytes + 1)
+    } catch {
+        throw .invalidArgument("cannot read \(what) \(path): \(error.localizedDescription)")
+    }
+    let bytes = [UInt8](data ?? Data())
+    guard bytes.count <= maximumKeyFileBytes else {
+        throw .invalidArgument("\(what) \(path) is larger than \(maximumKeyFileBytes >> 20) MiB")
+    }
+    return bytes
 }

@@ -156,6 +156,15 @@ func replace(_ path: String, with source: String) throws {
                     "\(error)".contains("does not match") && "\(error)".contains(key)
                 }
                 #expect(try await presentedSerial(server.address) == "serial=2002")
+
+                // Helper finding: a huge file was parsed for a minute, stalling the process. Past 1 MiB it is refused at once.
+                try Data(count: 2 << 20).write(to: URL(fileURLWithPath: key))
+                await #expect {
+                    _ = try await server.reload()
+                } throws: { error in
+                    "\(error)".contains("the private key \(key) is larger than 1 MiB")
+                }
+                #expect(try await presentedSerial(server.address) == "serial=2002")
             }
         }
     }

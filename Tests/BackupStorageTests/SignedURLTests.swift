@@ -105,7 +105,7 @@ import Testing
     @Test(arguments: [
         ("", "the download key file lists no key"),
         ("sign-with a\na = \(secretA)\nsign-with a", "download key line 3 repeats sign-with"),
-        ("a = \(secretA)\nsign-with b", "download key line 2: sign-with names b, which the file does not list"),
+        ("a = \(secretA)\nsign-with b", "download key line 2: sign-with names a key id the file does not list"),
         ("a = \(secretA)\nsign-with", "download key line 2: sign-with takes the id of a key listed in the file"),
         ("# nothing\n\n", "the download key file lists no key"),
         ("just-a-secret", "download key line 1 is not KEY_ID = SECRET"),

@@ -36,8 +36,8 @@ public final class TLSCredentials: Sendable {
     /// Reads and checks the files; nothing changes until `use`.
     func load() throws(BackupError) -> Loaded {
         // Each file is read once: what TLS serves with is what was checked.
-        let certificatePEM = try Self.read(settings.certificateChainPath, "the certificate chain")
-        let keyPEM = try Self.read(settings.privateKeyPath, "the private key")
+        let certificatePEM = try readSmallFile(settings.certificateChainPath, "the certificate chain")
+        let keyPEM = try readSmallFile(settings.privateKeyPath, "the private key")
         let chain: [NIOSSLCertificate]
         let key: NIOSSLPrivateKey
         do {
@@ -68,7 +68,7 @@ public final class TLSCredentials: Sendable {
         if let clientCA = settings.clientCAPath {
             let authorities: [NIOSSLCertificate]
             do {
-                authorities = try NIOSSLCertificate.fromPEMBytes(try Self.read(clientCA, "the client CA"))
+                authorities = try NIOSSLCertificate.fromPEMBytes(try readSmallFile(clientCA, "the client CA"))
             } catch let error as BackupError {
                 throw error
             } catch {
@@ -86,13 +86,6 @@ public final class TLSCredentials: Sendable {
         }
         let serial = leaf.serialNumber.drop { $0 == 0 }.map { String(format: "%02X", $0) }.joined()
         return Loaded(context: context, serial: serial.isEmpty ? "00" : serial, notAfter: Double(leaf.notValidAfter))
-    }
-
-    private static func read(_ path: String, _ what: String) throws(BackupError) -> [UInt8] {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw .invalidArgument("cannot read \(what) \(path)")
-        }
-        return [UInt8](data)
     }
 
     func use(_ loaded: Loaded) {
