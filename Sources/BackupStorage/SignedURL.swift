@@ -93,7 +93,7 @@ public struct URLSigningKeys: Sendable {
         }
     }
 
-    /// Reads the key file at `path`, of at most `maximumFileBytes`; errors
+    /// Reads the key file at `path`, of at most `maximumKeyFileBytes`; errors
     /// name the file, and the line where one is wrong.
     public init(reading path: String) throws(BackupError) {
         let bytes = try readSmallFile(path, "the download key file")

@@ -265,7 +265,7 @@ struct Serve: AsyncParsableCommand {
     var scheduleClockOffsetSeconds: Double = 0
 
     @Option(name: .customLong("admin-listen"),
-            help: "Address of the admin listener (plain HTTP: /metrics, /healthz, /readyz), HOST:PORT, default 127.0.0.1:7444; off for none (env BACKUPD_ADMIN_LISTEN).")
+            help: "Address of the admin listener (plain HTTP: /metrics, /healthz, /readyz, POST /reload), HOST:PORT, default 127.0.0.1:7444; off for none (env BACKUPD_ADMIN_LISTEN).")
     var adminListenOption: String?
     var adminListen: String { value(adminListenOption, "BACKUPD_ADMIN_LISTEN", "127.0.0.1:7444") }
 

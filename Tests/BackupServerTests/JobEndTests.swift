@@ -326,8 +326,11 @@ final class SilentListener: Sendable {
                 func storedFiles() -> [String] {
                     (FileManager.default.enumerator(atPath: blobs)?.allObjects as? [String] ?? []).filter { $0.split(separator: "/").count == 3 }
                 }
-                try await eventually(within: .seconds(15)) { storedFiles().isEmpty }
-                await #expect(try TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n") == 0)
+                // The collection removes the content first and its rows after.
+                try await eventually(within: .seconds(15)) {
+                    let rows = try await TestPostgres.query(server.catalogDatabase, "SELECT count(*) AS n FROM blobs")[0].int64("n")
+                    return storedFiles().isEmpty && rows == 0
+                }
                 #expect(try FileManager.default.contentsOfDirectory(atPath: disk + "/blobs/tmp").isEmpty)
                 await server.remove()
             } catch {

@@ -28,12 +28,12 @@ public struct AdminSettings: Sendable {
 /// Serves `/metrics` (Prometheus's text format), `/healthz` (the process
 /// answers), `/readyz` (it should be sent work) and `POST /reload` (keys and
 /// certificates read again) over HTTP/1.1 with keep-alive. It answers only
-/// GET and HEAD, and POST to `/reload`; it holds at most
-/// `maximumConnections` at once (more are closed as they arrive), and each
-/// request must arrive, and its answer be taken, within `requestTimeout`,
-/// so slow or silent clients cannot keep it from a scrape for long. It is
-/// the last part of the server to stop: during a graceful shutdown
-/// `/readyz` says so.
+/// GET and HEAD, and POST to `/reload`. It holds at most
+/// `maximumConnections` at once, a new one closing the oldest; each request
+/// must arrive, and its answer be taken, within `requestTimeout`, and no
+/// connection lasts past `connectionLifetime`, so neither slow, silent nor
+/// kept-alive clients keep a scrape out. It is the last part of the server
+/// to stop: during a graceful shutdown `/readyz` says so.
 struct AdminListener: Service {
     let settings: AdminSettings
     let metrics: ServiceMetrics
@@ -175,8 +175,6 @@ final class AdminConnections: Sendable {
     init(maximum: Int) {
         self.maximum = maximum
     }
-
-    var count: Int { state.withLockedValue { $0.open.count } }
 
     func admit(_ channel: any Channel) {
         let id = ObjectIdentifier(channel)

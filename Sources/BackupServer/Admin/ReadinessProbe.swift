@@ -32,6 +32,38 @@ struct ProbeRecord: Sendable, Equatable {
     }
 }
 
+/// One dependency probed in the background and read at once: its record
+/// behind a lock, and the running of a probe into it. A failure is
+/// described in the dependency's own words for the operator (a path, an
+/// HTTP status, libpq's message), never with a secret.
+final class Probe: Sendable {
+    private let record = Mutex(ProbeRecord())
+    private let clock: any ServiceClock
+    private let timeout: Duration
+
+    init(clock: any ServiceClock, timeout: Duration = .seconds(10)) {
+        self.clock = clock
+        self.timeout = timeout
+    }
+
+    /// Runs `work` as the probe; returns its problem, nil when it answered.
+    @discardableResult
+    func run(_ work: () async throws -> Void) async -> String? {
+        record.withLock { $0.started(at: clock.now) }
+        var problem: String?
+        do {
+            try await work()
+        } catch {
+            problem = (error as? any ReportableError)?.logDetail ?? "\(error)"
+        }
+        record.withLock { $0.finished(problem: problem) }
+        return problem
+    }
+
+    /// What is wrong now: the last probe's problem, or one unanswered past the timeout.
+    var problem: String? { record.withLock { $0.problem(at: clock.now, timeout: timeout) } }
+}
+
 /// Whether this process should be sent work, as `/readyz` tells load
 /// balancers and orchestrators: the catalog answers a query, the blob store
 /// takes a write (a small object of random bytes, removed again, that no
@@ -50,28 +82,25 @@ final class ReadinessProbe: Service, Sendable {
     private let openCalls: OpenCalls
     private let clock: any ServiceClock
     private let interval: Duration
-    private let timeout: Duration
-    private let records = Mutex<[Check: ProbeRecord]>([.catalog: ProbeRecord(), .blobStore: ProbeRecord()])
+    private let probes: [Check: Probe]
 
     init(catalog: Catalog, blobStore: any BlobStore, threadPool: NIOThreadPool, openCalls: OpenCalls, clock: any ServiceClock,
-         interval: Duration, timeout: Duration = .seconds(10)) {
+         interval: Duration) {
         self.catalog = catalog
         self.blobStore = blobStore
         self.threadPool = threadPool
         self.openCalls = openCalls
         self.clock = clock
         self.interval = interval
-        self.timeout = timeout
+        probes = [.catalog: Probe(clock: clock), .blobStore: Probe(clock: clock)]
     }
 
     /// Each check with its problem now (nil: it passes).
     func problems() -> [(check: Check, problem: String?)] {
-        let now = clock.now
-        let records = self.records.withLock { $0 }
-        return Check.allCases.map { check in
+        Check.allCases.map { check in
             switch check {
             case .serving: (check, openCalls.isDraining ? "shutting down: new calls are refused" : nil)
-            default: (check, records[check]?.problem(at: now, timeout: timeout))
+            default: (check, probes[check]?.problem)
             }
         }
     }
@@ -80,23 +109,11 @@ final class ReadinessProbe: Service, Sendable {
     func run() async {
         await cancelWhenGracefulShutdown {
             repeat {
-                async let catalog: Void = self.probe(.catalog) { try await self.catalog.pool.withConnection { _ = try $0.query("SELECT 1") } }
-                async let store: Void = self.probe(.blobStore) { try await self.threadPool.runIfActive { try self.writeAndRemove() } }
+                async let catalog = self.probes[.catalog]!.run { try await self.catalog.pool.withConnection { _ = try $0.query("SELECT 1") } }
+                async let store = self.probes[.blobStore]!.run { try await self.threadPool.runIfActive { try self.writeAndRemove() } }
                 _ = await (catalog, store)
             } while (try? await self.clock.sleep(for: self.interval)) != nil
         }
-    }
-
-    private func probe(_ check: Check, _ work: () async throws -> Void) async {
-        records.withLock { $0[check]?.started(at: clock.now) }
-        var problem: String?
-        do {
-            try await work()
-        } catch {
-            // For the operator: the store's own words (a path, an HTTP status), never a secret.
-            problem = (error as? any ReportableError)?.logDetail ?? "\(error)"
-        }
-        records.withLock { $0[check]?.finished(problem: problem) }
     }
 
     /// Writes an object of random content and removes it again.

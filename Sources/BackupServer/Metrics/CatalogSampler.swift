@@ -19,10 +19,9 @@ final class CatalogSampler: Service, Sendable {
     private let schedule: ScheduleSettings
     private let clock: any ServiceClock
     private let interval: Duration
-    private let timeout: Duration
     private let series: SampledSeries
     private let logger: Logger
-    private let record = Mutex(ProbeRecord())
+    private let probe: Probe
     private let latest = Mutex<[(name: String, labels: [(String, String)], value: Double)]>([])
 
     init(catalog: Catalog, metrics: ServiceMetrics, schedule: ScheduleSettings, clock: any ServiceClock,
@@ -31,7 +30,7 @@ final class CatalogSampler: Service, Sendable {
         self.schedule = schedule
         self.clock = clock
         self.interval = interval
-        self.timeout = timeout
+        self.probe = Probe(clock: clock, timeout: timeout)
         self.series = SampledSeries(metrics: metrics)
         self.logger = logger
     }
@@ -58,23 +57,18 @@ final class CatalogSampler: Service, Sendable {
     }
 
     private func refresh() async {
-        record.withLock { $0.started(at: clock.now) }
-        do {
+        let problem = await probe.run {
             let summary = try await catalog.serviceSummary()
             let scheduled = try await catalog.scheduledEnvironments()
             let values = Self.values(summary, scheduled: scheduled, schedule: schedule)
             latest.withLock { $0 = values }
-            record.withLock { $0.finished(problem: nil) }
-        } catch {
-            logger.warning("cannot read the catalog for metrics", metadata: ["error": "\(error)"])
-            record.withLock { $0.finished(problem: "\(error)") }
         }
+        if let problem { logger.warning("cannot read the catalog for metrics", metadata: ["error": "\(problem)"]) }
     }
 
     /// Sets the gauges for a scrape, from the last answer.
     func sample() {
-        let answered = record.withLock { $0.problem(at: clock.now, timeout: timeout) } == nil
-        series.replace(with: answered ? latest.withLock { $0 } : [(Name.catalogUp, [], 0)])
+        series.replace(with: probe.problem == nil ? latest.withLock { $0 } : [(Name.catalogUp, [], 0)])
     }
 
     /// The series of one summary: pure, so what each metric says is tested without a scrape.

@@ -34,7 +34,7 @@ public final class ServiceMetrics: Sendable, ConnectionPoolObserver {
             .seconds(3 * 3600), .seconds(6 * 3600),
         ]
         self.factory = factory
-        gauge(Name.buildInfo, ["version": BuildInfo.version, "commit": BuildInfo.commit]).record(1)
+        gauge(Name.buildInfo, dimensions: [("version", BuildInfo.version), ("commit", BuildInfo.commit)]).record(1)
     }
 
     /// The names of the metrics, as `docs/operations.md` lists them.
@@ -100,11 +100,7 @@ public final class ServiceMetrics: Sendable, ConnectionPoolObserver {
     // MARK: State, read at scrape time
 
     /// A gauge, made or found; `destroy()` takes its series out of the export.
-    func gauge(_ name: String, _ labels: KeyValuePairs<String, String> = [:]) -> CoreMetrics.Gauge {
-        CoreMetrics.Gauge(label: name, dimensions: labels.map { ($0.key, $0.value) }, factory: factory)
-    }
-
-    func gauge(_ name: String, dimensions: [(String, String)]) -> CoreMetrics.Gauge {
+    func gauge(_ name: String, dimensions: [(String, String)] = []) -> CoreMetrics.Gauge {
         CoreMetrics.Gauge(label: name, dimensions: dimensions, factory: factory)
     }
 
@@ -152,19 +148,22 @@ final class SampledSeries: Sendable {
         self.metrics = metrics
     }
 
-    /// Sets exactly `values` (name, labels, value); every other series this object set before goes.
+    /// Sets exactly `values` (name, labels, value); every other series this
+    /// object set before goes. Under the lock throughout: two scrapes at once
+    /// must not destroy a gauge the other has just kept.
     func replace(with values: [(name: String, labels: [(String, String)], value: Double)]) {
-        var next: [SeriesKey: CoreMetrics.Gauge] = [:]
-        let previous = current.withLock { $0 }
-        for value in values {
-            let key = SeriesKey(name: value.name, labels: value.labels.flatMap { [$0.0, $0.1] })
-            let gauge = previous[key] ?? metrics.gauge(value.name, dimensions: value.labels)
-            gauge.record(value.value)
-            next[key] = gauge
+        current.withLock { current in
+            var next: [SeriesKey: CoreMetrics.Gauge] = [:]
+            for value in values {
+                let key = SeriesKey(name: value.name, labels: value.labels.flatMap { [$0.0, $0.1] })
+                let gauge = current[key] ?? metrics.gauge(value.name, dimensions: value.labels)
+                gauge.record(value.value)
+                next[key] = gauge
+            }
+            for (key, gauge) in current where next[key] == nil {
+                gauge.destroy()
+            }
+            current = next
         }
-        for (key, gauge) in previous where next[key] == nil {
-            gauge.destroy()
-        }
-        current.withLock { $0 = next }
     }
 }

@@ -33,6 +33,10 @@ public final class TLSCredentials: Sendable {
     /// The credentials in use, once the listener has read them.
     var inUse: Loaded? { current.withLock { $0 } }
 
+    /// Reads and checks the files as a start would, using nothing, for
+    /// `backupd config check`: which certificate they hold.
+    public func check() throws(BackupError) -> String { try load().summary }
+
     /// Reads and checks the files; nothing changes until `use`.
     func load() throws(BackupError) -> Loaded {
         // Each file is read once: what TLS serves with is what was checked.
@@ -66,11 +70,10 @@ public final class TLSCredentials: Sendable {
         // connections (evicted, timed out) must give their descriptors back at once, not linger by the thousand.
         configuration.shutdownTimeout = .milliseconds(100)
         if let clientCA = settings.clientCAPath {
+            let authorityPEM = try readSmallFile(clientCA, "the client CA")
             let authorities: [NIOSSLCertificate]
             do {
-                authorities = try NIOSSLCertificate.fromPEMBytes(try readSmallFile(clientCA, "the client CA"))
-            } catch let error as BackupError {
-                throw error
+                authorities = try NIOSSLCertificate.fromPEMBytes(authorityPEM)
             } catch {
                 throw .invalidArgument("cannot read the client CA \(clientCA): \(error)")
             }
