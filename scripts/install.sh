@@ -12,6 +12,6 @@ install -d "$root/bin" "$root/lib/systemd/system" "$root/share/backupd" "$root/s
 install -m 0755 "$BIN/backupd" "$BIN/backupctl" "$root/bin/"
 sed "s|@PREFIX@|$PREFIX|g" packaging/backupd.service > "$root/lib/systemd/system/backupd.service"
 chmod 0644 "$root/lib/systemd/system/backupd.service"
-install -m 0644 packaging/backupd.env.example packaging/prometheus/backupd-alerts.yml "$root/share/backupd/"
+install -m 0644 packaging/backupd.yaml.example packaging/backupd.env.example packaging/prometheus/backupd-alerts.yml "$root/share/backupd/"
 install -m 0644 README.md docs/*.md "$root/share/doc/backupd/"
 echo "installed under $root"

@@ -11,10 +11,19 @@ import NIOPosix
 public struct Catalog: Sendable {
     public let pool: ConnectionPool
 
+    /// TCP settings of catalog connections the connection string does not
+    /// set: a catalog that goes silent without a reset (a partition, a
+    /// failover behind a proxy) fails its calls within about a minute,
+    /// rather than when the kernel gives up, some fifteen minutes on.
+    public static let connectionDefaults: KeyValuePairs = [
+        "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3", "tcp_user_timeout": "60000",
+    ]
+
     /// `observer` hears each lease of a catalog connection and how long it waited (metrics, tests).
     public init(connectionString: String, maximumConnections: Int = 8, threadPool: NIOThreadPool,
                 validateAfterIdle: Duration = .seconds(10), observer: (any ConnectionPoolObserver)? = nil) {
-        pool = ConnectionPool(connectionString: connectionString, maximumConnections: maximumConnections,
+        pool = ConnectionPool(connectionString: ConnectionString.adding(Self.connectionDefaults, to: connectionString),
+                              maximumConnections: maximumConnections,
                               threadPool: threadPool, validateAfterIdle: validateAfterIdle, observer: observer)
     }
 

@@ -250,6 +250,15 @@ public enum ConnectionString {
         return render(all.map { secretKeys.contains($0.key) ? ($0.key, "REDACTED") : $0 })
     }
 
+    /// The connection string with `defaults` added for the settings it does
+    /// not give; one libpq cannot parse is returned as it is, to fail where
+    /// it is used.
+    public static func adding(_ defaults: KeyValuePairs<String, String>, to connectionString: String) -> String {
+        guard let settings = try? settings(connectionString) else { return connectionString }
+        let given = Set(settings.map(\.key))
+        return render(settings + defaults.filter { !given.contains($0.key) }.map { ($0.key, $0.value) })
+    }
+
     /// For a child process (pg_dump, pg_restore): the connection string
     /// without its password, and the password to hand over in PGPASSWORD,
     /// so that it never shows in a process listing.

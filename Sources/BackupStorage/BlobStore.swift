@@ -61,7 +61,7 @@ public enum BlobStoreError: ReportableError, CustomStringConvertible {
 /// written before that collection is done would go with the old one.
 /// A store used outside a job (`unasked`) asks only itself.
 public final class ReuseClaims: Sendable {
-    private let mark: (@Sendable (StoredBlob) throws -> Bool)?
+    private let mark: (@Sendable (StoredBlob) throws -> Void)?
     private let marked = Mutex<Set<ContentHash>>([])
     /// Contents whose mark failed: written without asking again (a store
     /// asks before and after writing), so a wait that ran out is waited once.
@@ -69,11 +69,10 @@ public final class ReuseClaims: Sendable {
     /// Contents remembered as marked; past them each reuse asks again.
     static let remembered = 65_536
 
-    /// `mark` records `blob` used and says whether the store's copy stood
-    /// throughout; while a collection is removing that copy it waits until
-    /// the collection is done and says false (the copy may be gone). It
-    /// throws when the catalog is out of reach or the collection never ends.
-    public init(_ mark: (@Sendable (StoredBlob) throws -> Bool)?) {
+    /// `mark` records `blob` used; while a collection is removing the
+    /// store's copy it waits until the collection is done. It throws when
+    /// the catalog is out of reach or the collection never ends.
+    public init(_ mark: (@Sendable (StoredBlob) throws -> Void)?) {
         self.mark = mark
     }
 
@@ -81,20 +80,22 @@ public final class ReuseClaims: Sendable {
 
     /// Whether the copy `held` says the store has may stand for `blob`. The
     /// store is asked first, so content it lacks leaves no catalog row (a
-    /// store out of reach catalogs nothing), and asked again after a
-    /// collection was waited out. A mark that fails (the catalog out of
-    /// reach) reuses nothing: the content is written, and the job's record
-    /// fails with the catalog's reason.
+    /// store out of reach catalogs nothing), and asked again once marked:
+    /// a whole collection (claim, remove, forget) may have run between the
+    /// first look and the mark, and from the mark on the copy is kept. A
+    /// mark that fails (the catalog out of reach) reuses nothing: the
+    /// content is written, and the job's record fails with the catalog's
+    /// reason.
     func reuses(_ blob: StoredBlob, held: (ContentHash) -> Bool) -> Bool {
         if marked.withLock({ $0.contains(blob.hash) }) { return true }
         guard held(blob.hash) else { return false }
         guard let mark else { return true }
         guard !unmarked.withLock({ $0.contains(blob.hash) }) else { return false }
-        guard let stood = try? mark(blob) else {
+        guard (try? mark(blob)) != nil else {
             unmarked.withLock { if $0.count < Self.remembered { $0.insert(blob.hash) } }
             return false
         }
-        guard stood || held(blob.hash) else { return false }
+        guard held(blob.hash) else { return false }
         marked.withLock { if $0.count < Self.remembered { $0.insert(blob.hash) } }
         return true
     }

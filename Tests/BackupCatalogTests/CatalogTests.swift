@@ -37,6 +37,22 @@ import Testing
         }
     }
 
+    /// A helper's finding (issue 22): catalog connections had no TCP
+    /// keepalive, so a catalog gone silent without a reset held the calls
+    /// that drew its connections for some fifteen minutes. The pool's
+    /// connections carry keepalives and a TCP user timeout unless the
+    /// operator's connection string sets its own.
+    @Test func catalogConnectionsCarryKeepalivesUnlessTheOperatorSetsThem() async throws {
+        try await withCatalog { catalog, database in
+            let settings = Dictionary(try ConnectionString.settings(catalog.pool.connectionString.revealed)) { first, _ in first }
+            #expect(settings["keepalives_idle"] == "30" && settings["tcp_user_timeout"] == "60000" && settings["dbname"] == database)
+            #expect(try await catalog.listEnvironments(namespace: "acme").items.isEmpty)
+        }
+        let own = ConnectionString.adding(Catalog.connectionDefaults, to: "host=127.0.0.1 keepalives_idle=5 dbname=x")
+        let settings = Dictionary(try ConnectionString.settings(own)) { first, _ in first }
+        #expect(settings["keepalives_idle"] == "5" && settings["keepalives_count"] == "3")
+    }
+
     /// Closing the pool refuses new leases and waits for the lent ones.
     @Test func closingThePoolRefusesNewLeasesAndWaitsForLentOnes() async throws {
         try await withCatalog { catalog, _ in

@@ -2,10 +2,11 @@
 import BackupCatalog
 import BackupPostgres
 import BackupRules
-import BackupStorage
+@testable import BackupStorage
 import BackupTestSupport
 import Foundation
 import NIOPosix
+import Synchronization
 import Testing
 
 /// Collection beside jobs, on a catalog and a local blob store: what the
@@ -163,6 +164,45 @@ import Testing
             #expect(BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).store.reuses(stated))
             let size = try await TestPostgres.query(database, "SELECT size FROM blobs WHERE sha256 = $1", reused.hash.hex)[0].int64("size")
             #expect(size == Int64(reused.size))
+        }
+    }
+
+    /// Found in CI, explained by a helper: a held backup found a document in
+    /// the store, and before the catalog marked it used a whole collection
+    /// (claim, remove, forget) took that copy, its deleted backup having been
+    /// the last to hold it. The mark found no row, made one, and the job
+    /// counted on a copy that was gone: "collected as it ran". The store is
+    /// asked again once the mark has made the copy safe.
+    @Test func aCopyCollectedBetweenTheLookAndTheMarkIsWrittenAgain() async throws {
+        try await TestCatalog.with { catalog, database, threadPool in
+            try await TestCatalog.register(catalog)
+            let scratch = try ScratchDirectory("reuse-look-then-mark")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            let blob = try store.storing("collected between the look and the mark")
+            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).record([blob])
+            try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
+            _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+            _ = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 300, perNamespace: 1))
+
+            let claims = BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).store.reuseClaims
+            let looks = Mutex(0)
+            let reused = try await threadPool.runIfActive {
+                claims.reuses(blob) { hash in
+                    let held = store.reuse(hash)
+                    if looks.withLock({ $0 += 1; return $0 }) == 1 {
+                        _ = try? waitFor {
+                            let claimed = try await catalog.claimUnreferencedBlobs().claimed
+                            _ = store.remove(all: claimed)
+                            try await catalog.forgetCollectedBlobs(claimed)
+                        }
+                    }
+                    return held
+                }
+            }
+            #expect(!store.contains(blob.hash), "the collection did not run between the look and the mark")
+            #expect(!reused, "the job counted on a copy the collection removed")
+            #expect(looks.withLock { $0 } == 2)
         }
     }
 

@@ -29,11 +29,10 @@ struct BlobLedger: Sendable {
         // A reuse's size goes only into a new row: the job's record of the content it read sets sizes.
         self.store = store.asking(ReuseClaims { blob in
             try waitFor {
-                let (claimed, waited) = try await Self.markUsed([blob], sizesVerified: false, catalog: catalog, clock: clock)
+                let claimed = try await Self.markUsed([blob], sizesVerified: false, catalog: catalog, clock: clock)
                 guard claimed.isEmpty else {
                     throw BackupError.unavailable("a collection has been removing content this job stores for \(Self.collectionWait)")
                 }
-                return !waited
             }
         })
     }
@@ -41,9 +40,9 @@ struct BlobLedger: Sendable {
     /// Marks `blobs` used, waiting (up to `collectionWait`) for collections
     /// removing any of them to be done: their content is then gone or, for
     /// what a job wrote after the removal, the job's. Returns those still
-    /// claimed after the wait, and whether there was one.
+    /// claimed after the wait.
     private static func markUsed(_ blobs: [StoredBlob], sizesVerified: Bool, catalog: Catalog,
-                                 clock: any ServiceClock) async throws -> (claimed: Set<ContentHash>, waited: Bool) {
+                                 clock: any ServiceClock) async throws -> Set<ContentHash> {
         var claimed = try await catalog.markBlobsUsed(blobs, sizesVerified: sizesVerified)
         var waited = Duration.zero
         while !claimed.isEmpty && waited < collectionWait {
@@ -51,7 +50,7 @@ struct BlobLedger: Sendable {
             waited += collectionPoll
             claimed = try await catalog.markBlobsUsed(blobs.filter { claimed.contains($0.hash) }, sizesVerified: sizesVerified)
         }
-        return (claimed, waited > .zero)
+        return claimed
     }
 
     /// Marks `blobs` used; fails naming how many the store no longer holds.
@@ -70,7 +69,7 @@ struct BlobLedger: Sendable {
     /// the rows found the rows claimed and failed). One look at the store
     /// per content, however many documents or chunks share it.
     func keep(_ blobs: [StoredBlob]) async throws -> [StoredBlob] {
-        let (claimed, _) = try await Self.markUsed(blobs, sizesVerified: true, catalog: catalog, clock: clock)
+        let claimed = try await Self.markUsed(blobs, sizesVerified: true, catalog: catalog, clock: clock)
         let store = self.store
         let distinct = Set(blobs.map(\.hash)).subtracting(claimed)
         let held = try await threadPool.runIfActive { try distinct.filter { try store.contains($0) } }
