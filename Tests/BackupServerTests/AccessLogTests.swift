@@ -1,6 +1,7 @@
 import BackupCatalog
 import BackupClient
 import BackupRules
+import BackupStorage
 @testable import BackupServer
 import BackupTestSupport
 import BackupWire
@@ -142,10 +143,21 @@ import Testing
                         + "\(download.sizeBytes) bytes sent (request \(requestID))")
                 #expect(recorded[0].detail.hasPrefix("fetch of download \(download.id) from 127.0.0.1: GET bytes=0-99, HTTP 206, 100 bytes sent"))
 
+                // A link this server signed, tried after it expired: refused, and recorded, being authentic.
+                let path = "/v1/downloads/\(download.id)/\(download.filename)"
+                let expiredQuery = try URLSigningKeys(parsing: testDownloadKeys).signedQuery(path: path, expires: Int64(Date().timeIntervalSince1970) - 60)
+                let origin = String(download.url.prefix { $0 != "?" }.dropLast(path.count))
+                let expired = try await curl(identity + ["-sS", "-o", "/dev/null", "-w", "%{http_code}", "\(origin)\(path)?\(expiredQuery)"])
+                #expect(expired.standardOutput == "403", "\(expired.standardOutput) \(expired.standardError)")
+                try await eventually(within: .seconds(10)) { try await fetches().count == 3 }
+                let refusedFetch = try await fetches()[0]
+                #expect(refusedFetch.outcome == "REFUSED" && refusedFetch.actor == "test-admin" && refusedFetch.detail.contains("HTTP 403"),
+                        "\(refusedFetch)")
+
                 // A link's holder cannot grow the catalog a fetch at a time: past the hour's allowance the access log alone has them.
                 let fetch = DownloadFetch(downloadID: download.id, peer: "192.0.2.9", requestID: "0", method: "HEAD", range: "", status: 200, bytesSent: 0)
-                for _ in 0..<3 { try await server.catalog.recordDownloadFetch(fetch, perHour: 3) }
-                #expect(try await fetches().count == 3)
+                for _ in 0..<3 { try await server.catalog.recordDownloadFetch(fetch, perHour: 4) }
+                #expect(try await fetches().count == 4)
             }
         }
     }

@@ -129,9 +129,10 @@ package struct DownloadEndpoint: Sendable {
     }
 
     /// Writes a request's access-log line and, when it named a download
-    /// the catalog knows, records the fetch as its namespace's activity.
-    /// A link that is unknown or forged is only logged: it belongs to no
-    /// namespace anyone can vouch for.
+    /// the catalog knows with a link this server signed (expired or not),
+    /// records the fetch as its namespace's activity. A link that is
+    /// unknown or forged is only logged: it belongs to no namespace anyone
+    /// can vouch for.
     private func account(for head: HTTPRequestHead, answered: HTTPResponseWriter.Answered, peer: String, took duration: Duration) async {
         accessLog.request(id: answered.requestID, peer: peer, method: "\(head.method)", uri: head.uri, status: answered.status,
                           duration: duration, bytesOut: answered.bodyBytes, download: answered.download)
@@ -155,6 +156,11 @@ package struct DownloadEndpoint: Sendable {
         switch SignedDownloadRequest(head, keys: links.keys, now: Int64(Date().timeIntervalSince1970)) {
         case let .refused(status, reason, extra):
             try await answer.send(status, reason, extra: extra, on: outbound)
+            return
+        case let .expired(expiredID):
+            // Who still holds an old link of a download, and tries it, is its namespace's to know.
+            if let record = try? await catalog.download(id: expiredID) { outbound.note(download: expiredID, namespace: record.namespace) }
+            try await answer.send(.forbidden, URLRefusal.expired.description, on: outbound)
             return
         case let .signed(signedID, signedFileName):
             (id, fileName) = (signedID, signedFileName)
@@ -246,6 +252,9 @@ package enum SignedDownloadRequest {
     case refused(HTTPResponseStatus, String, extra: [(String, String)])
     /// A signed URL of a download, still to be looked up.
     case signed(id: String, fileName: Substring)
+    /// A URL this server signed for a download, past its expiry: refused,
+    /// and, being authentic, recorded under the download's namespace.
+    case expired(id: String)
 
     package init(_ head: HTTPRequestHead, keys: URLSigningKeys?, now: Int64) {
         guard head.method == .GET || head.method == .HEAD else {
@@ -260,6 +269,9 @@ package enum SignedDownloadRequest {
         }
         do {
             try keys.verify(path: String(path), query: String(query), now: now)
+        } catch .expired {
+            self = .expired(id: id)
+            return
         } catch {
             self = .refused(.forbidden, error.description, extra: [])
             return
