@@ -2,12 +2,6 @@ import BackupRules
 import COpenSSL
 import Foundation
 
-/// A key that signs download URLs, named by the id the URLs carry (`kid`).
-public struct SigningKey: Sendable {
-    public let id: String
-    fileprivate let secret: Secret<[UInt8]>
-}
-
 /// Why a download URL opens nothing. Every case is a 403 with its
 /// description as the body; none says which part of a signature was wrong.
 public enum URLRefusal: Error, Equatable, CustomStringConvertible {
@@ -34,81 +28,21 @@ public enum URLRefusal: Error, Equatable, CustomStringConvertible {
 /// and drop the old one once the URLs it signed have expired.
 public struct URLSigningKeys: Sendable {
     /// As the file lists them.
-    public let keys: [SigningKey]
+    public var keys: [NamedKey] { file.keys }
     /// The key new URLs are signed with: the one a `sign-with KEY_ID` line
     /// names, else the last listed. Naming it lets several processes learn
     /// a new key before any of them signs with it.
-    public let signer: SigningKey
+    public var signer: NamedKey { file.current }
+    private let file: KeyFile
 
-    /// Shortest secret accepted: as long as the HMAC's output.
-    public static let minimumSecretBytes = 32
-
-    /// Reads a key file: one `KEY_ID = SECRET` a line, the secret in base64
-    /// (standard or URL alphabet) of at least 32 bytes, and at most one
-    /// `sign-with KEY_ID` line; blank lines and lines starting with `#` are
-    /// ignored. Errors name the line.
+    /// Reads a key file (`KeyFile`'s format, with `sign-with`).
     public init(parsing text: String) throws(BackupError) {
-        var keys: [SigningKey] = []
-        var signWith: (id: String, line: Int)?
-        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = raw.trimmingCharacters(in: " \t\r")
-            guard !line.isEmpty, !line.hasPrefix("#") else { continue }
-            if line == "sign-with" || line.hasPrefix("sign-with ") || line.hasPrefix("sign-with\t") {
-                guard signWith == nil else { throw .invalidArgument("download key line \(index + 1) repeats sign-with") }
-                let id = line.dropFirst("sign-with".count).trimmingCharacters(in: " \t")
-                guard !id.isEmpty, !id.contains(where: { $0 == " " || $0 == "\t" }) else {
-                    throw .invalidArgument("download key line \(index + 1): sign-with takes the id of a key listed in the file")
-                }
-                signWith = (id, index + 1)
-                continue
-            }
-            guard let equals = line.firstIndex(of: "=") else {
-                throw .invalidArgument("download key line \(index + 1) is not KEY_ID = SECRET")
-            }
-            let id = line[..<equals].trimmingCharacters(in: " \t")
-            let encoded = line[line.index(after: equals)...].trimmingCharacters(in: " \t")
-            guard !id.isEmpty, id.utf8.count <= 64, id.utf8.allSatisfy(Self.isIDByte) else {
-                throw .invalidArgument("download key line \(index + 1): the key id must be 1 to 64 of A-Z a-z 0-9 - _ .")
-            }
-            guard let secret = decodeBase64(encoded), secret.count >= Self.minimumSecretBytes else {
-                // Neither the id nor the secret is repeated: a line missing its id has the secret where the id goes.
-                throw .invalidArgument("download key line \(index + 1): the secret must be base64 of at least "
-                    + "\(Self.minimumSecretBytes) bytes")
-            }
-            guard !keys.contains(where: { $0.id == id }) else {
-                throw .invalidArgument("download key line \(index + 1) repeats a key id listed above")
-            }
-            keys.append(SigningKey(id: id, secret: Secret(secret)))
-        }
-        guard !keys.isEmpty else { throw .invalidArgument("the download key file lists no key") }
-        self.keys = keys
-        if let signWith {
-            guard let named = keys.first(where: { $0.id == signWith.id }) else {
-                // The value is not repeated: a secret pasted there would reach the log.
-                throw .invalidArgument("download key line \(signWith.line): sign-with names a key id the file does not list")
-            }
-            signer = named
-        } else {
-            signer = keys[keys.count - 1]
-        }
+        file = try KeyFile(parsing: text, kind: "download key", directive: "sign-with")
     }
 
-    /// Reads the key file at `path`, of at most `maximumKeyFileBytes`; errors
-    /// name the file, and the line where one is wrong.
+    /// Reads the key file at `path`.
     public init(reading path: String) throws(BackupError) {
-        let bytes = try readSmallFile(path, "the download key file")
-        guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw .invalidArgument("the download key file \(path) is not UTF-8 text")
-        }
-        do {
-            try self.init(parsing: text)
-        } catch {
-            throw .invalidArgument("\(path): \(error.description)")
-        }
-    }
-
-    private static func isIDByte(_ byte: UInt8) -> Bool {
-        (48...57).contains(byte) || (65...90).contains(byte) || (97...122).contains(byte) || byte == 45 || byte == 95 || byte == 46
+        file = try KeyFile(reading: path, kind: "download key", directive: "sign-with")
     }
 
     /// The query that makes `path` a URL valid until `expires` (Unix seconds).
@@ -139,7 +73,7 @@ public struct URLSigningKeys: Sendable {
               base64URL(presented) == sigText else {
             throw .malformed
         }
-        guard let key = keys.first(where: { $0.id == kid }) else { throw .unknownKey }
+        guard let key = file.key(kid) else { throw .unknownKey }
         let expected = Self.signature(key, path: path, expires: expires)
         // Constant time: how much of a forged signature matched must not show in the time taken.
         guard CRYPTO_memcmp(expected, presented, 32) == 0 else { throw .badSignature }
@@ -148,14 +82,8 @@ public struct URLSigningKeys: Sendable {
 
     private static let base64URLAlphabet = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
 
-    private static func signature(_ key: SigningKey, path: String, expires: Int64) -> [UInt8] {
+    private static func signature(_ key: NamedKey, path: String, expires: Int64) -> [UInt8] {
         Secure.hmacSHA256(key: key.secret.revealed, Array("GET\n\(path)\n\(expires)".utf8))
-    }
-}
-
-extension Substring {
-    fileprivate func trimmingCharacters(in set: String) -> String {
-        String(drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
     }
 }
 
