@@ -257,12 +257,22 @@ extension Catalog {
     /// of those being prepared: what the archive cache may keep half-written.
     public func expireArchives(lost: Set<String>) async throws -> Set<String> {
         try await pool.callTransaction(idempotent: true) { connection in
+            // The downloads of the archives that go are remembered (their rows go with them), so that a link of
+            // one tried later is still recorded in its namespace; what was remembered 90 days ago is forgotten.
             try connection.query("""
-                DELETE FROM archives a
-                WHERE (a.state = '\(DownloadRecord.State.ready)' AND (a.id::text = ANY($1::text[]) OR NOT EXISTS (
-                          SELECT 1 FROM downloads d WHERE d.archive_id = a.id AND (d.expires_at IS NULL OR d.expires_at > now()))))
-                   OR (a.state = '\(DownloadRecord.State.failed)' AND a.created_at < now() - interval '1 day')
+                WITH gone AS (
+                    DELETE FROM archives a
+                    WHERE (a.state = '\(DownloadRecord.State.ready)' AND (a.id::text = ANY($1::text[]) OR NOT EXISTS (
+                              SELECT 1 FROM downloads d WHERE d.archive_id = a.id AND (d.expires_at IS NULL OR d.expires_at > now()))))
+                       OR (a.state = '\(DownloadRecord.State.failed)' AND a.created_at < now() - interval '1 day')
+                    RETURNING a.id, a.snapshot_id)
+                INSERT INTO expired_downloads (id, namespace, environment, snapshot_id, actor)
+                SELECT d.id, e.namespace, e.name, s.id, d.actor
+                FROM gone JOIN downloads d ON d.archive_id = gone.id JOIN snapshots s ON s.id = gone.snapshot_id
+                JOIN environments e ON e.id = s.environment_id
+                ON CONFLICT DO NOTHING
                 """, Array(lost))
+            try connection.query("DELETE FROM expired_downloads WHERE expired_at < now() - interval '\(Self.expiredDownloadsKept)'")
             return Set(try connection.query("SELECT id FROM archives WHERE state = '\(DownloadRecord.State.preparing)'").map { $0.string("id") })
         }
     }
@@ -308,12 +318,33 @@ extension Catalog {
         try await pool.withConnection { connection in
             try connection.query("""
                 INSERT INTO activity (namespace, environment, action, outcome, actor, snapshot_id, detail)
-                SELECT e.namespace, e.name, 'download', $2, d.actor, s.id, $3
-                FROM \(Self.downloadJoins)
-                WHERE d.id = $1 AND (SELECT count(*) FROM activity x
-                                     WHERE x.namespace = e.namespace AND x.environment = e.name AND x.action = 'download'
-                                       AND x.detail LIKE $4 AND x.at > now() - interval '1 hour') < $5
+                SELECT f.namespace, f.environment, 'download', $2, f.actor, f.snapshot_id, $3
+                FROM (\(Self.downloadOrExpired)) f
+                WHERE (SELECT count(*) FROM activity x
+                       WHERE x.namespace = f.namespace AND x.environment = f.environment AND x.action = 'download'
+                         AND x.at > now() - interval '1 hour' AND x.detail LIKE $4) < $5
                 """, id, outcome, detail, "fetch of download \(id) %", limit)
         }
     }
+
+    /// The namespace of download `id`, known or remembered after its archive went; nil for neither.
+    public func namespaceOfDownload(id: String) async throws -> String? {
+        let id = try parseID(id, "download id")
+        return try await pool.withConnection(idempotent: true) { connection in
+            try connection.query("SELECT namespace FROM (\(Self.downloadOrExpired)) f", id).first?.string("namespace")
+        }
+    }
+
+    /// Download `$1`'s namespace, environment, requester and backup (if it still exists), from its row or,
+    /// once its archive went, from what `expireArchives` remembered.
+    private static let downloadOrExpired = """
+        SELECT e.namespace, e.name AS environment, d.actor, s.id AS snapshot_id FROM \(downloadJoins) WHERE d.id = $1
+        UNION ALL
+        SELECT t.namespace, t.environment, t.actor, (SELECT s.id FROM snapshots s WHERE s.id = t.snapshot_id)
+        FROM expired_downloads t WHERE t.id = $1
+        LIMIT 1
+        """
+
+    /// How long a download is remembered after its archive went.
+    static let expiredDownloadsKept = "90 days"
 }

@@ -347,5 +347,20 @@ enum Migrations {
         -- The request id of the call that queued a job (empty for the scheduler's), carried into the job's log lines.
         ALTER TABLE jobs ADD COLUMN request_id text NOT NULL DEFAULT '';
         """),
+        (21, """
+        -- Downloads whose archive went once every link of it had expired: an expired link tried later still names
+        -- its namespace, so the fetch is recorded there. Kept 90 days.
+        CREATE TABLE expired_downloads (
+            id           uuid PRIMARY KEY,
+            namespace    text NOT NULL,
+            environment  text NOT NULL,
+            snapshot_id  uuid NOT NULL,
+            actor        text NOT NULL,
+            expired_at   timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX expired_downloads_by_age ON expired_downloads (expired_at);
+        -- The hour's count of a download's recorded fetches reads the environment's last hour of downloads only.
+        CREATE INDEX activity_downloads_by_time ON activity (namespace, environment, at) WHERE action = 'download';
+        """),
     ]
 }

@@ -95,7 +95,15 @@ public let maximumKeyFileBytes = 1 << 20
 /// A configuration file's bytes, refused past `maximumKeyFileBytes`;
 /// errors name `what` and the path.
 public func readSmallFile(_ path: String, _ what: String) throws(BackupError) -> [UInt8] {
-    guard let handle = FileHandle(forReadingAtPath: path) else { throw .invalidArgument("cannot read \(what) \(path)") }
+    // O_NONBLOCK: a FIFO or a terminal named by mistake must not wait for a writer; only a regular file is read.
+    let descriptor = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+    guard descriptor >= 0 else { throw .invalidArgument("cannot read \(what) \(path): \(String(cString: strerror(errno)))") }
+    var status = stat()
+    guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
+        close(descriptor)
+        throw .invalidArgument("\(what) \(path) is not a regular file")
+    }
+    let handle = FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
     defer { try? handle.close() }
     let data: Data?
     do {

@@ -135,17 +135,18 @@ struct ConfigurationFile: Sendable {
 
     init(path: String, settings: [Setting]) throws(SettingsError) {
         self.path = path
-        let text: String
+        let bytes: [UInt8]
         do {
-            text = String(decoding: try readSmallFile(path, "the configuration file"), as: UTF8.self)
+            bytes = try readSmallFile(path, "the configuration file")
         } catch {
             throw SettingsError("\(error)")
         }
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw SettingsError("the configuration file \(path) is not UTF-8 text") }
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
         } catch {
-            throw SettingsError("the configuration file \(path) is not YAML: \(error)")
+            throw SettingsError("the configuration file \(path) is not YAML: \(Self.problem(error))")
         }
         guard let root else { arguments = [:]; return }  // an empty file sets nothing
         guard let mapping = root.mapping else {
@@ -154,8 +155,8 @@ struct ConfigurationFile: Sendable {
         let byName = Dictionary(settings.map { ($0.name, $0) }) { first, _ in first }
         var arguments: [String: [String]] = [:]
         for (keyNode, valueNode) in mapping {
-            let key = keyNode.string ?? "\(keyNode)"
             let place = "\(path):\(keyNode.mark.map { "\($0.line)" } ?? "?")"
+            guard case .scalar = keyNode, let key = keyNode.string else { throw SettingsError("\(place): a setting's name must be a plain word") }
             guard let setting = byName[key] else {
                 let near = settings.map(\.name).filter { editDistance(key, $0) <= 2 }
                 throw SettingsError("\(place): backupd has no setting \"\(key)\""
@@ -165,6 +166,18 @@ struct ConfigurationFile: Sendable {
             arguments[key] = try Self.arguments(setting, valueNode, place: place)
         }
         self.arguments = arguments
+    }
+
+    /// What Yams found wrong, with where, but without the text around it: a line of the file may hold a secret.
+    private static func problem(_ error: any Error) -> String {
+        switch error as? YamlError {
+        case let .scanner(_, problem, mark, _)?, let .parser(_, problem, mark, _)?, let .composer(_, problem, mark, _)?:
+            "\(problem) at line \(mark.line), column \(mark.column)"
+        case let .duplicatedKeysInMapping(duplicates, context)?:
+            "\(duplicates.joined(separator: ", ")) set more than once in the mapping at line \(context.mark.line)"
+        case let .reader(problem, _, _, _)?: problem
+        default: "unreadable"
+        }
     }
 
     private static func arguments(_ setting: Setting, _ node: Node, place: String) throws(SettingsError) -> [String] {
@@ -266,8 +279,12 @@ struct LayeredArguments: Sendable {
                                           environment: [String: String]) -> String? {
         switch origins["config"] {
         case .commandLine:
-            if let index = options.firstIndex(of: "--config") { return options.index(after: index) < options.endIndex ? options[index + 1] : nil }
-            return options.first { $0.hasPrefix("--config=") }.map { String($0.dropFirst("--config=".count)) }
+            // The last given, as ArgumentParser takes it.
+            for (index, option) in options.enumerated().reversed() {
+                if option.hasPrefix("--config=") { return String(option.dropFirst("--config=".count)) }
+                if option == "--config" { return options.dropFirst(index + 1).first }
+            }
+            return nil
         case .environment(let variable): return environment[variable]
         default: return nil
         }
@@ -275,7 +292,13 @@ struct LayeredArguments: Sendable {
 
     /// For an error ArgumentParser found: which of the settings it names came from the environment or the file.
     func origins(namedIn message: String) -> String? {
-        let named = origins.filter { $0.value != .commandLine && message.contains("--\($0.key)") }.sorted { $0.key < $1.key }
+        let named = origins.filter { origin in
+            origin.value != .commandLine && message.ranges(of: "--\(origin.key)").contains { range in
+                // The whole option: --max-connections is not --max-connections-per-peer.
+                range.upperBound == message.endIndex || !(message[range.upperBound].isLetter || message[range.upperBound].isNumber
+                                                           || message[range.upperBound] == "-")
+            }
+        }.sorted { $0.key < $1.key }
         guard !named.isEmpty else { return nil }
         return named.map { "--\($0.key) was set by \($0.value)" }.joined(separator: "; ")
     }
@@ -286,7 +309,7 @@ extension Bool {
     init?(flag: String) {
         switch flag.lowercased() {
         case "true", "1", "yes", "on": self = true
-        case "false", "0", "no", "off", "": self = false
+        case "false", "0", "no", "off": self = false
         default: return nil
         }
     }

@@ -254,7 +254,7 @@ import Testing
         (["--s3-part-size-mib", "4"], "--s3-part-size-mib takes 5 to 5120"),
         (["--blob-store", "/var/blobs"], "--blob-store takes s3://BUCKET/PREFIX"),
         (["--blob-store", "s3://Not_A_Bucket/x"], "\"Not_A_Bucket\" is not an S3 bucket name"),
-        (["--blob-store", "s3://backups/x", "--s3-endpoint", "ftp://store"], "--s3-endpoint: ftp://store is not an http or https URL"),
+        (["--blob-store", "s3://backups/x", "--s3-endpoint", "ftp://store"], "--s3-endpoint is not an http or https URL"),
         (["--blob-store", "s3://backups/x"], "the object store needs an access key id"),
         (["--blob-store", "s3://backups/x", "--s3-access-key-id", "AKIDEXAMPLE"], "the object store needs a secret access key"),
         (["--blob-store", "s3://backups/x", "--s3-credentials-file", "/nonexistent/credentials"], "--s3-credentials-file /nonexistent/credentials cannot be read"),

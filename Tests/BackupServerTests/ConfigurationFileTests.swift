@@ -87,7 +87,8 @@ import Testing
         ("scheduler: maybe\n", "scheduler takes true or false"),
         ("- max-jobs\n", "must be a mapping of setting names to values"),
         ("max-jobs: [\n", "is not YAML"),
-        ("max-jobs: 2\nmax-jobs: 3\n", "duplicated key(s): 'max-jobs'"),
+        ("max-jobs: 2\nmax-jobs: 3\n", "max-jobs set more than once in the mapping at line 1"),
+        ("{a: b}: x\n", "a setting's name must be a plain word"),
         ("config: /etc/other.yaml\n", "backupd has no setting \"config\""),
     ])
     func aBadFileIsRefusedNamingWhatIsWrong(_ file: String, _ message: String) async throws {
@@ -95,6 +96,39 @@ import Testing
         #expect(checked.status != 0)
         #expect(checked.standardError.contains(message), "\(checked.standardError)")
         #expect(!checked.standardError.contains("hunter2"))
+    }
+
+    /// Helper findings: YAML's errors quoted the file's lines, so a catalog password in the file reached the
+    /// terminal and the journal; a repeated --config read one file and reported the other; a FIFO named as the
+    /// file hung both commands; an empty variable turned a switch off.
+    @Test func mistakesInTheFileNeitherQuoteItNorHang() async throws {
+        let secret = "password=in-the-file-\(UInt32.random(in: 0...UInt32.max))"
+        for file in ["catalog: \"host=x \(secret)\"\nmax-jobs: 2\nmax-jobs: 3\n", "catalog: host=x \(secret) : oops\n",
+                     "catalog: [host=x \(secret)\n", "catalog: \"host=x \(secret)\"\nlisten: \u{e9}\n".replacingOccurrences(of: "\u{e9}", with: "\u{1}")] {
+            let checked = try await check(file, Self.certificate)
+            #expect(checked.status != 0 && !(checked.standardOutput + checked.standardError).contains(secret), "\(checked.standardError)")
+        }
+        let scratch = try ScratchDirectory("config")
+        defer { scratch.remove() }
+        let (first, second) = (scratch.path + "/first.yaml", scratch.path + "/second.yaml")
+        try "max-jobs: 5\nblob-dir: /tmp\n".write(toFile: first, atomically: true, encoding: .utf8)
+        try "max-jobs: 6\nblob-dir: /tmp\n".write(toFile: second, atomically: true, encoding: .utf8)
+        let twice = try await runCommand("\(binDirectory)/backupd", ["config", "check", "--config", first, "--config=\(second)"] + Self.certificate,
+                                         environment: Self.catalog)
+        #expect(twice.standardOutput.contains("max-jobs: 6  # \(second)") && twice.standardOutput.contains("config: \"\(second)\""),
+                "\(twice.standardOutput)")
+        let fifo = scratch.path + "/fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let hung = try await runCommand("\(binDirectory)/backupd", ["config", "check", "--config", fifo] + Self.certificate, timeLimit: 20)
+        #expect(hung.status != 0 && hung.standardError.contains("is not a regular file"), "\(hung.standardError)")
+        // What serve would refuse, check refuses: a blob folder it cannot write, a pg_dump that is not there.
+        let unwritable = try await check("blob-dir: /proc/nope\n", Self.certificate)
+        #expect(unwritable.status != 0 && unwritable.standardError.contains("--blob-dir /proc/nope"), "\(unwritable.standardError)")
+        let noTool = try await check("blob-dir: /tmp\npg-dump: /nonexistent/pg_dump\n", Self.certificate)
+        #expect(noTool.status != 0 && noTool.standardError.contains("--pg-dump /nonexistent/pg_dump"), "\(noTool.standardError)")
+        let empty = try await runCommand("\(binDirectory)/backupd", ["config", "check"] + Self.certificate,
+                                         environment: Self.catalog.merging(["BACKUPD_SCHEDULER": ""]) { $1 })
+        #expect(empty.status != 0 && empty.standardError.contains("BACKUPD_SCHEDULER="), "\(empty.standardError)")
     }
 
     @Test func aMissingOrHugeFileIsRefusedAndServeRefusesWhatCheckRefuses() async throws {

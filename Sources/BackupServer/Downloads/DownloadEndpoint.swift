@@ -159,7 +159,7 @@ package struct DownloadEndpoint: Sendable {
             return
         case let .expired(expiredID):
             // Who still holds an old link of a download, and tries it, is its namespace's to know.
-            if let record = try? await catalog.download(id: expiredID) { outbound.note(download: expiredID, namespace: record.namespace) }
+            if let namespace = try? await catalog.namespaceOfDownload(id: expiredID) { outbound.note(download: expiredID, namespace: namespace) }
             try await answer.send(.forbidden, URLRefusal.expired.description, on: outbound)
             return
         case let .signed(signedID, signedFileName):

@@ -28,7 +28,8 @@ public enum ObjectStoreSettings {
         let endpoint = endpoint.isEmpty ? "https://s3.\(region).amazonaws.com" : endpoint
         guard let parts = URLComponents(string: endpoint), ["http", "https"].contains(parts.scheme ?? ""), !(parts.host ?? "").isEmpty,
               parts.query == nil, parts.user == nil, parts.password == nil else {
-            throw .invalid("--s3-endpoint: \(endpoint) is not an http or https URL of a host (without credentials or query)")
+            // Not quoted: credentials or a query put there may be secrets.
+            throw .invalid("--s3-endpoint is not an http or https URL of a host (without credentials or query)")
         }
         return ObjectStoreLocation(endpoint: endpoint, bucket: bucket, prefix: prefix, region: region, pathStyle: pathStyle)
     }
