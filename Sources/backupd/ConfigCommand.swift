@@ -1,4 +1,5 @@
 import ArgumentParser
+import BackupCatalog
 import BackupPostgres
 import BackupServer
 import Foundation
@@ -18,8 +19,10 @@ struct ConfigCommand: AsyncParsableCommand {
 
         func run() async throws {
             // What serve reads before it listens: the catalog's connection string, the download keys, the TLS files, the store's settings.
+            // As serve connects: with what backupd's PG* variables add, and the catalog pool's TCP settings.
+            let catalog: String
             do {
-                _ = try ConnectionString.withoutPassword(options.catalog.catalog)
+                catalog = ConnectionString.adding(Catalog.connectionDefaults, to: try ConnectionString.absorbingEnvironment(options.catalog.catalog))
             } catch {
                 throw ValidationError("--catalog: \(error)")
             }
@@ -44,6 +47,7 @@ struct ConfigCommand: AsyncParsableCommand {
             let settings = Setting.of(ServeOptions.self).filter { !ServeOptions.testOnly.contains($0.name) }
             print("# The settings backupd serve runs with; after each, where it came from. Secrets are redacted.")
             print(SettingsReport.render(settings, values: Setting.values(of: options), origins: layered.origins))
+            print("# The catalog as serve connects to it: \(ConnectionString.redacted(catalog))")
             print("# TLS: \(certificate)")
             if let keys = configuration.downloads.keys {
                 print("# Download keys: \(keys.keys.map(\.id).joined(separator: ", ")); links are signed with \(keys.signer.id)")

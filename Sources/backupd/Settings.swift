@@ -6,7 +6,7 @@ import Yams
 
 /// One setting of a command, read off its options: the name it has on the
 /// command line (without `--`), in the environment and in a configuration file.
-struct Setting: Sendable, Equatable {
+struct Setting: Sendable {
     enum Kind: Sendable { case value, list, flag }
 
     let name: String
@@ -129,12 +129,10 @@ struct SettingsError: Error, CustomStringConvertible {
 /// command does not have is refused rather than ignored, so that a
 /// misspelt limit never silently stays at its default.
 struct ConfigurationFile: Sendable {
-    let path: String
     /// The file's settings as command-line arguments, by setting name.
     let arguments: [String: [String]]
 
     init(path: String, settings: [Setting]) throws(SettingsError) {
-        self.path = path
         let bytes: [UInt8]
         do {
             bytes = try readSmallFile(path, "the configuration file")

@@ -37,6 +37,7 @@ import Testing
         #expect(output.contains("download-keys: \"\(keys)\"  # command line"), "\(output)")
         #expect(output.contains("catalog: \"") && output.contains("password='REDACTED'") && output.contains("\"  # environment BACKUPD_CATALOG"), "\(output)")
         #expect(!output.contains("hunter2"), "\(output)")
+        #expect(output.contains("# The catalog as serve connects to it: ") && output.contains("keepalives_idle='30'"), "\(output)")
         #expect(output.contains("restore-jobs: \(ProcessInfo.processInfo.activeProcessorCount)  # default"), "\(output)")
         #expect(output.contains("# TLS: certificate serial") && output.contains("signed with k1"), "\(output)")
 
@@ -47,6 +48,16 @@ import Testing
         for option in options {
             #expect(output.contains("\n\(option): ") || output.contains("\n# \(option): not set"), "\(option) is missing from config check")
         }
+    }
+
+    /// Helper finding: serve folds backupd's own PG* variables into the catalog's connection string; check shows it so.
+    @Test func checkShowsTheCatalogAsServeConnects() async throws {
+        let checked = try await check("blob-dir: /tmp\n", Self.certificate,
+                                      environment: Self.catalog.merging(["PGPORT": "6543", "PGPASSWORD": "pg-variable-secret"]) { $1 })
+        #expect(checked.status == 0, "\(checked.standardError)")
+        let line = try #require(checked.standardOutput.split(separator: "\n").first { $0.hasPrefix("# The catalog as serve connects") })
+        #expect(line.contains("port='6543'") && line.contains("password='REDACTED'") && !checked.standardOutput.contains("pg-variable-secret"),
+                "\(line)")
     }
 
     @Test func anOptionBeatsItsVariableWhichBeatsTheFile() async throws {
