@@ -9,24 +9,29 @@ import Foundation
 /// alone. An object is
 ///
 ///     magic "BKE1" | salt (16 random bytes) | nonce prefix (7 random bytes)
-///     segment 0 | segment 1 | … | last segment
+///     | address tag (32 bytes) | segment 0 | segment 1 | … | last segment
 ///
 /// where each segment is its ciphertext followed by GCM's 16-byte tag; every
 /// segment holds `segmentSize` bytes of content but the last, which holds 0
 /// to `segmentSize` (an empty blob is one empty last segment). Segment `i`
-/// is sealed under the object's key with the nonce `prefix | i as 4 bytes
-/// big-endian | 1 if last else 0`. The object's key is HKDF-SHA256 of the
-/// namespace's content key, salted with the object's salt, for the blob's
-/// address: an object copied under another address, or into another
-/// namespace, opens with nothing. Cutting segments off, reordering them,
-/// adding some after the last or changing the header fails a tag.
+/// is sealed with the nonce `prefix | i as 4 bytes big-endian | 1 if last
+/// else 0`, under a key HKDF-SHA256 derives from the namespace's content
+/// key and the object's salt. The address tag, an HMAC under a second key
+/// so derived of the header's first 27 bytes and the blob's address, binds
+/// the object to where it is kept: it is known only once the content's hash
+/// is, at the end of a stream, so the header is written last (in place of
+/// the placeholder `ContentSealer.header`). An object copied under another
+/// address or into another namespace, or whose header was changed, opens
+/// with nothing; cutting segments off, reordering them or adding some after
+/// the last fails a segment's tag.
 public enum SegmentedEncryption {
     public static let magic = Array("BKE1".utf8)
     public static let segmentSize = 64 << 10
     public static let saltSize = 16
     public static let noncePrefixSize = 7
     public static let tagSize = 16
-    public static let headerSize = magic.count + saltSize + noncePrefixSize
+    public static let addressTagSize = 32
+    public static let headerSize = magic.count + saltSize + noncePrefixSize + addressTagSize
     static let sealedSegmentSize = segmentSize + tagSize
 
     /// How large the object of `size` bytes of content is.
@@ -70,13 +75,16 @@ public enum SegmentedEncryption {
 public enum SealedContentError: Error, Equatable, CustomStringConvertible {
     /// The header is not this format's, or the object's size is no object's.
     case notSealed
-    /// A segment's tag does not hold: changed, cut, moved, or of another blob or namespace.
+    /// The header's address tag does not hold: another blob's or namespace's object, or a changed header.
+    case notThisBlob
+    /// A segment's tag does not hold: changed, cut, moved, or of another object.
     case segmentDoesNotOpen(UInt64)
 
     public var description: String {
         switch self {
         case .notSealed: "is not an encrypted blob of this format, or was cut"
-        case .segmentDoesNotOpen(let index): "does not open at its segment \(index): changed, cut, moved, or another blob's"
+        case .notThisBlob: "is not this blob's: another blob's or namespace's object, or its header was changed"
+        case .segmentDoesNotOpen(let index): "does not open at its segment \(index): changed, cut, moved, or another object's"
         }
     }
 }
@@ -106,53 +114,68 @@ public struct NamespaceKeys: Sendable {
         ContentHash(digest: Secure.hmacSHA256(key: addressKey.revealed, hash.digest))
     }
 
-    /// The key of the object at `address` whose header carries `salt`.
-    fileprivate func objectKey(address: ContentHash, salt: ArraySlice<UInt8>) -> [UInt8] {
-        HKDF.sha256(secret: contentKey.revealed, salt: Array(salt), info: Array("backupd segment v1".utf8) + address.digest, count: 32)
+    /// The keys of the object whose header carries `salt`: its segments' and its address tag's.
+    fileprivate func objectKeys(salt: ArraySlice<UInt8>) -> (segments: [UInt8], addressTag: [UInt8]) {
+        let keys = HKDF.sha256(secret: contentKey.revealed, salt: Array(salt), info: Array("backupd object keys v1".utf8), count: 64)
+        return (Array(keys.prefix(32)), Array(keys.suffix(32)))
     }
 }
 
+/// The tag binding a header's first bytes to the blob's address.
+private func addressTag(key: [UInt8], header: ArraySlice<UInt8>, address: ContentHash) -> [UInt8] {
+    Secure.hmacSHA256(key: key, Array(header.prefix(SegmentedEncryption.headerSize - SegmentedEncryption.addressTagSize)) + address.digest)
+}
+
 /// Seals content as it comes, a segment at a time. The last segment is
-/// held back until `finish`, which alone knows it is the last.
+/// held back until `finish`, which alone knows it is the last, and which
+/// gives the header to write in place of the placeholder written first.
 public final class ContentSealer {
     private let key: [UInt8]
+    private let addressTagKey: [UInt8]
     private let noncePrefix: [UInt8]
-    private var pending: [UInt8] = []
+    /// The segment being filled: its first `filled` bytes.
+    private var pending = [UInt8](repeating: 0, count: SegmentedEncryption.segmentSize)
+    private var filled = 0
     private var index: UInt32 = 0
-    /// What to write first: the object's header.
+    /// What to write first: the header, its address tag zeros until `finish`.
     public let header: [UInt8]
 
-    public init(keys: NamespaceKeys, address: ContentHash) {
+    public init(keys: NamespaceKeys) {
         let salt = Secure.randomBytes(SegmentedEncryption.saltSize)
         noncePrefix = Secure.randomBytes(SegmentedEncryption.noncePrefixSize)
-        key = keys.objectKey(address: address, salt: salt[...])
-        header = SegmentedEncryption.magic + salt + noncePrefix
-        pending.reserveCapacity(SegmentedEncryption.segmentSize)
+        (key, addressTagKey) = keys.objectKeys(salt: salt[...])
+        header = SegmentedEncryption.magic + salt + noncePrefix + [UInt8](repeating: 0, count: SegmentedEncryption.addressTagSize)
     }
 
     /// Takes `bytes` of content; returns the segments they completed, sealed.
     public func seal(_ bytes: UnsafeRawBufferPointer) -> [UInt8] {
         var sealed: [UInt8] = []
-        var rest = bytes[...]
-        while !rest.isEmpty {
+        var rest = bytes
+        while let source = rest.baseAddress, !rest.isEmpty {
             // A full segment is sealed only once more content follows it: until then it may be the last.
-            if pending.count == SegmentedEncryption.segmentSize {
+            if filled == SegmentedEncryption.segmentSize {
                 sealed += sealSegment(last: false)
             }
-            let taken = rest.prefix(SegmentedEncryption.segmentSize - pending.count)
-            pending += taken
-            rest = rest.dropFirst(taken.count)
+            let count = min(SegmentedEncryption.segmentSize - filled, rest.count)
+            pending.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: filled).copyMemory(from: source, byteCount: count) }
+            filled += count
+            rest = UnsafeRawBufferPointer(rebasing: rest[count...])
         }
         return sealed
     }
 
-    /// Seals what is held back as the last segment.
-    public func finish() -> [UInt8] { sealSegment(last: true) }
+    /// Seals what is held back as the last segment, and makes the header
+    /// of the blob kept at `address` (its content's, as the namespace addresses it).
+    public func finish(address: ContentHash) -> (lastSegment: [UInt8], header: [UInt8]) {
+        let tag = addressTag(key: addressTagKey, header: header[...], address: address)
+        return (sealSegment(last: true), Array(header.dropLast(SegmentedEncryption.addressTagSize)) + tag)
+    }
 
     private func sealSegment(last: Bool) -> [UInt8] {
         precondition(index < UInt32.max, "a blob of more than 256 TiB")
-        let sealed = AES256GCM.seal(pending, key: key, nonce: segmentNonce(noncePrefix, index: UInt64(index), last: last))
-        pending.removeAll(keepingCapacity: true)
+        let nonce = segmentNonce(noncePrefix, index: UInt64(index), last: last)
+        let sealed = pending.withUnsafeBytes { AES256GCM.seal(UnsafeRawBufferPointer(rebasing: $0.prefix(filled)), key: key, nonce: nonce) }
+        filled = 0
         index += 1
         return sealed
     }
@@ -175,8 +198,14 @@ public struct ContentOpener: Sendable {
             throw .notSealed
         }
         let salt = header.dropFirst(SegmentedEncryption.magic.count).prefix(SegmentedEncryption.saltSize)
-        key = Secret(keys.objectKey(address: address, salt: salt))
-        noncePrefix = Array(header.suffix(SegmentedEncryption.noncePrefixSize))
+        let (segmentKey, addressTagKey) = keys.objectKeys(salt: salt)
+        let expected = addressTag(key: addressTagKey, header: header[...], address: address)
+        guard CRYPTO_memcmp(expected, Array(header.suffix(SegmentedEncryption.addressTagSize)), expected.count) == 0 else {
+            throw .notThisBlob
+        }
+        key = Secret(segmentKey)
+        noncePrefix = Array(header.dropFirst(SegmentedEncryption.magic.count + SegmentedEncryption.saltSize)
+            .prefix(SegmentedEncryption.noncePrefixSize))
         self.contentSize = contentSize
     }
 
@@ -199,14 +228,15 @@ private func segmentNonce(_ prefix: [UInt8], index: UInt64, last: Bool) -> [UInt
 
 /// AES-256-GCM from OpenSSL, one message at a time: the tag follows the ciphertext.
 enum AES256GCM {
-    static func seal(_ plaintext: [UInt8], key: [UInt8], nonce: [UInt8]) -> [UInt8] {
+    static func seal(_ plaintext: UnsafeRawBufferPointer, key: [UInt8], nonce: [UInt8]) -> [UInt8] {
         let context = EVP_CIPHER_CTX_new()
         defer { EVP_CIPHER_CTX_free(context) }
         var sealed = [UInt8](repeating: 0, count: plaintext.count + SegmentedEncryption.tagSize)
         var length: Int32 = 0, final: Int32 = 0
+        let input = plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self)
         let done = sealed.withUnsafeMutableBufferPointer { out -> Bool in
             EVP_EncryptInit_ex(context, EVP_aes_256_gcm(), nil, key, nonce) == 1
-                && EVP_EncryptUpdate(context, out.baseAddress, &length, plaintext, Int32(plaintext.count)) == 1
+                && EVP_EncryptUpdate(context, out.baseAddress, &length, input, Int32(plaintext.count)) == 1
                 && EVP_EncryptFinal_ex(context, out.baseAddress! + Int(length), &final) == 1
                 && EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_AEAD_GET_TAG, Int32(SegmentedEncryption.tagSize),
                                        out.baseAddress! + plaintext.count) == 1

@@ -35,8 +35,8 @@ import Testing
     @Test func aesGCMMatchesTheSpecificationsVectors() {
         // Test cases 13 and 14 of McGrew and Viega's GCM specification: a zero key and nonce.
         let key = [UInt8](repeating: 0, count: 32), nonce = [UInt8](repeating: 0, count: 12)
-        #expect(AES256GCM.seal([], key: key, nonce: nonce) == bytes("530f8afbc74536b9a963b4f1c4cb738b"))
-        let sealed = AES256GCM.seal([UInt8](repeating: 0, count: 16), key: key, nonce: nonce)
+        #expect([UInt8]().withUnsafeBytes { AES256GCM.seal($0, key: key, nonce: nonce) } == bytes("530f8afbc74536b9a963b4f1c4cb738b"))
+        let sealed = [UInt8](repeating: 0, count: 16).withUnsafeBytes { AES256GCM.seal($0, key: key, nonce: nonce) }
         #expect(sealed == bytes("cea7403d4d606b6e074ec5d3baf39d18d0d1c8a799996bf0265b98b5d48ab919"))
         #expect(AES256GCM.open(sealed, key: key, nonce: nonce) == [UInt8](repeating: 0, count: 16))
     }
@@ -44,14 +44,17 @@ import Testing
     let keys = NamespaceKeys(dataKey: NamespaceKeys.newDataKey())
     let address = ContentHash.of(Array("some content".utf8))
 
-    /// `content` sealed as a stream, fed in pieces of `piece` bytes.
-    private func sealed(_ content: [UInt8], piece: Int = 10_000, keys: NamespaceKeys? = nil, address: ContentHash? = nil) -> [UInt8] {
-        let sealer = ContentSealer(keys: keys ?? self.keys, address: address ?? self.address)
+    /// `content` sealed as a stream, fed in pieces of `piece` bytes: the
+    /// placeholder header first, the real one written over it at the end.
+    private func sealed(_ content: [UInt8], piece: Int = 10_000) -> [UInt8] {
+        let sealer = ContentSealer(keys: keys)
         var object = sealer.header
         for start in stride(from: 0, to: content.count, by: piece) {
             object += content[start..<min(start + piece, content.count)].withUnsafeBytes { sealer.seal($0) }
         }
-        return object + sealer.finish()
+        let (last, header) = sealer.finish(address: address)
+        object.replaceSubrange(0..<SegmentedEncryption.headerSize, with: header)
+        return object + last
     }
 
     /// The content of `object`, opened segment by segment.
@@ -112,11 +115,21 @@ import Testing
         var flipped = object
         flipped[SegmentedEncryption.headerSize + segment + 7] ^= 0x20
         #expect(refusal(flipped) == .segmentDoesNotOpen(1))
-        for place in [0, SegmentedEncryption.magic.count + 1, SegmentedEncryption.headerSize - 1] {
+        var magic = object
+        magic[0] ^= 1
+        #expect(refusal(magic) == .notSealed)
+        // Salt, nonce prefix or the address tag itself.
+        for place in [SegmentedEncryption.magic.count + 1, SegmentedEncryption.magic.count + SegmentedEncryption.saltSize + 2,
+                      SegmentedEncryption.headerSize - 1] {
             var header = object
             header[place] ^= 1
-            #expect(refusal(header) != nil, "a change at \(place) of the header")
+            #expect(refusal(header) == .notThisBlob, "a change at \(place) of the header")
         }
+        // An object whose header was never written over (a write cut before its end).
+        var placeholder = object
+        placeholder.replaceSubrange((SegmentedEncryption.headerSize - SegmentedEncryption.addressTagSize)..<SegmentedEncryption.headerSize,
+                                    with: [UInt8](repeating: 0, count: SegmentedEncryption.addressTagSize))
+        #expect(refusal(placeholder) == .notThisBlob)
         // Cut at a segment's edge: what is now the last segment was not sealed as the last.
         let cut = Array(object.prefix(SegmentedEncryption.headerSize + 3 * segment))
         #expect(refusal(cut) == .segmentDoesNotOpen(2))
@@ -130,8 +143,8 @@ import Testing
         // Segments added after the last.
         #expect(refusal(object + Array(object[first..<(first + segment)])) != nil)
         // The object under another address (another blob's), or read with another namespace's keys.
-        #expect(refusal(object, address: ContentHash.of(Array("other".utf8))) == .segmentDoesNotOpen(0))
-        #expect(refusal(object, keys: NamespaceKeys(dataKey: NamespaceKeys.newDataKey())) == .segmentDoesNotOpen(0))
+        #expect(refusal(object, address: ContentHash.of(Array("other".utf8))) == .notThisBlob)
+        #expect(refusal(object, keys: NamespaceKeys(dataKey: NamespaceKeys.newDataKey())) == .notThisBlob)
         #expect(try opened(object) == content)
     }
 
