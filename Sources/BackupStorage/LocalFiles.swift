@@ -334,6 +334,26 @@ public enum FileSystem {
         }
     }
 
+    /// Whether a folder can be made at `path`, or in it if it is one: tried
+    /// in its nearest existing folder and removed again, since permissions
+    /// alone do not say so (root, read-only and virtual file systems).
+    public static func canMakeFolder(at path: String) -> Bool {
+        var folder = path.isEmpty ? "." : path
+        while access(folder, F_OK) != 0, folder != "/" {
+            folder = folder.contains("/") ? String(folder[..<folder.lastIndex(of: "/")!]) : "."
+            if folder.isEmpty { folder = "/" }
+        }
+        var template = Array("\(folder)/.backupd-check-XXXXXX".utf8CString)
+        return template.withUnsafeMutableBufferPointer { buffer in
+            guard let made = mkdtemp(buffer.baseAddress!) else { return false }
+            rmdir(made)
+            return true
+        }
+    }
+
+    /// Whether the program at `path` may be run.
+    public static func isExecutable(_ path: String) -> Bool { access(path, X_OK) == 0 }
+
     /// What is at `path` (a link is `other`), or nil when nothing is.
     public static func entry(at path: String) -> Entry? {
         var info = stat()
@@ -481,4 +501,41 @@ public struct FileOwner: Sendable, Equatable {
         }
         guard fchmod(descriptor, mode) == 0 else { throw .cannotWrite(path: path, errno: errno) }
     }
+}
+
+/// The most a key, certificate or configuration file may hold: far more
+/// than any real one, little enough that reading a wrong file (a disk
+/// image, `/dev/zero`) is refused at once rather than parsed for minutes.
+public let maximumKeyFileBytes = 1 << 20
+
+/// A file an operator names (a key file, a certificate, the
+/// configuration), read whole, of at most `maximumKeyFileBytes`. Links are
+/// followed (certificates often live in a renewal tool's folder of links);
+/// only a regular file is read, opened without blocking, so a FIFO or a
+/// terminal named by mistake is refused rather than waited on. Errors name
+/// `what` and the path.
+public func readSmallFile(_ path: String, _ what: String) throws(BackupError) -> [UInt8] {
+    let descriptor: FileDescriptor
+    do {
+        descriptor = try FileDescriptor.open(path, .readOnly, options: [.nonBlocking, .closeOnExec])
+    } catch {
+        throw .invalidArgument("cannot read \(what) \(path): \(error)")
+    }
+    defer { try? descriptor.close() }
+    guard (try? descriptor.stat().type) == .regular else { throw .invalidArgument("\(what) \(path) is not a regular file") }
+    var bytes = [UInt8](repeating: 0, count: maximumKeyFileBytes + 1)
+    var count = 0
+    do {
+        while count < bytes.count {
+            let read = try bytes.withUnsafeMutableBytes { try descriptor.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[count...])) }
+            if read == 0 { break }
+            count += read
+        }
+    } catch {
+        throw .invalidArgument("cannot read \(what) \(path): \(error)")
+    }
+    guard count <= maximumKeyFileBytes else {
+        throw .invalidArgument("\(what) \(path) is larger than \(maximumKeyFileBytes >> 20) MiB")
+    }
+    return Array(bytes.prefix(count))
 }

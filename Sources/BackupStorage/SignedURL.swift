@@ -87,33 +87,3 @@ public struct URLSigningKeys: Sendable {
     }
 }
 
-/// The most a key or certificate file may hold: far more than any real one,
-/// little enough that reading a wrong file (a disk image, `/dev/zero`) is
-/// refused at once rather than parsed for minutes.
-public let maximumKeyFileBytes = 1 << 20
-
-/// A configuration file's bytes, refused past `maximumKeyFileBytes`;
-/// errors name `what` and the path.
-public func readSmallFile(_ path: String, _ what: String) throws(BackupError) -> [UInt8] {
-    // O_NONBLOCK: a FIFO or a terminal named by mistake must not wait for a writer; only a regular file is read.
-    let descriptor = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
-    guard descriptor >= 0 else { throw .invalidArgument("cannot read \(what) \(path): \(String(cString: strerror(errno)))") }
-    var status = stat()
-    guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
-        close(descriptor)
-        throw .invalidArgument("\(what) \(path) is not a regular file")
-    }
-    let handle = FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
-    defer { try? handle.close() }
-    let data: Data?
-    do {
-        data = try handle.read(upToCount: maximumKeyFileBytes + 1)
-    } catch {
-        throw .invalidArgument("cannot read \(what) \(path): \(error.localizedDescription)")
-    }
-    let bytes = [UInt8](data ?? Data())
-    guard bytes.count <= maximumKeyFileBytes else {
-        throw .invalidArgument("\(what) \(path) is larger than \(maximumKeyFileBytes >> 20) MiB")
-    }
-    return bytes
-}

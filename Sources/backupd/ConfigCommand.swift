@@ -2,6 +2,7 @@ import ArgumentParser
 import BackupCatalog
 import BackupPostgres
 import BackupServer
+import BackupStorage
 import Foundation
 
 /// `backupd config check`: what `serve` would run with, checked and shown,
@@ -30,9 +31,9 @@ struct ConfigCommand: AsyncParsableCommand {
             _ = try options.blobStore.objectStore()
             // The folders serve writes to, and the tools its jobs run (helper finding: check passed what serve refused).
             let blobDir = options.blobStore.blobDir
-            guard Self.canCreate(in: blobDir) else { throw ValidationError("--blob-dir \(blobDir) is not a folder backupd can make or write to") }
+            guard FileSystem.canMakeFolder(at: blobDir) else { throw ValidationError("--blob-dir \(blobDir) is not a folder backupd can make or write to") }
             if options.jobs.maxJobs > 0 {
-                for (flag, tool) in [("--pg-dump", options.jobs.pgDump), ("--pg-restore", options.jobs.pgRestore)] where access(tool, X_OK) != 0 {
+                for (flag, tool) in [("--pg-dump", options.jobs.pgDump), ("--pg-restore", options.jobs.pgRestore)] where !FileSystem.isExecutable(tool) {
                     throw ValidationError("\(flag) \(tool) is not a program backupd can run")
                 }
             }
@@ -53,19 +54,6 @@ struct ConfigCommand: AsyncParsableCommand {
                 print("# Download keys: \(keys.keys.map(\.id).joined(separator: ", ")); links are signed with \(keys.signer.id)")
             } else {
                 print("# Download keys: none; downloads are refused")
-            }
-        }
-
-        /// Whether a folder can be made in `path`'s nearest existing folder (or in it): tried, and removed again,
-        /// since permissions alone do not say so (root, read-only and virtual file systems).
-        static func canCreate(in path: String) -> Bool {
-            var folder = path.isEmpty ? "." : path
-            while !FileManager.default.fileExists(atPath: folder), folder != "/" { folder = (folder as NSString).deletingLastPathComponent }
-            var template = Array("\(folder)/.backupd-check-XXXXXX".utf8CString)
-            return template.withUnsafeMutableBufferPointer { buffer in
-                guard let made = mkdtemp(buffer.baseAddress!) else { return false }
-                rmdir(made)
-                return true
             }
         }
     }
