@@ -11,6 +11,11 @@ cd "$dir"
 if [ ! -s download-keys ]; then
   (umask 077; printf 'dev-%s = %s\n' "$(date +%Y%m%d)" "$(openssl rand -base64 32)" > download-keys)
 fi
+# The master key that wraps each namespace's data key (encryption at rest), made once and kept: a new one
+# would leave what the old one wrapped unreadable.
+if [ ! -s storage-keys ]; then
+  (umask 077; printf 'dev-%s = %s\n' "$(date +%Y%m%d)" "$(openssl rand -base64 32)" > storage-keys)
+fi
 if [ -f server.crt ] && [ -f server.key ] && [ -f client.crt ] && openssl x509 -checkend 86400 -noout -in server.crt >/dev/null 2>&1; then
   exit 0
 fi

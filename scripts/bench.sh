@@ -7,6 +7,7 @@
 #                                           its file phase vs restic's second `restic backup`
 #   NIGHTS nightly backups              vs  one pg_dump -Fc + tar czf copy (bytes)
 #   restore (database + files)          vs  createdb + pg_restore --jobs=2 + tar xzf
+#   full backup, next backup, restore   encrypted (--storage-keys) vs the same unencrypted
 #   download archive preparation        vs  tar czf of the same dump and files
 #   signed-URL download (curl)          vs  nginx serving the same file over HTTPS (curl)
 #   upload with validation (backupctl)  vs  the download of the same archive
@@ -205,6 +206,31 @@ restore_local=$ours
 row "backupd restore" "$(seconds "$ours")"
 row "createdb + pg_restore --jobs=2 + tar xzf" "$(seconds "$theirs")"
 verdict "ratio" "$(ratio "$ours" "$theirs")" "<= 0.85"
+
+section "encryption at rest (--storage-keys): the same full backup, next backup and restore with and without it; $RUNS runs each, interleaved, medians"
+# Prints the seconds of a full backup, of the next one (nothing changed) and of the full one's restore, on a fresh server.
+encryption_run() {
+  local full next restore id
+  full=$(timed backup app)
+  id=$(json '["id"]' < "$work/last-backup.json")
+  next=$(timed backup app)
+  ctl env stop bench/app >/dev/null
+  restore=$(timed ctl restore "$id" --to app --wait --json)
+  ctl env start bench/app >/dev/null
+  echo "$full $next $restore"
+}
+: > "$work/encryption-off"; : > "$work/encryption-on"
+for run in $(seq 1 "$RUNS"); do
+  serve; encryption_run >> "$work/encryption-off"
+  serve --storage-keys "$(pwd)/certs/dev/storage-keys"; encryption_run >> "$work/encryption-on"
+done
+column_median() { awk -v column="$2" '{ print $column }' "$1" | median; }
+for measure in "1:full backup" "2:next backup, nothing changed" "3:restore of the full backup"; do
+  off=$(column_median "$work/encryption-off" "${measure%%:*}"); on=$(column_median "$work/encryption-on" "${measure%%:*}")
+  row "${measure#*:}, unencrypted" "$(seconds "$off")"
+  row "${measure#*:}, encrypted" "$(seconds "$on")"
+  verdict "ratio encrypted / unencrypted" "$(ratio "$on" "$off")" "<= 1.15"
+done
 
 section "download archive preparation; $RUNS backups, medians"
 ours=(); theirs=()

@@ -12,6 +12,7 @@ export BACKUPD_BLOB_DIR=$VAR/blobs
 export BACKUPD_TLS_CERT=$(pwd)/certs/dev/server.crt
 export BACKUPD_TLS_KEY=$(pwd)/certs/dev/server.key
 export BACKUPD_DOWNLOAD_KEYS=$(pwd)/certs/dev/download-keys
+export BACKUPD_STORAGE_KEYS=$(pwd)/certs/dev/storage-keys
 
 if [ ! -s "$VAR/admin.token" ]; then
   "$BIN/backupd" token create --namespace demo --role admin --name demo-admin > "$VAR/admin.token"

@@ -180,8 +180,8 @@ extension Catalog {
             throw BackupError.failedPrecondition("backup \(snapshotID) has no database dump")
         }
         let chunks = try connection.query("""
-            SELECT c.sha256, c.size, c.blob_sha256, c.compressed, b.size AS blob_size
-            FROM dump_chunks c JOIN blobs b ON b.sha256 = c.blob_sha256
+            SELECT c.sha256, c.size, c.blob_sha256, c.blob, c.compressed, b.size AS blob_size
+            FROM dump_chunks c JOIN blobs b ON b.sha256 = c.blob
             WHERE c.snapshot_id = $1 ORDER BY c.position
             """, snapshotID).compactMap(dumpChunk)
         guard !chunks.isEmpty else { return .blob(StoredBlob(hash: sha256, size: snapshot.uint64("database_bytes"))) }
@@ -193,8 +193,8 @@ extension Catalog {
     public func knownDumpChunks(namespace: String, environment: String) async throws -> [ContentHash: DumpChunk] {
         try await pool.withConnection { connection in
             let rows = try connection.query("""
-                SELECT DISTINCT c.sha256, c.size, c.blob_sha256, c.compressed, b.size AS blob_size
-                FROM dump_chunks c JOIN blobs b ON b.sha256 = c.blob_sha256
+                SELECT DISTINCT c.sha256, c.size, c.blob_sha256, c.blob, c.compressed, b.size AS blob_size
+                FROM dump_chunks c JOIN blobs b ON b.sha256 = c.blob
                 WHERE c.snapshot_id = (SELECT s.id FROM snapshots s JOIN environments e ON e.id = s.environment_id
                                        WHERE e.namespace = $1 AND e.name = $2 AND s.status = '\(BackupStatus.finished)' ORDER BY s.seq DESC LIMIT 1)
                 """, namespace, environment)
@@ -203,8 +203,9 @@ extension Catalog {
     }
 
     private static func dumpChunk(_ row: PostgresRow) -> DumpChunk? {
-        guard let sha256 = ContentHash(hex: row.string("sha256")), let blob = ContentHash(hex: row.string("blob_sha256")) else { return nil }
-        return DumpChunk(sha256: sha256, size: row.uint64("size"), blob: StoredBlob(hash: blob, size: row.uint64("blob_size")),
+        guard let sha256 = ContentHash(hex: row.string("sha256")), let blob = ContentHash(hex: row.string("blob_sha256")),
+              let name = ContentHash(hex: row.string("blob")) else { return nil }
+        return DumpChunk(sha256: sha256, size: row.uint64("size"), blob: StoredBlob(hash: blob, size: row.uint64("blob_size"), name: name),
                          compressed: row.bool("compressed"))
     }
 

@@ -19,7 +19,8 @@ extension Catalog {
     /// died) holds before another collection takes the blob over.
     static let staleBlobClaim = "15 minutes"
 
-    /// Marks `blobs` used now and returns those a collection has claimed,
+    /// Marks `blobs` used now (their rows go by the name the store keeps
+    /// them under) and returns the names of those a collection has claimed,
     /// which the caller must take as gone. A claim older than
     /// `staleBlobClaim` is its dead process's and is taken back: the blob is
     /// the caller's again (its content there or not, as the caller finds). One row per content, however
@@ -29,7 +30,7 @@ extension Catalog {
     /// a known hash with a false size changes no row another backup reads.
     public func markBlobsUsed(_ blobs: [StoredBlob], sizesVerified verified: Bool = true) async throws -> Set<ContentHash> {
         var seen = Set<ContentHash>()
-        let distinct = blobs.filter { seen.insert($0.hash).inserted }
+        let distinct = blobs.filter { seen.insert($0.name).inserted }
         guard !distinct.isEmpty else { return [] }
         return try await pool.withConnection(idempotent: true) { connection in
             var claimed = Set<ContentHash>()
@@ -42,7 +43,7 @@ extension Catalog {
                         collecting_since = CASE WHEN blobs.collecting_since < now() - interval '\(Self.staleBlobClaim)' THEN NULL
                                                 ELSE blobs.collecting_since END
                     RETURNING sha256, collecting_since IS NOT NULL AS claimed
-                    """, batch.map(\.hash.hex), batch.map { String($0.size) })
+                    """, batch.map(\.name.hex), batch.map { String($0.size) })
                 claimed.formUnion(rows.filter { $0.bool("claimed") }.compactMap { ContentHash(hex: $0.string("sha256")) })
             }
             return claimed
@@ -68,13 +69,13 @@ extension Catalog {
                     WHERE \(claimable) AND sha256 IN (
                       SELECT b.sha256 FROM blobs b
                       WHERE b.used_at < now() - make_interval(secs => $1::float8) AND \(claimable)
-                      AND NOT EXISTS (SELECT 1 FROM snapshot_files f WHERE f.sha256 = b.sha256)
+                      AND NOT EXISTS (SELECT 1 FROM snapshot_files f WHERE f.blob = b.sha256)
                       AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.dump_sha256 = b.sha256
                                       AND NOT EXISTS (SELECT 1 FROM dump_chunks d WHERE d.snapshot_id = s.id))
-                      AND NOT EXISTS (SELECT 1 FROM dump_chunks c WHERE c.blob_sha256 = b.sha256)
-                      AND NOT EXISTS (SELECT 1 FROM archives a WHERE a.sha256 = b.sha256 AND a.state = '\(DownloadRecord.State.ready)')
+                      AND NOT EXISTS (SELECT 1 FROM dump_chunks c WHERE c.blob = b.sha256)
+                      AND NOT EXISTS (SELECT 1 FROM archives a WHERE a.blob = b.sha256 AND a.state = '\(DownloadRecord.State.ready)')
                       AND NOT EXISTS (SELECT 1 FROM upload_segments s JOIN uploads u ON u.id = s.upload_id
-                                      WHERE s.sha256 = b.sha256 AND u.state IN \(UploadState.unfinished.sql))
+                                      WHERE s.blob = b.sha256 AND u.state IN \(UploadState.unfinished.sql))
                       LIMIT $2 FOR UPDATE SKIP LOCKED)
                     RETURNING sha256
                     """, fenceAge, limit).compactMap { ContentHash(hex: $0.string("sha256")) }

@@ -34,6 +34,8 @@ public struct DownloadRecord: Sendable, Equatable {
 /// What an archive job needs to write its archive.
 public struct ArchiveWork: Sendable {
     public let archiveID: String
+    /// The backup's namespace, whose content the archive is.
+    public let namespace: String
     public let databaseOnly: Bool
     /// Bytes reserved in the archive cache: what the archive may grow to.
     public let reservedBytes: UInt64
@@ -201,8 +203,9 @@ extension Catalog {
                        s.file_count, s.package_version, s.postgres_version, s.source_database_bytes,
                        unix_ms(s.created_at) AS created_ms,
                        to_char(s.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS created_at,
-                       extract(epoch FROM s.finished_at - s.created_at)::bigint AS duration
-                FROM archives a JOIN snapshots s ON s.id = a.snapshot_id WHERE a.job_id = $1
+                       extract(epoch FROM s.finished_at - s.created_at)::bigint AS duration, e.namespace
+                FROM archives a JOIN snapshots s ON s.id = a.snapshot_id JOIN environments e ON e.id = s.environment_id
+                WHERE a.job_id = $1
                 """, jobID).first else {
                 throw BackupError.notFound("archive job \(jobID) has no archive to prepare (its backup was deleted)")
             }
@@ -219,7 +222,7 @@ extension Catalog {
                 "fileCount": row.string("file_count"),
             ]
             return ArchiveWork(
-                archiveID: row.string("id"), databaseOnly: row.bool("database_only"), reservedBytes: row.uint64("size"),
+                archiveID: row.string("id"), namespace: row.string("namespace"), databaseOnly: row.bool("database_only"), reservedBytes: row.uint64("size"),
                 archive: SnapshotArchive(metadata: metadata, dump: try Self.storedDump(connection, snapshotID: row.string("snapshot_id")),
                                          files: files, modified: row.int64("created_ms") / 1000))
         }
@@ -227,12 +230,14 @@ extension Catalog {
 
     /// Ends an archive job: its archive is ready, and every download waiting
     /// for it gets its URL's expiry from now.
-    public func finishArchive(jobID: String, owner: String, size: UInt64, sha256: ContentHash) async throws {
+    public func finishArchive(jobID: String, owner: String, blob: StoredBlob) async throws {
+        let (size, sha256) = (blob.size, blob.hash)
         try await pool.callTransaction(idempotent: true) { connection in
             guard let archive = try connection.query("""
-                UPDATE archives SET state = '\(DownloadRecord.State.ready)', size = $2, sha256 = $3, ready_at = now() WHERE job_id = $1 AND state = '\(DownloadRecord.State.preparing)'
+                UPDATE archives SET state = '\(DownloadRecord.State.ready)', size = $2, sha256 = $3, blob = $4, ready_at = now()
+                WHERE job_id = $1 AND state = '\(DownloadRecord.State.preparing)'
                 RETURNING id
-                """, jobID, size, sha256.hex).first else {
+                """, jobID, size, sha256.hex, blob.name.hex).first else {
                 throw BackupError.failedPrecondition("archive job \(jobID) has no archive being prepared")
             }
             try connection.query("""
@@ -245,8 +250,8 @@ extension Catalog {
     /// The ready archives and their blobs, for finding any the store lost.
     public func readyArchives() async throws -> [(id: String, blob: ContentHash)] {
         try await pool.withConnection(idempotent: true) { connection in
-            try connection.query("SELECT id, sha256 FROM archives WHERE state = '\(DownloadRecord.State.ready)'").compactMap { row in
-                ContentHash(hex: row.string("sha256")).map { (row.string("id"), $0) }
+            try connection.query("SELECT id, blob FROM archives WHERE state = '\(DownloadRecord.State.ready)'").compactMap { row in
+                ContentHash(hex: row.string("blob")).map { (row.string("id"), $0) }
             }
         }
     }

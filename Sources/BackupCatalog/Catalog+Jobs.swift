@@ -209,9 +209,9 @@ extension Catalog {
         for start in stride(from: 0, to: manifest.files.count, by: insertBatch) {
             let batch = manifest.files[start..<min(start + insertBatch, manifest.files.count)]
             try connection.query("""
-                INSERT INTO snapshot_files (snapshot_id, storage_key, sha256, size)
-                SELECT $1, key, sha256, size::bigint FROM unnest($2::text[], $3::text[], $4::text[]) AS f(key, sha256, size)
-                """, snapshotID, batch.map(\.key), batch.map(\.blob.hash.hex), batch.map { String($0.blob.size) })
+                INSERT INTO snapshot_files (snapshot_id, storage_key, sha256, size, blob)
+                SELECT $1, key, sha256, size::bigint, blob FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS f(key, sha256, size, blob)
+                """, snapshotID, batch.map(\.key), batch.map(\.blob.hash.hex), batch.map { String($0.blob.size) }, batch.map(\.blob.name.hex))
         }
         try connection.query("""
             UPDATE snapshots SET status = '\(BackupStatus.finished)', finished_at = now(),
@@ -224,11 +224,12 @@ extension Catalog {
             manifest.deletedDuringBackup.count, manifest.changedDuringBackup.count, warning)
         if case .chunks(_, _, let chunks) = manifest.dump, !chunks.isEmpty {
             try connection.query("""
-                INSERT INTO dump_chunks (snapshot_id, position, sha256, size, blob_sha256, compressed)
-                SELECT $1, position - 1, sha256, size::bigint, blob, compressed
-                FROM unnest($2::text[], $3::text[], $4::text[], $5::boolean[]) WITH ORDINALITY AS c(sha256, size, blob, compressed, position)
+                INSERT INTO dump_chunks (snapshot_id, position, sha256, size, blob_sha256, compressed, blob)
+                SELECT $1, position - 1, sha256, size::bigint, blob_sha256, compressed, blob
+                FROM unnest($2::text[], $3::text[], $4::text[], $5::boolean[], $6::text[])
+                    WITH ORDINALITY AS c(sha256, size, blob_sha256, compressed, blob, position)
                 """, snapshotID, chunks.map(\.sha256.hex), chunks.map { String($0.size) }, chunks.map(\.blob.hash.hex),
-                chunks.map { $0.compressed ? "true" : "false" })
+                chunks.map { $0.compressed ? "true" : "false" }, chunks.map(\.blob.name.hex))
         }
         try dateExpiry(connection, snapshotID: snapshotID)
         return "\(manifest.files.count) files, \(manifest.dump.size + filesBytes) bytes" + (warning.isEmpty ? "" : "; warning: \(warning)")

@@ -163,14 +163,14 @@ extension Catalog {
             let claimed = try connection.query("""
                 INSERT INTO blobs (sha256, size) VALUES ($1, $2) ON CONFLICT (sha256) DO UPDATE SET used_at = now(), size = excluded.size
                 RETURNING collecting_since IS NOT NULL AS claimed
-                """, blob.hash.hex, blob.size)[0].bool("claimed")
+                """, blob.name.hex, blob.size)[0].bool("claimed")
             guard !claimed else {
                 throw BackupError.unavailable("the server is removing content identical to these chunks from its storage just now; "
                                               + "send them again in a few seconds")
             }
             try connection.query("DELETE FROM upload_segments WHERE upload_id = $1 AND first_byte >= $2", uploadID, first)
-            try connection.query("INSERT INTO upload_segments (upload_id, first_byte, size, sha256) VALUES ($1, $2, $3, $4)",
-                                 uploadID, first, blob.size, blob.hash.hex)
+            try connection.query("INSERT INTO upload_segments (upload_id, first_byte, size, sha256, blob) VALUES ($1, $2, $3, $4, $5)",
+                                 uploadID, first, blob.size, blob.hash.hex, blob.name.hex)
             return true
         }
     }
@@ -180,14 +180,15 @@ extension Catalog {
     public func uploadSegments(uploadID: String, received: UInt64) async throws -> [StoredBlob] {
         let rows = try await pool.withConnection(idempotent: true) { connection in
             try connection.query("""
-                SELECT first_byte, size, sha256 FROM upload_segments WHERE upload_id = $1 AND first_byte < $2 ORDER BY first_byte
+                SELECT first_byte, size, sha256, blob FROM upload_segments WHERE upload_id = $1 AND first_byte < $2 ORDER BY first_byte
                 """, uploadID, received)
         }
         var end: UInt64 = 0
         let segments = rows.compactMap { row -> StoredBlob? in
-            guard row.uint64("first_byte") == end, let hash = ContentHash(hex: row.string("sha256")) else { return nil }
+            guard row.uint64("first_byte") == end, let hash = ContentHash(hex: row.string("sha256")),
+                  let name = ContentHash(hex: row.string("blob")) else { return nil }
             end += row.uint64("size")
-            return StoredBlob(hash: hash, size: row.uint64("size"))
+            return StoredBlob(hash: hash, size: row.uint64("size"), name: name)
         }
         guard segments.count == rows.count, end == received else {
             throw BackupError.failedPrecondition("the upload's data is gone (it expired or failed)")

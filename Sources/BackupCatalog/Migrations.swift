@@ -362,5 +362,39 @@ enum Migrations {
         -- The hour's count of a download's recorded fetches reads the environment's last hour of downloads only.
         CREATE INDEX activity_downloads_by_time ON activity (namespace, environment, at) WHERE action = 'download';
         """),
+        (22, """
+        -- Each namespace's data key, wrapped (RFC 3394) by the master key key_id of the storage key file: what the
+        -- namespace's blobs are addressed and encrypted with. Without its row, a namespace's blobs are unreadable.
+        CREATE TABLE namespace_keys (
+            namespace   text PRIMARY KEY,
+            key_id      text NOT NULL,
+            wrapped     text NOT NULL,
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            wrapped_at  timestamptz NOT NULL DEFAULT now()
+        );
+        -- Where each referenced blob is kept, which blobs.sha256 names: the content's hash for content kept as is,
+        -- the namespace's address of that hash for content kept encrypted. The sha256 columns stay the content's.
+        ALTER TABLE snapshot_files ADD COLUMN blob text;
+        UPDATE snapshot_files SET blob = sha256;
+        ALTER TABLE snapshot_files ALTER COLUMN blob SET NOT NULL, DROP CONSTRAINT snapshot_files_sha256_fkey,
+            ADD CONSTRAINT snapshot_files_blob_fkey FOREIGN KEY (blob) REFERENCES blobs(sha256);
+        DROP INDEX snapshot_files_by_blob;
+        CREATE INDEX snapshot_files_by_blob ON snapshot_files (blob);
+        ALTER TABLE dump_chunks ADD COLUMN blob text;
+        UPDATE dump_chunks SET blob = blob_sha256;
+        ALTER TABLE dump_chunks ALTER COLUMN blob SET NOT NULL, DROP CONSTRAINT dump_chunks_blob_sha256_fkey,
+            ADD CONSTRAINT dump_chunks_blob_fkey FOREIGN KEY (blob) REFERENCES blobs(sha256);
+        DROP INDEX dump_chunks_by_blob;
+        CREATE INDEX dump_chunks_by_blob ON dump_chunks (blob);
+        ALTER TABLE archives ADD COLUMN blob text NOT NULL DEFAULT '';
+        UPDATE archives SET blob = sha256 WHERE state = 'ready';
+        DROP INDEX archives_by_content;
+        CREATE INDEX archives_by_blob ON archives (blob) WHERE state = 'ready';
+        ALTER TABLE upload_segments ADD COLUMN blob text;
+        UPDATE upload_segments SET blob = sha256;
+        ALTER TABLE upload_segments ALTER COLUMN blob SET NOT NULL;
+        DROP INDEX upload_segments_by_content;
+        CREATE INDEX upload_segments_by_blob ON upload_segments (blob);
+        """),
     ]
 }

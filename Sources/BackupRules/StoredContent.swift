@@ -75,16 +75,22 @@ public struct ContentHash: Hashable, Sendable, CustomStringConvertible {
 
 /// A blob that is in the store.
 public struct StoredBlob: Sendable, Equatable {
+    /// The SHA-256 of the content.
     public let hash: ContentHash
     public let size: UInt64
     /// False when the store already had this content and wrote nothing.
     public let written: Bool
+    /// Where the store keeps it: its hash for content kept as is, the
+    /// namespace's address of that hash for content kept encrypted. The
+    /// catalog's blob rows, and collection, go by this name.
+    public let name: ContentHash
 
     /// `written` is false for a blob known from the catalog, not just stored.
-    public init(hash: ContentHash, size: UInt64, written: Bool = false) {
+    public init(hash: ContentHash, size: UInt64, written: Bool = false, name: ContentHash? = nil) {
         self.hash = hash
         self.size = size
         self.written = written
+        self.name = name ?? hash
     }
 }
 

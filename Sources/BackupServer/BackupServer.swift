@@ -31,6 +31,12 @@ public struct ServerConfiguration: Sendable {
     public var schedule = ScheduleSettings()
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/reload`); nil for none.
     public var admin: AdminSettings?
+    /// The master keys namespaces' data keys are wrapped with: with them,
+    /// each namespace's content is kept encrypted under its own key; nil
+    /// keeps content as is.
+    public var storageKeys: StorageKeys?
+    /// The file `storageKeys` came from, read again on reload.
+    public var storageKeyFile: String?
 
     public init() {}
 }
@@ -54,6 +60,7 @@ public struct BackupServer: Service, CustomStringConvertible {
     private let metrics: ServiceMetrics
     private let readiness: ReadinessProbe
     private let links: DownloadLinks
+    private let stores: NamespaceStores
     private let catalogSampler: CatalogSampler
     private let reloading = NIOLockedValueBox(false)
     private let logger: Logger
@@ -88,9 +95,10 @@ public struct BackupServer: Service, CustomStringConvertible {
                 workDirectory: String, threadPool: NIOThreadPool, metrics: ServiceMetrics, logger: Logger,
                 onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }) async throws {
         let catalogIdentity = try await catalog.pool.withConnection(idempotent: true) { try DatabaseIdentity.of($0) }
+        let stores = NamespaceStores(base: blobStore, masterKeys: configuration.storageKeys, catalog: catalog)
         let archiveCache = try ArchiveCache(directory: configuration.downloads.cacheDirectory ?? workDirectory + "/archives",
                                             reservedDiskBytes: configuration.downloads.reservedDiskBytes)
-        let spool = try UploadSpool(directory: configuration.uploads.directory ?? workDirectory + "/uploads", catalog: catalog, blobStore: blobStore,
+        let spool = try UploadSpool(directory: configuration.uploads.directory ?? workDirectory + "/uploads", catalog: catalog, stores: stores,
                                     threadPool: threadPool, lifetime: configuration.uploads.lifetime,
                                     reservedDiskBytes: configuration.uploads.reservedDiskBytes, clock: configuration.clock)
         let scratchDirectory = try Self.scratchDirectory(in: workDirectory)
@@ -103,7 +111,7 @@ public struct BackupServer: Service, CustomStringConvertible {
             fileStores: try FileStoreRules(roots: configuration.fileStoreRoots, reserved: ownFolders),
             databases: AppDatabases(policy: configuration.appDatabases, catalog: catalogIdentity),
             catalog: catalog, threadPool: threadPool)
-        let jobs = JobRunner(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, placement: placement, archiveCache: archiveCache, spool: spool,
+        let jobs = JobRunner(catalog: catalog, stores: stores, scratchDirectory: scratchDirectory, placement: placement, archiveCache: archiveCache, spool: spool,
                              archiveGzipLevel: configuration.downloads.gzipLevel,
                              uploads: configuration.uploads, threadPool: threadPool, settings: configuration.jobs,
                              clock: configuration.clock, metrics: metrics, logger: logger)
@@ -120,7 +128,7 @@ public struct BackupServer: Service, CustomStringConvertible {
         self.dispatcher = RPCDispatcher(router: router, openCalls: openCalls, metrics: metrics, logger: logger) { secret in
             try await catalog.authenticate(secretDigest: AccessTokenSecret(presented: secret).digest)
         }
-        self.downloads = DownloadEndpoint(links: links, catalog: catalog, blobStore: blobStore,
+        self.downloads = DownloadEndpoint(links: links, catalog: catalog, stores: stores,
                                           limits: configuration.connections,
                                           slots: DownloadSlots(maximum: configuration.downloads.maximumStreams,
                                                                perNamespace: configuration.downloads.maximumStreamsPerNamespace),
@@ -136,6 +144,7 @@ public struct BackupServer: Service, CustomStringConvertible {
         self.metrics = metrics
         self.readiness = readiness
         self.links = links
+        self.stores = stores
         self.configuration = configuration
         self.catalog = catalog
         self.jobs = jobs
@@ -191,6 +200,12 @@ public struct BackupServer: Service, CustomStringConvertible {
                 prepared.append(PreparedReload(summary: "download keys \(keys.keys.map(\.id).joined(separator: ", ")), signing with \(keys.signer.id)") {
                     [links] in links.keys = keys
                 })
+            }
+            // Encryption is on or off for the process's life; a reload only changes which master keys it holds.
+            if let keyFile = configuration.storageKeyFile, stores.encrypts {
+                let keys = try StorageKeys(reading: keyFile)
+                prepared.append(PreparedReload(summary: "storage keys \(keys.file.keys.map(\.id).joined(separator: ", ")), "
+                                               + "wrapping with \(keys.file.current.id)") { [stores] in stores.masterKeys = keys })
             }
             for transport in transports {
                 if let next = try transport.prepareReload() { prepared.append(next) }

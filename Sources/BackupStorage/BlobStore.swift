@@ -12,6 +12,8 @@ public enum BlobStoreError: ReportableError, CustomStringConvertible {
     case cannotWrite(path: String, errno: Int32)
     case missing(ContentHash)
     case corrupt(ContentHash, actual: ContentHash)
+    /// Kept encrypted, the blob does not open (`SealedContentError` says why).
+    case unreadable(ContentHash, reason: String)
     case interrupted(path: String)
 
     public var description: String {
@@ -20,6 +22,7 @@ public enum BlobStoreError: ReportableError, CustomStringConvertible {
         case let .cannotWrite(path, code): "cannot write \(path): \(String(cString: strerror(code)))"
         case let .missing(hash): "blob \(hash) is missing from the blob store"
         case let .corrupt(hash, actual): "blob \(hash) is corrupt: its content hashes to \(actual)"
+        case let .unreadable(hash, reason): "blob \(hash) is corrupt: it \(reason)"
         case let .interrupted(path): "reading \(path) was stopped"
         }
     }
@@ -28,7 +31,7 @@ public enum BlobStoreError: ReportableError, CustomStringConvertible {
     /// write by the system's reason; the server's paths stay in its log.
     public var publicError: BackupError {
         switch self {
-        case .missing, .corrupt: .dataLoss(description)
+        case .missing, .corrupt, .unreadable: .dataLoss(description)
         case let .cannotWrite(_, code) where code == ENOSPC || code == EDQUOT:
             .resourceExhausted("the server's storage is full (\(String(cString: strerror(code)))); its log has the details")
         case let .cannotRead(_, code), let .cannotWrite(_, code):
@@ -124,6 +127,17 @@ public protocol BlobStore: Sendable {
     /// reading stops within a chunk. Whatever reads a blob's content (an
     /// archive, a verification, a restore) reads it through here.
     func read(_ hash: ContentHash, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64
+    /// Streams the bytes kept under `name` as they are, checked against
+    /// nothing (`missing` when there are none); returns their count. What
+    /// `read` checks, and what a store keeping content encrypted reads.
+    func readObject(_ name: ContentHash, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64
+    /// Starts an object whose name is given at its end (`BlobWriter.finish(as:)`)
+    /// rather than taken from its content's hash: an encrypted blob, kept
+    /// under its namespace's address of its content's hash.
+    func objectWriter() throws -> any BlobWriter
+    /// The name content of `hash` is kept under (`StoredBlob.name`), known
+    /// before it is stored: its hash, or its namespace's address of it.
+    func name(of hash: ContentHash) -> ContentHash
     /// Whether the store holds `hash`; a store that cannot be asked throws
     /// its reason (an absent blob and an unreachable store are not the same).
     func contains(_ hash: ContentHash) throws -> Bool
@@ -183,6 +197,8 @@ public protocol BlobStore: Sendable {
 extension BlobStore {
     public var localFolder: String? { nil }
 
+    public func name(of hash: ContentHash) -> ContentHash { hash }
+
     /// Whether the copy the store holds may stand for `blob`: the store
     /// holds it, and the catalog has marked it used (`reuseClaims`). Every
     /// reuse, by a store or a job, asks here.
@@ -198,6 +214,18 @@ extension BlobStore {
             removed.append(hash)
         }
         return (removed, nil)
+    }
+
+    /// The bytes kept under the content's hash, checked against it.
+    public func read(_ hash: ContentHash, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64 {
+        let hasher = SHA256Hasher()
+        let size = try readObject(hash, interruption: interruption) { chunk in
+            hasher.update(chunk)
+            try consume(chunk)
+        }
+        let actual = hasher.finish()
+        guard actual == hash else { throw BlobStoreError.corrupt(hash, actual: actual) }
+        return size
     }
 
     /// Re-reads a blob and checks that its content still has its hash.
@@ -254,6 +282,9 @@ extension BlobStore {
 public protocol BlobWriter: AnyObject {
     func write(_ chunk: UnsafeRawBufferPointer) throws
     func finish() throws -> StoredBlob
+    /// Keeps what was written under `name` (a writer from `objectWriter`),
+    /// without asking whether the store holds it: its caller asked.
+    func finish(as name: ContentHash) throws -> StoredBlob
 }
 
 /// A flag that work on a thread, which task cancellation cannot reach, looks

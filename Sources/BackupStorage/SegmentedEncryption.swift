@@ -9,7 +9,7 @@ import Foundation
 /// alone. An object is
 ///
 ///     magic "BKE1" | salt (16 random bytes) | nonce prefix (7 random bytes)
-///     | address tag (32 bytes) | segment 0 | segment 1 | … | last segment
+///     | segment 0 | segment 1 | … | last segment | address tag (32 bytes)
 ///
 /// where each segment is its ciphertext followed by GCM's 16-byte tag; every
 /// segment holds `segmentSize` bytes of content but the last, which holds 0
@@ -17,13 +17,13 @@ import Foundation
 /// is sealed with the nonce `prefix | i as 4 bytes big-endian | 1 if last
 /// else 0`, under a key HKDF-SHA256 derives from the namespace's content
 /// key and the object's salt. The address tag, an HMAC under a second key
-/// so derived of the header's first 27 bytes and the blob's address, binds
-/// the object to where it is kept: it is known only once the content's hash
-/// is, at the end of a stream, so the header is written last (in place of
-/// the placeholder `ContentSealer.header`). An object copied under another
-/// address or into another namespace, or whose header was changed, opens
-/// with nothing; cutting segments off, reordering them or adding some after
-/// the last fails a segment's tag.
+/// so derived of the header and the blob's address, binds the object to
+/// where it is kept: the address is known only once the content's hash is,
+/// at the end of a stream, so the tag ends the object and a stream is
+/// written front to back. An object copied under another address or into
+/// another namespace, or whose header was changed, fails its tag (or, in
+/// another namespace, its first segment); cutting segments off, reordering
+/// them or adding some after the last fails a segment's tag.
 public enum SegmentedEncryption {
     public static let magic = Array("BKE1".utf8)
     public static let segmentSize = 64 << 10
@@ -31,18 +31,18 @@ public enum SegmentedEncryption {
     public static let noncePrefixSize = 7
     public static let tagSize = 16
     public static let addressTagSize = 32
-    public static let headerSize = magic.count + saltSize + noncePrefixSize + addressTagSize
+    public static let headerSize = magic.count + saltSize + noncePrefixSize
     static let sealedSegmentSize = segmentSize + tagSize
 
     /// How large the object of `size` bytes of content is.
     public static func sealedSize(ofContent size: UInt64) -> UInt64 {
-        UInt64(headerSize) + size + UInt64(tagSize) * segmentCount(ofContent: size)
+        UInt64(headerSize) + size + UInt64(tagSize) * segmentCount(ofContent: size) + UInt64(addressTagSize)
     }
 
     /// How much content an object of `size` bytes holds; nil when no object is that long.
     public static func contentSize(ofSealed size: UInt64) -> UInt64? {
-        guard size >= UInt64(headerSize + tagSize) else { return nil }
-        let body = size - UInt64(headerSize)
+        guard size >= UInt64(headerSize + tagSize + addressTagSize) else { return nil }
+        let body = size - UInt64(headerSize + addressTagSize)
         let whole = body / UInt64(sealedSegmentSize), rest = body % UInt64(sealedSegmentSize)
         // A last segment holds at least its tag; an object ending on a segment's edge ends with a full one.
         guard rest == 0 || rest >= UInt64(tagSize) else { return nil }
@@ -75,7 +75,7 @@ public enum SegmentedEncryption {
 public enum SealedContentError: Error, Equatable, CustomStringConvertible {
     /// The header is not this format's, or the object's size is no object's.
     case notSealed
-    /// The header's address tag does not hold: another blob's or namespace's object, or a changed header.
+    /// The address tag does not hold: another blob's or namespace's object, or a changed header or tag.
     case notThisBlob
     /// A segment's tag does not hold: changed, cut, moved, or of another object.
     case segmentDoesNotOpen(UInt64)
@@ -83,7 +83,7 @@ public enum SealedContentError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .notSealed: "is not an encrypted blob of this format, or was cut"
-        case .notThisBlob: "is not this blob's: another blob's or namespace's object, or its header was changed"
+        case .notThisBlob: "is not this blob's: another blob's or namespace's object, or its header or tag was changed"
         case .segmentDoesNotOpen(let index): "does not open at its segment \(index): changed, cut, moved, or another object's"
         }
     }
@@ -121,14 +121,15 @@ public struct NamespaceKeys: Sendable {
     }
 }
 
-/// The tag binding a header's first bytes to the blob's address.
-private func addressTag(key: [UInt8], header: ArraySlice<UInt8>, address: ContentHash) -> [UInt8] {
-    Secure.hmacSHA256(key: key, Array(header.prefix(SegmentedEncryption.headerSize - SegmentedEncryption.addressTagSize)) + address.digest)
+/// The tag binding an object's header to the blob's address.
+private func addressTag(key: [UInt8], header: [UInt8], address: ContentHash) -> [UInt8] {
+    Secure.hmacSHA256(key: key, header + address.digest)
 }
 
-/// Seals content as it comes, a segment at a time. The last segment is
+/// Seals content as it comes, a segment at a time: `header` first, then
+/// what `seal` returns, then what `finish` returns. The last segment is
 /// held back until `finish`, which alone knows it is the last, and which
-/// gives the header to write in place of the placeholder written first.
+/// ends the object with its address tag.
 public final class ContentSealer {
     private let key: [UInt8]
     private let addressTagKey: [UInt8]
@@ -137,14 +138,14 @@ public final class ContentSealer {
     private var pending = [UInt8](repeating: 0, count: SegmentedEncryption.segmentSize)
     private var filled = 0
     private var index: UInt32 = 0
-    /// What to write first: the header, its address tag zeros until `finish`.
+    /// What to write first.
     public let header: [UInt8]
 
     public init(keys: NamespaceKeys) {
         let salt = Secure.randomBytes(SegmentedEncryption.saltSize)
         noncePrefix = Secure.randomBytes(SegmentedEncryption.noncePrefixSize)
         (key, addressTagKey) = keys.objectKeys(salt: salt[...])
-        header = SegmentedEncryption.magic + salt + noncePrefix + [UInt8](repeating: 0, count: SegmentedEncryption.addressTagSize)
+        header = SegmentedEncryption.magic + salt + noncePrefix
     }
 
     /// Takes `bytes` of content; returns the segments they completed, sealed.
@@ -164,11 +165,10 @@ public final class ContentSealer {
         return sealed
     }
 
-    /// Seals what is held back as the last segment, and makes the header
+    /// Seals what is held back as the last segment, followed by the tag
     /// of the blob kept at `address` (its content's, as the namespace addresses it).
-    public func finish(address: ContentHash) -> (lastSegment: [UInt8], header: [UInt8]) {
-        let tag = addressTag(key: addressTagKey, header: header[...], address: address)
-        return (sealSegment(last: true), Array(header.dropLast(SegmentedEncryption.addressTagSize)) + tag)
+    public func finish(address: ContentHash) -> [UInt8] {
+        sealSegment(last: true) + addressTag(key: addressTagKey, header: header, address: address)
     }
 
     private func sealSegment(last: Bool) -> [UInt8] {
@@ -184,30 +184,42 @@ public final class ContentSealer {
 /// Opens an object's segments, in any order, each on its own: what
 /// streaming and ranged reads need. Whether a segment is the last comes
 /// from the object's size, so an object cut at a segment's edge fails at
-/// what is now its last segment.
+/// what is now its last segment. A ranged read checks the address tag
+/// first; a stream checks it when it reaches it, at the end (a segment
+/// that opens is the namespace's content either way).
 public struct ContentOpener: Sendable {
     private let key: Secret<[UInt8]>
+    private let addressTagKey: Secret<[UInt8]>
+    private let header: [UInt8]
     private let noncePrefix: [UInt8]
     /// How much content the object holds.
     public let contentSize: UInt64
 
     /// `header` is the object's first `SegmentedEncryption.headerSize` bytes; `sealedSize` its whole size.
-    public init(keys: NamespaceKeys, address: ContentHash, header: [UInt8], sealedSize: UInt64) throws(SealedContentError) {
+    public init(keys: NamespaceKeys, header: [UInt8], sealedSize: UInt64) throws(SealedContentError) {
         guard header.count == SegmentedEncryption.headerSize, header.starts(with: SegmentedEncryption.magic),
               let contentSize = SegmentedEncryption.contentSize(ofSealed: sealedSize) else {
             throw .notSealed
         }
         let salt = header.dropFirst(SegmentedEncryption.magic.count).prefix(SegmentedEncryption.saltSize)
         let (segmentKey, addressTagKey) = keys.objectKeys(salt: salt)
-        let expected = addressTag(key: addressTagKey, header: header[...], address: address)
-        guard CRYPTO_memcmp(expected, Array(header.suffix(SegmentedEncryption.addressTagSize)), expected.count) == 0 else {
-            throw .notThisBlob
-        }
         key = Secret(segmentKey)
+        self.addressTagKey = Secret(addressTagKey)
+        self.header = header
         noncePrefix = Array(header.dropFirst(SegmentedEncryption.magic.count + SegmentedEncryption.saltSize)
             .prefix(SegmentedEncryption.noncePrefixSize))
         self.contentSize = contentSize
     }
+
+    /// Checks the object's last `SegmentedEncryption.addressTagSize` bytes:
+    /// it is the one kept at `address`.
+    public func checkAddress(_ address: ContentHash, tag: some Collection<UInt8>) throws(SealedContentError) {
+        let expected = addressTag(key: addressTagKey.revealed, header: header, address: address)
+        guard tag.count == expected.count, CRYPTO_memcmp(expected, Array(tag), expected.count) == 0 else { throw .notThisBlob }
+    }
+
+    /// Where the address tag starts in the object.
+    public var addressTagOffset: UInt64 { SegmentedEncryption.sealedSize(ofContent: contentSize) - UInt64(SegmentedEncryption.addressTagSize) }
 
     /// The content of segment `index`, from its sealed bytes.
     public func open(segment index: UInt64, _ sealed: some Collection<UInt8>) throws(SealedContentError) -> [UInt8] {

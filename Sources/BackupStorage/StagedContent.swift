@@ -11,18 +11,20 @@ final class StagedContent {
     private let scratchDirectory: String
     private(set) var held: [UInt8] = []
     private(set) var file: LocalFile?
-    private let hasher = SHA256Hasher()
+    private let hasher: SHA256Hasher?
     private(set) var size: UInt64 = 0
     private var released = false
 
     /// Overflow goes to a new `.partial` file in `scratchDirectory`.
-    init(heldBytes: Int, scratchDirectory: String) {
+    /// Content kept under a name given to it (encrypted) is not hashed.
+    init(heldBytes: Int, scratchDirectory: String, hashing: Bool = true) {
         self.heldBytes = heldBytes
         self.scratchDirectory = scratchDirectory
+        hasher = hashing ? SHA256Hasher() : nil
     }
 
     func write(_ chunk: UnsafeRawBufferPointer) throws {
-        hasher.update(chunk)
+        hasher?.update(chunk)
         size += UInt64(chunk.count)
         if let file {
             try file.write(chunk)
@@ -34,7 +36,10 @@ final class StagedContent {
     }
 
     /// The hash of everything written; call once, when writing is done.
-    func finishHash() -> ContentHash { hasher.finish() }
+    func finishHash() -> ContentHash {
+        guard let hasher else { preconditionFailure("content staged without hashing has no hash") }
+        return hasher.finish()
+    }
 
     /// The scratch file, made (and given what was held) if it was not yet.
     func spill() throws -> LocalFile {

@@ -22,7 +22,7 @@ struct Backupd: AsyncParsableCommand {
         commandName: "backupd",
         abstract: "Backup and restore for apps made of a PostgreSQL database and file documents.",
         version: "backupd \(BuildInfo.description)",
-        subcommands: [Serve.self, ConfigCommand.self, TokenCommand.self, ReloadCommand.self],
+        subcommands: [Serve.self, ConfigCommand.self, TokenCommand.self, KeysCommand.self, ReloadCommand.self],
         defaultSubcommand: Serve.self)
 
     /// Parses the command line with the settings it leaves out taken from
@@ -99,6 +99,11 @@ struct Serve: AsyncParsableCommand {
         let readyFile = ReadyFile(path: options.operations.readyFile, admin: configuration.admin != nil)
         configuration.admin?.onListening = { readyFile.bound($0, admin: true) }
         let logger = Logger(label: "backupd")
+        if let keys = configuration.storageKeys {
+            logger.info("new content is kept encrypted per namespace", metadata: ["master_key_in_use": "\(keys.file.current.id)"])
+        } else {
+            logger.warning("no --storage-keys: backups are kept unencrypted, readable by anyone with the blob store")
+        }
         let maxJobs = options.jobs.maxJobs
         // The catalog's libpq calls have threads of their own, one per connection (the pool's, the job-change
         // listener's and each running job's blob lock), so bulk work of jobs (hashing files, copying blobs)

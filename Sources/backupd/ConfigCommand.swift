@@ -55,6 +55,11 @@ struct ConfigCommand: AsyncParsableCommand {
             } else {
                 print("# Download keys: none; downloads are refused")
             }
+            if let keys = configuration.storageKeys {
+                print("# Storage keys: \(keys.file.keys.map(\.id).joined(separator: ", ")); new namespaces' keys are wrapped with \(keys.file.current.id)")
+            } else {
+                print("# Storage keys: none; backups are kept unencrypted")
+            }
         }
     }
 }

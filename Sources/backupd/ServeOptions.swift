@@ -147,11 +147,25 @@ struct BlobStoreOptions: ParsableArguments {
     @Option(help: "Seconds one request to the object store may take.")
     var s3RequestTimeoutSeconds = 60
 
+    @Option(help: "File of the master keys that wrap each namespace's data key, a KEY_ID = BASE64_SECRET line each (32 bytes) and a wrap-with line; with it, every namespace's new content is kept encrypted under a key of its own. Keep it apart from the store.")
+    var storageKeys = ""
+
     func validate() throws {
         guard !blobDir.isEmpty else { throw ValidationError("--blob-dir (or BACKUPD_BLOB_DIR) is required") }
         guard (5...5 << 10).contains(s3PartSizeMib) else { throw ValidationError("--s3-part-size-mib takes 5 to 5120 (S3's limits of a part)") }
         try requireAtLeastOne([("--s3-parts-in-flight", s3PartsInFlight), ("--s3-connections", s3Connections),
                                ("--s3-request-timeout-seconds", s3RequestTimeoutSeconds)])
+    }
+
+    /// Reads the storage key file.
+    func apply(to configuration: inout ServerConfiguration) throws {
+        guard !storageKeys.isEmpty else { return }
+        do {
+            configuration.storageKeys = try StorageKeys(reading: storageKeys)
+            configuration.storageKeyFile = storageKeys
+        } catch {
+            throw ValidationError("--storage-keys: \(error)")
+        }
     }
 
     /// The object store's location and credentials, checked; nil for the local folder.
@@ -466,13 +480,14 @@ struct ServeOptions: ParsableArguments {
     /// Settings that exist for tests only: neither the environment nor a configuration file sets them.
     static let testOnly: Set = ["die-after-restore-step", "schedule-clock-offset-seconds"]
 
-    /// The server's configuration from these settings, the download key file read.
+    /// The server's configuration from these settings, the download and storage key files read.
     func serverConfiguration(descriptorsForConnections: Int) throws -> ServerConfiguration {
         var configuration = ServerConfiguration()
         listener.apply(to: &configuration)
         connections.apply(to: &configuration, descriptorsForConnections: descriptorsForConnections)
         jobs.apply(to: &configuration)
         apps.apply(to: &configuration)
+        try blobStore.apply(to: &configuration)
         try downloads.apply(to: &configuration)
         uploads.apply(to: &configuration)
         schedule.apply(to: &configuration)

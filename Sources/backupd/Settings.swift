@@ -220,6 +220,10 @@ struct LayeredArguments: Sendable {
         let (command, readsFile): (any ParsableArguments.Type, Bool)
         switch (arguments.first, arguments.dropFirst().first) {
         case ("config", "check"): (command, readsFile) = (ServeOptions.self, true)
+        case ("keys", _):
+            // serve's own file: its other settings are known, and left to serve.
+            return try LayeredArguments(arguments, settings: Setting.of(KeysOptions.self), fileSettings: Setting.of(ServeOptions.self),
+                                        environment: environment, readsFile: true)
         case ("token", "create"): (command, readsFile) = (CatalogOptions.self, false)
         case (nil, _), ("serve", _): (command, readsFile) = (ServeOptions.self, true)
         case (let first?, _) where first.hasPrefix("-"): (command, readsFile) = (ServeOptions.self, true)  // serve, the default
@@ -229,7 +233,9 @@ struct LayeredArguments: Sendable {
                                     environment: environment, readsFile: readsFile)
     }
 
-    init(_ commandLine: [String], settings: [Setting], environment: [String: String], readsFile: Bool) throws(SettingsError) {
+    /// `fileSettings`: what the file may hold (by default, `settings`), of which only `settings` are taken.
+    init(_ commandLine: [String], settings: [Setting], fileSettings: [Setting]? = nil, environment: [String: String],
+         readsFile: Bool) throws(SettingsError) {
         // Options after "--" are operands, not options.
         let options = commandLine.prefix { $0 != "--" }
         func given(_ setting: Setting) -> Bool {
@@ -254,7 +260,7 @@ struct LayeredArguments: Sendable {
             }
         }
         if readsFile, let path = Self.configurationPath(options, origins: origins, environment: environment) {
-            let file = try ConfigurationFile(path: path, settings: settings.filter { $0.name != "config" })
+            let file = try ConfigurationFile(path: path, settings: (fileSettings ?? settings).filter { $0.name != "config" })
             for setting in unset {
                 guard let arguments = file.arguments[setting.name] else { continue }
                 origins[setting.name] = .file(path)

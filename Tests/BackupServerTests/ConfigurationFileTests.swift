@@ -28,7 +28,7 @@ import Testing
         let example = "\(projectRoot)/packaging/backupd.yaml.example"
         // The example's paths are a production machine's; the command line puts this machine's in their place.
         let checked = try await runCommand("\(binDirectory)/backupd", ["config", "check", "--config", example, "--download-keys", keys,
-                                                                        "--blob-dir", scratch.path] + Self.certificate,
+                                                                        "--storage-keys", keys, "--blob-dir", scratch.path] + Self.certificate,
                                            environment: Self.catalog)
         #expect(checked.status == 0, "\(checked.standardError)")
         let output = checked.standardOutput
@@ -39,6 +39,7 @@ import Testing
         #expect(!output.contains("hunter2"), "\(output)")
         #expect(output.contains("# The catalog as serve connects to it: ") && output.contains("keepalives_idle='30'"), "\(output)")
         #expect(output.contains("restore-jobs: \(ProcessInfo.processInfo.activeProcessorCount)  # default"), "\(output)")
+        #expect(output.contains("# Storage keys: k1; new namespaces' keys are wrapped with k1"), "\(output)")
         #expect(output.contains("# TLS: certificate serial") && output.contains("signed with k1"), "\(output)")
 
         // Every option `serve --help` lists is a setting check shows, by the same name.

@@ -18,8 +18,8 @@ func readyDownload(_ client: BackupClient, _ backup: Backup, databaseOnly: Bool 
 
 /// The blobs of a server's ready archives that its store holds.
 func storedArchives(_ server: some BackupTestServer) async throws -> [ContentHash] {
-    let ready = try await TestPostgres.query(server.catalogDatabase, "SELECT sha256 FROM archives WHERE state = 'ready'")
-        .compactMap { ContentHash(hex: $0.string("sha256")) }
+    let ready = try await TestPostgres.query(server.catalogDatabase, "SELECT blob FROM archives WHERE state = 'ready'")
+        .compactMap { ContentHash(hex: $0.string("blob")) }
     let stored = try await server.storedBlobs()
     return ready.filter(stored.contains)
 }

@@ -37,6 +37,7 @@ import Testing
         #expect(!variables.isEmpty)
         let checked = try await runCommand("\(prefix)/bin/backupd", [
             "config", "check", "--config", "\(prefix)/share/backupd/backupd.yaml.example", "--blob-dir", scratch.path, "--download-keys", keys,
+            "--storage-keys", keys,
             "--cert", "\(projectRoot)/certs/dev/server.crt", "--key", "\(projectRoot)/certs/dev/server.key",
         ], environment: Dictionary(uniqueKeysWithValues: variables))
         #expect(checked.status == 0, "\(checked.standardError)")

@@ -44,23 +44,21 @@ import Testing
     let keys = NamespaceKeys(dataKey: NamespaceKeys.newDataKey())
     let address = ContentHash.of(Array("some content".utf8))
 
-    /// `content` sealed as a stream, fed in pieces of `piece` bytes: the
-    /// placeholder header first, the real one written over it at the end.
+    /// `content` sealed as a stream, fed in pieces of `piece` bytes, front to back.
     private func sealed(_ content: [UInt8], piece: Int = 10_000) -> [UInt8] {
         let sealer = ContentSealer(keys: keys)
         var object = sealer.header
         for start in stride(from: 0, to: content.count, by: piece) {
             object += content[start..<min(start + piece, content.count)].withUnsafeBytes { sealer.seal($0) }
         }
-        let (last, header) = sealer.finish(address: address)
-        object.replaceSubrange(0..<SegmentedEncryption.headerSize, with: header)
-        return object + last
+        return object + sealer.finish(address: address)
     }
 
-    /// The content of `object`, opened segment by segment.
+    /// The content of `object`, its address checked and then opened segment by segment.
     private func opened(_ object: [UInt8], keys: NamespaceKeys? = nil, address: ContentHash? = nil) throws(SealedContentError) -> [UInt8] {
-        let opener = try ContentOpener(keys: keys ?? self.keys, address: address ?? self.address,
-                                       header: Array(object.prefix(SegmentedEncryption.headerSize)), sealedSize: UInt64(object.count))
+        let opener = try ContentOpener(keys: keys ?? self.keys, header: Array(object.prefix(SegmentedEncryption.headerSize)),
+                                       sealedSize: UInt64(object.count))
+        try opener.checkAddress(address ?? self.address, tag: object.suffix(SegmentedEncryption.addressTagSize))
         var content: [UInt8] = []
         for index in 0..<SegmentedEncryption.segmentCount(ofContent: opener.contentSize) {
             let range = SegmentedEncryption.sealedRange(ofSegment: index, contentSize: opener.contentSize)
@@ -86,8 +84,7 @@ import Testing
         let size = 5 * 65_536 + 123
         let content = Secure.randomBytes(size)
         let object = sealed(content)
-        let opener = try ContentOpener(keys: keys, address: address, header: Array(object.prefix(SegmentedEncryption.headerSize)),
-                                       sealedSize: UInt64(object.count))
+        let opener = try ContentOpener(keys: keys, header: Array(object.prefix(SegmentedEncryption.headerSize)), sealedSize: UInt64(object.count))
         for range in [0..<1, 65_535..<65_537, 100_000..<300_000, size - 1..<size, 0..<size] {
             let segments = SegmentedEncryption.segments(holding: UInt64(range.lowerBound)..<UInt64(range.upperBound), contentSize: UInt64(size))
             var read: [UInt8] = []
@@ -120,18 +117,13 @@ import Testing
         #expect(refusal(magic) == .notSealed)
         // Salt, nonce prefix or the address tag itself.
         for place in [SegmentedEncryption.magic.count + 1, SegmentedEncryption.magic.count + SegmentedEncryption.saltSize + 2,
-                      SegmentedEncryption.headerSize - 1] {
+                      object.count - 1] {
             var header = object
             header[place] ^= 1
-            #expect(refusal(header) == .notThisBlob, "a change at \(place) of the header")
+            #expect(refusal(header) == .notThisBlob, "a change at \(place) of the header or tag")
         }
-        // An object whose header was never written over (a write cut before its end).
-        var placeholder = object
-        placeholder.replaceSubrange((SegmentedEncryption.headerSize - SegmentedEncryption.addressTagSize)..<SegmentedEncryption.headerSize,
-                                    with: [UInt8](repeating: 0, count: SegmentedEncryption.addressTagSize))
-        #expect(refusal(placeholder) == .notThisBlob)
-        // Cut at a segment's edge: what is now the last segment was not sealed as the last.
-        let cut = Array(object.prefix(SegmentedEncryption.headerSize + 3 * segment))
+        // Cut at a segment's edge, its tag moved along: what is now the last segment was not sealed as the last.
+        let cut = Array(object.prefix(SegmentedEncryption.headerSize + 3 * segment) + object.suffix(SegmentedEncryption.addressTagSize))
         #expect(refusal(cut) == .segmentDoesNotOpen(2))
         #expect(refusal(Array(object.dropLast(1))) != nil)
         #expect(refusal(Array(object.prefix(SegmentedEncryption.headerSize + 5))) == .notSealed)
@@ -141,7 +133,8 @@ import Testing
             + Array(object[first..<(first + segment)]) + Array(object[(first + 2 * segment)...])
         #expect(refusal(swapped) == .segmentDoesNotOpen(0))
         // Segments added after the last.
-        #expect(refusal(object + Array(object[first..<(first + segment)])) != nil)
+        #expect(refusal(Array(object.dropLast(SegmentedEncryption.addressTagSize)) + Array(object[first..<(first + segment)])
+                        + Array(object.suffix(SegmentedEncryption.addressTagSize))) != nil)
         // The object under another address (another blob's), or read with another namespace's keys.
         #expect(refusal(object, address: ContentHash.of(Array("other".utf8))) == .notThisBlob)
         #expect(refusal(object, keys: NamespaceKeys(dataKey: NamespaceKeys.newDataKey())) == .notThisBlob)

@@ -8,11 +8,12 @@ public func storedDump(_ server: some BackupTestServer, _ backupID: String) thro
     let snapshot = try TestPostgres.query(server.catalogDatabase, "SELECT dump_sha256, database_bytes FROM snapshots WHERE id = $1", backupID)[0]
     let sha256 = ContentHash(hex: snapshot.string("dump_sha256"))!
     let chunks = try TestPostgres.query(server.catalogDatabase, """
-        SELECT c.sha256, c.size, c.blob_sha256, c.compressed, b.size AS blob_size FROM dump_chunks c JOIN blobs b ON b.sha256 = c.blob_sha256
+        SELECT c.sha256, c.size, c.blob_sha256, c.blob, c.compressed, b.size AS blob_size FROM dump_chunks c JOIN blobs b ON b.sha256 = c.blob
         WHERE c.snapshot_id = $1 ORDER BY c.position
         """, backupID).map { row in
         DumpChunk(sha256: ContentHash(hex: row.string("sha256"))!, size: row.uint64("size"),
-                  blob: StoredBlob(hash: ContentHash(hex: row.string("blob_sha256"))!, size: row.uint64("blob_size")),
+                  blob: StoredBlob(hash: ContentHash(hex: row.string("blob_sha256"))!, size: row.uint64("blob_size"),
+                                   name: ContentHash(hex: row.string("blob"))!),
                   compressed: row.bool("compressed"))
     }
     let size = snapshot.uint64("database_bytes")

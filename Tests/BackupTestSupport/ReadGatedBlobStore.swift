@@ -48,7 +48,12 @@ public final class ReadGatedBlobStore: BlobStore {
         }
     }
 
+    public func readObject(_ name: ContentHash, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64 {
+        try store.readObject(name, interruption: interruption, consume)
+    }
     public func writer() throws -> any BlobWriter { try store.writer() }
+    public func objectWriter() throws -> any BlobWriter { try store.objectWriter() }
+    public func name(of hash: ContentHash) -> ContentHash { store.name(of: hash) }
     public func contains(_ hash: ContentHash) throws -> Bool { try store.contains(hash) }
     public func reuse(_ hash: ContentHash) -> Bool { store.reuse(hash) }
     public var reuseClaims: ReuseClaims { store.reuseClaims }

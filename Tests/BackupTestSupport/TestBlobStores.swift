@@ -136,6 +136,42 @@ extension BackupTestServer {
         try await onThread { try store.remove(hash) }
     }
 
+    /// The bytes of every object the store keeps, by the name it keeps it
+    /// under, as they are (encrypted or not); for the local folder, every
+    /// other file under the server's work folder too (scratch, uploads,
+    /// archives), named by its path.
+    public func everythingStored() async throws -> [String: [UInt8]] {
+        let store = try storage.open()
+        var found: [String: [UInt8]] = try await onThread {
+            var objects: [String: [UInt8]] = [:]
+            for name in try store.storedHashes(unusedSince: .distantFuture) {
+                var bytes: [UInt8] = []
+                _ = try store.readObject(name, interruption: nil) { bytes += $0 }
+                objects[name.hex] = bytes
+            }
+            return objects
+        }
+        if storage.bucket == nil, let walker = FileManager.default.enumerator(atPath: storage.directory) {
+            while let path = walker.nextObject() as? String {
+                let full = storage.directory + "/" + path
+                guard (try? FileManager.default.attributesOfItem(atPath: full)[.type] as? FileAttributeType) == .typeRegular,
+                      let data = FileManager.default.contents(atPath: full) else { continue }
+                found[full] = Array(data)
+            }
+        }
+        return found
+    }
+
+    /// The bytes kept under `name`, as they are.
+    public func storedObject(_ name: ContentHash) async throws -> [UInt8] {
+        let store = try storage.open()
+        return try await onThread {
+            var bytes: [UInt8] = []
+            _ = try store.readObject(name, interruption: nil) { bytes += $0 }
+            return bytes
+        }
+    }
+
     /// The blobs its store holds.
     public func storedBlobs() async throws -> Set<ContentHash> {
         let store = try storage.open()

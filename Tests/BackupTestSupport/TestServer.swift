@@ -51,6 +51,12 @@ public struct TestApp: Sendable {
     }
 }
 
+/// The master keys test servers that keep content encrypted are given.
+public let testStorageKeys = """
+    test-storage-old = \(base64URL(Array(repeating: 3, count: 32)))
+    test-storage-new = \(base64URL(Array(repeating: 5, count: 32)))
+    """
+
 /// The keys test servers sign download URLs with: an old one that still
 /// verifies, and the newest, which signs.
 public let testDownloadKeys = """
@@ -370,10 +376,11 @@ extension BackupTestServer {
 
     /// Registers `app` as environment `name` of the test namespace, as the platform does.
     @discardableResult
-    public func register(_ app: TestApp, as name: String = "shop-production", packageVersion: String = "1.0.0") async throws -> Environment {
+    public func register(_ app: TestApp, as name: String = "shop-production", in namespace: String = TestServer.namespace,
+                         packageVersion: String = "1.0.0") async throws -> Environment {
         try await withClient(token: platformToken) { client in
             try await client.unary(Backups.registerEnvironment, .with {
-                $0.namespace = TestServer.namespace; $0.name = name; $0.app = "shop"
+                $0.namespace = namespace; $0.name = name; $0.app = "shop"
                 $0.databaseURL = app.connectionString; $0.fileStorePath = app.fileStore; $0.packageVersion = packageVersion
             })
         }

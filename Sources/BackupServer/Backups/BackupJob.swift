@@ -38,7 +38,7 @@ public struct PostgresTools: Sendable {
 /// all of it is stored.
 struct BackupJob: Sendable {
     let catalog: Catalog
-    let blobStore: any BlobStore
+    let stores: NamespaceStores
     /// Where the job writes its scratch files (a dump for pg_restore), named for the job.
     let scratchDirectory: String
     let databases: AppDatabases
@@ -66,7 +66,8 @@ struct BackupJob: Sendable {
 
     func run(_ claimed: ClaimedJob, owner: String) async throws {
         let progress = ProgressReporter(catalog: catalog, jobID: claimed.job.id, clock: clock)
-        let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool, clock: clock)
+        let ledger = BlobLedger(catalog: catalog, store: try await stores.store(for: claimed.environment.namespace),
+                                threadPool: threadPool, clock: clock)
         let manifest = try await makeSnapshot(claimed, progress: progress, ledger: ledger)
         try await catalog.finishBackup(jobID: claimed.job.id, owner: owner, manifest: manifest)
     }

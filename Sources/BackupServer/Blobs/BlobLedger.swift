@@ -40,7 +40,7 @@ struct BlobLedger: Sendable {
     /// Marks `blobs` used, waiting (up to `collectionWait`) for collections
     /// removing any of them to be done: their content is then gone or, for
     /// what a job wrote after the removal, the job's. Returns those still
-    /// claimed after the wait.
+    /// claimed after the wait, by name.
     private static func markUsed(_ blobs: [StoredBlob], sizesVerified: Bool, catalog: Catalog,
                                  clock: any ServiceClock) async throws -> Set<ContentHash> {
         var claimed = try await catalog.markBlobsUsed(blobs, sizesVerified: sizesVerified)
@@ -48,7 +48,7 @@ struct BlobLedger: Sendable {
         while !claimed.isEmpty && waited < collectionWait {
             try await clock.sleep(for: collectionPoll)
             waited += collectionPoll
-            claimed = try await catalog.markBlobsUsed(blobs.filter { claimed.contains($0.hash) }, sizesVerified: sizesVerified)
+            claimed = try await catalog.markBlobsUsed(blobs.filter { claimed.contains($0.name) }, sizesVerified: sizesVerified)
         }
         return claimed
     }
@@ -71,8 +71,8 @@ struct BlobLedger: Sendable {
     func keep(_ blobs: [StoredBlob]) async throws -> [StoredBlob] {
         let claimed = try await Self.markUsed(blobs, sizesVerified: true, catalog: catalog, clock: clock)
         let store = self.store
-        let distinct = Set(blobs.map(\.hash)).subtracting(claimed)
+        let distinct = Set(blobs.filter { !claimed.contains($0.name) }.map(\.hash))
         let held = try await threadPool.runIfActive { try distinct.filter { try store.contains($0) } }
-        return blobs.filter { held.contains($0.hash) }
+        return blobs.filter { held.contains($0.hash) && !claimed.contains($0.name) }
     }
 }

@@ -14,7 +14,7 @@ import NIOPosix
 struct ArchiveJob: Sendable {
     let catalog: Catalog
     let clock: any ServiceClock
-    let blobStore: any BlobStore
+    let stores: NamespaceStores
     let cache: ArchiveCache
     let gzipLevel: Int
     let threadPool: NIOThreadPool
@@ -27,7 +27,8 @@ struct ArchiveJob: Sendable {
         try cache.requireRoom(for: work.reservedBytes)
         let partial = cache.partialPath(of: work.archiveID)
         // The backup is pinned while this job runs, so every blob it reads stays referenced and is never collected.
-        let written = try await write(work, to: partial, progress: progress)
+        let blobStore = try await stores.store(for: work.namespace)
+        let written = try await write(work, to: partial, from: blobStore, progress: progress)
         await progress.update(done: content, total: content, phase: "storing the archive")
         let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool, clock: clock)
         let archive = try await threadPool.runIfActive { [store = ledger.store] in
@@ -35,13 +36,14 @@ struct ArchiveJob: Sendable {
         }
         // Marked used before it is ready: a collection beside this job keeps it, and one already removing it fails the job.
         try await ledger.record([archive])
-        try await catalog.finishArchive(jobID: claimed.job.id, owner: owner, size: written.size, sha256: written.sha256)
+        try await catalog.finishArchive(jobID: claimed.job.id, owner: owner, blob: archive)
     }
 
     /// Writes on the thread pool, stopping within a chunk when the job is
     /// cancelled or the archive grows past its reservation, its progress reported as it goes.
-    private func write(_ work: ArchiveWork, to path: String, progress: ProgressReporter) async throws -> (size: UInt64, sha256: ContentHash) {
-        let (blobStore, gzipLevel) = (self.blobStore, self.gzipLevel)
+    private func write(_ work: ArchiveWork, to path: String, from blobStore: any BlobStore,
+                       progress: ProgressReporter) async throws -> (size: UInt64, sha256: ContentHash) {
+        let gzipLevel = self.gzipLevel
         return try await progress.reporting(on: threadPool) { interruption, report in
             work.databaseOnly
                 ? try work.archive.writeDump(to: path, from: blobStore, limit: work.reservedBytes, interruption: interruption, progress: report)

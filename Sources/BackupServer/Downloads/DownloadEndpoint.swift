@@ -20,7 +20,7 @@ import NIOPosix
 package struct DownloadEndpoint: Sendable {
     let links: DownloadLinks
     let catalog: Catalog
-    let blobStore: any BlobStore
+    let stores: NamespaceStores
     let limits: ConnectionLimits
     let slots: DownloadSlots
     /// Where archive ranges are read: the server's thread pool for blocking work.
@@ -199,7 +199,7 @@ package struct DownloadEndpoint: Sendable {
         if bytes != nil {
             // Asked of the store only for an answer with a body, within the namespace's download slots. Checked
             // before any header goes out: a 200 must be followed by the whole archive.
-            let store = blobStore
+            let store = try await stores.store(for: record.namespace)
             switch try await threadPool.runIfActive({ try store.size(of: archive) }) {
             case nil:
                 // Its backup deleted and every URL expired since the URL was signed, or lost with the store.
@@ -215,7 +215,9 @@ package struct DownloadEndpoint: Sendable {
         var headers = HTTPHeaders(response.headers)
         if !keepAlive { headers.add(name: "Connection", value: "close") }
         try await outbound.write(.head(HTTPResponseHead(version: head.version, status: .init(statusCode: response.status), headers: headers)))
-        if let (first, last) = bytes { try await send(archive, from: first, through: last, on: outbound) }
+        if let (first, last) = bytes {
+            try await send(archive, from: first, through: last, of: try await stores.store(for: record.namespace), on: outbound)
+        }
         try await outbound.write(.end(nil))
         try await outbound.drain()
     }
@@ -226,8 +228,8 @@ package struct DownloadEndpoint: Sendable {
     /// next range is read only once the writer has taken the last one: no
     /// read-ahead to hold. An archive removed meanwhile (its backup deleted,
     /// its URLs expired) ends the answer at its next range.
-    private func send(_ archive: ContentHash, from first: UInt64, through last: UInt64, on outbound: HTTPResponseWriter) async throws {
-        let store = blobStore
+    private func send(_ archive: ContentHash, from first: UInt64, through last: UInt64, of store: any BlobStore,
+                      on outbound: HTTPResponseWriter) async throws {
         var offset = first
         while offset <= last {
             let share = Self.rangeBudget / max(1, slots.streaming)

@@ -20,7 +20,7 @@ import NIOPosix
 /// the target database.
 struct RestoreJob: Sendable {
     let catalog: Catalog
-    let blobStore: any BlobStore
+    let stores: NamespaceStores
     /// Where the job writes its scratch files (a dump for pg_restore), named for the job.
     let scratchDirectory: String
     let databases: AppDatabases
@@ -138,6 +138,8 @@ struct RestoreJob: Sendable {
                        progress: ProgressReporter) async throws -> (count: UInt64, bytes: UInt64)? {
         let environment = claimed.environment
         let files = work.databaseOnly ? [] : try await catalog.backupFiles(id: work.backup.id)
+        // The backup's content is its own namespace's, whichever environment it is restored into.
+        let blobStore = try await stores.store(for: work.backup.namespace)
         let filesBytes = files.reduce(UInt64(0)) { $0 + $1.size }
         let databaseBytes = work.sourceDatabaseBytes
 
@@ -148,11 +150,12 @@ struct RestoreJob: Sendable {
         // The files are placed while the dump is reassembled and restored; whichever fails first stops the other.
         return try await withThrowingTaskGroup(of: (count: UInt64, bytes: UInt64)?.self) { group in
             group.addTask {
-                try await restoreDatabase(work, from: dumpPath, into: stagingURL, environment, plan, jobID: claimed.job.id, progress: progress)
+                try await restoreDatabase(work, from: blobStore, dumpPath: dumpPath, into: stagingURL, environment, plan, jobID: claimed.job.id,
+                                          progress: progress)
                 return nil
             }
             if !work.databaseOnly {
-                group.addTask { try await stageFiles(files, claimed, plan, progress: progress) }
+                group.addTask { try await stageFiles(files, from: blobStore, claimed, plan, progress: progress) }
             }
             var placed: (count: UInt64, bytes: UInt64)?
             for try await result in group where result != nil { placed = result }
@@ -174,7 +177,7 @@ struct RestoreJob: Sendable {
 
     /// Reassembles the dump at `dumpPath` and restores it into a new staging
     /// database made like the target (encoding, collation).
-    private func restoreDatabase(_ work: RestoreWork, from dumpPath: String, into stagingURL: String, _ environment: Environment,
+    private func restoreDatabase(_ work: RestoreWork, from blobStore: any BlobStore, dumpPath: String, into stagingURL: String, _ environment: Environment,
                                  _ plan: RestorePlan, jobID: String, progress: ProgressReporter) async throws {
         let dump = try await catalog.dump(ofBackup: work.backup.id)
         do {
@@ -225,7 +228,7 @@ struct RestoreJob: Sendable {
     }
 
     /// Places the backup's files in the staging folder; returns how many and how many bytes.
-    private func stageFiles(_ files: [(key: String, hash: String, size: UInt64)], _ claimed: ClaimedJob, _ plan: RestorePlan,
+    private func stageFiles(_ files: [(key: String, hash: String, size: UInt64)], from blobStore: any BlobStore, _ claimed: ClaimedJob, _ plan: RestorePlan,
                             progress: ProgressReporter) async throws -> (count: UInt64, bytes: UInt64) {
         // Restored files belong to whoever owns the target store, with its mode; never to backupd. The
         // staging folder stays private to backupd until every file is in it, then is handed over from

@@ -45,7 +45,7 @@ public struct JobSettings: Sendable {
 /// FAILED with the reason.
 public final class JobRunner: Service, Sendable {
     private let catalog: Catalog
-    private let blobStore: any BlobStore
+    private let stores: NamespaceStores
     /// Where the sweeps' blocking work runs (the blob store is asked there).
     private let threadPool: NIOThreadPool
     /// Where jobs write scratch files: swept of what a dead process's jobs left.
@@ -93,12 +93,12 @@ public final class JobRunner: Service, Sendable {
     /// finish (a hostile tenant's many backups held every one).
     static var collectionThreads: NIOThreadPool { .singleton }
 
-    init(catalog: Catalog, blobStore: any BlobStore, scratchDirectory: String, placement: Placement, archiveCache: ArchiveCache, spool: UploadSpool,
+    init(catalog: Catalog, stores: NamespaceStores, scratchDirectory: String, placement: Placement, archiveCache: ArchiveCache, spool: UploadSpool,
          archiveGzipLevel: Int, uploads: UploadSettings,
          threadPool: NIOThreadPool, settings: JobSettings, clock: any ServiceClock, metrics: ServiceMetrics, logger: Logger) {
         self.catalog = catalog
         self.metrics = metrics
-        self.blobStore = blobStore
+        self.stores = stores
         self.threadPool = threadPool
         self.scratchDirectory = scratchDirectory
         self.placement = placement
@@ -106,20 +106,20 @@ public final class JobRunner: Service, Sendable {
         self.clock = clock
         self.logger = logger
         let dumps = DumpStorage(catalog: catalog, threadPool: threadPool, level: Int32(settings.dumpCompressionLevel))
-        self.backupJob = BackupJob(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, databases: placement.databases, threadPool: threadPool,
+        self.backupJob = BackupJob(catalog: catalog, stores: stores, scratchDirectory: scratchDirectory, databases: placement.databases, threadPool: threadPool,
                                    tools: settings.tools, clock: clock, dumps: dumps)
-        self.restoreJob = RestoreJob(catalog: catalog, blobStore: blobStore, scratchDirectory: scratchDirectory, databases: placement.databases, threadPool: threadPool,
+        self.restoreJob = RestoreJob(catalog: catalog, stores: stores, scratchDirectory: scratchDirectory, databases: placement.databases, threadPool: threadPool,
                                      tools: settings.tools, clock: clock, parallelJobs: max(1, settings.restoreParallelism),
                                      keepPrevious: settings.keepPreviousOnRestore, dieAfterStep: settings.dieAfterRestoreStep,
                                      logger: logger)
-        self.archiveJob = ArchiveJob(catalog: catalog, clock: clock, blobStore: blobStore, cache: archiveCache, gzipLevel: archiveGzipLevel,
+        self.archiveJob = ArchiveJob(catalog: catalog, clock: clock, stores: stores, cache: archiveCache, gzipLevel: archiveGzipLevel,
                                      threadPool: threadPool)
-        self.uploadValidationJob = UploadValidationJob(catalog: catalog, clock: clock, blobStore: blobStore, scratchDirectory: scratchDirectory, spool: spool, limits: uploads.archiveLimits,
+        self.uploadValidationJob = UploadValidationJob(catalog: catalog, clock: clock, stores: stores, scratchDirectory: scratchDirectory, spool: spool, limits: uploads.archiveLimits,
                                                        reservedDiskBytes: uploads.reservedDiskBytes,
                                                        threadPool: threadPool, tools: settings.tools, dumps: dumps)
-        self.verifyJob = VerifyJob(catalog: catalog, clock: clock, blobStore: blobStore, scratchDirectory: scratchDirectory, threadPool: threadPool, tools: settings.tools,
+        self.verifyJob = VerifyJob(catalog: catalog, clock: clock, stores: stores, scratchDirectory: scratchDirectory, threadPool: threadPool, tools: settings.tools,
                                    reservedDiskBytes: uploads.reservedDiskBytes)
-        self.collector = BlobCollector(catalog: catalog, store: blobStore, threadPool: Self.collectionThreads)
+        self.collector = BlobCollector(catalog: catalog, store: stores.base, threadPool: Self.collectionThreads)
         self.archiveCache = archiveCache
         self.spool = spool
         self.uploads = uploads
@@ -296,7 +296,7 @@ public final class JobRunner: Service, Sendable {
     private func sweepArchives() async {
         do {
             let listing = try archiveCache.listing()
-            let (ready, store) = (try await catalog.readyArchives(), blobStore)
+            let (ready, store) = (try await catalog.readyArchives(), stores.base)
             // A store that cannot be asked lost nothing.
             let lost = try await threadPool.runIfActive { Set(ready.filter { (try? store.contains($0.blob)) == false }.map(\.id)) }
             let preparing = try await catalog.expireArchives(lost: lost)

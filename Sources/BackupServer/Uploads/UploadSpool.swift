@@ -18,7 +18,7 @@ import NIOPosix
 final class UploadSpool: Sendable {
     let directory: String
     private let catalog: Catalog
-    private let blobStore: any BlobStore
+    private let stores: NamespaceStores
     private let threadPool: NIOThreadPool
     /// How long an upload may go without a chunk before it is abandoned.
     let lifetime: Duration
@@ -30,12 +30,12 @@ final class UploadSpool: Sendable {
     /// Free space the disk keeps beyond every unfinished upload.
     private let reservedDiskBytes: UInt64
 
-    init(directory: String, catalog: Catalog, blobStore: any BlobStore, threadPool: NIOThreadPool, lifetime: Duration,
+    init(directory: String, catalog: Catalog, stores: NamespaceStores, threadPool: NIOThreadPool, lifetime: Duration,
          reservedDiskBytes: UInt64, clock: any ServiceClock) throws {
         try FileSystem.makeFolders(directory)
         self.directory = directory
         self.catalog = catalog
-        self.blobStore = blobStore
+        self.stores = stores
         self.threadPool = threadPool
         self.lifetime = lifetime
         self.reservedDiskBytes = reservedDiskBytes
@@ -51,7 +51,7 @@ final class UploadSpool: Sendable {
     /// the spool's) has free beyond its reserve (everything, when the disk
     /// cannot be asked).
     func usableDiskBytes() -> UInt64 {
-        guard let free = FileSystem.freeBytes(in: blobStore.localFolder ?? directory) else { return .max }
+        guard let free = FileSystem.freeBytes(in: stores.base.localFolder ?? directory) else { return .max }
         return free > reservedDiskBytes ? free - reservedDiskBytes : 0
     }
 
@@ -177,9 +177,10 @@ final class UploadSpool: Sendable {
     /// byte counts only once the whole archive's hash is checked: a
     /// complete upload is a verified one.
     private func count(_ upload: Upload, _ due: UploadReceipt.Count, writer: String, hash: RunningHash) async throws -> Bool {
-        let (path, store) = (self.path(of: upload.id, writer: writer), blobStore)
+        let (path, store) = (self.path(of: upload.id, writer: writer), try await stores.store(for: upload.namespace))
         if due.complete { try await checkHash(upload, hash) }
-        let segment = StoredBlob(hash: hash.endSegment(), size: due.to - due.from)
+        let segmentHash = hash.endSegment()
+        let segment = StoredBlob(hash: segmentHash, size: due.to - due.from, name: store.name(of: segmentHash))
         guard try await catalog.recordUploadSegment(uploadID: upload.id, writer: writer, first: due.from, blob: segment) else { return false }
         try await threadPool.runIfActive {
             // A chunk whose write failed may have left bytes past those counted.
@@ -194,12 +195,13 @@ final class UploadSpool: Sendable {
     /// from its segments in the store. A segment the store lost or holds
     /// damaged fails the upload, naming it: nothing can resume it.
     private func runningHash(of upload: Upload, received: UInt64) async throws -> RunningHash {
-        let (segments, store) = (try await catalog.uploadSegments(uploadID: upload.id, received: received), blobStore)
+        let segments = try await catalog.uploadSegments(uploadID: upload.id, received: received)
+        let store = try await stores.store(for: upload.namespace)
         do {
             return try await threadPool.runIfActive { try Self.hash(segments, in: store) }
         } catch let damage as BlobStoreError {
             switch damage {
-            case .corrupt, .missing: break
+            case .corrupt, .missing, .unreadable: break
             default: throw damage
             }
             let reason = "what it received is damaged in the server's storage (\(damage)); nothing was kept, upload the archive again"

@@ -21,7 +21,7 @@ import NIOPosix
 struct UploadValidationJob: Sendable {
     let catalog: Catalog
     let clock: any ServiceClock
-    let blobStore: any BlobStore
+    let stores: NamespaceStores
     /// Where the job writes its scratch files (a dump for pg_restore), named for the job.
     let scratchDirectory: String
     let spool: UploadSpool
@@ -47,9 +47,10 @@ struct UploadValidationJob: Sendable {
         await progress.update(done: 0, total: upload.sizeBytes, phase: "reading and checking the archive")
         let dumpPath = "\(scratchDirectory)/dump-\(claimed.job.id).backup"
         defer { FileSystem.remove(dumpPath) }
+        let blobStore = try await stores.store(for: upload.namespace)
         let ledger = BlobLedger(catalog: catalog, store: blobStore, threadPool: threadPool, clock: clock)
         let segments = try await catalog.uploadSegments(uploadID: upload.id, received: upload.sizeBytes)
-        let read = try await readArchive(segments, into: ledger.store, dumpTo: dumpPath, progress: progress)
+        let read = try await readArchive(segments, from: blobStore, into: ledger.store, dumpTo: dumpPath, progress: progress)
         let packageVersion = try Self.packageVersion(read.contents.metadata)
         try await ledger.record(read.documents.map(\.blob))
         await progress.update(phase: "checking the database dump with pg_restore --list")
@@ -78,9 +79,9 @@ struct UploadValidationJob: Sendable {
     /// job is cancelled; progress is the compressed bytes read. Its segments
     /// are read from the store; its documents are written through `ledgerStore`,
     /// the job's view of it (`BlobLedger.store`).
-    private func readArchive(_ segments: [StoredBlob], into ledgerStore: any BlobStore, dumpTo dumpPath: String,
+    private func readArchive(_ segments: [StoredBlob], from blobStore: any BlobStore, into ledgerStore: any BlobStore, dumpTo dumpPath: String,
                              progress: ProgressReporter) async throws -> ReadArchive {
-        let (blobStore, limits, reserved) = (self.blobStore, self.limits, self.reservedDiskBytes)
+        let (limits, reserved) = (self.limits, self.reservedDiskBytes)
         return try await progress.reporting(on: threadPool) { interruption, report in
             let documents = NIOLockedValueBox<[(key: String, blob: StoredBlob)]>([])
             let contents: SnapshotArchiveReader.Contents

@@ -14,7 +14,7 @@ import NIOPosix
 struct VerifyJob: Sendable {
     let catalog: Catalog
     let clock: any ServiceClock
-    let blobStore: any BlobStore
+    let stores: NamespaceStores
     /// Where the job writes its scratch files (a dump for pg_restore), named for the job.
     let scratchDirectory: String
     let threadPool: NIOThreadPool
@@ -32,7 +32,7 @@ struct VerifyJob: Sendable {
         // Named as the scratch sweep knows a job's dump, so a dead process's copy goes too.
         let dumpPath = "\(scratchDirectory)/dump-\(jobID).backup"
         defer { FileSystem.remove(dumpPath) }
-        let (blobStore, reserved) = (self.blobStore, self.reservedDiskBytes)
+        let (blobStore, reserved) = (try await stores.store(for: backup.namespace), self.reservedDiskBytes)
         // The backup is pinned while this job runs, so every blob it reads stays referenced and is never collected.
         var (problems, dumpIntact) = try await progress.reporting(on: threadPool) { interruption, report in
             var problems: [VerifyProblem] = []
@@ -95,6 +95,8 @@ struct VerifyJob: Sendable {
             problem = "missing from the blob store"
         } catch BlobStoreError.corrupt(_, let actual) {
             problem = "corrupt: its content hashes to \(actual.hex)"
+        } catch BlobStoreError.unreadable(_, let reason) {
+            problem = "corrupt: it \(reason)"
         } catch BlobStoreError.cannotRead(_, let code) {
             problem = "unreadable: \(String(cString: strerror(code)))"
         }

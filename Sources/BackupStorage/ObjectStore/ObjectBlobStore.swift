@@ -57,18 +57,21 @@ public struct ObjectBlobStore: BlobStore {
         ObjectBlobWriter(store: self)
     }
 
-    public func read(_ hash: ContentHash, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64 {
-        let key = key(hash), client = client, step = UInt64(partSize)
+    public func objectWriter() throws -> any BlobWriter {
+        ObjectBlobWriter(store: self)
+    }
+
+    public func readObject(_ name: ContentHash, interruption: Interruption?, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64 {
+        let key = key(name), client = client, step = UInt64(partSize)
         func fetch(_ offset: UInt64) -> Task<(bytes: ByteBuffer, objectSize: UInt64)?, any Error> {
             Task { try await client.read(key, range: offset...(offset + step - 1)) }
         }
         var pending = fetch(0)
         defer { pending.cancel() }
-        let hasher = SHA256Hasher()
         var offset: UInt64 = 0
         while true {
             let task = pending
-            guard let (bytes, objectSize) = try waitFor({ try await task.value }) else { throw BlobStoreError.missing(hash) }
+            guard let (bytes, objectSize) = try waitFor({ try await task.value }) else { throw BlobStoreError.missing(name) }
             offset += UInt64(bytes.readableBytes)
             let more = offset < objectSize
             if more {
@@ -78,14 +81,9 @@ public struct ObjectBlobStore: BlobStore {
                 pending = fetch(offset)
             }
             if interruption?.isSet == true { throw BlobStoreError.interrupted(path: key) }
-            try bytes.withUnsafeReadableBytes { chunk in
-                hasher.update(chunk)
-                try consume(chunk)
-            }
+            try bytes.withUnsafeReadableBytes { try consume($0) }
             if !more { break }
         }
-        let actual = hasher.finish()
-        guard actual == hash else { throw BlobStoreError.corrupt(hash, actual: actual) }
         return offset
     }
 
@@ -190,10 +188,11 @@ public struct ObjectBlobStore: BlobStore {
         return StoredBlob(hash: hash, size: size, written: true)
     }
 
-    /// Sends content of known `hash` and `size`, which `push` writes, to its
-    /// key; an upload that fails is aborted, leaving nothing under the key.
-    func send(_ hash: ContentHash, size: UInt64, _ push: (ObjectUpload) throws -> Void) throws {
-        let upload = ObjectUpload(store: self, key: key(hash), hash: hash, size: size)
+    /// Sends content of known `hash` and `size`, which `push` writes, to the
+    /// key of `name` (its hash's unless given); an upload that fails is
+    /// aborted, leaving nothing under the key.
+    func send(_ hash: ContentHash, as name: ContentHash? = nil, size: UInt64, _ push: (ObjectUpload) throws -> Void) throws {
+        let upload = ObjectUpload(store: self, key: key(name ?? hash), hash: hash, size: size)
         do {
             try push(upload)
             try upload.finish()
@@ -320,9 +319,17 @@ final class ObjectBlobWriter: BlobWriter {
             staged.discard()
             return StoredBlob(hash: hash, size: size, written: false)
         }
-        try store.send(hash, size: size) { upload in try staged.readBack { try upload.write($0) } }
+        return try send(hash)
+    }
+
+    func finish(as name: ContentHash) throws -> StoredBlob {
+        try send(staged.finishHash(), as: name)
+    }
+
+    private func send(_ hash: ContentHash, as name: ContentHash? = nil) throws -> StoredBlob {
+        try store.send(hash, as: name, size: staged.size) { upload in try staged.readBack { try upload.write($0) } }
         staged.discard()
-        return StoredBlob(hash: hash, size: size, written: true)
+        return StoredBlob(hash: name ?? hash, size: staged.size, written: true)
     }
 }
 
