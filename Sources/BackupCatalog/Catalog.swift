@@ -39,6 +39,11 @@ public struct Catalog: Sendable {
                     version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())
                 """)
             let applied = Set(try connection.query("SELECT version FROM schema_migrations").map { Int($0.string("version")) })
+            // A newer backupd's tables mean what this one does not know (its collection would take content it cannot see referenced).
+            if let newest = applied.compactMap({ $0 }).max(), let known = Migrations.all.last?.version, newest > known {
+                throw BackupError.failedPrecondition("the catalog was migrated by a newer backupd (to version \(newest); this one knows up to "
+                                                     + "\(known)): run that version, or restore the catalog from before the upgrade")
+            }
             for migration in Migrations.all where !applied.contains(migration.version) {
                 try connection.transaction {
                     try connection.execute(script: migration.sql)

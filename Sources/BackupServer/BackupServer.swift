@@ -96,6 +96,7 @@ public struct BackupServer: Service, CustomStringConvertible {
                 onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }) async throws {
         let catalogIdentity = try await catalog.pool.withConnection(idempotent: true) { try DatabaseIdentity.of($0) }
         let stores = NamespaceStores(base: blobStore, masterKeys: configuration.storageKeys, catalog: catalog)
+        try await stores.check(configuration.storageKeys)
         let archiveCache = try ArchiveCache(directory: configuration.downloads.cacheDirectory ?? workDirectory + "/archives",
                                             reservedDiskBytes: configuration.downloads.reservedDiskBytes)
         let spool = try UploadSpool(directory: configuration.uploads.directory ?? workDirectory + "/uploads", catalog: catalog, stores: stores,
@@ -204,6 +205,7 @@ public struct BackupServer: Service, CustomStringConvertible {
             // Encryption is on or off for the process's life; a reload only changes which master keys it holds.
             if let keyFile = configuration.storageKeyFile, stores.encrypts {
                 let keys = try StorageKeys(reading: keyFile)
+                try await stores.check(keys)
                 prepared.append(PreparedReload(summary: "storage keys \(keys.file.keys.map(\.id).joined(separator: ", ")), "
                                                + "wrapping with \(keys.file.current.id)") { [stores] in stores.masterKeys = keys })
             }

@@ -103,6 +103,22 @@ import Testing
         }
     }
 
+    /// Helper finding (issue 23): a process of an older version started on
+    /// a catalog a newer one migrated, and its collection took every
+    /// encrypted blob for unreferenced. A catalog migrated past what a
+    /// process knows is refused, naming both versions, and left as it was.
+    @Test func aCatalogANewerBackupdMigratedIsRefused() async throws {
+        try await withCatalog { catalog, database in
+            let newer = (Migrations.all.last?.version ?? 0) + 1
+            try await TestPostgres.query(database, "INSERT INTO schema_migrations (version) VALUES ($1)", String(newer))
+            await #expect(throws: BackupError.failedPrecondition(
+                "the catalog was migrated by a newer backupd (to version \(newer); this one knows up to \(newer - 1)): "
+                    + "run that version, or restore the catalog from before the upgrade")) {
+                try await catalog.migrate()
+            }
+        }
+    }
+
     @Test func theDatabaseAllowsOneActiveJobPerEnvironment() async throws {
         try await withCatalog { catalog, database in
             try await register(catalog)

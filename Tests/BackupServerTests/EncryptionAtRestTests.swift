@@ -188,55 +188,76 @@ import Testing
     /// leaves no object kept as is. A process restarted with a new setting is the point.
     @Test func aStoreWrittenBeforeEncryptionStaysReadableAndItsPlainObjectsGoWithTheirBackups() async throws {
         try await withTestApp { app in
-            try await withTestServer { plain in
-                let old = try await finishedBackup(plain, app)
-                await plain.stop()
-                let scratch = try ScratchDirectory("storage-keys")
-                defer { scratch.remove() }
-                try testStorageKeys.write(toFile: scratch.path + "/storage-keys", atomically: true, encoding: .utf8)
-                func restart() async throws -> TestServer {
-                    try await TestServer.start(arguments: ["--storage-keys", scratch.path + "/storage-keys"], catalogDatabase: plain.catalogDatabase,
-                                               storage: plain.storage, adminToken: plain.adminToken, platformToken: plain.platformToken)
+            try await withTestApp { staging in
+                try await withTestServer { plain in
+                    // Two environments of one namespace holding the same data (staging a copy of production), in many chunks.
+                    try addBulkTable(app)
+                    try addBulkTable(staging)
+                    let old = try await finishedBackup(plain, app)
+                    let oldStaging = try await finishedBackup(plain, staging, name: "shop-staging")
+                    await plain.stop()
+                    let scratch = try ScratchDirectory("storage-keys")
+                    defer { scratch.remove() }
+                    try testStorageKeys.write(toFile: scratch.path + "/storage-keys", atomically: true, encoding: .utf8)
+                    func restart(keys: Bool = true) async throws -> TestServer {
+                        try await TestServer.start(arguments: keys ? ["--storage-keys", scratch.path + "/storage-keys"] : [],
+                                                   catalogDatabase: plain.catalogDatabase, storage: plain.storage,
+                                                   adminToken: plain.adminToken, platformToken: plain.platformToken)
+                    }
+                    let encrypted = try await restart()
+                    let plainObjects = try await encrypted.storedBlobs()
+                    let created = try await encrypted.withClient { client in
+                        let verifying = try await client.unary(Backups.verifyBackup, .with { $0.id = old.id })
+                        #expect(try await waitForJob(verifying.id, on: client).status == .finished)
+                        #expect(try await restore(client, old).status == .finished)
+                        func backUp(_ environment: String) async throws -> Backup {
+                            _ = try await client.unary(Backups.setEnvironmentState, .with { $0.namespace = TestServer.namespace; $0.name = environment; $0.state = .running })
+                            let created = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = environment })
+                            #expect(try await waitForJob(created.job.id, on: client).status == .finished)
+                            _ = try await client.unary(Backups.setEnvironmentState, .with { $0.namespace = TestServer.namespace; $0.name = environment; $0.state = .stopped })
+                            return created.backup
+                        }
+                        // Staging first: when production backs up, the encrypted copies of its old chunks exist already.
+                        _ = try await backUp("shop-staging")
+                        let created = try await backUp("shop-production")
+                        for old in [old, oldStaging] { _ = try await client.unary(Backups.deleteBackup, .with { $0.id = old.id }) }
+                        return created
+                    }
+                    // Helper finding: production's next dump reused its last backup's plain chunks by their plain names, which the
+                    // encrypted copies made by staging seemed to stand for; such a backup kept plain objects alive for ever.
+                    let plainNamed = try await TestPostgres.query(plain.catalogDatabase, """
+                        SELECT (SELECT count(*) FROM dump_chunks WHERE snapshot_id = $1 AND blob = blob_sha256)
+                             + (SELECT count(*) FROM snapshot_files WHERE snapshot_id = $1 AND blob = sha256) AS n
+                        """, created.id)
+                    #expect(plainNamed[0].string("n") == "0")
+                    #expect(encrypted.log.contains("new content is kept encrypted per namespace"))
+                    await encrypted.stop()
+                    // Helper finding: a process started without the key file read none of the encrypted content and stored
+                    // new content unencrypted. Once a namespace has a key, it refuses to start.
+                    await #expect { _ = try await restart(keys: false) } throws: { "\($0)".contains("--storage-keys") }
+
+                    // The operator's commands, on the same catalog: which master key wraps what, and a rotation to a third key.
+                    func keys(_ command: String) async throws -> CommandResult {
+                        try await runCommand("\(binDirectory)/backupd", ["keys", command, "--storage-keys", scratch.path + "/storage-keys"],
+                                             environment: ["BACKUPD_CATALOG": TestPostgres.connectionString(plain.catalogDatabase)])
+                    }
+                    let listed = try await keys("list")
+                    #expect(listed.status == 0 && listed.standardOutput.hasPrefix("acme\ttest-storage-new\n"), "\(listed.standardError)")
+                    #expect(listed.standardOutput.contains("# 1 namespaces; by master key: test-storage-old: 0, test-storage-new: 1"))
+                    try (testStorageKeys + "\ntest-storage-newest = \(base64URL(Array(repeating: 8, count: 32)))\n")
+                        .write(toFile: scratch.path + "/storage-keys", atomically: true, encoding: .utf8)
+                    let rotated = try await keys("rotate")
+                    #expect(rotated.status == 0 && rotated.standardOutput == "wrapped 1 namespace keys again with test-storage-newest; 0 already were\n",
+                            "\(rotated.standardOutput)\(rotated.standardError)")
+                    // A restart collects at once: what only the old backups held goes, and nothing kept as is is left.
+                    let collected = try await restart()
+                    try await eventually(within: .seconds(60)) { try await collected.storedBlobs().isDisjoint(with: plainObjects) }
+                    for name in try await collected.storedBlobs() {
+                        #expect(try await collected.storedObject(name).starts(with: SegmentedEncryption.magic))
+                    }
+                    #expect(try await collected.withClient { try await restore($0, created) }.status == .finished)
+                    await collected.remove()
                 }
-                let encrypted = try await restart()
-                let plainObjects = try await encrypted.storedBlobs()
-                try await encrypted.withClient { client in
-                    let verifying = try await client.unary(Backups.verifyBackup, .with { $0.id = old.id })
-                    #expect(try await waitForJob(verifying.id, on: client).status == .finished)
-                    #expect(try await restore(client, old).status == .finished)
-                    _ = try await client.unary(Backups.setEnvironmentState, .with { $0.namespace = TestServer.namespace; $0.name = "shop-production"; $0.state = .running })
-                    let created = try await client.unary(Backups.createBackup, .with { $0.namespace = TestServer.namespace; $0.environment = "shop-production" })
-                    #expect(try await waitForJob(created.job.id, on: client).status == .finished)
-                    _ = try await client.unary(Backups.setEnvironmentState, .with { $0.namespace = TestServer.namespace; $0.name = "shop-production"; $0.state = .stopped })
-                    _ = try await client.unary(Backups.deleteBackup, .with { $0.id = old.id })
-                }
-                #expect(encrypted.log.contains("new content is kept encrypted per namespace"))
-                await encrypted.stop()
-                // The operator's commands, on the same catalog: which master key wraps what, and a rotation to a third key.
-                func keys(_ command: String) async throws -> CommandResult {
-                    try await runCommand("\(binDirectory)/backupd", ["keys", command, "--storage-keys", scratch.path + "/storage-keys"],
-                                         environment: ["BACKUPD_CATALOG": TestPostgres.connectionString(plain.catalogDatabase)])
-                }
-                let listed = try await keys("list")
-                #expect(listed.status == 0 && listed.standardOutput.hasPrefix("acme\ttest-storage-new\n"), "\(listed.standardError)")
-                #expect(listed.standardOutput.contains("# 1 namespaces; by master key: test-storage-old: 0, test-storage-new: 1"))
-                try (testStorageKeys + "\ntest-storage-newest = \(base64URL(Array(repeating: 8, count: 32)))\n")
-                    .write(toFile: scratch.path + "/storage-keys", atomically: true, encoding: .utf8)
-                let rotated = try await keys("rotate")
-                #expect(rotated.status == 0 && rotated.standardOutput == "wrapped 1 namespace keys again with test-storage-newest; 0 already were\n",
-                        "\(rotated.standardOutput)\(rotated.standardError)")
-                // A restart collects at once: what only the old backup held goes, and nothing kept as is is left.
-                let collected = try await restart()
-                try await eventually(within: .seconds(60)) { try await collected.storedBlobs().isDisjoint(with: plainObjects) }
-                for name in try await collected.storedBlobs() {
-                    #expect(try await collected.storedObject(name).starts(with: SegmentedEncryption.magic))
-                }
-                let newest = try await collected.withClient { client in
-                    try await client.unary(Backups.listBackups, .with { $0.namespace = TestServer.namespace }).backups
-                }
-                #expect(newest.count == 1)
-                #expect(try await collected.withClient { try await restore($0, newest[0]) }.status == .finished)
-                await collected.remove()
             }
         }
     }
@@ -300,6 +321,12 @@ import Testing
                     "a namespace's data key is wrapped with storage key new, which the storage key file does not list")) {
                     _ = try await oldOnly.store(for: "acme")
                 }
+                // Helper finding: a key file lacking a master key in use failed every job of its namespaces; a reload refuses it,
+                // and one without the old key, which no namespace's key needs now, is taken.
+                try "old = \(old)\n".write(toFile: keyFile, atomically: true, encoding: .utf8)
+                await #expect { _ = try await server.reload() } throws: { "\($0)".contains("lacks master keys new") }
+                try "new = \(new)\n".write(toFile: keyFile, atomically: true, encoding: .utf8)
+                #expect(try await server.reload().contains("storage keys new, wrapping with new"))
             }
         }
     }

@@ -19,7 +19,11 @@ struct DumpStorage: Sendable {
     func store(_ path: String, of environment: (namespace: String, name: String), ledger: BlobLedger,
                progress: ProgressReporter, reportingTo target: ProgressReporter.Target) async throws -> StoredDump {
         // Marked used before the dump starts, so a collection beside this job keeps them: only those still there are reused.
+        // Only chunks kept as the store keeps new content now: one kept unencrypted before the namespace had a key is
+        // stored again, encrypted (helper finding: its plain name was reused whenever the encrypted copy existed).
+        let store = ledger.store
         let latest = try await catalog.knownDumpChunks(namespace: environment.namespace, environment: environment.name)
+            .filter { store.name(of: $0.value.blob.hash) == $0.value.blob.name }
         let kept = Set(try await ledger.keep(latest.values.map(\.blob)).map(\.hash))
         let known = latest.filter { kept.contains($0.value.blob.hash) }
         let writer = DumpChunkWriter(store: ledger.store, level: level)

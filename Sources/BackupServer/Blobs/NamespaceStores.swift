@@ -35,6 +35,32 @@ final class NamespaceStores: Sendable {
         set { keys.withLock { $0 = newValue } }
     }
 
+    /// Refuses master keys (nil: none) that cannot read what the catalog
+    /// keeps: a process without them, once some namespace has a key, would
+    /// read none of its content and store new content unencrypted; a key
+    /// file lacking a master key that wraps some namespace's key would fail
+    /// every job of that namespace.
+    func check(_ keys: StorageKeys?) async throws(BackupError) {
+        let used: [WrappedNamespaceKey]
+        do {
+            used = try await catalog.namespaceKeys()
+        } catch {
+            throw .unavailable("cannot ask the catalog which master keys are in use: \(error)")
+        }
+        guard !used.isEmpty else { return }
+        guard let keys else {
+            throw .failedPrecondition(
+                "\(used.count) namespaces keep their content encrypted, but this process has no --storage-keys: it would read none "
+                    + "of it and store new content unencrypted; start it with the storage key file")
+        }
+        let missing = Set(used.map(\.keyID)).filter { keys.file.key($0) == nil }.sorted()
+        guard missing.isEmpty else {
+            throw .failedPrecondition(
+                "the storage key file lacks master keys \(missing.joined(separator: ", ")), which wrap namespaces' data keys; "
+                    + "put them back (a key may leave the file once `backupd keys list` shows no namespace under it)")
+        }
+    }
+
     /// The store as `namespace` sees it; fails when its key cannot be
     /// unwrapped (the key file lacks the master key that wrapped it).
     func store(for namespace: String) async throws -> any BlobStore {
