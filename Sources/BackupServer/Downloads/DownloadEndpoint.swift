@@ -196,10 +196,11 @@ package struct DownloadEndpoint: Sendable {
             return
         }
         defer { if bytes != nil { slots.release(record.namespace) } }
-        if bytes != nil {
+        // The namespace's view of the store, once per answer with a body: it checks the size, then serves the bytes.
+        let store = bytes == nil ? nil : try await stores.store(for: record.namespace)
+        if let store {
             // Asked of the store only for an answer with a body, within the namespace's download slots. Checked
             // before any header goes out: a 200 must be followed by the whole archive.
-            let store = try await stores.store(for: record.namespace)
             switch try await threadPool.runIfActive({ try store.size(of: archive) }) {
             case nil:
                 // Its backup deleted and every URL expired since the URL was signed, or lost with the store.
@@ -215,9 +216,7 @@ package struct DownloadEndpoint: Sendable {
         var headers = HTTPHeaders(response.headers)
         if !keepAlive { headers.add(name: "Connection", value: "close") }
         try await outbound.write(.head(HTTPResponseHead(version: head.version, status: .init(statusCode: response.status), headers: headers)))
-        if let (first, last) = bytes {
-            try await send(archive, from: first, through: last, of: try await stores.store(for: record.namespace), on: outbound)
-        }
+        if let (first, last) = bytes, let store { try await send(archive, from: first, through: last, of: store, on: outbound) }
         try await outbound.write(.end(nil))
         try await outbound.drain()
     }
