@@ -35,19 +35,24 @@ extension Catalog {
         return try await pool.withConnection(idempotent: true) { connection in
             var claimed = Set<ContentHash>()
             for start in stride(from: 0, to: distinct.count, by: Catalog.insertBatch) {
-                let batch = distinct[start..<min(start + Catalog.insertBatch, distinct.count)]
-                let rows = try connection.query("""
-                    INSERT INTO blobs (sha256, size)
-                    SELECT sha256, size::bigint FROM unnest($1::text[], $2::text[]) AS b(sha256, size)
-                    ON CONFLICT (sha256) DO UPDATE SET used_at = now(), size = \(verified ? "excluded.size" : "blobs.size"),
-                        collecting_since = CASE WHEN blobs.collecting_since < now() - interval '\(Self.staleBlobClaim)' THEN NULL
-                                                ELSE blobs.collecting_since END
-                    RETURNING sha256, collecting_since IS NOT NULL AS claimed
-                    """, batch.map(\.name.hex), batch.map { String($0.size) })
-                claimed.formUnion(rows.filter { $0.bool("claimed") }.compactMap { ContentHash(hex: $0.string("sha256")) })
+                claimed.formUnion(try Self.markUsed(connection, distinct[start..<min(start + Catalog.insertBatch, distinct.count)],
+                                                    sizesVerified: verified))
             }
             return claimed
         }
+    }
+
+    /// Marks distinct `blobs` used now, making rows for those without; returns the names of those a collection claimed.
+    static func markUsed(_ connection: PostgresConnection, _ blobs: some Collection<StoredBlob>, sizesVerified verified: Bool) throws
+        -> Set<ContentHash> {
+        Set(try connection.query("""
+            INSERT INTO blobs (sha256, size)
+            SELECT sha256, size::bigint FROM unnest($1::text[], $2::text[]) AS b(sha256, size)
+            ON CONFLICT (sha256) DO UPDATE SET used_at = now(), size = \(verified ? "excluded.size" : "blobs.size"),
+                collecting_since = CASE WHEN blobs.collecting_since < now() - interval '\(Self.staleBlobClaim)' THEN NULL
+                                        ELSE blobs.collecting_since END
+            RETURNING sha256, collecting_since IS NOT NULL AS claimed
+            """, blobs.map(\.name.hex), blobs.map { String($0.size) }).filter { $0.bool("claimed") }.compactMap { ContentHash(hex: $0.string("sha256")) })
     }
 
     /// Claims the rows of up to `limit` blobs no snapshot, ready archive or

@@ -22,7 +22,7 @@ struct Backupd: AsyncParsableCommand {
         commandName: "backupd",
         abstract: "Backup and restore for apps made of a PostgreSQL database and file documents.",
         version: "backupd \(BuildInfo.description)",
-        subcommands: [Serve.self, ConfigCommand.self, TokenCommand.self, KeysCommand.self, ReloadCommand.self],
+        subcommands: [Serve.self, ConfigCommand.self, TokenCommand.self, KeysCommand.self, StoreCommand.self, ReloadCommand.self],
         defaultSubcommand: Serve.self)
 
     /// Parses the command line with the settings it leaves out taken from
@@ -118,13 +118,9 @@ struct Serve: AsyncParsableCommand {
         }
         // The object store's settings are checked before its HTTP client exists: once made, it must be shut down.
         let objectStore = try options.blobStore.objectStore()
-        let objectStoreHTTP = objectStore.map { _ in
-            HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
-                       configuration: .init(connectionPool: .init(idleTimeout: .seconds(60),
-                                                                  concurrentHTTP1ConnectionsPerHostSoftLimit: options.blobStore.s3Connections)))
-        }
+        let objectStoreHTTP = options.blobStore.objectStoreHTTP(objectStore)
         do {
-            let blobStore = try makeBlobStore(objectStore, http: objectStoreHTTP)
+            let blobStore = try options.blobStore.makeBlobStore(objectStore, http: objectStoreHTTP)
             let metrics = ServiceMetrics()
             let catalog = Catalog(connectionString: catalogURL, maximumConnections: Self.catalogConnections, threadPool: catalogThreads,
                                   observer: metrics)
@@ -149,22 +145,6 @@ struct Serve: AsyncParsableCommand {
             throw error
         }
         try? await objectStoreHTTP?.shutdown()
-    }
-
-    /// The local folder, or the object store (its streamed content staged in
-    /// the work folder's scratch, which the job runner sweeps of what dead
-    /// jobs left).
-    private func makeBlobStore(_ objectStore: (ObjectStoreLocation, ObjectStoreCredentials)?, http: HTTPClient?) throws -> any BlobStore {
-        let settings = options.blobStore
-        guard let (location, credentials) = objectStore, let http else { return try LocalBlobStore(root: settings.blobDir) }
-        do {
-            var client = try ObjectStoreClient(location: location, credentials: credentials, http: http)
-            client.requestTimeout = .seconds(Int64(settings.s3RequestTimeoutSeconds))
-            return try ObjectBlobStore(client: client, scratchDirectory: settings.blobDir + "/tmp", partSize: settings.s3PartSizeMib << 20,
-                                       partsInFlight: settings.s3PartsInFlight)
-        } catch let error as ObjectStoreError {
-            throw ValidationError(error.description)
-        }
     }
 
     /// Connections (and threads) of the catalog pool.
@@ -246,19 +226,11 @@ struct TokenCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            let threadPool = NIOThreadPool(numberOfThreads: 1)
-            threadPool.start()
-            let catalog = Catalog(connectionString: catalogOptions.catalog, maximumConnections: 1, threadPool: threadPool)
-            do {
-                try await catalog.migrate()
+            try await catalogOptions.withCatalog { catalog, _ in
                 let secret = AccessTokenSecret()
                 _ = try await catalog.createToken(namespace: namespace, role: platform ? .platform : Role(name: role)!, name: name,
                                                   secretDigest: secret.digest)
                 print(secret.text)
-                try await threadPool.shutdownGracefully()
-            } catch {
-                try? await threadPool.shutdownGracefully()
-                throw ValidationError("\(error)")
             }
         }
     }

@@ -27,8 +27,8 @@ struct KeysOptions: ParsableArguments {
 /// the catalog wrapped by the master keys of `--storage-keys`.
 struct KeysCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "keys", abstract: "List and rotate the master keys that wrap namespaces' data keys.",
-        subcommands: [List.self, Rotate.self])
+        commandName: "keys", abstract: "List, rotate and shred the keys that encrypt namespaces' content.",
+        subcommands: [List.self, Rotate.self, Shred.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Say which master key wraps each namespace's data key.")
@@ -71,6 +71,42 @@ struct KeysCommand: AsyncParsableCommand {
         }
     }
 
+    struct Shred: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Erase a namespace: delete its data key and every backup and upload of it (crypto-shredding).",
+            discussion: """
+                Without its data key, what the store keeps of the namespace cannot be read by anyone: the bucket, its \
+                replicas and its copies alike. The backups and uploads go from the catalog in the same transaction, and \
+                backupd's next collections remove their content. The namespace's environments and schedules stay (delete \
+                them to stop its backups); its next backup is made under a new key. Refused while a job works on the \
+                namespace. The catalog's own backups still hold the wrapped key: see docs/security.md.
+                """)
+
+        @OptionGroup var options: KeysOptions
+
+        @Argument(help: "The namespace to erase.")
+        var namespace: String
+
+        @Flag(help: "Only say what would be deleted.")
+        var dryRun = false
+
+        @Flag(help: "Shred without asking (required: there is no undo).")
+        var yes = false
+
+        func run() async throws {
+            try await KeysCommand.withCatalog(options) { catalog, _ in
+                let plan = try await catalog.shredNamespaceKey(namespace, actor: "backupd keys shred", dryRun: true)
+                let what = "the data key of namespace \(namespace) (wrapped by \(plan.keyID)), its \(plan.backups) backups "
+                    + "and \(plan.uploads) uploads"
+                guard !dryRun else { return print("would delete \(what)") }
+                guard yes else { throw ValidationError("this deletes \(what), for ever; run again with --yes") }
+                let done = try await catalog.shredNamespaceKey(namespace, actor: "backupd keys shred", dryRun: false)
+                print("deleted the data key of namespace \(namespace) (wrapped by \(done.keyID)), its \(done.backups) backups "
+                      + "and \(done.uploads) uploads; the next collections remove their content from the store")
+            }
+        }
+    }
+
     /// Runs `body` with the catalog and master keys `options` name.
     private static func withCatalog(_ options: KeysOptions, _ body: (Catalog, StorageKeys) async throws -> Void) async throws {
         let keys: StorageKeys
@@ -79,19 +115,6 @@ struct KeysCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError("--storage-keys: \(error)")
         }
-        let threadPool = NIOThreadPool(numberOfThreads: 1)
-        threadPool.start()
-        let catalog = Catalog(connectionString: try ConnectionString.absorbingEnvironment(options.catalog.catalog), maximumConnections: 1,
-                              threadPool: threadPool)
-        do {
-            try await catalog.migrate()
-            try await body(catalog, keys)
-            await catalog.pool.close()
-            try await threadPool.shutdownGracefully()
-        } catch {
-            await catalog.pool.close()
-            try? await threadPool.shutdownGracefully()
-            throw ValidationError("\(error)")
-        }
+        try await options.catalog.withCatalog { catalog, _ in try await body(catalog, keys) }
     }
 }

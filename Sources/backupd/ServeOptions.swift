@@ -1,10 +1,14 @@
 import ArgumentParser
+import AsyncHTTPClient
+import BackupCatalog
+import BackupPostgres
 import BackupRules
 import BackupServer
 import BackupStorage
 import BackupWire
 import Foundation
 import Logging
+import NIOPosix
 
 // The settings of `backupd serve`, one group per concern, as `--help` shows
 // them. Each is an option on the command line, a variable in the environment
@@ -20,6 +24,26 @@ struct CatalogOptions: ParsableArguments {
 
     func validate() throws {
         guard !catalog.isEmpty else { throw ValidationError("--catalog (or BACKUPD_CATALOG) is required") }
+    }
+
+    /// Runs `body` with the catalog, migrated to this version's schema, on
+    /// one connection and a pool of two threads (the catalog's and one for
+    /// blob work): what the commands that work beside serve need.
+    func withCatalog<T>(_ body: (Catalog, NIOThreadPool) async throws -> T) async throws -> T {
+        let threadPool = NIOThreadPool(numberOfThreads: 2)
+        threadPool.start()
+        let catalog = Catalog(connectionString: try ConnectionString.absorbingEnvironment(catalog), maximumConnections: 1, threadPool: threadPool)
+        do {
+            try await catalog.migrate()
+            let result = try await body(catalog, threadPool)
+            await catalog.pool.close()
+            try await threadPool.shutdownGracefully()
+            return result
+        } catch {
+            await catalog.pool.close()
+            try? await threadPool.shutdownGracefully()
+            throw ValidationError("\(error)")
+        }
     }
 }
 
@@ -165,6 +189,30 @@ struct BlobStoreOptions: ParsableArguments {
             configuration.storageKeyFile = storageKeys
         } catch {
             throw ValidationError("--storage-keys: \(error)")
+        }
+    }
+
+    /// The HTTP client of the object store `objectStore` names (nil for the
+    /// local folder); its owner shuts it down.
+    func objectStoreHTTP(_ objectStore: (ObjectStoreLocation, ObjectStoreCredentials)?) -> HTTPClient? {
+        objectStore.map { _ in
+            HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton,
+                       configuration: .init(connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: s3Connections)))
+        }
+    }
+
+    /// The local folder, or the object store (its streamed content staged in
+    /// the work folder's scratch, which the job runner sweeps of what dead
+    /// jobs left).
+    func makeBlobStore(_ objectStore: (ObjectStoreLocation, ObjectStoreCredentials)?, http: HTTPClient?) throws -> any BlobStore {
+        guard let (location, credentials) = objectStore, let http else { return try LocalBlobStore(root: blobDir) }
+        do {
+            var client = try ObjectStoreClient(location: location, credentials: credentials, http: http)
+            client.requestTimeout = .seconds(Int64(s3RequestTimeoutSeconds))
+            return try ObjectBlobStore(client: client, scratchDirectory: blobDir + "/tmp", partSize: s3PartSizeMib << 20,
+                                       partsInFlight: s3PartsInFlight)
+        } catch let error as ObjectStoreError {
+            throw ValidationError(error.description)
         }
     }
 

@@ -209,9 +209,9 @@ struct LayeredArguments: Sendable {
 
     /// The settings the command line `arguments` (the subcommand's name
     /// first, if any) runs with: `serve` and `config check` take every
-    /// setting of serve from variables and the configuration file,
-    /// `token create` only the catalog's variable; other commands read
-    /// their own.
+    /// setting of serve from variables and the configuration file, `keys`
+    /// and `store` theirs from serve's variables and file, `token create`
+    /// only the catalog's variable; other commands read their own.
     static func resolving(_ arguments: [String], environment: [String: String]) throws(SettingsError) -> LayeredArguments {
         // --help and --version need no settings, and must work whatever the environment holds.
         if arguments.contains(where: { ["-h", "--help", "--version", "--experimental-dump-help"].contains($0) }) || arguments.first == "help" {
@@ -220,9 +220,10 @@ struct LayeredArguments: Sendable {
         let (command, readsFile): (any ParsableArguments.Type, Bool)
         switch (arguments.first, arguments.dropFirst().first) {
         case ("config", "check"): (command, readsFile) = (ServeOptions.self, true)
-        case ("keys", _):
+        case ("keys", _), ("store", _):
             // serve's own file: its other settings are known, and left to serve.
-            return try LayeredArguments(arguments, settings: Setting.of(KeysOptions.self), fileSettings: Setting.of(ServeOptions.self),
+            let command: any ParsableArguments.Type = arguments.first == "keys" ? KeysOptions.self : StoreOptions.self
+            return try LayeredArguments(arguments, settings: Setting.of(command), fileSettings: Setting.of(ServeOptions.self),
                                         environment: environment, readsFile: true)
         case ("token", "create"): (command, readsFile) = (CatalogOptions.self, false)
         case (nil, _), ("serve", _): (command, readsFile) = (ServeOptions.self, true)

@@ -1,3 +1,4 @@
+import BackupCatalog
 import BackupClient
 import BackupRules
 @testable import BackupServer
@@ -6,6 +7,7 @@ import BackupTestSupport
 import BackupWire
 import CZstd
 import Foundation
+import NIOPosix
 import Testing
 
 /// Encryption at rest per namespace (issue 23), end to end through a server:
@@ -111,6 +113,16 @@ import Testing
             """, namespace).map { $0.string("blob") })
     }
 
+    /// A finished backup of `namespace`'s shop-production, asked for with `token`.
+    private static func backUp(_ server: InProcessServer, _ namespace: String, token: String) async throws -> Backup {
+        try await server.withClient(token: token) { client in
+            let created = try await client.unary(Backups.createBackup, .with { $0.namespace = namespace; $0.environment = "shop-production" })
+            let job = try await waitForJob(created.job.id, on: client)
+            #expect(job.status == .finished, "\(job.error)")
+            return try await client.unary(Backups.getBackup, .with { $0.id = created.backup.id })
+        }
+    }
+
     @Test func twoNamespacesWithTheSameContentShareNoObjectAndEachDeduplicatesItsOwn() async throws {
         try await withTestApp { first in
             try await withTestApp { second in
@@ -119,12 +131,7 @@ import Testing
                     try await server.register(second, as: "shop-production", in: "globex")
                     let globexToken = try await server.makeToken(.admin, namespace: "globex")
                     func backUp(_ namespace: String) async throws -> Backup {
-                        try await server.withClient(token: namespace == "globex" ? globexToken : server.adminToken) { client in
-                            let created = try await client.unary(Backups.createBackup, .with { $0.namespace = namespace; $0.environment = "shop-production" })
-                            let job = try await waitForJob(created.job.id, on: client)
-                            #expect(job.status == .finished, "\(job.error)")
-                            return try await client.unary(Backups.getBackup, .with { $0.id = created.backup.id })
-                        }
+                        try await Self.backUp(server, namespace, token: namespace == "globex" ? globexToken : server.adminToken)
                     }
                     let acme = try await backUp("acme"), globex = try await backUp("globex")
                     // The same files and rows: the same content in both (the dumps' headers name their databases and times).
@@ -146,6 +153,83 @@ import Testing
                     let added = try await server.storedBlobs().subtracting(stored)
                     #expect(added.count <= 1, "\(added)")
                     #expect(try objectNames(server, namespace: "acme").subtracting(acmeObjects).count == added.count)
+                }
+            }
+        }
+    }
+
+    /// Crypto-shredding: once a namespace's data key is deleted (with its
+    /// backups, in one transaction, refused while a job works on it), nobody
+    /// reads what the store keeps of it, not even the namespace's next key,
+    /// and collection removes it all; another namespace is untouched.
+    @Test func aNamespaceWhoseKeyIsShreddedIsReadByNobodyAndItsObjectsAreCollected() async throws {
+        try await withTestApp { first in
+            try await withTestApp { second in
+                let gate = try GatedTool("pg_dump")
+                try await withInProcessServer(configure: { try Self.encrypting(&$0); $0.jobs.tools.pgDump = gate.path }) { server in
+                    gate.release()
+                    try await server.register(first, as: "shop-production")
+                    try await server.register(second, as: "shop-production", in: "globex")
+                    let globexToken = try await server.makeToken(.admin, namespace: "globex")
+                    let acme = try await Self.backUp(server, "acme", token: server.adminToken)
+                    let globex = try await Self.backUp(server, "globex", token: globexToken)
+                    let wrapped = try #require(try await server.catalog.namespaceKey("acme"))
+
+                    // A backup held in pg_dump: the shred is refused, naming the job, and changes nothing.
+                    gate.hold()
+                    let running = try await server.withClient { client in
+                        try await client.unary(Backups.createBackup, .with { $0.namespace = "acme"; $0.environment = "shop-production" })
+                    }
+                    try await eventually(within: .seconds(60)) { gate.hasStarted }
+                    await #expect(throws: BackupError.failedPrecondition(
+                        "namespace acme is running backup job \(running.job.id) in acme/shop-production; wait for its jobs to end or cancel them")) {
+                        _ = try await server.catalog.shredNamespaceKey("acme", actor: "test", dryRun: false)
+                    }
+                    gate.release()
+                    #expect(try await server.withClient { try await waitForJob(running.job.id, on: $0) }.status == .finished)
+                    #expect(try await server.catalog.namespaceKey("acme") == wrapped)
+
+                    let acmeObjects = Set(try objectNames(server, namespace: "acme").compactMap(ContentHash.init(hex:)))
+                    let plan = try await server.catalog.shredNamespaceKey("acme", actor: "test", dryRun: true)
+                    #expect(plan == NamespaceShred(namespace: "acme", keyID: wrapped.keyID, backups: 2, uploads: 0))
+                    #expect(try await server.catalog.namespaceKey("acme") == wrapped, "a dry run changes nothing")
+                    #expect(try await server.catalog.shredNamespaceKey("acme", actor: "test", dryRun: false) == plan)
+                    #expect(try await server.catalog.namespaceKey("acme") == nil)
+                    #expect(try objectNames(server, namespace: "acme").isEmpty)
+
+                    // Before collection, the objects are there, and neither the namespace's next key nor another's opens them.
+                    #expect(acmeObjects.isSubset(of: try await server.storedBlobs()))
+                    let masterKeys = try StorageKeys(parsing: testStorageKeys)
+                    _ = try await NamespaceStores(base: try server.storage.open(), masterKeys: masterKeys, catalog: server.catalog).store(for: "acme")
+                    for namespace in ["acme", "globex"] {
+                        let key = try #require(try await server.catalog.namespaceKey(namespace))
+                        let keys = NamespaceKeys(dataKey: try masterKeys.unwrap(key.wrapped, keyID: key.keyID))
+                        for name in acmeObjects.prefix(8) {
+                            let object = try await server.storedObject(name)
+                            let opener = try ContentOpener(keys: keys, header: Array(object.prefix(SegmentedEncryption.headerSize)),
+                                                           sealedSize: UInt64(object.count))
+                            let segment = SegmentedEncryption.sealedRange(ofSegment: 0, contentSize: opener.contentSize)
+                            #expect(throws: SealedContentError.segmentDoesNotOpen(0), "\(name) opens with \(namespace)'s key") {
+                                try opener.open(segment: 0, object[Int(segment.lowerBound)..<Int(segment.upperBound)])
+                            }
+                        }
+                    }
+                    let collected = try await BlobCollector(catalog: server.catalog, store: try server.storage.open(),
+                                                            threadPool: NIOThreadPool.singleton).collect()
+                    #expect(collected >= acmeObjects.count)
+                    #expect(try await server.storedBlobs().isDisjoint(with: acmeObjects))
+
+                    // Globex's backup still verifies; acme backs up again, under a new key.
+                    try await server.withClient(token: globexToken) { client in
+                        let verifying = try await client.unary(Backups.verifyBackup, .with { $0.id = globex.id })
+                        #expect(try await waitForJob(verifying.id, on: client).status == .finished)
+                    }
+                    let again = try await Self.backUp(server, "acme", token: server.adminToken)
+                    #expect(again.status == .finished && acme.id != again.id)
+                    #expect(try await server.catalog.namespaceKey("acme").map(\.wrapped) != wrapped.wrapped)
+                    await #expect(throws: BackupError.notFound("namespace nobody does not exist")) {
+                        _ = try await server.catalog.shredNamespaceKey("nobody", actor: "test", dryRun: true)
+                    }
                 }
             }
         }
@@ -184,8 +268,11 @@ import Testing
 
     /// An operator turns encryption on for a store written without it: the
     /// backups made before still verify and restore (read as they were kept),
-    /// new ones are kept encrypted, and once the old backups go, collection
-    /// leaves no object kept as is. A process restarted with a new setting is the point.
+    /// new ones are kept encrypted, `backupd store migrate` (in two runs,
+    /// while backupd serves) copies what the old backups use encrypted and
+    /// removes the plain objects, and what only a deleted backup used goes
+    /// with it. Then the keys commands: list, rotate, shred. A process
+    /// restarted with a new setting, and the commands, are the point.
     @Test func aStoreWrittenBeforeEncryptionStaysReadableAndItsPlainObjectsGoWithTheirBackups() async throws {
         try await withTestApp { app in
             try await withTestApp { staging in
@@ -220,7 +307,7 @@ import Testing
                         // Staging first: when production backs up, the encrypted copies of its old chunks exist already.
                         _ = try await backUp("shop-staging")
                         let created = try await backUp("shop-production")
-                        for old in [old, oldStaging] { _ = try await client.unary(Backups.deleteBackup, .with { $0.id = old.id }) }
+                        _ = try await client.unary(Backups.deleteBackup, .with { $0.id = oldStaging.id })
                         return created
                     }
                     // Helper finding: production's next dump reused its last backup's plain chunks by their plain names, which the
@@ -231,14 +318,46 @@ import Testing
                         """, created.id)
                     #expect(plainNamed[0].string("n") == "0")
                     #expect(encrypted.log.contains("new content is kept encrypted per namespace"))
+
+                    // backupd store migrate, beside the serving process, in two runs: the old backup's objects copied encrypted,
+                    // its rows pointed at them, and every plain object removed (the deleted staging backup's with them).
+                    let storage = try await plain.storage.processSettings()
+                    func store(_ arguments: String...) async throws -> CommandResult {
+                        try await runCommand("\(binDirectory)/backupd", ["store"] + arguments + ["--storage-keys", scratch.path + "/storage-keys"]
+                                                + storage.arguments,
+                                             environment: storage.environment.merging(
+                                                ["BACKUPD_CATALOG": TestPostgres.connectionString(plain.catalogDatabase)]) { $1 })
+                    }
+                    let planned = try await store("migrate", "--dry-run")
+                    #expect(planned.status == 0 && planned.standardOutput.hasPrefix("acme\t")
+                            && planned.standardOutput.hasSuffix("# 1 namespaces use content kept unencrypted\n"), "\(planned.standardError)")
+                    let firstRun = try await store("migrate", "--max-objects", "3")
+                    #expect(firstRun.status == 0 && firstRun.standardOutput.contains("copied 3 objects")
+                            && firstRun.standardOutput.hasSuffix("are still in use (run again)\n"), "\(firstRun.standardOutput)\(firstRun.standardError)")
+                    let secondRun = try await store("migrate")
+                    #expect(secondRun.status == 0 && secondRun.standardOutput.hasSuffix("0 objects kept unencrypted are still in use\n"),
+                            "\(secondRun.standardOutput)\(secondRun.standardError)")
+                    let stillPlain = try await TestPostgres.query(plain.catalogDatabase, """
+                        SELECT (SELECT count(*) FROM dump_chunks WHERE blob = blob_sha256) + (SELECT count(*) FROM snapshot_files WHERE blob = sha256) AS n
+                        """)
+                    #expect(stillPlain[0].string("n") == "0")
+                    #expect(try await encrypted.storedBlobs().isDisjoint(with: plainObjects))
+                    for name in try await encrypted.storedBlobs() {
+                        #expect(try await encrypted.storedObject(name).starts(with: SegmentedEncryption.magic))
+                    }
+                    try await encrypted.withClient { client in
+                        let verifying = try await client.unary(Backups.verifyBackup, .with { $0.id = old.id })
+                        #expect(try await waitForJob(verifying.id, on: client).status == .finished)
+                        #expect(try await restore(client, old).status == .finished)
+                    }
                     await encrypted.stop()
                     // Helper finding: a process started without the key file read none of the encrypted content and stored
                     // new content unencrypted. Once a namespace has a key, it refuses to start.
                     await #expect { _ = try await restart(keys: false) } throws: { "\($0)".contains("--storage-keys") }
 
                     // The operator's commands, on the same catalog: which master key wraps what, and a rotation to a third key.
-                    func keys(_ command: String) async throws -> CommandResult {
-                        try await runCommand("\(binDirectory)/backupd", ["keys", command, "--storage-keys", scratch.path + "/storage-keys"],
+                    func keys(_ command: String...) async throws -> CommandResult {
+                        try await runCommand("\(binDirectory)/backupd", ["keys"] + command + ["--storage-keys", scratch.path + "/storage-keys"],
                                              environment: ["BACKUPD_CATALOG": TestPostgres.connectionString(plain.catalogDatabase)])
                     }
                     let listed = try await keys("list")
@@ -249,13 +368,20 @@ import Testing
                     let rotated = try await keys("rotate")
                     #expect(rotated.status == 0 && rotated.standardOutput == "wrapped 1 namespace keys again with test-storage-newest; 0 already were\n",
                             "\(rotated.standardOutput)\(rotated.standardError)")
-                    // A restart collects at once: what only the old backups held goes, and nothing kept as is is left.
                     let collected = try await restart()
-                    try await eventually(within: .seconds(60)) { try await collected.storedBlobs().isDisjoint(with: plainObjects) }
-                    for name in try await collected.storedBlobs() {
-                        #expect(try await collected.storedObject(name).starts(with: SegmentedEncryption.magic))
-                    }
                     #expect(try await collected.withClient { try await restore($0, created) }.status == .finished)
+
+                    // Shredding the namespace's key asks for --yes, says what it would delete, and deletes it.
+                    let unconfirmed = try await keys("shred", "acme")
+                    #expect(unconfirmed.status != 0 && unconfirmed.standardError.contains(
+                        "this deletes the data key of namespace acme (wrapped by test-storage-newest), its 3 backups and 0 uploads, for ever; "
+                            + "run again with --yes"), "\(unconfirmed.standardError)")
+                    let shredPlan = try await keys("shred", "acme", "--dry-run")
+                    #expect(shredPlan.status == 0 && shredPlan.standardOutput.hasPrefix("would delete the data key of namespace acme"))
+                    let shredded = try await keys("shred", "acme", "--yes")
+                    #expect(shredded.status == 0 && shredded.standardOutput.hasPrefix("deleted the data key of namespace acme"),
+                            "\(shredded.standardError)")
+                    #expect(try await keys("list").standardOutput.hasPrefix("# 0 namespaces"))
                     await collected.remove()
                 }
             }

@@ -1,0 +1,83 @@
+import BackupCatalog
+import BackupRules
+import BackupStorage
+import NIOPosix
+
+/// `backupd store migrate`: content kept as is before encryption at rest
+/// is copied encrypted under each namespace whose backups refer to it, a
+/// batch at a time; each batch's rows are pointed at the copies in one
+/// transaction, and a collection then removes the plain objects no row
+/// refers to any more (those a job that began earlier may still read go at
+/// a later collection). Stopped anywhere, the next run goes on where it
+/// stopped: the rows say what is left. It runs beside serving processes.
+public struct StoreMigration: Sendable {
+    let catalog: Catalog
+    let stores: NamespaceStores
+    let threadPool: NIOThreadPool
+    /// Blobs copied before their rows are pointed at the copies.
+    static let batch = 64
+
+    public init(catalog: Catalog, store: any BlobStore, masterKeys: StorageKeys, threadPool: NIOThreadPool) {
+        self.catalog = catalog
+        stores = NamespaceStores(base: store, masterKeys: masterKeys, catalog: catalog)
+        self.threadPool = threadPool
+    }
+
+    /// What a run did.
+    public struct Outcome: Sendable, Equatable {
+        /// Objects copied encrypted (one per namespace that refers to a plain object), and their content's bytes.
+        public var copied = 0
+        public var bytes: UInt64 = 0
+        /// Plain objects that could not be read or did not match their hash, with why: left as they are.
+        public var unreadable: [String] = []
+        /// Plain objects backups still refer to after the run (unreadable, claimed by a collection, or past the limit).
+        public var left = 0
+        /// Objects the collection at the end removed.
+        public var removed = 0
+    }
+
+    /// Namespaces whose backups refer to content kept as is: how many objects and bytes.
+    public func plan() async throws -> [(namespace: String, blobs: Int, bytes: UInt64)] {
+        try await catalog.namespacesWithPlainContent()
+    }
+
+    /// Copies at most `limit` objects (nil: all), telling `progress` of each
+    /// namespace's start and end, then collects.
+    public func run(limit: Int = .max, progress: @Sendable (String) -> Void) async throws -> Outcome {
+        try await stores.check(stores.masterKeys)
+        var outcome = Outcome()
+        for (namespace, blobs, bytes) in try await plan() where outcome.copied < limit {
+            progress("\(namespace): \(blobs) objects kept as is (\(bytes) bytes)")
+            let store = try await stores.store(for: namespace)
+            let (base, threadPool) = (stores.base, threadPool)
+            let before = outcome.copied
+            var after: ContentHash?
+            while outcome.copied < limit {
+                let plain = try await catalog.plainContent(of: namespace, after: after, limit: min(Self.batch, limit - outcome.copied))
+                guard let last = plain.last else { break }
+                after = last.hash
+                var copies: [(plain: ContentHash, sealed: StoredBlob)] = []
+                for blob in plain {
+                    do {
+                        let sealed = try await threadPool.runIfActive {
+                            let writer = try store.writer()
+                            _ = try base.read(blob.hash, interruption: nil) { try writer.write($0) }
+                            return try writer.finish()
+                        }
+                        guard sealed.hash == blob.hash else { throw BlobStoreError.unreadable(blob.hash, reason: "its content's hash differs") }
+                        copies.append((blob.hash, sealed))
+                    } catch {
+                        outcome.unreadable.append("\(namespace): \(error)")
+                    }
+                }
+                let taken = try await catalog.adoptEncryptedCopies(copies, namespace: namespace)
+                outcome.copied += taken.count
+                outcome.bytes += taken.reduce(0) { $0 + $1.size }
+            }
+            progress("\(namespace): \(outcome.copied - before) objects copied encrypted")
+        }
+        outcome.removed = try await BlobCollector(catalog: catalog, store: stores.base, threadPool: threadPool).collect()
+        outcome.left = try await plan().reduce(0) { $0 + $1.blobs }
+        return outcome
+    }
+}
