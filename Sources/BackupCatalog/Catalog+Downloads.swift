@@ -22,6 +22,8 @@ public struct DownloadRecord: Sendable, Equatable {
     public let size: UInt64
     /// Hex SHA-256 of the archive, once ready.
     public let sha256: String
+    /// The name the store keeps the archive under, once ready (`StoredBlob.name`).
+    public let blob: String
     public let error: String
     /// When the URL stops working, Unix ms; 0 until the archive is ready.
     public let expiresUnixMS: Int64
@@ -65,7 +67,8 @@ public func archiveReservation(databaseBytes: UInt64, filesBytes: UInt64, fileCo
 
 extension Catalog {
     static let downloadColumns = """
-        d.id, a.id AS archive_id, a.snapshot_id, e.namespace, a.database_only, a.job_id, a.state, a.size, a.sha256, a.error,
+        d.id, a.id AS archive_id, a.snapshot_id, e.namespace, a.database_only, a.job_id, a.state, a.size, a.sha256,
+        a.blob, a.error,
         coalesce(unix_ms(d.expires_at), 0) AS expires_ms, coalesce(unix_ms(a.ready_at), 0) AS ready_ms,
         unix_ms(s.created_at) AS backup_created_ms
         """
@@ -79,7 +82,7 @@ extension Catalog {
         DownloadRecord(id: row.string("id"), archiveID: row.string("archive_id"), backupID: row.string("snapshot_id"),
                        namespace: row.string("namespace"), databaseOnly: row.bool("database_only"), jobID: row.string("job_id"),
                        state: DownloadRecord.State(rawValue: row.string("state")) ?? .failed, size: row.uint64("size"),
-                       sha256: row.string("sha256"), error: row.string("error"), expiresUnixMS: row.int64("expires_ms"),
+                       sha256: row.string("sha256"), blob: row.string("blob"), error: row.string("error"), expiresUnixMS: row.int64("expires_ms"),
                        readyUnixMS: row.int64("ready_ms"), backupCreatedUnixMS: row.int64("backup_created_ms"))
     }
 

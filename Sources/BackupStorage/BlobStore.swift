@@ -183,6 +183,12 @@ public protocol BlobStore: Sendable {
     /// checked against its hash: ranges of a blob checked as it was written
     /// (a prepared archive) served to a client. A blob not there is `missing`.
     func read(_ hash: ContentHash, at offset: UInt64, length: Int) throws -> ByteBuffer
+    /// Ranged reads and sizes of a blob by the name the catalog recorded
+    /// (`StoredBlob.name`): what a store keeping content encrypted needs to
+    /// tell content kept as is from its own sealed objects, as ranges are
+    /// not checked against the hash. Other stores read `name`.
+    func read(_ blob: StoredBlob, at offset: UInt64, length: Int) throws -> ByteBuffer
+    func size(of blob: StoredBlob) throws -> UInt64?
     /// How many bytes a ranged read asks for at a time to keep a reader fast:
     /// a local file is read a few hundred KiB at a time, an object a part.
     var rangeReadSize: Int { get }
@@ -198,6 +204,12 @@ extension BlobStore {
     public var localFolder: String? { nil }
 
     public func name(of hash: ContentHash) -> ContentHash { hash }
+
+    public func read(_ blob: StoredBlob, at offset: UInt64, length: Int) throws -> ByteBuffer {
+        try read(blob.name, at: offset, length: length)
+    }
+
+    public func size(of blob: StoredBlob) throws -> UInt64? { try size(of: blob.name) }
 
     /// Whether the copy the store holds may stand for `blob`: the store
     /// holds it, and the catalog has marked it used (`reuseClaims`). Every

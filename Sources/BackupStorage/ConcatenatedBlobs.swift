@@ -35,7 +35,7 @@ public final class ConcatenatedBlobs: ArchiveByteSource {
             if offset < blob.size {
                 if interruption?.isSet == true { throw BlobStoreError.interrupted(path: blob.hash.hex) }
                 let length = Int(min(UInt64(step), blob.size - offset))
-                let range = try store.read(blob.hash, at: offset, length: length)
+                let range = try store.read(blob, at: offset, length: length)
                 // A blob shorter than recorded (or a store that answers more than asked) is not its content.
                 guard range.readableBytes == length else { throw BlobStoreError.corrupt(blob.hash, actual: hasher.finish()) }
                 range.withUnsafeReadableBytes { buffer.copyMemory(from: $0) }

@@ -11,10 +11,12 @@ import Synchronization
 /// bytes nobody without that key reads. The same content in two namespaces
 /// is two unrelated objects; within one it is kept once.
 ///
-/// Content kept before encryption (as is, under its hash) is still read,
-/// checked against its hash, but never reused: a backup that meets it again
-/// stores it encrypted, and collection removes the old copy once no backup
-/// refers to it.
+/// Content kept before encryption (as is, under its hash) is still read:
+/// whole, checked against its hash, when no sealed object stands for it;
+/// by range (which nothing checks), only when the catalog recorded it kept
+/// as is (`read(_:at:length:)` of a `StoredBlob`). It is never reused: a
+/// backup that meets it again stores it encrypted, and collection removes
+/// the old copy once no backup refers to it.
 public struct SealedBlobStore: BlobStore {
     public let inner: any BlobStore
     let keys: NamespaceKeys
@@ -79,9 +81,12 @@ public struct SealedBlobStore: BlobStore {
         return stream.contentSize
     }
 
+    /// A range of the namespace's sealed object of `hash`: never of content
+    /// kept as is, which a range read cannot check (someone who can write
+    /// the store could put any bytes of the right length under a hash).
     public func read(_ hash: ContentHash, at offset: UInt64, length: Int) throws -> ByteBuffer {
         let address = address(of: hash)
-        guard let sealedSize = try inner.size(of: address) else { return try inner.read(hash, at: offset, length: length) }
+        guard let sealedSize = try inner.size(of: address) else { throw BlobStoreError.missing(hash) }
         do {
             return try readRange(address, sealedSize: sealedSize, offset: offset, length: length)
         } catch is SealedContentError {
@@ -132,8 +137,30 @@ public struct SealedBlobStore: BlobStore {
 
     public func contains(_ hash: ContentHash) throws -> Bool { try inner.contains(address(of: hash)) }
 
+    /// A range of `blob` as the catalog recorded it: kept as is (named by
+    /// its hash), or the namespace's sealed object, and nothing else.
+    public func read(_ blob: StoredBlob, at offset: UInt64, length: Int) throws -> ByteBuffer {
+        try keptAsIs(blob) ? inner.read(blob.hash, at: offset, length: length) : read(blob.hash, at: offset, length: length)
+    }
+
+    public func size(of blob: StoredBlob) throws -> UInt64? {
+        try keptAsIs(blob) ? inner.size(of: blob.hash) : size(of: blob.hash)
+    }
+
+    /// Whether the catalog recorded `blob` as kept before encryption; a name
+    /// that is neither that nor this namespace's is not the namespace's to read.
+    private func keptAsIs(_ blob: StoredBlob) throws -> Bool {
+        if blob.name == blob.hash { return true }
+        guard blob.name == address(of: blob.hash) else {
+            throw BlobStoreError.unreadable(blob.hash, reason: "it is recorded under a name that is not this namespace's")
+        }
+        return false
+    }
+
+    /// The content size of the namespace's sealed object of `hash`; nil
+    /// when there is none (content kept as is is sized by its `StoredBlob`).
     public func size(of hash: ContentHash) throws -> UInt64? {
-        guard let sealedSize = try inner.size(of: address(of: hash)) else { return try inner.size(of: hash) }
+        guard let sealedSize = try inner.size(of: address(of: hash)) else { return nil }
         guard let size = SegmentedEncryption.contentSize(ofSealed: sealedSize) else {
             throw BlobStoreError.unreadable(hash, reason: SealedContentError.notSealed.description)
         }

@@ -257,6 +257,20 @@ import Testing
                 let uploaded = try await server.withClient { try await $0.unary(Backups.getBackup, .with { $0.id = upload.backupID }) }
                 let restored = try await server.withClient { try await restore($0, uploaded) }
                 #expect(restored.status == .finished, "\(restored.error)")
+                // Helper finding: with the archive's sealed object gone and bytes of its length put under its content hash (by
+                // someone who can write the store), a download's ranges, which nothing checks, served them; now no such download.
+                let archive = try await TestPostgres.query(server.catalogDatabase, "SELECT blob FROM archives WHERE sha256 = $1", download.sha256)
+                let archiveName = try #require(ContentHash(hex: archive[0].string("blob")))
+                let sealed = try await server.storedObject(archiveName)
+                try await server.removeBlob(archiveName)
+                try await server.storage.replaceContent(of: try #require(ContentHash(hex: download.sha256)),
+                                                        with: [UInt8](repeating: 0x41, count: whole.count))
+                let forged = try await curl(["-o", scratch.path + "/forged", "-r", "0-1023", "-w", "%{http_code}", download.url])
+                #expect(forged.standardOutput == "404")
+                #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.path + "/forged")).first != 0x41)
+                try await server.removeBlob(try #require(ContentHash(hex: download.sha256)))
+                try await server.storage.replaceContent(of: archiveName, with: sealed)
+
                 let names = try await TestPostgres.query(server.catalogDatabase, "SELECT sha256 FROM blobs").map { $0.string("sha256") }
                 for name in names {
                     let object = try await server.storedObject(try #require(ContentHash(hex: name)))

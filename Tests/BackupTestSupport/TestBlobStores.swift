@@ -82,8 +82,10 @@ public struct TestStorage: Sendable {
         case let object as ObjectBlobStore:
             try await object.client.put(object.key(hash), ByteBuffer(bytes: bytes), sha256: ContentHash.of(bytes))
         case let local as LocalBlobStore:
-            chmod(local.path(for: hash), 0o600)
-            try Data(bytes).write(to: URL(fileURLWithPath: local.path(for: hash)))
+            let path = local.path(for: hash)
+            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            chmod(path, 0o600)
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
         default:
             throw TestSupportError("a store the tests do not know")
         }

@@ -176,11 +176,13 @@ package struct DownloadEndpoint: Sendable {
             return
         }
         outbound.note(download: id, namespace: record.namespace)
-        guard record.state == .ready, DownloadLinks.fileName(record)[...] == fileName, let archive = ContentHash(hex: record.sha256) else {
+        guard record.state == .ready, DownloadLinks.fileName(record)[...] == fileName, let hash = ContentHash(hex: record.sha256),
+              let name = ContentHash(hex: record.blob) else {
             try await answer.send(.notFound, "no such download", on: outbound)
             return
         }
         verified()
+        let archive = StoredBlob(hash: hash, size: record.size, name: name)
         let file = DownloadResponse.File(name: DownloadLinks.fileName(record), size: record.size, sha256: record.sha256,
                                          modified: record.readyUnixMS / 1000)
         let response = DownloadResponse(for: file, range: head.headers.first(name: "Range"), ifRange: head.headers.first(name: "If-Range"))
@@ -207,7 +209,7 @@ package struct DownloadEndpoint: Sendable {
                 try await answer.send(.notFound, "no such download", on: outbound)
                 return
             case let found? where found != record.size:
-                logger.error("a ready archive is not the blob it was stored as", metadata: ["download": "\(id)", "blob": "\(archive)"])
+                logger.error("a ready archive is not the blob it was stored as", metadata: ["download": "\(id)", "blob": "\(archive.name)"])
                 try await answer.send(.internalServerError, "the archive cannot be read; the server log has the details", on: outbound)
                 return
             default: break
@@ -227,7 +229,7 @@ package struct DownloadEndpoint: Sendable {
     /// next range is read only once the writer has taken the last one: no
     /// read-ahead to hold. An archive removed meanwhile (its backup deleted,
     /// its URLs expired) ends the answer at its next range.
-    private func send(_ archive: ContentHash, from first: UInt64, through last: UInt64, of store: any BlobStore,
+    private func send(_ archive: StoredBlob, from first: UInt64, through last: UInt64, of store: any BlobStore,
                       on outbound: HTTPResponseWriter) async throws {
         var offset = first
         while offset <= last {
