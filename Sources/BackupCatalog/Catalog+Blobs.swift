@@ -56,7 +56,8 @@ extension Catalog {
     }
 
     /// Claims the rows of up to `limit` blobs no snapshot, ready archive or
-    /// unfinished upload refers to and nothing used since the fence, and
+    /// unfinished upload refers to, nothing used since the fence and nothing
+    /// the store still retains (object lock: it would refuse), and
     /// returns them with the fence's age: the caller removes their content,
     /// then `forgetCollectedBlobs` (or `releaseBlobClaims` for what it could
     /// not remove), and claims the next batch. A claim lives as long as one
@@ -74,6 +75,7 @@ extension Catalog {
                     WHERE \(claimable) AND sha256 IN (
                       SELECT b.sha256 FROM blobs b
                       WHERE b.used_at < now() - make_interval(secs => $1::float8) AND \(claimable)
+                      AND (b.retain_until IS NULL OR b.retain_until <= now())
                       AND NOT EXISTS (SELECT 1 FROM snapshot_files f WHERE f.blob = b.sha256)
                       AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.dump_sha256 = b.sha256
                                       AND NOT EXISTS (SELECT 1 FROM dump_chunks d WHERE d.snapshot_id = s.id))

@@ -396,5 +396,13 @@ enum Migrations {
         DROP INDEX upload_segments_by_content;
         CREATE INDEX upload_segments_by_blob ON upload_segments (blob);
         """),
+        (23, """
+        -- Object lock: until when the store retains each object (no collection before then: the store would refuse),
+        -- and for each backup the expiry its objects were last retained for (behind its expiry: to do).
+        ALTER TABLE blobs ADD COLUMN retain_until timestamptz;
+        ALTER TABLE snapshots ADD COLUMN retained_until timestamptz;
+        CREATE INDEX snapshots_to_retain ON snapshots (finished_at)
+            WHERE status = 'finished' AND expires_at IS NOT NULL AND (retained_until IS NULL OR retained_until < expires_at);
+        """),
     ]
 }

@@ -97,6 +97,11 @@ public struct BackupServer: Service, CustomStringConvertible {
         let catalogIdentity = try await catalog.pool.withConnection(idempotent: true) { try DatabaseIdentity.of($0) }
         let stores = NamespaceStores(base: blobStore, masterKeys: configuration.storageKeys, catalog: catalog)
         try await stores.check(configuration.storageKeys)
+        if let retaining = blobStore.retaining, !(try await retaining.canRetain()) {
+            throw BackupError.failedPrecondition(
+                "the bucket was not made with object lock, so backups cannot be retained; make a bucket with object lock enabled, "
+                    + "or run without --s3-object-lock")
+        }
         let archiveCache = try ArchiveCache(directory: configuration.downloads.cacheDirectory ?? workDirectory + "/archives",
                                             reservedDiskBytes: configuration.downloads.reservedDiskBytes)
         let spool = try UploadSpool(directory: configuration.uploads.directory ?? workDirectory + "/uploads", catalog: catalog, stores: stores,

@@ -198,10 +198,23 @@ public protocol BlobStore: Sendable {
     /// The folder on this machine that holds the store's content, if any:
     /// no app's file store may be registered in it.
     var localFolder: String? { get }
+    /// How the store keeps objects from deletion until a date, when it does
+    /// (an S3 bucket with object lock); nil for a store that cannot.
+    var retaining: (any RetainingStore)? { get }
+}
+
+/// A store that keeps objects from deletion until a date, by anyone (S3
+/// object lock): what makes a backup immutable until it expires.
+public protocol RetainingStore: Sendable {
+    /// Keeps the object `name` from deletion until `date`.
+    func retain(_ name: ContentHash, until date: Date) async throws
+    /// Whether the store is set up to retain objects: a bucket made with object lock.
+    func canRetain() async throws -> Bool
 }
 
 extension BlobStore {
     public var localFolder: String? { nil }
+    public var retaining: (any RetainingStore)? { nil }
 
     public func name(of hash: ContentHash) -> ContentHash { hash }
 

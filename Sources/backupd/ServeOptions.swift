@@ -171,6 +171,12 @@ struct BlobStoreOptions: ParsableArguments {
     @Option(help: "Seconds one request to the object store may take.")
     var s3RequestTimeoutSeconds = 60
 
+    @Option(help: "Have the bucket (made with object lock) retain every backup's objects until the backup expires: governance or compliance (S3's modes; in compliance nobody can delete them early, the bucket's owner included).")
+    var s3ObjectLock: String?
+
+    @Option(help: "With --s3-object-lock, days past a backup's expiry its objects are retained: a nightly backup that reuses an object extends it once in this many days.")
+    var s3ObjectLockMarginDays = 7
+
     @Option(help: "File of the master keys that wrap each namespace's data key, a KEY_ID = BASE64_SECRET line each (32 bytes) and a wrap-with line; with it, every namespace's new content is kept encrypted under a key of its own. Keep it apart from the store.")
     var storageKeys = ""
 
@@ -179,10 +185,19 @@ struct BlobStoreOptions: ParsableArguments {
         guard (5...5 << 10).contains(s3PartSizeMib) else { throw ValidationError("--s3-part-size-mib takes 5 to 5120 (S3's limits of a part)") }
         try requireAtLeastOne([("--s3-parts-in-flight", s3PartsInFlight), ("--s3-connections", s3Connections),
                                ("--s3-request-timeout-seconds", s3RequestTimeoutSeconds)])
+        if let s3ObjectLock {
+            guard objectLockMode != nil else { throw ValidationError("--s3-object-lock takes governance or compliance, not \"\(s3ObjectLock)\"") }
+            guard !blobStore.isEmpty else { throw ValidationError("--s3-object-lock needs --blob-store: the local folder cannot retain objects") }
+        }
+        guard s3ObjectLockMarginDays >= 0 else { throw ValidationError("--s3-object-lock-margin-days may not be negative") }
     }
+
+    /// The object lock mode of --s3-object-lock, nil without it.
+    var objectLockMode: ObjectLockMode? { s3ObjectLock.flatMap { ObjectLockMode(rawValue: $0.uppercased()) } }
 
     /// Reads the storage key file.
     func apply(to configuration: inout ServerConfiguration) throws {
+        configuration.jobs.retentionMargin = .seconds(Int64(s3ObjectLockMarginDays) * 86_400)
         guard !storageKeys.isEmpty else { return }
         do {
             configuration.storageKeys = try StorageKeys(reading: storageKeys)
@@ -210,7 +225,7 @@ struct BlobStoreOptions: ParsableArguments {
             var client = try ObjectStoreClient(location: location, credentials: credentials, http: http)
             client.requestTimeout = .seconds(Int64(s3RequestTimeoutSeconds))
             return try ObjectBlobStore(client: client, scratchDirectory: blobDir + "/tmp", partSize: s3PartSizeMib << 20,
-                                       partsInFlight: s3PartsInFlight)
+                                       partsInFlight: s3PartsInFlight, objectLock: objectLockMode)
         } catch let error as ObjectStoreError {
             throw ValidationError(error.description)
         }

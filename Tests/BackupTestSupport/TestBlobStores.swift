@@ -23,12 +23,12 @@ public enum BlobStoreKind: String, CaseIterable, Sendable, CustomStringConvertib
 
     /// A client of a new bucket of moto's, its keys under `backupd-` (moto
     /// checks the signature of a listing whose prefix holds a slash wrongly).
-    public static func newBucket() async throws -> ObjectStoreClient {
+    public static func newBucket(objectLock: Bool = false) async throws -> ObjectStoreClient {
         let moto = try await MotoServer.shared
         let location = ObjectStoreLocation(endpoint: moto.endpoint, bucket: "test-\(UUID().uuidString.prefix(13).lowercased())",
                                            prefix: "backupd-", region: moto.region, pathStyle: true)
         let client = try ObjectStoreClient(location: location, credentials: moto.credentials, http: .shared)
-        try await client.createBucket()
+        try await client.createBucket(objectLock: objectLock)
         return client
     }
 }
@@ -46,9 +46,10 @@ public struct TestStorage: Sendable {
     public static let partSize = 5 << 20
 
     /// New storage of `kind` with its work folder at `directory`.
-    public static func make(_ kind: BlobStoreKind = .configured, directory: String) async throws -> TestStorage {
+    public static func make(_ kind: BlobStoreKind = .configured, directory: String, objectLock: Bool = false) async throws -> TestStorage {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        return TestStorage(kind: kind, directory: directory, bucket: kind == .objectStore ? try await BlobStoreKind.newBucket() : nil)
+        return TestStorage(kind: kind, directory: directory,
+                           bucket: kind == .objectStore ? try await BlobStoreKind.newBucket(objectLock: objectLock) : nil)
     }
 
     /// The same store for a second process with a work folder of its own at

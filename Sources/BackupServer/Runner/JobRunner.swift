@@ -24,6 +24,10 @@ public struct JobSettings: Sendable {
     /// How often archives whose download URLs have all expired, and uploads
     /// abandoned, are removed.
     public var sweepInterval: Duration = .seconds(60)
+    /// With object lock, how long past a backup's expiry its objects are
+    /// retained: a nightly backup that reuses an object extends its
+    /// retention once in this long rather than every night.
+    public var retentionMargin: Duration = .seconds(7 * 86_400)
     public var tools = PostgresTools()
     /// zstd level of a dump's new chunks: 1 (fast, the default) to 19.
     public var dumpCompressionLevel = 1
@@ -60,6 +64,8 @@ public final class JobRunner: Service, Sendable {
     private let uploadValidationJob: UploadValidationJob
     private let verifyJob: VerifyJob
     private let collector: BlobCollector
+    /// With object lock: the store retains each finished backup's objects until its expiry.
+    private let retention: RetentionLocks?
     private let archiveCache: ArchiveCache
     private let spool: UploadSpool
     private let uploads: UploadSettings
@@ -120,6 +126,7 @@ public final class JobRunner: Service, Sendable {
         self.verifyJob = VerifyJob(catalog: catalog, clock: clock, stores: stores, scratchDirectory: scratchDirectory, threadPool: threadPool, tools: settings.tools,
                                    reservedDiskBytes: uploads.reservedDiskBytes)
         self.collector = BlobCollector(catalog: catalog, store: stores.base, threadPool: Self.collectionThreads)
+        self.retention = stores.base.retaining.map { RetentionLocks(catalog: catalog, store: $0, margin: settings.retentionMargin) }
         self.archiveCache = archiveCache
         self.spool = spool
         self.uploads = uploads
@@ -184,6 +191,7 @@ public final class JobRunner: Service, Sendable {
             wake()
             var lastCollection = clock.now
             var lastSweep = clock.now
+            var retentionFailed: ContinuousClock.Instant?
             for await _ in wakeups {
                 let collect = signals.withLockedValue { signals in
                     defer { signals.collectGarbage = false }
@@ -198,6 +206,10 @@ public final class JobRunner: Service, Sendable {
                     await sweepArchives()
                     await sweepUploads()
                     await sweepRestoreLeftovers()
+                }
+                // After a failure (the store refusing, say), tried again at the next sweep rather than every round.
+                if retentionFailed.map({ $0.duration(to: clock.now) >= settings.sweepInterval }) ?? true {
+                    retentionFailed = await retainFinishedBackups() ? nil : clock.now
                 }
                 await failAbandonedJobs()
                 // Shutdown may have begun while this round collected or swept: nothing is claimed after it.
@@ -252,6 +264,21 @@ public final class JobRunner: Service, Sendable {
             }
         } catch {
             logger.error("cannot check for abandoned jobs", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Has the store retain the objects of backups finished since the last
+    /// round (a few backups a round), so a backup is immutable moments after
+    /// it ends; false when the store or the catalog failed.
+    private func retainFinishedBackups() async -> Bool {
+        guard let retention else { return true }
+        do {
+            let retained = try await retention.run()
+            if retained > 0 { logger.info("retained objects of finished backups", metadata: ["count": "\(retained)"]) }
+            return true
+        } catch {
+            logger.error("cannot retain the objects of finished backups", metadata: ["error": "\(error)"])
+            return false
         }
     }
 

@@ -21,6 +21,10 @@ import Synchronization
 /// stored): a collection that finds an unrecorded blob a running job has
 /// just reused claims it, and that job fails as one whose blob was
 /// collected, to be run again. Unrecorded blobs are what failed jobs left.
+///
+/// With `objectLock`, the bucket (made with object lock, so versioned)
+/// keeps each object's versions: removing a blob removes its versions,
+/// which the store refuses for one it retains (`RetainingStore`).
 public struct ObjectBlobStore: BlobStore {
     public let client: ObjectStoreClient
     /// Where streamed content is staged; on this machine, not shared (the
@@ -28,6 +32,8 @@ public struct ObjectBlobStore: BlobStore {
     public let scratchDirectory: String
     public let partSize: Int
     public let partsInFlight: Int
+    /// How backups are retained (`--s3-object-lock`); nil when they are not.
+    public let objectLock: ObjectLockMode?
     /// The multipart uploads this process has under way, which its
     /// collections never take for abandoned whatever the store says of
     /// their age (moto says 2010 of every one).
@@ -41,9 +47,11 @@ public struct ObjectBlobStore: BlobStore {
     }
     static let keyPrefix = "sha256-"
 
-    public init(client: ObjectStoreClient, scratchDirectory: String, partSize: Int = 8 << 20, partsInFlight: Int = 3) throws {
+    public init(client: ObjectStoreClient, scratchDirectory: String, partSize: Int = 8 << 20, partsInFlight: Int = 3,
+                objectLock: ObjectLockMode? = nil) throws {
         precondition(partSize > 0, "a part has bytes")
         self.client = client
+        self.objectLock = objectLock
         self.scratchDirectory = scratchDirectory
         self.partSize = partSize
         self.partsInFlight = max(1, partsInFlight)
@@ -123,19 +131,19 @@ public struct ObjectBlobStore: BlobStore {
     public func reuse(_ hash: ContentHash) -> Bool { (try? contains(hash)) ?? false }
 
     public func remove(_ hash: ContentHash) throws {
-        let key = key(hash), client = client
-        try waitFor { try await client.delete(key) }
+        if let failure = remove(all: [hash]).failure { throw failure }
     }
 
-    /// A thousand keys a request (S3's DeleteObjects).
+    /// A thousand keys a request (S3's DeleteObjects); with object lock,
+    /// every version of each key, listed first.
     public func remove(all hashes: [ContentHash]) -> (removed: [ContentHash], failure: (any Error)?) {
         var removed: [ContentHash] = []
-        let client = client
+        let client = client, locked = objectLock != nil
         for start in stride(from: 0, to: hashes.count, by: 1000) {
             let batch = Array(hashes[start..<min(start + 1000, hashes.count)])
             let keys = batch.map(key)
             do {
-                let refused = try waitFor { try await client.delete(keys) }
+                let refused = try waitFor { try await (locked ? Self.deleteVersions(of: keys, client) : client.delete(keys)) }
                 if let first = refused.first {
                     let kept = Set(refused.map(\.key))
                     removed += batch.filter { !kept.contains(key($0)) }
@@ -147,6 +155,19 @@ public struct ObjectBlobStore: BlobStore {
             }
         }
         return (removed, nil)
+    }
+
+    /// Removes every version of `keys` (a thousand a request), eight keys'
+    /// versions listed at a time; returns the keys of versions the store refused.
+    private static func deleteVersions(of keys: [String], _ client: ObjectStoreClient) async throws -> [(key: String, reason: String)] {
+        let versions = try await concurrently(keys, inFlight: 8) { key in
+            try await client.versions(prefix: key).filter { $0.key == key }
+        }.flatMap { $0 }
+        var refused: [(key: String, reason: String)] = []
+        for start in stride(from: 0, to: versions.count, by: 1000) {
+            refused += try await client.delete(versions: Array(versions[start..<min(start + 1000, versions.count)]))
+        }
+        return refused
     }
 
     public func storedHashes(unusedSince cutoff: Date) throws -> [ContentHash] {
@@ -338,4 +359,15 @@ extension ObjectStoreError: ReportableError {
     /// no credential or signature.
     public var publicError: BackupError { .unavailable("the server's storage failed: \(description)") }
     public var logDetail: String { description }
+}
+
+extension ObjectBlobStore: RetainingStore {
+    public var retaining: (any RetainingStore)? { objectLock == nil ? nil : self }
+
+    public func retain(_ name: ContentHash, until date: Date) async throws {
+        guard let objectLock else { return }
+        try await client.retain(key(name), until: date, mode: objectLock)
+    }
+
+    public func canRetain() async throws -> Bool { try await client.objectLockEnabled() }
 }

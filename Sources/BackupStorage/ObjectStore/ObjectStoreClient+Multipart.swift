@@ -95,7 +95,7 @@ extension ObjectStoreClient {
                 let response = try await send("GET", key: nil, query: query, operation: operation)
                 guard response.status == .ok else { throw await Self.refusal(response, operation: operation) }
                 let fields = XMLFields(ObjectStoreClient.data(try await Self.body(response, upTo: 4 << 20, operation: operation)),
-                                       wanted: ["Key", "UploadId", "Initiated", "IsTruncated", "NextKeyMarker", "NextUploadIdMarker"], record: "Upload")
+                                       wanted: ["Key", "UploadId", "Initiated", "IsTruncated", "NextKeyMarker", "NextUploadIdMarker"], record: ["Upload"])
                 guard fields.parsed, fields.root == "ListMultipartUploadsResult" else {
                     throw .unexpected(operation: operation, reason: "the listing is not S3's XML")
                 }
@@ -114,6 +114,11 @@ extension ObjectStoreClient {
 /// The timestamps S3 writes in listings (ISO 8601, with or without
 /// fractions of a second); one missing or unreadable is long ago.
 enum S3Dates {
+    /// A date as S3 takes it, `2026-12-07T17:00:00Z` (whole seconds, rounded up: a retention never ends early).
+    static func format(_ date: Date) -> String {
+        ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: date.timeIntervalSince1970.rounded(.up)))
+    }
+
     static func parse(_ text: String?) -> Date {
         guard let text else { return .distantPast }
         let fractional = ISO8601DateFormatter()

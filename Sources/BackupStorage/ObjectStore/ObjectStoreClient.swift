@@ -108,9 +108,11 @@ public struct ObjectStoreClient: Sendable {
             : (location.bucket + "." + host, endpoint.path)
     }
 
-    /// Makes the bucket (for setting a store up; a bucket that exists and is ours is fine).
-    public func createBucket() async throws(ObjectStoreError) {
-        let response = try await send("PUT", key: nil, operation: "creating bucket \(location.bucket)")
+    /// Makes the bucket (for setting a store up; a bucket that exists and is
+    /// ours is fine), with object lock (and so versioning) when `objectLock`.
+    public func createBucket(objectLock: Bool = false) async throws(ObjectStoreError) {
+        let response = try await send("PUT", key: nil, headers: objectLock ? [("x-amz-bucket-object-lock-enabled", "true")] : [],
+                                      operation: "creating bucket \(location.bucket)")
         if response.status != .ok, response.status != .conflict {
             throw await Self.refusal(response, operation: "creating bucket \(location.bucket)")
         }
@@ -226,10 +228,24 @@ public struct ObjectStoreClient: Sendable {
     /// Removes the objects under `keys` (up to 1,000) in one request and
     /// returns those the store could not remove, each with its reason.
     public func delete(_ keys: [String]) async throws(ObjectStoreError) -> [(key: String, reason: String)] {
-        guard !keys.isEmpty else { return [] }
-        let operation = "removing \(keys.count) objects"
-        let body = "<Delete><Quiet>true</Quiet>" + keys.map { "<Object><Key>\(Self.xmlEscaped(location.prefix + $0))</Key></Object>" }.joined()
-            + "</Delete>"
+        try await deleteObjects(keys.map { ($0, nil) })
+    }
+
+    /// Removes `versions` (up to 1,000) in one request and returns the keys
+    /// of those the store could not remove (a version it still retains),
+    /// each with its reason.
+    public func delete(versions: [ObjectVersion]) async throws(ObjectStoreError) -> [(key: String, reason: String)] {
+        try await deleteObjects(versions.map { ($0.key, $0.id) })
+    }
+
+    /// DeleteObjects: each object by its key, and its version when named.
+    private func deleteObjects(_ objects: [(key: String, version: String?)]) async throws(ObjectStoreError) -> [(key: String, reason: String)] {
+        guard !objects.isEmpty else { return [] }
+        let operation = "removing \(objects.count) objects"
+        let body = "<Delete><Quiet>true</Quiet>" + objects.map { object in
+            "<Object><Key>\(Self.xmlEscaped(location.prefix + object.key))</Key>"
+                + (object.version.map { "<VersionId>\(Self.xmlEscaped($0))</VersionId>" } ?? "") + "</Object>"
+        }.joined() + "</Delete>"
         let bytes = Array(body.utf8), hash = ContentHash.of(bytes)
         return try await retrying(operation) { () throws(ObjectStoreError) in
             let response = try await send("POST", key: nil, query: [("delete", "")],
@@ -238,7 +254,7 @@ public struct ObjectStoreClient: Sendable {
                                           body: ByteBuffer(bytes: bytes), payloadHash: hash.hex, operation: operation)
             guard response.status == .ok else { throw await Self.refusal(response, operation: operation) }
             let fields = XMLFields(ObjectStoreClient.data(try await Self.body(response, upTo: 4 << 20, operation: operation)),
-                                   wanted: ["Key", "Code", "Message"], record: "Error")
+                                   wanted: ["Key", "Code", "Message"], record: ["Error"])
             guard fields.parsed, fields.root == "DeleteResult" else { throw .unexpected(operation: operation, reason: "the answer is not S3's XML") }
             return fields.records.map { (String(($0["Key"] ?? "").dropFirst(location.prefix.count)), "\($0["Code"] ?? "") \($0["Message"] ?? "")") }
         }
@@ -353,7 +369,7 @@ private struct ListPage: Sendable {
     var understood = false
 
     init(_ xml: Data) {
-        let fields = XMLFields(xml, wanted: ["Key", "Size", "LastModified", "IsTruncated", "NextContinuationToken"], record: "Contents")
+        let fields = XMLFields(xml, wanted: ["Key", "Size", "LastModified", "IsTruncated", "NextContinuationToken"], record: ["Contents"])
         understood = fields.parsed && fields.root == "ListBucketResult"
         truncated = fields.first["IsTruncated"] == "true"
         continuation = fields.first["NextContinuationToken"]
@@ -366,10 +382,12 @@ private struct ListPage: Sendable {
 }
 
 /// The text of chosen elements of an XML document: the first of each
-/// outside records, and per `record` element the ones inside it.
+/// outside records, and per element named in `record` the ones inside it
+/// (with that element's name under `recordName`).
 final class XMLFields: NSObject, XMLParserDelegate {
+    static let recordName = "#record"
     private let wanted: Set<String>
-    private let record: String?
+    private let record: Set<String>
     private(set) var first: [String: String] = [:]
     private(set) var records: [[String: String]] = []
     private(set) var root: String?
@@ -377,7 +395,7 @@ final class XMLFields: NSObject, XMLParserDelegate {
     private var current: [String: String]?
     private var text = ""
 
-    init(_ xml: Data, wanted: Set<String>, record: String? = nil) {
+    init(_ xml: Data, wanted: Set<String>, record: Set<String> = []) {
         self.wanted = wanted
         self.record = record
         super.init()
@@ -389,7 +407,7 @@ final class XMLFields: NSObject, XMLParserDelegate {
     func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?,
                 attributes: [String: String] = [:]) {
         if root == nil { root = name }
-        if name == record { current = [:] }
+        if record.contains(name) { current = [Self.recordName: name] }
         text = ""
     }
 
@@ -398,7 +416,7 @@ final class XMLFields: NSObject, XMLParserDelegate {
     }
 
     func parser(_ parser: XMLParser, didEndElement name: String, namespaceURI: String?, qualifiedName: String?) {
-        if name == record, let done = current {
+        if record.contains(name), let done = current {
             records.append(done)
             current = nil
         } else if wanted.contains(name) {
