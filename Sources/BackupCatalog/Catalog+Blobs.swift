@@ -66,7 +66,8 @@ extension Catalog {
         try await pool.withConnection { connection in
             try connection.transaction {
                 let fenceAge = try connection.query("""
-                    SELECT extract(epoch FROM now() - least(now(), (SELECT min(started_at) FROM jobs WHERE status = '\(JobStatus.running)')))::float8::text
+                    SELECT extract(epoch FROM now() - least(now(), (SELECT min(started_at) FROM jobs WHERE status = '\(JobStatus.running)'),
+                                                            (SELECT min(since) FROM collection_fences WHERE until > now())))::float8::text
                         AS age
                     """)[0].string("age")
                 let claimable = "(collecting_since IS NULL OR collecting_since < now() - interval '\(Self.staleBlobClaim)')"
@@ -88,6 +89,32 @@ extension Catalog {
                     """, fenceAge, limit).compactMap { ContentHash(hex: $0.string("sha256")) }
                 return (claimed, .milliseconds(Int64((Double(fenceAge) ?? 0) * 1000)))
             }
+        }
+    }
+
+    /// Opens a fence for work outside jobs that stores blobs: until it is
+    /// closed or its lease of `lease` runs out (its process died), nothing
+    /// used since now is collected, as for a running job. Returns its id.
+    public func openCollectionFence(lease: Duration) async throws -> String {
+        let id = UUID().uuidString.lowercased()
+        try await pool.withConnection { connection in
+            try connection.query("INSERT INTO collection_fences (id, until) VALUES ($1, now() + make_interval(secs => $2))", id,
+                                 lease.components.seconds)
+        }
+        return id
+    }
+
+    /// Extends a fence's lease to `lease` from now.
+    public func renewCollectionFence(_ id: String, lease: Duration) async throws {
+        try await pool.withConnection(idempotent: true) { connection in
+            try connection.query("UPDATE collection_fences SET until = now() + make_interval(secs => $2) WHERE id = $1", id,
+                                 lease.components.seconds)
+        }
+    }
+
+    public func closeCollectionFence(_ id: String) async throws {
+        try await pool.withConnection(idempotent: true) { connection in
+            try connection.query("DELETE FROM collection_fences WHERE id = $1 OR until < now() - interval '1 day'", id)
         }
     }
 

@@ -33,39 +33,43 @@ extension Catalog {
         }
     }
 
-    /// Up to `limit` blobs kept as is that `namespace`'s backups refer to,
-    /// by name, from past `after` on.
-    public func plainContent(of namespace: String, after: ContentHash?, limit: Int) async throws -> [StoredBlob] {
+    /// Every blob kept as is that `namespace`'s backups refer to, by name:
+    /// read once per run (the query walks all of the namespace's rows).
+    public func plainContent(of namespace: String) async throws -> [StoredBlob] {
         try await pool.withConnection { connection in
-            try connection.query("""
-                SELECT sha256, size FROM blobs WHERE sha256 IN (\(Self.plainReferences)) AND sha256 > $2 ORDER BY sha256 LIMIT $3
-                """, namespace, after?.hex ?? "", limit).compactMap { row in
-                ContentHash(hex: row.string("sha256")).map { StoredBlob(hash: $0, size: row.uint64("size")) }
-            }
+            try connection.query("SELECT sha256, size FROM blobs WHERE sha256 IN (\(Self.plainReferences)) ORDER BY sha256", namespace)
+                .compactMap { row in ContentHash(hex: row.string("sha256")).map { StoredBlob(hash: $0, size: row.uint64("size")) } }
         }
     }
 
     /// Points `namespace`'s references to plain content at the encrypted
-    /// copies the caller stored, in one transaction that records the copies'
-    /// rows (so no collection takes them once referenced) and marks the
-    /// plain objects used now (so none goes while a job that began before
-    /// may read it). A copy a collection has claimed meanwhile is left out,
-    /// its references kept as they were for a later run. Returns the copies taken.
+    /// copies the caller stored and kept (`BlobLedger.keep`, under a
+    /// collection fence), in one transaction that marks the copies used and
+    /// the plain objects used now (so none goes while a job that began
+    /// before may read it). A copy a collection has claimed meanwhile is
+    /// left out, its references kept as they were for a later run. Returns
+    /// the copies taken.
     public func adoptEncryptedCopies(_ copies: [(plain: ContentHash, sealed: StoredBlob)], namespace: String) async throws -> [StoredBlob] {
         guard !copies.isEmpty else { return [] }
         return try await pool.callTransaction { connection in
             let claimed = try Self.markUsed(connection, copies.map(\.sealed), sizesVerified: true)
             let taken = copies.filter { !claimed.contains($0.sealed.name) }
             let (plain, sealed) = (taken.map(\.plain.hex), taken.map(\.sealed.name.hex))
-            try connection.query("""
+            let moved = try connection.query("""
                 UPDATE snapshot_files f SET blob = m.sealed FROM unnest($2::text[], $3::text[]) AS m(plain, sealed), snapshots s, environments e
                 WHERE f.blob = m.plain AND f.sha256 = m.plain AND s.id = f.snapshot_id AND e.id = s.environment_id AND e.namespace = $1
-                """, namespace, plain, sealed)
-            try connection.query("""
+                RETURNING f.snapshot_id
+                """, namespace, plain, sealed) + connection.query("""
                 UPDATE dump_chunks c SET blob = m.sealed FROM unnest($2::text[], $3::text[]) AS m(plain, sealed), snapshots s, environments e
                 WHERE c.blob = m.plain AND c.blob_sha256 = m.plain AND s.id = c.snapshot_id AND e.id = s.environment_id AND e.namespace = $1
+                RETURNING c.snapshot_id
                 """, namespace, plain, sealed)
             try connection.query("UPDATE blobs SET used_at = now() WHERE sha256 = ANY($1::text[])", plain)
+            // Under object lock, the backups that now refer to the copies have them retained (helper finding: they kept the
+            // date of the plain objects, and the copies were never retained).
+            let backups = Set(moved.map { $0.string("snapshot_id") })
+            try connection.query("UPDATE snapshots SET retained_until = NULL, retention_tried_at = NULL WHERE id = ANY($1::uuid[])",
+                                 backups.sorted())
             return taken.map(\.sealed)
         }
     }

@@ -398,11 +398,19 @@ enum Migrations {
         """),
         (23, """
         -- Object lock: until when the store retains each object (no collection before then: the store would refuse),
-        -- and for each backup the expiry its objects were last retained for (behind its expiry: to do).
+        -- and for each backup the date its objects were last retained until and when that was last tried (a backup
+        -- that failed goes behind the others).
         ALTER TABLE blobs ADD COLUMN retain_until timestamptz;
-        ALTER TABLE snapshots ADD COLUMN retained_until timestamptz;
-        CREATE INDEX snapshots_to_retain ON snapshots (finished_at)
-            WHERE status = 'finished' AND expires_at IS NOT NULL AND (retained_until IS NULL OR retained_until < expires_at);
+        ALTER TABLE snapshots ADD COLUMN retained_until timestamptz, ADD COLUMN retention_tried_at timestamptz;
+        CREATE INDEX snapshots_to_retain ON snapshots (retention_tried_at NULLS FIRST, finished_at)
+            WHERE status = 'finished' AND expires_at IS NOT NULL;
+        -- Work outside jobs that stores blobs (backupd store migrate) holds collection back as a running job does:
+        -- nothing used since a fence's start is collected while it lasts.
+        CREATE TABLE collection_fences (
+            id     uuid PRIMARY KEY,
+            since  timestamptz NOT NULL DEFAULT now(),
+            until  timestamptz NOT NULL
+        );
         """),
     ]
 }

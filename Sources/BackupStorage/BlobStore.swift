@@ -208,6 +208,8 @@ public protocol BlobStore: Sendable {
 public protocol RetainingStore: Sendable {
     /// Keeps the object `name` from deletion until `date`.
     func retain(_ name: ContentHash, until date: Date) async throws
+    /// Until when the object `name` is kept from deletion; nil when it is not (or is not there).
+    func retainedUntil(_ name: ContentHash) async throws -> Date?
     /// Whether the store is set up to retain objects: a bucket made with object lock.
     func canRetain() async throws -> Bool
 }

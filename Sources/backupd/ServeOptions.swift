@@ -177,6 +177,9 @@ struct BlobStoreOptions: ParsableArguments {
     @Option(help: "With --s3-object-lock, days past a backup's expiry its objects are retained: a nightly backup that reuses an object extends it once in this many days.")
     var s3ObjectLockMarginDays = 7
 
+    @Option(help: "With --s3-object-lock, days ahead objects are retained at most: a backup kept longer is retained this far and extended as time passes, so a tenant's retention of years does not bind the bucket for years at once.")
+    var s3ObjectLockMaxDays = 400
+
     @Option(help: "File of the master keys that wrap each namespace's data key, a KEY_ID = BASE64_SECRET line each (32 bytes) and a wrap-with line; with it, every namespace's new content is kept encrypted under a key of its own. Keep it apart from the store.")
     var storageKeys = ""
 
@@ -190,6 +193,7 @@ struct BlobStoreOptions: ParsableArguments {
             guard !blobStore.isEmpty else { throw ValidationError("--s3-object-lock needs --blob-store: the local folder cannot retain objects") }
         }
         guard s3ObjectLockMarginDays >= 0 else { throw ValidationError("--s3-object-lock-margin-days may not be negative") }
+        guard s3ObjectLockMaxDays >= 1 else { throw ValidationError("--s3-object-lock-max-days must be at least 1") }
     }
 
     /// The object lock mode of --s3-object-lock, nil without it.
@@ -198,6 +202,7 @@ struct BlobStoreOptions: ParsableArguments {
     /// Reads the storage key file.
     func apply(to configuration: inout ServerConfiguration) throws {
         configuration.jobs.retentionMargin = .seconds(Int64(s3ObjectLockMarginDays) * 86_400)
+        configuration.jobs.retentionCap = .seconds(Int64(s3ObjectLockMaxDays) * 86_400)
         guard !storageKeys.isEmpty else { return }
         do {
             configuration.storageKeys = try StorageKeys(reading: storageKeys)

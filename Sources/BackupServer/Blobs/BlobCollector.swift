@@ -47,16 +47,28 @@ struct BlobCollector: Sendable {
     }
 
     /// Removes the content of a batch of claimed blobs, then forgets them;
-    /// the claims of what could not be removed are given back.
+    /// the claims of what could not be removed are given back. Under object
+    /// lock, an object the store refused to remove because it retains it
+    /// (the catalog's date behind the store's: a catalog restored from its
+    /// own backup, say) is no failure: its date is recorded, and collection
+    /// waits for it (helper finding: the refusal stopped every collection).
     private func remove(_ claimed: [ContentHash]) async throws -> Int {
         guard !claimed.isEmpty else { return 0 }
         let store = self.store
         let (gone, failure) = try await threadPool.runIfActive { store.remove(all: claimed) }
         try await catalog.forgetCollectedBlobs(gone)
-        if let failure {
-            try await catalog.releaseBlobClaims(Array(claimed.dropFirst(gone.count)))
-            throw failure
+        guard let failure else { return gone.count }
+        let left = Array(Set(claimed).subtracting(gone))
+        var retained = 0
+        if let retaining = store.retaining {
+            for name in left {
+                guard let until = try? await retaining.retainedUntil(name), until > Date() else { continue }
+                try await catalog.recordRetention(of: [name], until: until, completing: nil)
+                retained += 1
+            }
         }
+        try await catalog.releaseBlobClaims(left)
+        guard retained == left.count else { throw failure }
         return gone.count
     }
 }

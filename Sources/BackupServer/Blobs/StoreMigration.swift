@@ -41,23 +41,44 @@ public struct StoreMigration: Sendable {
         try await catalog.namespacesWithPlainContent()
     }
 
-    /// Copies at most `limit` objects (nil: all), telling `progress` of each
-    /// namespace's start and end, then collects.
+    /// How long the run's collection fence lasts unless renewed (each batch
+    /// renews it): a run whose process died holds collections back this long.
+    static let fenceLease = Duration.seconds(900)
+
+    /// Copies at most `limit` objects, telling `progress` of each
+    /// namespace's start and end, then collects. While it runs, a fence
+    /// holds collections back from what it stores or reuses, as a running
+    /// job does (helper finding: with no job running, a collection beside it
+    /// removed copies it had written, or found, before it pointed rows at them).
     public func run(limit: Int = .max, progress: @Sendable (String) -> Void) async throws -> Outcome {
         try await stores.check(stores.masterKeys)
+        let fence = try await catalog.openCollectionFence(lease: Self.fenceLease)
+        do {
+            var outcome = try await copy(limit: limit, fence: fence, progress: progress)
+            try await catalog.closeCollectionFence(fence)
+            outcome.removed = try await BlobCollector(catalog: catalog, store: stores.base, threadPool: threadPool).collect()
+            outcome.left = try await plan().reduce(0) { $0 + $1.blobs }
+            return outcome
+        } catch {
+            try? await catalog.closeCollectionFence(fence)
+            throw error
+        }
+    }
+
+    private func copy(limit: Int, fence: String, progress: @Sendable (String) -> Void) async throws -> Outcome {
         var outcome = Outcome()
         for (namespace, blobs, bytes) in try await plan() where outcome.copied < limit {
             progress("\(namespace): \(blobs) objects kept as is (\(bytes) bytes)")
-            let store = try await stores.store(for: namespace)
-            let (base, threadPool) = (stores.base, threadPool)
+            // As a job stores: a copy the store already holds is marked used before it stands for the content.
+            let ledger = BlobLedger(catalog: catalog, store: try await stores.store(for: namespace), threadPool: threadPool,
+                                    clock: ContinuousClock())
+            let (store, base, threadPool) = (ledger.store, stores.base, threadPool)
+            let plain = try await catalog.plainContent(of: namespace)
             let before = outcome.copied
-            var after: ContentHash?
-            while outcome.copied < limit {
-                let plain = try await catalog.plainContent(of: namespace, after: after, limit: min(Self.batch, limit - outcome.copied))
-                guard let last = plain.last else { break }
-                after = last.hash
+            for start in stride(from: 0, to: min(plain.count, limit - before), by: Self.batch) {
+                try await catalog.renewCollectionFence(fence, lease: Self.fenceLease)
                 var copies: [(plain: ContentHash, sealed: StoredBlob)] = []
-                for blob in plain {
+                for blob in plain[start..<min(start + Self.batch, plain.count, limit - before)] {
                     do {
                         let sealed = try await threadPool.runIfActive {
                             let writer = try store.writer()
@@ -70,14 +91,14 @@ public struct StoreMigration: Sendable {
                         outcome.unreadable.append("\(namespace): \(error)")
                     }
                 }
-                let taken = try await catalog.adoptEncryptedCopies(copies, namespace: namespace)
+                // Only copies the store still holds once marked used: one a collection removed meanwhile is left for a later run.
+                let kept = Set(try await ledger.keep(copies.map(\.sealed)).map(\.name))
+                let taken = try await catalog.adoptEncryptedCopies(copies.filter { kept.contains($0.sealed.name) }, namespace: namespace)
                 outcome.copied += taken.count
                 outcome.bytes += taken.reduce(0) { $0 + $1.size }
             }
             progress("\(namespace): \(outcome.copied - before) objects copied encrypted")
         }
-        outcome.removed = try await BlobCollector(catalog: catalog, store: stores.base, threadPool: threadPool).collect()
-        outcome.left = try await plan().reduce(0) { $0 + $1.blobs }
         return outcome
     }
 }

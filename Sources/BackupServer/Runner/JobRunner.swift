@@ -28,6 +28,9 @@ public struct JobSettings: Sendable {
     /// retained: a nightly backup that reuses an object extends its
     /// retention once in this long rather than every night.
     public var retentionMargin: Duration = .seconds(7 * 86_400)
+    /// With object lock, how far ahead objects are retained at most: a
+    /// backup kept longer is retained this far, and extended as time passes.
+    public var retentionCap: Duration = .seconds(400 * 86_400)
     public var tools = PostgresTools()
     /// zstd level of a dump's new chunks: 1 (fast, the default) to 19.
     public var dumpCompressionLevel = 1
@@ -126,7 +129,9 @@ public final class JobRunner: Service, Sendable {
         self.verifyJob = VerifyJob(catalog: catalog, clock: clock, stores: stores, scratchDirectory: scratchDirectory, threadPool: threadPool, tools: settings.tools,
                                    reservedDiskBytes: uploads.reservedDiskBytes)
         self.collector = BlobCollector(catalog: catalog, store: stores.base, threadPool: Self.collectionThreads)
-        self.retention = stores.base.retaining.map { RetentionLocks(catalog: catalog, store: $0, margin: settings.retentionMargin) }
+        self.retention = stores.base.retaining.map {
+            RetentionLocks(catalog: catalog, store: $0, margin: settings.retentionMargin, cap: settings.retentionCap, logger: logger)
+        }
         self.archiveCache = archiveCache
         self.spool = spool
         self.uploads = uploads
@@ -174,6 +179,7 @@ public final class JobRunner: Service, Sendable {
                     while (try? await self.clock.sleep(for: self.settings.pollInterval)) != nil { self.wake() }
                 }
                 group.addTask { await self.stopRunningJobsAfterGrace() }
+                if let retention { group.addTask { await self.retainFinishedBackups(retention) } }
                 await claimAndRun()
                 group.cancelAll()
             }
@@ -191,7 +197,6 @@ public final class JobRunner: Service, Sendable {
             wake()
             var lastCollection = clock.now
             var lastSweep = clock.now
-            var retentionFailed: ContinuousClock.Instant?
             for await _ in wakeups {
                 let collect = signals.withLockedValue { signals in
                     defer { signals.collectGarbage = false }
@@ -206,10 +211,6 @@ public final class JobRunner: Service, Sendable {
                     await sweepArchives()
                     await sweepUploads()
                     await sweepRestoreLeftovers()
-                }
-                // After a failure (the store refusing, say), tried again at the next sweep rather than every round.
-                if retentionFailed.map({ $0.duration(to: clock.now) >= settings.sweepInterval }) ?? true {
-                    retentionFailed = await retainFinishedBackups() ? nil : clock.now
                 }
                 await failAbandonedJobs()
                 // Shutdown may have begun while this round collected or swept: nothing is claimed after it.
@@ -268,17 +269,18 @@ public final class JobRunner: Service, Sendable {
     }
 
     /// Has the store retain the objects of backups finished since the last
-    /// round (a few backups a round), so a backup is immutable moments after
-    /// it ends; false when the store or the catalog failed.
-    private func retainFinishedBackups() async -> Bool {
-        guard let retention else { return true }
-        do {
-            let retained = try await retention.run()
-            if retained > 0 { logger.info("retained objects of finished backups", metadata: ["count": "\(retained)"]) }
-            return true
-        } catch {
-            logger.error("cannot retain the objects of finished backups", metadata: ["error": "\(error)"])
-            return false
+    /// look, every poll interval, in a task of its own: however many objects
+    /// that takes, jobs are claimed meanwhile (helper finding: in the claim
+    /// loop, a tenant lengthening its retention held every job back).
+    private func retainFinishedBackups(_ retention: RetentionLocks) async {
+        while (try? await clock.sleep(for: settings.pollInterval)) != nil {
+            do {
+                let retained = try await retention.run().retained
+                if retained > 0 { logger.info("retained objects of finished backups", metadata: ["count": "\(retained)"]) }
+            } catch {
+                logger.error("cannot look for backups to retain", metadata: ["error": "\(error)"])
+                try? await clock.sleep(for: settings.sweepInterval)
+            }
         }
     }
 

@@ -369,5 +369,7 @@ extension ObjectBlobStore: RetainingStore {
         try await client.retain(key(name), until: date, mode: objectLock)
     }
 
+    public func retainedUntil(_ name: ContentHash) async throws -> Date? { try await client.retention(of: key(name))?.until }
+
     public func canRetain() async throws -> Bool { try await client.objectLockEnabled() }
 }
