@@ -207,31 +207,6 @@ row "backupd restore" "$(seconds "$ours")"
 row "createdb + pg_restore --jobs=2 + tar xzf" "$(seconds "$theirs")"
 verdict "ratio" "$(ratio "$ours" "$theirs")" "<= 0.85"
 
-section "encryption at rest (--storage-keys): the same full backup, next backup and restore with and without it; $RUNS runs each, interleaved, medians"
-# Prints the seconds of a full backup, of the next one (nothing changed) and of the full one's restore, on a fresh server.
-encryption_run() {
-  local full next restore id
-  full=$(timed backup app)
-  id=$(json '["id"]' < "$work/last-backup.json")
-  next=$(timed backup app)
-  ctl env stop bench/app >/dev/null
-  restore=$(timed ctl restore "$id" --to app --wait --json)
-  ctl env start bench/app >/dev/null
-  echo "$full $next $restore"
-}
-: > "$work/encryption-off"; : > "$work/encryption-on"
-for run in $(seq 1 "$RUNS"); do
-  serve; encryption_run >> "$work/encryption-off"
-  serve --storage-keys "$(pwd)/certs/dev/storage-keys"; encryption_run >> "$work/encryption-on"
-done
-column_median() { awk -v column="$2" '{ print $column }' "$1" | median; }
-for measure in "1:full backup" "2:next backup, nothing changed" "3:restore of the full backup"; do
-  off=$(column_median "$work/encryption-off" "${measure%%:*}"); on=$(column_median "$work/encryption-on" "${measure%%:*}")
-  row "${measure#*:}, unencrypted" "$(seconds "$off")"
-  row "${measure#*:}, encrypted" "$(seconds "$on")"
-  verdict "ratio encrypted / unencrypted" "$(ratio "$on" "$off")" "<= 1.15"
-done
-
 section "download archive preparation; $RUNS backups, medians"
 ours=(); theirs=()
 for run in $(seq 1 "$RUNS"); do
@@ -357,6 +332,32 @@ growth() {
 row "archive of $(stat -c %s "$big_archive") bytes" ""
 verdict "growth during its download by curl (MiB)" "$(growth curl -sS --cacert certs/dev/ca.crt -o /dev/null "$big_url")" "<= 64"
 verdict "growth during its upload with validation (MiB)" "$(growth ctl upload "$big_archive" --env bench/big --json)" "<= 64"
+
+# Last of the local sections: each run serves afresh, and the sections before use the backups of their own server.
+section "encryption at rest (--storage-keys): the same full backup, next backup and restore with and without it; $RUNS runs each, interleaved, medians"
+# Prints the seconds of a full backup, of the next one (nothing changed) and of the full one's restore, on a fresh server.
+encryption_run() {
+  local full next restore id
+  full=$(timed backup app)
+  id=$(json '["id"]' < "$work/last-backup.json")
+  next=$(timed backup app)
+  ctl env stop bench/app >/dev/null
+  restore=$(timed ctl restore "$id" --to app --wait --json)
+  ctl env start bench/app >/dev/null
+  echo "$full $next $restore"
+}
+: > "$work/encryption-off"; : > "$work/encryption-on"
+for run in $(seq 1 "$RUNS"); do
+  serve; encryption_run >> "$work/encryption-off"
+  serve --storage-keys "$(pwd)/certs/dev/storage-keys"; encryption_run >> "$work/encryption-on"
+done
+column_median() { awk -v column="$2" '{ print $column }' "$1" | median; }
+for measure in "1:full backup" "2:next backup, nothing changed" "3:restore of the full backup"; do
+  off=$(column_median "$work/encryption-off" "${measure%%:*}"); on=$(column_median "$work/encryption-on" "${measure%%:*}")
+  row "${measure#*:}, unencrypted" "$(seconds "$off")"
+  row "${measure#*:}, encrypted" "$(seconds "$on")"
+  verdict "ratio encrypted / unencrypted" "$(ratio "$on" "$off")" "<= 1.15"
+done
 
 section "on an S3 store: moto on loopback (a test server, not a performance reference); $RUNS runs each, medians"
 # moto with signatures checked, a bucket, and a server of its own each run whose blobs are objects under a prefix of their own.
