@@ -188,6 +188,12 @@ extension Catalog {
         return .chunks(sha256: sha256, size: snapshot.uint64("database_bytes"), chunks)
     }
 
+    /// The id of the latest finished backup of environment $2 of namespace $1: what its next backup builds on.
+    private static let latestFinishedBackup = """
+        (SELECT s.id FROM snapshots s JOIN environments e ON e.id = s.environment_id
+         WHERE e.namespace = $1 AND e.name = $2 AND s.status = '\(BackupStatus.finished)' ORDER BY s.seq DESC LIMIT 1)
+        """
+
     /// The chunks of the environment's latest finished backup, by content
     /// hash: what its next dump need not store again.
     public func knownDumpChunks(namespace: String, environment: String) async throws -> [ContentHash: DumpChunk] {
@@ -195,10 +201,23 @@ extension Catalog {
             let rows = try connection.query("""
                 SELECT DISTINCT c.sha256, c.size, c.blob_sha256, c.blob, c.compressed, b.size AS blob_size
                 FROM dump_chunks c JOIN blobs b ON b.sha256 = c.blob
-                WHERE c.snapshot_id = (SELECT s.id FROM snapshots s JOIN environments e ON e.id = s.environment_id
-                                       WHERE e.namespace = $1 AND e.name = $2 AND s.status = '\(BackupStatus.finished)' ORDER BY s.seq DESC LIMIT 1)
+                WHERE c.snapshot_id = \(Self.latestFinishedBackup)
                 """, namespace, environment)
             return Dictionary(rows.compactMap(Self.dumpChunk).map { ($0.sha256, $0) }, uniquingKeysWith: { first, _ in first })
+        }
+    }
+
+    /// The distinct contents of the documents of the environment's latest
+    /// finished backup: what its next backup most likely reuses.
+    public func knownFiles(namespace: String, environment: String) async throws -> [StoredBlob] {
+        try await pool.withConnection { connection in
+            try connection.query("""
+                SELECT DISTINCT f.sha256, f.blob, b.size FROM snapshot_files f JOIN blobs b ON b.sha256 = f.blob
+                WHERE f.snapshot_id = \(Self.latestFinishedBackup)
+                """, namespace, environment).compactMap { row in
+                guard let hash = ContentHash(hex: row.string("sha256")), let name = ContentHash(hex: row.string("blob")) else { return nil }
+                return StoredBlob(hash: hash, size: row.uint64("size"), name: name)
+            }
         }
     }
 

@@ -94,22 +94,36 @@ extension Catalog {
 
     /// Opens a fence for work outside jobs that stores blobs: until it is
     /// closed or its lease of `lease` runs out (its process died), nothing
-    /// used since now is collected, as for a running job. Returns its id.
-    public func openCollectionFence(lease: Duration) async throws -> String {
+    /// used since now is collected, as for a running job. `holder` names
+    /// work of which one runs at a time: while another fence of that name
+    /// lasts, this one is refused (`aborted`). Returns the fence's id.
+    public func openCollectionFence(lease: Duration, holder: String) async throws -> String {
         let id = UUID().uuidString.lowercased()
-        try await pool.withConnection { connection in
-            try connection.query("INSERT INTO collection_fences (id, until) VALUES ($1, now() + make_interval(secs => $2))", id,
-                                 lease.components.seconds)
+        let until = try await pool.transaction { connection in
+            try connection.query("DELETE FROM collection_fences WHERE holder = $1 AND until <= now()", holder)
+            let opened = try connection.query("""
+                INSERT INTO collection_fences (id, until, holder) VALUES ($1, now() + make_interval(secs => $2), $3)
+                ON CONFLICT (holder) DO NOTHING RETURNING id
+                """, id, lease.components.seconds, holder)
+            guard opened.isEmpty else { return nil as String? }
+            return try connection.query("SELECT to_char(until AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS until FROM collection_fences WHERE holder = $1",
+                                        holder).first?.string("until") ?? "now"
+        }
+        if let until {
+            throw BackupError.aborted("another \(holder) is running; try again once it ends (or after \(until) UTC, if its process died)")
         }
         return id
     }
 
-    /// Extends a fence's lease to `lease` from now.
+    /// Extends a fence's lease to `lease` from now. A fence whose lease
+    /// already ran out is not revived (another run may hold the name now):
+    /// that is `aborted`, and the work it fenced must stop.
     public func renewCollectionFence(_ id: String, lease: Duration) async throws {
-        try await pool.withConnection(idempotent: true) { connection in
-            try connection.query("UPDATE collection_fences SET until = now() + make_interval(secs => $2) WHERE id = $1", id,
-                                 lease.components.seconds)
+        let renewed = try await pool.withConnection(idempotent: true) { connection in
+            try connection.query("UPDATE collection_fences SET until = now() + make_interval(secs => $2) WHERE id = $1 AND until > now() RETURNING id", id,
+                                 lease.components.seconds).count
         }
+        guard renewed == 1 else { throw BackupError.aborted("the run's collection fence ran out before it was renewed; run it again") }
     }
 
     public func closeCollectionFence(_ id: String) async throws {

@@ -154,6 +154,8 @@ public func validateName(_ name: String, _ what: String) throws(BackupError) {
     let valid = (1...63).contains(bytes.count) && bytes.allSatisfy { (97...122).contains($0) || (48...57).contains($0) || $0 == 45 }
         && bytes.first != 45
     guard valid else {
-        throw .invalidArgument("\(what) \"\(name)\" must be 1 to 63 lowercase letters, digits or '-', not starting with '-'")
+        // The message goes back to whoever sent the name: cut short, and with what is not plain text shown as `?`.
+        throw .invalidArgument("\(what) \(quotedPrintable(name, longest: 64)) (\(bytes.count) bytes) must be 1 to 63 lowercase letters, "
+                               + "digits or '-', not starting with '-'")
     }
 }

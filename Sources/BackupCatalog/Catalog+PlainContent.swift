@@ -48,10 +48,18 @@ extension Catalog {
     /// the plain objects used now (so none goes while a job that began
     /// before may read it). A copy a collection has claimed meanwhile is
     /// left out, its references kept as they were for a later run. Returns
-    /// the copies taken.
-    public func adoptEncryptedCopies(_ copies: [(plain: ContentHash, sealed: StoredBlob)], namespace: String) async throws -> [StoredBlob] {
+    /// the copies taken. The caller's `fence` must still last: once it ran
+    /// out, a collection may have removed copies kept under it, and nothing
+    /// is adopted (`aborted`; helper finding: a run whose fence had lapsed
+    /// pointed a backup's rows at copies a collection had just removed).
+    /// A fence is never renewed once out, so one that lasts now lasted since it was opened.
+    public func adoptEncryptedCopies(_ copies: [(plain: ContentHash, sealed: StoredBlob)], namespace: String,
+                                     fence: String) async throws -> [StoredBlob] {
         guard !copies.isEmpty else { return [] }
         return try await pool.callTransaction { connection in
+            guard try !connection.query("SELECT 1 FROM collection_fences WHERE id = $1 AND until > now() FOR SHARE", fence).isEmpty else {
+                throw BackupError.aborted("the run's collection fence ran out before its copies were adopted; run it again")
+            }
             let claimed = try Self.markUsed(connection, copies.map(\.sealed), sizesVerified: true)
             let taken = copies.filter { !claimed.contains($0.sealed.name) }
             let (plain, sealed) = (taken.map(\.plain.hex), taken.map(\.sealed.name.hex))

@@ -412,5 +412,10 @@ enum Migrations {
             until  timestamptz NOT NULL
         );
         """),
+        (24, """
+        -- Work of which one runs at a time (backupd store migrate) names itself: a second run's fence is refused
+        -- while the first one's lasts (helper finding: two runs copied the same objects twice and counted them twice).
+        ALTER TABLE collection_fences ADD COLUMN holder text UNIQUE;
+        """),
     ]
 }

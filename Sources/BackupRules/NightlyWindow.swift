@@ -95,7 +95,7 @@ public struct NightlyWindow: Sendable, Hashable {
     }
 
     static func quoted(_ value: String) -> String {
-        "\"" + String(value.unicodeScalars.prefix(64).map { $0.properties.generalCategory == .control ? "?" : Character($0) }) + "\""
+        quotedPrintable(value, longest: 64)
     }
 }
 

@@ -81,6 +81,16 @@ public final class ReuseClaims: Sendable {
 
     public static let unasked = ReuseClaims(nil)
 
+    /// Takes `names` as marked: the caller marked them used in bulk and
+    /// found them held after the mark (`BlobLedger.keep`), so reusing them
+    /// asks nothing more (a round trip to the catalog per document cost a
+    /// night's backup of 3,000 unchanged documents 3.6 s).
+    public func remember(_ names: some Sequence<ContentHash>) {
+        marked.withLock { marked in
+            for name in names where marked.count < Self.remembered { marked.insert(name) }
+        }
+    }
+
     /// Whether the copy `held` says the store has may stand for `blob`. The
     /// store is asked first, so content it lacks leaves no catalog row (a
     /// store out of reach catalogs nothing), and asked again once marked:

@@ -234,8 +234,7 @@ final class SealingWriter: BlobWriter {
     func write(_ chunk: UnsafeRawBufferPointer) throws {
         hasher.update(chunk)
         size += UInt64(chunk.count)
-        let sealed = sealer.seal(chunk)
-        if !sealed.isEmpty { try sealed.withUnsafeBytes { try object.write($0) } }
+        try sealer.seal(chunk) { try object.write($0) }
     }
 
     func finish() throws -> StoredBlob {
@@ -244,7 +243,7 @@ final class SealingWriter: BlobWriter {
         if address != asked, store.inner.reuses(StoredBlob(hash: address, size: size)) {
             return StoredBlob(hash: hash, size: size, name: address)
         }
-        try sealer.finish(address: address).withUnsafeBytes { try object.write($0) }
+        try sealer.finish(address: address) { try object.write($0) }
         _ = try object.finish(as: address)
         return StoredBlob(hash: hash, size: size, written: true, name: address)
     }
@@ -266,6 +265,8 @@ final class OpeningStream {
     private var pendingStart: UInt64 = 0
     private var received: UInt64 = 0
     private var index: UInt64 = 0
+    /// The content of the segments the last chunk completed.
+    private var opened: [UInt8] = []
 
     init(keys: NamespaceKeys, sealedSize: UInt64) {
         self.keys = keys
@@ -286,15 +287,18 @@ final class OpeningStream {
         guard let opener else { return }
         let segments = SegmentedEncryption.segmentCount(ofContent: opener.contentSize)
         var used = 0
+        // The segments a chunk completes go on together: a reader writing a file writes in pieces of up to a
+        // MiB rather than one per segment, as `ContentSealer` hands on what it seals.
+        opened.removeAll(keepingCapacity: true)
         while index < segments {
             let range = SegmentedEncryption.sealedRange(ofSegment: index, contentSize: opener.contentSize)
             let end = Int(range.upperBound - pendingStart)
             guard end <= pending.count else { break }
-            let content = try opener.open(segment: index, pending[Int(range.lowerBound - pendingStart)..<end])
-            try content.withUnsafeBytes { try emit($0) }
+            opened += try opener.open(segment: index, pending[Int(range.lowerBound - pendingStart)..<end])
             used = end
             index += 1
         }
+        if !opened.isEmpty { try opened.withUnsafeBytes { try emit($0) } }
         if used > 0 {
             pending.removeFirst(used)
             pendingStart += UInt64(used)

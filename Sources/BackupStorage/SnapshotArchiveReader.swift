@@ -273,10 +273,9 @@ public struct SnapshotArchiveReader: Sendable {
         }
     }
 
-    /// A name from the archive as a message may show it: quoted, at most 200 characters, no control characters.
+    /// A name from the archive as a message may show it.
     static func quoted(_ name: String) -> String {
-        let shown = String(name.unicodeScalars.prefix(200).map { $0.value < 0x20 || $0.value == 0x7f ? "?" : Character($0) })
-        return "\"\(shown)\(name.unicodeScalars.count > 200 ? "…" : "")\""
+        quotedPrintable(name, longest: 200)
     }
 
     static func message(_ archive: OpaquePointer) -> String {

@@ -93,13 +93,21 @@ struct KeysCommand: AsyncParsableCommand {
         @Flag(help: "Shred without asking (required: there is no undo).")
         var yes = false
 
+        func validate() throws {
+            do {
+                try validateName(namespace, "namespace")
+            } catch {
+                throw ValidationError(error.description)
+            }
+        }
+
         func run() async throws {
             try await KeysCommand.withCatalog(options) { catalog, _ in
                 let plan = try await catalog.shredNamespaceKey(namespace, actor: "backupd keys shred", dryRun: true)
                 let what = "the data key of namespace \(namespace) (wrapped by \(plan.keyID)), its \(plan.backups) backups "
                     + "and \(plan.uploads) uploads"
                 guard !dryRun else { return print("would delete \(what)") }
-                guard yes else { throw ValidationError("this deletes \(what), for ever; run again with --yes") }
+                guard yes else { throw CommandFailure(description: "this deletes \(what), for ever; run again with --yes") }
                 let done = try await catalog.shredNamespaceKey(namespace, actor: "backupd keys shred", dryRun: false)
                 print("deleted the data key of namespace \(namespace) (wrapped by \(done.keyID)), its \(done.backups) backups "
                       + "and \(done.uploads) uploads; the next collections remove their content from the store")
@@ -113,7 +121,7 @@ struct KeysCommand: AsyncParsableCommand {
         do {
             keys = try StorageKeys(reading: options.storageKeys)
         } catch {
-            throw ValidationError("--storage-keys: \(error)")
+            throw CommandFailure(description: "--storage-keys: \(error)")
         }
         try await options.catalog.withCatalog { catalog, _ in try await body(catalog, keys) }
     }

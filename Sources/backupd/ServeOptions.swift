@@ -27,12 +27,13 @@ struct CatalogOptions: ParsableArguments {
     }
 
     /// Runs `body` with the catalog, migrated to this version's schema, on
-    /// one connection and a pool of two threads (the catalog's and one for
-    /// blob work): what the commands that work beside serve need.
+    /// two connections (store migrate renews its fence on one while it
+    /// copies on the other) and a pool of three threads (the catalog's two
+    /// and one for blob work): what the commands that work beside serve need.
     func withCatalog<T>(_ body: (Catalog, NIOThreadPool) async throws -> T) async throws -> T {
-        let threadPool = NIOThreadPool(numberOfThreads: 2)
+        let threadPool = NIOThreadPool(numberOfThreads: 3)
         threadPool.start()
-        let catalog = Catalog(connectionString: try ConnectionString.absorbingEnvironment(catalog), maximumConnections: 1, threadPool: threadPool)
+        let catalog = Catalog(connectionString: try ConnectionString.absorbingEnvironment(catalog), maximumConnections: 2, threadPool: threadPool)
         do {
             try await catalog.migrate()
             let result = try await body(catalog, threadPool)
@@ -42,9 +43,19 @@ struct CatalogOptions: ParsableArguments {
         } catch {
             await catalog.pool.close()
             try? await threadPool.shutdownGracefully()
-            throw ValidationError("\(error)")
+            if error is CommandFailure || error is ExitCode { throw error }
+            throw CommandFailure(description: "\(error)")
         }
     }
+}
+
+/// A command whose arguments were fine failed as it ran (the catalog out of
+/// reach, a refusal): ArgumentParser prints "Error: " and the message,
+/// without the usage a `ValidationError` brings, and exits 1 (helper
+/// finding: every runtime failure of keys and store printed the usage and
+/// exited 64, as if the command line were wrong).
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
 }
 
 /// The RPC listener, its TLS credentials and where its download links point.
@@ -187,13 +198,14 @@ struct BlobStoreOptions: ParsableArguments {
         guard !blobDir.isEmpty else { throw ValidationError("--blob-dir (or BACKUPD_BLOB_DIR) is required") }
         guard (5...5 << 10).contains(s3PartSizeMib) else { throw ValidationError("--s3-part-size-mib takes 5 to 5120 (S3's limits of a part)") }
         try requireAtLeastOne([("--s3-parts-in-flight", s3PartsInFlight), ("--s3-connections", s3Connections),
-                               ("--s3-request-timeout-seconds", s3RequestTimeoutSeconds)])
+                               ("--s3-request-timeout-seconds", s3RequestTimeoutSeconds), ("--s3-object-lock-max-days", s3ObjectLockMaxDays)])
         if let s3ObjectLock {
             guard objectLockMode != nil else { throw ValidationError("--s3-object-lock takes governance or compliance, not \"\(s3ObjectLock)\"") }
             guard !blobStore.isEmpty else { throw ValidationError("--s3-object-lock needs --blob-store: the local folder cannot retain objects") }
         }
-        guard s3ObjectLockMarginDays >= 0 else { throw ValidationError("--s3-object-lock-margin-days may not be negative") }
-        guard s3ObjectLockMaxDays >= 1 else { throw ValidationError("--s3-object-lock-max-days must be at least 1") }
+        // Bounded so that seconds of them fit any clock (helper finding: a huge number crashed the check).
+        guard (0...3_650).contains(s3ObjectLockMarginDays) else { throw ValidationError("--s3-object-lock-margin-days takes 0 to 3650") }
+        guard s3ObjectLockMaxDays <= 36_500 else { throw ValidationError("--s3-object-lock-max-days takes 1 to 36500") }
     }
 
     /// The object lock mode of --s3-object-lock, nil without it.

@@ -52,14 +52,14 @@ struct StoreCommand: AsyncParsableCommand {
             do {
                 keys = try StorageKeys(reading: options.blobStore.storageKeys)
             } catch {
-                throw ValidationError("--storage-keys: \(error)")
+                throw CommandFailure(description: "--storage-keys: \(error)")
             }
             let objectStore = try options.blobStore.objectStore()
             let http = options.blobStore.objectStoreHTTP(objectStore)
             do {
                 let store = try options.blobStore.makeBlobStore(objectStore, http: http)
                 try await options.catalog.withCatalog { catalog, threadPool in
-                    let migration = StoreMigration(catalog: catalog, store: store, masterKeys: keys, threadPool: threadPool)
+                    let migration = StoreMigration(catalog: catalog, store: store, masterKeys: keys, threadPool: threadPool, clock: ContinuousClock())
                     guard !dryRun else {
                         let plan = try await migration.plan()
                         for (namespace, blobs, bytes) in plan { print("\(namespace)\t\(blobs) objects\t\(bytes) bytes") }

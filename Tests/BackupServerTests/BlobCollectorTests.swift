@@ -167,6 +167,32 @@ import Testing
         }
     }
 
+    /// Measured: a night's backup of 3,000 unchanged documents spent 3.6 s
+    /// in a catalog round trip per document. The latest backup's documents
+    /// are marked used in one go (`BlobLedger.keep`) and reused without
+    /// asking the catalog again; collection keeps them while the job runs.
+    @Test func contentKeptInOneGoIsReusedWithoutAskingTheCatalogAgain() async throws {
+        try await TestCatalog.with { catalog, database, threadPool in
+            try await TestCatalog.register(catalog)
+            let scratch = try ScratchDirectory("reuse-kept")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            let (kept, other) = (try store.storing("in the latest backup"), try store.storing("in no backup"))
+            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).record([kept, other])
+            try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
+            _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+            _ = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 300, perNamespace: 1))
+
+            let ledger = BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock())
+            #expect(try await ledger.keep([kept]) == [kept])
+            #expect(try await catalog.claimUnreferencedBlobs().claimed == [other.hash], "content kept beside a running job was claimed")
+            // With their rows gone, a reuse that asked the catalog would make them again.
+            try await TestPostgres.query(database, "DELETE FROM blobs")
+            #expect(try await threadPool.runIfActive { ledger.store.reuses(kept) && ledger.store.reuses(other) })
+            #expect(try await TestPostgres.query(database, "SELECT sha256 FROM blobs").map { $0.string("sha256") } == [other.hash.hex])
+        }
+    }
+
     /// Found in CI, explained by a helper: a held backup found a document in
     /// the store, and before the catalog marked it used a whole collection
     /// (claim, remove, forget) took that copy, its deleted backup having been
@@ -336,6 +362,75 @@ import Testing
             try recording.query("COMMIT")
             #expect(try await collection.value == 0)
             #expect(store.contains(reused.hash), "a blob a job recorded was collected")
+        }
+    }
+
+    /// Helper finding: `store migrate` never renewed its fence, so a run
+    /// longer than its lease lost it; a second run then got in, and a
+    /// collection removed copies the first run then pointed a backup's rows
+    /// at (63 documents gone). The fence is renewed every quarter lease on
+    /// the run's clock; once it ran out all the same, the run stops and
+    /// adopts nothing.
+    @Test func storeMigrateRenewsItsFenceAndAdoptsNothingOnceItRanOut() async throws {
+        try await TestCatalog.with { catalog, database, threadPool in
+            try await TestCatalog.register(catalog)
+            let scratch = try ScratchDirectory("migrate-fence")
+            defer { scratch.remove() }
+            let plainStore = try LocalBlobStore(root: scratch.path + "/blobs")
+            let plain = try plainStore.storing("kept before encryption")
+            _ = try await catalog.markBlobsUsed([plain])
+            _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
+            let claimed = try #require(try await catalog.claimNextJob(owner: "t", leaseSeconds: 300, perNamespace: 1))
+            try await catalog.finishBackup(jobID: claimed.job.id, owner: "t", manifest: BackupManifest(
+                dump: .blob(plain), files: [("document", plain)], postgresVersion: "17", databaseSize: 0))
+            let gated = ReadGatedBlobStore(plainStore)
+            gated.hold(plain.hash)
+            let clock = ManualClock()
+            let migration = StoreMigration(catalog: catalog, store: gated, masterKeys: try StorageKeys(parsing: testStorageKeys),
+                                           threadPool: threadPool, clock: clock)
+            func until() async throws -> String {
+                try await TestPostgres.query(database, "SELECT until::text FROM collection_fences")[0].string("until")
+            }
+            let run = Task { try await migration.run { _ in } }
+            try await eventually(within: .seconds(20)) { gated.isHolding && clock.sleepers == 1 }
+            let opened = try await until()
+            clock.advance(by: StoreMigration.fenceLease / 4)
+            try await eventually(within: .seconds(20)) { try await until() != opened && clock.sleepers == 1 }
+
+            // The lease runs out all the same (the catalog out of reach for all of it): the renewal fails, and the copy
+            // the run holds is not adopted.
+            try await TestPostgres.query(database, "UPDATE collection_fences SET until = now() - interval '1 second'")
+            clock.advance(by: StoreMigration.fenceLease / 4)
+            gated.release()
+            await #expect(throws: BackupError.self) { _ = try await run.value }
+            let stillPlain = try await TestPostgres.query(database, "SELECT count(*) AS n FROM snapshot_files WHERE blob = sha256")
+            #expect(stillPlain[0].string("n") == "1")
+            #expect(try await TestPostgres.query(database, "SELECT id FROM collection_fences").isEmpty)
+        }
+    }
+
+    /// Helper findings on `store migrate`'s fence: two runs at once copied
+    /// every object twice, and a killed run held collections back for 15
+    /// minutes. A named fence is refused while another of that name lasts,
+    /// one that ran out is neither renewed (its run stops) nor in the way of
+    /// the next run, and collections wait for it only while it lasts.
+    @Test func aNamedFenceAdmitsOneRunAtATimeAndLapsesWithItsLease() async throws {
+        try await TestCatalog.with { catalog, database, _ in
+            let first = try await catalog.openCollectionFence(lease: .seconds(120), holder: "store migrate")
+            await #expect(throws: BackupError.self) { try await catalog.openCollectionFence(lease: .seconds(120), holder: "store migrate") }
+            let other = try await catalog.openCollectionFence(lease: .seconds(120), holder: "other work")
+            try await catalog.renewCollectionFence(first, lease: .seconds(120))
+            try await TestPostgres.query(database, "UPDATE collection_fences SET since = now() - interval '1 minute'")
+            #expect(try await catalog.claimUnreferencedBlobs().fenceAge >= .seconds(60))
+
+            // The first run's process died: its lease runs out.
+            try await TestPostgres.query(database, "UPDATE collection_fences SET until = now() - interval '1 second' WHERE id = $1", first)
+            await #expect(throws: BackupError.self) { try await catalog.renewCollectionFence(first, lease: .seconds(120)) }
+            let second = try await catalog.openCollectionFence(lease: .seconds(120), holder: "store migrate")
+            #expect(second != first)
+            try await catalog.closeCollectionFence(second)
+            try await catalog.closeCollectionFence(other)
+            #expect(try await catalog.claimUnreferencedBlobs().fenceAge == .zero)
         }
     }
 }

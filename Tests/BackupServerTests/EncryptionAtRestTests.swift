@@ -386,10 +386,17 @@ import Testing
                     #expect(try await collected.withClient { try await restore($0, created) }.status == .finished)
 
                     // Shredding the namespace's key asks for --yes, says what it would delete, and deletes it.
+                    // Helper findings: a refusal as it ran printed the usage and exited 64, and a long name came back whole.
                     let unconfirmed = try await keys("shred", "acme")
-                    #expect(unconfirmed.status != 0 && unconfirmed.standardError.contains(
+                    #expect(unconfirmed.status == 1 && !unconfirmed.standardError.contains("USAGE") && unconfirmed.standardError.contains(
                         "this deletes the data key of namespace acme (wrapped by test-storage-newest), its 3 backups and 0 uploads, for ever; "
                             + "run again with --yes"), "\(unconfirmed.standardError)")
+                    let longName = try await keys("shred", String(repeating: "x", count: 100_000), "--yes")
+                    #expect(longName.status == 64 && longName.standardError.count < 2_000 && longName.standardError.contains("(100000 bytes)"),
+                            "\(longName.standardError.prefix(2_000))")
+                    let missing = try await keys("shred", "nobody", "--yes")
+                    #expect(missing.status == 1 && missing.standardError.contains("namespace nobody does not exist")
+                            && !missing.standardError.contains("USAGE"), "\(missing.standardError)")
                     let shredPlan = try await keys("shred", "acme", "--dry-run")
                     #expect(shredPlan.status == 0 && shredPlan.standardOutput.hasPrefix("would delete the data key of namespace acme"))
                     let shredded = try await keys("shred", "acme", "--yes")

@@ -115,7 +115,7 @@ import Testing
             #expect(try await locks.run() == (1, 0))
 
             let migration = StoreMigration(catalog: catalog, store: store, masterKeys: try StorageKeys(parsing: testStorageKeys),
-                                           threadPool: threadPool)
+                                           threadPool: threadPool, clock: ContinuousClock())
             let outcome = try await migration.run { _ in }
             #expect(outcome.copied == 1 && outcome.left == 0 && outcome.removed == 0, "\(outcome)")
             let sealed = try #require(ContentHash(hex: try await TestPostgres.query(database,

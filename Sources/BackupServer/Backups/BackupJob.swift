@@ -118,7 +118,7 @@ struct BackupJob: Sendable {
                                             reportingTo: .part("database")))
             }
             group.addTask {
-                .files(try await captureFiles(opened.keys, from: store, changedAfter: snapshotTime, ledger: ledger, progress: progress))
+                .files(try await captureFiles(opened.keys, from: store, of: environment, changedAfter: snapshotTime, ledger: ledger, progress: progress))
             }
             var (dump, files): (StoredDump?, [CapturedFile]) = (nil, [])
             for try await result in group {
@@ -151,7 +151,7 @@ struct BackupJob: Sendable {
 
     /// Reads every listed file into the blob store, a batch at a time on the
     /// thread pool, recording each batch's blobs as it completes.
-    private func captureFiles(_ keys: [String], from store: FileStoreReader?, changedAfter snapshotTime: Double,
+    private func captureFiles(_ keys: [String], from store: FileStoreReader?, of environment: Environment, changedAfter snapshotTime: Double,
                               ledger: BlobLedger, progress: ProgressReporter) async throws -> [CapturedFile] {
         guard let store, !keys.isEmpty else { return [] }
         var captured: [CapturedFile] = []
@@ -171,6 +171,10 @@ struct BackupJob: Sendable {
                 return total
             }
             await progress.update(part: "files", total: sizes)
+            // The documents of the latest backup are marked used in one go (those kept as the store keeps new content
+            // now, as for the dump's chunks): the unchanged ones are then reused without a catalog round trip each.
+            let latest = try await catalog.knownFiles(namespace: environment.namespace, environment: environment.name)
+            _ = try await ledger.keep(latest.filter { ledger.store.name(of: $0.hash) == $0.name })
             try await inBatches(keys, threadPool: threadPool) { [blobStore = ledger.store] key -> CapturedFile in
                 let document: OpenedDocument
                 do {

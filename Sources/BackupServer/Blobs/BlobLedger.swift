@@ -14,6 +14,8 @@ struct BlobLedger: Sendable {
     /// The store as the job sees it: each copy it reuses is marked used in
     /// the catalog first (`ReuseClaims`). The job stores through this.
     let store: any BlobStore
+    /// What the store asks before it reuses a copy: told of what `keep` found, it asks nothing more about those.
+    private let claims: ReuseClaims
     let threadPool: NIOThreadPool
     /// Paces the wait for a collection removing content the job stores.
     let clock: any ServiceClock
@@ -27,14 +29,15 @@ struct BlobLedger: Sendable {
         self.threadPool = threadPool
         self.clock = clock
         // A reuse's size goes only into a new row: the job's record of the content it read sets sizes.
-        self.store = store.asking(ReuseClaims { blob in
+        claims = ReuseClaims { blob in
             try waitFor {
                 let claimed = try await Self.markUsed([blob], sizesVerified: false, catalog: catalog, clock: clock)
                 guard claimed.isEmpty else {
                     throw BackupError.unavailable("a collection has been removing content this job stores for \(Self.collectionWait)")
                 }
             }
-        })
+        }
+        self.store = store.asking(claims)
     }
 
     /// Marks `blobs` used, waiting (up to `collectionWait`) for collections
@@ -67,12 +70,15 @@ struct BlobLedger: Sendable {
     /// environment's latest backup), or stored (helper finding: a job that
     /// wrote content again between a collection's removal and its forgetting
     /// the rows found the rows claimed and failed). One look at the store
-    /// per content, however many documents or chunks share it.
+    /// per content, however many documents or chunks share it. The store
+    /// then reuses what was kept without asking the catalog again.
     func keep(_ blobs: [StoredBlob]) async throws -> [StoredBlob] {
         let claimed = try await Self.markUsed(blobs, sizesVerified: true, catalog: catalog, clock: clock)
         let store = self.store
         let distinct = Set(blobs.filter { !claimed.contains($0.name) }.map(\.hash))
         let held = try await threadPool.runIfActive { try distinct.filter { try store.contains($0) } }
-        return blobs.filter { held.contains($0.hash) && !claimed.contains($0.name) }
+        let kept = blobs.filter { held.contains($0.hash) && !claimed.contains($0.name) }
+        claims.remember(kept.map(\.name))
+        return kept
     }
 }

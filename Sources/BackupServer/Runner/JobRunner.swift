@@ -79,6 +79,9 @@ public final class JobRunner: Service, Sendable {
     /// Each element asks the loop to look for work now.
     private let wakeups: AsyncStream<Void>
     private let wakeupSource: AsyncStream<Void>.Continuation
+    /// Each element asks housekeeping (collection, sweeps) to look whether it is due.
+    private let housekeeping: AsyncStream<Void>
+    private let housekeepingSource: AsyncStream<Void>.Continuation
     /// Finished when shutdown begins.
     private let shutdown: AsyncStream<Never>
     private let shutdownSource: AsyncStream<Never>.Continuation
@@ -136,6 +139,7 @@ public final class JobRunner: Service, Sendable {
         self.spool = spool
         self.uploads = uploads
         (wakeups, wakeupSource) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+        (housekeeping, housekeepingSource) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         (shutdown, shutdownSource) = AsyncStream.makeStream()
     }
 
@@ -154,6 +158,7 @@ public final class JobRunner: Service, Sendable {
         let now = clock.now
         signals.withLockedValue { if $0.shutdownBegan == nil { $0.shutdownBegan = now } }
         wakeupSource.finish()
+        housekeepingSource.finish()
         shutdownSource.finish()
     }
 
@@ -165,7 +170,7 @@ public final class JobRunner: Service, Sendable {
     /// Asks for a garbage collection of unreferenced blobs soon.
     public func requestGarbageCollection() {
         signals.withLockedValue { $0.collectGarbage = true }
-        wake()
+        housekeepingSource.yield()
     }
 
     /// Looks for work whenever woken (a job was queued or ended here) and
@@ -176,9 +181,13 @@ public final class JobRunner: Service, Sendable {
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask {
-                    while (try? await self.clock.sleep(for: self.settings.pollInterval)) != nil { self.wake() }
+                    while (try? await self.clock.sleep(for: self.settings.pollInterval)) != nil {
+                        self.wake()
+                        self.housekeepingSource.yield()
+                    }
                 }
                 group.addTask { await self.stopRunningJobsAfterGrace() }
+                group.addTask { await self.keepHouse() }
                 if let retention { group.addTask { await self.retainFinishedBackups(retention) } }
                 await claimAndRun()
                 group.cancelAll()
@@ -195,25 +204,9 @@ public final class JobRunner: Service, Sendable {
     private func claimAndRun() async {
         await withDiscardingTaskGroup { group in
             wake()
-            var lastCollection = clock.now
-            var lastSweep = clock.now
             for await _ in wakeups {
-                let collect = signals.withLockedValue { signals in
-                    defer { signals.collectGarbage = false }
-                    return signals.collectGarbage
-                }
-                if collect || lastCollection.duration(to: clock.now) >= settings.garbageCollectionInterval {
-                    lastCollection = clock.now
-                    await collectGarbage()
-                }
-                if collect || lastSweep.duration(to: clock.now) >= settings.sweepInterval {
-                    lastSweep = clock.now
-                    await sweepArchives()
-                    await sweepUploads()
-                    await sweepRestoreLeftovers()
-                }
                 await failAbandonedJobs()
-                // Shutdown may have begun while this round collected or swept: nothing is claimed after it.
+                // Shutdown may have begun while this round looked for abandoned jobs: nothing is claimed after it.
                 while signals.withLockedValue({ $0.shutdownBegan == nil && $0.executions.count < settings.maximumConcurrentJobs }),
                       let (claimed, recovering) = await claim() {
                     let events = signals.withLockedValue { signals in
@@ -227,6 +220,33 @@ public final class JobRunner: Service, Sendable {
                         self.wake()
                     }
                 }
+            }
+        }
+    }
+
+    /// Collects unreferenced blobs and sweeps leftovers when asked and at
+    /// their intervals, until shutdown begins, in a task of its own: however
+    /// long a collection takes, jobs are claimed meanwhile (helper finding:
+    /// in the claim loop, a tenant's thousands of deleted objects held every
+    /// namespace's jobs back).
+    private func keepHouse() async {
+        housekeepingSource.yield()
+        var lastCollection = clock.now
+        var lastSweep = clock.now
+        for await _ in housekeeping {
+            let collect = signals.withLockedValue { signals in
+                defer { signals.collectGarbage = false }
+                return signals.collectGarbage
+            }
+            if collect || lastCollection.duration(to: clock.now) >= settings.garbageCollectionInterval {
+                lastCollection = clock.now
+                await collectGarbage()
+            }
+            if collect || lastSweep.duration(to: clock.now) >= settings.sweepInterval {
+                lastSweep = clock.now
+                await sweepArchives()
+                await sweepUploads()
+                await sweepRestoreLeftovers()
             }
         }
     }
@@ -261,7 +281,7 @@ public final class JobRunner: Service, Sendable {
             if count > 0 {
                 logger.warning("failed abandoned jobs", metadata: ["count": "\(count)"])
                 // What a dead process's jobs stored and left in the scratch folder goes now, not at the next interval.
-                signals.withLockedValue { $0.collectGarbage = true }
+                requestGarbageCollection()
             }
         } catch {
             logger.error("cannot check for abandoned jobs", metadata: ["error": "\(error)"])

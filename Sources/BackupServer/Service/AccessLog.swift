@@ -1,4 +1,5 @@
 import BackupCatalog
+import BackupRules
 import Logging
 import Synchronization
 
@@ -47,8 +48,7 @@ struct AccessLog: Sendable {
 
     /// What a client sent, cut and with control characters (a newline, an escape) as `?`.
     static func printable(_ text: String) -> String {
-        let cut = text.unicodeScalars.prefix(longest).map { $0.properties.generalCategory == .control ? "?" : Character($0) }
-        return String(cut) + (text.unicodeScalars.count > longest ? "…" : "")
+        BackupRules.printable(text, longest: longest)
     }
 
     private static func milliseconds(_ duration: Duration) -> String {
