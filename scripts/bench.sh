@@ -358,6 +358,11 @@ for measure in "1:full backup" "2:next backup, nothing changed" "3:restore of th
   row "${measure#*:}, encrypted" "$(seconds "$on")"
   verdict "ratio encrypted / unencrypted" "$(ratio "$on" "$off")" "<= 1.15"
 done
+# Where the full backup's difference lies: the documents put into an empty local store on one thread, without a server.
+"$BIN/backup-bench" store-files "$work/app" --scratch "$work" --runs "$RUNS" > "$work/store-files.json"
+for measure in unsealed sealed sealing_alone; do
+  row "documents into an empty store, one thread: ${measure//_/ }" "$(seconds "$(json "[\"${measure}_s\"]" < "$work/store-files.json")")"
+done
 
 section "on an S3 store: moto on loopback (a test server, not a performance reference); $RUNS runs each, medians"
 # moto with signatures checked, a bucket, and a server of its own each run whose blobs are objects under a prefix of their own.

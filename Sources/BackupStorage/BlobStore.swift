@@ -83,8 +83,9 @@ public final class ReuseClaims: Sendable {
 
     /// Takes `names` as marked: the caller marked them used in bulk and
     /// found them held after the mark (`BlobLedger.keep`), so reusing them
-    /// asks nothing more (a round trip to the catalog per document cost a
-    /// night's backup of 3,000 unchanged documents 3.6 s).
+    /// asks nothing more (a round trip to the catalog per document: a
+    /// night's 3,252 unchanged documents took 4.29 s in make bench, 0.69 s
+    /// before reuses asked the catalog).
     public func remember(_ names: some Sequence<ContentHash>) {
         marked.withLock { marked in
             for name in names where marked.count < Self.remembered { marked.insert(name) }

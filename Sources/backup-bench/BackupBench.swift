@@ -5,13 +5,14 @@ import Foundation
 
 /// Latencies of a running backupd, for scripts/bench.sh: every subcommand
 /// but `load` prints one line of JSON on stdout, times in milliseconds.
-/// `load` is scripts/load.sh's load test, with a report of its own.
+/// `load` is scripts/load.sh's load test, with a report of its own;
+/// `store-files` measures the blob store alone, in seconds.
 @main
 struct BackupBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backup-bench",
         abstract: "Measure a running backupd's call latencies; print one line of JSON (milliseconds).",
-        subcommands: [RPCLatency.self, ListLatency.self, WatchLatency.self, Load.self])
+        subcommands: [RPCLatency.self, ListLatency.self, WatchLatency.self, Load.self, StoreFiles.self])
 }
 
 /// Where the server is and how to reach it.

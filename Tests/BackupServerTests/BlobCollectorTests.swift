@@ -42,8 +42,30 @@ import Testing
             #expect(store.contains(recorded.hash) && store.contains(unrecorded.hash))
 
             try await catalog.failJob(id: held.job.id, error: "held no longer")
+            // Content no row knows goes once it is older than the clocks' margin: the job wrote this a while ago.
+            try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-2 * BlobCollector.clockMargin)],
+                                                  ofItemAtPath: store.path(for: unrecorded.hash))
             #expect(try await BlobCollector(catalog: catalog, store: store, threadPool: threadPool).collect() == 2)
             #expect(!store.contains(recorded.hash) && !store.contains(unrecorded.hash))
+        }
+    }
+
+    /// Found in CI once collection ran beside the claim loop: a collection
+    /// read a fence of no running job, a job claimed just after wrote an
+    /// object at 24.7 s whose time the object store keeps as 24 s, before the
+    /// collection's 24.5 s, and the collection removed it as what a failed
+    /// job left. Content no row knows goes only once it is older than the
+    /// fence by `clockMargin`.
+    @Test func contentNoRowKnowsWrittenAMomentBeforeTheCollectionStays() async throws {
+        try await TestCatalog.with { catalog, _, threadPool in
+            let scratch = try ScratchDirectory("gc-margin")
+            defer { scratch.remove() }
+            let store = try LocalBlobStore(root: scratch.path + "/blobs")
+            let (recent, old) = (try store.storing("written as the collection began"), try store.storing("left by a failed job"))
+            try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-1)], ofItemAtPath: store.path(for: recent.hash))
+            try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-3600)], ofItemAtPath: store.path(for: old.hash))
+            #expect(try await BlobCollector(catalog: catalog, store: store, threadPool: threadPool).collect() == 1)
+            #expect(store.contains(recent.hash) && !store.contains(old.hash))
         }
     }
 
@@ -167,8 +189,9 @@ import Testing
         }
     }
 
-    /// Measured: a night's backup of 3,000 unchanged documents spent 3.6 s
-    /// in a catalog round trip per document. The latest backup's documents
+    /// Measured: a night's backup of 3,252 unchanged documents took 4.29 s
+    /// with a catalog round trip per document (0.69 s before reuses asked
+    /// the catalog). The latest backup's documents
     /// are marked used in one go (`BlobLedger.keep`) and reused without
     /// asking the catalog again; collection keeps them while the job runs.
     @Test func contentKeptInOneGoIsReusedWithoutAskingTheCatalogAgain() async throws {

@@ -19,6 +19,14 @@ struct BlobCollector: Sendable {
     /// storing content a collection claimed waits for its batch, not for
     /// the whole collection.
     static let batch = 1000
+    /// How much older than the fence unrecorded content must look to go:
+    /// an object store keeps an object's time in whole seconds, and the
+    /// clocks of processes sharing a store are a little apart. Found in CI
+    /// once collection ran beside the claim loop: a job claimed just after a
+    /// collection read a fence of no job wrote an object at 24.7 s, its time
+    /// read 24 s, before the collection's 24.5 s, and the collection took
+    /// it for what a failed job left.
+    static let clockMargin: TimeInterval = 2
 
     /// Returns how many blobs went.
     func collect() async throws -> Int {
@@ -30,10 +38,9 @@ struct BlobCollector: Sendable {
             unreferenced = try await catalog.claimUnreferencedBlobs(limit: Self.batch).claimed
             removed += try await remove(unreferenced)
         }
-        // The fence on this process's clock (processes sharing a store keep their clocks in step with the
-        // catalog's); a second more while jobs run, for clocks a little apart.
+        // The fence on this process's clock (processes sharing a store keep their clocks in step with the catalog's).
         let fenceSeconds = Double(fenceAge.components.seconds) + Double(fenceAge.components.attoseconds) / 1e18
-        let cutoff = beforeFence.addingTimeInterval(-fenceSeconds - (fenceSeconds > 0 ? 1 : 0))
+        let cutoff = beforeFence.addingTimeInterval(-fenceSeconds - Self.clockMargin)
         let store = self.store
         let stored = try await threadPool.runIfActive {
             _ = try store.dropAbandonedWrites(startedBefore: cutoff)

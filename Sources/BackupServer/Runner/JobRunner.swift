@@ -310,8 +310,14 @@ public final class JobRunner: Service, Sendable {
             if removed > 0 { logger.info("removed unreferenced blobs", metadata: ["count": "\(removed)"]) }
             try await sweepScratch()
         } catch {
-            logger.error("garbage collection failed", metadata: ["error": "\(error)"])
+            logHousekeepingFailure("garbage collection failed", error)
         }
+    }
+
+    /// Logs a failure of collection or a sweep; not their cancellation at shutdown, which is no failure.
+    private func logHousekeepingFailure(_ message: Logger.Message, _ error: any Error) {
+        guard !(error is CancellationError) else { return }
+        logger.error(message, metadata: ["error": "\(error)"])
     }
 
     /// Removes what jobs of a dead process left in the scratch folder: files
@@ -352,7 +358,7 @@ public final class JobRunner: Service, Sendable {
             let removed = archiveCache.sweep(listing: listing, preparing: preparing)
             if removed > 0 { logger.info("removed archives no longer downloadable", metadata: ["count": "\(removed)"]) }
         } catch {
-            logger.error("cannot sweep the archive cache", metadata: ["error": "\(error)"])
+            logHousekeepingFailure("cannot sweep the archive cache", error)
         }
     }
 
@@ -366,7 +372,7 @@ public final class JobRunner: Service, Sendable {
             let removed = spool.sweep(listed: listed, unfinished: unfinished, known: known)
             if removed > 0 { logger.info("removed uploads no longer received", metadata: ["count": "\(removed)"]) }
         } catch {
-            logger.error("cannot sweep the upload spool", metadata: ["error": "\(error)"])
+            logHousekeepingFailure("cannot sweep the upload spool", error)
         }
     }
 
@@ -383,7 +389,7 @@ public final class JobRunner: Service, Sendable {
                 await restoreJob.removeLeftovers(job.id, environment, plan, restoreInPlace: inPlace)
             }
         } catch {
-            logger.error("cannot sweep what restores left", metadata: ["error": "\(error)"])
+            logHousekeepingFailure("cannot sweep what restores left", error)
         }
     }
 
