@@ -233,13 +233,18 @@ public final class JobRunner: Service, Sendable {
         housekeepingSource.yield()
         var lastCollection = clock.now
         var lastSweep = clock.now
+        // A collection asked for (a job failed) finds what the job stored moments ago too young to take
+        // (`BlobCollector.clockMargin`): one more, once the margin passed, takes it.
+        var followUp: ContinuousClock.Instant?
         for await _ in housekeeping {
             let collect = signals.withLockedValue { signals in
                 defer { signals.collectGarbage = false }
                 return signals.collectGarbage
             }
-            if collect || lastCollection.duration(to: clock.now) >= settings.garbageCollectionInterval {
+            if collect || followUp.map({ clock.now >= $0 }) == true
+                || lastCollection.duration(to: clock.now) >= settings.garbageCollectionInterval {
                 lastCollection = clock.now
+                followUp = collect ? clock.now + .seconds(BlobCollector.clockMargin) : nil
                 await collectGarbage()
             }
             if collect || lastSweep.duration(to: clock.now) >= settings.sweepInterval {
