@@ -191,27 +191,29 @@ import Testing
 
     /// Measured: a night's backup of 3,252 unchanged documents took 4.29 s
     /// with a catalog round trip per document (0.69 s before reuses asked
-    /// the catalog). The latest backup's documents
-    /// are marked used in one go (`BlobLedger.keep`) and reused without
-    /// asking the catalog again; collection keeps them while the job runs.
-    @Test func contentKeptInOneGoIsReusedWithoutAskingTheCatalogAgain() async throws {
+    /// the catalog). The latest backup's documents are marked used in one
+    /// statement (`BlobLedger.markForReuse`); a reuse of one then asks only
+    /// the store, and collection keeps them while the job runs.
+    @Test func contentMarkedInOneGoIsReusedAskingOnlyTheStore() async throws {
         try await TestCatalog.with { catalog, database, threadPool in
             try await TestCatalog.register(catalog)
-            let scratch = try ScratchDirectory("reuse-kept")
+            let scratch = try ScratchDirectory("reuse-marked")
             defer { scratch.remove() }
             let store = try LocalBlobStore(root: scratch.path + "/blobs")
-            let (kept, other) = (try store.storing("in the latest backup"), try store.storing("in no backup"))
-            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).record([kept, other])
+            let (kept, lost, other) = (try store.storing("in the latest backup"), try store.storing("in it, then lost"),
+                                       try store.storing("in no backup"))
+            try await BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock()).record([kept, lost, other])
             try await TestPostgres.query(database, "UPDATE blobs SET used_at = now() - interval '1 hour'")
             _ = try await catalog.createBackup(namespace: "acme", environment: "shop-production", kind: .onDemand, comment: "", actor: "t")
             _ = try #require(try await catalog.claimNextJob(owner: "a", leaseSeconds: 300, perNamespace: 1))
 
             let ledger = BlobLedger(catalog: catalog, store: store, threadPool: threadPool, clock: ContinuousClock())
-            #expect(try await ledger.keep([kept]) == [kept])
-            #expect(try await catalog.claimUnreferencedBlobs().claimed == [other.hash], "content kept beside a running job was claimed")
+            try await ledger.markForReuse([kept, lost])
+            #expect(try await catalog.claimUnreferencedBlobs().claimed == [other.hash], "content marked beside a running job was claimed")
             // With their rows gone, a reuse that asked the catalog would make them again.
             try await TestPostgres.query(database, "DELETE FROM blobs")
-            #expect(try await threadPool.runIfActive { ledger.store.reuses(kept) && ledger.store.reuses(other) })
+            #expect(store.remove(all: [lost.hash]).failure == nil)
+            #expect(try await threadPool.runIfActive { ledger.store.reuses(kept) && !ledger.store.reuses(lost) && ledger.store.reuses(other) })
             #expect(try await TestPostgres.query(database, "SELECT sha256 FROM blobs").map { $0.string("sha256") } == [other.hash.hex])
         }
     }

@@ -14,7 +14,7 @@ struct BlobLedger: Sendable {
     /// The store as the job sees it: each copy it reuses is marked used in
     /// the catalog first (`ReuseClaims`). The job stores through this.
     let store: any BlobStore
-    /// What the store asks before it reuses a copy: told of what `keep` found, it asks nothing more about those.
+    /// What the store asks before it reuses a copy (`markForReuse` tells it what needs no catalog round trip).
     private let claims: ReuseClaims
     let threadPool: NIOThreadPool
     /// Paces the wait for a collection removing content the job stores.
@@ -70,15 +70,24 @@ struct BlobLedger: Sendable {
     /// environment's latest backup), or stored (helper finding: a job that
     /// wrote content again between a collection's removal and its forgetting
     /// the rows found the rows claimed and failed). One look at the store
-    /// per content, however many documents or chunks share it. The store
-    /// then reuses what was kept without asking the catalog again.
+    /// per content, however many documents or chunks share it.
     func keep(_ blobs: [StoredBlob]) async throws -> [StoredBlob] {
         let claimed = try await Self.markUsed(blobs, sizesVerified: true, catalog: catalog, clock: clock)
         let store = self.store
         let distinct = Set(blobs.filter { !claimed.contains($0.name) }.map(\.hash))
         let held = try await threadPool.runIfActive { try distinct.filter { try store.contains($0) } }
-        let kept = blobs.filter { held.contains($0.hash) && !claimed.contains($0.name) }
-        claims.remember(kept.map(\.name))
-        return kept
+        return blobs.filter { held.contains($0.hash) && !claimed.contains($0.name) }
+    }
+
+    /// Marks `blobs` used in one statement, so that the store, reusing one,
+    /// asks only itself, as the job's documents are read (in parallel),
+    /// rather than the catalog too: the documents of the environment's
+    /// latest backup, most of which its next backup meets again. Unlike
+    /// `keep`, it does not look at the store (on S3 a request each, one after
+    /// another, before the first document is read). Those a collection is
+    /// removing are left to be asked about when met.
+    func markForReuse(_ blobs: [StoredBlob]) async throws {
+        let claimed = try await catalog.markBlobsUsed(blobs, sizesVerified: false)
+        claims.markedInBulk(blobs.map(\.name).filter { !claimed.contains($0) })
     }
 }
