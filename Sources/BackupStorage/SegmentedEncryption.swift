@@ -139,8 +139,9 @@ public final class ContentSealer {
     private var filled = 0
     /// Sealed segments not yet handed on, its first `sealed` bytes: a
     /// call's segments go on together, so the object is written in pieces
-    /// of up to a MiB rather than one per segment (measured: a write per
-    /// segment cost a full backup's documents a third more CPU in the kernel).
+    /// of up to a MiB rather than one per segment (profiled with a write per
+    /// segment: the sealed store's writes of a backup's documents took 2.9
+    /// times the CPU of the unsealed store's, which also hash what they write).
     private let output = UnsafeMutableRawBufferPointer.allocate(
         byteCount: ContentSealer.outputSegments * (SegmentedEncryption.segmentSize + SegmentedEncryption.tagSize), alignment: 16)
     private var sealed = 0
