@@ -233,6 +233,15 @@ public protocol RetainingStore: Sendable {
 }
 
 extension BlobStore {
+    /// Whether `blob` is kept as this store keeps new content now (sealed
+    /// under the namespace's key once it has one): only such a copy is
+    /// reused by a later backup; one kept before encryption is stored again.
+    public func keepsAsNew(_ blob: StoredBlob) -> Bool {
+        name(of: blob.hash) == blob.name
+    }
+}
+
+extension BlobStore {
     public var localFolder: String? { nil }
     public var retaining: (any RetainingStore)? { nil }
 

@@ -174,7 +174,7 @@ struct BackupJob: Sendable {
             // The documents of the latest backup are marked used in one go (those kept as the store keeps new content
             // now, as for the dump's chunks): the unchanged ones are then reused without a catalog round trip each.
             let latest = try await catalog.knownFiles(namespace: environment.namespace, environment: environment.name)
-            try await ledger.markForReuse(latest.filter { ledger.store.name(of: $0.hash) == $0.name })
+            try await ledger.markForReuse(latest.filter { ledger.store.keepsAsNew($0) })
             try await inBatches(keys, threadPool: threadPool) { [blobStore = ledger.store] key -> CapturedFile in
                 let document: OpenedDocument
                 do {

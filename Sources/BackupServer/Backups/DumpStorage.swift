@@ -23,7 +23,7 @@ struct DumpStorage: Sendable {
         // stored again, encrypted (helper finding: its plain name was reused whenever the encrypted copy existed).
         let store = ledger.store
         let latest = try await catalog.knownDumpChunks(namespace: environment.namespace, environment: environment.name)
-            .filter { store.name(of: $0.value.blob.hash) == $0.value.blob.name }
+            .filter { store.keepsAsNew($0.value.blob) }
         let kept = Set(try await ledger.keep(latest.values.map(\.blob)).map(\.hash))
         let known = latest.filter { kept.contains($0.value.blob.hash) }
         let writer = DumpChunkWriter(store: ledger.store, level: level)
